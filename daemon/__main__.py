@@ -1,0 +1,4 @@
+"""`python -m daemon` is the `overnight` command."""
+from daemon.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""`overnight check`: the daemon's validation, run on files the user names, printed for a person."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from daemon.datasets import DatasetError
+from daemon.home import Home
+from daemon.options import OptionsError, load_sidecar
+from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
+
+
+def _stats_line(label: str, s: dict | None) -> str | None:
+    if not s:
+        return None
+    return (f"  {label}: min {s['min']}, mean {s['mean']:.1f}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}")
+
+
+def check_file(path: Path, home: Home) -> dict[str, Any]:
+    """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file)."""
+    if not path.exists():
+        return {"file": str(path), "ok": False, "error": f"{path}: no such file", "text": f"{path}: no such file"}
+    role = role_of(path)
+    try:
+        if role == "sidecar":
+            opts = load_sidecar(path)
+            return _ok(path, {"role": role, "options": opts}, f"{path}: OK (sidecar, {len(opts)} options)")
+        if role == "probes":
+            from daemon.probes import load_probe_file
+            probes = load_probe_file(path)
+            return _ok(path, {"role": role, "probes": len(probes)}, f"{path}: OK ({len(probes)} probes)")
+        if role == "unsupported":
+            raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
+                                  f".json, .csv, .parquet or .txt.")
+        return _check_dataset(path, home)
+    except (SubmissionError, OptionsError, DatasetError) as e:
+        return {"file": str(path), "ok": False, "role": role, "error": str(e), "text": f"{path}: ERROR\n{e}"}
+
+
+def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
+    sidecar = path.with_name(stem_of(path) + ".toml")
+    probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
+    sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
+                   require_model=False)
+    r = sub.report
+    lines = [f"{path}: OK", f"  format: {r.format}   schema: {r.schema}   records: {r.records}",
+             _stats_line("characters per example", r.chars), _stats_line("tokens per example", r.tokens)]
+    lines += [f"  sidecar: {sub.sidecar.name}" if sub.sidecar else None,
+              f"  probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None]
+    lines += [f"  note: {n}" for n in r.notes]
+    out = {"role": "dataset", "report": r.to_dict(), "base_models": sub.options.base_models}
+    try:
+        check_base_models(sub.options, sub.sidecar, home.toml)
+    except SubmissionError as e:
+        lines.append(f"ERROR: {e}")
+        return {"file": str(path), "ok": False, **out, "error": str(e),
+                "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
+    lines.append(f"  base model: {', '.join(sub.options.base_models)}")
+    return _ok(path, out, "\n".join(x for x in lines if x))
+
+
+def _ok(path: Path, extra: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"file": str(path), "ok": True, **extra, "text": text}

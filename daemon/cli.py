@@ -1,0 +1,400 @@
+"""`overnight`: every command of the appliance. Errors become one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from daemon import __version__
+from daemon.home import Home, HomeLocked, daemon_alive
+from daemon.queries import Reader
+
+home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
+                           help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _home(home: str | None) -> Home:
+    return Home.resolve(home)
+
+
+def _reader(h: Home) -> Reader:
+    return Reader(h.db)
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="overnight")
+def main() -> None:
+    """overnight: drop a dataset into inbox/, find a LoRA adapter in runs/ in the morning."""
+
+
+# --- daemon ---------------------------------------------------------------------------------------------
+@main.command()
+@home_option
+@click.option("--once", is_flag=True, help="Process the inbox and the queue, then exit.")
+@click.option("--settle", type=float, default=1.0, show_default=True,
+              help="Seconds a dropped file must stay unchanged before it is taken.")
+@click.option("--quiet", is_flag=True, help="Log only to overnight.log, not to the terminal.")
+def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
+    """Run the daemon in the foreground: watch inbox/ and control/, train the queue."""
+    from daemon.scheduler import Daemon
+    h = _home(home)
+    try:
+        d = Daemon(h, once=once, settle=settle, echo=not quiet)
+    except HomeLocked as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(d.serve())
+
+
+# --- validation and dropping ----------------------------------------------------------------------------
+@main.command()
+@home_option
+@json_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def check(home: str | None, as_json: bool, files: tuple[str, ...]) -> None:
+    """Validate datasets, sidecars or probe files exactly as the daemon would, without queuing anything."""
+    from daemon.checking import check_file
+    h = Home.resolve(home, create=False)
+    results = [check_file(Path(f), h) for f in files]
+    if as_json:
+        _echo_json(results)
+    else:
+        for r in results:
+            click.echo(r["text"])
+    if any(not r["ok"] for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@home_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sidecar", type=click.Path(exists=True, dir_okay=False), help="Options file to use as NAME.toml.")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
+def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
+    """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
+    from daemon.submission import PROBES_SUFFIX
+    h = _home(home)
+    src = Path(file)
+    stem = src.stem
+    plan = []
+    for extra, name in ((sidecar, f"{stem}.toml"), (probes, f"{stem}{PROBES_SUFFIX}")):
+        if extra:
+            plan.append((Path(extra), h.inbox / name))
+    for beside, name in ((src.with_suffix(".toml"), f"{stem}.toml"),
+                         (src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
+        if beside.exists() and not any(dest.name == name for _, dest in plan):
+            plan.append((beside, h.inbox / name))
+    plan.append((src, h.inbox / src.name))  # the dataset last: its sidecar is already waiting for it
+    for s, dest in plan:
+        if dest.exists():
+            raise click.ClickException(f"{dest} already exists in the inbox; rename your file or wait for it "
+                                       f"to be taken.")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(s, tmp)
+        os.replace(tmp, dest)
+        click.echo(f"added {s} -> {dest}")
+
+
+# --- watching -------------------------------------------------------------------------------------------
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _progress(r: dict[str, Any]) -> str:
+    step, total = r.get("step"), r.get("max_steps")
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+def _fmt_loss(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
+    rows = [("RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
+    for r in runs:
+        rows.append((r["id"], r["state"], str(r["priority"]), _progress(r), _fmt_loss(r["loss"]),
+                     _fmt_loss(r["eval_loss"]), _fmt_eta(r["eta_s"]) if r["state"] in ("training", "paused") else "-",
+                     Path(r["base_model"] or "-").name))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+@main.command()
+@home_option
+@json_option
+def status(home: str | None, as_json: bool) -> None:
+    """The daemon, the running job and the queue at a glance."""
+    h = Home.resolve(home, create=False)
+    rd = _reader(h)
+    alive = daemon_alive(h)
+    runs = rd.runs(("queued", "preparing", "training", "paused"))
+    events = rd.control_events(5)
+    if as_json:
+        _echo_json({"home": str(h.root), "daemon": alive, "counts": rd.counts(), "runs": runs,
+                    "control_events": events})
+        return
+    click.echo(f"home: {h.root}")
+    click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
+               "daemon: not running (start it with: overnight daemon)")
+    counts = rd.counts()
+    click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    if runs:
+        click.echo(_runs_table(runs))
+    for e in reversed(events):
+        click.echo(f"control {e['time']}: {e['status']}: {e['message']}")
+
+
+@main.command()
+@home_option
+@json_option
+def runs(home: str | None, as_json: bool) -> None:
+    """Every run: active, queued (in order), then history."""
+    rows = _reader(Home.resolve(home, create=False)).runs()
+    _echo_json(rows) if as_json else click.echo(_runs_table(rows))
+
+
+def _find_run(h: Home, ref: str) -> dict[str, Any]:
+    run = _reader(h).find_run(ref)
+    if run is None:
+        raise click.ClickException(f"no run matches {ref!r} (see overnight runs)")
+    return run
+
+
+@main.command()
+@home_option
+@click.argument("run")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
+@click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
+def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
+    """A run's console.log."""
+    from daemon.logtail import follow_file, last_lines
+    h = Home.resolve(home, create=False)
+    path = Path(_find_run(h, run)["run_dir"]) / "console.log"
+    for line in last_lines(path, lines) if lines else path.read_text(encoding="utf-8", errors="replace").splitlines():
+        click.echo(line)
+    if follow:
+        try:
+            for line in follow_file(path):
+                click.echo(line)
+        except KeyboardInterrupt:
+            pass
+
+
+# --- steering (writes control files; the daemon applies them) ---------------------------------------------
+def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
+    from daemon.control import write_command
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path = write_command(h, kind, content)
+    click.echo(f"wrote {path}")
+    if not daemon_alive(h):
+        click.echo("no daemon is running: it applies this when it starts (overnight daemon)")
+        return
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        events = [e for e in _reader(h).control_events(10) if e["time"] >= started and e["command"] in
+                  (kind, "preempt", "resume")]
+        if events:
+            for e in reversed(events):
+                click.echo(f"{e['status']}: {e['message']}")
+            return
+        time.sleep(0.1)
+    click.echo("not acknowledged yet; see overnight status")
+
+
+def _steer(kind: str, doc: str):
+    @main.command(name=kind, help=doc)
+    @home_option
+    @click.argument("run", required=False)
+    def _cmd(home: str | None, run: str | None) -> None:
+        h = _home(home)
+        _send(h, kind, _find_run(h, run)["id"] if run else "")
+    return _cmd
+
+
+_steer("pause", "Pause the running job (or RUN) at the next step; it stays paused until resumed.")
+_steer("stop", "Checkpoint and stop the running job (or RUN); without RUN, no new job starts until resume.")
+_steer("skip", "Checkpoint the running job (or RUN), mark it skipped, and go on with the queue.")
+
+
+@main.command()
+@home_option
+@click.argument("run", required=False)
+def resume(home: str | None, run: str | None) -> None:
+    """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
+    h = _home(home)
+    stop = h.control / "stop"
+    if not run and stop.exists():
+        from daemon.control import consume
+        consume(h, stop)
+        click.echo("removed control/stop: the queue goes on")
+    _send(h, "resume", _find_run(h, run)["id"] if run else "")
+
+
+@main.command()
+@home_option
+@click.argument("run")
+@click.argument("value", type=int)
+def priority(home: str | None, run: str, value: int) -> None:
+    """Set a run's priority (higher first); a queued run above the running one preempts it."""
+    h = _home(home)
+    _send(h, "priority", f"{_find_run(h, run)['id']} {value}")
+
+
+# --- models --------------------------------------------------------------------------------------------
+@main.command()
+@home_option
+@json_option
+def models(home: str | None, as_json: bool) -> None:
+    """Registered model versions; * marks the active one of each name."""
+    rows = _reader(Home.resolve(home, create=False)).models()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no models yet: a completed run registers one")
+        return
+    for m in rows:
+        mark = "*" if m["active"] else " "
+        loss = m["metrics"].get("final_loss")
+        state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
+        click.echo(f"{mark} {m['name']} v{m['version']}  run {m['run_id']}  base {Path(m['base_model']).name}  "
+                   f"loss {_fmt_loss(loss)}{state}")
+
+
+@main.command()
+@home_option
+@click.argument("name")
+@click.argument("version", type=int)
+def activate(home: str | None, name: str, version: int) -> None:
+    """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
+    _send(_home(home), "activate", f"{name} {version}")
+
+
+@main.command()
+@home_option
+@click.argument("name")
+@click.argument("version", type=int)
+def delete(home: str | None, name: str, version: int) -> None:
+    """Move a model version's adapter into trash/ (nothing is erased)."""
+    _send(_home(home), "delete", f"{name} {version}")
+
+
+def run() -> None:  # pragma: no cover - console entry
+    main()
+
+
+@main.command()
+@home_option
+@click.option("--no-tui", is_flag=True, help="Print progress lines instead of opening the dashboard; exit when done.")
+def demo(home: str | None, no_tui: bool) -> None:
+    """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
+    from daemon import demo as d
+    h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo")
+    click.echo(f"demo home: {h.root}")
+    name = d.prepare(h, click.echo)
+    proc = d.start_daemon(h)
+    try:
+        if no_tui:
+            run = d.follow(h, name, click.echo)
+            if run and run["state"] == "completed":
+                click.echo(f"\n{run['id']} completed. Adapter: {Path(run['run_dir']) / 'adapter'}\n"
+                           f"See what it learned: overnight evolution {run['id']} --home {h.root}")
+            else:
+                reason = f" ({run['reason']})" if run and run["reason"] else ""
+                click.echo(f"\nthe demo run did not complete{reason}; see {h.root / 'runs'}/*/console.log")
+                sys.exit(1)
+        else:
+            from tui.app import run as run_tui
+            run_tui(h.root)
+    finally:
+        d.stop_daemon(proc)
+
+
+@main.command()
+@home_option
+def tui(home: str | None) -> None:
+    """The full-screen dashboard (keyboard only; works over SSH at 80x24)."""
+    from tui.app import run as run_tui
+    run_tui(Home.resolve(home, create=False).root)
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("run")
+def evolution(home: str | None, as_json: bool, run: str) -> None:
+    """What the model answered on each probe over time, and when each was learned or forgotten."""
+    from daemon.evolution import analyze, format_report, load_records
+    h = Home.resolve(home, create=False)
+    r = _find_run(h, run)
+    report = analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl"))
+    if as_json:
+        _echo_json({"run": r["id"], **report.to_dict()})
+    else:
+        click.echo(f"{r['id']} ({r['state']})")
+        click.echo(format_report(report, width=shutil.get_terminal_size((100, 24)).columns))
+
+
+@main.command(name="export")
+@home_option
+@click.argument("run")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in (a standalone model).")
+def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
+    """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
+    from daemon.export import export
+    h = Home.resolve(home, create=False)
+    r = _find_run(h, run)
+    try:
+        dest = export(Path(r["run_dir"]), r["base_model"], Path(out), merge)
+    except (FileNotFoundError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {dest}")
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("runs_", metavar="RUN RUN...", nargs=-1, required=True)
+def compare(home: str | None, as_json: bool, runs_: tuple[str, ...]) -> None:
+    """Runs side by side: options that differ, final losses, probes learned."""
+    from daemon.atomic import read_json
+    from daemon.evolution import analyze, load_records
+    h = Home.resolve(home, create=False)
+    rows = []
+    for ref in runs_:
+        r = _find_run(h, ref)
+        d = Path(r["run_dir"])
+        opts = (read_json(d / "config.json", {}) or {}).get("options", {})
+        evo = analyze(load_records(d / "evolution.jsonl"))
+        rows.append({"run": r["id"], "state": r["state"], "base_model": r["base_model"], "step": r["step"],
+                     "loss": r["loss"], "eval_loss": r["eval_loss"], "probes": evo.summary, "options": opts})
+    if as_json:
+        _echo_json(rows)
+        return
+    keys = sorted({k for row in rows for k in row["options"]})
+    differing = [k for k in keys if len({repr(row["options"].get(k)) for row in rows}) > 1]
+    table = [["", *[row["run"] for row in rows]]]
+    for label in ("state", "step", "loss", "eval_loss", "probes"):
+        table.append([label, *[_fmt_loss(row[label]) if "loss" in label else str(row[label] if row[label] is not None else "-") for row in rows]])
+    table += [[k, *[str(row["options"].get(k)) for row in rows]] for k in differing]
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    for t in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())

@@ -1,0 +1,73 @@
+"""`overnight demo`: the whole loop on the embedded tiny model, on a laptop CPU, in a few minutes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from daemon.home import Home, daemon_alive
+from daemon.queries import Reader
+from daemon.store import END_STATES
+
+
+def prepare(home: Home, say: Callable[[str], None] = print) -> str:
+    """Build the tiny model (once, cached in the home) and drop the demo task into the inbox; returns its name."""
+    from daemon.demodata import write_demo_files
+    from daemon.tinymodel import ensure_tiny_model
+    t0 = time.monotonic()
+    model = ensure_tiny_model(home.cache / "models")
+    say(f"tiny model ready: {model} ({time.monotonic() - t0:.1f} s)")
+    name = f"reverse-{time.strftime('%H%M%S')}"
+    with tempfile.TemporaryDirectory(dir=home.root, prefix=".demo-") as tmp:
+        files = write_demo_files(Path(tmp), name=name, options={"base_model": str(model)})
+        # Companions first, the dataset last: the daemon finds it complete with its sidecar and probes.
+        for p in sorted(files, key=lambda p: p.suffix == ".jsonl" and not p.name.endswith(".probes.jsonl")):
+            os.rename(p, home.inbox / p.name)
+    say(f"dropped {name}.jsonl (+ {name}.toml, {name}.probes.jsonl) into {home.inbox}")
+    return name
+
+
+def start_daemon(home: Home) -> subprocess.Popen | None:
+    """Start a daemon for the demo unless one already serves this home."""
+    if daemon_alive(home):
+        return None
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home.root), "--quiet"],
+                            stdin=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    while not daemon_alive(home) and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.1)
+    return proc
+
+
+def follow(home: Home, name: str, say: Callable[[str], None] = print, timeout: float = 3600) -> dict | None:
+    """Print progress lines until the demo run ends; returns its final DB row."""
+    from daemon.evolution import analyze, load_records
+    end = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < end:
+        reader = Reader(home.db)
+        run = reader.find_run(name)
+        reader.close()
+        if run:
+            evo = analyze(load_records(Path(run["run_dir"]) / "evolution.jsonl")).summary
+            loss = f"{run['loss']:.3f}" if run["loss"] is not None else "-"
+            line = (f"{run['id']}: {run['state']}  step {run['step'] or 0}/{run['max_steps'] or '?'}  "
+                    f"loss {loss}  probes: {evo}")
+            if line != last:
+                say(line)
+                last = line
+            if run["state"] in END_STATES:
+                return run
+        time.sleep(1)
+    return None
+
+
+def stop_daemon(proc: subprocess.Popen | None) -> None:
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(300)

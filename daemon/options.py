@@ -1,0 +1,196 @@
+"""Run options: a typed schema, defaults < overnight.toml < sidecar, with where each value came from."""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+class OptionsError(ValueError):
+    """A bad option file or value; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its type, default, allowed values and whether only the machine owner may set it."""
+
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    check: Callable[[Any], bool] = lambda v: True
+    allowed: str = ""
+    owner_only: bool = False
+
+
+def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (lo < v if lo_open else lo <= v) and v <= hi and not (isinstance(v, float) and math.isnan(v))
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+OPTIONS: dict[str, Option] = {o.name: o for o in [
+    Option("base_model", (str, list), None, "base model: a local folder or an HF cache name, or a list of them",
+           lambda v: (isinstance(v, str) and bool(v.strip())) or
+           (isinstance(v, list) and bool(v) and all(isinstance(x, str) and x.strip() for x in v)),
+           "a non-empty string or a non-empty list of strings"),
+    Option("epochs", (int, float), 3.0, "passes over the training data", _rng(0, 1000, True), "> 0 and <= 1000"),
+    Option("max_steps", int, 0, "optimizer steps; wins over epochs when > 0", _rng(0, 10**9), "0 (use epochs) .. 1e9"),
+    Option("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1"),
+    Option("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096"),
+    Option("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096"),
+    Option("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576"),
+    Option("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024"),
+    Option("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0"),
+    Option("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1"),
+    Option("lora_targets", (str, list), "all-linear", "modules LoRA adapts",
+           lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
+           '"all-linear" or a list of module names such as ["q_proj", "v_proj"]'),
+    Option("seed", int, 42, "random seed (data order, LoRA init, dropout)", _rng(0, 2**32 - 1), "0 .. 4294967295"),
+    Option("eval_fraction", (int, float), 0.05, "held-out share of records for eval loss", _rng(0, 0.5), "0 .. 0.5"),
+    Option("early_stopping_patience", int, 0, "evals without improvement before stopping; 0 = off", _rng(0, 10**6), "0 .. 1e6"),
+    Option("log_every", int, 10, "steps between metric records", _rng(1, 10**6), "1 .. 1e6"),
+    Option("save_every", int, 200, "steps between checkpoints (and eval)", _rng(1, 10**9), "1 .. 1e9"),
+    Option("probe_every", int, 0, "steps between evolution snapshots; 0 = about 20 per run", _rng(0, 10**9), "0 (auto) .. 1e9"),
+    Option("probe_count", int, 8, "probes held out when no probe file is given", _rng(0, 256), "0 .. 256"),
+    Option("probe_max_new_tokens", int, 32, "tokens generated per probe", _rng(1, 4096), "1 .. 4096"),
+    Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
+    Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
+           "letters, digits, '.', '_' and '-', at most 64 characters"),
+    Option("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
+    Option("hooks", dict, {}, "commands run when a run ends ([hooks] on_complete / on_fail)", lambda v: _hooks_ok(v),
+           "a table with on_complete / on_fail, each a list of strings", owner_only=True),
+    Option("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
+           "1 .. 1e6", owner_only=True),
+    Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
+           lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
+           (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
+           '"all", a positive count, or a list of GPU indices', owner_only=True),
+]}
+
+HOOK_EVENTS = ("on_complete", "on_fail")
+
+
+def _hooks_ok(v: dict) -> bool:
+    return all(k in HOOK_EVENTS and isinstance(c, list) and c and all(isinstance(a, str) for a in c)
+               for k, c in v.items())
+
+
+def _type_ok(opt: Option, value: Any) -> bool:
+    kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False  # TOML true is not a number
+    return isinstance(value, kinds)
+
+
+def _type_name(opt: Option) -> str:
+    kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+    names = {int: "integer", float: "number", str: "string", list: "list", dict: "table", bool: "true/false"}
+    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+
+
+def check_value(source: Path | str, key: str, value: Any) -> None:
+    """Raise OptionsError when `value` is not allowed for `key`."""
+    opt = OPTIONS[key]
+    if not _type_ok(opt, value):
+        raise OptionsError(f"{source}: option '{key}' = {value!r} is a {type(value).__name__}; "
+                           f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}.")
+    if not opt.check(value):
+        raise OptionsError(f"{source}: option '{key}' = {value!r} is out of range; allowed: {opt.allowed}.")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors name the file and line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: keys are flat, e.g. learning_rate = 3e-4") from None
+    except UnicodeDecodeError:
+        raise OptionsError(f"{path}: not UTF-8 text. Fix: save it as UTF-8.") from None
+
+
+def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dict[str, Any]:
+    """Check every key and value of one options file; return it unchanged when good."""
+    for key, value in table.items():
+        if key not in OPTIONS:
+            close = difflib.get_close_matches(key, OPTIONS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise OptionsError(f"{source}: unknown option '{key}'.{hint} "
+                               f"Valid options: {', '.join(sorted(OPTIONS))}.")
+        if sidecar and OPTIONS[key].owner_only:
+            raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
+                               f"never in a dataset's sidecar (it runs code or shapes the machine). "
+                               f"Fix: remove '{key}' from {Path(source).name}.")
+        check_value(source, key, value)
+    return table
+
+
+@dataclass
+class Resolved:
+    """The options of one run, and where each came from (default, toml or sidecar)."""
+
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_models(self) -> list[str]:
+        v = self.values.get("base_model")
+        return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+    def for_model(self, base_model: str) -> "Resolved":
+        """The same options with one base model (a sidecar naming several queues one run per model)."""
+        return Resolved({**self.values, "base_model": base_model}, dict(self.sources))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"options": self.values, "sources": self.sources}
+
+
+def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Resolved:
+    """Merge defaults < overnight.toml < sidecar (both already validated)."""
+    values = {k: o.default for k, o in OPTIONS.items()}
+    sources = {k: "default" for k in OPTIONS}
+    for origin, table in (("toml", toml or {}), ("sidecar", sidecar or {})):
+        for k, v in table.items():
+            values[k], sources[k] = v, origin
+    return Resolved(values, sources)
+
+
+def load_home_toml(path: Path) -> dict[str, Any]:
+    """The owner's overnight.toml, validated ({} when absent)."""
+    if not path.exists():
+        return {}
+    return validate_table(path, read_toml(path), sidecar=False)
+
+
+def load_sidecar(path: Path | None) -> dict[str, Any]:
+    """A dataset's NAME.toml, validated ({} when absent)."""
+    if path is None:
+        return {}
+    return validate_table(path, read_toml(path), sidecar=True)
+
+
+def hf_cache_dir() -> Path:
+    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def locate_model(spec: str, relative_to: Path) -> str | None:
+    """Why `spec` cannot be a base model, or None when it is a local model folder or an HF cache entry."""
+    p = Path(spec).expanduser()
+    if not p.is_absolute():
+        p = relative_to / p
+    if p.is_dir():
+        return None if (p / "config.json").exists() else f"the folder {p} has no config.json (not a Hugging Face model)"
+    if re.match(r"^[\w.-]+/[\w.-]+$", spec) and (hf_cache_dir() / f"models--{spec.replace('/', '--')}").is_dir():
+        return None
+    return (f"base model '{spec}' was not found: no folder {p} and no entry in the Hugging Face cache "
+            f"({hf_cache_dir()}). Fix: set base_model to a local model folder (with config.json) or download "
+            f"the model into the cache first (huggingface-cli download {spec}).")

@@ -1,0 +1,82 @@
+"""Read-only access to overnight.db for the CLI and dashboards: never writes, never locks the daemon out."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from daemon.store import ACTIVE_STATES, END_STATES
+
+
+class Reader:
+    """A read-only connection (WAL readers never block the writer). Missing DB = empty home."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(db_path)
+        self.conn: sqlite3.Connection | None = None
+        if self.path.exists():
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA busy_timeout = 5000")
+
+    def close(self) -> None:
+        if self.conn:
+            self.conn.close()
+
+    def _all(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
+        if self.conn is None:
+            return []
+        try:
+            return [dict(r) for r in self.conn.execute(sql, args)]
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []  # the daemon has not created the schema yet
+            raise
+
+    def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Runs: active first, then queued by priority and arrival, then finished ones newest first."""
+        where, args = "", ()
+        if states:
+            where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
+        order = (f"CASE WHEN state IN {ACTIVE_STATES} THEN 0 WHEN state = 'queued' THEN 1 ELSE 2 END, "
+                 "CASE WHEN state = 'queued' THEN -priority ELSE 0 END, "
+                 "CASE WHEN state = 'queued' THEN seq ELSE -seq END")
+        return self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    def find_run(self, ref: str) -> dict[str, Any] | None:
+        """A run by exact id, else the newest run whose id starts with `ref` or whose name is `ref`."""
+        return self.run(ref) or next(iter(self._all(
+            "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref))), None)
+
+    def transitions(self, run_id: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))
+
+    def control_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM control_events ORDER BY id DESC LIMIT ?", (limit,))
+
+    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))
+
+    def evolution(self, run_id: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM evolution WHERE run_id = ? ORDER BY step, probe", (run_id,))
+
+    def models(self) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM models ORDER BY name, version")
+        for r in rows:
+            r["metrics"] = json.loads(r["metrics"] or "{}")
+        return rows
+
+    def daemon(self) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM daemon WHERE id = 1")
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
+
+
+__all__ = ["Reader", "ACTIVE_STATES", "END_STATES"]

@@ -1,0 +1,40 @@
+"""Model versions: every completed run registers one; nothing deletes an adapter on its own."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json
+from daemon.home import Home
+from daemon.fsutil import unique_path
+from daemon.store import Store
+from daemon.timefmt import run_id_stamp
+
+
+def register(store: Store, run: dict[str, Any]) -> int:
+    """Register the completed run's adapter as the next version of its name; returns the version."""
+    run_dir = Path(run["run_dir"])
+    result = read_json(run_dir / "result.json", {}) or {}
+    metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
+    return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
+                            "metrics": metrics, "adapter_path": str(run_dir / "adapter")})
+
+
+def delete(store: Store, home: Home, name: str, version: int) -> Path:
+    """Move a version's adapter into trash/ (never deleted outright) and mark it deleted."""
+    rows = [m for m in store.models(name) if m["version"] == version]
+    if not rows:
+        raise KeyError(f"no model {name} version {version} (see overnight models)")
+    row = rows[0]
+    if row["deleted"]:
+        raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}")
+    src = Path(row["adapter_path"])
+    dest = unique_path(home.trash / f"{name}-v{version}-{run_id_stamp()}")
+    dest.mkdir(parents=True)
+    if src.exists():
+        os.rename(src, dest / "adapter")
+    (dest / "model.json").write_text(json.dumps(row, indent=2, default=str))
+    store.mark_model_deleted(name, version, str(dest / "adapter"))
+    return dest

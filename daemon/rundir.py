@@ -1,0 +1,76 @@
+"""The files a run folder holds that the daemon writes: config.json, stats.json, metadata.json, console lines."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+from daemon.atomic import read_json, write_json
+from daemon.timefmt import iso, log_line
+
+
+def append_console(run_dir: Path, message: str) -> None:
+    """Append one timestamped line to the run's console.log (one write: lines never interleave mid-line)."""
+    with open(run_dir / "console.log", "a", encoding="utf-8") as f:
+        f.write(log_line(message))
+
+
+def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
+    """metadata.json: status, base model, dataset, metrics summary, timings and versions (atomic)."""
+    config = read_json(run_dir / "config.json", {})
+    result = read_json(run_dir / "result.json", {})
+    meta = {
+        "run_id": run["id"],
+        "name": run["name"],
+        "group": run.get("group_id"),
+        "status": run["state"],
+        "reason": run.get("reason"),
+        "base_model": run.get("base_model"),
+        "dataset": config.get("dataset", {}),
+        "priority": run.get("priority"),
+        "metrics": {"step": run.get("step"), "max_steps": run.get("max_steps"), "loss": run.get("loss"),
+                    "eval_loss": run.get("eval_loss"), "tokens_per_s": run.get("tokens_per_s")},
+        "timings": {"created": run.get("created"), "started": run.get("started"), "finished": run.get("finished"),
+                    "train_seconds": result.get("train_seconds")},
+        "device": result.get("device_name") or result.get("device"),
+        "versions": {"overnight": __version__, "python": platform.python_version(), **(result.get("versions") or {})},
+        "updated": iso(),
+    }
+    meta.update(extra)
+    write_json(run_dir / "metadata.json", meta)
+
+
+def read_tail(path: Path, max_bytes: int = 4096) -> str:
+    """The last bytes of a text file (for failure reasons): never reads a whole large log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def read_jsonl_from(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete JSON lines appended after byte `offset`; returns them and the new offset.
+
+    A last line without its newline is still being written: it is left for the next call.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line after a crash: skip it rather than stop ingesting
+    return records, offset + end

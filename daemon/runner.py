@@ -1,0 +1,118 @@
+"""Start, command, and reap the trainer subprocess; mirror its run-folder files into the DB.
+
+The trainer writes only its run folder; the daemon reads it here. The files are the truth: the DB rows for
+metrics and evolution are a mirror that can always be rebuilt from them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json
+from daemon.rundir import read_jsonl_from
+from daemon.store import Store
+
+
+def trainer_command(run_dir: Path) -> list[str]:
+    """The trainer's command line (a module of this package, run by the same interpreter)."""
+    return [sys.executable, "-m", "daemon.trainer", str(run_dir)]
+
+
+@dataclass
+class TrainerProcess:
+    """One running trainer and the daemon's view of its files."""
+
+    run_id: str
+    run_dir: Path
+    proc: subprocess.Popen
+    requested: str | None = None  # what the daemon asked for: stop | skip | preempt | shutdown
+    paused: bool = False
+    offsets: dict[str, int] = field(default_factory=lambda: {"metrics": 0, "evolution": 0})
+    rate: tuple[float, int] | None = None  # (monotonic time, step) of the first progress seen, for the ETA
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
+        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr."""
+        with open(run_dir / "console.log", "ab") as console:
+            proc = subprocess.Popen(
+                trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
+                cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
+            )
+        return cls(run_id, run_dir, proc)
+
+    def send(self, command: str) -> bool:
+        """Write one command line to the trainer; False when it is already gone."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{command}\n".encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def progress(self) -> dict[str, Any]:
+        return read_json(self.run_dir / "progress.json", {}) or {}
+
+    def ingest(self, store: Store) -> dict[str, Any]:
+        """Copy new metrics/evolution records into the DB; return the run fields to update."""
+        fields: dict[str, Any] = {}
+        metrics = self._read_new("metrics", store)
+        if metrics:
+            store.add_metrics(self.run_id, metrics)
+            train = [m for m in metrics if m.get("loss") is not None]
+            evals = [m for m in metrics if m.get("eval_loss") is not None]
+            if train:
+                fields.update(loss=train[-1]["loss"], tokens_per_s=train[-1].get("tokens_per_s"))
+            if evals:
+                fields["eval_loss"] = evals[-1]["eval_loss"]
+        evolution = self._read_new("evolution", store)
+        if evolution:
+            store.add_evolution(self.run_id, evolution)
+        prog = self.progress()
+        if prog.get("step") is not None:
+            step, total = int(prog["step"]), prog.get("max_steps")
+            fields.update(step=step, max_steps=total, epoch=prog.get("epoch"))
+            now = time.monotonic()
+            if self.rate is None or step < self.rate[1]:
+                self.rate = (now, step)
+            elif total and step > self.rate[1]:
+                per_step = (now - self.rate[0]) / (step - self.rate[1])
+                fields["eta_s"] = round(per_step * max(0, total - step), 1)
+        return fields
+
+    def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
+        path = self.run_dir / f"{kind}.jsonl"
+        if path.exists() and path.stat().st_size < self.offsets[kind]:
+            self.reset(kind, store)  # the trainer rewrote the file after a resume: mirror it again
+        records, self.offsets[kind] = read_jsonl_from(path, self.offsets[kind])
+        return records
+
+    def reset(self, kind: str, store: Store) -> None:
+        """Forget the DB mirror of one file so it is ingested again from the start."""
+        self.offsets[kind] = 0
+        table = "metrics" if kind == "metrics" else "evolution"
+        with store.db.conn:
+            store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [self.run_id])
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close_stdin(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass

@@ -1,0 +1,196 @@
+"""The state DB: schema, migrations and every write. Only the daemon imports the write side of this module."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+from daemon.timefmt import iso
+
+ACTIVE_STATES = ("preparing", "training", "paused")
+END_STATES = ("completed", "failed", "stopped", "skipped")
+STATES = ("queued",) + ACTIVE_STATES + END_STATES
+
+RUN_COLUMNS: dict[str, type] = {
+    "id": str, "name": str, "group_id": str, "dataset": str, "format": str, "schema": str, "records": int,
+    "base_model": str, "state": str, "reason": str, "priority": int, "seq": int, "run_dir": str,
+    "created": str, "started": str, "finished": str, "step": int, "max_steps": int, "epoch": float,
+    "loss": float, "eval_loss": float, "tokens_per_s": float, "eta_s": float, "pid": int, "attempts": int,
+    "resume_from": str, "updated": str,
+}
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(RUN_COLUMNS, pk="id", not_null={"state", "seq"}, defaults={"priority": 0, "attempts": 0})
+    db["runs"].create_index(["state", "priority", "seq"])
+    db["transitions"].create({"id": int, "run_id": str, "time": str, "from_state": str, "to_state": str,
+                              "reason": str}, pk="id")
+    db["transitions"].create_index(["run_id"])
+    db["control_events"].create({"id": int, "time": str, "command": str, "target": str, "source": str,
+                                 "status": str, "message": str}, pk="id")
+    db["metrics"].create({"run_id": str, "step": int, "loss": float, "lr": float, "grad_norm": float,
+                          "tokens_per_s": float, "epoch": float, "time": str, "eval_loss": float})
+    db["metrics"].create_index(["run_id", "step"])
+    db["evolution"].create({"run_id": str, "step": int, "probe": int, "prompt": str, "reference": str,
+                            "generation": str, "loss": float, "exact": int, "similarity": float})
+    db["evolution"].create_index(["run_id", "step", "probe"], unique=True)
+    db["models"].create({"name": str, "version": int, "run_id": str, "base_model": str, "metrics": str,
+                         "adapter_path": str, "created": str, "active": int, "deleted": str},
+                        pk=("name", "version"), defaults={"active": 0})
+    db["daemon"].create({"id": int, "pid": int, "started": str, "heartbeat": str, "version": str,
+                         "home": str, "state": str}, pk="id")
+
+
+# Each migration is a small function; a DB at version N runs migrations N+1.. in order.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """The daemon's read-write handle on overnight.db. One short transaction per unit of work."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} was written by a newer overnight (schema {current} > {SCHEMA_VERSION}); "
+                               f"upgrade overnight.")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.db.conn:
+                MIGRATIONS[version - 1](self.db)
+                self.db["meta"].upsert({"key": "schema_version", "value": str(version)}, pk="key")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # --- runs -------------------------------------------------------------------------------------------
+    def next_seq(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()
+        return int(row[0])
+
+    def run_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM runs")}
+
+    def insert_run(self, run: dict[str, Any]) -> None:
+        """A new run, queued (or already rejected elsewhere); records its first transition."""
+        now = iso()
+        row = {"created": now, **run, "updated": now}
+        with self.db.conn:
+            self.db["runs"].insert(row)
+            self.db["transitions"].insert({"run_id": run["id"], "time": now, "from_state": None,
+                                           "to_state": run["state"], "reason": run.get("reason")})
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return self.db["runs"].get(run_id)
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Progress fields (step, loss, eta…): no transition recorded."""
+        fields["updated"] = iso()
+        with self.db.conn:
+            self.db["runs"].update(run_id, fields)
+
+    def set_state(self, run_id: str, state: str, reason: str | None = None, **fields: Any) -> None:
+        """Move a run to `state`, recording the transition in the same transaction."""
+        assert state in STATES, state
+        now = iso()
+        old = self.get_run(run_id)
+        with self.db.conn:
+            self.db["runs"].update(run_id, {**fields, "state": state, "reason": reason, "updated": now})
+            self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
+                                           "to_state": state, "reason": reason})
+
+    def runs_in(self, states: Iterable[str]) -> list[dict[str, Any]]:
+        states = tuple(states)
+        q = f"SELECT * FROM runs WHERE state IN ({','.join('?' * len(states))}) ORDER BY priority DESC, seq"
+        return [dict(r) for r in self.db.query(q, states)]
+
+    # --- control, metrics, evolution ------------------------------------------------------------------
+    def control_event(self, command: str, target: str | None, source: str, status: str, message: str) -> None:
+        with self.db.conn:
+            self.db["control_events"].insert({"time": iso(), "command": command, "target": target,
+                                              "source": source, "status": status, "message": message})
+
+    def add_metrics(self, run_id: str, records: list[dict[str, Any]]) -> None:
+        cols = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "epoch", "time", "eval_loss")
+        rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
+        with self.db.conn:
+            self.db["metrics"].insert_all(rows)
+
+    def drop_metrics_after(self, run_id: str, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: forget the first attempt's records."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step])
+
+    def add_evolution(self, run_id: str, records: list[dict[str, Any]]) -> None:
+        cols = ("step", "probe", "prompt", "reference", "generation", "loss", "exact", "similarity")
+        rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
+        with self.db.conn:
+            self.db["evolution"].insert_all(rows, replace=True)
+
+    # --- daemon heartbeat ------------------------------------------------------------------------------
+    def daemon_started(self, pid: int, home: str, version: str) -> None:
+        now = iso()
+        with self.db.conn:
+            self.db["daemon"].upsert({"id": 1, "pid": pid, "started": now, "heartbeat": now, "version": version,
+                                      "home": home, "state": "running"}, pk="id")
+
+    def heartbeat(self, state: str = "running") -> None:
+        with self.db.conn:
+            self.db["daemon"].update(1, {"heartbeat": iso(), "state": state})
+
+    # --- model registry --------------------------------------------------------------------------------
+    def models(self, name: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM models", []
+        if name:
+            q, args = q + " WHERE name = ?", [name]
+        return [dict(r) for r in self.db.query(q + " ORDER BY name, version", args)]
+
+    def add_model(self, row: dict[str, Any]) -> int:
+        """Register the next version of `row['name']`; it becomes active unless the user pinned another."""
+        with self.db.conn:
+            cur = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", [row["name"]])
+            version = int(cur.fetchone()[0])
+            pinned = self.db.execute("SELECT 1 FROM meta WHERE key = ?", [f"pinned:{row['name']}"]).fetchone()
+            if not pinned:
+                self.db.execute("UPDATE models SET active = 0 WHERE name = ?", [row["name"]])
+            self.db["models"].insert({**row, "version": version, "created": iso(), "active": 0 if pinned else 1,
+                                      "metrics": json.dumps(row.get("metrics") or {})})
+        return version
+
+    def activate_model(self, name: str, version: int) -> None:
+        """Make `version` the active one and pin it (new versions no longer take over)."""
+        with self.db.conn:
+            self.db.execute("UPDATE models SET active = (version = ?) WHERE name = ?", [version, name])
+            self.db["meta"].upsert({"key": f"pinned:{name}", "value": str(version)}, pk="key")
+
+    def mark_model_deleted(self, name: str, version: int, trash_path: str) -> None:
+        with self.db.conn:
+            self.db.execute("UPDATE models SET deleted = ?, active = 0, adapter_path = ? WHERE name = ? AND version = ?",
+                            [iso(), trash_path, name, version])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout` seconds pass (used by CLI commands that wait for the daemon)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

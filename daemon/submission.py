@@ -1,0 +1,98 @@
+"""One drop = a dataset plus its optional sidecar and probe file, validated exactly as `overnight check` does."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon import datasets
+from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, locate_model, resolve
+
+PROBES_SUFFIX = ".probes.jsonl"
+
+
+class SubmissionError(Exception):
+    """Why a drop is rejected: one complete, user-facing message."""
+
+
+def stem_of(path: Path) -> str:
+    """The dataset name a file belongs to: `x.probes.jsonl` and `x.toml` both belong to `x`."""
+    name = path.name
+    if name.endswith(PROBES_SUFFIX):
+        return name[: -len(PROBES_SUFFIX)]
+    return path.stem
+
+
+def role_of(path: Path) -> str:
+    """'probes', 'sidecar', 'dataset' or 'unsupported'."""
+    if path.name.endswith(PROBES_SUFFIX):
+        return "probes"
+    if path.suffix == ".toml":
+        return "sidecar"
+    if path.suffix.lower() in datasets.SUPPORTED_SUFFIXES:
+        return "dataset"
+    return "unsupported"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Submission:
+    """A validated drop, ready to become one run per base model."""
+
+    dataset: Path
+    sidecar: Path | None
+    probes: Path | None
+    report: datasets.DatasetReport
+    options: Resolved
+    probe_count: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.options.values.get("name") or stem_of(self.dataset)
+
+
+def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,
+             require_model: bool = True) -> Submission:
+    """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found."""
+    try:
+        toml = load_home_toml(home_toml)
+        side = load_sidecar(sidecar)
+    except OptionsError as e:
+        raise SubmissionError(str(e)) from None
+    opts = resolve(toml, side)
+    try:
+        report = datasets.inspect_dataset(dataset)
+    except datasets.DatasetError as e:
+        raise SubmissionError(str(e)) from None
+    probe_count = None
+    if probes is not None:
+        from daemon.probes import load_probe_file
+        try:
+            probe_count = len(load_probe_file(probes))
+        except datasets.DatasetError as e:
+            raise SubmissionError(str(e)) from None
+    if require_model:
+        check_base_models(opts, sidecar, home_toml)
+    return Submission(dataset, sidecar, probes, report, opts, probe_count)
+
+
+def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> None:
+    """Every named base model must exist locally; none named at all is an error with the fix."""
+    if not opts.base_models:
+        raise SubmissionError(
+            f"no base model is named for this dataset: neither {sidecar.name if sidecar else 'a sidecar NAME.toml'} "
+            f"nor {home_toml} sets base_model. Fix: add base_model = \"/path/to/model\" to {home_toml} "
+            f"(the machine's default) or to the dataset's sidecar.")
+    for spec in opts.base_models:
+        problem = locate_model(spec, home_toml.parent)
+        if problem:
+            where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
+            raise SubmissionError(f"{where}: {problem}")

@@ -1,0 +1,223 @@
+"""TrainerCallbacks that turn the Trainer's events into the run folder's files and obey the daemon's commands.
+
+- `ReportCallback`: metrics.jsonl records, one console line per logged step, progress.json (≤ 2/s + state changes);
+- `CommandCallback`: pause/stop at optimizer-step boundaries, non-finite loss → stop without saving;
+- `CheckpointCallback`: `checkpoint-N` → `step-N` once written, then retention.
+Callbacks only change `control` (the transformers idiom); the training loop stays the Trainer's own.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from daemon.trainer import checkpoints as ckpt
+from daemon.trainer.commands import Commands
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+def _iso_ms(t: float | None = None) -> str:
+    return _dt.datetime.fromtimestamp(time.time() if t is None else t).isoformat(timespec="milliseconds")
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _replace_json(path: Path, obj: dict[str, Any]) -> None:
+    """Atomic (temp file + rename) but not fsynced: progress.json is rewritten twice a second and only ever
+    describes the present, so it need not survive a power cut, and an fsync would stall the training loop."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Progress:
+    """progress.json, written atomically: at most every PROGRESS_INTERVAL_S, and at once on a state change."""
+
+    path: Path
+    device: str
+    device_name: str
+    state: str = "preparing"
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float = 0.0
+    _last_write: float = 0.0
+
+    def update(self, state: str | None = None, step: int | None = None, max_steps: int | None = None,
+               epoch: float | None = None) -> None:
+        changed = state is not None and state != self.state
+        self.state = state or self.state
+        self.step = self.step if step is None else step
+        self.max_steps = self.max_steps if max_steps is None else max_steps
+        self.epoch = self.epoch if epoch is None else epoch
+        now = time.monotonic()
+        if changed or now - self._last_write >= PROGRESS_INTERVAL_S:
+            self._last_write = now
+            _replace_json(self.path, {"state": self.state, "step": self.step, "max_steps": self.max_steps,
+                                   "epoch": round(self.epoch, 4), "pid": os.getpid(), "device": self.device,
+                                   "device_name": self.device_name, "updated": _iso_ms()})
+
+
+@dataclass
+class RunStatus:
+    """What the callbacks learn during training and run.py needs afterwards."""
+
+    last_loss: float | None = None
+    last_eval_loss: float | None = None
+    nonfinite_step: int | None = None
+    paused_seconds: float = 0.0
+    best_step: int | None = None
+
+
+class ReportCallback(TrainerCallback):
+    """metrics.jsonl + console progress lines + progress.json."""
+
+    def __init__(self, metrics_path: Path, progress: Progress, status: RunStatus,
+                 log: Callable[[str], None]) -> None:
+        self.metrics_path = metrics_path
+        self.progress = progress
+        self.status = status
+        self.log = log
+        self._t0 = 0.0
+        self._step_began = 0.0
+        self._compute_s = 0.0  # time inside optimizer steps since the last record (no eval, saves, snapshots)
+        self._tokens_last = 0
+        self._start_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._t0 = time.perf_counter()
+        self._tokens_last = state.num_input_tokens_seen
+        self._start_step = state.global_step
+        self.progress.update("training", state.global_step, state.max_steps, state.epoch or 0.0)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._step_began = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # first in the callback list: a pause or a snapshot that follows is not counted as step time
+        self._compute_s += time.perf_counter() - self._step_began
+        if control.should_evaluate:
+            self.progress.update("evaluating", state.global_step, epoch=state.epoch)
+        elif control.should_save:
+            self.progress.update("saving", state.global_step, epoch=state.epoch)
+        else:
+            self.progress.update("training", state.global_step, epoch=state.epoch)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress.update("training")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self._train_record(state, logs)
+        if "eval_loss" in logs:
+            self.status.last_eval_loss = float(logs["eval_loss"])
+            self._append({"step": state.global_step, "eval_loss": _num(logs["eval_loss"]),
+                          "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms()})
+            self.log(f"eval @ step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
+
+    def _train_record(self, state: Any, logs: dict[str, float]) -> None:
+        now = time.perf_counter()
+        tokens_per_s = (state.num_input_tokens_seen - self._tokens_last) / max(self._compute_s, 1e-9)
+        self._tokens_last, self._compute_s = state.num_input_tokens_seen, 0.0
+        loss = float(logs["loss"])
+        self.status.last_loss = loss
+        record = {"step": state.global_step, "loss": _num(loss), "lr": _num(logs.get("learning_rate")),
+                  "grad_norm": _num(logs.get("grad_norm")), "tokens_per_s": round(tokens_per_s, 1),
+                  "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms()}
+        self._append(record)
+        done = state.global_step - self._start_step
+        active = now - self._t0 - self.status.paused_seconds
+        eta = active / done * (state.max_steps - state.global_step) if done > 0 else 0.0
+        self.log(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  lr {record['lr'] or 0:.3g}  "
+                 f"grad_norm {record['grad_norm'] or 0:.3g}  {tokens_per_s:.0f} tok/s  "
+                 f"epoch {state.epoch or 0:.2f}  ETA {_hms(eta)}")
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")  # one write per record: readers never see half a line
+
+
+def _num(v: Any) -> float | None:
+    """A JSON-safe number (NaN and inf are not JSON: they become null; the loss line says what happened)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+class CommandCallback(TrainerCallback):
+    """Pause and stop at step boundaries; end the run without saving when the loss stops being finite."""
+
+    def __init__(self, commands: Commands, progress: Progress, status: RunStatus, nonfinite: Callable[[], bool],
+                 log: Callable[[str], None]) -> None:
+        self.commands = commands
+        self.progress = progress
+        self.status = status
+        self.nonfinite = nonfinite
+        self.log = log
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        about_to_write = control.should_log or control.should_save or control.should_evaluate
+        if (about_to_write or self.commands.stop.is_set()) and self.nonfinite():
+            # never checkpoint weights a NaN/inf step may have poisoned: the last good checkpoint stays
+            self.status.nonfinite_step = state.global_step
+            control.should_save = control.should_evaluate = False
+            control.should_log = True
+            control.should_training_stop = True
+            return
+        if self.commands.paused.is_set() and not self.commands.stop.is_set():
+            self._hold(state)
+        if self.commands.stop.is_set():
+            self.progress.update("saving", state.global_step, epoch=state.epoch)
+            control.should_save = True
+            control.should_log = True
+            control.should_training_stop = True
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the final loss is always recorded
+
+    def _hold(self, state: Any) -> None:
+        started = time.perf_counter()
+        self.progress.update("paused", state.global_step, epoch=state.epoch)
+        self.log(f"paused at step {state.global_step} (send 'resume' to continue)")
+        while self.commands.paused.is_set() and not self.commands.stop.is_set():
+            time.sleep(0.1)
+        self.status.paused_seconds += time.perf_counter() - started
+        self.progress.update("training", state.global_step, epoch=state.epoch)
+        if not self.commands.stop.is_set():
+            self.log(f"resumed at step {state.global_step}")
+
+
+class CheckpointCallback(TrainerCallback):
+    """Gives each finished checkpoint its `step-N` name, then prunes old ones (never the best, never adapter/)."""
+
+    def __init__(self, checkpoints: Path, keep: int, status: RunStatus, progress: Progress,
+                 log: Callable[[str], None]) -> None:
+        self.checkpoints = checkpoints
+        self.keep = keep
+        self.status = status
+        self.progress = progress
+        self.log = log
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = ckpt.finalize(self.checkpoints, state.global_step)
+        if path is None:
+            return
+        best = state.best_global_step or None
+        self.status.best_step = best
+        deleted = ckpt.apply_retention(self.checkpoints, self.keep, best)
+        note = f"; removed {', '.join(f'step-{s}' for s in deleted)}" if deleted else ""
+        self.log(f"checkpoint {path.name} saved{note}")
+        self.progress.update("training", state.global_step, epoch=state.epoch)

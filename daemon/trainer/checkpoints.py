@@ -1,0 +1,103 @@
+"""Checkpoint folders: `checkpoint-N` (being written by the Trainer) → `step-N` (complete), retention, resume.
+
+Only complete checkpoints carry the `step-N` name, so the daemon and a resuming trainer can trust any `step-N`
+folder. Retention keeps the newest `keep` plus the best by eval loss; the final adapter/ is never touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from daemon.atomic import fsync_dir, write_text
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def step_dirs(checkpoints: Path) -> dict[int, Path]:
+    """Complete checkpoints by step."""
+    if not checkpoints.is_dir():
+        return {}
+    found = {}
+    for p in checkpoints.iterdir():
+        m = _STEP.match(p.name)
+        if m and p.is_dir():
+            found[int(m.group(1))] = p
+    return found
+
+
+def newest_complete(checkpoints: Path) -> Path | None:
+    """The newest `step-N` folder that holds a trainer state (what a resume starts from)."""
+    for step, path in sorted(step_dirs(checkpoints).items(), reverse=True):
+        if (path / "trainer_state.json").exists():
+            return path
+    return None
+
+
+def discard_incomplete(checkpoints: Path) -> list[str]:
+    """Remove `checkpoint-N` folders and half-deleted leftovers a crash left behind; return their names."""
+    if not checkpoints.is_dir():
+        return []
+    removed = []
+    for p in checkpoints.iterdir():
+        if p.name.startswith("checkpoint-") or p.name.startswith(".trash-"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    # Rename first: a half-deleted folder must not keep its step-N name and pass for complete.
+    trash = path.with_name(f".trash-{path.name}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def finalize(checkpoints: Path, step: int) -> Path | None:
+    """Rename the Trainer's freshly written `checkpoint-{step}` to `step-{step}` (replacing an older copy)."""
+    src = checkpoints / f"checkpoint-{step}"
+    if not src.is_dir():
+        return None
+    dest = checkpoints / f"step-{step}"
+    if dest.exists():
+        _remove(dest)
+    os.rename(src, dest)
+    fsync_dir(checkpoints)
+    return dest
+
+
+def apply_retention(checkpoints: Path, keep: int, best_step: int | None) -> list[int]:
+    """Delete all but the newest `keep` checkpoints and the best one; return the deleted steps."""
+    steps = sorted(step_dirs(checkpoints))
+    keep_set = set(steps[-keep:]) if keep > 0 else set()
+    if best_step is not None:
+        keep_set.add(best_step)
+    deleted = [s for s in steps if s not in keep_set]
+    for s in deleted:
+        _remove(checkpoints / f"step-{s}")
+    return deleted
+
+
+def truncate_jsonl_after(path: Path, step: int) -> int:
+    """Drop records with `step` > `step` from a JSONL file (a resume repeats those steps); return how many.
+
+    Torn lines (a crash mid-write) are dropped too. The file is replaced atomically.
+    """
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_text(path, "".join(line + "\n" for line in kept))
+    return dropped

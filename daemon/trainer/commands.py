@@ -1,0 +1,77 @@
+"""The daemon → trainer command channel: stdin lines, signals, and the parent-death signal.
+
+A reader thread turns stdin lines into flags the training callbacks poll at step boundaries:
+`pause`, `resume`, `stop` (EOF on stdin counts as stop: the trainer never outlives its daemon).
+SIGTERM/SIGINT also mean stop; PR_SET_PDEATHSIG delivers SIGTERM if the daemon dies without closing the pipe.
+"""
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Commands:
+    """Flags set by the channel, read by the callbacks."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str = ""
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+        self.paused.clear()  # a paused run that is told to stop must wake up to save and exit
+
+
+def _read_commands(stream: TextIO, commands: Commands, log: Callable[[str], None]) -> None:
+    for raw in stream:
+        line = raw.strip().lower()
+        if not line:
+            continue
+        if line == "pause":
+            commands.paused.set()
+            log("command received: pause (halting at the next step boundary)")
+        elif line == "resume":
+            commands.paused.clear()
+            log("command received: resume")
+        elif line in ("stop", "skip", "preempt"):
+            log(f"command received: {line} (saving a checkpoint at the next step boundary)")
+            commands.request_stop(f"{line} requested")
+        else:
+            log(f"command ignored: unknown command {line!r} (known: pause, resume, stop)")
+    commands.request_stop("stdin closed (the daemon went away)")
+
+
+def set_parent_death_signal() -> None:
+    """Ask Linux to send us SIGTERM when the parent process dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass  # no libc.so.6 (e.g. musl): EOF on stdin still stops us
+
+
+def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Commands:
+    """Install signal handlers and the stdin reader; return the shared flags."""
+    commands = Commands()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        commands.request_stop(f"{signal.Signals(signum).name} received")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    set_parent_death_signal()
+    if read_stdin:
+        threading.Thread(target=_read_commands, args=(sys.stdin, commands, log), name="commands",
+                         daemon=True).start()
+    return commands

@@ -1,0 +1,289 @@
+"""Examples → token ids and loss masks, the deterministic train/eval/probe split, and the padding collator.
+
+Three kinds of normalised examples come from `daemon.datasets.iter_examples` (see docs/ARCHITECTURE.md):
+- prompt: tokens(prompt) + tokens(completion) + eos; the prompt is masked from the loss (label -100);
+- chat: the tokenizer's chat template; only assistant turns carry labels;
+- text: every record + eos, concatenated and cut into blocks of max_length; every token is a label.
+Datasets are tokenised once up front and held as int32 arrays (a few bytes per token).
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from daemon.trainer.config import RunError
+
+IGNORE = -100
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+@dataclass
+class Encoded:
+    """One training sequence: token ids and labels (None: every token is a label, as in text blocks)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray | None = None
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """A list of Encoded sequences in the dict form the Trainer and the collator expect."""
+
+    def __init__(self, items: list[Encoded]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray | None]:
+        item = self.items[i]
+        return {"input_ids": item.input_ids, "labels": item.labels}
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch to its longest sequence: pad id in input_ids, -100 in labels, 0 in attention_mask."""
+
+    pad_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(features)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, f in enumerate(features):
+            row = torch.from_numpy(np.asarray(f["input_ids"], dtype=np.int64))
+            k = len(row)
+            ids[i, :k] = row
+            lab = f.get("labels")
+            labels[i, :k] = row if lab is None else torch.from_numpy(np.asarray(lab, dtype=np.int64))
+            mask[i, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+@dataclass
+class Encoder:
+    """Tokenises one example of any kind; counts lengths (before truncation) and truncated records."""
+
+    tokenizer: Any
+    max_length: int
+    model_name: str
+    lengths: list[int] = field(default_factory=list)
+    truncated: int = 0
+
+    def __post_init__(self) -> None:
+        self.eos_id: int | None = self.tokenizer.eos_token_id
+        template = getattr(self.tokenizer, "chat_template", None)
+        self.template: str | None = template if isinstance(template, str) else None
+        self.has_generation_tags = bool(self.template and _GENERATION_TAG.search(self.template))
+
+    def encode(self, example: dict[str, Any]) -> Encoded | None:
+        """Token ids + labels of one prompt/chat example (None when truncation left nothing to learn)."""
+        if example["kind"] == "prompt":
+            ids, labels = self._prompt(example)
+        elif example["kind"] == "chat":
+            ids, labels = self._chat(example)
+        else:
+            raise ValueError(f"encode() takes prompt or chat examples, got {example['kind']!r}")
+        self.lengths.append(len(ids))
+        if len(ids) > self.max_length:
+            self.truncated += 1
+            ids, labels = ids[:self.max_length], labels[:self.max_length]
+        if all(x == IGNORE for x in labels):
+            return None
+        return Encoded(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32))
+
+    def text_ids(self, example: dict[str, Any]) -> list[int]:
+        """A text record's ids followed by eos (the separator between concatenated records)."""
+        ids = list(self.tokenizer(example["text"])["input_ids"])
+        if self.eos_id is not None:
+            ids.append(self.eos_id)
+        self.lengths.append(len(ids))
+        return ids
+
+    def _prompt(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
+        prompt = list(self.tokenizer(ex["prompt"])["input_ids"])  # with the model's own BOS, if it has one
+        answer = list(self.tokenizer(ex["completion"], add_special_tokens=False)["input_ids"])
+        if self.eos_id is not None:
+            answer.append(self.eos_id)
+        return prompt + answer, [IGNORE] * len(prompt) + answer
+
+    def _chat(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
+        if not self.template:
+            raise RunError(
+                f"the base model {self.model_name} has no chat template, so chat records (messages/conversations) "
+                f"cannot be formatted. Fix: use a base model with a chat template (an instruct/chat model), or "
+                f"convert the dataset to a prompt/completion or text schema, which work without one.")
+        if self.has_generation_tags:
+            out = self.tokenizer.apply_chat_template(
+                ex["messages"], tools=ex.get("tools") or None, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True)
+            ids = list(out["input_ids"])
+            return ids, [t if m else IGNORE for t, m in zip(ids, out["assistant_masks"])]
+        return self._chat_by_prefixes(ex)
+
+    def _chat_by_prefixes(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
+        # Templates without {% generation %} markers (most real ones): render the conversation up to each
+        # assistant turn with and without it; the difference is what the assistant says.
+        messages, tools = ex["messages"], ex.get("tools") or None
+
+        def render(msgs: list[dict[str, Any]], prompt: bool) -> str:
+            if not msgs:
+                return ""
+            return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
+                                                      add_generation_prompt=prompt)
+
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+        for i, msg in enumerate(messages):
+            if msg["role"] != "assistant":
+                continue
+            head, full = render(messages[:i], True), render(messages[:i + 1], False)
+            if not head.startswith(done) or not full.startswith(head):
+                raise RunError(
+                    f"the chat template of {self.model_name} renders a conversation differently depending on what "
+                    f"follows, so the assistant turns cannot be located. Fix: use a template with "
+                    f"{{% generation %}} markers, or a prompt/completion dataset.")
+            self._extend(ids, labels, head[len(done):], learn=False)
+            self._extend(ids, labels, full[len(head):], learn=True)
+            done = full
+        rest = render(messages, False)
+        self._extend(ids, labels, rest[len(done):] if rest.startswith(done) else "", learn=False)
+        return ids, labels
+
+    def _extend(self, ids: list[int], labels: list[int], text: str, learn: bool) -> None:
+        if not text:
+            return
+        part = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids += part
+        labels += part if learn else [IGNORE] * len(part)
+
+
+def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
+    """Concatenate token streams and cut them into blocks of max_length (the last one may be shorter)."""
+    blocks: list[Encoded] = []
+    buf: list[int] = []
+    for ids in streams:
+        buf.extend(ids)
+        while len(buf) >= max_length:
+            blocks.append(Encoded(np.asarray(buf[:max_length], dtype=np.int32)))
+            del buf[:max_length]
+    if len(buf) >= 2:  # a single token has nothing to predict
+        blocks.append(Encoded(np.asarray(buf, dtype=np.int32)))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------ the split
+
+MIN_RECORDS_FOR_EVAL = 20
+
+
+def eval_indices(n_records: int, fraction: float, seed: int, exclude: set[int]) -> set[int]:
+    """The held-out eval records: a seeded sample of `fraction` of the records not used as probes.
+
+    Empty when the fraction is 0 or there are too few records for a meaningful eval loss.
+    """
+    candidates = [i for i in range(n_records) if i not in exclude]
+    count = int(len(candidates) * fraction)
+    if count < 1 or len(candidates) < MIN_RECORDS_FOR_EVAL:
+        return set()
+    return set(random.Random(seed).sample(candidates, count))
+
+
+@dataclass
+class Prepared:
+    """The tokenised splits, the probes, and what stats.json gains from tokenisation."""
+
+    train: SequenceDataset
+    eval: SequenceDataset | None
+    probes: list[dict[str, Any]]
+    kind: str
+    stats: dict[str, Any]
+
+
+def _length_stats(lengths: list[int]) -> dict[str, float]:
+    if not lengths:
+        return {"min": 0, "mean": 0, "p50": 0, "p95": 0, "max": 0}
+    a = np.asarray(lengths)
+    return {"min": int(a.min()), "mean": round(float(a.mean()), 1), "p50": int(np.percentile(a, 50)),
+            "p95": int(np.percentile(a, 95)), "max": int(a.max())}
+
+
+def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, encoder: Encoder, *,
+            eval_fraction: float, seed: int, probe_holdout: set[int],
+            probe_from_example: Callable[[dict[str, Any]], dict[str, Any] | None],
+            file_probes: list[dict[str, Any]] | None, log: Callable[[str], None]) -> Prepared:
+    """Stream the examples once: hold out probes, split off eval, tokenise the rest.
+
+    `probe_holdout` are record indices proposed as probes (used only when there is no probe file); a record
+    that cannot be a probe (e.g. plain text) stays in training.
+    """
+    held_eval = eval_indices(n_records, eval_fraction, seed, probe_holdout if file_probes is None else set())
+    probes: list[dict[str, Any]] = list(file_probes or [])
+    train: list[Encoded] = []
+    evals: list[Encoded] = []
+    text_train: list[list[int]] = []
+    text_eval: list[list[int]] = []
+    kinds: set[str] = set()
+    n_seen = dropped = n_train = n_eval = 0
+    for i, example in enumerate(examples()):
+        n_seen += 1
+        kinds.add(example["kind"])
+        if file_probes is None and i in probe_holdout:
+            probe = probe_from_example(example)
+            if probe is not None:
+                probes.append({**probe, "id": len(probes)})
+                continue
+        to_eval = i in held_eval
+        n_eval += to_eval
+        n_train += not to_eval
+        if example["kind"] == "text":
+            (text_eval if to_eval else text_train).append(encoder.text_ids(example))
+            continue
+        item = encoder.encode(example)
+        if item is None:
+            dropped += 1
+        else:
+            (evals if to_eval else train).append(item)
+    if len(kinds) > 1:
+        raise RunError(f"the dataset mixes example kinds {sorted(kinds)}; one file must hold one schema.")
+    kind = kinds.pop() if kinds else "none"
+    if kind == "text":
+        train, evals = pack_blocks(text_train, encoder.max_length), pack_blocks(text_eval, encoder.max_length)
+    if dropped:
+        log(f"{dropped} record(s) dropped: after cutting to max_length={encoder.max_length} tokens nothing of "
+            f"their answer was left to learn (raise max_length to keep them)")
+    if not train:
+        raise RunError(f"no training sequences left from {n_seen} record(s) (after holding out "
+                       f"{len(probes)} probe(s) and {n_eval} eval record(s)). Fix: add records, or raise max_length.")
+    stats = {
+        "tokens": _length_stats(encoder.lengths),
+        "truncated": encoder.truncated,
+        "split": {"train": n_train, "eval": n_eval, "probes": len(probes)},
+        "sequences": {"train": len(train), "eval": len(evals), "dropped": dropped},
+    }
+    return Prepared(SequenceDataset(train), SequenceDataset(evals) if evals else None, probes, kind, stats)
+
+
+def count_records(examples: Iterator[Any]) -> int:
+    """How many examples a stream yields (when stats.json does not say)."""
+    return sum(1 for _ in examples)
+
+
+def dataset_examples(path: Path) -> Callable[[], Iterator[dict[str, Any]]]:
+    """A re-iterable source of normalised examples (daemon.datasets does the parsing and validation)."""
+    from daemon.datasets import iter_examples
+
+    return lambda: iter_examples(path)

@@ -1,0 +1,252 @@
+"""Evolution snapshots during training: what the model answers on fixed probes, at step 0, every N steps, at the end.
+
+`EvolutionCallback` is a transformers `TrainerCallback`. At each snapshot it puts the model in eval mode, and for
+every probe (batched, left-padded) computes the greedy generation and the mean token loss on the reference answer;
+it appends one record per probe to `evolution.jsonl` and logs one console line. It then restores train mode and
+every random-number generator, so a run with snapshots trains exactly like one without (same per-step losses).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, TrainerCallback
+
+from daemon.evolution import is_exact, load_records, similarity
+from daemon.timefmt import iso
+
+
+@dataclass
+class EncodedProbe:
+    """A probe as token ids: the context the model sees, and the reference answer that should follow it."""
+
+    probe: dict[str, Any]
+    prompt_ids: list[int]
+    reference_ids: list[int]
+
+
+def encode_probe(tokenizer: Any, probe: dict[str, Any]) -> EncodedProbe:
+    """Token ids laid out the way the trainer tokenises training examples.
+
+    Prompt probes: the raw prompt (with the tokenizer's own special tokens, e.g. a BOS), then the reference plus
+    eos. Chat probes: the chat template with the generation prompt, then the rest of the templated conversation
+    once the reference is appended as the assistant turn, up to its end-of-turn (eos) token.
+    """
+    if probe.get("messages") is not None:
+        tools = probe.get("tools") or None
+        context = tokenizer.apply_chat_template(probe["messages"], tools=tools, tokenize=False,
+                                                add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            [*probe["messages"], {"role": "assistant", "content": probe["reference"]}], tools=tools, tokenize=False)
+        tail = full[len(context):] if full.startswith(context) else probe["reference"]
+        reference_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        eos = tokenizer.eos_token_id
+        if eos in reference_ids:  # the turn ends at its end-of-turn token; what follows is never trained on
+            reference_ids = reference_ids[:reference_ids.index(eos) + 1]
+        return EncodedProbe(probe, tokenizer(context, add_special_tokens=False)["input_ids"], reference_ids)
+    prompt_ids = tokenizer(probe["prompt"])["input_ids"]
+    reference_ids = tokenizer(probe["reference"], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        reference_ids = reference_ids + [tokenizer.eos_token_id]
+    return EncodedProbe(probe, prompt_ids, reference_ids)
+
+
+@contextlib.contextmanager
+def preserved_training_state(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad inside; train mode and every RNG state (torch CPU/CUDA, python, numpy) restored after."""
+    was_training = model.training
+    cpu_state = torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+        torch.random.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # left padding: each row's real tokens must start at position 0, as they do in training
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class EvolutionCallback(TrainerCallback):
+    """Takes evolution snapshots at step 0, every `every` steps and at the end; resume-aware.
+
+    Steps already recorded in `out_path` (a resumed run) are never snapshotted twice. `max_overhead` (the
+    automatic interval, e.g. 0.03): after the first periodic snapshot, one due on a multiple of `every` is skipped
+    while the periodic snapshots, counting it (estimated at their median cost), would take more than that
+    share of the training time so far; step 0 and the end are always taken and not counted (step 0 also pays
+    generate's one-time warm-up). None: every multiple of `every` is taken.
+    """
+
+    def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
+                 max_new_tokens: int = 32, batch_size: int = 16, log: Callable[[str], None] = print,
+                 similarity_threshold: float = 0.9, max_overhead: float | None = None) -> None:
+        if every < 1:
+            raise ValueError(f"evolution interval must be >= 1 step, got {every}")
+        self.probes = probes
+        self.tokenizer = tokenizer
+        self.out_path = Path(out_path)
+        self.every = every
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.log = log
+        self.threshold = similarity_threshold
+        self.max_overhead = max_overhead
+        self.encoded = [encode_probe(tokenizer, p) for p in probes]
+        self.done_steps = self._recover()
+        self.seconds = 0.0  # time spent in snapshots since this process started training
+        self.periodic_seconds = 0.0  # the part of it the max_overhead budget counts
+        self.periodic_costs: list[float] = []  # their median estimates the next one (robust to a busy moment)
+        self.last_cost = 0.0  # seconds the latest snapshot of any kind took
+        self.train_started = time.perf_counter()
+
+    def _recover(self) -> set[int]:
+        """Steps already in evolution.jsonl (after a resume); a half-written last line from a crash is cut off."""
+        if not self.out_path.exists():
+            return set()
+        data = self.out_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.out_path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        return {int(r["step"]) for r in load_records(self.out_path)}
+
+    # ------------------------------------------------------------------------------- TrainerCallback hooks
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step == 0:
+            self._maybe_snapshot(state, model)
+        self.train_started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every == 0 and self._within_budget():
+            taken = self._maybe_snapshot(state, model)
+            if taken:
+                self.periodic_seconds += taken
+                self.periodic_costs.append(taken)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._maybe_snapshot(state, model)
+
+    def _within_budget(self) -> bool:
+        if self.max_overhead is None:
+            return True
+        elapsed = time.perf_counter() - self.train_started
+        estimate = statistics.median(self.periodic_costs) if self.periodic_costs else 0.0
+        return self.periodic_seconds + estimate <= self.max_overhead * elapsed
+
+    def _maybe_snapshot(self, state: Any, model: Any) -> float:
+        """Take the snapshot for the current step unless it exists; returns the seconds it took (0.0 if none)."""
+        step = int(state.global_step)
+        # one writer: under DDP only the main process takes snapshots (the others wait at the next all-reduce)
+        if step in self.done_steps or not self.probes or model is None or not state.is_world_process_zero:
+            return 0.0
+        self.snapshot(model, step)
+        return self.last_cost
+
+    # ------------------------------------------------------------------------------- the snapshot
+
+    def snapshot(self, model: torch.nn.Module, step: int) -> list[dict[str, Any]]:
+        """Score every probe at `step`, append the records to evolution.jsonl and log one line."""
+        started = time.perf_counter()
+        with preserved_training_state(model):
+            results: list[tuple[str, float]] = []
+            for i in range(0, len(self.encoded), self.batch_size):
+                batch = self.encoded[i:i + self.batch_size]
+                results += zip(self._generate(model, batch), self._reference_loss(model, batch))
+        stamp = iso()
+        records = []
+        for enc, (generation, loss) in zip(self.encoded, results):
+            probe = enc.probe
+            records.append({"step": step, "probe": probe["id"], "prompt": probe["prompt"],
+                            "reference": probe["reference"], "generation": generation,
+                            "loss": None if loss != loss else round(loss, 6),  # NaN is not JSON
+                            "exact": is_exact(generation, probe["reference"]),
+                            "similarity": round(similarity(generation, probe["reference"]), 4), "time": stamp})
+        self._append(records)
+        self.done_steps.add(step)
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        self.last_cost = elapsed
+        exact = sum(r["exact"] for r in records)
+        close = sum(r["exact"] or r["similarity"] >= self.threshold for r in records)
+        mean_sim = sum(r["similarity"] for r in records) / len(records)
+        self.log(f"evolution @ step {step}: {exact}/{len(records)} exact, {close}/{len(records)} matching "
+                 f"(similarity >= {self.threshold:g}), mean similarity {mean_sim:.2f}, {elapsed:.2f} s")
+        return records
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with open(self.out_path, "a", encoding="utf-8") as f:
+            f.write(text)  # one write per snapshot: readers see whole snapshots (bar a crash mid-write)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _stop_ids(self, model: torch.nn.Module) -> list[int]:
+        ids: set[int] = set()
+        for source in (getattr(model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        return sorted(ids)
+
+    def _generate(self, model: torch.nn.Module, batch: list[EncodedProbe]) -> list[str]:
+        """Greedy generations, each cut at its first stop token."""
+        stop = self._stop_ids(model)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (stop or [0])[0]
+        device = next(model.parameters()).device
+        ids, mask = _left_pad([e.prompt_ids for e in batch], pad, device)
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=stop or None, pad_token_id=pad, use_cache=True)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        texts = []
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return texts
+
+    def _reference_loss(self, model: torch.nn.Module, batch: list[EncodedProbe]) -> list[float]:
+        """Mean cross-entropy per reference token, teacher-forced after the probe's context."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        rows = [e.prompt_ids + e.reference_ids for e in batch]
+        ids, mask = _left_pad(rows, pad, device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits.float()
+        losses = []
+        width = ids.shape[1]
+        for i, e in enumerate(batch):
+            n = len(e.reference_ids)
+            if n == 0:
+                losses.append(float("nan"))
+                continue
+            # logits at position t predict token t+1: the reference occupies the last n positions
+            pred = logits[i, width - n - 1: width - 1]
+            losses.append(torch.nn.functional.cross_entropy(pred, ids[i, width - n:]).item())
+        return losses

@@ -1,0 +1,154 @@
+"""One training run, start to end: config → data → model + LoRA → transformers Trainer → adapter and result.
+
+Entry: `python -m daemon.trainer RUN_DIR` (see __main__.py). Everything the run produces goes into RUN_DIR,
+as described in docs/ARCHITECTURE.md ("Run folder").
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json, write_json
+from daemon.trainer import checkpoints as ckpt
+from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
+from daemon.trainer.console import say
+from daemon.trainer.finish import Result, header_lines
+
+
+@dataclass
+class Session:
+    """What one trainer process has built so far (for the result, whatever happens)."""
+
+    cfg: RunConfig
+    result: Result
+
+
+def main(run_dir: Path, *, read_stdin: bool = True) -> int:
+    """Train the run in `run_dir`; write result.json; return the process exit code."""
+    from daemon.trainer.commands import start_channel
+
+    commands = start_channel(say, read_stdin=read_stdin)
+    result = Result("failed")
+    result_path = Path(run_dir).resolve() / "result.json"
+    try:
+        cfg = RunConfig.load(run_dir)
+        session = Session(cfg, result)
+        _train(session, commands)
+    except RunError as e:
+        result.outcome, result.reason = "failed", str(e)
+        say(f"error: {e}")
+    except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
+        traceback.print_exc()
+        result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
+    result.write(result_path)
+    _final_progress(result_path.parent, result)
+    say(result.footer())
+    return result.exit_code
+
+
+def _final_progress(run_dir: Path, result: Result) -> None:
+    prog = read_json(run_dir / "progress.json", None)
+    if prog is not None:
+        write_json(run_dir / "progress.json", {**prog, "state": result.outcome, "step": result.step})
+
+
+def _train(s: Session, commands: Any) -> None:
+    cfg, opts, paths = s.cfg, s.cfg.options, s.cfg.paths
+    stats = read_json(paths.stats, {}) or {}
+    for line in header_lines(cfg.run_id, opts.base_model, cfg.dataset_path, cfg.schema, stats.get("records"),
+                             cfg.raw.get("options") or {}):
+        say(line)
+    # checked before torch is imported (~5 s): a wrong path fails at once
+    source = resolve_model_source(opts.base_model, paths.root.parent.parent, paths.root)
+
+    import torch
+
+    from daemon.trainer.callbacks import Progress
+    from daemon.trainer.model import pick_device
+    from daemon.trainer.setup import build_everything
+
+    device = pick_device()
+    s.result.device, s.result.device_name = device.kind, device.name
+    say(f"device: {device.label}")
+    progress = Progress(paths.progress, device.kind, device.name)
+    progress.update("preparing")
+    resume = _prepare_resume(s)
+    built = build_everything(s, source, device, stats, progress, commands)
+    if commands.stop.is_set():
+        s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
+        return
+    attempt_opts = opts
+    while True:
+        trainer = built.make_trainer(attempt_opts)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        out_of_memory = False
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
+        finally:
+            s.result.train_seconds += time.perf_counter() - t0
+            s.result.train_cpu_seconds += time.process_time() - cpu0
+        if not out_of_memory:
+            break
+        attempt_opts = _halve_batch(attempt_opts)  # raises RunError when already at batch size 1
+        del trainer
+        built.drop_model()
+        gc.collect()
+        torch.cuda.empty_cache()
+        resume = _prepare_resume(s)
+        say(f"CUDA out of memory: retrying {f'from {resume.name}' if resume else 'from the start'} with "
+            f"batch_size {attempt_opts.batch_size} and grad_accum {attempt_opts.grad_accum} (same effective batch)")
+        built.reset_model()
+    built.finish(trainer)
+
+
+def _prepare_resume(s: Session) -> Path | None:
+    """Clear half-written checkpoints; find the newest complete one and forget log records written after it."""
+    paths = s.cfg.paths
+    paths.checkpoints.mkdir(exist_ok=True)
+    for name in ckpt.discard_incomplete(paths.checkpoints):
+        say(f"removed incomplete checkpoint {name} (left by an interrupted save)")
+    resume = ckpt.newest_complete(paths.checkpoints)
+    if resume is not None:
+        step = int(resume.name.split("-")[1])
+        s.result.step = step
+        dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
+        say(f"resuming from {resume.relative_to(paths.root)} (step {step})"
+            f"{f'; dropped {dropped} log record(s) written after it' if dropped else ''}")
+    return resume
+
+
+def _halve_batch(opts: TrainOptions) -> TrainOptions:
+    if opts.batch_size <= 1:
+        raise RunError("CUDA out of memory at batch_size 1. Fix: lower max_length, or use a GPU with more memory "
+                       "or a smaller base model.")
+    from dataclasses import replace
+
+    return replace(opts, batch_size=opts.batch_size // 2, grad_accum=opts.grad_accum * 2)
+
+
+def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
+    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps)."""
+    if opts.max_steps > 0:
+        return opts.max_steps
+    batches = math.ceil(n_sequences / opts.batch_size)
+    per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
+    return math.ceil(opts.epochs * per_epoch)
+
+
+def environment_defaults() -> None:
+    """Offline, quiet, deterministic library settings (before transformers is imported)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the trainer never downloads; fail fast instead of timing out
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # a deprecation inside peft/transformers that the user can do nothing about
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

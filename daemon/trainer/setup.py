@@ -1,0 +1,247 @@
+"""Builds the pieces of a run (tokenizer, data, model, callbacks, Trainer) and turns the Trainer's end into a result."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.utils import logging as hf_logging
+
+from daemon.atomic import write_json
+from daemon.trainer import checkpoints as ckpt
+from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
+from daemon.trainer.config import RunError, TrainOptions
+from daemon.trainer.console import say
+from daemon.trainer.data import Encoder, PadCollator, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.finish import model_card, save_adapter
+from daemon.trainer.model import Device, add_lora, load_model, load_tokenizer, trainable_summary
+
+if TYPE_CHECKING:
+    from daemon.trainer.commands import Commands
+    from daemon.trainer.run import Session
+
+
+class OvernightTrainer(Trainer):
+    """The stock Trainer, plus a record of whether any micro-batch loss was NaN/inf.
+
+    The flag stays a device tensor (no sync per step); CommandCallback reads it only before anything is
+    logged or saved, so weights from a diverged step are never checkpointed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._nonfinite: torch.Tensor | None = None
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        return loss
+
+    def loss_nonfinite(self) -> bool:
+        return bool(self._nonfinite is not None and self._nonfinite.any().item())
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping, minus its warning about load_best_model_at_end.
+
+    That option would look for the best `checkpoint-N` folder, which our checkpoints no longer are once renamed
+    `step-N`; `Built.finish` loads the best checkpoint's adapter itself. `training_arguments` always sets the
+    metric and the eval interval this callback needs.
+    """
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        return None
+
+
+def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool) -> TrainingArguments:
+    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job)."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.learning_rate,
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps if opts.max_steps > 0 else -1,
+        logging_steps=opts.log_every,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must fail the run, not be averaged away
+        save_strategy="steps",
+        save_steps=opts.save_every,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=opts.save_every if has_eval else None,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        seed=opts.seed,
+        bf16=device.bf16,
+        use_cpu=device.kind == "cpu",
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+        log_level="warning",
+    )
+
+
+@dataclass
+class Built:
+    """Everything a run needs to make a Trainer (again, after an out-of-memory retry)."""
+
+    session: "Session"
+    device: Device
+    source: str
+    tokenizer: Any
+    data: Prepared
+    progress: Progress
+    commands: "Commands"
+    model: Any = None
+    status: RunStatus = field(default_factory=RunStatus)
+    extra_callbacks: list[TrainerCallback] = field(default_factory=list)
+    _trainer: OvernightTrainer | None = None
+
+    def drop_model(self) -> None:
+        """Let go of the model and the Trainer (before an out-of-memory retry)."""
+        self.model = self._trainer = None
+
+    def reset_model(self) -> None:
+        """Load the base model and add a fresh (seeded) LoRA adapter."""
+        opts = self.session.cfg.options
+        self.model = add_lora(load_model(self.source, self.device, opts.trust_remote_code), opts)
+
+    def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
+        paths = self.session.cfg.paths
+        args = training_arguments(opts, str(paths.checkpoints), self.device, self.data.eval is not None)
+        callbacks: list[TrainerCallback] = [
+            ReportCallback(paths.metrics, self.progress, self.status, say),
+            CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
+            CheckpointCallback(paths.checkpoints, opts.keep_checkpoints, self.status, self.progress, say),
+            *self.extra_callbacks,
+        ]
+        if opts.early_stopping_patience > 0 and self.data.eval is not None:
+            callbacks.append(EarlyStopping(early_stopping_patience=opts.early_stopping_patience))
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._trainer = OvernightTrainer(
+            model=self.model, args=args, train_dataset=self.data.train, eval_dataset=self.data.eval,
+            data_collator=PadCollator(pad_id, 8 if self.device.kind == "cuda" else None), callbacks=callbacks)
+        self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
+        return self._trainer
+
+    def _nonfinite(self) -> bool:
+        return self._trainer is not None and self._trainer.loss_nonfinite()
+
+    def finish(self, trainer: OvernightTrainer) -> None:
+        """Decide the outcome from how training ended; on completion save adapter/ with its model card."""
+        s, state = self.session, trainer.state
+        paths, opts, result = s.cfg.paths, s.cfg.options, s.result
+        result.step, result.max_steps = state.global_step, state.max_steps
+        result.final_loss, result.eval_loss = self.status.last_loss, self.status.last_eval_loss
+        best = self.status.best_step or state.best_global_step
+        result.best_checkpoint = f"step-{best}" if best and (paths.checkpoints / f"step-{best}").is_dir() else None
+        newest = ckpt.newest_complete(paths.checkpoints)
+        result.last_checkpoint = newest.name if newest else None
+        if self.status.nonfinite_step is not None:
+            kept = f"the last good checkpoint {newest.name} is kept" if newest else "no checkpoint was saved before it"
+            result.outcome = "failed"
+            result.reason = (f"loss became NaN/inf by step {self.status.nonfinite_step}; {kept}. Fix: lower "
+                             f"learning_rate (now {opts.learning_rate}) or check the data, then resume or re-run.")
+            return
+        finished = state.global_step >= state.max_steps
+        if self.commands.stop.is_set() and not finished:  # a stop that came after the last step changes nothing
+            result.outcome, result.reason = "stopped", self.commands.stop_reason
+            return
+        note = None
+        if not finished:
+            note = f"Early stopping: eval loss stopped improving at step {state.global_step}."
+            if result.best_checkpoint:
+                self._load_best(paths.checkpoints / result.best_checkpoint)
+                result.eval_loss = state.best_metric
+                note += f" The adapter holds the best checkpoint, {result.best_checkpoint}."
+            result.reason = note
+        card = model_card(run_id=s.cfg.run_id, base_model=opts.base_model, dataset=s.cfg.dataset_path,
+                          schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
+                          eval_loss=result.eval_loss, options=s.cfg.raw.get("options") or {}, note=note)
+        self.progress.update("saving")
+        save_adapter(self.model, paths.adapter, card)
+        result.outcome, result.adapter = "completed", str(paths.adapter)
+        say(f"adapter saved to {paths.adapter}")
+
+    def _load_best(self, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.model, weights)
+        say(f"loaded the best checkpoint's adapter weights from {folder.name}")
+
+
+def build_everything(s: "Session", source: str, device: Device, stats: dict[str, Any], progress: Progress,
+                     commands: "Commands") -> Built:
+    """Tokenizer, tokenised data (+ stats.json), probes, then the base model with its LoRA adapter."""
+    hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()
+    cfg, opts = s.cfg, s.cfg.options
+    tokenizer = load_tokenizer(source, opts.trust_remote_code)
+    data = _prepare_data(s, tokenizer, stats)
+    built = Built(s, device, source, tokenizer, data, progress, commands)
+    if commands.stop.is_set():
+        return built
+    built.reset_model()
+    say(f"model: {source} with LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} "
+        f"targets={opts.lora_targets}; {trainable_summary(built.model)}")
+    evolution = _evolution_callback(s, tokenizer, data)
+    if evolution is not None:
+        built.extra_callbacks.append(evolution)
+    return built
+
+
+def _prepare_data(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+    from daemon.datasets import DatasetError
+
+    try:
+        return _tokenise(s, tokenizer, stats)
+    except DatasetError as e:  # the daemon validated the file; it changed or is damaged since
+        raise RunError(str(e)) from None
+
+
+def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+    from daemon.probes import holdout_indices, load_probe_file, probe_from_example
+
+    cfg, opts = s.cfg, s.cfg.options
+    examples = dataset_examples(cfg.dataset_path)
+    records = stats.get("records")
+    n_records = int(records) if isinstance(records, int) else count_records(examples())
+    file_probes = None
+    if cfg.probes_path is not None:
+        file_probes = [{**p, "id": p.get("id", i)} for i, p in enumerate(load_probe_file(cfg.probes_path))]
+    holdout = set(holdout_indices(n_records, opts.probe_count, opts.seed)) if file_probes is None else set()
+    encoder = Encoder(tokenizer, opts.max_length, opts.base_model)
+    data = prepare(examples, n_records, encoder, eval_fraction=opts.eval_fraction, seed=opts.seed,
+                   probe_holdout=holdout, probe_from_example=probe_from_example, file_probes=file_probes, log=say)
+    write_json(cfg.paths.stats, {**stats, **data.stats})
+    t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
+    say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
+        f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
+        f"p95 {t['p95']} max {t['max']}; {data.stats['truncated']} truncated at max_length {opts.max_length}")
+    return data
+
+
+def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> TrainerCallback | None:
+    from daemon.evolution import resolve_probe_every
+    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.run import planned_steps
+
+    opts = s.cfg.options
+    if not data.probes:
+        return None
+    every, budget = resolve_probe_every(opts.probe_every, planned_steps(len(data.train), opts))
+    say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
+        + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
+    return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
+                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget)

@@ -1,0 +1,184 @@
+"""Steering a running appliance: control files and CLI against the real daemon, trainer and tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.queries import Reader
+from tests.conftest import DaemonProcess, overnight, wait_until
+
+pytestmark = pytest.mark.e2e
+
+WORDS = ["apple", "stone", "river", "green", "music", "horse", "bread", "moon"]
+
+
+def write_dataset(tmp: Path, name: str, steps: int, **extra: object) -> list[Path]:
+    """A small prompt/completion task and a sidecar: log every step, checkpoint every 5, no probes."""
+    import random
+    rng = random.Random(0)
+    rows = []
+    for _ in range(200):
+        w = [rng.choice(WORDS) for _ in range(3)]
+        rows.append(json.dumps({"prompt": "reverse: " + " ".join(w) + "\n", "completion": " ".join(w[::-1])}))
+    data = tmp / f"{name}.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    opts = {"max_steps": steps, "batch_size": 4, "max_length": 32, "lora_r": 8, "lora_alpha": 16,
+            "learning_rate": 3e-3, "log_every": 1, "save_every": 5, "probe_count": 0, "eval_fraction": 0.0,
+            "seed": 7, **extra}
+    side = tmp / f"{name}.toml"
+    side.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items()))
+    return [side, data]
+
+
+def drop_all(files: list[Path], inbox: Path) -> None:
+    for f in files:  # sidecar first, then the dataset, each by rename
+        os.rename(f, inbox / f.name)
+
+
+def run_of(home: Path, name: str) -> dict | None:
+    r = Reader(home / "overnight.db")
+    try:
+        return r.find_run(name)
+    finally:
+        r.close()
+
+
+def state(home: Path, name: str) -> str | None:
+    run = run_of(home, name)
+    return run and run["state"]
+
+
+def losses(home: Path, name: str) -> dict[int, float]:
+    run = run_of(home, name)
+    recs = [json.loads(x) for x in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    out = {r["step"]: r["loss"] for r in recs if r.get("loss") is not None}
+    assert len(out) == len([r for r in recs if r.get("loss") is not None]), "a step was recorded twice"
+    return out
+
+
+def progress_step(home: Path, name: str) -> int:
+    run = run_of(home, name)
+    p = Path(run["run_dir"]) / "progress.json" if run else None
+    return (json.loads(p.read_text()).get("step") or 0) if p and p.exists() else 0
+
+
+@pytest.fixture
+def model_home(home, tiny_model):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    return home
+
+
+def test_pause_resume_skip_by_file_and_cli(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    drop_all(write_dataset(tmp_path, "long", 5000), home / "inbox")
+    drop_all(write_dataset(tmp_path, "next", 6), home / "inbox")
+    wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") >= 2, 90, what="training")
+
+    (home / "control" / "pause").touch()
+    wait_until(lambda: state(home, "long") == "paused", 15, what="paused")
+    frozen = progress_step(home, "long")
+    time.sleep(3)
+    assert progress_step(home, "long") == frozen
+    (home / "control" / "pause").unlink()
+    wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") > frozen, 15, what="resumed")
+
+    out = overnight("pause", home=home, check=True).stdout
+    assert "applied" in out and "pause" in out
+    wait_until(lambda: state(home, "long") == "paused", 15, what="paused by CLI")
+    overnight("resume", home=home, check=True)
+    wait_until(lambda: state(home, "long") == "training", 15, what="resumed by CLI")
+
+    overnight("skip", home=home, check=True)
+    wait_until(lambda: state(home, "long") == "skipped", 30, what="skipped")
+    run = run_of(home, "long")
+    assert list((Path(run["run_dir"]) / "checkpoints").glob("step-*")), "skip checkpoints first"
+    wait_until(lambda: state(home, "next") == "completed", 90, what="the queue goes on")
+    console = (Path(run["run_dir"]) / "console.log").read_text()
+    assert "control: pause" in console and "control: skip" in console
+    assert any(p.name.endswith("skip") for p in (home / "control" / "done").iterdir())
+    status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
+    assert {e["command"] for e in status["control_events"]} >= {"skip", "resume"}
+
+
+def test_stop_resume_and_preemption_give_the_uninterrupted_losses(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    drop_all(write_dataset(tmp_path, "ref", 30), home / "inbox")
+    wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
+    reference = losses(home, "ref")
+    assert sorted(reference) == list(range(1, 31))
+
+    drop_all(write_dataset(tmp_path, "stopme", 30), home / "inbox")
+    wait_until(lambda: progress_step(home, "stopme") >= 8, 90, what="stopme training")
+    rid = run_of(home, "stopme")["id"]
+    (home / "control" / "stop").write_text(rid + "\n")
+    wait_until(lambda: state(home, "stopme") == "stopped", 30, what="stopped")
+    assert not (home / "control" / "stop").exists()  # a stop naming a run is consumed
+    overnight("resume", rid, home=home, check=True)
+    wait_until(lambda: state(home, "stopme") == "completed", 120, what="resumed run completes")
+    assert losses(home, "stopme") == reference
+
+    drop_all(write_dataset(tmp_path, "low", 30), home / "inbox")
+    wait_until(lambda: progress_step(home, "low") >= 8, 90, what="low training")
+    drop_all(write_dataset(tmp_path, "urgent", 6), home / "inbox")
+    wait_until(lambda: state(home, "urgent") == "queued", 30)
+    overnight("priority", "urgent", "10", home=home, check=True)
+    wait_until(lambda: state(home, "low") == "queued", 30, what="low preempted")
+    wait_until(lambda: state(home, "urgent") == "completed", 120, what="urgent completes")
+    wait_until(lambda: state(home, "low") == "completed", 120, what="low resumes and completes")
+    assert losses(home, "low") == reference
+    low = run_of(home, "low")
+    assert low["attempts"] == 2
+    r = Reader(home / "overnight.db")
+    assert [t["to_state"] for t in r.transitions(low["id"])].count("queued") == 2
+
+
+def test_sigterm_and_kill9_recover_with_identical_losses(model_home, tmp_path):
+    home = model_home
+    d = DaemonProcess(home)
+    drop_all(write_dataset(tmp_path, "ref", 30), home / "inbox")
+    wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
+    reference = losses(home, "ref")
+
+    drop_all(write_dataset(tmp_path, "term", 30), home / "inbox")
+    wait_until(lambda: progress_step(home, "term") >= 6, 90, what="term training")
+    assert d.stop(signal.SIGTERM) == 0
+    assert state(home, "term") == "queued"
+    d = DaemonProcess(home)
+    wait_until(lambda: state(home, "term") == "completed", 120, what="term completes after restart")
+    assert losses(home, "term") == reference
+
+    drop_all(write_dataset(tmp_path, "crash", 30), home / "inbox")
+    wait_until(lambda: progress_step(home, "crash") >= 12, 90, what="crash training")
+    d.proc.kill()
+    d.proc.wait()
+    d = DaemonProcess(home)  # waits for the orphaned trainer to checkpoint, then resumes
+    wait_until(lambda: state(home, "crash") == "completed", 180, what="crash completes after kill -9")
+    assert losses(home, "crash") == reference
+
+    drop_all(write_dataset(tmp_path, "oom", 30), home / "inbox")
+    wait_until(lambda: progress_step(home, "oom") >= 12, 90, what="oom training")
+    os.kill(run_of(home, "oom")["pid"], signal.SIGKILL)
+    wait_until(lambda: state(home, "oom") == "completed", 180, what="trainer kill -9: resumed and completed")
+    assert losses(home, "oom") == reference
+    assert "SIGKILL" in (Path(run_of(home, "oom")["run_dir"]) / "console.log").read_text()
+    assert d.stop() == 0
+
+
+def test_garbage_and_unknown_targets_are_rejected(model_home, daemon_proc):
+    home = model_home
+    daemon_proc()
+    (home / "control" / "launch-rockets").write_text("now")
+    (home / "control" / "priority").write_text("no-such-run 5\n")
+    rej = home / "control" / "rejected"
+    wait_until(lambda: len(list(rej.glob("*.error.txt"))) == 2, 15, what="two rejections")
+    texts = " ".join(p.read_text() for p in rej.glob("*.error.txt"))
+    assert "unknown control file" in texts and "no-such-run" in texts
+    events = Reader(home / "overnight.db").control_events()
+    assert [e["status"] for e in events] == ["rejected", "rejected"]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from daemon.control import ControlError, parse, write_command
+from daemon.home import Home
+
+
+def test_empty_file_acts_on_running_job(tmp_path):
+    (tmp_path / "pause").write_text("")
+    cmd = parse(tmp_path / "pause")
+    assert cmd.kind == "pause" and cmd.target is None
+
+
+def test_run_id_on_first_line(tmp_path):
+    (tmp_path / "stop").write_text("data-20260101-120000\n")
+    assert parse(tmp_path / "stop").target == "data-20260101-120000"
+
+
+def test_priority_lines(tmp_path):
+    (tmp_path / "priority").write_text("# comment\nrun-a 10\nmydata -3\n")
+    assert parse(tmp_path / "priority").priorities == [("run-a", 10), ("mydata", -3)]
+
+
+@pytest.mark.parametrize("name, content, msg", [
+    ("priority", "run-a ten\n", "line 1"),
+    ("priority", "", "empty"),
+    ("stop", "two words\n", "one run id"),
+    ("launch", "", "unknown control file"),
+    ("pause", b"\xff\xfe", "not UTF-8"),
+    ("activate", "model\n", "NAME VERSION"),
+])
+def test_bad_control_files(tmp_path, name, content, msg):
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ControlError, match=msg):
+        parse(p)
+
+
+def test_write_command_is_what_the_parser_reads(tmp_path):
+    h = Home.resolve(tmp_path)
+    write_command(h, "priority", "run-a 5")
+    assert parse(h.control / "priority").priorities == [("run-a", 5)]
+    assert not list(h.control.glob(".*.tmp"))

@@ -1,0 +1,340 @@
+"""Evolution snapshots: the analysis users read (`overnight evolution`), the callback that records them during
+training, and the demo task the tiny model learns."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.demodata import DEMO_OPTIONS, write_demo_files
+from daemon.evolution import (analyze, format_report, is_exact, levenshtein, load_records, resolve_probe_every,
+                              similarity)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ============================================================================ analysis (no torch)
+
+def rec(step: int, probe: int, generation: str, reference: str = "river stone apple", **kw: Any) -> dict[str, Any]:
+    """One evolution record as the trainer writes it (exact and similarity computed as the trainer does)."""
+    return {"step": step, "probe": probe, "prompt": f"reverse: probe {probe}", "reference": reference,
+            "generation": generation, "loss": kw.get("loss", 1.0),
+            "exact": kw.get("exact", is_exact(generation, reference)),
+            "similarity": kw.get("similarity", similarity(generation, reference)), "time": "2025-01-01T00:00:00"}
+
+
+def test_similarity_is_normalised_edit_distance() -> None:
+    assert levenshtein("kitten", "sitting") == 3 and levenshtein("", "abc") == 3 and levenshtein("abc", "abc") == 0
+    assert similarity("abc", "abc") == 1.0
+    assert similarity("", "abcd") == 0.0
+    assert similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert similarity("  river   stone ", "river stone") == 1.0  # whitespace is normalised
+    assert is_exact(" river\n stone ", "river stone") and not is_exact("River stone", "river stone")
+    long_a, long_b = "a" * 1500, "a" * 1400 + "b" * 100
+    assert 0.9 < similarity(long_a, long_b) < 1.0  # long texts: difflib's ratio, still 0..1
+
+
+def test_learned_forgotten_relearned_events() -> None:
+    ref = "river stone apple"
+    gens = ["apple", "river stone apple", "river stone apple", "river apple", "river stone apple"]
+    report = analyze([rec(s * 10, 0, g, ref) for s, g in enumerate(gens)])
+    p = report.probes[0]
+    assert p.events == [("learned", 10), ("forgotten", 30), ("learned", 40)]
+    assert p.learned_at == 10 and p.forgotten_at == 30 and p.learned_now and p.status == "relearned"
+    # answers compressed: only where the generation changed, plus the latest
+    assert [a.step for a in p.answers] == [0, 10, 30, 40]
+    assert report.snapshots == [0, 10, 20, 30, 40]
+    assert report.summary.startswith("1/1 learned, 1 relearned")
+
+
+def test_never_learned_and_learned_at_step_zero() -> None:
+    records = []
+    for step in (0, 50, 100):
+        records.append(rec(step, 0, "nothing like it"))
+        records.append(rec(step, 1, "river stone apple"))
+    report = analyze(records)
+    never, known = report.probes
+    assert never.events == [] and never.learned_at is None and never.status == "not learned"
+    assert [a.step for a in never.answers] == [0, 100]  # unchanged answers collapse to the first and the latest
+    assert known.learned_at == 0 and known.events == [("learned", 0)] and known.forgotten_at is None
+    assert report.learned == 1 and report.total == 2
+
+
+def test_forgotten_probe_in_summary_and_threshold() -> None:
+    records = [rec(0, 0, "x"), rec(0, 1, "x"), rec(120, 0, "river stone apple"), rec(120, 1, "river stone apples"),
+               rec(240, 0, "river"), rec(240, 1, "river stone apples")]
+    report = analyze(records)  # "apples" is within 0.9 similarity: learned without being exact
+    assert report.probes[1].learned_at == 120 and report.probes[1].learned_now
+    assert report.probes[0].status == "forgotten" and report.probes[0].forgotten_at == 240
+    assert report.summary.startswith("1/2 learned, 1 forgotten at step 240")
+    strict = analyze(records, threshold=0.99)
+    assert strict.probes[1].learned_at is None
+
+
+def test_load_records_tolerates_a_truncated_last_line(tmp_path: Path) -> None:
+    f = tmp_path / "evolution.jsonl"
+    lines = [json.dumps(rec(0, 0, "a")), json.dumps(rec(0, 1, "b"))]
+    f.write_text("\n".join(lines) + "\n" + lines[0][:25], encoding="utf-8")  # a write in progress
+    assert [r["probe"] for r in load_records(f)] == [0, 1]
+    assert load_records(tmp_path / "missing.jsonl") == []
+
+
+def test_report_text_and_json() -> None:
+    records = [rec(0, 0, "apple"), rec(60, 0, "river stone apple"), rec(0, 1, "x\ny", reference="a"),
+               rec(60, 1, "x\ny", reference="a")]
+    report = analyze(records)
+    text = format_report(report, width=80)
+    assert "probe 0  LEARNED  (learned at step 60)" in text
+    assert "probe 1  NOT LEARNED" in text
+    assert "reference: river stone apple" in text
+    assert '"river stone apple"' in text and "exact" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert text.rstrip().endswith(report.summary)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["probes"][0]["events"] == [{"event": "learned", "step": 60}]
+    assert data["probes"][0]["status"] == "learned" and data["learned"] == 1 and data["total"] == 2
+    assert format_report(analyze([])).startswith("No evolution snapshots yet")
+
+
+def test_auto_interval() -> None:
+    assert resolve_probe_every(25, 1000) == (25, None)  # an explicit interval is kept exactly
+    every, budget = resolve_probe_every(0, 1000)
+    assert every == 50 and budget is not None and budget < 0.05
+
+
+# ============================================================================ demo task files (no torch)
+
+def test_demo_files(tmp_path: Path) -> None:
+    paths = write_demo_files(tmp_path, n_train=300)
+    assert [p.name for p in paths] == ["reverse.jsonl", "reverse.probes.jsonl", "reverse.toml"]
+    train = [json.loads(line) for line in paths[0].read_text().splitlines()]
+    probes = [json.loads(line) for line in paths[1].read_text().splitlines()]
+    options = tomllib.loads(paths[2].read_text())
+    assert len(train) == 300 and len(probes) == 8
+    assert {p["prompt"] for p in probes}.isdisjoint(t["prompt"] for t in train)  # probes are never trained on
+    assert all(p["reference"].strip() == " ".join(reversed(p["prompt"].split(":", 1)[1].split())) for p in probes)
+    assert "base_model" not in options and options == DEMO_OPTIONS
+    from daemon.options import validate_table
+    validate_table(paths[2], options, sidecar=True)  # every key is a real option with a valid value
+    assert write_demo_files(tmp_path / "again", n_train=300)[0].read_text() == paths[0].read_text()
+    from daemon.probes import load_probe_file
+    assert len(load_probe_file(paths[1])) == 8
+
+
+# ============================================================================ the callback (torch, tiny model)
+
+@pytest.fixture(scope="module")
+def lm(tiny_model: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def demo_probes(tmp_path: Path) -> list[dict[str, Any]]:
+    from daemon.probes import load_probe_file
+    return load_probe_file(write_demo_files(tmp_path / "demo", n_train=50)[1])
+
+
+def states(steps: range | list[int]) -> Any:
+    from transformers import TrainerState
+    for step in steps:
+        yield TrainerState(global_step=step)
+
+
+def drive(cb: Any, model: Any, begin: int, end: int) -> None:
+    """Call the hooks in the order the Trainer does, for a (resumed) run from step `begin` to step `end`."""
+    from transformers import TrainerControl, TrainingArguments
+    from transformers import TrainerState
+    args, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerControl()
+    state = TrainerState(global_step=begin)
+    cb.on_train_begin(args, state, control, model=model)
+    for step in range(begin + 1, end + 1):
+        state.global_step = step
+        cb.on_step_end(args, state, control, model=model)
+    cb.on_train_end(args, state, control, model=model)
+
+
+def test_demo_words_are_single_tokens(lm: tuple[Any, Any]) -> None:
+    """The demo learns fast because each word is one token; a change to the tiny tokenizer must keep that."""
+    from daemon.demodata import WORDS, make_answer
+    _, tok = lm
+    assert all(len(tok.tokenize(" " + w)) == 1 for w in WORDS), [tok.tokenize(" " + w) for w in WORDS]
+    assert len(tok(make_answer(["star", "tea", "good"]), add_special_tokens=False)["input_ids"]) == 3
+
+
+def test_snapshot_records_and_log_line(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EvolutionCallback
+    model, tok = lm
+    lines: list[str] = []
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback(demo_probes(tmp_path), tok, out, every=4, max_new_tokens=8, log=lines.append)
+    drive(cb, model, 0, 10)
+    records = load_records(out)
+    assert sorted({r["step"] for r in records}) == [0, 4, 8, 10]  # step 0, every 4, the end
+    assert len(records) == 4 * 8
+    first = records[0]
+    assert set(first) == {"step", "probe", "prompt", "reference", "generation", "loss", "exact", "similarity", "time"}
+    assert first["prompt"].startswith("reverse: ") and isinstance(first["generation"], str)
+    assert first["loss"] > 0 and isinstance(first["exact"], bool) and 0 <= first["similarity"] <= 1
+    assert len(lines) == 4 and lines[0].startswith("evolution @ step 0: 0/8 exact")
+    # the same model and probes give the same greedy answers at every snapshot (nothing trained in between)
+    assert len({r["generation"] for r in records if r["probe"] == 3}) == 1
+
+
+def test_resume_never_repeats_a_step_and_repairs_a_cut_line(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EvolutionCallback
+    model, tok = lm
+    probes = demo_probes(tmp_path)[:2]
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback(probes, tok, out, every=3, max_new_tokens=4, log=lambda s: None)
+    drive(cb, model, 0, 6)  # snapshots 0, 3, 6; the end (6) is not taken twice
+    with open(out, "a") as f:
+        f.write('{"step": 7, "probe": 0, "gen')  # killed mid-write
+    again = EvolutionCallback(probes, tok, out, every=3, max_new_tokens=4, log=lambda s: None)
+    assert again.done_steps == {0, 3, 6}
+    drive(again, model, 6, 10)  # resumed from checkpoint 6: the next multiple of 3 is 9, then the end at 10
+    records = load_records(out)
+    assert [r["step"] for r in records] == [0, 0, 3, 3, 6, 6, 9, 9, 10, 10]
+    assert len(out.read_text().splitlines()) == 10  # the cut line is gone, not left in the middle
+
+
+def test_overhead_budget_thins_periodic_snapshots(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EvolutionCallback
+    model, tok = lm
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=1, max_new_tokens=4, log=lambda s: None,
+                           max_overhead=1e-9)
+    drive(cb, model, 0, 5)
+    # step 0 and the end always; one periodic snapshot measures the cost, which then exceeds the budget
+    assert snapshot_steps_of(out) == [0, 1, 5]
+
+
+def snapshot_steps_of(path: Path) -> list[int]:
+    return sorted({r["step"] for r in load_records(path)})
+
+
+def test_chat_probe_uses_the_chat_template(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EvolutionCallback, encode_probe
+    model, tok = lm
+    probe = {"id": 0, "prompt": "hi", "reference": "hello", "tools": None,
+             "messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]}
+    enc = encode_probe(tok, probe)
+    assert tok.decode(enc.prompt_ids).endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(enc.reference_ids) == "hello<|im_end|>"  # up to the end of the turn, as trained
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback([probe, {**probe, "id": 1, "messages": None, "prompt": "say hello"}], tok, out, every=5,
+                           max_new_tokens=6, log=lambda s: None)
+    records = cb.snapshot(model, 0)
+    assert [r["prompt"] for r in records] == ["hi", "say hello"]
+    assert all("<|im_end|>" not in r["generation"] for r in records)
+
+
+def test_snapshot_restores_train_mode_and_every_rng(lm: tuple[Any, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from daemon.trainer.evolution import preserved_training_state
+    model, _ = lm
+    model.train()
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    with preserved_training_state(model):
+        assert not model.training and not torch.is_grad_enabled()
+        torch.rand(100), random.random(), np.random.rand(7)  # whatever happens inside draws numbers
+    assert model.training
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool) -> tuple[list[float], Any]:
+    """A tiny LoRA job (dropout on) with the plain transformers Trainer; per-step losses and the callback."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    from daemon.probes import load_probe_file
+    from daemon.trainer.evolution import EvolutionCallback
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    set_seed(0)  # before get_peft_model: LoRA's A matrices come from the global RNG (FINDINGS)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear"))
+    rows = []
+    for line in (data_dir / "reverse.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        p, c = tok(r["prompt"])["input_ids"], tok(r["completion"], add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": p + c + [tok.eos_token_id], "labels": [-100] * len(p) + c + [tok.eos_token_id]})
+
+    def collate(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+        return {"input_ids": torch.tensor(pad([b["input_ids"] for b in batch], tok.pad_token_id)),
+                "labels": torch.tensor(pad([b["labels"] for b in batch], -100)),
+                "attention_mask": torch.tensor(pad([[1] * len(b["input_ids"]) for b in batch], 0))}
+
+    cb = EvolutionCallback(load_probe_file(data_dir / "reverse.probes.jsonl")[:4], tok, out, every=3,
+                           max_new_tokens=6, log=lambda s: None) if callback else None
+    args = TrainingArguments(output_dir=str(out.parent / "trainer"), max_steps=8, learning_rate=3e-3,
+                             per_device_train_batch_size=8, logging_steps=1, save_strategy="no", report_to=[],
+                             use_cpu=True, seed=0, remove_unused_columns=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate,
+                      callbacks=[cb] if cb else [])
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h], cb
+
+
+def test_snapshots_do_not_change_training(tiny_model: Path, tmp_path: Path) -> None:
+    write_demo_files(tmp_path / "data", n_train=200)
+    plain, _ = train_losses(tiny_model, tmp_path / "data", tmp_path / "a" / "evolution.jsonl", callback=False)
+    watched, cb = train_losses(tiny_model, tmp_path / "data", tmp_path / "b" / "evolution.jsonl", callback=True)
+    assert snapshot_steps_of(tmp_path / "b" / "evolution.jsonl") == [0, 3, 6, 8]
+    assert len(plain) == 8
+    assert watched == plain  # exactly: eval mode, no_grad and RNG states are all put back
+
+
+# ============================================================================ end to end: the demo learns
+
+def make_run_dir(root: Path, model: Path, **overrides: Any) -> Path:
+    """A run folder as the daemon's intake lays it out (config.json, stats.json, dataset/) for the demo task."""
+    from daemon.options import resolve
+    run = root / "run"
+    dataset, probes, sidecar = write_demo_files(run / "dataset")
+    options = resolve({"base_model": str(model)}, {**tomllib.loads(sidecar.read_text()), **overrides})
+    (run / "config.json").write_text(json.dumps({
+        "run_id": "demo-e2e", **options.to_config(),
+        "dataset": {"path": f"dataset/{dataset.name}", "format": "jsonl", "schema": "prompt_completion"},
+        "probes": f"dataset/{probes.name}"}), encoding="utf-8")
+    (run / "stats.json").write_text(json.dumps({"records": len(dataset.read_text().splitlines())}))
+    return run
+
+
+@pytest.mark.e2e
+def test_demo_task_is_learned_by_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+    """The real trainer on the demo task: a probe that is wrong at step 0 becomes exactly right."""
+    run = make_run_dir(tmp_path, tiny_model, probe_every=10, save_every=1000)
+    log = open(run / "console.log", "a", encoding="utf-8")  # as the daemon does: the trainer's output is the log
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.trainer", str(run)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    learned: list[int] = []
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None and not learned:
+            time.sleep(0.5)
+            report = analyze(load_records(run / "evolution.jsonl"))
+            learned = [p.probe for p in report.probes
+                       if p.answers[0].step == 0 and not p.answers[0].exact and p.latest.exact]
+        proc.stdin.write("stop\n")  # enough seen: checkpoint and end as stopped
+        proc.stdin.flush()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert learned, (run / "console.log").read_text()[-3000:]

@@ -1,0 +1,134 @@
+"""The real daemon as a subprocess on a temp home: drops by mv, where they end up, byte-identical."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import pytest
+
+from tests.conftest import REALDATA, DaemonProcess, drop, overnight, wait_until
+
+
+@pytest.fixture
+def model_home(home, tiny_model):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "control" / "stop").write_text("")  # hold the queue: these tests look at intake only
+    return home
+
+
+def _run_dirs(home):
+    return sorted(p for p in (home / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_good_and_bad_drops_end_up_in_the_right_place(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    good = tmp_path / "qa.jsonl"
+    good.write_text('{"prompt": "2+2=", "completion": "4"}\n' * 20)
+    (tmp_path / "qa.toml").write_text("learning_rate = 1e-3\nlora_r = 4\n")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "oops"\n')
+    drop(tmp_path / "qa.toml", home / "inbox")   # sidecar first: it waits for its dataset
+    drop(good, home / "inbox")
+    drop(bad, home / "inbox")
+
+    runs = wait_until(lambda: _run_dirs(home), 30, what="a run folder")
+    err = wait_until(lambda: (home / "inbox" / "rejected" / "broken.error.txt").exists(), 30, what="rejection")
+    assert err
+    run = runs[0]
+    assert run.name.startswith("qa-") and len(run.name.split("-")) == 3
+    assert (run / "dataset" / "qa.jsonl").read_bytes() == good.read_bytes()
+    assert (run / "dataset" / "qa.toml").exists()
+    assert (home / "inbox" / "rejected" / "broken.jsonl").read_bytes() == bad.read_bytes()
+    message = (home / "inbox" / "rejected" / "broken.error.txt").read_text()
+    assert "broken.jsonl" in message and "line 2" in message
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["rejected"]
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["learning_rate"] == 1e-3 and config["sources"]["learning_rate"] == "sidecar"
+    assert config["sources"]["base_model"] == "toml" and config["dataset"]["schema"] == "prompt_completion"
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["records"] == 20
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["status"] == "queued" and len(meta["dataset"]["sha256"]) == 64
+    assert "queued" in (run / "console.log").read_text()
+
+    status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
+    assert status["daemon"] and [r["state"] for r in status["runs"]] == ["queued"]
+    listing = overnight("runs", home=home, check=True).stdout
+    assert run.name in listing and "queued" in listing
+
+
+def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, daemon_proc):
+    home = model_home
+    if not REALDATA.exists():
+        pytest.skip("shared/realdata is not beside the repository")
+    names = ["alpaca_en_demo.json", "c4_demo.jsonl", "wiki_demo.txt", "glaive_toolcall_en_demo.json",
+             "v1_sft_demo.jsonl", "mllm_demo.json", "dpo_en_demo.json", "identity.json", "alpaca_zh_demo.json"]
+    for n in names:
+        shutil.copy(REALDATA / n, home / "inbox" / n)
+    d = daemon_proc()
+    rejected = home / "inbox" / "rejected"
+    wait_until(lambda: len(_run_dirs(home)) == 7 and len(list(rejected.glob("*.error.txt"))) == 2, 60,
+               what="7 runs and 2 rejections")
+    assert "images are not supported" in (rejected / "mllm_demo.error.txt").read_text()
+    assert "preference pairs" in (rejected / "dpo_en_demo.error.txt").read_text()
+    schemas = {json.loads((r / "config.json").read_text())["dataset"]["file"]:
+               json.loads((r / "config.json").read_text())["dataset"]["schema"] for r in _run_dirs(home)}
+    assert schemas == {"alpaca_en_demo.json": "alpaca", "alpaca_zh_demo.json": "alpaca", "identity.json": "alpaca",
+                       "c4_demo.jsonl": "text", "wiki_demo.txt": "plain_text",
+                       "glaive_toolcall_en_demo.json": "sharegpt", "v1_sft_demo.jsonl": "messages"}
+    # `overnight check` agrees with the daemon on every file
+    for r in _run_dirs(home):
+        f = next((r / "dataset").iterdir())
+        assert overnight("check", str(f), home=home).returncode == 0
+    for n in ("mllm_demo.json", "dpo_en_demo.json"):
+        res = overnight("check", str(rejected / n), home=home)
+        assert res.returncode == 1 and (rejected / n.replace(".json", ".error.txt")).read_text().splitlines()[0] in res.stdout
+    assert d.stop() == 0
+
+
+def test_missing_base_model_and_bad_sidecar_are_rejected(home, daemon_proc, tmp_path):
+    (home / "control" / "stop").write_text("")
+    daemon_proc()
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
+    drop(tmp_path / "a.jsonl", home / "inbox")
+    (tmp_path / "b.toml").write_text('base_model = "/x"\ntrust_remote_code = true\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "hello"}\n')
+    drop(tmp_path / "b.toml", home / "inbox")
+    drop(tmp_path / "b.jsonl", home / "inbox")
+    rej = home / "inbox" / "rejected"
+    wait_until(lambda: (rej / "a.error.txt").exists() and (rej / "b.error.txt").exists(), 30, what="rejections")
+    assert "no base model is named" in (rej / "a.error.txt").read_text()
+    assert "trust_remote_code" in (rej / "b.error.txt").read_text()
+    assert (rej / "b.toml").exists() and (rej / "b.jsonl").exists()
+
+
+def test_symlink_and_unsupported_refused_temp_names_ignored(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    (tmp_path / "secret.jsonl").write_text('{"text": "x"}\n')
+    (home / "inbox" / "link.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    (home / "inbox" / "notes.docx").write_bytes(b"PK\x03\x04")
+    (home / "inbox" / "big.jsonl.part").write_text('{"text": "still downloading"}\n')
+    (home / "inbox" / ".hidden.jsonl").write_text('{"text": "x"}\n')
+    rej = home / "inbox" / "rejected"
+    wait_until(lambda: (rej / "link.error.txt").exists() and (rej / "notes.error.txt").exists(), 30, what="refusals")
+    assert "symbolic link" in (rej / "link.error.txt").read_text()
+    assert (tmp_path / "secret.jsonl").exists() and (rej / "link.jsonl").is_symlink()
+    assert (home / "inbox" / "big.jsonl.part").exists() and (home / "inbox" / ".hidden.jsonl").exists()
+    assert not _run_dirs(home)
+
+
+def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
+    d = daemon_proc()
+    res = overnight("daemon", home=home, timeout=30)
+    assert res.returncode != 0 and f"PID {d.proc.pid}" in res.stderr
+    assert d.stop(signal.SIGTERM) == 0
+    # after kill -9 the lock is free again
+    d2 = DaemonProcess(home)
+    d2.proc.kill()
+    d2.proc.wait()
+    d3 = DaemonProcess(home)
+    assert d3.stop() == 0

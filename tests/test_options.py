@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.options import OptionsError, load_home_toml, load_sidecar, resolve
+
+
+def write(p: Path, text: str) -> Path:
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_the_closest_valid_one(tmp_path):
+    with pytest.raises(OptionsError) as e:
+        load_sidecar(write(tmp_path / "d.toml", "learning_rat = 1e-3\n"))
+    assert "d.toml" in str(e.value) and "'learning_rat'" in str(e.value) and "Did you mean 'learning_rate'" in str(e.value)
+
+
+@pytest.mark.parametrize("text, allowed", [
+    ("lora_r = 0", "1 .. 1024"),
+    ("learning_rate = 5.0", "> 0 and <= 1"),
+    ("eval_fraction = 0.9", "0 .. 0.5"),
+    ("epochs = true", "> 0"),
+    ("batch_size = 'eight'", "1 .. 4096"),
+    ("name = 'has space'", "letters, digits"),
+])
+def test_bad_values_say_the_allowed_range(tmp_path, text, allowed):
+    with pytest.raises(OptionsError) as e:
+        load_sidecar(write(tmp_path / "d.toml", text + "\n"))
+    assert text.split()[0] in str(e.value) and allowed in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["trust_remote_code = true", "hooks = {on_complete = ['true']}", "gpus = 'all'"])
+def test_owner_only_keys_refused_in_sidecar_but_allowed_in_home_toml(tmp_path, key):
+    with pytest.raises(OptionsError, match="only be set by the machine owner"):
+        load_sidecar(write(tmp_path / "d.toml", key + "\n"))
+    assert load_home_toml(write(tmp_path / "overnight.toml", key + "\n"))
+
+
+def test_toml_syntax_error_names_file(tmp_path):
+    with pytest.raises(OptionsError, match="d.toml: not valid TOML"):
+        load_sidecar(write(tmp_path / "d.toml", "lora_r = = 3\n"))
+
+
+def test_precedence_and_provenance(tmp_path):
+    toml = load_home_toml(write(tmp_path / "overnight.toml", "base_model = '/m'\nlearning_rate = 1e-3\nlora_r = 8\n"))
+    side = load_sidecar(write(tmp_path / "d.toml", "lora_r = 32\n"))
+    r = resolve(toml, side)
+    assert r.values["lora_r"] == 32 and r.sources["lora_r"] == "sidecar"
+    assert r.values["learning_rate"] == 1e-3 and r.sources["learning_rate"] == "toml"
+    assert r.values["seed"] == 42 and r.sources["seed"] == "default"
+    assert r.base_models == ["/m"]
+
+
+def test_list_of_base_models(tmp_path):
+    r = resolve({}, load_sidecar(write(tmp_path / "d.toml", "base_model = ['/a', '/b']\n")))
+    assert r.base_models == ["/a", "/b"] and r.for_model("/b").values["base_model"] == "/b"

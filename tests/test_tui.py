@@ -1,0 +1,502 @@
+"""The dashboard: its data layer on real run files, and the App driven like a user at 80×24 (Pilot)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+from textual.widgets import DataTable, Log, Static, TabbedContent
+
+from daemon.control import write_command
+from daemon.home import DaemonLock, Home
+from daemon.store import Store
+from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, TRAINING, FixedTelemetry,
+                                build_home, metrics_records, write_big_log)
+from tui import actions
+from tui.actions import AckTracker, NotApplicable
+from tui.app import OvernightApp
+from tui.data import LOG_LINES, HomeWatcher, LogTail, MetricsTail, downsample, grep_file
+from tui.fmt import short_stamp
+from tui.telemetry import LiveTelemetry
+from tui.widgets.confirm import ConfirmScreen
+from tui.widgets.evolution import ProbeScreen
+from tui.widgets.runs import RunsTable
+
+
+@pytest.fixture
+def fx(tmp_path: Path):
+    return build_home(tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A console.log of a million lines (about 55 MB), written once for the module."""
+    path = tmp_path_factory.mktemp("biglog") / "console.log"
+    write_big_log(path, 1_000_000)
+    return path
+
+
+def drive(app: OvernightApp, body: Callable[[Any], Awaitable[None]], size: tuple[int, int] = (80, 24),
+          notifications: bool = False, message_hook: Callable[[Any], None] | None = None) -> None:
+    """Run `body(pilot)` against the app in a headless terminal of `size`."""
+    async def main() -> None:
+        async with app.run_test(size=size, notifications=notifications, message_hook=message_hook) as pilot:
+            await body(pilot)
+    asyncio.run(main())
+
+
+async def until(pilot: Any, predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Let the app run until `predicate()` holds (fails the test after `timeout` seconds)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await pilot.pause(0.02)
+
+
+async def loaded(pilot: Any) -> None:
+    """Wait for the first snapshot and the selected run's detail to be on screen."""
+    app = pilot.app
+    await until(pilot, lambda: app.loads >= 1 and (app.details >= 1 or not app.snapshot.runs), what="first load")
+    await pilot.pause()
+
+
+def app_for(root: Path, telemetry: Any = NO_GPU) -> OvernightApp:
+    """The dashboard with a fixed telemetry sample, polling 4× a second so tests wait less."""
+    return OvernightApp(root, telemetry=FixedTelemetry(telemetry), refresh_s=0.25)
+
+
+def cell_text(table: DataTable, row: str, column: str) -> str:
+    value = table.get_cell(row, column)
+    return getattr(value, "plain", str(value))
+
+
+def static_text(app: OvernightApp, selector: str) -> str:
+    widget = app.query_one(selector, Static)
+    return str(widget.render())
+
+
+def screen_text(app: OvernightApp) -> str:
+    """The terminal picture as plain text, line by line."""
+    update = app.screen._compositor.render_full_update()
+    return "\n".join("".join(strip.text for strip in line) for line in update.strips)
+
+
+def toasts(app: OvernightApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+# ----------------------------------------------------------------------------------------------- data layer
+
+def test_log_tail_shows_the_end_then_only_what_was_appended(tmp_path: Path) -> None:
+    path = tmp_path / "console.log"
+    path.write_text("".join(f"line {i}\n" for i in range(5000)))
+    tail = LogTail(path, keep=100)
+    first = tail.poll()
+    assert first.reset and first.lines[0] == "line 4900" and first.lines[-1] == "line 4999" and len(first.lines) == 100
+    assert tail.poll() is None
+    with open(path, "a") as f:
+        f.write("line 5000\nhalf a li")
+    update = tail.poll()
+    assert not update.reset and update.lines == ("line 5000",)  # the unfinished line waits for its newline
+    with open(path, "a") as f:
+        f.write("ne\n")
+    assert tail.poll().lines == ("half a line",)
+    path.write_text("rewritten\n")  # replaced by a shorter file: start again from its end
+    again = tail.poll()
+    assert again.reset and again.lines == ("rewritten",)
+
+
+def test_a_million_line_log_is_tailed_and_searched_fast_in_bounded_memory(big_log: Path) -> None:
+    t0 = time.perf_counter()
+    update = LogTail(big_log).poll()
+    tail_s = time.perf_counter() - t0
+    assert len(update.lines) == LOG_LINES and update.lines[-1].startswith("[2026-05-14 02:00:00.000] step 1000000 ")
+    assert tail_s < 0.5, f"tailing a 1M-line log took {tail_s:.2f}s"
+
+    t0 = time.perf_counter()
+    result = grep_file(big_log, "STEP 99999 ", limit=50)  # case-insensitive; the space ends the number
+    search_s = time.perf_counter() - t0
+    assert result.total == 1 and result.matches[0][0] == 99999 and "step 99999 loss" in result.matches[0][1]
+    assert result.lines_scanned == 1_000_000
+    many = grep_file(big_log, "loss", limit=100)
+    assert many.total == 1_000_000 and len(many.matches) == 100 and many.matches[-1][0] == 1_000_000
+    assert search_s < 10, f"searching a 1M-line log took {search_s:.1f}s"
+
+
+def test_grep_numbers_lines_across_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "console.log"
+    path.write_text("".join(("needle here" if i % 7 == 0 else f"hay {i}") + "\n" for i in range(1, 1001)))
+    result = grep_file(path, "Needle", limit=1000, chunk=97)  # tiny chunks: lines cross chunk borders
+    assert [n for n, _ in result.matches] == list(range(7, 1001, 7))
+    assert result.total == 142 and result.lines_scanned == 1000
+
+
+def test_100k_metric_records_are_read_incrementally_and_downsampled(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    records = metrics_records(100_000, 100_000, eval_every=1000)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tail = MetricsTail(path)
+    t0 = time.perf_counter()
+    chart = tail.chart(buckets=160)
+    assert time.perf_counter() - t0 < 5
+    assert chart.points == 100_100 and len(chart.loss.xs) == 160 and len(chart.eval_loss.xs) == 100
+    assert chart.loss.xs[0] < chart.loss.xs[-1] and chart.loss.ys[0] > chart.loss.ys[-1]  # a falling loss
+    t0 = time.perf_counter()
+    assert tail.chart(buckets=160) is chart  # nothing new: the cached curves, no re-read
+    assert time.perf_counter() - t0 < 0.05
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": 100_001, "loss": 0.5, "lr": 1e-5}) + "\n")
+    assert tail.chart(buckets=160).points == 100_101
+    path.write_text(json.dumps({"step": 1, "loss": 2.0, "lr": 1e-3}) + "\n")  # rewritten after a resume
+    assert tail.chart(buckets=160).points == 1
+
+
+def test_downsample_keeps_bucket_means() -> None:
+    xs, ys = downsample(list(range(10)), [float(i) for i in range(10)], 5)
+    assert xs == (0.5, 2.5, 4.5, 6.5, 8.5) and ys == xs
+    assert downsample([1, 2], [1.0, float("nan")], 5) == ((1,), (1.0,))
+
+
+def test_home_snapshot_orders_runs_and_reads_control_files(fx) -> None:
+    watcher = HomeWatcher(fx.home)
+    snap = watcher.snapshot()
+    assert [r.id for r in snap.runs][:3] == [TRAINING, QUEUED_HIGH, QUEUED_LOW]  # running, then queue order
+    assert snap.active_run.id == TRAINING and snap.run(FAILED).reason.startswith("loss became nan")
+    assert not snap.daemon.alive and snap.pause_target is None and snap.events[0].command == "priority"
+    assert [(m.version, m.active) for m in snap.models] == [(1, False), (2, True)]
+    write_command(fx.home, "pause", TRAINING)
+    assert watcher.snapshot().pause_target == TRAINING
+    write_command(fx.home, "stop")
+    assert watcher.snapshot().stop_held
+
+
+def test_a_home_without_db_is_empty_until_the_daemon_creates_it(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "new", create=True)
+    watcher = HomeWatcher(home)
+    snap = watcher.snapshot()
+    assert snap.runs == () and snap.error is None and not snap.daemon.alive
+    Store(home.db).close()
+    assert watcher.snapshot().error is None
+
+
+def test_keys_map_to_the_control_files_the_cli_writes(fx) -> None:
+    snap = HomeWatcher(fx.home).snapshot()
+    running, queued, done = snap.run(TRAINING), snap.run(QUEUED_HIGH), snap.run(COMPLETED)
+    assert (r := actions.pause_or_resume(snap, running)).kind == "pause" and r.content == TRAINING
+    assert actions.stop(running).content == TRAINING and actions.stop(running).confirm
+    assert actions.skip(queued).content == QUEUED_HIGH and actions.skip(queued).confirm
+    assert actions.priority(queued, +1).content == f"{QUEUED_HIGH} 6"
+    assert actions.priority(queued, -1).content == f"{QUEUED_HIGH} 4"
+    assert actions.requeue(snap.run(FAILED)).kind == "resume"
+    for bad in (lambda: actions.pause_or_resume(snap, done), lambda: actions.stop(done),
+                lambda: actions.requeue(running), lambda: actions.stop(None)):
+        with pytest.raises(NotApplicable):
+            bad()
+    write_command(fx.home, "pause", TRAINING)
+    held = HomeWatcher(fx.home).snapshot()
+    r = actions.pause_or_resume(held, held.run(TRAINING))
+    assert (r.kind, r.content) == ("resume", TRAINING)
+    write_command(fx.home, "pause")  # untargeted: a queued run resumes by lifting the file itself
+    held = HomeWatcher(fx.home).snapshot()
+    assert (actions.pause_or_resume(held, held.run(QUEUED_LOW)).content) == ""
+
+
+def test_acknowledgements_are_matched_to_requests(fx) -> None:
+    watcher = HomeWatcher(fx.home)
+    tracker = AckTracker(timeout_s=0)
+    snap = watcher.snapshot()
+    tracker.add(actions.pause_or_resume(snap, snap.run(TRAINING)), snap)
+    acks, late = tracker.answers(watcher.snapshot())
+    assert acks == [] and [r.kind for r in late] == ["pause"]
+    store = Store(fx.db)
+    store.control_event("pause", None, "control/pause", "applied", f"pause {TRAINING}: halting at the next step")
+    store.close()
+    acks, late = tracker.answers(watcher.snapshot())
+    assert [a.message for a in acks] == [f"pause {TRAINING}: halting at the next step"] and not tracker.pending
+
+
+def test_live_telemetry_reports_this_machine() -> None:
+    t = LiveTelemetry(Path("/")).sample()
+    assert t.system is not None and t.system.ram_total > 0 and t.system.disk_total > 0
+    if t.gpus:
+        assert all(g.mem_total > 0 for g in t.gpus)
+    else:
+        assert t.gpu_error.startswith("no NVIDIA GPU")
+
+
+# ----------------------------------------------------------------------------------------------- the App
+
+def test_dashboard_shows_runs_progress_and_the_selected_runs_log(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        assert table.row_count == 6 and app.query_one("#runs").selected == TRAINING
+        assert cell_text(table, TRAINING, "state") == "training"
+        assert "120/300" in cell_text(table, TRAINING, "progress")
+        assert cell_text(table, TRAINING, "eta") == "6m01s" and cell_text(table, QUEUED_HIGH, "prio") == "5"
+        log = app.query_one("#log-view", Log)
+        lines = (fx.home.runs / TRAINING / "console.log").read_text().splitlines()
+        assert list(log.lines)[-3:] == [short_stamp(line) for line in lines[-3:]]
+        assert log.lines[-1] == "02:05:00 step 120/300 loss 1.3945 lr 1.86e-03 tok/s 2306"  # time of day only
+        header = static_text(app, "#header")
+        assert "no daemon" in header and "1 training · 2 queued · 3 finished" in header
+        assert f"overnight daemon --home {fx.root}" in static_text(app, "#banner")
+        assert "priority" in static_text(app, "#status")
+
+        with open(fx.home.runs / TRAINING / "console.log", "a") as f:  # the trainer writes on: the view follows
+            f.write("[2026-05-14 02:05:02.000] step 121/300 loss 1.3810\n")
+        await until(pilot, lambda: log.lines[-1].endswith("step 121/300 loss 1.3810"), what="followed line")
+        await until(pilot, lambda: log.scroll_y == log.max_scroll_y > 0, what="scrolled to the new end")
+
+        assert "training on cpu" in static_text(app, "#log-head")  # progress.json's device
+        await pilot.press("down")  # a queued run has no console.log yet
+        await until(pilot, lambda: "has not started" in log.lines[-1], what="queued run's log")
+        await pilot.press("down", "down")  # the completed run: its own log
+        await until(pilot, lambda: "completed (exit code 0)" in log.lines[-1], what="other run's log")
+        await pilot.press("down")  # a failed run says why beside its id
+        await until(pilot, lambda: "failed: loss became nan at step 57" in static_text(app, "#log-head"))
+    drive(app, body)
+
+
+def test_follow_can_be_frozen_and_search_covers_the_whole_log(fx) -> None:
+    app = app_for(fx.root)
+    console = fx.home.runs / TRAINING / "console.log"
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        log = app.query_one("#log-view", Log)
+        await pilot.press("f")
+        with open(console, "a") as f:
+            f.write("[2026-05-14 02:05:02.000] written while frozen\n")
+        seen = app.loads
+        await until(pilot, lambda: app.loads >= seen + 3, what="a few reads")
+        assert "written while frozen" not in log.lines[-1] and "frozen" in static_text(app, "#log-head")
+        await pilot.press("f")
+        await until(pilot, lambda: log.lines and "written while frozen" in log.lines[-1], what="follow again")
+
+        await pilot.press("slash", *"step 3/300", "enter")
+        await until(pilot, lambda: "lines match" in static_text(app, "#log-head"), what="search result")
+        assert "1 of 124 lines match 'step 3/300'" in static_text(app, "#log-head")
+        assert log.lines[0].split()[0] == "6" and "step 3/300 loss" in log.lines[0]  # numbered like the file
+        await pilot.press("escape")
+        await until(pilot, lambda: log.lines and "written while frozen" in log.lines[-1], what="back to the tail")
+    drive(app, body)
+
+
+def test_keys_write_control_files_with_confirmation_for_stop_and_skip(fx) -> None:
+    app = app_for(fx.root)
+    control = fx.home.control
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("p")
+        assert (control / "pause").read_text() == f"{TRAINING}\n"
+        await until(pilot, lambda: app.snapshot.pause_target == TRAINING, what="pause seen")
+        await pilot.press("p")  # a pause in force for this run: p resumes it, as `overnight resume RUN` does
+        assert (control / "resume").read_text() == f"{TRAINING}\n"
+
+        await pilot.press("s")
+        assert isinstance(app.screen, ConfirmScreen) and not (control / "stop").exists()
+        await pilot.press("p")  # keys behind the dialog do nothing
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmScreen) and not (control / "stop").exists()
+        await pilot.press("s", "y")
+        assert (control / "stop").read_text() == f"{TRAINING}\n"
+
+        await pilot.press("down")  # the queued run with priority 5
+        await until(pilot, lambda: app.query_one("#runs").selected == QUEUED_HIGH)
+        await pilot.press("plus")
+        assert (control / "priority").read_text() == f"{QUEUED_HIGH} 6\n"
+        await pilot.press("minus")
+        assert (control / "priority").read_text() == f"{QUEUED_HIGH} 4\n"
+        await pilot.press("k", "y")
+        assert (control / "skip").read_text() == f"{QUEUED_HIGH}\n"
+
+        await pilot.press("down", "down", "down")  # the failed run: r queues it again, p does nothing
+        await until(pilot, lambda: app.query_one("#runs").selected == FAILED)
+        await pilot.press("r")
+        assert (control / "resume").read_text() == f"{FAILED}\n"
+        await pilot.press("p")
+        await until(pilot, lambda: any("is failed" in t for t in toasts(app)), what="warning toast")
+    drive(app, body, notifications=True)
+
+
+def test_the_daemons_acknowledgement_is_shown(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("p")
+        await until(pilot, lambda: any("no daemon is running" in t for t in toasts(app)), what="no-daemon toast")
+        assert "waiting for the daemon" in static_text(app, "#status")
+        store = Store(fx.db)  # what the daemon records when it applies control/pause
+        store.control_event("pause", TRAINING, "control/pause", "applied",
+                            f"pause {TRAINING}: halting at the next step boundary")
+        store.close()
+        await until(pilot, lambda: any("halting at the next step boundary" in t for t in toasts(app)), what="ack")
+        assert f"applied: pause {TRAINING}: halting" in static_text(app, "#status")
+    drive(app, body, notifications=True)
+
+
+def test_a_live_daemon_is_shown_and_the_banner_goes(fx) -> None:
+    lock = DaemonLock(fx.home)
+    lock.acquire()  # this process holds the home, exactly as a daemon does
+    try:
+        app = app_for(fx.root)
+
+        async def body(pilot: Any) -> None:
+            await loaded(pilot)
+            assert f"● daemon PID {os.getpid()}" in static_text(app, "#header")
+            assert not app.query_one("#banner").has_class("-visible")
+        drive(app, body)
+    finally:
+        lock.release()
+
+
+def test_system_panel_without_gpu_and_with_one(fx) -> None:
+    for telemetry, expected in ((NO_GPU, ["no NVIDIA GPU (NVML unavailable", "37% of 16 cores", "48.0G/128.0G"]),
+                                (ONE_GPU, ["NVIDIA H100", "87%", "41.0G/80.0G", "64°C", "512/700W"])):
+        app = app_for(fx.root, telemetry)
+
+        async def body(pilot: Any) -> None:
+            await loaded(pilot)
+            await pilot.press("4")
+            await until(pilot, lambda: app.query_one("#system-panel").telemetry is not None)
+            await pilot.pause()
+            text = screen_text(app)
+            for part in expected:
+                assert part in text, (part, text)
+        drive(app, body)
+
+
+def test_evolution_panel_shows_learned_and_forgotten_probes(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("3")
+        table = app.query_one("#evo-table", DataTable)
+        await until(pilot, lambda: table.row_count == 4, what="probe rows")
+        assert [cell_text(table, str(i), "status") for i in range(4)] == \
+            ["✓ learned 40", "✓ learned 80", "✗ forgotten 120", "· not yet"]
+        assert cell_text(table, "2", "marks") == "·██·" and cell_text(table, "2", "latest") == "blue red"
+        assert "2/4 learned, 1 forgotten at step 120" in static_text(app, "#evo-summary")
+        table.focus()
+        await pilot.press("down", "down", "enter")
+        assert isinstance(app.screen, ProbeScreen) and app.screen.probe.probe == 2
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ProbeScreen)
+    drive(app, body)
+
+
+def test_models_panel_marks_the_active_version(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("5")
+        table = app.query_one("#models-table", DataTable)
+        assert table.row_count == 2
+        assert table.get_row("alpaca-small:2")[0].plain == "●" and table.get_row("alpaca-small:1")[0].plain == ""
+    drive(app, body)
+
+
+def test_charts_and_comparison_overlay(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("2")
+        charts = app.query_one("#charts-panel")
+        await until(pilot, lambda: charts._shown is not None and charts._shown[0].points == 123, what="curves")
+        await pilot.press("c", "down", "down", "down")  # compare the training run's loss with the completed one
+        await until(pilot, lambda: app.query_one("#runs").selected == COMPLETED)
+        await until(pilot, lambda: charts._shown[1] and charts._shown[1][0].label == TRAINING, what="overlay")
+        assert charts._shown[0].points == 307  # 300 steps + 7 eval records of the completed run
+    drive(app, body, size=(120, 40))
+
+
+def test_a_million_line_log_opens_fast_with_bounded_memory(fx, big_log: Path) -> None:
+    console = fx.home.runs / TRAINING / "console.log"
+    console.unlink()
+    os.symlink(big_log, console)
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        t0 = time.perf_counter()
+        await loaded(pilot)
+        log = app.query_one("#log-view", Log)
+        await until(pilot, lambda: log.line_count == LOG_LINES, what="tail shown")
+        assert time.perf_counter() - t0 < 5
+        assert log.lines[-1].startswith("02:00:00 step 1000000 ")
+        await pilot.press("slash", *"step 424242 ", "enter")
+        await until(pilot, lambda: "lines match" in static_text(app, "#log-head"), timeout=20, what="search")
+        assert "1 of 1,000,000 lines match" in static_text(app, "#log-head")
+        assert log.lines[0].split()[0] == "424242"
+    drive(app, body)
+
+
+def test_an_empty_home_says_so_and_keys_do_nothing(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "empty", create=True)
+    app = app_for(home.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert "no runs yet" in static_text(app, "#header")
+        await pilot.press("p", "s")
+        await until(pilot, lambda: any("no run selected" in t for t in toasts(app)), what="warning")
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert sorted(p.name for p in home.control.iterdir()) == ["done", "rejected"]
+        assert app.query_one(TabbedContent).active == "log"
+    drive(app, body, notifications=True)
+
+
+def test_unreadable_run_files_cost_a_toast_not_the_dashboard(fx) -> None:
+    run_dir = fx.home.runs / TRAINING
+    (run_dir / "progress.json").write_text('{"state": "train')  # cut short
+    (run_dir / "console.log").unlink()
+    (run_dir / "console.log").mkdir()  # cannot be read as a file
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: any("run " + TRAINING in t and "IsADirectoryError" in t for t in toasts(app)),
+                    what="error toast")
+        assert app.loads >= 1 and app.query_one("#runs", DataTable).row_count == 6  # the rest still shows
+        seen = app.loads
+        await until(pilot, lambda: app.loads >= seen + 3, what="reads go on")
+        assert sum("IsADirectoryError" in t for t in toasts(app)) == 1  # told once, not every second
+    drive(app, body, notifications=True)
+
+
+def test_the_selection_stays_on_its_run_when_runs_arrive(fx) -> None:
+    app = app_for(fx.root)
+    selections: list[str | None] = []
+    watching = False
+
+    def hook(message: Any) -> None:
+        if watching and isinstance(message, RunsTable.Selected):
+            selections.append(message.run_id)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("down", "down", "down")
+        await until(pilot, lambda: app.query_one("#runs").selected == COMPLETED)
+        nonlocal watching
+        watching = True
+        store = Store(fx.db)  # a new dataset arrives: queued above the history
+        store.insert_run({"id": "late-20260514-030000", "name": "late", "state": "queued", "priority": 0, "seq": 7,
+                          "run_dir": str(fx.home.runs / "late-20260514-030000")})
+        store.close()
+        table = app.query_one("#runs", DataTable)
+        await until(pilot, lambda: table.row_count == 7, what="the new row")
+        await pilot.pause(0.5)
+        assert app.query_one("#runs").selected == COMPLETED and table.cursor_row == 4
+        assert selections == []  # the log of the selected run was never swapped out
+    drive(app, body, message_hook=hook)

@@ -1,0 +1,77 @@
+"""Pictures of the dashboard at 80×24 and 120×40 (pytest-textual-snapshot).
+
+Deterministic by construction: fixed times in the fixture home, a fixed telemetry sample, a home path that does not
+depend on pytest's temp numbering. Update after an intended change with `pytest tests/test_tui_snapshots.py
+--snapshot-update` and look at the pictures (the report shows the differences).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.test_tui import until
+from tests.tui_fixtures import NO_GPU, ONE_GPU, FixedTelemetry, build_home
+from tui.app import OvernightApp
+from tui.telemetry import Telemetry
+
+SNAP_ROOT = Path(tempfile.gettempdir()) / "overnight-tui-snapshots"
+
+
+@pytest.fixture
+def snap_home(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The fixture home at a path fixed per test (the header shows it); removed afterwards."""
+    root = SNAP_ROOT / request.node.name
+    shutil.rmtree(root, ignore_errors=True)
+    yield build_home(root / "home").root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def ready(*keys: str) -> Callable[[Any], Any]:
+    """run_before: wait for the data, the selected run's detail and a telemetry sample, then press `keys`."""
+    async def run_before(pilot: Any) -> None:
+        app = pilot.app
+        await until(pilot, lambda: app.details >= 1 and app.system.telemetry is not None,
+                    what="first load")
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.1)
+        await pilot.pause(0.2)
+    return run_before
+
+
+def app(home: Path, telemetry: Telemetry = NO_GPU) -> OvernightApp:
+    return OvernightApp(home, telemetry=FixedTelemetry(telemetry))
+
+
+def test_log_view_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """Runs with progress, ETA and priority; the training run's console log, following; no daemon banner."""
+    assert snap_compare(app(snap_home), terminal_size=(80, 24), run_before=ready())
+
+
+def test_evolution_view_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """Probes × snapshots: learned early, learned late, learned then forgotten, never learned."""
+    assert snap_compare(app(snap_home), terminal_size=(80, 24), run_before=ready("3"))
+
+
+def test_system_with_a_gpu_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """One GPU: utilisation, memory, temperature, power; CPU, RAM and disk."""
+    assert snap_compare(app(snap_home, ONE_GPU), terminal_size=(80, 24), run_before=ready("4"))
+
+
+def test_stop_asks_first_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """`s` opens a confirmation before anything is written."""
+    assert snap_compare(app(snap_home), terminal_size=(80, 24), run_before=ready("s"))
+
+
+def test_charts_120x40(snap_compare: Any, snap_home: Path) -> None:
+    """Loss with eval loss, and the learning-rate schedule; the wide runs table (eval, tok/s, when)."""
+    assert snap_compare(app(snap_home), terminal_size=(120, 40), run_before=ready("2"))
+
+
+def test_models_and_history_120x40(snap_compare: Any, snap_home: Path) -> None:
+    """Model versions with the active one marked; every run of the history visible."""
+    assert snap_compare(app(snap_home), terminal_size=(120, 40), run_before=ready("5"))

@@ -1,0 +1,20 @@
+"""`python -m tui [--home H]`: the dashboard without the click CLI (same as `overnight tui`)."""
+from __future__ import annotations
+
+import argparse
+
+from daemon.home import Home
+from tui.app import run
+
+
+def main() -> None:
+    """Parse --home and open the dashboard."""
+    parser = argparse.ArgumentParser(prog="python -m tui", description="The overnight dashboard.")
+    parser.add_argument("--home", default=None,
+                        help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
+    args = parser.parse_args()
+    run(Home.resolve(args.home, create=False).root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""`overnight tui`: the dashboard App — layout, key bindings and one refresh timer; panels live in tui/widgets/.
+
+Reading happens in thread workers (the DB and run files through tui.data, telemetry through tui.telemetry);
+only messages cross back to the UI thread. The App acts on the daemon solely by writing control files.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from daemon.home import Home
+from tui import actions
+from tui.actions import AckTracker, NotApplicable, Request
+from tui.data import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, RunRow, RunWatcher, grep_file
+from tui.messages import Loaded, ReadFailed, Sampled, Searched
+from tui.telemetry import LiveTelemetry, TelemetrySource
+from tui.widgets.charts import ChartsPanel
+from tui.widgets.confirm import ConfirmScreen
+from tui.widgets.evolution import EvolutionPanel
+from tui.widgets.header import DaemonBanner, HomeHeader
+from tui.widgets.log import LogPanel, run_note
+from tui.widgets.models import ModelsTable
+from tui.widgets.runs import RunsTable
+from tui.widgets.system import SystemPanel
+
+REFRESH_S = 1.0  # DB and run files are polled at most once a second: dashboards never load the daemon
+TABS = ("log", "charts", "evolution", "system", "models")
+
+
+def _ack_line(e: ControlAck) -> str:
+    return f"control {e.time[11:19]} {e.status}: {e.message}"
+
+
+class OvernightApp(App[None]):
+    """The dashboard for one home."""
+
+    TITLE = "overnight"
+    CSS = """
+    Screen { layout: vertical; }
+    RunsTable { height: 1fr; min-height: 4; max-height: 40%; }
+    TabbedContent { height: 2fr; }
+    TabbedContent ContentSwitcher { height: 1fr; }
+    TabPane { padding: 0; }
+    #status { height: 1; background: $panel; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("s", "stop", "Stop"),
+        Binding("k", "skip", "Skip"),
+        Binding("plus,equals_sign", "priority(1)", "Prio+", key_display="+"),
+        Binding("minus", "priority(-1)", "Prio-", key_display="-"),
+        Binding("r", "requeue", "Requeue", show=False),
+        Binding("slash", "search", "Search", key_display="/"),
+        Binding("f", "follow", "Follow"),
+        Binding("c", "compare", "Compare"),
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Keys", key_display="?", show=False),
+        *[Binding(str(i), f"tab('{name}')", name.title(), show=False) for i, name in enumerate(TABS, 1)],
+    ]
+
+    def __init__(self, home: Path, telemetry: TelemetrySource | None = None, refresh_s: float = REFRESH_S) -> None:
+        super().__init__()
+        self.home = Home.resolve(home, create=False)
+        self.refresh_s = refresh_s
+        self.snapshot = HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=False))
+        self.loads = 0  # snapshots applied so far (tests wait on these counters)
+        self.details = 0  # selected-run details applied so far
+        self.compare: list[str] = []
+        self.tracker = AckTracker()
+        self._telemetry = telemetry
+        self._homes = HomeWatcher(self.home)
+        self._runs = RunWatcher()
+        self._selected: str | None = None
+        self._restart_log = False
+        self._buckets = 80
+        self._wake = threading.Event()  # set by the refresh timer (and by selections): read the home now
+        self._system_shown = threading.Event()
+        self._last_error: str | None = None
+
+    # --- layout ---------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        # the panels are kept as attributes: updates never query the DOM (a dialog may be on top, or the app
+        # may be closing when a last message arrives)
+        self.header, self.banner = HomeHeader(id="header"), DaemonBanner(id="banner")
+        self.runs, self.tabs = RunsTable(id="runs"), TabbedContent(initial="log")
+        self.log_panel, self.charts = LogPanel(id="log-panel"), ChartsPanel(id="charts-panel")
+        self.evolution, self.system = EvolutionPanel(id="evolution-panel"), SystemPanel(id="system-panel")
+        self.models, self.status = ModelsTable(id="models-table"), Static(" reading the home…", id="status")
+        yield self.header
+        yield self.banner
+        yield self.runs
+        with self.tabs:
+            with TabPane("Log", id="log"):
+                yield self.log_panel
+            with TabPane("Charts", id="charts"):
+                yield self.charts
+            with TabPane("Evolution", id="evolution"):
+                yield self.evolution
+            with TabPane("System", id="system"):
+                with VerticalScroll():
+                    yield self.system
+            with TabPane("Models", id="models"):
+                yield self.models
+        yield self.status
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.runs.focus()
+        self.set_interval(self.refresh_s, self.refresh_data)
+        self._reader()
+        self.refresh_data()
+        self._sample_telemetry()
+
+    # --- reading (thread workers) ---------------------------------------------------------------------
+    def refresh_data(self) -> None:
+        """Ask the reader thread for a fresh read of the home (the timer does this once a second)."""
+        self._buckets = self.charts.buckets
+        self._wake.set()
+
+    @work(thread=True, group="load")
+    def _reader(self) -> None:
+        """One long-lived thread does every read, so the incremental file readers are never shared."""
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            if self._wake.wait(0.5):  # wakes twice a second at most to notice cancellation
+                self._wake.clear()
+                self._read()
+
+    def _read(self) -> None:
+        """Read the home, then the selected run; a run file that cannot be read costs only its panel."""
+        try:
+            snap = self._homes.snapshot()
+        except (OSError, ValueError) as e:  # one unreadable file must not close the dashboard
+            self.post_message(ReadFailed(f"{type(e).__name__}: {e}"))
+            return
+        detail = None
+        run = snap.run(self._selected)
+        if run is not None:
+            if self._restart_log:
+                self._restart_log = False
+                self._runs.restart_log()
+            compare = tuple(r for r in (snap.run(i) for i in tuple(self.compare)) if r is not None)
+            try:
+                detail = self._runs.detail(run, self._buckets, compare)
+            except (OSError, ValueError) as e:
+                self.post_message(ReadFailed(f"run {run.id}: {type(e).__name__}: {e}"))
+        self.post_message(Loaded(snap, detail))
+
+    @work(thread=True, group="telemetry")
+    def _sample_telemetry(self) -> None:
+        """Samples at most once a second, and only while the System panel is shown (after a first sample)."""
+        worker = get_current_worker()
+        source = self._telemetry or LiveTelemetry(self.home.root)
+        try:
+            first = True
+            while not worker.is_cancelled:
+                if first or self._system_shown.is_set():
+                    self.post_message(Sampled(source.sample()))
+                    first = False
+                worker.cancelled_event.wait(self.refresh_s)
+        finally:
+            source.close()
+
+    @work(thread=True, group="search", exclusive=True)
+    def _search(self, path: Path, needle: str) -> None:
+        self.post_message(Searched(grep_file(path, needle)))
+
+    # --- applying what was read -----------------------------------------------------------------------
+    def on_loaded(self, message: Loaded) -> None:
+        snap = message.snapshot
+        changed = snap != self.snapshot or not self.loads
+        self.snapshot = snap
+        self.loads += 1
+        if changed:  # an idle home costs no redraw
+            self.header.show(snap)
+            self.banner.show(snap)
+            self.runs.show(snap)
+            self.models.show(snap)
+        if changed or self.tracker.pending:
+            self._acknowledge(snap)
+        detail = message.detail
+        if detail is not None and detail.run_id == self._selected:
+            self.log_panel.describe(run_note(snap.run(detail.run_id), detail.progress))
+            self.log_panel.show_update(detail.log)
+            self.charts.show(detail.charts, detail.compare)
+            self.evolution.show(detail.evolution)
+            self.details += 1
+
+    def on_read_failed(self, message: ReadFailed) -> None:
+        if message.error != self._last_error:  # once per distinct problem, not every second
+            self._last_error = message.error
+            self.notify(f"could not read the home: {message.error} (retrying every second)", severity="error",
+                        markup=False)
+
+    def on_sampled(self, message: Sampled) -> None:
+        self.system.show(message.telemetry)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "system":
+            self._system_shown.set()
+        else:
+            self._system_shown.clear()
+
+    def on_searched(self, message: Searched) -> None:
+        self.log_panel.show_search(message.result)
+
+    def _acknowledge(self, snap: HomeSnapshot) -> None:
+        """Toast the daemon's answers to our requests; keep the latest control event on the status line."""
+        acks, late = self.tracker.answers(snap)
+        for e in acks:
+            self.notify(e.message, title=f"{e.command}: {e.status}",
+                        severity="error" if e.status == "rejected" else "information", markup=False)
+        for req in late:
+            self.notify(f"{req.describe}: not acknowledged yet (is the daemon busy? see overnight.log)",
+                        severity="warning", markup=False)
+        status = self.status
+        if self.tracker.pending:
+            status.update(f" waiting for the daemon to acknowledge: {self.tracker.pending[-1].request.describe}")
+        elif snap.events:
+            status.update(" " + _ack_line(snap.events[0]))
+        else:
+            status.update(" ↑↓ run · 1-5 tabs · r requeue · c compare · Tab focus · ? all keys")
+
+    # --- selection ------------------------------------------------------------------------------------
+    @on(RunsTable.Selected)
+    def _run_selected(self, event: RunsTable.Selected) -> None:
+        self._selected = event.run_id
+        self._restart_log = True
+        self.log_panel.set_run(event.run_id)
+        self.refresh_data()
+
+    @on(LogPanel.TailWanted)
+    def _tail_wanted(self) -> None:
+        self._restart_log = True
+        self.refresh_data()
+
+    @on(LogPanel.SearchRequested)
+    def _search_requested(self, event: LogPanel.SearchRequested) -> None:
+        run = self.snapshot.run(self._selected)
+        if run is not None:
+            self._search(Path(run.run_dir) / "console.log", event.needle)
+
+    # --- keys -----------------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While a dialog is open, only it answers keys (no stop from behind a confirmation)."""
+        if len(self.screen_stack) > 1 and action not in ("quit",):
+            return False
+        return True
+
+    @property
+    def selected_run(self) -> RunRow | None:
+        """The run highlighted in the runs table."""
+        return self.snapshot.run(self._selected)
+
+    def _request(self, make: Callable[[], Request]) -> None:
+        try:
+            request = make()
+        except NotApplicable as e:
+            self.notify(str(e), severity="warning", markup=False)
+            return
+        if request.confirm:
+            self.push_screen(ConfirmScreen(request.confirm), lambda yes: self._send(request) if yes else None)
+        else:
+            self._send(request)
+
+    def _send(self, request: Request) -> None:
+        try:
+            self.home.create()
+            actions.send(self.home, request)
+        except OSError as e:
+            self.notify(f"could not write control/{request.kind}: {e}", severity="error", markup=False)
+            return
+        self.tracker.add(request, self.snapshot)
+        if self.snapshot.daemon.alive:
+            self.notify(f"{request.describe}: wrote control/{request.kind}", markup=False)
+        else:
+            self.notify(f"wrote control/{request.kind}: no daemon is running; it applies this when one starts "
+                        f"(overnight daemon --home {self.home.root})", severity="warning", markup=False)
+        self.refresh_data()
+
+    def action_pause(self) -> None:
+        """Pause the selected run, or resume it when it is paused."""
+        self._request(lambda: actions.pause_or_resume(self.snapshot, self.selected_run))
+
+    def action_stop(self) -> None:
+        """Stop the selected run (after confirmation)."""
+        self._request(lambda: actions.stop(self.selected_run))
+
+    def action_skip(self) -> None:
+        """Skip the selected run (after confirmation)."""
+        self._request(lambda: actions.skip(self.selected_run))
+
+    def action_priority(self, delta: int) -> None:
+        """Raise or lower the selected run's priority by one."""
+        self._request(lambda: actions.priority(self.selected_run, delta))
+
+    def action_requeue(self) -> None:
+        """Queue a stopped, skipped or failed run again."""
+        self._request(lambda: actions.requeue(self.selected_run))
+
+    def action_follow(self) -> None:
+        """Freeze or follow the log."""
+        self.tabs.active = "log"
+        self.log_panel.toggle_follow()
+
+    def action_search(self) -> None:
+        """Search the selected run's whole console.log."""
+        self.tabs.active = "log"
+        self.log_panel.open_search()
+
+    def action_compare(self) -> None:
+        """Add the selected run's loss curve to the loss chart (or take it off)."""
+        run = self.selected_run
+        if run is None:
+            return
+        if run.id in self.compare:
+            self.compare.remove(run.id)
+        else:
+            self.compare.append(run.id)
+        self.notify(f"loss chart overlays: {', '.join(self.compare) or 'none'}", markup=False)
+        self.tabs.active = "charts"
+        self.refresh_data()
+
+    def action_help(self) -> None:
+        """Show or hide the list of every key."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def action_tab(self, name: str) -> None:
+        """Show one of the panels."""
+        self.tabs.active = name
+
+
+def run(home: Path) -> None:
+    """Open the dashboard on `home` until the user quits."""
+    OvernightApp(Path(home)).run()

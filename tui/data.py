@@ -1,0 +1,492 @@
+"""What the dashboard shows, read from a home: frozen snapshots of the DB and the run folders (no Textual here).
+
+Everything is read-only and cheap enough to poll once a second: short queries on a read-only WAL connection,
+and run files read incrementally (the end of console.log, the new lines of metrics.jsonl) so a log of a million
+lines or 100k metric records never has to be loaded again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from array import array
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from daemon.atomic import read_json
+from daemon.evolution import EvolutionReport, analyze, load_records
+from daemon.home import Home, daemon_alive
+from daemon.logtail import last_lines
+from daemon.queries import Reader
+from daemon.rundir import read_jsonl_from
+from daemon.store import ACTIVE_STATES, END_STATES
+
+LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
+_MAX_APPEND_BYTES = 1 << 20  # a bigger jump in console.log is re-read from its end instead of in full
+
+
+# --------------------------------------------------------------------------------------------- home snapshot
+
+@dataclass(frozen=True)
+class DaemonState:
+    """Whether a daemon serves the home (by its lock: PID + start time), and its DB heartbeat."""
+
+    alive: bool
+    pid: int | None = None
+    started: str | None = None
+    heartbeat: str | None = field(default=None, compare=False)  # ticks every 2 s: not a reason to redraw
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the runs table."""
+
+    id: str
+    name: str
+    state: str
+    priority: int
+    seq: int
+    run_dir: str
+    base_model: str | None = None
+    reason: str | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    created: str | None = None
+    started: str | None = None
+    finished: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Preparing, training or paused: the job the daemon is running."""
+        return self.state in ACTIVE_STATES
+
+    @property
+    def finished_state(self) -> bool:
+        """Completed, failed, stopped or skipped: history."""
+        return self.state in END_STATES
+
+    @property
+    def fraction(self) -> float | None:
+        """Progress 0..1, or None when the total is not known yet."""
+        if self.state == "completed":
+            return 1.0
+        if not self.max_steps or self.step is None:
+            return None
+        return max(0.0, min(1.0, self.step / self.max_steps))
+
+
+@dataclass(frozen=True)
+class ControlAck:
+    """A control event as the daemon recorded it (requested / applied / rejected)."""
+
+    id: int
+    time: str
+    command: str
+    target: str | None
+    source: str | None
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One registered model version."""
+
+    name: str
+    version: int
+    run_id: str
+    base_model: str | None
+    active: bool
+    created: str | None
+    deleted: str | None
+    adapter_path: str | None
+    final_loss: float | None
+    eval_loss: float | None
+
+
+@dataclass(frozen=True)
+class HomeSnapshot:
+    """Everything the dashboard shows about a home at one moment (compared for equality to skip redraws)."""
+
+    root: str
+    daemon: DaemonState
+    runs: tuple[RunRow, ...] = ()
+    events: tuple[ControlAck, ...] = ()
+    models: tuple[ModelRow, ...] = ()
+    pause_target: str | None = None  # control/pause in force: a run id, "*" for whatever runs, None if absent
+    stop_held: bool = False  # an untargeted control/stop holds the queue
+    error: str | None = None  # the DB could not be read this time (shown, retried next second)
+
+    def run(self, run_id: str | None) -> RunRow | None:
+        """The run with this id, if listed."""
+        return next((r for r in self.runs if r.id == run_id), None)
+
+    @property
+    def active_run(self) -> RunRow | None:
+        """The run the daemon is training (or preparing, or holding paused)."""
+        return next((r for r in self.runs if r.active), None)
+
+    def counts(self) -> dict[str, int]:
+        """Runs per state."""
+        out: dict[str, int] = {}
+        for r in self.runs:
+            out[r.state] = out.get(r.state, 0) + 1
+        return out
+
+
+def _field_subset(cls: type, row: dict[str, Any]) -> dict[str, Any]:
+    names = cls.__dataclass_fields__.keys()  # type: ignore[attr-defined]
+    return {k: row.get(k) for k in names}
+
+
+def _run_row(row: dict[str, Any]) -> RunRow:
+    values = _field_subset(RunRow, row)
+    values["priority"] = int(values["priority"] or 0)
+    values["seq"] = int(values["seq"] or 0)
+    values["name"] = values["name"] or row["id"]
+    values["run_dir"] = values["run_dir"] or ""
+    return RunRow(**values)
+
+
+def _model_row(row: dict[str, Any]) -> ModelRow:
+    metrics = row.get("metrics") or {}
+    return ModelRow(name=row["name"], version=int(row["version"]), run_id=row.get("run_id") or "",
+                    base_model=row.get("base_model"), active=bool(row.get("active")), created=row.get("created"),
+                    deleted=row.get("deleted"), adapter_path=row.get("adapter_path"),
+                    final_loss=metrics.get("final_loss"), eval_loss=metrics.get("eval_loss"))
+
+
+def _control_file_target(path: Path) -> str | None:
+    """The run a held control file names ("*" when it names none), or None when the file is absent."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return lines[0] if lines else "*"
+
+
+class HomeWatcher:
+    """Reads a home's state DB and control folder into HomeSnapshots; reopens the DB when it appears."""
+
+    def __init__(self, home: Home, events: int = 20) -> None:
+        self.home = home
+        self.events = events
+        self._reader: Reader | None = None
+
+    def _db(self) -> Reader:
+        if self._reader is None or (self._reader.conn is None and self.home.db.exists()):
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = Reader(self.home.db)
+        return self._reader
+
+    def snapshot(self) -> HomeSnapshot:
+        """The home now. A DB that cannot be read gives a snapshot carrying the error instead of raising."""
+        alive = daemon_alive(self.home)
+        pause = _control_file_target(self.home.control / "pause")
+        stop = _control_file_target(self.home.control / "stop")
+        try:
+            reader = self._db()
+            beat = reader.daemon() or {}
+            daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
+                                 heartbeat=beat.get("heartbeat"), version=beat.get("version"))
+            return HomeSnapshot(
+                root=str(self.home.root), daemon=daemon,
+                runs=tuple(_run_row(r) for r in reader.runs()),
+                events=tuple(ControlAck(**_field_subset(ControlAck, e)) for e in reader.control_events(self.events)),
+                models=tuple(_model_row(m) for m in reader.models()),
+                pause_target=pause, stop_held=stop == "*")
+        except (sqlite3.Error, json.JSONDecodeError) as e:
+            self.close()  # a fresh connection next time
+            return HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=bool(alive)),
+                                pause_target=pause, stop_held=stop == "*",
+                                error=f"{self.home.db}: {e} (retrying every second)")
+
+    def close(self) -> None:
+        """Close the DB connection."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+# --------------------------------------------------------------------------------------------- console.log
+
+@dataclass(frozen=True)
+class LogUpdate:
+    """New console lines: `reset` means replace what is shown (first read, another run, file rewritten)."""
+
+    lines: tuple[str, ...]
+    reset: bool
+
+
+class LogTail:
+    """Follows one console.log: the last LOG_LINES lines first, then only what was appended."""
+
+    def __init__(self, path: Path, keep: int = LOG_LINES) -> None:
+        self.path = path
+        self.keep = keep
+        self._offset: int | None = None  # bytes consumed; None = nothing shown yet
+        self._partial = b""
+
+    def restart(self) -> None:
+        """Show the end of the file again at the next poll (after the user resumes following)."""
+        self._offset = None
+
+    def poll(self) -> LogUpdate | None:
+        """What changed since the last poll, or None when nothing did."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            if self._offset is None:
+                self._offset = 0
+                return LogUpdate((), reset=True)
+            return None
+        if self._offset is None or size < self._offset or size - self._offset > _MAX_APPEND_BYTES:
+            self._offset, self._partial = size, b""
+            return LogUpdate(tuple(last_lines(self.path, self.keep)), reset=True)
+        if size == self._offset:
+            return None
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = self._partial + f.read(size - self._offset)
+        self._offset = size
+        *complete, self._partial = data.split(b"\n")
+        if not complete:
+            return None
+        return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Lines of a log containing a text (case-insensitive): the last `limit` of them, with 1-based numbers."""
+
+    needle: str
+    matches: tuple[tuple[int, str], ...]
+    total: int
+    lines_scanned: int
+
+
+def grep_file(path: Path, needle: str, limit: int = LOG_LINES, chunk: int = 8 << 20) -> SearchResult:
+    """Search a whole log in chunks (memory stays bounded by `chunk` and `limit`, whatever the file's size)."""
+    target = needle.lower().encode("utf-8")
+    found: deque[tuple[int, str]] = deque(maxlen=limit)
+    total = lines_before = 0
+    carry = b""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return SearchResult(needle, (), 0, 0)
+    with f:
+        while True:
+            block = f.read(chunk)
+            data = carry + block
+            end = len(data) if not block else data.rfind(b"\n") + 1
+            if end == 0 and block:
+                carry = data  # one line longer than a chunk: keep reading it
+                continue
+            text, carry = data[:end], data[end:]
+            total += _grep_block(text, target, lines_before, found)
+            lines_before += text.count(b"\n")
+            if not block:
+                break
+    if text and not text.endswith(b"\n"):
+        lines_before += 1
+    return SearchResult(needle, tuple(found), total, lines_before)
+
+
+def _grep_block(text: bytes, target: bytes, first_line: int, found: deque[tuple[int, str]]) -> int:
+    lowered = text.lower()
+    pos, counted, line_no, hits = 0, 0, first_line, 0
+    while target:
+        pos = lowered.find(target, pos)
+        if pos < 0:
+            break
+        start = text.rfind(b"\n", 0, pos) + 1
+        stop = text.find(b"\n", pos)
+        stop = len(text) if stop < 0 else stop
+        line_no += text.count(b"\n", counted, start)
+        counted = start
+        found.append((line_no + 1, text[start:stop].decode("utf-8", "replace")))
+        hits += 1
+        pos = stop + 1
+    return hits
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+@dataclass(frozen=True)
+class Series:
+    """One curve, downsampled for a plot."""
+
+    label: str
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ChartData:
+    """The curves of one run: train loss, eval loss and learning rate; `points` = records behind them."""
+
+    loss: Series
+    eval_loss: Series
+    lr: Series
+    points: int
+
+
+def downsample(xs: array | list[float], ys: array | list[float], buckets: int) -> tuple[tuple[float, ...], ...]:
+    """Bucket means: at most `buckets` points whatever the length (NaNs in `ys` are left out of their bucket).
+
+    Sums run over array slices (C speed): 100k points take a few milliseconds, not a full Python loop.
+    """
+    n = len(xs)
+    if n <= buckets:
+        keep = [i for i in range(n) if not math.isnan(ys[i])]
+        return tuple(xs[i] for i in keep), tuple(ys[i] for i in keep)
+    out_x, out_y = [], []
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        bx, by = xs[lo:hi], ys[lo:hi]
+        total = sum(by)
+        if math.isnan(total):  # a record without this value: average the others
+            pairs = [(x, y) for x, y in zip(bx, by) if not math.isnan(y)]
+            if not pairs:
+                continue
+            bx, by, total = [p[0] for p in pairs], [p[1] for p in pairs], sum(p[1] for p in pairs)
+        out_x.append(sum(bx) / len(bx))
+        out_y.append(total / len(by))
+    return tuple(out_x), tuple(out_y)
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+class MetricsTail:
+    """A run's metrics.jsonl read incrementally into compact float arrays (8 bytes per value)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self.steps, self.loss, self.lr = array("d"), array("d"), array("d")
+        self.eval_steps, self.eval_loss = array("d"), array("d")
+        self._cache: tuple[int, int, ChartData] | None = None  # (records, buckets, result)
+
+    def _reset(self) -> None:
+        self.__init__(self.path)  # type: ignore[misc]
+
+    def poll(self) -> bool:
+        """Read appended records; True when something new arrived."""
+        try:
+            if self.path.stat().st_size < self._offset:
+                self._reset()  # rewritten after a resume from checkpoint
+        except FileNotFoundError:
+            return False
+        records, self._offset = read_jsonl_from(self.path, self._offset)
+        for r in records:
+            step = _num(r.get("step"))
+            if r.get("loss") is not None or r.get("lr") is not None:
+                self.steps.append(step)
+                self.loss.append(_num(r.get("loss")))
+                self.lr.append(_num(r.get("lr")))
+            if r.get("eval_loss") is not None:
+                self.eval_steps.append(step)
+                self.eval_loss.append(_num(r.get("eval_loss")))
+        return bool(records)
+
+    def chart(self, buckets: int) -> ChartData:
+        """The curves, downsampled to `buckets` points each (cached until new records arrive)."""
+        self.poll()
+        count = len(self.steps) + len(self.eval_steps)
+        if self._cache and self._cache[:2] == (count, buckets):
+            return self._cache[2]
+        data = ChartData(loss=Series("loss", *downsample(self.steps, self.loss, buckets)),
+                         eval_loss=Series("eval loss", *downsample(self.eval_steps, self.eval_loss, buckets)),
+                         lr=Series("lr", *downsample(self.steps, self.lr, buckets)), points=count)
+        self._cache = (count, buckets, data)
+        return data
+
+
+# --------------------------------------------------------------------------------------------- run detail
+
+@dataclass(frozen=True)
+class RunDetail:
+    """The selected run: new log lines, charts (its own and the compared runs' loss), evolution, progress.json."""
+
+    run_id: str
+    log: LogUpdate | None
+    charts: ChartData
+    compare: tuple[Series, ...] = ()
+    evolution: EvolutionReport | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress(run: RunRow) -> dict[str, Any]:
+    """progress.json (written atomically by the trainer); {} when absent or unreadable."""
+    try:
+        data = read_json(Path(run.run_dir) / "progress.json", {}) if run.run_dir else {}
+    except (OSError, ValueError):
+        return {}  # e.g. a file cut short by a full disk: the next write replaces it
+    return data if isinstance(data, dict) else {}
+
+
+class RunWatcher:
+    """Incremental readers of run folders, kept for a few recently watched runs (bounded memory)."""
+
+    def __init__(self, keep_runs: int = 8) -> None:
+        self.keep_runs = keep_runs
+        self._metrics: OrderedDict[str, MetricsTail] = OrderedDict()
+        self._evolution: dict[str, tuple[tuple[int, int], EvolutionReport]] = {}
+        self._log: LogTail | None = None
+        self._log_run: str | None = None
+
+    def _metrics_for(self, run: RunRow) -> MetricsTail:
+        tail = self._metrics.pop(run.id, None) or MetricsTail(Path(run.run_dir) / "metrics.jsonl")
+        self._metrics[run.id] = tail
+        while len(self._metrics) > self.keep_runs:
+            old, _ = self._metrics.popitem(last=False)
+            self._evolution.pop(old, None)
+        return tail
+
+    def _evolution_for(self, run: RunRow) -> EvolutionReport | None:
+        path = Path(run.run_dir) / "evolution.jsonl"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_size, st.st_mtime_ns)
+        cached = self._evolution.get(run.id)
+        if cached and cached[0] == key:
+            return cached[1]
+        report = analyze(load_records(path))
+        self._evolution[run.id] = (key, report)
+        return report
+
+    def restart_log(self) -> None:
+        """The next detail carries the end of the log again (reset), e.g. when following resumes."""
+        if self._log is not None:
+            self._log.restart()
+
+    def detail(self, run: RunRow, buckets: int, compare: tuple[RunRow, ...] = ()) -> RunDetail:
+        """The selected run's detail; the log part holds only what changed since the previous call."""
+        if self._log_run != run.id:
+            self._log, self._log_run = LogTail(Path(run.run_dir) / "console.log"), run.id
+        assert self._log is not None
+        log = self._log.poll()
+        charts = self._metrics_for(run).chart(buckets)
+        overlays = tuple(replace(self._metrics_for(other).chart(buckets).loss, label=other.id)
+                         for other in compare if other.id != run.id)
+        return RunDetail(run_id=run.id, log=log, charts=charts, compare=overlays,
+                         evolution=self._evolution_for(run), progress=_progress(run))
