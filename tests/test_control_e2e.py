@@ -14,6 +14,9 @@ from tests.conftest import DaemonProcess, overnight, wait_until
 
 pytestmark = pytest.mark.e2e
 
+# Long enough that a command sent at step 6-12 always lands before the run ends, even on a loaded 2-core CI box
+# (the tiny model takes about 0.1 s a step); every interrupted run is compared with a reference of this length.
+STEPS = 60
 WORDS = ["apple", "stone", "river", "green", "music", "horse", "bread", "moon"]
 
 
@@ -109,12 +112,12 @@ def test_pause_resume_skip_by_file_and_cli(model_home, daemon_proc, tmp_path):
 def test_stop_resume_and_preemption_give_the_uninterrupted_losses(model_home, daemon_proc, tmp_path):
     home = model_home
     daemon_proc()
-    drop_all(write_dataset(tmp_path, "ref", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "ref", STEPS), home / "inbox")
     wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
     reference = losses(home, "ref")
-    assert sorted(reference) == list(range(1, 31))
+    assert sorted(reference) == list(range(1, STEPS + 1))
 
-    drop_all(write_dataset(tmp_path, "stopme", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "stopme", STEPS), home / "inbox")
     wait_until(lambda: progress_step(home, "stopme") >= 8, 90, what="stopme training")
     rid = run_of(home, "stopme")["id"]
     (home / "control" / "stop").write_text(rid + "\n")
@@ -124,12 +127,19 @@ def test_stop_resume_and_preemption_give_the_uninterrupted_losses(model_home, da
     wait_until(lambda: state(home, "stopme") == "completed", 120, what="resumed run completes")
     assert losses(home, "stopme") == reference
 
-    drop_all(write_dataset(tmp_path, "low", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "low", STEPS), home / "inbox")
     wait_until(lambda: progress_step(home, "low") >= 8, 90, what="low training")
+    # The tiny model finishes 30 steps in seconds: hold "low" mid-run (a pause naming it) so that the
+    # preemption below always finds it unfinished. A paused run is preempted like a training one.
+    low_id = run_of(home, "low")["id"]
+    (home / "control" / "pause").write_text(low_id + "\n")
+    wait_until(lambda: state(home, "low") == "paused", 30, what="low paused")
     drop_all(write_dataset(tmp_path, "urgent", 6), home / "inbox")
     wait_until(lambda: state(home, "urgent") == "queued", 30)
     overnight("priority", "urgent", "10", home=home, check=True)
     wait_until(lambda: state(home, "low") == "queued", 30, what="low preempted")
+    assert state(home, "urgent") in ("preparing", "training", "completed")  # a pause naming low holds only low
+    (home / "control" / "pause").unlink()
     wait_until(lambda: state(home, "urgent") == "completed", 120, what="urgent completes")
     wait_until(lambda: state(home, "low") == "completed", 120, what="low resumes and completes")
     assert losses(home, "low") == reference
@@ -142,11 +152,11 @@ def test_stop_resume_and_preemption_give_the_uninterrupted_losses(model_home, da
 def test_sigterm_and_kill9_recover_with_identical_losses(model_home, tmp_path):
     home = model_home
     d = DaemonProcess(home)
-    drop_all(write_dataset(tmp_path, "ref", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "ref", STEPS), home / "inbox")
     wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
     reference = losses(home, "ref")
 
-    drop_all(write_dataset(tmp_path, "term", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "term", STEPS), home / "inbox")
     wait_until(lambda: progress_step(home, "term") >= 6, 90, what="term training")
     assert d.stop(signal.SIGTERM) == 0
     assert state(home, "term") == "queued"
@@ -154,7 +164,7 @@ def test_sigterm_and_kill9_recover_with_identical_losses(model_home, tmp_path):
     wait_until(lambda: state(home, "term") == "completed", 120, what="term completes after restart")
     assert losses(home, "term") == reference
 
-    drop_all(write_dataset(tmp_path, "crash", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "crash", STEPS), home / "inbox")
     wait_until(lambda: progress_step(home, "crash") >= 12, 90, what="crash training")
     d.proc.kill()
     d.proc.wait()
@@ -162,7 +172,7 @@ def test_sigterm_and_kill9_recover_with_identical_losses(model_home, tmp_path):
     wait_until(lambda: state(home, "crash") == "completed", 180, what="crash completes after kill -9")
     assert losses(home, "crash") == reference
 
-    drop_all(write_dataset(tmp_path, "oom", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "oom", STEPS), home / "inbox")
     wait_until(lambda: progress_step(home, "oom") >= 12, 90, what="oom training")
     os.kill(run_of(home, "oom")["pid"], signal.SIGKILL)
     wait_until(lambda: state(home, "oom") == "completed", 180, what="trainer kill -9: resumed and completed")
