@@ -82,14 +82,18 @@ class Daemon:
 
     def _watch(self) -> None:
         """watchdog events only wake the loop early; the loop rescans the folders itself every tick."""
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEventHandler
         from watchdog.observers import Observer
 
         wake = self.wake
+        # The loop itself opens and reads files in these folders (a held control/pause, a waiting sidecar):
+        # waking on those reads would spin the loop at full CPU.
+        reads = (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE)
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                wake.set()
+                if event.event_type not in reads:
+                    wake.set()
 
         self._observer = Observer()
         for folder in (self.home.inbox, self.home.control):

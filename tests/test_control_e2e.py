@@ -192,3 +192,19 @@ def test_garbage_and_unknown_targets_are_rejected(model_home, daemon_proc):
     assert "unknown control file" in texts and "no-such-run" in texts
     events = Reader(home / "overnight.db").control_events()
     assert [e["status"] for e in events] == ["rejected", "rejected"]
+
+
+def test_a_held_control_file_and_a_waiting_sidecar_leave_the_daemon_idle(home, daemon_proc):
+    """Files the daemon reads on every pass (control/stop held, a sidecar waiting) must not keep waking it."""
+    import psutil
+
+    (home / "control" / "stop").touch()
+    (home / "control" / "pause").touch()
+    (home / "inbox" / "later.toml").write_text("learning_rate = 1e-4\n")
+    d = daemon_proc()
+    wait_until(lambda: "waits for its dataset" in (home / "overnight.log").read_text(), 15, what="sidecar waits")
+    proc = psutil.Process(d.proc.pid)
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(4)
+    busy = sum(proc.cpu_times()[:2]) - before
+    assert busy < 0.8, f"an idle daemon used {busy:.2f} s of CPU in 4 s"
