@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from daemon.datasets import DatasetError
 from daemon.home import Home
-from daemon.options import OptionsError, load_sidecar
+from daemon.options import OptionsError, hf_cache_dir, load_sidecar, locate_model
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
 
@@ -24,6 +24,11 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
     try:
         if role == "sidecar":
             opts = load_sidecar(path)
+            models = opts.get("base_model") or []
+            for spec in [models] if isinstance(models, str) else models:
+                problem = locate_model(spec, home.root)
+                if problem:
+                    raise SubmissionError(f"{path}: {problem}")
             return _ok(path, {"role": role, "options": opts}, f"{path}: OK (sidecar, {len(opts)} options)")
         if role == "probes":
             from daemon.probes import load_probe_file
@@ -41,10 +46,19 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
-                   require_model=False)
+                   require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root))
     r = sub.report
+    if path.is_symlink():
+        r.notes.append("this is a symbolic link: the daemon refuses links dropped into the inbox; use "
+                       "`overnight add FILE` (it copies) or mv the real file")
+        if path.parent.resolve() == home.inbox.resolve():
+            raise SubmissionError(f"{path.name} is a symbolic link; overnight refuses links in the inbox so that "
+                                  f"nothing outside the home is read or moved. Fix: move or copy the real file "
+                                  f"into the inbox.")
     lines = [f"{path}: OK", f"  format: {r.format}   schema: {r.schema}   records: {r.records}",
-             _stats_line("characters per example", r.chars), _stats_line("tokens per example", r.tokens)]
+             _stats_line("characters per example", r.chars),
+             _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
+                         r.tokens) if r.tokens else None]
     lines += [f"  sidecar: {sub.sidecar.name}" if sub.sidecar else None,
               f"  probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None]
     lines += [f"  note: {n}" for n in r.notes]
@@ -57,6 +71,28 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
                 "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
     lines.append(f"  base model: {', '.join(sub.options.base_models)}")
     return _ok(path, out, "\n".join(x for x in lines if x))
+
+
+def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
+    """Count tokens with the first base model's tokenizer.json (the `tokenizers` library: fast, no torch)."""
+    folder = _model_folder(models[0], root) if models else None
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        return None  # characters only, until a tokenizer is known
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def _model_folder(spec: str, root: Path) -> Path | None:
+    """The local folder of a base model: a path (relative to the home), or the newest HF cache snapshot."""
+    p = Path(spec).expanduser()
+    p = p if p.is_absolute() else root / p
+    if p.is_dir():
+        return p
+    snapshots = sorted((hf_cache_dir() / f"models--{spec.replace('/', '--')}" / "snapshots").glob("*"),
+                       key=lambda d: d.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
 
 
 def _ok(path: Path, extra: dict[str, Any], text: str) -> dict[str, Any]:

@@ -82,9 +82,12 @@ def check(home: str | None, as_json: bool, files: tuple[str, ...]) -> None:
 @click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
 def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
     """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
-    from daemon.submission import PROBES_SUFFIX
+    from daemon.submission import PROBES_SUFFIX, role_of
     h = _home(home)
     src = Path(file)
+    if role_of(src) != "dataset":
+        raise click.ClickException(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
+                                   f"Add the dataset and pass this file with --sidecar or --probes.")
     stem = src.stem
     plan = []
     for extra, name in ((sidecar, f"{stem}.toml"), (probes, f"{stem}{PROBES_SUFFIX}")):
@@ -146,13 +149,16 @@ def status(home: str | None, as_json: bool) -> None:
     alive = daemon_alive(h)
     runs = rd.runs(("queued", "preparing", "training", "paused"))
     events = rd.control_events(5)
+    problem = (rd.daemon() or {}).get("problem") if alive else None
     if as_json:
-        _echo_json({"home": str(h.root), "daemon": alive, "counts": rd.counts(), "runs": runs,
+        _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
                     "control_events": events})
         return
     click.echo(f"home: {h.root}")
     click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
                "daemon: not running (start it with: overnight daemon)")
+    if problem:
+        click.echo(f"PROBLEM: {problem}\nDrops wait in the inbox until this is fixed.")
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:

@@ -40,6 +40,20 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
+# Python's messages for the commonest JSON mistakes end mid-sentence ("... starting at"); say them whole.
+_JSON_PROBLEMS = {
+    "Invalid control character at": "a raw tab or line break inside a string (write it as \\t or \\n)",
+    "Unterminated string starting at": "a string is never closed (a missing \")",
+    "Expecting property name enclosed in double quotes": "expected a key in double quotes (single quotes, or a "
+                                                         "trailing comma?)",
+}
+
+
+def json_problem(err: json.JSONDecodeError) -> str:
+    """A JSON decode error as a readable phrase."""
+    return _JSON_PROBLEMS.get(err.msg, err.msg)
+
+
 class DatasetError(Exception):
     """One precise problem in a dataset: where it is, what is wrong and how to fix it.
 
@@ -232,7 +246,7 @@ def _read_jsonl(path: Path, notes: Notes) -> Iterator[tuple[str, Any]]:
                 raise DatasetError(name, location, None,
                                    "this looks like a JSON array, not JSON Lines (one object per line)",
                                    "rename the file to .json, or write one JSON object per line") from None
-            raise DatasetError(name, location, None, f"malformed JSON: {err.msg} (column {err.colno})",
+            raise DatasetError(name, location, None, f"malformed JSON: {json_problem(err)} (column {err.colno})",
                                "each line must hold one complete JSON object; check quotes, commas and "
                                "brackets on that line") from None
         if not isinstance(record, dict):
@@ -325,7 +339,7 @@ def _csv_record(name: str, location: str, record: dict[str, Any]) -> dict[str, A
             try:
                 record[column] = json.loads(cell)
             except json.JSONDecodeError as err:
-                raise DatasetError(name, location, column, f"the cell must hold JSON (a list), but: {err.msg}",
+                raise DatasetError(name, location, column, f"the cell must hold JSON (a list), but: {json_problem(err)}",
                                    f"write the {column} list as JSON inside the (quoted) cell") from None
     return record
 
@@ -451,7 +465,7 @@ class _JsonArrayReader:
                 if pending > MAX_RECORD_BYTES:
                     raise DatasetError(self.name, f"record {index} (line {self.line})", None,
                                        f"the record is larger than {MAX_RECORD_BYTES // 2**20} MiB, or malformed "
-                                       f"({err.msg})", "check the JSON there, and split very large records"
+                                       f"({json_problem(err)})", "check the JSON there, and split very large records"
                                        ) from None
                 self._fill(max(CHUNK_BYTES, pending))  # doubling keeps re-decoding a huge record linear
                 continue
@@ -472,9 +486,9 @@ class _JsonArrayReader:
         where = f"record {index} (line {line})" if index else f"line {line}"
         if self.eof and (err.pos >= len(self.buf) or err.msg.startswith("Unterminated string")):
             return DatasetError(self.name, where, None,
-                                f"the file ends in the middle of a record (truncated?): {err.msg}",
+                                f"the file ends in the middle of a record (truncated?): {json_problem(err)}",
                                 "copy the file again completely, or close the last record and the array")
-        return DatasetError(self.name, where, None, f"malformed JSON: {err.msg} (line {line}, column {column})",
+        return DatasetError(self.name, where, None, f"malformed JSON: {json_problem(err)} (line {line}, column {column})",
                             "fix the JSON syntax there: check quotes, commas and brackets")
 
     def _error(self, problem: str, fix: str) -> DatasetError:

@@ -24,6 +24,7 @@ from daemon.dataformats import (
     Notes,
     describe,
     detect_format,
+    json_problem,
     read_records,
 )
 
@@ -264,7 +265,9 @@ def _messages(record: dict, where: _Where, notes: Notes) -> Example:
             problem = "the 'role' is missing" if role is _MISSING else (
                 f"unknown role {role!r}" if isinstance(role, str) else f"role must be a string, got {describe(role)}")
             fix = "use one of the expected roles"
-            if isinstance(role, str) and role.lower() in _ROLE_ALIASES:
+            if isinstance(role, str) and role.lower() in ROLES:
+                fix = f"roles are lower-case: write {role.lower()!r}"
+            elif isinstance(role, str) and role.lower() in _ROLE_ALIASES:
                 fix += f", or map {role!r} to {_ROLE_ALIASES[role.lower()]!r}"
             raise where.error(f"{name}.role", f"{problem} (expected one of: {', '.join(ROLES)})", fix)
         content = _content(turn, f"{name}.content", where)
@@ -324,7 +327,7 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError as err:
-            raise where.error("tools", f"is a string but not valid JSON ({err.msg})",
+            raise where.error("tools", f"is a string but not valid JSON ({json_problem(err)})",
                               "write 'tools' as a JSON list of function definitions (or a string holding one)"
                               ) from None
     if isinstance(tools, dict):

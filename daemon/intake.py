@@ -10,21 +10,30 @@ import re
 import shutil
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from daemon import rundir
 from daemon.atomic import write_json, write_text
 from daemon.fsutil import ignored, unique_path
 from daemon.home import Home
 from daemon.log import log
+from daemon.options import OptionsError, load_home_toml
 from daemon.store import Store
 from daemon.submission import Submission, SubmissionError, role_of, sha256_file, stem_of, validate
 from daemon.timefmt import iso, run_id_stamp
 
+
 def safe_name(text: str) -> str:
     """A file-system- and run-id-safe version of a dataset or model name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "dataset"
+
+
+def shown_name(name: str) -> str:
+    """A file name fit for messages and logs, even when its bytes are not UTF-8."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass
@@ -34,13 +43,41 @@ class _Seen:
     since: float
 
 
+@dataclass
+class _Verdict:
+    """What validation said about one drop: a submission to accept (with the dataset's sha256), or an error."""
+
+    sub: Submission | None = None
+    sha: str = ""
+    error: str = ""
+
+
+@dataclass
+class _Checking:
+    """A drop being validated in the background, and the files as they were when validation began."""
+
+    future: "Future[_Verdict]"
+    fingerprint: dict[str, tuple[int, int]]
+
+
 class Intake:
     """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
 
-    def __init__(self, home: Home, store: Store, settle: float = 1.0) -> None:
+    def __init__(self, home: Home, store: Store, settle: float = 1.0,
+                 on_verdict: Callable[[], None] | None = None) -> None:
         self.home, self.store, self.settle = home, store, settle
         self._seen: dict[str, _Seen] = {}
         self._waiting_logged: set[str] = set()
+        # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
+        # loop keeps answering control files; the accept/reject moves and DB writes stay on the loop.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
+        self._checking: dict[str, _Checking] = {}
+        self._on_verdict = on_verdict
+        self.problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+
+    def close(self) -> None:
+        """Stop validating (a drop being checked stays in the inbox and is checked again at the next start)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def stable(self, path: Path, now: float) -> bool:
         """True once size and mtime have not changed for `settle` seconds (a file still growing waits)."""
@@ -62,11 +99,12 @@ class Intake:
         self._seen = {k: v for k, v in self._seen.items() if k in {p.name for p in files}}
         handled = 0
         for p in files:
-            if p.is_symlink():
-                self._reject([p], stem_of(p), f"{p.name} is a symbolic link; overnight refuses links so that "
-                              f"nothing outside the home is read or moved. Fix: move or copy the real file into "
-                              f"the inbox (mv /path/to/{p.name} {self.home.inbox}/).")
+            problem = _refused_name(p, self.home.inbox)
+            if problem:
+                self._reject([p], stem_of(p), problem)
                 handled += 1
+        if not self._owner_toml_ok():
+            return handled
         by_stem: dict[str, dict[str, Path]] = {}
         for p in files:
             if p.exists() and not p.is_symlink():
@@ -95,19 +133,78 @@ class Intake:
                 self._waiting_logged.add(stem)
             return 0
         self._waiting_logged.discard(stem)
+        fingerprint = _fingerprint(group)
+        checking = self._checking.get(stem)
+        if checking is None or checking.fingerprint != fingerprint:  # new, or changed while being checked
+            if checking is not None:
+                checking.future.cancel()
+            future = self._pool.submit(self._judge, dict(group))
+            if self._on_verdict:
+                future.add_done_callback(lambda _f: self._on_verdict())
+            self._checking[stem] = _Checking(future, fingerprint)
+            return 0
+        if not checking.future.done():
+            return 0
+        del self._checking[stem]
+        verdict = checking.future.result()
         files = [p for p in (dataset, group.get("sidecar"), group.get("probes")) if p]
+        if verdict.sub is None:
+            self._reject(files, stem, verdict.error)
+        else:
+            self._accept_or_reject(verdict, files, stem)
+        return 1
+
+    def busy(self) -> bool:
+        """A drop is being validated."""
+        return bool(self._checking)
+
+    def _judge(self, group: dict[str, Path]) -> _Verdict:
+        """Validate one drop (on the validation thread): the same checks as `overnight check`."""
+        dataset = group["dataset"]
         try:
             sub = validate(dataset, group.get("sidecar"), group.get("probes"), self.home.toml)
+            return _Verdict(sub=sub, sha=sha256_file(dataset))
         except SubmissionError as e:
-            self._reject(files, stem, str(e))
-            return 1
+            return _Verdict(error=str(e))
         except Exception as e:  # the daemon must survive any file; say what broke instead of dying
-            log.error(f"inbox: unexpected error on {dataset.name}: {e}\n{traceback.format_exc()}")
-            self._reject(files, stem, f"{dataset.name}: overnight could not read this file ({type(e).__name__}: "
-                                      f"{e}). This is likely a bug in overnight; the file is kept here unchanged.")
-            return 1
-        self.accept(sub)
-        return 1
+            log.error(f"inbox: unexpected error on {shown_name(dataset.name)}: {e}\n{traceback.format_exc()}")
+            return _Verdict(error=f"{shown_name(dataset.name)}: overnight could not read this file "
+                                  f"({type(e).__name__}: {e}). This is likely a bug in overnight; the file is kept "
+                                  f"here unchanged.")
+
+    def _accept_or_reject(self, verdict: _Verdict, files: list[Path], stem: str) -> None:
+        """Accept a validated drop; if making its run folder fails, the drop goes to rejected/ with the reason."""
+        try:
+            self.accept(verdict.sub, verdict.sha)
+        except Exception as e:  # noqa: BLE001 - a drop is never left half-moved
+            log.error(f"inbox: could not create a run for {shown_name(files[0].name)}: {e}\n{traceback.format_exc()}")
+            self._recover_partial(files)
+            self._reject([p for p in files if p.exists()], stem,
+                         f"{shown_name(files[0].name)}: overnight could not create its run folder "
+                         f"({type(e).__name__}: {e}). Fix: free disk space or check permissions of "
+                         f"{self.home.runs}, then drop the file again.")
+
+    def _recover_partial(self, files: list[Path]) -> None:
+        """Move a drop's files back from a half-made run folder into the inbox."""
+        for staging in self.home.runs.glob(".*.partial"):
+            for p in files:
+                moved = staging / "dataset" / p.name
+                if moved.exists() and not p.exists():
+                    os.rename(moved, p)
+
+    def _owner_toml_ok(self) -> bool:
+        """Drops wait (they are not rejected) while the owner's overnight.toml is broken."""
+        try:
+            load_home_toml(self.home.toml)
+        except OptionsError as e:
+            if self.problem != str(e):
+                log.error(f"{e}\nDrops wait in the inbox until {self.home.toml} is fixed.")
+            self.problem = str(e)
+            return False
+        if self.problem:
+            log.info(f"{self.home.toml} is valid again: taking drops")
+        self.problem = None
+        return True
 
     def _reject(self, files: list[Path], stem: str, message: str) -> None:
         """Move the drop to inbox/rejected/ beside NAME.error.txt; nothing is deleted."""
@@ -115,7 +212,7 @@ class Intake:
         for p in files:
             dest = unique_path(self.home.rejected / p.name)
             os.rename(p, dest)
-            moved.append(dest.name)
+            moved.append(shown_name(dest.name))
         err = unique_path(self.home.rejected / f"{safe_name(stem)}.error.txt")
         write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {', '.join(moved)}\n"
                         f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
@@ -130,14 +227,14 @@ class Intake:
             rid, i = f"{base}-{i}", i + 1
         return rid
 
-    def accept(self, sub: Submission) -> list[str]:
+    def accept(self, sub: Submission, sha: str | None = None) -> list[str]:
         """Create one queued run per base model; the drop is moved into the first run's dataset/ folder.
 
         Each run folder is assembled under a hidden staging name and renamed into runs/ complete, so a
         reader never sees a run folder without its config.json.
         """
         models = sub.options.base_models
-        sha = sha256_file(sub.dataset)
+        sha = sha or sha256_file(sub.dataset)
         group_id = None
         run_ids: list[str] = []
         first_dataset_dir: Path | None = None
@@ -174,7 +271,7 @@ class Intake:
             "probes": f"dataset/{sub.probes.name}" if sub.probes else None,
             "sidecar": f"dataset/{sub.sidecar.name}" if sub.sidecar else None,
         })
-        write_json(folder / "stats.json", sub.report.to_dict())
+        write_json(folder / "stats.json", {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": sub.name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
                "base_model": model, "state": "queued", "priority": int(opts.values["priority"]),
@@ -185,6 +282,28 @@ class Intake:
                                       f"({sub.report.format}, schema {sub.report.schema}, {sub.report.records} "
                                       f"records), base model {model}")
         return row
+
+
+def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in group.values():
+        st = p.stat()
+        out[p.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _refused_name(p: Path, inbox: Path) -> str | None:
+    """Why a file is refused before it is read: a symbolic link, or a name that is not UTF-8."""
+    if p.is_symlink():
+        return (f"{shown_name(p.name)} is a symbolic link; overnight refuses links so that nothing outside the "
+                f"home is read or moved. Fix: move or copy the real file into the inbox "
+                f"(mv /path/to/{shown_name(p.name)} {inbox}/).")
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
+                f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
+    return None
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -88,17 +88,35 @@ def _type_ok(opt: Option, value: Any) -> bool:
     return isinstance(value, kinds)
 
 
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", list: "list", dict: "table", bool: "true/false"}
+# Names other tools use for our options (Axolotl, LLaMA-Factory, TRL), suggested when a sidecar uses them.
+_ALIASES = {"lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "epochs",
+            "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+            "gradient_accumulation_steps": "grad_accum", "cutoff_len": "max_length", "sequence_len": "max_length",
+            "max_seq_length": "max_length", "model_name_or_path": "base_model", "base_model_name_or_path": "base_model",
+            "val_set_size": "eval_fraction", "val_size": "eval_fraction", "logging_steps": "log_every",
+            "save_steps": "save_every", "lora_rank": "lora_r", "lora_target": "lora_targets",
+            "lora_target_modules": "lora_targets", "seed_value": "seed"}
+
+
 def _type_name(opt: Option) -> str:
     kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
-    names = {int: "integer", float: "number", str: "string", list: "list", dict: "table", bool: "true/false"}
-    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+    return " or ".join(dict.fromkeys(_TYPE_NAMES[k] for k in kinds))
+
+
+def _unknown_key_hint(key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        return (f" Keys are flat: write them at the top of the file (learning_rate = 3e-4), not under a "
+                f"[{key}] table.")
+    close = _ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, OPTIONS, n=1)), None)
+    return f" Did you mean '{close}'?" if close else ""
 
 
 def check_value(source: Path | str, key: str, value: Any) -> None:
     """Raise OptionsError when `value` is not allowed for `key`."""
     opt = OPTIONS[key]
     if not _type_ok(opt, value):
-        raise OptionsError(f"{source}: option '{key}' = {value!r} is a {type(value).__name__}; "
+        raise OptionsError(f"{source}: option '{key}' = {value!r} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}.")
     if not opt.check(value):
         raise OptionsError(f"{source}: option '{key}' = {value!r} is out of range; allowed: {opt.allowed}.")
@@ -119,9 +137,7 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
     """Check every key and value of one options file; return it unchanged when good."""
     for key, value in table.items():
         if key not in OPTIONS:
-            close = difflib.get_close_matches(key, OPTIONS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise OptionsError(f"{source}: unknown option '{key}'.{hint} "
+            raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
                                f"Valid options: {', '.join(sorted(OPTIONS))}.")
         if sidecar and OPTIONS[key].owner_only:
             raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
@@ -191,6 +207,8 @@ def locate_model(spec: str, relative_to: Path) -> str | None:
         return None if (p / "config.json").exists() else f"the folder {p} has no config.json (not a Hugging Face model)"
     if re.match(r"^[\w.-]+/[\w.-]+$", spec) and (hf_cache_dir() / f"models--{spec.replace('/', '--')}").is_dir():
         return None
+    fix = "set base_model to a local model folder (with config.json)"
+    if re.match(r"^[\w.-]+/[\w.-]+$", spec):
+        fix += f", or download the model into the cache first (hf download {spec})"
     return (f"base model '{spec}' was not found: no folder {p} and no entry in the Hugging Face cache "
-            f"({hf_cache_dir()}). Fix: set base_model to a local model folder (with config.json) or download "
-            f"the model into the cache first (huggingface-cli download {spec}).")
+            f"({hf_cache_dir()}). Fix: {fix}.")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import datasets
+from daemon.dataformats import json_problem
 from daemon.datasets import DatasetError
 
 MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
@@ -107,7 +108,7 @@ def load_probe_file(path: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(file, location, None, f"malformed JSON: {e.msg} at column {e.colno}",
+                raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
                                    "each line must be one complete JSON object") from None
             probe = _record_probe(record, file, location)
             probe["id"] = len(probes)

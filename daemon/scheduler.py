@@ -42,9 +42,9 @@ class Daemon:
         self.lock = DaemonLock(home)
         self.lock.acquire()  # raises HomeLocked naming the holder
         self.store = Store(home.db)
-        self.intake = Intake(home, self.store, settle=settle)
-        self.active: TrainerProcess | None = None
         self.wake = threading.Event()
+        self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set)
+        self.active: TrainerProcess | None = None
         self.stopping = False
         self._stop_file_seen = False
         self._pause_target: str | None = None
@@ -65,7 +65,7 @@ class Daemon:
             while not self.stopping:
                 self.step()
                 if time.monotonic() - last_beat > 2:
-                    self.store.heartbeat()
+                    self.store.heartbeat(problem=self.intake.problem)
                     last_beat = time.monotonic()
                 if self.once and self._idle():
                     break
@@ -103,12 +103,13 @@ class Daemon:
 
     def _idle(self) -> bool:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
-        if self.active:
+        if self.active or self.intake.busy():
             return False
         if self.store.runs_in(["queued"]) and not self._stop_file():
             return False
         from daemon.submission import role_of, stem_of
-        stems = {stem_of(p) for p in self.intake.pending() if role_of(p) in ("dataset", "unsupported")}
+        stems = {stem_of(p) for p in self.intake.pending() if role_of(p) == "unsupported" or
+                 (role_of(p) == "dataset" and not self.intake.problem)}  # drops wait while overnight.toml is broken
         return not stems and not any(p.is_symlink() for p in self.intake.pending())
 
     def shutdown(self) -> None:
@@ -122,8 +123,10 @@ class Daemon:
                 self.active.proc.terminate()
                 self.active.wait(30)
             self._finish(self.active)
+        self.intake.close()
         if self._observer:
             self._observer.stop()
+            self._observer.join(timeout=5)
         for t in self._hook_threads:
             t.join(timeout=60)
         self.store.heartbeat("stopped")

@@ -45,8 +45,12 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
                          "home": str, "state": str}, pk="id")
 
 
+def _m2_daemon_problem(db: sqlite_utils.Database) -> None:
+    db["daemon"].add_column("problem", str)  # why the daemon cannot do its work (e.g. a broken overnight.toml)
+
+
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -151,9 +155,9 @@ class Store:
             self.db["daemon"].upsert({"id": 1, "pid": pid, "started": now, "heartbeat": now, "version": version,
                                       "home": home, "state": "running"}, pk="id")
 
-    def heartbeat(self, state: str = "running") -> None:
+    def heartbeat(self, state: str = "running", problem: str | None = None) -> None:
         with self.db.conn:
-            self.db["daemon"].update(1, {"heartbeat": iso(), "state": state})
+            self.db["daemon"].update(1, {"heartbeat": iso(), "state": state, "problem": problem})
 
     # --- model registry --------------------------------------------------------------------------------
     def models(self, name: str | None = None) -> list[dict[str, Any]]:

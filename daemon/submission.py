@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from daemon import datasets
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, locate_model, resolve
@@ -60,8 +61,12 @@ class Submission:
 
 
 def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,
-             require_model: bool = True) -> Submission:
-    """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found."""
+             require_model: bool = True,
+             token_counter: Callable[[Resolved], Callable[[str], int] | None] | None = None) -> Submission:
+    """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found.
+
+    `token_counter`, given the resolved options, may return a function counting an example's tokens.
+    """
     try:
         toml = load_home_toml(home_toml)
         side = load_sidecar(sidecar)
@@ -69,7 +74,7 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
         raise SubmissionError(str(e)) from None
     opts = resolve(toml, side)
     try:
-        report = datasets.inspect_dataset(dataset)
+        report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
     except datasets.DatasetError as e:
         raise SubmissionError(str(e)) from None
     probe_count = None

@@ -14,6 +14,7 @@ def test_check_ok_prints_format_schema_counts_and_lengths(home, tiny_model, tmp_
     assert res.returncode == 0, res.stdout
     assert "format: jsonl" in res.stdout and "schema: prompt_completion" in res.stdout and "records: 5" in res.stdout
     assert "characters per example" in res.stdout
+    assert "tokens per example (tiny-qwen2 tokenizer" in res.stdout  # the base model's tokenizer is known
     data = json.loads(overnight("check", "--json", str(f), home=home).stdout)[0]
     assert data["ok"] and data["report"]["records"] == 5
 
@@ -42,6 +43,20 @@ def test_check_sidecar_beside_dataset_and_alone(home, tiny_model, tmp_path):
     assert res.returncode == 1 and "unknown option 'lora_rank'" in res.stdout and "lora_r" in res.stdout
     res = overnight("check", str(tmp_path / "t.toml"), home=home)
     assert res.returncode == 1 and "unknown option 'lora_rank'" in res.stdout
+    (tmp_path / "t.toml").write_text('base_model = "/no/such/model"\n')
+    res = overnight("check", str(tmp_path / "t.toml"), home=home)
+    assert res.returncode == 1 and "/no/such/model" in res.stdout and "was not found" in res.stdout
+
+
+def test_check_a_symlink_notes_the_daemon_refuses_links(home, tiny_model, tmp_path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "l.jsonl").symlink_to(tmp_path / "t.jsonl")
+    res = overnight("check", str(tmp_path / "l.jsonl"), home=home)
+    assert res.returncode == 0 and "symbolic link" in res.stdout and "overnight add" in res.stdout
+    (home / "inbox" / "l.jsonl").symlink_to(tmp_path / "t.jsonl")
+    res = overnight("check", str(home / "inbox" / "l.jsonl"), home=home)
+    assert res.returncode == 1 and "symbolic link" in res.stdout
 
 
 def test_add_copies_sidecar_first_and_keeps_the_original(home, tmp_path):
@@ -53,6 +68,8 @@ def test_add_copies_sidecar_first_and_keeps_the_original(home, tmp_path):
     assert (home / "inbox" / "d.toml").exists() and (tmp_path / "d.jsonl").exists()
     again = overnight("add", str(tmp_path / "d.jsonl"), home=home)
     assert again.returncode != 0 and "already exists" in again.stderr
+    side = overnight("add", str(tmp_path / "d.toml"), home=home)
+    assert side.returncode != 0 and "--sidecar" in side.stderr
 
 
 def test_status_without_daemon_says_how_to_start_one(home):

@@ -415,7 +415,8 @@ def test_json_array_error_positions_match_json_module(tmp_path: Path, monkeypatc
             json.loads(body)
         err = error_of(write(tmp_path, "d.json", body))
         check_error(err, "d.json", f"record 3 (line {expected.value.lineno})", None,
-                    f"{expected.value.msg} (line {expected.value.lineno}, column {expected.value.colno})")
+                    f"{dataformats.json_problem(expected.value)} (line {expected.value.lineno}, "
+                    f"column {expected.value.colno})")
 
 
 def test_json_array_number_split_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

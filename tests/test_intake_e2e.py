@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 
@@ -119,6 +120,52 @@ def test_symlink_and_unsupported_refused_temp_names_ignored(model_home, daemon_p
     assert (tmp_path / "secret.jsonl").exists() and (rej / "link.jsonl").is_symlink()
     assert (home / "inbox" / "big.jsonl.part").exists() and (home / "inbox" / ".hidden.jsonl").exists()
     assert not _run_dirs(home)
+
+
+def test_a_name_that_is_not_utf8_is_refused_and_kept(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    name = b"caf\xe9.jsonl"
+    src = bytes(tmp_path) + b"/" + name
+    with open(src, "wb") as f:
+        f.write(b'{"text": "x"}\n')
+    os.rename(src, bytes(home / "inbox") + b"/" + name)
+    rej = home / "inbox" / "rejected"
+    err = wait_until(lambda: next(rej.glob("*.error.txt"), None) if rej.exists() else None, 30, what="refusal")
+    assert "not valid UTF-8" in err.read_text() and "rename" in err.read_text()
+    assert os.path.exists(bytes(rej) + b"/" + name)
+    assert not _run_dirs(home) and not list((home / "runs").iterdir())
+
+
+def test_a_broken_owner_toml_holds_drops_instead_of_rejecting_them(home, daemon_proc, tiny_model, tmp_path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nlearning_rat = 1e-3\n')
+    (home / "control" / "stop").write_text("")
+    daemon_proc()
+    (tmp_path / "good.jsonl").write_text('{"text": "x"}\n')
+    drop(tmp_path / "good.jsonl", home / "inbox")
+    status = wait_until(lambda: json.loads(overnight("status", "--json", home=home).stdout)["problem"], 30,
+                        what="the problem in status")
+    assert "learning_rat" in status and "learning_rate" in status
+    assert "PROBLEM" in overnight("status", home=home).stdout
+    assert (home / "inbox" / "good.jsonl").exists() and not list((home / "inbox" / "rejected").glob("*"))
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    wait_until(lambda: _run_dirs(home), 30, what="the drop taken once the toml is fixed")
+
+
+def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_proc, tmp_path):
+    """Validation streams the whole file off the daemon's loop: a control file is handled meanwhile."""
+    home = model_home
+    daemon_proc()
+    big = tmp_path / "big.jsonl"
+    line = json.dumps({"prompt": "p " * 20, "completion": "c " * 20}) + "\n"
+    with open(big, "w") as f:
+        f.write(line * 400_000)  # ~40 MB: seconds of validation and hashing
+    drop(big, home / "inbox")
+    (home / "control" / "launch").write_text("now")
+    rej = home / "control" / "rejected"
+    wait_until(lambda: rej.exists() and any(rej.glob("*.error.txt")), 30, what="the control file answered")
+    assert not _run_dirs(home), "the control file waited for the validation"
+    wait_until(lambda: _run_dirs(home), 120, what="the big drop accepted")
 
 
 def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):

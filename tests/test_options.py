@@ -18,6 +18,17 @@ def test_unknown_key_names_the_closest_valid_one(tmp_path):
     assert "d.toml" in str(e.value) and "'learning_rat'" in str(e.value) and "Did you mean 'learning_rate'" in str(e.value)
 
 
+@pytest.mark.parametrize("text, hint", [
+    ("lr = 1e-3", "Did you mean 'learning_rate'"),
+    ("gradient_accumulation_steps = 4", "Did you mean 'grad_accum'"),
+    ("[training]\nlearning_rate = 1e-3", "Keys are flat"),
+])
+def test_other_tools_names_and_tables_get_a_hint(tmp_path, text, hint):
+    with pytest.raises(OptionsError) as e:
+        load_sidecar(write(tmp_path / "d.toml", text + "\n"))
+    assert hint in str(e.value)
+
+
 @pytest.mark.parametrize("text, allowed", [
     ("lora_r = 0", "1 .. 1024"),
     ("learning_rate = 5.0", "> 0 and <= 1"),
