@@ -312,10 +312,15 @@ def _text_part(part: Any, name: str, where: _Where) -> str:
     return text
 
 
+class NoAssistantTurn(DatasetError):
+    """A conversation without an assistant turn (probe files say it their own way)."""
+
+
 def _require_assistant(messages: list[dict[str, str]], key: str, where: _Where) -> None:
     if not any(m["role"] == "assistant" for m in messages):
-        raise where.error(key, "the conversation has no assistant turn: there is nothing to train on",
-                          "add the assistant's answer as a turn")
+        raise NoAssistantTurn(where.file, where.location, key,
+                              "the conversation has no assistant turn: there is nothing to train on",
+                              "add the assistant's answer as a turn")
 
 
 def _tools(record: dict, where: _Where, notes: Notes) -> list | None:

@@ -21,9 +21,9 @@ from typing import Any, Iterable
 
 DEFAULT_THRESHOLD = 0.9
 SNAPSHOTS_PER_RUN = 20  # what `probe_every = 0` aims for
-# with `probe_every = 0`, periodic snapshots are thinned out to stay under this share of the training time; with
-# the step-0 and final snapshots on top, the total stays under the 5% the SPEC promises even on a short demo run
-AUTO_MAX_OVERHEAD = 0.03
+# with `probe_every = 0`, snapshots (step 0 and the final one counted) are thinned out to stay under this share of
+# the training time: under the 5% the SPEC promises, with a margin for a snapshot slower than the median
+AUTO_MAX_OVERHEAD = 0.04
 
 
 # --------------------------------------------------------------------------------------------- scoring

@@ -68,7 +68,11 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
     if "reference" in record and "prompt" in record:
         return _reference_record(record, file, location)
     schema = datasets.detect_schema(record, file, location)
-    example = datasets.normalize_record(record, schema, file, location)
+    try:
+        example = datasets.normalize_record(record, schema, file, location)
+    except datasets.NoAssistantTurn as e:
+        raise DatasetError(file, location, e.field, "the conversation has no assistant turn: a probe needs the "
+                           "reference answer as its last assistant turn", _PROBE_FIX) from None
     if example["kind"] == "text":
         raise DatasetError(file, location, "text",
                            "a text record has no answer to compare the model's output with",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.queries import Reader
 from tests.conftest import overnight, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +55,12 @@ def test_every_schema_trains_to_a_loadable_adapter_and_registers_a_model(home, t
         assert 3 in steps
         console = (d / "console.log").read_text()
         assert "=== end: completed" in console and console.startswith("[")
+        text_only = r["schema"] in ("text", "plain_text")  # no answers to hold out as probes
+        snapshots = [] if text_only else [json.loads(x) for x in (d / "evolution.jsonl").read_text().splitlines()]
+        db_rows = Reader(home / "overnight.db").evolution(r["id"])  # the daemon mirrors the file into the DB
+        assert [(x["step"], x["probe"], x["generation"], x["exact"]) for x in db_rows] == \
+            sorted((x["step"], x["probe"], x["generation"], x["exact"]) for x in snapshots)
+        assert text_only or {x["step"] for x in snapshots} >= {0, 3}
     models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
     assert sorted(m["name"] for m in models) == sorted(Path(n).stem for n in DATASETS)
     assert all(m["version"] == 1 and m["active"] for m in models)

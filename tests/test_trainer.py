@@ -156,13 +156,18 @@ def test_missing_base_model_fails_with_the_path_and_the_fix(tmp_path: Path, qwen
 
 
 def test_pause_stop_and_exact_resume(tmp_path: Path, qwen: Path) -> None:
-    """Paused: nothing moves. EOF on stdin: checkpoint + stopped. Resumed: the same losses as one straight run."""
+    """Paused: nothing moves. EOF on stdin: checkpoint + stopped. Resumed: the same losses as one straight run.
+
+    The interrupted run also takes evolution snapshots and the straight one none: snapshots change nothing in
+    training, and after the resume they go on with none taken twice or lost.
+    """
     opts = {"max_steps": 24, "save_every": 5, "batch_size": 4, "learning_rate": 1e-3}
     content = jsonl(reversal_records(80, seed=5))
     straight = make_run(tmp_path / "a", qwen, dataset_name="rev.jsonl", content=content,
                         schema="prompt_completion", records=80, options=opts)
+    probes = jsonl([{"prompt": r["prompt"], "reference": r["completion"]} for r in reversal_records(3, seed=9)])
     run = make_run(tmp_path / "b", qwen, dataset_name="rev.jsonl", content=content,
-                   schema="prompt_completion", records=80, options=opts)
+                   schema="prompt_completion", records=80, options={**opts, "probe_every": 4}, probes=probes)
 
     proc = start(run)
     wait_for(lambda: any(m.get("step", 0) >= 2 for m in metrics(run)), 120, "step 2", proc)
@@ -192,6 +197,10 @@ def test_pause_stop_and_exact_resume(tmp_path: Path, qwen: Path) -> None:
     assert resumed.keys() == reference.keys()
     assert max(abs(resumed[s] - reference[s]) for s in reference) < 1e-6
     assert read_json(run / "result.json")["outcome"] == "completed"
+    snapshots = [(r["step"], r["probe"]) for r in map(json.loads, (run / "evolution.jsonl").read_text().splitlines())]
+    assert len(snapshots) == len(set(snapshots))  # none twice
+    expected = sorted({0, frozen, 24} | set(range(4, 25, 4)))
+    assert sorted({step for step, _ in snapshots}) == expected and len(snapshots) == 3 * len(expected)
 
 
 # ------------------------------------------------------------------------------------- pieces in-process

@@ -100,10 +100,10 @@ class EvolutionCallback(TrainerCallback):
     """Takes evolution snapshots at step 0, every `every` steps and at the end; resume-aware.
 
     Steps already recorded in `out_path` (a resumed run) are never snapshotted twice. `max_overhead` (the
-    automatic interval, e.g. 0.03): after the first periodic snapshot, one due on a multiple of `every` is skipped
-    while the periodic snapshots, counting it (estimated at their median cost), would take more than that
-    share of the training time so far; step 0 and the end are always taken and not counted (step 0 also pays
-    generate's one-time warm-up). None: every multiple of `every` is taken.
+    automatic interval, e.g. 0.04): a snapshot due on a multiple of `every` is skipped while all snapshots so far
+    (step 0 included), plus this one and the final one (each estimated at the median cost), would take more than
+    that share of the training time so far. Step 0 and the end are always taken. None: every multiple of `every`
+    is taken.
     """
 
     def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
@@ -123,9 +123,7 @@ class EvolutionCallback(TrainerCallback):
         self.encoded = [encode_probe(tokenizer, p) for p in probes]
         self.done_steps = self._recover()
         self.seconds = 0.0  # time spent in snapshots since this process started training
-        self.periodic_seconds = 0.0  # the part of it the max_overhead budget counts
-        self.periodic_costs: list[float] = []  # their median estimates the next one (robust to a busy moment)
-        self.last_cost = 0.0  # seconds the latest snapshot of any kind took
+        self.costs: list[float] = []  # each snapshot's seconds; their median estimates the next one
         self.train_started = time.perf_counter()
 
     def _recover(self) -> set[int]:
@@ -147,10 +145,7 @@ class EvolutionCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.every == 0 and self._within_budget():
-            taken = self._maybe_snapshot(state, model)
-            if taken:
-                self.periodic_seconds += taken
-                self.periodic_costs.append(taken)
+            self._maybe_snapshot(state, model)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._maybe_snapshot(state, model)
@@ -159,17 +154,17 @@ class EvolutionCallback(TrainerCallback):
         if self.max_overhead is None:
             return True
         elapsed = time.perf_counter() - self.train_started
-        estimate = statistics.median(self.periodic_costs) if self.periodic_costs else 0.0
-        return self.periodic_seconds + estimate <= self.max_overhead * elapsed
+        # the first snapshot also pays generate()'s warm-up: later ones estimate from the rest when there are any
+        estimate = statistics.median(self.costs[1:] or self.costs) if self.costs else 0.0
+        return self.seconds + 2 * estimate <= self.max_overhead * elapsed  # this one and the final one
 
-    def _maybe_snapshot(self, state: Any, model: Any) -> float:
-        """Take the snapshot for the current step unless it exists; returns the seconds it took (0.0 if none)."""
+    def _maybe_snapshot(self, state: Any, model: Any) -> None:
+        """Take the snapshot for the current step unless it exists."""
         step = int(state.global_step)
         # one writer: under DDP only the main process takes snapshots (the others wait at the next all-reduce)
         if step in self.done_steps or not self.probes or model is None or not state.is_world_process_zero:
-            return 0.0
+            return
         self.snapshot(model, step)
-        return self.last_cost
 
     # ------------------------------------------------------------------------------- the snapshot
 
@@ -194,7 +189,7 @@ class EvolutionCallback(TrainerCallback):
         self.done_steps.add(step)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
-        self.last_cost = elapsed
+        self.costs.append(elapsed)
         exact = sum(r["exact"] for r in records)
         close = sum(r["exact"] or r["similarity"] >= self.threshold for r in records)
         mean_sim = sum(r["similarity"] for r in records) / len(records)

@@ -239,6 +239,8 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
 
     opts = s.cfg.options
     if not data.probes:
+        say("evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
+            "to watch some)" if data.kind == "text" else "evolution: no probes (probe_count = 0 and no probe file)")
         return None
     every, budget = resolve_probe_every(opts.probe_every, planned_steps(len(data.train), opts))
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
