@@ -33,7 +33,7 @@ class TrainerProcess:
     requested: str | None = None  # what the daemon asked for: stop | skip | preempt | shutdown
     paused: bool = False
     offsets: dict[str, int] = field(default_factory=lambda: {"metrics": 0, "evolution": 0})
-    rate: tuple[float, int] | None = None  # (monotonic time, step) of the first progress seen, for the ETA
+    rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -82,13 +82,24 @@ class TrainerProcess:
         if prog.get("step") is not None:
             step, total = int(prog["step"]), prog.get("max_steps")
             fields.update(step=step, max_steps=total, epoch=prog.get("epoch"))
-            now = time.monotonic()
-            if self.rate is None or step < self.rate[1]:
-                self.rate = (now, step)
-            elif total and step > self.rate[1]:
-                per_step = (now - self.rate[0]) / (step - self.rate[1])
-                fields["eta_s"] = round(per_step * max(0, total - step), 1)
+            eta = self._eta(step, total, prog.get("state") == "training")
+            if eta is not None:
+                fields["eta_s"] = eta
         return fields
+
+    def _eta(self, step: int, total: int | None, training: bool) -> float | None:
+        """Seconds left at the pace measured since training (re)started; loading, pauses and saves don't count."""
+        now = time.monotonic()
+        if not training:
+            self.rate = None  # the pace is measured afresh when steps move again
+            return None
+        if self.rate is None or step < self.rate[1]:
+            self.rate = (now, step)
+            return None
+        if not total or step == self.rate[1]:
+            return None
+        per_step = (now - self.rate[0]) / (step - self.rate[1])
+        return round(per_step * max(0, total - step), 1)
 
     def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
         path = self.run_dir / f"{kind}.jsonl"

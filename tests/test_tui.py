@@ -287,6 +287,25 @@ def test_follow_can_be_frozen_and_search_covers_the_whole_log(fx) -> None:
         assert log.lines[0].split()[0] == "6" and "step 3/300 loss" in log.lines[0]  # numbered like the file
         await pilot.press("escape")
         await until(pilot, lambda: log.lines and "written while frozen" in log.lines[-1], what="back to the tail")
+        assert app.focused is app.runs  # ↑↓ pick runs again after a search
+    drive(app, body)
+
+
+def test_question_mark_lists_every_key_at_80x24(fx) -> None:
+    from tui.widgets.keys import KeysScreen
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, KeysScreen)
+        text = screen_text(app)
+        for words in ("pause the selected run", "stop it", "skip it", "priority", "search the whole log", "quit"):
+            assert words in text, words
+        await pilot.press("p")  # keys behind the list do nothing
+        assert not (fx.home.control / "pause").exists()
+        await pilot.press("escape")
+        assert not isinstance(app.screen, KeysScreen)
     drive(app, body)
 
 

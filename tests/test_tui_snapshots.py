@@ -36,6 +36,9 @@ def ready(*keys: str) -> Callable[[Any], Any]:
         app = pilot.app
         await until(pilot, lambda: app.details >= 1 and app.system.telemetry is not None,
                     what="first load")
+        log = app.log_panel.log_widget  # the scroll to the log's end is deferred to after the next layout
+        await until(pilot, lambda: log.max_scroll_y > 0 and log.scroll_offset.y == log.max_scroll_y,
+                    what="the log scrolled to its end")
         for key in keys:
             await pilot.press(key)
             await pilot.pause(0.1)

@@ -26,6 +26,7 @@ from tui.widgets.charts import ChartsPanel
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.evolution import EvolutionPanel
 from tui.widgets.header import DaemonBanner, HomeHeader
+from tui.widgets.keys import KeysScreen
 from tui.widgets.log import LogPanel, run_note
 from tui.widgets.models import ModelsTable
 from tui.widgets.runs import RunsTable
@@ -241,6 +242,7 @@ class OvernightApp(App[None]):
     @on(LogPanel.TailWanted)
     def _tail_wanted(self) -> None:
         self._restart_log = True
+        self.runs.focus()  # after a search, ↑↓ pick runs again (and keys act on the run the user sees selected)
         self.refresh_data()
 
     @on(LogPanel.SearchRequested)
@@ -324,18 +326,17 @@ class OvernightApp(App[None]):
             return
         if run.id in self.compare:
             self.compare.remove(run.id)
+            self.notify(f"{run.id} unpinned from the loss chart", markup=False)
         else:
             self.compare.append(run.id)
-        self.notify(f"loss chart overlays: {', '.join(self.compare) or 'none'}", markup=False)
+            self.notify(f"{run.id} pinned: select another run to see both loss curves (c again: unpin)",
+                        markup=False)
         self.tabs.active = "charts"
         self.refresh_data()
 
     def action_help(self) -> None:
-        """Show or hide the list of every key."""
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        """Show the list of every key."""
+        self.push_screen(KeysScreen())
 
     def action_tab(self, name: str) -> None:
         """Show one of the panels."""

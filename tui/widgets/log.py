@@ -165,6 +165,5 @@ class LogPanel(Vertical):
         if was_searching:
             self.following = True
             self.log_widget.clear()
-            self.log_widget.focus()
             self.post_message(self.TailWanted())
         self._head()

@@ -39,6 +39,8 @@ class ModelsTable(DataTable):
             return
         self._models = snap.models
         self.clear()
+        for column in self.columns.values():  # widths follow the rows shown now, not the placeholder's
+            column.content_width = column.label.cell_len
         for m in snap.models:
             self.add_row(*_row(m), key=f"{m.name}:{m.version}")
         if not snap.models:
