@@ -191,13 +191,24 @@ class CommandCallback(TrainerCallback):
     def _hold(self, state: Any) -> None:
         started = time.perf_counter()
         self.progress.update("paused", state.global_step, epoch=state.epoch)
-        self.log(f"paused at step {state.global_step} (send 'resume' to continue)")
+        self.log(f"paused at step {state.global_step}{_gpu_memory_held()} (send 'resume' to continue)")
         while self.commands.paused.is_set() and not self.commands.stop.is_set():
             time.sleep(0.1)
         self.status.paused_seconds += time.perf_counter() - started
         self.progress.update("training", state.global_step, epoch=state.epoch)
         if not self.commands.stop.is_set():
             self.log(f"resumed at step {state.global_step}")
+
+
+def _gpu_memory_held() -> str:
+    """What a paused run keeps on the GPU (the model stays loaded so that resuming is instant)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return ""
+    gib = 2**30
+    return (f"; GPU memory held: {torch.cuda.memory_allocated() / gib:.2f} GiB allocated, "
+            f"{torch.cuda.memory_reserved() / gib:.2f} GiB reserved")
 
 
 class CheckpointCallback(TrainerCallback):
