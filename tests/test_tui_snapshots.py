@@ -42,6 +42,8 @@ def ready(*keys: str) -> Callable[[Any], Any]:
         for key in keys:
             await pilot.press(key)
             await pilot.pause(0.1)
+        if app.tabs.active == "charts":  # curves re-read at the plots' width once they are laid out
+            await until(pilot, lambda: app.chart_buckets == app.charts.buckets, what="charts at full width")
         await pilot.pause(0.2)
     return run_before
 

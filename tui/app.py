@@ -74,6 +74,7 @@ class OvernightApp(App[None]):
         self.snapshot = HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=False))
         self.loads = 0  # snapshots applied so far (tests wait on these counters)
         self.details = 0  # selected-run details applied so far
+        self.chart_buckets = 0  # the resolution of the curves shown (the charts' width once they are laid out)
         self.compare: list[str] = []
         self.tracker = AckTracker()
         self._telemetry = telemetry
@@ -142,7 +143,7 @@ class OvernightApp(App[None]):
         except (OSError, ValueError) as e:  # one unreadable file must not close the dashboard
             self.post_message(ReadFailed(f"{type(e).__name__}: {e}"))
             return
-        detail = None
+        detail, buckets = None, self._buckets
         run = snap.run(self._selected)
         if run is not None:
             if self._restart_log:
@@ -150,10 +151,10 @@ class OvernightApp(App[None]):
                 self._runs.restart_log()
             compare = tuple(r for r in (snap.run(i) for i in tuple(self.compare)) if r is not None)
             try:
-                detail = self._runs.detail(run, self._buckets, compare)
+                detail = self._runs.detail(run, buckets, compare)
             except (OSError, ValueError) as e:
                 self.post_message(ReadFailed(f"run {run.id}: {type(e).__name__}: {e}"))
-        self.post_message(Loaded(snap, detail))
+        self.post_message(Loaded(snap, detail, buckets))
 
     @work(thread=True, group="telemetry")
     def _sample_telemetry(self) -> None:
@@ -192,6 +193,7 @@ class OvernightApp(App[None]):
             self.log_panel.describe(run_note(snap.run(detail.run_id), detail.progress))
             self.log_panel.show_update(detail.log)
             self.charts.show(detail.charts, detail.compare)
+            self.chart_buckets = message.buckets
             self.evolution.show(detail.evolution)
             self.details += 1
 
@@ -238,6 +240,10 @@ class OvernightApp(App[None]):
         self._restart_log = True
         self.log_panel.set_run(event.run_id)
         self.refresh_data()
+
+    @on(ChartsPanel.Resized)
+    def _charts_resized(self) -> None:
+        self.refresh_data()  # curves are downsampled to the plot's width: read them again at the new one
 
     @on(LogPanel.TailWanted)
     def _tail_wanted(self) -> None:

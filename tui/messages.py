@@ -10,10 +10,11 @@ from tui.telemetry import Telemetry
 class Loaded(Message):
     """A refresh finished: the home snapshot and the selected run's detail (None when no run is selected)."""
 
-    def __init__(self, snapshot: HomeSnapshot, detail: RunDetail | None) -> None:
+    def __init__(self, snapshot: HomeSnapshot, detail: RunDetail | None, buckets: int = 0) -> None:
         super().__init__()
         self.snapshot = snapshot
         self.detail = detail
+        self.buckets = buckets  # the chart resolution the detail was read at
 
 
 class Sampled(Message):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.message import Message
 from textual_plotext import PlotextPlot
 
 from tui.data import ChartData, Series
@@ -17,6 +18,12 @@ class ChartsPanel(Horizontal):
     ChartsPanel { height: 1fr; }
     ChartsPanel PlotextPlot { width: 1fr; height: 1fr; }
     """
+
+    class Resized(Message):
+        """The plots changed size (e.g. the tab was first shown): the curves' resolution should follow."""
+
+    def on_resize(self) -> None:
+        self.post_message(self.Resized())
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
