@@ -90,7 +90,7 @@ class Intake:
 
     def pending(self) -> list[Path]:
         """Files in the inbox that overnight will take once complete."""
-        return sorted(p for p in self.home.inbox.iterdir() if not ignored(p.name) and (p.is_file() or p.is_symlink()))
+        return sorted(p for p in self.home.inbox.iterdir() if not ignored(p.name) and p != self.home.rejected)
 
     def scan(self) -> int:
         """Take every complete drop in the inbox; return how many drops were handled."""
@@ -100,14 +100,14 @@ class Intake:
         handled = 0
         for p in files:
             problem = _refused_name(p, self.home.inbox)
-            if problem:
+            if problem and (p.is_symlink() or p.is_file() or self.stable(p, now)):  # a folder being copied waits
                 self._reject([p], stem_of(p), problem)
                 handled += 1
         if not self._owner_toml_ok():
             return handled
         by_stem: dict[str, dict[str, Path]] = {}
         for p in files:
-            if p.exists() and not p.is_symlink():
+            if p.is_file() and not p.is_symlink():
                 by_stem.setdefault(stem_of(p), {})[role_of(p)] = p
         for stem, group in sorted(by_stem.items()):
             try:
@@ -298,6 +298,11 @@ def _refused_name(p: Path, inbox: Path) -> str | None:
         return (f"{shown_name(p.name)} is a symbolic link; overnight refuses links so that nothing outside the "
                 f"home is read or moved. Fix: move or copy the real file into the inbox "
                 f"(mv /path/to/{shown_name(p.name)} {inbox}/).")
+    if p.is_dir():
+        return (f"{shown_name(p.name)} is a folder; overnight takes one dataset file per run. Fix: join its "
+                f"records into one .jsonl file (or drop its files one by one) and drop that.")
+    if not p.is_file():
+        return f"{shown_name(p.name)} is not a regular file (a pipe or a device?). Fix: drop a dataset file."
     try:
         p.name.encode("utf-8")
     except UnicodeEncodeError:

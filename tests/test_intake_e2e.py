@@ -114,9 +114,14 @@ def test_symlink_and_unsupported_refused_temp_names_ignored(model_home, daemon_p
     (home / "inbox" / "notes.docx").write_bytes(b"PK\x03\x04")
     (home / "inbox" / "big.jsonl.part").write_text('{"text": "still downloading"}\n')
     (home / "inbox" / ".hidden.jsonl").write_text('{"text": "x"}\n')
+    (home / "inbox" / "shards").mkdir()
+    (home / "inbox" / "shards" / "part-0.jsonl").write_text('{"text": "x"}\n')
     rej = home / "inbox" / "rejected"
-    wait_until(lambda: (rej / "link.error.txt").exists() and (rej / "notes.error.txt").exists(), 30, what="refusals")
+    wait_until(lambda: all((rej / f"{n}.error.txt").exists() for n in ("link", "notes", "shards")), 30,
+               what="refusals")
     assert "symbolic link" in (rej / "link.error.txt").read_text()
+    assert "is a folder" in (rej / "shards.error.txt").read_text()
+    assert (rej / "shards" / "part-0.jsonl").read_text() == '{"text": "x"}\n'  # moved whole, nothing lost
     assert (tmp_path / "secret.jsonl").exists() and (rej / "link.jsonl").is_symlink()
     assert (home / "inbox" / "big.jsonl.part").exists() and (home / "inbox" / ".hidden.jsonl").exists()
     assert not _run_dirs(home)

@@ -379,6 +379,25 @@ def test_a_live_daemon_is_shown_and_the_banner_goes(fx) -> None:
         lock.release()
 
 
+def test_a_daemon_that_cannot_take_drops_says_why(fx) -> None:
+    lock = DaemonLock(fx.home)
+    lock.acquire()
+    store = Store(fx.home.db)
+    store.daemon_started(os.getpid(), str(fx.root), "test")
+    store.heartbeat(problem="overnight.toml: unknown option 'learning_rat'. Did you mean 'learning_rate'?")
+    store.close()
+    try:
+        app = app_for(fx.root)
+
+        async def body(pilot: Any) -> None:
+            await loaded(pilot)
+            assert app.query_one("#banner").has_class("-visible")
+            assert "unknown option 'learning_rat'" in static_text(app, "#banner")
+        drive(app, body)
+    finally:
+        lock.release()
+
+
 def test_system_panel_without_gpu_and_with_one(fx) -> None:
     for telemetry, expected in ((NO_GPU, ["no NVIDIA GPU (NVML unavailable", "37% of 16 cores", "48.0G/128.0G"]),
                                 (ONE_GPU, ["NVIDIA H100", "87%", "41.0G/80.0G", "64°C", "512/700W"])):

@@ -38,6 +38,7 @@ class DaemonState:
     started: str | None = None
     heartbeat: str | None = field(default=None, compare=False)  # ticks every 2 s: not a reason to redraw
     version: str | None = None
+    problem: str | None = None  # why the daemon cannot take drops (a broken overnight.toml)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ class HomeWatcher:
             reader = self._db()
             beat = reader.daemon() or {}
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
-                                 heartbeat=beat.get("heartbeat"), version=beat.get("version"))
+                                 heartbeat=beat.get("heartbeat"), version=beat.get("version"),
+                                 problem=beat.get("problem") if alive else None)
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon,
                 runs=tuple(_run_row(r) for r in reader.runs()),

@@ -34,16 +34,17 @@ class HomeHeader(Static):
         finished = sum(n for s, n in counts.items() if s not in _ORDER)
         if finished:
             parts.append(f"{finished} finished")
-        text = Text.assemble((" overnight ", "bold"), "│ ")
-        text.append(_home_label(snap.root, max(16, self.size.width // 3)))
-        text.append(" │ ")
+        rest = Text(" │ ")
         if snap.daemon.alive:
-            text.append("● daemon ", "bold green")
-            text.append(f"PID {snap.daemon.pid}")
+            rest.append("● daemon ", "bold green")
+            rest.append(f"PID {snap.daemon.pid}")
         else:
-            text.append("○ no daemon", "bold yellow")
-        text.append(" │ " + (" · ".join(parts) if parts else "no runs yet"))
-        self.update(text)
+            rest.append("○ no daemon", "bold yellow")
+        rest.append(" │ " + (" · ".join(parts) if parts else "no runs yet"))
+        text = Text.assemble((" overnight ", "bold"), "│ ")
+        # the home path gets what the counts leave (they matter more than the path's head)
+        text.append(_home_label(snap.root, max(16, self.size.width - text.cell_len - rest.cell_len)))
+        self.update(text + rest)
 
 
 class DaemonBanner(Static):
@@ -56,8 +57,9 @@ class DaemonBanner(Static):
 
     def show(self, snap: HomeSnapshot) -> None:
         """Visible with the start command when no daemon is alive, or with the DB error when it cannot be read."""
-        if snap.error:
-            self.update(Text(f" {snap.error}", "bold"))
+        problem = snap.error or snap.daemon.problem
+        if problem:
+            self.update(Text(f" {problem}", "bold"))
             self.set_class(True, "-visible")
             return
         self.set_class(not snap.daemon.alive, "-visible")

@@ -32,7 +32,9 @@ class LogPanel(Vertical):
     DEFAULT_CSS = """
     LogPanel { height: 1fr; }
     LogPanel #log-head { height: 1; color: $text-muted; }
-    LogPanel Log { height: 1fr; overflow-x: hidden; overflow-y: auto; }  /* a scrollbar appearing late made the view jump */
+    /* long lines scroll sideways (Tab to the log, then ← →) without a horizontal scrollbar: one appearing late
+       made the view jump */
+    LogPanel Log { height: 1fr; overflow-x: auto; overflow-y: auto; scrollbar-size-horizontal: 0; }
     LogPanel Input { display: none; }
     LogPanel.-searching Input { display: block; }
     """
