@@ -103,12 +103,15 @@ class Intake:
             if problem and (p.is_symlink() or p.is_file() or self.stable(p, now)):  # a folder being copied waits
                 self._reject([p], stem_of(p), problem)
                 handled += 1
-        if not self._owner_toml_ok():
-            return handled
         by_stem: dict[str, dict[str, Path]] = {}
         for p in files:
             if p.is_file() and not p.is_symlink():
                 by_stem.setdefault(stem_of(p), {})[role_of(p)] = p
+        toml_ok = self._owner_toml_ok()
+        for stem in [s for s in self._checking if not toml_ok or s not in by_stem]:
+            self._checking.pop(stem).future.cancel()  # taken away while being checked, or its options changed
+        if not toml_ok:
+            return handled
         for stem, group in sorted(by_stem.items()):
             try:
                 if not all(self.stable(p, now) for p in group.values()):

@@ -175,6 +175,9 @@ def build_tiny_model(out_dir: Path | str, *, arch: str = "qwen2", vocab_size: in
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=special_ids[EOS_TOKEN],
                                                pad_token_id=special_ids[PAD_TOKEN])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard progress bar is noise in `overnight demo`'s output
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _pin_tokenizer_class(out / "tokenizer_config.json")

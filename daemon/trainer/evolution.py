@@ -100,10 +100,9 @@ class EvolutionCallback(TrainerCallback):
     """Takes evolution snapshots at step 0, every `every` steps and at the end; resume-aware.
 
     Steps already recorded in `out_path` (a resumed run) are never snapshotted twice. `max_overhead` (the
-    automatic interval, e.g. 0.04): a snapshot due on a multiple of `every` is skipped while all snapshots so far
-    (step 0 included), plus this one and the final one (each estimated at the median cost), would take more than
-    that share of the training time so far. Step 0 and the end are always taken. None: every multiple of `every`
-    is taken.
+    automatic interval, e.g. 0.04): the snapshots the run can afford within that share of its projected training
+    time (each estimated at the median cost, step 0 and the final one included) are spread evenly over the run, on
+    multiples of `every`. Step 0 and the end are always taken. None: every multiple of `every` is taken.
     """
 
     def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
@@ -124,6 +123,8 @@ class EvolutionCallback(TrainerCallback):
         self.done_steps = self._recover()
         self.seconds = 0.0  # time spent in snapshots since this process started training
         self.costs: list[float] = []  # each snapshot's seconds; their median estimates the next one
+        self._seconds_at_begin = 0.0  # self.seconds when the training loop began (after the step-0 snapshot)
+        self._first_step = 0  # the step this process started training from
         self.train_started = time.perf_counter()
 
     def _recover(self) -> set[int]:
@@ -142,21 +143,30 @@ class EvolutionCallback(TrainerCallback):
         if state.global_step == 0:
             self._maybe_snapshot(state, model)
         self.train_started = time.perf_counter()
+        self._seconds_at_begin, self._first_step = self.seconds, int(state.global_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if state.global_step % self.every == 0 and self._within_budget():
+        if state.global_step % self.every == 0 and self._within_budget(state):
             self._maybe_snapshot(state, model)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._maybe_snapshot(state, model)
 
-    def _within_budget(self) -> bool:
-        if self.max_overhead is None:
+    def _within_budget(self, state: Any) -> bool:
+        if self.max_overhead is None or not self.costs:
             return True
-        elapsed = time.perf_counter() - self.train_started
         # the first snapshot also pays generate()'s warm-up: later ones estimate from the rest when there are any
-        estimate = statistics.median(self.costs[1:] or self.costs) if self.costs else 0.0
-        return self.seconds + 2 * estimate <= self.max_overhead * elapsed  # this one and the final one
+        estimate = statistics.median(self.costs[1:] or self.costs)
+        trained = time.perf_counter() - self.train_started - (self.seconds - self._seconds_at_begin)
+        steps, step, total = state.global_step - self._first_step, state.global_step, state.max_steps
+        projected = trained + (trained / steps * (total - step) if steps > 0 and total > step else 0.0)
+        budget = self.max_overhead * projected
+        if self.seconds + 2 * estimate > budget:  # this one and the final one must fit
+            return False
+        affordable = int(budget / estimate) - 2  # besides step 0 and the end
+        spacing = total / (affordable + 1) if total and affordable > 0 else 0
+        last = max((s for s in self.done_steps if s <= step), default=0)
+        return step - last >= spacing
 
     def _maybe_snapshot(self, state: Any, model: Any) -> None:
         """Take the snapshot for the current step unless it exists."""
