@@ -5,7 +5,9 @@ only messages cross back to the UI thread. The App acts on the daemon solely by 
 """
 from __future__ import annotations
 
+import queue
 import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +33,16 @@ from tui.widgets.log import LogPanel, run_note
 from tui.widgets.models import ModelsTable
 from tui.widgets.runs import RunsTable
 from tui.widgets.system import SystemPanel
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What the reader thread should read: the selected run, the runs pinned for comparison, the chart width."""
+
+    selected: str | None
+    compare: tuple[str, ...]
+    buckets: int
+    restart_log: bool  # read the selected run's log from its end again (a new selection, follow resumed)
+
 
 REFRESH_S = 1.0  # DB and run files are polled at most once a second: dashboards never load the daemon
 TABS = ("log", "charts", "evolution", "system", "models")
@@ -82,8 +94,8 @@ class OvernightApp(App[None]):
         self._runs = RunWatcher()
         self._selected: str | None = None
         self._restart_log = False
-        self._buckets = 80
-        self._wake = threading.Event()  # set by the refresh timer (and by selections): read the home now
+        # The UI thread hands the reader thread what to read as immutable requests: nothing else is shared.
+        self._requests: queue.SimpleQueue[ReadRequest] = queue.SimpleQueue()
         self._system_shown = threading.Event()
         self._last_error: str | None = None
 
@@ -124,32 +136,39 @@ class OvernightApp(App[None]):
     # --- reading (thread workers) ---------------------------------------------------------------------
     def refresh_data(self) -> None:
         """Ask the reader thread for a fresh read of the home (the timer does this once a second)."""
-        self._buckets = self.charts.buckets
-        self._wake.set()
+        self._requests.put(ReadRequest(self._selected, tuple(self.compare), self.charts.buckets, self._restart_log))
+        self._restart_log = False
 
     @work(thread=True, group="load")
     def _reader(self) -> None:
         """One long-lived thread does every read, so the incremental file readers are never shared."""
         worker = get_current_worker()
         while not worker.is_cancelled:
-            if self._wake.wait(0.5):  # wakes twice a second at most to notice cancellation
-                self._wake.clear()
-                self._read()
+            try:
+                request = self._requests.get(timeout=0.5)  # wakes twice a second at most to notice cancellation
+            except queue.Empty:
+                continue
+            while True:  # only the newest request matters; a log restart asked on the way is kept
+                try:
+                    newer = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                request = replace(newer, restart_log=newer.restart_log or request.restart_log)
+            self._read(request)
 
-    def _read(self) -> None:
+    def _read(self, request: ReadRequest) -> None:
         """Read the home, then the selected run; a run file that cannot be read costs only its panel."""
         try:
             snap = self._homes.snapshot()
         except (OSError, ValueError) as e:  # one unreadable file must not close the dashboard
             self.post_message(ReadFailed(f"{type(e).__name__}: {e}"))
             return
-        detail, buckets = None, self._buckets
-        run = snap.run(self._selected)
+        detail, buckets = None, request.buckets
+        run = snap.run(request.selected)
         if run is not None:
-            if self._restart_log:
-                self._restart_log = False
+            if request.restart_log:
                 self._runs.restart_log()
-            compare = tuple(r for r in (snap.run(i) for i in tuple(self.compare)) if r is not None)
+            compare = tuple(r for r in (snap.run(i) for i in request.compare) if r is not None)
             try:
                 detail = self._runs.detail(run, buckets, compare)
             except (OSError, ValueError) as e:
