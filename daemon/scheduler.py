@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, control, hooks, registry, rundir
+from daemon import __version__, hooks, registry, rundir
 from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake

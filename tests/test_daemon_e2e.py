@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.queries import Reader
-from tests.conftest import overnight, wait_until
+from tests.conftest import overnight
 
 pytestmark = pytest.mark.e2e
 

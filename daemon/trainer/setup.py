@@ -186,7 +186,7 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     """Tokenizer, tokenised data (+ stats.json), probes, then the base model with its LoRA adapter."""
     hf_logging.set_verbosity_warning()
     hf_logging.disable_progress_bar()
-    cfg, opts = s.cfg, s.cfg.options
+    opts = s.cfg.options
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
     data = _prepare_data(s, tokenizer, stats)
     built = Built(s, device, source, tokenizer, data, progress, commands)
