@@ -111,6 +111,10 @@ def _hold_pause(d: "Daemon") -> None:
         except (ControlError, OSError):
             wanted = None
     a = d.active
+    if not a and wanted and wanted != d._pause_target:  # acknowledged once, so the CLI and dashboards hear back
+        _ack(d, "pause", None if wanted == "*" else wanted, "control/pause",
+             "pause: no job is running; the next one halts at its first step while control/pause exists")
+    d._pause_target = wanted
     should_pause = bool(a and wanted and (wanted == "*" or wanted == a.run_id))
     if a and should_pause != a.paused and not a.requested:
         a.paused = should_pause

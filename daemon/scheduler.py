@@ -47,7 +47,7 @@ class Daemon:
         self.active: TrainerProcess | None = None
         self.stopping = False
         self._stop_file_seen = False
-        self._pause_target: str | None = None
+        self._pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
         self._observer = None
         self._hook_threads: list[threading.Thread] = []
 

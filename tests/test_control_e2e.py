@@ -192,6 +192,8 @@ def test_garbage_and_unknown_targets_are_rejected(model_home, daemon_proc):
     assert "unknown control file" in texts and "no-such-run" in texts
     events = Reader(home / "overnight.db").control_events()
     assert [e["status"] for e in events] == ["rejected", "rejected"]
+    out = overnight("pause", home=home, check=True).stdout  # nothing runs: still acknowledged, and held
+    assert "applied" in out and "no job is running" in out and (home / "control" / "pause").exists()
 
 
 def test_a_held_control_file_and_a_waiting_sidecar_leave_the_daemon_idle(home, daemon_proc):
