@@ -104,9 +104,13 @@ class Intake:
                 self._reject([p], stem_of(p), problem)
                 handled += 1
         by_stem: dict[str, dict[str, Path]] = {}
+        twins: dict[str, list[Path]] = {}  # datasets sharing a name: which one would the sidecar belong to?
         for p in files:
             if p.is_file() and not p.is_symlink():
-                by_stem.setdefault(stem_of(p), {})[role_of(p)] = p
+                group = by_stem.setdefault(stem_of(p), {})
+                if role_of(p) == "dataset" and "dataset" in group:
+                    twins.setdefault(stem_of(p), [group["dataset"]]).append(p)
+                group[role_of(p)] = p
         toml_ok = self._owner_toml_ok()
         for stem in [s for s in self._checking if not toml_ok or s not in by_stem]:
             self._checking.pop(stem).future.cancel()  # taken away while being checked, or its options changed
@@ -118,6 +122,13 @@ class Intake:
                     continue
             except FileNotFoundError:
                 continue  # moved away between listing and stat
+            if stem in twins:
+                names = " and ".join(p.name for p in twins[stem])
+                self._reject([*twins[stem], *(p for r, p in group.items() if r != "dataset")], stem,
+                             f"{names} are both named {stem}: a sidecar or probe file could not tell which one it "
+                             f"belongs to. Fix: rename one of them and drop them again.")
+                handled += 1
+                continue
             handled += self._take(stem, group)
         return handled
 

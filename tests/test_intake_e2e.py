@@ -173,6 +173,19 @@ def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_pr
     wait_until(lambda: _run_dirs(home), 120, what="the big drop accepted")
 
 
+def test_two_datasets_with_one_name_are_refused_together(model_home, daemon_proc, tmp_path):
+    home = model_home
+    (home / "inbox" / "x.jsonl").write_text('{"text": "a"}\n')
+    (home / "inbox" / "x.csv").write_text("text\nb\n")
+    (home / "inbox" / "x.toml").write_text("lora_r = 4\n")
+    daemon_proc()
+    rej = home / "inbox" / "rejected"
+    err = wait_until(lambda: (rej / "x.error.txt").exists() and rej / "x.error.txt", 30, what="refusal")
+    assert "x.csv and x.jsonl" in err.read_text() and "rename" in err.read_text()
+    assert sorted(p.name for p in rej.iterdir()) == ["x.csv", "x.error.txt", "x.jsonl", "x.toml"]
+    assert not _run_dirs(home)
+
+
 def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
     d = daemon_proc()
     res = overnight("daemon", home=home, timeout=30)
