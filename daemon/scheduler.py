@@ -179,6 +179,8 @@ class Daemon:
 
     def _gpu_env(self) -> dict[str, str]:
         gpus = self._owner_options().get("gpus")
+        if isinstance(gpus, int):
+            gpus = list(range(gpus))  # a count: the first N GPUs
         if isinstance(gpus, list):
             return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
         return {}
