@@ -68,7 +68,7 @@ class EvolutionPanel(Vertical):
     def on_mount(self) -> None:
         table = self.table
         table.add_column("#", key="probe", width=3)
-        table.add_column("status", key="status", width=15)
+        table.add_column("status", key="status", width=17)  # "✗ forgotten 12345"
         table.add_column("snapshots", key="marks", width=min(MARKS_MAX, 16))
         table.add_column("latest answer", key="latest")
 

@@ -42,8 +42,10 @@ class HomeHeader(Static):
             rest.append("○ no daemon", "bold yellow")
         rest.append(" │ " + (" · ".join(parts) if parts else "no runs yet"))
         text = Text.assemble((" overnight ", "bold"), "│ ")
+        if self.size.width - text.cell_len - rest.cell_len < min(len(snap.root), 24):
+            text = Text(" ")  # a narrow terminal: the counts and the home matter more than the product's name
         # the home path gets what the counts leave (they matter more than the path's head)
-        text.append(_home_label(snap.root, max(16, self.size.width - text.cell_len - rest.cell_len)))
+        text.append(_home_label(snap.root, max(12, self.size.width - text.cell_len - rest.cell_len)))
         self.update(text + rest)
 
 
