@@ -26,6 +26,9 @@ from daemon.submission import Submission, SubmissionError, role_of, sha256_file,
 from daemon.timefmt import iso, run_id_stamp
 
 
+BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their validation starts
+
+
 def safe_name(text: str) -> str:
     """A file-system- and run-id-safe version of a dataset or model name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "dataset"
@@ -175,6 +178,9 @@ class Intake:
     def _judge(self, group: dict[str, Path]) -> _Verdict:
         """Validate one drop (on the validation thread): the same checks as `overnight check`."""
         dataset = group["dataset"]
+        size = dataset.stat().st_size
+        if size >= BIG_DROP_BYTES:  # say why a big drop takes a while to show up
+            log.info(f"inbox: validating {shown_name(dataset.name)} ({size / 2**20:,.0f} MiB)…")
         try:
             sub = validate(dataset, group.get("sidecar"), group.get("probes"), self.home.toml)
             return _Verdict(sub=sub, sha=sha256_file(dataset))

@@ -164,12 +164,13 @@ def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_pr
     big = tmp_path / "big.jsonl"
     line = json.dumps({"prompt": "p " * 20, "completion": "c " * 20}) + "\n"
     with open(big, "w") as f:
-        f.write(line * 400_000)  # ~40 MB: seconds of validation and hashing
+        f.write(line * 800_000)  # ~80 MB: seconds of validation and hashing
     drop(big, home / "inbox")
+    wait_until(lambda: "validating big.jsonl" in (home / "overnight.log").read_text(), 30, what="validation begun")
     (home / "control" / "launch").write_text("now")
     rej = home / "control" / "rejected"
     wait_until(lambda: rej.exists() and any(rej.glob("*.error.txt")), 30, what="the control file answered")
-    assert not _run_dirs(home), "the control file waited for the validation"
+    assert not _run_dirs(home), "the control file waited for the validation to end"
     wait_until(lambda: _run_dirs(home), 120, what="the big drop accepted")
 
 
