@@ -153,7 +153,8 @@ def test_a_broken_owner_toml_holds_drops_instead_of_rejecting_them(home, daemon_
     assert "learning_rat" in status and "learning_rate" in status
     assert "PROBLEM" in overnight("status", home=home).stdout
     assert (home / "inbox" / "good.jsonl").exists() and not list((home / "inbox" / "rejected").glob("*"))
-    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (tmp_path / "fixed.toml").write_text(f'base_model = "{tiny_model}"\n')
+    os.replace(tmp_path / "fixed.toml", home / "overnight.toml")  # as an editor saves it: never half-written
     wait_until(lambda: _run_dirs(home), 30, what="the drop taken once the toml is fixed")
 
 
