@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from daemon.datasets import DatasetError
 from daemon.home import Home
-from daemon.options import OptionsError, hf_cache_dir, load_sidecar, locate_model
+from daemon.options import OptionsError, load_sidecar, local_model_folder, resolve
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
 
@@ -24,11 +24,8 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
     try:
         if role == "sidecar":
             opts = load_sidecar(path)
-            models = opts.get("base_model") or []
-            for spec in [models] if isinstance(models, str) else models:
-                problem = locate_model(spec, home.root)
-                if problem:
-                    raise SubmissionError(f"{path}: {problem}")
+            if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
+                check_base_models(resolve(None, opts), path, home.toml)
             return _ok(path, {"role": role, "options": opts}, f"{path}: OK (sidecar, {len(opts)} options)")
         if role == "probes":
             from daemon.probes import load_probe_file
@@ -75,24 +72,13 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
     """Count tokens with the first base model's tokenizer.json (the `tokenizers` library: fast, no torch)."""
-    folder = _model_folder(models[0], root) if models else None
+    folder = local_model_folder(models[0], root) if models else None
     if folder is None or not (folder / "tokenizer.json").is_file():
         return None  # characters only, until a tokenizer is known
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
-
-
-def _model_folder(spec: str, root: Path) -> Path | None:
-    """The local folder of a base model: a path (relative to the home), or the newest HF cache snapshot."""
-    p = Path(spec).expanduser()
-    p = p if p.is_absolute() else root / p
-    if p.is_dir():
-        return p
-    snapshots = sorted((hf_cache_dir() / f"models--{spec.replace('/', '--')}" / "snapshots").glob("*"),
-                       key=lambda d: d.stat().st_mtime)
-    return snapshots[-1] if snapshots else None
 
 
 def _ok(path: Path, extra: dict[str, Any], text: str) -> dict[str, Any]:

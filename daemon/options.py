@@ -198,6 +198,17 @@ def hf_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
 
 
+def local_model_folder(spec: str, relative_to: Path) -> Path | None:
+    """The folder holding a base model's files: a path (relative to `relative_to`), or its newest HF cache snapshot."""
+    p = Path(spec).expanduser()
+    p = p if p.is_absolute() else relative_to / p
+    if p.is_dir():
+        return p
+    snapshots = sorted((hf_cache_dir() / f"models--{spec.replace('/', '--')}" / "snapshots").glob("*"),
+                       key=lambda d: d.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
+
+
 def locate_model(spec: str, relative_to: Path) -> str | None:
     """Why `spec` cannot be a base model, or None when it is a local model folder or an HF cache entry."""
     p = Path(spec).expanduser()
