@@ -32,6 +32,26 @@ def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
     return lambda v: (lo < v if lo_open else lo <= v) and v <= hi and not (isinstance(v, float) and math.isnan(v))
 
 
+QUANTIZATIONS = ("none", "4bit", "8bit")
+BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
+ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+# transformers' SchedulerType and OptimizerNames (5.x), copied so the daemon validates without importing torch;
+# tests/test_options.py fails when they drift from the installed transformers.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "adamw_anyprecision", "adamw_torch_4bit",
+              "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit",
+              "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+              "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb",
+              "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "grokadamw", "schedule_free_radam", "schedule_free_adamw",
+              "schedule_free_sgd", "stable_adamw")
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f'"{v}"' for v in values)
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 OPTIONS: dict[str, Option] = {o.name: o for o in [
@@ -59,6 +79,24 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("probe_every", int, 0, "steps between evolution snapshots; 0 = about 20 per run", _rng(0, 10**9), "0 (auto) .. 1e9"),
     Option("probe_count", int, 8, "probes held out when no probe file is given", _rng(0, 256), "0 .. 256"),
     Option("probe_max_new_tokens", int, 32, "tokens generated per probe", _rng(1, 4096), "1 .. 4096"),
+    Option("quantization", str, "none", "load the base model quantised (QLoRA through bitsandbytes)",
+           lambda v: v in QUANTIZATIONS, _choices(QUANTIZATIONS)),
+    Option("gradient_checkpointing", (str, bool), "auto",
+           "recompute activations in the backward pass (less memory, ~30% more compute)",
+           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false'),
+    Option("batching", str, "auto", "how prompt and chat examples are batched (text blocks are always full)",
+           lambda v: v in BATCHINGS, _choices(BATCHINGS)),
+    Option("attn_implementation", str, "auto", "the attention kernel",
+           lambda v: v in ATTENTIONS, _choices(ATTENTIONS)),
+    Option("lr_scheduler", str, "linear", "learning-rate schedule (the Trainer's names)",
+           lambda v: v in LR_SCHEDULERS, _choices(LR_SCHEDULERS)),
+    Option("warmup_ratio", (int, float), 0.0, "share of the steps spent warming the learning rate up",
+           lambda v: 0 <= v < 1, ">= 0 and < 1"),
+    Option("weight_decay", (int, float), 0.0, "AdamW weight decay", _rng(0, 1), "0 .. 1"),
+    Option("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6"),
+    Option("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
+           lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS)),
+    Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
     Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
            "letters, digits, '.', '_' and '-', at most 64 characters"),
@@ -95,7 +133,11 @@ _ALIASES = {"lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "
             "gradient_accumulation_steps": "grad_accum", "cutoff_len": "max_length", "sequence_len": "max_length",
             "max_seq_length": "max_length", "model_name_or_path": "base_model", "base_model_name_or_path": "base_model",
             "val_set_size": "eval_fraction", "val_size": "eval_fraction", "logging_steps": "log_every",
-            "save_steps": "save_every", "lora_rank": "lora_r", "lora_target": "lora_targets",
+            "save_steps": "save_every", "lora_rank": "lora_r", "load_in_4bit": "quantization",
+            "load_in_8bit": "quantization", "adapter": "quantization", "lr_scheduler_type": "lr_scheduler",
+            "flash_attention": "attn_implementation", "flash_attn": "attn_implementation",
+            "sample_packing": "batching", "packing": "batching", "padding_free": "batching",
+            "group_by_length": "batching", "optimizer": "optim", "max_norm": "max_grad_norm", "lora_target": "lora_targets",
             "lora_target_modules": "lora_targets", "seed_value": "seed"}
 
 
@@ -119,7 +161,19 @@ def check_value(source: Path | str, key: str, value: Any) -> None:
         raise OptionsError(f"{source}: option '{key}' = {value!r} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}.")
     if not opt.check(value):
-        raise OptionsError(f"{source}: option '{key}' = {value!r} is out of range; allowed: {opt.allowed}.")
+        what = "is not one of the allowed values" if isinstance(value, str) else "is out of range"
+        default = "" if opt.default is None else f", or remove it to use the default ({_toml(opt.default)})"
+        close = difflib.get_close_matches(value, opt.allowed.replace('"', "").replace(",", "").split(), n=1) \
+            if isinstance(value, str) else []
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise OptionsError(f"{source}: option '{key}' = {value!r} {what}; allowed: {opt.allowed}.{hint} "
+                           f"Fix: set {key} to an allowed value{default}.")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

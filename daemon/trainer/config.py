@@ -7,6 +7,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from daemon.options import OPTIONS
+
+
+def _default(name: str) -> Any:
+    return OPTIONS[name].default  # one schema: daemon/options.py
+
 
 class RunError(Exception):
     """A failure with a message for the user: it ends the run as failed with this reason (no traceback)."""
@@ -14,29 +20,39 @@ class RunError(Exception):
 
 @dataclass
 class TrainOptions:
-    """The options the trainer uses (names and defaults as in daemon/options.py and SPEC.md)."""
+    """The options the trainer uses: the training options of daemon/options.py, with their defaults."""
 
     base_model: str = ""
-    epochs: float = 3.0
-    max_steps: int = 0
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    lora_r: int = 16
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    lora_targets: str | list[str] = "all-linear"
-    seed: int = 42
-    eval_fraction: float = 0.05
-    early_stopping_patience: int = 0
-    log_every: int = 10
-    save_every: int = 200
-    probe_every: int = 0
-    probe_count: int = 8
-    probe_max_new_tokens: int = 32
-    trust_remote_code: bool = False
-    keep_checkpoints: int = 2
+    epochs: float = _default("epochs")
+    max_steps: int = _default("max_steps")
+    learning_rate: float = _default("learning_rate")
+    batch_size: int = _default("batch_size")
+    grad_accum: int = _default("grad_accum")
+    max_length: int = _default("max_length")
+    lora_r: int = _default("lora_r")
+    lora_alpha: float = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
+    lora_targets: str | list[str] = _default("lora_targets")
+    seed: int = _default("seed")
+    eval_fraction: float = _default("eval_fraction")
+    early_stopping_patience: int = _default("early_stopping_patience")
+    log_every: int = _default("log_every")
+    save_every: int = _default("save_every")
+    probe_every: int = _default("probe_every")
+    probe_count: int = _default("probe_count")
+    probe_max_new_tokens: int = _default("probe_max_new_tokens")
+    quantization: str = _default("quantization")
+    gradient_checkpointing: str | bool = _default("gradient_checkpointing")
+    batching: str = _default("batching")
+    attn_implementation: str = _default("attn_implementation")
+    lr_scheduler: str = _default("lr_scheduler")
+    warmup_ratio: float = _default("warmup_ratio")
+    weight_decay: float = _default("weight_decay")
+    max_grad_norm: float = _default("max_grad_norm")
+    optim: str = _default("optim")
+    use_liger_kernel: bool = _default("use_liger_kernel")
+    trust_remote_code: bool = _default("trust_remote_code")
+    keep_checkpoints: int = _default("keep_checkpoints")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "TrainOptions":

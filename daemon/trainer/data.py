@@ -40,6 +40,9 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def lengths(self) -> list[int]:
+        return [len(item.input_ids) for item in self.items]
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray | None]:
         item = self.items[i]
         return {"input_ids": item.input_ids, "labels": item.labels}

@@ -18,6 +18,10 @@ class Device:
     bf16: bool
 
     @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    @property
     def label(self) -> str:
         return f"{self.kind} ({self.name}, {'bf16' if self.bf16 else 'fp32'})"
 
@@ -56,17 +60,62 @@ def load_tokenizer(source: str, trust_remote_code: bool) -> Any:
     return tok
 
 
-def load_model(source: str, device: Device, trust_remote_code: bool) -> Any:
-    """The base causal LM, in bf16 on a bf16-capable GPU, else fp32."""
+def choose_attention(requested: str, device: Device) -> tuple[str, str]:
+    """The attention implementation a run uses, and why (for the console header)."""
+    import importlib.util
+
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    gpu_ok = device.kind == "cuda" and torch.cuda.get_device_capability()[0] >= 8  # Ampere or newer
+    if requested == "flash_attention_2" and not (has_flash and gpu_ok):
+        raise RunError("attn_implementation = \"flash_attention_2\" needs the flash-attn package and an Ampere or "
+                       "newer GPU" + ("" if device.kind == "cuda" else " (this run is on the CPU)") + ". Fix: "
+                       "install flash-attn (see the README: a source build against your CUDA), or set "
+                       "attn_implementation = \"sdpa\" or \"auto\".")
+    if requested != "auto":
+        return requested, "set in the options"
+    if has_flash and gpu_ok:
+        return "flash_attention_2", "auto: flash-attn is installed and the GPU supports it"
+    why = "the CPU has no flash-attention" if device.kind != "cuda" else (
+        "flash-attn is not installed" if not has_flash else "the GPU is older than Ampere")
+    return "sdpa", f"auto: {why}"
+
+
+def quantization_config(quantization: str, device: Device) -> Any:
+    """QLoRA's recipe: nf4 with double quantisation and 16-bit compute on a GPU (fp32 on the CPU); or 8-bit."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RunError(f"quantization = \"{quantization}\" needs bitsandbytes, which is not installed. Fix: "
+                       f"pip install 'overnight[gpu]' (or pip install bitsandbytes), then resume the run.") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=device.dtype)
+
+
+def load_model(source: str, device: Device, opts: TrainOptions, attention: str) -> Any:
+    """The base causal LM in the device's dtype (bf16/fp16 on a GPU, fp32 on the CPU), quantised when asked."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if device.bf16 else torch.float32
+    kwargs: dict[str, Any] = {"dtype": device.dtype, "attn_implementation": attention}
+    if opts.quantization != "none":
+        kwargs["quantization_config"] = quantization_config(opts.quantization, device)
+        # bitsandbytes quantises while loading, onto the device the weights will live on
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device.kind == "cuda" else "cpu"
     try:
-        return AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
-                                                    trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True,
+                                                     trust_remote_code=opts.trust_remote_code, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
         raise RunError(f"cannot load base model {source}: {e}. Fix: check that the folder (or the HF cache entry) "
                        f"is a complete causal-LM download; the trainer never downloads.") from None
+    if opts.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # norms and embeddings to fp32, inputs requiring grad; checkpointing is the Trainer's to switch on
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
 
 
 def add_lora(model: Any, opts: TrainOptions) -> Any:

@@ -6,6 +6,7 @@ as described in docs/ARCHITECTURE.md ("Run folder").
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import time
@@ -20,6 +21,7 @@ from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
+from daemon.trainer.oom import is_out_of_memory, next_rung
 
 
 @dataclass
@@ -84,55 +86,53 @@ def _train(s: Session, commands: Any) -> None:
     if commands.stop.is_set():
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
-    attempt_opts = opts
+    attempt = built.opts or opts
     while True:
-        trainer = built.make_trainer(attempt_opts)
-        t0, cpu0 = time.perf_counter(), time.process_time()
         out_of_memory = False
-        try:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        try:  # building the Trainer moves the model to the GPU: an OOM there is retried like one in a step
+            trainer = built.make_trainer(attempt)
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
             s.result.train_cpu_seconds += time.process_time() - cpu0
         if not out_of_memory:
             break
-        attempt_opts = _halve_batch(attempt_opts)  # raises RunError when already at batch size 1
-        del trainer
+        attempt, change = next_rung(attempt)  # raises RunError when nothing cheaper is left
+        trainer = None
         built.drop_model()
         gc.collect()
         torch.cuda.empty_cache()
         resume = _prepare_resume(s)
-        say(f"CUDA out of memory: retrying {f'from {resume.name}' if resume else 'from the start'} with "
-            f"batch_size {attempt_opts.batch_size} and grad_accum {attempt_opts.grad_accum} (same effective batch)")
+        say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
         built.reset_model()
     built.finish(trainer)
 
 
 def _prepare_resume(s: Session) -> Path | None:
-    """Clear half-written checkpoints; find the newest complete one and forget log records written after it."""
+    """Clear half-written checkpoints; find the newest complete one and forget log records written after it.
+
+    With no checkpoint the run starts over: records of an earlier attempt (an out-of-memory retry, a crash before
+    the first save) are dropped too, all but the step-0 snapshot, which a fresh start takes identically.
+    """
     paths = s.cfg.paths
     paths.checkpoints.mkdir(exist_ok=True)
     for name in ckpt.discard_incomplete(paths.checkpoints):
         say(f"removed incomplete checkpoint {name} (left by an interrupted save)")
     resume = ckpt.newest_complete(paths.checkpoints)
+    step = int(resume.name.split("-")[1]) if resume is not None else 0
+    s.result.step = step
+    dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
+    note = f"; dropped {dropped} log record(s) written after it" if dropped else ""
     if resume is not None:
-        step = int(resume.name.split("-")[1])
-        s.result.step = step
-        dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
-        say(f"resuming from {resume.relative_to(paths.root)} (step {step})"
-            f"{f'; dropped {dropped} log record(s) written after it' if dropped else ''}")
+        say(f"resuming from {resume.relative_to(paths.root)} (step {step}){note}")
+    elif dropped:
+        say(f"starting from step 0; dropped {dropped} log record(s) of an earlier attempt")
     return resume
-
-
-def _halve_batch(opts: TrainOptions) -> TrainOptions:
-    if opts.batch_size <= 1:
-        raise RunError("CUDA out of memory at batch_size 1. Fix: lower max_length, or use a GPU with more memory "
-                       "or a smaller base model.")
-    from dataclasses import replace
-
-    return replace(opts, batch_size=opts.batch_size // 2, grad_accum=opts.grad_accum * 2)
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
@@ -152,3 +152,5 @@ def environment_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -1,7 +1,7 @@
 """Builds the pieces of a run (tokenizer, data, model, callbacks, Trainer) and turns the Trainer's end into a result."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +11,15 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from daemon.atomic import write_json
+from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
-from daemon.trainer.data import Encoder, PadCollator, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
+from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
 from daemon.trainer.finish import model_card, save_adapter
-from daemon.trainer.model import Device, add_lora, load_model, load_tokenizer, trainable_summary
+from daemon.trainer.model import Device, add_lora, choose_attention, load_model, load_tokenizer, trainable_summary
 
 if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
@@ -45,6 +47,14 @@ class OvernightTrainer(Trainer):
     def loss_nonfinite(self) -> bool:
         return bool(self._nonfinite is not None and self._nonfinite.any().item())
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.args.train_sampling_strategy == "group_by_length":
+            # megabatches of whole optimizer steps, as the stock sampler does, but seeded per epoch (exact resume)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset,
+                                  self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
 
 class EarlyStopping(EarlyStoppingCallback):
     """transformers' early stopping, minus its warning about load_best_model_at_end.
@@ -58,14 +68,26 @@ class EarlyStopping(EarlyStoppingCallback):
         return None
 
 
-def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool) -> TrainingArguments:
-    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job)."""
+def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool,
+                       batching: str = "padded") -> TrainingArguments:
+    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job).
+
+    `opts.gradient_checkpointing` is already decided (a bool) here: see `plan_checkpointing`.
+    """
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum,
         learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler,
+        warmup_steps=float(opts.warmup_ratio),  # transformers 5: a float below 1 is a share of the steps
+        weight_decay=opts.weight_decay,
+        max_grad_norm=opts.max_grad_norm,
+        optim=opts.optim,
+        **_checkpointing_arguments(opts.gradient_checkpointing is True),
+        train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
+        use_liger_kernel=opts.use_liger_kernel,
         num_train_epochs=opts.epochs,
         max_steps=opts.max_steps if opts.max_steps > 0 else -1,
         logging_steps=opts.log_every,
@@ -85,9 +107,18 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
         disable_tqdm=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        include_num_input_tokens_seen="non_padding",
+        # padding-free rows hold no padding and no attention mask to count it by
+        include_num_input_tokens_seen="all" if batching == "padding_free" else "non_padding",
         log_level="warning",
     )
+
+
+def _checkpointing_arguments(on: bool) -> dict[str, Any]:
+    # non-reentrant: works with frozen inputs (LoRA) and keeps dropout's RNG, so the losses do not change.
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; older 5.x has only the former.
+    names = {f.name for f in fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": on, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 @dataclass
@@ -101,6 +132,9 @@ class Built:
     data: Prepared
     progress: Progress
     commands: "Commands"
+    attention: str = "sdpa"
+    batching: str = "padded"
+    opts: TrainOptions | None = None  # the options as planned for the first attempt (checkpointing decided)
     model: Any = None
     status: RunStatus = field(default_factory=RunStatus)
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
@@ -113,11 +147,12 @@ class Built:
     def reset_model(self) -> None:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
         opts = self.session.cfg.options
-        self.model = add_lora(load_model(self.source, self.device, opts.trust_remote_code), opts)
+        self.model = add_lora(load_model(self.source, self.device, opts, self.attention), opts)
 
     def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
         paths = self.session.cfg.paths
-        args = training_arguments(opts, str(paths.checkpoints), self.device, self.data.eval is not None)
+        args = training_arguments(opts, str(paths.checkpoints), self.device, self.data.eval is not None,
+                                  self.batching)
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
@@ -129,7 +164,7 @@ class Built:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._trainer = OvernightTrainer(
             model=self.model, args=args, train_dataset=self.data.train, eval_dataset=self.data.eval,
-            data_collator=PadCollator(pad_id, 8 if self.device.kind == "cuda" else None), callbacks=callbacks)
+            data_collator=collator(self.batching, pad_id, self.device.kind == "cuda"), callbacks=callbacks)
         self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
         return self._trainer
 
@@ -189,16 +224,53 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     opts = s.cfg.options
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
     data = _prepare_data(s, tokenizer, stats)
-    built = Built(s, device, source, tokenizer, data, progress, commands)
+    attention, why = choose_attention(opts.attn_implementation, device)
+    say(f"attention: {attention} ({why})")
+    batching, why = choose_batching(opts.batching, data.kind, attention)
+    say(f"batching: {batching.replace('_', '-')} ({why}); one epoch: "
+        f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
+    free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
+    built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching)
     if commands.stop.is_set():
         return built
     built.reset_model()
-    say(f"model: {source} with LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} "
-        f"targets={opts.lora_targets}; {trainable_summary(built.model)}")
+    say(f"model: {source}{_quantized(opts, device)} with LoRA r={opts.lora_r} alpha={opts.lora_alpha} "
+        f"dropout={opts.lora_dropout} targets={opts.lora_targets}; {trainable_summary(built.model)}")
+    built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free)
     evolution = _evolution_callback(s, tokenizer, data)
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
+
+
+def _quantized(opts: TrainOptions, device: Device) -> str:
+    if opts.quantization == "4bit":
+        return f" (4-bit nf4, double quantisation, {str(device.dtype).removeprefix('torch.')} compute)"
+    return " (8-bit)" if opts.quantization == "8bit" else ""
+
+
+def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], longest: int,
+                 free_bytes: int | None) -> TrainOptions:
+    """Decide what "auto" and the GPU-only options mean on this device; log each decision with its reason."""
+    import importlib.util
+
+    checkpointing, why = checkpointing_decision(
+        opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size,
+        seq_len=min(longest, opts.max_length), lora_r=opts.lora_r, quantization=opts.quantization,
+        dtype_bytes=device.dtype.itemsize, liger=opts.use_liger_kernel)
+    say(f"gradient checkpointing: {'on' if checkpointing else 'off'} ({why})")
+    liger = opts.use_liger_kernel
+    if liger and (device.kind != "cuda" or importlib.util.find_spec("liger_kernel") is None):
+        liger = False
+        say("use_liger_kernel = true is ignored: " + ("Liger's kernels need a GPU" if device.kind != "cuda" else
+            "liger-kernel is not installed (pip install 'overnight[gpu]')"))
+    if opts.optim.startswith("paged_") and device.kind != "cuda":
+        raise RunError(f"optim = \"{opts.optim}\" pages optimizer state through CUDA memory, and this run is on "
+                       f"the CPU. Fix: use optim = \"adamw_torch\" on the CPU, or run on a GPU.")
+    say(f"optimizer: {opts.optim}, lr {opts.learning_rate:g} ({opts.lr_scheduler}, warmup {opts.warmup_ratio:g} of "
+        f"the steps), weight_decay {opts.weight_decay:g}, max_grad_norm {opts.max_grad_norm:g}"
+        + ("; Liger kernels on" if liger else ""))
+    return replace(opts, gradient_checkpointing=checkpointing, use_liger_kernel=liger)
 
 
 def _prepare_data(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:

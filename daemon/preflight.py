@@ -1,0 +1,193 @@
+"""What a run will cost before it starts, without torch: padding per batching strategy and a GPU memory estimate.
+
+Shared by `overnight check` (torch-free) and the trainer's console header, so both say the same thing.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+GIB = 2**30
+# The share of free GPU memory a run may plan to use before gradient checkpointing is turned on: the rest is
+# the CUDA caching allocator's fragmentation and the peaks the estimate does not model.
+FIT_SHARE = 0.8
+
+
+# ------------------------------------------------------------------------------------------ padding
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[int]:
+    """transformers' `get_length_grouped_indices`: shuffle, cut into mega-batches of up to 50 batches, sort each
+    by length (longest first), and put the mega-batch holding the longest sequence first (an OOM shows at once)."""
+    n = len(lengths)
+    order = list(range(n))
+    rng.shuffle(order)
+    mult = max(min(n // (batch_size * 4), 50), 1)
+    size = mult * batch_size
+    megas = [sorted(order[i:i + size], key=lambda k: lengths[k], reverse=True) for i in range(0, n, size)]
+    longest = max(range(len(megas)), key=lambda m: lengths[megas[m][0]]) if megas else 0
+    if megas:
+        megas[0][0], megas[longest][0] = megas[longest][0], megas[0][0]
+    return [i for mega in megas for i in mega]
+
+
+def computed_tokens(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> int:
+    """Tokens the model computes when batches of `order` are padded to their longest sequence."""
+    total = 0
+    for i in range(0, len(order), batch_size):
+        batch = order[i:i + batch_size]
+        total += max(lengths[k] for k in batch) * len(batch)
+    return total
+
+
+@dataclass(frozen=True)
+class PaddingReport:
+    """Tokens computed in one epoch: useful ones, and what random padded batches and the chosen batching cost."""
+
+    batching: str
+    useful: int
+    padded: int
+    chosen: int
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.useful / self.chosen if self.chosen else 0.0
+
+    def line(self) -> str:
+        if self.batching == "padded":
+            return (f"padded: {_m(self.padded)} tokens computed for {_m(self.useful)} useful "
+                    f"({self.padding_share:.0%} padding)")
+        return (f"{self.batching.replace('_', '-')}: {_m(self.chosen)} tokens computed instead of {_m(self.padded)} "
+                f"padded ({self.padding_share:.0%} padding instead of {1 - self.useful / max(self.padded, 1):.0%})")
+
+
+def padding_report(lengths: Sequence[int], batch_size: int, max_length: int, batching: str,
+                   seed: int = 42) -> PaddingReport:
+    """One epoch of `lengths` (cut to max_length) under random padded batches and under `batching`."""
+    cut = [min(n, max_length) for n in lengths]
+    useful = sum(cut)
+    padded = computed_tokens(cut, random.Random(seed).sample(range(len(cut)), len(cut)), batch_size)
+    if batching == "padding_free":
+        chosen = useful
+    elif batching == "length_grouped":
+        chosen = computed_tokens(cut, length_grouped_order(cut, batch_size, random.Random(seed)), batch_size)
+    else:
+        chosen = padded
+    return PaddingReport(batching, useful, padded, chosen)
+
+
+def _m(tokens: int) -> str:
+    return f"{tokens / 1e6:.1f}M" if tokens >= 100_000 else f"{tokens / 1e3:.1f}K" if tokens >= 1000 else str(tokens)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a decoder-only transformer that decide its memory (from its config.json)."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    intermediate: int
+    q_dim: int
+    kv_dim: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Shape | None":
+        """None when the config lacks the usual Llama/Qwen/Mistral fields (the estimate is then skipped)."""
+        c = config.get("text_config") or config
+        try:
+            hidden, layers = int(c["hidden_size"]), int(c["num_hidden_layers"])
+            heads = int(c["num_attention_heads"])
+            head_dim = int(c.get("head_dim") or hidden // heads)
+            return cls(vocab=int(c["vocab_size"]), hidden=hidden, layers=layers,
+                       intermediate=int(c.get("intermediate_size") or 4 * hidden), q_dim=heads * head_dim,
+                       kv_dim=int(c.get("num_key_value_heads") or heads) * head_dim,
+                       tied=bool(config.get("tie_word_embeddings", c.get("tie_word_embeddings", False))))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of the layers' linear projections (what 4/8-bit quantisation shrinks)."""
+        h, i = self.hidden, self.intermediate
+        per_layer = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h + 3 * h * i
+        return self.layers * per_layer
+
+    @property
+    def other_params(self) -> int:
+        """Embeddings, the output layer and norms (kept in 16/32 bit)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + (2 * self.layers + 1) * self.hidden
+
+    def lora_params(self, r: int) -> int:
+        """LoRA on every linear projection (all-linear): r × (in + out) per module."""
+        h, i, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
+        return self.layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """GPU bytes a LoRA run needs, by part."""
+
+    weights: int
+    adapter: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter + self.activations + self.logits
+
+    def describe(self) -> str:
+        return (f"{self.total / GIB:.1f} GiB = weights {self.weights / GIB:.1f} + LoRA and optimizer "
+                f"{self.adapter / GIB:.1f} + activations {self.activations / GIB:.1f} + logits "
+                f"{self.logits / GIB:.1f}")
+
+
+def estimate_memory(shape: Shape, *, batch_size: int, seq_len: int, lora_r: int, quantization: str,
+                    dtype_bytes: int, checkpointing: bool, liger: bool = False) -> MemoryEstimate:
+    """A preflight estimate (Korthikanti et al.'s activation count, adapted to LoRA and SwiGLU MLPs).
+
+    Per token and layer without checkpointing a LoRA step keeps about 10h + 2q + 2kv + 5i activations (norm
+    outputs, q/k/v, attention output, residuals, the MLP's four i-wide tensors, dropout copies feeding LoRA);
+    flash/sdpa attention keeps no seq² matrix. With checkpointing only each layer's input is kept, plus one
+    layer recomputed at a time. Logits: bf16 output + fp32 upcast + its gradient, unless Liger fuses them away.
+    """
+    linear_bytes = {"4bit": 0.53, "8bit": 1.02}.get(quantization, dtype_bytes)
+    weights = int(shape.linear_params * linear_bytes + shape.other_params * dtype_bytes)
+    adapter = shape.lora_params(lora_r) * 16  # fp32 weight + gradient + two Adam moments
+    tokens = batch_size * seq_len
+    h, i = shape.hidden, shape.intermediate
+    per_layer = (10 * h + 2 * shape.q_dim + 2 * shape.kv_dim + 5 * i) * dtype_bytes
+    if checkpointing:
+        activations = tokens * (shape.layers * h * dtype_bytes + per_layer)
+    else:
+        activations = tokens * shape.layers * per_layer
+    logits = 0 if liger else tokens * shape.vocab * (dtype_bytes + 8)
+    return MemoryEstimate(weights, adapter, activations, logits)
+
+
+def needs_checkpointing(estimate_without: MemoryEstimate, free_bytes: int) -> bool:
+    """Gradient checkpointing is worth its ~30% extra compute only when the run would not fit otherwise."""
+    return estimate_without.total > FIT_SHARE * free_bytes
+
+
+def checkpointing_decision(setting: str | bool, shape: Shape | None, free_bytes: int | None, *, batch_size: int,
+                           seq_len: int, lora_r: int, quantization: str, dtype_bytes: int,
+                           liger: bool = False) -> tuple[bool, str]:
+    """Whether gradient checkpointing is on, and why ("auto": only when the run would not fit without it)."""
+    if isinstance(setting, bool):
+        return setting, "set in the options"
+    if free_bytes is None:
+        return False, "auto: no GPU, so memory does not limit the batch"
+    if shape is None:
+        return False, "auto: no memory estimate for this architecture; the out-of-memory retry turns it on if needed"
+    est = estimate_memory(shape, batch_size=batch_size, seq_len=seq_len, lora_r=lora_r, quantization=quantization,
+                          dtype_bytes=dtype_bytes, checkpointing=False, liger=liger)
+    room = f"{FIT_SHARE:.0%} of the {free_bytes / GIB:.1f} GiB free on the GPU"
+    at = f"at batch {batch_size} × {seq_len} tokens"
+    if needs_checkpointing(est, free_bytes):
+        return True, f"auto: without it the estimate {at} is {est.describe()}, more than {room}"
+    return False, f"auto: the estimate {at}, {est.describe()}, fits within {room}"

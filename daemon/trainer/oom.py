@@ -1,0 +1,41 @@
+"""Out-of-memory: how to recognise one, and the retry ladder (checkpointing first, then smaller micro-batches)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from daemon.trainer.config import RunError, TrainOptions
+
+# cuBLAS, cuDNN and the driver report exhaustion as a plain RuntimeError; accelerate matches the same texts
+# (accelerate.utils.memory.should_reduce_batch_size).
+_OOM_TEXTS = ("out of memory", "CUDNN_STATUS_NOT_SUPPORTED", "CUBLAS_STATUS_ALLOC_FAILED",
+              "DefaultCPUAllocator: can't allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for torch's OutOfMemoryError and for the RuntimeErrors that mean the same."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and len(error.args) == 1 and any(
+        text in str(error.args[0]) for text in _OOM_TEXTS)
+
+
+def next_rung(opts: TrainOptions) -> tuple[TrainOptions, str]:
+    """The next, cheaper way to run the same optimizer steps; RunError when none is left.
+
+    First gradient checkpointing (same batches, ~30% more compute); then a smaller micro-batch with as much more
+    accumulation, so the effective batch is unchanged (batch 6 → 3 × 2, batch 3 → 1 × 3).
+    """
+    if opts.gradient_checkpointing is not True:
+        return replace(opts, gradient_checkpointing=True), "turning gradient checkpointing on"
+    b = opts.batch_size
+    if b <= 1:
+        raise RunError(f"CUDA out of memory at batch_size 1 with gradient checkpointing on (max_length "
+                       f"{opts.max_length}). Fix: lower max_length, set quantization = \"4bit\", or use a GPU with "
+                       f"more memory or a smaller base model.")
+    smaller = max(d for d in range(1, b // 2 + 1) if b % d == 0)
+    accum = opts.grad_accum * (b // smaller)
+    return (replace(opts, batch_size=smaller, grad_accum=accum),
+            f"batch_size {b} → {smaller} and grad_accum {opts.grad_accum} → {accum} "
+            f"(the effective batch stays {b * opts.grad_accum})")
