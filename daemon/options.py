@@ -159,7 +159,9 @@ def check_value(source: Path | str, key: str, value: Any) -> None:
     opt = OPTIONS[key]
     if not _type_ok(opt, value):
         raise OptionsError(f"{source}: option '{key}' = {value!r} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
-                           f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}.")
+                           f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
+                           f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
+                           f"with a value of that type (TOML: strings in quotes, true/false bare).")
     if not opt.check(value):
         what = "is not one of the allowed values" if isinstance(value, str) else "is out of range"
         default = "" if opt.default is None else f", or remove it to use the default ({_toml(opt.default)})"

@@ -1,0 +1,266 @@
+"""Scale: batching strategies, quantisation, gradient checkpointing and the out-of-memory ladder.
+
+The trainer runs the embedded tiny model for real, as a subprocess (batching, quantisation) or in-process where a
+fault must be injected (out of memory).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from daemon.options import LR_SCHEDULERS, OPTIMIZERS, OptionsError, check_value
+from daemon.preflight import Shape, checkpointing_decision, estimate_memory, padding_report
+from daemon.trainer.config import RunError, TrainOptions
+from daemon.trainer.oom import is_out_of_memory, next_rung
+from tests.conftest_trainer import (chat_records, jsonl, make_run, metrics, read_json, reversal_records, send, start,
+                                    finish, tiny_model, train_losses, wait_for)
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+EXACT = {"lora_dropout": 0.0, "eval_fraction": 0.0, "learning_rate": 1e-3}  # dropout masks depend on the layout
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.getbasetemp(), "qwen2")
+
+
+def _runs(tmp_path: Path, model: Path, content: str, schema: str, records: int,
+          variants: dict[str, dict]) -> dict[str, Path]:
+    return {name: make_run(tmp_path / name, model, dataset_name="d.jsonl", content=content, schema=schema,
+                           records=records, options=opts) for name, opts in variants.items()}
+
+
+def _train_all(runs: dict[str, Path]) -> None:
+    """Train side by side (each one torch thread): the suite runs on two cores."""
+    procs = {name: start(run) for name, run in runs.items()}
+    for name, proc in procs.items():
+        assert finish(proc, 300) == 0, (runs[name] / "console.log").read_text()[-2000:]
+
+
+@pytest.mark.parametrize("schema", ["prompt_completion", "messages"])
+def test_padding_free_trains_exactly_like_padded(tmp_path: Path, qwen: Path, schema: str) -> None:
+    records = reversal_records(64, seed=3) if schema == "prompt_completion" else chat_records(64, seed=3)
+    base = {**EXACT, "max_steps": 20, "batch_size": 4, "save_every": 100}
+    runs = _runs(tmp_path, qwen, jsonl(records), schema, 64,
+                 {"padded": {**base, "batching": "padded"}, "flat": {**base, "batching": "padding_free"}})
+    _train_all(runs)
+    padded, flat = train_losses(runs["padded"]), train_losses(runs["flat"])
+    assert sorted(padded) == list(range(1, 21)) and padded.keys() == flat.keys()
+    assert max(abs(padded[s] - flat[s]) for s in padded) < 1e-4
+    header = (runs["flat"] / "console.log").read_text()
+    assert "batching: padding-free (set in the options)" in header
+    assert "padding-free: " in header and "tokens computed instead of" in header
+
+
+def test_gradient_checkpointing_changes_memory_not_losses(tmp_path: Path, qwen: Path) -> None:
+    base = {**EXACT, "max_steps": 8, "batch_size": 4, "save_every": 100}
+    runs = _runs(tmp_path, qwen, jsonl(reversal_records(40)), "prompt_completion", 40,
+                 {"off": {**base, "gradient_checkpointing": False}, "on": {**base, "gradient_checkpointing": True}})
+    _train_all(runs)
+    off, on = train_losses(runs["off"]), train_losses(runs["on"])
+    assert max(abs(off[s] - on[s]) for s in off) < 1e-5
+    assert "gradient checkpointing: on (set in the options)" in (runs["on"] / "console.log").read_text()
+
+
+def test_length_grouped_stop_and_resume_is_exact(tmp_path: Path, qwen: Path) -> None:
+    opts = {**EXACT, "batching": "length_grouped", "max_steps": 16, "save_every": 4, "batch_size": 4}
+    runs = _runs(tmp_path, qwen, jsonl(reversal_records(48, seed=4)), "prompt_completion", 48,
+                 {"straight": opts, "stopped": opts})
+    straight = start(runs["straight"])
+    run = runs["stopped"]
+    proc = start(run)
+    wait_for(lambda: any(m.get("step", 0) >= 6 for m in metrics(run)), 180, "step 6", proc)
+    send(proc, "stop")
+    assert proc.wait(120) == 0
+    assert read_json(run / "result.json")["outcome"] == "stopped"
+    assert finish(start(run), 300) == 0
+    assert finish(straight, 300) == 0
+    resumed, reference = train_losses(run), train_losses(runs["straight"])
+    assert sorted(resumed) == list(range(1, 17))
+    assert max(abs(resumed[s] - reference[s]) for s in reference) < 1e-6
+
+
+def test_length_grouped_sees_every_example_once_per_epoch() -> None:
+    from daemon.trainer.batching import GroupedSampler
+    from daemon.trainer.data import Encoded, SequenceDataset
+    import numpy as np
+
+    lengths = [3, 50, 7, 7, 120, 9, 1, 64, 33, 2] * 13
+    data = SequenceDataset([Encoded(np.zeros(n, dtype=np.int32)) for n in lengths])
+    sampler = GroupedSampler(8, data, seed=1)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(len(lengths)))
+        assert order == list(sampler)  # the same epoch gives the same order (exact resume)
+    sampler.set_epoch(0)
+    assert list(sampler) != order  # another epoch, another order
+
+
+def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from daemon.datasets import iter_examples
+
+    tok = Tokenizer.from_file(str(qwen / "tokenizer.json"))
+    lengths = [len(tok.encode(e["prompt"] + e["completion"]).ids) + 1
+               for e in iter_examples(REALDATA / "alpaca_en_demo.json")]
+    padded = padding_report(lengths, 8, 1024, "padded")
+    grouped = padding_report(lengths, 8, 1024, "length_grouped")
+    assert 1 - padded.useful / padded.padded > 0.4  # random batches: about half is padding (FINDINGS: 55%)
+    assert grouped.padding_share < 0.05
+    assert padding_report(lengths, 8, 1024, "padding_free").padding_share == 0
+
+
+# ------------------------------------------------------------------------------------- quantisation
+
+def test_4bit_run_completes_and_its_adapter_loads_on_the_plain_base(tmp_path: Path, qwen: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(40)),
+                   schema="prompt_completion", records=40, options={"quantization": "4bit", "max_steps": 4})
+    assert finish(start(run), 300) == 0, (run / "console.log").read_text()[-2000:]
+    log = (run / "console.log").read_text()
+    assert "4-bit nf4, double quantisation" in log and "gemm_4bit" not in log
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(qwen), run / "adapter")
+    ids = AutoTokenizer.from_pretrained(qwen)("reverse: cat dog\n", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+# ------------------------------------------------------------------------------------- out of memory
+
+def _oom_run(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fail_at: dict[int, BaseException],
+             **options: object) -> tuple[Path, str]:
+    """Train in-process with an out-of-memory error raised once at each given step (a fault the CPU can't make)."""
+    from daemon.trainer import setup
+    from daemon.trainer.run import main
+
+    probes = jsonl([{"prompt": r["prompt"], "reference": r["completion"]} for r in reversal_records(2, seed=9)])
+    run = make_run(tmp_path, model, dataset_name="d.jsonl", content=jsonl(reversal_records(40)),
+                   schema="prompt_completion", records=40, probes=probes,
+                   options={"max_steps": 8, "save_every": 4, "batch_size": 4, "probe_every": 2, **options})
+    pending = dict(fail_at)
+    original = setup.OvernightTrainer.training_step
+
+    def training_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        error = pending.pop(self.state.global_step + 1, None)
+        if error is not None:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(setup.OvernightTrainer, "training_step", training_step)
+    import io
+    import contextlib
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(run, read_stdin=False) == 0
+    return run, out.getvalue()
+
+
+def test_out_of_memory_turns_checkpointing_on_then_halves_the_micro_batch(
+        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    run, log = _oom_run(tmp_path, qwen, monkeypatch, {2: torch.OutOfMemoryError("CUDA out of memory."),
+                                                      6: RuntimeError("CUDA error: out of memory")})
+    assert "out of memory: retrying from the start, turning gradient checkpointing on" in log
+    assert ("out of memory: retrying from step-4, batch_size 4 → 2 and grad_accum 1 → 2 "
+            "(the effective batch stays 4)") in log
+    steps = [m["step"] for m in metrics(run) if "loss" in m]
+    assert steps == list(range(1, 9))  # the first attempt's step 1 is not there twice
+    snapshots = [(r["step"], r["probe"]) for r in map(json.loads, (run / "evolution.jsonl").read_text().splitlines())]
+    assert len(snapshots) == len(set(snapshots)) and {s for s, _ in snapshots} == {0, 2, 4, 6, 8}
+    assert read_json(run / "result.json")["outcome"] == "completed" and (run / "adapter").is_dir()
+
+
+def test_a_plain_runtime_error_is_not_mistaken_for_out_of_memory(
+        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.trainer import setup
+    from daemon.trainer.run import main
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
+                   schema="prompt_completion", records=20, options={"max_steps": 3})
+    monkeypatch.setattr(setup.OvernightTrainer, "training_step",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    assert main(run, read_stdin=False) == 1
+    assert read_json(run / "result.json")["reason"] == "RuntimeError: shape mismatch"
+
+
+def test_the_ladder_keeps_the_effective_batch() -> None:
+    opts = TrainOptions(base_model="m", batch_size=3, grad_accum=2, gradient_checkpointing=False)
+    opts, why = next_rung(opts)
+    assert opts.gradient_checkpointing is True and opts.batch_size == 3 and "checkpointing" in why
+    opts, why = next_rung(opts)
+    assert (opts.batch_size, opts.grad_accum) == (1, 6) and "effective batch stays 6" in why
+    with pytest.raises(RunError, match="batch_size 1.*Fix:"):
+        next_rung(opts)
+    six, _ = next_rung(TrainOptions(base_model="m", batch_size=6, gradient_checkpointing=True))
+    assert (six.batch_size, six.grad_accum) == (3, 2)
+
+
+def test_out_of_memory_texts() -> None:
+    import torch
+
+    assert is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+# ------------------------------------------------------------------------------------- preflight and options
+
+QWEN_7B = {"vocab_size": 152064, "hidden_size": 3584, "num_hidden_layers": 28, "intermediate_size": 18944,
+           "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False}
+QWEN_05B = {"vocab_size": 151936, "hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}
+
+
+def test_parameter_counts_match_the_published_models() -> None:
+    for config, published in ((QWEN_7B, 7.62e9), (QWEN_05B, 0.494e9)):
+        shape = Shape.from_config(config)
+        assert shape is not None
+        assert abs(shape.linear_params + shape.other_params - published) / published < 0.01
+
+
+def test_auto_checkpointing_turns_on_only_when_the_run_would_not_fit() -> None:
+    gib = 2**30
+    kw = {"batch_size": 8, "seq_len": 1024, "lora_r": 16, "dtype_bytes": 2}
+    on, why = checkpointing_decision("auto", Shape.from_config(QWEN_7B), 23 * gib, quantization="4bit", **kw)
+    assert on and "more than 80% of the 23.0 GiB free" in why and "weights" in why
+    off, why = checkpointing_decision("auto", Shape.from_config(QWEN_05B), 79 * gib, quantization="none",
+                                      batch_size=2, seq_len=512, lora_r=16, dtype_bytes=2)
+    assert not off and "fits within" in why
+    assert checkpointing_decision("auto", None, None, quantization="none", **kw)[0] is False
+    assert checkpointing_decision(True, None, None, quantization="none", **kw) == (True, "set in the options")
+    # a 7B in 4 bits with checkpointing fits a 24 GB card at batch 8 × 1024 (weights about 5 GiB)
+    fits = estimate_memory(Shape.from_config(QWEN_7B), quantization="4bit", checkpointing=True, liger=True, **kw)
+    assert fits.total < 0.8 * 23 * gib and 4 * gib < fits.weights < 6.5 * gib
+
+
+@pytest.mark.parametrize("key,bad", [("quantization", "4-bit"), ("gradient_checkpointing", "yes"),
+                                     ("batching", "packing"), ("attn_implementation", "flash"),
+                                     ("lr_scheduler", "cosine_annealing"), ("warmup_ratio", 1.5),
+                                     ("weight_decay", -0.1), ("max_grad_norm", -1), ("optim", "adam"),
+                                     ("use_liger_kernel", "yes")])
+def test_a_bad_scale_option_names_the_allowed_values_and_the_fix(key: str, bad: object) -> None:
+    with pytest.raises(OptionsError) as e:
+        check_value("s.toml", key, bad)
+    text = str(e.value)
+    assert f"option '{key}'" in text and ("allowed" in text or "expected" in text) and "Fix:" in text
+
+
+def test_scheduler_and_optimizer_names_are_the_trainers() -> None:
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
+    assert set(OPTIMIZERS) <= {o.value for o in OptimizerNames}
