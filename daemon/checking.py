@@ -1,12 +1,15 @@
 """`overnight check`: the daemon's validation, run on files the user names, printed for a person."""
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.datasets import DatasetError
+from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
-from daemon.options import OptionsError, load_sidecar, local_model_folder, resolve
+from daemon.options import OptionsError, Resolved, load_sidecar, local_model_folder, resolve
+from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
 
@@ -55,7 +58,8 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
     lines = [f"{path}: OK", f"  format: {r.format}   schema: {r.schema}   records: {r.records}",
              _stats_line("characters per example", r.chars),
              _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
-                         r.tokens) if r.tokens else None]
+                         r.tokens) if r.tokens else None,
+             _batching_line(r, sub.options.values), _memory_line(r, sub.options, home.root)]
     lines += [f"  sidecar: {sub.sidecar.name}" if sub.sidecar else None,
               f"  probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None]
     lines += [f"  note: {n}" for n in r.notes]
@@ -68,6 +72,39 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
                 "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
     lines.append(f"  base model: {', '.join(sub.options.base_models)}")
     return _ok(path, out, "\n".join(x for x in lines if x))
+
+
+def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:
+    """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data)."""
+    if r.schema in TEXT_SCHEMAS:
+        return "  batching: text is cut into full blocks of max_length: no padding"
+    if not r.token_sample:
+        return None
+    requested = values["batching"]
+    batching = requested if requested != "auto" else (
+        "padding_free" if importlib.util.find_spec("flash_attn") else "length_grouped")
+    est = padding_report([n + 1 for n in r.token_sample], values["batch_size"], values["max_length"], batching,
+                         values["seed"])
+    scale = r.records / len(r.token_sample)
+    est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
+    how = "auto: padding-free where flash-attention is installed" if requested == "auto" else "set in the options"
+    return (f"  batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
+            f"max_length {values['max_length']} ({how})")
+
+
+def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
+    """On a machine with a GPU: the preflight memory estimate of the first base model against that GPU."""
+    folder = local_model_folder(opts.base_models[0], root) if opts.base_models else None
+    free = gpu_free_bytes()
+    if folder is None or free is None or not (folder / "config.json").is_file() or not r.tokens:
+        return None
+    shape = Shape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    v = opts.values
+    seq_len = min(int(r.tokens["max"]) + 1, v["max_length"])
+    on, why = checkpointing_decision(v["gradient_checkpointing"], shape, free, batch_size=v["batch_size"],
+                                     seq_len=seq_len, lora_r=v["lora_r"], quantization=v["quantization"],
+                                     dtype_bytes=2, liger=v["use_liger_kernel"])
+    return f"  GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
 
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:

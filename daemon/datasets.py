@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
+TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT speaker names (LLaMA-Factory's, plus user/assistant) and the chat role each becomes.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -78,11 +79,14 @@ class DatasetReport:
     chars: dict  # {"min", "mean", "p50", "p95", "max"} of characters per example
     tokens: dict | None  # the same keys in tokens, when a token counter was given
     notes: list[str] = field(default_factory=list)
+    # a uniform sample (up to 10,000) of the examples' token counts: what a padding estimate needs
+    token_sample: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (the path as a string)."""
+        """A JSON-ready dict (the path as a string; the token sample stays out)."""
         data = asdict(self)
         data["path"] = str(self.path)
+        del data["token_sample"]
         return data
 
 
@@ -470,4 +474,4 @@ def inspect_dataset(path: str | Path, count_tokens: Callable[[str], int] | None 
             tokens.add(count_tokens(text))
     return DatasetReport(path=stream.path, format=stream.format, schema=stream.schema, records=chars.count,
                          chars=chars.summary(), tokens=tokens.summary() if tokens else None,
-                         notes=stream.rendered_notes())
+                         notes=stream.rendered_notes(), token_sample=list(tokens.sample) if tokens else [])

@@ -191,3 +191,17 @@ def checkpointing_decision(setting: str | bool, shape: Shape | None, free_bytes:
     if needs_checkpointing(est, free_bytes):
         return True, f"auto: without it the estimate {at} is {est.describe()}, more than {room}"
     return False, f"auto: the estimate {at}, {est.describe()}, fits within {room}"
+
+
+def gpu_free_bytes(index: int = 0) -> int | None:
+    """Free memory of one GPU through NVML (no torch); None without a GPU or a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - pynvml raises its own error classes for every way of having no GPU
+        return None

@@ -6,6 +6,7 @@ fault must be injected (out of memory).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,10 @@ from daemon.options import LR_SCHEDULERS, OPTIMIZERS, OptionsError, check_value
 from daemon.preflight import Shape, checkpointing_decision, estimate_memory, padding_report
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.oom import is_out_of_memory, next_rung
+from tests.conftest import REALDATA, overnight
 from tests.conftest_trainer import (chat_records, jsonl, make_run, metrics, read_json, reversal_records, send, start,
                                     finish, tiny_model, train_losses, wait_for)
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 EXACT = {"lora_dropout": 0.0, "eval_fraction": 0.0, "learning_rate": 1e-3}  # dropout masks depend on the layout
 
 
@@ -112,6 +113,32 @@ def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path) -> None:
     assert 1 - padded.useful / padded.padded > 0.4  # random batches: about half is padding (FINDINGS: 55%)
     assert grouped.padding_share < 0.05
     assert padding_report(lengths, 8, 1024, "padding_free").padding_share == 0
+
+
+def test_check_reports_the_padding_the_default_batching_avoids(tmp_path: Path, qwen: Path) -> None:
+    (tmp_path / "overnight.toml").write_text(f'base_model = "{qwen}"\n', encoding="utf-8")
+    out = overnight("check", str(REALDATA / "alpaca_en_demo.json"), str(REALDATA / "wiki_demo.txt"),
+                    home=tmp_path).stdout
+    line = next(x for x in out.splitlines() if "batching:" in x and "length-grouped" in x)
+    grouped, padded = map(int, re.search(r"\((\d+)% padding instead of (\d+)%\)", line).groups())
+    assert grouped < 5 and padded > 40 and "per epoch at batch 8, max_length 1024" in line
+    assert "batching: text is cut into full blocks of max_length: no padding" in out
+
+
+def test_check_compares_the_memory_estimate_with_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon import checking
+    from daemon.datasets import DatasetReport
+    from daemon.options import resolve
+
+    model = tmp_path / "qwen7b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN_7B), encoding="utf-8")
+    report = DatasetReport(tmp_path / "d.jsonl", "jsonl", "alpaca", 10, {}, {"max": 2000})
+    monkeypatch.setattr(checking, "gpu_free_bytes", lambda: 23 * 2**30)
+    line = checking._memory_line(report, resolve({"base_model": str(model), "quantization": "4bit"}, None), tmp_path)
+    assert "gradient checkpointing on: auto: without it the estimate at batch 8 × 1024 tokens" in line
+    monkeypatch.setattr(checking, "gpu_free_bytes", lambda: None)
+    assert checking._memory_line(report, resolve({"base_model": str(model)}, None), tmp_path) is None
 
 
 # ------------------------------------------------------------------------------------- quantisation
