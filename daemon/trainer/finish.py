@@ -42,6 +42,9 @@ class Result:
     device_name: str | None = None
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0  # CPU time of the process while training (all threads)
+    tokens_seen: int = 0  # real (non-padding) input tokens trained on by this process
+    tokens_computed: int = 0  # input tokens the model computed, padding included
+    peak_gpu_memory: int | None = None  # bytes, torch.cuda.max_memory_allocated()
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -58,6 +61,10 @@ class Result:
             parts.append(f"final loss {self.final_loss:.4f}")
         if self.eval_loss is not None:
             parts.append(f"eval loss {self.eval_loss:.4f}")
+        if self.tokens_computed:
+            parts.append(f"{self.tokens_seen:,} tokens trained, {self.tokens_computed:,} computed")
+        if self.peak_gpu_memory:
+            parts.append(f"peak GPU memory {self.peak_gpu_memory / 2**30:.1f} GiB")
         if self.best_checkpoint:
             parts.append(f"best checkpoint {self.best_checkpoint}")
         if self.adapter:

@@ -36,13 +36,23 @@ class OvernightTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._nonfinite: torch.Tensor | None = None
+        # tokens this process fed the model, padding included, and the real ones (a device tensor: no sync per step)
+        self.tokens_computed = 0
+        self._tokens_real: torch.Tensor | int = 0
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        self.tokens_computed += inputs["input_ids"].numel()
+        mask = inputs.get("attention_mask")
+        self._tokens_real = self._tokens_real + (mask.sum() if mask is not None else inputs["input_ids"].numel())
         loss = super().training_step(model, inputs, num_items_in_batch)
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         return loss
+
+    @property
+    def tokens_real(self) -> int:
+        return int(self._tokens_real)
 
     def loss_nonfinite(self) -> bool:
         return bool(self._nonfinite is not None and self._nonfinite.any().item())
@@ -176,6 +186,9 @@ class Built:
         s, state = self.session, trainer.state
         paths, opts, result = s.cfg.paths, s.cfg.options, s.result
         result.step, result.max_steps = state.global_step, state.max_steps
+        result.tokens_seen, result.tokens_computed = trainer.tokens_real, trainer.tokens_computed
+        if self.device.kind == "cuda":
+            result.peak_gpu_memory = torch.cuda.max_memory_allocated()
         result.final_loss, result.eval_loss = self.status.last_loss, self.status.last_eval_loss
         best = self.status.best_step or state.best_global_step
         result.best_checkpoint = f"step-{best}" if best and (paths.checkpoints / f"step-{best}").is_dir() else None
