@@ -156,7 +156,9 @@ def estimate_memory(shape: Shape, *, batch_size: int, seq_len: int, lora_r: int,
     layer recomputed at a time. Logits: bf16 output + fp32 upcast + its gradient, unless Liger fuses them away.
     """
     linear_bytes = {"4bit": 0.53, "8bit": 1.02}.get(quantization, dtype_bytes)
-    weights = int(shape.linear_params * linear_bytes + shape.other_params * dtype_bytes)
+    # prepare_model_for_kbit_training keeps what it does not quantise (embeddings, output layer, norms) in fp32
+    other_bytes = 4 if quantization in ("4bit", "8bit") else dtype_bytes
+    weights = int(shape.linear_params * linear_bytes + shape.other_params * other_bytes)
     adapter = shape.lora_params(lora_r) * 16  # fp32 weight + gradient + two Adam moments
     tokens = batch_size * seq_len
     h, i = shape.hidden, shape.intermediate

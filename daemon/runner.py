@@ -33,6 +33,7 @@ class TrainerProcess:
     requested: str | None = None  # what the daemon asked for: stop | skip | preempt | shutdown
     paused: bool = False
     offsets: dict[str, int] = field(default_factory=lambda: {"metrics": 0, "evolution": 0})
+    inodes: dict[str, int] = field(default_factory=dict)  # a rewritten file (after a resume) is a new inode
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     started: float = field(default_factory=time.monotonic)
 
@@ -103,8 +104,13 @@ class TrainerProcess:
 
     def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
         path = self.run_dir / f"{kind}.jsonl"
-        if path.exists() and path.stat().st_size < self.offsets[kind]:
-            self.reset(kind, store)  # the trainer rewrote the file after a resume: mirror it again
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return []
+        if st.st_size < self.offsets[kind] or self.inodes.get(kind, st.st_ino) != st.st_ino:
+            self.reset(kind, store)  # the trainer rewrote the file after a resume or a retry: mirror it again
+        self.inodes[kind] = st.st_ino
         records, self.offsets[kind] = read_jsonl_from(path, self.offsets[kind])
         return records
 

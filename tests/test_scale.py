@@ -268,9 +268,10 @@ def test_auto_checkpointing_turns_on_only_when_the_run_would_not_fit() -> None:
     assert not off and "fits within" in why
     assert checkpointing_decision("auto", None, None, quantization="none", **kw)[0] is False
     assert checkpointing_decision(True, None, None, quantization="none", **kw) == (True, "set in the options")
-    # a 7B in 4 bits with checkpointing fits a 24 GB card at batch 8 × 1024 (weights about 5 GiB)
+    # a 7B in 4 bits with checkpointing and Liger's fused loss fits a 24 GB card at batch 8 × 1024 (weights: 3.8 GB
+    # of nf4 projections + 4.4 GB of fp32 embeddings and output layer after prepare_model_for_kbit_training)
     fits = estimate_memory(Shape.from_config(QWEN_7B), quantization="4bit", checkpointing=True, liger=True, **kw)
-    assert fits.total < 0.8 * 23 * gib and 4 * gib < fits.weights < 6.5 * gib
+    assert fits.total < 0.8 * 23 * gib and 6.5 * gib < fits.weights < 8 * gib
 
 
 @pytest.mark.parametrize("key,bad", [("quantization", "4-bit"), ("gradient_checkpointing", "yes"),
