@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="overnight-gpu-check-"))
     started = time.perf_counter()
     runs = variants(args.big, flash, args.cpu)
+    if args.tiny:  # every variant trains the tiny model: say so in each row
+        for v in runs:
+            v.label = v.label.replace("0.5B", "tiny").replace(args.big.upper(), "tiny")
     models = build_models(home / ".overnight" / "models", {v.model for v in runs}, args.tiny)
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["outcome"] for r in rows] == ["completed"] * 5
-    assert any(r["label"].startswith("0.5B LoRA bf16, padded") and r["padding_share"] > 0.2 for r in rows)
+    assert any(r["label"].startswith("tiny LoRA bf16, padded") and r["padding_share"] > 0.2 for r in rows)
     flat = next(r for r in rows if "padding-free" in r["label"])
     assert flat["padding_share"] == 0 and flat["useful_tokens_per_s"] > 0
     assert "| run | outcome | useful tok/s | computed tok/s | padding | peak GPU mem | MFU |" in proc.stdout
