@@ -17,7 +17,8 @@ from tests.conftest import REALDATA, REPO
 def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     if not (REALDATA / "alpaca_en_demo.json").exists():
         pytest.skip("shared/realdata is not beside the checkout")
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--steps", "2", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--steps", "2", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["outcome"] for r in rows] == ["completed"] * 5

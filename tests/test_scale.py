@@ -292,3 +292,14 @@ def test_scheduler_and_optimizer_names_are_the_trainers() -> None:
 
     assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
     assert set(OPTIMIZERS) <= {o.value for o in OptimizerNames}
+
+
+def test_attention_choices_on_the_cpu() -> None:
+    from daemon.trainer.model import Device, choose_attention
+
+    cpu = Device("cpu", "test", False)
+    assert choose_attention("auto", cpu) == ("sdpa", "auto: the CPU has no flash-attention")
+    assert choose_attention("eager", cpu) == ("eager", "set in the options")
+    for kernel in ("flash_attention_2", "flex_attention"):
+        with pytest.raises(RunError, match="Fix: .*sdpa"):
+            choose_attention(kernel, cpu)

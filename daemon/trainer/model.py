@@ -71,6 +71,9 @@ def choose_attention(requested: str, device: Device) -> tuple[str, str]:
                        "newer GPU" + ("" if device.kind == "cuda" else " (this run is on the CPU)") + ". Fix: "
                        "install flash-attn (see the README: a source build against your CUDA), or set "
                        "attn_implementation = \"sdpa\" or \"auto\".")
+    if requested == "flex_attention" and device.kind != "cuda":
+        raise RunError("attn_implementation = \"flex_attention\" trains on a GPU only (PyTorch has no CPU backward "
+                       "for it), and this run is on the CPU. Fix: set attn_implementation = \"sdpa\" or \"auto\".")
     if requested != "auto":
         return requested, "set in the options"
     if has_flash and gpu_ok:
