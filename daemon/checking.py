@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
-from daemon.options import OptionsError, Resolved, load_sidecar, local_model_folder, resolve
+from daemon.lineage import check_parent
+from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
@@ -27,8 +28,11 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
     try:
         if role == "sidecar":
             opts = load_sidecar(path)
+            resolved = resolve(load_home_toml(home.toml), opts)
             if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
                 check_base_models(resolve(None, opts), path, home.toml)
+            if "init_adapter" in opts:
+                check_parent(resolved, home.toml)
             return _ok(path, {"role": role, "options": opts}, f"{path}: OK (sidecar, {len(opts)} options)")
         if role == "probes":
             from daemon.probes import load_probe_file
@@ -66,11 +70,14 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
     out = {"role": "dataset", "report": r.to_dict(), "base_models": sub.options.base_models}
     try:
         check_base_models(sub.options, sub.sidecar, home.toml)
+        parent = check_parent(sub.options, home.toml)
     except SubmissionError as e:
         lines.append(f"ERROR: {e}")
         return {"file": str(path), "ok": False, **out, "error": str(e),
                 "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
     lines.append(f"  base model: {', '.join(sub.options.base_models)}")
+    if parent is not None:
+        lines.append(f"  continues from: {parent.label} ({parent.folder})")
     return _ok(path, out, "\n".join(x for x in lines if x))
 
 

@@ -280,8 +280,17 @@ def models(home: str | None, as_json: bool) -> None:
         mark = "*" if m["active"] else " "
         loss = m["metrics"].get("final_loss")
         state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
-        click.echo(f"{mark} {m['name']} v{m['version']}  run {m['run_id']}  base {Path(m['base_model']).name}  "
-                   f"loss {_fmt_loss(loss)}{state}")
+        click.echo(f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
+                   f"base {Path(m['base_model']).name}  loss {_fmt_loss(loss)}{state}")
+
+
+def _lineage(model: dict[str, Any]) -> str:
+    """` ← v3` when a version continued from an earlier one of its name, ` ← other:2` or ` ← /path` otherwise."""
+    parent = model.get("parent")
+    if not parent:
+        return ""
+    name, _, version = parent.rpartition(":")
+    return f" ← v{version}" if name == model["name"] and version.isdigit() else f" ← {parent}"
 
 
 @main.command()

@@ -19,6 +19,7 @@ from daemon import rundir
 from daemon.atomic import write_json, write_text
 from daemon.fsutil import ignored, unique_path
 from daemon.home import Home
+from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
 from daemon.options import OptionsError, load_home_toml
 from daemon.store import Store
@@ -286,8 +287,10 @@ class Intake:
         opts = sub.options.for_model(model)
         dataset_info = {"path": f"dataset/{sub.dataset.name}", "file": sub.dataset.name, "format": sub.report.format,
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
+        parent = check_parent(opts, self.home.toml)
         write_json(folder / "config.json", {
             "run_id": rid, "name": sub.name, "group": group_id, **opts.to_config(), "dataset": dataset_info,
+            "init_adapter": copy_adapter(parent, folder / "init_adapter") if parent else None,
             "probes": f"dataset/{sub.probes.name}" if sub.probes else None,
             "sidecar": f"dataset/{sub.sidecar.name}" if sub.sidecar else None,
         })

@@ -97,6 +97,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
            lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS)),
     Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])"),
+    Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
+           "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
     Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
            "letters, digits, '.', '_' and '-', at most 64 characters"),

@@ -86,6 +86,9 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
             raise SubmissionError(str(e)) from None
     if require_model:
         check_base_models(opts, sidecar, home_toml)
+        from daemon.lineage import check_parent  # lineage reads the registry, which imports this module
+
+        check_parent(opts, home_toml)
     return Submission(dataset, sidecar, probes, report, opts, probe_count)
 
 

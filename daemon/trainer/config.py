@@ -93,6 +93,8 @@ class RunConfig:
     dataset_path: Path
     schema: str
     probes_path: Path | None
+    init_adapter: Path | None = None  # the parent adapter, copied into the run folder at intake
+    parent: str | None = None  # "support:3", or the folder it came from
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -110,6 +112,7 @@ class RunConfig:
         if not dataset.get("path"):
             raise RunError(f"{paths.config}: 'dataset.path' is missing.")
         probes = raw.get("probes")
+        init = raw.get("init_adapter") or {}
         return cls(
             paths=paths,
             options=TrainOptions.from_dict(raw.get("options") or {}),
@@ -117,6 +120,8 @@ class RunConfig:
             dataset_path=paths.root / dataset["path"],
             schema=str(dataset.get("schema") or "unknown"),
             probes_path=paths.root / probes if probes else None,
+            init_adapter=paths.root / init["path"] if init.get("path") else None,
+            parent=init.get("parent"),
             raw=raw,
         )
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,6 +142,22 @@ def add_lora(model: Any, opts: TrainOptions) -> Any:
                        f"names of the model's linear layers (e.g. [\"q_proj\", \"v_proj\"]).") from None
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # the KV cache is for generation; training never reuses it
+    return peft_model
+
+
+def continue_lora(model: Any, folder: Path, opts: TrainOptions) -> Any:
+    """Wrap the model with an existing adapter, trainable (its own rank, alpha and targets apply)."""
+    from peft import PeftModel
+    from transformers import set_seed
+
+    set_seed(opts.seed)  # LoRA dropout draws from the global RNG: seeded as for a fresh adapter
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise RunError(f"cannot load the adapter to continue from ({folder}): {e}. Fix: continue from another "
+                       f"version, or remove init_adapter to train a fresh adapter.") from None
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
     return peft_model
 
 

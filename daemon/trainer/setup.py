@@ -19,7 +19,8 @@ from daemon.trainer.console import say
 from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
 from daemon.trainer.finish import model_card, save_adapter
-from daemon.trainer.model import Device, add_lora, choose_attention, load_model, load_tokenizer, trainable_summary
+from daemon.trainer.model import (Device, add_lora, choose_attention, continue_lora, load_model, load_tokenizer,
+                                  trainable_summary)
 
 if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
@@ -156,8 +157,10 @@ class Built:
 
     def reset_model(self) -> None:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
-        opts = self.session.cfg.options
-        self.model = add_lora(load_model(self.source, self.device, opts, self.attention), opts)
+        cfg = self.session.cfg
+        base = load_model(self.source, self.device, cfg.options, self.attention)
+        self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
+                      add_lora(base, cfg.options))
 
     def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
         paths = self.session.cfg.paths
@@ -247,8 +250,9 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     if commands.stop.is_set():
         return built
     built.reset_model()
-    say(f"model: {source}{_quantized(opts, device)} with LoRA r={opts.lora_r} alpha={opts.lora_alpha} "
-        f"dropout={opts.lora_dropout} targets={opts.lora_targets}; {trainable_summary(built.model)}")
+    lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
+            f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
+    say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
     built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free)
     evolution = _evolution_callback(s, tokenizer, data)
     if evolution is not None:
