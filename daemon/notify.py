@@ -122,19 +122,32 @@ class _ThreadRecords(logging.Handler):
 
 
 class _apprise_log:
-    """`with _apprise_log() as lines:` — the (level, message) pairs apprise logs on this thread meanwhile."""
+    """`with _apprise_log() as lines:` — the (level, message) pairs apprise logs on this thread meanwhile.
+
+    The apprise logger is lowered to DEBUG while any capture is open (captures on several threads may overlap)."""
+
+    _lock = threading.Lock()
+    _open = 0
+    _saved_level = logging.NOTSET
 
     def __enter__(self) -> list[tuple[int, str]]:
-        self._logger = logging.getLogger("apprise")
+        logger = logging.getLogger("apprise")
         self._handler = _ThreadRecords(threading.get_ident())
-        self._level = self._logger.level
-        self._logger.addHandler(self._handler)
-        self._logger.setLevel(logging.DEBUG)
+        with _apprise_log._lock:
+            if _apprise_log._open == 0:
+                _apprise_log._saved_level = logger.level
+                logger.setLevel(logging.DEBUG)
+            _apprise_log._open += 1
+            logger.addHandler(self._handler)
         return self._handler.lines
 
     def __exit__(self, *exc: object) -> None:
-        self._logger.removeHandler(self._handler)
-        self._logger.setLevel(self._level)
+        logger = logging.getLogger("apprise")
+        with _apprise_log._lock:
+            logger.removeHandler(self._handler)
+            _apprise_log._open -= 1
+            if _apprise_log._open == 0:
+                logger.setLevel(_apprise_log._saved_level)
 
 
 def failure_reason(lines: list[tuple[int, str]]) -> str:
