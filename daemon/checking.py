@@ -26,6 +26,8 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
         return {"file": str(path), "ok": False, "error": f"{path}: no such file", "text": f"{path}: no such file"}
     role = role_of(path)
     try:
+        if _is_owner_toml(path, home):
+            return _check_owner_toml(path, home)
         if role == "sidecar":
             opts = load_sidecar(path)
             resolved = resolve(load_home_toml(home.toml), opts)
@@ -44,6 +46,28 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
         return _check_dataset(path, home)
     except (SubmissionError, OptionsError, DatasetError) as e:
         return {"file": str(path), "ok": False, "role": role, "error": str(e), "text": f"{path}: ERROR\n{e}"}
+
+
+def _is_owner_toml(path: Path, home: Home) -> bool:
+    """An `overnight.toml` anywhere but in the inbox (where it would be the sidecar of overnight.jsonl)."""
+    return path.name == "overnight.toml" and path.resolve().parent != home.inbox.resolve()
+
+
+def _check_owner_toml(path: Path, home: Home) -> dict[str, Any]:
+    """The machine owner's overnight.toml: every option, the owner-only tables ([hooks], [notify]) and base models."""
+    opts = load_home_toml(path)
+    if "base_model" in opts:
+        check_base_models(resolve(opts, None), None, path)
+    lines = [f"{path}: OK (overnight.toml, {len(opts)} options)"]
+    if opts.get("hooks"):
+        lines.append(f"  hooks: {', '.join(sorted(opts['hooks']))}")
+    if opts.get("notify"):
+        from daemon.notify import NotifyConfig, masked
+        cfg = NotifyConfig.from_table(opts["notify"])
+        lines.append(f"  notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
+    if "base_model" in opts:
+        lines.append(f"  base model: {', '.join(resolve(opts, None).base_models)}")
+    return _ok(path, {"role": "owner", "options": sorted(opts)}, "\n".join(lines))
 
 
 def _check_dataset(path: Path, home: Home) -> dict[str, Any]:

@@ -413,3 +413,61 @@ def compare(home: str | None, as_json: bool, runs_: tuple[str, ...]) -> None:
     widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
     for t in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+
+
+# --- start on boot -------------------------------------------------------------------------------------------
+@main.group()
+def service() -> None:
+    """Start the daemon at boot: a systemd unit for one home (install, print, uninstall)."""
+
+
+user_option = click.option("--user", "user", is_flag=True,
+                           help="A user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system).")
+
+
+def _unit(home: str | None, user: bool, create: bool):
+    from daemon import service as svc
+    return svc.unit_for(Home.resolve(home, create=create).root, user)
+
+
+@service.command(name="print")
+@home_option
+@user_option
+def service_print(home: str | None, user: bool) -> None:
+    """Show the unit `install` would write, without writing it."""
+    unit = _unit(home, user, create=False)
+    click.echo(f"# {unit.path}")
+    click.echo(unit.text, nl=False)
+
+
+@service.command(name="install")
+@home_option
+@user_option
+def service_install(home: str | None, user: bool) -> None:
+    """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
+    from daemon import service as svc
+    unit = _unit(home, user, create=True)
+    try:
+        replaced = svc.install(unit)
+    except svc.ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{'updated' if replaced else 'wrote'} {unit.path}\nEnable and start it (and follow its log):")
+    for line in svc.enable_lines(unit):
+        click.echo(f"  {line}")
+    if user:
+        click.echo(f"A user service starts when you log in; to start it at boot without a login: "
+                   f"loginctl enable-linger {os.environ.get('USER') or 'USER'}")
+
+
+@service.command(name="uninstall")
+@home_option
+@user_option
+def service_uninstall(home: str | None, user: bool) -> None:
+    """Remove the unit `install` wrote for this home (only that file; disable it first)."""
+    from daemon import service as svc
+    unit = _unit(home, user, create=False)
+    try:
+        svc.uninstall(unit)
+    except svc.ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")

@@ -26,6 +26,10 @@ class Option:
     check: Callable[[Any], bool] = lambda v: True
     allowed: str = ""
     owner_only: bool = False
+    # A table's own validation (raises OptionsError naming the key inside the table and the fix); replaces `check`.
+    validate: Callable[[Path | str, Any], None] | None = None
+    # Kept out of a run's config.json (it may hold secrets, e.g. notification URLs with tokens).
+    private: bool = False
 
 
 def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
@@ -103,8 +107,12 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
            "letters, digits, '.', '_' and '-', at most 64 characters"),
     Option("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
-    Option("hooks", dict, {}, "commands run when a run ends ([hooks] on_complete / on_fail)", lambda v: _hooks_ok(v),
-           "a table with on_complete / on_fail, each a list of strings", owner_only=True),
+    Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
+           "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
+           owner_only=True, validate=lambda source, v: _check_hooks(source, v)),
+    Option("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
+           allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]', owner_only=True,
+           validate=lambda source, v: _check_notify(source, v), private=True),
     Option("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
            "1 .. 1e6", owner_only=True),
     Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
@@ -113,12 +121,25 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            '"all", a positive count, or a list of GPU indices', owner_only=True),
 ]}
 
-HOOK_EVENTS = ("on_complete", "on_fail")
+HOOK_EVENTS = ("on_complete", "on_fail", "on_reject")
 
 
-def _hooks_ok(v: dict) -> bool:
-    return all(k in HOOK_EVENTS and isinstance(c, list) and c and all(isinstance(a, str) for a in c)
-               for k, c in v.items())
+def _check_hooks(source: Path | str, table: dict[str, Any]) -> None:
+    """[hooks]: known events only, each an argument list (run without a shell)."""
+    for key, argv in table.items():
+        if key not in HOOK_EVENTS:
+            close = next(iter(difflib.get_close_matches(key, HOOK_EVENTS, n=1)), None)
+            raise OptionsError(f"{source}: [hooks] has no event '{key}'{f' (did you mean {close!r}?)' if close else ''}; "
+                               f"allowed: {', '.join(HOOK_EVENTS)}. Fix: rename or remove '{key}' under [hooks].")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and a for a in argv)):
+            raise OptionsError(f"{source}: [hooks] {key} = {argv!r} must be a non-empty list of strings: an argument "
+                               f"list, run without a shell. Fix: e.g. {key} = [\"rsync\", \"-a\", \"runs/\", "
+                               f"\"backup:/adapters/\"] (or [\"sh\", \"-c\", \"...\"] for shell syntax).")
+
+
+def _check_notify(source: Path | str, table: dict[str, Any]) -> None:
+    from daemon.notify import check_table  # apprise is imported only when a [notify] table exists
+    check_table(source, table)
 
 
 def _type_ok(opt: Option, value: Any) -> bool:
@@ -150,6 +171,10 @@ def _type_name(opt: Option) -> str:
 
 def _unknown_key_hint(key: str, value: Any) -> str:
     if isinstance(value, dict):
+        tables = [k for k, o in OPTIONS.items() if o.kind is dict]
+        close = next(iter(difflib.get_close_matches(key, tables, n=1)), None)
+        if close:
+            return f" Did you mean [{close}]?"
         return (f" Keys are flat: write them at the top of the file (learning_rate = 3e-4), not under a "
                 f"[{key}] table.")
     close = _ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, OPTIONS, n=1)), None)
@@ -164,7 +189,9 @@ def check_value(source: Path | str, key: str, value: Any) -> None:
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
                            f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
                            f"with a value of that type (TOML: strings in quotes, true/false bare).")
-    if not opt.check(value):
+    if opt.validate is not None:
+        opt.validate(source, value)
+    elif not opt.check(value):
         what = "is not one of the allowed values" if isinstance(value, str) else "is out of range"
         default = "" if opt.default is None else f", or remove it to use the default ({_toml(opt.default)})"
         close = difflib.get_close_matches(value, opt.allowed.replace('"', "").replace(",", "").split(), n=1) \
@@ -222,7 +249,10 @@ class Resolved:
         return Resolved({**self.values, "base_model": base_model}, dict(self.sources))
 
     def to_config(self) -> dict[str, Any]:
-        return {"options": self.values, "sources": self.sources}
+        """What a run's config.json records; private options (notification URLs) only say where they are set."""
+        values = {k: ("(set in overnight.toml; not recorded here)" if OPTIONS[k].private and v is not None else v)
+                  if k in OPTIONS else v for k, v in self.values.items()}
+        return {"options": values, "sources": self.sources}
 
 
 def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Resolved:

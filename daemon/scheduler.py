@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, registry, rundir
+from daemon import __version__, hooks, notify, registry, rundir
 from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
@@ -43,7 +43,10 @@ class Daemon:
         self.lock.acquire()  # raises HomeLocked naming the holder
         self.store = Store(home.db)
         self.wake = threading.Event()
-        self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set)
+        # Notifications ([notify] in overnight.toml) go out from their own thread. Other parts of the daemon tell
+        # the owner about trouble with self.notifier.send("stalled" | "disk_low", title, body, subject=RUN).
+        self.notifier = notify.Notifier(lambda: self._owner_options().get("notify"))
+        self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set, on_reject=self._on_reject)
         self.active: TrainerProcess | None = None
         self.stopping = False
         self._stop_file_seen = False
@@ -129,6 +132,7 @@ class Daemon:
             self._observer.join(timeout=5)
         for t in self._hook_threads:
             t.join(timeout=60)
+        self.notifier.close(timeout=15)
         self.store.heartbeat("stopped")
         log.info("daemon stopped")
         self.store.close()
@@ -221,11 +225,30 @@ class Daemon:
         if state == "completed":
             version = registry.register(self.store, run)
             log.info(f"registered model {run['name']} version {version}")
+            self._notify("completed", run["id"], notify.completed_message, run, version, result)
+        elif state == "failed":
+            self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
         if state in ("completed", "failed"):
-            t = hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
-                                self._owner_options().get("hooks") or {}, run)
-            if t:
-                self._hook_threads.append(t)
+            self._keep_hook(hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
+                                            self._owner_options().get("hooks") or {}, run))
+
+    def _on_reject(self, files: list[Path], message: str, error_file: Path) -> None:
+        """A drop went to inbox/rejected/: the on_reject hook and the 'rejected' notification."""
+        self._keep_hook(hooks.run_reject_hook(self._owner_options().get("hooks") or {}, files[0], message,
+                                              error_file, self.home.root))
+        self._notify("rejected", files[0].name, notify.rejected_message, files[0], message, error_file,
+                     self.home.root)
+
+    def _keep_hook(self, t: threading.Thread | None) -> None:
+        """Remember a running hook (shutdown waits for it); finished ones are forgotten."""
+        self._hook_threads = [h for h in self._hook_threads if h.is_alive()] + ([t] if t else [])
+
+    def _notify(self, event: str, subject: str, message: Any, *args: Any) -> None:
+        """Queue a notification built by `message(*args)`; nothing here may stop the daemon or fail a run."""
+        try:
+            self.notifier.send(event, *message(*args), subject=subject)
+        except Exception:  # noqa: BLE001
+            log.exception(f"notify: could not prepare '{event}' for {subject}")
 
     def _attempts(self, run_id: str) -> int:
         return int(self.store.get_run(run_id)["attempts"] or 0)
