@@ -115,6 +115,12 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            validate=lambda source, v: _check_notify(source, v), private=True),
     Option("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
            "1 .. 1e6", owner_only=True),
+    Option("stall_minutes", (int, float), 30, "minutes without a training step before a run is reported as stalled",
+           _rng(0, 10**6, True), "> 0 (fractions allowed)", owner_only=True),
+    Option("stall_action", str, "report", "what a stall does: report it, or restart the run from its last checkpoint",
+           lambda v: v in ("report", "restart"), 'one of "report", "restart"', owner_only=True),
+    Option("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses",
+           _rng(0, 10**6), "0 .. 1e6", owner_only=True),
     Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
            lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),

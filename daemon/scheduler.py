@@ -15,8 +15,9 @@ from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
-from daemon.options import OptionsError, load_home_toml
+from daemon.options import OPTIONS, OptionsError, load_home_toml
 from daemon.runner import TrainerProcess
+from daemon.stall import StallWatch
 from daemon.store import ACTIVE_STATES, END_STATES, Store
 from daemon.timefmt import iso
 
@@ -48,6 +49,8 @@ class Daemon:
         self.notifier = notify.Notifier(lambda: self._owner_options().get("notify"))
         self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set, on_reject=self._on_reject)
         self.active: TrainerProcess | None = None
+        self.stall: StallWatch | None = None  # the active trainer's stall detector
+        self.stall_problem: str | None = None  # a stall being reported (status PROBLEM line, dashboard banner)
         self.stopping = False
         self._stop_file_seen = False
         self._pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
@@ -68,7 +71,7 @@ class Daemon:
             while not self.stopping:
                 self.step()
                 if time.monotonic() - last_beat > 2:
-                    self.store.heartbeat(problem=self.intake.problem)
+                    self.store.heartbeat(problem=self.intake.problem or self.stall_problem)
                     last_beat = time.monotonic()
                 if self.once and self._idle():
                     break
@@ -152,7 +155,11 @@ class Daemon:
         if a is None:
             return
         fields = a.ingest(self.store)
-        state = (a.progress().get("state") or "")
+        progress = a.progress()
+        state = progress.get("state") or ""
+        # progress.json of an earlier attempt says nothing about this process until it writes its own
+        own = progress.get("pid") == a.proc.pid
+        self._watch_stall(a, state if own else "preparing", int(progress.get("step") or 0))
         run = self.store.get_run(a.run_id)
         if fields:
             self.store.update_run(a.run_id, **fields)
@@ -161,6 +168,26 @@ class Daemon:
             rundir.append_console(a.run_dir, f"overnight: run is now {state}")
         if a.poll() is not None:
             self._finish(a)
+
+    def _watch_stall(self, a: TrainerProcess, state: str, step: int) -> None:
+        if self.stall is None or a.poll() is not None:
+            return
+        was_stalled = self.stall.stalled
+        if not self.stall.observe(state, step, time.monotonic()):
+            if was_stalled and not self.stall.stalled:
+                self.stall_problem = None
+                log.info(f"{a.run_id}: training steps again (step {step})")
+            return
+        message = self.stall.message(a.run_id, a.proc.pid)
+        self.stall_problem = message
+        log.warning(message)
+        rundir.append_console(a.run_dir, f"overnight: {message}")
+        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
+        self.store.heartbeat(problem=self.intake.problem or message)
+        self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
+        if self.stall.action == "restart":
+            a.requested = "restart"
+            a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
 
     def start_next(self) -> None:
         if self.active or self.stopping or self._stop_file():
@@ -176,6 +203,9 @@ class Daemon:
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
                                        f"{', resuming from ' + ckpt.name if ckpt else ''})")
         self.active = TrainerProcess.start(run["id"], run_dir, env=self._gpu_env())
+        owner = self._owner_options()
+        self.stall = StallWatch(60 * float(owner.get("stall_minutes", OPTIONS["stall_minutes"].default)),
+                                str(owner.get("stall_action", OPTIONS["stall_action"].default)))
         for kind in ("metrics", "evolution"):
             self.active.reset(kind, self.store)
         self.store.update_run(run["id"], pid=self.active.proc.pid)
@@ -206,6 +236,9 @@ class Daemon:
             state, reason = "completed", None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
+        elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
+            state, reason = "queued", (f"restarted after a stall; resuming from its last checkpoint "
+                                       f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         elif a.requested == "shutdown":
             state, reason = "queued", "daemon stopped; resumes from its last checkpoint"
         elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
@@ -213,7 +246,7 @@ class Daemon:
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         else:
             state, reason = "failed", result.get("reason") or self._crash_reason(a, rc)
-        self.active = None
+        self.active, self.stall, self.stall_problem = None, None, None
         fields.update(pid=None)
         if state in END_STATES:
             fields["finished"] = iso()
