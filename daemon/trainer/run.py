@@ -136,7 +136,11 @@ def _prepare_resume(s: Session) -> Path | None:
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
-    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps)."""
+    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
+
+    One process on one GPU: the scheduler and pick_device see to it that a run never spans several GPUs (no
+    DataParallel). Once runs span GPUs through torchrun, the batches per epoch divide by the world size here.
+    """
     if opts.max_steps > 0:
         return opts.max_steps
     batches = math.ceil(n_sequences / opts.batch_size)

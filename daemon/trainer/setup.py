@@ -335,4 +335,5 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
         + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
-                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget)
+                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
+                             max_length=opts.max_length)
