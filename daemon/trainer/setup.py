@@ -112,6 +112,7 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
         greater_is_better=False if has_eval else None,
         seed=opts.seed,
         bf16=device.bf16,
+        fp16=device.fp16,
         use_cpu=device.kind == "cpu",
         dataloader_num_workers=0,
         report_to="none",
