@@ -176,6 +176,7 @@ class EvolutionCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.done_steps = self._recover()  # a retry after out-of-memory may have dropped records since __init__
+        self.skipped.clear()  # and a retry (smaller batch, checkpointing) may leave a snapshot the memory it lacked
         if state.global_step == 0:
             self._maybe_snapshot(state, model)
         self.train_started = time.perf_counter()
