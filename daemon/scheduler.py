@@ -197,9 +197,9 @@ class Daemon:
         self._transition(run["id"], "failed", reason, finished=iso())
         rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
         log.error(f"{run['id']} failed: {reason}")
-        t = hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, self.store.get_run(run["id"]))
-        if t:
-            self._hook_threads.append(t)
+        failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
+        self._notify("failed", run["id"], notify.failed_message, failed, reason, self.home.root)
+        self._keep_hook(hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed))
 
     def _owner_options(self) -> dict[str, Any]:
         try:

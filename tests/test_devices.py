@@ -63,13 +63,15 @@ def test_trainer_started_by_hand_is_narrowed_to_one_gpu(monkeypatch: pytest.Monk
 @pytest.mark.e2e
 def test_daemon_fails_a_run_whose_gpu_it_cannot_see(home: Path, tiny_model: Path) -> None:
     """The suite runs with CUDA_VISIBLE_DEVICES="" (conftest): `gpus = [1]` names a GPU the daemon cannot see."""
-    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\ngpus = [1]\n')
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\ngpus = [1]\n[hooks]\n'
+                                         f'on_fail = ["sh", "-c", "echo $OVERNIGHT_RUN_ID >> ../../failed.txt"]\n')
     (home / "inbox" / "a.jsonl").write_text('{"text": "hello there"}\n' * 10)
     res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     [run] = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
     assert run["state"] == "failed" and "asks for GPU index 1" in run["reason"] and "Fix: " in run["reason"]
     assert "run failed before its trainer started" in (Path(run["run_dir"]) / "console.log").read_text()
+    assert (home / "failed.txt").read_text().split() == [run["id"]]  # told like any other failure
 
 
 # ------------------------------------------------------------------------------------------ pick_device
