@@ -374,14 +374,20 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
 @click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in (a standalone model).")
 def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
     """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
-    from daemon.export import export
+    from daemon.export import ExportError, export
+    from daemon.options import OptionsError, load_home_toml
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
     try:
-        dest = export(Path(r["run_dir"]), r["base_model"], Path(out), merge)
-    except (FileNotFoundError, FileExistsError) as e:
+        # trust_remote_code is the machine owner's call (overnight.toml only), as for training
+        trusted = bool(load_home_toml(h.toml).get("trust_remote_code", False)) if merge else False
+        note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, trust_remote_code=trusted,
+                      base_model=r["base_model"], log=click.echo)
+    except (ExportError, OptionsError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {dest}")
+    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
+    if note:
+        click.echo(note)
 
 
 @main.command()

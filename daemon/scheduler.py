@@ -12,6 +12,7 @@ import psutil
 
 from daemon import __version__, hooks, notify, registry, rundir
 from daemon.atomic import read_json
+from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
@@ -197,12 +198,18 @@ class Daemon:
             return
         run = queued[0]
         run_dir = Path(run["run_dir"])
+        try:
+            env = self._gpu_env()
+        except GpuChoiceError as e:
+            self._fail_before_start(run, str(e))
+            return
         ckpt = newest_checkpoint(run_dir)
         self._transition(run["id"], "preparing", None, started=run["started"] or iso(),
                          attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
-                                       f"{', resuming from ' + ckpt.name if ckpt else ''})")
-        self.active = TrainerProcess.start(run["id"], run_dir, env=self._gpu_env())
+                                       f"{', resuming from ' + ckpt.name if ckpt else ''}; "
+                                       f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
+        self.active = TrainerProcess.start(run["id"], run_dir, env=env)
         owner = self._owner_options()
         self.stall = StallWatch(60 * float(owner.get("stall_minutes", OPTIONS["stall_minutes"].default)),
                                 str(owner.get("stall_action", OPTIONS["stall_action"].default)))
@@ -212,12 +219,17 @@ class Daemon:
         log.info(f"started {run['id']} (PID {self.active.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
 
     def _gpu_env(self) -> dict[str, str]:
-        gpus = self._owner_options().get("gpus")
-        if isinstance(gpus, int):
-            gpus = list(range(gpus))  # a count: the first N GPUs
-        if isinstance(gpus, list):
-            return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
-        return {}
+        """The trainer's CUDA_VISIBLE_DEVICES: always one GPU (daemon/gpus.py), never overwriting the daemon's own."""
+        return trainer_gpu_env(self._owner_options().get("gpus"), os.environ)
+
+    def _fail_before_start(self, run: dict[str, Any], reason: str) -> None:
+        """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
+        self._transition(run["id"], "failed", reason, finished=iso())
+        rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
+        log.error(f"{run['id']} failed: {reason}")
+        failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
+        self._notify("failed", run["id"], notify.failed_message, failed, reason, self.home.root)
+        self._keep_hook(hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed))
 
     def _owner_options(self) -> dict[str, Any]:
         try:

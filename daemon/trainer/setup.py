@@ -112,6 +112,7 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
         greater_is_better=False if has_eval else None,
         seed=opts.seed,
         bf16=device.bf16,
+        fp16=device.fp16,
         use_cpu=device.kind == "cpu",
         dataloader_num_workers=0,
         report_to="none",
@@ -335,4 +336,5 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
         + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
-                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget)
+                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
+                             max_length=opts.max_length)
