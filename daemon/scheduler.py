@@ -165,8 +165,11 @@ class Daemon:
         if fields:
             self.store.update_run(a.run_id, **fields)
         if run and state in ("training", "paused") and run["state"] != state and a.poll() is None:
-            self._transition(a.run_id, state, "paused at a step boundary" if state == "paused" else None)
+            why = (progress.get("reason") or "paused at a step boundary") if state == "paused" else None
+            self._transition(a.run_id, state, why)
             rundir.append_console(a.run_dir, f"overnight: run is now {state}")
+            if why and why.startswith("disk_low"):
+                self._notify("disk_low", a.run_id, lambda: (f"overnight: {a.run_id} paused, disk low", why))
         if a.poll() is not None:
             self._finish(a)
 

@@ -53,6 +53,7 @@ class TrainOptions:
     use_liger_kernel: bool = _default("use_liger_kernel")
     trust_remote_code: bool = _default("trust_remote_code")
     keep_checkpoints: int = _default("keep_checkpoints")
+    min_free_gb: float = _default("min_free_gb")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "TrainOptions":

@@ -13,11 +13,12 @@ from transformers.utils import logging as hf_logging
 from daemon.atomic import write_json
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
-from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
 from daemon.trainer.model import (Device, add_lora, choose_attention, continue_lora, load_model, load_tokenizer,
                                   trainable_summary)
@@ -170,6 +171,7 @@ class Built:
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
+            DiskSpaceCallback(paths.checkpoints, opts.min_free_gb, self.commands, self.progress, self.status, say),
             CheckpointCallback(paths.checkpoints, opts.keep_checkpoints, self.status, self.progress, say),
             *self.extra_callbacks,
         ]
