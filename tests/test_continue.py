@@ -87,3 +87,14 @@ def test_an_unknown_parent_is_a_clear_error(home: Path, tiny_model: Path) -> Non
     (home / "x.jsonl").write_text(RECORDS)
     out = overnight("check", str(home / "x.jsonl"), home=home)
     assert out.returncode == 1 and "no registered model named 'nosuch'" in out.stdout and "Fix:" in out.stdout
+
+
+def test_max_length_beyond_the_models_context_is_refused(home: Path, tiny_model: Path) -> None:
+    context = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "x.toml").write_text(f"max_length = {context * 2}\n")
+    (home / "x.jsonl").write_text(RECORDS)
+    out = overnight("check", str(home / "x.jsonl"), home=home)
+    assert out.returncode == 1
+    assert f"max_length = {context * 2} is longer than the context" in out.stdout
+    assert f"Fix: set max_length = {context} or less" in out.stdout
