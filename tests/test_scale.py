@@ -334,3 +334,27 @@ def test_a_full_disk_pauses_before_the_checkpoint_and_goes_on_once_freed(
     assert "paused at step 4 before saving: disk_low: only 1.0 GB free" in log and "Fix: free space" in log
     assert "disk space is back" in log
     assert read_json(run / "result.json")["outcome"] == "completed" and (run / "checkpoints" / "step-4").is_dir()
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_is_resumed(tmp_path: Path, qwen: Path) -> None:
+    from daemon.trainer.checkpoints import damage
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
+                   schema="prompt_completion", records=20, options={"max_steps": 4, "save_every": 2})
+    assert finish(start(run), 300) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["max_steps"] = 6  # as if the run had been interrupted at step 4 of 6
+    (run / "config.json").write_text(json.dumps(config))
+    with open(run / "checkpoints" / "step-4" / "adapter_model.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert damage(run / "checkpoints" / "step-4")
+    (run / "checkpoints" / "step-2" / "scheduler.pt").write_bytes(b"")
+    problem = damage(run / "checkpoints" / "step-2")
+    assert problem and problem.split(":")[0].endswith("Error")  # never an empty reason
+    (run / "checkpoints" / "step-2" / "scheduler.pt").unlink()  # optional for the Trainer: step-2 loads again
+    assert finish(start(run), 300) == 0
+    log = (run / "console.log").read_text()
+    assert "checkpoint step-4 is damaged" in log and "moved aside to damaged-step-4, not deleted" in log
+    assert "resuming from checkpoints/step-2" in log
+    assert (run / "checkpoints" / "damaged-step-4" / "adapter_model.safetensors").exists()
+    assert read_json(run / "result.json")["outcome"] == "completed" and read_json(run / "result.json")["step"] == 6

@@ -124,7 +124,7 @@ def _prepare_resume(s: Session) -> Path | None:
     paths.checkpoints.mkdir(exist_ok=True)
     for name in ckpt.discard_incomplete(paths.checkpoints):
         say(f"removed incomplete checkpoint {name} (left by an interrupted save)")
-    resume = ckpt.newest_complete(paths.checkpoints)
+    resume = ckpt.newest_loadable(paths.checkpoints, say)
     step = int(resume.name.split("-")[1]) if resume is not None else 0
     s.result.step = step
     dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
