@@ -2,6 +2,7 @@
 with stall_action = "restart" killed and resumed from its last checkpoint. Real daemon, real trainer, SIGSTOP."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,6 +60,10 @@ def test_a_frozen_trainer_is_reported_then_restarted(home: Path, tiny_model: Pat
     wait_until(lambda: progress_step(home, "restart") >= 6, 120, what="training past a checkpoint")
     first = run_of(home, "restart")["pid"]
     os.kill(first, signal.SIGSTOP)
-    wait_until(lambda: state(home, "restart") == "completed", 240, what="restarted and completed")
+    try:
+        wait_until(lambda: state(home, "restart") == "completed", 240, what="restarted and completed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first, signal.SIGKILL)  # never leave a stopped trainer behind if the daemon did not
     log = (Path(run_of(home, "restart")["run_dir"]) / "console.log").read_text()
     assert "restarted after a stall; resuming from its last checkpoint" in log and "resuming from checkpoints/step-" in log
