@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, registry, rundir
+from daemon import __version__, hooks, registry, rundir, sweep
 from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
@@ -24,6 +24,11 @@ from daemon.timefmt import iso
 REQUEST_OUTCOME = {"stop": "stopped", "skip": "skipped", "preempt": "queued", "shutdown": "queued"}
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
 MAX_ATTEMPTS = 3
+
+
+def _run_options(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved options, from its config.json."""
+    return (read_json(Path(run["run_dir"]) / "config.json", {}) or {}).get("options") or {}
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -219,13 +224,27 @@ class Daemon:
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
         run = self.store.get_run(a.run_id)
         if state == "completed":
-            version = registry.register(self.store, run)
+            version = registry.register(self.store, run, activate=not sweep.selects_best(_run_options(run), run))
             log.info(f"registered model {run['name']} version {version}")
         if state in ("completed", "failed"):
             t = hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
                                 self._owner_options().get("hooks") or {}, run)
             if t:
                 self._hook_threads.append(t)
+        if state in END_STATES and run.get("group_id"):
+            self._group_ended(run)
+
+    def _group_ended(self, run: dict[str, Any]) -> None:
+        """The last run of a group with select = "best" ended: activate the group's best version."""
+        from daemon.evolution import analyze, load_records
+        try:
+            said = sweep.on_run_ended(self.store, run, _run_options,
+                                      lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
+        except Exception:  # noqa: BLE001 - a selection problem must not stop the daemon
+            log.exception(f"could not select the best run of group {run['group_id']}")
+            return
+        if said:
+            log.info(said)
 
     def _attempts(self, run_id: str) -> int:
         return int(self.store.get_run(run_id)["attempts"] or 0)

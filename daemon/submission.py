@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon import datasets
+from daemon import datasets, sweep
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, locate_model, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
@@ -70,9 +70,10 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
     try:
         toml = load_home_toml(home_toml)
         side = load_sidecar(sidecar)
+        opts = resolve(toml, side)
+        sweep.check_cap(opts, sidecar)
     except OptionsError as e:
         raise SubmissionError(str(e)) from None
-    opts = resolve(toml, side)
     try:
         report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
     except datasets.DatasetError as e:
