@@ -224,8 +224,10 @@ class Daemon:
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
         run = self.store.get_run(a.run_id)
         if state == "completed":
-            version = registry.register(self.store, run, activate=not sweep.selects_best(_run_options(run), run))
-            log.info(f"registered model {run['name']} version {version}")
+            waits = sweep.selects_best(_run_options(run), run)
+            version = registry.register(self.store, run, activate=not waits)
+            log.info(f"registered model {run['name']} version {version}"
+                     f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
         if state in ("completed", "failed"):
             t = hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
                                 self._owner_options().get("hooks") or {}, run)

@@ -279,3 +279,37 @@ def test_compare_group_ranks_by_eval_loss_with_probes_speed_time_and_differing_o
     assert [r["rank"] for r in two] == [1, 2] and two[0]["run_id"] == "sup-20260102-000000"
     bad = overnight("compare", "nothing", home=home)
     assert bad.returncode != 0 and "no group matches 'nothing'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------- the whole path
+
+FAST = ("max_steps = 4\nbatch_size = 4\nmax_length = 32\nlog_every = 1\nsave_every = 2\neval_fraction = 0.2\n"
+        "probe_count = 2\nprobe_max_new_tokens = 4\n")
+
+
+@pytest.mark.e2e
+def test_a_sweep_trains_is_ranked_and_its_best_version_is_activated(home, tiny_model):
+    """A 2×2 grid through the real daemon and trainer: four runs, compare GROUP ranks them, select picks the best."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "inbox" / "support.toml").write_text('learning_rate = [1e-4, 3e-3]\nlora_r = [2, 8]\nselect = "best"\n'
+                                                 + FAST)
+    (home / "inbox" / "support.jsonl").write_text(PROMPTS)
+    res = overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:]
+    runs = sorted(json.loads(overnight("runs", "--json", home=home, check=True).stdout), key=lambda r: r["seq"])
+    assert [r["state"] for r in runs] == ["completed"] * 4, [(r["id"], r["reason"]) for r in runs]
+    group = runs[0]["group_id"]
+    rows = json.loads(overnight("compare", group, "--json", home=home, check=True).stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4] and {r["ranked_by"] for r in rows} == {"eval_loss"}
+    losses = [r["eval_loss"] for r in rows]
+    assert losses == sorted(losses) and all(r["tokens_per_s"] and r["seconds"] for r in rows)
+    assert all(set(r["options_that_differ"]) == {"learning_rate", "lora_r"} for r in rows)
+    best = rows[0]["run_id"]
+    models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+    assert sorted(m["run_id"] for m in models) == sorted(r["id"] for r in runs)
+    active = [m for m in models if m["active"]]
+    assert len(active) == 1 and active[0]["run_id"] == best
+    line = (f"sweep {group}: activated support version {active[0]['version']} (run {best}, "
+            f"eval loss {rows[0]['eval_loss']:.4f}; best of 4)")
+    assert line in (home / "overnight.log").read_text()
+    assert "★" in overnight("compare", "support", home=home, check=True).stdout.splitlines()[2]
