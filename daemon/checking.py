@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon import sweep
 from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
-from daemon import sweep
+from daemon.lineage import check_parent
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
@@ -26,14 +27,18 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
         return {"file": str(path), "ok": False, "error": f"{path}: no such file", "text": f"{path}: no such file"}
     role = role_of(path)
     try:
+        if _is_owner_toml(path, home):
+            return _check_owner_toml(path, home)
         if role == "sidecar":
             opts = load_sidecar(path)
-            merged = resolve(load_home_toml(home.toml), opts)
-            sweep.check_cap(merged, path)
+            resolved = resolve(load_home_toml(home.toml), opts)
+            sweep.check_cap(resolved, path)
             if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
                 check_base_models(resolve(None, opts), path, home.toml)
-            grid = sweep.summary(merged)
-            return _ok(path, {"role": role, "options": opts, "runs": sweep.run_count(merged)},
+            if "init_adapter" in opts:
+                check_parent(resolved, home.toml)
+            grid = sweep.summary(resolved)
+            return _ok(path, {"role": role, "options": opts, "runs": sweep.run_count(resolved)},
                        f"{path}: OK (sidecar, {len(opts)} options)" + (f"\n  sweep: {grid}" if grid else ""))
         if role == "probes":
             from daemon.probes import load_probe_file
@@ -45,6 +50,28 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
         return _check_dataset(path, home)
     except (SubmissionError, OptionsError, DatasetError) as e:
         return {"file": str(path), "ok": False, "role": role, "error": str(e), "text": f"{path}: ERROR\n{e}"}
+
+
+def _is_owner_toml(path: Path, home: Home) -> bool:
+    """An `overnight.toml` anywhere but in the inbox (where it would be the sidecar of overnight.jsonl)."""
+    return path.name == "overnight.toml" and path.resolve().parent != home.inbox.resolve()
+
+
+def _check_owner_toml(path: Path, home: Home) -> dict[str, Any]:
+    """The machine owner's overnight.toml: every option, the owner-only tables ([hooks], [notify]) and base models."""
+    opts = load_home_toml(path)
+    if "base_model" in opts:
+        check_base_models(resolve(opts, None), None, path)
+    lines = [f"{path}: OK (overnight.toml, {len(opts)} options)"]
+    if opts.get("hooks"):
+        lines.append(f"  hooks: {', '.join(sorted(opts['hooks']))}")
+    if opts.get("notify"):
+        from daemon.notify import NotifyConfig, masked
+        cfg = NotifyConfig.from_table(opts["notify"])
+        lines.append(f"  notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
+    if "base_model" in opts:
+        lines.append(f"  base model: {', '.join(resolve(opts, None).base_models)}")
+    return _ok(path, {"role": "owner", "options": sorted(opts)}, "\n".join(lines))
 
 
 def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
@@ -75,11 +102,14 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
            "runs": sweep.run_count(sub.options)}
     try:
         check_base_models(sub.options, sub.sidecar, home.toml)
+        parent = check_parent(sub.options, home.toml)
     except SubmissionError as e:
         lines.append(f"ERROR: {e}")
         return {"file": str(path), "ok": False, **out, "error": str(e),
                 "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
     lines.append(f"  base model: {', '.join(sub.options.base_models)}")
+    if parent is not None:
+        lines.append(f"  continues from: {parent.label} ({parent.folder})")
     return _ok(path, out, "\n".join(x for x in lines if x))
 
 

@@ -280,8 +280,17 @@ def models(home: str | None, as_json: bool) -> None:
         mark = "*" if m["active"] else " "
         loss = m["metrics"].get("final_loss")
         state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
-        click.echo(f"{mark} {m['name']} v{m['version']}  run {m['run_id']}  base {Path(m['base_model']).name}  "
-                   f"loss {_fmt_loss(loss)}{state}")
+        click.echo(f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
+                   f"base {Path(m['base_model']).name}  loss {_fmt_loss(loss)}{state}")
+
+
+def _lineage(model: dict[str, Any]) -> str:
+    """` ← v3` when a version continued from an earlier one of its name, ` ← other:2` or ` ← /path` otherwise."""
+    parent = model.get("parent")
+    if not parent:
+        return ""
+    name, _, version = parent.rpartition(":")
+    return f" ← v{version}" if name == model["name"] and version.isdigit() else f" ← {parent}"
 
 
 @main.command()
@@ -365,14 +374,20 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
 @click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in (a standalone model).")
 def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
     """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
-    from daemon.export import export
+    from daemon.export import ExportError, export
+    from daemon.options import OptionsError, load_home_toml
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
     try:
-        dest = export(Path(r["run_dir"]), r["base_model"], Path(out), merge)
-    except (FileNotFoundError, FileExistsError) as e:
+        # trust_remote_code is the machine owner's call (overnight.toml only), as for training
+        trusted = bool(load_home_toml(h.toml).get("trust_remote_code", False)) if merge else False
+        note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, trust_remote_code=trusted,
+                      base_model=r["base_model"], log=click.echo)
+    except (ExportError, OptionsError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {dest}")
+    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
+    if note:
+        click.echo(note)
 
 
 @main.command()
@@ -412,3 +427,61 @@ def _compare_runs(h: Home, refs: tuple[str, ...]) -> tuple[str | None, list[dict
         for r in members or [_find_run(h, ref)]:
             runs.setdefault(r["id"], r)
     return None, list(runs.values())
+
+
+# --- start on boot -------------------------------------------------------------------------------------------
+@main.group()
+def service() -> None:
+    """Start the daemon at boot: a systemd unit for one home (install, print, uninstall)."""
+
+
+user_option = click.option("--user", "user", is_flag=True,
+                           help="A user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system).")
+
+
+def _unit(home: str | None, user: bool, create: bool):
+    from daemon import service as svc
+    return svc.unit_for(Home.resolve(home, create=create).root, user)
+
+
+@service.command(name="print")
+@home_option
+@user_option
+def service_print(home: str | None, user: bool) -> None:
+    """Show the unit `install` would write, without writing it."""
+    unit = _unit(home, user, create=False)
+    click.echo(f"# {unit.path}")
+    click.echo(unit.text, nl=False)
+
+
+@service.command(name="install")
+@home_option
+@user_option
+def service_install(home: str | None, user: bool) -> None:
+    """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
+    from daemon import service as svc
+    unit = _unit(home, user, create=True)
+    try:
+        replaced = svc.install(unit)
+    except svc.ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{'updated' if replaced else 'wrote'} {unit.path}\nEnable and start it (and follow its log):")
+    for line in svc.enable_lines(unit):
+        click.echo(f"  {line}")
+    if user:
+        click.echo(f"A user service starts when you log in; to start it at boot without a login: "
+                   f"loginctl enable-linger {os.environ.get('USER') or 'USER'}")
+
+
+@service.command(name="uninstall")
+@home_option
+@user_option
+def service_uninstall(home: str | None, user: bool) -> None:
+    """Remove the unit `install` wrote for this home (only that file; disable it first)."""
+    from daemon import service as svc
+    unit = _unit(home, user, create=False)
+    try:
+        svc.uninstall(unit)
+    except svc.ServiceError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,18 @@ def _parse_priorities(lines: list[str]) -> list[tuple[str, int]]:
                                f"Fix: e.g. 'mydata 10' (higher runs first).")
         out.append((parts[0], int(parts[1])))
     return out
+
+
+SETTLE_S = 0.3  # a shell's `>` creates the file empty and writes a moment later
+
+
+def settled(path: Path, now: float | None = None) -> bool:
+    """True when the file was last written SETTLE_S ago or more (a vanished file counts as settled)."""
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except OSError:
+        return True
+    return age >= SETTLE_S
 
 
 def command_files(home: Home) -> list[Path]:

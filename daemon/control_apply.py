@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 def apply_all(d: "Daemon") -> None:
     """Read every control file once; then keep pause/stop states in force and check for preemption."""
     for path in control.command_files(d.home):
+        if not control.settled(path):
+            continue  # `echo RUN > control/stop` creates the file empty, then writes: read it on the next pass
         try:
             cmd = control.parse(path)
+        except FileNotFoundError:
+            continue  # taken away by its writer mid-pass: nothing to reject
         except (ControlError, OSError) as e:
             _rejected(d, path.name, None, path, str(e))
-            continue
-        except FileNotFoundError:
             continue
         try:
             HANDLERS[cmd.kind](d, cmd)
@@ -105,7 +107,8 @@ def _hold_pause(d: "Daemon") -> None:
     """control/pause holds while it exists (for its named run, or whatever runs)."""
     path = d.home.control / "pause"
     wanted: str | None = None
-    if path.is_file():
+    if path.is_file() and not control.settled(path):
+        return  # being written: the pause state stays as it is for one more pass
         try:
             wanted = control.parse(path).target or "*"
         except (ControlError, OSError):

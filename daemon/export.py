@@ -1,25 +1,110 @@
 """`overnight export`: hand an adapter (or a merged model) to whatever serves models elsewhere."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+from typing import Any, Callable
+
+from daemon.atomic import read_json
 
 
-def export(run_dir: Path, base_model: str, out: Path, merge: bool) -> Path:
-    """Copy RUN/adapter to `out`, or with `merge` save the base model with the adapter merged into it."""
+class ExportError(Exception):
+    """What went wrong, in one line ending with a Fix (the CLI prints it and exits 1)."""
+
+
+def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_code: bool = False,
+           base_model: str | None = None, log: Callable[[str], None] = lambda line: None) -> str | None:
+    """Copy RUN/adapter to `out`, or with `merge` save the base model with the adapter merged into it.
+
+    The base model is the one the run trained on (config.json), resolved as the trainer resolves it
+    (`base_model`: the DB's, when config.json lacks it). Returns a note for the user about a merge, else None.
+    """
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter} holds no adapter: only completed runs have one "
-                                f"(checkpoints of others are in {run_dir / 'checkpoints'}).")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing is overwritten).")
+        raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
+                          f"{run_dir / 'checkpoints'}). Fix: export a completed run (see overnight runs).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
+                          f"overwritten).")
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
-        return out
+        return None
+    options = (read_json(run_dir / "config.json", {}) or {}).get("options") or {}
+    spec = options.get("base_model") or base_model
+    if not isinstance(spec, str) or not spec:
+        raise ExportError(f"{run_dir / 'config.json'} names no base model. Fix: export without --merge (the adapter "
+                          f"alone) and merge it onto its base model yourself.")
+    source = _resolve(spec, home, run_dir)
+    return _merge(source, adapter, out, trust_remote_code, str(options.get("quantization") or "none"), log)
+
+
+def _resolve(spec: str, home: Path, run_dir: Path) -> str:
+    """The run's base model, found the way the trainer found it (one resolution for both)."""
+    from daemon.trainer.config import RunError, resolve_model_source  # torch-free
+
+    try:
+        return resolve_model_source(spec, home, run_dir)
+    except RunError as e:
+        why = str(e).split(" Fix: ")[0].rstrip(".")  # the trainer's fix (edit the options, resume) does not apply
+        raise ExportError(f"cannot merge: {why} (the run's base model, named in {run_dir / 'config.json'}). Fix: put "
+                          f"that model back where the run found it (or into the Hugging Face cache), or export "
+                          f"without --merge to get the adapter alone.") from None
+
+
+def _merge_dtype() -> tuple[Any, str]:
+    """bf16 where a GPU computes it natively (as the trainer would have loaded the base), else fp32."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16, "bf16"
+    return torch.float32, "fp32"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300].rstrip(".") if text else type(e).__name__
+
+
+def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quantization: str,
+           log: Callable[[str], None]) -> str:
+    """Load the unquantised base, merge the adapter in, save model + tokenizer (written aside, then renamed)."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU-kernel notice is noise
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    base = AutoModelForCausalLM.from_pretrained(base_model, local_files_only=True)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_model, local_files_only=True).save_pretrained(out)
-    return out
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    dtype, dtype_name = _merge_dtype()
+    log(f"loading base model {source} ({dtype_name}) …")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
+                                                    trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any load failure is the user's to fix, never a traceback
+        hint = ("; its code runs only with trust_remote_code = true in overnight.toml" if "trust_remote_code" in str(e)
+                else "")
+        raise ExportError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or the HF "
+                          f"cache entry) is a complete causal-LM download (export never downloads){hint}.") from None
+    try:
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"cannot apply the adapter {adapter} to {source}: {_first_line(e)}. Fix: merge onto the base "
+                          f"model the run trained on (its config.json names it).") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        merged.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ExportError(f"cannot write the merged model next to {out}: {_first_line(e)}. Fix: free disk space (a "
+                          f"merged model is as large as its base) or choose another folder.") from None
+    if out.exists():
+        out.rmdir()  # checked empty above
+    partial.rename(out)  # a half-written merge never sits at OUT
+    if quantization in ("4bit", "8bit"):  # QLoRA: the adapter goes onto the full-precision weights it approximated
+        return f"merged into the unquantised base ({dtype_name}); the run trained on a {quantization[0]}-bit base"
+    return f"merged into the base ({dtype_name})"

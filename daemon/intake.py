@@ -19,6 +19,7 @@ from daemon import rundir, sweep
 from daemon.atomic import write_json, write_text
 from daemon.fsutil import ignored, unique_path
 from daemon.home import Home
+from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
 from daemon.options import OptionsError, Resolved, load_home_toml
 from daemon.store import Store
@@ -67,8 +68,11 @@ class Intake:
     """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
 
     def __init__(self, home: Home, store: Store, settle: float = 1.0,
-                 on_verdict: Callable[[], None] | None = None) -> None:
+                 on_verdict: Callable[[], None] | None = None,
+                 on_reject: Callable[[list[Path], str, Path], None] | None = None) -> None:
+        """`on_reject(files, message, error_file)` is called on the loop after a drop was moved to rejected/."""
         self.home, self.store, self.settle = home, store, settle
+        self._on_reject = on_reject
         self._seen: dict[str, _Seen] = {}
         self._waiting_logged: set[str] = set()
         # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
@@ -228,15 +232,21 @@ class Intake:
 
     def _reject(self, files: list[Path], stem: str, message: str) -> None:
         """Move the drop to inbox/rejected/ beside NAME.error.txt; nothing is deleted."""
-        moved = []
+        moved: list[Path] = []
         for p in files:
             dest = unique_path(self.home.rejected / p.name)
             os.rename(p, dest)
-            moved.append(shown_name(dest.name))
+            moved.append(dest)
+        names = ", ".join(shown_name(p.name) for p in moved)
         err = unique_path(self.home.rejected / f"{safe_name(stem)}.error.txt")
-        write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {', '.join(moved)}\n"
+        write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
                         f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
-        log.warning(f"inbox: rejected {', '.join(moved)}: {message.splitlines()[0]} (see {err})")
+        log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")
+        if self._on_reject and moved:
+            try:
+                self._on_reject(moved, message, err)
+            except Exception:  # noqa: BLE001 - a hook or notifier never stops the intake
+                log.exception(f"inbox: telling about the rejection of {names} failed")
 
     def new_run_id(self, name: str, stamp: str | None = None, also_taken: set[str] | None = None) -> str:
         """NAME-YYYYmmdd-HHMMSS, with -2, -3… when two collide (with a run or a group id)."""
@@ -290,9 +300,11 @@ class Intake:
         model = opts.values["base_model"]
         dataset_info = {"path": f"dataset/{sub.dataset.name}", "file": sub.dataset.name, "format": sub.report.format,
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
+        parent = check_parent(opts, self.home.toml)
         write_json(folder / "config.json", {
             "run_id": rid, "name": sub.name, "group": group_id, "sweep": dict(point.values) or None,
             **opts.to_config(), "dataset": dataset_info,
+            "init_adapter": copy_adapter(parent, folder / "init_adapter") if parent else None,
             "probes": f"dataset/{sub.probes.name}" if sub.probes else None,
             "sidecar": f"dataset/{sub.sidecar.name}" if sub.sidecar else None,
         })

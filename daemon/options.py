@@ -26,6 +26,10 @@ class Option:
     check: Callable[[Any], bool] = lambda v: True
     allowed: str = ""
     owner_only: bool = False
+    # A table's own validation (raises OptionsError naming the key inside the table and the fix); replaces `check`.
+    validate: Callable[[Path | str, Any], None] | None = None
+    # Kept out of a run's config.json (it may hold secrets, e.g. notification URLs with tokens).
+    private: bool = False
     sweep: bool = False  # a list in a sidecar queues one run per value (daemon/sweep.py)
 
 
@@ -104,16 +108,28 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS), sweep=True),
     Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])",
            sweep=True),
+    Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
+           "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
     Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
            "letters, digits, '.', '_' and '-', at most 64 characters"),
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
     Option("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
-    Option("hooks", dict, {}, "commands run when a run ends ([hooks] on_complete / on_fail)", lambda v: _hooks_ok(v),
-           "a table with on_complete / on_fail, each a list of strings", owner_only=True),
+    Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
+           "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
+           owner_only=True, validate=lambda source, v: _check_hooks(source, v)),
+    Option("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
+           allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]', owner_only=True,
+           validate=lambda source, v: _check_notify(source, v), private=True),
     Option("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
            "1 .. 1e6", owner_only=True),
+    Option("stall_minutes", (int, float), 30, "minutes without a training step before a run is reported as stalled",
+           _rng(0, 10**6, True), "> 0 (fractions allowed)", owner_only=True),
+    Option("stall_action", str, "report", "what a stall does: report it, or restart the run from its last checkpoint",
+           lambda v: v in ("report", "restart"), 'one of "report", "restart"', owner_only=True),
+    Option("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses",
+           _rng(0, 10**6), "0 .. 1e6", owner_only=True),
     Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
            lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
@@ -122,12 +138,25 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "1 .. 10000", owner_only=True),
 ]}
 
-HOOK_EVENTS = ("on_complete", "on_fail")
+HOOK_EVENTS = ("on_complete", "on_fail", "on_reject")
 
 
-def _hooks_ok(v: dict) -> bool:
-    return all(k in HOOK_EVENTS and isinstance(c, list) and c and all(isinstance(a, str) for a in c)
-               for k, c in v.items())
+def _check_hooks(source: Path | str, table: dict[str, Any]) -> None:
+    """[hooks]: known events only, each an argument list (run without a shell)."""
+    for key, argv in table.items():
+        if key not in HOOK_EVENTS:
+            close = next(iter(difflib.get_close_matches(key, HOOK_EVENTS, n=1)), None)
+            raise OptionsError(f"{source}: [hooks] has no event '{key}'{f' (did you mean {close!r}?)' if close else ''}; "
+                               f"allowed: {', '.join(HOOK_EVENTS)}. Fix: rename or remove '{key}' under [hooks].")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and a for a in argv)):
+            raise OptionsError(f"{source}: [hooks] {key} = {argv!r} must be a non-empty list of strings: an argument "
+                               f"list, run without a shell. Fix: e.g. {key} = [\"rsync\", \"-a\", \"runs/\", "
+                               f"\"backup:/adapters/\"] (or [\"sh\", \"-c\", \"...\"] for shell syntax).")
+
+
+def _check_notify(source: Path | str, table: dict[str, Any]) -> None:
+    from daemon.notify import check_table  # apprise is imported only when a [notify] table exists
+    check_table(source, table)
 
 
 def _type_ok(opt: Option, value: Any) -> bool:
@@ -159,6 +188,10 @@ def _type_name(opt: Option) -> str:
 
 def _unknown_key_hint(key: str, value: Any) -> str:
     if isinstance(value, dict):
+        tables = [k for k, o in OPTIONS.items() if o.kind is dict]
+        close = next(iter(difflib.get_close_matches(key, tables, n=1)), None)
+        if close:
+            return f" Did you mean [{close}]?"
         return (f" Keys are flat: write them at the top of the file (learning_rate = 3e-4), not under a "
                 f"[{key}] table.")
     close = _ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, OPTIONS, n=1)), None)
@@ -173,7 +206,9 @@ def check_value(source: Path | str, key: str, value: Any, item: str = "") -> Non
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
                            f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
                            f"with a value of that type (TOML: strings in quotes, true/false bare).")
-    if not opt.check(value):
+    if opt.validate is not None:
+        opt.validate(source, value)
+    elif not opt.check(value):
         what = "is not one of the allowed values" if isinstance(value, str) else "is out of range"
         default = "" if opt.default is None else f", or remove it to use the default ({_toml(opt.default)})"
         close = difflib.get_close_matches(value, opt.allowed.replace('"', "").replace(",", "").split(), n=1) \
@@ -259,7 +294,10 @@ class Resolved:
         return Resolved({**self.values, "base_model": base_model}, dict(self.sources))
 
     def to_config(self) -> dict[str, Any]:
-        return {"options": self.values, "sources": self.sources}
+        """What a run's config.json records; private options (notification URLs) only say where they are set."""
+        values = {k: ("(set in overnight.toml; not recorded here)" if OPTIONS[k].private and v is not None else v)
+                  if k in OPTIONS else v for k, v in self.values.items()}
+        return {"options": values, "sources": self.sources}
 
 
 def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Resolved:

@@ -20,8 +20,10 @@ def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
     run_dir = Path(run["run_dir"])
     result = read_json(run_dir / "result.json", {}) or {}
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
+    parent = ((read_json(run_dir / "config.json", {}) or {}).get("init_adapter") or {}).get("parent")
     return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
-                            "metrics": metrics, "adapter_path": str(run_dir / "adapter")}, activate=activate)
+                            "metrics": metrics, "adapter_path": str(run_dir / "adapter"), "parent": parent},
+                           activate=activate)
 
 
 def delete(store: Store, home: Home, name: str, version: int) -> Path:

@@ -6,6 +6,7 @@ metrics and evolution are a mirror that can always be rebuilt from them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +58,13 @@ class TrainerProcess:
             return True
         except (BrokenPipeError, OSError):
             return False
+
+    def kill(self) -> None:
+        """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def poll(self) -> int | None:
         return self.proc.poll()

@@ -10,13 +10,15 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, registry, rundir, sweep
+from daemon import __version__, hooks, notify, registry, rundir, sweep
 from daemon.atomic import read_json
+from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
-from daemon.options import OptionsError, load_home_toml
+from daemon.options import OPTIONS, OptionsError, load_home_toml
 from daemon.runner import TrainerProcess
+from daemon.stall import StallWatch
 from daemon.store import ACTIVE_STATES, END_STATES, Store
 from daemon.timefmt import iso
 
@@ -48,13 +50,19 @@ class Daemon:
         self.lock.acquire()  # raises HomeLocked naming the holder
         self.store = Store(home.db)
         self.wake = threading.Event()
-        self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set)
+        # Notifications ([notify] in overnight.toml) go out from their own thread. Other parts of the daemon tell
+        # the owner about trouble with self.notifier.send("stalled" | "disk_low", title, body, subject=RUN).
+        self.notifier = notify.Notifier(lambda: self._owner_options().get("notify"))
+        self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set, on_reject=self._on_reject)
         self.active: TrainerProcess | None = None
+        self.stall: StallWatch | None = None  # the active trainer's stall detector
+        self.stall_problem: str | None = None  # a stall being reported (status PROBLEM line, dashboard banner)
         self.stopping = False
         self._stop_file_seen = False
         self._pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
         self._observer = None
         self._hook_threads: list[threading.Thread] = []
+        self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
@@ -70,7 +78,7 @@ class Daemon:
             while not self.stopping:
                 self.step()
                 if time.monotonic() - last_beat > 2:
-                    self.store.heartbeat(problem=self.intake.problem)
+                    self.store.heartbeat(problem=self.intake.problem or self.stall_problem)
                     last_beat = time.monotonic()
                 if self.once and self._idle():
                     break
@@ -128,12 +136,17 @@ class Daemon:
                 self.active.proc.terminate()
                 self.active.wait(30)
             self._finish(self.active)
+        try:
+            self.select_groups()  # a group whose last run ended just now
+        except Exception:  # noqa: BLE001
+            log.exception("internal error in select_groups")
         self.intake.close()
         if self._observer:
             self._observer.stop()
             self._observer.join(timeout=5)
         for t in self._hook_threads:
             t.join(timeout=60)
+        self.notifier.close(timeout=15)
         self.store.heartbeat("stopped")
         log.info("daemon stopped")
         self.store.close()
@@ -142,7 +155,7 @@ class Daemon:
     # --- one pass of the loop -------------------------------------------------------------------------
     def step(self) -> None:
         """Intake, control, trainer bookkeeping, queue: each guarded so one failure never stops the daemon."""
-        for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.start_next):
+        for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.select_groups, self.start_next):
             try:
                 part()
             except Exception:  # keep serving; the traceback goes to overnight.log
@@ -153,15 +166,42 @@ class Daemon:
         if a is None:
             return
         fields = a.ingest(self.store)
-        state = (a.progress().get("state") or "")
+        progress = a.progress()
+        state = progress.get("state") or ""
+        # progress.json of an earlier attempt says nothing about this process until it writes its own
+        own = progress.get("pid") == a.proc.pid
+        self._watch_stall(a, state if own else "preparing", int(progress.get("step") or 0))
         run = self.store.get_run(a.run_id)
         if fields:
             self.store.update_run(a.run_id, **fields)
         if run and state in ("training", "paused") and run["state"] != state and a.poll() is None:
-            self._transition(a.run_id, state, "paused at a step boundary" if state == "paused" else None)
+            why = (progress.get("reason") or "paused at a step boundary") if state == "paused" else None
+            self._transition(a.run_id, state, why)
             rundir.append_console(a.run_dir, f"overnight: run is now {state}")
+            if why and why.startswith("disk_low"):
+                self._notify("disk_low", a.run_id, lambda: (f"overnight: {a.run_id} paused, disk low", why))
         if a.poll() is not None:
             self._finish(a)
+
+    def _watch_stall(self, a: TrainerProcess, state: str, step: int) -> None:
+        if self.stall is None or a.poll() is not None:
+            return
+        was_stalled = self.stall.stalled
+        if not self.stall.observe(state, step, time.monotonic()):
+            if was_stalled and not self.stall.stalled:
+                self.stall_problem = None
+                log.info(f"{a.run_id}: training steps again (step {step})")
+            return
+        message = self.stall.message(a.run_id, a.proc.pid)
+        self.stall_problem = message
+        log.warning(message)
+        rundir.append_console(a.run_dir, f"overnight: {message}")
+        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
+        self.store.heartbeat(problem=self.intake.problem or message)
+        self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
+        if self.stall.action == "restart":
+            a.requested = "restart"
+            a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
 
     def start_next(self) -> None:
         if self.active or self.stopping or self._stop_file():
@@ -171,24 +211,38 @@ class Daemon:
             return
         run = queued[0]
         run_dir = Path(run["run_dir"])
+        try:
+            env = self._gpu_env()
+        except GpuChoiceError as e:
+            self._fail_before_start(run, str(e))
+            return
         ckpt = newest_checkpoint(run_dir)
         self._transition(run["id"], "preparing", None, started=run["started"] or iso(),
                          attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
-                                       f"{', resuming from ' + ckpt.name if ckpt else ''})")
-        self.active = TrainerProcess.start(run["id"], run_dir, env=self._gpu_env())
+                                       f"{', resuming from ' + ckpt.name if ckpt else ''}; "
+                                       f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
+        self.active = TrainerProcess.start(run["id"], run_dir, env=env)
+        owner = self._owner_options()
+        self.stall = StallWatch(60 * float(owner.get("stall_minutes", OPTIONS["stall_minutes"].default)),
+                                str(owner.get("stall_action", OPTIONS["stall_action"].default)))
         for kind in ("metrics", "evolution"):
             self.active.reset(kind, self.store)
         self.store.update_run(run["id"], pid=self.active.proc.pid)
         log.info(f"started {run['id']} (PID {self.active.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
 
     def _gpu_env(self) -> dict[str, str]:
-        gpus = self._owner_options().get("gpus")
-        if isinstance(gpus, int):
-            gpus = list(range(gpus))  # a count: the first N GPUs
-        if isinstance(gpus, list):
-            return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
-        return {}
+        """The trainer's CUDA_VISIBLE_DEVICES: always one GPU (daemon/gpus.py), never overwriting the daemon's own."""
+        return trainer_gpu_env(self._owner_options().get("gpus"), os.environ)
+
+    def _fail_before_start(self, run: dict[str, Any], reason: str) -> None:
+        """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
+        self._transition(run["id"], "failed", reason, finished=iso())
+        rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
+        log.error(f"{run['id']} failed: {reason}")
+        failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
+        self._notify("failed", run["id"], notify.failed_message, failed, reason, self.home.root)
+        self._keep_hook(hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed))
 
     def _owner_options(self) -> dict[str, Any]:
         try:
@@ -207,6 +261,9 @@ class Daemon:
             state, reason = "completed", None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
+        elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
+            state, reason = "queued", (f"restarted after a stall; resuming from its last checkpoint "
+                                       f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         elif a.requested == "shutdown":
             state, reason = "queued", "daemon stopped; resumes from its last checkpoint"
         elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
@@ -214,7 +271,7 @@ class Daemon:
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         else:
             state, reason = "failed", result.get("reason") or self._crash_reason(a, rc)
-        self.active = None
+        self.active, self.stall, self.stall_problem = None, None, None
         fields.update(pid=None)
         if state in END_STATES:
             fields["finished"] = iso()
@@ -228,25 +285,42 @@ class Daemon:
             version = registry.register(self.store, run, activate=not waits)
             log.info(f"registered model {run['name']} version {version}"
                      f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
+            self._notify("completed", run["id"], notify.completed_message, run, version, result)
+        elif state == "failed":
+            self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
         if state in ("completed", "failed"):
-            t = hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
-                                self._owner_options().get("hooks") or {}, run)
-            if t:
-                self._hook_threads.append(t)
-        if state in END_STATES and run.get("group_id"):
-            self._group_ended(run)
+            self._keep_hook(hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
+                                            self._owner_options().get("hooks") or {}, run))
 
-    def _group_ended(self, run: dict[str, Any]) -> None:
-        """The last run of a group with select = "best" ended: activate the group's best version."""
+    def select_groups(self) -> None:
+        """Groups a run of which ended (trained out, failed, stopped or skipped, even before it started): when
+        the last one has ended and the group says select = "best", activate its best version (after the pass
+        that registered the last version)."""
         from daemon.evolution import analyze, load_records
+        while self._ended_groups:
+            group = self._ended_groups.pop()
+            said = sweep.on_group_ended(self.store, group, _run_options,
+                                        lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
+            if said:
+                log.info(said)
+
+    def _on_reject(self, files: list[Path], message: str, error_file: Path) -> None:
+        """A drop went to inbox/rejected/: the on_reject hook and the 'rejected' notification."""
+        self._keep_hook(hooks.run_reject_hook(self._owner_options().get("hooks") or {}, files[0], message,
+                                              error_file, self.home.root))
+        self._notify("rejected", files[0].name, notify.rejected_message, files[0], message, error_file,
+                     self.home.root)
+
+    def _keep_hook(self, t: threading.Thread | None) -> None:
+        """Remember a running hook (shutdown waits for it); finished ones are forgotten."""
+        self._hook_threads = [h for h in self._hook_threads if h.is_alive()] + ([t] if t else [])
+
+    def _notify(self, event: str, subject: str, message: Any, *args: Any) -> None:
+        """Queue a notification built by `message(*args)`; nothing here may stop the daemon or fail a run."""
         try:
-            said = sweep.on_run_ended(self.store, run, _run_options,
-                                      lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
-        except Exception:  # noqa: BLE001 - a selection problem must not stop the daemon
-            log.exception(f"could not select the best run of group {run['group_id']}")
-            return
-        if said:
-            log.info(said)
+            self.notifier.send(event, *message(*args), subject=subject)
+        except Exception:  # noqa: BLE001
+            log.exception(f"notify: could not prepare '{event}' for {subject}")
 
     def _attempts(self, run_id: str) -> int:
         return int(self.store.get_run(run_id)["attempts"] or 0)
@@ -261,6 +335,8 @@ class Daemon:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
         rundir.write_metadata(Path(run["run_dir"]), run)
+        if state in END_STATES and run.get("group_id"):
+            self._ended_groups.add(run["group_id"])
 
     # --- control --------------------------------------------------------------------------------------
     def _stop_file(self) -> bool:

@@ -49,8 +49,12 @@ def _m2_daemon_problem(db: sqlite_utils.Database) -> None:
     db["daemon"].add_column("problem", str)  # why the daemon cannot do its work (e.g. a broken overnight.toml)
 
 
+def _m3_model_parent(db: sqlite_utils.Database) -> None:
+    db["models"].add_column("parent", str)  # the version a run continued from ("support:3"), or an adapter folder
+
+
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

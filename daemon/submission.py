@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from daemon import datasets, sweep
-from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, locate_model, resolve
+from daemon.options import (OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, locate_model,
+                            resolve)
 
 PROBES_SUFFIX = ".probes.jsonl"
 
@@ -87,6 +89,9 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
             raise SubmissionError(str(e)) from None
     if require_model:
         check_base_models(opts, sidecar, home_toml)
+        from daemon.lineage import check_parent  # lineage reads the registry, which imports this module
+
+        check_parent(opts, home_toml)
     return Submission(dataset, sidecar, probes, report, opts, probe_count)
 
 
@@ -102,3 +107,21 @@ def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> 
         if problem:
             where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
             raise SubmissionError(f"{where}: {problem}")
+        _check_context(opts, spec, sidecar, home_toml)
+
+
+def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
+    """max_length within the model's context (max_position_embeddings), where its config.json is at hand."""
+    folder = local_model_folder(spec, home_toml.parent)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return  # the trainer reports an unreadable config when it loads the model
+    context = (config.get("text_config") or config).get("max_position_embeddings")
+    max_length = opts.values["max_length"]
+    max_length = max(max_length) if isinstance(max_length, list) else max_length  # a sweep: its longest
+    if isinstance(context, int) and max_length > context:
+        where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
+        raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "
+                              f"({context} positions, max_position_embeddings in its config.json). Fix: set "
+                              f"max_length = {context} or less.")

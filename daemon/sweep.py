@@ -199,20 +199,17 @@ METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss"}
 
 # --------------------------------------------------------------------------------------------- select = "best"
 
-def on_run_ended(store: Any, run: dict[str, Any], read_options: Callable[[dict[str, Any]], dict[str, Any]],
-                 learned: Callable[[dict[str, Any]], int | None]) -> str | None:
-    """When the last run of a group with `select = "best"` ends, activate the best version; say what was done.
+def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any]], dict[str, Any]],
+                   learned: Callable[[dict[str, Any]], int | None]) -> str | None:
+    """When the last run of a group with `select = "best"` has ended, activate the best version; say what was done.
 
     `store` is the daemon's Store; `read_options(run)` gives a run's resolved options (its config.json).
-    Returns the overnight.log line, or None when there is nothing to do (no group, runs left, select = "none").
+    Returns the overnight.log line, or None when there is nothing to do (runs left, select = "none").
     """
-    group = run.get("group_id")
-    if not group:
-        return None
     members = store.runs_in_group(group)
     if len(members) < 2 or any(m["state"] not in ("completed", "failed", "stopped", "skipped") for m in members):
         return None
-    if read_options(run).get("select") != SELECT_BEST:
+    if read_options(members[-1]).get("select") != SELECT_BEST:
         return None
     winner = best(members, learned)
     left_out = sum(m["state"] != "completed" for m in members)

@@ -14,6 +14,10 @@ import pytest
 # Two test workers each starting 2-thread OpenMP trainers on a 2-core machine thrash (measured 3.5x slower):
 # one thread per trainer. Inherited by every daemon and trainer the tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite trains on the CPU on every machine, chosen explicitly (the trainer honours an empty CUDA_VISIBLE_DEVICES
+# as "the CPU on purpose"): on a GPU box the exact-resume tests would otherwise run bf16 attention backward on CUDA,
+# which is not bit-deterministic. Set before torch is imported here, and inherited by every daemon and trainer.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata"))

@@ -42,3 +42,18 @@ def test_write_command_is_what_the_parser_reads(tmp_path):
     write_command(h, "priority", "run-a 5")
     assert parse(h.control / "priority").priorities == [("run-a", 5)]
     assert not list(h.control.glob(".*.tmp"))
+
+
+def test_a_control_file_is_read_only_once_its_writer_is_done(tmp_path) -> None:
+    import os
+    import time
+
+    from daemon.control import SETTLE_S, settled
+
+    path = tmp_path / "stop"
+    path.write_text("")  # what `echo RUN > control/stop` leaves for a moment
+    assert not settled(path)
+    past = time.time() - SETTLE_S - 0.1
+    os.utime(path, (past, past))
+    assert settled(path)
+    assert settled(tmp_path / "gone")

@@ -8,7 +8,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -259,8 +259,137 @@ def test_snapshot_restores_train_mode_and_every_rng(lm: tuple[Any, Any]) -> None
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
 
 
-def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool) -> tuple[list[float], Any]:
-    """A tiny LoRA job (dropout on) with the plain transformers Trainer; per-step losses and the callback."""
+def full_logits_reference_loss(model: Any, tok: Any, batch: list[Any]) -> list[float]:
+    """The reference loss as first written: full-vocabulary fp32 logits for every position of every row."""
+    import torch
+
+    from daemon.trainer.evolution import _left_pad, _positions
+    rows = [e.prompt_ids + e.reference_ids for e in batch]
+    ids, mask = _left_pad(rows, tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits.float()
+    width, ce = ids.shape[1], torch.nn.functional.cross_entropy
+    return [ce(logits[i, width - len(e.reference_ids) - 1: width - 1], ids[i, width - len(e.reference_ids):]).item()
+            for i, e in enumerate(batch)]
+
+
+def test_reference_loss_keeps_only_the_reference_logits(tiny_model: Path, tmp_path: Path) -> None:
+    """logits_to_keep (through a PeftModel, as in training) gives the full-logits loss, probe by probe."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from daemon.trainer.evolution import EvolutionCallback, _accepts_logits_to_keep
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    with torch.no_grad():  # LoRA B starts at zero: make the adapter count
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.eval()
+    assert _accepts_logits_to_keep(model)
+    probes = demo_probes(tmp_path)
+    probes[1] = {**probes[1], "reference": probes[1]["reference"] + " and some longer reference text here"}
+    cb = EvolutionCallback(probes, tok, tmp_path / "evolution.jsonl", every=5, log=lambda s: None)
+    seen: list[int] = []
+    forward = model.forward
+
+    def recording_forward(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        seen.append(out.logits.shape[1])
+        return out
+
+    model.forward = recording_forward
+    with torch.no_grad():
+        new = cb._reference_loss(model, cb.encoded)
+    model.forward = forward
+    old = full_logits_reference_loss(model, tok, cb.encoded)
+    longest = max(len(e.reference_ids) for e in cb.encoded)
+    assert seen == [longest + 1]  # not the whole row
+    assert longest + 1 < max(len(e.prompt_ids) + len(e.reference_ids) for e in cb.encoded)
+    assert len(set(round(x, 3) for x in old)) > 1 and max(abs(a - b) for a, b in zip(new, old)) < 1e-5
+
+
+def test_probes_are_cut_to_max_length(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EncodedProbe, EvolutionCallback, fit_to_length
+    enc = EncodedProbe({}, [1, 2, 3, 4, 5, 6], [7, 8, 9])
+    assert fit_to_length(enc, 20) == (enc, False)
+    assert fit_to_length(enc, 5)[0] == EncodedProbe({}, [5, 6], [7, 8, 9])  # the end of the prompt is kept
+    assert fit_to_length(enc, 3)[0] == EncodedProbe({}, [6], [7, 8])  # then the start of the reference
+    model, tok = lm
+    probe = {"id": 0, "prompt": "reverse: " + " ".join(["river stone"] * 40), "reference": "stone river " * 10}
+    lines: list[str] = []
+    cb = EvolutionCallback([probe], tok, tmp_path / "evolution.jsonl", every=5, max_new_tokens=4,
+                           log=lines.append, max_length=24)
+    assert len(cb.encoded[0].prompt_ids) + len(cb.encoded[0].reference_ids) == 24
+    assert lines == ["evolution: 1 probe(s) longer than max_length 24 tokens are cut to fit (the prompt's start "
+                     "first, then the reference's end)"]
+    records = cb.snapshot(model, 0)
+    assert records is not None and records[0]["prompt"] == probe["prompt"] and records[0]["loss"] > 0
+
+
+def out_of_memory_when(cb: Any, failing: Callable[[int], bool], error: Exception) -> list[int]:
+    """Make the callback's generate() raise `error` for batch sizes where `failing(size)`; returns the sizes tried."""
+    tried: list[int] = []
+    generate = cb._generate
+
+    def patched(model: Any, batch: list[Any]) -> list[str]:
+        tried.append(len(batch))
+        if failing(len(batch)):
+            raise error
+        return generate(model, batch)
+
+    cb._generate = patched
+    return tried
+
+
+def test_snapshot_out_of_memory_halves_the_probe_batch(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    import torch
+
+    from daemon.trainer.evolution import EvolutionCallback
+    model, tok = lm
+    model.train()
+    lines: list[str] = []
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback(demo_probes(tmp_path), tok, out, every=5, max_new_tokens=4, log=lines.append)
+    tried = out_of_memory_when(cb, lambda n: n > 2, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    drive(cb, model, 0, 5)  # steps 0 and 5
+    assert tried == [8, 4, 2, 2, 2, 2] + [2, 2, 2, 2]  # the batch that fit is kept for the next snapshot
+    assert lines[:2] == ["evolution @ step 0: out of memory with 8 probes per batch; retrying with 4",
+                         "evolution @ step 0: out of memory with 4 probes per batch; retrying with 2"]
+    assert lines[2].startswith("evolution @ step 0: 0/8 exact") and lines[3].startswith("evolution @ step 5:")
+    assert snapshot_steps_of(out) == [0, 5] and len(load_records(out)) == 16
+    assert model.training  # train mode is back after the failed attempts too
+
+
+def test_snapshot_out_of_memory_at_one_probe_is_skipped(lm: tuple[Any, Any], tmp_path: Path) -> None:
+    from daemon.trainer.evolution import EvolutionCallback
+    model, tok = lm
+    lines: list[str] = []
+    out = tmp_path / "evolution.jsonl"
+    cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=5, max_new_tokens=4, log=lines.append)
+    # cuBLAS and the driver report OOM as a plain RuntimeError
+    tried = out_of_memory_when(cb, lambda n: True, RuntimeError("CUDA error: out of memory"))
+    drive(cb, model, 0, 3)
+    assert tried == [2, 1, 1]  # step 0: 2 then 1; the end (step 3): 1 at once
+    assert lines[0] == "evolution @ step 0: out of memory with 2 probes per batch; retrying with 1"
+    assert lines[1].startswith("evolution @ step 0 skipped: out of memory even with one probe at a time "
+                               "(CUDA error: out of memory). Training goes on. Fix: ")
+    assert lines[2].startswith("evolution @ step 3 skipped") and len(lines) == 3
+    assert not out.exists() and cb.skipped == {0, 3}
+    cb._generate = lambda model, batch: (_ for _ in ()).throw(ValueError("a bug"))
+    with pytest.raises(ValueError):  # anything but out-of-memory is not swallowed
+        cb.snapshot(model, 4)
+
+
+def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool,
+                 out_of_memory: bool = False) -> tuple[list[float], Any]:
+    """A tiny LoRA job (dropout on) with the plain transformers Trainer; per-step losses and the callback.
+
+    `out_of_memory`: every snapshot's generate() raises torch.OutOfMemoryError (all of them are skipped).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
@@ -286,6 +415,8 @@ def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool) -> 
 
     cb = EvolutionCallback(load_probe_file(data_dir / "reverse.probes.jsonl")[:4], tok, out, every=3,
                            max_new_tokens=6, log=lambda s: None) if callback else None
+    if cb is not None and out_of_memory:
+        out_of_memory_when(cb, lambda n: True, torch.OutOfMemoryError("CUDA out of memory."))
     args = TrainingArguments(output_dir=str(out.parent / "trainer"), max_steps=8, learning_rate=3e-3,
                              per_device_train_batch_size=8, logging_steps=1, save_strategy="no", report_to=[],
                              use_cpu=True, seed=0, remove_unused_columns=False, disable_tqdm=True)
@@ -302,6 +433,9 @@ def test_snapshots_do_not_change_training(tiny_model: Path, tmp_path: Path) -> N
     assert snapshot_steps_of(tmp_path / "b" / "evolution.jsonl") == [0, 3, 6, 8]
     assert len(plain) == 8
     assert watched == plain  # exactly: eval mode, no_grad and RNG states are all put back
+    starved, cb = train_losses(tiny_model, tmp_path / "data", tmp_path / "c" / "evolution.jsonl", callback=True,
+                               out_of_memory=True)
+    assert starved == plain and cb.skipped == {0, 3, 6, 8}  # snapshots out of memory: training is untouched
 
 
 # ============================================================================ end to end: the demo learns

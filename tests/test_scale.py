@@ -303,3 +303,58 @@ def test_attention_choices_on_the_cpu() -> None:
     for kernel in ("flash_attention_2", "flex_attention"):
         with pytest.raises(RunError, match="Fix: .*sdpa"):
             choose_attention(kernel, cpu)
+
+
+def test_a_full_disk_pauses_before_the_checkpoint_and_goes_on_once_freed(
+        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import io
+    import shutil
+
+    from daemon.trainer import diskspace
+    from daemon.trainer.run import main
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
+                   schema="prompt_completion", records=20, options={"max_steps": 4, "save_every": 2,
+                                                                     "min_free_gb": 5})
+    real, calls = shutil.disk_usage, []
+
+    def disk_usage(path):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        usage = real(path)
+        full = 2 <= len(calls) <= 4  # the second checkpoint finds the disk full for a few checks
+        return usage._replace(free=10**9 if full else 10**12)
+
+    monkeypatch.setattr(diskspace.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(diskspace.DiskSpaceCallback.__init__, "__defaults__", (0.01,))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(run, read_stdin=False) == 0
+    log = out.getvalue()
+    assert "paused at step 4 before saving: disk_low: only 1.0 GB free" in log and "Fix: free space" in log
+    assert "disk space is back" in log
+    assert read_json(run / "result.json")["outcome"] == "completed" and (run / "checkpoints" / "step-4").is_dir()
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_is_resumed(tmp_path: Path, qwen: Path) -> None:
+    from daemon.trainer.checkpoints import damage
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
+                   schema="prompt_completion", records=20, options={"max_steps": 4, "save_every": 2})
+    assert finish(start(run), 300) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["max_steps"] = 6  # as if the run had been interrupted at step 4 of 6
+    (run / "config.json").write_text(json.dumps(config))
+    with open(run / "checkpoints" / "step-4" / "adapter_model.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert damage(run / "checkpoints" / "step-4")
+    (run / "checkpoints" / "step-2" / "scheduler.pt").write_bytes(b"")
+    problem = damage(run / "checkpoints" / "step-2")
+    assert problem and problem.split(":")[0].endswith("Error")  # never an empty reason
+    (run / "checkpoints" / "step-2" / "scheduler.pt").unlink()  # optional for the Trainer: step-2 loads again
+    assert finish(start(run), 300) == 0
+    log = (run / "console.log").read_text()
+    assert "checkpoint step-4 is damaged" in log and "moved aside to damaged-step-4, not deleted" in log
+    assert "resuming from checkpoints/step-2" in log
+    assert (run / "checkpoints" / "damaged-step-4" / "adapter_model.safetensors").exists()
+    assert read_json(run / "result.json")["outcome"] == "completed" and read_json(run / "result.json")["step"] == 6

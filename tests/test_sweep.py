@@ -143,9 +143,9 @@ def test_select_best_activates_the_best_version_when_the_groups_last_run_ends(tm
     for r in runs[:2]:  # versions 2 and 3: registered without taking over from version 1
         registry.register(store, r, activate=not sweep.selects_best(_options(r), r))
     assert [(m["version"], m["active"]) for m in store.models("support")] == [(1, 1), (2, 0), (3, 0)]
-    assert sweep.on_run_ended(store, runs[2], _options, lambda r: 0) is None  # one run still training
+    assert sweep.on_group_ended(store, "support-g", _options, lambda r: 0) is None  # one run still training
     store.set_state(runs[3]["id"], "stopped")
-    said = sweep.on_run_ended(store, store.get_run(runs[3]["id"]), _options, lambda r: 0)
+    said = sweep.on_group_ended(store, "support-g", _options, lambda r: 0)
     assert said == ("sweep support-g: activated support version 3 (run support-r2, eval loss 1.1000; best of 2; "
                     "2 did not complete)")
     assert [(m["version"], m["active"]) for m in store.models("support")] == [(1, 0), (2, 0), (3, 1)]
@@ -157,7 +157,7 @@ def test_select_best_activates_the_best_version_when_the_groups_last_run_ends(tm
 def test_select_none_leaves_the_registry_alone(tmp_path):
     store, runs = _group_home(tmp_path, "none", [("completed", 1.3), ("completed", 1.1)])
     assert not sweep.selects_best(_options(runs[0]), runs[0])
-    assert sweep.on_run_ended(store, runs[1], _options, lambda r: 0) is None
+    assert sweep.on_group_ended(store, "support-g", _options, lambda r: 0) is None
 
 
 # ----------------------------------------------------------------------------------------------- through the CLI
@@ -279,6 +279,24 @@ def test_compare_group_ranks_by_eval_loss_with_probes_speed_time_and_differing_o
     assert [r["rank"] for r in two] == [1, 2] and two[0]["run_id"] == "sup-20260102-000000"
     bad = overnight("compare", "nothing", home=home)
     assert bad.returncode != 0 and "no group matches 'nothing'" in bad.stderr
+
+
+def test_skipping_the_last_queued_run_of_a_sweep_selects_its_best(home):
+    """The group ends however its last run ends: here skipped before it started (no training needed)."""
+    store = Store(home / "overnight.db")
+    _fake_run(store, home, "sup-lr1e-4-20260101-000000", 1, "completed", 1.3, {"select": "best"}, 1)
+    _fake_run(store, home, "sup-lr3e-4-20260101-000000", 2, "completed", 1.1, {"select": "best"}, 1)
+    _fake_run(store, home, "sup-lr1e-3-20260101-000000", 3, "queued", None, {"select": "best"}, 0)
+    for i, rid in enumerate(("sup-lr1e-4-20260101-000000", "sup-lr3e-4-20260101-000000")):
+        store.add_model({"name": "sup", "run_id": rid, "base_model": "/m", "metrics": {}, "adapter_path": "/a"},
+                        activate=False)
+    store.close()
+    (home / "control" / "skip").write_text("sup-lr1e-3-20260101-000000\n")
+    overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, check=True, timeout=120)
+    models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+    assert [(m["version"], m["active"]) for m in models] == [(1, 0), (2, 1)]
+    assert ("sweep sup-20260101-000000: activated sup version 2 (run sup-lr3e-4-20260101-000000, eval loss 1.1000; "
+            "best of 2; 1 did not complete)") in (home / "overnight.log").read_text()
 
 
 # ----------------------------------------------------------------------------------------------- the whole path

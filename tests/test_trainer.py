@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest_trainer import (chat_records, jsonl, make_run, metrics, read_json, reversal_records, send,
-                                    start, text_lines, tiny_model, train, train_losses, wait_for)
+from tests.conftest_trainer import (chat_records, finish, jsonl, make_run, metrics, read_json, reversal_records,
+                                    send, start, text_lines, tiny_model, train, train_losses, wait_for)
 
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] ")
 METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "epoch", "time"}
@@ -142,6 +142,47 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path: Path, qwen: Path) -> No
     final = load_file(run / "adapter" / "adapter_model.safetensors")
     kept = load_file(run / "checkpoints" / result["best_checkpoint"] / "adapter_model.safetensors")
     assert final.keys() == kept.keys() and all((final[k] == kept[k]).all() for k in final)
+
+
+# The trainer, with every evolution snapshot after step 0 running out of GPU memory (as a big model's final
+# snapshot could): injected by patching the callback before the trainer's own entry point runs.
+STARVED_SNAPSHOTS = """
+import sys, torch
+from daemon.trainer.evolution import EvolutionCallback
+generate = EvolutionCallback._generate
+def starved(self, model, batch):
+    if self.done_steps:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return generate(self, model, batch)
+EvolutionCallback._generate = starved
+from daemon.trainer.__main__ import cli
+sys.exit(cli(sys.argv[1:]))
+"""
+
+
+def test_final_snapshot_out_of_memory_still_saves_the_adapter(tmp_path: Path, qwen: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    probes = jsonl([{"prompt": "reverse: cat dog sun moon\n", "reference": "moon sun dog cat"},
+                    {"prompt": "reverse: sea tree red blue\n", "reference": "blue red tree sea"}])
+    run = make_run(tmp_path, qwen, dataset_name="rev.jsonl", content=jsonl(reversal_records(40)),
+                   schema="prompt_completion", records=40, probes=probes,
+                   options={"max_steps": 4, "save_every": 100, "probe_every": 100, "probe_max_new_tokens": 4})
+    with open(run / "console.log", "ab") as console:
+        proc = subprocess.Popen([sys.executable, "-c", STARVED_SNAPSHOTS, str(run)], stdin=subprocess.PIPE,
+                                stdout=console, stderr=subprocess.STDOUT, cwd=run,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finish(proc) == 0
+    result = read_json(run / "result.json")
+    text = "\n".join(console_lines(run))
+    assert result["outcome"] == "completed" and result["step"] == 4, text[-2000:]
+    assert "evolution @ step 4: out of memory with 2 probes per batch; retrying with 1" in text
+    assert "evolution @ step 4 skipped: out of memory even with one probe at a time" in text
+    assert "CUDA out of memory: retrying" not in text  # the training batch was never halved for it
+    assert {json.loads(line)["step"] for line in (run / "evolution.jsonl").read_text().splitlines()} == {0}
+    assert_adapter_generates(run, qwen)
 
 
 def test_missing_base_model_fails_with_the_path_and_the_fix(tmp_path: Path, qwen: Path) -> None:

@@ -224,9 +224,49 @@ def test_live_telemetry_reports_this_machine() -> None:
     t = LiveTelemetry(Path("/")).sample()
     assert t.system is not None and t.system.ram_total > 0 and t.system.disk_total > 0
     if t.gpus:
-        assert all(g.mem_total > 0 for g in t.gpus)
+        assert all(g.error or g.mem_total > 0 for g in t.gpus)
     else:
         assert t.gpu_error.startswith("no NVIDIA GPU")
+
+
+def test_one_gpu_nvml_cannot_reach_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake pynvml with three GPUs whose second is lost: GPUs 0 and 2 are shown, GPU 1 as a line with the reason."""
+    import sys
+    import types
+
+    from rich.console import Console
+
+    from tui.widgets.system import render_telemetry
+
+    class NVMLError(Exception):
+        pass
+
+    def handle(i: int) -> str:
+        if i == 1:
+            raise NVMLError("GPU is lost")
+        return f"h{i}"
+
+    shut: list[bool] = []
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, NVML_TEMPERATURE_GPU=0, nvmlInit=lambda: None, nvmlShutdown=lambda: shut.append(True),
+        nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=handle,
+        nvmlDeviceGetName=lambda h: f"NVIDIA A100 ({h})",
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=1 << 30, total=80 << 30),
+        nvmlDeviceGetTemperature=lambda h, kind: 60, nvmlDeviceGetPowerUsage=lambda h: 250_000,
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 400_000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    live = LiveTelemetry(Path("/"))
+    t = live.sample()
+    assert t.gpu_error is None and [g.index for g in t.gpus] == [0, 1, 2]
+    assert [g.error for g in t.gpus] == [None, "unavailable (NVML: GPU is lost)", None]
+    assert t.gpus[2].name == "NVIDIA A100 (h2)" and t.gpus[2].mem_total == 80 << 30
+    console = Console(width=80, record=True)
+    console.print(render_telemetry(t, 80))
+    text = console.export_text()
+    assert "GPU0" in text and "GPU2" in text and "GPU1 unavailable (NVML: GPU is lost)" in text
+    live.close()
+    assert shut == [True]
 
 
 # ----------------------------------------------------------------------------------------------- the App

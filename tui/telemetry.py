@@ -25,6 +25,7 @@ class GpuStat:
     temperature_c: float | None
     power_w: float | None
     power_limit_w: float | None
+    error: str | None = None  # why NVML cannot report this GPU (the others are still shown)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class LiveTelemetry:
     def __init__(self, disk_path: Path) -> None:
         self.disk_path = Path(disk_path)
         self._nvml_error: str | None = None
-        self._handles: list[Any] = []
+        self._handles: list[tuple[int, Any, str | None]] = []  # (index, NVML handle or None, why there is none)
+        self._nvml_up = False
         self._init_nvml()
         psutil.cpu_percent(interval=None)  # the first call only starts the measurement window
 
@@ -85,15 +87,25 @@ class LiveTelemetry:
             return
         try:
             pynvml.nvmlInit()
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml_up = True
+            count = pynvml.nvmlDeviceGetCount()
         except pynvml.NVMLError as e:
             self._nvml_error = f"no NVIDIA GPU (NVML unavailable: {e})"
             return
+        # one GPU at a time: a GPU fallen off the bus (or hidden by a container) must not hide the healthy ones
+        for i in range(count):
+            try:
+                self._handles.append((i, pynvml.nvmlDeviceGetHandleByIndex(i), None))
+            except pynvml.NVMLError as e:
+                self._handles.append((i, None, f"unavailable (NVML: {e})"))
         if not self._handles:
             self._nvml_error = "no NVIDIA GPU (NVML reports 0 devices)"
 
-    def _gpu(self, index: int, handle: Any) -> GpuStat:
+    def _gpu(self, index: int, handle: Any, error: str | None) -> GpuStat:
         import pynvml
+        if error is not None:  # no handle: the error is all there is to show
+            return GpuStat(index=index, name=f"GPU {index}", util_percent=None, mem_used=0, mem_total=0,
+                           temperature_c=None, power_w=None, power_limit_w=None, error=error)
         name = _nvml_value(pynvml.nvmlDeviceGetName, handle) or f"GPU {index}"
         util = _nvml_value(pynvml.nvmlDeviceGetUtilizationRates, handle)
         mem = _nvml_value(pynvml.nvmlDeviceGetMemoryInfo, handle)
@@ -124,15 +136,15 @@ class LiveTelemetry:
 
     def sample(self) -> Telemetry:
         """Query every GPU and the system once."""
-        gpus = tuple(self._gpu(i, h) for i, h in enumerate(self._handles))
+        gpus = tuple(self._gpu(i, h, err) for i, h, err in self._handles)
         return Telemetry(gpus=gpus, gpu_error=self._nvml_error, system=self._system())
 
     def close(self) -> None:
         """Release NVML."""
-        if self._handles:
+        if self._nvml_up:
             import pynvml
             try:
                 pynvml.nvmlShutdown()
             except pynvml.NVMLError:
                 pass  # already shut down: nothing left to release
-            self._handles = []
+            self._handles, self._nvml_up = [], False

@@ -52,12 +52,13 @@ class Progress:
     step: int = 0
     max_steps: int | None = None
     epoch: float = 0.0
+    reason: str | None = None  # why the run is paused when the trainer paused it itself (e.g. disk_low: …)
     _last_write: float = 0.0
 
     def update(self, state: str | None = None, step: int | None = None, max_steps: int | None = None,
-               epoch: float | None = None) -> None:
-        changed = state is not None and state != self.state
-        self.state = state or self.state
+               epoch: float | None = None, reason: str | None = None) -> None:
+        changed = (state is not None and state != self.state) or reason != self.reason
+        self.state, self.reason = state or self.state, reason
         self.step = self.step if step is None else step
         self.max_steps = self.max_steps if max_steps is None else max_steps
         self.epoch = self.epoch if epoch is None else epoch
@@ -66,7 +67,7 @@ class Progress:
             self._last_write = now
             _replace_json(self.path, {"state": self.state, "step": self.step, "max_steps": self.max_steps,
                                    "epoch": round(self.epoch, 4), "pid": os.getpid(), "device": self.device,
-                                   "device_name": self.device_name, "updated": _iso_ms()})
+                                   "device_name": self.device_name, "reason": self.reason, "updated": _iso_ms()})
 
 
 @dataclass

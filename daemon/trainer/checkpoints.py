@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from daemon.atomic import fsync_dir, write_text
 
@@ -33,6 +34,42 @@ def newest_complete(checkpoints: Path) -> Path | None:
     for step, path in sorted(step_dirs(checkpoints).items(), reverse=True):
         if (path / "trainer_state.json").exists():
             return path
+    return None
+
+
+def damage(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a file that does not read back), or None when it loads."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            if (folder / name).exists():
+                torch.load(folder / name, map_location="cpu", weights_only=True)
+        if (folder / "rng_state.pth").exists():
+            torch.load(folder / "rng_state.pth", map_location="cpu", weights_only=False)  # our own file: numpy state
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and json each fail in their own way
+        return f"{type(e).__name__}: {e}".strip().rstrip(":") or type(e).__name__
+    return None
+
+
+def newest_loadable(checkpoints: Path, log: Callable[[str], None]) -> Path | None:
+    """The newest complete checkpoint that loads; damaged ones are moved aside (never deleted) and named."""
+    while (newest := newest_complete(checkpoints)) is not None:
+        problem = damage(newest)
+        if problem is None:
+            return newest
+        aside = checkpoints / f"damaged-{newest.name}"
+        n = 2
+        while aside.exists():
+            aside, n = checkpoints / f"damaged-{newest.name}-{n}", n + 1
+        os.rename(newest, aside)
+        log(f"checkpoint {newest.name} is damaged ({problem[:300]}): moved aside to {aside.name}, not deleted; "
+            f"trying the one before it")
     return None
 
 

@@ -53,6 +53,7 @@ class TrainOptions:
     use_liger_kernel: bool = _default("use_liger_kernel")
     trust_remote_code: bool = _default("trust_remote_code")
     keep_checkpoints: int = _default("keep_checkpoints")
+    min_free_gb: float = _default("min_free_gb")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "TrainOptions":
@@ -93,6 +94,8 @@ class RunConfig:
     dataset_path: Path
     schema: str
     probes_path: Path | None
+    init_adapter: Path | None = None  # the parent adapter, copied into the run folder at intake
+    parent: str | None = None  # "support:3", or the folder it came from
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -110,6 +113,7 @@ class RunConfig:
         if not dataset.get("path"):
             raise RunError(f"{paths.config}: 'dataset.path' is missing.")
         probes = raw.get("probes")
+        init = raw.get("init_adapter") or {}
         return cls(
             paths=paths,
             options=TrainOptions.from_dict(raw.get("options") or {}),
@@ -117,6 +121,8 @@ class RunConfig:
             dataset_path=paths.root / dataset["path"],
             schema=str(dataset.get("schema") or "unknown"),
             probes_path=paths.root / probes if probes else None,
+            init_adapter=paths.root / init["path"] if init.get("path") else None,
+            parent=init.get("parent"),
             raw=raw,
         )
 

@@ -4,10 +4,15 @@
 every probe (batched, left-padded) computes the greedy generation and the mean token loss on the reference answer;
 it appends one record per probe to `evolution.jsonl` and logs one console line. It then restores train mode and
 every random-number generator, so a run with snapshots trains exactly like one without (same per-step losses).
+
+A snapshot must never cost the run: probes are cut to `max_length` (as training examples are), the reference loss
+keeps only the logits of the reference positions, and a snapshot that runs out of memory retries with half the probe
+batch, then is skipped with a console note, while training goes on.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -23,6 +28,7 @@ from transformers import GenerationConfig, TrainerCallback
 
 from daemon.evolution import is_exact, load_records, similarity
 from daemon.timefmt import iso
+from daemon.trainer.oom import free_memory, is_out_of_memory
 
 
 @dataclass
@@ -58,6 +64,29 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any]) -> EncodedProbe:
     if tokenizer.eos_token_id is not None:
         reference_ids = reference_ids + [tokenizer.eos_token_id]
     return EncodedProbe(probe, prompt_ids, reference_ids)
+
+
+def fit_to_length(enc: EncodedProbe, max_length: int | None) -> tuple[EncodedProbe, bool]:
+    """The probe cut so that prompt + reference fits `max_length` tokens, and whether anything was cut.
+
+    The end of the prompt is kept (the tokens right before the answer are what the answer depends on), then the
+    start of the reference; at least one prompt token stays, so every scored reference token has a predecessor.
+    The model never trained on longer sequences, and an uncut probe could take more memory than a training step.
+    """
+    if max_length is None or len(enc.prompt_ids) + len(enc.reference_ids) <= max_length:
+        return enc, False
+    reference = enc.reference_ids[:max(max_length - 1, 0)]
+    prompt = enc.prompt_ids[-(max_length - len(reference)):] if max_length > len(reference) else []
+    return EncodedProbe(enc.probe, prompt, reference), True
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (transformers 5 models do; remote code may not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel passes it through
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -107,7 +136,8 @@ class EvolutionCallback(TrainerCallback):
 
     def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
                  max_new_tokens: int = 32, batch_size: int = 16, log: Callable[[str], None] = print,
-                 similarity_threshold: float = 0.9, max_overhead: float | None = None) -> None:
+                 similarity_threshold: float = 0.9, max_overhead: float | None = None,
+                 max_length: int | None = None) -> None:
         if every < 1:
             raise ValueError(f"evolution interval must be >= 1 step, got {every}")
         self.probes = probes
@@ -115,11 +145,16 @@ class EvolutionCallback(TrainerCallback):
         self.out_path = Path(out_path)
         self.every = every
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, len(probes)))  # halving a batch larger than the probes gains nothing
         self.log = log
         self.threshold = similarity_threshold
         self.max_overhead = max_overhead
-        self.encoded = [encode_probe(tokenizer, p) for p in probes]
+        fitted = [fit_to_length(encode_probe(tokenizer, p), max_length) for p in probes]
+        self.encoded = [enc for enc, _ in fitted]
+        if any(cut for _, cut in fitted):
+            log(f"evolution: {sum(cut for _, cut in fitted)} probe(s) longer than max_length {max_length} tokens are "
+                f"cut to fit (the prompt's start first, then the reference's end)")
+        self.skipped: set[int] = set()  # steps whose snapshot ran out of memory even one probe at a time
         self.done_steps = self._recover()
         self.seconds = 0.0  # time spent in snapshots since this process started training
         self.costs: list[float] = []  # each snapshot's seconds; their median estimates the next one
@@ -141,6 +176,7 @@ class EvolutionCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.done_steps = self._recover()  # a retry after out-of-memory may have dropped records since __init__
+        self.skipped.clear()  # and a retry (smaller batch, checkpointing) may leave a snapshot the memory it lacked
         if state.global_step == 0:
             self._maybe_snapshot(state, model)
         self.train_started = time.perf_counter()
@@ -173,20 +209,22 @@ class EvolutionCallback(TrainerCallback):
         """Take the snapshot for the current step unless it exists."""
         step = int(state.global_step)
         # one writer: under DDP only the main process takes snapshots (the others wait at the next all-reduce)
-        if step in self.done_steps or not self.probes or model is None or not state.is_world_process_zero:
+        if step in self.done_steps or step in self.skipped or not self.probes or model is None:
+            return
+        if not state.is_world_process_zero:
             return
         self.snapshot(model, step)
 
     # ------------------------------------------------------------------------------- the snapshot
 
-    def snapshot(self, model: torch.nn.Module, step: int) -> list[dict[str, Any]]:
-        """Score every probe at `step`, append the records to evolution.jsonl and log one line."""
+    def snapshot(self, model: torch.nn.Module, step: int) -> list[dict[str, Any]] | None:
+        """Score every probe at `step`, append the records to evolution.jsonl and log one line (None: skipped)."""
         started = time.perf_counter()
-        with preserved_training_state(model):
-            results: list[tuple[str, float]] = []
-            for i in range(0, len(self.encoded), self.batch_size):
-                batch = self.encoded[i:i + self.batch_size]
-                results += zip(self._generate(model, batch), self._reference_loss(model, batch))
+        results = self._score_fitting(model, step)
+        if results is None:
+            self.skipped.add(step)
+            self.seconds += time.perf_counter() - started
+            return None
         stamp = iso()
         records = []
         for enc, (generation, loss) in zip(self.encoded, results):
@@ -207,6 +245,36 @@ class EvolutionCallback(TrainerCallback):
         self.log(f"evolution @ step {step}: {exact}/{len(records)} exact, {close}/{len(records)} matching "
                  f"(similarity >= {self.threshold:g}), mean similarity {mean_sim:.2f}, {elapsed:.2f} s")
         return records
+
+    def _score_fitting(self, model: torch.nn.Module, step: int) -> list[tuple[str, float]] | None:
+        """(generation, loss) per probe, halving the probe batch on out-of-memory; None when even 1 does not fit.
+
+        The error is handled here, not in the training loop: a snapshot's memory is not the training step's, and
+        halving the training batch (or failing the run) for it would be wrong. The batch that fit is kept for the
+        snapshots after this one.
+        """
+        while True:
+            why = ""
+            try:
+                with preserved_training_state(model):
+                    results: list[tuple[str, float]] = []
+                    for i in range(0, len(self.encoded), self.batch_size):
+                        batch = self.encoded[i:i + self.batch_size]
+                        results += zip(self._generate(model, batch), self._reference_loss(model, batch))
+                    return results
+            except Exception as e:  # noqa: BLE001 - anything but out-of-memory is re-raised at once
+                if not is_out_of_memory(e):
+                    raise
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            free_memory()  # outside the except block: its traceback pinned the failed attempt's tensors
+            memory = "GPU memory" if next(model.parameters()).device.type == "cuda" else "memory"
+            if self.batch_size <= 1:
+                self.log(f"evolution @ step {step} skipped: out of {memory} even with one probe at a time ({why}). "
+                         f"Training goes on. Fix: lower probe_max_new_tokens or max_length, or use shorter probes.")
+                return None
+            tried, self.batch_size = self.batch_size, self.batch_size // 2
+            self.log(f"evolution @ step {step}: out of {memory} with {tried} probes per batch; "
+                     f"retrying with {self.batch_size}")
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,20 +307,28 @@ class EvolutionCallback(TrainerCallback):
         return texts
 
     def _reference_loss(self, model: torch.nn.Module, batch: list[EncodedProbe]) -> list[float]:
-        """Mean cross-entropy per reference token, teacher-forced after the probe's context."""
+        """Mean cross-entropy per reference token, teacher-forced after the probe's context.
+
+        Left padding puts every reference at the end of its row, so only the last (longest reference + 1) positions'
+        logits are asked for (`logits_to_keep`), and only each probe's own positions are cast to fp32: full-row
+        logits over a 152k vocabulary are gigabytes for a handful of long probes.
+        """
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = next(model.parameters()).device
         rows = [e.prompt_ids + e.reference_ids for e in batch]
         ids, mask = _left_pad(rows, pad, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits.float()
-        losses = []
         width = ids.shape[1]
-        for i, e in enumerate(batch):
-            n = len(e.reference_ids)
-            if n == 0:
+        keep = min(max(len(e.reference_ids) for e in batch) + 1, width)
+        extra = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), **extra).logits
+        kept = logits.shape[1]  # `keep`, or the whole row for a model without logits_to_keep
+        losses = []
+        for i, (e, row) in enumerate(zip(batch, rows)):
+            n = min(len(e.reference_ids), len(row) - 1)  # a reference token needs a token before it
+            if n <= 0:
                 losses.append(float("nan"))
                 continue
             # logits at position t predict token t+1: the reference occupies the last n positions
-            pred = logits[i, width - n - 1: width - 1]
+            pred = logits[i, kept - n - 1: kept - 1].float()
             losses.append(torch.nn.functional.cross_entropy(pred, ids[i, width - n:]).item())
         return losses

@@ -1,36 +1,86 @@
 """The base model, its tokenizer, the device, and the LoRA adapter around it."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from daemon.gpus import under_torchrun
 from daemon.trainer.config import RunError, TrainOptions
 
 
 @dataclass(frozen=True)
 class Device:
-    """Where training runs: `cuda` with bf16 when the GPU supports it, else `cpu` in fp32."""
+    """Where training runs and in which precision.
+
+    `cuda` with bf16 when the GPU computes in bf16 natively; fp16 mixed precision on a GPU that only emulates bf16
+    (T4, V100: the frozen base in fp16, the LoRA weights in fp32 for the gradient scaler); `cpu` in fp32.
+    """
 
     kind: str
     name: str
     bf16: bool
+    fp16: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.bf16 else torch.float32
+        """The dtype the frozen base model is loaded in (peft keeps the LoRA weights in fp32 either way)."""
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
 
     @property
     def label(self) -> str:
-        return f"{self.kind} ({self.name}, {'bf16' if self.bf16 else 'fp32'})"
+        return f"{self.kind} ({self.name}, {'bf16' if self.bf16 else 'fp16' if self.fp16 else 'fp32'})"
 
 
 def pick_device() -> Device:
-    """CUDA when available, else CPU."""
+    """The one CUDA GPU this process sees, else the CPU when that is what the user chose or all there is.
+
+    A RunError instead of a silent fallback: several GPUs outside torchrun (the Trainer would wrap the model in
+    nn.DataParallel), or a driver that shows a GPU to a torch build that cannot use it (a night of CPU training).
+    """
     if torch.cuda.is_available():
-        return Device("cuda", torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())
+        if torch.cuda.device_count() > 1 and not under_torchrun(os.environ):
+            raise RunError(f"this trainer sees {torch.cuda.device_count()} GPUs (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}), and one process never trains on "
+                           f"several (the Trainer would fall back to nn.DataParallel). Fix: let the daemon start the "
+                           f"run (it gives each run one GPU; `gpus` in overnight.toml chooses which), or set "
+                           f"CUDA_VISIBLE_DEVICES to one GPU.")
+        # is_bf16_supported() alone says True on a T4/V100, where bf16 is emulated and many times slower
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return Device("cuda", torch.cuda.get_device_name(0), bf16=native_bf16, fp16=not native_bf16)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return Device("cpu", _cpu_name(), False)  # the GPUs were hidden on purpose: the CPU was chosen
+    gpus = _driver_gpus()
+    if gpus:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise RunError(f"{gpus}, but this torch ({torch.__version__}, {build}) cannot use a GPU"
+                       f"{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}, so the run would "
+                       f"train on the CPU for hours. Fix: install the torch build for your CUDA (pip install torch "
+                       f"--index-url https://download.pytorch.org/whl/cu124), check that nvidia-smi lists the GPU "
+                       f"and that `gpus` in overnight.toml names one it lists; to train on the CPU on purpose, start "
+                       f"the daemon with CUDA_VISIBLE_DEVICES=\"\".")
     return Device("cpu", _cpu_name(), False)
+
+
+def _driver_gpus() -> str | None:
+    """What the NVIDIA driver shows ("the NVIDIA driver shows 2 GPU(s)"), or None when it shows none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+        if count > 0:
+            return f"the NVIDIA driver shows {count} GPU(s)"
+    except Exception:  # noqa: BLE001 - no pynvml, no driver library, no device: nothing shows a GPU here
+        pass
+    return "a GPU device file exists (/dev/nvidia0)" if os.path.exists("/dev/nvidia0") else None
 
 
 def _cpu_name() -> str:
@@ -141,6 +191,22 @@ def add_lora(model: Any, opts: TrainOptions) -> Any:
                        f"names of the model's linear layers (e.g. [\"q_proj\", \"v_proj\"]).") from None
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # the KV cache is for generation; training never reuses it
+    return peft_model
+
+
+def continue_lora(model: Any, folder: Path, opts: TrainOptions) -> Any:
+    """Wrap the model with an existing adapter, trainable (its own rank, alpha and targets apply)."""
+    from peft import PeftModel
+    from transformers import set_seed
+
+    set_seed(opts.seed)  # LoRA dropout draws from the global RNG: seeded as for a fresh adapter
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise RunError(f"cannot load the adapter to continue from ({folder}): {e}. Fix: continue from another "
+                       f"version, or remove init_adapter to train a fresh adapter.") from None
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
     return peft_model
 
 

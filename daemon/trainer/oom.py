@@ -1,6 +1,8 @@
-"""Out-of-memory: how to recognise one, and the retry ladder (checkpointing first, then smaller micro-batches)."""
+"""Out-of-memory: how to recognise one, how to give the memory back, and the retry ladder (checkpointing first, then
+smaller micro-batches). Training and evolution snapshots use the same rule."""
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 
 from daemon.trainer.config import RunError, TrainOptions
@@ -19,6 +21,15 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     return isinstance(error, RuntimeError) and len(error.args) == 1 and any(
         text in str(error.args[0]) for text in _OOM_TEXTS)
+
+
+def free_memory() -> None:
+    """Give cached device memory back after an out-of-memory error (call it outside the `except` block)."""
+    import torch
+
+    gc.collect()  # tensors held only by the failed attempt's frames go first
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def next_rung(opts: TrainOptions) -> tuple[TrainOptions, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.atomic import read_json, write_json
+from daemon.gpus import trainer_gpu_env, under_torchrun
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
 from daemon.trainer.console import say
@@ -123,7 +124,7 @@ def _prepare_resume(s: Session) -> Path | None:
     paths.checkpoints.mkdir(exist_ok=True)
     for name in ckpt.discard_incomplete(paths.checkpoints):
         say(f"removed incomplete checkpoint {name} (left by an interrupted save)")
-    resume = ckpt.newest_complete(paths.checkpoints)
+    resume = ckpt.newest_loadable(paths.checkpoints, say)
     step = int(resume.name.split("-")[1]) if resume is not None else 0
     s.result.step = step
     dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
@@ -136,7 +137,11 @@ def _prepare_resume(s: Session) -> Path | None:
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
-    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps)."""
+    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
+
+    One process on one GPU: the scheduler and pick_device see to it that a run never spans several GPUs (no
+    DataParallel). Once runs span GPUs through torchrun, the batches per epoch divide by the world size here.
+    """
     if opts.max_steps > 0:
         return opts.max_steps
     batches = math.ceil(n_sequences / opts.batch_size)
@@ -145,11 +150,15 @@ def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
 
 
 def environment_defaults() -> None:
-    """Offline, quiet, deterministic library settings (before transformers is imported)."""
+    """Offline, quiet, deterministic library settings and one visible GPU (before torch is imported)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the trainer never downloads; fail fast instead of timing out
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not under_torchrun(os.environ):
+        # one process trains on one GPU (the Trainer would wrap several in nn.DataParallel): the daemon already
+        # chose one; this narrows a trainer started by hand the same way (pick_device still refuses several)
+        os.environ.update(trainer_gpu_env(None, os.environ))
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing

@@ -13,13 +13,15 @@ from transformers.utils import logging as hf_logging
 from daemon.atomic import write_json
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
-from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
-from daemon.trainer.model import Device, add_lora, choose_attention, load_model, load_tokenizer, trainable_summary
+from daemon.trainer.model import (Device, add_lora, choose_attention, continue_lora, load_model, load_tokenizer,
+                                  trainable_summary)
 
 if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
@@ -111,6 +113,7 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
         greater_is_better=False if has_eval else None,
         seed=opts.seed,
         bf16=device.bf16,
+        fp16=device.fp16,
         use_cpu=device.kind == "cpu",
         dataloader_num_workers=0,
         report_to="none",
@@ -156,8 +159,10 @@ class Built:
 
     def reset_model(self) -> None:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
-        opts = self.session.cfg.options
-        self.model = add_lora(load_model(self.source, self.device, opts, self.attention), opts)
+        cfg = self.session.cfg
+        base = load_model(self.source, self.device, cfg.options, self.attention)
+        self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
+                      add_lora(base, cfg.options))
 
     def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
         paths = self.session.cfg.paths
@@ -166,6 +171,7 @@ class Built:
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
+            DiskSpaceCallback(paths.checkpoints, opts.min_free_gb, self.commands, self.progress, self.status, say),
             CheckpointCallback(paths.checkpoints, opts.keep_checkpoints, self.status, self.progress, say),
             *self.extra_callbacks,
         ]
@@ -247,8 +253,9 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     if commands.stop.is_set():
         return built
     built.reset_model()
-    say(f"model: {source}{_quantized(opts, device)} with LoRA r={opts.lora_r} alpha={opts.lora_alpha} "
-        f"dropout={opts.lora_dropout} targets={opts.lora_targets}; {trainable_summary(built.model)}")
+    lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
+            f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
+    say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
     built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free)
     evolution = _evolution_callback(s, tokenizer, data)
     if evolution is not None:
@@ -331,4 +338,5 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
         + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
-                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget)
+                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
+                             max_length=opts.max_length)

@@ -41,17 +41,20 @@ def render_telemetry(t: Telemetry | None, width: int = 80) -> Group:
     if t is None:
         return Group(Text("sampling…", "dim"))
     parts: list = []
-    if t.gpus:
+    healthy = [gpu for gpu in t.gpus if not gpu.error]
+    if healthy:
         gpus = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False,
                      header_style="dim")
         fixed = 4 + 13 + 20 + 5 + 10 + 5  # GPU#, util, memory, temp, power and the gaps between columns
         for label in ("", "name", "util", "memory", "temp", "power"):
             gpus.add_column(label, no_wrap=True, overflow="ellipsis",
                             max_width=max(6, width - fixed) if label == "name" else None)
-        for gpu in t.gpus:
+        for gpu in healthy:
             gpus.add_row(*_gpu_row(gpu))
         parts.append(gpus)
-    else:
+    # a GPU NVML cannot report gets a full-width line of its own, so its reason is not cut to the name column
+    parts += [Text(f"GPU{gpu.index} {gpu.error}", "bold yellow") for gpu in t.gpus if gpu.error]
+    if not t.gpus:
         parts.append(Text(t.gpu_error or "no NVIDIA GPU", "bold yellow"))
     s = t.system
     if s is not None:

@@ -1,0 +1,100 @@
+"""`overnight export RUN OUT [--merge]` through the CLI, on a run the real daemon trained on the tiny model."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import overnight
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "add 3 1:"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A home whose overnight.toml names the tiny model by a path relative to the home, and one completed run."""
+    from daemon.tinymodel import ensure_tiny_model
+    home = tmp_path_factory.mktemp("export") / "home"
+    for d in ("inbox", "control", "runs"):
+        (home / d).mkdir(parents=True)
+    shutil.copytree(ensure_tiny_model(tmp_path_factory.getbasetemp() / "models"), home / "models" / "tiny")
+    (home / "overnight.toml").write_text('base_model = "models/tiny"\n')  # resolved against the home
+    (home / "inbox" / "add.toml").write_text("max_steps = 8\nbatch_size = 4\nmax_length = 32\nlearning_rate = 3e-3\n"
+                                             "save_every = 100\nprobe_count = 0\neval_fraction = 0\n")
+    (home / "inbox" / "add.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"add {i} 1:", "completion": f" {i + 1}"}) + "\n" for i in range(40)))
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [run] = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+    assert run["state"] == "completed", run["reason"]
+    return home, run
+
+
+def set_option(run: dict[str, Any], **options: Any) -> None:
+    config = Path(run["run_dir"]) / "config.json"
+    raw = json.loads(config.read_text())
+    raw["options"].update(options)
+    config.write_text(json.dumps(raw))
+
+
+def test_export_adapter_and_merged_model(trained: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    home, run = trained
+    res = overnight("export", run["id"], str(tmp_path / "adapter"), home=home)
+    assert res.returncode == 0 and f"adapter of {run['id']} written to {tmp_path / 'adapter'}" in res.stdout
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+    res = overnight("export", run["id"], str(tmp_path / "merged"), "--merge", home=home, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "merged into the base (fp32)" in res.stdout and "Failed to load" not in res.stderr
+    assert not (tmp_path / ".merged.partial").exists()
+
+    tiny = home / "models" / "tiny"
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), Path(run["run_dir"]) / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    ids = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        logits = [m(**ids).logits for m in (merged, peft, base)]
+        generated = [m.generate(**ids, max_new_tokens=4, do_sample=False) for m in (merged, peft)]
+    assert (logits[0] - logits[1]).abs().max() < 1e-4  # the merge is the adapter, folded in
+    assert (logits[1] - logits[2]).abs().max() > 1e-2  # and the adapter changed something to fold in
+    assert torch.equal(generated[0], generated[1])
+
+
+def test_export_merge_of_a_quantised_run_says_what_it_merged_into(trained: tuple[Path, dict[str, Any]],
+                                                                  tmp_path: Path) -> None:
+    home, run = trained
+    set_option(run, quantization="4bit")
+    try:
+        res = overnight("export", run["id"], str(tmp_path / "merged"), "--merge", home=home, timeout=300)
+    finally:
+        set_option(run, quantization="none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "merged into the unquantised base (fp32); the run trained on a 4-bit base" in res.stdout
+
+
+@pytest.mark.parametrize("broken", ["missing", "no-weights"])
+def test_export_merge_with_a_broken_base_model_is_one_clean_error(trained: tuple[Path, dict[str, Any]],
+                                                                  tmp_path: Path, broken: str) -> None:
+    home, run = trained
+    if broken == "no-weights":
+        (tmp_path / "no-weights").mkdir()
+        (tmp_path / "no-weights" / "config.json").write_text('{"model_type": "qwen2"}')
+    set_option(run, base_model=str(tmp_path / broken))
+    try:
+        res = overnight("export", run["id"], str(tmp_path / "merged"), "--merge", home=home, timeout=300)
+    finally:
+        set_option(run, base_model="models/tiny")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "Fix: " in res.stderr and str(tmp_path / broken) in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.startswith("Error: ")]) == 1
+    assert not (tmp_path / "merged").exists() and not (tmp_path / ".merged.partial").exists()

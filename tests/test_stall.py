@@ -1,0 +1,64 @@
+"""A frozen trainer is noticed: no training step for stall_minutes → reported (status, control_events, log), and
+with stall_action = "restart" killed and resumed from its last checkpoint. Real daemon, real trainer, SIGSTOP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon.stall import StallWatch
+from tests.conftest import overnight, wait_until
+from tests.test_control_e2e import drop_all, progress_step, run_of, state, write_dataset
+
+
+def test_only_time_spent_training_counts() -> None:
+    w = StallWatch(10)
+    assert not w.observe("preparing", 0, 0)  # loading the model never counts
+    assert not w.observe("training", 3, 100)
+    assert not w.observe("training", 3, 109)
+    assert w.observe("training", 3, 110)  # reported once…
+    assert not w.observe("training", 3, 500)  # …not again
+    assert not w.observe("paused", 3, 600) and not w.stalled  # a pause resets the clock
+    assert not w.observe("training", 3, 601) and not w.observe("training", 3, 610)
+    assert not w.observe("training", 4, 612) and not w.stalled  # a step: the clock restarts
+    assert not w.observe("saving", 4, 613) and not w.observe("saving", 4, 622)  # a save gets its own window
+    assert w.observe("saving", 4, 623)  # …and a save that hangs is a stall too
+    assert "stalled: no training step for 0.166667 minutes (stuck at step 4)" in StallWatch(10, step=4).message("r", 1)
+
+
+def _status(home: Path) -> dict:
+    return json.loads(overnight("status", "--json", home=home, check=True).stdout)
+
+
+@pytest.mark.e2e
+def test_a_frozen_trainer_is_reported_then_restarted(home: Path, tiny_model: Path, daemon_proc, tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nstall_minutes = 0.05\n')  # 3 s
+    daemon_proc()
+    drop_all(write_dataset(tmp_path, "frozen", 5000), home / "inbox")
+    wait_until(lambda: progress_step(home, "frozen") >= 3, 120, what="training")
+    pid = run_of(home, "frozen")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "stalled" in (_status(home).get("problem") or ""), 60, what="stall reported")
+        status = _status(home)
+        assert "frozen" in status["problem"] and "Fix:" in status["problem"]
+        assert any(e["status"] == "stalled" for e in status["control_events"])
+        assert "stalled: no training step" in (home / "overnight.log").read_text()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: not _status(home).get("problem"), 60, what="the stall clears once steps move again")
+    overnight("stop", "frozen", home=home, check=True)
+    wait_until(lambda: state(home, "frozen") == "stopped", 120, what="stopped")
+
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nstall_minutes = 0.05\n'
+                                         f'stall_action = "restart"\n')
+    drop_all(write_dataset(tmp_path, "restart", 40), home / "inbox")
+    wait_until(lambda: progress_step(home, "restart") >= 6, 120, what="training past a checkpoint")
+    first = run_of(home, "restart")["pid"]
+    os.kill(first, signal.SIGSTOP)
+    wait_until(lambda: state(home, "restart") == "completed", 240, what="restarted and completed")
+    log = (Path(run_of(home, "restart")["run_dir"]) / "console.log").read_text()
+    assert "restarted after a stall; resuming from its last checkpoint" in log and "resuming from checkpoints/step-" in log
