@@ -109,6 +109,7 @@ def _hold_pause(d: "Daemon") -> None:
     wanted: str | None = None
     if path.is_file() and not control.settled(path):
         return  # being written: the pause state stays as it is for one more pass
+    if path.is_file():
         try:
             wanted = control.parse(path).target or "*"
         except (ControlError, OSError):
