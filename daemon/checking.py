@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon import sweep
 from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
 from daemon.lineage import check_parent
@@ -31,11 +32,14 @@ def check_file(path: Path, home: Home) -> dict[str, Any]:
         if role == "sidecar":
             opts = load_sidecar(path)
             resolved = resolve(load_home_toml(home.toml), opts)
+            sweep.check_cap(resolved, path)
             if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
                 check_base_models(resolve(None, opts), path, home.toml)
             if "init_adapter" in opts:
                 check_parent(resolved, home.toml)
-            return _ok(path, {"role": role, "options": opts}, f"{path}: OK (sidecar, {len(opts)} options)")
+            grid = sweep.summary(resolved)
+            return _ok(path, {"role": role, "options": opts, "runs": sweep.run_count(resolved)},
+                       f"{path}: OK (sidecar, {len(opts)} options)" + (f"\n  sweep: {grid}" if grid else ""))
         if role == "probes":
             from daemon.probes import load_probe_file
             probes = load_probe_file(path)
@@ -76,6 +80,7 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
                    require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root))
     r = sub.report
+    first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
     if path.is_symlink():
         r.notes.append("this is a symbolic link: the daemon refuses links dropped into the inbox; use "
                        "`overnight add FILE` (it copies) or mv the real file")
@@ -87,11 +92,14 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
              _stats_line("characters per example", r.chars),
              _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
                          r.tokens) if r.tokens else None,
-             _batching_line(r, sub.options.values), _memory_line(r, sub.options, home.root)]
+             _batching_line(r, first.values), _memory_line(r, first, home.root)]
+    grid = sweep.summary(sub.options)
     lines += [f"  sidecar: {sub.sidecar.name}" if sub.sidecar else None,
+              f"  sweep: {grid} (estimates above: the first run's options)" if grid else None,
               f"  probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None]
     lines += [f"  note: {n}" for n in r.notes]
-    out = {"role": "dataset", "report": r.to_dict(), "base_models": sub.options.base_models}
+    out = {"role": "dataset", "report": r.to_dict(), "base_models": sub.options.base_models,
+           "runs": sweep.run_count(sub.options)}
     try:
         check_base_models(sub.options, sub.sidecar, home.toml)
         parent = check_parent(sub.options, home.toml)

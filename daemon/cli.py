@@ -393,32 +393,40 @@ def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
 @main.command()
 @home_option
 @json_option
-@click.argument("runs_", metavar="RUN RUN...", nargs=-1, required=True)
-def compare(home: str | None, as_json: bool, runs_: tuple[str, ...]) -> None:
-    """Runs side by side: options that differ, final losses, probes learned."""
-    from daemon.atomic import read_json
-    from daemon.evolution import analyze, load_records
+@click.argument("refs", metavar="RUN RUN...|GROUP", nargs=-1, required=True)
+def compare(home: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
+    """Runs side by side, best first (eval loss, else final loss): probes learned, tokens/s, wall time and the
+    options that differ. GROUP: a sweep's group id, or its name when one group has it."""
+    from daemon.sweep import comparison, format_comparison
     h = Home.resolve(home, create=False)
-    rows = []
-    for ref in runs_:
-        r = _find_run(h, ref)
-        d = Path(r["run_dir"])
-        opts = (read_json(d / "config.json", {}) or {}).get("options", {})
-        evo = analyze(load_records(d / "evolution.jsonl"))
-        rows.append({"run": r["id"], "state": r["state"], "base_model": r["base_model"], "step": r["step"],
-                     "loss": r["loss"], "eval_loss": r["eval_loss"], "probes": evo.summary, "options": opts})
-    if as_json:
-        _echo_json(rows)
-        return
-    keys = sorted({k for row in rows for k in row["options"]})
-    differing = [k for k in keys if len({repr(row["options"].get(k)) for row in rows}) > 1]
-    table = [["", *[row["run"] for row in rows]]]
-    for label in ("state", "step", "loss", "eval_loss", "probes"):
-        table.append([label, *[_fmt_loss(row[label]) if "loss" in label else str(row[label] if row[label] is not None else "-") for row in rows]])
-    table += [[k, *[str(row["options"].get(k)) for row in rows]] for k in differing]
-    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
-    for t in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+    group, runs = _compare_runs(h, refs)
+    rows = comparison(runs)
+    _echo_json(rows) if as_json else click.echo(format_comparison(rows, group))
+
+
+def _compare_runs(h: Home, refs: tuple[str, ...]) -> tuple[str | None, list[dict[str, Any]]]:
+    """One ref: a group (by id, by prefix or name when unambiguous, or the group of a run); several: runs."""
+    rd = _reader(h)
+    if len(refs) == 1:
+        ref = refs[0]
+        groups = rd.find_groups(ref)
+        if len(groups) > 1:
+            raise click.ClickException(f"{ref!r} names {len(groups)} groups: {', '.join(groups[:8])}. "
+                                       f"Fix: give the group id, e.g. overnight compare {groups[0]}")
+        if not groups:
+            run = rd.find_run(ref)
+            if run is not None and run["group_id"] and len(rd.group_runs(run["group_id"])) > 1:
+                groups = [run["group_id"]]
+        if not groups:
+            raise click.ClickException(f"no group matches {ref!r}: compare takes a sweep's group id (or its name), "
+                                       f"or two runs or more (see overnight runs)")
+        return groups[0], rd.group_runs(groups[0])
+    runs: dict[str, dict[str, Any]] = {}
+    for ref in refs:
+        members = rd.group_runs(ref)  # a group id among the runs: all of its runs
+        for r in members or [_find_run(h, ref)]:
+            runs.setdefault(r["id"], r)
+    return None, list(runs.values())
 
 
 # --- start on boot -------------------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from daemon import rundir
+from daemon import rundir, sweep
 from daemon.atomic import write_json, write_text
 from daemon.fsutil import ignored, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
-from daemon.options import OptionsError, load_home_toml
+from daemon.options import OptionsError, Resolved, load_home_toml
 from daemon.store import Store
 from daemon.submission import Submission, SubmissionError, role_of, sha256_file, stem_of, validate
 from daemon.timefmt import iso, run_id_stamp
@@ -248,30 +248,32 @@ class Intake:
             except Exception:  # noqa: BLE001 - a hook or notifier never stops the intake
                 log.exception(f"inbox: telling about the rejection of {names} failed")
 
-    def new_run_id(self, name: str) -> str:
-        """NAME-YYYYmmdd-HHMMSS, with -2, -3… when two collide."""
-        base = f"{safe_name(name)}-{run_id_stamp()}"
-        taken = self.store.run_ids()
+    def new_run_id(self, name: str, stamp: str | None = None, also_taken: set[str] | None = None) -> str:
+        """NAME-YYYYmmdd-HHMMSS, with -2, -3… when two collide (with a run or a group id)."""
+        base = f"{safe_name(name)}-{stamp or run_id_stamp()}"
+        taken = self.store.run_ids() | self.store.group_ids() | (also_taken or set())
         rid, i = base, 2
         while rid in taken or self.home.run_dir(rid).exists():
             rid, i = f"{base}-{i}", i + 1
         return rid
 
     def accept(self, sub: Submission, sha: str | None = None) -> list[str]:
-        """Create one queued run per base model; the drop is moved into the first run's dataset/ folder.
+        """Create one queued run per base model and per combination of a sweep's values (daemon/sweep.py), in
+        the grid's order; the drop is moved into the first run's dataset/ folder.
 
         Each run folder is assembled under a hidden staging name and renamed into runs/ complete, so a
         reader never sees a run folder without its config.json.
         """
-        models = sub.options.base_models
+        points = sweep.expand(sub.options)
+        several_models = len(sub.options.base_models) > 1
         sha = sha or sha256_file(sub.dataset)
-        group_id = None
+        stamp = run_id_stamp()  # one time for the whole group: the ids differ only by their values
+        group_id = self.new_run_id(sub.name, stamp) if len(points) > 1 else None
         run_ids: list[str] = []
         first_dataset_dir: Path | None = None
-        for model in models:
-            suffix = f"-{safe_name(Path(model.rstrip('/')).name)}" if len(models) > 1 else ""
-            rid = self.new_run_id(sub.name + suffix)
-            group_id = group_id or (rid if len(models) > 1 else None)
+        for i, point in enumerate(points):
+            rid = self.new_run_id(sub.name + sweep.run_suffix(point, several_models), stamp,
+                                  {group_id} if group_id else None)
             staging = self.home.runs / f".{rid}.partial"
             (staging / "dataset").mkdir(parents=True)
             if first_dataset_dir is None:
@@ -281,24 +283,27 @@ class Intake:
             else:  # the same bytes for the other models of the group: a hard link costs no space
                 for p in first_dataset_dir.iterdir():
                     _link_or_copy(p, staging / "dataset" / p.name)
-            row = self._write_run_files(rid, staging, sub, model, sha, group_id)
+            row = self._write_run_files(rid, staging, sub, sweep.options_for(sub.options, point), sha, group_id,
+                                        point, (i + 1, len(points)))
             os.rename(staging, self.home.run_dir(rid))
             self.store.insert_run(row)
             first_dataset_dir = self.home.run_dir(rid) / "dataset" if first_dataset_dir is None else first_dataset_dir
             run_ids.append(rid)
+        grouped = f" (group {group_id}: {sweep.describe(sub.options)})" if group_id else ""
         log.info(f"inbox: accepted {sub.dataset.name} ({sub.report.schema}, {sub.report.records} records) "
-                 f"as {', '.join(run_ids)}")
+                 f"as {', '.join(run_ids)}{grouped}")
         return run_ids
 
-    def _write_run_files(self, rid: str, folder: Path, sub: Submission, model: str, sha: str,
-                         group_id: str | None) -> dict:
+    def _write_run_files(self, rid: str, folder: Path, sub: Submission, opts: Resolved, sha: str,
+                         group_id: str | None, point: sweep.Point, place: tuple[int, int]) -> dict:
         """config.json, stats.json, metadata.json and the console header; returns the run's DB row."""
-        opts = sub.options.for_model(model)
+        model = opts.values["base_model"]
         dataset_info = {"path": f"dataset/{sub.dataset.name}", "file": sub.dataset.name, "format": sub.report.format,
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
         parent = check_parent(opts, self.home.toml)
         write_json(folder / "config.json", {
-            "run_id": rid, "name": sub.name, "group": group_id, **opts.to_config(), "dataset": dataset_info,
+            "run_id": rid, "name": sub.name, "group": group_id, "sweep": dict(point.values) or None,
+            **opts.to_config(), "dataset": dataset_info,
             "init_adapter": copy_adapter(parent, folder / "init_adapter") if parent else None,
             "probes": f"dataset/{sub.probes.name}" if sub.probes else None,
             "sidecar": f"dataset/{sub.sidecar.name}" if sub.sidecar else None,
@@ -310,9 +315,12 @@ class Intake:
                "seq": self.store.next_seq(), "run_dir": str(self.home.run_dir(rid)),
                "max_steps": opts.values["max_steps"] or None, "created": iso()}
         rundir.write_metadata(folder, row)
+        in_group = f"; group {group_id}, run {place[0]} of {place[1]}" if group_id else ""
+        if point.values:
+            in_group += ": " + ", ".join(f"{k} = {v}" for k, v in point.values)
         rundir.append_console(folder, f"overnight run {rid} queued: dataset {sub.dataset.name} "
                                       f"({sub.report.format}, schema {sub.report.schema}, {sub.report.records} "
-                                      f"records), base model {model}")
+                                      f"records), base model {model}{in_group}")
         return row
 
 

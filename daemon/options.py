@@ -30,6 +30,7 @@ class Option:
     validate: Callable[[Path | str, Any], None] | None = None
     # Kept out of a run's config.json (it may hold secrets, e.g. notification URLs with tokens).
     private: bool = False
+    sweep: bool = False  # a list in a sidecar queues one run per value (daemon/sweep.py)
 
 
 def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
@@ -37,6 +38,7 @@ def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
 
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
+SELECTS = ("none", "best")
 BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
 ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 # transformers' SchedulerType and OptimizerNames (5.x), copied so the daemon validates without importing torch;
@@ -63,19 +65,23 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            lambda v: (isinstance(v, str) and bool(v.strip())) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, str) and x.strip() for x in v)),
            "a non-empty string or a non-empty list of strings"),
-    Option("epochs", (int, float), 3.0, "passes over the training data", _rng(0, 1000, True), "> 0 and <= 1000"),
-    Option("max_steps", int, 0, "optimizer steps; wins over epochs when > 0", _rng(0, 10**9), "0 (use epochs) .. 1e9"),
-    Option("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1"),
-    Option("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096"),
-    Option("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096"),
-    Option("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576"),
-    Option("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024"),
-    Option("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0"),
-    Option("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1"),
+    Option("epochs", (int, float), 3.0, "passes over the training data", _rng(0, 1000, True), "> 0 and <= 1000",
+           sweep=True),
+    Option("max_steps", int, 0, "optimizer steps; wins over epochs when > 0", _rng(0, 10**9), "0 (use epochs) .. 1e9",
+           sweep=True),
+    Option("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1", sweep=True),
+    Option("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096", sweep=True),
+    Option("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
+    Option("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
+           sweep=True),
+    Option("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
+    Option("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
+    Option("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
     Option("lora_targets", (str, list), "all-linear", "modules LoRA adapts",
            lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
            '"all-linear" or a list of module names such as ["q_proj", "v_proj"]'),
-    Option("seed", int, 42, "random seed (data order, LoRA init, dropout)", _rng(0, 2**32 - 1), "0 .. 4294967295"),
+    Option("seed", int, 42, "random seed (data order, LoRA init, dropout)", _rng(0, 2**32 - 1), "0 .. 4294967295",
+           sweep=True),
     Option("eval_fraction", (int, float), 0.05, "held-out share of records for eval loss", _rng(0, 0.5), "0 .. 0.5"),
     Option("early_stopping_patience", int, 0, "evals without improvement before stopping; 0 = off", _rng(0, 10**6), "0 .. 1e6"),
     Option("log_every", int, 10, "steps between metric records", _rng(1, 10**6), "1 .. 1e6"),
@@ -84,28 +90,31 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("probe_count", int, 8, "probes held out when no probe file is given", _rng(0, 256), "0 .. 256"),
     Option("probe_max_new_tokens", int, 32, "tokens generated per probe", _rng(1, 4096), "1 .. 4096"),
     Option("quantization", str, "none", "load the base model quantised (QLoRA through bitsandbytes)",
-           lambda v: v in QUANTIZATIONS, _choices(QUANTIZATIONS)),
+           lambda v: v in QUANTIZATIONS, _choices(QUANTIZATIONS), sweep=True),
     Option("gradient_checkpointing", (str, bool), "auto",
            "recompute activations in the backward pass (less memory, ~30% more compute)",
-           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false'),
+           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
     Option("batching", str, "auto", "how prompt and chat examples are batched (text blocks are always full)",
-           lambda v: v in BATCHINGS, _choices(BATCHINGS)),
+           lambda v: v in BATCHINGS, _choices(BATCHINGS), sweep=True),
     Option("attn_implementation", str, "auto", "the attention kernel",
-           lambda v: v in ATTENTIONS, _choices(ATTENTIONS)),
+           lambda v: v in ATTENTIONS, _choices(ATTENTIONS), sweep=True),
     Option("lr_scheduler", str, "linear", "learning-rate schedule (the Trainer's names)",
-           lambda v: v in LR_SCHEDULERS, _choices(LR_SCHEDULERS)),
+           lambda v: v in LR_SCHEDULERS, _choices(LR_SCHEDULERS), sweep=True),
     Option("warmup_ratio", (int, float), 0.0, "share of the steps spent warming the learning rate up",
-           lambda v: 0 <= v < 1, ">= 0 and < 1"),
-    Option("weight_decay", (int, float), 0.0, "AdamW weight decay", _rng(0, 1), "0 .. 1"),
-    Option("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6"),
+           lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
+    Option("weight_decay", (int, float), 0.0, "AdamW weight decay", _rng(0, 1), "0 .. 1", sweep=True),
+    Option("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6", sweep=True),
     Option("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
-           lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS)),
-    Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])"),
+           lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS), sweep=True),
+    Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])",
+           sweep=True),
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
     Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
            "letters, digits, '.', '_' and '-', at most 64 characters"),
+    Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
+           lambda v: v in SELECTS, _choices(SELECTS)),
     Option("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
     Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
            "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
@@ -125,6 +134,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
            '"all", a positive count, or a list of GPU indices', owner_only=True),
+    Option("max_sweep_runs", int, 16, "the most runs one sidecar's sweep (lists of values) may queue", _rng(1, 10**4),
+           "1 .. 10000", owner_only=True),
 ]}
 
 HOOK_EVENTS = ("on_complete", "on_fail", "on_reject")
@@ -187,11 +198,11 @@ def _unknown_key_hint(key: str, value: Any) -> str:
     return f" Did you mean '{close}'?" if close else ""
 
 
-def check_value(source: Path | str, key: str, value: Any) -> None:
-    """Raise OptionsError when `value` is not allowed for `key`."""
+def check_value(source: Path | str, key: str, value: Any, item: str = "") -> None:
+    """Raise OptionsError when `value` is not allowed for `key` (`item`: where in a sweep's list it stands)."""
     opt = OPTIONS[key]
     if not _type_ok(opt, value):
-        raise OptionsError(f"{source}: option '{key}' = {value!r} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
+        raise OptionsError(f"{source}: option '{key}' = {value!r}{item} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
                            f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
                            f"with a value of that type (TOML: strings in quotes, true/false bare).")
@@ -203,7 +214,7 @@ def check_value(source: Path | str, key: str, value: Any) -> None:
         close = difflib.get_close_matches(value, opt.allowed.replace('"', "").replace(",", "").split(), n=1) \
             if isinstance(value, str) else []
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise OptionsError(f"{source}: option '{key}' = {value!r} {what}; allowed: {opt.allowed}.{hint} "
+        raise OptionsError(f"{source}: option '{key}' = {value!r}{item} {what}; allowed: {opt.allowed}.{hint} "
                            f"Fix: set {key} to an allowed value{default}.")
 
 
@@ -234,8 +245,35 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
             raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
                                f"never in a dataset's sidecar (it runs code or shapes the machine). "
                                f"Fix: remove '{key}' from {Path(source).name}.")
-        check_value(source, key, value)
+        if isinstance(value, list) and not _type_ok(OPTIONS[key], value):
+            check_sweep(source, key, value, sidecar=sidecar)
+        else:
+            check_value(source, key, value)
     return table
+
+
+def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool) -> None:
+    """A list for an option whose value is not a list: a sweep (one run per value), allowed in a sidecar only."""
+    opt = OPTIONS[key]
+    one = _toml(values[0]) if values and not isinstance(values[0], (list, dict)) else "…"
+    if not opt.sweep:
+        sweepable = ", ".join(k for k, o in OPTIONS.items() if o.sweep)
+        raise OptionsError(f"{source}: option '{key}' = {values!r} is a list, but {key} cannot be swept: a list "
+                           f"queues one run per value only for the training options {sweepable}. "
+                           f"Fix: give {key} one value ({key} = {one}).")
+    if not sidecar:
+        raise OptionsError(f"{source}: option '{key}' = {values!r} is a list, but sweeps belong in a dataset's "
+                           f"sidecar (NAME.toml beside the dataset: one run per value), not in overnight.toml. "
+                           f"Fix: set one value here ({key} = {one}) and put the list in the sidecar of the "
+                           f"dataset to sweep.")
+    if not values:
+        raise OptionsError(f"{source}: option '{key}' = [] is an empty list. Fix: list the values to sweep "
+                           f"({key} = [{_toml(opt.default)}, …]), or remove {key} to use the default.")
+    for i, v in enumerate(values):
+        check_value(source, key, v, item=f" (item {i + 1} of the list {values!r})")
+        if any(type(v) is type(w) and v == w for w in values[:i]):
+            raise OptionsError(f"{source}: option '{key}' = {values!r} lists {_toml(v)} twice. "
+                               f"Fix: list each value once.")
 
 
 @dataclass
@@ -244,6 +282,7 @@ class Resolved:
 
     values: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
+    swept: list[str] = field(default_factory=list)  # options a sidecar lists several values of, in its order
 
     @property
     def base_models(self) -> list[str]:
@@ -268,7 +307,8 @@ def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Reso
     for origin, table in (("toml", toml or {}), ("sidecar", sidecar or {})):
         for k, v in table.items():
             values[k], sources[k] = v, origin
-    return Resolved(values, sources)
+    swept = [k for k, v in (sidecar or {}).items() if isinstance(v, list) and OPTIONS[k].sweep]
+    return Resolved(values, sources, swept)
 
 
 def load_home_toml(path: Path) -> dict[str, Any]:

@@ -53,6 +53,20 @@ class Reader:
         return self.run(ref) or next(iter(self._all(
             "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref))), None)
 
+    def group_runs(self, group_id: str) -> list[dict[str, Any]]:
+        """The runs of a sweep (or of a base_model list), in grid order."""
+        return self._all("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", (group_id,))
+
+    def find_groups(self, ref: str) -> list[str]:
+        """Group ids `ref` names: that id exactly, else the groups whose id starts with it or whose runs' name
+        it is (newest first; several means `ref` is ambiguous)."""
+        if self._all("SELECT 1 FROM runs WHERE group_id = ? LIMIT 1", (ref,)):
+            return [ref]
+        rows = self._all("SELECT group_id, MAX(seq) AS newest FROM runs WHERE group_id IS NOT NULL AND "
+                         "(substr(group_id, 1, ?) = ? OR name = ?) GROUP BY group_id HAVING COUNT(*) > 1 "
+                         "ORDER BY newest DESC", (len(ref), ref, ref))
+        return [r["group_id"] for r in rows]
+
     def transitions(self, run_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))
 

@@ -13,14 +13,17 @@ from daemon.store import Store
 from daemon.timefmt import run_id_stamp
 
 
-def register(store: Store, run: dict[str, Any]) -> int:
-    """Register the completed run's adapter as the next version of its name; returns the version."""
+def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
+    """Register the completed run's adapter as the next version of its name; returns the version.
+
+    `activate=False`: the version does not take over (a sweep with select = "best" chooses at its end)."""
     run_dir = Path(run["run_dir"])
     result = read_json(run_dir / "result.json", {}) or {}
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
     parent = ((read_json(run_dir / "config.json", {}) or {}).get("init_adapter") or {}).get("parent")
     return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
-                            "metrics": metrics, "adapter_path": str(run_dir / "adapter"), "parent": parent})
+                            "metrics": metrics, "adapter_path": str(run_dir / "adapter"), "parent": parent},
+                           activate=activate)
 
 
 def delete(store: Store, home: Home, name: str, version: int) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, notify, registry, rundir
+from daemon import __version__, hooks, notify, registry, rundir, sweep
 from daemon.atomic import read_json
 from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
@@ -26,6 +26,11 @@ from daemon.timefmt import iso
 REQUEST_OUTCOME = {"stop": "stopped", "skip": "skipped", "preempt": "queued", "shutdown": "queued"}
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
 MAX_ATTEMPTS = 3
+
+
+def _run_options(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved options, from its config.json."""
+    return (read_json(Path(run["run_dir"]) / "config.json", {}) or {}).get("options") or {}
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -57,6 +62,7 @@ class Daemon:
         self._pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
         self._observer = None
         self._hook_threads: list[threading.Thread] = []
+        self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
@@ -130,6 +136,10 @@ class Daemon:
                 self.active.proc.terminate()
                 self.active.wait(30)
             self._finish(self.active)
+        try:
+            self.select_groups()  # a group whose last run ended just now
+        except Exception:  # noqa: BLE001
+            log.exception("internal error in select_groups")
         self.intake.close()
         if self._observer:
             self._observer.stop()
@@ -145,7 +155,7 @@ class Daemon:
     # --- one pass of the loop -------------------------------------------------------------------------
     def step(self) -> None:
         """Intake, control, trainer bookkeeping, queue: each guarded so one failure never stops the daemon."""
-        for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.start_next):
+        for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.select_groups, self.start_next):
             try:
                 part()
             except Exception:  # keep serving; the traceback goes to overnight.log
@@ -271,14 +281,28 @@ class Daemon:
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
         run = self.store.get_run(a.run_id)
         if state == "completed":
-            version = registry.register(self.store, run)
-            log.info(f"registered model {run['name']} version {version}")
+            waits = sweep.selects_best(_run_options(run), run)
+            version = registry.register(self.store, run, activate=not waits)
+            log.info(f"registered model {run['name']} version {version}"
+                     f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             self._notify("completed", run["id"], notify.completed_message, run, version, result)
         elif state == "failed":
             self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
         if state in ("completed", "failed"):
             self._keep_hook(hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
                                             self._owner_options().get("hooks") or {}, run))
+
+    def select_groups(self) -> None:
+        """Groups a run of which ended (trained out, failed, stopped or skipped, even before it started): when
+        the last one has ended and the group says select = "best", activate its best version (after the pass
+        that registered the last version)."""
+        from daemon.evolution import analyze, load_records
+        while self._ended_groups:
+            group = self._ended_groups.pop()
+            said = sweep.on_group_ended(self.store, group, _run_options,
+                                        lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
+            if said:
+                log.info(said)
 
     def _on_reject(self, files: list[Path], message: str, error_file: Path) -> None:
         """A drop went to inbox/rejected/: the on_reject hook and the 'rejected' notification."""
@@ -311,6 +335,8 @@ class Daemon:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
         rundir.write_metadata(Path(run["run_dir"]), run)
+        if state in END_STATES and run.get("group_id"):
+            self._ended_groups.add(run["group_id"])
 
     # --- control --------------------------------------------------------------------------------------
     def _stop_file(self) -> bool:

@@ -93,6 +93,13 @@ class Store:
     def run_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM runs")}
 
+    def group_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT group_id FROM runs WHERE group_id IS NOT NULL")}
+
+    def runs_in_group(self, group_id: str) -> list[dict[str, Any]]:
+        """The runs of a sweep (or of a base_model list), in grid order."""
+        return [dict(r) for r in self.db.query("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", [group_id])]
+
     def insert_run(self, run: dict[str, Any]) -> None:
         """A new run, queued (or already rejected elsewhere); records its first transition."""
         now = iso()
@@ -170,23 +177,27 @@ class Store:
             q, args = q + " WHERE name = ?", [name]
         return [dict(r) for r in self.db.query(q + " ORDER BY name, version", args)]
 
-    def add_model(self, row: dict[str, Any]) -> int:
-        """Register the next version of `row['name']`; it becomes active unless the user pinned another."""
+    def add_model(self, row: dict[str, Any], activate: bool = True) -> int:
+        """Register the next version of `row['name']`; it becomes active unless the user pinned another (or
+        `activate` is False: a sweep with select = "best" activates its best version when it ends)."""
         with self.db.conn:
             cur = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", [row["name"]])
             version = int(cur.fetchone()[0])
             pinned = self.db.execute("SELECT 1 FROM meta WHERE key = ?", [f"pinned:{row['name']}"]).fetchone()
+            pinned = pinned or not activate
             if not pinned:
                 self.db.execute("UPDATE models SET active = 0 WHERE name = ?", [row["name"]])
             self.db["models"].insert({**row, "version": version, "created": iso(), "active": 0 if pinned else 1,
                                       "metrics": json.dumps(row.get("metrics") or {})})
         return version
 
-    def activate_model(self, name: str, version: int) -> None:
-        """Make `version` the active one and pin it (new versions no longer take over)."""
+    def activate_model(self, name: str, version: int, pin: bool = True) -> None:
+        """Make `version` the active one and pin it (new versions no longer take over); `pin=False` (a sweep's
+        selection) leaves the pin as it was."""
         with self.db.conn:
             self.db.execute("UPDATE models SET active = (version = ?) WHERE name = ?", [version, name])
-            self.db["meta"].upsert({"key": f"pinned:{name}", "value": str(version)}, pk="key")
+            if pin:
+                self.db["meta"].upsert({"key": f"pinned:{name}", "value": str(version)}, pk="key")
 
     def mark_model_deleted(self, name: str, version: int, trash_path: str) -> None:
         with self.db.conn:

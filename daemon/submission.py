@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from daemon import datasets
+from daemon import datasets, sweep
 from daemon.options import (OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, locate_model,
                             resolve)
 
@@ -72,9 +72,10 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
     try:
         toml = load_home_toml(home_toml)
         side = load_sidecar(sidecar)
+        opts = resolve(toml, side)
+        sweep.check_cap(opts, sidecar)
     except OptionsError as e:
         raise SubmissionError(str(e)) from None
-    opts = resolve(toml, side)
     try:
         report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
     except datasets.DatasetError as e:
@@ -118,6 +119,7 @@ def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: P
         return  # the trainer reports an unreadable config when it loads the model
     context = (config.get("text_config") or config).get("max_position_embeddings")
     max_length = opts.values["max_length"]
+    max_length = max(max_length) if isinstance(max_length, list) else max_length  # a sweep: its longest
     if isinstance(context, int) and max_length > context:
         where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
         raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "

@@ -20,7 +20,7 @@ from tui import actions
 from tui.actions import AckTracker, NotApplicable
 from tui.app import OvernightApp
 from tui.data import LOG_LINES, HomeWatcher, LogTail, MetricsTail, downsample, grep_file
-from tui.fmt import short_stamp
+from tui.fmt import fmt_loss, short_stamp
 from tui.telemetry import LiveTelemetry
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.evolution import ProbeScreen
@@ -578,3 +578,39 @@ def test_the_selection_stays_on_its_run_when_runs_arrive(fx) -> None:
         assert app.query_one("#runs").selected == COMPLETED and table.cursor_row == 4
         assert selections == []  # the log of the selected run was never swapped out
     drive(app, body, message_hook=hook)
+
+
+def test_a_sweep_is_one_row_that_unfolds_with_the_best_marked(fx) -> None:
+    from tests.tui_fixtures import SWEEP, SWEEP_BEST, SWEEP_GROUP, add_sweep
+    add_sweep(fx)
+    app = app_for(fx.root)
+    group_key = f"group:{SWEEP_GROUP}"
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        assert table.row_count == 7  # six runs, and the sweep's four folded into one row
+        label = cell_text(table, group_key, "run")
+        assert label == "▸ support ×4"  # the group id where it fits (wider terminals)
+        assert cell_text(table, group_key, "state") == "ended"  # one of its runs failed
+        assert "4/4" in cell_text(table, group_key, "progress")
+        assert cell_text(table, group_key, "loss") == fmt_loss(1.2121 - 0.1)  # the best run's
+        await pilot.press("down", "down", "down")  # the newest history: the sweep
+        await until(pilot, lambda: app.runs.cursor_key == group_key, what="the group row")
+        await until(pilot, lambda: app.runs.selected == SWEEP_BEST, what="the best run shown")
+        await pilot.press("enter")
+        await until(pilot, lambda: table.row_count == 11, what="unfolded")
+        assert cell_text(table, group_key, "run").startswith("▾ ")
+        children = [cell_text(table, run_id, "run") for run_id, _, _ in SWEEP]
+        assert [c.strip() for c in children] == ["lr1e-4-r8", "★ lr1e-4-r16", "lr3e-4-r8", "lr3e-4-r16"]
+        assert [table.get_row_index(run_id) for run_id, _, _ in SWEEP] == [4, 5, 6, 7]  # grid order, under it
+        assert cell_text(table, SWEEP[2][0], "state") == "failed"
+        await pilot.press("down", "down", "down")  # a run of the sweep: its own log
+        await until(pilot, lambda: app.runs.selected == SWEEP[2][0], what="a child run")
+        await until(pilot, lambda: "failed" in static_text(app, "#log-head"), what="its log")
+        await pilot.press("enter")  # Enter on one of its runs folds the group back
+        await until(pilot, lambda: table.row_count == 7, what="folded")
+        assert app.runs.cursor_key == group_key and table.cursor_row == 3
+        await pilot.press("question_mark")
+        assert "unfold its runs, ★ = the best" in screen_text(app)
+    drive(app, body)

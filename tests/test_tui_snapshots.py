@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.test_tui import until
-from tests.tui_fixtures import NO_GPU, ONE_GPU, FixedTelemetry, build_home
+from daemon.home import Home
+from tests.tui_fixtures import NO_GPU, ONE_GPU, FixedTelemetry, FixtureHome, add_sweep, build_home
 from tui.app import OvernightApp
 from tui.telemetry import Telemetry
 
@@ -80,3 +81,10 @@ def test_charts_120x40(snap_compare: Any, snap_home: Path) -> None:
 def test_models_and_history_120x40(snap_compare: Any, snap_home: Path) -> None:
     """Model versions with the active one marked; every run of the history visible."""
     assert snap_compare(app(snap_home), terminal_size=(120, 40), run_before=ready("5"))
+
+
+def test_sweep_unfolded_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """A sweep's four runs folded into one row, unfolded with Enter: grid order, ★ on the best (selected: its log)."""
+    add_sweep(FixtureHome(snap_home, Home.resolve(snap_home, create=False)))
+    assert snap_compare(app(snap_home), terminal_size=(80, 24),
+                        run_before=ready("down", "down", "down", "enter", "down", "down"))

@@ -210,3 +210,29 @@ NO_GPU = Telemetry(gpus=(), gpu_error="no NVIDIA GPU (NVML unavailable: NVML Sha
 ONE_GPU = Telemetry(gpus=(GpuStat(index=0, name="NVIDIA H100 80GB HBM3", util_percent=87.0, mem_used=41 << 30,
                                   mem_total=80 << 30, temperature_c=64.0, power_w=512.0, power_limit_w=700.0),),
                     gpu_error=None, system=SYSTEM)
+
+
+SWEEP_GROUP = "support-20260514-023000"
+# a finished 2×2 sweep (learning_rate × lora_r): three completed, one failed; the best eval loss is lr1e-4-r16's
+SWEEP = [("support-lr1e-4-r8-20260514-023000", "completed", 1.3012),
+         ("support-lr1e-4-r16-20260514-023000", "completed", 1.2121),
+         ("support-lr3e-4-r8-20260514-023000", "failed", None),
+         ("support-lr3e-4-r16-20260514-023000", "completed", 1.2544)]
+SWEEP_BEST = SWEEP[1][0]
+
+
+def add_sweep(fx: FixtureHome) -> None:
+    """A finished sweep of four runs in one group (seq 7-10: the newest history)."""
+    store = Store(fx.home.db)
+    try:
+        for i, (run_id, state, eval_loss) in enumerate(SWEEP):
+            start = at(95 + 5 * i)
+            _insert(store, fx.home, run_id, 7 + i, state, at(90), group_id=SWEEP_GROUP, step=60, max_steps=60,
+                    loss=None if eval_loss is None else eval_loss - 0.1, eval_loss=eval_loss, tokens_per_s=2300.0 + i,
+                    started=iso(start), finished=iso(start + dt.timedelta(minutes=4)),
+                    reason="loss became nan at step 31" if state == "failed" else None)
+            store.db.execute("UPDATE runs SET name = 'support' WHERE id = ?", [run_id])
+            write_run_folder(fx.home, run_id, 60, 60, state, start, footer=f"run ended: {state}")
+        store.db.execute("UPDATE runs SET updated = ?", [iso(at(120))])
+    finally:
+        store.close()

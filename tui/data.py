@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from daemon import sweep
 from daemon.atomic import read_json
 from daemon.evolution import EvolutionReport, analyze, load_records
 from daemon.home import Home, daemon_alive
@@ -63,6 +64,8 @@ class RunRow:
     created: str | None = None
     started: str | None = None
     finished: str | None = None
+    group_id: str | None = None  # a sweep (or a base_model list): the runs of one drop
+    best: bool = False  # the best completed run of its group (daemon.sweep.rank)
 
     @property
     def active(self) -> bool:
@@ -165,6 +168,23 @@ def _model_row(row: dict[str, Any]) -> ModelRow:
                     final_loss=metrics.get("final_loss"), eval_loss=metrics.get("eval_loss"))
 
 
+def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
+    """Mark the best run of every group of two runs or more (probes learned are read only to break a tie)."""
+    groups: dict[str, list[RunRow]] = {}
+    for r in runs:
+        if r.group_id:
+            groups.setdefault(r.group_id, []).append(r)
+    best: set[str] = set()
+    for members in groups.values():
+        if len(members) > 1:
+            winner = sweep.best([{"id": r.id, "state": r.state, "eval_loss": r.eval_loss, "loss": r.loss,
+                                  "seq": r.seq} for r in members],
+                                lambda row: analyze(reader.evolution(row["id"])).learned)
+            if winner:
+                best.add(winner["id"])
+    return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs
+
+
 def _control_file_target(path: Path) -> str | None:
     """The run a held control file names ("*" when it names none), or None when the file is absent."""
     try:
@@ -203,7 +223,7 @@ class HomeWatcher:
                                  problem=beat.get("problem") if alive else None)
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon,
-                runs=tuple(_run_row(r) for r in reader.runs()),
+                runs=_mark_best(tuple(_run_row(r) for r in reader.runs()), reader),
                 events=tuple(ControlAck(**_field_subset(ControlAck, e)) for e in reader.control_events(self.events)),
                 models=tuple(_model_row(m) for m in reader.models()),
                 pause_target=pause, stop_held=stop == "*")

@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 KEYS = (
     ("↑ ↓", "select a run"),
+    ("Enter", "on a sweep's row ▸: unfold its runs, ★ = the best (again: fold)"),
     ("1 … 5", "Log · Charts · Evolution · System · Models"),
     ("p", "pause the selected run, or resume it"),
     ("s", "stop it: checkpoint, resumable with r (asks first)"),

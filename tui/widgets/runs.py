@@ -1,6 +1,11 @@
-"""The runs table: active and queued runs (in queue order) with progress, then the history of finished runs."""
+"""The runs table: active and queued runs (in queue order) with progress, then the history of finished runs.
+
+The runs of a group (a sweep, or a base_model list) fold into one row, placed where the first of them would be;
+Enter on it unfolds its runs beneath it in grid order, the best completed one marked ★ (Enter again folds).
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -43,6 +48,122 @@ def _steps(run: RunRow) -> str:
     return f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
 
 
+GROUP_KEY = "group:"  # row keys of group rows; run rows are keyed by their run id
+_STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group's runs (grid order) as one row."""
+
+    group_id: str
+    runs: tuple[RunRow, ...]
+    expanded: bool
+
+    @property
+    def key(self) -> str:
+        return GROUP_KEY + self.group_id
+
+    @property
+    def best(self) -> RunRow | None:
+        return next((r for r in self.runs if r.best), None)
+
+    @property
+    def active(self) -> RunRow | None:
+        return next((r for r in self.runs if r.active), None)
+
+    @property
+    def shown_run(self) -> RunRow:
+        """The run the panels show while the group row is selected: the running one, else the best, else the
+        next queued one, else the first."""
+        return (self.active or self.best or next((r for r in self.runs if r.state == "queued"), None)
+                or self.runs[0])
+
+    @property
+    def state(self) -> str:
+        if self.active:
+            return self.active.state
+        if any(r.state == "queued" for r in self.runs):
+            return "queued"
+        return "completed" if all(r.state == "completed" for r in self.runs) else "ended"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of the table: a run (`child`: shown under its unfolded group) or a group."""
+
+    key: str
+    run: RunRow | None = None
+    group: Group | None = None
+    child: bool = False
+
+
+def layout(runs: tuple[RunRow, ...], expanded: frozenset[str] | set[str]) -> tuple[Item, ...]:
+    """The rows to show: each group of two runs or more folded into one row where its first run stands,
+    followed by its runs (grid order) when it is unfolded."""
+    sizes: dict[str, int] = {}
+    for r in runs:
+        if r.group_id:
+            sizes[r.group_id] = sizes.get(r.group_id, 0) + 1
+    out: list[Item] = []
+    seen: set[str] = set()
+    for r in runs:
+        gid = r.group_id if r.group_id and sizes[r.group_id] > 1 else None
+        if gid is None:
+            out.append(Item(r.id, run=r))
+            continue
+        if gid in seen:
+            continue
+        seen.add(gid)
+        members = tuple(sorted((m for m in runs if m.group_id == gid), key=lambda m: m.seq))
+        group = Group(gid, members, gid in expanded)
+        out.append(Item(group.key, group=group))
+        if group.expanded:
+            out.extend(Item(m.id, run=m, child=True) for m in members)
+    return tuple(out)
+
+
+def child_label(run: RunRow, width: int) -> Text:
+    """A run under its group: what its id adds to the group's (`lr3e-4-r16`), ★ on the best."""
+    short = _STAMP.sub("", run.id)
+    short = short[len(run.name) + 1:] if short.startswith(run.name + "-") and len(short) > len(run.name) + 1 \
+        else run.id
+    mark = Text("★ ", "bold yellow") if run.best else Text("  ")
+    return Text.assemble("  ", mark, clip_id(short, max(4, width - 4)))
+
+
+def group_label(group: Group, width: int) -> Text:
+    """`▸ support-20261128-101350 ×4`, or `▸ support ×4` where the group id does not fit."""
+    count = f" ×{len(group.runs)}"
+    arrow = "▾ " if group.expanded else "▸ "
+    room = max(4, width - 2 - len(count))
+    name = group.group_id if len(group.group_id) <= room else clip_id(group.runs[0].name, room)
+    return Text.assemble((arrow, "bold"), (name, "bold"), (count, "dim"))
+
+
+def _group_cell(group: Group, key: str) -> Text | str:
+    lead = group.best or group.active
+    if key == "state":
+        return Text(group.state, STATE_STYLE.get(group.state, ""))
+    if key == "progress":
+        ended = sum(r.finished_state for r in group.runs)
+        style = STATE_STYLE.get(group.state, "")
+        return Text.assemble((progress_bar(ended / len(group.runs), BAR), style), f" {ended}/{len(group.runs)}")
+    if key in ("loss", "eval"):
+        return _cell(lead, key) if lead else "-"
+    if key == "speed":
+        run = group.active or group.best
+        return _cell(run, key) if run else "-"
+    if key == "eta":
+        return _cell(group.active, key) if group.active else ""
+    if key == "prio":
+        live = [r.priority for r in group.runs if not r.finished_state]
+        return str(max(live)) if live else str(group.runs[0].priority)
+    if key == "when":
+        return short_time(max((r.finished or r.started or r.created or "" for r in group.runs), default="") or None)
+    raise KeyError(key)
+
+
 def _cell(run: RunRow, key: str) -> Text | str:
     if key == "state":
         return Text(run.state, STATE_STYLE.get(run.state, ""))
@@ -66,7 +187,7 @@ def _cell(run: RunRow, key: str) -> Text | str:
 
 
 class RunsTable(DataTable):
-    """One row per run, keyed by run id; the selection follows the run, not the row number."""
+    """One row per run (or per folded group), keyed by run id; the selection follows the run, not the row."""
 
     DEFAULT_CSS = """
     RunsTable { height: 1fr; }
@@ -82,8 +203,11 @@ class RunsTable(DataTable):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
         self._rows: tuple[RunRow, ...] | None = None
+        self._items: tuple[Item, ...] = ()
         self._layout: list[Column] = []
         self._id_width = 20
+        self.expanded: set[str] = set()  # unfolded groups
+        self.cursor_key: str | None = None  # the row under the cursor: a run id or GROUP_KEY + group id
         self.selected: str | None = None
 
     def _columns_for(self, width: int) -> list[Column]:
@@ -99,7 +223,7 @@ class RunsTable(DataTable):
         for c in layout:
             self.add_column(c.label, key=c.key, width=c.width)
         self._layout = layout
-        self._rows = None
+        self._items = ()
 
     def on_resize(self) -> None:
         rows = self._rows
@@ -108,46 +232,99 @@ class RunsTable(DataTable):
             self._fill(rows)
 
     def show(self, snap: HomeSnapshot) -> None:
-        """Show the snapshot's runs (a no-op when nothing changed), keeping the selected run selected."""
+        """Show the snapshot's runs (a no-op when nothing changed), keeping the selected row selected."""
         if not self._layout:
             self._build_columns()
         if snap.runs == self._rows:
             return
-        if self._rows is not None and [r.id for r in snap.runs] == [r.id for r in self._rows]:
-            self._update(snap.runs)  # same runs in the same order: change cells only, the cursor stays put
+        items = layout(snap.runs, self.expanded)
+        if self._items and [i.key for i in items] == [i.key for i in self._items]:
+            self._update(snap.runs, items)  # same rows in the same order: change cells only, the cursor stays put
         else:
             self._fill(snap.runs)
 
-    def _update(self, runs: tuple[RunRow, ...]) -> None:
-        assert self._rows is not None
-        for old, new in zip(self._rows, runs):
+    def _first(self, item: Item) -> Text | str:
+        if item.group is not None:
+            return group_label(item.group, self._id_width)
+        assert item.run is not None
+        return child_label(item.run, self._id_width) if item.child else clip_id(item.run.id, self._id_width)
+
+    def _cells(self, item: Item) -> list[Text | str]:
+        if item.group is not None:
+            return [_group_cell(item.group, c.key) for c in self._layout]
+        assert item.run is not None
+        return [_cell(item.run, c.key) for c in self._layout]
+
+    def _update(self, runs: tuple[RunRow, ...], items: tuple[Item, ...]) -> None:
+        for old, new in zip(self._items, items):
             if old != new:
-                for c in self._layout:
-                    self.update_cell(new.id, c.key, _cell(new, c.key))
-        self._rows = runs
+                self.update_cell(new.key, "run", self._first(new))
+                for c, value in zip(self._layout, self._cells(new)):
+                    self.update_cell(new.key, c.key, value)
+        self._rows, self._items = runs, items
+        if self.cursor_key and self.cursor_key.startswith(GROUP_KEY):  # the group's shown run may have changed
+            self._select(self._run_of(self.cursor_key))
 
     def _fill(self, runs: tuple[RunRow, ...]) -> None:
-        keep = self.selected
+        items = layout(runs, self.expanded)
+        keys = [i.key for i in items]
+        keep = self.cursor_key if self.cursor_key in keys else self._row_of(items, self.selected)
+        if keep is None:
+            active = next((r for r in runs if r.active), None)
+            keep = self._row_of(items, active.id) if active else (keys[0] if keys else None)
         self.clear()
-        for run in runs:
-            self.add_row(clip_id(run.id, self._id_width), *[_cell(run, c.key) for c in self._layout], key=run.id)
-        self._rows = runs
-        ids = [r.id for r in runs]
-        if keep not in ids:
-            active = next((r.id for r in runs if r.active), None)
-            keep = active or (ids[0] if ids else None)
+        for item in items:
+            self.add_row(self._first(item), *self._cells(item), key=item.key)
+        self._rows, self._items = runs, items
+        self.cursor_key = keep
         if keep is not None:
-            self.move_cursor(row=ids.index(keep), animate=False)
-        self._select(keep)
+            self.move_cursor(row=keys.index(keep), animate=False)
+        self._select(self._run_of(keep))
+
+    @staticmethod
+    def _row_of(items: tuple[Item, ...], run_id: str | None) -> str | None:
+        """The row showing a run: its own, else its folded group's."""
+        if run_id is None:
+            return None
+        for item in items:
+            if item.key == run_id:
+                return item.key
+        return next((i.key for i in items if i.group and any(r.id == run_id for r in i.group.runs)), None)
+
+    def _run_of(self, key: str | None) -> str | None:
+        item = next((i for i in self._items if i.key == key), None)
+        if item is None:
+            return None
+        return item.group.shown_run.id if item.group else item.key
 
     def _select(self, run_id: str | None) -> None:
         if run_id != self.selected:
             self.selected = run_id
             self.post_message(self.Selected(run_id))
 
+    def toggle(self, group_id: str) -> None:
+        """Fold or unfold a group; the cursor stays on (or goes back to) the group's row."""
+        self.expanded ^= {group_id}
+        self.cursor_key = GROUP_KEY + group_id
+        if self._rows is not None:
+            self._fill(self._rows)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a group row folds or unfolds it; on one of its runs, folds it back."""
+        event.stop()
+        key = event.row_key.value if event.row_key is not None else None
+        item = next((i for i in self._items if i.key == key), None)
+        if item is None:
+            return
+        if item.group is not None:
+            self.toggle(item.group.group_id)
+        elif item.child and item.run is not None and item.run.group_id:
+            self.toggle(item.run.group_id)
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
         if event.cursor_row != self.cursor_row:
             return  # a stale event from before a refill (the cursor has moved on to the kept run)
         if event.row_key is not None and event.row_key.value is not None:
-            self._select(event.row_key.value)
+            self.cursor_key = event.row_key.value
+            self._select(self._run_of(self.cursor_key))
