@@ -27,6 +27,7 @@ over the epoch. Not a test: it prints figures and ratios.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -103,19 +104,24 @@ def padded_width_sum(lengths: list[int], order: list[int]) -> int:
     return computed_tokens(lengths, order, BATCH)
 
 
-def replay_overnight(batching: str, lengths: list[int]) -> int:
-    """Tokens overnight computed in its epoch, from its own sampler replayed with its seed.
+def batch_widths(lengths: list[int], order: list[int]) -> list[int]:
+    """The width (longest sequence) of each batch of BATCH taken in `order`."""
+    return [max(lengths[k] for k in order[i:i + BATCH]) for i in range(0, len(order), BATCH)]
+
+
+def replay_overnight(batching: str, lengths: list[int]) -> tuple[int, list[int]]:
+    """Tokens computed in overnight's epoch and its batch widths, from its own sampler replayed with its seed.
 
     length_grouped: daemon.trainer.batching.GroupedSampler (seeded from seed + epoch 0); padded: the stock random
     order, accelerate's SeedableRandomSampler (torch.randperm from a generator seeded with the run's seed);
     padding_free: one row of exactly the useful tokens."""
     import torch
 
-    if batching == "padding_free":
-        return sum(lengths)
+    if batching == "padding_free":  # one row per batch, exactly the useful tokens (the order is not replayed)
+        return sum(lengths), [sum(lengths[i:i + BATCH]) for i in range(0, len(lengths), BATCH)]
     if batching == "padded":
-        return padded_width_sum(lengths, torch.randperm(len(lengths), generator=torch.Generator().manual_seed(SEED))
-                                .tolist())
+        order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(SEED)).tolist()
+        return padded_width_sum(lengths, order), batch_widths(lengths, order)
     from daemon.trainer.batching import GroupedSampler
 
     class Lengths:
@@ -124,7 +130,8 @@ def replay_overnight(batching: str, lengths: list[int]) -> int:
 
     sampler = GroupedSampler(BATCH, Lengths(), SEED)  # type: ignore[arg-type]
     sampler.set_epoch(0)
-    return padded_width_sum(lengths, list(sampler))
+    order = list(sampler)
+    return padded_width_sum(lengths, order), batch_widths(lengths, order)
 
 
 # ----------------------------------------------------------------------------------------------- overnight
@@ -148,8 +155,11 @@ def run_overnight(kind: str, work: Path, model: Path, dataset: Path, records: in
         raise SystemExit(f"no 'batching:' line in {run}/console.log")
     batching = found.group(1).replace("-", "_")
     losses = [r["loss"] for r in metrics if r.get("loss") is not None]
-    return {"wall_s": result["train_seconds"], "process_s": process_s,
-            "computed": replay_overnight(batching, lengths), "how": "replayed",
+    computed, widths = replay_overnight(batching, lengths)
+    stamps = [dt.datetime.fromisoformat(r["time"]) for r in metrics if "loss" in r]
+    return {"wall_s": result["train_seconds"], "process_s": process_s, "widths": widths,
+            "step_s": [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])],  # from step 2 on
+            "computed": computed, "how": "replayed",
             "steps": result["step"], "final_loss": losses[-1], "mean_loss": statistics.fmean(losses),
             "note": f"{batching}; its console: {found.group(2).strip()}", "batching": batching}
 
@@ -162,26 +172,39 @@ class CountingCollator:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.tokens = 0
-        self.batches = 0
+        self.widths: list[int] = []
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
         self.tokens += int(batch["input_ids"].numel())
-        self.batches += 1
+        self.widths.append(int(batch["input_ids"].shape[-1]))
         return batch
 
 
-def _loss_log() -> tuple[list[float], Any]:
-    from transformers import TrainerCallback
+class Log:
+    """A Trainer callback keeping the logged losses and the step ends' times (as overnight's metrics.jsonl does)."""
 
-    losses: list[float] = []
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
 
-    class LossLog(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+        self.losses: list[float] = []
+        self.ends: list[float] = []
+        log = self
 
-    return losses, LossLog()
+        class Callback(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                log.ends.append(time.perf_counter())
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+                if logs and "loss" in logs:
+                    log.losses.append(float(logs["loss"]))
+
+        self.callback = Callback()
+
+    def result(self, wall: float, collate: CountingCollator, steps: int, note: str) -> dict[str, Any]:
+        return {"wall_s": wall, "computed": collate.tokens, "how": "counted", "widths": collate.widths,
+                "step_s": [b - a for a, b in zip(self.ends, self.ends[1:])], "steps": steps,
+                "final_loss": self.losses[-1], "mean_loss": statistics.fmean(self.losses), "note": note}
 
 
 def _use_cpu() -> dict[str, Any]:
@@ -198,19 +221,18 @@ def worker_trainer(kind: str, model: Path, work: Path) -> dict[str, Any]:
     encoded = json.loads((work / "encoded.json").read_text())
     data = [{**e, "attention_mask": [1] * len(e["input_ids"])} for e in encoded]
     collate = CountingCollator(DataCollatorForSeq2Seq(AutoTokenizer.from_pretrained(model), label_pad_token_id=-100))
-    losses, logger = _loss_log()
+    log = Log()
     strategy = "group_by_length" if kind == "trainer_grouped" else "random"
     args = TrainingArguments(output_dir=tempfile.mkdtemp(dir=work), train_sampling_strategy=strategy,
                              label_names=["labels"], **TRAINER_ARGS, **_use_cpu())
     net = lora_model(model)
     t0 = time.perf_counter()
-    trainer = Trainer(model=net, args=args, train_dataset=data, data_collator=collate, callbacks=[logger])
+    trainer = Trainer(model=net, args=args, train_dataset=data, data_collator=collate, callbacks=[log.callback])
     t1 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t1
-    return {"wall_s": wall, "computed": collate.tokens, "how": "counted", "steps": trainer.state.global_step,
-            "final_loss": losses[-1], "mean_loss": statistics.fmean(losses),
-            "note": f"{strategy}; building the Trainer took {t1 - t0:.2f} s (not counted)"}
+    return log.result(wall, collate, trainer.state.global_step,
+                      f"{strategy}; building the Trainer took {t1 - t0:.2f} s (not counted)")
 
 
 def _trl_trainer(mode: str, model: Path, work: Path, pairs: list[dict[str, Any]],
@@ -264,13 +286,12 @@ def worker_trl(mode: str, model: Path, work: Path) -> dict[str, Any]:
         note += "; same token ids and labels as the others"
     collate = CountingCollator(trainer.data_collator)
     trainer.data_collator = collate
-    losses, logger = _loss_log()
-    trainer.add_callback(logger)
+    log = Log()
+    trainer.add_callback(log.callback)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "computed": collate.tokens, "how": "counted", "steps": trainer.state.global_step,
-            "final_loss": losses[-1], "mean_loss": statistics.fmean(losses), "note": note}
+    return log.result(wall, collate, trainer.state.global_step, note)
 
 
 def run_worker(kind: str, model: Path, work: Path, threads: int | None) -> dict[str, Any]:
@@ -362,6 +383,7 @@ def main() -> None:
             else:
                 res = run_worker(kind, model, work, args.threads)
             results[kind].append(res)
+            (work / "results.json").write_text(json.dumps(results))
             print(f"  repeat {r + 1} {_label(kind):34s} {res['wall_s']:7.1f} s  {useful / res['wall_s']:6.0f} useful "
                   f"tok/s  computed {res['computed']:,} ({res['how']}, {1 - useful / res['computed']:.0%} padding)  "
                   f"{res['steps']} steps  loss last {res['final_loss']:.4f} mean {res['mean_loss']:.4f}  "
