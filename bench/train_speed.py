@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -28,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BATCH, LENGTH, SEED, LR = 8, 128, 1234, 2e-4
-LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-SIZES = {"27m": {"vocab_size": 2048, "hidden_size": 512, "layers": 6, "heads": 8},  # ~26M parameters
-         "tiny": {}}  # the embedded 1M-parameter model: steps of milliseconds magnify any per-step overhead
+from bench.common import BATCH, LR, REPO, SEED, SIZES, build_model, lora_model, thread_env  # noqa: E402
+from bench.common import make_run as _make_run, train_overnight  # noqa: E402
+
+LENGTH = 128
 KINDS = ("overnight", "trainer", "loop")
 
 
@@ -54,38 +52,17 @@ def write_dataset(path: Path, n_lines: int = 600) -> None:
 
 def make_run(root: Path, model: Path, dataset: Path, steps: int, log_every: int) -> Path:
     """A run folder as the daemon's intake leaves it."""
-    run = root / f"run-{time.monotonic_ns()}"
-    (run / "dataset").mkdir(parents=True)
-    (run / "dataset" / dataset.name).write_bytes(dataset.read_bytes())
-    options = {"base_model": str(model), "max_steps": steps, "batch_size": BATCH, "grad_accum": 1,
-               "max_length": LENGTH, "learning_rate": LR, **LORA, "lora_targets": "all-linear", "seed": SEED,
-               "eval_fraction": 0.0, "probe_count": 0, "log_every": log_every, "save_every": 10**6,
-               "keep_checkpoints": 1}
-    config = {"run_id": run.name, "options": options, "sources": {},
-              "dataset": {"path": f"dataset/{dataset.name}", "format": "txt", "schema": "plain_text"},
-              "probes": None}
-    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
     n = sum(1 for line in dataset.read_text().splitlines() if line.strip())
-    (run / "stats.json").write_text(json.dumps({"records": n}), encoding="utf-8")
-    return run
+    return _make_run(root, model, dataset, schema="plain_text", records=n, max_steps=steps, max_length=LENGTH,
+                     log_every=log_every)
 
 
 # ----------------------------------------------------------------------------------------------- the three kinds
 
-def _env(threads: int | None) -> dict[str, str]:
-    return {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-
-
 def run_overnight(workdir: Path, model: Path, dataset: Path, steps: int, log_every: int,
                   threads: int | None) -> dict[str, float]:
     run = make_run(workdir, model, dataset, steps, log_every)
-    with open(run / "console.log", "w", encoding="utf-8") as out:
-        rc = subprocess.run([sys.executable, "-m", "daemon.trainer", str(run), "--ignore-stdin"], cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT, env=_env(threads)).returncode
-    result = json.loads((run / "result.json").read_text())
-    if rc != 0 or result["outcome"] != "completed":
-        raise SystemExit(f"overnight trainer failed (exit {rc}): {result.get('reason')}")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    result, records = train_overnight(run, threads)
     logged = [r for r in records if "loss" in r]
     first, last = logged[0], logged[-1]
     seconds = (dt.datetime.fromisoformat(last["time"]) - dt.datetime.fromisoformat(first["time"])).total_seconds()
@@ -97,7 +74,7 @@ def run_baseline(kind: str, model: Path, dataset: Path, steps: int, log_every: i
                  threads: int | None) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", str(model), "--dataset",
                           str(dataset), "--steps", str(steps), "--log-every", str(log_every)],
-                         cwd=REPO, capture_output=True, text=True, env=_env(threads))
+                         cwd=REPO, capture_output=True, text=True, env=thread_env(threads))
     if out.returncode != 0:
         raise SystemExit(f"{kind} baseline failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -123,20 +100,6 @@ def _collator(model: Path) -> Any:
     return DataCollatorForSeq2Seq(AutoTokenizer.from_pretrained(model), label_pad_token_id=-100)
 
 
-def _lora_model(model: Path) -> Any:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, set_seed
-
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
-    base.config.use_cache = False
-    set_seed(SEED)
-    config = LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-                        target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
-
-
 def worker_trainer(model: Path, dataset: Path, steps: int, log_every: int) -> dict[str, float]:
     """A plain script: transformers Trainer with a stock collator, nothing of overnight's."""
     import torch
@@ -160,7 +123,7 @@ def worker_trainer(model: Path, dataset: Path, steps: int, log_every: int) -> di
                              learning_rate=LR, logging_steps=log_every, save_steps=10**6, seed=SEED,
                              use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), report_to="none",
                              disable_tqdm=True, dataloader_num_workers=0, label_names=["labels"])
-    trainer = Trainer(model=_lora_model(model), args=args, train_dataset=data, data_collator=_collator(model),
+    trainer = Trainer(model=lora_model(model), args=args, train_dataset=data, data_collator=_collator(model),
                       callbacks=[Clock()])
     cpu0 = time.process_time()
     trainer.train()
@@ -174,7 +137,7 @@ def worker_loop(model: Path, dataset: Path, steps: int, log_every: int) -> dict[
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    net = _lora_model(model).to(device)
+    net = lora_model(model).to(device)
     net.train()
     blocks = _blocks(model, dataset)
     collate = _collator(model)
@@ -227,10 +190,8 @@ def main() -> None:
     if args.quick:
         args.repeats, args.steps = 1, 8
 
-    from daemon.tinymodel import build_tiny_model
-
     work = Path(tempfile.mkdtemp(prefix="overnight-bench-"))
-    model = build_tiny_model(work / "model", **SIZES[args.size], seed=SEED)
+    model = build_model(work / "model", args.size)
     dataset = work / "bench.txt"
     write_dataset(dataset)
     print(f"model {model} ({args.size}: {SIZES[args.size] or 'the embedded tiny model'}), batch {BATCH} x {LENGTH} tokens, {args.steps} steps, "
