@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -205,23 +204,17 @@ def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
 
 # --- steering (writes control files; the daemon applies them) ---------------------------------------------
 def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
-    from daemon.control import write_command
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    path = write_command(h, kind, content)
-    click.echo(f"wrote {path}")
+    from daemon import control
+    ticket = control.send(h, kind, content)
+    click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):
         click.echo("no daemon is running: it applies this when it starts (overnight daemon)")
         return
-    end = time.monotonic() + wait
-    while time.monotonic() < end:
-        events = [e for e in _reader(h).control_events(10) if e["time"] >= started and e["command"] in
-                  (kind, "preempt", "resume")]
-        if events:
-            for e in reversed(events):
-                click.echo(f"{e['status']}: {e['message']}")
-            return
-        time.sleep(0.1)
-    click.echo("not acknowledged yet; see overnight status")
+    answers = ticket.wait(h, wait)
+    for e in answers:
+        click.echo(f"{e['status']}: {e['message']}")
+    if not answers:
+        click.echo("not acknowledged yet; see overnight status")
 
 
 def _steer(kind: str, doc: str):
@@ -245,11 +238,6 @@ _steer("skip", "Checkpoint the running job (or RUN), mark it skipped, and go on 
 def resume(home: str | None, run: str | None) -> None:
     """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
     h = _home(home)
-    stop = h.control / "stop"
-    if not run and stop.exists():
-        from daemon.control import consume
-        consume(h, stop)
-        click.echo("removed control/stop: the queue goes on")
     _send(h, "resume", _find_run(h, run)["id"] if run else "")
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from daemon.atomic import write_text
 from daemon.home import Home
@@ -19,6 +21,9 @@ from daemon.timefmt import run_id_stamp
 
 COMMANDS = ("pause", "stop", "skip", "priority", "resume", "activate", "delete")
 _MAX_BYTES = 64 * 1024
+MAX_PRIORITY = 9_999_999
+# The events that answer a command besides its own kind: a priority change may preempt the running job.
+_ANSWERED_BY = {"priority": ("priority", "preempt")}
 
 
 class ControlError(ValueError):
@@ -41,12 +46,15 @@ class Command:
 
 
 def parse(path: Path) -> Command:
-    """Read one control file; raise ControlError with the fix when it cannot be understood."""
+    """Read one control file; raise ControlError with the fix when it cannot be understood.
+
+    FileNotFoundError (a file taken away by its writer) is passed on: there is nothing to reject then.
+    """
     kind = path.name
     if kind not in COMMANDS:
-        raise ControlError(f"control/{kind}: unknown control file. Known: {', '.join(COMMANDS)} "
+        raise ControlError(f"control/{shown(kind)}: unknown control file. Known: {', '.join(COMMANDS)} "
                            f"(a file's first line may name a run id). Fix: rename it to one of these.")
-    if path.is_symlink() or not path.is_file():
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         raise ControlError(f"control/{kind}: not a regular file (links and folders are refused). Fix: touch control/{kind}")
     raw = path.read_bytes()[:_MAX_BYTES + 1]
     if len(raw) > _MAX_BYTES:
@@ -56,6 +64,18 @@ def parse(path: Path) -> Command:
     except UnicodeDecodeError:
         raise ControlError(f"control/{kind}: not UTF-8 text. Fix: write plain text, e.g. "
                            f"echo RUN_ID > control/{kind}") from None
+    return parse_text(kind, text, path)
+
+
+def shown(name: str) -> str:
+    """A file name as a message shows it: printable and at most 80 characters."""
+    name = name.encode("unicode_escape").decode("ascii")
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def parse_text(kind: str, text: str, path: Path | None = None) -> Command:
+    """A control file's text, as the daemon, the CLI and the dashboard all read it."""
+    path = path or Path("control") / kind
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if kind == "priority":
         return Command(kind, path, priorities=_parse_priorities(lines))
@@ -78,9 +98,12 @@ def _parse_priorities(lines: list[str]) -> list[tuple[str, int]]:
     out = []
     for i, line in enumerate(lines, 1):
         parts = line.split()
-        if len(parts) != 2 or not re.fullmatch(r"[+-]?\d{1,7}", parts[1]):
-            raise ControlError(f"control/priority, line {i}: {line!r} is not 'RUN_OR_DATASET INTEGER'. "
+        if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+            raise ControlError(f"control/priority, line {i}: {line[:80]!r} is not 'RUN_OR_DATASET INTEGER'. "
                                f"Fix: e.g. 'mydata 10' (higher runs first).")
+        if abs(int(parts[1])) > MAX_PRIORITY:
+            raise ControlError(f"control/priority, line {i}: {parts[1][:20]} is out of range. "
+                               f"Fix: a priority between -{MAX_PRIORITY} and {MAX_PRIORITY}.")
         out.append((parts[0], int(parts[1])))
     return out
 
@@ -97,33 +120,100 @@ def settled(path: Path, now: float | None = None) -> bool:
     return age >= SETTLE_S
 
 
+def held(home: Home, kind: str) -> str | None:
+    """What a held control file (pause, stop) asks for: a run id, "*" for whatever runs, None when absent.
+
+    A file that cannot be understood holds nothing: the daemon rejects it on its pass.
+    """
+    try:
+        return parse(home.control / kind).target or "*"
+    except (ControlError, OSError):
+        return None
+
+
 def command_files(home: Home) -> list[Path]:
     """Control files waiting to be read (sub-folders done/ and rejected/ are history)."""
     return sorted(p for p in home.control.iterdir()
                   if not ignored(p.name) and p.name not in ("done", "rejected"))
 
 
+def _short(name: str, limit: int = 200) -> str:
+    """A name that leaves room for the stamp and `.error.txt` within the file system's 255 bytes."""
+    raw = name.encode()
+    return name if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore") + "~"
+
+
 def consume(home: Home, path: Path) -> Path:
     """Move a handled command file to control/done/, timestamped."""
-    dest = unique_path(home.control_done / f"{run_id_stamp()}-{path.name}")
+    dest = unique_path(home.control_done / f"{run_id_stamp()}-{_short(path.name)}")
     os.rename(path, dest)
     return dest
 
 
 def reject(home: Home, path: Path, message: str) -> Path:
     """Move an unusable command file to control/rejected/ beside a .error.txt saying why."""
-    dest = unique_path(home.control_rejected / f"{run_id_stamp()}-{path.name}")
+    dest = unique_path(home.control_rejected / f"{run_id_stamp()}-{_short(path.name)}")
     if path.exists() or path.is_symlink():
         os.rename(path, dest)
     write_text(dest.with_name(dest.name + ".error.txt"), message + "\n")
     return dest
 
 
+# --- the client side: what the CLI and the dashboard do ---------------------------------------------------
 def write_command(home: Home, kind: str, content: str = "") -> Path:
-    """What the CLI and TUI do: write a control file atomically (temp name, then rename)."""
+    """Write a control file atomically (temp name, then rename): the daemon never reads it half-written."""
     assert kind in COMMANDS
     path = home.control / kind
     tmp = home.control / f".{kind}.{os.getpid()}.tmp"
     tmp.write_text(content + ("\n" if content else ""), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _get(event: Any, name: str) -> Any:
+    return event[name] if isinstance(event, Mapping) else getattr(event, name)
+
+
+@dataclass
+class Ticket:
+    """A command written, waiting for the daemon's answer: control_events newer than `after_id`."""
+
+    kind: str
+    path: Path
+    after_id: int
+    written: float = field(default_factory=time.monotonic)
+
+    def answers(self, events: Iterable[Any]) -> list[Any]:
+        """The events (DB rows or dashboard records) that answer this command, oldest first."""
+        kinds = _ANSWERED_BY.get(self.kind, (self.kind,))
+        found = [e for e in events if _get(e, "id") > self.after_id and _get(e, "command") in kinds]
+        return sorted(found, key=lambda e: _get(e, "id"))
+
+    def wait(self, home: Home, timeout: float, poll: float = 0.1) -> list[dict[str, Any]]:
+        """Block until the daemon answers (or `timeout` passes: then []), reading the DB."""
+        end = time.monotonic() + timeout
+        while True:
+            found = self.answers(_events(home, 50))
+            if found or time.monotonic() >= end:
+                return found
+            time.sleep(poll)
+
+
+def _events(home: Home, limit: int) -> list[dict[str, Any]]:
+    from daemon.queries import Reader  # sqlite only: the client stays light
+    if not home.db.exists():
+        return []
+    try:
+        reader = Reader(home.db)
+        try:
+            return reader.control_events(limit)
+        finally:
+            reader.close()
+    except sqlite3.Error:
+        return []  # a DB being rebuilt answers nothing yet: the caller says "not acknowledged yet"
+
+
+def send(home: Home, kind: str, content: str = "") -> Ticket:
+    """Write a command for the daemon; the ticket matches its acknowledgement by event id, never by clock."""
+    after = max((e["id"] for e in _events(home, 1)), default=0)
+    return Ticket(kind, write_command(home, kind, content), after)

@@ -37,6 +37,7 @@ class TrainerProcess:
     inodes: dict[str, int] = field(default_factory=dict)  # a rewritten file (after a resume) is a new inode
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     started: float = field(default_factory=time.monotonic)
+    stop_requested_at: float | None = None  # monotonic time of the first request_stop
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
@@ -58,6 +59,25 @@ class TrainerProcess:
             return True
         except (BrokenPipeError, OSError):
             return False
+
+    def request_stop(self, reason: str) -> str:
+        """Ask the trainer to checkpoint and exit; returns the request in force.
+
+        The first request stands, except that a user's stop or skip outranks a preemption or a shutdown (the
+        run then ends as the user asked). A paused trainer is woken first: it must step to checkpoint."""
+        if self.requested is None or (self.requested in ("preempt", "shutdown") and reason in ("stop", "skip")):
+            first = self.requested is None
+            self.requested = reason
+            if first:
+                self.send("resume")
+                self.send("stop")
+                self.stop_requested_at = time.monotonic()
+        return self.requested
+
+    def set_paused(self, paused: bool) -> None:
+        """Halt at (or go on from) the next step boundary."""
+        self.paused = paused
+        self.send("pause" if paused else "resume")
 
     def kill(self) -> None:
         """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""

@@ -12,6 +12,7 @@ import psutil
 
 from daemon import __version__, hooks, notify, registry, rundir, sweep
 from daemon.atomic import read_json
+from daemon.controller import REQUEST_OUTCOME, Controller
 from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
@@ -22,8 +23,6 @@ from daemon.stall import StallWatch
 from daemon.store import ACTIVE_STATES, END_STATES, Store
 from daemon.timefmt import iso
 
-# What a run becomes when its trainer exits after the daemon asked it to stop for a reason.
-REQUEST_OUTCOME = {"stop": "stopped", "skip": "skipped", "preempt": "queued", "shutdown": "queued"}
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
 MAX_ATTEMPTS = 3
 
@@ -58,8 +57,7 @@ class Daemon:
         self.stall: StallWatch | None = None  # the active trainer's stall detector
         self.stall_problem: str | None = None  # a stall being reported (status PROBLEM line, dashboard banner)
         self.stopping = False
-        self._stop_file_seen = False
-        self._pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
+        self.controller = Controller(home, self.store, self._transition)
         self._observer = None
         self._hook_threads: list[threading.Thread] = []
         self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
@@ -118,7 +116,7 @@ class Daemon:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
         if self.active or self.intake.busy():
             return False
-        if self.store.runs_in(["queued"]) and not self._stop_file():
+        if self.store.runs_in(["queued"]) and not self.controller.queue_held():
             return False
         from daemon.submission import role_of, stem_of
         stems = {stem_of(p) for p in self.intake.pending() if role_of(p) == "unsupported" or
@@ -128,8 +126,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Checkpoint the running job (it goes back to the queue and resumes at the next start), then exit."""
         if self.active:
-            self.active.requested = self.active.requested or "shutdown"
-            self.active.send("stop")
+            self.active.request_stop("shutdown")
             self.active.close_stdin()
             if self.active.wait(300) is None:
                 log.warning(f"trainer of {self.active.run_id} did not stop within 300 s; terminating it")
@@ -204,7 +201,7 @@ class Daemon:
             a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
 
     def start_next(self) -> None:
-        if self.active or self.stopping or self._stop_file():
+        if self.active or self.stopping or self.controller.queue_held():
             return
         queued = self.store.runs_in(["queued"])
         if not queued:
@@ -261,6 +258,9 @@ class Daemon:
             state, reason = "completed", None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
+        elif a.requested in ("stop", "skip"):  # the user's request outlives a trainer that died honouring it
+            state, reason = REQUEST_OUTCOME[a.requested], (f"{a.requested} requested; {self._crash_reason(a, rc)} "
+                                                           f"before it checkpointed (resumable from its last one)")
         elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
             state, reason = "queued", (f"restarted after a stall; resuming from its last checkpoint "
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
@@ -338,18 +338,8 @@ class Daemon:
         if state in END_STATES and run.get("group_id"):
             self._ended_groups.add(run["group_id"])
 
-    # --- control --------------------------------------------------------------------------------------
-    def _stop_file(self) -> bool:
-        """An untargeted control/stop holds the queue while it exists."""
-        p = self.home.control / "stop"
-        try:
-            return p.is_file() and not p.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            return False
-
     def apply_control(self) -> None:
-        from daemon.control_apply import apply_all
-        apply_all(self)
+        self.controller.apply(self.active)
 
     # --- recovery -------------------------------------------------------------------------------------
     def recover(self) -> None:

@@ -210,7 +210,8 @@ def test_acknowledgements_are_matched_to_requests(fx) -> None:
     watcher = HomeWatcher(fx.home)
     tracker = AckTracker(timeout_s=0)
     snap = watcher.snapshot()
-    tracker.add(actions.pause_or_resume(snap, snap.run(TRAINING)), snap)
+    request = actions.pause_or_resume(snap, snap.run(TRAINING))
+    tracker.add(request, actions.send(fx.home, request))
     acks, late = tracker.answers(watcher.snapshot())
     assert acks == [] and [r.kind for r in late] == ["pause"]
     store = Store(fx.db)

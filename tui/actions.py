@@ -1,24 +1,18 @@
 """What the dashboard's keys do to a run: the control file to write, exactly as the CLI writes it (no Textual here).
 
 The dashboard never talks to the daemon or the trainer: it writes a command file into `control/` through
-`daemon.control.write_command` (what `overnight pause|resume|stop|skip|priority` do) and then watches the DB's
-control_events for the daemon's acknowledgement.
+`daemon.control.send` (what `overnight pause|resume|stop|skip|priority` do) and matches the daemon's
+acknowledgement in the DB's control_events by the ticket's event id, as the CLI does.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from daemon.control import write_command
+from daemon import control
 from daemon.home import Home
+from daemon.states import LIVE, RESUMABLE, State
 from tui.data import ControlAck, HomeSnapshot, RunRow
-
-LIVE_STATES = ("queued", "preparing", "training", "paused")
-RESUMABLE_STATES = ("stopped", "skipped", "failed")
-# the commands whose events acknowledge a request (a priority change may also preempt the running job)
-ACK_COMMANDS = {"pause": ("pause",), "resume": ("resume",), "stop": ("stop",), "skip": ("skip",),
-                "priority": ("priority", "preempt")}
 
 
 class NotApplicable(ValueError):
@@ -35,19 +29,20 @@ class Request:
     confirm: str | None = None
 
 
-def _require(run: RunRow | None, states: tuple[str, ...], verb: str) -> RunRow:
+def _require(run: RunRow | None, states: tuple[State, ...], verb: str) -> RunRow:
     if run is None:
         raise NotApplicable(f"no run selected: nothing to {verb}")
     if run.state not in states:
-        raise NotApplicable(f"{run.id} is {run.state}: {verb} applies to runs that are {', '.join(states)}")
+        raise NotApplicable(f"{run.id} is {run.state}: {verb} applies to runs that are "
+                            f"{', '.join(s.value for s in states)}")
     return run
 
 
 def pause_or_resume(snap: HomeSnapshot, run: RunRow | None) -> Request:
     """`p`: pause a queued or running job; resume it if it is paused (or a pause for it is in force)."""
-    run = _require(run, LIVE_STATES, "pause or resume")
+    run = _require(run, LIVE, "pause or resume")
     held = snap.pause_target in ("*", run.id)
-    if run.state == "paused" or held:
+    if run.state == State.PAUSED or held:
         # a targeted resume lifts the pause of the running job; an untargeted one lifts control/pause itself
         target = run.id if run.active else ""
         return Request("resume", target, f"resume {run.id}")
@@ -56,7 +51,7 @@ def pause_or_resume(snap: HomeSnapshot, run: RunRow | None) -> Request:
 
 def stop(run: RunRow | None) -> Request:
     """`s`: checkpoint and end the run as stopped (resumable later)."""
-    run = _require(run, LIVE_STATES, "stop")
+    run = _require(run, LIVE, "stop")
     return Request("stop", run.id, f"stop {run.id}",
                    confirm=f"Stop {run.id}?\nIt checkpoints and ends as stopped; `r` (or overnight resume "
                            f"{run.id}) continues it later.")
@@ -64,27 +59,27 @@ def stop(run: RunRow | None) -> Request:
 
 def skip(run: RunRow | None) -> Request:
     """`k`: checkpoint, end the run as skipped, and let the queue go on."""
-    run = _require(run, LIVE_STATES, "skip")
+    run = _require(run, LIVE, "skip")
     return Request("skip", run.id, f"skip {run.id}",
                    confirm=f"Skip {run.id}?\nIt checkpoints, ends as skipped, and the next queued run starts.")
 
 
 def priority(run: RunRow | None, delta: int) -> Request:
     """`+`/`-`: raise or lower the run's priority by one (higher runs first; may preempt the running job)."""
-    run = _require(run, LIVE_STATES, "change the priority of")
+    run = _require(run, LIVE, "change the priority of")
     value = run.priority + delta
     return Request("priority", f"{run.id} {value}", f"priority {run.id} {run.priority} -> {value}")
 
 
 def requeue(run: RunRow | None) -> Request:
     """`r`: queue a stopped, skipped or failed run again; it continues from its last checkpoint."""
-    run = _require(run, RESUMABLE_STATES, "queue again")
+    run = _require(run, RESUMABLE, "queue again")
     return Request("resume", run.id, f"resume {run.id} (queue it again)")
 
 
-def send(home: Home, request: Request) -> Path:
-    """Write the request's control file (atomically, as the CLI does); returns its path."""
-    return write_command(home, request.kind, request.content)
+def send(home: Home, request: Request) -> control.Ticket:
+    """Write the request's control file (atomically, as the CLI does); the ticket waits for its answer."""
+    return control.send(home, request.kind, request.content)
 
 
 @dataclass
@@ -92,26 +87,20 @@ class Pending:
     """A request written, waiting for the daemon's acknowledgement."""
 
     request: Request
-    after_id: int  # control_events id at the time of writing: only newer events answer it
-    written: float = field(default_factory=time.monotonic)
+    ticket: control.Ticket
     warned: bool = False
 
 
 class AckTracker:
-    """Matches the daemon's control_events to the requests this dashboard wrote."""
+    """Matches the daemon's control_events to the requests this dashboard wrote (by event id)."""
 
     def __init__(self, timeout_s: float = 10.0) -> None:
         self.timeout_s = timeout_s
         self.pending: list[Pending] = []
 
-    @staticmethod
-    def last_id(snap: HomeSnapshot) -> int:
-        """The newest control event id in a snapshot (0 when none)."""
-        return max((e.id for e in snap.events), default=0)
-
-    def add(self, request: Request, snap: HomeSnapshot) -> None:
+    def add(self, request: Request, ticket: control.Ticket) -> None:
         """Start waiting for `request`'s acknowledgement."""
-        self.pending.append(Pending(request, self.last_id(snap)))
+        self.pending.append(Pending(request, ticket))
 
     def answers(self, snap: HomeSnapshot) -> tuple[list[ControlAck], list[Request]]:
         """(events acknowledging pending requests, requests past the timeout without one — reported once)."""
@@ -119,12 +108,11 @@ class AckTracker:
         late: list[Request] = []
         still: list[Pending] = []
         for p in self.pending:
-            kinds = ACK_COMMANDS.get(p.request.kind, (p.request.kind,))
-            found = [e for e in sorted(snap.events, key=lambda e: e.id) if e.id > p.after_id and e.command in kinds]
+            found = p.ticket.answers(snap.events)
             if found:
                 acks += [e for e in found if e not in acks]
                 continue
-            if not p.warned and time.monotonic() - p.written > self.timeout_s:
+            if not p.warned and time.monotonic() - p.ticket.written > self.timeout_s:
                 p.warned = True
                 late.append(p.request)
             still.append(p)

@@ -302,11 +302,11 @@ class OvernightApp(App[None]):
     def _send(self, request: Request) -> None:
         try:
             self.home.create()
-            actions.send(self.home, request)
+            ticket = actions.send(self.home, request)
         except OSError as e:
             self.notify(f"could not write control/{request.kind}: {e}", severity="error", markup=False)
             return
-        self.tracker.add(request, self.snapshot)
+        self.tracker.add(request, ticket)
         if self.snapshot.daemon.alive:
             self.notify(f"{request.describe}: wrote control/{request.kind}", markup=False)
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon import sweep
+from daemon import control, sweep
 from daemon.atomic import read_json
 from daemon.evolution import EvolutionReport, analyze, load_records
 from daemon.home import Home, daemon_alive
@@ -185,16 +185,6 @@ def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
     return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs
 
 
-def _control_file_target(path: Path) -> str | None:
-    """The run a held control file names ("*" when it names none), or None when the file is absent."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    return lines[0] if lines else "*"
-
-
 class HomeWatcher:
     """Reads a home's state DB and control folder into HomeSnapshots; reopens the DB when it appears."""
 
@@ -213,8 +203,8 @@ class HomeWatcher:
     def snapshot(self) -> HomeSnapshot:
         """The home now. A DB that cannot be read gives a snapshot carrying the error instead of raising."""
         alive = daemon_alive(self.home)
-        pause = _control_file_target(self.home.control / "pause")
-        stop = _control_file_target(self.home.control / "stop")
+        pause = control.held(self.home, "pause")
+        stop = control.held(self.home, "stop")
         try:
             reader = self._db()
             beat = reader.daemon() or {}

@@ -1,0 +1,234 @@
+"""The daemon's side of control: one Controller owns the control state and applies every command file.
+
+After pueue: the message type (daemon/control.py's Command) is shared with the CLI and the dashboard; here is one
+handler per message. The Controller reaches the running trainer only through the `Trainer` protocol
+(`request_stop`, `set_paused`), and the DB through the Store and the daemon's `transition`, so every rule can be
+tested with a stub trainer (tests/test_controller.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from daemon import control, registry, rundir
+from daemon.control import Command, ControlError
+from daemon.home import Home
+from daemon.log import log
+from daemon.states import LIVE, RESUMABLE, State
+from daemon.store import Store
+
+# What a run becomes when its trainer exits after the daemon asked it to stop for a reason.
+REQUEST_OUTCOME = {"stop": State.STOPPED, "skip": State.SKIPPED, "preempt": State.QUEUED,
+                   "shutdown": State.QUEUED, "restart": State.QUEUED}
+
+
+class Trainer(Protocol):
+    """What the Controller may do to the running trainer (daemon/runner.py TrainerProcess)."""
+
+    run_id: str
+    requested: str | None
+    paused: bool
+
+    def request_stop(self, reason: str) -> str:
+        """Ask it to checkpoint and exit for `reason`; returns the request in force."""
+
+    def set_paused(self, paused: bool) -> None:
+        """Halt at (or go on from) the next step boundary."""
+
+
+Transition = Callable[..., None]  # (run_id, state, reason, **fields): the daemon's DB + metadata.json update
+
+
+class Controller:
+    """Reads control/ once a pass: events are consumed, `pause` and an untargeted `stop` hold while they exist."""
+
+    def __init__(self, home: Home, store: Store, transition: Transition) -> None:
+        self.home, self.store, self.transition = home, store, transition
+        self.stop_held = False  # an untargeted control/stop was acknowledged and holds the queue
+        self.pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
+        self.active: Trainer | None = None
+        self._handlers: dict[str, Callable[[Command], None]] = {
+            "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
+            "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
+
+    # --- one pass ---------------------------------------------------------------------------------------
+    def apply(self, active: Trainer | None) -> None:
+        """Read every control file once; then keep pause/stop states in force and check for preemption."""
+        self.active = active
+        for path in control.command_files(self.home):
+            if not control.settled(path):
+                continue  # `echo RUN > control/stop` creates the file empty, then writes: read it next pass
+            try:
+                cmd = control.parse(path)
+                self._handlers[cmd.kind](cmd)
+            except FileNotFoundError:
+                continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject
+            except (ControlError, OSError) as e:
+                self._rejected(path, str(e))
+        self._hold_pause()
+        self._hold_stop()
+        self._preempt()
+
+    def queue_held(self) -> bool:
+        """An untargeted control/stop holds the queue while it exists."""
+        return control.held(self.home, "stop") == "*"
+
+    # --- acknowledgements ---------------------------------------------------------------------------------
+    def _ack(self, cmd: str, target: str | None, source: str, message: str, run_id: str | None = None) -> None:
+        self.store.control_event(cmd, target, source, "applied", message)
+        log.info(f"control: {message}")
+        run = self.store.get_run(run_id) if run_id else None
+        if run:
+            rundir.append_console(Path(run["run_dir"]), f"control: {message}")
+
+    def _rejected(self, path: Path, message: str) -> None:
+        dest = control.reject(self.home, path, message)
+        self.store.control_event(path.name, None, f"control/{path.name}", "rejected", message)
+        log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
+
+    def _run_for(self, cmd: Command, states: tuple[State, ...]) -> dict[str, Any]:
+        """The run a command acts on: its named target, else the running job."""
+        if cmd.target:
+            run = self.store.get_run(cmd.target)
+            if run is None:
+                raise ControlError(f"{cmd.source}: no run with id {cmd.target!r} (see overnight runs).")
+        elif self.active:
+            run = self.store.get_run(self.active.run_id)
+        else:
+            raise ControlError(f"{cmd.source}: no job is running, and the file names no run. "
+                               f"Fix: write the run id into the file (echo RUN_ID > {cmd.source}).")
+        if run["state"] not in states:
+            raise ControlError(f"{cmd.source}: run {run['id']} is {run['state']}; {cmd.kind} applies to runs "
+                               f"that are {' or '.join(states)}.")
+        return run
+
+    # --- stop and skip ------------------------------------------------------------------------------------
+    def _on_stop(self, cmd: Command) -> None:
+        if not cmd.target and self.stop_held:
+            return  # an untargeted stop stays in place and holds the queue; acknowledged once
+        if not cmd.target and not self.active:
+            self.stop_held = True
+            self._ack("stop", None, cmd.source, "stop file present: no new job starts until control/stop is removed")
+            return
+        self._stop_like(cmd, "stop")
+
+    def _on_skip(self, cmd: Command) -> None:
+        self._stop_like(cmd, "skip")
+
+    def _stop_like(self, cmd: Command, request: str) -> None:
+        run = self._run_for(cmd, LIVE)
+        end_state = REQUEST_OUTCOME[request]
+        a = self.active
+        if a and a.run_id == run["id"]:
+            in_force = a.request_stop(request)
+            msg = (f"{request} {run['id']}: checkpointing at the next step, then {end_state}" if in_force == request
+                   else f"{request} {run['id']}: already stopping ({in_force} requested); it ends "
+                        f"{REQUEST_OUTCOME[in_force]}")
+        else:
+            self.transition(run["id"], end_state, f"{request} requested before it started")
+            msg = f"{request} {run['id']}: {end_state} (it was queued)"
+        self._ack(request, cmd.target, cmd.source, msg, run["id"])
+        if cmd.target or cmd.kind != "stop":
+            control.consume(self.home, cmd.path)
+        else:
+            self.stop_held = True  # the untargeted stop file stays: it holds the queue after this run
+
+    def _hold_stop(self) -> None:
+        if self.stop_held and not self.queue_held():
+            self.stop_held = False
+            self._ack("stop", None, "control/stop", "control/stop removed: the queue goes on")
+
+    # --- pause and resume ---------------------------------------------------------------------------------
+    def _on_pause(self, cmd: Command) -> None:
+        if cmd.target and self.store.get_run(cmd.target) is None:
+            raise ControlError(f"{cmd.source}: no run with id {cmd.target!r} (see overnight runs).")
+
+    def _hold_pause(self) -> None:
+        """control/pause holds while it exists (for its named run, or whatever runs)."""
+        path = self.home.control / "pause"
+        if path.is_file() and not control.settled(path):
+            return  # being written: the pause state stays as it is for one more pass
+        wanted = control.held(self.home, "pause")
+        a = self.active
+        if not a and wanted and wanted != self.pause_target:  # acknowledged once, so clients hear back
+            self._ack("pause", None if wanted == "*" else wanted, "control/pause",
+                      "pause: no job is running; the next one halts at its first step while control/pause exists")
+        self.pause_target = wanted
+        should_pause = bool(a and wanted in ("*", a.run_id))
+        if a and should_pause != a.paused and not a.requested:
+            a.set_paused(should_pause)
+            msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
+                   if should_pause else f"resume {a.run_id}: control/pause removed")
+            self._ack("pause" if should_pause else "resume", None if wanted in (None, "*") else wanted,
+                      "control/pause", msg, a.run_id)
+
+    def _on_resume(self, cmd: Command) -> None:
+        """resume: with no run, lift a pause and an untargeted stop; with an ended run, queue it again."""
+        if not cmd.target or (self.active and cmd.target == self.active.run_id):
+            self._ack("resume", cmd.target, cmd.source, self._lift_holds())
+        else:
+            run = self._run_for(cmd, RESUMABLE + (State.PAUSED,))
+            if run["state"] != State.PAUSED:
+                self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
+                                finished=None)
+                self._ack("resume", cmd.target, cmd.source, f"resume {run['id']}: queued again", run["id"])
+        control.consume(self.home, cmd.path)
+
+    def _lift_holds(self) -> str:
+        lifted = []
+        for kind in ("pause", "stop"):
+            path = self.home.control / kind
+            if control.held(self.home, kind) == "*" or (kind == "pause" and path.exists()):
+                control.consume(self.home, path)
+                lifted.append(f"control/{kind} lifted")
+        if lifted and "control/stop lifted" in lifted:
+            self.stop_held = False  # said here: no second "control/stop removed" acknowledgement
+            lifted[-1] += ": the queue goes on"
+        return "resume: " + ("; ".join(lifted) if lifted else "nothing was paused or stopped")
+
+    # --- priority -----------------------------------------------------------------------------------------
+    def _on_priority(self, cmd: Command) -> None:
+        """Re-order the queue; all lines must name known runs, else nothing is applied."""
+        changes: list[tuple[dict[str, Any], int]] = []
+        live = self.store.runs_in(LIVE)
+        for ref, prio in cmd.priorities:
+            match = [r for r in live if ref in (r["id"], r["name"], Path(r["dataset"] or "").stem)]
+            if not match:
+                raise ControlError(f"{cmd.source}: {ref!r} names no queued or running run (a run id, or a "
+                                   f"dataset name). Nothing was changed. See overnight runs.")
+            changes += [(r, prio) for r in match]
+        for r, prio in changes:
+            self.store.update_run(r["id"], priority=prio)
+            self._ack("priority", r["id"], cmd.source, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"])
+        control.consume(self.home, cmd.path)
+
+    def _preempt(self) -> None:
+        """A queued run with a higher priority than the running one takes its place; that one resumes later."""
+        a = self.active
+        if not a or a.requested:
+            return
+        queued = self.store.runs_in([State.QUEUED])
+        run = self.store.get_run(a.run_id)
+        if queued and run and queued[0]["priority"] > run["priority"]:
+            a.request_stop("preempt")
+            self._ack("preempt", a.run_id, "priority",
+                      f"preempt {a.run_id} (priority {run['priority']}) for {queued[0]['id']} (priority "
+                      f"{queued[0]['priority']}): checkpointing; it resumes afterwards", a.run_id)
+
+    # --- the registry -------------------------------------------------------------------------------------
+    def _on_model(self, cmd: Command) -> None:
+        """activate / delete NAME VERSION: registry changes go through the daemon, the DB's only writer."""
+        name, version = cmd.model
+        if not any(m["version"] == version for m in self.store.models(name)):
+            raise ControlError(f"{cmd.source}: no model {name} version {version} (see overnight models).")
+        if cmd.kind == "activate":
+            self.store.activate_model(name, version)
+            msg = f"activate {name} v{version}: now the active version (pinned)"
+        else:
+            try:
+                dest = registry.delete(self.store, self.home, name, version)
+            except KeyError as e:
+                raise ControlError(f"{cmd.source}: {e.args[0]}") from None
+            msg = f"delete {name} v{version}: adapter moved to {dest}"
+        self._ack(cmd.kind, f"{name} {version}", cmd.source, msg)
+        control.consume(self.home, cmd.path)

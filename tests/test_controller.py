@@ -1,0 +1,292 @@
+"""Every control rule, against the Controller with a stub trainer and a real (temporary) state DB: fast.
+
+The end-to-end tests (test_control_e2e.py) prove the same rules with the real daemon, trainer and model.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from daemon import control
+from daemon.controller import Controller
+from daemon.home import Home
+from daemon.store import Store
+
+
+@dataclass
+class StubTrainer:
+    """Records what the Controller asks of the running trainer; follows TrainerProcess's request rule."""
+
+    run_id: str
+    requested: str | None = None
+    paused: bool = False
+    calls: list[str] = field(default_factory=list)
+
+    def request_stop(self, reason: str) -> str:
+        self.calls.append(f"request_stop {reason}")
+        if self.requested is None or (self.requested in ("preempt", "shutdown") and reason in ("stop", "skip")):
+            self.requested = reason
+        return self.requested
+
+    def set_paused(self, paused: bool) -> None:
+        self.calls.append("pause" if paused else "resume")
+        self.paused = paused
+
+
+class Bench:
+    """A home with runs in the DB, a Controller over it, and helpers to drop control files and make passes."""
+
+    def __init__(self, root: Path) -> None:
+        self.home = Home(root)
+        self.home.create()
+        self.store = Store(self.home.db)
+        self.ctl = Controller(self.home, self.store, self._transition)
+        self.active: StubTrainer | None = None
+
+    def _transition(self, run_id: str, state: str, reason: str | None, **fields: object) -> None:
+        self.store.set_state(run_id, state, reason, **fields)
+
+    def run(self, run_id: str, state: str = "queued", priority: int = 0) -> str:
+        run_dir = self.home.runs / run_id
+        run_dir.mkdir()
+        self.store.insert_run({"id": run_id, "name": run_id.split("-")[0], "dataset": f"inbox/{run_id}.jsonl",
+                               "state": state, "priority": priority, "seq": self.store.next_seq(),
+                               "run_dir": str(run_dir)})
+        return run_id
+
+    def running(self, run_id: str) -> StubTrainer:
+        self.run(run_id, "training")
+        self.active = StubTrainer(run_id)
+        return self.active
+
+    def drop(self, kind: str, content: str = "") -> Path:
+        path = self.home.control / kind
+        path.write_text(content)
+        old = time.time() - 5  # written long ago: settled
+        os.utime(path, (old, old))
+        return path
+
+    def step(self) -> list[dict]:
+        """One pass; the events it recorded."""
+        before = len(self.events())
+        self.ctl.apply(self.active)
+        return self.events()[before:]
+
+    def events(self) -> list[dict]:
+        return [dict(r) for r in self.store.db.query("SELECT * FROM control_events ORDER BY id")]
+
+    def state(self, run_id: str) -> str:
+        return self.store.get_run(run_id)["state"]
+
+    def done(self) -> list[str]:
+        return sorted(p.name.split("-", 2)[-1] for p in self.home.control_done.iterdir())
+
+    def rejected(self) -> list[str]:
+        return sorted(p.name for p in self.home.control_rejected.iterdir() if p.name.endswith(".error.txt"))
+
+
+@pytest.fixture
+def b(tmp_path: Path) -> Bench:
+    bench = Bench(tmp_path / "home")
+    yield bench
+    bench.store.close()
+
+
+def messages(events: list[dict]) -> list[str]:
+    return [f"{e['status']}: {e['message']}" for e in events]
+
+
+# --- pause --------------------------------------------------------------------------------------------------
+def test_an_untargeted_pause_holds_while_the_file_exists(b: Bench) -> None:
+    t = b.running("a-1")
+    path = b.drop("pause")
+    assert messages(b.step()) == ["applied: pause a-1: halting at the next step boundary (remove control/pause "
+                                  "to resume)"]
+    assert b.step() == [] and t.calls == ["pause"] and path.exists()  # held, acknowledged once
+    path.unlink()
+    assert messages(b.step()) == ["applied: resume a-1: control/pause removed"] and t.calls == ["pause", "resume"]
+
+
+def test_a_targeted_pause_acts_on_its_run_only(b: Bench) -> None:
+    t = b.running("a-1")
+    b.run("b-1")
+    b.drop("pause", "b-1")
+    b.step()
+    assert t.calls == [] and b.ctl.pause_target == "b-1"
+    b.drop("pause", "a-1")
+    b.step()
+    assert t.calls == ["pause"]
+
+
+def test_a_pause_with_nothing_running_is_acknowledged_once(b: Bench) -> None:
+    b.drop("pause")
+    assert "no job is running" in messages(b.step())[0]
+    assert b.step() == []
+
+
+def test_a_pause_naming_no_run_is_rejected(b: Bench) -> None:
+    b.drop("pause", "nosuch-1")
+    assert messages(b.step()) == ["rejected: control/pause: no run with id 'nosuch-1' (see overnight runs)."]
+    assert b.rejected() and not (b.home.control / "pause").exists()
+
+
+def test_a_stopping_trainer_is_not_paused(b: Bench) -> None:
+    t = b.running("a-1")
+    t.requested = "stop"
+    b.drop("pause")
+    b.step()
+    assert t.calls == []
+
+
+# --- stop and skip ----------------------------------------------------------------------------------------
+def test_an_untargeted_stop_stops_the_job_and_holds_the_queue(b: Bench) -> None:
+    t = b.running("a-1")
+    path = b.drop("stop")
+    assert messages(b.step()) == ["applied: stop a-1: checkpointing at the next step, then stopped"]
+    assert t.calls == ["request_stop stop"] and path.exists() and b.ctl.queue_held()
+    b.active = None  # the trainer exited
+    assert b.step() == []  # still held, not acknowledged again
+    path.unlink()
+    assert messages(b.step()) == ["applied: control/stop removed: the queue goes on"]
+    assert not b.ctl.queue_held()
+
+
+def test_an_untargeted_stop_with_nothing_running_holds_the_queue(b: Bench) -> None:
+    b.drop("stop")
+    assert "no new job starts" in messages(b.step())[0] and b.ctl.queue_held()
+
+
+def test_a_targeted_stop_of_a_queued_run_ends_it_at_once(b: Bench) -> None:
+    b.run("q-1")
+    b.drop("stop", "q-1")
+    assert messages(b.step()) == ["applied: stop q-1: stopped (it was queued)"]
+    assert b.state("q-1") == "stopped" and b.done() == ["stop"] and not b.ctl.queue_held()
+
+
+def test_skip_checkpoints_the_running_job_and_is_consumed(b: Bench) -> None:
+    t = b.running("a-1")
+    b.drop("skip")
+    assert messages(b.step()) == ["applied: skip a-1: checkpointing at the next step, then skipped"]
+    assert t.requested == "skip" and b.done() == ["skip"]
+
+
+def test_stop_and_skip_at_once_say_which_one_ends_the_run(b: Bench) -> None:
+    b.running("a-1")
+    b.drop("skip", "a-1")
+    b.drop("stop", "a-1")
+    said = messages(b.step())
+    assert said == ["applied: skip a-1: checkpointing at the next step, then skipped",
+                    "applied: stop a-1: already stopping (skip requested); it ends skipped"]
+
+
+def test_a_users_stop_outranks_a_preemption(b: Bench) -> None:
+    t = b.running("a-1")
+    t.requested = "preempt"
+    b.drop("stop", "a-1")
+    assert messages(b.step()) == ["applied: stop a-1: checkpointing at the next step, then stopped"]
+    assert t.requested == "stop"
+
+
+def test_stop_of_an_ended_run_is_rejected_with_why(b: Bench) -> None:
+    b.run("c-1", "completed")
+    b.drop("skip", "c-1")
+    assert messages(b.step()) == ["rejected: control/skip: run c-1 is completed; skip applies to runs that are "
+                                  "queued or preparing or training or paused."]
+
+
+def test_skip_with_nothing_running_and_no_target_is_rejected_with_the_fix(b: Bench) -> None:
+    b.drop("skip")
+    assert "Fix: write the run id into the file" in messages(b.step())[0]
+
+
+# --- resume -------------------------------------------------------------------------------------------------
+def test_resume_lifts_pause_and_stop_in_one_acknowledgement(b: Bench) -> None:
+    b.drop("pause")
+    b.drop("stop")
+    b.step()
+    b.drop("resume")
+    said = messages(b.step())
+    assert said == ["applied: resume: control/pause lifted; control/stop lifted: the queue goes on"]
+    assert not b.ctl.queue_held() and b.done() == ["pause", "resume", "stop"]
+
+
+def test_resume_of_a_stopped_run_queues_it_again(b: Bench) -> None:
+    b.run("s-1", "stopped")
+    b.drop("resume", "s-1")
+    assert messages(b.step()) == ["applied: resume s-1: queued again"] and b.state("s-1") == "queued"
+
+
+def test_resume_of_a_completed_run_is_rejected(b: Bench) -> None:
+    b.run("c-1", "completed")
+    b.drop("resume", "c-1")
+    assert messages(b.step())[0].startswith("rejected: control/resume: run c-1 is completed")
+    assert b.state("c-1") == "completed"
+
+
+# --- priority and preemption ------------------------------------------------------------------------------
+def test_priority_reorders_by_run_id_or_dataset_name(b: Bench) -> None:
+    b.run("x-1")
+    b.run("y-1")
+    b.drop("priority", "x-1 5\ny 7\n")
+    assert messages(b.step()) == ["applied: priority x-1: 0 -> 5", "applied: priority y-1: 0 -> 7"]
+    assert [r["id"] for r in b.store.runs_in(["queued"])] == ["y-1", "x-1"]
+
+
+def test_a_priority_file_with_one_unknown_name_changes_nothing(b: Bench) -> None:
+    b.run("x-1")
+    b.drop("priority", "x-1 5\nnosuch 3\n")
+    assert "'nosuch' names no queued or running run" in messages(b.step())[0]
+    assert b.store.get_run("x-1")["priority"] == 0
+
+
+def test_a_higher_priority_queued_run_preempts_the_running_one(b: Bench) -> None:
+    t = b.running("a-1")
+    b.run("hi-1", priority=3)
+    assert "preempt a-1 (priority 0) for hi-1 (priority 3)" in messages(b.step())[0]
+    assert t.requested == "preempt"
+    assert b.step() == []  # asked once
+
+
+def test_an_out_of_range_priority_says_the_range(b: Bench) -> None:
+    b.run("x-1")
+    b.drop("priority", "x-1 99999999999999999999\n")
+    assert "out of range. Fix: a priority between -9999999 and 9999999" in messages(b.step())[0]
+
+
+# --- garbage --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, content, says", [
+    ("stop", "a b c\n", "expected nothing (act on the running job) or one run id"),
+    ("pause", "\xff\xfe", "not UTF-8 text"),
+    ("reboot", "", "unknown control file"),
+    ("x" * 250, "", "unknown control file"),
+    ("activate", "mymodel 3\n", "no model mymodel version 3"),
+])
+def test_garbage_is_rejected_with_an_error_file_and_the_daemon_goes_on(b: Bench, name: str, content: str,
+                                                                         says: str) -> None:
+    path = b.home.control / name
+    path.write_bytes(content.encode("latin-1"))
+    old = time.time() - 5
+    os.utime(path, (old, old))
+    said = messages(b.step())
+    assert len(said) == 1 and said[0].startswith("rejected:") and says in said[0]
+    assert not path.exists() and len(b.rejected()) == 1
+
+
+def test_a_file_still_being_written_waits_for_the_next_pass(b: Bench) -> None:
+    b.run("q-1")
+    (b.home.control / "stop").write_text("")  # `>` has created it; the run id is not written yet
+    assert b.step() == [] and b.state("q-1") == "queued"
+
+
+def test_the_client_ticket_matches_the_acknowledgement_by_event_id(b: Bench) -> None:
+    b.run("q-1")
+    b.store.control_event("stop", "old", "control/stop", "applied", "an older stop")
+    ticket = control.send(b.home, "stop", "q-1")
+    assert ticket.answers(b.events()) == []  # the older event does not answer it
+    os.utime(ticket.path, (time.time() - 5,) * 2)
+    b.step()
+    assert [e["message"] for e in ticket.wait(b.home, 1)] == ["stop q-1: stopped (it was queued)"]
