@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.atomic import read_json
 from daemon.rundir import read_jsonl_from
+from daemon.stall import Escalation
 from daemon.store import Store
 
 
@@ -37,7 +38,8 @@ class TrainerProcess:
     inodes: dict[str, int] = field(default_factory=dict)  # a rewritten file (after a resume) is a new inode
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     started: float = field(default_factory=time.monotonic)
-    stop_requested_at: float | None = None  # monotonic time of the first request_stop
+    step_s: float | None = None  # seconds per step, measured since training (re)started
+    escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
@@ -71,7 +73,6 @@ class TrainerProcess:
             if first:
                 self.send("resume")
                 self.send("stop")
-                self.stop_requested_at = time.monotonic()
         return self.requested
 
     def set_paused(self, paused: bool) -> None:
@@ -81,10 +82,22 @@ class TrainerProcess:
 
     def kill(self) -> None:
         """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""
+        self.signal("SIGKILL")
+
+    def signal(self, name: str) -> None:
+        """Send a signal to the trainer's process group (its own session: data loader workers too)."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.Signals[name])
         except (ProcessLookupError, PermissionError):
             pass
+
+    def progress_mark(self) -> tuple[int, object]:
+        """What changes while the trainer lives: progress.json's write time and step."""
+        try:
+            mtime = (self.run_dir / "progress.json").stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        return mtime, self.progress().get("step")
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -127,7 +140,7 @@ class TrainerProcess:
             return None
         if not total or step == self.rate[1]:
             return None
-        per_step = (now - self.rate[0]) / (step - self.rate[1])
+        per_step = self.step_s = (now - self.rate[0]) / (step - self.rate[1])
         return round(per_step * max(0, total - step), 1)
 
     def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
@@ -161,3 +174,16 @@ class TrainerProcess:
                 self.proc.stdin.close()
         except OSError:
             pass
+
+
+def leftover_trainers(runs_root: Path) -> list[tuple[Any, Path]]:
+    """Trainer processes running on a run folder of this home (psutil.Process, run folder), found by command line:
+    what an earlier daemon that was killed, or that gave up on a frozen trainer, left behind."""
+    import psutil
+    root = runs_root.resolve()
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if len(cmd) >= 2 and cmd[-2] == "daemon.trainer" and Path(cmd[-1]).resolve().parent == root:
+            found.append((proc, Path(cmd[-1])))
+    return found

@@ -18,8 +18,8 @@ from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, OptionsError, load_home_toml
-from daemon.runner import TrainerProcess
-from daemon.stall import StallWatch
+from daemon.runner import TrainerProcess, leftover_trainers
+from daemon.stall import Escalation, StallWatch, stop_grace
 from daemon.store import ACTIVE_STATES, END_STATES, Store
 from daemon.timefmt import iso
 
@@ -125,14 +125,17 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Checkpoint the running job (it goes back to the queue and resumes at the next start), then exit."""
-        if self.active:
-            self.active.request_stop("shutdown")
-            self.active.close_stdin()
-            if self.active.wait(300) is None:
-                log.warning(f"trainer of {self.active.run_id} did not stop within 300 s; terminating it")
-                self.active.proc.terminate()
-                self.active.wait(30)
-            self._finish(self.active)
+        a = self.active
+        if a:
+            a.request_stop("shutdown")
+            a.close_stdin()
+            while a.wait(0.5) is None:
+                self._escalate(a)
+                if a.escalation and a.escalation.sent == "SIGKILL" and a.wait(30) is None:
+                    log.error(f"trainer of {a.run_id} (PID {a.proc.pid}) survived SIGKILL (stuck in the kernel?); "
+                              f"leaving it: the next daemon ends it at start")
+                    break
+            self._finish(a)
         try:
             self.select_groups()  # a group whose last run ended just now
         except Exception:  # noqa: BLE001
@@ -163,6 +166,7 @@ class Daemon:
         if a is None:
             return
         fields = a.ingest(self.store)
+        self._escalate(a)
         progress = a.progress()
         state = progress.get("state") or ""
         # progress.json of an earlier attempt says nothing about this process until it writes its own
@@ -199,6 +203,24 @@ class Daemon:
         if self.stall.action == "restart":
             a.requested = "restart"
             a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
+
+    def _escalate(self, a: TrainerProcess) -> None:
+        """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/stall.py)."""
+        if not a.requested or a.poll() is not None:
+            return
+        if a.escalation is None:
+            stalled = bool(self.stall and self.stall.stalled)  # known frozen: no need to wait long
+            limit = self.stall.limit_s if self.stall else 60 * OPTIONS["stall_minutes"].default
+            a.escalation = Escalation(5.0 if stalled else stop_grace(limit, a.step_s), time.monotonic())
+        sig = a.escalation.observe(a.progress_mark(), time.monotonic())
+        if sig:
+            waited = a.escalation.grace_s if sig == "SIGTERM" else a.escalation.kill_s
+            msg = (f"{a.run_id}: the trainer (PID {a.proc.pid}) showed no progress for {waited:g} s after the "
+                   f"{a.requested} request; sending {sig}")
+            log.warning(msg)
+            rundir.append_console(a.run_dir, f"overnight: {msg}")
+            self.store.control_event(a.requested, a.run_id, "daemon", "escalated", msg)
+            a.signal(sig)
 
     def start_next(self) -> None:
         if self.active or self.stopping or self.controller.queue_held():
@@ -344,27 +366,35 @@ class Daemon:
     # --- recovery -------------------------------------------------------------------------------------
     def recover(self) -> None:
         """Runs the DB says were active when the last daemon died go back to the queue, to resume."""
+        self._end_leftover_trainers()
         for run in self.store.runs_in(ACTIVE_STATES):
             run_dir = Path(run["run_dir"])
-            self._wait_orphan(run)
             ckpt = newest_checkpoint(run_dir)
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
             self._transition(run["id"], "queued", reason, pid=None)
             rundir.append_console(run_dir, f"overnight: {reason}")
             log.info(f"recovered {run['id']}: {reason}")
 
-    def _wait_orphan(self, run: dict[str, Any]) -> None:
-        """A trainer whose daemon was killed checkpoints and exits on its own (EOF on stdin): wait for it."""
-        pid = run.get("pid")
-        if not pid:
-            return
-        try:
-            proc = psutil.Process(pid)
-            if "daemon.trainer" not in " ".join(proc.cmdline()):
-                return
-            log.info(f"waiting for the previous trainer of {run['id']} (PID {pid}) to checkpoint and exit")
-            proc.wait(timeout=300)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return
-        except psutil.TimeoutExpired:
-            proc.kill()
+    def _end_leftover_trainers(self) -> None:
+        """Never two trainers on one run folder: a trainer an earlier daemon left running is asked to checkpoint
+        and exit (SIGTERM, and SIGCONT in case it was stopped), then ended if it shows no progress."""
+        for proc, run_dir in leftover_trainers(self.home.runs):
+            msg = (f"found the trainer of {run_dir.name} (PID {proc.pid}) left running by an earlier daemon: "
+                   f"asking it to checkpoint and exit")
+            log.warning(msg)
+            rundir.append_console(run_dir, f"overnight: {msg}")
+            left = TrainerProcess(run_dir.name, run_dir, proc, requested="shutdown")  # type: ignore[arg-type]
+            left.escalation = Escalation(stop_grace(60 * OPTIONS["stall_minutes"].default, None), time.monotonic())
+            for sig in ("SIGTERM", "SIGCONT"):
+                left.signal(sig)
+            try:
+                while proc.is_running() and proc.status() != "zombie":
+                    sig = left.escalation.observe(left.progress_mark(), time.monotonic())
+                    if sig:
+                        log.warning(f"the leftover trainer of {run_dir.name} (PID {proc.pid}) shows no progress: "
+                                    f"sending {sig}")
+                        left.signal(sig)
+                    time.sleep(0.5)
+            except psutil.NoSuchProcess:
+                pass
+            log.info(f"the leftover trainer of {run_dir.name} has exited")

@@ -5,6 +5,9 @@ loading the model and a pause do not. The
 daemon reports a stall once (overnight.log, control_events, the status PROBLEM line and dashboard banner, the
 `stalled` notification) and, with `stall_action = "restart"`, kills the trainer so the run resumes from its last
 complete checkpoint (within the usual bounded retries).
+
+A trainer asked to stop (stop, skip, preemption, shutdown, or an orphan found at start) that shows no progress
+escalates from the command to SIGTERM to SIGKILL (Escalation).
 """
 from __future__ import annotations
 
@@ -40,3 +43,41 @@ class StallWatch:
                 f"step {self.step}); the trainer (PID {pid}) may be frozen or deadlocked. Fix: look at its console "
                 f"log (overnight logs {run_id}); `overnight stop {run_id}` ends it, or set stall_action = \"restart\" "
                 f"in overnight.toml to restart stalled runs from their last checkpoint")
+
+
+@dataclass
+class Escalation:
+    """A trainer asked to stop must show signs of life (progress.json changing) until it exits.
+
+    None for `grace_s` → SIGTERM (the trainer's handler checkpoints); still none for `kill_s` more → SIGKILL,
+    which even a stopped (SIGSTOP) or deadlocked process cannot ignore. The run then resumes from its last
+    complete checkpoint, so nothing but the steps since is lost.
+    """
+
+    grace_s: float
+    since: float  # monotonic time of the last sign of life (at first: the request)
+    mark: object = None
+    sent: str | None = None
+
+    @property
+    def kill_s(self) -> float:
+        return min(30.0, self.grace_s)
+
+    def observe(self, mark: object, now: float) -> str | None:
+        """Feed the trainer's progress mark; the signal to send now, if any."""
+        if mark != self.mark:
+            self.mark, self.since = mark, now
+            return None
+        if self.sent is None and now - self.since >= self.grace_s:
+            self.sent, self.since = "SIGTERM", now
+            return self.sent
+        if self.sent == "SIGTERM" and now - self.since >= self.kill_s:
+            self.sent = "SIGKILL"
+            return self.sent
+        return None
+
+
+def stop_grace(stall_limit_s: float, step_s: float | None) -> float:
+    """How long a trainer asked to stop may show no progress: two minutes (less when the owner's stall window
+    is shorter), but never less than three of its own steps (a big model's step may take minutes)."""
+    return max(min(stall_limit_s, 120.0), 3 * (step_s or 0.0))

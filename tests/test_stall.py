@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.stall import StallWatch
-from tests.conftest import overnight, wait_until
+import psutil
+
+from daemon.stall import Escalation, StallWatch, stop_grace
+from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import drop_all, progress_step, run_of, state, write_dataset
 
 
@@ -28,6 +30,59 @@ def test_only_time_spent_training_counts() -> None:
     assert not w.observe("saving", 4, 613) and not w.observe("saving", 4, 622)  # a save gets its own window
     assert w.observe("saving", 4, 623)  # …and a save that hangs is a stall too
     assert "stalled: no training step for 0.166667 minutes (stuck at step 4)" in StallWatch(10, step=4).message("r", 1)
+
+
+def test_a_stop_request_escalates_on_a_trainer_that_shows_no_progress() -> None:
+    e = Escalation(10, since=0)
+    assert e.observe((1, 3), 0) is None and e.observe((1, 3), 9) is None
+    assert e.observe((2, 4), 9.5) is None  # progress.json changed: the clock restarts
+    assert e.observe((2, 4), 19.5) == "SIGTERM"
+    assert e.observe((2, 4), 25) is None
+    assert e.observe((2, 4), 29.5) == "SIGKILL"
+    assert e.observe((2, 4), 100) is None  # sent once
+    assert stop_grace(1800, None) == 120 and stop_grace(3, 0.1) == 3 and stop_grace(1800, 90) == 270
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.e2e
+def test_a_frozen_trainer_is_ended_by_stop_and_by_the_next_daemon(home: Path, tiny_model: Path, tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nstall_minutes = 0.05\n')  # 3 s
+    d = DaemonProcess(home)
+    frozen = []
+    try:
+        drop_all(write_dataset(tmp_path, "ice", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "ice") >= 3, 120, what="training")
+        frozen.append(run_of(home, "ice")["pid"])
+        os.kill(frozen[-1], signal.SIGSTOP)
+        overnight("stop", "ice", home=home, check=True)  # the command cannot reach it: SIGTERM, then SIGKILL
+        wait_until(lambda: state(home, "ice") == "stopped", 90, what="a frozen trainer stopped")
+        assert run_of(home, "ice")["reason"].startswith("stop requested; trainer killed by signal SIGKILL")
+        assert "sending SIGKILL" in (Path(run_of(home, "ice")["run_dir"]) / "console.log").read_text()
+        assert _gone(frozen[-1])
+
+        drop_all(write_dataset(tmp_path, "left", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "left") >= 6, 120, what="training past a checkpoint")
+        frozen.append(run_of(home, "left")["pid"])
+        os.kill(frozen[-1], signal.SIGSTOP)
+        d.stop(signal.SIGKILL)  # the daemon dies; its stopped trainer stays behind
+        d = DaemonProcess(home)
+        wait_until(lambda: state(home, "left") == "training" and run_of(home, "left")["pid"] != frozen[-1], 120,
+                   what="the run resumed by a new trainer")
+        assert _gone(frozen[-1])  # the leftover checkpointed and exited before the new one started
+        assert "left running by an earlier daemon" in (home / "overnight.log").read_text()
+        overnight("stop", "left", home=home, check=True)
+        wait_until(lambda: state(home, "left") == "stopped", 90, what="stopped")
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        d.stop()
 
 
 def _status(home: Path) -> dict:
