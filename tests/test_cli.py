@@ -26,6 +26,10 @@ def test_check_error_exit_1_with_line_and_field(home, tmp_path):
     res = overnight("check", str(f), home=home)
     assert res.returncode == 1
     assert "line 2" in res.stdout and "messages[1].role" in res.stdout and "Fix:" in res.stdout
+    [verdict] = json.loads(overnight("check", "--json", str(f), home=home).stdout)
+    [problem] = verdict["problems"]
+    assert not verdict["ok"] and problem["place"] == "chat.jsonl, line 2, field 'messages[1].role'"
+    assert problem["fix"].startswith("use one of the expected roles") and problem["message"] == verdict["error"]
 
 
 def test_check_without_base_model_says_how_to_name_one(home, tmp_path):
