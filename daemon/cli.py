@@ -247,14 +247,7 @@ def priority(home: str | None, run: str, value: int) -> None:
 def models(home: str | None, as_json: bool) -> None:
     """Registered model versions; * marks the active one of each name."""
     rows = _reader(Home.resolve(home, create=False)).models()
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no models yet: a completed run registers one")
-        return
-    for m in rows:
-        click.echo(render.model_line(m))
+    _echo_json(rows) if as_json else click.echo(render.models(rows))
 
 
 @main.command()

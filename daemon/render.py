@@ -71,8 +71,13 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(table(rows))
 
 
-def model_line(m: dict[str, Any]) -> str:
-    """One registered version for `overnight models`; `*` marks the active one of its name."""
+def models(rows: list[dict[str, Any]]) -> str:
+    """`overnight models`: one line a registered version."""
+    return "\n".join(map(_model_line, rows)) if rows else "no models yet: a completed run registers one"
+
+
+def _model_line(m: dict[str, Any]) -> str:
+    """`*` marks the active version of its name; ` ← v3` the version it continued from."""
     mark = "*" if m["active"] else " "
     state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
     return (f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
