@@ -1,8 +1,9 @@
-"""`overnight check`: the daemon's validation, run on files the user names, printed for a person."""
+"""`overnight check`: the daemon's validation, run on files the user names; a verdict per file (the CLI renders it)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,41 +16,77 @@ from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_f
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
 
+@dataclass
+class Problem:
+    """Why the daemon would refuse the file: its own words (as in rejected/NAME.error.txt), and where known the
+    place (file, line, field) and the fix apart, for scripts."""
+
+    message: str
+    place: str | None = None
+    fix: str | None = None
+
+    @classmethod
+    def of(cls, err: Exception) -> Problem:
+        # validate() re-raises a DatasetError as a SubmissionError in the same words: the context keeps its parts
+        data = err if isinstance(err, DatasetError) else err.__context__
+        if isinstance(data, DatasetError) and str(data) == str(err):
+            return cls(str(err), data.place, data.fix)
+        fix = str(err).partition(" Fix: ")[2]
+        return cls(str(err), None, fix or None)
+
+
+@dataclass
+class Verdict:
+    """What `overnight check` found in one file: facts for a person, the same for machines, and the problems."""
+
+    file: str
+    role: str | None = None
+    summary: str = ""  # beside OK on the first line: "sidecar, 3 options"
+    facts: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, *facts: str | None) -> None:
+        self.facts += [f for f in facts if f]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"file": self.file, "ok": self.ok, "role": self.role, **self.data,
+               "problems": [asdict(p) for p in self.problems]}
+        return {**out, "error": self.problems[0].message} if self.problems else out
+
+
 def _stats_line(label: str, s: dict | None) -> str | None:
     if not s:
         return None
-    return (f"  {label}: min {s['min']}, mean {s['mean']:.1f}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}")
+    return f"{label}: min {s['min']}, mean {s['mean']:.1f}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}"
 
 
-def check_file(path: Path, home: Home) -> dict[str, Any]:
+def check_file(path: Path, home: Home) -> Verdict:
     """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file)."""
     if not path.exists():
-        return {"file": str(path), "ok": False, "error": f"{path}: no such file", "text": f"{path}: no such file"}
-    role = role_of(path)
+        return Verdict(str(path), problems=[Problem(f"{path}: no such file", str(path))])
+    verdict = Verdict(str(path), role_of(path))
     try:
         if _is_owner_toml(path, home):
-            return _check_owner_toml(path, home)
-        if role == "sidecar":
-            opts = load_sidecar(path)
-            resolved = resolve(load_home_toml(home.toml), opts)
-            sweep.check_cap(resolved, path)
-            if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
-                check_base_models(resolve(None, opts), path, home.toml)
-            if "init_adapter" in opts:
-                check_parent(resolved, home.toml)
-            grid = sweep.summary(resolved)
-            return _ok(path, {"role": role, "options": opts, "runs": sweep.run_count(resolved)},
-                       f"{path}: OK (sidecar, {len(opts)} options)" + (f"\n  sweep: {grid}" if grid else ""))
-        if role == "probes":
+            _check_owner_toml(path, home, verdict)
+        elif verdict.role == "sidecar":
+            _check_sidecar(path, home, verdict)
+        elif verdict.role == "probes":
             from daemon.probes import load_probe_file
             probes = load_probe_file(path)
-            return _ok(path, {"role": role, "probes": len(probes)}, f"{path}: OK ({len(probes)} probes)")
-        if role == "unsupported":
+            verdict.summary, verdict.data = f"{len(probes)} probes", {"probes": len(probes)}
+        elif verdict.role == "unsupported":
             raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
                                   f".json, .csv, .parquet or .txt.")
-        return _check_dataset(path, home)
+        else:
+            _check_dataset(path, home, verdict)
     except (SubmissionError, OptionsError, DatasetError) as e:
-        return {"file": str(path), "ok": False, "role": role, "error": str(e), "text": f"{path}: ERROR\n{e}"}
+        verdict.problems.append(Problem.of(e))
+    return verdict
 
 
 def _is_owner_toml(path: Path, home: Home) -> bool:
@@ -57,24 +94,38 @@ def _is_owner_toml(path: Path, home: Home) -> bool:
     return path.name == "overnight.toml" and path.resolve().parent != home.inbox.resolve()
 
 
-def _check_owner_toml(path: Path, home: Home) -> dict[str, Any]:
+def _check_sidecar(path: Path, home: Home, verdict: Verdict) -> None:
+    opts = load_sidecar(path)
+    resolved = resolve(load_home_toml(home.toml), opts)
+    sweep.check_cap(resolved, path)
+    if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
+        check_base_models(resolve(None, opts), path, home.toml)
+    if "init_adapter" in opts:
+        check_parent(resolved, home.toml)
+    grid = sweep.summary(resolved)
+    verdict.summary = f"sidecar, {len(opts)} options"
+    verdict.data = {"options": opts, "runs": sweep.run_count(resolved)}
+    verdict.add(f"sweep: {grid}" if grid else None)
+
+
+def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
     """The machine owner's overnight.toml: every option, the owner-only tables ([hooks], [notify]) and base models."""
     opts = load_home_toml(path)
     if "base_model" in opts:
         check_base_models(resolve(opts, None), None, path)
-    lines = [f"{path}: OK (overnight.toml, {len(opts)} options)"]
+    verdict.role, verdict.summary = "owner", f"overnight.toml, {len(opts)} options"
+    verdict.data = {"options": sorted(opts)}
     if opts.get("hooks"):
-        lines.append(f"  hooks: {', '.join(sorted(opts['hooks']))}")
+        verdict.add(f"hooks: {', '.join(sorted(opts['hooks']))}")
     if opts.get("notify"):
         from daemon.notify import NotifyConfig, masked
         cfg = NotifyConfig.from_table(opts["notify"])
-        lines.append(f"  notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
+        verdict.add(f"notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
     if "base_model" in opts:
-        lines.append(f"  base model: {', '.join(resolve(opts, None).base_models)}")
-    return _ok(path, {"role": "owner", "options": sorted(opts)}, "\n".join(lines))
+        verdict.add(f"base model: {', '.join(resolve(opts, None).base_models)}")
 
 
-def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
+def _check_dataset(path: Path, home: Home, verdict: Verdict) -> None:
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
@@ -88,35 +139,28 @@ def _check_dataset(path: Path, home: Home) -> dict[str, Any]:
             raise SubmissionError(f"{path.name} is a symbolic link; overnight refuses links in the inbox so that "
                                   f"nothing outside the home is read or moved. Fix: move or copy the real file "
                                   f"into the inbox.")
-    lines = [f"{path}: OK", f"  format: {r.format}   schema: {r.schema}   records: {r.records}",
-             _stats_line("characters per example", r.chars),
-             _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
-                         r.tokens) if r.tokens else None,
-             _batching_line(r, first.values), _memory_line(r, first, home.root)]
     grid = sweep.summary(sub.options)
-    lines += [f"  sidecar: {sub.sidecar.name}" if sub.sidecar else None,
-              f"  sweep: {grid} (estimates above: the first run's options)" if grid else None,
-              f"  probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None]
-    lines += [f"  note: {n}" for n in r.notes]
-    out = {"role": "dataset", "report": r.to_dict(), "base_models": sub.options.base_models,
-           "runs": sweep.run_count(sub.options)}
-    try:
-        check_base_models(sub.options, sub.sidecar, home.toml)
-        parent = check_parent(sub.options, home.toml)
-    except SubmissionError as e:
-        lines.append(f"ERROR: {e}")
-        return {"file": str(path), "ok": False, **out, "error": str(e),
-                "text": "\n".join(x for x in lines if x).replace(": OK", ": ERROR", 1)}
-    lines.append(f"  base model: {', '.join(sub.options.base_models)}")
-    if parent is not None:
-        lines.append(f"  continues from: {parent.label} ({parent.folder})")
-    return _ok(path, out, "\n".join(x for x in lines if x))
+    verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}",
+                _stats_line("characters per example", r.chars),
+                _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
+                            r.tokens) if r.tokens else None,
+                _batching_line(r, first.values), _memory_line(r, first, home.root),
+                f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
+                f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
+                f"probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None,
+                *(f"note: {n}" for n in r.notes))
+    verdict.data = {"report": r.to_dict(), "base_models": sub.options.base_models,
+                    "runs": sweep.run_count(sub.options)}
+    check_base_models(sub.options, sub.sidecar, home.toml)
+    parent = check_parent(sub.options, home.toml)
+    verdict.add(f"base model: {', '.join(sub.options.base_models)}",
+                f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
 
 
 def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:
     """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data)."""
     if r.schema in TEXT_SCHEMAS:
-        return "  batching: text is cut into full blocks of max_length: no padding"
+        return "batching: text is cut into full blocks of max_length: no padding"
     if not r.token_sample:
         return None
     requested = values["batching"]
@@ -127,7 +171,7 @@ def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:
     scale = r.records / len(r.token_sample)
     est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
     how = "auto: padding-free where flash-attention is installed" if requested == "auto" else "set in the options"
-    return (f"  batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
+    return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
             f"max_length {values['max_length']} ({how})")
 
 
@@ -143,7 +187,7 @@ def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
     on, why = checkpointing_decision(v["gradient_checkpointing"], shape, free, batch_size=v["batch_size"],
                                      seq_len=seq_len, lora_r=v["lora_r"], quantization=v["quantization"],
                                      dtype_bytes=2, liger=v["use_liger_kernel"])
-    return f"  GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
+    return f"GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
 
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
@@ -155,7 +199,3 @@ def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
-
-
-def _ok(path: Path, extra: dict[str, Any], text: str) -> dict[str, Any]:
-    return {"file": str(path), "ok": True, **extra, "text": text}

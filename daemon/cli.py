@@ -5,12 +5,13 @@ import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from daemon import __version__
+from daemon import __version__, render
 from daemon.home import Home, HomeLocked, daemon_alive
 from daemon.queries import Reader
 
@@ -31,6 +32,15 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+@contextmanager
+def _clean_errors(*kinds: type[Exception]):
+    """A failure the user can fix is one line and exit 1, not a traceback."""
+    try:
+        yield
+    except kinds as e:
+        raise click.ClickException(str(e)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="overnight")
 def main() -> None:
@@ -47,11 +57,8 @@ def main() -> None:
 def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
     """Run the daemon in the foreground: watch inbox/ and control/, train the queue."""
     from daemon.scheduler import Daemon
-    h = _home(home)
-    try:
-        d = Daemon(h, once=once, settle=settle, echo=not quiet)
-    except HomeLocked as e:
-        raise click.ClickException(str(e)) from None
+    with _clean_errors(HomeLocked):
+        d = Daemon(_home(home), once=once, settle=settle, echo=not quiet)
     sys.exit(d.serve())
 
 
@@ -64,13 +71,13 @@ def check(home: str | None, as_json: bool, files: tuple[str, ...]) -> None:
     """Validate datasets, sidecars or probe files exactly as the daemon would, without queuing anything."""
     from daemon.checking import check_file
     h = Home.resolve(home, create=False)
-    results = [check_file(Path(f), h) for f in files]
+    verdicts = [check_file(Path(f), h) for f in files]
     if as_json:
-        _echo_json(results)
+        _echo_json([v.to_dict() for v in verdicts])
     else:
-        for r in results:
-            click.echo(r["text"])
-    if any(not r["ok"] for r in results):
+        for v in verdicts:
+            click.echo(render.verdict(v))
+    if not all(v.ok for v in verdicts):
         sys.exit(1)
 
 
@@ -108,36 +115,6 @@ def add(home: str | None, file: str, sidecar: str | None, probes: str | None) ->
 
 
 # --- watching -------------------------------------------------------------------------------------------
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def _progress(r: dict[str, Any]) -> str:
-    step, total = r.get("step"), r.get("max_steps")
-    if step is None:
-        return "-"
-    return f"{step}/{total}" if total else str(step)
-
-
-def _fmt_loss(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _runs_table(runs: list[dict[str, Any]]) -> str:
-    if not runs:
-        return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
-    rows = [("RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
-    for r in runs:
-        rows.append((r["id"], r["state"], str(r["priority"]), _progress(r), _fmt_loss(r["loss"]),
-                     _fmt_loss(r["eval_loss"]), _fmt_eta(r["eta_s"]) if r["state"] in ("training", "paused") else "-",
-                     Path(r["base_model"] or "-").name))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
-
-
 @main.command()
 @home_option
 @json_option
@@ -161,7 +138,7 @@ def status(home: str | None, as_json: bool) -> None:
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:
-        click.echo(_runs_table(runs))
+        click.echo(render.runs_table(runs))
     for e in reversed(events):
         click.echo(f"control {e['time']}: {e['status']}: {e['message']}")
 
@@ -172,7 +149,7 @@ def status(home: str | None, as_json: bool) -> None:
 def runs(home: str | None, as_json: bool) -> None:
     """Every run: active, queued (in order), then history."""
     rows = _reader(Home.resolve(home, create=False)).runs()
-    _echo_json(rows) if as_json else click.echo(_runs_table(rows))
+    _echo_json(rows) if as_json else click.echo(render.runs_table(rows))
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:
@@ -258,27 +235,7 @@ def priority(home: str | None, run: str, value: int) -> None:
 def models(home: str | None, as_json: bool) -> None:
     """Registered model versions; * marks the active one of each name."""
     rows = _reader(Home.resolve(home, create=False)).models()
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no models yet: a completed run registers one")
-        return
-    for m in rows:
-        mark = "*" if m["active"] else " "
-        loss = m["metrics"].get("final_loss")
-        state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
-        click.echo(f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
-                   f"base {Path(m['base_model']).name}  loss {_fmt_loss(loss)}{state}")
-
-
-def _lineage(model: dict[str, Any]) -> str:
-    """` ← v3` when a version continued from an earlier one of its name, ` ← other:2` or ` ← /path` otherwise."""
-    parent = model.get("parent")
-    if not parent:
-        return ""
-    name, _, version = parent.rpartition(":")
-    return f" ← v{version}" if name == model["name"] and version.isdigit() else f" ← {parent}"
+    _echo_json(rows) if as_json else click.echo(render.models(rows))
 
 
 @main.command()
@@ -297,10 +254,6 @@ def activate(home: str | None, name: str, version: int) -> None:
 def delete(home: str | None, name: str, version: int) -> None:
     """Move a model version's adapter into trash/ (nothing is erased)."""
     _send(_home(home), "delete", f"{name} {version}")
-
-
-def run() -> None:  # pragma: no cover - console entry
-    main()
 
 
 @main.command()
@@ -366,13 +319,11 @@ def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
     from daemon.options import OptionsError, load_home_toml
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
-    try:
+    with _clean_errors(ExportError, OptionsError):
         # trust_remote_code is the machine owner's call (overnight.toml only), as for training
         trusted = bool(load_home_toml(h.toml).get("trust_remote_code", False)) if merge else False
         note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, trust_remote_code=trusted,
                       base_model=r["base_model"], log=click.echo)
-    except (ExportError, OptionsError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
     if note:
         click.echo(note)
@@ -385,11 +336,11 @@ def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
 def compare(home: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
     """Runs side by side, best first (eval loss, else final loss): probes learned, tokens/s, wall time and the
     options that differ. GROUP: a sweep's group id, or its name when one group has it."""
-    from daemon.sweep import comparison, format_comparison
+    from daemon.sweep import comparison
     h = Home.resolve(home, create=False)
     group, runs = _compare_runs(h, refs)
     rows = comparison(runs)
-    _echo_json(rows) if as_json else click.echo(format_comparison(rows, group))
+    _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))
 
 
 def _compare_runs(h: Home, refs: tuple[str, ...]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -449,10 +400,8 @@ def service_install(home: str | None, user: bool) -> None:
     """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
     from daemon import service as svc
     unit = _unit(home, user, create=True)
-    try:
+    with _clean_errors(svc.ServiceError):
         replaced = svc.install(unit)
-    except svc.ServiceError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"{'updated' if replaced else 'wrote'} {unit.path}\nEnable and start it (and follow its log):")
     for line in svc.enable_lines(unit):
         click.echo(f"  {line}")
@@ -468,8 +417,6 @@ def service_uninstall(home: str | None, user: bool) -> None:
     """Remove the unit `install` wrote for this home (only that file; disable it first)."""
     from daemon import service as svc
     unit = _unit(home, user, create=False)
-    try:
+    with _clean_errors(svc.ServiceError):
         svc.uninstall(unit)
-    except svc.ServiceError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")

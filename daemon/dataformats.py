@@ -69,15 +69,16 @@ class DatasetError(Exception):
         self.problem = problem
         self.fix = fix
 
+    @property
+    def place(self) -> str:
+        """`data.jsonl, line 12, field 'messages[2].role'`: as much of it as is known."""
+        where = [self.file, self.location, f"field '{self.field}'" if self.field else None]
+        return ", ".join(w for w in where if w)
+
     def __str__(self) -> str:
-        where = [self.file]
-        if self.location:
-            where.append(self.location)
-        if self.field:
-            where.append(f"field '{self.field}'")
         problem = self.problem if self.problem.endswith((".", "?", "!")) else self.problem + "."
         fix = self.fix if self.fix.endswith((".", "?", "!", "`")) else self.fix + "."
-        return f"{', '.join(where)}: {problem}\nFix: {fix}"
+        return f"{self.place}: {problem}\nFix: {fix}"
 
 
 class Notes:

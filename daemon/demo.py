@@ -12,6 +12,7 @@ from typing import Callable
 
 from daemon.home import Home, daemon_alive
 from daemon.queries import Reader
+from daemon.render import fmt_loss
 from daemon.store import END_STATES
 
 
@@ -55,9 +56,8 @@ def follow(home: Home, name: str, say: Callable[[str], None] = print, timeout: f
         reader.close()
         if run:
             evo = analyze(load_records(Path(run["run_dir"]) / "evolution.jsonl")).summary
-            loss = f"{run['loss']:.3f}" if run["loss"] is not None else "-"
             line = (f"{run['id']}: {run['state']}  step {run['step'] or 0}/{run['max_steps'] or '?'}  "
-                    f"loss {loss}  probes: {evo}")
+                    f"loss {fmt_loss(run['loss'])}  probes: {evo}")
             if line != last:
                 say(line)
                 last = line

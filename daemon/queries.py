@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from daemon.store import ACTIVE_STATES, END_STATES
+from daemon.store import ACTIVE_STATES
 
 
 class Reader:
@@ -92,5 +92,3 @@ class Reader:
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
-
-__all__ = ["Reader", "ACTIVE_STATES", "END_STATES"]

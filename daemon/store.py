@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -148,11 +147,6 @@ class Store:
         with self.db.conn:
             self.db["metrics"].insert_all(rows)
 
-    def drop_metrics_after(self, run_id: str, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: forget the first attempt's records."""
-        with self.db.conn:
-            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, step])
-
     def add_evolution(self, run_id: str, records: list[dict[str, Any]]) -> None:
         cols = ("step", "probe", "prompt", "reference", "generation", "loss", "exact", "similarity")
         rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
@@ -204,12 +198,3 @@ class Store:
             self.db.execute("UPDATE models SET deleted = ?, active = 0, adapter_path = ? WHERE name = ? AND version = ?",
                             [iso(), trash_path, name, version])
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` seconds pass (used by CLI commands that wait for the daemon)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -270,33 +270,3 @@ def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "group": r.get("group_id"), "base_model": r.get("base_model"), "step": r.get("step"),
                      "ranked_by": metric})
     return rows
-
-
-def format_comparison(rows: list[dict[str, Any]], group: str | None) -> str:
-    """The text of `overnight compare`: a table, best first."""
-    metric = next((r["ranked_by"] for r in rows if r["ranked_by"]), None)
-    ranked = sum(r["rank"] is not None for r in rows)
-    head = f"group {group}: {len(rows)} runs" if group else f"{len(rows)} runs"
-    head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
-             ", none completed yet: not ranked")
-
-    def loss(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    def secs(v: float | None) -> str:
-        if v is None:
-            return "-"
-        s = int(v)
-        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-    table = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", "OPTIONS THAT DIFFER"]]
-    for r in rows:
-        probes = "-" if r["probes_learned"] is None else f"{r['probes_learned']}/{r['probes_total']}"
-        speed = "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
-        opts = " ".join(f"{k}={compact(v) if isinstance(v, (int, float)) else v}"
-                        for k, v in r["options_that_differ"].items())
-        table.append([f"{r['rank']}{' ★' if r['rank'] == 1 else ''}" if r["rank"] else "-", r["run_id"], r["state"],
-                      loss(r["eval_loss"]), loss(r["final_loss"]), probes, speed, secs(r["seconds"]), opts])
-    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table]
-    return "\n".join([head, *lines])

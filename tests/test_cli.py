@@ -1,9 +1,28 @@
-"""The CLI as a user types it: check, add, logs, status without a daemon."""
+"""The CLI as a user types it: check, add, logs, runs, models, evolution, status without a daemon."""
 from __future__ import annotations
 
 import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
-from tests.conftest import overnight
+from daemon.store import Store
+from tests.conftest import REPO, overnight
+
+
+def _run(home: Path, rid: str, **columns: Any) -> Path:
+    """A run row as the daemon leaves it, with its folder."""
+    d = home / "runs" / rid
+    d.mkdir(parents=True)
+    store = Store(home / "overnight.db")
+    store.insert_run({"id": rid, "name": rid.split("-")[0], "state": "completed", "seq": store.next_seq(),
+                      "run_dir": str(d), **columns})
+    store.close()
+    return d
 
 
 def test_check_ok_prints_format_schema_counts_and_lengths(home, tiny_model, tmp_path):
@@ -26,6 +45,10 @@ def test_check_error_exit_1_with_line_and_field(home, tmp_path):
     res = overnight("check", str(f), home=home)
     assert res.returncode == 1
     assert "line 2" in res.stdout and "messages[1].role" in res.stdout and "Fix:" in res.stdout
+    [verdict] = json.loads(overnight("check", "--json", str(f), home=home).stdout)
+    [problem] = verdict["problems"]
+    assert not verdict["ok"] and problem["place"] == "chat.jsonl, line 2, field 'messages[1].role'"
+    assert problem["fix"].startswith("use one of the expected roles") and problem["message"] == verdict["error"]
 
 
 def test_check_without_base_model_says_how_to_name_one(home, tmp_path):
@@ -78,9 +101,77 @@ def test_status_without_daemon_says_how_to_start_one(home):
     assert json.loads(overnight("status", "--json", home=home, check=True).stdout)["daemon"] is None
 
 
-def test_logs_tail_and_unknown_run(home):
+def test_logs_whole_last_n_and_unknown_run(home):
+    (_run(home, "talk-20260101-000000") / "console.log").write_text("".join(f"line {i}\n" for i in range(1, 6)))
+    assert overnight("logs", "talk", home=home, check=True).stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
+    assert overnight("logs", "talk", "-n", "2", home=home, check=True).stdout.splitlines() == ["line 4", "line 5"]
     res = overnight("logs", "nope", home=home)
     assert res.returncode != 0 and "no run matches 'nope'" in res.stderr
+
+
+def _lines_of(proc: subprocess.Popen) -> queue.Queue:
+    """The process's stdout lines, read on a thread so that a test can wait with a timeout."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_logs_follow_prints_lines_as_they_are_appended(home):
+    log = _run(home, "talk-20260101-000000", state="training") / "console.log"
+    log.write_text("old 1\nold 2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "logs", "talk", "-f", "-n", "1", "--home", str(home)],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _lines_of(proc)
+        assert lines.get(timeout=60) == "old 2"
+        time.sleep(0.5)  # the follower starts from the end it finds, just after printing the tail
+        with log.open("a") as f:
+            f.write("new 1\nnew 2\n")
+        assert [lines.get(timeout=10), lines.get(timeout=10)] == ["new 1", "new 2"]
+        assert proc.poll() is None  # -f keeps following until interrupted
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_runs_and_models_write_losses_and_times_as_the_dashboard_does(home):
+    _run(home, "talk-20260101-000000", loss=1.234567, eval_loss=12.34567, step=50, max_steps=200, state="training",
+         eta_s=361.0, base_model="/m/tiny")
+    table = overnight("runs", home=home, check=True).stdout.splitlines()
+    assert table[0].split() == ["RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL"]
+    assert table[1].split() == ["talk-20260101-000000", "training", "0", "50/200", "1.235", "12.35", "6m01s", "tiny"]
+    store = Store(home / "overnight.db")
+    store.add_model({"name": "talk", "run_id": "talk-20260101-000000", "base_model": "/m/tiny",
+                     "metrics": {"final_loss": 0.0123456}})
+    store.close()
+    assert overnight("models", home=home, check=True).stdout.strip() == \
+        "* talk v1  run talk-20260101-000000  base tiny  loss 0.01235"
+
+
+def _evolution(run_dir: Path) -> None:
+    """Two probes over two snapshots: probe 0 learned at step 60, probe 1 never."""
+    records = [(0, 0, "apple", 6.2913), (60, 0, "river stone apple", 3.8), (0, 1, "x", 6.5), (60, 1, "y", 4.1)]
+    (run_dir / "evolution.jsonl").write_text("".join(json.dumps(
+        {"step": step, "probe": probe, "prompt": f"reverse: probe {probe}", "reference": "river stone apple",
+         "generation": gen, "loss": loss, "exact": gen == "river stone apple", "similarity": 0.2}) + "\n"
+        for step, probe, gen, loss in records))
+
+
+def test_evolution_text_and_json(home):
+    _evolution(_run(home, "rev-20260101-000000"))
+    text = overnight("evolution", "rev", home=home, check=True).stdout
+    assert text.startswith("rev-20260101-000000 (completed)\n")
+    assert "probe 0  LEARNED  (learned at step 60)" in text and "probe 1  NOT LEARNED" in text
+    assert '"river stone apple"' in text and text.rstrip().endswith("1/2 learned, 2 snapshots, latest step 60")
+    data = json.loads(overnight("evolution", "rev", "--json", home=home, check=True).stdout)
+    assert data["run"] == "rev-20260101-000000" and (data["learned"], data["total"]) == (1, 2)
+    assert data["probes"][0]["events"] == [{"event": "learned", "step": 60}]
+    none = overnight("evolution", "nope", home=home)
+    assert none.returncode != 0 and "no run matches 'nope'" in none.stderr
 
 
 def test_steering_without_daemon_writes_the_file_and_says_so(home):

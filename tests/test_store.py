@@ -16,8 +16,14 @@ def test_schema_is_versioned_and_wal(tmp_path):
     s = Store(tmp_path / "o.db")
     assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    _run(s, "a", prio=3)
+    s.add_model({"name": "m", "run_id": "a", "base_model": "/b"})
     s.close()
-    Store(tmp_path / "o.db").close()  # reopening migrates nothing and keeps data
+    again = Store(tmp_path / "o.db")  # reopening migrates nothing and keeps data
+    assert again.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert [(r["id"], r["priority"]) for r in again.runs_in(["queued"])] == [("a", 3)]
+    assert [(m["name"], m["version"], m["active"]) for m in again.models()] == [("m", 1, 1)]
+    again.close()
 
 
 def test_queue_order_priority_then_arrival(tmp_path):

@@ -271,7 +271,7 @@ def test_compare_group_ranks_by_eval_loss_with_probes_speed_time_and_differing_o
     text = overnight("compare", "sup-2026010", home=home, check=True).stdout  # by a prefix of the group id
     assert "group sup-20260101-000000: 4 runs, 3 completed, ranked by eval loss (best first)" in text
     first = text.splitlines()[2]
-    assert first.startswith("1 ★  sup-lr2e-3-20260101-000000  completed  1.2000  1.7000  4/4") and \
+    assert first.startswith("1 ★  sup-lr2e-3-20260101-000000  completed  1.2   1.7   4/4") and \
         "1m30s" in first and first.endswith("learning_rate=2e-3")
     # runs named one by one are compared the same way
     two = json.loads(overnight("compare", "sup-lr1e-4-20260101-000000", "sup-20260102-000000", "--json",

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Log, Static, TabbedContent
 
 from daemon.control import write_command
 from daemon.home import DaemonLock, Home
+from daemon.render import fmt_loss
 from daemon.store import Store
 from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, TRAINING, FixedTelemetry,
                                 build_home, metrics_records, write_big_log)
@@ -20,7 +21,7 @@ from tui import actions
 from tui.actions import AckTracker, NotApplicable
 from tui.app import OvernightApp
 from tui.data import LOG_LINES, HomeWatcher, LogTail, MetricsTail, downsample, grep_file
-from tui.fmt import fmt_loss, short_stamp
+from tui.fmt import short_stamp
 from tui.telemetry import LiveTelemetry
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.evolution import ProbeScreen

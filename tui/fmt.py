@@ -1,40 +1,8 @@
-"""How the dashboard writes numbers, times and bars in a few cells (no Textual here)."""
+"""How the dashboard writes bars, log stamps and times in a few cells (no Textual here). Numbers come from
+daemon/render.py, so the CLI and the dashboard write them alike."""
 from __future__ import annotations
 
-import math
 import re
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """`1h02m`, `3m20s`, `45s`; `-` when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-def fmt_loss(value: float | None) -> str:
-    """A loss with 4 significant figures; `-` when missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4g}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    """`12.3G`, `512M`: binary units, short."""
-    if n is None:
-        return "-"
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit in ("B", "K") else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}P"
 
 
 def progress_bar(fraction: float | None, width: int) -> str:

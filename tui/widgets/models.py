@@ -6,8 +6,9 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import DataTable
 
+from daemon.render import fmt_loss
 from tui.data import HomeSnapshot, ModelRow
-from tui.fmt import fmt_loss, short_time
+from tui.fmt import short_time
 
 
 def _row(m: ModelRow) -> list:

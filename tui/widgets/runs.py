@@ -12,8 +12,9 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
+from daemon.render import fmt_duration, fmt_loss, fmt_rate
 from tui.data import HomeSnapshot, RunRow
-from tui.fmt import fmt_duration, fmt_loss, progress_bar, short_time
+from tui.fmt import progress_bar, short_time
 
 STATE_STYLE = {"training": "bold green", "preparing": "green", "paused": "bold yellow", "queued": "cyan",
                "completed": "blue", "failed": "bold red", "stopped": "magenta", "skipped": "magenta"}
@@ -176,7 +177,7 @@ def _cell(run: RunRow, key: str) -> Text | str:
     if key == "eval":
         return fmt_loss(run.eval_loss)
     if key == "speed":
-        return "-" if run.tokens_per_s is None else f"{run.tokens_per_s:,.0f}"
+        return fmt_rate(run.tokens_per_s)
     if key == "eta":
         return fmt_duration(run.eta_s) if run.active else ""
     if key == "prio":

@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.fmt import fmt_bytes
+from daemon.render import fmt_bytes
 from tui.telemetry import GpuStat, Telemetry
 
 

@@ -1,0 +1,126 @@
+"""How overnight writes numbers, times and tables for a person: the CLI and the dashboard both use these, so a loss
+reads the same in `overnight runs` and in the TUI. Library modules return data; only renderers format it. No torch,
+no click, no Textual here."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """`2d03h`, `1h02m`, `3m20s`, `45s`; `-` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def fmt_loss(value: float | None) -> str:
+    """A loss with 4 significant figures; `-` when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def fmt_rate(value: float | None) -> str:
+    """Tokens per second: `12,345`."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    """`12.3G`, `512M`: binary units, short."""
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit in ("B", "K") else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}P"
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart (the first row is the header); no trailing blanks."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+# --- the CLI's views -------------------------------------------------------------------------------------------
+def _progress(r: dict[str, Any]) -> str:
+    step, total = r.get("step"), r.get("max_steps")
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    """`overnight runs` and the queue in `overnight status`."""
+    if not runs:
+        return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
+    rows = [("RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
+    for r in runs:
+        eta = fmt_duration(r["eta_s"]) if r["state"] in ("training", "paused") else "-"
+        rows.append((r["id"], r["state"], str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
+                     fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name))
+    return "\n".join(table(rows))
+
+
+def models(rows: list[dict[str, Any]]) -> str:
+    """`overnight models`: one line a registered version."""
+    return "\n".join(map(_model_line, rows)) if rows else "no models yet: a completed run registers one"
+
+
+def _model_line(m: dict[str, Any]) -> str:
+    """`*` marks the active version of its name; ` ← v3` the version it continued from."""
+    mark = "*" if m["active"] else " "
+    state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
+    return (f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
+            f"base {Path(m['base_model']).name}  loss {fmt_loss(m['metrics'].get('final_loss'))}{state}")
+
+
+def _lineage(model: dict[str, Any]) -> str:
+    """` ← v3` when a version continued from an earlier one of its name, ` ← other:2` or ` ← /path` otherwise."""
+    parent = model.get("parent")
+    if not parent:
+        return ""
+    name, _, version = parent.rpartition(":")
+    return f" ← v{version}" if name == model["name"] and version.isdigit() else f" ← {parent}"
+
+
+def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
+    """`overnight compare`: a heading, then the table of `sweep.comparison` rows, best first."""
+    from daemon.sweep import METRIC_LABEL
+    metric = next((r["ranked_by"] for r in rows if r["ranked_by"]), None)
+    ranked = sum(r["rank"] is not None for r in rows)
+    head = f"group {group}: {len(rows)} runs" if group else f"{len(rows)} runs"
+    head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
+             ", none completed yet: not ranked")
+    cells = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", "OPTIONS THAT DIFFER"]]
+    cells += [_comparison_row(r) for r in rows]
+    return "\n".join([head, *table(cells)])
+
+
+def _comparison_row(r: dict[str, Any]) -> list[str]:
+    from daemon.sweep import compact
+    probes = "-" if r["probes_learned"] is None else f"{r['probes_learned']}/{r['probes_total']}"
+    opts = " ".join(f"{k}={compact(v) if isinstance(v, (int, float)) else v}"
+                    for k, v in r["options_that_differ"].items())
+    rank = f"{r['rank']}{' ★' if r['rank'] == 1 else ''}" if r["rank"] else "-"
+    return [rank, r["run_id"], r["state"], fmt_loss(r["eval_loss"]), fmt_loss(r["final_loss"]), probes,
+            fmt_rate(r["tokens_per_s"]), fmt_duration(r["seconds"]), opts]
+
+
+def verdict(v: Any) -> str:
+    """`overnight check` for one file (a `checking.Verdict`): OK or ERROR, the facts, then the problems."""
+    if v.role is None:  # not there at all: the problem is all there is to say
+        return "\n".join(p.message for p in v.problems)
+    head = f"{v.file}: OK" + (f" ({v.summary})" if v.summary else "") if v.ok else f"{v.file}: ERROR"
+    # after facts, a problem is marked so that it stands out from them
+    mark = "ERROR: " if v.facts else ""
+    return "\n".join([head, *(f"  {f}" for f in v.facts), *(mark + p.message for p in v.problems)])
