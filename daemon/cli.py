@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from daemon import __version__, render
+from daemon.completeness import SETTLE_S
 from daemon.home import Home, HomeLocked, daemon_alive
 from daemon.queries import Reader
 
@@ -51,8 +52,9 @@ def main() -> None:
 @main.command()
 @home_option
 @click.option("--once", is_flag=True, help="Process the inbox and the queue, then exit.")
-@click.option("--settle", type=float, default=1.0, show_default=True,
-              help="Seconds a dropped file must stay unchanged before it is taken.")
+@click.option("--settle", type=float, default=SETTLE_S, show_default=True,
+              help="Seconds a dropped file must stay unchanged (and closed) before it is taken: longer than the "
+                   "longest pause of a slow writer.")
 @click.option("--quiet", is_flag=True, help="Log only to overnight.log, not to the terminal.")
 def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
     """Run the daemon in the foreground: watch inbox/ and control/, train the queue."""

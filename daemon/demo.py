@@ -37,7 +37,8 @@ def start_daemon(home: Home) -> subprocess.Popen | None:
     """Start a daemon for the demo unless one already serves this home."""
     if daemon_alive(home):
         return None
-    proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home.root), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home.root), "--quiet",
+                             "--settle", "1"],  # the demo drops by rename: complete at once
                             stdin=subprocess.DEVNULL)
     end = time.monotonic() + 30
     while not daemon_alive(home) and time.monotonic() < end and proc.poll() is None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from daemon import rundir, sweep
 from daemon.atomic import write_json, write_text
+from daemon.completeness import SETTLE_S, writers_of
 from daemon.fsutil import ignored, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
@@ -67,7 +68,7 @@ class _Checking:
 class Intake:
     """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
 
-    def __init__(self, home: Home, store: Store, settle: float = 1.0,
+    def __init__(self, home: Home, store: Store, settle: float = SETTLE_S,
                  on_verdict: Callable[[], None] | None = None,
                  on_reject: Callable[[list[Path], str, Path], None] | None = None) -> None:
         """`on_reject(files, message, error_file)` is called on the loop after a drop was moved to rejected/."""
@@ -75,6 +76,7 @@ class Intake:
         self._on_reject = on_reject
         self._seen: dict[str, _Seen] = {}
         self._waiting_logged: set[str] = set()
+        self._writers_logged: set[str] = set()
         # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
         # loop keeps answering control files; the accept/reject moves and DB writes stay on the loop.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
@@ -159,6 +161,8 @@ class Intake:
         if checking is None or checking.fingerprint != fingerprint:  # new, or changed while being checked
             if checking is not None:
                 checking.future.cancel()
+            if self._still_written(stem, group):
+                return 0
             future = self._pool.submit(self._judge, dict(group))
             if self._on_verdict:
                 future.add_done_callback(lambda _f: self._on_verdict())
@@ -174,6 +178,15 @@ class Intake:
         else:
             self._accept_or_reject(verdict, files, stem)
         return 1
+
+    def _still_written(self, stem: str, group: dict[str, Path]) -> bool:
+        """A process holds a file of the drop open for writing: it waits (said once in the log)."""
+        writers = writers_of(list(group.values()))
+        if writers and stem not in self._writers_logged:
+            log.info(f"inbox: {shown_name(group['dataset'].name)} waits: {', '.join(writers)} still has it open "
+                     f"for writing")
+        self._writers_logged = (self._writers_logged | {stem}) if writers else self._writers_logged - {stem}
+        return bool(writers)
 
     def busy(self) -> bool:
         """A drop is being validated."""

@@ -12,6 +12,7 @@ import psutil
 
 from daemon import __version__, hooks, notify, registry, rundir, sweep
 from daemon.atomic import read_json
+from daemon.completeness import SETTLE_S
 from daemon.controller import REQUEST_OUTCOME, Controller
 from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
@@ -41,7 +42,7 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 class Daemon:
     """One daemon per home; the only writer of overnight.db."""
 
-    def __init__(self, home: Home, *, once: bool = False, settle: float = 1.0, tick: float = 0.25,
+    def __init__(self, home: Home, *, once: bool = False, settle: float = SETTLE_S, tick: float = 0.25,
                  echo: bool = True) -> None:
         self.home, self.once, self.tick = home, once, tick
         setup(home.log, echo=echo)

@@ -296,10 +296,22 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
 def _prepare_data(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     from daemon.datasets import DatasetError
 
+    _check_bytes(s.cfg)
     try:
         return _tokenise(s, tokenizer, stats)
     except DatasetError as e:  # the daemon validated the file; it changed or is damaged since
         raise RunError(str(e)) from None
+
+
+def _check_bytes(cfg: Any) -> None:
+    """The bytes trained are the bytes validated: a dataset changed after intake fails the run, with the fix."""
+    from daemon.submission import sha256_file
+
+    want = (cfg.raw.get("dataset") or {}).get("sha256")
+    if want and sha256_file(cfg.dataset_path) != want:
+        raise RunError(f"{cfg.dataset_path}: changed since it was validated (its sha256 differs from config.json's), "
+                       f"so lines that were never checked would be trained. Fix: drop the finished file again "
+                       f"(overnight add FILE, or mv it into the inbox once it is complete).")
 
 
 def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
