@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(home / ".overnight" / "models", {v.model for v in runs}, args.tiny)
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True, exist_ok=True)
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet"],
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet",
+                               "--settle", "1"],  # drops arrive by rename
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     notes: list[str] = []
     try:
