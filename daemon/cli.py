@@ -13,6 +13,7 @@ import click
 
 from daemon import __version__, render
 from daemon.completeness import SETTLE_S
+from daemon.space import disk_full_problem
 from daemon.home import Home, HomeLocked, daemon_alive
 from daemon.queries import Reader
 
@@ -127,7 +128,8 @@ def status(home: str | None, as_json: bool) -> None:
     alive = daemon_alive(h)
     runs = rd.runs(("queued", "preparing", "training", "paused"))
     events = rd.control_events(5)
-    problem = (rd.daemon() or {}).get("problem") if alive else None
+    # a full disk is seen here too: the daemon cannot write its PROBLEM line into the DB then
+    problem = ((rd.daemon() or {}).get("problem") if alive else None) or disk_full_problem(h.root)
     if as_json:
         _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
                     "control_events": events})
@@ -136,7 +138,7 @@ def status(home: str | None, as_json: bool) -> None:
     click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
                "daemon: not running (start it with: overnight daemon)")
     if problem:
-        click.echo(f"PROBLEM: {problem}\nDrops wait in the inbox until this is fixed.")
+        click.echo(f"PROBLEM: {problem}")
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:

@@ -12,9 +12,13 @@ from daemon.timefmt import iso, log_line
 
 
 def append_console(run_dir: Path, message: str) -> None:
-    """Append one timestamped line to the run's console.log (one write: lines never interleave mid-line)."""
-    with open(run_dir / "console.log", "a", encoding="utf-8") as f:
-        f.write(log_line(message))
+    """Append one timestamped line to the run's console.log (one write: lines never interleave mid-line).
+
+    A trainer that died mid-line (a traceback cut short) gets its line ended first, so ours starts on its own."""
+    with open(run_dir / "console.log", "a+b") as f:
+        end = f.seek(0, 2)
+        cut = end > 0 and f.seek(end - 1) is not None and f.read(1) != b"\n"
+        f.write(("\n" if cut else "").encode() + log_line(message).encode("utf-8"))
 
 
 def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:

@@ -20,6 +20,7 @@ from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, OptionsError, load_home_toml
 from daemon.runner import TrainerProcess, leftover_trainers
+from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
 from daemon.store import ACTIVE_STATES, END_STATES, Store
 from daemon.timefmt import iso
@@ -62,6 +63,9 @@ class Daemon:
         self._observer = None
         self._hook_threads: list[threading.Thread] = []
         self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
+        self.disk_problem: str | None = None  # a full disk (DB writes fail, or a run waits for space)
+        self._disk_seen: str | None = None  # what this pass found about the disk
+        self._faults: dict[str, float] = {}  # an internal error's text -> when it was last logged
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
@@ -77,7 +81,7 @@ class Daemon:
             while not self.stopping:
                 self.step()
                 if time.monotonic() - last_beat > 2:
-                    self.store.heartbeat(problem=self.intake.problem or self.stall_problem)
+                    self._guard("heartbeat", lambda: self.store.heartbeat(problem=self.problem))
                     last_beat = time.monotonic()
                 if self.once and self._idle():
                     break
@@ -86,6 +90,11 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    @property
+    def problem(self) -> str | None:
+        """What keeps the daemon from doing its work (status PROBLEM line, dashboard banner)."""
+        return self.intake.problem or self.disk_problem or self.stall_problem
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info(f"received {signal.Signals(signum).name}: checkpointing and exiting")
@@ -131,16 +140,14 @@ class Daemon:
             a.request_stop("shutdown")
             a.close_stdin()
             while a.wait(0.5) is None:
-                self._escalate(a)
+                self._guard("escalate", lambda: self._escalate(a))
                 if a.escalation and a.escalation.sent == "SIGKILL" and a.wait(30) is None:
                     log.error(f"trainer of {a.run_id} (PID {a.proc.pid}) survived SIGKILL (stuck in the kernel?); "
                               f"leaving it: the next daemon ends it at start")
                     break
-            self._finish(a)
-        try:
-            self.select_groups()  # a group whose last run ended just now
-        except Exception:  # noqa: BLE001
-            log.exception("internal error in select_groups")
+            # a DB that cannot be written now (disk full) still says "training": the next start requeues the run
+            self._guard("finish", lambda: self._finish(a))
+        self._guard("select_groups", self.select_groups)  # a group whose last run ended just now
         self.intake.close()
         if self._observer:
             self._observer.stop()
@@ -148,7 +155,7 @@ class Daemon:
         for t in self._hook_threads:
             t.join(timeout=60)
         self.notifier.close(timeout=15)
-        self.store.heartbeat("stopped")
+        self._guard("heartbeat", lambda: self.store.heartbeat("stopped"))
         log.info("daemon stopped")
         self.store.close()
         self.lock.release()
@@ -156,11 +163,29 @@ class Daemon:
     # --- one pass of the loop -------------------------------------------------------------------------
     def step(self) -> None:
         """Intake, control, trainer bookkeeping, queue: each guarded so one failure never stops the daemon."""
+        self._disk_seen = None
         for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.select_groups, self.start_next):
-            try:
-                part()
-            except Exception:  # keep serving; the traceback goes to overnight.log
-                log.exception(f"internal error in {part.__name__}")
+            self._guard(part.__name__, part)
+        if self._disk_seen != self.disk_problem:
+            if self._disk_seen:
+                log.error(self._disk_seen)
+            else:
+                log.info("disk space is back: going on")
+            self.disk_problem = self._disk_seen
+
+    def _guard(self, name: str, fn: Any) -> None:
+        """Run one part of the daemon's work; a fault is reported (once a minute at most), never fatal."""
+        try:
+            fn()
+        except Exception as e:  # keep serving; the traceback goes to overnight.log
+            if is_disk_full(e):
+                self._disk_seen = (f"disk full: {e} (in {name}). Fix: free space on the disk of {self.home.root}; "
+                                   f"overnight goes on by itself")
+                return
+            key = f"{name}: {e!r}"
+            if time.monotonic() - self._faults.get(key, -1e9) >= 60:
+                self._faults[key] = time.monotonic()
+                log.exception(f"internal error in {name}")
 
     def watch_trainer(self) -> None:
         a = self.active
@@ -237,6 +262,10 @@ class Daemon:
             self._fail_before_start(run, str(e))
             return
         ckpt = newest_checkpoint(run_dir)
+        self._disk_seen = shortage(run_dir, ckpt, float(self._owner_options().get("min_free_gb",
+                                                                                  OPTIONS["min_free_gb"].default)))
+        if self._disk_seen:
+            return
         self._transition(run["id"], "preparing", None, started=run["started"] or iso(),
                          attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
@@ -289,16 +318,20 @@ class Daemon:
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         elif a.requested == "shutdown":
             state, reason = "queued", "daemon stopped; resumes from its last checkpoint"
+        elif self._died_of_full_disk(a, result) and self._attempts(a.run_id) < MAX_ATTEMPTS:
+            state, reason = "queued", (f"the disk filled up while it trained; it waits for free space, then resumes "
+                                       f"from its last complete checkpoint. Fix: free space on the disk of "
+                                       f"{self.home.root}")
         elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
             state, reason = "queued", (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         else:
             state, reason = "failed", result.get("reason") or self._crash_reason(a, rc)
-        self.active, self.stall, self.stall_problem = None, None, None
         fields.update(pid=None)
         if state in END_STATES:
             fields["finished"] = iso()
-        self._transition(a.run_id, state, reason, **fields)
+        self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
+        self.active, self.stall, self.stall_problem = None, None, None
         rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
@@ -347,6 +380,13 @@ class Daemon:
 
     def _attempts(self, run_id: str) -> int:
         return int(self.store.get_run(run_id)["attempts"] or 0)
+
+    def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:
+        """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
+        if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.run_dir / "console.log")):
+            return True
+        min_free = float(self._owner_options().get("min_free_gb", OPTIONS["min_free_gb"].default))
+        return not result and shortage(a.run_dir, newest_checkpoint(a.run_dir), min_free) is not None
 
     def _crash_reason(self, a: TrainerProcess, rc: int | None) -> str:
         if rc is not None and rc < 0:

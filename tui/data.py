@@ -22,6 +22,7 @@ from daemon.home import Home, daemon_alive
 from daemon.logtail import last_lines
 from daemon.queries import Reader
 from daemon.rundir import read_jsonl_from
+from daemon.space import disk_full_problem
 from daemon.store import ACTIVE_STATES, END_STATES
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
@@ -210,7 +211,8 @@ class HomeWatcher:
             beat = reader.daemon() or {}
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
-                                 problem=beat.get("problem") if alive else None)
+                                 problem=(beat.get("problem") if alive else None)
+                                 or disk_full_problem(self.home.root))
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon,
                 runs=_mark_best(tuple(_run_row(r) for r in reader.runs()), reader),

@@ -9,16 +9,12 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from daemon.space import GB, needed
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.callbacks import Progress, RunStatus
 from daemon.trainer.commands import Commands
 
-GB = 10**9
 RECHECK_S = 5.0
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 class DiskSpaceCallback(TrainerCallback):
@@ -31,8 +27,7 @@ class DiskSpaceCallback(TrainerCallback):
         self.recheck_s = recheck_s
 
     def needed(self) -> int:
-        newest = ckpt.newest_complete(self.checkpoints)
-        return max(self.min_free, 2 * folder_bytes(newest) if newest else 0)
+        return needed(ckpt.newest_complete(self.checkpoints), self.min_free / GB)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not control.should_save:

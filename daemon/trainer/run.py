@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
 from daemon.trainer.console import say
@@ -50,15 +51,24 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
         traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
-    result.write(result_path)
-    _final_progress(result_path.parent, result)
+        if is_disk_full(e):
+            result.reason += (f". Fix: free space on the disk of {result_path.parent}; the daemon resumes the run "
+                              f"from its last complete checkpoint once there is room")
+    try:
+        _final_progress(result_path.parent, result)
+        result.write(result_path)
+    except OSError as e:  # a full disk: the daemon reads the reason from the console instead
+        say(f"could not write result.json: {e}")
     say(result.footer())
     return result.exit_code
 
 
 def _final_progress(run_dir: Path, result: Result) -> None:
+    """progress.json says how it ended; a run that died mid-way reports the steps it had done."""
     prog = read_json(run_dir / "progress.json", None)
     if prog is not None:
+        result.step = result.step or int(prog.get("step") or 0)
+        result.max_steps = result.max_steps or prog.get("max_steps")
         write_json(run_dir / "progress.json", {**prog, "state": result.outcome, "step": result.step})
 
 

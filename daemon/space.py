@@ -1,0 +1,57 @@
+"""Disk space as the daemon sees it: a full disk makes runs wait, never fail or take the daemon down.
+
+The trainer checks the same rule before each checkpoint (daemon/trainer/diskspace.py); the daemon checks it before
+starting a run, and recognises a trainer or a DB write that died of a full disk anyway (filled between two checks).
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+import sqlite3
+from pathlib import Path
+
+GB = 10**9
+_FULL_MARKS = ("No space left on device", "[Errno 28]", "database or disk is full", "Disk quota exceeded")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def needed(newest_checkpoint: Path | None, min_free_gb: float) -> int:
+    """Bytes a run needs free: min_free_gb, or twice its last checkpoint (the next one, and the adapter)."""
+    return max(int(min_free_gb * GB), 2 * folder_bytes(newest_checkpoint) if newest_checkpoint else 0)
+
+
+def shortage(run_dir: Path, newest_checkpoint: Path | None, min_free_gb: float) -> str | None:
+    """Why the run cannot start for lack of space (with the fix), or None."""
+    need, free = needed(newest_checkpoint, min_free_gb), shutil.disk_usage(run_dir).free
+    if free >= need:
+        return None
+    return (f"disk low: only {free / GB:.2f} GB free on the disk of {run_dir.parent}, and {run_dir.name} needs "
+            f"{need / GB:.2f} GB (min_free_gb, or twice its last checkpoint). Fix: free space there; the run "
+            f"starts by itself")
+
+
+def is_disk_full(error: BaseException | str) -> bool:
+    """An exception, or a trainer's last words, that mean the disk (or the quota) is full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, BaseException) and not isinstance(error, sqlite3.Error):
+        return False
+    return any(mark in str(error) for mark in _FULL_MARKS)
+
+
+FULL_BYTES = 8 * 2**20  # less free than this on the home's disk: the DB and logs can no longer be written
+
+
+def disk_full_problem(root: Path) -> str | None:
+    """What `status` and the dashboard say when the home's disk is full (the daemon cannot write the DB then)."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return None
+    if free >= FULL_BYTES:
+        return None
+    return (f"disk full: {free / 2**20:.0f} MiB free on the disk of {root}; training waits and the state DB cannot "
+            f"be written. Fix: free space there; overnight goes on by itself")
