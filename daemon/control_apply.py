@@ -163,6 +163,7 @@ def _on_priority(d: "Daemon", cmd: Command) -> None:
         changes += [(r, prio) for r in match]
     for r, prio in changes:
         d.store.update_run(r["id"], priority=prio)
+        rundir.write_metadata(Path(r["run_dir"]), d.store.get_run(r["id"]))  # a rebuilt DB keeps the new order
         _ack(d, "priority", r["id"], cmd.source, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"])
     control.consume(d.home, cmd.path)
 
