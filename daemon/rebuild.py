@@ -100,12 +100,12 @@ def diagnose(home: Home, daemon_running: bool) -> tuple[list[str], list[Finding]
     if not home.db.exists():
         if not folders:
             return ["no overnight.db and no runs yet: a fresh home"], []
-        return [], [Finding(f"{home.db} is missing, but runs/ holds {len(folders)} runs",
+        return [], [Finding(f"{home.db} is missing, but runs/ holds {_n(len(folders), 'run')}",
                             "overnight doctor --rebuild (or start the daemon: it rebuilds the DB itself)")]
     problem, version, ids = open_db(home.db, "integrity_check")
     if problem:
         return [], [Finding(f"{home.db} {problem}", "overnight doctor --rebuild (the damaged file is kept aside)")]
-    ok = ["integrity_check: ok", _schema_note(version)]
+    ok = ["integrity_check: ok"] + ([_schema_note(version)] if (version or 0) <= SCHEMA_VERSION else [])
     findings = [f for f in (_schema_finding(version), _unindexed(folders, ids), _folderless(home, folders, ids))
                 if f]
     if not daemon_running:
@@ -132,7 +132,7 @@ def _unindexed(folders: dict[str, Path], ids: set[str]) -> Finding | None:
     missing = sorted(set(folders) - ids)
     if not missing:
         return None
-    return Finding(f"{len(missing)} run folders are not in the DB: {_some(missing)}",
+    return Finding(f"{_n(len(missing), 'run folder')} not in the DB: {_some(missing)}",
                    "overnight doctor --rebuild (or restart the daemon: it rebuilds the DB itself)")
 
 
@@ -140,12 +140,14 @@ def _folderless(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding 
     gone = sorted(ids - set(folders))
     if not gone:
         return None
-    return Finding(f"{len(gone)} runs in the DB have no folder in {home.runs}: {_some(gone)}",
+    return Finding(f"{_n(len(gone), 'run')} in the DB without a folder in {home.runs}: {_some(gone)}",
                    "put the folders back, or overnight doctor --rebuild to forget those runs")
 
 
 def _disagreeing(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding | None:
     """Runs whose DB state is not what their metadata.json says: the DB lost writes (a deleted -wal)."""
+    if not set(folders) & ids:
+        return None
     conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True, timeout=5)
     try:
         states = dict(conn.execute("SELECT id, state FROM runs").fetchall())
@@ -155,7 +157,7 @@ def _disagreeing(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding
                  if (_metadata(folders[rid]).get("status") or states[rid]) != states[rid])
     if not odd:
         return None
-    return Finding(f"{len(odd)} runs have another state in the DB than in their metadata.json: {_some(odd)}",
+    return Finding(f"{_n(len(odd), 'run')} with another state in the DB than in metadata.json: {_some(odd)}",
                    "overnight doctor --rebuild (the run folders are the truth)")
 
 
@@ -168,20 +170,27 @@ def _some(ids: list[str], n: int = 5) -> str:
 def prepare_for_daemon(home: Home) -> None:
     """At daemon start (lock held): make sure overnight.db indexes the run folders, rebuilding it when it is
     missing, damaged or behind them. A DB of a newer overnight is left to Store, which says to upgrade."""
-    folders = run_folders(home)
+    folders = {d.name: d for d in run_folders(home)}
     if not home.db.exists():
         if folders:
             recovered = rebuild(home)
             log.warning(f"{home.db} was missing: rebuilt it from {home.runs}: {recovered.summary()}")
         return
     problem, version, ids = open_db(home.db)
-    if problem is None and {d.name for d in folders} - ids and (version or 0) <= SCHEMA_VERSION:
-        problem = f"does not index {len({d.name for d in folders} - ids)} of the run folders"
+    if problem is None and (version or 0) <= SCHEMA_VERSION:
+        problem = _behind(home, folders, ids)
     if problem:
         aside = move_aside(home)
         recovered = rebuild(home)
         log.warning(f"{home.db} {problem}: moved it aside to {aside.name} and rebuilt it from {home.runs}: "
                     f"{recovered.summary()}")
+
+
+def _behind(home: Home, folders: dict[str, Path], ids: set[str]) -> str | None:
+    """Why a readable DB no longer indexes runs/ (a deleted -wal, a crash between a run folder and its row).
+    With no daemon running, the DB and metadata.json agree: both are written at every state change."""
+    stale = _unindexed(folders, ids) or _disagreeing(home, folders, ids)
+    return f"is behind {home.runs} ({stale.problem})" if stale else None
 
 
 def rebuild_locked(home: Home) -> tuple[Path | None, Recovered]:

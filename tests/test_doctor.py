@@ -189,3 +189,26 @@ def test_versions_pins_and_trash_come_back_from_the_run_folders(tmp_path: Path) 
     assert [r["id"] for r in store.runs_in(["queued"])] == ["q-1", "t-1", "new-1"]
     assert "interrupted" in store.get_run("t-1")["reason"]
     store.close()
+
+
+def test_a_db_behind_the_run_folders_is_rebuilt_at_daemon_start(tmp_path: Path) -> None:
+    from daemon.rebuild import prepare_for_daemon
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    _fake_run(home, store, "a-1", "a", "queued")
+    store.close()
+    old = home.db.read_bytes()  # as the file is when a kill -9 takes the -wal holding what came next with it
+    store = Store(home.db)
+    store.set_state("a-1", "failed", "boom")
+    rundir.write_metadata(home.run_dir("a-1"), store.get_run("a-1"))
+    _fake_run(home, store, "b-1", "b", "queued")
+    store.close()
+    home.db.write_bytes(old)
+
+    prepare_for_daemon(home)
+    store = Store(home.db)
+    assert {r["id"]: r["state"] for r in store.runs_in(["queued", "failed"])} == {"a-1": "failed", "b-1": "queued"}
+    store.close()
+    assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
+    prepare_for_daemon(home)  # an index that matches runs/ is left alone
+    assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
