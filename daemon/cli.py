@@ -424,3 +424,43 @@ def service_uninstall(home: str | None, user: bool) -> None:
     with _clean_errors(svc.ServiceError):
         svc.uninstall(unit)
     click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")
+
+
+# --- the DB is an index of runs/ -----------------------------------------------------------------------------
+@main.command()
+@home_option
+@click.option("--rebuild", is_flag=True, help="Move overnight.db aside (never deleted) and rebuild it from runs/.")
+def doctor(home: str | None, rebuild: bool) -> None:
+    """Check overnight.db (integrity, schema, runs/ against the index); exit 1 on a problem. --rebuild: build a
+    fresh DB from the run folders."""
+    from daemon import rebuild as rb
+    h = Home.resolve(home, create=False)
+    if rebuild:
+        _doctor_rebuild(h)
+        return
+    fine, findings = rb.diagnose(h, daemon_running=bool(daemon_alive(h)))
+    for line in fine:
+        click.echo(f"ok: {line}")
+    for f in findings:
+        click.echo(f"PROBLEM: {f.problem}\n  Fix: {f.fix}")
+    sys.exit(1 if findings else 0)
+
+
+def _doctor_rebuild(h: Home) -> None:
+    from daemon import rebuild as rb
+    if not h.root.is_dir():
+        raise click.ClickException(f"{h.root} does not exist. Fix: give the home with --home DIR or $OVERNIGHT_HOME.")
+    try:
+        aside, recovered = rb.rebuild_locked(h)
+    except HomeLocked:
+        alive = daemon_alive(h) or {}
+        raise click.ClickException(
+            f"a daemon (PID {alive.get('pid', '?')}) serves {h.root} and holds overnight.db open: the DB is not "
+            f"rebuilt under it. Fix: restart the daemon (it rebuilds an unusable DB by itself at start), or stop "
+            f"it (kill -TERM {alive.get('pid', 'PID')}) and run overnight doctor --rebuild again.") from None
+    if aside:
+        click.echo(f"moved the old DB aside: {aside}")
+    click.echo(f"rebuilt {h.db} from {h.runs}: {recovered.summary()}")
+    for r in recovered.runs:
+        click.echo(f"  {r['id']}  {r['state']}  loss {_fmt_loss(r['loss'])}"
+                   f"{'  (' + r['reason'] + ')' if r['reason'] else ''}")

@@ -199,6 +199,7 @@ class Controller:
             changes += [(r, prio) for r in match]
         for r, prio in changes:
             self.store.update_run(r["id"], priority=prio)
+            rundir.write_metadata(Path(r["run_dir"]), self.store.get_run(r["id"]))  # a rebuilt DB keeps the order
             self._ack("priority", r["id"], cmd.source, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"])
         control.consume(self.home, cmd.path)
 

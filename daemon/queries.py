@@ -6,7 +6,18 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import click
+
 from daemon.store import ACTIVE_STATES
+
+
+class BrokenDB(sqlite3.DatabaseError, click.ClickException):
+    """overnight.db is not a database any more. A sqlite3 error (the dashboard shows it as one), and a click error
+    (a CLI command prints it as one line and exits 1, not a traceback)."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        click.ClickException.__init__(self, f"{path} cannot be read ({error}). Fix: overnight doctor --rebuild "
+                                            f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
 
 
 class Reader:
@@ -33,6 +44,8 @@ class Reader:
             if "no such table" in str(e):
                 return []  # the daemon has not created the schema yet
             raise
+        except sqlite3.DatabaseError as e:  # not a database, or a malformed one
+            raise BrokenDB(self.path, e) from None
 
     def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs: active first, then queued by priority and arrival, then finished ones newest first."""

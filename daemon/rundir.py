@@ -34,16 +34,37 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
         "base_model": run.get("base_model"),
         "dataset": config.get("dataset", {}),
         "priority": run.get("priority"),
+        "seq": run.get("seq"),  # queue order: a DB rebuilt from the run folders keeps it (daemon/rebuild.py)
+        "attempts": run.get("attempts"),
         "metrics": {"step": run.get("step"), "max_steps": run.get("max_steps"), "loss": run.get("loss"),
-                    "eval_loss": run.get("eval_loss"), "tokens_per_s": run.get("tokens_per_s")},
+                    "eval_loss": run.get("eval_loss"), "tokens_per_s": run.get("tokens_per_s"),
+                    "epoch": run.get("epoch")},
         "timings": {"created": run.get("created"), "started": run.get("started"), "finished": run.get("finished"),
                     "train_seconds": result.get("train_seconds")},
         "device": result.get("device_name") or result.get("device"),
         "versions": {"overnight": __version__, "python": platform.python_version(), **(result.get("versions") or {})},
         "updated": iso(),
     }
+    model = _read_metadata(run_dir).get("model")
+    if model:
+        meta["model"] = model  # written by record_model; a state change must not drop it
     meta.update(extra)
     write_json(run_dir / "metadata.json", meta)
+
+
+def record_model(run_dir: Path, model: dict[str, Any]) -> None:
+    """Keep the run's model version (number, active, pinned, deleted…) in its metadata.json: the registry lives
+    only in the DB otherwise, and a DB rebuilt from the run folders must find it."""
+    meta = _read_metadata(run_dir)
+    if meta:
+        write_json(run_dir / "metadata.json", {**meta, "model": model})
+
+
+def _read_metadata(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_json(run_dir / "metadata.json", {}) or {}
+    except ValueError:  # torn by a crash before atomic writes, or edited by hand: rewritten whole anyway
+        return {}
 
 
 def read_tail(path: Path, max_bytes: int = 4096) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, notify, registry, rundir, sweep
+from daemon import __version__, hooks, notify, rebuild, registry, rundir, sweep
 from daemon.atomic import read_json
 from daemon.completeness import SETTLE_S
 from daemon.controller import REQUEST_OUTCOME, Controller
@@ -49,6 +49,7 @@ class Daemon:
         setup(home.log, echo=echo)
         self.lock = DaemonLock(home)
         self.lock.acquire()  # raises HomeLocked naming the holder
+        rebuild.prepare_for_daemon(home)  # the DB is an index of runs/: lost or damaged, it is rebuilt
         self.store = Store(home.db)
         self.wake = threading.Event()
         # Notifications ([notify] in overnight.toml) go out from their own thread. Other parts of the daemon tell

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
+from daemon import rundir
 from daemon.timefmt import iso
 
 ACTIVE_STATES = ("preparing", "training", "paused")
@@ -183,6 +185,7 @@ class Store:
                 self.db.execute("UPDATE models SET active = 0 WHERE name = ?", [row["name"]])
             self.db["models"].insert({**row, "version": version, "created": iso(), "active": 0 if pinned else 1,
                                       "metrics": json.dumps(row.get("metrics") or {})})
+        self._record_models(row["name"])
         return version
 
     def activate_model(self, name: str, version: int, pin: bool = True) -> None:
@@ -192,9 +195,27 @@ class Store:
             self.db.execute("UPDATE models SET active = (version = ?) WHERE name = ?", [version, name])
             if pin:
                 self.db["meta"].upsert({"key": f"pinned:{name}", "value": str(version)}, pk="key")
+        self._record_models(name)
 
     def mark_model_deleted(self, name: str, version: int, trash_path: str) -> None:
         with self.db.conn:
             self.db.execute("UPDATE models SET deleted = ?, active = 0, adapter_path = ? WHERE name = ? AND version = ?",
                             [iso(), trash_path, name, version])
+        self._record_models(name)
+
+    def _record_models(self, name: str) -> None:
+        """Write every version of `name` into its run's metadata.json: the registry can then be rebuilt from the
+        run folders (daemon/rebuild.py). A failed write costs only that, never the registry change itself."""
+        pin = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"pinned:{name}"]).fetchone()
+        for m in self.models(name):
+            run = self.get_run(m["run_id"])
+            if not run or not run.get("run_dir"):
+                continue
+            pinned = bool(pin) and pin[0] == str(m["version"])
+            record = {**m, "metrics": json.loads(m["metrics"] or "{}"), "pinned": pinned}
+            try:
+                rundir.record_model(Path(run["run_dir"]), record)
+            except (OSError, ValueError) as e:
+                logging.getLogger("overnight").warning(f"could not record {name} v{m['version']} in "
+                                                       f"{run['run_dir']}/metadata.json: {e}")
 

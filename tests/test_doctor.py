@@ -1,0 +1,214 @@
+"""The DB is an index of runs/: a damaged or lost overnight.db is rebuilt from the run folders (overnight doctor,
+the daemon at start), and no reader prints a traceback over it."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from daemon import registry, rundir
+from daemon.home import Home
+from daemon.queries import Reader
+from daemon.rebuild import rebuild
+from daemon.store import Store
+from tests.conftest import overnight
+
+FAST = "max_steps = 3\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 2\nprobe_count = 2\n" \
+       "probe_max_new_tokens = 4\neval_fraction = 0.1\n"
+PROMPTS = "\n".join(json.dumps({"prompt": f"add {i} 1:", "completion": str(i + 1)}) for i in range(20)) + "\n"
+
+
+def _drop(home: Path, stem: str) -> None:
+    (home / "inbox" / f"{stem}.toml").write_text(FAST)
+    (home / "inbox" / f"{stem}.jsonl").write_text(PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A home with one completed run (a registered model) and one queued run. Tests change copies of it."""
+    home = tmp_path_factory.mktemp("doctor") / "home"
+    for d in ("inbox", "control", "runs"):
+        (home / d).mkdir(parents=True)
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    _drop(home, "done")
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (home / "control" / "stop").write_text("")  # holds the queue: the next drop stays queued
+    _drop(home, "later")
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (home / "control" / "stop").unlink()
+    assert sorted(r["state"] for r in _runs(home)) == ["completed", "queued"]
+    return home
+
+
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(trained, home)
+    return home
+
+
+def _runs(home: Path) -> list[dict]:
+    return json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+
+
+def _models(home: Path) -> list[dict]:
+    return json.loads(overnight("models", "--json", home=home, check=True).stdout)
+
+
+def _digest(runs: list[dict]) -> dict[str, tuple]:
+    return {r["id"]: (r["state"], r["name"], r["loss"], r["eval_loss"], r["step"], r["priority"]) for r in runs}
+
+
+def test_a_garbage_db_is_one_line_for_readers_and_doctor_rebuilds_it(trained: Path, tmp_path: Path) -> None:
+    home = _copy(trained, tmp_path)
+    runs, models = _runs(home), _models(home)
+    garbage = b"this is not an sqlite file\n" * 300
+    (home / "overnight.db").write_bytes(garbage)
+
+    for command in ("status", "runs"):
+        res = overnight(command, home=home)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().count("\n") == 0, res.stderr
+        assert "overnight.db" in res.stderr and "Fix: overnight doctor --rebuild" in res.stderr
+
+    res = overnight("doctor", home=home)
+    assert res.returncode == 1, res.stdout
+    assert "PROBLEM" in res.stdout and "Fix: overnight doctor --rebuild" in res.stdout
+
+    res = overnight("doctor", "--rebuild", home=home)
+    assert res.returncode == 0, res.stderr
+    assert "2 runs" in res.stdout, res.stdout
+    aside = [p for p in home.glob("overnight.db.broken-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage  # kept, with its -wal and -shm if any
+
+    assert _digest(_runs(home)) == _digest(runs)
+    rebuilt_models = _models(home)
+    assert [(m["name"], m["version"], m["active"], m["run_id"], m["metrics"]) for m in rebuilt_models] == \
+        [(m["name"], m["version"], m["active"], m["run_id"], m["metrics"]) for m in models]
+    assert Path(rebuilt_models[0]["adapter_path"]).is_relative_to(home)
+    done = next(r for r in runs if r["state"] == "completed")
+    reader = Reader(home / "overnight.db")
+    files = (home / "runs" / done["id"] / "metrics.jsonl").read_text().splitlines()
+    assert len(reader.metrics(done["id"])) == len(files) > 0
+    assert reader.evolution(done["id"]) and len(reader.transitions(done["id"])) >= 1
+    assert overnight("doctor", home=home).returncode == 0
+
+
+def test_b_a_deleted_db_is_rebuilt_by_the_daemon_which_trains_the_queued_run(trained: Path, tmp_path: Path) -> None:
+    home = _copy(trained, tmp_path)
+    before = {r["id"]: r for r in _runs(home)}
+    for p in home.glob("overnight.db*"):
+        p.unlink()
+    res = overnight("doctor", home=home)
+    assert res.returncode == 1 and "missing" in res.stdout, res.stdout
+
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "rebuilt it from" in (home / "overnight.log").read_text()
+    after = {r["id"]: r for r in _runs(home)}
+    assert set(after) == set(before)
+    assert {r["state"] for r in after.values()} == {"completed"}
+    done = next(rid for rid, r in before.items() if r["state"] == "completed")
+    assert after[done]["loss"] == before[done]["loss"]
+    assert sorted((m["name"], m["version"], m["active"]) for m in _models(home)) == [("done", 1, 1), ("later", 1, 1)]
+
+
+def test_c_a_healthy_home_passes_doctor(trained: Path) -> None:
+    res = overnight("doctor", home=trained)
+    assert res.returncode == 0, res.stdout
+    assert "PROBLEM" not in res.stdout and "integrity_check: ok" in res.stdout
+
+
+def test_rebuild_is_refused_while_a_daemon_runs(home: Path, daemon_proc) -> None:
+    d = daemon_proc()
+    res = overnight("doctor", "--rebuild", home=home)
+    assert res.returncode == 1 and f"PID {d.proc.pid}" in res.stderr, res.stderr
+    assert (home / "overnight.db").exists() and not list(home.glob("overnight.db.broken-*"))
+
+
+def test_the_dashboard_reader_reports_a_garbage_db_without_raising(tmp_path: Path) -> None:
+    from tui.data import HomeWatcher
+    home = Home.resolve(tmp_path / "home")
+    home.db.write_bytes(b"\x00garbage" * 500)
+    snap = HomeWatcher(home).snapshot()
+    assert snap.error and "overnight doctor --rebuild" in snap.error
+
+
+# --------------------------------------------------------------------------------------------- the registry
+
+def _fake_run(home: Home, store: Store, rid: str, name: str, state: str, loss: float | None = None) -> dict:
+    """A run folder and its row as intake and the scheduler leave them (no training: the files are the point)."""
+    folder = home.run_dir(rid)
+    (folder / "dataset").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"run_id": rid, "name": name, "options": {"base_model": "/m"},
+                                                    "dataset": {"file": "d.jsonl", "format": "jsonl"}}))
+    row = {"id": rid, "name": name, "dataset": "d.jsonl", "base_model": "/m", "state": "queued", "priority": 0,
+           "seq": store.next_seq(), "run_dir": str(folder)}
+    store.insert_run(row)
+    if state != "queued":
+        store.set_state(rid, state, None, loss=loss, step=3)
+    rundir.write_metadata(folder, store.get_run(rid))
+    return store.get_run(rid)
+
+
+def test_versions_pins_and_trash_come_back_from_the_run_folders(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    runs = [_fake_run(home, store, f"m-{i}", "m", "completed", 1.0 / (i + 1)) for i in range(3)]
+    for r in runs:
+        (Path(r["run_dir"]) / "adapter").mkdir()
+        registry.register(store, r)
+    store.activate_model("m", 1)  # pinned: v3 arrived later but v1 stays active
+    registry.delete(store, home, "m", 2)
+    _fake_run(home, store, "t-1", "t", "training")
+    _fake_run(home, store, "q-1", "q", "queued")
+    store.set_state("q-1", "queued", priority=5)
+    rundir.write_metadata(home.run_dir("q-1"), store.get_run("q-1"))
+    bare = home.run_dir("new-1")
+    shutil.copytree(home.run_dir("q-1"), bare)
+    (bare / "metadata.json").unlink()  # accepted, then the DB was lost before it indexed the run
+    models = [{k: m[k] for k in ("name", "version", "run_id", "active", "deleted", "adapter_path")}
+              for m in store.models()]
+    store.close()
+    for p in home.root.glob("overnight.db*"):
+        p.unlink()
+
+    recovered = rebuild(home)
+    store = Store(home.db)
+    assert [{k: m[k] for k in ("name", "version", "run_id", "active", "deleted", "adapter_path")}
+            for m in store.models()] == models
+    assert store.models()[1]["deleted"] and "trash" in store.models()[1]["adapter_path"]
+    assert store.add_model({"name": "m", "run_id": "m-0", "base_model": "/m", "metrics": {}, "adapter_path": "/a"}) \
+        == 4 and store.models()[0]["active"] == 1  # the pin survived the rebuild
+    states = {r["id"]: (r["state"], r["priority"]) for r in recovered.runs}
+    assert states == {"m-0": ("completed", 0), "m-1": ("completed", 0), "m-2": ("completed", 0),
+                      "t-1": ("queued", 0), "q-1": ("queued", 5), "new-1": ("queued", 0)}
+    assert [r["id"] for r in store.runs_in(["queued"])] == ["q-1", "t-1", "new-1"]
+    assert "interrupted" in store.get_run("t-1")["reason"]
+    store.close()
+
+
+def test_a_db_behind_the_run_folders_is_rebuilt_at_daemon_start(tmp_path: Path) -> None:
+    from daemon.rebuild import prepare_for_daemon
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    _fake_run(home, store, "a-1", "a", "queued")
+    store.close()
+    old = home.db.read_bytes()  # as the file is when a kill -9 takes the -wal holding what came next with it
+    store = Store(home.db)
+    store.set_state("a-1", "failed", "boom")
+    rundir.write_metadata(home.run_dir("a-1"), store.get_run("a-1"))
+    _fake_run(home, store, "b-1", "b", "queued")
+    store.close()
+    home.db.write_bytes(old)
+
+    prepare_for_daemon(home)
+    store = Store(home.db)
+    assert {r["id"]: r["state"] for r in store.runs_in(["queued", "failed"])} == {"a-1": "failed", "b-1": "queued"}
+    store.close()
+    assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
+    prepare_for_daemon(home)  # an index that matches runs/ is left alone
+    assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
