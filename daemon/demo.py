@@ -12,6 +12,7 @@ from typing import Callable
 
 from daemon.home import Home, daemon_alive
 from daemon.queries import Reader
+from daemon.rundir import RunFolder
 from daemon.store import END_STATES
 
 
@@ -54,7 +55,7 @@ def follow(home: Home, name: str, say: Callable[[str], None] = print, timeout: f
         run = reader.find_run(name)
         reader.close()
         if run:
-            evo = analyze(load_records(Path(run["run_dir"]) / "evolution.jsonl")).summary
+            evo = analyze(load_records(RunFolder(run["run_dir"]).evolution)).summary
             loss = f"{run['loss']:.3f}" if run["loss"] is not None else "-"
             line = (f"{run['id']}: {run['state']}  step {run['step'] or 0}/{run['max_steps'] or '?'}  "
                     f"loss {loss}  probes: {evo}")

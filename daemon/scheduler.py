@@ -11,12 +11,12 @@ from typing import Any
 import psutil
 
 from daemon import __version__, hooks, notify, registry, rundir, sweep
-from daemon.atomic import read_json
 from daemon.gpus import GpuChoiceError, trainer_gpu_env
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, OptionsError, load_home_toml
+from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess
 from daemon.stall import StallWatch
 from daemon.store import ACTIVE_STATES, END_STATES, Store
@@ -30,13 +30,7 @@ MAX_ATTEMPTS = 3
 
 def _run_options(run: dict[str, Any]) -> dict[str, Any]:
     """A run's resolved options, from its config.json."""
-    return (read_json(Path(run["run_dir"]) / "config.json", {}) or {}).get("options") or {}
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (only finished ones are named step-N)."""
-    steps = [(int(p.name[5:]), p) for p in (run_dir / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
-    return max(steps)[1] if steps else None
+    return RunFolder(run["run_dir"]).options()
 
 
 class Daemon:
@@ -216,7 +210,7 @@ class Daemon:
         except GpuChoiceError as e:
             self._fail_before_start(run, str(e))
             return
-        ckpt = newest_checkpoint(run_dir)
+        ckpt = RunFolder(run_dir).newest_checkpoint()
         self._transition(run["id"], "preparing", None, started=run["started"] or iso(),
                          attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
@@ -255,7 +249,7 @@ class Daemon:
         """The trainer exited: decide the run's end state from its result and what the daemon asked."""
         rc = a.poll()
         fields = a.ingest(self.store)
-        result = read_json(a.run_dir / "result.json", {}) or {}
+        result = a.folder.read_result()
         outcome = result.get("outcome")
         if outcome == "completed" and rc == 0:
             state, reason = "completed", None
@@ -300,7 +294,7 @@ class Daemon:
         while self._ended_groups:
             group = self._ended_groups.pop()
             said = sweep.on_group_ended(self.store, group, _run_options,
-                                        lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
+                                        lambda r: analyze(load_records(RunFolder(r["run_dir"]).evolution)).learned)
             if said:
                 log.info(said)
 
@@ -328,7 +322,7 @@ class Daemon:
     def _crash_reason(self, a: TrainerProcess, rc: int | None) -> str:
         if rc is not None and rc < 0:
             return f"trainer killed by signal {signal.Signals(-rc).name}"
-        tail = [ln for ln in rundir.read_tail(a.run_dir / "console.log").splitlines() if ln.strip()]
+        tail = [ln for ln in rundir.read_tail(a.folder.console).splitlines() if ln.strip()]
         return f"trainer exited with code {rc}: {tail[-1][:300] if tail else 'no output'}"
 
     def _transition(self, run_id: str, state: str, reason: str | None, **fields: Any) -> None:
@@ -357,7 +351,7 @@ class Daemon:
         for run in self.store.runs_in(ACTIVE_STATES):
             run_dir = Path(run["run_dir"])
             self._wait_orphan(run)
-            ckpt = newest_checkpoint(run_dir)
+            ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
             self._transition(run["id"], "queued", reason, pid=None)
             rundir.append_console(run_dir, f"overnight: {reason}")

@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon.rundir import RunFolder
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
 from daemon.trainer.console import say
@@ -39,7 +40,7 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
 
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
-    result_path = Path(run_dir).resolve() / "result.json"
+    folder = RunFolder(Path(run_dir).resolve())
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
@@ -50,16 +51,16 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
         traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
-    result.write(result_path)
-    _final_progress(result_path.parent, result)
+    result.write(folder.result)
+    _final_progress(folder, result)
     say(result.footer())
     return result.exit_code
 
 
-def _final_progress(run_dir: Path, result: Result) -> None:
-    prog = read_json(run_dir / "progress.json", None)
+def _final_progress(folder: RunFolder, result: Result) -> None:
+    prog = read_json(folder.progress, None)
     if prog is not None:
-        write_json(run_dir / "progress.json", {**prog, "state": result.outcome, "step": result.step})
+        write_json(folder.progress, {**prog, "state": result.outcome, "step": result.step})
 
 
 def _train(s: Session, commands: Any) -> None:
