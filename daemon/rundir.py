@@ -152,25 +152,18 @@ def read_tail(path: Path, max_bytes: int = 4096) -> str:
         return ""
 
 
-def last_lines(path: Path, n: int | None) -> list[str]:
-    """The last `n` lines of a file (all when None); [] when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            return _last_lines(f, n, f.seek(0, 2))
-    except FileNotFoundError:
-        return []
-
-
 def _last_lines(f: IO[bytes], n: int | None, end: int, block: int = 64 * 1024) -> list[str]:
-    # Backwards in blocks: the end of a log of millions of lines costs a few reads, not the whole file.
+    """The last `n` lines before byte `end` (all when None)."""
+    if n is None:
+        f.seek(0)
+        return f.read(end).decode("utf-8", "replace").splitlines()
     pos, data = end, b""
-    while pos > 0 and (n is None or data.count(b"\n") <= n):
-        step = min(block if n is not None else pos, pos)
+    while pos > 0 and data.count(b"\n") <= n:  # backwards in blocks: a log of millions of lines costs a few reads
+        step = min(block, pos)
         pos -= step
         f.seek(pos)
         data = f.read(step) + data
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines if n is None else lines[-n:] if n else []
+    return data.decode("utf-8", "replace").splitlines()[-n:] if n else []
 
 
 class _Follower:
@@ -218,10 +211,10 @@ class JsonlTail(_Follower):
             data = f.read()
         end = data.rfind(b"\n") + 1
         self.offset = start + end
-        return JsonlUpdate(parse_jsonl(data[:end]), reset)
+        return JsonlUpdate(_parse_jsonl(data[:end]), reset)
 
 
-def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
+def _parse_jsonl(data: bytes) -> list[dict[str, Any]]:
     """The JSON objects of complete lines; a line cut by a crash is skipped rather than stopping the reader."""
     records = []
     for line in data.splitlines():
