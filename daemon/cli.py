@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -170,17 +171,19 @@ def _find_run(h: Home, ref: str) -> dict[str, Any]:
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
 def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
     """A run's console.log."""
-    from daemon.logtail import follow_file, last_lines
+    from daemon.rundir import LogTail, RunFolder
     h = Home.resolve(home, create=False)
-    path = Path(_find_run(h, run)["run_dir"]) / "console.log"
-    for line in last_lines(path, lines) if lines else path.read_text(encoding="utf-8", errors="replace").splitlines():
-        click.echo(line)
-    if follow:
-        try:
-            for line in follow_file(path):
+    tail = LogTail(RunFolder(_find_run(h, run)["run_dir"]).console, keep=lines or None)
+    try:
+        while True:
+            update = tail.poll()
+            for line in update.lines if update else ():
                 click.echo(line)
-        except KeyboardInterrupt:
-            pass
+            if not follow:
+                return
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        pass
 
 
 # --- steering (writes control files; the daemon applies them) ---------------------------------------------
@@ -266,6 +269,7 @@ def delete(home: str | None, name: str, version: int) -> None:
 def demo(home: str | None, no_tui: bool) -> None:
     """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
     from daemon import demo as d
+    from daemon.rundir import RunFolder
     h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo")
     click.echo(f"demo home: {h.root}")
     name = d.prepare(h, click.echo)
@@ -274,7 +278,7 @@ def demo(home: str | None, no_tui: bool) -> None:
         if no_tui:
             run = d.follow(h, name, click.echo)
             if run and run["state"] == "completed":
-                click.echo(f"\n{run['id']} completed. Adapter: {Path(run['run_dir']) / 'adapter'}\n"
+                click.echo(f"\n{run['id']} completed. Adapter: {RunFolder(run['run_dir']).adapter}\n"
                            f"See what it learned: overnight evolution {run['id']} --home {h.root}")
             else:
                 reason = f" ({run['reason']})" if run and run["reason"] else ""
@@ -302,9 +306,10 @@ def tui(home: str | None) -> None:
 def evolution(home: str | None, as_json: bool, run: str) -> None:
     """What the model answered on each probe over time, and when each was learned or forgotten."""
     from daemon.evolution import analyze, format_report, load_records
+    from daemon.rundir import RunFolder
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
-    report = analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl"))
+    report = analyze(load_records(RunFolder(r["run_dir"]).evolution))
     if as_json:
         _echo_json({"run": r["id"], **report.to_dict()})
     else:
@@ -462,5 +467,5 @@ def _doctor_rebuild(h: Home) -> None:
         click.echo(f"moved the old DB aside: {aside}")
     click.echo(f"rebuilt {h.db} from {h.runs}: {recovered.summary()}")
     for r in recovered.runs:
-        click.echo(f"  {r['id']}  {r['state']}  loss {_fmt_loss(r['loss'])}"
+        click.echo(f"  {r['id']}  {r['state']}  loss {render.fmt_loss(r['loss'])}"
                    f"{'  (' + r['reason'] + ')' if r['reason'] else ''}")

@@ -13,6 +13,7 @@ from typing import Callable
 from daemon.home import Home, daemon_alive
 from daemon.queries import Reader
 from daemon.render import fmt_loss
+from daemon.rundir import RunFolder
 from daemon.store import END_STATES
 
 
@@ -56,7 +57,7 @@ def follow(home: Home, name: str, say: Callable[[str], None] = print, timeout: f
         run = reader.find_run(name)
         reader.close()
         if run:
-            evo = analyze(load_records(Path(run["run_dir"]) / "evolution.jsonl")).summary
+            evo = analyze(load_records(RunFolder(run["run_dir"]).evolution)).summary
             line = (f"{run['id']}: {run['state']}  step {run['step'] or 0}/{run['max_steps'] or '?'}  "
                     f"loss {fmt_loss(run['loss'])}  probes: {evo}")
             if line != last:

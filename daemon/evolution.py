@@ -11,13 +11,14 @@ and may be learned again later; every such change is kept as an event.
 """
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable
+
+from daemon.rundir import read_jsonl
 
 DEFAULT_THRESHOLD = 0.9
 SNAPSHOTS_PER_RUN = 20  # what `probe_every = 0` aims for
@@ -80,27 +81,13 @@ def resolve_probe_every(probe_every: int, max_steps: int) -> tuple[int, float | 
 
 # --------------------------------------------------------------------------------------------- records
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of an evolution.jsonl; [] when it does not exist yet.
+def is_probe_record(record: dict[str, Any]) -> bool:
+    return "step" in record and "probe" in record
 
-    The trainer appends to the file while readers read it, so a last line without its newline is an unfinished
-    write and is left out; a line that is not a JSON object (a write cut by a crash) is skipped as well.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    complete = lines[:-1]  # whatever follows the last newline is still being written
-    records = []
-    for line in complete:
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(record, dict) and "step" in record and "probe" in record:
-            records.append(record)
-    return records
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete probe record of an evolution.jsonl; [] when it does not exist yet (torn lines: rundir.py)."""
+    return [r for r in read_jsonl(path) if is_probe_record(r)]
 
 
 def snapshot_steps(records: Iterable[dict[str, Any]]) -> list[int]:

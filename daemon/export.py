@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.atomic import read_json
+from daemon.rundir import RunFolder
 
 
 class ExportError(Exception):
@@ -20,20 +20,21 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_co
     The base model is the one the run trained on (config.json), resolved as the trainer resolves it
     (`base_model`: the DB's, when config.json lacks it). Returns a note for the user about a merge, else None.
     """
-    adapter = run_dir / "adapter"
+    folder = RunFolder(run_dir)
+    adapter = folder.adapter
     if not (adapter / "adapter_config.json").exists():
         raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
-                          f"{run_dir / 'checkpoints'}). Fix: export a completed run (see overnight runs).")
+                          f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
                           f"overwritten).")
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         return None
-    options = (read_json(run_dir / "config.json", {}) or {}).get("options") or {}
+    options = folder.options()
     spec = options.get("base_model") or base_model
     if not isinstance(spec, str) or not spec:
-        raise ExportError(f"{run_dir / 'config.json'} names no base model. Fix: export without --merge (the adapter "
+        raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "
                           f"alone) and merge it onto its base model yourself.")
     source = _resolve(spec, home, run_dir)
     return _merge(source, adapter, out, trust_remote_code, str(options.get("quantization") or "none"), log)
@@ -47,7 +48,7 @@ def _resolve(spec: str, home: Path, run_dir: Path) -> str:
         return resolve_model_source(spec, home, run_dir)
     except RunError as e:
         why = str(e).split(" Fix: ")[0].rstrip(".")  # the trainer's fix (edit the options, resume) does not apply
-        raise ExportError(f"cannot merge: {why} (the run's base model, named in {run_dir / 'config.json'}). Fix: put "
+        raise ExportError(f"cannot merge: {why} (the run's base model, named in {RunFolder(run_dir).config}). Fix: put "
                           f"that model back where the run found it (or into the Hugging Face cache), or export "
                           f"without --merge to get the adapter alone.") from None
 

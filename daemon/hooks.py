@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.log import log
+from daemon.rundir import RunFolder
 from daemon.timefmt import log_line
 
 HOOK_TIMEOUT_S = 6 * 3600
@@ -23,11 +24,11 @@ def run_hooks(event: str, hooks: dict[str, list[str]], run: dict[str, Any]) -> t
     argv = hooks.get(event)
     if not argv:
         return None
-    run_dir = Path(run["run_dir"])
-    env = {"OVERNIGHT_RUN_ID": run["id"], "OVERNIGHT_RUN_DIR": str(run_dir),
-           "OVERNIGHT_ADAPTER": str(run_dir / "adapter"), "OVERNIGHT_STATE": run["state"],
+    folder = RunFolder(run["run_dir"])
+    env = {"OVERNIGHT_RUN_ID": run["id"], "OVERNIGHT_RUN_DIR": str(folder.root),
+           "OVERNIGHT_ADAPTER": str(folder.adapter), "OVERNIGHT_STATE": run["state"],
            "OVERNIGHT_MODEL_NAME": run["name"]}
-    return _start(event, argv, env, cwd=run_dir, log_path=run_dir / "hooks.log", subject=run["id"])
+    return _start(event, argv, env, cwd=folder.root, log_path=folder.hooks_log, subject=run["id"])
 
 
 def run_reject_hook(hooks: dict[str, list[str]], file: Path, error: str, error_file: Path,

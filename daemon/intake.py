@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon import rundir, sweep
+from daemon.rundir import RunFolder
 from daemon.atomic import write_json, write_text
 from daemon.completeness import SETTLE_S, writers_of
 from daemon.fsutil import ignored, unique_path
@@ -225,7 +226,7 @@ class Intake:
         """Move a drop's files back from a half-made run folder into the inbox."""
         for staging in self.home.runs.glob(".*.partial"):
             for p in files:
-                moved = staging / "dataset" / p.name
+                moved = RunFolder(staging).dataset / p.name
                 if moved.exists() and not p.exists():
                     os.rename(moved, p)
 
@@ -287,20 +288,20 @@ class Intake:
         for i, point in enumerate(points):
             rid = self.new_run_id(sub.name + sweep.run_suffix(point, several_models), stamp,
                                   {group_id} if group_id else None)
-            staging = self.home.runs / f".{rid}.partial"
-            (staging / "dataset").mkdir(parents=True)
+            staging = RunFolder(self.home.runs / f".{rid}.partial")
+            staging.dataset.mkdir(parents=True)
             if first_dataset_dir is None:
                 for p in (sub.dataset, sub.sidecar, sub.probes):
                     if p:
-                        os.rename(p, staging / "dataset" / p.name)
+                        os.rename(p, staging.dataset / p.name)
             else:  # the same bytes for the other models of the group: a hard link costs no space
                 for p in first_dataset_dir.iterdir():
-                    _link_or_copy(p, staging / "dataset" / p.name)
-            row = self._write_run_files(rid, staging, sub, sweep.options_for(sub.options, point), sha, group_id,
+                    _link_or_copy(p, staging.dataset / p.name)
+            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
                                         point, (i + 1, len(points)))
-            os.rename(staging, self.home.run_dir(rid))
+            os.rename(staging.root, self.home.run_dir(rid))
             self.store.insert_run(row)
-            first_dataset_dir = self.home.run_dir(rid) / "dataset" if first_dataset_dir is None else first_dataset_dir
+            first_dataset_dir = first_dataset_dir or RunFolder(self.home.run_dir(rid)).dataset
             run_ids.append(rid)
         grouped = f" (group {group_id}: {sweep.describe(sub.options)})" if group_id else ""
         log.info(f"inbox: accepted {sub.dataset.name} ({sub.report.schema}, {sub.report.records} records) "
@@ -311,17 +312,18 @@ class Intake:
                          group_id: str | None, point: sweep.Point, place: tuple[int, int]) -> dict:
         """config.json, stats.json, metadata.json and the console header; returns the run's DB row."""
         model = opts.values["base_model"]
-        dataset_info = {"path": f"dataset/{sub.dataset.name}", "file": sub.dataset.name, "format": sub.report.format,
+        run = RunFolder(folder)
+        dataset_info = {"path": run.in_dataset(sub.dataset.name), "file": sub.dataset.name, "format": sub.report.format,
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
         parent = check_parent(opts, self.home.toml)
-        write_json(folder / "config.json", {
+        write_json(run.config, {
             "run_id": rid, "name": sub.name, "group": group_id, "sweep": dict(point.values) or None,
             **opts.to_config(), "dataset": dataset_info,
-            "init_adapter": copy_adapter(parent, folder / "init_adapter") if parent else None,
-            "probes": f"dataset/{sub.probes.name}" if sub.probes else None,
-            "sidecar": f"dataset/{sub.sidecar.name}" if sub.sidecar else None,
+            "init_adapter": copy_adapter(parent, run.init_adapter) if parent else None,
+            "probes": run.in_dataset(sub.probes.name) if sub.probes else None,
+            "sidecar": run.in_dataset(sub.sidecar.name) if sub.sidecar else None,
         })
-        write_json(folder / "stats.json", {**sub.report.to_dict(), "path": dataset_info["path"]})
+        write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": sub.name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
                "base_model": model, "state": "queued", "priority": int(opts.values["priority"]),

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from daemon.log import log
 from daemon.options import OptionsError
+from daemon.rundir import RunFolder
 
 EVENTS = ("failed", "completed", "rejected", "stalled", "disk_low")
 TABLE_KEYS = ("urls", "on")
@@ -176,7 +177,7 @@ def failed_message(run: dict[str, Any], reason: str | None, home: Path) -> tuple
     """A failed run: the run id, the failure reason and how to resume it."""
     body = (f"Run {run['id']} failed: {reason or 'no reason recorded'}\n"
             f"Dataset: {run.get('dataset')}   base model: {run.get('base_model')}\n"
-            f"Log: {Path(run['run_dir']) / 'console.log'}\n"
+            f"Log: {RunFolder(run['run_dir']).console}\n"
             f"Next: fix the cause, then resume with: overnight resume {run['id']} --home {home}")
     return _title(f"run {run['id']} failed"), body
 
@@ -185,7 +186,7 @@ def completed_message(run: dict[str, Any], version: int | None, result: dict[str
     """A completed run: the run id, the model name and version, final/eval loss and the adapter path."""
     def loss(v: Any) -> str:
         return "-" if v is None else f"{v:.4f}"
-    adapter = result.get("adapter") or str(Path(run["run_dir"]) / "adapter")
+    adapter = result.get("adapter") or str(RunFolder(run["run_dir"]).adapter)
     body = (f"Run {run['id']} completed: model {run['name']} version {version}, base model {run.get('base_model')}.\n"
             f"final loss {loss(result.get('final_loss', run.get('loss')))}, "
             f"eval loss {loss(result.get('eval_loss', run.get('eval_loss')))}, step {result.get('step', run.get('step'))}\n"

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import read_json
 from daemon.home import Home
 from daemon.fsutil import unique_path
+from daemon.rundir import RunFolder
 from daemon.store import Store
 from daemon.timefmt import run_id_stamp
 
@@ -17,12 +17,12 @@ def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
     """Register the completed run's adapter as the next version of its name; returns the version.
 
     `activate=False`: the version does not take over (a sweep with select = "best" chooses at its end)."""
-    run_dir = Path(run["run_dir"])
-    result = read_json(run_dir / "result.json", {}) or {}
+    folder = RunFolder(run["run_dir"])
+    result = folder.read_result()
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
-    parent = ((read_json(run_dir / "config.json", {}) or {}).get("init_adapter") or {}).get("parent")
+    parent = (folder.read_config().get("init_adapter") or {}).get("parent")
     return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
-                            "metrics": metrics, "adapter_path": str(run_dir / "adapter"), "parent": parent},
+                            "metrics": metrics, "adapter_path": str(folder.adapter), "parent": parent},
                            activate=activate)
 
 

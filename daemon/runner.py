@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import read_json
-from daemon.rundir import read_jsonl_from
+from daemon.rundir import JsonlTail, RunFolder
 from daemon.stall import Escalation
 from daemon.store import Store
 
@@ -34,8 +33,8 @@ class TrainerProcess:
     proc: subprocess.Popen
     requested: str | None = None  # what the daemon asked for: stop | skip | preempt | shutdown
     paused: bool = False
-    offsets: dict[str, int] = field(default_factory=lambda: {"metrics": 0, "evolution": 0})
-    inodes: dict[str, int] = field(default_factory=dict)  # a rewritten file (after a resume) is a new inode
+    folder: RunFolder = field(init=False)
+    tails: dict[str, JsonlTail] = field(init=False)  # by DB table: metrics, evolution
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     started: float = field(default_factory=time.monotonic)
     step_s: float | None = None  # seconds per step, measured since training (re)started
@@ -44,13 +43,17 @@ class TrainerProcess:
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
         """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr."""
-        with open(run_dir / "console.log", "ab") as console:
+        with open(RunFolder(run_dir).console, "ab") as console:
             proc = subprocess.Popen(
                 trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
                 cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
             )
         return cls(run_id, run_dir, proc)
+
+    def __post_init__(self) -> None:
+        self.folder = RunFolder(self.run_dir)
+        self.tails = {"metrics": JsonlTail(self.folder.metrics), "evolution": JsonlTail(self.folder.evolution)}
 
     def send(self, command: str) -> bool:
         """Write one command line to the trainer; False when it is already gone."""
@@ -94,7 +97,7 @@ class TrainerProcess:
     def progress_mark(self) -> tuple[int, object]:
         """What changes while the trainer lives: progress.json's write time and step."""
         try:
-            mtime = (self.run_dir / "progress.json").stat().st_mtime_ns
+            mtime = self.folder.progress.stat().st_mtime_ns
         except OSError:
             mtime = 0
         return mtime, self.progress().get("step")
@@ -103,7 +106,7 @@ class TrainerProcess:
         return self.proc.poll()
 
     def progress(self) -> dict[str, Any]:
-        return read_json(self.run_dir / "progress.json", {}) or {}
+        return self.folder.read_progress()
 
     def ingest(self, store: Store) -> dict[str, Any]:
         """Copy new metrics/evolution records into the DB; return the run fields to update."""
@@ -144,20 +147,17 @@ class TrainerProcess:
         return round(per_step * max(0, total - step), 1)
 
     def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
-        path = self.run_dir / f"{kind}.jsonl"
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return []
-        if st.st_size < self.offsets[kind] or self.inodes.get(kind, st.st_ino) != st.st_ino:
-            self.reset(kind, store)  # the trainer rewrote the file after a resume or a retry: mirror it again
-        self.inodes[kind] = st.st_ino
-        records, self.offsets[kind] = read_jsonl_from(path, self.offsets[kind])
-        return records
+        update = self.tails[kind].poll()
+        if update.reset:
+            self._forget(kind, store)  # the trainer rewrote the file after a resume or a retry: mirror it again
+        return update.records
 
     def reset(self, kind: str, store: Store) -> None:
         """Forget the DB mirror of one file so it is ingested again from the start."""
-        self.offsets[kind] = 0
+        self.tails[kind].restart()
+        self._forget(kind, store)
+
+    def _forget(self, kind: str, store: Store) -> None:
         table = "metrics" if kind == "metrics" else "evolution"
         with store.db.conn:
             store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [self.run_id])

@@ -11,7 +11,6 @@ from typing import Any
 import psutil
 
 from daemon import __version__, hooks, notify, rebuild, registry, rundir, sweep
-from daemon.atomic import read_json
 from daemon.completeness import SETTLE_S
 from daemon.controller import REQUEST_OUTCOME, Controller
 from daemon.gpus import GpuChoiceError, trainer_gpu_env
@@ -19,6 +18,7 @@ from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, OptionsError, load_home_toml
+from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess, leftover_trainers
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
@@ -31,13 +31,7 @@ MAX_ATTEMPTS = 3
 
 def _run_options(run: dict[str, Any]) -> dict[str, Any]:
     """A run's resolved options, from its config.json."""
-    return (read_json(Path(run["run_dir"]) / "config.json", {}) or {}).get("options") or {}
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (only finished ones are named step-N)."""
-    steps = [(int(p.name[5:]), p) for p in (run_dir / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
-    return max(steps)[1] if steps else None
+    return RunFolder(run["run_dir"]).options()
 
 
 class Daemon:
@@ -262,7 +256,7 @@ class Daemon:
         except GpuChoiceError as e:
             self._fail_before_start(run, str(e))
             return
-        ckpt = newest_checkpoint(run_dir)
+        ckpt = RunFolder(run_dir).newest_checkpoint()
         self._disk_seen = shortage(run_dir, ckpt, float(self._owner_options().get("min_free_gb",
                                                                                   OPTIONS["min_free_gb"].default)))
         if self._disk_seen:
@@ -305,7 +299,7 @@ class Daemon:
         """The trainer exited: decide the run's end state from its result and what the daemon asked."""
         rc = a.poll()
         fields = a.ingest(self.store)
-        result = read_json(a.run_dir / "result.json", {}) or {}
+        result = a.folder.read_result()
         outcome = result.get("outcome")
         if outcome == "completed" and rc == 0:
             state, reason = "completed", None
@@ -357,7 +351,7 @@ class Daemon:
         while self._ended_groups:
             group = self._ended_groups.pop()
             said = sweep.on_group_ended(self.store, group, _run_options,
-                                        lambda r: analyze(load_records(Path(r["run_dir"]) / "evolution.jsonl")).learned)
+                                        lambda r: analyze(load_records(RunFolder(r["run_dir"]).evolution)).learned)
             if said:
                 log.info(said)
 
@@ -384,15 +378,15 @@ class Daemon:
 
     def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:
         """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
-        if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.run_dir / "console.log")):
+        if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.folder.console)):
             return True
         min_free = float(self._owner_options().get("min_free_gb", OPTIONS["min_free_gb"].default))
-        return not result and shortage(a.run_dir, newest_checkpoint(a.run_dir), min_free) is not None
+        return not result and shortage(a.run_dir, a.folder.newest_checkpoint(), min_free) is not None
 
     def _crash_reason(self, a: TrainerProcess, rc: int | None) -> str:
         if rc is not None and rc < 0:
             return f"trainer killed by signal {signal.Signals(-rc).name}"
-        tail = [ln for ln in rundir.read_tail(a.run_dir / "console.log").splitlines() if ln.strip()]
+        tail = [ln for ln in rundir.read_tail(a.folder.console).splitlines() if ln.strip()]
         return f"trainer exited with code {rc}: {tail[-1][:300] if tail else 'no output'}"
 
     def _transition(self, run_id: str, state: str, reason: str | None, **fields: Any) -> None:
@@ -411,7 +405,7 @@ class Daemon:
         self._end_leftover_trainers()
         for run in self.store.runs_in(ACTIVE_STATES):
             run_dir = Path(run["run_dir"])
-            ckpt = newest_checkpoint(run_dir)
+            ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
             self._transition(run["id"], "queued", reason, pid=None)
             rundir.append_console(run_dir, f"overnight: {reason}")

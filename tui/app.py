@@ -19,6 +19,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from daemon.home import Home
+from daemon.rundir import RunFolder
 from tui import actions
 from tui.actions import AckTracker, NotApplicable, Request
 from tui.data import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, RunRow, RunWatcher, grep_file
@@ -274,7 +275,7 @@ class OvernightApp(App[None]):
     def _search_requested(self, event: LogPanel.SearchRequested) -> None:
         run = self.snapshot.run(self._selected)
         if run is not None:
-            self._search(Path(run.run_dir) / "console.log", event.needle)
+            self._search(RunFolder(run.run_dir).console, event.needle)
 
     # --- keys -----------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

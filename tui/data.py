@@ -15,13 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon import control, sweep
-from daemon.atomic import read_json
-from daemon.evolution import EvolutionReport, analyze, load_records
+from daemon import control, rundir, sweep
+from daemon.evolution import EvolutionReport, analyze, is_probe_record
 from daemon.home import Home, daemon_alive
-from daemon.logtail import last_lines
 from daemon.queries import Reader
-from daemon.rundir import read_jsonl_from
+from daemon.rundir import JsonlTail, LogUpdate, RunFolder
 from daemon.space import disk_full_problem
 from daemon.store import ACTIVE_STATES, END_STATES
 
@@ -234,49 +232,11 @@ class HomeWatcher:
 
 # --------------------------------------------------------------------------------------------- console.log
 
-@dataclass(frozen=True)
-class LogUpdate:
-    """New console lines: `reset` means replace what is shown (first read, another run, file rewritten)."""
-
-    lines: tuple[str, ...]
-    reset: bool
-
-
-class LogTail:
-    """Follows one console.log: the last LOG_LINES lines first, then only what was appended."""
+class LogTail(rundir.LogTail):
+    """console.log as the dashboard shows it: at most `keep` lines, a big jump read again from the end."""
 
     def __init__(self, path: Path, keep: int = LOG_LINES) -> None:
-        self.path = path
-        self.keep = keep
-        self._offset: int | None = None  # bytes consumed; None = nothing shown yet
-        self._partial = b""
-
-    def restart(self) -> None:
-        """Show the end of the file again at the next poll (after the user resumes following)."""
-        self._offset = None
-
-    def poll(self) -> LogUpdate | None:
-        """What changed since the last poll, or None when nothing did."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            if self._offset is None:
-                self._offset = 0
-                return LogUpdate((), reset=True)
-            return None
-        if self._offset is None or size < self._offset or size - self._offset > _MAX_APPEND_BYTES:
-            self._offset, self._partial = size, b""
-            return LogUpdate(tuple(last_lines(self.path, self.keep)), reset=True)
-        if size == self._offset:
-            return None
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            data = self._partial + f.read(size - self._offset)
-        self._offset = size
-        *complete, self._partial = data.split(b"\n")
-        if not complete:
-            return None
-        return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
+        super().__init__(path, keep, max_jump=_MAX_APPEND_BYTES)
 
 
 @dataclass(frozen=True)
@@ -393,23 +353,20 @@ class MetricsTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._offset = 0
+        self._tail = JsonlTail(path)
+        self._clear()
+
+    def _clear(self) -> None:
         self.steps, self.loss, self.lr = array("d"), array("d"), array("d")
         self.eval_steps, self.eval_loss = array("d"), array("d")
         self._cache: tuple[int, int, ChartData] | None = None  # (records, buckets, result)
 
-    def _reset(self) -> None:
-        self.__init__(self.path)  # type: ignore[misc]
-
     def poll(self) -> bool:
-        """Read appended records; True when something new arrived."""
-        try:
-            if self.path.stat().st_size < self._offset:
-                self._reset()  # rewritten after a resume from checkpoint
-        except FileNotFoundError:
-            return False
-        records, self._offset = read_jsonl_from(self.path, self._offset)
-        for r in records:
+        """Read appended records; True when something changed."""
+        update = self._tail.poll()
+        if update.reset:
+            self._clear()  # rewritten after a resume from checkpoint
+        for r in update.records:
             step = _num(r.get("step"))
             if r.get("loss") is not None or r.get("lr") is not None:
                 self.steps.append(step)
@@ -418,7 +375,7 @@ class MetricsTail:
             if r.get("eval_loss") is not None:
                 self.eval_steps.append(step)
                 self.eval_loss.append(_num(r.get("eval_loss")))
-        return bool(records)
+        return bool(update.records) or update.reset
 
     def chart(self, buckets: int) -> ChartData:
         """The curves, downsampled to `buckets` points each (cached until new records arrive)."""
@@ -447,13 +404,24 @@ class RunDetail:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def _progress(run: RunRow) -> dict[str, Any]:
-    """progress.json (written atomically by the trainer); {} when absent or unreadable."""
-    try:
-        data = read_json(Path(run.run_dir) / "progress.json", {}) if run.run_dir else {}
-    except (OSError, ValueError):
-        return {}  # e.g. a file cut short by a full disk: the next write replaces it
-    return data if isinstance(data, dict) else {}
+class EvolutionTail:
+    """A run's evolution.jsonl read incrementally; the report is recomputed only when records arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self._tail = JsonlTail(path)
+        self._records: list[dict[str, Any]] = []
+        self._report: EvolutionReport | None = None
+
+    def report(self) -> EvolutionReport | None:
+        """None until the file exists."""
+        update = self._tail.poll()
+        if update.reset:
+            self._records, self._report = [], None
+        new = [r for r in update.records if is_probe_record(r)]
+        self._records += new
+        if new or (self._report is None and self._tail.path.exists()):
+            self._report = analyze(self._records)
+        return self._report
 
 
 class RunWatcher:
@@ -462,12 +430,12 @@ class RunWatcher:
     def __init__(self, keep_runs: int = 8) -> None:
         self.keep_runs = keep_runs
         self._metrics: OrderedDict[str, MetricsTail] = OrderedDict()
-        self._evolution: dict[str, tuple[tuple[int, int], EvolutionReport]] = {}
+        self._evolution: dict[str, EvolutionTail] = {}
         self._log: LogTail | None = None
         self._log_run: str | None = None
 
     def _metrics_for(self, run: RunRow) -> MetricsTail:
-        tail = self._metrics.pop(run.id, None) or MetricsTail(Path(run.run_dir) / "metrics.jsonl")
+        tail = self._metrics.pop(run.id, None) or MetricsTail(RunFolder(run.run_dir).metrics)
         self._metrics[run.id] = tail
         while len(self._metrics) > self.keep_runs:
             old, _ = self._metrics.popitem(last=False)
@@ -475,18 +443,9 @@ class RunWatcher:
         return tail
 
     def _evolution_for(self, run: RunRow) -> EvolutionReport | None:
-        path = Path(run.run_dir) / "evolution.jsonl"
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        key = (st.st_size, st.st_mtime_ns)
-        cached = self._evolution.get(run.id)
-        if cached and cached[0] == key:
-            return cached[1]
-        report = analyze(load_records(path))
-        self._evolution[run.id] = (key, report)
-        return report
+        tail = self._evolution.get(run.id) or EvolutionTail(RunFolder(run.run_dir).evolution)
+        self._evolution[run.id] = tail
+        return tail.report()
 
     def restart_log(self) -> None:
         """The next detail carries the end of the log again (reset), e.g. when following resumes."""
@@ -496,11 +455,12 @@ class RunWatcher:
     def detail(self, run: RunRow, buckets: int, compare: tuple[RunRow, ...] = ()) -> RunDetail:
         """The selected run's detail; the log part holds only what changed since the previous call."""
         if self._log_run != run.id:
-            self._log, self._log_run = LogTail(Path(run.run_dir) / "console.log"), run.id
+            self._log, self._log_run = LogTail(RunFolder(run.run_dir).console), run.id
         assert self._log is not None
         log = self._log.poll()
         charts = self._metrics_for(run).chart(buckets)
         overlays = tuple(replace(self._metrics_for(other).chart(buckets).loss, label=other.id)
                          for other in compare if other.id != run.id)
         return RunDetail(run_id=run.id, log=log, charts=charts, compare=overlays,
-                         evolution=self._evolution_for(run), progress=_progress(run))
+                         evolution=self._evolution_for(run),
+                         progress=RunFolder(run.run_dir).read_progress() if run.run_dir else {})

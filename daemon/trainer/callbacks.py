@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from daemon.rundir import step_name
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.commands import Commands
 
@@ -230,6 +231,6 @@ class CheckpointCallback(TrainerCallback):
         best = state.best_global_step or None
         self.status.best_step = best
         deleted = ckpt.apply_retention(self.checkpoints, self.keep, best)
-        note = f"; removed {', '.join(f'step-{s}' for s in deleted)}" if deleted else ""
+        note = f"; removed {', '.join(step_name(s) for s in deleted)}" if deleted else ""
         self.log(f"checkpoint {path.name} saved{note}")
         self.progress.update("training", state.global_step, epoch=state.epoch)

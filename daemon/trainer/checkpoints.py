@@ -1,40 +1,19 @@
 """Checkpoint folders: `checkpoint-N` (being written by the Trainer) → `step-N` (complete), retention, resume.
 
-Only complete checkpoints carry the `step-N` name, so the daemon and a resuming trainer can trust any `step-N`
-folder. Retention keeps the newest `keep` plus the best by eval loss; the final adapter/ is never touched.
+Only complete checkpoints carry the `step-N` name. Which one is the newest complete is decided by daemon/rundir.py
+(`newest_complete`, one rule for the daemon and the trainer); here are the torch load test, the renames and the
+deletions. Retention keeps the newest `keep` plus the best by eval loss; the final adapter/ is never touched.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from daemon.atomic import fsync_dir, write_text
-
-_STEP = re.compile(r"^step-(\d+)$")
-
-
-def step_dirs(checkpoints: Path) -> dict[int, Path]:
-    """Complete checkpoints by step."""
-    if not checkpoints.is_dir():
-        return {}
-    found = {}
-    for p in checkpoints.iterdir():
-        m = _STEP.match(p.name)
-        if m and p.is_dir():
-            found[int(m.group(1))] = p
-    return found
-
-
-def newest_complete(checkpoints: Path) -> Path | None:
-    """The newest `step-N` folder that holds a trainer state (what a resume starts from)."""
-    for step, path in sorted(step_dirs(checkpoints).items(), reverse=True):
-        if (path / "trainer_state.json").exists():
-            return path
-    return None
+from daemon.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name
 
 
 def damage(folder: Path) -> str | None:
@@ -43,7 +22,7 @@ def damage(folder: Path) -> str | None:
     from safetensors import safe_open
 
     try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
         with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
             for key in f.keys():
                 f.get_tensor(key)
@@ -97,7 +76,7 @@ def finalize(checkpoints: Path, step: int) -> Path | None:
     src = checkpoints / f"checkpoint-{step}"
     if not src.is_dir():
         return None
-    dest = checkpoints / f"step-{step}"
+    dest = checkpoints / step_name(step)
     if dest.exists():
         _remove(dest)
     os.rename(src, dest)
@@ -113,7 +92,7 @@ def apply_retention(checkpoints: Path, keep: int, best_step: int | None) -> list
         keep_set.add(best_step)
     deleted = [s for s in steps if s not in keep_set]
     for s in deleted:
-        _remove(checkpoints / f"step-{s}")
+        _remove(checkpoints / step_name(s))
     return deleted
 
 

@@ -1,4 +1,4 @@
-"""The trainer's view of a run folder: its paths and the resolved options from config.json."""
+"""The trainer's view of a run folder: the resolved options from config.json (its paths: daemon/rundir.py)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.options import OPTIONS
+from daemon.rundir import RunFolder
 
 
 def _default(name: str) -> Any:
@@ -68,27 +69,10 @@ class TrainOptions:
 
 
 @dataclass
-class RunPaths:
-    """Every file the trainer reads or writes in its run folder."""
-
-    root: Path
-
-    config = property(lambda self: self.root / "config.json")
-    stats = property(lambda self: self.root / "stats.json")
-    console = property(lambda self: self.root / "console.log")
-    metrics = property(lambda self: self.root / "metrics.jsonl")
-    evolution = property(lambda self: self.root / "evolution.jsonl")
-    progress = property(lambda self: self.root / "progress.json")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    adapter = property(lambda self: self.root / "adapter")
-    result = property(lambda self: self.root / "result.json")
-
-
-@dataclass
 class RunConfig:
     """config.json, parsed: options, the dataset file and schema, the probe file."""
 
-    paths: RunPaths
+    paths: RunFolder
     options: TrainOptions
     run_id: str
     dataset_path: Path
@@ -101,7 +85,7 @@ class RunConfig:
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":
         """Read RUN_DIR/config.json; a missing or malformed file is a RunError naming it."""
-        paths = RunPaths(Path(run_dir).resolve())
+        paths = RunFolder(Path(run_dir).resolve())
         try:
             raw = json.loads(paths.config.read_text(encoding="utf-8"))
         except FileNotFoundError:

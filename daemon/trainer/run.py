@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
@@ -40,7 +41,7 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
 
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
-    result_path = Path(run_dir).resolve() / "result.json"
+    folder = RunFolder(Path(run_dir).resolve())
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
@@ -52,24 +53,24 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
         traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
         if is_disk_full(e):
-            result.reason += (f". Fix: free space on the disk of {result_path.parent}; the daemon resumes the run "
+            result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
     try:
-        _final_progress(result_path.parent, result)
-        result.write(result_path)
+        _final_progress(folder, result)
+        result.write(folder.result)
     except OSError as e:  # a full disk: the daemon reads the reason from the console instead
         say(f"could not write result.json: {e}")
     say(result.footer())
     return result.exit_code
 
 
-def _final_progress(run_dir: Path, result: Result) -> None:
+def _final_progress(folder: RunFolder, result: Result) -> None:
     """progress.json says how it ended; a run that died mid-way reports the steps it had done."""
-    prog = read_json(run_dir / "progress.json", None)
+    prog = read_json(folder.progress, None)
     if prog is not None:
         result.step = result.step or int(prog.get("step") or 0)
         result.max_steps = result.max_steps or prog.get("max_steps")
-        write_json(run_dir / "progress.json", {**prog, "state": result.outcome, "step": result.step})
+        write_json(folder.progress, {**prog, "state": result.outcome, "step": result.step})
 
 
 def _train(s: Session, commands: Any) -> None:

@@ -197,7 +197,7 @@ class Built:
             result.peak_gpu_memory = torch.cuda.max_memory_allocated()
         result.final_loss, result.eval_loss = self.status.last_loss, self.status.last_eval_loss
         best = self.status.best_step or state.best_global_step
-        result.best_checkpoint = f"step-{best}" if best and (paths.checkpoints / f"step-{best}").is_dir() else None
+        result.best_checkpoint = paths.checkpoint(best).name if best and paths.checkpoint(best).is_dir() else None
         newest = ckpt.newest_complete(paths.checkpoints)
         result.last_checkpoint = newest.name if newest else None
         if self.status.nonfinite_step is not None:
