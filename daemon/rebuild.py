@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.log import log
-from daemon.rundir import read_jsonl_from
+from daemon.rundir import RunFolder, read_jsonl
 from daemon.states import ACTIVE, ALL, State, values
 from daemon.store import SCHEMA_VERSION, Store
 from daemon.timefmt import iso, run_id_stamp
@@ -67,8 +66,11 @@ def run_folders(home: Home) -> list[Path]:
     Hidden ones are intake's staging folders, not runs yet."""
     if not home.runs.is_dir():
         return []
-    return sorted(d for d in home.runs.iterdir() if d.is_dir() and not d.name.startswith(".") and
-                  ((d / "metadata.json").is_file() or ((d / "config.json").is_file() and (d / "dataset").is_dir())))
+    return sorted(d for d in home.runs.iterdir() if d.is_dir() and not d.name.startswith(".") and _holds_run(RunFolder(d)))
+
+
+def _holds_run(f: RunFolder) -> bool:
+    return f.metadata.is_file() or (f.config.is_file() and f.dataset.is_dir())
 
 
 def open_db(path: Path, check: str = "quick_check") -> tuple[str | None, int | None, set[str]]:
@@ -235,7 +237,7 @@ def rebuild(home: Home) -> Recovered:
 
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
-    found = [(d, _metadata(d), read_json(d / "config.json", {}) or {}) for d in run_folders(home)]
+    found = [(d, _metadata(d), RunFolder(d).read_config()) for d in run_folders(home)]
     rows = _number([_run_row(d, meta, config) for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)
@@ -250,7 +252,7 @@ def _fill(store: Store, home: Home) -> Recovered:
 
 def _metadata(folder: Path) -> dict[str, Any]:
     try:
-        return read_json(folder / "metadata.json", {}) or {}
+        return read_json(RunFolder(folder).metadata, {}) or {}
     except ValueError:
         return {}
 
@@ -279,25 +281,9 @@ def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
         return status, meta.get("reason")
     if status is None:
         return State.QUEUED.value, "accepted but not yet in the DB when it was lost; queued by the rebuild"
-    _wait_for_trainer(folder)
-    from daemon.scheduler import newest_checkpoint  # the scheduler imports this module at start
-    ckpt = newest_checkpoint(folder)
+    # a trainer still running on it (its daemon was killed) is ended by the next daemon before anything starts
+    ckpt = RunFolder(folder).newest_checkpoint()
     return State.QUEUED.value, f"interrupted (DB rebuilt); resumes from {ckpt.name if ckpt else 'the start'}"
-
-
-def _wait_for_trainer(folder: Path, timeout: float = 300) -> None:
-    """A trainer left by a killed daemon checkpoints and exits on its own: the run must not start twice."""
-    pid = (read_json(folder / "progress.json", {}) or {}).get("pid")
-    try:
-        proc = psutil.Process(int(pid))
-        if "daemon.trainer" not in " ".join(proc.cmdline()):
-            return
-        log.warning(f"waiting for the previous trainer of {folder.name} (PID {pid}) to checkpoint and exit")
-        proc.wait(timeout)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, ValueError):
-        return
-    except psutil.TimeoutExpired:
-        proc.kill()
 
 
 def _number(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,8 +306,8 @@ def _insert_run(store: Store, row: dict[str, Any], recovered: Recovered) -> None
     store.db["runs"].insert(row)
     store.db["transitions"].insert({"run_id": row["id"], "time": row["updated"], "from_state": None,
                                     "to_state": row["state"], "reason": REBUILT})
-    metrics, _ = read_jsonl_from(folder / "metrics.jsonl", 0)
-    evolution, _ = read_jsonl_from(folder / "evolution.jsonl", 0)
+    metrics = read_jsonl(RunFolder(folder).metrics)
+    evolution = read_jsonl(RunFolder(folder).evolution)
     if metrics:
         store.add_metrics(row["id"], metrics)
     if evolution:
@@ -395,12 +381,12 @@ def _free_version(found: dict[tuple[str, int], dict[str, Any]], name: str) -> in
 
 
 def _inferred(run: dict[str, Any], version: int) -> dict[str, Any]:
-    result = read_json(Path(run["run_dir"]) / "result.json", {}) or {}
-    config = read_json(Path(run["run_dir"]) / "config.json", {}) or {}
+    folder = RunFolder(run["run_dir"])
+    result, config = folder.read_result(), folder.read_config()
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds")
                if result.get(k) is not None}
     return {"name": run["name"], "version": version, "run_id": run["id"], "base_model": run["base_model"],
-            "metrics": metrics, "adapter_path": str(Path(run["run_dir"]) / "adapter"),
+            "metrics": metrics, "adapter_path": str(folder.adapter),
             "created": run["finished"] or run["created"], "active": None, "deleted": None,
             "parent": (config.get("init_adapter") or {}).get("parent"), "pinned": False}
 
