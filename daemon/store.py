@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import sqlite_utils
+# sqlite_utils imports pandas and numpy when they are installed (~60 MB resident) only to map their types, which no
+# row here holds: hidden while it loads, the idle daemon stays small. A process that has them already keeps them.
+_HIDDEN = [m for m in ("pandas", "numpy") if m not in sys.modules]
+sys.modules.update(dict.fromkeys(_HIDDEN))
+try:
+    import sqlite_utils
+finally:
+    for _m in _HIDDEN:
+        del sys.modules[_m]
 
 from daemon.timefmt import iso
 
