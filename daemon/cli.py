@@ -14,6 +14,7 @@ import click
 from daemon import __version__
 from daemon.home import Home, HomeLocked, daemon_alive
 from daemon.queries import Reader
+from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
                            help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
@@ -133,7 +134,7 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
     rows = [("RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
     for r in runs:
         rows.append((r["id"], r["state"], str(r["priority"]), _progress(r), _fmt_loss(r["loss"]),
-                     _fmt_loss(r["eval_loss"]), _fmt_eta(r["eta_s"]) if r["state"] in ("training", "paused") else "-",
+                     _fmt_loss(r["eval_loss"]), _fmt_eta(r["eta_s"]) if r["state"] in (State.TRAINING, State.PAUSED) else "-",
                      Path(r["base_model"] or "-").name))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
@@ -147,7 +148,7 @@ def status(home: str | None, as_json: bool) -> None:
     h = Home.resolve(home, create=False)
     rd = _reader(h)
     alive = daemon_alive(h)
-    runs = rd.runs(("queued", "preparing", "training", "paused"))
+    runs = rd.runs(LIVE)
     events = rd.control_events(5)
     problem = (rd.daemon() or {}).get("problem") if alive else None
     if as_json:
@@ -328,7 +329,7 @@ def demo(home: str | None, no_tui: bool) -> None:
     try:
         if no_tui:
             run = d.follow(h, name, click.echo)
-            if run and run["state"] == "completed":
+            if run and run["state"] == State.COMPLETED:
                 click.echo(f"\n{run['id']} completed. Adapter: {Path(run['run_dir']) / 'adapter'}\n"
                            f"See what it learned: overnight evolution {run['id']} --home {h.root}")
             else:

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from daemon.store import ACTIVE_STATES, END_STATES
+from daemon.states import ACTIVE, State, values
 
 
 class Reader:
@@ -39,9 +39,10 @@ class Reader:
         where, args = "", ()
         if states:
             where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
-        order = (f"CASE WHEN state IN {ACTIVE_STATES} THEN 0 WHEN state = 'queued' THEN 1 ELSE 2 END, "
-                 "CASE WHEN state = 'queued' THEN -priority ELSE 0 END, "
-                 "CASE WHEN state = 'queued' THEN seq ELSE -seq END")
+        queued = f"'{State.QUEUED}'"
+        order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
+                 f"CASE WHEN state = {queued} THEN -priority ELSE 0 END, "
+                 f"CASE WHEN state = {queued} THEN seq ELSE -seq END")
         return self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)
 
     def run(self, run_id: str) -> dict[str, Any] | None:
@@ -93,4 +94,4 @@ class Reader:
         return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
 
-__all__ = ["Reader", "ACTIVE_STATES", "END_STATES"]
+__all__ = ["Reader"]

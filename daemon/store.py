@@ -18,11 +18,11 @@ finally:
     for _m in _HIDDEN:
         del sys.modules[_m]
 
+from daemon.states import ACTIVE, ALL, ENDED
 from daemon.timefmt import iso
 
-ACTIVE_STATES = ("preparing", "training", "paused")
-END_STATES = ("completed", "failed", "stopped", "skipped")
-STATES = ("queued",) + ACTIVE_STATES + END_STATES
+# Kept for scheduler and control_apply until the controller lands; new code imports daemon.states.
+ACTIVE_STATES, END_STATES = ACTIVE, ENDED
 
 RUN_COLUMNS: dict[str, type] = {
     "id": str, "name": str, "group_id": str, "dataset": str, "format": str, "schema": str, "records": int,
@@ -132,7 +132,7 @@ class Store:
 
     def set_state(self, run_id: str, state: str, reason: str | None = None, **fields: Any) -> None:
         """Move a run to `state`, recording the transition in the same transaction."""
-        assert state in STATES, state
+        assert state in ALL, state
         now = iso()
         old = self.get_run(run_id)
         with self.db.conn:
