@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -329,37 +328,3 @@ def load_sidecar(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     return validate_table(path, read_toml(path), sidecar=True)
-
-
-def hf_cache_dir() -> Path:
-    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
-def local_model_folder(spec: str, relative_to: Path) -> Path | None:
-    """The folder holding a base model's files: a path (relative to `relative_to`), or its newest HF cache snapshot."""
-    p = Path(spec).expanduser()
-    p = p if p.is_absolute() else relative_to / p
-    if p.is_dir():
-        return p
-    snapshots = sorted((hf_cache_dir() / f"models--{spec.replace('/', '--')}" / "snapshots").glob("*"),
-                       key=lambda d: d.stat().st_mtime)
-    return snapshots[-1] if snapshots else None
-
-
-def locate_model(spec: str, relative_to: Path) -> str | None:
-    """Why `spec` cannot be a base model, or None when it is a local model folder or an HF cache entry."""
-    p = Path(spec).expanduser()
-    if not p.is_absolute():
-        p = relative_to / p
-    if p.is_dir():
-        return None if (p / "config.json").exists() else f"the folder {p} has no config.json (not a Hugging Face model)"
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec) and (hf_cache_dir() / f"models--{spec.replace('/', '--')}").is_dir():
-        return None
-    fix = "set base_model to a local model folder (with config.json)"
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec):
-        fix += f", or download the model into the cache first (hf download {spec})"
-    return (f"base model '{spec}' was not found: no folder {p} and no entry in the Hugging Face cache "
-            f"({hf_cache_dir()}). Fix: {fix}.")

@@ -5,7 +5,6 @@ import copy
 import functools
 import json
 import operator
-import re
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -102,23 +101,3 @@ class RunConfig:
             parent=init.get("parent"),
             raw=raw,
         )
-
-
-def resolve_model_source(spec: str, home: Path, run_dir: Path) -> str:
-    """A local folder for `spec`, or `spec` itself when it names an HF cache entry; RunError when neither.
-
-    Relative paths are relative to the home (as in overnight.toml), then to the run folder.
-    """
-    p = Path(spec).expanduser()
-    for candidate in ([p] if p.is_absolute() else [home / p, run_dir / p, Path.cwd() / p]):
-        if candidate.is_dir():
-            if not (candidate / "config.json").exists():
-                raise RunError(f"base model folder {candidate} has no config.json, so it is not a Hugging Face "
-                               f"model. Fix: point base_model at the folder that holds config.json and the weights.")
-            return str(candidate)
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec):
-        return spec  # an HF hub name: from_pretrained(local_files_only=True) finds it in the cache or says why
-    where = p if p.is_absolute() else home / p
-    raise RunError(f"base model '{spec}' was not found: no folder {where}. Fix: set base_model (in overnight.toml "
-                   f"or the dataset's sidecar) to a local model folder with config.json, or to the name of a model "
-                   f"already in the Hugging Face cache, then resume the run.")
