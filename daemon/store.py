@@ -1,25 +1,32 @@
 """The state DB: schema, migrations and every write. Only the daemon imports the write side of this module."""
 from __future__ import annotations
 
+import importlib
 import json
 import sqlite3
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable
-
-# sqlite_utils imports pandas and numpy when they are installed (~60 MB resident) only to map their types, which no
-# row here holds: hidden while it loads, the idle daemon stays small. A process that has them already keeps them.
-_HIDDEN = [m for m in ("pandas", "numpy") if m not in sys.modules]
-sys.modules.update(dict.fromkeys(_HIDDEN))
-try:
-    import sqlite_utils
-finally:
-    for _m in _HIDDEN:
-        del sys.modules[_m]
 
 from daemon.states import ACTIVE, ALL, ENDED
 from daemon.timefmt import iso
+
+
+def _import_sqlite_utils() -> ModuleType:
+    """sqlite_utils imports pandas and numpy whenever they are installed (~80 MB resident), only to map their types,
+    which no row here holds: hidden while it loads, the idle daemon stays small. A process that has them keeps them."""
+    hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None: `import pandas` raises ImportError, which sqlite_utils expects
+    try:
+        return importlib.import_module("sqlite_utils")
+    finally:
+        for m in hidden:
+            del sys.modules[m]
+
+
+sqlite_utils = _import_sqlite_utils()
 
 # Kept for scheduler and control_apply until the controller lands; new code imports daemon.states.
 ACTIVE_STATES, END_STATES = ACTIVE, ENDED
