@@ -11,7 +11,8 @@ from daemon import sweep
 from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
 from daemon.lineage import check_parent
-from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, resolve
+from daemon.models import model_folder
+from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
@@ -177,7 +178,7 @@ def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:
 
 def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
     """On a machine with a GPU: the preflight memory estimate of the first base model against that GPU."""
-    folder = local_model_folder(opts.base_models[0], root) if opts.base_models else None
+    folder = model_folder(opts.base_models[0], root) if opts.base_models else None
     free = gpu_free_bytes()
     if folder is None or free is None or not (folder / "config.json").is_file() or not r.tokens:
         return None
@@ -192,7 +193,7 @@ def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
     """Count tokens with the first base model's tokenizer.json (the `tokenizers` library: fast, no torch)."""
-    folder = local_model_folder(models[0], root) if models else None
+    folder = model_folder(models[0], root) if models else None
     if folder is None or not (folder / "tokenizer.json").is_file():
         return None  # characters only, until a tokenizer is known
     from tokenizers import Tokenizer

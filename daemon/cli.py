@@ -17,6 +17,7 @@ from daemon.completeness import SETTLE_S
 from daemon.space import disk_full_problem
 from daemon.home import Home, HomeLocked, daemon_alive
 from daemon.queries import Reader
+from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
                            help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
@@ -127,7 +128,7 @@ def status(home: str | None, as_json: bool) -> None:
     h = Home.resolve(home, create=False)
     rd = _reader(h)
     alive = daemon_alive(h)
-    runs = rd.runs(("queued", "preparing", "training", "paused"))
+    runs = rd.runs(LIVE)
     events = rd.control_events(5)
     # a full disk is seen here too: the daemon cannot write its PROBLEM line into the DB then
     problem = ((rd.daemon() or {}).get("problem") if alive else None) or disk_full_problem(h.root)
@@ -277,7 +278,7 @@ def demo(home: str | None, no_tui: bool) -> None:
     try:
         if no_tui:
             run = d.follow(h, name, click.echo)
-            if run and run["state"] == "completed":
+            if run and run["state"] == State.COMPLETED:
                 click.echo(f"\n{run['id']} completed. Adapter: {RunFolder(run['run_dir']).adapter}\n"
                            f"See what it learned: overnight evolution {run['id']} --home {h.root}")
             else:

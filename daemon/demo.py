@@ -14,7 +14,7 @@ from daemon.home import Home, daemon_alive
 from daemon.queries import Reader
 from daemon.render import fmt_loss
 from daemon.rundir import RunFolder
-from daemon.store import END_STATES
+from daemon.states import ENDED
 
 
 def prepare(home: Home, say: Callable[[str], None] = print) -> str:
@@ -63,7 +63,7 @@ def follow(home: Home, name: str, say: Callable[[str], None] = print, timeout: f
             if line != last:
                 say(line)
                 last = line
-            if run["state"] in END_STATES:
+            if run["state"] in ENDED:
                 return run
         time.sleep(1)
     return None

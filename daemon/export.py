@@ -41,16 +41,15 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_co
 
 
 def _resolve(spec: str, home: Path, run_dir: Path) -> str:
-    """The run's base model, found the way the trainer found it (one resolution for both)."""
-    from daemon.trainer.config import RunError, resolve_model_source  # torch-free
+    """The run's base model, found the way the trainer found it (daemon/models.py: one rule for both)."""
+    from daemon.models import ModelNotFound, locate_model
 
     try:
-        return resolve_model_source(spec, home, run_dir)
-    except RunError as e:
-        why = str(e).split(" Fix: ")[0].rstrip(".")  # the trainer's fix (edit the options, resume) does not apply
-        raise ExportError(f"cannot merge: {why} (the run's base model, named in {RunFolder(run_dir).config}). Fix: put "
-                          f"that model back where the run found it (or into the Hugging Face cache), or export "
-                          f"without --merge to get the adapter alone.") from None
+        return locate_model(spec, home, run_dir, Path.cwd()).source
+    except ModelNotFound as e:  # its fix (edit the options) does not apply to a finished run
+        raise ExportError(f"cannot merge: {e.problem} (the run's base model, named in {RunFolder(run_dir).config}). "
+                          f"Fix: put that model back where the run found it (or into the Hugging Face cache), or "
+                          f"export without --merge to get the adapter alone.") from None
 
 
 def _merge_dtype() -> tuple[Any, str]:

@@ -24,6 +24,7 @@ from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
 from daemon.options import OptionsError, Resolved, load_home_toml
+from daemon.states import State
 from daemon.store import Store
 from daemon.submission import Submission, SubmissionError, role_of, sha256_file, stem_of, validate
 from daemon.timefmt import iso, run_id_stamp
@@ -326,7 +327,7 @@ class Intake:
         write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": sub.name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
-               "base_model": model, "state": "queued", "priority": int(opts.values["priority"]),
+               "base_model": model, "state": State.QUEUED, "priority": int(opts.values["priority"]),
                "seq": self.store.next_seq(), "run_dir": str(self.home.run_dir(rid)),
                "max_steps": opts.values["max_steps"] or None, "created": iso()}
         rundir.write_metadata(folder, row)

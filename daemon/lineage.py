@@ -13,7 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.options import Resolved, local_model_folder
+from daemon.models import model_folder
+from daemon.options import Resolved
 from daemon.queries import Reader
 from daemon.submission import SubmissionError
 
@@ -74,7 +75,7 @@ def _folder(folder: Path, label: str) -> Parent:
 
 def same_model(a: str, b: str, root: Path) -> bool:
     """Two base-model specs name the same model (the same folder, or the same hub name)."""
-    fa, fb = local_model_folder(a, root), local_model_folder(b, root)
+    fa, fb = model_folder(a, root), model_folder(b, root)
     if fa is not None and fb is not None:
         return os.path.realpath(fa) == os.path.realpath(fb)
     return a.rstrip("/") == b.rstrip("/")

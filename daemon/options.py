@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,11 @@ class Option:
     # Kept out of a run's config.json (it may hold secrets, e.g. notification URLs with tokens).
     private: bool = False
     sweep: bool = False  # a list in a sidecar queues one run per value (daemon/sweep.py)
+    trainer: bool = False  # the trainer reads it: TrainOptions (daemon/trainer/config.py) has a field for it
+
+
+# An option the trainer reads as well as the daemon: declaring it is all it takes to reach the trainer.
+Train = partial(Option, trainer=True)
 
 
 def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
@@ -61,53 +66,53 @@ def _choices(values: tuple[str, ...]) -> str:
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 OPTIONS: dict[str, Option] = {o.name: o for o in [
-    Option("base_model", (str, list), None, "base model: a local folder or an HF cache name, or a list of them",
-           lambda v: (isinstance(v, str) and bool(v.strip())) or
-           (isinstance(v, list) and bool(v) and all(isinstance(x, str) and x.strip() for x in v)),
-           "a non-empty string or a non-empty list of strings"),
-    Option("epochs", (int, float), 3.0, "passes over the training data", _rng(0, 1000, True), "> 0 and <= 1000",
-           sweep=True),
-    Option("max_steps", int, 0, "optimizer steps; wins over epochs when > 0", _rng(0, 10**9), "0 (use epochs) .. 1e9",
-           sweep=True),
-    Option("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1", sweep=True),
-    Option("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096", sweep=True),
-    Option("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
-    Option("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
-           sweep=True),
-    Option("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
-    Option("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
-    Option("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
-    Option("lora_targets", (str, list), "all-linear", "modules LoRA adapts",
-           lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
-           '"all-linear" or a list of module names such as ["q_proj", "v_proj"]'),
-    Option("seed", int, 42, "random seed (data order, LoRA init, dropout)", _rng(0, 2**32 - 1), "0 .. 4294967295",
-           sweep=True),
-    Option("eval_fraction", (int, float), 0.05, "held-out share of records for eval loss", _rng(0, 0.5), "0 .. 0.5"),
-    Option("early_stopping_patience", int, 0, "evals without improvement before stopping; 0 = off", _rng(0, 10**6), "0 .. 1e6"),
-    Option("log_every", int, 10, "steps between metric records", _rng(1, 10**6), "1 .. 1e6"),
-    Option("save_every", int, 200, "steps between checkpoints (and eval)", _rng(1, 10**9), "1 .. 1e9"),
-    Option("probe_every", int, 0, "steps between evolution snapshots; 0 = about 20 per run", _rng(0, 10**9), "0 (auto) .. 1e9"),
-    Option("probe_count", int, 8, "probes held out when no probe file is given", _rng(0, 256), "0 .. 256"),
-    Option("probe_max_new_tokens", int, 32, "tokens generated per probe", _rng(1, 4096), "1 .. 4096"),
-    Option("quantization", str, "none", "load the base model quantised (QLoRA through bitsandbytes)",
-           lambda v: v in QUANTIZATIONS, _choices(QUANTIZATIONS), sweep=True),
-    Option("gradient_checkpointing", (str, bool), "auto",
-           "recompute activations in the backward pass (less memory, ~30% more compute)",
-           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
-    Option("batching", str, "auto", "how prompt and chat examples are batched (text blocks are always full)",
-           lambda v: v in BATCHINGS, _choices(BATCHINGS), sweep=True),
-    Option("attn_implementation", str, "auto", "the attention kernel",
-           lambda v: v in ATTENTIONS, _choices(ATTENTIONS), sweep=True),
-    Option("lr_scheduler", str, "linear", "learning-rate schedule (the Trainer's names)",
-           lambda v: v in LR_SCHEDULERS, _choices(LR_SCHEDULERS), sweep=True),
-    Option("warmup_ratio", (int, float), 0.0, "share of the steps spent warming the learning rate up",
-           lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
-    Option("weight_decay", (int, float), 0.0, "AdamW weight decay", _rng(0, 1), "0 .. 1", sweep=True),
-    Option("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6", sweep=True),
-    Option("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
-           lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS), sweep=True),
-    Option("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])",
-           sweep=True),
+    Train("base_model", (str, list), None, "base model: a local folder or an HF cache name, or a list of them",
+          lambda v: (isinstance(v, str) and bool(v.strip())) or
+          (isinstance(v, list) and bool(v) and all(isinstance(x, str) and x.strip() for x in v)),
+          "a non-empty string or a non-empty list of strings"),
+    Train("epochs", (int, float), 3.0, "passes over the training data", _rng(0, 1000, True), "> 0 and <= 1000",
+          sweep=True),
+    Train("max_steps", int, 0, "optimizer steps; wins over epochs when > 0", _rng(0, 10**9), "0 (use epochs) .. 1e9",
+          sweep=True),
+    Train("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1", sweep=True),
+    Train("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096", sweep=True),
+    Train("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
+    Train("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
+          sweep=True),
+    Train("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
+    Train("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
+    Train("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
+    Train("lora_targets", (str, list), "all-linear", "modules LoRA adapts",
+          lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
+          '"all-linear" or a list of module names such as ["q_proj", "v_proj"]'),
+    Train("seed", int, 42, "random seed (data order, LoRA init, dropout)", _rng(0, 2**32 - 1), "0 .. 4294967295",
+          sweep=True),
+    Train("eval_fraction", (int, float), 0.05, "held-out share of records for eval loss", _rng(0, 0.5), "0 .. 0.5"),
+    Train("early_stopping_patience", int, 0, "evals without improvement before stopping; 0 = off", _rng(0, 10**6), "0 .. 1e6"),
+    Train("log_every", int, 10, "steps between metric records", _rng(1, 10**6), "1 .. 1e6"),
+    Train("save_every", int, 200, "steps between checkpoints (and eval)", _rng(1, 10**9), "1 .. 1e9"),
+    Train("probe_every", int, 0, "steps between evolution snapshots; 0 = about 20 per run", _rng(0, 10**9), "0 (auto) .. 1e9"),
+    Train("probe_count", int, 8, "probes held out when no probe file is given", _rng(0, 256), "0 .. 256"),
+    Train("probe_max_new_tokens", int, 32, "tokens generated per probe", _rng(1, 4096), "1 .. 4096"),
+    Train("quantization", str, "none", "load the base model quantised (QLoRA through bitsandbytes)",
+          lambda v: v in QUANTIZATIONS, _choices(QUANTIZATIONS), sweep=True),
+    Train("gradient_checkpointing", (str, bool), "auto",
+          "recompute activations in the backward pass (less memory, ~30% more compute)",
+          lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
+    Train("batching", str, "auto", "how prompt and chat examples are batched (text blocks are always full)",
+          lambda v: v in BATCHINGS, _choices(BATCHINGS), sweep=True),
+    Train("attn_implementation", str, "auto", "the attention kernel",
+          lambda v: v in ATTENTIONS, _choices(ATTENTIONS), sweep=True),
+    Train("lr_scheduler", str, "linear", "learning-rate schedule (the Trainer's names)",
+          lambda v: v in LR_SCHEDULERS, _choices(LR_SCHEDULERS), sweep=True),
+    Train("warmup_ratio", (int, float), 0.0, "share of the steps spent warming the learning rate up",
+          lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
+    Train("weight_decay", (int, float), 0.0, "AdamW weight decay", _rng(0, 1), "0 .. 1", sweep=True),
+    Train("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6", sweep=True),
+    Train("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
+          lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS), sweep=True),
+    Train("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])",
+          sweep=True),
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
@@ -115,21 +120,21 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "letters, digits, '.', '_' and '-', at most 64 characters"),
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
-    Option("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
+    Train("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
     Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
            "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
            owner_only=True, validate=lambda source, v: _check_hooks(source, v)),
     Option("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
            allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]', owner_only=True,
            validate=lambda source, v: _check_notify(source, v), private=True),
-    Option("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
-           "1 .. 1e6", owner_only=True),
+    Train("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
+          "1 .. 1e6", owner_only=True),
     Option("stall_minutes", (int, float), 30, "minutes without a training step before a run is reported as stalled",
            _rng(0, 10**6, True), "> 0 (fractions allowed)", owner_only=True),
     Option("stall_action", str, "report", "what a stall does: report it, or restart the run from its last checkpoint",
            lambda v: v in ("report", "restart"), 'one of "report", "restart"', owner_only=True),
-    Option("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses",
-           _rng(0, 10**6), "0 .. 1e6", owner_only=True),
+    Train("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses",
+          _rng(0, 10**6), "0 .. 1e6", owner_only=True),
     Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
            lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
@@ -323,37 +328,3 @@ def load_sidecar(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     return validate_table(path, read_toml(path), sidecar=True)
-
-
-def hf_cache_dir() -> Path:
-    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
-def local_model_folder(spec: str, relative_to: Path) -> Path | None:
-    """The folder holding a base model's files: a path (relative to `relative_to`), or its newest HF cache snapshot."""
-    p = Path(spec).expanduser()
-    p = p if p.is_absolute() else relative_to / p
-    if p.is_dir():
-        return p
-    snapshots = sorted((hf_cache_dir() / f"models--{spec.replace('/', '--')}" / "snapshots").glob("*"),
-                       key=lambda d: d.stat().st_mtime)
-    return snapshots[-1] if snapshots else None
-
-
-def locate_model(spec: str, relative_to: Path) -> str | None:
-    """Why `spec` cannot be a base model, or None when it is a local model folder or an HF cache entry."""
-    p = Path(spec).expanduser()
-    if not p.is_absolute():
-        p = relative_to / p
-    if p.is_dir():
-        return None if (p / "config.json").exists() else f"the folder {p} has no config.json (not a Hugging Face model)"
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec) and (hf_cache_dir() / f"models--{spec.replace('/', '--')}").is_dir():
-        return None
-    fix = "set base_model to a local model folder (with config.json)"
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec):
-        fix += f", or download the model into the cache first (hf download {spec})"
-    return (f"base model '{spec}' was not found: no folder {p} and no entry in the Hugging Face cache "
-            f"({hf_cache_dir()}). Fix: {fix}.")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from daemon.store import ACTIVE_STATES
+from daemon.states import ACTIVE, State, values
 
 
 class BrokenDB(sqlite3.DatabaseError, click.ClickException):
@@ -52,9 +52,10 @@ class Reader:
         where, args = "", ()
         if states:
             where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
-        order = (f"CASE WHEN state IN {ACTIVE_STATES} THEN 0 WHEN state = 'queued' THEN 1 ELSE 2 END, "
-                 "CASE WHEN state = 'queued' THEN -priority ELSE 0 END, "
-                 "CASE WHEN state = 'queued' THEN seq ELSE -seq END")
+        queued = f"'{State.QUEUED}'"
+        order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
+                 f"CASE WHEN state = {queued} THEN -priority ELSE 0 END, "
+                 f"CASE WHEN state = {queued} THEN seq ELSE -seq END")
         return self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)
 
     def run(self, run_id: str) -> dict[str, Any] | None:

@@ -22,7 +22,8 @@ from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess, leftover_trainers
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
-from daemon.store import ACTIVE_STATES, END_STATES, Store
+from daemon.states import ACTIVE, ENDED, State
+from daemon.store import Store
 from daemon.timefmt import iso
 
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
@@ -121,7 +122,7 @@ class Daemon:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
         if self.active or self.intake.busy():
             return False
-        if self.store.runs_in(["queued"]) and not self.controller.queue_held():
+        if self.store.runs_in([State.QUEUED]) and not self.controller.queue_held():
             return False
         from daemon.submission import role_of, stem_of
         stems = {stem_of(p) for p in self.intake.pending() if role_of(p) == "unsupported" or
@@ -196,8 +197,8 @@ class Daemon:
         run = self.store.get_run(a.run_id)
         if fields:
             self.store.update_run(a.run_id, **fields)
-        if run and state in ("training", "paused") and run["state"] != state and a.poll() is None:
-            why = (progress.get("reason") or "paused at a step boundary") if state == "paused" else None
+        if run and state in (State.TRAINING, State.PAUSED) and run["state"] != state and a.poll() is None:
+            why = (progress.get("reason") or "paused at a step boundary") if state == State.PAUSED else None
             self._transition(a.run_id, state, why)
             rundir.append_console(a.run_dir, f"overnight: run is now {state}")
             if why and why.startswith("disk_low"):
@@ -246,7 +247,7 @@ class Daemon:
     def start_next(self) -> None:
         if self.active or self.stopping or self.controller.queue_held():
             return
-        queued = self.store.runs_in(["queued"])
+        queued = self.store.runs_in([State.QUEUED])
         if not queued:
             return
         run = queued[0]
@@ -261,7 +262,7 @@ class Daemon:
                                                                                   OPTIONS["min_free_gb"].default)))
         if self._disk_seen:
             return
-        self._transition(run["id"], "preparing", None, started=run["started"] or iso(),
+        self._transition(run["id"], State.PREPARING, None, started=run["started"] or iso(),
                          attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
                                        f"{', resuming from ' + ckpt.name if ckpt else ''}; "
@@ -281,7 +282,7 @@ class Daemon:
 
     def _fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
-        self._transition(run["id"], "failed", reason, finished=iso())
+        self._transition(run["id"], State.FAILED, reason, finished=iso())
         rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
         log.error(f"{run['id']} failed: {reason}")
         failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
@@ -302,28 +303,28 @@ class Daemon:
         result = a.folder.read_result()
         outcome = result.get("outcome")
         if outcome == "completed" and rc == 0:
-            state, reason = "completed", None
+            state, reason = State.COMPLETED, None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
         elif a.requested in ("stop", "skip"):  # the user's request outlives a trainer that died honouring it
             state, reason = REQUEST_OUTCOME[a.requested], (f"{a.requested} requested; {self._crash_reason(a, rc)} "
                                                            f"before it checkpointed (resumable from its last one)")
         elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
-            state, reason = "queued", (f"restarted after a stall; resuming from its last checkpoint "
+            state, reason = State.QUEUED, (f"restarted after a stall; resuming from its last checkpoint "
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         elif a.requested == "shutdown":
-            state, reason = "queued", "daemon stopped; resumes from its last checkpoint"
+            state, reason = State.QUEUED, "daemon stopped; resumes from its last checkpoint"
         elif self._died_of_full_disk(a, result) and self._attempts(a.run_id) < MAX_ATTEMPTS:
-            state, reason = "queued", (f"the disk filled up while it trained; it waits for free space, then resumes "
+            state, reason = State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then resumes "
                                        f"from its last complete checkpoint. Fix: free space on the disk of "
                                        f"{self.home.root}")
         elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
-            state, reason = "queued", (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
+            state, reason = State.QUEUED, (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
                                        f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         else:
-            state, reason = "failed", result.get("reason") or self._crash_reason(a, rc)
+            state, reason = State.FAILED, result.get("reason") or self._crash_reason(a, rc)
         fields.update(pid=None)
-        if state in END_STATES:
+        if state in ENDED:
             fields["finished"] = iso()
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
         self.active, self.stall, self.stall_problem = None, None, None
@@ -331,16 +332,16 @@ class Daemon:
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
         run = self.store.get_run(a.run_id)
-        if state == "completed":
+        if state == State.COMPLETED:
             waits = sweep.selects_best(_run_options(run), run)
             version = registry.register(self.store, run, activate=not waits)
             log.info(f"registered model {run['name']} version {version}"
                      f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             self._notify("completed", run["id"], notify.completed_message, run, version, result)
-        elif state == "failed":
+        elif state == State.FAILED:
             self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
-        if state in ("completed", "failed"):
-            self._keep_hook(hooks.run_hooks("on_complete" if state == "completed" else "on_fail",
+        if state in (State.COMPLETED, State.FAILED):
+            self._keep_hook(hooks.run_hooks("on_complete" if state == State.COMPLETED else "on_fail",
                                             self._owner_options().get("hooks") or {}, run))
 
     def select_groups(self) -> None:
@@ -393,7 +394,7 @@ class Daemon:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
         rundir.write_metadata(Path(run["run_dir"]), run)
-        if state in END_STATES and run.get("group_id"):
+        if state in ENDED and run.get("group_id"):
             self._ended_groups.add(run["group_id"])
 
     def apply_control(self) -> None:
@@ -403,11 +404,11 @@ class Daemon:
     def recover(self) -> None:
         """Runs the DB says were active when the last daemon died go back to the queue, to resume."""
         self._end_leftover_trainers()
-        for run in self.store.runs_in(ACTIVE_STATES):
+        for run in self.store.runs_in(ACTIVE):
             run_dir = Path(run["run_dir"])
             ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
-            self._transition(run["id"], "queued", reason, pid=None)
+            self._transition(run["id"], State.QUEUED, reason, pid=None)
             rundir.append_console(run_dir, f"overnight: {reason}")
             log.info(f"recovered {run['id']}: {reason}")
 

@@ -1,20 +1,33 @@
 """The state DB: schema, migrations and every write. Only the daemon imports the write side of this module."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sqlite3
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable
 
-import sqlite_utils
-
 from daemon import rundir
+from daemon.states import ALL
 from daemon.timefmt import iso
 
-ACTIVE_STATES = ("preparing", "training", "paused")
-END_STATES = ("completed", "failed", "stopped", "skipped")
-STATES = ("queued",) + ACTIVE_STATES + END_STATES
+
+def _import_sqlite_utils() -> ModuleType:
+    """sqlite_utils imports pandas and numpy whenever they are installed (~80 MB resident), only to map their types,
+    which no row here holds: hidden while it loads, the idle daemon stays small. A process that has them keeps them."""
+    hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None: `import pandas` raises ImportError, which sqlite_utils expects
+    try:
+        return importlib.import_module("sqlite_utils")
+    finally:
+        for m in hidden:
+            del sys.modules[m]
+
+
+sqlite_utils = _import_sqlite_utils()
 
 RUN_COLUMNS: dict[str, type] = {
     "id": str, "name": str, "group_id": str, "dataset": str, "format": str, "schema": str, "records": int,
@@ -124,7 +137,7 @@ class Store:
 
     def set_state(self, run_id: str, state: str, reason: str | None = None, **fields: Any) -> None:
         """Move a run to `state`, recording the transition in the same transaction."""
-        assert state in STATES, state
+        assert state in ALL, state
         now = iso()
         old = self.get_run(run_id)
         with self.db.conn:

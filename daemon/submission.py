@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from daemon import datasets, sweep
-from daemon.options import (OptionsError, Resolved, load_home_toml, load_sidecar, local_model_folder, locate_model,
-                            resolve)
+from daemon.models import ModelNotFound, locate_model, model_folder
+from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
 
@@ -103,16 +103,17 @@ def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> 
             f"nor {home_toml} sets base_model. Fix: add base_model = \"/path/to/model\" to {home_toml} "
             f"(the machine's default) or to the dataset's sidecar.")
     for spec in opts.base_models:
-        problem = locate_model(spec, home_toml.parent)
-        if problem:
+        try:
+            locate_model(spec, home_toml.parent)  # not the daemon's cwd: the trainer it starts runs in the run folder
+        except ModelNotFound as e:
             where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
-            raise SubmissionError(f"{where}: {problem}")
+            raise SubmissionError(f"{where}: {e}") from None
         _check_context(opts, spec, sidecar, home_toml)
 
 
 def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
     """max_length within the model's context (max_position_embeddings), where its config.json is at hand."""
-    folder = local_model_folder(spec, home_toml.parent)
+    folder = model_folder(spec, home_toml.parent)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
     except (OSError, ValueError):

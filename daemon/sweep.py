@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from daemon.options import OPTIONS, OptionsError, Resolved
+from daemon.states import ENDED, State
 
 # Short, file-name-safe names of the sweepable options in run ids (tests check every sweepable option has one).
 ABBREVIATIONS = {
@@ -164,7 +165,7 @@ def rank(rows: Iterable[dict[str, Any]],
     Returns the rows and the metric used ("eval_loss", "loss" or None when nothing ranks).
     """
     rows = sorted(rows, key=lambda r: r.get("seq") or 0)
-    done = [r for r in rows if r.get("state") == "completed"]
+    done = [r for r in rows if r.get("state") == State.COMPLETED]
     metric = "eval_loss" if done and all(r.get("eval_loss") is not None for r in done) else "loss"
     ranked = [r for r in done if r.get(metric) is not None and math.isfinite(float(r[metric]))]
     if not ranked:
@@ -207,12 +208,12 @@ def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any
     Returns the overnight.log line, or None when there is nothing to do (runs left, select = "none").
     """
     members = store.runs_in_group(group)
-    if len(members) < 2 or any(m["state"] not in ("completed", "failed", "stopped", "skipped") for m in members):
+    if len(members) < 2 or any(m["state"] not in ENDED for m in members):
         return None
     if read_options(members[-1]).get("select") != SELECT_BEST:
         return None
     winner = best(members, learned)
-    left_out = sum(m["state"] != "completed" for m in members)
+    left_out = sum(m["state"] != State.COMPLETED for m in members)
     note = f"; {left_out} did not complete" if left_out else ""
     if winner is None:
         return f"sweep {group}: no run completed, so no version was activated ({len(members)} runs{note})"

@@ -68,3 +68,19 @@ def test_precedence_and_provenance(tmp_path):
 def test_list_of_base_models(tmp_path):
     r = resolve({}, load_sidecar(write(tmp_path / "d.toml", "base_model = ['/a', '/b']\n")))
     assert r.base_models == ["/a", "/b"] and r.for_model("/b").values["base_model"] == "/b"
+
+
+def test_the_trainers_options_are_the_schemas_training_options():
+    """TrainOptions is derived from OPTIONS: the same names, defaults and types, nothing written twice."""
+    from dataclasses import fields
+
+    from daemon.options import OPTIONS
+    from daemon.trainer.config import TrainOptions
+
+    trained = {k: o for k, o in OPTIONS.items() if o.trainer}
+    assert {"max_length", "lora_r", "trust_remote_code", "min_free_gb"} <= trained.keys()
+    assert not {"priority", "hooks", "notify", "name", "gpus"} & trained.keys()  # the daemon's own
+    assert {f.name: f.default for f in fields(TrainOptions)} == {k: o.default for k, o in trained.items()}
+    assert "max_length: int = 1024" in TrainOptions.__doc__
+    opts = TrainOptions.from_dict({"base_model": "m", "max_length": 64, "priority": 3, "hooks": {}, "seed": None})
+    assert (opts.base_model, opts.max_length, opts.seed) == ("m", 64, OPTIONS["seed"].default)

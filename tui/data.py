@@ -21,7 +21,7 @@ from daemon.home import Home, daemon_alive
 from daemon.queries import Reader
 from daemon.rundir import JsonlTail, LogUpdate, RunFolder
 from daemon.space import disk_full_problem
-from daemon.store import ACTIVE_STATES, END_STATES
+from daemon.states import ACTIVE, ENDED, State
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
 _MAX_APPEND_BYTES = 1 << 20  # a bigger jump in console.log is re-read from its end instead of in full
@@ -69,17 +69,17 @@ class RunRow:
     @property
     def active(self) -> bool:
         """Preparing, training or paused: the job the daemon is running."""
-        return self.state in ACTIVE_STATES
+        return self.state in ACTIVE
 
     @property
     def finished_state(self) -> bool:
         """Completed, failed, stopped or skipped: history."""
-        return self.state in END_STATES
+        return self.state in ENDED
 
     @property
     def fraction(self) -> float | None:
         """Progress 0..1, or None when the total is not known yet."""
-        if self.state == "completed":
+        if self.state == State.COMPLETED:
             return 1.0
         if not self.max_steps or self.step is None:
             return None

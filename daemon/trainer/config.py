@@ -1,71 +1,47 @@
 """The trainer's view of a run folder: the resolved options from config.json (its paths: daemon/rundir.py)."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
-import re
-from dataclasses import dataclass, field, fields
+import operator
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.options import OPTIONS
+from daemon.options import OPTIONS, Option
 from daemon.rundir import RunFolder
-
-
-def _default(name: str) -> Any:
-    return OPTIONS[name].default  # one schema: daemon/options.py
 
 
 class RunError(Exception):
     """A failure with a message for the user: it ends the run as failed with this reason (no traceback)."""
 
 
-@dataclass
-class TrainOptions:
-    """The options the trainer uses: the training options of daemon/options.py, with their defaults."""
+def _field(opt: Option) -> tuple[str, Any, Any]:
+    kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+    default = opt.default
+    spec = field(default_factory=lambda: copy.deepcopy(default)) if isinstance(default, (list, dict)) else field(
+        default=default)
+    return opt.name, functools.reduce(operator.or_, kinds), spec
 
-    base_model: str = ""
-    epochs: float = _default("epochs")
-    max_steps: int = _default("max_steps")
-    learning_rate: float = _default("learning_rate")
-    batch_size: int = _default("batch_size")
-    grad_accum: int = _default("grad_accum")
-    max_length: int = _default("max_length")
-    lora_r: int = _default("lora_r")
-    lora_alpha: float = _default("lora_alpha")
-    lora_dropout: float = _default("lora_dropout")
-    lora_targets: str | list[str] = _default("lora_targets")
-    seed: int = _default("seed")
-    eval_fraction: float = _default("eval_fraction")
-    early_stopping_patience: int = _default("early_stopping_patience")
-    log_every: int = _default("log_every")
-    save_every: int = _default("save_every")
-    probe_every: int = _default("probe_every")
-    probe_count: int = _default("probe_count")
-    probe_max_new_tokens: int = _default("probe_max_new_tokens")
-    quantization: str = _default("quantization")
-    gradient_checkpointing: str | bool = _default("gradient_checkpointing")
-    batching: str = _default("batching")
-    attn_implementation: str = _default("attn_implementation")
-    lr_scheduler: str = _default("lr_scheduler")
-    warmup_ratio: float = _default("warmup_ratio")
-    weight_decay: float = _default("weight_decay")
-    max_grad_norm: float = _default("max_grad_norm")
-    optim: str = _default("optim")
-    use_liger_kernel: bool = _default("use_liger_kernel")
-    trust_remote_code: bool = _default("trust_remote_code")
-    keep_checkpoints: int = _default("keep_checkpoints")
-    min_free_gb: float = _default("min_free_gb")
 
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> "TrainOptions":
-        """Known keys are taken, the daemon's other keys (priority, name, hooks, …) ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in options.items() if k in known and v is not None}
-        opts = cls(**values)
-        if not isinstance(opts.base_model, str) or not opts.base_model.strip():
-            raise RunError("config.json: options.base_model must be one model (a folder or an HF cache name); "
-                           f"got {options.get('base_model')!r}. Fix: the daemon queues one run per base model.")
-        return opts
+def _from_dict(cls: type, options: dict[str, Any]) -> Any:
+    """Known keys are taken, the daemon's other keys (priority, name, hooks, …) ignored."""
+    known = {f.name for f in fields(cls)}
+    opts = cls(**{k: v for k, v in options.items() if k in known and v is not None})
+    if not isinstance(opts.base_model, str) or not opts.base_model.strip():
+        raise RunError("config.json: options.base_model must be one model (a folder or an HF cache name); "
+                       f"got {options.get('base_model')!r}. Fix: the daemon queues one run per base model.")
+    return opts
+
+
+# One schema (after transformers' TrainingArguments): every option declared with Train(...) in daemon/options.py
+# is a field here, typed by its `kind` and defaulting to its `default`; adding an option is one edit there.
+TrainOptions = make_dataclass("TrainOptions", [_field(o) for o in OPTIONS.values() if o.trainer],
+                              namespace={"from_dict": classmethod(_from_dict), "__module__": __name__})
+TrainOptions.__doc__ = (  # help(TrainOptions) shows each field's type and default (the signature dataclass wrote)
+    "The options the trainer uses: one field per Train(...) option of daemon/options.py (base_model: one model, "
+    f"as the daemon queues one run per model).\n\n{TrainOptions.__doc__}")
 
 
 @dataclass
@@ -109,23 +85,3 @@ class RunConfig:
             parent=init.get("parent"),
             raw=raw,
         )
-
-
-def resolve_model_source(spec: str, home: Path, run_dir: Path) -> str:
-    """A local folder for `spec`, or `spec` itself when it names an HF cache entry; RunError when neither.
-
-    Relative paths are relative to the home (as in overnight.toml), then to the run folder.
-    """
-    p = Path(spec).expanduser()
-    for candidate in ([p] if p.is_absolute() else [home / p, run_dir / p, Path.cwd() / p]):
-        if candidate.is_dir():
-            if not (candidate / "config.json").exists():
-                raise RunError(f"base model folder {candidate} has no config.json, so it is not a Hugging Face "
-                               f"model. Fix: point base_model at the folder that holds config.json and the weights.")
-            return str(candidate)
-    if re.match(r"^[\w.-]+/[\w.-]+$", spec):
-        return spec  # an HF hub name: from_pretrained(local_files_only=True) finds it in the cache or says why
-    where = p if p.is_absolute() else home / p
-    raise RunError(f"base model '{spec}' was not found: no folder {where}. Fix: set base_model (in overnight.toml "
-                   f"or the dataset's sidecar) to a local model folder with config.json, or to the name of a model "
-                   f"already in the Hugging Face cache, then resume the run.")

@@ -18,10 +18,11 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
-from daemon.trainer.config import RunConfig, RunError, TrainOptions, resolve_model_source
+from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
 from daemon.trainer.oom import is_out_of_memory, next_rung
@@ -80,7 +81,10 @@ def _train(s: Session, commands: Any) -> None:
                              cfg.raw.get("options") or {}):
         say(line)
     # checked before torch is imported (~5 s): a wrong path fails at once
-    source = resolve_model_source(opts.base_model, paths.root.parent.parent, paths.root)
+    try:
+        source = locate_model(opts.base_model, paths.root.parent.parent, paths.root, Path.cwd()).source
+    except ModelNotFound as e:
+        raise RunError(f"{e.problem}. Fix: {e.fix}, then resume the run.") from None
 
     import torch
 

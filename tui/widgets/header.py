@@ -4,9 +4,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from daemon.states import State
 from tui.data import HomeSnapshot
 
-_ORDER = ("training", "preparing", "paused", "queued")
+_ORDER = (State.TRAINING, State.PREPARING, State.PAUSED, State.QUEUED)
 
 
 def _home_label(root: str, width: int) -> str:

@@ -13,11 +13,13 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from daemon.render import fmt_duration, fmt_loss, fmt_rate
+from daemon.states import State
 from tui.data import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
 
-STATE_STYLE = {"training": "bold green", "preparing": "green", "paused": "bold yellow", "queued": "cyan",
-               "completed": "blue", "failed": "bold red", "stopped": "magenta", "skipped": "magenta"}
+STATE_STYLE = {State.TRAINING: "bold green", State.PREPARING: "green", State.PAUSED: "bold yellow",
+               State.QUEUED: "cyan", State.COMPLETED: "blue", State.FAILED: "bold red", State.STOPPED: "magenta",
+               State.SKIPPED: "magenta"}
 BAR = 8
 
 
@@ -77,16 +79,16 @@ class Group:
     def shown_run(self) -> RunRow:
         """The run the panels show while the group row is selected: the running one, else the best, else the
         next queued one, else the first."""
-        return (self.active or self.best or next((r for r in self.runs if r.state == "queued"), None)
+        return (self.active or self.best or next((r for r in self.runs if r.state == State.QUEUED), None)
                 or self.runs[0])
 
     @property
     def state(self) -> str:
         if self.active:
             return self.active.state
-        if any(r.state == "queued" for r in self.runs):
-            return "queued"
-        return "completed" if all(r.state == "completed" for r in self.runs) else "ended"
+        if any(r.state == State.QUEUED for r in self.runs):
+            return State.QUEUED
+        return State.COMPLETED if all(r.state == State.COMPLETED for r in self.runs) else "ended"
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _cell(run: RunRow, key: str) -> Text | str:
     if key == "state":
         return Text(run.state, STATE_STYLE.get(run.state, ""))
     if key == "progress":
-        if run.state == "queued" and run.step is None:
+        if run.state == State.QUEUED and run.step is None:
             return ""
         return Text.assemble((progress_bar(run.fraction, BAR), STATE_STYLE.get(run.state, "")), " ", _steps(run))
     if key == "loss":

@@ -1,0 +1,95 @@
+"""Where a base model is: one rule for intake, `overnight check`, the trainer and export (torch-free).
+
+A `base_model` is an absolute folder; else a folder relative to the home, then to the run folder, then to the
+working directory (only a process a person started has one worth trying: the trainer the daemon starts runs in
+the run folder); else an HF hub name (`org/name`) already in the Hugging Face cache. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ModelNotFound(Exception):
+    """No model where `base_model` points: `problem` says what was tried, `fix` what to do."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}. Fix: {fix}.")
+        self.problem, self.fix = problem, fix
+
+
+@dataclass(frozen=True)
+class Model:
+    """A located base model: the name as written, the folder holding its files, and whether it came from the cache."""
+
+    name: str
+    folder: Path
+    cached: bool
+
+    @property
+    def source(self) -> str:
+        """What from_pretrained is given: the hub name for a cache entry (so an adapter records it), else the folder."""
+        return self.name if self.cached else str(self.folder)
+
+
+def hf_cache_dir() -> Path:
+    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def cache_entry(name: str) -> Path:
+    return hf_cache_dir() / f"models--{name.replace('/', '--')}"
+
+
+def _snapshot(name: str) -> Path | None:
+    """The snapshot from_pretrained would load (refs/main), else the newest one."""
+    entry = cache_entry(name)
+    main = entry / "refs" / "main"
+    if main.is_file() and (entry / "snapshots" / main.read_text().strip()).is_dir():
+        return entry / "snapshots" / main.read_text().strip()
+    snapshots = sorted((entry / "snapshots").glob("*"), key=lambda d: d.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
+
+
+def _folders(name: str, home: Path, run_dir: Path | None, cwd: Path | None) -> list[Path]:
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return [p]
+    return list(dict.fromkeys(base / p for base in (home, run_dir, cwd) if base is not None))
+
+
+def locate_model(name: str, home: Path, run_dir: Path | None = None, cwd: Path | None = None) -> Model:
+    """The base model `name` names, by the rule above; ModelNotFound names every place tried and the fix."""
+    folders = _folders(name, Path(home), run_dir, cwd)
+    for folder in folders:
+        if folder.is_dir():
+            if not (folder / "config.json").is_file():
+                raise ModelNotFound(f"the base model folder {folder} has no config.json, so it is not a Hugging "
+                                    f"Face model", "point base_model at the folder that holds config.json and the "
+                                    "weights")
+            return Model(name, folder, cached=False)
+    hub = bool(HUB_NAME.match(name))
+    snapshot = _snapshot(name) if hub else None
+    if snapshot is not None:
+        return Model(name, snapshot, cached=True)
+    tried = f"no folder {', '.join(map(str, folders))}"
+    if hub:
+        tried += f" and no downloaded entry in the Hugging Face cache ({cache_entry(name)})"
+    fix = "set base_model (in overnight.toml or the dataset's sidecar) to a local model folder with config.json"
+    fix += f", or download the model into the cache first (hf download {name})" if hub else \
+        ", or to the name of a model already in the Hugging Face cache (org/name)"
+    raise ModelNotFound(f"base model '{name}' was not found: {tried}", fix)
+
+
+def model_folder(name: str, home: Path) -> Path | None:
+    """The folder of a base model's files, or None: for reading its config or tokenizer before any training."""
+    try:
+        return locate_model(name, home).folder
+    except ModelNotFound:
+        return None

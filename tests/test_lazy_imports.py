@@ -1,0 +1,43 @@
+"""The idle daemon stays small: heavy libraries load only when a file needs them (bench/README: idle memory)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+HEAVY = ("pyarrow", "pandas", "numpy", "datasets", "torch", "transformers")
+
+
+def loaded_after(code: str) -> list[str]:
+    """The heavy modules in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport sys, json; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", ["daemon.cli", "daemon.scheduler", "daemon.intake", "daemon.store"])
+def test_daemon_modules_import_nothing_heavy(module: str) -> None:
+    assert loaded_after(f"import {module}") == []
+
+
+def test_a_jsonl_drop_is_validated_without_pyarrow(tmp_path) -> None:
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    assert loaded_after(f"from daemon.datasets import inspect_dataset; inspect_dataset(__import__('pathlib')"
+                        f".Path({str(tmp_path / 'd.jsonl')!r}))") == []
+
+
+def test_a_parquet_drop_loads_pyarrow_and_the_store_still_works(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "completion": "c"}]), tmp_path / "d.parquet")
+    code = (f"from pathlib import Path; from daemon.store import Store; from daemon.datasets import inspect_dataset\n"
+            f"assert inspect_dataset(Path({str(tmp_path / 'd.parquet')!r})).records == 1\n"
+            f"Store(Path({str(tmp_path / 'x.db')!r}))")
+    assert "pyarrow" in loaded_after(code)
