@@ -77,5 +77,14 @@ def test_a_full_disk_pauses_the_night_and_freeing_space_resumes_it(small_home: P
         assert not status["problem"]
         overnight("stop", "full", home=home, check=True)
         wait_until(lambda: state(home, "full") == "stopped", 120, what="stopped")
+    except AssertionError:
+        _dump(home)  # the tmpfs goes with the test: say what the daemon and the trainer saw
+        raise
     finally:
         d.stop()
+
+
+def _dump(home: Path) -> None:
+    print("--- overnight.log\n" + (home / "overnight.log").read_text(errors="replace")[-6000:])
+    for console in (home / "runs").glob("*/console.log"):
+        print(f"--- {console}\n" + console.read_text(errors="replace")[-6000:])
