@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.submission import sha256_file
 from daemon.tinymodel import ensure_tiny_model
 
 WORDS = ("apple banana cherry dog cat bird fish tree river sea moon sun red blue green small big old new "
@@ -60,7 +61,8 @@ def make_run(root: Path, model: Path | str, *, dataset_name: str, content: str, 
         probes_rel = f"dataset/{dataset_name.split('.')[0]}.probes.jsonl"
         (run / probes_rel).write_text(probes, encoding="utf-8")
     config = {"run_id": run.name, "options": opts, "sources": {k: "sidecar" for k in opts},
-              "dataset": {"path": f"dataset/{dataset_name}", "format": fmt, "schema": schema, "sha256": "-"},
+              "dataset": {"path": f"dataset/{dataset_name}", "format": fmt, "schema": schema,
+                          "sha256": sha256_file(run / "dataset" / dataset_name)},
               "probes": probes_rel}
     (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
     (run / "stats.json").write_text(json.dumps({"records": records, "schema": schema, "format": fmt}),
