@@ -95,6 +95,23 @@ def test_add_copies_sidecar_first_and_keeps_the_original(home, tmp_path):
     assert side.returncode != 0 and "--sidecar" in side.stderr
 
 
+def test_add_that_clashes_moves_nothing_so_no_sidecar_joins_the_earlier_drop(home, tmp_path):
+    (home / "inbox" / "d.jsonl").write_text('{"text": "earlier"}\n')
+    (tmp_path / "d.jsonl").write_text('{"text": "later"}\n')
+    (tmp_path / "opts.toml").write_text("lora_r = 4\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "expected": "b"}\n')
+    res = overnight("add", str(tmp_path / "d.jsonl"), "--sidecar", str(tmp_path / "opts.toml"), "--probes",
+                    str(tmp_path / "p.jsonl"), home=home)
+    assert res.returncode == 1 and "d.jsonl already exists" in res.stderr and "nothing was added" in res.stderr
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["d.jsonl", "rejected"]  # no sidecar, no temp file
+    assert (home / "inbox" / "d.jsonl").read_text() == '{"text": "earlier"}\n'
+    (home / "inbox" / "d.toml").write_text("lora_r = 8\n")  # any destination taken: still nothing moves
+    (home / "inbox" / "d.jsonl").unlink()
+    res = overnight("add", str(tmp_path / "d.jsonl"), "--sidecar", str(tmp_path / "opts.toml"), home=home)
+    assert res.returncode == 1 and "d.toml already exists" in res.stderr
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["d.toml", "rejected"]
+
+
 def test_status_without_daemon_says_how_to_start_one(home):
     res = overnight("status", home=home, check=True)
     assert "daemon: not running (start it with: overnight daemon)" in res.stdout
