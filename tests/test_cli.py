@@ -51,11 +51,15 @@ def test_check_error_exit_1_with_line_and_field(home, tmp_path):
     assert problem["fix"].startswith("use one of the expected roles") and problem["message"] == verdict["error"]
 
 
-def test_check_without_base_model_says_how_to_name_one(home, tmp_path):
+def test_check_without_base_model_says_the_data_is_good_and_what_a_drop_needs(home, tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_text('{"text": "x"}\n')
-    res = overnight("check", str(f), home=home)
-    assert res.returncode == 1 and "records: 1" in res.stdout and "base_model" in res.stdout
+    res = overnight("check", str(f), home=home)  # no overnight.toml: as outside any home
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.startswith(f"{f}: OK") and "records: 1" in res.stdout and "ERROR" not in res.stdout
+    assert "a drop also needs a base model: set base_model in overnight.toml or the sidecar t.toml" in res.stdout
+    [verdict] = json.loads(overnight("check", "--json", str(f), home=home).stdout)
+    assert verdict["ok"] and not verdict["problems"] and "base model" in verdict["needs"][0]
 
 
 def test_check_sidecar_beside_dataset_and_alone(home, tiny_model, tmp_path):
