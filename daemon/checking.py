@@ -46,6 +46,8 @@ class Verdict:
     facts: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # what a drop of a good file would still need from the home (a base model): not a fault of the file
+    needs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -56,7 +58,7 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"file": self.file, "ok": self.ok, "role": self.role, **self.data,
-               "problems": [asdict(p) for p in self.problems]}
+               "problems": [asdict(p) for p in self.problems], "needs": self.needs}
         return {**out, "error": self.problems[0].message} if self.problems else out
 
 
@@ -152,6 +154,10 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict) -> None:
                 *(f"note: {n}" for n in r.notes))
     verdict.data = {"report": r.to_dict(), "base_models": sub.options.base_models,
                     "runs": sweep.run_count(sub.options)}
+    if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
+        verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
+                             f"{sidecar.name}")
+        return
     check_base_models(sub.options, sub.sidecar, home.toml)
     parent = check_parent(sub.options, home.toml)
     verdict.add(f"base model: {', '.join(sub.options.base_models)}",

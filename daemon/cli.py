@@ -93,30 +93,55 @@ def check(home: str | None, as_json: bool, files: tuple[str, ...]) -> None:
 @click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
 def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
     """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
-    from daemon.submission import PROBES_SUFFIX, role_of
+    from daemon.submission import role_of
     h = _home(home)
     src = Path(file)
     if role_of(src) != "dataset":
         raise click.ClickException(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
                                    f"Add the dataset and pass this file with --sidecar or --probes.")
+    plan = _add_plan(h, src, sidecar, probes)
+    clashes = [dest for _, dest in plan if dest.exists() or dest.is_symlink()]
+    if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
+        raise click.ClickException(f"{', '.join(d.name for d in clashes)} already exists in the inbox ({h.inbox}); "
+                                   f"nothing was added. Fix: rename your file or wait for it to be taken.")
+    placed: list[Path] = []
+    try:
+        for s, dest in plan:
+            _place(s, dest)
+            placed.append(dest)
+            click.echo(f"added {s} -> {dest}")
+    except BaseException:
+        for dest in placed:  # our copies only (the originals stay): a half-added drop must not be taken
+            dest.unlink(missing_ok=True)
+        raise
+
+
+def _add_plan(h: Home, src: Path, sidecar: str | None, probes: str | None) -> list[tuple[Path, Path]]:
+    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset; the dataset
+    last, so that its sidecar is already waiting for it."""
+    from daemon.submission import PROBES_SUFFIX
     stem = src.stem
     plan = []
-    for extra, name in ((sidecar, f"{stem}.toml"), (probes, f"{stem}{PROBES_SUFFIX}")):
-        if extra:
-            plan.append((Path(extra), h.inbox / name))
-    for beside, name in ((src.with_suffix(".toml"), f"{stem}.toml"),
-                         (src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
-        if beside.exists() and not any(dest.name == name for _, dest in plan):
-            plan.append((beside, h.inbox / name))
-    plan.append((src, h.inbox / src.name))  # the dataset last: its sidecar is already waiting for it
-    for s, dest in plan:
-        if dest.exists():
-            raise click.ClickException(f"{dest} already exists in the inbox; rename your file or wait for it "
-                                       f"to be taken.")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(s, tmp)
-        os.replace(tmp, dest)
-        click.echo(f"added {s} -> {dest}")
+    for given, beside, name in ((sidecar, src.with_suffix(".toml"), f"{stem}.toml"),
+                                (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
+        if given or beside.exists():
+            plan.append((Path(given) if given else beside, h.inbox / name))
+    return [*plan, (src, h.inbox / src.name)]
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Copy under a hidden temporary name, then link it in: the daemon never sees half a file, and a file that
+    appeared meanwhile is never overwritten."""
+    tmp = dest.with_name(f".overnight-add.{os.getpid()}.tmp")  # short: dest's own name may be near 255 bytes
+    shutil.copyfile(src, tmp)
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise click.ClickException(f"{dest.name} appeared in the inbox meanwhile. Fix: rename your file.") from None
+    except OSError:  # a file system without hard links: the check above must do
+        os.rename(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- watching -------------------------------------------------------------------------------------------

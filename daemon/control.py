@@ -10,13 +10,14 @@ import os
 import re
 import sqlite3
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from daemon.atomic import write_text
 from daemon.home import Home
-from daemon.fsutil import ignored, unique_path
+from daemon.fsutil import ignored, short_name, unique_path
 from daemon.timefmt import run_id_stamp
 
 COMMANDS = ("pause", "stop", "skip", "priority", "resume", "activate", "delete")
@@ -24,6 +25,9 @@ _MAX_BYTES = 64 * 1024
 MAX_PRIORITY = 9_999_999
 # The events that answer a command besides its own kind: a priority change may preempt the running job.
 _ANSWERED_BY = {"priority": ("priority", "preempt")}
+# What intake.safe_name leaves in a run id: letters and digits of any script, '_', '.', '-'; never a space, a
+# slash or a control character.
+RUN_ID = re.compile(r"[\w.-]+", re.UNICODE)
 
 
 class ControlError(ValueError):
@@ -85,10 +89,12 @@ def parse_text(kind: str, text: str, path: Path | None = None) -> Command:
             raise ControlError(f"control/{kind}: expected one line 'NAME VERSION', got {text[:80]!r}. "
                                f"Fix: overnight {kind} NAME VERSION")
         return Command(kind, path, model=(parts[0], int(parts[1])))
-    if len(lines) > 1 or (lines and not re.fullmatch(r"[A-Za-z0-9._-]+", lines[0])):
+    # NFC, as safe_name made the run id: a decomposed é typed on macOS names the same run
+    target = unicodedata.normalize("NFC", lines[0]) if lines else None
+    if len(lines) > 1 or (target and not RUN_ID.fullmatch(target)):
         raise ControlError(f"control/{kind}: expected nothing (act on the running job) or one run id on the first "
                            f"line, got {text[:80]!r}. Fix: echo RUN_ID > control/{kind}")
-    return Command(kind, path, target=lines[0] if lines else None)
+    return Command(kind, path, target=target)
 
 
 def _parse_priorities(lines: list[str]) -> list[tuple[str, int]]:
@@ -137,22 +143,16 @@ def command_files(home: Home) -> list[Path]:
                   if not ignored(p.name) and p.name not in ("done", "rejected"))
 
 
-def _short(name: str, limit: int = 200) -> str:
-    """A name that leaves room for the stamp and `.error.txt` within the file system's 255 bytes."""
-    raw = name.encode()
-    return name if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore") + "~"
-
-
 def consume(home: Home, path: Path) -> Path:
     """Move a handled command file to control/done/, timestamped."""
-    dest = unique_path(home.control_done / f"{run_id_stamp()}-{_short(path.name)}")
+    dest = unique_path(home.control_done / f"{run_id_stamp()}-{short_name(path.name)}")
     os.rename(path, dest)
     return dest
 
 
 def reject(home: Home, path: Path, message: str) -> Path:
     """Move an unusable command file to control/rejected/ beside a .error.txt saying why."""
-    dest = unique_path(home.control_rejected / f"{run_id_stamp()}-{_short(path.name)}")
+    dest = unique_path(home.control_rejected / f"{run_id_stamp()}-{short_name(path.name)}")
     if path.exists() or path.is_symlink():
         os.rename(path, dest)
     write_text(dest.with_name(dest.name + ".error.txt"), message + "\n")

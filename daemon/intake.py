@@ -10,6 +10,7 @@ import re
 import shutil
 import time
 import traceback
+import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from daemon import rundir, sweep
 from daemon.rundir import RunFolder
 from daemon.atomic import write_json, write_text
 from daemon.completeness import SETTLE_S, writers_of
-from daemon.fsutil import ignored, unique_path
+from daemon.fsutil import SHORT_NAME, ignored, short_name, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
@@ -34,8 +35,10 @@ BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their valida
 
 
 def safe_name(text: str) -> str:
-    """A file-system- and run-id-safe version of a dataset or model name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "dataset"
+    """A file-system- and run-id-safe version of a dataset or model name: letters of any script stay (a run id is
+    a folder name and a control file's line, see control.RUN_ID); spaces, slashes and symbols become `-`."""
+    # NFC: a name typed on macOS (decomposed é) and the same name typed elsewhere give one run id
+    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.") or "dataset"
 
 
 def shown_name(name: str) -> str:
@@ -114,34 +117,28 @@ class Intake:
             if problem and (p.is_symlink() or p.is_file() or self.stable(p, now)):  # a folder being copied waits
                 self._reject([p], stem_of(p), problem)
                 handled += 1
-        by_stem: dict[str, dict[str, Path]] = {}
-        twins: dict[str, list[Path]] = {}  # datasets sharing a name: which one would the sidecar belong to?
-        for p in files:
-            if p.is_file() and not p.is_symlink():
-                group = by_stem.setdefault(stem_of(p), {})
-                if role_of(p) == "dataset" and "dataset" in group:
-                    twins.setdefault(stem_of(p), [group["dataset"]]).append(p)
-                group[role_of(p)] = p
+        drops, twins = _drops(files)
         toml_ok = self._owner_toml_ok()
-        for stem in [s for s in self._checking if not toml_ok or s not in by_stem]:
-            self._checking.pop(stem).future.cancel()  # taken away while being checked, or its options changed
+        for key in [k for k in self._checking if not toml_ok or k not in drops]:
+            self._checking.pop(key).future.cancel()  # taken away while being checked, or its options changed
         if not toml_ok:
             return handled
-        for stem, group in sorted(by_stem.items()):
-            try:
-                if not all(self.stable(p, now) for p in group.values()):
-                    continue
-            except FileNotFoundError:
-                continue  # moved away between listing and stat
-            if stem in twins:
-                names = " and ".join(p.name for p in twins[stem])
-                self._reject([*twins[stem], *(p for r, p in group.items() if r != "dataset")], stem,
-                             f"{names} are both named {stem}: a sidecar or probe file could not tell which one it "
-                             f"belongs to. Fix: rename one of them and drop them again.")
+        for stem, group in sorted(twins.items()):
+            if self._all_stable(group, now):
+                names = " and ".join(p.name for p in group if role_of(p) == "dataset")
+                self._reject(group, stem, f"{names} are both named {stem}: a sidecar or probe file could not tell "
+                                          f"which one it belongs to. Fix: rename one of them and drop them again.")
                 handled += 1
-                continue
-            handled += self._take(stem, group)
+        for key, group in sorted(drops.items()):
+            if self._all_stable(list(group.values()), now):
+                handled += self._take(key, group)
         return handled
+
+    def _all_stable(self, files: list[Path], now: float) -> bool:
+        try:
+            return all([self.stable(p, now) for p in files])  # a list: every file's clock starts on this pass
+        except FileNotFoundError:
+            return False  # moved away between listing and stat
 
     def _take(self, stem: str, group: dict[str, Path]) -> int:
         if "unsupported" in group:
@@ -253,7 +250,7 @@ class Intake:
             os.rename(p, dest)
             moved.append(dest)
         names = ", ".join(shown_name(p.name) for p in moved)
-        err = unique_path(self.home.rejected / f"{safe_name(stem)}.error.txt")
+        err = unique_path(self.home.rejected / f"{short_name(safe_name(stem))}.error.txt")
         write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
                         f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
         log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")
@@ -265,7 +262,7 @@ class Intake:
 
     def new_run_id(self, name: str, stamp: str | None = None, also_taken: set[str] | None = None) -> str:
         """NAME-YYYYmmdd-HHMMSS, with -2, -3… when two collide (with a run or a group id)."""
-        base = f"{safe_name(name)}-{stamp or run_id_stamp()}"
+        base = f"{short_name(safe_name(name), SHORT_NAME - 40)}-{stamp or run_id_stamp()}"  # room: -N, .partial
         taken = self.store.run_ids() | self.store.group_ids() | (also_taken or set())
         rid, i = base, 2
         while rid in taken or self.home.run_dir(rid).exists():
@@ -340,6 +337,29 @@ class Intake:
         return row
 
 
+def _drops(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:
+    """The drops in a listing, each by role, keyed by stem; and the stems refused as ambiguous.
+
+    Datasets sharing a stem (x.jsonl, x.csv) are two drops keyed by their file names while nothing else has the
+    stem; beside x.toml or x.probes.jsonl nobody can tell which dataset those belong to, so the stem is refused.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        if p.is_file() and not p.is_symlink():
+            by_stem.setdefault(stem_of(p), []).append(p)
+    drops: dict[str, dict[str, Path]] = {}
+    twins: dict[str, list[Path]] = {}
+    for stem, group in by_stem.items():
+        roles = [role_of(p) for p in group]
+        if roles.count("dataset") < 2:
+            drops[stem] = dict(zip(roles, group))
+        elif "sidecar" in roles or "probes" in roles or any(p.name in by_stem for p in group):
+            twins[stem] = group
+        else:
+            drops.update({p.name: {role: p} for role, p in zip(roles, group)})
+    return drops, twins
+
+
 def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
     out = {}
     for p in group.values():
@@ -360,10 +380,14 @@ def _refused_name(p: Path, inbox: Path) -> str | None:
     if not p.is_file():
         return f"{shown_name(p.name)} is not a regular file (a pipe or a device?). Fix: drop a dataset file."
     try:
-        p.name.encode("utf-8")
+        size = len(p.name.encode("utf-8"))
     except UnicodeEncodeError:
         return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
                 f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
+    if size > SHORT_NAME:
+        return (f"{short_name(p.name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
+                f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "
+                f"(keeping {p.suffix or 'its suffix'}) and drop it again.")
     return None
 
 

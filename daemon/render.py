@@ -123,4 +123,5 @@ def verdict(v: Any) -> str:
     head = f"{v.file}: OK" + (f" ({v.summary})" if v.summary else "") if v.ok else f"{v.file}: ERROR"
     # after facts, a problem is marked so that it stands out from them
     mark = "ERROR: " if v.facts else ""
-    return "\n".join([head, *(f"  {f}" for f in v.facts), *(mark + p.message for p in v.problems)])
+    needs = [f"  {n}" for n in v.needs]
+    return "\n".join([head, *(f"  {f}" for f in v.facts), *(mark + p.message for p in v.problems), *needs])

@@ -51,11 +51,15 @@ def test_check_error_exit_1_with_line_and_field(home, tmp_path):
     assert problem["fix"].startswith("use one of the expected roles") and problem["message"] == verdict["error"]
 
 
-def test_check_without_base_model_says_how_to_name_one(home, tmp_path):
+def test_check_without_base_model_says_the_data_is_good_and_what_a_drop_needs(home, tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_text('{"text": "x"}\n')
-    res = overnight("check", str(f), home=home)
-    assert res.returncode == 1 and "records: 1" in res.stdout and "base_model" in res.stdout
+    res = overnight("check", str(f), home=home)  # no overnight.toml: as outside any home
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.startswith(f"{f}: OK") and "records: 1" in res.stdout and "ERROR" not in res.stdout
+    assert "a drop also needs a base model: set base_model in overnight.toml or the sidecar t.toml" in res.stdout
+    [verdict] = json.loads(overnight("check", "--json", str(f), home=home).stdout)
+    assert verdict["ok"] and not verdict["problems"] and "base model" in verdict["needs"][0]
 
 
 def test_check_sidecar_beside_dataset_and_alone(home, tiny_model, tmp_path):
@@ -93,6 +97,23 @@ def test_add_copies_sidecar_first_and_keeps_the_original(home, tmp_path):
     assert again.returncode != 0 and "already exists" in again.stderr
     side = overnight("add", str(tmp_path / "d.toml"), home=home)
     assert side.returncode != 0 and "--sidecar" in side.stderr
+
+
+def test_add_that_clashes_moves_nothing_so_no_sidecar_joins_the_earlier_drop(home, tmp_path):
+    (home / "inbox" / "d.jsonl").write_text('{"text": "earlier"}\n')
+    (tmp_path / "d.jsonl").write_text('{"text": "later"}\n')
+    (tmp_path / "opts.toml").write_text("lora_r = 4\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "expected": "b"}\n')
+    res = overnight("add", str(tmp_path / "d.jsonl"), "--sidecar", str(tmp_path / "opts.toml"), "--probes",
+                    str(tmp_path / "p.jsonl"), home=home)
+    assert res.returncode == 1 and "d.jsonl already exists" in res.stderr and "nothing was added" in res.stderr
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["d.jsonl", "rejected"]  # no sidecar, no temp file
+    assert (home / "inbox" / "d.jsonl").read_text() == '{"text": "earlier"}\n'
+    (home / "inbox" / "d.toml").write_text("lora_r = 8\n")  # any destination taken: still nothing moves
+    (home / "inbox" / "d.jsonl").unlink()
+    res = overnight("add", str(tmp_path / "d.jsonl"), "--sidecar", str(tmp_path / "opts.toml"), home=home)
+    assert res.returncode == 1 and "d.toml already exists" in res.stderr
+    assert sorted(p.name for p in (home / "inbox").iterdir()) == ["d.toml", "rejected"]
 
 
 def test_status_without_daemon_says_how_to_start_one(home):

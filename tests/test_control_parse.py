@@ -17,6 +17,11 @@ def test_run_id_on_first_line(tmp_path):
     assert parse(tmp_path / "stop").target == "data-20260101-120000"
 
 
+def test_a_run_id_keeps_letters_of_any_script(tmp_path):
+    (tmp_path / "stop").write_text("données-日本-20260101-120000\n")
+    assert parse(tmp_path / "stop").target == "données-日本-20260101-120000"
+
+
 def test_priority_lines(tmp_path):
     (tmp_path / "priority").write_text("# comment\nrun-a 10\nmydata -3\n")
     assert parse(tmp_path / "priority").priorities == [("run-a", 10), ("mydata", -3)]
@@ -26,6 +31,8 @@ def test_priority_lines(tmp_path):
     ("priority", "run-a ten\n", "line 1"),
     ("priority", "", "empty"),
     ("stop", "two words\n", "one run id"),
+    ("stop", "a/b\n", "one run id"),
+    ("stop", "run\x07id\n", "one run id"),
     ("launch", "", "unknown control file"),
     ("pause", b"\xff\xfe", "not UTF-8"),
     ("activate", "model\n", "NAME VERSION"),

@@ -199,3 +199,61 @@ def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
     d2.proc.wait()
     d3 = DaemonProcess(home)
     assert d3.stop() == 0
+
+
+def test_datasets_sharing_a_stem_alone_are_two_drops(model_home, daemon_proc, tmp_path):
+    home = model_home
+    (home / "inbox" / "data.jsonl").write_text('{"text": "a"}\n')
+    (home / "inbox" / "data.csv").write_text("text\nb\n")
+    daemon_proc()
+    runs = wait_until(lambda: len(_run_dirs(home)) == 2 and _run_dirs(home), 30, what="two runs")
+    files = sorted(next((r / "dataset").iterdir()).name for r in runs)
+    assert files == ["data.csv", "data.jsonl"] and all(r.name.startswith("data-") for r in runs)
+    assert len({r.name for r in runs}) == 2 and not list((home / "inbox" / "rejected").iterdir())
+
+
+def test_a_name_too_long_is_rejected_with_a_short_error_file(model_home, daemon_proc, tmp_path):
+    home = model_home
+    name = "n" * 244 + ".jsonl"  # 250 bytes: a legal file name, too long to grow a date or .error.txt
+    (tmp_path / name).write_text('{"text": "x"}\n')
+    d = daemon_proc()
+    drop(tmp_path / name, home / "inbox")
+    rej = home / "inbox" / "rejected"
+    err = wait_until(lambda: next(rej.glob("*.error.txt"), None) if rej.exists() else None, 30, what="refusal")
+    assert len(err.name.encode()) <= 255 and err.name.startswith("nnnn")
+    text = err.read_text()
+    assert "too long" in text and "250 bytes" in text and "Fix: rename it to a shorter name" in text
+    assert (rej / name).read_text() == '{"text": "x"}\n'
+    assert "internal error" not in (home / "overnight.log").read_text() and not _run_dirs(home)
+    assert d.proc.poll() is None
+
+
+def test_a_unicode_name_keeps_its_letters_in_the_run_id(model_home, daemon_proc, tmp_path):
+    home = model_home
+    daemon_proc()
+    (tmp_path / "données-日本.jsonl").write_text('{"text": "x"}\n')
+    drop(tmp_path / "données-日本.jsonl", home / "inbox")
+    [run] = wait_until(lambda: _run_dirs(home), 30, what="a run folder")
+    assert run.name.startswith("données-日本-")
+    # the run id is accepted back in a control file, even typed decomposed (as macOS writes é)
+    out = overnight("skip", run.name, home=home, check=True).stdout
+    assert "applied" in out and "skipped" in out
+    (home / "control" / "resume").write_text(run.name.replace("é", "e\u0301") + "\n")
+    wait_until(lambda: _state(home, run.name) == "queued", 15, what="queued again by control/resume")
+    assert not (home / "control" / "rejected").exists() or not list((home / "control" / "rejected").iterdir())
+
+
+def _state(home, rid):
+    from daemon.queries import Reader
+    return Reader(home / "overnight.db").run(rid)["state"]
+
+
+def test_a_folder_that_is_not_a_model_is_rejected_with_the_fix(home, daemon_proc, tmp_path):
+    (home / "control" / "stop").write_text("")
+    (home / "inbox" / "m.toml").write_text('base_model = "/etc"\n')
+    (home / "inbox" / "m.jsonl").write_text('{"text": "x"}\n')
+    daemon_proc()
+    err = wait_until(lambda: (home / "inbox" / "rejected" / "m.error.txt").exists()
+                     and home / "inbox" / "rejected" / "m.error.txt", 30, what="rejection")
+    text = err.read_text()
+    assert "/etc has no config.json" in text and "Fix: point base_model at the folder that holds config.json" in text
