@@ -1,4 +1,5 @@
-"""The control folder: parse command files, and move consumed ones to done/ and bad ones to rejected/.
+"""The control message type, shared by the daemon, the CLI and the dashboard: parse command files, move consumed
+ones to done/ and bad ones to rejected/, and (client side) write a command and match the daemon's answer.
 
 Convention: a command file's first line may name a run id; then it acts on that run only. An empty file acts
 on the running job. `pause` and an untargeted `stop` are *states*: they hold while the file exists. The other
