@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 
-from daemon.atomic import read_json
 from daemon.home import DaemonLock, Home
 from daemon.log import log
 from daemon.rundir import RunFolder, read_jsonl
@@ -156,7 +155,7 @@ def _disagreeing(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding
     finally:
         conn.close()
     odd = sorted(rid for rid in set(folders) & ids
-                 if (_metadata(folders[rid]).get("status") or states[rid]) != states[rid])
+                 if (RunFolder(folders[rid]).read_metadata().get("status") or states[rid]) != states[rid])
     if not odd:
         return None
     return Finding(f"{_n(len(odd), 'run')} with another state in the DB than in metadata.json: {_some(odd)}",
@@ -237,7 +236,7 @@ def rebuild(home: Home) -> Recovered:
 
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
-    found = [(d, _metadata(d), RunFolder(d).read_config()) for d in run_folders(home)]
+    found = [(d, RunFolder(d).read_metadata(), RunFolder(d).read_config()) for d in run_folders(home)]
     rows = _number([_run_row(d, meta, config) for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)
@@ -248,13 +247,6 @@ def _fill(store: Store, home: Home) -> Recovered:
         if m.get("pinned"):
             store.db["meta"].upsert({"key": f"pinned:{m['name']}", "value": str(m["version"])}, pk="key")
     return recovered
-
-
-def _metadata(folder: Path) -> dict[str, Any]:
-    try:
-        return read_json(RunFolder(folder).metadata, {}) or {}
-    except ValueError:
-        return {}
 
 
 def _run_row(folder: Path, meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

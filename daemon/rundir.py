@@ -69,6 +69,9 @@ class RunFolder:
     def read_result(self) -> dict[str, Any]:
         return _read_object(self.result)
 
+    def read_metadata(self) -> dict[str, Any]:
+        return _read_object(self.metadata)
+
 
 def _read_object(path: Path) -> dict[str, Any]:
     """A JSON object file; {} when absent or unreadable (a file cut short by a full disk is replaced by the next
@@ -143,7 +146,7 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
         "versions": {"overnight": __version__, "python": platform.python_version(), **(result.get("versions") or {})},
         "updated": iso(),
     }
-    model = _read_metadata(run_dir).get("model")
+    model = folder.read_metadata().get("model")
     if model:
         meta["model"] = model  # written by record_model; a state change must not drop it
     meta.update(extra)
@@ -153,16 +156,10 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
 def record_model(run_dir: Path, model: dict[str, Any]) -> None:
     """Keep the run's model version (number, active, pinned, deleted…) in its metadata.json: the registry lives
     only in the DB otherwise, and a DB rebuilt from the run folders must find it."""
-    meta = _read_metadata(run_dir)
+    folder = RunFolder(run_dir)
+    meta = folder.read_metadata()
     if meta:
-        write_json(RunFolder(run_dir).metadata, {**meta, "model": model})
-
-
-def _read_metadata(run_dir: Path) -> dict[str, Any]:
-    try:
-        return read_json(RunFolder(run_dir).metadata, {}) or {}
-    except ValueError:  # torn by a crash before atomic writes, or edited by hand: rewritten whole anyway
-        return {}
+        write_json(folder.metadata, {**meta, "model": model})
 
 # --------------------------------------------------------------------------------------------- growing files
 
