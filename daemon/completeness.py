@@ -6,6 +6,8 @@ from pathlib import Path
 
 # Longer than the pause of a slow writer between two appends (a script logging a record every few seconds).
 SETTLE_S = 6.0
+# How often a drop found open for writing is checked again (each check walks every process's open files).
+WRITERS_RECHECK_S = 2.0
 
 
 def writers_of(paths: list[Path]) -> list[str]:

@@ -60,7 +60,8 @@ def parse(path: Path) -> Command:
         raise ControlError(f"control/{shown(kind)}: unknown control file. Known: {', '.join(COMMANDS)} "
                            f"(a file's first line may name a run id). Fix: rename it to one of these.")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ControlError(f"control/{kind}: not a regular file (links and folders are refused). Fix: touch control/{kind}")
+        raise ControlError(f"control/{kind}: not a regular file (links and folders are refused). "
+                           f"Fix: touch control/{kind}")
     raw = path.read_bytes()[:_MAX_BYTES + 1]
     if len(raw) > _MAX_BYTES:
         raise ControlError(f"control/{kind}: larger than 64 KiB; a control file holds a run id or priority lines.")

@@ -19,7 +19,7 @@ from typing import Callable
 from daemon import rundir, sweep
 from daemon.rundir import RunFolder
 from daemon.atomic import write_json, write_text
-from daemon.completeness import SETTLE_S, writers_of
+from daemon.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
 from daemon.fsutil import SHORT_NAME, ignored, short_name, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
@@ -81,7 +81,7 @@ class Intake:
         self._on_reject = on_reject
         self._seen: dict[str, _Seen] = {}
         self._waiting_logged: set[str] = set()
-        self._writers_logged: set[str] = set()
+        self._held_open: dict[str, float] = {}  # drops a writer holds open -> when that was last asked
         # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
         # loop keeps answering control files; the accept/reject moves and DB writes stay on the loop.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
@@ -118,6 +118,7 @@ class Intake:
                 self._reject([p], stem_of(p), problem)
                 handled += 1
         drops, twins = _drops(files)
+        self._held_open = {k: v for k, v in self._held_open.items() if k in drops}
         toml_ok = self._owner_toml_ok()
         for key in [k for k in self._checking if not toml_ok or k not in drops]:
             self._checking.pop(key).future.cancel()  # taken away while being checked, or its options changed
@@ -179,13 +180,21 @@ class Intake:
         return 1
 
     def _still_written(self, stem: str, group: dict[str, Path]) -> bool:
-        """A process holds a file of the drop open for writing: it waits (said once in the log)."""
+        """A process holds a file of the drop open for writing: it waits (said once in the log). Asking every
+        process costs ~0.1 s, so a drop found held open is asked about again only every WRITERS_RECHECK_S."""
+        now = time.monotonic()
+        held_since = self._held_open.get(stem)
+        if held_since is not None and now - held_since < WRITERS_RECHECK_S:
+            return True
         writers = writers_of(list(group.values()))
-        if writers and stem not in self._writers_logged:
+        if not writers:
+            self._held_open.pop(stem, None)
+            return False
+        if held_since is None:
             log.info(f"inbox: {shown_name(group['dataset'].name)} waits: {', '.join(writers)} still has it open "
                      f"for writing")
-        self._writers_logged = (self._writers_logged | {stem}) if writers else self._writers_logged - {stem}
-        return bool(writers)
+        self._held_open[stem] = now
+        return True
 
     def busy(self) -> bool:
         """A drop is being validated."""

@@ -88,19 +88,10 @@ class TrainerProcess:
         self.signal("SIGKILL")
 
     def signal(self, name: str) -> None:
-        """Send a signal to the trainer's process group (its own session: data loader workers too)."""
-        try:
-            os.killpg(self.proc.pid, signal.Signals[name])
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.proc.pid, name)
 
     def progress_mark(self) -> tuple[int, object]:
-        """What changes while the trainer lives: progress.json's write time and step."""
-        try:
-            mtime = self.folder.progress.stat().st_mtime_ns
-        except OSError:
-            mtime = 0
-        return mtime, self.progress().get("step")
+        return progress_mark(self.folder)
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -174,6 +165,23 @@ class TrainerProcess:
                 self.proc.stdin.close()
         except OSError:
             pass
+
+
+def signal_group(pid: int, name: str) -> None:
+    """Send a signal to a trainer's process group (it has its own session: data loader workers too)."""
+    try:
+        os.killpg(pid, signal.Signals[name])
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def progress_mark(folder: RunFolder) -> tuple[int, object]:
+    """What changes while a trainer lives: progress.json's write time and step."""
+    try:
+        mtime = folder.progress.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return mtime, folder.read_progress().get("step")
 
 
 def leftover_trainers(runs_root: Path) -> list[tuple[Any, Path]]:

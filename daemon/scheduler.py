@@ -19,7 +19,7 @@ from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, OptionsError, load_home_toml
 from daemon.rundir import RunFolder
-from daemon.runner import TrainerProcess, leftover_trainers
+from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
 from daemon.states import ACTIVE, ENDED, State
@@ -28,6 +28,11 @@ from daemon.timefmt import iso
 
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
 MAX_ATTEMPTS = 3
+
+
+def _setting(owner: dict[str, Any], name: str) -> Any:
+    """An owner option from overnight.toml, or its default."""
+    return owner.get(name, OPTIONS[name].default)
 
 
 def _run_options(run: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +225,7 @@ class Daemon:
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
         self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
-        self.store.heartbeat(problem=self.intake.problem or message)
+        self.store.heartbeat(problem=self.problem)
         self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
         if self.stall.action == "restart":
             a.requested = "restart"
@@ -252,14 +257,15 @@ class Daemon:
             return
         run = queued[0]
         run_dir = Path(run["run_dir"])
+        owner = self._owner_options()
         try:
-            env = self._gpu_env()
+            # always one GPU (daemon/gpus.py), mapped through the daemon's own CUDA_VISIBLE_DEVICES
+            env = trainer_gpu_env(owner.get("gpus"), os.environ)
         except GpuChoiceError as e:
             self._fail_before_start(run, str(e))
             return
         ckpt = RunFolder(run_dir).newest_checkpoint()
-        self._disk_seen = shortage(run_dir, ckpt, float(self._owner_options().get("min_free_gb",
-                                                                                  OPTIONS["min_free_gb"].default)))
+        self._disk_seen = shortage(run_dir, ckpt, float(_setting(owner, "min_free_gb")))
         if self._disk_seen:
             return
         self._transition(run["id"], State.PREPARING, None, started=run["started"] or iso(),
@@ -268,17 +274,11 @@ class Daemon:
                                        f"{', resuming from ' + ckpt.name if ckpt else ''}; "
                                        f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
         self.active = TrainerProcess.start(run["id"], run_dir, env=env)
-        owner = self._owner_options()
-        self.stall = StallWatch(60 * float(owner.get("stall_minutes", OPTIONS["stall_minutes"].default)),
-                                str(owner.get("stall_action", OPTIONS["stall_action"].default)))
+        self.stall = StallWatch(60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action")))
         for kind in ("metrics", "evolution"):
             self.active.reset(kind, self.store)
         self.store.update_run(run["id"], pid=self.active.proc.pid)
         log.info(f"started {run['id']} (PID {self.active.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
-
-    def _gpu_env(self) -> dict[str, str]:
-        """The trainer's CUDA_VISIBLE_DEVICES: always one GPU (daemon/gpus.py), never overwriting the daemon's own."""
-        return trainer_gpu_env(self._owner_options().get("gpus"), os.environ)
 
     def _fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
@@ -311,16 +311,16 @@ class Daemon:
                                                            f"before it checkpointed (resumable from its last one)")
         elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
             state, reason = State.QUEUED, (f"restarted after a stall; resuming from its last checkpoint "
-                                       f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
+                                           f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         elif a.requested == "shutdown":
             state, reason = State.QUEUED, "daemon stopped; resumes from its last checkpoint"
         elif self._died_of_full_disk(a, result) and self._attempts(a.run_id) < MAX_ATTEMPTS:
-            state, reason = State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then resumes "
-                                       f"from its last complete checkpoint. Fix: free space on the disk of "
-                                       f"{self.home.root}")
+            state, reason = State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then "
+                                           f"resumes from its last complete checkpoint. Fix: free space on the disk "
+                                           f"of {self.home.root}")
         elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
             state, reason = State.QUEUED, (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
-                                       f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
+                                           f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
         else:
             state, reason = State.FAILED, result.get("reason") or self._crash_reason(a, rc)
         fields.update(pid=None)
@@ -381,7 +381,7 @@ class Daemon:
         """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
         if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.folder.console)):
             return True
-        min_free = float(self._owner_options().get("min_free_gb", OPTIONS["min_free_gb"].default))
+        min_free = float(_setting(self._owner_options(), "min_free_gb"))
         return not result and shortage(a.run_dir, a.folder.newest_checkpoint(), min_free) is not None
 
     def _crash_reason(self, a: TrainerProcess, rc: int | None) -> str:
@@ -420,17 +420,16 @@ class Daemon:
                    f"asking it to checkpoint and exit")
             log.warning(msg)
             rundir.append_console(run_dir, f"overnight: {msg}")
-            left = TrainerProcess(run_dir.name, run_dir, proc, requested="shutdown")  # type: ignore[arg-type]
-            left.escalation = Escalation(stop_grace(60 * OPTIONS["stall_minutes"].default, None), time.monotonic())
+            escalation = Escalation(stop_grace(60 * OPTIONS["stall_minutes"].default, None), time.monotonic())
             for sig in ("SIGTERM", "SIGCONT"):
-                left.signal(sig)
+                signal_group(proc.pid, sig)
             try:
-                while proc.is_running() and proc.status() != "zombie":
-                    sig = left.escalation.observe(left.progress_mark(), time.monotonic())
+                while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    sig = escalation.observe(progress_mark(RunFolder(run_dir)), time.monotonic())
                     if sig:
                         log.warning(f"the leftover trainer of {run_dir.name} (PID {proc.pid}) shows no progress: "
                                     f"sending {sig}")
-                        left.signal(sig)
+                        signal_group(proc.pid, sig)
                     time.sleep(0.5)
             except psutil.NoSuchProcess:
                 pass
