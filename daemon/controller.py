@@ -175,15 +175,16 @@ class Controller:
         control.consume(self.home, cmd.path)
 
     def _lift_holds(self) -> str:
+        """A resume naming no run lifts control/pause (whatever it names) and an untargeted control/stop."""
         lifted = []
-        for kind in ("pause", "stop"):
-            path = self.home.control / kind
-            if control.held(self.home, kind) == "*" or (kind == "pause" and path.exists()):
-                control.consume(self.home, path)
-                lifted.append(f"control/{kind} lifted")
-        if lifted and "control/stop lifted" in lifted:
+        pause = self.home.control / "pause"
+        if pause.exists():
+            control.consume(self.home, pause)
+            lifted.append("control/pause lifted")
+        if self.queue_held():
+            control.consume(self.home, self.home.control / "stop")
             self.stop_held = False  # said here: no second "control/stop removed" acknowledgement
-            lifted[-1] += ": the queue goes on"
+            lifted.append("control/stop lifted: the queue goes on")
         return "resume: " + ("; ".join(lifted) if lifted else "nothing was paused or stopped")
 
     # --- priority -----------------------------------------------------------------------------------------
