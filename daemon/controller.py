@@ -46,15 +46,18 @@ class Controller:
         self.home, self.store, self.transition = home, store, transition
         self.stop_held = False  # an untargeted control/stop was acknowledged and holds the queue
         self.pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
-        self.active: Trainer | None = None
+        self.trainers: list[Trainer] = []  # the running trainers, one per slot
+        self.free_slots: Callable[[], int] = lambda: 0
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
 
     # --- one pass ---------------------------------------------------------------------------------------
-    def apply(self, active: Trainer | None) -> None:
-        """Read every control file once; then keep pause/stop states in force and check for preemption."""
-        self.active = active
+    def apply(self, trainers: list[Trainer], free_slots: Callable[[], int] = lambda: 0) -> None:
+        """Read every control file once; then keep pause/stop states in force and check for preemption.
+
+        `free_slots`: how many more runs could start now (asked only when a queued run might preempt)."""
+        self.trainers, self.free_slots = trainers, free_slots
         for path in control.command_files(self.home):
             if not control.settled(path):
                 continue  # `echo RUN > control/stop` creates the file empty, then writes: read it next pass
@@ -86,27 +89,36 @@ class Controller:
         self.store.control_event(path.name, None, f"control/{path.name}", "rejected", message)
         log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
 
-    def _run_for(self, cmd: Command, states: tuple[State, ...]) -> dict[str, Any]:
-        """The run a command acts on: its named target, else the running job."""
+    def _trainer(self, run_id: str) -> Trainer | None:
+        return next((a for a in self.trainers if a.run_id == run_id), None)
+
+    def _runs_for(self, cmd: Command, states: tuple[State, ...], every: bool = False) -> list[dict[str, Any]]:
+        """The runs a command acts on: its named target, else the running job (`every`: all running jobs)."""
         if cmd.target:
             run = self.store.get_run(cmd.target)
             if run is None:
                 raise ControlError(f"{cmd.source}: no run with id {cmd.target!r} (see overnight runs).")
-        elif self.active:
-            run = self.store.get_run(self.active.run_id)
-        else:
+            runs = [run]
+        elif not self.trainers:
             raise ControlError(f"{cmd.source}: no job is running, and the file names no run. "
                                f"Fix: write the run id into the file (echo RUN_ID > {cmd.source}).")
-        if run["state"] not in states:
-            raise ControlError(f"{cmd.source}: run {run['id']} is {run['state']}; {cmd.kind} applies to runs "
-                               f"that are {' or '.join(states)}.")
-        return run
+        elif len(self.trainers) > 1 and not every:
+            raise ControlError(f"{cmd.source}: {len(self.trainers)} runs are training "
+                               f"({', '.join(a.run_id for a in self.trainers)}) and the file names none. "
+                               f"Fix: write the run id into the file (echo RUN_ID > {cmd.source}).")
+        else:
+            runs = [self.store.get_run(a.run_id) for a in self.trainers]
+        for run in runs:
+            if run["state"] not in states:
+                raise ControlError(f"{cmd.source}: run {run['id']} is {run['state']}; {cmd.kind} applies to runs "
+                                   f"that are {' or '.join(states)}.")
+        return runs
 
     # --- stop and skip ------------------------------------------------------------------------------------
     def _on_stop(self, cmd: Command) -> None:
         if not cmd.target and self.stop_held:
             return  # an untargeted stop stays in place and holds the queue; acknowledged once
-        if not cmd.target and not self.active:
+        if not cmd.target and not self.trainers:
             self.stop_held = True
             self._ack("stop", None, cmd.source, "stop file present: no new job starts until control/stop is removed")
             return
@@ -116,10 +128,18 @@ class Controller:
         self._stop_like(cmd, "skip")
 
     def _stop_like(self, cmd: Command, request: str) -> None:
-        run = self._run_for(cmd, LIVE)
+        """stop or skip the named run; an untargeted stop stops every running job, skip needs the one."""
+        for run in self._runs_for(cmd, LIVE, every=request == "stop"):
+            self._stop_run(cmd, request, run)
+        if cmd.target or cmd.kind != "stop":
+            control.consume(self.home, cmd.path)
+        else:
+            self.stop_held = True  # the untargeted stop file stays: it holds the queue after this run
+
+    def _stop_run(self, cmd: Command, request: str, run: dict[str, Any]) -> None:
         end_state = REQUEST_OUTCOME[request]
-        a = self.active
-        if a and a.run_id == run["id"]:
+        a = self._trainer(run["id"])
+        if a:
             in_force = a.request_stop(request)
             msg = (f"{request} {run['id']}: checkpointing at the next step, then {end_state}" if in_force == request
                    else f"{request} {run['id']}: already stopping ({in_force} requested); it ends "
@@ -128,10 +148,6 @@ class Controller:
             self.transition(run["id"], end_state, f"{request} requested before it started")
             msg = f"{request} {run['id']}: {end_state} (it was queued)"
         self._ack(request, cmd.target, cmd.source, msg, run["id"])
-        if cmd.target or cmd.kind != "stop":
-            control.consume(self.home, cmd.path)
-        else:
-            self.stop_held = True  # the untargeted stop file stays: it holds the queue after this run
 
     def _hold_stop(self) -> None:
         if self.stop_held and not self.queue_held():
@@ -149,25 +165,25 @@ class Controller:
         if path.is_file() and not control.settled(path):
             return  # being written: the pause state stays as it is for one more pass
         wanted = control.held(self.home, "pause")
-        a = self.active
-        if not a and wanted and wanted != self.pause_target:  # acknowledged once, so clients hear back
+        if not self.trainers and wanted and wanted != self.pause_target:  # acknowledged once, so clients hear back
             self._ack("pause", None if wanted == "*" else wanted, "control/pause",
                       "pause: no job is running; the next one halts at its first step while control/pause exists")
         self.pause_target = wanted
-        should_pause = bool(a and wanted in ("*", a.run_id))
-        if a and should_pause != a.paused and not a.requested:
-            a.set_paused(should_pause)
-            msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
-                   if should_pause else f"resume {a.run_id}: control/pause removed")
-            self._ack("pause" if should_pause else "resume", None if wanted in (None, "*") else wanted,
-                      "control/pause", msg, a.run_id)
+        for a in self.trainers:
+            should_pause = wanted in ("*", a.run_id)
+            if should_pause != a.paused and not a.requested:
+                a.set_paused(should_pause)
+                msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
+                       if should_pause else f"resume {a.run_id}: control/pause removed")
+                self._ack("pause" if should_pause else "resume", None if wanted in (None, "*") else wanted,
+                          "control/pause", msg, a.run_id)
 
     def _on_resume(self, cmd: Command) -> None:
         """resume: with no run, lift a pause and an untargeted stop; with an ended run, queue it again."""
-        if not cmd.target or (self.active and cmd.target == self.active.run_id):
+        if not cmd.target or self._trainer(cmd.target):
             self._ack("resume", cmd.target, cmd.source, self._lift_holds())
         else:
-            run = self._run_for(cmd, RESUMABLE + (State.PAUSED,))
+            [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
             if run["state"] != State.PAUSED:
                 self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
                                 finished=None)
@@ -205,17 +221,21 @@ class Controller:
         control.consume(self.home, cmd.path)
 
     def _preempt(self) -> None:
-        """A queued run with a higher priority than the running one takes its place; that one resumes later."""
-        a = self.active
-        if not a or a.requested:
+        """A queued run with a higher priority than a running one takes the slot of the lowest-priority running
+        run when no slot is free; that one resumes later."""
+        running = [(self.store.get_run(a.run_id), a) for a in self.trainers if not a.requested]
+        queued = self.store.runs_in([State.QUEUED]) if running else []
+        if not queued:
             return
-        queued = self.store.runs_in([State.QUEUED])
-        run = self.store.get_run(a.run_id)
-        if queued and run and queued[0]["priority"] > run["priority"]:
+        freeing = sum(1 for a in self.trainers if a.requested) + self.free_slots()  # slots the queue gets anyway
+        running.sort(key=lambda ra: (ra[0]["priority"], -(ra[0]["seq"] or 0)))  # the lowest, latest first
+        for q, (run, a) in zip(queued[freeing:], running):
+            if q["priority"] <= run["priority"]:
+                return
             a.request_stop("preempt")
             self._ack("preempt", a.run_id, "priority",
-                      f"preempt {a.run_id} (priority {run['priority']}) for {queued[0]['id']} (priority "
-                      f"{queued[0]['priority']}): checkpointing; it resumes afterwards", a.run_id)
+                      f"preempt {a.run_id} (priority {run['priority']}) for {q['id']} (priority "
+                      f"{q['priority']}): checkpointing; it resumes afterwards", a.run_id)
 
     # --- the registry -------------------------------------------------------------------------------------
     def _on_model(self, cmd: Command) -> None:

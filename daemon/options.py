@@ -139,6 +139,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
            (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
            '"all", a positive count, or a list of GPU indices', owner_only=True),
+    Option("gpus_per_run", int, None, "GPUs one run trains on (several: through torchrun); default all of gpus",
+           _rng(1, 4096), "1 .. 4096", owner_only=True),
+    Option("max_parallel_runs", int, None, "runs trained side by side (on the CPU each gets cores / N threads); "
+           "default one per GPU set, one on the CPU", _rng(1, 4096), "1 .. 4096", owner_only=True),
     Option("max_sweep_runs", int, 16, "the most runs one sidecar's sweep (lists of values) may queue", _rng(1, 10**4),
            "1 .. 10000", owner_only=True),
 ]}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.rundir import JsonlTail, RunFolder
-from daemon.stall import Escalation
+from daemon.gpus import Slot
+from daemon.stall import Escalation, StallWatch
 from daemon.store import Store
 
 
@@ -39,6 +40,8 @@ class TrainerProcess:
     started: float = field(default_factory=time.monotonic)
     step_s: float | None = None  # seconds per step, measured since training (re)started
     escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits
+    slot: Slot = field(default_factory=Slot)  # the GPU set (or CPU share) it trains on
+    stall: StallWatch | None = None  # its stall detector (set by the scheduler)
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":

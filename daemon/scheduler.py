@@ -13,7 +13,8 @@ import psutil
 from daemon import __version__, hooks, notify, rebuild, registry, rundir, sweep
 from daemon.completeness import SETTLE_S
 from daemon.controller import REQUEST_OUTCOME, Controller
-from daemon.gpus import GpuChoiceError, trainer_gpu_env
+from daemon import gpus
+from daemon.gpus import GpuChoiceError, Slot
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
@@ -56,9 +57,7 @@ class Daemon:
         # the owner about trouble with self.notifier.send("stalled" | "disk_low", title, body, subject=RUN).
         self.notifier = notify.Notifier(lambda: self._owner_options().get("notify"))
         self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set, on_reject=self._on_reject)
-        self.active: TrainerProcess | None = None
-        self.stall: StallWatch | None = None  # the active trainer's stall detector
-        self.stall_problem: str | None = None  # a stall being reported (status PROBLEM line, dashboard banner)
+        self.trainers: dict[str, TrainerProcess] = {}  # by run id: the runs training side by side, one per slot
         self.stopping = False
         self.controller = Controller(home, self.store, self._transition)
         self._observer = None
@@ -95,7 +94,8 @@ class Daemon:
     @property
     def problem(self) -> str | None:
         """What keeps the daemon from doing its work (status PROBLEM line, dashboard banner)."""
-        return self.intake.problem or self.disk_problem or self.stall_problem
+        stalled = [a.stall.message(a.run_id, a.proc.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
+        return self.intake.problem or self.disk_problem or (" · ".join(stalled) if stalled else None)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info(f"received {signal.Signals(signum).name}: checkpointing and exiting")
@@ -125,7 +125,7 @@ class Daemon:
 
     def _idle(self) -> bool:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
-        if self.active or self.intake.busy():
+        if self.trainers or self.intake.busy():
             return False
         if self.store.runs_in([State.QUEUED]) and not self.controller.queue_held():
             return False
@@ -135,13 +135,14 @@ class Daemon:
         return not stems and not any(p.is_symlink() for p in self.intake.pending())
 
     def shutdown(self) -> None:
-        """Checkpoint the running job (it goes back to the queue and resumes at the next start), then exit."""
-        a = self.active
-        if a:
+        """Checkpoint the running jobs (they go back to the queue and resume at the next start), then exit."""
+        for a in self.trainers.values():
             a.request_stop("shutdown")
             a.close_stdin()
+        for a in list(self.trainers.values()):
             while a.wait(0.5) is None:
-                self._guard("escalate", lambda: self._escalate(a))
+                for b in self.trainers.values():
+                    self._guard("escalate", lambda: self._escalate(b))
                 if a.escalation and a.escalation.sent == "SIGKILL" and a.wait(30) is None:
                     log.error(f"trainer of {a.run_id} (PID {a.proc.pid}) survived SIGKILL (stuck in the kernel?); "
                               f"leaving it: the next daemon ends it at start")
@@ -165,7 +166,7 @@ class Daemon:
     def step(self) -> None:
         """Intake, control, trainer bookkeeping, queue: each guarded so one failure never stops the daemon."""
         self._disk_seen = None
-        for part in (self.intake.scan, self.apply_control, self.watch_trainer, self.select_groups, self.start_next):
+        for part in (self.intake.scan, self.apply_control, self.watch_trainers, self.select_groups, self.start_next):
             self._guard(part.__name__, part)
         if self._disk_seen != self.disk_problem:
             if self._disk_seen:
@@ -188,10 +189,11 @@ class Daemon:
                 self._faults[key] = time.monotonic()
                 log.exception(f"internal error in {name}")
 
-    def watch_trainer(self) -> None:
-        a = self.active
-        if a is None:
-            return
+    def watch_trainers(self) -> None:
+        for a in list(self.trainers.values()):
+            self._guard(f"watch {a.run_id}", lambda: self._watch_trainer(a))
+
+    def _watch_trainer(self, a: TrainerProcess) -> None:
         fields = a.ingest(self.store)
         self._escalate(a)
         progress = a.progress()
@@ -212,22 +214,20 @@ class Daemon:
             self._finish(a)
 
     def _watch_stall(self, a: TrainerProcess, state: str, step: int) -> None:
-        if self.stall is None or a.poll() is not None:
+        if a.stall is None or a.poll() is not None:
             return
-        was_stalled = self.stall.stalled
-        if not self.stall.observe(state, step, time.monotonic()):
-            if was_stalled and not self.stall.stalled:
-                self.stall_problem = None
+        was_stalled = a.stall.stalled
+        if not a.stall.observe(state, step, time.monotonic()):
+            if was_stalled and not a.stall.stalled:
                 log.info(f"{a.run_id}: training steps again (step {step})")
             return
-        message = self.stall.message(a.run_id, a.proc.pid)
-        self.stall_problem = message
+        message = a.stall.message(a.run_id, a.proc.pid)
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
         self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
         self.store.heartbeat(problem=self.problem)
         self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
-        if self.stall.action == "restart":
+        if a.stall.action == "restart":
             a.requested = "restart"
             a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
 
@@ -236,8 +236,8 @@ class Daemon:
         if not a.requested or a.poll() is not None:
             return
         if a.escalation is None:
-            stalled = bool(self.stall and self.stall.stalled)  # known frozen: no need to wait long
-            limit = self.stall.limit_s if self.stall else 60 * OPTIONS["stall_minutes"].default
+            stalled = bool(a.stall and a.stall.stalled)  # known frozen: no need to wait long
+            limit = a.stall.limit_s if a.stall else 60 * OPTIONS["stall_minutes"].default
             a.escalation = Escalation(5.0 if stalled else stop_grace(limit, a.step_s), time.monotonic())
         sig = a.escalation.observe(a.progress_mark(), time.monotonic())
         if sig:
@@ -250,35 +250,67 @@ class Daemon:
             a.signal(sig)
 
     def start_next(self) -> None:
-        if self.active or self.stopping or self.controller.queue_held():
+        """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
+        if self.stopping or self.controller.queue_held():
             return
         queued = self.store.runs_in([State.QUEUED])
         if not queued:
             return
-        run = queued[0]
-        run_dir = Path(run["run_dir"])
         owner = self._owner_options()
         try:
-            # always one GPU (daemon/gpus.py), mapped through the daemon's own CUDA_VISIBLE_DEVICES
-            env = trainer_gpu_env(owner.get("gpus"), os.environ)
+            slots = gpus.plan(owner, os.environ)
         except GpuChoiceError as e:
-            self._fail_before_start(run, str(e))
+            if not self.trainers:  # a choice no run can train under: the next one fails with the fix
+                self._fail_before_start(queued[0], str(e))
             return
+        for run, slot in zip(queued, self._free(slots)):
+            if not self._start(run, slot, owner):
+                return
+
+    def _free(self, slots: list[Slot]) -> list[Slot]:
+        """The slots no running trainer holds (slots that share a GPU with a busy one are busy too)."""
+        busy = [a.slot for a in self.trainers.values()]
+        free = []
+        for slot in slots:
+            if slot.devices and any(set(slot.devices) & set(b.devices) for b in busy):
+                continue
+            if not slot.devices and slot in busy:
+                busy.remove(slot)  # CPU shares are alike: each running CPU trainer holds one
+                continue
+            free.append(slot)
+        return free
+
+    def _free_slots(self) -> int:
+        """How many more runs could start now (preemption asks only when none could)."""
+        try:
+            return len(self._free(gpus.plan(self._owner_options(), os.environ)))
+        except GpuChoiceError:
+            return 0
+
+    def _start(self, run: dict[str, Any], slot: Slot, owner: dict[str, Any]) -> bool:
+        """Start one queued run's trainer on `slot`; False when the disk is too full to start anything."""
+        run_dir = Path(run["run_dir"])
         ckpt = RunFolder(run_dir).newest_checkpoint()
         self._disk_seen = shortage(run_dir, ckpt, float(_setting(owner, "min_free_gb")))
         if self._disk_seen:
-            return
-        self._transition(run["id"], State.PREPARING, None, started=run["started"] or iso(),
-                         attempts=(run["attempts"] or 0) + 1, resume_from=ckpt.name if ckpt else None)
-        rundir.append_console(run_dir, f"overnight: starting trainer (attempt {(run['attempts'] or 0) + 1}"
-                                       f"{', resuming from ' + ckpt.name if ckpt else ''}; "
+            return False
+        attempt = (run["attempts"] or 0) + 1
+        self._transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
+                         resume_from=ckpt.name if ckpt else None)
+        env = slot.env(os.environ)
+        rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}"
+                                       f"{', resuming from ' + ckpt.name if ckpt else ''}; {slot.label}; "
                                        f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
-        self.active = TrainerProcess.start(run["id"], run_dir, env=env)
-        self.stall = StallWatch(60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action")))
+        a = TrainerProcess.start(run["id"], run_dir, env=env)
+        a.slot = slot
+        a.stall = StallWatch(60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action")))
+        self.trainers[run["id"]] = a
         for kind in ("metrics", "evolution"):
-            self.active.reset(kind, self.store)
-        self.store.update_run(run["id"], pid=self.active.proc.pid)
-        log.info(f"started {run['id']} (PID {self.active.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
+            a.reset(kind, self.store)
+        self.store.update_run(run["id"], pid=a.proc.pid)
+        log.info(f"started {run['id']} on {slot.label} (PID {a.proc.pid}"
+                 f"{', resume from ' + ckpt.name if ckpt else ''})")
+        return True
 
     def _fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
@@ -327,7 +359,7 @@ class Daemon:
         if state in ENDED:
             fields["finished"] = iso()
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
-        self.active, self.stall, self.stall_problem = None, None, None
+        self.trainers.pop(a.run_id, None)
         rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
@@ -398,7 +430,7 @@ class Daemon:
             self._ended_groups.add(run["group_id"])
 
     def apply_control(self) -> None:
-        self.controller.apply(self.active)
+        self.controller.apply(list(self.trainers.values()), free_slots=self._free_slots)
 
     # --- recovery -------------------------------------------------------------------------------------
     def recover(self) -> None:

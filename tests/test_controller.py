@@ -45,7 +45,8 @@ class Bench:
         self.home.create()
         self.store = Store(self.home.db)
         self.ctl = Controller(self.home, self.store, self._transition)
-        self.active: StubTrainer | None = None
+        self.trainers: list[StubTrainer] = []
+        self.free = 0  # slots free for queued runs
 
     def _transition(self, run_id: str, state: str, reason: str | None, **fields: object) -> None:
         self.store.set_state(run_id, state, reason, **fields)
@@ -58,10 +59,10 @@ class Bench:
                                "run_dir": str(run_dir)})
         return run_id
 
-    def running(self, run_id: str) -> StubTrainer:
-        self.run(run_id, "training")
-        self.active = StubTrainer(run_id)
-        return self.active
+    def running(self, run_id: str, priority: int = 0) -> StubTrainer:
+        self.run(run_id, "training", priority)
+        self.trainers.append(StubTrainer(run_id))
+        return self.trainers[-1]
 
     def drop(self, kind: str, content: str = "") -> Path:
         path = self.home.control / kind
@@ -73,7 +74,7 @@ class Bench:
     def step(self) -> list[dict]:
         """One pass; the events it recorded."""
         before = len(self.events())
-        self.ctl.apply(self.active)
+        self.ctl.apply(self.trainers, lambda: self.free)
         return self.events()[before:]
 
     def events(self) -> list[dict]:
@@ -148,7 +149,7 @@ def test_an_untargeted_stop_stops_the_job_and_holds_the_queue(b: Bench) -> None:
     path = b.drop("stop")
     assert messages(b.step()) == ["applied: stop a-1: checkpointing at the next step, then stopped"]
     assert t.calls == ["request_stop stop"] and path.exists() and b.ctl.queue_held()
-    b.active = None  # the trainer exited
+    b.trainers.clear()  # the trainer exited
     assert b.step() == []  # still held, not acknowledged again
     path.unlink()
     assert messages(b.step()) == ["applied: control/stop removed: the queue goes on"]
@@ -290,3 +291,41 @@ def test_the_client_ticket_matches_the_acknowledgement_by_event_id(b: Bench) -> 
     os.utime(ticket.path, (time.time() - 5,) * 2)
     b.step()
     assert [e["message"] for e in ticket.wait(b.home, 1)] == ["stop q-1: stopped (it was queued)"]
+
+
+# --- several runs side by side ------------------------------------------------------------------------------
+def test_a_named_command_acts_on_its_run_only(b: Bench) -> None:
+    a, c = b.running("a-1"), b.running("c-1")
+    b.drop("skip", "c-1\n")
+    b.drop("pause", "a-1\n")
+    b.step()
+    assert (a.requested, a.paused, c.requested, c.paused) == (None, True, "skip", False)
+
+
+def test_an_untargeted_skip_with_several_runs_asks_which(b: Bench) -> None:
+    a, c = b.running("a-1"), b.running("c-1")
+    b.drop("skip")
+    [event] = b.step()
+    assert event["status"] == "rejected" and "2 runs are training (a-1, c-1)" in event["message"]
+    assert "Fix: " in event["message"] and a.requested is c.requested is None
+
+
+def test_an_untargeted_stop_or_pause_reaches_every_run(b: Bench) -> None:
+    a, c = b.running("a-1"), b.running("c-1")
+    b.drop("pause")
+    b.step()
+    assert a.paused and c.paused
+    b.drop("stop")
+    b.step()
+    assert a.requested == c.requested == "stop" and b.ctl.queue_held()
+
+
+def test_preemption_takes_the_lowest_priority_run_and_only_when_no_slot_is_free(b: Bench) -> None:
+    low, mid = b.running("low-1", priority=1), b.running("mid-1", priority=5)
+    b.run("hi-1", priority=3)
+    b.free = 1
+    assert b.step() == [] and low.requested is None  # a free slot: hi-1 just starts there
+    b.free = 0
+    assert "preempt low-1 (priority 1) for hi-1 (priority 3)" in messages(b.step())[0]
+    assert (low.requested, mid.requested) == ("preempt", None)
+    assert b.step() == []  # low-1's slot goes to hi-1: nothing more is preempted

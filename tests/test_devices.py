@@ -6,43 +6,66 @@ import json
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from daemon.gpus import GpuChoiceError, trainer_gpu_env
+from daemon import gpus
+from daemon.gpus import GpuChoiceError
 from tests.conftest import overnight
 
 
-# ------------------------------------------------------------------------------------------ one GPU per run
+# ------------------------------------------------------------------------------------------ GPU sets
 
-@pytest.mark.parametrize("gpus, inherited, visible", [
-    (None, None, "0"),  # nothing said anywhere: the first GPU, never all of them
-    ("all", None, "0"),  # one GPU per run until the torchrun launcher lands
-    (2, None, "0"),
-    ([1], None, "1"),
-    ([2, 3], None, "2"),
-    (None, "3,5", "3"),  # Slurm/Kubernetes gave the daemon GPUs 3 and 5: indices count within them
-    ([1], "3,5", "5"),
-    ([0], "GPU-8c1f6e0a-aaaa,GPU-1d2e3f4a-bbbb", "GPU-8c1f6e0a-aaaa"),  # UUIDs pass through untouched
-    (None, "", ""),  # the CPU chosen on purpose stays chosen
-    ("all", "", ""),
+@pytest.mark.parametrize("owner, inherited, count, sets", [
+    ({}, None, 2, [("0", "1")]),  # nothing said anywhere: one run over every GPU (torchrun)
+    ({"gpus": "all", "gpus_per_run": 1}, None, 2, [("0",), ("1",)]),  # two runs side by side
+    ({"gpus_per_run": 4}, None, 8, [("0", "1", "2", "3"), ("4", "5", "6", "7")]),
+    ({"gpus_per_run": 3}, None, 8, [("0", "1", "2"), ("3", "4", "5")]),  # GPUs 6 and 7 make no whole set
+    ({"gpus_per_run": 1, "max_parallel_runs": 2}, None, 4, [("0",), ("1",)]),
+    ({"gpus": 2}, None, 4, [("0", "1")]),
+    ({"gpus": [1]}, None, 4, [("1",)]),
+    ({"gpus": [2, 3], "gpus_per_run": 1}, None, 4, [("2",), ("3",)]),
+    ({}, "3,5", None, [("3", "5")]),  # Slurm/Kubernetes gave the daemon GPUs 3 and 5: indices count within them
+    ({"gpus": [1]}, "3,5", None, [("5",)]),
+    ({"gpus": [0]}, "GPU-8c1f6e0a-aaaa,GPU-1d2e3f4a-bbbb", None, [("GPU-8c1f6e0a-aaaa",)]),  # UUIDs pass through
+    ({}, None, None, [("0",)]),  # NVML cannot count: the first GPU, as CUDA numbers them
+    ({}, None, 0, [()]),  # no GPU: the CPU
+    ({}, "", None, [()]),  # the CPU chosen on purpose stays chosen
+    ({"gpus": "all"}, "", None, [()]),
 ])
-def test_trainer_sees_exactly_one_gpu(gpus: Any, inherited: str | None, visible: str) -> None:
+def test_gpu_sets(owner: dict, inherited: str | None, count: int | None, sets: list[tuple[str, ...]]) -> None:
     env = {} if inherited is None else {"CUDA_VISIBLE_DEVICES": inherited}
-    assert trainer_gpu_env(gpus, env) == {"CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert [slot.devices for slot in gpus.plan(owner, env, lambda: count)] == sets
 
 
-def test_device_order_of_the_user_is_kept() -> None:
-    env = {"CUDA_VISIBLE_DEVICES": "1,0", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
-    assert trainer_gpu_env([1], env) == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+def test_cpu_runs_side_by_side_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    slots = gpus.plan({"max_parallel_runs": 2}, {"CUDA_VISIBLE_DEVICES": ""})
+    assert slots == [gpus.Slot(threads=4)] * 2 and slots[0].label == "CPU"
+    assert slots[0].env({})["OMP_NUM_THREADS"] == "4" and slots[0].env({})["CUDA_VISIBLE_DEVICES"] == ""
+    assert "OMP_NUM_THREADS" not in gpus.plan({}, {"CUDA_VISIBLE_DEVICES": ""})[0].env({})  # one run: all cores
 
 
-@pytest.mark.parametrize("gpus, inherited", [([2], "3,5"), ([0], ""), (1, "")])
-def test_a_gpu_the_daemon_cannot_see_is_an_error(gpus: Any, inherited: str) -> None:
+def test_a_gpu_set_sees_its_gpus_in_pci_order() -> None:
+    slot = gpus.Slot(("0", "1"))
+    assert slot.env({}) == {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert slot.env({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"})["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"  # the user's
+    assert slot.label == "GPU 0,1" and slot.nvml_indices() == [0, 1]
+
+
+@pytest.mark.parametrize("owner, inherited, count, says", [
+    ({"gpus": [2]}, "3,5", None, "CUDA_VISIBLE_DEVICES='3,5'"),
+    ({"gpus": [0]}, "", None, "CUDA_VISIBLE_DEVICES=''"),
+    ({"gpus": 1}, "", None, "CUDA_VISIBLE_DEVICES=''"),
+    ({"gpus": [4]}, None, 2, "the NVIDIA driver shows 2 GPU(s)"),
+    ({"gpus_per_run": 3}, None, 2, "gpus_per_run = 3"),
+])
+def test_gpus_the_daemon_cannot_see_are_an_error(owner: dict, inherited: str | None, count: int | None,
+                                                  says: str) -> None:
+    env = {} if inherited is None else {"CUDA_VISIBLE_DEVICES": inherited}
     with pytest.raises(GpuChoiceError) as e:
-        trainer_gpu_env(gpus, {"CUDA_VISIBLE_DEVICES": inherited})
-    assert f"CUDA_VISIBLE_DEVICES={inherited!r}" in str(e.value) and "Fix: " in str(e.value)
+        gpus.plan(owner, env, lambda: count)
+    assert says in str(e.value) and "Fix: " in str(e.value)
 
 
 def test_trainer_started_by_hand_is_narrowed_to_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.atomic import read_json, write_json
-from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon import gpus
+from daemon.gpus import under_torchrun
 from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
@@ -173,7 +174,7 @@ def environment_defaults() -> None:
     if not under_torchrun(os.environ):
         # one process trains on one GPU (the Trainer would wrap several in nn.DataParallel): the daemon already
         # chose one; this narrows a trainer started by hand the same way (pick_device still refuses several)
-        os.environ.update(trainer_gpu_env(None, os.environ))
+        os.environ.update(gpus.plan({"gpus_per_run": 1, "max_parallel_runs": 1}, os.environ)[0].env(os.environ))
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
