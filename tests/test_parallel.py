@@ -1,0 +1,47 @@
+"""Several runs side by side (`max_parallel_runs` on the CPU): the real daemon, trainers and tiny model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import overnight, wait_until
+from tests.test_control_e2e import drop_all, losses, progress_step, run_of, state, write_dataset
+
+pytestmark = pytest.mark.e2e
+
+
+def alive(pid: int | None) -> bool:
+    return bool(pid) and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: Path, daemon_proc,
+                                                         tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_parallel_runs = 2\n')
+    overnight("pause", home=home, check=True)  # whatever starts halts at its first step
+    daemon_proc()
+    drop_all(write_dataset(tmp_path, "low", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "long", 100000, priority=5), home / "inbox")
+    wait_until(lambda: state(home, "low") == state(home, "long") == "paused", 120, what="both runs paused")
+    low, long = run_of(home, "low"), run_of(home, "long")
+    assert low["pid"] != long["pid"] and alive(low["pid"]) and alive(long["pid"])  # two trainers at once
+    status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
+    assert {r["id"] for r in status["runs"] if r["state"] == "paused"} == {low["id"], long["id"]}
+
+    overnight("pause", low["id"], home=home, check=True)  # now only low is held
+    wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") > 3, 60,
+               what="long goes on")
+    assert state(home, "low") == "paused" and progress_step(home, "low") <= 1
+
+    drop_all(write_dataset(tmp_path, "urgent", 6, priority=3), home / "inbox")
+    wait_until(lambda: state(home, "low") == "queued", 60, what="low preempted for urgent")
+    wait_until(lambda: state(home, "urgent") == "completed", 120, what="urgent completes")
+    assert state(home, "long") == "training" and run_of(home, "long")["attempts"] == 1  # the higher one kept its slot
+
+    (home / "control" / "pause").unlink()
+    wait_until(lambda: state(home, "low") == "completed", 120, what="low resumes and completes")
+    assert sorted(losses(home, "low")) == list(range(1, 31)) and run_of(home, "low")["attempts"] == 2
+    overnight("stop", long["id"], home=home, check=True)
+    wait_until(lambda: state(home, "long") == "stopped", 60, what="long stopped")
