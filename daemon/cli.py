@@ -237,9 +237,9 @@ def _steer(kind: str, doc: str):
     return _cmd
 
 
-_steer("pause", "Pause the running job (or RUN) at the next step; it stays paused until resumed.")
-_steer("stop", "Checkpoint and stop the running job (or RUN); without RUN, no new job starts until resume.")
-_steer("skip", "Checkpoint the running job (or RUN), mark it skipped, and go on with the queue.")
+_steer("pause", "Pause RUN (without RUN: every running job) at the next step; it stays paused until resumed.")
+_steer("stop", "Checkpoint and stop RUN; without RUN, every running job, and no new job starts until resume.")
+_steer("skip", "Checkpoint RUN (or the one running job), mark it skipped, and go on with the queue.")
 
 
 @main.command()
