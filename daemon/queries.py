@@ -68,14 +68,15 @@ class Reader:
             raise BrokenDB(self.path, e) from None
 
     def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """Runs: active first, then queued by priority and arrival, then finished ones newest first."""
+        """Runs: active ones, then queued ones, each by priority and arrival; then finished ones newest first."""
         where, args = "", ()
         if states:
             where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
         queued = f"'{State.QUEUED}'"
+        live = f"state IN {values(ACTIVE)} OR state = {queued}"  # several runs may be active: priority order too
         order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
-                 f"CASE WHEN state = {queued} THEN -priority ELSE 0 END, "
-                 f"CASE WHEN state = {queued} THEN seq ELSE -seq END")
+                 f"CASE WHEN {live} THEN -priority ELSE 0 END, "
+                 f"CASE WHEN {live} THEN seq ELSE -seq END")
         return [_decoded(r) for r in self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
