@@ -236,3 +236,20 @@ def add_sweep(fx: FixtureHome) -> None:
         store.db.execute("UPDATE runs SET updated = ?", [iso(at(120))])
     finally:
         store.close()
+
+
+SECOND = "summaries-20260514-021000"  # a second training run, on GPU 1, above TRAINING (GPU 0) in priority
+
+
+def add_second_trainer(fx: FixtureHome) -> None:
+    """Two runs training at once, each on its GPU (gpus_per_run = 1): TRAINING (priority 0, PID 4242) on GPU 0
+    and SECOND (priority 1000, PID 5353) on GPU 1."""
+    store = Store(fx.home.db)
+    try:
+        _insert(store, fx.home, SECOND, 7, "training", at(70), priority=1000, step=30, max_steps=200, epoch=0.3,
+                loss=loss_at(30), tokens_per_s=2280.0, eta_s=1200.0, started=iso(at(71)), pid=5353)
+        write_run_folder(fx.home, SECOND, 30, 200, "training", at(71))
+        store.set_gpu_set(TRAINING, [0])
+        store.set_gpu_set(SECOND, [1])
+    finally:
+        store.close()

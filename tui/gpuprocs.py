@@ -35,8 +35,10 @@ class Holder:
     used_memory: int | None
 
     def label(self) -> str:
-        """`RUN_ID`, or `python3 (not overnight)`."""
-        return self.run_id if self.run_id else f"{self.name or '?'} (not overnight)"
+        """`RUN_ID`, or `python3 (not overnight)` (`not overnight` alone when the name cannot be read)."""
+        if self.run_id:
+            return self.run_id
+        return f"{self.name} (not overnight)" if self.name else "not overnight"
 
 
 @dataclass(frozen=True)
