@@ -34,8 +34,8 @@ PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.render.fmt_pri
 # gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once
 _NARROW = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 6),
            Column("eta", "ETA", 6), Column("gpu", "GPU", 4), Column("prio", "pri", PRIO)]
-_WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 12), Column("loss", "loss", 7),
-         Column("eval", "eval", 7), Column("speed", "tok/s", 7), Column("eta", "ETA", 6), Column("gpu", "GPU", 7),
+_WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 7),
+         Column("eval", "eval", 7), Column("speed", "tok/s", 7), Column("eta", "ETA", 6), Column("gpu", "GPU", 5),
          Column("prio", "pri", PRIO), Column("when", "when", 11)]
 
 
