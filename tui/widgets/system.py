@@ -123,8 +123,8 @@ class SystemPanel(Static):
     def show_runs(self, runs: tuple[RunRow, ...]) -> None:
         """The home's runs changed: the processes on the GPUs are matched to them again."""
         active = tuple(r for r in runs if r.active)
-        if active == self.runs:
-            return
+        if [(r.id, r.state, r.pid, r.gpu_set) for r in active] == [(r.id, r.state, r.pid, r.gpu_set) for r in self.runs]:
+            return  # a new step or loss changes nothing here
         self.runs = active
         if self.telemetry is not None and self.telemetry.gpus:
             self.update(render_telemetry(self.telemetry, self.size.width or 80, self.runs))
