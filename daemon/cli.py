@@ -149,7 +149,7 @@ def _place(src: Path, dest: Path) -> None:
 @home_option
 @json_option
 def status(home: str | None, as_json: bool) -> None:
-    """The daemon, the running job and the queue at a glance."""
+    """The daemon, the running jobs (each with its GPU set) and the queue at a glance."""
     h = Home.resolve(home, create=False)
     rd = _reader(h)
     alive = daemon_alive(h)

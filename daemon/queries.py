@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
@@ -18,6 +18,26 @@ class BrokenDB(sqlite3.DatabaseError, click.ClickException):
     def __init__(self, path: Path, error: Exception) -> None:
         click.ClickException.__init__(self, f"{path} cannot be read ({error}). Fix: overnight doctor --rebuild "
                                             f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
+
+
+def parse_gpu_set(text: str | Iterable[int] | None) -> list[int]:
+    """The runs.gpu_set column (or metadata.json's list) as a list of NVML indices; [] for the CPU, NULL, or junk."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        items: Iterable[object] = text
+    else:
+        items = (p.strip() for p in text.split(",") if p.strip())
+    try:
+        return sorted({int(i) for i in items if not isinstance(i, bool)})  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return []
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet)."""
+    row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
+    return row
 
 
 class Reader:
@@ -48,28 +68,29 @@ class Reader:
             raise BrokenDB(self.path, e) from None
 
     def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """Runs: active first, then queued by priority and arrival, then finished ones newest first."""
+        """Runs: active ones, then queued ones, each by priority and arrival; then finished ones newest first."""
         where, args = "", ()
         if states:
             where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
         queued = f"'{State.QUEUED}'"
+        live = f"state IN {values(ACTIVE)} OR state = {queued}"  # several runs may be active: priority order too
         order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
-                 f"CASE WHEN state = {queued} THEN -priority ELSE 0 END, "
-                 f"CASE WHEN state = {queued} THEN seq ELSE -seq END")
-        return self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)
+                 f"CASE WHEN {live} THEN -priority ELSE 0 END, "
+                 f"CASE WHEN {live} THEN seq ELSE -seq END")
+        return [_decoded(r) for r in self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._all("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return rows[0] if rows else None
+        return _decoded(rows[0]) if rows else None
 
     def find_run(self, ref: str) -> dict[str, Any] | None:
         """A run by exact id, else the newest run whose id starts with `ref` or whose name is `ref`."""
-        return self.run(ref) or next(iter(self._all(
-            "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref))), None)
+        return self.run(ref) or next(iter(map(_decoded, self._all(
+            "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref)))), None)
 
     def group_runs(self, group_id: str) -> list[dict[str, Any]]:
         """The runs of a sweep (or of a base_model list), in grid order."""
-        return self._all("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", (group_id,))
+        return [_decoded(r) for r in self._all("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", (group_id,))]
 
     def find_groups(self, ref: str) -> list[str]:
         """Group ids `ref` names: that id exactly, else the groups whose id starts with it or whose runs' name

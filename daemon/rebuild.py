@@ -20,7 +20,8 @@ from daemon.home import DaemonLock, Home
 from daemon.log import log
 from daemon.rundir import RunFolder, read_jsonl
 from daemon.states import ACTIVE, ALL, State, values
-from daemon.store import SCHEMA_VERSION, Store
+from daemon.queries import parse_gpu_set
+from daemon.store import SCHEMA_VERSION, Store, format_gpu_set
 from daemon.timefmt import iso, run_id_stamp
 
 SIDE_FILES = ("-wal", "-shm")  # SQLite's companions of a WAL database: they move with it
@@ -264,7 +265,9 @@ def _run_row(folder: Path, meta: dict[str, Any], config: dict[str, Any]) -> dict
             "started": times.get("started"), "finished": times.get("finished"), "step": numbers.get("step"),
             "max_steps": numbers.get("max_steps") or opts.get("max_steps") or None, "epoch": numbers.get("epoch"),
             "loss": numbers.get("loss"), "eval_loss": numbers.get("eval_loss"),
-            "tokens_per_s": numbers.get("tokens_per_s"), "attempts": meta.get("attempts") or 0, "updated": iso()}
+            "tokens_per_s": numbers.get("tokens_per_s"), "attempts": meta.get("attempts") or 0,
+            "gpu_set": None if meta.get("gpu_set") is None else format_gpu_set(parse_gpu_set(meta["gpu_set"])),
+            "updated": iso()}
 
 
 def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:

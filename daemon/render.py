@@ -45,6 +45,35 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f}P"
 
 
+def fmt_gpu_set(indices: Sequence[int] | None) -> str:
+    """A run's GPUs as NVML numbers them: `0`, `0,1`, a run of three or more `0-3`; `CPU` for none."""
+    if not indices:
+        return "CPU"
+    ordered = sorted(set(indices))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for i in [*ordered[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if prev == start else f"{start},{prev}" if prev == start + 1 else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
+def fmt_priority(value: int, width: int = 5) -> str:
+    """A priority in `width` cells: as it is when it fits (-9999 .. 99999 in 5), else shortened (`-250k`, `10M`)."""
+    text = str(value)
+    if len(text) <= width:
+        return text
+    for div, unit in ((1000, "k"), (1_000_000, "M")):
+        short = f"{int(value / div)}{unit}"
+        if len(short) <= width:
+            return short
+    return text[:width - 1] + "…"
+
+
 def table(rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned columns two spaces apart (the first row is the header); no trailing blanks."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -60,13 +89,14 @@ def _progress(r: dict[str, Any]) -> str:
 
 
 def runs_table(runs: list[dict[str, Any]]) -> str:
-    """`overnight runs` and the queue in `overnight status`."""
+    """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`)."""
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
-    rows = [("RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
+    rows = [("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
     for r in runs:
         eta = fmt_duration(r["eta_s"]) if r["state"] in ("training", "paused") else "-"
-        rows.append((r["id"], r["state"], str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
+        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ("preparing", "training", "paused") else "-"
+        rows.append((r["id"], r["state"], gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
                      fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name))
     return "\n".join(table(rows))
 

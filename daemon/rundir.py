@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from daemon import __version__
 from daemon.atomic import read_json, write_json
+from daemon.queries import parse_gpu_set
 from daemon.timefmt import iso, log_line
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it cannot be resumed
@@ -137,6 +138,8 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
         "priority": run.get("priority"),
         "seq": run.get("seq"),  # queue order: a DB rebuilt from the run folders keeps it (daemon/rebuild.py)
         "attempts": run.get("attempts"),
+        # the GPUs (NVML indices) its latest trainer held, [] = the CPU; null: no trainer started yet
+        "gpu_set": None if run.get("gpu_set") is None else parse_gpu_set(run.get("gpu_set")),
         "metrics": {"step": run.get("step"), "max_steps": run.get("max_steps"), "loss": run.get("loss"),
                     "eval_loss": run.get("eval_loss"), "tokens_per_s": run.get("tokens_per_s"),
                     "epoch": run.get("epoch")},
@@ -156,10 +159,16 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
 def record_model(run_dir: Path, model: dict[str, Any]) -> None:
     """Keep the run's model version (number, active, pinned, deleted…) in its metadata.json: the registry lives
     only in the DB otherwise, and a DB rebuilt from the run folders must find it."""
+    update_metadata(run_dir, model=model)
+
+
+def update_metadata(run_dir: Path, **fields: Any) -> None:
+    """Set some keys of an existing metadata.json (atomic); no file yet: nothing to do (the next state change
+    writes it whole, from the run's row)."""
     folder = RunFolder(run_dir)
     meta = folder.read_metadata()
     if meta:
-        write_json(folder.metadata, {**meta, "model": model})
+        write_json(folder.metadata, {**meta, **fields})
 
 # --------------------------------------------------------------------------------------------- growing files
 

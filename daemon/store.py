@@ -34,12 +34,13 @@ RUN_COLUMNS: dict[str, type] = {
     "base_model": str, "state": str, "reason": str, "priority": int, "seq": int, "run_dir": str,
     "created": str, "started": str, "finished": str, "step": int, "max_steps": int, "epoch": float,
     "loss": float, "eval_loss": float, "tokens_per_s": float, "eta_s": float, "pid": int, "attempts": int,
-    "resume_from": str, "updated": str,
+    "resume_from": str, "updated": str, "gpu_set": str,
 }
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["runs"].create(RUN_COLUMNS, pk="id", not_null={"state", "seq"}, defaults={"priority": 0, "attempts": 0})
+    columns = {k: v for k, v in RUN_COLUMNS.items() if k not in _LATER_RUN_COLUMNS}
+    db["runs"].create(columns, pk="id", not_null={"state", "seq"}, defaults={"priority": 0, "attempts": 0})
     db["runs"].create_index(["state", "priority", "seq"])
     db["transitions"].create({"id": int, "run_id": str, "time": str, "from_state": str, "to_state": str,
                               "reason": str}, pk="id")
@@ -67,9 +68,21 @@ def _m3_model_parent(db: sqlite_utils.Database) -> None:
     db["models"].add_column("parent", str)  # the version a run continued from ("support:3"), or an adapter folder
 
 
+def _m4_run_gpu_set(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("gpu_set", str)  # the GPUs its trainer holds, as NVML numbers them: "0,1"; "" = the CPU
+
+
+_LATER_RUN_COLUMNS = ("gpu_set",)  # runs columns that a migration after the first adds
+
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent,
+                                                              _m4_run_gpu_set]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def format_gpu_set(indices: Iterable[int] | None) -> str:
+    """`[0, 1]` → "0,1" (the runs.gpu_set column); None or [] → "" (the CPU)."""
+    return ",".join(str(int(i)) for i in sorted(set(indices or ())))
 
 
 class Store:
@@ -144,6 +157,21 @@ class Store:
             self.db["runs"].update(run_id, {**fields, "state": state, "reason": reason, "updated": now})
             self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
                                            "to_state": state, "reason": reason})
+
+    def set_gpu_set(self, run_id: str, indices: Iterable[int] | None) -> None:
+        """Record the GPUs a run's trainer was started on, as NVML numbers them (`[0, 1]` → "0,1"); None or [] = the
+        CPU (""). Called when a trainer starts; the dashboard shows it, `overnight status --json` lists it, and
+        metadata.json keeps it (here, and at every state change) so a DB rebuilt from runs/ does too."""
+        value = format_gpu_set(indices)
+        with self.db.conn:
+            self.db["runs"].update(run_id, {"gpu_set": value, "updated": iso()})
+        run = self.get_run(run_id)
+        if run and run.get("run_dir"):
+            try:
+                rundir.update_metadata(Path(run["run_dir"]), gpu_set=[int(i) for i in value.split(",") if i])
+            except (OSError, ValueError) as e:
+                logging.getLogger("overnight").warning(f"could not record the GPU set of {run_id} in "
+                                                       f"{run['run_dir']}/metadata.json: {e}")
 
     def runs_in(self, states: Iterable[str]) -> list[dict[str, Any]]:
         states = tuple(states)

@@ -163,8 +163,9 @@ def test_runs_and_models_write_losses_and_times_as_the_dashboard_does(home):
     _run(home, "talk-20260101-000000", loss=1.234567, eval_loss=12.34567, step=50, max_steps=200, state="training",
          eta_s=361.0, base_model="/m/tiny")
     table = overnight("runs", home=home, check=True).stdout.splitlines()
-    assert table[0].split() == ["RUN", "STATE", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL"]
-    assert table[1].split() == ["talk-20260101-000000", "training", "0", "50/200", "1.235", "12.35", "6m01s", "tiny"]
+    assert table[0].split() == ["RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL"]
+    assert table[1].split() == ["talk-20260101-000000", "training", "CPU", "0", "50/200", "1.235", "12.35", "6m01s",
+                                "tiny"]
     store = Store(home / "overnight.db")
     store.add_model({"name": "talk", "run_id": "talk-20260101-000000", "base_model": "/m/tiny",
                      "metrics": {"final_loss": 0.0123456}})

@@ -15,8 +15,9 @@ from daemon.control import write_command
 from daemon.home import DaemonLock, Home
 from daemon.render import fmt_loss
 from daemon.store import Store
-from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, TRAINING, FixedTelemetry,
-                                build_home, metrics_records, write_big_log)
+from tests.nvml_fake import GIB, FakeGpu, fake_pynvml
+from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, SECOND, TRAINING,
+                                FixedTelemetry, add_second_trainer, build_home, metrics_records, write_big_log)
 from tui import actions
 from tui.actions import AckTracker, NotApplicable
 from tui.app import OvernightApp
@@ -615,4 +616,75 @@ def test_a_sweep_is_one_row_that_unfolds_with_the_best_marked(fx) -> None:
         assert app.runs.cursor_key == group_key and table.cursor_row == 3
         await pilot.press("question_mark")
         assert "unfold its runs, ★ = the best" in screen_text(app)
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- several GPUs
+
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> LiveTelemetry:
+    """The live telemetry source on a fake NVML: two H100s, each held by one of the fixture's trainers (PIDs 4242
+    and 5353, as the DB records them), and on GPU 1 also a job of no run whose memory NVML cannot report."""
+    import sys
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([
+        FakeGpu(util=90, used=30 * GIB, compute=[(4242, 20 * GIB)]),
+        FakeGpu(util=84, used=31 * GIB, compute=[(5353, 21 * GIB), (4_000_001, None)])]))
+    return LiveTelemetry(Path("/"))
+
+
+def test_two_runs_training_at_once_each_on_its_gpu(fx, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_second_trainer(fx)
+    app = OvernightApp(fx.root, telemetry=two_gpus(monkeypatch), refresh_s=0.25)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        assert [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(2)] == [SECOND, TRAINING]
+        assert app.runs.selected == SECOND  # the highest-priority active run is shown first
+        assert [cell_text(table, r, "state") for r in (SECOND, TRAINING)] == ["training", "training"]
+        assert [cell_text(table, r, "gpu") for r in (SECOND, TRAINING)] == ["1", "0"]
+        assert cell_text(table, SECOND, "prio") == "1000" and cell_text(table, QUEUED_HIGH, "gpu") == ""
+        await until(pilot, lambda: "GPU 2×H100 87% · 61/160 GB" in static_text(app, "#header"), what="GPU summary")
+        # at 80 columns the finished count gives way to the GPU summary
+        assert static_text(app, "#header").endswith("│ ○ no daemon │ 2 training · 2 queued │ GPU 2×H100 87% · 61/160 GB")
+        text = screen_text(app)
+        assert " summarie…-021000  training   █▎░░░░░░ 30/200     4.038   20m00s  1     1000 " in text
+        assert " reverse-…-020000  training   ███▎░░░░ 120/300    1.395   6m01s   0     0 " in text
+        log = app.query_one("#log-view", Log)
+        await until(pilot, lambda: log.lines and "step 30/200" in log.lines[-1], what="the selected run's log")
+        await pilot.press("down")  # the other trainer: its own log
+        await until(pilot, lambda: app.runs.selected == TRAINING and "step 120/300" in log.lines[-1])
+
+        await pilot.press("4")
+        await until(pilot, lambda: "on the GPU" in screen_text(app), what="the System tab")
+        rows = [line.split() for line in screen_text(app).splitlines()]
+        head = rows.index(["on", "the", "GPU", "PID", "memory"])
+        assert rows[head + 1:head + 4] == [["GPU0", TRAINING, "4242", "20.0G"], ["GPU1", SECOND, "5353", "21.0G"],
+                                           ["not", "overnight", "4000001", "-"]]
+    drive(app, body)
+
+
+def test_the_header_says_when_there_is_no_gpu(fx) -> None:
+    app = app_for(fx.root, NO_GPU)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await until(pilot, lambda: "no GPU (CPU)" in static_text(app, "#header"), what="GPU summary")
+        header = static_text(app, "#header")
+        assert "no daemon" in header and "1 training · 2 queued · 3 finished │ no GPU (CPU)" in header
+        assert cell_text(app.query_one("#runs", DataTable), TRAINING, "gpu") == "CPU"  # no GPU set recorded
+    drive(app, body)
+
+
+def test_every_key_of_the_key_line_is_visible_at_80x24(fx) -> None:
+    app = app_for(fx.root, ONE_GPU)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        last = screen_text(app).splitlines()[-1]
+        shown = [b for b in app.BINDINGS if b.show]
+        assert last.rstrip().endswith("q Quit") and len(last.rstrip()) < 80, last
+        for b in shown:
+            described = b.group.description if b.group else b.description
+            assert f"{b.key_display or b.key} " in last or described in last, (b, last)
+        assert "+- Prio / Search" in last and "? Keys" in last
     drive(app, body)

@@ -15,7 +15,8 @@ import pytest
 
 from tests.test_tui import until
 from daemon.home import Home
-from tests.tui_fixtures import NO_GPU, ONE_GPU, FixedTelemetry, FixtureHome, add_sweep, build_home
+from tests.tui_fixtures import (NO_GPU, ONE_GPU, TWO_GPUS, FixedTelemetry, FixtureHome, add_second_trainer, add_sweep,
+                                build_home)
 from tui.app import OvernightApp
 from tui.telemetry import Telemetry
 
@@ -88,3 +89,10 @@ def test_sweep_unfolded_80x24(snap_compare: Any, snap_home: Path) -> None:
     add_sweep(FixtureHome(snap_home, Home.resolve(snap_home, create=False)))
     assert snap_compare(app(snap_home), terminal_size=(80, 24),
                         run_before=ready("down", "down", "down", "enter", "down", "down"))
+
+
+def test_two_trainers_on_two_gpus_80x24(snap_compare: Any, snap_home: Path) -> None:
+    """Two runs training at once, each on its GPU (the higher priority selected first); the header's GPU summary;
+    the System tab: which run (and PID) holds each GPU, and someone else's job beside one of them."""
+    add_second_trainer(FixtureHome(snap_home, Home.resolve(snap_home, create=False)))
+    assert snap_compare(app(snap_home, TWO_GPUS), terminal_size=(80, 24), run_before=ready("4"))

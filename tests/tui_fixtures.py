@@ -14,7 +14,8 @@ from pathlib import Path
 from daemon.evolution import is_exact, similarity
 from daemon.home import Home
 from daemon.store import Store
-from tui.telemetry import GpuStat, SystemStat, Telemetry
+from tui.gpuprocs import GpuProcess
+from tui.telemetry import GpuStat, ProcInfo, SystemStat, Telemetry
 
 BASE = dt.datetime(2026, 5, 14, 1, 0, 0)
 TRAINING = "reverse-words-20260514-020000"
@@ -236,3 +237,32 @@ def add_sweep(fx: FixtureHome) -> None:
         store.db.execute("UPDATE runs SET updated = ?", [iso(at(120))])
     finally:
         store.close()
+
+
+SECOND = "summaries-20260514-021000"  # a second training run, on GPU 1, above TRAINING (GPU 0) in priority
+
+
+def add_second_trainer(fx: FixtureHome) -> None:
+    """Two runs training at once, each on its GPU (gpus_per_run = 1): TRAINING (priority 0, PID 4242) on GPU 0
+    and SECOND (priority 1000, PID 5353) on GPU 1."""
+    store = Store(fx.home.db)
+    try:
+        _insert(store, fx.home, SECOND, 7, "training", at(70), priority=1000, step=30, max_steps=200, epoch=0.3,
+                loss=loss_at(30), tokens_per_s=2280.0, eta_s=1200.0, started=iso(at(71)), pid=5353)
+        write_run_folder(fx.home, SECOND, 30, 200, "training", at(71))
+        store.set_gpu_set(TRAINING, [0])
+        store.set_gpu_set(SECOND, [1])
+    finally:
+        store.close()
+
+
+# the box of add_second_trainer: two H100s, TRAINING's trainer on GPU 0, SECOND's on GPU 1 beside someone else's job
+TWO_GPUS = Telemetry(
+    gpus=tuple(GpuStat(index=i, name="NVIDIA H100 80GB HBM3", util_percent=util, mem_used=used << 30,
+                       mem_total=80 << 30, temperature_c=60.0 + i, power_w=500.0 + i, power_limit_w=700.0,
+                       processes=procs)
+               for i, util, used, procs in ((0, 90.0, 30, (GpuProcess(4242, 20 << 30),)),
+                                            (1, 84.0, 31, (GpuProcess(5353, 21 << 30), GpuProcess(7777, None))))),
+    gpu_error=None, system=SYSTEM,
+    procs=(ProcInfo(4242, 1, "python"), ProcInfo(5353, 1, "python"), ProcInfo(7777, 7700, "python3"),
+           ProcInfo(7700, 1, "bash")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,7 @@ class ReadRequest:
 
 
 REFRESH_S = 1.0  # DB and run files are polled at most once a second: dashboards never load the daemon
+HEADER_SAMPLE_S = 5.0  # GPUs sampled for the header's summary while the System panel is not shown
 TABS = ("log", "charts", "evolution", "system", "models")
 
 
@@ -64,19 +66,23 @@ class OvernightApp(App[None]):
     TabbedContent ContentSwitcher { height: 1fr; }
     TabPane { padding: 0; }
     #status { height: 1; background: $panel; color: $text-muted; }
+    Footer.-compact FooterLabel { margin: 0 1 0 0; }
     """
+    # the key line shows every binding marked show at 80 columns (compact footer, + and - as one entry);
+    # the rest are listed by `?` (tui/widgets/keys.py)
+    _PRIO = Binding.Group("Prio", compact=True)
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("s", "stop", "Stop"),
         Binding("k", "skip", "Skip"),
-        Binding("plus,equals_sign", "priority(1)", "Prio+", key_display="+"),
-        Binding("minus", "priority(-1)", "Prio-", key_display="-"),
+        Binding("plus,equals_sign", "priority(1)", "Prio+", key_display="+", group=_PRIO),
+        Binding("minus", "priority(-1)", "Prio-", key_display="-", group=_PRIO),
         Binding("r", "requeue", "Requeue", show=False),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("f", "follow", "Follow"),
         Binding("c", "compare", "Compare"),
+        Binding("question_mark", "help", "Keys", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("question_mark", "help", "Keys", key_display="?", show=False),
         *[Binding(str(i), f"tab('{name}')", name.title(), show=False) for i, name in enumerate(TABS, 1)],
     ]
 
@@ -125,7 +131,7 @@ class OvernightApp(App[None]):
             with TabPane("Models", id="models"):
                 yield self.models
         yield self.status
-        yield Footer(show_command_palette=False)
+        yield Footer(show_command_palette=False, compact=True)
 
     def on_mount(self) -> None:
         self.runs.focus()
@@ -178,15 +184,17 @@ class OvernightApp(App[None]):
 
     @work(thread=True, group="telemetry")
     def _sample_telemetry(self) -> None:
-        """Samples at most once a second, and only while the System panel is shown (after a first sample)."""
+        """Samples once a second while the System panel is shown, else every HEADER_SAMPLE_S (the header's GPU
+        summary)."""
         worker = get_current_worker()
         source = self._telemetry or LiveTelemetry(self.home.root)
         try:
-            first = True
+            last = None
             while not worker.is_cancelled:
-                if first or self._system_shown.is_set():
+                every = self.refresh_s if self._system_shown.is_set() else max(self.refresh_s, HEADER_SAMPLE_S)
+                if last is None or time.monotonic() - last >= every - 0.01:
+                    last = time.monotonic()
                     self.post_message(Sampled(source.sample()))
-                    first = False
                 worker.cancelled_event.wait(self.refresh_s)
         finally:
             source.close()
@@ -206,6 +214,7 @@ class OvernightApp(App[None]):
             self.banner.show(snap)
             self.runs.show(snap)
             self.models.show(snap)
+            self.system.show_runs(snap.runs)
         if changed or self.tracker.pending:
             self._acknowledge(snap)
         detail = message.detail
@@ -224,6 +233,7 @@ class OvernightApp(App[None]):
                         markup=False)
 
     def on_sampled(self, message: Sampled) -> None:
+        self.header.show_gpus(message.telemetry)
         self.system.show(message.telemetry)
 
     @on(TabbedContent.TabActivated)

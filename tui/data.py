@@ -65,6 +65,8 @@ class RunRow:
     finished: str | None = None
     group_id: str | None = None  # a sweep (or a base_model list): the runs of one drop
     best: bool = False  # the best completed run of its group (daemon.sweep.rank)
+    pid: int | None = None  # its trainer's PID (torchrun: the launcher, whose children hold the GPUs)
+    gpu_set: tuple[int, ...] = ()  # the GPUs its trainer was started on, as NVML numbers them; () = the CPU
 
     @property
     def active(self) -> bool:
@@ -133,9 +135,15 @@ class HomeSnapshot:
         return next((r for r in self.runs if r.id == run_id), None)
 
     @property
+    def active_runs(self) -> tuple[RunRow, ...]:
+        """The runs the daemon is training (or preparing, or holding paused), several where `gpus_per_run`
+        leaves room for more than one: highest priority first, then arrival."""
+        return tuple(sorted((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq)))
+
+    @property
     def active_run(self) -> RunRow | None:
-        """The run the daemon is training (or preparing, or holding paused)."""
-        return next((r for r in self.runs if r.active), None)
+        """The highest-priority active run (what the dashboard shows first)."""
+        return next(iter(self.active_runs), None)
 
     def counts(self) -> dict[str, int]:
         """Runs per state."""
@@ -156,6 +164,7 @@ def _run_row(row: dict[str, Any]) -> RunRow:
     values["seq"] = int(values["seq"] or 0)
     values["name"] = values["name"] or row["id"]
     values["run_dir"] = values["run_dir"] or ""
+    values["gpu_set"] = tuple(values["gpu_set"] or ())
     return RunRow(**values)
 
 

@@ -1,4 +1,6 @@
-"""Machine telemetry for the System panel: GPUs through NVML, CPU/RAM/disk through psutil (no Textual here).
+"""Machine telemetry for the System panel and the header: GPUs through NVML (with the processes on each, and
+their ancestry through psutil so tui/gpuprocs.py can match them to runs), CPU/RAM/disk through psutil (no Textual
+here).
 
 A live source is sampled by one worker thread at most once a second; the panel only ever sees frozen
 `Telemetry` snapshots. Tests inject a source of their own so pictures do not depend on the machine.
@@ -8,9 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import psutil
+
+from tui.gpuprocs import GpuProcess, used_memory
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,16 @@ class GpuStat:
     power_w: float | None
     power_limit_w: float | None
     error: str | None = None  # why NVML cannot report this GPU (the others are still shown)
+    processes: tuple[GpuProcess, ...] = ()  # compute and graphics processes on it (NVML), with their memory
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """A process on a GPU, or one of its ancestors: enough to tell which run it belongs to."""
+
+    pid: int
+    ppid: int | None
+    name: str | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,19 @@ class Telemetry:
     gpus: tuple[GpuStat, ...]
     gpu_error: str | None
     system: SystemStat | None
+    procs: tuple[ProcInfo, ...] = ()  # the GPU processes and their ancestors (psutil)
+
+    def parent_of(self, pid: int) -> int | None:
+        """A listed process's parent PID (None: not listed, or gone)."""
+        return next((p.ppid for p in self.procs if p.pid == pid), None)
+
+    def name_of(self, pid: int) -> str | None:
+        """A listed process's name."""
+        return next((p.name for p in self.procs if p.pid == pid), None)
+
+    def procs_by_gpu(self) -> dict[int, tuple[GpuProcess, ...]]:
+        """NVML's processes per GPU index."""
+        return {g.index: g.processes for g in self.gpus}
 
 
 class TelemetrySource(Protocol):
@@ -57,6 +84,44 @@ class TelemetrySource(Protocol):
     def sample(self) -> Telemetry: ...
 
     def close(self) -> None: ...
+
+
+def ancestry(pids: Iterable[int], depth: int = 32) -> tuple[ProcInfo, ...]:
+    """Each process and its ancestors up to init (psutil); a process that is gone or hidden ends its chain."""
+    out: dict[int, ProcInfo] = {}
+    for pid in pids:
+        current = pid
+        for _ in range(depth):
+            if current in out or current <= 0:
+                break
+            try:
+                proc = psutil.Process(current)
+                ppid = proc.ppid()
+            except (psutil.Error, OSError):
+                out[current] = ProcInfo(current, None, None)
+                break
+            try:
+                name = proc.name()
+            except (psutil.Error, OSError):
+                name = None
+            out[current] = ProcInfo(current, ppid or None, name)
+            current = ppid
+    return tuple(sorted(out.values(), key=lambda p: p.pid))
+
+
+def _nvml_processes(pynvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
+    """Compute processes (nvmlDeviceGetComputeRunningProcesses: v3 in today's bindings, v2 for older drivers)
+    and graphics ones, as nvitop lists them; a query the driver lacks contributes nothing."""
+    found: list[GpuProcess] = []
+    for names in (("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"),
+                  ("nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses_v2")):
+        for name in names:
+            fn = getattr(pynvml, name, None)
+            listed = None if fn is None else _nvml_value(fn, handle)
+            if listed is not None:
+                found += [GpuProcess(int(p.pid), used_memory(getattr(p, "usedGpuMemory", None))) for p in listed]
+                break
+    return tuple(found)
 
 
 def _nvml_value(fn: Any, *args: Any) -> Any:
@@ -117,7 +182,8 @@ class LiveTelemetry:
                        mem_used=int(mem.used) if mem else 0, mem_total=int(mem.total) if mem else 0,
                        temperature_c=None if temp is None else float(temp),
                        power_w=None if power is None else power / 1000.0,
-                       power_limit_w=None if limit is None else limit / 1000.0)
+                       power_limit_w=None if limit is None else limit / 1000.0,
+                       processes=_nvml_processes(pynvml, handle))
 
     def _system(self) -> SystemStat:
         vm = psutil.virtual_memory()
@@ -137,7 +203,8 @@ class LiveTelemetry:
     def sample(self) -> Telemetry:
         """Query every GPU and the system once."""
         gpus = tuple(self._gpu(i, h, err) for i, h, err in self._handles)
-        return Telemetry(gpus=gpus, gpu_error=self._nvml_error, system=self._system())
+        procs = ancestry(sorted({p.pid for g in gpus for p in g.processes}))
+        return Telemetry(gpus=gpus, gpu_error=self._nvml_error, system=self._system(), procs=procs)
 
     def close(self) -> None:
         """Release NVML."""

@@ -1,4 +1,4 @@
-"""The top line: the home, whether a daemon serves it, and how many runs are in each state."""
+"""The top line: the home, whether a daemon serves it, how many runs are in each state, and the GPUs at a glance."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -6,6 +6,8 @@ from textual.widgets import Static
 
 from daemon.states import State
 from tui.data import HomeSnapshot
+from tui.gpuprocs import gpu_summary
+from tui.telemetry import Telemetry
 
 _ORDER = (State.TRAINING, State.PREPARING, State.PAUSED, State.QUEUED)
 
@@ -15,39 +17,68 @@ def _home_label(root: str, width: int) -> str:
 
 
 class HomeHeader(Static):
-    """`overnight │ HOME │ ● daemon PID … │ 1 training · 2 queued · …` on one line."""
+    """`overnight │ HOME │ ● daemon PID … │ 1 training · 2 queued · … │ GPU 2×H100 87% · 61/160 GB` on one line.
+
+    What gives way on a narrow terminal, in order: the product's name, the home path (down to 12 cells), the
+    finished count, the GPU summary's long form, then the home path altogether."""
 
     DEFAULT_CSS = """
     HomeHeader { height: 1; background: $panel; color: $foreground; }
     """
 
     _snap: HomeSnapshot | None = None
+    telemetry: Telemetry | None = None
 
     def on_resize(self) -> None:
         if self._snap is not None:
             self.show(self._snap)  # the home path gets the room the new width gives it
 
+    def show_gpus(self, telemetry: Telemetry) -> None:
+        """The GPU summary from a telemetry sample (redrawn only when the line changes)."""
+        before = self.telemetry
+        self.telemetry = telemetry
+        if self._snap is not None and (before is None or gpu_summary(before.gpus, before.gpu_error)
+                                       != gpu_summary(telemetry.gpus, telemetry.gpu_error)):
+            self.show(self._snap)
+
     def show(self, snap: HomeSnapshot) -> None:
-        """Render the snapshot's home, daemon state and run counts."""
+        """Render the snapshot's home, daemon state and run counts, and the GPU summary."""
         self._snap = snap
+        width = self.size.width or 80
         counts = snap.counts()
-        parts = [f"{counts[s]} {s}" for s in _ORDER if counts.get(s)]
+        live = [f"{counts[s]} {s}" for s in _ORDER if counts.get(s)]
         finished = sum(n for s, n in counts.items() if s not in _ORDER)
-        if finished:
-            parts.append(f"{finished} finished")
-        rest = Text(" │ ")
+        daemon = Text()
         if snap.daemon.alive:
-            rest.append("● daemon ", "bold green")
-            rest.append(f"PID {snap.daemon.pid}")
+            daemon.append("● daemon ", "bold green")
+            daemon.append(f"PID {snap.daemon.pid}")
         else:
-            rest.append("○ no daemon", "bold yellow")
-        rest.append(" │ " + (" · ".join(parts) if parts else "no runs yet"))
-        text = Text.assemble((" overnight ", "bold"), "│ ")
-        if self.size.width - text.cell_len - rest.cell_len < min(len(snap.root), 24):
-            text = Text(" ")  # a narrow terminal: the counts and the home matter more than the product's name
-        # the home path gets what the counts leave (they matter more than the path's head)
-        text.append(_home_label(snap.root, max(12, self.size.width - text.cell_len - rest.cell_len)))
-        self.update(text + rest)
+            daemon.append("○ no daemon", "bold yellow")
+        t = self.telemetry
+        gpus = [] if t is None else [gpu_summary(t.gpus, t.gpu_error), gpu_summary(t.gpus, t.gpu_error, compact=True)]
+        # the forms of the right-hand part, longest first: the first leaving room for the home path is used
+        forms = []
+        for gpu in (gpus or [None]):
+            for show_finished in (True, False):
+                parts = live + ([f"{finished} finished"] if finished and show_finished else [])
+                rest = Text(" │ ") + daemon + Text(" │ " + (" · ".join(parts) if parts else "no runs yet"))
+                if gpu:
+                    rest.append(" │ ")
+                    rest.append(gpu, "bold" if not gpu.startswith("no GPU") else "dim")
+                forms.append(rest)
+        product = Text.assemble((" overnight ", "bold"), "│ ")
+        rest = forms[0]
+        if width - product.cell_len - rest.cell_len >= min(len(snap.root), 24):
+            self.update(product + Text(_home_label(snap.root, width - product.cell_len - rest.cell_len)) + rest)
+            return
+        # a narrow terminal: the counts, the daemon and the GPUs matter more than the product's name and the path
+        for rest in forms:
+            room = width - 1 - rest.cell_len
+            if room >= 12:
+                self.update(Text(" ") + Text(_home_label(snap.root, room)) + rest)
+                return
+        rest = min(forms, key=lambda f: f.cell_len)
+        self.update(Text(" ") + rest[3:])  # no room for the path at all (the banner names the home without a daemon)
 
 
 class DaemonBanner(Static):

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
-from daemon.render import fmt_duration, fmt_loss, fmt_rate
+from daemon.render import fmt_duration, fmt_gpu_set, fmt_loss, fmt_priority, fmt_rate
 from daemon.states import State
 from tui.data import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
@@ -30,11 +30,13 @@ class Column:
     width: int
 
 
+PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.render.fmt_priority)
+# gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once
 _NARROW = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 6),
-           Column("eta", "ETA", 6), Column("prio", "pri", 3)]
-_WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 12), Column("loss", "loss", 7),
-         Column("eval", "eval", 7), Column("speed", "tok/s", 7), Column("eta", "ETA", 6), Column("prio", "pri", 3),
-         Column("when", "when", 11)]
+           Column("eta", "ETA", 6), Column("gpu", "GPU", 4), Column("prio", "pri", PRIO)]
+_WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 7),
+         Column("eval", "eval", 7), Column("speed", "tok/s", 7), Column("eta", "ETA", 6), Column("gpu", "GPU", 5),
+         Column("prio", "pri", PRIO), Column("when", "when", 11)]
 
 
 def clip_id(run_id: str, width: int) -> str:
@@ -73,7 +75,8 @@ class Group:
 
     @property
     def active(self) -> RunRow | None:
-        return next((r for r in self.runs if r.active), None)
+        """Its highest-priority active run (several of a sweep may train at once, each on its GPU set)."""
+        return min((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq), default=None)
 
     @property
     def shown_run(self) -> RunRow:
@@ -159,9 +162,12 @@ def _group_cell(group: Group, key: str) -> Text | str:
         return _cell(run, key) if run else "-"
     if key == "eta":
         return _cell(group.active, key) if group.active else ""
+    if key == "gpu":
+        active = [r for r in group.runs if r.active]
+        return fmt_gpu_set(sorted({i for r in active for i in r.gpu_set})) if active else ""
     if key == "prio":
         live = [r.priority for r in group.runs if not r.finished_state]
-        return str(max(live)) if live else str(group.runs[0].priority)
+        return fmt_priority(max(live) if live else group.runs[0].priority, PRIO)
     if key == "when":
         return short_time(max((r.finished or r.started or r.created or "" for r in group.runs), default="") or None)
     raise KeyError(key)
@@ -182,8 +188,10 @@ def _cell(run: RunRow, key: str) -> Text | str:
         return fmt_rate(run.tokens_per_s)
     if key == "eta":
         return fmt_duration(run.eta_s) if run.active else ""
+    if key == "gpu":
+        return fmt_gpu_set(run.gpu_set) if run.active else ""
     if key == "prio":
-        return str(run.priority)
+        return fmt_priority(run.priority, PRIO)
     if key == "when":
         return short_time(run.finished or run.started or run.created)
     raise KeyError(key)
@@ -272,8 +280,8 @@ class RunsTable(DataTable):
         items = layout(runs, self.expanded)
         keys = [i.key for i in items]
         keep = self.cursor_key if self.cursor_key in keys else self._row_of(items, self.selected)
-        if keep is None:
-            active = next((r for r in runs if r.active), None)
+        if keep is None:  # at first: the highest-priority active run (several may train at once)
+            active = min((r for r in runs if r.active), key=lambda r: (-r.priority, r.seq), default=None)
             keep = self._row_of(items, active.id) if active else (keys[0] if keys else None)
         self.clear()
         for item in items:

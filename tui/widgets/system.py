@@ -1,5 +1,7 @@
-"""GPU (NVML) and CPU/RAM/disk (psutil) telemetry, or why there is no GPU."""
+"""GPU (NVML) and CPU/RAM/disk (psutil) telemetry, or why there is no GPU; per GPU, which run (and PID) holds it."""
 from __future__ import annotations
+
+from typing import Sequence
 
 from rich.console import Group
 from rich.table import Table
@@ -7,6 +9,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from daemon.render import fmt_bytes
+from tui.data import RunRow
+from tui.gpuprocs import GpuUse, map_gpu_processes
 from tui.telemetry import GpuStat, Telemetry
 
 
@@ -36,8 +40,26 @@ def _gpu_row(gpu: GpuStat) -> list:
             temp, power]
 
 
-def render_telemetry(t: Telemetry | None, width: int = 80) -> Group:
-    """The System panel's content for one sample, fitted to `width` cells (the GPU name gives way first)."""
+def holders_table(uses: Sequence[GpuUse], width: int = 80) -> Table:
+    """Per GPU, the processes on it: the run each belongs to (or its name, `not overnight`), PID, memory."""
+    table = Table(box=None, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False,
+                  header_style="dim")
+    table.add_column("", no_wrap=True)
+    table.add_column("on the GPU", no_wrap=True, overflow="ellipsis", max_width=max(12, width - 4 - 10 - 7 - 3))
+    table.add_column("PID", no_wrap=True, justify="right")
+    table.add_column("memory", no_wrap=True, justify="right")
+    for use in uses:
+        rows: list[list] = [[Text(h.label(), "bold" if h.run_id else "yellow"), str(h.pid),
+                             "-" if h.used_memory is None else fmt_bytes(h.used_memory)] for h in use.holders]
+        rows += [[Text(f"{run_id} (starting)", "bold"), "", ""] for run_id in use.waiting]
+        for i, row in enumerate(rows or [[Text("free", "dim"), "", ""]]):
+            table.add_row(f"GPU{use.index}" if i == 0 else "", *row)
+    return table
+
+
+def render_telemetry(t: Telemetry | None, width: int = 80, runs: Sequence[RunRow] = ()) -> Group:
+    """The System panel's content for one sample, fitted to `width` cells (the GPU name gives way first); `runs`
+    (the home's) name the processes on each GPU."""
     if t is None:
         return Group(Text("sampling…", "dim"))
     parts: list = []
@@ -52,6 +74,8 @@ def render_telemetry(t: Telemetry | None, width: int = 80) -> Group:
         for gpu in healthy:
             gpus.add_row(*_gpu_row(gpu))
         parts.append(gpus)
+        parts.append(holders_table(map_gpu_processes(healthy, t.procs_by_gpu(), runs, t.parent_of, t.name_of),
+                                   width))
     # a GPU NVML cannot report gets a full-width line of its own, so its reason is not cut to the name column
     parts += [Text(f"GPU{gpu.index} {gpu.error}", "bold yellow") for gpu in t.gpus if gpu.error]
     if not t.gpus:
@@ -71,7 +95,7 @@ def render_telemetry(t: Telemetry | None, width: int = 80) -> Group:
 
 
 class SystemPanel(Static):
-    """Redrawn from frozen Telemetry samples (a worker thread samples at most once a second)."""
+    """Redrawn from frozen Telemetry samples (a worker thread samples at most once a second) and the home's runs."""
 
     DEFAULT_CSS = """
     SystemPanel { height: auto; }
@@ -80,17 +104,27 @@ class SystemPanel(Static):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.telemetry: Telemetry | None = None
+        self.runs: tuple[RunRow, ...] = ()
 
     def on_mount(self) -> None:
         self.update(render_telemetry(None))
 
     def on_resize(self) -> None:
         if self.telemetry is not None:
-            self.update(render_telemetry(self.telemetry, self.size.width))
+            self.update(render_telemetry(self.telemetry, self.size.width, self.runs))
 
     def show(self, telemetry: Telemetry) -> None:
         """Show a sample (a no-op when it equals the one shown)."""
         if telemetry == self.telemetry:
             return
         self.telemetry = telemetry
-        self.update(render_telemetry(telemetry, self.size.width or 80))
+        self.update(render_telemetry(telemetry, self.size.width or 80, self.runs))
+
+    def show_runs(self, runs: tuple[RunRow, ...]) -> None:
+        """The home's runs changed: the processes on the GPUs are matched to them again."""
+        active = tuple(r for r in runs if r.active)
+        if [(r.id, r.state, r.pid, r.gpu_set) for r in active] == [(r.id, r.state, r.pid, r.gpu_set) for r in self.runs]:
+            return  # a new step or loss changes nothing here
+        self.runs = active
+        if self.telemetry is not None and self.telemetry.gpus:
+            self.update(render_telemetry(self.telemetry, self.size.width or 80, self.runs))
