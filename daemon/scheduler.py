@@ -295,6 +295,7 @@ class Daemon:
         if self._disk_seen:
             return False
         attempt = (run["attempts"] or 0) + 1
+        self.store.set_gpu_set(run["id"], slot.nvml_indices())  # before the transition: metadata.json keeps it
         self._transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
                          resume_from=ckpt.name if ckpt else None)
         env = slot.env(os.environ)

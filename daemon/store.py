@@ -159,19 +159,11 @@ class Store:
                                            "to_state": state, "reason": reason})
 
     def set_gpu_set(self, run_id: str, indices: Iterable[int] | None) -> None:
-        """Record the GPUs a run's trainer was started on, as NVML numbers them (`[0, 1]` → "0,1"); None or [] = the
-        CPU (""). Called when a trainer starts; the dashboard shows it, `overnight status --json` lists it, and
-        metadata.json keeps it (here, and at every state change) so a DB rebuilt from runs/ does too."""
-        value = format_gpu_set(indices)
+        """Record the GPUs a run's trainer starts on, as NVML numbers them (`[0, 1]` → "0,1"); None or [] = the
+        CPU (""). The dashboard shows it, `overnight status --json` lists it, metadata.json keeps it (the daemon
+        writes it at every state change) so a DB rebuilt from runs/ does too."""
         with self.db.conn:
-            self.db["runs"].update(run_id, {"gpu_set": value, "updated": iso()})
-        run = self.get_run(run_id)
-        if run and run.get("run_dir"):
-            try:
-                rundir.update_metadata(Path(run["run_dir"]), gpu_set=[int(i) for i in value.split(",") if i])
-            except (OSError, ValueError) as e:
-                logging.getLogger("overnight").warning(f"could not record the GPU set of {run_id} in "
-                                                       f"{run['run_dir']}/metadata.json: {e}")
+            self.db["runs"].update(run_id, {"gpu_set": format_gpu_set(indices), "updated": iso()})
 
     def runs_in(self, states: Iterable[str]) -> list[dict[str, Any]]:
         states = tuple(states)

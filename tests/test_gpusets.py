@@ -58,6 +58,8 @@ def test_set_gpu_set_reaches_the_db_metadata_a_rebuild_and_the_cli(tmp_path: Pat
     store.set_gpu_set("b-1", [2, 1])
     store.set_gpu_set("c-1", None)  # the CPU
     assert [store.get_run(r)["gpu_set"] for r in ("a-1", "b-1", "c-1", "d-1")] == ["0", "1,2", "", None]
+    for r in ("a-1", "b-1", "c-1", "d-1"):  # the daemon's transition writes metadata.json from the row
+        rundir.write_metadata(home.run_dir(r), store.get_run(r))
     meta = {r: rundir.RunFolder(home.run_dir(r)).read_metadata()["gpu_set"] for r in ("a-1", "b-1", "c-1", "d-1")}
     assert meta == {"a-1": [0], "b-1": [1, 2], "c-1": [], "d-1": None}
     store.set_state("b-1", "completed", "done")  # a state change writes metadata.json whole: the set stays
