@@ -8,7 +8,7 @@ It builds random-init Qwen2 models offline with the configurations of Qwen2.5-0.
 embedded tokenizer stands in for theirs: only its ids are used), starts `overnight daemon` on a fresh home, drops
 the alpaca demo data (`../shared/realdata/alpaca_en_demo.json`, prompt schema) once per variant with a sidecar
 (batch 8, max_length 1024, N steps, no probes, no eval), and while the first run trains captures `overnight tui`
-(front screen and System tab) in a tmux pane. For every run it prints useful and computed tokens/s, peak GPU
+(front screen and System tab), rendered headless by bench/tui_capture.py. For every run it prints useful and computed tokens/s, peak GPU
 memory (`torch.cuda.max_memory_allocated`, from result.json) and MFU:
 
     FLOPs per computed token = 4·N + 6·N_lora + 6·L·d_q·s̄
@@ -147,28 +147,10 @@ def drop(home: Path, v: Variant, model: Path, steps: int, max_length: int, index
 
 
 def capture_dashboard(home: Path, out: Path, env: dict[str, str]) -> list[str]:
-    """`overnight tui` in a 100×30 tmux pane for a few seconds: the front screen and the System tab."""
-    if shutil.which("tmux") is None:
-        return ["tmux is not installed here: no dashboard capture"]
-    session = f"ogc{os.getpid()}"
-    cmd = f"{sys.executable} -m daemon tui --home {home}"
-    env_args = [a for k in ("CUDA_VISIBLE_DEVICES",) if k in env for a in ("-e", f"{k}={env[k]}")]
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", *env_args, cmd],
-                   check=True, cwd=REPO)
-    notes = []
-    try:
-        time.sleep(5)
-        for name, keys in (("tui_front.txt", None), ("tui_system.txt", "4")):
-            if keys:
-                subprocess.run(["tmux", "send-keys", "-t", session, keys], check=True)
-                time.sleep(2)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True, check=True).stdout
-            (out / name).write_text(screen, encoding="utf-8")
-            notes.append(f"saved {out / name}")
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-    return notes
+    """The dashboard on `home`, rendered headless (bench/tui_capture.py): the front screen and the System tab."""
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "tui_capture.py"), str(home), str(out)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    return res.stdout.splitlines() + ([f"dashboard capture failed: {res.stderr[-2000:]}"] if res.returncode else [])
 
 
 def wait_all(home: Path, n: int, env: dict[str, str], timeout: float, on_training: Any) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ sessions: the real daemon, the real trainer, every variant, the dashboard captur
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,5 @@ def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     flat = next(r for r in rows if "padding-free" in r["label"])
     assert flat["padding_share"] == 0 and flat["useful_tokens_per_s"] > 0
     assert "| run | outcome | useful tok/s | computed tok/s | padding | peak GPU mem | MFU |" in proc.stdout
-    if shutil.which("tmux"):
-        system = (tmp_path / "tui_system.txt").read_text()
-        assert "no NVIDIA GPU" in system and "CPU" in system
+    system = (tmp_path / "tui_system.txt").read_text()  # the dashboard, rendered headless
+    assert "no NVIDIA GPU" in system and "CPU" in system
