@@ -64,7 +64,8 @@ def parse(path: Path) -> Command:
                            f"Fix: touch control/{kind}")
     raw = path.read_bytes()[:_MAX_BYTES + 1]
     if len(raw) > _MAX_BYTES:
-        raise ControlError(f"control/{kind}: larger than 64 KiB; a control file holds a run id or priority lines.")
+        raise ControlError(f"control/{kind}: larger than 64 KiB; a control file holds a run id or priority "
+                           f"lines. Fix: echo RUN_ID > control/{kind}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

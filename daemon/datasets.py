@@ -335,6 +335,10 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
     if isinstance(tools, str):
         try:
             tools = json.loads(tools)
+        except RecursionError:
+            raise where.error("tools", "is a string holding JSON nested too deeply to read",
+                              "write 'tools' as a JSON list of function definitions (or a string holding one)"
+                              ) from None
         except json.JSONDecodeError as err:
             raise where.error("tools", f"is a string but not valid JSON ({json_problem(err)})",
                               "write 'tools' as a JSON list of function definitions (or a string holding one)"

@@ -245,7 +245,8 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
     for key, value in table.items():
         if key not in OPTIONS:
             raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
-                               f"Valid options: {', '.join(sorted(OPTIONS))}.")
+                               f"Valid options: {', '.join(sorted(OPTIONS))}. Fix: rename '{key}' to one of "
+                               f"these, or remove it.")
         if sidecar and OPTIONS[key].owner_only:
             raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
                                f"never in a dataset's sidecar (it runs code or shapes the machine). "
