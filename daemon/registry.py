@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.home import Home
-from daemon.fsutil import unique_path
+from daemon.fsutil import SHORT_NAME, short_name, unique_path
 from daemon.rundir import RunFolder
 from daemon.store import Store
 from daemon.timefmt import run_id_stamp
@@ -35,7 +35,7 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
     if row["deleted"]:
         raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}")
     src = Path(row["adapter_path"])
-    dest = unique_path(home.trash / f"{name}-v{version}-{run_id_stamp()}")
+    dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
     dest.mkdir(parents=True)
     if src.exists():
         os.rename(src, dest / "adapter")
