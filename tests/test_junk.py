@@ -33,6 +33,7 @@ from daemon.controller import Controller
 from daemon.home import Home
 from daemon.options import OPTIONS
 from daemon.store import Store
+from tests.conftest import wait_until
 
 # OVERNIGHT_JUNK_SCALE=20 explores twenty times as many examples, freshly random (CI: the fixed default).
 SCALE = float(os.environ.get("OVERNIGHT_JUNK_SCALE", "1"))
@@ -297,10 +298,15 @@ targets = st.one_of(
 )
 
 
+# numbers int() and str.isdigit() disagree on
+DIGITS = st.sampled_from(["²", "³", "¹⁰", "٣", "१०", "Ⅻ", "½", "1_000", "0x10", "+-1", "1e3", "  7  "])
+
+
 @st.composite
 def control_file(draw: st.DrawFn) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(list(control.COMMANDS) + ["bogus", "PAUSE", "pause.txt"]))
-    how = draw(st.sampled_from(["empty", "target", "target", "lines", "priority", "model", "binary"]))
+    shapes = {"priority": ["priority"] * 3, "activate": ["model"] * 3, "delete": ["model"] * 3}.get(kind, [])
+    how = draw(st.sampled_from(shapes + ["empty", "target", "target", "lines", "priority", "model", "binary"]))
     if how == "empty":
         text = draw(st.sampled_from(["", "\n", "  \n", "# a comment\n"]))
     elif how == "target":
@@ -308,10 +314,10 @@ def control_file(draw: st.DrawFn) -> tuple[str, bytes]:
     elif how == "lines":
         text = "\n".join(draw(st.lists(targets, min_size=2, max_size=4)))
     elif how == "priority":
-        text = "\n".join(f"{draw(targets)} {draw(st.one_of(st.integers(), st.text(max_size=5)))}"
+        text = "\n".join(f"{draw(targets)} {draw(st.one_of(st.integers(), st.text(max_size=5), DIGITS))}"
                          for _ in range(draw(st.integers(1, 3))))
     elif how == "model":
-        text = f"{draw(targets)} {draw(st.one_of(st.integers(-5, 10**30), st.text(max_size=5)))}"
+        text = f"{draw(targets)} {draw(st.one_of(st.integers(-5, 10**30), st.text(max_size=5), DIGITS))}"
     else:
         return kind, draw(st.binary(max_size=100))
     body = text.encode("utf-8", "surrogateescape")
@@ -384,6 +390,47 @@ def test_the_controller_applies_or_rejects_junk_and_keeps_every_byte(files: list
             assert len(kept) == len([e for e in events if e["status"] == "rejected"])
         finally:
             store.close()
+
+
+# --- through the real daemon ------------------------------------------------------------------------------
+@pytest.mark.e2e
+def test_the_daemon_takes_or_rejects_generated_drops_and_keeps_every_byte(home: Path, tiny_model: Path, daemon_proc,
+                                                                          tmp_path: Path) -> None:
+    """Generated drops (a dataset, sometimes a sidecar) all at once into a running daemon's inbox: each is taken
+    into a run folder or lies byte-identical in inbox/rejected/ beside an error file that names it with a Fix."""
+    drops: list[tuple[tuple[str, bytes], bytes | None]] = []
+
+    @settings(max_examples=int(20 * SCALE), **SETTINGS)
+    @given(dataset_file(), st.one_of(st.none(), sidecar_file()))
+    def collect(ds: tuple[str, bytes], side: bytes | None) -> None:
+        drops.append((ds, side))
+
+    collect()
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "control" / "stop").write_text("")  # intake only: nothing trains
+    d = daemon_proc()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    originals: dict[str, bytes] = {}
+    for i, ((suffix, body), side) in enumerate(drops):
+        for name, data in ((f"junk{i}.toml", side), (f"junk{i}{suffix}", body)):  # a sidecar first: it waits
+            if data is not None:
+                (staging / name).write_bytes(data)
+                os.rename(staging / name, home / "inbox" / name)
+                originals[name] = data
+    wait_until(lambda: not any((home / "inbox" / n).exists() for n in originals), 90, what="every drop handled")
+    assert d.proc.poll() is None
+    rejected = home / "inbox" / "rejected"
+    taken = {p.name: p.read_bytes() for p in (home / "runs").glob("*/dataset/*")}
+    for name, data in originals.items():
+        if (rejected / name).exists():
+            assert (rejected / name).read_bytes() == data, name
+            stem = name.split(".")[0]
+            error = (rejected / f"{stem}.error.txt").read_text()
+            assert stem in error and "Fix" in error and "Traceback" not in error, error
+        else:
+            assert taken.get(name) == data, (name, data[:80])
+    assert "internal error" not in (home / "overnight.log").read_text()
 
 
 # --- what hypothesis found: the minimal examples, as regular tests ------------------------------------------

@@ -225,3 +225,10 @@ def test_unit_names_of_unicode_homes_are_ascii_and_distinct(tmp_path: Path) -> N
     assert len(names) == 4
     for n in names:
         assert n.isascii() and n.endswith(".service") and all(c.isalnum() or c in "-_.@" for c in n), n
+
+
+def test_tables_keep_columns_straight_with_wide_letters() -> None:
+    from daemon.render import cells, table
+    lines = table([["NAME", "V"], ["模型", "1"], ["modèle-ß", "2"], [unicodedata.normalize("NFD", "é"), "3"]])
+    assert cells("模型") == 4 and cells(unicodedata.normalize("NFD", "é")) == 1
+    assert [cells(ln[:ln.rindex(" ") + 1]) for ln in lines] == [10] * 4, lines
