@@ -226,6 +226,30 @@ def sidecar_file(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def owner_toml_file(draw: st.DrawFn) -> bytes:
+    """The owner's overnight.toml: owner-only keys and the [hooks] / [notify] tables, with junk in them."""
+    table = draw(sidecar_table())
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(["hooks", "notify", "owner"]))
+        if how == "hooks":
+            table["hooks"] = draw(st.dictionaries(st.sampled_from(["on_complete", "on_fail", "on_reject", "on_x", ""]),
+                                                  st.one_of(toml_values, st.lists(st.text(max_size=8), max_size=3)),
+                                                  max_size=3))
+        elif how == "notify":
+            urls = st.sampled_from(["ntfys://topic", "json://localhost:1/x", "mailto://", "nope://x", "", "://",
+                                    "ntfys://" + "a" * 300, "http://[::1", "\x00"])
+            table["notify"] = draw(st.dictionaries(st.sampled_from(["urls", "on", "x"]),
+                                                   st.one_of(toml_values, st.lists(urls, max_size=3), urls),
+                                                   max_size=3))
+        else:
+            table[draw(st.sampled_from(OWNER_ONLY))] = draw(toml_values)
+    try:
+        return tomli_w.dumps(table).encode()
+    except (TypeError, ValueError):
+        return b"[hooks]\non_complete = \n"
+
+
+@st.composite
 def probes_file(draw: st.DrawFn) -> bytes:
     schema = draw(st.sampled_from(sorted(SCHEMAS)))
     records = draw(st.lists(mutated_record(schema), max_size=5))
@@ -262,6 +286,15 @@ def test_a_junk_sidecar_is_accepted_or_answered_with_a_fix(body: bytes, beside_a
             data.write_text('{"text": "hello"}\n{"text": "world"}\n')
             files.append(data)
         assert_answered(check_file(files[-1], home), files)
+
+
+@settings(max_examples=int(80 * SCALE), **SETTINGS)
+@given(owner_toml_file())
+def test_a_junk_overnight_toml_is_accepted_or_answered_with_a_fix(body: bytes) -> None:
+    with Scratch() as home:
+        f = home.root / "overnight.toml"  # the owner's file, checked where it lies (not in the inbox)
+        f.write_bytes(body)
+        assert_answered(check_file(f, home), [f])
 
 
 @settings(max_examples=int(80 * SCALE), **SETTINGS)
@@ -381,7 +414,7 @@ def test_the_controller_applies_or_rejects_junk_and_keeps_every_byte(files: list
             events = list(store.db.query("SELECT * FROM control_events"))
             for p in rejected:
                 error = p.with_name(p.name + ".error.txt").read_text()
-                assert "control/" in error and error.strip(), error
+                assert "control/" in error and "Fix:" in error, error
             for kind, body in written.items():
                 where = [home.control / kind] + sorted(home.control_done.iterdir()) + rejected
                 assert any(q.exists() and q.read_bytes() == body for q in where), (kind, body)
