@@ -487,6 +487,17 @@ def test_json_nested_too_deeply_is_refused_with_a_fix_not_a_recursion_error(tmp_
     assert_answered(verdict, [f])
 
 
+@pytest.mark.parametrize("name", ["data.jsonl", "data.probes.jsonl"])
+@pytest.mark.parametrize("speaker", [[], {}])
+def test_a_sharegpt_speaker_that_is_a_list_is_refused_not_a_type_error(tmp_path: Path, name: str,
+                                                                       speaker: Any) -> None:
+    f = tmp_path / name
+    f.write_text(json.dumps({"conversations": [{"from": speaker, "value": "0"}, {"from": "gpt", "value": "0"}]}))
+    verdict = check_file(f, Home(tmp_path))
+    assert not verdict.ok and "'from' must be a string" in verdict.problems[0].message, verdict.problems
+    assert_answered(verdict, [f])
+
+
 def test_an_unknown_sidecar_option_says_the_fix(tmp_path: Path) -> None:
     f = tmp_path / "data.toml"
     f.write_text("0 = []\n")
