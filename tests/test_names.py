@@ -232,3 +232,10 @@ def test_tables_keep_columns_straight_with_wide_letters() -> None:
     lines = table([["NAME", "V"], ["模型", "1"], ["modèle-ß", "2"], [unicodedata.normalize("NFD", "é"), "3"]])
     assert cells("模型") == 4 and cells(unicodedata.normalize("NFD", "é")) == 1
     assert [cells(ln[:ln.rindex(" ") + 1]) for ln in lines] == [10] * 4, lines
+
+
+@pytest.mark.parametrize("name, why", [("../x", "path separator"), ("a\u202e", "U+202E"), ("..", "'..'")])
+def test_overnight_activate_refuses_a_bad_name_before_writing_anything(home: Home, name: str, why: str) -> None:
+    r = CliRunner().invoke(main, ["activate", "--home", str(home.root), name, "1"])
+    assert r.exit_code == 1 and why in r.output and "Fix:" in r.output, r.output
+    assert not (home.control / "activate").exists()
