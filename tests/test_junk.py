@@ -1,13 +1,15 @@
-"""Hypothesis-generated junk: near-valid datasets, sidecars, probe files and control files, mutated the ways real
-files go wrong (wrong types, missing and extra keys, deep nesting, huge strings, NaN, BOMs, mixed newlines, bytes
-that are not UTF-8, NULs, owner-only keys, junk in sweep lists, junk control targets).
+"""Hypothesis-generated junk: near-valid datasets, sidecars, overnight.toml files, probe files and control files,
+mutated the ways real files go wrong (wrong types, missing and extra keys, JSON nested thousands deep, huge strings,
+NaN, BOMs, mixed newlines, bytes that are not UTF-8, NULs, unknown and owner-only keys, junk in sweep lists and in
+[hooks]/[notify], control files naming junk: unicode, very long, several lines, binary, odd digits).
 
 Properties: `overnight check` (checking.check_file, and the CLI for some) accepts the input or answers with a
-message naming the file and holding a `Fix:`, never an uncaught exception; a control file is applied by the
-Controller or rejected with a message, and a rejected one lies byte-identical in control/rejected/.
+message naming the file and holding a `Fix:`, never an uncaught exception; a control file is parsed or refused
+with a Fix, and the Controller applies it or moves it byte-identical to control/rejected/ beside an error with a
+Fix; generated drops through the real daemon are taken or kept byte-identical in inbox/rejected/.
 
-Reproducible in CI (derandomize) and about 30-40 s on two cores; the minimal examples hypothesis found are
-regular tests at the end of this file.
+Reproducible in CI (derandomize), under a minute on two cores; OVERNIGHT_JUNK_SCALE=20 explores twenty times as
+many, freshly random. What hypothesis found is a regular test at the end of this file.
 """
 from __future__ import annotations
 
