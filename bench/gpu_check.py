@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None, help="tokens per example (default 1024; 256 with --tiny)")
     p.add_argument("--out", type=Path, default=None, help="where the figures and screens go")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all runs")
+    p.add_argument("--only", default=None, help="comma-separated variants to run (grouped, grouped-gc, padded, "
+                                                 "flat-flex, flat-flash, qlora); default all")
     args = p.parse_args(argv)
     steps = args.steps or (3 if args.tiny else 30)
     max_length = args.max_length or (256 if args.tiny else 1024)
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="overnight-gpu-check-"))
     started = time.perf_counter()
     runs = variants(args.big, flash, args.cpu)
+    if args.only:
+        runs = [v for v in runs if v.slug in args.only.split(",")]
     if args.tiny:  # every variant trains the tiny model: say so in each row
         for v in runs:
             v.label = v.label.replace("0.5B", "tiny").replace(args.big.upper(), "tiny")

@@ -215,6 +215,10 @@ def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
 # --- steering (writes control files; the daemon applies them) ---------------------------------------------
 def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     from daemon import control
+    try:  # the daemon's own parser: a command it would reject is never written
+        control.parse_text(kind, content)
+    except control.ControlError as e:
+        raise click.ClickException(str(e)) from None
     ticket = control.send(h, kind, content)
     click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from daemon.atomic import write_text
 from daemon.home import Home
-from daemon.fsutil import ignored, short_name, unique_path
+from daemon.fsutil import ignored, model_name, short_name, stored_name_problem, unique_path
 from daemon.timefmt import run_id_stamp
 
 COMMANDS = ("pause", "stop", "skip", "priority", "resume", "activate", "delete")
@@ -64,7 +64,8 @@ def parse(path: Path) -> Command:
                            f"Fix: touch control/{kind}")
     raw = path.read_bytes()[:_MAX_BYTES + 1]
     if len(raw) > _MAX_BYTES:
-        raise ControlError(f"control/{kind}: larger than 64 KiB; a control file holds a run id or priority lines.")
+        raise ControlError(f"control/{kind}: larger than 64 KiB; a control file holds a run id or priority "
+                           f"lines. Fix: echo RUN_ID > control/{kind}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -86,17 +87,27 @@ def parse_text(kind: str, text: str, path: Path | None = None) -> Command:
     if kind == "priority":
         return Command(kind, path, priorities=_parse_priorities(lines))
     if kind in ("activate", "delete"):
-        parts = lines[0].split() if len(lines) == 1 else []
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise ControlError(f"control/{kind}: expected one line 'NAME VERSION', got {text[:80]!r}. "
-                               f"Fix: overnight {kind} NAME VERSION")
-        return Command(kind, path, model=(parts[0], int(parts[1])))
+        return Command(kind, path, model=_parse_model(kind, lines, text))
     # NFC, as safe_name made the run id: a decomposed é typed on macOS names the same run
     target = unicodedata.normalize("NFC", lines[0]) if lines else None
     if len(lines) > 1 or (target and not RUN_ID.fullmatch(target)):
         raise ControlError(f"control/{kind}: expected nothing (act on the running job) or one run id on the first "
                            f"line, got {text[:80]!r}. Fix: echo RUN_ID > control/{kind}")
     return Command(kind, path, target=target)
+
+
+def _parse_model(kind: str, lines: list[str], text: str) -> tuple[str, int]:
+    """`NAME VERSION`: the name as stored (NFC; a dataset's file name may hold spaces), the version in ASCII digits."""
+    parts = lines[0].rsplit(None, 1) if len(lines) == 1 else []
+    if len(parts) != 2 or not re.fullmatch(r"[0-9]{1,18}", parts[1]):
+        raise ControlError(f"control/{kind}: expected one line 'NAME VERSION', got {text[:80]!r}. "
+                           f"Fix: overnight {kind} NAME VERSION (see overnight models)")
+    name = model_name(parts[0])
+    problem = stored_name_problem(name)  # lenient: names taken from dataset file names may hold spaces
+    if problem:
+        raise ControlError(f"control/{kind}: '{shown(parts[0])}' cannot name a model: {problem}. "
+                           f"Fix: overnight {kind} NAME VERSION with a name from overnight models")
+    return name, int(parts[1])
 
 
 def _parse_priorities(lines: list[str]) -> list[tuple[str, int]]:

@@ -17,6 +17,11 @@ from daemon.log import log
 from daemon.states import LIVE, RESUMABLE, State
 from daemon.store import Store
 
+def _no_run(cmd: Command) -> str:
+    return (f"{cmd.source}: no run with id {cmd.target!r}. Fix: write an id that overnight runs lists "
+            f"(echo RUN_ID > {cmd.source}), or nothing to act on the running job.")
+
+
 # What a run becomes when its trainer exits after the daemon asked it to stop for a reason.
 REQUEST_OUTCOME = {"stop": State.STOPPED, "skip": State.SKIPPED, "preempt": State.QUEUED,
                    "shutdown": State.QUEUED, "restart": State.QUEUED}
@@ -97,7 +102,7 @@ class Controller:
         if cmd.target:
             run = self.store.get_run(cmd.target)
             if run is None:
-                raise ControlError(f"{cmd.source}: no run with id {cmd.target!r} (see overnight runs).")
+                raise ControlError(_no_run(cmd))
             runs = [run]
         elif not self.trainers:
             raise ControlError(f"{cmd.source}: no job is running, and the file names no run. "
@@ -111,7 +116,7 @@ class Controller:
         for run in runs:
             if run["state"] not in states:
                 raise ControlError(f"{cmd.source}: run {run['id']} is {run['state']}; {cmd.kind} applies to runs "
-                                   f"that are {' or '.join(states)}.")
+                                   f"that are {' or '.join(states)}. Fix: name such a run (see overnight runs).")
         return runs
 
     # --- stop and skip ------------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ class Controller:
     # --- pause and resume ---------------------------------------------------------------------------------
     def _on_pause(self, cmd: Command) -> None:
         if cmd.target and self.store.get_run(cmd.target) is None:
-            raise ControlError(f"{cmd.source}: no run with id {cmd.target!r} (see overnight runs).")
+            raise ControlError(_no_run(cmd))
 
     def _hold_pause(self) -> None:
         """control/pause holds while it exists (for its named run, or whatever runs)."""
@@ -212,7 +217,8 @@ class Controller:
             match = [r for r in live if ref in (r["id"], r["name"], Path(r["dataset"] or "").stem)]
             if not match:
                 raise ControlError(f"{cmd.source}: {ref!r} names no queued or running run (a run id, or a "
-                                   f"dataset name). Nothing was changed. See overnight runs.")
+                                   f"dataset name). Nothing was changed. Fix: use the run ids or names that overnight runs "
+                                   f"lists as queued or running.")
             changes += [(r, prio) for r in match]
         for r, prio in changes:
             self.store.update_run(r["id"], priority=prio)
@@ -242,7 +248,8 @@ class Controller:
         """activate / delete NAME VERSION: registry changes go through the daemon, the DB's only writer."""
         name, version = cmd.model
         if not any(m["version"] == version for m in self.store.models(name)):
-            raise ControlError(f"{cmd.source}: no model {name} version {version} (see overnight models).")
+            raise ControlError(f"{cmd.source}: no model {name} version {version}. Fix: use a NAME and "
+                               f"VERSION that overnight models lists.")
         if cmd.kind == "activate":
             self.store.activate_model(name, version)
             msg = f"activate {name} v{version}: now the active version (pinned)"

@@ -54,6 +54,13 @@ def json_problem(err: json.JSONDecodeError) -> str:
     return _JSON_PROBLEMS.get(err.msg, err.msg)
 
 
+def too_deep(name: str, location: str | None, field: str | None = None) -> DatasetError:
+    """Python's JSON parser recurses: arrays or objects nested about a thousand deep raise RecursionError."""
+    return DatasetError(name, location, field, "the JSON is nested too deeply to read (hundreds of arrays or "
+                        "objects inside each other)", "records hold flat fields: strings, and for chat one list of "
+                        "message objects; remove the nesting")
+
+
 class DatasetError(Exception):
     """One precise problem in a dataset: where it is, what is wrong and how to fix it.
 
@@ -242,6 +249,8 @@ def _read_jsonl(path: Path, notes: Notes) -> Iterator[tuple[str, Any]]:
         location = f"line {number}"
         try:
             record = json.loads(text)
+        except RecursionError:
+            raise too_deep(name, location) from None
         except json.JSONDecodeError as err:
             if count == 0 and text.lstrip().startswith("["):
                 raise DatasetError(name, location, None,
@@ -339,6 +348,8 @@ def _csv_record(name: str, location: str, record: dict[str, Any]) -> dict[str, A
         if isinstance(cell, str) and cell.strip():
             try:
                 record[column] = json.loads(cell)
+            except RecursionError:
+                raise too_deep(name, location, column) from None
             except json.JSONDecodeError as err:
                 raise DatasetError(name, location, column, f"the cell must hold JSON (a list), but: {json_problem(err)}",
                                    f"write the {column} list as JSON inside the (quoted) cell") from None
@@ -459,6 +470,9 @@ class _JsonArrayReader:
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                raise too_deep(self.name, f"record {index} (line {self.line})" if index else f"line {self.line}"
+                                ) from None
             except json.JSONDecodeError as err:
                 pending = len(self.buf) - self.pos
                 if self.eof or self._definitive(err):

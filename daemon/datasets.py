@@ -335,6 +335,10 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
     if isinstance(tools, str):
         try:
             tools = json.loads(tools)
+        except RecursionError:
+            raise where.error("tools", "is a string holding JSON nested too deeply to read",
+                              "write 'tools' as a JSON list of function definitions (or a string holding one)"
+                              ) from None
         except json.JSONDecodeError as err:
             raise where.error("tools", f"is a string but not valid JSON ({json_problem(err)})",
                               "write 'tools' as a JSON list of function definitions (or a string holding one)"
@@ -357,8 +361,10 @@ def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
             raise where.error(name, "uses 'role'/'content' keys inside 'conversations'",
                               "rename 'conversations' to 'messages', or use ShareGPT's 'from'/'value'")
         speaker = turn.get("from", _MISSING)
-        if speaker not in SHAREGPT_ROLES:
-            problem = "the 'from' is missing" if speaker is _MISSING else f"unknown speaker {speaker!r}"
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:  # a list or an object is no key of it
+            problem = "the 'from' is missing" if speaker is _MISSING else (
+                f"unknown speaker {speaker!r}" if isinstance(speaker, str)
+                else f"'from' must be a string, got {describe(speaker)}")
             raise where.error(f"{name}.from", f"{problem} (expected one of: {', '.join(SHAREGPT_ROLES)})",
                               "use one of the expected speaker names")
         value = _string(turn, "value", where, field_name=f"{name}.value")

@@ -1,6 +1,8 @@
 """Small file-name rules shared by intake, control and the registry."""
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".error.txt")
@@ -32,3 +34,56 @@ def unique_path(path: Path) -> Path:
         if not cand.exists() and not cand.is_symlink():
             return cand
     raise RuntimeError(f"no free name for {path}")
+
+
+# --- model names -------------------------------------------------------------------------------------------
+# A model name is a folder-name part (trash/NAME-vN-…) and a word on a control file's line (`activate NAME 3`):
+# letters and digits of any script (as in run ids, see control.RUN_ID), '.', '_' and '-'; NFC, so an é typed
+# decomposed on macOS names the same model.
+MODEL_NAME_MAX = 64
+MODEL_NAME_RULE = ("letters and digits of any script, '.', '_' and '-', starting with a letter or digit, no '..', "
+                   f"at most {MODEL_NAME_MAX} characters")
+_MODEL_NAME = re.compile(r"[^\W_][\w.-]*")
+
+
+def model_name(text: str) -> str:
+    """A model name as it is stored and compared: NFC."""
+    return unicodedata.normalize("NFC", text)
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why `name` (NFC) cannot be given to a model (the `name` option, init_adapter), in a few words; None when
+    it can."""
+    problem = stored_name_problem(name, MODEL_NAME_MAX)
+    if problem:
+        return problem
+    if not _MODEL_NAME.fullmatch(name):
+        if not _MODEL_NAME.match(name):
+            return f"it starts with {name[0]!r}, not a letter or digit"
+        bad = next(c for c in name if not re.fullmatch(r"[\w.-]", c))
+        return f"it holds {bad!r}, which is not a letter, digit, '.', '_' or '-'"
+    return None
+
+
+def stored_name_problem(name: str, limit: int = SHORT_NAME) -> str | None:
+    """What no registered name can be (a name taken from a dataset's file name may hold spaces or symbols): empty,
+    a path, a control or invisible character, '..', longer than `limit` characters."""
+    if not name:
+        return "it is empty"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator ('/' or '\\')"
+    bad = next((c for c in name if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+    if bad is not None:
+        return f"it holds the control or invisible character U+{ord(bad):04X}"
+    if ".." in name:
+        return "it holds '..'"
+    if len(name) > limit:
+        return f"it is {len(name)} characters long (at most {limit})"
+    return None
+
+
+def suggested_model_name(text: str) -> str:
+    """The nearest valid name, for a message's Fix."""
+    name = re.sub(r"[^\w.-]+", "-", model_name(text))
+    name = re.sub(r"\.{2,}", ".", name).strip("-._")[:MODEL_NAME_MAX].strip("-._")
+    return name or "model"

@@ -13,12 +13,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.fsutil import model_name, model_name_problem
 from daemon.models import model_folder
 from daemon.options import Resolved
 from daemon.queries import Reader
 from daemon.submission import SubmissionError
 
-_REGISTERED = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::(?P<version>\d+))?$")
+# NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
+_REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::(?P<version>[0-9]+))?$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 
 
@@ -33,8 +35,8 @@ class Parent:
 
 def resolve_parent(spec: str, root: Path) -> Parent:
     """The adapter `spec` names; SubmissionError with the fix when there is none."""
-    m = _REGISTERED.match(spec)
-    if m and "/" not in spec:
+    m = _REGISTERED.match(model_name(spec))
+    if m and model_name_problem(m["name"]) is None:
         return _registered(m["name"], int(m["version"]) if m["version"] else None, root)
     folder = Path(spec).expanduser()
     folder = folder if folder.is_absolute() else root / folder

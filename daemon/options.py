@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
+
+from daemon.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, suggested_model_name
 
 
 class OptionsError(ValueError):
@@ -32,6 +33,7 @@ class Option:
     private: bool = False
     sweep: bool = False  # a list in a sidecar queues one run per value (daemon/sweep.py)
     trainer: bool = False  # the trainer reads it: TrainOptions (daemon/trainer/config.py) has a field for it
+    normal: Callable[[Any], Any] | None = None  # the stored form of a valid value (e.g. a name in NFC)
 
 
 # An option the trainer reads as well as the daemon: declaring it is all it takes to reach the trainer.
@@ -62,8 +64,6 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "adamw_anyprecisi
 def _choices(values: tuple[str, ...]) -> str:
     return "one of " + ", ".join(f'"{v}"' for v in values)
 
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("base_model", (str, list), None, "base model: a local folder or an HF cache name, or a list of them",
@@ -116,8 +116,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
-    Option("name", str, None, "model name (default: the dataset's file stem)", lambda v: bool(_NAME_RE.match(v)),
-           "letters, digits, '.', '_' and '-', at most 64 characters"),
+    Option("name", str, None, "model name (default: the dataset's file stem)", allowed=MODEL_NAME_RULE,
+           validate=lambda source, v: _check_name(source, v), normal=model_name),
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
     Train("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
@@ -161,6 +161,16 @@ def _check_hooks(source: Path | str, table: dict[str, Any]) -> None:
             raise OptionsError(f"{source}: [hooks] {key} = {argv!r} must be a non-empty list of strings: an argument "
                                f"list, run without a shell. Fix: e.g. {key} = [\"rsync\", \"-a\", \"runs/\", "
                                f"\"backup:/adapters/\"] (or [\"sh\", \"-c\", \"...\"] for shell syntax).")
+
+
+def _check_name(source: Path | str, value: str) -> None:
+    """`name`: a model name (daemon/fsutil.py): letters of any script, NFC; never a path or a control character."""
+    problem = model_name_problem(model_name(value))
+    if problem:
+        shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
+        raise OptionsError(f"{source}: option 'name' = {shown} cannot name a model: {problem}; allowed: "
+                           f"{MODEL_NAME_RULE}. Fix: name = \"{suggested_model_name(value)}\", or remove name to "
+                           f"use the dataset's file name.")
 
 
 def _check_notify(source: Path | str, table: dict[str, Any]) -> None:
@@ -245,11 +255,12 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dict[str, Any]:
-    """Check every key and value of one options file; return it unchanged when good."""
+    """Check every key and value of one options file; return it when good (values in their stored form)."""
     for key, value in table.items():
         if key not in OPTIONS:
             raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
-                               f"Valid options: {', '.join(sorted(OPTIONS))}.")
+                               f"Valid options: {', '.join(sorted(OPTIONS))}. Fix: rename '{key}' to one of "
+                               f"these, or remove it.")
         if sidecar and OPTIONS[key].owner_only:
             raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
                                f"never in a dataset's sidecar (it runs code or shapes the machine). "
@@ -258,7 +269,7 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
             check_sweep(source, key, value, sidecar=sidecar)
         else:
             check_value(source, key, value)
-    return table
+    return {k: OPTIONS[k].normal(v) if OPTIONS[k].normal and isinstance(v, str) else v for k, v in table.items()}
 
 
 def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import datasets
-from daemon.dataformats import json_problem
+from daemon.dataformats import json_problem, too_deep
 from daemon.datasets import DatasetError
 
 MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
@@ -111,6 +111,8 @@ def load_probe_file(path: Path) -> list[dict[str, Any]]:
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise too_deep(file, location) from None
             except json.JSONDecodeError as e:
                 raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
                                    "each line must be one complete JSON object") from None

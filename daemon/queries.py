@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -84,7 +85,9 @@ class Reader:
         return _decoded(rows[0]) if rows else None
 
     def find_run(self, ref: str) -> dict[str, Any] | None:
-        """A run by exact id, else the newest run whose id starts with `ref` or whose name is `ref`."""
+        """A run by exact id, else the newest run whose id starts with `ref` or whose name is `ref` (NFC, as ids
+        and names are stored: an é typed decomposed finds its run)."""
+        ref = unicodedata.normalize("NFC", ref)
         return self.run(ref) or next(iter(map(_decoded, self._all(
             "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref)))), None)
 
@@ -95,6 +98,7 @@ class Reader:
     def find_groups(self, ref: str) -> list[str]:
         """Group ids `ref` names: that id exactly, else the groups whose id starts with it or whose runs' name
         it is (newest first; several means `ref` is ambiguous)."""
+        ref = unicodedata.normalize("NFC", ref)
         if self._all("SELECT 1 FROM runs WHERE group_id = ? LIMIT 1", (ref,)):
             return [ref]
         rows = self._all("SELECT group_id, MAX(seq) AS newest FROM runs WHERE group_id IS NOT NULL AND "

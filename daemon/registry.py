@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.home import Home
-from daemon.fsutil import unique_path
+from daemon.fsutil import SHORT_NAME, short_name, unique_path
 from daemon.rundir import RunFolder
 from daemon.store import Store
 from daemon.timefmt import run_id_stamp
@@ -30,12 +30,14 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
     """Move a version's adapter into trash/ (never deleted outright) and mark it deleted."""
     rows = [m for m in store.models(name) if m["version"] == version]
     if not rows:
-        raise KeyError(f"no model {name} version {version} (see overnight models)")
+        raise KeyError(f"no model {name} version {version}. Fix: use a NAME and VERSION that overnight models "
+                       f"lists.")
     row = rows[0]
     if row["deleted"]:
-        raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}")
+        raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}. Fix: nothing to do: it "
+                       f"was deleted before, and its adapter is kept in that folder.")
     src = Path(row["adapter_path"])
-    dest = unique_path(home.trash / f"{name}-v{version}-{run_id_stamp()}")
+    dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
     dest.mkdir(parents=True)
     if src.exists():
         os.rename(src, dest / "adapter")

@@ -4,6 +4,7 @@ no click, no Textual here."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,10 +75,16 @@ def fmt_priority(value: int, width: int = 5) -> str:
     return text[:width - 1] + "…"
 
 
+def cells(text: str) -> int:
+    """Terminal cells `text` takes: wide (CJK) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def table(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns two spaces apart (the first row is the header); no trailing blanks."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    """Left-aligned columns two spaces apart (the first row is the header); no trailing blanks; a name in CJK
+    letters (two cells each) keeps its column straight."""
+    widths = [max(cells(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c + " " * (w - cells(c)) for c, w in zip(row, widths)).rstrip() for row in rows]
 
 
 # --- the CLI's views -------------------------------------------------------------------------------------------

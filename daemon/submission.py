@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon import datasets, sweep
+from daemon.fsutil import model_name
 from daemon.models import ModelNotFound, locate_model, model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
@@ -59,7 +60,7 @@ class Submission:
 
     @property
     def name(self) -> str:
-        return self.options.values.get("name") or stem_of(self.dataset)
+        return self.options.values.get("name") or model_name(stem_of(self.dataset))
 
 
 def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,

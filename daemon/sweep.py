@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -49,7 +50,7 @@ def compact(value: Any) -> str:
             mantissa = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "")
             return f"{'-' if sign else ''}{mantissa}e{int(exponent) + len(digits) - 1}"
         return format(d, "f")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-.") or "x"
+    return _id_part(str(value)) or "x"
 
 
 def tag(key: str, value: Any) -> str:
@@ -142,8 +143,14 @@ def summary(opts: Resolved) -> str | None:
     return f"{n} runs in one group ({describe(opts)}): {shown}"
 
 
+def _id_part(text: str) -> str:
+    """Text as a run id carries it: letters and digits of any script stay (as intake.safe_name keeps them in the
+    dataset's name, NFC), anything else becomes `-`."""
+    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.")
+
+
 def _model_tag(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name).strip("-.") or "model"
+    return _id_part(Path(model.rstrip("/")).name) or "model"
 
 
 def run_suffix(point: Point, several_models: bool) -> str:

@@ -131,7 +131,9 @@ def test_a_pause_with_nothing_running_is_acknowledged_once(b: Bench) -> None:
 
 def test_a_pause_naming_no_run_is_rejected(b: Bench) -> None:
     b.drop("pause", "nosuch-1")
-    assert messages(b.step()) == ["rejected: control/pause: no run with id 'nosuch-1' (see overnight runs)."]
+    assert messages(b.step()) == ["rejected: control/pause: no run with id 'nosuch-1'. Fix: write an id that "
+                                  "overnight runs lists (echo RUN_ID > control/pause), or nothing to act on the "
+                                  "running job."]
     assert b.rejected() and not (b.home.control / "pause").exists()
 
 
@@ -196,7 +198,8 @@ def test_stop_of_an_ended_run_is_rejected_with_why(b: Bench) -> None:
     b.run("c-1", "completed")
     b.drop("skip", "c-1")
     assert messages(b.step()) == ["rejected: control/skip: run c-1 is completed; skip applies to runs that are "
-                                  "queued or preparing or training or paused."]
+                                  "queued or preparing or training or paused. Fix: name such a run (see "
+                                  "overnight runs)."]
 
 
 def test_skip_with_nothing_running_and_no_target_is_rejected_with_the_fix(b: Bench) -> None:

@@ -35,7 +35,7 @@ def test_other_tools_names_and_tables_get_a_hint(tmp_path, text, hint):
     ("eval_fraction = 0.9", "0 .. 0.5"),
     ("epochs = true", "> 0"),
     ("batch_size = 'eight'", "1 .. 4096"),
-    ("name = 'has space'", "letters, digits"),
+    ("name = 'has space'", "letters and digits of any script"),
 ])
 def test_bad_values_say_the_allowed_range(tmp_path, text, allowed):
     with pytest.raises(OptionsError) as e:
