@@ -409,8 +409,8 @@ def test_the_controller_applies_or_rejects_junk_and_keeps_every_byte(files: list
                 old = time.time() - 5
                 os.utime(path, (old, old))
                 written[kind] = body
-            ctl.apply(_Stub("a-1") if running else None)
-            ctl.apply(_Stub("a-1") if running else None)  # a second pass changes nothing it should not
+            ctl.apply([_Stub("a-1")] if running else [])
+            ctl.apply([_Stub("a-1")] if running else [])  # a second pass changes nothing it should not
             rejected = sorted(p for p in home.control_rejected.iterdir() if not p.name.endswith(".error.txt"))
             kept = [p.read_bytes() for p in rejected]
             events = list(store.db.query("SELECT * FROM control_events"))

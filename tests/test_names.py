@@ -150,7 +150,7 @@ def _pass(home: Home) -> list[dict]:
                 old = time.time() - 5
                 import os
                 os.utime(p, (old, old))
-        Controller(home, store, lambda *a, **k: None).apply(None)
+        Controller(home, store, lambda *a, **k: None).apply([])
         return [dict(r) for r in store.db.query("SELECT * FROM control_events ORDER BY id")]
     finally:
         store.close()
