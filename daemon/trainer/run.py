@@ -22,6 +22,7 @@ from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer import ddp
 from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
@@ -56,13 +57,26 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
-    try:
-        _final_progress(folder, result)
-        result.write(folder.result)
-    except OSError as e:  # a full disk: the daemon reads the reason from the console instead
-        say(f"could not write result.json: {e}")
+        elif ddp.distributed() and _peer_lost(e):
+            result.reason = (f"another process of this run (torchrun) went away: {result.reason[:300]}. Its own "
+                             f"lines in console.log (`rank N: ...`) or torchrun's summary say why")
+    if ddp.is_main():  # under torchrun rank 0 alone writes the run folder
+        try:
+            _final_progress(folder, result)
+            result.write(folder.result)
+        except OSError as e:  # a full disk: the daemon reads the reason from the console instead
+            say(f"could not write result.json: {e}")
     say(result.footer())
+    if result.exit_code == 0:
+        ddp.shutdown()
     return result.exit_code
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """A collective that failed because another rank died (gloo: the connection closed; NCCL: aborted)."""
+    text = f"{type(e).__name__}: {e}"
+    return any(t in text for t in ("DistBackendError", "Connection closed by peer", "Connection reset by peer",
+                                   "NCCL communicator was aborted", "Broken pipe"))
 
 
 def _final_progress(folder: RunFolder, result: Result) -> None:
@@ -94,12 +108,14 @@ def _train(s: Session, commands: Any) -> None:
 
     device = pick_device()
     s.result.device, s.result.device_name = device.kind, device.name
-    say(f"device: {device.label}")
+    ddp.init(device.kind)  # under torchrun: the process group, before anything the ranks must agree on
+    world = f"; torchrun: {ddp.world_size()} processes, {ddp.backend(device.kind)}" if ddp.distributed() else ""
+    say(f"device: {device.label}{world}")
     progress = Progress(paths.progress, device.kind, device.name)
     progress.update("preparing")
-    resume = _prepare_resume(s)
+    resume = _agreed_resume(s)
     built = build_everything(s, source, device, stats, progress, commands)
-    if commands.stop.is_set():
+    if commands.sync().stop:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
     attempt = built.opts or opts
@@ -112,6 +128,11 @@ def _train(s: Session, commands: Any) -> None:
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
+            if ddp.distributed():  # the other ranks wait in a collective this one will never join
+                raise RunError(f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun): {e}"[:600]
+                               + ". Fix: lower batch_size (raise grad_accum to keep the effective batch), "
+                               "turn gradient_checkpointing on, or set quantization = \"4bit\"; then resume "
+                               "the run.") from None
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
@@ -127,6 +148,15 @@ def _train(s: Session, commands: Any) -> None:
         say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
         built.reset_model()
     built.finish(trainer)
+
+
+def _agreed_resume(s: Session) -> Path | None:
+    """The resume point of every rank: rank 0 clears, checks and chooses (under torchrun), the others take it."""
+    chosen = _prepare_resume(s) if ddp.is_main() else None
+    chosen = ddp.from_main(str(chosen) if chosen else None)
+    if chosen is not None:
+        s.result.step = int(Path(chosen).name.split("-")[1])
+    return Path(chosen) if chosen else None
 
 
 def _prepare_resume(s: Session) -> Path | None:
@@ -154,12 +184,11 @@ def _prepare_resume(s: Session) -> Path | None:
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
     """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
 
-    One process on one GPU: the scheduler and pick_device see to it that a run never spans several GPUs (no
-    DataParallel). Once runs span GPUs through torchrun, the batches per epoch divide by the world size here.
+    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel).
     """
     if opts.max_steps > 0:
         return opts.max_steps
-    batches = math.ceil(n_sequences / opts.batch_size)
+    batches = math.ceil(n_sequences / (opts.batch_size * ddp.world_size()))
     per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
     return math.ceil(opts.epochs * per_epoch)
 
@@ -176,5 +205,7 @@ def environment_defaults() -> None:
         os.environ.update(trainer_gpu_env(None, os.environ))
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if not ddp.is_main():
+        warnings.filterwarnings("ignore")  # under torchrun rank 0 says it once: console.log is shared
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
