@@ -63,6 +63,11 @@ def init(device_kind: str) -> None:
     _initialised = True
 
 
+def initialised() -> bool:
+    """The process group is up (under torchrun, once training is being set up)."""
+    return _initialised
+
+
 def barrier() -> None:
     if _initialised:
         import torch.distributed as dist

@@ -9,6 +9,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -38,29 +39,39 @@ class Session:
 
 
 def main(run_dir: Path, *, read_stdin: bool = True) -> int:
-    """Train the run in `run_dir`; write result.json; return the process exit code."""
+    """Train the run in `run_dir`; write result.json; return the process exit code.
+
+    Under torchrun rank 0 writes result.json, except in two cases: another rank failed on its own (it writes its
+    reason: it alone knows it), or another rank vanished (killed: nobody writes one, as for a killed trainer, and
+    the launcher ends by the signal that killed it, daemon/trainer/torchrun.py)."""
     from daemon.trainer.commands import start_channel
 
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
     folder = RunFolder(Path(run_dir).resolve())
+    if ddp.is_main():
+        folder.result.unlink(missing_ok=True)  # an earlier attempt's: it must not pass for this one's if it dies
+    peer_lost = False
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
         _train(session, commands)
     except RunError as e:
         result.outcome, result.reason = "failed", str(e)
-        say(f"error: {e}")
+        say(f"error: {e}") if ddp.is_main() else print(f"error: {e}", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
         traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
+        peer_lost = ddp.distributed() and _peer_lost(e)
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
-        elif ddp.distributed() and _peer_lost(e):
-            result.reason = (f"another process of this run (torchrun) went away: {result.reason[:300]}. Its own "
-                             f"lines in console.log (`rank N: ...`) or torchrun's summary say why")
-    if ddp.is_main():  # under torchrun rank 0 alone writes the run folder
+        elif peer_lost:
+            say(f"another process of this run (torchrun) went away ({result.reason[:200]}): its own lines "
+                f"(`rank N: ...`) or torchrun's summary below say why")
+    if result.outcome == "failed" and not ddp.is_main() and not peer_lost and ddp.initialised():
+        result.reason = f"rank {ddp.rank()}: {result.reason}"
+    if (ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: ")) and not peer_lost:
         try:
             _final_progress(folder, result)
             result.write(folder.result)
