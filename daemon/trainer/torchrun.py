@@ -19,7 +19,8 @@ import sys
 def _die_by(signum: int, why: str) -> None:
     print(f"torchrun: {why}; the launcher ends by {signal.Signals(signum).name} too (the run is resumable)",
           file=sys.stderr, flush=True)
-    signal.signal(signum, signal.SIG_DFL)  # (SIGKILL keeps its default: it cannot be caught)
+    if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught: no handler to reset
+        signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     signal.pause()
 
