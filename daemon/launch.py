@@ -34,6 +34,9 @@ TORCHRUN_KEYS: dict[str, tuple[type, ...]] = {
 }
 # Keys that mean "more than this machine": with any of them the launcher is torchrun even for one process per node.
 MULTI_NODE_KEYS = ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_backend", "rdzv_id", "master_addr", "master_port")
+# A worker's exit code when it failed only because another rank vanished (a collective lost its peer): not a
+# failure of its own. The launcher ignores it when it decides how the group died.
+PEER_LOST_EXIT = 3
 LAUNCHER_MODULE = "daemon.trainer.torchrun"
 TRAINER_MODULE = "daemon.trainer"
 

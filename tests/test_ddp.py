@@ -223,3 +223,16 @@ def test_a_rank_killed_ends_the_group_like_a_killed_trainer_and_the_run_resumes(
     assert sorted(resumed) == list(range(1, 11))
     assert max(abs(resumed[s] - reference[s]) for s in reference) < 1e-6, (resumed, reference)
     json.loads((run / "result.json").read_text())["outcome"] == "completed"
+
+
+def test_how_the_group_died() -> None:
+    """The launcher's verdict from torchrun's failures: rank → (exit code, time, pid)."""
+    from daemon.launch import PEER_LOST_EXIT
+    from daemon.trainer.torchrun import killing_signal
+
+    kill, term = -signal.SIGKILL, -signal.SIGTERM
+    assert killing_signal({1: (kill, 5.0, 11), 0: (term, 5.0, 10)}) == (1, signal.SIGKILL, 11)  # kill -9 of rank 1
+    assert killing_signal({1: (kill, 5.0, 11), 0: (PEER_LOST_EXIT, 5.0, 10)}) == (1, signal.SIGKILL, 11)
+    assert killing_signal({1: (1, 5.0, 11), 0: (term, 5.0, 10)}) is None  # rank 1 failed (OOM): torchrun ended 0
+    assert killing_signal({1: (1, 5.0, 11), 0: (kill, 40.0, 10)}) is None  # … and escalated to SIGKILL
+    assert killing_signal({0: (term, 5.0, 10), 1: (term, 5.0, 11)}) == (0, signal.SIGTERM, 10)

@@ -19,6 +19,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
+from daemon.launch import PEER_LOST_EXIT
 from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
@@ -80,7 +81,7 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     say(result.footer())
     if result.exit_code == 0:
         ddp.shutdown()
-    return result.exit_code
+    return PEER_LOST_EXIT if peer_lost else result.exit_code
 
 
 def _peer_lost(e: BaseException) -> bool:

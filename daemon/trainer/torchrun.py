@@ -5,7 +5,8 @@ difference in how it ends. torchrun exits with 1 whatever happened to a worker; 
 died of a signal (kill -9, the OOM killer) and fails one that exited with an error. So when a worker died of a
 signal, or the launcher itself got SIGTERM/SIGINT/SIGHUP, the launcher ends by that same signal: the daemon sees
 the negative return code of a single killed trainer. A worker that failed on its own (exit code 1, its traceback
-and result.json written) still makes the launcher exit 1.
+and result.json written) still makes the launcher exit 1; a worker that failed only because another vanished
+exits with PEER_LOST_EXIT (daemon/launch.py) and does not count (`killing_signal`).
 
 Workers run in sessions of their own (torchrun starts them so): the daemon's `signal_group` signals each of them.
 """
@@ -35,15 +36,33 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except ChildFailedError as e:
         print(e.format_msg(), file=sys.stderr, flush=True)
-        killed = {rank: f for rank, f in e.failures.items() if f.exitcode < 0}
-        if killed:
-            rank, failure = min(killed.items(), key=lambda item: item[1].timestamp)
-            _die_by(-failure.exitcode, f"rank {rank} (PID {failure.pid}) was killed by "
-                                       f"{signal.Signals(-failure.exitcode).name}")
+        killed = killing_signal({rank: (f.exitcode, f.timestamp, f.pid) for rank, f in e.failures.items()})
+        if killed is not None:
+            rank, signum, pid = killed
+            _die_by(signum, f"rank {rank} (PID {pid}) was killed by {signal.Signals(signum).name}")
         return 1
     except SignalException as e:
         _die_by(int(e.sigval), f"the launcher received {signal.Signals(e.sigval).name} and stopped the workers")
     return 0
+
+
+def killing_signal(failures: dict[int, tuple[int, float, int]]) -> tuple[int, int, int] | None:
+    """(rank, signal, pid) when the group died of a signal, else None (a worker failed on its own).
+
+    `failures`: rank → (exit code, time, pid) of the workers torchrun saw fail. A worker that exited with an error
+    of its own (a positive code other than PEER_LOST_EXIT) is what ended the run: None. Otherwise the first signal
+    death, SIGTERM last: torchrun itself sends SIGTERM to the workers still running once one has failed.
+    """
+    from daemon.launch import PEER_LOST_EXIT
+
+    if any(code > 0 and code != PEER_LOST_EXIT for code, _t, _p in failures.values()):
+        return None
+    signalled = [(code == -signal.SIGTERM, t, rank, -code, pid) for rank, (code, t, pid) in failures.items()
+                 if code < 0]
+    if not signalled:
+        return None
+    _term, _t, rank, signum, pid = min(signalled)
+    return rank, signum, pid
 
 
 if __name__ == "__main__":
