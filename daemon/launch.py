@@ -37,6 +37,12 @@ MULTI_NODE_KEYS = ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_backend", "rdzv
 # A worker's exit code when it failed only because another rank vanished (a collective lost its peer): not a
 # failure of its own. The launcher ignores it when it decides how the group died.
 PEER_LOST_EXIT = 3
+# A worker's exit code when it ran out of memory and wrote the next rung of the retry ladder (daemon/trainer/oom.py)
+# to the file RETRY_FILE_ENV names: a single-node launcher then starts every worker again, RETRY_OPTIONS_ENV
+# holding that rung, and they resume from the last checkpoint (what one process does in-process).
+OOM_RETRY_EXIT = 4
+RETRY_FILE_ENV = "OVERNIGHT_OOM_RETRY_FILE"
+RETRY_OPTIONS_ENV = "OVERNIGHT_OOM_RETRY_OPTIONS"
 LAUNCHER_MODULE = "daemon.trainer.torchrun"
 TRAINER_MODULE = "daemon.trainer"
 

@@ -216,6 +216,7 @@ def test_a_rank_killed_ends_the_group_like_a_killed_trainer_and_the_run_resumes(
     assert not (run / "result.json").exists()
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in ranks.values())
     assert "rank 1 (PID" in console(run) and "killed by SIGKILL" in console(run)
+    assert "another process of this run (torchrun) went away" in console(run) and "=== end: failed" not in console(run)
 
     assert run_to_end(run) == 0, console(run)[-3000:]
     assert "resuming from checkpoints/step-" in console(run)
@@ -236,3 +237,71 @@ def test_how_the_group_died() -> None:
     assert killing_signal({1: (1, 5.0, 11), 0: (term, 5.0, 10)}) is None  # rank 1 failed (OOM): torchrun ended 0
     assert killing_signal({1: (1, 5.0, 11), 0: (kill, 40.0, 10)}) is None  # … and escalated to SIGKILL
     assert killing_signal({0: (term, 5.0, 10), 1: (term, 5.0, 11)}) == (0, signal.SIGTERM, 10)
+
+
+OOM_ON_RANK_1 = '''
+import importlib.abc, importlib.util, os, sys
+
+class _Inject(importlib.abc.MetaPathFinder):
+    """On rank 1 of the first group only: step 6 runs out of memory (a real OOM needs a GPU)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "daemon.trainer.setup":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            step = module.OvernightTrainer.training_step
+
+            def training_step(self, *args, **kwargs):
+                if self.state.global_step + 1 == 6:
+                    import torch
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return step(self, *args, **kwargs)
+
+            module.OvernightTrainer.training_step = training_step
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+if os.environ.get("RANK") == "1" and not os.environ.get("OVERNIGHT_OOM_RETRY_OPTIONS"):
+    sys.meta_path.insert(0, _Inject())
+'''
+
+
+def test_out_of_memory_on_one_rank_restarts_the_group_on_the_next_rung(tmp_path: Path, qwen: Path) -> None:
+    """SPEC §4's ladder for the run as a whole: rank 1 runs out of memory at step 6; the launcher starts both
+    workers again with gradient checkpointing on, from step-4; the daemon sees one trainer that completes."""
+    from daemon.runner import TrainerProcess
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(OOM_ON_RANK_1, encoding="utf-8")
+    run = new_run(tmp_path, qwen)
+    t = TrainerProcess.start(run.name, run, command=trainer_command(run, 2),
+                             env={"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{inject}:{Path(__file__).parents[1]}"})
+    rc = t.wait(300)
+    t.close_stdin()
+    text = console(run)
+    assert rc == 0, text[-3000:]
+    assert "rank 1: out of memory on rank 1 of 2 (torchrun): every process restarts from the last checkpoint, " \
+           "turning gradient checkpointing on" in text
+    assert "out of memory in the last attempt: retrying, turning gradient checkpointing on" in text
+    assert "resuming from checkpoints/step-4" in text
+    assert sorted(train_losses(run)) == list(range(1, 11))
+    assert read_json(run / "result.json")["outcome"] == "completed"
+
+
+def test_the_launcher_restarts_the_group_only_for_an_out_of_memory_rung(tmp_path: Path) -> None:
+    from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
+    from daemon.trainer.torchrun import retry_rung
+
+    rung = tmp_path / "rung.json"
+    assert retry_rung({1: (OOM_RETRY_EXIT, 5.0, 11), 0: (PEER_LOST_EXIT, 5.0, 10)}, str(rung)) is None  # no file
+    rung.write_text('{"batch_size": 1}')
+    assert retry_rung({1: (OOM_RETRY_EXIT, 5.0, 11), 0: (-signal.SIGTERM, 5.0, 10)}, str(rung)) == '{"batch_size": 1}'
+    assert retry_rung({1: (OOM_RETRY_EXIT, 5.0, 11), 0: (1, 5.0, 10)}, str(rung)) is None  # rank 0 failed too
+    assert retry_rung({1: (1, 5.0, 11)}, str(rung)) is None

@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon.atomic import read_json, write_json
 from daemon.gpus import trainer_gpu_env, under_torchrun
-from daemon.launch import PEER_LOST_EXIT
+from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
 from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
@@ -52,27 +52,29 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     folder = RunFolder(Path(run_dir).resolve())
     if ddp.is_main():
         folder.result.unlink(missing_ok=True)  # an earlier attempt's: it must not pass for this one's if it dies
-    peer_lost = False
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
         _train(session, commands)
+    except GroupRetry:
+        return OOM_RETRY_EXIT  # no outcome: the launcher starts the group again (daemon/trainer/torchrun.py)
     except RunError as e:
         result.outcome, result.reason = "failed", str(e)
         say(f"error: {e}") if ddp.is_main() else print(f"error: {e}", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
-        traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
         peer_lost = ddp.distributed() and _peer_lost(e)
+        if peer_lost:  # not this process's failure: one line, and the launcher decides what follows
+            say(f"another process of this run (torchrun) went away ({result.reason[:160]}…): its own lines "
+                f"(`rank N: ...`) or torchrun's summary below say why")
+            return PEER_LOST_EXIT
+        traceback.print_exc()
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
-        elif peer_lost:
-            say(f"another process of this run (torchrun) went away ({result.reason[:200]}): its own lines "
-                f"(`rank N: ...`) or torchrun's summary below say why")
-    if result.outcome == "failed" and not ddp.is_main() and not peer_lost and ddp.initialised():
+    if result.outcome == "failed" and not ddp.is_main() and ddp.initialised():
         result.reason = f"rank {ddp.rank()}: {result.reason}"
-    if (ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: ")) and not peer_lost:
+    if ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: "):
         try:
             _final_progress(folder, result)
             result.write(folder.result)
@@ -81,7 +83,7 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     say(result.footer())
     if result.exit_code == 0:
         ddp.shutdown()
-    return PEER_LOST_EXIT if peer_lost else result.exit_code
+    return result.exit_code
 
 
 def _peer_lost(e: BaseException) -> bool:
@@ -130,7 +132,7 @@ def _train(s: Session, commands: Any) -> None:
     if commands.sync().stop:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
-    attempt = built.opts or opts
+    attempt = _rung_from_launcher(built.opts or opts)
     while True:
         out_of_memory = False
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -141,10 +143,7 @@ def _train(s: Session, commands: Any) -> None:
             if not is_out_of_memory(e):
                 raise
             if ddp.distributed():  # the other ranks wait in a collective this one will never join
-                raise RunError(f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun): {e}"[:600]
-                               + ". Fix: lower batch_size (raise grad_accum to keep the effective batch), "
-                               "turn gradient_checkpointing on, or set quantization = \"4bit\"; then resume "
-                               "the run.") from None
+                _retry_group(attempt, e)
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
@@ -160,6 +159,47 @@ def _train(s: Session, commands: Any) -> None:
         say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
         built.reset_model()
     built.finish(trainer)
+
+
+class GroupRetry(Exception):
+    """Under torchrun: this rank ran out of memory and handed the next rung to the launcher (OOM_RETRY_EXIT)."""
+
+
+def _retry_group(attempt: TrainOptions, error: BaseException) -> None:
+    """Out of memory under torchrun: the other ranks wait in a collective this one will never join, so the whole
+    group restarts. The next rung goes to the launcher (single node), which starts every worker again with it;
+    with no launcher to restart them (several nodes), or no rung left, the run fails with the fix."""
+    import json
+
+    from daemon.launch import RETRY_FILE_ENV
+
+    where = f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun)"
+    target = os.environ.get(RETRY_FILE_ENV)
+    nxt, change = next_rung(attempt)  # RunError when nothing cheaper is left
+    if not target:
+        raise RunError(f"{where}: {error}"[:600] + f". Fix: {change} (batch_size, grad_accum or "
+                       f"gradient_checkpointing in the options), then resume the run.") from None
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump({"batch_size": nxt.batch_size, "grad_accum": nxt.grad_accum,
+                   "gradient_checkpointing": nxt.gradient_checkpointing, "change": change}, f)
+    print(f"{where}: every process restarts from the last checkpoint, {change}", file=sys.stderr, flush=True)
+    raise GroupRetry(change)
+
+
+def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
+    """The retry ladder's rung a restarted torchrun group trains on (none: the options as planned)."""
+    import json
+    from dataclasses import replace
+
+    from daemon.launch import RETRY_OPTIONS_ENV
+
+    raw = os.environ.get(RETRY_OPTIONS_ENV)
+    if not raw:
+        return opts
+    rung = json.loads(raw)
+    say(f"out of memory in the last attempt: retrying, {rung.get('change')}")
+    return replace(opts, batch_size=int(rung["batch_size"]), grad_accum=int(rung["grad_accum"]),
+                   gradient_checkpointing=rung["gradient_checkpointing"])
 
 
 def _agreed_resume(s: Session) -> Path | None:

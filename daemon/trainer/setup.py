@@ -135,7 +135,9 @@ def _ddp_arguments(device: Device) -> dict[str, Any]:
     part in every forward; the search would cost a pass over the graph each step and breaks with checkpointing)."""
     if not ddp.distributed():
         return {}
-    return {"ddp_backend": ddp.backend(device.kind), "ddp_find_unused_parameters": False}
+    # the other ranks' library warnings would repeat rank 0's in the shared console.log
+    return {"ddp_backend": ddp.backend(device.kind), "ddp_find_unused_parameters": False,
+            "log_level_replica": "error"}
 
 
 def _checkpointing_arguments(on: bool) -> dict[str, Any]:
