@@ -305,3 +305,16 @@ def test_the_launcher_restarts_the_group_only_for_an_out_of_memory_rung(tmp_path
     assert retry_rung({1: (OOM_RETRY_EXIT, 5.0, 11), 0: (-signal.SIGTERM, 5.0, 10)}, str(rung)) == '{"batch_size": 1}'
     assert retry_rung({1: (OOM_RETRY_EXIT, 5.0, 11), 0: (1, 5.0, 10)}, str(rung)) is None  # rank 0 failed too
     assert retry_rung({1: (1, 5.0, 11)}, str(rung)) is None
+
+
+def test_eof_on_rank_0s_stdin_stops_every_rank_with_a_checkpoint(tmp_path: Path, qwen: Path) -> None:
+    """The daemon went away: rank 0 reads EOF, and every rank saves and stops at the same step (exit 0)."""
+    run = new_run(tmp_path, qwen, max_steps=40)
+    t = start_ddp(run)
+    wait_for(lambda: any(m.get("step", 0) >= 1 for m in metrics(run)), 180, "step 1", t.proc)
+    t.close_stdin()
+    assert t.wait(120) == 0, console(run)[-3000:]
+    stopped = read_json(run / "result.json")
+    assert stopped["outcome"] == "stopped" and "stdin closed" in stopped["reason"], stopped
+    last = run / "checkpoints" / f"step-{stopped['step']}"
+    assert 1 <= stopped["step"] < 40 and (last / "rng_state_0.pth").exists() and (last / "rng_state_1.pth").exists()
