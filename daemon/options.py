@@ -178,6 +178,39 @@ def _check_notify(source: Path | str, table: dict[str, Any]) -> None:
     check_table(source, table)
 
 
+def _check_torchrun(source: Path | str, table: dict[str, Any]) -> None:
+    """[torchrun]: torchrun's own options (daemon/launch.py passes them on), each of its type."""
+    from daemon.launch import TORCHRUN_KEYS
+
+    for key, value in table.items():
+        kinds = TORCHRUN_KEYS.get(key)
+        if kinds is None:
+            close = next(iter(difflib.get_close_matches(key.replace("-", "_"), TORCHRUN_KEYS, n=1)), None)
+            raise OptionsError(f"{source}: [torchrun] has no option '{key}'{f' (did you mean {close!r}?)' if close else ''}; "
+                               f"allowed: {', '.join(TORCHRUN_KEYS)}. Fix: rename or remove '{key}' under [torchrun] "
+                               f"(keys are torchrun's options with underscores: --node-rank is node_rank).")
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (numeric and value < 0) or \
+                (key in ("nproc_per_node", "nnodes") and numeric and value < 1):
+            names = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            least = "positive " if key in ("nproc_per_node", "nnodes") else "non-negative " if int in kinds else ""
+            raise OptionsError(f"{source}: [torchrun] {key} = {value!r} must be a {least}{names}. Fix: e.g. "
+                               f"{_TORCHRUN_EXAMPLES.get(key, key + ' = ...')} under [torchrun].")
+
+
+_TORCHRUN_EXAMPLES = {"nproc_per_node": "nproc_per_node = 2", "nnodes": "nnodes = 2", "node_rank": "node_rank = 0",
+                      "rdzv_endpoint": 'rdzv_endpoint = "node0.example:29400"', "rdzv_backend": 'rdzv_backend = "c10d"',
+                      "rdzv_id": 'rdzv_id = "overnight"', "master_addr": 'master_addr = "node0.example"',
+                      "master_port": "master_port = 29500", "max_restarts": "max_restarts = 0"}
+
+# The owner's [torchrun] table: one run over several processes or machines (SPEC §12; daemon/launch.py).
+OPTIONS["torchrun"] = Option(
+    "torchrun", dict, None, "torchrun's options for a run over several processes or machines ([torchrun] nnodes, "
+    "node_rank, rdzv_endpoint, ...)", allowed="a table of torchrun options: nproc_per_node, nnodes, node_rank, "
+    "rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_conf, master_addr, master_port, local_addr, max_restarts, "
+    "monitor_interval", owner_only=True, validate=lambda source, v: _check_torchrun(source, v))
+
+
 def _type_ok(opt: Option, value: Any) -> bool:
     kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
     if isinstance(value, bool) and bool not in kinds:

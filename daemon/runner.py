@@ -8,21 +8,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.launch import is_trainer_cmdline, trainer_command
 from daemon.rundir import JsonlTail, RunFolder
 from daemon.gpus import Slot
 from daemon.stall import Escalation, StallWatch
 from daemon.store import Store
-
-
-def trainer_command(run_dir: Path) -> list[str]:
-    """The trainer's command line (a module of this package, run by the same interpreter)."""
-    return [sys.executable, "-m", "daemon.trainer", str(run_dir)]
 
 
 @dataclass
@@ -44,11 +39,15 @@ class TrainerProcess:
     stall: StallWatch | None = None  # its stall detector (set by the scheduler)
 
     @classmethod
-    def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
-        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr."""
+    def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None,
+              command: list[str] | None = None) -> "TrainerProcess":
+        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
+
+        `command`: `daemon.launch.trainer_command(...)` (default: one process). Under torchrun, rank 0 reads the
+        pipe (every worker inherits it) and all ranks' output goes to console.log (only rank 0 prints there)."""
         with open(RunFolder(run_dir).console, "ab") as console:
             proc = subprocess.Popen(
-                trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
+                command or trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
                 cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
             )
@@ -171,11 +170,39 @@ class TrainerProcess:
 
 
 def signal_group(pid: int, name: str) -> None:
-    """Send a signal to a trainer's process group (it has its own session: data loader workers too)."""
+    """Send a signal to a trainer's process group (it has its own session: data loader workers too).
+
+    torchrun starts each worker in a session of its own, out of reach of the launcher's group: their groups are
+    signalled too. SIGTERM goes to the workers only: each checkpoints and exits, and the launcher then exits by
+    itself with their code (torchrun would pass a SIGTERM of its own on, then SIGKILL workers still saving after
+    30 s)."""
+    sig = signal.Signals[name]
+    groups = _worker_groups(pid)
+    if sig != signal.SIGTERM or not groups:
+        groups.append(pid)
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _worker_groups(pid: int) -> list[int]:
+    """Process groups of `pid`'s descendants that lead a group other than `pid`'s (torchrun's workers)."""
+    import psutil
     try:
-        os.killpg(pid, signal.Signals[name])
-    except (ProcessLookupError, PermissionError):
-        pass
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    groups = []
+    for child in children:
+        try:
+            group = os.getpgid(child.pid)
+        except OSError:
+            continue
+        if group != pid and group not in groups:
+            groups.append(group)
+    return groups
 
 
 def progress_mark(folder: RunFolder) -> tuple[int, object]:
@@ -189,12 +216,29 @@ def progress_mark(folder: RunFolder) -> tuple[int, object]:
 
 def leftover_trainers(runs_root: Path) -> list[tuple[Any, Path]]:
     """Trainer processes running on a run folder of this home (psutil.Process, run folder), found by command line:
-    what an earlier daemon that was killed, or that gave up on a frozen trainer, left behind."""
+    what an earlier daemon that was killed, or that gave up on a frozen trainer, left behind.
+
+    One entry per run folder: a torchrun launcher's command line ends like its workers' (`-m daemon.trainer
+    RUN_DIR`), and the one reported is the outermost (the launcher; `signal_group` reaches its workers)."""
     import psutil
     root = runs_root.resolve()
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    found: dict[int, tuple[Any, Path]] = {}
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
         cmd = proc.info.get("cmdline") or []
-        if len(cmd) >= 2 and cmd[-2] == "daemon.trainer" and Path(cmd[-1]).resolve().parent == root:
-            found.append((proc, Path(cmd[-1])))
-    return found
+        if is_trainer_cmdline(cmd) and Path(cmd[-1]).resolve().parent == root:
+            found[proc.pid] = (proc, Path(cmd[-1]))
+    outermost: dict[Path, tuple[Any, Path]] = {}
+    for pid, (proc, run_dir) in found.items():
+        if _has_trainer_ancestor(proc, run_dir, found):
+            continue
+        outermost.setdefault(run_dir.resolve(), (proc, run_dir))
+    return list(outermost.values())
+
+
+def _has_trainer_ancestor(proc: Any, run_dir: Path, found: dict[int, tuple[Any, Path]]) -> bool:
+    import psutil
+    try:
+        parents = proc.parents()
+    except psutil.Error:
+        return False
+    return any(p.pid in found and found[p.pid][1].resolve() == run_dir.resolve() for p in parents)

@@ -10,10 +10,9 @@ from typing import Any
 
 import psutil
 
-from daemon import __version__, hooks, notify, rebuild, registry, rundir, sweep
+from daemon import __version__, gpus, hooks, launch, notify, rebuild, registry, rundir, sweep
 from daemon.completeness import SETTLE_S
 from daemon.controller import REQUEST_OUTCOME, Controller
-from daemon import gpus
 from daemon.gpus import GpuChoiceError, Slot
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
@@ -302,7 +301,9 @@ class Daemon:
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}"
                                        f"{', resuming from ' + ckpt.name if ckpt else ''}; {slot.label}; "
                                        f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
-        a = TrainerProcess.start(run["id"], run_dir, env=env)
+        table = owner.get("torchrun")
+        command = launch.trainer_command(run_dir, launch.nproc_for(len(slot.devices), table), table)
+        a = TrainerProcess.start(run["id"], run_dir, env=env, command=command)
         a.slot = slot
         a.stall = StallWatch(60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action")))
         self.trainers[run["id"]] = a

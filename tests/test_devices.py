@@ -104,12 +104,14 @@ class FakeCuda:
 
     def __init__(self, count: int, name: str = "Tesla T4", native_bf16: bool = False) -> None:
         self.count, self.name, self.native_bf16 = count, name, native_bf16
+        self.current = 0
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import torch
         monkeypatch.setattr(torch.cuda, "is_available", lambda: self.count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: self.name)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda index: setattr(self, "current", index))
         # like the real one: True through emulation on any CUDA GPU, natively only from Ampere on
         monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                             lambda including_emulation=True: self.native_bf16 or including_emulation)
@@ -171,13 +173,17 @@ def test_fp16_device_loads_the_base_in_fp16_keeps_lora_in_fp32_and_asks_for_fp16
 def test_several_gpus_outside_torchrun_are_refused(no_launcher: pytest.MonkeyPatch) -> None:
     from daemon.trainer.config import RunError
     from daemon.trainer.model import pick_device
-    FakeCuda(2, "NVIDIA A100-SXM4-80GB", native_bf16=True).install(no_launcher)
+    cuda = FakeCuda(2, "NVIDIA A100-SXM4-80GB", native_bf16=True)
+    cuda.install(no_launcher)
     no_launcher.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(RunError) as e:
         pick_device()
     assert "sees 2 GPUs" in str(e.value) and "DataParallel" in str(e.value) and "Fix: " in str(e.value)
-    no_launcher.setenv("LOCAL_RANK", "0")  # under torchrun each process trains on its own GPU
-    assert pick_device().kind == "cuda"
+    no_launcher.setenv("LOCAL_RANK", "1")  # under torchrun each process trains on its own GPU: cuda:LOCAL_RANK
+    assert pick_device().kind == "cuda" and cuda.current == 1
+    no_launcher.setenv("LOCAL_RANK", "2")  # more processes than GPUs
+    with pytest.raises(RunError, match="local rank 2, but this process sees 2 GPU.*Fix: "):
+        pick_device()
 
 
 @pytest.mark.parametrize("nvml_count, dev_file, shown", [

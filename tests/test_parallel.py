@@ -45,3 +45,23 @@ def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: 
     assert sorted(losses(home, "low")) == list(range(1, 31)) and run_of(home, "low")["attempts"] == 2
     overnight("stop", long["id"], home=home, check=True)
     wait_until(lambda: state(home, "long") == "stopped", 60, what="long stopped")
+
+
+def test_the_daemon_trains_one_run_over_two_processes_and_resumes_it_when_a_rank_dies(
+        home: Path, tiny_model: Path, daemon_proc, tmp_path: Path) -> None:
+    """`[torchrun] nproc_per_node = 2` on the CPU: two gloo processes through the daemon; kill -9 of one rank ends
+    the group, and the daemon resumes the run from its last checkpoint."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n[torchrun]\nnproc_per_node = 2\n')
+    daemon_proc()
+    drop_all(write_dataset(tmp_path, "ddp", 40, batch_size=2), home / "inbox")
+    wait_until(lambda: progress_step(home, "ddp") >= 7, 180, what="ddp past its first checkpoint")
+    launcher = psutil.Process(run_of(home, "ddp")["pid"])
+    ranks = [p for p in launcher.children(recursive=True) if "daemon.trainer" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    ranks[-1].kill()
+    wait_until(lambda: state(home, "ddp") == "completed", 240, what="ddp resumes and completes")
+    run = run_of(home, "ddp")
+    assert run["attempts"] == 2 and sorted(losses(home, "ddp")) == list(range(1, 41))
+    console = (Path(run["run_dir"]) / "console.log").read_text()
+    assert "killed by signal SIGKILL; resuming from its last checkpoint" in console
+    assert console.count("step 1/40") == 1  # rank 0 alone writes the console

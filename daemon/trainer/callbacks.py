@@ -4,6 +4,8 @@
 - `CommandCallback`: pause/stop at optimizer-step boundaries, non-finite loss → stop without saving;
 - `CheckpointCallback`: `checkpoint-N` → `step-N` once written, then retention.
 Callbacks only change `control` (the transformers idiom); the training loop stays the Trainer's own.
+Under torchrun every rank runs these callbacks; rank 0 alone writes files and console lines, and every decision
+that changes `control` is taken collectively (daemon/trainer/ddp.py), so all ranks step, save and stop together.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from transformers import TrainerCallback
 
 from daemon.rundir import step_name
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer import ddp
 from daemon.trainer.commands import Commands
 
 PROGRESS_INTERVAL_S = 0.5
@@ -44,7 +47,10 @@ def _replace_json(path: Path, obj: dict[str, Any]) -> None:
 
 @dataclass
 class Progress:
-    """progress.json, written atomically: at most every PROGRESS_INTERVAL_S, and at once on a state change."""
+    """progress.json, written atomically: at most every PROGRESS_INTERVAL_S, and at once on a state change.
+
+    `pid` is the process the daemon started: this trainer, or torchrun's launcher (rank 0's parent) under torchrun;
+    `trainer_pid` is the process writing the file. Only rank 0 writes it."""
 
     path: Path
     device: str
@@ -64,10 +70,11 @@ class Progress:
         self.max_steps = self.max_steps if max_steps is None else max_steps
         self.epoch = self.epoch if epoch is None else epoch
         now = time.monotonic()
-        if changed or now - self._last_write >= PROGRESS_INTERVAL_S:
+        if (changed or now - self._last_write >= PROGRESS_INTERVAL_S) and ddp.is_main():
             self._last_write = now
             _replace_json(self.path, {"state": self.state, "step": self.step, "max_steps": self.max_steps,
-                                   "epoch": round(self.epoch, 4), "pid": os.getpid(), "device": self.device,
+                                   "epoch": round(self.epoch, 4), "pid": ddp.launcher_pid(),
+                                   "trainer_pid": os.getpid(), "device": self.device,
                                    "device_name": self.device_name, "reason": self.reason, "updated": _iso_ms()})
 
 
@@ -121,7 +128,11 @@ class ReportCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
-        logs = logs or {}
+        logs = logs or {}  # the Trainer logs the same (all-reduced) numbers on every rank: rank 0 writes them
+        if not ddp.is_main():
+            if "loss" in logs:
+                self.status.last_loss = float(logs["loss"])
+            return
         if "loss" in logs:
             self._train_record(state, logs)
         if "eval_loss" in logs:
@@ -172,17 +183,18 @@ class CommandCallback(TrainerCallback):
         self.log = log
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        decision = self.commands.sync()  # under torchrun: the same on every rank
         about_to_write = control.should_log or control.should_save or control.should_evaluate
-        if (about_to_write or self.commands.stop.is_set()) and self.nonfinite():
+        if (about_to_write or decision.stop) and ddp.any_rank(self.nonfinite()):
             # never checkpoint weights a NaN/inf step may have poisoned: the last good checkpoint stays
             self.status.nonfinite_step = state.global_step
             control.should_save = control.should_evaluate = False
             control.should_log = True
             control.should_training_stop = True
             return
-        if self.commands.paused.is_set() and not self.commands.stop.is_set():
-            self._hold(state)
-        if self.commands.stop.is_set():
+        if decision.paused:
+            decision = self._hold(state)
+        if decision.stop:
             self.progress.update("saving", state.global_step, epoch=state.epoch)
             control.should_save = True
             control.should_log = True
@@ -190,16 +202,21 @@ class CommandCallback(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_log = True  # the final loss is always recorded
 
-    def _hold(self, state: Any) -> None:
+    def _hold(self, state: Any) -> Any:
+        """Wait (every rank: each poll is a collective) until resumed or stopped; returns the decision then."""
         started = time.perf_counter()
         self.progress.update("paused", state.global_step, epoch=state.epoch)
         self.log(f"paused at step {state.global_step}{_gpu_memory_held()} (send 'resume' to continue)")
-        while self.commands.paused.is_set() and not self.commands.stop.is_set():
+        while True:
             time.sleep(0.1)
+            decision = self.commands.sync()
+            if decision.stop or not decision.paused:
+                break
         self.status.paused_seconds += time.perf_counter() - started
         self.progress.update("training", state.global_step, epoch=state.epoch)
-        if not self.commands.stop.is_set():
+        if not decision.stop:
             self.log(f"resumed at step {state.global_step}")
+        return decision
 
 
 def _gpu_memory_held() -> str:
@@ -225,6 +242,9 @@ class CheckpointCallback(TrainerCallback):
         self.log = log
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        ddp.barrier()  # under torchrun every rank writes its rng_state_N.pth into the folder: all done before the rename
+        if not ddp.is_main():
+            return
         path = ckpt.finalize(self.checkpoints, state.global_step)
         if path is None:
             return

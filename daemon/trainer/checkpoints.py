@@ -29,8 +29,9 @@ def damage(folder: Path) -> str | None:
         for name in ("optimizer.pt", "scheduler.pt"):
             if (folder / name).exists():
                 torch.load(folder / name, map_location="cpu", weights_only=True)
-        if (folder / "rng_state.pth").exists():
-            torch.load(folder / "rng_state.pth", map_location="cpu", weights_only=False)  # our own file: numpy state
+        # rng_state.pth (one process) or rng_state_RANK.pth (one per rank under torchrun: each resumes its own)
+        for rng in sorted(folder.glob("rng_state*.pth")):
+            torch.load(rng, map_location="cpu", weights_only=False)  # our own file: numpy state
     except Exception as e:  # noqa: BLE001 - safetensors, torch and json each fail in their own way
         return f"{type(e).__name__}: {e}".strip().rstrip(":") or type(e).__name__
     return None

@@ -3,6 +3,9 @@
 A reader thread turns stdin lines into flags the training callbacks poll at step boundaries:
 `pause`, `resume`, `stop` (EOF on stdin counts as stop: the trainer never outlives its daemon).
 SIGTERM/SIGINT also mean stop; PR_SET_PDEATHSIG delivers SIGTERM if the daemon dies without closing the pipe.
+
+Under torchrun only rank 0 reads stdin (every worker inherits the pipe); `Commands.sync` is where the ranks agree,
+at each step boundary: a stop on any rank (SIGTERM reaches each) stops all, and rank 0's pause holds all.
 """
 from __future__ import annotations
 
@@ -11,9 +14,16 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Callable, NamedTuple, TextIO
 
 PR_SET_PDEATHSIG = 1
+
+
+class Decision(NamedTuple):
+    """What every rank does at this step boundary."""
+
+    stop: bool
+    paused: bool
 
 
 @dataclass
@@ -29,6 +39,22 @@ class Commands:
             self.stop_reason = reason
             self.stop.set()
         self.paused.clear()  # a paused run that is told to stop must wake up to save and exit
+
+    def sync(self) -> Decision:
+        """The decision at a step boundary, the same on every rank (a collective call under torchrun: every rank
+        calls it at the same points). One process: its own flags."""
+        from daemon.trainer import ddp
+
+        mine = (self.stop.is_set(), self.stop_reason, self.paused.is_set())
+        if not ddp.distributed():
+            return Decision(mine[0], mine[2] and not mine[0])
+        views = ddp.gather(mine)
+        stops = [(rank, reason) for rank, (stop, reason, _) in enumerate(views) if stop]
+        if stops and not mine[0]:
+            rank, reason = stops[0]
+            self.request_stop(reason if rank == 0 else f"{reason} (rank {rank})")
+        paused = bool(views[0][2]) and not stops
+        return Decision(bool(stops), paused)
 
 
 def _read_commands(stream: TextIO, commands: Commands, log: Callable[[str], None]) -> None:
@@ -71,7 +97,9 @@ def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Com
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     set_parent_death_signal()
-    if read_stdin:
+    from daemon.trainer import ddp
+
+    if read_stdin and ddp.is_main():
         threading.Thread(target=_read_commands, args=(sys.stdin, commands, log), name="commands",
                          daemon=True).start()
     return commands

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 
 from daemon.space import GB, needed
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer import ddp
 from daemon.trainer.callbacks import Progress, RunStatus
 from daemon.trainer.commands import Commands
 
@@ -33,7 +34,7 @@ class DiskSpaceCallback(TrainerCallback):
         if not control.should_save:
             return
         need, free = self.needed(), shutil.disk_usage(self.checkpoints).free
-        if free >= need:
+        if not ddp.from_main(free < need):  # under torchrun rank 0 decides for all (it writes the checkpoint)
             return
         started = time.perf_counter()
         reason = (f"disk_low: only {free / GB:.1f} GB free on the disk of {self.checkpoints.parent}, and a checkpoint "
@@ -41,10 +42,11 @@ class DiskSpaceCallback(TrainerCallback):
                   f"run goes on by itself")
         self.progress.update("paused", state.global_step, epoch=state.epoch, reason=reason)
         self.log(f"paused at step {state.global_step} before saving: {reason}")
-        while shutil.disk_usage(self.checkpoints).free < need and not self.commands.stop.is_set():
+        while ddp.from_main(shutil.disk_usage(self.checkpoints).free < need and not self.commands.stop.is_set()):
             time.sleep(self.recheck_s)
         self.status.paused_seconds += time.perf_counter() - started
-        if self.commands.stop.is_set() and shutil.disk_usage(self.checkpoints).free < need:
+        stop = self.commands.sync().stop
+        if ddp.from_main(stop and shutil.disk_usage(self.checkpoints).free < need):
             control.should_save = False  # a save would fail halfway: the last complete checkpoint stays the resume point
             self.log("stopping without a new checkpoint (the disk is still full); the run resumes from the last one")
             return

@@ -163,8 +163,11 @@ class EvolutionCallback(TrainerCallback):
         self.train_started = time.perf_counter()
 
     def _recover(self) -> set[int]:
-        """Steps already in evolution.jsonl (after a resume); a half-written last line from a crash is cut off."""
-        if not self.out_path.exists():
+        """Steps already in evolution.jsonl (after a resume); a half-written last line from a crash is cut off.
+        Under torchrun only rank 0 takes snapshots, and only it touches the file."""
+        from daemon.trainer import ddp
+
+        if not self.out_path.exists() or not ddp.is_main():
             return set()
         data = self.out_path.read_bytes()
         if data and not data.endswith(b"\n"):

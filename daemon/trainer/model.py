@@ -36,7 +36,8 @@ class Device:
 
 
 def pick_device() -> Device:
-    """The one CUDA GPU this process sees, else the CPU when that is what the user chose or all there is.
+    """The one CUDA GPU this process sees (under torchrun: cuda:LOCAL_RANK of those it sees), else the CPU when
+    that is what the user chose or all there is.
 
     A RunError instead of a silent fallback: several GPUs outside torchrun (the Trainer would wrap the model in
     nn.DataParallel), or a driver that shows a GPU to a torch build that cannot use it (a night of CPU training).
@@ -48,9 +49,18 @@ def pick_device() -> Device:
                            f"several (the Trainer would fall back to nn.DataParallel). Fix: let the daemon start the "
                            f"run (it gives each run one GPU; `gpus` in overnight.toml chooses which), or set "
                            f"CUDA_VISIBLE_DEVICES to one GPU.")
+        index = 0
+        if under_torchrun(os.environ):  # one GPU per rank: cuda:LOCAL_RANK (DDP, never DataParallel)
+            index = int(os.environ.get("LOCAL_RANK", "0") or 0)
+            if index >= torch.cuda.device_count():
+                raise RunError(f"torchrun started local rank {index}, but this process sees "
+                               f"{torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES="
+                               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). Fix: start at most one "
+                               f"process per visible GPU (nproc_per_node in [torchrun], or gpus in overnight.toml).")
+            torch.cuda.set_device(index)
         # is_bf16_supported() alone says True on a T4/V100, where bf16 is emulated and many times slower
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return Device("cuda", torch.cuda.get_device_name(0), bf16=native_bf16, fp16=not native_bf16)
+        return Device("cuda", torch.cuda.get_device_name(index), bf16=native_bf16, fp16=not native_bf16)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return Device("cpu", _cpu_name(), False)  # the GPUs were hidden on purpose: the CPU was chosen

@@ -9,6 +9,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import read_json, write_json
 from daemon import gpus
+from daemon.atomic import read_json, write_json
 from daemon.gpus import under_torchrun
+from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
 from daemon.models import ModelNotFound, locate_model
 from daemon.rundir import RunFolder
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer import ddp
 from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
@@ -38,32 +41,57 @@ class Session:
 
 
 def main(run_dir: Path, *, read_stdin: bool = True) -> int:
-    """Train the run in `run_dir`; write result.json; return the process exit code."""
+    """Train the run in `run_dir`; write result.json; return the process exit code.
+
+    Under torchrun rank 0 writes result.json, except in two cases: another rank failed on its own (it writes its
+    reason: it alone knows it), or another rank vanished (killed: nobody writes one, as for a killed trainer, and
+    the launcher ends by the signal that killed it, daemon/trainer/torchrun.py)."""
     from daemon.trainer.commands import start_channel
 
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
     folder = RunFolder(Path(run_dir).resolve())
+    if ddp.is_main():
+        folder.result.unlink(missing_ok=True)  # an earlier attempt's: it must not pass for this one's if it dies
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
         _train(session, commands)
+    except GroupRetry:
+        return OOM_RETRY_EXIT  # no outcome: the launcher starts the group again (daemon/trainer/torchrun.py)
     except RunError as e:
         result.outcome, result.reason = "failed", str(e)
-        say(f"error: {e}")
+        say(f"error: {e}") if ddp.is_main() else print(f"error: {e}", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
-        traceback.print_exc()
         result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
+        peer_lost = ddp.distributed() and _peer_lost(e)
+        if peer_lost:  # not this process's failure: one line, and the launcher decides what follows
+            say(f"another process of this run (torchrun) went away ({result.reason[:160]}…): its own lines "
+                f"(`rank N: ...`) or torchrun's summary below say why")
+            return PEER_LOST_EXIT
+        traceback.print_exc()
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
-    try:
-        _final_progress(folder, result)
-        result.write(folder.result)
-    except OSError as e:  # a full disk: the daemon reads the reason from the console instead
-        say(f"could not write result.json: {e}")
+    if result.outcome == "failed" and not ddp.is_main() and ddp.initialised():
+        result.reason = f"rank {ddp.rank()}: {result.reason}"
+    if ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: "):
+        try:
+            _final_progress(folder, result)
+            result.write(folder.result)
+        except OSError as e:  # a full disk: the daemon reads the reason from the console instead
+            say(f"could not write result.json: {e}")
     say(result.footer())
+    if result.exit_code == 0:
+        ddp.shutdown()
     return result.exit_code
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """A collective that failed because another rank died (gloo: the connection closed; NCCL: aborted)."""
+    text = f"{type(e).__name__}: {e}"
+    return any(t in text for t in ("DistBackendError", "Connection closed by peer", "Connection reset by peer",
+                                   "NCCL communicator was aborted", "Broken pipe"))
 
 
 def _final_progress(folder: RunFolder, result: Result) -> None:
@@ -95,15 +123,17 @@ def _train(s: Session, commands: Any) -> None:
 
     device = pick_device()
     s.result.device, s.result.device_name = device.kind, device.name
-    say(f"device: {device.label}")
+    ddp.init(device.kind)  # under torchrun: the process group, before anything the ranks must agree on
+    world = f"; torchrun: {ddp.world_size()} processes, {ddp.backend(device.kind)}" if ddp.distributed() else ""
+    say(f"device: {device.label}{world}")
     progress = Progress(paths.progress, device.kind, device.name)
     progress.update("preparing")
-    resume = _prepare_resume(s)
+    resume = _agreed_resume(s)
     built = build_everything(s, source, device, stats, progress, commands)
-    if commands.stop.is_set():
+    if commands.sync().stop:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
-    attempt = built.opts or opts
+    attempt = _rung_from_launcher(built.opts or opts)
     while True:
         out_of_memory = False
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -113,6 +143,8 @@ def _train(s: Session, commands: Any) -> None:
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
+            if ddp.distributed():  # the other ranks wait in a collective this one will never join
+                _retry_group(attempt, e)
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
@@ -128,6 +160,56 @@ def _train(s: Session, commands: Any) -> None:
         say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
         built.reset_model()
     built.finish(trainer)
+
+
+class GroupRetry(Exception):
+    """Under torchrun: this rank ran out of memory and handed the next rung to the launcher (OOM_RETRY_EXIT)."""
+
+
+def _retry_group(attempt: TrainOptions, error: BaseException) -> None:
+    """Out of memory under torchrun: the other ranks wait in a collective this one will never join, so the whole
+    group restarts. The next rung goes to the launcher (single node), which starts every worker again with it;
+    with no launcher to restart them (several nodes), or no rung left, the run fails with the fix."""
+    import json
+
+    from daemon.launch import RETRY_FILE_ENV
+
+    where = f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun)"
+    target = os.environ.get(RETRY_FILE_ENV)
+    nxt, change = next_rung(attempt)  # RunError when nothing cheaper is left
+    if not target:
+        raise RunError(f"{where}: {error}"[:600] + f". Fix: {change} (batch_size, grad_accum or "
+                       f"gradient_checkpointing in the options), then resume the run.") from None
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump({"batch_size": nxt.batch_size, "grad_accum": nxt.grad_accum,
+                   "gradient_checkpointing": nxt.gradient_checkpointing, "change": change}, f)
+    print(f"{where}: every process restarts from the last checkpoint, {change}", file=sys.stderr, flush=True)
+    raise GroupRetry(change)
+
+
+def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
+    """The retry ladder's rung a restarted torchrun group trains on (none: the options as planned)."""
+    import json
+    from dataclasses import replace
+
+    from daemon.launch import RETRY_OPTIONS_ENV
+
+    raw = os.environ.get(RETRY_OPTIONS_ENV)
+    if not raw:
+        return opts
+    rung = json.loads(raw)
+    say(f"out of memory in the last attempt: retrying, {rung.get('change')}")
+    return replace(opts, batch_size=int(rung["batch_size"]), grad_accum=int(rung["grad_accum"]),
+                   gradient_checkpointing=rung["gradient_checkpointing"])
+
+
+def _agreed_resume(s: Session) -> Path | None:
+    """The resume point of every rank: rank 0 clears, checks and chooses (under torchrun), the others take it."""
+    chosen = _prepare_resume(s) if ddp.is_main() else None
+    chosen = ddp.from_main(str(chosen) if chosen else None)
+    if chosen is not None:
+        s.result.step = int(Path(chosen).name.split("-")[1])
+    return Path(chosen) if chosen else None
 
 
 def _prepare_resume(s: Session) -> Path | None:
@@ -155,12 +237,11 @@ def _prepare_resume(s: Session) -> Path | None:
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
     """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
 
-    One process on one GPU: the scheduler and pick_device see to it that a run never spans several GPUs (no
-    DataParallel). Once runs span GPUs through torchrun, the batches per epoch divide by the world size here.
+    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel).
     """
     if opts.max_steps > 0:
         return opts.max_steps
-    batches = math.ceil(n_sequences / opts.batch_size)
+    batches = math.ceil(n_sequences / (opts.batch_size * ddp.world_size()))
     per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
     return math.ceil(opts.epochs * per_epoch)
 
@@ -177,5 +258,7 @@ def environment_defaults() -> None:
         os.environ.update(gpus.plan({"gpus_per_run": 1, "max_parallel_runs": 1}, os.environ)[0].env(os.environ))
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if not ddp.is_main():
+        warnings.filterwarnings("ignore")  # under torchrun rank 0 says it once: console.log is shared
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -13,6 +13,7 @@ from transformers.utils import logging as hf_logging
 from daemon.atomic import write_json
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
+from daemon.trainer import ddp
 from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
@@ -63,8 +64,10 @@ class OvernightTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length":
             # megabatches of whole optimizer steps, as the stock sampler does, but seeded per epoch (exact resume)
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset,
-                                  self.args.seed)
+            # under torchrun: megabatches of whole global steps (every rank draws the same order, accelerate
+            # deals its batches out round-robin), so a step holds the same examples whatever the world size
+            return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                  * self.args.world_size, dataset, self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
 
@@ -123,7 +126,18 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
         # padding-free rows hold no padding and no attention mask to count it by
         include_num_input_tokens_seen="all" if batching == "padding_free" else "non_padding",
         log_level="warning",
+        **_ddp_arguments(device),
     )
+
+
+def _ddp_arguments(device: Device) -> dict[str, Any]:
+    """Under torchrun: the process group's backend, and no search for unused parameters (every LoRA weight takes
+    part in every forward; the search would cost a pass over the graph each step and breaks with checkpointing)."""
+    if not ddp.distributed():
+        return {}
+    # the other ranks' library warnings would repeat rank 0's in the shared console.log
+    return {"ddp_backend": ddp.backend(device.kind), "ddp_find_unused_parameters": False,
+            "log_level_replica": "error"}
 
 
 def _checkpointing_arguments(on: bool) -> dict[str, Any]:
@@ -192,7 +206,8 @@ class Built:
         s, state = self.session, trainer.state
         paths, opts, result = s.cfg.paths, s.cfg.options, s.result
         result.step, result.max_steps = state.global_step, state.max_steps
-        result.tokens_seen, result.tokens_computed = trainer.tokens_real, trainer.tokens_computed
+        # every rank's tokens (collective calls under torchrun: before anything only rank 0 does)
+        result.tokens_seen, result.tokens_computed = ddp.total(trainer.tokens_real), ddp.total(trainer.tokens_computed)
         if self.device.kind == "cuda":
             result.peak_gpu_memory = torch.cuda.max_memory_allocated()
         result.final_loss, result.eval_loss = self.status.last_loss, self.status.last_eval_loss
@@ -222,7 +237,8 @@ class Built:
                           schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
                           eval_loss=result.eval_loss, options=s.cfg.raw.get("options") or {}, note=note)
         self.progress.update("saving")
-        save_adapter(self.model, paths.adapter, card)
+        if ddp.is_main():
+            save_adapter(self.model, paths.adapter, card)
         result.outcome, result.adapter = "completed", str(paths.adapter)
         say(f"adapter saved to {paths.adapter}")
 
@@ -250,7 +266,7 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
     free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
     built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching)
-    if commands.stop.is_set():
+    if commands.sync().stop:
         return built
     built.reset_model()
     lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
@@ -328,7 +344,8 @@ def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     encoder = Encoder(tokenizer, opts.max_length, opts.base_model)
     data = prepare(examples, n_records, encoder, eval_fraction=opts.eval_fraction, seed=opts.seed,
                    probe_holdout=holdout, probe_from_example=probe_from_example, file_probes=file_probes, log=say)
-    write_json(cfg.paths.stats, {**stats, **data.stats})
+    if ddp.is_main():
+        write_json(cfg.paths.stats, {**stats, **data.stats})
     t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
     say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
         f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
