@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None, help="tokens per example (default 1024; 256 with --tiny)")
     p.add_argument("--out", type=Path, default=None, help="where the figures and screens go")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all runs")
+    p.add_argument("--torchrun", type=int, default=None, metavar="N",
+                   help="launch every run through torchrun with N processes ([torchrun] nproc_per_node = N)")
     p.add_argument("--only", default=None, help="comma-separated variants to run (grouped, grouped-gc, padded, "
                                                  "flat-flex, flat-flash, qlora); default all")
     args = p.parse_args(argv)
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(home / ".overnight" / "models", {v.model for v in runs}, args.tiny)
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True, exist_ok=True)
+    if args.torchrun:
+        (home / "overnight.toml").write_text(f"[torchrun]\nnproc_per_node = {args.torchrun}\n", encoding="utf-8")
     daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet",
                                "--settle", "1"],  # drops arrive by rename
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -276,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                  "final_loss"), None))
             continue
         results.append(figures(v, Path(row["run_dir"]), steps))
+        console = (Path(row["run_dir"]) / "console.log").read_text(encoding="utf-8", errors="replace")
+        notes += [f"{v.slug}: {line.split('] ', 1)[-1]}" for line in console.splitlines() if "] device: " in line]
     report = table(results)
     print(report)
     for n in notes:

@@ -51,9 +51,10 @@ def backend(device_kind: str) -> str:
 
 
 def init(device_kind: str) -> None:
-    """Join the process group torchrun set up (no-op for one process)."""
+    """Join the process group torchrun set up (no-op outside torchrun; one process under torchrun joins a group
+    of one, so the owner who asks for torchrun with nproc_per_node = 1 gets DDP over NCCL as on several GPUs)."""
     global _group, _initialised
-    if not distributed() or _initialised:
+    if not (distributed() or "LOCAL_RANK" in os.environ) or _initialised:
         return
     import torch.distributed as dist
 

@@ -124,7 +124,7 @@ def _train(s: Session, commands: Any) -> None:
     device = pick_device()
     s.result.device, s.result.device_name = device.kind, device.name
     ddp.init(device.kind)  # under torchrun: the process group, before anything the ranks must agree on
-    world = f"; torchrun: {ddp.world_size()} processes, {ddp.backend(device.kind)}" if ddp.distributed() else ""
+    world = f"; torchrun: {ddp.world_size()} process(es), {ddp.backend(device.kind)}" if ddp.initialised() else ""
     say(f"device: {device.label}{world}")
     progress = Progress(paths.progress, device.kind, device.name)
     progress.update("preparing")

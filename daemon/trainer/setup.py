@@ -133,7 +133,7 @@ def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_
 def _ddp_arguments(device: Device) -> dict[str, Any]:
     """Under torchrun: the process group's backend, and no search for unused parameters (every LoRA weight takes
     part in every forward; the search would cost a pass over the graph each step and breaks with checkpointing)."""
-    if not ddp.distributed():
+    if not ddp.initialised():
         return {}
     # the other ranks' library warnings would repeat rank 0's in the shared console.log
     return {"ddp_backend": ddp.backend(device.kind), "ddp_find_unused_parameters": False,
