@@ -1,8 +1,11 @@
 """Read-only access to overnight.db for the CLI and dashboards: never writes, never locks the daemon out."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,46 @@ class Reader:
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
+
+
+# The daemon writes its heartbeat every 2 s: this much older, while it runs, means its writes fail (the DB is locked
+# by another process, or cannot be written) and the PROBLEM line it would write cannot reach the DB either.
+STALE_S = 15
+
+
+def stale_problem(db_path: Path, daemon_row: dict[str, Any] | None, daemon_pid: int | None,
+                  now: float | None = None) -> str | None:
+    """What `status` and the dashboard say when a running daemon has not written overnight.db for STALE_S."""
+    beat = (daemon_row or {}).get("heartbeat")
+    if not beat or daemon_pid is None:
+        return None
+    try:
+        age = (time.time() if now is None else now) - _dt.datetime.fromisoformat(beat).timestamp()
+    except ValueError:
+        return None
+    if age < STALE_S:
+        return None
+    holders = _holders(db_path, {daemon_pid, os.getpid()})
+    if holders:
+        return (f"state DB busy: the daemon (PID {daemon_pid}) has not been able to write {db_path.name} for "
+                f"{age:.0f} s; {', '.join(holders)} also has it open and may hold its write lock. Training goes on; "
+                f"the daemon catches up once the lock is released. Fix: end that process's transaction (or the "
+                f"process)")
+    return (f"the daemon (PID {daemon_pid}) has not written {db_path.name} for {age:.0f} s (the DB or its disk "
+            f"cannot be written?). Fix: see the newest lines of overnight.log")
+
+
+def _holders(db_path: Path, exclude: set[int]) -> list[str]:
+    """Other processes that have overnight.db (or its -wal) open, as 'PID N (name)'."""
+    import psutil
+    names = {str(db_path.resolve()), str(db_path.resolve()) + "-wal"}
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        if proc.info["pid"] in exclude:
+            continue
+        try:
+            if any(f.path in names for f in proc.open_files()):
+                found.append(f"PID {proc.info['pid']} ({proc.info['name']})")
+        except (psutil.Error, OSError):
+            continue
+    return found

@@ -23,7 +23,7 @@ from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, sign
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
 from daemon.states import ACTIVE, ENDED, State
-from daemon.store import Store
+from daemon.store import Store, busy_problem
 from daemon.timefmt import iso
 
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
@@ -171,7 +171,7 @@ class Daemon:
             if self._disk_seen:
                 log.error(self._disk_seen)
             else:
-                log.info("disk space is back: going on")
+                log.info(f"no longer {self.disk_problem.split(':')[0]}: going on")  # disk full, state DB busy…
             self.disk_problem = self._disk_seen
 
     def _guard(self, name: str, fn: Any) -> None:
@@ -179,9 +179,10 @@ class Daemon:
         try:
             fn()
         except Exception as e:  # keep serving; the traceback goes to overnight.log
-            if is_disk_full(e):
-                self._disk_seen = (f"disk full: {e} (in {name}). Fix: free space on the disk of {self.home.root}; "
-                                   f"overnight goes on by itself")
+            busy = busy_problem(e, self.home.db)  # another process holds overnight.db: a fault it outlives too
+            if busy or is_disk_full(e):
+                self._disk_seen = busy or (f"disk full: {e} (in {name}). Fix: free space on the disk of "
+                                           f"{self.home.root}; overnight goes on by itself")
                 return
             key = f"{name}: {e!r}"
             if time.monotonic() - self._faults.get(key, -1e9) >= 60:

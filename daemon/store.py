@@ -72,13 +72,29 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_da
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# How long one write waits for a lock another process holds on overnight.db (a sqlite3 shell or a script with an
+# open transaction; the daemon is the only writer otherwise). Short: a write that fails is tried again at the next
+# pass (nothing is lost: daemon/runner.py keeps unwritten records, control files stay until acknowledged), while
+# every second spent waiting here is a second the loop answers no control file and watches no trainer.
+BUSY_TIMEOUT_S = 5
+
+
+def busy_problem(error: BaseException, db_path: Path) -> str | None:
+    """The PROBLEM line for a write that found overnight.db locked by another process, or None."""
+    if not (isinstance(error, sqlite3.OperationalError) and "locked" in str(error)):
+        return None
+    return (f"state DB busy: another process holds a write lock on {db_path} ({error}); training goes on, the "
+            f"daemon retries and catches up once it is released. Fix: end that process's transaction "
+            f"(a sqlite3 shell or a script left inside BEGIN)")
+
+
 class Store:
     """The daemon's read-write handle on overnight.db. One short transaction per unit of work."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -142,8 +158,10 @@ class Store:
         old = self.get_run(run_id)
         with self.db.conn:
             self.db["runs"].update(run_id, {**fields, "state": state, "reason": reason, "updated": now})
-            self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
-                                           "to_state": state, "reason": reason})
+            if not (old and old["state"] == state and old["reason"] == reason):  # not a retry of a change whose
+                # follow-up (metadata.json, a log line) failed: the history holds each change once
+                self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
+                                               "to_state": state, "reason": reason})
 
     def runs_in(self, states: Iterable[str]) -> list[dict[str, Any]]:
         states = tuple(states)
@@ -156,17 +174,24 @@ class Store:
             self.db["control_events"].insert({"time": iso(), "command": command, "target": target,
                                               "source": source, "status": status, "message": message})
 
-    def add_metrics(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def add_metrics(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:
+        """Mirror metrics.jsonl records; `forget`: the run's earlier rows go first, in the same transaction."""
         cols = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "epoch", "time", "eval_loss")
         rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
         with self.db.conn:
-            self.db["metrics"].insert_all(rows)
+            if forget:
+                self.db.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            if rows:
+                self.db["metrics"].insert_all(rows)
 
-    def add_evolution(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def add_evolution(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:
         cols = ("step", "probe", "prompt", "reference", "generation", "loss", "exact", "similarity")
         rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
         with self.db.conn:
-            self.db["evolution"].insert_all(rows, replace=True)
+            if forget:
+                self.db.execute("DELETE FROM evolution WHERE run_id = ?", [run_id])
+            if rows:
+                self.db["evolution"].insert_all(rows, replace=True)
 
     # --- daemon heartbeat ------------------------------------------------------------------------------
     def daemon_started(self, pid: int, home: str, version: str) -> None:

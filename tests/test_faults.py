@@ -1,0 +1,136 @@
+"""A full disk at each write point in turn, and a DB held busy by another process: the daemon stays up, says what is
+wrong, loses nothing, and goes on by itself once the fault goes away.
+
+The disk faults are injected deterministically by tests/faults/sitecustomize.py (prepended to the PYTHONPATH of
+the daemon, and so of the trainers it starts): a fault is on while its marker file exists. The busy DB is real: a
+second process holds BEGIN EXCLUSIVE on overnight.db.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.queries import Reader
+from tests.conftest import REPO, DaemonProcess, overnight, wait_until
+from tests.test_control_e2e import drop_all, losses, progress_step, run_of, state, write_dataset
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 20  # checkpoints at 5, 10, 15, 20
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> Path:
+    d = tmp_path / "faults"
+    d.mkdir()
+    return d
+
+
+def start_daemon(home: Path, faults: Path) -> DaemonProcess:
+    env = {**os.environ, "OVERNIGHT_TEST_FAULTS": str(faults),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return DaemonProcess(home, env=env)
+
+
+def status(home: Path) -> dict:
+    out = overnight("status", "--json", home=home)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return json.loads(out.stdout)
+
+
+def db_metrics(home: Path, run_id: str) -> list[tuple[int, float]]:
+    r = Reader(home / "overnight.db")
+    try:
+        return [(m["step"], m["loss"]) for m in r.metrics(run_id)]
+    finally:
+        r.close()
+
+
+def file_metrics(home: Path, name: str) -> list[tuple[int, float]]:
+    return sorted(losses(home, name).items())
+
+
+def result(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def console(home: Path, name: str) -> str:
+    return (Path(run_of(home, name)["run_dir"]) / "console.log").read_text()
+
+
+def dump(home: Path) -> None:
+    print("--- overnight.log\n" + (home / "overnight.log").read_text(errors="replace")[-8000:])
+    for c in (home / "runs").glob("*/console.log"):
+        print(f"--- {c}\n" + c.read_text(errors="replace")[-4000:])
+
+
+def waits_for_space(home: Path, d: DaemonProcess, name: str) -> None:
+    """The trainer died of the full disk: the run waits, queued, the daemon says why and how to fix it."""
+    wait_until(lambda: state(home, name) == "queued" and "disk" in (run_of(home, name)["reason"] or ""), 120,
+               what=f"{name} waiting for space")
+    wait_until(lambda: "disk" in (status(home)["problem"] or ""), 30, what="the PROBLEM line")
+    problem = status(home)["problem"]
+    assert "Fix: free space" in problem, problem
+    time.sleep(2)  # a few passes on a full disk
+    assert d.proc.poll() is None, "the daemon exited on a full disk"
+    assert state(home, name) == "queued", "the run must wait, not start and fail again"
+    assert "Fix: free space" in overnight("status", home=home, check=True).stdout
+
+
+def test_a_full_disk_at_the_checkpoint_then_at_the_adapter_write(home: Path, tiny_model: Path, faults: Path,
+                                                                tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmin_free_gb = 0\n')
+    d = start_daemon(home, faults)
+    try:
+        drop_all(write_dataset(tmp_path, "ref", STEPS), home / "inbox")
+        wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
+        reference = file_metrics(home, "ref")
+
+        # (a) the disk fills while checkpoint-10 is written (the trainer's own free-space check found room)
+        (faults / "checkpoint").write_text("10")
+        (faults / "disk").touch()
+        files = write_dataset(tmp_path, "full", STEPS)
+        dataset_bytes = files[1].read_bytes()
+        drop_all(files, home / "inbox")
+        waits_for_space(home, d, "full")
+        run_dir = Path(run_of(home, "full")["run_dir"])
+        assert (run_dir / "checkpoints" / "step-5" / "trainer_state.json").exists(), "the complete one is kept"
+        assert (run_dir / "dataset" / "full.jsonl").read_bytes() == dataset_bytes
+
+        # (b) space freed: it resumes by itself, and the disk fills again while the final adapter is written
+        (faults / "adapter").touch()
+        (faults / "checkpoint").unlink()
+        (faults / "disk").unlink()
+        wait_until(lambda: "resuming from checkpoints/step-5" in console(home, "full"), 60,
+                   what="resumed from the last complete checkpoint, not the half-written checkpoint-10")
+        (faults / "disk").touch()  # the daemon sees the disk full too (the trainer found room before its write)
+        waits_for_space(home, d, "full")
+        assert ".adapter.tmp" in result(run_dir).get("reason", "")
+        assert not (run_dir / "adapter").exists()
+        assert (run_dir / "checkpoints" / f"step-{STEPS}" / "trainer_state.json").exists()
+        (faults / "adapter").unlink()
+        (faults / "disk").unlink()
+        wait_until(lambda: state(home, "full") == "completed", 120, what="resumed and completed")
+        assert f"resuming from checkpoints/step-{STEPS}" in console(home, "full")
+        assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+        assert file_metrics(home, "full") == reference, "the same per-step losses as the uninterrupted run"
+        assert db_metrics(home, run_of(home, "full")["id"]) == reference
+        assert (run_dir / "dataset" / "full.jsonl").read_bytes() == dataset_bytes
+        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+        assert {m["name"] for m in models} >= {"ref", "full"}
+        assert d.proc.poll() is None
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        d.stop()
