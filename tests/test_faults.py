@@ -134,3 +134,115 @@ def test_a_full_disk_at_the_checkpoint_then_at_the_adapter_write(home: Path, tin
         raise
     finally:
         d.stop()
+
+
+def events(home: Path) -> list[dict]:
+    r = Reader(home / "overnight.db")
+    try:
+        return r.control_events(50)
+    finally:
+        r.close()
+
+
+def consumed(home: Path, kind: str) -> bool:
+    return not (home / "control" / kind).exists() and any(p.name.endswith(kind) for p in
+                                                           (home / "control" / "done").glob("*"))
+
+
+def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Path, faults: Path,
+                                                      tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmin_free_gb = 0\n')
+    d = start_daemon(home, faults)
+    try:
+        drop_all(write_dataset(tmp_path, "long", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "long") >= 3, 120, what="training")
+        rid = run_of(home, "long")["id"]
+        run_dir = Path(run_of(home, "long")["run_dir"])
+
+        # (c) every DB write fails ("database or disk is full"): a drop, a stop and the metrics meanwhile
+        (faults / "db").touch()
+        drop_all(write_dataset(tmp_path, "later", 10), home / "inbox")
+        (home / "control" / "stop").write_text(rid + "\n")
+        wait_until(lambda: result(run_dir).get("outcome") == "stopped", 60, what="the stop reaches the trainer")
+        wait_until(lambda: "has not written overnight.db" in (status(home)["problem"] or ""), 40,
+                   what="the PROBLEM line of a daemon that cannot write its DB")
+        assert "Fix:" in status(home)["problem"]
+        assert overnight("runs", home=home).returncode == 0
+        assert d.proc.poll() is None, "the daemon exited on a DB it cannot write"
+        assert (home / "inbox" / "later.jsonl").exists(), "a drop whose run cannot be recorded waits in the inbox"
+        assert not list((home / "inbox" / "rejected").glob("later*")) if (home / "inbox" / "rejected").exists() else True
+        assert (home / "control" / "stop").exists(), "a command is kept until it is acknowledged"
+        (faults / "db").unlink()
+        wait_until(lambda: state(home, "long") == "stopped", 60, what="the stop recorded once the DB works")
+        wait_until(lambda: consumed(home, "stop"), 10, what="control/stop consumed")
+        assert any(e["command"] == "stop" and e["status"] == "applied" and e["target"] == rid for e in events(home))
+        assert db_metrics(home, rid) == file_metrics(home, "long"), "no metric lost while the DB was full"
+        assert "checkpointing" in console(home, "long")  # the acknowledgement reached the run's console too
+
+        # (d) the log writes fail (overnight.log and console.log) while a run ends: it still completes and registers
+        wait_until(lambda: state(home, "later") == "training", 120, what="the waiting drop taken and training")
+        (faults / "log").touch()
+        wait_until(lambda: state(home, "later") == "completed", 120, what="later completes")
+        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+        assert [m["version"] for m in models if m["name"] == "later"] == [1], "its model version is registered"
+        time.sleep(1)
+        assert d.proc.poll() is None, "the daemon exited on a log it cannot write"
+        (faults / "log").unlink()
+        assert not status(home)["problem"]
+        assert db_metrics(home, run_of(home, "later")["id"]) == file_metrics(home, "later")
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        d.stop()
+
+
+HOLDER = """
+import os, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+while os.path.exists(sys.argv[2]):
+    time.sleep(0.1)
+conn.execute("COMMIT")
+"""
+
+
+def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults: Path, tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    d = start_daemon(home, faults)
+    holder = None
+    try:
+        drop_all(write_dataset(tmp_path, "busy", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "busy") >= 3, 120, what="training")
+        rid = run_of(home, "busy")["id"]
+        run_dir = Path(run_of(home, "busy")["run_dir"])
+        held = tmp_path / "held"
+        held.touch()
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "overnight.db"), str(held)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "locked"
+        (home / "control" / "skip").write_text(rid + "\n")
+        wait_until(lambda: result(run_dir).get("outcome") == "stopped", 60, what="the skip reaches the trainer")
+        wait_until(lambda: "state DB busy" in (status(home)["problem"] or ""), 40, what="the PROBLEM line")
+        problem = status(home)["problem"]
+        assert f"PID {holder.pid}" in problem and "Fix:" in problem, problem
+        for cmd in (("status",), ("runs",), ("logs", rid)):  # readers read while another process holds the lock
+            out = overnight(*cmd, home=home)
+            assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout, out.stderr
+        assert d.proc.poll() is None
+        held.unlink()
+        assert holder.wait(10) == 0
+        wait_until(lambda: state(home, "busy") == "skipped", 60, what="the skip recorded once the lock is released")
+        wait_until(lambda: consumed(home, "skip"), 10, what="control/skip consumed")
+        assert any(e["command"] == "skip" and e["status"] == "applied" for e in events(home))
+        assert db_metrics(home, rid) == file_metrics(home, "busy")
+        wait_until(lambda: not status(home)["problem"], 15, what="the PROBLEM line gone")
+        assert "state DB busy" in (home / "overnight.log").read_text()
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        if holder and holder.poll() is None:
+            holder.kill()
+        d.stop()
