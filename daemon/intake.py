@@ -71,6 +71,9 @@ class _Checking:
     fingerprint: dict[str, tuple[int, int]]
 
 
+UNRECORDED_RETRY_S = 5.0  # a drop whose run could not be recorded (disk full, DB busy) is tried again this often
+
+
 class Intake:
     """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
 
@@ -89,6 +92,22 @@ class Intake:
         self._checking: dict[str, _Checking] = {}
         self._on_verdict = on_verdict
         self.problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+        self._unrecorded: dict[str, float] = {}  # drops whose run could not be recorded -> when to try again
+        self._recover_staging()
+
+    def _recover_staging(self) -> None:
+        """A daemon that died while it made a run folder left the drop in runs/.RUN.partial/dataset/: back into
+        the inbox with it (a hard link of a group's earlier run stays there), and the half-made folder goes."""
+        for staging in self.home.runs.glob(".*.partial"):
+            dataset = RunFolder(staging).dataset
+            for p in sorted(dataset.iterdir()) if dataset.is_dir() else []:
+                dest = self.home.inbox / p.name
+                if p.is_file() and p.stat().st_nlink == 1 and not dest.exists():
+                    os.rename(p, dest)
+                    log.warning(f"inbox: {shown_name(p.name)} was being taken when the daemon stopped: back in "
+                                f"the inbox, taken again")
+            if not any(p.stat().st_nlink == 1 for p in dataset.rglob("*") if p.is_file()):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def close(self) -> None:
         """Stop validating (a drop being checked stays in the inbox and is checked again at the next start)."""
@@ -177,6 +196,8 @@ class Intake:
             del self._checking[stem]
             self._reject(files, stem, verdict.error)
         else:
+            if time.monotonic() < self._unrecorded.get(stem, 0):
+                return 0  # its run could not be recorded a moment ago: not moved back and forth every pass
             self._accept_or_reject(verdict, files, stem)  # raises when the drop waits: its verdict is kept
             del self._checking[stem]
         return 1
@@ -229,12 +250,12 @@ class Intake:
                 # the machine's fault, not the file's: the drop waits in the inbox (checked already) and is taken
                 # once the disk has room or the DB is free again; the daemon reports the fault (scheduler._guard)
                 self._discard_staging(files)
-                if stem not in self._waiting_logged:
-                    self._waiting_logged.add(stem)
+                if stem not in self._unrecorded:
                     log.warning(f"inbox: {shown_name(files[0].name)} waits in the inbox: its run could not be "
                                 f"recorded ({e}); it is taken once that works again")
+                self._unrecorded[stem] = time.monotonic() + UNRECORDED_RETRY_S
                 raise
-            self._waiting_logged.discard(stem)
+            self._unrecorded.pop(stem, None)
             log.error(f"inbox: could not create a run for {shown_name(files[0].name)}: {e}\n{traceback.format_exc()}")
             self._reject([p for p in files if p.exists()], stem,
                          f"{shown_name(files[0].name)}: overnight could not create its run folder "
@@ -317,6 +338,9 @@ class Intake:
                                   {group_id} if group_id else None)
             staging = RunFolder(self.home.runs / f".{rid}.partial")
             staging.dataset.mkdir(parents=True)
+            # overnight's own files first: a disk too full for them fails here, before the drop has moved
+            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
+                                        point, (i + 1, len(points)))
             if first_dataset_dir is None:
                 for p in (sub.dataset, sub.sidecar, sub.probes):
                     if p:
@@ -324,8 +348,6 @@ class Intake:
             else:  # the same bytes for the other models of the group: a hard link costs no space
                 for p in first_dataset_dir.iterdir():
                     _link_or_copy(p, staging.dataset / p.name)
-            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
-                                        point, (i + 1, len(points)))
             os.rename(staging.root, self.home.run_dir(rid))
             try:
                 self.store.insert_run(row)

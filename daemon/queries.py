@@ -122,10 +122,15 @@ def stale_problem(db_path: Path, daemon_row: dict[str, Any] | None, daemon_pid: 
     beat = (daemon_row or {}).get("heartbeat")
     if not beat or daemon_pid is None:
         return None
+    now = time.time() if now is None else now
     try:
-        age = (time.time() if now is None else now) - _dt.datetime.fromisoformat(beat).timestamp()
+        age = now - _dt.datetime.fromisoformat(beat).timestamp()
+        # the heartbeat is local time, and a daemon under systemd may not share this shell's TZ: every write also
+        # touches the DB's files (the -wal first), whose times need no time zone
+        written = max(p.stat().st_mtime for p in (db_path, Path(f"{db_path}-wal")) if p.exists())
     except ValueError:
         return None
+    age = min(age, now - written)
     if age < STALE_S:
         return None
     holders = _holders(db_path, {daemon_pid, os.getpid()})

@@ -328,14 +328,15 @@ class Daemon:
         if state in ENDED:
             fields["finished"] = iso()
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
+        run = self.store.get_run(a.run_id)
+        if state == State.COMPLETED:  # registered before the trainer is let go: a failed write (disk full, DB busy)
+            waits = sweep.selects_best(_run_options(run), run)  # finishes again at the next pass (the transition
+            version = registry.register(self.store, run, activate=not waits)  # and the registration are idempotent)
         self.active, self.stall, self.stall_problem = None, None, None
         rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
-        run = self.store.get_run(a.run_id)
         if state == State.COMPLETED:
-            waits = sweep.selects_best(_run_options(run), run)
-            version = registry.register(self.store, run, activate=not waits)
             log.info(f"registered model {run['name']} version {version}"
                      f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             self._notify("completed", run["id"], notify.completed_message, run, version, result)

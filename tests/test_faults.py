@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,13 +16,28 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
+from daemon.queries import STALE_S, Reader, stale_problem
+from daemon.timefmt import iso
 from tests.conftest import REPO, DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import drop_all, losses, progress_step, run_of, state, write_dataset
 
 pytestmark = pytest.mark.e2e
 
 STEPS = 20  # checkpoints at 5, 10, 15, 20
+
+
+def test_a_daemon_that_cannot_write_its_db_is_told_by_its_stale_heartbeat(tmp_path: Path) -> None:
+    db = tmp_path / "overnight.db"
+    db.write_bytes(b"")
+    now = time.time()
+    old = now - STALE_S - 5
+    os.utime(db, (old, old))
+    row = {"heartbeat": iso(old)}
+    assert "has not written overnight.db for 20 s" in stale_problem(db, row, 4242, now)
+    assert stale_problem(db, {"heartbeat": iso(now - 3)}, 4242, now) is None
+    assert stale_problem(db, row, None, now) is None  # no daemon: nothing is late
+    os.utime(db, (now - 1, now - 1))  # written a second ago: a heartbeat in another time zone is not "late"
+    assert stale_problem(db, row, 4242, now) is None
 
 
 @pytest.fixture
@@ -144,6 +158,14 @@ def events(home: Path) -> list[dict]:
         r.close()
 
 
+def transitions(home: Path, name: str) -> list[dict]:
+    r = Reader(home / "overnight.db")
+    try:
+        return r.transitions(run_of(home, name)["id"])
+    finally:
+        r.close()
+
+
 def consumed(home: Path, kind: str) -> bool:
     return not (home / "control" / kind).exists() and any(p.name.endswith(kind) for p in
                                                            (home / "control" / "done").glob("*"))
@@ -169,8 +191,9 @@ def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Pa
         assert "Fix:" in status(home)["problem"]
         assert overnight("runs", home=home).returncode == 0
         assert d.proc.poll() is None, "the daemon exited on a DB it cannot write"
-        assert (home / "inbox" / "later.jsonl").exists(), "a drop whose run cannot be recorded waits in the inbox"
-        assert not list((home / "inbox" / "rejected").glob("later*")) if (home / "inbox" / "rejected").exists() else True
+        wait_until(lambda: (home / "inbox" / "later.jsonl").exists(), 6, what="the drop waiting in the inbox")
+        assert not list(home.glob("inbox/rejected/later*")), "a drop whose run cannot be recorded is not rejected"
+        assert "later.jsonl waits in the inbox" in (home / "overnight.log").read_text()
         assert (home / "control" / "stop").exists(), "a command is kept until it is acknowledged"
         (faults / "db").unlink()
         wait_until(lambda: state(home, "long") == "stopped", 60, what="the stop recorded once the DB works")
@@ -182,12 +205,18 @@ def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Pa
         # (d) the log writes fail (overnight.log and console.log) while a run ends: it still completes and registers
         wait_until(lambda: state(home, "later") == "training", 120, what="the waiting drop taken and training")
         (faults / "log").touch()
+        (faults / "db.add_model").touch()  # and the DB fills between the run's completion and its registration
         wait_until(lambda: state(home, "later") == "completed", 120, what="later completes")
-        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
-        assert [m["version"] for m in models if m["name"] == "later"] == [1], "its model version is registered"
         time.sleep(1)
         assert d.proc.poll() is None, "the daemon exited on a log it cannot write"
         (faults / "log").unlink()
+        (faults / "db.add_model").unlink()
+        wait_until(lambda: [m["version"] for m in json.loads(overnight("models", "--json", home=home).stdout)
+                            if m["name"] == "later"], 15, what="its model version registered once the DB works")
+        time.sleep(1)
+        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+        assert [m["version"] for m in models if m["name"] == "later"] == [1], "registered once"
+        assert [t["to_state"] for t in transitions(home, "later")].count("completed") == 1
         assert not status(home)["problem"]
         assert db_metrics(home, run_of(home, "later")["id"]) == file_metrics(home, "later")
     except AssertionError:

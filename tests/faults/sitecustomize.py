@@ -8,6 +8,7 @@ disk" by creating the marker and "frees space" by deleting it. Each fault is an 
   adapter     the trainer's final adapter save fails (ENOSPC)
   disk        the daemon sees 0 bytes free (daemon/space.py), as it would on the disk those writes filled
   db          every write of the daemon's Store fails with sqlite's "database or disk is full"
+  db.METHOD   only that Store method's writes fail (db.add_model: registering a model version)
   log         the daemon's log writes fail: overnight.log's handler and the console.log appends (ENOSPC)
 Modules are patched right after they are first imported (a meta-path hook), so the code under test is untouched.
 """
@@ -85,14 +86,14 @@ def _patch_space(space) -> None:
 def _patch_store(store) -> None:
     import sqlite3
     writes = ("insert_run", "update_run", "set_state", "control_event", "add_metrics", "add_evolution",
-              "heartbeat", "add_model", "activate_model", "mark_model_deleted", "forget")
+              "heartbeat", "add_model", "activate_model", "mark_model_deleted")
     for name in writes:
         method = getattr(store.Store, name, None)
         if method is None:
             continue
 
-        def faulty(self, *args, _method=method, **kwargs):
-            if on("db"):
+        def faulty(self, *args, _method=method, _name=name, **kwargs):
+            if on("db") or on(f"db.{_name}"):
                 raise sqlite3.OperationalError("database or disk is full")
             return _method(self, *args, **kwargs)
 
