@@ -215,10 +215,6 @@ class Store:
         """Register the next version of `row['name']`; it becomes active unless the user pinned another (or
         `activate` is False: a sweep with select = "best" activates its best version when it ends)."""
         with self.db.conn:
-            done = self.db.execute("SELECT version FROM models WHERE name = ? AND run_id = ?",
-                                   [row["name"], row["run_id"]]).fetchone()
-            if done:  # one version per run: a retried registration (its first try's follow-up failed) is a no-op
-                return int(done[0])
             cur = self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", [row["name"]])
             version = int(cur.fetchone()[0])
             pinned = self.db.execute("SELECT 1 FROM meta WHERE key = ?", [f"pinned:{row['name']}"]).fetchone()
