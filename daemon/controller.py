@@ -83,8 +83,8 @@ class Controller:
 
     def _rejected(self, path: Path, message: str) -> None:
         dest = control.reject(self.home, path, message)
-        self.store.control_event(path.name, None, f"control/{path.name}", "rejected", message)
-        log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
+        log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")  # said even when
+        self.store.control_event(path.name, None, f"control/{path.name}", "rejected", message)  # the DB write fails
 
     def _run_for(self, cmd: Command, states: tuple[State, ...]) -> dict[str, Any]:
         """The run a command acts on: its named target, else the running job."""

@@ -40,6 +40,31 @@ def test_a_daemon_that_cannot_write_its_db_is_told_by_its_stale_heartbeat(tmp_pa
     assert stale_problem(db, row, 4242, now) is None
 
 
+def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path) -> None:
+    from daemon.home import Home
+    from daemon.intake import Intake
+    from daemon.store import Store
+    staging = home / "runs" / ".talk-20260101-000000.partial"
+    (staging / "dataset").mkdir(parents=True)
+    (staging / "dataset" / "talk.jsonl").write_text('{"text": "hi"}\n')
+    (staging / "config.json").write_text("{}")
+    done = home / "runs" / "talk-20260101-000000" / "dataset"  # a group's first run holds the drop…
+    done.mkdir(parents=True)
+    (done / "group.jsonl").write_text('{"text": "hi"}\n')
+    linked = home / "runs" / ".talk-2.partial" / "dataset"  # …and the second one's folder only a hard link of it
+    linked.mkdir(parents=True)
+    os.link(done / "group.jsonl", linked / "group.jsonl")
+    h = Home.resolve(home)
+    store = Store(h.db)
+    try:
+        Intake(h, store).close()
+    finally:
+        store.close()
+    assert (home / "inbox" / "talk.jsonl").read_text() == '{"text": "hi"}\n'
+    assert not staging.exists()
+    assert not (home / "inbox" / "group.jsonl").exists() and (done / "group.jsonl").exists()
+
+
 @pytest.fixture
 def faults(tmp_path: Path) -> Path:
     d = tmp_path / "faults"
