@@ -169,9 +169,11 @@ class Store:
         return [dict(r) for r in self.db.query(q, states)]
 
     # --- control, metrics, evolution ------------------------------------------------------------------
-    def control_event(self, command: str, target: str | None, source: str, status: str, message: str) -> None:
+    def control_event(self, command: str, target: str | None, source: str, status: str, message: str,
+                      time: str | None = None) -> None:
+        """`time`: when it happened, for an event written late (its first write found the DB full or busy)."""
         with self.db.conn:
-            self.db["control_events"].insert({"time": iso(), "command": command, "target": target,
+            self.db["control_events"].insert({"time": time or iso(), "command": command, "target": target,
                                               "source": source, "status": status, "message": message})
 
     def add_metrics(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:

@@ -219,11 +219,12 @@ def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Pa
         wait_until(lambda: (home / "inbox" / "later.jsonl").exists(), 6, what="the drop waiting in the inbox")
         assert not list(home.glob("inbox/rejected/later*")), "a drop whose run cannot be recorded is not rejected"
         assert "later.jsonl waits in the inbox" in (home / "overnight.log").read_text()
-        assert (home / "control" / "stop").exists(), "a command is kept until it is acknowledged"
+        assert consumed(home, "stop"), "applied is applied: consumed, its acknowledgement written once it can be"
+        assert not any(e["command"] == "stop" for e in events(home))
         (faults / "db").unlink()
         wait_until(lambda: state(home, "long") == "stopped", 60, what="the stop recorded once the DB works")
-        wait_until(lambda: consumed(home, "stop"), 10, what="control/stop consumed")
-        assert any(e["command"] == "stop" and e["status"] == "applied" and e["target"] == rid for e in events(home))
+        stops = [(e["status"], e["target"]) for e in events(home) if e["command"] == "stop"]
+        assert stops == [("applied", rid)], f"acknowledged once, as applied: {stops}"
         assert db_metrics(home, rid) == file_metrics(home, "long"), "no metric lost while the DB was full"
         assert "checkpointing" in console(home, "long")  # the acknowledgement reached the run's console too
 
@@ -285,11 +286,13 @@ def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults:
             out = overnight(*cmd, home=home)
             assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout, out.stderr
         assert d.proc.poll() is None
+        assert consumed(home, "skip") and not [e for e in events(home) if e["command"] == "skip"]
         held.unlink()
         assert holder.wait(10) == 0
         wait_until(lambda: state(home, "busy") == "skipped", 60, what="the skip recorded once the lock is released")
-        wait_until(lambda: consumed(home, "skip"), 10, what="control/skip consumed")
-        assert any(e["command"] == "skip" and e["status"] == "applied" for e in events(home))
+        assert consumed(home, "skip")
+        skips = [e["status"] for e in events(home) if e["command"] == "skip"]
+        assert skips == ["applied"], f"acknowledged once, as applied: {skips}"
         assert db_metrics(home, rid) == file_metrics(home, "busy")
         wait_until(lambda: not status(home)["problem"], 15, what="the PROBLEM line gone")
         assert "state DB busy" in (home / "overnight.log").read_text()
