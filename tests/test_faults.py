@@ -227,11 +227,13 @@ def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Pa
         (faults / "db.add_model").touch()
         (faults / "db").unlink()
         wait_until(lambda: state(home, "long") == "stopped", 60, what="the stop recorded once the DB works")
+        wait_until(lambda: [e for e in events(home) if e["command"] == "stop"], 10, what="the stop acknowledged")
         stops = [(e["status"], e["target"]) for e in events(home) if e["command"] == "stop"]
         assert stops == [("applied", rid)], f"acknowledged once, as applied: {stops}"
         assert db_metrics(home, rid) == file_metrics(home, "long"), "no metric lost while the DB was full"
         wait_until(lambda: state(home, "later") == "completed", 120, what="later completes")
-        time.sleep(1)
+        wait_until(lambda: "disk full" in (status(home)["problem"] or ""), 15, what="the PROBLEM line")
+        assert "Fix: free space" in status(home)["problem"]
         assert d.proc.poll() is None, "the daemon exited on a log it cannot write"
         (faults / "log").unlink()
         (faults / "db.add_model").unlink()
@@ -241,7 +243,7 @@ def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Pa
         models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
         assert [m["version"] for m in models if m["name"] == "later"] == [1], "registered once"
         assert [t["to_state"] for t in transitions(home, "later")].count("completed") == 1
-        assert not status(home)["problem"]
+        wait_until(lambda: not status(home)["problem"], 15, what="the PROBLEM line gone")
         assert db_metrics(home, run_of(home, "later")["id"]) == file_metrics(home, "later")
     except AssertionError:
         dump(home)
@@ -289,6 +291,8 @@ def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults:
         assert holder.wait(10) == 0
         wait_until(lambda: state(home, "busy") == "skipped", 60, what="the skip recorded once the lock is released")
         assert consumed(home, "skip")
+        wait_until(lambda: [e for e in events(home) if e["command"] == "skip"], 10, what="the skip acknowledged")
+        time.sleep(1)
         skips = [e["status"] for e in events(home) if e["command"] == "skip"]
         assert skips == ["applied"], f"acknowledged once, as applied: {skips}"
         assert db_metrics(home, rid) == file_metrics(home, "busy")
