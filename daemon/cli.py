@@ -158,7 +158,7 @@ def status(home: str | None, as_json: bool) -> None:
     # a full disk is seen here too: the daemon cannot write its PROBLEM line into the DB then
     beat = rd.daemon() if alive else None
     problem = ((beat or {}).get("problem") or disk_full_problem(h.root)
-               or stale_problem(h.db, beat, (alive or {}).get("pid")))  # a daemon that cannot write the DB
+               or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
     if as_json:
         _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
                     "control_events": events})

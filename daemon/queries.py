@@ -116,31 +116,36 @@ class Reader:
 STALE_S = 15
 
 
-def stale_problem(db_path: Path, daemon_row: dict[str, Any] | None, daemon_pid: int | None,
+def stale_problem(db_path: Path, daemon_row: dict[str, Any] | None, alive: dict[str, Any] | None,
                   now: float | None = None) -> str | None:
-    """What `status` and the dashboard say when a running daemon has not written overnight.db for STALE_S."""
-    beat = (daemon_row or {}).get("heartbeat")
-    if not beat or daemon_pid is None:
+    """What `status` and the dashboard say when a running daemon (`alive`: its lock's pid and create_time) has not
+    written overnight.db for STALE_S: its heartbeat is that old, or it has not written its own row since it started."""
+    if not alive:
         return None
     now = time.time() if now is None else now
+    row = daemon_row or {}
     try:
-        age = now - _dt.datetime.fromisoformat(beat).timestamp()
-        # the heartbeat is local time, and a daemon under systemd may not share this shell's TZ: every write also
-        # touches the DB's files (the -wal first), whose times need no time zone
-        written = max(p.stat().st_mtime for p in (db_path, Path(f"{db_path}-wal")) if p.exists())
-    except ValueError:
+        if row.get("pid") != alive["pid"]:  # still starting: the row is an earlier daemon's
+            age = now - float(alive["create_time"])
+        else:
+            # the heartbeat is local time, and a daemon under systemd may not share this shell's TZ: every write
+            # also appends to the -wal (which the daemon's open connection keeps), whose time needs no time zone
+            age = now - _dt.datetime.fromisoformat(row["heartbeat"]).timestamp()
+            wal = Path(f"{db_path}-wal")
+            if wal.exists():
+                age = min(age, now - wal.stat().st_mtime)
+    except (KeyError, TypeError, ValueError, OSError):
         return None
-    age = min(age, now - written)
     if age < STALE_S:
         return None
-    holders = _holders(db_path, {daemon_pid, os.getpid()})
+    pid = alive["pid"]
+    holders = _holders(db_path, {pid, os.getpid()})
     if holders:
-        return (f"state DB busy: the daemon (PID {daemon_pid}) has not been able to write {db_path.name} for "
-                f"{age:.0f} s; {', '.join(holders)} also has it open and may hold its write lock. Training goes on; "
-                f"the daemon catches up once the lock is released. Fix: end that process's transaction (or the "
-                f"process)")
-    return (f"the daemon (PID {daemon_pid}) has not written {db_path.name} for {age:.0f} s (the DB or its disk "
-            f"cannot be written?). Fix: see the newest lines of overnight.log")
+        return (f"state DB busy: the daemon (PID {pid}) has not been able to write {db_path.name} for {age:.0f} s; "
+                f"{', '.join(holders)} also has it open and may hold its write lock. Training goes on; the daemon "
+                f"catches up once the lock is released. Fix: end that process's transaction (or the process)")
+    return (f"the daemon (PID {pid}) has not written {db_path.name} for {age:.0f} s (the DB or its disk cannot be "
+            f"written?). Fix: see the newest lines of overnight.log")
 
 
 def _holders(db_path: Path, exclude: set[int]) -> list[str]:

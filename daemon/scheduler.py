@@ -73,6 +73,9 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or, with --once, until the inbox and queue are done)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if not self.store.wait_writable(lambda: self.stopping, log.warning):  # another process holds overnight.db
+            self.shutdown()  # SIGTERM while waiting for it
+            return 0
         self.store.daemon_started(os.getpid(), str(self.home.root), __version__)
         log.info(f"overnight {__version__} daemon started on {self.home.root} (PID {os.getpid()})")
         self._watch()

@@ -115,6 +115,27 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
+    def wait_writable(self, stop: Callable[[], bool], say: Callable[[str], None]) -> bool:
+        """Wait until a write lock can be taken (another process may hold one); False when `stop()` says to give
+        up first. The daemon's first writes (its row, the recovery of interrupted runs) cannot wait for a later pass."""
+        told = False
+        while not stop():
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")  # waits BUSY_TIMEOUT_S for the lock
+                self.db.conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as e:
+                problem = busy_problem(e, self.path)
+                if problem is None:
+                    raise
+                if not told:
+                    say(f"{problem}. The daemon starts once it is released.")
+                    told = True
+                continue
+            if told:
+                say(f"{self.path.name} is free again: starting")
+            return True
+        return False
+
     # --- runs -------------------------------------------------------------------------------------------
     def next_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,16 +29,22 @@ STEPS = 20  # checkpoints at 5, 10, 15, 20
 
 def test_a_daemon_that_cannot_write_its_db_is_told_by_its_stale_heartbeat(tmp_path: Path) -> None:
     db = tmp_path / "overnight.db"
+    wal = tmp_path / "overnight.db-wal"
     db.write_bytes(b"")
+    wal.write_bytes(b"")
     now = time.time()
     old = now - STALE_S - 5
-    os.utime(db, (old, old))
-    row = {"heartbeat": iso(old)}
-    assert "has not written overnight.db for 20 s" in stale_problem(db, row, 4242, now)
-    assert stale_problem(db, {"heartbeat": iso(now - 3)}, 4242, now) is None
+    os.utime(wal, (old, old))
+    alive = {"pid": 4242, "create_time": now - 3600}
+    row = {"pid": 4242, "heartbeat": iso(old)}
+    assert "has not written overnight.db for 20 s" in stale_problem(db, row, alive, now)
+    assert stale_problem(db, {**row, "heartbeat": iso(now - 3)}, alive, now) is None
     assert stale_problem(db, row, None, now) is None  # no daemon: nothing is late
-    os.utime(db, (now - 1, now - 1))  # written a second ago: a heartbeat in another time zone is not "late"
-    assert stale_problem(db, row, 4242, now) is None
+    os.utime(wal, (now - 1, now - 1))  # written a second ago: a heartbeat in another time zone is not "late"
+    assert stale_problem(db, row, alive, now) is None
+    earlier = {"pid": 17, "heartbeat": iso(now - 1), "state": "stopped"}  # the row of the daemon before it
+    assert "for 3600 s" in stale_problem(db, earlier, alive, now)  # this one has written nothing since it started
+    assert stale_problem(db, earlier, {"pid": 4242, "create_time": now - 2}, now) is None  # (just started)
 
 
 def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path) -> None:
@@ -263,20 +270,30 @@ conn.execute("COMMIT")
 """
 
 
+def hold(db: Path, flag: Path) -> subprocess.Popen:
+    """Another process takes overnight.db's write lock and keeps it while `flag` exists."""
+    flag.touch()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(flag)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults: Path, tmp_path: Path) -> None:
+    from daemon.store import Store
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    Store(home / "overnight.db").close()  # a home used before
+    held = tmp_path / "held"
+    holder = hold(home / "overnight.db", held)
+    threading.Timer(6, held.unlink).start()  # released while the daemon waits to start
     d = start_daemon(home, faults)
-    holder = None
     try:
+        assert holder.wait(10) == 0
+        assert "The daemon starts once it is released" in (home / "overnight.log").read_text()
         drop_all(write_dataset(tmp_path, "busy", 5000), home / "inbox")
         wait_until(lambda: progress_step(home, "busy") >= 3, 120, what="training")
         rid = run_of(home, "busy")["id"]
         run_dir = Path(run_of(home, "busy")["run_dir"])
-        held = tmp_path / "held"
-        held.touch()
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "overnight.db"), str(held)],
-                                  stdout=subprocess.PIPE, text=True)
-        assert holder.stdout.readline().strip() == "locked"
+        holder = hold(home / "overnight.db", held)
         (home / "control" / "skip").write_text(rid + "\n")
         wait_until(lambda: result(run_dir).get("outcome") == "stopped", 60, what="the skip reaches the trainer")
         wait_until(lambda: "state DB busy" in (status(home)["problem"] or ""), 40, what="the PROBLEM line")

@@ -211,7 +211,7 @@ class HomeWatcher:
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
                                  problem=(beat.get("problem") if alive else None)
                                  or disk_full_problem(self.home.root)
-                                 or (stale_problem(self.home.db, beat, alive["pid"]) if alive else None))
+                                 or stale_problem(self.home.db, beat, alive))
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon,
                 runs=_mark_best(tuple(_run_row(r) for r in reader.runs()), reader),
