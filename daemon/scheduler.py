@@ -228,12 +228,13 @@ class Daemon:
         self.stall_problem = message
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
-        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
-        self.store.heartbeat(problem=self.problem)
         self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
         if self.stall.action == "restart":
             a.requested = "restart"
             a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
+        # the DB last: reported once, the stall's action must not hang on a DB that cannot be written now
+        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
+        self.store.heartbeat(problem=self.problem)
 
     def _escalate(self, a: TrainerProcess) -> None:
         """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/stall.py)."""
@@ -250,8 +251,8 @@ class Daemon:
                    f"{a.requested} request; sending {sig}")
             log.warning(msg)
             rundir.append_console(a.run_dir, f"overnight: {msg}")
+            a.signal(sig)  # before the DB event: the escalation sends each signal once, whatever the DB does
             self.store.control_event(a.requested, a.run_id, "daemon", "escalated", msg)
-            a.signal(sig)
 
     def start_next(self) -> None:
         if self.active or self.stopping or self.controller.queue_held():
