@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -70,6 +71,58 @@ def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path
     assert (home / "inbox" / "talk.jsonl").read_text() == '{"text": "hi"}\n'
     assert not staging.exists()
     assert not (home / "inbox" / "group.jsonl").exists() and (done / "group.jsonl").exists()
+
+
+class _FrozenTrainer:
+    """What the daemon sees of a trainer that shows no life (SIGSTOP) and was asked to stop."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from types import SimpleNamespace
+
+        from daemon.stall import Escalation
+        self.run_id, self.run_dir, self.requested = "frozen-1", run_dir, "stop"
+        self.proc = SimpleNamespace(pid=4242)
+        self.escalation = Escalation(0.0, since=0.0, mark="no progress")
+        self.signals: list[str] = []
+
+    def poll(self) -> None:
+        return None
+
+    def progress_mark(self) -> str:
+        return "no progress"
+
+    def signal(self, name: str) -> None:
+        self.signals.append(name)
+
+    def kill(self) -> None:
+        self.signal("SIGKILL")
+
+
+def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Path, monkeypatch) -> None:
+    from daemon.home import Home
+    from daemon.scheduler import Daemon
+    from daemon.stall import StallWatch
+    from daemon.store import Store
+    d = Daemon(Home.resolve(home), echo=False)
+    try:
+        def locked(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(Store, "control_event", locked)
+        monkeypatch.setattr(Store, "heartbeat", locked)
+        a = _FrozenTrainer(home / "runs")
+        with pytest.raises(sqlite3.OperationalError):  # the event is the daemon's fault to report (its guard)…
+            d._escalate(a)
+        assert a.signals == ["SIGTERM"], "…after the signal, which the escalation sends only once"
+        d.stall = StallWatch(0.001, "restart")
+        d._watch_stall(a, "training", 3)
+        time.sleep(0.01)
+        with pytest.raises(sqlite3.OperationalError):
+            d._watch_stall(a, "training", 3)
+        assert a.signals == ["SIGTERM", "SIGKILL"] and a.requested == "restart", "a stall reported once restarts"
+    finally:
+        d.intake.close()
+        d.store.close()
+        d.lock.release()
 
 
 @pytest.fixture
