@@ -334,15 +334,22 @@ class Daemon:
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
         run = self.store.get_run(a.run_id)
         if state == State.COMPLETED:  # registered before the trainer is let go: a failed write (disk full, DB busy)
-            waits = sweep.selects_best(_run_options(run), run)  # finishes again at the next pass (the transition
-            version = registry.register(self.store, run, activate=not waits)  # and the registration are idempotent)
+            try:  # finishes again at the next pass (the transition and the registration are idempotent)
+                waits = sweep.selects_best(_run_options(run), run)
+                version = registry.register(self.store, run, activate=not waits)
+            except Exception as e:
+                if is_disk_full(e) or busy_problem(e, self.home.db):
+                    raise
+                waits, version = False, None  # a bug here must not hold the queue: said, and the night goes on
+                log.exception(f"{a.run_id}: could not register its model version")
         self.active, self.stall, self.stall_problem = None, None, None
         rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
         if state == State.COMPLETED:
-            log.info(f"registered model {run['name']} version {version}"
-                     f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
+            if version is not None:
+                log.info(f"registered model {run['name']} version {version}"
+                         f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             self._notify("completed", run["id"], notify.completed_message, run, version, result)
         elif state == State.FAILED:
             self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
