@@ -110,7 +110,6 @@ class Reader:
         return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
 
-
 # The daemon writes its heartbeat every 2 s: this much older, while it runs, means its writes fail (the DB is locked
 # by another process, or cannot be written) and the PROBLEM line it would write cannot reach the DB either.
 STALE_S = 15
