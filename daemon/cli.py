@@ -16,7 +16,7 @@ from daemon import __version__, render
 from daemon.completeness import SETTLE_S
 from daemon.space import disk_full_problem
 from daemon.home import Home, HomeLocked, daemon_alive
-from daemon.queries import Reader
+from daemon.queries import Reader, stale_problem
 from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
@@ -156,7 +156,9 @@ def status(home: str | None, as_json: bool) -> None:
     runs = rd.runs(LIVE)
     events = rd.control_events(5)
     # a full disk is seen here too: the daemon cannot write its PROBLEM line into the DB then
-    problem = ((rd.daemon() or {}).get("problem") if alive else None) or disk_full_problem(h.root)
+    beat = rd.daemon() if alive else None
+    problem = ((beat or {}).get("problem") or disk_full_problem(h.root)
+               or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
     if as_json:
         _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
                     "control_events": events})

@@ -7,6 +7,7 @@ tested with a stub trainer (tests/test_controller.py).
 """
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -16,6 +17,7 @@ from daemon.home import Home
 from daemon.log import log
 from daemon.states import LIVE, RESUMABLE, State
 from daemon.store import Store
+from daemon.timefmt import iso
 
 def _no_run(cmd: Command) -> str:
     return (f"{cmd.source}: no run with id {cmd.target!r}. Fix: write an id that overnight runs lists "
@@ -53,6 +55,10 @@ class Controller:
         self.pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
         self.trainers: list[Trainer] = []  # the running trainers, one per slot
         self.free_slots: Callable[[], int] = lambda: 0
+        # acknowledgements of commands already applied that the DB refused (full, or locked by another process):
+        # written first at the next pass, in order. The command is consumed all the same: applied is applied, and
+        # read again once its run has moved on it would be refused ("run X is skipped").
+        self._unwritten: list[tuple[str, str | None, str, str, str, str]] = []
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
@@ -63,6 +69,7 @@ class Controller:
 
         `free_slots`: how many more runs could start now (asked only when a queued run might preempt)."""
         self.trainers, self.free_slots = trainers, free_slots
+        self._write_events()
         for path in control.command_files(self.home):
             if not control.settled(path):
                 continue  # `echo RUN > control/stop` creates the file empty, then writes: read it next pass
@@ -83,16 +90,33 @@ class Controller:
 
     # --- acknowledgements ---------------------------------------------------------------------------------
     def _ack(self, cmd: str, target: str | None, source: str, message: str, run_id: str | None = None) -> None:
-        self.store.control_event(cmd, target, source, "applied", message)
         log.info(f"control: {message}")
         run = self.store.get_run(run_id) if run_id else None
         if run:
             rundir.append_console(Path(run["run_dir"]), f"control: {message}")
+        self._event(cmd, target, source, "applied", message)
 
     def _rejected(self, path: Path, message: str) -> None:
         dest = control.reject(self.home, path, message)
-        self.store.control_event(path.name, None, f"control/{path.name}", "rejected", message)
         log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
+        self._event(path.name, None, f"control/{path.name}", "rejected", message)
+
+    def _event(self, command: str, target: str | None, source: str, status: str, message: str) -> None:
+        self._unwritten.append((command, target, source, status, message, iso()))
+        if not self._write_events():
+            log.warning(f"control: the acknowledgement of {command} waits to be written to the DB (it cannot be "
+                        f"written now); the command itself is done")
+
+    def _write_events(self) -> bool:
+        """Write the acknowledgements not yet in the DB; a refused write keeps them for the next pass (the
+        daemon's other writes report the fault: status PROBLEM line, overnight.log). True when none is left."""
+        try:
+            while self._unwritten:
+                self.store.control_event(*self._unwritten[0])
+                self._unwritten.pop(0)
+        except sqlite3.OperationalError:
+            return False
+        return True
 
     def _trainer(self, run_id: str) -> Trainer | None:
         return next((a for a in self.trainers if a.run_id == run_id), None)

@@ -26,7 +26,8 @@ from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
 from daemon.options import OptionsError, Resolved, load_home_toml
 from daemon.states import State
-from daemon.store import Store
+from daemon.space import is_disk_full
+from daemon.store import Store, busy_problem
 from daemon.submission import Submission, SubmissionError, role_of, sha256_file, stem_of, validate
 from daemon.timefmt import iso, run_id_stamp
 
@@ -70,6 +71,9 @@ class _Checking:
     fingerprint: dict[str, tuple[int, int]]
 
 
+UNRECORDED_RETRY_S = 5.0  # a drop whose run could not be recorded (disk full, DB busy) is tried again this often
+
+
 class Intake:
     """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
 
@@ -88,6 +92,22 @@ class Intake:
         self._checking: dict[str, _Checking] = {}
         self._on_verdict = on_verdict
         self.problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+        self._unrecorded: dict[str, float] = {}  # drops whose run could not be recorded -> when to try again
+        self._recover_staging()
+
+    def _recover_staging(self) -> None:
+        """A daemon that died while it made a run folder left the drop in runs/.RUN.partial/dataset/: back into
+        the inbox with it (a hard link of a group's earlier run stays there), and the half-made folder goes."""
+        for staging in self.home.runs.glob(".*.partial"):
+            dataset = RunFolder(staging).dataset
+            for p in sorted(dataset.iterdir()) if dataset.is_dir() else []:
+                dest = self.home.inbox / p.name
+                if p.is_file() and p.stat().st_nlink == 1 and not dest.exists():
+                    os.rename(p, dest)
+                    log.warning(f"inbox: {shown_name(p.name)} was being taken when the daemon stopped: back in "
+                                f"the inbox, taken again")
+            if not any(p.stat().st_nlink == 1 for p in dataset.rglob("*") if p.is_file()):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def close(self) -> None:
         """Stop validating (a drop being checked stays in the inbox and is checked again at the next start)."""
@@ -170,13 +190,16 @@ class Intake:
             return 0
         if not checking.future.done():
             return 0
-        del self._checking[stem]
         verdict = checking.future.result()
         files = [p for p in (dataset, group.get("sidecar"), group.get("probes")) if p]
         if verdict.sub is None:
+            del self._checking[stem]
             self._reject(files, stem, verdict.error)
         else:
-            self._accept_or_reject(verdict, files, stem)
+            if time.monotonic() < self._unrecorded.get(stem, 0):
+                return 0  # its run could not be recorded a moment ago: not moved back and forth every pass
+            self._accept_or_reject(verdict, files, stem)  # raises when the drop waits: its verdict is kept
+            del self._checking[stem]
         return 1
 
     def _still_written(self, stem: str, group: dict[str, Path]) -> bool:
@@ -222,8 +245,18 @@ class Intake:
         try:
             self.accept(verdict.sub, verdict.sha)
         except Exception as e:  # noqa: BLE001 - a drop is never left half-moved
-            log.error(f"inbox: could not create a run for {shown_name(files[0].name)}: {e}\n{traceback.format_exc()}")
             self._recover_partial(files)
+            if (is_disk_full(e) or busy_problem(e, self.home.db)) and all(p.exists() for p in files):
+                # the machine's fault, not the file's: the drop waits in the inbox (checked already) and is taken
+                # once the disk has room or the DB is free again; the daemon reports the fault (scheduler._guard)
+                self._discard_staging(files)
+                if stem not in self._unrecorded:
+                    log.warning(f"inbox: {shown_name(files[0].name)} waits in the inbox: its run could not be "
+                                f"recorded ({e}); it is taken once that works again")
+                self._unrecorded[stem] = time.monotonic() + UNRECORDED_RETRY_S
+                raise
+            self._unrecorded.pop(stem, None)
+            log.error(f"inbox: could not create a run for {shown_name(files[0].name)}: {e}\n{traceback.format_exc()}")
             self._reject([p for p in files if p.exists()], stem,
                          f"{shown_name(files[0].name)}: overnight could not create its run folder "
                          f"({type(e).__name__}: {e}). Fix: free disk space or check permissions of "
@@ -236,6 +269,14 @@ class Intake:
                 moved = RunFolder(staging).dataset / p.name
                 if moved.exists() and not p.exists():
                     os.rename(moved, p)
+
+    def _discard_staging(self, files: list[Path]) -> None:
+        """Remove half-made run folders that hold none of the drop's files any more (only overnight's own files)."""
+        names = {p.name for p in files}
+        for staging in self.home.runs.glob(".*.partial"):
+            dataset = RunFolder(staging).dataset
+            if not (dataset.is_dir() and names & {p.name for p in dataset.iterdir()}):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _owner_toml_ok(self) -> bool:
         """Drops wait (they are not rejected) while the owner's overnight.toml is broken."""
@@ -297,6 +338,9 @@ class Intake:
                                   {group_id} if group_id else None)
             staging = RunFolder(self.home.runs / f".{rid}.partial")
             staging.dataset.mkdir(parents=True)
+            # overnight's own files first: a disk too full for them fails here, before the drop has moved
+            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
+                                        point, (i + 1, len(points)))
             if first_dataset_dir is None:
                 for p in (sub.dataset, sub.sidecar, sub.probes):
                     if p:
@@ -304,10 +348,14 @@ class Intake:
             else:  # the same bytes for the other models of the group: a hard link costs no space
                 for p in first_dataset_dir.iterdir():
                     _link_or_copy(p, staging.dataset / p.name)
-            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
-                                        point, (i + 1, len(points)))
             os.rename(staging.root, self.home.run_dir(rid))
-            self.store.insert_run(row)
+            try:
+                self.store.insert_run(row)
+            except Exception as e:  # a run folder the DB does not index must not keep its name (nor the drop)
+                os.rename(self.home.run_dir(rid), staging.root)
+                if run_ids:  # the group's first runs hold the drop already: this one fails (rejected, said why)
+                    raise RuntimeError(f"recorded {len(run_ids)} of the group's {len(points)} runs, then: {e}") from e
+                raise
             first_dataset_dir = first_dataset_dir or RunFolder(self.home.run_dir(rid)).dataset
             run_ids.append(rid)
         grouped = f" (group {group_id}: {sweep.describe(sub.options)})" if group_id else ""

@@ -1,8 +1,11 @@
 """Read-only access to overnight.db for the CLI and dashboards: never writes, never locks the daemon out."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
 import sqlite3
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
@@ -131,3 +134,55 @@ class Reader:
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
+
+# The daemon writes its heartbeat every 2 s: this much older, while it runs, means its writes fail (the DB is locked
+# by another process, or cannot be written) and the PROBLEM line it would write cannot reach the DB either.
+STALE_S = 15
+
+
+def stale_problem(db_path: Path, daemon_row: dict[str, Any] | None, alive: dict[str, Any] | None,
+                  now: float | None = None) -> str | None:
+    """What `status` and the dashboard say when a running daemon (`alive`: its lock's pid and create_time) has not
+    written overnight.db for STALE_S: its heartbeat is that old, or it has not written its own row since it started."""
+    if not alive:
+        return None
+    now = time.time() if now is None else now
+    row = daemon_row or {}
+    try:
+        if row.get("pid") != alive["pid"]:  # still starting: the row is an earlier daemon's
+            age = now - float(alive["create_time"])
+        else:
+            # the heartbeat is local time, and a daemon under systemd may not share this shell's TZ: every write
+            # also appends to the -wal (which the daemon's open connection keeps), whose time needs no time zone
+            age = now - _dt.datetime.fromisoformat(row["heartbeat"]).timestamp()
+            wal = Path(f"{db_path}-wal")
+            if wal.exists():
+                age = min(age, now - wal.stat().st_mtime)
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    if age < STALE_S:
+        return None
+    pid = alive["pid"]
+    holders = _holders(db_path, {pid, os.getpid()})
+    if holders:
+        return (f"state DB busy: the daemon (PID {pid}) has not been able to write {db_path.name} for {age:.0f} s; "
+                f"{', '.join(holders)} also has it open and may hold its write lock. Training goes on; the daemon "
+                f"catches up once the lock is released. Fix: end that process's transaction (or the process)")
+    return (f"the daemon (PID {pid}) has not written {db_path.name} for {age:.0f} s (the DB or its disk cannot be "
+            f"written?). Fix: see the newest lines of overnight.log")
+
+
+def _holders(db_path: Path, exclude: set[int]) -> list[str]:
+    """Other processes that have overnight.db (or its -wal) open, as 'PID N (name)'."""
+    import psutil
+    names = {str(db_path.resolve()), str(db_path.resolve()) + "-wal"}
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        if proc.info["pid"] in exclude:
+            continue
+        try:
+            if any(f.path in names for f in proc.open_files()):
+                found.append(f"PID {proc.info['pid']} ({proc.info['name']})")
+        except (psutil.Error, OSError):
+            continue
+    return found

@@ -16,7 +16,12 @@ from daemon.timefmt import run_id_stamp
 def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
     """Register the completed run's adapter as the next version of its name; returns the version.
 
-    `activate=False`: the version does not take over (a sweep with select = "best" chooses at its end)."""
+    `activate=False`: the version does not take over (a sweep with select = "best" chooses at its end). A run
+    registers once: the daemon finishes a run again when a write after its registration failed (disk full, DB busy),
+    and gets the version it has."""
+    done = [m["version"] for m in store.models(run["name"]) if m["run_id"] == run["id"]]
+    if done:
+        return done[0]
     folder = RunFolder(run["run_dir"])
     result = folder.read_result()
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}

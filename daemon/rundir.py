@@ -8,6 +8,7 @@ is replaced, because the trainer rewrites them after a resume.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -113,14 +114,21 @@ def newest_complete(checkpoints: Path) -> Path | None:
 
 # --------------------------------------------------------------------------------------------- daemon's writes
 
-def append_console(run_dir: Path, message: str) -> None:
+def append_console(run_dir: Path, message: str) -> bool:
     """Append one timestamped line to the run's console.log (one write: lines never interleave mid-line).
 
-    A trainer that died mid-line (a traceback cut short) gets its line ended first, so ours starts on its own."""
-    with open(RunFolder(run_dir).console, "a+b") as f:
-        end = f.seek(0, 2)
-        cut = end > 0 and f.seek(end - 1) is not None and f.read(1) != b"\n"
-        f.write(("\n" if cut else "").encode() + log_line(message).encode("utf-8"))
+    A trainer that died mid-line (a traceback cut short) gets its line ended first, so ours starts on its own.
+    The daemon's lines are a courtesy copy of what overnight.log and the DB record: a line that cannot be written (a
+    full disk) is said in overnight.log and returns False, never raises into the state change that wrote it."""
+    try:
+        with open(RunFolder(run_dir).console, "a+b") as f:
+            end = f.seek(0, 2)
+            cut = end > 0 and f.seek(end - 1) is not None and f.read(1) != b"\n"
+            f.write(("\n" if cut else "").encode() + log_line(message).encode("utf-8"))
+        return True
+    except OSError as e:
+        logging.getLogger("overnight").warning(f"could not append to {RunFolder(run_dir).console} ({e}): {message}")
+        return False
 
 
 def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:

@@ -37,6 +37,10 @@ class TrainerProcess:
     escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits
     slot: Slot = field(default_factory=Slot)  # the GPU set (or CPU share) it trains on
     stall: StallWatch | None = None  # its stall detector (set by the scheduler)
+    # records read from the files but not yet in the DB (a write failed: disk full, DB busy), by table; and the
+    # tables whose rows of this run go first (a new attempt, or a rewritten file), in the same transaction
+    pending: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"metrics": [], "evolution": []})
+    forget: set[str] = field(default_factory=set)
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None,
@@ -102,20 +106,20 @@ class TrainerProcess:
         return self.folder.read_progress()
 
     def ingest(self, store: Store) -> dict[str, Any]:
-        """Copy new metrics/evolution records into the DB; return the run fields to update."""
-        fields: dict[str, Any] = {}
-        metrics = self._read_new("metrics", store)
+        """Copy new metrics/evolution records into the DB; return the run fields to update.
+
+        Records read from the files stay pending until their DB write succeeds: a full disk or a DB another process
+        holds locked delays the mirror, never loses a record (the failed write raises; the next pass tries again)."""
+        fields: dict[str, Any] = {"pid": self.proc.pid}  # also when the write of it at the start failed
+        metrics = self._store_new("metrics", store)
         if metrics:
-            store.add_metrics(self.run_id, metrics)
             train = [m for m in metrics if m.get("loss") is not None]
             evals = [m for m in metrics if m.get("eval_loss") is not None]
             if train:
                 fields.update(loss=train[-1]["loss"], tokens_per_s=train[-1].get("tokens_per_s"))
             if evals:
                 fields["eval_loss"] = evals[-1]["eval_loss"]
-        evolution = self._read_new("evolution", store)
-        if evolution:
-            store.add_evolution(self.run_id, evolution)
+        self._store_new("evolution", store)
         prog = self.progress()
         if prog.get("step") is not None:
             step, total = int(prog["step"]), prog.get("max_steps")
@@ -139,21 +143,29 @@ class TrainerProcess:
         per_step = self.step_s = (now - self.rate[0]) / (step - self.rate[1])
         return round(per_step * max(0, total - step), 1)
 
-    def _read_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
+    def _store_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
+        """Read the file's new records and write every pending one to the DB; return those written."""
         update = self.tails[kind].poll()
-        if update.reset:
-            self._forget(kind, store)  # the trainer rewrote the file after a resume or a retry: mirror it again
-        return update.records
+        if update.reset:  # the trainer rewrote the file after a resume or a retry: mirror it again
+            self._restart(kind)
+        self.pending[kind].extend(update.records)
+        records, forget = self.pending[kind], kind in self.forget
+        if not records and not forget:
+            return []
+        add = store.add_metrics if kind == "metrics" else store.add_evolution
+        add(self.run_id, records, forget=forget)
+        self.pending[kind], self.forget = [], self.forget - {kind}
+        return records
+
+    def _restart(self, kind: str) -> None:
+        self.pending[kind] = []
+        self.forget.add(kind)
 
     def reset(self, kind: str, store: Store) -> None:
-        """Forget the DB mirror of one file so it is ingested again from the start."""
+        """Forget the DB mirror of one file so it is ingested again from the start (at the next ingest, in one
+        transaction with the first records: a write that fails here cannot leave the rows of an earlier attempt)."""
         self.tails[kind].restart()
-        self._forget(kind, store)
-
-    def _forget(self, kind: str, store: Store) -> None:
-        table = "metrics" if kind == "metrics" else "evolution"
-        with store.db.conn:
-            store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [self.run_id])
+        self._restart(kind)
 
     def wait(self, timeout: float) -> int | None:
         try:

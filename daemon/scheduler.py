@@ -23,7 +23,7 @@ from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, sign
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
 from daemon.states import ACTIVE, ENDED, State
-from daemon.store import Store
+from daemon.store import Store, busy_problem
 from daemon.timefmt import iso
 
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
@@ -71,6 +71,9 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or, with --once, until the inbox and queue are done)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if not self.store.wait_writable(lambda: self.stopping, log.warning):  # another process holds overnight.db
+            self.shutdown()  # SIGTERM while waiting for it
+            return 0
         self.store.daemon_started(os.getpid(), str(self.home.root), __version__)
         log.info(f"overnight {__version__} daemon started on {self.home.root} (PID {os.getpid()})")
         self._watch()
@@ -171,7 +174,7 @@ class Daemon:
             if self._disk_seen:
                 log.error(self._disk_seen)
             else:
-                log.info("disk space is back: going on")
+                log.info(f"no longer {self.disk_problem.split(':')[0]}: going on")  # disk full, state DB busy…
             self.disk_problem = self._disk_seen
 
     def _guard(self, name: str, fn: Any) -> None:
@@ -179,9 +182,10 @@ class Daemon:
         try:
             fn()
         except Exception as e:  # keep serving; the traceback goes to overnight.log
-            if is_disk_full(e):
-                self._disk_seen = (f"disk full: {e} (in {name}). Fix: free space on the disk of {self.home.root}; "
-                                   f"overnight goes on by itself")
+            busy = busy_problem(e, self.home.db)  # another process holds overnight.db: a fault it outlives too
+            if busy or is_disk_full(e):
+                self._disk_seen = busy or (f"disk full: {e} (in {name}). Fix: free space on the disk of "
+                                           f"{self.home.root}; overnight goes on by itself")
                 return
             key = f"{name}: {e!r}"
             if time.monotonic() - self._faults.get(key, -1e9) >= 60:
@@ -223,12 +227,13 @@ class Daemon:
         message = a.stall.message(a.run_id, a.proc.pid)
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
-        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
-        self.store.heartbeat(problem=self.problem)
         self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
         if a.stall.action == "restart":
             a.requested = "restart"
             a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
+        # the DB last: reported once, the stall's action must not hang on a DB that cannot be written now
+        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
+        self.store.heartbeat(problem=self.problem)
 
     def _escalate(self, a: TrainerProcess) -> None:
         """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/stall.py)."""
@@ -245,8 +250,8 @@ class Daemon:
                    f"{a.requested} request; sending {sig}")
             log.warning(msg)
             rundir.append_console(a.run_dir, f"overnight: {msg}")
+            a.signal(sig)  # before the DB event: the escalation sends each signal once, whatever the DB does
             self.store.control_event(a.requested, a.run_id, "daemon", "escalated", msg)
-            a.signal(sig)
 
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
@@ -361,16 +366,24 @@ class Daemon:
         if state in ENDED:
             fields["finished"] = iso()
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
+        run = self.store.get_run(a.run_id)
+        if state == State.COMPLETED:  # registered before the trainer is let go: a failed write (disk full, DB busy)
+            try:  # finishes again at the next pass (the transition and the registration are idempotent)
+                waits = sweep.selects_best(_run_options(run), run)
+                version = registry.register(self.store, run, activate=not waits)
+            except Exception as e:
+                if is_disk_full(e) or busy_problem(e, self.home.db):
+                    raise
+                waits, version = False, None  # a bug here must not hold the queue: said, and the night goes on
+                log.exception(f"{a.run_id}: could not register its model version")
         self.trainers.pop(a.run_id, None)
         rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
-        run = self.store.get_run(a.run_id)
         if state == State.COMPLETED:
-            waits = sweep.selects_best(_run_options(run), run)
-            version = registry.register(self.store, run, activate=not waits)
-            log.info(f"registered model {run['name']} version {version}"
-                     f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
+            if version is not None:
+                log.info(f"registered model {run['name']} version {version}"
+                         f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             self._notify("completed", run["id"], notify.completed_message, run, version, result)
         elif state == State.FAILED:
             self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)

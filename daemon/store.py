@@ -85,13 +85,29 @@ def format_gpu_set(indices: Iterable[int] | None) -> str:
     return ",".join(str(int(i)) for i in sorted(set(indices or ())))
 
 
+# How long one write waits for a lock another process holds on overnight.db (a sqlite3 shell or a script with an
+# open transaction; the daemon is the only writer otherwise). Short: a write that fails is tried again at the next
+# pass (nothing is lost: daemon/runner.py keeps unwritten records, control files stay until acknowledged), while
+# every second spent waiting here is a second the loop answers no control file and watches no trainer.
+BUSY_TIMEOUT_S = 5
+
+
+def busy_problem(error: BaseException, db_path: Path) -> str | None:
+    """The PROBLEM line for a write that found overnight.db locked by another process, or None."""
+    if not (isinstance(error, sqlite3.OperationalError) and "locked" in str(error)):
+        return None
+    return (f"state DB busy: another process holds a write lock on {db_path} ({error}); training goes on, the "
+            f"daemon retries and catches up once it is released. Fix: end that process's transaction "
+            f"(a sqlite3 shell or a script left inside BEGIN)")
+
+
 class Store:
     """The daemon's read-write handle on overnight.db. One short transaction per unit of work."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -111,6 +127,27 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def wait_writable(self, stop: Callable[[], bool], say: Callable[[str], None]) -> bool:
+        """Wait until a write lock can be taken (another process may hold one); False when `stop()` says to give
+        up first. The daemon's first writes (its row, the recovery of interrupted runs) cannot wait for a later pass."""
+        told = False
+        while not stop():
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")  # waits BUSY_TIMEOUT_S for the lock
+                self.db.conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as e:
+                problem = busy_problem(e, self.path)
+                if problem is None:
+                    raise
+                if not told:
+                    say(f"{problem}. The daemon starts once it is released.")
+                    told = True
+                continue
+            if told:
+                say(f"{self.path.name} is free again: starting")
+            return True
+        return False
 
     # --- runs -------------------------------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -155,8 +192,10 @@ class Store:
         old = self.get_run(run_id)
         with self.db.conn:
             self.db["runs"].update(run_id, {**fields, "state": state, "reason": reason, "updated": now})
-            self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
-                                           "to_state": state, "reason": reason})
+            if not (old and old["state"] == state and old["reason"] == reason):  # not a retry of a change whose
+                # follow-up (metadata.json, a log line) failed: the history holds each change once
+                self.db["transitions"].insert({"run_id": run_id, "time": now, "from_state": old and old["state"],
+                                               "to_state": state, "reason": reason})
 
     def set_gpu_set(self, run_id: str, indices: Iterable[int] | None) -> None:
         """Record the GPUs a run's trainer starts on, as NVML numbers them (`[0, 1]` → "0,1"); None or [] = the
@@ -171,22 +210,31 @@ class Store:
         return [dict(r) for r in self.db.query(q, states)]
 
     # --- control, metrics, evolution ------------------------------------------------------------------
-    def control_event(self, command: str, target: str | None, source: str, status: str, message: str) -> None:
+    def control_event(self, command: str, target: str | None, source: str, status: str, message: str,
+                      time: str | None = None) -> None:
+        """`time`: when it happened, for an event written late (its first write found the DB full or busy)."""
         with self.db.conn:
-            self.db["control_events"].insert({"time": iso(), "command": command, "target": target,
+            self.db["control_events"].insert({"time": time or iso(), "command": command, "target": target,
                                               "source": source, "status": status, "message": message})
 
-    def add_metrics(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def add_metrics(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:
+        """Mirror metrics.jsonl records; `forget`: the run's earlier rows go first, in the same transaction."""
         cols = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "epoch", "time", "eval_loss")
         rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
         with self.db.conn:
-            self.db["metrics"].insert_all(rows)
+            if forget:
+                self.db.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            if rows:
+                self.db["metrics"].insert_all(rows)
 
-    def add_evolution(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def add_evolution(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:
         cols = ("step", "probe", "prompt", "reference", "generation", "loss", "exact", "similarity")
         rows = [{"run_id": run_id, **{c: r.get(c) for c in cols}} for r in records]
         with self.db.conn:
-            self.db["evolution"].insert_all(rows, replace=True)
+            if forget:
+                self.db.execute("DELETE FROM evolution WHERE run_id = ?", [run_id])
+            if rows:
+                self.db["evolution"].insert_all(rows, replace=True)
 
     # --- daemon heartbeat ------------------------------------------------------------------------------
     def daemon_started(self, pid: int, home: str, version: str) -> None:

@@ -47,12 +47,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: f
 class DaemonProcess:
     """`overnight daemon --home H` running in the background for a test."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         before = self._count("daemon started")
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--settle",
                                       "0.3", "--quiet", *extra], cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, env=env)
         wait_until(lambda: self._count("daemon started") > before or self.proc.poll() is not None, 30,
                    what="daemon start")
 

@@ -18,7 +18,7 @@ from typing import Any
 from daemon import control, rundir, sweep
 from daemon.evolution import EvolutionReport, analyze, is_probe_record
 from daemon.home import Home, daemon_alive
-from daemon.queries import Reader
+from daemon.queries import Reader, stale_problem
 from daemon.rundir import JsonlTail, LogUpdate, RunFolder
 from daemon.space import disk_full_problem
 from daemon.states import ACTIVE, ENDED, State
@@ -219,7 +219,8 @@ class HomeWatcher:
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
                                  problem=(beat.get("problem") if alive else None)
-                                 or disk_full_problem(self.home.root))
+                                 or disk_full_problem(self.home.root)
+                                 or stale_problem(self.home.db, beat, alive))
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon,
                 runs=_mark_best(tuple(_run_row(r) for r in reader.runs()), reader),

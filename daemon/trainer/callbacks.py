@@ -108,6 +108,11 @@ class ReportCallback(TrainerCallback):
         self._t0 = time.perf_counter()
         self._tokens_last = state.num_input_tokens_seen
         self._start_step = state.global_step
+        for record in reversed(state.log_history):  # a resume: the last losses before the checkpoint stand until
+            if self.status.last_loss is None and "loss" in record:  # new ones are logged (none, when it was
+                self.status.last_loss = float(record["loss"])  # the final checkpoint)
+            if self.status.last_eval_loss is None and "eval_loss" in record:
+                self.status.last_eval_loss = float(record["eval_loss"])
         self.progress.update("training", state.global_step, state.max_steps, state.epoch or 0.0)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

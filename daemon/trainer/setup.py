@@ -53,6 +53,15 @@ class OvernightTrainer(Trainer):
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         return loss
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """Resumed from the final checkpoint (the adapter save failed, or a stop came after the last step): nothing
+        is left to train. The stock loop would take one step past max_steps before it looks (transformers checks
+        should_training_stop only after a step); it then finalizes as usual, with the checkpoint's weights loaded."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     @property
     def tokens_real(self) -> int:
         return int(self._tokens_real)

@@ -1,0 +1,377 @@
+"""A full disk at each write point in turn, and a DB held busy by another process: the daemon stays up, says what is
+wrong, loses nothing, and goes on by itself once the fault goes away.
+
+The disk faults are injected deterministically by tests/faults/sitecustomize.py (prepended to the PYTHONPATH of
+the daemon, and so of the trainers it starts): a fault is on while its marker file exists. The busy DB is real: a
+second process holds BEGIN EXCLUSIVE on overnight.db.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.queries import STALE_S, Reader, stale_problem
+from daemon.timefmt import iso
+from tests.conftest import REPO, DaemonProcess, overnight, wait_until
+from tests.test_control_e2e import drop_all, losses, progress_step, run_of, state, write_dataset
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 20  # checkpoints at 5, 10, 15, 20
+
+
+def test_a_daemon_that_cannot_write_its_db_is_told_by_its_stale_heartbeat(tmp_path: Path) -> None:
+    db = tmp_path / "overnight.db"
+    wal = tmp_path / "overnight.db-wal"
+    db.write_bytes(b"")
+    wal.write_bytes(b"")
+    now = time.time()
+    old = now - STALE_S - 5
+    os.utime(wal, (old, old))
+    alive = {"pid": 4242, "create_time": now - 3600}
+    row = {"pid": 4242, "heartbeat": iso(old)}
+    assert "has not written overnight.db for 20 s" in stale_problem(db, row, alive, now)
+    assert stale_problem(db, {**row, "heartbeat": iso(now - 3)}, alive, now) is None
+    assert stale_problem(db, row, None, now) is None  # no daemon: nothing is late
+    os.utime(wal, (now - 1, now - 1))  # written a second ago: a heartbeat in another time zone is not "late"
+    assert stale_problem(db, row, alive, now) is None
+    earlier = {"pid": 17, "heartbeat": iso(now - 1), "state": "stopped"}  # the row of the daemon before it
+    assert "for 3600 s" in stale_problem(db, earlier, alive, now)  # this one has written nothing since it started
+    assert stale_problem(db, earlier, {"pid": 4242, "create_time": now - 2}, now) is None  # (just started)
+
+
+def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path) -> None:
+    from daemon.home import Home
+    from daemon.intake import Intake
+    from daemon.store import Store
+    staging = home / "runs" / ".talk-20260101-000000.partial"
+    (staging / "dataset").mkdir(parents=True)
+    (staging / "dataset" / "talk.jsonl").write_text('{"text": "hi"}\n')
+    (staging / "config.json").write_text("{}")
+    done = home / "runs" / "talk-20260101-000000" / "dataset"  # a group's first run holds the drop…
+    done.mkdir(parents=True)
+    (done / "group.jsonl").write_text('{"text": "hi"}\n')
+    linked = home / "runs" / ".talk-2.partial" / "dataset"  # …and the second one's folder only a hard link of it
+    linked.mkdir(parents=True)
+    os.link(done / "group.jsonl", linked / "group.jsonl")
+    h = Home.resolve(home)
+    store = Store(h.db)
+    try:
+        Intake(h, store).close()
+    finally:
+        store.close()
+    assert (home / "inbox" / "talk.jsonl").read_text() == '{"text": "hi"}\n'
+    assert not staging.exists()
+    assert not (home / "inbox" / "group.jsonl").exists() and (done / "group.jsonl").exists()
+
+
+class _FrozenTrainer:
+    """What the daemon sees of a trainer that shows no life (SIGSTOP) and was asked to stop."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from types import SimpleNamespace
+
+        from daemon.stall import Escalation
+        self.run_id, self.run_dir, self.requested = "frozen-1", run_dir, "stop"
+        self.proc = SimpleNamespace(pid=4242)
+        self.escalation = Escalation(0.0, since=0.0, mark="no progress")
+        self.signals: list[str] = []
+
+    def poll(self) -> None:
+        return None
+
+    def progress_mark(self) -> str:
+        return "no progress"
+
+    def signal(self, name: str) -> None:
+        self.signals.append(name)
+
+    def kill(self) -> None:
+        self.signal("SIGKILL")
+
+
+def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Path, monkeypatch) -> None:
+    from daemon.home import Home
+    from daemon.scheduler import Daemon
+    from daemon.stall import StallWatch
+    from daemon.store import Store
+    d = Daemon(Home.resolve(home), echo=False)
+    try:
+        def locked(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(Store, "control_event", locked)
+        monkeypatch.setattr(Store, "heartbeat", locked)
+        a = _FrozenTrainer(home / "runs")
+        with pytest.raises(sqlite3.OperationalError):  # the event is the daemon's fault to report (its guard)…
+            d._escalate(a)
+        assert a.signals == ["SIGTERM"], "…after the signal, which the escalation sends only once"
+        d.stall = StallWatch(0.001, "restart")
+        d._watch_stall(a, "training", 3)
+        time.sleep(0.01)
+        with pytest.raises(sqlite3.OperationalError):
+            d._watch_stall(a, "training", 3)
+        assert a.signals == ["SIGTERM", "SIGKILL"] and a.requested == "restart", "a stall reported once restarts"
+    finally:
+        d.intake.close()
+        d.store.close()
+        d.lock.release()
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> Path:
+    d = tmp_path / "faults"
+    d.mkdir()
+    return d
+
+
+def start_daemon(home: Path, faults: Path) -> DaemonProcess:
+    env = {**os.environ, "OVERNIGHT_TEST_FAULTS": str(faults),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return DaemonProcess(home, env=env)
+
+
+def status(home: Path) -> dict:
+    out = overnight("status", "--json", home=home)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return json.loads(out.stdout)
+
+
+def db_metrics(home: Path, run_id: str) -> list[tuple[int, float]]:
+    r = Reader(home / "overnight.db")
+    try:
+        return [(m["step"], m["loss"]) for m in r.metrics(run_id)]
+    finally:
+        r.close()
+
+
+def file_metrics(home: Path, name: str) -> list[tuple[int, float]]:
+    return sorted(losses(home, name).items())
+
+
+def result(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def console(home: Path, name: str) -> str:
+    return (Path(run_of(home, name)["run_dir"]) / "console.log").read_text()
+
+
+def dump(home: Path) -> None:
+    print("--- overnight.log\n" + (home / "overnight.log").read_text(errors="replace")[-8000:])
+    for c in (home / "runs").glob("*/console.log"):
+        print(f"--- {c}\n" + c.read_text(errors="replace")[-4000:])
+
+
+def waits_for_space(home: Path, d: DaemonProcess, name: str) -> None:
+    """The trainer died of the full disk: the run waits, queued, the daemon says why and how to fix it."""
+    wait_until(lambda: state(home, name) == "queued" and "disk" in (run_of(home, name)["reason"] or ""), 120,
+               what=f"{name} waiting for space")
+    wait_until(lambda: "disk" in (status(home)["problem"] or ""), 30, what="the PROBLEM line")
+    problem = status(home)["problem"]
+    assert "Fix: free space" in problem, problem
+    time.sleep(2)  # a few passes on a full disk
+    assert d.proc.poll() is None, "the daemon exited on a full disk"
+    assert state(home, name) == "queued", "the run must wait, not start and fail again"
+    assert "Fix: free space" in overnight("status", home=home, check=True).stdout
+
+
+def test_a_full_disk_at_the_checkpoint_then_at_the_adapter_write(home: Path, tiny_model: Path, faults: Path,
+                                                                tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmin_free_gb = 0\n')
+    d = start_daemon(home, faults)
+    try:
+        drop_all(write_dataset(tmp_path, "ref", STEPS), home / "inbox")
+        wait_until(lambda: state(home, "ref") == "completed", 120, what="reference run")
+        reference = file_metrics(home, "ref")
+
+        # (a) the disk fills while checkpoint-10 is written (the trainer's own free-space check found room)
+        (faults / "checkpoint").write_text("10")
+        (faults / "disk").touch()
+        files = write_dataset(tmp_path, "full", STEPS)
+        dataset_bytes = files[1].read_bytes()
+        drop_all(files, home / "inbox")
+        waits_for_space(home, d, "full")
+        run_dir = Path(run_of(home, "full")["run_dir"])
+        assert (run_dir / "checkpoints" / "step-5" / "trainer_state.json").exists(), "the complete one is kept"
+        assert (run_dir / "dataset" / "full.jsonl").read_bytes() == dataset_bytes
+
+        # (b) space freed: it resumes by itself, and the disk fills again while the final adapter is written
+        (faults / "adapter").touch()
+        (faults / "checkpoint").unlink()
+        (faults / "disk").unlink()
+        wait_until(lambda: "resuming from checkpoints/step-5" in console(home, "full"), 60,
+                   what="resumed from the last complete checkpoint, not the half-written checkpoint-10")
+        (faults / "disk").touch()  # the daemon sees the disk full too (the trainer found room before its write)
+        waits_for_space(home, d, "full")
+        assert ".adapter.tmp" in result(run_dir).get("reason", "")
+        assert not (run_dir / "adapter").exists()
+        assert (run_dir / "checkpoints" / f"step-{STEPS}" / "trainer_state.json").exists()
+        (faults / "adapter").unlink()
+        (faults / "disk").unlink()
+        wait_until(lambda: state(home, "full") == "completed", 120, what="resumed and completed")
+        assert f"resuming from checkpoints/step-{STEPS}" in console(home, "full")
+        assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+        assert file_metrics(home, "full") == reference, "the same per-step losses as the uninterrupted run"
+        assert db_metrics(home, run_of(home, "full")["id"]) == reference
+        assert (run_dir / "dataset" / "full.jsonl").read_bytes() == dataset_bytes
+        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+        assert {m["name"] for m in models} >= {"ref", "full"}
+        assert d.proc.poll() is None
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        d.stop()
+
+
+def events(home: Path) -> list[dict]:
+    r = Reader(home / "overnight.db")
+    try:
+        return r.control_events(50)
+    finally:
+        r.close()
+
+
+def transitions(home: Path, name: str) -> list[dict]:
+    r = Reader(home / "overnight.db")
+    try:
+        return r.transitions(run_of(home, name)["id"])
+    finally:
+        r.close()
+
+
+def consumed(home: Path, kind: str) -> bool:
+    return not (home / "control" / kind).exists() and any(p.name.endswith(kind) for p in
+                                                           (home / "control" / "done").glob("*"))
+
+
+def test_a_full_disk_at_the_daemons_db_and_log_writes(home: Path, tiny_model: Path, faults: Path,
+                                                      tmp_path: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmin_free_gb = 0\n')
+    d = start_daemon(home, faults)
+    try:
+        drop_all(write_dataset(tmp_path, "long", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "long") >= 3, 120, what="training")
+        rid = run_of(home, "long")["id"]
+        run_dir = Path(run_of(home, "long")["run_dir"])
+
+        # (c) every DB write fails ("database or disk is full"): a drop, a stop and the metrics meanwhile
+        (faults / "db").touch()
+        drop_all(write_dataset(tmp_path, "later", 10), home / "inbox")
+        (home / "control" / "stop").write_text(rid + "\n")
+        wait_until(lambda: result(run_dir).get("outcome") == "stopped", 60, what="the stop reaches the trainer")
+        # (the PROBLEM line of a daemon whose DB writes fail is test_a_db_held_busy_by_another_process's)
+        assert status(home) and overnight("runs", home=home).returncode == 0
+        assert d.proc.poll() is None, "the daemon exited on a DB it cannot write"
+        wait_until(lambda: "later.jsonl waits in the inbox" in (home / "overnight.log").read_text(), 30,
+                   what="the drop tried")
+        wait_until(lambda: (home / "inbox" / "later.jsonl").exists(), 6, what="the drop waiting in the inbox")
+        assert not list(home.glob("inbox/rejected/later*")), "a drop whose run cannot be recorded is not rejected"
+        assert consumed(home, "stop"), "applied is applied: consumed, its acknowledgement written once it can be"
+        assert not any(e["command"] == "stop" for e in events(home))
+        assert "checkpointing" in console(home, "long")  # the acknowledgement reached the run's console
+        # (d) from now on the log writes fail (overnight.log, console.log), and the DB only refuses to register a
+        # model version: the waiting drop is taken, trains, completes and is registered once that works again
+        (faults / "log").touch()
+        (faults / "db.add_model").touch()
+        (faults / "db").unlink()
+        wait_until(lambda: state(home, "long") == "stopped", 60, what="the stop recorded once the DB works")
+        wait_until(lambda: [e for e in events(home) if e["command"] == "stop"], 10, what="the stop acknowledged")
+        stops = [(e["status"], e["target"]) for e in events(home) if e["command"] == "stop"]
+        assert stops == [("applied", rid)], f"acknowledged once, as applied: {stops}"
+        assert db_metrics(home, rid) == file_metrics(home, "long"), "no metric lost while the DB was full"
+        wait_until(lambda: state(home, "later") == "completed", 120, what="later completes")
+        wait_until(lambda: "disk full" in (status(home)["problem"] or ""), 15, what="the PROBLEM line")
+        assert "Fix: free space" in status(home)["problem"]
+        assert d.proc.poll() is None, "the daemon exited on a log it cannot write"
+        (faults / "log").unlink()
+        (faults / "db.add_model").unlink()
+        wait_until(lambda: [m["version"] for m in json.loads(overnight("models", "--json", home=home).stdout)
+                            if m["name"] == "later"], 15, what="its model version registered once the DB works")
+        time.sleep(1)
+        models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+        assert [m["version"] for m in models if m["name"] == "later"] == [1], "registered once"
+        assert [t["to_state"] for t in transitions(home, "later")].count("completed") == 1
+        wait_until(lambda: not status(home)["problem"], 15, what="the PROBLEM line gone")
+        assert db_metrics(home, run_of(home, "later")["id"]) == file_metrics(home, "later")
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        d.stop()
+
+
+HOLDER = """
+import os, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+while os.path.exists(sys.argv[2]):
+    time.sleep(0.1)
+conn.execute("COMMIT")
+"""
+
+
+def hold(db: Path, flag: Path) -> subprocess.Popen:
+    """Another process takes overnight.db's write lock and keeps it while `flag` exists."""
+    flag.touch()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(flag)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults: Path, tmp_path: Path) -> None:
+    from daemon.store import Store
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    Store(home / "overnight.db").close()  # a home used before
+    held = tmp_path / "held"
+    holder = hold(home / "overnight.db", held)
+    threading.Timer(6, held.unlink).start()  # released while the daemon waits to start
+    d = start_daemon(home, faults)
+    try:
+        assert holder.wait(10) == 0
+        assert "The daemon starts once it is released" in (home / "overnight.log").read_text()
+        drop_all(write_dataset(tmp_path, "busy", 5000), home / "inbox")
+        wait_until(lambda: progress_step(home, "busy") >= 3, 120, what="training")
+        rid = run_of(home, "busy")["id"]
+        run_dir = Path(run_of(home, "busy")["run_dir"])
+        holder = hold(home / "overnight.db", held)
+        (home / "control" / "skip").write_text(rid + "\n")
+        wait_until(lambda: result(run_dir).get("outcome") == "stopped", 60, what="the skip reaches the trainer")
+        wait_until(lambda: "state DB busy" in (status(home)["problem"] or ""), 40, what="the PROBLEM line")
+        problem = status(home)["problem"]
+        assert f"PID {holder.pid}" in problem and "Fix:" in problem, problem
+        for cmd in (("status",), ("runs",), ("logs", rid)):  # readers read while another process holds the lock
+            out = overnight(*cmd, home=home)
+            assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout, out.stderr
+        assert d.proc.poll() is None
+        assert consumed(home, "skip") and not [e for e in events(home) if e["command"] == "skip"]
+        held.unlink()
+        assert holder.wait(10) == 0
+        wait_until(lambda: state(home, "busy") == "skipped", 60, what="the skip recorded once the lock is released")
+        assert consumed(home, "skip")
+        wait_until(lambda: [e for e in events(home) if e["command"] == "skip"], 10, what="the skip acknowledged")
+        time.sleep(1)
+        skips = [e["status"] for e in events(home) if e["command"] == "skip"]
+        assert skips == ["applied"], f"acknowledged once, as applied: {skips}"
+        assert db_metrics(home, rid) == file_metrics(home, "busy")
+        wait_until(lambda: not status(home)["problem"], 15, what="the PROBLEM line gone")
+        assert "state DB busy" in (home / "overnight.log").read_text()
+    except AssertionError:
+        dump(home)
+        raise
+    finally:
+        if holder and holder.poll() is None:
+            holder.kill()
+        d.stop()
