@@ -83,6 +83,7 @@ class _FrozenTrainer:
         self.run_id, self.run_dir, self.requested = "frozen-1", run_dir, "stop"
         self.proc = SimpleNamespace(pid=4242)
         self.escalation = Escalation(0.0, since=0.0, mark="no progress")
+        self.stall = None
         self.signals: list[str] = []
 
     def poll(self) -> None:
@@ -113,7 +114,7 @@ def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Pat
         with pytest.raises(sqlite3.OperationalError):  # the event is the daemon's fault to report (its guard)…
             d._escalate(a)
         assert a.signals == ["SIGTERM"], "…after the signal, which the escalation sends only once"
-        d.stall = StallWatch(0.001, "restart")
+        a.stall = StallWatch(0.001, "restart")
         d._watch_stall(a, "training", 3)
         time.sleep(0.01)
         with pytest.raises(sqlite3.OperationalError):
