@@ -42,7 +42,12 @@ class TrainerProcess:
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None) -> "TrainerProcess":
-        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr."""
+        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
+
+        An earlier attempt's result.json goes first: the daemon judges this attempt by the result.json it finds
+        when it ends, and a trainer killed before it writes one (kill -9) must not be taken for one that ended
+        as the earlier attempt did (a "stopped" of an earlier attempt made a killed trainer look like a failure)."""
+        RunFolder(run_dir).result.unlink(missing_ok=True)
         with open(RunFolder(run_dir).console, "ab") as console:
             proc = subprocess.Popen(
                 trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
