@@ -83,6 +83,10 @@ def write_drop(folder: Path, name: str, steps: int) -> list[Path]:
     return [side, data]
 
 
+class Stuck(RuntimeError):
+    """A run that does not come back (or a daemon that does not start): a finding of the loop, not a crash."""
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -90,7 +94,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
         if value:
             return value
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+    raise Stuck(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class Home:
@@ -124,7 +128,7 @@ class Home:
             d = self.daemon
             wait_for(lambda: self._started() > before or d.poll() is not None, 60, "the daemon to start")
             if d.poll() is not None:
-                raise RuntimeError(f"the daemon exited at start (code {d.returncode}); see {self.root}/daemon.out")
+                raise Stuck(f"the daemon exited at start (code {d.returncode}); see {self.root}/daemon.out")
 
     def kill_daemon(self) -> None:
         if self.daemon and self.daemon.poll() is None:
@@ -314,7 +318,7 @@ class Loop:
                 if self.ended():
                     return False
             time.sleep(0.01)
-        raise TimeoutError(f"timed out after {timeout:g} s waiting for step {target} of {self.name}")
+        raise Stuck(f"timed out after {timeout:g} s waiting for step {target} of {self.name}")
 
     # --- aiming ---------------------------------------------------------------------------------------
     def aim(self, moment: str, forced: bool) -> bool:
@@ -465,6 +469,9 @@ def check(home: Home, loop: Loop, watch: Watch, ref: dict[int, float]) -> Trial:
     t = Trial(mode="", name=loop.name, kills=loop.kills)
     bad = t.violations
     run = home.run(loop.name)
+    if run is None:
+        bad.append(f"{loop.name} was never accepted")
+        return t
     t.state = run["state"]
     if run["state"] != "completed":
         bad.append(f"the run ended {run['state']}: {run['reason']}")
@@ -529,12 +536,17 @@ def trial(home: Home, mode: str, kills: int, rng: random.Random, steps: int, ref
     watch.start()
     loop = Loop(home, name, targets, rng, steps, say, plan)
     t0 = time.monotonic()
+    stuck = None
     try:
         loop.run(watch)
+    except Stuck as e:
+        stuck = f"stuck: {e}"
     finally:
         watch.stop()
     wall = time.monotonic() - t0
     t = check(home, loop, watch, ref)
+    if stuck:
+        t.violations.insert(0, stuck)
     t.mode, t.wall_s = mode, wall
     lost = wall - ref_wall
     backs = [k.back_s for k in t.kills if k.back_s is not None]
