@@ -9,8 +9,9 @@ uninterrupted first (the reference); then, per mode, the same data and options a
 while that run trains, the script kills with SIGKILL at seeded random moments: while the trainer loads
 ("preparing"), at a random step ("training"), while a checkpoint is being written ("saving"), or just after a daemon
 restart ("starting"); a killed daemon is restarted at once. After the last kill the run is left to finish, and
-the script checks: the run completed; its per-step losses in metrics.jsonl and in the DB equal the uninterrupted
-run's exactly, with no step recorded twice; every checkpoint ever written is still there (or moved aside as
+the script checks: the run completed (DB, metadata.json, result.json, one model version), moving only along the
+spec's state machine; its per-step losses in metrics.jsonl and in the DB equal the uninterrupted run's exactly,
+with no step recorded twice; every checkpoint ever written is still there (or moved aside as
 damaged-…), never deleted (retention is switched off); the dataset is in exactly one place; never more than one
 trainer process at a time. It prints a line per kill and per trial, the wall time against the uninterrupted run,
 and exits 1 on any violation.
@@ -47,6 +48,13 @@ from daemon.queries import Reader  # noqa: E402
 SAVE_EVERY = 5
 WORDS = ["apple", "stone", "river", "green", "music", "horse", "bread", "moon"]
 TARGETS = ("daemon", "trainer", "both")
+_ACTIVE, _ENDED = {"preparing", "training", "paused"}, {"completed", "failed", "stopped", "skipped"}
+# the spec's run state machine: every transition the DB may record (as tests/test_stateful.py checks it)
+ALLOWED = ({(None, "queued"), ("queued", "preparing"), ("preparing", "training"), ("preparing", "paused"),
+            ("training", "paused"), ("paused", "training")}
+           | {(a, b) for a in _ACTIVE for b in _ENDED | {"queued"}}
+           | {("queued", b) for b in ("stopped", "skipped", "failed")}
+           | {(a, "queued") for a in ("stopped", "skipped", "failed")})
 # moments a kill may be aimed at, by target (the weights are the chance of each)
 MOMENTS = {"daemon": {"training": 0.6, "saving": 0.15, "preparing": 0.1, "starting": 0.15},
            "trainer": {"training": 0.6, "saving": 0.2, "preparing": 0.2},
@@ -282,6 +290,7 @@ class Loop:
                  say: Callable[[str], None] = print, plan: list[tuple[str, str]] | None = None) -> None:
         self.home, self.name, self.targets, self.rng, self.steps, self.say = home, name, targets, rng, steps, say
         self.given = plan
+        self.ending = False
         self.run_dir: Path | None = None
         self.kills: list[Kill] = []
 
@@ -348,6 +357,12 @@ class Loop:
             wait_for(lambda: [p for p in self.home.trainers() if p != old] or self.ended(), 120, "a new trainer")
             time.sleep(self.rng.uniform(0.0, 3.0))
             return not self.ended()
+        if moment == "ending":  # the trainer has written its result.json and is on its way out
+            result = self.run_dir / "result.json"
+            end = time.monotonic() + 600
+            while time.monotonic() < end and not result.exists():
+                time.sleep(0.002)
+            return result.exists()
         if moment == "starting":  # the daemon was restarted just now (without waiting for it)
             time.sleep(self.rng.uniform(0.05, 1.5))
             return True
@@ -373,6 +388,8 @@ class Loop:
             if not out or out[-1][0] == "trainer":
                 weights.pop("starting", None)
             out.append((target, self.rng.choices(list(weights), list(weights.values()))[0]))
+        if out and self.ending:  # the last kill as the trainer ends: result.json written, the process not gone
+            out[-1] = (out[-1][0], "ending")
         return out
 
     def kill(self, n: int, target: str, moment: str, forced: bool) -> Kill:
@@ -398,11 +415,12 @@ class Loop:
         for n, (target, moment) in enumerate(plan, 1):
             # never two kills in a row that leave the newest checkpoint where it was (a crash loop, see above);
             # a daemon kill alone is never the end of a run: its trainer checkpoints and exits by itself
-            forced = len(newest) > 1 and target != "daemon" and newest[-1] == newest[-2]
+            forced = len(newest) > 1 and target != "daemon" and newest[-1] == newest[-2] and moment != "ending"
             if forced:
                 moment = "training"
             if not self.aim(moment, forced):
-                self.say(f"  the run ended before kill {n} could land: use more steps")
+                self.say(f"  the run ended before kill {n} could land" + ("" if moment == "ending" else
+                                                                            ": use more steps"))
                 break
             k = self.kill(n, target, moment, forced)
             self.kills.append(k)
@@ -441,6 +459,14 @@ def db_metrics(home: Home, run_id: str) -> list[dict[str, Any]]:
         r.close()
 
 
+def models(home: Home) -> list[dict[str, Any]]:
+    r = Reader(home.root / "overnight.db")
+    try:
+        return r.models()
+    finally:
+        r.close()
+
+
 def transitions(home: Home, run_id: str) -> list[dict[str, Any]]:
     r = Reader(home.root / "overnight.db")
     try:
@@ -449,8 +475,16 @@ def transitions(home: Home, run_id: str) -> list[dict[str, Any]]:
         r.close()
 
 
-def reference(home: Home, steps: int) -> tuple[dict[int, float], float]:
-    """The uninterrupted run: its losses and its wall time from drop to completed."""
+@dataclass
+class Reference:
+    """The uninterrupted run: per-step losses, wall time from drop to completed, its folder."""
+    losses: dict[int, float]
+    wall_s: float
+    run_dir: Path
+
+
+def reference(home: Home, steps: int) -> Reference:
+    """Drop the run once and let it train uninterrupted."""
     name = f"ref{steps}"
     t0 = time.monotonic()
     home.drop(write_drop(home.root / ".staging" / name, name, steps))
@@ -461,13 +495,21 @@ def reference(home: Home, steps: int) -> tuple[dict[int, float], float]:
     if run["state"] != "completed":
         raise SystemExit(f"the uninterrupted reference run ended {run['state']}: {run['reason']}")
     losses, _ = losses_of(jsonl(Path(run["run_dir"]) / "metrics.jsonl"))
-    return losses, wall
+    return Reference(losses, wall, Path(run["run_dir"]))
 
 
-def check(home: Home, loop: Loop, watch: Watch, ref: dict[int, float]) -> Trial:
+def same_adapter(a: Path, b: Path) -> bool:
+    """The two final adapters hold the same tensors, bit for bit."""
+    from safetensors.torch import load_file
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    return x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
+
+
+def check(home: Home, loop: Loop, watch: Watch, reference: Reference) -> Trial:
     """Every invariant of the issue, on the ended run."""
     t = Trial(mode="", name=loop.name, kills=loop.kills)
     bad = t.violations
+    ref = reference.losses
     run = home.run(loop.name)
     if run is None:
         bad.append(f"{loop.name} was never accepted")
@@ -494,6 +536,8 @@ def check(home: Home, loop: Loop, watch: Watch, ref: dict[int, float]) -> Trial:
             bad.append(f"{where}: {len(diff)} losses differ from the uninterrupted run (first step {diff[0]}, "
                        f"max |diff| {worst:.3g})")
     t.steps = len(losses_of(jsonl(run_dir / "metrics.jsonl"))[0])
+    if run["state"] == "completed" and not same_adapter(run_dir / "adapter", reference.run_dir / "adapter"):
+        bad.append("the final adapter differs from the uninterrupted run's")
     ckpts = run_dir / "checkpoints"
     names = {p.name for p in ckpts.iterdir()} if ckpts.is_dir() else set()
     t.checkpoints_seen = len(watch.checkpoints)
@@ -512,6 +556,15 @@ def check(home: Home, loop: Loop, watch: Watch, ref: dict[int, float]) -> Trial:
         bad.append(f"{watch.max_trainers} trainers ran at once")
     history = transitions(home, run["id"])
     t.trainer_starts = sum(1 for x in history if x["to_state"] == "preparing")
+    odd = [(x["from_state"], x["to_state"]) for x in history if (x["from_state"], x["to_state"]) not in ALLOWED]
+    if odd:
+        bad.append(f"transitions outside the state machine: {odd}")
+    meta = read_json(run_dir / "metadata.json")
+    if meta.get("status") != run["state"]:
+        bad.append(f"metadata.json says {meta.get('status')}, the DB {run['state']}")
+    versions = [m for m in models(home) if m["run_id"] == run["id"]]
+    if run["state"] == "completed" and len(versions) != 1:
+        bad.append(f"{len(versions)} model versions registered for the run")
     if any(x["to_state"] == "failed" for x in history):
         bad.append("the run was failed on the way: " + "; ".join(x["reason"] or "" for x in history
                                                                  if x["to_state"] == "failed"))
@@ -524,10 +577,11 @@ def check(home: Home, loop: Loop, watch: Watch, ref: dict[int, float]) -> Trial:
     return t
 
 
-def trial(home: Home, mode: str, kills: int, rng: random.Random, steps: int, ref: dict[int, float],
-          ref_wall: float, plan: list[tuple[str, str]] | None = None, say: Callable[[str], None] = print) -> Trial:
-    """One trial of `mode`: its run dropped, killed `kills` times at seeded random moments (or as `plan` says:
-    (target, moment) pairs), then checked."""
+def trial(home: Home, mode: str, kills: int, rng: random.Random, steps: int, ref: Reference,
+          plan: list[tuple[str, str]] | None = None, say: Callable[[str], None] = print) -> Trial:
+    """One trial of `mode`: its run dropped, killed `kills` times at seeded random moments, the last one as the
+    trainer ends (or as `plan` says: (target, moment) pairs), then checked."""
+    ref_wall = ref.wall_s
     targets = [t for t, _m in plan] if plan else [mode if mode in TARGETS else rng.choice(TARGETS)
                                                   for _ in range(kills)]
     name = f"k{mode}{len(list((home.root / 'runs').glob('*')))}"
@@ -535,6 +589,7 @@ def trial(home: Home, mode: str, kills: int, rng: random.Random, steps: int, ref
     watch = Watch(home)
     watch.start()
     loop = Loop(home, name, targets, rng, steps, say, plan)
+    loop.ending = plan is None
     t0 = time.monotonic()
     stuck = None
     try:
@@ -579,10 +634,11 @@ def main() -> int:
     trials: list[Trial] = []
     try:
         home.start_daemon()
-        ref, ref_wall = reference(home, steps)
-        print(f"uninterrupted run: {len(ref)} steps in {ref_wall:.1f} s (drop to completed)")
+        ref = reference(home, steps)
+        ref_wall = ref.wall_s
+        print(f"uninterrupted run: {len(ref.losses)} steps in {ref_wall:.1f} s (drop to completed)")
         for mode in modes:
-            trials.append(trial(home, mode, args.kills, rng, steps, ref, ref_wall))
+            trials.append(trial(home, mode, args.kills, rng, steps, ref))
     finally:
         home.stop_daemon()
         for pid in home.trainers():  # a trainer left by a failed trial
@@ -593,14 +649,16 @@ def main() -> int:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| mode | kills | landed (preparing/training/saving/other) | steps replayed | trainer starts | wall | "
-          "vs uninterrupted | lost per kill | violations |")
+    print("| mode | kills | landed while loading / training / saving / ending / other | steps replayed | "
+          "trainer starts | wall | vs uninterrupted | lost per kill | violations |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for t in trials:
         landed = [k.landed for k in t.kills]
-        other = len(landed) - sum(landed.count(s) for s in ("preparing", "loading", "training", "saving"))
-        print(f"| {t.mode} | {len(t.kills)} | {landed.count('preparing') + landed.count('loading')}/"
-              f"{landed.count('training')}/{landed.count('saving')}/{other} | {t.replayed} | {t.trainer_starts} | "
+        other = len(landed) - sum(landed.count(s) for s in ("preparing", "loading", "training", "saving",
+                                                            "completed"))
+        print(f"| {t.mode} | {len(t.kills)} | {landed.count('preparing') + landed.count('loading')} / "
+              f"{landed.count('training')} / {landed.count('saving')} / {landed.count('completed')} / {other} | "
+              f"{t.replayed} | {t.trainer_starts} | "
               f"{t.wall_s:.1f} s | {t.wall_s / ref_wall:.2f}x | {(t.wall_s - ref_wall) / max(1, len(t.kills)):.1f} s |"
               f" {len(t.violations)} |")
     print(f"total {time.monotonic() - t0:.0f} s; seed {seed}")

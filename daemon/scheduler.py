@@ -310,7 +310,7 @@ class Daemon:
         tries = self._attempts(a.run_id)
         result = a.folder.read_result()
         outcome = result.get("outcome")
-        if outcome == "completed" and rc == 0:
+        if outcome == "completed":  # this attempt's result (runner removes older ones): killed after it, still done
             state, reason = State.COMPLETED, None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"

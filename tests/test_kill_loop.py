@@ -3,6 +3,8 @@ the rule that bounds a crash loop without failing a run that keeps making progre
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,25 +42,34 @@ def test_only_attempts_that_made_no_new_checkpoint_count(tmp_path: Path) -> None
 
 @pytest.mark.e2e
 def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, tiny_model: Path) -> None:
-    """One kill of each kind. Under the old rule (3 starts in all) the trainer kill, the run's third start after
-    a daemon kill and a kill of both, ended it failed."""
+    """One kill of each kind, the last as the trainer ends (its result.json written, the process not gone yet).
+    Each of these ended the run failed before: the trainer kill (the run's third start after a daemon kill and a
+    kill of both: 3 attempts in all), and one after a stop's result.json of an earlier attempt."""
     home = kill_loop.Home(tmp_path / "home", tiny_model)
     steps = 40  # each kill lands within 2 checkpoints (10 steps) of the last
-    plan = [("daemon", "training"), ("both", "training"), ("trainer", "saving")]
+    plan = [("daemon", "training"), ("both", "training"), ("trainer", "saving"), ("trainer", "ending")]
     lines: list[str] = []
     try:
         home.start_daemon()
-        ref, ref_wall = kill_loop.reference(home, steps)
-        assert sorted(ref) == list(range(1, steps + 1))
-        t = kill_loop.trial(home, "mixed", len(plan), random.Random(12), steps, ref, ref_wall, plan=plan,
-                            say=lines.append)
+        ref = kill_loop.reference(home, steps)
+        assert sorted(ref.losses) == list(range(1, steps + 1))
+        t = kill_loop.trial(home, "mixed", len(plan), random.Random(12), steps, ref, plan=plan, say=lines.append)
     finally:
         home.stop_daemon()
         for pid in home.trainers():
             kill_loop.os.kill(pid, kill_loop.signal.SIGKILL)
     print("\n".join(lines))
-    assert len(t.kills) == 3, lines
-    assert [k.target for k in t.kills] == ["daemon", "both", "trainer"]
+    assert [k.target for k in t.kills] == ["daemon", "both", "trainer", "trainer"], lines
     assert t.violations == [], lines
     assert t.state == "completed" and t.steps == steps and t.max_trainers == 1
-    assert t.trainer_starts == 4  # the first start and one after each kill
+    assert t.trainer_starts == 4  # the first start and one after each kill but the last (the run was done)
+
+    # A trainer resumed from the run's last step (its daemon was killed before it saw the run end) finishes from
+    # that checkpoint: no step past max_steps, the same adapter.
+    before = (ref.run_dir / "metrics.jsonl").read_text()
+    proc = subprocess.run([sys.executable, "-m", "daemon.trainer", str(ref.run_dir), "--ignore-stdin"],
+                          cwd=kill_loop.REPO, env=kill_loop.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"step-{steps} is the run's last step: nothing left to train" in proc.stdout
+    assert (ref.run_dir / "metrics.jsonl").read_text() == before
+    assert kill_loop.read_json(ref.run_dir / "result.json")["outcome"] == "completed"

@@ -103,6 +103,13 @@ def _train(s: Session, commands: Any) -> None:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
     attempt = built.opts or opts
+    if resume is not None and _trained_out(resume):
+        # The Trainer takes a step before it looks at max_steps: resumed from the run's last step (its trainer was
+        # killed after that checkpoint, or its daemon before it saw the run end) it would train one step too many.
+        # That checkpoint holds the trained adapter: the run finishes from it.
+        say(f"{resume.name} is the run's last step: nothing left to train, finishing from it")
+        built.finish(built.trainer_at(resume, attempt))
+        return
     while True:
         out_of_memory = False
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -149,6 +156,12 @@ def _prepare_resume(s: Session) -> Path | None:
     elif dropped:
         say(f"starting from step 0; dropped {dropped} log record(s) of an earlier attempt")
     return resume
+
+
+def _trained_out(checkpoint: Path) -> bool:
+    """The checkpoint was saved at the run's last step (its trainer_state.json: global_step >= max_steps)."""
+    state = read_json(checkpoint / "trainer_state.json", {}) or {}
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:

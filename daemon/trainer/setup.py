@@ -184,6 +184,19 @@ class Built:
         self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
         return self._trainer
 
+    def trainer_at(self, folder: Path, opts: TrainOptions) -> OvernightTrainer:
+        """A Trainer standing at a checkpoint of the run's last step, for finish(): its state and adapter weights
+        loaded, nothing left to train."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        trainer = self.make_trainer(opts)
+        trainer.state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+        self.status.last_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+        return trainer
+
     def _nonfinite(self) -> bool:
         return self._trainer is not None and self._trainer.loss_nonfinite()
 
