@@ -357,12 +357,15 @@ class Loop:
             wait_for(lambda: [p for p in self.home.trainers() if p != old] or self.ended(), 120, "a new trainer")
             time.sleep(self.rng.uniform(0.0, 3.0))
             return not self.ended()
-        if moment == "ending":  # the trainer has written its result.json and is on its way out
-            result = self.run_dir / "result.json"
-            end = time.monotonic() + 600
-            while time.monotonic() < end and not result.exists():
+        if moment == "ending":  # the trainer has written a completed result.json and is on its way out
+            result, checked = self.run_dir / "result.json", time.monotonic()
+            while read_json(result).get("outcome") != "completed":  # not an earlier attempt's "stopped"
+                if time.monotonic() - checked > 0.5:
+                    checked = time.monotonic()
+                    if self.ended():
+                        return False
                 time.sleep(0.002)
-            return result.exists()
+            return True
         if moment == "starting":  # the daemon was restarted just now (without waiting for it)
             time.sleep(self.rng.uniform(0.05, 1.5))
             return True
