@@ -103,7 +103,7 @@ def _train(s: Session, commands: Any) -> None:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
     attempt = built.opts or opts
-    if resume is not None and _trained_out(resume):
+    if resume is not None and _trained_out(resume, planned_steps(len(built.data.train), attempt)):
         # The Trainer takes a step before it looks at max_steps: resumed from the run's last step (its trainer was
         # killed after that checkpoint, or its daemon before it saw the run end) it would train one step too many.
         # That checkpoint holds the trained adapter: the run finishes from it.
@@ -158,10 +158,10 @@ def _prepare_resume(s: Session) -> Path | None:
     return resume
 
 
-def _trained_out(checkpoint: Path) -> bool:
-    """The checkpoint was saved at the run's last step (its trainer_state.json: global_step >= max_steps)."""
+def _trained_out(checkpoint: Path, steps: int) -> bool:
+    """The checkpoint was saved at the run's last step: its trainer_state.json's global_step is `steps` or more."""
     state = read_json(checkpoint / "trainer_state.json", {}) or {}
-    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+    return 0 < steps <= int(state.get("global_step") or 0)
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
