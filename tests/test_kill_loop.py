@@ -2,7 +2,9 @@
 the rule that bounds a crash loop without failing a run that keeps making progress."""
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +59,7 @@ def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, t
     finally:
         home.stop_daemon()
         for pid in home.trainers():
-            kill_loop.os.kill(pid, kill_loop.signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
     print("\n".join(lines))
     assert [k.target for k in t.kills] == ["daemon", "both", "trainer", "trainer"], lines
     assert t.violations == [], lines
