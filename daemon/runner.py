@@ -48,7 +48,12 @@ class TrainerProcess:
         """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
 
         `command`: `daemon.launch.trainer_command(...)` (default: one process). Under torchrun, rank 0 reads the
-        pipe (every worker inherits it) and all ranks' output goes to console.log (only rank 0 prints there)."""
+        pipe (every worker inherits it) and all ranks' output goes to console.log (only rank 0 prints there).
+
+        An earlier attempt's result.json goes first: the daemon judges this attempt by the result.json it finds
+        when it ends, and a trainer killed before it writes one (kill -9) must not be taken for one that ended
+        as the earlier attempt did (a "stopped" of an earlier attempt made a killed trainer look like a failure)."""
+        RunFolder(run_dir).result.unlink(missing_ok=True)
         with open(RunFolder(run_dir).console, "ab") as console:
             proc = subprocess.Popen(
                 command or trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,

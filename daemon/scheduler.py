@@ -26,13 +26,20 @@ from daemon.states import ACTIVE, ENDED, State
 from daemon.store import Store, busy_problem
 from daemon.timefmt import iso
 
-# A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in all.
+# A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in a row
+# without a new checkpoint in between (a crash loop); a run that checkpointed past where it started counts afresh.
 MAX_ATTEMPTS = 3
 
 
 def _setting(owner: dict[str, Any], name: str) -> Any:
     """An owner option from overnight.toml, or its default."""
     return owner.get(name, OPTIONS[name].default)
+
+
+def _step_of(checkpoint: str | None) -> int:
+    """N of a `step-N` checkpoint's name; 0 for none (a start from scratch)."""
+    tail = (checkpoint or "").rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _run_options(run: dict[str, Any]) -> dict[str, Any]:
@@ -339,30 +346,33 @@ class Daemon:
         """The trainer exited: decide the run's end state from its result and what the daemon asked."""
         rc = a.poll()
         fields = a.ingest(self.store)
+        tries = self._attempts(a.run_id)
         result = a.folder.read_result()
         outcome = result.get("outcome")
-        if outcome == "completed" and rc == 0:
+        if outcome == "completed":  # this attempt's result (runner removes older ones): killed after it, still done
             state, reason = State.COMPLETED, None
         elif a.requested and rc == 0 and outcome == "stopped":
             state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
         elif a.requested in ("stop", "skip"):  # the user's request outlives a trainer that died honouring it
             state, reason = REQUEST_OUTCOME[a.requested], (f"{a.requested} requested; {self._crash_reason(a, rc)} "
                                                            f"before it checkpointed (resumable from its last one)")
-        elif a.requested == "restart" and self._attempts(a.run_id) < MAX_ATTEMPTS:
+        elif a.requested == "restart" and tries < MAX_ATTEMPTS:
             state, reason = State.QUEUED, (f"restarted after a stall; resuming from its last checkpoint "
-                                           f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
+                                           f"(attempt {tries + 1} of {MAX_ATTEMPTS} without a new checkpoint)")
         elif a.requested == "shutdown":
             state, reason = State.QUEUED, "daemon stopped; resumes from its last checkpoint"
-        elif self._died_of_full_disk(a, result) and self._attempts(a.run_id) < MAX_ATTEMPTS:
+        elif self._died_of_full_disk(a, result) and tries < MAX_ATTEMPTS:
             state, reason = State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then "
                                            f"resumes from its last complete checkpoint. Fix: free space on the disk "
                                            f"of {self.home.root}")
-        elif rc is not None and rc < 0 and not outcome and self._attempts(a.run_id) < MAX_ATTEMPTS:
+        elif rc is not None and rc < 0 and not outcome and tries < MAX_ATTEMPTS:
             state, reason = State.QUEUED, (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
-                                           f"(attempt {self._attempts(a.run_id) + 1} of {MAX_ATTEMPTS})")
+                                           f"(attempt {tries + 1} of {MAX_ATTEMPTS} without a new checkpoint)")
         else:
             state, reason = State.FAILED, result.get("reason") or self._crash_reason(a, rc)
         fields.update(pid=None)
+        if state == State.QUEUED:
+            fields["attempts"] = tries
         if state in ENDED:
             fields["finished"] = iso()
         self._transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
@@ -422,7 +432,12 @@ class Daemon:
             log.exception(f"notify: could not prepare '{event}' for {subject}")
 
     def _attempts(self, run_id: str) -> int:
-        return int(self.store.get_run(run_id)["attempts"] or 0)
+        """The run's attempts in a row that made no new checkpoint: 0 once it has a checkpoint newer than the one
+        its last attempt resumed from (that attempt made progress, so whatever ended it was no crash loop)."""
+        run = self.store.get_run(run_id)
+        newest = RunFolder(run["run_dir"]).newest_checkpoint()
+        progressed = newest is not None and _step_of(newest.name) > _step_of(run["resume_from"])
+        return 0 if progressed else int(run["attempts"] or 0)
 
     def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:
         """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
@@ -455,7 +470,7 @@ class Daemon:
             run_dir = Path(run["run_dir"])
             ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
-            self._transition(run["id"], State.QUEUED, reason, pid=None)
+            self._transition(run["id"], State.QUEUED, reason, pid=None, attempts=self._attempts(run["id"]))
             rundir.append_console(run_dir, f"overnight: {reason}")
             log.info(f"recovered {run['id']}: {reason}")
 

@@ -134,6 +134,13 @@ def _train(s: Session, commands: Any) -> None:
         s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
         return
     attempt = _rung_from_launcher(built.opts or opts)
+    if resume is not None and _trained_out(resume, planned_steps(len(built.data.train), attempt)):
+        # The Trainer takes a step before it looks at max_steps: resumed from the run's last step (its trainer was
+        # killed after that checkpoint, or its daemon before it saw the run end) it would train one step too many.
+        # That checkpoint holds the trained adapter: the run finishes from it.
+        say(f"{resume.name} is the run's last step: nothing left to train, finishing from it")
+        built.finish(built.trainer_at(resume, attempt))
+        return
     while True:
         out_of_memory = False
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -232,6 +239,12 @@ def _prepare_resume(s: Session) -> Path | None:
     elif dropped:
         say(f"starting from step 0; dropped {dropped} log record(s) of an earlier attempt")
     return resume
+
+
+def _trained_out(checkpoint: Path, steps: int) -> bool:
+    """The checkpoint was saved at the run's last step: its trainer_state.json's global_step is `steps` or more."""
+    state = read_json(checkpoint / "trainer_state.json", {}) or {}
+    return 0 < steps <= int(state.get("global_step") or 0)
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:

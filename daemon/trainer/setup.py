@@ -53,15 +53,6 @@ class OvernightTrainer(Trainer):
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         return loss
 
-    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
-        """Resumed from the final checkpoint (the adapter save failed, or a stop came after the last step): nothing
-        is left to train. The stock loop would take one step past max_steps before it looks (transformers checks
-        should_training_stop only after a step); it then finalizes as usual, with the checkpoint's weights loaded."""
-        if 0 < self.state.max_steps <= self.state.global_step:
-            self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
-
     @property
     def tokens_real(self) -> int:
         return int(self._tokens_real)
@@ -206,6 +197,19 @@ class Built:
             data_collator=collator(self.batching, pad_id, self.device.kind == "cuda"), callbacks=callbacks)
         self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
         return self._trainer
+
+    def trainer_at(self, folder: Path, opts: TrainOptions) -> OvernightTrainer:
+        """A Trainer standing at a checkpoint of the run's last step, for finish(): its state and adapter weights
+        loaded, nothing left to train."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        trainer = self.make_trainer(opts)
+        trainer.state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+        self.status.last_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+        return trainer
 
     def _nonfinite(self) -> bool:
         return self._trainer is not None and self._trainer.loss_nonfinite()

@@ -1,0 +1,77 @@
+"""kill -9 at random moments: a few trials of bench/kill_loop.py in CI (the full 20-kill loops are the bench's), and
+the rule that bounds a crash loop without failing a run that keeps making progress."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench import kill_loop
+from daemon.scheduler import MAX_ATTEMPTS, Daemon
+
+
+def _daemon_with(run: dict) -> Daemon:
+    d = Daemon.__new__(Daemon)  # only _attempts is exercised: it reads the run's row and its folder
+    d.store = SimpleNamespace(get_run=lambda _run_id: run)
+    return d
+
+
+def _checkpoint(run_dir: Path, step: int) -> None:
+    folder = run_dir / "checkpoints" / f"step-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+
+
+def test_only_attempts_that_made_no_new_checkpoint_count(tmp_path: Path) -> None:
+    run = {"run_dir": str(tmp_path), "resume_from": None, "attempts": 2}
+    d = _daemon_with(run)
+    assert d._attempts("r") == 2  # killed twice before its first checkpoint: a crash loop so far
+    _checkpoint(tmp_path, 5)
+    assert d._attempts("r") == 0  # this attempt checkpointed: whatever ended it, the count starts again
+    run["resume_from"] = "step-5"
+    assert d._attempts("r") == 2  # resumed from step-5 and made no newer one
+    _checkpoint(tmp_path, 7)  # e.g. the checkpoint a trainer writes when its daemon goes away
+    assert d._attempts("r") == 0
+    run.update(resume_from="step-7", attempts=MAX_ATTEMPTS)
+    assert d._attempts("r") == MAX_ATTEMPTS  # bounded: the next kill without progress fails the run
+
+
+@pytest.mark.e2e
+def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    """One kill of each kind, the last as the trainer ends (its result.json written, the process not gone yet).
+    Each of these ended the run failed before: the trainer kill (the run's third start after a daemon kill and a
+    kill of both: 3 attempts in all), and one after a stop's result.json of an earlier attempt."""
+    home = kill_loop.Home(tmp_path / "home", tiny_model)
+    steps = 40  # each kill lands within 2 checkpoints (10 steps) of the last
+    plan = [("daemon", "training"), ("both", "training"), ("trainer", "saving"), ("trainer", "ending")]
+    lines: list[str] = []
+    try:
+        home.start_daemon()
+        ref = kill_loop.reference(home, steps)
+        assert sorted(ref.losses) == list(range(1, steps + 1))
+        t = kill_loop.trial(home, "mixed", len(plan), random.Random(12), steps, ref, plan=plan, say=lines.append)
+    finally:
+        home.stop_daemon()
+        for pid in home.trainers():
+            os.kill(pid, signal.SIGKILL)
+    print("\n".join(lines))
+    assert [k.target for k in t.kills] == ["daemon", "both", "trainer", "trainer"], lines
+    assert t.violations == [], lines
+    assert t.state == "completed" and t.steps == steps and t.max_trainers == 1
+    assert t.trainer_starts == 4  # the first start and one after each kill but the last (the run was done)
+
+    # A trainer resumed from the run's last step (its daemon was killed before it saw the run end) finishes from
+    # that checkpoint: no step past max_steps, the same adapter.
+    before = (ref.run_dir / "metrics.jsonl").read_text()
+    proc = subprocess.run([sys.executable, "-m", "daemon.trainer", str(ref.run_dir), "--ignore-stdin"],
+                          cwd=kill_loop.REPO, env=kill_loop.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"step-{steps} is the run's last step: nothing left to train" in proc.stdout
+    assert (ref.run_dir / "metrics.jsonl").read_text() == before
+    assert kill_loop.read_json(ref.run_dir / "result.json")["outcome"] == "completed"
