@@ -409,7 +409,10 @@ def test_the_daemons_acknowledgement_is_shown(fx) -> None:
 
 def test_a_live_daemon_is_shown_and_the_banner_goes(fx) -> None:
     lock = DaemonLock(fx.home)
-    lock.acquire()  # this process holds the home, exactly as a daemon does
+    lock.acquire()  # this process holds the home and writes its row, exactly as a daemon does
+    store = Store(fx.home.db)
+    store.daemon_started(os.getpid(), str(fx.root), "test")
+    store.close()
     try:
         app = app_for(fx.root)
 
