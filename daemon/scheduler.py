@@ -72,6 +72,7 @@ class Daemon:
         self.disk_problem: str | None = None  # a full disk (DB writes fail, or a run waits for space)
         self._disk_seen: str | None = None  # what this pass found about the disk
         self._faults: dict[str, float] = {}  # an internal error's text -> when it was last logged
+        self._owner: tuple[tuple[int, int, int] | None, dict[str, Any]] | None = None  # (file stat, overnight.toml)
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
@@ -336,11 +337,23 @@ class Daemon:
         self._keep_hook(hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed))
 
     def _owner_options(self) -> dict[str, Any]:
+        """overnight.toml, parsed again only when the file changed: the loop asks at every pass while runs wait for
+        a slot (a broken file is logged once per version, not four times a second)."""
         try:
-            return load_home_toml(self.home.toml)
+            st = self.home.toml.stat()
+            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        cached = self._owner  # one tuple: the notifier's thread reads it too
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            options = load_home_toml(self.home.toml)
         except OptionsError as e:
             log.error(str(e))
-            return {}
+            options = {}
+        self._owner = (key, options)
+        return options
 
     def _finish(self, a: TrainerProcess) -> None:
         """The trainer exited: decide the run's end state from its result and what the daemon asked."""
