@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from daemon.queries import Reader  # noqa: E402
+from daemon.runner import trainer_processes  # noqa: E402
 
 SAVE_EVERY = 5
 WORDS = ["apple", "stone", "river", "green", "music", "horse", "bread", "moon"]
@@ -156,14 +158,7 @@ class Home:
     # --- what is running and where it is ----------------------------------------------------------------
     def trainers(self) -> list[int]:
         """PIDs of live trainer processes on this home's runs (zombies not counted)."""
-        runs = str((self.root / "runs").resolve())
-        found = []
-        for p in psutil.process_iter(["cmdline", "status"]):
-            cmd = p.info["cmdline"] or []
-            if len(cmd) >= 2 and cmd[-2] == "daemon.trainer" and cmd[-1].startswith(runs) and \
-                    p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(p.pid)
-        return found
+        return list(trainer_processes(self.root / "runs"))
 
     def run(self, name: str) -> dict[str, Any] | None:
         db = self.root / "overnight.db"
@@ -454,28 +449,10 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def db_metrics(home: Home, run_id: str) -> list[dict[str, Any]]:
-    r = Reader(home.root / "overnight.db")
-    try:
-        return r.metrics(run_id)
-    finally:
-        r.close()
-
-
-def models(home: Home) -> list[dict[str, Any]]:
-    r = Reader(home.root / "overnight.db")
-    try:
-        return r.models()
-    finally:
-        r.close()
-
-
-def transitions(home: Home, run_id: str) -> list[dict[str, Any]]:
-    r = Reader(home.root / "overnight.db")
-    try:
-        return r.transitions(run_id)
-    finally:
-        r.close()
+def read(home: Home, query: Callable[[Reader], Any]) -> Any:
+    """One query on the home's DB, read-only, as the CLI reads it."""
+    with closing(Reader(home.root / "overnight.db")) as r:
+        return query(r)
 
 
 @dataclass
@@ -524,8 +501,8 @@ def check(home: Home, loop: Loop, watch: Watch, reference: Reference) -> Trial:
     result = read_json(run_dir / "result.json")
     if result.get("outcome") != "completed":
         bad.append(f"result.json says {result.get('outcome')}: {result.get('reason')}")
-    for where, records in (("metrics.jsonl", jsonl(run_dir / "metrics.jsonl")), ("DB metrics",
-                                                                                db_metrics(home, run["id"]))):
+    db_metrics = read(home, lambda r: r.metrics(run["id"]))
+    for where, records in (("metrics.jsonl", jsonl(run_dir / "metrics.jsonl")), ("DB metrics", db_metrics)):
         losses, twice = losses_of(records)
         if twice:
             bad.append(f"{where}: steps recorded twice: {sorted(set(twice))[:10]}")
@@ -557,7 +534,7 @@ def check(home: Home, loop: Loop, watch: Watch, reference: Reference) -> Trial:
     t.max_trainers = watch.max_trainers
     if watch.max_trainers > 1:
         bad.append(f"{watch.max_trainers} trainers ran at once")
-    history = transitions(home, run["id"])
+    history = read(home, lambda r: r.transitions(run["id"]))
     t.trainer_starts = sum(1 for x in history if x["to_state"] == "preparing")
     odd = [(x["from_state"], x["to_state"]) for x in history if (x["from_state"], x["to_state"]) not in ALLOWED]
     if odd:
@@ -565,7 +542,7 @@ def check(home: Home, loop: Loop, watch: Watch, reference: Reference) -> Trial:
     meta = read_json(run_dir / "metadata.json")
     if meta.get("status") != run["state"]:
         bad.append(f"metadata.json says {meta.get('status')}, the DB {run['state']}")
-    versions = [m for m in models(home) if m["run_id"] == run["id"]]
+    versions = [m for m in read(home, lambda r: r.models()) if m["run_id"] == run["id"]]
     if run["state"] == "completed" and len(versions) != 1:
         bad.append(f"{len(versions)} model versions registered for the run")
     if any(x["to_state"] == "failed" for x in history):

@@ -231,19 +231,27 @@ def progress_mark(folder: RunFolder) -> tuple[int, object]:
     return mtime, folder.read_progress().get("step")
 
 
+def trainer_processes(runs_root: Path) -> dict[int, tuple[Any, Path]]:
+    """Every live trainer process on a run folder under `runs_root`, by PID: (psutil.Process, run folder), found by
+    command line (a single trainer, a torchrun launcher and each of its workers; zombies left out)."""
+    import psutil
+    root = runs_root.resolve()
+    found: dict[int, tuple[Any, Path]] = {}
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info.get("cmdline") or []
+        if (is_trainer_cmdline(cmd) and proc.info.get("status") != psutil.STATUS_ZOMBIE
+                and Path(cmd[-1]).resolve().parent == root):
+            found[proc.pid] = (proc, Path(cmd[-1]))
+    return found
+
+
 def leftover_trainers(runs_root: Path) -> list[tuple[Any, Path]]:
     """Trainer processes running on a run folder of this home (psutil.Process, run folder), found by command line:
     what an earlier daemon that was killed, or that gave up on a frozen trainer, left behind.
 
     One entry per run folder: a torchrun launcher's command line ends like its workers' (`-m daemon.trainer
     RUN_DIR`), and the one reported is the outermost (the launcher; `signal_group` reaches its workers)."""
-    import psutil
-    root = runs_root.resolve()
-    found: dict[int, tuple[Any, Path]] = {}
-    for proc in psutil.process_iter(["cmdline", "ppid"]):
-        cmd = proc.info.get("cmdline") or []
-        if is_trainer_cmdline(cmd) and Path(cmd[-1]).resolve().parent == root:
-            found[proc.pid] = (proc, Path(cmd[-1]))
+    found = trainer_processes(runs_root)
     outermost: dict[Path, tuple[Any, Path]] = {}
     for pid, (proc, run_dir) in found.items():
         if _has_trainer_ancestor(proc, run_dir, found):

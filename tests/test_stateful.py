@@ -9,10 +9,10 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from daemon.queries import Reader
+from daemon.runner import trainer_processes
 from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import STEPS, losses, write_dataset
 
@@ -37,14 +37,7 @@ def _runs(home: Path) -> list[dict]:
 
 
 def _trainers(home: Path) -> list[int]:
-    runs = str((home / "runs").resolve())
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        cmd = p.info["cmdline"] or []
-        if len(cmd) >= 2 and cmd[-2] == "daemon.trainer" and cmd[-1].startswith(runs) and \
-                p.info["status"] != psutil.STATUS_ZOMBIE:
-            out.append(p.pid)
-    return out
+    return list(trainer_processes(home / "runs"))
 
 
 def check_invariants(home: Path, dropped: list[str], settled: bool = False) -> None:

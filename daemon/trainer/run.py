@@ -51,8 +51,6 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
     folder = RunFolder(Path(run_dir).resolve())
-    if ddp.is_main():
-        folder.result.unlink(missing_ok=True)  # an earlier attempt's: it must not pass for this one's if it dies
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
