@@ -20,6 +20,17 @@ from daemon.stall import Escalation, StallWatch
 from daemon.store import Store
 
 
+def stop_request(current: str | None, reason: str) -> str:
+    """The stop request in force once `reason` (stop | skip | preempt | shutdown) arrives while `current` stands
+    (None: no request yet).
+
+    The first request stands, except that a user's stop or skip outranks a preemption or a shutdown: the run then
+    ends as the user asked instead of going back to the queue. One rule for TrainerProcess and the tests' stand-ins."""
+    if current is None or (current in ("preempt", "shutdown") and reason in ("stop", "skip")):
+        return reason
+    return current
+
+
 @dataclass
 class TrainerProcess:
     """One running trainer and the daemon's view of its files."""
@@ -77,16 +88,14 @@ class TrainerProcess:
             return False
 
     def request_stop(self, reason: str) -> str:
-        """Ask the trainer to checkpoint and exit; returns the request in force.
+        """Ask the trainer to checkpoint and exit; returns the request in force (`stop_request`'s rule).
 
-        The first request stands, except that a user's stop or skip outranks a preemption or a shutdown (the
-        run then ends as the user asked). A paused trainer is woken first: it must step to checkpoint."""
-        if self.requested is None or (self.requested in ("preempt", "shutdown") and reason in ("stop", "skip")):
-            first = self.requested is None
-            self.requested = reason
-            if first:
-                self.send("resume")
-                self.send("stop")
+        A paused trainer is woken first: it must step to checkpoint."""
+        first = self.requested is None
+        self.requested = stop_request(self.requested, reason)
+        if first:
+            self.send("resume")
+            self.send("stop")
         return self.requested
 
     def set_paused(self, paused: bool) -> None:

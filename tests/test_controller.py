@@ -14,12 +14,13 @@ import pytest
 from daemon import control
 from daemon.controller import Controller
 from daemon.home import Home
+from daemon.runner import stop_request
 from daemon.store import Store
 
 
 @dataclass
 class StubTrainer:
-    """Records what the Controller asks of the running trainer; follows TrainerProcess's request rule."""
+    """Records what the Controller asks of the running trainer; keeps requests by TrainerProcess's own rule."""
 
     run_id: str
     requested: str | None = None
@@ -28,8 +29,7 @@ class StubTrainer:
 
     def request_stop(self, reason: str) -> str:
         self.calls.append(f"request_stop {reason}")
-        if self.requested is None or (self.requested in ("preempt", "shutdown") and reason in ("stop", "skip")):
-            self.requested = reason
+        self.requested = stop_request(self.requested, reason)
         return self.requested
 
     def set_paused(self, paused: bool) -> None:

@@ -14,6 +14,7 @@ many, freshly random. What hypothesis found is a regular test at the end of this
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ from daemon.cli import main
 from daemon.controller import Controller
 from daemon.home import Home
 from daemon.options import OPTIONS
+from daemon.runner import stop_request
 from daemon.store import Store
 from tests.conftest import wait_until
 
@@ -382,7 +384,7 @@ class _Stub:
         self.run_id, self.requested, self.paused = run_id, None, False
 
     def request_stop(self, reason: str) -> str:
-        self.requested = self.requested or reason
+        self.requested = stop_request(self.requested, reason)
         return self.requested
 
     def set_paused(self, paused: bool) -> None:
@@ -465,7 +467,43 @@ def test_the_daemon_takes_or_rejects_generated_drops_and_keeps_every_byte(home: 
             assert stem in error and "Fix" in error and "Traceback" not in error, error
         else:
             assert taken.get(name) == data, (name, data[:80])
-    assert "internal error" not in (home / "overnight.log").read_text()
+    log = (home / "overnight.log").read_text()
+    assert not [sign for sign in BUG_SIGNS if sign in log], log
+
+
+# What overnight.log says when a drop hits a bug instead of a Fix: intake's catch-all (daemon/intake.py) and the
+# daemon loop's guard (daemon/scheduler.py), each with a traceback.
+BUG_SIGNS = ("inbox: unexpected error", "inbox: could not create a run", "internal error in", "Traceback")
+
+
+def test_the_bug_signs_are_what_intake_writes_when_a_drop_breaks_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property above looks for BUG_SIGNS: intake's catch-all must write one, or that check could never fail."""
+    from daemon import intake as intake_mod
+    from daemon.log import log
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in validation")
+
+    monkeypatch.setattr(intake_mod, "validate", broken)
+    home = Home(tmp_path / "home")
+    home.create()
+    (home.inbox / "x.jsonl").write_text('{"text": "x"}\n')
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log.addHandler(handler)
+    store = Store(home.db)
+    intake = intake_mod.Intake(home, store)
+    try:
+        verdict = intake._judge({"dataset": home.inbox / "x.jsonl"})
+    finally:
+        intake.close()
+        store.close()
+        log.removeHandler(handler)
+    assert "likely a bug in overnight" in verdict.error
+    written = "\n".join(lines)
+    assert [sign for sign in BUG_SIGNS if sign in written] == ["inbox: unexpected error", "Traceback"], written
 
 
 # --- what hypothesis found: the minimal examples, as regular tests ------------------------------------------

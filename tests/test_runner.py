@@ -1,7 +1,9 @@
-"""The daemon's view of a trainer: the ETA it shows in status and the dashboard."""
+"""The daemon's view of a trainer: the ETA it shows in status and the dashboard, and which stop request stands."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,3 +25,36 @@ def test_eta_counts_only_the_pace_of_training_steps(monkeypatch: pytest.MonkeyPa
     assert t._eta(178, 2000, training=True) is None  # the pause is not step time either
     clock[0] += 2
     assert t._eta(180, 2000, training=True) == pytest.approx(1820.0)
+
+
+# The rule written out pair by pair (not re-derived): the first request stands, except that a user's stop or skip
+# outranks a preemption or a shutdown.
+STANDS = {
+    (None, "stop"): "stop", (None, "skip"): "skip", (None, "preempt"): "preempt", (None, "shutdown"): "shutdown",
+    ("stop", "stop"): "stop", ("stop", "skip"): "stop", ("stop", "preempt"): "stop", ("stop", "shutdown"): "stop",
+    ("skip", "stop"): "skip", ("skip", "skip"): "skip", ("skip", "preempt"): "skip", ("skip", "shutdown"): "skip",
+    ("preempt", "stop"): "stop", ("preempt", "skip"): "skip", ("preempt", "preempt"): "preempt",
+    ("preempt", "shutdown"): "preempt",
+    ("shutdown", "stop"): "stop", ("shutdown", "skip"): "skip", ("shutdown", "preempt"): "shutdown",
+    ("shutdown", "shutdown"): "shutdown",
+}
+
+
+@pytest.mark.parametrize("current, reason", sorted(STANDS, key=str))
+def test_which_stop_request_stands(current: str | None, reason: str) -> None:
+    assert runner.stop_request(current, reason) == STANDS[current, reason]
+
+
+def test_every_pair_of_requests_is_in_the_table() -> None:
+    kinds = ("stop", "skip", "preempt", "shutdown")
+    assert set(STANDS) == {(c, r) for c in (None, *kinds) for r in kinds}
+
+
+def test_the_trainer_is_told_once_and_keeps_the_request_in_force(tmp_path: Path) -> None:
+    pipe = io.BytesIO()
+    t = TrainerProcess("r", tmp_path, proc=SimpleNamespace(stdin=pipe))  # type: ignore[arg-type]
+    assert t.request_stop("shutdown") == "shutdown"
+    assert pipe.getvalue() == b"resume\nstop\n"  # a paused trainer must step to checkpoint
+    assert t.request_stop("skip") == "skip" and t.requested == "skip"  # the user's skip outranks the shutdown
+    assert t.request_stop("stop") == "skip"
+    assert pipe.getvalue() == b"resume\nstop\n"  # already stopping: nothing more to say to it
