@@ -298,13 +298,15 @@ def delete(home: str | None, name: str, version: int) -> None:
 @main.command()
 @home_option
 @click.option("--no-tui", is_flag=True, help="Print progress lines instead of opening the dashboard; exit when done.")
-def demo(home: str | None, no_tui: bool) -> None:
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training steps (default 200): fewer for a quick look, more to watch the probes settle.")
+def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
     """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
     from daemon import demo as d
     from daemon.rundir import RunFolder
     h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo")
     click.echo(f"demo home: {h.root}")
-    name = d.prepare(h, click.echo)
+    name = d.prepare(h, click.echo, steps)
     proc = d.start_daemon(h)
     try:
         if no_tui:

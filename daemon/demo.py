@@ -17,8 +17,10 @@ from daemon.rundir import RunFolder
 from daemon.states import ENDED
 
 
-def prepare(home: Home, say: Callable[[str], None] = print) -> str:
-    """Build the tiny model (once, cached in the home) and drop the demo task into the inbox; returns its name."""
+def prepare(home: Home, say: Callable[[str], None] = print, steps: int | None = None) -> str:
+    """Build the tiny model (once, cached in the home) and drop the demo task into the inbox; returns its name.
+
+    `steps`: the run's max_steps instead of the demo's 200."""
     from daemon.demodata import write_demo_files
     from daemon.tinymodel import ensure_tiny_model
     t0 = time.monotonic()
@@ -26,7 +28,8 @@ def prepare(home: Home, say: Callable[[str], None] = print) -> str:
     say(f"tiny model ready: {model} ({time.monotonic() - t0:.1f} s)")
     name = f"reverse-{time.strftime('%H%M%S')}"
     with tempfile.TemporaryDirectory(dir=home.root, prefix=".demo-") as tmp:
-        files = write_demo_files(Path(tmp), name=name, options={"base_model": str(model)})
+        options = {"base_model": str(model), **({"max_steps": steps} if steps else {})}
+        files = write_demo_files(Path(tmp), name=name, options=options)
         # Companions first, the dataset last: the daemon finds it complete with its sidecar and probes.
         for p in sorted(files, key=lambda p: p.suffix == ".jsonl" and not p.name.endswith(".probes.jsonl")):
             os.rename(p, home.inbox / p.name)
