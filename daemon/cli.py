@@ -215,6 +215,10 @@ def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
 
 
 # --- steering (writes control files; the daemon applies them) ---------------------------------------------
+wait_option = click.option("--wait", "wait", type=click.FloatRange(min=0), default=3.0, show_default=True,
+                           metavar="SECONDS", help="How long to wait for the daemon's answer (0: don't wait).")
+
+
 def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     from daemon import control
     try:  # the daemon's own parser: a command it would reject is never written
@@ -226,20 +230,24 @@ def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     if not daemon_alive(h):
         click.echo("no daemon is running: it applies this when it starts (overnight daemon)")
         return
+    if wait <= 0:
+        click.echo("not waiting for the daemon's answer; see overnight status")
+        return
     answers = ticket.wait(h, wait)
     for e in answers:
         click.echo(f"{e['status']}: {e['message']}")
     if not answers:
-        click.echo("not acknowledged yet; see overnight status")
+        click.echo(f"not acknowledged yet (waited {wait:g} s); see overnight status")
 
 
 def _steer(kind: str, doc: str):
     @main.command(name=kind, help=doc)
     @home_option
     @click.argument("run", required=False)
-    def _cmd(home: str | None, run: str | None) -> None:
+    @wait_option
+    def _cmd(home: str | None, run: str | None, wait: float) -> None:
         h = _home(home)
-        _send(h, kind, _find_run(h, run)["id"] if run else "")
+        _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
     return _cmd
 
 
@@ -251,20 +259,22 @@ _steer("skip", "Checkpoint RUN (or the one running job), mark it skipped, and go
 @main.command()
 @home_option
 @click.argument("run", required=False)
-def resume(home: str | None, run: str | None) -> None:
+@wait_option
+def resume(home: str | None, run: str | None, wait: float) -> None:
     """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
     h = _home(home)
-    _send(h, "resume", _find_run(h, run)["id"] if run else "")
+    _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
 
 
 @main.command()
 @home_option
 @click.argument("run")
 @click.argument("value", type=int)
-def priority(home: str | None, run: str, value: int) -> None:
+@wait_option
+def priority(home: str | None, run: str, value: int, wait: float) -> None:
     """Set a run's priority (higher first); a queued run above the running one preempts it."""
     h = _home(home)
-    _send(h, "priority", f"{_find_run(h, run)['id']} {value}")
+    _send(h, "priority", f"{_find_run(h, run)['id']} {value}", wait)
 
 
 # --- models --------------------------------------------------------------------------------------------
@@ -281,18 +291,20 @@ def models(home: str | None, as_json: bool) -> None:
 @home_option
 @click.argument("name")
 @click.argument("version", type=int)
-def activate(home: str | None, name: str, version: int) -> None:
+@wait_option
+def activate(home: str | None, name: str, version: int, wait: float) -> None:
     """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
-    _send(_home(home), "activate", f"{name} {version}")
+    _send(_home(home), "activate", f"{name} {version}", wait)
 
 
 @main.command()
 @home_option
 @click.argument("name")
 @click.argument("version", type=int)
-def delete(home: str | None, name: str, version: int) -> None:
+@wait_option
+def delete(home: str | None, name: str, version: int, wait: float) -> None:
     """Move a model version's adapter into trash/ (nothing is erased)."""
-    _send(_home(home), "delete", f"{name} {version}")
+    _send(_home(home), "delete", f"{name} {version}", wait)
 
 
 @main.command()

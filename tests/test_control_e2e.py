@@ -91,7 +91,7 @@ def test_pause_resume_skip_by_file_and_cli(model_home, daemon_proc, tmp_path):
     (home / "control" / "pause").unlink()
     wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") > frozen, 15, what="resumed")
 
-    out = overnight("pause", home=home, check=True).stdout
+    out = overnight("pause", "--wait", "60", home=home, check=True).stdout
     assert "applied" in out and "pause" in out
     wait_until(lambda: state(home, "long") == "paused", 15, what="paused by CLI")
     overnight("resume", home=home, check=True)
@@ -192,7 +192,7 @@ def test_garbage_and_unknown_targets_are_rejected(model_home, daemon_proc):
     assert "unknown control file" in texts and "no-such-run" in texts
     events = Reader(home / "overnight.db").control_events()
     assert [e["status"] for e in events] == ["rejected", "rejected"]
-    out = overnight("pause", home=home, check=True).stdout  # nothing runs: still acknowledged, and held
+    out = overnight("pause", "--wait", "60", home=home, check=True).stdout  # nothing runs: still acknowledged, and held
     assert "applied" in out and "no job is running" in out and (home / "control" / "pause").exists()
 
 

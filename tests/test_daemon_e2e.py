@@ -104,10 +104,10 @@ def test_versions_activate_delete_through_the_daemon(home, tiny_model, daemon_pr
     models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
     assert [(m["name"], m["version"], m["active"]) for m in models] == [("assistant", 1, 0), ("assistant", 2, 1)]
     daemon_proc()
-    out = overnight("activate", "assistant", "1", home=home, check=True).stdout
+    out = overnight("activate", "assistant", "1", "--wait", "60", home=home, check=True).stdout
     assert "applied" in out
     assert "* assistant v1" in overnight("models", home=home, check=True).stdout
-    out = overnight("delete", "assistant", "2", home=home, check=True).stdout
+    out = overnight("delete", "assistant", "2", "--wait", "60", home=home, check=True).stdout
     assert "trash" in out
     models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
     trashed = Path(models[1]["adapter_path"])

@@ -236,7 +236,7 @@ def test_a_unicode_name_keeps_its_letters_in_the_run_id(model_home, daemon_proc,
     [run] = wait_until(lambda: _run_dirs(home), 30, what="a run folder")
     assert run.name.startswith("données-日本-")
     # the run id is accepted back in a control file, even typed decomposed (as macOS writes é)
-    out = overnight("skip", run.name, home=home, check=True).stdout
+    out = overnight("skip", run.name, "--wait", "60", home=home, check=True).stdout
     assert "applied" in out and "skipped" in out
     (home / "control" / "resume").write_text(run.name.replace("é", "e\u0301") + "\n")
     wait_until(lambda: _state(home, run.name) == "queued", 15, what="queued again by control/resume")
