@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
+
+import pytest
 
 from daemon.home import Home, daemon_alive
 from tests.conftest import budget, overnight
@@ -12,6 +13,7 @@ from tests.conftest import budget, overnight
 STEPS = 20  # enough for the loss to fall clearly at the demo's learning rate; the 200-step default takes minutes
 
 
+@pytest.mark.e2e
 def test_demo_builds_the_model_drops_the_task_trains_and_reports_probes(tmp_path):
     home = tmp_path / "demo-home"  # does not exist yet: the demo makes its own home
     t0 = time.monotonic()
