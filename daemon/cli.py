@@ -247,8 +247,22 @@ def _steer(kind: str, doc: str):
     @wait_option
     def _cmd(home: str | None, run: str | None, wait: float) -> None:
         h = _home(home)
-        _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
+        if kind == "stop" and not run:
+            _stop_all(h, wait)
+        else:
+            _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
     return _cmd
+
+
+def _stop_all(h: Home, wait: float) -> None:
+    """A stop naming no run also holds the queue (even when nothing runs): say how to lift it. The daemon answers a
+    held control/stop once, so a second one is told at once that it is in place instead of waiting for no answer."""
+    from daemon import control
+    if control.held(h, "stop") == "*":
+        click.echo(f"already stopped: {h.control / 'stop'} is in place")
+    else:
+        _send(h, "stop", "", wait)
+    click.echo("no new job starts until: overnight resume")
 
 
 _steer("pause", "Pause RUN (without RUN: every running job) at the next step; it stays paused until resumed.")

@@ -1,0 +1,89 @@
+"""`overnight stop` when no run exists at all: what the user is told, what it leaves in control/, what the daemon
+answers, and that it really holds the queue until `overnight resume`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.queries import Reader
+from tests.conftest import budget, drop, overnight, wait_until
+
+HELD = "stop file present: no new job starts until control/stop is removed"  # the daemon's acknowledgement
+HINT = "no new job starts until: overnight resume"
+
+
+def _events(home: Path) -> list[dict]:
+    reader = Reader(home / "overnight.db")
+    try:
+        return reader.control_events()
+    finally:
+        reader.close()
+
+
+def _state(home: Path, name: str) -> str | None:
+    reader = Reader(home / "overnight.db")
+    try:
+        run = reader.find_run(name)
+    finally:
+        reader.close()
+    return run and run["state"]
+
+
+def test_stop_with_no_run_and_no_daemon_is_held_for_the_next_daemon(home, daemon_proc):
+    stop = home / "control" / "stop"
+    res = overnight("stop", home=home)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"wrote {stop}",
+                                       "no daemon is running: it applies this when it starts (overnight daemon)",
+                                       HINT]
+    assert stop.read_text() == ""  # names no run: it holds the whole queue
+
+    again = overnight("stop", home=home)
+    assert again.returncode == 0 and again.stdout.splitlines() == [f"already stopped: {stop} is in place", HINT]
+
+    daemon_proc()
+    wait_until(lambda: f"control: {HELD}" in (home / "overnight.log").read_text(), budget(15),
+               what="the daemon acknowledges the stop it found")
+    assert [(e["command"], e["status"], e["message"]) for e in _events(home)] == [("stop", "applied", HELD)]
+    status = overnight("status", home=home)
+    assert status.returncode == 0 and f"applied: {HELD}" in status.stdout
+    assert stop.exists()
+
+    res = overnight("resume", home=home, timeout=budget(60))
+    assert res.returncode == 0 and "applied: resume: control/stop lifted: the queue goes on" in res.stdout
+    assert not stop.exists() and list((home / "control" / "done").glob("*-stop"))
+
+
+@pytest.mark.e2e
+def test_stop_with_no_run_and_a_daemon_holds_the_queue_until_resume(home, tiny_model, daemon_proc, tmp_path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    daemon_proc()
+    stop = home / "control" / "stop"
+    res = overnight("stop", "--wait", str(budget(30)), home=home, timeout=budget(60))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"wrote {stop}", f"applied: {HELD}", HINT]
+    assert stop.exists()  # held, not consumed
+
+    # The daemon answers a held stop once: a second stop must not sit out --wait for an answer that never comes.
+    t0 = time.monotonic()
+    again = overnight("stop", "--wait", "30", home=home)
+    assert again.returncode == 0 and again.stdout.splitlines() == [f"already stopped: {stop} is in place", HINT]
+    assert time.monotonic() - t0 < 15
+    assert len([e for e in _events(home) if e["command"] == "stop"]) == 1
+
+    rows = [json.dumps({"prompt": f"say {w}\n", "completion": w}) for w in ("one", "two", "three", "four") * 4]
+    (tmp_path / "held.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "held.toml").write_text("max_steps = 1\nbatch_size = 2\nmax_length = 16\nprobe_count = 0\n"
+                                        "eval_fraction = 0.0\n")
+    drop(tmp_path / "held.toml", home / "inbox")
+    drop(tmp_path / "held.jsonl", home / "inbox")
+    wait_until(lambda: _state(home, "held") == "queued", budget(30), what="the drop is queued")
+    time.sleep(3)  # several daemon passes: a queue that is not held starts the run within one
+    assert _state(home, "held") == "queued"
+
+    res = overnight("resume", "--wait", str(budget(30)), home=home, timeout=budget(60))
+    assert "applied: resume: control/stop lifted: the queue goes on" in res.stdout
+    wait_until(lambda: _state(home, "held") == "completed", budget(120), interval=0.5, what="the run trains")
