@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from daemon.preflight import Shape  # noqa: E402
 
-ALPACA = REPO.parent / "shared" / "realdata" / "alpaca_en_demo.json"
+# the same place the tests look: OVERNIGHT_REALDATA, else the shared folder beside the checkout
+ALPACA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata")) / "alpaca_en_demo.json"
 # Qwen2.5's published configurations (config.json on the hub), minus the weights.
 CONFIGS = {
     "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,

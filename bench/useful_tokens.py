@@ -45,7 +45,7 @@ from bench.common import BATCH, LR, REPO, SEED, SIZES, build_model, lora_model, 
 from bench.common import train_overnight  # noqa: E402
 
 MAX_LENGTH = 1024
-DEFAULT_DATA = REPO.parent / "shared" / "realdata" / "alpaca_en_demo.json"
+DEFAULT_DATA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata")) / "alpaca_en_demo.json"
 # ~15 minutes for the five runs on the 2-core CPU (26M model: ~1.3 s per record padded, ~0.75 s length-grouped)
 DEFAULT_RECORDS = {"27m": 128, "tiny": 512}
 KINDS = ("overnight", "overnight_padded", "trainer", "trainer_grouped", "trl")

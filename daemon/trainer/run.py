@@ -270,6 +270,9 @@ def environment_defaults() -> None:
     # a deprecation inside peft/transformers that the user can do nothing about
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if not ddp.is_main():
-        warnings.filterwarnings("ignore")  # under torchrun rank 0 says it once: console.log is shared
+        # under torchrun rank 0 says it once (console.log is shared): a replica's library warnings and notices (e.g.
+        # the `kernels` package's offline-hub notice) are copies of rank 0's. Its errors and our own lines still show.
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.WARNING)
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
