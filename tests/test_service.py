@@ -97,3 +97,86 @@ def test_a_unit_file_overnight_did_not_write_is_left_alone(home, tmp_path):
         res = service(cmd, "--home", str(home), "--user", env=env)
         assert res.returncode == 1 and "not written by overnight" in res.stderr
     assert theirs.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+# The system unit folder is a constant (daemon/service.py SYSTEM_DIR = /etc/systemd/system). These tests run the
+# same CLI with only that constant moved to a folder of the test's, so nothing is ever written into the real /etc.
+_MOVED_SYSTEM_DIR = ("import sys; from pathlib import Path; import daemon.service as s; "
+                     "s.SYSTEM_DIR = Path(sys.argv.pop(1)); from daemon.cli import main; main(prog_name='overnight')")
+
+
+def system_service(unit_dir: Path, *args: str, env: dict[str, str] | None = None,
+                   **popen: object) -> subprocess.CompletedProcess:
+    """`overnight service …` without --user, its system unit folder being `unit_dir`."""
+    return subprocess.run([sys.executable, "-c", _MOVED_SYSTEM_DIR, str(unit_dir), "service", *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})},
+                          **popen)
+
+
+def test_install_and_uninstall_a_system_unit(home, tmp_path):
+    import pwd
+
+    units = tmp_path / "etc-systemd-system"
+    units.mkdir()
+    res = system_service(units, "install", "--home", str(home))
+    assert res.returncode == 0, res.stderr
+    [unit] = units.glob("overnight-*.service")
+    assert not (Path("/etc/systemd/system") / unit.name).exists()
+    text = unit.read_text()
+    # what install writes is what print shows (print names the real folder: the seam moved only the folder)
+    printed = service("print", "--home", str(home)).stdout
+    assert printed.split("\n", 1)[0] == f"# /etc/systemd/system/{unit.name}" and text == unit_text(printed)
+    lines = text.splitlines()
+    for line in ("WantedBy=multi-user.target", "Wants=network-online.target", "After=network-online.target",
+                 f"# Remove it with: overnight service uninstall --home {home.resolve()}"):
+        assert line in lines, line
+    uid = home.stat().st_uid
+    users = [ln for ln in lines if ln.startswith("User=")]
+    # the daemon runs as the home's owner, never as root because root installed it
+    assert users == ([] if uid == 0 else [f"User={pwd.getpwuid(uid).pw_name}"])
+
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    assert res.stdout.splitlines() == [f"wrote {unit}", "Enable and start it (and follow its log):",
+                                       f"  {sudo}systemctl daemon-reload", f"  {sudo}systemctl enable --now {unit.name}",
+                                       f"  {sudo}journalctl -u {unit.name} -f"]
+
+    if os.geteuid() == 0:  # root installing for a home someone else owns (the usual sudo install)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        res = system_service(units, "install", "--home", str(home))
+        assert res.returncode == 0 and res.stdout.startswith(f"updated {unit}\n"), res.stdout + res.stderr
+        assert [ln for ln in unit.read_text().splitlines() if ln.startswith("User=")] == ["User=nobody"]
+
+    # the user-unit uninstall points at the system unit it cannot see
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    res = system_service(units, "uninstall", "--home", str(home), "--user", env=env)
+    assert res.returncode == 1 and f"There is one at {unit}: drop --user." in res.stderr
+    res = system_service(units, "uninstall", "--home", str(home))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"removed {unit}", f"Then run: {sudo}systemctl daemon-reload"]
+    assert not unit.exists()
+
+
+def test_install_a_system_unit_without_permission_says_how(home, tmp_path):
+    """A user who may not write the system unit folder gets one line naming the fix, exit 1, and nothing written."""
+    units = tmp_path / "etc-systemd-system"
+    units.mkdir()
+    root = os.geteuid() == 0
+    if root:  # root writes through any mode bits; an immutable folder refuses even root (EPERM)
+        locked = subprocess.run(["chattr", "+i", str(units)], capture_output=True, text=True)
+        if locked.returncode != 0:
+            pytest.skip(f"running as root and cannot make a folder immutable here: {locked.stderr.strip()}")
+    else:
+        units.chmod(0o555)
+    try:
+        res = system_service(units, "install", "--home", str(home))
+        left = list(units.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(units)], check=True) if root else units.chmod(0o755)
+    name = service("print", "--home", str(home)).stdout.split("\n", 1)[0].rsplit("/", 1)[1]
+    program = Path(os.path.abspath(sys.executable)).parent / "overnight"
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stderr == (f"Error: cannot write {units / name}: permission denied. Fix: install the system unit as "
+                          f"root (sudo {program} service install --home {home.resolve()}), or a user unit with "
+                          f"--user.\n")
+    assert res.stdout == "" and left == []
