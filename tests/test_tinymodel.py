@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import budget
 from tests.conftest_trainer import tiny_model
 
 SAMPLES = [
@@ -69,6 +70,7 @@ def test_model_loads_and_generates(model_dir: Path) -> None:
 def test_ensure_tiny_model_builds_once(tmp_path: Path) -> None:
     from daemon.tinymodel import ensure_tiny_model
 
+    ensure_tiny_model(tmp_path / "warm")  # torch and transformers imported: their import time is not the build's
     started = time.perf_counter()
     first = ensure_tiny_model(tmp_path)
     build_s = time.perf_counter() - started
@@ -77,7 +79,9 @@ def test_ensure_tiny_model_builds_once(tmp_path: Path) -> None:
     assert first == second == tmp_path / "tiny-qwen2"
     assert (second / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no build leftovers
-    assert build_s < 30
+    # 0.06 s measured on a loaded 2-core VM: a bound a hundred times that only catches a build gone wrong (a
+    # network try, a model far bigger than tiny)
+    assert build_s < budget(10), f"building the tiny model took {build_s:.1f}s"
 
 
 def test_same_seed_same_weights(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from daemon.control import write_command
 from daemon.home import DaemonLock, Home
 from daemon.render import fmt_loss
 from daemon.store import Store
+from tests.conftest import budget
 from tests.nvml_fake import GIB, FakeGpu, fake_pynvml
 from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, SECOND, TRAINING,
                                 FixedTelemetry, add_second_trainer, build_home, metrics_records, write_big_log)
@@ -113,12 +114,21 @@ def test_log_tail_shows_the_end_then_only_what_was_appended(tmp_path: Path) -> N
     assert again.reset and again.lines == ("rewritten",)
 
 
+def _best_of(runs: int, fn: Callable[[], object]) -> float:
+    """The fastest of `runs` timings: a loaded machine adds to some of them, never takes away."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def test_a_million_line_log_is_tailed_and_searched_fast_in_bounded_memory(big_log: Path) -> None:
-    t0 = time.perf_counter()
+    # speed figures: bench/tui_speed.py; here ratios measured side by side, which a loaded machine keeps
     update = LogTail(big_log).poll()
-    tail_s = time.perf_counter() - t0
     assert len(update.lines) == LOG_LINES and update.lines[-1].startswith("[2026-05-14 02:00:00.000] step 1000000 ")
-    assert tail_s < 0.5, f"tailing a 1M-line log took {tail_s:.2f}s"
+    tail_s = _best_of(3, lambda: LogTail(big_log).poll())
 
     t0 = time.perf_counter()
     result = grep_file(big_log, "STEP 99999 ", limit=50)  # case-insensitive; the space ends the number
@@ -127,7 +137,10 @@ def test_a_million_line_log_is_tailed_and_searched_fast_in_bounded_memory(big_lo
     assert result.lines_scanned == 1_000_000
     many = grep_file(big_log, "loss", limit=100)
     assert many.total == 1_000_000 and len(many.matches) == 100 and many.matches[-1][0] == 1_000_000
-    assert search_s < 10, f"searching a 1M-line log took {search_s:.1f}s"
+    # a tail that read the whole file would cost about what one pass of the search costs (measured: ~1000x less)
+    assert tail_s * 10 <= search_s, f"tailing took {tail_s * 1000:.1f} ms against {search_s * 1000:.0f} ms " \
+                                    f"for one pass over the file"
+    assert search_s < budget(10), f"searching a 1M-line log took {search_s:.1f}s"
 
 
 def test_grep_numbers_lines_across_chunks(tmp_path: Path) -> None:
@@ -143,14 +156,22 @@ def test_100k_metric_records_are_read_incrementally_and_downsampled(tmp_path: Pa
     records = metrics_records(100_000, 100_000, eval_every=1000)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     tail = MetricsTail(path)
+    # speed figures: bench/tui_speed.py; here each cost against another measured beside it
+    t0 = time.perf_counter()
+    for line in path.read_text().splitlines():
+        json.loads(line)
+    parse_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     chart = tail.chart(buckets=160)
-    assert time.perf_counter() - t0 < 5
+    first_s = time.perf_counter() - t0
     assert chart.points == 100_100 and len(chart.loss.xs) == 160 and len(chart.eval_loss.xs) == 100
     assert chart.loss.xs[0] < chart.loss.xs[-1] and chart.loss.ys[0] > chart.loss.ys[-1]  # a falling loss
+    # the first chart is about one JSON parse of the file (measured: 1.2x); work per record beyond that shows here
+    assert first_s <= 5 * parse_s, f"the first chart took {first_s:.2f}s, parsing the file alone {parse_s:.2f}s"
     t0 = time.perf_counter()
     assert tail.chart(buckets=160) is chart  # nothing new: the cached curves, no re-read
-    assert time.perf_counter() - t0 < 0.05
+    cached_s = time.perf_counter() - t0
+    assert cached_s * 10 <= first_s, f"the cached chart took {cached_s * 1000:.1f} ms, the first {first_s:.2f}s"
     with open(path, "a") as f:
         f.write(json.dumps({"step": 100_001, "loss": 0.5, "lr": 1e-5}) + "\n")
     assert tail.chart(buckets=160).points == 100_101
@@ -518,7 +539,9 @@ def test_a_million_line_log_opens_fast_with_bounded_memory(fx, big_log: Path) ->
         await loaded(pilot)
         log = app.query_one("#log-view", Log)
         await until(pilot, lambda: log.line_count == LOG_LINES, what="tail shown")
-        assert time.perf_counter() - t0 < 5
+        # an order-of-magnitude bound (about 0.5 s on a loaded 2-core VM: bench/tui_speed.py): reading the
+        # whole log into the view would blow it
+        assert time.perf_counter() - t0 < budget(5)
         assert log.lines[-1].startswith("02:00:00 step 1000000 ")
         await pilot.press("slash", *"step 424242 ", "enter")
         await until(pilot, lambda: "lines match" in static_text(app, "#log-head"), timeout=20, what="search")
