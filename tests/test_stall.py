@@ -114,11 +114,16 @@ def test_a_frozen_trainer_is_reported_then_restarted(home: Path, tiny_model: Pat
     drop_all(write_dataset(tmp_path, "restart", 40), home / "inbox")
     wait_until(lambda: progress_step(home, "restart") >= 6, 120, what="training past a checkpoint")
     first = run_of(home, "restart")["pid"]
+    # A trainer keeps the stall window it started with. The one started next gets the default 30 minutes: on a
+    # loaded machine its start or a slow step could outlast 3 s and be restarted again and again (a crash loop
+    # that fails the run); only the freeze below must count as a stall.
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nstall_action = "restart"\n')
     os.kill(first, signal.SIGSTOP)
     try:
         wait_until(lambda: state(home, "restart") == "completed", 240, what="restarted and completed")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(first, signal.SIGKILL)  # never leave a stopped trainer behind if the daemon did not
+    assert f"the trainer (PID {first}) may be frozen" in (home / "overnight.log").read_text()  # the one we froze
     log = (Path(run_of(home, "restart")["run_dir"]) / "console.log").read_text()
     assert "restarted after a stall; resuming from its last checkpoint" in log and "resuming from checkpoints/step-" in log
