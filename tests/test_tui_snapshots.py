@@ -1,15 +1,14 @@
 """Pictures of the dashboard at 80×24 and 120×40 (pytest-textual-snapshot).
 
-Deterministic by construction: fixed times in the fixture home, a fixed telemetry sample, a home path that does not
-depend on pytest's temp numbering. Update after an intended change with `pytest tests/test_tui_snapshots.py
+Deterministic by construction: fixed times in the fixture home, a fixed telemetry sample, and a home shown as `~/home`
+(HOME is the test's own temp folder, so neither TMPDIR nor pytest's numbering reaches a picture, and two runs of the
+suite on one host never share a home). Update after an intended change with `pytest tests/test_tui_snapshots.py
 --snapshot-update` and look at the pictures (the report shows the differences).
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -20,16 +19,11 @@ from tests.tui_fixtures import (NO_GPU, ONE_GPU, TWO_GPUS, FixedTelemetry, Fixtu
 from tui.app import OvernightApp
 from tui.telemetry import Telemetry
 
-SNAP_ROOT = Path(tempfile.gettempdir()) / "overnight-tui-snapshots"
-
-
 @pytest.fixture
-def snap_home(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """The fixture home at a path fixed per test (the header shows it); removed afterwards."""
-    root = SNAP_ROOT / request.node.name
-    shutil.rmtree(root, ignore_errors=True)
-    yield build_home(root / "home").root
-    shutil.rmtree(root, ignore_errors=True)
+def snap_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fixture home in the test's temp folder, which is also HOME: the dashboard shows it as `~/home`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return build_home(tmp_path / "home").root
 
 
 def ready(*keys: str) -> Callable[[Any], Any]:

@@ -1,6 +1,8 @@
 """The top line: the home, whether a daemon serves it, how many runs are in each state, and the GPUs at a glance."""
 from __future__ import annotations
 
+import os
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -12,7 +14,16 @@ from tui.telemetry import Telemetry
 _ORDER = (State.TRAINING, State.PREPARING, State.PAUSED, State.QUEUED)
 
 
+def tilde(root: str) -> str:
+    """The home as a shell shows it: under the user's home folder, `~/…` (it fits more often, and pastes as is)."""
+    user = os.path.expanduser("~")
+    if user not in ("", "/", "~") and (root == user or root.startswith(user.rstrip("/") + "/")):
+        return "~" + root[len(user.rstrip("/")):]
+    return root
+
+
 def _home_label(root: str, width: int) -> str:
+    root = tilde(root)
     return root if len(root) <= width else "…" + root[-(width - 1):]
 
 
@@ -68,7 +79,7 @@ class HomeHeader(Static):
                 forms.append(rest)
         product = Text.assemble((" overnight ", "bold"), "│ ")
         rest = forms[0]
-        if width - product.cell_len - rest.cell_len >= min(len(snap.root), 24):
+        if width - product.cell_len - rest.cell_len >= min(len(tilde(snap.root)), 24):
             self.update(product + Text(_home_label(snap.root, width - product.cell_len - rest.cell_len)) + rest)
             return
         # a narrow terminal: the counts, the daemon and the GPUs matter more than the product's name and the path
@@ -99,4 +110,4 @@ class DaemonBanner(Static):
         self.set_class(not snap.daemon.alive, "-visible")
         if not snap.daemon.alive:
             self.update(Text.assemble(" No daemon on this home (showing history). Start one: ",
-                                      (f"overnight daemon --home {snap.root}", "bold")))
+                                      (f"overnight daemon --home {tilde(snap.root)}", "bold")))
