@@ -276,3 +276,5 @@ def environment_defaults() -> None:
         logging.disable(logging.WARNING)
     # bitsandbytes' CPU backend announces at import that an optional faster kernel package is missing
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # the `kernels` package (through transformers) says on every start that offline mode skips its hub trust check
+    logging.getLogger("kernels").setLevel(logging.ERROR)
