@@ -120,9 +120,6 @@ def test_without_trust_remote_code_the_run_fails_naming_the_option(two_runs):
     assert shown.returncode == 0 and "failed" in shown.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="daemon/trainer/model.py load_model wraps transformers' custom-code refusal "
-                                       "in its generic 'Fix: check that the folder ... is a complete causal-LM "
-                                       "download', never naming overnight.toml")
 def test_without_trust_remote_code_the_fix_says_where_to_set_it(two_runs):
     reason = two_runs[3]["reason"]
     assert "trust_remote_code = true" in reason and "overnight.toml" in reason, reason

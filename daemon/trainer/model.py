@@ -106,6 +106,16 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def _load_failed(what: str, source: str, error: Exception, trust_remote_code: bool) -> RunError:
+    """Why a base model's part did not load, with the fix: custom code the owner has not trusted, or a bad folder."""
+    if not trust_remote_code and "trust_remote_code" in str(error):
+        return RunError(f"cannot load {what} {source}: it ships custom code (its own Python files, auto_map in its "
+                        f"config), which runs only when the machine owner trusts it. Fix: if you trust that code, set "
+                        f"trust_remote_code = true in overnight.toml (owner-only, never a sidecar), then resume the run.")
+    return RunError(f"cannot load {what} {source}: {error}. Fix: check that the folder (or the HF cache entry) is a "
+                    f"complete causal-LM download; the trainer never downloads.")
+
+
 def load_tokenizer(source: str, trust_remote_code: bool) -> Any:
     """The base model's tokenizer, with pad = eos when it has no pad token."""
     from transformers import AutoTokenizer
@@ -113,8 +123,7 @@ def load_tokenizer(source: str, trust_remote_code: bool) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise RunError(f"cannot load the tokenizer of base model {source}: {e}. Fix: check that the folder (or the "
-                       f"HF cache entry) is a complete model download; the trainer never downloads.") from None
+        raise _load_failed("the tokenizer of base model", source, e, trust_remote_code) from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -171,8 +180,7 @@ def load_model(source: str, device: Device, opts: TrainOptions, attention: str) 
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True,
                                                      trust_remote_code=opts.trust_remote_code, **kwargs)
     except (OSError, ValueError, ImportError) as e:
-        raise RunError(f"cannot load base model {source}: {e}. Fix: check that the folder (or the HF cache entry) "
-                       f"is a complete causal-LM download; the trainer never downloads.") from None
+        raise _load_failed("base model", source, e, opts.trust_remote_code) from None
     if opts.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
