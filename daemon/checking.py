@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon import sweep
-from daemon.datasets import TEXT_SCHEMAS, DatasetError, DatasetReport
+from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, iter_examples
+from daemon.datasets import as_chat as as_chat_example
 from daemon.home import Home
 from daemon.lineage import check_parent
 from daemon.models import model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
+from daemon.templating import ChatFormat, TemplateError, for_run, prompt_as_chat, segments, special_tokens
 from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
 
 
@@ -48,6 +50,8 @@ class Verdict:
     problems: list[Problem] = field(default_factory=list)
     # what a drop of a good file would still need from the home (a base model): not a fault of the file
     needs: list[str] = field(default_factory=list)
+    # `--show N`: the first examples as the model sees them, each a list of {"text", "train"} segments
+    shown: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +63,8 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         out = {"file": self.file, "ok": self.ok, "role": self.role, **self.data,
                "problems": [asdict(p) for p in self.problems], "needs": self.needs}
+        if self.shown:
+            out["examples"] = self.shown
         return {**out, "error": self.problems[0].message} if self.problems else out
 
 
@@ -68,8 +74,9 @@ def _stats_line(label: str, s: dict | None) -> str | None:
     return f"{label}: min {s['min']}, mean {s['mean']:.1f}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}"
 
 
-def check_file(path: Path, home: Home) -> Verdict:
-    """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file)."""
+def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
+    """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file); with
+    `show`, a dataset's first `show` examples are rendered as the model will see them."""
     if not path.exists():
         return Verdict(str(path), problems=[Problem(f"{path}: no such file", str(path))])
     verdict = Verdict(str(path), role_of(path))
@@ -86,8 +93,8 @@ def check_file(path: Path, home: Home) -> Verdict:
             raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
                                   f".json, .csv, .parquet or .txt.")
         else:
-            _check_dataset(path, home, verdict)
-    except (SubmissionError, OptionsError, DatasetError) as e:
+            _check_dataset(path, home, verdict, show)
+    except (SubmissionError, OptionsError, DatasetError, TemplateError) as e:
         verdict.problems.append(Problem.of(e))
     return verdict
 
@@ -128,7 +135,7 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
         verdict.add(f"base model: {', '.join(resolve(opts, None).base_models)}")
 
 
-def _check_dataset(path: Path, home: Home, verdict: Verdict) -> None:
+def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
@@ -154,6 +161,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict) -> None:
                 *(f"note: {n}" for n in r.notes))
     verdict.data = {"report": r.to_dict(), "base_models": sub.options.base_models,
                     "runs": sweep.run_count(sub.options)}
+    _chat_format(sub, first.values, home, verdict, show)
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
                              f"{sidecar.name}")
@@ -162,6 +170,45 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict) -> None:
     parent = check_parent(sub.options, home.toml)
     verdict.add(f"base model: {', '.join(sub.options.base_models)}",
                 f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
+
+
+def _chat_format(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> None:
+    """The chat template and prompt format the run would train with (the trainer's own choice), and with `show`
+    the first examples rendered through them, trained segments marked."""
+    if sub.report.schema in TEXT_SCHEMAS and not show:
+        return
+    folder = model_folder(sub.options.base_models[0], home.root) if sub.options.base_models else None
+    fmt = for_run(values["chat_template"], folder, (home.root, sub.dataset.parent))
+    as_chat = prompt_as_chat(values["prompt_format"], fmt)
+    if sub.report.schema not in TEXT_SCHEMAS:
+        auto = " (auto)" if values["prompt_format"] == "auto" else ""
+        verdict.add(f"chat template: {fmt.describe() if fmt else 'none'}"
+                    + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if sub.report.schema in PROMPT_SCHEMAS
+                       else ""))
+        verdict.data["chat_template"] = fmt.label if fmt else None
+        verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if sub.report.schema in PROMPT_SCHEMAS else None
+    if show:
+        eos = special_tokens(folder).get("eos_token", "")
+        for number, example in enumerate(iter_examples(sub.dataset), 1):
+            if number > show:
+                break
+            try:
+                verdict.shown.append(shown_segments(as_chat_example(example) if as_chat else example, fmt, eos))
+            except TemplateError as e:
+                fix = "" if " Fix: " in str(e) else ". Fix: correct that record, or choose another chat_template"
+                raise TemplateError(f"{sub.dataset.name}, record {number}: {e}{fix}") from None
+
+
+def shown_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str) -> list[dict[str, Any]]:
+    """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees."""
+    if example["kind"] == "chat":
+        if fmt is None:
+            raise TemplateError("the base model has no chat template, so chat records cannot be formatted. Fix: set "
+                                "chat_template to a family name (e.g. chat_template = \"chatml\").")
+        return segments(*fmt.render(example["messages"], example.get("tools")))
+    if example["kind"] == "prompt":
+        return [{"text": example["prompt"], "train": False}, {"text": example["completion"] + eos, "train": True}]
+    return [{"text": example["text"] + eos, "train": True}]
 
 
 def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:

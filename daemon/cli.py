@@ -71,17 +71,22 @@ def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
 @main.command()
 @home_option
 @json_option
+@click.option("--show", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also print a dataset's first N examples exactly as the model will see them, trained text marked.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def check(home: str | None, as_json: bool, files: tuple[str, ...]) -> None:
+def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) -> None:
     """Validate datasets, sidecars or probe files exactly as the daemon would, without queuing anything."""
     from daemon.checking import check_file
     h = Home.resolve(home, create=False)
-    verdicts = [check_file(Path(f), h) for f in files]
+    verdicts = [check_file(Path(f), h, show) for f in files]
     if as_json:
         _echo_json([v.to_dict() for v in verdicts])
     else:
+        colour = sys.stdout.isatty()
         for v in verdicts:
             click.echo(render.verdict(v))
+            for number, example in enumerate(v.shown, 1):
+                click.echo(render.example(number, example, colour))
     if not all(v.ok for v in verdicts):
         sys.exit(1)
 

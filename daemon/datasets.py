@@ -3,7 +3,7 @@
 A dataset file is read as a stream of records (`daemon.dataformats`); the first record fixes the schema,
 every record is checked against it and turned into a normalised *Example* (docs/ARCHITECTURE.md):
     {"kind": "text", "text": str}
-    {"kind": "prompt", "prompt": str, "completion": str}
+    {"kind": "prompt", "prompt": str, "completion": str}  (+ "system", "user" for alpaca with a system text)
     {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}], "tools": list|None}
 Validation stops at the first problem with a `DatasetError` naming the file, the place, the field and the fix.
 This module never imports torch or transformers: the daemon uses it.
@@ -35,6 +35,7 @@ __all__ = [
 
 SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
 TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
+PROMPT_SCHEMAS = ("prompt_completion", "alpaca")  # shown to the model raw or as one chat exchange (prompt_format)
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT speaker names (LLaMA-Factory's, plus user/assistant) and the chat role each becomes.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -218,7 +219,9 @@ def _alpaca(record: dict, where: _Where, notes: Notes) -> Example:
         _refuse_markers(value or "", name, where)
     history = record.get("history")
     if not history:
-        prompt = f"{system}\n\n{prompt}" if system else prompt
+        if system:  # raw: one text; as a chat exchange (prompt_format): a system turn and a user turn
+            return {"kind": "prompt", "prompt": f"{system}\n\n{prompt}", "completion": output, "system": system,
+                    "user": prompt}
         return {"kind": "prompt", "prompt": prompt, "completion": output}
     notes.tally("{n} alpaca record(s) with 'history' trained as chat examples")
     messages = [{"role": "system", "content": system}] if system else []
@@ -374,6 +377,17 @@ def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
     _require_assistant(messages, "conversations", where)
     return {"kind": "chat", "messages": messages, "tools": _tools(record, where, notes)}
+
+
+def as_chat(example: Example) -> Example:
+    """A prompt example as one chat exchange (its system text, if any, as a system turn); others unchanged."""
+    if example["kind"] != "prompt":
+        return example
+    system = example.get("system")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": example.get("user", example["prompt"])},
+                 {"role": "assistant", "content": example["completion"]}]
+    return {"kind": "chat", "messages": messages, "tools": None}
 
 
 def example_text(example: Example) -> str:

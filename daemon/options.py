@@ -48,6 +48,7 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 SELECTS = ("none", "best")
 BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
 ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+PROMPT_FORMATS = ("auto", "chat", "raw")
 # transformers' SchedulerType and OptimizerNames (5.x), copied so the daemon validates without importing torch;
 # tests/test_options.py fails when they drift from the installed transformers.
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -79,6 +80,12 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
     Train("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
           sweep=True),
+    Train("chat_template", str, "auto", 'the chat template chat data is trained with: "auto" (the model\'s own, or '
+          'its training version), a family name (chatml, llama3, qwen2_5, qwen3, gemma, mistral, phi3, …) or a '
+          '.jinja file', lambda v: bool(v.strip()), '"auto", a family name or the path of a .jinja file'),
+    Train("prompt_format", str, "auto", 'how prompt/completion and alpaca records are shown to the model: "auto" '
+          '(as one chat exchange when the run has a chat template), "chat" (always; needs a template) or "raw" '
+          '(prompt text + answer)', lambda v: v in PROMPT_FORMATS, _choices(PROMPT_FORMATS)),
     Train("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
     Train("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
     Train("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),

@@ -162,3 +162,14 @@ def verdict(v: Any) -> str:
     mark = "ERROR: " if v.facts else ""
     needs = [f"  {n}" for n in v.needs]
     return "\n".join([head, *(f"  {f}" for f in v.facts), *(mark + p.message for p in v.problems), *needs])
+
+
+def example(number: int, segments: list[dict[str, Any]], colour: bool) -> str:
+    """One example as the model sees it (`check --show`): trained text in green on a terminal, else in [[…]]."""
+    import click
+
+    trained = sum(len(s["text"]) for s in segments if s["train"])
+    body = "".join(click.style(s["text"], fg="green", bold=True) if s["train"] and colour else
+                   f"[[{s['text']}]]" if s["train"] else s["text"] for s in segments)
+    how = "trained text in green" if colour else "trained text in [[…]]"
+    return f"--- example {number} ({trained} of {sum(len(s['text']) for s in segments)} characters trained; {how})\n{body}"

@@ -20,6 +20,7 @@ import pytest
 from daemon import dataformats
 from daemon.datasets import (
     SCHEMAS,
+    as_chat,
     SUPPORTED_SUFFIXES,
     DatasetError,
     DatasetReport,
@@ -123,9 +124,14 @@ def test_alpaca_prompt_joins_instruction_input_and_system(tmp_path: Path) -> Non
     assert list(iter_examples(path)) == [
         {"kind": "prompt", "prompt": "Translate\n\nchat", "completion": "cat"},
         {"kind": "prompt", "prompt": "Say hi", "completion": "hi"},
-        {"kind": "prompt", "prompt": "Be brief.\n\nSay hi", "completion": "hi"},
+        {"kind": "prompt", "prompt": "Be brief.\n\nSay hi", "completion": "hi", "system": "Be brief.",
+         "user": "Say hi"},
     ]
     assert inspect_dataset(path).schema == "alpaca"
+    # as one chat exchange (prompt_format): the system text is a system turn, the instruction the user turn
+    assert as_chat(list(iter_examples(path))[2]) == {"kind": "chat", "tools": None, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": "hi"}]}
 
 
 def test_alpaca_history_becomes_chat(tmp_path: Path) -> None:

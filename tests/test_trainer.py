@@ -8,6 +8,7 @@ import io
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -249,10 +250,13 @@ def test_pause_stop_and_exact_resume(tmp_path: Path, qwen: Path) -> None:
 def test_prompt_and_chat_encoding_masks(qwen: Path) -> None:
     from transformers import AutoTokenizer
 
+    from daemon.templating import choose
     from daemon.trainer.data import IGNORE, Encoder
 
     tok = AutoTokenizer.from_pretrained(qwen)
-    enc = Encoder(tok, max_length=64, model_name="tiny")
+    fmt = choose("auto", qwen)
+    assert fmt is not None and fmt.label == "the model's own" and fmt.markers
+    enc = Encoder(tok, max_length=64, model_name="tiny", chat=fmt)
     item = enc.encode({"kind": "prompt", "prompt": "reverse: a b\n", "completion": "b a"})
     learned = [int(t) for t, lab in zip(item.input_ids, item.labels) if lab != IGNORE]
     assert tok.decode(learned) == "b a<|im_end|>"
@@ -260,12 +264,15 @@ def test_prompt_and_chat_encoding_masks(qwen: Path) -> None:
                                                         {"role": "assistant", "content": "hello"}]}
     item = enc.encode(chat)
     assert tok.decode([int(t) for t, lab in zip(item.input_ids, item.labels) if lab != IGNORE]) == "hello<|im_end|>"
+    # prompt_format chat: the prompt record is the same exchange
+    as_chat = Encoder(tok, max_length=64, model_name="tiny", chat=fmt, prompt_chat=True)
+    shaped = as_chat.shaped({"kind": "prompt", "prompt": "hi", "completion": "hello"})
+    assert [int(x) for x in as_chat.encode(shaped).input_ids] == [int(x) for x in item.input_ids]
 
     # a template without {% generation %} markers: assistant turns found by rendering prefixes
-    tok.chat_template = tok.chat_template.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
-    plain = Encoder(tok, max_length=64, model_name="tiny")
-    assert not plain.has_generation_tags
-    item2 = plain.encode(chat)
+    plain_fmt = replace(fmt, template=fmt.template.replace("{%- generation %}", "").replace("{%- endgeneration %}", ""))
+    assert not plain_fmt.markers
+    item2 = Encoder(tok, max_length=64, model_name="tiny", chat=plain_fmt).encode(chat)
     assert [int(x) for x in item2.input_ids] == [int(x) for x in item.input_ids]
     assert tok.decode([int(t) for t, lab in zip(item2.input_ids, item2.labels) if lab != IGNORE]).startswith(
         "hello<|im_end|>")
@@ -278,8 +285,7 @@ def test_chat_without_template_is_a_clear_error(qwen: Path) -> None:
     from daemon.trainer.data import Encoder
 
     tok = AutoTokenizer.from_pretrained(qwen)
-    tok.chat_template = None
-    with pytest.raises(RunError, match="no chat template.*prompt/completion or text schema"):
+    with pytest.raises(RunError, match='no chat template.*chat_template = "chatml".*prompt/completion or text schema'):
         Encoder(tok, 64, "some/base-model").encode(
             {"kind": "chat", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
 

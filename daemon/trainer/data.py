@@ -1,15 +1,16 @@
 """Examples → token ids and loss masks, the deterministic train/eval/probe split, and the padding collator.
 
 Three kinds of normalised examples come from `daemon.datasets.iter_examples` (see docs/ARCHITECTURE.md):
-- prompt: tokens(prompt) + tokens(completion) + eos; the prompt is masked from the loss (label -100);
-- chat: the tokenizer's chat template; only assistant turns carry labels;
+- prompt: with a chat format (prompt_format), one chat exchange (below); raw: tokens(prompt) + tokens(completion)
+  + eos, the prompt masked from the loss (label -100);
+- chat: the run's chat template (daemon.templating), rendered once; only what the assistant says and its
+  end-of-turn tokens carry labels;
 - text: every record + eos, concatenated and cut into blocks of max_length; every token is a label.
 Datasets are tokenised once up front and held as int32 arrays (a few bytes per token).
 """
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -17,10 +18,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from daemon.datasets import as_chat
+from daemon.templating import ChatFormat, TemplateError, token_labels
 from daemon.trainer.config import RunError
 
 IGNORE = -100
-_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 @dataclass
@@ -77,19 +79,25 @@ class PadCollator:
 
 @dataclass
 class Encoder:
-    """Tokenises one example of any kind; counts lengths (before truncation) and truncated records."""
+    """Tokenises one example of any kind; counts lengths (before truncation) and truncated records.
+
+    `chat` is the run's chat format (None: the model has none and chat_template is "auto"); `prompt_chat` shows
+    prompt records as one chat exchange (prompt_format)."""
 
     tokenizer: Any
     max_length: int
     model_name: str
+    chat: ChatFormat | None = None
+    prompt_chat: bool = False
     lengths: list[int] = field(default_factory=list)
     truncated: int = 0
 
     def __post_init__(self) -> None:
         self.eos_id: int | None = self.tokenizer.eos_token_id
-        template = getattr(self.tokenizer, "chat_template", None)
-        self.template: str | None = template if isinstance(template, str) else None
-        self.has_generation_tags = bool(self.template and _GENERATION_TAG.search(self.template))
+
+    def shaped(self, example: dict[str, Any]) -> dict[str, Any]:
+        """The example as this run trains it (a prompt record becomes a chat exchange under a chat format)."""
+        return as_chat(example) if self.prompt_chat else example
 
     def encode(self, example: dict[str, Any]) -> Encoded | None:
         """Token ids + labels of one prompt/chat example (None when truncation left nothing to learn)."""
@@ -123,55 +131,14 @@ class Encoder:
         return prompt + answer, [IGNORE] * len(prompt) + answer
 
     def _chat(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        if not self.template:
+        if self.chat is None:
             raise RunError(
                 f"the base model {self.model_name} has no chat template, so chat records (messages/conversations) "
-                f"cannot be formatted. Fix: use a base model with a chat template (an instruct/chat model), or "
-                f"convert the dataset to a prompt/completion or text schema, which work without one.")
-        if self.has_generation_tags:
-            out = self.tokenizer.apply_chat_template(
-                ex["messages"], tools=ex.get("tools") or None, tokenize=True, return_dict=True,
-                return_assistant_tokens_mask=True)
-            ids = list(out["input_ids"])
-            return ids, [t if m else IGNORE for t, m in zip(ids, out["assistant_masks"])]
-        return self._chat_by_prefixes(ex)
-
-    def _chat_by_prefixes(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        # Templates without {% generation %} markers (most real ones): render the conversation up to each
-        # assistant turn with and without it; the difference is what the assistant says.
-        messages, tools = ex["messages"], ex.get("tools") or None
-
-        def render(msgs: list[dict[str, Any]], prompt: bool) -> str:
-            if not msgs:
-                return ""
-            return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
-                                                      add_generation_prompt=prompt)
-
-        ids: list[int] = []
-        labels: list[int] = []
-        done = ""
-        for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
-                continue
-            head, full = render(messages[:i], True), render(messages[:i + 1], False)
-            if not head.startswith(done) or not full.startswith(head):
-                raise RunError(
-                    f"the chat template of {self.model_name} renders a conversation differently depending on what "
-                    f"follows, so the assistant turns cannot be located. Fix: use a template with "
-                    f"{{% generation %}} markers, or a prompt/completion dataset.")
-            self._extend(ids, labels, head[len(done):], learn=False)
-            self._extend(ids, labels, full[len(head):], learn=True)
-            done = full
-        rest = render(messages, False)
-        self._extend(ids, labels, rest[len(done):] if rest.startswith(done) else "", learn=False)
-        return ids, labels
-
-    def _extend(self, ids: list[int], labels: list[int], text: str, learn: bool) -> None:
-        if not text:
-            return
-        part = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids += part
-        labels += part if learn else [IGNORE] * len(part)
+                f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = \"chatml\") in "
+                f"the sidecar or overnight.toml, or convert the dataset to a prompt/completion or text schema.")
+        text, spans = self.chat.render(ex["messages"], ex.get("tools"))
+        ids, trained = token_labels(self.tokenizer.backend_tokenizer, text, spans)
+        return ids, [t if keep else IGNORE for t, keep in zip(ids, trained)]
 
 
 def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
@@ -243,6 +210,7 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
     n_seen = dropped = n_train = n_eval = 0
     for i, example in enumerate(examples()):
         n_seen += 1
+        example = encoder.shaped(example)
         kinds.add(example["kind"])
         if file_probes is None and i in probe_holdout:
             probe = probe_from_example(example)
@@ -255,7 +223,12 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
         if example["kind"] == "text":
             (text_eval if to_eval else text_train).append(encoder.text_ids(example))
             continue
-        item = encoder.encode(example)
+        try:
+            item = encoder.encode(example)
+        except TemplateError as e:
+            fix = "" if " Fix: " in str(e) else (". Fix: correct that record (e.g. its roles, in the order the template "
+                                                 "wants), or choose another chat_template")
+            raise RunError(f"record {i + 1}: {e}{fix}") from None
         if item is None:
             dropped += 1
         else:

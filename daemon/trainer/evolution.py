@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,13 +40,15 @@ class EncodedProbe:
     reference_ids: list[int]
 
 
-def encode_probe(tokenizer: Any, probe: dict[str, Any]) -> EncodedProbe:
+def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] | None = None) -> EncodedProbe:
     """Token ids laid out the way the trainer tokenises training examples.
 
     Prompt probes: the raw prompt (with the tokenizer's own special tokens, e.g. a BOS), then the reference plus
     eos. Chat probes: the chat template with the generation prompt, then the rest of the templated conversation
-    once the reference is appended as the assistant turn, up to its end-of-turn (eos) token.
+    once the reference is appended as the assistant turn, up to its first end-of-turn token (`stop_ids`, by default
+    the eos).
     """
+    stop = set(stop_ids) if stop_ids else {tokenizer.eos_token_id}
     if probe.get("messages") is not None:
         tools = probe.get("tools") or None
         context = tokenizer.apply_chat_template(probe["messages"], tools=tools, tokenize=False,
@@ -55,9 +57,9 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any]) -> EncodedProbe:
             [*probe["messages"], {"role": "assistant", "content": probe["reference"]}], tools=tools, tokenize=False)
         tail = full[len(context):] if full.startswith(context) else probe["reference"]
         reference_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-        eos = tokenizer.eos_token_id
-        if eos in reference_ids:  # the turn ends at its end-of-turn token; what follows is never trained on
-            reference_ids = reference_ids[:reference_ids.index(eos) + 1]
+        end = next((i for i, t in enumerate(reference_ids) if t in stop), None)
+        if end is not None:  # the turn ends at its end-of-turn token; what follows is never trained on
+            reference_ids = reference_ids[:end + 1]
         return EncodedProbe(probe, tokenizer(context, add_special_tokens=False)["input_ids"], reference_ids)
     prompt_ids = tokenizer(probe["prompt"])["input_ids"]
     reference_ids = tokenizer(probe["reference"], add_special_tokens=False)["input_ids"]
@@ -137,7 +139,7 @@ class EvolutionCallback(TrainerCallback):
     def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
                  max_new_tokens: int = 32, batch_size: int = 16, log: Callable[[str], None] = print,
                  similarity_threshold: float = 0.9, max_overhead: float | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, stop_ids: Sequence[int] | None = None) -> None:
         if every < 1:
             raise ValueError(f"evolution interval must be >= 1 step, got {every}")
         self.probes = probes
@@ -149,7 +151,7 @@ class EvolutionCallback(TrainerCallback):
         self.log = log
         self.threshold = similarity_threshold
         self.max_overhead = max_overhead
-        fitted = [fit_to_length(encode_probe(tokenizer, p), max_length) for p in probes]
+        fitted = [fit_to_length(encode_probe(tokenizer, p, stop_ids), max_length) for p in probes]
         self.encoded = [enc for enc, _ in fitted]
         if any(cut for _, cut in fitted):
             log(f"evolution: {sum(cut for _, cut in fitted)} probe(s) longer than max_length {max_length} tokens are "

@@ -87,11 +87,18 @@ def header_lines(run_id: str, base_model: str, dataset: Path, schema: str, recor
     ]
 
 
-def save_adapter(model: Any, adapter_dir: Path, card: str) -> None:
-    """Save the PEFT adapter (safetensors) and its model card; built beside adapter/ and renamed into place."""
+def save_adapter(model: Any, adapter_dir: Path, card: str, tokenizer: Any = None) -> None:
+    """Save the PEFT adapter (safetensors), its model card and the serving contract — the tokenizer with the chat
+    template the run trained with, and a generation_config.json that stops at the end of a turn; built beside
+    adapter/ and renamed into place."""
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(tmp)
     write_text(tmp / "README.md", card)
     if adapter_dir.exists():
         old = adapter_dir.with_name(f".{adapter_dir.name}.old")

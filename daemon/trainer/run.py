@@ -38,6 +38,8 @@ class Session:
 
     cfg: RunConfig
     result: Result
+    chat: Any = None  # the run's ChatFormat (daemon.templating), None without a chat template
+    prompt_chat: bool = False  # prompt records shown as one chat exchange (prompt_format)
 
 
 def main(run_dir: Path, *, read_stdin: bool = True) -> int:
@@ -101,6 +103,22 @@ def _final_progress(folder: RunFolder, result: Result) -> None:
         write_json(folder.progress, {**prog, "state": result.outcome, "step": result.step})
 
 
+def _choose_chat_format(s: Session, folder: Path) -> None:
+    """The chat template and prompt format (torch-free, so a bad template fails before the ~5 s of imports)."""
+    from daemon.templating import TemplateError, for_run, prompt_as_chat
+
+    opts, root = s.cfg.options, s.cfg.paths.root
+    try:
+        s.chat = for_run(opts.chat_template, folder, (root.parent.parent, root, root / "dataset"))
+        s.prompt_chat = prompt_as_chat(opts.prompt_format, s.chat)
+    except TemplateError as e:
+        raise RunError(str(e)) from None
+    template = s.chat.describe() if s.chat else "none (the model has none; chat_template = \"auto\")"
+    say(f"chat template: {template}; prompt format: "
+        f"{'chat (one user turn, one assistant turn)' if s.prompt_chat else 'raw (prompt text + answer)'}"
+        f"{' (auto)' if opts.prompt_format == 'auto' else ''}")
+
+
 def _train(s: Session, commands: Any) -> None:
     cfg, opts, paths = s.cfg, s.cfg.options, s.cfg.paths
     stats = read_json(paths.stats, {}) or {}
@@ -109,9 +127,11 @@ def _train(s: Session, commands: Any) -> None:
         say(line)
     # checked before torch is imported (~5 s): a wrong path fails at once
     try:
-        source = locate_model(opts.base_model, paths.root.parent.parent, paths.root, Path.cwd()).source
+        model = locate_model(opts.base_model, paths.root.parent.parent, paths.root, Path.cwd())
     except ModelNotFound as e:
         raise RunError(f"{e.problem}. Fix: {e.fix}, then resume the run.") from None
+    source = model.source
+    _choose_chat_format(s, model.folder)
 
     import torch
 

@@ -175,6 +175,7 @@ class Built:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
         cfg = self.session.cfg
         base = load_model(self.source, self.device, cfg.options, self.attention)
+        base.generation_config.eos_token_id = stop_ids(self.tokenizer, self.session.chat)
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
                       add_lora(base, cfg.options))
 
@@ -251,7 +252,7 @@ class Built:
                           eval_loss=result.eval_loss, options=s.cfg.raw.get("options") or {}, note=note)
         self.progress.update("saving")
         if ddp.is_main():
-            save_adapter(self.model, paths.adapter, card)
+            save_adapter(self.model, paths.adapter, card, self.tokenizer)
         result.outcome, result.adapter = "completed", str(paths.adapter)
         say(f"adapter saved to {paths.adapter}")
 
@@ -271,6 +272,8 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     hf_logging.disable_progress_bar()
     opts = s.cfg.options
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
+    if s.chat is not None:  # probes, the adapter folder and export render with the template the run trains with
+        tokenizer.chat_template = s.chat.template
     data = _prepare_data(s, tokenizer, stats)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
@@ -290,6 +293,14 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
+
+
+def stop_ids(tokenizer: Any, chat: Any) -> list[int]:
+    """What generation stops on: the end-of-turn tokens of the chat template (a ChatML template on a model whose eos
+    is <|endoftext|> ends turns with <|im_end|>), and the tokenizer's eos."""
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values()]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (chat.stop_strings(specials) if chat else [])]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
 
 
 def _quantized(opts: TrainOptions, device: Device) -> str:
@@ -354,7 +365,10 @@ def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     if cfg.probes_path is not None:
         file_probes = [{**p, "id": p.get("id", i)} for i, p in enumerate(load_probe_file(cfg.probes_path))]
     holdout = set(holdout_indices(n_records, opts.probe_count, opts.seed)) if file_probes is None else set()
-    encoder = Encoder(tokenizer, opts.max_length, opts.base_model)
+    encoder = Encoder(tokenizer, opts.max_length, opts.base_model, s.chat, s.prompt_chat)
+    if s.prompt_chat and file_probes:  # asked the way training asks: as a user turn
+        file_probes = [p if p.get("messages") else {**p, "messages": [{"role": "user", "content": p["prompt"]}]}
+                       for p in file_probes]
     data = prepare(examples, n_records, encoder, eval_fraction=opts.eval_fraction, seed=opts.seed,
                    probe_holdout=holdout, probe_from_example=probe_from_example, file_probes=file_probes, log=say)
     if ddp.is_main():
@@ -381,4 +395,4 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
         + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
                              max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
-                             max_length=opts.max_length)
+                             max_length=opts.max_length, stop_ids=stop_ids(tokenizer, s.chat))

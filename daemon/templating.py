@@ -1,0 +1,332 @@
+"""The chat format a run trains with, torch-free: which template, each conversation rendered once with the spans
+to train, and those spans turned into token labels. `overnight check --show`, the trainer and export use this one
+module, so what check shows is what trains and what a server renders.
+
+- `chat_template = "auto"`: the model's own template. Where it has no `{% generation %}` markers, the training
+  version trl ships for that family (same tokens, prefix-stable, with markers) is used if the model's template is a
+  known stock one; else the model's own, located turn by turn (it must then render each turn the same whatever
+  follows: Qwen3's stock template does not, and is refused with the fix).
+- A family name (`chatml`, `llama3`, `qwen2_5`, `qwen3`, `gemma`, `mistral`, `phi3`, … every family trl ships):
+  that family's training template. A path to a `.jinja` file: that file.
+
+Rendering is transformers' own (`render_jinja_template`: the sandbox, `raise_exception`, `tojson`, the
+generation tracker), imported only when a conversation is rendered.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+OURS = Path(__file__).with_name("templates")
+MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+TRAINING = "_training"
+# special-token spellings used by chat templates: <|im_end|>, <|eot_id|>, <end_of_turn>, </s>, [/INST], <｜end▁of▁sentence｜>
+SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<(?:start|end)_of_turn>|</?s>|\[/?INST\]")
+# what every template must render: a system turn and two exchanges (roles alternate, as the strictest demand)
+PROBE_CHAT = [{"role": "system", "content": "S0"}, {"role": "user", "content": "U1"},
+              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
+              {"role": "assistant", "content": "A2"}]
+
+
+class TemplateError(Exception):
+    """A chat template that cannot be used, or a conversation it refuses: the message says the fix."""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """The template a run renders conversations with, and what the console and `check` say of it."""
+
+    template: str
+    label: str  # "the model's own", "qwen3 (trl's training version)", "chatml (overnight)", a path
+    why: str  # one clause: why this template
+    special: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token, … as the template sees them
+    parts: bool = False  # the template reads content as [{"type": "text", "text": …}] (vision-language families)
+
+    @property
+    def markers(self) -> bool:
+        return bool(MARKER.search(self.template))
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.why})"
+
+    def render(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation as the model sees it, and the character spans to train (assistant turns and their
+        end-of-turn tokens): one render with generation markers, else one per assistant turn."""
+        messages = _as_parts(messages) if self.parts else messages
+        if self.markers:
+            return _render(self.template, messages, tools, self.special, spans=True)
+        return self._render_by_prefixes(messages, tools)
+
+    def prompt(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> str:
+        """The text a server sends for `messages` followed by the assistant's cue (probes, chat, export checks)."""
+        messages = _as_parts(messages) if self.parts else messages
+        return _render(self.template, messages, tools, self.special, spans=False, prompt=True)[0]
+
+    def _render_by_prefixes(self, messages: Sequence[dict[str, Any]], tools: list | None
+                            ) -> tuple[str, list[tuple[int, int]]]:
+        # A template without markers: the conversation up to each assistant turn, with and without it; the
+        # difference is what the assistant says. Each turn must render the same whatever follows.
+        def text(msgs: Sequence[dict[str, Any]], prompt: bool) -> str:
+            return _render(self.template, msgs, tools, self.special, spans=False, prompt=prompt)[0] if msgs else ""
+
+        spans: list[tuple[int, int]] = []
+        done = ""
+        for i, msg in enumerate(messages):
+            if msg["role"] != "assistant":
+                continue
+            head, full = text(messages[:i], True), text(messages[:i + 1], False)
+            if not head.startswith(done) or not full.startswith(head):
+                raise TemplateError(
+                    f"the chat template ({self.label}) renders a turn differently depending on what follows, so the "
+                    f"assistant turns cannot be located. Fix: set chat_template to a family name (e.g. "
+                    f"\"{_guess_family(self.template)}\") or to a .jinja file with {{% generation %}} markers.")
+            spans.append((len(head), len(full)))
+            done = full
+        rest = text(messages, False)
+        return (rest if rest.startswith(done) else done), spans
+
+    def stop_strings(self, specials: Sequence[str] = ()) -> list[str]:
+        """The special tokens that end an assistant turn in this template (what generation must stop on): those of
+        `specials` (a tokenizer's special tokens) trained after the answer, else what looks like one."""
+        text, spans = self.render(PROBE_CHAT[1:3])
+        trained = "".join(text[a:b] for a, b in spans)
+        tail = trained[trained.find("A1") + 2:] if "A1" in trained else trained
+        return _specials_in(tail, specials)
+
+    def special_strings(self, specials: Sequence[str] = ()) -> list[str]:
+        """The special tokens the template renders around a conversation, of `specials` or by their look."""
+        return _specials_in(self.render(PROBE_CHAT if self.takes_system() else PROBE_CHAT[1:])[0], specials)
+
+    def takes_system(self) -> bool:
+        try:
+            self.render(PROBE_CHAT[:3])
+            return True
+        except TemplateError:
+            return False
+
+
+def _specials_in(text: str, specials: Sequence[str]) -> list[str]:
+    if specials:
+        found = sorted((text.find(s), s) for s in set(specials) if s and s in text)
+        return [s for _, s in found]
+    return list(dict.fromkeys(SPECIAL.findall(text)))
+
+
+def _as_parts(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
+            for m in messages]
+
+
+# ----------------------------------------------------------------------------------------- finding templates
+
+def trl_folder() -> Path | None:
+    """trl's chat_templates folder, found without importing trl (which would import torch)."""
+    spec = importlib.util.find_spec("trl")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(root) / "chat_templates"
+        if folder.is_dir():
+            return folder
+    return None
+
+
+@lru_cache(maxsize=1)
+def _families() -> dict[str, tuple[Path, str]]:
+    found: dict[str, tuple[Path, str]] = {}
+    for folder, source in ((trl_folder(), "trl"), (OURS, "overnight")):
+        for path in sorted(folder.glob("*.jinja")) if folder else ():
+            name = path.stem.removesuffix(TRAINING)
+            if path.stem.endswith(TRAINING) or name not in found:  # the training version wins
+                found[name] = (path, source)
+    return found
+
+
+def families() -> dict[str, Path]:
+    """Family name → the template file a run with `chat_template = NAME` trains with."""
+    return {name: path for name, (path, _) in sorted(_families().items())}
+
+
+def _stock_twins() -> dict[str, str]:
+    """Whitespace-free text of each stock template that has a training version → that family's name."""
+    folder = trl_folder()
+    twins = {}
+    for path in sorted(folder.glob(f"*{TRAINING}.jinja")) if folder else ():
+        stock = path.with_name(path.name.replace(TRAINING, ""))
+        if stock.is_file():
+            twins[_squash(stock.read_text(encoding="utf-8"))] = path.stem.removesuffix(TRAINING)
+    return twins
+
+
+def _squash(template: str) -> str:
+    return re.sub(r"\s+", "", template)
+
+
+def _guess_family(template: str) -> str:
+    return _stock_twins().get(_squash(template), "chatml")
+
+
+def model_template(folder: Path | None) -> str | None:
+    """The chat template saved with a model: chat_template.jinja, else tokenizer_config.json's (the default one)."""
+    if folder is None:
+        return None
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = _tokenizer_config(folder)
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    path = folder / "tokenizer_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def special_tokens(folder: Path | None) -> dict[str, str]:
+    """bos_token, eos_token, pad_token, unk_token as a template sees them (what apply_chat_template passes)."""
+    config = _tokenizer_config(folder) if folder else {}
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def choose(option: str, folder: Path | None, *, where: str = "chat_template") -> ChatFormat | None:
+    """The ChatFormat for `chat_template = option` on the model in `folder` (None: "auto" and the model has none).
+
+    TemplateError when a named family does not exist, a file does not parse, or the model's own template cannot
+    be trained turn by turn."""
+    special = special_tokens(folder)
+    if option != "auto":
+        return _compiled(_named(option, where), special)
+    own = model_template(folder)
+    if own is None:
+        return None
+    if MARKER.search(own):
+        return _compiled(ChatFormat(own, "the model's own", "it marks what the assistant says"), special)
+    family = _stock_twins().get(_squash(own))
+    if family is not None:
+        path = families()[family]
+        return _compiled(ChatFormat(path.read_text(encoding="utf-8"), f"{family} (trl's training version)",
+                                    "the model's own template is the stock one; this renders the same tokens with "
+                                    "what the assistant says marked"), special)
+    fmt = _compiled(ChatFormat(own, "the model's own", "located turn by turn: it has no generation markers"), special)
+    fmt.render(PROBE_CHAT)  # refused now, with the fix, rather than at the first multi-turn record
+    return fmt
+
+
+def for_run(option: str, folder: Path | None, places: Sequence[Path] = ()) -> ChatFormat | None:
+    """`choose` with a relative .jinja path tried in `places` (the home, the run folder) first."""
+    if _is_path(option) and not Path(option).expanduser().is_absolute():
+        found = next((p / option for p in places if (p / option).is_file()), None)
+        option = str(found) if found else option
+    return choose(option, folder)
+
+
+def prompt_as_chat(prompt_format: str, fmt: ChatFormat | None) -> bool:
+    """Whether prompt/completion and alpaca records are shown as one chat exchange; TemplateError when "chat" is
+    asked of a run without a template."""
+    if prompt_format == "chat" and fmt is None:
+        raise TemplateError("prompt_format = \"chat\" needs a chat template, and the base model has none. Fix: set "
+                            "chat_template to a family name (e.g. \"chatml\"), or prompt_format = \"raw\".")
+    return prompt_format == "chat" or (prompt_format == "auto" and fmt is not None)
+
+
+def _is_path(option: str) -> bool:
+    return option.endswith(".jinja") or "/" in option
+
+
+def _named(option: str, where: str) -> ChatFormat:
+    if _is_path(option):
+        path = Path(option).expanduser()
+        try:
+            return ChatFormat(path.read_text(encoding="utf-8"), str(path), "chat_template names this file")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TemplateError(f"{where} = \"{option}\": cannot read the file ({e.strerror or e}). Fix: give the "
+                                f"path of a readable .jinja file, or a family name.") from None
+    found = _families().get(option)
+    if found is None:
+        raise TemplateError(f"{where} = \"{option}\" is not a chat template family overnight knows. Fix: use \"auto\""
+                            f" (the model's own), a path to a .jinja file, or one of: {', '.join(families())}.")
+    path, source = found
+    kind = "trl's training version" if path.stem.endswith(TRAINING) else source
+    return ChatFormat(path.read_text(encoding="utf-8"), f"{option} ({kind})", "chat_template names this family")
+
+
+def _compiled(fmt: ChatFormat, special: dict[str, str]) -> ChatFormat:
+    """The format with the model's special tokens, once the template is known to parse."""
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(fmt.template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"the chat template {fmt.label} does not parse: {e.message} (line {e.lineno}). Fix: "
+                            f"correct the template, or set chat_template to a family name.") from None
+    plain = ChatFormat(fmt.template, fmt.label, fmt.why, special)
+    return plain if _shows_content(plain) else ChatFormat(fmt.template, fmt.label, fmt.why, special, parts=True)
+
+
+def _shows_content(fmt: ChatFormat) -> bool:
+    """Whether the template renders plain-string contents (vision-language templates iterate over parts)."""
+    try:
+        text = fmt.prompt(PROBE_CHAT[1:3])
+    except TemplateError:
+        return False
+    return "U1" in text and "A1" in text
+
+
+def _render(template: str, messages: Sequence[dict[str, Any]], tools: list | None, special: dict[str, str], *,
+            spans: bool, prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, indices = render_jinja_template([list(messages)], tools=tools or None, chat_template=template,
+                                                  return_assistant_tokens_mask=spans, add_generation_prompt=prompt,
+                                                  **special)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"the chat template refuses this conversation: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise TemplateError(f"the chat template fails on this conversation ({type(e).__name__}: {e})") from None
+    return rendered[0], [tuple(s) for s in indices[0]] if spans else []
+
+
+# ------------------------------------------------------------------------------------------- segments and labels
+
+def segments(text: str, spans: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The rendered text cut into `{"text", "train"}` pieces whose concatenation is the text."""
+    out: list[dict[str, Any]] = []
+    at = 0
+    for start, end in sorted(spans):
+        if start > at:
+            out.append({"text": text[at:start], "train": False})
+        if end > max(start, at):
+            out.append({"text": text[max(start, at):end], "train": True})
+        at = max(at, end)
+    if at < len(text):
+        out.append({"text": text[at:], "train": False})
+    return out
+
+
+def token_labels(tokenizer: Any, text: str, spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Token ids of `text` (a `tokenizers.Tokenizer`, special tokens as written in the text, nothing added) and
+    whether each is trained: a token is trained when its characters begin inside a span."""
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    inside = [False] * (len(text) + 1)
+    for start, end in spans:
+        for i in range(start, min(end, len(text))):
+            inside[i] = True
+    return list(enc.ids), [inside[start] if end > start else False for start, end in enc.offsets]
