@@ -81,7 +81,10 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
     try:
         base = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
                                                     trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code)
+        # the serving contract the run trained with (its chat template, its end-of-turn stops) lives in the adapter
+        # folder; an adapter from before overnight wrote it there falls back to the base model's
+        contract = adapter if (adapter / "tokenizer_config.json").is_file() else source
+        tokenizer = AutoTokenizer.from_pretrained(contract, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's to fix, never a traceback
         hint = ("; its code runs only with trust_remote_code = true in overnight.toml" if "trust_remote_code" in str(e)
                 else "")
@@ -95,6 +98,9 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
+    if (adapter / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+        merged.generation_config = GenerationConfig.from_pretrained(adapter)
     try:
         merged.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)

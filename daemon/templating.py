@@ -223,7 +223,7 @@ def choose(option: str, folder: Path | None, *, where: str = "chat_template") ->
                                     "the model's own template is the stock one; this renders the same tokens with "
                                     "what the assistant says marked"), special)
     fmt = _compiled(ChatFormat(own, "the model's own", "located turn by turn: it has no generation markers"), special)
-    fmt.render(PROBE_CHAT)  # refused now, with the fix, rather than at the first multi-turn record
+    fmt.render(PROBE_CHAT if fmt.takes_system() else PROBE_CHAT[1:])  # refused now rather than at a record
     return fmt
 
 
@@ -302,6 +302,13 @@ def _render(template: str, messages: Sequence[dict[str, Any]], tools: list | Non
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
         raise TemplateError(f"the chat template fails on this conversation ({type(e).__name__}: {e})") from None
     return rendered[0], [tuple(s) for s in indices[0]] if spans else []
+
+
+def serving_template(template: str) -> str:
+    """The template for serving: the generation markers become a block that is always on, so every jinja engine
+    (llama.cpp, Ollama, older transformers) parses it and renders the same text, whitespace included."""
+    template = re.sub(r"{%(-?)\s*endgeneration\s*(-?)%}", r"{%\1 endif \2%}", template)
+    return re.sub(r"{%(-?)\s*generation\s*(-?)%}", r"{%\1 if true \2%}", template)
 
 
 # ------------------------------------------------------------------------------------------- segments and labels

@@ -248,7 +248,7 @@ def specials_after(piece: str, content: str, specials: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------- the tests
 def test_trl_templates_found() -> None:
     if TRL is None:
-        unavailable("trl is not installed: its chat templates cannot be tested (pip install -e '.[bench]')")
+        unavailable("trl is not installed: its chat templates cannot be tested (it is a dependency of overnight: pip install -e .)")
     # the stock and training versions of every family recorded above, overnight's own included
     assert {family(n) for n in FILES} == set(TRAINED_TURN), "a template family was added or removed: record it above"
     assert {"overnight/chatml.jinja", "overnight/mistral.jinja"} <= set(OUR_FILES)
@@ -398,14 +398,7 @@ def test_tools(world: dict[str, Any], name: str) -> None:
     assert TOOL_ANSWER in answer_turn and specials_after(answer_turn, TOOL_ANSWER, world["specials"])
 
 
-CHATML_BLANK_LINE = (
-    "daemon/templates/chatml.jinja renders '<|im_start|>assistant\\n' + content ('') + '\\n<tool_call>': a blank "
-    "line before a tool call (Qwen's format has none), whose trained newline tokenizes together with the prompt's "
-    "into one untrained '\\n\\n' token")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=CHATML_BLANK_LINE))
-                                  if n == "overnight/chatml.jinja" else n for n in TOOL_NAMES])
+@pytest.mark.parametrize("name", TOOL_NAMES)
 def test_tool_token_labels(world: dict[str, Any], name: str) -> None:
     tok = world["tokenizer"]
     text, spans = chosen(world, name).render(conversation(name, TOOL_TURNS), TOOLS)
@@ -416,13 +409,6 @@ def test_tool_token_labels(world: dict[str, Any], name: str) -> None:
     assert by_offsets == trained_text(text, spans)
 
 
-SYSTEM_DEMANDED = (
-    "daemon/templating.py choose('auto') validates a model's own marker-less template with PROBE_CHAT, which has a "
-    "system turn: a template that refuses system turns (Gemma's own words) is refused outright, without a Fix:, "
-    "although it trains conversations without one turn by turn")
-
-
-@pytest.mark.xfail(strict=True, reason=SYSTEM_DEMANDED)
 def test_system_refusing_template_of_a_fine_tune(tmp_path: Path) -> None:
     """A model's own template that is no stock one (a fine-tune's edited Gemma) and refuses a system turn: usable
     turn by turn for conversations without one, as the same template is when it is the stock one."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.atomic import write_json, write_text
+from daemon.templating import serving_template
 
 
 def versions() -> dict[str, str]:
@@ -96,6 +97,8 @@ def save_adapter(model: Any, adapter_dir: Path, card: str, tokenizer: Any = None
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+        if isinstance(tokenizer.chat_template, str):
+            write_text(tmp / "chat_template.jinja", serving_template(tokenizer.chat_template))
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(tmp)
