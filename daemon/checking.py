@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon import sweep
-from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, iter_examples
+from daemon.datasets import CHAT_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, iter_examples
 from daemon.datasets import as_chat as as_chat_example
 from daemon.home import Home
 from daemon.lineage import check_parent
@@ -16,7 +16,8 @@ from daemon.models import model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.templating import ChatFormat, TemplateError, for_run, prompt_as_chat, segments, special_tokens
-from daemon.submission import PROBES_SUFFIX, SubmissionError, check_base_models, role_of, stem_of, validate
+from daemon.submission import (PROBES_SUFFIX, SubmissionError, check_base_models, context_note, model_context, role_of,
+                               stem_of, validate)
 
 
 @dataclass
@@ -168,6 +169,9 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         return
     check_base_models(sub.options, sub.sidecar, home.toml)
     parent = check_parent(sub.options, home.toml)
+    if sub.options.sources.get("max_length") == "default":
+        for spec in sub.options.base_models:
+            verdict.add(context_note(first.values["max_length"], model_context(model_folder(spec, home.root)), spec))
     verdict.add(f"base model: {', '.join(sub.options.base_models)}",
                 f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
 
@@ -180,6 +184,11 @@ def _chat_format(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict,
     folder = model_folder(sub.options.base_models[0], home.root) if sub.options.base_models else None
     fmt = for_run(values["chat_template"], folder, (home.root, sub.dataset.parent))
     as_chat = prompt_as_chat(values["prompt_format"], fmt)
+    if fmt is None and folder is not None and sub.report.schema in CHAT_SCHEMAS:
+        raise TemplateError(f"the base model {sub.options.base_models[0]} has no chat template, so chat records "
+                            f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = "
+                            f"\"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
+                            f"prompt/completion or text schema.")
     if sub.report.schema not in TEXT_SCHEMAS:
         auto = " (auto)" if values["prompt_format"] == "auto" else ""
         verdict.add(f"chat template: {fmt.describe() if fmt else 'none'}"

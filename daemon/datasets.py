@@ -35,7 +35,8 @@ __all__ = [
 
 SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
 TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
-PROMPT_SCHEMAS = ("prompt_completion", "alpaca")  # shown to the model raw or as one chat exchange (prompt_format)
+PROMPT_SCHEMAS = ("prompt_completion", "alpaca")
+CHAT_SCHEMAS = ("messages", "sharegpt")  # rendered through the run's chat template  # shown to the model raw or as one chat exchange (prompt_format)
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT speaker names (LLaMA-Factory's, plus user/assistant) and the chat role each becomes.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

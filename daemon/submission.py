@@ -112,18 +112,31 @@ def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> 
         _check_context(opts, spec, sidecar, home_toml)
 
 
-def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
-    """max_length within the model's context (max_position_embeddings), where its config.json is at hand."""
-    folder = model_folder(spec, home_toml.parent)
+def model_context(folder: Path | None) -> int | None:
+    """A model's context in positions (max_position_embeddings of its config.json), where it can be read."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
     except (OSError, ValueError):
-        return  # the trainer reports an unreadable config when it loads the model
+        return None  # the trainer reports an unreadable config when it loads the model
     context = (config.get("text_config") or config).get("max_position_embeddings")
+    return context if isinstance(context, int) and context > 0 else None
+
+
+def context_note(max_length: int, context: int | None, spec: str) -> str | None:
+    """What a default max_length longer than the model's context becomes (said by check and the console)."""
+    if context is None or max_length <= context:
+        return None
+    return (f"max_length: the default {max_length} is longer than the context of {spec} ({context} positions), so "
+            f"this run uses max_length = {context}")
+
+
+def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
+    """An explicit max_length within the model's context (a default one adapts: context_note)."""
+    context = model_context(model_folder(spec, home_toml.parent))
     max_length = opts.values["max_length"]
     max_length = max(max_length) if isinstance(max_length, list) else max_length  # a sweep: its longest
-    if isinstance(context, int) and max_length > context:
+    if context is not None and max_length > context and opts.sources.get("max_length") != "default":
         where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
         raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "
                               f"({context} positions, max_position_embeddings in its config.json). Fix: set "
-                              f"max_length = {context} or less.")
+                              f"max_length = {context} or less (or leave it unset: the default adapts).")

@@ -103,6 +103,22 @@ def _final_progress(folder: RunFolder, result: Result) -> None:
         write_json(folder.progress, {**prog, "state": result.outcome, "step": result.step})
 
 
+def _adapt_defaults(s: Session, folder: Path) -> None:
+    """A default max_length longer than the model's context becomes the context (an explicit one was refused)."""
+    from dataclasses import replace
+
+    from daemon.submission import context_note, model_context
+
+    opts = s.cfg.options
+    if (s.cfg.raw.get("sources") or {}).get("max_length", "default") != "default":
+        return
+    context = model_context(folder)
+    note = context_note(opts.max_length, context, opts.base_model)
+    if note:
+        say(note)
+        s.cfg.options = replace(opts, max_length=context)
+
+
 def _choose_chat_format(s: Session, folder: Path) -> None:
     """The chat template and prompt format (torch-free, so a bad template fails before the ~5 s of imports)."""
     from daemon.templating import TemplateError, for_run, prompt_as_chat
@@ -131,6 +147,7 @@ def _train(s: Session, commands: Any) -> None:
     except ModelNotFound as e:
         raise RunError(f"{e.problem}. Fix: {e.fix}, then resume the run.") from None
     source = model.source
+    _adapt_defaults(s, model.folder)
     _choose_chat_format(s, model.folder)
 
     import torch

@@ -1,0 +1,166 @@
+"""Train what you serve: the chat template and prompt format a run uses, shown by `overnight check --show`, carried
+into the adapter and the merged export, which then stops where a server stops."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import overnight
+
+IM_END = "<|im_end|>"
+
+
+def base_without_template(tiny: Path, dest: Path, context: int | None = None) -> Path:
+    """The tiny model as a *base* release: no chat template, eos <|endoftext|> (as Qwen2.5 base ships)."""
+    shutil.copytree(tiny, dest)
+    (dest / "chat_template.jinja").unlink()
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (dest / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|endoftext|>"}))
+    tok = json.loads((dest / "tokenizer.json").read_text())
+    endoftext = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|endoftext|>")
+    (dest / "generation_config.json").write_text(json.dumps({"eos_token_id": endoftext, "pad_token_id": endoftext}))
+    if context:
+        model = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps({**model, "max_position_embeddings": context}))
+    return dest
+
+
+def show(home: Path, path: Path, n: int = 1) -> list[Any]:
+    res = overnight("check", str(path), "--show", str(n), "--json", home=home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)[0]
+
+
+def alpaca(path: Path) -> Path:
+    path.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Teal.",
+                                 "system": "Answer in one word."}]))
+    return path
+
+
+def test_alpaca_on_a_templated_model_is_one_exchange_with_only_the_answer_trained(home: Path, tiny_model: Path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    verdict = show(home, alpaca(home.parent / "colours.json"))
+    assert verdict["chat_template"] == "the model's own" and verdict["prompt_format"] == "chat"
+    [segments] = verdict["examples"]
+    trained = [s["text"] for s in segments if s["train"]]
+    assert trained == ["Teal." + IM_END]  # the answer and its end of turn, nothing else
+    prompt = "".join(s["text"] for s in segments if not s["train"])
+    assert "<|im_start|>system\nAnswer in one word.<|im_end|>" in prompt
+    assert "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n" in prompt
+
+    # raw: today's prompt text + answer, and the human view marks what trains
+    (home.parent / "colours.toml").write_text('prompt_format = "raw"\n')
+    [raw] = show(home, home.parent / "colours.json")["examples"]
+    assert raw == [{"text": "Answer in one word.\n\nName a colour.", "train": False},
+                   {"text": "Teal." + IM_END, "train": True}]
+    out = overnight("check", str(home.parent / "colours.json"), "--show", "1", home=home).stdout
+    assert "prompt format: raw" in out and "[[Teal.<|im_end|>]]" in out
+
+
+def test_a_stock_qwen3_template_trains_through_its_training_version(home: Path, tiny_model: Path, tmp_path: Path):
+    from daemon.templating import trl_folder
+
+    model = shutil.copytree(tiny_model, tmp_path / "qwen3-like")
+    shutil.copy(trl_folder() / "qwen3.jinja", model / "chat_template.jinja")  # refuses multi-turn prefix masking
+    (home / "overnight.toml").write_text(f'base_model = "{model}"\n')
+    data = tmp_path / "talk.jsonl"
+    data.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]}) + "\n")
+    verdict = show(home, data)
+    assert verdict["chat_template"] == "qwen3 (trl's training version)"
+    trained = [s["text"] for s in verdict["examples"][0] if s["train"]]
+    assert trained == ["<think>\n\n</think>\n\nhello<|im_end|>\n", "<think>\n\n</think>\n\nsee you<|im_end|>\n"]
+
+
+def test_bad_templates_and_missing_ones_say_the_fix(home: Path, tiny_model: Path, tmp_path: Path):
+    base = base_without_template(tiny_model, tmp_path / "base")
+    (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
+    data = tmp_path / "talk.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    cases = {
+        "": 'has no chat template, so chat records cannot be formatted. Fix: set chat_template to a family name',
+        'chat_template = "qwen9"\n': 'chat_template = "qwen9" is not a chat template family overnight knows. Fix:',
+        'chat_template = "broken.jinja"\n': "does not parse: ",
+        'chat_template = "chatml"\nprompt_format = "chat"\n': None,
+    }
+    (tmp_path / "broken.jinja").write_text("{% for m in messages %}{{ m.content }")
+    for sidecar, error in cases.items():
+        (tmp_path / "talk.toml").write_text(sidecar)
+        res = overnight("check", str(data), "--json", home=home)
+        verdict = json.loads(res.stdout)[0]
+        if error is None:
+            assert res.returncode == 0 and verdict["chat_template"] == "chatml (overnight)", verdict
+        else:
+            assert res.returncode == 1 and error in verdict["error"], (sidecar, verdict["error"])
+    # a conversation the template itself refuses: its own words, with the record number
+    (tmp_path / "talk.toml").write_text('chat_template = "mistral"\n')
+    data.write_text(json.dumps({"messages": [{"role": "assistant", "content": "first"},
+                                             {"role": "user", "content": "then"}]}) + "\n")
+    res = overnight("check", str(data), "--show", "1", home=home)
+    assert res.returncode == 1 and "record 1: the chat template refuses this conversation: Conversation roles must " \
+                                   "alternate" in res.stdout and "Fix:" in res.stdout, res.stdout
+
+
+def test_a_default_max_length_adapts_to_a_short_context(home: Path, tiny_model: Path, tmp_path: Path):
+    base = base_without_template(tiny_model, tmp_path / "short", context=256)
+    (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    out = overnight("check", str(data), home=home)
+    assert out.returncode == 0 and "the default 1024 is longer than the context" in out.stdout
+    assert "this run uses max_length = 256" in out.stdout
+    (tmp_path / "p.toml").write_text("max_length = 1024\n")  # said by the user: refused, with the fix
+    out = overnight("check", str(data), home=home)
+    assert out.returncode == 1 and "max_length = 1024 is longer than the context" in out.stdout
+
+
+@pytest.mark.e2e
+def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(home: Path, tiny_model: Path,
+                                                                            tmp_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from tests.conftest_trainer import reversal_records
+
+    base = base_without_template(tiny_model, tmp_path / "base", context=256)
+    (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
+    records = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+               for r in reversal_records(160, seed=3)]
+    (home / "inbox" / "rev.toml").write_text('chat_template = "chatml"\nmax_steps = 80\nlearning_rate = 3e-3\n'
+                                             'lora_r = 32\nbatch_size = 16\nprobe_count = 4\neval_fraction = 0\n'
+                                             'save_every = 1000\n')
+    (home / "inbox" / "rev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [run] = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+    run_dir = Path(run["run_dir"])
+    console = (run_dir / "console.log").read_text()
+    assert run["state"] == "completed", console[-3000:]
+    assert "chat template: chatml (overnight)" in console and "this run uses max_length = 256" in console
+
+    adapter = run_dir / "adapter"
+    template = (adapter / "chat_template.jinja").read_text()
+    # the serving version of what trained: no generation tags, which other jinja engines do not parse
+    assert "<|im_start|>" in template and not re.search(r"{%-?\s*(end)?generation", template)
+    out = tmp_path / "merged"
+    assert overnight("export", run["id"], str(out), "--merge", home=home, timeout=300).returncode == 0
+    tok = AutoTokenizer.from_pretrained(out)
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    config = GenerationConfig.from_pretrained(out)
+    assert im_end in config.eos_token_id and tok.eos_token_id in config.eos_token_id
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": records[0]["messages"][0]["content"]}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        generated = model.generate(**ids, max_new_tokens=40, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    assert generated[-1].item() == im_end and len(generated) < 40, tok.decode(generated)
+    assert tok.decode(generated[:-1]).strip()  # an answer, then the end of the turn
