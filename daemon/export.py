@@ -90,6 +90,8 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
                 else "")
         raise ExportError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or the HF "
                           f"cache entry) is a complete causal-LM download (export never downloads){hint}.") from None
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:  # tokens the run's chat template added
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     except Exception as e:  # noqa: BLE001

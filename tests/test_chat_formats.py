@@ -15,14 +15,21 @@ from tests.conftest import overnight
 IM_END = "<|im_end|>"
 
 
-def base_without_template(tiny: Path, dest: Path, context: int | None = None) -> Path:
-    """The tiny model as a *base* release: no chat template, eos <|endoftext|> (as Qwen2.5 base ships)."""
+def base_without_template(tiny: Path, dest: Path, context: int | None = None, chatml_tokens: bool = True) -> Path:
+    """The tiny model as a *base* release: no chat template, eos <|endoftext|> (as Qwen2.5 base ships); without
+    `chatml_tokens`, its tokenizer does not know <|im_start|> and <|im_end|> either."""
     shutil.copytree(tiny, dest)
     (dest / "chat_template.jinja").unlink()
     config = json.loads((dest / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (dest / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|endoftext|>"}))
     tok = json.loads((dest / "tokenizer.json").read_text())
+    if not chatml_tokens:  # their two vocabulary slots keep names no text can produce
+        tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] not in ("<|im_start|>", IM_END)]
+        vocab = tok["model"]["vocab"]
+        for i, name in enumerate(("<|im_start|>", IM_END)):
+            vocab[f"<unused{i}>"] = vocab.pop(name)
+        (dest / "tokenizer.json").write_text(json.dumps(tok))
     endoftext = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|endoftext|>")
     (dest / "generation_config.json").write_text(json.dumps({"eos_token_id": endoftext, "pad_token_id": endoftext}))
     if context:
@@ -130,11 +137,11 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
 
     from tests.conftest_trainer import reversal_records
 
-    base = base_without_template(tiny_model, tmp_path / "base", context=256)
+    base = base_without_template(tiny_model, tmp_path / "base", context=256, chatml_tokens=False)
     (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
     records = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
                for r in reversal_records(160, seed=3)]
-    (home / "inbox" / "rev.toml").write_text('chat_template = "chatml"\nmax_steps = 80\nlearning_rate = 3e-3\n'
+    (home / "inbox" / "rev.toml").write_text('chat_template = "chatml"\nmax_steps = 200\nlearning_rate = 3e-3\n'
                                              'lora_r = 32\nbatch_size = 16\nprobe_count = 4\neval_fraction = 0\n'
                                              'save_every = 1000\n')
     (home / "inbox" / "rev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -145,6 +152,7 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
     console = (run_dir / "console.log").read_text()
     assert run["state"] == "completed", console[-3000:]
     assert "chat template: chatml (overnight)" in console and "this run uses max_length = 256" in console
+    assert "added the special tokens <|im_start|>, <|im_end|> the base model lacks" in console
 
     adapter = run_dir / "adapter"
     template = (adapter / "chat_template.jinja").read_text()
@@ -154,10 +162,18 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
     assert overnight("export", run["id"], str(out), "--merge", home=home, timeout=300).returncode == 0
     tok = AutoTokenizer.from_pretrained(out)
     im_end = tok.convert_tokens_to_ids(IM_END)
+    assert im_end >= 512 and len(tok) == 514  # the two new tokens, after the base's 512
     config = GenerationConfig.from_pretrained(out)
     assert im_end in config.eos_token_id and tok.eos_token_id in config.eos_token_id
 
     model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.get_input_embeddings().weight.shape[0] == 514
+    # the adapter alone also carries the new rows: it loads onto the base once the base has room for them
+    from peft import PeftModel
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    plain.resize_token_embeddings(len(AutoTokenizer.from_pretrained(adapter)))
+    with_adapter = PeftModel.from_pretrained(plain, adapter).merge_and_unload()
+    assert torch.allclose(with_adapter.get_input_embeddings().weight, model.get_input_embeddings().weight)
     ids = tok.apply_chat_template([{"role": "user", "content": records[0]["messages"][0]["content"]}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():

@@ -189,7 +189,27 @@ def load_model(source: str, device: Device, opts: TrainOptions, attention: str) 
     return model
 
 
-def add_lora(model: Any, opts: TrainOptions) -> Any:
+def add_template_tokens(tokenizer: Any, chat: Any) -> list[int]:
+    """Add the special tokens the chat template writes and the tokenizer lacks (ChatML's <|im_start|> and <|im_end|>
+    on a base model); their ids, whose embeddings the run then trains."""
+    from tokenizers import AddedToken
+
+    def known(token: str) -> bool:
+        return len(tokenizer.backend_tokenizer.encode(token, add_special_tokens=False).ids) == 1
+
+    missing = [t for t in (chat.special_strings() if chat else []) if not known(t)]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    return [tokenizer.convert_tokens_to_ids(t) for t in missing]
+
+
+def fit_embeddings(model: Any, tokenizer: Any) -> None:
+    """Rows for the tokens added to the tokenizer (initialised to the mean of the others)."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+
+def add_lora(model: Any, opts: TrainOptions, new_tokens: list[int] | None = None) -> Any:
     """Wrap the model with a fresh LoRA adapter.
 
     The seed is set right before: LoRA's A matrices are drawn from the global RNG here, and exact resume
@@ -199,8 +219,10 @@ def add_lora(model: Any, opts: TrainOptions) -> Any:
     from transformers import set_seed
 
     targets = opts.lora_targets
+    # tokens the chat template added: their embedding rows train too, and the adapter carries them
     config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                        trainable_token_indices=list(new_tokens) if new_tokens else None)
     set_seed(opts.seed)
     try:
         peft_model = get_peft_model(model, config)

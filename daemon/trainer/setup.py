@@ -21,8 +21,8 @@ from daemon.trainer.console import say
 from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
 from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
-from daemon.trainer.model import (Device, add_lora, choose_attention, continue_lora, load_model, load_tokenizer,
-                                  trainable_summary)
+from daemon.trainer.model import (Device, add_lora, add_template_tokens, choose_attention, continue_lora,
+                                  fit_embeddings, load_model, load_tokenizer, trainable_summary)
 
 if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
@@ -162,6 +162,7 @@ class Built:
     attention: str = "sdpa"
     batching: str = "padded"
     opts: TrainOptions | None = None  # the options as planned for the first attempt (checkpointing decided)
+    new_tokens: list[int] = field(default_factory=list)  # special tokens the chat template added
     model: Any = None
     status: RunStatus = field(default_factory=RunStatus)
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
@@ -176,8 +177,9 @@ class Built:
         cfg = self.session.cfg
         base = load_model(self.source, self.device, cfg.options, self.attention)
         base.generation_config.eos_token_id = stop_ids(self.tokenizer, self.session.chat)
+        fit_embeddings(base, self.tokenizer)
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
-                      add_lora(base, cfg.options))
+                      add_lora(base, cfg.options, self.new_tokens))
 
     def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
         paths = self.session.cfg.paths
@@ -274,6 +276,11 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
     if s.chat is not None:  # probes, the adapter folder and export render with the template the run trains with
         tokenizer.chat_template = s.chat.template
+    # a template the user chose may need tokens the base lacks; a model's own template is trusted to have them
+    new_tokens = add_template_tokens(tokenizer, s.chat) if opts.chat_template != "auto" else []
+    if new_tokens:
+        say(f"chat template: added the special tokens {', '.join(tokenizer.convert_ids_to_tokens(new_tokens))} the "
+            f"base model lacks; their embeddings are trained and the adapter carries them")
     data = _prepare_data(s, tokenizer, stats)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
@@ -281,7 +288,8 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     say(f"batching: {batching.replace('_', '-')} ({why}); one epoch: "
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
     free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
-    built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching)
+    built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching,
+                  new_tokens=new_tokens)
     if commands.sync().stop:
         return built
     built.reset_model()
