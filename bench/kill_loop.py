@@ -463,12 +463,12 @@ class Reference:
     run_dir: Path
 
 
-def reference(home: Home, steps: int) -> Reference:
+def reference(home: Home, steps: int, timeout: float = 60 * 20) -> Reference:
     """Drop the run once and let it train uninterrupted."""
     name = f"ref{steps}"
     t0 = time.monotonic()
     home.drop(write_drop(home.root / ".staging" / name, name, steps))
-    wait_for(lambda: (r := home.run(name)) and r["state"] in ("completed", "failed"), 60 * 20, "the reference",
+    wait_for(lambda: (r := home.run(name)) and r["state"] in ("completed", "failed"), timeout, "the reference",
              interval=0.2)
     wall = time.monotonic() - t0
     run = home.run(name)

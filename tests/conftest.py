@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -102,6 +103,59 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded tiny Qwen2 model, built once per test session (offline, about a second)."""
     from daemon.tinymodel import ensure_tiny_model
     return ensure_tiny_model(tmp_path_factory.mktemp("models"))
+
+
+# The length of the one uninterrupted reference run every exact-resume test compares with: long enough that a
+# command sent at step 6-12 always lands before the run ends on a loaded 2-core CI box (the tiny model takes about
+# 0.1 s a step), and that the kill loop's four kills, each within 2 checkpoints of the last, land before it ends.
+REFERENCE_STEPS = 60
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
+    """bench/kill_loop.py's drop of REFERENCE_STEPS steps (the reverse-three-words task, seed 7, a checkpoint every
+    5 steps; tests/test_control_e2e.py's write_dataset writes the same files) trained uninterrupted by the real
+    daemon: a `kill_loop.Reference` (per-step losses, wall time, run folder, which no test may change).
+
+    The per-step losses on the CPU depend only on the drop, its options and the model, so the run is trained once
+    per test session: xdist's workers share it through a lock file in the session's temporary folder, and the
+    first worker that needs it trains it while the others wait for it."""
+    import fcntl
+    import hashlib
+    import json
+
+    from bench import kill_loop
+
+    def digest(model: Path) -> str:
+        return hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in sorted(model.iterdir())
+                                       if f.is_file())).hexdigest()
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's folder lies in the session's, which they all see
+    saved = root / "reference.json"
+    with open(root / "reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not saved.exists():
+            home = kill_loop.Home(Path(tempfile.mkdtemp(prefix="reference-", dir=root)) / "home", tiny_model)
+            try:
+                home.start_daemon()
+                ref = kill_loop.reference(home, REFERENCE_STEPS, timeout=budget(300))
+            except SystemExit as e:  # the bench's way of saying the reference run failed
+                raise AssertionError(str(e)) from None
+            finally:
+                home.stop_daemon()
+                for pid in home.trainers():
+                    os.kill(pid, signal.SIGKILL)
+            assert sorted(ref.losses) == list(range(1, REFERENCE_STEPS + 1)), ref.losses
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"losses": list(ref.losses.items()), "wall_s": ref.wall_s,
+                                       "run_dir": str(ref.run_dir), "model": digest(tiny_model)}))
+            os.replace(tmp, saved)
+    data = json.loads(saved.read_text())
+    # the worker that trained it built its own tiny model: the same seed must have built the same bytes here
+    assert data["model"] == digest(tiny_model), "the tiny model differs between test workers"
+    return kill_loop.Reference({int(s): loss for s, loss in data["losses"]}, data["wall_s"], Path(data["run_dir"]))
 
 
 def drop(src: Path, inbox: Path, name: str | None = None) -> Path:
