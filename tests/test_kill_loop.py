@@ -43,19 +43,20 @@ def test_only_attempts_that_made_no_new_checkpoint_count(tmp_path: Path) -> None
 
 
 @pytest.mark.e2e
-def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, tiny_model: Path) -> None:
+def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, tiny_model: Path,
+                                                              reference_run: kill_loop.Reference) -> None:
     """One kill of each kind, the last as the trainer ends (its result.json written, the process not gone yet).
     Each of these ended the run failed before: the trainer kill (the run's third start after a daemon kill and a
     kill of both: 3 attempts in all), and one after a stop's result.json of an earlier attempt."""
     home = kill_loop.Home(tmp_path / "home", tiny_model)
-    steps = 40  # each kill lands within 2 checkpoints (10 steps) of the last
+    ref = reference_run
+    steps = len(ref.losses)  # its drop, under another name: each kill lands within 2 checkpoints of the last
     plan = [("daemon", "training"), ("both", "training"), ("trainer", "saving"), ("trainer", "ending")]
     lines: list[str] = []
     try:
         home.start_daemon()
-        ref = kill_loop.reference(home, steps)
-        assert sorted(ref.losses) == list(range(1, steps + 1))
         t = kill_loop.trial(home, "mixed", len(plan), random.Random(12), steps, ref, plan=plan, say=lines.append)
+        run_dir = Path(home.run(t.name)["run_dir"])
     finally:
         home.stop_daemon()
         for pid in home.trainers():
@@ -67,11 +68,13 @@ def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, t
     assert t.trainer_starts == 4  # the first start and one after each kill but the last (the run was done)
 
     # A trainer resumed from the run's last step (its daemon was killed before it saw the run end) finishes from
-    # that checkpoint: no step past max_steps, the same adapter.
-    before = (ref.run_dir / "metrics.jsonl").read_text()
-    proc = subprocess.run([sys.executable, "-m", "daemon.trainer", str(ref.run_dir), "--ignore-stdin"],
+    # that checkpoint: no step past max_steps, the same adapter. (This run's folder: the reference's is shared.)
+    before = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "adapter" / "adapter_model.safetensors").unlink()
+    proc = subprocess.run([sys.executable, "-m", "daemon.trainer", str(run_dir), "--ignore-stdin"],
                           cwd=kill_loop.REPO, env=kill_loop.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"step-{steps} is the run's last step: nothing left to train" in proc.stdout
-    assert (ref.run_dir / "metrics.jsonl").read_text() == before
-    assert kill_loop.read_json(ref.run_dir / "result.json")["outcome"] == "completed"
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert kill_loop.read_json(run_dir / "result.json")["outcome"] == "completed"
+    assert kill_loop.same_adapter(run_dir / "adapter", ref.run_dir / "adapter")
