@@ -47,6 +47,7 @@ class RunFolder:
     checkpoints = property(lambda self: self.root / "checkpoints")
     adapter = property(lambda self: self.root / "adapter")
     result = property(lambda self: self.root / "result.json")
+    tokens = property(lambda self: self.root / "tokens.npz")
 
     def in_dataset(self, name: str) -> str:
         """config.json's name for a file of dataset/: relative, so a moved home still finds it."""

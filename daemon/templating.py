@@ -331,9 +331,22 @@ def segments(text: str, spans: Sequence[tuple[int, int]]) -> list[dict[str, Any]
 def token_labels(tokenizer: Any, text: str, spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[bool]]:
     """Token ids of `text` (a `tokenizers.Tokenizer`, special tokens as written in the text, nothing added) and
     whether each is trained: a token is trained when its characters begin inside a span."""
-    enc = tokenizer.encode(text, add_special_tokens=False)
-    inside = [False] * (len(text) + 1)
-    for start, end in spans:
-        for i in range(start, min(end, len(text))):
-            inside[i] = True
-    return list(enc.ids), [inside[start] if end > start else False for start, end in enc.offsets]
+    ids, trained = labels_of(tokenizer.encode(text, add_special_tokens=False), spans)
+    return ids.tolist(), trained.tolist()
+
+
+def labels_of(encoding: Any, spans: Sequence[tuple[int, int]]) -> tuple[Any, Any]:
+    """`token_labels` for a text already encoded (e.g. by `encode_batch`), as numpy arrays (ids, trained)."""
+    import numpy as np
+
+    starts, ends = [], []
+    for start, end in sorted(spans):  # merged, so that one lookup per token finds its span
+        if starts and start <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        elif end > start:
+            starts.append(start)
+            ends.append(end)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    i = np.searchsorted(np.asarray(starts, dtype=np.int64), offsets[:, 0], side="right") - 1
+    inside = (i >= 0) & (offsets[:, 0] < np.asarray(ends + [0], dtype=np.int64)[i])
+    return np.asarray(encoding.ids, dtype=np.int32), inside & (offsets[:, 1] > offsets[:, 0])

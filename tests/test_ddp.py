@@ -150,7 +150,8 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path: Path, qwe
     assert "rank 1: " not in text
     names = {p.name for p in ddp.iterdir()}
     assert names == {"dataset", "config.json", "stats.json", "console.log", "metrics.jsonl", "progress.json",
-                     "checkpoints", "adapter", "result.json"}, names
+                     "checkpoints", "adapter", "result.json", "tokens.npz"}, names
+    assert text.count("data: tokenised in ") == 1 and "kept in tokens.npz for a resume and the other ranks" in text
     last = ddp / "checkpoints" / "step-10"
     assert (last / "rng_state_0.pth").exists() and (last / "rng_state_1.pth").exists()
     assert read_json(ddp / "progress.json")["pid"] != read_json(ddp / "progress.json")["trainer_pid"]
@@ -197,6 +198,8 @@ def test_pause_holds_both_ranks_sigterm_stops_them_and_resume_is_exact(tmp_path:
 
     assert run_to_end(run) == 0, console(run)[-3000:]
     assert f"resuming from checkpoints/step-{at}" in console(run)
+    assert console(run).count("data: tokenised in ") == 1  # the resume read tokens.npz
+    assert "data: read the tokenised splits from tokens.npz" in console(run)
     resumed, reference = train_losses(run), train_losses(straight)
     assert sorted(resumed) == list(range(1, 11)) == sorted(reference)
     assert max(abs(resumed[s] - reference[s]) for s in reference) < 1e-6, (resumed, reference)

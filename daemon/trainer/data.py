@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from daemon.datasets import as_chat
-from daemon.templating import ChatFormat, TemplateError, token_labels
+from daemon.templating import ChatFormat, TemplateError, labels_of
 from daemon.trainer.config import RunError
 
 IGNORE = -100
+BATCH_RECORDS = 256  # records tokenised per batch call
 
 
 @dataclass
@@ -101,19 +102,35 @@ class Encoder:
 
     def encode(self, example: dict[str, Any]) -> Encoded | None:
         """Token ids + labels of one prompt/chat example (None when truncation left nothing to learn)."""
-        if example["kind"] == "prompt":
-            ids, labels = self._prompt(example)
-        elif example["kind"] == "chat":
-            ids, labels = self._chat(example)
-        else:
-            raise ValueError(f"encode() takes prompt or chat examples, got {example['kind']!r}")
+        return self.encode_many([(0, example)])[0]
+
+    def encode_many(self, examples: list[tuple[int, dict[str, Any]]]) -> list[Encoded | None]:
+        """`encode` for (record index, example) pairs: chat examples rendered one by one, then tokenised in one
+        batch call (the tokenizer's threads); a conversation the template refuses names its record."""
+        chats = {n: self._render(n, ex) for n, ex in examples if ex["kind"] == "chat"}
+        encodings = dict(zip(chats, self.tokenizer.backend_tokenizer.encode_batch(
+            [text for text, _ in chats.values()], add_special_tokens=False))) if chats else {}
+        out = []
+        for n, ex in examples:
+            if ex["kind"] == "prompt":
+                ids, labels = self._prompt(ex)
+            elif ex["kind"] == "chat":
+                ids, trained = labels_of(encodings[n], chats[n][1])
+                labels = np.where(trained, ids, IGNORE).astype(np.int32)
+            else:
+                raise ValueError(f"encode() takes prompt or chat examples, got {ex['kind']!r}")
+            out.append(self._finish(ids, labels))
+        return out
+
+    def _finish(self, ids: Any, labels: Any) -> Encoded | None:
+        ids, labels = np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
         self.lengths.append(len(ids))
         if len(ids) > self.max_length:
             self.truncated += 1
             ids, labels = ids[:self.max_length], labels[:self.max_length]
-        if all(x == IGNORE for x in labels):
+        if not (labels != IGNORE).any():
             return None
-        return Encoded(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32))
+        return Encoded(ids, labels)
 
     def text_ids(self, example: dict[str, Any]) -> list[int]:
         """A text record's ids followed by eos (the separator between concatenated records)."""
@@ -130,15 +147,18 @@ class Encoder:
             answer.append(self.eos_id)
         return prompt + answer, [IGNORE] * len(prompt) + answer
 
-    def _chat(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
+    def _render(self, n: int, ex: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         if self.chat is None:
             raise RunError(
                 f"the base model {self.model_name} has no chat template, so chat records (messages/conversations) "
                 f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = \"chatml\") in "
                 f"the sidecar or overnight.toml, or convert the dataset to a prompt/completion or text schema.")
-        text, spans = self.chat.render(ex["messages"], ex.get("tools"))
-        ids, trained = token_labels(self.tokenizer.backend_tokenizer, text, spans)
-        return ids, [t if keep else IGNORE for t, keep in zip(ids, trained)]
+        try:
+            return self.chat.render(ex["messages"], ex.get("tools"))
+        except TemplateError as e:
+            fix = "" if " Fix: " in str(e) else (". Fix: correct that record (e.g. its roles, in the order the template "
+                                                 "wants), or choose another chat_template")
+            raise RunError(f"record {n + 1}: {e}{fix}") from None
 
 
 def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
@@ -208,6 +228,16 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
     text_eval: list[list[int]] = []
     kinds: set[str] = set()
     n_seen = dropped = n_train = n_eval = 0
+    pending: list[tuple[int, dict[str, Any], bool]] = []
+
+    def flush() -> int:
+        items = encoder.encode_many([(i, example) for i, example, _ in pending])
+        for (_, _, to_eval), item in zip(pending, items):
+            if item is not None:
+                (evals if to_eval else train).append(item)
+        pending.clear()
+        return sum(item is None for item in items)
+
     for i, example in enumerate(examples()):
         n_seen += 1
         example = encoder.shaped(example)
@@ -223,16 +253,10 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
         if example["kind"] == "text":
             (text_eval if to_eval else text_train).append(encoder.text_ids(example))
             continue
-        try:
-            item = encoder.encode(example)
-        except TemplateError as e:
-            fix = "" if " Fix: " in str(e) else (". Fix: correct that record (e.g. its roles, in the order the template "
-                                                 "wants), or choose another chat_template")
-            raise RunError(f"record {i + 1}: {e}{fix}") from None
-        if item is None:
-            dropped += 1
-        else:
-            (evals if to_eval else train).append(item)
+        pending.append((i, example, to_eval))
+        if len(pending) >= BATCH_RECORDS:
+            dropped += flush()
+    dropped += flush()
     if len(kinds) > 1:
         raise RunError(f"the dataset mixes example kinds {sorted(kinds)}; one file must hold one schema.")
     kind = kinds.pop() if kinds else "none"

@@ -1,6 +1,7 @@
 """Builds the pieces of a run (tokenizer, data, model, callbacks, Trainer) and turns the Trainer's end into a result."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -363,6 +364,36 @@ def _check_bytes(cfg: Any) -> None:
 
 
 def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+    """The splits, tokenised once per run: rank 0 tokenises (or reads tokens.npz), the other ranks read its file."""
+    from daemon.trainer import token_cache
+
+    cfg, opts = s.cfg, s.cfg.options
+    cache_key = token_cache.key(cfg, tokenizer, s.chat, s.prompt_chat)
+    data = token_cache.load(cfg.paths.tokens, cache_key) if ddp.is_main() else None
+    if data is not None:
+        say(f"data: read the tokenised splits from {cfg.paths.tokens.name} (tokenised once for this run)")
+    elif ddp.is_main():
+        started = time.perf_counter()
+        data = _tokenise_dataset(s, tokenizer, stats)
+        say(f"data: tokenised in {time.perf_counter() - started:.1f} s; kept in {cfg.paths.tokens.name} for a "
+            f"resume" + (" and the other ranks" if ddp.distributed() else ""))
+        try:
+            token_cache.save(cfg.paths.tokens, cache_key, data)
+        except OSError as e:  # a full disk: a resume tokenises again, nothing else is lost
+            say(f"data: could not keep the tokens ({e.strerror or e}); a resume tokenises again")
+    ddp.barrier()
+    if data is None:  # another rank: rank 0's file (it tokenises again itself only if that file is missing)
+        data = token_cache.load(cfg.paths.tokens, cache_key) or _tokenise_dataset(s, tokenizer, stats)
+    if ddp.is_main():
+        write_json(cfg.paths.stats, {**stats, **data.stats})
+    t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
+    say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
+        f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
+        f"p95 {t['p95']} max {t['max']}; {data.stats['truncated']} truncated at max_length {opts.max_length}")
+    return data
+
+
+def _tokenise_dataset(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     from daemon.probes import holdout_indices, load_probe_file, probe_from_example
 
     cfg, opts = s.cfg, s.cfg.options
@@ -379,12 +410,8 @@ def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
                        for p in file_probes]
     data = prepare(examples, n_records, encoder, eval_fraction=opts.eval_fraction, seed=opts.seed,
                    probe_holdout=holdout, probe_from_example=probe_from_example, file_probes=file_probes, log=say)
-    if ddp.is_main():
-        write_json(cfg.paths.stats, {**stats, **data.stats})
-    t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
-    say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
-        f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
-        f"p95 {t['p95']} max {t['max']}; {data.stats['truncated']} truncated at max_length {opts.max_length}")
+    data.stats.update(chat_template=s.chat.label if s.chat else None,
+                      prompt_format="chat" if s.prompt_chat else "raw")
     return data
 
 
