@@ -27,6 +27,22 @@ SLACK = float(os.environ.get("OVERNIGHT_TEST_SLACK", "1"))
 REALDATA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata"))
 
 
+def unavailable(reason: str) -> None:
+    """What a test cannot run without: skipped on a developer's machine, a failure in CI (`CI` set), where a skip
+    would hide that the real thing was never tested."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run this test)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def realdata() -> Path:
+    """The real datasets users drop (../shared/realdata, or OVERNIGHT_REALDATA)."""
+    if not REALDATA.is_dir():
+        unavailable(f"real datasets not found at {REALDATA} (OVERNIGHT_REALDATA names another place)")
+    return REALDATA
+
+
 def budget(seconds: float) -> float:
     """A test's time or CPU budget, scaled by OVERNIGHT_TEST_SLACK."""
     return seconds * SLACK

@@ -9,10 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from daemon.space import is_disk_full
-from tests.conftest import DaemonProcess, overnight, wait_until
+from daemon.runner import trainer_processes
+from tests.conftest import DaemonProcess, overnight, unavailable, wait_until
 from tests.test_control_e2e import drop_all, progress_step, state, write_dataset
 
 
@@ -29,7 +31,7 @@ def small_home(tmp_path: Path):
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test runs where it can")
+        unavailable("cannot mount a tmpfs here (needs root): the only real full-disk test")
     home = mnt / "home"
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True)
@@ -65,11 +67,13 @@ def test_a_full_disk_pauses_the_night_and_freeing_space_resumes_it(small_home: P
         filler = home.parent / "filler"
         _fill(filler)
         wait_until(lambda: "disk full" in overnight("status", home=home).stdout, 30, what="PROBLEM line")
-        before = progress_step(home, "full")
-        wait_until(lambda: d.proc.poll() is not None or progress_step(home, "full") == before, 30, what="no steps")
+        # progress.json cannot be rewritten on a full disk, so the step it shows proves nothing: the trainer's own CPU
+        # time does (a training tiny model keeps a core busy; a paused one sleeps between disk checks)
+        wait_until(lambda: training_idle(home, 2.0), 90, what="training to halt on the full disk")
         for _ in range(3):  # several daemon passes on a full disk
             assert d.proc.poll() is None, "the daemon exited on a full disk"
-            time.sleep(2)
+            assert training_idle(home, 2.0), "training went on while the disk was full"
+        before = progress_step(home, "full")
         filler.unlink()
         wait_until(lambda: progress_step(home, "full") > before + 10, 180, what="training again after space was freed")
         assert d.proc.poll() is None
@@ -82,6 +86,23 @@ def test_a_full_disk_pauses_the_night_and_freeing_space_resumes_it(small_home: P
         raise
     finally:
         d.stop()
+
+
+def training_idle(home: Path, seconds: float) -> bool:
+    """No trainer of the home used more than a tenth of a core over `seconds` (the same processes throughout)."""
+    def cpu() -> dict[int, float]:
+        used = {}
+        for pid, (proc, _) in trainer_processes(home / "runs").items():
+            try:
+                used[pid] = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return used
+
+    before = cpu()
+    time.sleep(seconds)
+    after = cpu()
+    return before.keys() == after.keys() and sum(after.values()) - sum(before.values()) < 0.1 * seconds
 
 
 def _dump(home: Path) -> None:

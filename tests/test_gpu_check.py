@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REALDATA, REPO
+from tests.conftest import REPO
 
 
 @pytest.mark.e2e
-def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None:
-    if not (REALDATA / "alpaca_en_demo.json").exists():
-        pytest.skip("shared/realdata is not beside the checkout")
+def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path, realdata: Path) -> None:
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--steps", "2", "--out",
                            str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

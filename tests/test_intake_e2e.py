@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from tests.conftest import REALDATA, DaemonProcess, drop, overnight, wait_until
+from tests.conftest import DaemonProcess, drop, overnight, wait_until
+from tests.test_junk import BUG_SIGNS
 
 
 @pytest.fixture
@@ -61,14 +62,12 @@ def test_good_and_bad_drops_end_up_in_the_right_place(model_home, daemon_proc, t
     assert run.name in listing and "queued" in listing
 
 
-def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, daemon_proc):
+def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, daemon_proc, realdata):
     home = model_home
-    if not REALDATA.exists():
-        pytest.skip("shared/realdata is not beside the repository")
     names = ["alpaca_en_demo.json", "c4_demo.jsonl", "wiki_demo.txt", "glaive_toolcall_en_demo.json",
              "v1_sft_demo.jsonl", "mllm_demo.json", "dpo_en_demo.json", "identity.json", "alpaca_zh_demo.json"]
     for n in names:
-        shutil.copy(REALDATA / n, home / "inbox" / n)
+        shutil.copy(realdata / n, home / "inbox" / n)
     d = daemon_proc()
     rejected = home / "inbox" / "rejected"
     wait_until(lambda: len(_run_dirs(home)) == 7 and len(list(rejected.glob("*.error.txt"))) == 2, 60,
@@ -224,7 +223,8 @@ def test_a_name_too_long_is_rejected_with_a_short_error_file(model_home, daemon_
     text = err.read_text()
     assert "too long" in text and "250 bytes" in text and "Fix: rename it to a shorter name" in text
     assert (rej / name).read_text() == '{"text": "x"}\n'
-    assert "internal error" not in (home / "overnight.log").read_text() and not _run_dirs(home)
+    log = (home / "overnight.log").read_text()
+    assert not [sign for sign in BUG_SIGNS if sign in log] and not _run_dirs(home), log
     assert d.proc.poll() is None
 
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from daemon.datasets import DatasetError, inspect_dataset, iter_examples
 
-REALDATA = Path(os.environ.get("OVERNIGHT_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
-pytestmark = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real datasets not found at {REALDATA}")
+from tests.conftest import REALDATA
+
+pytestmark = pytest.mark.usefixtures("realdata")  # skipped without the folder, failed in CI
 
 
 @pytest.mark.parametrize(("name", "fmt", "schema", "records"), [

@@ -15,7 +15,7 @@ from daemon.options import LR_SCHEDULERS, OPTIMIZERS, OptionsError, check_value
 from daemon.preflight import Shape, checkpointing_decision, estimate_memory, padding_report
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.oom import is_out_of_memory, next_rung
-from tests.conftest import REALDATA, overnight
+from tests.conftest import overnight
 from tests.conftest_trainer import (chat_records, jsonl, make_run, metrics, read_json, reversal_records, send, start,
                                     finish, tiny_model, train_losses, wait_for)
 
@@ -100,14 +100,14 @@ def test_length_grouped_sees_every_example_once_per_epoch() -> None:
     assert list(sampler) != order  # another epoch, another order
 
 
-def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path) -> None:
+def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path, realdata: Path) -> None:
     from tokenizers import Tokenizer
 
     from daemon.datasets import iter_examples
 
     tok = Tokenizer.from_file(str(qwen / "tokenizer.json"))
     lengths = [len(tok.encode(e["prompt"] + e["completion"]).ids) + 1
-               for e in iter_examples(REALDATA / "alpaca_en_demo.json")]
+               for e in iter_examples(realdata / "alpaca_en_demo.json")]
     padded = padding_report(lengths, 8, 1024, "padded")
     grouped = padding_report(lengths, 8, 1024, "length_grouped")
     assert 1 - padded.useful / padded.padded > 0.4  # random batches: about half is padding (FINDINGS: 55%)
@@ -115,9 +115,9 @@ def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path) -> None:
     assert padding_report(lengths, 8, 1024, "padding_free").padding_share == 0
 
 
-def test_check_reports_the_padding_the_default_batching_avoids(tmp_path: Path, qwen: Path) -> None:
+def test_check_reports_the_padding_the_default_batching_avoids(tmp_path: Path, qwen: Path, realdata: Path) -> None:
     (tmp_path / "overnight.toml").write_text(f'base_model = "{qwen}"\n', encoding="utf-8")
-    out = overnight("check", str(REALDATA / "alpaca_en_demo.json"), str(REALDATA / "wiki_demo.txt"),
+    out = overnight("check", str(realdata / "alpaca_en_demo.json"), str(realdata / "wiki_demo.txt"),
                     home=tmp_path).stdout
     line = next(x for x in out.splitlines() if "batching:" in x and "length-grouped" in x)
     grouped, padded = map(int, re.search(r"\((\d+)% padding instead of (\d+)%\)", line).groups())
