@@ -52,9 +52,10 @@ def drive(app: OvernightApp, body: Callable[[Any], Awaitable[None]], size: tuple
     asyncio.run(main())
 
 
-async def until(pilot: Any, predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Let the app run until `predicate()` holds (fails the test after `timeout` seconds)."""
-    end = time.monotonic() + timeout
+async def until(pilot: Any, predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Let the app run until `predicate()` holds (fails the test after `timeout` seconds, scaled by the slack: a
+    loaded CI machine takes seconds for what takes milliseconds here)."""
+    end = time.monotonic() + budget(timeout)
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what or predicate}")
