@@ -184,7 +184,7 @@ def _chat_format(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict,
     folder = model_folder(sub.options.base_models[0], home.root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
         return  # a model not found: check_base_models says so; its template is unknown until it is there
-    fmt = for_run(values["chat_template"], folder, (home.root, sub.dataset.parent))
+    fmt = for_run(values["chat_template"], folder, (home.root,))  # where the trainer looks too
     as_chat = prompt_as_chat(values["prompt_format"], fmt)
     if fmt is None and folder is not None and sub.report.schema in CHAT_SCHEMAS:
         raise TemplateError(f"the base model {sub.options.base_models[0]} has no chat template, so chat records "

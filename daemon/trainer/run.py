@@ -125,7 +125,7 @@ def _choose_chat_format(s: Session, folder: Path) -> None:
 
     opts, root = s.cfg.options, s.cfg.paths.root
     try:
-        s.chat = for_run(opts.chat_template, folder, (root.parent.parent, root, root / "dataset"))
+        s.chat = for_run(opts.chat_template, folder, (root.parent.parent,))  # a relative path: from the home
         s.prompt_chat = prompt_as_chat(opts.prompt_format, s.chat)
     except TemplateError as e:
         raise RunError(str(e)) from None
