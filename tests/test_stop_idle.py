@@ -10,6 +10,7 @@ import pytest
 
 from daemon.queries import Reader
 from tests.conftest import budget, drop, overnight, wait_until
+from tests.test_control_e2e import state
 
 HELD = "stop file present: no new job starts until control/stop is removed"  # the daemon's acknowledgement
 HINT = "no new job starts until: overnight resume"
@@ -21,15 +22,6 @@ def _events(home: Path) -> list[dict]:
         return reader.control_events()
     finally:
         reader.close()
-
-
-def _state(home: Path, name: str) -> str | None:
-    reader = Reader(home / "overnight.db")
-    try:
-        run = reader.find_run(name)
-    finally:
-        reader.close()
-    return run and run["state"]
 
 
 def test_stop_with_no_run_and_no_daemon_is_held_for_the_next_daemon(home, daemon_proc):
@@ -80,10 +72,10 @@ def test_stop_with_no_run_and_a_daemon_holds_the_queue_until_resume(home, tiny_m
                                         "eval_fraction = 0.0\n")
     drop(tmp_path / "held.toml", home / "inbox")
     drop(tmp_path / "held.jsonl", home / "inbox")
-    wait_until(lambda: _state(home, "held") == "queued", budget(30), what="the drop is queued")
+    wait_until(lambda: state(home, "held") == "queued", budget(30), what="the drop is queued")
     time.sleep(3)  # several daemon passes: a queue that is not held starts the run within one
-    assert _state(home, "held") == "queued"
+    assert state(home, "held") == "queued"
 
     res = overnight("resume", "--wait", str(budget(30)), home=home, timeout=budget(60))
     assert "applied: resume: control/stop lifted: the queue goes on" in res.stdout
-    wait_until(lambda: _state(home, "held") == "completed", budget(120), interval=0.5, what="the run trains")
+    wait_until(lambda: state(home, "held") == "completed", budget(120), interval=0.5, what="the run trains")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.submission import sha256_file
 from daemon.trainer.data import Encoded, Prepared, SequenceDataset
 
 VERSION = 1  # bump when the layout of the sequences changes
@@ -26,8 +27,8 @@ def key(cfg: Any, tokenizer: Any, chat: Any, prompt_chat: bool) -> str:
     opts = cfg.options
     parts = {
         "version": VERSION,
-        "dataset": (cfg.raw.get("dataset") or {}).get("sha256") or _sha256(cfg.dataset_path),
-        "probes": _sha256(cfg.probes_path) if cfg.probes_path else None,
+        "dataset": (cfg.raw.get("dataset") or {}).get("sha256") or sha256_file(cfg.dataset_path),
+        "probes": sha256_file(cfg.probes_path) if cfg.probes_path else None,
         "options": {name: getattr(opts, name) for name in _SHAPING},
         "template": chat.template if chat is not None else None,
         "prompt_chat": prompt_chat,
@@ -35,14 +36,6 @@ def key(cfg: Any, tokenizer: Any, chat: Any, prompt_chat: bool) -> str:
         "eos": tokenizer.eos_token_id,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save(path: Path, cache_key: str, data: Prepared) -> None:
