@@ -41,3 +41,12 @@ def test_a_parquet_drop_loads_pyarrow_and_the_store_still_works(tmp_path) -> Non
             f"assert inspect_dataset(Path({str(tmp_path / 'd.parquet')!r})).records == 1\n"
             f"Store(Path({str(tmp_path / 'x.db')!r}))")
     assert "pyarrow" in loaded_after(code)
+
+
+def test_check_show_renders_through_a_chat_template_without_torch(tmp_path, tiny_model) -> None:
+    (tmp_path / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    code = (f"from pathlib import Path; from daemon.checking import check_file; from daemon.home import Home\n"
+            f"v = check_file(Path({str(tmp_path / 'd.jsonl')!r}), Home(Path({str(tmp_path)!r})), 1)\n"
+            f"assert v.ok and '<|im_start|>' in v.shown[0][0]['text'], v")
+    assert "torch" not in loaded_after(code)  # transformers' template renderer, numpy: fine; torch: never
