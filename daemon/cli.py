@@ -191,10 +191,21 @@ def runs(home: str | None, as_json: bool) -> None:
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:
-    run = _reader(h).find_run(ref)
-    if run is None:
+    """The run `ref` names: its exact id, else the one run whose id starts with `ref` or whose name is `ref`.
+    Several such runs are refused with their ids: picking the newest would act on a run the user did not mean."""
+    import unicodedata
+    reader, ref = _reader(h), unicodedata.normalize("NFC", ref)  # NFC, as ids and names are stored
+    run = reader.run(ref)
+    if run is not None:
+        return run
+    rows = reader._all("SELECT id, state FROM runs WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY seq DESC",
+                       (len(ref), ref, ref))
+    if not rows:
         raise click.ClickException(f"no run matches {ref!r} (see overnight runs)")
-    return run
+    if len(rows) > 1:
+        listed = "\n".join(f"  {r['id']} ({r['state']})" for r in rows)
+        raise click.ClickException(f"{ref!r} matches {len(rows)} runs; name one by its id:\n{listed}")
+    return reader.run(rows[0]["id"])
 
 
 @main.command()
@@ -224,12 +235,20 @@ wait_option = click.option("--wait", "wait", type=click.FloatRange(min=0), defau
                            metavar="SECONDS", help="How long to wait for the daemon's answer (0: don't wait).")
 
 
-def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
+def _parse(kind: str, content: str):
+    """The daemon's own parser: a command it would reject is never written."""
     from daemon import control
-    try:  # the daemon's own parser: a command it would reject is never written
-        control.parse_text(kind, content)
+    try:
+        return control.parse_text(kind, content)
     except control.ControlError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
+    """Write the command and print the daemon's answers; an answer that rejects it exits 1, so that a script
+    can trust the exit code."""
+    from daemon import control
+    _parse(kind, content)
     ticket = control.send(h, kind, content)
     click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):
@@ -243,6 +262,8 @@ def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
         click.echo(f"{e['status']}: {e['message']}")
     if not answers:
         click.echo(f"not acknowledged yet (waited {wait:g} s); see overnight status")
+    if any(e["status"] == "rejected" for e in answers):
+        sys.exit(1)
 
 
 def _steer(kind: str, doc: str):
@@ -313,7 +334,8 @@ def models(home: str | None, as_json: bool) -> None:
 @wait_option
 def activate(home: str | None, name: str, version: int, wait: float) -> None:
     """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
-    _send(_home(home), "activate", f"{name} {version}", wait)
+    h = _home(home)
+    _send(h, "activate", _model_version(h, "activate", name, version), wait)
 
 
 @main.command()
@@ -323,7 +345,22 @@ def activate(home: str | None, name: str, version: int, wait: float) -> None:
 @wait_option
 def delete(home: str | None, name: str, version: int, wait: float) -> None:
     """Move a model version's adapter into trash/ (nothing is erased)."""
-    _send(_home(home), "delete", f"{name} {version}", wait)
+    h = _home(home)
+    _send(h, "delete", _model_version(h, "delete", name, version), wait)
+
+
+def _model_version(h: Home, kind: str, name: str, version: int) -> str:
+    """`NAME VERSION` for control/KIND, refused here when the registry has no such version: the daemon would
+    reject it, and without a daemon nothing would say so until it starts."""
+    content = f"{name} {version}"
+    name, version = _parse(kind, content).model
+    versions = [m for m in _reader(h).models() if m["name"] == name]
+    if not any(m["version"] == version for m in versions):
+        known = ", ".join(f"v{m['version']}" for m in versions)
+        raise click.ClickException(f"no model {name} version {version} "
+                                   f"({f'{name} has {known}' if known else 'no model has that name'}). "
+                                   f"Fix: use a NAME and VERSION that overnight models lists.")
+    return content
 
 
 @main.command()

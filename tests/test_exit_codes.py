@@ -1,0 +1,96 @@
+"""Exit codes a script can trust (SPEC 13): 0 done, 1 refused or invalid, 2 usage. A command the daemon rejects,
+one the CLI can already tell is invalid, and a run reference that names several runs all exit 1."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from daemon.store import Store
+from tests.conftest import budget, overnight
+
+
+def _run(home: Path, rid: str, name: str, state: str = "completed", model: bool = False) -> None:
+    """A run row as the daemon leaves it, with its folder and console.log; `model`: registered as NAME's next
+    version, with an adapter, as if it had trained."""
+    d = home / "runs" / rid
+    (d / "adapter").mkdir(parents=True)
+    (d / "console.log").write_text(f"log of {rid}\n")
+    store = Store(home / "overnight.db")
+    try:
+        store.insert_run({"id": rid, "name": name, "dataset": f"{name}.jsonl", "state": state, "priority": 0,
+                          "seq": store.next_seq(), "run_dir": str(d), "base_model": "tiny"})
+        if model:
+            (d / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny"}))
+            (d / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+            store.add_model({"name": name, "run_id": rid, "base_model": "tiny", "metrics": {},
+                             "adapter_path": str(d / "adapter")})
+    finally:
+        store.close()
+
+
+def _written(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "control").iterdir() if p.is_file())
+
+
+# --- refused by the CLI, with or without a daemon ---------------------------------------------------------------
+def test_activate_or_delete_of_a_version_that_does_not_exist_exits_1_and_writes_nothing(home: Path) -> None:
+    _run(home, "support-20260101-000000", "support", model=True)
+    for command in ("activate", "delete"):
+        res = overnight(command, "support", "7", home=home)
+        assert res.returncode == 1, (command, res.stdout, res.stderr)
+        assert "no model support version 7 (support has v1)" in res.stderr and "overnight models" in res.stderr
+        res = overnight(command, "nosuch", "1", home=home)
+        assert res.returncode == 1 and "no model nosuch version 1 (no model has that name)" in res.stderr
+    # without a daemon nothing would tell the user until it starts: a refused command is never left behind
+    assert _written(home) == []
+
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    res = overnight("activate", "support", "latest", home=home)
+    assert res.returncode == 2 and "VERSION" in res.stderr, res.stderr
+    assert overnight("logs", home=home).returncode == 2
+
+
+# --- run references: an exact id, else exactly one run ----------------------------------------------------------
+def test_logs_with_a_prefix_of_several_runs_is_refused_listing_them(home: Path) -> None:
+    _run(home, "support-20260101-000000", "support")
+    _run(home, "support-20260102-000000", "support", state="failed")
+    _run(home, "supper-20260103-000000", "supper")
+    for ref in ("support", "sup", "support-202601"):
+        res = overnight("logs", ref, home=home)
+        assert res.returncode == 1 and res.stdout == "", (ref, res.stdout, res.stderr)
+        assert f"{ref!r} matches" in res.stderr and "name one by its id" in res.stderr
+        assert "support-20260102-000000 (failed)" in res.stderr and "support-20260101-000000 (completed)" in res.stderr
+    assert "supper-20260103-000000" in overnight("logs", "sup", home=home).stderr
+    # one match, by prefix or by its whole id, is that run
+    assert overnight("logs", "suppe", home=home, check=True).stdout == "log of supper-20260103-000000\n"
+    assert overnight("logs", "support-20260102", home=home, check=True).stdout == "log of support-20260102-000000\n"
+
+
+def test_an_exact_id_wins_over_the_runs_it_is_a_prefix_of(home: Path) -> None:
+    _run(home, "chat-20260101-000000", "chat")
+    _run(home, "chat-20260101-000000-2", "chat")  # two drops of chat in the same second
+    res = overnight("logs", "chat-20260101-000000", home=home, check=True)
+    assert res.stdout == "log of chat-20260101-000000\n"
+
+
+def test_a_steering_command_with_an_ambiguous_run_writes_nothing(home: Path) -> None:
+    _run(home, "a-20260101-000000", "a", state="queued")
+    _run(home, "a-20260102-000000", "a", state="queued")
+    res = overnight("priority", "a", "5", home=home)
+    assert res.returncode == 1 and "matches 2 runs" in res.stderr, res.stderr
+    assert _written(home) == []
+
+
+# --- rejected by the daemon ---------------------------------------------------------------------------------------
+def test_what_the_daemon_rejects_exits_1_and_what_it_applies_exits_0(home: Path, daemon_proc) -> None:
+    _run(home, "support-20260101-000000", "support", model=True)
+    _run(home, "support-20260102-000000", "support", model=True)
+    daemon_proc()
+    wait = str(budget(60))
+    # nothing is training: the daemon cannot tell which run to skip (as with several running)
+    res = overnight("skip", "--wait", wait, home=home)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "rejected: control/skip: no job is running" in res.stdout
+    res = overnight("activate", "support", "1", "--wait", wait, home=home)
+    assert res.returncode == 0 and "applied: activate support v1" in res.stdout, (res.stdout, res.stderr)
