@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from daemon import __version__, render
+from daemon import __version__, morning, render
 from daemon.completeness import SETTLE_S
 from daemon.space import disk_full_problem
 from daemon.home import Home, HomeLocked, daemon_alive
@@ -153,8 +153,12 @@ def _place(src: Path, dest: Path) -> None:
 @main.command()
 @home_option
 @json_option
-def status(home: str | None, as_json: bool) -> None:
-    """The daemon, the running jobs (each with its GPU set) and the queue at a glance."""
+@click.option("--since", "since_h", type=click.FloatRange(min=0), default=morning.DEFAULT_SINCE_H,
+              show_default=True, metavar="HOURS", help="List the runs that failed and the drops rejected this many "
+                                                       "hours back.")
+def status(home: str | None, as_json: bool, since_h: float) -> None:
+    """The daemon, the running jobs (each with its GPU set), the queue and what needs you: failed runs, rejected
+    drops, what holds the queue."""
     h = Home.resolve(home, create=False)
     rd = _reader(h)
     alive = daemon_alive(h)
@@ -164,9 +168,15 @@ def status(home: str | None, as_json: bool) -> None:
     beat = rd.daemon() if alive else None
     problem = ((beat or {}).get("problem") or disk_full_problem(h.root)
                or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
+    from daemon import control
+    since = morning.cutoff(since_h)
+    failed = morning.failed_runs(rd.runs((State.FAILED,)), since)
+    rejected = morning.rejected_drops(h, since)
+    held = morning.held(control.held(h, "stop"), problem)
     if as_json:
         _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
-                    "control_events": events})
+                    "control_events": events, "since_hours": since_h,
+                    "failed": [vars(f) for f in failed], "rejected": [vars(d) for d in rejected], "held": held})
         return
     click.echo(f"home: {h.root}")
     click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
@@ -176,7 +186,9 @@ def status(home: str | None, as_json: bool) -> None:
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:
-        click.echo(render.runs_table(runs))
+        click.echo(render.runs_table(runs, held))
+    for line in render.morning(failed, rejected, held, since_h):
+        click.echo(line)
     for e in reversed(events):
         click.echo(f"control {e['time']}: {e['status']}: {e['message']}")
 
@@ -185,9 +197,17 @@ def status(home: str | None, as_json: bool) -> None:
 @home_option
 @json_option
 def runs(home: str | None, as_json: bool) -> None:
-    """Every run: active, queued (in order), then history."""
-    rows = _reader(Home.resolve(home, create=False)).runs()
-    _echo_json(rows) if as_json else click.echo(render.runs_table(rows))
+    """Every run: active, queued (in order), then history; REASON: why a run failed, stopped or was skipped."""
+    h = Home.resolve(home, create=False)
+    rd = _reader(h)
+    rows = rd.runs()
+    if as_json:
+        _echo_json(rows)
+        return
+    from daemon import control
+    beat = rd.daemon() if daemon_alive(h) else None
+    click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
+                                                   (beat or {}).get("problem") or disk_full_problem(h.root))))
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:

@@ -95,17 +95,71 @@ def _progress(r: dict[str, Any]) -> str:
     return f"{step}/{total}" if total else str(step)
 
 
-def runs_table(runs: list[dict[str, Any]]) -> str:
-    """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`)."""
+REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
+_WITH_REASON = ("failed", "stopped", "skipped", "pruned")
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` cells, `…` marking a cut."""
+    if cells(text) <= width:
+        return text
+    out, used = [], 0
+    for c in text:
+        used += cells(c)
+        if used > width - 1:
+            break
+        out.append(c)
+    return "".join(out) + "…"
+
+
+def _reason(r: dict[str, Any]) -> str:
+    if r["state"] not in _WITH_REASON or not r.get("reason"):
+        return ""
+    first = next((line.strip() for line in str(r["reason"]).splitlines() if line.strip()), "")
+    return cut(first, REASON_CELLS)
+
+
+def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
+    """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
+    REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
+    from starting, so that they do not read as merely waiting their turn."""
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
-    rows = [("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")]
-    for r in runs:
+    reasons = [_reason(r) for r in runs]
+    head = ("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
+    rows: list[tuple[str, ...]] = [head + (("REASON",) if any(reasons) else ())]
+    for r, reason in zip(runs, reasons):
         eta = fmt_duration(r["eta_s"]) if r["state"] in ("training", "paused") else "-"
         gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ("preparing", "training", "paused") else "-"
-        rows.append((r["id"], r["state"], gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
-                     fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name))
-    return "\n".join(table(rows))
+        state = "held" if held and r["state"] == "queued" else r["state"]
+        rows.append((r["id"], state, gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
+                     fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
+                    + ((reason,) if any(reasons) else ()))
+    lines = table(rows)
+    queued = sum(r["state"] == "queued" for r in runs)
+    if held and queued:
+        lines.append(f"held: {queued} queued run{'s' if queued > 1 else ''} held by {held}")
+    return "\n".join(lines)
+
+
+def rejected_item(file: str, error: str) -> str:
+    """`FILE: error`, the file named once when the error starts with it already."""
+    return error if error.startswith(f"{file}:") else f"{file}: {error}"
+
+
+def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, since_h: float) -> list[str]:
+    """`overnight status`: what needs the user, from daemon.morning (failed runs, rejected drops, a held queue)."""
+    window = f"{since_h:g} h"
+    lines = []
+    if held:
+        lines.append(f"queue held by {held}")
+    if failed:
+        lines.append(f"failed in the last {window}:")
+        lines += [f"  {f.id}: {f.reason}" for f in failed]
+    if rejected:
+        lines.append(f"rejected drops in the last {window} (newest first):")
+        lines += [f"  {rejected_item(d.file, d.error)} (see {d.error_file})" for d in rejected]
+    return lines
 
 
 def models(rows: list[dict[str, Any]]) -> str:

@@ -33,6 +33,7 @@ from tui.widgets.header import DaemonBanner, HomeHeader
 from tui.widgets.keys import KeysScreen
 from tui.widgets.log import LogPanel, run_note
 from tui.widgets.models import ModelsTable
+from tui.widgets.needs import NeedsStrip
 from tui.widgets.runs import RunsTable
 from tui.widgets.system import SystemPanel
 
@@ -111,12 +112,14 @@ class OvernightApp(App[None]):
         # the panels are kept as attributes: updates never query the DOM (a dialog may be on top, or the app
         # may be closing when a last message arrives)
         self.header, self.banner = HomeHeader(id="header"), DaemonBanner(id="banner")
+        self.needs = NeedsStrip(id="needs")
         self.runs, self.tabs = RunsTable(id="runs"), TabbedContent(initial="log")
         self.log_panel, self.charts = LogPanel(id="log-panel"), ChartsPanel(id="charts-panel")
         self.evolution, self.system = EvolutionPanel(id="evolution-panel"), SystemPanel(id="system-panel")
         self.models, self.status = ModelsTable(id="models-table"), Static(" reading the home…", id="status")
         yield self.header
         yield self.banner
+        yield self.needs
         yield self.runs
         with self.tabs:
             with TabPane("Log", id="log"):
@@ -212,6 +215,7 @@ class OvernightApp(App[None]):
         if changed:  # an idle home costs no redraw
             self.header.show(snap)
             self.banner.show(snap)
+            self.needs.show(snap)
             self.runs.show(snap)
             self.models.show(snap)
             self.system.show_runs(snap.runs)

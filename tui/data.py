@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon import control, rundir, sweep
+from daemon import control, morning, rundir, sweep
 from daemon.evolution import EvolutionReport, analyze, is_probe_record
 from daemon.home import Home, daemon_alive
+from daemon.morning import FailedRun, RejectedDrop
 from daemon.queries import Reader, stale_problem
 from daemon.rundir import JsonlTail, LogUpdate, RunFolder
 from daemon.space import disk_full_problem
@@ -129,6 +130,11 @@ class HomeSnapshot:
     pause_target: str | None = None  # control/pause in force: a run id, "*" for whatever runs, None if absent
     stop_held: bool = False  # an untargeted control/stop holds the queue
     error: str | None = None  # the DB could not be read this time (shown, retried next second)
+    # what needs the user (daemon.morning, the same as `overnight status`): failed runs and rejected drops of the
+    # last `morning.DEFAULT_SINCE_H` hours, newest first, and what holds the queue
+    failed: tuple[FailedRun, ...] = ()
+    rejected: tuple[RejectedDrop, ...] = ()
+    held: str | None = None
 
     def run(self, run_id: str | None) -> RunRow | None:
         """The run with this id, if listed."""
@@ -221,12 +227,16 @@ class HomeWatcher:
                                  problem=(beat.get("problem") if alive else None)
                                  or disk_full_problem(self.home.root)
                                  or stale_problem(self.home.db, beat, alive))
+            runs = _mark_best(tuple(_run_row(r) for r in reader.runs()), reader)
+            since = morning.cutoff(morning.DEFAULT_SINCE_H)
             return HomeSnapshot(
-                root=str(self.home.root), daemon=daemon,
-                runs=_mark_best(tuple(_run_row(r) for r in reader.runs()), reader),
+                root=str(self.home.root), daemon=daemon, runs=runs,
                 events=tuple(ControlAck(**_field_subset(ControlAck, e)) for e in reader.control_events(self.events)),
                 models=tuple(_model_row(m) for m in reader.models()),
-                pause_target=pause, stop_held=stop == "*")
+                pause_target=pause, stop_held=stop == "*",
+                failed=tuple(morning.failed_runs(runs, since)),
+                rejected=tuple(morning.rejected_drops(self.home, since)),
+                held=morning.held(stop, daemon.problem))
         except (sqlite3.Error, json.JSONDecodeError) as e:
             self.close()  # a fresh connection next time
             return HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=bool(alive)),

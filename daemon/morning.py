@@ -1,0 +1,108 @@
+"""What happened overnight and needs the user: failed runs, rejected drops, a held queue. Read by `overnight status`
+and the dashboard's "needs you" strip alike, so both say the same. Read-only, no torch, no click, no Textual."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from daemon.home import Home
+from daemon.states import State
+
+DEFAULT_SINCE_H = 24.0
+HELD_BY_STOP = "control/stop (overnight resume lifts it)"
+ERROR_SUFFIX = ".error.txt"
+MAX_REJECTED = 50  # a morning view, not an archive: inbox/rejected/ keeps every one
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    id: str
+    reason: str  # its first line: the rest is in the run's console.log
+    ended: str | None
+
+
+@dataclass(frozen=True)
+class RejectedDrop:
+    file: str
+    error: str  # the first line of NAME.error.txt
+    error_file: str
+    time: str  # when it was rejected (the .error.txt's mtime), ISO local time as in the DB
+
+
+def first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+
+
+def cutoff(since_h: float, now: float | None = None) -> str:
+    """The window's start as the DB writes times (ISO local, seconds), so it compares as text."""
+    now = _dt.datetime.now().timestamp() if now is None else now
+    return _dt.datetime.fromtimestamp(now - since_h * 3600).isoformat(timespec="seconds")
+
+
+def _get(row: Any, key: str) -> Any:
+    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
+
+
+def failed_runs(rows: Iterable[Any], since: str) -> list[FailedRun]:
+    """Failed runs that ended at or after `since` (run dicts from queries.Reader, or the dashboard's RunRows),
+    newest first."""
+    found = []
+    for r in rows:
+        if _get(r, "state") != State.FAILED:
+            continue
+        ended = _get(r, "finished") or _get(r, "updated") or _get(r, "created")
+        if ended and ended >= since:
+            found.append(FailedRun(_get(r, "id"), first_line(_get(r, "reason")) or "no reason recorded", ended))
+    return sorted(found, key=lambda f: f.ended or "", reverse=True)
+
+
+def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:
+    """Drops the intake rejected since `since`, newest first: one per NAME.error.txt in inbox/rejected/."""
+    try:
+        entries = [e for e in os.scandir(home.rejected) if e.name.endswith(ERROR_SUFFIX) and e.is_file()]
+    except OSError:
+        return []
+    dated = []
+    for e in entries:
+        try:
+            stamp = _dt.datetime.fromtimestamp(e.stat().st_mtime).isoformat(timespec="seconds")
+        except OSError:
+            continue
+        if stamp >= since:
+            dated.append((stamp, e.name, Path(e.path)))
+    dated.sort(reverse=True)
+    out = []
+    for stamp, name, path in dated[:MAX_REJECTED]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(64 * 1024)  # the error and the list of moved files come first
+        except OSError:
+            continue
+        out.append(RejectedDrop(_dropped_file(text, name), first_line(text) or "no error recorded", str(path),
+                                stamp))
+    return out
+
+
+def _dropped_file(text: str, error_name: str) -> str:
+    """The dataset of the drop, as the .error.txt names the files it moved (`Rejected files (moved to DIR): A, B`);
+    the .error.txt's own stem when that line is missing (an older or hand-written file)."""
+    for line in text.splitlines():
+        if line.startswith("Rejected files (moved to "):
+            names = line.rpartition("): ")[2].strip()
+            if names:
+                return names.split(", ")[0]
+    return error_name[: -len(ERROR_SUFFIX)]
+
+
+def held(stop_target: str | None, problem: str | None) -> str | None:
+    """What keeps queued runs from starting: an untargeted control/stop, else a full disk or a broken
+    overnight.toml (the PROBLEM line's text); None when nothing does. A stalled trainer or a busy DB holds nothing."""
+    if stop_target == "*":
+        return HELD_BY_STOP
+    line = first_line(problem)
+    if line and (line.startswith("disk full") or "overnight.toml" in line):
+        return line
+    return None

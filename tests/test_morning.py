@@ -1,0 +1,187 @@
+"""The morning view: what failed overnight, which drops were rejected, and what holds the queue — in `overnight
+status` (text and --json), `overnight runs` (REASON) and the dashboard's "needs you" strip."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.home import Home
+from daemon.store import Store
+from tests.conftest import overnight
+from tests.test_tui import drive, until
+from tests.tui_fixtures import FixedTelemetry, NO_GPU
+from tui.app import OvernightApp
+
+FAILED = "support-20260514-010000"
+OLD_FAILED = "notes-20260510-010000"
+QUEUED = "poems-20260514-020000"
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def _insert(store: Store, home: Home, run_id: str, seq: int, state: str, **fields: object) -> None:
+    name = run_id.rsplit("-", 2)[0]
+    store.insert_run({"id": run_id, "name": name, "group_id": run_id, "dataset": f"dataset/{name}.jsonl",
+                      "format": "jsonl", "schema": "prompt_completion", "records": 8, "base_model": "/models/tiny",
+                      "state": state, "priority": 0, "seq": seq, "run_dir": str(home.runs / run_id), **fields})
+
+
+def _reject(home: Home, name: str, error: str, age_s: float) -> Path:
+    """A drop as the intake leaves a rejected one: the file moved to inbox/rejected/ beside NAME.error.txt."""
+    (home.rejected / name).write_text("{}\n")
+    err = home.rejected / f"{name.rsplit('.', 1)[0]}.error.txt"
+    err.write_text(f"{error}\n\nRejected files (moved to {home.rejected}): {name}\n"
+                   f"After fixing, drop the file into {home.inbox} again (mv, or overnight add FILE).\n")
+    stamp = time.time() - age_s
+    os.utime(err, (stamp, stamp))
+    return err
+
+
+@pytest.fixture
+def morning_home(tmp_path: Path) -> Home:
+    """A home after a bad night: a run failed two hours ago (another five days ago), two drops were rejected (and
+    one long ago), and an untargeted control/stop holds a queued run."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    now = dt.datetime.now()
+    store = Store(home.db)
+    try:
+        _insert(store, home, OLD_FAILED, 1, "failed", reason="loss became nan at step 3",
+                finished=_iso(now - dt.timedelta(days=5)))
+        _insert(store, home, FAILED, 2, "failed", reason=f"{OOM}\nTraceback (most recent call last): …",
+                finished=_iso(now - dt.timedelta(hours=2)))
+        _insert(store, home, QUEUED, 3, "queued")
+    finally:
+        store.close()
+    _reject(home, "old.jsonl", "old.jsonl: line 1: not JSON", age_s=3 * 86400)
+    _reject(home, "chat.jsonl", "chat.jsonl: line 3: missing field 'completion'", age_s=3 * 3600)
+    _reject(home, "data.jsonl", "data.jsonl: line 12: not JSON (Expecting value)", age_s=600)
+    (home.control / "stop").write_text("")
+    return home
+
+
+def test_status_lists_failed_runs_rejected_drops_and_the_stop(morning_home: Home) -> None:
+    out = overnight("status", home=morning_home.root, check=True).stdout
+    assert f"  {FAILED}: {OOM}\n" in out
+    assert "Traceback" not in out  # the first line only
+    assert OLD_FAILED not in out  # five days ago: outside the 24 h window
+    rejected = morning_home.rejected
+    lines = out.splitlines()
+    new = lines.index(f"  data.jsonl: line 12: not JSON (Expecting value) (see {rejected / 'data.error.txt'})")
+    older = lines.index(f"  chat.jsonl: line 3: missing field 'completion' (see {rejected / 'chat.error.txt'})")
+    assert new < older  # newest first
+    assert "old.jsonl" not in out
+    assert "queue held by control/stop (overnight resume lifts it)" in out
+    # the queued run does not read as merely waiting its turn
+    row = next(line for line in lines if line.startswith(QUEUED))
+    assert row.split()[1] == "held"
+    assert "held: 1 queued run held by control/stop (overnight resume lifts it)" in out
+
+
+def test_since_widens_the_window(morning_home: Home) -> None:
+    out = overnight("status", "--since", "200", home=morning_home.root, check=True).stdout
+    assert f"{OLD_FAILED}: loss became nan at step 3" in out
+    assert "old.jsonl: line 1: not JSON" in out
+    assert "in the last 200 h" in out
+    narrow = overnight("status", "--since", "1", home=morning_home.root, check=True).stdout
+    assert FAILED + ":" not in narrow and "chat.jsonl" not in narrow and "data.jsonl" in narrow
+
+
+def test_status_json_carries_the_same(morning_home: Home) -> None:
+    data = json.loads(overnight("status", "--json", home=morning_home.root, check=True).stdout)
+    assert [(f["id"], f["reason"]) for f in data["failed"]] == [(FAILED, OOM)]
+    assert data["failed"][0]["ended"]
+    assert [(d["file"], d["error"]) for d in data["rejected"]] == [
+        ("data.jsonl", "data.jsonl: line 12: not JSON (Expecting value)"),
+        ("chat.jsonl", "chat.jsonl: line 3: missing field 'completion'")]
+    assert data["rejected"][0]["error_file"] == str(morning_home.rejected / "data.error.txt")
+    assert data["rejected"][0]["time"] > data["rejected"][1]["time"]
+    assert data["held"] == "control/stop (overnight resume lifts it)"
+
+
+def test_nothing_needs_you_on_a_quiet_home(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    out = overnight("status", home=home.root, check=True).stdout
+    assert "failed in the last" not in out and "rejected drops" not in out and "held" not in out
+    data = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)
+    assert (data["failed"], data["rejected"], data["held"]) == ([], [], None)
+
+
+def test_runs_has_a_reason_column(morning_home: Home) -> None:
+    out = overnight("runs", home=morning_home.root, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "REASON"
+    failed = next(line for line in lines if line.startswith(FAILED))
+    assert failed.endswith("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "loss became nan at step 3" in next(line for line in lines if line.startswith(OLD_FAILED))
+    rows = json.loads(overnight("runs", "--json", home=morning_home.root, check=True).stdout)
+    assert next(r for r in rows if r["id"] == FAILED)["reason"].startswith(OOM + "\n")
+
+
+def test_a_long_reason_is_cut_to_fit(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    store = Store(home.db)
+    try:
+        _insert(store, home, FAILED, 1, "failed", reason="x" * 300, finished=_iso(dt.datetime.now()))
+    finally:
+        store.close()
+    row = next(line for line in overnight("runs", home=home.root, check=True).stdout.splitlines()
+               if line.startswith(FAILED))
+    assert row.endswith("x…") and len(row) < 200
+
+
+def test_a_real_rejection_is_listed(home: Path) -> None:
+    """A drop the daemon itself rejects (a sidecar naming a base model that does not exist)."""
+    (home / "inbox" / "tiny.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (home / "inbox" / "tiny.toml").write_text('base_model = "/nonexistent/model"\n')
+    overnight("daemon", "--once", "--settle", "0.2", home=home, check=True, timeout=120)
+    data = json.loads(overnight("status", "--json", home=home, check=True).stdout)
+    assert [d["file"] for d in data["rejected"]] == ["tiny.jsonl"]
+    error_file = Path(data["rejected"][0]["error_file"])
+    assert error_file.parent == home / "inbox" / "rejected"
+    assert data["rejected"][0]["error"] == error_file.read_text().splitlines()[0]
+    assert "/nonexistent/model" in data["rejected"][0]["error"]
+
+
+def test_the_dashboard_shows_what_needs_you(morning_home: Home) -> None:
+    app = OvernightApp(morning_home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.pause(0.1)
+        assert app.needs.display
+        text = str(app.needs.render())
+        assert text.startswith(" needs you: 1 failed (support-20260514-010000: CUDA out of memory")
+        assert "2 rejected drops (data.jsonl: line 12: not JSON (Expecting value))" in text
+        assert text.rstrip().endswith("queue held by control/stop (overnight resume lifts it)")
+    drive(app, body, size=(220, 24))
+
+
+def test_the_strip_is_cut_to_an_80_column_terminal(morning_home: Home) -> None:
+    app = OvernightApp(morning_home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.pause(0.1)
+        text = str(app.needs.render())
+        # the newest items give way, every count and the hold stay in view
+        assert text.rstrip() == " needs you: 1 failed (support-2…), 2 rejected drops, queue held by control/stop"
+    drive(app, body, size=(80, 24))
+
+
+def test_no_strip_when_nothing_needs_you(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    app = OvernightApp(home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        assert not app.needs.display
+    drive(app, body)
