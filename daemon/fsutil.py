@@ -36,6 +36,14 @@ def unique_path(path: Path) -> Path:
     raise RuntimeError(f"no free name for {path}")
 
 
+def safe_name(text: str) -> str:
+    """A file-system- and run-id-safe version of a dataset or model name: letters of any script stay (a run id is
+    a folder name and a control file's line, see control.RUN_ID); spaces, slashes and symbols become `-`. A model
+    named after its dataset's file name takes this form too, so that its name and its runs' ids agree."""
+    # NFC: a name typed on macOS (decomposed é) and the same name typed elsewhere give one run id
+    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.") or "dataset"
+
+
 # --- model names -------------------------------------------------------------------------------------------
 # A model name is a folder-name part (trash/NAME-vN-…) and a word on a control file's line (`activate NAME 3`):
 # letters and digits of any script (as in run ids, see control.RUN_ID), '.', '_' and '-'; NFC, so an é typed

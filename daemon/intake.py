@@ -6,11 +6,9 @@ so a missed or overflowing inotify queue loses nothing (the daemon also rescans 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 import traceback
-import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from daemon import rundir, sweep
 from daemon.rundir import RunFolder
 from daemon.atomic import write_json, write_text
 from daemon.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
-from daemon.fsutil import SHORT_NAME, ignored, short_name, unique_path
+from daemon.fsutil import SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
@@ -33,13 +31,6 @@ from daemon.timefmt import iso, run_id_stamp
 
 
 BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their validation starts
-
-
-def safe_name(text: str) -> str:
-    """A file-system- and run-id-safe version of a dataset or model name: letters of any script stay (a run id is
-    a folder name and a control file's line, see control.RUN_ID); spaces, slashes and symbols become `-`."""
-    # NFC: a name typed on macOS (decomposed é) and the same name typed elsewhere give one run id
-    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.") or "dataset"
 
 
 def shown_name(name: str) -> str:
@@ -326,21 +317,24 @@ class Intake:
         Each run folder is assembled under a hidden staging name and renamed into runs/ complete, so a
         reader never sees a run folder without its config.json.
         """
+        name = model_name_of(sub)
+        if name != sub.name:  # a user who dropped "my data.jsonl" looks for "my data": say which name it got
+            log.info(f"inbox: {shown_name(sub.dataset.name)}: model name: {name} (from the file name)")
         points = sweep.expand(sub.options)
         several_models = len(sub.options.base_models) > 1
         sha = sha or sha256_file(sub.dataset)
         stamp = run_id_stamp()  # one time for the whole group: the ids differ only by their values
-        group_id = self.new_run_id(sub.name, stamp) if len(points) > 1 else None
+        group_id = self.new_run_id(name, stamp) if len(points) > 1 else None
         run_ids: list[str] = []
         first_dataset_dir: Path | None = None
         for i, point in enumerate(points):
-            rid = self.new_run_id(sub.name + sweep.run_suffix(point, several_models), stamp,
+            rid = self.new_run_id(name + sweep.run_suffix(point, several_models), stamp,
                                   {group_id} if group_id else None)
             staging = RunFolder(self.home.runs / f".{rid}.partial")
             staging.dataset.mkdir(parents=True)
             # overnight's own files first: a disk too full for them fails here, before the drop has moved
-            row = self._write_run_files(rid, staging.root, sub, sweep.options_for(sub.options, point), sha, group_id,
-                                        point, (i + 1, len(points)))
+            row = self._write_run_files(rid, name, staging.root, sub, sweep.options_for(sub.options, point), sha,
+                                        group_id, point, (i + 1, len(points)))
             if first_dataset_dir is None:
                 for p in (sub.dataset, sub.sidecar, sub.probes):
                     if p:
@@ -363,7 +357,7 @@ class Intake:
                  f"as {', '.join(run_ids)}{grouped}")
         return run_ids
 
-    def _write_run_files(self, rid: str, folder: Path, sub: Submission, opts: Resolved, sha: str,
+    def _write_run_files(self, rid: str, name: str, folder: Path, sub: Submission, opts: Resolved, sha: str,
                          group_id: str | None, point: sweep.Point, place: tuple[int, int]) -> dict:
         """config.json, stats.json, metadata.json and the console header; returns the run's DB row."""
         model = opts.values["base_model"]
@@ -372,14 +366,14 @@ class Intake:
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
         parent = check_parent(opts, self.home.toml)
         write_json(run.config, {
-            "run_id": rid, "name": sub.name, "group": group_id, "sweep": dict(point.values) or None,
+            "run_id": rid, "name": name, "group": group_id, "sweep": dict(point.values) or None,
             **opts.to_config(), "dataset": dataset_info,
             "init_adapter": copy_adapter(parent, run.init_adapter) if parent else None,
             "probes": run.in_dataset(sub.probes.name) if sub.probes else None,
             "sidecar": run.in_dataset(sub.sidecar.name) if sub.sidecar else None,
         })
         write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
-        row = {"id": rid, "name": sub.name, "group_id": group_id, "dataset": sub.dataset.name,
+        row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
                "base_model": model, "state": State.QUEUED, "priority": int(opts.values["priority"]),
                "seq": self.store.next_seq(), "run_dir": str(self.home.run_dir(rid)),
@@ -391,7 +385,16 @@ class Intake:
         rundir.append_console(folder, f"overnight run {rid} queued: dataset {sub.dataset.name} "
                                       f"({sub.report.format}, schema {sub.report.schema}, {sub.report.records} "
                                       f"records), base model {model}{in_group}")
+        if name != sub.name:
+            rundir.append_console(folder, f"model name: {name} (from the file name)")
         return row
+
+
+def model_name_of(sub: Submission) -> str:
+    """The name the drop's model is registered under: the `name` option, else the dataset's file name by the run
+    id's rule (spaces and symbols become '-'), so that `init_adapter = "NAME"`, `overnight activate NAME` and the
+    run id all spell it alike."""
+    return sub.options.values.get("name") or safe_name(model_name(stem_of(sub.dataset)))
 
 
 def _drops(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:

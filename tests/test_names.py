@@ -125,6 +125,44 @@ def test_a_default_name_from_a_decomposed_file_name_is_composed(home: Home) -> N
     assert validate(f, None, None, home.toml, require_model=False).name == "modèle-ß"
 
 
+
+def test_a_model_named_after_a_file_with_spaces_is_spelled_as_its_run_ids(home: Home) -> None:
+    from daemon import log, registry
+    log.setup(home.root / "overnight.log", echo=False)
+    home.toml.write_text('base_model = "/m/tiny"\n')
+    f = home.root / f"{unicodedata.normalize('NFD', 'données')} 日本.txt"
+    f.write_text("some text to learn\n" * 5, encoding="utf-8")
+    store = Store(home.db)
+    try:
+        [rid] = Intake(home, store).accept(validate(f, None, None, home.toml, require_model=False))
+        run = store.get_run(rid)
+        (home.runs / rid / "adapter").mkdir()
+        (home.runs / rid / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "tiny"}')
+        registry.register(store, run)
+    finally:
+        store.close()
+    # the name a user reads in the run id is the name init_adapter and activate take
+    assert rid.startswith("données-日本-") and run["name"] == "données-日本"
+    assert resolve_parent("données-日本", home.root).label == "données-日本:1"
+    r = CliRunner().invoke(main, ["models", "--home", str(home.root)])
+    assert "données-日本 v1" in r.output, r.output
+    said = "model name: données-日本 (from the file name)"
+    assert (home.root / "overnight.log").read_text(encoding="utf-8").count(said) == 1
+    assert (home.runs / rid / "console.log").read_text(encoding="utf-8").count(said) == 1
+
+
+def test_a_file_name_that_is_already_a_model_name_is_kept_without_a_note(home: Home) -> None:
+    home.toml.write_text('base_model = "/m/tiny"\n')
+    f = home.root / "模型_v2.1.jsonl"
+    f.write_text('{"text": "x"}\n', encoding="utf-8")
+    store = Store(home.db)
+    try:
+        [rid] = Intake(home, store).accept(validate(f, None, None, home.toml, require_model=False))
+        assert store.get_run(rid)["name"] == "模型_v2.1"
+    finally:
+        store.close()
+    assert "model name:" not in (home.runs / rid / "console.log").read_text(encoding="utf-8")
+
 # --- init_adapter ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", ["modèle-ß", "modèle-ß:1", NFD + ":1"])
 def test_init_adapter_finds_a_unicode_registered_name(home: Home, spec: str) -> None:
