@@ -3,9 +3,9 @@ and the dashboard's "needs you" strip alike, so both say the same. Read-only, no
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 from daemon.home import Home
@@ -68,22 +68,31 @@ def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:
     dated = []
     for e in entries:
         try:
-            stamp = _dt.datetime.fromtimestamp(e.stat().st_mtime).isoformat(timespec="seconds")
+            st = e.stat()
         except OSError:
             continue
+        stamp = _dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")
         if stamp >= since:
-            dated.append((stamp, e.name, Path(e.path)))
+            dated.append((stamp, e.name, e.path, st.st_mtime_ns, st.st_size))
     dated.sort(reverse=True)
     out = []
-    for stamp, name, path in dated[:MAX_REJECTED]:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read(64 * 1024)  # the error and the list of moved files come first
-        except OSError:
-            continue
-        out.append(RejectedDrop(_dropped_file(text, name), first_line(text) or "no error recorded", str(path),
-                                stamp))
+    for stamp, name, path, mtime_ns, size in dated[:MAX_REJECTED]:
+        read = _read_error(path, name, mtime_ns, size)
+        if read is not None:
+            out.append(RejectedDrop(read[0], read[1], path, stamp))
     return out
+
+
+@functools.lru_cache(maxsize=4 * MAX_REJECTED)
+def _read_error(path: str, name: str, mtime_ns: int, size: int) -> tuple[str, str] | None:
+    """(the dropped file, the error's first line) of one .error.txt; cached by its mtime and size, as the
+    dashboard asks every second."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(64 * 1024)  # the error and the list of moved files come first
+    except OSError:
+        return None
+    return _dropped_file(text, name), first_line(text) or "no error recorded"
 
 
 def _dropped_file(text: str, error_name: str) -> str:
