@@ -67,6 +67,11 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
         raise DatasetError(file, location, None, f"expected a JSON object, got {type(record).__name__}", _PROBE_FIX)
     if "reference" in record and "prompt" in record:
         return _reference_record(record, file, location)
+    if ("prompt" in record) != ("reference" in record) and "completion" not in record:
+        # half of a probe file's own {"prompt", "reference"}: asking for a dataset's 'completion' would mislead
+        missing = "reference" if "prompt" in record else "prompt"
+        raise DatasetError(file, location, missing, "the required field is missing: a probe is a prompt and the "
+                           "reference answer to compare the model's output with", _PROBE_FIX)
     schema = datasets.detect_schema(record, file, location)
     try:
         example = datasets.normalize_record(record, schema, file, location)

@@ -84,3 +84,35 @@ def test_the_trainers_options_are_the_schemas_training_options():
     assert "max_length: int = 1024" in TrainOptions.__doc__
     opts = TrainOptions.from_dict({"base_model": "m", "max_length": 64, "priority": 3, "hooks": {}, "seed": None})
     assert (opts.base_model, opts.max_length, opts.seed) == ("m", 64, OPTIONS["seed"].default)
+
+
+# --- the README's options table ---------------------------------------------------------------------------------
+def test_the_readme_lists_every_option_as_the_schema_says() -> None:
+    from daemon.options import OPTIONS, README, options_table, readme_with_table
+    text = README.read_text(encoding="utf-8")
+    assert readme_with_table(text) == text, (
+        "README.md's options table differs from daemon/options.py OPTIONS. "
+        "Regenerate it: python -m daemon.options --readme")
+    table = options_table()
+    for name, opt in OPTIONS.items():
+        assert f"| `{name}` |" in table or f"| `[{name}]` |" in table, name
+
+
+def test_the_table_marks_what_a_sidecar_may_not_set_and_what_sweeps() -> None:
+    from daemon.options import options_table
+    rows = {r.split(" | ")[0].strip("| `[]"): r.split(" | ") for r in options_table().splitlines()[2:]}
+    assert rows["trust_remote_code"][1:5] == ["`false`", "true or false", "", "yes"]
+    assert rows["learning_rate"][3:5] == ["yes", ""] and rows["name"][1] == "unset"
+    assert rows["optim"][2].startswith('one of "adamw_torch"')
+
+
+def test_python_m_daemon_options_prints_the_table_and_readme_replaces_only_what_is_between_the_markers() -> None:
+    import subprocess
+    import sys
+    from daemon.options import TABLE_BEGIN, TABLE_END, options_table, readme_with_table
+    from tests.conftest import REPO
+    printed = subprocess.run([sys.executable, "-m", "daemon.options"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout
+    assert printed == options_table() + "\n"
+    stale = f"# x\nbefore\n{TABLE_BEGIN}\n| old | table |\n{TABLE_END}\nafter\n"
+    assert readme_with_table(stale) == f"# x\nbefore\n{TABLE_BEGIN}\n{options_table()}\n{TABLE_END}\nafter\n"

@@ -80,6 +80,21 @@ def test_chat_without_assistant_turn_or_empty_reference_is_refused(tmp_path: Pat
     assert e.value.field == "prompt"
 
 
+
+@pytest.mark.parametrize("record, missing", [
+    ({"prompt": "2+2="}, "reference"),
+    ({"prompt": "2+2=", "answer": "4"}, "reference"),
+    ({"question": "2+2=", "reference": "4"}, "prompt"),
+])
+def test_half_a_prompt_reference_probe_names_the_missing_half_not_completion(tmp_path: Path, record: dict,
+                                                                            missing: str) -> None:
+    f = write_lines(tmp_path / "x.probes.jsonl", [{"prompt": "1+1=", "reference": "2"}, record])
+    with pytest.raises(DatasetError) as e:
+        load_probe_file(f)
+    msg = str(e.value)
+    assert f"line 2, field '{missing}': the required field is missing" in msg, msg
+    assert '{"prompt": "2+2=", "reference": "4"}' in msg and "'completion'" not in msg, msg
+
 def test_unknown_schema_uses_the_dataset_error(tmp_path: Path) -> None:
     f = write_lines(tmp_path / "x.probes.jsonl", [{"question": "a", "answer": "b"}])
     with pytest.raises(DatasetError) as e:
