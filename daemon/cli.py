@@ -187,7 +187,8 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:
         click.echo(render.runs_table(runs, held))
-    for line in render.morning(failed, rejected, held, since_h):
+    shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
+    for line in render.morning(failed, rejected, None if shown else held, since_h):
         click.echo(line)
     for e in reversed(events):
         click.echo(f"control {e['time']}: {e['status']}: {e['message']}")

@@ -138,7 +138,7 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     lines = table(rows)
     queued = sum(r["state"] == "queued" for r in runs)
     if held and queued:
-        lines.append(f"held: {queued} queued run{'s' if queued > 1 else ''} held by {held}")
+        lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
     return "\n".join(lines)
 
 

@@ -79,11 +79,18 @@ def test_status_lists_failed_runs_rejected_drops_and_the_stop(morning_home: Home
     older = lines.index(f"  chat.jsonl: line 3: missing field 'completion' (see {rejected / 'chat.error.txt'})")
     assert new < older  # newest first
     assert "old.jsonl" not in out
-    assert "queue held by control/stop (overnight resume lifts it)" in out
     # the queued run does not read as merely waiting its turn
     row = next(line for line in lines if line.startswith(QUEUED))
     assert row.split()[1] == "held"
-    assert "held: 1 queued run held by control/stop (overnight resume lifts it)" in out
+    assert lines[lines.index(row) + 1] == "queue held by control/stop (overnight resume lifts it): 1 queued run waits"
+    assert out.count("queue held by") == 1
+
+
+def test_a_stop_with_nothing_queued_still_says_it_holds_the_queue(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    (home.control / "stop").write_text("")
+    out = overnight("status", home=home.root, check=True).stdout
+    assert "queue held by control/stop (overnight resume lifts it)" in out.splitlines()
 
 
 def test_since_widens_the_window(morning_home: Home) -> None:
