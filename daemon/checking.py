@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon import sweep
+from daemon.as_trained import TrainedView, load_tokenizer
+from daemon.as_trained import view as trained_view
 from daemon.datasets import CHAT_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, iter_examples
-from daemon.datasets import as_chat as as_chat_example
 from daemon.home import Home
 from daemon.lineage import check_parent
 from daemon.models import model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
-from daemon.templating import ChatFormat, TemplateError, for_run, prompt_as_chat, segments, special_tokens
+from daemon.templating import TemplateError, for_run, prompt_as_chat, special_tokens
 from daemon.submission import (PROBES_SUFFIX, SubmissionError, check_base_models, context_note, model_context, role_of,
                                stem_of, validate)
 
@@ -151,18 +152,21 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                                   f"nothing outside the home is read or moved. Fix: move or copy the real file "
                                   f"into the inbox.")
     grid = sweep.summary(sub.options)
+    trained = _as_trained(sub, first.values, home, verdict, show)
+    tokens = (_stats_line(f"tokens per example as trained ({trained.how})", trained.view.lengths.summary())
+              if trained and trained.view.lengths.count else
+              _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
+                          r.tokens) if r.tokens else None)
     verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}",
-                _stats_line("characters per example", r.chars),
-                _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
-                            r.tokens) if r.tokens else None,
-                _batching_line(r, first.values), _memory_line(r, first, home.root),
+                _stats_line("characters per example", r.chars), tokens,
+                trained.cut_line() if trained else None,
+                _batching_line(r, first.values, trained), _memory_line(r, first, home.root),
+                trained.template_line if trained else None,
                 f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
                 f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
                 f"probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None,
                 *(f"note: {n}" for n in r.notes))
-    verdict.data = {"report": r.to_dict(), "base_models": sub.options.base_models,
-                    "runs": sweep.run_count(sub.options)}
-    _chat_format(sub, first.values, home, verdict, show)
+    verdict.data.update(report=r.to_dict(), base_models=sub.options.base_models, runs=sweep.run_count(sub.options))
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
                              f"{sidecar.name}")
@@ -176,14 +180,34 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                 f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
 
 
-def _chat_format(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> None:
-    """The chat template and prompt format the run would train with (the trainer's own choice), and with `show`
-    the first examples rendered through them, trained segments marked."""
-    if sub.report.schema in TEXT_SCHEMAS and not show:
-        return
+@dataclass
+class Trained:
+    """The dataset as the run will train on it (daemon/as_trained.py), and how `check` words it."""
+
+    view: TrainedView
+    how: str  # "tiny-qwen2 tokenizer, chat template"
+    template_line: str | None
+    max_length: int
+
+    def cut_line(self) -> str | None:
+        v = self.view
+        if not v.lengths.count:
+            return None
+        if not v.truncated:
+            return f"max_length {self.max_length}: no record is cut"
+        return (f"max_length {self.max_length}: {v.truncated} record(s) cut, {v.dropped} of them dropped (nothing of "
+                f"their answer left to learn)" + (": raise max_length to keep them" if v.dropped else ""))
+
+
+def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> Trained | None:
+    """The chat template and prompt format the run would use (the trainer's own choice), every record rendered
+    through them (a record the template refuses is an error), and their lengths in the base model's tokens."""
+    text = sub.report.schema in TEXT_SCHEMAS
+    if text and not show:
+        return None
     folder = model_folder(sub.options.base_models[0], home.root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
-        return  # a model not found: check_base_models says so; its template is unknown until it is there
+        return None  # a model not found: check_base_models says so; its template is unknown until it is there
     fmt = for_run(values["chat_template"], folder, (home.root,))  # where the trainer looks too
     as_chat = prompt_as_chat(values["prompt_format"], fmt)
     if fmt is None and folder is not None and sub.report.schema in CHAT_SCHEMAS:
@@ -191,49 +215,41 @@ def _chat_format(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict,
                             f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = "
                             f"\"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
                             f"prompt/completion or text schema.")
-    if sub.report.schema not in TEXT_SCHEMAS:
+    prompts = sub.report.schema in PROMPT_SCHEMAS
+    line = None
+    if not text:
         auto = " (auto)" if values["prompt_format"] == "auto" else ""
-        verdict.add(f"chat template: {fmt.describe() if fmt else 'none'}"
-                    + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if sub.report.schema in PROMPT_SCHEMAS
-                       else ""))
+        line = (f"chat template: {fmt.describe() if fmt else 'none'}"
+                + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if prompts else ""))
         verdict.data["chat_template"] = fmt.label if fmt else None
-        verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if sub.report.schema in PROMPT_SCHEMAS else None
-    if show:
-        eos = special_tokens(folder).get("eos_token", "")
-        for number, example in enumerate(iter_examples(sub.dataset), 1):
-            if number > show:
-                break
-            try:
-                verdict.shown.append(shown_segments(as_chat_example(example) if as_chat else example, fmt, eos))
-            except TemplateError as e:
-                fix = "" if " Fix: " in str(e) else ". Fix: correct that record, or choose another chat_template"
-                raise TemplateError(f"{sub.dataset.name}, record {number}: {e}{fix}") from None
+        verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if prompts else None
+    max_length = values["max_length"]
+    if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
+        max_length = min(max_length, model_context(folder) or max_length)
+    tokenizer = None if text else load_tokenizer(folder)
+    view = trained_view(iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
+                        tokenizer, max_length, show, sub.dataset.name)
+    verdict.shown = view.shown
+    if tokenizer is not None:
+        verdict.data["as_trained"] = view.to_dict()
+    how = f"{folder.name if folder else '?'} tokenizer, " + (
+        "chat template" if fmt and (as_chat or not prompts) else "prompt + answer")
+    return Trained(view, how, line, max_length)
 
 
-def shown_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str) -> list[dict[str, Any]]:
-    """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees."""
-    if example["kind"] == "chat":
-        if fmt is None:
-            raise TemplateError("the base model has no chat template, so chat records cannot be formatted. Fix: set "
-                                "chat_template to a family name (e.g. chat_template = \"chatml\").")
-        return segments(*fmt.render(example["messages"], example.get("tools")))
-    if example["kind"] == "prompt":
-        return [{"text": example["prompt"], "train": False}, {"text": example["completion"] + eos, "train": True}]
-    return [{"text": example["text"] + eos, "train": True}]
-
-
-def _batching_line(r: DatasetReport, values: dict[str, Any]) -> str | None:
-    """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data)."""
+def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None) -> str | None:
+    """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data): the
+    lengths as trained where known, else the text's plus an eos."""
     if r.schema in TEXT_SCHEMAS:
         return "batching: text is cut into full blocks of max_length: no padding"
-    if not r.token_sample:
+    sample = trained.view.lengths.sample if trained and trained.view.lengths.count else [n + 1 for n in r.token_sample]
+    if not sample:
         return None
     requested = values["batching"]
     batching = requested if requested != "auto" else (
         "padding_free" if importlib.util.find_spec("flash_attn") else "length_grouped")
-    est = padding_report([n + 1 for n in r.token_sample], values["batch_size"], values["max_length"], batching,
-                         values["seed"])
-    scale = r.records / len(r.token_sample)
+    est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"])
+    scale = r.records / len(sample)
     est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
     how = "auto: padding-free where flash-attention is installed" if requested == "auto" else "set in the options"
     return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "

@@ -445,7 +445,7 @@ class _Stream:
         return notes
 
 
-class _Lengths:
+class Lengths:
     """Exact min/max/mean plus a fixed-size, fixed-seed reservoir sample for the percentiles (flat memory)."""
 
     def __init__(self, size: int = 10_000, seed: int = 0) -> None:
@@ -487,7 +487,7 @@ def inspect_dataset(path: str | Path, count_tokens: Callable[[str], int] | None 
     Raises DatasetError at the first problem.
     """
     stream = _Stream(path)
-    chars, tokens = _Lengths(), _Lengths() if count_tokens else None
+    chars, tokens = Lengths(), Lengths() if count_tokens else None
     for example in stream.examples():
         text = example_text(example)
         chars.add(len(text))

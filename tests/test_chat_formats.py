@@ -181,3 +181,23 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
         generated = model.generate(**ids, max_new_tokens=40, do_sample=False)[0, ids["input_ids"].shape[1]:]
     assert generated[-1].item() == im_end and len(generated) < 40, tok.decode(generated)
     assert tok.decode(generated[:-1]).strip()  # an answer, then the end of the turn
+
+
+def test_check_counts_the_tokens_the_trainer_trains(home: Path, tiny_model: Path, realdata: Path):
+    """One validation: check's lengths, cuts and drops on real tool-call data are the trainer's own (its Encoder)."""
+    from transformers import AutoTokenizer
+
+    from daemon.datasets import iter_examples
+    from daemon.templating import choose
+    from daemon.trainer.data import Encoder
+
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 256\n')
+    glaive = realdata / "glaive_toolcall_en_demo.json"
+    res = overnight("check", str(glaive), "--json", home=home)
+    checked = json.loads(res.stdout)[0]["as_trained"]
+    encoder = Encoder(AutoTokenizer.from_pretrained(tiny_model), 256, "tiny", choose("auto", tiny_model))
+    items = encoder.encode_many(list(enumerate(encoder.shaped(e) for e in iter_examples(glaive))))
+    lengths = encoder.lengths
+    assert checked["tokens"]["min"] == min(lengths) and checked["tokens"]["max"] == max(lengths)
+    assert checked["tokens"]["mean"] == round(sum(lengths) / len(lengths), 1)
+    assert (checked["truncated"], checked["dropped"]) == (encoder.truncated, sum(i is None for i in items)) and encoder.truncated

@@ -33,9 +33,23 @@ def test_check_ok_prints_format_schema_counts_and_lengths(home, tiny_model, tmp_
     assert res.returncode == 0, res.stdout
     assert "format: jsonl" in res.stdout and "schema: prompt_completion" in res.stdout and "records: 5" in res.stdout
     assert "characters per example" in res.stdout
-    assert "tokens per example (tiny-qwen2 tokenizer" in res.stdout  # the base model's tokenizer is known
+    # the base model's tokenizer is known: lengths as the run trains them (one chat exchange), not of the text
+    assert "tokens per example as trained (tiny-qwen2 tokenizer, chat template): min 16," in res.stdout
+    assert "max_length 1024: no record is cut" in res.stdout
     data = json.loads(overnight("check", "--json", str(f), home=home).stdout)[0]
     assert data["ok"] and data["report"]["records"] == 5
+    assert data["as_trained"] == {"tokens": {"min": 16, "mean": 16.0, "p50": 16, "p95": 16, "max": 16},
+                                  "truncated": 0, "dropped": 0}
+
+
+def test_check_counts_the_records_max_length_cuts_and_drops(home, tiny_model, tmp_path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 16\n')
+    f = tmp_path / "long.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n'  # fits
+                 '{"prompt": "a", "completion": "' + "b " * 30 + '"}\n'  # cut, part of the answer left
+                 '{"prompt": "' + "a " * 30 + '", "completion": "b"}\n')  # cut before its answer: dropped
+    res = overnight("check", str(f), home=home)
+    assert res.returncode == 0 and "max_length 16: 2 record(s) cut, 1 of them dropped" in res.stdout, res.stdout
 
 
 def test_check_error_exit_1_with_line_and_field(home, tmp_path):
