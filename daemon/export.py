@@ -23,6 +23,7 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_co
     folder = RunFolder(run_dir)
     adapter = folder.adapter
     if not (adapter / "adapter_config.json").exists():
+        _deleted(folder, home)
         raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
                           f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -38,6 +39,19 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_co
                           f"alone) and merge it onto its base model yourself.")
     source = _resolve(spec, home, run_dir)
     return _merge(source, adapter, out, trust_remote_code, str(options.get("quantization") or "none"), log)
+
+
+def _deleted(folder: RunFolder, home: Path) -> None:
+    """A completed run whose version `overnight delete` moved to the trash: say where its adapter is now."""
+    from daemon.home import Home
+    from daemon.registry import trashed_adapter
+
+    found = trashed_adapter(Home(home).trash, folder.root.name)
+    if found is None:
+        return
+    raise ExportError(f"the adapter of {folder.root.name} was deleted (overnight delete): it is in the trash, at "
+                      f"{found}. Fix: export it from there (cp -r {found} OUT), or restore it into the run "
+                      f"(cp -r {found} {folder.adapter}) and run overnight export again (--merge works then too).")
 
 
 def _resolve(spec: str, home: Path, run_dir: Path) -> str:

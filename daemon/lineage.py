@@ -1,8 +1,9 @@
 """Continuing from an adapter: `init_adapter` resolved to a folder and checked against the run's base model.
 
-`init_adapter = "support"` (the active version of a registered model), `"support:3"` (a version) or a path to an
-adapter folder. At intake the adapter is copied into the new run's folder (`init_adapter/`), so the parent is
-never touched, and a later delete of the parent cannot break the run or its exact resume.
+`init_adapter = "support"` (the active version of a registered model; none active is an error), `"support:3"`
+(a version) or a path to an adapter folder. At intake the adapter is copied into the new run's folder
+(`init_adapter/`), so the parent is never touched, and a later delete of the parent cannot break the run or its exact
+resume.
 """
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def _registered(name: str, version: int | None, root: Path) -> Parent:
                               f"named {name!r}. Fix: use a name from `overnight models`, NAME:VERSION, or the path "
                               f"of an adapter folder.")
     if version is None:
-        row = next((r for r in rows if r["active"]), rows[-1])
+        row = next((r for r in rows if r["active"]), None)
+        if row is None:  # its active version was deleted (or a sweep has not chosen yet): guessing would be silent
+            raise SubmissionError(f"init_adapter = \"{name}\": no active version of {name} (it has "
+                                  f"{', '.join(str(r['version']) for r in rows)}). Fix: activate one (overnight "
+                                  f"activate {name} V) or name a version {name}:V.")
     else:
         row = next((r for r in rows if r["version"] == version), None)
         if row is None:

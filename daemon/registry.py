@@ -49,3 +49,20 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
     (dest / "model.json").write_text(json.dumps(row, indent=2, default=str))
     store.mark_model_deleted(name, version, str(dest / "adapter"))
     return dest
+
+
+def trashed_adapter(trash: Path, run_id: str) -> Path | None:
+    """Where `delete` moved the adapter of `run_id`'s version (trash/NAME-vN-STAMP/adapter, beside the model.json
+    it wrote), or None: the trash folders themselves are the record, whatever the DB says."""
+    try:
+        folders = sorted(trash.iterdir(), reverse=True)  # newest stamp first
+    except OSError:
+        return None
+    for folder in folders:
+        try:
+            row = json.loads((folder / "model.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("run_id") == run_id and (folder / "adapter").is_dir():
+            return folder / "adapter"
+    return None

@@ -163,8 +163,17 @@ def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, si
 
 
 def models(rows: list[dict[str, Any]]) -> str:
-    """`overnight models`: one line a registered version."""
-    return "\n".join(map(_model_line, rows)) if rows else "no models yet: a completed run registers one"
+    """`overnight models`: one line a registered version; under a name none of whose versions is active, a line
+    saying so (its active version was deleted: nothing took over, and `init_adapter = NAME` is refused)."""
+    if not rows:
+        return "no models yet: a completed run registers one"
+    lines: list[str] = []
+    for i, m in enumerate(rows):
+        lines.append(_model_line(m))
+        last_of_name = i + 1 == len(rows) or rows[i + 1]["name"] != m["name"]
+        if last_of_name and not any(r["active"] for r in rows if r["name"] == m["name"]):
+            lines.append(f"  {m['name']}: no active version (overnight activate {m['name']} V)")
+    return "\n".join(lines)
 
 
 def _model_line(m: dict[str, Any]) -> str:

@@ -1,0 +1,89 @@
+"""Deleting the active version: nothing takes over silently, and what needed it says what to do."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from daemon.controller import Controller
+from daemon.home import Home
+from daemon.store import Store
+from tests.conftest import overnight
+from tests.conftest_trainer import reversal_records
+
+RECORDS = "".join(json.dumps(r) + "\n" for r in reversal_records(20, seed=3))
+FIX = "Fix: activate one (overnight activate support V) or name a version support:V"
+
+
+def _register(home: Path, base: Path) -> str:
+    """A completed run of `support` with an adapter, registered as its next version (which becomes active)."""
+    store = Store(home / "overnight.db")
+    try:
+        rid = f"support-20260101-00000{len(store.models('support'))}"
+        adapter = home / "runs" / rid / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+        (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+        store.insert_run({"id": rid, "name": "support", "dataset": "support.jsonl", "state": "completed",
+                          "priority": 0, "seq": store.next_seq(), "run_dir": str(home / "runs" / rid),
+                          "base_model": str(base)})
+        store.add_model({"name": "support", "run_id": rid, "base_model": str(base), "metrics": {"final_loss": 1.5},
+                         "adapter_path": str(adapter)})
+    finally:
+        store.close()
+    return rid
+
+
+def _apply_control(home: Path) -> None:
+    """What the daemon's next pass does with control/ (a file counts once it has stopped changing)."""
+    for p in (home / "control").iterdir():
+        if p.is_file():
+            os.utime(p, (time.time() - 5, time.time() - 5))
+    store = Store(home / "overnight.db")
+    try:
+        Controller(Home(home), store, lambda *a, **k: None).apply([])
+    finally:
+        store.close()
+
+
+def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refused(home: Path,
+                                                                                      tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    _register(home, tiny_model)
+    second = _register(home, tiny_model)
+    overnight("delete", "support", "2", "--wait", "0", home=home, check=True)
+    _apply_control(home)
+
+    models = overnight("models", home=home, check=True).stdout
+    assert "* support" not in models and "support: no active version" in models, models
+    assert not any(m["active"] for m in json.loads(overnight("models", "--json", home=home, check=True).stdout))
+
+    (home / "support.toml").write_text('init_adapter = "support"\n')
+    (home / "support.jsonl").write_text(RECORDS)
+    out = overnight("check", str(home / "support.jsonl"), home=home)
+    assert out.returncode == 1 and "no active version of support" in out.stdout and FIX in out.stdout, out.stdout
+    assert "continues from" not in out.stdout
+
+    (home / "support.toml").write_text('init_adapter = "support:1"\n')
+    out = overnight("check", str(home / "support.jsonl"), home=home)
+    assert out.returncode == 0 and "continues from: support:1" in out.stdout, out.stdout
+
+    # at the drop: the same refusal, with the same fix, beside the rejected drop
+    (home / "inbox" / "support.toml").write_text('init_adapter = "support"\n')
+    (home / "inbox" / "support.jsonl").write_text(RECORDS)
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300, check=True)
+    error = (home / "inbox" / "rejected" / "support.error.txt").read_text()
+    assert "no active version of support" in error and FIX in error, error
+    assert [r["id"] for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+            if r["state"] != "completed"] == []
+
+    # the deleted version's run: export says where its adapter went and how to get it back
+    out = overnight("export", second, str(home / "out"), home=home)
+    assert out.returncode == 1 and "only completed runs" not in out.stderr, out.stderr
+    [trashed] = [p / "adapter" for p in (home / "trash").iterdir()]
+    assert f"in the trash, at {trashed}" in out.stderr and "Fix:" in out.stderr, out.stderr
+    shutil.copytree(trashed, home / "runs" / second / "adapter")  # the restore the fix proposes
+    overnight("export", second, str(home / "out"), home=home, check=True)
+    assert (home / "out" / "adapter_model.safetensors").read_bytes() == b"weights"
