@@ -428,11 +428,11 @@ def tui(home: str | None) -> None:
 @click.argument("run")
 def evolution(home: str | None, as_json: bool, run: str) -> None:
     """What the model answered on each probe over time, and when each was learned or forgotten."""
-    from daemon.evolution import analyze, format_report, load_records
+    from daemon.evolution import format_report, load_records, run_report
     from daemon.rundir import RunFolder
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
-    report = analyze(load_records(RunFolder(r["run_dir"]).evolution))
+    report = run_report(Path(r["run_dir"]), load_records(RunFolder(r["run_dir"]).evolution))
     if as_json:
         _echo_json({"run": r["id"], **report.to_dict()})
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable
@@ -141,6 +141,7 @@ class EvolutionReport:
     learned: int = 0
     forgotten: int = 0
     total: int = 0
+    no_probes: str | None = None  # why this run will never have a snapshot (see `no_probes`); None: it may
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (`overnight evolution RUN --json`)."""
@@ -219,6 +220,46 @@ def analyze(records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD)
                            forgotten=sum(p.status == "forgotten" for p in probes), total=len(probes))
 
 
+def no_probes(run_dir: Path) -> str | None:
+    """Why a run has no probes to ask, from what it was given (config.json) and what its trainer held out
+    (stats.json's split); None while it has some or may still get some. A missing snapshot alone says nothing:
+    the first one comes only when training starts."""
+    from daemon.atomic import read_json
+    from daemon.datasets import TEXT_SCHEMAS
+    from daemon.rundir import RunFolder
+
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    if not config or config.get("probes"):  # a probe file holds at least one probe
+        return None
+    try:
+        split = (read_json(folder.stats, {}) or {}).get("split")
+    except (OSError, ValueError, AttributeError):
+        split = None
+    held = split.get("probes") if isinstance(split, dict) else None
+    if isinstance(held, int) and held > 0:
+        return None
+    dataset = config.get("dataset") or {}
+    if dataset.get("schema") in TEXT_SCHEMAS:  # the trainer holds none out of text: nothing to ask, nothing to match
+        stem = Path(str(dataset.get("file") or "NAME.txt")).stem
+        return (f"this run has no probes (plain text has no question to ask; drop {stem}.probes.jsonl beside the "
+                f"dataset to watch some)")
+    if (config.get("options") or {}).get("probe_count") == 0:
+        return "this run has no probes (probe_count = 0 and no probe file)"
+    if held == 0:
+        return "this run has no probes (none could be held out of its dataset, and it has no probe file)"
+    return None
+
+
+def run_report(run_dir: Path, records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
+    """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it)."""
+    report = analyze(records, threshold)
+    if report.probes:
+        return report
+    reason = no_probes(run_dir)
+    return replace(report, no_probes=reason, summary=reason) if reason else report
+
+
 # --------------------------------------------------------------------------------------------- text
 
 def _one_line(text: str) -> str:
@@ -246,6 +287,8 @@ def _answer_line(a: Answer, width: int) -> str:
 def format_report(report: EvolutionReport, width: int = 100) -> str:
     """The human text of `overnight evolution RUN`: one block per probe, then the summary line."""
     if not report.probes:
+        if report.no_probes:
+            return report.no_probes[0].upper() + report.no_probes[1:] + ".\n"
         return "No evolution snapshots yet: the first one is taken when training starts.\n"
     blocks = []
     for p in report.probes:

@@ -147,11 +147,11 @@ def states(steps: range | list[int]) -> Any:
 
 
 def drive(cb: Any, model: Any, begin: int, end: int) -> None:
-    """Call the hooks in the order the Trainer does, for a (resumed) run from step `begin` to step `end`."""
+    """Call the hooks in the order the Trainer does, for a (resumed) run from step `begin` to its end at `end`."""
     from transformers import TrainerControl, TrainingArguments
     from transformers import TrainerState
     args, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerControl()
-    state = TrainerState(global_step=begin)
+    state = TrainerState(global_step=begin, max_steps=end)
     cb.on_train_begin(args, state, control, model=model)
     for step in range(begin + 1, end + 1):
         state.global_step = step
@@ -477,3 +477,80 @@ def test_demo_task_is_learned_by_the_tiny_model(tiny_model: Path, tmp_path: Path
             proc.kill()
         log.close()
     assert learned, (run / "console.log").read_text()[-3000:]
+
+
+# ============================================================================ runs without probes, stops
+
+TEXT_REASON = ("this run has no probes (plain text has no question to ask; drop notes.probes.jsonl beside the "
+               "dataset to watch some)")
+COUNT_REASON = "this run has no probes (probe_count = 0 and no probe file)"
+
+
+@pytest.mark.e2e
+def test_a_run_without_probes_says_why_in_the_cli_and_the_dashboard(tiny_model: Path, home: Path) -> None:
+    from tests.conftest import overnight
+    from tests.conftest_trainer import reversal_records
+    from tests.test_tui import app_for, drive as drive_app, loaded, static_text
+
+    short = "max_steps = 2\nbatch_size = 2\nmax_length = 32\neval_fraction = 0\nsave_every = 1000\n"
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "inbox" / "notes.toml").write_text(short)
+    (home / "inbox" / "notes.txt").write_text("".join(f"river stone apple {i} and the long road home\n"
+                                                      for i in range(60)))
+    (home / "inbox" / "qa.toml").write_text(short + "probe_count = 0\n")
+    (home / "inbox" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversal_records(30)))
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600, check=True)
+    runs = {r["name"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
+    assert {n: r["state"] for n, r in runs.items()} == {"notes": "completed", "qa": "completed"}, runs
+
+    reasons = {"notes": TEXT_REASON, "qa": COUNT_REASON}
+    for name, reason in reasons.items():
+        out = overnight("evolution", runs[name]["id"], home=home, check=True).stdout
+        assert reason[0].upper() + reason[1:] in out and "snapshots yet" not in out, out
+        data = json.loads(overnight("evolution", runs[name]["id"], "--json", home=home, check=True).stdout)
+        assert data["no_probes"] == reason and data["probes"] == []
+
+    app = app_for(home)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("3")
+        shown = static_text(app, "#evo-summary").strip()
+        assert shown in reasons.values(), shown
+    drive_app(app, body)
+
+
+@pytest.mark.e2e
+def test_a_stop_right_after_a_snapshot_takes_none_and_the_completion_always_takes_one(tiny_model: Path,
+                                                                                       tmp_path: Path) -> None:
+    """The real trainer: a stop costs no snapshot when the newest one is younger than probe_every steps; the end
+    of the run (resumed after that stop) is snapshotted even though it is younger still."""
+    run = make_run_dir(tmp_path, tiny_model, probe_every=1000, save_every=1000, max_steps=30)
+
+    def trainer(stop_at: int | None) -> None:
+        with open(run / "console.log", "a", encoding="utf-8") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "daemon.trainer", str(run)], cwd=REPO,
+                                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True)
+            try:
+                if stop_at is not None:
+                    deadline = time.monotonic() + 300
+                    while time.monotonic() < deadline and proc.poll() is None:
+                        progress = json.loads((run / "progress.json").read_text() or "{}") \
+                            if (run / "progress.json").exists() else {}
+                        if progress.get("state") == "training" and progress.get("step", 0) >= stop_at:
+                            break
+                        time.sleep(0.1)
+                    proc.stdin.write("stop\n")
+                    proc.stdin.flush()
+                proc.wait(300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+
+    trainer(stop_at=1)
+    result = json.loads((run / "result.json").read_text())
+    assert result["outcome"] == "stopped" and 0 < result["step"] < 30, result
+    assert snapshot_steps_of(run / "evolution.jsonl") == [0], (run / "console.log").read_text()[-2000:]
+    trainer(stop_at=None)
+    assert json.loads((run / "result.json").read_text())["outcome"] == "completed"
+    assert snapshot_steps_of(run / "evolution.jsonl") == [0, 30]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import control, morning, rundir, sweep
-from daemon.evolution import EvolutionReport, analyze, is_probe_record
+from daemon.evolution import EvolutionReport, analyze, is_probe_record, no_probes
 from daemon.home import Home, daemon_alive
 from daemon.morning import FailedRun, RejectedDrop
 from daemon.queries import Reader, stale_problem
@@ -116,6 +116,7 @@ class ModelRow:
     adapter_path: str | None
     final_loss: float | None
     eval_loss: float | None
+    parent: str | None = None  # what it continued from: `NAME:VERSION`, or an adapter folder (daemon.lineage)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def _model_row(row: dict[str, Any]) -> ModelRow:
     return ModelRow(name=row["name"], version=int(row["version"]), run_id=row.get("run_id") or "",
                     base_model=row.get("base_model"), active=bool(row.get("active")), created=row.get("created"),
                     deleted=row.get("deleted"), adapter_path=row.get("adapter_path"),
-                    final_loss=metrics.get("final_loss"), eval_loss=metrics.get("eval_loss"))
+                    final_loss=metrics.get("final_loss"), eval_loss=metrics.get("eval_loss"),
+                    parent=row.get("parent"))
 
 
 def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
@@ -427,13 +429,16 @@ class RunDetail:
 class EvolutionTail:
     """A run's evolution.jsonl read incrementally; the report is recomputed only when records arrive."""
 
-    def __init__(self, path: Path) -> None:
-        self._tail = JsonlTail(path)
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = Path(run_dir)
+        self._tail = JsonlTail(RunFolder(run_dir).evolution)
         self._records: list[dict[str, Any]] = []
         self._report: EvolutionReport | None = None
+        self._no_probes: EvolutionReport | None = None  # a run without probes never gets a file: this says why
+        self._stats_seen: float | None | bool = False  # stats.json's mtime when no_probes last looked
 
     def report(self) -> EvolutionReport | None:
-        """None until the file exists."""
+        """None until the file exists, unless the run has no probes (a report saying why, kept: that is final)."""
         update = self._tail.poll()
         if update.reset:
             self._records, self._report = [], None
@@ -441,7 +446,21 @@ class EvolutionTail:
         self._records += new
         if new or (self._report is None and self._tail.path.exists()):
             self._report = analyze(self._records)
-        return self._report
+        if self._report is not None and self._report.probes:
+            return self._report
+        if self._no_probes is None and self._stats_seen != (seen := _mtime(RunFolder(self._run_dir).stats)):
+            self._stats_seen = seen  # the dashboard asks every second: the files are read again only when they change
+            reason = no_probes(self._run_dir)
+            if reason:
+                self._no_probes = replace(analyze([]), no_probes=reason, summary=reason)
+        return self._no_probes or self._report
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 class RunWatcher:
@@ -463,7 +482,7 @@ class RunWatcher:
         return tail
 
     def _evolution_for(self, run: RunRow) -> EvolutionReport | None:
-        tail = self._evolution.get(run.id) or EvolutionTail(RunFolder(run.run_dir).evolution)
+        tail = self._evolution.get(run.id) or EvolutionTail(Path(run.run_dir))
         self._evolution[run.id] = tail
         return tail.report()
 

@@ -130,6 +130,9 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 class EvolutionCallback(TrainerCallback):
     """Takes evolution snapshots at step 0, every `every` steps and at the end; resume-aware.
 
+    The end of a completed run is always taken; a stop (skip, preemption, shutdown) takes one only when the newest
+    snapshot is `every` steps old or more.
+
     Steps already recorded in `out_path` (a resumed run) are never snapshotted twice. `max_overhead` (the
     automatic interval, e.g. 0.04): the snapshots the run can afford within that share of its projected training
     time (each estimated at the median cost, step 0 and the final one included) are spread evenly over the run, on
@@ -192,6 +195,13 @@ class EvolutionCallback(TrainerCallback):
             self._maybe_snapshot(state, model)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        step = int(state.global_step)
+        if not (state.max_steps and step >= state.max_steps):  # a stop, skip, preemption or shutdown
+            last = max((s for s in self.done_steps if s <= step), default=None)
+            if last is not None and last + self.every > step:
+                # the newest snapshot already says what the model answers now: another would only delay the stop
+                # (the trainer checkpoints and exits after this), and a resumed run takes the next one on schedule
+                return
         self._maybe_snapshot(state, model)
 
     def _within_budget(self, state: Any) -> bool:

@@ -79,8 +79,11 @@ class EvolutionPanel(Vertical):
         self.report = report
         summary, table = self.summary, self.table
         table.clear()
+        reason = report.no_probes if report is not None else None
+        summary.styles.height = "auto" if reason else 1  # the whole reason, wrapped, rather than cut at 80 columns
         if report is None or not report.probes:
-            summary.update(" no evolution snapshots yet: the first one is taken when training starts")
+            summary.update(f" {reason}" if reason else
+                           " no evolution snapshots yet: the first one is taken when training starts")
             return
         summary.update(Text.assemble(" probes: ", (report.summary, "bold"), "  (Enter: answers over time)"))
         width = min(MARKS_MAX, max(len(report.snapshots), 9))
