@@ -27,7 +27,7 @@ from tui.fmt import short_stamp
 from tui.telemetry import LiveTelemetry
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.evolution import ProbeScreen
-from tui.widgets.runs import RunsTable
+from tui.widgets.runs import RunsTable, clip_id
 
 
 @pytest.fixture
@@ -666,7 +666,7 @@ def test_two_runs_training_at_once_each_on_its_gpu(fx, monkeypatch: pytest.Monke
         await loaded(pilot)
         table = app.query_one("#runs", DataTable)
         assert [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(2)] == [SECOND, TRAINING]
-        assert app.runs.selected == SECOND  # the highest-priority active run is shown first
+        assert app.runs.selected == SECOND  # the newest active run is shown first
         assert [cell_text(table, r, "state") for r in (SECOND, TRAINING)] == ["training", "training"]
         assert [cell_text(table, r, "gpu") for r in (SECOND, TRAINING)] == ["1", "0"]
         assert cell_text(table, SECOND, "prio") == "1000" and cell_text(table, QUEUED_HIGH, "gpu") == ""
@@ -674,8 +674,8 @@ def test_two_runs_training_at_once_each_on_its_gpu(fx, monkeypatch: pytest.Monke
         # at 80 columns the finished count gives way to the GPU summary
         assert static_text(app, "#header").endswith("│ ○ no daemon │ 2 training · 2 queued │ GPU 2×H100 87% · 61/160 GB")
         text = screen_text(app)
-        assert " summarie…-021000  training   █▎░░░░░░ 30/200     4.038   20m00s  1     1000 " in text
-        assert " reverse-…-020000  training   ███▎░░░░ 120/300    1.395   6m01s   0     0 " in text
+        assert " summaries-…21000  training   █▎░░░░░░ 30/200     4.038   20m00s  1     1000 " in text
+        assert " reverse-words-2…  training   ███▎░░░░ 120/300    1.395   6m01s   0     0 " in text
         log = app.query_one("#log-view", Log)
         await until(pilot, lambda: log.lines and "step 30/200" in log.lines[-1], what="the selected run's log")
         await pilot.press("down")  # the other trainer: its own log
@@ -714,4 +714,117 @@ def test_every_key_of_the_key_line_is_visible_at_80x24(fx) -> None:
             described = b.group.description if b.group else b.description
             assert f"{b.key_display or b.key} " in last or described in last, (b, last)
         assert "+- Prio / Search" in last and "? Keys" in last
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- models, ids, held
+
+def test_a_run_id_is_cut_in_its_time_stamp_so_the_name_stays_readable() -> None:
+    assert clip_id("summaries-20260514-021000", 17) == "summaries-…021000"
+    assert clip_id("poems-20260514-022000", 17) == "poems-202…-022000"
+    assert clip_id("poems-20260514-022000", 21) == "poems-20260514-022000"
+    assert clip_id("a-very-long-dataset-name-20260514-010000", 17) == "a-very-long-data…"  # no room for the stamp
+
+
+def test_models_show_the_active_version_its_lineage_and_a_readable_run_id_at_80x24(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("5")
+        table = app.query_one("#models-table", DataTable)
+        await until(pilot, lambda: app.focused is table, what="Models focused")
+        assert cell_text(table, "alpaca-small:2", "continues from") == "alpaca-small:1"
+        assert cell_text(table, "alpaca-small:1", "continues from") == ""
+        assert cell_text(table, "alpaca-small:2", "state") == "active"
+        run = cell_text(table, "alpaca-small:2", "run")
+        assert run.startswith("alpaca-small-2") and run.endswith("-010000") and run == clip_id(COMPLETED, len(run))
+        assert run in screen_text(app)  # the whole cell is on screen, not cut at the terminal's edge
+    drive(app, body)
+
+
+def test_a_and_d_on_models_write_activate_and_delete_after_confirmation(fx) -> None:
+    app = app_for(fx.root)
+    control = fx.home.control
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("a")  # on the Log tab no version is in sight: nothing is written
+        await until(pilot, lambda: any("open Models (5)" in t for t in toasts(app)), what="warning toast")
+        await pilot.press("5")
+        await until(pilot, lambda: app.focused is app.models, what="Models focused")
+        assert app.models.selected.version == 1  # the first row: the older version
+
+        await pilot.press("a")
+        assert isinstance(app.screen, ConfirmScreen) and not (control / "activate").exists()
+        assert "Activate alpaca-small v1?" in screen_text(app)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmScreen) and not (control / "activate").exists()
+        await pilot.press("a", "y")
+        assert (control / "activate").read_text() == "alpaca-small 1\n"  # what `overnight activate` writes
+        await until(pilot, lambda: "waiting for the daemon to acknowledge: activate alpaca-small v1"
+                    in static_text(app, "#status"), what="waiting")
+        store = Store(fx.db)  # what the daemon does and records when it applies control/activate
+        store.activate_model("alpaca-small", 1)
+        store.control_event("activate", "alpaca-small 1", "control/activate", "applied",
+                            "activate alpaca-small v1: now the active version (pinned)")
+        store.close()
+        await until(pilot, lambda: any("now the active version" in t for t in toasts(app)), what="ack")
+        table = app.query_one("#models-table", DataTable)
+        await until(pilot, lambda: cell_text(table, "alpaca-small:1", "mark") == "●", what="v1 active")
+        assert app.models.selected.version == 1  # the cursor stays on its version when the table is redrawn
+
+        await pilot.press("a")  # already active: a warning, no dialog
+        await until(pilot, lambda: any("already the active version" in t for t in toasts(app)), what="warning")
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("down", "d")
+        assert isinstance(app.screen, ConfirmScreen) and not (control / "delete").exists()
+        assert "Delete alpaca-small v2?" in screen_text(app)
+        await pilot.press("y")
+        assert (control / "delete").read_text() == "alpaca-small 2\n"  # what `overnight delete` writes
+
+        await pilot.press("1", "down")  # back on Log, ↑↓ move through runs again
+        await until(pilot, lambda: app.runs.selected == QUEUED_HIGH, what="the next run")
+    drive(app, body, notifications=True)
+
+
+def test_queued_runs_held_by_control_stop_say_held(fx) -> None:
+    write_command(fx.home, "stop")  # untargeted: holds the queue, as `overnight status` says
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        await until(pilot, lambda: cell_text(table, QUEUED_HIGH, "state") == "held", what="held")
+        assert cell_text(table, QUEUED_LOW, "state") == "held" and cell_text(table, TRAINING, "state") == "training"
+        (fx.home.control / "stop").unlink()  # `overnight resume` lifts it
+        await until(pilot, lambda: cell_text(table, QUEUED_HIGH, "state") == "queued", what="queued again")
+    drive(app, body)
+
+
+def test_the_newest_active_run_is_selected_at_start_and_when_a_run_starts(fx) -> None:
+    add_second_trainer(fx)
+    store = Store(fx.db)  # the newer trainer below the older in priority: still the one shown first
+    store.db.execute("UPDATE runs SET priority = -1 WHERE id = ?", [SECOND])
+    store.close()
+    app = app_for(fx.root)
+
+    def start(run_id: str, seq: int) -> None:
+        store = Store(fx.db)
+        store.insert_run({"id": run_id, "name": run_id.rsplit("-", 2)[0], "state": "training", "priority": 0,
+                          "seq": seq, "run_dir": str(fx.home.runs / run_id), "started": "2026-05-14T03:00:00"})
+        store.close()
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert app.runs.selected == SECOND
+        start("demo-20260514-030000", 8)  # a second demo: the dashboard moves to the run that started
+        await until(pilot, lambda: app.runs.selected == "demo-20260514-030000", what="the new run selected")
+        await pilot.press("down")  # a run the user picked stays selected when another starts
+        await until(pilot, lambda: app.runs.selected != "demo-20260514-030000", what="the user's pick")
+        picked = app.runs.selected
+        start("demo-20260514-031000", 9)
+        await until(pilot, lambda: app.runs.row_count == 9, what="the new row")
+        await pilot.pause(0.5)
+        assert app.runs.selected == picked
     drive(app, body)

@@ -164,10 +164,10 @@ def build_home(root: Path) -> FixtureHome:
         write_run_folder(home, COMPLETED, 300, 300, "completed", at(1), footer="run ended: completed (exit code 0)")
         write_run_folder(home, TRAINING, 120, 300, "training", at(61))
 
-        for version, loss in ((1, 0.95), (2, loss_at(300))):
+        for version, loss, parent in ((1, 0.95, None), (2, loss_at(300), "alpaca-small:1")):
             store.add_model({"name": "alpaca-small", "run_id": COMPLETED, "base_model": BASE_MODEL,
                              "metrics": {"final_loss": loss, "eval_loss": loss + 0.15, "step": 300},
-                             "adapter_path": str(home.runs / COMPLETED / "adapter")})
+                             "adapter_path": str(home.runs / COMPLETED / "adapter"), "parent": parent})
         store.db.execute("UPDATE models SET created = ?", [iso(at(12))])
         store.control_event("priority", QUEUED_HIGH, "control/priority", "applied",
                             f"priority {QUEUED_HIGH}: 0 -> 5")

@@ -1,7 +1,8 @@
-"""What the dashboard's keys do to a run: the control file to write, exactly as the CLI writes it (no Textual here).
+"""What the dashboard's keys do to a run or a model version: the control file to write, exactly as the CLI writes
+it (no Textual here).
 
 The dashboard never talks to the daemon or the trainer: it writes a command file into `control/` through
-`daemon.control.send` (what `overnight pause|resume|stop|skip|priority` do) and matches the daemon's
+`daemon.control.send` (what `overnight pause|resume|stop|skip|priority|activate|delete` do) and matches the daemon's
 acknowledgement in the DB's control_events by the ticket's event id, as the CLI does.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from daemon import control
 from daemon.home import Home
 from daemon.states import LIVE, RESUMABLE, State
-from tui.data import ControlAck, HomeSnapshot, RunRow
+from tui.data import ControlAck, HomeSnapshot, ModelRow, RunRow
 
 
 class NotApplicable(ValueError):
@@ -75,6 +76,36 @@ def requeue(run: RunRow | None) -> Request:
     """`r`: queue a stopped, skipped or failed run again; it continues from its last checkpoint."""
     run = _require(run, RESUMABLE, "queue again")
     return Request("resume", run.id, f"resume {run.id} (queue it again)")
+
+
+def _version(model: ModelRow | None, verb: str) -> ModelRow:
+    if model is None:
+        raise NotApplicable(f"no model version selected: open Models (5) and pick one to {verb}")
+    if model.deleted:
+        raise NotApplicable(f"{model.name} v{model.version} is in the trash: nothing to {verb}")
+    return model
+
+
+def activate(model: ModelRow | None) -> Request:
+    """`a` on Models: make the version the active one of its name (`overnight activate NAME VERSION`): a roll
+    back, or forward again; it is pinned, so newer versions no longer take over."""
+    model = _version(model, "activate")
+    if model.active:
+        raise NotApplicable(f"{model.name} v{model.version} is already the active version")
+    label = f"{model.name} v{model.version}"
+    return Request("activate", f"{model.name} {model.version}", f"activate {label}",
+                   confirm=f"Activate {label}?\nIt becomes the active {model.name} and stays so when newer "
+                           f"versions arrive (activate another to change that).")
+
+
+def delete(model: ModelRow | None) -> Request:
+    """`d` on Models: move the version's adapter into trash/ (`overnight delete NAME VERSION`; nothing is erased)."""
+    model = _version(model, "delete")
+    label = f"{model.name} v{model.version}"
+    return Request("delete", f"{model.name} {model.version}", f"delete {label}",
+                   confirm=f"Delete {label}?\nIts adapter moves to trash/ (nothing is erased)."
+                           + (f"\nIt is the active version: {model.name} then has none until you activate "
+                              f"another." if model.active else ""))
 
 
 def send(home: Home, request: Request) -> control.Ticket:

@@ -23,7 +23,7 @@ from daemon.home import Home
 from daemon.rundir import RunFolder
 from tui import actions
 from tui.actions import AckTracker, NotApplicable, Request
-from tui.data import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, RunRow, RunWatcher, grep_file
+from tui.data import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, ModelRow, RunRow, RunWatcher, grep_file
 from tui.messages import Loaded, ReadFailed, Sampled, Searched
 from tui.telemetry import LiveTelemetry, TelemetrySource
 from tui.widgets.charts import ChartsPanel
@@ -79,6 +79,8 @@ class OvernightApp(App[None]):
         Binding("plus,equals_sign", "priority(1)", "Prio+", key_display="+", group=_PRIO),
         Binding("minus", "priority(-1)", "Prio-", key_display="-", group=_PRIO),
         Binding("r", "requeue", "Requeue", show=False),
+        Binding("a", "activate", "Activate", show=False),  # on Models: the selected version
+        Binding("d", "delete", "Delete", show=False),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("f", "follow", "Follow"),
         Binding("c", "compare", "Compare"),
@@ -246,6 +248,11 @@ class OvernightApp(App[None]):
             self._system_shown.set()
         else:
             self._system_shown.clear()
+        # on Models, ↑↓ pick the version `a` and `d` act on; leaving it, they pick runs again
+        if event.pane.id == "models":
+            self.models.focus()
+        elif self.focused is self.models:
+            self.runs.focus()
 
     def on_searched(self, message: Searched) -> None:
         self.log_panel.show_search(message.result)
@@ -348,6 +355,18 @@ class OvernightApp(App[None]):
     def action_requeue(self) -> None:
         """Queue a stopped, skipped or failed run again."""
         self._request(lambda: actions.requeue(self.selected_run))
+
+    def action_activate(self) -> None:
+        """Make the selected model version the active one (after confirmation)."""
+        self._request(lambda: actions.activate(self._model()))
+
+    def action_delete(self) -> None:
+        """Move the selected model version to the trash (after confirmation)."""
+        self._request(lambda: actions.delete(self._model()))
+
+    def _model(self) -> ModelRow | None:
+        """The version highlighted in Models, only while Models is shown (a key never acts on an unseen row)."""
+        return self.models.selected if self.tabs.active == "models" else None
 
     def action_follow(self) -> None:
         """Freeze or follow the log."""

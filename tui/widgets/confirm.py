@@ -1,4 +1,4 @@
-"""A yes/no question in a modal, for the keys that end a run (stop, skip)."""
+"""A yes/no question in a modal, for the keys that end a run (stop, skip) or change the registry (activate, delete)."""
 from __future__ import annotations
 
 from textual.app import ComposeResult

@@ -17,6 +17,8 @@ KEYS = (
     ("k", "skip it: checkpoint, the queue goes on (asks first)"),
     ("+  -", "raise / lower its priority (above the running one: preempts)"),
     ("r", "queue a stopped, skipped or failed run again"),
+    ("a", "in Models: activate the selected version, a roll back (asks first)"),
+    ("d", "in Models: move the selected version to trash/ (asks first)"),
     ("f", "freeze / follow the log"),
     ("/", "search the whole log (Esc: back to the tail)"),
     ("c", "pin the run's loss curve onto other runs' charts (again: unpin)"),

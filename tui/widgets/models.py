@@ -1,4 +1,5 @@
-"""Registered model versions, the active one of each name marked."""
+"""Registered model versions: the active one of each name marked, what each continued from; `a` activates the
+selected version, `d` moves it to the trash (tui/actions.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,18 +10,34 @@ from textual.widgets import DataTable
 from daemon.render import fmt_loss
 from tui.data import HomeSnapshot, ModelRow
 from tui.fmt import short_time
+from tui.widgets.runs import clip_id
+
+WIDE = ("", "name", "ver", "state", "loss", "eval", "created", "base", "continues from", "run")
+# below WIDE_AT columns: what tells versions apart and which to activate; the run id last, cut by clip_id
+NARROW = ("", "name", "ver", "state", "loss", "continues from", "run")
+WIDE_AT = 110
 
 
-def _row(m: ModelRow) -> list:
+def lineage(m: ModelRow) -> str:
+    """The version it continued from: `alpaca-small:1`, an adapter folder's name, or nothing (a fresh start)."""
+    if not m.parent:
+        return ""
+    name, _, version = m.parent.rpartition(":")
+    return m.parent if name and version.isdigit() else Path(m.parent).name
+
+
+def _row(m: ModelRow) -> dict[str, Text]:
     mark = Text("●", "bold green") if m.active else Text("")
     state = Text("in trash", "dim") if m.deleted else Text("active", "green") if m.active else Text("")
     base = Path(m.base_model).name if m.base_model else "-"
-    return [mark, Text(m.name, "bold" if m.active else ""), f"v{m.version}", state, fmt_loss(m.final_loss),
-            fmt_loss(m.eval_loss), short_time(m.created), base, m.run_id]
+    return {"": mark, "name": Text(m.name, "bold" if m.active else ""), "ver": Text(f"v{m.version}"),
+            "state": state, "loss": Text(fmt_loss(m.final_loss)), "eval": Text(fmt_loss(m.eval_loss)),
+            "created": Text(short_time(m.created)), "base": Text(base), "continues from": Text(lineage(m)),
+            "run": Text(m.run_id)}
 
 
 class ModelsTable(DataTable):
-    """One row per version: ● marks the active version of its name."""
+    """One row per version, keyed `NAME:VERSION`: ● marks the active version of its name."""
 
     DEFAULT_CSS = """
     ModelsTable { height: 1fr; }
@@ -30,19 +47,46 @@ class ModelsTable(DataTable):
         super().__init__(cursor_type="row", **kwargs)  # type: ignore[arg-type]
         self._models: tuple[ModelRow, ...] | None = None
 
-    def on_mount(self) -> None:
-        for label in ("", "name", "ver", "state", "loss", "eval", "created", "base", "run"):
-            self.add_column(label)
+    def on_resize(self) -> None:
+        if self._models is not None:
+            self._fill(self._models)  # the run column gets the room the new width gives it
+
+    @property
+    def selected(self) -> ModelRow | None:
+        """The version under the cursor."""
+        if not self._models or not self.row_count:
+            return None
+        key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+        return next((m for m in self._models if f"{m.name}:{m.version}" == key), None)
 
     def show(self, snap: HomeSnapshot) -> None:
-        """Show the snapshot's model versions (a no-op when unchanged)."""
+        """Show the snapshot's model versions (a no-op when unchanged), the cursor staying on its version."""
         if snap.models == self._models:
             return
-        self._models = snap.models
-        self.clear()
-        for column in self.columns.values():  # widths follow the rows shown now, not the placeholder's
-            column.content_width = column.label.cell_len
-        for m in snap.models:
-            self.add_row(*_row(m), key=f"{m.name}:{m.version}")
-        if not snap.models:
-            self.add_row("", Text("no models yet: a completed run registers one", "dim"), *[""] * 7, key="none")
+        self._fill(snap.models)
+
+    def _fill(self, models: tuple[ModelRow, ...]) -> None:
+        kept = self.selected
+        self._models = models
+        width = self.size.width or 80
+        labels = WIDE if width >= WIDE_AT else NARROW
+        self.clear(columns=True)  # widths follow the rows shown now
+        for label in labels:
+            self.add_column(label, key=label or "mark")
+        rows = [_row(m) for m in models]
+        # a run id is cut by the same rule as in the runs table, never by the terminal's edge (`support-`)
+        others = sum(max([len(label)] + [r[label].cell_len for r in rows]) + 2 * self.cell_padding
+                     for label in labels[:-1])
+        room = max(12, width - others - 2 * self.cell_padding - 2)  # 2: the scrollbar
+        for m, row in zip(models, rows):
+            row["run"] = Text(clip_id(m.run_id, room))
+            self.add_row(*(row[label] for label in labels), key=f"{m.name}:{m.version}")
+        if not models:
+            self.add_row("", Text("no models yet: a completed run registers one", "dim"), *[""] * (len(labels) - 2),
+                         key="none")
+        elif kept is not None:
+            keys = [f"{m.name}:{m.version}" for m in models]
+            key = f"{kept.name}:{kept.version}"
+            if key in keys:
+                self.move_cursor(row=keys.index(key), animate=False)
+

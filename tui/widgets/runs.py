@@ -17,9 +17,10 @@ from daemon.states import State
 from tui.data import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
 
+HELD = "held"  # a queued run that cannot start (daemon.morning.held: control/stop, a full disk, a broken toml)
 STATE_STYLE = {State.TRAINING: "bold green", State.PREPARING: "green", State.PAUSED: "bold yellow",
                State.QUEUED: "cyan", State.COMPLETED: "blue", State.FAILED: "bold red", State.STOPPED: "magenta",
-               State.SKIPPED: "magenta"}
+               State.SKIPPED: "magenta", HELD: "bold yellow"}
 BAR = 8
 
 
@@ -30,6 +31,7 @@ class Column:
     width: int
 
 
+_STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")  # NAME-YYYYMMDD-HHMMSS[-N], as intake names runs
 PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.render.fmt_priority)
 # gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once
 _NARROW = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 6),
@@ -40,11 +42,21 @@ _WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), 
 
 
 def clip_id(run_id: str, width: int) -> str:
-    """Keep the name and the time of day of a long run id: `alpaca-sm…-031200`."""
+    """A run id in `width` cells, for every place that shortens one (the runs table, its groups, the models table).
+
+    The name is what a user recognises, so the cut falls inside the time stamp: its time of day (what tells two
+    runs of one name apart) is kept from the right, the date gets what room is left (`summaries-…021000`,
+    `poems-2026…-022000`); only a name that leaves no room for the stamp is cut itself (`…` at its end).
+    """
     if len(run_id) <= width:
         return run_id
-    tail = run_id[-7:] if width >= 16 else ""
-    return run_id[: width - len(tail) - 1] + "…" + tail
+    m = _STAMP.search(run_id)
+    name, stamp = (run_id[:m.start()], run_id[m.start():]) if m else (run_id, "")
+    room = width - len(name)
+    if stamp and room >= 4:
+        head = max(1, room - 1 - len("-HHMMSS"))
+        return name + stamp[:head] + "…" + stamp[len(stamp) - (room - 1 - head):]
+    return run_id[: max(0, width - 1)] + "…"
 
 
 def _steps(run: RunRow) -> str:
@@ -54,7 +66,6 @@ def _steps(run: RunRow) -> str:
 
 
 GROUP_KEY = "group:"  # row keys of group rows; run rows are keyed by their run id
-_STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -147,10 +158,16 @@ def group_label(group: Group, width: int) -> Text:
     return Text.assemble((arrow, "bold"), (name, "bold"), (count, "dim"))
 
 
-def _group_cell(group: Group, key: str) -> Text | str:
+def shown_state(state: str, held: str | None) -> str:
+    """The state a row says: `held` for a queued run while something holds the queue, as `overnight status` says."""
+    return HELD if held and state == State.QUEUED else state
+
+
+def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
     lead = group.best or group.active
     if key == "state":
-        return Text(group.state, STATE_STYLE.get(group.state, ""))
+        state = shown_state(group.state, held)
+        return Text(state, STATE_STYLE.get(state, ""))
     if key == "progress":
         ended = sum(r.finished_state for r in group.runs)
         style = STATE_STYLE.get(group.state, "")
@@ -173,9 +190,10 @@ def _group_cell(group: Group, key: str) -> Text | str:
     raise KeyError(key)
 
 
-def _cell(run: RunRow, key: str) -> Text | str:
+def _cell(run: RunRow, key: str, held: str | None = None) -> Text | str:
     if key == "state":
-        return Text(run.state, STATE_STYLE.get(run.state, ""))
+        state = shown_state(run.state, held)
+        return Text(state, STATE_STYLE.get(state, ""))
     if key == "progress":
         if run.state == State.QUEUED and run.step is None:
             return ""
@@ -220,6 +238,10 @@ class RunsTable(DataTable):
         self.expanded: set[str] = set()  # unfolded groups
         self.cursor_key: str | None = None  # the row under the cursor: a run id or GROUP_KEY + group id
         self.selected: str | None = None
+        self.held: str | None = None  # what holds the queue (HomeSnapshot.held)
+        # Until the user picks a row, the selection follows the newest active run: a dashboard opened before its
+        # run starts (the demo) moves to it when it starts, instead of staying on an older run.
+        self.chosen = False
 
     def _columns_for(self, width: int) -> list[Column]:
         return _WIDE if width >= 110 else _NARROW
@@ -246,10 +268,11 @@ class RunsTable(DataTable):
         """Show the snapshot's runs (a no-op when nothing changed), keeping the selected row selected."""
         if not self._layout:
             self._build_columns()
-        if snap.runs == self._rows:
+        if snap.runs == self._rows and snap.held == self.held:
             return
+        held_changed, self.held = snap.held != self.held, snap.held
         items = layout(snap.runs, self.expanded)
-        if self._items and [i.key for i in items] == [i.key for i in self._items]:
+        if self._items and not held_changed and [i.key for i in items] == [i.key for i in self._items]:
             self._update(snap.runs, items)  # same rows in the same order: change cells only, the cursor stays put
         else:
             self._fill(snap.runs)
@@ -262,9 +285,9 @@ class RunsTable(DataTable):
 
     def _cells(self, item: Item) -> list[Text | str]:
         if item.group is not None:
-            return [_group_cell(item.group, c.key) for c in self._layout]
+            return [_group_cell(item.group, c.key, self.held) for c in self._layout]
         assert item.run is not None
-        return [_cell(item.run, c.key) for c in self._layout]
+        return [_cell(item.run, c.key, self.held) for c in self._layout]
 
     def _update(self, runs: tuple[RunRow, ...], items: tuple[Item, ...]) -> None:
         for old, new in zip(self._items, items):
@@ -273,16 +296,24 @@ class RunsTable(DataTable):
                 for c, value in zip(self._layout, self._cells(new)):
                     self.update_cell(new.key, c.key, value)
         self._rows, self._items = runs, items
+        if not self.chosen:
+            follow = self._newest_active(runs, items)
+            if follow is not None and follow != self.cursor_key:
+                self.cursor_key = follow
+                self.move_cursor(row=[i.key for i in items].index(follow), animate=False)
         if self.cursor_key and self.cursor_key.startswith(GROUP_KEY):  # the group's shown run may have changed
+            self._select(self._run_of(self.cursor_key))
+        elif not self.chosen:
             self._select(self._run_of(self.cursor_key))
 
     def _fill(self, runs: tuple[RunRow, ...]) -> None:
         items = layout(runs, self.expanded)
         keys = [i.key for i in items]
-        keep = self.cursor_key if self.cursor_key in keys else self._row_of(items, self.selected)
-        if keep is None:  # at first: the highest-priority active run (several may train at once)
-            active = min((r for r in runs if r.active), key=lambda r: (-r.priority, r.seq), default=None)
-            keep = self._row_of(items, active.id) if active else (keys[0] if keys else None)
+        keep = None
+        if self.chosen:
+            keep = self.cursor_key if self.cursor_key in keys else self._row_of(items, self.selected)
+        if keep is None:
+            keep = self._newest_active(runs, items) or (keys[0] if keys else None)
         self.clear()
         for item in items:
             self.add_row(self._first(item), *self._cells(item), key=item.key)
@@ -291,6 +322,11 @@ class RunsTable(DataTable):
         if keep is not None:
             self.move_cursor(row=keys.index(keep), animate=False)
         self._select(self._run_of(keep))
+
+    def _newest_active(self, runs: tuple[RunRow, ...], items: tuple[Item, ...]) -> str | None:
+        """The row of the run that started last among those running (several may train at once)."""
+        newest = max((r for r in runs if r.active), key=lambda r: (r.started or r.created or "", r.seq), default=None)
+        return self._row_of(items, newest.id) if newest else None
 
     @staticmethod
     def _row_of(items: tuple[Item, ...], run_id: str | None) -> str | None:
@@ -316,6 +352,7 @@ class RunsTable(DataTable):
     def toggle(self, group_id: str) -> None:
         """Fold or unfold a group; the cursor stays on (or goes back to) the group's row."""
         self.expanded ^= {group_id}
+        self.chosen = True
         self.cursor_key = GROUP_KEY + group_id
         if self._rows is not None:
             self._fill(self._rows)
@@ -337,5 +374,7 @@ class RunsTable(DataTable):
         if event.cursor_row != self.cursor_row:
             return  # a stale event from before a refill (the cursor has moved on to the kept run)
         if event.row_key is not None and event.row_key.value is not None:
+            if event.row_key.value != self.cursor_key:  # the cursor went where the table did not put it
+                self.chosen = True
             self.cursor_key = event.row_key.value
             self._select(self._run_of(self.cursor_key))
