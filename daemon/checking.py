@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon import sweep
-from daemon.as_trained import TrainedView, load_tokenizer
-from daemon.as_trained import view as trained_view
-from daemon.datasets import CHAT_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, iter_examples
+from daemon.as_trained import TrainedView
+from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
-from daemon.lineage import check_parent
 from daemon.models import model_folder
-from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
+from daemon.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
-from daemon.templating import TemplateError, for_run, prompt_as_chat, special_tokens
-from daemon.submission import (PROBES_SUFFIX, SubmissionError, check_base_models, context_note, model_context, role_of,
+from daemon.templating import TemplateError
+from daemon.submission import (PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
+                               check_pairing, check_truncation, context_note, load_options, model_context, role_of,
                                stem_of, validate)
 
 
@@ -38,6 +37,14 @@ class Problem:
             return cls(str(err), data.place, data.fix)
         fix = str(err).partition(" Fix: ")[2]
         return cls(str(err), None, fix or None)
+
+    @classmethod
+    def all_of(cls, err: Exception) -> list[Problem]:
+        """An options file with several bad keys is one error of several lines: a problem each, with its fix."""
+        data = err if isinstance(err, OptionsError) else err.__context__
+        if isinstance(data, OptionsError) and len(data.each) > 1 and str(data) == str(err):
+            return [cls(m, None, m.partition(" Fix: ")[2] or None) for m in data.each]
+        return [cls.of(err)]
 
 
 @dataclass
@@ -83,6 +90,8 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
         return Verdict(str(path), problems=[Problem(f"{path}: no such file", str(path))])
     verdict = Verdict(str(path), role_of(path))
     try:
+        if not _is_owner_toml(path, home):
+            check_pairing(path)  # the inbox's rule: a stem it cannot pair is refused, every file of it
         if _is_owner_toml(path, home):
             _check_owner_toml(path, home, verdict)
         elif verdict.role == "sidecar":
@@ -97,7 +106,7 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
         else:
             _check_dataset(path, home, verdict, show)
     except (SubmissionError, OptionsError, DatasetError, TemplateError) as e:
-        verdict.problems.append(Problem.of(e))
+        verdict.problems += Problem.all_of(e)
     return verdict
 
 
@@ -107,13 +116,11 @@ def _is_owner_toml(path: Path, home: Home) -> bool:
 
 
 def _check_sidecar(path: Path, home: Home, verdict: Verdict) -> None:
-    opts = load_sidecar(path)
-    resolved = resolve(load_home_toml(home.toml), opts)
-    sweep.check_cap(resolved, path)
-    if "base_model" in opts:  # the daemon's check of the models it names (the toml may name one instead)
-        check_base_models(resolve(None, opts), path, home.toml)
-    if "init_adapter" in opts:
-        check_parent(resolved, home.toml)
+    """A sidecar alone gets the checks it gets beside its dataset: options, sweep cap, base models (and their
+    context) and the adapter it continues from."""
+    resolved = load_options(path, home.toml)
+    opts = {k: v for k, v in resolved.values.items() if resolved.sources.get(k) == "sidecar"}
+    check_models(resolved, path, home.toml, require_model=False)
     grid = sweep.summary(resolved)
     verdict.summary = f"sidecar, {len(opts)} options"
     verdict.data = {"options": opts, "runs": sweep.run_count(resolved)}
@@ -141,7 +148,8 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
-                   require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root))
+                   require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root),
+                   show=show)
     r = sub.report
     first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
     if path.is_symlink():
@@ -152,7 +160,11 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                                   f"nothing outside the home is read or moved. Fix: move or copy the real file "
                                   f"into the inbox.")
     grid = sweep.summary(sub.options)
-    trained = _as_trained(sub, first.values, home, verdict, show)
+    refused = None  # a record the template refuses: said after the model checks, in the daemon's order
+    try:
+        trained = _as_trained(sub, first.values, home, verdict, show)
+    except SubmissionError as e:
+        trained, refused = None, e
     tokens = (_stats_line(f"tokens per example as trained ({trained.how})", trained.view.lengths.summary())
               if trained and trained.view.lengths.count else
               _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
@@ -171,8 +183,10 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
                              f"{sidecar.name}")
         return
-    check_base_models(sub.options, sub.sidecar, home.toml)
-    parent = check_parent(sub.options, home.toml)
+    parent = check_models(sub.options, sub.sidecar, home.toml)
+    if refused is not None:
+        raise refused
+    check_truncation(sub)
     if sub.options.sources.get("max_length") == "default":
         for spec in sub.options.base_models:
             verdict.add(context_note(first.values["max_length"], model_context(model_folder(spec, home.root)), spec))
@@ -200,41 +214,26 @@ class Trained:
 
 
 def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> Trained | None:
-    """The chat template and prompt format the run would use (the trainer's own choice), every record rendered
-    through them (a record the template refuses is an error), and their lengths in the base model's tokens."""
-    text = sub.report.schema in TEXT_SCHEMAS
-    if text and not show:
+    """The records as the run lays them out (submission.as_trained, the daemon's own check) and how check says
+    it: the chat template and prompt format, the lengths in the base model's tokens."""
+    sub.trained = t = as_trained(sub, home.root, show)
+    if t is None:
         return None
-    folder = model_folder(sub.options.base_models[0], home.root) if sub.options.base_models else None
-    if sub.options.base_models and folder is None:
-        return None  # a model not found: check_base_models says so; its template is unknown until it is there
-    fmt = for_run(values["chat_template"], folder, (home.root,))  # where the trainer looks too
-    as_chat = prompt_as_chat(values["prompt_format"], fmt)
-    if fmt is None and folder is not None and sub.report.schema in CHAT_SCHEMAS:
-        raise TemplateError(f"the base model {sub.options.base_models[0]} has no chat template, so chat records "
-                            f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = "
-                            f"\"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
-                            f"prompt/completion or text schema.")
     prompts = sub.report.schema in PROMPT_SCHEMAS
     line = None
-    if not text:
+    if sub.report.schema not in TEXT_SCHEMAS:
+        fmt, as_chat = t.fmt, t.as_chat
         auto = " (auto)" if values["prompt_format"] == "auto" else ""
         line = (f"chat template: {fmt.describe() if fmt else 'none'}"
                 + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if prompts else ""))
         verdict.data["chat_template"] = fmt.label if fmt else None
         verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if prompts else None
-    max_length = values["max_length"]
-    if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
-        max_length = min(max_length, model_context(folder) or max_length)
-    tokenizer = None if text else load_tokenizer(folder)
-    view = trained_view(iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
-                        tokenizer, max_length, show, sub.dataset.name)
-    verdict.shown = view.shown
-    if tokenizer is not None:
-        verdict.data["as_trained"] = view.to_dict()
-    how = f"{folder.name if folder else '?'} tokenizer, " + (
-        "chat template" if fmt and (as_chat or not prompts) else "prompt + answer")
-    return Trained(view, how, line, max_length)
+    verdict.shown = t.view.shown
+    if t.counted:
+        verdict.data["as_trained"] = t.view.to_dict()
+    how = f"{t.folder.name if t.folder else '?'} tokenizer, " + (
+        "chat template" if t.fmt and (t.as_chat or not prompts) else "prompt + answer")
+    return Trained(t.view, how, line, t.max_length)
 
 
 def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None) -> str | None:

@@ -26,7 +26,8 @@ from daemon.options import OptionsError, Resolved, load_home_toml
 from daemon.states import State
 from daemon.space import is_disk_full
 from daemon.store import Store, busy_problem
-from daemon.submission import Submission, SubmissionError, role_of, sha256_file, stem_of, validate
+from daemon.submission import (Submission, SubmissionError, pair, sha256_file, stem_of, twins_message,
+                               validate)
 from daemon.timefmt import iso, run_id_stamp
 
 
@@ -128,7 +129,7 @@ class Intake:
             if problem and (p.is_symlink() or p.is_file() or self.stable(p, now)):  # a folder being copied waits
                 self._reject([p], stem_of(p), problem)
                 handled += 1
-        drops, twins = _drops(files)
+        drops, twins = pair(files)
         self._held_open = {k: v for k, v in self._held_open.items() if k in drops}
         toml_ok = self._owner_toml_ok()
         for key in [k for k in self._checking if not toml_ok or k not in drops]:
@@ -137,9 +138,7 @@ class Intake:
             return handled
         for stem, group in sorted(twins.items()):
             if self._all_stable(group, now):
-                names = " and ".join(p.name for p in group if role_of(p) == "dataset")
-                self._reject(group, stem, f"{names} are both named {stem}: a sidecar or probe file could not tell "
-                                          f"which one it belongs to. Fix: rename one of them and drop them again.")
+                self._reject(group, stem, twins_message(stem, group))
                 handled += 1
         for key, group in sorted(drops.items()):
             if self._all_stable(list(group.values()), now):
@@ -395,29 +394,6 @@ def model_name_of(sub: Submission) -> str:
     id's rule (spaces and symbols become '-'), so that `init_adapter = "NAME"`, `overnight activate NAME` and the
     run id all spell it alike."""
     return sub.options.values.get("name") or safe_name(model_name(stem_of(sub.dataset)))
-
-
-def _drops(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:
-    """The drops in a listing, each by role, keyed by stem; and the stems refused as ambiguous.
-
-    Datasets sharing a stem (x.jsonl, x.csv) are two drops keyed by their file names while nothing else has the
-    stem; beside x.toml or x.probes.jsonl nobody can tell which dataset those belong to, so the stem is refused.
-    """
-    by_stem: dict[str, list[Path]] = {}
-    for p in files:
-        if p.is_file() and not p.is_symlink():
-            by_stem.setdefault(stem_of(p), []).append(p)
-    drops: dict[str, dict[str, Path]] = {}
-    twins: dict[str, list[Path]] = {}
-    for stem, group in by_stem.items():
-        roles = [role_of(p) for p in group]
-        if roles.count("dataset") < 2:
-            drops[stem] = dict(zip(roles, group))
-        elif "sidecar" in roles or "probes" in roles or any(p.name in by_stem for p in group):
-            twins[stem] = group
-        else:
-            drops.update({p.name: {role: p} for role, p in zip(roles, group)})
-    return drops, twins
 
 
 def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:

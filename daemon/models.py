@@ -93,3 +93,11 @@ def model_folder(name: str, home: Path) -> Path | None:
         return locate_model(name, home).folder
     except ModelNotFound:
         return None
+
+
+WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether a model folder holds weights from_pretrained can load (a config.json alone fails at load)."""
+    return any(p.exists() for pattern in WEIGHTS for p in folder.glob(pattern))  # exists: a cache link's blob too

@@ -13,7 +13,10 @@ from daemon.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, sugge
 
 
 class OptionsError(ValueError):
-    """A bad option file or value; the message names the file, the key and the fix."""
+    """A bad option file or value; the message names the file, the key and the fix (a file with several bad
+    keys: one line each, also in `each`)."""
+
+    each: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
     Train("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
           sweep=True),
+    Option("allow_truncation", bool, False, "take a drop even when max_length would leave more than half its records "
+           "with nothing of their answer to learn (they are dropped from training)"),
     Train("chat_template", str, "auto", 'the chat template chat data is trained with: "auto" (the model\'s own, or '
           'its training version), a family name (chatml, llama3, qwen2_5, qwen3, gemma, mistral, phi3, …) or a '
           '.jinja file', lambda v: bool(v.strip()), '"auto", a family name or the path of a .jinja file'),
@@ -295,21 +300,36 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dict[str, Any]:
-    """Check every key and value of one options file; return it when good (values in their stored form)."""
+    """Check every key and value of one options file; return it when good (values in their stored form).
+
+    Every bad key is reported at once (one line each, each with its fix): a user fixing a file learns all that
+    is wrong with it in one go, not one error per drop."""
+    errors: list[str] = []
     for key, value in table.items():
-        if key not in OPTIONS:
-            raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
-                               f"Valid options: {', '.join(sorted(OPTIONS))}. Fix: rename '{key}' to one of "
-                               f"these, or remove it.")
-        if sidecar and OPTIONS[key].owner_only:
-            raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
-                               f"never in a dataset's sidecar (it runs code or shapes the machine). "
-                               f"Fix: remove '{key}' from {Path(source).name}.")
-        if isinstance(value, list) and not _type_ok(OPTIONS[key], value):
-            check_sweep(source, key, value, sidecar=sidecar)
-        else:
-            check_value(source, key, value)
+        try:
+            _check_entry(source, key, value, sidecar)
+        except OptionsError as e:
+            errors.append(str(e))
+    if errors:
+        err = OptionsError("\n".join(errors))
+        err.each = errors
+        raise err
     return {k: OPTIONS[k].normal(v) if OPTIONS[k].normal and isinstance(v, str) else v for k, v in table.items()}
+
+
+def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
+    if key not in OPTIONS:
+        raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
+                           f"Valid options: {', '.join(sorted(OPTIONS))}. Fix: rename '{key}' to one of "
+                           f"these, or remove it.")
+    if sidecar and OPTIONS[key].owner_only:
+        raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
+                           f"never in a dataset's sidecar (it runs code or shapes the machine). "
+                           f"Fix: remove '{key}' from {Path(source).name}.")
+    if isinstance(value, list) and not _type_ok(OPTIONS[key], value):
+        check_sweep(source, key, value, sidecar=sidecar)
+    else:
+        check_value(source, key, value)
 
 
 def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool) -> None:

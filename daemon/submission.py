@@ -5,11 +5,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from daemon import datasets, sweep
-from daemon.fsutil import model_name
-from daemon.models import ModelNotFound, locate_model, model_folder
+from daemon.fsutil import ignored, model_name
+from daemon.models import ModelNotFound, has_weights, locate_model, model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
@@ -57,6 +57,7 @@ class Submission:
     options: Resolved
     probe_count: int | None = None
     notes: list[str] = field(default_factory=list)
+    trained: AsTrained | None = None  # the records as the run lays them out, where the base model is known
 
     @property
     def name(self) -> str:
@@ -65,18 +66,15 @@ class Submission:
 
 def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,
              require_model: bool = True,
-             token_counter: Callable[[Resolved], Callable[[str], int] | None] | None = None) -> Submission:
+             token_counter: Callable[[Resolved], Callable[[str], int] | None] | None = None,
+             show: int = 0) -> Submission:
     """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found.
 
-    `token_counter`, given the resolved options, may return a function counting an example's tokens.
+    `token_counter`, given the resolved options, may return a function counting an example's tokens. With
+    `require_model` False (`overnight check`) the checks of the base model and what it implies are left to
+    `finish`, so that check can say what it found in the data first; the daemon runs them all here.
     """
-    try:
-        toml = load_home_toml(home_toml)
-        side = load_sidecar(sidecar)
-        opts = resolve(toml, side)
-        sweep.check_cap(opts, sidecar)
-    except OptionsError as e:
-        raise SubmissionError(str(e)) from None
+    opts = load_options(sidecar, home_toml)
     try:
         report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
     except datasets.DatasetError as e:
@@ -88,12 +86,143 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
             probe_count = len(load_probe_file(probes))
         except datasets.DatasetError as e:
             raise SubmissionError(str(e)) from None
+    sub = Submission(dataset, sidecar, probes, report, opts, probe_count)
     if require_model:
-        check_base_models(opts, sidecar, home_toml)
-        from daemon.lineage import check_parent  # lineage reads the registry, which imports this module
+        finish(sub, home_toml, require_model=True, show=show)
+    return sub
 
-        check_parent(opts, home_toml)
-    return Submission(dataset, sidecar, probes, report, opts, probe_count)
+
+def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
+    """The options of a drop: overnight.toml < the sidecar, each file with all its errors, and a sweep's cap."""
+    try:
+        opts = resolve(load_home_toml(home_toml), load_sidecar(sidecar))
+        sweep.check_cap(opts, sidecar)
+    except OptionsError as e:
+        err = SubmissionError(str(e))
+        err.__context__ = e  # its errors one by one, for check
+        raise err from None
+    return opts
+
+
+def finish(sub: Submission, home_toml: Path, require_model: bool = True, show: int = 0) -> Any:
+    """The checks that need the base model, in the daemon's order: the models (and their context), the adapter
+    continued from, every record through the run's template, and the records max_length would drop. Returns the
+    parent adapter (lineage.Parent) or None."""
+    parent = check_models(sub.options, sub.sidecar, home_toml, require_model)
+    if sub.trained is None:
+        sub.trained = as_trained(sub, home_toml.parent, show)
+    check_truncation(sub)
+    return parent
+
+
+def check_models(opts: Resolved, sidecar: Path | None, home_toml: Path, require_model: bool = True) -> Any:
+    """The base models (none named: an error only when required) and the adapter the options continue from."""
+    if opts.base_models or require_model:
+        check_base_models(opts, sidecar, home_toml)
+    from daemon.lineage import check_parent  # lineage reads the registry, which imports this module
+
+    return check_parent(opts, home_toml)
+
+
+@dataclass
+class AsTrained:
+    """The dataset as the run will lay it out (daemon/as_trained.py), and the choices that shaped it."""
+
+    view: Any  # as_trained.TrainedView
+    fmt: Any  # templating.ChatFormat or None
+    as_chat: bool
+    folder: Path | None
+    max_length: int
+    counted: bool  # lengths in the base model's tokens (its tokenizer.json is there)
+
+
+def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
+    """Every record rendered through the run's chat template and prompt format (the trainer's own choice; a record
+    the template refuses is an error) and counted in the base model's tokens. Imported here, not at daemon start:
+    the template renderer and the tokenizer load only while a drop is validated."""
+    text = sub.report.schema in datasets.TEXT_SCHEMAS
+    if text and not show:
+        return None
+    folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
+    if sub.options.base_models and folder is None:
+        return None  # a model not found: check_base_models says so; its template is unknown until it is there
+    from daemon.as_trained import load_tokenizer, view
+    from daemon.templating import TemplateError, for_run, prompt_as_chat, special_tokens
+
+    values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
+    try:
+        fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
+        as_chat = prompt_as_chat(values["prompt_format"], fmt)
+        if fmt is None and folder is not None and sub.report.schema in datasets.CHAT_SCHEMAS:
+            raise TemplateError(f"the base model {sub.options.base_models[0]} has no chat template, so chat records "
+                                f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template "
+                                f"= \"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
+                                f"prompt/completion or text schema.")
+        max_length = values["max_length"]
+        if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
+            max_length = min(max_length, model_context(folder) or max_length)
+        tokenizer = None if text else load_tokenizer(folder)
+        seen = view(datasets.iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
+                    tokenizer, max_length, show, sub.dataset.name)
+    except TemplateError as e:
+        raise SubmissionError(str(e)) from None
+    return AsTrained(seen, fmt, as_chat, folder, max_length, tokenizer is not None)
+
+
+def check_truncation(sub: Submission) -> None:
+    """More than half the records with nothing of their answer left once cut to max_length: the run would
+    train on a sliver of the data, so the drop is refused unless allow_truncation says that is meant."""
+    t = sub.trained
+    if t is None or not t.counted or sub.options.values.get("allow_truncation"):
+        return
+    v = t.view
+    if v.lengths.count and v.dropped * 2 > v.lengths.count:
+        longest = v.lengths.summary()["max"]
+        raise SubmissionError(
+            f"{sub.dataset.name}: {v.dropped} of {v.lengths.count} records would be dropped: cut to max_length = "
+            f"{t.max_length} tokens, nothing of their answer is left to learn. Fix: raise max_length (the longest "
+            f"record has {longest} tokens), or set allow_truncation = true.")
+
+
+def pair(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:
+    """The drops in a listing, each by role, keyed by stem; and the stems refused as ambiguous.
+
+    Datasets sharing a stem (x.jsonl, x.csv) are two drops keyed by their file names while nothing else has the
+    stem; beside x.toml or x.probes.jsonl nobody can tell which dataset those belong to, so the stem is refused.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        if p.is_file() and not p.is_symlink():
+            by_stem.setdefault(stem_of(p), []).append(p)
+    drops: dict[str, dict[str, Path]] = {}
+    twins: dict[str, list[Path]] = {}
+    for stem, group in by_stem.items():
+        roles = [role_of(p) for p in group]
+        if roles.count("dataset") < 2:
+            drops[stem] = dict(zip(roles, group))
+        elif "sidecar" in roles or "probes" in roles or any(p.name in by_stem for p in group):
+            twins[stem] = group
+        else:
+            drops.update({p.name: {role: p} for role, p in zip(roles, group)})
+    return drops, twins
+
+
+def twins_message(stem: str, group: list[Path]) -> str:
+    names = " and ".join(p.name for p in group if role_of(p) == "dataset")
+    return (f"{names} are both named {stem}: a sidecar or probe file could not tell which one it belongs to. "
+            f"Fix: rename one of them and drop them again.")
+
+
+def check_pairing(path: Path) -> None:
+    """The inbox's pairing rule applied to the files beside `path`: refused as the daemon would refuse them."""
+    try:
+        files = sorted(p for p in path.parent.iterdir() if not ignored(p.name))  # as the inbox lists them
+    except OSError:
+        return
+    _drops, twins = pair(files)
+    for stem, group in twins.items():
+        if path.name in {p.name for p in group}:
+            raise SubmissionError(twins_message(stem, group))
 
 
 def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> None:
@@ -109,6 +238,13 @@ def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> 
         except ModelNotFound as e:
             where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
             raise SubmissionError(f"{where}: {e}") from None
+        folder = model_folder(spec, home_toml.parent)
+        if folder is not None and not has_weights(folder):
+            where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
+            raise SubmissionError(f"{where}: the base model folder {folder} has a config.json but no weights "
+                                  f"(*.safetensors, *.bin or their index file), so the run would fail when it "
+                                  f"loads the model. Fix: download the weights into {folder} (hf download NAME "
+                                  f"--local-dir {folder}), or point base_model at a complete model folder.")
         _check_context(opts, spec, sidecar, home_toml)
 
 
