@@ -94,6 +94,10 @@ def test_check_exits_1_exactly_when_the_daemon_rejects_the_drop_and_says_the_sam
         v = verdicts[f"{stem}.toml"]
         assert not v["ok"] and _first_line(v["problems"][0]) == (rejected / f"{stem}.error.txt").read_text().splitlines()[0]
     assert verdicts["cutok.toml"]["ok"]
+    # every bad key of a sidecar, each with its fix, in the error file as in check
+    many = (rejected / "many.error.txt").read_text().split("\n\n")[0].splitlines()
+    assert many == [p["message"] for p in verdicts["many.toml"]["problems"]] and len(many) == 3
+    assert all("Fix:" in line for line in many)
 
 
 def test_the_reviewers_cases_say_what_is_wrong_and_the_fix(home: Path, tiny_model: Path, tmp_path: Path) -> None:

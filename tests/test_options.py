@@ -50,6 +50,17 @@ def test_owner_only_keys_refused_in_sidecar_but_allowed_in_home_toml(tmp_path, k
     assert load_home_toml(write(tmp_path / "overnight.toml", key + "\n"))
 
 
+def test_every_bad_key_of_a_file_is_reported_at_once_each_with_its_fix(tmp_path):
+    # a user fixing a file learns all that is wrong with it in one go, not one error per drop
+    for load, name, extra in ((load_sidecar, "d.toml", "trust_remote_code = true\n"),
+                              (load_home_toml, "overnight.toml", "epochs = [1, 2]\n")):
+        with pytest.raises(OptionsError) as e:
+            load(write(tmp_path / name, "lora_rank = 8\nlearning_rate = -1\nlora_r = 4\n" + extra))
+        lines = str(e.value).splitlines()
+        assert len(lines) == 3 and all(f"{name}: " in line and "Fix:" in line for line in lines), lines
+        assert "'lora_rank'" in lines[0] and "'learning_rate' = -1" in lines[1]
+
+
 def test_toml_syntax_error_names_file(tmp_path):
     with pytest.raises(OptionsError, match="d.toml: not valid TOML"):
         load_sidecar(write(tmp_path / "d.toml", "lora_r = = 3\n"))
