@@ -57,7 +57,7 @@ def custom_code_model(tiny: Path, dest: Path) -> Path:
 def _dataset(tmp: Path, name: str) -> None:
     rows = [json.dumps({"prompt": f"say {w}\n", "completion": w}) for w in ("one", "two", "three", "four") * 5]
     (tmp / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
-    (tmp / f"{name}.toml").write_text("max_steps = 3\nbatch_size = 4\nmax_length = 16\nprobe_count = 0\n"
+    (tmp / f"{name}.toml").write_text("max_steps = 3\nbatch_size = 4\nmax_length = 64\nprobe_count = 0\n"
                                       "eval_fraction = 0.0\nlearning_rate = 3e-3\nlog_every = 1\n")
 
 
