@@ -182,6 +182,8 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
                              f"{sidecar.name}")
+        if refused is not None:
+            raise refused
         return
     parent = check_models(sub.options, sub.sidecar, home.toml)
     if refused is not None:

@@ -89,6 +89,15 @@ def test_check_sidecar_beside_dataset_and_alone(home, tiny_model, tmp_path):
     assert res.returncode == 1 and "/no/such/model" in res.stdout and "was not found" in res.stdout
 
 
+def test_check_without_base_model_still_refuses_a_record_the_named_template_refuses(home, tmp_path):
+    (tmp_path / "r.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {
+        "role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}) + "\n")
+    (tmp_path / "r.toml").write_text('chat_template = "gemma"\n')
+    res = overnight("check", str(tmp_path / "r.jsonl"), home=home)
+    assert res.returncode == 1 and "record 1: the chat template refuses this conversation" in res.stdout, res.stdout
+    assert "a drop also needs a base model" in res.stdout
+
+
 def test_check_a_symlink_notes_the_daemon_refuses_links(home, tiny_model, tmp_path):
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
