@@ -80,7 +80,8 @@ def test_every_schema_trains_to_a_loadable_adapter_and_registers_a_model(home, t
 def test_failing_trainer_is_failed_with_reason_and_the_next_run_is_served(home, tiny_model, tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "qwen2"}')  # a folder that looks like a model, no weights
+    (broken / "config.json").write_text('{"model_type": "qwen2"}')  # passes intake (a config and a weights file)…
+    (broken / "model.safetensors").write_bytes(b"not weights")  # …and fails when the trainer loads it
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     (home / "inbox" / "a.toml").write_text(FAST + f'base_model = "{broken}"\n')
     (home / "inbox" / "a.jsonl").write_text('{"text": "hello there"}\n' * 10)

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.conftest import DaemonProcess, drop, overnight, wait_until
+from tests.conftest import DaemonProcess, budget, drop, overnight, wait_until
 from tests.test_junk import BUG_SIGNS
 
 
@@ -171,7 +171,8 @@ def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_pr
     rej = home / "control" / "rejected"
     wait_until(lambda: rej.exists() and any(rej.glob("*.error.txt")), 30, what="the control file answered")
     assert not _run_dirs(home), "the control file waited for the validation to end"
-    wait_until(lambda: _run_dirs(home), 120, what="the big drop accepted")
+    # every record is rendered and counted as the run will train it (~10k records/s on a busy 2-core machine)
+    wait_until(lambda: _run_dirs(home), budget(300), what="the big drop accepted")
 
 
 def test_two_datasets_with_one_name_are_refused_together(model_home, daemon_proc, tmp_path):

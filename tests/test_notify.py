@@ -160,7 +160,8 @@ def test_the_owner_is_told_of_a_rejection_a_failure_and_a_completion(home, tiny_
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n[notify]\nurls = ["{webhook.url}", "{dead}"]\n')
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "qwen2"}')  # looks like a model, has no weights
+    (broken / "config.json").write_text('{"model_type": "qwen2"}')  # passes intake (a config and a weights file)…
+    (broken / "model.safetensors").write_bytes(b"not weights")  # …and fails when the trainer loads it
     (home / "control" / "stop").write_text("")  # hold the queue until every drop is in
     d = daemon_proc()
     (tmp_path / "bad.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "oops"\n')

@@ -169,6 +169,7 @@ def quantization_config(quantization: str, device: Device) -> Any:
 
 def load_model(source: str, device: Device, opts: TrainOptions, attention: str) -> Any:
     """The base causal LM in the device's dtype (bf16/fp16 on a GPU, fp32 on the CPU), quantised when asked."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": device.dtype, "attn_implementation": attention}
@@ -179,7 +180,7 @@ def load_model(source: str, device: Device, opts: TrainOptions, attention: str) 
     try:
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True,
                                                      trust_remote_code=opts.trust_remote_code, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError, SafetensorError) as e:  # a damaged weights file is the user's to fix
         raise _load_failed("base model", source, e, opts.trust_remote_code) from None
     if opts.quantization != "none":
         from peft import prepare_model_for_kbit_training
