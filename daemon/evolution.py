@@ -25,6 +25,8 @@ SNAPSHOTS_PER_RUN = 20  # what `probe_every = 0` aims for
 # with `probe_every = 0`, snapshots (step 0 and the final one counted) are thinned out to stay under this share of
 # the training time: under the 5% the SPEC promises, with a margin for a snapshot slower than the median
 AUTO_MAX_OVERHEAD = 0.04
+# the fewest snapshots the budget may thin a run to (step 0, the end, 3 between): fewer show no evolution at all
+AUTO_MIN_SNAPSHOTS = 5
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -71,7 +73,8 @@ def resolve_probe_every(probe_every: int, max_steps: int) -> tuple[int, float | 
 
     `probe_every` > 0 is taken as given (no budget). 0 means automatic: about SNAPSHOTS_PER_RUN snapshots per
     run, thinned out where they would cost more than AUTO_MAX_OVERHEAD of the training time (a tiny model on a
-    CPU trains so fast that even a small snapshot costs as much as a couple of steps).
+    CPU trains so fast that even a small snapshot costs as much as a couple of steps), but never below
+    AUTO_MIN_SNAPSHOTS per run (`EvolutionCallback(min_snapshots=)`).
     """
     if probe_every > 0:
         return probe_every, None

@@ -208,10 +208,15 @@ def test_overhead_budget_thins_periodic_snapshots(lm: tuple[Any, Any], tmp_path:
     model, tok = lm
     out = tmp_path / "evolution.jsonl"
     cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=1, max_new_tokens=4, log=lambda s: None,
-                           max_overhead=1e-9)
+                           max_overhead=1e-9, min_snapshots=2)
     drive(cb, model, 0, 5)
     # step 0 and the end always; the periodic ones only while every snapshot so far fits the budget
     assert snapshot_steps_of(out) == [0, 5]
+    out.unlink()
+    cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=1, max_new_tokens=4, log=lambda s: None,
+                           max_overhead=1e-9)
+    drive(cb, model, 0, 5)
+    assert snapshot_steps_of(out) == [0, 2, 3, 4, 5]  # the floor: 3 between, even on a run too short to space them
     out.unlink()
     cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=1, max_new_tokens=4, log=lambda s: None,
                            max_overhead=1e9)
@@ -436,6 +441,27 @@ def test_snapshots_do_not_change_training(tiny_model: Path, tmp_path: Path) -> N
     starved, cb = train_losses(tiny_model, tmp_path / "data", tmp_path / "c" / "evolution.jsonl", callback=True,
                                out_of_memory=True)
     assert starved == plain and cb.skipped == {0, 3, 6, 8}  # snapshots out of memory: training is untouched
+
+
+def test_auto_snapshots_never_thin_below_five_per_run(tiny_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real trainer with `probe_every = 0`: however dear a snapshot is, a run shows at least 5, spread over it
+    (a busy 2-core box once left the demo with step 0 and the end only); a cheap one keeps the interval."""
+    import contextlib
+    import io
+
+    import daemon.evolution
+    from daemon.trainer.run import main
+
+    def run_with(overhead: float, where: Path) -> list[int]:
+        monkeypatch.setattr(daemon.evolution, "AUTO_MAX_OVERHEAD", overhead)
+        run = make_run_dir(where, tiny_model, max_steps=20, save_every=1000, probe_every=0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(run, read_stdin=False) == 0
+        return snapshot_steps_of(run / "evolution.jsonl")
+
+    assert run_with(1e-9, tmp_path / "dear") == [0, 5, 10, 15, 20]  # every = 1 step, thinned to the floor
+    assert run_with(1e9, tmp_path / "cheap") == list(range(21))  # every = 1 step (20 steps / 20), all taken
 
 
 # ============================================================================ end to end: the demo learns

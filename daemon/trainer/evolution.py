@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, TrainerCallback
 
-from daemon.evolution import is_exact, load_records, similarity
+from daemon.evolution import AUTO_MIN_SNAPSHOTS, is_exact, load_records, similarity
 from daemon.timefmt import iso
 from daemon.trainer.oom import free_memory, is_out_of_memory
 
@@ -136,13 +136,15 @@ class EvolutionCallback(TrainerCallback):
     Steps already recorded in `out_path` (a resumed run) are never snapshotted twice. `max_overhead` (the
     automatic interval, e.g. 0.04): the snapshots the run can afford within that share of its projected training
     time (each estimated at the median cost, step 0 and the final one included) are spread evenly over the run, on
-    multiples of `every`. Step 0 and the end are always taken. None: every multiple of `every` is taken.
+    multiples of `every`. Step 0 and the end are always taken, and the budget never thins a run below
+    `min_snapshots` (step 0 and the end counted). None: every multiple of `every` is taken.
     """
 
     def __init__(self, probes: list[dict[str, Any]], tokenizer: Any, out_path: Path, every: int,
                  max_new_tokens: int = 32, batch_size: int = 16, log: Callable[[str], None] = print,
                  similarity_threshold: float = 0.9, max_overhead: float | None = None,
-                 max_length: int | None = None, stop_ids: Sequence[int] | None = None) -> None:
+                 max_length: int | None = None, stop_ids: Sequence[int] | None = None,
+                 min_snapshots: int = AUTO_MIN_SNAPSHOTS) -> None:
         if every < 1:
             raise ValueError(f"evolution interval must be >= 1 step, got {every}")
         self.probes = probes
@@ -154,6 +156,7 @@ class EvolutionCallback(TrainerCallback):
         self.log = log
         self.threshold = similarity_threshold
         self.max_overhead = max_overhead
+        self.min_snapshots = min_snapshots
         fitted = [fit_to_length(encode_probe(tokenizer, p, stop_ids), max_length) for p in probes]
         self.encoded = [enc for enc, _ in fitted]
         if any(cut for _, cut in fitted):
@@ -213,12 +216,16 @@ class EvolutionCallback(TrainerCallback):
         steps, step, total = state.global_step - self._first_step, state.global_step, state.max_steps
         projected = trained + (trained / steps * (total - step) if steps > 0 and total > step else 0.0)
         budget = self.max_overhead * projected
-        if self.seconds + 2 * estimate > budget:  # this one and the final one must fit
-            return False
-        affordable = int(budget / estimate) - 2  # besides step 0 and the end
-        spacing = total / (affordable + 1) if total and affordable > 0 else 0
+        # besides step 0 and the end; when even this one and the final one would break the budget, the floor only
+        affordable = int(budget / estimate) - 2 if self.seconds + 2 * estimate <= budget else 0
+        affordable = max(affordable, self.min_snapshots - 2)
+        if not total:
+            return affordable > self.min_snapshots - 2
+        # one snapshot per slice of the run, the first multiple of `every` in it: spread evenly, never drifting
+        # towards the end (an integer step `spacing` after the last one would lose one to rounding on a short run)
+        spacing = total / (affordable + 1)
         last = max((s for s in self.done_steps if s <= step), default=0)
-        return step - last >= spacing
+        return int(step / spacing) > int(last / spacing)
 
     def _maybe_snapshot(self, state: Any, model: Any) -> None:
         """Take the snapshot for the current step unless it exists."""
