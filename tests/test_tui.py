@@ -494,11 +494,13 @@ def test_evolution_panel_shows_learned_and_forgotten_probes(fx) -> None:
             ["✓ learned 40", "✓ learned 80", "✗ forgotten 120", "· not yet"]
         assert cell_text(table, "2", "marks") == "·██·" and cell_text(table, "2", "latest") == "blue red"
         assert "2/4 learned, 1 forgotten at step 120" in static_text(app, "#evo-summary")
-        table.focus()
+        # straight from the tab key: ↑↓ pick a probe and Enter opens it, no Tab needed
         await pilot.press("down", "down", "enter")
         assert isinstance(app.screen, ProbeScreen) and app.screen.probe.probe == 2
         await pilot.press("escape")
         assert not isinstance(app.screen, ProbeScreen)
+        await pilot.press("1", "down")  # leaving the tab, ↑↓ pick runs again
+        assert app.focused is app.runs
     drive(app, body)
 
 

@@ -248,10 +248,13 @@ class OvernightApp(App[None]):
             self._system_shown.set()
         else:
             self._system_shown.clear()
-        # on Models, ↑↓ pick the version `a` and `d` act on; leaving it, they pick runs again
+        # on Models, ↑↓ pick the version `a` and `d` act on, on Evolution the probe Enter opens; leaving them,
+        # they pick runs again
         if event.pane.id == "models":
             self.models.focus()
-        elif self.focused is self.models:
+        elif event.pane.id == "evolution":
+            self.evolution.table.focus()
+        elif self.focused in (self.models, self.evolution.table):
             self.runs.focus()
 
     def on_searched(self, message: Searched) -> None:

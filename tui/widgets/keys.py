@@ -22,7 +22,7 @@ KEYS = (
     ("f", "freeze / follow the log"),
     ("/", "search the whole log (Esc: back to the tail)"),
     ("c", "pin the run's loss curve onto other runs' charts (again: unpin)"),
-    ("Enter", "in Evolution: one probe's answers over time"),
+    ("Enter", "in Evolution (↑↓ pick a probe): its answers over time"),
     ("Tab", "move between the runs table and the panel"),
     ("q", "quit (the daemon and its runs go on)"),
 )
