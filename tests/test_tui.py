@@ -27,6 +27,7 @@ from tui.fmt import short_stamp
 from tui.telemetry import LiveTelemetry
 from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.evolution import ProbeScreen
+from tui.widgets.rejected import RejectedErrorScreen, RejectedScreen
 from tui.widgets.runs import RunsTable, clip_id
 
 
@@ -501,6 +502,57 @@ def test_evolution_panel_shows_learned_and_forgotten_probes(fx) -> None:
         assert not isinstance(app.screen, ProbeScreen)
         await pilot.press("1", "down")  # leaving the tab, ↑↓ pick runs again
         assert app.focused is app.runs
+    drive(app, body)
+
+
+def test_e_lists_the_rejected_drops_and_enter_shows_the_whole_error(fx) -> None:
+    rejected = fx.root / "inbox" / "rejected"
+    for name, error, age_s in (("chat.jsonl", "chat.jsonl: line 3: missing field 'completion'", 3 * 3600),
+                               ("data.jsonl", "data.jsonl: line 12: not JSON (Expecting value)", 600),
+                               ("old.jsonl", "old.jsonl: line 1: not JSON", 3 * 86400)):
+        (rejected / name).write_text("{}\n")
+        err = rejected / f"{name.rsplit('.', 1)[0]}.error.txt"
+        err.write_text(f"{error}\n\nRejected files (moved to {rejected}): {name}\n"
+                       f"After fixing, drop the file into {fx.root / 'inbox'} again.\n")
+        stamp = time.time() - age_s
+        os.utime(err, (stamp, stamp))
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await until(pilot, lambda: len(app.snapshot.rejected) == 2, what="the rejected drops read")
+        await pilot.press("e")
+        assert isinstance(app.screen, RejectedScreen)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "2 drops rejected in the last 24 h" in text
+        # newest first; the one from three days ago is past the window, as in the "needs you" strip
+        assert text.index("data.jsonl") < text.index("chat.jsonl") and "old.jsonl" not in text
+        assert "line 12: not JSON (Expecting value)" in text
+        await pilot.press("down", "enter")
+        assert isinstance(app.screen, RejectedErrorScreen)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "chat.error.txt" in text and "missing field 'completion'" in text
+        assert "again." in text  # the whole file, not only its first line
+        await pilot.press("escape")
+        assert isinstance(app.screen, RejectedScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, (RejectedScreen, RejectedErrorScreen))
+    drive(app, body, size=(100, 30))
+
+
+def test_e_on_a_home_without_rejected_drops_says_so(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("e")
+        assert isinstance(app.screen, RejectedScreen)
+        await pilot.pause()
+        assert "no drop rejected in the last 24 h" in screen_text(app)
+        await pilot.press("e")
+        assert not isinstance(app.screen, RejectedScreen)
     drive(app, body)
 
 

@@ -34,6 +34,7 @@ from tui.widgets.keys import KeysScreen
 from tui.widgets.log import LogPanel, run_note
 from tui.widgets.models import ModelsTable
 from tui.widgets.needs import NeedsStrip
+from tui.widgets.rejected import RejectedScreen
 from tui.widgets.runs import RunsTable
 from tui.widgets.system import SystemPanel
 
@@ -81,6 +82,7 @@ class OvernightApp(App[None]):
         Binding("r", "requeue", "Requeue", show=False),
         Binding("a", "activate", "Activate", show=False),  # on Models: the selected version
         Binding("d", "delete", "Delete", show=False),
+        Binding("e", "rejected", "Rejected", show=False),  # the drops the "needs you" strip counts, with errors
         Binding("slash", "search", "Search", key_display="/"),
         Binding("f", "follow", "Follow"),
         Binding("c", "compare", "Compare"),
@@ -399,6 +401,10 @@ class OvernightApp(App[None]):
     def action_help(self) -> None:
         """Show the list of every key."""
         self.push_screen(KeysScreen())
+
+    def action_rejected(self) -> None:
+        """List the drops rejected in the last 24 h; Enter on one shows its whole error file."""
+        self.push_screen(RejectedScreen(self.snapshot.rejected))
 
     def action_tab(self, name: str) -> None:
         """Show one of the panels."""

@@ -23,6 +23,7 @@ KEYS = (
     ("/", "search the whole log (Esc: back to the tail)"),
     ("c", "pin the run's loss curve onto other runs' charts (again: unpin)"),
     ("Enter", "in Evolution (↑↓ pick a probe): its answers over time"),
+    ("e", "rejected drops of the last 24 h, Enter: the whole error"),
     ("Tab", "move between the runs table and the panel"),
     ("q", "quit (the daemon and its runs go on)"),
 )
