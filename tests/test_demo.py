@@ -41,8 +41,8 @@ def test_demo_builds_the_model_drops_the_task_trains_and_reports_probes(tmp_path
                         r"probes: (\d+)/8 learned, (\d+) snapshots?, latest step (\d+)", final)
     assert done, final
     run_id, final_loss = done.group(1), float(done.group(2))
-    # probes were answered at the start and again at the end (the evolution view has something to compare)
-    assert int(done.group(4)) >= 2 and int(done.group(5)) == STEPS, final
+    # probes answered at the start, the end and between, however busy the machine (never fewer than 5 snapshots)
+    assert int(done.group(4)) >= 5 and int(done.group(5)) == STEPS, final
     assert any(" training  step " in ln for ln in progress), progress
 
     run_dir = root / "runs" / run_id

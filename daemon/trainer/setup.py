@@ -427,7 +427,7 @@ def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> Trainer
         return None
     every, budget = resolve_probe_every(opts.probe_every, planned_steps(len(data.train), opts))
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
-        + (f" (thinned to stay under {budget:.0%} of the training time)" if budget else ""))
+        + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
                              max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
                              max_length=opts.max_length, stop_ids=stop_ids(tokenizer, s.chat))
