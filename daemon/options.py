@@ -427,15 +427,23 @@ def _allowed_text(opt: Option) -> str:
     return "true or false" if opt.kind is bool else _type_name(opt)
 
 
+# options read in two places today (the structure issue gives each one meaning): say so rather than pick one
+READ_BOTH = {"min_free_gb": "when queued (the trainer); live (the daemon, before it starts a run)",
+             "trust_remote_code": "when queued (the trainer); live (overnight export --merge)"}
+
+
 def options_table() -> str:
     """Every option of OPTIONS as a Markdown table: the README shows this, so it cannot drift from the schema."""
-    rows = ["| option | default | allowed values | sweep | owner-only | what it does |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| option | default | allowed values | sweep | owner-only | applies | what it does |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for opt in OPTIONS.values():
         name = f"`[{opt.name}]`" if opt.kind is dict else f"`{opt.name}`"
+        # a training option is copied into the run's config.json when the drop is queued; the others the daemon
+        # reads from overnight.toml as it goes
+        applies = READ_BOTH.get(opt.name) or ("when queued" if opt.trainer else "live")
         rows.append("| " + " | ".join(_cell(c) for c in (
             name, _default_text(opt), _allowed_text(opt), "yes" if opt.sweep else "", "yes" if opt.owner_only else "",
-            opt.help)) + " |")
+            applies, opt.help)) + " |")
     return "\n".join(rows)
 
 
