@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from daemon.datasets import Lengths, as_chat
-from daemon.templating import ChatFormat, TemplateError, labels_of, segments
+from daemon.templating import ChatFormat, TemplateError, at_record, labels_of, no_template, segments
 
 BATCH = 256  # examples tokenised per batch call
 
@@ -31,8 +31,7 @@ def example_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str) 
     """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees."""
     if example["kind"] == "chat":
         if fmt is None:
-            raise TemplateError("the base model has no chat template, so chat records cannot be formatted. Fix: set "
-                                "chat_template to a family name (e.g. chat_template = \"chatml\").")
+            raise no_template(None)
         return segments(*fmt.render(example["messages"], example.get("tools")))
     if example["kind"] == "prompt":
         return [{"text": example["prompt"], "train": False}, {"text": example["completion"] + eos, "train": True}]
@@ -49,8 +48,7 @@ def view(examples: Iterator[dict[str, Any]], fmt: ChatFormat | None, prompt_chat
         try:
             segs = example_segments(as_chat(example) if prompt_chat else example, fmt, eos)
         except TemplateError as e:
-            fix = "" if " Fix: " in str(e) else ". Fix: correct that record, or choose another chat_template"
-            raise TemplateError(f"{name}, record {number}: {e}{fix}") from None
+            raise TemplateError(at_record(f"{name}, record {number}", e)) from None
         if number <= show:
             out.shown.append(segs)
         if tokenizer is not None:

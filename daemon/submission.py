@@ -147,17 +147,14 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
     from daemon.as_trained import load_tokenizer, view
-    from daemon.templating import TemplateError, for_run, prompt_as_chat, special_tokens
+    from daemon.templating import TemplateError, for_run, no_template, prompt_as_chat, special_tokens
 
     values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
     try:
         fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
         as_chat = prompt_as_chat(values["prompt_format"], fmt)
         if fmt is None and folder is not None and sub.report.schema in datasets.CHAT_SCHEMAS:
-            raise TemplateError(f"the base model {sub.options.base_models[0]} has no chat template, so chat records "
-                                f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template "
-                                f"= \"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
-                                f"prompt/completion or text schema.")
+            raise no_template(sub.options.base_models[0])
         max_length = values["max_length"]
         if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
             max_length = min(max_length, model_context(folder) or max_length)

@@ -37,6 +37,21 @@ class TemplateError(Exception):
     """A chat template that cannot be used, or a conversation it refuses: the message says the fix."""
 
 
+def no_template(model: str | None) -> TemplateError:
+    """Chat records on a base model without a template (chat_template "auto"): check, intake and trainer alike."""
+    return TemplateError(f"the base model{f' {model}' if model else ''} has no chat template, so chat records "
+                         f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = "
+                         f"\"chatml\") in the sidecar or overnight.toml, or convert the dataset to a "
+                         f"prompt/completion or text schema.")
+
+
+def at_record(where: str, error: TemplateError) -> str:
+    """A refused conversation named by its record, with a fix unless the template's own message has one."""
+    fix = "" if " Fix: " in str(error) else (". Fix: correct that record (e.g. its roles, in the order the template "
+                                             "wants), or choose another chat_template")
+    return f"{where}: {error}{fix}"
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """The template a run renders conversations with, and what the console and `check` say of it."""

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
 from tests.conftest import budget, drop, overnight, wait_until
-from tests.test_control_e2e import state
+from tests.test_control_e2e import _events, state
 
 HELD = "stop file present: no new job starts until control/stop is removed"  # the daemon's acknowledgement
 HINT = "no new job starts until: overnight resume"
-
-
-def _events(home: Path) -> list[dict]:
-    reader = Reader(home / "overnight.db")
-    try:
-        return reader.control_events()
-    finally:
-        reader.close()
 
 
 def test_stop_with_no_run_and_no_daemon_is_held_for_the_next_daemon(home, daemon_proc):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from daemon.datasets import as_chat
-from daemon.templating import ChatFormat, TemplateError, labels_of
+from daemon.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 
 IGNORE = -100
@@ -149,16 +149,11 @@ class Encoder:
 
     def _render(self, n: int, ex: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         if self.chat is None:
-            raise RunError(
-                f"the base model {self.model_name} has no chat template, so chat records (messages/conversations) "
-                f"cannot be formatted. Fix: set chat_template to a family name (e.g. chat_template = \"chatml\") in "
-                f"the sidecar or overnight.toml, or convert the dataset to a prompt/completion or text schema.")
+            raise RunError(str(no_template(self.model_name)))
         try:
             return self.chat.render(ex["messages"], ex.get("tools"))
         except TemplateError as e:
-            fix = "" if " Fix: " in str(e) else (". Fix: correct that record (e.g. its roles, in the order the template "
-                                                 "wants), or choose another chat_template")
-            raise RunError(f"record {n + 1}: {e}{fix}") from None
+            raise RunError(at_record(f"record {n + 1}", e)) from None
 
 
 def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
