@@ -136,6 +136,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
            "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
            owner_only=True, validate=lambda source, v: _check_hooks(source, v)),
+    Option("hook_timeout_s", (int, float), 600, "seconds a hook may run before it is killed (its whole process group)",
+           _rng(0, 10**6, True), "> 0", owner_only=True),
     Option("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
            allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]', owner_only=True,
            validate=lambda source, v: _check_notify(source, v), private=True),
