@@ -13,12 +13,14 @@ class ExportError(Exception):
     """What went wrong, in one line ending with a Fix (the CLI prints it and exits 1)."""
 
 
-def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_code: bool = False,
-           base_model: str | None = None, log: Callable[[str], None] = lambda line: None) -> str | None:
+def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str | None = None,
+           log: Callable[[str], None] = lambda line: None) -> str | None:
     """Copy RUN/adapter to `out`, or with `merge` save the base model with the adapter merged into it.
 
     The base model is the one the run trained on (config.json), resolved as the trainer resolves it
-    (`base_model`: the DB's, when config.json lacks it). Returns a note for the user about a merge, else None.
+    (`base_model`: the DB's, when config.json lacks it), and loaded with the run's own trust_remote_code (fixed when
+    the run was queued, as for training: overnight.toml today may say otherwise). Returns a note for the user about
+    a merge, else None.
     """
     folder = RunFolder(run_dir)
     adapter = folder.adapter
@@ -38,7 +40,8 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, trust_remote_co
         raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "
                           f"alone) and merge it onto its base model yourself.")
     source = _resolve(spec, home, run_dir)
-    return _merge(source, adapter, out, trust_remote_code, str(options.get("quantization") or "none"), log)
+    trusted = options.get("trust_remote_code") is True
+    return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
 
 
 def _deleted(folder: RunFolder, home: Path) -> None:
@@ -81,7 +84,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quantization: str,
-           log: Callable[[str], None]) -> str:
+           log: Callable[[str], None], config: Path) -> str:
     """Load the unquantised base, merge the adapter in, save model + tokenizer (written aside, then renamed)."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU-kernel notice is noise
     from peft import PeftModel
@@ -100,8 +103,9 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
         contract = adapter if (adapter / "tokenizer_config.json").is_file() else source
         tokenizer = AutoTokenizer.from_pretrained(contract, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any load failure is the user's to fix, never a traceback
-        hint = ("; its code runs only with trust_remote_code = true in overnight.toml" if "trust_remote_code" in str(e)
-                else "")
+        hint = (f"; its code runs only for a run queued with trust_remote_code = true in overnight.toml, and {config} "
+                f"records false (the run trained without the model's code; export uses the value the run trained "
+                f"with)" if "trust_remote_code" in str(e) else "")
         raise ExportError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or the HF "
                           f"cache entry) is a complete causal-LM download (export never downloads){hint}.") from None
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:  # tokens the run's chat template added

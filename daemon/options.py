@@ -37,10 +37,17 @@ class Option:
     sweep: bool = False  # a list in a sidecar queues one run per value (daemon/sweep.py)
     trainer: bool = False  # the trainer reads it: TrainOptions (daemon/trainer/config.py) has a field for it
     normal: Callable[[Any], Any] | None = None  # the stored form of a valid value (e.g. a name in NFC)
+    # When a value applies (one value per option, never two): False, fixed when the drop is queued (the run's
+    # config.json records it and wins everywhere: the trainer, export, a resume); True, read live from overnight.toml
+    # by every process that needs it, each time it needs it (the run's config.json leaves it out).
+    live: bool = False
 
 
-# An option the trainer reads as well as the daemon: declaring it is all it takes to reach the trainer.
+# An option the trainer reads as well as the daemon: declaring it is all it takes to reach the trainer (fixed when
+# queued: the trainer reads it from the run's config.json).
 Train = partial(Option, trainer=True)
+# An owner-only option read live from overnight.toml by every process (the daemon, the trainer, the CLI).
+Live = partial(Option, owner_only=True, live=True)
 
 
 def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
@@ -133,30 +140,31 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
     Train("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
-    Option("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
-           "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
-           owner_only=True, validate=lambda source, v: _check_hooks(source, v)),
-    Option("hook_timeout_s", (int, float), 600, "seconds a hook may run before it is killed (its whole process group)",
-           _rng(0, 10**6, True), "> 0", owner_only=True),
-    Option("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
-           allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]', owner_only=True,
-           validate=lambda source, v: _check_notify(source, v), private=True),
+    Live("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
+         "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
+         validate=lambda source, v: _check_hooks(source, v)),
+    Live("hook_timeout_s", (int, float), 600, "seconds a hook may run before it is killed (its whole process group)",
+         _rng(0, 10**6, True), "> 0"),
+    Live("notify", dict, None, "notifications through apprise ([notify] urls = [...], on = [...])",
+         allowed='a table: urls = ["ntfys://TOPIC", ...], on = ["failed", "completed", ...]',
+         validate=lambda source, v: _check_notify(source, v), private=True),
     Train("keep_checkpoints", int, 2, "newest intermediate checkpoints kept (the best is kept too)", _rng(1, 10**6),
           "1 .. 1e6", owner_only=True),
-    Option("stall_minutes", (int, float), 30, "minutes without a training step before a run is reported as stalled",
-           _rng(0, 10**6, True), "> 0 (fractions allowed)", owner_only=True),
-    Option("stall_action", str, "report", "what a stall does: report it, or restart the run from its last checkpoint",
-           lambda v: v in ("report", "restart"), 'one of "report", "restart"', owner_only=True),
-    Train("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses",
-          _rng(0, 10**6), "0 .. 1e6", owner_only=True),
-    Option("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
-           lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
-           (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
-           '"all", a positive count, or a list of GPU indices', owner_only=True),
-    Option("gpus_per_run", int, None, "GPUs one run trains on (several: through torchrun); default all of gpus",
-           _rng(1, 4096), "1 .. 4096", owner_only=True),
-    Option("max_parallel_runs", int, None, "runs trained side by side (on the CPU each gets cores / N threads); "
-           "default one per GPU set, one on the CPU", _rng(1, 4096), "1 .. 4096", owner_only=True),
+    Live("stall_minutes", (int, float), 30, "minutes without a training step before a run is reported as stalled",
+         _rng(0, 10**6, True), "> 0 (fractions allowed)"),
+    Live("stall_action", str, "report", "what a stall does: report it, or restart the run from its last checkpoint",
+         lambda v: v in ("report", "restart"), 'one of "report", "restart"'),
+    Live("min_free_gb", (int, float), 1.0, "free disk space (GB) a checkpoint must leave; short of it the run pauses, "
+         "and goes on by itself once there is room (the trainer reads the value anew at each check)", _rng(0, 10**6),
+         "0 .. 1e6"),
+    Live("gpus", (str, int, list), None, 'GPUs a run uses: "all", a count or a list of indices',
+         lambda v: v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or
+         (isinstance(v, list) and bool(v) and all(isinstance(x, int) and x >= 0 for x in v)),
+         '"all", a positive count, or a list of GPU indices'),
+    Live("gpus_per_run", int, None, "GPUs one run trains on (several: through torchrun); default all of gpus",
+         _rng(1, 4096), "1 .. 4096"),
+    Live("max_parallel_runs", int, None, "runs trained side by side (on the CPU each gets cores / N threads); "
+         "default one per GPU set, one on the CPU", _rng(1, 4096), "1 .. 4096"),
     Option("max_sweep_runs", int, 16, "the most runs one sidecar's sweep (lists of values) may queue", _rng(1, 10**4),
            "1 .. 10000", owner_only=True),
 ]}
@@ -222,7 +230,7 @@ OPTIONS["torchrun"] = Option(
     "torchrun", dict, None, "torchrun's options for a run over several processes or machines ([torchrun] nnodes, "
     "node_rank, rdzv_endpoint, ...)", allowed="a table of torchrun options: nproc_per_node, nnodes, node_rank, "
     "rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_conf, master_addr, master_port, local_addr, max_restarts, "
-    "monitor_interval", owner_only=True, validate=lambda source, v: _check_torchrun(source, v))
+    "monitor_interval", owner_only=True, live=True, validate=lambda source, v: _check_torchrun(source, v))
 
 
 def _type_ok(opt: Option, value: Any) -> bool:
@@ -290,15 +298,61 @@ def _toml(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
+# Options are flat keys and a few small tables: nothing needs more levels than this. Deeper nesting is refused before
+# the values are looked at (Python's TOML parser recurses: arrays or inline tables ~500 deep raise RecursionError,
+# and dotted keys build dicts as deep as the line is long).
+MAX_DEPTH = 16
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; syntax errors name the file and line."""
+    """Parse a TOML file; syntax errors, unreadable files and nesting deeper than MAX_DEPTH name the file, the place
+    and the fix."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read()
+        table = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise OptionsError(f"{path}: not valid TOML: {e}. Fix: keys are flat, e.g. learning_rate = 3e-4") from None
     except UnicodeDecodeError:
         raise OptionsError(f"{path}: not UTF-8 text. Fix: save it as UTF-8.") from None
+    except RecursionError:
+        raise _too_deep(path, raw.decode("utf-8", "replace")) from None
+    except OSError as e:
+        raise OptionsError(f"{path}: cannot be read ({e.strerror or e}). Fix: make it a readable file "
+                           f"(or remove it).") from None
+    if _depth(table) > MAX_DEPTH:
+        raise _too_deep(path, raw.decode("utf-8", "replace"))
+    return table
+
+
+def _depth(value: Any) -> int:
+    """How many lists and tables `value` nests (without recursion: any depth is measured)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d + 1)
+            if d + 1 > MAX_DEPTH:
+                break
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _too_deep(path: Path, text: str) -> OptionsError:
+    """The nesting error, at the first line that goes deeper than MAX_DEPTH (brackets, braces or dotted keys)."""
+    line, depth = 1, 0
+    for number, row in enumerate(text.splitlines(), 1):
+        for ch in row:  # brackets inside strings miscount, which only moves the line shown
+            depth = depth + 1 if ch in "[{" else max(0, depth - 1) if ch in "]}" else depth
+            if depth > MAX_DEPTH:
+                break
+        if depth > MAX_DEPTH or row.split("=", 1)[0].count(".") >= MAX_DEPTH:
+            line = number
+            break
+    return OptionsError(f"{path}: line {line}: values nested more than {MAX_DEPTH} levels deep (lists in lists, "
+                        f"tables in tables or dotted keys). Options are flat keys, a sweep's list of values and the "
+                        f"tables [hooks], [notify] and [torchrun]. Fix: write flat keys, e.g. learning_rate = 3e-4 "
+                        f"or lora_r = [8, 16].")
 
 
 def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dict[str, Any]:
@@ -377,9 +431,10 @@ class Resolved:
 
     def to_config(self) -> dict[str, Any]:
         """What a run's config.json records; private options (notification URLs) only say where they are set."""
+        live = {k for k, o in OPTIONS.items() if o.live}  # read from overnight.toml each time: not fixed by the run
         values = {k: ("(set in overnight.toml; not recorded here)" if OPTIONS[k].private and v is not None else v)
-                  if k in OPTIONS else v for k, v in self.values.items()}
-        return {"options": values, "sources": self.sources}
+                  if k in OPTIONS else v for k, v in self.values.items() if k not in live}
+        return {"options": values, "sources": {k: v for k, v in self.sources.items() if k not in live}}
 
 
 def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Resolved:
@@ -407,6 +462,32 @@ def load_sidecar(path: Path | None) -> dict[str, Any]:
     return validate_table(path, read_toml(path), sidecar=True)
 
 
+class LiveSetting:
+    """One live option (Live(...)) as any process reads it: from the owner's overnight.toml, parsed again only when
+    the file changed; while the file is broken the last good value stays (the default before any), and the error is
+    told once per version of the file through `on_error` (the daemon shows it as its PROBLEM line)."""
+
+    def __init__(self, toml: Path, name: str, on_error: Callable[[str], None] = lambda message: None) -> None:
+        assert OPTIONS[name].live, f"{name} is fixed when a run is queued: read it from the run's config.json"
+        self.toml, self.name, self.on_error = Path(toml), name, on_error
+        self._key: tuple[int, int, int] | None | str = "unread"
+        self._value: Any = OPTIONS[name].default
+
+    def __call__(self) -> Any:
+        try:
+            st = self.toml.stat()
+            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        if key != self._key:
+            self._key = key
+            try:
+                self._value = load_home_toml(self.toml).get(self.name, OPTIONS[self.name].default)
+            except OptionsError as e:
+                self.on_error(f"{e}\n(overnight keeps {self.name} = {_toml(self._value)} until the file is fixed)")
+        return self._value
+
+
 # --- the README's options table --------------------------------------------------------------------------
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE_BEGIN = "<!-- options:begin (generated by python -m daemon.options --readme; do not edit by hand) -->"
@@ -429,20 +510,14 @@ def _allowed_text(opt: Option) -> str:
     return "true or false" if opt.kind is bool else _type_name(opt)
 
 
-# options read in two places today (the structure issue gives each one meaning): say so rather than pick one
-READ_BOTH = {"min_free_gb": "when queued (the trainer); live (the daemon, before it starts a run)",
-             "trust_remote_code": "when queued (the trainer); live (overnight export --merge)"}
-
-
 def options_table() -> str:
     """Every option of OPTIONS as a Markdown table: the README shows this, so it cannot drift from the schema."""
     rows = ["| option | default | allowed values | sweep | owner-only | applies | what it does |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for opt in OPTIONS.values():
         name = f"`[{opt.name}]`" if opt.kind is dict else f"`{opt.name}`"
-        # a training option is copied into the run's config.json when the drop is queued; the others the daemon
-        # reads from overnight.toml as it goes
-        applies = READ_BOTH.get(opt.name) or ("when queued" if opt.trainer else "live")
+        # fixed when the drop is queued (the run's config.json), or read live from overnight.toml by every process
+        applies = "live" if opt.live else "when queued"
         rows.append("| " + " | ".join(_cell(c) for c in (
             name, _default_text(opt), _allowed_text(opt), "yes" if opt.sweep else "", "yes" if opt.owner_only else "",
             applies, opt.help)) + " |")

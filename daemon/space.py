@@ -14,6 +14,15 @@ GB = 10**9
 _FULL_MARKS = ("No space left on device", "[Errno 28]", "database or disk is full", "Disk quota exceeded")
 
 
+def size_text(n: int | float) -> str:
+    """A size for a message, precise enough to compare two of them: "1.25 GB", "512 MB", "40 kB"."""
+    if n >= GB:
+        return f"{n / GB:.2f} GB"
+    if n >= 10**6:
+        return f"{n / 10**6:.0f} MB"
+    return f"{n / 10**3:.0f} kB" if n >= 10**3 else f"{n:.0f} bytes"
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -28,9 +37,9 @@ def shortage(run_dir: Path, newest_checkpoint: Path | None, min_free_gb: float) 
     need, free = needed(newest_checkpoint, min_free_gb), shutil.disk_usage(run_dir).free
     if free >= need:
         return None
-    return (f"disk low: only {free / GB:.2f} GB free on the disk of {run_dir.parent}, and {run_dir.name} needs "
-            f"{need / GB:.2f} GB (min_free_gb, or twice its last checkpoint). Fix: free space there; the run "
-            f"starts by itself")
+    return (f"disk low: only {size_text(free)} free on the disk of {run_dir.parent}, and {run_dir.name} needs "
+            f"{size_text(need)} (min_free_gb = {min_free_gb:g} in overnight.toml, or twice its last checkpoint). "
+            f"Fix: free space there, or lower min_free_gb; the run starts by itself")
 
 
 def is_disk_full(error: BaseException | str) -> bool:

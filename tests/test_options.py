@@ -89,8 +89,8 @@ def test_the_trainers_options_are_the_schemas_training_options():
     from daemon.trainer.config import TrainOptions
 
     trained = {k: o for k, o in OPTIONS.items() if o.trainer}
-    assert {"max_length", "lora_r", "trust_remote_code", "min_free_gb"} <= trained.keys()
-    assert not {"priority", "hooks", "notify", "name", "gpus"} & trained.keys()  # the daemon's own
+    assert {"max_length", "lora_r", "trust_remote_code", "keep_checkpoints"} <= trained.keys()
+    assert not {"priority", "hooks", "notify", "name", "gpus", "min_free_gb"} & trained.keys()  # the daemon's own
     assert {f.name: f.default for f in fields(TrainOptions)} == {k: o.default for k, o in trained.items()}
     assert "max_length: int = 1024" in TrainOptions.__doc__
     opts = TrainOptions.from_dict({"base_model": "m", "max_length": 64, "priority": 3, "hooks": {}, "seed": None})
@@ -127,3 +127,64 @@ def test_python_m_daemon_options_prints_the_table_and_readme_replaces_only_what_
     assert printed == options_table() + "\n"
     stale = f"# x\nbefore\n{TABLE_BEGIN}\n| old | table |\n{TABLE_END}\nafter\n"
     assert readme_with_table(stale) == f"# x\nbefore\n{TABLE_BEGIN}\n{options_table()}\n{TABLE_END}\nafter\n"
+
+
+# --- one value per option: fixed when queued, or live ---------------------------------------------------------
+def test_every_option_is_either_fixed_when_queued_or_live_never_both() -> None:
+    """A live option is the owner's, read from overnight.toml by every process: the trainer never takes it from the
+    run's config.json (TrainOptions has no field for it), and config.json does not record it."""
+    from daemon.options import OPTIONS
+    live = {k for k, o in OPTIONS.items() if o.live}
+    assert {"min_free_gb", "hooks", "notify", "gpus", "stall_minutes", "torchrun"} <= live
+    assert {"trust_remote_code", "keep_checkpoints", "learning_rate", "priority", "init_adapter"}.isdisjoint(live)
+    assert all(OPTIONS[k].owner_only and not OPTIONS[k].trainer for k in live)
+    config = resolve({"min_free_gb": 0.5, "trust_remote_code": True, "gpus": "all"}, {"lora_r": 4}).to_config()
+    assert config["options"]["trust_remote_code"] is True and config["options"]["lora_r"] == 4
+    assert live.isdisjoint(config["options"]) and live.isdisjoint(config["sources"])
+
+
+def test_the_table_says_when_each_option_applies() -> None:
+    from daemon.options import OPTIONS, options_table
+    rows = {r.split(" | ")[0].strip("| `[]"): r.split(" | ") for r in options_table().splitlines()[2:]}
+    for name, opt in OPTIONS.items():
+        assert rows[name][5] == ("live" if opt.live else "when queued"), name
+    assert rows["min_free_gb"][5] == "live" and rows["trust_remote_code"][5] == "when queued"
+
+
+def test_a_live_setting_is_read_again_when_the_file_changes_and_a_broken_file_keeps_the_last_value(tmp_path):
+    from daemon.options import LiveSetting
+    toml, said = tmp_path / "overnight.toml", []
+    setting = LiveSetting(toml, "min_free_gb", said.append)
+    assert setting() == 1.0  # no file: the default
+    write(toml, "min_free_gb = 5\n")
+    assert setting() == 5
+    write(toml, "min_free_gb = 0.25\n")
+    assert setting() == 0.25
+    write(toml, "min_free_gb = " + "[" * 3000 + "]" * 3000 + "\n")
+    assert setting() == 0.25 and setting() == 0.25
+    assert len(said) == 1 and "overnight.toml: line 1" in said[0] and "keeps min_free_gb = 0.25" in said[0]
+    with pytest.raises(AssertionError, match="config.json"):
+        LiveSetting(toml, "trust_remote_code")
+
+
+# --- nesting: a clear rejection, never a RecursionError ------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "a = " + "[" * 5000 + "]" * 5000,
+    "a = " + "{b = " * 5000 + "1" + "}" * 5000,
+    "x = 1\n" + "a" + ".a" * 3000 + " = 1",
+    "[" + ".".join(["t"] * 3000) + "]",
+    "lora_r = " + "[" * 40 + "8" + "]" * 40,
+])
+@pytest.mark.parametrize("load, name", [(load_sidecar, "d.toml"), (load_home_toml, "overnight.toml")])
+def test_deeply_nested_toml_is_refused_naming_the_file_the_line_and_the_fix(tmp_path, text, load, name):
+    with pytest.raises(OptionsError) as e:
+        load(write(tmp_path / name, text + "\n"))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / name}: line ") and "nested more than" in message and "Fix:" in message
+    assert "x = 1" not in text or "line 2" in message
+
+
+def test_an_unreadable_overnight_toml_is_an_options_error(tmp_path):
+    (tmp_path / "overnight.toml").mkdir()
+    with pytest.raises(OptionsError, match="overnight.toml: cannot be read .*Fix:"):
+        load_home_toml(tmp_path / "overnight.toml")

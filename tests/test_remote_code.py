@@ -124,3 +124,17 @@ def test_without_trust_remote_code_the_fix_says_where_to_set_it(two_runs):
     reason = two_runs[3]["reason"]
     assert "trust_remote_code = true" in reason and "overnight.toml" in reason, reason
     assert "complete causal-LM download" not in reason, reason
+
+
+def test_export_merge_uses_the_trust_remote_code_the_run_trained_with(two_runs, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """trust_remote_code is fixed when the run is queued: the owner has since removed it from overnight.toml, yet the
+    run that trained with the model's code exports merged with it (and config.json says so), one value per run."""
+    home, _, trusted, _ = two_runs
+    assert "trust_remote_code" not in (home / "overnight.toml").read_text()
+    config = json.loads((Path(trusted["run_dir"]) / "config.json").read_text())
+    assert config["options"]["trust_remote_code"] is True
+    monkeypatch.setenv("HF_MODULES_CACHE", str(home.parent / "hf-modules"))  # the model's code: not into ~/.cache
+    res = overnight("export", trusted["id"], str(tmp_path / "merged"), "--merge", home=home, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and (tmp_path / "merged" / "config.json").is_file()

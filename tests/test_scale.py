@@ -305,8 +305,11 @@ def test_attention_choices_on_the_cpu() -> None:
             choose_attention(kernel, cpu)
 
 
+@pytest.mark.parametrize("fix", ["space freed", "min_free_gb lowered"])
 def test_a_full_disk_pauses_before_the_checkpoint_and_goes_on_once_freed(
-        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch, fix: str) -> None:
+    """min_free_gb is live: the trainer reads it from the home's overnight.toml at each check, so an owner who lowers
+    it lets the paused run go on by itself (config.json holds no copy of it to disagree with)."""
     import contextlib
     import io
     import shutil
@@ -316,12 +319,18 @@ def test_a_full_disk_pauses_before_the_checkpoint_and_goes_on_once_freed(
 
     run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
                    schema="prompt_completion", records=20, options={"max_steps": 4, "save_every": 2,
-                                                                     "min_free_gb": 5})
+                                                                     "min_free_gb": 0})  # a stale copy: ignored
+    toml = tmp_path / "overnight.toml"  # the home of runs/test-d
+    toml.write_text("min_free_gb = 5\n")
     real, calls = shutil.disk_usage, []
 
     def disk_usage(path):  # type: ignore[no-untyped-def]
         calls.append(path)
         usage = real(path)
+        if fix == "min_free_gb lowered":
+            if len(calls) == 4:
+                toml.write_text("min_free_gb = 0.5\n")  # the owner lowers the threshold: the disk stays as it is
+            return usage._replace(free=10**12 if len(calls) == 1 else 10**9)
         full = 2 <= len(calls) <= 4  # the second checkpoint finds the disk full for a few checks
         return usage._replace(free=10**9 if full else 10**12)
 
@@ -331,7 +340,8 @@ def test_a_full_disk_pauses_before_the_checkpoint_and_goes_on_once_freed(
     with contextlib.redirect_stdout(out):
         assert main(run, read_stdin=False) == 0
     log = out.getvalue()
-    assert "paused at step 4 before saving: disk_low: only 1.0 GB free" in log and "Fix: free space" in log
+    assert "paused at step 4 before saving: disk_low: only 1.00 GB free" in log, log
+    assert "needs 5.00 GB (min_free_gb = 5 in overnight.toml" in log and "Fix: free space" in log
     assert "disk space is back" in log
     assert read_json(run / "result.json")["outcome"] == "completed" and (run / "checkpoints" / "step-4").is_dir()
 

@@ -12,6 +12,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from daemon.atomic import write_json
+from daemon.options import LiveSetting
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
@@ -189,7 +190,9 @@ class Built:
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
-            DiskSpaceCallback(paths.checkpoints, opts.min_free_gb, self.commands, self.progress, self.status, say),
+            # min_free_gb is live: read from the home's overnight.toml (runs/RUN is in the home) at each check
+            DiskSpaceCallback(paths.checkpoints, LiveSetting(paths.root.parent.parent / "overnight.toml", "min_free_gb",
+                                                             say), self.commands, self.progress, self.status, say),
             CheckpointCallback(paths.checkpoints, opts.keep_checkpoints, self.status, self.progress, say),
             *self.extra_callbacks,
         ]
