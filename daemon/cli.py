@@ -15,7 +15,7 @@ import click
 from daemon import __version__, morning, render
 from daemon.completeness import SETTLE_S
 from daemon.space import disk_full_problem
-from daemon.home import Home, HomeLocked, daemon_alive
+from daemon.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.queries import Reader, stale_problem
 from daemon.states import LIVE, State
 
@@ -25,7 +25,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def _home(home: str | None) -> Home:
-    return Home.resolve(home)
+    """The home, its folders created (a file where one belongs: one line with the fix, no traceback)."""
+    with _clean_errors(HomeDamaged):
+        return Home.resolve(home)
 
 
 def _reader(h: Home) -> Reader:
@@ -168,6 +170,9 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     beat = rd.daemon() if alive else None
     problem = ((beat or {}).get("problem") or disk_full_problem(h.root)
                or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
+    if not problem and not alive:
+        from daemon.rebuild import missing_db_problem
+        problem = missing_db_problem(h)
     from daemon import control
     since = morning.cutoff(since_h)
     failed = morning.failed_runs(rd.runs((State.FAILED,)), since)
@@ -448,14 +453,12 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
 def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
     """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
     from daemon.export import ExportError, export
-    from daemon.options import OptionsError, load_home_toml
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
-    with _clean_errors(ExportError, OptionsError):
-        # trust_remote_code is the machine owner's call (overnight.toml only), as for training
-        trusted = bool(load_home_toml(h.toml).get("trust_remote_code", False)) if merge else False
-        note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, trust_remote_code=trusted,
-                      base_model=r["base_model"], log=click.echo)
+    with _clean_errors(ExportError):
+        # trust_remote_code as the run was queued with (its config.json), as for training: one value per run
+        note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, base_model=r["base_model"],
+                      log=click.echo)
     click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
     if note:
         click.echo(note)

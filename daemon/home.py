@@ -16,6 +16,10 @@ class HomeLocked(RuntimeError):
     """Another daemon holds this home."""
 
 
+class HomeDamaged(RuntimeError):
+    """A folder of the home is a file (or cannot be made): the message names it and the fix."""
+
+
 @dataclass(frozen=True)
 class Home:
     """Every path overnight uses inside one home."""
@@ -31,10 +35,45 @@ class Home:
             h.create()
         return h
 
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """The folders a home needs, parents first."""
+        return (self.inbox, self.rejected, self.control, self.control_done, self.control_rejected, self.runs)
+
     def create(self) -> None:
-        """Create the folders a home needs (never touches what is there)."""
-        for d in (self.inbox, self.rejected, self.control, self.control_done, self.control_rejected, self.runs):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the folders a home needs (never touches what is there); HomeDamaged when one cannot be made."""
+        for d in self.folders:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise HomeDamaged(self._not_a_folder(d)) from None
+            except OSError as e:
+                raise HomeDamaged(f"{d}: cannot create this folder of the home ({e.strerror or e}). Fix: check the "
+                                  f"permissions of {d.parent} (or use another --home).") from None
+
+    def repair(self) -> tuple[list[str], str | None]:
+        """Recreate the home's folders that were removed under a running daemon (rm -rf control/).
+
+        Returns the folders recreated, and what cannot be repaired (a file where a folder belongs) with
+        its fix, or None. Nothing that exists is touched."""
+        made: list[str] = []
+        for d in self.folders:
+            if d.is_dir():
+                continue
+            if d.exists() or d.is_symlink():  # parents come first: d's parent is a folder
+                return made, self._not_a_folder(d)
+            try:
+                d.mkdir()
+            except OSError as e:
+                return made, (f"{d} is missing and cannot be recreated ({e.strerror or e}). Fix: mkdir {d}, or check "
+                              f"the permissions of {d.parent}")
+            made.append(str(d))
+        return made, None
+
+    def _not_a_folder(self, d: Path) -> str:
+        what = "a symbolic link" if d.is_symlink() else "a file" if d.exists() else "missing"
+        return (f"{d} is {what}, not a folder: overnight keeps its {d.name}/ there. Fix: move it aside "
+                f"(mv {d} {d}.old) and overnight recreates the folder (or use another --home).")
 
     inbox = property(lambda self: self.root / "inbox")
     rejected = property(lambda self: self.root / "inbox" / "rejected")

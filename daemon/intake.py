@@ -83,7 +83,8 @@ class Intake:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
         self._checking: dict[str, _Checking] = {}
         self._on_verdict = on_verdict
-        self.problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+        self._toml_problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+        self._home_problem: str | None = None  # a folder of the home that is a file (cannot be recreated)
         self._unrecorded: dict[str, float] = {}  # drops whose run could not be recorded -> when to try again
         self._recover_staging()
 
@@ -118,8 +119,30 @@ class Intake:
         """Files in the inbox that overnight will take once complete."""
         return sorted(p for p in self.home.inbox.iterdir() if not ignored(p.name) and p != self.home.rejected)
 
+    @property
+    def problem(self) -> str | None:
+        """Why drops wait: a home folder that is a file, a broken overnight.toml (the daemon's PROBLEM line)."""
+        return self._home_problem or self._toml_problem
+
+    def _home_ok(self) -> bool:
+        """The home's folders, recreated when removed under the daemon (rm -rf control/) with a line in the log;
+        a file where a folder belongs is a PROBLEM (said once) until the owner moves it aside."""
+        made, problem = self.home.repair()
+        if made:
+            log.warning(f"{', '.join(made)} {'was' if len(made) == 1 else 'were'} missing (removed while the daemon "
+                        f"ran?): recreated, empty")
+        if problem != self._home_problem:
+            if problem:
+                log.error(problem)
+            elif self._home_problem:
+                log.info("the home's folders are back: going on")
+        self._home_problem = problem
+        return problem is None
+
     def scan(self) -> int:
         """Take every complete drop in the inbox; return how many drops were handled."""
+        if not self._home_ok():
+            return 0
         now = time.monotonic()
         files = self.pending()
         self._seen = {k: v for k, v in self._seen.items() if k in {p.name for p in files}}
@@ -273,13 +296,13 @@ class Intake:
         try:
             load_home_toml(self.home.toml)
         except OptionsError as e:
-            if self.problem != str(e):
+            if self._toml_problem != str(e):
                 log.error(f"{e}\nDrops wait in the inbox until {self.home.toml} is fixed.")
-            self.problem = str(e)
+            self._toml_problem = str(e)
             return False
-        if self.problem:
+        if self._toml_problem:
             log.info(f"{self.home.toml} is valid again: taking drops")
-        self.problem = None
+        self._toml_problem = None
         return True
 
     def _reject(self, files: list[Path], stem: str, message: str) -> None:

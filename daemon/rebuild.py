@@ -195,6 +195,20 @@ def _behind(home: Home, folders: dict[str, Path], ids: set[str]) -> str | None:
     return f"is behind {home.runs} ({stale.problem})" if stale else None
 
 
+def missing_db_problem(home: Home) -> str | None:
+    """What `status` says, no daemon running, when overnight.db is gone but runs/ holds runs (its index is lost, the
+    runs are not): the daemon rebuilds it at its start."""
+    if home.db.exists():
+        return None
+    folders = run_folders(home)
+    if not folders:
+        return None
+    return (f"{home.db} is missing, but {home.runs} holds {len(folders)} run folder{'s' * (len(folders) != 1)}: the "
+            f"runs are safe there (the DB is only their index), so status lists none. Fix: start the daemon "
+            f"(overnight daemon): it rebuilds the DB from {home.runs} at its start (or run overnight doctor --rebuild "
+            f"now)")
+
+
 def rebuild_locked(home: Home) -> tuple[Path | None, Recovered]:
     """`overnight doctor --rebuild`: under the daemon's lock (raises HomeLocked while a daemon runs), move the DB
     aside and rebuild it. Returns where the old one went (None: there was none) and what was recovered."""
