@@ -67,7 +67,9 @@ class Daemon:
         self.stopping = False
         self.controller = Controller(home, self.store, self._transition)
         self._observer = None
-        self._hook_threads: list[threading.Thread] = []
+        # [hooks] run off the loop, each in its own process group, killed after hook_timeout_s (read at its start)
+        self.hooks = hooks.Hooks(lambda: _setting(self._owner_options(), "hook_timeout_s"))
+        self._hangups = 0  # SIGHUPs received and not yet answered by the loop
         self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
         self.disk_problem: str | None = None  # a full disk (DB writes fail, or a run waits for space)
         self._disk_seen: str | None = None  # what this pass found about the disk
@@ -76,9 +78,11 @@ class Daemon:
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
-        """Run until SIGTERM/SIGINT (or, with --once, until the inbox and queue are done)."""
+        """Run until SIGTERM/SIGINT (or, with --once, until the inbox and queue are done); SIGHUP (the terminal
+        closed, or `kill -HUP`) is logged and the daemon goes on, overnight.toml read afresh."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         if not self.store.wait_writable(lambda: self.stopping, log.warning):  # another process holds overnight.db
             self.shutdown()  # SIGTERM while waiting for it
             return 0
@@ -89,6 +93,8 @@ class Daemon:
         last_beat = 0.0
         try:
             while not self.stopping:
+                if self._hangups:
+                    self._guard("hangup", self._hangup)
                 self.step()
                 if time.monotonic() - last_beat > 2:
                     self._guard("heartbeat", lambda: self.store.heartbeat(problem=self.problem))
@@ -111,6 +117,19 @@ class Daemon:
         log.info(f"received {signal.Signals(signum).name}: checkpointing and exiting")
         self.stopping = True
         self.wake.set()
+
+    def _on_hangup(self, _signum: int, _frame: Any) -> None:
+        """SIGHUP: answered by the loop (a signal handler must not log: it may interrupt a log write)."""
+        self._hangups += 1
+        self.wake.set()
+
+    def _hangup(self) -> None:
+        """A daemon outlives its terminal: say so, and read overnight.toml afresh (the loop also re-reads it
+        whenever the file changes)."""
+        self._hangups = 0
+        log.info("daemon: hangup (SIGHUP): going on; overnight.toml re-read (SIGTERM or Ctrl-C stops the daemon)")
+        self._owner = None
+        self._owner_options()
 
     def _watch(self) -> None:
         """watchdog events only wake the loop early; the loop rescans the folders itself every tick."""
@@ -164,9 +183,8 @@ class Daemon:
         if self._observer:
             self._observer.stop()
             self._observer.join(timeout=5)
-        for t in self._hook_threads:
-            t.join(timeout=60)
-        self.notifier.close(timeout=15)
+        self.hooks.close()  # a grace period, then the process groups of hooks still running are killed
+        self.notifier.close()  # bounded: a receiver that never answers is abandoned
         self._guard("heartbeat", lambda: self.store.heartbeat("stopped"))
         log.info("daemon stopped")
         self.store.close()
@@ -334,7 +352,7 @@ class Daemon:
         log.error(f"{run['id']} failed: {reason}")
         failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
         self._notify("failed", run["id"], notify.failed_message, failed, reason, self.home.root)
-        self._keep_hook(hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed))
+        self.hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed)
 
     def _owner_options(self) -> dict[str, Any]:
         """overnight.toml, parsed again only when the file changed: the loop asks at every pass while runs wait for
@@ -411,8 +429,8 @@ class Daemon:
         elif state == State.FAILED:
             self._notify("failed", run["id"], notify.failed_message, run, reason, self.home.root)
         if state in (State.COMPLETED, State.FAILED):
-            self._keep_hook(hooks.run_hooks("on_complete" if state == State.COMPLETED else "on_fail",
-                                            self._owner_options().get("hooks") or {}, run))
+            self.hooks.run_hooks("on_complete" if state == State.COMPLETED else "on_fail",
+                                 self._owner_options().get("hooks") or {}, run)
 
     def select_groups(self) -> None:
         """Groups a run of which ended (trained out, failed, stopped or skipped, even before it started): when
@@ -428,14 +446,10 @@ class Daemon:
 
     def _on_reject(self, files: list[Path], message: str, error_file: Path) -> None:
         """A drop went to inbox/rejected/: the on_reject hook and the 'rejected' notification."""
-        self._keep_hook(hooks.run_reject_hook(self._owner_options().get("hooks") or {}, files[0], message,
-                                              error_file, self.home.root))
+        self.hooks.run_reject_hook(self._owner_options().get("hooks") or {}, files[0], message, error_file,
+                                   self.home.root)
         self._notify("rejected", files[0].name, notify.rejected_message, files[0], message, error_file,
                      self.home.root)
-
-    def _keep_hook(self, t: threading.Thread | None) -> None:
-        """Remember a running hook (shutdown waits for it); finished ones are forgotten."""
-        self._hook_threads = [h for h in self._hook_threads if h.is_alive()] + ([t] if t else [])
 
     def _notify(self, event: str, subject: str, message: Any, *args: Any) -> None:
         """Queue a notification built by `message(*args)`; nothing here may stop the daemon or fail a run."""
