@@ -534,9 +534,10 @@ def service_print(home: str | None, user: bool) -> None:
 def service_install(home: str | None, user: bool) -> None:
     """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
     from daemon import service as svc
-    unit = _unit(home, user, create=True)
-    with _clean_errors(svc.ServiceError):
-        replaced = svc.install(unit)
+    unit = _unit(home, user, create=False)
+    with _clean_errors(svc.ServiceError, HomeDamaged):
+        replaced = svc.install(unit)  # refuses a home that does not exist
+        Home(unit.home).create()  # its folders, as the daemon will want them
     click.echo(f"{'updated' if replaced else 'wrote'} {unit.path}\nEnable and start it (and follow its log):")
     for line in svc.enable_lines(unit):
         click.echo(f"  {line}")

@@ -139,7 +139,13 @@ def _ours(path: Path) -> bool:
 
 
 def install(unit: Unit) -> bool:
-    """Write the unit file (replacing one overnight wrote before); True when it replaced one."""
+    """Write the unit file (replacing one overnight wrote before); True when it replaced one. A home that does not
+    exist is refused: a unit for a mistyped path would start a daemon on a new, empty home at every boot."""
+    if not unit.home.is_dir():
+        what = "is not a folder" if unit.home.exists() else "does not exist"
+        raise ServiceError(f"the home {unit.home} {what}: no unit was written (a unit for it would start a daemon on "
+                           f"an empty home at every boot). Fix: check --home (or $OVERNIGHT_HOME); to start a new "
+                           f"home there, create it first (mkdir -p {unit.home}) and install again.")
     if unit.path.exists() and not _ours(unit.path):
         raise ServiceError(f"{unit.path} exists and was not written by overnight; it is left alone. "
                            f"Fix: move it away, or install for another home.")

@@ -180,3 +180,12 @@ def test_install_a_system_unit_without_permission_says_how(home, tmp_path):
                           f"root (sudo {program} service install --home {home.resolve()}), or a user unit with "
                           f"--user.\n")
     assert res.stdout == "" and left == []
+
+
+def test_install_refuses_a_home_that_does_not_exist(tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    home = tmp_path / "typo" / "home"
+    res = service("install", "--home", str(home), "--user", env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"the home {home} does not exist: no unit was written" in res.stderr and f"mkdir -p {home}" in res.stderr
+    assert not (tmp_path / "config").exists() and not home.parent.exists()  # nothing written, nothing created
