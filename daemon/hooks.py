@@ -72,11 +72,11 @@ class Hook:
             proc.poll()  # reaps the leader: a zombie would keep the group "alive"
             if not _group_alive(proc.pid):
                 return
-            time.sleep(0.05)
+            time.sleep(0.1)
         _signal_group(proc.pid, signal.SIGKILL)
         end = time.monotonic() + 5
         while time.monotonic() < end and (proc.poll() is None or _group_alive(proc.pid)):
-            time.sleep(0.05)
+            time.sleep(0.1)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -204,13 +204,22 @@ class Hooks:
         else:
             log.info(f"hook {hook.name} finished: {rc} (see {hook.log_path})")
 
-    def close(self, grace_s: float | None = None) -> None:
+    def close(self, grace_s: float | None = None, patient: Callable[[], bool] | None = None) -> None:
         """At shutdown: no new hook starts; running ones get `grace_s` (SHUTDOWN_GRACE_S) to end, then their process
-        groups are killed (SIGTERM, then SIGKILL), so the daemon's process exits when it says it stopped."""
+        groups are killed (SIGTERM, then SIGKILL), so the daemon's process exits when it says it stopped.
+
+        While `patient()` is true (`--once` ending by itself, not by a signal), running hooks are waited for until
+        they end or their own hook_timeout_s kills them; the grace period starts when it turns false."""
         grace = SHUTDOWN_GRACE_S if grace_s is None else grace_s
         with self._lock:
             self._closed = True
         running = self.running()
+        if running and patient is not None and patient():
+            log.info(f"waiting for {len(running)} running hook{'s' if len(running) > 1 else ''} to end (each at "
+                     f"most its hook_timeout_s): {', '.join(h.name for h in running)}")
+            while patient() and any(h.alive() for h in running):
+                time.sleep(0.1)
+            running = self.running()
         if not running:
             return
         log.info(f"daemon stopping: waiting up to {_seconds(grace)} s for {len(running)} running "

@@ -183,7 +183,9 @@ class Daemon:
         if self._observer:
             self._observer.stop()
             self._observer.join(timeout=5)
-        self.hooks.close()  # a grace period, then the process groups of hooks still running are killed
+        # hooks still running get a grace period, then their process groups are killed; --once ending by itself
+        # waits for them (each ends by its hook_timeout_s at the latest) unless a signal asks it to stop
+        self.hooks.close(patient=lambda: self.once and not self.stopping)
         self.notifier.close()  # bounded: a receiver that never answers is abandoned
         self._guard("heartbeat", lambda: self.store.heartbeat("stopped"))
         log.info("daemon stopped")

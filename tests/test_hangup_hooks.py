@@ -238,6 +238,22 @@ def test_a_daemon_stopped_beside_a_hanging_hook_and_a_silent_receiver_exits_and_
         webhook.stop()
 
 
+def test_once_ending_by_itself_waits_for_its_hooks(home, tmp_path):
+    """`overnight daemon --once` is not stopped by anyone: a hook still running when it is done gets its own
+    hook_timeout_s, not the shutdown grace (lowered to 0.2 s here)."""
+    (home / "overnight.toml").write_text('hook_timeout_s = 60\n[hooks]\n'
+                                         'on_reject = ["sh", "-c", "sleep 1.5; echo done > once.txt"]\n')
+    reject(tmp_path, home, "once.jsonl")
+    res = subprocess.run([sys.executable, "-c", LAUNCH, "0.2", "0.2", "2", "daemon", "--home", str(home), "--once",
+                          "--settle", "0.2", "--quiet"], cwd=REPO, capture_output=True, text=True,
+                         timeout=budget(120))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (home / "once.txt").read_text() == "done\n"
+    log = (home / "overnight.log").read_text()
+    assert "waiting for 1 running hook to end (each at most its hook_timeout_s): on_reject for once.jsonl" in log
+    assert "hook on_reject for once.jsonl finished: 0" in log and "killing" not in log
+
+
 # --- notifications ----------------------------------------------------------------------------------------------
 class Silent:
     """A TCP server on 127.0.0.1 that accepts connections and never answers."""
