@@ -47,9 +47,13 @@ def resolve_parent(spec: str, root: Path) -> Parent:
 def _registered(name: str, version: int | None, root: Path) -> Parent:
     reader = Reader(root / "overnight.db")
     try:
-        rows = [r for r in reader.models() if r["name"] == name and not r["deleted"]]
+        every = [r for r in reader.models() if r["name"] == name]
     finally:
         reader.close()
+    rows = [r for r in every if not r["deleted"]]
+    trashed = [r for r in every if r["deleted"] and (version is None or r["version"] == version)]
+    if trashed and (not rows or version is not None):
+        raise SubmissionError(_trashed(name, version, trashed[-1], root))
     if not rows:
         raise SubmissionError(f"init_adapter = \"{name}{f':{version}' if version else ''}\": no registered model "
                               f"named {name!r}. Fix: use a name from `overnight models`, NAME:VERSION, or the path "
@@ -66,6 +70,24 @@ def _registered(name: str, version: int | None, root: Path) -> Parent:
             raise SubmissionError(f"init_adapter = \"{name}:{version}\": {name} has no version {version} (it has "
                                   f"{', '.join(str(r['version']) for r in rows)}). Fix: pick one of those.")
     return _folder(Path(row["adapter_path"]), f"{name}:{row['version']}")
+
+
+def _trashed(name: str, version: int | None, row: dict, root: Path) -> str:
+    """init_adapter naming a version `overnight delete` moved to the trash: where its adapter is, and how to use it
+    (there is no undelete: the folder itself is the way back)."""
+    from daemon.home import Home
+    from daemon.registry import trashed_adapter
+
+    spec = f"{name}:{version}" if version is not None else name
+    label = f"{name} v{row['version']}" if version is not None else f"every version of {name} (the newest: v{row['version']})"
+    found = trashed_adapter(Home(root).trash, row["run_id"]) if row.get("run_id") else None
+    found = found or Path(row["adapter_path"])
+    if not (found / "adapter_config.json").is_file():
+        return (f"init_adapter = \"{spec}\": {label} was deleted (overnight delete), and its adapter is no longer in "
+                f"{found}. Fix: continue from another version (overnight models), or remove init_adapter.")
+    return (f"init_adapter = \"{spec}\": {label} was deleted (overnight delete); its adapter is kept in the trash, "
+            f"at {found}. Fix: continue from that folder (init_adapter = \"{found}\"): there is no undelete, the "
+            f"folder is the adapter.")
 
 
 def _folder(folder: Path, label: str) -> Parent:

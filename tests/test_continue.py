@@ -98,3 +98,23 @@ def test_max_length_beyond_the_models_context_is_refused(home: Path, tiny_model:
     assert out.returncode == 1
     assert f"max_length = {context * 2} is longer than the context" in out.stdout
     assert f"Fix: set max_length = {context} or less" in out.stdout
+
+
+def test_a_deleted_parent_says_where_its_adapter_is_in_the_trash_and_how_to_use_it(home: Path,
+                                                                                    tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    _drop(home, "p2", FAST)
+    overnight("delete", "p2", "1", "--wait", "0", home=home, check=True)
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=120, check=True)  # applies the delete
+    [trashed] = list((home / "trash").glob("p2-v1-*/adapter"))
+    (home / "x.jsonl").write_text(RECORDS)
+    for spec, said in (("p2:1", "p2 v1 was deleted"), ("p2", "every version of p2 (the newest: v1) was deleted")):
+        (home / "x.toml").write_text(f'init_adapter = "{spec}"\n')
+        out = overnight("check", str(home / "x.jsonl"), home=home)
+        assert out.returncode == 1 and "no registered model" not in out.stdout, out.stdout
+        assert f'init_adapter = "{spec}": {said} (overnight delete); its adapter is kept in the trash, at ' \
+               f'{trashed}' in out.stdout, out.stdout
+        assert f'Fix: continue from that folder (init_adapter = "{trashed}")' in out.stdout
+    (home / "x.toml").write_text(f'init_adapter = "{trashed}"\n')  # the fix works
+    out = overnight("check", str(home / "x.jsonl"), home=home)
+    assert out.returncode == 0, out.stdout
