@@ -101,3 +101,52 @@ WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.js
 def has_weights(folder: Path) -> bool:
     """Whether a model folder holds weights from_pretrained can load (a config.json alone fails at load)."""
     return any(p.exists() for pattern in WEIGHTS for p in folder.glob(pattern))  # exists: a cache link's blob too
+
+
+def layer_names(folder: Path) -> set[str] | None:
+    """The names of a model's layers LoRA can adapt (those with a 2-D weight: linear layers, embeddings), read from
+    its safetensors headers without loading a weight (milliseconds); None where they cannot be read that way (.bin
+    weights only, a quantised checkpoint, an unreadable file): the trainer's PEFT then judges."""
+    import json
+    import struct
+
+    names: set[str] = set()
+    files = sorted({*folder.glob("*.safetensors")})
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                size = struct.unpack("<Q", f.read(8))[0]
+                if size > 100 * 2**20:
+                    return None
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error):
+            return None
+        for key, info in header.items():
+            if key.endswith(".weight") and isinstance(info, dict) and len(info.get("shape") or ()) == 2:
+                names.add(key.removesuffix(".weight"))
+    if not names:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if not any(n == "lm_head" or n.endswith(".lm_head") for n in names) and \
+            (config.get("tie_word_embeddings", True) or (config.get("text_config") or {}).get("tie_word_embeddings")):
+        names.add("lm_head")  # tied to the input embeddings: not stored, but a module of the loaded model
+    return names
+
+
+def targets_missing(targets: str | list[str], names: set[str]) -> bool:
+    """True when `lora_targets` matches none of `names` by PEFT's rule for a list (a name, or a name's last dotted
+    parts): PEFT fails then ("Target modules ... not found in the base model"), after the model is loaded. A string
+    other than "all-linear" is a regular expression over the loaded model's full module names, whose prefixes the
+    stored names may lack (GPT-2's h.0... is transformer.h.0...): only one that does not compile is sure to fail."""
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return False
+        try:
+            re.compile(targets)
+        except re.error:
+            return True
+        return False
+    return not any(n == t or n.endswith("." + t) for n in names for t in targets)

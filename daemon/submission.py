@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from daemon import datasets, sweep
 from daemon.fsutil import ignored, model_name
-from daemon.models import ModelNotFound, has_weights, locate_model, model_folder
+from daemon.models import ModelNotFound, has_weights, layer_names, locate_model, model_folder, targets_missing
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
@@ -243,6 +243,36 @@ def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> 
                                   f"loads the model. Fix: download the weights into {folder} (hf download NAME "
                                   f"--local-dir {folder}), or point base_model at a complete model folder.")
         _check_context(opts, spec, sidecar, home_toml)
+        _check_targets(opts, spec, folder, sidecar, home_toml)
+
+
+def _check_targets(opts: Resolved, spec: str, folder: Path | None, sidecar: Path | None, home_toml: Path) -> None:
+    """lora_targets must name layers of the base model: read from its weights' headers (no weight is loaded), so a
+    wrong name is refused at the drop, not by every run of a sweep after it loaded the model."""
+    targets = opts.values["lora_targets"]
+    names = layer_names(folder) if folder is not None and targets != "all-linear" else None
+    if names is None or not targets_missing(targets, names):
+        return
+    where = sidecar if opts.sources.get("lora_targets") == "sidecar" else home_toml
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    shown = ", ".join(f'"{n}"' for n in leaves[:24]) + (", …" if len(leaves) > 24 else "")
+    fix = f'lora_targets = ["{_example(leaves)[0]}", "{_example(leaves)[1]}"]'
+    if isinstance(targets, str):
+        raise SubmissionError(f"{where}: lora_targets = {json.dumps(targets, ensure_ascii=False)} is not a regular "
+                              f"expression Python can compile (a string other than \"all-linear\" is one, over the "
+                              f"model's module names). Fix: list layer names instead, e.g. {fix} (the layers of "
+                              f"{spec} end in: {shown}), or use lora_targets = \"all-linear\" (the default).")
+    raise SubmissionError(f"{where}: lora_targets = {json.dumps(targets, ensure_ascii=False)} names no layer of the "
+                          f"base model {spec} (its layers LoRA can adapt end in: {shown}). Fix: list some of "
+                          f"those, e.g. {fix}, or use lora_targets = \"all-linear\" (the default).")
+
+
+def _example(leaves: list[str]) -> tuple[str, str]:
+    """Two layer names for the fix: attention's q and v projections where the model has them."""
+    if "q_proj" in leaves and "v_proj" in leaves:
+        return "q_proj", "v_proj"
+    rest = [n for n in leaves if n not in ("lm_head", "embed_tokens", "wte", "wpe")] or leaves
+    return rest[0], rest[min(1, len(rest) - 1)]
 
 
 def model_context(folder: Path | None) -> int | None:

@@ -118,3 +118,26 @@ def test_a_deleted_parent_says_where_its_adapter_is_in_the_trash_and_how_to_use_
     (home / "x.toml").write_text(f'init_adapter = "{trashed}"\n')  # the fix works
     out = overnight("check", str(home / "x.jsonl"), home=home)
     assert out.returncode == 0, out.stdout
+
+
+@pytest.mark.parametrize("targets, ok", [('["qproj", "vproj"]', False), ('"attn[("', False),
+                                         ('["q_proj", "nosuch"]', True), ('"self_attn.q_proj"', True),
+                                         ('["lm_head"]', True), ('["layers.1.mlp.up_proj"]', True)])
+def test_lora_targets_naming_no_layer_of_the_base_model_are_refused_at_the_drop(home: Path, tiny_model: Path,
+                                                                               targets: str, ok: bool) -> None:
+    """Read from the weights' headers (no model is loaded): a sweep's every run would otherwise fail in PEFT after
+    loading the model. PEFT's own rule: a list needs one name that matches, a string is a regular expression."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "x.toml").write_text(f"lora_targets = {targets}\nlearning_rate = [1e-3, 2e-3]\n")
+    (home / "x.jsonl").write_text(RECORDS)
+    out = overnight("check", str(home / "x.jsonl"), home=home)
+    assert out.returncode == (0 if ok else 1), out.stdout
+    if not ok:
+        assert f"{home / 'x.toml'}: lora_targets = " in out.stdout
+        assert ("no layer of the base model" if targets.startswith("[") else "not a regular expression") in out.stdout
+        assert '"q_proj", "up_proj", "v_proj")' in out.stdout and 'e.g. lora_targets = ["q_proj", "v_proj"]' in out.stdout
+        for f in ("x.toml", "x.jsonl"):
+            (home / "inbox" / f).write_bytes((home / f).read_bytes())
+        overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=120, check=True)
+        error = (home / "inbox" / "rejected" / "x.error.txt").read_text()
+        assert "lora_targets" in error and "Fix:" in error and not list((home / "runs").iterdir())
