@@ -174,7 +174,7 @@ class Hooks:
                 try:
                     hook.proc = subprocess.Popen(hook.argv, stdout=out, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
-                except OSError as e:
+                except (OSError, ValueError, subprocess.SubprocessError) as e:  # ValueError: a NUL in an argument
                     rc = f"error: {e}"
                 else:
                     if hook.killed:  # the daemon began to stop while it started
