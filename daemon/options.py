@@ -325,9 +325,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     return table
 
 
-def _depth(value: Any) -> int:
-    """How many lists and tables `value` nests (without recursion: any depth is measured)."""
-    deepest, stack = 0, [(value, 0)]
+def _depth(table: dict[str, Any]) -> int:
+    """How deep the values of a parsed file nest lists and tables (`a = [[1]]`: 2), measured without recursion, so
+    any depth is; stops counting past MAX_DEPTH."""
+    deepest, stack = 0, [(v, 0) for v in table.values()]
     while stack:
         v, d = stack.pop()
         if isinstance(v, (dict, list)):
@@ -339,17 +340,26 @@ def _depth(value: Any) -> int:
 
 
 def _too_deep(path: Path, text: str) -> OptionsError:
-    """The nesting error, at the first line that goes deeper than MAX_DEPTH (brackets, braces or dotted keys)."""
-    line, depth = 1, 0
-    for number, row in enumerate(text.splitlines(), 1):
+    """The nesting error, at the first line that goes deeper than MAX_DEPTH."""
+    lines = text.splitlines()
+    line, depth = 0, 0
+    for number, row in enumerate(lines, 1):  # brackets and braces (a value over several lines: where it goes deep)
         for ch in row:  # brackets inside strings miscount, which only moves the line shown
             depth = depth + 1 if ch in "[{" else max(0, depth - 1) if ch in "]}" else depth
-            if depth > MAX_DEPTH:
-                break
-        if depth > MAX_DEPTH or row.split("=", 1)[0].count(".") >= MAX_DEPTH:
+        if depth > MAX_DEPTH:
             line = number
             break
-    return OptionsError(f"{path}: line {line}: values nested more than {MAX_DEPTH} levels deep (lists in lists, "
+    for k in range(1, len(lines) + 1 if not line and len(lines) <= 2000 else 0):  # dotted keys, table headers
+        try:
+            if _depth(tomllib.loads("\n".join(lines[:k]))) > MAX_DEPTH:
+                line = k
+                break
+        except RecursionError:
+            line = k
+            break
+        except tomllib.TOMLDecodeError:
+            continue
+    return OptionsError(f"{path}: line {line or 1}: values nested more than {MAX_DEPTH} levels deep (lists in lists, "
                         f"tables in tables or dotted keys). Options are flat keys, a sweep's list of values and the "
                         f"tables [hooks], [notify] and [torchrun]. Fix: write flat keys, e.g. learning_rate = 3e-4 "
                         f"or lora_r = [8, 16].")

@@ -60,14 +60,25 @@ class Scratch:
 
 
 # --- values ---------------------------------------------------------------------------------------------------
-def _nested(depth: int) -> str:
-    """A placeholder `dump` writes as `depth` nested arrays (deeper than json.dumps itself can go)."""
-    return f"@@DEEP{depth}@@"
+def _nested(depth: int, kind: str = "A") -> str:
+    """A placeholder `dump` writes as `depth` nested arrays (A), objects (O) or both in turn (M): deeper than
+    json.dumps itself can go."""
+    return f"@@DEEP{kind}{depth}@@"
+
+
+_OPEN = {"A": ("[", "]"), "O": ('{"k": ', "}")}
+
+
+def _deep_json(kind: str, depth: int) -> str:
+    kinds = [kind] if kind != "M" else ["A", "O"]
+    opens = "".join(_OPEN[kinds[i % len(kinds)]][0] for i in range(depth))
+    closes = "".join(_OPEN[kinds[i % len(kinds)]][1] for i in reversed(range(depth)))
+    return opens + '"deep"' + closes
 
 
 def dump(value: Any) -> str:
     """JSON text of a generated value, deep-nesting placeholders expanded."""
-    return re.sub(r'"@@DEEP(\d+)@@"', lambda m: "[" * int(m[1]) + '"deep"' + "]" * int(m[1]), json.dumps(value))
+    return re.sub(r'"@@DEEP([AOM])(\d+)@@"', lambda m: _deep_json(m[1], int(m[2])), json.dumps(value))
 
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -102,8 +113,9 @@ def mutated_record(draw: st.DrawFn, schema: str) -> dict[str, Any]:
             rec.pop(draw(st.sampled_from(keys)))
         elif how == "extra":
             rec[draw(st.text(max_size=10))] = draw(json_values)
-        elif how == "deep" and keys:
-            rec[draw(st.sampled_from(keys))] = _nested(draw(st.sampled_from([50, 900, 5000])))
+        elif how == "deep" and keys:  # arrays, objects or both nested in a field, 50 to 5000 deep
+            rec[draw(st.sampled_from(keys))] = _nested(draw(st.sampled_from([50, 900, 5000])),
+                                                       draw(st.sampled_from("AOM")))
         elif how == "huge" and keys:
             rec[draw(st.sampled_from(keys))] = "x" * draw(st.sampled_from([70_000, 300_000]))
         elif how == "nan" and keys:
@@ -153,7 +165,10 @@ def dataset_file(draw: st.DrawFn) -> tuple[str, bytes]:
     schema = draw(st.sampled_from(sorted(SCHEMAS)))
     if kind == "random":
         return draw(st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".parquet"])), draw(st.binary(max_size=300))
-    records = draw(st.lists(mutated_record(schema), min_size=0, max_size=6))
+    records: list[Any] = draw(st.lists(mutated_record(schema), min_size=0, max_size=6))
+    if kind in ("jsonl", "json") and draw(st.integers(0, 3)) == 0:  # a whole record nested deep, among good ones
+        records.insert(draw(st.integers(0, len(records))), _nested(draw(st.sampled_from([200, 1500, 20_000])),
+                                                                   draw(st.sampled_from("AOM"))))
     if kind == "jsonl":
         body = "\n".join(dump(r) for r in records).encode()
     elif kind == "json":
@@ -253,6 +268,35 @@ def owner_toml_file(draw: st.DrawFn) -> bytes:
         return b"[hooks]\non_complete = \n"
 
 
+DEPTHS = [17, 60, 600, 5000]  # just past what options.py allows (16), to past what Python's parser survives
+
+
+@st.composite
+def deep_toml(draw: st.DrawFn) -> tuple[bytes, int]:
+    """(body, line): a near-valid options file with one value nested too deep, and the line it is on."""
+    depth = draw(st.sampled_from(DEPTHS))
+    key = draw(st.sampled_from(sorted(OPTIONS) + ["x", "lora_r", "hooks"]))
+    how = draw(st.sampled_from(["array", "table", "mixed", "dotted", "header", "lines"]))
+    if how == "array":
+        text = f"{key} = " + "[" * depth + "1" + "]" * depth
+    elif how == "table":
+        text = f"{key} = " + "{a = " * depth + "1" + "}" * depth
+    elif how == "mixed":
+        text = f"{key} = " + "[{a = " * ((depth + 1) // 2) + "1" + "}]" * ((depth + 1) // 2)
+    elif how == "dotted":
+        text = key + ".a" * depth + " = 1"
+    elif how == "header":
+        text = "[" + ".".join([key] * depth) + "]\nx = 1"
+    else:  # a list opened over many lines
+        text = f"{key} = [\n" + "[\n" * depth + "1\n" + "]\n" * depth + "]"
+    before = [b for b in draw(st.lists(st.sampled_from(["lora_r = 8", "learning_rate = 3e-4", "# a comment", "",
+                                                        "epochs = 1"]), max_size=3, unique=True))
+              if not b.startswith(key + " ")]  # each key once (a repeated key is another error)
+    body = "\n".join(before + [text]) + "\n"
+    line = len(before) + 1 + (min(depth, 16) if how == "lines" else 0)  # the line that goes too deep
+    return body.encode(), line
+
+
 @st.composite
 def probes_file(draw: st.DrawFn) -> bytes:
     schema = draw(st.sampled_from(sorted(SCHEMAS)))
@@ -301,6 +345,59 @@ def test_a_junk_overnight_toml_is_accepted_or_answered_with_a_fix(body: bytes) -
         assert_answered(check_file(f, home), [f])
 
 
+@settings(max_examples=int(40 * SCALE), **SETTINGS)
+@given(deep_toml(), st.booleans())
+def test_a_deeply_nested_sidecar_is_refused_naming_the_sidecar_its_line_and_the_fix(deep: tuple[bytes, int],
+                                                                                    beside_a_dataset: bool) -> None:
+    """Nesting depth: never a RecursionError, and the message names the sidecar (not the dataset it came with)."""
+    body, line = deep
+    with Scratch() as home:
+        side = home.root / "data.toml"
+        side.write_bytes(body)
+        checked = side
+        if beside_a_dataset:
+            checked = home.root / "data.jsonl"
+            checked.write_text('{"text": "hello"}\n{"text": "world"}\n')
+        verdict = check_file(checked, home)
+        assert not verdict.ok
+        [problem] = verdict.problems
+        assert problem.message.startswith(f"{side}: line {line}: values nested more than"), problem.message
+        assert "Fix:" in problem.message and "RecursionError" not in problem.message
+
+
+@settings(max_examples=int(30 * SCALE), **SETTINGS)
+@given(deep_toml())
+def test_a_deeply_nested_overnight_toml_is_one_problem_for_check_and_the_daemons_intake(deep: tuple[bytes, int]
+                                                                                       ) -> None:
+    """`overnight check` answers with the file, the line and the fix; the daemon's intake holds the drops with the
+    same message as its PROBLEM line, said once however many passes see it (no traceback in the log)."""
+    from daemon.intake import Intake
+    from daemon.log import log
+
+    body, line = deep
+    with Scratch() as home:
+        home.toml.write_bytes(body)
+        verdict = check_file(home.toml, home)
+        assert not verdict.ok and verdict.problems[0].message.startswith(f"{home.toml}: line {line}: values nested")
+        (home.inbox / "d.jsonl").write_text('{"text": "hello"}\n')
+        lines: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+        log.addHandler(handler)
+        store = Store(home.db)
+        intake = Intake(home, store, settle=0)
+        try:
+            for _ in range(3):
+                assert intake.scan() == 0
+        finally:
+            intake.close()
+            store.close()
+            log.removeHandler(handler)
+        assert intake.problem and intake.problem.startswith(f"{home.toml}: line {line}: values nested")
+        assert len(lines) == 1 and "Traceback" not in lines[0], lines
+        assert (home.inbox / "d.jsonl").exists()  # the drop waits for the fix
+
+
 @settings(max_examples=int(80 * SCALE), **SETTINGS)
 @given(probes_file())
 def test_a_junk_probe_file_is_accepted_or_answered_with_a_fix(body: bytes) -> None:
@@ -341,7 +438,8 @@ DIGITS = st.sampled_from(["²", "³", "¹⁰", "٣", "१०", "Ⅻ", "½", "1_0
 
 @st.composite
 def control_file(draw: st.DrawFn) -> tuple[str, bytes]:
-    kind = draw(st.sampled_from(list(control.COMMANDS) + ["bogus", "PAUSE", "pause.txt"]))
+    kind = draw(st.sampled_from(list(control.COMMANDS) + ["bogus", "PAUSE", "pause.txt"] +
+                                [f"{k}.20260101-000000-000001-7-abcdef" for k in control.COMMANDS]))  # the CLI's
     shapes = {"priority": ["priority"] * 3, "activate": ["model"] * 3, "delete": ["model"] * 3}.get(kind, [])
     how = draw(st.sampled_from(shapes + ["empty", "target", "target", "lines", "priority", "model", "binary"]))
     if how == "empty":
@@ -374,7 +472,7 @@ def test_a_junk_control_file_parses_or_is_refused_with_a_fix(cf: tuple[str, byte
             assert f"control/{control.shown(kind)}" in str(e) and "Fix" in str(e), str(e)
             assert "\n" not in str(e).strip() or kind == "priority", str(e)
             return
-        assert cmd.kind == kind
+        assert cmd.kind == control.split_name(kind)[0]
         if cmd.target is not None:
             assert control.RUN_ID.fullmatch(cmd.target)
 
