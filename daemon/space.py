@@ -38,7 +38,7 @@ def shortage(run_dir: Path, newest_checkpoint: Path | None, min_free_gb: float) 
     if free >= need:
         return None
     return (f"disk low: only {size_text(free)} free on the disk of {run_dir.parent}, and {run_dir.name} needs "
-            f"{size_text(need)} (min_free_gb = {min_free_gb:g} in overnight.toml, or twice its last checkpoint). "
+            f"{size_text(need)} (min_free_gb = {min_free_gb:.10g} in overnight.toml, or twice its last checkpoint). "
             f"Fix: free space there, or lower min_free_gb; the run starts by itself")
 
 

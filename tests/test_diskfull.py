@@ -26,6 +26,20 @@ def test_full_disk_errors_are_recognised() -> None:
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
 
 
+def test_disk_messages_show_sizes_precisely_enough_to_compare(tmp_path: Path) -> None:
+    """Never "0.0 GB free … needs 0.0 GB": below a GB in MB, above with two decimals; the threshold as written."""
+    from daemon.space import shortage, size_text
+
+    assert [size_text(n) for n in (0, 512, 40_000, 3_200_000, 999_999_999, 10**9, 1_234_567_890)] == \
+        ["0 bytes", "512 bytes", "40 kB", "3 MB", "1000 MB", "1.00 GB", "1.23 GB"]
+    run = tmp_path / "runs" / "r-1"
+    run.mkdir(parents=True)
+    message = shortage(run, None, 10**6)
+    assert message and " GB free on the disk of " in message and "needs 1000000.00 GB (min_free_gb = 1000000 in overnight.toml" in message
+    assert "Fix: free space there, or lower min_free_gb" in message
+    assert shortage(run, None, 0) is None
+
+
 @pytest.fixture
 def small_home(tmp_path: Path):
     mnt = tmp_path / "small"

@@ -43,7 +43,7 @@ class DiskSpaceCallback(TrainerCallback):
             return
         started = time.perf_counter()
         reason = (f"disk_low: only {size_text(free)} free on the disk of {self.checkpoints.parent}, and a checkpoint "
-                  f"needs {size_text(need)} (min_free_gb = {self.min_free_gb():g} in overnight.toml, or twice the "
+                  f"needs {size_text(need)} (min_free_gb = {float(self.min_free_gb()):.10g} in overnight.toml, or twice the "
                   f"last checkpoint). Fix: free space there, or lower min_free_gb; the run goes on by itself")
         self.progress.update("paused", state.global_step, epoch=state.epoch, reason=reason)
         self.log(f"paused at step {state.global_step} before saving: {reason}")
