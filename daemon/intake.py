@@ -84,7 +84,7 @@ class Intake:
         self._checking: dict[str, _Checking] = {}
         self._on_verdict = on_verdict
         self._toml_problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
-        self._home_problem: str | None = None  # a folder of the home that is a file (cannot be recreated)
+        self.home_problem: str | None = None  # a folder of the home that is a file (cannot be recreated)
         self._unrecorded: dict[str, float] = {}  # drops whose run could not be recorded -> when to try again
         self._recover_staging()
 
@@ -122,7 +122,7 @@ class Intake:
     @property
     def problem(self) -> str | None:
         """Why drops wait: a home folder that is a file, a broken overnight.toml (the daemon's PROBLEM line)."""
-        return self._home_problem or self._toml_problem
+        return self.home_problem or self._toml_problem
 
     def _home_ok(self) -> bool:
         """The home's folders, recreated when removed under the daemon (rm -rf control/) with a line in the log;
@@ -131,12 +131,12 @@ class Intake:
         if made:
             log.warning(f"{', '.join(made)} {'was' if len(made) == 1 else 'were'} missing (removed while the daemon "
                         f"ran?): recreated, empty")
-        if problem != self._home_problem:
+        if problem != self.home_problem:
             if problem:
                 log.error(problem)
-            elif self._home_problem:
+            elif self.home_problem:
                 log.info("the home's folders are back: going on")
-        self._home_problem = problem
+        self.home_problem = problem
         return problem is None
 
     def scan(self) -> int:
