@@ -19,9 +19,26 @@ from daemon.states import LIVE, RESUMABLE, State
 from daemon.store import Store
 from daemon.timefmt import iso
 
-def _no_run(cmd: Command) -> str:
-    return (f"{cmd.source}: no run with id {cmd.target!r}. Fix: write an id that overnight runs lists "
-            f"(echo RUN_ID > {cmd.source}), or nothing to act on the running job.")
+def _named(runs: frozenset[str]) -> str | None:
+    """An event's target for what control/pause holds: None for every run."""
+    return None if not runs or "*" in runs else ",".join(sorted(runs))
+
+
+def _paused_idle(runs: frozenset[str]) -> str:
+    """What a pause says when it holds no trainer."""
+    if "*" in runs:
+        return "pause: no job is running; the next one halts at its first step while control/pause exists"
+    return f"pause {', '.join(sorted(runs))}: not running; each halts at its first step while control/pause names it"
+
+
+def _no_run(cmd: Command, target: str | None = None) -> str:
+    return (f"{cmd.source}: no run with id {target or cmd.target!r}. Fix: name a run that overnight runs lists "
+            f"({_naming(cmd)}), or none to act on the running job.")
+
+
+def _naming(cmd: Command) -> str:
+    """How to give `cmd` a run id: with the CLI when it came from there, else in the file."""
+    return f"overnight {cmd.kind} RUN_ID" if cmd.id else f"echo RUN_ID > control/{cmd.kind}"
 
 
 # What a run becomes when its trainer exits after the daemon asked it to stop for a reason.
@@ -52,13 +69,15 @@ class Controller:
     def __init__(self, home: Home, store: Store, transition: Transition) -> None:
         self.home, self.store, self.transition = home, store, transition
         self.stop_held = False  # an untargeted control/stop was acknowledged and holds the queue
-        self.pause_target: str | None = None  # what control/pause named at the last pass ("*": any run)
+        self.paused: frozenset[str] = frozenset()  # what control/pause held at the last pass ("*": any run)
+        self.complete = control.Completeness()
         self.trainers: list[Trainer] = []  # the running trainers, one per slot
         self.free_slots: Callable[[], int] = lambda: 0
-        # acknowledgements of commands already applied that the DB refused (full, or locked by another process):
-        # written first at the next pass, in order. The command is consumed all the same: applied is applied, and
-        # read again once its run has moved on it would be refused ("run X is skipped").
-        self._unwritten: list[tuple[str, str | None, str, str, str, str]] = []
+        # acknowledgements not yet in the DB: those of the command being applied (written together once it is
+        # done), and those the DB refused (full, or locked by another process), written first at the next pass,
+        # in order. The command is consumed all the same: applied is applied, and read again once its run has
+        # moved on it would be refused ("run X is skipped").
+        self._unwritten: list[dict[str, Any]] = []
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
@@ -71,8 +90,8 @@ class Controller:
         self.trainers, self.free_slots = trainers, free_slots
         self._write_events()
         for path in control.command_files(self.home):
-            if not control.settled(path):
-                continue  # `echo RUN > control/stop` creates the file empty, then writes: read it next pass
+            if not self.complete(path):
+                continue  # `echo RUN > control/stop` creates the file empty, then writes: read it once complete
             try:
                 cmd = control.parse(path)
                 self._handlers[cmd.kind](cmd)
@@ -80,42 +99,58 @@ class Controller:
                 continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject
             except (ControlError, OSError) as e:
                 self._rejected(path, str(e))
+            self._flush()
         self._hold_pause()
         self._hold_stop()
         self._preempt()
+        self._flush()
 
     def queue_held(self) -> bool:
         """An untargeted control/stop holds the queue while it exists."""
         return control.held(self.home, "stop") == "*"
 
     # --- acknowledgements ---------------------------------------------------------------------------------
-    def _ack(self, cmd: str, target: str | None, source: str, message: str, run_id: str | None = None) -> None:
-        log.info(f"control: {message}")
+    def _ack(self, cmd: str, target: str | None, source: str, message: str, run_id: str | None = None,
+             command_id: str | None = None) -> None:
+        said = f"control: {message}" + (f" [{command_id}]" if command_id else "")
+        log.info(said)
         run = self.store.get_run(run_id) if run_id else None
         if run:
-            rundir.append_console(Path(run["run_dir"]), f"control: {message}")
-        self._event(cmd, target, source, "applied", message)
+            rundir.append_console(Path(run["run_dir"]), said)
+        self._event(cmd, target, source, "applied", message, command_id)
+
+    def _answer(self, cmd: Command, message: str, run_id: str | None = None, target: str | None = None) -> None:
+        """Acknowledge `cmd` (its id goes with the answer, for the client waiting on it)."""
+        self._ack(cmd.kind, target or cmd.target, cmd.source, message, run_id, cmd.id)
 
     def _rejected(self, path: Path, message: str) -> None:
+        kind, command_id = control.split_name(path.name)
         dest = control.reject(self.home, path, message)
         log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
-        self._event(path.name, None, f"control/{path.name}", "rejected", message)
+        self._event(kind if kind in control.COMMANDS else path.name, None, f"control/{path.name}", "rejected",
+                    message, command_id)
 
-    def _event(self, command: str, target: str | None, source: str, status: str, message: str) -> None:
-        self._unwritten.append((command, target, source, status, message, iso()))
+    def _event(self, command: str, target: str | None, source: str, status: str, message: str,
+               command_id: str | None = None) -> None:
+        self._unwritten.append({"command": command, "target": target, "source": source, "status": status,
+                                "message": message, "time": iso(), "command_id": command_id})
+
+    def _flush(self) -> None:
         if not self._write_events():
-            log.warning(f"control: the acknowledgement of {command} waits to be written to the DB (it cannot be "
-                        f"written now); the command itself is done")
+            log.warning(f"control: {len(self._unwritten)} acknowledgement(s) wait to be written to the DB (it "
+                        f"cannot be written now); the commands themselves are done")
 
     def _write_events(self) -> bool:
-        """Write the acknowledgements not yet in the DB; a refused write keeps them for the next pass (the
-        daemon's other writes report the fault: status PROBLEM line, overnight.log). True when none is left."""
+        """Write the acknowledgements not yet in the DB, in one transaction; a refused write keeps them for the
+        next pass (the daemon's other writes report the fault: status PROBLEM line, overnight.log). True when
+        none is left."""
+        if not self._unwritten:
+            return True
         try:
-            while self._unwritten:
-                self.store.control_event(*self._unwritten[0])
-                self._unwritten.pop(0)
+            self.store.control_events(self._unwritten)
         except sqlite3.OperationalError:
             return False
+        self._unwritten = []
         return True
 
     def _trainer(self, run_id: str) -> Trainer | None:
@@ -129,12 +164,12 @@ class Controller:
                 raise ControlError(_no_run(cmd))
             runs = [run]
         elif not self.trainers:
-            raise ControlError(f"{cmd.source}: no job is running, and the file names no run. "
-                               f"Fix: write the run id into the file (echo RUN_ID > {cmd.source}).")
+            raise ControlError(f"{cmd.source}: no job is running, and the command names no run. "
+                               f"Fix: name the run ({_naming(cmd)}).")
         elif len(self.trainers) > 1 and not every:
             raise ControlError(f"{cmd.source}: {len(self.trainers)} runs are training "
-                               f"({', '.join(a.run_id for a in self.trainers)}) and the file names none. "
-                               f"Fix: write the run id into the file (echo RUN_ID > {cmd.source}).")
+                               f"({', '.join(a.run_id for a in self.trainers)}) and the command names none. "
+                               f"Fix: name one ({_naming(cmd)}).")
         else:
             runs = [self.store.get_run(a.run_id) for a in self.trainers]
         for run in runs:
@@ -145,25 +180,35 @@ class Controller:
 
     # --- stop and skip ------------------------------------------------------------------------------------
     def _on_stop(self, cmd: Command) -> None:
-        if not cmd.target and self.stop_held:
-            return  # an untargeted stop stays in place and holds the queue; acknowledged once
-        if not cmd.target and not self.trainers:
-            self.stop_held = True
-            self._ack("stop", None, cmd.source, "stop file present: no new job starts until control/stop is removed")
+        """A stop naming a run stops it; one naming none stops every running job and holds the queue while
+        control/stop exists (a `stop.ID` from the CLI leaves that file in place)."""
+        if cmd.target:
+            return self._stop_like(cmd, "stop")
+        if cmd.held and self.stop_held:
+            return  # the untargeted stop stays in place and holds the queue; acknowledged once
+        if not cmd.held and self.queue_held():
+            self._answer(cmd, "stop: control/stop is in place already; no new job starts until it is removed")
+            control.consume(self.home, cmd.path)
             return
-        self._stop_like(cmd, "stop")
+        runs = self._runs_for(cmd, LIVE, every=True) if self.trainers else []
+        if not cmd.held:
+            self.complete.written(control.hold_stop(self.home))
+        self.stop_held = True
+        for run in runs:
+            self._stop_run(cmd, "stop", run)
+        if not runs:
+            self._answer(cmd, "stop file present: no new job starts until control/stop is removed")
+        if not cmd.held:
+            control.consume(self.home, cmd.path)
 
     def _on_skip(self, cmd: Command) -> None:
         self._stop_like(cmd, "skip")
 
     def _stop_like(self, cmd: Command, request: str) -> None:
-        """stop or skip the named run; an untargeted stop stops every running job, skip needs the one."""
-        for run in self._runs_for(cmd, LIVE, every=request == "stop"):
+        """stop or skip the named run (skip: or the one running job); the file is consumed."""
+        for run in self._runs_for(cmd, LIVE):
             self._stop_run(cmd, request, run)
-        if cmd.target or cmd.kind != "stop":
-            control.consume(self.home, cmd.path)
-        else:
-            self.stop_held = True  # the untargeted stop file stays: it holds the queue after this run
+        control.consume(self.home, cmd.path)
 
     def _stop_run(self, cmd: Command, request: str, run: dict[str, Any]) -> None:
         end_state = REQUEST_OUTCOME[request]
@@ -176,7 +221,7 @@ class Controller:
         else:
             self.transition(run["id"], end_state, f"{request} requested before it started")
             msg = f"{request} {run['id']}: {end_state} (it was queued)"
-        self._ack(request, cmd.target, cmd.source, msg, run["id"])
+        self._answer(cmd, msg, run["id"])
 
     def _hold_stop(self) -> None:
         if self.stop_held and not self.queue_held():
@@ -185,39 +230,82 @@ class Controller:
 
     # --- pause and resume ---------------------------------------------------------------------------------
     def _on_pause(self, cmd: Command) -> None:
-        if cmd.target and self.store.get_run(cmd.target) is None:
-            raise ControlError(_no_run(cmd))
+        """control/pause is held (applied by _hold_pause); a `pause.ID` adds its runs (none: every run) to it."""
+        for target in cmd.targets:
+            if self.store.get_run(target) is None:
+                raise ControlError(_no_run(cmd, target))
+        if cmd.held:
+            return
+        if cmd.target:
+            self._runs_for(cmd, LIVE)  # a run that has ended cannot be paused: say so
+        held = control.paused(self.home)
+        wanted = held if "*" in held else (held | set(cmd.targets) if cmd.targets else {"*"})
+        if wanted != held or not (self.home.control / "pause").exists():
+            self._rewrite_pause(wanted)
+        control.consume(self.home, cmd.path)
+        self._hold_pause(cmd)
 
-    def _hold_pause(self) -> None:
-        """control/pause holds while it exists (for its named run, or whatever runs)."""
+    def _hold_pause(self, cmd: Command | None = None) -> None:
+        """control/pause holds while it exists (for the runs it names, or whatever runs); `cmd`: the `pause.ID`
+        that has just changed it, answered at least once."""
         path = self.home.control / "pause"
-        if path.is_file() and not control.settled(path):
+        if cmd is None and path.is_file() and not self.complete(path):
             return  # being written: the pause state stays as it is for one more pass
-        wanted = control.held(self.home, "pause")
-        if not self.trainers and wanted and wanted != self.pause_target:  # acknowledged once, so clients hear back
-            self._ack("pause", None if wanted == "*" else wanted, "control/pause",
-                      "pause: no job is running; the next one halts at its first step while control/pause exists")
-        self.pause_target = wanted
+        wanted = control.paused(self.home)
+        changed = wanted != self.paused
+        self.paused = wanted
+        said = []
+        if not self.trainers and wanted and changed and not cmd:  # acknowledged once, so clients hear back
+            said.append(_paused_idle(wanted))
+            self._ack("pause", _named(wanted), "control/pause", said[-1])
         for a in self.trainers:
-            should_pause = wanted in ("*", a.run_id)
+            should_pause = "*" in wanted or a.run_id in wanted
             if should_pause != a.paused and not a.requested:
                 a.set_paused(should_pause)
-                msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
-                       if should_pause else f"resume {a.run_id}: control/pause removed")
-                self._ack("pause" if should_pause else "resume", None if wanted in (None, "*") else wanted,
-                          "control/pause", msg, a.run_id)
+                said.append(f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
+                            if should_pause else f"resume {a.run_id}: control/pause removed")
+                self._ack("pause" if should_pause else "resume", _named(wanted), cmd.source if cmd else "control/pause",
+                          said[-1], a.run_id, cmd.id if cmd else None)
+        if cmd and not said:
+            if cmd.target and not self._trainer(cmd.target):
+                what = f"pause {cmd.target}: queued; it halts at its first step while control/pause names it"
+            else:
+                what = _paused_idle(wanted) if changed else f"pause {cmd.target or 'every run'}: already paused"
+            self._answer(cmd, what, cmd.target)
 
     def _on_resume(self, cmd: Command) -> None:
-        """resume: with no run, lift a pause and an untargeted stop; with an ended run, queue it again."""
-        if not cmd.target or self._trainer(cmd.target):
-            self._ack("resume", cmd.target, cmd.source, self._lift_holds())
+        """resume: with no run, lift a pause and an untargeted stop; with a paused run, lift its pause; with an
+        ended run, queue it again."""
+        held = control.paused(self.home)
+        if not cmd.target:
+            self._answer(cmd, self._lift_holds())
+        elif self._trainer(cmd.target) or cmd.target in held or ("*" in held and self.store.get_run(cmd.target)):
+            self._answer(cmd, self._unpause(cmd.target, held), cmd.target)
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
             if run["state"] != State.PAUSED:
                 self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
                                 finished=None)
-                self._ack("resume", cmd.target, cmd.source, f"resume {run['id']}: queued again", run["id"])
+                self._answer(cmd, f"resume {run['id']}: queued again", run["id"])
         control.consume(self.home, cmd.path)
+
+    def _unpause(self, run_id: str, held: frozenset[str]) -> str:
+        """Take `run_id` out of control/pause (a pause of every run is lifted whole)."""
+        path = self.home.control / "pause"
+        if "*" in held or held == {run_id}:
+            control.consume(self.home, path)
+            return f"resume {run_id}: control/pause lifted" + (" (it held every run)" if "*" in held else "")
+        if run_id in held:
+            self._rewrite_pause(held - {run_id})
+            return f"resume {run_id}: control/pause no longer names it"
+        return f"resume {run_id}: control/pause does not hold it; nothing to lift"
+
+    def _rewrite_pause(self, runs: frozenset[str] | set[str]) -> None:
+        """control/pause now holds `runs`; the file it replaces is kept in done/ (it may be the user's own)."""
+        path = self.home.control / "pause"
+        if path.exists():
+            control.keep(self.home, path)
+        self.complete.written(control.hold_pause(self.home, runs))
 
     def _lift_holds(self) -> str:
         """A resume naming no run lifts control/pause (whatever it names) and an untargeted control/stop."""
@@ -247,10 +335,11 @@ class Controller:
         for r, prio in changes:
             self.store.update_run(r["id"], priority=prio)
             rundir.write_metadata(Path(r["run_dir"]), self.store.get_run(r["id"]))  # a rebuilt DB keeps the order
-            self._ack("priority", r["id"], cmd.source, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"])
+            self._answer(cmd, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"], target=r["id"])
         control.consume(self.home, cmd.path)
+        self._preempt(cmd)
 
-    def _preempt(self) -> None:
+    def _preempt(self, cause: Command | None = None) -> None:
         """A queued run with a higher priority than a running one takes the slot of the lowest-priority running
         run when no slot is free; that one resumes later."""
         running = [(self.store.get_run(a.run_id), a) for a in self.trainers if not a.requested]
@@ -263,9 +352,9 @@ class Controller:
             if q["priority"] <= run["priority"]:
                 return
             a.request_stop("preempt")
-            self._ack("preempt", a.run_id, "priority",
+            self._ack("preempt", a.run_id, cause.source if cause else "priority",
                       f"preempt {a.run_id} (priority {run['priority']}) for {q['id']} (priority "
-                      f"{q['priority']}): checkpointing; it resumes afterwards", a.run_id)
+                      f"{q['priority']}): checkpointing; it resumes afterwards", a.run_id, cause.id if cause else None)
 
     # --- the registry -------------------------------------------------------------------------------------
     def _on_model(self, cmd: Command) -> None:
@@ -283,5 +372,5 @@ class Controller:
             except KeyError as e:
                 raise ControlError(f"{cmd.source}: {e.args[0]}") from None
             msg = f"delete {name} v{version}: adapter moved to {dest}"
-        self._ack(cmd.kind, f"{name} {version}", cmd.source, msg)
+        self._answer(cmd, msg, target=f"{name} {version}")
         control.consume(self.home, cmd.path)

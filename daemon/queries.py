@@ -115,6 +115,10 @@ class Reader:
     def control_events(self, limit: int = 20) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM control_events ORDER BY id DESC LIMIT ?", (limit,))
 
+    def control_events_of(self, command_id: str) -> list[dict[str, Any]]:
+        """The acknowledgements of one command (control/KIND.ID), oldest first."""
+        return self._all("SELECT * FROM control_events WHERE command_id = ? ORDER BY id", (command_id,))
+
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))
 

@@ -72,11 +72,16 @@ def _m4_run_gpu_set(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("gpu_set", str)  # the GPUs its trainer holds, as NVML numbers them: "0,1"; "" = the CPU
 
 
+def _m5_command_id(db: sqlite_utils.Database) -> None:
+    db["control_events"].add_column("command_id", str)  # the id in the command file's name (stop.ID); the CLI waits on it
+    db["control_events"].create_index(["command_id"])
+
+
 _LATER_RUN_COLUMNS = ("gpu_set",)  # runs columns that a migration after the first adds
 
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent,
-                                                              _m4_run_gpu_set]
+                                                              _m4_run_gpu_set, _m5_command_id]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -211,11 +216,16 @@ class Store:
 
     # --- control, metrics, evolution ------------------------------------------------------------------
     def control_event(self, command: str, target: str | None, source: str, status: str, message: str,
-                      time: str | None = None) -> None:
-        """`time`: when it happened, for an event written late (its first write found the DB full or busy)."""
+                      time: str | None = None, command_id: str | None = None) -> None:
+        self.control_events([{"command": command, "target": target, "source": source, "status": status,
+                              "message": message, "time": time or iso(), "command_id": command_id}])
+
+    def control_events(self, events: list[dict[str, Any]]) -> None:
+        """Acknowledgements, in one transaction: a client waiting on a command id sees all of its answers at once.
+        Each: command, target, source, status, message, time (when it happened: it may be written late, its first
+        write having found the DB full or busy), command_id."""
         with self.db.conn:
-            self.db["control_events"].insert({"time": time or iso(), "command": command, "target": target,
-                                              "source": source, "status": status, "message": message})
+            self.db["control_events"].insert_all(events)
 
     def add_metrics(self, run_id: str, records: list[dict[str, Any]], forget: bool = False) -> None:
         """Mirror metrics.jsonl records; `forget`: the run's earlier rows go first, in the same transaction."""

@@ -118,7 +118,7 @@ def test_pause_resume_skip_by_file_and_cli(model_home, daemon_proc, tmp_path):
     wait_until(lambda: state(home, "next") == "completed", 90, what="the queue goes on")
     console = (Path(run["run_dir"]) / "console.log").read_text()
     assert "control: pause" in console and "control: skip" in console
-    assert any(p.name.endswith("skip") for p in (home / "control" / "done").iterdir())
+    assert any("-skip." in p.name for p in (home / "control" / "done").iterdir())  # the CLI's skip.ID
     status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
     assert {e["command"] for e in status["control_events"]} >= {"skip", "resume"}
 

@@ -44,11 +44,22 @@ def test_bad_control_files(tmp_path, name, content, msg):
         parse(p)
 
 
-def test_write_command_is_what_the_parser_reads(tmp_path):
+def test_write_command_is_what_the_parser_reads_under_a_name_of_its_own(tmp_path):
     h = Home.resolve(tmp_path)
-    write_command(h, "priority", "run-a 5")
-    assert parse(h.control / "priority").priorities == [("run-a", 5)]
+    first, second = write_command(h, "priority", "run-a 5"), write_command(h, "priority", "run-b 6")
+    assert first != second and first.name.startswith("priority.")
+    cmd = parse(first)
+    assert (cmd.kind, cmd.priorities, cmd.id, cmd.held) == ("priority", [("run-a", 5)], first.name[9:], False)
+    assert parse(second).priorities == [("run-b", 6)]
     assert not list(h.control.glob(".*.tmp"))
+
+
+def test_a_hand_written_pause_may_name_several_runs_and_a_stop_only_one(tmp_path):
+    (tmp_path / "pause").write_text("a-1\nb-1\n")
+    assert parse(tmp_path / "pause").targets == ["a-1", "b-1"]
+    (tmp_path / "stop").write_text("a-1\nb-1\n")
+    with pytest.raises(ControlError, match="one run id on the first line"):
+        parse(tmp_path / "stop")
 
 
 def test_a_control_file_is_read_only_once_its_writer_is_done(tmp_path) -> None:
@@ -64,3 +75,20 @@ def test_a_control_file_is_read_only_once_its_writer_is_done(tmp_path) -> None:
     os.utime(path, (past, past))
     assert settled(path)
     assert settled(tmp_path / "gone")
+
+
+def test_a_hand_written_control_file_still_open_for_writing_is_not_complete(tmp_path) -> None:
+    import os
+    import time
+
+    from daemon.control import Completeness
+
+    complete = Completeness()
+    path = tmp_path / "stop"
+    with open(path, "w") as writer:  # `( sleep 2; echo RUN ) > control/stop`: empty, settled, still open
+        past = time.time() - 5
+        os.utime(path, (past, past))
+        assert not complete(path)
+        writer.write("q3\n")
+    os.utime(path, (past, past))
+    assert complete(path)

@@ -117,7 +117,7 @@ def test_a_targeted_pause_acts_on_its_run_only(b: Bench) -> None:
     b.run("b-1")
     b.drop("pause", "b-1")
     b.step()
-    assert t.calls == [] and b.ctl.pause_target == "b-1"
+    assert t.calls == [] and b.ctl.paused == {"b-1"}
     b.drop("pause", "a-1")
     b.step()
     assert t.calls == ["pause"]
@@ -131,8 +131,8 @@ def test_a_pause_with_nothing_running_is_acknowledged_once(b: Bench) -> None:
 
 def test_a_pause_naming_no_run_is_rejected(b: Bench) -> None:
     b.drop("pause", "nosuch-1")
-    assert messages(b.step()) == ["rejected: control/pause: no run with id 'nosuch-1'. Fix: write an id that "
-                                  "overnight runs lists (echo RUN_ID > control/pause), or nothing to act on the "
+    assert messages(b.step()) == ["rejected: control/pause: no run with id 'nosuch-1'. Fix: name a run that "
+                                  "overnight runs lists (echo RUN_ID > control/pause), or none to act on the "
                                   "running job."]
     assert b.rejected() and not (b.home.control / "pause").exists()
 
@@ -204,7 +204,9 @@ def test_stop_of_an_ended_run_is_rejected_with_why(b: Bench) -> None:
 
 def test_skip_with_nothing_running_and_no_target_is_rejected_with_the_fix(b: Bench) -> None:
     b.drop("skip")
-    assert "Fix: write the run id into the file" in messages(b.step())[0]
+    assert "Fix: name the run (echo RUN_ID > control/skip)" in messages(b.step())[0]
+    control.send(b.home, "skip")
+    assert "Fix: name the run (overnight skip RUN_ID)" in messages(b.step())[0]
 
 
 # --- resume -------------------------------------------------------------------------------------------------
@@ -286,14 +288,77 @@ def test_a_file_still_being_written_waits_for_the_next_pass(b: Bench) -> None:
     assert b.step() == [] and b.state("q-1") == "queued"
 
 
-def test_the_client_ticket_matches_the_acknowledgement_by_event_id(b: Bench) -> None:
+def test_the_client_ticket_matches_the_acknowledgement_by_command_id(b: Bench) -> None:
     b.run("q-1")
     b.store.control_event("stop", "old", "control/stop", "applied", "an older stop")
     ticket = control.send(b.home, "stop", "q-1")
     assert ticket.answers(b.events()) == []  # the older event does not answer it
-    os.utime(ticket.path, (time.time() - 5,) * 2)
     b.step()
     assert [e["message"] for e in ticket.wait(b.home, 1)] == ["stop q-1: stopped (it was queued)"]
+    assert b.done() == [ticket.path.name]  # done/ keeps the command's id
+
+
+def test_commands_of_one_kind_are_each_applied_and_answered_in_the_order_written(b: Bench) -> None:
+    for i in range(5):
+        b.run(f"q-{i}")
+    tickets = [control.send(b.home, "priority", f"q-{i} {10 + i}") for i in range(5)]
+    b.step()
+    for i, ticket in enumerate(tickets):
+        assert [e["message"] for e in ticket.answers(b.events())] == [f"priority q-{i}: 0 -> {10 + i}"]
+    assert [r["id"] for r in b.store.runs_in(["queued"])] == ["q-4", "q-3", "q-2", "q-1", "q-0"]
+    first = control.send(b.home, "priority", "q-0 1")
+    control.send(b.home, "priority", "q-0 2")
+    b.step()
+    assert b.store.get_run("q-0")["priority"] == 2  # the later one wins: applied in order
+    assert [e["message"] for e in first.answers(b.events())] == ["priority q-0: 10 -> 1"]
+
+
+def test_a_rejected_command_is_answered_by_its_own_id(b: Bench) -> None:
+    ok, bad = control.send(b.home, "activate", "m 1"), control.send(b.home, "delete", "m 1")
+    b.step()
+    assert ok.answers(b.events())[0]["status"] == bad.answers(b.events())[0]["status"] == "rejected"
+    assert len(b.rejected()) == 2
+
+
+def test_a_cli_pause_adds_its_run_to_control_pause_and_a_resume_takes_it_out(b: Bench) -> None:
+    a, c = b.running("a-1"), b.running("c-1")
+    b.run("q-1")
+    pa, pq = control.send(b.home, "pause", "a-1"), control.send(b.home, "pause", "q-1")
+    b.step()
+    assert control.paused(b.home) == {"a-1", "q-1"} and a.paused and not c.paused
+    assert [e["message"] for e in pa.answers(b.events())] == [
+        "pause a-1: halting at the next step boundary (remove control/pause to resume)"]
+    assert "q-1: queued; it halts at its first step" in pq.answers(b.events())[0]["message"]
+    assert b.step() == []  # held, not answered again
+    r = control.send(b.home, "resume", "a-1")
+    b.step()
+    assert [e["message"] for e in r.answers(b.events())] == ["resume a-1: control/pause no longer names it"]
+    assert control.paused(b.home) == {"q-1"} and not a.paused
+    control.send(b.home, "resume", "q-1")
+    b.step()
+    assert not (b.home.control / "pause").exists()
+
+
+def test_a_cli_stop_naming_no_run_leaves_control_stop_holding_the_queue(b: Bench) -> None:
+    t = b.running("a-1")
+    s = control.send(b.home, "stop")
+    b.step()
+    assert [e["message"] for e in s.answers(b.events())] == ["stop a-1: checkpointing at the next step, then stopped"]
+    assert t.requested == "stop" and b.ctl.queue_held() and (b.home.control / "stop").read_text() == ""
+    again = control.send(b.home, "stop")
+    b.trainers.clear()
+    assert messages(b.step()) == ["applied: stop: control/stop is in place already; no new job starts until it "
+                                  "is removed"]
+    assert again.answers(b.events()) and not s.path.exists() and not again.path.exists()
+
+
+def test_a_priority_that_preempts_answers_with_the_preemption_too(b: Bench) -> None:
+    t = b.running("a-1")
+    b.run("q-1")
+    ticket = control.send(b.home, "priority", "q-1 5")
+    b.step()
+    assert [e["command"] for e in ticket.answers(b.events())] == ["priority", "preempt"]
+    assert t.requested == "preempt"
 
 
 # --- several runs side by side ------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_what_the_daemon_rejects_exits_1_and_what_it_applies_exits_0(home: Path,
     # nothing is training: the daemon cannot tell which run to skip (as with several running)
     res = overnight("skip", "--wait", wait, home=home)
     assert res.returncode == 1, (res.stdout, res.stderr)
-    assert "rejected: control/skip: no job is running" in res.stdout
+    assert "rejected: control/skip." in res.stdout and "no job is running" in res.stdout
+    assert "Fix: name the run (overnight skip RUN_ID)" in res.stdout
     res = overnight("activate", "support", "1", "--wait", wait, home=home)
     assert res.returncode == 0 and "applied: activate support v1" in res.stdout, (res.stdout, res.stderr)

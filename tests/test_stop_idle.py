@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,18 +19,22 @@ def test_stop_with_no_run_and_no_daemon_is_held_for_the_next_daemon(home, daemon
     stop = home / "control" / "stop"
     res = overnight("stop", home=home)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [f"wrote {stop}",
-                                       "no daemon is running: it applies this when it starts (overnight daemon)",
-                                       HINT]
-    assert stop.read_text() == ""  # names no run: it holds the whole queue
+    wrote, *said = res.stdout.splitlines()
+    assert wrote.startswith(f"wrote {stop}.") and said == [
+        "no daemon is running: it applies this when it starts (overnight daemon)", HINT]
+    assert Path(wrote.split()[-1]).read_text() == ""  # names no run: it holds the whole queue
 
-    again = overnight("stop", home=home)
-    assert again.returncode == 0 and again.stdout.splitlines() == [f"already stopped: {stop} is in place", HINT]
+    again = overnight("stop", home=home)  # a command of its own: applied after the first, never lost
+    assert again.returncode == 0 and again.stdout.splitlines()[1:] == said
 
     daemon_proc()
     wait_until(lambda: f"control: {HELD}" in (home / "overnight.log").read_text(), budget(15),
                what="the daemon acknowledges the stop it found")
-    assert [(e["command"], e["status"], e["message"]) for e in _events(home)] == [("stop", "applied", HELD)]
+    wait_until(lambda: len(_events(home)) == 2, budget(15), what="both stops answered")
+    assert [(e["command"], e["status"], e["message"]) for e in _events(home)] == [  # newest first
+        ("stop", "applied", "stop: control/stop is in place already; no new job starts until it is removed"),
+        ("stop", "applied", HELD)]
+    assert stop.read_text() == "" and not list((home / "control").glob("stop.*"))
     status = overnight("status", home=home)
     assert status.returncode == 0 and f"applied: {HELD}" in status.stdout
     assert stop.exists()
@@ -46,8 +51,9 @@ def test_stop_with_no_run_and_a_daemon_holds_the_queue_until_resume(home, tiny_m
     stop = home / "control" / "stop"
     res = overnight("stop", "--wait", str(budget(30)), home=home, timeout=budget(60))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [f"wrote {stop}", f"applied: {HELD}", HINT]
-    assert stop.exists()  # held, not consumed
+    wrote, *said = res.stdout.splitlines()
+    assert wrote.startswith(f"wrote {stop}.") and said == [f"applied: {HELD}", HINT]
+    assert stop.exists()  # held, not consumed (the daemon leaves control/stop in place for the CLI's stop.ID)
 
     # The daemon answers a held stop once: a second stop must not sit out --wait for an answer that never comes.
     t0 = time.monotonic()

@@ -11,14 +11,14 @@ from typing import Any, Awaitable, Callable
 import pytest
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
-from daemon.control import write_command
 from daemon.home import DaemonLock, Home
 from daemon.render import fmt_loss
 from daemon.store import Store
 from tests.conftest import budget
 from tests.nvml_fake import GIB, FakeGpu, fake_pynvml
 from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, SECOND, TRAINING,
-                                FixedTelemetry, add_second_trainer, build_home, metrics_records, write_big_log)
+                                FixedTelemetry, acknowledge, add_second_trainer, build_home, metrics_records,
+                                write_big_log, written)
 from tui import actions
 from tui.actions import AckTracker, NotApplicable
 from tui.app import OvernightApp
@@ -192,11 +192,11 @@ def test_home_snapshot_orders_runs_and_reads_control_files(fx) -> None:
     snap = watcher.snapshot()
     assert [r.id for r in snap.runs][:3] == [TRAINING, QUEUED_HIGH, QUEUED_LOW]  # running, then queue order
     assert snap.active_run.id == TRAINING and snap.run(FAILED).reason.startswith("loss became nan")
-    assert not snap.daemon.alive and snap.pause_target is None and snap.events[0].command == "priority"
+    assert not snap.daemon.alive and snap.paused == set() and snap.events[0].command == "priority"
     assert [(m.version, m.active) for m in snap.models] == [(1, False), (2, True)]
-    write_command(fx.home, "pause", TRAINING)
-    assert watcher.snapshot().pause_target == TRAINING
-    write_command(fx.home, "stop")
+    (fx.home.control / "pause").write_text(f"{TRAINING}\n{QUEUED_LOW}\n")  # what the daemon holds
+    assert watcher.snapshot().paused == {TRAINING, QUEUED_LOW}
+    (fx.home.control / "stop").write_text("")
     assert watcher.snapshot().stop_held
 
 
@@ -222,13 +222,13 @@ def test_keys_map_to_the_control_files_the_cli_writes(fx) -> None:
                 lambda: actions.requeue(running), lambda: actions.stop(None)):
         with pytest.raises(NotApplicable):
             bad()
-    write_command(fx.home, "pause", TRAINING)
+    (fx.home.control / "pause").write_text(f"{TRAINING}\n")
     held = HomeWatcher(fx.home).snapshot()
     r = actions.pause_or_resume(held, held.run(TRAINING))
     assert (r.kind, r.content) == ("resume", TRAINING)
-    write_command(fx.home, "pause")  # untargeted: a queued run resumes by lifting the file itself
+    (fx.home.control / "pause").write_text("")  # every run: a queued one resumes by name too (the daemon lifts it)
     held = HomeWatcher(fx.home).snapshot()
-    assert (actions.pause_or_resume(held, held.run(QUEUED_LOW)).content) == ""
+    assert (actions.pause_or_resume(held, held.run(QUEUED_LOW)).content) == QUEUED_LOW
 
 
 def test_acknowledgements_are_matched_to_requests(fx) -> None:
@@ -240,8 +240,10 @@ def test_acknowledgements_are_matched_to_requests(fx) -> None:
     acks, late = tracker.answers(watcher.snapshot())
     assert acks == [] and [r.kind for r in late] == ["pause"]
     store = Store(fx.db)
-    store.control_event("pause", None, "control/pause", "applied", f"pause {TRAINING}: halting at the next step")
+    store.control_event("pause", None, "control/pause", "applied", "another command's answer")
     store.close()
+    assert tracker.answers(watcher.snapshot())[0] == []
+    acknowledge(fx.home, "pause", None, f"pause {TRAINING}: halting at the next step")
     acks, late = tracker.answers(watcher.snapshot())
     assert [a.message for a in acks] == [f"pause {TRAINING}: halting at the next step"] and not tracker.pending
 
@@ -382,32 +384,34 @@ def test_keys_write_control_files_with_confirmation_for_stop_and_skip(fx) -> Non
     async def body(pilot: Any) -> None:
         await loaded(pilot)
         await pilot.press("p")
-        assert (control / "pause").read_text() == f"{TRAINING}\n"
-        await until(pilot, lambda: app.snapshot.pause_target == TRAINING, what="pause seen")
+        assert written(control, "pause") == f"{TRAINING}\n"
+        (control / "pause").write_text(f"{TRAINING}\n")  # the daemon's part: control/pause holds it
+        await until(pilot, lambda: app.snapshot.paused == {TRAINING}, what="pause seen")
         await pilot.press("p")  # a pause in force for this run: p resumes it, as `overnight resume RUN` does
-        assert (control / "resume").read_text() == f"{TRAINING}\n"
+        assert written(control, "resume") == f"{TRAINING}\n"
 
         await pilot.press("s")
-        assert isinstance(app.screen, ConfirmScreen) and not (control / "stop").exists()
+        assert isinstance(app.screen, ConfirmScreen) and not written(control, "stop")
         await pilot.press("p")  # keys behind the dialog do nothing
         await pilot.press("n")
-        assert not isinstance(app.screen, ConfirmScreen) and not (control / "stop").exists()
+        assert not isinstance(app.screen, ConfirmScreen) and not written(control, "stop")
         await pilot.press("s", "y")
-        assert (control / "stop").read_text() == f"{TRAINING}\n"
+        assert written(control, "stop") == f"{TRAINING}\n"
 
         await pilot.press("down")  # the queued run with priority 5
         await until(pilot, lambda: app.query_one("#runs").selected == QUEUED_HIGH)
         await pilot.press("plus")
-        assert (control / "priority").read_text() == f"{QUEUED_HIGH} 6\n"
+        assert written(control, "priority") == f"{QUEUED_HIGH} 6\n"
         await pilot.press("minus")
-        assert (control / "priority").read_text() == f"{QUEUED_HIGH} 4\n"
+        assert written(control, "priority") == f"{QUEUED_HIGH} 4\n"
+        assert len(list(control.glob("priority.*"))) == 2  # each its own command: neither overwrites the other
         await pilot.press("k", "y")
-        assert (control / "skip").read_text() == f"{QUEUED_HIGH}\n"
+        assert written(control, "skip") == f"{QUEUED_HIGH}\n"
 
         await pilot.press("down", "down", "down")  # the failed run: r queues it again, p does nothing
         await until(pilot, lambda: app.query_one("#runs").selected == FAILED)
         await pilot.press("r")
-        assert (control / "resume").read_text() == f"{FAILED}\n"
+        assert written(control, "resume") == f"{FAILED}\n"
         await pilot.press("p")
         await until(pilot, lambda: any("is failed" in t for t in toasts(app)), what="warning toast")
     drive(app, body, notifications=True)
@@ -421,10 +425,7 @@ def test_the_daemons_acknowledgement_is_shown(fx) -> None:
         await pilot.press("p")
         await until(pilot, lambda: any("no daemon is running" in t for t in toasts(app)), what="no-daemon toast")
         assert "waiting for the daemon" in static_text(app, "#status")
-        store = Store(fx.db)  # what the daemon records when it applies control/pause
-        store.control_event("pause", TRAINING, "control/pause", "applied",
-                            f"pause {TRAINING}: halting at the next step boundary")
-        store.close()
+        acknowledge(fx.home, "pause", TRAINING, f"pause {TRAINING}: halting at the next step boundary")
         await until(pilot, lambda: any("halting at the next step boundary" in t for t in toasts(app)), what="ack")
         assert f"applied: pause {TRAINING}: halting" in static_text(app, "#status")
     drive(app, body, notifications=True)
@@ -810,19 +811,18 @@ def test_a_and_d_on_models_write_activate_and_delete_after_confirmation(fx) -> N
         assert app.models.selected.version == 1  # the first row: the older version
 
         await pilot.press("a")
-        assert isinstance(app.screen, ConfirmScreen) and not (control / "activate").exists()
+        assert isinstance(app.screen, ConfirmScreen) and not written(control, "activate")
         assert "Activate alpaca-small v1?" in screen_text(app)
         await pilot.press("n")
-        assert not isinstance(app.screen, ConfirmScreen) and not (control / "activate").exists()
+        assert not isinstance(app.screen, ConfirmScreen) and not written(control, "activate")
         await pilot.press("a", "y")
-        assert (control / "activate").read_text() == "alpaca-small 1\n"  # what `overnight activate` writes
+        assert written(control, "activate") == "alpaca-small 1\n"  # what `overnight activate` writes
         await until(pilot, lambda: "waiting for the daemon to acknowledge: activate alpaca-small v1"
                     in static_text(app, "#status"), what="waiting")
-        store = Store(fx.db)  # what the daemon does and records when it applies control/activate
+        store = Store(fx.db)  # what the daemon does and records when it applies control/activate.ID
         store.activate_model("alpaca-small", 1)
-        store.control_event("activate", "alpaca-small 1", "control/activate", "applied",
-                            "activate alpaca-small v1: now the active version (pinned)")
         store.close()
+        acknowledge(fx.home, "activate", "alpaca-small 1", "activate alpaca-small v1: now the active version (pinned)")
         await until(pilot, lambda: any("now the active version" in t for t in toasts(app)), what="ack")
         table = app.query_one("#models-table", DataTable)
         await until(pilot, lambda: cell_text(table, "alpaca-small:1", "mark") == "●", what="v1 active")
@@ -832,10 +832,10 @@ def test_a_and_d_on_models_write_activate_and_delete_after_confirmation(fx) -> N
         await until(pilot, lambda: any("already the active version" in t for t in toasts(app)), what="warning")
         assert not isinstance(app.screen, ConfirmScreen)
         await pilot.press("down", "d")
-        assert isinstance(app.screen, ConfirmScreen) and not (control / "delete").exists()
+        assert isinstance(app.screen, ConfirmScreen) and not written(control, "delete")
         assert "Delete alpaca-small v2?" in screen_text(app)
         await pilot.press("y")
-        assert (control / "delete").read_text() == "alpaca-small 2\n"  # what `overnight delete` writes
+        assert written(control, "delete") == "alpaca-small 2\n"  # what `overnight delete` writes
 
         await pilot.press("1", "down")  # back on Log, ↑↓ move through runs again
         await until(pilot, lambda: app.runs.selected == QUEUED_HIGH, what="the next run")
@@ -843,7 +843,7 @@ def test_a_and_d_on_models_write_activate_and_delete_after_confirmation(fx) -> N
 
 
 def test_queued_runs_held_by_control_stop_say_held(fx) -> None:
-    write_command(fx.home, "stop")  # untargeted: holds the queue, as `overnight status` says
+    (fx.home.control / "stop").write_text("")  # untargeted: holds the queue, as `overnight status` says
     app = app_for(fx.root)
 
     async def body(pilot: Any) -> None:

@@ -266,3 +266,23 @@ TWO_GPUS = Telemetry(
     gpu_error=None, system=SYSTEM,
     procs=(ProcInfo(4242, 1, "python"), ProcInfo(5353, 1, "python"), ProcInfo(7777, 7700, "python3"),
            ProcInfo(7700, 1, "bash")))
+
+
+def newest_command(control: Path, kind: str) -> Path | None:
+    """The newest control/KIND.ID the dashboard (or the CLI) wrote, None when there is none."""
+    files = sorted(control.glob(f"{kind}.*"), key=lambda p: p.stat().st_mtime_ns)
+    return files[-1] if files else None
+
+
+def written(control: Path, kind: str) -> str | None:
+    """The text of the newest control/KIND.ID."""
+    path = newest_command(control, kind)
+    return path.read_text() if path else None
+
+
+def acknowledge(home: Home, kind: str, target: str | None, message: str) -> None:
+    """What the daemon records when it applies the newest control/KIND.ID: an answer carrying its id."""
+    store = Store(home.db)
+    store.control_event(kind, target, f"control/{kind}", "applied", message,
+                        command_id=newest_command(home.control, kind).name.split(".", 1)[1])
+    store.close()

@@ -42,11 +42,8 @@ def _require(run: RunRow | None, states: tuple[State, ...], verb: str) -> RunRow
 def pause_or_resume(snap: HomeSnapshot, run: RunRow | None) -> Request:
     """`p`: pause a queued or running job; resume it if it is paused (or a pause for it is in force)."""
     run = _require(run, LIVE, "pause or resume")
-    held = snap.pause_target in ("*", run.id)
-    if run.state == State.PAUSED or held:
-        # a targeted resume lifts the pause of the running job; an untargeted one lifts control/pause itself
-        target = run.id if run.active else ""
-        return Request("resume", target, f"resume {run.id}")
+    if run.state == State.PAUSED or "*" in snap.paused or run.id in snap.paused:
+        return Request("resume", run.id, f"resume {run.id}")  # takes it out of control/pause
     return Request("pause", run.id, f"pause {run.id}")
 
 

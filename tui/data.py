@@ -100,6 +100,7 @@ class ControlAck:
     source: str | None
     status: str
     message: str
+    command_id: str | None = None  # the id of the command file it answers (control/KIND.ID)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class HomeSnapshot:
     runs: tuple[RunRow, ...] = ()
     events: tuple[ControlAck, ...] = ()
     models: tuple[ModelRow, ...] = ()
-    pause_target: str | None = None  # control/pause in force: a run id, "*" for whatever runs, None if absent
+    paused: frozenset[str] = frozenset()  # what control/pause holds: run ids, "*" for whatever runs; empty if absent
     stop_held: bool = False  # an untargeted control/stop holds the queue
     error: str | None = None  # the DB could not be read this time (shown, retried next second)
     # what needs the user (daemon.morning, the same as `overnight status`): failed runs and rejected drops of the
@@ -219,7 +220,7 @@ class HomeWatcher:
     def snapshot(self) -> HomeSnapshot:
         """The home now. A DB that cannot be read gives a snapshot carrying the error instead of raising."""
         alive = daemon_alive(self.home)
-        pause = control.held(self.home, "pause")
+        pause = control.paused(self.home)
         stop = control.held(self.home, "stop")
         try:
             reader = self._db()
@@ -235,14 +236,14 @@ class HomeWatcher:
                 root=str(self.home.root), daemon=daemon, runs=runs,
                 events=tuple(ControlAck(**_field_subset(ControlAck, e)) for e in reader.control_events(self.events)),
                 models=tuple(_model_row(m) for m in reader.models()),
-                pause_target=pause, stop_held=stop == "*",
+                paused=pause, stop_held=stop == "*",
                 failed=tuple(morning.failed_runs(runs, since)),
                 rejected=tuple(morning.rejected_drops(self.home, since)),
                 held=morning.held(stop, daemon.problem))
         except (sqlite3.Error, json.JSONDecodeError) as e:
             self.close()  # a fresh connection next time
             return HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=bool(alive)),
-                                pause_target=pause, stop_held=stop == "*",
+                                paused=pause, stop_held=stop == "*",
                                 error=f"{self.home.db}: {e} (retrying every second)")
 
     def close(self) -> None:
