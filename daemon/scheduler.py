@@ -197,6 +197,8 @@ class Daemon:
         """Intake, control, trainer bookkeeping, queue: each guarded so one failure never stops the daemon."""
         self._disk_seen = None
         for part in (self.intake.scan, self.apply_control, self.watch_trainers, self.select_groups, self.start_next):
+            if part == self.apply_control and self.intake.home_problem:
+                continue  # a file where control/ (or another folder) belongs: the PROBLEM line says so, once
             self._guard(part.__name__, part)
         if self._disk_seen != self.disk_problem:
             if self._disk_seen:
@@ -369,8 +371,7 @@ class Daemon:
             return cached[1]
         try:
             options = load_home_toml(self.home.toml)
-        except OptionsError as e:
-            log.error(str(e))
+        except OptionsError:  # intake logs it, once per version, and shows it as the PROBLEM line
             options = {}
         self._owner = (key, options)
         return options
