@@ -232,12 +232,14 @@ class Controller:
     def _on_pause(self, cmd: Command) -> None:
         """control/pause is held (applied by _hold_pause); a `pause.ID` adds its runs (none: every run) to it."""
         for target in cmd.targets:
-            if self.store.get_run(target) is None:
+            run = self.store.get_run(target)
+            if run is None:
                 raise ControlError(_no_run(cmd, target))
+            if not cmd.held and run["state"] not in LIVE:  # a held file may outlive its runs; a new pause may not
+                raise ControlError(f"{cmd.source}: run {target} is {run['state']}; pause applies to runs that are "
+                                   f"{' or '.join(LIVE)}. Fix: name such a run (see overnight runs).")
         if cmd.held:
             return
-        if cmd.target:
-            self._runs_for(cmd, LIVE)  # a run that has ended cannot be paused: say so
         held = control.paused(self.home)
         wanted = held if "*" in held else (held | set(cmd.targets) if cmd.targets else {"*"})
         if wanted != held or not (self.home.control / "pause").exists():
@@ -269,8 +271,10 @@ class Controller:
         if cmd and not said:
             if cmd.target and not self._trainer(cmd.target):
                 what = f"pause {cmd.target}: queued; it halts at its first step while control/pause names it"
+            elif changed and not self.trainers:
+                what = _paused_idle(wanted)
             else:
-                what = _paused_idle(wanted) if changed else f"pause {cmd.target or 'every run'}: already paused"
+                what = f"pause {cmd.target or 'every run'}: already paused"
             self._answer(cmd, what, cmd.target)
 
     def _on_resume(self, cmd: Command) -> None:
@@ -283,7 +287,9 @@ class Controller:
             self._answer(cmd, self._unpause(cmd.target, held), cmd.target)
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
-            if run["state"] != State.PAUSED:
+            if run["state"] == State.PAUSED:
+                self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift", run["id"])
+            else:
                 self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
                                 finished=None)
                 self._answer(cmd, f"resume {run['id']}: queued again", run["id"])

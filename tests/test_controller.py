@@ -397,3 +397,12 @@ def test_preemption_takes_the_lowest_priority_run_and_only_when_no_slot_is_free(
     assert "preempt low-1 (priority 1) for hi-1 (priority 3)" in messages(b.step())[0]
     assert (low.requested, mid.requested) == ("preempt", None)
     assert b.step() == []  # low-1's slot goes to hi-1: nothing more is preempted
+
+
+def test_a_cli_pause_of_an_ended_run_is_rejected_and_holds_nothing(b: Bench) -> None:
+    b.run("c-1", "completed")
+    ticket = control.send(b.home, "pause", "c-1")
+    b.step()
+    [answer] = ticket.answers(b.events())
+    assert answer["status"] == "rejected" and "run c-1 is completed; pause applies to runs that are" in answer["message"]
+    assert not (b.home.control / "pause").exists()
