@@ -296,15 +296,17 @@ class Controller:
         control.consume(self.home, cmd.path)
 
     def _unpause(self, run_id: str, held: frozenset[str]) -> str:
-        """Take `run_id` out of control/pause (a pause of every run is lifted whole)."""
+        """Take `run_id` out of control/pause; a pause of every run then names every other live run."""
         path = self.home.control / "pause"
-        if "*" in held or held == {run_id}:
+        others = {r["id"] for r in self.store.runs_in(LIVE)} - {run_id} if "*" in held else held - {run_id}
+        if run_id not in held and "*" not in held:
+            return f"resume {run_id}: control/pause does not hold it; nothing to lift"
+        if not others:
             control.consume(self.home, path)
-            return f"resume {run_id}: control/pause lifted" + (" (it held every run)" if "*" in held else "")
-        if run_id in held:
-            self._rewrite_pause(held - {run_id})
-            return f"resume {run_id}: control/pause no longer names it"
-        return f"resume {run_id}: control/pause does not hold it; nothing to lift"
+            return f"resume {run_id}: control/pause lifted"
+        self._rewrite_pause(others)
+        return (f"resume {run_id}: control/pause held every run; it now names the others ({', '.join(sorted(others))})"
+                if "*" in held else f"resume {run_id}: control/pause no longer names it")
 
     def _rewrite_pause(self, runs: frozenset[str] | set[str]) -> None:
         """control/pause now holds `runs`; the file it replaces is kept in done/ (it may be the user's own)."""

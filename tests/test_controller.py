@@ -406,3 +406,15 @@ def test_a_cli_pause_of_an_ended_run_is_rejected_and_holds_nothing(b: Bench) -> 
     [answer] = ticket.answers(b.events())
     assert answer["status"] == "rejected" and "run c-1 is completed; pause applies to runs that are" in answer["message"]
     assert not (b.home.control / "pause").exists()
+
+
+def test_resuming_one_run_of_a_pause_of_every_run_keeps_the_others_paused(b: Bench) -> None:
+    a, c = b.running("a-1"), b.running("c-1")
+    b.drop("pause")
+    b.step()
+    ticket = control.send(b.home, "resume", "c-1")
+    b.step()
+    assert [e["message"] for e in ticket.answers(b.events())] == [
+        "resume c-1: control/pause held every run; it now names the others (a-1)"]
+    assert control.paused(b.home) == {"a-1"} and a.paused and not c.paused
+    assert any(p.name.endswith("-pause") for p in b.home.control_done.iterdir())  # the file it replaced, kept

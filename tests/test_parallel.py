@@ -30,7 +30,7 @@ def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: 
     status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
     assert {r["id"]: r["gpu_set"] for r in status["runs"] if r["state"] == "paused"} == {low["id"]: [], long["id"]: []}
 
-    overnight("pause", low["id"], home=home, check=True)  # now only low is held
+    overnight("resume", long["id"], home=home, check=True)  # now only low is held
     wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") > 3, 60,
                what="long goes on")
     assert state(home, "low") == "paused" and progress_step(home, "low") <= 1

@@ -107,8 +107,8 @@ def test_dashboard_in_an_80x24_terminal_and_idle_cost(tmp_path: Path, pane_facto
     assert rss_mb < 300, f"idle dashboard holds {rss_mb:.0f} MB"
 
     pane.keys("p")
-    wait_until(lambda: (fx.home.control / "pause").exists(), 10, what="control/pause")
-    assert (fx.home.control / "pause").read_text() == f"{TRAINING}\n"
+    paused = wait_until(lambda: list(fx.home.control.glob("pause.*")), 10, what="control/pause.ID")
+    assert len(paused) == 1 and paused[0].read_text() == f"{TRAINING}\n"
     pane.keys("q")
     wait_until(lambda: not pane.alive(), 10, what="the dashboard to quit")
 
