@@ -172,7 +172,7 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
                or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
     if not problem and not alive:
         from daemon.rebuild import missing_db_problem
-        problem = missing_db_problem(h)
+        problem = h.damage() or missing_db_problem(h)
     from daemon import control
     since = morning.cutoff(since_h)
     failed = morning.failed_runs(rd.runs((State.FAILED,)), since)

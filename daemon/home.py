@@ -70,6 +70,14 @@ class Home:
             made.append(str(d))
         return made, None
 
+    def damage(self) -> str | None:
+        """A file (or a link to none) where a folder of the home belongs, with the fix; None when there is none.
+        Read-only: what `status` says when no daemon runs to say it."""
+        for d in self.folders:
+            if not d.is_dir() and (d.exists() or d.is_symlink()):
+                return self._not_a_folder(d)
+        return None
+
     def _not_a_folder(self, d: Path) -> str:
         what = "a symbolic link" if d.is_symlink() else "a file" if d.exists() else "missing"
         return (f"{d} is {what}, not a folder: overnight keeps its {d.name}/ there. Fix: move it aside "

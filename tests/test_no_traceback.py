@@ -36,6 +36,8 @@ def test_a_file_where_a_home_folder_belongs_is_one_line_with_the_fix(tmp_path: P
     [line] = res.stderr.strip().splitlines()
     assert f"{home / 'inbox'} is a file, not a folder" in line and f"Fix: move it aside (mv {home / 'inbox'}" in line
     assert (home / "inbox").read_text() == "not a folder"  # nothing touched
+    status = overnight("status", home=home)  # no daemon to say it: status does
+    assert status.returncode == 0 and f"PROBLEM: {home / 'inbox'} is a file, not a folder" in status.stdout
 
 
 def test_status_says_a_missing_db_is_rebuilt_by_the_daemon_at_its_start(tmp_path: Path) -> None:
