@@ -15,7 +15,7 @@ from daemon import control, registry, rundir
 from daemon.control import Command, ControlError
 from daemon.home import Home
 from daemon.log import log
-from daemon.states import LIVE, RESUMABLE, State
+from daemon.states import LIVE, RESUMABLE, State, StopRequest
 from daemon.store import Store
 from daemon.timefmt import iso
 
@@ -39,11 +39,6 @@ def _no_run(cmd: Command, target: str | None = None) -> str:
 def _naming(cmd: Command) -> str:
     """How to give `cmd` a run id: with the CLI when it came from there, else in the file."""
     return f"overnight {cmd.kind} RUN_ID" if cmd.id else f"echo RUN_ID > control/{cmd.kind}"
-
-
-# What a run becomes when its trainer exits after the daemon asked it to stop for a reason.
-REQUEST_OUTCOME = {"stop": State.STOPPED, "skip": State.SKIPPED, "preempt": State.QUEUED,
-                   "shutdown": State.QUEUED, "restart": State.QUEUED}
 
 
 class Trainer(Protocol):
@@ -211,13 +206,13 @@ class Controller:
         control.consume(self.home, cmd.path)
 
     def _stop_run(self, cmd: Command, request: str, run: dict[str, Any]) -> None:
-        end_state = REQUEST_OUTCOME[request]
+        end_state = StopRequest(request).outcome
         a = self._trainer(run["id"])
         if a:
             in_force = a.request_stop(request)
             msg = (f"{request} {run['id']}: checkpointing at the next step, then {end_state}" if in_force == request
                    else f"{request} {run['id']}: already stopping ({in_force} requested); it ends "
-                        f"{REQUEST_OUTCOME[in_force]}")
+                        f"{StopRequest(in_force).outcome}")
         else:
             self.transition(run["id"], end_state, f"{request} requested before it started")
             msg = f"{request} {run['id']}: {end_state} (it was queued)"

@@ -12,7 +12,8 @@ import psutil
 
 from daemon import __version__, gpus, hooks, launch, notify, rebuild, registry, rundir, sweep
 from daemon.completeness import SETTLE_S
-from daemon.controller import REQUEST_OUTCOME, Controller
+from daemon.controller import Controller
+from daemon.endstate import TrainerExit, end_state
 from daemon.gpus import GpuChoiceError, Slot
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
@@ -22,13 +23,12 @@ from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
-from daemon.states import ACTIVE, ENDED, State
+from daemon.states import ACTIVE, ENDED, State, StopRequest
 from daemon.store import Store, busy_problem
 from daemon.timefmt import iso
 
 # A trainer killed from outside (OOM killer, kill -9) is resumed from its checkpoint this many times in a row
 # without a new checkpoint in between (a crash loop); a run that checkpointed past where it started counts afresh.
-MAX_ATTEMPTS = 3
 
 
 def _setting(owner: dict[str, Any], name: str) -> Any:
@@ -382,28 +382,10 @@ class Daemon:
         fields = a.ingest(self.store)
         tries = self._attempts(a.run_id)
         result = a.folder.read_result()
-        outcome = result.get("outcome")
-        if outcome == "completed":  # this attempt's result (runner removes older ones): killed after it, still done
-            state, reason = State.COMPLETED, None
-        elif a.requested and rc == 0 and outcome == "stopped":
-            state, reason = REQUEST_OUTCOME[a.requested], f"{a.requested} requested"
-        elif a.requested in ("stop", "skip"):  # the user's request outlives a trainer that died honouring it
-            state, reason = REQUEST_OUTCOME[a.requested], (f"{a.requested} requested; {self._crash_reason(a, rc)} "
-                                                           f"before it checkpointed (resumable from its last one)")
-        elif a.requested == "restart" and tries < MAX_ATTEMPTS:
-            state, reason = State.QUEUED, (f"restarted after a stall; resuming from its last checkpoint "
-                                           f"(attempt {tries + 1} of {MAX_ATTEMPTS} without a new checkpoint)")
-        elif a.requested == "shutdown":
-            state, reason = State.QUEUED, "daemon stopped; resumes from its last checkpoint"
-        elif self._died_of_full_disk(a, result) and tries < MAX_ATTEMPTS:
-            state, reason = State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then "
-                                           f"resumes from its last complete checkpoint. Fix: free space on the disk "
-                                           f"of {self.home.root}")
-        elif rc is not None and rc < 0 and not outcome and tries < MAX_ATTEMPTS:
-            state, reason = State.QUEUED, (f"{self._crash_reason(a, rc)}; resuming from its last checkpoint "
-                                           f"(attempt {tries + 1} of {MAX_ATTEMPTS} without a new checkpoint)")
-        else:
-            state, reason = State.FAILED, result.get("reason") or self._crash_reason(a, rc)
+        state, reason = end_state(TrainerExit(
+            outcome=result.get("outcome"), request=StopRequest(a.requested) if a.requested else None, exit_code=rc,
+            attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
+            reason=result.get("reason"), home=str(self.home.root)))
         fields.update(pid=None)
         if state == State.QUEUED:
             fields["attempts"] = tries

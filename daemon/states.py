@@ -34,3 +34,31 @@ ALL = LIVE + ENDED
 def values(states: tuple[State, ...]) -> tuple[str, ...]:
     """Plain strings, for SQL `IN (...)` clauses."""
     return tuple(s.value for s in states)
+
+
+class StopRequest(str, Enum):
+    """Why the daemon asked a trainer to checkpoint and exit; the value is what the log and control_events say."""
+
+    STOP = "stop"  # the user: ends stopped (resumable)
+    SKIP = "skip"  # the user: ends skipped, the queue goes on
+    PREEMPT = "preempt"  # a higher-priority run takes the slot: back to the queue
+    SHUTDOWN = "shutdown"  # the daemon stops: back to the queue
+    RESTART = "restart"  # a stall with stall_action = "restart": back to the queue
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def outcome(self) -> State:
+        """The state the run takes once its trainer exits having honoured this request."""
+        return {StopRequest.STOP: State.STOPPED, StopRequest.SKIP: State.SKIPPED}.get(self, State.QUEUED)
+
+    @property
+    def by_user(self) -> bool:
+        return self in (StopRequest.STOP, StopRequest.SKIP)
+
+    def then(self, new: str) -> StopRequest:
+        """The request in force once `new` arrives while this one stands: the first stands, except that a user's
+        stop or skip outranks the daemon's own (preempt, shutdown): the run then ends as the user asked."""
+        new = StopRequest(new)
+        return new if new.by_user and self in (StopRequest.PREEMPT, StopRequest.SHUTDOWN) else self

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench import kill_loop
-from daemon.scheduler import MAX_ATTEMPTS, Daemon
+from daemon.endstate import MAX_ATTEMPTS
+from daemon.scheduler import Daemon
 
 
 def _daemon_with(run: dict) -> Daemon:
