@@ -372,7 +372,8 @@ class Daemon:
         try:
             options = load_home_toml(self.home.toml)
         except OptionsError:  # intake logs it, once per version, and shows it as the PROBLEM line
-            options = {}
+            # the last good values stay in force (hooks, notifications, GPUs, stall rules) until it is fixed
+            options = cached[1] if cached is not None else {}
         self._owner = (key, options)
         return options
 

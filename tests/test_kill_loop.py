@@ -79,3 +79,13 @@ def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, t
     assert (run_dir / "metrics.jsonl").read_text() == before
     assert kill_loop.read_json(run_dir / "result.json")["outcome"] == "completed"
     assert kill_loop.same_adapter(run_dir / "adapter", ref.run_dir / "adapter")
+
+
+def test_a_broken_overnight_toml_keeps_the_last_good_owner_options(tmp_path: Path) -> None:
+    from daemon.home import Home
+    d = Daemon.__new__(Daemon)
+    d.home, d._owner = Home(tmp_path), None
+    d.home.toml.write_text('hook_timeout_s = 5\n[hooks]\non_fail = ["true"]\n')
+    assert d._owner_options()["hooks"] == {"on_fail": ["true"]}
+    d.home.toml.write_text('hook_timeout_s = 5\n[hooks\non_fail = ["true"]\n')  # an edit half done
+    assert d._owner_options()["hooks"] == {"on_fail": ["true"]}  # hooks and notifications go on as they were
