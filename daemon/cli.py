@@ -16,7 +16,7 @@ from daemon import __version__, morning, render
 from daemon.completeness import SETTLE_S
 from daemon.space import disk_full_problem
 from daemon.home import Home, HomeDamaged, HomeLocked, daemon_alive
-from daemon.queries import Reader, stale_problem
+from daemon.queries import BrokenDB, Reader, stale_problem
 from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
@@ -47,7 +47,17 @@ def _clean_errors(*kinds: type[Exception]):
         raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The `overnight` group: a state DB that cannot be read is one line with its fix for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenDB as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="overnight")
 def main() -> None:
     """overnight: drop a dataset into inbox/, find a LoRA adapter in runs/ in the morning."""

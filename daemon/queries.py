@@ -8,34 +8,19 @@ import sqlite3
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import click
-
+from daemon.gpuset import parse_gpu_set
 from daemon.states import ACTIVE, State, values
 
 
-class BrokenDB(sqlite3.DatabaseError, click.ClickException):
-    """overnight.db is not a database any more. A sqlite3 error (the dashboard shows it as one), and a click error
-    (a CLI command prints it as one line and exits 1, not a traceback)."""
+class BrokenDB(sqlite3.DatabaseError):
+    """overnight.db is not a database any more: a sqlite3 error (the dashboard shows it as one) whose text says the
+    fix (the CLI prints it as one line and exits 1, not a traceback)."""
 
     def __init__(self, path: Path, error: Exception) -> None:
-        click.ClickException.__init__(self, f"{path} cannot be read ({error}). Fix: overnight doctor --rebuild "
-                                            f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
-
-
-def parse_gpu_set(text: str | Iterable[int] | None) -> list[int]:
-    """The runs.gpu_set column (or metadata.json's list) as a list of NVML indices; [] for the CPU, NULL, or junk."""
-    if text is None:
-        return []
-    if not isinstance(text, str):
-        items: Iterable[object] = text
-    else:
-        items = (p.strip() for p in text.split(",") if p.strip())
-    try:
-        return sorted({int(i) for i in items if not isinstance(i, bool)})  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return []
+        super().__init__(f"{path} cannot be read ({error}). Fix: overnight doctor --rebuild "
+                         f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

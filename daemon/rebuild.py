@@ -20,8 +20,8 @@ from daemon.home import DaemonLock, Home
 from daemon.log import log
 from daemon.rundir import RunFolder, read_jsonl
 from daemon.states import ACTIVE, ALL, State, values
-from daemon.queries import parse_gpu_set
-from daemon.store import SCHEMA_VERSION, Store, format_gpu_set
+from daemon.gpuset import format_gpu_set, parse_gpu_set
+from daemon.store import SCHEMA_VERSION, Store
 from daemon.timefmt import iso, run_id_stamp
 
 SIDE_FILES = ("-wal", "-shm")  # SQLite's companions of a WAL database: they move with it

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from daemon import __version__
 from daemon.atomic import read_json, write_json
-from daemon.queries import parse_gpu_set
+from daemon.gpuset import parse_gpu_set
 from daemon.timefmt import iso, log_line
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it cannot be resumed

@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterable
 
 from daemon import rundir
+from daemon.gpuset import format_gpu_set
 from daemon.states import ALL
 from daemon.timefmt import iso
 
@@ -83,11 +84,6 @@ _LATER_RUN_COLUMNS = ("gpu_set",)  # runs columns that a migration after the fir
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent,
                                                               _m4_run_gpu_set, _m5_command_id]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def format_gpu_set(indices: Iterable[int] | None) -> str:
-    """`[0, 1]` → "0,1" (the runs.gpu_set column); None or [] → "" (the CPU)."""
-    return ",".join(str(int(i)) for i in sorted(set(indices or ())))
 
 
 # How long one write waits for a lock another process holds on overnight.db (a sqlite3 shell or a script with an

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from daemon import rundir
 from daemon.home import Home
-from daemon.queries import Reader, parse_gpu_set
+from daemon.gpuset import format_gpu_set, parse_gpu_set
+from daemon.queries import Reader
 from daemon.rebuild import rebuild
 from daemon.render import fmt_gpu_set, fmt_priority
-from daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, format_gpu_set, sqlite_utils
+from daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, sqlite_utils
 from tests.conftest import overnight
 
 
@@ -42,8 +43,10 @@ def test_a_version_3_db_gets_the_column_and_old_rows_read_as_cpu(tmp_path: Path)
     db.conn.commit()
     db.conn.close()
     store = Store(path)
-    assert SCHEMA_VERSION == 4 and store.get_run("old-1")["gpu_set"] is None
+    assert SCHEMA_VERSION == 5 and store.get_run("old-1")["gpu_set"] is None
     assert Reader(path).run("old-1")["gpu_set"] == []
+    store.control_event("stop", "old-1", "control/stop.X", "applied", "stop old-1", command_id="X")  # schema 5
+    assert [e["command_id"] for e in Reader(path).control_events_of("X")] == ["X"]
     store.close()
 
 

@@ -50,3 +50,22 @@ def test_check_show_renders_through_a_chat_template_without_torch(tmp_path, tiny
             f"v = check_file(Path({str(tmp_path / 'd.jsonl')!r}), Home(Path({str(tmp_path)!r})), 1)\n"
             f"assert v.ok and '<|im_start|>' in v.shown[0][0]['text'], v")
     assert "torch" not in loaded_after(code)  # transformers' template renderer, numpy: fine; torch: never
+
+
+def _imported(code: str) -> set[str]:
+    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+# The daemon process's own modules and the client's: the trainer subprocess imports none of them.
+DAEMON_SIDE = ("daemon.scheduler", "daemon.controller", "daemon.intake", "daemon.store", "daemon.runner",
+               "daemon.hooks", "daemon.notify", "daemon.registry", "daemon.rebuild", "daemon.cli", "daemon.render",
+               "daemon.queries", "daemon.export")
+
+
+def test_the_trainer_imports_neither_the_daemon_the_client_nor_their_libraries() -> None:
+    loaded = _imported("import daemon.trainer.__main__, daemon.trainer.run, daemon.trainer.setup")
+    assert not {m.split(".")[0] for m in loaded} & {"click", "textual", "sqlite_utils", "apprise", "tui"}
+    assert not loaded & set(DAEMON_SIDE)
