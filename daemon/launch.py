@@ -2,9 +2,10 @@
 
 One process: `python -m daemon.trainer RUN_DIR`. Several (SPEC §12): torch's own launcher, torchrun, started as
 `python -m daemon.trainer.torchrun --nproc-per-node K [options of the [torchrun] table] -m daemon.trainer RUN_DIR`.
-`daemon.trainer.torchrun` is torchrun's `main` (the same arguments, the same elastic agent) with one addition: when
+`daemon.trainer.torchrun` is torchrun's `main` (the same arguments, the same elastic agent) with two additions: when
 a worker was killed by a signal, the launcher ends by that signal too, so the daemon sees what it sees when a
-single trainer is killed (a negative return code: resumable) instead of torchrun's plain exit code 1.
+single trainer is killed (a negative return code: resumable) instead of torchrun's plain exit code 1; and a worker
+that dies after rank 0 wrote the result of a run that ended (completed, stopped) leaves it so: exit code 0.
 
 A single node always gets `--standalone` (a rendezvous on a free local port) unless the table names a rendezvous
 or a master address, so two runs side by side never collide on torchrun's default port 29500.

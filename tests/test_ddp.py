@@ -314,6 +314,68 @@ def test_the_launcher_restarts_the_group_only_for_an_out_of_memory_rung(tmp_path
     assert retry_rung({1: (1, 5.0, 11)}, str(rung)) is None
 
 
+ABORT_AT_EXIT_ON_RANK_1 = '''
+import os
+import sys
+
+if os.environ.get("RANK"):  # torchrun's workers
+    import daemon.trainer.ddp as _ddp
+
+    _exit_now = _ddp.exit_now
+
+    def _exit(code):
+        names = sorted({open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")})
+        print(f"threads at exit: {' '.join(names)}", file=sys.stderr, flush=True)
+        if os.environ["RANK"] == "1":
+            os.abort()  # what a library's C++ thread did on the way out: "terminate called ...", SIGABRT
+        _exit_now(code)
+
+    _ddp.exit_now = _exit
+'''
+
+
+def test_the_group_is_gone_at_exit_and_a_replica_dying_then_leaves_the_run_completed(tmp_path: Path,
+                                                                                      qwen: Path) -> None:
+    """Each worker has left the process group before it exits: gloo's threads are gone (one left running into the
+    interpreter's shutdown aborted a worker now and then). And when rank 1 aborts at exit anyway, after rank 0
+    wrote result.json (completed), the launcher exits 0 and says which rank exited how."""
+    from daemon.runner import TrainerProcess
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(ABORT_AT_EXIT_ON_RANK_1, encoding="utf-8")
+    run = new_run(tmp_path, qwen, max_steps=2)
+    t = TrainerProcess.start(run.name, run, command=trainer_command(run, 2),
+                             env={"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{inject}:{Path(__file__).parents[1]}"})
+    rc = t.wait(240)
+    t.close_stdin()
+    text = console(run)
+    assert rc == 0, text[-3000:]
+    assert read_json(run / "result.json")["outcome"] == "completed"
+    threads = [line.split("threads at exit: ")[1] for line in text.splitlines() if "threads at exit: " in line]
+    assert len(threads) == 2 and not any("gloo" in names for names in threads), threads
+    assert "torchrun: the run had ended (completed, result.json) when rank 1 (PID " in text
+    assert "exited by SIGABRT: it stays completed" in text and "the launcher ends by" not in text
+
+
+def test_the_launcher_believes_only_this_launchs_result(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from daemon.trainer.torchrun import ended_run, exits
+
+    result = tmp_path / "result.json"
+    assert ended_run([str(tmp_path)], 0.0) is None  # none written (a rank killed before the end)
+    for outcome, code, expected in (("completed", 0, "completed"), ("stopped", 0, "stopped"), ("failed", 1, None)):
+        result.write_text(json.dumps({"outcome": outcome, "exit_code": code}))
+        assert ended_run([str(tmp_path)], 0.0) == expected
+    os.utime(result, (1000.0, 1000.0))
+    assert ended_run([str(tmp_path)], 2000.0) is None  # an earlier launch's
+    assert ended_run([], 0.0) is None
+    assert exits({1: (-signal.SIGABRT, 5.0, 12), 0: (3, 5.0, 11)}) == \
+        "rank 0 (PID 11) exited with code 3, rank 1 (PID 12) exited by SIGABRT"
+
+
 def test_eof_on_rank_0s_stdin_stops_every_rank_with_a_checkpoint(tmp_path: Path, qwen: Path) -> None:
     """The daemon went away: rank 0 reads EOF, and every rank saves and stops at the same step (exit 0)."""
     run = new_run(tmp_path, qwen, max_steps=40)

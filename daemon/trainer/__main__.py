@@ -31,4 +31,9 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    code = cli()
+    from daemon.trainer import ddp
+
+    if ddp.worker():  # torchrun's worker: its run is written and its group left; skip the interpreter's shutdown
+        ddp.exit_now(code)
+    sys.exit(code)

@@ -12,11 +12,13 @@ training backend is NCCL), so they never touch the GPU streams.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
 _group: Any = None  # the gloo group control messages use (None: the default group)
 _initialised = False
+BARRIER_S = 60  # the bound of the last barrier (`shutdown`): the ranks reach it within seconds of each other
 
 
 def rank() -> int:
@@ -41,6 +43,11 @@ def distributed() -> bool:
     return world_size() > 1
 
 
+def worker() -> bool:
+    """This process is one of torchrun's workers (one process under torchrun too)."""
+    return "LOCAL_RANK" in os.environ
+
+
 def launcher_pid() -> int:
     """The pid of the process the daemon started: torchrun's launcher (our parent) under torchrun, else us."""
     return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ else os.getpid()
@@ -54,7 +61,7 @@ def init(device_kind: str) -> None:
     """Join the process group torchrun set up (no-op outside torchrun; one process under torchrun joins a group
     of one, so the owner who asks for torchrun with nproc_per_node = 1 gets DDP over NCCL as on several GPUs)."""
     global _group, _initialised
-    if not (distributed() or "LOCAL_RANK" in os.environ) or _initialised:
+    if not (distributed() or worker()) or _initialised:
         return
     import torch.distributed as dist
 
@@ -106,13 +113,55 @@ def total(value: int) -> int:
     return sum(gather(int(value)))
 
 
-def shutdown() -> None:
-    global _initialised
-    if _initialised:
-        import torch.distributed as dist
+def shutdown(*, together: bool) -> None:
+    """Leave the process group, on every way out of a worker (daemon/trainer/run.py's `main`), while the
+    interpreter is still whole.
 
+    `together`: every rank ends at this same point (the run completed, or stopped at an agreed step boundary), so a
+    last barrier first, bounded by BARRIER_S, lets no rank tear its connections down while another still uses them.
+    A rank that failed on its own, or lost a peer, skips it: the others may never arrive.
+
+    destroy_process_group() alone does not end gloo's threads (`gloo_tcp_loop`, `pt_gloo_runloop`): it forgets the
+    group, but the DDP model still holds it, and the threads stop only when the group object is freed. Left to the
+    interpreter's shutdown, that freeing raced with it: a gloo thread that needed the GIL then (releasing a tensor
+    of its last collective) was ended by Python's finalisation (pthread_exit through C++ frames that may not be
+    unwound), and the worker aborted with "terminate called without an active exception" (SIGABRT) after its run
+    had ended. So the Trainer's garbage is collected here too, which frees the group and joins its threads. Whether
+    that frees it depends on who else holds it (torch keeps references of its own: in a bare script with a DDP
+    model the threads outlived destroy + gc.collect() and one exit in ten still aborted), so a worker skips the
+    interpreter's shutdown altogether (`exit_now`)."""
+    global _group, _initialised
+    if not _initialised:
+        return
+    import gc
+
+    import torch.distributed as dist
+
+    if together:
         try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - exiting anyway
+            dist.monitored_barrier(group=_group, timeout=timedelta(seconds=BARRIER_S), wait_all_ranks=True)
+        except Exception:  # noqa: BLE001 - a rank gone or late: leave anyway
             pass
-        _initialised = False
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass
+    _group, _initialised = None, False
+    gc.collect()  # the Trainer and its DDP model (cycles): the last holders of the group, whose threads end with it
+
+
+def exit_now(code: int) -> None:
+    """End a torchrun worker once everything is written: flush, then os._exit without the interpreter's shutdown.
+
+    Nothing of ours waits for that shutdown (result.json and the checkpoints are written atomically, the console
+    is flushed here), and it is where a library's C++ thread still running (gloo's, NCCL's watchdog) can abort
+    the process on the way out (`shutdown`): a worker that ended its run must exit with the run's code."""
+    import logging
+
+    logging.shutdown()  # flushes the library loggers' handlers (they write through sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -52,7 +52,17 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
 
     commands = start_channel(say, read_stdin=read_stdin)
     result = Result("failed")
-    folder = RunFolder(Path(run_dir).resolve())
+    try:
+        return _run(Path(run_dir), commands, result)
+    finally:
+        # every way out, under torchrun: leave the process group while the interpreter is whole (ddp.shutdown);
+        # after a last barrier when every rank ends here together (completed, or stopped at an agreed step)
+        ddp.shutdown(together=result.outcome in ("completed", "stopped"))
+
+
+def _run(run_dir: Path, commands: Any, result: Result) -> int:
+    """`main` without the process group's end: the outcome into `result` (and result.json), the exit code back."""
+    folder = RunFolder(run_dir.resolve())
     try:
         cfg = RunConfig.load(run_dir)
         session = Session(cfg, result)
@@ -82,8 +92,6 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
         except OSError as e:  # a full disk: the daemon reads the reason from the console instead
             say(f"could not write result.json: {e}")
     say(result.footer())
-    if result.exit_code == 0:
-        ddp.shutdown()
     return result.exit_code
 
 

@@ -13,12 +13,18 @@ launcher names and exits OOM_RETRY_EXIT; the launcher starts every worker again 
 from the last checkpoint, as one process retries in-process. The daemon sees one trainer throughout.
 
 Workers run in sessions of their own (torchrun starts them so): the daemon's `signal_group` signals each of them.
+
+A worker that dies after the run ended (rank 0's result.json of this launch says completed or stopped, exit code
+0: the adapter or the checkpoint is whole) does not undo it: the console says which rank exited how, and the
+launcher exits 0 (`ended_run`). A worker's crash on its way out (an abort in a library's thread at exit) once made
+a completed run look killed.
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
 
 
 def _die_by(signum: int, why: str) -> None:
@@ -46,12 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         if single_node:
             os.environ[RETRY_FILE_ENV] = rung_file  # inherited by the workers
         while True:
+            started = time.time()
             try:
                 run(args)
                 return 0
             except ChildFailedError as e:
                 print(e.format_msg(), file=sys.stderr, flush=True)
                 failures = {rank: (f.exitcode, f.timestamp, f.pid) for rank, f in e.failures.items()}
+                ended = ended_run(args.training_script_args, started)
+                if ended is not None:
+                    print(f"torchrun: the run had ended ({ended}, result.json) when {exits(failures)}: it stays "
+                          f"{ended}", file=sys.stderr, flush=True)
+                    return 0
                 killed = killing_signal(failures)
                 if killed is not None:
                     rank, signum, pid = killed
@@ -66,6 +78,41 @@ def main(argv: list[str] | None = None) -> int:
             except SignalException as e:
                 _die_by(int(e.sigval), f"the launcher received {signal.Signals(e.sigval).name} and stopped the "
                                        f"workers")
+
+
+def ended_run(script_args: list[str], since: float) -> str | None:
+    """The outcome of a run that ended well ("completed", "stopped") by the result.json of this group, written by
+    rank 0 at or after `since`; else None. `script_args`: the trainer's arguments, RUN_DIR last."""
+    from pathlib import Path
+
+    from daemon.atomic import read_json
+
+    if not script_args:
+        return None
+    path = Path(script_args[-1]) / "result.json"
+    try:
+        if path.stat().st_mtime < since:
+            return None  # an earlier launch's (the daemon removes those; a trainer started by hand may find one)
+        result = read_json(path, None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("exit_code") != 0:
+        return None
+    outcome = result.get("outcome")
+    return outcome if outcome in ("completed", "stopped") else None
+
+
+def exits(failures: dict[int, tuple[int, float, int]]) -> str:
+    """How the failed workers exited, in words: `rank 1 (PID 12) exited by SIGABRT`."""
+    def how(code: int) -> str:
+        if code < 0:
+            try:
+                return f"by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"by signal {-code}"
+        return f"with code {code}"
+
+    return ", ".join(f"rank {rank} (PID {pid}) exited {how(code)}" for rank, (code, _t, pid) in sorted(failures.items()))
 
 
 def retry_rung(failures: dict[int, tuple[int, float, int]], rung_file: str) -> str | None:
