@@ -1,13 +1,12 @@
 """`overnight check`: the daemon's validation, run on files the user names; a verdict per file (the CLI renders it)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon import sweep
+from daemon import auto, sweep
 from daemon.as_trained import TrainedView
 from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
@@ -246,13 +245,14 @@ def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | 
     sample = trained.view.lengths.sample if trained and trained.view.lengths.count else [n + 1 for n in r.token_sample]
     if not sample:
         return None
-    requested = values["batching"]
-    batching = requested if requested != "auto" else (
-        "padding_free" if importlib.util.find_spec("flash_attn") else "length_grouped")
+    try:  # the trainer's own rule, on this machine
+        attention, _ = auto.attention(values["attn_implementation"], auto.Machine.here())
+    except ValueError:
+        attention = "sdpa"  # the run would fail at its start, saying why; its batching then matters no more
+    batching, how = auto.batching(values["batching"], "prompt", attention)
     est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"])
     scale = r.records / len(sample)
     est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
-    how = "auto: padding-free where flash-attention is installed" if requested == "auto" else "set in the options"
     return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
             f"max_length {values['max_length']} ({how})")
 

@@ -17,21 +17,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from daemon.preflight import padding_report
 from daemon.trainer.data import PadCollator, SequenceDataset
 
-VARLEN_KERNELS = ("flash_attention_2",)
-
-
-def choose_batching(requested: str, kind: str, attention: str) -> tuple[str, str]:
-    """The batching a run uses and why (for the console header)."""
-    if kind == "text":
-        return "padded", "text blocks are already full, nothing to pad"
-    if requested != "auto":
-        return requested, "set in the options"
-    if attention in VARLEN_KERNELS:
-        return "padding_free", f"auto: {attention} has a variable-length kernel"
-    return "length_grouped", (f"auto: {attention} has no variable-length kernel, so one long padding-free row "
-                              f"would cost more than sorting batches by length")
-
-
 def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:
     """The data collator for `batching` (padding-free rows need no pad id)."""
     if batching == "padding_free":

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from daemon import auto
+from daemon.auto import Machine
 from daemon.gpus import under_torchrun
 from daemon.trainer.config import RunError, TrainOptions
 
@@ -130,26 +132,16 @@ def load_tokenizer(source: str, trust_remote_code: bool) -> Any:
 
 
 def choose_attention(requested: str, device: Device) -> tuple[str, str]:
-    """The attention implementation a run uses, and why (for the console header)."""
+    """The attention implementation a run uses, and why (for the console header): daemon.auto's rule on this device."""
     import importlib.util
 
-    has_flash = importlib.util.find_spec("flash_attn") is not None
-    gpu_ok = device.kind == "cuda" and torch.cuda.get_device_capability()[0] >= 8  # Ampere or newer
-    if requested == "flash_attention_2" and not (has_flash and gpu_ok):
-        raise RunError("attn_implementation = \"flash_attention_2\" needs the flash-attn package and an Ampere or "
-                       "newer GPU" + ("" if device.kind == "cuda" else " (this run is on the CPU)") + ". Fix: "
-                       "install flash-attn (see the README: a source build against your CUDA), or set "
-                       "attn_implementation = \"sdpa\" or \"auto\".")
-    if requested == "flex_attention" and device.kind != "cuda":
-        raise RunError("attn_implementation = \"flex_attention\" trains on a GPU only (PyTorch has no CPU backward "
-                       "for it), and this run is on the CPU. Fix: set attn_implementation = \"sdpa\" or \"auto\".")
-    if requested != "auto":
-        return requested, "set in the options"
-    if has_flash and gpu_ok:
-        return "flash_attention_2", "auto: flash-attn is installed and the GPU supports it"
-    why = "the CPU has no flash-attention" if device.kind != "cuda" else (
-        "flash-attn is not installed" if not has_flash else "the GPU is older than Ampere")
-    return "sdpa", f"auto: {why}"
+    cuda = device.kind == "cuda"
+    machine = Machine(cuda, torch.cuda.get_device_capability()[0] if cuda else None,
+                      importlib.util.find_spec("flash_attn") is not None)
+    try:
+        return auto.attention(requested, machine)
+    except ValueError as e:
+        raise RunError(str(e)) from None
 
 
 def quantization_config(quantization: str, device: Device) -> Any:

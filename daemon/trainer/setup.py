@@ -11,12 +11,13 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
+from daemon import auto
 from daemon.atomic import write_json
 from daemon.options import LiveSetting
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
-from daemon.trainer.batching import GroupedSampler, choose_batching, collator, padding_line
+from daemon.trainer.batching import GroupedSampler, collator, padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
@@ -288,7 +289,7 @@ def build_everything(s: "Session", source: str, device: Device, stats: dict[str,
     data = _prepare_data(s, tokenizer, stats)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
-    batching, why = choose_batching(opts.batching, data.kind, attention)
+    batching, why = auto.batching(opts.batching, data.kind, attention)
     say(f"batching: {batching.replace('_', '-')} ({why}); one epoch: "
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
     free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
