@@ -435,10 +435,6 @@ class Resolved:
         v = self.values.get("base_model")
         return [] if v is None else [v] if isinstance(v, str) else list(v)
 
-    def for_model(self, base_model: str) -> "Resolved":
-        """The same options with one base model (a sidecar naming several queues one run per model)."""
-        return Resolved({**self.values, "base_model": base_model}, dict(self.sources))
-
     def to_config(self) -> dict[str, Any]:
         """What a run's config.json records; private options (notification URLs) only say where they are set."""
         live = {k for k, o in OPTIONS.items() if o.live}  # read from overnight.toml each time: not fixed by the run

@@ -17,18 +17,14 @@ from daemon.launch import is_trainer_cmdline, trainer_command
 from daemon.rundir import JsonlTail, RunFolder
 from daemon.gpus import Slot
 from daemon.stall import Escalation, StallWatch
+from daemon.states import StopRequest
 from daemon.store import Store
 
 
-def stop_request(current: str | None, reason: str) -> str:
-    """The stop request in force once `reason` (stop | skip | preempt | shutdown) arrives while `current` stands
-    (None: no request yet).
-
-    The first request stands, except that a user's stop or skip outranks a preemption or a shutdown: the run then
-    ends as the user asked instead of going back to the queue. One rule for TrainerProcess and the tests' stand-ins."""
-    if current is None or (current in ("preempt", "shutdown") and reason in ("stop", "skip")):
-        return reason
-    return current
+def stop_request(current: str | None, reason: str) -> StopRequest:
+    """The stop request in force once `reason` arrives while `current` stands (None: no request yet):
+    `StopRequest.then`'s rule, for TrainerProcess and the tests' stand-ins."""
+    return StopRequest(current).then(reason) if current else StopRequest(reason)
 
 
 @dataclass
@@ -38,7 +34,7 @@ class TrainerProcess:
     run_id: str
     run_dir: Path
     proc: subprocess.Popen
-    requested: str | None = None  # what the daemon asked for: stop | skip | preempt | shutdown
+    requested: StopRequest | None = None  # what the daemon asked of it
     paused: bool = False
     folder: RunFolder = field(init=False)
     tails: dict[str, JsonlTail] = field(init=False)  # by DB table: metrics, evolution
@@ -55,7 +51,8 @@ class TrainerProcess:
 
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None,
-              command: list[str] | None = None) -> "TrainerProcess":
+              command: list[str] | None = None, slot: Slot | None = None,
+              stall: StallWatch | None = None) -> "TrainerProcess":
         """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
 
         `command`: `daemon.launch.trainer_command(...)` (default: one process). Under torchrun, rank 0 reads the
@@ -71,7 +68,7 @@ class TrainerProcess:
                 cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
             )
-        return cls(run_id, run_dir, proc)
+        return cls(run_id, run_dir, proc, slot=slot or Slot(), stall=stall)
 
     def __post_init__(self) -> None:
         self.folder = RunFolder(self.run_dir)
@@ -106,6 +103,18 @@ class TrainerProcess:
     def kill(self) -> None:
         """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""
         self.signal("SIGKILL")
+
+    def restart_frozen(self) -> None:
+        """A stall with stall_action = "restart": a frozen process reads no command and may ignore SIGTERM
+        (SIGSTOP), so SIGKILL, and the run goes back to the queue (end_state's rule for a restart)."""
+        self.requested = StopRequest.RESTART
+        self.kill()
+
+    def escalating(self, grace_s: float) -> Escalation:
+        """The escalation of a stop request it has not honoured yet (started once, at the first call)."""
+        if self.escalation is None:
+            self.escalation = Escalation(grace_s, time.monotonic())
+        return self.escalation
 
     def signal(self, name: str) -> None:
         signal_group(self.proc.pid, name)

@@ -23,7 +23,7 @@ from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
-from daemon.states import ACTIVE, ENDED, State, StopRequest
+from daemon.states import ACTIVE, ENDED, State
 from daemon.store import Store, busy_problem
 from daemon.timefmt import iso
 
@@ -259,8 +259,7 @@ class Daemon:
         rundir.append_console(a.run_dir, f"overnight: {message}")
         self._notify("stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
         if a.stall.action == "restart":
-            a.requested = "restart"
-            a.kill()  # a frozen process reads no command and may ignore SIGTERM (SIGSTOP): SIGKILL always lands
+            a.restart_frozen()
         # the DB last: reported once, the stall's action must not hang on a DB that cannot be written now
         self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
         self.store.heartbeat(problem=self.problem)
@@ -269,19 +268,18 @@ class Daemon:
         """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/stall.py)."""
         if not a.requested or a.poll() is not None:
             return
-        if a.escalation is None:
-            stalled = bool(a.stall and a.stall.stalled)  # known frozen: no need to wait long
-            limit = a.stall.limit_s if a.stall else 60 * OPTIONS["stall_minutes"].default
-            a.escalation = Escalation(5.0 if stalled else stop_grace(limit, a.step_s), time.monotonic())
-        sig = a.escalation.observe(a.progress_mark(), time.monotonic())
+        stalled = bool(a.stall and a.stall.stalled)  # known frozen: no need to wait long
+        limit = a.stall.limit_s if a.stall else 60 * OPTIONS["stall_minutes"].default
+        escalation = a.escalating(5.0 if stalled else stop_grace(limit, a.step_s))
+        sig = escalation.observe(a.progress_mark(), time.monotonic())
         if sig:
-            waited = a.escalation.grace_s if sig == "SIGTERM" else a.escalation.kill_s
+            waited = escalation.grace_s if sig == "SIGTERM" else escalation.kill_s
             msg = (f"{a.run_id}: the trainer (PID {a.proc.pid}) showed no progress for {waited:g} s after the "
                    f"{a.requested} request; sending {sig}")
             log.warning(msg)
             rundir.append_console(a.run_dir, f"overnight: {msg}")
             a.signal(sig)  # before the DB event: the escalation sends each signal once, whatever the DB does
-            self.store.control_event(a.requested, a.run_id, "daemon", "escalated", msg)
+            self.store.control_event(a.requested.value, a.run_id, "daemon", "escalated", msg)
 
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
@@ -338,9 +336,8 @@ class Daemon:
                                        f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
         table = owner.get("torchrun")
         command = launch.trainer_command(run_dir, launch.nproc_for(len(slot.devices), table), table)
-        a = TrainerProcess.start(run["id"], run_dir, env=env, command=command)
-        a.slot = slot
-        a.stall = StallWatch(60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action")))
+        a = TrainerProcess.start(run["id"], run_dir, env=env, command=command, slot=slot, stall=StallWatch(
+            60 * float(_setting(owner, "stall_minutes")), str(_setting(owner, "stall_action"))))
         self.trainers[run["id"]] = a
         for kind in ("metrics", "evolution"):
             a.reset(kind, self.store)
@@ -384,7 +381,7 @@ class Daemon:
         tries = self._attempts(a.run_id)
         result = a.folder.read_result()
         state, reason = end_state(TrainerExit(
-            outcome=result.get("outcome"), request=StopRequest(a.requested) if a.requested else None, exit_code=rc,
+            outcome=result.get("outcome"), request=a.requested, exit_code=rc,
             attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
             reason=result.get("reason"), home=str(self.home.root)))
         fields.update(pid=None)

@@ -191,7 +191,7 @@ def test_home_snapshot_orders_runs_and_reads_control_files(fx) -> None:
     watcher = HomeWatcher(fx.home)
     snap = watcher.snapshot()
     assert [r.id for r in snap.runs][:3] == [TRAINING, QUEUED_HIGH, QUEUED_LOW]  # running, then queue order
-    assert snap.active_run.id == TRAINING and snap.run(FAILED).reason.startswith("loss became nan")
+    assert snap.active_runs[0].id == TRAINING and snap.run(FAILED).reason.startswith("loss became nan")
     assert not snap.daemon.alive and snap.paused == set() and snap.events[0].command == "priority"
     assert [(m.version, m.active) for m in snap.models] == [(1, False), (2, True)]
     (fx.home.control / "pause").write_text(f"{TRAINING}\n{QUEUED_LOW}\n")  # what the daemon holds

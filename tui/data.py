@@ -148,11 +148,6 @@ class HomeSnapshot:
         leaves room for more than one: highest priority first, then arrival."""
         return tuple(sorted((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq)))
 
-    @property
-    def active_run(self) -> RunRow | None:
-        """The highest-priority active run (what the dashboard shows first)."""
-        return next(iter(self.active_runs), None)
-
     def counts(self) -> dict[str, int]:
         """Runs per state."""
         out: dict[str, int] = {}
