@@ -176,8 +176,11 @@ class Completeness:
     `( sleep 2; echo RUN ) > control/stop` is never read empty, as "every run". A file found complete is not
     checked again while its size and time stay the same (each check walks every process's open files)."""
 
+    RECHECK_S = 0.5  # how soon a file found open for writing is looked at again (within the 1 s the spec allows)
+
     def __init__(self) -> None:
         self._seen: dict[str, tuple[int, int]] = {}
+        self._open: dict[str, float] = {}  # when a file was last found open for writing
 
     def __call__(self, path: Path) -> bool:
         if COMMAND_ID.fullmatch(split_name(path.name)[1] or ""):
@@ -189,7 +192,10 @@ class Completeness:
         mark = (st.st_size, st.st_mtime_ns)
         if self._seen.get(path.name) == mark:
             return True
-        if not settled(path) or completeness.writers_of([path]):
+        if not settled(path) or time.monotonic() - self._open.get(path.name, -1e9) < self.RECHECK_S:
+            return False
+        if completeness.writers_of([path]):
+            self._open[path.name] = time.monotonic()
             return False
         self._seen[path.name] = mark
         return True

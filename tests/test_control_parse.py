@@ -91,4 +91,6 @@ def test_a_hand_written_control_file_still_open_for_writing_is_not_complete(tmp_
         assert not complete(path)
         writer.write("q3\n")
     os.utime(path, (past, past))
+    assert not complete(path)  # looked at again only RECHECK_S after it was found open: no scan every pass
+    time.sleep(Completeness.RECHECK_S)
     assert complete(path)
