@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from functools import partial
@@ -468,6 +470,74 @@ def load_sidecar(path: Path | None) -> dict[str, Any]:
     return validate_table(path, read_toml(path), sidecar=True)
 
 
+@dataclass(frozen=True)
+class OwnerOptions:
+    """The owner's overnight.toml as a long-lived process uses it: `values` are the last good ones ({} before any,
+    or while there is no file), `problem` why the file as it is now cannot be used (None when it can), `version`
+    the file's (mtime, size, inode) that was read (None: no file)."""
+
+    values: dict[str, Any]
+    problem: str | None = None
+    version: tuple[int, int, int] | None = None
+
+
+class OwnerToml:
+    """The one reader of an owner's overnight.toml in a process that lives on (the daemon, the trainer): parsed again
+    only when the file's mtime, size or inode changed; a broken file keeps the last good values and says why in
+    `problem` (each caller tells it once per `version`). Shared per path: `owner_toml(path)`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._state: OwnerOptions | None = None
+        self._stale = False  # parse again at the next read, changed or not (forget)
+
+    def read(self) -> OwnerOptions:
+        """The options now (one stat; one parse when the file changed)."""
+        try:
+            st = self.path.stat()
+            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        with self._lock:
+            state = self._state
+            if state is not None and state.version == key and not self._stale:
+                return state
+            self._stale = False
+            last = state.values if state is not None else {}
+            try:
+                state = OwnerOptions(load_home_toml(self.path), None, key)
+            except OptionsError as e:
+                state = OwnerOptions(last, str(e), key)
+            self._state = state
+            return state
+
+    def forget(self) -> None:
+        """Parse the file again at the next read, changed or not (the daemon's SIGHUP)."""
+        with self._lock:
+            self._stale = True
+
+
+_readers: dict[Path, OwnerToml] = {}
+_readers_lock = threading.Lock()
+
+
+def owner_toml(path: Path) -> OwnerToml:
+    """This process's reader of the overnight.toml at `path` (one per file: the daemon's loop, its intake and its
+    notifier thread share it)."""
+    path = Path(os.path.abspath(path))
+    with _readers_lock:
+        reader = _readers.get(path)
+        if reader is None:
+            reader = _readers[path] = OwnerToml(path)
+        return reader
+
+
+def owner_options(path: Path) -> dict[str, Any]:
+    """The owner's options from overnight.toml at `path`: the last good ones while the file is broken."""
+    return owner_toml(path).read().values
+
+
 class LiveSetting:
     """One live option (Live(...)) as any process reads it: from the owner's overnight.toml, parsed again only when
     the file changed; while the file is broken the last good value stays (the default before any), and the error is
@@ -476,22 +546,15 @@ class LiveSetting:
     def __init__(self, toml: Path, name: str, on_error: Callable[[str], None] = lambda message: None) -> None:
         assert OPTIONS[name].live, f"{name} is fixed when a run is queued: read it from the run's config.json"
         self.toml, self.name, self.on_error = Path(toml), name, on_error
-        self._key: tuple[int, int, int] | None | str = "unread"
-        self._value: Any = OPTIONS[name].default
+        self._told: tuple[tuple[int, int, int] | None, str] | None = None  # the version and problem last told
 
     def __call__(self) -> Any:
-        try:
-            st = self.toml.stat()
-            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            key = None
-        if key != self._key:
-            self._key = key
-            try:
-                self._value = load_home_toml(self.toml).get(self.name, OPTIONS[self.name].default)
-            except OptionsError as e:
-                self.on_error(f"{e}\n(overnight keeps {self.name} = {_toml(self._value)} until the file is fixed)")
-        return self._value
+        state = owner_toml(self.toml).read()
+        value = state.values.get(self.name, OPTIONS[self.name].default)
+        if state.problem is not None and self._told != (state.version, state.problem):
+            self._told = (state.version, state.problem)
+            self.on_error(f"{state.problem}\n(overnight keeps {self.name} = {_toml(value)} until the file is fixed)")
+        return value
 
 
 # --- the README's options table --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from daemon.gpus import GpuChoiceError, Slot
 from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
-from daemon.options import OPTIONS, OptionsError, load_home_toml
+from daemon.options import OPTIONS, owner_options, owner_toml
 from daemon.rundir import RunFolder
 from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.space import is_disk_full, shortage
@@ -74,7 +74,6 @@ class Daemon:
         self.disk_problem: str | None = None  # a full disk (DB writes fail, or a run waits for space)
         self._disk_seen: str | None = None  # what this pass found about the disk
         self._faults: dict[str, float] = {}  # an internal error's text -> when it was last logged
-        self._owner: tuple[tuple[int, int, int] | None, dict[str, Any]] | None = None  # (file stat, overnight.toml)
 
     # --- life cycle -----------------------------------------------------------------------------------
     def serve(self) -> int:
@@ -128,7 +127,7 @@ class Daemon:
         whenever the file changes)."""
         self._hangups = 0
         log.info("daemon: hangup (SIGHUP): going on; overnight.toml re-read (SIGTERM or Ctrl-C stops the daemon)")
-        self._owner = None
+        owner_toml(self.home.toml).forget()
         self._owner_options()
 
     def _watch(self) -> None:
@@ -356,23 +355,11 @@ class Daemon:
         self.hooks.run_hooks("on_fail", self._owner_options().get("hooks") or {}, failed)
 
     def _owner_options(self) -> dict[str, Any]:
-        """overnight.toml, parsed again only when the file changed: the loop asks at every pass while runs wait for
-        a slot (a broken file is logged once per version, not four times a second)."""
-        try:
-            st = self.home.toml.stat()
-            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            key = None
-        cached = self._owner  # one tuple: the notifier's thread reads it too
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            options = load_home_toml(self.home.toml)
-        except OptionsError:  # intake logs it, once per version, and shows it as the PROBLEM line
-            # the last good values stay in force (hooks, notifications, GPUs, stall rules) until it is fixed
-            options = cached[1] if cached is not None else {}
-        self._owner = (key, options)
-        return options
+        """overnight.toml through the process's one reader (options.owner_toml): parsed again only when the file
+        changed, the loop asks at every pass while runs wait for a slot. A broken file keeps the last good values
+        in force (hooks, notifications, GPUs, stall rules); intake logs it, once per version, and shows it as the
+        PROBLEM line."""
+        return owner_options(self.home.toml)
 
     def _finish(self, a: TrainerProcess) -> None:
         """The trainer exited: decide the run's end state from its result and what the daemon asked."""
