@@ -14,9 +14,8 @@ import click
 
 from daemon import __version__, morning, render
 from daemon.completeness import SETTLE_S
-from daemon.space import disk_full_problem
 from daemon.home import Home, HomeDamaged, HomeLocked, daemon_alive
-from daemon.queries import BrokenDB, Reader, stale_problem
+from daemon.queries import BrokenDB, Reader
 from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
@@ -176,13 +175,7 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     alive = daemon_alive(h)
     runs = rd.runs(LIVE)
     events = rd.control_events(5)
-    # a full disk is seen here too: the daemon cannot write its PROBLEM line into the DB then
-    beat = rd.daemon() if alive else None
-    problem = ((beat or {}).get("problem") or disk_full_problem(h.root)
-               or stale_problem(h.db, beat, alive))  # a daemon that cannot write the DB
-    if not problem and not alive:
-        from daemon.rebuild import missing_db_problem
-        problem = h.damage() or missing_db_problem(h)
+    problem = morning.problem(h, rd.daemon() if alive else None, alive)
     from daemon import control
     since = morning.cutoff(since_h)
     failed = morning.failed_runs(rd.runs((State.FAILED,)), since)
@@ -221,9 +214,9 @@ def runs(home: str | None, as_json: bool) -> None:
         _echo_json(rows)
         return
     from daemon import control
-    beat = rd.daemon() if daemon_alive(h) else None
+    alive = daemon_alive(h)
     click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
-                                                   (beat or {}).get("problem") or disk_full_problem(h.root))))
+                                                   morning.problem(h, rd.daemon() if alive else None, alive))))
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from daemon.home import Home
+from daemon.queries import stale_problem
+from daemon.space import disk_full_problem
 from daemon.states import State
 
 DEFAULT_SINCE_H = 24.0
@@ -104,6 +106,19 @@ def _dropped_file(text: str, error_name: str) -> str:
             if names:
                 return names.split(", ")[0]
     return error_name[: -len(ERROR_SUFFIX)]
+
+
+def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | None) -> str | None:
+    """The PROBLEM line of `overnight status` and the dashboard: what the running daemon (`alive`: its lock's pid and
+    create_time) wrote in its row (`beat`), else a full disk (the daemon cannot write its PROBLEM line into the DB
+    then), else a daemon that has not been able to write the DB; with no daemon running, a damaged home folder or a
+    missing DB whose runs are safe in runs/. None when nothing is wrong."""
+    found = (((beat or {}).get("problem") if alive else None) or disk_full_problem(home.root)
+             or stale_problem(home.db, beat, alive))
+    if not found and not alive:
+        from daemon.rebuild import missing_db_problem
+        found = home.damage() or missing_db_problem(home)
+    return found
 
 
 def held(stop_target: str | None, problem: str | None) -> str | None:

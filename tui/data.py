@@ -19,9 +19,8 @@ from daemon import control, morning, rundir, sweep
 from daemon.evolution import EvolutionReport, analyze, is_probe_record, no_probes
 from daemon.home import Home, daemon_alive
 from daemon.morning import FailedRun, RejectedDrop
-from daemon.queries import Reader, stale_problem
+from daemon.queries import Reader
 from daemon.rundir import JsonlTail, LogUpdate, RunFolder
-from daemon.space import disk_full_problem
 from daemon.states import ACTIVE, ENDED, State
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
@@ -222,9 +221,7 @@ class HomeWatcher:
             beat = reader.daemon() or {}
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
-                                 problem=(beat.get("problem") if alive else None)
-                                 or disk_full_problem(self.home.root)
-                                 or stale_problem(self.home.db, beat, alive))
+                                 problem=morning.problem(self.home, beat, alive))
             runs = _mark_best(tuple(_run_row(r) for r in reader.runs()), reader)
             since = morning.cutoff(morning.DEFAULT_SINCE_H)
             return HomeSnapshot(
