@@ -15,7 +15,7 @@ import click
 from daemon import __version__, morning, render
 from daemon.completeness import SETTLE_S
 from daemon.home import Home, HomeDamaged, HomeLocked, daemon_alive
-from daemon.queries import BrokenDB, Reader
+from daemon.queries import BrokenDB, Reader, RefError
 from daemon.states import LIVE, State
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
@@ -47,12 +47,13 @@ def _clean_errors(*kinds: type[Exception]):
 
 
 class _Commands(click.Group):
-    """The `overnight` group: a state DB that cannot be read is one line with its fix for every command."""
+    """The `overnight` group: a state DB that cannot be read, or a RUN or GROUP that names none or several, is one
+    line with its fix for every command."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BrokenDB as e:
+        except (BrokenDB, RefError) as e:
             raise click.ClickException(str(e)) from None
 
 
@@ -109,58 +110,12 @@ def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) ->
 @click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
 def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
     """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
-    from daemon.submission import role_of
+    from daemon import drop
     h = _home(home)
-    src = Path(file)
-    if role_of(src) != "dataset":
-        raise click.ClickException(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
-                                   f"Add the dataset and pass this file with --sidecar or --probes.")
-    plan = _add_plan(h, src, sidecar, probes)
-    clashes = [dest for _, dest in plan if dest.exists() or dest.is_symlink()]
-    if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
-        raise click.ClickException(f"{', '.join(d.name for d in clashes)} already exists in the inbox ({h.inbox}); "
-                                   f"nothing was added. Fix: rename your file or wait for it to be taken.")
-    placed: list[Path] = []
-    try:
-        for s, dest in plan:
-            _place(s, dest)
-            placed.append(dest)
-            click.echo(f"added {s} -> {dest}")
-    except BaseException:
-        for dest in placed:  # our copies only (the originals stay): a half-added drop must not be taken
-            dest.unlink(missing_ok=True)
-        raise
+    with _clean_errors(drop.DropError):
+        drop.add(h, Path(file), sidecar, probes, on_added=lambda src, dest: click.echo(f"added {src} -> {dest}"))
 
 
-def _add_plan(h: Home, src: Path, sidecar: str | None, probes: str | None) -> list[tuple[Path, Path]]:
-    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset; the dataset
-    last, so that its sidecar is already waiting for it."""
-    from daemon.submission import PROBES_SUFFIX
-    stem = src.stem
-    plan = []
-    for given, beside, name in ((sidecar, src.with_suffix(".toml"), f"{stem}.toml"),
-                                (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
-        if given or beside.exists():
-            plan.append((Path(given) if given else beside, h.inbox / name))
-    return [*plan, (src, h.inbox / src.name)]
-
-
-def _place(src: Path, dest: Path) -> None:
-    """Copy under a hidden temporary name, then link it in: the daemon never sees half a file, and a file that
-    appeared meanwhile is never overwritten."""
-    tmp = dest.with_name(f".overnight-add.{os.getpid()}.tmp")  # short: dest's own name may be near 255 bytes
-    shutil.copyfile(src, tmp)
-    try:
-        os.link(tmp, dest)
-    except FileExistsError:
-        raise click.ClickException(f"{dest.name} appeared in the inbox meanwhile. Fix: rename your file.") from None
-    except OSError:  # a file system without hard links: the check above must do
-        os.rename(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# --- watching -------------------------------------------------------------------------------------------
 @main.command()
 @home_option
 @json_option
@@ -220,21 +175,8 @@ def runs(home: str | None, as_json: bool) -> None:
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:
-    """The run `ref` names: its exact id, else the one run whose id starts with `ref` or whose name is `ref`.
-    Several such runs are refused with their ids: picking the newest would act on a run the user did not mean."""
-    import unicodedata
-    reader, ref = _reader(h), unicodedata.normalize("NFC", ref)  # NFC, as ids and names are stored
-    run = reader.run(ref)
-    if run is not None:
-        return run
-    rows = reader._all("SELECT id, state FROM runs WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY seq DESC",
-                       (len(ref), ref, ref))
-    if not rows:
-        raise click.ClickException(f"no run matches {ref!r} (see overnight runs)")
-    if len(rows) > 1:
-        listed = "\n".join(f"  {r['id']} ({r['state']})" for r in rows)
-        raise click.ClickException(f"{ref!r} matches {len(rows)} runs; name one by its id:\n{listed}")
-    return reader.run(rows[0]["id"])
+    """The run RUN names (queries.Reader.named_run: one run, or a RefError the group prints as one line)."""
+    return _reader(h).named_run(ref)
 
 
 @main.command()
@@ -476,34 +418,9 @@ def compare(home: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
     options that differ. GROUP: a sweep's group id, or its name when one group has it."""
     from daemon.sweep import comparison
     h = Home.resolve(home, create=False)
-    group, runs = _compare_runs(h, refs)
+    group, runs = _reader(h).compared(refs)
     rows = comparison(runs)
     _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))
-
-
-def _compare_runs(h: Home, refs: tuple[str, ...]) -> tuple[str | None, list[dict[str, Any]]]:
-    """One ref: a group (by id, by prefix or name when unambiguous, or the group of a run); several: runs."""
-    rd = _reader(h)
-    if len(refs) == 1:
-        ref = refs[0]
-        groups = rd.find_groups(ref)
-        if len(groups) > 1:
-            raise click.ClickException(f"{ref!r} names {len(groups)} groups: {', '.join(groups[:8])}. "
-                                       f"Fix: give the group id, e.g. overnight compare {groups[0]}")
-        if not groups:
-            run = rd.find_run(ref)
-            if run is not None and run["group_id"] and len(rd.group_runs(run["group_id"])) > 1:
-                groups = [run["group_id"]]
-        if not groups:
-            raise click.ClickException(f"no group matches {ref!r}: compare takes a sweep's group id (or its name), "
-                                       f"or two runs or more (see overnight runs)")
-        return groups[0], rd.group_runs(groups[0])
-    runs: dict[str, dict[str, Any]] = {}
-    for ref in refs:
-        members = rd.group_runs(ref)  # a group id among the runs: all of its runs
-        for r in members or [_find_run(h, ref)]:
-            runs.setdefault(r["id"], r)
-    return None, list(runs.values())
 
 
 # --- start on boot -------------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ class BrokenDB(sqlite3.DatabaseError):
                          f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
 
 
+class RefError(LookupError):
+    """A run or group named on the command line that matches none, or several: the text lists them and the fix."""
+
+
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet)."""
     row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
@@ -93,6 +97,48 @@ class Reader:
                          "(substr(group_id, 1, ?) = ? OR name = ?) GROUP BY group_id HAVING COUNT(*) > 1 "
                          "ORDER BY newest DESC", (len(ref), ref, ref))
         return [r["group_id"] for r in rows]
+
+    def named_run(self, ref: str) -> dict[str, Any]:
+        """The run `ref` names (the CLI's RUN): its exact id, else the one run whose id starts with `ref` or whose
+        name is `ref`. Several such runs are refused with their ids (RefError): picking the newest would act on a run
+        the user did not mean."""
+        ref = unicodedata.normalize("NFC", ref)  # NFC, as ids and names are stored
+        run = self.run(ref)
+        if run is not None:
+            return run
+        rows = self._all("SELECT id, state FROM runs WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY seq DESC",
+                         (len(ref), ref, ref))
+        if not rows:
+            raise RefError(f"no run matches {ref!r} (see overnight runs)")
+        if len(rows) > 1:
+            listed = "\n".join(f"  {r['id']} ({r['state']})" for r in rows)
+            raise RefError(f"{ref!r} matches {len(rows)} runs; name one by its id:\n{listed}")
+        return self.run(rows[0]["id"])
+
+    def compared(self, refs: tuple[str, ...] | list[str]) -> tuple[str | None, list[dict[str, Any]]]:
+        """What `overnight compare REFS` compares: one ref is a group (by id, by prefix or name when unambiguous, or
+        the group of a run) and gives (its id, its runs); several are runs (a group id among them: all its runs),
+        giving (None, those runs). A ref that names none, or several groups: RefError."""
+        if len(refs) == 1:
+            ref = refs[0]
+            groups = self.find_groups(ref)
+            if len(groups) > 1:
+                raise RefError(f"{ref!r} names {len(groups)} groups: {', '.join(groups[:8])}. "
+                               f"Fix: give the group id, e.g. overnight compare {groups[0]}")
+            if not groups:
+                run = self.find_run(ref)
+                if run is not None and run["group_id"] and len(self.group_runs(run["group_id"])) > 1:
+                    groups = [run["group_id"]]
+            if not groups:
+                raise RefError(f"no group matches {ref!r}: compare takes a sweep's group id (or its name), "
+                               f"or two runs or more (see overnight runs)")
+            return groups[0], self.group_runs(groups[0])
+        runs: dict[str, dict[str, Any]] = {}
+        for ref in refs:
+            members = self.group_runs(ref)  # a group id among the runs: all of its runs
+            for r in members or [self.named_run(ref)]:
+                runs.setdefault(r["id"], r)
+        return None, list(runs.values())
 
     def transitions(self, run_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))
