@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.runconfig import RunConfig
 from daemon.rundir import RunFolder
 
 
@@ -34,7 +35,7 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         return None
-    options = folder.options()
+    options = RunConfig.read(folder.root).options
     spec = options.get("base_model") or base_model
     if not isinstance(spec, str) or not spec:
         raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "

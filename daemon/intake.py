@@ -16,6 +16,7 @@ from typing import Callable
 
 from daemon import rundir, sweep
 from daemon.rundir import RunFolder
+from daemon.runconfig import RunConfig
 from daemon.atomic import write_json, write_text
 from daemon.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
 from daemon.fsutil import SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
@@ -386,13 +387,10 @@ class Intake:
         dataset_info = {"path": run.in_dataset(sub.dataset.name), "file": sub.dataset.name, "format": sub.report.format,
                         "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
         parent = check_parent(opts, self.home.toml)
-        write_json(run.config, {
-            "run_id": rid, "name": name, "group": group_id, "sweep": dict(point.values) or None,
-            **opts.to_config(), "dataset": dataset_info,
-            "init_adapter": copy_adapter(parent, run.init_adapter) if parent else None,
-            "probes": run.in_dataset(sub.probes.name) if sub.probes else None,
-            "sidecar": run.in_dataset(sub.sidecar.name) if sub.sidecar else None,
-        })
+        RunConfig(run_id=rid, name=name, group=group_id, sweep=dict(point.values) or None, **opts.to_config(),
+                  dataset=dataset_info, init_adapter=copy_adapter(parent, run.init_adapter) if parent else None,
+                  probes=run.in_dataset(sub.probes.name) if sub.probes else None,
+                  sidecar=run.in_dataset(sub.sidecar.name) if sub.sidecar else None).write(folder)
         write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,

@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.home import DaemonLock, Home
 from daemon.log import log
+from daemon.runconfig import RunConfig
 from daemon.rundir import RunFolder, read_jsonl
 from daemon.states import ACTIVE, ALL, State, values
 from daemon.gpuset import format_gpu_set, parse_gpu_set
@@ -251,7 +252,7 @@ def rebuild(home: Home) -> Recovered:
 
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
-    found = [(d, RunFolder(d).read_metadata(), RunFolder(d).read_config()) for d in run_folders(home)]
+    found = [(d, RunFolder(d).read_metadata(), RunConfig.read(d)) for d in run_folders(home)]
     rows = _number([_run_row(d, meta, config) for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)
@@ -264,13 +265,13 @@ def _fill(store: Store, home: Home) -> Recovered:
     return recovered
 
 
-def _run_row(folder: Path, meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _run_row(folder: Path, meta: dict[str, Any], config: RunConfig) -> dict[str, Any]:
     """The run's DB row from what its folder says; a run that was active comes back queued, to resume."""
-    opts, data = config.get("options") or {}, config.get("dataset") or meta.get("dataset") or {}
+    opts, data = config.options, config.dataset or meta.get("dataset") or {}
     numbers, times = meta.get("metrics") or {}, meta.get("timings") or {}
     state, reason = _state(folder, meta)
-    return {"id": folder.name, "name": meta.get("name") or config.get("name") or folder.name,
-            "group_id": meta.get("group") or config.get("group"),
+    return {"id": folder.name, "name": meta.get("name") or config.name or folder.name,
+            "group_id": meta.get("group") or config.group,
             "dataset": data.get("file") or Path(data.get("path") or "-").name, "format": data.get("format"),
             "schema": data.get("schema"), "records": data.get("records"),
             "base_model": meta.get("base_model") or opts.get("base_model"), "state": state, "reason": reason,
@@ -391,13 +392,13 @@ def _free_version(found: dict[tuple[str, int], dict[str, Any]], name: str) -> in
 
 def _inferred(run: dict[str, Any], version: int) -> dict[str, Any]:
     folder = RunFolder(run["run_dir"])
-    result, config = folder.read_result(), folder.read_config()
+    result, config = folder.read_result(), RunConfig.read(folder.root)
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds")
                if result.get(k) is not None}
     return {"name": run["name"], "version": version, "run_id": run["id"], "base_model": run["base_model"],
             "metrics": metrics, "adapter_path": str(folder.adapter),
             "created": run["finished"] or run["created"], "active": None, "deleted": None,
-            "parent": (config.get("init_adapter") or {}).get("parent"), "pinned": False}
+            "parent": config.parent, "pinned": False}
 
 
 def _one_active(models: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from daemon.home import Home
 from daemon.fsutil import SHORT_NAME, short_name, unique_path
+from daemon.runconfig import RunConfig
 from daemon.rundir import RunFolder
 from daemon.store import Store
 from daemon.timefmt import run_id_stamp
@@ -25,7 +26,7 @@ def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
     folder = RunFolder(run["run_dir"])
     result = folder.read_result()
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
-    parent = (folder.read_config().get("init_adapter") or {}).get("parent")
+    parent = RunConfig.read(folder.root).parent
     return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
                             "metrics": metrics, "adapter_path": str(folder.adapter), "parent": parent},
                            activate=activate)

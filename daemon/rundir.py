@@ -1,9 +1,9 @@
 """A run folder, runs/RUN_ID/: the name of every file in it, and how each file is read while it is written.
 
-The only module that spells those names. The trainer writes the folder, the daemon, CLI and dashboard read it,
-so this module stays torch-free. Growing files are read by one object each (after toolong's log_file.py):
-`JsonlTail` for metrics/evolution records, `LogTail` for console.log; both start over when the file shrinks or
-is replaced, because the trainer rewrites them after a resume.
+The only module that spells those names (config.json's comes with its format, daemon/runconfig.py). The trainer
+writes the folder, the daemon, CLI and dashboard read it, so this module stays torch-free. Growing files are read
+by one object each (after toolong's log_file.py): `JsonlTail` for metrics/evolution records, `LogTail` for
+console.log; both start over when the file shrinks or is replaced, because the trainer rewrites them after a resume.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import IO, Any
 from daemon import __version__
 from daemon.atomic import read_json, write_json
 from daemon.gpuset import parse_gpu_set
+from daemon.runconfig import FILE as CONFIG_FILE, RunConfig
 from daemon.timefmt import iso, log_line
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it cannot be resumed
@@ -36,7 +37,7 @@ class RunFolder:
 
     dataset = property(lambda self: self.root / "dataset")
     init_adapter = property(lambda self: self.root / "init_adapter")
-    config = property(lambda self: self.root / "config.json")
+    config = property(lambda self: self.root / CONFIG_FILE)  # its format: daemon/runconfig.py
     stats = property(lambda self: self.root / "stats.json")
     metadata = property(lambda self: self.root / "metadata.json")
     console = property(lambda self: self.root / "console.log")
@@ -60,11 +61,12 @@ class RunFolder:
         return newest_complete(self.checkpoints)
 
     def read_config(self) -> dict[str, Any]:
+        """config.json as a bare dict, for daemon/evolution.py until it reads `RunConfig.read` (then remove)."""
         return _read_object(self.config)
 
     def options(self) -> dict[str, Any]:
-        """The run's resolved options, from config.json."""
-        return self.read_config().get("options") or {}
+        """The run's resolved options, from config.json ({} without one)."""
+        return RunConfig.read(self.root).options
 
     def read_progress(self) -> dict[str, Any]:
         return _read_object(self.progress)
@@ -91,6 +93,12 @@ def _read_object(path: Path) -> dict[str, Any]:
 def step_name(step: int) -> str:
     """A complete checkpoint's folder name: the Trainer's checkpoint-N is renamed to it once fully written."""
     return f"step-{step}"
+
+
+def step_of(checkpoint: str | os.PathLike | None) -> int:
+    """N of a `step-N` checkpoint (its folder or its name); 0 for none (a start from scratch)."""
+    m = _STEP.match(Path(checkpoint).name) if checkpoint else None
+    return int(m.group(1)) if m else 0
 
 
 def step_dirs(checkpoints: Path) -> dict[int, Path]:
@@ -135,7 +143,7 @@ def append_console(run_dir: Path, message: str) -> bool:
 def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
     """metadata.json: status, base model, dataset, metrics summary, timings and versions (atomic)."""
     folder = RunFolder(run_dir)
-    config, result = folder.read_config(), folder.read_result()
+    config, result = RunConfig.read(folder.root), folder.read_result()
     meta = {
         "run_id": run["id"],
         "name": run["name"],
@@ -143,7 +151,7 @@ def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
         "status": run["state"],
         "reason": run.get("reason"),
         "base_model": run.get("base_model"),
-        "dataset": config.get("dataset", {}),
+        "dataset": config.dataset,
         "priority": run.get("priority"),
         "seq": run.get("seq"),  # queue order: a DB rebuilt from the run folders keeps it (daemon/rebuild.py)
         "attempts": run.get("attempts"),

@@ -256,14 +256,15 @@ def _seconds(run: dict[str, Any], result: dict[str, Any]) -> float | None:
 def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them."""
     from daemon.evolution import analyze, load_records
+    from daemon.runconfig import RunConfig
     from daemon.rundir import RunFolder
 
     info: dict[str, dict[str, Any]] = {}
     for r in runs:
         folder = RunFolder(r["run_dir"])
         evo = analyze(load_records(folder.evolution))
-        info[r["id"]] = {"options": folder.options(), "result": folder.read_result(), "learned": evo.learned,
-                         "total": evo.total}
+        info[r["id"]] = {"options": RunConfig.read(folder.root).options, "result": folder.read_result(),
+                         "learned": evo.learned, "total": evo.total}
     keys = list(dict.fromkeys(k for i in info.values() for k in i["options"]))
     differ = [k for k in keys if len({repr(i["options"].get(k)) for i in info.values()}) > 1]
     ordered, metric = rank(runs, lambda r: info[r["id"]]["learned"])

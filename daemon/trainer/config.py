@@ -1,14 +1,15 @@
-"""The trainer's view of a run folder: the resolved options from config.json (its paths: daemon/rundir.py)."""
+"""The trainer's view of a run folder: the resolved options from config.json (its format: daemon/runconfig.py,
+its paths: daemon/rundir.py)."""
 from __future__ import annotations
 
 import copy
 import functools
-import json
 import operator
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import runconfig
 from daemon.options import OPTIONS, Option
 from daemon.rundir import RunFolder
 
@@ -46,7 +47,8 @@ TrainOptions.__doc__ = (  # help(TrainOptions) shows each field's type and defau
 
 @dataclass
 class RunConfig:
-    """config.json, parsed: options, the dataset file and schema, the probe file."""
+    """config.json as the trainer uses it: typed options, the dataset file and schema, the probe file (`file`:
+    the whole config.json, daemon/runconfig.py's RunConfig)."""
 
     paths: RunFolder
     options: TrainOptions
@@ -56,32 +58,36 @@ class RunConfig:
     probes_path: Path | None
     init_adapter: Path | None = None  # the parent adapter, copied into the run folder at intake
     parent: str | None = None  # "support:3", or the folder it came from
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    file: runconfig.RunConfig = field(repr=False, default_factory=runconfig.RunConfig)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """config.json's object, for readers not yet moved to `file` (run.py, setup.py, token_cache.py)."""
+        return self.file.to_json()
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":
         """Read RUN_DIR/config.json; a missing or malformed file is a RunError naming it."""
         paths = RunFolder(Path(run_dir).resolve())
         try:
-            raw = json.loads(paths.config.read_text(encoding="utf-8"))
+            file = runconfig.RunConfig.load(paths.root)
         except FileNotFoundError:
             raise RunError(f"{paths.config} does not exist. Fix: the trainer runs on a run folder the daemon "
                            f"prepared (python -m daemon.trainer RUN_DIR).") from None
-        except json.JSONDecodeError as e:
-            raise RunError(f"{paths.config}: not valid JSON ({e}).") from None
-        dataset = raw.get("dataset") or {}
+        except runconfig.ConfigError as e:
+            raise RunError(str(e)) from None
+        dataset = file.dataset
         if not dataset.get("path"):
             raise RunError(f"{paths.config}: 'dataset.path' is missing.")
-        probes = raw.get("probes")
-        init = raw.get("init_adapter") or {}
+        init = file.init_adapter or {}
         return cls(
             paths=paths,
-            options=TrainOptions.from_dict(raw.get("options") or {}),
-            run_id=str(raw.get("run_id") or paths.root.name),
+            options=TrainOptions.from_dict(file.options),
+            run_id=str(file.run_id or paths.root.name),
             dataset_path=paths.root / dataset["path"],
             schema=str(dataset.get("schema") or "unknown"),
-            probes_path=paths.root / probes if probes else None,
+            probes_path=paths.root / file.probes if file.probes else None,
             init_adapter=paths.root / init["path"] if init.get("path") else None,
-            parent=init.get("parent"),
-            raw=raw,
+            parent=file.parent,
+            file=file,
         )
