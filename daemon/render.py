@@ -8,6 +8,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
+from daemon.states import ACTIVE, ENDED, State
+
 
 def fmt_duration(seconds: float | None) -> str:
     """`2d03h`, `1h02m`, `3m20s`, `45s`; `-` when unknown."""
@@ -96,7 +98,8 @@ def _progress(r: dict[str, Any]) -> str:
 
 
 REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
-_WITH_REASON = ("failed", "stopped", "skipped", "pruned")
+_WITH_REASON = tuple(s for s in ENDED if s is not State.COMPLETED)  # a run that ended otherwise says why
+_COUNTING_DOWN = tuple(s for s in ACTIVE if s is not State.PREPARING)  # an ETA once steps are being taken
 
 
 def cut(text: str, width: int) -> str:
@@ -129,14 +132,14 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     head = ("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
     rows: list[tuple[str, ...]] = [head + (("REASON",) if any(reasons) else ())]
     for r, reason in zip(runs, reasons):
-        eta = fmt_duration(r["eta_s"]) if r["state"] in ("training", "paused") else "-"
-        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ("preparing", "training", "paused") else "-"
-        state = "held" if held and r["state"] == "queued" else r["state"]
+        eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
+        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE else "-"
+        state = "held" if held and r["state"] == State.QUEUED else r["state"]
         rows.append((r["id"], state, gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
                      fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
                     + ((reason,) if any(reasons) else ()))
     lines = table(rows)
-    queued = sum(r["state"] == "queued" for r in runs)
+    queued = sum(r["state"] == State.QUEUED for r in runs)
     if held and queued:
         lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
     return "\n".join(lines)

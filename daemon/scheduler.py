@@ -19,7 +19,7 @@ from daemon.home import DaemonLock, Home
 from daemon.intake import Intake
 from daemon.log import log, setup
 from daemon.options import OPTIONS, owner_options, owner_toml
-from daemon.rundir import RunFolder
+from daemon.rundir import RunFolder, step_of
 from daemon.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.space import is_disk_full, shortage
 from daemon.stall import Escalation, StallWatch, stop_grace
@@ -34,12 +34,6 @@ from daemon.timefmt import iso
 def _setting(owner: dict[str, Any], name: str) -> Any:
     """An owner option from overnight.toml, or its default."""
     return owner.get(name, OPTIONS[name].default)
-
-
-def _step_of(checkpoint: str | None) -> int:
-    """N of a `step-N` checkpoint's name; 0 for none (a start from scratch)."""
-    tail = (checkpoint or "").rpartition("-")[2]
-    return int(tail) if tail.isdigit() else 0
 
 
 def _run_options(run: dict[str, Any]) -> dict[str, Any]:
@@ -433,7 +427,7 @@ class Daemon:
         its last attempt resumed from (that attempt made progress, so whatever ended it was no crash loop)."""
         run = self.store.get_run(run_id)
         newest = RunFolder(run["run_dir"]).newest_checkpoint()
-        progressed = newest is not None and _step_of(newest.name) > _step_of(run["resume_from"])
+        progressed = newest is not None and step_of(newest.name) > step_of(run["resume_from"])
         return 0 if progressed else int(run["attempts"] or 0)
 
     def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:

@@ -91,3 +91,22 @@ def test_no_daemon_a_damaged_home_or_a_missing_db_with_runs(tmp_path):
     h.control.write_text("")
     assert "not a folder" in morning.problem(h, None, None)
     assert morning.problem(h, None, {"pid": os.getpid(), "create_time": 9e99}) is None  # a daemon says it itself
+
+
+# --- leftovers: one helper for step-N, the state sets in render ---------------------------------------------
+def test_step_of_reads_a_step_folder_or_its_name():
+    from daemon.rundir import step_name, step_of
+    assert step_of(step_name(12)) == 12 and step_of(Path("/h/runs/r/checkpoints") / step_name(7)) == 7
+    assert step_of(None) == step_of("") == step_of("checkpoint-5") == step_of("damaged-step-5") == 0
+
+
+def test_render_asks_the_state_sets():
+    from daemon import render
+    from daemon.states import ACTIVE, State
+    run = {"id": "r1", "priority": 0, "step": 3, "total_steps": 10, "loss": None, "eval_loss": None, "eta_s": 60,
+           "base_model": "/m/tiny", "gpu_set": [0], "reason": "out of memory"}
+    for state in State:
+        line = render.runs_table([{**run, "state": state.value}]).splitlines()[1]
+        assert ("1m" in line) == (state in (State.TRAINING, State.PAUSED)), state
+        assert line.split()[2] == ("0" if state in ACTIVE else "-"), state  # the GPU column
+        assert ("out of memory" in line) == (state in (State.FAILED, State.STOPPED, State.SKIPPED)), state

@@ -22,7 +22,7 @@ from daemon.atomic import read_json, write_json
 from daemon.gpus import under_torchrun
 from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
 from daemon.models import ModelNotFound, locate_model
-from daemon.rundir import RunFolder
+from daemon.rundir import TRAINER_STATE, RunFolder, step_of
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
@@ -258,7 +258,7 @@ def _agreed_resume(s: Session) -> Path | None:
     chosen = _prepare_resume(s) if ddp.is_main() else None
     chosen = ddp.from_main(str(chosen) if chosen else None)
     if chosen is not None:
-        s.result.step = int(Path(chosen).name.split("-")[1])
+        s.result.step = step_of(chosen)
     return Path(chosen) if chosen else None
 
 
@@ -273,7 +273,7 @@ def _prepare_resume(s: Session) -> Path | None:
     for name in ckpt.discard_incomplete(paths.checkpoints):
         say(f"removed incomplete checkpoint {name} (left by an interrupted save)")
     resume = ckpt.newest_loadable(paths.checkpoints, say)
-    step = int(resume.name.split("-")[1]) if resume is not None else 0
+    step = step_of(resume)
     s.result.step = step
     dropped = ckpt.truncate_jsonl_after(paths.metrics, step) + ckpt.truncate_jsonl_after(paths.evolution, step)
     note = f"; dropped {dropped} log record(s) written after it" if dropped else ""
@@ -286,7 +286,7 @@ def _prepare_resume(s: Session) -> Path | None:
 
 def _trained_out(checkpoint: Path, steps: int) -> bool:
     """The checkpoint was saved at the run's last step: its trainer_state.json's global_step is `steps` or more."""
-    state = read_json(checkpoint / "trainer_state.json", {}) or {}
+    state = read_json(checkpoint / TRAINER_STATE, {}) or {}
     return 0 < steps <= int(state.get("global_step") or 0)
 
 

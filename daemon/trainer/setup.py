@@ -13,6 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from daemon import auto
 from daemon.atomic import write_json
+from daemon.rundir import TRAINER_STATE
 from daemon.options import LiveSetting
 from daemon.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
@@ -214,7 +215,7 @@ class Built:
         from transformers import TrainerState
 
         trainer = self.make_trainer(opts)
-        trainer.state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        trainer.state = TrainerState.load_from_json(str(folder / TRAINER_STATE))
         set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
         self.status.last_loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
         return trainer
