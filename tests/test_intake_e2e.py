@@ -164,7 +164,7 @@ def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_pr
     big = tmp_path / "big.jsonl"
     line = json.dumps({"prompt": "p " * 20, "completion": "c " * 20}) + "\n"
     with open(big, "w") as f:
-        f.write(line * 800_000)  # ~80 MB: seconds of validation and hashing
+        f.write(line * 300_000)  # ~30 MB: tens of seconds of validation, rendering and hashing
     drop(big, home / "inbox")
     wait_until(lambda: "validating big.jsonl" in (home / "overnight.log").read_text(), 30, what="validation begun")
     (home / "control" / "launch").write_text("now")
