@@ -230,10 +230,11 @@ def no_probes(run_dir: Path) -> str | None:
     from daemon.atomic import read_json
     from daemon.datasets import TEXT_SCHEMAS
     from daemon.rundir import RunFolder
+    from daemon.runconfig import RunConfig
 
     folder = RunFolder(run_dir)
-    config = folder.read_config()
-    if not config or config.get("probes"):  # a probe file holds at least one probe
+    config = RunConfig.read(folder.root)
+    if config.empty or config.probes:  # a probe file holds at least one probe
         return None
     try:
         split = (read_json(folder.stats, {}) or {}).get("split")
@@ -242,12 +243,12 @@ def no_probes(run_dir: Path) -> str | None:
     held = split.get("probes") if isinstance(split, dict) else None
     if isinstance(held, int) and held > 0:
         return None
-    dataset = config.get("dataset") or {}
+    dataset = config.dataset
     if dataset.get("schema") in TEXT_SCHEMAS:  # the trainer holds none out of text: nothing to ask, nothing to match
         stem = Path(str(dataset.get("file") or "NAME.txt")).stem
         return (f"this run has no probes (plain text has no question to ask; drop {stem}.probes.jsonl beside the "
                 f"dataset to watch some)")
-    if (config.get("options") or {}).get("probe_count") == 0:
+    if config.options.get("probe_count") == 0:
         return "this run has no probes (probe_count = 0 and no probe file)"
     if held == 0:
         return "this run has no probes (none could be held out of its dataset, and it has no probe file)"

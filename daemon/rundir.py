@@ -60,10 +60,6 @@ class RunFolder:
     def newest_checkpoint(self) -> Path | None:
         return newest_complete(self.checkpoints)
 
-    def read_config(self) -> dict[str, Any]:
-        """config.json as a bare dict, for daemon/evolution.py until it reads `RunConfig.read` (then remove)."""
-        return _read_object(self.config)
-
     def options(self) -> dict[str, Any]:
         """The run's resolved options, from config.json ({} without one)."""
         return RunConfig.read(self.root).options

@@ -54,7 +54,7 @@ def test_an_old_config_without_the_newer_keys_reads_as_before(tmp_path: Path) ->
     trainer = TrainerConfig.load(tmp_path)
     assert trainer.run_id == "old-1" and trainer.options.seed == 3 and trainer.probes_path is None
     assert trainer.init_adapter is None and trainer.parent is None and trainer.schema == "prompt_completion"
-    assert trainer.raw["options"] == old["options"] and (trainer.raw.get("sources") or {}) == {}
+    assert trainer.file.options == old["options"] and trainer.file.sources == {}
 
 
 @pytest.mark.parametrize("text", ['{"run_id": "x", "options": {"se', "[1, 2]", b"\xff\xfe{}"])

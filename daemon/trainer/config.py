@@ -60,11 +60,6 @@ class RunConfig:
     parent: str | None = None  # "support:3", or the folder it came from
     file: runconfig.RunConfig = field(repr=False, default_factory=runconfig.RunConfig)
 
-    @property
-    def raw(self) -> dict[str, Any]:
-        """config.json's object, for readers not yet moved to `file` (run.py, setup.py, token_cache.py)."""
-        return self.file.to_json()
-
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":
         """Read RUN_DIR/config.json; a missing or malformed file is a RunError naming it."""

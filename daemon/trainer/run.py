@@ -118,7 +118,7 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
     from daemon.submission import context_note, model_context
 
     opts = s.cfg.options
-    if (s.cfg.raw.get("sources") or {}).get("max_length", "default") != "default":
+    if s.cfg.file.sources.get("max_length", "default") != "default":
         return
     context = model_context(folder)
     note = context_note(opts.max_length, context, opts.base_model)
@@ -147,7 +147,7 @@ def _train(s: Session, commands: Any) -> None:
     cfg, opts, paths = s.cfg, s.cfg.options, s.cfg.paths
     stats = read_json(paths.stats, {}) or {}
     for line in header_lines(cfg.run_id, opts.base_model, cfg.dataset_path, cfg.schema, stats.get("records"),
-                             cfg.raw.get("options") or {}):
+                             cfg.file.options):
         say(line)
     # checked before torch is imported (~5 s): a wrong path fails at once
     try:

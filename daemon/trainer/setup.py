@@ -257,7 +257,7 @@ class Built:
             result.reason = note
         card = model_card(run_id=s.cfg.run_id, base_model=opts.base_model, dataset=s.cfg.dataset_path,
                           schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
-                          eval_loss=result.eval_loss, options=s.cfg.raw.get("options") or {}, note=note)
+                          eval_loss=result.eval_loss, options=s.cfg.file.options, note=note)
         self.progress.update("saving")
         if ddp.is_main():
             save_adapter(self.model, paths.adapter, card, self.tokenizer)
@@ -361,7 +361,7 @@ def _check_bytes(cfg: Any) -> None:
     """The bytes trained are the bytes validated: a dataset changed after intake fails the run, with the fix."""
     from daemon.submission import sha256_file
 
-    want = (cfg.raw.get("dataset") or {}).get("sha256")
+    want = cfg.file.dataset.get("sha256")
     if want and sha256_file(cfg.dataset_path) != want:
         raise RunError(f"{cfg.dataset_path}: changed since it was validated (its sha256 differs from config.json's), "
                        f"so lines that were never checked would be trained. Fix: drop the finished file again "

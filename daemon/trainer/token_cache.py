@@ -27,7 +27,7 @@ def key(cfg: Any, tokenizer: Any, chat: Any, prompt_chat: bool) -> str:
     opts = cfg.options
     parts = {
         "version": VERSION,
-        "dataset": (cfg.raw.get("dataset") or {}).get("sha256") or sha256_file(cfg.dataset_path),
+        "dataset": cfg.file.dataset.get("sha256") or sha256_file(cfg.dataset_path),
         "probes": sha256_file(cfg.probes_path) if cfg.probes_path else None,
         "options": {name: getattr(opts, name) for name in _SHAPING},
         "template": chat.template if chat is not None else None,
