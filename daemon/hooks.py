@@ -70,12 +70,12 @@ class Hook:
         end = time.monotonic() + grace
         while time.monotonic() < end:
             proc.poll()  # reaps the leader: a zombie would keep the group "alive"
-            if not _group_alive(proc.pid):
+            if not group_alive(proc.pid):
                 return
             time.sleep(0.1)
         _signal_group(proc.pid, signal.SIGKILL)
         end = time.monotonic() + 5
-        while time.monotonic() < end and (proc.poll() is None or _group_alive(proc.pid)):
+        while time.monotonic() < end and (proc.poll() is None or group_alive(proc.pid)):
             time.sleep(0.1)
 
 
@@ -86,7 +86,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether a process of group `pgid` still lives (zombies, which wait only for their parent to reap them, do
     not count)."""
     try:
@@ -242,7 +242,7 @@ class Hooks:
         for h in left:
             if h.thread is not None:
                 h.thread.join(2)
-        survivors = [h.describe() for h in left if h.proc is not None and _group_alive(h.proc.pid)]
+        survivors = [h.describe() for h in left if h.proc is not None and group_alive(h.proc.pid)]
         if survivors:
             log.error(f"daemon stopping: hook processes survived SIGKILL (stuck in the kernel?): "
                       f"{', '.join(survivors)}")

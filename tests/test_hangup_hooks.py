@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from daemon import notify
+from daemon.hooks import group_alive
 from tests.conftest import REPO, DaemonProcess, budget, drop, overnight, wait_until
 from tests.test_notify import Webhook
 
@@ -83,17 +84,6 @@ def launched(home):
     for d in procs:
         if d.proc.poll() is None:
             d.stop(signal.SIGKILL)
-
-
-def group_alive(pgid: int) -> bool:
-    """A living (not zombie) process in group `pgid`."""
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (psutil.Error, OSError):
-            continue
-    return False
 
 
 def reject(tmp_path: Path, home: Path, name: str) -> None:
