@@ -41,6 +41,13 @@ def _run_options(run: dict[str, Any]) -> dict[str, Any]:
     return RunFolder(run["run_dir"]).options()
 
 
+def _stop_grace(a: TrainerProcess) -> float:
+    """How long a trainer asked to stop may show no progress before it gets SIGTERM (daemon/stall.py)."""
+    if a.stall and a.stall.stalled:
+        return 5.0  # known frozen: no need to wait long
+    return stop_grace(a.stall.limit_s if a.stall else 60 * OPTIONS["stall_minutes"].default, a.step_s)
+
+
 class Daemon:
     """One daemon per home; the only writer of overnight.db."""
 
@@ -261,9 +268,7 @@ class Daemon:
         """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/stall.py)."""
         if not a.requested or a.poll() is not None:
             return
-        stalled = bool(a.stall and a.stall.stalled)  # known frozen: no need to wait long
-        limit = a.stall.limit_s if a.stall else 60 * OPTIONS["stall_minutes"].default
-        escalation = a.escalating(5.0 if stalled else stop_grace(limit, a.step_s))
+        escalation = a.escalation or a.escalating(_stop_grace(a))
         sig = escalation.observe(a.progress_mark(), time.monotonic())
         if sig:
             waited = escalation.grace_s if sig == "SIGTERM" else escalation.kill_s
@@ -272,7 +277,7 @@ class Daemon:
             log.warning(msg)
             rundir.append_console(a.run_dir, f"overnight: {msg}")
             a.signal(sig)  # before the DB event: the escalation sends each signal once, whatever the DB does
-            self.store.control_event(a.requested.value, a.run_id, "daemon", "escalated", msg)
+            self.store.control_event(str(a.requested), a.run_id, "daemon", "escalated", msg)
 
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""

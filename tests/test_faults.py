@@ -92,11 +92,18 @@ class _FrozenTrainer:
     def progress_mark(self) -> str:
         return "no progress"
 
+    def escalating(self, grace_s: float):
+        return self.escalation
+
     def signal(self, name: str) -> None:
         self.signals.append(name)
 
     def kill(self) -> None:
         self.signal("SIGKILL")
+
+    def restart_frozen(self) -> None:
+        self.requested = "restart"
+        self.kill()
 
 
 def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Path, monkeypatch) -> None:
