@@ -18,7 +18,7 @@ from daemon.fsutil import model_name, model_name_problem
 from daemon.models import model_folder
 from daemon.options import Resolved
 from daemon.queries import Reader
-from daemon.submission import SubmissionError
+from daemon.errors import SubmissionError
 
 # NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
 _REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::(?P<version>[0-9]+))?$")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.log import log
-from daemon.options import OptionsError
+from daemon.errors import OptionsError
 from daemon.rundir import RunFolder
 
 EVENTS = ("failed", "completed", "rejected", "stalled", "disk_low")

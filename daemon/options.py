@@ -11,14 +11,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.errors import OptionsError
 from daemon.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, suggested_model_name
-
-
-class OptionsError(ValueError):
-    """A bad option file or value; the message names the file, the key and the fix (a file with several bad
-    keys: one line each, also in `each`)."""
-
-    each: list[str] = []
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon import datasets, sweep
+from daemon.errors import SubmissionError
 from daemon.fsutil import ignored, model_name
+from daemon.lineage import check_parent
 from daemon.models import ModelNotFound, has_weights, layer_names, locate_model, model_folder, targets_missing
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
-
-
-class SubmissionError(Exception):
-    """Why a drop is rejected: one complete, user-facing message."""
 
 
 def stem_of(path: Path) -> str:
@@ -119,7 +117,6 @@ def check_models(opts: Resolved, sidecar: Path | None, home_toml: Path, require_
     """The base models (none named: an error only when required) and the adapter the options continue from."""
     if opts.base_models or require_model:
         check_base_models(opts, sidecar, home_toml)
-    from daemon.lineage import check_parent  # lineage reads the registry, which imports this module
 
     return check_parent(opts, home_toml)
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +28,7 @@ from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
 from daemon.trainer.oom import is_out_of_memory, next_rung
-
-
-@dataclass
-class Session:
-    """What one trainer process has built so far (for the result, whatever happens)."""
-
-    cfg: RunConfig
-    result: Result
-    chat: Any = None  # the run's ChatFormat (daemon.templating), None without a chat template
-    prompt_chat: bool = False  # prompt records shown as one chat exchange (prompt_format)
+from daemon.trainer.session import Session, planned_steps
 
 
 def main(run_dir: Path, *, read_stdin: bool = True) -> int:
@@ -288,18 +277,6 @@ def _trained_out(checkpoint: Path, steps: int) -> bool:
     """The checkpoint was saved at the run's last step: its trainer_state.json's global_step is `steps` or more."""
     state = read_json(checkpoint / TRAINER_STATE, {}) or {}
     return 0 < steps <= int(state.get("global_step") or 0)
-
-
-def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
-    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
-
-    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel).
-    """
-    if opts.max_steps > 0:
-        return opts.max_steps
-    batches = math.ceil(n_sequences / (opts.batch_size * ddp.world_size()))
-    per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
-    return math.ceil(opts.epochs * per_epoch)
 
 
 def environment_defaults() -> None:

@@ -27,10 +27,10 @@ from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
 from daemon.trainer.model import (Device, add_lora, add_template_tokens, choose_attention, continue_lora,
                                   fit_embeddings, load_model, load_tokenizer, trainable_summary)
+from daemon.trainer.session import Session, planned_steps
 
 if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
-    from daemon.trainer.run import Session
 
 
 class OvernightTrainer(Trainer):
@@ -156,7 +156,7 @@ def _checkpointing_arguments(on: bool) -> dict[str, Any]:
 class Built:
     """Everything a run needs to make a Trainer (again, after an out-of-memory retry)."""
 
-    session: "Session"
+    session: Session
     device: Device
     source: str
     tokenizer: Any
@@ -273,7 +273,7 @@ class Built:
         say(f"loaded the best checkpoint's adapter weights from {folder.name}")
 
 
-def build_everything(s: "Session", source: str, device: Device, stats: dict[str, Any], progress: Progress,
+def build_everything(s: Session, source: str, device: Device, stats: dict[str, Any], progress: Progress,
                      commands: "Commands") -> Built:
     """Tokenizer, tokenised data (+ stats.json), probes, then the base model with its LoRA adapter."""
     hf_logging.set_verbosity_warning()
@@ -347,7 +347,7 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
     return replace(opts, gradient_checkpointing=checkpointing, use_liger_kernel=liger)
 
 
-def _prepare_data(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+def _prepare_data(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     from daemon.datasets import DatasetError
 
     _check_bytes(s.cfg)
@@ -368,7 +368,7 @@ def _check_bytes(cfg: Any) -> None:
                        f"(overnight add FILE, or mv it into the inbox once it is complete).")
 
 
-def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     """The splits, tokenised once per run: rank 0 tokenises (or reads tokens.npz), the other ranks read its file."""
     from daemon.trainer import token_cache
 
@@ -398,7 +398,7 @@ def _tokenise(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     return data
 
 
-def _tokenise_dataset(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+def _tokenise_dataset(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     from daemon.probes import holdout_indices, load_probe_file, probe_from_example
 
     cfg, opts = s.cfg, s.cfg.options
@@ -420,10 +420,9 @@ def _tokenise_dataset(s: "Session", tokenizer: Any, stats: dict[str, Any]) -> Pr
     return data
 
 
-def _evolution_callback(s: "Session", tokenizer: Any, data: Prepared) -> TrainerCallback | None:
+def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCallback | None:
     from daemon.evolution import resolve_probe_every
     from daemon.trainer.evolution import EvolutionCallback
-    from daemon.trainer.run import planned_steps
 
     opts = s.cfg.options
     if not data.probes:

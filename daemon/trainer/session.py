@@ -1,0 +1,33 @@
+"""One trainer process's session (what it has built so far) and the run's planned step count: shared by
+daemon/trainer/run.py (the process) and daemon/trainer/setup.py (what it builds), so neither imports the other back."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.trainer import ddp
+from daemon.trainer.config import RunConfig, TrainOptions
+from daemon.trainer.finish import Result
+
+
+@dataclass
+class Session:
+    """What one trainer process has built so far (for the result, whatever happens)."""
+
+    cfg: RunConfig
+    result: Result
+    chat: Any = None  # the run's ChatFormat (daemon.templating), None without a chat template
+    prompt_chat: bool = False  # prompt records shown as one chat exchange (prompt_format)
+
+
+def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
+    """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
+
+    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel).
+    """
+    if opts.max_steps > 0:
+        return opts.max_steps
+    batches = math.ceil(n_sequences / (opts.batch_size * ddp.world_size()))
+    per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
+    return math.ceil(opts.epochs * per_epoch)
