@@ -59,7 +59,7 @@ def main() -> None:
 
     from daemon.templating import choose
     from daemon.tinymodel import ensure_tiny_model
-    from daemon.trainer.data import BATCH_RECORDS, Encoder
+    from daemon.trainer.sequences import BATCH_RECORDS, Encoder
 
     model = args.model or ensure_tiny_model(Path(tempfile.mkdtemp(prefix="tokenise-speed-")))
     fmt = choose("auto", model)

@@ -27,7 +27,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.tui_fixtures import TRAINING, build_home, metrics_records, write_big_log  # noqa: E402
-from tui.data import LOG_LINES, LogTail, MetricsTail, grep_file  # noqa: E402
+from tui.homedata import LOG_LINES, LogTail, MetricsTail, grep_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -77,7 +77,7 @@ def encode(model: Path, dataset: Path) -> tuple[list[dict[str, Any]], list[dict[
     from transformers import AutoTokenizer
 
     from daemon.datasets import iter_examples
-    from daemon.trainer.data import Encoder
+    from daemon.trainer.sequences import Encoder
 
     tok = AutoTokenizer.from_pretrained(model)
     theirs = Encoder(tok, MAX_LENGTH, str(model))

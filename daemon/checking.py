@@ -10,7 +10,7 @@ from daemon import auto, sweep
 from daemon.as_trained import TrainedView
 from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport
 from daemon.home import Home
-from daemon.models import model_folder
+from daemon.basemodel import model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.templating import TemplateError

@@ -59,8 +59,8 @@ def _deleted(folder: RunFolder, home: Path) -> None:
 
 
 def _resolve(spec: str, home: Path, run_dir: Path) -> str:
-    """The run's base model, found the way the trainer found it (daemon/models.py: one rule for both)."""
-    from daemon.models import ModelNotFound, locate_model
+    """The run's base model, found the way the trainer found it (daemon/basemodel.py: one rule for both)."""
+    from daemon.basemodel import ModelNotFound, locate_model
 
     try:
         return locate_model(spec, home, run_dir, Path.cwd()).source

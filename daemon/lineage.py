@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.fsutil import model_name, model_name_problem
-from daemon.models import model_folder
+from daemon.basemodel import model_folder
 from daemon.options import Resolved
 from daemon.queries import Reader
 from daemon.errors import SubmissionError

@@ -11,7 +11,7 @@ from daemon import datasets, sweep
 from daemon.errors import SubmissionError
 from daemon.fsutil import ignored, model_name
 from daemon.lineage import check_parent
-from daemon.models import ModelNotFound, has_weights, layer_names, locate_model, model_folder, targets_missing
+from daemon.basemodel import ModelNotFound, has_weights, layer_names, locate_model, model_folder, targets_missing
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"

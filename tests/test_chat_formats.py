@@ -189,7 +189,7 @@ def test_check_counts_the_tokens_the_trainer_trains(home: Path, tiny_model: Path
 
     from daemon.datasets import iter_examples
     from daemon.templating import choose
-    from daemon.trainer.data import Encoder
+    from daemon.trainer.sequences import Encoder
 
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 256\n')
     glaive = realdata / "glaive_toolcall_en_demo.json"

@@ -130,7 +130,7 @@ def test_rebuild_is_refused_while_a_daemon_runs(home: Path, daemon_proc) -> None
 
 
 def test_the_dashboard_reader_reports_a_garbage_db_without_raising(tmp_path: Path) -> None:
-    from tui.data import HomeWatcher
+    from tui.homedata import HomeWatcher
     home = Home.resolve(tmp_path / "home")
     home.db.write_bytes(b"\x00garbage" * 500)
     snap = HomeWatcher(home).snapshot()

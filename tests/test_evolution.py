@@ -168,7 +168,7 @@ def test_demo_words_are_single_tokens(lm: tuple[Any, Any]) -> None:
 
 
 def test_snapshot_records_and_log_line(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     model, tok = lm
     lines: list[str] = []
     out = tmp_path / "evolution.jsonl"
@@ -187,7 +187,7 @@ def test_snapshot_records_and_log_line(lm: tuple[Any, Any], tmp_path: Path) -> N
 
 
 def test_resume_never_repeats_a_step_and_repairs_a_cut_line(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     model, tok = lm
     probes = demo_probes(tmp_path)[:2]
     out = tmp_path / "evolution.jsonl"
@@ -204,7 +204,7 @@ def test_resume_never_repeats_a_step_and_repairs_a_cut_line(lm: tuple[Any, Any],
 
 
 def test_overhead_budget_thins_periodic_snapshots(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     model, tok = lm
     out = tmp_path / "evolution.jsonl"
     cb = EvolutionCallback(demo_probes(tmp_path)[:2], tok, out, every=1, max_new_tokens=4, log=lambda s: None,
@@ -229,7 +229,7 @@ def snapshot_steps_of(path: Path) -> list[int]:
 
 
 def test_chat_probe_uses_the_chat_template(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EvolutionCallback, encode_probe
+    from daemon.trainer.snapshots import EvolutionCallback, encode_probe
     model, tok = lm
     probe = {"id": 0, "prompt": "hi", "reference": "hello", "tools": None,
              "messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]}
@@ -250,7 +250,7 @@ def test_snapshot_restores_train_mode_and_every_rng(lm: tuple[Any, Any]) -> None
     import numpy as np
     import torch
 
-    from daemon.trainer.evolution import preserved_training_state
+    from daemon.trainer.snapshots import preserved_training_state
     model, _ = lm
     model.train()
     torch.manual_seed(1), random.seed(1), np.random.seed(1)
@@ -268,7 +268,7 @@ def full_logits_reference_loss(model: Any, tok: Any, batch: list[Any]) -> list[f
     """The reference loss as first written: full-vocabulary fp32 logits for every position of every row."""
     import torch
 
-    from daemon.trainer.evolution import _left_pad, _positions
+    from daemon.trainer.snapshots import _left_pad, _positions
     rows = [e.prompt_ids + e.reference_ids for e in batch]
     ids, mask = _left_pad(rows, tok.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_reference_loss_keeps_only_the_reference_logits(tiny_model: Path, tmp_pa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from daemon.trainer.evolution import EvolutionCallback, _accepts_logits_to_keep
+    from daemon.trainer.snapshots import EvolutionCallback, _accepts_logits_to_keep
     tok = AutoTokenizer.from_pretrained(tiny_model)
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
@@ -318,7 +318,7 @@ def test_reference_loss_keeps_only_the_reference_logits(tiny_model: Path, tmp_pa
 
 
 def test_probes_are_cut_to_max_length(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EncodedProbe, EvolutionCallback, fit_to_length
+    from daemon.trainer.snapshots import EncodedProbe, EvolutionCallback, fit_to_length
     enc = EncodedProbe({}, [1, 2, 3, 4, 5, 6], [7, 8, 9])
     assert fit_to_length(enc, 20) == (enc, False)
     assert fit_to_length(enc, 5)[0] == EncodedProbe({}, [5, 6], [7, 8, 9])  # the end of the prompt is kept
@@ -353,7 +353,7 @@ def out_of_memory_when(cb: Any, failing: Callable[[int], bool], error: Exception
 def test_snapshot_out_of_memory_halves_the_probe_batch(lm: tuple[Any, Any], tmp_path: Path) -> None:
     import torch
 
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     model, tok = lm
     model.train()
     lines: list[str] = []
@@ -370,7 +370,7 @@ def test_snapshot_out_of_memory_halves_the_probe_batch(lm: tuple[Any, Any], tmp_
 
 
 def test_snapshot_out_of_memory_at_one_probe_is_skipped(lm: tuple[Any, Any], tmp_path: Path) -> None:
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     model, tok = lm
     lines: list[str] = []
     out = tmp_path / "evolution.jsonl"
@@ -400,7 +400,7 @@ def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool,
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     from daemon.probes import load_probe_file
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
     tok = AutoTokenizer.from_pretrained(model_dir)
     set_seed(0)  # before get_peft_model: LoRA's A matrices come from the global RNG (FINDINGS)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),

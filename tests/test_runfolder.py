@@ -126,6 +126,6 @@ def test_readers_of_json_files_never_raise(tmp_path: Path) -> None:
 
 
 def test_the_module_does_not_import_torch() -> None:
-    code = "import sys, daemon.rundir, tui.data; sys.exit('torch' in sys.modules)"
+    code = "import sys, daemon.rundir, tui.homedata; sys.exit('torch' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

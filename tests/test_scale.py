@@ -85,7 +85,7 @@ def test_length_grouped_stop_and_resume_is_exact(tmp_path: Path, qwen: Path) -> 
 
 def test_length_grouped_sees_every_example_once_per_epoch() -> None:
     from daemon.trainer.batching import GroupedSampler
-    from daemon.trainer.data import Encoded, SequenceDataset
+    from daemon.trainer.sequences import Encoded, SequenceDataset
     import numpy as np
 
     lengths = [3, 50, 7, 7, 120, 9, 1, 64, 33, 2] * 13

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.trainer.data import Encoded, Prepared, SequenceDataset
+from daemon.trainer.sequences import Encoded, Prepared, SequenceDataset
 from daemon.trainer.token_cache import load, save
 
 

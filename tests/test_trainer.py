@@ -149,7 +149,7 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path: Path, qwen: Path) -> No
 # snapshot could): injected by patching the callback before the trainer's own entry point runs.
 STARVED_SNAPSHOTS = """
 import sys, torch
-from daemon.trainer.evolution import EvolutionCallback
+from daemon.trainer.snapshots import EvolutionCallback
 generate = EvolutionCallback._generate
 def starved(self, model, batch):
     if self.done_steps:
@@ -252,7 +252,7 @@ def test_prompt_and_chat_encoding_masks(qwen: Path) -> None:
     from transformers import AutoTokenizer
 
     from daemon.templating import choose
-    from daemon.trainer.data import IGNORE, Encoder
+    from daemon.trainer.sequences import IGNORE, Encoder
 
     tok = AutoTokenizer.from_pretrained(qwen)
     fmt = choose("auto", qwen)
@@ -283,7 +283,7 @@ def test_chat_without_template_is_a_clear_error(qwen: Path) -> None:
     from transformers import AutoTokenizer
 
     from daemon.trainer.config import RunError
-    from daemon.trainer.data import Encoder
+    from daemon.trainer.sequences import Encoder
 
     tok = AutoTokenizer.from_pretrained(qwen)
     with pytest.raises(RunError, match='no chat template.*chat_template = "chatml".*prompt/completion or text schema'):
@@ -294,7 +294,7 @@ def test_chat_without_template_is_a_clear_error(qwen: Path) -> None:
 def test_truncation_is_counted_and_empty_answers_dropped(qwen: Path) -> None:
     from transformers import AutoTokenizer
 
-    from daemon.trainer.data import Encoder
+    from daemon.trainer.sequences import Encoder
 
     enc = Encoder(AutoTokenizer.from_pretrained(qwen), max_length=8, model_name="tiny")
     assert enc.encode({"kind": "prompt", "prompt": "a " * 40, "completion": "b"}) is None  # nothing left to learn
@@ -306,7 +306,7 @@ def test_truncation_is_counted_and_empty_answers_dropped(qwen: Path) -> None:
 def test_pad_collator() -> None:
     import numpy as np
 
-    from daemon.trainer.data import PadCollator
+    from daemon.trainer.sequences import PadCollator
 
     batch = PadCollator(pad_id=0)([{"input_ids": np.array([5, 6, 7]), "labels": np.array([-100, 6, 7])},
                                    {"input_ids": np.array([8]), "labels": None}])

@@ -22,11 +22,11 @@ from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH,
 from tui import actions
 from tui.actions import AckTracker, NotApplicable
 from tui.app import OvernightApp
-from tui.data import LOG_LINES, HomeWatcher, LogTail, MetricsTail, downsample, grep_file
+from tui.homedata import LOG_LINES, HomeWatcher, LogTail, MetricsTail, downsample, grep_file
 from tui.fmt import short_stamp
 from tui.telemetry import LiveTelemetry
 from tui.widgets.confirm import ConfirmScreen
-from tui.widgets.evolution import ProbeScreen
+from tui.widgets.evolutionview import ProbeScreen
 from tui.widgets.rejected import RejectedErrorScreen, RejectedScreen
 from tui.widgets.runs import RunsTable, clip_id
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from daemon import control
 from daemon.home import Home
 from daemon.states import LIVE, RESUMABLE, State
-from tui.data import ControlAck, HomeSnapshot, ModelRow, RunRow
+from tui.homedata import ControlAck, HomeSnapshot, ModelRow, RunRow
 
 
 class NotApplicable(ValueError):

@@ -1,6 +1,6 @@
 """`overnight tui`: the dashboard App — layout, key bindings and one refresh timer; panels live in tui/widgets/.
 
-Reading happens in thread workers (the DB and run files through tui.data, telemetry through tui.telemetry);
+Reading happens in thread workers (the DB and run files through tui.homedata, telemetry through tui.telemetry);
 only messages cross back to the UI thread. The App acts on the daemon solely by writing control files.
 """
 from __future__ import annotations
@@ -23,15 +23,15 @@ from daemon.home import Home
 from daemon.rundir import RunFolder
 from tui import actions
 from tui.actions import AckTracker, NotApplicable, Request
-from tui.data import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, ModelRow, RunRow, RunWatcher, grep_file
+from tui.homedata import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, ModelRow, RunRow, RunWatcher, grep_file
 from tui.messages import Loaded, ReadFailed, Sampled, Searched
 from tui.telemetry import LiveTelemetry, TelemetrySource
 from tui.widgets.charts import ChartsPanel
 from tui.widgets.confirm import ConfirmScreen
-from tui.widgets.evolution import EvolutionPanel
+from tui.widgets.evolutionview import EvolutionPanel
 from tui.widgets.header import DaemonBanner, HomeHeader
 from tui.widgets.keys import KeysScreen
-from tui.widgets.log import LogPanel, run_note
+from tui.widgets.logview import LogPanel, run_note
 from tui.widgets.models import ModelsTable
 from tui.widgets.needs import NeedsStrip
 from tui.widgets.rejected import RejectedScreen

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from tui.data import HomeSnapshot, RunDetail, SearchResult
+from tui.homedata import HomeSnapshot, RunDetail, SearchResult
 from tui.telemetry import Telemetry
 
 

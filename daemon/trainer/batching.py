@@ -15,7 +15,7 @@ from transformers import DataCollatorWithFlattening
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from daemon.preflight import padding_report
-from daemon.trainer.data import PadCollator, SequenceDataset
+from daemon.trainer.sequences import PadCollator, SequenceDataset
 
 def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:
     """The data collator for `batching` (padding-free rows need no pad id)."""

@@ -19,7 +19,7 @@ from daemon import gpus
 from daemon.atomic import read_json, write_json
 from daemon.gpus import under_torchrun
 from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
-from daemon.models import ModelNotFound, locate_model
+from daemon.basemodel import ModelNotFound, locate_model
 from daemon.rundir import TRAINER_STATE, RunFolder, step_of
 from daemon.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt

@@ -22,7 +22,7 @@ from daemon.trainer.batching import GroupedSampler, collator, padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
-from daemon.trainer.data import Encoder, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.sequences import Encoder, Prepared, count_records, dataset_examples, prepare
 from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
 from daemon.trainer.model import (Device, add_lora, add_template_tokens, choose_attention, continue_lora,
@@ -422,7 +422,7 @@ def _tokenise_dataset(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prep
 
 def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCallback | None:
     from daemon.evolution import resolve_probe_every
-    from daemon.trainer.evolution import EvolutionCallback
+    from daemon.trainer.snapshots import EvolutionCallback
 
     opts = s.cfg.options
     if not data.probes:

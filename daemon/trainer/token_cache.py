@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from daemon.submission import sha256_file
-from daemon.trainer.data import Encoded, Prepared, SequenceDataset
+from daemon.trainer.sequences import Encoded, Prepared, SequenceDataset
 
 VERSION = 1  # bump when the layout of the sequences changes
 _SHAPING = ("max_length", "eval_fraction", "seed", "probe_count", "prompt_format", "chat_template")

@@ -6,7 +6,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual_plotext import PlotextPlot
 
-from tui.data import ChartData, Series
+from tui.homedata import ChartData, Series
 
 OVERLAY_COLORS = ("magenta", "cyan", "yellow", "green", "red", "white")
 

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from daemon.states import State
-from tui.data import HomeSnapshot
+from tui.homedata import HomeSnapshot
 from tui.gpuprocs import gpu_summary
 from tui.telemetry import Telemetry
 

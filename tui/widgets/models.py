@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from daemon.render import fmt_loss
-from tui.data import HomeSnapshot, ModelRow
+from tui.homedata import HomeSnapshot, ModelRow
 from tui.fmt import short_time
 from tui.widgets.runs import clip_id
 

@@ -7,7 +7,7 @@ from textual.widgets import Static
 
 from daemon.morning import HELD_BY_STOP
 from daemon.render import cells, cut, rejected_item
-from tui.data import HomeSnapshot
+from tui.homedata import HomeSnapshot
 
 
 def needs_parts(snap: HomeSnapshot) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from textual.widgets import DataTable
 
 from daemon.render import fmt_duration, fmt_gpu_set, fmt_loss, fmt_priority, fmt_rate
 from daemon.states import State
-from tui.data import HomeSnapshot, RunRow
+from tui.homedata import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
 
 HELD = "held"  # a queued run that cannot start (daemon.morning.held: control/stop, a full disk, a broken toml)

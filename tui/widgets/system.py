@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from daemon.render import fmt_bytes
-from tui.data import RunRow
+from tui.homedata import RunRow
 from tui.gpuprocs import GpuUse, map_gpu_processes
 from tui.telemetry import GpuStat, Telemetry
 

@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Log, Static
 
-from tui.data import LOG_LINES, LogUpdate, RunRow, SearchResult
+from tui.homedata import LOG_LINES, LogUpdate, RunRow, SearchResult
 from tui.fmt import short_stamp
 from tui.widgets.runs import STATE_STYLE
 
