@@ -254,23 +254,29 @@ def command_files(home: Home) -> list[Path]:
     return [p for *_, p in sorted(found)]
 
 
+def _stamped(folder: Path, path: Path) -> Path:
+    """Where `path` goes in done/ or rejected/: timestamped, its name (and so the command's id) kept, never over
+    another file."""
+    return unique_path(folder / f"{run_id_stamp()}-{short_name(path.name)}")
+
+
 def consume(home: Home, path: Path) -> Path:
     """Move a handled command file to control/done/, timestamped (its name keeps the command's id)."""
-    dest = unique_path(home.control_done / f"{run_id_stamp()}-{short_name(path.name)}")
+    dest = _stamped(home.control_done, path)
     os.rename(path, dest)
     return dest
 
 
 def keep(home: Home, path: Path) -> Path:
     """Copy a held file the daemon is about to rewrite into control/done/, timestamped."""
-    dest = unique_path(home.control_done / f"{run_id_stamp()}-{short_name(path.name)}")
+    dest = _stamped(home.control_done, path)
     write_bytes(dest, path.read_bytes())
     return dest
 
 
 def reject(home: Home, path: Path, message: str) -> Path:
     """Move an unusable command file to control/rejected/ beside a .error.txt saying why."""
-    dest = unique_path(home.control_rejected / f"{run_id_stamp()}-{short_name(path.name)}")
+    dest = _stamped(home.control_rejected, path)
     if path.exists() or path.is_symlink():
         os.rename(path, dest)
     write_text(dest.with_name(dest.name + ".error.txt"), message + "\n")

@@ -251,19 +251,19 @@ class Controller:
         wanted = control.paused(self.home)
         changed = wanted != self.paused
         self.paused = wanted
-        said = []
         if not self.trainers and wanted and changed and not cmd:  # acknowledged once, so clients hear back
-            said.append(_paused_idle(wanted))
-            self._ack("pause", _named(wanted), "control/pause", said[-1])
+            self._ack("pause", _named(wanted), "control/pause", _paused_idle(wanted))
+        answered = False
         for a in self.trainers:
             should_pause = "*" in wanted or a.run_id in wanted
             if should_pause != a.paused and not a.requested:
                 a.set_paused(should_pause)
-                said.append(f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
-                            if should_pause else f"resume {a.run_id}: control/pause removed")
+                msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
+                       if should_pause else f"resume {a.run_id}: control/pause removed")
                 self._ack("pause" if should_pause else "resume", _named(wanted), cmd.source if cmd else "control/pause",
-                          said[-1], a.run_id, cmd.id if cmd else None)
-        if cmd and not said:
+                          msg, a.run_id, cmd.id if cmd else None)
+                answered = True
+        if cmd and not answered:
             if cmd.target and not self._trainer(cmd.target):
                 what = f"pause {cmd.target}: queued; it halts at its first step while control/pause names it"
             elif changed and not self.trainers:
