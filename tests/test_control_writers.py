@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon import control
+from tests.conftest import budget
 from tests.test_controller import Bench, messages
 
 TRICKLE_S = 2.0  # longer than the 0.3 s settle time of a control file
@@ -35,15 +36,17 @@ def trickle(path: Path, text: str) -> subprocess.Popen:
 
 
 def passes_while(b: Bench, writer: subprocess.Popen) -> list[dict]:
-    """Passes every 0.1 s while the writer writes, and for a second after it is done."""
+    """Passes every 0.1 s while the writer writes, then until the command is answered (and three more)."""
     events = []
     while writer.poll() is None:
         events += b.step()
         time.sleep(0.1)
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:
+    end = time.monotonic() + budget(15)
+    while not events and time.monotonic() < end:
         events += b.step()
         time.sleep(0.1)
+    for _ in range(3):
+        events += b.step()
     return events
 
 
