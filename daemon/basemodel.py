@@ -6,6 +6,7 @@ the run folder); else an HF hub name (`org/name`) already in the Hugging Face ca
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -150,3 +151,21 @@ def targets_missing(targets: str | list[str], names: set[str]) -> bool:
             return True
         return False
     return not any(n == t or n.endswith("." + t) for n in names for t in targets)
+
+
+def model_context(folder: Path | None) -> int | None:
+    """A model's context in positions (max_position_embeddings of its config.json), where it can be read."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return None  # the trainer reports an unreadable config when it loads the model
+    context = (config.get("text_config") or config).get("max_position_embeddings")
+    return context if isinstance(context, int) and context > 0 else None
+
+
+def context_note(max_length: int, context: int | None, spec: str) -> str | None:
+    """What a default max_length longer than the model's context becomes (said by check and the console)."""
+    if context is None or max_length <= context:
+        return None
+    return (f"max_length: the default {max_length} is longer than the context of {spec} ({context} positions), so "
+            f"this run uses max_length = {context}")

@@ -12,10 +12,11 @@ from daemon.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetR
 from daemon.home import Home
 from daemon.basemodel import model_folder
 from daemon.options import OptionsError, Resolved, load_home_toml, resolve
+from daemon.basemodel import context_note, model_context
 from daemon.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.templating import TemplateError
 from daemon.submission import (PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
-                               check_pairing, check_truncation, context_note, load_options, model_context, role_of,
+                               check_pairing, check_truncation, load_options, role_of,
                                stem_of, validate)
 
 
@@ -136,7 +137,7 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
     if opts.get("hooks"):
         verdict.add(f"hooks: {', '.join(sorted(opts['hooks']))}")
     if opts.get("notify"):
-        from daemon.notify import NotifyConfig, masked
+        from daemon.notifytable import NotifyConfig, masked
         cfg = NotifyConfig.from_table(opts["notify"])
         verdict.add(f"notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
     if "base_model" in opts:

@@ -1,6 +1,7 @@
 """Small file-name rules shared by intake, control and the registry."""
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from pathlib import Path
@@ -95,3 +96,12 @@ def suggested_model_name(text: str) -> str:
     name = re.sub(r"[^\w.-]+", "-", model_name(text))
     name = re.sub(r"\.{2,}", ".", name).strip("-._")[:MODEL_NAME_MAX].strip("-._")
     return name or "model"
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -19,7 +19,7 @@ from daemon.rundir import RunFolder
 from daemon.runconfig import RunConfig
 from daemon.atomic import write_json, write_text
 from daemon.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
-from daemon.fsutil import SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
+from daemon.fsutil import sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
 from daemon.home import Home
 from daemon.lineage import check_parent, copy_adapter
 from daemon.log import log
@@ -27,8 +27,7 @@ from daemon.options import Resolved, owner_toml
 from daemon.states import State
 from daemon.space import is_disk_full
 from daemon.store import Store, busy_problem
-from daemon.submission import (Submission, SubmissionError, pair, sha256_file, stem_of, twins_message,
-                               validate)
+from daemon.submission import Submission, SubmissionError, pair, stem_of, twins_message, validate
 from daemon.timefmt import iso, run_id_stamp
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from daemon.home import Home
 from daemon.queries import stale_problem
+from daemon.rundir import run_folders
 from daemon.space import disk_full_problem
 from daemon.states import State
 
@@ -116,7 +117,6 @@ def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | Non
     found = (((beat or {}).get("problem") if alive else None) or disk_full_problem(home.root)
              or stale_problem(home.db, beat, alive))
     if not found and not alive:
-        from daemon.rebuild import missing_db_problem
         found = home.damage() or missing_db_problem(home)
     return found
 
@@ -130,3 +130,17 @@ def held(stop_target: str | None, problem: str | None) -> str | None:
     if line and (line.startswith("disk full") or "overnight.toml" in line):
         return line
     return None
+
+
+def missing_db_problem(home: Home) -> str | None:
+    """What `status` says, no daemon running, when overnight.db is gone but runs/ holds runs (its index is lost, the
+    runs are not): the daemon rebuilds it at its start."""
+    if home.db.exists():
+        return None
+    folders = run_folders(home.runs)
+    if not folders:
+        return None
+    return (f"{home.db} is missing, but {home.runs} holds {len(folders)} run folder{'s' * (len(folders) != 1)}: the "
+            f"runs are safe there (the DB is only their index), so status lists none. Fix: start the daemon "
+            f"(overnight daemon): it rebuilds the DB from {home.runs} at its start (or run overnight doctor --rebuild "
+            f"now)")

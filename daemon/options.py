@@ -192,7 +192,7 @@ def _check_name(source: Path | str, value: str) -> None:
 
 
 def _check_notify(source: Path | str, table: dict[str, Any]) -> None:
-    from daemon.notify import check_table  # apprise is imported only when a [notify] table exists
+    from daemon.notifytable import check_table  # apprise is imported only when a [notify] table exists
     check_table(source, table)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from daemon.home import DaemonLock, Home
 from daemon.log import log
 from daemon.runconfig import RunConfig
-from daemon.rundir import RunFolder, read_jsonl
+from daemon.rundir import RunFolder, read_jsonl, run_folders
 from daemon.states import ACTIVE, ALL, State, values
 from daemon.gpuset import format_gpu_set, parse_gpu_set
 from daemon.store import SCHEMA_VERSION, Store
@@ -62,18 +62,6 @@ def _n(count: int, noun: str) -> str:
 
 # --------------------------------------------------------------------------------------------- looking
 
-def run_folders(home: Home) -> list[Path]:
-    """Folders of runs/ that hold a run: metadata.json, or config.json beside dataset/ (accepted, not yet indexed).
-    Hidden ones are intake's staging folders, not runs yet."""
-    if not home.runs.is_dir():
-        return []
-    return sorted(d for d in home.runs.iterdir() if d.is_dir() and not d.name.startswith(".") and _holds_run(RunFolder(d)))
-
-
-def _holds_run(f: RunFolder) -> bool:
-    return f.metadata.is_file() or (f.config.is_file() and f.dataset.is_dir())
-
-
 def open_db(path: Path, check: str = "quick_check") -> tuple[str | None, int | None, set[str]]:
     """(what makes the DB unusable or None, its schema version, the run ids it indexes), read-only."""
     try:
@@ -99,7 +87,7 @@ def diagnose(home: Home, daemon_running: bool) -> tuple[list[str], list[Finding]
     """(what is fine, what is wrong) about overnight.db and the run folders."""
     if not home.root.is_dir():
         return [], [Finding(f"{home.root} does not exist", "give the home with --home DIR or $OVERNIGHT_HOME")]
-    folders = {d.name: d for d in run_folders(home)}
+    folders = {d.name: d for d in run_folders(home.runs)}
     if not home.db.exists():
         if not folders:
             return ["no overnight.db and no runs yet: a fresh home"], []
@@ -173,7 +161,7 @@ def _some(ids: list[str], n: int = 5) -> str:
 def prepare_for_daemon(home: Home) -> None:
     """At daemon start (lock held): make sure overnight.db indexes the run folders, rebuilding it when it is
     missing, damaged or behind them. A DB of a newer overnight is left to Store, which says to upgrade."""
-    folders = {d.name: d for d in run_folders(home)}
+    folders = {d.name: d for d in run_folders(home.runs)}
     if not home.db.exists():
         if folders:
             recovered = rebuild(home)
@@ -194,20 +182,6 @@ def _behind(home: Home, folders: dict[str, Path], ids: set[str]) -> str | None:
     With no daemon running, the DB and metadata.json agree: both are written at every state change."""
     stale = _unindexed(folders, ids) or _disagreeing(home, folders, ids)
     return f"is behind {home.runs} ({stale.problem})" if stale else None
-
-
-def missing_db_problem(home: Home) -> str | None:
-    """What `status` says, no daemon running, when overnight.db is gone but runs/ holds runs (its index is lost, the
-    runs are not): the daemon rebuilds it at its start."""
-    if home.db.exists():
-        return None
-    folders = run_folders(home)
-    if not folders:
-        return None
-    return (f"{home.db} is missing, but {home.runs} holds {len(folders)} run folder{'s' * (len(folders) != 1)}: the "
-            f"runs are safe there (the DB is only their index), so status lists none. Fix: start the daemon "
-            f"(overnight daemon): it rebuilds the DB from {home.runs} at its start (or run overnight doctor --rebuild "
-            f"now)")
 
 
 def rebuild_locked(home: Home) -> tuple[Path | None, Recovered]:
@@ -252,7 +226,7 @@ def rebuild(home: Home) -> Recovered:
 
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
-    found = [(d, RunFolder(d).read_metadata(), RunConfig.read(d)) for d in run_folders(home)]
+    found = [(d, RunFolder(d).read_metadata(), RunConfig.read(d)) for d in run_folders(home.runs)]
     rows = _number([_run_row(d, meta, config) for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)

@@ -318,3 +318,15 @@ class LogTail(_Follower):
         if not complete:
             return None
         return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
+
+
+def run_folders(runs: Path) -> list[Path]:
+    """Folders of `runs` that hold a run: metadata.json, or config.json beside dataset/ (accepted, not yet indexed).
+    Hidden ones are intake's staging folders, not runs yet."""
+    if not runs.is_dir():
+        return []
+    return sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith(".") and _holds_run(RunFolder(d)))
+
+
+def _holds_run(f: RunFolder) -> bool:
+    return f.metadata.is_file() or (f.config.is_file() and f.dataset.is_dir())

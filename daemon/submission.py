@@ -1,7 +1,6 @@
 """One drop = a dataset plus its optional sidecar and probe file, validated exactly as `overnight check` does."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,8 @@ from daemon import datasets, sweep
 from daemon.errors import SubmissionError
 from daemon.fsutil import ignored, model_name
 from daemon.lineage import check_parent
-from daemon.basemodel import ModelNotFound, has_weights, layer_names, locate_model, model_folder, targets_missing
+from daemon.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
+                              model_folder, targets_missing)
 from daemon.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 PROBES_SUFFIX = ".probes.jsonl"
@@ -34,14 +34,6 @@ def role_of(path: Path) -> str:
     if path.suffix.lower() in datasets.SUPPORTED_SUFFIXES:
         return "dataset"
     return "unsupported"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -270,24 +262,6 @@ def _example(leaves: list[str]) -> tuple[str, str]:
         return "q_proj", "v_proj"
     rest = [n for n in leaves if n not in ("lm_head", "embed_tokens", "wte", "wpe")] or leaves
     return rest[0], rest[min(1, len(rest) - 1)]
-
-
-def model_context(folder: Path | None) -> int | None:
-    """A model's context in positions (max_position_embeddings of its config.json), where it can be read."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
-    except (OSError, ValueError):
-        return None  # the trainer reports an unreadable config when it loads the model
-    context = (config.get("text_config") or config).get("max_position_embeddings")
-    return context if isinstance(context, int) and context > 0 else None
-
-
-def context_note(max_length: int, context: int | None, spec: str) -> str | None:
-    """What a default max_length longer than the model's context becomes (said by check and the console)."""
-    if context is None or max_length <= context:
-        return None
-    return (f"max_length: the default {max_length} is longer than the context of {spec} ({context} positions), so "
-            f"this run uses max_length = {context}")
 
 
 def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.submission import sha256_file
+from daemon.fsutil import sha256_file
 from daemon.tinymodel import ensure_tiny_model
 
 WORDS = ("apple banana cherry dog cat bird fish tree river sea moon sun red blue green small big old new "

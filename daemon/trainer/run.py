@@ -104,7 +104,7 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
     """A default max_length longer than the model's context becomes the context (an explicit one was refused)."""
     from dataclasses import replace
 
-    from daemon.submission import context_note, model_context
+    from daemon.basemodel import context_note, model_context
 
     opts = s.cfg.options
     if s.cfg.file.sources.get("max_length", "default") != "default":

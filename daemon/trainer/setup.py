@@ -359,7 +359,7 @@ def _prepare_data(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
 
 def _check_bytes(cfg: Any) -> None:
     """The bytes trained are the bytes validated: a dataset changed after intake fails the run, with the fix."""
-    from daemon.submission import sha256_file
+    from daemon.fsutil import sha256_file
 
     want = cfg.file.dataset.get("sha256")
     if want and sha256_file(cfg.dataset_path) != want:
