@@ -22,8 +22,8 @@ SIZES = {"27m": {"vocab_size": 2048, "hidden_size": 512, "layers": 6, "heads": 8
 
 
 def build_model(folder: Path, size: str) -> Path:
-    """The random-init Qwen2 of `size` with its tokenizer, built offline by daemon/tinymodel.py."""
-    from daemon.tinymodel import build_tiny_model
+    """The random-init Qwen2 of `size` with its tokenizer, built offline by daemon/client/tinymodel.py."""
+    from daemon.client.tinymodel import build_tiny_model
 
     return build_tiny_model(folder, **SIZES[size], seed=SEED)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon import control  # noqa: E402
-from daemon.home import Home  # noqa: E402
-from daemon.queries import Reader  # noqa: E402
-from daemon.tinymodel import ensure_tiny_model  # noqa: E402
+from daemon.core import control  # noqa: E402
+from daemon.core.home import Home  # noqa: E402
+from daemon.core.queries import Reader  # noqa: E402
+from daemon.client.tinymodel import ensure_tiny_model  # noqa: E402
 
 
 def wait(pred, timeout: float = 60.0, interval: float = 0.02) -> float:

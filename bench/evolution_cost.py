@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.demodata import write_demo_files  # noqa: E402
-from daemon.evolution import analyze, load_records  # noqa: E402
-from daemon.options import resolve  # noqa: E402
-from daemon.tinymodel import ensure_tiny_model  # noqa: E402
+from daemon.client.demodata import write_demo_files  # noqa: E402
+from daemon.core.evolution import analyze, load_records  # noqa: E402
+from daemon.core.options import resolve  # noqa: E402
+from daemon.client.tinymodel import ensure_tiny_model  # noqa: E402
 
 SNAPSHOT_LINE = re.compile(r"evolution @ step (\d+):.*, ([0-9.]+) s$")
 

@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.preflight import Shape  # noqa: E402
+from daemon.core.preflight import Shape  # noqa: E402
 
 # the same place the tests look: OVERNIGHT_REALDATA, else the shared folder beside the checkout
 ALPACA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata")) / "alpaca_en_demo.json"
@@ -93,7 +93,7 @@ def variants(big: str, flash: bool, cpu: bool) -> list[Variant]:
 
 def build_models(models_dir: Path, names: set[str], tiny: bool) -> dict[str, Path]:
     """Random-init models with the real configurations (or the tiny model for every name with --tiny)."""
-    from daemon.tinymodel import ensure_tiny_model
+    from daemon.client.tinymodel import ensure_tiny_model
 
     tiny_path = ensure_tiny_model(models_dir)
     if tiny:

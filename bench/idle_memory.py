@@ -37,8 +37,8 @@ def idle_rss(wait: float) -> float:
 
 
 def heavy_imports() -> list[str]:
-    """The heavy libraries `import daemon.cli` pulls in (what the daemon holds before any dataset arrives)."""
-    code = f"import sys, daemon.cli; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    """The heavy libraries `import daemon.client.cli` pulls in (what the daemon holds before any dataset arrives)."""
+    code = f"import sys, daemon.client.cli; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, check=True)
     return out.stdout.split()

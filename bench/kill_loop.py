@@ -17,7 +17,7 @@ trainer process at a time. It prints a line per kill and per trial, the wall tim
 and exits 1 on any violation.
 
 A kill that lands before the run made a new checkpoint since its last start is no progress; overnight gives a run
-3 such attempts in a row (daemon/scheduler.py MAX_ATTEMPTS), so the loop never aims two of them in a row: after a
+3 such attempts in a row (daemon/engine/scheduler.py MAX_ATTEMPTS), so the loop never aims two of them in a row: after a
 kill that left the newest checkpoint unchanged, the next kill waits until the run has checkpointed past it.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.queries import Reader  # noqa: E402
-from daemon.runner import trainer_processes  # noqa: E402
+from daemon.core.queries import Reader  # noqa: E402
+from daemon.engine.runner import trainer_processes  # noqa: E402
 
 SAVE_EVERY = 5
 WORDS = ["apple", "stone", "river", "green", "music", "horse", "bread", "moon"]
@@ -111,7 +111,7 @@ class Home:
     """A temporary home with the tiny model, and its daemon (started, killed, restarted by the loop)."""
 
     def __init__(self, root: Path, model: Path | None = None) -> None:
-        from daemon.tinymodel import ensure_tiny_model
+        from daemon.client.tinymodel import ensure_tiny_model
         self.root = root
         for d in ("inbox", "control", "runs"):
             (root / d).mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from daemon.templating import choose
-    from daemon.tinymodel import ensure_tiny_model
+    from daemon.core.templating import choose
+    from daemon.client.tinymodel import ensure_tiny_model
     from daemon.trainer.sequences import BATCH_RECORDS, Encoder
 
     model = args.model or ensure_tiny_model(Path(tempfile.mkdtemp(prefix="tokenise-speed-")))

@@ -3,7 +3,7 @@
     python bench/train_speed.py [--quick] [--repeats 3] [--steps 20]
 
 All three run the same LoRA job (r16, alpha 32, dropout 0.05, all linear layers) on the same random-init Qwen2
-(hidden 512, 6 layers, 8 heads, ~26M parameters, built offline by daemon/tinymodel.py), the same data (text
+(hidden 512, 6 layers, 8 heads, ~26M parameters, built offline by daemon/client/tinymodel.py), the same data (text
 packed into blocks of 128 tokens, batch 8, no padding), the same optimizer settings and seed, fp32 on the CPU
 (bf16 on a GPU when one is present). Each run is its own process, and the three kinds take turns (interleaved
 repeats, rotating the order), because the host's speed drifts ±15-20% from run to run.
@@ -42,7 +42,7 @@ def write_dataset(path: Path, n_lines: int = 600) -> None:
     """Plain text lines from the tiny model's own corpus, shuffled by a fixed seed."""
     import random
 
-    from daemon.tinymodel import training_corpus
+    from daemon.client.tinymodel import training_corpus
 
     rng = random.Random(SEED)
     words = " ".join(training_corpus()).split()

@@ -5,9 +5,9 @@ transformers Trainer (random and length-grouped) and TRL's SFTTrainer.
 
 One LoRA job (r16, alpha 32, dropout 0.05, all linear layers, lr 2e-4, linear decay, AdamW, seed 1234, batch 8,
 fp32 on the CPU) over ONE epoch of the first N records of realdata/alpaca_en_demo.json (alpaca: instruction +
-input -> output, normalised to prompt/completion by overnight's `daemon.datasets.iter_examples`), tokenised the
+input -> output, normalised to prompt/completion by overnight's `daemon.core.datasets.iter_examples`), tokenised the
 same way for every run: tokens(prompt) + tokens(completion) + eos, the prompt masked from the loss, cut at
-max_length 1024. The random-init Qwen2 and its tokenizer are built offline by daemon/tinymodel.py (bench/common.py).
+max_length 1024. The random-init Qwen2 and its tokenizer are built offline by daemon/client/tinymodel.py (bench/common.py).
 
 Five runs, each its own process, interleaved (the order rotates every repeat):
 - overnight        `python -m daemon.trainer RUN` with its defaults (batching "auto": length-grouped on the CPU);
@@ -53,7 +53,7 @@ TRL_MODES = ("grouped", "padded", "padding_free", "packing")
 LABELS = {"overnight": "overnight default (auto)", "overnight_padded": "overnight batching=padded",
           "trainer": "plain Trainer (random, padded)", "trainer_grouped": "plain Trainer group_by_length"}
 # what every Trainer-based run shares with overnight's defaults (lr_scheduler, warmup_ratio, weight_decay,
-# max_grad_norm, optim in daemon/options.py)
+# max_grad_norm, optim in daemon/core/options.py)
 TRAINER_ARGS = {"per_device_train_batch_size": BATCH, "num_train_epochs": 1, "learning_rate": LR,
                 "lr_scheduler_type": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
                 "optim": "adamw_torch_fused", "logging_steps": 1, "save_steps": 10**6, "seed": SEED,
@@ -76,7 +76,7 @@ def encode(model: Path, dataset: Path) -> tuple[list[dict[str, Any]], list[dict[
     own Encoder sequence by sequence (records whose answer is cut away entirely are dropped, as overnight does)."""
     from transformers import AutoTokenizer
 
-    from daemon.datasets import iter_examples
+    from daemon.core.datasets import iter_examples
     from daemon.trainer.sequences import Encoder
 
     tok = AutoTokenizer.from_pretrained(model)
@@ -99,7 +99,7 @@ def encode(model: Path, dataset: Path) -> tuple[list[dict[str, Any]], list[dict[
 
 def padded_width_sum(lengths: list[int], order: list[int]) -> int:
     """Tokens computed when batches of BATCH taken in `order` are padded to their longest sequence."""
-    from daemon.preflight import computed_tokens
+    from daemon.core.preflight import computed_tokens
 
     return computed_tokens(lengths, order, BATCH)
 
@@ -363,7 +363,7 @@ def main() -> None:
     useful = sum(lengths)
     import random
 
-    from daemon.preflight import length_grouped_order
+    from daemon.core.preflight import length_grouped_order
 
     random_est = padded_width_sum(lengths, random.Random(SEED).sample(range(len(lengths)), len(lengths)))
     grouped_est = padded_width_sum(lengths, length_grouped_order(lengths, BATCH, random.Random(SEED)))

@@ -1,4 +1,4 @@
 """`python -m daemon` is the `overnight` command."""
-from daemon.cli import main
+from daemon.client.cli import main
 
 main()

@@ -117,7 +117,7 @@ def daemon_proc(home: Path):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded tiny Qwen2 model, built once per test session (offline, about a second)."""
-    from daemon.tinymodel import ensure_tiny_model
+    from daemon.client.tinymodel import ensure_tiny_model
     return ensure_tiny_model(tmp_path_factory.mktemp("models"))
 
 

@@ -1,5 +1,5 @@
 """Helpers for the trainer tests: the embedded tiny model, run folders laid out as the daemon lays them out,
-and driving `python -m daemon.trainer RUN_DIR` the way daemon/runner.py does (stdin pipe, console.log).
+and driving `python -m daemon.trainer RUN_DIR` the way daemon/engine/runner.py does (stdin pipe, console.log).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.fsutil import sha256_file
-from daemon.tinymodel import ensure_tiny_model
+from daemon.core.fsutil import sha256_file
+from daemon.client.tinymodel import ensure_tiny_model
 
 WORDS = ("apple banana cherry dog cat bird fish tree river sea moon sun red blue green small big old new "
          "happy sad fast slow").split()

@@ -7,9 +7,9 @@ import shutil
 import time
 from pathlib import Path
 
-from daemon.controller import Controller
-from daemon.home import Home
-from daemon.store import Store
+from daemon.engine.controller import Controller
+from daemon.core.home import Home
+from daemon.engine.store import Store
 from tests.conftest import overnight
 from tests.conftest_trainer import reversal_records
 

@@ -1,12 +1,12 @@
-"""The "auto" decisions as a table (daemon/auto.py): the trainer applies them and `overnight check` describes them."""
+"""The "auto" decisions as a table (daemon/core/auto.py): the trainer applies them and `overnight check` describes them."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from daemon import auto
-from daemon.auto import Machine
+from daemon.core import auto
+from daemon.core.auto import Machine
 
 CPU = Machine(cuda=False, capability=None, has_flash=False)
 CPU_FLASH = Machine(cuda=False, capability=None, has_flash=True)  # flash-attn installed, no GPU
@@ -58,8 +58,8 @@ def test_batching(requested: str, kind: str, attention: str, chosen: str) -> Non
 def test_check_describes_the_batching_the_trainer_will_use(tmp_path, tiny_model, monkeypatch) -> None:
     """flash-attn installed with sdpa set: the run batches length-grouped, and check says so (it used to say
     padding-free whenever flash-attn imported)."""
-    from daemon.checking import check_file
-    from daemon.home import Home
+    from daemon.client.checking import check_file
+    from daemon.core.home import Home
 
     monkeypatch.setattr(auto.Machine, "here", classmethod(lambda cls: H100))
     (tmp_path / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nattn_implementation = "sdpa"\n')

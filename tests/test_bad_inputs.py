@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon.cli import main
+from daemon.client.cli import main
 from tests.conftest import wait_until
 
 EXTS = [".jsonl", ".json", ".csv", ".txt", ".parquet", ".toml", ".probes.jsonl"]

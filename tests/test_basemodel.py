@@ -1,11 +1,11 @@
-"""daemon/basemodel.py: one rule for where a base model is (intake, check, trainer and export all use it)."""
+"""daemon/core/basemodel.py: one rule for where a base model is (intake, check, trainer and export all use it)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from daemon.basemodel import ModelNotFound, locate_model, model_folder
+from daemon.core.basemodel import ModelNotFound, locate_model, model_folder
 
 
 def model(folder: Path) -> Path:

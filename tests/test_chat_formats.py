@@ -71,7 +71,7 @@ def test_alpaca_on_a_templated_model_is_one_exchange_with_only_the_answer_traine
 
 
 def test_a_stock_qwen3_template_trains_through_its_training_version(home: Path, tiny_model: Path, tmp_path: Path):
-    from daemon.templating import trl_folder
+    from daemon.core.templating import trl_folder
 
     model = shutil.copytree(tiny_model, tmp_path / "qwen3-like")
     shutil.copy(trl_folder() / "qwen3.jinja", model / "chat_template.jinja")  # refuses multi-turn prefix masking
@@ -187,8 +187,8 @@ def test_check_counts_the_tokens_the_trainer_trains(home: Path, tiny_model: Path
     """One validation: check's lengths, cuts and drops on real tool-call data are the trainer's own (its Encoder)."""
     from transformers import AutoTokenizer
 
-    from daemon.datasets import iter_examples
-    from daemon.templating import choose
+    from daemon.core.datasets import iter_examples
+    from daemon.core.templating import choose
     from daemon.trainer.sequences import Encoder
 
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 256\n')

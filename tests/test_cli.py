@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.store import Store
+from daemon.engine.store import Store
 from tests.conftest import REPO, overnight
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon import cli, control
-from daemon.cli import main
-from daemon.store import Store
+from daemon.client import cli
+from daemon.core import control
+from daemon.client.cli import main
+from daemon.engine.store import Store
 from tests.conftest import budget
 
 WRITERS = ["pause", "resume", "stop", "skip", "priority", "activate", "delete"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import control
-from daemon.queries import Reader
+from daemon.core import control
+from daemon.core.queries import Reader
 from tests.conftest import REPO, budget, drop, wait_until
 from tests.test_control_e2e import state
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
+from daemon.core.queries import Reader
 from tests.conftest import REFERENCE_STEPS, DaemonProcess, budget, overnight, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.control import ControlError, parse, write_command
-from daemon.home import Home
+from daemon.core.control import ControlError, parse, write_command
+from daemon.core.home import Home
 
 
 def test_empty_file_acts_on_running_job(tmp_path):
@@ -66,7 +66,7 @@ def test_a_control_file_is_read_only_once_its_writer_is_done(tmp_path) -> None:
     import os
     import time
 
-    from daemon.control import SETTLE_S, settled
+    from daemon.core.control import SETTLE_S, settled
 
     path = tmp_path / "stop"
     path.write_text("")  # what `echo RUN > control/stop` leaves for a moment
@@ -81,7 +81,7 @@ def test_a_hand_written_control_file_still_open_for_writing_is_not_complete(tmp_
     import os
     import time
 
-    from daemon.control import Completeness
+    from daemon.core.control import Completeness
 
     complete = Completeness()
     path = tmp_path / "stop"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import control
+from daemon.core import control
 from tests.conftest import budget
 from tests.test_controller import Bench, messages
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import control
-from daemon.controller import Controller
-from daemon.home import Home
-from daemon.runner import stop_request
-from daemon.store import Store
+from daemon.core import control
+from daemon.engine.controller import Controller
+from daemon.core.home import Home
+from daemon.engine.runner import stop_request
+from daemon.engine.store import Store
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
+from daemon.core.queries import Reader
 from tests.conftest import overnight
 
 pytestmark = pytest.mark.e2e

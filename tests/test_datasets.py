@@ -1,4 +1,4 @@
-"""Dataset detection, streaming validation and normalisation (daemon/datasets.py, daemon/dataformats.py).
+"""Dataset detection, streaming validation and normalisation (daemon/core/datasets.py, daemon/core/dataformats.py).
 
 Every bad input must give one error naming the file, the place (line/record/row) and the field, with a fix.
 """
@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daemon import dataformats
-from daemon.datasets import (
+from daemon.core import dataformats
+from daemon.core.datasets import (
     SCHEMAS,
     as_chat,
     SUPPORTED_SUFFIXES,
@@ -97,7 +97,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, daemon.datasets; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, daemon.core.datasets; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

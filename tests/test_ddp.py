@@ -1,7 +1,7 @@
 """One run over two processes through torchrun (DDP, gloo on the CPU), driven the way the daemon drives a trainer.
 
-The slow tests train the tiny model for a few steps with `torchrun --nproc-per-node 2` (daemon/launch.py's
-command, started by daemon/runner.py's TrainerProcess); the first ones check the launcher's argv and the
+The slow tests train the tiny model for a few steps with `torchrun --nproc-per-node 2` (daemon/core/launch.py's
+command, started by daemon/engine/runner.py's TrainerProcess); the first ones check the launcher's argv and the
 [torchrun] option table.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.launch import nproc_for, trainer_command
-from daemon.options import OptionsError, validate_table
+from daemon.core.launch import nproc_for, trainer_command
+from daemon.core.options import OptionsError, validate_table
 from tests.conftest_trainer import (jsonl, make_run, metrics, read_json, reversal_records, send, start, tiny_model,
                                     train_losses, wait_for)
 
@@ -88,7 +88,7 @@ def new_run(root: Path, qwen: Path, **options: object) -> Path:
 
 def start_ddp(run: Path):  # -> TrainerProcess
     """The daemon's way: TrainerProcess.start with launch.trainer_command (its own session, stdin pipe)."""
-    from daemon.runner import TrainerProcess
+    from daemon.engine.runner import TrainerProcess
 
     return TrainerProcess.start(run.name, run, env={"OMP_NUM_THREADS": "1"}, command=trainer_command(run, 2))
 
@@ -161,7 +161,7 @@ def test_pause_holds_both_ranks_sigterm_stops_them_and_resume_is_exact(tmp_path:
                                                                        straight: Path) -> None:
     """(c) paused: no rank steps; resumed: on. (b) SIGTERM to the trainer's group: a checkpoint and exit 0 on
     every rank; the resumed run logs the uninterrupted run's losses exactly (per-rank RNG states restored)."""
-    from daemon.runner import leftover_trainers, signal_group
+    from daemon.engine.runner import leftover_trainers, signal_group
 
     run = new_run(tmp_path, qwen)
     t = start_ddp(run)
@@ -235,7 +235,7 @@ def test_a_rank_killed_ends_the_group_like_a_killed_trainer_and_the_run_resumes(
 
 def test_how_the_group_died() -> None:
     """The launcher's verdict from torchrun's failures: rank → (exit code, time, pid)."""
-    from daemon.launch import PEER_LOST_EXIT
+    from daemon.core.launch import PEER_LOST_EXIT
     from daemon.trainer.torchrun import killing_signal
 
     kill, term = -signal.SIGKILL, -signal.SIGTERM
@@ -282,7 +282,7 @@ if os.environ.get("RANK") == "1" and not os.environ.get("OVERNIGHT_OOM_RETRY_OPT
 def test_out_of_memory_on_one_rank_restarts_the_group_on_the_next_rung(tmp_path: Path, qwen: Path) -> None:
     """SPEC §4's ladder for the run as a whole: rank 1 runs out of memory at step 6; the launcher starts both
     workers again with gradient checkpointing on, from step-4; the daemon sees one trainer that completes."""
-    from daemon.runner import TrainerProcess
+    from daemon.engine.runner import TrainerProcess
 
     inject = tmp_path / "inject"
     inject.mkdir()
@@ -303,7 +303,7 @@ def test_out_of_memory_on_one_rank_restarts_the_group_on_the_next_rung(tmp_path:
 
 
 def test_the_launcher_restarts_the_group_only_for_an_out_of_memory_rung(tmp_path: Path) -> None:
-    from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
+    from daemon.core.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
     from daemon.trainer.torchrun import retry_rung
 
     rung = tmp_path / "rung.json"
@@ -339,7 +339,7 @@ def test_the_group_is_gone_at_exit_and_a_replica_dying_then_leaves_the_run_compl
     """Each worker has left the process group before it exits: gloo's threads are gone (one left running into the
     interpreter's shutdown aborted a worker now and then). And when rank 1 aborts at exit anyway, after rank 0
     wrote result.json (completed), the launcher exits 0 and says which rank exited how."""
-    from daemon.runner import TrainerProcess
+    from daemon.engine.runner import TrainerProcess
 
     inject = tmp_path / "inject"
     inject.mkdir()

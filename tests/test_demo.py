@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from daemon.home import Home, daemon_alive
+from daemon.core.home import Home, daemon_alive
 from tests.conftest import budget, overnight
 
 STEPS = 20  # enough for the loss to fall clearly at the demo's learning rate; the 200-step default takes minutes

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import gpus
-from daemon.gpus import GpuChoiceError
+from daemon.core import gpus
+from daemon.core.gpus import GpuChoiceError
 from tests.conftest import overnight
 
 

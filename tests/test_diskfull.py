@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.space import is_disk_full
-from daemon.runner import trainer_processes
+from daemon.core.space import is_disk_full
+from daemon.engine.runner import trainer_processes
 from tests.conftest import DaemonProcess, overnight, unavailable, wait_until
 from tests.test_control_e2e import drop_all, progress_step, state, write_dataset
 
@@ -28,7 +28,7 @@ def test_full_disk_errors_are_recognised() -> None:
 
 def test_disk_messages_show_sizes_precisely_enough_to_compare(tmp_path: Path) -> None:
     """Never "0.0 GB free … needs 0.0 GB": below a GB in MB, above with two decimals; the threshold as written."""
-    from daemon.space import shortage, size_text
+    from daemon.core.space import shortage, size_text
 
     assert [size_text(n) for n in (0, 512, 40_000, 3_200_000, 999_999_999, 10**9, 1_234_567_890)] == \
         ["0 bytes", "512 bytes", "40 kB", "3 MB", "1000 MB", "1.00 GB", "1.23 GB"]

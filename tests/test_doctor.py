@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import registry, rundir
-from daemon.home import Home
-from daemon.queries import Reader
-from daemon.rebuild import rebuild
-from daemon.store import Store
+from daemon.engine import registry
+from daemon.core import rundir
+from daemon.core.home import Home
+from daemon.core.queries import Reader
+from daemon.engine.rebuild import rebuild
+from daemon.engine.store import Store
 from tests.conftest import overnight
 
 FAST = "max_steps = 3\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 2\nprobe_count = 2\n" \
@@ -192,7 +193,7 @@ def test_versions_pins_and_trash_come_back_from_the_run_folders(tmp_path: Path) 
 
 
 def test_a_db_behind_the_run_folders_is_rebuilt_at_daemon_start(tmp_path: Path) -> None:
-    from daemon.rebuild import prepare_for_daemon
+    from daemon.engine.rebuild import prepare_for_daemon
     home = Home.resolve(tmp_path / "home")
     store = Store(home.db)
     _fake_run(home, store, "a-1", "a", "queued")

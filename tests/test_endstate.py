@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.endstate import MAX_ATTEMPTS, TrainerExit, end_state
-from daemon.states import State, StopRequest
+from daemon.engine.endstate import MAX_ATTEMPTS, TrainerExit, end_state
+from daemon.core.states import State, StopRequest
 
 KILLED = "trainer killed by signal SIGKILL"
 EXITED = "trainer exited with code 1: Traceback"

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import pytest
 
-from daemon.demodata import DEMO_OPTIONS, write_demo_files
-from daemon.evolution import (analyze, format_report, is_exact, levenshtein, load_records, resolve_probe_every,
+from daemon.client.demodata import DEMO_OPTIONS, write_demo_files
+from daemon.core.evolution import (analyze, format_report, is_exact, levenshtein, load_records, resolve_probe_every,
                               similarity)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,10 +120,10 @@ def test_demo_files(tmp_path: Path) -> None:
     assert {p["prompt"] for p in probes}.isdisjoint(t["prompt"] for t in train)  # probes are never trained on
     assert all(p["reference"].strip() == " ".join(reversed(p["prompt"].split(":", 1)[1].split())) for p in probes)
     assert "base_model" not in options and options == DEMO_OPTIONS
-    from daemon.options import validate_table
+    from daemon.core.options import validate_table
     validate_table(paths[2], options, sidecar=True)  # every key is a real option with a valid value
     assert write_demo_files(tmp_path / "again", n_train=300)[0].read_text() == paths[0].read_text()
-    from daemon.probes import load_probe_file
+    from daemon.core.probes import load_probe_file
     assert len(load_probe_file(paths[1])) == 8
 
 
@@ -136,7 +136,7 @@ def lm(tiny_model: Path) -> tuple[Any, Any]:
 
 
 def demo_probes(tmp_path: Path) -> list[dict[str, Any]]:
-    from daemon.probes import load_probe_file
+    from daemon.core.probes import load_probe_file
     return load_probe_file(write_demo_files(tmp_path / "demo", n_train=50)[1])
 
 
@@ -161,7 +161,7 @@ def drive(cb: Any, model: Any, begin: int, end: int) -> None:
 
 def test_demo_words_are_single_tokens(lm: tuple[Any, Any]) -> None:
     """The demo learns fast because each word is one token; a change to the tiny tokenizer must keep that."""
-    from daemon.demodata import WORDS, make_answer
+    from daemon.client.demodata import WORDS, make_answer
     _, tok = lm
     assert all(len(tok.tokenize(" " + w)) == 1 for w in WORDS), [tok.tokenize(" " + w) for w in WORDS]
     assert len(tok(make_answer(["star", "tea", "good"]), add_special_tokens=False)["input_ids"]) == 3
@@ -399,7 +399,7 @@ def train_losses(model_dir: Path, data_dir: Path, out: Path, callback: bool,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
-    from daemon.probes import load_probe_file
+    from daemon.core.probes import load_probe_file
     from daemon.trainer.snapshots import EvolutionCallback
     tok = AutoTokenizer.from_pretrained(model_dir)
     set_seed(0)  # before get_peft_model: LoRA's A matrices come from the global RNG (FINDINGS)
@@ -450,11 +450,11 @@ def test_auto_snapshots_never_thin_below_five_per_run(tiny_model: Path, tmp_path
     import contextlib
     import io
 
-    import daemon.evolution
+    import daemon.core.evolution
     from daemon.trainer.run import main
 
     def run_with(overhead: float, where: Path) -> list[int]:
-        monkeypatch.setattr(daemon.evolution, "AUTO_MAX_OVERHEAD", overhead)
+        monkeypatch.setattr(daemon.core.evolution, "AUTO_MAX_OVERHEAD", overhead)
         run = make_run_dir(where, tiny_model, max_steps=20, save_every=1000, probe_every=0)
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(run, read_stdin=False) == 0
@@ -468,7 +468,7 @@ def test_auto_snapshots_never_thin_below_five_per_run(tiny_model: Path, tmp_path
 
 def make_run_dir(root: Path, model: Path, **overrides: Any) -> Path:
     """A run folder as the daemon's intake lays it out (config.json, stats.json, dataset/) for the demo task."""
-    from daemon.options import resolve
+    from daemon.core.options import resolve
     run = root / "run"
     dataset, probes, sidecar = write_demo_files(run / "dataset")
     options = resolve({"base_model": str(model)}, {**tomllib.loads(sidecar.read_text()), **overrides})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.store import Store
+from daemon.engine.store import Store
 from tests.conftest import budget, overnight
 
 

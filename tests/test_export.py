@@ -18,7 +18,7 @@ PROMPT = "add 3 1:"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A home whose overnight.toml names the tiny model by a path relative to the home, and one completed run."""
-    from daemon.tinymodel import ensure_tiny_model
+    from daemon.client.tinymodel import ensure_tiny_model
     home = tmp_path_factory.mktemp("export") / "home"
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import STALE_S, Reader, stale_problem
-from daemon.timefmt import iso
+from daemon.core.queries import STALE_S, Reader, stale_problem
+from daemon.core.timefmt import iso
 from tests.conftest import REFERENCE_STEPS, REPO, DaemonProcess, budget, overnight, wait_until
 from tests.test_control_e2e import drop_all, losses, progress_step, run_of, state, write_dataset
 
@@ -49,9 +49,9 @@ def test_a_daemon_that_cannot_write_its_db_is_told_by_its_stale_heartbeat(tmp_pa
 
 
 def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path) -> None:
-    from daemon.home import Home
-    from daemon.intake import Intake
-    from daemon.store import Store
+    from daemon.core.home import Home
+    from daemon.engine.intake import Intake
+    from daemon.engine.store import Store
     staging = home / "runs" / ".talk-20260101-000000.partial"
     (staging / "dataset").mkdir(parents=True)
     (staging / "dataset" / "talk.jsonl").write_text('{"text": "hi"}\n')
@@ -79,7 +79,7 @@ class _FrozenTrainer:
     def __init__(self, run_dir: Path) -> None:
         from types import SimpleNamespace
 
-        from daemon.stall import Escalation
+        from daemon.engine.stall import Escalation
         self.run_id, self.run_dir, self.requested = "frozen-1", run_dir, "stop"
         self.proc = SimpleNamespace(pid=4242)
         self.escalation = Escalation(0.0, since=0.0, mark="no progress")
@@ -107,10 +107,10 @@ class _FrozenTrainer:
 
 
 def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Path, monkeypatch) -> None:
-    from daemon.home import Home
-    from daemon.scheduler import Daemon
-    from daemon.stall import StallWatch
-    from daemon.store import Store
+    from daemon.core.home import Home
+    from daemon.engine.scheduler import Daemon
+    from daemon.engine.stall import StallWatch
+    from daemon.engine.store import Store
     d = Daemon(Home.resolve(home), echo=False)
     try:
         def locked(*args, **kwargs):
@@ -366,7 +366,7 @@ def hold(db: Path, flag: Path) -> subprocess.Popen:
 
 
 def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults: Path, tmp_path: Path) -> None:
-    from daemon.store import Store
+    from daemon.engine.store import Store
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     Store(home / "overnight.db").close()  # a home used before
     held = tmp_path / "held"

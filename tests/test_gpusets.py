@@ -5,13 +5,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-from daemon import rundir
-from daemon.home import Home
-from daemon.gpuset import format_gpu_set, parse_gpu_set
-from daemon.queries import Reader
-from daemon.rebuild import rebuild
-from daemon.render import fmt_gpu_set, fmt_priority
-from daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, sqlite_utils
+from daemon.core import rundir
+from daemon.core.home import Home
+from daemon.core.gpuset import format_gpu_set, parse_gpu_set
+from daemon.core.queries import Reader
+from daemon.engine.rebuild import rebuild
+from daemon.core.render import fmt_gpu_set, fmt_priority
+from daemon.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, sqlite_utils
 from tests.conftest import overnight
 
 

@@ -21,16 +21,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon import notify
-from daemon.hooks import group_alive
+from daemon.engine import notify
+from daemon.engine.hooks import group_alive
 from tests.conftest import REPO, DaemonProcess, budget, drop, overnight, wait_until
 from tests.test_notify import Webhook
 
 # The real daemon, its shutdown grace for hooks, the SIGTERM -> SIGKILL grace and the notifier's close time lowered
 # (10 s, 3 s and 10 s in a real daemon) so that a test that waits them out takes seconds.
-LAUNCH = ("import sys; import daemon.hooks as h, daemon.notify as n; h.SHUTDOWN_GRACE_S = float(sys.argv[1]); "
+LAUNCH = ("import sys; import daemon.engine.hooks as h, daemon.engine.notify as n; h.SHUTDOWN_GRACE_S = float(sys.argv[1]); "
           "h.KILL_GRACE_S = float(sys.argv[2]); n.CLOSE_TIMEOUT_S = float(sys.argv[3]); "
-          "from daemon.cli import main; main(sys.argv[4:], prog_name='overnight')")
+          "from daemon.client.cli import main; main(sys.argv[4:], prog_name='overnight')")
 
 # A hook that ignores SIGTERM, as does the child it starts in its process group (SIG_IGN survives exec): only a
 # SIGKILL to the whole group ends them. It writes "PID CHILD_PID" to hook.pids in its working folder.

@@ -245,7 +245,7 @@ def test_a_unicode_name_keeps_its_letters_in_the_run_id(model_home, daemon_proc,
 
 
 def _state(home, rid):
-    from daemon.queries import Reader
+    from daemon.core.queries import Reader
     return Reader(home / "overnight.db").run(rid)["state"]
 
 

@@ -29,14 +29,14 @@ import tomli_w
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from daemon import control
-from daemon.checking import Verdict, check_file
-from daemon.cli import main
-from daemon.controller import Controller
-from daemon.home import Home
-from daemon.options import OPTIONS
-from daemon.runner import stop_request
-from daemon.store import Store
+from daemon.core import control
+from daemon.client.checking import Verdict, check_file
+from daemon.client.cli import main
+from daemon.engine.controller import Controller
+from daemon.core.home import Home
+from daemon.core.options import OPTIONS
+from daemon.engine.runner import stop_request
+from daemon.engine.store import Store
 from tests.conftest import wait_until
 
 # OVERNIGHT_JUNK_SCALE=20 explores twenty times as many examples, freshly random (CI: the fixed default).
@@ -371,8 +371,8 @@ def test_a_deeply_nested_overnight_toml_is_one_problem_for_check_and_the_daemons
                                                                                        ) -> None:
     """`overnight check` answers with the file, the line and the fix; the daemon's intake holds the drops with the
     same message as its PROBLEM line, said once however many passes see it (no traceback in the log)."""
-    from daemon.intake import Intake
-    from daemon.log import log
+    from daemon.engine.intake import Intake
+    from daemon.core.log import log
 
     body, line = deep
     with Scratch() as home:
@@ -569,16 +569,16 @@ def test_the_daemon_takes_or_rejects_generated_drops_and_keeps_every_byte(home: 
     assert not [sign for sign in BUG_SIGNS if sign in log], log
 
 
-# What overnight.log says when a drop hits a bug instead of a Fix: intake's catch-all (daemon/intake.py) and the
-# daemon loop's guard (daemon/scheduler.py), each with a traceback.
+# What overnight.log says when a drop hits a bug instead of a Fix: intake's catch-all (daemon/engine/intake.py) and the
+# daemon loop's guard (daemon/engine/scheduler.py), each with a traceback.
 BUG_SIGNS = ("inbox: unexpected error", "inbox: could not create a run", "internal error in", "Traceback")
 
 
 def test_the_bug_signs_are_what_intake_writes_when_a_drop_breaks_it(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The property above looks for BUG_SIGNS: intake's catch-all must write one, or that check could never fail."""
-    from daemon import intake as intake_mod
-    from daemon.log import log
+    from daemon.engine import intake as intake_mod
+    from daemon.core.log import log
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in validation")

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench import kill_loop
-from daemon.endstate import MAX_ATTEMPTS
-from daemon.scheduler import Daemon
+from daemon.engine.endstate import MAX_ATTEMPTS
+from daemon.engine.scheduler import Daemon
 
 
 def _daemon_with(run: dict) -> Daemon:
@@ -82,7 +82,7 @@ def test_kills_of_the_daemon_the_trainer_and_both_lose_nothing(tmp_path: Path, t
 
 
 def test_a_broken_overnight_toml_keeps_the_last_good_owner_options(tmp_path: Path) -> None:
-    from daemon.home import Home
+    from daemon.core.home import Home
     d = Daemon.__new__(Daemon)
     d.home, d._owner = Home(tmp_path), None
     d.home.toml.write_text('hook_timeout_s = 5\n[hooks]\non_fail = ["true"]\n')

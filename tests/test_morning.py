@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from daemon.home import Home
-from daemon.store import Store
+from daemon.core.home import Home
+from daemon.engine.store import Store
 from tests.conftest import overnight
 from tests.test_tui import drive, until
 from tests.tui_fixtures import FixedTelemetry, NO_GPU

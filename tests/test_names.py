@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon import control, sweep
-from daemon.cli import main
-from daemon.controller import Controller
-from daemon.home import Home
-from daemon.intake import Intake
-from daemon.lineage import resolve_parent
-from daemon.options import OptionsError, load_sidecar
-from daemon.service import unit_name
-from daemon.store import Store
-from daemon.submission import validate
+from daemon.core import control, sweep
+from daemon.client.cli import main
+from daemon.engine.controller import Controller
+from daemon.core.home import Home
+from daemon.engine.intake import Intake
+from daemon.engine.lineage import resolve_parent
+from daemon.core.options import OptionsError, load_sidecar
+from daemon.client.service import unit_name
+from daemon.engine.store import Store
+from daemon.engine.submission import validate
 
 NFD = unicodedata.normalize("NFD", "modèle-ß")  # 'e' + U+0300, as a Mac keyboard writes it
 
@@ -127,7 +127,8 @@ def test_a_default_name_from_a_decomposed_file_name_is_composed(home: Home) -> N
 
 
 def test_a_model_named_after_a_file_with_spaces_is_spelled_as_its_run_ids(home: Home) -> None:
-    from daemon import log, registry
+    from daemon.core import log
+    from daemon.engine import registry
     log.setup(home.root / "overnight.log", echo=False)
     home.toml.write_text('base_model = "/m/tiny"\n')
     f = home.root / f"{unicodedata.normalize('NFD', 'données')} 日本.txt"
@@ -173,7 +174,7 @@ def test_init_adapter_finds_a_unicode_registered_name(home: Home, spec: str) -> 
 
 def test_init_adapter_with_a_cjk_name_that_is_not_registered_says_so(home: Home) -> None:
     register(home, "模型")
-    from daemon.submission import SubmissionError
+    from daemon.engine.submission import SubmissionError
     with pytest.raises(SubmissionError, match="no registered model named '模型2'. Fix:"):
         resolve_parent("模型2:1", home.root)
     assert resolve_parent("模型:1", home.root).label == "模型:1"
@@ -266,7 +267,7 @@ def test_unit_names_of_unicode_homes_are_ascii_and_distinct(tmp_path: Path) -> N
 
 
 def test_tables_keep_columns_straight_with_wide_letters() -> None:
-    from daemon.render import cells, table
+    from daemon.core.render import cells, table
     lines = table([["NAME", "V"], ["模型", "1"], ["modèle-ß", "2"], [unicodedata.normalize("NFD", "é"), "3"]])
     assert cells("模型") == 4 and cells(unicodedata.normalize("NFD", "é")) == 1
     assert [cells(ln[:ln.rindex(" ") + 1]) for ln in lines] == [10] * 4, lines

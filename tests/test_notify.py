@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.options import OptionsError, load_home_toml, load_sidecar
+from daemon.core.options import OptionsError, load_home_toml, load_sidecar
 from tests.conftest import drop, overnight, wait_until
 
 FAST = "max_steps = 3\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 2\nprobe_count = 2\n" \

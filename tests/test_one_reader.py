@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from unittest import mock
 
-from daemon import morning, options
-from daemon.home import Home
-from daemon.options import OPTIONS, LiveSetting, OwnerToml, owner_options, owner_toml
+from daemon.core import morning, options
+from daemon.core.home import Home
+from daemon.core.options import OPTIONS, LiveSetting, OwnerToml, owner_options, owner_toml
 
 
 def write(p: Path, text: str, mtime_ns: int | None = None) -> Path:
@@ -22,7 +22,7 @@ def write(p: Path, text: str, mtime_ns: int | None = None) -> Path:
 def test_the_reader_parses_again_only_when_the_file_changes(tmp_path):
     toml = write(tmp_path / "overnight.toml", "min_free_gb = 5\n", 10**18)
     reader = OwnerToml(toml)
-    with mock.patch("daemon.options.load_home_toml", wraps=options.load_home_toml) as load:
+    with mock.patch("daemon.core.options.load_home_toml", wraps=options.load_home_toml) as load:
         assert reader.read().values == {"min_free_gb": 5} and reader.read().problem is None
         assert load.call_count == 1
         write(toml, "min_free_gb = 7\n", 10**18)  # same size, same time, same inode: not seen
@@ -78,7 +78,7 @@ def test_the_running_daemons_problem_comes_first(tmp_path):
 def test_a_full_disk_is_seen_without_the_daemon(tmp_path):
     h = Home(tmp_path)
     h.create()
-    with mock.patch("daemon.morning.disk_full_problem", return_value="disk full: 0 bytes free"):
+    with mock.patch("daemon.core.morning.disk_full_problem", return_value="disk full: 0 bytes free"):
         assert morning.problem(h, None, None) == "disk full: 0 bytes free"
         assert morning.problem(h, {"problem": "p"}, ALIVE) == "p"
 
@@ -95,14 +95,14 @@ def test_no_daemon_a_damaged_home_or_a_missing_db_with_runs(tmp_path):
 
 # --- leftovers: one helper for step-N, the state sets in render ---------------------------------------------
 def test_step_of_reads_a_step_folder_or_its_name():
-    from daemon.rundir import step_name, step_of
+    from daemon.core.rundir import step_name, step_of
     assert step_of(step_name(12)) == 12 and step_of(Path("/h/runs/r/checkpoints") / step_name(7)) == 7
     assert step_of(None) == step_of("") == step_of("checkpoint-5") == step_of("damaged-step-5") == 0
 
 
 def test_render_asks_the_state_sets():
-    from daemon import render
-    from daemon.states import ACTIVE, State
+    from daemon.core import render
+    from daemon.core.states import ACTIVE, State
     run = {"id": "r1", "priority": 0, "step": 3, "total_steps": 10, "loss": None, "eval_loss": None, "eta_s": 60,
            "base_model": "/m/tiny", "gpu_set": [0], "reason": "out of memory"}
     for state in State:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.options import OptionsError, load_home_toml, load_sidecar, resolve
+from daemon.core.options import OptionsError, load_home_toml, load_sidecar, resolve
 
 
 def write(p: Path, text: str) -> Path:
@@ -85,7 +85,7 @@ def test_the_trainers_options_are_the_schemas_training_options():
     """TrainOptions is derived from OPTIONS: the same names, defaults and types, nothing written twice."""
     from dataclasses import fields
 
-    from daemon.options import OPTIONS
+    from daemon.core.options import OPTIONS
     from daemon.trainer.config import TrainOptions
 
     trained = {k: o for k, o in OPTIONS.items() if o.trainer}
@@ -99,18 +99,18 @@ def test_the_trainers_options_are_the_schemas_training_options():
 
 # --- the README's options table ---------------------------------------------------------------------------------
 def test_the_readme_lists_every_option_as_the_schema_says() -> None:
-    from daemon.options import OPTIONS, README, options_table, readme_with_table
+    from daemon.core.options import OPTIONS, README, options_table, readme_with_table
     text = README.read_text(encoding="utf-8")
     assert readme_with_table(text) == text, (
-        "README.md's options table differs from daemon/options.py OPTIONS. "
-        "Regenerate it: python -m daemon.options --readme")
+        "README.md's options table differs from daemon/core/options.py OPTIONS. "
+        "Regenerate it: python -m daemon.core.options --readme")
     table = options_table()
     for name, opt in OPTIONS.items():
         assert f"| `{name}` |" in table or f"| `[{name}]` |" in table, name
 
 
 def test_the_table_marks_what_a_sidecar_may_not_set_and_what_sweeps() -> None:
-    from daemon.options import options_table
+    from daemon.core.options import options_table
     rows = {r.split(" | ")[0].strip("| `[]"): r.split(" | ") for r in options_table().splitlines()[2:]}
     assert rows["trust_remote_code"][1:5] == ["`false`", "true or false", "", "yes"]
     assert rows["learning_rate"][3:5] == ["yes", ""] and rows["name"][1] == "unset"
@@ -120,9 +120,9 @@ def test_the_table_marks_what_a_sidecar_may_not_set_and_what_sweeps() -> None:
 def test_python_m_daemon_options_prints_the_table_and_readme_replaces_only_what_is_between_the_markers() -> None:
     import subprocess
     import sys
-    from daemon.options import TABLE_BEGIN, TABLE_END, options_table, readme_with_table
+    from daemon.core.options import TABLE_BEGIN, TABLE_END, options_table, readme_with_table
     from tests.conftest import REPO
-    printed = subprocess.run([sys.executable, "-m", "daemon.options"], cwd=REPO, capture_output=True, text=True,
+    printed = subprocess.run([sys.executable, "-m", "daemon.core.options"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout
     assert printed == options_table() + "\n"
     stale = f"# x\nbefore\n{TABLE_BEGIN}\n| old | table |\n{TABLE_END}\nafter\n"
@@ -133,7 +133,7 @@ def test_python_m_daemon_options_prints_the_table_and_readme_replaces_only_what_
 def test_every_option_is_either_fixed_when_queued_or_live_never_both() -> None:
     """A live option is the owner's, read from overnight.toml by every process: the trainer never takes it from the
     run's config.json (TrainOptions has no field for it), and config.json does not record it."""
-    from daemon.options import OPTIONS
+    from daemon.core.options import OPTIONS
     live = {k for k, o in OPTIONS.items() if o.live}
     assert {"min_free_gb", "hooks", "notify", "gpus", "stall_minutes", "torchrun"} <= live
     assert {"trust_remote_code", "keep_checkpoints", "learning_rate", "priority", "init_adapter"}.isdisjoint(live)
@@ -144,7 +144,7 @@ def test_every_option_is_either_fixed_when_queued_or_live_never_both() -> None:
 
 
 def test_the_table_says_when_each_option_applies() -> None:
-    from daemon.options import OPTIONS, options_table
+    from daemon.core.options import OPTIONS, options_table
     rows = {r.split(" | ")[0].strip("| `[]"): r.split(" | ") for r in options_table().splitlines()[2:]}
     for name, opt in OPTIONS.items():
         assert rows[name][5] == ("live" if opt.live else "when queued"), name
@@ -152,7 +152,7 @@ def test_the_table_says_when_each_option_applies() -> None:
 
 
 def test_a_live_setting_is_read_again_when_the_file_changes_and_a_broken_file_keeps_the_last_value(tmp_path):
-    from daemon.options import LiveSetting
+    from daemon.core.options import LiveSetting
     toml, said = tmp_path / "overnight.toml", []
     setting = LiveSetting(toml, "min_free_gb", said.append)
     assert setting() == 1.0  # no file: the default

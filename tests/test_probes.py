@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.datasets import DatasetError
-from daemon.probes import MAX_PROBES, holdout_indices, load_probe_file, probe_from_example
+from daemon.core.datasets import DatasetError
+from daemon.core.probes import MAX_PROBES, holdout_indices, load_probe_file, probe_from_example
 
 
 def write_lines(path: Path, records: list) -> Path:

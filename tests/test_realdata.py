@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from daemon.datasets import DatasetError, inspect_dataset, iter_examples
+from daemon.core.datasets import DatasetError, inspect_dataset, iter_examples
 
 from tests.conftest import REALDATA
 

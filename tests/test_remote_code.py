@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
+from daemon.core.queries import Reader
 from tests.conftest import DaemonProcess, budget, drop, overnight, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""config.json typed (daemon/runconfig.py): the file the intake writes, read back by every reader alike."""
+"""config.json typed (daemon/core/runconfig.py): the file the intake writes, read back by every reader alike."""
 from __future__ import annotations
 
 import json
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon.atomic import write_json
-from daemon.options import resolve
-from daemon.runconfig import ConfigError, RunConfig
-from daemon.rundir import RunFolder
+from daemon.core.atomic import write_json
+from daemon.core.options import resolve
+from daemon.core.runconfig import ConfigError, RunConfig
+from daemon.core.rundir import RunFolder
 from daemon.trainer.config import RunConfig as TrainerConfig, RunError
 
 
 def _as_intake_wrote_it(run_dir: Path) -> dict:
-    """config.json as daemon/intake.py wrote it before RunConfig existed (an inline dict), key order included."""
+    """config.json as daemon/engine/intake.py wrote it before RunConfig existed (an inline dict), key order included."""
     return {"run_id": run_dir.name, "name": "support", "group": "support-20261206-120000",
             "sweep": {"lora_r": 8}, **resolve(None, {"base_model": "/m", "lora_r": 8}).to_config(),
             "dataset": {"path": "dataset/support.jsonl", "file": "support.jsonl", "format": "jsonl",
@@ -85,8 +85,8 @@ def test_values_of_the_wrong_type_read_as_missing() -> None:
 
 
 def test_the_module_imports_only_the_standard_library_and_atomic() -> None:
-    code = ("import sys; before = set(sys.modules); import daemon.runconfig; "
+    code = ("import sys; before = set(sys.modules); import daemon.core.runconfig; "
             "print(sorted(m for m in set(sys.modules) - before if m.startswith(('daemon', 'torch', 'click'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
-    assert out.stdout.strip() == "['daemon', 'daemon.atomic', 'daemon.runconfig']"
+    assert out.stdout.strip() == "['daemon', 'daemon.core', 'daemon.core.atomic', 'daemon.core.runconfig']"

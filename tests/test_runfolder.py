@@ -1,4 +1,4 @@
-"""The run folder's readers (daemon/rundir.py): growing files read incrementally, the newest complete checkpoint."""
+"""The run folder's readers (daemon/core/rundir.py): growing files read incrementally, the newest complete checkpoint."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.rundir import (JsonlTail, JsonlUpdate, LogTail, LogUpdate, RunFolder, newest_complete, read_jsonl,
+from daemon.core.rundir import (JsonlTail, JsonlUpdate, LogTail, LogUpdate, RunFolder, newest_complete, read_jsonl,
                            step_name)
 
 
@@ -126,6 +126,6 @@ def test_readers_of_json_files_never_raise(tmp_path: Path) -> None:
 
 
 def test_the_module_does_not_import_torch() -> None:
-    code = "import sys, daemon.rundir, tui.homedata; sys.exit('torch' in sys.modules)"
+    code = "import sys, daemon.core.rundir, tui.homedata; sys.exit('torch' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon import runner
-from daemon.runner import TrainerProcess
+from daemon.engine import runner
+from daemon.engine.runner import TrainerProcess
 
 
 def test_eta_counts_only_the_pace_of_training_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.options import LR_SCHEDULERS, OPTIMIZERS, OptionsError, check_value
-from daemon.preflight import Shape, checkpointing_decision, estimate_memory, padding_report
+from daemon.core.options import LR_SCHEDULERS, OPTIMIZERS, OptionsError, check_value
+from daemon.core.preflight import Shape, checkpointing_decision, estimate_memory, padding_report
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.oom import is_out_of_memory, next_rung
 from tests.conftest import overnight
@@ -103,7 +103,7 @@ def test_length_grouped_sees_every_example_once_per_epoch() -> None:
 def test_length_grouping_leaves_little_padding_on_alpaca(qwen: Path, realdata: Path) -> None:
     from tokenizers import Tokenizer
 
-    from daemon.datasets import iter_examples
+    from daemon.core.datasets import iter_examples
 
     tok = Tokenizer.from_file(str(qwen / "tokenizer.json"))
     lengths = [len(tok.encode(e["prompt"] + e["completion"]).ids) + 1
@@ -126,9 +126,9 @@ def test_check_reports_the_padding_the_default_batching_avoids(tmp_path: Path, q
 
 
 def test_check_compares_the_memory_estimate_with_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon import checking
-    from daemon.datasets import DatasetReport
-    from daemon.options import resolve
+    from daemon.client import checking
+    from daemon.core.datasets import DatasetReport
+    from daemon.core.options import resolve
 
     model = tmp_path / "qwen7b"
     model.mkdir()

@@ -99,10 +99,10 @@ def test_a_unit_file_overnight_did_not_write_is_left_alone(home, tmp_path):
     assert theirs.read_text() == "[Service]\nExecStart=/bin/true\n"
 
 
-# The system unit folder is a constant (daemon/service.py SYSTEM_DIR = /etc/systemd/system). These tests run the
+# The system unit folder is a constant (daemon/client/service.py SYSTEM_DIR = /etc/systemd/system). These tests run the
 # same CLI with only that constant moved to a folder of the test's, so nothing is ever written into the real /etc.
-_MOVED_SYSTEM_DIR = ("import sys; from pathlib import Path; import daemon.service as s; "
-                     "s.SYSTEM_DIR = Path(sys.argv.pop(1)); from daemon.cli import main; main(prog_name='overnight')")
+_MOVED_SYSTEM_DIR = ("import sys; from pathlib import Path; import daemon.client.service as s; "
+                     "s.SYSTEM_DIR = Path(sys.argv.pop(1)); from daemon.client.cli import main; main(prog_name='overnight')")
 
 
 def system_service(unit_dir: Path, *args: str, env: dict[str, str] | None = None,

@@ -12,7 +12,7 @@ import pytest
 
 import psutil
 
-from daemon.stall import Escalation, StallWatch, stop_grace
+from daemon.engine.stall import Escalation, StallWatch, stop_grace
 from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import drop_all, progress_step, run_of, state, write_dataset
 

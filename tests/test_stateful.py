@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
-from daemon.runner import trainer_processes
+from daemon.core.queries import Reader
+from daemon.engine.runner import trainer_processes
 from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import STEPS, losses, write_dataset
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 
-from daemon.home import DaemonLock, Home, HomeLocked, daemon_alive
-from daemon.queries import Reader
-from daemon.store import SCHEMA_VERSION, Store
+from daemon.core.home import DaemonLock, Home, HomeLocked, daemon_alive
+from daemon.core.queries import Reader
+from daemon.engine.store import SCHEMA_VERSION, Store
 
 
 def _run(store: Store, rid: str, prio: int = 0, state: str = "queued") -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import sweep
-from daemon.options import OPTIONS, OptionsError, load_home_toml, load_sidecar, resolve
-from daemon.store import Store
+from daemon.core import sweep
+from daemon.core.options import OPTIONS, OptionsError, load_home_toml, load_sidecar, resolve
+from daemon.engine.store import Store
 from tests.conftest import overnight
 
 PROMPTS = "\n".join(json.dumps({"prompt": f"add {i} 1:", "completion": str(i + 1)}) for i in range(40)) + "\n"
@@ -136,7 +136,7 @@ def _options(run: dict) -> dict:
 
 
 def test_select_best_activates_the_best_version_when_the_groups_last_run_ends(tmp_path):
-    from daemon import registry
+    from daemon.engine import registry
     store, runs = _group_home(tmp_path, "best", [("completed", 1.3), ("completed", 1.1), ("failed", None),
                                                  ("training", None)])
     store.add_model({"name": "support", "run_id": "other", "base_model": "/m", "metrics": {}, "adapter_path": "/x"})

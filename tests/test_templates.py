@@ -1,5 +1,5 @@
 """A test per chat template: every `*.jinja` the installed trl ships (stock and `_training` versions) and overnight's
-own daemon/templates/*.jinja, saved as a model's own template and taken through `choose("auto", folder)`: what it
+own daemon/core/templates/*.jinja, saved as a model's own template and taken through `choose("auto", folder)`: what it
 refuses, which template trains, what trains of a 3-turn conversation (text and tokens), and whether turn 1 trains
 the same whether or not later turns follow.
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from daemon import templating
-from daemon.templating import ChatFormat, TemplateError, choose, segments, token_labels
+from daemon.core import templating
+from daemon.core.templating import ChatFormat, TemplateError, choose, segments, token_labels
 from tests.conftest import unavailable
 
 TRL = templating.trl_folder()
@@ -170,7 +170,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny tokenizer (once per module) and a model folder per template: what `choose` reads."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from daemon.tinymodel import QWEN2_SPLIT_REGEX, training_corpus
+    from daemon.client.tinymodel import QWEN2_SPLIT_REGEX, training_corpus
 
     rendered = []
     for path in FILES.values():
@@ -179,7 +179,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             text = raw_render(template, messages, tools)
             rendered += [text] if text else []
     specials = sorted({s for text in rendered for s in SPECIAL_SPELLINGS.findall(text)} | {BOS, EOS})
-    # the same pipeline as the embedded tiny model (daemon/tinymodel.py); the rendered texts in the corpus give
+    # the same pipeline as the embedded tiny model (daemon/client/tinymodel.py); the rendered texts in the corpus give
     # merges across headers and newlines, where a span edge could fall inside a token
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()

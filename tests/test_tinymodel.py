@@ -68,7 +68,7 @@ def test_model_loads_and_generates(model_dir: Path) -> None:
 
 
 def test_ensure_tiny_model_builds_once(tmp_path: Path) -> None:
-    from daemon.tinymodel import ensure_tiny_model
+    from daemon.client.tinymodel import ensure_tiny_model
 
     ensure_tiny_model(tmp_path / "warm")  # torch and transformers imported: their import time is not the build's
     started = time.perf_counter()
@@ -87,7 +87,7 @@ def test_ensure_tiny_model_builds_once(tmp_path: Path) -> None:
 def test_same_seed_same_weights(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from daemon.tinymodel import build_tiny_model
+    from daemon.client.tinymodel import build_tiny_model
 
     a = load_file(build_tiny_model(tmp_path / "a", seed=1) / "model.safetensors")
     b = load_file(build_tiny_model(tmp_path / "b", seed=1) / "model.safetensors")

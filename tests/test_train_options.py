@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.queries import Reader
+from daemon.core.queries import Reader
 from tests.conftest import budget, drop, wait_until
 
 pytestmark = pytest.mark.e2e
 
-# Each differs from its default (daemon/options.py), so a value dropped on the way shows up as the default.
+# Each differs from its default (daemon/core/options.py), so a value dropped on the way shows up as the default.
 OPTIONS = {
     "max_steps": 0,  # 0: epochs decide the length
     "epochs": 1.5,

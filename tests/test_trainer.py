@@ -251,7 +251,7 @@ def test_pause_stop_and_exact_resume(tmp_path: Path, qwen: Path) -> None:
 def test_prompt_and_chat_encoding_masks(qwen: Path) -> None:
     from transformers import AutoTokenizer
 
-    from daemon.templating import choose
+    from daemon.core.templating import choose
     from daemon.trainer.sequences import IGNORE, Encoder
 
     tok = AutoTokenizer.from_pretrained(qwen)

@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 import pytest
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
-from daemon.home import DaemonLock, Home
-from daemon.render import fmt_loss
-from daemon.store import Store
+from daemon.core.home import DaemonLock, Home
+from daemon.core.render import fmt_loss
+from daemon.engine.store import Store
 from tests.conftest import budget
 from tests.nvml_fake import GIB, FakeGpu, fake_pynvml
 from tests.tui_fixtures import (COMPLETED, FAILED, NO_GPU, ONE_GPU, QUEUED_HIGH, QUEUED_LOW, SECOND, TRAINING,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.test_tui import until
-from daemon.home import Home
+from daemon.core.home import Home
 from tests.tui_fixtures import (NO_GPU, ONE_GPU, TWO_GPUS, FixedTelemetry, FixtureHome, add_second_trainer, add_sweep,
                                 build_home)
 from tui.app import OvernightApp

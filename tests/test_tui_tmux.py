@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.demodata import write_demo_files
+from daemon.client.demodata import write_demo_files
 from tests.conftest import REPO, budget, wait_until
 from tests.tui_fixtures import TRAINING, build_home
 

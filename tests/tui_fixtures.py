@@ -1,7 +1,7 @@
 """Homes for the dashboard tests: DB rows written through the daemon's own Store, run folders with real files.
 
 Times are fixed (2026-05-14 night) so snapshot pictures do not change from one day to the next; the curves and
-evolution records are computed (the evolution fields through daemon.evolution's own scoring), not typed in.
+evolution records are computed (the evolution fields through daemon.core.evolution's own scoring), not typed in.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.evolution import is_exact, similarity
-from daemon.home import Home
-from daemon.store import Store
+from daemon.core.evolution import is_exact, similarity
+from daemon.core.home import Home
+from daemon.engine.store import Store
 from tui.gpuprocs import GpuProcess
 from tui.telemetry import GpuStat, ProcInfo, SystemStat, Telemetry
 
@@ -75,7 +75,7 @@ ANSWERS = {0: ["alpha alpha", "one one", "red red red", "sun"],
 
 
 def evolution_records() -> list[dict]:
-    """evolution.jsonl records: per snapshot per probe, scored by daemon.evolution like the trainer does."""
+    """evolution.jsonl records: per snapshot per probe, scored by daemon.core.evolution like the trainer does."""
     out = []
     for step, answers in ANSWERS.items():
         for i, ((prompt, reference), generation) in enumerate(zip(PROBES, answers)):

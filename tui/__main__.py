@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from daemon.home import Home
+from daemon.core.home import Home
 from tui.app import run
 
 

@@ -2,7 +2,7 @@
 it (no Textual here).
 
 The dashboard never talks to the daemon or the trainer: it writes a command file into `control/` through
-`daemon.control.send` (what `overnight pause|resume|stop|skip|priority|activate|delete` do) and matches the daemon's
+`daemon.core.control.send` (what `overnight pause|resume|stop|skip|priority|activate|delete` do) and matches the daemon's
 acknowledgement in the DB's control_events by the ticket's event id, as the CLI does.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from daemon import control
-from daemon.home import Home
-from daemon.states import LIVE, RESUMABLE, State
+from daemon.core import control
+from daemon.core.home import Home
+from daemon.core.states import LIVE, RESUMABLE, State
 from tui.homedata import ControlAck, HomeSnapshot, ModelRow, RunRow
 
 

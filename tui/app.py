@@ -19,8 +19,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from daemon.home import Home
-from daemon.rundir import RunFolder
+from daemon.core.home import Home
+from daemon.core.rundir import RunFolder
 from tui import actions
 from tui.actions import AckTracker, NotApplicable, Request
 from tui.homedata import ControlAck, DaemonState, HomeSnapshot, HomeWatcher, ModelRow, RunRow, RunWatcher, grep_file

@@ -1,5 +1,5 @@
 """How the dashboard writes bars, log stamps and times in a few cells (no Textual here). Numbers come from
-daemon/render.py, so the CLI and the dashboard write them alike."""
+daemon/core/render.py, so the CLI and the dashboard write them alike."""
 from __future__ import annotations
 
 import re

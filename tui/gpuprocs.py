@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from daemon.states import ACTIVE
+from daemon.core.states import ACTIVE
 
 NVML_VALUE_NOT_AVAILABLE = (1 << 64) - 1  # usedGpuMemory when the driver cannot say (older bindings pass it raw)
 _MAX_DEPTH = 32  # ancestors looked at per process (a cycle or a very deep tree stops there)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon import control, morning, rundir, sweep
-from daemon.evolution import EvolutionReport, analyze, is_probe_record, no_probes
-from daemon.home import Home, daemon_alive
-from daemon.morning import FailedRun, RejectedDrop
-from daemon.queries import Reader
-from daemon.rundir import JsonlTail, LogUpdate, RunFolder
-from daemon.states import ACTIVE, ENDED, State
+from daemon.core import control, morning, rundir, sweep
+from daemon.core.evolution import EvolutionReport, analyze, is_probe_record, no_probes
+from daemon.core.home import Home, daemon_alive
+from daemon.core.morning import FailedRun, RejectedDrop
+from daemon.core.queries import Reader
+from daemon.core.rundir import JsonlTail, LogUpdate, RunFolder
+from daemon.core.states import ACTIVE, ENDED, State
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
 _MAX_APPEND_BYTES = 1 << 20  # a bigger jump in console.log is re-read from its end instead of in full
@@ -64,7 +64,7 @@ class RunRow:
     started: str | None = None
     finished: str | None = None
     group_id: str | None = None  # a sweep (or a base_model list): the runs of one drop
-    best: bool = False  # the best completed run of its group (daemon.sweep.rank)
+    best: bool = False  # the best completed run of its group (daemon.core.sweep.rank)
     pid: int | None = None  # its trainer's PID (torchrun: the launcher, whose children hold the GPUs)
     gpu_set: tuple[int, ...] = ()  # the GPUs its trainer was started on, as NVML numbers them; () = the CPU
 
@@ -116,7 +116,7 @@ class ModelRow:
     adapter_path: str | None
     final_loss: float | None
     eval_loss: float | None
-    parent: str | None = None  # what it continued from: `NAME:VERSION`, or an adapter folder (daemon.lineage)
+    parent: str | None = None  # what it continued from: `NAME:VERSION`, or an adapter folder (daemon.engine.lineage)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class HomeSnapshot:
     paused: frozenset[str] = frozenset()  # what control/pause holds: run ids, "*" for whatever runs; empty if absent
     stop_held: bool = False  # an untargeted control/stop holds the queue
     error: str | None = None  # the DB could not be read this time (shown, retried next second)
-    # what needs the user (daemon.morning, the same as `overnight status`): failed runs and rejected drops of the
+    # what needs the user (daemon.core.morning, the same as `overnight status`): failed runs and rejected drops of the
     # last `morning.DEFAULT_SINCE_H` hours, newest first, and what holds the queue
     failed: tuple[FailedRun, ...] = ()
     rejected: tuple[RejectedDrop, ...] = ()

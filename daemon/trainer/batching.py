@@ -14,7 +14,7 @@ import torch
 from transformers import DataCollatorWithFlattening
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from daemon.preflight import padding_report
+from daemon.core.preflight import padding_report
 from daemon.trainer.sequences import PadCollator, SequenceDataset
 
 def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from daemon.rundir import step_name
+from daemon.core.rundir import step_name
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.commands import Commands

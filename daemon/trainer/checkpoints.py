@@ -1,6 +1,6 @@
 """Checkpoint folders: `checkpoint-N` (being written by the Trainer) → `step-N` (complete), retention, resume.
 
-Only complete checkpoints carry the `step-N` name. Which one is the newest complete is decided by daemon/rundir.py
+Only complete checkpoints carry the `step-N` name. Which one is the newest complete is decided by daemon/core/rundir.py
 (`newest_complete`, one rule for the daemon and the trainer); here are the torch load test, the renames and the
 deletions. Retention keeps the newest `keep` plus the best by eval loss; the final adapter/ is never touched.
 """
@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from daemon.atomic import fsync_dir, write_text
-from daemon.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name
+from daemon.core.atomic import fsync_dir, write_text
+from daemon.core.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name
 
 
 def damage(folder: Path) -> str | None:

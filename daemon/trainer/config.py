@@ -1,5 +1,5 @@
-"""The trainer's view of a run folder: the resolved options from config.json (its format: daemon/runconfig.py,
-its paths: daemon/rundir.py)."""
+"""The trainer's view of a run folder: the resolved options from config.json (its format: daemon/core/runconfig.py,
+its paths: daemon/core/rundir.py)."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon import runconfig
-from daemon.options import OPTIONS, Option
-from daemon.rundir import RunFolder
+from daemon.core import runconfig
+from daemon.core.options import OPTIONS, Option
+from daemon.core.rundir import RunFolder
 
 
 class RunError(Exception):
@@ -36,19 +36,19 @@ def _from_dict(cls: type, options: dict[str, Any]) -> Any:
     return opts
 
 
-# One schema (after transformers' TrainingArguments): every option declared with Train(...) in daemon/options.py
+# One schema (after transformers' TrainingArguments): every option declared with Train(...) in daemon/core/options.py
 # is a field here, typed by its `kind` and defaulting to its `default`; adding an option is one edit there.
 TrainOptions = make_dataclass("TrainOptions", [_field(o) for o in OPTIONS.values() if o.trainer],
                               namespace={"from_dict": classmethod(_from_dict), "__module__": __name__})
 TrainOptions.__doc__ = (  # help(TrainOptions) shows each field's type and default (the signature dataclass wrote)
-    "The options the trainer uses: one field per Train(...) option of daemon/options.py (base_model: one model, "
+    "The options the trainer uses: one field per Train(...) option of daemon/core/options.py (base_model: one model, "
     f"as the daemon queues one run per model).\n\n{TrainOptions.__doc__}")
 
 
 @dataclass
 class RunConfig:
     """config.json as the trainer uses it: typed options, the dataset file and schema, the probe file (`file`:
-    the whole config.json, daemon/runconfig.py's RunConfig)."""
+    the whole config.json, daemon/core/runconfig.py's RunConfig)."""
 
     paths: RunFolder
     options: TrainOptions

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import TextIO
 
-from daemon.timefmt import stamp
+from daemon.core.timefmt import stamp
 
 _lock = threading.Lock()  # stdout and stderr share one file: whole lines only, never interleaved
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from daemon.space import needed, size_text
+from daemon.core.space import needed, size_text
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.callbacks import Progress, RunStatus

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import write_json, write_text
-from daemon.templating import serving_template
+from daemon.core.atomic import write_json, write_text
+from daemon.core.templating import serving_template
 
 
 def versions() -> dict[str, str]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from daemon import auto
-from daemon.auto import Machine
-from daemon.gpus import under_torchrun
+from daemon.core import auto
+from daemon.core.auto import Machine
+from daemon.core.gpus import under_torchrun
 from daemon.trainer.config import RunError, TrainOptions
 
 
@@ -132,7 +132,7 @@ def load_tokenizer(source: str, trust_remote_code: bool) -> Any:
 
 
 def choose_attention(requested: str, device: Device) -> tuple[str, str]:
-    """The attention implementation a run uses, and why (for the console header): daemon.auto's rule on this device."""
+    """The attention implementation a run uses, and why (for the console header): daemon.core.auto's rule on this device."""
     import importlib.util
 
     cuda = device.kind == "cuda"

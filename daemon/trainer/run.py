@@ -15,13 +15,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from daemon import gpus
-from daemon.atomic import read_json, write_json
-from daemon.gpus import under_torchrun
-from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
-from daemon.basemodel import ModelNotFound, locate_model
-from daemon.rundir import TRAINER_STATE, RunFolder, step_of
-from daemon.space import is_disk_full
+from daemon.core import gpus
+from daemon.core.atomic import read_json, write_json
+from daemon.core.gpus import under_torchrun
+from daemon.core.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
+from daemon.core.basemodel import ModelNotFound, locate_model
+from daemon.core.rundir import TRAINER_STATE, RunFolder, step_of
+from daemon.core.space import is_disk_full
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.config import RunConfig, RunError, TrainOptions
@@ -104,7 +104,7 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
     """A default max_length longer than the model's context becomes the context (an explicit one was refused)."""
     from dataclasses import replace
 
-    from daemon.basemodel import context_note, model_context
+    from daemon.core.basemodel import context_note, model_context
 
     opts = s.cfg.options
     if s.cfg.file.sources.get("max_length", "default") != "default":
@@ -118,7 +118,7 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
 
 def _choose_chat_format(s: Session, folder: Path) -> None:
     """The chat template and prompt format (torch-free, so a bad template fails before the ~5 s of imports)."""
-    from daemon.templating import TemplateError, for_run, prompt_as_chat
+    from daemon.core.templating import TemplateError, for_run, prompt_as_chat
 
     opts, root = s.cfg.options, s.cfg.paths.root
     try:
@@ -211,7 +211,7 @@ def _retry_group(attempt: TrainOptions, error: BaseException) -> None:
     with no launcher to restart them (several nodes), or no rung left, the run fails with the fix."""
     import json
 
-    from daemon.launch import RETRY_FILE_ENV
+    from daemon.core.launch import RETRY_FILE_ENV
 
     where = f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun)"
     target = os.environ.get(RETRY_FILE_ENV)
@@ -231,7 +231,7 @@ def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
     import json
     from dataclasses import replace
 
-    from daemon.launch import RETRY_OPTIONS_ENV
+    from daemon.core.launch import RETRY_OPTIONS_ENV
 
     raw = os.environ.get(RETRY_OPTIONS_ENV)
     if not raw:

@@ -1,9 +1,9 @@
 """Examples → token ids and loss masks, the deterministic train/eval/probe split, and the padding collator.
 
-Three kinds of normalised examples come from `daemon.datasets.iter_examples` (see docs/ARCHITECTURE.md):
+Three kinds of normalised examples come from `daemon.core.datasets.iter_examples` (see docs/ARCHITECTURE.md):
 - prompt: with a chat format (prompt_format), one chat exchange (below); raw: tokens(prompt) + tokens(completion)
   + eos, the prompt masked from the loss (label -100);
-- chat: the run's chat template (daemon.templating), rendered once; only what the assistant says and its
+- chat: the run's chat template (daemon.core.templating), rendered once; only what the assistant says and its
   end-of-turn tokens carry labels;
 - text: every record + eos, concatenated and cut into blocks of max_length; every token is a label.
 Datasets are tokenised once up front and held as int32 arrays (a few bytes per token).
@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from daemon.datasets import as_chat
-from daemon.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
+from daemon.core.datasets import as_chat
+from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 
 IGNORE = -100
@@ -278,7 +278,7 @@ def count_records(examples: Iterator[Any]) -> int:
 
 
 def dataset_examples(path: Path) -> Callable[[], Iterator[dict[str, Any]]]:
-    """A re-iterable source of normalised examples (daemon.datasets does the parsing and validation)."""
-    from daemon.datasets import iter_examples
+    """A re-iterable source of normalised examples (daemon.core.datasets does the parsing and validation)."""
+    from daemon.core.datasets import iter_examples
 
     return lambda: iter_examples(path)

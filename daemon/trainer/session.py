@@ -17,7 +17,7 @@ class Session:
 
     cfg: RunConfig
     result: Result
-    chat: Any = None  # the run's ChatFormat (daemon.templating), None without a chat template
+    chat: Any = None  # the run's ChatFormat (daemon.core.templating), None without a chat template
     prompt_chat: bool = False  # prompt records shown as one chat exchange (prompt_format)
 
 

@@ -11,11 +11,11 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
-from daemon import auto
-from daemon.atomic import write_json
-from daemon.rundir import TRAINER_STATE
-from daemon.options import LiveSetting
-from daemon.preflight import Shape, checkpointing_decision
+from daemon.core import auto
+from daemon.core.atomic import write_json
+from daemon.core.rundir import TRAINER_STATE
+from daemon.core.options import LiveSetting
+from daemon.core.preflight import Shape, checkpointing_decision
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.batching import GroupedSampler, collator, padding_line
@@ -348,7 +348,7 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
 
 
 def _prepare_data(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
-    from daemon.datasets import DatasetError
+    from daemon.core.datasets import DatasetError
 
     _check_bytes(s.cfg)
     try:
@@ -359,7 +359,7 @@ def _prepare_data(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
 
 def _check_bytes(cfg: Any) -> None:
     """The bytes trained are the bytes validated: a dataset changed after intake fails the run, with the fix."""
-    from daemon.fsutil import sha256_file
+    from daemon.core.fsutil import sha256_file
 
     want = cfg.file.dataset.get("sha256")
     if want and sha256_file(cfg.dataset_path) != want:
@@ -399,7 +399,7 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
 
 
 def _tokenise_dataset(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
-    from daemon.probes import holdout_indices, load_probe_file, probe_from_example
+    from daemon.core.probes import holdout_indices, load_probe_file, probe_from_example
 
     cfg, opts = s.cfg, s.cfg.options
     examples = dataset_examples(cfg.dataset_path)
@@ -421,7 +421,7 @@ def _tokenise_dataset(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prep
 
 
 def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCallback | None:
-    from daemon.evolution import resolve_probe_every
+    from daemon.core.evolution import resolve_probe_every
     from daemon.trainer.snapshots import EvolutionCallback
 
     opts = s.cfg.options

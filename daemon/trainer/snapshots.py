@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, TrainerCallback
 
-from daemon.evolution import AUTO_MIN_SNAPSHOTS, is_exact, load_records, similarity
-from daemon.timefmt import iso
+from daemon.core.evolution import AUTO_MIN_SNAPSHOTS, is_exact, load_records, similarity
+from daemon.core.timefmt import iso
 from daemon.trainer.oom import free_memory, is_out_of_memory
 
 

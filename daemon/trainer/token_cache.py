@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.fsutil import sha256_file
+from daemon.core.fsutil import sha256_file
 from daemon.trainer.sequences import Encoded, Prepared, SequenceDataset
 
 VERSION = 1  # bump when the layout of the sequences changes

@@ -6,7 +6,7 @@ died of a signal (kill -9, the OOM killer) and fails one that exited with an err
 signal, or the launcher itself got SIGTERM/SIGINT/SIGHUP, the launcher ends by that same signal: the daemon sees
 the negative return code of a single killed trainer. A worker that failed on its own (exit code 1, its traceback
 and result.json written) still makes the launcher exit 1; a worker that failed only because another vanished
-exits with PEER_LOST_EXIT (daemon/launch.py) and does not count (`killing_signal`).
+exits with PEER_LOST_EXIT (daemon/core/launch.py) and does not count (`killing_signal`).
 
 Out of memory on one rank (single node): that rank writes the next rung of the retry ladder to a file this
 launcher names and exits OOM_RETRY_EXIT; the launcher starts every worker again with the rung, and they resume
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from daemon.launch import RETRY_FILE_ENV, RETRY_OPTIONS_ENV
+    from daemon.core.launch import RETRY_FILE_ENV, RETRY_OPTIONS_ENV
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     single_node = bool(args.standalone)
@@ -85,7 +85,7 @@ def ended_run(script_args: list[str], since: float) -> str | None:
     rank 0 at or after `since`; else None. `script_args`: the trainer's arguments, RUN_DIR last."""
     from pathlib import Path
 
-    from daemon.atomic import read_json
+    from daemon.core.atomic import read_json
 
     if not script_args:
         return None
@@ -117,7 +117,7 @@ def exits(failures: dict[int, tuple[int, float, int]]) -> str:
 
 def retry_rung(failures: dict[int, tuple[int, float, int]], rung_file: str) -> str | None:
     """The rung a worker that ran out of memory wrote (JSON), when that is the only failure of its own."""
-    from daemon.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
+    from daemon.core.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
 
     codes = {code for code, _t, _p in failures.values() if code > 0}
     if OOM_RETRY_EXIT not in codes or codes - {OOM_RETRY_EXIT, PEER_LOST_EXIT} or not os.path.exists(rung_file):
@@ -133,7 +133,7 @@ def killing_signal(failures: dict[int, tuple[int, float, int]]) -> tuple[int, in
     of its own (a positive code other than PEER_LOST_EXIT) is what ended the run: None. Otherwise the first signal
     death, SIGTERM last: torchrun itself sends SIGTERM to the workers still running once one has failed.
     """
-    from daemon.launch import PEER_LOST_EXIT
+    from daemon.core.launch import PEER_LOST_EXIT
 
     if any(code > 0 and code != PEER_LOST_EXIT for code, _t, _p in failures.values()):  # (OOM_RETRY_EXIT too)
         return None

@@ -6,7 +6,7 @@ disk" by creating the marker and "frees space" by deleting it. Each fault is an 
   checkpoint  the trainer's checkpoint write fails halfway (optimizer.pt cut short, ENOSPC); the marker may name
               the first step it hits
   adapter     the trainer's final adapter save fails (ENOSPC)
-  disk        the daemon sees 0 bytes free (daemon/space.py), as it would on the disk those writes filled
+  disk        the daemon sees 0 bytes free (daemon/core/space.py), as it would on the disk those writes filled
   db          every write of the daemon's Store fails with sqlite's "database or disk is full"
   db.METHOD   only that Store method's writes fail (db.add_model: registering a model version)
   log         the daemon's log writes fail: overnight.log's handler and the console.log appends (ENOSPC)
@@ -67,7 +67,7 @@ def _patch_safetensors(st) -> None:
 
 
 def _patch_space(space) -> None:
-    """The daemon's view of free space (daemon/space.py); the trainer checks with its own shutil and finds room:
+    """The daemon's view of free space (daemon/core/space.py); the trainer checks with its own shutil and finds room:
     the disk fills between its check and its write."""
     real = space.shutil
 
@@ -135,8 +135,8 @@ def _patch_logging(logging) -> None:
     logging.FileHandler.emit = faulty_emit
 
 
-PATCHES = {"torch": _patch_torch, "safetensors.torch": _patch_safetensors, "daemon.space": _patch_space,
-           "daemon.store": _patch_store, "daemon.rundir": _patch_rundir}
+PATCHES = {"torch": _patch_torch, "safetensors.torch": _patch_safetensors, "daemon.core.space": _patch_space,
+           "daemon.engine.store": _patch_store, "daemon.core.rundir": _patch_rundir}
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

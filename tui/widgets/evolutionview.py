@@ -9,7 +9,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from daemon.evolution import EvolutionReport, ProbeHistory
+from daemon.core.evolution import EvolutionReport, ProbeHistory
 
 STATUS = {"learned": ("✓ learned", "bold green"), "relearned": ("↻ relearned", "green"),
           "forgotten": ("✗ forgotten", "bold red"), "not learned": ("· not yet", "yellow")}

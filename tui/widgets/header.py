@@ -6,7 +6,7 @@ import os
 from rich.text import Text
 from textual.widgets import Static
 
-from daemon.states import State
+from daemon.core.states import State
 from tui.homedata import HomeSnapshot
 from tui.gpuprocs import gpu_summary
 from tui.telemetry import Telemetry

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import DataTable
 
-from daemon.render import fmt_loss
+from daemon.core.render import fmt_loss
 from tui.homedata import HomeSnapshot, ModelRow
 from tui.fmt import short_time
 from tui.widgets.runs import clip_id

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from daemon.morning import HELD_BY_STOP
-from daemon.render import cells, cut, rejected_item
+from daemon.core.morning import HELD_BY_STOP
+from daemon.core.render import cells, cut, rejected_item
 from tui.homedata import HomeSnapshot
 
 

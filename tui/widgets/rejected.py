@@ -11,7 +11,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from daemon.morning import DEFAULT_SINCE_H, RejectedDrop
+from daemon.core.morning import DEFAULT_SINCE_H, RejectedDrop
 
 MAX_ERROR_CHARS = 64 * 1024  # an error file is a few lines; a huge one is not read whole into the UI
 

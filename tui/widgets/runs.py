@@ -12,12 +12,12 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
-from daemon.render import fmt_duration, fmt_gpu_set, fmt_loss, fmt_priority, fmt_rate
-from daemon.states import State
+from daemon.core.render import fmt_duration, fmt_gpu_set, fmt_loss, fmt_priority, fmt_rate
+from daemon.core.states import State
 from tui.homedata import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
 
-HELD = "held"  # a queued run that cannot start (daemon.morning.held: control/stop, a full disk, a broken toml)
+HELD = "held"  # a queued run that cannot start (daemon.core.morning.held: control/stop, a full disk, a broken toml)
 STATE_STYLE = {State.TRAINING: "bold green", State.PREPARING: "green", State.PAUSED: "bold yellow",
                State.QUEUED: "cyan", State.COMPLETED: "blue", State.FAILED: "bold red", State.STOPPED: "magenta",
                State.SKIPPED: "magenta", HELD: "bold yellow"}
@@ -32,7 +32,7 @@ class Column:
 
 
 _STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")  # NAME-YYYYMMDD-HHMMSS[-N], as intake names runs
-PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.render.fmt_priority)
+PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.core.render.fmt_priority)
 # gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once
 _NARROW = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 6),
            Column("eta", "ETA", 6), Column("gpu", "GPU", 4), Column("prio", "pri", PRIO)]

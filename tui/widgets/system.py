@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from daemon.render import fmt_bytes
+from daemon.core.render import fmt_bytes
 from tui.homedata import RunRow
 from tui.gpuprocs import GpuUse, map_gpu_processes
 from tui.telemetry import GpuStat, Telemetry

@@ -1,0 +1,284 @@
+"""`overnight check`: the daemon's validation, run on files the user names; a verdict per file (the CLI renders it)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.core import auto, sweep
+from daemon.core.as_trained import TrainedView
+from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport
+from daemon.core.home import Home
+from daemon.core.basemodel import model_folder
+from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
+from daemon.core.basemodel import context_note, model_context
+from daemon.core.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
+from daemon.core.templating import TemplateError
+from daemon.engine.submission import (PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
+                               check_pairing, check_truncation, load_options, role_of,
+                               stem_of, validate)
+
+
+@dataclass
+class Problem:
+    """Why the daemon would refuse the file: its own words (as in rejected/NAME.error.txt), and where known the
+    place (file, line, field) and the fix apart, for scripts."""
+
+    message: str
+    place: str | None = None
+    fix: str | None = None
+
+    @classmethod
+    def of(cls, err: Exception) -> Problem:
+        # validate() re-raises a DatasetError as a SubmissionError in the same words: the context keeps its parts
+        data = err if isinstance(err, DatasetError) else err.__context__
+        if isinstance(data, DatasetError) and str(data) == str(err):
+            return cls(str(err), data.place, data.fix)
+        fix = str(err).partition(" Fix: ")[2]
+        return cls(str(err), None, fix or None)
+
+    @classmethod
+    def all_of(cls, err: Exception) -> list[Problem]:
+        """An options file with several bad keys is one error of several lines: a problem each, with its fix."""
+        data = err if isinstance(err, OptionsError) else err.__context__
+        if isinstance(data, OptionsError) and len(data.each) > 1 and str(data) == str(err):
+            return [cls(m, None, m.partition(" Fix: ")[2] or None) for m in data.each]
+        return [cls.of(err)]
+
+
+@dataclass
+class Verdict:
+    """What `overnight check` found in one file: facts for a person, the same for machines, and the problems."""
+
+    file: str
+    role: str | None = None
+    summary: str = ""  # beside OK on the first line: "sidecar, 3 options"
+    facts: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # what a drop of a good file would still need from the home (a base model): not a fault of the file
+    needs: list[str] = field(default_factory=list)
+    # `--show N`: the first examples as the model sees them, each a list of {"text", "train"} segments
+    shown: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, *facts: str | None) -> None:
+        self.facts += [f for f in facts if f]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"file": self.file, "ok": self.ok, "role": self.role, **self.data,
+               "problems": [asdict(p) for p in self.problems], "needs": self.needs}
+        if self.shown:
+            out["examples"] = self.shown
+        return {**out, "error": self.problems[0].message} if self.problems else out
+
+
+def _stats_line(label: str, s: dict | None) -> str | None:
+    if not s:
+        return None
+    return f"{label}: min {s['min']}, mean {s['mean']:.1f}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}"
+
+
+def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
+    """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file); with
+    `show`, a dataset's first `show` examples are rendered as the model will see them."""
+    if not path.exists():
+        return Verdict(str(path), problems=[Problem(f"{path}: no such file", str(path))])
+    verdict = Verdict(str(path), role_of(path))
+    try:
+        if not _is_owner_toml(path, home):
+            check_pairing(path)  # the inbox's rule: a stem it cannot pair is refused, every file of it
+        if _is_owner_toml(path, home):
+            _check_owner_toml(path, home, verdict)
+        elif verdict.role == "sidecar":
+            _check_sidecar(path, home, verdict)
+        elif verdict.role == "probes":
+            from daemon.core.probes import load_probe_file
+            probes = load_probe_file(path)
+            verdict.summary, verdict.data = f"{len(probes)} probes", {"probes": len(probes)}
+        elif verdict.role == "unsupported":
+            raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
+                                  f".json, .csv, .parquet or .txt.")
+        else:
+            _check_dataset(path, home, verdict, show)
+    except (SubmissionError, OptionsError, DatasetError, TemplateError) as e:
+        verdict.problems += Problem.all_of(e)
+    return verdict
+
+
+def _is_owner_toml(path: Path, home: Home) -> bool:
+    """An `overnight.toml` anywhere but in the inbox (where it would be the sidecar of overnight.jsonl)."""
+    return path.name == "overnight.toml" and path.resolve().parent != home.inbox.resolve()
+
+
+def _check_sidecar(path: Path, home: Home, verdict: Verdict) -> None:
+    """A sidecar alone gets the checks it gets beside its dataset: options, sweep cap, base models (and their
+    context) and the adapter it continues from."""
+    resolved = load_options(path, home.toml)
+    opts = {k: v for k, v in resolved.values.items() if resolved.sources.get(k) == "sidecar"}
+    check_models(resolved, path, home.toml, require_model=False)
+    grid = sweep.summary(resolved)
+    verdict.summary = f"sidecar, {len(opts)} options"
+    verdict.data = {"options": opts, "runs": sweep.run_count(resolved)}
+    verdict.add(f"sweep: {grid}" if grid else None)
+
+
+def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
+    """The machine owner's overnight.toml: every option, the owner-only tables ([hooks], [notify]) and base models."""
+    opts = load_home_toml(path)
+    if "base_model" in opts:
+        check_base_models(resolve(opts, None), None, path)
+    verdict.role, verdict.summary = "owner", f"overnight.toml, {len(opts)} options"
+    verdict.data = {"options": sorted(opts)}
+    if opts.get("hooks"):
+        verdict.add(f"hooks: {', '.join(sorted(opts['hooks']))}")
+    if opts.get("notify"):
+        from daemon.core.notifytable import NotifyConfig, masked
+        cfg = NotifyConfig.from_table(opts["notify"])
+        verdict.add(f"notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
+    if "base_model" in opts:
+        verdict.add(f"base model: {', '.join(resolve(opts, None).base_models)}")
+
+
+def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
+    sidecar = path.with_name(stem_of(path) + ".toml")
+    probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
+    sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
+                   require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root),
+                   show=show)
+    r = sub.report
+    first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
+    if path.is_symlink():
+        r.notes.append("this is a symbolic link: the daemon refuses links dropped into the inbox; use "
+                       "`overnight add FILE` (it copies) or mv the real file")
+        if path.parent.resolve() == home.inbox.resolve():
+            raise SubmissionError(f"{path.name} is a symbolic link; overnight refuses links in the inbox so that "
+                                  f"nothing outside the home is read or moved. Fix: move or copy the real file "
+                                  f"into the inbox.")
+    grid = sweep.summary(sub.options)
+    refused = None  # a record the template refuses: said after the model checks, in the daemon's order
+    try:
+        trained = _as_trained(sub, first.values, home, verdict, show)
+    except SubmissionError as e:
+        trained, refused = None, e
+    tokens = (_stats_line(f"tokens per example as trained ({trained.how})", trained.view.lengths.summary())
+              if trained and trained.view.lengths.count else
+              _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
+                          r.tokens) if r.tokens else None)
+    verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}",
+                _stats_line("characters per example", r.chars), tokens,
+                trained.cut_line() if trained else None,
+                _batching_line(r, first.values, trained), _memory_line(r, first, home.root),
+                trained.template_line if trained else None,
+                f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
+                f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
+                f"probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None,
+                *(f"note: {n}" for n in r.notes))
+    verdict.data.update(report=r.to_dict(), base_models=sub.options.base_models, runs=sweep.run_count(sub.options))
+    if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
+        verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
+                             f"{sidecar.name}")
+        if refused is not None:
+            raise refused
+        return
+    parent = check_models(sub.options, sub.sidecar, home.toml)
+    if refused is not None:
+        raise refused
+    check_truncation(sub)
+    if sub.options.sources.get("max_length") == "default":
+        for spec in sub.options.base_models:
+            verdict.add(context_note(first.values["max_length"], model_context(model_folder(spec, home.root)), spec))
+    verdict.add(f"base model: {', '.join(sub.options.base_models)}",
+                f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
+
+
+@dataclass
+class Trained:
+    """The dataset as the run will train on it (daemon/core/as_trained.py), and how `check` words it."""
+
+    view: TrainedView
+    how: str  # "tiny-qwen2 tokenizer, chat template"
+    template_line: str | None
+    max_length: int
+
+    def cut_line(self) -> str | None:
+        v = self.view
+        if not v.lengths.count:
+            return None
+        if not v.truncated:
+            return f"max_length {self.max_length}: no record is cut"
+        return (f"max_length {self.max_length}: {v.truncated} record(s) cut, {v.dropped} of them dropped (nothing of "
+                f"their answer left to learn)" + (": raise max_length to keep them" if v.dropped else ""))
+
+
+def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> Trained | None:
+    """The records as the run lays them out (submission.as_trained, the daemon's own check) and how check says
+    it: the chat template and prompt format, the lengths in the base model's tokens."""
+    sub.trained = t = as_trained(sub, home.root, show)
+    if t is None:
+        return None
+    prompts = sub.report.schema in PROMPT_SCHEMAS
+    line = None
+    if sub.report.schema not in TEXT_SCHEMAS:
+        fmt, as_chat = t.fmt, t.as_chat
+        auto = " (auto)" if values["prompt_format"] == "auto" else ""
+        line = (f"chat template: {fmt.describe() if fmt else 'none'}"
+                + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if prompts else ""))
+        verdict.data["chat_template"] = fmt.label if fmt else None
+        verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if prompts else None
+    verdict.shown = t.view.shown
+    if t.counted:
+        verdict.data["as_trained"] = t.view.to_dict()
+    how = f"{t.folder.name if t.folder else '?'} tokenizer, " + (
+        "chat template" if t.fmt and (t.as_chat or not prompts) else "prompt + answer")
+    return Trained(t.view, how, line, t.max_length)
+
+
+def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None) -> str | None:
+    """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data): the
+    lengths as trained where known, else the text's plus an eos."""
+    if r.schema in TEXT_SCHEMAS:
+        return "batching: text is cut into full blocks of max_length: no padding"
+    sample = trained.view.lengths.sample if trained and trained.view.lengths.count else [n + 1 for n in r.token_sample]
+    if not sample:
+        return None
+    try:  # the trainer's own rule, on this machine
+        attention, _ = auto.attention(values["attn_implementation"], auto.Machine.here())
+    except ValueError:
+        attention = "sdpa"  # the run would fail at its start, saying why; its batching then matters no more
+    batching, how = auto.batching(values["batching"], "prompt", attention)
+    est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"])
+    scale = r.records / len(sample)
+    est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
+    return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
+            f"max_length {values['max_length']} ({how})")
+
+
+def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
+    """On a machine with a GPU: the preflight memory estimate of the first base model against that GPU."""
+    folder = model_folder(opts.base_models[0], root) if opts.base_models else None
+    free = gpu_free_bytes()
+    if folder is None or free is None or not (folder / "config.json").is_file() or not r.tokens:
+        return None
+    shape = Shape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    v = opts.values
+    seq_len = min(int(r.tokens["max"]) + 1, v["max_length"])
+    on, why = checkpointing_decision(v["gradient_checkpointing"], shape, free, batch_size=v["batch_size"],
+                                     seq_len=seq_len, lora_r=v["lora_r"], quantization=v["quantization"],
+                                     dtype_bytes=2, liger=v["use_liger_kernel"])
+    return f"GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
+
+
+def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
+    """Count tokens with the first base model's tokenizer.json (the `tokenizers` library: fast, no torch)."""
+    folder = model_folder(models[0], root) if models else None
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        return None  # characters only, until a tokenizer is known
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)

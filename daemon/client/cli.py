@@ -1,0 +1,519 @@
+"""`overnight`: every command of the appliance. Errors become one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from daemon import __version__
+from daemon.core import morning, render
+from daemon.core.completeness import SETTLE_S
+from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
+from daemon.core.queries import BrokenDB, Reader, RefError
+from daemon.core.states import LIVE, State
+
+home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
+                           help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _home(home: str | None) -> Home:
+    """The home, its folders created (a file where one belongs: one line with the fix, no traceback)."""
+    with _clean_errors(HomeDamaged):
+        return Home.resolve(home)
+
+
+def _reader(h: Home) -> Reader:
+    return Reader(h.db)
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@contextmanager
+def _clean_errors(*kinds: type[Exception]):
+    """A failure the user can fix is one line and exit 1, not a traceback."""
+    try:
+        yield
+    except kinds as e:
+        raise click.ClickException(str(e)) from None
+
+
+class _Commands(click.Group):
+    """The `overnight` group: a state DB that cannot be read, or a RUN or GROUP that names none or several, is one
+    line with its fix for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BrokenDB, RefError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="overnight")
+def main() -> None:
+    """overnight: drop a dataset into inbox/, find a LoRA adapter in runs/ in the morning."""
+
+
+# --- daemon ---------------------------------------------------------------------------------------------
+@main.command()
+@home_option
+@click.option("--once", is_flag=True, help="Process the inbox and the queue, then exit.")
+@click.option("--settle", type=float, default=SETTLE_S, show_default=True,
+              help="Seconds a dropped file must stay unchanged (and closed) before it is taken: longer than the "
+                   "longest pause of a slow writer.")
+@click.option("--quiet", is_flag=True, help="Log only to overnight.log, not to the terminal.")
+def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
+    """Run the daemon in the foreground: watch inbox/ and control/, train the queue."""
+    from daemon.engine.scheduler import Daemon
+    with _clean_errors(HomeLocked):
+        d = Daemon(_home(home), once=once, settle=settle, echo=not quiet)
+    sys.exit(d.serve())
+
+
+# --- validation and dropping ----------------------------------------------------------------------------
+@main.command()
+@home_option
+@json_option
+@click.option("--show", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also print a dataset's first N examples exactly as the model will see them, trained text marked.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) -> None:
+    """Validate datasets, sidecars or probe files exactly as the daemon would, without queuing anything."""
+    from daemon.client.checking import check_file
+    h = Home.resolve(home, create=False)
+    verdicts = [check_file(Path(f), h, show) for f in files]
+    if as_json:
+        _echo_json([v.to_dict() for v in verdicts])
+    else:
+        colour = sys.stdout.isatty()
+        for v in verdicts:
+            click.echo(render.verdict(v))
+            for number, example in enumerate(v.shown, 1):
+                click.echo(render.example(number, example, colour))
+    if not all(v.ok for v in verdicts):
+        sys.exit(1)
+
+
+@main.command()
+@home_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sidecar", type=click.Path(exists=True, dir_okay=False), help="Options file to use as NAME.toml.")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
+def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
+    """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
+    from daemon.client import drop
+    h = _home(home)
+    with _clean_errors(drop.DropError):
+        drop.add(h, Path(file), sidecar, probes, on_added=lambda src, dest: click.echo(f"added {src} -> {dest}"))
+
+
+@main.command()
+@home_option
+@json_option
+@click.option("--since", "since_h", type=click.FloatRange(min=0), default=morning.DEFAULT_SINCE_H,
+              show_default=True, metavar="HOURS", help="List the runs that failed and the drops rejected this many "
+                                                       "hours back.")
+def status(home: str | None, as_json: bool, since_h: float) -> None:
+    """The daemon, the running jobs (each with its GPU set), the queue and what needs you: failed runs, rejected
+    drops, what holds the queue."""
+    h = Home.resolve(home, create=False)
+    rd = _reader(h)
+    alive = daemon_alive(h)
+    runs = rd.runs(LIVE)
+    events = rd.control_events(5)
+    problem = morning.problem(h, rd.daemon() if alive else None, alive)
+    from daemon.core import control
+    since = morning.cutoff(since_h)
+    failed = morning.failed_runs(rd.runs((State.FAILED,)), since)
+    rejected = morning.rejected_drops(h, since)
+    held = morning.held(control.held(h, "stop"), problem)
+    if as_json:
+        _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
+                    "control_events": events, "since_hours": since_h,
+                    "failed": [vars(f) for f in failed], "rejected": [vars(d) for d in rejected], "held": held})
+        return
+    click.echo(f"home: {h.root}")
+    click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
+               "daemon: not running (start it with: overnight daemon)")
+    if problem:
+        click.echo(f"PROBLEM: {problem}")
+    counts = rd.counts()
+    click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    if runs:
+        click.echo(render.runs_table(runs, held))
+    shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
+    for line in render.morning(failed, rejected, None if shown else held, since_h):
+        click.echo(line)
+    for e in reversed(events):
+        click.echo(f"control {e['time']}: {e['status']}: {e['message']}")
+
+
+@main.command()
+@home_option
+@json_option
+def runs(home: str | None, as_json: bool) -> None:
+    """Every run: active, queued (in order), then history; REASON: why a run failed, stopped or was skipped."""
+    h = Home.resolve(home, create=False)
+    rd = _reader(h)
+    rows = rd.runs()
+    if as_json:
+        _echo_json(rows)
+        return
+    from daemon.core import control
+    alive = daemon_alive(h)
+    click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
+                                                   morning.problem(h, rd.daemon() if alive else None, alive))))
+
+
+def _find_run(h: Home, ref: str) -> dict[str, Any]:
+    """The run RUN names (queries.Reader.named_run: one run, or a RefError the group prints as one line)."""
+    return _reader(h).named_run(ref)
+
+
+@main.command()
+@home_option
+@click.argument("run")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
+@click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
+def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
+    """A run's console.log."""
+    from daemon.core.rundir import LogTail, RunFolder
+    h = Home.resolve(home, create=False)
+    tail = LogTail(RunFolder(_find_run(h, run)["run_dir"]).console, keep=lines or None)
+    try:
+        while True:
+            update = tail.poll()
+            for line in update.lines if update else ():
+                click.echo(line)
+            if not follow:
+                return
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        pass
+
+
+# --- steering (writes control files; the daemon applies them) ---------------------------------------------
+wait_option = click.option("--wait", "wait", type=click.FloatRange(min=0), default=3.0, show_default=True,
+                           metavar="SECONDS", help="How long to wait for the daemon's answer (0: don't wait).")
+
+
+def _parse(kind: str, content: str):
+    """The daemon's own parser: a command it would reject is never written."""
+    from daemon.core import control
+    try:
+        return control.parse_text(kind, content)
+    except control.ControlError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
+    """Write the command and print the daemon's answers; an answer that rejects it exits 1, so that a script
+    can trust the exit code."""
+    from daemon.core import control
+    _parse(kind, content)
+    ticket = control.send(h, kind, content)
+    click.echo(f"wrote {ticket.path}")
+    if not daemon_alive(h):
+        click.echo("no daemon is running: it applies this when it starts (overnight daemon)")
+        return
+    if wait <= 0:
+        click.echo("not waiting for the daemon's answer; see overnight status")
+        return
+    answers = ticket.wait(h, wait)
+    for e in answers:
+        click.echo(f"{e['status']}: {e['message']}")
+    if not answers:
+        click.echo(f"not acknowledged yet (waited {wait:g} s); see overnight status")
+    if any(e["status"] == "rejected" for e in answers):
+        sys.exit(1)
+
+
+def _steer(kind: str, doc: str):
+    @main.command(name=kind, help=doc)
+    @home_option
+    @click.argument("run", required=False)
+    @wait_option
+    def _cmd(home: str | None, run: str | None, wait: float) -> None:
+        h = _home(home)
+        if kind == "stop" and not run:
+            _stop_all(h, wait)
+        else:
+            _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
+    return _cmd
+
+
+def _stop_all(h: Home, wait: float) -> None:
+    """A stop naming no run also holds the queue (even when nothing runs): say how to lift it. The daemon answers a
+    held control/stop once, so a second one is told at once that it is in place instead of waiting for no answer."""
+    from daemon.core import control
+    if control.held(h, "stop") == "*":
+        click.echo(f"already stopped: {h.control / 'stop'} is in place")
+    else:
+        _send(h, "stop", "", wait)
+    click.echo("no new job starts until: overnight resume")
+
+
+_steer("pause", "Pause RUN (without RUN: every running job) at the next step; it stays paused until resumed.")
+_steer("stop", "Checkpoint and stop RUN; without RUN, every running job, and no new job starts until resume.")
+_steer("skip", "Checkpoint RUN (or the one running job), mark it skipped, and go on with the queue.")
+
+
+@main.command()
+@home_option
+@click.argument("run", required=False)
+@wait_option
+def resume(home: str | None, run: str | None, wait: float) -> None:
+    """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
+    h = _home(home)
+    _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
+
+
+@main.command()
+@home_option
+@click.argument("run")
+@click.argument("value", type=int)
+@wait_option
+def priority(home: str | None, run: str, value: int, wait: float) -> None:
+    """Set a run's priority (higher first); a queued run above the running one preempts it."""
+    h = _home(home)
+    _send(h, "priority", f"{_find_run(h, run)['id']} {value}", wait)
+
+
+# --- models --------------------------------------------------------------------------------------------
+@main.command()
+@home_option
+@json_option
+def models(home: str | None, as_json: bool) -> None:
+    """Registered model versions; * marks the active one of each name."""
+    rows = _reader(Home.resolve(home, create=False)).models()
+    _echo_json(rows) if as_json else click.echo(render.models(rows))
+
+
+@main.command()
+@home_option
+@click.argument("name")
+@click.argument("version", type=int)
+@wait_option
+def activate(home: str | None, name: str, version: int, wait: float) -> None:
+    """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
+    h = _home(home)
+    _send(h, "activate", _model_version(h, "activate", name, version), wait)
+
+
+@main.command()
+@home_option
+@click.argument("name")
+@click.argument("version", type=int)
+@wait_option
+def delete(home: str | None, name: str, version: int, wait: float) -> None:
+    """Move a model version's adapter into trash/ (nothing is erased)."""
+    h = _home(home)
+    _send(h, "delete", _model_version(h, "delete", name, version), wait)
+
+
+def _model_version(h: Home, kind: str, name: str, version: int) -> str:
+    """`NAME VERSION` for control/KIND, refused here when the registry has no such version: the daemon would
+    reject it, and without a daemon nothing would say so until it starts."""
+    content = f"{name} {version}"
+    name, version = _parse(kind, content).model
+    versions = [m for m in _reader(h).models() if m["name"] == name]
+    if not any(m["version"] == version for m in versions):
+        known = ", ".join(f"v{m['version']}" for m in versions)
+        raise click.ClickException(f"no model {name} version {version} "
+                                   f"({f'{name} has {known}' if known else 'no model has that name'}). "
+                                   f"Fix: use a NAME and VERSION that overnight models lists.")
+    return content
+
+
+@main.command()
+@home_option
+@click.option("--no-tui", is_flag=True, help="Print progress lines instead of opening the dashboard; exit when done.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training steps (default 200): fewer for a quick look, more to watch the probes settle.")
+def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
+    """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
+    from daemon.client import demo as d
+    from daemon.core.rundir import RunFolder
+    h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo")
+    click.echo(f"demo home: {h.root}")
+    name = d.prepare(h, click.echo, steps)
+    proc = d.start_daemon(h)
+    try:
+        if no_tui:
+            run = d.follow(h, name, click.echo)
+            if run and run["state"] == State.COMPLETED:
+                click.echo(f"\n{run['id']} completed. Adapter: {RunFolder(run['run_dir']).adapter}\n"
+                           f"See what it learned: overnight evolution {run['id']} --home {h.root}")
+            else:
+                reason = f" ({run['reason']})" if run and run["reason"] else ""
+                click.echo(f"\nthe demo run did not complete{reason}; see {h.root / 'runs'}/*/console.log")
+                sys.exit(1)
+        else:
+            from tui.app import run as run_tui
+            run_tui(h.root)
+    finally:
+        d.stop_daemon(proc)
+
+
+@main.command()
+@home_option
+def tui(home: str | None) -> None:
+    """The full-screen dashboard (keyboard only; works over SSH at 80x24)."""
+    from tui.app import run as run_tui
+    run_tui(Home.resolve(home, create=False).root)
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("run")
+def evolution(home: str | None, as_json: bool, run: str) -> None:
+    """What the model answered on each probe over time, and when each was learned or forgotten."""
+    from daemon.core.evolution import format_report, load_records, run_report
+    from daemon.core.rundir import RunFolder
+    h = Home.resolve(home, create=False)
+    r = _find_run(h, run)
+    report = run_report(Path(r["run_dir"]), load_records(RunFolder(r["run_dir"]).evolution))
+    if as_json:
+        _echo_json({"run": r["id"], **report.to_dict()})
+    else:
+        click.echo(f"{r['id']} ({r['state']})")
+        click.echo(format_report(report, width=shutil.get_terminal_size((100, 24)).columns))
+
+
+@main.command(name="export")
+@home_option
+@click.argument("run")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in (a standalone model).")
+def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
+    """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
+    from daemon.client.export import ExportError, export
+    h = Home.resolve(home, create=False)
+    r = _find_run(h, run)
+    with _clean_errors(ExportError):
+        # trust_remote_code as the run was queued with (its config.json), as for training: one value per run
+        note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, base_model=r["base_model"],
+                      log=click.echo)
+    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
+    if note:
+        click.echo(note)
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("refs", metavar="RUN RUN...|GROUP", nargs=-1, required=True)
+def compare(home: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
+    """Runs side by side, best first (eval loss, else final loss): probes learned, tokens/s, wall time and the
+    options that differ. GROUP: a sweep's group id, or its name when one group has it."""
+    from daemon.core.sweep import comparison
+    h = Home.resolve(home, create=False)
+    group, runs = _reader(h).compared(refs)
+    rows = comparison(runs)
+    _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))
+
+
+# --- start on boot -------------------------------------------------------------------------------------------
+@main.group()
+def service() -> None:
+    """Start the daemon at boot: a systemd unit for one home (install, print, uninstall)."""
+
+
+user_option = click.option("--user", "user", is_flag=True,
+                           help="A user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system).")
+
+
+def _unit(home: str | None, user: bool, create: bool):
+    from daemon.client import service as svc
+    return svc.unit_for(Home.resolve(home, create=create).root, user)
+
+
+@service.command(name="print")
+@home_option
+@user_option
+def service_print(home: str | None, user: bool) -> None:
+    """Show the unit `install` would write, without writing it."""
+    unit = _unit(home, user, create=False)
+    click.echo(f"# {unit.path}")
+    click.echo(unit.text, nl=False)
+
+
+@service.command(name="install")
+@home_option
+@user_option
+def service_install(home: str | None, user: bool) -> None:
+    """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
+    from daemon.client import service as svc
+    unit = _unit(home, user, create=False)
+    with _clean_errors(svc.ServiceError, HomeDamaged):
+        replaced = svc.install(unit)  # refuses a home that does not exist
+        Home(unit.home).create()  # its folders, as the daemon will want them
+    click.echo(f"{'updated' if replaced else 'wrote'} {unit.path}\nEnable and start it (and follow its log):")
+    for line in svc.enable_lines(unit):
+        click.echo(f"  {line}")
+    if user:
+        click.echo(f"A user service starts when you log in; to start it at boot without a login: "
+                   f"loginctl enable-linger {os.environ.get('USER') or 'USER'}")
+
+
+@service.command(name="uninstall")
+@home_option
+@user_option
+def service_uninstall(home: str | None, user: bool) -> None:
+    """Remove the unit `install` wrote for this home (only that file; disable it first)."""
+    from daemon.client import service as svc
+    unit = _unit(home, user, create=False)
+    with _clean_errors(svc.ServiceError):
+        svc.uninstall(unit)
+    click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")
+
+
+# --- the DB is an index of runs/ -----------------------------------------------------------------------------
+@main.command()
+@home_option
+@click.option("--rebuild", is_flag=True, help="Move overnight.db aside (never deleted) and rebuild it from runs/.")
+def doctor(home: str | None, rebuild: bool) -> None:
+    """Check overnight.db (integrity, schema, runs/ against the index); exit 1 on a problem. --rebuild: build a
+    fresh DB from the run folders."""
+    from daemon.engine import rebuild as rb
+    h = Home.resolve(home, create=False)
+    if rebuild:
+        _doctor_rebuild(h)
+        return
+    fine, findings = rb.diagnose(h, daemon_running=bool(daemon_alive(h)))
+    for line in fine:
+        click.echo(f"ok: {line}")
+    for f in findings:
+        click.echo(f"PROBLEM: {f.problem}\n  Fix: {f.fix}")
+    sys.exit(1 if findings else 0)
+
+
+def _doctor_rebuild(h: Home) -> None:
+    from daemon.engine import rebuild as rb
+    if not h.root.is_dir():
+        raise click.ClickException(f"{h.root} does not exist. Fix: give the home with --home DIR or $OVERNIGHT_HOME.")
+    try:
+        aside, recovered = rb.rebuild_locked(h)
+    except HomeLocked:
+        alive = daemon_alive(h) or {}
+        raise click.ClickException(
+            f"a daemon (PID {alive.get('pid', '?')}) serves {h.root} and holds overnight.db open: the DB is not "
+            f"rebuilt under it. Fix: restart the daemon (it rebuilds an unusable DB by itself at start), or stop "
+            f"it (kill -TERM {alive.get('pid', 'PID')}) and run overnight doctor --rebuild again.") from None
+    if aside:
+        click.echo(f"moved the old DB aside: {aside}")
+    click.echo(f"rebuilt {h.db} from {h.runs}: {recovered.summary()}")
+    for r in recovered.runs:
+        click.echo(f"  {r['id']}  {r['state']}  loss {render.fmt_loss(r['loss'])}"
+                   f"{'  (' + r['reason'] + ')' if r['reason'] else ''}")

@@ -1,0 +1,69 @@
+"""`overnight add`: a drop put into a home's inbox so that the daemon never sees half of it. Which files go (the
+dataset, its sidecar and probes, named or found beside it), under which names, in which order, refused when any
+would clash, and how each is placed. No click: the CLI prints what this says."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from daemon.core.home import Home
+from daemon.engine.submission import PROBES_SUFFIX, role_of
+
+
+class DropError(ValueError):
+    """A drop that cannot be added (not a dataset, a name already in the inbox): the text says the fix."""
+
+
+def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
+         probes: str | os.PathLike | None) -> list[tuple[Path, Path]]:
+    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset; the dataset
+    last, so that its sidecar is already waiting for it."""
+    stem = src.stem
+    pairs = []
+    for given, beside, name in ((sidecar, src.with_suffix(".toml"), f"{stem}.toml"),
+                                (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
+        if given or beside.exists():
+            pairs.append((Path(given) if given else beside, h.inbox / name))
+    return [*pairs, (src, h.inbox / src.name)]
+
+
+def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.PathLike | None,
+        on_added: Callable[[Path, Path], None] = lambda src, dest: None) -> list[Path]:
+    """Copy the drop into the inbox (`on_added(source, dest)` after each file); all or nothing: a failure removes
+    the copies already placed (the originals stay) and raises. Returns the inbox paths."""
+    if role_of(src) != "dataset":
+        raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
+                        f"Add the dataset and pass this file with --sidecar or --probes.")
+    pairs = plan(h, src, sidecar, probes)
+    clashes = [dest for _, dest in pairs if dest.exists() or dest.is_symlink()]
+    if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
+        raise DropError(f"{', '.join(d.name for d in clashes)} already exists in the inbox ({h.inbox}); "
+                        f"nothing was added. Fix: rename your file or wait for it to be taken.")
+    placed: list[Path] = []
+    try:
+        for s, dest in pairs:
+            place(s, dest)
+            placed.append(dest)
+            on_added(s, dest)
+    except BaseException:
+        for dest in placed:  # our copies only (the originals stay): a half-added drop must not be taken
+            dest.unlink(missing_ok=True)
+        raise
+    return placed
+
+
+def place(src: Path, dest: Path) -> None:
+    """Copy under a hidden temporary name, then link it in: the daemon never sees half a file, and a file that
+    appeared meanwhile is never overwritten."""
+    tmp = dest.with_name(f".overnight-add.{os.getpid()}.tmp")  # short: dest's own name may be near 255 bytes
+    shutil.copyfile(src, tmp)
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise DropError(f"{dest.name} appeared in the inbox meanwhile. Fix: rename your file.") from None
+    except OSError:  # a file system without hard links: the check above must do
+        os.rename(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,137 @@
+"""`overnight export`: hand an adapter (or a merged model) to whatever serves models elsewhere."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.core.runconfig import RunConfig
+from daemon.core.rundir import RunFolder
+
+
+class ExportError(Exception):
+    """What went wrong, in one line ending with a Fix (the CLI prints it and exits 1)."""
+
+
+def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str | None = None,
+           log: Callable[[str], None] = lambda line: None) -> str | None:
+    """Copy RUN/adapter to `out`, or with `merge` save the base model with the adapter merged into it.
+
+    The base model is the one the run trained on (config.json), resolved as the trainer resolves it
+    (`base_model`: the DB's, when config.json lacks it), and loaded with the run's own trust_remote_code (fixed when
+    the run was queued, as for training: overnight.toml today may say otherwise). Returns a note for the user about
+    a merge, else None.
+    """
+    folder = RunFolder(run_dir)
+    adapter = folder.adapter
+    if not (adapter / "adapter_config.json").exists():
+        _deleted(folder, home)
+        raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
+                          f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
+                          f"overwritten).")
+    if not merge:
+        shutil.copytree(adapter, out, dirs_exist_ok=True)
+        return None
+    options = RunConfig.read(folder.root).options
+    spec = options.get("base_model") or base_model
+    if not isinstance(spec, str) or not spec:
+        raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "
+                          f"alone) and merge it onto its base model yourself.")
+    source = _resolve(spec, home, run_dir)
+    trusted = options.get("trust_remote_code") is True
+    return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
+
+
+def _deleted(folder: RunFolder, home: Path) -> None:
+    """A completed run whose version `overnight delete` moved to the trash: say where its adapter is now."""
+    from daemon.core.home import Home
+    from daemon.engine.registry import trashed_adapter
+
+    found = trashed_adapter(Home(home).trash, folder.root.name)
+    if found is None:
+        return
+    raise ExportError(f"the adapter of {folder.root.name} was deleted (overnight delete): it is in the trash, at "
+                      f"{found}. Fix: export it from there (cp -r {found} OUT), or restore it into the run "
+                      f"(cp -r {found} {folder.adapter}) and run overnight export again (--merge works then too).")
+
+
+def _resolve(spec: str, home: Path, run_dir: Path) -> str:
+    """The run's base model, found the way the trainer found it (daemon/core/basemodel.py: one rule for both)."""
+    from daemon.core.basemodel import ModelNotFound, locate_model
+
+    try:
+        return locate_model(spec, home, run_dir, Path.cwd()).source
+    except ModelNotFound as e:  # its fix (edit the options) does not apply to a finished run
+        raise ExportError(f"cannot merge: {e.problem} (the run's base model, named in {RunFolder(run_dir).config}). "
+                          f"Fix: put that model back where the run found it (or into the Hugging Face cache), or "
+                          f"export without --merge to get the adapter alone.") from None
+
+
+def _merge_dtype() -> tuple[Any, str]:
+    """bf16 where a GPU computes it natively (as the trainer would have loaded the base), else fp32."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16, "bf16"
+    return torch.float32, "fp32"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300].rstrip(".") if text else type(e).__name__
+
+
+def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quantization: str,
+           log: Callable[[str], None], config: Path) -> str:
+    """Load the unquantised base, merge the adapter in, save model + tokenizer (written aside, then renamed)."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU-kernel notice is noise
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    dtype, dtype_name = _merge_dtype()
+    log(f"loading base model {source} ({dtype_name}) …")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
+                                                    trust_remote_code=trust_remote_code)
+        # the serving contract the run trained with (its chat template, its end-of-turn stops) lives in the adapter
+        # folder; an adapter from before overnight wrote it there falls back to the base model's
+        contract = adapter if (adapter / "tokenizer_config.json").is_file() else source
+        tokenizer = AutoTokenizer.from_pretrained(contract, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any load failure is the user's to fix, never a traceback
+        hint = (f"; its code runs only for a run queued with trust_remote_code = true in overnight.toml, and {config} "
+                f"records false (the run trained without the model's code; export uses the value the run trained "
+                f"with)" if "trust_remote_code" in str(e) else "")
+        raise ExportError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or the HF "
+                          f"cache entry) is a complete causal-LM download (export never downloads){hint}.") from None
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:  # tokens the run's chat template added
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    try:
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"cannot apply the adapter {adapter} to {source}: {_first_line(e)}. Fix: merge onto the base "
+                          f"model the run trained on (its config.json names it).") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    if (adapter / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+        merged.generation_config = GenerationConfig.from_pretrained(adapter)
+    try:
+        merged.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ExportError(f"cannot write the merged model next to {out}: {_first_line(e)}. Fix: free disk space (a "
+                          f"merged model is as large as its base) or choose another folder.") from None
+    if out.exists():
+        out.rmdir()  # checked empty above
+    partial.rename(out)  # a half-written merge never sits at OUT
+    if quantization in ("4bit", "8bit"):  # QLoRA: the adapter goes onto the full-precision weights it approximated
+        return f"merged into the unquantised base ({dtype_name}); the run trained on a {quantization[0]}-bit base"
+    return f"merged into the base ({dtype_name})"

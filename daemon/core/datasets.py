@@ -1,0 +1,498 @@
+"""Dataset validation and normalisation, shared by `overnight check`, the daemon's intake and the trainer.
+
+A dataset file is read as a stream of records (`daemon.core.dataformats`); the first record fixes the schema,
+every record is checked against it and turned into a normalised *Example* (docs/ARCHITECTURE.md):
+    {"kind": "text", "text": str}
+    {"kind": "prompt", "prompt": str, "completion": str}  (+ "system", "user" for alpaca with a system text)
+    {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}], "tools": list|None}
+Validation stops at the first problem with a `DatasetError` naming the file, the place, the field and the fix.
+This module never imports torch or transformers: the daemon uses it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.core.dataformats import (
+    SUPPORTED_SUFFIXES,
+    DatasetError,
+    Notes,
+    describe,
+    detect_format,
+    json_problem,
+    read_records,
+)
+
+__all__ = [
+    "SCHEMAS", "SUPPORTED_SUFFIXES", "DatasetError", "DatasetReport", "detect_format", "detect_schema",
+    "example_text", "inspect_dataset", "iter_examples", "normalize_record",
+]
+
+SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
+TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
+PROMPT_SCHEMAS = ("prompt_completion", "alpaca")
+CHAT_SCHEMAS = ("messages", "sharegpt")  # rendered through the run's chat template  # shown to the model raw or as one chat exchange (prompt_format)
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT speaker names (LLaMA-Factory's, plus user/assistant) and the chat role each becomes.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "function_call": "assistant", "observation": "tool"}
+# Names people use for the four roles; suggested in the error, never applied silently.
+_ROLE_ALIASES = {"bot": "assistant", "model": "assistant", "gpt": "assistant", "ai": "assistant",
+                 "human": "user", "developer": "system", "function": "tool", "ipython": "tool",
+                 "observation": "tool"}
+MEDIA_FIELDS = ("images", "videos", "audios")
+MEDIA_MARKERS = ("<image>", "<video>", "<audio>")
+
+# How each schema looks, for error messages (the accepted list) and for noting ignored extra fields.
+SCHEMA_SHAPES = {
+    "text": '{"text": "..."}',
+    "prompt_completion": '{"prompt": "...", "completion": "..."}',
+    "alpaca": '{"instruction": "...", "input": "..." (optional), "output": "..."} '
+              '(optional "system", "history": [["user", "assistant"], ...])',
+    "messages": '{"messages": [{"role": "system|user|assistant|tool", "content": "..."}, ...]}',
+    "sharegpt": '{"conversations": [{"from": "human|gpt|system|function_call|observation", "value": "..."}, ...]}',
+}
+_SCHEMA_FIELDS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"},
+                  "alpaca": {"instruction", "input", "output", "system", "history"},
+                  "messages": {"messages", "tools"}, "sharegpt": {"conversations", "system", "tools"},
+                  "plain_text": {"text"}}
+# Field names of other conventions, and the accepted field to rename each to.
+_FIELD_HINTS = {"question": "prompt", "answer": "completion", "query": "instruction", "response": "output",
+                "content": "text", "conversation": "conversations", "dialog": "messages", "chat": "messages",
+                "turns": "messages", "input": "instruction"}
+_MAX_EXTRA_FIELDS = 20  # distinct ignored field names tracked for the notes (bounded memory)
+
+Example = dict[str, Any]
+
+
+@dataclass
+class DatasetReport:
+    """What `overnight check` prints and intake stores in stats.json."""
+
+    path: Path
+    format: str
+    schema: str
+    records: int
+    chars: dict  # {"min", "mean", "p50", "p95", "max"} of characters per example
+    tokens: dict | None  # the same keys in tokens, when a token counter was given
+    notes: list[str] = field(default_factory=list)
+    # a uniform sample (up to 10,000) of the examples' token counts: what a padding estimate needs
+    token_sample: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (the path as a string; the token sample stays out)."""
+        data = asdict(self)
+        data["path"] = str(self.path)
+        del data["token_sample"]
+        return data
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a record sits, to build errors."""
+
+    file: str
+    location: str | None
+
+    def error(self, field_name: str | None, problem: str, fix: str) -> DatasetError:
+        return DatasetError(self.file, self.location, field_name, problem, fix)
+
+
+# -- schema detection ------------------------------------------------------------------------------------
+def detect_schema(record: dict, file: str, location: str) -> str:
+    """The schema `record` follows, from its fields; DatasetError (listing the accepted schemas) if none.
+
+    Preference pairs and multimodal records are refused here, whatever else they hold.
+    """
+    where = _Where(file, location)
+    if not isinstance(record, dict):
+        raise where.error(None, f"the record is {describe(record)}, expected an object",
+                          "make every record a JSON object such as {\"text\": \"...\"}")
+    _refuse_unsupported(record, where)
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record:
+        return "alpaca"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    if "text" in record:
+        return "text"
+    raise where.error(None, _unknown_schema_problem(record), _unknown_schema_fix(record))
+
+
+def _unknown_schema_problem(record: dict) -> str:
+    fields = ", ".join(repr(k) for k in list(record)[:12]) or "none"
+    return f"the record matches no accepted schema (its fields: {fields})"
+
+
+def _unknown_schema_fix(record: dict) -> str:
+    accepted = "; ".join(f"{name} {shape}" for name, shape in SCHEMA_SHAPES.items())
+    renames = [f"'{k}' to '{_FIELD_HINTS[k]}'" for k in record if k in _FIELD_HINTS]
+    hint = f"rename {', '.join(renames)}, or " if renames else ""
+    return f"{hint}use one of the accepted schemas: {accepted}"
+
+
+def _refuse_unsupported(record: dict, where: _Where) -> None:
+    if "chosen" in record and "rejected" in record:
+        raise where.error(
+            "chosen", "preference pairs ('chosen'/'rejected') are not supervised fine-tuning data",
+            "keep only the chosen answer as a normal record and drop 'rejected': append it as the final "
+            "assistant turn ({\"from\": \"gpt\", \"value\": ...} in 'conversations', or a 'messages' assistant "
+            "turn), or use alpaca {\"instruction\": ..., \"output\": <chosen>}",
+        )
+    for name in MEDIA_FIELDS:
+        if record.get(name):
+            raise where.error(name, f"{name} are not supported: overnight fine-tunes text-only models, and "
+                                    f"this record lists {name} for its '<{name[:-1]}>' markers",
+                              f"remove the '{name}' field and the '<{name[:-1]}>' markers to train on the text "
+                              "alone, or use a multimodal trainer")
+
+
+def _refuse_markers(text: str, field_name: str, where: _Where) -> None:
+    for marker in MEDIA_MARKERS:
+        if marker in text:
+            kind = marker[1:-1]
+            raise where.error(field_name, f"the text holds a '{marker}' placeholder: {kind} inputs are not "
+                                          "supported, and training on the placeholder text would be wrong",
+                              f"remove the '{marker}' markers (and any '{kind}s' field) to train on the text "
+                              "alone, or use a multimodal trainer")
+
+
+# -- normalisation ---------------------------------------------------------------------------------------
+def normalize_record(record: dict, schema: str, file: str, location: str, notes: Notes | None = None) -> Example:
+    """Turn `record` (of `schema`) into an Example; DatasetError at the first bad field.
+
+    `notes`, when given, collects remarks about accepted oddities (tool roles mapped, ignored weights…).
+    """
+    where = _Where(file, location)
+    notes = notes if notes is not None else Notes()
+    if schema not in SCHEMAS:
+        raise ValueError(f"unknown schema {schema!r}; expected one of {SCHEMAS}")
+    if schema in ("text", "plain_text"):
+        return {"kind": "text", "text": _string(record, "text", where)}
+    if schema == "prompt_completion":
+        prompt = _string(record, "prompt", where, allow_empty=True)
+        completion = _string(record, "completion", where)
+        _refuse_markers(prompt, "prompt", where)
+        return {"kind": "prompt", "prompt": prompt, "completion": completion}
+    if schema == "alpaca":
+        return _alpaca(record, where, notes)
+    if schema == "messages":
+        return _messages(record, where, notes)
+    return _sharegpt(record, where, notes)
+
+
+_MISSING = object()
+
+
+def _string(record: dict, key: str, where: _Where, *, field_name: str | None = None, required: bool = True,
+            allow_empty: bool = False) -> Any:
+    """`record[key]` checked to be a string (non-blank unless `allow_empty`); None when optional and absent."""
+    name = field_name or key
+    value = record.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if not required:
+            return None
+        state = "is missing" if value is _MISSING else "is null"
+        raise where.error(name, f"the required field {state}", f"give every record a string '{key}'")
+    if not isinstance(value, str):
+        raise where.error(name, f"must be a string, got {describe(value)}",
+                          f"write '{key}' as a JSON string (in quotes)")
+    if not allow_empty and not value.strip():
+        raise where.error(name, "is empty", f"fill in '{key}', or remove the record")
+    return value
+
+
+def _alpaca(record: dict, where: _Where, notes: Notes) -> Example:
+    instruction = _string(record, "instruction", where)
+    extra_input = _string(record, "input", where, required=False, allow_empty=True)
+    output = _string(record, "output", where)
+    system = _string(record, "system", where, required=False, allow_empty=True)
+    prompt = "\n\n".join(part for part in (instruction, extra_input) if part)
+    for name, value in (("instruction", instruction), ("input", extra_input), ("system", system)):
+        _refuse_markers(value or "", name, where)
+    history = record.get("history")
+    if not history:
+        if system:  # raw: one text; as a chat exchange (prompt_format): a system turn and a user turn
+            return {"kind": "prompt", "prompt": f"{system}\n\n{prompt}", "completion": output, "system": system,
+                    "user": prompt}
+        return {"kind": "prompt", "prompt": prompt, "completion": output}
+    notes.tally("{n} alpaca record(s) with 'history' trained as chat examples")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += _history(history, where)
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return {"kind": "chat", "messages": messages, "tools": None}
+
+
+def _history(history: Any, where: _Where) -> list[dict[str, str]]:
+    fix = "write 'history' as a list of [user, assistant] string pairs"
+    if not isinstance(history, list):
+        raise where.error("history", f"must be a list of [user, assistant] pairs, got {describe(history)}", fix)
+    messages = []
+    for i, pair in enumerate(history):
+        name = f"history[{i}]"
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+            raise where.error(name, f"must be a [user, assistant] pair of strings, got {describe(pair)}", fix)
+        for role, text in zip(("user", "assistant"), pair):
+            if not text.strip():
+                raise where.error(name, f"the {role} text is empty", "fill it in, or remove the pair")
+            _refuse_markers(text, name, where)
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def _message_list(record: dict, key: str, shape: str, where: _Where) -> list:
+    turns = record[key]
+    fix = f"write '{key}' as a list of {shape} objects"
+    if not isinstance(turns, list):
+        raise where.error(key, f"must be a list of {shape} messages, got {describe(turns)}", fix)
+    if not turns:
+        raise where.error(key, "the conversation is empty", "give it at least a user and an assistant turn")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise where.error(f"{key}[{i}]", f"must be a {shape} object, got {describe(turn)}", fix)
+    return turns
+
+
+def _messages(record: dict, where: _Where, notes: Notes) -> Example:
+    messages = []
+    for i, turn in enumerate(_message_list(record, "messages", "{role, content}", where)):
+        name = f"messages[{i}]"
+        if "role" not in turn and "from" in turn:
+            raise where.error(name, "uses ShareGPT keys 'from'/'value' inside 'messages'",
+                              "rename 'messages' to 'conversations' (ShareGPT), or use 'role'/'content'")
+        role = turn.get("role", _MISSING)
+        if role not in ROLES:
+            problem = "the 'role' is missing" if role is _MISSING else (
+                f"unknown role {role!r}" if isinstance(role, str) else f"role must be a string, got {describe(role)}")
+            fix = "use one of the expected roles"
+            if isinstance(role, str) and role.lower() in ROLES:
+                fix = f"roles are lower-case: write {role.lower()!r}"
+            elif isinstance(role, str) and role.lower() in _ROLE_ALIASES:
+                fix += f", or map {role!r} to {_ROLE_ALIASES[role.lower()]!r}"
+            raise where.error(f"{name}.role", f"{problem} (expected one of: {', '.join(ROLES)})", fix)
+        content = _content(turn, f"{name}.content", where)
+        if isinstance(turn.get("content"), list):
+            notes.tally("{n} message(s) with 'content' as a list of text parts: the parts were joined")
+        if "loss_weight" in turn:
+            notes.tally("'loss_weight' ignored on {n} message(s): every assistant turn is trained")
+        messages.append({"role": role, "content": content})
+    _require_assistant(messages, "messages", where)
+    return {"kind": "chat", "messages": messages, "tools": _tools(record, where, notes)}
+
+
+def _content(turn: dict, name: str, where: _Where) -> str:
+    """A message's text: a string, or a list of text parts ({"type": "text", "value"|"text": ...}) joined."""
+    content = turn.get("content", _MISSING)
+    if content is _MISSING or content is None:
+        raise where.error(name, "the message has no content", "give every message a non-empty 'content' string")
+    if isinstance(content, list):
+        content = "".join(_text_part(part, f"{name}[{j}]", where) for j, part in enumerate(content))
+    elif not isinstance(content, str):
+        raise where.error(name, f"must be a string or a list of text parts, got {describe(content)}",
+                          "write 'content' as a string")
+    if not content.strip():
+        raise where.error(name, "the message content is empty", "fill in the message, or remove it")
+    _refuse_markers(content, name, where)
+    return content
+
+
+def _text_part(part: Any, name: str, where: _Where) -> str:
+    fix = 'write text parts as {"type": "text", "value": "..."} (or "text": "..."), or "content" as a string'
+    if not isinstance(part, dict):
+        raise where.error(name, f"a content part must be an object, got {describe(part)}", fix)
+    kind = part.get("type", "text")
+    if kind != "text":
+        if kind in ("image", "image_url", "video", "audio", "input_audio"):
+            raise where.error(f"{name}.type", f"{kind} content is not supported: overnight fine-tunes text-only "
+                                              "models", "remove the non-text parts to train on the text alone")
+        raise where.error(f"{name}.type", f"unknown content part type {kind!r} (expected 'text')", fix)
+    text = part.get("value", part.get("text"))
+    if not isinstance(text, str):
+        raise where.error(name, f"the text part has no string 'value' or 'text' (got {describe(text)})", fix)
+    return text
+
+
+class NoAssistantTurn(DatasetError):
+    """A conversation without an assistant turn (probe files say it their own way)."""
+
+
+def _require_assistant(messages: list[dict[str, str]], key: str, where: _Where) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise NoAssistantTurn(where.file, where.location, key,
+                              "the conversation has no assistant turn: there is nothing to train on",
+                              "add the assistant's answer as a turn")
+
+
+def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
+    """The record's tool definitions as a list (a JSON string is decoded), or None."""
+    tools = record.get("tools")
+    if tools is None or tools == "" or tools == []:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except RecursionError:
+            raise where.error("tools", "is a string holding JSON nested too deeply to read",
+                              "write 'tools' as a JSON list of function definitions (or a string holding one)"
+                              ) from None
+        except json.JSONDecodeError as err:
+            raise where.error("tools", f"is a string but not valid JSON ({json_problem(err)})",
+                              "write 'tools' as a JSON list of function definitions (or a string holding one)"
+                              ) from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise where.error("tools", f"must be a list of function definitions, got {describe(tools)}",
+                          "write 'tools' as a JSON list of function definitions")
+    notes.tally("'tools' passed to the chat template in {n} record(s)")
+    return tools
+
+
+def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
+    system = _string(record, "system", where, required=False, allow_empty=True)
+    messages = [{"role": "system", "content": system}] if system and system.strip() else []
+    for i, turn in enumerate(_message_list(record, "conversations", "{from, value}", where)):
+        name = f"conversations[{i}]"
+        if "from" not in turn and "role" in turn:
+            raise where.error(name, "uses 'role'/'content' keys inside 'conversations'",
+                              "rename 'conversations' to 'messages', or use ShareGPT's 'from'/'value'")
+        speaker = turn.get("from", _MISSING)
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:  # a list or an object is no key of it
+            problem = "the 'from' is missing" if speaker is _MISSING else (
+                f"unknown speaker {speaker!r}" if isinstance(speaker, str)
+                else f"'from' must be a string, got {describe(speaker)}")
+            raise where.error(f"{name}.from", f"{problem} (expected one of: {', '.join(SHAREGPT_ROLES)})",
+                              "use one of the expected speaker names")
+        value = _string(turn, "value", where, field_name=f"{name}.value")
+        _refuse_markers(value, f"{name}.value", where)
+        if speaker in ("function_call", "observation"):
+            notes.tally("{n} tool turn(s) mapped to chat roles (function_call → assistant, observation → tool)")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    _require_assistant(messages, "conversations", where)
+    return {"kind": "chat", "messages": messages, "tools": _tools(record, where, notes)}
+
+
+def as_chat(example: Example) -> Example:
+    """A prompt example as one chat exchange (its system text, if any, as a system turn); others unchanged."""
+    if example["kind"] != "prompt":
+        return example
+    system = example.get("system")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": example.get("user", example["prompt"])},
+                 {"role": "assistant", "content": example["completion"]}]
+    return {"kind": "chat", "messages": messages, "tools": None}
+
+
+def example_text(example: Example) -> str:
+    """The text an Example holds, concatenated (chat turns joined by newlines): used for length statistics."""
+    kind = example["kind"]
+    if kind == "text":
+        return example["text"]
+    if kind == "prompt":
+        return example["prompt"] + example["completion"]
+    return "\n".join(m["content"] for m in example["messages"])
+
+
+# -- streaming -------------------------------------------------------------------------------------------
+class _Stream:
+    """One pass over a dataset: records → schema check → Examples, collecting notes on the way."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.format = detect_format(self.path)
+        self.schema = "plain_text" if self.format == "txt" else ""
+        self.notes = Notes()
+        self.extra_fields: dict[str, int] = {}
+
+    def examples(self) -> Iterator[Example]:
+        file = self.path.name
+        for location, record in read_records(self.path, self.format, self.notes):
+            if self.format != "txt":
+                self._check_schema(record, file, location)
+            yield normalize_record(record, self.schema, file, location, notes=self.notes)
+            self._count_extra(record)
+
+    def _check_schema(self, record: dict, file: str, location: str) -> None:
+        schema = detect_schema(record, file, location)
+        if not self.schema:
+            self.schema = schema
+        elif schema != self.schema:
+            raise DatasetError(
+                file, location, None,
+                f"mixed schemas: this record looks like {schema} {SCHEMA_SHAPES[schema]}, but the file's first "
+                f"record is {self.schema}, and every record must use the same schema",
+                f"convert this record to {self.schema} {SCHEMA_SHAPES[self.schema]}, or put the two kinds of "
+                "records in separate files")
+
+    def _count_extra(self, record: dict) -> None:
+        for key in record.keys() - _SCHEMA_FIELDS[self.schema]:
+            if key in self.extra_fields or len(self.extra_fields) < _MAX_EXTRA_FIELDS:
+                self.extra_fields[key] = self.extra_fields.get(key, 0) + 1
+
+    def rendered_notes(self) -> list[str]:
+        notes = self.notes.render()
+        if self.extra_fields:
+            listed = ", ".join(f"'{k}' ({n} record(s))" for k, n in sorted(self.extra_fields.items()))
+            notes.append(f"extra fields ignored: {listed}")
+        return notes
+
+
+class Lengths:
+    """Exact min/max/mean plus a fixed-size, fixed-seed reservoir sample for the percentiles (flat memory)."""
+
+    def __init__(self, size: int = 10_000, seed: int = 0) -> None:
+        self.size, self.rng = size, random.Random(seed)
+        self.count, self.total, self.low, self.high = 0, 0, 0, 0
+        self.sample: list[int] = []
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        self.low = value if self.count == 1 else min(self.low, value)
+        self.high = max(self.high, value)
+        if len(self.sample) < self.size:
+            self.sample.append(value)
+        else:
+            slot = self.rng.randrange(self.count)
+            if slot < self.size:
+                self.sample[slot] = value
+
+    def summary(self) -> dict:
+        ordered = sorted(self.sample)
+
+        def percentile(q: float) -> int:  # nearest rank
+            return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+        return {"min": self.low, "mean": round(self.total / self.count, 1), "p50": percentile(0.5),
+                "p95": percentile(0.95), "max": self.high}
+
+
+def iter_examples(path: str | Path) -> Iterator[Example]:
+    """Stream the normalised Examples of a dataset file; DatasetError at the first problem."""
+    return _Stream(path).examples()
+
+
+def inspect_dataset(path: str | Path, count_tokens: Callable[[str], int] | None = None) -> DatasetReport:
+    """Validate the whole file (streaming, flat memory) and return its format, schema, size and lengths.
+
+    `count_tokens`, when given, is applied to each example's text for token-length statistics.
+    Raises DatasetError at the first problem.
+    """
+    stream = _Stream(path)
+    chars, tokens = Lengths(), Lengths() if count_tokens else None
+    for example in stream.examples():
+        text = example_text(example)
+        chars.add(len(text))
+        if tokens is not None:
+            tokens.add(count_tokens(text))
+    return DatasetReport(path=stream.path, format=stream.format, schema=stream.schema, records=chars.count,
+                         chars=chars.summary(), tokens=tokens.summary() if tokens else None,
+                         notes=stream.rendered_notes(), token_sample=list(tokens.sample) if tokens else [])

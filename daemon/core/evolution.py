@@ -1,0 +1,305 @@
+"""Evolution analysis: which probes a run learned, forgot and relearned, and when (no torch).
+
+The trainer appends one record per probe per snapshot to a run's `evolution.jsonl`
+(`step, probe, prompt, reference, generation, loss, exact, similarity, time`). This module turns those records
+into what `overnight evolution RUN [--json]` prints and the dashboard shows: each probe's answers over time
+(compressed to the snapshots where the answer changed) and its learned / forgotten events.
+
+A probe *matches* at a snapshot when its generation is an exact match or its similarity reaches the threshold.
+It is *learned* at the first snapshot from which it matches, *forgotten* when a learned probe stops matching,
+and may be learned again later; every such change is kept as an event.
+"""
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import asdict, dataclass, replace
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any, Iterable
+
+from daemon.core.rundir import read_jsonl
+
+DEFAULT_THRESHOLD = 0.9
+SNAPSHOTS_PER_RUN = 20  # what `probe_every = 0` aims for
+# with `probe_every = 0`, snapshots (step 0 and the final one counted) are thinned out to stay under this share of
+# the training time: under the 5% the SPEC promises, with a margin for a snapshot slower than the median
+AUTO_MAX_OVERHEAD = 0.04
+# the fewest snapshots the budget may thin a run to (step 0, the end, 3 between): fewer show no evolution at all
+AUTO_MIN_SNAPSHOTS = 5
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+def normalize_text(text: str) -> str:
+    """Whitespace-normalised, stripped text: what exact match compares."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions) between two strings, two-row dynamic programming."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def similarity(generation: str, reference: str) -> float:
+    """1 - levenshtein / max(len) on the normalised texts: 1.0 identical, 0.0 nothing in common.
+
+    Long texts (over 2,000 characters together) use difflib's ratio instead, whose cost does not grow with the
+    product of the lengths; both measure 0..1 with 1 meaning identical.
+    """
+    a, b = normalize_text(generation), normalize_text(reference)
+    if not a and not b:
+        return 1.0
+    if len(a) + len(b) > 2000:
+        return SequenceMatcher(None, a, b, autojunk=False).ratio()
+    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+def is_exact(generation: str, reference: str) -> bool:
+    """Exact match after whitespace normalisation."""
+    return normalize_text(generation) == normalize_text(reference)
+
+
+def resolve_probe_every(probe_every: int, max_steps: int) -> tuple[int, float | None]:
+    """The snapshot interval in steps and the time budget for `EvolutionCallback(every=, max_overhead=)`.
+
+    `probe_every` > 0 is taken as given (no budget). 0 means automatic: about SNAPSHOTS_PER_RUN snapshots per
+    run, thinned out where they would cost more than AUTO_MAX_OVERHEAD of the training time (a tiny model on a
+    CPU trains so fast that even a small snapshot costs as much as a couple of steps), but never below
+    AUTO_MIN_SNAPSHOTS per run (`EvolutionCallback(min_snapshots=)`).
+    """
+    if probe_every > 0:
+        return probe_every, None
+    every = max(1, round(max_steps / SNAPSHOTS_PER_RUN)) if max_steps > 0 else 50
+    return every, AUTO_MAX_OVERHEAD
+
+
+# --------------------------------------------------------------------------------------------- records
+
+def is_probe_record(record: dict[str, Any]) -> bool:
+    return "step" in record and "probe" in record
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete probe record of an evolution.jsonl; [] when it does not exist yet (torn lines: rundir.py)."""
+    return [r for r in read_jsonl(path) if is_probe_record(r)]
+
+
+def snapshot_steps(records: Iterable[dict[str, Any]]) -> list[int]:
+    """The distinct snapshot steps, ascending."""
+    return sorted({int(r["step"]) for r in records})
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+@dataclass
+class Answer:
+    """What a probe answered at one snapshot."""
+
+    step: int
+    generation: str
+    exact: bool
+    similarity: float
+    loss: float | None
+
+
+@dataclass
+class ProbeHistory:
+    """One probe over the run: its answers (compressed), learned/forgotten events and where it stands now."""
+
+    probe: int
+    prompt: str
+    reference: str
+    answers: list[Answer]
+    events: list[tuple[str, int]]
+    learned_at: int | None  # first snapshot step from which it matched
+    forgotten_at: int | None  # step it last stopped matching after being learned
+    learned_now: bool
+    latest: Answer
+
+    @property
+    def status(self) -> str:
+        """'learned', 'relearned', 'forgotten' or 'not learned'."""
+        if self.learned_now:
+            return "relearned" if self.forgotten_at is not None else "learned"
+        return "forgotten" if self.learned_at is not None else "not learned"
+
+
+@dataclass
+class EvolutionReport:
+    """A run's evolution: every probe's history, the snapshot steps and a one-line summary."""
+
+    probes: list[ProbeHistory]
+    snapshots: list[int]
+    threshold: float
+    summary: str
+    learned: int = 0
+    forgotten: int = 0
+    total: int = 0
+    no_probes: str | None = None  # why this run will never have a snapshot (see `no_probes`); None: it may
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (`overnight evolution RUN --json`)."""
+        out = asdict(self)
+        for probe, history in zip(out["probes"], self.probes):
+            probe["events"] = [{"event": kind, "step": step} for kind, step in history.events]
+            probe["status"] = history.status
+        return out
+
+
+def _answer(record: dict[str, Any]) -> Answer:
+    loss = record.get("loss")
+    return Answer(step=int(record["step"]), generation=str(record.get("generation") or ""),
+                  exact=bool(record.get("exact")), similarity=float(record.get("similarity") or 0.0),
+                  loss=None if loss is None else float(loss))
+
+
+def _matches(answer: Answer, threshold: float) -> bool:
+    return answer.exact or answer.similarity >= threshold
+
+
+def _compress(answers: list[Answer]) -> list[Answer]:
+    """The answers where the generation changed from the snapshot before, plus the latest."""
+    kept = [a for i, a in enumerate(answers) if i == 0 or a.generation != answers[i - 1].generation]
+    if kept[-1] is not answers[-1]:
+        kept.append(answers[-1])
+    return kept
+
+
+def _history(probe_id: int, records: list[dict[str, Any]], threshold: float) -> ProbeHistory:
+    by_step: dict[int, dict[str, Any]] = {}
+    for record in records:
+        by_step[int(record["step"])] = record  # a repeated step (should not happen): the newest wins
+    answers = [_answer(by_step[s]) for s in sorted(by_step)]
+    events: list[tuple[str, int]] = []
+    matching = False
+    for answer in answers:
+        now = _matches(answer, threshold)
+        if now != matching:
+            events.append(("learned" if now else "forgotten", answer.step))
+            matching = now
+    learned = [s for kind, s in events if kind == "learned"]
+    forgotten = [s for kind, s in events if kind == "forgotten"]
+    newest = records[-1]
+    return ProbeHistory(probe=probe_id, prompt=str(newest.get("prompt", "")),
+                        reference=str(newest.get("reference", "")),
+                        answers=_compress(answers), events=events, learned_at=learned[0] if learned else None,
+                        forgotten_at=forgotten[-1] if forgotten else None, learned_now=matching, latest=answers[-1])
+
+
+def _summary(probes: list[ProbeHistory], snapshots: list[int]) -> str:
+    if not probes:
+        return "no snapshots yet"
+    learned = sum(p.learned_now for p in probes)
+    parts = [f"{learned}/{len(probes)} learned"]
+    relearned = sum(p.status == "relearned" for p in probes)
+    if relearned:
+        parts.append(f"{relearned} relearned")
+    forgotten = sorted(p.forgotten_at for p in probes if p.status == "forgotten")
+    if forgotten:
+        steps = ", ".join(str(s) for s in forgotten)
+        parts.append(f"{len(forgotten)} forgotten at step{'s' if len(forgotten) > 1 else ''} {steps}")
+    parts.append(f"{len(snapshots)} snapshot{'s' if len(snapshots) != 1 else ''}, latest step {snapshots[-1]}")
+    return ", ".join(parts)
+
+
+def analyze(records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
+    """Per-probe histories, learned/forgotten events and a summary from evolution records."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(int(record["probe"]), []).append(record)
+    probes = [_history(pid, grouped[pid], threshold) for pid in sorted(grouped)]
+    snapshots = snapshot_steps(records)
+    return EvolutionReport(probes=probes, snapshots=snapshots, threshold=threshold,
+                           summary=_summary(probes, snapshots), learned=sum(p.learned_now for p in probes),
+                           forgotten=sum(p.status == "forgotten" for p in probes), total=len(probes))
+
+
+def no_probes(run_dir: Path) -> str | None:
+    """Why a run has no probes to ask, from what it was given (config.json) and what its trainer held out
+    (stats.json's split); None while it has some or may still get some. A missing snapshot alone says nothing:
+    the first one comes only when training starts."""
+    from daemon.core.atomic import read_json
+    from daemon.core.datasets import TEXT_SCHEMAS
+    from daemon.core.rundir import RunFolder
+    from daemon.core.runconfig import RunConfig
+
+    folder = RunFolder(run_dir)
+    config = RunConfig.read(folder.root)
+    if config.empty or config.probes:  # a probe file holds at least one probe
+        return None
+    try:
+        split = (read_json(folder.stats, {}) or {}).get("split")
+    except (OSError, ValueError, AttributeError):
+        split = None
+    held = split.get("probes") if isinstance(split, dict) else None
+    if isinstance(held, int) and held > 0:
+        return None
+    dataset = config.dataset
+    if dataset.get("schema") in TEXT_SCHEMAS:  # the trainer holds none out of text: nothing to ask, nothing to match
+        stem = Path(str(dataset.get("file") or "NAME.txt")).stem
+        return (f"this run has no probes (plain text has no question to ask; drop {stem}.probes.jsonl beside the "
+                f"dataset to watch some)")
+    if config.options.get("probe_count") == 0:
+        return "this run has no probes (probe_count = 0 and no probe file)"
+    if held == 0:
+        return "this run has no probes (none could be held out of its dataset, and it has no probe file)"
+    return None
+
+
+def run_report(run_dir: Path, records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
+    """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it)."""
+    report = analyze(records, threshold)
+    if report.probes:
+        return report
+    reason = no_probes(run_dir)
+    return replace(report, no_probes=reason, summary=reason) if reason else report
+
+
+# --------------------------------------------------------------------------------------------- text
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "⏎ ")
+
+
+def _clip(text: str, width: int) -> str:
+    text = _one_line(text)
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _status_line(p: ProbeHistory) -> str:
+    story = ", ".join(f"{kind} at step {step}" for kind, step in p.events)
+    label = {"learned": "LEARNED", "relearned": "RELEARNED", "forgotten": "FORGOTTEN", "not learned": "NOT LEARNED"}
+    return f"probe {p.probe}  {label[p.status]}" + (f"  ({story})" if story else "")
+
+
+def _answer_line(a: Answer, width: int) -> str:
+    mark = "exact" if a.exact else f"sim {a.similarity:.2f}"
+    loss = "" if a.loss is None else f"loss {a.loss:6.3f}"
+    head = f"  step {a.step:>6}  {mark:<9} {loss:<12} "
+    return head + _clip(f"\"{a.generation}\"", width - len(head))
+
+
+def format_report(report: EvolutionReport, width: int = 100) -> str:
+    """The human text of `overnight evolution RUN`: one block per probe, then the summary line."""
+    if not report.probes:
+        if report.no_probes:
+            return report.no_probes[0].upper() + report.no_probes[1:] + ".\n"
+        return "No evolution snapshots yet: the first one is taken when training starts.\n"
+    blocks = []
+    for p in report.probes:
+        lines = [*textwrap.wrap(_status_line(p), width=width, subsequent_indent="    "),
+                 _clip(f"  prompt:    {p.prompt.strip()}", width),
+                 _clip(f"  reference: {p.reference.strip()}", width)]
+        lines += [_answer_line(a, width) for a in p.answers]
+        blocks.append("\n".join(lines))
+    summary = textwrap.fill(report.summary, width=width)
+    return "\n\n".join(blocks) + "\n\n" + summary + "\n"

@@ -1,0 +1,171 @@
+"""A home: the folder holding inbox/, control/, runs/, the state DB and the owner's overnight.toml."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from daemon.core.timefmt import iso
+
+
+class HomeLocked(RuntimeError):
+    """Another daemon holds this home."""
+
+
+class HomeDamaged(RuntimeError):
+    """A folder of the home is a file (or cannot be made): the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Home:
+    """Every path overnight uses inside one home."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None, create: bool = True) -> "Home":
+        """`--home`, else `$OVERNIGHT_HOME`, else the current directory; missing folders are created."""
+        raw = home or os.environ.get("OVERNIGHT_HOME") or os.getcwd()
+        h = cls(Path(raw).expanduser().resolve())
+        if create:
+            h.create()
+        return h
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """The folders a home needs, parents first."""
+        return (self.inbox, self.rejected, self.control, self.control_done, self.control_rejected, self.runs)
+
+    def create(self) -> None:
+        """Create the folders a home needs (never touches what is there); HomeDamaged when one cannot be made."""
+        for d in self.folders:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise HomeDamaged(self._not_a_folder(d)) from None
+            except OSError as e:
+                raise HomeDamaged(f"{d}: cannot create this folder of the home ({e.strerror or e}). Fix: check the "
+                                  f"permissions of {d.parent} (or use another --home).") from None
+
+    def repair(self) -> tuple[list[str], str | None]:
+        """Recreate the home's folders that were removed under a running daemon (rm -rf control/).
+
+        Returns the folders recreated, and what cannot be repaired (a file where a folder belongs) with
+        its fix, or None. Nothing that exists is touched."""
+        made: list[str] = []
+        for d in self.folders:
+            if d.is_dir():
+                continue
+            if d.exists() or d.is_symlink():  # parents come first: d's parent is a folder
+                return made, self._not_a_folder(d)
+            try:
+                d.mkdir()
+            except OSError as e:
+                return made, (f"{d} is missing and cannot be recreated ({e.strerror or e}). Fix: mkdir {d}, or check "
+                              f"the permissions of {d.parent}")
+            made.append(str(d))
+        return made, None
+
+    def damage(self) -> str | None:
+        """A file (or a link to none) where a folder of the home belongs, with the fix; None when there is none.
+        Read-only: what `status` says when no daemon runs to say it."""
+        for d in self.folders:
+            if not d.is_dir() and (d.exists() or d.is_symlink()):
+                return self._not_a_folder(d)
+        return None
+
+    def _not_a_folder(self, d: Path) -> str:
+        what = "a symbolic link" if d.is_symlink() else "a file" if d.exists() else "missing"
+        return (f"{d} is {what}, not a folder: overnight keeps its {d.name}/ there. Fix: move it aside "
+                f"(mv {d} {d}.old) and overnight recreates the folder (or use another --home).")
+
+    inbox = property(lambda self: self.root / "inbox")
+    rejected = property(lambda self: self.root / "inbox" / "rejected")
+    control = property(lambda self: self.root / "control")
+    control_done = property(lambda self: self.root / "control" / "done")
+    control_rejected = property(lambda self: self.root / "control" / "rejected")
+    runs = property(lambda self: self.root / "runs")
+    trash = property(lambda self: self.root / "trash")
+    cache = property(lambda self: self.root / ".overnight")
+    db = property(lambda self: self.root / "overnight.db")
+    log = property(lambda self: self.root / "overnight.log")
+    toml = property(lambda self: self.root / "overnight.toml")
+    lock_path = property(lambda self: self.root / "overnight.lock")
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of one run."""
+        return self.runs / run_id
+
+    def contains(self, path: Path) -> bool:
+        """True when `path` (resolved) lies inside the home: names that would escape it are refused."""
+        try:
+            Path(os.path.realpath(path)).relative_to(self.root)
+            return True
+        except ValueError:
+            return False
+
+
+class DaemonLock:
+    """The single-instance lock: an flock on overnight.lock, holding the owner's PID and start time.
+
+    flock is released by the kernel when the process dies (kill -9 included), so a stale lock never blocks
+    a restart; the PID and start time are there to name the holder and to let clients tell whether a
+    daemon is alive.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise HomeLocked naming the process that holds it."""
+        fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_lock_owner(self.home)
+            who = f"PID {holder['pid']} (started {holder.get('started', '?')})" if holder else "another process"
+            raise HomeLocked(
+                f"another overnight daemon already serves {self.home.root}: {who}. "
+                f"Stop it first (kill -TERM {holder['pid'] if holder else 'PID'}) or use another --home."
+            ) from None
+        me = psutil.Process()
+        info = {"pid": me.pid, "create_time": me.create_time(), "started": iso()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; its content is ignored once no process holds the flock)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_lock_owner(home: Home) -> dict | None:
+    """The PID/start time written by the daemon holding the lock, or None."""
+    try:
+        return json.loads(home.lock_path.read_text() or "null")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def daemon_alive(home: Home) -> dict | None:
+    """The live daemon's lock info, or None when no daemon serves this home (checked by PID + start time)."""
+    owner = read_lock_owner(home)
+    if not owner:
+        return None
+    try:
+        proc = psutil.Process(owner["pid"])
+        if abs(proc.create_time() - owner["create_time"]) > 1.0:
+            return None  # the PID was reused by another process after a crash
+    except (psutil.NoSuchProcess, KeyError):
+        return None
+    return owner

@@ -1,0 +1,146 @@
+"""What happened overnight and needs the user: failed runs, rejected drops, a held queue. Read by `overnight status`
+and the dashboard's "needs you" strip alike, so both say the same. Read-only, no torch, no click, no Textual."""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from daemon.core.home import Home
+from daemon.core.queries import stale_problem
+from daemon.core.rundir import run_folders
+from daemon.core.space import disk_full_problem
+from daemon.core.states import State
+
+DEFAULT_SINCE_H = 24.0
+HELD_BY_STOP = "control/stop (overnight resume lifts it)"
+ERROR_SUFFIX = ".error.txt"
+MAX_REJECTED = 50  # a morning view, not an archive: inbox/rejected/ keeps every one
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    id: str
+    reason: str  # its first line: the rest is in the run's console.log
+    ended: str | None
+
+
+@dataclass(frozen=True)
+class RejectedDrop:
+    file: str
+    error: str  # the first line of NAME.error.txt
+    error_file: str
+    time: str  # when it was rejected (the .error.txt's mtime), ISO local time as in the DB
+
+
+def first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+
+
+def cutoff(since_h: float, now: float | None = None) -> str:
+    """The window's start as the DB writes times (ISO local, seconds), so it compares as text."""
+    now = _dt.datetime.now().timestamp() if now is None else now
+    return _dt.datetime.fromtimestamp(now - since_h * 3600).isoformat(timespec="seconds")
+
+
+def _get(row: Any, key: str) -> Any:
+    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
+
+
+def failed_runs(rows: Iterable[Any], since: str) -> list[FailedRun]:
+    """Failed runs that ended at or after `since` (run dicts from queries.Reader, or the dashboard's RunRows),
+    newest first."""
+    found = []
+    for r in rows:
+        if _get(r, "state") != State.FAILED:
+            continue
+        ended = _get(r, "finished") or _get(r, "updated") or _get(r, "created")
+        if ended and ended >= since:
+            found.append(FailedRun(_get(r, "id"), first_line(_get(r, "reason")) or "no reason recorded", ended))
+    return sorted(found, key=lambda f: f.ended or "", reverse=True)
+
+
+def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:
+    """Drops the intake rejected since `since`, newest first: one per NAME.error.txt in inbox/rejected/."""
+    try:
+        entries = [e for e in os.scandir(home.rejected) if e.name.endswith(ERROR_SUFFIX) and e.is_file()]
+    except OSError:
+        return []
+    dated = []
+    for e in entries:
+        try:
+            st = e.stat()
+        except OSError:
+            continue
+        stamp = _dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")
+        if stamp >= since:
+            dated.append((stamp, e.name, e.path, st.st_mtime_ns, st.st_size))
+    dated.sort(reverse=True)
+    out = []
+    for stamp, name, path, mtime_ns, size in dated[:MAX_REJECTED]:
+        read = _read_error(path, name, mtime_ns, size)
+        if read is not None:
+            out.append(RejectedDrop(read[0], read[1], path, stamp))
+    return out
+
+
+@functools.lru_cache(maxsize=4 * MAX_REJECTED)
+def _read_error(path: str, name: str, mtime_ns: int, size: int) -> tuple[str, str] | None:
+    """(the dropped file, the error's first line) of one .error.txt; cached by its mtime and size, as the
+    dashboard asks every second."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(64 * 1024)  # the error and the list of moved files come first
+    except OSError:
+        return None
+    return _dropped_file(text, name), first_line(text) or "no error recorded"
+
+
+def _dropped_file(text: str, error_name: str) -> str:
+    """The dataset of the drop, as the .error.txt names the files it moved (`Rejected files (moved to DIR): A, B`);
+    the .error.txt's own stem when that line is missing (an older or hand-written file)."""
+    for line in text.splitlines():
+        if line.startswith("Rejected files (moved to "):
+            names = line.rpartition("): ")[2].strip()
+            if names:
+                return names.split(", ")[0]
+    return error_name[: -len(ERROR_SUFFIX)]
+
+
+def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | None) -> str | None:
+    """The PROBLEM line of `overnight status` and the dashboard: what the running daemon (`alive`: its lock's pid and
+    create_time) wrote in its row (`beat`), else a full disk (the daemon cannot write its PROBLEM line into the DB
+    then), else a daemon that has not been able to write the DB; with no daemon running, a damaged home folder or a
+    missing DB whose runs are safe in runs/. None when nothing is wrong."""
+    found = (((beat or {}).get("problem") if alive else None) or disk_full_problem(home.root)
+             or stale_problem(home.db, beat, alive))
+    if not found and not alive:
+        found = home.damage() or missing_db_problem(home)
+    return found
+
+
+def held(stop_target: str | None, problem: str | None) -> str | None:
+    """What keeps queued runs from starting: an untargeted control/stop, else a full disk or a broken
+    overnight.toml (the PROBLEM line's text); None when nothing does. A stalled trainer or a busy DB holds nothing."""
+    if stop_target == "*":
+        return HELD_BY_STOP
+    line = first_line(problem)
+    if line and (line.startswith("disk full") or "overnight.toml" in line):
+        return line
+    return None
+
+
+def missing_db_problem(home: Home) -> str | None:
+    """What `status` says, no daemon running, when overnight.db is gone but runs/ holds runs (its index is lost, the
+    runs are not): the daemon rebuilds it at its start."""
+    if home.db.exists():
+        return None
+    folders = run_folders(home.runs)
+    if not folders:
+        return None
+    return (f"{home.db} is missing, but {home.runs} holds {len(folders)} run folder{'s' * (len(folders) != 1)}: the "
+            f"runs are safe there (the DB is only their index), so status lists none. Fix: start the daemon "
+            f"(overnight daemon): it rebuilds the DB from {home.runs} at its start (or run overnight doctor --rebuild "
+            f"now)")

@@ -1,0 +1,145 @@
+"""Evolution probes: the fixed examples a run keeps asking its model about (no torch).
+
+A probe is a plain dict:
+    {"id": int, "prompt": str, "reference": str, "messages": list | None, "tools": list | None}
+`prompt` is what the model is given for prompt-style probes and the text shown to the user for chat probes;
+`messages` (chat probes only) is the conversation up to, and excluding, the reference assistant turn.
+
+Probes come from a `NAME.probes.jsonl` file (records in any accepted dataset schema, or `{"prompt", "reference"}`)
+or, when there is none, from a small deterministic sample held out of the training data (`holdout_indices`).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from daemon.core import datasets
+from daemon.core.dataformats import json_problem, too_deep
+from daemon.core.datasets import DatasetError
+
+MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
+HOLDOUT_FRACTION = 0.1  # never hold out more than this share of the training records
+
+_PROBE_FIX = ('give each line a prompt and the answer to compare with, e.g. '
+              '{"prompt": "2+2=", "reference": "4"}, or any dataset record with an answer '
+              '(prompt/completion, alpaca instruction/output, or messages ending with an assistant turn).')
+
+
+def _probe(prompt: str, reference: str, messages: list | None = None, tools: list | None = None) -> dict[str, Any]:
+    return {"id": -1, "prompt": prompt, "reference": reference, "messages": messages, "tools": tools}
+
+
+def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
+    """A probe (id -1, to be numbered by the caller) from a normalised Example; None when it has no answer.
+
+    Prompt examples: the prompt, the completion as reference. Chat examples: the conversation before the LAST
+    assistant turn as context, that turn's content as reference. Text examples and chats without an assistant
+    turn have nothing to compare against.
+    """
+    if example["kind"] == "prompt":
+        if not example["prompt"].strip():
+            return None  # nothing to generate from
+        return _probe(example["prompt"], example["completion"])
+    if example["kind"] == "chat":
+        messages = example["messages"]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            return None
+        context = messages[:last]
+        users = [m["content"] for m in context if m["role"] == "user"]
+        shown = users[-1] if users else (context[-1]["content"] if context else "")
+        return _probe(shown, messages[last]["content"], context, example.get("tools"))
+    return None
+
+
+def _reference_record(record: dict[str, Any], file: str, location: str) -> dict[str, Any]:
+    for key in ("prompt", "reference"):
+        if not isinstance(record[key], str) or not record[key].strip():
+            raise DatasetError(file, location, key, f"'{key}' must be a non-empty string, got {record[key]!r}",
+                               _PROBE_FIX)
+    return _probe(record["prompt"], record["reference"])
+
+
+def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DatasetError(file, location, None, f"expected a JSON object, got {type(record).__name__}", _PROBE_FIX)
+    if "reference" in record and "prompt" in record:
+        return _reference_record(record, file, location)
+    if ("prompt" in record) != ("reference" in record) and "completion" not in record:
+        # half of a probe file's own {"prompt", "reference"}: asking for a dataset's 'completion' would mislead
+        missing = "reference" if "prompt" in record else "prompt"
+        raise DatasetError(file, location, missing, "the required field is missing: a probe is a prompt and the "
+                           "reference answer to compare the model's output with", _PROBE_FIX)
+    schema = datasets.detect_schema(record, file, location)
+    try:
+        example = datasets.normalize_record(record, schema, file, location)
+    except datasets.NoAssistantTurn as e:
+        raise DatasetError(file, location, e.field, "the conversation has no assistant turn: a probe needs the "
+                           "reference answer as its last assistant turn", _PROBE_FIX) from None
+    if example["kind"] == "text":
+        raise DatasetError(file, location, "text",
+                           "a text record has no answer to compare the model's output with",
+                           'write probes as {"prompt": "...", "reference": "..."} (or prompt/completion).')
+    probe = probe_from_example(example)
+    if example["kind"] == "prompt" and probe is None:
+        raise DatasetError(file, location, "prompt", "the prompt is empty: there is nothing to ask the model",
+                           _PROBE_FIX)
+    if probe is None or not probe["reference"].strip():
+        raise DatasetError(file, location, "messages" if example["kind"] == "chat" else "completion",
+                           "the record has no reference answer (no assistant turn, or an empty one)", _PROBE_FIX)
+    return probe
+
+
+def load_probe_file(path: Path) -> list[dict[str, Any]]:
+    """Validate and load a `NAME.probes.jsonl`; probes are numbered 0.. in file order.
+
+    Raises DatasetError naming the file, the line, the field and the fix: not JSONL, not UTF-8, an empty file,
+    a malformed JSON line, a record without a reference answer, a text record, more than MAX_PROBES probes.
+    """
+    path = Path(path)
+    file = str(path)
+    if not path.name.endswith(".jsonl"):
+        raise DatasetError(file, None, None, "a probe file must be JSON Lines",
+                           "name it NAME.probes.jsonl with one JSON object per line")
+    probes: list[dict[str, Any]] = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            location = f"line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(file, location, None, f"not UTF-8 text (byte {e.start})",
+                                   "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except RecursionError:
+                raise too_deep(file, location) from None
+            except json.JSONDecodeError as e:
+                raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
+                                   "each line must be one complete JSON object") from None
+            probe = _record_probe(record, file, location)
+            probe["id"] = len(probes)
+            probes.append(probe)
+            if len(probes) > MAX_PROBES:
+                raise DatasetError(file, location, None, f"more than {MAX_PROBES} probes",
+                                   f"keep at most {MAX_PROBES} probes: each one is generated at every "
+                                   f"snapshot, so a few dozen are plenty.")
+    if not probes:
+        raise DatasetError(file, None, None, "the probe file is empty (no records)", _PROBE_FIX)
+    return probes
+
+
+def holdout_indices(n_records: int, count: int, seed: int) -> list[int]:
+    """Indices (ascending) of up to `count` records to hold out as probes; same inputs, same indices.
+
+    Never more than HOLDOUT_FRACTION of the records, and at least one record is always left for training;
+    a dataset of fewer than 10 records gives no probes.
+    """
+    k = min(count, int(n_records * HOLDOUT_FRACTION), n_records - 1)
+    if k <= 0:
+        return []
+    return sorted(random.Random(f"overnight-probes-{seed}").sample(range(n_records), k))

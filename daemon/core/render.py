@@ -1,0 +1,242 @@
+"""How overnight writes numbers, times and tables for a person: the CLI and the dashboard both use these, so a loss
+reads the same in `overnight runs` and in the TUI. Library modules return data; only renderers format it. No torch,
+no click, no Textual here."""
+from __future__ import annotations
+
+import math
+import unicodedata
+from pathlib import Path
+from typing import Any, Sequence
+
+from daemon.core.states import ACTIVE, ENDED, State
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """`2d03h`, `1h02m`, `3m20s`, `45s`; `-` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def fmt_loss(value: float | None) -> str:
+    """A loss with 4 significant figures; `-` when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def fmt_rate(value: float | None) -> str:
+    """Tokens per second: `12,345`."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    """`12.3G`, `512M`: binary units, short."""
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit in ("B", "K") else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}P"
+
+
+def fmt_gpu_set(indices: Sequence[int] | None) -> str:
+    """A run's GPUs as NVML numbers them: `0`, `0,1`, a run of three or more `0-3`; `CPU` for none."""
+    if not indices:
+        return "CPU"
+    ordered = sorted(set(indices))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for i in [*ordered[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if prev == start else f"{start},{prev}" if prev == start + 1 else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
+def fmt_priority(value: int, width: int = 5) -> str:
+    """A priority in `width` cells: as it is when it fits (-9999 .. 99999 in 5), else shortened (`-250k`, `10M`)."""
+    text = str(value)
+    if len(text) <= width:
+        return text
+    for div, unit in ((1000, "k"), (1_000_000, "M")):
+        short = f"{int(value / div)}{unit}"
+        if len(short) <= width:
+            return short
+    return text[:width - 1] + "…"
+
+
+def cells(text: str) -> int:
+    """Terminal cells `text` takes: wide (CJK) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart (the first row is the header); no trailing blanks; a name in CJK
+    letters (two cells each) keeps its column straight."""
+    widths = [max(cells(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c + " " * (w - cells(c)) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+# --- the CLI's views -------------------------------------------------------------------------------------------
+def _progress(r: dict[str, Any]) -> str:
+    step, total = r.get("step"), r.get("max_steps")
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
+_WITH_REASON = tuple(s for s in ENDED if s is not State.COMPLETED)  # a run that ended otherwise says why
+_COUNTING_DOWN = tuple(s for s in ACTIVE if s is not State.PREPARING)  # an ETA once steps are being taken
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` cells, `…` marking a cut."""
+    if cells(text) <= width:
+        return text
+    out, used = [], 0
+    for c in text:
+        used += cells(c)
+        if used > width - 1:
+            break
+        out.append(c)
+    return "".join(out) + "…"
+
+
+def _reason(r: dict[str, Any]) -> str:
+    if r["state"] not in _WITH_REASON or not r.get("reason"):
+        return ""
+    first = next((line.strip() for line in str(r["reason"]).splitlines() if line.strip()), "")
+    return cut(first, REASON_CELLS)
+
+
+def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
+    """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
+    REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
+    from starting, so that they do not read as merely waiting their turn."""
+    if not runs:
+        return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
+    reasons = [_reason(r) for r in runs]
+    head = ("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
+    rows: list[tuple[str, ...]] = [head + (("REASON",) if any(reasons) else ())]
+    for r, reason in zip(runs, reasons):
+        eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
+        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE else "-"
+        state = "held" if held and r["state"] == State.QUEUED else r["state"]
+        rows.append((r["id"], state, gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
+                     fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
+                    + ((reason,) if any(reasons) else ()))
+    lines = table(rows)
+    queued = sum(r["state"] == State.QUEUED for r in runs)
+    if held and queued:
+        lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
+    return "\n".join(lines)
+
+
+def rejected_item(file: str, error: str) -> str:
+    """`FILE: error`, the file named once when the error starts with it already."""
+    return error if error.startswith(f"{file}:") else f"{file}: {error}"
+
+
+def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, since_h: float) -> list[str]:
+    """`overnight status`: what needs the user, from daemon.core.morning (failed runs, rejected drops, a held queue)."""
+    window = f"{since_h:g} h"
+    lines = []
+    if held:
+        lines.append(f"queue held by {held}")
+    if failed:
+        lines.append(f"failed in the last {window}:")
+        lines += [f"  {f.id}: {f.reason}" for f in failed]
+    if rejected:
+        lines.append(f"rejected drops in the last {window} (newest first):")
+        lines += [f"  {rejected_item(d.file, d.error)} (see {d.error_file})" for d in rejected]
+    return lines
+
+
+def models(rows: list[dict[str, Any]]) -> str:
+    """`overnight models`: one line a registered version; under a name none of whose versions is active, a line
+    saying so (its active version was deleted: nothing took over, and `init_adapter = NAME` is refused)."""
+    if not rows:
+        return "no models yet: a completed run registers one"
+    lines: list[str] = []
+    for i, m in enumerate(rows):
+        lines.append(_model_line(m))
+        last_of_name = i + 1 == len(rows) or rows[i + 1]["name"] != m["name"]
+        if last_of_name and not any(r["active"] for r in rows if r["name"] == m["name"]):
+            lines.append(f"  {m['name']}: no active version (overnight activate {m['name']} V)")
+    return "\n".join(lines)
+
+
+def _model_line(m: dict[str, Any]) -> str:
+    """`*` marks the active version of its name; ` ← v3` the version it continued from."""
+    mark = "*" if m["active"] else " "
+    state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
+    return (f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
+            f"base {Path(m['base_model']).name}  loss {fmt_loss(m['metrics'].get('final_loss'))}{state}")
+
+
+def _lineage(model: dict[str, Any]) -> str:
+    """` ← v3` when a version continued from an earlier one of its name, ` ← other:2` or ` ← /path` otherwise."""
+    parent = model.get("parent")
+    if not parent:
+        return ""
+    name, _, version = parent.rpartition(":")
+    return f" ← v{version}" if name == model["name"] and version.isdigit() else f" ← {parent}"
+
+
+def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
+    """`overnight compare`: a heading, then the table of `sweep.comparison` rows, best first."""
+    from daemon.core.sweep import METRIC_LABEL
+    metric = next((r["ranked_by"] for r in rows if r["ranked_by"]), None)
+    ranked = sum(r["rank"] is not None for r in rows)
+    head = f"group {group}: {len(rows)} runs" if group else f"{len(rows)} runs"
+    head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
+             ", none completed yet: not ranked")
+    cells = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", "OPTIONS THAT DIFFER"]]
+    cells += [_comparison_row(r) for r in rows]
+    return "\n".join([head, *table(cells)])
+
+
+def _comparison_row(r: dict[str, Any]) -> list[str]:
+    from daemon.core.sweep import compact
+    probes = "-" if r["probes_learned"] is None else f"{r['probes_learned']}/{r['probes_total']}"
+    opts = " ".join(f"{k}={compact(v) if isinstance(v, (int, float)) else v}"
+                    for k, v in r["options_that_differ"].items())
+    rank = f"{r['rank']}{' ★' if r['rank'] == 1 else ''}" if r["rank"] else "-"
+    return [rank, r["run_id"], r["state"], fmt_loss(r["eval_loss"]), fmt_loss(r["final_loss"]), probes,
+            fmt_rate(r["tokens_per_s"]), fmt_duration(r["seconds"]), opts]
+
+
+def verdict(v: Any) -> str:
+    """`overnight check` for one file (a `checking.Verdict`): OK or ERROR, the facts, then the problems."""
+    if v.role is None:  # not there at all: the problem is all there is to say
+        return "\n".join(p.message for p in v.problems)
+    head = f"{v.file}: OK" + (f" ({v.summary})" if v.summary else "") if v.ok else f"{v.file}: ERROR"
+    # after facts, a problem is marked so that it stands out from them
+    mark = "ERROR: " if v.facts else ""
+    needs = [f"  {n}" for n in v.needs]
+    return "\n".join([head, *(f"  {f}" for f in v.facts), *(mark + p.message for p in v.problems), *needs])
+
+
+GREEN_BOLD, PLAIN = "\x1b[32m\x1b[1m", "\x1b[0m"  # ANSI, as click.style(fg="green", bold=True) writes it
+
+
+def example(number: int, segments: list[dict[str, Any]], colour: bool) -> str:
+    """One example as the model sees it (`check --show`): trained text in green on a terminal, else in [[…]]."""
+    trained = sum(len(s["text"]) for s in segments if s["train"])
+    body = "".join(f"{GREEN_BOLD}{s['text']}{PLAIN}" if s["train"] and colour else
+                   f"[[{s['text']}]]" if s["train"] else s["text"] for s in segments)
+    how = "trained text in green" if colour else "trained text in [[…]]"
+    return f"--- example {number} ({trained} of {sum(len(s['text']) for s in segments)} characters trained; {how})\n{body}"

@@ -1,0 +1,281 @@
+"""Sweeps: lists of values in a sidecar queue one run per combination, grouped, ranked, and the best selected.
+
+A sidecar writing `learning_rate = [1e-4, 3e-4]` and `lora_r = [8, 16]` queues the grid: the cartesian product of
+its lists (and of a `base_model` list), in product order — base models outermost, then the lists in the order
+the sidecar writes them, the last one changing fastest. The runs share a group id (the id the drop would have had
+as a single run, `NAME-YYYYmmdd-HHMMSS`) and their ids carry their values: `support-lr3e-4-r16-20261128-101350`.
+
+Ranking (for `overnight compare`, the dashboard and `select = "best"`): completed runs only, by eval loss (by
+the final training loss when some completed run has no eval loss), equal losses (to 4 decimals) by probes learned,
+then in grid order. This module imports no torch and never writes the DB itself except through `Store`.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from daemon.core.options import OPTIONS, OptionsError, Resolved
+from daemon.core.states import ENDED, State
+
+# Short, file-name-safe names of the sweepable options in run ids (tests check every sweepable option has one).
+ABBREVIATIONS = {
+    "learning_rate": "lr", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "drop", "batch_size": "bs",
+    "grad_accum": "ga", "epochs": "ep", "max_steps": "steps", "max_length": "len", "seed": "seed",
+    "warmup_ratio": "wu", "weight_decay": "wd", "lr_scheduler": "sched", "optim": "opt", "quantization": "q",
+    "batching": "batch", "gradient_checkpointing": "gc", "attn_implementation": "attn", "max_grad_norm": "gn",
+    "use_liger_kernel": "liger",
+}
+SELECT_BEST = "best"
+
+
+def compact(value: Any) -> str:
+    """A value as a run id shows it: 3e-4, 0.05, 16, on/off, cosine."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        d = Decimal(repr(value)).normalize()  # repr: the shortest digits that give this float back
+        if abs(value) < 0.01 or abs(value) >= 1e6:
+            sign, digits, exponent = d.as_tuple()
+            mantissa = "".join(map(str, digits))
+            mantissa = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "")
+            return f"{'-' if sign else ''}{mantissa}e{int(exponent) + len(digits) - 1}"
+        return format(d, "f")
+    return _id_part(str(value)) or "x"
+
+
+def tag(key: str, value: Any) -> str:
+    """One option's part of a run id: `lr3e-4`, `r16`, `sched_cosine`, `gc_on`."""
+    abbr = ABBREVIATIONS.get(key, key)
+    sep = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "_"
+    return f"{abbr}{sep}{compact(value)}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a grid: its base model and the values of the swept options (in the sidecar's order)."""
+
+    base_model: str
+    values: tuple[tuple[str, Any], ...] = ()
+
+    def tags(self) -> str:
+        """`lr3e-4-r16` ('' when no option is swept)."""
+        return "-".join(tag(k, v) for k, v in self.values)
+
+
+def axes(opts: Resolved) -> list[tuple[str, list[Any]]]:
+    """The swept options with more than one value, in the sidecar's order."""
+    out = []
+    for key in opts.swept:
+        values = opts.values[key]
+        if isinstance(values, list) and len(values) > 1:
+            out.append((key, list(values)))
+    return out
+
+
+def run_count(opts: Resolved) -> int:
+    """How many runs the drop queues: base models × the length of every list."""
+    return max(1, len(opts.base_models)) * math.prod(len(v) for _, v in axes(opts))
+
+
+def expand(opts: Resolved) -> list[Point]:
+    """The grid in product order: base models outermost, then each list, the last changing fastest."""
+    grid = axes(opts)
+    keys = [k for k, _ in grid]
+    return [Point(model, tuple(zip(keys, combo)))
+            for model in opts.base_models for combo in itertools.product(*(v for _, v in grid))]
+
+
+def options_for(opts: Resolved, point: Point) -> Resolved:
+    """The options of one run of the grid: one base model, one value per option (a one-item list unwrapped)."""
+    values = {**opts.values, "base_model": point.base_model}
+    for key in opts.swept:
+        if isinstance(values[key], list):
+            values[key] = values[key][0]
+    values.update(dict(point.values))
+    return Resolved(values, dict(opts.sources))
+
+
+def first_run(opts: Resolved) -> Resolved:
+    """The options of the grid's first run, its base model list kept (what `overnight check` estimates on)."""
+    values = dict(opts.values)
+    for key in opts.swept:
+        if isinstance(values[key], list):
+            values[key] = values[key][0]
+    return Resolved(values, dict(opts.sources))
+
+
+def describe(opts: Resolved) -> str:
+    """`base_model 2 × learning_rate 3 × lora_r 2`: what multiplies into the run count."""
+    parts = [f"base_model {len(opts.base_models)}"] if len(opts.base_models) > 1 else []
+    return " × ".join(parts + [f"{k} {len(v)}" for k, v in axes(opts)])
+
+
+def check_cap(opts: Resolved, source: Path | str | None) -> None:
+    """A grid larger than the owner's max_sweep_runs is refused with the count and the fix."""
+    n, cap = run_count(opts), int(opts.values.get("max_sweep_runs") or OPTIONS["max_sweep_runs"].default)
+    if n > cap:
+        where = f"{source}: " if source else ""
+        raise OptionsError(f"{where}this sweep would queue {n} runs ({describe(opts)}), more than "
+                           f"max_sweep_runs = {cap}. Fix: shorten the lists, or raise max_sweep_runs in "
+                           f"overnight.toml.")
+
+
+def summary(opts: Resolved) -> str | None:
+    """For `overnight check`: `4 runs (learning_rate 2 × lora_r 2): lr1e-4-r8, …`; None for a single run."""
+    n = run_count(opts)
+    if n < 2:
+        return None
+    points = expand(opts) if opts.base_models else expand(Resolved({**opts.values, "base_model": "?"},
+                                                                   opts.sources, opts.swept))
+    many = len(opts.base_models) > 1
+    names = [("-".join(x for x in (_model_tag(p.base_model) if many else "", p.tags()) if x)) for p in points]
+    shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")
+    return f"{n} runs in one group ({describe(opts)}): {shown}"
+
+
+def _id_part(text: str) -> str:
+    """Text as a run id carries it: letters and digits of any script stay (as intake.safe_name keeps them in the
+    dataset's name, NFC), anything else becomes `-`."""
+    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.")
+
+
+def _model_tag(model: str) -> str:
+    return _id_part(Path(model.rstrip("/")).name) or "model"
+
+
+def run_suffix(point: Point, several_models: bool) -> str:
+    """What a run's id carries after the name: `-Qwen2.5-0.5B-lr3e-4-r16` (the model only when several)."""
+    parts = [_model_tag(point.base_model)] if several_models else []
+    if point.values:
+        parts.append(point.tags())
+    return "".join(f"-{p}" for p in parts)
+
+
+# --------------------------------------------------------------------------------------------- ranking
+
+def rank(rows: Iterable[dict[str, Any]],
+         learned: Callable[[dict[str, Any]], int | None] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows (`id, state, eval_loss, loss, seq`) ordered best first, each with `rank` (None: not ranked).
+
+    Only completed runs rank: by eval loss, or by the final loss when some completed run has no eval loss;
+    equal losses (to 4 decimals) by probes learned (`learned(row)`, asked only for ties), then grid order.
+    Returns the rows and the metric used ("eval_loss", "loss" or None when nothing ranks).
+    """
+    rows = sorted(rows, key=lambda r: r.get("seq") or 0)
+    done = [r for r in rows if r.get("state") == State.COMPLETED]
+    metric = "eval_loss" if done and all(r.get("eval_loss") is not None for r in done) else "loss"
+    ranked = [r for r in done if r.get(metric) is not None and math.isfinite(float(r[metric]))]
+    if not ranked:
+        return [{**r, "rank": None} for r in rows], None
+
+    def rounded(r: dict[str, Any]) -> float:
+        return round(float(r[metric]), 4)
+
+    ties: dict[float, int] = {}
+    for r in ranked:
+        ties[rounded(r)] = ties.get(rounded(r), 0) + 1
+
+    def key(r: dict[str, Any]) -> tuple:
+        probes = (learned(r) or 0) if learned and ties[rounded(r)] > 1 else 0
+        return rounded(r), -probes, r.get("seq") or 0
+
+    ranked.sort(key=key)
+    ids = {r["id"] for r in ranked}
+    out = [{**r, "rank": i} for i, r in enumerate(ranked, 1)]
+    return out + [{**r, "rank": None} for r in rows if r["id"] not in ids], metric
+
+
+def best(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int | None] | None = None
+         ) -> dict[str, Any] | None:
+    """The best run of a group (see `rank`), or None when no run completed."""
+    ordered, _ = rank(rows, learned)
+    return ordered[0] if ordered and ordered[0]["rank"] == 1 else None
+
+
+METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss"}
+
+
+# --------------------------------------------------------------------------------------------- select = "best"
+
+def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any]], dict[str, Any]],
+                   learned: Callable[[dict[str, Any]], int | None]) -> str | None:
+    """When the last run of a group with `select = "best"` has ended, activate the best version; say what was done.
+
+    `store` is the daemon's Store; `read_options(run)` gives a run's resolved options (its config.json).
+    Returns the overnight.log line, or None when there is nothing to do (runs left, select = "none").
+    """
+    members = store.runs_in_group(group)
+    if len(members) < 2 or any(m["state"] not in ENDED for m in members):
+        return None
+    if read_options(members[-1]).get("select") != SELECT_BEST:
+        return None
+    winner = best(members, learned)
+    left_out = sum(m["state"] != State.COMPLETED for m in members)
+    note = f"; {left_out} did not complete" if left_out else ""
+    if winner is None:
+        return f"sweep {group}: no run completed, so no version was activated ({len(members)} runs{note})"
+    version = next((m for m in store.models(winner["name"]) if m["run_id"] == winner["id"] and not m["deleted"]),
+                   None)
+    if version is None:
+        return f"sweep {group}: the best run {winner['id']} has no model version to activate"
+    store.activate_model(winner["name"], version["version"], pin=False)
+    _, metric = rank(members, learned)
+    value = winner[metric]
+    return (f"sweep {group}: activated {winner['name']} version {version['version']} (run {winner['id']}, "
+            f"{METRIC_LABEL[metric]} {value:.4f}; best of {len(members) - left_out}{note})")
+
+
+def selects_best(options: dict[str, Any], run: dict[str, Any]) -> bool:
+    """A run whose group selects its best at the end: its version is registered without taking over."""
+    return bool(run.get("group_id")) and options.get("select") == SELECT_BEST
+
+
+# --------------------------------------------------------------------------------------------- compare
+
+def _seconds(run: dict[str, Any], result: dict[str, Any]) -> float | None:
+    """Wall time from start to end (to now while it runs); the trainer's own count when the DB has no times."""
+    import datetime as dt
+    try:
+        start = dt.datetime.fromisoformat(run["started"])
+        end = dt.datetime.fromisoformat(run["finished"]) if run.get("finished") else dt.datetime.now()
+        return round((end - start).total_seconds(), 1)
+    except (TypeError, ValueError, KeyError):
+        return result.get("train_seconds")
+
+
+def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them."""
+    from daemon.core.evolution import analyze, load_records
+    from daemon.core.runconfig import RunConfig
+    from daemon.core.rundir import RunFolder
+
+    info: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        folder = RunFolder(r["run_dir"])
+        evo = analyze(load_records(folder.evolution))
+        info[r["id"]] = {"options": RunConfig.read(folder.root).options, "result": folder.read_result(),
+                         "learned": evo.learned, "total": evo.total}
+    keys = list(dict.fromkeys(k for i in info.values() for k in i["options"]))
+    differ = [k for k in keys if len({repr(i["options"].get(k)) for i in info.values()}) > 1]
+    ordered, metric = rank(runs, lambda r: info[r["id"]]["learned"])
+    rows = []
+    for r in ordered:
+        i = info[r["id"]]
+        rows.append({"rank": r["rank"], "run_id": r["id"], "state": r["state"], "eval_loss": r.get("eval_loss"),
+                     "final_loss": r.get("loss"), "probes_learned": i["learned"] if i["total"] else None,
+                     "probes_total": i["total"], "tokens_per_s": r.get("tokens_per_s"),
+                     "seconds": _seconds(r, i["result"]),
+                     "options_that_differ": {k: i["options"].get(k) for k in differ},
+                     "group": r.get("group_id"), "base_model": r.get("base_model"), "step": r.get("step"),
+                     "ranked_by": metric})
+    return rows

@@ -1,0 +1,380 @@
+"""The daemon's side of control: one Controller owns the control state and applies every command file.
+
+After pueue: the message type (daemon/core/control.py's Command) is shared with the CLI and the dashboard; here is one
+handler per message. The Controller reaches the running trainer only through the `Trainer` protocol
+(`request_stop`, `set_paused`), and the DB through the Store and the daemon's `transition`, so every rule can be
+tested with a stub trainer (tests/test_controller.py).
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from daemon.core import control, rundir
+from daemon.engine import registry
+from daemon.core.control import Command, ControlError
+from daemon.core.home import Home
+from daemon.core.log import log
+from daemon.core.states import LIVE, RESUMABLE, State, StopRequest
+from daemon.engine.store import Store
+from daemon.core.timefmt import iso
+
+def _named(runs: frozenset[str]) -> str | None:
+    """An event's target for what control/pause holds: None for every run."""
+    return None if not runs or "*" in runs else ",".join(sorted(runs))
+
+
+def _paused_idle(runs: frozenset[str]) -> str:
+    """What a pause says when it holds no trainer."""
+    if "*" in runs:
+        return "pause: no job is running; the next one halts at its first step while control/pause exists"
+    return f"pause {', '.join(sorted(runs))}: not running; each halts at its first step while control/pause names it"
+
+
+def _no_run(cmd: Command, target: str | None = None) -> str:
+    return (f"{cmd.source}: no run with id {target or cmd.target!r}. Fix: name a run that overnight runs lists "
+            f"({_naming(cmd)}), or none to act on the running job.")
+
+
+def _naming(cmd: Command) -> str:
+    """How to give `cmd` a run id: with the CLI when it came from there, else in the file."""
+    return f"overnight {cmd.kind} RUN_ID" if cmd.id else f"echo RUN_ID > control/{cmd.kind}"
+
+
+class Trainer(Protocol):
+    """What the Controller may do to the running trainer (daemon/engine/runner.py TrainerProcess)."""
+
+    run_id: str
+    requested: str | None
+    paused: bool
+
+    def request_stop(self, reason: str) -> str:
+        """Ask it to checkpoint and exit for `reason`; returns the request in force."""
+
+    def set_paused(self, paused: bool) -> None:
+        """Halt at (or go on from) the next step boundary."""
+
+
+Transition = Callable[..., None]  # (run_id, state, reason, **fields): the daemon's DB + metadata.json update
+
+
+class Controller:
+    """Reads control/ once a pass: events are consumed, `pause` and an untargeted `stop` hold while they exist."""
+
+    def __init__(self, home: Home, store: Store, transition: Transition) -> None:
+        self.home, self.store, self.transition = home, store, transition
+        self.stop_held = False  # an untargeted control/stop was acknowledged and holds the queue
+        self.paused: frozenset[str] = frozenset()  # what control/pause held at the last pass ("*": any run)
+        self.complete = control.Completeness()
+        self.trainers: list[Trainer] = []  # the running trainers, one per slot
+        self.free_slots: Callable[[], int] = lambda: 0
+        # acknowledgements not yet in the DB: those of the command being applied (written together once it is
+        # done), and those the DB refused (full, or locked by another process), written first at the next pass,
+        # in order. The command is consumed all the same: applied is applied, and read again once its run has
+        # moved on it would be refused ("run X is skipped").
+        self._unwritten: list[dict[str, Any]] = []
+        self._handlers: dict[str, Callable[[Command], None]] = {
+            "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
+            "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
+
+    # --- one pass ---------------------------------------------------------------------------------------
+    def apply(self, trainers: list[Trainer], free_slots: Callable[[], int] = lambda: 0) -> None:
+        """Read every control file once; then keep pause/stop states in force and check for preemption.
+
+        `free_slots`: how many more runs could start now (asked only when a queued run might preempt)."""
+        self.trainers, self.free_slots = trainers, free_slots
+        self._write_events()
+        for path in control.command_files(self.home):
+            if not self.complete(path):
+                continue  # `echo RUN > control/stop` creates the file empty, then writes: read it once complete
+            try:
+                cmd = control.parse(path)
+                self._handlers[cmd.kind](cmd)
+            except FileNotFoundError:
+                continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject
+            except (ControlError, OSError) as e:
+                self._rejected(path, str(e))
+            self._flush()
+        self._hold_pause()
+        self._hold_stop()
+        self._preempt()
+        self._flush()
+
+    def queue_held(self) -> bool:
+        """An untargeted control/stop holds the queue while it exists."""
+        return control.held(self.home, "stop") == "*"
+
+    # --- acknowledgements ---------------------------------------------------------------------------------
+    def _ack(self, cmd: str, target: str | None, source: str, message: str, run_id: str | None = None,
+             command_id: str | None = None) -> None:
+        said = f"control: {message}" + (f" [{command_id}]" if command_id else "")
+        log.info(said)
+        run = self.store.get_run(run_id) if run_id else None
+        if run:
+            rundir.append_console(Path(run["run_dir"]), said)
+        self._event(cmd, target, source, "applied", message, command_id)
+
+    def _answer(self, cmd: Command, message: str, run_id: str | None = None, target: str | None = None) -> None:
+        """Acknowledge `cmd` (its id goes with the answer, for the client waiting on it)."""
+        self._ack(cmd.kind, target or cmd.target, cmd.source, message, run_id, cmd.id)
+
+    def _rejected(self, path: Path, message: str) -> None:
+        kind, command_id = control.split_name(path.name)
+        dest = control.reject(self.home, path, message)
+        log.warning(f"control: rejected {control.shown(path.name)}: {message} (moved to {dest})")
+        self._event(kind if kind in control.COMMANDS else path.name, None, f"control/{path.name}", "rejected",
+                    message, command_id)
+
+    def _event(self, command: str, target: str | None, source: str, status: str, message: str,
+               command_id: str | None = None) -> None:
+        self._unwritten.append({"command": command, "target": target, "source": source, "status": status,
+                                "message": message, "time": iso(), "command_id": command_id})
+
+    def _flush(self) -> None:
+        if not self._write_events():
+            log.warning(f"control: {len(self._unwritten)} acknowledgement(s) wait to be written to the DB (it "
+                        f"cannot be written now); the commands themselves are done")
+
+    def _write_events(self) -> bool:
+        """Write the acknowledgements not yet in the DB, in one transaction; a refused write keeps them for the
+        next pass (the daemon's other writes report the fault: status PROBLEM line, overnight.log). True when
+        none is left."""
+        if not self._unwritten:
+            return True
+        try:
+            self.store.control_events(self._unwritten)
+        except sqlite3.OperationalError:
+            return False
+        self._unwritten = []
+        return True
+
+    def _trainer(self, run_id: str) -> Trainer | None:
+        return next((a for a in self.trainers if a.run_id == run_id), None)
+
+    def _runs_for(self, cmd: Command, states: tuple[State, ...], every: bool = False) -> list[dict[str, Any]]:
+        """The runs a command acts on: its named target, else the running job (`every`: all running jobs)."""
+        if cmd.target:
+            run = self.store.get_run(cmd.target)
+            if run is None:
+                raise ControlError(_no_run(cmd))
+            runs = [run]
+        elif not self.trainers:
+            raise ControlError(f"{cmd.source}: no job is running, and the command names no run. "
+                               f"Fix: name the run ({_naming(cmd)}).")
+        elif len(self.trainers) > 1 and not every:
+            raise ControlError(f"{cmd.source}: {len(self.trainers)} runs are training "
+                               f"({', '.join(a.run_id for a in self.trainers)}) and the command names none. "
+                               f"Fix: name one ({_naming(cmd)}).")
+        else:
+            runs = [self.store.get_run(a.run_id) for a in self.trainers]
+        for run in runs:
+            if run["state"] not in states:
+                raise ControlError(f"{cmd.source}: run {run['id']} is {run['state']}; {cmd.kind} applies to runs "
+                                   f"that are {' or '.join(states)}. Fix: name such a run (see overnight runs).")
+        return runs
+
+    # --- stop and skip ------------------------------------------------------------------------------------
+    def _on_stop(self, cmd: Command) -> None:
+        """A stop naming a run stops it; one naming none stops every running job and holds the queue while
+        control/stop exists (a `stop.ID` from the CLI leaves that file in place)."""
+        if cmd.target:
+            return self._stop_like(cmd, "stop")
+        if cmd.held and self.stop_held:
+            return  # the untargeted stop stays in place and holds the queue; acknowledged once
+        if not cmd.held and self.queue_held():
+            self._answer(cmd, "stop: control/stop is in place already; no new job starts until it is removed")
+            control.consume(self.home, cmd.path)
+            return
+        runs = self._runs_for(cmd, LIVE, every=True) if self.trainers else []
+        if not cmd.held:
+            self.complete.written(control.hold_stop(self.home))
+        self.stop_held = True
+        for run in runs:
+            self._stop_run(cmd, "stop", run)
+        if not runs:
+            self._answer(cmd, "stop file present: no new job starts until control/stop is removed")
+        if not cmd.held:
+            control.consume(self.home, cmd.path)
+
+    def _on_skip(self, cmd: Command) -> None:
+        self._stop_like(cmd, "skip")
+
+    def _stop_like(self, cmd: Command, request: str) -> None:
+        """stop or skip the named run (skip: or the one running job); the file is consumed."""
+        for run in self._runs_for(cmd, LIVE):
+            self._stop_run(cmd, request, run)
+        control.consume(self.home, cmd.path)
+
+    def _stop_run(self, cmd: Command, request: str, run: dict[str, Any]) -> None:
+        end_state = StopRequest(request).outcome
+        a = self._trainer(run["id"])
+        if a:
+            in_force = a.request_stop(request)
+            msg = (f"{request} {run['id']}: checkpointing at the next step, then {end_state}" if in_force == request
+                   else f"{request} {run['id']}: already stopping ({in_force} requested); it ends "
+                        f"{StopRequest(in_force).outcome}")
+        else:
+            self.transition(run["id"], end_state, f"{request} requested before it started")
+            msg = f"{request} {run['id']}: {end_state} (it was queued)"
+        self._answer(cmd, msg, run["id"])
+
+    def _hold_stop(self) -> None:
+        if self.stop_held and not self.queue_held():
+            self.stop_held = False
+            self._ack("stop", None, "control/stop", "control/stop removed: the queue goes on")
+
+    # --- pause and resume ---------------------------------------------------------------------------------
+    def _on_pause(self, cmd: Command) -> None:
+        """control/pause is held (applied by _hold_pause); a `pause.ID` adds its runs (none: every run) to it."""
+        for target in cmd.targets:
+            run = self.store.get_run(target)
+            if run is None:
+                raise ControlError(_no_run(cmd, target))
+            if not cmd.held and run["state"] not in LIVE:  # a held file may outlive its runs; a new pause may not
+                raise ControlError(f"{cmd.source}: run {target} is {run['state']}; pause applies to runs that are "
+                                   f"{' or '.join(LIVE)}. Fix: name such a run (see overnight runs).")
+        if cmd.held:
+            return
+        held = control.paused(self.home)
+        wanted = held if "*" in held else (held | set(cmd.targets) if cmd.targets else {"*"})
+        if wanted != held or not (self.home.control / "pause").exists():
+            self._rewrite_pause(wanted)
+        control.consume(self.home, cmd.path)
+        self._hold_pause(cmd)
+
+    def _hold_pause(self, cmd: Command | None = None) -> None:
+        """control/pause holds while it exists (for the runs it names, or whatever runs); `cmd`: the `pause.ID`
+        that has just changed it, answered at least once."""
+        path = self.home.control / "pause"
+        if cmd is None and path.is_file() and not self.complete(path):
+            return  # being written: the pause state stays as it is for one more pass
+        wanted = control.paused(self.home)
+        changed = wanted != self.paused
+        self.paused = wanted
+        if not self.trainers and wanted and changed and not cmd:  # acknowledged once, so clients hear back
+            self._ack("pause", _named(wanted), "control/pause", _paused_idle(wanted))
+        answered = False
+        for a in self.trainers:
+            should_pause = "*" in wanted or a.run_id in wanted
+            if should_pause != a.paused and not a.requested:
+                a.set_paused(should_pause)
+                msg = (f"pause {a.run_id}: halting at the next step boundary (remove control/pause to resume)"
+                       if should_pause else f"resume {a.run_id}: control/pause removed")
+                self._ack("pause" if should_pause else "resume", _named(wanted), cmd.source if cmd else "control/pause",
+                          msg, a.run_id, cmd.id if cmd else None)
+                answered = True
+        if cmd and not answered:
+            if cmd.target and not self._trainer(cmd.target):
+                what = f"pause {cmd.target}: queued; it halts at its first step while control/pause names it"
+            elif changed and not self.trainers:
+                what = _paused_idle(wanted)
+            else:
+                what = f"pause {cmd.target or 'every run'}: already paused"
+            self._answer(cmd, what, cmd.target)
+
+    def _on_resume(self, cmd: Command) -> None:
+        """resume: with no run, lift a pause and an untargeted stop; with a paused run, lift its pause; with an
+        ended run, queue it again."""
+        held = control.paused(self.home)
+        if not cmd.target:
+            self._answer(cmd, self._lift_holds())
+        elif self._trainer(cmd.target) or cmd.target in held or ("*" in held and self.store.get_run(cmd.target)):
+            self._answer(cmd, self._unpause(cmd.target, held), cmd.target)
+        else:
+            [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
+            if run["state"] == State.PAUSED:
+                self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift", run["id"])
+            else:
+                self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
+                                finished=None)
+                self._answer(cmd, f"resume {run['id']}: queued again", run["id"])
+        control.consume(self.home, cmd.path)
+
+    def _unpause(self, run_id: str, held: frozenset[str]) -> str:
+        """Take `run_id` out of control/pause; a pause of every run then names every other live run."""
+        path = self.home.control / "pause"
+        others = {r["id"] for r in self.store.runs_in(LIVE)} - {run_id} if "*" in held else held - {run_id}
+        if run_id not in held and "*" not in held:
+            return f"resume {run_id}: control/pause does not hold it; nothing to lift"
+        if not others:
+            control.consume(self.home, path)
+            return f"resume {run_id}: control/pause lifted"
+        self._rewrite_pause(others)
+        return (f"resume {run_id}: control/pause held every run; it now names the others ({', '.join(sorted(others))})"
+                if "*" in held else f"resume {run_id}: control/pause no longer names it")
+
+    def _rewrite_pause(self, runs: frozenset[str] | set[str]) -> None:
+        """control/pause now holds `runs`; the file it replaces is kept in done/ (it may be the user's own)."""
+        path = self.home.control / "pause"
+        if path.exists():
+            control.keep(self.home, path)
+        self.complete.written(control.hold_pause(self.home, runs))
+
+    def _lift_holds(self) -> str:
+        """A resume naming no run lifts control/pause (whatever it names) and an untargeted control/stop."""
+        lifted = []
+        pause = self.home.control / "pause"
+        if pause.exists():
+            control.consume(self.home, pause)
+            lifted.append("control/pause lifted")
+        if self.queue_held():
+            control.consume(self.home, self.home.control / "stop")
+            self.stop_held = False  # said here: no second "control/stop removed" acknowledgement
+            lifted.append("control/stop lifted: the queue goes on")
+        return "resume: " + ("; ".join(lifted) if lifted else "nothing was paused or stopped")
+
+    # --- priority -----------------------------------------------------------------------------------------
+    def _on_priority(self, cmd: Command) -> None:
+        """Re-order the queue; all lines must name known runs, else nothing is applied."""
+        changes: list[tuple[dict[str, Any], int]] = []
+        live = self.store.runs_in(LIVE)
+        for ref, prio in cmd.priorities:
+            match = [r for r in live if ref in (r["id"], r["name"], Path(r["dataset"] or "").stem)]
+            if not match:
+                raise ControlError(f"{cmd.source}: {ref!r} names no queued or running run (a run id, or a "
+                                   f"dataset name). Nothing was changed. Fix: use the run ids or names that overnight runs "
+                                   f"lists as queued or running.")
+            changes += [(r, prio) for r in match]
+        for r, prio in changes:
+            self.store.update_run(r["id"], priority=prio)
+            rundir.write_metadata(Path(r["run_dir"]), self.store.get_run(r["id"]))  # a rebuilt DB keeps the order
+            self._answer(cmd, f"priority {r['id']}: {r['priority']} -> {prio}", r["id"], target=r["id"])
+        control.consume(self.home, cmd.path)
+        self._preempt(cmd)
+
+    def _preempt(self, cause: Command | None = None) -> None:
+        """A queued run with a higher priority than a running one takes the slot of the lowest-priority running
+        run when no slot is free; that one resumes later."""
+        running = [(self.store.get_run(a.run_id), a) for a in self.trainers if not a.requested]
+        queued = self.store.runs_in([State.QUEUED]) if running else []
+        if not queued:
+            return
+        freeing = sum(1 for a in self.trainers if a.requested) + self.free_slots()  # slots the queue gets anyway
+        running.sort(key=lambda ra: (ra[0]["priority"], -(ra[0]["seq"] or 0)))  # the lowest, latest first
+        for q, (run, a) in zip(queued[freeing:], running):
+            if q["priority"] <= run["priority"]:
+                return
+            a.request_stop("preempt")
+            self._ack("preempt", a.run_id, cause.source if cause else "priority",
+                      f"preempt {a.run_id} (priority {run['priority']}) for {q['id']} (priority "
+                      f"{q['priority']}): checkpointing; it resumes afterwards", a.run_id, cause.id if cause else None)
+
+    # --- the registry -------------------------------------------------------------------------------------
+    def _on_model(self, cmd: Command) -> None:
+        """activate / delete NAME VERSION: registry changes go through the daemon, the DB's only writer."""
+        name, version = cmd.model
+        if not any(m["version"] == version for m in self.store.models(name)):
+            raise ControlError(f"{cmd.source}: no model {name} version {version}. Fix: use a NAME and "
+                               f"VERSION that overnight models lists.")
+        if cmd.kind == "activate":
+            self.store.activate_model(name, version)
+            msg = f"activate {name} v{version}: now the active version (pinned)"
+        else:
+            try:
+                dest = registry.delete(self.store, self.home, name, version)
+            except KeyError as e:
+                raise ControlError(f"{cmd.source}: {e.args[0]}") from None
+            msg = f"delete {name} v{version}: adapter moved to {dest}"
+        self._answer(cmd, msg, target=f"{name} {version}")
+        control.consume(self.home, cmd.path)

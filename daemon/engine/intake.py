@@ -1,0 +1,453 @@
+"""The inbox: find complete drops, pair sidecars and probes, accept into run folders or reject with a reason.
+
+Watch events are only hints that wake the daemon; every decision is made here from a listing of the folder,
+so a missed or overflowing inotify queue loses nothing (the daemon also rescans on a timer).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from daemon.core import rundir, sweep
+from daemon.core.rundir import RunFolder
+from daemon.core.runconfig import RunConfig
+from daemon.core.atomic import write_json, write_text
+from daemon.core.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
+from daemon.core.fsutil import sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
+from daemon.core.home import Home
+from daemon.engine.lineage import check_parent, copy_adapter
+from daemon.core.log import log
+from daemon.core.options import Resolved, owner_toml
+from daemon.core.states import State
+from daemon.core.space import is_disk_full
+from daemon.engine.store import Store, busy_problem
+from daemon.engine.submission import Submission, SubmissionError, pair, stem_of, twins_message, validate
+from daemon.core.timefmt import iso, run_id_stamp
+
+
+BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their validation starts
+
+
+def shown_name(name: str) -> str:
+    """A file name fit for messages and logs, even when its bytes are not UTF-8."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float
+
+
+@dataclass
+class _Verdict:
+    """What validation said about one drop: a submission to accept (with the dataset's sha256), or an error."""
+
+    sub: Submission | None = None
+    sha: str = ""
+    error: str = ""
+
+
+@dataclass
+class _Checking:
+    """A drop being validated in the background, and the files as they were when validation began."""
+
+    future: "Future[_Verdict]"
+    fingerprint: dict[str, tuple[int, int]]
+
+
+UNRECORDED_RETRY_S = 5.0  # a drop whose run could not be recorded (disk full, DB busy) is tried again this often
+
+
+class Intake:
+    """Scans the inbox; called from the daemon's main loop (the only writer of the DB)."""
+
+    def __init__(self, home: Home, store: Store, settle: float = SETTLE_S,
+                 on_verdict: Callable[[], None] | None = None,
+                 on_reject: Callable[[list[Path], str, Path], None] | None = None) -> None:
+        """`on_reject(files, message, error_file)` is called on the loop after a drop was moved to rejected/."""
+        self.home, self.store, self.settle = home, store, settle
+        self._on_reject = on_reject
+        self._seen: dict[str, _Seen] = {}
+        self._waiting_logged: set[str] = set()
+        self._held_open: dict[str, float] = {}  # drops a writer holds open -> when that was last asked
+        # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
+        # loop keeps answering control files; the accept/reject moves and DB writes stay on the loop.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
+        self._checking: dict[str, _Checking] = {}
+        self._on_verdict = on_verdict
+        self._toml_problem: str | None = None  # why drops wait (a broken overnight.toml), for the log and status
+        self.home_problem: str | None = None  # a folder of the home that is a file (cannot be recreated)
+        self._unrecorded: dict[str, float] = {}  # drops whose run could not be recorded -> when to try again
+        self._recover_staging()
+
+    def _recover_staging(self) -> None:
+        """A daemon that died while it made a run folder left the drop in runs/.RUN.partial/dataset/: back into
+        the inbox with it (a hard link of a group's earlier run stays there), and the half-made folder goes."""
+        for staging in self.home.runs.glob(".*.partial"):
+            dataset = RunFolder(staging).dataset
+            for p in sorted(dataset.iterdir()) if dataset.is_dir() else []:
+                dest = self.home.inbox / p.name
+                if p.is_file() and p.stat().st_nlink == 1 and not dest.exists():
+                    os.rename(p, dest)
+                    log.warning(f"inbox: {shown_name(p.name)} was being taken when the daemon stopped: back in "
+                                f"the inbox, taken again")
+            if not any(p.stat().st_nlink == 1 for p in dataset.rglob("*") if p.is_file()):
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop validating (a drop being checked stays in the inbox and is checked again at the next start)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def stable(self, path: Path, now: float) -> bool:
+        """True once size and mtime have not changed for `settle` seconds (a file still growing waits)."""
+        st = path.stat()
+        cur = self._seen.get(path.name)
+        if cur is None or (cur.size, cur.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._seen[path.name] = _Seen(st.st_size, st.st_mtime_ns, now)
+            return False
+        return now - cur.since >= self.settle
+
+    def pending(self) -> list[Path]:
+        """Files in the inbox that overnight will take once complete."""
+        return sorted(p for p in self.home.inbox.iterdir() if not ignored(p.name) and p != self.home.rejected)
+
+    @property
+    def problem(self) -> str | None:
+        """Why drops wait: a home folder that is a file, a broken overnight.toml (the daemon's PROBLEM line)."""
+        return self.home_problem or self._toml_problem
+
+    def _home_ok(self) -> bool:
+        """The home's folders, recreated when removed under the daemon (rm -rf control/) with a line in the log;
+        a file where a folder belongs is a PROBLEM (said once) until the owner moves it aside."""
+        made, problem = self.home.repair()
+        if made:
+            log.warning(f"{', '.join(made)} {'was' if len(made) == 1 else 'were'} missing (removed while the daemon "
+                        f"ran?): recreated, empty")
+        if problem != self.home_problem:
+            if problem:
+                log.error(problem)
+            elif self.home_problem:
+                log.info("the home's folders are back: going on")
+        self.home_problem = problem
+        return problem is None
+
+    def scan(self) -> int:
+        """Take every complete drop in the inbox; return how many drops were handled."""
+        if not self._home_ok():
+            return 0
+        now = time.monotonic()
+        files = self.pending()
+        self._seen = {k: v for k, v in self._seen.items() if k in {p.name for p in files}}
+        handled = 0
+        for p in files:
+            problem = _refused_name(p, self.home.inbox)
+            if problem and (p.is_symlink() or p.is_file() or self.stable(p, now)):  # a folder being copied waits
+                self._reject([p], stem_of(p), problem)
+                handled += 1
+        drops, twins = pair(files)
+        self._held_open = {k: v for k, v in self._held_open.items() if k in drops}
+        toml_ok = self._owner_toml_ok()
+        for key in [k for k in self._checking if not toml_ok or k not in drops]:
+            self._checking.pop(key).future.cancel()  # taken away while being checked, or its options changed
+        if not toml_ok:
+            return handled
+        for stem, group in sorted(twins.items()):
+            if self._all_stable(group, now):
+                self._reject(group, stem, twins_message(stem, group))
+                handled += 1
+        for key, group in sorted(drops.items()):
+            if self._all_stable(list(group.values()), now):
+                handled += self._take(key, group)
+        return handled
+
+    def _all_stable(self, files: list[Path], now: float) -> bool:
+        try:
+            return all([self.stable(p, now) for p in files])  # a list: every file's clock starts on this pass
+        except FileNotFoundError:
+            return False  # moved away between listing and stat
+
+    def _take(self, stem: str, group: dict[str, Path]) -> int:
+        if "unsupported" in group:
+            p = group["unsupported"]
+            self._reject([p], stem, f"{p.name}: unsupported file type '{p.suffix or '(none)'}'. overnight takes "
+                         f"datasets ending in .jsonl, .json, .csv, .parquet or .txt, a sidecar NAME.toml and a "
+                         f"probe file NAME.probes.jsonl. Fix: convert the file to one of these formats.")
+            return 1
+        dataset = group.get("dataset")
+        if dataset is None:
+            if stem not in self._waiting_logged:
+                names = ", ".join(p.name for p in group.values())
+                log.info(f"inbox: {names} waits for its dataset {stem}.jsonl/.json/.csv/.parquet/.txt")
+                self._waiting_logged.add(stem)
+            return 0
+        self._waiting_logged.discard(stem)
+        fingerprint = _fingerprint(group)
+        checking = self._checking.get(stem)
+        if checking is None or checking.fingerprint != fingerprint:  # new, or changed while being checked
+            if checking is not None:
+                checking.future.cancel()
+            if self._still_written(stem, group):
+                return 0
+            future = self._pool.submit(self._judge, dict(group))
+            if self._on_verdict:
+                future.add_done_callback(lambda _f: self._on_verdict())
+            self._checking[stem] = _Checking(future, fingerprint)
+            return 0
+        if not checking.future.done():
+            return 0
+        verdict = checking.future.result()
+        files = [p for p in (dataset, group.get("sidecar"), group.get("probes")) if p]
+        if verdict.sub is None:
+            del self._checking[stem]
+            self._reject(files, stem, verdict.error)
+        else:
+            if time.monotonic() < self._unrecorded.get(stem, 0):
+                return 0  # its run could not be recorded a moment ago: not moved back and forth every pass
+            self._accept_or_reject(verdict, files, stem)  # raises when the drop waits: its verdict is kept
+            del self._checking[stem]
+        return 1
+
+    def _still_written(self, stem: str, group: dict[str, Path]) -> bool:
+        """A process holds a file of the drop open for writing: it waits (said once in the log). Asking every
+        process costs ~0.1 s, so a drop found held open is asked about again only every WRITERS_RECHECK_S."""
+        now = time.monotonic()
+        held_since = self._held_open.get(stem)
+        if held_since is not None and now - held_since < WRITERS_RECHECK_S:
+            return True
+        writers = writers_of(list(group.values()))
+        if not writers:
+            self._held_open.pop(stem, None)
+            return False
+        if held_since is None:
+            log.info(f"inbox: {shown_name(group['dataset'].name)} waits: {', '.join(writers)} still has it open "
+                     f"for writing")
+        self._held_open[stem] = now
+        return True
+
+    def busy(self) -> bool:
+        """A drop is being validated."""
+        return bool(self._checking)
+
+    def _judge(self, group: dict[str, Path]) -> _Verdict:
+        """Validate one drop (on the validation thread): the same checks as `overnight check`."""
+        dataset = group["dataset"]
+        size = dataset.stat().st_size
+        if size >= BIG_DROP_BYTES:  # say why a big drop takes a while to show up
+            log.info(f"inbox: validating {shown_name(dataset.name)} ({size / 2**20:,.0f} MiB)…")
+        try:
+            sub = validate(dataset, group.get("sidecar"), group.get("probes"), self.home.toml)
+            return _Verdict(sub=sub, sha=sha256_file(dataset))
+        except SubmissionError as e:
+            return _Verdict(error=str(e))
+        except Exception as e:  # the daemon must survive any file; say what broke instead of dying
+            log.error(f"inbox: unexpected error on {shown_name(dataset.name)}: {e}\n{traceback.format_exc()}")
+            return _Verdict(error=f"{shown_name(dataset.name)}: overnight could not read this file "
+                                  f"({type(e).__name__}: {e}). This is likely a bug in overnight; the file is kept "
+                                  f"here unchanged.")
+
+    def _accept_or_reject(self, verdict: _Verdict, files: list[Path], stem: str) -> None:
+        """Accept a validated drop; if making its run folder fails, the drop goes to rejected/ with the reason."""
+        try:
+            self.accept(verdict.sub, verdict.sha)
+        except Exception as e:  # noqa: BLE001 - a drop is never left half-moved
+            self._recover_partial(files)
+            if (is_disk_full(e) or busy_problem(e, self.home.db)) and all(p.exists() for p in files):
+                # the machine's fault, not the file's: the drop waits in the inbox (checked already) and is taken
+                # once the disk has room or the DB is free again; the daemon reports the fault (scheduler._guard)
+                self._discard_staging(files)
+                if stem not in self._unrecorded:
+                    log.warning(f"inbox: {shown_name(files[0].name)} waits in the inbox: its run could not be "
+                                f"recorded ({e}); it is taken once that works again")
+                self._unrecorded[stem] = time.monotonic() + UNRECORDED_RETRY_S
+                raise
+            self._unrecorded.pop(stem, None)
+            log.error(f"inbox: could not create a run for {shown_name(files[0].name)}: {e}\n{traceback.format_exc()}")
+            self._reject([p for p in files if p.exists()], stem,
+                         f"{shown_name(files[0].name)}: overnight could not create its run folder "
+                         f"({type(e).__name__}: {e}). Fix: free disk space or check permissions of "
+                         f"{self.home.runs}, then drop the file again.")
+
+    def _recover_partial(self, files: list[Path]) -> None:
+        """Move a drop's files back from a half-made run folder into the inbox."""
+        for staging in self.home.runs.glob(".*.partial"):
+            for p in files:
+                moved = RunFolder(staging).dataset / p.name
+                if moved.exists() and not p.exists():
+                    os.rename(moved, p)
+
+    def _discard_staging(self, files: list[Path]) -> None:
+        """Remove half-made run folders that hold none of the drop's files any more (only overnight's own files)."""
+        names = {p.name for p in files}
+        for staging in self.home.runs.glob(".*.partial"):
+            dataset = RunFolder(staging).dataset
+            if not (dataset.is_dir() and names & {p.name for p in dataset.iterdir()}):
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _owner_toml_ok(self) -> bool:
+        """Drops wait (they are not rejected) while the owner's overnight.toml is broken."""
+        problem = owner_toml(self.home.toml).read().problem
+        if problem is not None:
+            if self._toml_problem != problem:
+                log.error(f"{problem}\nDrops wait in the inbox until {self.home.toml} is fixed.")
+            self._toml_problem = problem
+            return False
+        if self._toml_problem:
+            log.info(f"{self.home.toml} is valid again: taking drops")
+        self._toml_problem = None
+        return True
+
+    def _reject(self, files: list[Path], stem: str, message: str) -> None:
+        """Move the drop to inbox/rejected/ beside NAME.error.txt; nothing is deleted."""
+        moved: list[Path] = []
+        for p in files:
+            dest = unique_path(self.home.rejected / p.name)
+            os.rename(p, dest)
+            moved.append(dest)
+        names = ", ".join(shown_name(p.name) for p in moved)
+        err = unique_path(self.home.rejected / f"{short_name(safe_name(stem))}.error.txt")
+        write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
+                        f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
+        log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")
+        if self._on_reject and moved:
+            try:
+                self._on_reject(moved, message, err)
+            except Exception:  # noqa: BLE001 - a hook or notifier never stops the intake
+                log.exception(f"inbox: telling about the rejection of {names} failed")
+
+    def new_run_id(self, name: str, stamp: str | None = None, also_taken: set[str] | None = None) -> str:
+        """NAME-YYYYmmdd-HHMMSS, with -2, -3… when two collide (with a run or a group id)."""
+        base = f"{short_name(safe_name(name), SHORT_NAME - 40)}-{stamp or run_id_stamp()}"  # room: -N, .partial
+        taken = self.store.run_ids() | self.store.group_ids() | (also_taken or set())
+        rid, i = base, 2
+        while rid in taken or self.home.run_dir(rid).exists():
+            rid, i = f"{base}-{i}", i + 1
+        return rid
+
+    def accept(self, sub: Submission, sha: str | None = None) -> list[str]:
+        """Create one queued run per base model and per combination of a sweep's values (daemon/core/sweep.py), in
+        the grid's order; the drop is moved into the first run's dataset/ folder.
+
+        Each run folder is assembled under a hidden staging name and renamed into runs/ complete, so a
+        reader never sees a run folder without its config.json.
+        """
+        name = model_name_of(sub)
+        if name != sub.name:  # a user who dropped "my data.jsonl" looks for "my data": say which name it got
+            log.info(f"inbox: {shown_name(sub.dataset.name)}: model name: {name} (from the file name)")
+        points = sweep.expand(sub.options)
+        several_models = len(sub.options.base_models) > 1
+        sha = sha or sha256_file(sub.dataset)
+        stamp = run_id_stamp()  # one time for the whole group: the ids differ only by their values
+        group_id = self.new_run_id(name, stamp) if len(points) > 1 else None
+        run_ids: list[str] = []
+        first_dataset_dir: Path | None = None
+        for i, point in enumerate(points):
+            rid = self.new_run_id(name + sweep.run_suffix(point, several_models), stamp,
+                                  {group_id} if group_id else None)
+            staging = RunFolder(self.home.runs / f".{rid}.partial")
+            staging.dataset.mkdir(parents=True)
+            # overnight's own files first: a disk too full for them fails here, before the drop has moved
+            row = self._write_run_files(rid, name, staging.root, sub, sweep.options_for(sub.options, point), sha,
+                                        group_id, point, (i + 1, len(points)))
+            if first_dataset_dir is None:
+                for p in (sub.dataset, sub.sidecar, sub.probes):
+                    if p:
+                        os.rename(p, staging.dataset / p.name)
+            else:  # the same bytes for the other models of the group: a hard link costs no space
+                for p in first_dataset_dir.iterdir():
+                    _link_or_copy(p, staging.dataset / p.name)
+            os.rename(staging.root, self.home.run_dir(rid))
+            try:
+                self.store.insert_run(row)
+            except Exception as e:  # a run folder the DB does not index must not keep its name (nor the drop)
+                os.rename(self.home.run_dir(rid), staging.root)
+                if run_ids:  # the group's first runs hold the drop already: this one fails (rejected, said why)
+                    raise RuntimeError(f"recorded {len(run_ids)} of the group's {len(points)} runs, then: {e}") from e
+                raise
+            first_dataset_dir = first_dataset_dir or RunFolder(self.home.run_dir(rid)).dataset
+            run_ids.append(rid)
+        grouped = f" (group {group_id}: {sweep.describe(sub.options)})" if group_id else ""
+        log.info(f"inbox: accepted {sub.dataset.name} ({sub.report.schema}, {sub.report.records} records) "
+                 f"as {', '.join(run_ids)}{grouped}")
+        return run_ids
+
+    def _write_run_files(self, rid: str, name: str, folder: Path, sub: Submission, opts: Resolved, sha: str,
+                         group_id: str | None, point: sweep.Point, place: tuple[int, int]) -> dict:
+        """config.json, stats.json, metadata.json and the console header; returns the run's DB row."""
+        model = opts.values["base_model"]
+        run = RunFolder(folder)
+        dataset_info = {"path": run.in_dataset(sub.dataset.name), "file": sub.dataset.name, "format": sub.report.format,
+                        "schema": sub.report.schema, "records": sub.report.records, "sha256": sha}
+        parent = check_parent(opts, self.home.toml)
+        RunConfig(run_id=rid, name=name, group=group_id, sweep=dict(point.values) or None, **opts.to_config(),
+                  dataset=dataset_info, init_adapter=copy_adapter(parent, run.init_adapter) if parent else None,
+                  probes=run.in_dataset(sub.probes.name) if sub.probes else None,
+                  sidecar=run.in_dataset(sub.sidecar.name) if sub.sidecar else None).write(folder)
+        write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
+        row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
+               "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
+               "base_model": model, "state": State.QUEUED, "priority": int(opts.values["priority"]),
+               "seq": self.store.next_seq(), "run_dir": str(self.home.run_dir(rid)),
+               "max_steps": opts.values["max_steps"] or None, "created": iso()}
+        rundir.write_metadata(folder, row)
+        in_group = f"; group {group_id}, run {place[0]} of {place[1]}" if group_id else ""
+        if point.values:
+            in_group += ": " + ", ".join(f"{k} = {v}" for k, v in point.values)
+        rundir.append_console(folder, f"overnight run {rid} queued: dataset {sub.dataset.name} "
+                                      f"({sub.report.format}, schema {sub.report.schema}, {sub.report.records} "
+                                      f"records), base model {model}{in_group}")
+        if name != sub.name:
+            rundir.append_console(folder, f"model name: {name} (from the file name)")
+        return row
+
+
+def model_name_of(sub: Submission) -> str:
+    """The name the drop's model is registered under: the `name` option, else the dataset's file name by the run
+    id's rule (spaces and symbols become '-'), so that `init_adapter = "NAME"`, `overnight activate NAME` and the
+    run id all spell it alike."""
+    return sub.options.values.get("name") or safe_name(model_name(stem_of(sub.dataset)))
+
+
+def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in group.values():
+        st = p.stat()
+        out[p.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _refused_name(p: Path, inbox: Path) -> str | None:
+    """Why a file is refused before it is read: a symbolic link, or a name that is not UTF-8."""
+    if p.is_symlink():
+        return (f"{shown_name(p.name)} is a symbolic link; overnight refuses links so that nothing outside the "
+                f"home is read or moved. Fix: move or copy the real file into the inbox "
+                f"(mv /path/to/{shown_name(p.name)} {inbox}/).")
+    if p.is_dir():
+        return (f"{shown_name(p.name)} is a folder; overnight takes one dataset file per run. Fix: join its "
+                f"records into one .jsonl file (or drop its files one by one) and drop that.")
+    if not p.is_file():
+        return f"{shown_name(p.name)} is not a regular file (a pipe or a device?). Fix: drop a dataset file."
+    try:
+        size = len(p.name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
+                f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
+    if size > SHORT_NAME:
+        return (f"{short_name(p.name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
+                f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "
+                f"(keeping {p.suffix or 'its suffix'}) and drop it again.")
+    return None
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)

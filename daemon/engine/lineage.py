@@ -1,0 +1,135 @@
+"""Continuing from an adapter: `init_adapter` resolved to a folder and checked against the run's base model.
+
+`init_adapter = "support"` (the active version of a registered model; none active is an error), `"support:3"`
+(a version) or a path to an adapter folder. At intake the adapter is copied into the new run's folder
+(`init_adapter/`), so the parent is never touched, and a later delete of the parent cannot break the run or its exact
+resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.core.fsutil import model_name, model_name_problem
+from daemon.core.basemodel import model_folder
+from daemon.core.options import Resolved
+from daemon.core.queries import Reader
+from daemon.core.errors import SubmissionError
+
+# NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
+_REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::(?P<version>[0-9]+))?$")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The adapter a run continues from."""
+
+    folder: Path
+    label: str  # "support:3" for a registered version, else the folder
+    base_model: str  # what it was trained on (adapter_config.json's base_model_name_or_path)
+
+
+def resolve_parent(spec: str, root: Path) -> Parent:
+    """The adapter `spec` names; SubmissionError with the fix when there is none."""
+    m = _REGISTERED.match(model_name(spec))
+    if m and model_name_problem(m["name"]) is None:
+        return _registered(m["name"], int(m["version"]) if m["version"] else None, root)
+    folder = Path(spec).expanduser()
+    folder = folder if folder.is_absolute() else root / folder
+    return _folder(folder, str(folder))
+
+
+def _registered(name: str, version: int | None, root: Path) -> Parent:
+    reader = Reader(root / "overnight.db")
+    try:
+        every = [r for r in reader.models() if r["name"] == name]
+    finally:
+        reader.close()
+    rows = [r for r in every if not r["deleted"]]
+    trashed = [r for r in every if r["deleted"] and (version is None or r["version"] == version)]
+    if trashed and (not rows or version is not None):
+        raise SubmissionError(_trashed(name, version, trashed[-1], root))
+    if not rows:
+        raise SubmissionError(f"init_adapter = \"{name}{f':{version}' if version else ''}\": no registered model "
+                              f"named {name!r}. Fix: use a name from `overnight models`, NAME:VERSION, or the path "
+                              f"of an adapter folder.")
+    if version is None:
+        row = next((r for r in rows if r["active"]), None)
+        if row is None:  # its active version was deleted (or a sweep has not chosen yet): guessing would be silent
+            raise SubmissionError(f"init_adapter = \"{name}\": no active version of {name} (it has "
+                                  f"{', '.join(str(r['version']) for r in rows)}). Fix: activate one (overnight "
+                                  f"activate {name} V) or name a version {name}:V.")
+    else:
+        row = next((r for r in rows if r["version"] == version), None)
+        if row is None:
+            raise SubmissionError(f"init_adapter = \"{name}:{version}\": {name} has no version {version} (it has "
+                                  f"{', '.join(str(r['version']) for r in rows)}). Fix: pick one of those.")
+    return _folder(Path(row["adapter_path"]), f"{name}:{row['version']}")
+
+
+def _trashed(name: str, version: int | None, row: dict, root: Path) -> str:
+    """init_adapter naming a version `overnight delete` moved to the trash: where its adapter is, and how to use it
+    (there is no undelete: the folder itself is the way back)."""
+    from daemon.core.home import Home
+    from daemon.engine.registry import trashed_adapter
+
+    spec = f"{name}:{version}" if version is not None else name
+    label = f"{name} v{row['version']}" if version is not None else f"every version of {name} (the newest: v{row['version']})"
+    found = trashed_adapter(Home(root).trash, row["run_id"]) if row.get("run_id") else None
+    found = found or Path(row["adapter_path"])
+    if not (found / "adapter_config.json").is_file():
+        return (f"init_adapter = \"{spec}\": {label} was deleted (overnight delete), and its adapter is no longer in "
+                f"{found}. Fix: continue from another version (overnight models), or remove init_adapter.")
+    return (f"init_adapter = \"{spec}\": {label} was deleted (overnight delete); its adapter is kept in the trash, "
+            f"at {found}. Fix: continue from that folder (init_adapter = \"{found}\"): there is no undelete, the "
+            f"folder is the adapter.")
+
+
+def _folder(folder: Path, label: str) -> Parent:
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise SubmissionError(f"init_adapter {label}: {folder} holds no adapter_config.json, so it is not a PEFT "
+                              f"adapter. Fix: point init_adapter at a run's adapter/ folder or a registered model.")
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    except (OSError, json.JSONDecodeError) as e:
+        raise SubmissionError(f"init_adapter {label}: {config} cannot be read ({e}). Fix: use another adapter.")
+    return Parent(folder, label, base)
+
+
+def same_model(a: str, b: str, root: Path) -> bool:
+    """Two base-model specs name the same model (the same folder, or the same hub name)."""
+    fa, fb = model_folder(a, root), model_folder(b, root)
+    if fa is not None and fb is not None:
+        return os.path.realpath(fa) == os.path.realpath(fb)
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def check_parent(opts: Resolved, home_toml: Path) -> Parent | None:
+    """The adapter the options continue from, checked against every base model they name (None: a fresh LoRA)."""
+    spec = opts.values.get("init_adapter")
+    if not spec:
+        return None
+    root = home_toml.parent
+    parent = resolve_parent(spec, root)
+    for model in opts.base_models:
+        if not same_model(parent.base_model, model, root):
+            raise SubmissionError(f"init_adapter {parent.label} was trained on base model {parent.base_model!r}, "
+                                  f"but this run's base_model is {model!r}: an adapter only fits the model it was "
+                                  f"trained on. Fix: set base_model = \"{parent.base_model}\", or continue from an "
+                                  f"adapter trained on {model}.")
+    return parent
+
+
+def copy_adapter(parent: Parent, dest: Path) -> dict[str, str]:
+    """Copy the parent's adapter files into `dest`; return what config.json records about it."""
+    dest.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        if (parent.folder / name).exists():
+            shutil.copy2(parent.folder / name, dest / name)
+    return {"parent": parent.label, "source": str(parent.folder), "path": dest.name}

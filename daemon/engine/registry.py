@@ -1,0 +1,69 @@
+"""Model versions: every completed run registers one; nothing deletes an adapter on its own."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from daemon.core.home import Home
+from daemon.core.fsutil import SHORT_NAME, short_name, unique_path
+from daemon.core.runconfig import RunConfig
+from daemon.core.rundir import RunFolder
+from daemon.engine.store import Store
+from daemon.core.timefmt import run_id_stamp
+
+
+def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
+    """Register the completed run's adapter as the next version of its name; returns the version.
+
+    `activate=False`: the version does not take over (a sweep with select = "best" chooses at its end). A run
+    registers once: the daemon finishes a run again when a write after its registration failed (disk full, DB busy),
+    and gets the version it has."""
+    done = [m["version"] for m in store.models(run["name"]) if m["run_id"] == run["id"]]
+    if done:
+        return done[0]
+    folder = RunFolder(run["run_dir"])
+    result = folder.read_result()
+    metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
+    parent = RunConfig.read(folder.root).parent
+    return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
+                            "metrics": metrics, "adapter_path": str(folder.adapter), "parent": parent},
+                           activate=activate)
+
+
+def delete(store: Store, home: Home, name: str, version: int) -> Path:
+    """Move a version's adapter into trash/ (never deleted outright) and mark it deleted."""
+    rows = [m for m in store.models(name) if m["version"] == version]
+    if not rows:
+        raise KeyError(f"no model {name} version {version}. Fix: use a NAME and VERSION that overnight models "
+                       f"lists.")
+    row = rows[0]
+    if row["deleted"]:
+        raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}. Fix: nothing to do: it "
+                       f"was deleted before, and its adapter is kept in that folder.")
+    src = Path(row["adapter_path"])
+    dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
+    dest.mkdir(parents=True)
+    if src.exists():
+        os.rename(src, dest / "adapter")
+    (dest / "model.json").write_text(json.dumps(row, indent=2, default=str))
+    store.mark_model_deleted(name, version, str(dest / "adapter"))
+    return dest
+
+
+def trashed_adapter(trash: Path, run_id: str) -> Path | None:
+    """Where `delete` moved the adapter of `run_id`'s version (trash/NAME-vN-STAMP/adapter, beside the model.json
+    it wrote), or None: the trash folders themselves are the record, whatever the DB says."""
+    try:
+        folders = sorted(trash.iterdir(), reverse=True)  # newest stamp first
+    except OSError:
+        return None
+    for folder in folders:
+        try:
+            row = json.loads((folder / "model.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("run_id") == run_id and (folder / "adapter").is_dir():
+            return folder / "adapter"
+    return None

@@ -1,0 +1,287 @@
+"""Start, command, and reap the trainer subprocess; mirror its run-folder files into the DB.
+
+The trainer writes only its run folder; the daemon reads it here. The files are the truth: the DB rows for
+metrics and evolution are a mirror that can always be rebuilt from them.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.core.launch import is_trainer_cmdline, trainer_command
+from daemon.core.rundir import JsonlTail, RunFolder
+from daemon.core.gpus import Slot
+from daemon.engine.stall import Escalation, StallWatch
+from daemon.core.states import StopRequest
+from daemon.engine.store import Store
+
+
+def stop_request(current: str | None, reason: str) -> StopRequest:
+    """The stop request in force once `reason` arrives while `current` stands (None: no request yet):
+    `StopRequest.then`'s rule, for TrainerProcess and the tests' stand-ins."""
+    return StopRequest(current).then(reason) if current else StopRequest(reason)
+
+
+@dataclass
+class TrainerProcess:
+    """One running trainer and the daemon's view of its files."""
+
+    run_id: str
+    run_dir: Path
+    proc: subprocess.Popen
+    requested: StopRequest | None = None  # what the daemon asked of it
+    paused: bool = False
+    folder: RunFolder = field(init=False)
+    tails: dict[str, JsonlTail] = field(init=False)  # by DB table: metrics, evolution
+    rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
+    started: float = field(default_factory=time.monotonic)
+    step_s: float | None = None  # seconds per step, measured since training (re)started
+    escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits
+    slot: Slot = field(default_factory=Slot)  # the GPU set (or CPU share) it trains on
+    stall: StallWatch | None = None  # its stall detector (set by the scheduler)
+    # records read from the files but not yet in the DB (a write failed: disk full, DB busy), by table; and the
+    # tables whose rows of this run go first (a new attempt, or a rewritten file), in the same transaction
+    pending: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"metrics": [], "evolution": []})
+    forget: set[str] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None,
+              command: list[str] | None = None, slot: Slot | None = None,
+              stall: StallWatch | None = None) -> "TrainerProcess":
+        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
+
+        `command`: `daemon.core.launch.trainer_command(...)` (default: one process). Under torchrun, rank 0 reads the
+        pipe (every worker inherits it) and all ranks' output goes to console.log (only rank 0 prints there).
+
+        An earlier attempt's result.json goes first: the daemon judges this attempt by the result.json it finds
+        when it ends, and a trainer killed before it writes one (kill -9) must not be taken for one that ended
+        as the earlier attempt did (a "stopped" of an earlier attempt made a killed trainer look like a failure)."""
+        RunFolder(run_dir).result.unlink(missing_ok=True)
+        with open(RunFolder(run_dir).console, "ab") as console:
+            proc = subprocess.Popen(
+                command or trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
+                cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
+            )
+        return cls(run_id, run_dir, proc, slot=slot or Slot(), stall=stall)
+
+    def __post_init__(self) -> None:
+        self.folder = RunFolder(self.run_dir)
+        self.tails = {"metrics": JsonlTail(self.folder.metrics), "evolution": JsonlTail(self.folder.evolution)}
+
+    def send(self, command: str) -> bool:
+        """Write one command line to the trainer; False when it is already gone."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{command}\n".encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def request_stop(self, reason: str) -> str:
+        """Ask the trainer to checkpoint and exit; returns the request in force (`stop_request`'s rule).
+
+        A paused trainer is woken first: it must step to checkpoint."""
+        first = self.requested is None
+        self.requested = stop_request(self.requested, reason)
+        if first:
+            self.send("resume")
+            self.send("stop")
+        return self.requested
+
+    def set_paused(self, paused: bool) -> None:
+        """Halt at (or go on from) the next step boundary."""
+        self.paused = paused
+        self.send("pause" if paused else "resume")
+
+    def kill(self) -> None:
+        """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""
+        self.signal("SIGKILL")
+
+    def restart_frozen(self) -> None:
+        """A stall with stall_action = "restart": a frozen process reads no command and may ignore SIGTERM
+        (SIGSTOP), so SIGKILL, and the run goes back to the queue (end_state's rule for a restart)."""
+        self.requested = StopRequest.RESTART
+        self.kill()
+
+    def escalating(self, grace_s: float) -> Escalation:
+        """The escalation of a stop request it has not honoured yet (started once, at the first call)."""
+        if self.escalation is None:
+            self.escalation = Escalation(grace_s, time.monotonic())
+        return self.escalation
+
+    def signal(self, name: str) -> None:
+        signal_group(self.proc.pid, name)
+
+    def progress_mark(self) -> tuple[int, object]:
+        return progress_mark(self.folder)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def progress(self) -> dict[str, Any]:
+        return self.folder.read_progress()
+
+    def ingest(self, store: Store) -> dict[str, Any]:
+        """Copy new metrics/evolution records into the DB; return the run fields to update.
+
+        Records read from the files stay pending until their DB write succeeds: a full disk or a DB another process
+        holds locked delays the mirror, never loses a record (the failed write raises; the next pass tries again)."""
+        fields: dict[str, Any] = {"pid": self.proc.pid}  # also when the write of it at the start failed
+        metrics = self._store_new("metrics", store)
+        if metrics:
+            train = [m for m in metrics if m.get("loss") is not None]
+            evals = [m for m in metrics if m.get("eval_loss") is not None]
+            if train:
+                fields.update(loss=train[-1]["loss"], tokens_per_s=train[-1].get("tokens_per_s"))
+            if evals:
+                fields["eval_loss"] = evals[-1]["eval_loss"]
+        self._store_new("evolution", store)
+        prog = self.progress()
+        if prog.get("step") is not None:
+            step, total = int(prog["step"]), prog.get("max_steps")
+            fields.update(step=step, max_steps=total, epoch=prog.get("epoch"))
+            eta = self._eta(step, total, prog.get("state") == "training")
+            if eta is not None:
+                fields["eta_s"] = eta
+        return fields
+
+    def _eta(self, step: int, total: int | None, training: bool) -> float | None:
+        """Seconds left at the pace measured since training (re)started; loading, pauses and saves don't count."""
+        now = time.monotonic()
+        if not training:
+            self.rate = None  # the pace is measured afresh when steps move again
+            return None
+        if self.rate is None or step < self.rate[1]:
+            self.rate = (now, step)
+            return None
+        if not total or step == self.rate[1]:
+            return None
+        per_step = self.step_s = (now - self.rate[0]) / (step - self.rate[1])
+        return round(per_step * max(0, total - step), 1)
+
+    def _store_new(self, kind: str, store: Store) -> list[dict[str, Any]]:
+        """Read the file's new records and write every pending one to the DB; return those written."""
+        update = self.tails[kind].poll()
+        if update.reset:  # the trainer rewrote the file after a resume or a retry: mirror it again
+            self._restart(kind)
+        self.pending[kind].extend(update.records)
+        records, forget = self.pending[kind], kind in self.forget
+        if not records and not forget:
+            return []
+        add = store.add_metrics if kind == "metrics" else store.add_evolution
+        add(self.run_id, records, forget=forget)
+        self.pending[kind], self.forget = [], self.forget - {kind}
+        return records
+
+    def _restart(self, kind: str) -> None:
+        self.pending[kind] = []
+        self.forget.add(kind)
+
+    def reset(self, kind: str, store: Store) -> None:
+        """Forget the DB mirror of one file so it is ingested again from the start (at the next ingest, in one
+        transaction with the first records: a write that fails here cannot leave the rows of an earlier attempt)."""
+        self.tails[kind].restart()
+        self._restart(kind)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close_stdin(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+
+def signal_group(pid: int, name: str) -> None:
+    """Send a signal to a trainer's process group (it has its own session: data loader workers too).
+
+    torchrun starts each worker in a session of its own, out of reach of the launcher's group: their groups are
+    signalled too. SIGTERM goes to the workers only: each checkpoints and exits, and the launcher then exits by
+    itself with their code (torchrun would pass a SIGTERM of its own on, then SIGKILL workers still saving after
+    30 s)."""
+    sig = signal.Signals[name]
+    groups = _worker_groups(pid)
+    if sig != signal.SIGTERM or not groups:
+        groups.append(pid)
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _worker_groups(pid: int) -> list[int]:
+    """Process groups of `pid`'s descendants that lead a group other than `pid`'s (torchrun's workers)."""
+    import psutil
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    groups = []
+    for child in children:
+        try:
+            group = os.getpgid(child.pid)
+        except OSError:
+            continue
+        if group != pid and group not in groups:
+            groups.append(group)
+    return groups
+
+
+def progress_mark(folder: RunFolder) -> tuple[int, object]:
+    """What changes while a trainer lives: progress.json's write time and step."""
+    try:
+        mtime = folder.progress.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return mtime, folder.read_progress().get("step")
+
+
+def trainer_processes(runs_root: Path) -> dict[int, tuple[Any, Path]]:
+    """Every live trainer process on a run folder under `runs_root`, by PID: (psutil.Process, run folder), found by
+    command line (a single trainer, a torchrun launcher and each of its workers; zombies left out)."""
+    import psutil
+    root = runs_root.resolve()
+    found: dict[int, tuple[Any, Path]] = {}
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info.get("cmdline") or []
+        if (is_trainer_cmdline(cmd) and proc.info.get("status") != psutil.STATUS_ZOMBIE
+                and Path(cmd[-1]).resolve().parent == root):
+            found[proc.pid] = (proc, Path(cmd[-1]))
+    return found
+
+
+def leftover_trainers(runs_root: Path) -> list[tuple[Any, Path]]:
+    """Trainer processes running on a run folder of this home (psutil.Process, run folder), found by command line:
+    what an earlier daemon that was killed, or that gave up on a frozen trainer, left behind.
+
+    One entry per run folder: a torchrun launcher's command line ends like its workers' (`-m daemon.trainer
+    RUN_DIR`), and the one reported is the outermost (the launcher; `signal_group` reaches its workers)."""
+    found = trainer_processes(runs_root)
+    outermost: dict[Path, tuple[Any, Path]] = {}
+    for pid, (proc, run_dir) in found.items():
+        if _has_trainer_ancestor(proc, run_dir, found):
+            continue
+        outermost.setdefault(run_dir.resolve(), (proc, run_dir))
+    return list(outermost.values())
+
+
+def _has_trainer_ancestor(proc: Any, run_dir: Path, found: dict[int, tuple[Any, Path]]) -> bool:
+    import psutil
+    try:
+        parents = proc.parents()
+    except psutil.Error:
+        return False
+    return any(p.pid in found and found[p.pid][1].resolve() == run_dir.resolve() for p in parents)

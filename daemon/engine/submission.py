@@ -1,0 +1,276 @@
+"""One drop = a dataset plus its optional sidecar and probe file, validated exactly as `overnight check` does."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.core import datasets, sweep
+from daemon.core.errors import SubmissionError
+from daemon.core.fsutil import ignored, model_name
+from daemon.engine.lineage import check_parent
+from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
+                              model_folder, targets_missing)
+from daemon.core.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
+
+PROBES_SUFFIX = ".probes.jsonl"
+
+
+def stem_of(path: Path) -> str:
+    """The dataset name a file belongs to: `x.probes.jsonl` and `x.toml` both belong to `x`."""
+    name = path.name
+    if name.endswith(PROBES_SUFFIX):
+        return name[: -len(PROBES_SUFFIX)]
+    return path.stem
+
+
+def role_of(path: Path) -> str:
+    """'probes', 'sidecar', 'dataset' or 'unsupported'."""
+    if path.name.endswith(PROBES_SUFFIX):
+        return "probes"
+    if path.suffix == ".toml":
+        return "sidecar"
+    if path.suffix.lower() in datasets.SUPPORTED_SUFFIXES:
+        return "dataset"
+    return "unsupported"
+
+
+@dataclass
+class Submission:
+    """A validated drop, ready to become one run per base model."""
+
+    dataset: Path
+    sidecar: Path | None
+    probes: Path | None
+    report: datasets.DatasetReport
+    options: Resolved
+    probe_count: int | None = None
+    notes: list[str] = field(default_factory=list)
+    trained: AsTrained | None = None  # the records as the run lays them out, where the base model is known
+
+    @property
+    def name(self) -> str:
+        return self.options.values.get("name") or model_name(stem_of(self.dataset))
+
+
+def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,
+             require_model: bool = True,
+             token_counter: Callable[[Resolved], Callable[[str], int] | None] | None = None,
+             show: int = 0) -> Submission:
+    """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found.
+
+    `token_counter`, given the resolved options, may return a function counting an example's tokens. With
+    `require_model` False (`overnight check`) the checks of the base model and what it implies are left to
+    `finish`, so that check can say what it found in the data first; the daemon runs them all here.
+    """
+    opts = load_options(sidecar, home_toml)
+    try:
+        report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
+    except datasets.DatasetError as e:
+        raise SubmissionError(str(e)) from None
+    probe_count = None
+    if probes is not None:
+        from daemon.core.probes import load_probe_file
+        try:
+            probe_count = len(load_probe_file(probes))
+        except datasets.DatasetError as e:
+            raise SubmissionError(str(e)) from None
+    sub = Submission(dataset, sidecar, probes, report, opts, probe_count)
+    if require_model:
+        finish(sub, home_toml, require_model=True, show=show)
+    return sub
+
+
+def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
+    """The options of a drop: overnight.toml < the sidecar, each file with all its errors, and a sweep's cap."""
+    try:
+        opts = resolve(load_home_toml(home_toml), load_sidecar(sidecar))
+        sweep.check_cap(opts, sidecar)
+    except OptionsError as e:
+        err = SubmissionError(str(e))
+        err.__context__ = e  # its errors one by one, for check
+        raise err from None
+    return opts
+
+
+def finish(sub: Submission, home_toml: Path, require_model: bool = True, show: int = 0) -> Any:
+    """The checks that need the base model, in the daemon's order: the models (and their context), the adapter
+    continued from, every record through the run's template, and the records max_length would drop. Returns the
+    parent adapter (lineage.Parent) or None."""
+    parent = check_models(sub.options, sub.sidecar, home_toml, require_model)
+    if sub.trained is None:
+        sub.trained = as_trained(sub, home_toml.parent, show)
+    check_truncation(sub)
+    return parent
+
+
+def check_models(opts: Resolved, sidecar: Path | None, home_toml: Path, require_model: bool = True) -> Any:
+    """The base models (none named: an error only when required) and the adapter the options continue from."""
+    if opts.base_models or require_model:
+        check_base_models(opts, sidecar, home_toml)
+
+    return check_parent(opts, home_toml)
+
+
+@dataclass
+class AsTrained:
+    """The dataset as the run will lay it out (daemon/core/as_trained.py), and the choices that shaped it."""
+
+    view: Any  # as_trained.TrainedView
+    fmt: Any  # templating.ChatFormat or None
+    as_chat: bool
+    folder: Path | None
+    max_length: int
+    counted: bool  # lengths in the base model's tokens (its tokenizer.json is there)
+
+
+def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
+    """Every record rendered through the run's chat template and prompt format (the trainer's own choice; a record
+    the template refuses is an error) and counted in the base model's tokens. Imported here, not at daemon start:
+    the template renderer and the tokenizer load only while a drop is validated."""
+    text = sub.report.schema in datasets.TEXT_SCHEMAS
+    if text and not show:
+        return None
+    folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
+    if sub.options.base_models and folder is None:
+        return None  # a model not found: check_base_models says so; its template is unknown until it is there
+    from daemon.core.as_trained import load_tokenizer, view
+    from daemon.core.templating import TemplateError, for_run, no_template, prompt_as_chat, special_tokens
+
+    values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
+    try:
+        fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
+        as_chat = prompt_as_chat(values["prompt_format"], fmt)
+        if fmt is None and folder is not None and sub.report.schema in datasets.CHAT_SCHEMAS:
+            raise no_template(sub.options.base_models[0])
+        max_length = values["max_length"]
+        if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
+            max_length = min(max_length, model_context(folder) or max_length)
+        tokenizer = None if text else load_tokenizer(folder)
+        seen = view(datasets.iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
+                    tokenizer, max_length, show, sub.dataset.name)
+    except TemplateError as e:
+        raise SubmissionError(str(e)) from None
+    return AsTrained(seen, fmt, as_chat, folder, max_length, tokenizer is not None)
+
+
+def check_truncation(sub: Submission) -> None:
+    """More than half the records with nothing of their answer left once cut to max_length: the run would
+    train on a sliver of the data, so the drop is refused unless allow_truncation says that is meant."""
+    t = sub.trained
+    if t is None or not t.counted or sub.options.values.get("allow_truncation"):
+        return
+    v = t.view
+    if v.lengths.count and v.dropped * 2 > v.lengths.count:
+        longest = v.lengths.summary()["max"]
+        raise SubmissionError(
+            f"{sub.dataset.name}: {v.dropped} of {v.lengths.count} records would be dropped: cut to max_length = "
+            f"{t.max_length} tokens, nothing of their answer is left to learn. Fix: raise max_length (the longest "
+            f"record has {longest} tokens), or set allow_truncation = true.")
+
+
+def pair(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:
+    """The drops in a listing, each by role, keyed by stem; and the stems refused as ambiguous.
+
+    Datasets sharing a stem (x.jsonl, x.csv) are two drops keyed by their file names while nothing else has the
+    stem; beside x.toml or x.probes.jsonl nobody can tell which dataset those belong to, so the stem is refused.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for p in files:
+        if p.is_file() and not p.is_symlink():
+            by_stem.setdefault(stem_of(p), []).append(p)
+    drops: dict[str, dict[str, Path]] = {}
+    twins: dict[str, list[Path]] = {}
+    for stem, group in by_stem.items():
+        roles = [role_of(p) for p in group]
+        if roles.count("dataset") < 2:
+            drops[stem] = dict(zip(roles, group))
+        elif "sidecar" in roles or "probes" in roles or any(p.name in by_stem for p in group):
+            twins[stem] = group
+        else:
+            drops.update({p.name: {role: p} for role, p in zip(roles, group)})
+    return drops, twins
+
+
+def twins_message(stem: str, group: list[Path]) -> str:
+    names = " and ".join(p.name for p in group if role_of(p) == "dataset")
+    return (f"{names} are both named {stem}: a sidecar or probe file could not tell which one it belongs to. "
+            f"Fix: rename one of them and drop them again.")
+
+
+def check_pairing(path: Path) -> None:
+    """The inbox's pairing rule applied to the files beside `path`: refused as the daemon would refuse them."""
+    try:
+        files = sorted(p for p in path.parent.iterdir() if not ignored(p.name))  # as the inbox lists them
+    except OSError:
+        return
+    _drops, twins = pair(files)
+    for stem, group in twins.items():
+        if path.name in {p.name for p in group}:
+            raise SubmissionError(twins_message(stem, group))
+
+
+def check_base_models(opts: Resolved, sidecar: Path | None, home_toml: Path) -> None:
+    """Every named base model must exist locally; none named at all is an error with the fix."""
+    if not opts.base_models:
+        raise SubmissionError(
+            f"no base model is named for this dataset: neither {sidecar.name if sidecar else 'a sidecar NAME.toml'} "
+            f"nor {home_toml} sets base_model. Fix: add base_model = \"/path/to/model\" to {home_toml} "
+            f"(the machine's default) or to the dataset's sidecar.")
+    for spec in opts.base_models:
+        try:
+            locate_model(spec, home_toml.parent)  # not the daemon's cwd: the trainer it starts runs in the run folder
+        except ModelNotFound as e:
+            where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
+            raise SubmissionError(f"{where}: {e}") from None
+        folder = model_folder(spec, home_toml.parent)
+        if folder is not None and not has_weights(folder):
+            where = sidecar if opts.sources.get("base_model") == "sidecar" else home_toml
+            raise SubmissionError(f"{where}: the base model folder {folder} has a config.json but no weights "
+                                  f"(*.safetensors, *.bin or their index file), so the run would fail when it "
+                                  f"loads the model. Fix: download the weights into {folder} (hf download NAME "
+                                  f"--local-dir {folder}), or point base_model at a complete model folder.")
+        _check_context(opts, spec, sidecar, home_toml)
+        _check_targets(opts, spec, folder, sidecar, home_toml)
+
+
+def _check_targets(opts: Resolved, spec: str, folder: Path | None, sidecar: Path | None, home_toml: Path) -> None:
+    """lora_targets must name layers of the base model: read from its weights' headers (no weight is loaded), so a
+    wrong name is refused at the drop, not by every run of a sweep after it loaded the model."""
+    targets = opts.values["lora_targets"]
+    names = layer_names(folder) if folder is not None and targets != "all-linear" else None
+    if names is None or not targets_missing(targets, names):
+        return
+    where = sidecar if opts.sources.get("lora_targets") == "sidecar" else home_toml
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    shown = ", ".join(f'"{n}"' for n in leaves[:24]) + (", …" if len(leaves) > 24 else "")
+    fix = f'lora_targets = ["{_example(leaves)[0]}", "{_example(leaves)[1]}"]'
+    if isinstance(targets, str):
+        raise SubmissionError(f"{where}: lora_targets = {json.dumps(targets, ensure_ascii=False)} is not a regular "
+                              f"expression Python can compile (a string other than \"all-linear\" is one, over the "
+                              f"model's module names). Fix: list layer names instead, e.g. {fix} (the layers of "
+                              f"{spec} end in: {shown}), or use lora_targets = \"all-linear\" (the default).")
+    raise SubmissionError(f"{where}: lora_targets = {json.dumps(targets, ensure_ascii=False)} names no layer of the "
+                          f"base model {spec} (its layers LoRA can adapt end in: {shown}). Fix: list some of "
+                          f"those, e.g. {fix}, or use lora_targets = \"all-linear\" (the default).")
+
+
+def _example(leaves: list[str]) -> tuple[str, str]:
+    """Two layer names for the fix: attention's q and v projections where the model has them."""
+    if "q_proj" in leaves and "v_proj" in leaves:
+        return "q_proj", "v_proj"
+    rest = [n for n in leaves if n not in ("lm_head", "embed_tokens", "wte", "wpe")] or leaves
+    return rest[0], rest[min(1, len(rest) - 1)]
+
+
+def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
+    """An explicit max_length within the model's context (a default one adapts: context_note)."""
+    context = model_context(model_folder(spec, home_toml.parent))
+    max_length = opts.values["max_length"]
+    max_length = max(max_length) if isinstance(max_length, list) else max_length  # a sweep: its longest
+    if context is not None and max_length > context and opts.sources.get("max_length") != "default":
+        where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
+        raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "
+                              f"({context} positions, max_position_embeddings in its config.json). Fix: set "
+                              f"max_length = {context} or less (or leave it unset: the default adapts).")
