@@ -62,3 +62,35 @@ class StopRequest(str, Enum):
         stop or skip outranks the daemon's own (preempt, shutdown): the run then ends as the user asked."""
         new = StopRequest(new)
         return new if new.by_user and self in (StopRequest.PREEMPT, StopRequest.SHUTDOWN) else self
+
+
+class Outcome(str, Enum):
+    """How one trainer attempt ended, as its result.json says (the daemon turns it into the run's State)."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # checkpointed and exited as asked (stop, skip, preempt, shutdown, restart)
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended_well(self) -> bool:
+        """The trainer did what it was asked: exit code 0, and the other ranks of a torchrun group end too."""
+        return self is not Outcome.FAILED
+
+
+class Phase(str, Enum):
+    """What a trainer is doing now: progress.json's "state" (and, once it ended, its outcome)."""
+
+    PREPARING = "preparing"  # loading the model and the data
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    SAVING = "saving"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
