@@ -89,4 +89,4 @@ def test_the_module_imports_only_the_standard_library_and_atomic() -> None:
             "print(sorted(m for m in set(sys.modules) - before if m.startswith(('daemon', 'torch', 'click'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
-    assert out.stdout.strip() == "['daemon', 'daemon.core', 'daemon.core.atomic', 'daemon.core.runconfig']"
+    assert out.stdout.strip() == "['daemon', 'daemon.core', 'daemon.core.atomic', 'daemon.core.errors', 'daemon.core.runconfig']"

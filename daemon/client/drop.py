@@ -10,10 +10,7 @@ from typing import Callable
 
 from daemon.core.home import Home
 from daemon.engine.submission import PROBES_SUFFIX, role_of
-
-
-class DropError(ValueError):
-    """A drop that cannot be added (not a dataset, a name already in the inbox): the text says the fix."""
+from daemon.core.errors import DropError
 
 
 def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,

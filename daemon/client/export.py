@@ -8,10 +8,7 @@ from typing import Any, Callable
 
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder
-
-
-class ExportError(Exception):
-    """What went wrong, in one line ending with a Fix (the CLI prints it and exits 1)."""
+from daemon.core.errors import ExportError
 
 
 def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str | None = None,

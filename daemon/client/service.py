@@ -18,16 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.atomic import write_text
+from daemon.core.errors import ServiceError
 
 MARKER = "# Written by `overnight service install`"
 STOP_TIMEOUT_S = 600  # SIGTERM → the daemon checkpoints the running job (it waits up to 330 s for the trainer)
 SYSTEM_DIR = Path("/etc/systemd/system")
 # Carried into the unit when set where `install` runs: where the base models are found.
 CARRIED_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-class ServiceError(RuntimeError):
-    """A unit cannot be written or removed; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from daemon.core.datasets import Lengths, as_chat
+from daemon.core.datasets import ExampleKind, Lengths, as_chat
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template, segments
 
 BATCH = 256  # examples tokenised per batch call
@@ -29,11 +29,11 @@ class TrainedView:
 
 def example_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str) -> list[dict[str, Any]]:
     """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees."""
-    if example["kind"] == "chat":
+    if example["kind"] == ExampleKind.CHAT:
         if fmt is None:
             raise no_template(None)
         return segments(*fmt.render(example["messages"], example.get("tools")))
-    if example["kind"] == "prompt":
+    if example["kind"] == ExampleKind.PROMPT:
         return [{"text": example["prompt"], "train": False}, {"text": example["completion"] + eos, "train": True}]
     return [{"text": example["text"] + eos, "train": True}]
 

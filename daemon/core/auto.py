@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from daemon.core.datasets import ExampleKind
+
 # Attention kernels that take a padding-free row of several sequences (position ids restart per sequence).
 VARLEN_KERNELS = ("flash_attention_2",)
 
@@ -45,7 +47,7 @@ def attention(requested: str, m: Machine) -> tuple[str, str]:
 
 def batching(requested: str, kind: str, attention: str) -> tuple[str, str]:
     """The batching a run uses and why: `kind` is the examples' kind (text, prompt, chat), `attention` the kernel."""
-    if kind == "text":
+    if kind == ExampleKind.TEXT:
         return "padded", "text blocks are already full, nothing to pad"
     if requested != "auto":
         return requested, "set in the options"

@@ -11,16 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from daemon.core.errors import ModelNotFound
 
 HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class ModelNotFound(Exception):
-    """No model where `base_model` points: `problem` says what was tried, `fix` what to do."""
-
-    def __init__(self, problem: str, fix: str) -> None:
-        super().__init__(f"{problem}. Fix: {fix}.")
-        self.problem, self.fix = problem, fix
 
 
 @dataclass(frozen=True)

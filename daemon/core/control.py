@@ -28,6 +28,7 @@ from daemon.core.atomic import write_bytes, write_text
 from daemon.core.home import Home
 from daemon.core.fsutil import ignored, model_name, short_name, stored_name_problem, unique_path
 from daemon.core.timefmt import run_id_stamp
+from daemon.core.errors import ControlError
 
 COMMANDS = ("pause", "stop", "skip", "priority", "resume", "activate", "delete")
 _MAX_BYTES = 64 * 1024
@@ -39,10 +40,6 @@ COMMAND_ID = re.compile(r"\d{8}-\d{6}-\d{6}-\d+-[0-9a-f]{6}")
 # What intake.safe_name leaves in a run id: letters and digits of any script, '_', '.', '-'; never a space, a
 # slash or a control character.
 RUN_ID = re.compile(r"[\w.-]+", re.UNICODE)
-
-
-class ControlError(ValueError):
-    """An unreadable or unknown control file; the message says what to write instead."""
 
 
 @dataclass

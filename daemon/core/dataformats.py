@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+from daemon.core.errors import DatasetError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -59,33 +60,6 @@ def too_deep(name: str, location: str | None, field: str | None = None) -> Datas
     return DatasetError(name, location, field, "the JSON is nested too deeply to read (hundreds of arrays or "
                         "objects inside each other)", "records hold flat fields: strings, and for chat one list of "
                         "message objects; remove the nesting")
-
-
-class DatasetError(Exception):
-    """One precise problem in a dataset: where it is, what is wrong and how to fix it.
-
-    `str(err)` is the complete user-facing message, e.g.
-    "data.jsonl, line 12, field 'messages[2].role': unknown role 'bot' (...).\\nFix: ...".
-    """
-
-    def __init__(self, file: str, location: str | None, field: str | None, problem: str, fix: str) -> None:
-        super().__init__(file, location, field, problem, fix)  # args make the error picklable
-        self.file = file
-        self.location = location
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-
-    @property
-    def place(self) -> str:
-        """`data.jsonl, line 12, field 'messages[2].role'`: as much of it as is known."""
-        where = [self.file, self.location, f"field '{self.field}'" if self.field else None]
-        return ", ".join(w for w in where if w)
-
-    def __str__(self) -> str:
-        problem = self.problem if self.problem.endswith((".", "?", "!")) else self.problem + "."
-        fix = self.fix if self.fix.endswith((".", "?", "!", "`")) else self.fix + "."
-        return f"{self.place}: {problem}\nFix: {fix}"
 
 
 class Notes:

@@ -1,7 +1,7 @@
 """Dataset validation and normalisation, shared by `overnight check`, the daemon's intake and the trainer.
 
 A dataset file is read as a stream of records (`daemon.core.dataformats`); the first record fixes the schema,
-every record is checked against it and turned into a normalised *Example* (docs/ARCHITECTURE.md):
+every record is checked against it and turned into a normalised *Example*, its "kind" an `ExampleKind` (docs/ARCHITECTURE.md):
     {"kind": "text", "text": str}
     {"kind": "prompt", "prompt": str, "completion": str}  (+ "system", "user" for alpaca with a system text)
     {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}], "tools": list|None}
@@ -15,6 +15,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,23 @@ from daemon.core.dataformats import (
     json_problem,
     read_records,
 )
+from daemon.core.errors import NoAssistantTurn
 
 __all__ = [
-    "SCHEMAS", "SUPPORTED_SUFFIXES", "DatasetError", "DatasetReport", "detect_format", "detect_schema",
+    "SCHEMAS", "SUPPORTED_SUFFIXES", "DatasetError", "DatasetReport", "ExampleKind", "detect_format", "detect_schema",
     "example_text", "inspect_dataset", "iter_examples", "normalize_record",
 ]
+
+class ExampleKind(str, Enum):
+    """What a normalised example holds (its "kind"): the trainer encodes each kind its own way."""
+
+    TEXT = "text"  # plain text, trained whole (packed into blocks of max_length)
+    PROMPT = "prompt"  # a prompt and its completion: only the completion is trained
+    CHAT = "chat"  # messages rendered through the run's chat template: the assistant turns are trained
+
+    def __str__(self) -> str:
+        return self.value
+
 
 SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
 TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
@@ -176,12 +189,12 @@ def normalize_record(record: dict, schema: str, file: str, location: str, notes:
     if schema not in SCHEMAS:
         raise ValueError(f"unknown schema {schema!r}; expected one of {SCHEMAS}")
     if schema in ("text", "plain_text"):
-        return {"kind": "text", "text": _string(record, "text", where)}
+        return {"kind": ExampleKind.TEXT, "text": _string(record, "text", where)}
     if schema == "prompt_completion":
         prompt = _string(record, "prompt", where, allow_empty=True)
         completion = _string(record, "completion", where)
         _refuse_markers(prompt, "prompt", where)
-        return {"kind": "prompt", "prompt": prompt, "completion": completion}
+        return {"kind": ExampleKind.PROMPT, "prompt": prompt, "completion": completion}
     if schema == "alpaca":
         return _alpaca(record, where, notes)
     if schema == "messages":
@@ -221,14 +234,14 @@ def _alpaca(record: dict, where: _Where, notes: Notes) -> Example:
     history = record.get("history")
     if not history:
         if system:  # raw: one text; as a chat exchange (prompt_format): a system turn and a user turn
-            return {"kind": "prompt", "prompt": f"{system}\n\n{prompt}", "completion": output, "system": system,
+            return {"kind": ExampleKind.PROMPT, "prompt": f"{system}\n\n{prompt}", "completion": output, "system": system,
                     "user": prompt}
-        return {"kind": "prompt", "prompt": prompt, "completion": output}
+        return {"kind": ExampleKind.PROMPT, "prompt": prompt, "completion": output}
     notes.tally("{n} alpaca record(s) with 'history' trained as chat examples")
     messages = [{"role": "system", "content": system}] if system else []
     messages += _history(history, where)
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    return {"kind": "chat", "messages": messages, "tools": None}
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": None}
 
 
 def _history(history: Any, where: _Where) -> list[dict[str, str]]:
@@ -285,7 +298,7 @@ def _messages(record: dict, where: _Where, notes: Notes) -> Example:
             notes.tally("'loss_weight' ignored on {n} message(s): every assistant turn is trained")
         messages.append({"role": role, "content": content})
     _require_assistant(messages, "messages", where)
-    return {"kind": "chat", "messages": messages, "tools": _tools(record, where, notes)}
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
 
 
 def _content(turn: dict, name: str, where: _Where) -> str:
@@ -309,7 +322,7 @@ def _text_part(part: Any, name: str, where: _Where) -> str:
     if not isinstance(part, dict):
         raise where.error(name, f"a content part must be an object, got {describe(part)}", fix)
     kind = part.get("type", "text")
-    if kind != "text":
+    if kind != ExampleKind.TEXT:
         if kind in ("image", "image_url", "video", "audio", "input_audio"):
             raise where.error(f"{name}.type", f"{kind} content is not supported: overnight fine-tunes text-only "
                                               "models", "remove the non-text parts to train on the text alone")
@@ -318,10 +331,6 @@ def _text_part(part: Any, name: str, where: _Where) -> str:
     if not isinstance(text, str):
         raise where.error(name, f"the text part has no string 'value' or 'text' (got {describe(text)})", fix)
     return text
-
-
-class NoAssistantTurn(DatasetError):
-    """A conversation without an assistant turn (probe files say it their own way)."""
 
 
 def _require_assistant(messages: list[dict[str, str]], key: str, where: _Where) -> None:
@@ -377,26 +386,26 @@ def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
             notes.tally("{n} tool turn(s) mapped to chat roles (function_call → assistant, observation → tool)")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
     _require_assistant(messages, "conversations", where)
-    return {"kind": "chat", "messages": messages, "tools": _tools(record, where, notes)}
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
 
 
 def as_chat(example: Example) -> Example:
     """A prompt example as one chat exchange (its system text, if any, as a system turn); others unchanged."""
-    if example["kind"] != "prompt":
+    if example["kind"] != ExampleKind.PROMPT:
         return example
     system = example.get("system")
     messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": example.get("user", example["prompt"])},
                  {"role": "assistant", "content": example["completion"]}]
-    return {"kind": "chat", "messages": messages, "tools": None}
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": None}
 
 
 def example_text(example: Example) -> str:
     """The text an Example holds, concatenated (chat turns joined by newlines): used for length statistics."""
     kind = example["kind"]
-    if kind == "text":
+    if kind == ExampleKind.TEXT:
         return example["text"]
-    if kind == "prompt":
+    if kind == ExampleKind.PROMPT:
         return example["prompt"] + example["completion"]
     return "\n".join(m["content"] for m in example["messages"])
 

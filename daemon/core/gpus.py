@@ -13,10 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-
-
-class GpuChoiceError(ValueError):
-    """`gpus` / `gpus_per_run` name GPUs the daemon cannot see: the message names both and the fix."""
+from daemon.core.errors import GpuChoiceError
 
 
 @dataclass(frozen=True)

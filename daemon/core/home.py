@@ -10,14 +10,7 @@ from pathlib import Path
 import psutil
 
 from daemon.core.timefmt import iso
-
-
-class HomeLocked(RuntimeError):
-    """Another daemon holds this home."""
-
-
-class HomeDamaged(RuntimeError):
-    """A folder of the home is a file (or cannot be made): the message names it and the fix."""
+from daemon.core.errors import HomeDamaged, HomeLocked
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from daemon.core import datasets
 from daemon.core.dataformats import json_problem, too_deep
-from daemon.core.datasets import DatasetError
+from daemon.core.datasets import DatasetError, ExampleKind
 
 MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
 HOLDOUT_FRACTION = 0.1  # never hold out more than this share of the training records
@@ -38,11 +38,11 @@ def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
     assistant turn as context, that turn's content as reference. Text examples and chats without an assistant
     turn have nothing to compare against.
     """
-    if example["kind"] == "prompt":
+    if example["kind"] == ExampleKind.PROMPT:
         if not example["prompt"].strip():
             return None  # nothing to generate from
         return _probe(example["prompt"], example["completion"])
-    if example["kind"] == "chat":
+    if example["kind"] == ExampleKind.CHAT:
         messages = example["messages"]
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None:
@@ -78,16 +78,16 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
     except datasets.NoAssistantTurn as e:
         raise DatasetError(file, location, e.field, "the conversation has no assistant turn: a probe needs the "
                            "reference answer as its last assistant turn", _PROBE_FIX) from None
-    if example["kind"] == "text":
+    if example["kind"] == ExampleKind.TEXT:
         raise DatasetError(file, location, "text",
                            "a text record has no answer to compare the model's output with",
                            'write probes as {"prompt": "...", "reference": "..."} (or prompt/completion).')
     probe = probe_from_example(example)
-    if example["kind"] == "prompt" and probe is None:
+    if example["kind"] == ExampleKind.PROMPT and probe is None:
         raise DatasetError(file, location, "prompt", "the prompt is empty: there is nothing to ask the model",
                            _PROBE_FIX)
     if probe is None or not probe["reference"].strip():
-        raise DatasetError(file, location, "messages" if example["kind"] == "chat" else "completion",
+        raise DatasetError(file, location, "messages" if example["kind"] == ExampleKind.CHAT else "completion",
                            "the record has no reference answer (no assistant turn, or an empty one)", _PROBE_FIX)
     return probe
 

@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.atomic import read_json, write_json
+from daemon.core.errors import ConfigError
 
 FILE = "config.json"  # in the run folder (daemon/core/rundir.py's RunFolder.config)
 _MISSING = object()
-
-
-class ConfigError(ValueError):
-    """config.json is not a JSON object: the message names the file and says what is wrong with it."""
 
 
 def _text(value: Any) -> str | None:

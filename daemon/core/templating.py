@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
+from daemon.core.errors import TemplateError
 
 OURS = Path(__file__).with_name("templates")
 MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
@@ -31,10 +32,6 @@ SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<(?:start|end
 PROBE_CHAT = [{"role": "system", "content": "S0"}, {"role": "user", "content": "U1"},
               {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
               {"role": "assistant", "content": "A2"}]
-
-
-class TemplateError(Exception):
-    """A chat template that cannot be used, or a conversation it refuses: the message says the fix."""
 
 
 def no_template(model: str | None) -> TemplateError:

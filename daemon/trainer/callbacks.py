@@ -21,6 +21,7 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from daemon.core.rundir import step_name
+from daemon.core.states import Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.commands import Commands
@@ -55,7 +56,7 @@ class Progress:
     path: Path
     device: str
     device_name: str
-    state: str = "preparing"
+    state: str = Phase.PREPARING
     step: int = 0
     max_steps: int | None = None
     epoch: float = 0.0
@@ -113,7 +114,7 @@ class ReportCallback(TrainerCallback):
                 self.status.last_loss = float(record["loss"])  # the final checkpoint)
             if self.status.last_eval_loss is None and "eval_loss" in record:
                 self.status.last_eval_loss = float(record["eval_loss"])
-        self.progress.update("training", state.global_step, state.max_steps, state.epoch or 0.0)
+        self.progress.update(Phase.TRAINING, state.global_step, state.max_steps, state.epoch or 0.0)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._step_began = time.perf_counter()
@@ -122,14 +123,14 @@ class ReportCallback(TrainerCallback):
         # first in the callback list: a pause or a snapshot that follows is not counted as step time
         self._compute_s += time.perf_counter() - self._step_began
         if control.should_evaluate:
-            self.progress.update("evaluating", state.global_step, epoch=state.epoch)
+            self.progress.update(Phase.EVALUATING, state.global_step, epoch=state.epoch)
         elif control.should_save:
-            self.progress.update("saving", state.global_step, epoch=state.epoch)
+            self.progress.update(Phase.SAVING, state.global_step, epoch=state.epoch)
         else:
-            self.progress.update("training", state.global_step, epoch=state.epoch)
+            self.progress.update(Phase.TRAINING, state.global_step, epoch=state.epoch)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress.update("training")
+        self.progress.update(Phase.TRAINING)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
@@ -200,7 +201,7 @@ class CommandCallback(TrainerCallback):
         if decision.paused:
             decision = self._hold(state)
         if decision.stop:
-            self.progress.update("saving", state.global_step, epoch=state.epoch)
+            self.progress.update(Phase.SAVING, state.global_step, epoch=state.epoch)
             control.should_save = True
             control.should_log = True
             control.should_training_stop = True
@@ -210,7 +211,7 @@ class CommandCallback(TrainerCallback):
     def _hold(self, state: Any) -> Any:
         """Wait (every rank: each poll is a collective) until resumed or stopped; returns the decision then."""
         started = time.perf_counter()
-        self.progress.update("paused", state.global_step, epoch=state.epoch)
+        self.progress.update(Phase.PAUSED, state.global_step, epoch=state.epoch)
         self.log(f"paused at step {state.global_step}{_gpu_memory_held()} (send 'resume' to continue)")
         while True:
             time.sleep(0.1)
@@ -218,7 +219,7 @@ class CommandCallback(TrainerCallback):
             if decision.stop or not decision.paused:
                 break
         self.status.paused_seconds += time.perf_counter() - started
-        self.progress.update("training", state.global_step, epoch=state.epoch)
+        self.progress.update(Phase.TRAINING, state.global_step, epoch=state.epoch)
         if not decision.stop:
             self.log(f"resumed at step {state.global_step}")
         return decision
@@ -258,4 +259,4 @@ class CheckpointCallback(TrainerCallback):
         deleted = ckpt.apply_retention(self.checkpoints, self.keep, best)
         note = f"; removed {', '.join(step_name(s) for s in deleted)}" if deleted else ""
         self.log(f"checkpoint {path.name} saved{note}")
-        self.progress.update("training", state.global_step, epoch=state.epoch)
+        self.progress.update(Phase.TRAINING, state.global_step, epoch=state.epoch)

@@ -12,10 +12,7 @@ from typing import Any
 from daemon.core import runconfig
 from daemon.core.options import OPTIONS, Option
 from daemon.core.rundir import RunFolder
-
-
-class RunError(Exception):
-    """A failure with a message for the user: it ends the run as failed with this reason (no traceback)."""
+from daemon.core.errors import RunError
 
 
 def _field(opt: Option) -> tuple[str, Any, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from daemon.core.space import needed, size_text
+from daemon.core.states import Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.callbacks import Progress, RunStatus
@@ -45,7 +46,7 @@ class DiskSpaceCallback(TrainerCallback):
         reason = (f"disk_low: only {size_text(free)} free on the disk of {self.checkpoints.parent}, and a checkpoint "
                   f"needs {size_text(need)} (min_free_gb = {float(self.min_free_gb()):.10g} in overnight.toml, or twice the "
                   f"last checkpoint). Fix: free space there, or lower min_free_gb; the run goes on by itself")
-        self.progress.update("paused", state.global_step, epoch=state.epoch, reason=reason)
+        self.progress.update(Phase.PAUSED, state.global_step, epoch=state.epoch, reason=reason)
         self.log(f"paused at step {state.global_step} before saving: {reason}")
         while ddp.from_main(shutil.disk_usage(self.checkpoints).free < self.needed() and
                             not self.commands.stop.is_set()):
@@ -56,6 +57,6 @@ class DiskSpaceCallback(TrainerCallback):
             control.should_save = False  # a save would fail halfway: the last complete checkpoint stays the resume point
             self.log("stopping without a new checkpoint (the disk is still full); the run resumes from the last one")
             return
-        self.progress.update("training", state.global_step, epoch=state.epoch)
+        self.progress.update(Phase.TRAINING, state.global_step, epoch=state.epoch)
         self.log(f"disk space is back ({size_text(shutil.disk_usage(self.checkpoints).free)} free, "
                  f"{size_text(self.needed())} needed): saving and going on at step {state.global_step}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from daemon.core.atomic import write_json, write_text
 from daemon.core.templating import serving_template
+from daemon.core.states import Outcome
 
 
 def versions() -> dict[str, str]:
@@ -30,7 +31,7 @@ def versions() -> dict[str, str]:
 class Result:
     """result.json: how the run ended and why (written atomically just before exit)."""
 
-    outcome: str  # completed | stopped | failed
+    outcome: Outcome
     reason: str | None = None
     step: int = 0
     max_steps: int | None = None
@@ -50,7 +51,7 @@ class Result:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.outcome in ("completed", "stopped") else 1
+        return 0 if self.outcome.ended_well else 1
 
     def write(self, path: Path) -> None:
         write_json(path, {**asdict(self), "exit_code": self.exit_code})

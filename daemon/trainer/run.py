@@ -22,6 +22,7 @@ from daemon.core.launch import OOM_RETRY_EXIT, PEER_LOST_EXIT
 from daemon.core.basemodel import ModelNotFound, locate_model
 from daemon.core.rundir import TRAINER_STATE, RunFolder, step_of
 from daemon.core.space import is_disk_full
+from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.config import RunConfig, RunError, TrainOptions
@@ -40,13 +41,13 @@ def main(run_dir: Path, *, read_stdin: bool = True) -> int:
     from daemon.trainer.commands import start_channel
 
     commands = start_channel(say, read_stdin=read_stdin)
-    result = Result("failed")
+    result = Result(Outcome.FAILED)
     try:
         return _run(Path(run_dir), commands, result)
     finally:
         # every way out, under torchrun: leave the process group while the interpreter is whole (ddp.shutdown);
         # after a last barrier when every rank ends here together (completed, or stopped at an agreed step)
-        ddp.shutdown(together=result.outcome in ("completed", "stopped"))
+        ddp.shutdown(together=result.outcome.ended_well)
 
 
 def _run(run_dir: Path, commands: Any, result: Result) -> int:
@@ -59,10 +60,10 @@ def _run(run_dir: Path, commands: Any, result: Result) -> int:
     except GroupRetry:
         return OOM_RETRY_EXIT  # no outcome: the launcher starts the group again (daemon/trainer/torchrun.py)
     except RunError as e:
-        result.outcome, result.reason = "failed", str(e)
+        result.outcome, result.reason = Outcome.FAILED, str(e)
         say(f"error: {e}") if ddp.is_main() else print(f"error: {e}", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 - the run must end with a result.json whatever broke
-        result.outcome, result.reason = "failed", f"{type(e).__name__}: {e}"
+        result.outcome, result.reason = Outcome.FAILED, f"{type(e).__name__}: {e}"
         peer_lost = ddp.distributed() and _peer_lost(e)
         if peer_lost:  # not this process's failure: one line, and the launcher decides what follows
             say(f"another process of this run (torchrun) went away ({result.reason[:160]}…): its own lines "
@@ -72,7 +73,7 @@ def _run(run_dir: Path, commands: Any, result: Result) -> int:
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
-    if result.outcome == "failed" and not ddp.is_main() and ddp.initialised():
+    if result.outcome is Outcome.FAILED and not ddp.is_main() and ddp.initialised():
         result.reason = f"rank {ddp.rank()}: {result.reason}"
     if ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: "):
         try:
@@ -159,11 +160,11 @@ def _train(s: Session, commands: Any) -> None:
     world = f"; torchrun: {ddp.world_size()} process(es), {ddp.backend(device.kind)}" if ddp.initialised() else ""
     say(f"device: {device.label}{world}")
     progress = Progress(paths.progress, device.kind, device.name)
-    progress.update("preparing")
+    progress.update(Phase.PREPARING)
     resume = _agreed_resume(s)
     built = build_everything(s, source, device, stats, progress, commands)
     if commands.sync().stop:
-        s.result.outcome, s.result.reason = "stopped", commands.stop_reason + " before training started"
+        s.result.outcome, s.result.reason = Outcome.STOPPED, commands.stop_reason + " before training started"
         return
     attempt = _rung_from_launcher(built.opts or opts)
     if resume is not None and _trained_out(resume, planned_steps(len(built.data.train), attempt)):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from daemon.core.datasets import as_chat
+from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 
@@ -107,18 +107,18 @@ class Encoder:
     def encode_many(self, examples: list[tuple[int, dict[str, Any]]]) -> list[Encoded | None]:
         """`encode` for (record index, example) pairs: chat examples rendered one by one, then tokenised in one
         batch call (the tokenizer's threads); a conversation the template refuses names its record."""
-        chats = {n: self._render(n, ex) for n, ex in examples if ex["kind"] == "chat"}
+        chats = {n: self._render(n, ex) for n, ex in examples if ex["kind"] == ExampleKind.CHAT}
         encodings = dict(zip(chats, self.tokenizer.backend_tokenizer.encode_batch(
             [text for text, _ in chats.values()], add_special_tokens=False))) if chats else {}
         out = []
         for n, ex in examples:
-            if ex["kind"] == "prompt":
+            if ex["kind"] == ExampleKind.PROMPT:
                 ids, labels = self._prompt(ex)
-            elif ex["kind"] == "chat":
+            elif ex["kind"] == ExampleKind.CHAT:
                 ids, trained = labels_of(encodings[n], chats[n][1])
                 labels = np.where(trained, ids, IGNORE).astype(np.int32)
             else:
-                raise ValueError(f"encode() takes prompt or chat examples, got {ex['kind']!r}")
+                raise ValueError(f"encode() takes prompt or chat examples, got {str(ex['kind'])!r}")
             out.append(self._finish(ids, labels))
         return out
 
@@ -245,7 +245,7 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
         to_eval = i in held_eval
         n_eval += to_eval
         n_train += not to_eval
-        if example["kind"] == "text":
+        if example["kind"] == ExampleKind.TEXT:
             (text_eval if to_eval else text_train).append(encoder.text_ids(example))
             continue
         pending.append((i, example, to_eval))
@@ -253,9 +253,9 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
             dropped += flush()
     dropped += flush()
     if len(kinds) > 1:
-        raise RunError(f"the dataset mixes example kinds {sorted(kinds)}; one file must hold one schema.")
+        raise RunError(f"the dataset mixes example kinds {sorted(map(str, kinds))}; one file must hold one schema.")
     kind = kinds.pop() if kinds else "none"
-    if kind == "text":
+    if kind == ExampleKind.TEXT:
         train, evals = pack_blocks(text_train, encoder.max_length), pack_blocks(text_eval, encoder.max_length)
     if dropped:
         log(f"{dropped} record(s) dropped: after cutting to max_length={encoder.max_length} tokens nothing of "

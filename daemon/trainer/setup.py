@@ -13,9 +13,11 @@ from transformers.utils import logging as hf_logging
 
 from daemon.core import auto
 from daemon.core.atomic import write_json
+from daemon.core.datasets import ExampleKind
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, checkpointing_decision
+from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
 from daemon.trainer.batching import GroupedSampler, collator, padding_line
@@ -239,13 +241,13 @@ class Built:
         result.last_checkpoint = newest.name if newest else None
         if self.status.nonfinite_step is not None:
             kept = f"the last good checkpoint {newest.name} is kept" if newest else "no checkpoint was saved before it"
-            result.outcome = "failed"
+            result.outcome = Outcome.FAILED
             result.reason = (f"loss became NaN/inf by step {self.status.nonfinite_step}; {kept}. Fix: lower "
                              f"learning_rate (now {opts.learning_rate}) or check the data, then resume or re-run.")
             return
         finished = state.global_step >= state.max_steps
         if self.commands.stop.is_set() and not finished:  # a stop that came after the last step changes nothing
-            result.outcome, result.reason = "stopped", self.commands.stop_reason
+            result.outcome, result.reason = Outcome.STOPPED, self.commands.stop_reason
             return
         note = None
         if not finished:
@@ -258,10 +260,10 @@ class Built:
         card = model_card(run_id=s.cfg.run_id, base_model=opts.base_model, dataset=s.cfg.dataset_path,
                           schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
                           eval_loss=result.eval_loss, options=s.cfg.file.options, note=note)
-        self.progress.update("saving")
+        self.progress.update(Phase.SAVING)
         if ddp.is_main():
             save_adapter(self.model, paths.adapter, card, self.tokenizer)
-        result.outcome, result.adapter = "completed", str(paths.adapter)
+        result.outcome, result.adapter = Outcome.COMPLETED, str(paths.adapter)
         say(f"adapter saved to {paths.adapter}")
 
     def _load_best(self, folder: Path) -> None:
@@ -427,7 +429,7 @@ def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCa
     opts = s.cfg.options
     if not data.probes:
         say("evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
-            "to watch some)" if data.kind == "text" else "evolution: no probes (probe_count = 0 and no probe file)")
+            "to watch some)" if data.kind == ExampleKind.TEXT else "evolution: no probes (probe_count = 0 and no probe file)")
         return None
     every, budget = resolve_probe_every(opts.probe_every, planned_steps(len(data.train), opts))
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"

@@ -86,6 +86,7 @@ def ended_run(script_args: list[str], since: float) -> str | None:
     from pathlib import Path
 
     from daemon.core.atomic import read_json
+    from daemon.core.states import Outcome
 
     if not script_args:
         return None
@@ -99,7 +100,7 @@ def ended_run(script_args: list[str], since: float) -> str | None:
     if not isinstance(result, dict) or result.get("exit_code") != 0:
         return None
     outcome = result.get("outcome")
-    return outcome if outcome in ("completed", "stopped") else None
+    return outcome if outcome in (Outcome.COMPLETED, Outcome.STOPPED) else None
 
 
 def exits(failures: dict[int, tuple[int, float, int]]) -> str:
