@@ -542,10 +542,14 @@ def test_mixed_schemas(tmp_path: Path) -> None:
                 "looks like prompt_completion", "first record is text")
 
 
-def test_preference_pairs_rejected(tmp_path: Path) -> None:
+def test_preference_pairs_accepted_and_mixed_with_sft_rejected(tmp_path: Path) -> None:
+    """Issue 24 reverses the old refusal: a pair is preference data; beside supervised records it is mixed."""
     path = jsonl(tmp_path, [{"prompt": "p", "chosen": "good", "rejected": "bad"}])
-    check_error(error_of(path), "data.jsonl", "line 1", "chosen", "preference pairs",
-                "not supervised fine-tuning data", "keep only the chosen answer")
+    assert list(iter_examples(path)) == [{"kind": "pair", "prompt": "p", "chosen": "good", "rejected": "bad"}]
+    path = jsonl(tmp_path, [{"prompt": "p", "completion": "c"}, {"prompt": "p", "chosen": "good", "rejected": "bad"}],
+                 name="mixed.jsonl")
+    check_error(error_of(path), "mixed.jsonl", "line 2", None, "mixed schemas", "looks like preference",
+                "first record is prompt_completion", "one file, one objective")
 
 
 def test_images_rejected(tmp_path: Path) -> None:

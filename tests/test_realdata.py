@@ -83,11 +83,13 @@ def test_mllm_refused_for_its_images() -> None:
     assert "images are not supported" in str(err) and "<image>" in str(err)
 
 
-def test_dpo_refused_as_preference_data() -> None:
-    with pytest.raises(DatasetError) as info:
-        inspect_dataset(REALDATA / "dpo_en_demo.json")
-    err = info.value
-    assert (err.file, err.location, err.field) == ("dpo_en_demo.json", "record 1 (line 2)", "chosen")
-    message = str(err)
-    assert "preference pairs" in message and "not supervised fine-tuning data" in message
-    assert "keep only the chosen answer" in message
+def test_dpo_accepted_as_sharegpt_preference() -> None:
+    """Issue 24 reverses realdata/README.md's "reject": LLaMA-Factory's DPO demo is 300 ShareGPT preference pairs."""
+    report = inspect_dataset(REALDATA / "dpo_en_demo.json")
+    assert (report.schema, report.records) == ("sharegpt_preference", 300)
+    pairs = list(iter_examples(REALDATA / "dpo_en_demo.json"))
+    assert len(pairs) == 300 and all(p["kind"] == "pair" for p in pairs)
+    first = pairs[0]
+    assert first["messages"][-1]["role"] == "user" and first["messages"][0]["content"].startswith("Hi! I'd like")
+    assert [m["role"] for m in first["chosen"]] == ["assistant"] == [m["role"] for m in first["rejected"]]
+    assert first["chosen"] != first["rejected"]

@@ -248,7 +248,7 @@ def _read_jsonl(path: Path, notes: Notes) -> Iterator[tuple[str, Any]]:
 
 # A header is recognised when it holds the fields of one schema; these are listed in the error otherwise.
 CSV_HEADERS = (("text",), ("prompt", "completion"), ("instruction", "input", "output"), ("messages",),
-               ("conversations",))
+               ("conversations",), ("prompt", "chosen", "rejected"), ("instruction", "input", "chosen", "rejected"))
 # Columns whose cells hold JSON (a list of messages, history pairs, tool definitions).
 _CSV_JSON_COLUMNS = ("messages", "conversations", "history")
 
@@ -316,7 +316,13 @@ def _csv_header(name: str, row: list[str], line: int) -> list[str]:
     return header
 
 
+_CSV_BOOLS = {"true": True, "false": False}  # a KTO 'label' cell: CSV has no booleans, so the words stand for them
+
+
 def _csv_record(name: str, location: str, record: dict[str, Any]) -> dict[str, Any]:
+    label = record.get("label")
+    if isinstance(label, str) and label.strip().lower() in _CSV_BOOLS:
+        record["label"] = _CSV_BOOLS[label.strip().lower()]
     for column in _CSV_JSON_COLUMNS:
         cell = record.get(column)
         if isinstance(cell, str) and cell.strip():

@@ -5,6 +5,11 @@ every record is checked against it and turned into a normalised *Example*, its "
     {"kind": "text", "text": str}
     {"kind": "prompt", "prompt": str, "completion": str}  (+ "system", "user" for alpaca with a system text)
     {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}], "tools": list|None}
+    {"kind": "pair", "prompt": str, "chosen": str, "rejected": str}  (+ "system", "user" for alpaca with a system)
+    {"kind": "pair", "messages": [prompt turns, the last a user or tool turn], "chosen": [assistant turns],
+     "rejected": [assistant turns], "tools": list|None}
+    {"kind": "judged", "prompt": str, "completion": str, "label": bool}
+    {"kind": "judged", "messages": [prompt turns], "completion": [assistant turns], "label": bool, "tools": ...}
 Validation stops at the first problem with a `DatasetError` naming the file, the place, the field and the fix.
 This module never imports torch or transformers: the daemon uses it.
 """
@@ -31,8 +36,9 @@ from daemon.core.dataformats import (
 from daemon.core.errors import NoAssistantTurn
 
 __all__ = [
-    "SCHEMAS", "SUPPORTED_SUFFIXES", "DatasetError", "DatasetReport", "ExampleKind", "detect_format", "detect_schema",
-    "example_text", "inspect_dataset", "iter_examples", "normalize_record",
+    "JUDGED_SCHEMAS", "PAIR_SCHEMAS", "PREFERENCE_SCHEMAS", "SCHEMAS", "SUPPORTED_SUFFIXES", "DatasetError",
+    "DatasetReport", "ExampleKind", "detect_format", "detect_schema", "example_text", "inspect_dataset",
+    "iter_examples", "kind_of", "normalize_record",
 ]
 
 class ExampleKind(str, Enum):
@@ -41,12 +47,18 @@ class ExampleKind(str, Enum):
     TEXT = "text"  # plain text, trained whole (packed into blocks of max_length)
     PROMPT = "prompt"  # a prompt and its completion: only the completion is trained
     CHAT = "chat"  # messages rendered through the run's chat template: the assistant turns are trained
+    PAIR = "pair"  # a prompt with a chosen and a rejected answer (DPO)
+    JUDGED = "judged"  # a prompt with one answer labelled desirable or not (KTO)
 
     def __str__(self) -> str:
         return self.value
 
 
-SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text")
+SCHEMAS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain_text", "preference",
+           "preference_implicit", "alpaca_preference", "sharegpt_preference", "kto")
+PAIR_SCHEMAS = ("preference", "preference_implicit", "alpaca_preference", "sharegpt_preference")  # → pair
+JUDGED_SCHEMAS = ("kto",)  # → judged
+PREFERENCE_SCHEMAS = PAIR_SCHEMAS + JUDGED_SCHEMAS
 TEXT_SCHEMAS = ("text", "plain_text")  # trained as full blocks of max_length: nothing to pad
 PROMPT_SCHEMAS = ("prompt_completion", "alpaca")
 CHAT_SCHEMAS = ("messages", "sharegpt")  # rendered through the run's chat template  # shown to the model raw or as one chat exchange (prompt_format)
@@ -69,11 +81,24 @@ SCHEMA_SHAPES = {
               '(optional "system", "history": [["user", "assistant"], ...])',
     "messages": '{"messages": [{"role": "system|user|assistant|tool", "content": "..."}, ...]}',
     "sharegpt": '{"conversations": [{"from": "human|gpt|system|function_call|observation", "value": "..."}, ...]}',
+    "preference": '{"prompt": "...", "chosen": "...", "rejected": "..."} (or "prompt" a message list and '
+                  '"chosen"/"rejected" lists of assistant messages)',
+    "preference_implicit": '{"chosen": [messages], "rejected": [messages]} (the same prompt turns, then each '
+                           'side\'s assistant answer)',
+    "alpaca_preference": '{"instruction": "...", "input": "..." (optional), "chosen": "...", "rejected": "..."} '
+                         '(optional "system")',
+    "sharegpt_preference": '{"conversations": [{"from": "human", "value": "..."}, ...], "chosen": {"from": "gpt", '
+                           '"value": "..."}, "rejected": {"from": "gpt", "value": "..."}}',
+    "kto": '{"prompt": "...", "completion": "...", "label": true|false} (or message lists)',
 }
 _SCHEMA_FIELDS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"},
                   "alpaca": {"instruction", "input", "output", "system", "history"},
                   "messages": {"messages", "tools"}, "sharegpt": {"conversations", "system", "tools"},
-                  "plain_text": {"text"}}
+                  "plain_text": {"text"}, "preference": {"prompt", "chosen", "rejected", "tools"},
+                  "preference_implicit": {"chosen", "rejected", "tools"},
+                  "alpaca_preference": {"instruction", "input", "system", "chosen", "rejected"},
+                  "sharegpt_preference": {"conversations", "system", "tools", "chosen", "rejected"},
+                  "kto": {"prompt", "completion", "label", "tools"}}
 # Field names of other conventions, and the accepted field to rename each to.
 _FIELD_HINTS = {"question": "prompt", "answer": "completion", "query": "instruction", "response": "output",
                 "content": "text", "conversation": "conversations", "dialog": "messages", "chat": "messages",
@@ -120,13 +145,29 @@ class _Where:
 def detect_schema(record: dict, file: str, location: str) -> str:
     """The schema `record` follows, from its fields; DatasetError (listing the accepted schemas) if none.
 
-    Preference pairs and multimodal records are refused here, whatever else they hold.
+    A record with 'chosen'/'rejected' is a preference pair (its other fields say which form), one with a 'label'
+    beside 'prompt'/'completion' a KTO record; multimodal records are refused here, whatever else they hold.
     """
     where = _Where(file, location)
     if not isinstance(record, dict):
         raise where.error(None, f"the record is {describe(record)}, expected an object",
                           "make every record a JSON object such as {\"text\": \"...\"}")
     _refuse_unsupported(record, where)
+    if "chosen" in record or "rejected" in record:
+        if "conversations" in record:
+            return "sharegpt_preference"
+        if "instruction" in record:
+            return "alpaca_preference"
+        if "prompt" in record:
+            return "preference"
+        if "messages" in record:
+            raise where.error("messages", "a preference pair with 'messages': the prompt goes in 'prompt'",
+                              "rename 'messages' to 'prompt' (the turns before the answers), with 'chosen' and "
+                              "'rejected' the assistant's answers; or give 'chosen' and 'rejected' each the whole "
+                              "conversation (TRL's implicit form) and drop 'messages'")
+        return "preference_implicit"
+    if "label" in record and ("prompt" in record or "completion" in record):
+        return "kto"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -153,13 +194,6 @@ def _unknown_schema_fix(record: dict) -> str:
 
 
 def _refuse_unsupported(record: dict, where: _Where) -> None:
-    if "chosen" in record and "rejected" in record:
-        raise where.error(
-            "chosen", "preference pairs ('chosen'/'rejected') are not supervised fine-tuning data",
-            "keep only the chosen answer as a normal record and drop 'rejected': append it as the final "
-            "assistant turn ({\"from\": \"gpt\", \"value\": ...} in 'conversations', or a 'messages' assistant "
-            "turn), or use alpaca {\"instruction\": ..., \"output\": <chosen>}",
-        )
     for name in MEDIA_FIELDS:
         if record.get(name):
             raise where.error(name, f"{name} are not supported: overnight fine-tunes text-only models, and "
@@ -199,7 +233,9 @@ def normalize_record(record: dict, schema: str, file: str, location: str, notes:
         return _alpaca(record, where, notes)
     if schema == "messages":
         return _messages(record, where, notes)
-    return _sharegpt(record, where, notes)
+    if schema == "sharegpt":
+        return _sharegpt(record, where, notes)
+    return _PREFERENCE[schema](record, where, notes)
 
 
 _MISSING = object()
@@ -275,9 +311,16 @@ def _message_list(record: dict, key: str, shape: str, where: _Where) -> list:
 
 
 def _messages(record: dict, where: _Where, notes: Notes) -> Example:
+    messages = _role_turns(record, "messages", where, notes)
+    _require_assistant(messages, "messages", where)
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
+
+
+def _role_turns(record: dict, key: str, where: _Where, notes: Notes) -> list[dict[str, str]]:
+    """`record[key]` as a list of {role, content} messages, each checked."""
     messages = []
-    for i, turn in enumerate(_message_list(record, "messages", "{role, content}", where)):
-        name = f"messages[{i}]"
+    for i, turn in enumerate(_message_list(record, key, "{role, content}", where)):
+        name = f"{key}[{i}]"
         if "role" not in turn and "from" in turn:
             raise where.error(name, "uses ShareGPT keys 'from'/'value' inside 'messages'",
                               "rename 'messages' to 'conversations' (ShareGPT), or use 'role'/'content'")
@@ -297,8 +340,7 @@ def _messages(record: dict, where: _Where, notes: Notes) -> Example:
         if "loss_weight" in turn:
             notes.tally("'loss_weight' ignored on {n} message(s): every assistant turn is trained")
         messages.append({"role": role, "content": content})
-    _require_assistant(messages, "messages", where)
-    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
+    return messages
 
 
 def _content(turn: dict, name: str, where: _Where) -> str:
@@ -366,10 +408,18 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
 
 
 def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
-    system = _string(record, "system", where, required=False, allow_empty=True)
+    messages = _sharegpt_turns(record, where, notes)
+    _require_assistant(messages, "conversations", where)
+    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
+
+
+def _sharegpt_turns(record: dict, where: _Where, notes: Notes, key: str = "conversations",
+                    system_field: bool = True) -> list[dict[str, str]]:
+    """`record[key]` (ShareGPT {from, value} turns) as chat messages, the record's 'system' field first."""
+    system = _string(record, "system", where, required=False, allow_empty=True) if system_field else None
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
-    for i, turn in enumerate(_message_list(record, "conversations", "{from, value}", where)):
-        name = f"conversations[{i}]"
+    for i, turn in enumerate(_message_list(record, key, "{from, value}", where)):
+        name = f"{key}[{i}]"
         if "from" not in turn and "role" in turn:
             raise where.error(name, "uses 'role'/'content' keys inside 'conversations'",
                               "rename 'conversations' to 'messages', or use ShareGPT's 'from'/'value'")
@@ -385,18 +435,223 @@ def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
         if speaker in ("function_call", "observation"):
             notes.tally("{n} tool turn(s) mapped to chat roles (function_call → assistant, observation → tool)")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
-    _require_assistant(messages, "conversations", where)
-    return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
+    return messages
+
+
+# -- preference data (DPO pairs, KTO judgements) ----------------------------------------------------------
+_PROMPT_ROLES = ("user", "tool")  # the turn a prompt ends with: what the answers respond to
+_SIDES = ("chosen", "rejected")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
+
+
+def _side_text(record: dict, key: str, where: _Where) -> str:
+    """One answer of a text-form pair: a non-empty string."""
+    value = record.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        state = "is missing" if value is _MISSING else "is null"
+        raise where.error(key, f"the required field {state}: a preference pair needs a chosen and a rejected answer",
+                          f"give every record a string '{key}'")
+    if not isinstance(value, str):
+        raise where.error(key, f"must be a string like the prompt, got {describe(value)}",
+                          f"write '{key}' as a JSON string, or write 'prompt' as a message list and '{key}' as a "
+                          "list of assistant messages")
+    if not value.strip():
+        raise where.error(key, f"the {key} answer is empty: there is nothing to compare",
+                          f"fill in '{key}', or remove the record")
+    _refuse_markers(value, key, where)
+    return value
+
+
+def _not_identical(chosen: Any, rejected: Any, where: _Where) -> None:
+    if chosen == rejected:
+        raise where.error("rejected", "chosen and rejected are identical: the pair teaches no preference",
+                          "make 'rejected' the worse answer (it must differ from 'chosen'), or remove the record")
+
+
+def _answer_turns(record: dict, key: str, where: _Where, notes: Notes, *, sharegpt: bool = False
+                  ) -> list[dict[str, str]]:
+    """An answer given as messages: a non-empty list of assistant turns ({role, content}, or ShareGPT's
+    {from, value}: one object or a list of them)."""
+    value = record.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        raise where.error(key, "the required field is missing: a preference pair needs a chosen and a rejected "
+                               "answer", f"give every record '{key}'")
+    if sharegpt and isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and not value:
+        raise where.error(key, f"the {key} answer is empty (no assistant turn): there is nothing to compare",
+                          f"give '{key}' the assistant's answer, or remove the record")
+    turns = (_sharegpt_turns({key: value}, where, notes, key=key, system_field=False) if sharegpt
+             else _role_turns({key: value}, key, where, notes))
+    how = "from \"gpt\"" if sharegpt else "role \"assistant\""
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            name = f"{key}[{i}]" if isinstance(record.get(key), list) else key
+            raise where.error(f"{name}.{'from' if sharegpt else 'role'}",
+                              f"the {key} answer holds a {turn['role']} turn: the answers compared must be the "
+                              "assistant's",
+                              f"keep only the assistant's answer in '{key}' ({how}) and put the turns before "
+                              "it in the prompt")
+    return turns
+
+
+def _prompt_turns(messages: list[dict[str, str]], key: str, where: _Where) -> None:
+    if not messages or messages[-1]["role"] not in _PROMPT_ROLES:
+        last = f"ends with a {messages[-1]['role']} turn" if messages else "is empty"
+        raise where.error(key, f"the prompt {last}: it must end with the user's (or a tool's) turn that the "
+                               "answers respond to", f"end '{key}' with the user turn, and put the assistant's answers "
+                               "in 'chosen' and 'rejected'")
+
+
+def _preference(record: dict, where: _Where, notes: Notes) -> Example:
+    """TRL's explicit form: {prompt, chosen, rejected}, all strings or all message lists."""
+    prompt = record.get("prompt")
+    if isinstance(prompt, list):
+        messages = _role_turns(record, "prompt", where, notes)
+        _prompt_turns(messages, "prompt", where)
+        chosen, rejected = (_answer_turns(record, side, where, notes) for side in _SIDES)
+        _not_identical(chosen, rejected, where)
+        return {"kind": ExampleKind.PAIR, "messages": messages, "chosen": chosen, "rejected": rejected,
+                "tools": _tools(record, where, notes)}
+    prompt = _string(record, "prompt", where, allow_empty=True)
+    _refuse_markers(prompt, "prompt", where)
+    chosen, rejected = (_side_text(record, side, where) for side in _SIDES)
+    _not_identical(chosen, rejected, where)
+    return {"kind": ExampleKind.PAIR, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _preference_implicit(record: dict, where: _Where, notes: Notes) -> Example:
+    """TRL's implicit form: two whole conversations sharing their prompt turns; what follows the last shared user
+    (or tool) turn is each side's answer."""
+    for side in _SIDES:
+        value = record.get(side, _MISSING)
+        if not isinstance(value, list):
+            got = "is missing" if value is _MISSING else f"is {describe(value)}"
+            raise where.error(side, f"'{side}' {got}: without 'prompt', 'chosen' and 'rejected' must each be a "
+                                    "whole conversation (a message list)",
+                              "give 'chosen' and 'rejected' the same prompt turns followed by each answer, or add "
+                              "a 'prompt' field ({prompt, chosen, rejected})")
+        if not value:
+            raise where.error(side, f"the {side} conversation is empty", "give it the prompt turns and the answer")
+    chosen, rejected = (_role_turns(record, side, where, notes) for side in _SIDES)
+    _not_identical(chosen, rejected, where)
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    cut = max((i + 1 for i in range(shared) if chosen[i]["role"] in _PROMPT_ROLES), default=0)
+    for side, turns in (("chosen", chosen), ("rejected", rejected)):
+        answer = turns[cut:]
+        if not answer:
+            raise where.error(side, f"the {side} answer is empty: the conversation ends with the shared prompt",
+                              f"end '{side}' with the assistant's answer, or remove the record")
+        if any(m["role"] != "assistant" for m in answer):
+            if shared < len(chosen) and shared < len(rejected):
+                problem = (f"the two conversations' prompts differ at turn {shared}: chosen[{shared}] is "
+                           f"{chosen[shared]['role']} {_short(chosen[shared]['content'])}, rejected[{shared}] is "
+                           f"{rejected[shared]['role']} {_short(rejected[shared]['content'])}")
+            else:
+                problem = f"after the shared prompt, {side} holds a turn that is not the assistant's"
+            raise where.error(f"rejected[{shared}]", problem,
+                              "give 'chosen' and 'rejected' the very same turns up to the last user turn, so that "
+                              "they differ only in the assistant's answer; or write the pair explicitly as "
+                              "{\"prompt\": [...], \"chosen\": [...], \"rejected\": [...]}")
+    if not cut:
+        raise where.error("chosen[0]", "the conversations share no user turn: there is no prompt the answers respond "
+                                       "to", "start 'chosen' and 'rejected' with the same user turn(s)")
+    return {"kind": ExampleKind.PAIR, "messages": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:],
+            "tools": _tools(record, where, notes)}
+
+
+def _alpaca_preference(record: dict, where: _Where, notes: Notes) -> Example:
+    """LLaMA-Factory's {instruction, input?, system?, chosen, rejected}: the prompt built as alpaca builds it."""
+    instruction = _string(record, "instruction", where)
+    extra_input = _string(record, "input", where, required=False, allow_empty=True)
+    system = _string(record, "system", where, required=False, allow_empty=True)
+    for name, value in (("instruction", instruction), ("input", extra_input), ("system", system)):
+        _refuse_markers(value or "", name, where)
+    if "history" in record and record["history"]:
+        raise where.error("history", "'history' is not supported in a preference record",
+                          "fold the earlier turns into the instruction, or use the ShareGPT form "
+                          "({conversations, chosen, rejected})")
+    chosen, rejected = (_side_text(record, side, where) for side in _SIDES)
+    _not_identical(chosen, rejected, where)
+    prompt = "\n\n".join(part for part in (instruction, extra_input) if part)
+    if system:
+        return {"kind": ExampleKind.PAIR, "prompt": f"{system}\n\n{prompt}", "chosen": chosen, "rejected": rejected,
+                "system": system, "user": prompt}
+    return {"kind": ExampleKind.PAIR, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _sharegpt_preference(record: dict, where: _Where, notes: Notes) -> Example:
+    """LLaMA-Factory's ShareGPT form: the prompt in 'conversations', each answer one {from, value} message."""
+    messages = _sharegpt_turns(record, where, notes)
+    _prompt_turns(messages, "conversations", where)
+    chosen, rejected = (_answer_turns(record, side, where, notes, sharegpt=True) for side in _SIDES)
+    _not_identical(chosen, rejected, where)
+    return {"kind": ExampleKind.PAIR, "messages": messages, "chosen": chosen, "rejected": rejected,
+            "tools": _tools(record, where, notes)}
+
+
+def _kto(record: dict, where: _Where, notes: Notes) -> Example:
+    """KTO: {prompt, completion, label}, strings or message lists; label a JSON boolean."""
+    label = record.get("label", _MISSING)
+    if not isinstance(label, bool):
+        got = "is missing" if label is _MISSING else f"must be true or false, got {describe(label)}"
+        raise where.error("label", f"'label' {got}",
+                          "write 'label' as a JSON boolean: true for a desirable completion, false for an "
+                          "undesirable one (not a string, not 0/1)")
+    prompt = record.get("prompt")
+    if isinstance(prompt, list):
+        messages = _role_turns(record, "prompt", where, notes)
+        _prompt_turns(messages, "prompt", where)
+        completion = _answer_turns(record, "completion", where, notes)
+        return {"kind": ExampleKind.JUDGED, "messages": messages, "completion": completion, "label": label,
+                "tools": _tools(record, where, notes)}
+    prompt = _string(record, "prompt", where, allow_empty=True)
+    _refuse_markers(prompt, "prompt", where)
+    completion = _side_text(record, "completion", where)
+    return {"kind": ExampleKind.JUDGED, "prompt": prompt, "completion": completion, "label": label}
+
+
+_PREFERENCE: dict[str, Callable[[dict, _Where, Notes], Example]] = {
+    "preference": _preference, "preference_implicit": _preference_implicit, "alpaca_preference": _alpaca_preference,
+    "sharegpt_preference": _sharegpt_preference, "kto": _kto}
+
+
+def kind_of(schema: str) -> ExampleKind:
+    """The kind of examples a schema gives (alpaca with 'history' gives chat examples too: not told apart here)."""
+    if schema in PAIR_SCHEMAS:
+        return ExampleKind.PAIR
+    if schema in JUDGED_SCHEMAS:
+        return ExampleKind.JUDGED
+    if schema in TEXT_SCHEMAS:
+        return ExampleKind.TEXT
+    return ExampleKind.CHAT if schema in CHAT_SCHEMAS else ExampleKind.PROMPT
+
+
+def _side_chat(side: Any) -> list[dict[str, str]]:
+    return side if isinstance(side, list) else [{"role": "assistant", "content": side}]
 
 
 def as_chat(example: Example) -> Example:
     """A prompt example as one chat exchange (its system text, if any, as a system turn); others unchanged."""
-    if example["kind"] != ExampleKind.PROMPT:
+    kind = example["kind"]
+    if kind not in (ExampleKind.PROMPT, ExampleKind.PAIR, ExampleKind.JUDGED) or "messages" in example:
         return example
     system = example.get("system")
     messages = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": "user", "content": example.get("user", example["prompt"])},
-                 {"role": "assistant", "content": example["completion"]}]
+    messages += [{"role": "user", "content": example.get("user", example["prompt"])}]
+    if kind == ExampleKind.PAIR:  # a text pair as one chat exchange per side
+        return {"kind": kind, "messages": messages, "chosen": _side_chat(example["chosen"]),
+                "rejected": _side_chat(example["rejected"]), "tools": None}
+    if kind == ExampleKind.JUDGED:
+        return {"kind": kind, "messages": messages, "completion": _side_chat(example["completion"]),
+                "label": example["label"], "tools": None}
+    messages += [{"role": "assistant", "content": example["completion"]}]
     return {"kind": ExampleKind.CHAT, "messages": messages, "tools": None}
 
 
@@ -407,6 +662,12 @@ def example_text(example: Example) -> str:
         return example["text"]
     if kind == ExampleKind.PROMPT:
         return example["prompt"] + example["completion"]
+    if kind in (ExampleKind.PAIR, ExampleKind.JUDGED):  # the prompt and its longer answer
+        def text(part: Any) -> str:
+            return part if isinstance(part, str) else "\n".join(m["content"] for m in part)
+        head = text(example["messages"]) + "\n" if "messages" in example else example["prompt"]
+        answers = [example["completion"]] if kind == ExampleKind.JUDGED else [example["chosen"], example["rejected"]]
+        return head + max((text(a) for a in answers), key=len)
     return "\n".join(m["content"] for m in example["messages"])
 
 
@@ -420,26 +681,49 @@ class _Stream:
         self.schema = "plain_text" if self.format == "txt" else ""
         self.notes = Notes()
         self.extra_fields: dict[str, int] = {}
+        self.labels = {True: 0, False: 0}  # KTO: records labelled desirable, undesirable
 
     def examples(self) -> Iterator[Example]:
         file = self.path.name
         for location, record in read_records(self.path, self.format, self.notes):
             if self.format != "txt":
                 self._check_schema(record, file, location)
-            yield normalize_record(record, self.schema, file, location, notes=self.notes)
+            example = normalize_record(record, self.schema, file, location, notes=self.notes)
+            if example["kind"] == ExampleKind.JUDGED:
+                self.labels[example["label"]] += 1
+            yield example
             self._count_extra(record)
+        if self.schema in JUDGED_SCHEMAS:
+            self._check_labels(file)
+
+    def _check_labels(self, file: str) -> None:
+        """A whole-file fact, said after the scan: KTO needs both labels."""
+        good, bad = self.labels[True], self.labels[False]
+        if good and bad:
+            self.notes.add(f"KTO labels: {good} desirable (true), {bad} undesirable (false)")
+            return
+        only = "true" if good else "false"
+        raise DatasetError(file, None, "label",
+                           f"all {good + bad} records are labelled {only} ({good} true, {bad} false): KTO learns "
+                           "from the contrast between desirable and undesirable completions, and this file has "
+                           "only one kind",
+                           f"add records labelled {'false' if good else 'true'} (bad answers marked false, good "
+                           "ones true), or train the good completions as supervised data ({\"prompt\", "
+                           "\"completion\"} without 'label')")
 
     def _check_schema(self, record: dict, file: str, location: str) -> None:
         schema = detect_schema(record, file, location)
         if not self.schema:
             self.schema = schema
         elif schema != self.schema:
+            mixed = (schema in PREFERENCE_SCHEMAS) != (self.schema in PREFERENCE_SCHEMAS)
             raise DatasetError(
                 file, location, None,
                 f"mixed schemas: this record looks like {schema} {SCHEMA_SHAPES[schema]}, but the file's first "
                 f"record is {self.schema}, and every record must use the same schema",
                 f"convert this record to {self.schema} {SCHEMA_SHAPES[self.schema]}, or put the two kinds of "
-                "records in separate files")
+                "records in separate files" + (" (preference pairs and supervised examples train differently: "
+                                               "one file, one objective)" if mixed else ""))
 
     def _count_extra(self, record: dict) -> None:
         for key in record.keys() - _SCHEMA_FIELDS[self.schema]:
