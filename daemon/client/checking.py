@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from daemon.core import auto, sweep
 from daemon.core.as_trained import TrainedView
-from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport
+from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, ExampleKind, kind_of
+from daemon.core.datasets import PREFERENCE_SCHEMAS
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
 from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
@@ -169,9 +170,13 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
               if trained and trained.view.lengths.count else
               _stats_line(f"tokens per example ({Path(sub.options.base_models[0]).name} tokenizer, text only)",
                           r.tokens) if r.tokens else None)
-    verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}",
+    kind = kind_of(r.schema)
+    objective, why = auto.objective(first.values["objective"], kind)  # validate() refused one that does not fit
+    verdict.data["objective"] = objective
+    verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}" + _COUNTED.get(kind, ""),
                 _stats_line("characters per example", r.chars), tokens,
                 trained.cut_line() if trained else None,
+                f"objective: {objective} ({why})",
                 _batching_line(r, first.values, trained), _memory_line(r, first, home.root),
                 trained.template_line if trained else None,
                 f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
@@ -194,6 +199,9 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
             verdict.add(context_note(first.values["max_length"], model_context(model_folder(spec, home.root)), spec))
     verdict.add(f"base model: {', '.join(sub.options.base_models)}",
                 f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
+
+
+_COUNTED = {ExampleKind.PAIR: " (preference pairs)", ExampleKind.JUDGED: " (labelled completions)"}
 
 
 @dataclass
@@ -221,7 +229,8 @@ def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, 
     sub.trained = t = as_trained(sub, home.root, show)
     if t is None:
         return None
-    prompts = sub.report.schema in PROMPT_SCHEMAS
+    # prompt-style records: the prompt schemas, and preference records given as text (not as messages)
+    prompts = sub.report.schema in PROMPT_SCHEMAS or (sub.report.schema in PREFERENCE_SCHEMAS and not t.chat_form)
     line = None
     if sub.report.schema not in TEXT_SCHEMAS:
         fmt, as_chat = t.fmt, t.as_chat

@@ -72,3 +72,28 @@ def _first_gpu() -> tuple[bool, int | None]:
         return False, None
     finally:
         pynvml.nvmlShutdown()
+
+
+# What each objective trains on, in words (objective's messages), and the objective each kind of example implies.
+_DATA = {ExampleKind.PAIR: "preference pairs (chosen/rejected)",
+         ExampleKind.JUDGED: "labelled completions (KTO: a 'label' true or false)"}
+_NEEDS = {"sft": "supervised examples (text, prompt/completion, alpaca, chat)", "dpo": "preference pairs "
+          "({prompt, chosen, rejected} or another preference schema)", "kto": "labelled completions "
+          "({prompt, completion, label: true|false})"}
+
+
+def objective(requested: str, kind: str) -> tuple[str, str]:
+    """The objective a run trains with and why, from `kind` (the examples' kind): pairs → dpo, judged → kto, the
+    rest → sft; ValueError (with the fix) when the objective set does not fit the data."""
+    natural = {ExampleKind.PAIR: "dpo", ExampleKind.JUDGED: "kto"}.get(kind, "sft")
+    data = _DATA.get(kind, "supervised examples")
+    if requested == "auto":
+        return natural, f"auto: the records are {data}"
+    if requested == natural:
+        return requested, "set in the options"
+    fix = (f'set objective = "{natural}" (or "auto", which picks it for these records)'
+           f', or drop {_NEEDS[requested]} for objective = "{requested}"')
+    if natural == "dpo" and requested == "sft":
+        fix += ", or keep only the chosen answers as prompt/completion records"
+    raise ValueError(f'objective = "{requested}" trains on {_NEEDS[requested]}, but the records are {data}. '
+                     f"Fix: {fix}.")

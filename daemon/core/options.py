@@ -55,6 +55,11 @@ SELECTS = ("none", "best")
 BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
 ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 PROMPT_FORMATS = ("auto", "chat", "raw")
+OBJECTIVES = ("auto", "sft", "dpo", "kto")
+# TRL 1.16 DPOConfig's loss_type names; ORPO, SimPO and CPO live in trl.experimental and are not offered.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+EXPERIMENTAL_LOSSES = ("orpo", "simpo", "cpo")
 # transformers' SchedulerType and OptimizerNames (5.x), copied so the daemon validates without importing torch;
 # tests/test_options.py fails when they drift from the installed transformers.
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -94,6 +99,13 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("prompt_format", str, "auto", 'how prompt/completion and alpaca records are shown to the model: "auto" '
           '(as one chat exchange when the run has a chat template), "chat" (always; needs a template) or "raw" '
           '(prompt text + answer)', lambda v: v in PROMPT_FORMATS, _choices(PROMPT_FORMATS)),
+    Train("objective", str, "auto", 'what the run optimises: "auto" (from the dataset: preference pairs train with '
+          'DPO, labelled completions with KTO, everything else with SFT), "sft", "dpo" or "kto"',
+          lambda v: v in OBJECTIVES, _choices(OBJECTIVES)),
+    Train("beta", (int, float), 0.1, "DPO/KTO: how far the policy may move from the reference model (higher: "
+          "closer)", _rng(0, 1e6, True), "> 0", sweep=True),
+    Train("loss_type", str, "sigmoid", "DPO's loss (TRL's DPOConfig names)", allowed=_choices(DPO_LOSS_TYPES),
+          validate=lambda source, v: _check_loss_type(source, v), sweep=True),
     Train("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
     Train("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
     Train("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
@@ -189,6 +201,21 @@ def _check_name(source: Path | str, value: str) -> None:
         raise OptionsError(f"{source}: option 'name' = {shown} cannot name a model: {problem}; allowed: "
                            f"{MODEL_NAME_RULE}. Fix: name = \"{suggested_model_name(value)}\", or remove name to "
                            f"use the dataset's file name.")
+
+
+def _check_loss_type(source: Path | str, value: str) -> None:
+    if value in DPO_LOSS_TYPES:
+        return
+    allowed = ", ".join(DPO_LOSS_TYPES)
+    if value.lower() in EXPERIMENTAL_LOSSES:
+        raise OptionsError(f"{source}: option 'loss_type' = {value!r}: {value.upper()} is one of TRL's experimental "
+                           f"trainers (trl.experimental), which overnight does not offer. Fix: use one of DPO's "
+                           f"stable losses ({allowed}), or remove loss_type to use the default (\"sigmoid\").")
+    close = difflib.get_close_matches(value, DPO_LOSS_TYPES, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise OptionsError(f"{source}: option 'loss_type' = {value!r} is not one of DPO's losses; allowed: {allowed} "
+                       f"(the experimental orpo, simpo and cpo are not offered).{hint} Fix: set loss_type to an "
+                       f"allowed value, or remove it to use the default (\"sigmoid\").")
 
 
 def _check_notify(source: Path | str, table: dict[str, Any]) -> None:

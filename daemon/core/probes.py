@@ -4,6 +4,9 @@ A probe is a plain dict:
     {"id": int, "prompt": str, "reference": str, "messages": list | None, "tools": list | None}
 `prompt` is what the model is given for prompt-style probes and the text shown to the user for chat probes;
 `messages` (chat probes only) is the conversation up to, and excluding, the reference assistant turn.
+A preference probe (beside a preference dataset: records of its schema) adds "kind" ("pair" or "judged") and the
+answers as the example holds them: "chosen" and "rejected" (a pair; "reference" is the chosen one's text), or
+"completion" and "label" (judged); the probes of a file are of the dataset's kind.
 
 Probes come from a `NAME.probes.jsonl` file (records in any accepted dataset schema, or `{"prompt", "reference"}`)
 or, when there is none, from a small deterministic sample held out of the training data (`holdout_indices`).
@@ -42,6 +45,8 @@ def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
         if not example["prompt"].strip():
             return None  # nothing to generate from
         return _probe(example["prompt"], example["completion"])
+    if example["kind"] in (ExampleKind.PAIR, ExampleKind.JUDGED):
+        return _preference_probe(example)
     if example["kind"] == ExampleKind.CHAT:
         messages = example["messages"]
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
@@ -52,6 +57,48 @@ def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
         shown = users[-1] if users else (context[-1]["content"] if context else "")
         return _probe(shown, messages[last]["content"], context, example.get("tools"))
     return None
+
+
+def _text(answer: Any) -> str:
+    return answer if isinstance(answer, str) else "\n".join(m["content"] for m in answer)
+
+
+def _preference_probe(example: dict[str, Any]) -> dict[str, Any]:
+    """A pair or judged example as a probe: the prompt (text, or the turns before the answers), the answers kept."""
+    messages = example.get("messages")
+    if messages is not None:
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        shown = users[-1] if users else messages[-1]["content"]
+    else:
+        shown = example["prompt"]
+    if example["kind"] == ExampleKind.PAIR:
+        probe = _probe(shown, _text(example["chosen"]), messages, example.get("tools"))
+        return {**probe, "kind": ExampleKind.PAIR, "chosen": example["chosen"], "rejected": example["rejected"]}
+    probe = _probe(shown, _text(example["completion"]), messages, example.get("tools"))
+    return {**probe, "kind": ExampleKind.JUDGED, "completion": example["completion"], "label": example["label"]}
+
+
+_KIND_WORDS = {ExampleKind.PAIR: "a preference pair (chosen/rejected)",
+               ExampleKind.JUDGED: "a labelled completion (KTO: prompt, completion, label)"}
+
+
+def _check_kind(probe: dict[str, Any], kind: str | None, dataset: str | None, file: str, location: str) -> None:
+    """A probe of a preference dataset is a record of its kind, and only such a dataset takes one."""
+    if kind is None:
+        return
+    preference = kind in _KIND_WORDS
+    own = probe.get("kind")
+    if own == kind or (not preference and own is None):
+        return
+    this = _KIND_WORDS.get(own, "a supervised probe (a prompt and its reference answer)")
+    that = _KIND_WORDS.get(kind, "supervised examples")
+    data = f"the dataset {dataset}" if dataset else "the dataset"
+    fix = ("write each probe as a record of the dataset's own schema (with chosen/rejected)" if kind == ExampleKind.PAIR
+           else "write each probe as a record of the dataset's own schema (prompt, completion, label)"
+           if kind == ExampleKind.JUDGED else
+           'write probes as {"prompt": "...", "reference": "..."} or records of the dataset\'s schema')
+    raise DatasetError(file, location, None, f"the probe is {this}, but {data} holds {that}: probes must be of the "
+                       "dataset's kind, so that the run can score them the way it trains", fix)
 
 
 def _reference_record(record: dict[str, Any], file: str, location: str) -> dict[str, Any]:
@@ -67,7 +114,8 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
         raise DatasetError(file, location, None, f"expected a JSON object, got {type(record).__name__}", _PROBE_FIX)
     if "reference" in record and "prompt" in record:
         return _reference_record(record, file, location)
-    if ("prompt" in record) != ("reference" in record) and "completion" not in record:
+    if (("prompt" in record) != ("reference" in record) and "completion" not in record
+            and "chosen" not in record and "rejected" not in record):
         # half of a probe file's own {"prompt", "reference"}: asking for a dataset's 'completion' would mislead
         missing = "reference" if "prompt" in record else "prompt"
         raise DatasetError(file, location, missing, "the required field is missing: a probe is a prompt and the "
@@ -78,6 +126,8 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
     except datasets.NoAssistantTurn as e:
         raise DatasetError(file, location, e.field, "the conversation has no assistant turn: a probe needs the "
                            "reference answer as its last assistant turn", _PROBE_FIX) from None
+    if example["kind"] in (ExampleKind.PAIR, ExampleKind.JUDGED):
+        return _preference_probe(example)
     if example["kind"] == ExampleKind.TEXT:
         raise DatasetError(file, location, "text",
                            "a text record has no answer to compare the model's output with",
@@ -92,8 +142,10 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
     return probe
 
 
-def load_probe_file(path: Path) -> list[dict[str, Any]]:
-    """Validate and load a `NAME.probes.jsonl`; probes are numbered 0.. in file order.
+def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Validate and load a `NAME.probes.jsonl`; probes are numbered 0.. in file order. With `kind` (the dataset's
+    examples' kind; `dataset` its name, for the message) every probe must be of that kind: preference probes
+    beside a preference dataset, supervised ones beside any other.
 
     Raises DatasetError naming the file, the line, the field and the fix: not JSONL, not UTF-8, an empty file,
     a malformed JSON line, a record without a reference answer, a text record, more than MAX_PROBES probes.
@@ -122,6 +174,7 @@ def load_probe_file(path: Path) -> list[dict[str, Any]]:
                 raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
                                    "each line must be one complete JSON object") from None
             probe = _record_probe(record, file, location)
+            _check_kind(probe, kind, dataset, file, location)
             probe["id"] = len(probes)
             probes.append(probe)
             if len(probes) > MAX_PROBES:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.core import datasets, sweep
+from daemon.core import auto, datasets, sweep
 from daemon.core.errors import SubmissionError
 from daemon.core.fsutil import ignored, model_name
 from daemon.engine.lineage import check_parent
@@ -69,17 +69,32 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
         report = datasets.inspect_dataset(dataset, token_counter(opts) if token_counter else None)
     except datasets.DatasetError as e:
         raise SubmissionError(str(e)) from None
+    kind = datasets.kind_of(report.schema)
     probe_count = None
     if probes is not None:
         from daemon.core.probes import load_probe_file
         try:
-            probe_count = len(load_probe_file(probes))
+            probe_count = len(load_probe_file(probes, kind=kind, dataset=dataset.name))
         except datasets.DatasetError as e:
             raise SubmissionError(str(e)) from None
+    check_objective(opts, kind, dataset, sidecar, home_toml)
     sub = Submission(dataset, sidecar, probes, report, opts, probe_count)
     if require_model:
         finish(sub, home_toml, require_model=True, show=show)
     return sub
+
+
+def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | None, home_toml: Path) -> None:
+    """An objective set in the options must fit the data (daemon/core/auto.py's rule): DPO needs pairs, KTO
+    labelled completions, SFT neither."""
+    requested = opts.values["objective"]
+    try:
+        auto.objective(requested, kind)
+    except ValueError as e:
+        where = sidecar if opts.sources.get("objective") == "sidecar" and sidecar else home_toml
+        said = f'objective = "{requested}"'
+        raise SubmissionError(f"{dataset.name}: " + str(e).replace(said, f"{said} (set in {where.name})", 1)
+                              ) from None
 
 
 def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
@@ -123,6 +138,7 @@ class AsTrained:
     folder: Path | None
     max_length: int
     counted: bool  # lengths in the base model's tokens (its tokenizer.json is there)
+    chat_form: bool = False  # the records are conversations (chat schemas, preference records as messages)
 
 
 def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
@@ -142,7 +158,8 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     try:
         fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
         as_chat = prompt_as_chat(values["prompt_format"], fmt)
-        if fmt is None and folder is not None and sub.report.schema in datasets.CHAT_SCHEMAS:
+        chat_form = _chat_form(sub)
+        if fmt is None and folder is not None and chat_form:
             raise no_template(sub.options.base_models[0])
         max_length = values["max_length"]
         if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
@@ -150,9 +167,23 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
         tokenizer = None if text else load_tokenizer(folder)
         seen = view(datasets.iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
                     tokenizer, max_length, show, sub.dataset.name)
-    except TemplateError as e:
+    except (TemplateError, datasets.DatasetError) as e:  # a pair whose prompt fills max_length: named
         raise SubmissionError(str(e)) from None
-    return AsTrained(seen, fmt, as_chat, folder, max_length, tokenizer is not None)
+    if seen.identical:
+        sub.report.notes.append(f"{seen.identical} pair(s) become identical once cut to max_length = {max_length} "
+                                f"tokens (chosen and rejected differ only after the cut): they teach nothing; raise "
+                                f"max_length to keep them")
+    return AsTrained(seen, fmt, as_chat, folder, max_length, tokenizer is not None, chat_form)
+
+
+def _chat_form(sub: Submission) -> bool:
+    """Records that are conversations (chat schemas, and preference records given as messages) need a template."""
+    if sub.report.schema in datasets.CHAT_SCHEMAS:
+        return True
+    if sub.report.schema not in datasets.PREFERENCE_SCHEMAS:
+        return False
+    first = next(datasets.iter_examples(sub.dataset), None)
+    return first is not None and "messages" in first
 
 
 def check_truncation(sub: Submission) -> None:
