@@ -70,3 +70,34 @@ def test_check_describes_the_batching_the_trainer_will_use(tmp_path, tiny_model,
     (tmp_path / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     text = "\n".join(check_file(tmp_path / "d.jsonl", Home(tmp_path)).facts)
     assert "padding-free" in text and "flash_attention_2 has a variable-length kernel" in text, text
+
+
+# -- the objective (issue 24): the data's kind decides, an explicit one must fit it ----------------------------
+@pytest.mark.parametrize("requested, kind, chosen, why", [
+    ("auto", "pair", "dpo", "auto: the records are preference pairs (chosen/rejected)"),
+    ("auto", "judged", "kto", "auto: the records are labelled completions (KTO: a 'label' true or false)"),
+    ("auto", "text", "sft", "auto: the records are supervised examples"),
+    ("auto", "prompt", "sft", "auto: the records are supervised examples"),
+    ("auto", "chat", "sft", "auto: the records are supervised examples"),
+    ("dpo", "pair", "dpo", "set in the options"),
+    ("kto", "judged", "kto", "set in the options"),
+    ("sft", "chat", "sft", "set in the options"),
+    ("sft", "text", "sft", "set in the options"),
+])
+def test_objective(requested: str, kind: str, chosen: str, why: str) -> None:
+    assert auto.objective(requested, kind) == (chosen, why)
+
+
+@pytest.mark.parametrize("requested, kind, says, fix", [
+    ("dpo", "prompt", "the records are supervised examples", 'set objective = "sft"'),
+    ("dpo", "chat", "trains on preference pairs", 'set objective = "sft"'),
+    ("kto", "text", "trains on labelled completions", 'set objective = "sft"'),
+    ("sft", "pair", "the records are preference pairs", 'set objective = "dpo"'),
+    ("kto", "pair", "the records are preference pairs", 'set objective = "dpo"'),
+    ("dpo", "judged", "the records are labelled completions", 'set objective = "kto"'),
+    ("sft", "judged", "the records are labelled completions", 'set objective = "kto"'),
+])
+def test_an_objective_that_does_not_fit_the_data_says_the_fix(requested: str, kind: str, says: str, fix: str) -> None:
+    with pytest.raises(ValueError, match="Fix: ") as e:
+        auto.objective(requested, kind)
+    assert says in str(e.value) and fix in str(e.value) and f'objective = "{requested}"' in str(e.value)

@@ -188,3 +188,45 @@ def test_an_unreadable_overnight_toml_is_an_options_error(tmp_path):
     (tmp_path / "overnight.toml").mkdir()
     with pytest.raises(OptionsError, match="overnight.toml: cannot be read .*Fix:"):
         load_home_toml(tmp_path / "overnight.toml")
+
+
+# --- preference training (issue 24) -----------------------------------------------------------------------------
+
+def test_objective_beta_and_loss_type_have_trls_defaults_and_reach_the_trainer(tmp_path):
+    from daemon.core.options import OPTIONS
+    opts = resolve(None, load_sidecar(write(tmp_path / "d.toml", 'objective = "dpo"\nbeta = 0.5\nloss_type = "ipo"\n')))
+    assert (opts.values["objective"], opts.values["beta"], opts.values["loss_type"]) == ("dpo", 0.5, "ipo")
+    assert {k: OPTIONS[k].default for k in ("objective", "beta", "loss_type")} == {
+        "objective": "auto", "beta": 0.1, "loss_type": "sigmoid"}
+    assert all(OPTIONS[k].trainer and not OPTIONS[k].live for k in ("objective", "beta", "loss_type"))
+
+
+@pytest.mark.parametrize("text, says", [
+    ('objective = "orpo"', 'one of "auto", "sft", "dpo", "kto"'),
+    ("beta = 0", "> 0"),
+    ("beta = -0.1", "> 0"),
+    ('loss_type = "orpo"', "experimental trainers (trl.experimental), which overnight does not offer"),
+    ('loss_type = "simpo"', "experimental"),
+    ('loss_type = "cpo"', "experimental"),
+    ('loss_type = "sigmod"', "Did you mean 'sigmoid'"),
+    ('loss_type = ["sigmoid", "orpo"]', "experimental"),
+])
+def test_bad_preference_options_are_refused_with_the_fix(tmp_path, text, says):
+    with pytest.raises(OptionsError) as e:
+        load_sidecar(write(tmp_path / "d.toml", text + "\n"))
+    message = str(e.value)
+    assert "d.toml" in message and says in message and "Fix:" in message
+    if "loss_type" in text:  # the allowed ones are named
+        assert "sigmoid, hinge, ipo" in message and "sigmoid_norm" in message
+
+
+def test_lists_of_beta_or_loss_type_are_sweeps(tmp_path):
+    from daemon.core import sweep
+    opts = resolve(None, load_sidecar(write(tmp_path / "d.toml", 'beta = [0.1, 0.5]\nloss_type = ["sigmoid", "ipo"]\n')))
+    assert opts.swept == ["beta", "loss_type"] and sweep.run_count(opts) == 4
+    opts = resolve({"base_model": "m"}, load_sidecar(tmp_path / "d.toml"))  # a grid needs a base model
+    runs = [sweep.options_for(opts, p).values for p in sweep.expand(opts)]
+    assert [(r["beta"], r["loss_type"]) for r in runs] == [(0.1, "sigmoid"), (0.1, "ipo"), (0.5, "sigmoid"),
+                                                          (0.5, "ipo")]
+    with pytest.raises(OptionsError, match="cannot be swept"):
+        load_sidecar(write(tmp_path / "e.toml", 'objective = ["dpo", "kto"]\n'))
