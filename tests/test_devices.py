@@ -157,7 +157,7 @@ def test_fp16_device_loads_the_base_in_fp16_keeps_lora_in_fp32_and_asks_for_fp16
 
     from daemon.trainer.config import TrainOptions
     from daemon.trainer.model import Device, add_lora, load_model
-    from daemon.trainer.setup import training_arguments
+    from daemon.trainer.objectives.sft import training_arguments
     t4 = Device("cuda", "Tesla T4", bf16=False, fp16=True)
     opts = TrainOptions(base_model=str(tiny_model))
     model = add_lora(load_model(str(tiny_model), t4, opts, "sdpa"), opts)

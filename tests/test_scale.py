@@ -166,7 +166,7 @@ def test_4bit_run_completes_and_its_adapter_loads_on_the_plain_base(tmp_path: Pa
 def _oom_run(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fail_at: dict[int, BaseException],
              **options: object) -> tuple[Path, str]:
     """Train in-process with an out-of-memory error raised once at each given step (a fault the CPU can't make)."""
-    from daemon.trainer import setup
+    from daemon.trainer.objectives import sft
     from daemon.trainer.run import main
 
     probes = jsonl([{"prompt": r["prompt"], "reference": r["completion"]} for r in reversal_records(2, seed=9)])
@@ -174,7 +174,7 @@ def _oom_run(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fail_
                    schema="prompt_completion", records=40, probes=probes,
                    options={"max_steps": 8, "save_every": 4, "batch_size": 4, "probe_every": 2, **options})
     pending = dict(fail_at)
-    original = setup.OvernightTrainer.training_step
+    original = sft.OvernightTrainer.training_step
 
     def training_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         error = pending.pop(self.state.global_step + 1, None)
@@ -182,7 +182,7 @@ def _oom_run(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fail_
             raise error
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(setup.OvernightTrainer, "training_step", training_step)
+    monkeypatch.setattr(sft.OvernightTrainer, "training_step", training_step)
     import io
     import contextlib
 
@@ -210,12 +210,12 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_micro_batch(
 
 def test_a_plain_runtime_error_is_not_mistaken_for_out_of_memory(
         tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.trainer import setup
+    from daemon.trainer.objectives import sft
     from daemon.trainer.run import main
 
     run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
                    schema="prompt_completion", records=20, options={"max_steps": 3})
-    monkeypatch.setattr(setup.OvernightTrainer, "training_step",
+    monkeypatch.setattr(sft.OvernightTrainer, "training_step",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     assert main(run, read_stdin=False) == 1
     assert read_json(run / "result.json")["reason"] == "RuntimeError: shape mismatch"

@@ -19,6 +19,7 @@ class Session:
     result: Result
     chat: Any = None  # the run's ChatFormat (daemon.core.templating), None without a chat template
     prompt_chat: bool = False  # prompt records shown as one chat exchange (prompt_format)
+    objective: Any = None  # what the run optimises (daemon/trainer/objectives: sft, dpo, kto), from its data
 
 
 def planned_steps(n_sequences: int, opts: TrainOptions) -> int:

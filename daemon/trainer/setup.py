@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -19,14 +19,15 @@ from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, checkpointing_decision
 from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
-from daemon.trainer import ddp
-from daemon.trainer.batching import GroupedSampler, collator, padding_line
+from daemon.trainer import ddp, objectives
+from daemon.trainer.batching import padding_line
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
-from daemon.trainer.sequences import Encoder, Prepared, count_records, dataset_examples, prepare
+from daemon.trainer.sequences import Prepared
 from daemon.trainer.diskspace import DiskSpaceCallback
 from daemon.trainer.finish import model_card, save_adapter
+from daemon.trainer.objectives import Objective
 from daemon.trainer.model import (Device, add_lora, add_template_tokens, choose_attention, continue_lora,
                                   fit_embeddings, load_model, load_tokenizer, trainable_summary)
 from daemon.trainer.session import Session, planned_steps
@@ -35,123 +36,16 @@ if TYPE_CHECKING:
     from daemon.trainer.commands import Commands
 
 
-class OvernightTrainer(Trainer):
-    """The stock Trainer, plus a record of whether any micro-batch loss was NaN/inf.
-
-    The flag stays a device tensor (no sync per step); CommandCallback reads it only before anything is
-    logged or saved, so weights from a diverged step are never checkpointed.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._nonfinite: torch.Tensor | None = None
-        # tokens this process fed the model, padding included, and the real ones (a device tensor: no sync per step)
-        self.tokens_computed = 0
-        self._tokens_real: torch.Tensor | int = 0
-
-    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-        self.tokens_computed += inputs["input_ids"].numel()
-        mask = inputs.get("attention_mask")
-        self._tokens_real = self._tokens_real + (mask.sum() if mask is not None else inputs["input_ids"].numel())
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = ~torch.isfinite(loss.detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        return loss
-
-    @property
-    def tokens_real(self) -> int:
-        return int(self._tokens_real)
-
-    def loss_nonfinite(self) -> bool:
-        return bool(self._nonfinite is not None and self._nonfinite.any().item())
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        if self.args.train_sampling_strategy == "group_by_length":
-            # megabatches of whole optimizer steps, as the stock sampler does, but seeded per epoch (exact resume)
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            # under torchrun: megabatches of whole global steps (every rank draws the same order, accelerate
-            # deals its batches out round-robin), so a step holds the same examples whatever the world size
-            return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps
-                                  * self.args.world_size, dataset, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
-
-
 class EarlyStopping(EarlyStoppingCallback):
     """transformers' early stopping, minus its warning about load_best_model_at_end.
 
     That option would look for the best `checkpoint-N` folder, which our checkpoints no longer are once renamed
-    `step-N`; `Built.finish` loads the best checkpoint's adapter itself. `training_arguments` always sets the
+    `step-N`; `Built.finish` loads the best checkpoint's adapter itself. `objectives.sft.training_arguments` always sets the
     metric and the eval interval this callback needs.
     """
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         return None
-
-
-def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool,
-                       batching: str = "padded") -> TrainingArguments:
-    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job).
-
-    `opts.gradient_checkpointing` is already decided (a bool) here: see `plan_checkpointing`.
-    """
-    return TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=opts.batch_size,
-        per_device_eval_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum,
-        learning_rate=opts.learning_rate,
-        lr_scheduler_type=opts.lr_scheduler,
-        warmup_steps=float(opts.warmup_ratio),  # transformers 5: a float below 1 is a share of the steps
-        weight_decay=opts.weight_decay,
-        max_grad_norm=opts.max_grad_norm,
-        optim=opts.optim,
-        **_checkpointing_arguments(opts.gradient_checkpointing is True),
-        train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
-        use_liger_kernel=opts.use_liger_kernel,
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps if opts.max_steps > 0 else -1,
-        logging_steps=opts.log_every,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN must fail the run, not be averaged away
-        save_strategy="steps",
-        save_steps=opts.save_every,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=opts.save_every if has_eval else None,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        seed=opts.seed,
-        bf16=device.bf16,
-        fp16=device.fp16,
-        use_cpu=device.kind == "cpu",
-        dataloader_num_workers=0,
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        # padding-free rows hold no padding and no attention mask to count it by
-        include_num_input_tokens_seen="all" if batching == "padding_free" else "non_padding",
-        log_level="warning",
-        **_ddp_arguments(device),
-    )
-
-
-def _ddp_arguments(device: Device) -> dict[str, Any]:
-    """Under torchrun: the process group's backend, and no search for unused parameters (every LoRA weight takes
-    part in every forward; the search would cost a pass over the graph each step and breaks with checkpointing)."""
-    if not ddp.initialised():
-        return {}
-    # the other ranks' library warnings would repeat rank 0's in the shared console.log
-    return {"ddp_backend": ddp.backend(device.kind), "ddp_find_unused_parameters": False,
-            "log_level_replica": "error"}
-
-
-def _checkpointing_arguments(on: bool) -> dict[str, Any]:
-    # non-reentrant: works with frozen inputs (LoRA) and keeps dropout's RNG, so the losses do not change.
-    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; older 5.x has only the former.
-    names = {f.name for f in fields(TrainingArguments)}
-    prefix = "activation" if "activation_checkpointing" in names else "gradient"
-    return {f"{prefix}_checkpointing": on, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 @dataclass
@@ -172,7 +66,7 @@ class Built:
     model: Any = None
     status: RunStatus = field(default_factory=RunStatus)
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
-    _trainer: OvernightTrainer | None = None
+    _trainer: Trainer | None = None
 
     def drop_model(self) -> None:
         """Let go of the model and the Trainer (before an out-of-memory retry)."""
@@ -187,10 +81,9 @@ class Built:
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
                       add_lora(base, cfg.options, self.new_tokens))
 
-    def make_trainer(self, opts: TrainOptions) -> OvernightTrainer:
+    def make_trainer(self, opts: TrainOptions) -> Trainer:
+        """This attempt's Trainer: the objective's own (arguments, collator, loss) with overnight's callbacks."""
         paths = self.session.cfg.paths
-        args = training_arguments(opts, str(paths.checkpoints), self.device, self.data.eval is not None,
-                                  self.batching)
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
@@ -202,14 +95,11 @@ class Built:
         ]
         if opts.early_stopping_patience > 0 and self.data.eval is not None:
             callbacks.append(EarlyStopping(early_stopping_patience=opts.early_stopping_patience))
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._trainer = OvernightTrainer(
-            model=self.model, args=args, train_dataset=self.data.train, eval_dataset=self.data.eval,
-            data_collator=collator(self.batching, pad_id, self.device.kind == "cuda"), callbacks=callbacks)
+        self._trainer = self.session.objective.trainer(self, opts, callbacks)
         self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
         return self._trainer
 
-    def trainer_at(self, folder: Path, opts: TrainOptions) -> OvernightTrainer:
+    def trainer_at(self, folder: Path, opts: TrainOptions) -> Trainer:
         """A Trainer standing at a checkpoint of the run's last step, for finish(): its state and adapter weights
         loaded, nothing left to train."""
         from peft import set_peft_model_state_dict
@@ -225,7 +115,7 @@ class Built:
     def _nonfinite(self) -> bool:
         return self._trainer is not None and self._trainer.loss_nonfinite()
 
-    def finish(self, trainer: OvernightTrainer) -> None:
+    def finish(self, trainer: Trainer) -> None:
         """Decide the outcome from how training ended; on completion save adapter/ with its model card."""
         s, state = self.session, trainer.state
         paths, opts, result = s.cfg.paths, s.cfg.options, s.result
@@ -289,6 +179,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     if new_tokens:
         say(f"chat template: added the special tokens {', '.join(tokenizer.convert_ids_to_tokens(new_tokens))} the "
             f"base model lacks; their embeddings are trained and the adapter carries them")
+    s.objective = choose_objective(s)
     data = _prepare_data(s, tokenizer, stats)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
@@ -370,18 +261,35 @@ def _check_bytes(cfg: Any) -> None:
                        f"(overnight add FILE, or mv it into the inbox once it is complete).")
 
 
+def choose_objective(s: Session) -> Objective:
+    """The run's objective: `objective` as set, or from the kind of its examples ("auto", daemon/core/auto.py)."""
+    from daemon.trainer.sequences import dataset_examples
+
+    first = next(iter(dataset_examples(s.cfg.dataset_path)()), None)
+    decide = getattr(auto, "objective", None)  # TODO(issue 24): lands with the preference data (helper)
+    name, why = (decide(s.cfg.options.objective, first["kind"] if first else ExampleKind.TEXT) if decide else
+                 ("sft", "supervised fine-tuning"))
+    say(f"objective: {name} ({why})")
+    return objectives.for_name(name)
+
+
 def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     """The splits, tokenised once per run: rank 0 tokenises (or reads tokens.npz), the other ranks read its file."""
     from daemon.trainer import token_cache
 
     cfg, opts = s.cfg, s.cfg.options
+    if s.objective.name != "sft":  # preference pairs are not kept in tokens.npz (yet): each process encodes them
+        data = s.objective.encode(s, tokenizer, stats)
+        if ddp.is_main():
+            write_json(cfg.paths.stats, {**stats, **data.stats})
+        return data
     cache_key = token_cache.key(cfg, tokenizer, s.chat, s.prompt_chat)
     data = token_cache.load(cfg.paths.tokens, cache_key) if ddp.is_main() else None
     if data is not None:
         say(f"data: read the tokenised splits from {cfg.paths.tokens.name} (tokenised once for this run)")
     elif ddp.is_main():
         started = time.perf_counter()
-        data = _tokenise_dataset(s, tokenizer, stats)
+        data = s.objective.encode(s, tokenizer, stats)
         say(f"data: tokenised in {time.perf_counter() - started:.1f} s; kept in {cfg.paths.tokens.name} for a "
             f"resume" + (" and the other ranks" if ddp.distributed() else ""))
         try:
@@ -390,35 +298,13 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
             say(f"data: could not keep the tokens ({e.strerror or e}); a resume tokenises again")
     ddp.barrier()
     if data is None:  # another rank: rank 0's file (it tokenises again itself only if that file is missing)
-        data = token_cache.load(cfg.paths.tokens, cache_key) or _tokenise_dataset(s, tokenizer, stats)
+        data = token_cache.load(cfg.paths.tokens, cache_key) or s.objective.encode(s, tokenizer, stats)
     if ddp.is_main():
         write_json(cfg.paths.stats, {**stats, **data.stats})
     t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
     say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
         f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
         f"p95 {t['p95']} max {t['max']}; {data.stats['truncated']} truncated at max_length {opts.max_length}")
-    return data
-
-
-def _tokenise_dataset(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
-    from daemon.core.probes import holdout_indices, load_probe_file, probe_from_example
-
-    cfg, opts = s.cfg, s.cfg.options
-    examples = dataset_examples(cfg.dataset_path)
-    records = stats.get("records")
-    n_records = int(records) if isinstance(records, int) else count_records(examples())
-    file_probes = None
-    if cfg.probes_path is not None:
-        file_probes = [{**p, "id": p.get("id", i)} for i, p in enumerate(load_probe_file(cfg.probes_path))]
-    holdout = set(holdout_indices(n_records, opts.probe_count, opts.seed)) if file_probes is None else set()
-    encoder = Encoder(tokenizer, opts.max_length, opts.base_model, s.chat, s.prompt_chat)
-    if s.prompt_chat and file_probes:  # asked the way training asks: as a user turn
-        file_probes = [p if p.get("messages") else {**p, "messages": [{"role": "user", "content": p["prompt"]}]}
-                       for p in file_probes]
-    data = prepare(examples, n_records, encoder, eval_fraction=opts.eval_fraction, seed=opts.seed,
-                   probe_holdout=holdout, probe_from_example=probe_from_example, file_probes=file_probes, log=say)
-    data.stats.update(chat_template=s.chat.label if s.chat else None,
-                      prompt_format="chat" if s.prompt_chat else "raw")
     return data
 
 
