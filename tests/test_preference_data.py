@@ -1,0 +1,238 @@
+"""Preference data (issue 24) through the user's interfaces: `overnight check` on every accepted form says the
+schema, the pair count and the objective; every lint case is refused with the record's place and the Fix; a bad
+preference drop is moved to inbox/rejected/ byte-identical by a real daemon pass, a good one queued."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from daemon.client.cli import main
+from tests.conftest import REALDATA, overnight
+
+
+def U(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def A(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+PAIRS = [{"prompt": "reverse: a b c", "chosen": "c b a", "rejected": "b a c"},
+         {"prompt": "reverse: x y z", "chosen": "z y x", "rejected": "x z y"}]
+KTO = [{"prompt": "reverse: a b c", "completion": "c b a", "label": True},
+       {"prompt": "reverse: a b c", "completion": "a c b", "label": False},
+       {"prompt": "reverse: x y", "completion": "y x", "label": True}]
+SGPT = {"conversations": [{"from": "human", "value": "reverse: a b"}], "chosen": {"from": "gpt", "value": "b a"},
+        "rejected": {"from": "gpt", "value": "a b"}}
+
+# name → (file text, schema, records, objective)
+FORMS = {
+    "text.jsonl": (jsonl(PAIRS), "preference", 2, "dpo"),
+    "explicit.jsonl": (jsonl([{"prompt": [U("hi"), A("hello"), U("reverse: a b")], "chosen": [A("b a")],
+                               "rejected": [A("a b")]}]), "preference", 1, "dpo"),
+    "implicit.jsonl": (jsonl([{"chosen": [U("reverse: a b"), A("b a")], "rejected": [U("reverse: a b"), A("a b")]},
+                              {"chosen": [U("hi"), A("yo"), U("reverse: c d"), A("d c")],
+                               "rejected": [U("hi"), A("yo"), U("reverse: c d"), A("c d")]}]),
+                       "preference_implicit", 2, "dpo"),
+    "alpaca.json": (json.dumps([{"instruction": "reverse the words", "input": "a b", "system": "Be terse.",
+                                 "chosen": "b a", "rejected": "a b"},
+                                {"instruction": "reverse: c d", "chosen": "d c", "rejected": "c d"}]),
+                    "alpaca_preference", 2, "dpo"),
+    "sharegpt.json": (json.dumps([SGPT, {**SGPT, "system": "Be terse."}]), "sharegpt_preference", 2, "dpo"),
+    "pairs.csv": ("prompt,chosen,rejected\nreverse: a b,b a,a b\nreverse: c d,d c,c d\n", "preference", 2, "dpo"),
+    "kto.jsonl": (jsonl(KTO), "kto", 3, "kto"),
+    "ktochat.jsonl": (jsonl([{"prompt": [U("reverse: a b")], "completion": [A("b a")], "label": True},
+                             {"prompt": [U("reverse: a b")], "completion": [A("a b")], "label": False}]),
+                      "kto", 2, "kto"),
+    "kto.csv": ("prompt,completion,label\nreverse: a b,b a,true\nreverse: a b,a b,false\n", "kto", 2, "kto"),
+}
+
+
+def check(*args: str, home: Path) -> Any:
+    return CliRunner().invoke(main, ["check", *args, "--home", str(home)])
+
+
+@pytest.fixture
+def model_home(home: Path, tiny_model: Path) -> Path:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    return home
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_check_accepts_every_preference_form_and_says_schema_pairs_and_objective(model_home: Path, tmp_path: Path,
+                                                                                 name: str) -> None:
+    text, schema, records, objective = FORMS[name]
+    (tmp_path / name).write_text(text)
+    r = check(str(tmp_path / name), home=model_home)
+    assert r.exit_code == 0, r.output
+    what = "(labelled completions)" if objective == "kto" else "(preference pairs)"
+    assert f"schema: {schema}   records: {records} {what}" in r.output, r.output
+    assert f"objective: {objective} (auto: the records are " in r.output
+    data = json.loads(check("--json", str(tmp_path / name), home=model_home).output)[0]
+    assert data["ok"] and data["objective"] == objective and data["report"]["schema"] == schema
+
+
+def test_check_show_renders_the_prompt_with_each_answer_through_the_chat_template(model_home: Path,
+                                                                                  tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text(jsonl(PAIRS))
+    r = check("--show", "1", str(tmp_path / "p.jsonl"), home=model_home)
+    assert r.exit_code == 0, r.output
+    assert "--- example 1" in r.output and "--- example 2" in r.output and "--- example 3" not in r.output
+    assert "[[c b a<|im_end|>]]" in r.output and "[[b a c<|im_end|>]]" in r.output
+    assert r.output.count("<|im_start|>user\nreverse: a b c<|im_end|>") == 2
+    shown = json.loads(check("--json", "--show", "1", str(tmp_path / "p.jsonl"), home=model_home).output)[0]
+    chosen, rejected = shown["examples"]
+    assert [s["text"] for s in chosen if s["train"]] == ["c b a<|im_end|>"]
+    assert [s["text"] for s in rejected if s["train"]] == ["b a c<|im_end|>"]
+    assert chosen[0]["text"].count("<|im_start|>") == rejected[0]["text"].count("<|im_start|>")  # no doubled BOS
+
+
+# name → (file text, place, field, problem, fix)
+LINT = {
+    "identical.jsonl": (jsonl([PAIRS[0], {"prompt": "p", "chosen": "same", "rejected": "same"}]), "line 2",
+                        "rejected", "chosen and rejected are identical", "make 'rejected' the worse answer"),
+    "prefix.jsonl": (jsonl([{"chosen": [U("reverse: a b"), A("b a")], "rejected": [U("reverse: a c"), A("c a")]}]),
+                     "line 1", "rejected[0]", "prompts differ at turn 0: chosen[0] is user 'reverse: a b', "
+                     "rejected[0] is user 'reverse: a c'", "the very same turns up to the last user turn"),
+    "emptyside.jsonl": (jsonl([PAIRS[0], PAIRS[1], {"prompt": "p", "chosen": "ok", "rejected": " "}]), "line 3",
+                        "rejected", "the rejected answer is empty", "fill in 'rejected'"),
+    "noturn.jsonl": (jsonl([{"prompt": [U("q")], "chosen": [], "rejected": [A("b")]}]), "line 1", "chosen",
+                     "empty (no assistant turn)", "give 'chosen' the assistant's answer"),
+    "notassistant.jsonl": (jsonl([{"prompt": [U("q")], "chosen": [U("a")], "rejected": [A("b")]}]), "line 1",
+                           "chosen[0].role", "holds a user turn: the answers compared must be the assistant's",
+                           "keep only the assistant's answer in 'chosen'"),
+    "sgptrole.json": (json.dumps([{**SGPT, "chosen": {"from": "human", "value": "b a"}}]), "record 1 (line 1)",
+                      "chosen.from", "holds a user turn", "from \"gpt\""),
+    "endsanswer.jsonl": (jsonl([{"prompt": [U("q"), A("a")], "chosen": [A("b")], "rejected": [A("c")]}]),
+                         "line 1", "prompt", "ends with a assistant turn", "end 'prompt' with the user turn"),
+    "mixed.jsonl": (jsonl([PAIRS[0], {"prompt": "2+2=", "completion": "4"}]), "line 2", None,
+                    "mixed schemas: this record looks like prompt_completion", "one file, one objective"),
+    "mixed2.jsonl": (jsonl([{"prompt": "2+2=", "completion": "4"}, PAIRS[0]]), "line 2", None,
+                     "first record is prompt_completion", "one file, one objective"),
+    "onelabel.jsonl": (jsonl([{**k, "label": True} for k in KTO]), None, "label",
+                       "all 3 records are labelled true (3 true, 0 false)", "add records labelled false"),
+    "labeltype.jsonl": (jsonl([KTO[0], {**KTO[1], "label": "no"}]), "line 2", "label",
+                        "'label' must be true or false, got a string", "write 'label' as a JSON boolean"),
+}
+
+
+@pytest.mark.parametrize("name", list(LINT))
+def test_every_lint_case_is_refused_with_the_place_and_the_fix(home: Path, tmp_path: Path, name: str) -> None:
+    text, place, field, problem, fix = LINT[name]
+    (tmp_path / name).write_text(text)
+    r = check(str(tmp_path / name), home=home)
+    assert r.exit_code == 1, r.output
+    first = f"{name}, {place}" if place else name
+    first += f", field '{field}': " if field else ": "
+    assert first in r.output and problem in r.output, r.output
+    assert "Fix: " in r.output and fix in r.output.split("Fix: ", 1)[1], r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_prompt_that_fills_max_length_is_an_error_naming_the_record(model_home: Path, tmp_path: Path) -> None:
+    long = {"prompt": "w " * 40, "chosen": "a", "rejected": "b"}
+    (tmp_path / "long.jsonl").write_text(jsonl([PAIRS[0], long]))
+    (tmp_path / "long.toml").write_text("max_length = 24\n")
+    r = check(str(tmp_path / "long.jsonl"), home=model_home)
+    assert r.exit_code == 1, r.output
+    assert "long.jsonl, record 2, field 'prompt': the prompt alone takes " in r.output
+    assert "and max_length is 24: nothing of the chosen and rejected answers is left to compare" in r.output
+    assert "Fix: raise max_length (this pair needs " in r.output and "or shorten the prompt" in r.output
+
+
+def test_pairs_identical_once_cut_are_counted_in_a_note(model_home: Path, tmp_path: Path) -> None:
+    cut = {"prompt": "reverse", "chosen": "x " * 30 + "a", "rejected": "x " * 30 + "b"}
+    (tmp_path / "cut.jsonl").write_text(jsonl([PAIRS[0], cut, cut]))
+    (tmp_path / "cut.toml").write_text("max_length = 24\n")
+    r = check(str(tmp_path / "cut.jsonl"), home=model_home)
+    assert r.exit_code == 0, r.output
+    assert "note: 2 pair(s) become identical once cut to max_length = 24 tokens" in r.output
+    assert "max_length 24: 2 record(s) cut" in r.output
+
+
+@pytest.mark.parametrize("data, objective, says", [
+    (jsonl([{"prompt": "2+2=", "completion": "4"}]), "dpo",
+     'objective = "dpo" (set in d.toml) trains on preference pairs'),
+    (jsonl(PAIRS), "sft", 'objective = "sft" (set in d.toml) trains on supervised examples'),
+    (jsonl(PAIRS), "kto", 'objective = "kto" (set in d.toml) trains on labelled completions'),
+    (jsonl(KTO), "dpo", "but the records are labelled completions"),
+])
+def test_an_objective_that_does_not_fit_the_data_is_refused(model_home: Path, tmp_path: Path, data: str,
+                                                             objective: str, says: str) -> None:
+    (tmp_path / "d.jsonl").write_text(data)
+    (tmp_path / "d.toml").write_text(f'objective = "{objective}"\n')
+    r = check(str(tmp_path / "d.jsonl"), home=model_home)
+    assert r.exit_code == 1 and "d.jsonl: objective = " in r.output and says in r.output, r.output
+    assert "Fix: set objective = " in r.output
+
+
+def test_an_objective_that_fits_is_said_as_set(model_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text(jsonl(PAIRS))
+    (tmp_path / "d.toml").write_text('objective = "dpo"\nbeta = [0.1, 0.3]\nloss_type = "ipo"\n')
+    r = check(str(tmp_path / "d.jsonl"), home=model_home)
+    assert r.exit_code == 0 and "objective: dpo (set in the options)" in r.output, r.output
+    assert "sweep: 2 runs in one group (beta 2): beta0.1, beta0.3" in r.output
+
+
+def test_probes_beside_a_preference_dataset_are_pairs_of_its_schema(model_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text(jsonl(PAIRS))
+    (tmp_path / "p.probes.jsonl").write_text(jsonl([{"prompt": "reverse: q r", "chosen": "r q", "rejected": "q r"}]))
+    r = check(str(tmp_path / "p.jsonl"), home=model_home)
+    assert r.exit_code == 0 and "probes: p.probes.jsonl (1 probes)" in r.output, r.output
+    (tmp_path / "p.probes.jsonl").write_text(jsonl([{"prompt": "reverse: q r", "reference": "r q"}]))
+    r = check(str(tmp_path / "p.jsonl"), home=model_home)
+    assert r.exit_code == 1 and "p.probes.jsonl, line 1: the probe is a supervised probe" in r.output, r.output
+    assert "the dataset p.jsonl holds a preference pair (chosen/rejected)" in r.output and "Fix: " in r.output
+    (tmp_path / "s.jsonl").write_text(jsonl([{"prompt": "2+2=", "completion": "4"}]))
+    (tmp_path / "s.probes.jsonl").write_text(jsonl(PAIRS))
+    r = check(str(tmp_path / "s.jsonl"), home=model_home)
+    assert r.exit_code == 1 and "the probe is a preference pair (chosen/rejected), but the dataset s.jsonl holds " \
+                                "supervised examples" in r.output, r.output
+
+
+def test_the_realdata_dpo_demo_is_accepted_as_sharegpt_preference(home: Path, tmp_path: Path) -> None:
+    """LLaMA-Factory's DPO demo, checked before a base model is chosen (a chat template named: its conversations
+    are rendered through it)."""
+    (tmp_path / "dpo_en_demo.json").write_bytes((REALDATA / "dpo_en_demo.json").read_bytes())
+    (tmp_path / "dpo_en_demo.toml").write_text('chat_template = "chatml"\n')
+    r = check(str(tmp_path / "dpo_en_demo.json"), home=home)
+    assert r.exit_code == 0, r.output
+    assert "schema: sharegpt_preference   records: 300 (preference pairs)" in r.output
+    assert "objective: dpo (auto: the records are preference pairs (chosen/rejected))" in r.output
+
+
+@pytest.mark.e2e
+def test_a_daemon_pass_rejects_bad_preference_drops_byte_identical_and_queues_good_ones(model_home: Path,
+                                                                                      tmp_path: Path) -> None:
+    home = model_home
+    (home / "control" / "stop").write_text("")  # intake only: nothing trains
+    bad = {name: LINT[name][0].encode() for name in ("identical.jsonl", "prefix.jsonl", "mixed.jsonl",
+                                                      "onelabel.jsonl", "labeltype.jsonl")}
+    bad["wrongobj.jsonl"] = jsonl(PAIRS).encode()
+    good = {"pairs.jsonl": jsonl(PAIRS).encode(), "kto.jsonl": jsonl(KTO).encode(),
+            "sharegpt.json": FORMS["sharegpt.json"][0].encode()}
+    for name, data in {**bad, **good}.items():
+        (home / "inbox" / name).write_bytes(data)
+    (home / "inbox" / "wrongobj.toml").write_text('objective = "kto"\n')
+    checked = {n: check(str(home / "inbox" / n), home=home).output for n in bad}
+    assert overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300).returncode == 0
+    rejected = home / "inbox" / "rejected"
+    for name, data in bad.items():
+        assert (rejected / name).read_bytes() == data, name
+        error = (rejected / f"{Path(name).stem}.error.txt").read_text()
+        assert "Fix" in error and "Traceback" not in error, error
+        assert error.splitlines()[0] in checked[name], (name, error, checked[name])
+    schemas = {}
+    for run in (home / "runs").iterdir():
+        config = json.loads((run / "config.json").read_text())
+        schemas[config["dataset"]["file"]] = config["dataset"]["schema"]
+    assert schemas == {"pairs.jsonl": "preference", "kto.jsonl": "kto", "sharegpt.json": "sharegpt_preference"}
