@@ -35,6 +35,12 @@ def _named_cases(tmp_path: Path) -> dict[str, dict[str, bytes]]:
                   "cutok.toml": b"max_length = 24\nallow_truncation = true\n"},
         "chat": {"chat.jsonl": b'{"messages": [{"role": "user", "content": "hi"}, '
                                b'{"role": "assistant", "content": "yo"}]}\n'},
+        # preference data (issue 24): a good pair file, a pair that teaches nothing, an objective that does not fit
+        "pairs": {"pairs.jsonl": b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n' * 3},
+        "pairsame": {"pairsame.jsonl": b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n'
+                                       b'{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n'},
+        "pairsft": {"pairsft.jsonl": b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n',
+                    "pairsft.toml": b'objective = "sft"\n'},
     }
 
 
