@@ -12,14 +12,14 @@ import logging
 import os
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from daemon import __version__
 from daemon.core.atomic import read_json, write_json
-from daemon.core.gpuset import parse_gpu_set
 from daemon.core.runconfig import FILE as CONFIG_FILE, RunConfig
+from daemon.core.runrecord import Run
 from daemon.core.timefmt import iso, log_line
 
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it cannot be resumed
@@ -136,37 +136,21 @@ def append_console(run_dir: Path, message: str) -> bool:
         return False
 
 
-def write_metadata(run_dir: Path, run: dict[str, Any], **extra: Any) -> None:
-    """metadata.json: status, base model, dataset, metrics summary, timings and versions (atomic)."""
+def write_metadata(run_dir: Path, run: Run | dict[str, Any], **extra: Any) -> None:
+    """metadata.json: status, base model, dataset, metrics summary, timings and versions (atomic). `run`: the run
+    (a `Run`, or its row as the Store gives it); its folder adds the dataset (config.json), the device, versions and
+    training time (result.json), and keeps the model version `record_model` wrote."""
     folder = RunFolder(run_dir)
     config, result = RunConfig.read(folder.root), folder.read_result()
-    meta = {
-        "run_id": run["id"],
-        "name": run["name"],
-        "group": run.get("group_id"),
-        "status": run["state"],
-        "reason": run.get("reason"),
-        "base_model": run.get("base_model"),
-        "dataset": config.dataset,
-        "priority": run.get("priority"),
-        "seq": run.get("seq"),  # queue order: a DB rebuilt from the run folders keeps it (daemon/engine/rebuild.py)
-        "attempts": run.get("attempts"),
-        # the GPUs (NVML indices) its latest trainer held, [] = the CPU; null: no trainer started yet
-        "gpu_set": None if run.get("gpu_set") is None else parse_gpu_set(run.get("gpu_set")),
-        "metrics": {"step": run.get("step"), "max_steps": run.get("max_steps"), "loss": run.get("loss"),
-                    "eval_loss": run.get("eval_loss"), "tokens_per_s": run.get("tokens_per_s"),
-                    "epoch": run.get("epoch")},
-        "timings": {"created": run.get("created"), "started": run.get("started"), "finished": run.get("finished"),
-                    "train_seconds": result.get("train_seconds")},
-        "device": result.get("device_name") or result.get("device"),
-        "versions": {"overnight": __version__, "python": platform.python_version(), **(result.get("versions") or {})},
-        "updated": iso(),
-    }
+    record = run if isinstance(run, Run) else Run.from_row(run)
+    known = {"dataset": config.dataset, "train_seconds": result.get("train_seconds"),
+             "device": result.get("device_name") or result.get("device"),
+             "versions": {"overnight": __version__, "python": platform.python_version(),
+                          **(result.get("versions") or {})}}
     model = folder.read_metadata().get("model")
     if model:
-        meta["model"] = model  # written by record_model; a state change must not drop it
-    meta.update(extra)
-    write_json(folder.metadata, meta)
+        known["model"] = model  # written by record_model; a state change must not drop it
+    write_json(folder.metadata, replace(record, updated=iso(), extra={**known, **extra}).to_metadata())
 
 
 def record_model(run_dir: Path, model: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from daemon.core.home import DaemonLock, Home
 from daemon.core.log import log
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder, read_jsonl, run_folders
+from daemon.core.runrecord import Run, dataset_columns
 from daemon.core.states import ACTIVE, ALL, State, values
-from daemon.core.gpuset import format_gpu_set, parse_gpu_set
 from daemon.engine.store import SCHEMA_VERSION, Store
 from daemon.core.timefmt import iso, run_id_stamp
 
@@ -227,7 +227,7 @@ def rebuild(home: Home) -> Recovered:
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
     found = [(d, RunFolder(d).read_metadata(), RunConfig.read(d)) for d in run_folders(home.runs)]
-    rows = _number([_run_row(d, meta, config) for d, meta, config in found])
+    rows = _number([_run(d, meta, config).to_row() for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)
     recovered.models = _models(home, [(row, meta) for row, (_, meta, _) in zip(rows, found)])
@@ -239,24 +239,19 @@ def _fill(store: Store, home: Home) -> Recovered:
     return recovered
 
 
-def _run_row(folder: Path, meta: dict[str, Any], config: RunConfig) -> dict[str, Any]:
-    """The run's DB row from what its folder says; a run that was active comes back queued, to resume."""
-    opts, data = config.options, config.dataset or meta.get("dataset") or {}
-    numbers, times = meta.get("metrics") or {}, meta.get("timings") or {}
+def _run(folder: Path, meta: dict[str, Any], config: RunConfig) -> Run:
+    """The run as its folder says (metadata.json, config.json where it says nothing); a run that was active comes
+    back queued, to resume."""
+    opts, run = config.options, Run.from_metadata(meta)
     state, reason = _state(folder, meta)
-    return {"id": folder.name, "name": meta.get("name") or config.name or folder.name,
-            "group_id": meta.get("group") or config.group,
-            "dataset": data.get("file") or Path(data.get("path") or "-").name, "format": data.get("format"),
-            "schema": data.get("schema"), "records": data.get("records"),
-            "base_model": meta.get("base_model") or opts.get("base_model"), "state": state, "reason": reason,
-            "priority": int(meta.get("priority") or opts.get("priority") or 0), "seq": meta.get("seq"),
-            "run_dir": str(folder), "created": times.get("created") or iso(folder.stat().st_mtime),
-            "started": times.get("started"), "finished": times.get("finished"), "step": numbers.get("step"),
-            "max_steps": numbers.get("max_steps") or opts.get("max_steps") or None, "epoch": numbers.get("epoch"),
-            "loss": numbers.get("loss"), "eval_loss": numbers.get("eval_loss"),
-            "tokens_per_s": numbers.get("tokens_per_s"), "attempts": meta.get("attempts") or 0,
-            "gpu_set": None if meta.get("gpu_set") is None else format_gpu_set(parse_gpu_set(meta["gpu_set"])),
-            "updated": iso()}
+    return replace(run, id=folder.name, name=run.name or config.name or folder.name,
+                   group_id=run.group_id or config.group,
+                   **dataset_columns(config.dataset or meta.get("dataset") or {"path": None}),
+                   base_model=run.base_model or opts.get("base_model"), state=State(state), reason=reason,
+                   priority=run.priority or int(opts.get("priority") or 0), run_dir=str(folder),
+                   created=run.created or iso(folder.stat().st_mtime),
+                   max_steps=run.max_steps or opts.get("max_steps") or None, attempts=run.attempts or 0,
+                   updated=iso(), extra={})
 
 
 def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
