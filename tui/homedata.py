@@ -21,7 +21,7 @@ from daemon.core.home import Home, daemon_alive
 from daemon.core.morning import FailedRun, RejectedDrop
 from daemon.core.queries import Reader
 from daemon.core.rundir import JsonlTail, LogUpdate, RunFolder
-from daemon.core.states import ACTIVE, ENDED, State
+from daemon.core.runrecord import Run
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
 _MAX_APPEND_BYTES = 1 << 20  # a bigger jump in console.log is re-read from its end instead of in full
@@ -41,51 +41,11 @@ class DaemonState:
     problem: str | None = None  # why the daemon cannot take drops (a broken overnight.toml)
 
 
-@dataclass(frozen=True)
-class RunRow:
-    """One row of the runs table."""
+@dataclass(frozen=True, kw_only=True)
+class RunRow(Run):
+    """One row of the runs table: the run (daemon.core.runrecord), and whether it is the best of its group."""
 
-    id: str
-    name: str
-    state: str
-    priority: int
-    seq: int
-    run_dir: str
-    base_model: str | None = None
-    reason: str | None = None
-    step: int | None = None
-    max_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    tokens_per_s: float | None = None
-    eta_s: float | None = None
-    created: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    group_id: str | None = None  # a sweep (or a base_model list): the runs of one drop
     best: bool = False  # the best completed run of its group (daemon.core.sweep.rank)
-    pid: int | None = None  # its trainer's PID (torchrun: the launcher, whose children hold the GPUs)
-    gpu_set: tuple[int, ...] = ()  # the GPUs its trainer was started on, as NVML numbers them; () = the CPU
-
-    @property
-    def active(self) -> bool:
-        """Preparing, training or paused: the job the daemon is running."""
-        return self.state in ACTIVE
-
-    @property
-    def finished_state(self) -> bool:
-        """Completed, failed, stopped or skipped: history."""
-        return self.state in ENDED
-
-    @property
-    def fraction(self) -> float | None:
-        """Progress 0..1, or None when the total is not known yet."""
-        if self.state == State.COMPLETED:
-            return 1.0
-        if not self.max_steps or self.step is None:
-            return None
-        return max(0.0, min(1.0, self.step / self.max_steps))
 
 
 @dataclass(frozen=True)
@@ -145,29 +105,19 @@ class HomeSnapshot:
     def active_runs(self) -> tuple[RunRow, ...]:
         """The runs the daemon is training (or preparing, or holding paused), several where `gpus_per_run`
         leaves room for more than one: highest priority first, then arrival."""
-        return tuple(sorted((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq)))
+        return tuple(sorted((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq or 0)))
 
     def counts(self) -> dict[str, int]:
         """Runs per state."""
         out: dict[str, int] = {}
         for r in self.runs:
-            out[r.state] = out.get(r.state, 0) + 1
+            out[r.state.value] = out.get(r.state.value, 0) + 1
         return out
 
 
 def _field_subset(cls: type, row: dict[str, Any]) -> dict[str, Any]:
     names = cls.__dataclass_fields__.keys()  # type: ignore[attr-defined]
     return {k: row.get(k) for k in names}
-
-
-def _run_row(row: dict[str, Any]) -> RunRow:
-    values = _field_subset(RunRow, row)
-    values["priority"] = int(values["priority"] or 0)
-    values["seq"] = int(values["seq"] or 0)
-    values["name"] = values["name"] or row["id"]
-    values["run_dir"] = values["run_dir"] or ""
-    values["gpu_set"] = tuple(values["gpu_set"] or ())
-    return RunRow(**values)
 
 
 def _model_row(row: dict[str, Any]) -> ModelRow:
@@ -188,11 +138,9 @@ def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
     best: set[str] = set()
     for members in groups.values():
         if len(members) > 1:
-            winner = sweep.best([{"id": r.id, "state": r.state, "eval_loss": r.eval_loss, "loss": r.loss,
-                                  "seq": r.seq} for r in members],
-                                lambda row: analyze(reader.evolution(row["id"])).learned)
+            winner = sweep.best(members, lambda run: analyze(reader.evolution(run.id)).learned)
             if winner:
-                best.add(winner["id"])
+                best.add(winner.id)
     return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs
 
 
@@ -222,7 +170,7 @@ class HomeWatcher:
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
                                  problem=morning.problem(self.home, beat, alive))
-            runs = _mark_best(tuple(_run_row(r) for r in reader.runs()), reader)
+            runs = _mark_best(tuple(reader.run_records(kind=RunRow)), reader)  # type: ignore[arg-type]
             since = morning.cutoff(morning.DEFAULT_SINCE_H)
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon, runs=runs,

@@ -11,26 +11,29 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.gpuset import parse_gpu_set
+from daemon.core.runrecord import Run
 from daemon.core.states import ACTIVE, State, values
-
-
-class BrokenDB(sqlite3.DatabaseError):
-    """overnight.db is not a database any more: a sqlite3 error (the dashboard shows it as one) whose text says the
-    fix (the CLI prints it as one line and exits 1, not a traceback)."""
-
-    def __init__(self, path: Path, error: Exception) -> None:
-        super().__init__(f"{path} cannot be read ({error}). Fix: overnight doctor --rebuild "
-                         f"(or restart the daemon: it rebuilds the DB from runs/ by itself)")
-
-
-class RefError(LookupError):
-    """A run or group named on the command line that matches none, or several: the text lists them and the fix."""
+from daemon.core.errors import BrokenDB, RefError
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet)."""
     row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
     return row
+
+
+def _runs_query(states: tuple[str, ...] | None) -> tuple[str, tuple]:
+    """`Reader.runs`' SQL: active runs, then queued ones, each by priority and arrival; then finished ones newest
+    first."""
+    where, args = "", ()
+    if states:
+        where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
+    queued = f"'{State.QUEUED}'"
+    live = f"state IN {values(ACTIVE)} OR state = {queued}"  # several runs may be active: priority order too
+    order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
+             f"CASE WHEN {live} THEN -priority ELSE 0 END, "
+             f"CASE WHEN {live} THEN seq ELSE -seq END")
+    return f"SELECT * FROM runs {where} ORDER BY {order}", args
 
 
 class Reader:
@@ -62,15 +65,11 @@ class Reader:
 
     def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs: active ones, then queued ones, each by priority and arrival; then finished ones newest first."""
-        where, args = "", ()
-        if states:
-            where, args = f"WHERE state IN ({','.join('?' * len(states))})", states
-        queued = f"'{State.QUEUED}'"
-        live = f"state IN {values(ACTIVE)} OR state = {queued}"  # several runs may be active: priority order too
-        order = (f"CASE WHEN state IN {values(ACTIVE)} THEN 0 WHEN state = {queued} THEN 1 ELSE 2 END, "
-                 f"CASE WHEN {live} THEN -priority ELSE 0 END, "
-                 f"CASE WHEN {live} THEN seq ELSE -seq END")
-        return [_decoded(r) for r in self._all(f"SELECT * FROM runs {where} ORDER BY {order}", args)]
+        return [_decoded(r) for r in self._all(*_runs_query(states))]
+
+    def run_records(self, states: tuple[str, ...] | None = None, kind: type[Run] = Run) -> list[Run]:
+        """The same runs as `runs`, as `Run`s (or `kind`, a subclass: the dashboard's row)."""
+        return [kind.from_row(r) for r in self._all(*_runs_query(states))]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._all("SELECT * FROM runs WHERE id = ?", (run_id,))

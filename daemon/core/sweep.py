@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from daemon.core.options import OPTIONS, OptionsError, Resolved
 from daemon.core.states import ENDED, State
@@ -32,6 +32,7 @@ ABBREVIATIONS = {
     "use_liger_kernel": "liger",
 }
 SELECT_BEST = "best"
+R = TypeVar("R")  # a run: a row dict or a daemon.core.runrecord.Run
 
 
 def compact(value: Any) -> str:
@@ -163,6 +164,37 @@ def run_suffix(point: Point, several_models: bool) -> str:
 
 # --------------------------------------------------------------------------------------------- ranking
 
+def _get(run: Any, key: str) -> Any:
+    """A field of a run, whichever shape the caller has: a row dict (the CLI, the daemon) or a `Run` (the dashboard)."""
+    return run.get(key) if isinstance(run, dict) else getattr(run, key, None)
+
+
+def _ordered(runs: Iterable[R], learned: Callable[[R], int | None] | None
+             ) -> tuple[list[R], list[R], str | None]:
+    """(the ranked runs best first, the others in grid order, the metric used): see `rank`."""
+    runs = sorted(runs, key=lambda r: _get(r, "seq") or 0)
+    done = [r for r in runs if _get(r, "state") == State.COMPLETED]
+    metric = "eval_loss" if done and all(_get(r, "eval_loss") is not None for r in done) else "loss"
+    ranked = [r for r in done if _get(r, metric) is not None and math.isfinite(float(_get(r, metric)))]
+    if not ranked:
+        return [], runs, None
+
+    def rounded(r: R) -> float:
+        return round(float(_get(r, metric)), 4)
+
+    ties: dict[float, int] = {}
+    for r in ranked:
+        ties[rounded(r)] = ties.get(rounded(r), 0) + 1
+
+    def key(r: R) -> tuple:
+        probes = (learned(r) or 0) if learned and ties[rounded(r)] > 1 else 0
+        return rounded(r), -probes, _get(r, "seq") or 0
+
+    ranked.sort(key=key)
+    ids = {_get(r, "id") for r in ranked}
+    return ranked, [r for r in runs if _get(r, "id") not in ids], metric
+
+
 def rank(rows: Iterable[dict[str, Any]],
          learned: Callable[[dict[str, Any]], int | None] | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Rows (`id, state, eval_loss, loss, seq`) ordered best first, each with `rank` (None: not ranked).
@@ -171,35 +203,15 @@ def rank(rows: Iterable[dict[str, Any]],
     equal losses (to 4 decimals) by probes learned (`learned(row)`, asked only for ties), then grid order.
     Returns the rows and the metric used ("eval_loss", "loss" or None when nothing ranks).
     """
-    rows = sorted(rows, key=lambda r: r.get("seq") or 0)
-    done = [r for r in rows if r.get("state") == State.COMPLETED]
-    metric = "eval_loss" if done and all(r.get("eval_loss") is not None for r in done) else "loss"
-    ranked = [r for r in done if r.get(metric) is not None and math.isfinite(float(r[metric]))]
-    if not ranked:
-        return [{**r, "rank": None} for r in rows], None
-
-    def rounded(r: dict[str, Any]) -> float:
-        return round(float(r[metric]), 4)
-
-    ties: dict[float, int] = {}
-    for r in ranked:
-        ties[rounded(r)] = ties.get(rounded(r), 0) + 1
-
-    def key(r: dict[str, Any]) -> tuple:
-        probes = (learned(r) or 0) if learned and ties[rounded(r)] > 1 else 0
-        return rounded(r), -probes, r.get("seq") or 0
-
-    ranked.sort(key=key)
-    ids = {r["id"] for r in ranked}
-    out = [{**r, "rank": i} for i, r in enumerate(ranked, 1)]
-    return out + [{**r, "rank": None} for r in rows if r["id"] not in ids], metric
+    ranked, rest, metric = _ordered(rows, learned)
+    return [{**r, "rank": i} for i, r in enumerate(ranked, 1)] + [{**r, "rank": None} for r in rest], metric
 
 
-def best(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int | None] | None = None
-         ) -> dict[str, Any] | None:
-    """The best run of a group (see `rank`), or None when no run completed."""
-    ordered, _ = rank(rows, learned)
-    return ordered[0] if ordered and ordered[0]["rank"] == 1 else None
+def best(runs: Iterable[R], learned: Callable[[R], int | None] | None = None) -> R | None:
+    """The best run of a group (see `rank`), or None when no run completed: one of `runs` as given, row dicts or
+    `Run`s (`learned` is asked with the same)."""
+    ranked, _, _ = _ordered(runs, learned)
+    return ranked[0] if ranked else None
 
 
 METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss"}

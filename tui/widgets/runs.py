@@ -87,7 +87,7 @@ class Group:
     @property
     def active(self) -> RunRow | None:
         """Its highest-priority active run (several of a sweep may train at once, each on its GPU set)."""
-        return min((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq), default=None)
+        return min((r for r in self.runs if r.active), key=lambda r: (-r.priority, r.seq or 0), default=None)
 
     @property
     def shown_run(self) -> RunRow:
@@ -132,7 +132,7 @@ def layout(runs: tuple[RunRow, ...], expanded: frozenset[str] | set[str]) -> tup
         if gid in seen:
             continue
         seen.add(gid)
-        members = tuple(sorted((m for m in runs if m.group_id == gid), key=lambda m: m.seq))
+        members = tuple(sorted((m for m in runs if m.group_id == gid), key=lambda m: m.seq or 0))
         group = Group(gid, members, gid in expanded)
         out.append(Item(group.key, group=group))
         if group.expanded:
@@ -181,7 +181,7 @@ def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
         return _cell(group.active, key) if group.active else ""
     if key == "gpu":
         active = [r for r in group.runs if r.active]
-        return fmt_gpu_set(sorted({i for r in active for i in r.gpu_set})) if active else ""
+        return fmt_gpu_set(sorted({i for r in active for i in r.gpu_set or ()})) if active else ""
     if key == "prio":
         live = [r.priority for r in group.runs if not r.finished_state]
         return fmt_priority(max(live) if live else group.runs[0].priority, PRIO)
@@ -325,7 +325,7 @@ class RunsTable(DataTable):
 
     def _newest_active(self, runs: tuple[RunRow, ...], items: tuple[Item, ...]) -> str | None:
         """The row of the run that started last among those running (several may train at once)."""
-        newest = max((r for r in runs if r.active), key=lambda r: (r.started or r.created or "", r.seq), default=None)
+        newest = max((r for r in runs if r.active), key=lambda r: (r.started or r.created or "", r.seq or 0), default=None)
         return self._row_of(items, newest.id) if newest else None
 
     @staticmethod
