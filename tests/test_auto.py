@@ -50,6 +50,8 @@ def test_attention_that_cannot_be_had_says_the_fix(requested: str, machine: Mach
     ("auto", "prompt", "eager", "length_grouped"),
     ("padding_free", "prompt", "sdpa", "padding_free"),
     ("padded", "chat", "flash_attention_2", "padded"),
+    ("auto", "pair", "flash_attention_2", "padded"),
+    ("padding_free", "judged", "sdpa", "padded"),
 ])
 def test_batching(requested: str, kind: str, attention: str, chosen: str) -> None:
     assert auto.batching(requested, kind, attention)[0] == chosen

@@ -49,6 +49,8 @@ def batching(requested: str, kind: str, attention: str) -> tuple[str, str]:
     """The batching a run uses and why: `kind` is the examples' kind (text, prompt, chat), `attention` the kernel."""
     if kind == ExampleKind.TEXT:
         return "padded", "text blocks are already full, nothing to pad"
+    if kind in (ExampleKind.PAIR, ExampleKind.JUDGED):
+        return "padded", "preference examples are padded per batch by TRL's collator, the answers side by side"
     if requested != "auto":
         return requested, "set in the options"
     if attention in VARLEN_KERNELS:

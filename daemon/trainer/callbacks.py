@@ -27,6 +27,9 @@ from daemon.trainer import ddp
 from daemon.trainer.commands import Commands
 
 PROGRESS_INTERVAL_S = 0.5
+# what a preference run logs beside the loss (TRL's names), kept in metrics.jsonl
+PREFERENCE_METRICS = ("rewards/", "logps/", "kl")
+EVAL_PREFERENCE_METRICS = tuple(f"eval_{m}" for m in PREFERENCE_METRICS)
 
 
 def _iso_ms(t: float | None = None) -> str:
@@ -144,7 +147,8 @@ class ReportCallback(TrainerCallback):
         if "eval_loss" in logs:
             self.status.last_eval_loss = float(logs["eval_loss"])
             self._append({"step": state.global_step, "eval_loss": _num(logs["eval_loss"]),
-                          "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms()})
+                          "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
+                          **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}})
             self.log(f"eval @ step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
     def _train_record(self, state: Any, logs: dict[str, float]) -> None:
@@ -155,12 +159,18 @@ class ReportCallback(TrainerCallback):
         self.status.last_loss = loss
         record = {"step": state.global_step, "loss": _num(loss), "lr": _num(logs.get("learning_rate")),
                   "grad_norm": _num(logs.get("grad_norm")), "tokens_per_s": round(tokens_per_s, 1),
-                  "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms()}
+                  "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
+                  # a preference run's rewards (TRL's names: rewards/chosen, /rejected, /margins, /accuracies…)
+                  **{k: _num(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)}}
         self._append(record)
         done = state.global_step - self._start_step
         active = now - self._t0 - self.status.paused_seconds
         eta = active / done * (state.max_steps - state.global_step) if done > 0 else 0.0
-        self.log(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  lr {record['lr'] or 0:.3g}  "
+        margin = record.get("rewards/margins")
+        accuracy = record.get("rewards/accuracies")
+        rewards = ("" if margin is None else f"margin {margin:.3g}  "
+                   + ("" if accuracy is None else f"accuracy {accuracy:.2f}  "))
+        self.log(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  {rewards}lr {record['lr'] or 0:.3g}  "
                  f"grad_norm {record['grad_norm'] or 0:.3g}  {tokens_per_s:.0f} tok/s  "
                  f"epoch {state.epoch or 0:.2f}  ETA {_hms(eta)}")
 

@@ -95,7 +95,8 @@ def save_adapter(model: Any, adapter_dir: Path, card: str, tokenizer: Any = None
     adapter/ and renamed into place."""
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    # only the trained adapter: a preference run also holds TRL's frozen copy of the starting one ("ref")
+    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[model.active_adapter])
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
         if isinstance(tokenizer.chat_template, str):

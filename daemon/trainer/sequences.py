@@ -198,7 +198,7 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def _length_stats(lengths: list[int]) -> dict[str, float]:
+def length_stats(lengths: list[int]) -> dict[str, float]:
     if not lengths:
         return {"min": 0, "mean": 0, "p50": 0, "p95": 0, "max": 0}
     a = np.asarray(lengths)
@@ -264,7 +264,7 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
         raise RunError(f"no training sequences left from {n_seen} record(s) (after holding out "
                        f"{len(probes)} probe(s) and {n_eval} eval record(s)). Fix: add records, or raise max_length.")
     stats = {
-        "tokens": _length_stats(encoder.lengths),
+        "tokens": length_stats(encoder.lengths),
         "truncated": encoder.truncated,
         "split": {"train": n_train, "eval": n_eval, "probes": len(probes)},
         "sequences": {"train": len(train), "eval": len(evals), "dropped": dropped},

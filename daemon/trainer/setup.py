@@ -195,7 +195,8 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
             f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
-    built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free)
+    built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
+                              s.objective.rows)
     evolution = _evolution_callback(s, tokenizer, data)
     if evolution is not None:
         built.extra_callbacks.append(evolution)
@@ -217,12 +218,13 @@ def _quantized(opts: TrainOptions, device: Device) -> str:
 
 
 def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], longest: int,
-                 free_bytes: int | None) -> TrainOptions:
-    """Decide what "auto" and the GPU-only options mean on this device; log each decision with its reason."""
+                 free_bytes: int | None, rows: int = 1) -> TrainOptions:
+    """Decide what "auto" and the GPU-only options mean on this device; log each decision with its reason. `rows`:
+    the sequences each example puts through the model (the objective's: DPO's chosen and rejected)."""
     import importlib.util
 
     checkpointing, why = checkpointing_decision(
-        opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size,
+        opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size * rows,
         seq_len=min(longest, opts.max_length), lora_r=opts.lora_r, quantization=opts.quantization,
         dtype_bytes=device.dtype.itemsize, liger=opts.use_liger_kernel)
     say(f"gradient checkpointing: {'on' if checkpointing else 'off'} ({why})")
@@ -266,9 +268,10 @@ def choose_objective(s: Session) -> Objective:
     from daemon.trainer.sequences import dataset_examples
 
     first = next(iter(dataset_examples(s.cfg.dataset_path)()), None)
-    decide = getattr(auto, "objective", None)  # TODO(issue 24): lands with the preference data (helper)
-    name, why = (decide(s.cfg.options.objective, first["kind"] if first else ExampleKind.TEXT) if decide else
-                 ("sft", "supervised fine-tuning"))
+    try:
+        name, why = auto.objective(s.cfg.options.objective, first["kind"] if first else ExampleKind.TEXT)
+    except ValueError as e:  # intake refuses such a drop; a config.json edited since is told the same way
+        raise RunError(str(e)) from None
     say(f"objective: {name} ({why})")
     return objectives.for_name(name)
 

@@ -57,11 +57,17 @@ class Sft:
 
 def training_arguments(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool,
                        batching: str = "padded") -> TrainingArguments:
-    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job).
+    """The Trainer's arguments from overnight's options (logging/progress are our callbacks' job)."""
+    return TrainingArguments(**argument_values(opts, output_dir, device, has_eval, batching))
+
+
+def argument_values(opts: TrainOptions, output_dir: str, device: Device, has_eval: bool,
+                    batching: str = "padded") -> dict[str, Any]:
+    """`training_arguments` as keyword values, which TRL's configs (DPOConfig, KTOConfig) take too.
 
     `opts.gradient_checkpointing` is already decided (a bool) here: see `plan_checkpointing`.
     """
-    return TrainingArguments(
+    return dict(
         output_dir=output_dir,
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=opts.batch_size,

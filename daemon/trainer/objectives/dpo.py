@@ -1,0 +1,49 @@
+"""Direct preference optimisation (DPO) through TRL's `DPOTrainer`: each pair's chosen and rejected answers to one
+prompt, the loss rewarding the policy for preferring the chosen one more than the reference does.
+
+The pairs are encoded here, with the run's chat format exactly as SFT encodes its examples (`preference.py`), and
+handed to TRL as token ids (its own tokenisation is skipped). The reference is the model with the adapter as it was
+when training started: TRL copies the adapter as a frozen "ref" adapter, so a fresh adapter's reference is the base
+model and a continued one's (`init_adapter`) is the parent; no second model is loaded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+from daemon.trainer.config import TrainOptions
+from daemon.trainer.objectives import preference
+from daemon.trainer.objectives.sft import argument_values
+from daemon.trainer.objectives.watch import StepWatch
+from daemon.trainer.sequences import Prepared
+from daemon.trainer.session import Session
+
+
+class PreferenceTrainer(StepWatch, DPOTrainer):
+    """TRL's DPOTrainer with overnight's step watch, fed pairs overnight encoded."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        return dataset  # already token ids: prompt_ids, chosen_ids, rejected_ids (preference.encode_pair)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the adapter's own card is written when the run completes (finish.model_card)
+
+
+class Dpo:
+    name = "dpo"
+    rows = 2  # chosen and rejected go through the model together (and once more, without gradients, the reference)
+
+    def encode(self, s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
+        return preference.prepare_pairs(s, tokenizer, stats)
+
+    def trainer(self, built: Any, opts: TrainOptions, callbacks: list[TrainerCallback]) -> PreferenceTrainer:
+        values = argument_values(opts, str(built.session.cfg.paths.checkpoints), built.device,
+                                 built.data.eval is not None, "padded")
+        values.pop("label_names")  # pairs carry no labels: the loss comes from the chosen/rejected log-probabilities
+        args = DPOConfig(**values, beta=opts.beta, loss_type=[opts.loss_type], max_length=None,
+                         precompute_ref_log_probs=False)
+        return PreferenceTrainer(model=built.model, args=args, train_dataset=built.data.train.hf(),
+                                 eval_dataset=built.data.eval.hf() if built.data.eval is not None else None,
+                                 processing_class=built.tokenizer, callbacks=callbacks)
