@@ -7,7 +7,8 @@ into what `overnight evolution RUN [--json]` prints and the dashboard shows: eac
 
 A probe *matches* at a snapshot when its generation is an exact match or its similarity reaches the threshold.
 It is *learned* at the first snapshot from which it matches, *forgotten* when a learned probe stops matching,
-and may be learned again later; every such change is kept as an event.
+and may be learned again later; every such change is kept as an event. A preference probe (chosen/rejected)
+matches while the model prefers its chosen answer: log p(chosen) > log p(rejected) after the prompt (`margin` > 0).
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ class Answer:
     exact: bool
     similarity: float
     loss: float | None
+    margin: float | None = None  # a preference probe: log p(chosen) - log p(rejected); > 0 prefers the chosen
 
 
 @dataclass
@@ -159,10 +161,14 @@ def _answer(record: dict[str, Any]) -> Answer:
     loss = record.get("loss")
     return Answer(step=int(record["step"]), generation=str(record.get("generation") or ""),
                   exact=bool(record.get("exact")), similarity=float(record.get("similarity") or 0.0),
-                  loss=None if loss is None else float(loss))
+                  loss=None if loss is None else float(loss),
+                  margin=None if record.get("margin") is None else float(record["margin"]))
 
 
 def _matches(answer: Answer, threshold: float) -> bool:
+    """Learned: the answer matches the reference; for a preference probe, the model prefers the chosen answer."""
+    if answer.margin is not None:
+        return answer.margin > 0
     return answer.exact or answer.similarity >= threshold
 
 

@@ -68,6 +68,14 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     return EncodedProbe(probe, prompt_ids, reference_ids)
 
 
+def _rejected_side(probe: dict[str, Any]) -> dict[str, Any] | None:
+    """A preference probe with its rejected answer as the reference (to score it); None for other probes."""
+    if probe.get("kind") != "pair":
+        return None
+    rejected = probe["rejected"]
+    return {**probe, "reference": rejected if isinstance(rejected, str) else "\n".join(m["content"] for m in rejected)}
+
+
 def fit_to_length(enc: EncodedProbe, max_length: int | None) -> tuple[EncodedProbe, bool]:
     """The probe cut so that prompt + reference fits `max_length` tokens, and whether anything was cut.
 
@@ -159,6 +167,9 @@ class EvolutionCallback(TrainerCallback):
         self.min_snapshots = min_snapshots
         fitted = [fit_to_length(encode_probe(tokenizer, p, stop_ids), max_length) for p in probes]
         self.encoded = [enc for enc, _ in fitted]
+        # a preference probe is also scored on its rejected answer: the margin says which one the model prefers
+        self.rejected = {i: fit_to_length(encode_probe(tokenizer, r, stop_ids), max_length)[0]
+                         for i, r in enumerate(map(_rejected_side, probes)) if r is not None}
         if any(cut for _, cut in fitted):
             log(f"evolution: {sum(cut for _, cut in fitted)} probe(s) longer than max_length {max_length} tokens are "
                 f"cut to fit (the prompt's start first, then the reference's end)")
@@ -249,13 +260,15 @@ class EvolutionCallback(TrainerCallback):
             return None
         stamp = iso()
         records = []
-        for enc, (generation, loss) in zip(self.encoded, results):
+        for enc, (generation, loss, margin) in zip(self.encoded, results):
             probe = enc.probe
             records.append({"step": step, "probe": probe["id"], "prompt": probe["prompt"],
                             "reference": probe["reference"], "generation": generation,
                             "loss": None if loss != loss else round(loss, 6),  # NaN is not JSON
                             "exact": is_exact(generation, probe["reference"]),
-                            "similarity": round(similarity(generation, probe["reference"]), 4), "time": stamp})
+                            "similarity": round(similarity(generation, probe["reference"]), 4), "time": stamp,
+                            **({} if margin is None or margin != margin else
+                               {"margin": round(margin, 4), "prefers": margin > 0})})
         self._append(records)
         self.done_steps.add(step)
         elapsed = time.perf_counter() - started
@@ -264,12 +277,15 @@ class EvolutionCallback(TrainerCallback):
         exact = sum(r["exact"] for r in records)
         close = sum(r["exact"] or r["similarity"] >= self.threshold for r in records)
         mean_sim = sum(r["similarity"] for r in records) / len(records)
-        self.log(f"evolution @ step {step}: {exact}/{len(records)} exact, {close}/{len(records)} matching "
+        pairs = [r for r in records if "margin" in r]
+        prefer = (f"{sum(r['prefers'] for r in pairs)}/{len(pairs)} prefer the chosen answer (mean margin "
+                  f"{statistics.fmean(r['margin'] for r in pairs):.3g}), " if pairs else "")
+        self.log(f"evolution @ step {step}: {prefer}{exact}/{len(records)} exact, {close}/{len(records)} matching "
                  f"(similarity >= {self.threshold:g}), mean similarity {mean_sim:.2f}, {elapsed:.2f} s")
         return records
 
-    def _score_fitting(self, model: torch.nn.Module, step: int) -> list[tuple[str, float]] | None:
-        """(generation, loss) per probe, halving the probe batch on out-of-memory; None when even 1 does not fit.
+    def _score_fitting(self, model: torch.nn.Module, step: int) -> list[tuple[str, float, float | None]] | None:
+        """(generation, loss, margin) per probe (the margin of a preference probe, else None), halving the probe batch on out-of-memory; None when even 1 does not fit.
 
         The error is handled here, not in the training loop: a snapshot's memory is not the training step's, and
         halving the training batch (or failing the run) for it would be wrong. The batch that fit is kept for the
@@ -279,10 +295,12 @@ class EvolutionCallback(TrainerCallback):
             why = ""
             try:
                 with preserved_training_state(model):
-                    results: list[tuple[str, float]] = []
+                    results: list[tuple[str, float, float | None]] = []
                     for i in range(0, len(self.encoded), self.batch_size):
                         batch = self.encoded[i:i + self.batch_size]
-                        results += zip(self._generate(model, batch), self._reference_loss(model, batch))
+                        losses = self._reference_loss(model, batch)
+                        results += zip(self._generate(model, batch), losses,
+                                       self._margins(model, range(i, i + len(batch)), losses))
                     return results
             except Exception as e:  # noqa: BLE001 - anything but out-of-memory is re-raised at once
                 if not is_out_of_memory(e):
@@ -327,6 +345,17 @@ class EvolutionCallback(TrainerCallback):
             cut = next((k for k, t in enumerate(row) if t in stop), len(row))
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
+
+    def _margins(self, model: torch.nn.Module, indices: range, losses: list[float]) -> list[float | None]:
+        """Per probe of a batch: log p(chosen) - log p(rejected) after its context (summed over each answer's
+        tokens), for preference probes; None for the others."""
+        pairs = [k for k in indices if k in self.rejected]
+        if not pairs:
+            return [None] * len(indices)
+        rejected = dict(zip(pairs, self._reference_loss(model, [self.rejected[k] for k in pairs])))
+        return [None if k not in rejected else
+                rejected[k] * len(self.rejected[k].reference_ids) - loss * len(self.encoded[k].reference_ids)
+                for k, loss in zip(indices, losses)]
 
     def _reference_loss(self, model: torch.nn.Module, batch: list[EncodedProbe]) -> list[float]:
         """Mean cross-entropy per reference token, teacher-forced after the probe's context.
