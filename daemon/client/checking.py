@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from daemon.core import auto, sweep
 from daemon.core.as_trained import TrainedView
-from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport, ExampleKind, kind_of
-from daemon.core.datasets import PREFERENCE_SCHEMAS
+from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
+                                  ExampleKind, kind_of)
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
 from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
