@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from daemon.trainer.config import TrainOptions
-from daemon.trainer.objectives import preference
+from daemon.trainer.objectives.preference import prepare_pairs
 from daemon.trainer.objectives.sft import argument_values
 from daemon.trainer.objectives.watch import StepWatch
 from daemon.trainer.sequences import Prepared
@@ -25,7 +25,7 @@ class PreferenceTrainer(StepWatch, DPOTrainer):
     """TRL's DPOTrainer with overnight's step watch, fed pairs overnight encoded."""
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-        return dataset  # already token ids: prompt_ids, chosen_ids, rejected_ids (preference.encode_pair)
+        return dataset  # already token ids: prompt_ids, chosen_ids, rejected_ids (preference.PreferenceEncoder)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         return None  # the adapter's own card is written when the run completes (finish.model_card)
@@ -36,7 +36,7 @@ class Dpo:
     rows = 2  # chosen and rejected go through the model together (and once more, without gradients, the reference)
 
     def encode(self, s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
-        return preference.prepare_pairs(s, tokenizer, stats)
+        return prepare_pairs(s, tokenizer, stats)
 
     def trainer(self, built: Any, opts: TrainOptions, callbacks: list[TrainerCallback]) -> PreferenceTrainer:
         values = argument_values(opts, str(built.session.cfg.paths.checkpoints), built.device,

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import KTOConfig, KTOTrainer
 
 from daemon.trainer.config import RunError, TrainOptions
-from daemon.trainer.objectives import preference
+from daemon.trainer.objectives.preference import PreferenceDataset, prepare_pairs
 from daemon.trainer.objectives.sft import argument_values
 from daemon.trainer.objectives.watch import StepWatch
 from daemon.trainer.sequences import Prepared
@@ -36,7 +36,7 @@ class Kto:
     rows = 2  # each answer, and the mismatched one the KL baseline is measured on
 
     def encode(self, s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
-        return preference.prepare_pairs(s, tokenizer, stats)
+        return prepare_pairs(s, tokenizer, stats)
 
     def trainer(self, built: Any, opts: TrainOptions, callbacks: list[TrainerCallback]) -> JudgedTrainer:
         if opts.batch_size < 2:
@@ -65,4 +65,4 @@ def with_baseline(items: list[dict[str, Any]], batch_size: int, seed: int) -> An
         batch = order[at:at + batch_size]
         shifted = [batch[-1]["completion_ids"]] + [b["completion_ids"] for b in batch[:-1]]
         out += [{**b, "KL_completion_ids": kl} for b, kl in zip(batch, shifted)]
-    return preference.PreferenceDataset(out).hf()
+    return PreferenceDataset(out).hf()

@@ -1,0 +1,138 @@
+"""Preference training (DPO, KTO) on the tiny model: pairs encoded as SFT encodes its examples, and drops trained
+through the real daemon until the model prefers the chosen answers (issue 24)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import overnight
+from tests.conftest_trainer import reversal_records
+
+# the rejected answers use words no prompt holds: a preference the tiny model can learn in a few steps
+OTHER = "stone cloud paper glass chair table lamp door wall road hill rock".split()
+FAST = ("max_steps = 24\nbatch_size = 8\nmax_length = 64\nlog_every = 1\nsave_every = 6\nlearning_rate = 5e-3\n"
+        "probe_count = 20\nprobe_every = 6\nprobe_max_new_tokens = 4\neval_fraction = 0.1\nlora_dropout = 0.0\n")
+
+
+def pairs(n: int, seed: int = 3) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": " ".join(rng.sample(OTHER, 4))}
+            for r in reversal_records(n, seed)]
+
+
+def judged(n: int, seed: int = 3) -> list[dict[str, object]]:
+    return [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
+            for i, p in enumerate(pairs(n, seed))]
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def _drop(home: Path, stem: str, records: list[dict], sidecar: str) -> Path:
+    (home / "inbox" / f"{stem}.toml").write_text(sidecar)
+    (home / "inbox" / f"{stem}.jsonl").write_text(_jsonl(records))
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=900, check=True)
+    runs = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+    run = next(r for r in runs if r["id"].startswith(stem))
+    assert run["state"] == "completed", (Path(run["run_dir"]) / "console.log").read_text()[-3000:]
+    return Path(run["run_dir"])
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _preferred(run: Path) -> dict[int, float]:
+    """Per snapshot step: the share of probe pairs whose chosen answer the model prefers."""
+    by_step: dict[int, list[bool]] = {}
+    for r in _records(run / "evolution.jsonl"):
+        by_step.setdefault(r["step"], []).append(r["prefers"])
+    return {step: sum(v) / len(v) for step, v in sorted(by_step.items())}
+
+
+# ------------------------------------------------------------------------------------------ encoding
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_a_raw_pair_has_the_models_own_start_and_one_eos_per_answer(tokenizer) -> None:
+    from daemon.core.datasets import ExampleKind
+    from daemon.trainer.objectives.preference import PreferenceEncoder
+
+    enc = PreferenceEncoder(tokenizer, 64, "tiny")
+    item = enc.encode(0, {"kind": ExampleKind.PAIR, "prompt": "reverse: a b\n", "chosen": "b a", "rejected": "a b"})
+    assert item["prompt_ids"] == tokenizer("reverse: a b\n")["input_ids"]
+    eos = tokenizer.eos_token_id
+    for side, text in (("chosen_ids", "b a"), ("rejected_ids", "a b")):
+        assert item[side] == tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        assert (item["prompt_ids"] + item[side]).count(eos) == 1
+
+
+def test_a_chat_pair_is_the_template_s_text_cut_at_the_assistants_cue(tokenizer) -> None:
+    from daemon.core.datasets import ExampleKind
+    from daemon.core.templating import ChatFormat
+    from daemon.trainer.objectives.preference import PreferenceEncoder, as_chat
+
+    chat = ChatFormat(tokenizer.chat_template, "the model's own", "test")
+    enc = PreferenceEncoder(tokenizer, 128, "tiny", chat, prompt_chat=True)
+    example = enc.shaped({"kind": ExampleKind.PAIR, "prompt": "reverse: a b", "chosen": "b a", "rejected": "a b"})
+    assert example == as_chat(example) and example["chosen"] == [{"role": "assistant", "content": "b a"}]
+    item = enc.encode(0, example)
+    prompt = tokenizer.decode(item["prompt_ids"])
+    assert prompt == chat.prompt(example["messages"])  # the prompt ends with the assistant's cue
+    for side, text in (("chosen_ids", "b a"), ("rejected_ids", "a b")):
+        whole = tokenizer.decode(item["prompt_ids"] + item[side])
+        full, _ = chat.render([*example["messages"], {"role": "assistant", "content": text}])
+        assert full.startswith(whole) and whole.endswith(text + "<|im_end|>")  # the answer and one end of turn
+        assert whole.count("<|im_end|>") == 2 and whole.count("<|im_start|>") == 2  # the user's turn and this one
+
+
+# ------------------------------------------------------------------------------------------ through the daemon
+@pytest.mark.e2e
+def test_a_dpo_drop_learns_to_prefer_the_chosen_answers(home: Path, tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    run = _drop(home, "prefs", pairs(200), FAST)
+    console = (run / "console.log").read_text()
+    assert "objective: dpo (auto: the records are preference pairs" in console
+    preferred = _preferred(run)
+    assert list(preferred)[0] == 0 and list(preferred)[-1] == 24
+    assert preferred[0] < 0.9 <= preferred[24], preferred  # held-out probe pairs: the model learned the preference
+    train = [r for r in _records(run / "metrics.jsonl") if "loss" in r]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= train[-1].keys()
+    assert train[-1]["rewards/margins"] > 0
+    assert not (run / "adapter" / "ref").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
+    report = json.loads(overnight("evolution", run.name, "--json", home=home, check=True).stdout)
+    assert report["learned"] >= 18, report["summary"]
+
+
+@pytest.mark.e2e
+def test_dpo_on_top_of_an_sft_adapter_starts_from_it_and_measures_against_it(home: Path, tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    sft = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs(60, seed=5)]
+    _drop(home, "sft", sft, FAST.replace("max_steps = 24", "max_steps = 12").replace("probe_count = 20", "probe_count = 0"))
+    run = _drop(home, "dpo", pairs(80), FAST.replace("max_steps = 24", "max_steps = 6") + 'init_adapter = "sft"\n')
+    assert json.loads((run / "config.json").read_text())["init_adapter"]["parent"] == "sft:1"
+    first = next(r for r in _records(run / "metrics.jsonl") if "loss" in r)
+    # at step 1 the policy is the parent and so is the reference: no margin yet, the loss is exactly log 2
+    # (a reference that were the base model would put the parent's own preferences into the first margin)
+    assert first["step"] == 1 and first["rewards/margins"] == 0 and math.isclose(first["loss"], math.log(2),
+                                                                                   abs_tol=1e-4)
+
+
+@pytest.mark.e2e
+def test_a_kto_drop_trains_on_thumbs_up_and_down(home: Path, tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    run = _drop(home, "thumbs", judged(200), FAST.replace("probe_count = 20", "probe_count = 0"))
+    assert "objective: kto (auto: the records are labelled completions" in (run / "console.log").read_text()
+    evals = [r for r in _records(run / "metrics.jsonl") if "eval_loss" in r]
+    assert {"eval_kl", "eval_rewards/chosen", "eval_rewards/rejected"} <= evals[-1].keys()
+    # the desirable answers' reward rises above the undesirable ones'
+    assert evals[-1]["eval_rewards/chosen"] > evals[-1]["eval_rewards/rejected"] + 0.1, evals[-1]
