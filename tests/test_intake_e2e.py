@@ -73,7 +73,9 @@ def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, dae
     wait_until(lambda: len(_run_dirs(home)) == 7 and len(list(rejected.glob("*.error.txt"))) == 2, 60,
                what="7 runs and 2 rejections")
     assert "images are not supported" in (rejected / "mllm_demo.error.txt").read_text()
-    assert "preference pairs" in (rejected / "dpo_en_demo.error.txt").read_text()
+    # accepted as preference pairs, refused as trained by this model: the tiny model's 512-token vocabulary makes
+    # many of its prompts longer than max_length (tests/test_preference_data.py accepts it with a real template)
+    assert "the prompt alone takes" in (rejected / "dpo_en_demo.error.txt").read_text()
     schemas = {json.loads((r / "config.json").read_text())["dataset"]["file"]:
                json.loads((r / "config.json").read_text())["dataset"]["schema"] for r in _run_dirs(home)}
     assert schemas == {"alpaca_en_demo.json": "alpaca", "alpaca_zh_demo.json": "alpaca", "identity.json": "alpaca",

@@ -113,7 +113,7 @@ LINT = {
     "sgptrole.json": (json.dumps([{**SGPT, "chosen": {"from": "human", "value": "b a"}}]), "record 1 (line 1)",
                       "chosen.from", "holds a user turn", "from \"gpt\""),
     "endsanswer.jsonl": (jsonl([{"prompt": [U("q"), A("a")], "chosen": [A("b")], "rejected": [A("c")]}]),
-                         "line 1", "prompt", "ends with a assistant turn", "end 'prompt' with the user turn"),
+                         "line 1", "prompt", "ends with an assistant turn", "end 'prompt' with the user turn"),
     "mixed.jsonl": (jsonl([PAIRS[0], {"prompt": "2+2=", "completion": "4"}]), "line 2", None,
                     "mixed schemas: this record looks like prompt_completion", "one file, one objective"),
     "mixed2.jsonl": (jsonl([{"prompt": "2+2=", "completion": "4"}, PAIRS[0]]), "line 2", None,

@@ -501,7 +501,8 @@ def _answer_turns(record: dict, key: str, where: _Where, notes: Notes, *, shareg
 
 def _prompt_turns(messages: list[dict[str, str]], key: str, where: _Where) -> None:
     if not messages or messages[-1]["role"] not in _PROMPT_ROLES:
-        last = f"ends with a {messages[-1]['role']} turn" if messages else "is empty"
+        role = messages[-1]["role"] if messages else ""
+        last = f"ends with {'an' if role[:1] in 'aeiou' else 'a'} {role} turn" if messages else "is empty"
         raise where.error(key, f"the prompt {last}: it must end with the user's (or a tool's) turn that the "
                                "answers respond to", f"end '{key}' with the user turn, and put the assistant's answers "
                                "in 'chosen' and 'rejected'")
