@@ -584,6 +584,27 @@ def test_charts_and_comparison_overlay(fx) -> None:
     drive(app, body, size=(120, 40))
 
 
+def test_a_preference_run_charts_its_reward_margin_and_accuracy(fx) -> None:
+    metrics = fx.home.runs / TRAINING / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**r, "rewards/margins": 0.01 * r["step"], "rewards/accuracies": 0.5}
+                                          if "loss" in r else r) + "\n" for r in records))
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("2")
+        charts = app.query_one("#charts-panel")
+        await until(pilot, lambda: charts._shown is not None and charts._shown[0].preference, what="reward curves")
+        shown = charts._shown[0]
+        assert shown.margin.ys[-1] > shown.margin.ys[0] and set(shown.accuracy.ys) == {0.5}
+        await pilot.press("down", "down", "down")  # the completed run trained with SFT: its learning rate again
+        await until(pilot, lambda: app.query_one("#runs").selected == COMPLETED)
+        await until(pilot, lambda: charts._shown[0].points == 307 and not charts._shown[0].preference,
+                    what="the SFT run's curves")
+    drive(app, body, size=(120, 40))
+
+
 def test_a_million_line_log_opens_fast_with_bounded_memory(fx, big_log: Path) -> None:
     console = fx.home.runs / TRAINING / "console.log"
     console.unlink()

@@ -269,14 +269,24 @@ class Series:
     ys: tuple[float, ...]
 
 
+NO_SERIES = Series("", (), ())
+
+
 @dataclass(frozen=True)
 class ChartData:
-    """The curves of one run: train loss, eval loss and learning rate; `points` = records behind them."""
+    """The curves of one run: train loss, eval loss and learning rate, and a preference run's reward margin and
+    accuracy (TRL's rewards/margins, rewards/accuracies); `points` = records behind them."""
 
     loss: Series
     eval_loss: Series
     lr: Series
     points: int
+    margin: Series = NO_SERIES
+    accuracy: Series = NO_SERIES
+
+    @property
+    def preference(self) -> bool:
+        return bool(self.margin.xs)
 
 
 def downsample(xs: array | list[float], ys: array | list[float], buckets: int) -> tuple[tuple[float, ...], ...]:
@@ -322,6 +332,7 @@ class MetricsTail:
     def _clear(self) -> None:
         self.steps, self.loss, self.lr = array("d"), array("d"), array("d")
         self.eval_steps, self.eval_loss = array("d"), array("d")
+        self.margin, self.accuracy = array("d"), array("d")  # NaN in an SFT run's records: no curve
         self._cache: tuple[int, int, ChartData] | None = None  # (records, buckets, result)
 
     def poll(self) -> bool:
@@ -335,6 +346,8 @@ class MetricsTail:
                 self.steps.append(step)
                 self.loss.append(_num(r.get("loss")))
                 self.lr.append(_num(r.get("lr")))
+                self.margin.append(_num(r.get("rewards/margins")))
+                self.accuracy.append(_num(r.get("rewards/accuracies")))
             if r.get("eval_loss") is not None:
                 self.eval_steps.append(step)
                 self.eval_loss.append(_num(r.get("eval_loss")))
@@ -348,7 +361,9 @@ class MetricsTail:
             return self._cache[2]
         data = ChartData(loss=Series("loss", *downsample(self.steps, self.loss, buckets)),
                          eval_loss=Series("eval loss", *downsample(self.eval_steps, self.eval_loss, buckets)),
-                         lr=Series("lr", *downsample(self.steps, self.lr, buckets)), points=count)
+                         lr=Series("lr", *downsample(self.steps, self.lr, buckets)), points=count,
+                         margin=Series("reward margin", *downsample(self.steps, self.margin, buckets)),
+                         accuracy=Series("accuracy", *downsample(self.steps, self.accuracy, buckets)))
         self._cache = (count, buckets, data)
         return data
 

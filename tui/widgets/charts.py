@@ -1,4 +1,5 @@
-"""Loss (train, eval and the runs being compared) and learning-rate curves, downsampled to the plot's width."""
+"""Loss (train, eval and the runs being compared) and learning-rate curves (a preference run: its reward margin and
+accuracy instead), downsampled to the plot's width."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -12,7 +13,7 @@ OVERLAY_COLORS = ("magenta", "cyan", "yellow", "green", "red", "white")
 
 
 class ChartsPanel(Horizontal):
-    """Two plots side by side: loss and eval loss (+ overlays), learning rate."""
+    """Two plots side by side: loss and eval loss (+ overlays), learning rate (or reward margin and accuracy)."""
 
     DEFAULT_CSS = """
     ChartsPanel { height: 1fr; }
@@ -67,8 +68,14 @@ class ChartsPanel(Horizontal):
         plt = lr_plot.plt
         plt.clear_data()
         plt.clear_figure()
-        if charts.lr.xs:
-            plt.plot(charts.lr.xs, charts.lr.ys, color="green", marker="braille")
-        plt.title("learning rate" if charts.lr.xs else "learning rate: no metrics yet")
+        if charts.preference:  # what a preference run learns: how far it prefers the chosen answers, how often
+            for series, color in ((charts.margin, "green"), (charts.accuracy, "cyan")):
+                if series.xs:
+                    plt.plot(series.xs, series.ys, label=series.label, color=color, marker="braille")
+            plt.title("reward margin and accuracy (chosen over rejected)")
+        else:
+            if charts.lr.xs:
+                plt.plot(charts.lr.xs, charts.lr.ys, color="green", marker="braille")
+            plt.title("learning rate" if charts.lr.xs else "learning rate: no metrics yet")
         plt.xlabel("step")
         lr_plot.refresh()
