@@ -53,6 +53,16 @@ def test_learned_forgotten_relearned_events() -> None:
     assert report.summary.startswith("1/1 learned, 1 relearned")
 
 
+def test_a_preference_probe_is_learned_while_the_model_prefers_the_chosen_answer() -> None:
+    # the same generation at every snapshot: only the margin (log p(chosen) - log p(rejected)) moves
+    margins = [-0.5, 1.2, 3.0, -0.1, 2.0]
+    report = analyze([{**rec(s * 10, 0, "sma"), "margin": m, "prefers": m > 0} for s, m in enumerate(margins)])
+    p = report.probes[0]
+    assert p.events == [("learned", 10), ("forgotten", 30), ("learned", 40)] and p.status == "relearned"
+    assert [a.step for a in p.answers] == [0, 10, 30, 40]  # kept where the preferred answer changed
+    assert "margin -0.50" in format_report(report) and "margin +3.00" not in format_report(report)
+
+
 def test_never_learned_and_learned_at_step_zero() -> None:
     records = []
     for step in (0, 50, 100):

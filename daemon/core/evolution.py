@@ -173,8 +173,10 @@ def _matches(answer: Answer, threshold: float) -> bool:
 
 
 def _compress(answers: list[Answer]) -> list[Answer]:
-    """The answers where the generation changed from the snapshot before, plus the latest."""
-    kept = [a for i, a in enumerate(answers) if i == 0 or a.generation != answers[i - 1].generation]
+    """The answers where the generation (or, for a preference probe, the answer preferred) changed from the snapshot
+    before, plus the latest."""
+    kept = [a for i, a in enumerate(answers) if i == 0 or a.generation != answers[i - 1].generation
+            or (a.margin is not None and (a.margin > 0) != ((answers[i - 1].margin or 0) > 0))]
     if kept[-1] is not answers[-1]:
         kept.append(answers[-1])
     return kept
@@ -287,8 +289,15 @@ def _status_line(p: ProbeHistory) -> str:
     return f"probe {p.probe}  {label[p.status]}" + (f"  ({story})" if story else "")
 
 
+def answer_mark(a: Answer) -> str:
+    """How an answer compares: `margin +1.25` for a preference probe, else `exact` or `sim 0.83`."""
+    if a.margin is not None:
+        return f"margin {a.margin:+.2f}"
+    return "exact" if a.exact else f"sim {a.similarity:.2f}"
+
+
 def _answer_line(a: Answer, width: int) -> str:
-    mark = "exact" if a.exact else f"sim {a.similarity:.2f}"
+    mark = answer_mark(a)
     loss = "" if a.loss is None else f"loss {a.loss:6.3f}"
     head = f"  step {a.step:>6}  {mark:<9} {loss:<12} "
     return head + _clip(f"\"{a.generation}\"", width - len(head))

@@ -9,7 +9,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from daemon.core.evolution import EvolutionReport, ProbeHistory
+from daemon.core.evolution import EvolutionReport, ProbeHistory, answer_mark
 
 STATUS = {"learned": ("✓ learned", "bold green"), "relearned": ("↻ relearned", "green"),
           "forgotten": ("✗ forgotten", "bold red"), "not learned": ("· not yet", "yellow")}
@@ -113,7 +113,7 @@ def probe_story(probe: ProbeHistory) -> Table:
     grid.add_row("prompt", Text(probe.prompt))
     grid.add_row("reference", Text(probe.reference))
     for a in probe.answers:
-        mark = "exact" if a.exact else f"sim {a.similarity:.2f}"
+        mark = answer_mark(a)
         loss = "" if a.loss is None else f"  loss {a.loss:.3f}"
         grid.add_row(f"step {a.step}", Text.assemble((f"[{mark}{loss}] ", "dim"), a.generation or "(empty)"))
     return grid
