@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import overnight
-from tests.conftest_trainer import reversal_records
+from tests.conftest_trainer import (jsonl, make_run, metrics, reversal_records, start, train, train_losses,
+                                    wait_for)
 
 # the rejected answers use words no prompt holds: a preference the tiny model can learn in a few steps
 OTHER = "stone cloud paper glass chair table lamp door wall road hill rock".split()
@@ -93,6 +94,27 @@ def test_a_chat_pair_is_the_template_s_text_cut_at_the_assistants_cue(tokenizer)
         full, _ = chat.render([*example["messages"], {"role": "assistant", "content": text}])
         assert full.startswith(whole) and whole.endswith(text + "<|im_end|>")  # the answer and one end of turn
         assert whole.count("<|im_end|>") == 2 and whole.count("<|im_start|>") == 2  # the user's turn and this one
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("schema, records", [("preference", pairs(80)), ("kto", judged(80))])
+def test_a_stopped_preference_run_resumes_exactly(tmp_path: Path, tiny_model: Path, schema: str,
+                                                 records: list[dict]) -> None:
+    """Stopped (EOF on stdin: checkpoint and exit) and resumed: the same losses, step by step, as one straight run —
+    TRL's trainers resume like the stock one, the reference adapter included."""
+    opts = {"max_steps": 12, "save_every": 3, "batch_size": 4, "learning_rate": 5e-3, "eval_fraction": 0}
+    runs = [make_run(tmp_path / name, tiny_model, dataset_name="p.jsonl", content=jsonl(records), schema=schema,
+                     records=len(records), options=opts) for name in ("straight", "stopped")]
+    proc = start(runs[1])
+    wait_for(lambda: any(m.get("step", 0) >= 4 for m in metrics(runs[1])), 300, "step 4", proc)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(120) == 0
+    assert json.loads((runs[1] / "result.json").read_text())["outcome"] == "stopped"
+    assert train(runs[1], 300) == 0 and train(runs[0], 300) == 0
+    resumed, straight = train_losses(runs[1]), train_losses(runs[0])
+    assert sorted(resumed) == list(range(1, 13)) and resumed.keys() == straight.keys()
+    assert max(abs(resumed[s] - straight[s]) for s in straight) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------ through the daemon
