@@ -117,6 +117,31 @@ def test_a_stopped_preference_run_resumes_exactly(tmp_path: Path, tiny_model: Pa
     assert max(abs(resumed[s] - straight[s]) for s in straight) < 1e-6
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["qlora", "torchrun"])
+def test_dpo_trains_under_qlora_and_under_torchrun(tmp_path: Path, tiny_model: Path, how: str) -> None:
+    import os
+    import subprocess
+
+    from daemon.core.launch import trainer_command
+
+    opts = {"max_steps": 6, "save_every": 3, "batch_size": 4, "eval_fraction": 0,
+            **({"quantization": "4bit"} if how == "qlora" else {})}
+    run = make_run(tmp_path, tiny_model, dataset_name="p.jsonl", content=jsonl(pairs(80)), schema="preference",
+                   records=80, options=opts)
+    nproc = 2 if how == "torchrun" else 1
+    with open(run / "console.log", "ab") as console:
+        proc = subprocess.Popen(trainer_command(run, nproc, {"nproc_per_node": nproc} if nproc > 1 else None),
+                                stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT, cwd=run,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.wait(600) == 0, (run / "console.log").read_text()[-3000:]
+    text = (run / "console.log").read_text()
+    assert ("4-bit nf4" in text) if how == "qlora" else ("torchrun: 2 process(es)" in text)
+    losses = train_losses(run)
+    assert sorted(losses) == list(range(1, 7)) and losses[6] < losses[1]
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------------ through the daemon
 @pytest.mark.e2e
 def test_a_dpo_drop_learns_to_prefer_the_chosen_answers(home: Path, tiny_model: Path) -> None:
