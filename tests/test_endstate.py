@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 
 from daemon.engine.endstate import MAX_ATTEMPTS, TrainerExit, end_state
-from daemon.core.states import State, StopRequest
+from daemon.core.states import Outcome, State, StopRequest
 
 KILLED = "trainer killed by signal SIGKILL"
 EXITED = "trainer exited with code 1: Traceback"
 
 
 def exit_(outcome=None, request=None, code=0, attempts=0, disk_full=False, crash=EXITED, reason=None):
-    return TrainerExit(outcome, StopRequest(request) if request else None, code, attempts, disk_full, crash, reason,
+    return TrainerExit(Outcome(outcome) if outcome else None, StopRequest(request) if request else None, code, attempts, disk_full, crash, reason,
                        home="/h")
 
 

@@ -119,13 +119,13 @@ def test_a_frozen_trainer_is_ended_even_while_the_db_cannot_be_written(home: Pat
         monkeypatch.setattr(Store, "heartbeat", locked)
         a = _FrozenTrainer(home / "runs")
         with pytest.raises(sqlite3.OperationalError):  # the event is the daemon's fault to report (its guard)…
-            d._escalate(a)
+            d.supervisor._escalate(a)
         assert a.signals == ["SIGTERM"], "…after the signal, which the escalation sends only once"
         a.stall = StallWatch(0.001, "restart")
-        d._watch_stall(a, "training", 3)
+        d.supervisor._watch_stall(a, "training", 3)
         time.sleep(0.01)
         with pytest.raises(sqlite3.OperationalError):
-            d._watch_stall(a, "training", 3)
+            d.supervisor._watch_stall(a, "training", 3)
         assert a.signals == ["SIGTERM", "SIGKILL"] and a.requested == "restart", "a stall reported once restarts"
     finally:
         d.intake.close()

@@ -15,10 +15,11 @@ import pytest
 from bench import kill_loop
 from daemon.engine.endstate import MAX_ATTEMPTS
 from daemon.engine.scheduler import Daemon
+from daemon.engine.supervisor import Supervisor
 
 
-def _daemon_with(run: dict) -> Daemon:
-    d = Daemon.__new__(Daemon)  # only _attempts is exercised: it reads the run's row and its folder
+def _daemon_with(run: dict) -> Supervisor:
+    d = Supervisor.__new__(Supervisor)  # only _attempts is exercised: it reads the run's row and its folder
     d.store = SimpleNamespace(get_run=lambda _run_id: run)
     return d
 

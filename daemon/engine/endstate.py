@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.core.states import State, StopRequest
+from daemon.core.states import Outcome, State, StopRequest
 
 # Attempts in a row without a new checkpoint before a crashing run is failed instead of resumed again.
 MAX_ATTEMPTS = 3
@@ -14,7 +14,7 @@ MAX_ATTEMPTS = 3
 class TrainerExit:
     """What the daemon knows once a trainer has exited."""
 
-    outcome: str | None  # this attempt's result.json: completed | stopped | failed; None when it wrote none
+    outcome: Outcome | None  # this attempt's result.json: completed | stopped | failed; None when it wrote none
     request: StopRequest | None  # what the daemon had asked of it
     exit_code: int | None  # negative: the signal that killed it
     attempts: int  # attempts in a row that made no new checkpoint
@@ -28,9 +28,9 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
     """The run's next state and the reason shown beside it."""
     retry = e.attempts < MAX_ATTEMPTS
     attempt = f"(attempt {e.attempts + 1} of {MAX_ATTEMPTS} without a new checkpoint)"
-    if e.outcome == "completed":  # this attempt's result (runner removes older ones): killed after it, still done
+    if e.outcome == Outcome.COMPLETED:  # this attempt's result (runner removes older ones): killed after it, still done
         return State.COMPLETED, None
-    if e.request and e.exit_code == 0 and e.outcome == "stopped":
+    if e.request and e.exit_code == 0 and e.outcome == Outcome.STOPPED:
         return e.request.outcome, f"{e.request} requested"
     if e.request and e.request.by_user:  # the user's request outlives a trainer that died honouring it
         return e.request.outcome, f"{e.request} requested; {e.crash} before it checkpointed (resumable from its last one)"

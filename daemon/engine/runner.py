@@ -17,13 +17,15 @@ from daemon.core.launch import is_trainer_cmdline, trainer_command
 from daemon.core.rundir import JsonlTail, RunFolder
 from daemon.core.gpus import Slot
 from daemon.engine.stall import Escalation, StallWatch
-from daemon.core.states import StopRequest
+from daemon.core.states import Phase, StopRequest
 from daemon.engine.store import Store
 
 
 def stop_request(current: str | None, reason: str) -> StopRequest:
-    """The stop request in force once `reason` arrives while `current` stands (None: no request yet):
-    `StopRequest.then`'s rule, for TrainerProcess and the tests' stand-ins."""
+    """The stop request in force once `reason` arrives while `current` stands (None: no request yet).
+
+    The rule itself is `StopRequest.then`'s (its one owner); this only starts from no request, for TrainerProcess
+    and the tests' stand-ins."""
     return StopRequest(current).then(reason) if current else StopRequest(reason)
 
 
@@ -147,7 +149,7 @@ class TrainerProcess:
         if prog.get("step") is not None:
             step, total = int(prog["step"]), prog.get("max_steps")
             fields.update(step=step, max_steps=total, epoch=prog.get("epoch"))
-            eta = self._eta(step, total, prog.get("state") == "training")
+            eta = self._eta(step, total, prog.get("state") == Phase.TRAINING)
             if eta is not None:
                 fields["eta_s"] = eta
         return fields

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COUNTED = ("training", "saving", "evaluating")  # progress.json states in which a step must come
+from daemon.core.options import OPTIONS
+from daemon.core.states import Phase
+
+COUNTED = (Phase.TRAINING, Phase.SAVING, Phase.EVALUATING)  # progress.json states in which a step must come
 
 
 @dataclass
@@ -81,3 +84,11 @@ def stop_grace(stall_limit_s: float, step_s: float | None) -> float:
     """How long a trainer asked to stop may show no progress: two minutes (less when the owner's stall window
     is shorter), but never less than three of its own steps (a big model's step may take minutes)."""
     return max(min(stall_limit_s, 120.0), 3 * (step_s or 0.0))
+
+
+def grace_of(watch: StallWatch | None, step_s: float | None) -> float:
+    """`stop_grace` for one trainer: its own stall window (the default one for a trainer the daemon did not start,
+    an earlier daemon's leftover), and only a few seconds for one already known frozen (no point waiting long)."""
+    if watch and watch.stalled:
+        return 5.0
+    return stop_grace(watch.limit_s if watch else 60 * OPTIONS["stall_minutes"].default, step_s)

@@ -1,0 +1,345 @@
+"""The trainer supervisor: the daemon's running trainers, one per slot, from their start to their end.
+
+Split like pueue's process handler: `start_next`/`spawn` put queued runs on free slots, `watch` follows each
+trainer every pass (its files into the DB, its phase, a stall, a stop it does not honour), `finish` turns an exit
+into the run's end state (daemon/engine/endstate.py), `stop_all` checkpoints every trainer at shutdown and `recover`
+requeues what a dead daemon left active. The Daemon (scheduler.py) owns the loop and hands in what the supervisor
+must not reach back for: the state transition, the fault guard, notifications, hooks and the disk report.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from daemon.core import gpus, launch, rundir, sweep
+from daemon.core.gpus import GpuChoiceError, Slot
+from daemon.core.home import Home
+from daemon.core.log import log
+from daemon.core.options import OPTIONS
+from daemon.core.rundir import RunFolder, step_of
+from daemon.core.space import is_disk_full, shortage
+from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State
+from daemon.core.timefmt import iso
+from daemon.engine import hooks, notify, registry
+from daemon.engine.endstate import TrainerExit, end_state
+from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
+from daemon.engine.stall import Escalation, StallWatch, grace_of
+from daemon.engine.store import Store, busy_problem
+
+Transition = Callable[..., None]  # (run_id, state, reason, **fields): the Daemon's, which also writes metadata.json
+Guard = Callable[[str, Callable[[], None]], None]  # the Daemon's: a fault is logged, never fatal
+
+
+def setting(owner: dict[str, Any], name: str) -> Any:
+    """An owner option from overnight.toml, or its default."""
+    return owner.get(name, OPTIONS[name].default)
+
+
+def run_options(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved options, from its config.json."""
+    return RunFolder(run["run_dir"]).options()
+
+
+def tell(notifier: notify.Notifier, event: str, subject: str, message: Any, *args: Any) -> None:
+    """Queue a notification built by `message(*args)`; nothing here may stop the daemon or fail a run."""
+    try:
+        notifier.send(event, *message(*args), subject=subject)
+    except Exception:  # noqa: BLE001
+        log.exception(f"notify: could not prepare '{event}' for {subject}")
+
+
+def _outcome(value: Any) -> Outcome | None:
+    """result.json's outcome; one the trainer never writes reads as failed (end_state then fails the run with the
+    file's reason, as it did for any outcome it did not know), so a damaged file cannot stall the finish."""
+    if not value:
+        return None
+    known = isinstance(value, str) and value in Outcome._value2member_map_
+    return Outcome(value) if known else Outcome.FAILED
+
+
+class Supervisor:
+    """The running trainers by run id, and every rule of their life cycle."""
+
+    def __init__(self, home: Home, store: Store, transition: Transition, *, options: Callable[[], dict[str, Any]],
+                 guard: Guard, notifier: notify.Notifier, hooks: hooks.Hooks, beat: Callable[[], None],
+                 disk: Callable[[str | None], None]) -> None:
+        self.home, self.store, self.transition, self.options, self.guard = home, store, transition, options, guard
+        self.notifier, self.hooks = notifier, hooks
+        self.beat = beat  # a heartbeat now: a stall shows on the PROBLEM line without waiting for the loop's
+        self.disk = disk  # what a start found about free space (None: enough), for the daemon's disk problem
+        self.trainers: dict[str, TrainerProcess] = {}  # the runs training side by side, one per slot
+
+    def stalled(self) -> list[str]:
+        """What each stalled trainer's PROBLEM line says."""
+        return [a.stall.message(a.run_id, a.proc.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
+
+    # --- starting -------------------------------------------------------------------------------------
+    def start_next(self) -> None:
+        """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
+        queued = self.store.runs_in([State.QUEUED])
+        if not queued:
+            return
+        owner = self.options()
+        try:
+            slots = gpus.plan(owner, os.environ)
+        except GpuChoiceError as e:
+            if not self.trainers:  # a choice no run can train under: the next one fails with the fix
+                self.fail_before_start(queued[0], str(e))
+            return
+        for run, slot in zip(queued, self._free(slots)):
+            if not self.spawn(run, slot, owner):
+                return
+
+    def _free(self, slots: list[Slot]) -> list[Slot]:
+        """The slots no running trainer holds (slots that share a GPU with a busy one are busy too)."""
+        busy = [a.slot for a in self.trainers.values()]
+        free = []
+        for slot in slots:
+            if slot.devices and any(set(slot.devices) & set(b.devices) for b in busy):
+                continue
+            if not slot.devices and slot in busy:
+                busy.remove(slot)  # CPU shares are alike: each running CPU trainer holds one
+                continue
+            free.append(slot)
+        return free
+
+    def free_slots(self) -> int:
+        """How many more runs could start now (preemption asks only when none could)."""
+        try:
+            return len(self._free(gpus.plan(self.options(), os.environ)))
+        except GpuChoiceError:
+            return 0
+
+    def spawn(self, run: dict[str, Any], slot: Slot, owner: dict[str, Any]) -> bool:
+        """Start one queued run's trainer on `slot`; False when the disk is too full to start anything."""
+        run_dir = Path(run["run_dir"])
+        ckpt = RunFolder(run_dir).newest_checkpoint()
+        short = shortage(run_dir, ckpt, float(setting(owner, "min_free_gb")))
+        self.disk(short)
+        if short:
+            return False
+        attempt = (run["attempts"] or 0) + 1
+        self.store.set_gpu_set(run["id"], slot.nvml_indices())  # before the transition: metadata.json keeps it
+        self.transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
+                        resume_from=ckpt.name if ckpt else None)
+        env = slot.env(os.environ)
+        resuming = f", resuming from {ckpt.name}" if ckpt else ""
+        rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}{resuming}; {slot.label}; "
+                                       f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
+        table = owner.get("torchrun")
+        command = launch.trainer_command(run_dir, launch.nproc_for(len(slot.devices), table), table)
+        a = TrainerProcess.start(run["id"], run_dir, env=env, command=command, slot=slot, stall=StallWatch(
+            60 * float(setting(owner, "stall_minutes")), str(setting(owner, "stall_action"))))
+        self.trainers[run["id"]] = a
+        for kind in ("metrics", "evolution"):
+            a.reset(kind, self.store)
+        self.store.update_run(run["id"], pid=a.proc.pid)
+        log.info(f"started {run['id']} on {slot.label} (PID {a.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
+        return True
+
+    def fail_before_start(self, run: dict[str, Any], reason: str) -> None:
+        """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
+        self.transition(run["id"], State.FAILED, reason, finished=iso())
+        rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
+        log.error(f"{run['id']} failed: {reason}")
+        failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
+        tell(self.notifier, "failed", run["id"], notify.failed_message, failed, reason, self.home.root)
+        self.hooks.run_hooks("on_fail", self.options().get("hooks") or {}, failed)
+
+    # --- watching -------------------------------------------------------------------------------------
+    def watch(self) -> None:
+        """One pass over every trainer, each guarded: one trainer's fault must not blind the daemon to the others."""
+        for a in list(self.trainers.values()):
+            self.guard(f"watch {a.run_id}", lambda: self._watch_trainer(a))
+
+    def _watch_trainer(self, a: TrainerProcess) -> None:
+        fields = a.ingest(self.store)
+        self._escalate(a)
+        progress = a.progress()
+        phase = progress.get("state") or ""
+        # progress.json of an earlier attempt says nothing about this process until it writes its own
+        own = progress.get("pid") == a.proc.pid
+        self._watch_stall(a, phase if own else Phase.PREPARING, int(progress.get("step") or 0))
+        run = self.store.get_run(a.run_id)
+        if fields:
+            self.store.update_run(a.run_id, **fields)
+        if run and phase in (Phase.TRAINING, Phase.PAUSED) and run["state"] != phase and a.poll() is None:
+            self._follow_phase(a, State(phase), progress)
+        if a.poll() is not None:
+            self.finish(a)
+
+    def _follow_phase(self, a: TrainerProcess, state: State, progress: dict[str, Any]) -> None:
+        """The run's state follows the trainer into training and into a pause (a disk-low pause is told)."""
+        why = (progress.get("reason") or "paused at a step boundary") if state == State.PAUSED else None
+        self.transition(a.run_id, state, why)
+        rundir.append_console(a.run_dir, f"overnight: run is now {state}")
+        if why and why.startswith("disk_low"):
+            tell(self.notifier, "disk_low", a.run_id, lambda: (f"overnight: {a.run_id} paused, disk low", why))
+
+    def _watch_stall(self, a: TrainerProcess, phase: str, step: int) -> None:
+        if a.stall is None or a.poll() is not None:
+            return
+        was_stalled = a.stall.stalled
+        if not a.stall.observe(phase, step, time.monotonic()):
+            if was_stalled and not a.stall.stalled:
+                log.info(f"{a.run_id}: training steps again (step {step})")
+            return
+        message = a.stall.message(a.run_id, a.proc.pid)
+        log.warning(message)
+        rundir.append_console(a.run_dir, f"overnight: {message}")
+        tell(self.notifier, "stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
+        if a.stall.action == "restart":
+            a.restart_frozen()
+        # the DB last: reported once, the stall's action must not hang on a DB that cannot be written now
+        self.store.control_event("stall", a.run_id, "daemon", "stalled", message)
+        self.beat()
+
+    def _escalate(self, a: TrainerProcess) -> None:
+        """A trainer asked to stop that shows no progress gets SIGTERM, then SIGKILL (daemon/engine/stall.py)."""
+        if not a.requested or a.poll() is not None:
+            return
+        escalation = a.escalation or a.escalating(grace_of(a.stall, a.step_s))
+        sig = escalation.observe(a.progress_mark(), time.monotonic())
+        if sig:
+            waited = escalation.grace_s if sig == "SIGTERM" else escalation.kill_s
+            msg = (f"{a.run_id}: the trainer (PID {a.proc.pid}) showed no progress for {waited:g} s after the "
+                   f"{a.requested} request; sending {sig}")
+            log.warning(msg)
+            rundir.append_console(a.run_dir, f"overnight: {msg}")
+            a.signal(sig)  # before the DB event: the escalation sends each signal once, whatever the DB does
+            self.store.control_event(str(a.requested), a.run_id, "daemon", "escalated", msg)
+
+    # --- ending ---------------------------------------------------------------------------------------
+    def finish(self, a: TrainerProcess) -> None:
+        """The trainer exited: decide the run's end state from its result and what the daemon asked."""
+        rc = a.poll()
+        fields = a.ingest(self.store)
+        tries = self._attempts(a.run_id)
+        result = a.folder.read_result()
+        state, reason = end_state(TrainerExit(
+            outcome=_outcome(result.get("outcome")), request=a.requested, exit_code=rc,
+            attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
+            reason=result.get("reason"), home=str(self.home.root)))
+        fields.update(pid=None)
+        if state == State.QUEUED:
+            fields["attempts"] = tries
+        if state in ENDED:
+            fields["finished"] = iso()
+        self.transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
+        run = self.store.get_run(a.run_id)
+        # registered before the trainer is let go: a failed write (disk full, DB busy) finishes again at the next
+        # pass (the transition and the registration are idempotent)
+        version, waits = self._register(run) if state == State.COMPLETED else (None, False)
+        self.trainers.pop(a.run_id, None)
+        rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
+                                         f"{' (' + reason + ')' if reason else ''}")
+        log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
+        self._tell_end(run, state, reason, version, waits, result)
+
+    def _register(self, run: dict[str, Any]) -> tuple[int | None, bool]:
+        """Register a completed run's model version (active at once unless its group selects its best later)."""
+        try:
+            waits = sweep.selects_best(run_options(run), run)
+            return registry.register(self.store, run, activate=not waits), waits
+        except Exception as e:
+            if is_disk_full(e) or busy_problem(e, self.home.db):
+                raise
+            log.exception(f"{run['id']}: could not register its model version")
+            return None, False  # a bug here must not hold the queue: said, and the night goes on
+
+    def _tell_end(self, run: dict[str, Any], state: State, reason: str | None, version: int | None, waits: bool,
+                  result: dict[str, Any]) -> None:
+        """The log line of a new version, the notification and the on_complete / on_fail hook."""
+        if state == State.COMPLETED:
+            if version is not None:
+                log.info(f"registered model {run['name']} version {version}"
+                         f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
+            tell(self.notifier, "completed", run["id"], notify.completed_message, run, version, result)
+        elif state == State.FAILED:
+            tell(self.notifier, "failed", run["id"], notify.failed_message, run, reason, self.home.root)
+        if state in (State.COMPLETED, State.FAILED):
+            self.hooks.run_hooks("on_complete" if state == State.COMPLETED else "on_fail",
+                                 self.options().get("hooks") or {}, run)
+
+    def _attempts(self, run_id: str) -> int:
+        """The run's attempts in a row that made no new checkpoint: 0 once it has a checkpoint newer than the one
+        its last attempt resumed from (that attempt made progress, so whatever ended it was no crash loop)."""
+        run = self.store.get_run(run_id)
+        newest = RunFolder(run["run_dir"]).newest_checkpoint()
+        progressed = newest is not None and step_of(newest.name) > step_of(run["resume_from"])
+        return 0 if progressed else int(run["attempts"] or 0)
+
+    def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:
+        """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
+        if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.folder.console)):
+            return True
+        min_free = float(setting(self.options(), "min_free_gb"))
+        return not result and shortage(a.run_dir, a.folder.newest_checkpoint(), min_free) is not None
+
+    @staticmethod
+    def _crash_reason(a: TrainerProcess, rc: int | None) -> str:
+        if rc is not None and rc < 0:
+            return f"trainer killed by signal {signal.Signals(-rc).name}"
+        tail = [ln for ln in rundir.read_tail(a.folder.console).splitlines() if ln.strip()]
+        return f"trainer exited with code {rc}: {tail[-1][:300] if tail else 'no output'}"
+
+    def stop_all(self) -> None:
+        """Shutdown: every trainer checkpoints and exits (its run goes back to the queue, to resume at the next
+        start); one that shows no progress is escalated to SIGTERM, then SIGKILL."""
+        for a in self.trainers.values():
+            a.request_stop("shutdown")
+            a.close_stdin()
+        for a in list(self.trainers.values()):
+            while a.wait(0.5) is None:
+                for b in self.trainers.values():
+                    self.guard("escalate", lambda: self._escalate(b))
+                if a.escalation and a.escalation.sent == "SIGKILL" and a.wait(30) is None:
+                    log.error(f"trainer of {a.run_id} (PID {a.proc.pid}) survived SIGKILL (stuck in the kernel?); "
+                              f"leaving it: the next daemon ends it at start")
+                    break
+            # a DB that cannot be written now (disk full) still says "training": the next start requeues the run
+            self.guard("finish", lambda: self.finish(a))
+
+    # --- recovery -------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Runs the DB says were active when the last daemon died go back to the queue, to resume."""
+        self._end_leftover_trainers()
+        for run in self.store.runs_in(ACTIVE):
+            run_dir = Path(run["run_dir"])
+            ckpt = RunFolder(run_dir).newest_checkpoint()
+            reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
+            self.transition(run["id"], State.QUEUED, reason, pid=None, attempts=self._attempts(run["id"]))
+            rundir.append_console(run_dir, f"overnight: {reason}")
+            log.info(f"recovered {run['id']}: {reason}")
+
+    def _end_leftover_trainers(self) -> None:
+        """Never two trainers on one run folder: a trainer an earlier daemon left running is asked to checkpoint
+        and exit (SIGTERM, and SIGCONT in case it was stopped), then ended if it shows no progress."""
+        for proc, run_dir in leftover_trainers(self.home.runs):
+            msg = (f"found the trainer of {run_dir.name} (PID {proc.pid}) left running by an earlier daemon: "
+                   f"asking it to checkpoint and exit")
+            log.warning(msg)
+            rundir.append_console(run_dir, f"overnight: {msg}")
+            for sig in ("SIGTERM", "SIGCONT"):
+                signal_group(proc.pid, sig)
+            _wait_out(proc, run_dir, Escalation(grace_of(None, None), time.monotonic()))
+            log.info(f"the leftover trainer of {run_dir.name} has exited")
+
+
+def _wait_out(proc: psutil.Process, run_dir: Path, escalation: Escalation) -> None:
+    """Wait for a leftover trainer to exit, escalating while it shows no progress."""
+    try:
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            sig = escalation.observe(progress_mark(RunFolder(run_dir)), time.monotonic())
+            if sig:
+                log.warning(f"the leftover trainer of {run_dir.name} (PID {proc.pid}) shows no progress: "
+                            f"sending {sig}")
+                signal_group(proc.pid, sig)
+            time.sleep(0.5)
+    except psutil.NoSuchProcess:
+        pass

@@ -1,0 +1,294 @@
+"""The trainer supervisor against a real (temporary) state DB: what a run shows once its trainer exits, a stop the
+trainer ignores escalated to SIGTERM and SIGKILL, shutdown, and recovery after a dead daemon. Exits are stub
+trainers (like test_controller.py's); escalation, shutdown and a leftover trainer use short real processes (a
+`python -c` standing in for the trainer), since signals and process groups are the point there.
+
+The end-to-end tests (test_daemon_e2e.py, test_stall.py, test_kill_loop.py) prove the same with the real trainer.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from daemon.core.home import Home
+from daemon.core.rundir import RunFolder
+from daemon.core.states import State, StopRequest
+from daemon.engine.endstate import MAX_ATTEMPTS
+from daemon.engine.runner import TrainerProcess
+from daemon.engine.stall import StallWatch
+from daemon.engine.store import Store
+from daemon.engine.supervisor import Supervisor
+from tests.conftest import budget, wait_until
+
+
+@dataclass
+class Exited:
+    """A trainer that has exited with `rc`, having written what the test put in its run folder."""
+
+    run_id: str
+    run_dir: Path
+    rc: int
+    requested: StopRequest | None = None
+    stall: StallWatch | None = None
+    escalation: None = None
+    proc: Any = field(default_factory=lambda: SimpleNamespace(pid=4242))
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    def poll(self) -> int:
+        return self.rc
+
+    def ingest(self, _store: Store) -> dict[str, Any]:
+        return {}
+
+    def progress(self) -> dict[str, Any]:
+        return self.folder.read_progress()
+
+
+class Bench:
+    """A home with runs in the DB and a Supervisor over it; records what it tells the owner."""
+
+    def __init__(self, root: Path) -> None:
+        self.home = Home(root)
+        self.home.create()
+        self.store = Store(self.home.db)
+        self.told: list[tuple[str, str]] = []  # (event, subject) of each notification
+        self.hooks: list[tuple[str, str]] = []  # (hook, run id) of each hook run
+        self.beats = 0
+        self.sup = Supervisor(self.home, self.store, self._transition, options=lambda: {"min_free_gb": 0},
+                              guard=lambda _name, fn: fn(),  # a fault fails the test
+                              notifier=SimpleNamespace(send=self._send),
+                              hooks=SimpleNamespace(run_hooks=self._hook), beat=self._beat, disk=lambda _s: None)
+
+    def _transition(self, run_id: str, state: str, reason: str | None, **fields: Any) -> None:
+        self.store.set_state(run_id, state, reason, **fields)
+
+    def _send(self, event: str, _title: str, _body: str, subject: str) -> None:
+        self.told.append((event, subject))
+
+    def _hook(self, name: str, _table: dict, run: dict[str, Any]) -> None:
+        self.hooks.append((name, run["id"]))
+
+    def _beat(self) -> None:
+        self.beats += 1
+
+    def run(self, run_id: str, state: str = State.TRAINING, attempts: int = 1, **fields: Any) -> Path:
+        run_dir = self.home.runs / run_id
+        run_dir.mkdir()
+        self.store.insert_run({"id": run_id, "name": run_id.split("-")[0], "dataset": f"inbox/{run_id}.jsonl",
+                               "state": state, "priority": 0, "seq": self.store.next_seq(), "run_dir": str(run_dir),
+                               "attempts": attempts, "base_model": "tiny", **fields})
+        return run_dir
+
+    def row(self, run_id: str) -> dict[str, Any]:
+        return self.store.get_run(run_id)
+
+    def events(self, status: str) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.store.db.query("SELECT * FROM control_events WHERE status = ?", [status])]
+
+
+@pytest.fixture
+def bench(tmp_path: Path):
+    b = Bench(tmp_path / "home")
+    yield b
+    b.store.close()
+
+
+def _checkpoint(run_dir: Path, step: int) -> None:
+    folder = run_dir / "checkpoints" / f"step-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+
+
+def _exits(b: Bench, run_id: str, rc: int, result: dict | None = None, console: str = "",
+           request: str | None = None, **run: Any) -> dict[str, Any]:
+    """The run's trainer exits as described; one pass of the supervisor sees it. Returns the run's row."""
+    run_dir = b.run(run_id, **run)
+    if result is not None:
+        RunFolder(run_dir).result.write_text(json.dumps(result))
+    RunFolder(run_dir).console.write_text(console)
+    b.sup.trainers[run_id] = Exited(run_id, run_dir, rc, StopRequest(request) if request else None)  # type: ignore
+    b.sup.watch()
+    assert run_id not in b.sup.trainers, "an exited trainer no longer holds its slot"
+    return b.row(run_id)
+
+
+def test_a_trainer_that_trained_out_completes_its_run_and_registers_its_model(bench: Bench) -> None:
+    row = _exits(bench, "talk-1", 0, {"outcome": "completed", "final_loss": 1.5})
+    assert (row["state"], row["reason"], row["pid"]) == ("completed", None, None) and row["finished"]
+    assert [(m["version"], m["run_id"], m["active"]) for m in bench.store.models("talk")] == [(1, "talk-1", 1)]
+    assert ("completed", "talk-1") in bench.told and ("on_complete", "talk-1") in bench.hooks
+    console = RunFolder(row["run_dir"]).console.read_text()
+    assert "overnight: trainer exited with code 0; run completed" in console
+
+
+@pytest.mark.parametrize("request_, state", [("stop", "stopped"), ("skip", "skipped"), ("preempt", "queued"),
+                                              ("shutdown", "queued")])
+def test_a_stop_the_trainer_honoured_ends_the_run_as_asked(bench: Bench, request_: str, state: str) -> None:
+    row = _exits(bench, "talk-1", 0, {"outcome": "stopped"}, request=request_)
+    assert (row["state"], row["reason"]) == (state, f"{request_} requested")
+    assert not bench.told and not bench.hooks, "a stop is no failure: nothing to tell"
+    assert bool(row["finished"]) == (state in ("stopped", "skipped"))
+
+
+def test_a_user_stop_outlives_a_trainer_that_died_honouring_it(bench: Bench) -> None:
+    row = _exits(bench, "talk-1", -9, request="stop")
+    assert row["state"] == "stopped"
+    assert row["reason"].startswith("stop requested; trainer killed by signal SIGKILL before it checkpointed")
+
+
+def test_a_trainer_killed_from_outside_is_resumed_then_failed_in_a_crash_loop(bench: Bench) -> None:
+    row = _exits(bench, "talk-1", -9, attempts=1)
+    assert row["state"] == "queued" and row["attempts"] == 1
+    assert row["reason"] == (f"trainer killed by signal SIGKILL; resuming from its last checkpoint "
+                             f"(attempt 2 of {MAX_ATTEMPTS} without a new checkpoint)")
+    row = _exits(bench, "talk-2", -9, attempts=MAX_ATTEMPTS)
+    assert (row["state"], row["reason"]) == ("failed", "trainer killed by signal SIGKILL")
+    assert ("failed", "talk-2") in bench.told and ("on_fail", "talk-2") in bench.hooks
+
+
+def test_a_checkpoint_since_its_last_start_counts_the_attempts_afresh(bench: Bench) -> None:
+    run_dir = bench.run("talk-1", attempts=MAX_ATTEMPTS, resume_from="step-2")
+    _checkpoint(run_dir, 4)  # this attempt made progress: no crash loop
+    bench.sup.trainers["talk-1"] = Exited("talk-1", run_dir, -9)  # type: ignore[assignment]
+    bench.sup.watch()
+    assert (bench.row("talk-1")["state"], bench.row("talk-1")["attempts"]) == ("queued", 0)
+
+
+def test_a_trainer_that_crashed_fails_its_run_with_its_last_words(bench: Bench) -> None:
+    row = _exits(bench, "talk-1", 1, console="loading\nRuntimeError: boom\n\n")
+    assert (row["state"], row["reason"]) == ("failed", "trainer exited with code 1: RuntimeError: boom")
+    assert row["finished"] and bench.told == [("failed", "talk-1")] and bench.hooks == [("on_fail", "talk-1")]
+    row = _exits(bench, "talk-2", 1, {"outcome": "failed", "reason": "dataset has no rows"})
+    assert (row["state"], row["reason"]) == ("failed", "dataset has no rows")
+
+
+def test_a_trainer_that_filled_the_disk_waits_for_space(bench: Bench) -> None:
+    row = _exits(bench, "talk-1", 1, {"outcome": "failed", "reason": "OSError: [Errno 28] No space left on device"})
+    assert row["state"] == "queued" and row["reason"].startswith("the disk filled up while it trained")
+    assert not bench.told
+
+
+def test_the_run_follows_its_trainer_into_training_and_a_pause(bench: Bench) -> None:
+    run_dir = bench.run("talk-1", state=State.PREPARING)
+    a = Exited("talk-1", run_dir, rc=None)  # type: ignore[arg-type]  # still running
+    bench.sup.trainers["talk-1"] = a  # type: ignore[assignment]
+    progress = RunFolder(run_dir).progress
+    bench.sup.watch()
+    assert bench.row("talk-1")["state"] == "preparing", "loading: no progress.json yet"
+    progress.write_text(json.dumps({"state": "training", "step": 3, "pid": 4242}))
+    bench.sup.watch()
+    assert bench.row("talk-1")["state"] == "training" and "talk-1" in bench.sup.trainers
+    progress.write_text(json.dumps({"state": "paused", "step": 3, "pid": 4242, "reason": "disk_low: 1 GB free"}))
+    bench.sup.watch()
+    assert (bench.row("talk-1")["state"], bench.row("talk-1")["reason"]) == ("paused", "disk_low: 1 GB free")
+    assert bench.told == [("disk_low", "talk-1")]
+
+
+def test_a_frozen_trainer_is_reported_once(bench: Bench) -> None:
+    run_dir = bench.run("talk-1")
+    a = Exited("talk-1", run_dir, rc=None, stall=StallWatch(0.05))  # type: ignore[arg-type]
+    bench.sup.trainers["talk-1"] = a  # type: ignore[assignment]
+    RunFolder(run_dir).progress.write_text(json.dumps({"state": "training", "step": 3, "pid": 4242}))
+    wait_until(lambda: bench.sup.watch() or bench.sup.stalled(), budget(10), 0.01, what="the stall")
+    assert "talk-1 stalled: no training step" in bench.sup.stalled()[0]
+    bench.sup.watch()
+    assert bench.told == [("stalled", "talk-1")] and len(bench.events("stalled")) == 1 and bench.beats == 1
+
+
+# A stand-in trainer: says it is ready once its handlers are set, then never shows progress (no progress.json).
+IGNORES_STOP = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path("ready").write_text("")
+while True:
+    time.sleep(1)
+"""
+# ...and one that checkpoints and exits when asked on stdin, as the real trainer does
+HONOURS_STOP = """
+import json, pathlib, sys
+pathlib.Path("ready").write_text("")
+for line in sys.stdin:
+    if line.strip() == "stop":
+        pathlib.Path("result.json").write_text(json.dumps({"outcome": "stopped"}))
+        sys.exit(0)
+"""
+
+
+def _start(b: Bench, run_id: str, script: str, stall_s: float = 60) -> TrainerProcess:
+    run_dir = b.run(run_id)
+    a = TrainerProcess.start(run_id, run_dir, command=[sys.executable, "-c", script], stall=StallWatch(stall_s))
+    b.sup.trainers[run_id] = a
+    wait_until(lambda: (run_dir / "ready").exists() or a.poll() is not None, budget(30), 0.01, what="started")
+    assert a.poll() is None, RunFolder(run_dir).console.read_text()
+    return a
+
+
+def test_a_stop_the_trainer_ignores_escalates_to_sigterm_then_sigkill(bench: Bench) -> None:
+    a = _start(bench, "talk-1", IGNORES_STOP, stall_s=0.2)  # its grace: its stall window, 0.2 s
+    try:
+        assert a.request_stop("stop") == "stop"
+        wait_until(lambda: bench.sup.watch() or "talk-1" not in bench.sup.trainers, budget(30), 0.02,
+                   what="the trainer ended")
+    finally:
+        if a.poll() is None:
+            a.kill()
+    row = bench.row("talk-1")
+    assert row["state"] == "stopped" and "trainer killed by signal SIGKILL" in row["reason"]
+    assert [e["message"].rsplit(" ", 1)[-1] for e in bench.events("escalated")] == ["SIGTERM", "SIGKILL"]
+    console = RunFolder(row["run_dir"]).console.read_text()
+    assert console.index("after the stop request; sending SIGTERM") < console.index("sending SIGKILL")
+
+
+def test_shutdown_checkpoints_each_trainer_and_queues_its_run(bench: Bench) -> None:
+    a = _start(bench, "talk-1", HONOURS_STOP)
+    try:
+        bench.sup.stop_all()
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a.poll() == 0 and not bench.sup.trainers
+    assert (bench.row("talk-1")["state"], bench.row("talk-1")["reason"]) == ("queued", "shutdown requested")
+
+
+def test_recovery_requeues_the_runs_a_dead_daemon_left_active(bench: Bench) -> None:
+    _checkpoint(bench.run("talk-1", state=State.TRAINING, attempts=2, pid=999999), 4)
+    bench.run("chat-1", state=State.PREPARING)
+    bench.run("done-1", state=State.COMPLETED)
+    bench.sup.recover()
+    row = bench.row("talk-1")
+    assert (row["state"], row["reason"], row["pid"]) == ("queued", "interrupted (daemon restart); resumes from "
+                                                                    "step-4", None)
+    assert row["attempts"] == 0, "it checkpointed past where it started: no crash loop"
+    assert "overnight: interrupted (daemon restart)" in RunFolder(row["run_dir"]).console.read_text()
+    assert bench.row("chat-1")["reason"] == "interrupted (daemon restart); resumes from the start"
+    assert bench.row("done-1")["state"] == "completed"
+
+
+def test_recovery_ends_a_trainer_an_earlier_daemon_left_running(bench: Bench) -> None:
+    """Never two trainers on one run folder: the leftover is asked to checkpoint and exit before its run requeues."""
+    run_dir = bench.run("talk-1")
+    # its command line ends like a trainer's (`-m daemon.trainer RUN_DIR`); it exits on SIGTERM as a trainer does
+    script = "import pathlib, time; pathlib.Path('ready').write_text(''); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", script, "-m", "daemon.trainer", str(run_dir)], cwd=run_dir,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: (run_dir / "ready").exists(), budget(30), 0.01, what="the leftover started")
+        bench.sup.recover()
+        assert proc.wait(budget(10)) == -15, "ended by SIGTERM (its checkpoint-and-exit signal)"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert bench.row("talk-1")["state"] == "queued"
+    assert "left running by an earlier daemon" in RunFolder(run_dir).console.read_text()
+
