@@ -12,7 +12,7 @@ import pytest
 
 import psutil
 
-from daemon.engine.stall import Escalation, StallWatch, stop_grace
+from daemon.engine.stall import Escalation, StallWatch, grace_of, stop_grace
 from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.test_control_e2e import drop_all, progress_step, run_of, state, write_dataset
 
@@ -41,6 +41,14 @@ def test_a_stop_request_escalates_on_a_trainer_that_shows_no_progress() -> None:
     assert e.observe((2, 4), 29.5) == "SIGKILL"
     assert e.observe((2, 4), 100) is None  # sent once
     assert stop_grace(1800, None) == 120 and stop_grace(3, 0.1) == 3 and stop_grace(1800, 90) == 270
+
+
+def test_a_trainer_gets_the_grace_of_its_own_stall_window() -> None:
+    assert grace_of(StallWatch(3), 0.1) == 3 and grace_of(StallWatch(1800), 90) == 270
+    assert grace_of(None, None) == 120  # an earlier daemon's leftover: the default window (30 minutes), capped
+    frozen = StallWatch(1800)
+    frozen.observe("training", 3, 0)
+    assert frozen.observe("training", 3, 1800) and grace_of(frozen, 90) == 5  # known frozen: no long wait
 
 
 def _gone(pid: int) -> bool:
