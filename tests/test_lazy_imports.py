@@ -60,8 +60,9 @@ def _imported(code: str) -> set[str]:
 
 
 # The daemon process's own modules and the client's: the trainer subprocess imports none of them.
-DAEMON_SIDE = ("daemon.engine.scheduler", "daemon.engine.controller", "daemon.engine.intake", "daemon.engine.store", "daemon.engine.runner",
-               "daemon.engine.hooks", "daemon.engine.notify", "daemon.engine.registry", "daemon.engine.rebuild", "daemon.client.cli", "daemon.core.render",
+DAEMON_SIDE = ("daemon.engine.scheduler", "daemon.engine.supervisor", "daemon.engine.controller", "daemon.engine.intake",
+               "daemon.engine.store", "daemon.engine.runner", "daemon.engine.hooks", "daemon.engine.notify",
+               "daemon.engine.registry", "daemon.engine.rebuild", "daemon.client.cli", "daemon.core.render",
                "daemon.core.queries", "daemon.client.export")
 
 
