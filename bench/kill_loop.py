@@ -3,6 +3,7 @@
     python bench/kill_loop.py                          # 20 kills in each of the modes daemon, trainer, both
     python bench/kill_loop.py --mode trainer --kills 20 --seed 7
     python bench/kill_loop.py --mode mixed             # each kill picks daemon, trainer or both
+    python bench/kill_loop.py --mode mixed --objective dpo   # the same for a preference (DPO) run
 
 The real daemon (`python -m daemon daemon`) on a temporary home with the embedded tiny model. One drop trains
 uninterrupted first (the reference); then, per mode, the same data and options are dropped under another name and,
@@ -75,13 +76,16 @@ def env() -> dict[str, str]:
     return e
 
 
-def write_drop(folder: Path, name: str, steps: int) -> list[Path]:
-    """The reverse-three-words task and its sidecar: log every step, checkpoint every SAVE_EVERY, no probes."""
+def write_drop(folder: Path, name: str, steps: int, objective: str = "sft") -> list[Path]:
+    """The reverse-three-words task and its sidecar: log every step, checkpoint every SAVE_EVERY, no probes.
+    objective "dpo": the same prompts as preference pairs (the reversal chosen, the words in order rejected)."""
     rng = random.Random(0)
     rows = []
     for _ in range(200):
         w = [rng.choice(WORDS) for _ in range(3)]
-        rows.append(json.dumps({"prompt": "reverse: " + " ".join(w) + "\n", "completion": " ".join(w[::-1])}))
+        prompt, answer = "reverse: " + " ".join(w) + "\n", " ".join(w[::-1])
+        rows.append(json.dumps({"prompt": prompt, "completion": answer} if objective == "sft" else
+                               {"prompt": prompt, "chosen": answer, "rejected": " ".join(w) + " " + w[0]}))
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{name}.jsonl"
     data.write_text("\n".join(rows) + "\n")
@@ -110,9 +114,10 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
 class Home:
     """A temporary home with the tiny model, and its daemon (started, killed, restarted by the loop)."""
 
-    def __init__(self, root: Path, model: Path | None = None) -> None:
+    def __init__(self, root: Path, model: Path | None = None, objective: str = "sft") -> None:
         from daemon.client.tinymodel import ensure_tiny_model
         self.root = root
+        self.objective = objective  # what its drops train: "sft" (prompt/completion) or "dpo" (preference pairs)
         for d in ("inbox", "control", "runs"):
             (root / d).mkdir(parents=True, exist_ok=True)
         model = model or ensure_tiny_model(root / "models")
@@ -406,7 +411,7 @@ class Loop:
     def run(self, watch: Watch) -> None:
         plan = self.plan()
         src = self.home.root / ".staging" / self.name
-        self.home.drop(write_drop(src, self.name, self.steps))
+        self.home.drop(write_drop(src, self.name, self.steps, self.home.objective))
         run = wait_for(lambda: self.home.run(self.name), 120, f"{self.name} accepted")
         self.run_dir = watch.run_dir = Path(run["run_dir"])
         newest = [0]  # the newest checkpoint at the drop, then at each kill
@@ -467,7 +472,7 @@ def reference(home: Home, steps: int, timeout: float = 60 * 20) -> Reference:
     """Drop the run once and let it train uninterrupted."""
     name = f"ref{steps}"
     t0 = time.monotonic()
-    home.drop(write_drop(home.root / ".staging" / name, name, steps))
+    home.drop(write_drop(home.root / ".staging" / name, name, steps, home.objective))
     wait_for(lambda: (r := home.run(name)) and r["state"] in ("completed", "failed"), timeout, "the reference",
              interval=0.2)
     wall = time.monotonic() - t0
@@ -602,6 +607,8 @@ def main() -> int:
     ap.add_argument("--mode", choices=["daemon", "trainer", "both", "mixed", "all"], default="all",
                     help="all = daemon, trainer and both, one trial each (default)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary home (its path is printed)")
+    ap.add_argument("--objective", choices=["sft", "dpo"], default="sft",
+                    help="dpo: the runs train preference pairs through TRL's DPOTrainer")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
@@ -609,7 +616,7 @@ def main() -> int:
     steps = steps_for(args.kills)
     print(f"kill -9 loop: seed {seed} (replay: --seed {seed}), {args.kills} kills per mode, modes {modes}")
     tmp = tempfile.mkdtemp(prefix="overnight-killloop-")
-    home = Home(Path(tmp) / "home")
+    home = Home(Path(tmp) / "home", objective=args.objective)
     t0 = time.monotonic()
     trials: list[Trial] = []
     try:

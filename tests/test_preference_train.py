@@ -142,6 +142,41 @@ def test_dpo_trains_under_qlora_and_under_torchrun(tmp_path: Path, tiny_model: P
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.e2e
+def test_out_of_memory_in_a_dpo_step_climbs_the_ladder_and_the_run_completes(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same ladder as SFT (checkpointing on, then half the micro-batch, the effective batch kept): the
+    preference Trainer is built again from the run's pieces, its reference adapter with it."""
+    import contextlib
+    import io
+
+    import torch
+
+    from daemon.trainer.objectives import dpo
+    from daemon.trainer.run import main
+
+    run = make_run(tmp_path, tiny_model, dataset_name="p.jsonl", content=jsonl(pairs(80)), schema="preference",
+                   records=80, options={"max_steps": 8, "save_every": 4, "batch_size": 4, "eval_fraction": 0})
+    pending = {2: torch.OutOfMemoryError("CUDA out of memory."), 6: RuntimeError("CUDA error: out of memory")}
+    original = dpo.PreferenceTrainer.training_step
+
+    def training_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        error = pending.pop(self.state.global_step + 1, None)
+        if error is not None:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(dpo.PreferenceTrainer, "training_step", training_step)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(run, read_stdin=False) == 0
+    log = out.getvalue()
+    assert "out of memory: retrying from the start, turning gradient checkpointing on" in log
+    assert "batch_size 4 → 2 and grad_accum 1 → 2 (the effective batch stays 4)" in log
+    assert sorted(train_losses(run)) == list(range(1, 9))
+    assert json.loads((run / "result.json").read_text())["outcome"] == "completed"
+
+
 # ------------------------------------------------------------------------------------------ through the daemon
 @pytest.mark.e2e
 def test_a_dpo_drop_learns_to_prefer_the_chosen_answers(home: Path, tiny_model: Path) -> None:
