@@ -253,7 +253,7 @@ class _Inject(importlib.abc.MetaPathFinder):
     """On rank 1 of the first group only: step 6 runs out of memory (a real OOM needs a GPU)."""
 
     def find_spec(self, name, path, target=None):
-        if name != "daemon.trainer.setup":
+        if name != "daemon.trainer.objectives.sft":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
