@@ -2,9 +2,9 @@
 prompt, the loss rewarding the policy for preferring the chosen one more than the reference does.
 
 The pairs are encoded here, with the run's chat format exactly as SFT encodes its examples (`preference.py`), and
-handed to TRL as token ids (its own tokenisation is skipped). The reference is the model with the adapter as it was
-when training started: TRL copies the adapter as a frozen "ref" adapter, so a fresh adapter's reference is the base
-model and a continued one's (`init_adapter`) is the parent; no second model is loaded.
+handed to TRL as token ids (its own tokenisation is skipped). The reference is the model as training started: for a
+fresh adapter the base model (the adapter switched off, as with TRL's own `peft_config`), for a continued one
+(`init_adapter`) the parent, TRL's frozen copy of it ("ref"); no second model is loaded.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from daemon.trainer.config import TrainOptions
-from daemon.trainer.objectives.preference import prepare_pairs
+from daemon.trainer.objectives.preference import base_as_reference, prepare_pairs
 from daemon.trainer.objectives.sft import argument_values
 from daemon.trainer.objectives.watch import StepWatch
 from daemon.trainer.sequences import Prepared
@@ -44,6 +44,7 @@ class Dpo:
         values.pop("label_names")  # pairs carry no labels: the loss comes from the chosen/rejected log-probabilities
         args = DPOConfig(**values, beta=opts.beta, loss_type=[opts.loss_type], max_length=None,
                          precompute_ref_log_probs=False)
-        return PreferenceTrainer(model=built.model, args=args, train_dataset=built.data.train.hf(),
-                                 eval_dataset=built.data.eval.hf() if built.data.eval is not None else None,
-                                 processing_class=built.tokenizer, callbacks=callbacks)
+        trainer = PreferenceTrainer(model=built.model, args=args, train_dataset=built.data.train.hf(),
+                                    eval_dataset=built.data.eval.hf() if built.data.eval is not None else None,
+                                    processing_class=built.tokenizer, callbacks=callbacks)
+        return base_as_reference(trainer, continued=built.session.cfg.init_adapter is not None)

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import KTOConfig, KTOTrainer
 
 from daemon.trainer.config import RunError, TrainOptions
-from daemon.trainer.objectives.preference import PreferenceDataset, prepare_pairs
+from daemon.trainer.objectives.preference import PreferenceDataset, base_as_reference, prepare_pairs
 from daemon.trainer.objectives.sft import argument_values
 from daemon.trainer.objectives.watch import StepWatch
 from daemon.trainer.sequences import Prepared
@@ -49,10 +49,11 @@ class Kto:
         values["train_sampling_strategy"] = "sequential"  # the baseline pairs are fixed within each batch
         args = KTOConfig(**values, beta=opts.beta, max_length=None, precompute_ref_log_probs=False)
         evals = built.data.eval
-        return JudgedTrainer(model=built.model, args=args,
-                             train_dataset=with_baseline(built.data.train.items, opts.batch_size, opts.seed),
-                             eval_dataset=with_baseline(evals.items, opts.batch_size, opts.seed) if evals else None,
-                             processing_class=built.tokenizer, callbacks=callbacks)
+        trainer = JudgedTrainer(model=built.model, args=args,
+                                train_dataset=with_baseline(built.data.train.items, opts.batch_size, opts.seed),
+                                eval_dataset=with_baseline(evals.items, opts.batch_size, opts.seed) if evals else None,
+                                processing_class=built.tokenizer, callbacks=callbacks)
+        return base_as_reference(trainer, continued=built.session.cfg.init_adapter is not None)
 
 
 def with_baseline(items: list[dict[str, Any]], batch_size: int, seed: int) -> Any:

@@ -166,3 +166,14 @@ def prepare_pairs(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
         "prompt_format": "chat" if s.prompt_chat else "raw",
     }
     return Prepared(PreferenceDataset(train), PreferenceDataset(evals) if evals else None, probes, str(kind), stats_out)
+
+
+def base_as_reference(trainer: Any, continued: bool) -> Any:
+    """A fresh adapter starts as the base model itself (LoRA's B matrices are zero), so the reference is the model
+    with its adapter switched off: TRL's frozen copy of the adapter ("ref") is dropped, and the reference pass runs
+    no LoRA at all (as with TRL's own `peft_config`). A continued adapter (`init_adapter`) keeps the copy: its
+    reference is the parent."""
+    model = trainer.model
+    if not continued and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+    return trainer
