@@ -30,13 +30,9 @@ def judged(n: int, seed: int = 3) -> list[dict[str, object]]:
             for i, p in enumerate(pairs(n, seed))]
 
 
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
-
-
 def _drop(home: Path, stem: str, records: list[dict], sidecar: str) -> Path:
     (home / "inbox" / f"{stem}.toml").write_text(sidecar)
-    (home / "inbox" / f"{stem}.jsonl").write_text(_jsonl(records))
+    (home / "inbox" / f"{stem}.jsonl").write_text(jsonl(records))
     overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=900, check=True)
     runs = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
     run = next(r for r in runs if r["id"].startswith(stem))
@@ -80,7 +76,8 @@ def test_a_raw_pair_has_the_models_own_start_and_one_eos_per_answer(tokenizer) -
 def test_a_chat_pair_is_the_template_s_text_cut_at_the_assistants_cue(tokenizer) -> None:
     from daemon.core.datasets import ExampleKind
     from daemon.core.templating import ChatFormat
-    from daemon.trainer.objectives.preference import PreferenceEncoder, as_chat
+    from daemon.core.datasets import as_chat
+    from daemon.trainer.objectives.preference import PreferenceEncoder
 
     chat = ChatFormat(tokenizer.chat_template, "the model's own", "test")
     enc = PreferenceEncoder(tokenizer, 128, "tiny", chat, prompt_chat=True)

@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from daemon.trainer.sequences import Prepared
     from daemon.trainer.session import Session
 
-NAMES = ("sft", "dpo", "kto")
-
-
 class Objective(Protocol):
     name: str
     rows: int  # sequences one example puts through the model per step (DPO: chosen and rejected)
@@ -34,7 +31,7 @@ class Objective(Protocol):
 
 
 def for_name(name: str) -> Objective:
-    """The objective called `name` (one of NAMES: the run's `objective`, "auto" already decided)."""
+    """The objective called `name`: "sft", "dpo" or "kto" (the run's `objective`, "auto" already decided)."""
     if name == "dpo":
         from daemon.trainer.objectives.dpo import Dpo
 

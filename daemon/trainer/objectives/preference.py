@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from daemon.core.datasets import ExampleKind
+from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 from daemon.trainer.console import say
@@ -43,19 +43,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
         import datasets
 
         return datasets.Dataset.from_list(self.items)
-
-
-def as_chat(example: dict[str, Any]) -> dict[str, Any]:
-    """A text-form preference example as one chat exchange (prompt_format = "chat"): the prompt a user turn (its
-    system text a system turn), each answer an assistant turn."""
-    if example.get("messages") is not None:
-        return example
-    system = example.get("system")
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": example.get("user", example["prompt"])}]
-    answers = {k: [{"role": "assistant", "content": example[k]}] for k in ANSWERS[example["kind"]]}
-    rest = {k: v for k, v in example.items() if k not in ("prompt", "system", "user", *answers)}
-    return {**rest, "messages": messages, **answers, "tools": example.get("tools")}
 
 
 @dataclass
