@@ -49,6 +49,7 @@ class RunFolder:
     adapter = property(lambda self: self.root / "adapter")
     result = property(lambda self: self.root / "result.json")
     tokens = property(lambda self: self.root / "tokens.npz")
+    tensorboard = property(lambda self: self.root / "tensorboard")  # event files: `tensorboard --logdir runs/`
 
     def in_dataset(self, name: str) -> str:
         """config.json's name for a file of dataset/: relative, so a moved home still finds it."""

@@ -24,6 +24,7 @@ from daemon.core.rundir import step_name
 from daemon.core.states import Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
+from daemon.trainer.board import Board
 from daemon.trainer.commands import Commands
 
 PROGRESS_INTERVAL_S = 0.5
@@ -94,11 +95,12 @@ class RunStatus:
 
 
 class ReportCallback(TrainerCallback):
-    """metrics.jsonl + console progress lines + progress.json."""
+    """metrics.jsonl + console progress lines + progress.json (+ the same numbers in TensorBoard's event files)."""
 
     def __init__(self, metrics_path: Path, progress: Progress, status: RunStatus,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], board: Board | None = None) -> None:
         self.metrics_path = metrics_path
+        self.board = board
         self.progress = progress
         self.status = status
         self.log = log
@@ -109,6 +111,8 @@ class ReportCallback(TrainerCallback):
         self._start_step = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.board is not None:
+            self.board.open(state.global_step)
         self._t0 = time.perf_counter()
         self._tokens_last = state.num_input_tokens_seen
         self._start_step = state.global_step
@@ -148,7 +152,7 @@ class ReportCallback(TrainerCallback):
             self.status.last_eval_loss = float(logs["eval_loss"])
             self._append({"step": state.global_step, "eval_loss": _num(logs["eval_loss"]),
                           "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
-                          **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}})
+                          **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}}, "eval")
             self.log(f"eval @ step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
     def _train_record(self, state: Any, logs: dict[str, float]) -> None:
@@ -162,7 +166,7 @@ class ReportCallback(TrainerCallback):
                   "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
                   # a preference run's rewards (TRL's names: rewards/chosen, /rejected, /margins, /accuracies…)
                   **{k: _num(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)}}
-        self._append(record)
+        self._append(record, "train")
         done = state.global_step - self._start_step
         active = now - self._t0 - self.status.paused_seconds
         eta = active / done * (state.max_steps - state.global_step) if done > 0 else 0.0
@@ -174,9 +178,11 @@ class ReportCallback(TrainerCallback):
                  f"grad_norm {record['grad_norm'] or 0:.3g}  {tokens_per_s:.0f} tok/s  "
                  f"epoch {state.epoch or 0:.2f}  ETA {_hms(eta)}")
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any], board_prefix: str) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")  # one write per record: readers never see half a line
+        if self.board is not None:
+            self.board.scalars(record["step"], record, board_prefix)
 
 
 def _num(v: Any) -> float | None:

@@ -21,6 +21,7 @@ from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp, objectives
 from daemon.trainer.batching import padding_line
+from daemon.trainer.board import Board
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
@@ -66,6 +67,7 @@ class Built:
     model: Any = None
     status: RunStatus = field(default_factory=RunStatus)
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
+    board: Board | None = None  # the run's TensorBoard event files
     _trainer: Trainer | None = None
 
     def drop_model(self) -> None:
@@ -85,7 +87,7 @@ class Built:
         """This attempt's Trainer: the objective's own (arguments, collator, loss) with overnight's callbacks."""
         paths = self.session.cfg.paths
         callbacks: list[TrainerCallback] = [
-            ReportCallback(paths.metrics, self.progress, self.status, say),
+            ReportCallback(paths.metrics, self.progress, self.status, say, self.board),
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
             # min_free_gb is live: read from the home's overnight.toml (runs/RUN is in the home) at each check
             DiskSpaceCallback(paths.checkpoints, LiveSetting(paths.root.parent.parent / "overnight.toml", "min_free_gb",
@@ -119,6 +121,8 @@ class Built:
         """Decide the outcome from how training ended; on completion save adapter/ with its model card."""
         s, state = self.session, trainer.state
         paths, opts, result = s.cfg.paths, s.cfg.options, s.result
+        if self.board is not None:
+            self.board.close()  # the last snapshot is in: the event files are complete
         result.step, result.max_steps = state.global_step, state.max_steps
         # every rank's tokens (collective calls under torchrun: before anything only rank 0 does)
         result.tokens_seen, result.tokens_computed = ddp.total(trainer.tokens_real), ddp.total(trainer.tokens_computed)
@@ -188,7 +192,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
     free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
     built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching,
-                  new_tokens=new_tokens)
+                  new_tokens=new_tokens, board=Board(s.cfg.paths.tensorboard, say))
     if commands.sync().stop:
         return built
     built.reset_model()
@@ -197,7 +201,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
     built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
                               s.objective.rows)
-    evolution = _evolution_callback(s, tokenizer, data)
+    evolution = _evolution_callback(s, tokenizer, data, built.board)
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
@@ -311,7 +315,7 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     return data
 
 
-def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCallback | None:
+def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board | None) -> TrainerCallback | None:
     from daemon.core.evolution import resolve_probe_every
     from daemon.trainer.snapshots import EvolutionCallback
 
@@ -325,4 +329,4 @@ def _evolution_callback(s: Session, tokenizer: Any, data: Prepared) -> TrainerCa
         + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
                              max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
-                             max_length=opts.max_length, stop_ids=stop_ids(tokenizer, s.chat))
+                             max_length=opts.max_length, stop_ids=stop_ids(tokenizer, s.chat), board=board)

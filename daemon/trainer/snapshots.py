@@ -152,10 +152,11 @@ class EvolutionCallback(TrainerCallback):
                  max_new_tokens: int = 32, batch_size: int = 16, log: Callable[[str], None] = print,
                  similarity_threshold: float = 0.9, max_overhead: float | None = None,
                  max_length: int | None = None, stop_ids: Sequence[int] | None = None,
-                 min_snapshots: int = AUTO_MIN_SNAPSHOTS) -> None:
+                 min_snapshots: int = AUTO_MIN_SNAPSHOTS, board: Any = None) -> None:
         if every < 1:
             raise ValueError(f"evolution interval must be >= 1 step, got {every}")
         self.probes = probes
+        self.board = board  # daemon/trainer/board.Board: each snapshot's answers as TensorBoard text too
         self.tokenizer = tokenizer
         self.out_path = Path(out_path)
         self.every = every
@@ -270,6 +271,8 @@ class EvolutionCallback(TrainerCallback):
                             **({} if margin is None or margin != margin else
                                {"margin": round(margin, 4), "prefers": margin > 0})})
         self._append(records)
+        if self.board is not None:
+            self.board.snapshot(step, records)
         self.done_steps.add(step)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
