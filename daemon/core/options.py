@@ -56,6 +56,7 @@ BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
 ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 PROMPT_FORMATS = ("auto", "chat", "raw")
 OBJECTIVES = ("auto", "sft", "dpo", "kto")
+TRACKERS = ("trackio", "mlflow", "wandb")  # report_to: the Trainer's integrations overnight sets up
 # TRL 1.16 DPOConfig's loss_type names; ORPO, SimPO and CPO live in trl.experimental and are not offered.
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
@@ -148,6 +149,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
     Train("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
+    Train("report_to", list, [], "experiment trackers every run also logs to (the Trainer's report_to): "
+          "trackio, mlflow (a sqlite store in the home), wandb (offline unless set otherwise)",
+          lambda v: all(t in TRACKERS for t in v), 'a list of "trackio", "mlflow", "wandb" (e.g. ["mlflow"])',
+          owner_only=True),
     Live("hooks", dict, {}, "commands run when a run ends or a drop is rejected ([hooks] on_complete / on_fail / "
          "on_reject)", allowed="a table with on_complete / on_fail / on_reject, each a list of strings",
          validate=lambda source, v: _check_hooks(source, v)),

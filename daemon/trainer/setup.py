@@ -19,7 +19,7 @@ from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, checkpointing_decision
 from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
-from daemon.trainer import ddp, objectives
+from daemon.trainer import ddp, objectives, trackers
 from daemon.trainer.batching import padding_line
 from daemon.trainer.board import Board
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
@@ -98,6 +98,7 @@ class Built:
         if opts.early_stopping_patience > 0 and self.data.eval is not None:
             callbacks.append(EarlyStopping(early_stopping_patience=opts.early_stopping_patience))
         self._trainer = self.session.objective.trainer(self, opts, callbacks)
+        trackers.guard(self._trainer, say)  # report_to: a tracker that raises never stops the run
         self._trainer.remove_callback(PrinterCallback)  # ReportCallback writes our own progress lines
         return self._trainer
 
@@ -201,6 +202,8 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
     built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
                               s.objective.rows)
+    if opts.report_to:
+        built.opts = replace(built.opts, report_to=trackers.available(opts.report_to, s.cfg.paths.root, say))
     evolution = _evolution_callback(s, tokenizer, data, built.board)
     if evolution is not None:
         built.extra_callbacks.append(evolution)

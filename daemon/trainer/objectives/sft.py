@@ -3,6 +3,7 @@ encodes them), through the stock transformers Trainer."""
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -97,7 +98,8 @@ def argument_values(opts: TrainOptions, output_dir: str, device: Device, has_eva
         fp16=device.fp16,
         use_cpu=device.kind == "cpu",
         dataloader_num_workers=0,
-        report_to="none",
+        report_to=list(opts.report_to) or "none",  # already the installed ones (trackers.available)
+        run_name=Path(output_dir).parent.name,  # the run id, as the trackers show it
         disable_tqdm=True,
         remove_unused_columns=False,
         label_names=["labels"],
