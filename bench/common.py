@@ -74,3 +74,21 @@ def lora_model(model: Path) -> Any:
     config = LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                         target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(base, config)
+
+
+def step_clock() -> tuple[Any, list[float], list[float]]:
+    """A baseline's timing: a TrainerCallback noting when each step ends and each logged loss (into the two lists)."""
+    from transformers import TrainerCallback
+
+    ends: list[float] = []
+    losses: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            ends.append(time.perf_counter())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    return Clock(), ends, losses

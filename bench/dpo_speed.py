@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BATCH, LORA, LR, REPO, SEED, SIZES, build_model, thread_env  # noqa: E402
-from bench.common import make_run as _make_run, train_overnight  # noqa: E402
+from bench.common import make_run as _make_run, step_clock, train_overnight  # noqa: E402
 
 PAIRS = 400
 MAX_LENGTH = 128  # the pairs are ~15 tokens: nothing is cut (overnight's encoder counts truncations; see the check)
@@ -121,20 +121,11 @@ def worker_trl(model: Path, dataset: Path, steps: int, log_every: int) -> dict[s
     import datasets
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
     pairs = read_pairs(dataset)
-    ends: list[float] = []
-    losses: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            ends.append(time.perf_counter())
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
+    clock, ends, losses = step_clock()
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -151,7 +142,7 @@ def worker_trl(model: Path, dataset: Path, steps: int, log_every: int) -> dict[s
     set_seed(SEED)  # the LoRA weights are drawn inside DPOTrainer (get_peft_model)
     trainer = DPOTrainer(model=base, args=args, train_dataset=datasets.Dataset.from_list(pairs),
                          processing_class=AutoTokenizer.from_pretrained(model), peft_config=peft_config,
-                         callbacks=[Clock()])
+                         callbacks=[clock])
     differ, tokens = _same_tokens(model, pairs, trainer.train_dataset)
     cpu0 = time.process_time()
     trainer.train()

@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BATCH, LR, REPO, SEED, SIZES, build_model, lora_model, thread_env  # noqa: E402
-from bench.common import make_run as _make_run, train_overnight  # noqa: E402
+from bench.common import make_run as _make_run, step_clock, train_overnight  # noqa: E402
 
 LENGTH = 128
 KINDS = ("overnight", "trainer", "loop")
@@ -103,19 +103,10 @@ def _collator(model: Path) -> Any:
 def worker_trainer(model: Path, dataset: Path, steps: int, log_every: int) -> dict[str, float]:
     """A plain script: transformers Trainer with a stock collator, nothing of overnight's."""
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     data = [{"input_ids": b, "attention_mask": [1] * len(b), "labels": b} for b in _blocks(model, dataset)]
-    ends: list[float] = []
-    losses: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            ends.append(time.perf_counter())
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
+    clock, ends, losses = step_clock()
 
     cuda = torch.cuda.is_available()
     # save_steps beyond the run: like overnight, one checkpoint is written at the last step
@@ -124,7 +115,7 @@ def worker_trainer(model: Path, dataset: Path, steps: int, log_every: int) -> di
                              use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), report_to="none",
                              disable_tqdm=True, dataloader_num_workers=0, label_names=["labels"])
     trainer = Trainer(model=lora_model(model), args=args, train_dataset=data, data_collator=_collator(model),
-                      callbacks=[Clock()])
+                      callbacks=[clock])
     cpu0 = time.process_time()
     trainer.train()
     return {"s_per_step": (ends[-1] - ends[0]) / (len(ends) - 1), "final_loss": losses[-1],
