@@ -18,7 +18,7 @@ trainer process at a time. It prints a line per kill and per trial, the wall tim
 and exits 1 on any violation.
 
 A kill that lands before the run made a new checkpoint since its last start is no progress; overnight gives a run
-3 such attempts in a row (daemon/engine/scheduler.py MAX_ATTEMPTS), so the loop never aims two of them in a row: after a
+3 such attempts in a row (daemon/engine/endstate.py MAX_ATTEMPTS), so the loop never aims two of them in a row: after a
 kill that left the newest checkpoint unchanged, the next kill waits until the run has checkpointed past it.
 """
 from __future__ import annotations
