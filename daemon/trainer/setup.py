@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from daemon.core import auto
 from daemon.core.atomic import write_json
-from daemon.core.datasets import ExampleKind
+from daemon.core.datasets import ExampleKind, kind_of
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, checkpointing_decision
@@ -271,12 +271,10 @@ def _check_bytes(cfg: Any) -> None:
 
 
 def choose_objective(s: Session) -> Objective:
-    """The run's objective: `objective` as set, or from the kind of its examples ("auto", daemon/core/auto.py)."""
-    from daemon.trainer.sequences import dataset_examples
-
-    first = next(iter(dataset_examples(s.cfg.dataset_path)()), None)
+    """The run's objective: `objective` as set, or from the kind of its examples ("auto", daemon/core/auto.py), known
+    from the schema the intake recorded (no need to read the dataset for it; `check` decides from the same)."""
     try:
-        name, why = auto.objective(s.cfg.options.objective, first["kind"] if first else ExampleKind.TEXT)
+        name, why = auto.objective(s.cfg.options.objective, kind_of(s.cfg.schema))
     except ValueError as e:  # intake refuses such a drop; a config.json edited since is told the same way
         raise RunError(str(e)) from None
     say(f"objective: {name} ({why})")
