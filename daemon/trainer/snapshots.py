@@ -135,6 +135,27 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def generate_answers(model: torch.nn.Module, tokenizer: Any, encoded_probes: Sequence[EncodedProbe],
+                     stop_ids: Sequence[int], max_new_tokens: int) -> list[str]:
+    """Greedy generations for a batch of probes (left-padded, one `generate` call), each cut at its first stop id.
+
+    The caller chooses the mode: inside a training run it is wrapped in `preserved_training_state`; a loaded
+    version for `overnight ask` is already in eval mode under no_grad.
+    """
+    stop = list(stop_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [0])[0]
+    device = next(model.parameters()).device
+    ids, mask = _left_pad([e.prompt_ids for e in encoded_probes], pad, device)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=stop or None, pad_token_id=pad, use_cache=True)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    texts = []
+    for row in out[:, ids.shape[1]:].tolist():
+        cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
 class EvolutionCallback(TrainerCallback):
     """Takes evolution snapshots at step 0, every `every` steps and at the end; resume-aware.
 
@@ -336,18 +357,7 @@ class EvolutionCallback(TrainerCallback):
 
     def _generate(self, model: torch.nn.Module, batch: list[EncodedProbe]) -> list[str]:
         """Greedy generations, each cut at its first stop token."""
-        stop = self._stop_ids(model)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (stop or [0])[0]
-        device = next(model.parameters()).device
-        ids, mask = _left_pad([e.prompt_ids for e in batch], pad, device)
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=stop or None, pad_token_id=pad, use_cache=True)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        texts = []
-        for row in out[:, ids.shape[1]:].tolist():
-            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
-            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-        return texts
+        return generate_answers(model, self.tokenizer, batch, self._stop_ids(model), self.max_new_tokens)
 
     def _margins(self, model: torch.nn.Module, indices: range, losses: list[float]) -> list[float | None]:
         """Per probe of a batch: log p(chosen) - log p(rejected) after its context (summed over each answer's
