@@ -111,7 +111,7 @@ def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) ->
 @click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
 def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
     """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
-    from daemon.client import drop
+    from daemon.core import drop
     h = _home(home)
     with _clean_errors(drop.DropError):
         drop.add(h, Path(file), sidecar, probes, on_added=lambda src, dest: click.echo(f"added {src} -> {dest}"))
@@ -128,6 +128,10 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     drops, what holds the queue."""
     h = Home.resolve(home, create=False)
     rd = _reader(h)
+    if as_json:
+        from daemon.core import jsonviews
+        _echo_json(jsonviews.status(h, rd, since_h))
+        return
     alive = daemon_alive(h)
     runs = rd.runs(LIVE)
     events = rd.control_events(5)
@@ -137,11 +141,6 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     failed = morning.failed_runs(rd.runs((State.FAILED,)), since)
     rejected = morning.rejected_drops(h, since)
     held = morning.held(control.held(h, "stop"), problem)
-    if as_json:
-        _echo_json({"home": str(h.root), "daemon": alive, "problem": problem, "counts": rd.counts(), "runs": runs,
-                    "control_events": events, "since_hours": since_h,
-                    "failed": [vars(f) for f in failed], "rejected": [vars(d) for d in rejected], "held": held})
-        return
     click.echo(f"home: {h.root}")
     click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
                "daemon: not running (start it with: overnight daemon)")
@@ -383,10 +382,11 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
     from daemon.core.rundir import RunFolder
     h = Home.resolve(home, create=False)
     r = _find_run(h, run)
-    report = run_report(Path(r["run_dir"]), load_records(RunFolder(r["run_dir"]).evolution))
     if as_json:
-        _echo_json({"run": r["id"], **report.to_dict()})
+        from daemon.core import jsonviews
+        _echo_json(jsonviews.evolution(r))
     else:
+        report = run_report(Path(r["run_dir"]), load_records(RunFolder(r["run_dir"]).evolution))
         click.echo(f"{r['id']} ({r['state']})")
         click.echo(format_report(report, width=shutil.get_terminal_size((100, 24)).columns))
 

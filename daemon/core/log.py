@@ -65,9 +65,9 @@ def _to_devnull(stream: object) -> None:
         os.close(null)
 
 
-def setup(log_path: Path, echo: bool = True) -> logging.Logger:
-    """The 'overnight' logger writing to `log_path` (and stderr when `echo`)."""
-    logger = logging.getLogger("overnight")
+def setup(log_path: Path, echo: bool = True, name: str = "overnight") -> logging.Logger:
+    """The 'overnight' logger (or another process's own, `name`) writing to `log_path` (and stderr when `echo`)."""
+    logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):

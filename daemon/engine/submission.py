@@ -14,26 +14,8 @@ from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, loca
                               model_folder, targets_missing)
 from daemon.core.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
-PROBES_SUFFIX = ".probes.jsonl"
-
-
-def stem_of(path: Path) -> str:
-    """The dataset name a file belongs to: `x.probes.jsonl` and `x.toml` both belong to `x`."""
-    name = path.name
-    if name.endswith(PROBES_SUFFIX):
-        return name[: -len(PROBES_SUFFIX)]
-    return path.stem
-
-
-def role_of(path: Path) -> str:
-    """'probes', 'sidecar', 'dataset' or 'unsupported'."""
-    if path.name.endswith(PROBES_SUFFIX):
-        return "probes"
-    if path.suffix == ".toml":
-        return "sidecar"
-    if path.suffix.lower() in datasets.SUPPORTED_SUFFIXES:
-        return "dataset"
-    return "unsupported"
+# what each file of a drop is, by its name: shared with `overnight add` and the HTTP upload (core)
+from daemon.core.dropfiles import PROBES_SUFFIX, role_of, stem_of  # noqa: E402,F401
 
 
 @dataclass

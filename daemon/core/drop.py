@@ -1,6 +1,6 @@
-"""`overnight add`: a drop put into a home's inbox so that the daemon never sees half of it. Which files go (the
-dataset, its sidecar and probes, named or found beside it), under which names, in which order, refused when any
-would clash, and how each is placed. No click: the CLI prints what this says."""
+"""`overnight add` and the HTTP upload: a drop put into a home's inbox so that the daemon never sees half of it.
+Which files go (the dataset, its sidecar and probes, named or found beside it), under which names, in which order,
+refused when any would clash, and how each is placed. No click: the CLI prints what this says."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.home import Home
-from daemon.engine.submission import PROBES_SUFFIX, role_of
+from daemon.core.dropfiles import PROBES_SUFFIX, role_of
 from daemon.core.errors import DropError
 
 
@@ -27,9 +27,10 @@ def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
 
 
 def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.PathLike | None,
-        on_added: Callable[[Path, Path], None] = lambda src, dest: None) -> list[Path]:
+        on_added: Callable[[Path, Path], None] = lambda src, dest: None, staged: bool = False) -> list[Path]:
     """Copy the drop into the inbox (`on_added(source, dest)` after each file); all or nothing: a failure removes
-    the copies already placed (the originals stay) and raises. Returns the inbox paths."""
+    the copies already placed (the originals stay) and raises. Returns the inbox paths. `staged`: the files were
+    written on the inbox's file system for this drop (an upload): each is linked in itself, not copied again."""
     if role_of(src) != "dataset":
         raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
                         f"Add the dataset and pass this file with --sidecar or --probes.")
@@ -41,7 +42,7 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     placed: list[Path] = []
     try:
         for s, dest in pairs:
-            place(s, dest)
+            place(s, dest, copy=not staged)
             placed.append(dest)
             on_added(s, dest)
     except BaseException:
@@ -51,11 +52,14 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     return placed
 
 
-def place(src: Path, dest: Path) -> None:
+def place(src: Path, dest: Path, copy: bool = True) -> None:
     """Copy under a hidden temporary name, then link it in: the daemon never sees half a file, and a file that
-    appeared meanwhile is never overwritten."""
+    appeared meanwhile is never overwritten. `copy=False`: `src` is that temporary file already (and is used up)."""
     tmp = dest.with_name(f".overnight-add.{os.getpid()}.tmp")  # short: dest's own name may be near 255 bytes
-    shutil.copyfile(src, tmp)
+    if copy:
+        shutil.copyfile(src, tmp)
+    else:
+        os.rename(src, tmp)
     try:
         os.link(tmp, dest)
     except FileExistsError:
