@@ -15,6 +15,7 @@ import click
 from daemon import __version__
 from daemon.core import morning, render
 from daemon.core.completeness import SETTLE_S
+from daemon.core.errors import AnswerError, DatasetError
 from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.core.queries import BrokenDB, Reader, RefError
 from daemon.core.states import LIVE, State
@@ -391,6 +392,61 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
         click.echo(format_report(report, width=shutil.get_terminal_size((100, 24)).columns))
 
 
+# --- the morning after: try a version ------------------------------------------------------------------------
+max_tokens_option = click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1), default=128,
+                                 show_default=True, help="The longest answer, in tokens.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where to generate (auto: the GPU when the model fits in its "
+                             "free memory, leaving a training run room to grow; else the CPU).")
+
+
+def _width() -> int:
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _note(quiet: bool):
+    """Progress notes (loading …) on stderr, so that stdout holds only the answers."""
+    return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@home_option
+@click.argument("ref", metavar="NAME[:V]")
+@click.option("--base", is_flag=True, help="Chat with the version's base model (through the same template).")
+@max_tokens_option
+@device_option
+def chat(home: str | None, ref: str, base: bool, max_new_tokens: int, device: str) -> None:
+    """Chat with a model version in the terminal, through its training chat template, answers streamed."""
+    from daemon.client.trying import chat as talk
+    h = Home.resolve(home, create=False)
+
+    def write(text: str) -> None:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+    with _clean_errors(AnswerError):
+        talk(h.root, ref, base, input, write, max_new_tokens, device)
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("args", metavar="NAME[:V]... PROMPT", nargs=-1, required=True)
+@click.option("--base", is_flag=True, help="The base model's answer too (through the first version's template).")
+@max_tokens_option
+@device_option
+def ask(home: str | None, as_json: bool, args: tuple[str, ...], base: bool, max_new_tokens: int, device: str) -> None:
+    """One prompt, the greedy answers of several versions side by side (NAME: its active version)."""
+    from daemon.client.trying import ask_text
+    from daemon.trainer.answers import ask as answers
+    if len(args) < 2:
+        raise click.UsageError("give one model version or more, then the prompt: overnight ask NAME[:V]... PROMPT")
+    h = Home.resolve(home, create=False)
+    with _clean_errors(AnswerError):
+        result = answers(h.root, args[:-1], args[-1], base, max_new_tokens, log=_note(as_json), device=device)
+    _echo_json(result) if as_json else click.echo(ask_text(result, _width()))
+
+
 @main.command(name="export")
 @home_option
 @click.argument("run")
@@ -414,11 +470,28 @@ def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
 @home_option
 @json_option
 @click.argument("refs", metavar="RUN RUN...|GROUP", nargs=-1, required=True)
-def compare(home: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
+@click.option("--answers", is_flag=True, help="Compare model versions (NAME[:V]…) by what they answer: their runs' "
+              "probes (or --prompts), scored against the references.")
+@click.option("--base", is_flag=True, help="With --answers: the base model's answers too.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --answers: a JSONL file of {\"prompt\"} or {\"messages\"}, each with an optional "
+                   "\"reference\".")
+@max_tokens_option
+@device_option
+def compare(home: str | None, as_json: bool, refs: tuple[str, ...], answers: bool, base: bool,
+            prompts_file: str | None, max_new_tokens: int, device: str) -> None:
     """Runs side by side, best first (eval loss, else final loss): probes learned, tokens/s, wall time and the
-    options that differ. GROUP: a sweep's group id, or its name when one group has it."""
+    options that differ. GROUP: a sweep's group id, or its name when one group has it. With --answers, REFS are
+    model versions, compared answer by answer."""
     from daemon.core.sweep import comparison
     h = Home.resolve(home, create=False)
+    if answers or base or prompts_file:
+        from daemon.client.trying import compare_answers, compare_text
+        with _clean_errors(AnswerError, DatasetError):
+            result = compare_answers(h.root, refs, base, Path(prompts_file) if prompts_file else None, max_new_tokens,
+                                     log=_note(as_json), device=device)
+        _echo_json(result) if as_json else click.echo(compare_text(result, _width()))
+        return
     group, runs = _reader(h).compared(refs)
     rows = comparison(runs)
     _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))

@@ -102,6 +102,11 @@ class ExportError(Exception):
     """What went wrong, in one line ending with a Fix (the CLI prints it and exits 1)."""
 
 
+class AnswerError(Exception):
+    """A version cannot be loaded or asked (`overnight ask`, `chat`, `compare --answers`, the dashboard's Try tab):
+    one line naming the place, ending with a Fix."""
+
+
 class DropError(ValueError):
     """A drop that cannot be added (not a dataset, a name already in the inbox): the text says the fix."""
 

@@ -1,0 +1,398 @@
+"""What trained versions answer: a version's adapter on its base model, asked the way its run asked its probes.
+
+The morning-after commands (`overnight ask`, `chat`, `compare --answers`) and the dashboard's Try tab all come here.
+A version is asked through its run's training template (the tokenizer with the chat template saved in its adapter
+folder, `encode_probe` as the evolution snapshots use it), greedily, and stops where the exported model stops (the
+end-of-turn ids export writes as generation_config.json). The base model is asked through the same template and
+stops as the version beside it, so the two answers differ only by what the adapter learned.
+
+Versions of one base model share one copy of it: each adapter is loaded under its own name (peft), the base is the
+model with the adapters disabled.
+
+Run as `python -m daemon.trainer.answers` (the dashboard does, so that generation never blocks it): one JSON
+request on stdin, `{"home", "refs", "base", "prompt", "max_new_tokens"}`, one JSON answer on stdout (`ask --json`'s
+shape), or `{"error": …}`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from daemon.core.errors import AnswerError, RefError
+from daemon.core.runconfig import RunConfig
+
+DEFAULT_MAX_NEW_TOKENS = 128
+BASE = "base"  # the label of the base model's answers
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to ask: a registered version (its adapter), or the base model through a version's template."""
+
+    label: str  # "support:2", or "base"
+    run_dir: Path  # the run whose base model, template, tokenizer and stop ids are used
+    adapter: Path | None  # None: the base model alone
+
+
+# --------------------------------------------------------------------------------- which versions (torch-free)
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """`NAME` (its active version) or `NAME:V` (`NAME:vV` too)."""
+    name, sep, version = unicodedata.normalize("NFC", ref).rpartition(":")
+    if not sep:
+        return version, None
+    digits = version[1:] if version[:1] in "vV" else version
+    if not name or not digits.isdigit():
+        raise RefError(f"{ref!r} is not a model version. Fix: write NAME (its active version) or NAME:VERSION, "
+                       f"e.g. support:2 (see overnight models).")
+    return name, int(digits)
+
+
+def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
+    """The versions `refs` name, in order (each once), then the base model of the first when `base`."""
+    from daemon.core.home import Home
+    from daemon.core.queries import Reader
+
+    if not refs:
+        raise RefError("name a model version to ask (NAME or NAME:VERSION): --base asks that version's base model "
+                       "through its template. Fix: e.g. overnight ask support --base \"a question\".")
+    reader = Reader(Home(home).db)
+    models = reader.models()
+    found: list[Target] = []
+    for ref in refs:
+        name, version = parse_ref(ref)
+        rows = [m for m in models if m["name"] == name]
+        row = next((m for m in rows if m["version"] == version), None) if version is not None else \
+            next((m for m in rows if m["active"]), rows[-1] if rows else None)
+        if row is None:
+            known = ", ".join(f"{name}:{m['version']}" for m in rows)
+            raise RefError(f"no model version {ref!r} ({f'{name} has {known}' if known else 'no model has that name'})"
+                           f". Fix: use NAME or NAME:VERSION as overnight models lists them.")
+        adapter = Path(row["adapter_path"])
+        if not (adapter / "adapter_config.json").is_file():
+            raise AnswerError(f"{name}:{row['version']} has no adapter at {adapter}. Fix: restore the folder (a "
+                              f"deleted version's adapter is in the home's trash/).")
+        run = reader.run(row["run_id"])
+        label = f"{name}:{row['version']}"
+        if run is not None and all(t.label != label for t in found):
+            found.append(Target(label, Path(run["run_dir"]), adapter))
+    if base:
+        found.append(Target(BASE, found[0].run_dir, None))
+    return found
+
+
+def _run_options(run_dir: Path) -> dict[str, Any]:
+    return RunConfig.read(run_dir).options
+
+
+def base_source(home: Path, run_dir: Path) -> tuple[str, Path | None]:
+    """The run's base model as the trainer found it (`locate_model`: one rule), and its folder."""
+    from daemon.core.basemodel import ModelNotFound, locate_model
+
+    spec = _run_options(run_dir).get("base_model")
+    if not isinstance(spec, str) or not spec:
+        raise AnswerError(f"{run_dir / 'config.json'} names no base model. Fix: ask a version trained by this "
+                          f"overnight (its run folder records the base model).")
+    try:
+        found = locate_model(spec, home, run_dir, Path.cwd())
+    except ModelNotFound as e:
+        raise AnswerError(f"cannot find the base model of {run_dir.name}: {e.problem}. Fix: put that model back where "
+                          f"the run found it (or into the Hugging Face cache).") from None
+    return found.source, found.folder
+
+
+def prompt_is_chat(home: Path, run_dir: Path, folder: Path | None) -> bool:
+    """Whether the run asked its prompts as a user turn (prompt_format, the run's chat template), as training did."""
+    from daemon.core.templating import TemplateError, for_run, prompt_as_chat
+
+    options = _run_options(run_dir)
+    try:
+        fmt = for_run(str(options.get("chat_template") or "auto"), folder, (home,))
+        return prompt_as_chat(str(options.get("prompt_format") or "auto"), fmt)
+    except TemplateError:
+        return False  # the run trained, so its template worked then; the adapter's tokenizer holds it
+
+
+# --------------------------------------------------------------------------------- where to run (torch-free)
+
+def _nvml_index() -> int:
+    """The NVML index of the GPU torch calls cuda:0 (CUDA_VISIBLE_DEVICES names it, when it names indices)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
+def placement(home: Path, sources: Sequence[tuple[str, Path | None]], cuda: bool) -> tuple[str, str]:
+    """("cuda" or "cpu", why): the GPU only when the base models' weights fit in the memory NVML says is free,
+    leaving a training run on this home half of it to grow into (its batch, its evaluation); else the CPU. A
+    training run never loses memory it had: the answers take only what is free, and less of it while one trains."""
+    from daemon.core.home import Home
+    from daemon.core.preflight import FIT_SHARE, GIB, Shape, gpu_free_bytes
+    from daemon.core.queries import Reader
+    from daemon.core.states import ACTIVE
+
+    if not cuda:
+        return "cpu", "no GPU"
+    free = gpu_free_bytes(_nvml_index())
+    if free is None:
+        return "cpu", "the GPU's free memory is unknown (no NVML)"
+    training = bool(Reader(Home(home).db).runs(tuple(ACTIVE)))
+    need = GIB  # the generation's own working memory: cache, logits
+    for _, folder in sources:
+        config = _read_json(folder / "config.json") if folder else {}
+        shape = Shape.from_config(config)
+        if shape is None:
+            return "cpu", "no memory estimate for this model's architecture"
+        need += 2 * (shape.linear_params + shape.other_params)  # 16-bit weights
+    room = free / 2 if training else FIT_SHARE * free
+    where = "beside the training run" if training else "on the GPU"
+    if need > room:
+        return "cpu", (f"{need / GIB:.1f} GiB needed, {room / GIB:.1f} GiB of the {free / GIB:.1f} GiB free may be "
+                       f"used {where}")
+    return "cuda", f"{need / GIB:.1f} GiB of the {free / GIB:.1f} GiB free" + (", beside the training run"
+                                                                              if training else "")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------------- the models (torch)
+
+@dataclass
+class Voice:
+    """One target loaded: its shared model, its adapter's name there (None: the base), how it is asked."""
+
+    target: Target
+    model: Any
+    adapter_name: str | None
+    tokenizer: Any
+    stop_ids: list[int]
+    chat: bool  # prompts are asked as a user turn
+
+
+class Answerer:
+    """The targets loaded on `device` ("cpu" or "cuda"), ready to answer."""
+
+    def __init__(self, home: Path, chosen: Sequence[Target], device: str = "cpu",
+                 log: Callable[[str], None] = lambda line: None) -> None:
+        self.home, self.device = Path(home), device
+        self.voices: list[Voice] = []
+        groups: dict[tuple[str, bool], list[Target]] = {}
+        for t in chosen:
+            source, _ = base_source(self.home, t.run_dir)
+            groups.setdefault((source, _run_options(t.run_dir).get("trust_remote_code") is True), []).append(t)
+        for (source, trusted), members in groups.items():
+            self.voices += self._load(source, trusted, members, log)
+
+    def _load(self, source: str, trusted: bool, members: list[Target], log: Callable[[str], None]) -> list[Voice]:
+        import logging
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU notice is noise
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        cuda = self.device == "cuda"
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+        log(f"loading base model {source} on {self.device} …")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
+                                                         trust_remote_code=trusted)
+        except Exception as e:  # noqa: BLE001 - a load failure is the user's to fix, never a traceback
+            raise AnswerError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or "
+                              f"the HF cache entry) is a complete causal-LM download (nothing is downloaded).") from None
+        tokenizers = {t.label: _tokenizer(t, source, trusted) for t in members}
+        width = max(len(tok) for tok in tokenizers.values())
+        if width > model.get_input_embeddings().weight.shape[0]:  # tokens the run's chat template added, as export
+            model.resize_token_embeddings(width, mean_resizing=False)
+        names: dict[str, str] = {}
+        for i, t in enumerate(m for m in members if m.adapter is not None):
+            names[t.label] = name = f"v{i}"  # peft's module keys: no dots or colons
+            try:
+                if isinstance(model, PeftModel):
+                    model.load_adapter(str(t.adapter), adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, str(t.adapter), adapter_name=name)
+            except Exception as e:  # noqa: BLE001
+                raise AnswerError(f"cannot apply the adapter {t.adapter} to {source}: {_first_line(e)}. Fix: ask "
+                                  f"the version on the base model its run trained on (config.json).") from None
+        model.to(self.device).eval()
+        voices = []
+        for t in members:
+            # the base answers through the template and stops of the version it is shown beside
+            twin = t if t.adapter is not None else next((m for m in members if m.adapter is not None), t)
+            _, folder = base_source(self.home, twin.run_dir)
+            voices.append(Voice(t, model, names.get(t.label), tokenizers[twin.label], _stop_ids(twin, tokenizers[
+                twin.label]), prompt_is_chat(self.home, twin.run_dir, folder)))
+        return voices
+
+    @contextlib.contextmanager
+    def _speaking(self, voice: Voice) -> Iterator[None]:
+        import torch
+
+        with torch.no_grad():
+            if voice.adapter_name is not None:
+                voice.model.set_adapter(voice.adapter_name)
+                yield
+            elif hasattr(voice.model, "disable_adapter"):
+                with voice.model.disable_adapter():
+                    yield
+            else:
+                yield
+
+    def encoded(self, voice: Voice, question: str | list[dict[str, Any]]) -> Any:
+        """The question as the run's probes were laid out (`encode_probe`): a prompt, or a conversation."""
+        from daemon.trainer.snapshots import encode_probe
+
+        if isinstance(question, list):
+            if not voice.chat:
+                raise AnswerError(f"{voice.target.label} was trained on raw prompts, not conversations. Fix: ask it "
+                                  f"a prompt (one line of text).")
+            users = [m["content"] for m in question if m.get("role") == "user"]
+            probe = {"prompt": users[-1] if users else "", "reference": "", "messages": question}
+        elif voice.chat:
+            probe = {"prompt": question, "reference": "", "messages": [{"role": "user", "content": question}]}
+        else:
+            probe = {"prompt": question, "reference": "", "messages": None}
+        return encode_probe(voice.tokenizer, probe, voice.stop_ids)
+
+    def answer(self, questions: Sequence[str | list[dict[str, Any]]],
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 8) -> dict[str, list[str]]:
+        """Each target's greedy answers to `questions`, by label, in target order."""
+        from daemon.trainer.snapshots import generate_answers
+
+        out: dict[str, list[str]] = {}
+        for voice in self.voices:
+            encoded = [self.encoded(voice, q) for q in questions]
+            texts: list[str] = []
+            with self._speaking(voice):
+                for i in range(0, len(encoded), batch_size):
+                    texts += generate_answers(voice.model, voice.tokenizer, encoded[i:i + batch_size],
+                                              voice.stop_ids, max_new_tokens)
+            out[voice.target.label] = texts
+        return out
+
+    def stream(self, label: str, question: str | list[dict[str, Any]],
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[str]:
+        """One target's greedy answer, piece by piece as tokens are generated (transformers' streamer)."""
+        import torch
+        from transformers import GenerationConfig, TextIteratorStreamer
+
+        voice = next(v for v in self.voices if v.target.label == label)
+        enc = self.encoded(voice, question)
+        ids = torch.tensor([enc.prompt_ids], device=self.device)
+        tok = voice.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else voice.stop_ids[0]
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=voice.stop_ids or None, pad_token_id=pad)
+        failed: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with self._speaking(voice):
+                    voice.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         generation_config=config, streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader below
+                failed.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if failed:
+            raise failed[0]
+
+
+def _tokenizer(t: Target, source: str, trusted: bool) -> Any:
+    """The tokenizer the run trained with: the adapter folder's (its chat template), else the base model's."""
+    from transformers import AutoTokenizer
+
+    contract = t.adapter if t.adapter is not None and (t.adapter / "tokenizer_config.json").is_file() else source
+    try:
+        tok = AutoTokenizer.from_pretrained(str(contract), local_files_only=True, trust_remote_code=trusted)
+    except Exception as e:  # noqa: BLE001
+        raise AnswerError(f"cannot load the tokenizer of {t.label} from {contract}: {_first_line(e)}. Fix: restore "
+                          f"the adapter folder, or the base model's tokenizer files.") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _stop_ids(t: Target, tokenizer: Any) -> list[int]:
+    """Where the exported model stops: generation_config.json's eos ids (the run's end-of-turn tokens), else eos."""
+    ids: set[int] = set()
+    if t.adapter is not None and (t.adapter / "generation_config.json").is_file():
+        eos = _read_json(t.adapter / "generation_config.json").get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300].rstrip(".") if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------- one request, as JSON
+
+def ask(home: Path, refs: Sequence[str], prompt: str, base: bool = False,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, log: Callable[[str], None] = lambda line: None,
+        device: str = "auto") -> dict[str, Any]:
+    """`overnight ask --json`'s answer: {"prompt", "device", "device_why", "answers": [{"model", "answer"}]}."""
+    chosen = targets(home, refs, base)
+    where, why = pick_device(home, chosen, device)
+    answerer = Answerer(home, chosen, where, log)
+    answers = answerer.answer([prompt], max_new_tokens)
+    return {"prompt": prompt, "device": where, "device_why": why,
+            "answers": [{"model": label, "answer": texts[0]} for label, texts in answers.items()]}
+
+
+def pick_device(home: Path, chosen: Sequence[Target], device: str = "auto") -> tuple[str, str]:
+    """`device` ("auto", "cpu", "cuda") decided: "auto" follows `placement`."""
+    import torch
+
+    if device == "cpu":
+        return "cpu", "asked for"
+    cuda = torch.cuda.is_available()
+    if device == "cuda":
+        if not cuda:
+            raise AnswerError("--device cuda, but torch sees no GPU. Fix: use --device auto or cpu.")
+        return "cuda", "asked for"
+    sources = {base_source(home, t.run_dir) for t in chosen}
+    return placement(home, sorted(sources, key=lambda s: s[0]), cuda)
+
+
+def main() -> int:
+    """The dashboard's worker: one request on stdin, one JSON line on stdout; a user's error as {"error"}."""
+    try:
+        request = json.loads(sys.stdin.read())
+        answer = ask(Path(request["home"]), request["refs"], request["prompt"], bool(request.get("base")),
+                     int(request.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))
+    except (AnswerError, RefError) as e:
+        answer = {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - the dashboard shows one line, never this process's traceback
+        answer = {"error": f"{type(e).__name__}: {_first_line(e)}"}
+    sys.stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
