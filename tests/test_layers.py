@@ -12,13 +12,17 @@ from tests.conftest import REPO
 
 # which floors each floor may import; the client (the commands a person runs) may import every one
 MAY_IMPORT = {"core": {"core"}, "engine": {"core", "engine"}, "trainer": {"core", "trainer"}, "tui": {"core", "tui"},
-              "client": {"core", "engine", "trainer", "tui", "client"}}
+              "client": {"core", "engine", "trainer", "tui", "client", "web"},
+              # the server (overnight serve): the core, and the dashboard's telemetry (psutil, NVML; no Textual)
+              "web": {"core", "tui", "web"}}
 # libraries a floor never imports, not even inside a function
 NEVER = {"core": {"click", "textual", "textual_plotext", "torch", "peft", "accelerate", "trl", "bitsandbytes"},
          "engine": {"click", "textual", "textual_plotext", "torch", "transformers", "peft", "accelerate", "trl",
                     "bitsandbytes"},
          "trainer": {"click", "textual", "textual_plotext"},
-         "tui": {"click", "torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes"}}
+         "tui": {"click", "torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes"},
+         "web": {"click", "textual", "textual_plotext", "torch", "transformers", "peft", "accelerate", "trl",
+                 "bitsandbytes"}}
 # the one piece of transformers the core uses: its jinja sandbox renders chat templates exactly as training does, and
 # loads no torch (tests/test_lazy_imports.py); the daemon uses it through the core when it checks a drop
 CORE_MAY_USE = {"transformers.utils.chat_template_utils"}

@@ -375,6 +375,25 @@ def tui(home: str | None) -> None:
 
 @main.command()
 @home_option
+@click.option("--host", default=None, help="Address to listen on (default: [serve] host in overnight.toml, else "
+                                          "127.0.0.1). Any other than loopback needs the tokens (--token).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port (default: [serve] port, else 8642).")
+@click.option("--token", "new_token", is_flag=True,
+              help="Require tokens (read, and steer), creating them in the home (mode 0600) if absent; printed once.")
+def serve(home: str | None, host: str | None, port: int | None, new_token: bool) -> None:
+    """The HTTP API (/api/, schema at /api/openapi.json) and the dashboard in a browser (/dashboard/)."""
+    from daemon.core.errors import ServeError
+    from daemon.web import server
+    h = _home(home)
+    with _clean_errors(ServeError):
+        settings = server.settings(h, host, port)
+        tokens = server.prepare(h, settings, new_token, click.echo)
+    server.run(h, settings, tokens, click.echo)
+
+
+@main.command()
+@home_option
 @json_option
 @click.argument("run")
 def evolution(home: str | None, as_json: bool, run: str) -> None:
@@ -492,8 +511,9 @@ def compare(home: str | None, as_json: bool, refs: tuple[str, ...], answers: boo
                                      log=_note(as_json), device=device)
         _echo_json(result) if as_json else click.echo(compare_text(result, _width()))
         return
-    group, runs = _reader(h).compared(refs)
-    rows = comparison(runs)
+    reader = _reader(h)
+    group, runs = reader.compared(refs)
+    rows = comparison(runs, reader.rungs([r["id"] for r in runs]))
     _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))
 
 

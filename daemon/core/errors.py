@@ -113,3 +113,21 @@ class DropError(ValueError):
 
 class ServiceError(RuntimeError):
     """A unit cannot be written or removed; the message says why and what to do."""
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot run a trainer (sbatch refused the job, Slurm cannot run it): one line with the fix."""
+
+
+class ServeError(RuntimeError):
+    """`overnight serve` cannot start as asked (a non-loopback address without a token, a bad [serve] table): one line
+    ending with a Fix."""
+
+
+class UploadError(ValueError):
+    """An upload the server refuses before anything reaches the inbox (a bad name, a missing part, too large): the
+    HTTP status and one line ending with a Fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.core.errors import OptionsError
+from daemon.core.evalreport import RANKINGS
 from daemon.core.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, suggested_model_name
 
 
@@ -52,6 +53,7 @@ def _rng(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
 SELECTS = ("none", "best")
+PRUNES = ("none", "asha")
 BATCHINGS = ("auto", "padding_free", "length_grouped", "padded")
 ATTENTIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 PROMPT_FORMATS = ("auto", "chat", "raw")
@@ -148,6 +150,27 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            validate=lambda source, v: _check_name(source, v), normal=model_name),
     Option("select", str, "none", 'after a sweep or a base_model list: "best" activates the best version of the group',
            lambda v: v in SELECTS, _choices(SELECTS)),
+    Option("prune", str, "none", 'a sweep\'s pruning: "asha" stops the worse trials at rungs (checkpoint kept)',
+           lambda v: v in PRUNES, _choices(PRUNES)),
+    Option("eta", int, 3, "ASHA: of n trials at a rung the best n/eta go on", _rng(2, 100), "2 .. 100"),
+    Option("prune_rungs", int, 2, "ASHA: rungs before the end, at 1/eta^k of each trial's steps", _rng(1, 10),
+           "1 .. 10"),
+    Option("min_steps", int, None, "ASHA: the first rung's step (then eta times further each); default: a share "
+           "of each trial's steps", _rng(1, 10**9), "1 .. 1e9"),
+    Option("select_metric", str, "eval_loss", 'what select = "best" ranks a group\'s versions by: "eval_loss", or '
+           'the eval report\'s "exact", "similarity", "rougeL" (higher is better) or "forgetting" (lower is better)',
+           lambda v: v in RANKINGS, _choices(tuple(RANKINGS))),
+    Train("eval_file", str, None, "an eval file (JSONL: prompt + reference) every run is scored on at its end, "
+          "beside NAME.eval.jsonl dropped with a dataset (which wins); relative to the home",
+          lambda v: bool(v.strip()), "the path of a .jsonl file", owner_only=True),
+    Train("forgetting_sample", str, None, "general text whose loss before and after training is the forgetting "
+          "score (default: a few KB of English prose shipped with overnight); relative to the home",
+          lambda v: bool(v.strip()), "the path of a UTF-8 text file", owner_only=True),
+    Train("forgetting_alarm", (int, float), 0.1, "a version is regressed when its general-text loss rises past this "
+          "share of its parent's (else the base's), or when it gets wrong a probe or eval record its parent got right",
+          _rng(0, 1e6), ">= 0 (0.1: 10% higher)", owner_only=True),
+    Option("allow_regressed", bool, False, "let select = \"best\" and the automatic activation of a new version "
+           "pick a regressed one"),
     Train("trust_remote_code", bool, False, "run a model's own Python code", owner_only=True),
     Train("report_to", list, [], "experiment trackers every run also logs to (the Trainer's report_to): "
           "trackio, mlflow (a sqlite store in the home), wandb (offline unless set otherwise)",
@@ -259,6 +282,30 @@ OPTIONS["torchrun"] = Option(
     "node_rank, rdzv_endpoint, ...)", allowed="a table of torchrun options: nproc_per_node, nnodes, node_rank, "
     "rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_conf, master_addr, master_port, local_addr, max_restarts, "
     "monitor_interval", owner_only=True, live=True, validate=lambda source, v: _check_torchrun(source, v))
+
+
+def _check_serve(source: Path | str, table: dict[str, Any]) -> None:
+    """[serve]: where `overnight serve` listens (daemon/web/server.py)."""
+    for key, value in table.items():
+        if key == "host" and isinstance(value, str) and value:
+            continue
+        if key == "port" and isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+            continue
+        if key not in ("host", "port"):
+            raise OptionsError(f"{source}: [serve] has no key '{key}'; allowed: host, port. Fix: remove '{key}' under "
+                               f"[serve] (max_upload_mb is a top-level option).")
+        wanted, example = ("a host name or address", 'host = "127.0.0.1"') if key == "host" else \
+            ("a port, 1 .. 65535", "port = 8642")
+        raise OptionsError(f"{source}: [serve] {key} = {value!r} must be {wanted}. Fix: e.g. {example} under [serve].")
+
+
+# `overnight serve`: the HTTP API and the dashboard in a browser (daemon/web/).
+OPTIONS["serve"] = Option("serve", dict, None, "where overnight serve listens ([serve] host, port; default "
+                          "127.0.0.1:8642)", allowed='a table: host = "127.0.0.1", port = 8642', owner_only=True, live=True,
+                          validate=lambda source, v: _check_serve(source, v))
+OPTIONS["max_upload_mb"] = Option("max_upload_mb", (int, float), 1024, "the largest upload overnight serve takes "
+                                  "(MB); a larger one is refused with 413 before anything is kept",
+                                  _rng(0, 10**7, True), "> 0", owner_only=True, live=True)
 
 
 def _type_ok(opt: Option, value: Any) -> bool:

@@ -1,0 +1,282 @@
+"""The HTTP API: one handler per question or command, each answering with the document the CLI prints with --json
+(daemon/core/jsonviews.py, queries.Reader) or the daemon's acknowledgement of the command it wrote. The OpenAPI
+schema (/api/openapi.json) is built from the handlers' docstrings (the YAML after `---`)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from daemon import __version__
+from daemon.core import control, jsonviews, morning
+from daemon.core.errors import BrokenDB, ControlError, DropError, RefError, UploadError
+from daemon.core.home import Home, daemon_alive
+from daemon.core.queries import Reader
+from daemon.core.rundir import RunFolder, read_jsonl
+from daemon.core.states import ENDED, State
+from daemon.web import logs, serverlog, steer, upload, verdict
+from daemon.web.auth import TokenAuth
+from daemon.web.dashboard import PREFIX, Dashboard
+from daemon.web.tokens import Tokens
+
+MAX_VERDICT_WAIT_S = 600.0
+STEERING = ("pause", "resume", "stop", "skip", "priority")
+schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "overnight", "version": __version__}})
+
+
+class Json(JSONResponse):
+    """The CLI's JSON: non-ASCII kept, anything else (paths, times) as its text."""
+
+    def render(self, content: Any) -> bytes:
+        import json
+        return json.dumps(content, ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _float(request: Request, name: str, default: float) -> float:
+    try:
+        return float(request.query_params.get(name, default))
+    except ValueError:
+        raise UploadError(400, f"?{name}= must be a number of seconds. Fix: e.g. ?{name}=10") from None
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "unknown client"
+
+
+class Api:
+    def __init__(self, h: Home, max_upload: int) -> None:
+        self.h = h
+        self.max_upload = max_upload
+        self._telemetry: Any = None
+        self._telemetry_lock = threading.Lock()
+
+    @contextmanager
+    def reader(self) -> Iterator[Reader]:
+        rd = Reader(self.h.db)
+        try:
+            yield rd
+        finally:
+            rd.close()
+
+    def run_of(self, request: Request) -> dict[str, Any]:
+        with self.reader() as rd:
+            return rd.named_run(request.path_params["run"])
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def status(self, request: Request) -> Response:
+        """The daemon, the running jobs, the last commands and what needs you (overnight status --json).
+        ---
+        summary: overnight status --json
+        parameters: [{name: since, in: query, schema: {type: number}, description: hours of failures to list}]
+        """
+        with self.reader() as rd:
+            return Json(jsonviews.status(self.h, rd, _float(request, "since", morning.DEFAULT_SINCE_H)))
+
+    def runs(self, request: Request) -> Response:
+        """Every run: active, queued (in order), then history (overnight runs --json).
+        ---
+        summary: overnight runs --json
+        """
+        with self.reader() as rd:
+            return Json(rd.runs())
+
+    def run(self, request: Request) -> Response:
+        """One run, named by its id, a unique prefix or its dataset's name (as the CLI's RUN).
+        ---
+        summary: one run
+        parameters: [{name: run, in: path, required: true, schema: {type: string}}]
+        """
+        return Json(self.run_of(request))
+
+    def metrics(self, request: Request) -> Response:
+        """The run's metrics.jsonl, one object per line.
+        ---
+        summary: a run's metrics
+        parameters: [{name: run, in: path, required: true, schema: {type: string}}]
+        """
+        return Json(read_jsonl(RunFolder(self.run_of(request)["run_dir"]).metrics))
+
+    def evolution(self, request: Request) -> Response:
+        """What the model answered on each probe over time (overnight evolution RUN --json).
+        ---
+        summary: overnight evolution RUN --json
+        parameters: [{name: run, in: path, required: true, schema: {type: string}}]
+        """
+        return Json(jsonviews.evolution(self.run_of(request)))
+
+    def log(self, request: Request) -> Response:
+        """The run's console.log from byte `offset`: whole lines, and the offset to ask from next.
+        ---
+        summary: a run's console log from an offset
+        parameters: [{name: run, in: path, required: true, schema: {type: string}},
+                     {name: offset, in: query, schema: {type: integer}}]
+        """
+        run = self.run_of(request)
+        offset = int(_float(request, "offset", 0))
+        text, after = logs.read_from(RunFolder(run["run_dir"]).console, offset)
+        return Json({"run": run["id"], "offset": offset, "next_offset": after, "text": text})
+
+    async def log_stream(self, request: Request) -> Response:
+        """The run's console.log followed live, as server-sent events (one per line; `end` when the run has ended).
+        ---
+        summary: a run's console log, live (text/event-stream)
+        parameters: [{name: run, in: path, required: true, schema: {type: string}},
+                     {name: offset, in: query, schema: {type: integer}}]
+        """
+        run = await asyncio.to_thread(self.run_of, request)
+        offset = int(request.headers.get("last-event-id") or _float(request, "offset", 0))
+
+        def ended() -> bool:
+            with self.reader() as rd:
+                row = rd.run(run["id"])
+            return row is None or row["state"] in ENDED
+
+        return StreamingResponse(logs.follow(RunFolder(run["run_dir"]).console, offset, ended),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def models(self, request: Request) -> Response:
+        """Registered model versions (overnight models --json).
+        ---
+        summary: overnight models --json
+        """
+        with self.reader() as rd:
+            return Json(rd.models())
+
+    def queue(self, request: Request) -> Response:
+        """The queued runs in the order they will start, and what holds them (a stop, a pause, a daemon problem).
+        ---
+        summary: the queue and what holds it
+        """
+        alive = daemon_alive(self.h)
+        with self.reader() as rd:
+            problem = morning.problem(self.h, rd.daemon() if alive else None, alive)
+            return Json({"runs": rd.runs((State.QUEUED,)), "held": morning.held(control.held(self.h, "stop"), problem),
+                         "paused": sorted(control.paused(self.h)), "daemon": alive, "problem": problem})
+
+    def system(self, request: Request) -> Response:
+        """The GPUs (NVML: use, memory, processes) and the system (CPU, RAM, the home's disk), as the dashboard shows.
+        ---
+        summary: GPU and system
+        """
+        from tui.telemetry import LiveTelemetry  # psutil and NVML only (no Textual)
+        with self._telemetry_lock:
+            if self._telemetry is None:
+                self._telemetry = LiveTelemetry(self.h.root)
+            sample = self._telemetry.sample()
+        return Json(dataclasses.asdict(sample))
+
+    def openapi(self, request: Request) -> Response:
+        """This schema.
+        ---
+        summary: the OpenAPI schema
+        """
+        return Json(schemas.get_schema(routes=request.app.routes))
+
+    # --- writing -------------------------------------------------------------------------------------------
+    async def upload(self, request: Request) -> Response:
+        """A drop: multipart parts `dataset` (required), `sidecar` and `probes`, streamed to disk and put into the
+        inbox as `overnight add` does; answered with the daemon's verdict (the runs queued, or the .error.txt text).
+        ---
+        summary: upload a dataset (+ sidecar, probes) and wait for the daemon's verdict
+        parameters: [{name: wait, in: query, schema: {type: number}, description: seconds to wait (default 60)}]
+        requestBody: {content: {multipart/form-data: {schema: {type: object, properties: {
+            dataset: {type: string, format: binary}, sidecar: {type: string, format: binary},
+            probes: {type: string, format: binary}}}}}}
+        responses: {201: {description: queued}, 422: {description: rejected by the daemon},
+                    202: {description: not taken yet}, 413: {description: over max_upload_mb}}
+        """
+        wait = min(_float(request, "wait", 60.0), MAX_VERDICT_WAIT_S)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_upload:
+            raise upload.too_large(self.max_upload)
+        staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(),
+                                      self.max_upload)
+        files = upload.into_inbox(self.h, staged)
+        serverlog.write(_client(request), f"upload: {', '.join(f.name for f in files)} into {self.h.inbox}")
+        found = await asyncio.to_thread(verdict.wait, self.h, verdict.Placed(files), wait)
+        if found.state == verdict.REJECTED:
+            serverlog.write(_client(request), f"upload: {files[-1].name} rejected by the daemon")
+        status = {verdict.QUEUED: 201, verdict.REJECTED: 422}.get(found.state, 202)
+        return Json(dataclasses.asdict(found), status)
+
+    async def command(self, request: Request) -> Response:
+        """pause, resume, stop, skip (a run, or without one the running jobs) or priority: the CLI's command,
+        answered with the daemon's acknowledgement.
+        ---
+        summary: steer a run (pause, resume, stop, skip, priority)
+        parameters: [{name: wait, in: query, schema: {type: number}, description: seconds to wait (default 3)}]
+        """
+        kind = request.path_params["kind"]
+        if kind not in STEERING:
+            return Json({"error": f"no such command {kind!r}. Fix: one of {', '.join(STEERING)}"}, 404)
+        wait = _float(request, "wait", 3.0)
+        run = await asyncio.to_thread(self.run_of, request) if "run" in request.path_params else None
+        if kind == "priority":
+            if run is None:
+                raise ControlError("priority names a run. Fix: POST /api/runs/RUN/priority?value=N")
+            value = request.query_params.get("value", "")
+            content = f"{run['id']} {value}"
+        else:
+            content = run["id"] if run else ""
+        if kind == "stop" and run is None:
+            out = await asyncio.to_thread(steer.stop_all, self.h, wait)
+        else:
+            out = await asyncio.to_thread(steer.send, self.h, kind, content, wait)
+        return self._answered(request, out)
+
+    async def model_command(self, request: Request) -> Response:
+        """activate or delete a model version (POST …/activate, DELETE …): the CLI's command, acknowledged.
+        ---
+        summary: activate or delete a model version
+        parameters: [{name: wait, in: query, schema: {type: number}}]
+        """
+        kind = "delete" if request.method == "DELETE" else "activate"
+        name, version = request.path_params["name"], request.path_params["version"]
+        content = await asyncio.to_thread(steer.model_version, self.h, kind, name, version)
+        out = await asyncio.to_thread(steer.send, self.h, kind, content, _float(request, "wait", 3.0))
+        return self._answered(request, out)
+
+    def _answered(self, request: Request, out: dict[str, Any]) -> Response:
+        answers = "; ".join(f"{e['status']}: {e['message']}" for e in out["answers"]) or out["note"]
+        serverlog.write(_client(request), f"{out['command']} {out['content']}".rstrip() + f": {answers}")
+        return Json(out, 409 if out["rejected"] else 200 if out["acknowledged"] else 202)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409}.get(type(exc), 400)
+    status = getattr(exc, "status", status)
+    return Json({"error": str(exc)}, status)
+
+
+def build(h: Home, tokens: Tokens | None, max_upload: int) -> Starlette:
+    api = Api(h, max_upload)
+    dashboard = Dashboard(h)
+    run = "/api/runs/{run}"
+    routes = [
+        Route("/", lambda request: RedirectResponse(f"{PREFIX}/"), include_in_schema=False),
+        Route("/api/openapi.json", api.openapi), Route("/api/status", api.status), Route("/api/runs", api.runs),
+        Route(run, api.run), Route(f"{run}/metrics", api.metrics), Route(f"{run}/evolution", api.evolution),
+        Route(f"{run}/log", api.log), Route(f"{run}/log/stream", api.log_stream), Route("/api/models", api.models),
+        Route("/api/queue", api.queue), Route("/api/system", api.system),
+        Route("/api/datasets", api.upload, methods=["POST"]),
+        Route(run + "/{kind:str}", api.command, methods=["POST"]),
+        Route("/api/{kind:str}", api.command, methods=["POST"]),
+        Route("/api/models/{name}/{version:int}/activate", api.model_command, methods=["POST"]),
+        Route("/api/models/{name}/{version:int}", api.model_command, methods=["DELETE"]),
+        *dashboard.routes(),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error})
+    app.add_middleware(TokenAuth, tokens=tokens)
+    with contextlib.suppress(OSError):
+        upload.clear_leftovers(h)
+    return app

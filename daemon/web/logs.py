@@ -1,0 +1,45 @@
+"""A run's console.log over HTTP: read from a byte offset (whole lines only, so that a client that asks again from
+`next_offset` never sees half a line or half a character), and followed live as server-sent events."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+CHUNK = 1 << 20  # at most this much per read: a client pages through a long log
+POLL_S = 0.25
+
+
+def _read(path: Path, offset: int, limit: int) -> bytes:
+    """The whole lines from byte `offset` (a line longer than `limit` comes whole-chunk). A missing file: empty."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(offset, 0))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return b""
+    cut = data.rfind(b"\n") + 1
+    return data if cut == 0 and len(data) == limit else data[:cut]
+
+
+def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[str, int]:
+    """(the whole lines from byte `offset`, the offset after them)."""
+    data = _read(path, offset, limit)
+    return data.decode("utf-8", "replace"), offset + len(data)
+
+
+async def follow(path: Path, offset: int, ended: Callable[[], bool]) -> AsyncIterator[str]:
+    """Server-sent events: one event per line, its `id` the offset after that line (a reconnecting EventSource sends
+    it back as Last-Event-ID); an `end` event once the run has ended and every line is sent."""
+    while True:
+        finished = await asyncio.to_thread(ended)  # asked before reading: a last line written before the end is sent
+        data = await asyncio.to_thread(_read, path, offset, CHUNK)
+        for line in data.splitlines(keepends=True):
+            offset += len(line)
+            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            yield f"id: {offset}\ndata: {text}\n\n"
+        if not data and finished:
+            yield f"event: end\nid: {offset}\ndata: ended\n\n"
+            return
+        if not data:
+            await asyncio.sleep(POLL_S)

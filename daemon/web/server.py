@@ -1,0 +1,72 @@
+"""`overnight serve`: where to listen (the [serve] table of overnight.toml, then the command line), whether tokens
+are required, and uvicorn running the app until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable
+
+from daemon.core.errors import ServeError
+from daemon.core.home import Home
+from daemon.core.options import OPTIONS, OptionsError, load_home_toml
+from daemon.web import serverlog, tokens as tokenfile
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    max_upload: int  # bytes
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def settings(h: Home, host: str | None, port: int | None) -> Settings:
+    """The command line over overnight.toml's [serve] table over the defaults."""
+    try:
+        owner = load_home_toml(h.toml)
+    except OptionsError as e:
+        raise ServeError(str(e)) from None
+    table = owner.get("serve") or {}
+    mb = owner.get("max_upload_mb", OPTIONS["max_upload_mb"].default)
+    return Settings(host or table.get("host", DEFAULT_HOST), port if port is not None else table.get("port", DEFAULT_PORT),
+                    int(mb * 2**20))
+
+
+def prepare(h: Home, s: Settings, new_token: bool, say: Callable[[str], None]) -> tokenfile.Tokens | None:
+    """The tokens this server requires (created by --token; printed once, when created); refuses a non-loopback
+    address without them."""
+    tokens = tokenfile.load(h)
+    if new_token:
+        tokens, created = tokenfile.create(h)
+        if created:
+            say(f"created the tokens (shown once; kept in {tokenfile.path(h)}, mode 0600):\n"
+                f"  steer (read, upload, steer, dashboard): {tokens.steer}\n  read (GET only): {tokens.read}")
+    if tokens is None and not is_loopback(s.host):
+        raise ServeError(f"refusing to serve on {s.host}, which is not a loopback address, without a token: anyone who "
+                         f"reaches it could upload and steer. Fix: overnight serve --token --host {s.host} "
+                         f"(creates the tokens), or serve on 127.0.0.1 and reach it through ssh -L.")
+    return tokens
+
+
+def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[str], None]) -> None:
+    import uvicorn
+
+    from daemon.web.app import build
+    serverlog.setup(h, echo=False)
+    app = build(h, tokens, s.max_upload)
+    url = f"http://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"
+    serverlog.log.info(f"serving {h.root} on {url} ({'tokens required' if tokens else 'no token: loopback only'})")
+    say(f"serving {h.root} on {url}\n  API: {url}/api/ (schema: {url}/api/openapi.json)\n  dashboard: {url}/dashboard/"
+        + ("?token=STEER_TOKEN" if tokens else "") + f"\n  log: {h.root / 'serve.log'}")
+    uvicorn.run(app, host=s.host, port=s.port, log_level="warning", access_log=False, server_header=False)
+    serverlog.log.info("stopped")

@@ -1,0 +1,58 @@
+"""The commands a client sends over HTTP, written exactly as the CLI writes them (daemon/core/control.py: the
+daemon's own parser first, then `control/KIND.ID`) and answered with the daemon's acknowledgement of that id."""
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.core import control
+from daemon.core.errors import ControlError
+from daemon.core.home import Home, daemon_alive
+from daemon.core.queries import Reader
+
+MAX_WAIT_S = 60.0
+
+
+def model_version(h: Home, kind: str, name: str, version: int) -> str:
+    """`NAME VERSION` for activate/delete, refused when the registry has no such version (as the CLI refuses it)."""
+    content = f"{name} {version}"
+    name, version = control.parse_text(kind, content).model
+    reader = Reader(h.db)
+    try:
+        versions = [m for m in reader.models() if m["name"] == name]
+    finally:
+        reader.close()
+    if not any(m["version"] == version for m in versions):
+        known = ", ".join(f"v{m['version']}" for m in versions)
+        raise ControlError(f"no model {name} version {version} "
+                           f"({f'{name} has {known}' if known else 'no model has that name'}). "
+                           f"Fix: use a NAME and VERSION that GET /api/models lists.")
+    return content
+
+
+def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
+    """Write the command and wait up to `wait` seconds for the daemon's answers (the CLI's `_send`)."""
+    control.parse_text(kind, content)  # a command the daemon would reject is never written
+    ticket = control.send(h, kind, content)
+    out: dict[str, Any] = {"command": kind, "content": content, "command_id": ticket.id, "wrote": str(ticket.path),
+                           "answers": [], "acknowledged": False, "rejected": False, "note": None}
+    if not daemon_alive(h):
+        out["note"] = "no daemon is running: it applies this when it starts (overnight daemon)"
+        return out
+    answers = ticket.wait(h, min(max(wait, 0.0), MAX_WAIT_S)) if wait > 0 else []
+    out.update(answers=answers, acknowledged=bool(answers),
+               rejected=any(e["status"] == "rejected" for e in answers))
+    if not answers:
+        out["note"] = f"not acknowledged yet (waited {wait:g} s); see GET /api/status"
+    return out
+
+
+def stop_all(h: Home, wait: float) -> dict[str, Any]:
+    """A stop naming no run also holds the queue; a second one is answered at once (the daemon answers a held
+    control/stop once)."""
+    if control.held(h, "stop") == "*":
+        return {"command": "stop", "content": "", "command_id": None, "wrote": None, "answers": [],
+                "acknowledged": True, "rejected": False,
+                "note": f"already stopped: {h.control / 'stop'} is in place; no new job starts until resume"}
+    out = send(h, "stop", "", wait)
+    out["note"] = (out["note"] + "; " if out["note"] else "") + "no new job starts until resume"
+    return out

@@ -1,0 +1,108 @@
+"""What the daemon made of an uploaded drop: the runs it queued, or its rejection with the .error.txt text. The
+dataset file is followed by its inode: the intake moves it (rename) into the run's dataset/ folder or into
+inbox/rejected/, so the same inode names it wherever it went."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.core.home import Home, daemon_alive
+from daemon.core.morning import ERROR_SUFFIX
+from daemon.core.queries import Reader
+from daemon.core.rundir import RunFolder
+
+QUEUED, REJECTED, WAITING = "queued", "rejected", "waiting"
+
+
+@dataclass
+class Verdict:
+    state: str
+    files: list[str]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    rejected: list[str] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass
+class Placed:
+    """A drop put into the inbox: its files, and the dataset's name and inode."""
+
+    files: list[Path]
+    since: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.dataset = self.files[-1]  # drop.add places the dataset last
+        self.inode = self.dataset.stat().st_ino
+
+    def look(self, h: Home) -> Verdict | None:
+        """The daemon's verdict if it has given one (None: the drop still waits)."""
+        if self.dataset.exists() and self.dataset.stat().st_ino == self.inode:
+            return None
+        shown = [str(f) for f in self.files]
+        moved = [p for p in _entries(h.rejected) if _inode(p) == self.inode]
+        if moved:
+            error = self._error_text(h, moved[0].name)
+            return Verdict(REJECTED, shown, error=error, rejected=[str(p) for p in moved]) if error else None
+        runs = self._runs(h)
+        return Verdict(QUEUED, shown, runs=runs) if runs else None
+
+    def _error_text(self, h: Home, moved_name: str) -> str | None:
+        """The .error.txt the intake wrote for this drop: written after the move, naming the moved file."""
+        for p in sorted(_entries(h.rejected), key=_mtime, reverse=True):
+            if p.name.endswith(ERROR_SUFFIX) and _mtime(p) >= self.since - 1:
+                text = p.read_text(encoding="utf-8", errors="replace")
+                if moved_name in text:
+                    return text
+        return None
+
+    def _runs(self, h: Home) -> list[dict[str, Any]]:
+        """The runs whose dataset/ holds this very file (a group's other runs hold hard links: the same inode)."""
+        if not h.db.exists():
+            return []
+        reader = Reader(h.db)
+        try:
+            rows = [r for r in reader.runs() if r["dataset"] == self.dataset.name]
+        finally:
+            reader.close()
+        return [r for r in rows if _inode(RunFolder(r["run_dir"]).dataset / self.dataset.name) == self.inode]
+
+
+def wait(h: Home, placed: Placed, timeout: float, poll: float = 0.2) -> Verdict:
+    """Block up to `timeout` seconds for the daemon's verdict; without a daemon, say so at once."""
+    end = time.monotonic() + timeout
+    while True:
+        found = placed.look(h)
+        if found:
+            return found
+        if not daemon_alive(h):
+            return Verdict(WAITING, [str(f) for f in placed.files],
+                           note="no daemon is running: it takes the drop when it starts (overnight daemon)")
+        if time.monotonic() >= end:
+            return Verdict(WAITING, [str(f) for f in placed.files],
+                           note=f"the daemon has not taken the drop yet (waited {timeout:g} s); see GET /api/status")
+        time.sleep(poll)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _inode(p: Path) -> int | None:
+    try:
+        return p.lstat().st_ino
+    except OSError:
+        return None
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
