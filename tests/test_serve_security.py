@@ -1,0 +1,119 @@
+"""`overnight serve`'s rules: tokens with two scopes (no token, a wrong one, or a read token on a write: 401/403 and
+nothing changes), no non-loopback address without tokens, uploads capped (413 before anything is kept), names that
+are paths refused, the dashboard behind the steer token. A real server subprocess and a real HTTP client."""
+from __future__ import annotations
+
+import json
+import stat
+import sys
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO, overnight
+from tests.test_serve import ServeProcess, serve_proc  # noqa: F401 - the fixture
+
+DATASET = '{"text": "hello there"}\n' * 10
+
+
+def _tokens(home: Path) -> dict[str, str]:
+    return json.loads((home / "serve-tokens.json").read_text())
+
+
+def _inbox(home: Path) -> list[str]:
+    """Everything in the inbox but the rejected/ folder, hidden files included."""
+    return sorted(p.name for p in (home / "inbox").iterdir() if p.name != "rejected")
+
+
+def test_tokens_are_created_once_kept_private_and_required(home, serve_proc):  # noqa: F811
+    first = serve_proc("--token", token="unused-until-read")  # 401 is "up" too
+    tokens = _tokens(home)
+    assert stat.S_IMODE((home / "serve-tokens.json").stat().st_mode) == 0o600
+    first.stop()
+    printed = first.proc.stdout.read()
+    assert tokens["steer"] in printed and tokens["read"] in printed
+    again = serve_proc("--token")
+    again.stop()
+    assert tokens["steer"] not in again.proc.stdout.read()  # printed once, when created
+    assert _tokens(home) == tokens
+
+    server = serve_proc()  # the tokens stay required while the home has them, --token or not
+    control_before = sorted(p.name for p in (home / "control").iterdir())
+    for token, code in ((None, 401), ("wrong", 401), (tokens["read"], 200), (tokens["steer"], 200)):
+        assert server.client(token).get("/api/runs").status_code == code, token
+    for token, code in ((None, 401), ("wrong", 401), (tokens["read"], 403)):
+        api = server.client(token)
+        answer = api.post("/api/datasets", files={"dataset": ("d.jsonl", DATASET)})
+        assert answer.status_code == code and "Fix" in answer.json()["error"]
+        assert api.post("/api/pause").status_code == code
+        assert api.post("/api/models/m/1/activate").status_code == code
+        assert api.delete("/api/models/m/1").status_code == code
+    assert _inbox(home) == [] and sorted(p.name for p in (home / "control").iterdir()) == control_before
+    steered = server.client(tokens["steer"]).post("/api/pause", params={"wait": 0})
+    assert steered.status_code == 202 and "no daemon is running" in steered.json()["note"]
+    assert [p.name.split(".")[0] for p in (home / "control").glob("pause.*")] == ["pause"]
+    assert "127.0.0.1:" in (home / "serve.log").read_text()  # the write, with the client's address
+
+    # the dashboard: the steer token once in the URL becomes a same-site cookie; a read token does not open it
+    browser = httpx.Client(base_url=server.url)
+    assert browser.get("/dashboard/").status_code == 401
+    assert browser.get("/dashboard/", params={"token": tokens["read"]}).status_code == 403
+    opened = browser.get("/dashboard/", params={"token": tokens["steer"]})
+    assert opened.status_code == 303 and "samesite=strict" in opened.headers["set-cookie"].lower()
+    assert "httponly" in opened.headers["set-cookie"].lower()
+    page = browser.get("/dashboard/")
+    assert page.status_code == 200 and "/dashboard/ws" in page.text
+    assert browser.get("/api/runs").status_code == 401  # the API never takes the cookie
+    assert browser.get("/api/runs", headers={"Origin": "http://evil.example"}).status_code == 401
+
+
+def test_a_non_loopback_address_without_a_token_refuses_to_start(home):
+    res = overnight("serve", "--host", "0.0.0.0", "--port", "1", home=home, timeout=60)
+    assert res.returncode == 1 and "Fix: overnight serve --token" in res.stderr
+    assert not (home / "serve-tokens.json").exists()
+    (home / "overnight.toml").write_text('[serve]\nhost = "0.0.0.0"\n')  # the same from overnight.toml
+    res = overnight("serve", home=home, timeout=60)
+    assert res.returncode == 1 and "not a loopback address" in res.stderr
+    (home / "overnight.toml").write_text('[serve]\nport = 70000\n')
+    res = overnight("serve", home=home, timeout=60)
+    assert res.returncode == 1 and "[serve] port = 70000" in res.stderr and "Fix:" in res.stderr
+
+
+def test_oversize_uploads_and_path_names_are_refused_before_anything_is_kept(home, serve_proc):  # noqa: F811
+    (home / "overnight.toml").write_text("max_upload_mb = 0.01\n")  # about 10 kB
+    api = serve_proc().client()
+    big = "x" * 20_000
+    answer = api.post("/api/datasets", files={"dataset": ("big.jsonl", big)})
+    assert answer.status_code == 413 and "max_upload_mb" in answer.json()["error"]
+
+    def chunks():  # no Content-Length: the server counts while it streams
+        for _ in range(20):
+            yield b"--b\r\nContent-Disposition: form-data; name=\"dataset\"; filename=\"big.jsonl\"\r\n\r\n" \
+                if _ == 0 else b"y" * 1000
+    answer = api.post("/api/datasets", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert answer.status_code == 413
+    for name in ("../escape.jsonl", "/etc/escape.jsonl", "..", ".hidden.jsonl", "sub/dir.jsonl", "notes.exe"):
+        answer = api.post("/api/datasets", files={"dataset": (name, DATASET)})
+        assert answer.status_code == 400 and "Fix" in answer.json()["error"], (name, answer.text)
+    assert api.post("/api/datasets", files={"sidecar": ("x.toml", "max_steps = 1\n")}).status_code == 400
+    assert _inbox(home) == [] and not (home / "escape.jsonl").exists() and not (home.parent / "escape.jsonl").exists()
+    assert not list(home.rglob("*escape*"))
+    # a file the client names like one already waiting in the inbox: refused, the waiting one untouched
+    (home / "inbox" / "taken.jsonl").write_text("mine\n")
+    answer = api.post("/api/datasets", files={"dataset": ("taken.jsonl", DATASET)}, params={"wait": 0})
+    assert answer.status_code == 409 and (home / "inbox" / "taken.jsonl").read_text() == "mine\n"
+    accepted = api.post("/api/datasets", files={"dataset": ("ok.jsonl", DATASET)}, params={"wait": 0})
+    assert accepted.status_code == 202 and (home / "inbox" / "ok.jsonl").read_text() == DATASET
+    assert sorted(_inbox(home)) == ["ok.jsonl", "taken.jsonl"]
+
+
+def test_cross_origin_requests_get_no_cors_headers(home, serve_proc):  # noqa: F811
+    api = serve_proc().client()
+    answer = api.options("/api/runs", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in answer.headers
+    assert "access-control-allow-origin" not in api.get("/api/runs", headers={"Origin": "http://evil.example"}).headers
+    code = "import daemon.web.server as s; print(s.is_loopback('127.0.0.1'), s.is_loopback('::1'), " \
+           "s.is_loopback('0.0.0.0'), s.is_loopback('example.com'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.split() == ["True", "True", "False", "False"]
