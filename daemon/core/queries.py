@@ -155,6 +155,14 @@ class Reader:
     def evolution(self, run_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM evolution WHERE run_id = ? ORDER BY step, probe", (run_id,))
 
+    def rungs(self, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each ASHA trial's records, rung by rung (daemon/core/asha.py): step, metric, decision."""
+        marks = ",".join("?" * len(run_ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in self._all(f"SELECT * FROM rungs WHERE run_id IN ({marks}) ORDER BY rung", run_ids):
+            out.setdefault(r["run_id"], []).append(r)
+        return out
+
     def models(self) -> list[dict[str, Any]]:
         rows = self._all("SELECT * FROM models ORDER BY name, version")
         for r in rows:

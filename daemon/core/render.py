@@ -204,19 +204,33 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     head = f"group {group}: {len(rows)} runs" if group else f"{len(rows)} runs"
     head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
              ", none completed yet: not ranked")
-    cells = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", "OPTIONS THAT DIFFER"]]
-    cells += [_comparison_row(r) for r in rows]
-    return "\n".join([head, *table(cells)])
+    pruning = any(r.get("rungs") for r in rows)
+    cells = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", *(["RUNGS"] if pruning else []),
+              "OPTIONS THAT DIFFER"]]
+    cells += [_comparison_row(r, pruning) for r in rows]
+    lines = [head, *table(cells)]
+    if pruning:
+        lines.append("RUNGS: rN@STEP eval loss there, then ↑ went on, ✗ pruned (resumable), … waiting, ↻ resumed")
+    return "\n".join(lines)
 
 
-def _comparison_row(r: dict[str, Any]) -> list[str]:
+RUNG_MARKS = {"promoted": "↑", "pruned": "✗", "waiting": "…", "resumed": "↻"}
+
+
+def rung_cell(rungs: list[dict[str, Any]]) -> str:
+    """An ASHA trial's rungs: `r1@3 2.310↑ r2@9 1.980✗`."""
+    return " ".join(f"r{g['rung']}@{g['step']} {fmt_loss(g['metric'])}{RUNG_MARKS.get(g['decision'], '')}"
+                    for g in rungs) or "-"
+
+
+def _comparison_row(r: dict[str, Any], pruning: bool = False) -> list[str]:
     from daemon.core.sweep import compact
     probes = "-" if r["probes_learned"] is None else f"{r['probes_learned']}/{r['probes_total']}"
     opts = " ".join(f"{k}={compact(v) if isinstance(v, (int, float)) else v}"
                     for k, v in r["options_that_differ"].items())
     rank = f"{r['rank']}{' ★' if r['rank'] == 1 else ''}" if r["rank"] else "-"
     return [rank, r["run_id"], r["state"], fmt_loss(r["eval_loss"]), fmt_loss(r["final_loss"]), probes,
-            fmt_rate(r["tokens_per_s"]), fmt_duration(r["seconds"]), opts]
+            fmt_rate(r["tokens_per_s"]), fmt_duration(r["seconds"]), *([rung_cell(r["rungs"])] if pruning else []), opts]
 
 
 def verdict(v: Any) -> str:

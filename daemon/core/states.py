@@ -15,6 +15,7 @@ class State(str, Enum):
     FAILED = "failed"
     STOPPED = "stopped"
     SKIPPED = "skipped"
+    PRUNED = "pruned"  # an ASHA sweep stopped it at a rung (daemon/core/asha.py): checkpoint kept, resumable
 
     def __str__(self) -> str:
         return self.value
@@ -25,9 +26,9 @@ ACTIVE = (State.PREPARING, State.TRAINING, State.PAUSED)
 # Not yet ended: waiting or active. Stop, skip and priority act on these.
 LIVE = (State.QUEUED,) + ACTIVE
 # The run will not train again unless the user resumes it.
-ENDED = (State.COMPLETED, State.FAILED, State.STOPPED, State.SKIPPED)
+ENDED = (State.COMPLETED, State.FAILED, State.STOPPED, State.SKIPPED, State.PRUNED)
 # `overnight resume RUN` queues these again to continue from their last checkpoint.
-RESUMABLE = (State.STOPPED, State.SKIPPED, State.FAILED)
+RESUMABLE = (State.STOPPED, State.SKIPPED, State.FAILED, State.PRUNED)
 ALL = LIVE + ENDED
 
 

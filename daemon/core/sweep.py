@@ -265,8 +265,10 @@ def _seconds(run: dict[str, Any], result: dict[str, Any]) -> float | None:
         return result.get("train_seconds")
 
 
-def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them."""
+def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]] | None = None
+               ) -> list[dict[str, Any]]:
+    """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them and,
+    in an ASHA sweep, where each trial stood at each rung (`rungs`: queries.Reader.rungs)."""
     from daemon.core.evolution import analyze, load_records
     from daemon.core.runconfig import RunConfig
     from daemon.core.rundir import RunFolder
@@ -289,5 +291,7 @@ def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "seconds": _seconds(r, i["result"]),
                      "options_that_differ": {k: i["options"].get(k) for k in differ},
                      "group": r.get("group_id"), "base_model": r.get("base_model"), "step": r.get("step"),
-                     "ranked_by": metric})
+                     "ranked_by": metric,
+                     "rungs": [{"rung": g["rung"] + 1, "step": g["step"], "metric": g["metric"],
+                                "decision": g["decision"]} for g in (rungs or {}).get(r["id"], [])]})
     return rows

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from daemon.core import control, rundir
-from daemon.engine import registry
+from daemon.engine import pruning, registry
 from daemon.core.control import Command, ControlError
 from daemon.core.home import Home
 from daemon.core.log import log
@@ -286,6 +286,8 @@ class Controller:
             if run["state"] == State.PAUSED:
                 self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift", run["id"])
             else:
+                if run["state"] == State.PRUNED:
+                    pruning.resumed(self.store, run["id"])  # trains to the end, past the rung it was pruned at
                 self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
                                 finished=None)
                 self._answer(cmd, f"resume {run['id']}: queued again", run["id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.core.asha import RUNG_STOP
 from daemon.core.states import Outcome, State, StopRequest
 
 # Attempts in a row without a new checkpoint before a crashing run is failed instead of resumed again.
@@ -32,6 +33,8 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
         return State.COMPLETED, None
     if e.request and e.exit_code == 0 and e.outcome == Outcome.STOPPED:
         return e.request.outcome, f"{e.request} requested"
+    if not e.request and e.exit_code == 0 and e.outcome == Outcome.STOPPED and (e.reason or "").startswith(RUNG_STOP):
+        return State.QUEUED, e.reason  # an ASHA trial checkpointed at its rung: held there (engine/pruning.py)
     if e.request and e.request.by_user:  # the user's request outlives a trainer that died honouring it
         return e.request.outcome, f"{e.request} requested; {e.crash} before it checkpointed (resumable from its last one)"
     if e.request == StopRequest.RESTART and retry:

@@ -18,7 +18,7 @@ from daemon.core.options import owner_options, owner_toml
 from daemon.core.rundir import RunFolder
 from daemon.core.space import is_disk_full
 from daemon.core.states import ENDED, State
-from daemon.engine import hooks, notify, rebuild
+from daemon.engine import hooks, notify, pruning, rebuild
 from daemon.engine.controller import Controller
 from daemon.engine.intake import Intake
 from daemon.engine.store import Store, busy_problem
@@ -52,6 +52,8 @@ class Daemon:
                                      beat=lambda: self.store.heartbeat(problem=self.problem), disk=self._see_disk)
         self._hangups = 0  # SIGHUPs received and not yet answered by the loop
         self._ended_groups: set[str] = set()  # groups a run of which ended: select_groups looks at them
+        # groups a run of which changed state, and those a restart left with trials held at a rung: ASHA looks at them
+        self._changed_groups: set[str] = pruning.groups_waiting(self.store)
         self.disk_problem: str | None = None  # a full disk (DB writes fail, or a run waits for space)
         self._disk_seen: str | None = None  # what this pass found about the disk
         self._faults: dict[str, float] = {}  # an internal error's text -> when it was last logged
@@ -193,6 +195,9 @@ class Daemon:
         the last one has ended and the group says select = "best", activate its best version (after the pass
         that registered the last version)."""
         from daemon.core.evolution import analyze, load_records
+        while self._changed_groups:  # ASHA first: a trial it prunes may be a group's last to end
+            for line in pruning.review(self.store, self._changed_groups.pop(), run_options, self._transition):
+                log.info(line)
         while self._ended_groups:
             group = self._ended_groups.pop()
             said = sweep.on_group_ended(self.store, group, run_options,
@@ -211,8 +216,10 @@ class Daemon:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
         rundir.write_metadata(Path(run["run_dir"]), run)
-        if state in ENDED and run.get("group_id"):
-            self._ended_groups.add(run["group_id"])
+        if run.get("group_id"):
+            self._changed_groups.add(run["group_id"])
+            if state in ENDED:
+                self._ended_groups.add(run["group_id"])
 
     def apply_control(self) -> None:
         self.controller.apply(list(self.supervisor.trainers.values()), free_slots=self.supervisor.free_slots)

@@ -78,11 +78,17 @@ def _m5_command_id(db: sqlite_utils.Database) -> None:
     db["control_events"].create_index(["command_id"])
 
 
+def _m6_rungs(db: sqlite_utils.Database) -> None:
+    # ASHA (daemon/core/asha.py): each trial's metric at each rung it reached, and what became of it there
+    db["rungs"].create({"run_id": str, "rung": int, "step": int, "metric": float, "decision": str, "time": str},
+                       pk=("run_id", "rung"))
+
+
 _LATER_RUN_COLUMNS = ("gpu_set",)  # runs columns that a migration after the first adds
 
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent,
-                                                              _m4_run_gpu_set, _m5_command_id]
+                                                              _m4_run_gpu_set, _m5_command_id, _m6_rungs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -164,6 +170,25 @@ class Store:
     def runs_in_group(self, group_id: str) -> list[dict[str, Any]]:
         """The runs of a sweep (or of a base_model list), in grid order."""
         return [dict(r) for r in self.db.query("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", [group_id])]
+
+    def rungs(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The ASHA records of these runs (daemon/core/asha.py), by run then rung."""
+        ids = list(run_ids)
+        marks = ",".join("?" * len(ids))
+        return [dict(r) for r in self.db.query(f"SELECT * FROM rungs WHERE run_id IN ({marks}) ORDER BY run_id, rung",
+                                               ids)] if ids else []
+
+    def record_rung(self, run_id: str, rung: int, step: int | None, metric: float | None, decision: str) -> None:
+        """A trial's record at a rung: reached (waiting), or what the daemon decided there."""
+        row = {"run_id": run_id, "rung": rung, "decision": decision, "time": iso()}
+        if step is not None:
+            row.update(step=step, metric=metric)
+        with self.db.conn:
+            self.db["rungs"].upsert(row, pk=("run_id", "rung"))
+
+    def held_run_ids(self) -> set[str]:
+        """Queued trials waiting at an ASHA rung: the queue passes them by until they are promoted."""
+        return {r[0] for r in self.db.execute("SELECT run_id FROM rungs WHERE decision = 'waiting'")}
 
     def insert_run(self, run: dict[str, Any]) -> None:
         """A new run, queued (or already rejected elsewhere); records its first transition."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import psutil
 
-from daemon.core import gpus, launch, rundir, sweep
+from daemon.core import asha, gpus, launch, rundir, sweep
 from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
 from daemon.core.log import log
@@ -25,7 +25,7 @@ from daemon.core.rundir import RunFolder, step_of
 from daemon.core.space import is_disk_full, shortage
 from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State
 from daemon.core.timefmt import iso
-from daemon.engine import hooks, notify, registry
+from daemon.engine import hooks, notify, pruning, registry
 from daemon.engine.endstate import TrainerExit, end_state
 from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.engine.stall import Escalation, StallWatch, grace_of
@@ -81,7 +81,8 @@ class Supervisor:
     # --- starting -------------------------------------------------------------------------------------
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
-        queued = self.store.runs_in([State.QUEUED])
+        held = self.store.held_run_ids()  # ASHA trials waiting at a rung (daemon/engine/pruning.py)
+        queued = [r for r in self.store.runs_in([State.QUEUED]) if r["id"] not in held]
         if not queued:
             return
         owner = self.options()
@@ -128,6 +129,9 @@ class Supervisor:
         self.transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
                         resume_from=ckpt.name if ckpt else None)
         env = slot.env(os.environ)
+        rung = pruning.target_rung(self.store, run, run_options(run))
+        if rung is not None:  # an ASHA trial: the trainer stops at this rung's step (daemon/core/asha.py)
+            env[asha.RUNG_ENV] = str(rung)
         resuming = f", resuming from {ckpt.name}" if ckpt else ""
         rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}{resuming}; {slot.label}; "
                                        f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
@@ -226,6 +230,9 @@ class Supervisor:
             attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
             reason=result.get("reason"), home=str(self.home.root)))
         fields.update(pid=None)
+        if state == State.QUEUED and (result.get("reason") or "").startswith(asha.RUNG_STOP):
+            run = self.store.get_run(a.run_id)
+            reason = pruning.hold(self.store, run, run_options(run), result.get("step"))
         if state == State.QUEUED:
             fields["attempts"] = tries
         if state in ENDED:

@@ -23,6 +23,7 @@ from daemon.trainer import ddp, objectives, trackers
 from daemon.trainer.batching import padding_line
 from daemon.trainer.board import Board
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
+from daemon.trainer.rung import rung_callback
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.sequences import Prepared
@@ -88,6 +89,8 @@ class Built:
         paths = self.session.cfg.paths
         callbacks: list[TrainerCallback] = [
             ReportCallback(paths.metrics, self.progress, self.status, say, self.board),
+            *filter(None, [rung_callback(self.session.cfg.file.options, self.commands, self.data.eval is not None,
+                                         say)]),  # before CommandCallback: it saves the rung's checkpoint
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
             # min_free_gb is live: read from the home's overnight.toml (runs/RUN is in the home) at each check
             DiskSpaceCallback(paths.checkpoints, LiveSetting(paths.root.parent.parent / "overnight.toml", "min_free_gb",

@@ -20,7 +20,7 @@ from tui.fmt import progress_bar, short_time
 HELD = "held"  # a queued run that cannot start (daemon.core.morning.held: control/stop, a full disk, a broken toml)
 STATE_STYLE = {State.TRAINING: "bold green", State.PREPARING: "green", State.PAUSED: "bold yellow",
                State.QUEUED: "cyan", State.COMPLETED: "blue", State.FAILED: "bold red", State.STOPPED: "magenta",
-               State.SKIPPED: "magenta", HELD: "bold yellow"}
+               State.SKIPPED: "magenta", State.PRUNED: "dim magenta", HELD: "bold yellow"}
 BAR = 8
 
 

@@ -1,0 +1,125 @@
+"""ASHA pruning (`prune = "asha"`): the rung rule, and a sweep through the real daemon whose worse trials end pruned
+at the rung, resumable, while the best trains to the end and is selected."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from daemon.core import asha
+from daemon.core.asha import Decision, Trial
+from daemon.core.states import Outcome, State
+from daemon.engine.endstate import TrainerExit, end_state
+from tests.conftest import overnight
+from tests.test_sweep import PROMPTS
+
+
+# ----------------------------------------------------------------------------------------------- the rule
+
+@pytest.mark.parametrize("total, eta, rungs, min_steps, steps", [
+    (90, 3, 2, None, [10, 30]),  # 1/9 and 1/3 of the steps
+    (12, 3, 1, None, [4]),
+    (100, 2, 3, None, [12, 25, 50]),
+    (100, 3, 3, 5, [5, 15, 45]),  # min_steps: the first rung, then η times further
+    (20, 3, 3, 5, [5, 15]),  # a rung at or past the end is no rung
+    (3, 3, 2, None, [1]),  # too short for two distinct rungs
+])
+def test_rungs_sit_at_shares_of_each_trials_steps(total, eta, rungs, min_steps, steps):
+    assert asha.rung_steps(total, eta, rungs, min_steps) == steps
+
+
+def _trial(i: int, live: bool = True, waiting: int | None = None, **results: float) -> Trial:
+    return Trial(f"t{i}", i, live, {int(k[1:]): v for k, v in results.items()}, waiting)
+
+
+def test_a_waiting_trial_goes_on_once_it_is_among_the_best_third_of_those_at_its_rung():
+    # two of three at rung 1: nobody goes on yet (2 // 3 = 0), and the third may still beat both
+    trials = [_trial(1, waiting=0, r0=1.0), _trial(2, waiting=0, r0=2.0), _trial(3)]
+    assert asha.decide(trials, 3) == []
+    # the third arrives, worse: the best of three goes on; nobody else can reach the rung, so the rest are pruned
+    trials[2] = _trial(3, waiting=0, r0=3.0)
+    verdicts = {v.run_id: v.decision for v in asha.decide(trials, 3)}
+    assert verdicts == {"t1": Decision.PROMOTED, "t2": Decision.PRUNED, "t3": Decision.PRUNED}
+
+
+def test_promotion_is_asynchronous_and_pruning_waits_for_every_trial_that_can_still_reach_the_rung():
+    trials = [_trial(1, waiting=0, r0=2.0), _trial(2, waiting=0, r0=1.0), _trial(3, waiting=0, r0=3.0),
+              _trial(4), _trial(5), _trial(6)]
+    verdicts = asha.decide(trials, 3)
+    assert [(v.run_id, v.decision, v.place, v.reached, v.goes_on) for v in verdicts] == [
+        ("t2", Decision.PROMOTED, 1, 3, 1)]  # t1 and t3 wait: trials 4-6 may still rank below them
+
+
+def test_a_closed_rung_with_fewer_trials_than_eta_still_lets_the_best_go_on():
+    trials = [_trial(1, waiting=0, r0=2.0), _trial(2, waiting=0, r0=1.0), _trial(3, live=False)]  # t3 failed
+    verdicts = {v.run_id: v.decision for v in asha.decide(trials, 3)}
+    assert verdicts == {"t2": Decision.PROMOTED, "t1": Decision.PRUNED}
+
+
+def test_a_trial_held_at_a_higher_rung_waits_while_a_lower_one_may_still_be_promoted():
+    trials = [_trial(1, waiting=1, r0=1.0, r1=0.5), _trial(2, waiting=0, r0=2.0), _trial(3, live=False, r0=3.0)]
+    verdicts = {v.run_id: (v.decision, v.rung) for v in asha.decide(trials, 3)}
+    assert verdicts == {"t2": (Decision.PRUNED, 0)}  # rung 0 closed: 3 reached it, the best one (t1) went on
+    trials[1] = _trial(2, live=False, r0=2.0)  # pruned now: nobody else can reach rung 1
+    assert [(v.run_id, v.decision) for v in asha.decide(trials, 3)] == [("t1", Decision.PROMOTED)]
+
+
+def test_a_trial_stopped_at_its_rung_goes_back_to_the_queue_and_a_users_stop_still_wins():
+    def exit_(request=None) -> TrainerExit:
+        return TrainerExit(Outcome.STOPPED, request, 0, 0, False, "", reason=f"{asha.RUNG_STOP} 1 at step 3")
+    assert end_state(exit_()) == (State.QUEUED, f"{asha.RUNG_STOP} 1 at step 3")
+    from daemon.core.states import StopRequest
+    assert end_state(exit_(StopRequest.STOP))[0] == State.STOPPED
+
+
+@pytest.mark.parametrize("line, words", [
+    ('prune = "hyperband"', ["prune", '"none", "asha"']),
+    ("eta = 1", ["eta", "2 .. 100"]),
+    ("prune_rungs = 0", ["prune_rungs", "1 .. 10"]),
+])
+def test_bad_asha_settings_are_refused_with_the_allowed_values(tmp_path, line, words):
+    (tmp_path / "x.toml").write_text(line + "\n")
+    (tmp_path / "x.jsonl").write_text(PROMPTS)
+    res = overnight("check", str(tmp_path / "x.jsonl"), home=tmp_path / "home")
+    assert res.returncode == 1 and all(w in res.stdout + res.stderr for w in words), res.stdout + res.stderr
+
+
+# ----------------------------------------------------------------------------------------------- the whole path
+
+ASHA = ('learning_rate = [1e-5, 3e-3, 1e-4]\nprune = "asha"\neta = 3\nprune_rungs = 1\nselect = "best"\n'
+        "max_steps = 9\nbatch_size = 4\nmax_length = 32\nlog_every = 1\nsave_every = 100\neval_fraction = 0.2\n"
+        "probe_count = 0\n")
+
+
+@pytest.mark.e2e
+def test_an_asha_sweep_prunes_the_worse_trials_at_the_rung_and_the_best_trains_on(home, tiny_model):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "inbox" / "support.toml").write_text(ASHA)
+    (home / "inbox" / "support.jsonl").write_text(PROMPTS)
+    res = overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:]
+    runs = {r["id"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
+    with sqlite3.connect(home / "overnight.db") as db:
+        rungs = {r[0]: r[1:] for r in db.execute("SELECT run_id, step, metric, decision FROM rungs WHERE rung = 0")}
+    assert set(rungs) == set(runs) and {step for step, _, _ in rungs.values()} == {3}  # 9 steps, η = 3: rung at 3
+    best = min(rungs, key=lambda r: rungs[r][1])
+    assert rungs[best][2] == "promoted" and runs[best]["state"] == "completed" and runs[best]["step"] == 9
+    pruned = sorted(set(runs) - {best})
+    for rid in pruned:
+        assert runs[rid]["state"] == "pruned" and runs[rid]["step"] == 3, runs[rid]
+        assert "pruned at ASHA rung 1: place" in runs[rid]["reason"] and "of 3, the best 1 go on" in runs[rid]["reason"]
+        assert (home / "runs" / rid / "checkpoints" / "step-3").is_dir()  # kept: resumable
+    models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+    assert [m["run_id"] for m in models if m["active"]] == [best]  # select = "best": among the completed only
+    shown = overnight("compare", runs[best]["group_id"], home=home, check=True).stdout
+    assert "pruned" in shown and "r1@3" in shown and "✗" in shown, shown
+
+    overnight("resume", pruned[0], "--wait", "0", home=home, check=True)
+    res = overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:]
+    again = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
+    resumed = next(r for r in again if r["id"] == pruned[0])
+    assert resumed["state"] == "completed" and resumed["step"] == 9, resumed  # trained to the end from step 3
+    console = (home / "runs" / pruned[0] / "console.log").read_text()
+    assert "resuming from step-3" in console
