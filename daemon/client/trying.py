@@ -206,7 +206,7 @@ def _mark(a: dict[str, Any]) -> str:
     if "exact" not in a:
         return ""
     if a["exact"]:
-        return "= exact"
+        return "= 1.00"
     return f"{'~' if a['similarity'] >= DEFAULT_THRESHOLD else '×'} {a['similarity']:.2f}"
 
 
@@ -214,16 +214,17 @@ def compare_text(result: dict[str, Any], width: int) -> str:
     """Prompt by prompt: the reference, then each version's answer with its mark; a summary line per version."""
     labels = [a["model"] for a in result["prompts"][0]["answers"]]
     name_w = max(cells(x) for x in [*labels, "reference"])
-    text_w = max(20, width - name_w - 14)
+    scored = any(p["reference"] is not None for p in result["prompts"])
+    mark_w = 8 if scored else 0
+    text_w = max(20, width - name_w - mark_w - 7)
     out = []
     for n, p in enumerate(result["prompts"], 1):
         out.append(f"{n}. {cut(' '.join(p['prompt'].split()), width - 4)}")
         if p["reference"] is not None:
-            out.append(f"   {'reference'.ljust(name_w)}  {cut(' '.join(p['reference'].split()), text_w)}")
+            out.append(f"   {'reference'.ljust(name_w)}  {' ' * mark_w}{cut(' '.join(p['reference'].split()), text_w)}")
         for a in p["answers"]:
             answer = cut(" ".join(a["answer"].split()) or "(empty)", text_w)
-            out.append(f"   {a['model'].ljust(name_w)}  {answer}{' ' * max(text_w - cells(answer), 0)}  {_mark(a)}"
-                       .rstrip())
+            out.append(f"   {a['model'].ljust(name_w)}  {_mark(a).ljust(mark_w)}{answer}".rstrip())
     out.append("")
     for s in result["summary"]:
         if s["scored"]:

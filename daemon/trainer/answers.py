@@ -197,8 +197,11 @@ class Answerer:
 
     def _load(self, source: str, trusted: bool, members: list[Target], log: Callable[[str], None]) -> list[Voice]:
         import logging
+        import warnings
 
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU notice is noise
+        # transformers 5 warns about its own renamed attribute when peft reads it: noise between a person's turns
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM

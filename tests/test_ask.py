@@ -1,0 +1,133 @@
+"""The morning after, through the CLI: `overnight ask`, `chat` and `compare --answers` on two versions of one name
+trained by the real daemon on the tiny model, each answer checked against the exported model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import overnight
+from tests.conftest_trainer import reversal_records
+
+pytestmark = pytest.mark.e2e
+
+RECORDS = [r for r in reversal_records(40, seed=2)]
+PROMPT = RECORDS[0]["prompt"]  # a trained prompt
+FAST = ("max_steps = 8\nbatch_size = 4\nmax_length = 48\nlog_every = 4\nsave_every = 8\nlearning_rate = 3e-3\n"
+        "probe_max_new_tokens = 4\neval_fraction = 0\nlora_dropout = 0.0\nprobe_count = 3\n")
+TOKENS = "12"
+
+
+def _drop(home: Path, sidecar: str) -> None:
+    (home / "inbox" / "rev.toml").write_text(sidecar)
+    (home / "inbox" / "rev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300, check=True)
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """rev:1 (8 steps), then rev:2 continued from it for 8 more steps at a higher rate: two different versions."""
+    home = tmp_path_factory.mktemp("ask") / "home"
+    for d in ("inbox", "control", "runs"):
+        (home / d).mkdir(parents=True)
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    _drop(home, FAST)
+    _drop(home, FAST.replace("3e-3", "1e-2") + 'init_adapter = "rev:1"\n')
+    models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+    assert [(m["name"], m["version"]) for m in models] == [("rev", 1), ("rev", 2)]
+    return home
+
+
+def _exported_answer(home: Path, run: str, out: Path, prompt: str, base: Path | None = None) -> str:
+    """What `overnight export --merge` + transformers' generate answer (greedy), the prompt laid out as the run
+    laid it out: through the chat template when the model has one, else the raw prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if base is None:
+        overnight("export", run, str(out), "--merge", home=home, check=True, timeout=300)
+    folder = base or out
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out)  # the run's tokenizer: its template, its specials
+    if tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    stop = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    stop = stop if isinstance(stop, list) else [stop]
+    row = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(TOKENS), do_sample=False,
+                         eos_token_id=stop, pad_token_id=tok.pad_token_id or stop[0])[0, ids.shape[1]:].tolist()
+    cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+    return tok.decode(row[:cut], skip_special_tokens=True).strip()
+
+
+def test_ask_two_versions_and_the_base_match_their_exported_models(two_versions: Path, tmp_path: Path,
+                                                                  tiny_model: Path) -> None:
+    home = two_versions
+    out = overnight("ask", "rev:1", "rev:2", PROMPT, "--base", "--json", "--max-new-tokens", TOKENS, home=home,
+                    timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    answers = {a["model"]: a["answer"] for a in result["answers"]}
+    assert list(answers) == ["rev:1", "rev:2", "base"] and result["device"] == "cpu"
+    assert len(set(answers.values())) == 3, answers
+    runs = {m["version"]: m["run_id"] for m in json.loads(overnight("models", "--json", home=home).stdout)}
+    v1 = _exported_answer(home, runs[1], tmp_path / "v1", PROMPT)
+    assert answers["rev:1"] == v1
+    assert answers["rev:2"] == _exported_answer(home, runs[2], tmp_path / "v2", PROMPT)
+    assert answers["base"] == _exported_answer(home, runs[1], tmp_path / "v1", PROMPT, base=tiny_model)
+
+    text = overnight("ask", "rev", PROMPT, "--max-new-tokens", TOKENS, home=home, timeout=300, check=True).stdout
+    assert "rev:2" in text and answers["rev:2"].split()[0] in text  # NAME: the active version, the newest
+
+
+def test_ask_refuses_an_unknown_version_in_one_line(two_versions: Path) -> None:
+    out = overnight("ask", "rev:7", PROMPT, home=two_versions)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "rev:7" in out.stderr and "rev has rev:1, rev:2" in out.stderr and "Fix:" in out.stderr
+
+
+def test_chat_streams_the_answer_ask_gives(two_versions: Path) -> None:
+    line = PROMPT.strip()  # the chat reads a line: what is typed, without its newline
+    asked = json.loads(overnight("ask", "rev:2", line, "--json", "--max-new-tokens", TOKENS, home=two_versions,
+                                 check=True, timeout=300).stdout)["answers"][0]["answer"]
+    out = overnight("chat", "rev:2", "--max-new-tokens", TOKENS, home=two_versions, timeout=300,
+                    input=f"{line}\n{line}\n/exit\n")
+    assert out.returncode == 0, out.stderr
+    assert "chatting with rev:2 on cpu (no GPU)" in out.stdout and "Traceback" not in out.stderr
+    turns = out.stdout.split("rev:2> ")
+    assert len(turns) == 3  # two questions, two answers, then /exit
+    assert turns[1].split("\n", 1)[0].strip() == asked
+
+
+def test_compare_answers_scores_each_version_on_the_runs_probes(two_versions: Path, tmp_path: Path) -> None:
+    out = overnight("compare", "--answers", "rev:1", "rev:2", "--base", "--json", "--max-new-tokens", TOKENS,
+                    home=two_versions, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["prompts"]) == 3  # probe_count = 3
+    for p in result["prompts"]:
+        assert [a["model"] for a in p["answers"]] == ["rev:1", "rev:2", "base"]
+        assert all(0 <= a["similarity"] <= 1 and isinstance(a["exact"], bool) for a in p["answers"])
+    assert [s["model"] for s in result["summary"]] == ["rev:1", "rev:2", "base"]
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT, "reference": RECORDS[0]["completion"]}) + "\n"
+                       + json.dumps({"prompt": "reverse: sun moon\n"}) + "\n")
+    text = overnight("compare", "--answers", "rev:2", "--prompts", str(prompts), "--max-new-tokens", TOKENS,
+                     home=two_versions, timeout=300, check=True).stdout
+    assert "reference" in text and "1/1 exact" in text or "0/1 exact" in text
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"reference": "x"}\n')
+    out = overnight("compare", "--answers", "rev:2", "--prompts", str(bad), home=two_versions)
+    assert out.returncode == 1 and "line 1" in out.stderr and "Fix:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_gpu_means_the_cpu_and_says_so(two_versions: Path) -> None:
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # the suite's choice (conftest): auto must pick the CPU
+    out = overnight("ask", "rev:1", PROMPT, "--json", "--max-new-tokens", "2", home=two_versions, timeout=300,
+                    check=True)
+    assert json.loads(out.stdout)["device_why"] == "no GPU"
