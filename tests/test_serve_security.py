@@ -4,6 +4,7 @@ are paths refused, the dashboard behind the steer token. A real server subproces
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import subprocess
@@ -117,3 +118,18 @@ def test_cross_origin_requests_get_no_cors_headers(home, serve_proc):  # noqa: F
            "s.is_loopback('0.0.0.0'), s.is_loopback('example.com'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.split() == ["True", "True", "False", "False"]
+
+
+def test_service_install_serve_writes_the_servers_own_unit(home, tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "daemon", "service", *a, "--user", "--home", str(home)],  # noqa: E731
+                                    capture_output=True, text=True, cwd=REPO, env=env)
+    res = run("install", "--serve")
+    assert res.returncode == 0, res.stderr
+    units = list((tmp_path / "config" / "systemd" / "user").iterdir())
+    assert [u.name.startswith("overnight-serve-") for u in units] == [True]
+    text = units[0].read_text()
+    assert f"serve --home {home}" in text and "daemon --home" not in text
+    assert run("install").returncode == 0  # the daemon's unit beside it, under its own name
+    assert len(list((tmp_path / "config" / "systemd" / "user").iterdir())) == 2
+    assert run("uninstall", "--serve").returncode == 0 and not units[0].exists()

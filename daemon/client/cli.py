@@ -525,19 +525,22 @@ def service() -> None:
 
 user_option = click.option("--user", "user", is_flag=True,
                            help="A user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system).")
+serve_unit_option = click.option("--serve", "serve", is_flag=True,
+                                 help="The unit of overnight serve (the HTTP API and dashboard) instead of the daemon's.")
 
 
-def _unit(home: str | None, user: bool, create: bool):
+def _unit(home: str | None, user: bool, create: bool, serve: bool = False):
     from daemon.client import service as svc
-    return svc.unit_for(Home.resolve(home, create=create).root, user)
+    return svc.unit_for(Home.resolve(home, create=create).root, user, serve)
 
 
 @service.command(name="print")
 @home_option
 @user_option
-def service_print(home: str | None, user: bool) -> None:
+@serve_unit_option
+def service_print(home: str | None, user: bool, serve: bool) -> None:
     """Show the unit `install` would write, without writing it."""
-    unit = _unit(home, user, create=False)
+    unit = _unit(home, user, create=False, serve=serve)
     click.echo(f"# {unit.path}")
     click.echo(unit.text, nl=False)
 
@@ -545,10 +548,12 @@ def service_print(home: str | None, user: bool) -> None:
 @service.command(name="install")
 @home_option
 @user_option
-def service_install(home: str | None, user: bool) -> None:
-    """Write the unit that runs `overnight daemon --home H` at boot, then say how to enable it."""
+@serve_unit_option
+def service_install(home: str | None, user: bool, serve: bool) -> None:
+    """Write the unit that runs `overnight daemon --home H` (--serve: `overnight serve --home H`) at boot, then say
+    how to enable it."""
     from daemon.client import service as svc
-    unit = _unit(home, user, create=False)
+    unit = _unit(home, user, create=False, serve=serve)
     with _clean_errors(svc.ServiceError, HomeDamaged):
         replaced = svc.install(unit)  # refuses a home that does not exist
         Home(unit.home).create()  # its folders, as the daemon will want them
@@ -563,10 +568,11 @@ def service_install(home: str | None, user: bool) -> None:
 @service.command(name="uninstall")
 @home_option
 @user_option
-def service_uninstall(home: str | None, user: bool) -> None:
+@serve_unit_option
+def service_uninstall(home: str | None, user: bool, serve: bool) -> None:
     """Remove the unit `install` wrote for this home (only that file; disable it first)."""
     from daemon.client import service as svc
-    unit = _unit(home, user, create=False)
+    unit = _unit(home, user, create=False, serve=serve)
     with _clean_errors(svc.ServiceError):
         svc.uninstall(unit)
     click.echo(f"removed {unit.path}\nThen run: {svc.systemctl(unit)} daemon-reload")

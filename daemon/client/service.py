@@ -1,4 +1,5 @@
-"""`overnight service install|print|uninstall`: a systemd unit that starts one home's daemon at boot.
+"""`overnight service install|print|uninstall`: a systemd unit that starts one home's daemon (or, with --serve, its
+HTTP server, `overnight serve`) at boot.
 
 One unit per home, named after it: `overnight-<home folder name>-<8 hex of the home's path hash>.service`, so two
 homes (even two called `train`) each get their own. `--user` writes a user unit into
@@ -36,12 +37,14 @@ class Unit:
     name: str
     path: Path
     text: str
+    serve: bool = False  # the unit of `overnight serve`, not the daemon's
 
 
-def unit_name(home: Path) -> str:
-    """`overnight-<home folder name>-<hash>.service`: readable, and distinct for every home path."""
+def unit_name(home: Path, serve: bool = False) -> str:
+    """`overnight-<home folder name>-<hash>.service` (`overnight-serve-…` for the server): readable, and distinct for
+    every home path."""
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", home.name).strip("-.")[:40] or "home"
-    return f"overnight-{base}-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}.service"
+    return f"overnight-{'serve-' if serve else ''}{base}-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}.service"
 
 
 def unit_dir(user: bool) -> Path:
@@ -52,13 +55,14 @@ def unit_dir(user: bool) -> Path:
     return Path(config) / "systemd" / "user"
 
 
-def daemon_command(home: Path) -> list[str]:
-    """`overnight daemon --home H` with this environment's console script (else its python -m daemon)."""
+def daemon_command(home: Path, verb: str = "daemon") -> list[str]:
+    """`overnight daemon --home H` (or another verb: serve) with this environment's console script (else its
+    python -m daemon)."""
     bindir = Path(os.path.abspath(sys.executable)).parent  # not resolved: a venv's python is a symlink
     script = bindir / "overnight"
     if script.is_file() and os.access(script, os.X_OK):
-        return [str(script), "daemon", "--home", str(home)]
-    return [os.path.abspath(sys.executable), "-m", "daemon", "daemon", "--home", str(home)]
+        return [str(script), verb, "--home", str(home)]
+    return [os.path.abspath(sys.executable), "-m", "daemon", verb, "--home", str(home)]
 
 
 def _exec_arg(arg: str) -> str:
@@ -83,18 +87,20 @@ def _home_owner(home: Path) -> str | None:
         return None
 
 
-def render(home: Path, user: bool) -> str:
-    """The unit file's text for `home` (an absolute path)."""
+def render(home: Path, user: bool, serve: bool = False) -> str:
+    """The unit file's text for `home` (an absolute path); `serve`: the unit of its HTTP server."""
     bindir = Path(os.path.abspath(sys.executable)).parent
     path_var = ":".join(dict.fromkeys([str(bindir), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
                                         "/sbin", "/bin"]))
-    flag = " --user" if user else ""
+    flag = (" --user" if user else "") + (" --serve" if serve else "")
+    verb = "serve" if serve else "daemon"
     unit = [
         f"{MARKER} for the home {home}.",
-        f"# It starts `overnight daemon --home {home}` at boot and restarts it when it fails.",
+        f"# It starts `overnight {verb} --home {home}` at boot and restarts it when it fails.",
         f"# Remove it with: overnight service uninstall --home {home}{flag}",
         "[Unit]",
-        f"Description=overnight training daemon for {home}".replace("%", "%%"),
+        f"Description=overnight {'HTTP server (API and dashboard)' if serve else 'training daemon'} for {home}"
+        .replace("%", "%%"),
     ]
     if not user:  # a user manager has no network-online.target of its own
         unit += ["Wants=network-online.target", "After=network-online.target"]
@@ -108,7 +114,7 @@ def render(home: Path, user: bool) -> str:
         _env_line("PATH", path_var),
         "Environment=PYTHONUNBUFFERED=1",
         *(_env_line(k, os.environ[k]) for k in CARRIED_ENV if os.environ.get(k)),
-        "ExecStart=" + " ".join(_exec_arg(a) for a in daemon_command(home)),
+        "ExecStart=" + " ".join(_exec_arg(a) for a in daemon_command(home, verb)),
         "Restart=on-failure",
         "RestartSec=10",
         "# SIGTERM to the daemon only: it checkpoints the running job, which resumes at the next start.",
@@ -122,10 +128,10 @@ def render(home: Path, user: bool) -> str:
     return "\n".join(unit + service) + "\n"
 
 
-def unit_for(home: Path, user: bool) -> Unit:
-    """The unit `install` would write for `home`."""
-    name = unit_name(home)
-    return Unit(home, user, name, unit_dir(user) / name, render(home, user))
+def unit_for(home: Path, user: bool, serve: bool = False) -> Unit:
+    """The unit `install` would write for `home` (its daemon, or with `serve` its HTTP server)."""
+    name = unit_name(home, serve)
+    return Unit(home, user, name, unit_dir(user) / name, render(home, user, serve), serve)
 
 
 def _ours(path: Path) -> bool:
