@@ -16,7 +16,7 @@ from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.core.basemodel import context_note, model_context
 from daemon.core.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
 from daemon.core.templating import TemplateError
-from daemon.engine.submission import (PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
+from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
                                check_pairing, check_truncation, load_options, role_of,
                                stem_of, validate)
 
@@ -101,6 +101,10 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
             from daemon.core.probes import load_probe_file
             probes = load_probe_file(path)
             verdict.summary, verdict.data = f"{len(probes)} probes", {"probes": len(probes)}
+        elif verdict.role == "eval":
+            from daemon.core.evalfile import load_eval_file
+            records = load_eval_file(path)
+            verdict.summary, verdict.data = f"{len(records)} eval records", {"eval_records": len(records)}
         elif verdict.role == "unsupported":
             raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
                                   f".json, .csv, .parquet or .txt.")
@@ -148,9 +152,10 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
+    eval_file = path.with_name(stem_of(path) + EVAL_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
                    require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root),
-                   show=show)
+                   show=show, eval_file=eval_file if eval_file.exists() else None)
     r = sub.report
     first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
     if path.is_symlink():
@@ -182,6 +187,8 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                 f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
                 f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
                 f"probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None,
+                f"eval file: {sub.eval_file.name if sub.eval_file else sub.options.values.get('eval_file')} "
+                f"({sub.eval_count} records, scored at the end of each run)" if sub.eval_count else None,
                 *(f"note: {n}" for n in r.notes))
     verdict.data.update(report=r.to_dict(), base_models=sub.options.base_models, runs=sweep.run_count(sub.options))
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later

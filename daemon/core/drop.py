@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.home import Home
-from daemon.core.dropfiles import PROBES_SUFFIX, role_of
+from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, role_of
 from daemon.core.errors import DropError
 
 
 def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
          probes: str | os.PathLike | None) -> list[tuple[Path, Path]]:
-    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset; the dataset
+    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset (and the eval
+    file beside it); the dataset
     last, so that its sidecar is already waiting for it."""
     stem = src.stem
     pairs = []
     for given, beside, name in ((sidecar, src.with_suffix(".toml"), f"{stem}.toml"),
-                                (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}")):
+                                (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}"),
+                                (None, src.with_name(stem + EVAL_SUFFIX), f"{stem}{EVAL_SUFFIX}")):
         if given or beside.exists():
             pairs.append((Path(given) if given else beside, h.inbox / name))
     return [*pairs, (src, h.inbox / src.name)]

@@ -1,5 +1,5 @@
-"""What each file of a drop is, by its name: the dataset, its sidecar (NAME.toml) or its probes
-(NAME.probes.jsonl). Shared by the intake, `overnight check`, `overnight add` and the HTTP upload."""
+"""What each file of a drop is, by its name: the dataset, its sidecar (NAME.toml), its probes
+(NAME.probes.jsonl) or its eval file (NAME.eval.jsonl). Shared by the intake, `overnight check`, `overnight add` and the HTTP upload."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,20 +7,24 @@ from pathlib import Path
 from daemon.core.datasets import SUPPORTED_SUFFIXES
 
 PROBES_SUFFIX = ".probes.jsonl"
+EVAL_SUFFIX = ".eval.jsonl"  # scored at the end of each run (daemon/core/evalfile.py)
 
 
 def stem_of(path: Path) -> str:
-    """The dataset name a file belongs to: `x.probes.jsonl` and `x.toml` both belong to `x`."""
+    """The dataset name a file belongs to: `x.probes.jsonl`, `x.eval.jsonl` and `x.toml` all belong to `x`."""
     name = path.name
-    if name.endswith(PROBES_SUFFIX):
-        return name[: -len(PROBES_SUFFIX)]
+    for suffix in (PROBES_SUFFIX, EVAL_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
     return path.stem
 
 
 def role_of(path: Path) -> str:
-    """'probes', 'sidecar', 'dataset' or 'unsupported'."""
+    """'probes', 'eval', 'sidecar', 'dataset' or 'unsupported'."""
     if path.name.endswith(PROBES_SUFFIX):
         return "probes"
+    if path.name.endswith(EVAL_SUFFIX):
+        return "eval"
     if path.suffix == ".toml":
         return "sidecar"
     if path.suffix.lower() in SUPPORTED_SUFFIXES:

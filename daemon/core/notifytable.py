@@ -14,7 +14,7 @@ from typing import Any
 
 from daemon.core.errors import OptionsError
 
-EVENTS = ("failed", "completed", "rejected", "stalled", "disk_low")
+EVENTS = ("failed", "completed", "rejected", "stalled", "disk_low", "regressed")
 TABLE_KEYS = ("urls", "on")
 URL_HELP = ("see https://github.com/caronc/apprise/wiki for your service's URL, e.g. ntfys://TOPIC, "
             "json://HOST:PORT/PATH, mailto://USER:PASSWORD@HOST, discord://WEBHOOK_ID/WEBHOOK_TOKEN")

@@ -142,6 +142,11 @@ def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
     return probe
 
 
+def parse_record(record: Any, file: str, location: str) -> dict[str, Any]:
+    """One JSON record of a probe or eval file as a probe (id -1), or a DatasetError naming file, line and fix."""
+    return _record_probe(record, file, location)
+
+
 def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
     """Validate and load a `NAME.probes.jsonl`; probes are numbered 0.. in file order. With `kind` (the dataset's
     examples' kind; `dataset` its name, for the message) every probe must be of that kind: preference probes

@@ -173,6 +173,7 @@ def models(rows: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for i, m in enumerate(rows):
         lines.append(_model_line(m))
+        lines += _report_lines(m["metrics"].get("report") or {})
         last_of_name = i + 1 == len(rows) or rows[i + 1]["name"] != m["name"]
         if last_of_name and not any(r["active"] for r in rows if r["name"] == m["name"]):
             lines.append(f"  {m['name']}: no active version (overnight activate {m['name']} V)")
@@ -185,6 +186,36 @@ def _model_line(m: dict[str, Any]) -> str:
     state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
     return (f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
             f"base {Path(m['base_model']).name}  loss {fmt_loss(m['metrics'].get('final_loss'))}{state}")
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    """Under a version with an eval report: its eval scores beside its parent's and the base's, its forgetting
+    score, and, when it is regressed, why and what it lost (daemon/core/evalreport.py)."""
+    if not report:
+        return []
+
+    def scores(s: dict[str, Any] | None) -> str:
+        return "-" if not s else f"exact {s['exact']:.2f} sim {s['similarity']:.2f} rougeL {s['rougeL']:.2f}"
+
+    out = []
+    if report.get("eval_records"):
+        mine = {k: report.get(k) for k in ("exact", "similarity", "rougeL")}
+        parent = f"  parent {scores(report.get('parent_scores'))}" if report.get("parent_scores") else ""
+        out.append(f"    eval ({report['eval_records']} records): {scores(mine)}{parent}  "
+                   f"base {scores(report.get('base_scores'))}")
+    if report.get("forgetting") is not None:
+        out.append(f"    forgetting {report['forgetting']:+.1%} (general-text loss vs the {report.get('forgetting_vs')})")
+    if report.get("regressed"):
+        out.append(f"    REGRESSED: {'; '.join(report.get('why') or [])}")
+        for x in report.get("lost_items") or []:
+            out.append(f"      lost {x['source']}: {_one_line(x['prompt'])!r} → {x['reference']!r} "
+                       f"(parent: {x['parent_answer']!r}, now: {x['answer']!r})")
+    return out
+
+
+def _one_line(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _lineage(model: dict[str, Any]) -> str:

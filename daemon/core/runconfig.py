@@ -44,6 +44,7 @@ class RunConfig:
     init_adapter: dict[str, Any] | None = None  # the adapter continued from: path (in the run folder), parent, …
     probes: str | None = None  # the probe file, relative to the run folder
     sidecar: str | None = None  # the sidecar file, relative to the run folder
+    eval_file: str | None = None  # the eval file dropped with the dataset (NAME.eval.jsonl), relative to the run folder
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # keys this version does not know, kept as is
 
     @property
@@ -72,7 +73,7 @@ class RunConfig:
                    sweep=_table(data.get("sweep")), options=_table(data.get("options")) or {},
                    sources=_table(data.get("sources")) or {}, dataset=_table(data.get("dataset")) or {},
                    init_adapter=_table(data.get("init_adapter")), probes=_text(data.get("probes")),
-                   sidecar=_text(data.get("sidecar")),
+                   sidecar=_text(data.get("sidecar")), eval_file=_text(data.get("eval_file")),
                    extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod

@@ -50,6 +50,7 @@ class RunFolder:
     result = property(lambda self: self.root / "result.json")
     tokens = property(lambda self: self.root / "tokens.npz")
     tensorboard = property(lambda self: self.root / "tensorboard")  # event files: `tensorboard --logdir runs/`
+    eval_report = property(lambda self: self.root / "eval_report.json")  # the version's end-of-run report
 
     def in_dataset(self, name: str) -> str:
         """config.json's name for a file of dataset/: relative, so a moved home still finds it."""

@@ -179,7 +179,8 @@ class Intake:
             p = group["unsupported"]
             self._reject([p], stem, f"{p.name}: unsupported file type '{p.suffix or '(none)'}'. overnight takes "
                          f"datasets ending in .jsonl, .json, .csv, .parquet or .txt, a sidecar NAME.toml and a "
-                         f"probe file NAME.probes.jsonl. Fix: convert the file to one of these formats.")
+                         f"probe file NAME.probes.jsonl and an eval file NAME.eval.jsonl. Fix: convert the file to one of these "
+                         f"formats.")
             return 1
         dataset = group.get("dataset")
         if dataset is None:
@@ -204,7 +205,7 @@ class Intake:
         if not checking.future.done():
             return 0
         verdict = checking.future.result()
-        files = [p for p in (dataset, group.get("sidecar"), group.get("probes")) if p]
+        files = [p for p in (dataset, group.get("sidecar"), group.get("probes"), group.get("eval")) if p]
         if verdict.sub is None:
             del self._checking[stem]
             self._reject(files, stem, verdict.error)
@@ -243,7 +244,8 @@ class Intake:
         if size >= BIG_DROP_BYTES:  # say why a big drop takes a while to show up
             log.info(f"inbox: validating {shown_name(dataset.name)} ({size / 2**20:,.0f} MiB)…")
         try:
-            sub = validate(dataset, group.get("sidecar"), group.get("probes"), self.home.toml)
+            sub = validate(dataset, group.get("sidecar"), group.get("probes"), self.home.toml,
+                           eval_file=group.get("eval"))
             return _Verdict(sub=sub, sha=sha256_file(dataset))
         except SubmissionError as e:
             return _Verdict(error=str(e))
@@ -357,7 +359,7 @@ class Intake:
             row = self._write_run_files(rid, name, staging.root, sub, sweep.options_for(sub.options, point), sha,
                                         group_id, point, (i + 1, len(points)))
             if first_dataset_dir is None:
-                for p in (sub.dataset, sub.sidecar, sub.probes):
+                for p in (sub.dataset, sub.sidecar, sub.probes, sub.eval_file):
                     if p:
                         os.rename(p, staging.dataset / p.name)
             else:  # the same bytes for the other models of the group: a hard link costs no space
@@ -389,7 +391,8 @@ class Intake:
         RunConfig(run_id=rid, name=name, group=group_id, sweep=dict(point.values) or None, **opts.to_config(),
                   dataset=dataset_info, init_adapter=copy_adapter(parent, run.init_adapter) if parent else None,
                   probes=run.in_dataset(sub.probes.name) if sub.probes else None,
-                  sidecar=run.in_dataset(sub.sidecar.name) if sub.sidecar else None).write(folder)
+                  sidecar=run.in_dataset(sub.sidecar.name) if sub.sidecar else None,
+                  eval_file=run.in_dataset(sub.eval_file.name) if sub.eval_file else None).write(folder)
         write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,

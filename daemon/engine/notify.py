@@ -26,7 +26,7 @@ from daemon.core.rundir import RunFolder
 
 # apprise's own notification kinds (they colour or tag the message on most services)
 _KIND = {"failed": "failure", "completed": "success", "rejected": "warning", "stalled": "warning",
-         "disk_low": "warning"}
+         "disk_low": "warning", "regressed": "warning"}
 QUEUE_LIMIT = 200  # messages waiting for one URL's sender thread; beyond this new ones are dropped (and logged)
 DELIVERY_TIMEOUT_S = 60.0  # one delivery to one URL, beyond apprise's socket timeouts (a DNS hang, a trickling server)
 CLOSE_TIMEOUT_S = 10.0  # at shutdown, delivering what is queued (all URLs together) takes at most this long
@@ -64,6 +64,17 @@ def completed_message(run: dict[str, Any], version: int | None, result: dict[str
             f"eval loss {loss(result.get('eval_loss', run.get('eval_loss')))}, step {result.get('step', run.get('step'))}\n"
             f"Adapter: {adapter}")
     return _title(f"run {run['id']} completed ({run['name']} v{version})"), body
+
+
+def regressed_message(run: dict[str, Any], version: int, report: dict[str, Any], home: Path) -> tuple[str, str]:
+    """A regressed version: what it lost since its parent (the forgetting alarm), and that it was not activated."""
+    why = "; ".join(report.get("why") or []) or "it lost what its parent knew"
+    name = run["name"]
+    body = (f"Model {name} version {version} (run {run['id']}) is regressed since {report.get('parent') or 'the base'}"
+            f": {why}.\nIt was registered but not activated.\n"
+            f"What it lost: overnight models --home {home} (and {RunFolder(run['run_dir']).eval_report})\n"
+            f"Next: keep the active version, or use this one anyway: overnight activate {name} {version} --home {home}")
+    return _title(f"{name} v{version} regressed"), body
 
 
 # --- delivery -------------------------------------------------------------------------------------------------

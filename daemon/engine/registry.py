@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from daemon.core import evalreport
+from daemon.core.atomic import read_json
 from daemon.core.home import Home
 from daemon.core.fsutil import SHORT_NAME, short_name, unique_path
 from daemon.core.runconfig import RunConfig
@@ -26,10 +28,22 @@ def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
     folder = RunFolder(run["run_dir"])
     result = folder.read_result()
     metrics = {k: result.get(k) for k in ("final_loss", "eval_loss", "step", "train_seconds") if result.get(k) is not None}
-    parent = RunConfig.read(folder.root).parent
+    config = RunConfig.read(folder.root)
+    report = evalreport.summary(read_json(folder.eval_report, {}) or {})
+    if report:
+        metrics["report"] = report  # eval scores, forgetting, what was lost: `overnight models`, select_metric
+    if report.get("regressed") and not config.options.get("allow_regressed"):
+        activate = False  # the alarm: a version that lost what its parent knew never takes over by itself
     return store.add_model({"name": run["name"], "run_id": run["id"], "base_model": run["base_model"],
-                            "metrics": metrics, "adapter_path": str(folder.adapter), "parent": parent},
+                            "metrics": metrics, "adapter_path": str(folder.adapter), "parent": config.parent},
                            activate=activate)
+
+
+def regressed(store: Store, name: str, version: int) -> dict[str, Any] | None:
+    """The report summary of a regressed version (None: it is not, or has no report)."""
+    row = next((m for m in store.models(name) if m["version"] == version), None)
+    report = (json.loads(row["metrics"] or "{}").get("report") or {}) if row else {}
+    return report if report.get("regressed") else None
 
 
 def delete(store: Store, home: Home, name: str, version: int) -> Path:

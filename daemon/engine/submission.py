@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.core import auto, datasets, sweep
+from daemon.core import auto, datasets, evalfile, sweep
 from daemon.core.errors import SubmissionError
 from daemon.core.fsutil import ignored, model_name
 from daemon.engine.lineage import check_parent
@@ -15,7 +15,7 @@ from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, loca
 from daemon.core.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
 
 # what each file of a drop is, by its name: shared with `overnight add` and the HTTP upload (core)
-from daemon.core.dropfiles import PROBES_SUFFIX, role_of, stem_of  # noqa: E402,F401
+from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, role_of, stem_of  # noqa: E402,F401
 
 
 @dataclass
@@ -30,6 +30,8 @@ class Submission:
     probe_count: int | None = None
     notes: list[str] = field(default_factory=list)
     trained: AsTrained | None = None  # the records as the run lays them out, where the base model is known
+    eval_file: Path | None = None  # NAME.eval.jsonl dropped with the dataset: scored at the end of each run
+    eval_count: int | None = None  # the records of the eval file that applies (dropped, else the owner's)
 
     @property
     def name(self) -> str:
@@ -39,7 +41,7 @@ class Submission:
 def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml: Path,
              require_model: bool = True,
              token_counter: Callable[[Resolved], Callable[[str], int] | None] | None = None,
-             show: int = 0) -> Submission:
+             show: int = 0, eval_file: Path | None = None) -> Submission:
     """Validate a dataset with its sidecar and probes; raise SubmissionError with the first problem found.
 
     `token_counter`, given the resolved options, may return a function counting an example's tokens. With
@@ -60,10 +62,37 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
         except datasets.DatasetError as e:
             raise SubmissionError(str(e)) from None
     check_objective(opts, kind, dataset, sidecar, home_toml)
-    sub = Submission(dataset, sidecar, probes, report, opts, probe_count)
+    sub = Submission(dataset, sidecar, probes, report, opts, probe_count, eval_file=eval_file,
+                     eval_count=check_eval_files(eval_file, opts, home_toml))
     if require_model:
         finish(sub, home_toml, require_model=True, show=show)
     return sub
+
+
+def check_eval_files(dropped: Path | None, opts: Resolved, home_toml: Path) -> int | None:
+    """The files the end-of-run report reads: the eval file dropped with the dataset, the owner's `eval_file` (each
+    must load: a DatasetError names its line and the fix) and `forgetting_sample`. Returns the record count of the
+    eval file that applies (the dropped one wins), None without one."""
+    count = None
+    owner = evalfile.owner_eval_file(opts.values.get("eval_file"), home_toml.parent)
+    for path in (owner, dropped):  # the owner's even beside a dropped one: a broken one would fail other drops
+        if path is None:
+            continue
+        try:
+            count = len(evalfile.load_eval_file(path))
+        except datasets.DatasetError as e:
+            where = f"{home_toml}: eval_file = {opts.values.get('eval_file')!r}: " if path == owner else ""
+            raise SubmissionError(where + str(e)) from None
+    sample = evalfile.owner_eval_file(opts.values.get("forgetting_sample"), home_toml.parent)
+    if sample is not None:
+        try:
+            sample.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SubmissionError(f"{home_toml}: forgetting_sample = {opts.values.get('forgetting_sample')!r}: "
+                                  f"{sample} cannot be read as UTF-8 text ({e}). Fix: name a UTF-8 text file "
+                                  f"(relative to the home), or remove forgetting_sample to use the shipped "
+                                  f"sample.") from None
+    return count
 
 
 def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | None, home_toml: Path) -> None:
@@ -199,7 +228,7 @@ def pair(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[
         roles = [role_of(p) for p in group]
         if roles.count("dataset") < 2:
             drops[stem] = dict(zip(roles, group))
-        elif "sidecar" in roles or "probes" in roles or any(p.name in by_stem for p in group):
+        elif "sidecar" in roles or "probes" in roles or "eval" in roles or any(p.name in by_stem for p in group):
             twins[stem] = group
         else:
             drops.update({p.name: {role: p} for role, p in zip(roles, group)})

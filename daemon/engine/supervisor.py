@@ -267,6 +267,11 @@ class Supervisor:
                 log.info(f"registered model {run['name']} version {version}"
                          f"{' (not active yet: its group selects its best when its last run ends)' if waits else ''}")
             tell(self.notifier, "completed", run["id"], notify.completed_message, run, version, result)
+            lost = registry.regressed(self.store, run["name"], version) if version is not None else None
+            if lost is not None:  # the forgetting alarm (daemon/core/evalreport.py): told once, as the run ends
+                log.warning(f"{run['name']} v{version} is regressed: {'; '.join(lost['why'])}")
+                tell(self.notifier, "regressed", run["id"], notify.regressed_message, run, version, lost,
+                     self.home.root)
         elif state == State.FAILED:
             tell(self.notifier, "failed", run["id"], notify.failed_message, run, reason, self.home.root)
         if state in (State.COMPLETED, State.FAILED):

@@ -173,6 +173,7 @@ def _train(s: Session, commands: Any) -> None:
         # That checkpoint holds the trained adapter: the run finishes from it.
         say(f"{resume.name} is the run's last step: nothing left to train, finishing from it")
         built.finish(built.trainer_at(resume, attempt))
+        _report(built, progress)
         return
     while True:
         out_of_memory = False
@@ -200,6 +201,17 @@ def _train(s: Session, commands: Any) -> None:
         say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
         built.reset_model()
     built.finish(trainer)
+    _report(built, progress)
+
+
+def _report(built: Any, progress: Any) -> None:
+    """A completed run's eval report (daemon/trainer/report.py), by the process that saved the adapter."""
+    if built.session.result.outcome is not Outcome.COMPLETED or not ddp.is_main():
+        return
+    from daemon.trainer.report import write_report
+
+    progress.update(Phase.EVALUATING)
+    write_report(built, say)
 
 
 class GroupRetry(Exception):

@@ -1,0 +1,237 @@
+"""The end-of-run report of a new version (runs/RUN_ID/eval_report.json): what it knows and what it forgot.
+
+Run in the trainer process once the adapter is saved, with the model still loaded, on three models in turn: the new
+version (the trained adapter), its parent (the adapter it continued from, `init_adapter`, loaded beside it as a
+second peft adapter) and the base (the adapters switched off). Each answers, greedy:
+- the eval file's records (NAME.eval.jsonl, or `eval_file` in overnight.toml), scored by exact match, similarity
+  (as the evolution view scores) and ROUGE-L (Google's `rouge-score`);
+- the probes its parent knew (the parent's report lists them: its own probes and those it inherited), re-asked.
+And each gets its loss on a general-text sample (`forgetting_sample`, or the shipped prose of
+daemon/trainer/data/general_text.txt): the forgetting score is the new version's over its parent's (else the
+base's), minus one. What the parent answered right and the new version does not is `lost`; lost answers or a
+forgetting score past `forgetting_alarm` make the version regressed (daemon/core/evalreport.py judges).
+
+A report that fails is one console line: the run completed, its adapter is saved, and nothing here may change that.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from daemon.core import evalreport
+from daemon.core.atomic import read_json, write_json
+from daemon.core.evalfile import load_eval_file, owner_eval_file
+from daemon.core.evolution import is_exact, similarity
+from daemon.core.probes import MAX_PROBES
+from daemon.trainer.snapshots import EncodedProbe, encode_probe, fit_to_length, generate_answers
+
+SAMPLE = Path(__file__).parent / "data" / "general_text.txt"  # a few KB of plain English prose, written for overnight
+BATCH = 16  # records per generate() call
+SAMPLE_BLOCK = 256  # tokens per block of the general-text sample (shorter when the run's max_length is)
+PARENT = "parent"  # the peft adapter name the parent is loaded under, beside the trained one
+
+
+def write_report(built: Any, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Score the new version, its parent and the base; write eval_report.json; say one line. None when it failed."""
+    started = time.perf_counter()
+    try:
+        report = _report(built, say)
+    except Exception as e:  # noqa: BLE001 - the run completed: a report that breaks must not change that
+        say(f"eval report: could not be made ({type(e).__name__}: {e}); the version is registered without one")
+        return None
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(built.session.cfg.paths.eval_report, report)
+    say(_line(report))
+    return report
+
+
+def _line(report: dict[str, Any]) -> str:
+    scores = report["eval"]["scores"]
+    ev = ("eval " + ", ".join(f"{who} {_scores(scores[who])}" for who in ("version", "parent", "base") if scores.get(who))
+          if scores else "no eval file")
+    f = report["forgetting"]
+    score = f"{f['score']:+.1%} vs the {f['before']}" if f.get("score") is not None else "n/a"
+    lost = f"; lost since the parent: {len(report['lost'])}" if report.get("parent") else ""
+    alarm = f"; REGRESSED: {'; '.join(report['why'])}" if report["regressed"] else ""
+    return f"eval report: {ev}; forgetting {score}{lost}; {report['seconds']:.1f} s{alarm}"
+
+
+def _scores(s: dict[str, Any]) -> str:
+    return f"exact {s['exact']:.2f} similarity {s['similarity']:.2f} rougeL {s['rougeL']:.2f}"
+
+
+def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    s = built.session
+    cfg, opts = s.cfg, s.cfg.options
+    from daemon.trainer.setup import stop_ids
+
+    stops = stop_ids(built.tokenizer, s.chat)
+    home = cfg.paths.root.parent.parent
+    eval_path = cfg.paths.root / cfg.file.eval_file if cfg.file.eval_file else owner_eval_file(opts.eval_file, home)
+    records = _as_asked(load_eval_file(eval_path), s.prompt_chat) if eval_path else []
+    inherited = _parent_knowledge(cfg)
+    model, tokenizer = built.model, built.tokenizer
+    encode = _Encoder(tokenizer, stops, opts.max_length)
+    asked_eval, asked_probes = encode(records), encode(_as_asked(inherited, s.prompt_chat))
+    sample_path = owner_eval_file(opts.forgetting_sample, home) or SAMPLE
+    blocks = _sample_blocks(tokenizer, sample_path.read_text(encoding="utf-8"), min(SAMPLE_BLOCK, opts.max_length))
+    answers: dict[str, dict[str, Any]] = {}
+    with _evaluating(model):
+        for who in _models(model, cfg.init_adapter):
+            answers[who] = {
+                "eval": _answer(model, tokenizer, asked_eval, stops, opts.probe_max_new_tokens),
+                "probes": _answer(model, tokenizer, asked_probes, stops, opts.probe_max_new_tokens) if who != "base"
+                else [],
+                "loss": _sample_loss(model, blocks, tokenizer)}
+    return _assemble(cfg, records, inherited, answers, eval_path, sample_path, sum(len(b) for b in blocks),
+                     data_probes=built.data.probes)
+
+
+def _as_asked(probes: list[dict[str, Any]], prompt_chat: bool) -> list[dict[str, Any]]:
+    """Prompt records asked the way training asks them: as a user turn when the run shows prompts as chat."""
+    if not prompt_chat:
+        return probes
+    return [p if p.get("messages") else {**p, "messages": [{"role": "user", "content": p["prompt"]}]} for p in probes]
+
+
+def _parent_knowledge(cfg: Any) -> list[dict[str, Any]]:
+    """The probes the parent knew: those its own report lists (its run's probes and what it inherited)."""
+    source = (cfg.file.init_adapter or {}).get("source")
+    if not cfg.init_adapter or not source:
+        return []
+    report = read_json(Path(source).parent / "eval_report.json", {}) or {}
+    known = report.get("known")
+    return [p for p in known if isinstance(p, dict) and p.get("prompt") is not None] if isinstance(known, list) else []
+
+
+class _Encoder:
+    """Records as token ids, laid out as the evolution probes are (and cut to max_length alike)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[int], max_length: int) -> None:
+        self.tokenizer, self.stops, self.max_length = tokenizer, stops, max_length
+
+    def __call__(self, records: list[dict[str, Any]]) -> list[EncodedProbe]:
+        return [fit_to_length(encode_probe(self.tokenizer, r, self.stops), self.max_length)[0] for r in records]
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode without gradients; the trained adapter active again after."""
+    trained = model.active_adapter
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.set_adapter(trained)
+
+
+def _models(model: Any, parent: Path | None) -> Iterator[str]:
+    """Make each model current in turn: the new version, its parent (a second adapter), the base (adapters off)."""
+    trained = model.active_adapter
+    yield "version"
+    if parent is not None:
+        model.load_adapter(str(parent), adapter_name=PARENT, is_trainable=False)
+        model.set_adapter(PARENT)
+        try:
+            yield "parent"
+        finally:
+            model.set_adapter(trained)
+            model.delete_adapter(PARENT)
+    with model.disable_adapter():
+        yield "base"
+
+
+def _answer(model: Any, tokenizer: Any, asked: list[EncodedProbe], stops: Sequence[int],
+            max_new_tokens: int) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(asked), BATCH):
+        out += generate_answers(model, tokenizer, asked[i:i + BATCH], stops, max_new_tokens)
+    return out
+
+
+def _sample_blocks(tokenizer: Any, text: str, block: int) -> list[list[int]]:
+    """The general-text sample as blocks of `block` tokens (the last, shorter one kept when it has 2 or more)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    blocks = [ids[i:i + block] for i in range(0, len(ids), block)]
+    return [b for b in blocks if len(b) >= 2]
+
+
+def _sample_loss(model: Any, blocks: list[list[int]], tokenizer: Any) -> float:
+    """Mean cross-entropy per predicted token over the sample's blocks (teacher-forced)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), BATCH):
+        batch = blocks[i:i + BATCH]
+        width = max(len(b) for b in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for k, b in enumerate(batch):
+            ids[k, :len(b)], mask[k, :len(b)] = torch.tensor(b), 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total, count = total + loss.item(), count + int((labels != -100).sum())
+    return total / max(count, 1)
+
+
+def _scored(answers: list[str], records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Means over the records: exact match, similarity and ROUGE-L F1."""
+    if not records:
+        return None
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    n = len(records)
+    return {"exact": round(sum(is_exact(a, r["reference"]) for a, r in zip(answers, records)) / n, 4),
+            "similarity": round(sum(similarity(a, r["reference"]) for a, r in zip(answers, records)) / n, 4),
+            "rougeL": round(sum(scorer.score(r["reference"], a)["rougeL"].fmeasure
+                                for a, r in zip(answers, records)) / n, 4)}
+
+
+def _items(records: list[dict[str, Any]], answers: dict[str, dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [{"prompt": r["prompt"], "reference": r["reference"],
+             **{who: a[kind][i] if a[kind] else None for who, a in answers.items()}} for i, r in enumerate(records)]
+
+
+def _known(own: list[dict[str, Any]], inherited: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The probes a child of this version re-asks: the run's own, then the parent's (once each, MAX_PROBES)."""
+    keep = ("prompt", "reference", "messages", "tools")
+    seen, out = set(), []
+    for p in [*own, *inherited]:
+        if p.get("kind") is not None:  # a preference probe has no single right answer to re-ask
+            continue
+        key = (p["prompt"], repr(p.get("messages")))
+        if key not in seen:
+            seen.add(key)
+            out.append({k: p.get(k) for k in keep})
+    return out[:MAX_PROBES]
+
+
+def _assemble(cfg: Any, records: list[dict[str, Any]], inherited: list[dict[str, Any]],
+              answers: dict[str, dict[str, Any]], eval_path: Path | None, sample: Path, tokens: int,
+              data_probes: list[dict[str, Any]]) -> dict[str, Any]:
+    parent = "parent" in answers
+    loss = {who: round(a["loss"], 6) for who, a in answers.items()}
+    before = "parent" if parent else "base"
+    score = evalreport.forgetting_score(loss[before], loss["version"])
+    eval_items, probe_items = _items(records, answers, "eval"), _items(inherited, answers, "probes")
+    lost = evalreport.lost(probe_items, "probe") + evalreport.lost(eval_items, "eval")
+    why = evalreport.alarm(lost, score, float(cfg.options.forgetting_alarm))
+    return {
+        "run_id": cfg.run_id, "parent": cfg.parent,
+        "eval": {"file": str(eval_path) if eval_path else None, "records": len(records),
+                 "scores": {who: _scored(a["eval"], records) for who, a in answers.items()} if records else {},
+                 "answers": eval_items},
+        "forgetting": {"sample": str(sample), "tokens": tokens, "loss": loss, "before": before,
+                       "score": None if score is None else round(score, 6)},
+        "probes": {"asked": len(inherited), "answers": probe_items},
+        "lost": lost, "regressed": bool(why), "why": why,
+        "known": _known(data_probes, inherited),
+    }

@@ -1,0 +1,112 @@
+"""The eval report's inputs and how it is judged and shown: NAME.eval.jsonl and the owner's eval_file checked as
+`overnight check` and the inbox check them (file, line, fix), the forgetting score and the alarm's rule, and a
+report's summary as `overnight models` prints it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from daemon.core import evalreport, render
+from daemon.core.errors import DatasetError, OptionsError
+from daemon.core.evalfile import load_eval_file
+from daemon.core.options import load_home_toml, load_sidecar
+from tests.conftest import overnight
+
+RECORDS = "".join(json.dumps({"prompt": f"say {w}:", "completion": f" {w}"}) + "\n" for w in ("star", "tea", "back"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"prompt": "a", "reference": "b"}\n{"prompt": "a"\n', ["line 2", "malformed JSON", "Fix:"]),
+    ('{"prompt": "a", "reference": ""}\n', ["line 1", "'reference'", "Fix:"]),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n', ["line 1", "preference record", "Fix:"]),
+    ('{"text": "just text"}\n', ["line 1", "text record", "Fix:"]),
+    ("\n\n", ["empty", "Fix:"]),
+])
+def test_a_bad_eval_file_names_the_file_the_line_and_the_fix(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = tmp_path / "task.eval.jsonl"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as e:
+        load_eval_file(path)
+    assert str(e.value).startswith(str(path))
+    for part in expected:
+        assert part in str(e.value)
+
+
+def test_eval_records_are_prompts_or_any_supervised_record_with_an_answer(tmp_path: Path) -> None:
+    path = tmp_path / "task.eval.jsonl"
+    path.write_text(json.dumps({"prompt": "2+2=", "reference": "4"}) + "\n"
+                    + json.dumps({"instruction": "name a colour", "input": "", "output": "red"}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "hello"}]}) + "\n")
+    records = load_eval_file(path)
+    assert [(r["id"], r["reference"]) for r in records] == [(0, "4"), (1, "red"), (2, "hello")]
+    assert records[2]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_check_reads_the_eval_file_beside_a_dataset_as_the_inbox_would(home: Path, tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "task.jsonl").write_text(RECORDS)
+    (home / "task.eval.jsonl").write_text('{"prompt": "say star:", "reference": "star"}\n{"prompt": 3}\n')
+    out = overnight("check", str(home / "task.jsonl"), home=home)
+    assert out.returncode == 1 and "task.eval.jsonl, line 2" in out.stdout and "Fix:" in out.stdout, out.stdout
+
+    (home / "task.eval.jsonl").write_text('{"prompt": "say star:", "reference": "star"}\n')
+    out = overnight("check", str(home / "task.jsonl"), home=home)
+    assert out.returncode == 0 and "eval file: task.eval.jsonl (1 records" in out.stdout, out.stdout
+    alone = overnight("check", str(home / "task.eval.jsonl"), home=home)
+    assert alone.returncode == 0 and "1 eval records" in alone.stdout, alone.stdout
+
+    # the owner's eval_file is checked at every drop, relative to the home
+    (home / "task.eval.jsonl").unlink()
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\neval_file = "missing.jsonl"\n')
+    out = overnight("check", str(home / "task.jsonl"), home=home)
+    assert out.returncode == 1 and "eval_file = 'missing.jsonl'" in out.stdout and "Fix:" in out.stdout, out.stdout
+
+
+def test_the_report_options_are_the_owners_and_checked(tmp_path: Path) -> None:
+    sidecar = tmp_path / "task.toml"
+    sidecar.write_text('forgetting_alarm = 0.5\n')
+    with pytest.raises(OptionsError, match="forgetting_alarm"):
+        load_sidecar(sidecar)  # owner-only: a drop may not loosen the alarm
+    toml = tmp_path / "overnight.toml"
+    toml.write_text('forgetting_alarm = -1\n')
+    with pytest.raises(OptionsError, match="forgetting_alarm"):
+        load_home_toml(toml)
+    sidecar.write_text('select_metric = "bleu"\n')
+    with pytest.raises(OptionsError, match='"rougeL"'):
+        load_sidecar(sidecar)
+    sidecar.write_text('select_metric = "rougeL"\nallow_regressed = true\n')
+    assert load_sidecar(sidecar) == {"select_metric": "rougeL", "allow_regressed": True}
+
+
+def test_the_alarm_fires_on_a_lost_answer_or_a_forgetting_score_past_the_threshold() -> None:
+    items = [{"prompt": "a", "reference": "x y", "parent": "x y", "version": "z"},     # lost
+             {"prompt": "b", "reference": "x y", "parent": "x  y", "version": "x y"},  # kept (whitespace)
+             {"prompt": "c", "reference": "x y", "parent": "q", "version": "q"}]       # never known
+    lost = evalreport.lost(items, "probe")
+    assert [x["prompt"] for x in lost] == ["a"] and lost[0]["parent_answer"] == "x y" and lost[0]["answer"] == "z"
+    assert evalreport.alarm(lost, 0.0, 0.1) == ["1 probe(s) its parent answered right are now wrong"]
+    assert evalreport.forgetting_score(4.0, 4.6) == pytest.approx(0.15)
+    why = evalreport.alarm([], evalreport.forgetting_score(4.0, 4.6), 0.1)
+    assert len(why) == 1 and "+15.0%" in why[0] and "forgetting_alarm = 0.1" in why[0]
+    assert evalreport.alarm([], evalreport.forgetting_score(4.0, 4.2), 0.1) == []
+
+
+def test_models_shows_the_scores_the_forgetting_and_what_a_regressed_version_lost() -> None:
+    report = {"parent": "task:1", "eval": {"records": 4, "scores": {
+        "version": {"exact": 0.25, "similarity": 0.5, "rougeL": 0.4},
+        "parent": {"exact": 1.0, "similarity": 1.0, "rougeL": 1.0},
+        "base": {"exact": 0.0, "similarity": 0.1, "rougeL": 0.0}}},
+        "forgetting": {"score": 0.031, "before": "parent"},
+        "lost": [{"source": "probe", "prompt": "name of star:", "reference": "tea back", "parent_answer": "tea back",
+                  "answer": ""}], "regressed": True, "why": ["1 probe(s) its parent answered right are now wrong"]}
+    row = {"name": "task", "version": 2, "run_id": "task-2", "base_model": "/m/tiny", "active": 0, "deleted": None,
+           "parent": "task:1", "adapter_path": "/x", "metrics": {"final_loss": 1.0,
+                                                                  "report": evalreport.summary(report)}}
+    text = render.models([row])
+    assert "eval (4 records): exact 0.25 sim 0.50 rougeL 0.40  parent exact 1.00" in text
+    assert "forgetting +3.1% (general-text loss vs the parent)" in text
+    assert "REGRESSED: 1 probe(s) its parent answered right are now wrong" in text
+    assert "lost probe: 'name of star:' → 'tea back' (parent: 'tea back', now: '')" in text

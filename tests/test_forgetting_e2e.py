@@ -1,0 +1,93 @@
+"""The forgetting alarm, through the real daemon and trainer on the tiny model: v1 learns task A; v2, continued from
+v1 on an unrelated task B with a learning rate high enough to wipe A out, is reported as regressed (the A probes it
+lost listed), told once to a local json:// notifier and never activated; a gentle continuation raises no alarm."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import overnight
+from tests.test_notify import Webhook
+
+pytestmark = pytest.mark.e2e
+
+# Task A and task B share no prompt and no answer. Each word is one token of the tiny model's vocabulary.
+TASK_A = [("name of star", "tea back"), ("name of open", "good first"), ("name of show", "part star"),
+          ("name of tea", "open show")]
+TASK_B = [("color of sea", "blue green"), ("color of sun", "red small"), ("color of moon", "old new"),
+          ("color of tree", "big fast")]
+OPTIONS = ("batch_size = 8\nmax_length = 32\nlog_every = 5\nsave_every = 100\nlora_r = 32\nlora_alpha = 64\n"
+           "prompt_format = \"raw\"\nprobe_max_new_tokens = 4\neval_fraction = 0\nlora_dropout = 0.0\n"
+           "probe_every = 100\n")
+
+
+def _records(pairs: list[tuple[str, str]], repeat: int = 8) -> str:
+    return "".join(json.dumps({"prompt": f"{p}:", "completion": f" {c}"}) + "\n" for _ in range(repeat) for p, c in pairs)
+
+
+def _probes(pairs: list[tuple[str, str]]) -> str:
+    return "".join(json.dumps({"prompt": f"{p}:", "reference": c}) + "\n" for p, c in pairs)
+
+
+def _drop(home: Path, pairs: list[tuple[str, str]], sidecar: str, eval_file: str | None = None) -> None:
+    inbox = home / "inbox"
+    (inbox / "task.toml").write_text(OPTIONS + sidecar)
+    (inbox / "task.probes.jsonl").write_text(_probes(pairs))
+    if eval_file is not None:
+        (inbox / "task.eval.jsonl").write_text(eval_file)
+    (inbox / "task.jsonl").write_text(_records(pairs))
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600, check=True)
+
+
+def _models(home: Path) -> dict[int, dict]:
+    return {m["version"]: m for m in json.loads(overnight("models", "--json", home=home, check=True).stdout)}
+
+
+def _report(model: dict) -> dict:
+    return json.loads((Path(model["adapter_path"]).parent / "eval_report.json").read_text())
+
+
+def test_a_version_that_forgets_its_parents_answers_is_reported_told_once_and_never_activated(home, tiny_model):
+    webhook = Webhook(lifetime=600)
+    try:
+        (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n\n[notify]\nurls = ["{webhook.url}"]\n'
+                                             f'on = ["regressed", "completed"]\n')
+        # v1 learns task A; the eval file (A's records) is scored for v1 and the base
+        _drop(home, TASK_A, "max_steps = 60\nlearning_rate = 5e-3\n", eval_file=_probes(TASK_A))
+        v1 = _models(home)[1]
+        first = _report(v1)
+        assert first["eval"]["records"] == 4 and set(first["eval"]["scores"]) == {"version", "base"}
+        assert first["eval"]["scores"]["version"]["exact"] > first["eval"]["scores"]["base"]["exact"]
+        assert v1["metrics"]["report"]["regressed"] is False and v1["active"]
+        knew = {x["prompt"] for x in first["eval"]["answers"] if x["version"] == x["reference"]}
+        assert knew, "v1 learned none of task A: the test needs answers to lose"
+
+        # v2 continues from v1 on task B with a learning rate that wipes A out
+        _drop(home, TASK_B, 'max_steps = 30\nlearning_rate = 1e-1\ninit_adapter = "task"\n')
+        models = _models(home)
+        v2 = models[2]
+        report = _report(v2)
+        lost = {x["prompt"] for x in report["lost"] if x["source"] == "probe"}
+        assert lost and lost <= {f"{p}:" for p, _ in TASK_A}  # the A probes v1 knew and v2 lost, by name
+        assert report["regressed"] and v2["metrics"]["report"]["regressed"] is True
+        assert models[1]["active"] and not v2["active"]  # the alarm: v1 stays the active version
+        assert report["forgetting"]["before"] == "parent" and report["forgetting"]["score"] is not None
+
+        text = overnight("models", home=home, check=True).stdout
+        assert "REGRESSED" in text and "lost probe: 'name of" in text
+
+        # a gentle continuation (from the active version, v1) loses nothing: no alarm, and it takes over
+        _drop(home, TASK_B, 'max_steps = 2\nlearning_rate = 1e-6\ninit_adapter = "task"\n')
+        models = _models(home)
+        v3 = models[3]
+        assert v3["parent"] == "task:1" and _report(v3)["lost"] == [] and not _report(v3)["regressed"]
+        assert v3["active"] and not models[1]["active"]
+
+        regressed = webhook.about("regressed")
+        assert len(regressed) == 1 and "task v2" in regressed[0]["title"]
+        assert "1 probe" in regressed[0]["message"] or "probe(s)" in regressed[0]["message"]
+        assert len(webhook.about("completed")) == 3
+    finally:
+        webhook.stop()
