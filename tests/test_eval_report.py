@@ -110,3 +110,45 @@ def test_models_shows_the_scores_the_forgetting_and_what_a_regressed_version_los
     assert "forgetting +3.1% (general-text loss vs the parent)" in text
     assert "REGRESSED: 1 probe(s) its parent answered right are now wrong" in text
     assert "lost probe: 'name of star:' → 'tea back' (parent: 'tea back', now: '')" in text
+
+
+def _group(tmp_path: Path, options: dict, reports: list[tuple[float, float, bool]]):
+    """A finished group of three runs with `select = "best"`, each with an eval report (eval loss, ROUGE-L,
+    regressed), each registered as the daemon registers it."""
+    from daemon.engine import registry
+    from daemon.engine.store import Store
+
+    store = Store(tmp_path / "overnight.db")
+    for i, (eval_loss, rouge, regressed) in enumerate(reports, 1):
+        run_dir = tmp_path / "runs" / f"task-r{i}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"options": {"select": "best", **options}}))
+        (run_dir / "eval_report.json").write_text(json.dumps({
+            "eval": {"records": 4, "scores": {"version": {"exact": rouge / 2, "similarity": rouge, "rougeL": rouge}}},
+            "forgetting": {"score": 0.01 * i, "before": "base"}, "lost": [], "regressed": regressed,
+            "why": ["2 probe(s) its parent answered right are now wrong"] if regressed else []}))
+        store.insert_run({"id": f"task-r{i}", "name": "task", "group_id": "task-g", "state": "completed",
+                          "seq": i, "run_dir": str(run_dir), "base_model": "/m", "eval_loss": eval_loss, "loss": 1.0})
+        registry.register(store, store.get_run(f"task-r{i}"), activate=False)
+    return store
+
+
+def _select(store) -> tuple[str | None, int | None]:
+    from daemon.core import sweep
+
+    said = sweep.on_group_ended(store, "task-g", lambda r: json.loads(
+        (Path(r["run_dir"]) / "config.json").read_text())["options"], lambda r: 0)
+    active = [m["version"] for m in store.models("task") if m["active"]]
+    return said, active[0] if active else None
+
+
+@pytest.mark.parametrize("options, version, words", [
+    ({}, 1, "eval loss 1.0000; best of 2; 1 regressed"),                       # eval loss, as before
+    ({"select_metric": "rougeL"}, 3, "eval ROUGE-L 0.8000; best of 2; 1 regressed"),  # v2 is best but regressed
+    ({"select_metric": "rougeL", "allow_regressed": True}, 2, "eval ROUGE-L 0.9000; best of 3"),
+    ({"select_metric": "forgetting"}, 1, "forgetting score 0.0100"),
+])
+def test_select_best_ranks_by_select_metric_and_never_picks_a_regressed_version(tmp_path, options, version, words):
+    store = _group(tmp_path, options, [(1.0, 0.5, False), (1.2, 0.9, True), (1.3, 0.8, False)])
+    said, active = _select(store)
+    assert active == version and words in said, said

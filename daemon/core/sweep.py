@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from daemon.core import evalreport
 from daemon.core.options import OPTIONS, OptionsError, Resolved
 from daemon.core.states import ENDED, State
 
@@ -169,18 +170,28 @@ def _get(run: Any, key: str) -> Any:
     return run.get(key) if isinstance(run, dict) else getattr(run, key, None)
 
 
-def _ordered(runs: Iterable[R], learned: Callable[[R], int | None] | None
+def _value(run: Any, metric: str) -> float | None:
+    """A run's number for `metric`: its row's eval or final loss, or its eval report's (daemon/core/evalreport.py)."""
+    if metric in ("eval_loss", "loss"):
+        value = _get(run, metric)
+        return None if value is None else float(value)
+    return evalreport.metric_value(_get(run, "run_dir"), metric)
+
+
+def _ordered(runs: Iterable[R], learned: Callable[[R], int | None] | None, by: str = "eval_loss"
              ) -> tuple[list[R], list[R], str | None]:
     """(the ranked runs best first, the others in grid order, the metric used): see `rank`."""
     runs = sorted(runs, key=lambda r: _get(r, "seq") or 0)
     done = [r for r in runs if _get(r, "state") == State.COMPLETED]
-    metric = "eval_loss" if done and all(_get(r, "eval_loss") is not None for r in done) else "loss"
-    ranked = [r for r in done if _get(r, metric) is not None and math.isfinite(float(_get(r, metric)))]
+    report = by != "eval_loss" and done and all(_value(r, by) is not None for r in done)  # select_metric
+    metric = by if report else "eval_loss" if done and all(_get(r, "eval_loss") is not None for r in done) else "loss"
+    sign = -1 if evalreport.RANKINGS.get(metric) == "higher" else 1
+    ranked = [r for r in done if _value(r, metric) is not None and math.isfinite(_value(r, metric))]
     if not ranked:
         return [], runs, None
 
     def rounded(r: R) -> float:
-        return round(float(_get(r, metric)), 4)
+        return sign * round(_value(r, metric), 4)
 
     ties: dict[float, int] = {}
     for r in ranked:
@@ -195,26 +206,28 @@ def _ordered(runs: Iterable[R], learned: Callable[[R], int | None] | None
     return ranked, [r for r in runs if _get(r, "id") not in ids], metric
 
 
-def rank(rows: Iterable[dict[str, Any]],
-         learned: Callable[[dict[str, Any]], int | None] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def rank(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int | None] | None = None,
+         by: str = "eval_loss") -> tuple[list[dict[str, Any]], str | None]:
     """Rows (`id, state, eval_loss, loss, seq`) ordered best first, each with `rank` (None: not ranked).
 
     Only completed runs rank: by eval loss, or by the final loss when some completed run has no eval loss;
     equal losses (to 4 decimals) by probes learned (`learned(row)`, asked only for ties), then grid order.
-    Returns the rows and the metric used ("eval_loss", "loss" or None when nothing ranks).
+    `by` (select_metric): an eval report's metric ranks instead when every completed run has one.
+    Returns the rows and the metric used ("eval_loss", "loss", `by` or None when nothing ranks).
     """
-    ranked, rest, metric = _ordered(rows, learned)
+    ranked, rest, metric = _ordered(rows, learned, by)
     return [{**r, "rank": i} for i, r in enumerate(ranked, 1)] + [{**r, "rank": None} for r in rest], metric
 
 
-def best(runs: Iterable[R], learned: Callable[[R], int | None] | None = None) -> R | None:
+def best(runs: Iterable[R], learned: Callable[[R], int | None] | None = None, by: str = "eval_loss") -> R | None:
     """The best run of a group (see `rank`), or None when no run completed: one of `runs` as given, row dicts or
     `Run`s (`learned` is asked with the same)."""
-    ranked, _, _ = _ordered(runs, learned)
+    ranked, _, _ = _ordered(runs, learned, by)
     return ranked[0] if ranked else None
 
 
-METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss"}
+METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss", "exact": "eval exact match",
+                "similarity": "eval similarity", "rougeL": "eval ROUGE-L", "forgetting": "forgetting score"}
 
 
 # --------------------------------------------------------------------------------------------- select = "best"
@@ -229,11 +242,16 @@ def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any
     members = store.runs_in_group(group)
     if len(members) < 2 or any(m["state"] not in ENDED for m in members):
         return None
-    if read_options(members[-1]).get("select") != SELECT_BEST:
+    options = read_options(members[-1])
+    if options.get("select") != SELECT_BEST:
         return None
-    winner = best(members, learned)
+    by = options.get("select_metric") or "eval_loss"
+    # the forgetting alarm: a regressed version is never picked unless the drop allows it
+    allowed = [m for m in members if options.get("allow_regressed") or not evalreport.of_run(m["run_dir"]).get("regressed")]
+    winner = best(allowed, learned, by)
     left_out = sum(m["state"] != State.COMPLETED for m in members)
-    note = f"; {left_out} did not complete" if left_out else ""
+    regressed = sum(m["state"] == State.COMPLETED for m in members) - sum(m["state"] == State.COMPLETED for m in allowed)
+    note = (f"; {left_out} did not complete" if left_out else "") + (f"; {regressed} regressed" if regressed else "")
     if winner is None:
         return f"sweep {group}: no run completed, so no version was activated ({len(members)} runs{note})"
     version = next((m for m in store.models(winner["name"]) if m["run_id"] == winner["id"] and not m["deleted"]),
@@ -241,10 +259,10 @@ def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any
     if version is None:
         return f"sweep {group}: the best run {winner['id']} has no model version to activate"
     store.activate_model(winner["name"], version["version"], pin=False)
-    _, metric = rank(members, learned)
-    value = winner[metric]
+    _, metric = rank(allowed, learned, by)
+    value = _value(winner, metric)
     return (f"sweep {group}: activated {winner['name']} version {version['version']} (run {winner['id']}, "
-            f"{METRIC_LABEL[metric]} {value:.4f}; best of {len(members) - left_out}{note})")
+            f"{METRIC_LABEL[metric]} {value:.4f}; best of {len(members) - left_out - regressed}{note})")
 
 
 def selects_best(options: dict[str, Any], run: dict[str, Any]) -> bool:
