@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from daemon.core.errors import OptionsError
 from daemon.core.evalreport import RANKINGS
+from daemon.core.search import SAMPLERS, check_range, check_search
 from daemon.core.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, suggested_model_name
 
 
@@ -157,6 +158,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            "1 .. 10"),
     Option("min_steps", int, None, "ASHA: the first rung's step (then eta times further each); default: a share "
            "of each trial's steps", _rng(1, 10**9), "1 .. 1e9"),
+    Option("search", str, "none", 'a sweep drawn by Optuna instead of a grid: "tpe" or "random" over the ranges '
+           '(learning_rate = {low = 1e-5, high = 1e-3, log = true}) and lists of the sidecar', lambda v: v in SAMPLERS,
+           _choices(SAMPLERS)),
+    Option("trials", int, None, "a search's number of trials (runs), at most max_sweep_runs", _rng(1, 10**4),
+           "1 .. 10000"),
     Option("select_metric", str, "eval_loss", 'what select = "best" ranks a group\'s versions by: "eval_loss", or '
            'the eval report\'s "exact", "similarity", "rougeL" (higher is better) or "forgetting" (lower is better)',
            lambda v: v in RANKINGS, _choices(tuple(RANKINGS))),
@@ -451,6 +457,11 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
             _check_entry(source, key, value, sidecar)
         except OptionsError as e:
             errors.append(str(e))
+    if sidecar and not errors:
+        try:
+            check_search(source, table)
+        except OptionsError as e:
+            errors.append(str(e))
     if errors:
         err = OptionsError("\n".join(errors))
         err.each = errors
@@ -469,12 +480,16 @@ def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
                            f"Fix: remove '{key}' from {Path(source).name}.")
     if isinstance(value, list) and not _type_ok(OPTIONS[key], value):
         check_sweep(source, key, value, sidecar=sidecar)
+    elif isinstance(value, dict) and not _type_ok(OPTIONS[key], value):  # a search's range (daemon/core/search.py)
+        check_sweep(source, key, [value], sidecar=sidecar, item_check=False)
+        check_range(source, key, value, check_value)
     else:
         check_value(source, key, value)
 
 
-def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool) -> None:
-    """A list for an option whose value is not a list: a sweep (one run per value), allowed in a sidecar only."""
+def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool, item_check: bool = True) -> None:
+    """A list for an option whose value is not a list: a sweep (one run per value), allowed in a sidecar only
+    (`item_check` False: a search's range, whose own rules are daemon/core/search.py's)."""
     opt = OPTIONS[key]
     one = _toml(values[0]) if values and not isinstance(values[0], (list, dict)) else "…"
     if not opt.sweep:
@@ -487,6 +502,8 @@ def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool) ->
                            f"sidecar (NAME.toml beside the dataset: one run per value), not in overnight.toml. "
                            f"Fix: set one value here ({key} = {one}) and put the list in the sidecar of the "
                            f"dataset to sweep.")
+    if not item_check:
+        return
     if not values:
         raise OptionsError(f"{source}: option '{key}' = [] is an empty list. Fix: list the values to sweep "
                            f"({key} = [{_toml(opt.default)}, …]), or remove {key} to use the default.")
@@ -525,7 +542,7 @@ def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Reso
     for origin, table in (("toml", toml or {}), ("sidecar", sidecar or {})):
         for k, v in table.items():
             values[k], sources[k] = v, origin
-    swept = [k for k, v in (sidecar or {}).items() if isinstance(v, list) and OPTIONS[k].sweep]
+    swept = [k for k, v in (sidecar or {}).items() if isinstance(v, (list, dict)) and OPTIONS[k].sweep]
     return Resolved(values, sources, swept)
 
 

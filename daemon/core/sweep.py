@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from daemon.core import search
 from daemon.core import evalreport
 from daemon.core.options import OPTIONS, OptionsError, Resolved
 from daemon.core.states import ENDED, State
@@ -75,7 +76,10 @@ class Point:
 
 
 def axes(opts: Resolved) -> list[tuple[str, list[Any]]]:
-    """The swept options with more than one value, in the sidecar's order."""
+    """The swept options with more than one value, in the sidecar's order (none in a search: its lists are
+    choices to draw from, daemon/core/search.py)."""
+    if search.searching(opts.values):
+        return []
     out = []
     for key in opts.swept:
         values = opts.values[key]
@@ -85,7 +89,9 @@ def axes(opts: Resolved) -> list[tuple[str, list[Any]]]:
 
 
 def run_count(opts: Resolved) -> int:
-    """How many runs the drop queues: base models × the length of every list."""
+    """How many runs the drop queues: base models × the length of every list; a search's trials."""
+    if search.searching(opts.values):
+        return int(opts.values["trials"])
     return max(1, len(opts.base_models)) * math.prod(len(v) for _, v in axes(opts))
 
 
@@ -100,6 +106,8 @@ def expand(opts: Resolved) -> list[Point]:
 def options_for(opts: Resolved, point: Point) -> Resolved:
     """The options of one run of the grid: one base model, one value per option (a one-item list unwrapped)."""
     values = {**opts.values, "base_model": point.base_model}
+    if search.searching(values):  # a trial not drawn yet keeps the ranges and choices (engine/search.py draws)
+        return Resolved(values, dict(opts.sources))
     for key in opts.swept:
         if isinstance(values[key], list):
             values[key] = values[key][0]
@@ -113,17 +121,26 @@ def first_run(opts: Resolved) -> Resolved:
     for key in opts.swept:
         if isinstance(values[key], list):
             values[key] = values[key][0]
+        elif isinstance(values[key], dict):  # a search's range: its first choice, or its low end
+            values[key] = values[key]["choices"][0] if "choices" in values[key] else values[key]["low"]
     return Resolved(values, dict(opts.sources))
 
 
 def describe(opts: Resolved) -> str:
-    """`base_model 2 × learning_rate 3 × lora_r 2`: what multiplies into the run count."""
+    """`base_model 2 × learning_rate 3 × lora_r 2`: what multiplies into the run count; for a search, what it
+    draws from."""
+    if search.searching(opts.values):
+        over = "; ".join(s.describe() for s in search.spaces(opts.values, opts.swept, _integer))
+        return f"search {opts.values['search']}, {opts.values['trials']} trials: {over}"
     parts = [f"base_model {len(opts.base_models)}"] if len(opts.base_models) > 1 else []
     return " × ".join(parts + [f"{k} {len(v)}" for k, v in axes(opts)])
 
 
 def check_cap(opts: Resolved, source: Path | str | None) -> None:
     """A grid larger than the owner's max_sweep_runs is refused with the count and the fix."""
+    if search.searching(opts.values) and len(opts.base_models) > 1:
+        raise OptionsError(f"{source}: a search draws its trials on one base model, and base_model lists "
+                           f"{len(opts.base_models)}. Fix: name one base model (a drop per model searches each).")
     n, cap = run_count(opts), int(opts.values.get("max_sweep_runs") or OPTIONS["max_sweep_runs"].default)
     if n > cap:
         where = f"{source}: " if source else ""
@@ -135,6 +152,8 @@ def check_cap(opts: Resolved, source: Path | str | None) -> None:
 def summary(opts: Resolved) -> str | None:
     """For `overnight check`: `4 runs (learning_rate 2 × lora_r 2): lr1e-4-r8, …`; None for a single run."""
     n = run_count(opts)
+    if search.searching(opts.values):
+        return f"{n} trials in one group ({describe(opts)}), each a run NAME-tN, drawn as the study goes"
     if n < 2:
         return None
     points = expand(opts) if opts.base_models else expand(Resolved({**opts.values, "base_model": "?"},
@@ -143,6 +162,11 @@ def summary(opts: Resolved) -> str | None:
     names = [("-".join(x for x in (_model_tag(p.base_model) if many else "", p.tags()) if x)) for p in points]
     shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")
     return f"{n} runs in one group ({describe(opts)}): {shown}"
+
+
+def _integer(key: str) -> bool:
+    """An option that takes whole numbers only: its search range draws integers."""
+    return OPTIONS[key].kind is int
 
 
 def _id_part(text: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from daemon.core import rundir, sweep
+from daemon.core import rundir, search, sweep
 from daemon.core.rundir import RunFolder
 from daemon.core.runconfig import RunConfig
 from daemon.core.atomic import write_json, write_text
@@ -343,16 +343,18 @@ class Intake:
         name = model_name_of(sub)
         if name != sub.name:  # a user who dropped "my data.jsonl" looks for "my data": say which name it got
             log.info(f"inbox: {shown_name(sub.dataset.name)}: model name: {name} (from the file name)")
-        points = sweep.expand(sub.options)
+        drawn = search.searching(sub.options.values)  # a search: each trial's values are drawn when it starts
+        points = sweep.expand(sub.options) if not drawn else [sweep.Point(sub.options.base_models[0])] * \
+            sweep.run_count(sub.options)
         several_models = len(sub.options.base_models) > 1
         sha = sha or sha256_file(sub.dataset)
         stamp = run_id_stamp()  # one time for the whole group: the ids differ only by their values
-        group_id = self.new_run_id(name, stamp) if len(points) > 1 else None
+        group_id = self.new_run_id(name, stamp) if len(points) > 1 or drawn else None
         run_ids: list[str] = []
         first_dataset_dir: Path | None = None
         for i, point in enumerate(points):
-            rid = self.new_run_id(name + sweep.run_suffix(point, several_models), stamp,
-                                  {group_id} if group_id else None)
+            rid = search.trial_run_id(group_id, name, i + 1) if drawn else \
+                self.new_run_id(name + sweep.run_suffix(point, several_models), stamp, {group_id} if group_id else None)
             staging = RunFolder(self.home.runs / f".{rid}.partial")
             staging.dataset.mkdir(parents=True)
             # overnight's own files first: a disk too full for them fails here, before the drop has moved

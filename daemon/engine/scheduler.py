@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from daemon.core import rundir, sweep
+from daemon.core import rundir, search, sweep
 from daemon.core.completeness import SETTLE_S
 from daemon.core.home import DaemonLock, Home
 from daemon.core.log import log, setup
@@ -196,7 +196,8 @@ class Daemon:
         that registered the last version)."""
         from daemon.core.evolution import analyze, load_records
         while self._changed_groups:  # ASHA first: a trial it prunes may be a group's last to end
-            for line in pruning.review(self.store, self._changed_groups.pop(), run_options, self._transition):
+            group = self._changed_groups.pop()
+            for line in pruning.review(self.store, group, run_options, self._transition) + self._tell_study(group):
                 log.info(line)
         while self._ended_groups:
             group = self._ended_groups.pop()
@@ -204,6 +205,15 @@ class Daemon:
                                         lambda r: analyze(load_records(RunFolder(r["run_dir"]).evolution)).learned)
             if said:
                 log.info(said)
+
+    def _tell_study(self, group: str) -> list[str]:
+        """A search group (daemon/engine/search.py): its study learns what its ended trials scored."""
+        members = self.store.runs_in_group(group)
+        options = run_options(members[0]) if members else {}
+        if not search.searching(options):
+            return []
+        from daemon.engine.search import review
+        return review(self.home.root, self.store, group, options)
 
     def _on_reject(self, files: list[Path], message: str, error_file: Path) -> None:
         """A drop went to inbox/rejected/: the on_reject hook and the 'rejected' notification."""

@@ -25,7 +25,7 @@ from daemon.core.rundir import RunFolder, step_of
 from daemon.core.space import is_disk_full, shortage
 from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State
 from daemon.core.timefmt import iso
-from daemon.engine import hooks, notify, pruning, registry
+from daemon.engine import hooks, notify, pruning, registry, search
 from daemon.engine.endstate import TrainerExit, end_state
 from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
 from daemon.engine.stall import Escalation, StallWatch, grace_of
@@ -124,6 +124,10 @@ class Supervisor:
         self.disk(short)
         if short:
             return False
+        drew = search.draw(self.home.root, run)  # a search's trial: its values, drawn as it first starts
+        if drew:
+            rundir.append_console(run_dir, f"overnight: {drew}")
+            log.info(drew)
         attempt = (run["attempts"] or 0) + 1
         self.store.set_gpu_set(run["id"], slot.nvml_indices())  # before the transition: metadata.json keeps it
         self.transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
