@@ -123,3 +123,48 @@ def test_an_asha_sweep_prunes_the_worse_trials_at_the_rung_and_the_best_trains_o
     assert resumed["state"] == "completed" and resumed["step"] == 9, resumed  # trained to the end from step 3
     console = (home / "runs" / pruned[0] / "console.log").read_text()
     assert "resuming from step-3" in console
+
+
+# ----------------------------------------------------------------------------------------------- the dashboard
+
+ASHA_GROUP = "add-20260514-023000"
+# a 4-trial ASHA sweep in progress: one trained to the end, one pruned at rung 2, one at rung 1, one waiting at rung 1
+ASHA_TRIALS = [("add-lr1e-4-20260514-023000", "completed", ["promoted", "promoted"]),
+               ("add-lr3e-4-20260514-023000", "pruned", ["promoted", "pruned"]),
+               ("add-lr1e-3-20260514-023000", "pruned", ["pruned"]),
+               ("add-lr3e-3-20260514-023000", "queued", ["waiting"])]
+
+
+def test_the_dashboard_folds_an_asha_sweep_with_its_trials_at_each_rung(tmp_path):
+    from daemon.engine.store import Store
+    from tests.test_tui import app_for, cell_text, drive, loaded, until
+    from tests.tui_fixtures import _insert, at, build_home, iso, write_run_folder
+    from textual.widgets import DataTable
+
+    fx = build_home(tmp_path / "home")
+    store = Store(fx.home.db)
+    try:
+        for i, (run_id, state, rungs) in enumerate(ASHA_TRIALS):
+            steps = {"completed": 54, "pruned": 6 * 3 ** (len(rungs) - 1)}.get(state, 6)
+            _insert(store, fx.home, run_id, 7 + i, state, at(90), group_id=ASHA_GROUP, step=steps, max_steps=54,
+                    started=iso(at(95)))
+            store.db.execute("UPDATE runs SET name = 'add' WHERE id = ?", [run_id])
+            for k, decision in enumerate(rungs):
+                store.record_rung(run_id, k, 6 * 3 ** k, 2.0 - i / 10, decision)
+            write_run_folder(fx.home, run_id, steps, 54, state, at(95), footer=f"run ended: {state}")
+    finally:
+        store.close()
+    app = app_for(fx.root)
+    group_key = f"group:{ASHA_GROUP}"
+
+    async def body(pilot) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        await until(pilot, lambda: group_key in [r.value for r in table.rows], what="the sweep's row")
+        assert cell_text(table, group_key, "run").endswith("×4 4→2→1"), cell_text(table, group_key, "run")
+        table.move_cursor(row=table.get_row_index(group_key))
+        await pilot.press("enter")
+        await until(pilot, lambda: table.row_count > 7, what="unfolded")
+        states = [cell_text(table, run_id, "state") for run_id, _, _ in ASHA_TRIALS]
+        assert states == ["completed", "pruned", "pruned", "at rung"]
+    drive(app, body, size=(120, 30))

@@ -46,6 +46,8 @@ class RunRow(Run):
     """One row of the runs table: the run (daemon.core.runrecord), and whether it is the best of its group."""
 
     best: bool = False  # the best completed run of its group (daemon.core.sweep.rank)
+    rungs: int = 0  # ASHA rungs this trial reached (daemon.core.asha)
+    waiting: bool = False  # held at its last rung until the group's other trials say whether it goes on
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,15 @@ def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
     return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs
 
 
+def _mark_rungs(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
+    """The rungs each trial of an ASHA sweep reached, and whether it waits at one."""
+    records = reader.rungs([r.id for r in runs if r.group_id])
+    if not records:
+        return runs
+    return tuple(replace(r, rungs=len(records[r.id]), waiting=records[r.id][-1]["decision"] == "waiting")
+                 if r.id in records else r for r in runs)
+
+
 class HomeWatcher:
     """Reads a home's state DB and control folder into HomeSnapshots; reopens the DB when it appears."""
 
@@ -170,7 +181,8 @@ class HomeWatcher:
             daemon = DaemonState(alive=bool(alive), pid=(alive or {}).get("pid"), started=(alive or {}).get("started"),
                                  heartbeat=beat.get("heartbeat"), version=beat.get("version"),
                                  problem=morning.problem(self.home, beat, alive))
-            runs = _mark_best(tuple(reader.run_records(kind=RunRow)), reader)  # type: ignore[arg-type]
+            runs = _mark_rungs(_mark_best(tuple(reader.run_records(kind=RunRow)), reader),  # type: ignore[arg-type]
+                               reader)
             since = morning.cutoff(morning.DEFAULT_SINCE_H)
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon, runs=runs,

@@ -17,10 +17,12 @@ from daemon.core.states import State
 from tui.homedata import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
 
+AT_RUNG = "at rung"  # an ASHA trial checkpointed at its rung, waiting for the group's other trials
 HELD = "held"  # a queued run that cannot start (daemon.core.morning.held: control/stop, a full disk, a broken toml)
 STATE_STYLE = {State.TRAINING: "bold green", State.PREPARING: "green", State.PAUSED: "bold yellow",
                State.QUEUED: "cyan", State.COMPLETED: "blue", State.FAILED: "bold red", State.STOPPED: "magenta",
-               State.SKIPPED: "magenta", State.PRUNED: "dim magenta", HELD: "bold yellow"}
+               State.SKIPPED: "magenta", State.PRUNED: "dim magenta", HELD: "bold yellow",
+               AT_RUNG: "cyan"}
 BAR = 8
 
 
@@ -149,17 +151,30 @@ def child_label(run: RunRow, width: int) -> Text:
     return Text.assemble("  ", mark, clip_id(short, max(4, width - 4)))
 
 
+def rung_counts(group: Group) -> str:
+    """An ASHA sweep's trials that reached each rung, then those that trained to the end: ` 16→5→1`; '' else."""
+    deepest = max((r.rungs for r in group.runs), default=0)
+    if not deepest:
+        return ""
+    reached = [sum(r.rungs >= k for r in group.runs) for k in range(1, deepest + 1)]
+    return " " + "→".join(map(str, reached + [sum(r.state == State.COMPLETED for r in group.runs)]))
+
+
 def group_label(group: Group, width: int) -> Text:
-    """`▸ support-20261128-101350 ×4`, or `▸ support ×4` where the group id does not fit."""
-    count = f" ×{len(group.runs)}"
+    """`▸ support-20261128-101350 ×4`, or `▸ support ×4` where the group id does not fit; an ASHA sweep adds its
+    trials at each rung (`×16 16→5→1`)."""
+    count = f" ×{len(group.runs)}{rung_counts(group)}"
     arrow = "▾ " if group.expanded else "▸ "
     room = max(4, width - 2 - len(count))
     name = group.group_id if len(group.group_id) <= room else clip_id(group.runs[0].name, room)
     return Text.assemble((arrow, "bold"), (name, "bold"), (count, "dim"))
 
 
-def shown_state(state: str, held: str | None) -> str:
-    """The state a row says: `held` for a queued run while something holds the queue, as `overnight status` says."""
+def shown_state(state: str, held: str | None, waiting: bool = False) -> str:
+    """The state a row says: `held` for a queued run while something holds the queue, as `overnight status` says;
+    `at rung` for an ASHA trial waiting at its rung."""
+    if state == State.QUEUED and waiting:
+        return AT_RUNG
     return HELD if held and state == State.QUEUED else state
 
 
@@ -192,7 +207,7 @@ def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
 
 def _cell(run: RunRow, key: str, held: str | None = None) -> Text | str:
     if key == "state":
-        state = shown_state(run.state, held)
+        state = shown_state(run.state, held, run.waiting)
         return Text(state, STATE_STYLE.get(state, ""))
     if key == "progress":
         if run.state == State.QUEUED and run.step is None:
