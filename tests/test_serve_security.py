@@ -54,7 +54,9 @@ def test_tokens_are_created_once_kept_private_and_required(home, serve_proc):  #
     steered = server.client(tokens["steer"]).post("/api/pause", params={"wait": 0})
     assert steered.status_code == 202 and "no daemon is running" in steered.json()["note"]
     assert [p.name.split(".")[0] for p in (home / "control").glob("pause.*")] == ["pause"]
-    assert "127.0.0.1:" in (home / "serve.log").read_text()  # the write, with the client's address
+    log = (home / "serve.log").read_text()  # every write, done or refused, with the client's address
+    assert "127.0.0.1:" in log and "POST /api/datasets refused (403)" in log and "pause : " not in log
+    assert "POST /api/pause refused (401)" in log and "pause: no daemon is running" in log
 
     # the dashboard: the steer token once in the URL becomes a same-site cookie; a read token does not open it
     browser = httpx.Client(base_url=server.url)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -30,6 +32,7 @@ from daemon.web.tokens import Tokens
 
 MAX_VERDICT_WAIT_S = 600.0
 STEERING = ("pause", "resume", "stop", "skip", "priority")
+RUNS_FRESH_S = 1.0
 schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "overnight", "version": __version__}})
 
 
@@ -37,7 +40,6 @@ class Json(JSONResponse):
     """The CLI's JSON: non-ASCII kept, anything else (paths, times) as its text."""
 
     def render(self, content: Any) -> bytes:
-        import json
         return json.dumps(content, ensure_ascii=False, default=str).encode("utf-8")
 
 
@@ -57,6 +59,8 @@ class Api:
         self.h = h
         self.max_upload = max_upload
         self._telemetry: Any = None
+        self._runs_cache: tuple[tuple, float, bytes] | None = None
+        self._runs_lock = threading.Lock()
         self._telemetry_lock = threading.Lock()
 
     @contextmanager
@@ -86,8 +90,26 @@ class Api:
         ---
         summary: overnight runs --json
         """
-        with self.reader() as rd:
-            return Json(rd.runs())
+        # the list many pages poll: built again only when the DB changed (or after RUNS_FRESH_S, which bounds what
+        # a change within one tick of the file clock could hide)
+        key = self._db_version()
+        with self._runs_lock:  # one request builds it; those arriving meanwhile take what it built
+            now, cached = time.monotonic(), self._runs_cache
+            if not (cached and cached[0] == key and now - cached[1] < RUNS_FRESH_S):
+                with self.reader() as rd:
+                    cached = self._runs_cache = (key, now, Json(rd.runs()).body)
+        return Response(cached[2], media_type="application/json")
+
+    def _db_version(self) -> tuple:
+        """What changes whenever the daemon commits: overnight.db's and its WAL's size and modification time."""
+        out = []
+        for p in (self.h.db, self.h.db.with_name(self.h.db.name + "-wal")):
+            try:
+                st = p.stat()
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
 
     def run(self, request: Request) -> Response:
         """One run, named by its id, a unique prefix or its dataset's name (as the CLI's RUN).
@@ -254,6 +276,9 @@ class Api:
 async def _error(request: Request, exc: Exception) -> Response:
     status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409}.get(type(exc), 400)
     status = getattr(exc, "status", status)
+    if request.method not in ("GET", "HEAD"):  # a write refused is logged as a write done
+        serverlog.write(_client(request), f"{request.method} {request.url.path} refused ({status}): "
+                                          f"{str(exc).splitlines()[0][:200]}")
     return Json({"error": str(exc)}, status)
 
 

@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from daemon.web import serverlog
 from daemon.web.dashboard import PREFIX
 from daemon.web.tokens import READ, STEER, Tokens
 
@@ -88,6 +89,10 @@ class TokenAuth:
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        if scope.get("method", "GET") not in READ_METHODS:
+            client = scope.get("client") or ("unknown client", "")
+            serverlog.write(f"{client[0]}:{client[1]}", f"{scope['method']} {scope['path']} refused ({status}): "
+                                                        f"{message.split('. Fix')[0]}")
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
