@@ -37,6 +37,7 @@ from tui.widgets.needs import NeedsStrip
 from tui.widgets.rejected import RejectedScreen
 from tui.widgets.runs import RunsTable
 from tui.widgets.system import SystemPanel
+from tui.widgets.trypanel import TryPanel
 
 @dataclass(frozen=True)
 class ReadRequest:
@@ -50,7 +51,7 @@ class ReadRequest:
 
 REFRESH_S = 1.0  # DB and run files are polled at most once a second: dashboards never load the daemon
 HEADER_SAMPLE_S = 5.0  # GPUs sampled for the header's summary while the System panel is not shown
-TABS = ("log", "charts", "evolution", "system", "models")
+TABS = ("log", "charts", "evolution", "system", "models", "try")
 
 
 def _ack_line(e: ControlAck) -> str:
@@ -121,6 +122,7 @@ class OvernightApp(App[None]):
         self.log_panel, self.charts = LogPanel(id="log-panel"), ChartsPanel(id="charts-panel")
         self.evolution, self.system = EvolutionPanel(id="evolution-panel"), SystemPanel(id="system-panel")
         self.models, self.status = ModelsTable(id="models-table"), Static(" reading the home…", id="status")
+        self.try_panel = TryPanel(str(self.home.root), id="try-panel")
         yield self.header
         yield self.banner
         yield self.needs
@@ -137,6 +139,8 @@ class OvernightApp(App[None]):
                     yield self.system
             with TabPane("Models", id="models"):
                 yield self.models
+            with TabPane("Try", id="try"):
+                yield self.try_panel
         yield self.status
         yield Footer(show_command_palette=False, compact=True)
 
@@ -223,6 +227,8 @@ class OvernightApp(App[None]):
             self.runs.show(snap)
             self.models.show(snap)
             self.system.show_runs(snap.runs)
+        selected = snap.run(self._selected)
+        self.try_panel.show(snap, selected.name if selected else None)
         if changed or self.tracker.pending:
             self._acknowledge(snap)
         detail = message.detail
@@ -256,6 +262,8 @@ class OvernightApp(App[None]):
             self.models.focus()
         elif event.pane.id == "evolution":
             self.evolution.table.focus()
+        elif event.pane.id == "try":
+            self.try_panel.prompt_input.focus()  # typing goes to the prompt; Esc or Tab leave it
         elif self.focused in (self.models, self.evolution.table):
             self.runs.focus()
 
@@ -277,7 +285,7 @@ class OvernightApp(App[None]):
         elif snap.events:
             status.update(" " + _ack_line(snap.events[0]))
         else:
-            status.update(" ↑↓ run · 1-5 tabs · r requeue · c compare · Tab focus · ? all keys")
+            status.update(" ↑↓ run · 1-6 tabs · r requeue · c compare · Tab focus · ? all keys")
 
     # --- selection ------------------------------------------------------------------------------------
     @on(RunsTable.Selected)

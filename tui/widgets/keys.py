@@ -11,7 +11,7 @@ from textual.widgets import Static
 KEYS = (
     ("↑ ↓", "select a run"),
     ("Enter", "on a sweep's row ▸: unfold its runs, ★ = the best (again: fold)"),
-    ("1 … 5", "Log · Charts · Evolution · System · Models"),
+    ("1 … 6", "Log · Charts · Evolution · System · Models · Try"),
     ("p", "pause the selected run, or resume it"),
     ("s", "stop it: checkpoint, resumable with r (asks first)"),
     ("k", "skip it: checkpoint, the queue goes on (asks first)"),

@@ -1,0 +1,87 @@
+"""The dashboard's Try tab, driven with Textual's Pilot at 80×24: the versions it picks, and real answers from the
+answers process while the real daemon trains a run beside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Input, Static
+
+from tests.conftest import DaemonProcess, overnight, wait_until
+from tests.conftest_trainer import reversal_records
+from tests.test_tui import app_for, drive, loaded, screen_text, until
+from tests.tui_fixtures import build_home
+from tui.widgets.trypanel import default_models, parse_models
+
+RECORDS = "".join(json.dumps(r) + "\n" for r in reversal_records(40, seed=2))
+FAST = ("batch_size = 4\nmax_length = 48\nlog_every = 1\nlearning_rate = 3e-3\nprobe_max_new_tokens = 4\n"
+        "eval_fraction = 0\nlora_dropout = 0.0\n")
+
+
+def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path) -> None:
+    fx = build_home(tmp_path / "home")
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("6")
+        await until(pilot, lambda: app.query_one("#try-models", Input).value, what="default versions")
+        assert app.query_one("#try-models", Input).value == "alpaca-small:2 alpaca-small:1 base"
+        assert app.focused is app.query_one("#try-prompt", Input)  # the tab opens ready to type
+        await pilot.press(*"q p s")  # typed into the prompt: no key of the dashboard fires
+        assert app.query_one("#try-prompt", Input).value == "q p s" and app.is_running
+        assert "Enter in the prompt asks each version" in str(app.query_one("#try-status", Static).render())
+    drive(app, body)
+
+
+def test_versions_typed_are_parsed_and_base_is_a_word() -> None:
+    assert parse_models("rev:2, rev:1  base") == (["rev:2", "rev:1"], True)
+    assert parse_models("rev") == (["rev"], False)
+    assert default_models((), None) == []
+
+
+@pytest.mark.e2e
+def test_answers_appear_while_a_run_keeps_training(home: Path, tiny_model: Path) -> None:
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "inbox" / "rev.toml").write_text(FAST + "max_steps = 6\nsave_every = 6\n")
+    (home / "inbox" / "rev.jsonl").write_text(RECORDS)
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300, check=True)
+    (home / "inbox" / "long.toml").write_text(FAST + "max_steps = 5000\nsave_every = 5000\nprobe_count = 0\n")
+    (home / "inbox" / "long.jsonl").write_text(RECORDS)
+    daemon = DaemonProcess(home)
+    try:
+        def training() -> dict[str, Any] | None:
+            runs = json.loads(overnight("runs", "--json", home=home).stdout or "[]")
+            return next((r for r in runs if r["name"] == "long" and (r.get("step") or 0) >= 1), None)
+        wait_until(training, 180, what="the long run training")
+        app = app_for(home)
+
+        async def body(pilot: Any) -> None:
+            await loaded(pilot)
+
+            def step() -> int:
+                run = next(r for r in app.snapshot.runs if r.name == "long")
+                return run.step or 0
+            await pilot.press("6")
+            await until(pilot, lambda: app.query_one("#try-models", Input).value == "rev:1 base", what="defaults")
+            await pilot.press(*"reverse: sun moon", "enter")
+            asked_at = step()
+            await until(pilot, lambda: app.try_panel.answered >= 1, timeout=240, what="the answers")
+            status = str(app.query_one("#try-status", Static).render())
+            assert "answered on cpu (no GPU)" in status, status
+            titles = [str(w.border_title) for w in app.query(".try-answer")]
+            assert titles == ["rev:1", "base"]
+            text = screen_text(app)
+            assert "rev:1" in text and "base" in text and "Traceback" not in text
+            answered_at = step()
+            await until(pilot, lambda: step() > answered_at, timeout=60, what="the run's next steps")
+            assert step() > asked_at
+        drive(app, body)
+        long = next(r for r in json.loads(overnight("runs", "--json", home=home).stdout) if r["name"] == "long")
+        assert long["state"] == "training", long
+    finally:
+        daemon.stop()
+    console = next((home / "runs").glob("long-*/console.log")).read_text()
+    assert "Traceback" not in console
