@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 from daemon.engine import runner
+from daemon.engine.executors.local import LocalJob
 from daemon.engine.runner import TrainerProcess
 
 
 def test_eta_counts_only_the_pace_of_training_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clock = [100.0]
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
-    t = TrainerProcess("r", tmp_path, proc=None)  # type: ignore[arg-type]
+    t = TrainerProcess("r", tmp_path, job=None)  # type: ignore[arg-type]
     assert t._eta(168, 2000, training=False) is None  # loading the model after a resume: no pace yet
     clock[0] += 30  # setup time must not count as step time
     assert t._eta(168, 2000, training=True) is None
@@ -52,7 +53,7 @@ def test_every_pair_of_requests_is_in_the_table() -> None:
 
 def test_the_trainer_is_told_once_and_keeps_the_request_in_force(tmp_path: Path) -> None:
     pipe = io.BytesIO()
-    t = TrainerProcess("r", tmp_path, proc=SimpleNamespace(stdin=pipe))  # type: ignore[arg-type]
+    t = TrainerProcess("r", tmp_path, job=LocalJob(SimpleNamespace(stdin=pipe)))  # type: ignore[arg-type]
     assert t.request_stop("shutdown") == "shutdown"
     assert pipe.getvalue() == b"resume\nstop\n"  # a paused trainer must step to checkpoint
     assert t.request_stop("skip") == "skip" and t.requested == "skip"  # the user's skip outranks the shutdown

@@ -21,6 +21,7 @@ from daemon.core.home import Home
 from daemon.core.rundir import RunFolder
 from daemon.core.states import State, StopRequest
 from daemon.engine.endstate import MAX_ATTEMPTS
+from daemon.engine.executors.local import LocalJob
 from daemon.engine.runner import TrainerProcess
 from daemon.engine.stall import StallWatch
 from daemon.engine.store import Store
@@ -38,7 +39,8 @@ class Exited:
     requested: StopRequest | None = None
     stall: StallWatch | None = None
     escalation: None = None
-    proc: Any = field(default_factory=lambda: SimpleNamespace(pid=4242))
+    job: Any = field(default_factory=lambda: LocalJob(SimpleNamespace(pid=4242)))  # the local executor's handle
+    pid = property(lambda self: self.job.pid)
 
     @property
     def folder(self) -> RunFolder:

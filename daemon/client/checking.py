@@ -147,6 +147,13 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
         verdict.add(f"notify: {', '.join(masked(u) for u in cfg.urls)} on {', '.join(cfg.on) or 'no events'}")
     if "base_model" in opts:
         verdict.add(f"base model: {', '.join(resolve(opts, None).base_models)}")
+    if opts.get("executor"):
+        from daemon.core.executortable import shared_fs_warning, summary
+        slurm = opts["executor"].get("kind") == "slurm"
+        warning = shared_fs_warning(path.resolve().parent) if slurm else None
+        verdict.add(summary(opts["executor"]), warning)
+        if warning:
+            verdict.data["warnings"] = [warning]
 
 
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:

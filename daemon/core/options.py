@@ -289,6 +289,20 @@ OPTIONS["torchrun"] = Option(
     "rdzv_backend, rdzv_endpoint, rdzv_id, rdzv_conf, master_addr, master_port, local_addr, max_restarts, "
     "monitor_interval", owner_only=True, live=True, validate=lambda source, v: _check_torchrun(source, v))
 
+# The owner's [executor] table: where runs train, this machine or a Slurm cluster (SPEC §12;
+# daemon/core/executortable.py, daemon/engine/executors/).
+OPTIONS["executor"] = Option(
+    "executor", dict, None, "where runs train: this machine (kind = \"local\") or a Slurm cluster, each run an sbatch "
+    "job ([executor] kind = \"slurm\", partition, account, qos, time_limit, gpus_per_run, nodes_per_run, "
+    "max_parallel_runs, extra_args)", allowed='a table: kind = "local" | "slurm", partition, account, qos, '
+    "time_limit, gpus_per_run, nodes_per_run, max_parallel_runs, extra_args (a list of sbatch options)",
+    owner_only=True, live=True, validate=lambda source, v: _check_executor(source, v))
+
+
+def _check_executor(source: Path | str, table: dict[str, Any]) -> None:
+    from daemon.core.executortable import check_table
+    check_table(source, table)
+
 
 def _check_serve(source: Path | str, table: dict[str, Any]) -> None:
     """[serve]: where `overnight serve` listens (daemon/web/server.py)."""

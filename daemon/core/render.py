@@ -122,6 +122,13 @@ def _reason(r: dict[str, Any]) -> str:
     return cut(first, REASON_CELLS)
 
 
+def fmt_job(r: dict[str, Any]) -> str:
+    """A run's Slurm job and its node: `12@node3`; `-` for none (the local executor)."""
+    if not r.get("job_id"):
+        return "-"
+    return f"{r['job_id']}@{r['node']}" if r.get("node") else str(r["job_id"])
+
+
 def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
     REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
@@ -129,14 +136,15 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
     reasons = [_reason(r) for r in runs]
-    head = ("RUN", "STATE", "GPU", "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
+    jobs = any(r.get("job_id") for r in runs)  # a Slurm home: where each run's job is
+    head = ("RUN", "STATE", "GPU", *(("JOB",) if jobs else ()), "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
     rows: list[tuple[str, ...]] = [head + (("REASON",) if any(reasons) else ())]
     for r, reason in zip(runs, reasons):
         eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
-        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE else "-"
+        gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE and not r.get("job_id") else "-"
         state = "held" if held and r["state"] == State.QUEUED else r["state"]
-        rows.append((r["id"], state, gpus, str(r["priority"]), _progress(r), fmt_loss(r["loss"]),
-                     fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
+        rows.append((r["id"], state, gpus, *((fmt_job(r),) if jobs else ()), str(r["priority"]), _progress(r),
+                     fmt_loss(r["loss"]), fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
                     + ((reason,) if any(reasons) else ()))
     lines = table(rows)
     queued = sum(r["state"] == State.QUEUED for r in runs)

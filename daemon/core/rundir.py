@@ -51,6 +51,11 @@ class RunFolder:
     tokens = property(lambda self: self.root / "tokens.npz")
     tensorboard = property(lambda self: self.root / "tensorboard")  # event files: `tensorboard --logdir runs/`
     eval_report = property(lambda self: self.root / "eval_report.json")  # the version's end-of-run report
+    # a trainer with no stdin from the daemon (a Slurm job) reads its commands here: every command of this job so
+    # far, one a line, rewritten atomically by the daemon (daemon/trainer/commands.py follows it)
+    commands = property(lambda self: self.root / "commands.txt")
+    job_script = property(lambda self: self.root / "job.sh")  # the sbatch script the daemon submits
+    job = property(lambda self: self.root / "job.json")  # the executor's job of the latest attempt: {"executor", "job_id", ...}
 
     def in_dataset(self, name: str) -> str:
         """config.json's name for a file of dataset/: relative, so a moved home still finds it."""

@@ -25,7 +25,7 @@ TIMING_KEYS = ("created", "started", "finished")
 # from metadata.json keeps them, with any key it does not know, in `extra`, and writes them back in place
 _FOLDER_KEYS = ("dataset", "train_seconds", "device", "versions")
 _META_KEYS = frozenset({"run_id", "name", "group", "status", "reason", "base_model", "priority", "seq", "attempts",
-                        "gpu_set", "metrics", "timings", "updated"})
+                        "gpu_set", "metrics", "timings", "updated", "job_id", "node"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +60,8 @@ class Run:
     resume_from: str | None = None
     updated: str | None = None
     gpu_set: tuple[int, ...] | None = None  # the GPUs its trainer was started on (NVML numbers); () = the CPU
+    job_id: str | None = None  # the Slurm job of its latest attempt (None: the local executor)
+    node: str | None = None  # the machine that job runs on
     # metadata.json keys that are no column (dataset, train_seconds, device, versions, model, unknown ones)
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
@@ -105,7 +107,8 @@ class Run:
                    priority=int(meta.get("priority") or 0), seq=meta.get("seq"), attempts=meta.get("attempts"),
                    gpu_set=None if gpus is None else tuple(parse_gpu_set(gpus)),
                    **{k: numbers.get(k) for k in METRIC_KEYS}, **{k: times.get(k) for k in TIMING_KEYS},
-                   updated=meta.get("updated"), extra=MappingProxyType(extra))
+                   updated=meta.get("updated"), job_id=meta.get("job_id"), node=meta.get("node"),
+                   extra=MappingProxyType(extra))
 
     def to_metadata(self) -> dict[str, Any]:
         """metadata.json's object, in the file's key order: the row's part from the fields, the folder's part
@@ -132,6 +135,8 @@ class Run:
             "versions": folder["versions"],
             "updated": self.updated,
         }
+        if self.job_id:  # a Slurm run: a rebuilt DB still knows its job, so no second one is submitted
+            meta.update(job_id=self.job_id, node=self.node)
         meta.update(extra)
         return meta
 

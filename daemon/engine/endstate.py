@@ -23,6 +23,8 @@ class TrainerExit:
     crash: str  # what killed it, in words: "trainer killed by signal SIGKILL", "trainer exited with code 1: …"
     reason: str | None = None  # result.json's reason
     home: str = ""  # the home, for the full-disk Fix
+    interrupted: str | None = None  # what ended it from outside the trainer, resumable (a Slurm job's scancel,
+    # time limit, preemption, failed node: daemon/engine/executors/slurm.py), in words
 
 
 def end_state(e: TrainerExit) -> tuple[State, str | None]:
@@ -41,6 +43,10 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
         return State.QUEUED, f"restarted after a stall; resuming from its last checkpoint {attempt}"
     if e.request == StopRequest.SHUTDOWN:
         return State.QUEUED, "daemon stopped; resumes from its last checkpoint"
+    if e.interrupted:  # the trainer checkpointed (or was killed): a new job resumes it
+        if retry:
+            return State.QUEUED, f"{e.interrupted}; resumes from its last checkpoint"
+        return State.FAILED, f"{e.interrupted}, {MAX_ATTEMPTS} times in a row without a new checkpoint"
     if e.disk_full and retry:
         return State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then resumes from its "
                               f"last complete checkpoint. Fix: free space on the disk of {e.home}")

@@ -1,13 +1,11 @@
-"""Start, command, and reap the trainer subprocess; mirror its run-folder files into the DB.
+"""Start, command, and reap a trainer (through its executor's `Job`); mirror its run-folder files into the DB.
 
 The trainer writes only its run folder; the daemon reads it here. The files are the truth: the DB rows for
-metrics and evolution are a mirror that can always be rebuilt from them.
+metrics and evolution are a mirror that can always be rebuilt from them. Where the trainer runs (a subprocess
+here, a Slurm job) is the executor's business (daemon/engine/executors/).
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,10 @@ from typing import Any
 from daemon.core.launch import is_trainer_cmdline, trainer_command
 from daemon.core.rundir import JsonlTail, RunFolder
 from daemon.core.gpus import Slot
+from daemon.engine.executors import Executor, Job
+from daemon.engine.executors.local import LocalExecutor, signal_group
+
+__all__ = ["TrainerProcess", "leftover_trainers", "progress_mark", "signal_group", "stop_request", "trainer_processes"]
 from daemon.engine.stall import Escalation, StallWatch
 from daemon.core.states import Phase, StopRequest
 from daemon.engine.store import Store
@@ -35,7 +37,7 @@ class TrainerProcess:
 
     run_id: str
     run_dir: Path
-    proc: subprocess.Popen
+    job: Job  # the executor's handle: a local subprocess, a Slurm job
     requested: StopRequest | None = None  # what the daemon asked of it
     paused: bool = False
     folder: RunFolder = field(init=False)
@@ -54,37 +56,37 @@ class TrainerProcess:
     @classmethod
     def start(cls, run_id: str, run_dir: Path, env: dict[str, str] | None = None,
               command: list[str] | None = None, slot: Slot | None = None,
-              stall: StallWatch | None = None) -> "TrainerProcess":
-        """Launch the trainer with stdin as its command pipe and console.log as stdout+stderr.
+              stall: StallWatch | None = None, executor: Executor | None = None) -> "TrainerProcess":
+        """Launch the trainer through `executor` (default: a local subprocess, stdin its command pipe, console.log
+        its stdout+stderr).
 
         `command`: `daemon.core.launch.trainer_command(...)` (default: one process). Under torchrun, rank 0 reads the
-        pipe (every worker inherits it) and all ranks' output goes to console.log (only rank 0 prints there).
+        commands (every worker inherits the pipe) and all ranks' output goes to console.log (only rank 0 prints).
 
         An earlier attempt's result.json goes first: the daemon judges this attempt by the result.json it finds
         when it ends, and a trainer killed before it writes one (kill -9) must not be taken for one that ended
         as the earlier attempt did (a "stopped" of an earlier attempt made a killed trainer look like a failure)."""
         RunFolder(run_dir).result.unlink(missing_ok=True)
-        with open(RunFolder(run_dir).console, "ab") as console:
-            proc = subprocess.Popen(
-                command or trainer_command(run_dir), stdin=subprocess.PIPE, stdout=console, stderr=subprocess.STDOUT,
-                cwd=run_dir, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                start_new_session=True,  # Ctrl-C reaches the daemon only; the daemon relays a clean stop
-            )
-        return cls(run_id, run_dir, proc, slot=slot or Slot(), stall=stall)
+        job = (executor or LocalExecutor()).submit(run_id, Path(run_dir), command or trainer_command(run_dir),
+                                                   env or {})
+        return cls(run_id, run_dir, job, slot=slot or Slot(), stall=stall)
 
     def __post_init__(self) -> None:
         self.folder = RunFolder(self.run_dir)
         self.tails = {"metrics": JsonlTail(self.folder.metrics), "evolution": JsonlTail(self.folder.evolution)}
 
+    @property
+    def pid(self) -> int | None:
+        return self.job.pid
+
+    @property
+    def proc(self) -> Any:
+        """A local trainer's Popen (tests drive it directly)."""
+        return getattr(self.job, "proc", None)
+
     def send(self, command: str) -> bool:
-        """Write one command line to the trainer; False when it is already gone."""
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(f"{command}\n".encode())
-            self.proc.stdin.flush()
-            return True
-        except (BrokenPipeError, OSError):
-            return False
+        """Send one command to the trainer; False when it is already gone."""
+        return self.job.command(command)
 
     def request_stop(self, reason: str) -> str:
         """Ask the trainer to checkpoint and exit; returns the request in force (`stop_request`'s rule).
@@ -103,8 +105,8 @@ class TrainerProcess:
         self.send("pause" if paused else "resume")
 
     def kill(self) -> None:
-        """SIGKILL the trainer's process group (it has its own session): the last resort for a frozen trainer."""
-        self.signal("SIGKILL")
+        """End the trainer now (SIGKILL its process group; scancel): the last resort for a frozen trainer."""
+        self.job.cancel()
 
     def restart_frozen(self) -> None:
         """A stall with stall_action = "restart": a frozen process reads no command and may ignore SIGTERM
@@ -119,13 +121,13 @@ class TrainerProcess:
         return self.escalation
 
     def signal(self, name: str) -> None:
-        signal_group(self.proc.pid, name)
+        self.job.signal(name)
 
     def progress_mark(self) -> tuple[int, object]:
         return progress_mark(self.folder)
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        return self.job.poll()
 
     def progress(self) -> dict[str, Any]:
         return self.folder.read_progress()
@@ -135,7 +137,7 @@ class TrainerProcess:
 
         Records read from the files stay pending until their DB write succeeds: a full disk or a DB another process
         holds locked delays the mirror, never loses a record (the failed write raises; the next pass tries again)."""
-        fields: dict[str, Any] = {"pid": self.proc.pid}  # also when the write of it at the start failed
+        fields: dict[str, Any] = {"pid": self.job.pid}  # also when the write of it at the start failed
         metrics = self._store_new("metrics", store)
         if metrics:
             train = [m for m in metrics if m.get("loss") is not None]
@@ -193,53 +195,13 @@ class TrainerProcess:
         self._restart(kind)
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self.job.wait(timeout)
 
-    def close_stdin(self) -> None:
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        except OSError:
-            pass
+    def release(self) -> None:
+        """The daemon is going away (`Job.release`)."""
+        self.job.release()
 
-
-def signal_group(pid: int, name: str) -> None:
-    """Send a signal to a trainer's process group (it has its own session: data loader workers too).
-
-    torchrun starts each worker in a session of its own, out of reach of the launcher's group: their groups are
-    signalled too. SIGTERM goes to the workers only: each checkpoints and exits, and the launcher then exits by
-    itself with their code (torchrun would pass a SIGTERM of its own on, then SIGKILL workers still saving after
-    30 s)."""
-    sig = signal.Signals[name]
-    groups = _worker_groups(pid)
-    if sig != signal.SIGTERM or not groups:
-        groups.append(pid)
-    for group in groups:
-        try:
-            os.killpg(group, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _worker_groups(pid: int) -> list[int]:
-    """Process groups of `pid`'s descendants that lead a group other than `pid`'s (torchrun's workers)."""
-    import psutil
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    groups = []
-    for child in children:
-        try:
-            group = os.getpgid(child.pid)
-        except OSError:
-            continue
-        if group != pid and group not in groups:
-            groups.append(group)
-    return groups
+    close_stdin = release  # a local trainer: EOF on its stdin
 
 
 def progress_mark(folder: RunFolder) -> tuple[int, object]:

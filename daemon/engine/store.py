@@ -35,7 +35,7 @@ RUN_COLUMNS: dict[str, type] = {
     "base_model": str, "state": str, "reason": str, "priority": int, "seq": int, "run_dir": str,
     "created": str, "started": str, "finished": str, "step": int, "max_steps": int, "epoch": float,
     "loss": float, "eval_loss": float, "tokens_per_s": float, "eta_s": float, "pid": int, "attempts": int,
-    "resume_from": str, "updated": str, "gpu_set": str,
+    "resume_from": str, "updated": str, "gpu_set": str, "job_id": str, "node": str,
 }
 
 
@@ -84,11 +84,16 @@ def _m6_rungs(db: sqlite_utils.Database) -> None:
                        pk=("run_id", "rung"))
 
 
-_LATER_RUN_COLUMNS = ("gpu_set",)  # runs columns that a migration after the first adds
+def _m7_run_job(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("job_id", str)  # the Slurm job of its latest attempt (daemon/engine/executors/slurm.py)
+    db["runs"].add_column("node", str)  # the node that job runs on
+
+
+_LATER_RUN_COLUMNS = ("gpu_set", "job_id", "node")  # runs columns that a migration after the first adds
 
 # Each migration is a small function; a DB at version N runs migrations N+1.. in order.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_daemon_problem, _m3_model_parent,
-                                                              _m4_run_gpu_set, _m5_command_id, _m6_rungs]
+                                                              _m4_run_gpu_set, _m5_command_id, _m6_rungs, _m7_run_job]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

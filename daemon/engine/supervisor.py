@@ -5,6 +5,8 @@ trainer every pass (its files into the DB, its phase, a stall, a stop it does no
 into the run's end state (daemon/engine/endstate.py), `stop_all` checkpoints every trainer at shutdown and `recover`
 requeues what a dead daemon left active. The Daemon (scheduler.py) owns the loop and hands in what the supervisor
 must not reach back for: the state transition, the fault guard, notifications, hooks and the disk report.
+Where a trainer runs is its executor's (daemon/engine/executors/: a local subprocess, or a Slurm job that outlives
+the daemon and that the next daemon follows by its job id).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Any, Callable
 
 import psutil
 
-from daemon.core import asha, gpus, launch, rundir, sweep
+from daemon.core import asha, rundir, sweep
+from daemon.core.errors import ExecutorError
 from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
 from daemon.core.log import log
@@ -27,7 +30,10 @@ from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State
 from daemon.core.timefmt import iso
 from daemon.engine import hooks, notify, pruning, registry, search
 from daemon.engine.endstate import TrainerExit, end_state
-from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mark, signal_group
+from daemon.engine.executors import Executor, for_config
+from daemon.engine.executors.local import signal_group
+from daemon.engine.executors.slurm import SlurmExecutor
+from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mark
 from daemon.engine.stall import Escalation, StallWatch, grace_of
 from daemon.engine.store import Store, busy_problem
 
@@ -76,7 +82,11 @@ class Supervisor:
 
     def stalled(self) -> list[str]:
         """What each stalled trainer's PROBLEM line says."""
-        return [a.stall.message(a.run_id, a.proc.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
+        return [a.stall.message(a.run_id, a.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
+
+    def executor(self, owner: dict[str, Any] | None = None) -> Executor:
+        """The owner's executor now ([executor] in overnight.toml); a running trainer keeps the one it started on."""
+        return for_config(self.options() if owner is None else owner)
 
     # --- starting -------------------------------------------------------------------------------------
     def start_next(self) -> None:
@@ -87,7 +97,7 @@ class Supervisor:
             return
         owner = self.options()
         try:
-            slots = gpus.plan(owner, os.environ)
+            slots = self.executor(owner).slots(owner)
         except GpuChoiceError as e:
             if not self.trainers:  # a choice no run can train under: the next one fails with the fix
                 self.fail_before_start(queued[0], str(e))
@@ -112,7 +122,7 @@ class Supervisor:
     def free_slots(self) -> int:
         """How many more runs could start now (preemption asks only when none could)."""
         try:
-            return len(self._free(gpus.plan(self.options(), os.environ)))
+            return len(self._free(self.executor().slots(self.options())))
         except GpuChoiceError:
             return 0
 
@@ -136,19 +146,31 @@ class Supervisor:
         rung = pruning.target_rung(self.store, run, run_options(run))
         if rung is not None:  # an ASHA trial: the trainer stops at this rung's step (daemon/core/asha.py)
             env[asha.RUNG_ENV] = str(rung)
+        executor = self.executor(owner)
         resuming = f", resuming from {ckpt.name}" if ckpt else ""
-        rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}{resuming}; {slot.label}; "
-                                       f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
-        table = owner.get("torchrun")
-        command = launch.trainer_command(run_dir, launch.nproc_for(len(slot.devices), table), table)
-        a = TrainerProcess.start(run["id"], run_dir, env=env, command=command, slot=slot, stall=StallWatch(
-            60 * float(setting(owner, "stall_minutes")), str(setting(owner, "stall_action"))))
-        self.trainers[run["id"]] = a
+        rundir.append_console(run_dir, f"overnight: starting trainer (attempt {attempt}{resuming}; "
+                                       f"{executor.where(slot, env)})")
+        command = executor.command(run_dir, slot, owner.get("torchrun"))
+        try:
+            a = TrainerProcess.start(run["id"], run_dir, env=env, command=command, slot=slot, executor=executor,
+                                     stall=self._stall_watch(owner))
+        except ExecutorError as e:  # Slurm refused the job: said once, with the fix; the queue goes on
+            self.fail_before_start(run, str(e))
+            return True
+        self._follow(a)
+        self.store.update_run(run["id"], pid=a.pid, job_id=a.job.job_id, node=None)
+        log.info(f"started {run['id']} on {slot.label} ({a.job.label}{', resume from ' + ckpt.name if ckpt else ''})")
+        return True
+
+    @staticmethod
+    def _stall_watch(owner: dict[str, Any]) -> StallWatch:
+        return StallWatch(60 * float(setting(owner, "stall_minutes")), str(setting(owner, "stall_action")))
+
+    def _follow(self, a: TrainerProcess) -> None:
+        """Watch `a` from now on; its metrics and evolution files are mirrored into the DB afresh."""
+        self.trainers[a.run_id] = a
         for kind in ("metrics", "evolution"):
             a.reset(kind, self.store)
-        self.store.update_run(run["id"], pid=a.proc.pid)
-        log.info(f"started {run['id']} on {slot.label} (PID {a.proc.pid}{', resume from ' + ckpt.name if ckpt else ''})")
-        return True
 
     def fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
@@ -171,15 +193,28 @@ class Supervisor:
         progress = a.progress()
         phase = progress.get("state") or ""
         # progress.json of an earlier attempt says nothing about this process until it writes its own
-        own = progress.get("pid") == a.proc.pid
+        own = a.job.owns(progress)
         self._watch_stall(a, phase if own else Phase.PREPARING, int(progress.get("step") or 0))
         run = self.store.get_run(a.run_id)
+        node = a.job.node()
+        if run and node and node != run.get("node"):
+            fields["node"] = node
         if fields:
             self.store.update_run(a.run_id, **fields)
-        if run and phase in (Phase.TRAINING, Phase.PAUSED) and run["state"] != phase and a.poll() is None:
+        waiting = a.job.waiting()
+        if run and a.poll() is None and self._wait_changed(run, waiting, a.job.label):
+            self.transition(a.run_id, State.PREPARING, waiting)  # a Slurm job in the queue (again, after a requeue)
+        elif run and own and phase in (Phase.TRAINING, Phase.PAUSED) and run["state"] != phase and a.poll() is None:
             self._follow_phase(a, State(phase), progress)
         if a.poll() is not None:
             self.finish(a)
+
+    @staticmethod
+    def _wait_changed(run: dict[str, Any], waiting: str | None, label: str) -> bool:
+        """The job went into the scheduler's queue (or out of it): the run shows it while preparing."""
+        if waiting:
+            return (run["state"], run["reason"]) != (State.PREPARING, waiting)
+        return run["state"] == State.PREPARING and (run["reason"] or "").startswith(f"{label} pending")
 
     def _follow_phase(self, a: TrainerProcess, state: State, progress: dict[str, Any]) -> None:
         """The run's state follows the trainer into training and into a pause (a disk-low pause is told)."""
@@ -197,7 +232,7 @@ class Supervisor:
             if was_stalled and not a.stall.stalled:
                 log.info(f"{a.run_id}: training steps again (step {step})")
             return
-        message = a.stall.message(a.run_id, a.proc.pid)
+        message = a.stall.message(a.run_id, a.pid)
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
         tell(self.notifier, "stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
@@ -215,7 +250,7 @@ class Supervisor:
         sig = escalation.observe(a.progress_mark(), time.monotonic())
         if sig:
             waited = escalation.grace_s if sig == "SIGTERM" else escalation.kill_s
-            msg = (f"{a.run_id}: the trainer (PID {a.proc.pid}) showed no progress for {waited:g} s after the "
+            msg = (f"{a.run_id}: the trainer ({a.job.label}) showed no progress for {waited:g} s after the "
                    f"{a.requested} request; sending {sig}")
             log.warning(msg)
             rundir.append_console(a.run_dir, f"overnight: {msg}")
@@ -232,7 +267,7 @@ class Supervisor:
         state, reason = end_state(TrainerExit(
             outcome=_outcome(result.get("outcome")), request=a.requested, exit_code=rc,
             attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
-            reason=result.get("reason"), home=str(self.home.root)))
+            reason=result.get("reason"), home=str(self.home.root), interrupted=a.job.interrupted()))
         fields.update(pid=None)
         if state == State.QUEUED and (result.get("reason") or "").startswith(asha.RUNG_STOP):
             run = self.store.get_run(a.run_id)
@@ -247,9 +282,10 @@ class Supervisor:
         # pass (the transition and the registration are idempotent)
         version, waits = self._register(run) if state == State.COMPLETED else (None, False)
         self.trainers.pop(a.run_id, None)
-        rundir.append_console(a.run_dir, f"overnight: trainer exited with code {rc}; run {state}"
+        ended = "trainer" if a.job.pid else a.job.label
+        rundir.append_console(a.run_dir, f"overnight: {ended} exited with code {rc}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
-        log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} (trainer exit code {rc})")
+        log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} ({ended} exit code {rc})")
         self._tell_end(run, state, reason, version, waits, result)
 
     def _register(self, run: dict[str, Any]) -> tuple[int | None, bool]:
@@ -299,23 +335,31 @@ class Supervisor:
 
     @staticmethod
     def _crash_reason(a: TrainerProcess, rc: int | None) -> str:
+        if a.job.refused():
+            return str(a.job.refused())
         if rc is not None and rc < 0:
             return f"trainer killed by signal {signal.Signals(-rc).name}"
         tail = [ln for ln in rundir.read_tail(a.folder.console).splitlines() if ln.strip()]
         return f"trainer exited with code {rc}: {tail[-1][:300] if tail else 'no output'}"
 
     def stop_all(self) -> None:
-        """Shutdown: every trainer checkpoints and exits (its run goes back to the queue, to resume at the next
-        start); one that shows no progress is escalated to SIGTERM, then SIGKILL."""
+        """Shutdown: every local trainer checkpoints and exits (its run goes back to the queue, to resume at the next
+        start); one that shows no progress is escalated to SIGTERM, then SIGKILL. A Slurm job runs on: the next
+        daemon follows it by its job id."""
+        for a in [a for a in self.trainers.values() if a.job.outlives_daemon]:
+            self.trainers.pop(a.run_id)
+            rundir.append_console(a.run_dir, f"overnight: the daemon stops; {a.job.label} runs on (the next daemon "
+                                             f"follows it)")
+            log.info(f"{a.run_id}: {a.job.label} runs on; the next daemon follows it")
         for a in self.trainers.values():
             a.request_stop("shutdown")
-            a.close_stdin()
+            a.release()
         for a in list(self.trainers.values()):
             while a.wait(0.5) is None:
                 for b in self.trainers.values():
                     self.guard("escalate", lambda: self._escalate(b))
                 if a.escalation and a.escalation.sent == "SIGKILL" and a.wait(30) is None:
-                    log.error(f"trainer of {a.run_id} (PID {a.proc.pid}) survived SIGKILL (stuck in the kernel?); "
+                    log.error(f"trainer of {a.run_id} ({a.job.label}) survived SIGKILL (stuck in the kernel?); "
                               f"leaving it: the next daemon ends it at start")
                     break
             # a DB that cannot be written now (disk full) still says "training": the next start requeues the run
@@ -323,9 +367,13 @@ class Supervisor:
 
     # --- recovery -------------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Runs the DB says were active when the last daemon died go back to the queue, to resume."""
-        self._end_leftover_trainers()
+        """Runs the DB says were active when the last daemon died go back to the queue, to resume; a run whose
+        Slurm job is still known to Slurm is followed again instead (never a second job for one run)."""
+        followed = self._follow_jobs()
+        self._end_leftover_trainers(followed)
         for run in self.store.runs_in(ACTIVE):
+            if run["id"] in followed:
+                continue
             run_dir = Path(run["run_dir"])
             ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
@@ -333,10 +381,28 @@ class Supervisor:
             rundir.append_console(run_dir, f"overnight: {reason}")
             log.info(f"recovered {run['id']}: {reason}")
 
-    def _end_leftover_trainers(self) -> None:
+    def _follow_jobs(self) -> set[str]:
+        """Active runs with a job id: the jobs Slurm still knows are followed again; their run ids."""
+        owner = self.options()
+        for run in self.store.runs_in(ACTIVE):
+            if not run.get("job_id"):
+                continue
+            job = SlurmExecutor(owner.get("executor") or {}).follow(run)
+            if job is None:
+                continue
+            a = TrainerProcess(run["id"], Path(run["run_dir"]), job, stall=self._stall_watch(owner))
+            self._follow(a)
+            rundir.append_console(a.run_dir, f"overnight: the daemon restarted; following {job.label} again")
+            log.info(f"following {run['id']}'s {job.label} again (started by an earlier daemon)")
+        return set(self.trainers)
+
+    def _end_leftover_trainers(self, followed: set[str]) -> None:
         """Never two trainers on one run folder: a trainer an earlier daemon left running is asked to checkpoint
-        and exit (SIGTERM, and SIGCONT in case it was stopped), then ended if it shows no progress."""
+        and exit (SIGTERM, and SIGCONT in case it was stopped), then ended if it shows no progress. A followed
+        Slurm job's trainer (on this machine when the cluster is this machine) is left to it."""
         for proc, run_dir in leftover_trainers(self.home.runs):
+            if run_dir.name in followed:
+                continue
             msg = (f"found the trainer of {run_dir.name} (PID {proc.pid}) left running by an earlier daemon: "
                    f"asking it to checkpoint and exit")
             log.warning(msg)

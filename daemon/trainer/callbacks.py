@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,15 @@ def _replace_json(path: Path, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _slurm_job() -> dict[str, Any]:
+    """Under Slurm: the job, which run of it (requeues), and the node, so the daemon knows whose progress it reads
+    and where the run trains (daemon/engine/executors/slurm.py)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    return {"job_id": job, "restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0), "node": socket.gethostname()}
+
+
 @dataclass
 class Progress:
     """progress.json, written atomically: at most every PROGRESS_INTERVAL_S, and at once on a state change.
@@ -80,7 +90,8 @@ class Progress:
             _replace_json(self.path, {"state": self.state, "step": self.step, "max_steps": self.max_steps,
                                    "epoch": round(self.epoch, 4), "pid": ddp.launcher_pid(),
                                    "trainer_pid": os.getpid(), "device": self.device,
-                                   "device_name": self.device_name, "reason": self.reason, "updated": _iso_ms()})
+                                   "device_name": self.device_name, "reason": self.reason, "updated": _iso_ms(),
+                                   **_slurm_job()})
 
 
 @dataclass

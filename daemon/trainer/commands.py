@@ -1,8 +1,13 @@
-"""The daemon → trainer command channel: stdin lines, signals, and the parent-death signal.
+"""The daemon → trainer command channel: stdin lines (or the run folder's command file), signals, and the
+parent-death signal.
 
-A reader thread turns stdin lines into flags the training callbacks poll at step boundaries:
+A reader thread turns command lines into flags the training callbacks poll at step boundaries:
 `pause`, `resume`, `stop` (EOF on stdin counts as stop: the trainer never outlives its daemon).
 SIGTERM/SIGINT also mean stop; PR_SET_PDEATHSIG delivers SIGTERM if the daemon dies without closing the pipe.
+A trainer with no stdin from the daemon (a Slurm job: daemon/engine/executors/slurm.py) is started with
+`OVERNIGHT_COMMAND_FILE` naming its run folder's commands.txt, every command of its job so far, one a line,
+rewritten atomically by the daemon: the thread reads the lines it has not seen yet, every POLL_S. It acknowledges
+them as it does stdin's (console.log, progress.json); the daemon going away does not stop it (Slurm ends the job).
 
 Under torchrun only rank 0 reads stdin (every worker inherits the pipe); `Commands.sync` is where the ranks agree,
 at each step boundary: a stop on any rank (SIGTERM reaches each) stops all, and rank 0's pause holds all.
@@ -10,13 +15,18 @@ at each step boundary: a stop on any rank (SIGTERM reaches each) stops all, and 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, NamedTuple, TextIO
 
 PR_SET_PDEATHSIG = 1
+COMMAND_FILE_ENV = "OVERNIGHT_COMMAND_FILE"
+POLL_S = 0.5
 
 
 class Decision(NamedTuple):
@@ -59,21 +69,41 @@ class Commands:
 
 def _read_commands(stream: TextIO, commands: Commands, log: Callable[[str], None]) -> None:
     for raw in stream:
-        line = raw.strip().lower()
-        if not line:
-            continue
-        if line == "pause":
-            commands.paused.set()
-            log("command received: pause (halting at the next step boundary)")
-        elif line == "resume":
-            commands.paused.clear()
-            log("command received: resume")
-        elif line in ("stop", "skip", "preempt"):
-            log(f"command received: {line} (saving a checkpoint at the next step boundary)")
-            commands.request_stop(f"{line} requested")
-        else:
-            log(f"command ignored: unknown command {line!r} (known: pause, resume, stop)")
+        _apply(raw, commands, log)
     commands.request_stop("stdin closed (the daemon went away)")
+
+
+def _follow_file(path: Path, commands: Commands, log: Callable[[str], None]) -> None:
+    """Apply each line the daemon adds to the command file (a shorter file is a new job's: read from its start)."""
+    seen = 0
+    while True:
+        time.sleep(POLL_S)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue  # not written yet
+        if len(lines) < seen:
+            seen = 0
+        for raw in lines[seen:]:
+            _apply(raw, commands, log)
+        seen = len(lines)
+
+
+def _apply(raw: str, commands: Commands, log: Callable[[str], None]) -> None:
+    line = raw.strip().lower()
+    if not line:
+        return
+    if line == "pause":
+        commands.paused.set()
+        log("command received: pause (halting at the next step boundary)")
+    elif line == "resume":
+        commands.paused.clear()
+        log("command received: resume")
+    elif line in ("stop", "skip", "preempt"):
+        log(f"command received: {line} (saving a checkpoint at the next step boundary)")
+        commands.request_stop(f"{line} requested")
+    else:
+        log(f"command ignored: unknown command {line!r} (known: pause, resume, stop)")
 
 
 def set_parent_death_signal() -> None:
@@ -88,7 +118,8 @@ def set_parent_death_signal() -> None:
 
 
 def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Commands:
-    """Install signal handlers and the stdin reader; return the shared flags."""
+    """Install signal handlers and the command reader (the command file when OVERNIGHT_COMMAND_FILE names one,
+    else stdin); return the shared flags."""
     commands = Commands()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -99,7 +130,13 @@ def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Com
     set_parent_death_signal()
     from daemon.trainer import ddp
 
-    if read_stdin and ddp.is_main():
+    if not ddp.is_main():
+        return commands
+    command_file = os.environ.get(COMMAND_FILE_ENV)
+    if command_file:
+        threading.Thread(target=_follow_file, args=(Path(command_file), commands, log),
+                         name="commands", daemon=True).start()
+    elif read_stdin:
         threading.Thread(target=_read_commands, args=(sys.stdin, commands, log), name="commands",
                          daemon=True).start()
     return commands
