@@ -74,6 +74,9 @@ def test_a_version_that_forgets_its_parents_answers_is_reported_told_once_and_ne
         assert report["regressed"] and v2["metrics"]["report"]["regressed"] is True
         assert models[1]["active"] and not v2["active"]  # the alarm: v1 stays the active version
         assert report["forgetting"]["before"] == "parent" and report["forgetting"]["score"] is not None
+        # no eval file of its own: v2 is scored on v1's, beside v1 and the base, and the A records it lost are listed
+        assert set(report["eval"]["scores"]) == {"version", "parent", "base"}
+        assert {x["prompt"] for x in report["lost"] if x["source"] == "eval"} == lost
 
         text = overnight("models", home=home, check=True).stdout
         assert "REGRESSED" in text and "lost probe: 'name of" in text
@@ -85,9 +88,38 @@ def test_a_version_that_forgets_its_parents_answers_is_reported_told_once_and_ne
         assert v3["parent"] == "task:1" and _report(v3)["lost"] == [] and not _report(v3)["regressed"]
         assert v3["active"] and not models[1]["active"]
 
+        _dashboard_marks_the_regressed_version_and_what_it_lost(home, v2)
+
         regressed = webhook.about("regressed")
         assert len(regressed) == 1 and "task v2" in regressed[0]["title"]
         assert "1 probe" in regressed[0]["message"] or "probe(s)" in regressed[0]["message"]
         assert len(webhook.about("completed")) == 3
     finally:
         webhook.stop()
+
+
+def _dashboard_marks_the_regressed_version_and_what_it_lost(home: Path, v2: dict) -> None:
+    """At 80×24: the Models tab says v2 is regressed; v2's evolution view marks the A probes lost since task:1."""
+    from textual.widgets import DataTable
+
+    from tests.test_tui import app_for, cell_text, drive, loaded, static_text, until
+
+    app = app_for(home)
+
+    async def body(pilot) -> None:
+        await loaded(pilot)
+        await pilot.press("5")
+        models = app.query_one("#models-table", DataTable)
+        await until(pilot, lambda: models.row_count == 3, what="three versions")
+        assert cell_text(models, "task:2", "state") == "regressed" and cell_text(models, "task:1", "state") == ""
+        await pilot.press("1")
+        for _ in range(3):  # the runs list, newest first: down to v2's run
+            if app.selected_run and app.selected_run.id == v2["run_id"]:
+                break
+            await pilot.press("down")
+        await until(pilot, lambda: app.selected_run and app.selected_run.id == v2["run_id"], what="v2's run")
+        await pilot.press("3")
+        await until(pilot, lambda: "lost since task:1" in static_text(app, "#evo-summary"), what="lost mark")
+        table = app.query_one("#evo-table", DataTable)
+        assert cell_text(table, "lost-0", "status") == "✗ lost since task:1"
+    drive(app, body)

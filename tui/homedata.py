@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core import control, morning, rundir, sweep
-from daemon.core.evolution import EvolutionReport, analyze, is_probe_record, no_probes
+from daemon.core.evolution import EvolutionReport, analyze, is_probe_record, no_probes, with_lost
 from daemon.core.home import Home, daemon_alive
 from daemon.core.morning import FailedRun, RejectedDrop
 from daemon.core.queries import Reader
@@ -79,6 +79,9 @@ class ModelRow:
     final_loss: float | None
     eval_loss: float | None
     parent: str | None = None  # what it continued from: `NAME:VERSION`, or an adapter folder (daemon.engine.lineage)
+    rouge_l: float | None = None  # its eval report's (daemon/core/evalreport.py): ROUGE-L on the eval file
+    forgetting: float | None = None  # the general-text loss's rise since its parent (or the base)
+    regressed: bool = False  # it lost answers its parent had right, or its forgetting passed forgetting_alarm
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ def _model_row(row: dict[str, Any]) -> ModelRow:
                     base_model=row.get("base_model"), active=bool(row.get("active")), created=row.get("created"),
                     deleted=row.get("deleted"), adapter_path=row.get("adapter_path"),
                     final_loss=metrics.get("final_loss"), eval_loss=metrics.get("eval_loss"),
-                    parent=row.get("parent"))
+                    parent=row.get("parent"), rouge_l=(metrics.get("report") or {}).get("rougeL"),
+                    forgetting=(metrics.get("report") or {}).get("forgetting"),
+                    regressed=bool((metrics.get("report") or {}).get("regressed")))
 
 
 def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
@@ -404,6 +409,7 @@ class EvolutionTail:
         self._report: EvolutionReport | None = None
         self._no_probes: EvolutionReport | None = None  # a run without probes never gets a file: this says why
         self._stats_seen: float | None | bool = False  # stats.json's mtime when no_probes last looked
+        self._report_seen: float | None = None  # eval_report.json's mtime when what was lost was last read
 
     def report(self) -> EvolutionReport | None:
         """None until the file exists, unless the run has no probes (a report saying why, kept: that is final)."""
@@ -412,8 +418,10 @@ class EvolutionTail:
             self._records, self._report = [], None
         new = [r for r in update.records if is_probe_record(r)]
         self._records += new
-        if new or (self._report is None and self._tail.path.exists()):
-            self._report = analyze(self._records)
+        seen = _mtime(RunFolder(self._run_dir).eval_report)  # written once, when the run completes
+        if new or (self._report is None and self._tail.path.exists()) or seen != self._report_seen:
+            self._report_seen = seen
+            self._report = with_lost(analyze(self._records), self._run_dir)
         if self._report is not None and self._report.probes:
             return self._report
         if self._no_probes is None and self._stats_seen != (seen := _mtime(RunFolder(self._run_dir).stats)):

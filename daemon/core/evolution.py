@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable
@@ -147,6 +147,10 @@ class EvolutionReport:
     forgotten: int = 0
     total: int = 0
     no_probes: str | None = None  # why this run will never have a snapshot (see `no_probes`); None: it may
+    # what the version lost since its parent: the parent's probes and eval records it answered right and this run's
+    # version does not (its eval report, daemon/core/evalreport.py); `parent` names the version it continued from
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (`overnight evolution RUN --json`)."""
@@ -264,12 +268,28 @@ def no_probes(run_dir: Path) -> str | None:
 
 
 def run_report(run_dir: Path, records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
-    """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it)."""
-    report = analyze(records, threshold)
+    """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it);
+    with what its version lost since its parent, once its eval report is written."""
+    report = with_lost(analyze(records, threshold), run_dir)
     if report.probes:
         return report
     reason = no_probes(run_dir)
     return replace(report, no_probes=reason, summary=reason) if reason else report
+
+
+def with_lost(report: EvolutionReport, run_dir: Path) -> EvolutionReport:
+    """The report with what the run's version lost since its parent (eval_report.json's `lost`), if it says."""
+    from daemon.core.atomic import read_json
+    from daemon.core.rundir import RunFolder
+
+    try:
+        data = read_json(RunFolder(run_dir).eval_report, {}) or {}
+    except (OSError, ValueError):
+        return report
+    lost = data.get("lost") if isinstance(data, dict) else None
+    if not isinstance(lost, list):
+        return report
+    return replace(report, lost=[x for x in lost if isinstance(x, dict)], parent=data.get("parent"))
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -317,4 +337,16 @@ def format_report(report: EvolutionReport, width: int = 100) -> str:
         lines += [_answer_line(a, width) for a in p.answers]
         blocks.append("\n".join(lines))
     summary = textwrap.fill(report.summary, width=width)
-    return "\n\n".join(blocks) + "\n\n" + summary + "\n"
+    return "\n\n".join(blocks + _lost_block(report, width)) + "\n\n" + summary + "\n"
+
+
+def _lost_block(report: EvolutionReport, width: int) -> list[str]:
+    """`LOST SINCE support:1`: each answer the parent had right that this version gets wrong."""
+    if not report.lost:
+        return []
+    lines = [f"LOST SINCE {report.parent}: {len(report.lost)} answer(s) the parent had right are now wrong"]
+    for x in report.lost:
+        lines += [_clip(f"  {x.get('source')}: {str(x.get('prompt', '')).strip()}", width),
+                  _clip(f"    reference: {x.get('reference')}   parent: \"{x.get('parent_answer')}\"   "
+                        f"now: \"{x.get('answer')}\"", width)]
+    return ["\n".join(lines)]

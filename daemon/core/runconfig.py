@@ -44,13 +44,18 @@ class RunConfig:
     init_adapter: dict[str, Any] | None = None  # the adapter continued from: path (in the run folder), parent, …
     probes: str | None = None  # the probe file, relative to the run folder
     sidecar: str | None = None  # the sidecar file, relative to the run folder
-    eval_file: str | None = None  # the eval file dropped with the dataset (NAME.eval.jsonl), relative to the run folder
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # keys this version does not know, kept as is
 
     @property
     def parent(self) -> str | None:
         """What the run continued from ("support:3", or the adapter folder); None for a fresh adapter."""
         return (self.init_adapter or {}).get("parent")
+
+    @property
+    def eval_file(self) -> str | None:
+        """The eval file dropped with the dataset (NAME.eval.jsonl), relative to the run folder: a key written only
+        when there is one (`extra={"eval_file": …}`), so the files of runs without one keep their bytes."""
+        return _text(self.extra.get("eval_file"))
 
     @property
     def empty(self) -> bool:
@@ -73,7 +78,7 @@ class RunConfig:
                    sweep=_table(data.get("sweep")), options=_table(data.get("options")) or {},
                    sources=_table(data.get("sources")) or {}, dataset=_table(data.get("dataset")) or {},
                    init_adapter=_table(data.get("init_adapter")), probes=_text(data.get("probes")),
-                   sidecar=_text(data.get("sidecar")), eval_file=_text(data.get("eval_file")),
+                   sidecar=_text(data.get("sidecar")),
                    extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod

@@ -394,7 +394,7 @@ class Intake:
                   dataset=dataset_info, init_adapter=copy_adapter(parent, run.init_adapter) if parent else None,
                   probes=run.in_dataset(sub.probes.name) if sub.probes else None,
                   sidecar=run.in_dataset(sub.sidecar.name) if sub.sidecar else None,
-                  eval_file=run.in_dataset(sub.eval_file.name) if sub.eval_file else None).write(folder)
+                  extra={"eval_file": run.in_dataset(sub.eval_file.name)} if sub.eval_file else {}).write(folder)
         write_json(run.stats, {**sub.report.to_dict(), "path": dataset_info["path"]})
         row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,

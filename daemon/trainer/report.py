@@ -3,8 +3,8 @@
 Run in the trainer process once the adapter is saved, with the model still loaded, on three models in turn: the new
 version (the trained adapter), its parent (the adapter it continued from, `init_adapter`, loaded beside it as a
 second peft adapter) and the base (the adapters switched off). Each answers, greedy:
-- the eval file's records (NAME.eval.jsonl, or `eval_file` in overnight.toml), scored by exact match, similarity
-  (as the evolution view scores) and ROUGE-L (Google's `rouge-score`);
+- the eval file's records (NAME.eval.jsonl, or `eval_file` in overnight.toml, else the parent's), scored by exact
+  match, similarity (as the evolution view scores) and ROUGE-L (Google's `rouge-score`);
 - the probes its parent knew (the parent's report lists them: its own probes and those it inherited), re-asked.
 And each gets its loss on a general-text sample (`forgetting_sample`, or the shipped prose of
 daemon/trainer/data/general_text.txt): the forgetting score is the new version's over its parent's (else the
@@ -71,9 +71,11 @@ def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
 
     stops = stop_ids(built.tokenizer, s.chat)
     home = cfg.paths.root.parent.parent
-    eval_path = cfg.paths.root / cfg.file.eval_file if cfg.file.eval_file else owner_eval_file(opts.eval_file, home)
+    parent_report = _parent_report(cfg)
+    eval_path = (cfg.paths.root / cfg.file.eval_file if cfg.file.eval_file else
+                 owner_eval_file(opts.eval_file, home) or _inherited_eval_file(parent_report))
     records = _as_asked(load_eval_file(eval_path), s.prompt_chat) if eval_path else []
-    inherited = _parent_knowledge(cfg)
+    inherited = _parent_knowledge(parent_report)
     model, tokenizer = built.model, built.tokenizer
     encode = _Encoder(tokenizer, stops, opts.max_length)
     asked_eval, asked_probes = encode(records), encode(_as_asked(inherited, s.prompt_chat))
@@ -98,12 +100,27 @@ def _as_asked(probes: list[dict[str, Any]], prompt_chat: bool) -> list[dict[str,
     return [p if p.get("messages") else {**p, "messages": [{"role": "user", "content": p["prompt"]}]} for p in probes]
 
 
-def _parent_knowledge(cfg: Any) -> list[dict[str, Any]]:
-    """The probes the parent knew: those its own report lists (its run's probes and what it inherited)."""
+def _parent_report(cfg: Any) -> dict[str, Any]:
+    """The eval report of the version this run continued from ({} for a fresh adapter, or a parent without one)."""
     source = (cfg.file.init_adapter or {}).get("source")
     if not cfg.init_adapter or not source:
-        return []
-    report = read_json(Path(source).parent / "eval_report.json", {}) or {}
+        return {}
+    try:
+        report = read_json(Path(source).parent / "eval_report.json", {}) or {}
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _inherited_eval_file(parent_report: dict[str, Any]) -> Path | None:
+    """A child without an eval file of its own is scored on its parent's: its eval records are followed from one
+    version to the next as its probes are."""
+    file = (parent_report.get("eval") or {}).get("file")
+    return Path(file) if file and Path(file).is_file() else None
+
+
+def _parent_knowledge(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probes the parent knew: those its own report lists (its run's probes and what it inherited)."""
     known = report.get("known")
     return [p for p in known if isinstance(p, dict) and p.get("prompt") is not None] if isinstance(known, list) else []
 

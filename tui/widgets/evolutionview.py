@@ -85,13 +85,19 @@ class EvolutionPanel(Vertical):
             summary.update(f" {reason}" if reason else
                            " no evolution snapshots yet: the first one is taken when training starts")
             return
-        summary.update(Text.assemble(" probes: ", (report.summary, "bold"), "  (Enter: answers over time)"))
+        lost = (("  ✗ lost since ", "bold red"), (f"{report.parent}: {len(report.lost)}", "bold red")) \
+            if report.lost else ()
+        summary.update(Text.assemble(" probes: ", (report.summary, "bold"), *lost, "  (Enter: answers over time)"))
         width = min(MARKS_MAX, max(len(report.snapshots), 9))
         table.columns["marks"].width = width  # type: ignore[index]
         for p in report.probes:
             latest = Text(_one_line(p.latest.generation) or "(empty)", "green" if p.learned_now else "",
                           no_wrap=True, overflow="ellipsis")
             table.add_row(str(p.probe), status_cell(p), marks(p, report.snapshots, width), latest, key=str(p.probe))
+        for i, x in enumerate(report.lost):  # what the parent knew and this version lost: marked, below its probes
+            was = Text.assemble((f"\"{x.get('answer') or ''}\"", "red"), f" (parent: \"{x.get('parent_answer')}\")  ",
+                                (_one_line(str(x.get("prompt", ""))), "dim"), no_wrap=True, overflow="ellipsis")
+            table.add_row("-", Text(f"✗ lost since {report.parent}", "bold red"), Text(""), was, key=f"lost-{i}")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

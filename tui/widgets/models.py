@@ -12,7 +12,7 @@ from tui.homedata import HomeSnapshot, ModelRow
 from tui.fmt import short_time
 from tui.widgets.runs import clip_id
 
-WIDE = ("", "name", "ver", "state", "loss", "eval", "created", "base", "continues from", "run")
+WIDE = ("", "name", "ver", "state", "loss", "eval", "rougeL", "forget", "created", "base", "continues from", "run")
 # below WIDE_AT columns: what tells versions apart and which to activate; the run id last, cut by clip_id
 NARROW = ("", "name", "ver", "state", "loss", "continues from", "run")
 WIDE_AT = 110
@@ -28,10 +28,13 @@ def lineage(m: ModelRow) -> str:
 
 def _row(m: ModelRow) -> dict[str, Text]:
     mark = Text("●", "bold green") if m.active else Text("")
-    state = Text("in trash", "dim") if m.deleted else Text("active", "green") if m.active else Text("")
+    state = (Text("in trash", "dim") if m.deleted else Text("active", "green") if m.active else
+             Text("regressed", "bold red") if m.regressed else Text(""))
     base = Path(m.base_model).name if m.base_model else "-"
     return {"": mark, "name": Text(m.name, "bold" if m.active else ""), "ver": Text(f"v{m.version}"),
             "state": state, "loss": Text(fmt_loss(m.final_loss)), "eval": Text(fmt_loss(m.eval_loss)),
+            "rougeL": Text("-" if m.rouge_l is None else f"{m.rouge_l:.2f}"),
+            "forget": Text("-" if m.forgetting is None else f"{m.forgetting:+.1%}", "red" if m.regressed else ""),
             "created": Text(short_time(m.created)), "base": Text(base), "continues from": Text(lineage(m)),
             "run": Text(m.run_id)}
 
