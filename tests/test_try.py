@@ -3,6 +3,7 @@ answers process while the real daemon trains a run beside it."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from textual.widgets import Input, Static
 
 from tests.conftest import DaemonProcess, overnight, wait_until
 from tests.conftest_trainer import reversal_records
+from tests.nvml_fake import GIB, FakeGpu, fake_pynvml
 from tests.test_tui import app_for, drive, loaded, screen_text, until
 from tests.tui_fixtures import build_home
 from tui.widgets.trypanel import default_models, parse_models
@@ -40,6 +42,26 @@ def test_versions_typed_are_parsed_and_base_is_a_word() -> None:
     assert parse_models("rev:2, rev:1  base") == (["rev:2", "rev:1"], True)
     assert parse_models("rev") == (["rev"], False)
     assert default_models((), None) == []
+
+
+def test_the_gpu_is_used_only_when_the_model_fits_beside_the_training_run(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.trainer.answers import placement
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([FakeGpu(used=60 * GIB)]))  # 20 GiB free
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    big = tmp_path / "seven-b"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps({  # a 7B Llama's shape: 13.5 GiB of 16-bit weights
+        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "intermediate_size": 11008,
+        "vocab_size": 32000}))
+    training = build_home(tmp_path / "home").root  # a run training on this home
+    idle = tmp_path / "idle"
+    assert placement(training, [("tiny", tiny_model)], cuda=True)[0] == "cuda"
+    where, why = placement(training, [("7b", big)], cuda=True)
+    assert where == "cpu" and "beside the training run" in why and "20.0 GiB free" in why
+    assert placement(idle, [("7b", big)], cuda=True)[0] == "cuda"  # no run: 80% of the free memory
+    assert placement(idle, [("7b", big), ("tiny", tiny_model)], cuda=False) == ("cpu", "no GPU")
 
 
 @pytest.mark.e2e
