@@ -53,11 +53,11 @@ def chat(home: Path, ref: str, base: bool, read: Callable[[str], str], write: Ca
 
     chosen = targets(home, [ref], base)
     label = BASE if base else chosen[0].label
-    chosen = [t for t in chosen if t.label == label] if not base else chosen
+    shown = f"{chosen[0].label}'s base model" if base else label
+    chosen = [t for t in chosen if t.label == label]  # the base: asked through the version's template, no adapter
     where, why = pick_device(home, chosen, device)
     answerer = Answerer(home, chosen, where, write_line(write))
     voice = next(v for v in answerer.voices if v.target.label == label)
-    shown = f"{chosen[0].label}'s base model" if base else label
     mode = ("a conversation: each answer is kept as context (/reset forgets it)" if voice.chat else
             "raw prompts, each line asked alone (the run trained on prompts, not conversations)")
     write(f"chatting with {shown} on {where} ({why}); {mode}. /exit or Ctrl-D ends.\n")

@@ -37,8 +37,9 @@ class Target:
     """One model to ask: a registered version (its adapter), or the base model through a version's template."""
 
     label: str  # "support:2", or "base"
-    run_dir: Path  # the run whose base model, template, tokenizer and stop ids are used
-    adapter: Path | None  # None: the base model alone
+    run_dir: Path  # the run whose base model and prompt format are used
+    adapter: Path | None  # the weights added to the base; None: the base model alone
+    contract: Path  # the adapter folder whose tokenizer (chat template) and generation_config.json are used
 
 
 # --------------------------------------------------------------------------------- which versions (torch-free)
@@ -82,9 +83,9 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
         run = reader.run(row["run_id"])
         label = f"{name}:{row['version']}"
         if run is not None and all(t.label != label for t in found):
-            found.append(Target(label, Path(run["run_dir"]), adapter))
-    if base:
-        found.append(Target(BASE, found[0].run_dir, None))
+            found.append(Target(label, Path(run["run_dir"]), adapter, adapter))
+    if base and found:  # asked as the first version is: its template, its stops
+        found.append(Target(BASE, found[0].run_dir, None, found[0].contract))
     return found
 
 
@@ -234,14 +235,9 @@ class Answerer:
                 raise AnswerError(f"cannot apply the adapter {t.adapter} to {source}: {_first_line(e)}. Fix: ask "
                                   f"the version on the base model its run trained on (config.json).") from None
         model.to(self.device).eval()
-        voices = []
-        for t in members:
-            # the base answers through the template and stops of the version it is shown beside
-            twin = t if t.adapter is not None else next((m for m in members if m.adapter is not None), t)
-            _, folder = base_source(self.home, twin.run_dir)
-            voices.append(Voice(t, model, names.get(t.label), tokenizers[twin.label], _stop_ids(twin, tokenizers[
-                twin.label]), prompt_is_chat(self.home, twin.run_dir, folder)))
-        return voices
+        _, folder = base_source(self.home, members[0].run_dir)
+        return [Voice(t, model, names.get(t.label), tokenizers[t.label], _stop_ids(t, tokenizers[t.label]),
+                      prompt_is_chat(self.home, t.run_dir, folder)) for t in members]
 
     @contextlib.contextmanager
     def _speaking(self, voice: Voice) -> Iterator[None]:
@@ -326,7 +322,7 @@ def _tokenizer(t: Target, source: str, trusted: bool) -> Any:
     """The tokenizer the run trained with: the adapter folder's (its chat template), else the base model's."""
     from transformers import AutoTokenizer
 
-    contract = t.adapter if t.adapter is not None and (t.adapter / "tokenizer_config.json").is_file() else source
+    contract = t.contract if (t.contract / "tokenizer_config.json").is_file() else source
     try:
         tok = AutoTokenizer.from_pretrained(str(contract), local_files_only=True, trust_remote_code=trusted)
     except Exception as e:  # noqa: BLE001
@@ -340,8 +336,8 @@ def _tokenizer(t: Target, source: str, trusted: bool) -> Any:
 def _stop_ids(t: Target, tokenizer: Any) -> list[int]:
     """Where the exported model stops: generation_config.json's eos ids (the run's end-of-turn tokens), else eos."""
     ids: set[int] = set()
-    if t.adapter is not None and (t.adapter / "generation_config.json").is_file():
-        eos = _read_json(t.adapter / "generation_config.json").get("eos_token_id")
+    if (t.contract / "generation_config.json").is_file():
+        eos = _read_json(t.contract / "generation_config.json").get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
     if not ids and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
