@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
-from daemon.core.render import fmt_duration, fmt_gpu_set, fmt_loss, fmt_priority, fmt_rate
+from daemon.core.render import fmt_duration, fmt_gpu_set, fmt_job, fmt_loss, fmt_priority, fmt_rate
 from daemon.core.states import State
 from tui.homedata import HomeSnapshot, RunRow
 from tui.fmt import progress_bar, short_time
@@ -35,7 +35,8 @@ class Column:
 
 _STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")  # NAME-YYYYMMDD-HHMMSS[-N], as intake names runs
 PRIO = 5  # -9999 .. 99999 as they are; beyond, shortened (daemon.core.render.fmt_priority)
-# gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once
+# gpu: an active run's GPU set as NVML numbers them (`0`, `0,1`, `0-3`) or `CPU`; several runs may train at once;
+# a Slurm run's job and node instead (`12@node3`)
 _NARROW = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 6),
            Column("eta", "ETA", 6), Column("gpu", "GPU", 4), Column("prio", "pri", PRIO)]
 _WIDE = [Column("state", "state", 9), Column("progress", "progress", BAR + 10), Column("loss", "loss", 7),
@@ -222,6 +223,8 @@ def _cell(run: RunRow, key: str, held: str | None = None) -> Text | str:
     if key == "eta":
         return fmt_duration(run.eta_s) if run.active else ""
     if key == "gpu":
+        if run.job_id:  # a Slurm job: where it runs (its GPUs are the cluster's, not this machine's)
+            return fmt_job({"job_id": run.job_id, "node": run.node}) if run.active else ""
         return fmt_gpu_set(run.gpu_set) if run.active else ""
     if key == "prio":
         return fmt_priority(run.priority, PRIO)
