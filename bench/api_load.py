@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,6 +69,7 @@ async def load(url: str, clients: int, interval: float, seconds: float, runs: in
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
         async def poller() -> None:
+            await asyncio.sleep(random.uniform(0, interval))  # each page polls at its own phase
             while time.monotonic() < end:
                 t0 = time.perf_counter()
                 r = await http.get("/api/runs")
@@ -130,7 +133,10 @@ def main() -> None:
             t0 = time.time()
             time.sleep(args.seconds)
             t1 = time.time()
+            server, own = psutil.Process(procs[1].pid), time.process_time()
+            cpu0 = sum(server.cpu_times()[:2])
             latencies = asyncio.run(load(url, args.clients, args.interval, args.seconds, args.runs))
+            server_cpu, clients_cpu = sum(server.cpu_times()[:2]) - cpu0, time.process_time() - own
             t2 = time.time()
             time.sleep(args.seconds)
             t3 = time.time()
@@ -144,6 +150,9 @@ def main() -> None:
           f"{args.seconds:g} s: {len(latencies)} requests, latency p50 {quantile(latencies, 0.5) * 1000:.1f} ms, "
           f"p95 {quantile(latencies, 0.95) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms "
           f"(target p95 <= 50 ms: {'met' if quantile(latencies, 0.95) <= 0.05 else 'MISSED'})")
+    print(f"CPU during the load: the server {server_cpu:.2f} s ({server_cpu / len(latencies) * 1000:.2f} ms a request, "
+          f"{server_cpu / args.seconds:.0%} of a core), the clients (this process) {clients_cpu:.2f} s; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     q, w = statistics.median(quiet), statistics.median(loaded)
     print(f"the training run's median step: {q * 1000:.1f} ms without the clients ({len(quiet)} steps), "
           f"{w * 1000:.1f} ms with them ({len(loaded)} steps): {w / q:.3f}x")
