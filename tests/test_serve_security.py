@@ -116,6 +116,14 @@ def test_cross_origin_requests_get_no_cors_headers(home, serve_proc):  # noqa: F
     answer = api.options("/api/runs", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in answer.headers
     assert "access-control-allow-origin" not in api.get("/api/runs", headers={"Origin": "http://evil.example"}).headers
+    # without tokens: a form another site's page posts, or a name rebound to 127.0.0.1, is refused; nothing written
+    for headers in ({"Origin": "http://evil.example"}, {"Host": "evil.example"}):
+        assert api.post("/api/pause", headers=headers).status_code == 403
+        answer = api.post("/api/datasets", headers=headers, files={"dataset": ("d.jsonl", DATASET)})
+        assert answer.status_code == 403 and "Fix" in answer.json()["error"]
+    assert api.get("/api/runs", headers={"Host": "evil.example"}).status_code == 403
+    assert api.get("/api/runs", headers={"Host": "localhost"}).status_code == 200
+    assert _inbox(home) == [] and not list((home / "control").glob("pause*"))
     code = "import daemon.web.server as s; print(s.is_loopback('127.0.0.1'), s.is_loopback('::1'), " \
            "s.is_loopback('0.0.0.0'), s.is_loopback('example.com'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout

@@ -50,6 +50,16 @@ def _float(request: Request, name: str, default: float) -> float:
         raise UploadError(400, f"?{name}= must be a number of seconds. Fix: e.g. ?{name}=10") from None
 
 
+def _offset(value: str | None) -> int:
+    """A byte offset into a log (?offset=, or the Last-Event-ID a reconnecting EventSource sends)."""
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise UploadError(400, f"offset {value[:40]!r} is not a byte offset. Fix: ?offset=0, or a next_offset "
+                               f"this API gave")
+    return int(value)
+
+
 def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "unknown client"
 
@@ -143,7 +153,7 @@ class Api:
                      {name: offset, in: query, schema: {type: integer}}]
         """
         run = self.run_of(request)
-        offset = int(_float(request, "offset", 0))
+        offset = _offset(request.query_params.get("offset"))
         text, after = logs.read_from(RunFolder(run["run_dir"]).console, offset)
         return Json({"run": run["id"], "offset": offset, "next_offset": after, "text": text})
 
@@ -155,7 +165,7 @@ class Api:
                      {name: offset, in: query, schema: {type: integer}}]
         """
         run = await asyncio.to_thread(self.run_of, request)
-        offset = int(request.headers.get("last-event-id") or _float(request, "offset", 0))
+        offset = _offset(request.headers.get("last-event-id") or request.query_params.get("offset"))
 
         def ended() -> bool:
             with self.reader() as rd:

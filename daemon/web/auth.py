@@ -2,9 +2,12 @@
 in `Authorization: Bearer TOKEN`; the browser's dashboard gets it once in its URL (`/dashboard/?token=…`) and keeps
 it in a same-site, HTTP-only cookie that only the dashboard's own routes accept (the API never takes a cookie, so
 another site cannot make a browser steer). `read` opens every GET; `steer` also uploads and commands, and the
-dashboard (its keys pause and stop runs). No tokens (loopback only): every local client may steer, as the CLI may."""
+dashboard (its keys pause and stop runs). No tokens (loopback only): every local client may steer, as the CLI may,
+but only requests for 127.0.0.1/localhost are answered (DNS rebinding). Any write or socket from a page of another
+site (its Origin) is refused: a browser lets any page send a form or open a socket to 127.0.0.1."""
 from __future__ import annotations
 
+import ipaddress
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,6 +20,16 @@ from daemon.web.dashboard import PREFIX
 from daemon.web.tokens import READ, STEER, Tokens
 
 COOKIE = "overnight_token"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.1, ::1 (and the rest of 127/8) or localhost; a name that merely resolves there is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 READ_METHODS = ("GET", "HEAD")
 
 
@@ -35,10 +48,25 @@ class TokenAuth:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.tokens is None or scope["path"] == "/":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if self.tokens is None and not is_loopback(urlsplit(f"//{headers.get('host', '')}").hostname or ""):
+            # a name that resolves to 127.0.0.1 only for the attacker's page (DNS rebinding)
+            await self._refuse(scope, receive, send, 403, f"without tokens this server answers only requests for "
+                                                          f"127.0.0.1 or localhost, not {headers.get('host')!r}. "
+                                                          f"Fix: open http://127.0.0.1:PORT/")
+            return
+        writes = scope["type"] == "websocket" or scope.get("method", "GET") not in READ_METHODS
+        if writes and not self._same_origin(headers):  # a form or a socket opened by a page of another site
+            await self._refuse(scope, receive, send, 403, f"a page of {headers.get('origin')} may not write here. "
+                                                          f"Fix: use the API from a script (curl, httpx), not a "
+                                                          f"page of another site")
+            return
+        if self.tokens is None or scope["path"] == "/":
+            await self.app(scope, receive, send)
+            return
         dashboard = scope["path"].startswith(PREFIX)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if dashboard and scope["type"] == "http" and "token" in query:
@@ -47,8 +75,6 @@ class TokenAuth:
         given = self._token(headers, dashboard)
         scope_of = self.tokens.scope_of(given) if given else None
         needed = STEER if dashboard or scope.get("method", "GET") not in READ_METHODS else READ
-        if scope["type"] == "websocket" and not self._same_origin(headers):
-            scope_of = None  # a page of another site opening our socket with the browser's cookie
         if scope_of is None:
             message = ("this request needs a token" if not given else "the token is not valid") + \
                       ". Fix: send 'Authorization: Bearer TOKEN' (overnight serve --token printed the tokens; " \

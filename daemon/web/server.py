@@ -2,7 +2,6 @@
 are required, and uvicorn running the app until SIGINT/SIGTERM."""
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +9,7 @@ from daemon.core.errors import ServeError
 from daemon.core.home import Home
 from daemon.core.options import OPTIONS, OptionsError, load_home_toml
 from daemon.web import serverlog, tokens as tokenfile
+from daemon.web.auth import is_loopback
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
 
@@ -19,15 +19,6 @@ class Settings:
     host: str
     port: int
     max_upload: int  # bytes
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def settings(h: Home, host: str | None, port: int | None) -> Settings:
