@@ -36,6 +36,10 @@ RUNS_FRESH_S = 1.0
 schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "overnight", "version": __version__}})
 
 
+class BadRequest(ValueError):
+    """A query parameter that cannot be understood: 400, one line with the fix."""
+
+
 class Json(JSONResponse):
     """The CLI's JSON: non-ASCII kept, anything else (paths, times) as its text."""
 
@@ -47,7 +51,7 @@ def _float(request: Request, name: str, default: float) -> float:
     try:
         return float(request.query_params.get(name, default))
     except ValueError:
-        raise UploadError(400, f"?{name}= must be a number of seconds. Fix: e.g. ?{name}=10") from None
+        raise BadRequest(f"?{name}= must be a number. Fix: e.g. ?{name}=10") from None
 
 
 def _offset(value: str | None) -> int:
@@ -55,8 +59,8 @@ def _offset(value: str | None) -> int:
     if not value:
         return 0
     if not value.isdigit():
-        raise UploadError(400, f"offset {value[:40]!r} is not a byte offset. Fix: ?offset=0, or a next_offset "
-                               f"this API gave")
+        raise BadRequest(f"offset {value[:40]!r} is not a byte offset. Fix: ?offset=0, or a next_offset this API "
+                         f"gave")
     return int(value)
 
 
@@ -310,7 +314,8 @@ def build(h: Home, tokens: Tokens | None, max_upload: int) -> Starlette:
         *dashboard.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={
-        RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error})
+        RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error,
+        BadRequest: _error})
     app.add_middleware(TokenAuth, tokens=tokens)
     with contextlib.suppress(OSError):
         upload.clear_leftovers(h)
