@@ -33,22 +33,27 @@ def _trial(i: int, live: bool = True, waiting: int | None = None, **results: flo
     return Trial(f"t{i}", i, live, {int(k[1:]): v for k, v in results.items()}, waiting)
 
 
-def test_a_waiting_trial_goes_on_once_it_is_among_the_best_third_of_those_at_its_rung():
-    # two of three at rung 1: nobody goes on yet (2 // 3 = 0), and the third may still beat both
+def test_of_three_trials_at_a_rung_the_best_goes_on_each_decided_as_soon_as_it_is_certain():
+    # two of three at rung 1: the second is below the quota (1 of 3) already; the first may still be beaten
     trials = [_trial(1, waiting=0, r0=1.0), _trial(2, waiting=0, r0=2.0), _trial(3)]
-    assert asha.decide(trials, 3) == []
-    # the third arrives, worse: the best of three goes on; nobody else can reach the rung, so the rest are pruned
-    trials[2] = _trial(3, waiting=0, r0=3.0)
+    assert [(v.run_id, v.decision, v.place, v.reached, v.goes_on) for v in asha.decide(trials, 3)] == [
+        ("t2", Decision.PRUNED, 2, 3, 1)]
+    # the third arrives, worse: the first goes on, the third is pruned
+    trials[1:] = [_trial(2, live=False, r0=2.0), _trial(3, waiting=0, r0=3.0)]
     verdicts = {v.run_id: v.decision for v in asha.decide(trials, 3)}
-    assert verdicts == {"t1": Decision.PROMOTED, "t2": Decision.PRUNED, "t3": Decision.PRUNED}
+    assert verdicts == {"t1": Decision.PROMOTED, "t3": Decision.PRUNED}
 
 
-def test_promotion_is_asynchronous_and_pruning_waits_for_every_trial_that_can_still_reach_the_rung():
+def test_a_trial_goes_on_early_only_when_no_trial_still_on_its_way_could_push_it_out():
     trials = [_trial(1, waiting=0, r0=2.0), _trial(2, waiting=0, r0=1.0), _trial(3, waiting=0, r0=3.0),
-              _trial(4), _trial(5), _trial(6)]
-    verdicts = asha.decide(trials, 3)
-    assert [(v.run_id, v.decision, v.place, v.reached, v.goes_on) for v in verdicts] == [
-        ("t2", Decision.PROMOTED, 1, 3, 1)]  # t1 and t3 wait: trials 4-6 may still rank below them
+              _trial(4, waiting=0, r0=2.5), _trial(5, waiting=0, r0=4.0), _trial(6), _trial(7), _trial(8), _trial(9)]
+    verdicts = {v.run_id: (v.decision, v.place) for v in asha.decide(trials, 3)}
+    # 9 can reach the rung: 3 go on; t2 (1st) and t1 (2nd) may still fall behind the four on their way
+    # and t4 (3rd) as well; t3 and t5 are out already: whatever arrives, they stay below the third place
+    assert verdicts == {"t3": (Decision.PRUNED, 4), "t5": (Decision.PRUNED, 5)}
+    trials[5:] = [_trial(i, waiting=0, r0=5.0 + i) for i in range(6, 10)]  # the rest arrive, all worse
+    verdicts = {v.run_id: v.decision for v in asha.decide(trials, 3)}
+    assert [k for k, d in verdicts.items() if d == Decision.PROMOTED] == ["t1", "t2", "t4"]
 
 
 def test_a_closed_rung_with_fewer_trials_than_eta_still_lets_the_best_go_on():

@@ -1,11 +1,10 @@
 """ASHA pruning for a sweep (`prune = "asha"`): where the rungs are, and which trial goes on from one.
 
-Asynchronous successive halving (Li et al., "A System for Massively Parallel Hyperparameter Tuning", the rule of
-Ray Tune's AsyncHyperBandScheduler and Optuna's SuccessiveHalvingPruner) run through overnight's queue: each trial
-of a group trains to its next rung, checkpoints and waits there (queued, held); a waiting trial goes on as soon as it
-is among the best ⌊n/η⌋ of the n trials that have reached that rung, and is pruned once no other trial can still
-reach the rung and it is not (the best one always goes on). Pruned is an end state that keeps the checkpoint:
-`overnight resume RUN` trains it to the end.
+Successive halving run asynchronously through overnight's queue (Li et al., "A System for Massively Parallel
+Hyperparameter Tuning"; Ray Tune's AsyncHyperBandScheduler): each trial of a group trains to its next rung,
+checkpoints and waits there (queued, held, holding no trainer); of the n trials that reach a rung the best ⌊n/η⌋
+go on (at least one) and the rest end pruned, each decided as soon as its place is certain (`decide`). Pruned is an
+end state that keeps the checkpoint: `overnight resume RUN` trains it to the end.
 
 Rungs sit at fractions of each trial's own total steps (so a swept batch size is compared at the same share of its
 data): with η = 3 and two rungs, at 1/9 and 1/3 of the steps; `min_steps` puts the first rung at a step count
@@ -92,23 +91,28 @@ class Verdict:
 
 
 def decide(trials: list[Trial], eta: int) -> list[Verdict]:
-    """What becomes of each waiting trial now: promoted, pruned, or (absent from the list) still waiting."""
+    """What becomes of each waiting trial now: promoted, pruned, or (absent from the list) still waiting.
+
+    Of the n trials that can reach a rung (those there, and those live that may still get there), the best
+    max(1, ⌊n/η⌋) go on. Each decision is taken as soon as it is certain: a trial goes on once even every trial still
+    on its way ranking above it would leave it in the quota, and is pruned once it is below the quota already (a
+    later arrival can only push it further down). So nothing is promoted that a later trial would have beaten (Ray's
+    ASHA may), and no slot idles for it: a waiting trial holds no trainer, the queue trains the others meanwhile."""
     out = []
     for t in trials:
         k = t.waiting
         if k is None:
             continue
-        ranked = sorted((x for x in trials if k in x.results and math.isfinite(x.results[k])),
-                        key=lambda x: (x.results[k], x.seq))
-        closed = not any(x.live and k not in x.results for x in trials)
-        quota = len(ranked) // eta
-        if closed:
-            quota = max(1, quota)
-        place = next((i for i, x in enumerate(ranked, 1) if x.id == t.id), len(ranked) + 1)
-        if place <= quota:
-            out.append(Verdict(t.id, k, Decision.PROMOTED, place, len(ranked), quota))
-        elif closed:
-            out.append(Verdict(t.id, k, Decision.PRUNED, place, len(ranked), quota))
+        there = [x for x in trials if k in x.results]
+        ranked = sorted((x for x in there if math.isfinite(x.results[k])), key=lambda x: (x.results[k], x.seq))
+        pending = sum(x.live and k not in x.results for x in trials)
+        reachable = len(there) + pending
+        quota = max(1, reachable // eta)
+        place = next((i for i, x in enumerate(ranked, 1) if x.id == t.id), None)
+        if place is not None and place + pending <= quota:
+            out.append(Verdict(t.id, k, Decision.PROMOTED, place, reachable, quota))
+        elif place is None or place > quota:  # a loss that is not finite never goes on
+            out.append(Verdict(t.id, k, Decision.PRUNED, place or len(there), reachable, quota))
     return out
 
 
