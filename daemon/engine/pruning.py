@@ -58,9 +58,10 @@ def resumed(store: Store, run_id: str) -> None:
 def review(store: Store, group: str, options: Options, transition: Transition) -> list[str]:
     """Promote or prune the group's waiting trials; returns the log lines of what was decided."""
     members = store.runs_in_group(group)
-    if not members or asha.settings(options(members[0])) is None:
+    settings = asha.settings(options(members[0])) if members else None
+    if settings is None:
         return []
-    eta = asha.settings(options(members[0]))[0]
+    eta = settings[0]
     records = store.rungs([m["id"] for m in members])
     trials = []
     for m in members:
