@@ -385,7 +385,7 @@ class Supervisor:
         """Active runs with a job id: the jobs Slurm still knows are followed again; their run ids."""
         owner = self.options()
         for run in self.store.runs_in(ACTIVE):
-            if not run.get("job_id"):
+            if not (run.get("job_id") or RunFolder(run["run_dir"]).job.exists()):
                 continue
             job = SlurmExecutor(owner.get("executor") or {}).follow(run)
             if job is None:

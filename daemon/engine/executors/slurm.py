@@ -217,15 +217,21 @@ class SlurmExecutor:
         """The job an earlier daemon submitted for `run`, if Slurm still knows it (running, pending, or ended
         while no daemon watched: its end is then read as if it had just ended)."""
         folder = RunFolder(run["run_dir"])
-        job_id = run.get("job_id") or (read_json(folder.job, {}) or {}).get("job_id")
+        job_id = run.get("job_id")
+        recorded = bool(job_id)  # the DB's; else job.json's (a daemon that died between sbatch and its DB write)
+        job_id = job_id or (read_json(folder.job, {}) or {}).get("job_id")
         if not job_id:
+            return None
+        if slurmctl.available():
+            log.warning(f"{run['id']}: its Slurm job {job_id} cannot be followed without Slurm's tools; the run is "
+                        f"queued again")
             return None
         try:
             info = slurmctl.job_info(str(job_id))
         except SlurmUnreachable as e:
             log.warning(f"{run['id']}: cannot ask Slurm about job {job_id} ({e}); following it anyway")
             return SlurmJob(str(job_id), folder.root, sent=_sent(folder))
-        if info is None:
+        if info is None or (info.ended and not recorded):  # job.json of an earlier attempt, long over
             return None
         return SlurmJob(str(job_id), folder.root, restarts=info.restarts, sent=_sent(folder))
 
@@ -251,7 +257,8 @@ def job_script(run_id: str, run_dir: Path, command: list[str], nodes: int) -> st
 cd {shlex.quote(str(run_dir))} || exit 1
 rm -f {shlex.quote(folder.result.name)}  # this run's result only: a requeued job runs this script again
 export OVERNIGHT_COMMAND_FILE={shlex.quote(str(folder.commands))} PYTHONUNBUFFERED=1
-{rdzv}echo "[$(date '+%F %T.%3N')] overnight: Slurm job $SLURM_JOB_ID on $(hostname) (restart ${{SLURM_RESTART_COUNT:-0}})"
+{rdzv}echo "[$(date '+%F %T.%3N')] overnight: Slurm job $SLURM_JOB_ID on $(hostname)" \
+  "(restart ${{SLURM_RESTART_COUNT:-0}})"
 warned=0
 trap 'warned=1; kill -TERM "$trainer" 2>/dev/null' USR1
 trap 'kill -TERM "$trainer" 2>/dev/null' TERM

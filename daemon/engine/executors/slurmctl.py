@@ -20,8 +20,8 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
          "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}
 # reasons a pending job keeps until someone changes it: waiting cannot help (Slurm's "Job Reason Codes")
 NEVER_CLEARS = {"BadConstraints", "DependencyNeverSatisfied", "PartitionConfig", "PartitionNodeLimit",
-                "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSMaxWallDurationPerJobLimit",
-                "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "AssocMaxWallDurationPerJobLimit",
+                "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AccountNotAllowed",
+                "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "AssocMaxWallDurationPerJobLimit",
                 "AssocMaxNodesPerJobLimit", "AssocMaxCpuPerJobLimit", "JobHeldAdmin"}
 
 
