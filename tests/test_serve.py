@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 FAST = "max_steps = 4\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 2\nprobe_count = 2\n" \
        "probe_max_new_tokens = 4\neval_fraction = 0.1\nname = \"adder\"\n"
 DATASET = "\n".join(json.dumps({"prompt": f"add {i} 1:", "completion": str(i + 1)}) for i in range(20)) + "\n"
+PROBES = "\n".join(json.dumps({"prompt": f"add {i} 1:", "reference": str(i + 1)}) for i in (40, 41, 42)) + "\n"
 
 
 def free_port() -> int:
@@ -98,7 +99,8 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
     api = serve_proc().client()
 
     answer = api.post("/api/datasets", params={"wait": budget(60)},
-                      files={"dataset": ("adder.jsonl", DATASET), "sidecar": ("whatever.toml", FAST)})
+                      files={"dataset": ("adder.jsonl", DATASET), "sidecar": ("whatever.toml", FAST),
+                             "probes": ("mine.jsonl", PROBES)})
     assert answer.status_code == 201, answer.text
     queued = answer.json()
     assert queued["state"] == "queued" and len(queued["runs"]) == 1
@@ -106,6 +108,7 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
     run_dir = Path(queued["runs"][0]["run_dir"])
     assert (run_dir / "dataset" / "adder.jsonl").read_text() == DATASET
     assert (run_dir / "dataset" / "adder.toml").read_text() == FAST  # the sidecar took the dataset's name
+    assert (run_dir / "dataset" / "adder.probes.jsonl").read_text() == PROBES  # and so did the probes
     assert not [p for p in (home / "inbox").iterdir() if p.name != "rejected"]  # no upload folder left behind
 
     # the console log followed live from the start, while the run trains, to its end
@@ -128,7 +131,8 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
     assert api.get(f"/api/runs/{run_id}/metrics").json() == metrics and {m["step"] for m in metrics} >= {1, 4}
     evolution = api.get(f"/api/runs/{run_id}/evolution").json()
     assert evolution == json.loads(overnight("evolution", run_id, "--json", home=home, check=True).stdout)
-    assert evolution["probes"] and evolution["snapshots"]
+    assert [p["prompt"] for p in evolution["probes"]] == ["add 40 1:", "add 41 1:", "add 42 1:"]
+    assert evolution["snapshots"]
     assert api.get("/api/runs").json() == json.loads(overnight("runs", "--json", home=home, check=True).stdout)
     models = api.get("/api/models").json()
     assert models == json.loads(overnight("models", "--json", home=home, check=True).stdout)
@@ -150,7 +154,7 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
     assert refused.status_code == 400 and "Fix:" in refused.json()["error"]
     assert api.post("/api/runs/no-such-run/pause").status_code == 404
     log = (home / "serve.log").read_text()
-    assert "127.0.0.1:" in log and "upload: adder.toml, adder.jsonl" in log and "activate adder 1: applied" in log
+    assert "127.0.0.1:" in log and "upload: adder.toml, adder.probes.jsonl, adder.jsonl" in log and "activate adder 1: applied" in log
     assert "upload:" not in (home / "overnight.log").read_text()  # the daemon's log is the daemon's alone
 
     # a drop the daemon rejects: its error text in the answer, the file byte-identical in inbox/rejected/
@@ -171,3 +175,10 @@ def test_the_server_loads_no_textual_and_no_torch():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'torch', 'transformers'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_server_takes_from_the_dashboard_only_its_telemetry():
+    """The web floor may import tui/ (tests/test_layers.py), but only the Textual-free telemetry (psutil, NVML)."""
+    from tests.test_layers import _imported_names
+    names = {n for f in (REPO / "daemon" / "web").glob("*.py") for n in _imported_names(f) if n.startswith("tui")}
+    assert names <= {"tui.telemetry", "tui.telemetry.LiveTelemetry"}, names

@@ -113,6 +113,9 @@ def test_oversize_uploads_and_path_names_are_refused_before_anything_is_kept(hom
 
 def test_cross_origin_requests_get_no_cors_headers(home, serve_proc):  # noqa: F811
     api = serve_proc().client()
+    schema = api.get("/api/openapi.json").json()
+    assert schema["openapi"].startswith("3.") and "post" in schema["paths"]["/api/datasets"]
+    assert {"/api/runs", "/api/runs/{run}/log/stream", "/api/queue", "/api/system"} <= set(schema["paths"])
     answer = api.options("/api/runs", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in answer.headers
     assert "access-control-allow-origin" not in api.get("/api/runs", headers={"Origin": "http://evil.example"}).headers
