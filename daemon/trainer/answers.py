@@ -378,8 +378,11 @@ def pick_device(home: Path, chosen: Sequence[Target], device: str = "auto") -> t
     return placement(home, sorted(sources, key=lambda s: s[0]), cuda)
 
 
-def main() -> int:
-    """The dashboard's worker: one request on stdin, one JSON line on stdout; a user's error as {"error"}."""
+def main(argv: Sequence[str] = ()) -> int:
+    """The dashboard's worker: one request on stdin, one JSON line on stdout; a user's error as {"error"}.
+    `--nice N`: run N steps below the caller's CPU priority (a training run beside it keeps its pace)."""
+    if "--nice" in argv:
+        os.nice(int(argv[list(argv).index("--nice") + 1]))
     try:
         request = json.loads(sys.stdin.read())
         answer = ask(Path(request["home"]), request["refs"], request["prompt"], bool(request.get("base")),
@@ -394,4 +397,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

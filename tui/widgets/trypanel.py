@@ -9,7 +9,6 @@ leaving the dashboard, ends the one still running.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from textual.worker import get_current_worker
 
 from tui.homedata import HomeSnapshot, ModelRow
 
-WORKER = [sys.executable, "-m", "daemon.trainer.answers"]
 NICE = 10  # the answers share the CPU with a training run: the run keeps its pace
+WORKER = [sys.executable, "-m", "daemon.trainer.answers", "--nice", str(NICE)]
 MAX_NEW_TOKENS = 96
 BASE = "base"
 
@@ -134,7 +133,7 @@ class TryPanel(Vertical):
         worker = get_current_worker()
         started = time.monotonic()
         proc = subprocess.Popen(WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True, preexec_fn=lambda: os.nice(NICE))
+                                text=True, start_new_session=True)
         pending: str | None = json.dumps(request)
         while True:
             try:
