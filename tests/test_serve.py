@@ -13,11 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from daemon.core.queries import Reader
 from tests.conftest import REPO, budget, overnight, wait_until
 
 pytestmark = pytest.mark.e2e
 
-FAST = "max_steps = 4\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 2\nprobe_count = 2\n" \
+# long enough (as conftest's REFERENCE_STEPS) that a pause sent at its first steps lands before it ends
+FAST = "max_steps = 60\nbatch_size = 2\nmax_length = 48\nlog_every = 1\nsave_every = 20\nprobe_every = 20\n" \
        "probe_max_new_tokens = 4\neval_fraction = 0.1\nname = \"adder\"\n"
 DATASET = "\n".join(json.dumps({"prompt": f"add {i} 1:", "completion": str(i + 1)}) for i in range(20)) + "\n"
 PROBES = "\n".join(json.dumps({"prompt": f"add {i} 1:", "reference": str(i + 1)}) for i in (40, 41, 42)) + "\n"
@@ -111,6 +113,18 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
     assert (run_dir / "dataset" / "adder.probes.jsonl").read_text() == PROBES  # and so did the probes
     assert not [p for p in (home / "inbox").iterdir() if p.name != "rejected"]  # no upload folder left behind
 
+    # steered while it trains: a pause through the API, acknowledged with the daemon's answers to that command (what
+    # the CLI prints), then a resume by the CLI
+    wait_until(lambda: api.get(f"/api/runs/{run_id}").json()["state"] == "training", budget(120), 0.1, "training")
+    paused = api.post(f"/api/runs/{run_id}/pause", params={"wait": budget(30)})
+    assert paused.status_code == 200, paused.text
+    answers = paused.json()["answers"]
+    assert [e["status"] for e in answers] == ["applied"] and all(e["target"] == run_id for e in answers)
+    assert answers == Reader(home / "overnight.db").control_events_of(paused.json()["command_id"])
+    wait_until(lambda: api.get(f"/api/runs/{run_id}").json()["state"] == "paused", budget(60), 0.1, "paused")
+    resumed = overnight("resume", run_id, "--wait", str(budget(30)), home=home, check=True).stdout
+    assert "applied: " in resumed
+
     # the console log followed live from the start, while the run trains, to its end
     with api.stream("GET", f"/api/runs/{run_id}/log/stream", params={"offset": 0}, timeout=budget(300)) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -128,7 +142,7 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
         console.encode()[middle:].decode()
 
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert api.get(f"/api/runs/{run_id}/metrics").json() == metrics and {m["step"] for m in metrics} >= {1, 4}
+    assert api.get(f"/api/runs/{run_id}/metrics").json() == metrics and {m["step"] for m in metrics} >= {1, 60}
     evolution = api.get(f"/api/runs/{run_id}/evolution").json()
     assert evolution == json.loads(overnight("evolution", run_id, "--json", home=home, check=True).stdout)
     assert [p["prompt"] for p in evolution["probes"]] == ["add 40 1:", "add 41 1:", "add 42 1:"]
