@@ -35,6 +35,14 @@ def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path) ->
         await pilot.press(*"q p s")  # typed into the prompt: no key of the dashboard fires
         assert app.query_one("#try-prompt", Input).value == "q p s" and app.is_running
         assert "Enter in the prompt asks each version" in str(app.query_one("#try-status", Static).render())
+        # a version picked by hand that the registry lacks: the answers process says so in one line
+        app.query_one("#try-models", Input).value = "alpaca-small:9 base"
+        await pilot.press("enter")
+        await until(pilot, lambda: app.try_panel.answered >= 1, timeout=60, what="the answers process")
+        status = str(app.query_one("#try-status", Static).render())
+        assert "no model version 'alpaca-small:9'" in status and "Fix:" in status, status
+        await pilot.pause(1.5)  # the registry is read again: a version typed by hand stays
+        assert app.query_one("#try-models", Input).value == "alpaca-small:9 base"
     drive(app, body)
 
 

@@ -58,7 +58,7 @@ class TryPanel(Vertical):
     TryPanel { height: 1fr; }
     TryPanel .try-label { height: 1; width: 10; color: $text-muted; }
     TryPanel .try-row { height: 1; }
-    TryPanel #try-status { height: 1; color: $text-muted; }
+    TryPanel #try-status { height: auto; max-height: 4; color: $text-muted; }
     TryPanel #try-answers { height: 1fr; }
     TryPanel .try-answer { width: 1fr; height: auto; border: round $panel-lighten-2; padding: 0 1; }
     """
