@@ -82,7 +82,10 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
                               f"deleted version's adapter is in the home's trash/).")
         run = reader.run(row["run_id"])
         label = f"{name}:{row['version']}"
-        if run is not None and all(t.label != label for t in found):
+        if run is None:
+            raise AnswerError(f"{label} names run {row['run_id']}, which overnight.db does not list. Fix: overnight "
+                              f"doctor (it rebuilds the DB from the run folders).")
+        if all(t.label != label for t in found):
             found.append(Target(label, Path(run["run_dir"]), adapter, adapter))
     if base and found:  # asked as the first version is: its template, its stops
         found.append(Target(BASE, found[0].run_dir, None, found[0].contract))
