@@ -84,7 +84,7 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
         label = f"{name}:{row['version']}"
         if run is None:
             raise AnswerError(f"{label} names run {row['run_id']}, which overnight.db does not list. Fix: overnight "
-                              f"doctor (it rebuilds the DB from the run folders).")
+                              f"doctor --rebuild (the DB is rebuilt from the run folders).")
         if all(t.label != label for t in found):
             found.append(Target(label, Path(run["run_dir"]), adapter, adapter))
     if base and found:  # asked as the first version is: its template, its stops
