@@ -238,7 +238,7 @@ class Api:
                                       self.max_upload)
         files = upload.into_inbox(self.h, staged)
         serverlog.write(_client(request), f"upload: {', '.join(f.name for f in files)} into {self.h.inbox}")
-        found = await asyncio.to_thread(verdict.wait, self.h, verdict.Placed(files), wait)
+        found = await verdict.wait(self.h, verdict.Placed(files), wait)
         if found.state == verdict.REJECTED:
             serverlog.write(_client(request), f"upload: {files[-1].name} rejected by the daemon")
         status = {verdict.QUEUED: 201, verdict.REJECTED: 422}.get(found.state, 202)
@@ -264,9 +264,9 @@ class Api:
         else:
             content = run["id"] if run else ""
         if kind == "stop" and run is None:
-            out = await asyncio.to_thread(steer.stop_all, self.h, wait)
+            out = await steer.stop_all(self.h, wait)
         else:
-            out = await asyncio.to_thread(steer.send, self.h, kind, content, wait)
+            out = await steer.send(self.h, kind, content, wait)
         return self._answered(request, out)
 
     async def model_command(self, request: Request) -> Response:
@@ -278,7 +278,7 @@ class Api:
         kind = "delete" if request.method == "DELETE" else "activate"
         name, version = request.path_params["name"], request.path_params["version"]
         content = await asyncio.to_thread(steer.model_version, self.h, kind, name, version)
-        out = await asyncio.to_thread(steer.send, self.h, kind, content, _float(request, "wait", 3.0))
+        out = await steer.send(self.h, kind, content, _float(request, "wait", 3.0))
         return self._answered(request, out)
 
     def _answered(self, request: Request, out: dict[str, Any]) -> Response:

@@ -2,6 +2,8 @@
 daemon's own parser first, then `control/KIND.ID`) and answered with the daemon's acknowledgement of that id."""
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from daemon.core import control
@@ -29,7 +31,18 @@ def model_version(h: Home, kind: str, name: str, version: int) -> str:
     return content
 
 
-def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
+async def answers(h: Home, ticket: control.Ticket, wait: float, poll: float = 0.1) -> list[dict[str, Any]]:
+    """The daemon's answers to `ticket` within `wait` seconds, polled without holding a thread while waiting (many
+    clients may wait at once)."""
+    end = time.monotonic() + wait
+    while True:
+        found = await asyncio.to_thread(ticket.wait, h, 0)
+        if found or time.monotonic() >= end:
+            return found
+        await asyncio.sleep(poll)
+
+
+async def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
     """Write the command and wait up to `wait` seconds for the daemon's answers (the CLI's `_send`)."""
     control.parse_text(kind, content)  # a command the daemon would reject is never written
     ticket = control.send(h, kind, content)
@@ -38,21 +51,20 @@ def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
     if not daemon_alive(h):
         out["note"] = "no daemon is running: it applies this when it starts (overnight daemon)"
         return out
-    answers = ticket.wait(h, min(max(wait, 0.0), MAX_WAIT_S)) if wait > 0 else []
-    out.update(answers=answers, acknowledged=bool(answers),
-               rejected=any(e["status"] == "rejected" for e in answers))
-    if not answers:
+    found = await answers(h, ticket, min(wait, MAX_WAIT_S)) if wait > 0 else []
+    out.update(answers=found, acknowledged=bool(found), rejected=any(e["status"] == "rejected" for e in found))
+    if not found:
         out["note"] = f"not acknowledged yet (waited {wait:g} s); see GET /api/status"
     return out
 
 
-def stop_all(h: Home, wait: float) -> dict[str, Any]:
+async def stop_all(h: Home, wait: float) -> dict[str, Any]:
     """A stop naming no run also holds the queue; a second one is answered at once (the daemon answers a held
     control/stop once)."""
     if control.held(h, "stop") == "*":
         return {"command": "stop", "content": "", "command_id": None, "wrote": None, "answers": [],
                 "acknowledged": True, "rejected": False,
                 "note": f"already stopped: {h.control / 'stop'} is in place; no new job starts until resume"}
-    out = send(h, "stop", "", wait)
+    out = await send(h, "stop", "", wait)
     out["note"] = (out["note"] + "; " if out["note"] else "") + "no new job starts until resume"
     return out

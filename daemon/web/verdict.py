@@ -3,6 +3,7 @@ dataset file is followed by its inode: the intake moves it (rename) into the run
 inbox/rejected/, so the same inode names it wherever it went."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -71,20 +72,21 @@ class Placed:
         return [r for r in rows if _inode(RunFolder(r["run_dir"]).dataset / self.dataset.name) == self.inode]
 
 
-def wait(h: Home, placed: Placed, timeout: float, poll: float = 0.2) -> Verdict:
-    """Block up to `timeout` seconds for the daemon's verdict; without a daemon, say so at once."""
+async def wait(h: Home, placed: Placed, timeout: float, poll: float = 0.2) -> Verdict:
+    """Up to `timeout` seconds for the daemon's verdict (each look in a thread, none held while waiting); without a
+    daemon, say so at once."""
     end = time.monotonic() + timeout
     while True:
-        found = placed.look(h)
+        found = await asyncio.to_thread(placed.look, h)
         if found:
             return found
-        if not daemon_alive(h):
+        if not await asyncio.to_thread(daemon_alive, h):
             return Verdict(WAITING, [str(f) for f in placed.files],
                            note="no daemon is running: it takes the drop when it starts (overnight daemon)")
         if time.monotonic() >= end:
             return Verdict(WAITING, [str(f) for f in placed.files],
                            note=f"the daemon has not taken the drop yet (waited {timeout:g} s); see GET /api/status")
-        time.sleep(poll)
+        await asyncio.sleep(poll)
 
 
 def _entries(folder: Path) -> list[Path]:
