@@ -84,8 +84,8 @@ def test_a_non_loopback_address_without_a_token_refuses_to_start(home):
 
 
 def test_oversize_uploads_and_path_names_are_refused_before_anything_is_kept(home, serve_proc):  # noqa: F811
-    (home / "overnight.toml").write_text("max_upload_mb = 0.01\n")  # about 10 kB
     api = serve_proc().client()
+    (home / "overnight.toml").write_text("max_upload_mb = 0.01\n")  # about 10 kB; live: no restart
     big = "x" * 20_000
     answer = api.post("/api/datasets", files={"dataset": ("big.jsonl", big)})
     assert answer.status_code == 413 and "max_upload_mb" in answer.json()["error"]

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from daemon import __version__
 from daemon.core import control, jsonviews, morning
 from daemon.core.errors import BrokenDB, ControlError, DropError, RefError, UploadError
 from daemon.core.home import Home, daemon_alive
+from daemon.core.options import LiveSetting
 from daemon.core.queries import Reader
 from daemon.core.rundir import RunFolder, read_jsonl
 from daemon.core.states import ENDED, State
@@ -49,9 +51,12 @@ class Json(JSONResponse):
 
 def _float(request: Request, name: str, default: float) -> float:
     try:
-        return float(request.query_params.get(name, default))
+        value = float(request.query_params.get(name, default))
     except ValueError:
-        raise BadRequest(f"?{name}= must be a number. Fix: e.g. ?{name}=10") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"?{name}= must be a number, 0 or more. Fix: e.g. ?{name}=10")
+    return value
 
 
 def _offset(value: str | None) -> int:
@@ -69,9 +74,9 @@ def _client(request: Request) -> str:
 
 
 class Api:
-    def __init__(self, h: Home, max_upload: int) -> None:
+    def __init__(self, h: Home) -> None:
         self.h = h
-        self.max_upload = max_upload
+        self.max_upload_mb = LiveSetting(h.toml, "max_upload_mb")  # live: read again when overnight.toml changes
         self._telemetry: Any = None
         self._runs_cache: tuple[tuple, float, bytes] | None = None
         self._runs_lock = threading.Lock()
@@ -231,11 +236,11 @@ class Api:
                     202: {description: not taken yet}, 413: {description: over max_upload_mb}}
         """
         wait = min(_float(request, "wait", 60.0), MAX_VERDICT_WAIT_S)
+        limit = int(await asyncio.to_thread(self.max_upload_mb) * 2**20)
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_upload:
-            raise upload.too_large(self.max_upload)
-        staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(),
-                                      self.max_upload)
+        if length and length.isdigit() and int(length) > limit:
+            raise upload.too_large(limit)
+        staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(), limit)
         files = upload.into_inbox(self.h, staged)
         serverlog.write(_client(request), f"upload: {', '.join(f.name for f in files)} into {self.h.inbox}")
         found = await verdict.wait(self.h, verdict.Placed(files), wait)
@@ -296,8 +301,8 @@ async def _error(request: Request, exc: Exception) -> Response:
     return Json({"error": str(exc)}, status)
 
 
-def build(h: Home, tokens: Tokens | None, max_upload: int) -> Starlette:
-    api = Api(h, max_upload)
+def build(h: Home, tokens: Tokens | None) -> Starlette:
+    api = Api(h)
     dashboard = Dashboard(h)
     run = "/api/runs/{run}"
     routes = [

@@ -1,5 +1,5 @@
-"""`overnight serve`: where to listen (the [serve] table of overnight.toml, then the command line), whether tokens
-are required, and uvicorn running the app until SIGINT/SIGTERM."""
+"""`overnight serve`: where to listen (the [serve] table of overnight.toml, then the command line; read at start),
+whether tokens are required, and uvicorn running the app until SIGINT/SIGTERM."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from typing import Callable
 
 from daemon.core.errors import ServeError
 from daemon.core.home import Home
-from daemon.core.options import OPTIONS, OptionsError, load_home_toml
+from daemon.core.options import OptionsError, load_home_toml
 from daemon.web import serverlog, tokens as tokenfile
 from daemon.web.auth import is_loopback
 
@@ -18,7 +18,6 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
 class Settings:
     host: str
     port: int
-    max_upload: int  # bytes
 
 
 def settings(h: Home, host: str | None, port: int | None) -> Settings:
@@ -28,9 +27,8 @@ def settings(h: Home, host: str | None, port: int | None) -> Settings:
     except OptionsError as e:
         raise ServeError(str(e)) from None
     table = owner.get("serve") or {}
-    mb = owner.get("max_upload_mb", OPTIONS["max_upload_mb"].default)
-    return Settings(host or table.get("host", DEFAULT_HOST), port if port is not None else table.get("port", DEFAULT_PORT),
-                    int(mb * 2**20))
+    return Settings(host or table.get("host", DEFAULT_HOST),
+                    port if port is not None else table.get("port", DEFAULT_PORT))
 
 
 def prepare(h: Home, s: Settings, new_token: bool, say: Callable[[str], None]) -> tokenfile.Tokens | None:
@@ -54,7 +52,7 @@ def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[st
 
     from daemon.web.app import build
     serverlog.setup(h, echo=False)
-    app = build(h, tokens, s.max_upload)
+    app = build(h, tokens)
     url = f"http://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"
     serverlog.log.info(f"serving {h.root} on {url} ({'tokens required' if tokens else 'no token: loopback only'})")
     say(f"serving {h.root} on {url}\n  API: {url}/api/ (schema: {url}/api/openapi.json)\n  dashboard: {url}/dashboard/"
