@@ -241,9 +241,9 @@ class Api:
         if length and length.isdigit() and int(length) > limit:
             raise upload.too_large(limit)
         staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(), limit)
-        files = upload.into_inbox(self.h, staged)
+        files, inode = upload.into_inbox(self.h, staged)
         serverlog.write(_client(request), f"upload: {', '.join(f.name for f in files)} into {self.h.inbox}")
-        found = await verdict.wait(self.h, verdict.Placed(files), wait)
+        found = await verdict.wait(self.h, verdict.Placed(files, inode), wait)
         if found.state == verdict.REJECTED:
             serverlog.write(_client(request), f"upload: {files[-1].name} rejected by the daemon")
         status = {verdict.QUEUED: 201, verdict.REJECTED: 422}.get(found.state, 202)

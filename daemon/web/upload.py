@@ -157,9 +157,10 @@ async def receive(h: Home, content_type: str, body: AsyncIterator[bytes], limit:
     return staged
 
 
-def into_inbox(h: Home, staged: Staged) -> list[Path]:
+def into_inbox(h: Home, staged: Staged) -> tuple[list[Path], int]:
     """Give the staged parts their drop names (NAME.EXT, NAME.toml, NAME.probes.jsonl) and put them into the inbox as
-    `overnight add` does; the staging folder is removed whatever happens."""
+    `overnight add` does; the staging folder is removed whatever happens. Returns the inbox paths (the dataset last)
+    and the dataset's inode, taken before the daemon can move it."""
     try:
         if "dataset" not in staged.files:
             raise UploadError(400, "the upload has no 'dataset' part. Fix: curl -F dataset=@FILE URL/api/datasets")
@@ -169,7 +170,8 @@ def into_inbox(h: Home, staged: Staged) -> list[Path]:
         paths = {}
         for part, path in staged.files.items():
             paths[part] = path.rename(staged.folder / named[part])
-        return drop.add(h, paths["dataset"], paths.get("sidecar"), paths.get("probes"), staged=True)
+        inode = paths["dataset"].stat().st_ino  # linked in as it is: the same inode wherever the daemon moves it
+        return drop.add(h, paths["dataset"], paths.get("sidecar"), paths.get("probes"), staged=True), inode
     finally:
         staged.discard()
 

@@ -30,14 +30,15 @@ class Verdict:
 
 @dataclass
 class Placed:
-    """A drop put into the inbox: its files, and the dataset's name and inode."""
+    """A drop put into the inbox: its files (the dataset last, as drop.add places it) and the dataset's inode."""
 
     files: list[Path]
+    inode: int
     since: float = field(default_factory=time.time)
 
-    def __post_init__(self) -> None:
-        self.dataset = self.files[-1]  # drop.add places the dataset last
-        self.inode = self.dataset.stat().st_ino
+    @property
+    def dataset(self) -> Path:
+        return self.files[-1]
 
     def look(self, h: Home) -> Verdict | None:
         """The daemon's verdict if it has given one (None: the drop still waits)."""
