@@ -12,7 +12,11 @@ from tui.homedata import HomeSnapshot, ModelRow
 from tui.fmt import short_time
 from tui.widgets.runs import clip_id
 
-WIDE = ("", "name", "ver", "state", "loss", "eval", "rougeL", "forget", "created", "base", "continues from", "run")
+WIDE = ("", "name", "ver", "state", "loss", "eval", "created", "base", "continues from", "run")
+# from WIDEST_AT columns on, the eval report's ROUGE-L and forgetting score too (a regressed version's state says so
+# at any width)
+WIDEST = ("", "name", "ver", "state", "loss", "eval", "rougeL", "forget", "created", "base", "continues from", "run")
+WIDEST_AT = 150
 # below WIDE_AT columns: what tells versions apart and which to activate; the run id last, cut by clip_id
 NARROW = ("", "name", "ver", "state", "loss", "continues from", "run")
 WIDE_AT = 110
@@ -72,7 +76,7 @@ class ModelsTable(DataTable):
         kept = self.selected
         self._models = models
         width = self.size.width or 80
-        labels = WIDE if width >= WIDE_AT else NARROW
+        labels = WIDEST if width >= WIDEST_AT else WIDE if width >= WIDE_AT else NARROW
         self.clear(columns=True)  # widths follow the rows shown now
         for label in labels:
             self.add_column(label, key=label or "mark")
