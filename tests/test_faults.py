@@ -79,9 +79,11 @@ class _FrozenTrainer:
     def __init__(self, run_dir: Path) -> None:
         from types import SimpleNamespace
 
+        from daemon.engine.executors.local import LocalJob
         from daemon.engine.stall import Escalation
         self.run_id, self.run_dir, self.requested = "frozen-1", run_dir, "stop"
         self.proc = SimpleNamespace(pid=4242)
+        self.job = LocalJob(self.proc)  # the local executor's handle
         self.escalation = Escalation(0.0, since=0.0, mark="no progress")
         self.stall = None
         self.signals: list[str] = []

@@ -82,7 +82,7 @@ class Supervisor:
 
     def stalled(self) -> list[str]:
         """What each stalled trainer's PROBLEM line says."""
-        return [a.stall.message(a.run_id, a.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
+        return [a.stall.message(a.run_id, a.job.pid) for a in self.trainers.values() if a.stall and a.stall.stalled]
 
     def executor(self, owner: dict[str, Any] | None = None) -> Executor:
         """The owner's executor now ([executor] in overnight.toml); a running trainer keeps the one it started on."""
@@ -158,7 +158,7 @@ class Supervisor:
             self.fail_before_start(run, str(e))
             return True
         self._follow(a)
-        self.store.update_run(run["id"], pid=a.pid, job_id=a.job.job_id, node=None)
+        self.store.update_run(run["id"], pid=a.job.pid, job_id=a.job.job_id, node=None)
         log.info(f"started {run['id']} on {slot.label} ({a.job.label}{', resume from ' + ckpt.name if ckpt else ''})")
         return True
 
@@ -232,7 +232,7 @@ class Supervisor:
             if was_stalled and not a.stall.stalled:
                 log.info(f"{a.run_id}: training steps again (step {step})")
             return
-        message = a.stall.message(a.run_id, a.pid)
+        message = a.stall.message(a.run_id, a.job.pid)
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
         tell(self.notifier, "stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))

@@ -59,6 +59,7 @@ class SlurmJob:
         self.cancelled = False  # the daemon cancelled it (not someone else)
         self.lost = False  # Slurm knows nothing of it any more
         self.refusal: str | None = None  # it cannot ever start: why, with the fix
+        self.relaunch: str | None = None  # Slurm holds it after a failed launch: cancelled, a new job goes on
         self.unreachable: str | None = None
 
     # --- following ------------------------------------------------------------------------------------
@@ -87,6 +88,9 @@ class SlurmJob:
                             f"time_limit, gpus_per_run, nodes_per_run, extra_args) to what the cluster offers "
                             f"(`sinfo`, `scontrol show job {self.job_id}`), then drop the dataset again")
             self.cancel()
+        elif info.state == "PENDING" and info.reason in slurmctl.HELD_AFTER_FAILURE and not self.cancelled:
+            self.relaunch = f"Slurm held {self.label} after a failed launch ({info.reason}); a new job resumes the run"
+            self.cancel()
         self.info = info
         return info
 
@@ -94,6 +98,8 @@ class SlurmJob:
         info = self._refresh()
         if self.refusal:
             return 1
+        if self.relaunch:
+            return -15  # ended from outside the trainer, resumable
         if self.lost:
             return self.info.exit_code if self.info and self.info.ended else -9
         return info.exit_code if info and info.ended else None
@@ -110,6 +116,8 @@ class SlurmJob:
     def interrupted(self) -> str | None:
         """What ended the job from outside the trainer (resumable), once it ended."""
         info, name = self.info, self.label
+        if self.relaunch:
+            return self.relaunch
         if self.lost:
             return f"Slurm no longer knows {name}"
         if info is None or not info.ended or self.cancelled:

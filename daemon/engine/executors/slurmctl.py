@@ -22,7 +22,10 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
 NEVER_CLEARS = {"BadConstraints", "DependencyNeverSatisfied", "PartitionConfig", "PartitionNodeLimit",
                 "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AccountNotAllowed",
                 "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "AssocMaxWallDurationPerJobLimit",
-                "AssocMaxNodesPerJobLimit", "AssocMaxCpuPerJobLimit", "JobHeldAdmin"}
+                "AssocMaxNodesPerJobLimit", "AssocMaxCpuPerJobLimit"}
+# reasons Slurm holds a job after it failed to start it (a node that came back, a launch that failed): a new job
+# starts where this one cannot (an admin's own hold, JobHeldAdmin, is left to the admin)
+HELD_AFTER_FAILURE = {"launch_failed_requeued_held"}
 
 
 class SlurmUnreachable(RuntimeError):
