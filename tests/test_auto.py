@@ -103,3 +103,15 @@ def test_an_objective_that_does_not_fit_the_data_says_the_fix(requested: str, ki
     with pytest.raises(ValueError, match="Fix: ") as e:
         auto.objective(requested, kind)
     assert says in str(e.value) and fix in str(e.value) and f'objective = "{requested}"' in str(e.value)
+
+
+@pytest.mark.parametrize("requested, cuda, installed, on, why", [
+    ("auto", True, True, True, "auto: a CUDA GPU and liger-kernel are here"),
+    ("auto", False, True, False, "auto: Liger's kernels need a GPU"),
+    ("auto", True, False, False, "auto: liger-kernel is not installed (pip install 'overnight[gpu]')"),
+    (True, True, True, True, "set in the options"),
+    (True, False, True, False, "use_liger_kernel = true is ignored: Liger's kernels need a GPU"),
+    (False, True, True, False, "set off in the options"),
+])
+def test_liger(requested: object, cuda: bool, installed: bool, on: bool, why: str) -> None:
+    assert auto.liger(requested, cuda, installed) == (on, why)

@@ -59,6 +59,16 @@ def batching(requested: str, kind: str, attention: str) -> tuple[str, str]:
                               f"would cost more than sorting batches by length")
 
 
+def liger(requested: bool | str, cuda: bool, installed: bool) -> tuple[bool, str]:
+    """Whether Liger's kernels (its fused linear cross-entropy never builds the logits) run, and why."""
+    if requested is False:
+        return False, "set off in the options"
+    if cuda and installed:
+        return True, "set in the options" if requested is True else "auto: a CUDA GPU and liger-kernel are here"
+    missing = "Liger's kernels need a GPU" if not cuda else "liger-kernel is not installed (pip install 'overnight[gpu]')"
+    return False, ("use_liger_kernel = true is ignored: " if requested is True else "auto: ") + missing
+
+
 def _first_gpu() -> tuple[bool, int | None]:
     try:
         import pynvml

@@ -112,7 +112,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
           validate=lambda source, v: _check_loss_type(source, v), sweep=True),
     Train("lora_r", int, 16, "LoRA rank", _rng(1, 1024), "1 .. 1024", sweep=True),
     Train("lora_alpha", (int, float), 32, "LoRA alpha", _rng(0, 1e6, True), "> 0", sweep=True),
-    Train("lora_dropout", (int, float), 0.05, "LoRA dropout", lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
+    Train("lora_dropout", (int, float), 0.0, "LoRA dropout (0: PEFT's default, and no extra kernels per step)",
+          lambda v: 0 <= v < 1, ">= 0 and < 1", sweep=True),
     Train("lora_targets", (str, list), "all-linear", "modules LoRA adapts",
           lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
           '"all-linear" or a list of module names such as ["q_proj", "v_proj"]'),
@@ -142,8 +143,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("max_grad_norm", (int, float), 1.0, "gradient clipping norm; 0 = off", _rng(0, 1e6), "0 .. 1e6", sweep=True),
     Train("optim", str, "adamw_torch_fused", "optimizer (the Trainer's names, e.g. paged_adamw_8bit with QLoRA)",
           lambda v: v in OPTIMIZERS, _choices(OPTIMIZERS), sweep=True),
-    Train("use_liger_kernel", bool, False, "Liger's Triton kernels (GPU; needs liger-kernel: overnight[gpu])",
-          sweep=True),
+    Train("use_liger_kernel", (bool, str), "auto", "Liger's Triton kernels, whose fused loss never builds the logits "
+          "(auto: on with a CUDA GPU and liger-kernel installed, which overnight[gpu] brings)",
+          lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),

@@ -109,7 +109,11 @@ class ReportCallback(TrainerCallback):
     """metrics.jsonl + console progress lines + progress.json (+ the same numbers in TensorBoard's event files)."""
 
     def __init__(self, metrics_path: Path, progress: Progress, status: RunStatus,
-                 log: Callable[[str], None], board: Board | None = None) -> None:
+                 log: Callable[[str], None], board: Board | None = None,
+                 tokens: Callable[[], int] = lambda: 0) -> None:
+        # `tokens()`: real tokens fed to the model so far by every process (a collective under torchrun, asked on
+        # every rank at the same log steps)
+        self.tokens = tokens
         self.metrics_path = metrics_path
         self.board = board
         self.progress = progress
@@ -125,7 +129,7 @@ class ReportCallback(TrainerCallback):
         if self.board is not None:
             self.board.open(state.global_step)
         self._t0 = time.perf_counter()
-        self._tokens_last = state.num_input_tokens_seen
+        self._tokens_last = self.tokens()
         self._start_step = state.global_step
         for record in reversed(state.log_history):  # a resume: the last losses before the checkpoint stand until
             if self.status.last_loss is None and "loss" in record:  # new ones are logged (none, when it was
@@ -153,12 +157,13 @@ class ReportCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
         logs = logs or {}  # the Trainer logs the same (all-reduced) numbers on every rank: rank 0 writes them
+        tokens = self.tokens() if "loss" in logs else 0  # every rank: the count is summed over them
         if not ddp.is_main():
             if "loss" in logs:
                 self.status.last_loss = float(logs["loss"])
             return
         if "loss" in logs:
-            self._train_record(state, logs)
+            self._train_record(state, logs, tokens)
         if "eval_loss" in logs:
             self.status.last_eval_loss = float(logs["eval_loss"])
             self._append({"step": state.global_step, "eval_loss": _num(logs["eval_loss"]),
@@ -166,10 +171,10 @@ class ReportCallback(TrainerCallback):
                           **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}}, "eval")
             self.log(f"eval @ step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
-    def _train_record(self, state: Any, logs: dict[str, float]) -> None:
+    def _train_record(self, state: Any, logs: dict[str, float], tokens: int) -> None:
         now = time.perf_counter()
-        tokens_per_s = (state.num_input_tokens_seen - self._tokens_last) / max(self._compute_s, 1e-9)
-        self._tokens_last, self._compute_s = state.num_input_tokens_seen, 0.0
+        tokens_per_s = (tokens - self._tokens_last) / max(self._compute_s, 1e-9)
+        self._tokens_last, self._compute_s = tokens, 0.0
         loss = float(logs["loss"])
         self.status.last_loss = loss
         record = {"step": state.global_step, "loss": _num(loss), "lr": _num(logs.get("learning_rate")),

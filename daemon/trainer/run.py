@@ -298,6 +298,8 @@ def environment_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # batches of varying shapes (length-grouped, padding-free) would fragment CUDA's caching allocator
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not under_torchrun(os.environ):
         # one process trains on one GPU (the Trainer would wrap several in nn.DataParallel): the daemon already
         # chose one; this narrows a trainer started by hand the same way (pick_device still refuses several)

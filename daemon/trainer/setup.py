@@ -88,7 +88,8 @@ class Built:
         """This attempt's Trainer: the objective's own (arguments, collator, loss) with overnight's callbacks."""
         paths = self.session.cfg.paths
         callbacks: list[TrainerCallback] = [
-            ReportCallback(paths.metrics, self.progress, self.status, say, self.board),
+            ReportCallback(paths.metrics, self.progress, self.status, say, self.board,
+                           tokens=lambda: ddp.total(self._trainer.tokens_real if self._trainer else 0)),
             *filter(None, [rung_callback(self.session.cfg.file.options, self.commands, self.data.eval is not None,
                                          say)]),  # before CommandCallback: it saves the rung's checkpoint
             CommandCallback(self.commands, self.progress, self.status, self._nonfinite, say),
@@ -233,16 +234,14 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
     the sequences each example puts through the model (the objective's: DPO's chosen and rejected)."""
     import importlib.util
 
+    liger, why = auto.liger(opts.use_liger_kernel, device.kind == "cuda",
+                            importlib.util.find_spec("liger_kernel") is not None)
+    say(f"Liger kernels: {'on' if liger else 'off'} ({why})")
     checkpointing, why = checkpointing_decision(
         opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size * rows,
         seq_len=min(longest, opts.max_length), lora_r=opts.lora_r, quantization=opts.quantization,
-        dtype_bytes=device.dtype.itemsize, liger=opts.use_liger_kernel)
+        dtype_bytes=device.dtype.itemsize, liger=liger)
     say(f"gradient checkpointing: {'on' if checkpointing else 'off'} ({why})")
-    liger = opts.use_liger_kernel
-    if liger and (device.kind != "cuda" or importlib.util.find_spec("liger_kernel") is None):
-        liger = False
-        say("use_liger_kernel = true is ignored: " + ("Liger's kernels need a GPU" if device.kind != "cuda" else
-            "liger-kernel is not installed (pip install 'overnight[gpu]')"))
     if opts.optim.startswith("paged_") and device.kind != "cuda":
         raise RunError(f"optim = \"{opts.optim}\" pages optimizer state through CUDA memory, and this run is on "
                        f"the CPU. Fix: use optim = \"adamw_torch\" on the CPU, or run on a GPU.")

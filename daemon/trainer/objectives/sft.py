@@ -103,8 +103,9 @@ def argument_values(opts: TrainOptions, output_dir: str, device: Device, has_eva
         disable_tqdm=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        # padding-free rows hold no padding and no attention mask to count it by
-        include_num_input_tokens_seen="all" if batching == "padding_free" else "non_padding",
+        # the Trainer's own count gathers and reads a device tensor every micro-batch (a host sync per step, a
+        # collective under torchrun): StepWatch counts on the device, read when a record is logged
+        include_num_input_tokens_seen="no",
         log_level="warning",
         **_ddp_arguments(device),
     )
