@@ -59,6 +59,9 @@ def test_a_version_that_forgets_its_parents_answers_is_reported_told_once_and_ne
         v1 = _models(home)[1]
         first = _report(v1)
         assert first["eval"]["records"] == 4 and set(first["eval"]["scores"]) == {"version", "base"}
+        # the intake moved the eval file into the run folder with the dataset, as it moves the probes
+        assert Path(first["eval"]["file"]) == Path(v1["adapter_path"]).parent / "dataset" / "task.eval.jsonl"
+        assert Path(first["eval"]["file"]).is_file() and not (home / "inbox" / "task.eval.jsonl").exists()
         assert first["eval"]["scores"]["version"]["exact"] > first["eval"]["scores"]["base"]["exact"]
         assert v1["metrics"]["report"]["regressed"] is False and v1["active"]
         knew = {x["prompt"] for x in first["eval"]["answers"] if x["version"] == x["reference"]}
