@@ -49,16 +49,18 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
     with open(root / "slurm.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _cluster_up():
-            if os.geteuid() != 0:
+            root_cmd = [] if os.geteuid() == 0 else ["sudo", "-n"]
+            if root_cmd and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
                 unavailable("no Slurm cluster is running, and starting one (tests/slurm/start.sh: installs slurm-wlm "
-                            "and munge, starts munged, slurmctld, slurmd) needs root")
-            res = subprocess.run([str(SCRIPTS / "start.sh")], capture_output=True, text=True, timeout=600)
+                            "and munge, starts munged, slurmctld, slurmd) needs root (or sudo without a password)")
+            res = subprocess.run([*root_cmd, str(SCRIPTS / "start.sh")], capture_output=True, text=True, timeout=600)
             if res.returncode != 0:
                 unavailable(f"tests/slurm/start.sh could not start Slurm: {(res.stderr or res.stdout)[-1500:]}")
             started = True
     yield "debug"
     if started and not os.environ.get("PYTEST_XDIST_WORKER"):
-        subprocess.run([str(SCRIPTS / "stop.sh")], capture_output=True, timeout=120)
+        subprocess.run([*([] if os.geteuid() == 0 else ["sudo", "-n"]), str(SCRIPTS / "stop.sh")],
+                       capture_output=True, timeout=120)
 
 
 def slurm_home(root: Path, tiny_model: Path, partition: str, **table: Any) -> kill_loop.Home:
