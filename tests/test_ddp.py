@@ -150,7 +150,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path: Path, qwe
     assert "rank 1: " not in text
     names = {p.name for p in ddp.iterdir()}
     assert names == {"dataset", "config.json", "stats.json", "console.log", "metrics.jsonl", "progress.json",
-                     "checkpoints", "adapter", "result.json", "tokens.npz", "tensorboard"}, names
+                     "checkpoints", "adapter", "result.json", "tokens.npz", "tensorboard", "eval_report.json"}, names
     assert len(list((ddp / "tensorboard").iterdir())) == 1  # one event file: rank 0's
     assert text.count("data: tokenised in ") == 1 and "kept in tokens.npz for a resume and the other ranks" in text
     last = ddp / "checkpoints" / "step-10"
