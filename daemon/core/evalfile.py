@@ -17,7 +17,7 @@ from daemon.core.errors import DatasetError
 from daemon.core.probes import parse_record
 
 from daemon.core.dropfiles import EVAL_SUFFIX
-MAX_EVAL_RECORDS = 5000  # every record is generated three times (the version, its parent, the base) at the end
+MAX_EVAL_RECORDS = 2000  # each is answered three times (version, parent, base) at the end, within the stall window
 
 _FIX = ('give each line a prompt and the answer to score against, e.g. {"prompt": "2+2=", "reference": "4"}, or '
         'any supervised dataset record (prompt/completion, alpaca instruction/output, messages ending with an '
