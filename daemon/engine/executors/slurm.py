@@ -57,6 +57,7 @@ class SlurmJob:
         self.sent = list(sent or [])  # this job's commands so far (commands.txt)
         self.asked = 0.0  # when Slurm was last asked
         self.cancelled = False  # the daemon cancelled it (not someone else)
+        self.confirmed = False  # seen ended twice in a row: a state in passing (a requeue's) is not taken for the end
         self.lost = False  # Slurm knows nothing of it any more
         self.refusal: str | None = None  # it cannot ever start: why, with the fix
         self.relaunch: str | None = None  # Slurm holds it after a failed launch: cancelled, a new job goes on
@@ -64,7 +65,7 @@ class SlurmJob:
 
     # --- following ------------------------------------------------------------------------------------
     def _refresh(self) -> JobInfo | None:
-        if self.info and self.info.ended or self.lost or time.monotonic() - self.asked < POLL_S:
+        if self.confirmed or self.lost or time.monotonic() - self.asked < POLL_S:
             return self.info
         self.asked = time.monotonic()
         try:
@@ -91,6 +92,7 @@ class SlurmJob:
         elif info.state == "PENDING" and info.reason in slurmctl.HELD_AFTER_FAILURE and not self.cancelled:
             self.relaunch = f"Slurm held {self.label} after a failed launch ({info.reason}); a new job resumes the run"
             self.cancel()
+        self.confirmed = info.ended and bool(self.info and self.info.ended)
         self.info = info
         return info
 
@@ -102,7 +104,7 @@ class SlurmJob:
             return -15  # ended from outside the trainer, resumable
         if self.lost:
             return self.info.exit_code if self.info and self.info.ended else -9
-        return info.exit_code if info and info.ended else None
+        return info.exit_code if info and self.confirmed else None
 
     def wait(self, timeout: float) -> int | None:
         end = time.monotonic() + timeout
