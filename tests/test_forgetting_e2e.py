@@ -1,6 +1,7 @@
 """The forgetting alarm, through the real daemon and trainer on the tiny model: v1 learns task A; v2, continued from
 v1 on an unrelated task B with a learning rate high enough to wipe A out, is reported as regressed (the A probes it
-lost listed), told once to a local json:// notifier and never activated; a gentle continuation raises no alarm."""
+lost listed), told once to a local json:// notifier and never activated; a gentle continuation raises no alarm; a
+sweep with select = "best" (ranked by select_metric) activates its gentle point, never its regressed one."""
 from __future__ import annotations
 
 import json
@@ -92,11 +93,19 @@ def test_a_version_that_forgets_its_parents_answers_is_reported_told_once_and_ne
         assert v3["active"] and not models[1]["active"]
 
         _dashboard_marks_the_regressed_version_and_what_it_lost(home, v2)
-
         regressed = webhook.about("regressed")
-        assert len(regressed) == 1 and "task v2" in regressed[0]["title"]
-        assert "1 probe" in regressed[0]["message"] or "probe(s)" in regressed[0]["message"]
-        assert len(webhook.about("completed")) == 3
+        assert len(regressed) == 1 and "task v2" in regressed[0]["title"]  # the alarm fired once, for v2
+        assert "probe(s) its parent answered right are now wrong" in regressed[0]["message"]
+
+        # a sweep with select = "best" ranked by the forgetting score: the violent point forgets least general
+        # text here, but it lost task A, so the gentle point is the one activated
+        _drop(home, TASK_B, 'max_steps = 30\nlearning_rate = [1e-1, 1e-6]\ninit_adapter = "task"\n'
+                            'select = "best"\nselect_metric = "forgetting"\n')
+        models = _models(home)
+        violent, gentle = models[4], models[5]
+        assert violent["metrics"]["report"]["regressed"] and not gentle["metrics"]["report"]["regressed"]
+        assert gentle["active"] and not violent["active"]
+        assert len(webhook.about("regressed")) == 2 and len(webhook.about("completed")) == 5
     finally:
         webhook.stop()
 
