@@ -322,8 +322,8 @@ def _check_serve(source: Path | str, table: dict[str, Any]) -> None:
 
 
 # `overnight serve`: the HTTP API and the dashboard in a browser (daemon/web/).
-OPTIONS["serve"] = Option("serve", dict, None, "where overnight serve listens ([serve] host, port; default "
-                          "127.0.0.1:8642)", allowed='a table: host = "127.0.0.1", port = 8642', owner_only=True, live=True,
+OPTIONS["serve"] = Option("serve", dict, None, "where overnight serve listens ([serve] host, port; read when it "
+                          "starts; default 127.0.0.1:8642)", allowed='a table: host = "127.0.0.1", port = 8642', owner_only=True, live=True,
                           validate=lambda source, v: _check_serve(source, v))
 OPTIONS["max_upload_mb"] = Option("max_upload_mb", (int, float), 1024, "the largest upload overnight serve takes "
                                   "(MB); a larger one is refused with 413 before anything is kept",
