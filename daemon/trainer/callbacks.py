@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from daemon.core.rundir import step_name
 from daemon.core.states import Phase
 from daemon.trainer import checkpoints as ckpt
-from daemon.trainer import ddp
+from daemon.trainer import ddp, gpustats
 from daemon.trainer.board import Board
 from daemon.trainer.commands import Commands
 
@@ -91,7 +91,7 @@ class Progress:
                                    "epoch": round(self.epoch, 4), "pid": ddp.launcher_pid(),
                                    "trainer_pid": os.getpid(), "device": self.device,
                                    "device_name": self.device_name, "reason": self.reason, "updated": _iso_ms(),
-                                   **_slurm_job()})
+                                   **_slurm_job(), **({"gpus": gpustats.sample()} if self.device == "cuda" else {})})
 
 
 @dataclass

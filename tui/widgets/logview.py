@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Log, Static
 
+from daemon.core.render import fmt_bytes
 from tui.homedata import LOG_LINES, LogUpdate, RunRow, SearchResult
 from tui.fmt import short_stamp
 from tui.widgets.runs import STATE_STYLE
@@ -22,8 +23,19 @@ def run_note(run: RunRow | None, progress: dict) -> Text:
         phase = progress.get("state")
         detail = f" ({phase})" if phase and phase != run.state else ""
         device = progress.get("device_name") or progress.get("device")
-        return Text.assemble((run.state + detail, style), f" on {device}" if device else "")
+        return Text.assemble((run.state + detail, style), f" on {device}" if device else "", remote_gpus(progress))
     return Text.assemble((run.state, style), f": {run.reason}" if run.reason else "")
+
+
+def remote_gpus(progress: dict) -> str:
+    """A run on a Slurm node: its GPUs as its trainer's NVML sees them there (progress.json), which this machine's
+    NVML cannot: ` · node gpu-3: GPU0 87% 41.0G/80.0G`; '' for a run trained here (the System panel has those)."""
+    node, gpus = progress.get("node"), progress.get("gpus") or []
+    if not node or not gpus:
+        return ""
+    shown = ", ".join(f"GPU{g.get('index')} {g.get('util_percent', 0):.0f}% "
+                      f"{fmt_bytes(g.get('mem_used') or 0)}/{fmt_bytes(g.get('mem_total') or 0)}" for g in gpus)
+    return f" · node {node}: {shown}"
 
 
 class LogPanel(Vertical):
