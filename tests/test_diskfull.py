@@ -95,7 +95,7 @@ def test_a_full_disk_pauses_the_night_and_freeing_space_resumes_it(small_home: P
         assert not status["problem"]
         overnight("stop", "full", home=home, check=True)
         wait_until(lambda: state(home, "full") == "stopped", 120, what="stopped")
-    except AssertionError:
+    except (AssertionError, OSError):
         _dump(home)  # the tmpfs goes with the test: say what the daemon and the trainer saw
         raise
     finally:
@@ -120,6 +120,8 @@ def training_idle(home: Path, seconds: float) -> bool:
 
 
 def _dump(home: Path) -> None:
+    sizes = sorted((p.stat().st_size, str(p)) for p in home.parent.rglob("*") if p.is_file())
+    print("--- the largest files on the small disk\n" + "\n".join(f"{n:>12,} {p}" for n, p in sizes[-15:]))
     print("--- overnight.log\n" + (home / "overnight.log").read_text(errors="replace")[-6000:])
     for console in (home / "runs").glob("*/console.log"):
         print(f"--- {console}\n" + console.read_text(errors="replace")[-6000:])

@@ -43,7 +43,8 @@ def test_a_version_3_db_gets_the_column_and_old_rows_read_as_cpu(tmp_path: Path)
     db.conn.commit()
     db.conn.close()
     store = Store(path)
-    assert SCHEMA_VERSION == 5 and store.get_run("old-1")["gpu_set"] is None
+    version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION and store.get_run("old-1")["gpu_set"] is None  # migrated to the newest
     assert Reader(path).run("old-1")["gpu_set"] == []
     store.control_event("stop", "old-1", "control/stop.X", "applied", "stop old-1", command_id="X")  # schema 5
     assert [e["command_id"] for e in Reader(path).control_events_of("X")] == ["X"]

@@ -109,4 +109,4 @@ def test_render_asks_the_state_sets():
         line = render.runs_table([{**run, "state": state.value}]).splitlines()[1]
         assert ("1m" in line) == (state in (State.TRAINING, State.PAUSED)), state
         assert line.split()[2] == ("0" if state in ACTIVE else "-"), state  # the GPU column
-        assert ("out of memory" in line) == (state in (State.FAILED, State.STOPPED, State.SKIPPED)), state
+        assert ("out of memory" in line) == (state in (State.FAILED, State.STOPPED, State.SKIPPED, State.PRUNED)), state
