@@ -8,36 +8,18 @@ once per run, so it may be long.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from daemon.core.dataformats import json_problem, too_deep
-from daemon.core.errors import DatasetError
-from daemon.core.probes import parse_record
-
 from daemon.core.dropfiles import EVAL_SUFFIX
+from daemon.core.errors import DatasetError
+from daemon.core.probes import line_record, parse_record
+
 MAX_EVAL_RECORDS = 2000  # each is answered three times (version, parent, base) at the end, within the stall window
 
 _FIX = ('give each line a prompt and the answer to score against, e.g. {"prompt": "2+2=", "reference": "4"}, or '
         'any supervised dataset record (prompt/completion, alpaca instruction/output, messages ending with an '
         'assistant turn)')
-
-
-def _line_record(raw: bytes, file: str, location: str) -> Any:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DatasetError(file, location, None, f"not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
-    if not line.strip():
-        return None
-    try:
-        return json.loads(line)
-    except RecursionError:
-        raise too_deep(file, location) from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
-                           "each line must be one complete JSON object") from None
 
 
 def load_eval_file(path: Path) -> list[dict[str, Any]]:
@@ -59,7 +41,7 @@ def load_eval_file(path: Path) -> list[dict[str, Any]]:
     with handle:
         for number, raw in enumerate(handle, 1):
             location = f"line {number}"
-            record = _line_record(raw, file, location)
+            record = line_record(raw, file, location)
             if record is None:
                 continue
             probe = parse_record(record, file, location)

@@ -147,6 +147,24 @@ def parse_record(record: Any, file: str, location: str) -> dict[str, Any]:
     return _record_probe(record, file, location)
 
 
+def line_record(raw: bytes, file: str, location: str) -> Any:
+    """One line of a JSONL file of probes or eval records: its JSON value, None for a blank line; a DatasetError
+    naming the file and line for one that is not UTF-8 or not JSON."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(file, location, None, f"not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise too_deep(file, location) from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
+                           "each line must be one complete JSON object") from None
+
+
 def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
     """Validate and load a `NAME.probes.jsonl`; probes are numbered 0.. in file order. With `kind` (the dataset's
     examples' kind; `dataset` its name, for the message) every probe must be of that kind: preference probes
@@ -164,20 +182,9 @@ def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = N
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             location = f"line {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DatasetError(file, location, None, f"not UTF-8 text (byte {e.start})",
-                                   "save the file as UTF-8") from None
-            if not line.strip():
+            record = line_record(raw, file, location)
+            if record is None:
                 continue
-            try:
-                record = json.loads(line)
-            except RecursionError:
-                raise too_deep(file, location) from None
-            except json.JSONDecodeError as e:
-                raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
-                                   "each line must be one complete JSON object") from None
             probe = _record_probe(record, file, location)
             _check_kind(probe, kind, dataset, file, location)
             probe["id"] = len(probes)
