@@ -292,13 +292,8 @@ def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
     seq_len = min(int(r.tokens["max"]) + 1, v["max_length"])
     on, why = checkpointing_decision(v["gradient_checkpointing"], shape, free, batch_size=v["batch_size"],
                                      seq_len=seq_len, lora_r=v["lora_r"], quantization=v["quantization"],
-                                     dtype_bytes=2, liger=auto.liger(v["use_liger_kernel"], True, _has_liger())[0])
+                                     dtype_bytes=2, liger=auto.liger(v["use_liger_kernel"], True, auto.liger_installed())[0])
     return f"GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
-
-
-def _has_liger() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:

@@ -59,6 +59,10 @@ def batching(requested: str, kind: str, attention: str) -> tuple[str, str]:
                               f"would cost more than sorting batches by length")
 
 
+def liger_installed() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def liger(requested: bool | str, cuda: bool, installed: bool) -> tuple[bool, str]:
     """Whether Liger's kernels (its fused linear cross-entropy never builds the logits) run, and why."""
     if requested is False:

@@ -232,10 +232,7 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
                  free_bytes: int | None, rows: int = 1) -> TrainOptions:
     """Decide what "auto" and the GPU-only options mean on this device; log each decision with its reason. `rows`:
     the sequences each example puts through the model (the objective's: DPO's chosen and rejected)."""
-    import importlib.util
-
-    liger, why = auto.liger(opts.use_liger_kernel, device.kind == "cuda",
-                            importlib.util.find_spec("liger_kernel") is not None)
+    liger, why = auto.liger(opts.use_liger_kernel, device.kind == "cuda", auto.liger_installed())
     say(f"Liger kernels: {'on' if liger else 'off'} ({why})")
     checkpointing, why = checkpointing_decision(
         opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size * rows,
