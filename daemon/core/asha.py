@@ -114,8 +114,3 @@ def decide(trials: list[Trial], eta: int) -> list[Verdict]:
         elif place is None or place > quota:  # a loss that is not finite never goes on
             out.append(Verdict(t.id, k, Decision.PRUNED, place or len(there), reachable, quota))
     return out
-
-
-def describe_rungs(counts: list[int]) -> str:
-    """The folded sweep row's rung figure: `rungs 16 → 5 → 1` (trials that reached each rung)."""
-    return "rungs " + " → ".join(str(n) for n in counts)
