@@ -130,7 +130,7 @@ def describe(opts: Resolved) -> str:
     """`base_model 2 × learning_rate 3 × lora_r 2`: what multiplies into the run count; for a search, what it
     draws from."""
     if search.searching(opts.values):
-        over = "; ".join(s.describe() for s in search.spaces(opts.values, opts.swept, _integer))
+        over = "; ".join(s.describe() for s in search.spaces(opts.values, opts.swept, takes_integers))
         return f"search {opts.values['search']}, {opts.values['trials']} trials: {over}"
     parts = [f"base_model {len(opts.base_models)}"] if len(opts.base_models) > 1 else []
     return " × ".join(parts + [f"{k} {len(v)}" for k, v in axes(opts)])
@@ -164,7 +164,7 @@ def summary(opts: Resolved) -> str | None:
     return f"{n} runs in one group ({describe(opts)}): {shown}"
 
 
-def _integer(key: str) -> bool:
+def takes_integers(key: str) -> bool:
     """An option that takes whole numbers only: its search range draws integers."""
     return OPTIONS[key].kind is int
 

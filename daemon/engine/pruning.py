@@ -39,9 +39,8 @@ def hold(store: Store, run: dict[str, Any], options: dict[str, Any], step: int |
 
 def _metric_at(store: Store, run_id: str, step: int | None) -> float | None:
     """The eval loss logged at the rung's step; the training loss there when the run has no eval set."""
-    rows = store.db.execute("SELECT eval_loss, loss FROM metrics WHERE run_id = ? AND step = ?",
-                            [run_id, step]).fetchall()
-    for column in (0, 1):
+    rows = store.metrics_at(run_id, step)
+    for column in ("eval_loss", "loss"):
         values = [r[column] for r in rows if r[column] is not None]
         if values:
             return float(values[-1])

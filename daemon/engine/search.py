@@ -16,6 +16,7 @@ from typing import Any
 from daemon.core import search
 from daemon.core.options import OPTIONS
 from daemon.core.runconfig import RunConfig
+from daemon.core.sweep import takes_integers
 from daemon.core.states import State
 from daemon.engine.store import Store
 
@@ -51,7 +52,7 @@ def _distributions(config: RunConfig) -> dict[str, Any]:
     d = optuna.distributions
     out = {}
     swept = [k for k, v in config.options.items() if isinstance(v, (list, dict)) and k in OPTIONS and OPTIONS[k].sweep]
-    for s in search.spaces(config.options, swept, lambda k: OPTIONS[k].kind is int):
+    for s in search.spaces(config.options, swept, takes_integers):
         if s.choices is not None:
             out[s.key] = d.CategoricalDistribution(list(s.choices))
         elif s.integer:

@@ -191,6 +191,11 @@ class Store:
         with self.db.conn:
             self.db["rungs"].upsert(row, pk=("run_id", "rung"))
 
+    def metrics_at(self, run_id: str, step: int | None) -> list[dict[str, Any]]:
+        """The run's metrics records logged at `step` (training and eval), in the order they came."""
+        return [dict(r) for r in self.db.query("SELECT * FROM metrics WHERE run_id = ? AND step = ? ORDER BY rowid",
+                                               [run_id, step])]
+
     def held_run_ids(self) -> set[str]:
         """Queued trials waiting at an ASHA rung: the queue passes them by until they are promoted."""
         return {r[0] for r in self.db.execute("SELECT run_id FROM rungs WHERE decision = 'waiting'")}
