@@ -92,6 +92,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
           sweep=True),
     Train("learning_rate", (int, float), 2e-4, "peak learning rate", _rng(0, 1, True), "> 0 and <= 1", sweep=True),
     Train("batch_size", int, 8, "micro-batch size per device", _rng(1, 4096), "1 .. 4096", sweep=True),
+    Train("batch_tokens", (str, int), "auto", "tokens per micro-batch (a token budget instead of batch_size; auto: "
+          "on a GPU sized by the memory plan unless batch_size is set, off on the CPU)",
+          lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 64 <= v <= 1 << 24),
+          '"auto" or a number of tokens, 64 .. 16777216', sweep=True),
     Train("grad_accum", int, 1, "gradient accumulation steps", _rng(1, 4096), "1 .. 4096", sweep=True),
     Train("max_length", int, 1024, "tokens per example (longer ones are truncated)", _rng(8, 1 << 20), "8 .. 1048576",
           sweep=True),
@@ -146,6 +150,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     Train("use_liger_kernel", (bool, str), "auto", "Liger's Triton kernels, whose fused loss never builds the logits "
           "(auto: on with a CUDA GPU and liger-kernel installed, which overnight[gpu] brings)",
           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
+    Train("torch_compile", bool, False, "compile the model with torch.compile (faster steps after a warm-up of a "
+          "few minutes; every new batch shape compiles again)", sweep=True),
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
