@@ -17,7 +17,6 @@ stop_pid() {                      # stop_pid NAME PID
 }
 
 CTLD=$(pid_of $RUNDIR/slurmctld.pid)
-SLURMD=$(pid_of $RUNDIR/slurmd.pid)
 
 # 1. cancel all jobs so no slurmstepd/job processes outlive slurmd
 if alive "$CTLD" && squeue -h >/dev/null 2>&1; then
@@ -30,10 +29,14 @@ if alive "$CTLD" && squeue -h >/dev/null 2>&1; then
   fi
 fi
 
-# 2. daemons (slurmd first so it does not spin trying to reach slurmctld)
-stop_pid slurmd "$SLURMD"
+# 2. daemons: each node's slurmd (slurmd-NODE.pid; slurmd.pid from a one-node start) first, so none spins trying to
+#    reach slurmctld
+for pf in $RUNDIR/slurmd*.pid; do
+  [ -e "$pf" ] || continue
+  stop_pid "$(basename "$pf" .pid)" "$(pid_of "$pf")"; rm -f "$pf"
+done
 stop_pid slurmctld "$CTLD"
-rm -f $RUNDIR/slurmd.pid $RUNDIR/slurmctld.pid
+rm -f $RUNDIR/slurmctld.pid
 
 if [ "${SLURM_STOP_MUNGE:-1}" = 1 ]; then
   stop_pid munged "$(pid_of /run/munge/munged.pid)"
