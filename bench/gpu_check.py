@@ -1,302 +1,477 @@
-"""The prepared GPU check: real-scale LoRA and QLoRA runs through the real daemon and trainer, with the dashboard.
+"""The honest GPU check (issue 23): overnight's real daemon and trainer against a plain transformers Trainer and
+TRL's SFTTrainer, on the same data, the same GPU and the same model, in one run.
 
-    python bench/gpu_check.py                      # on a GPU machine: 0.5B and 7B (random weights), 30 steps each
-    python bench/gpu_check.py --big 3b             # a 3B instead of the 7B, when time is short
-    python bench/gpu_check.py --cpu --tiny         # the same script on the CPU with the tiny model (CI-sized)
+    python bench/gpu_check.py                   # on a GPU machine (all rows: ~8 minutes on one H100 80 GB)
+    python bench/gpu_check.py --only lora-0.5b,qlora-8b-24g --records-big 128    # shorter
+    python bench/gpu_check.py --cpu --tiny      # the whole check on the CPU with the tiny model (~3 minutes)
+    (on a lent device machine: bash bench/device_check.sh [these options]; bench/README.md)
 
-It builds random-init Qwen2 models offline with the configurations of Qwen2.5-0.5B and Qwen2.5-7B (no hub; the
-embedded tokenizer stands in for theirs: only its ids are used), starts `overnight daemon` on a fresh home, drops
-the alpaca demo data (`../shared/realdata/alpaca_en_demo.json`, prompt schema) once per variant with a sidecar
-(batch 8, max_length 1024, N steps, no probes, no eval), and while the first run trains captures `overnight tui`
-(front screen and System tab), rendered headless by bench/tui_capture.py. For every run it prints useful and computed tokens/s, peak GPU
-memory (`torch.cuda.max_memory_allocated`, from result.json) and MFU:
+Rows (random-init models with published configurations, built offline by bench/gpu_models.py, saved to local disk):
+1. lora-0.5b: Qwen2.5-0.5B, LoRA bf16, one epoch of alpaca_en_demo.json; the sidecar sets neither batch_size nor
+   batch_tokens, so the trainer sizes its micro-batches itself (batch_tokens = "auto": the memory plan on a GPU).
+   Baselines: the plain Trainer (batch 8, random padded batches) and TRL's SFTTrainer at its best setting.
+2. lora-8b: the Llama-3-8B shape (vocab 128256, hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 kv heads),
+   LoRA bf16, on the first --records-big records; overnight alone (--big-baseline adds the plain Trainer).
+3. qlora-8b-24g: the same 8B in 4 bits (`quantization = "4bit"`), `max_length` 2048, under a 24 GiB cap: a ballast
+   process (bench/gpu_ballast.py) takes all but 24 GiB of the GPU for the whole row, so the trainer's
+   `torch.cuda.mem_get_info` and NVML see what a 24 GB card would show; it must end with zero out-of-memory
+   retries (the trainer's "out of memory" lines in its console.log, counted). Baseline: TRL's SFTTrainer in
+   4 bits with gradient checkpointing, under the same ballast.
+4. lora-0.5b-noliger: row 1 again with `use_liger_kernel = false`.
+Every row: overnight's sidecar leaves everything else "auto"; eval_fraction 0 and probe_count 0, so every record
+trains and the baselines get the very sequences it trained: the run's tokens.npz (bench/gpu_baselines.py).
 
-    FLOPs per computed token = 4·N + 6·N_lora + 6·L·d_q·s̄
-    N: the matmul weights (the layers' projections + the output layer), forward 2·N and backward 2·N (input
-    gradients only: the base is frozen); N_lora: the adapter's weights (forward, input and weight gradients);
-    attention: QKᵀ and AV over s̄/2 positions on average (causal), 2·2·d_q·s̄/2 forward, ×3 with backward, per
-    layer; s̄ = tokens computed / sequences. Recomputation under gradient checkpointing is not counted (MFU, not
-    HFU). MFU = FLOPs per token × computed tokens/s ÷ the GPU's dense bf16 peak.
+Rates, all measured the same way: useful tokens/s = non-padding tokens trained ÷ the wall time of the training loop
+(overnight: result.json's tokens_seen ÷ train_seconds, the Trainer's construction and its whole train() with data
+loading, logging and its last checkpoint; a baseline: the same counts over its trainer.train()); computed tokens/s
+counts padding too; peak memory is `torch.cuda.max_memory_allocated()`; MFU is on useful tokens (bench/gpu_peaks.py
+states the FLOPs formula and the cards' dense peaks; an unknown card prints no MFU). Ratios: overnight ÷ baseline.
+Each baseline runs in its own process (clean GPU memory), after the overnight run of its row.
 
-Figures go to stdout and to OUT/gpu_check.md and OUT/gpu_check.json (OUT: --out, else $OUT, else
+Figures go to stdout and to OUT/gpu_check.md (a table ready for bench/README.md, with the card and the goals each
+row meets) and OUT/gpu_check.json; the runs' logs to OUT/gpu_check_logs.tar.gz (OUT: --out, else $OUT, else
 bench/gpu_check_out).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.gpu_peaks import attention_length, flops_per_token, peak  # noqa: E402
 from daemon.core.preflight import Shape  # noqa: E402
 
 # the same place the tests look: OVERNIGHT_REALDATA, else the shared folder beside the checkout
 ALPACA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata")) / "alpaca_en_demo.json"
-# Qwen2.5's published configurations (config.json on the hub), minus the weights.
-CONFIGS = {
-    "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-             "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
-    "3b": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-           "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
-    "7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-           "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False},
-}
-# dense bf16 peak, TFLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0,
-               "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
-TERMINAL = {"completed", "failed", "stopped", "skipped"}
+TERMINAL = {"completed", "failed", "stopped", "skipped", "pruned"}
+LORA_R = 16
+GIB = 2**30
+# what the trainer's console says about its plan: printed for every row
+PLAN_WORDS = ("batches:", "batching:", "gradient checkpointing:", "token budget", "batch_tokens", "memory plan",
+              "Liger kernels:", "attention:", "out of memory")
 
 
 @dataclass
-class Variant:
-    """One run of the check: a model and the options that differ."""
+class Baseline:
+    kind: str  # "trainer" | "trl"
+    quantization: str = "none"
+    checkpointing: bool = False
 
+    @property
+    def label(self) -> str:
+        name = "plain Trainer (batch 8, padded)" if self.kind == "trainer" else "TRL SFTTrainer (best setting)"
+        return name + (", 4-bit" if self.quantization == "4bit" else "") + (", grad. ckpt" if self.checkpointing else "")
+
+
+@dataclass
+class Row:
     slug: str
     label: str
     model: str
     options: dict[str, Any]
-    result: dict[str, Any] = field(default_factory=dict)
+    big: bool  # trains the first --records-big records (else --records)
+    baselines: list[Baseline] = field(default_factory=list)
+    capped: bool = False  # under the ballast
+    figures: dict[str, Any] = field(default_factory=dict)
+    against: list[dict[str, Any]] = field(default_factory=list)
 
 
-def variants(big: str, flash: bool, cpu: bool) -> list[Variant]:
-    """The runs the issue asks for: 0.5B plain, + checkpointing, each batching, and the big model in 4 bits."""
-    varlen = "sdpa" if cpu else "flex_attention"  # flex needs a GPU to be fast; on the CPU it only must run
-    out = [Variant("grouped", "0.5B LoRA bf16, length-grouped (sdpa)", "0.5b",
-                   {"batching": "length_grouped", "attn_implementation": "sdpa", "gradient_checkpointing": False}),
-           Variant("grouped-gc", "0.5B LoRA bf16 + grad. checkpointing, length-grouped", "0.5b",
-                   {"batching": "length_grouped", "attn_implementation": "sdpa", "gradient_checkpointing": True}),
-           Variant("padded", "0.5B LoRA bf16, padded (sdpa)", "0.5b",
-                   {"batching": "padded", "attn_implementation": "sdpa", "gradient_checkpointing": False}),
-           Variant("flat-flex", f"0.5B LoRA bf16, padding-free ({varlen})", "0.5b",
-                   {"batching": "padding_free", "attn_implementation": varlen, "gradient_checkpointing": False})]
-    if flash:
-        out.append(Variant("flat-flash", "0.5B LoRA bf16, padding-free (flash_attention_2)", "0.5b",
-                           {"batching": "padding_free", "attn_implementation": "flash_attention_2",
-                            "gradient_checkpointing": False}))
-    out.append(Variant("qlora", f"{big.upper()} QLoRA 4-bit + grad. checkpointing, auto batching", big,
-                       {"quantization": "4bit", "gradient_checkpointing": True}))
-    return out
+def rows(big_baseline: bool) -> list[Row]:
+    return [
+        Row("lora-0.5b", "0.5B LoRA bf16, auto token budget", "qwen2.5-0.5b", {}, False,
+            [Baseline("trainer"), Baseline("trl")]),
+        Row("lora-8b", "8B LoRA bf16, auto token budget", "llama-3-8b", {}, True,
+            [Baseline("trainer")] if big_baseline else []),
+        Row("qlora-8b-24g", "8B QLoRA 4-bit, max_length 2048, 24 GiB cap", "llama-3-8b",
+            {"quantization": "4bit", "max_length": 2048}, True, [Baseline("trl", "4bit", True)], capped=True),
+        Row("lora-0.5b-noliger", "0.5B LoRA bf16, auto token budget, Liger off", "qwen2.5-0.5b",
+            {"use_liger_kernel": False}, False),
+    ]
 
 
-# ------------------------------------------------------------------------------------------------ models
+# ------------------------------------------------------------------------------------------------ processes
 
-def build_models(models_dir: Path, names: set[str], tiny: bool) -> dict[str, Path]:
-    """Random-init models with the real configurations (or the tiny model for every name with --tiny)."""
-    from daemon.client.tinymodel import ensure_tiny_model
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    tiny_path = ensure_tiny_model(models_dir)
-    if tiny:
-        return {name: tiny_path for name in names}
-    return {name: _random_model(models_dir / f"qwen2.5-{name}-random", CONFIGS[name], tiny_path) for name in names}
-
-
-def _random_model(out: Path, sizes: dict[str, Any], tokenizer_from: Path) -> Path:
-    if (out / "config.json").exists():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    t0 = time.perf_counter()
-    tok_cfg = json.loads((tokenizer_from / "config.json").read_text())
-    config = Qwen2Config(**sizes, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                         eos_token_id=tok_cfg["eos_token_id"], pad_token_id=tok_cfg["pad_token_id"], bos_token_id=None)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):  # initialising 7B weights on the CPU would take minutes
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    for f in tokenizer_from.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy2(f, tmp / f.name)
-    os.rename(tmp, out)
-    del model
-    print(f"built {out.name}: {sum(1 for _ in out.glob('*.safetensors'))} weight file(s) in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ the runs
 
 def overnight(home: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "daemon", *args, "--home", str(home)], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
-def drop(home: Path, v: Variant, model: Path, steps: int, max_length: int, index: int) -> None:
+def build_models(work: Path, names: set[str], env: dict[str, str]) -> dict[str, Path]:
+    """bench/gpu_models.py in its own process (the GPU memory it took is freed when it ends)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_models.py"), str(work / "models"), *sorted(names)],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    sys.stderr.write(proc.stderr[-3000:])
+    if proc.returncode:
+        raise SystemExit(f"gpu_check: building the models failed (exit {proc.returncode})")
+    return {k: Path(v) for k, v in (line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)}
+
+
+@contextlib.contextmanager
+def ballast(cap_gib: float, on: bool, env: dict[str, str]) -> Iterator[dict[str, Any] | None]:
+    """bench/gpu_ballast.py holding all but `cap_gib` of the GPU while the block runs."""
+    if not on:
+        yield None
+        return
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "gpu_ballast.py"), "--cap-gib", str(cap_gib)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    line = proc.stdout.readline() if proc.stdout else ""
+    info = json.loads(line) if line.strip() else {"held": 0, "why": f"the ballast process ended ({proc.poll()})"}
+    say(f"ballast: holding {info.get('held', 0) / GIB:.1f} GiB, {info.get('free_after', 0) / GIB:.1f} GiB left free"
+        + (f" ({info['why']})" if info.get("why") else ""))
+    try:
+        yield info
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(60)
+
+
+def drop(home: Path, name: str, model: Path, options: dict[str, Any], records: int, priority: int) -> None:
     """Sidecar first (it waits for its dataset), then the data: the order a user's `mv` gives."""
-    options = {"base_model": str(model), "max_steps": steps, "batch_size": 8, "max_length": max_length,
-               "log_every": max(1, steps // 6), "save_every": 100000, "eval_fraction": 0.0, "probe_count": 0,
-               "priority": 100 - index, **v.options}
-    lines = [f"{k} = {json.dumps(val) if not isinstance(val, bool) else str(val).lower()}"
-             for k, val in options.items()]
-    name = f"gc{index}-{v.slug}"
+    opts = {"base_model": str(model), "epochs": 1, "eval_fraction": 0.0, "probe_count": 0, "save_every": 10**9,
+            "log_every": 10, "priority": priority, **options}
+    lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}" for k, v in opts.items()]
     (home / "inbox" / f"{name}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = json.loads(ALPACA.read_text(encoding="utf-8"))[:records]
     tmp = home / "inbox" / f".{name}.json"
-    shutil.copyfile(ALPACA, tmp)
+    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     os.rename(tmp, home / "inbox" / f"{name}.json")
 
 
-def capture_dashboard(home: Path, out: Path, env: dict[str, str]) -> list[str]:
+def wait_run(home: Path, name: str, env: dict[str, str], deadline: float, on_training: Any) -> dict[str, Any]:
+    """Poll `overnight runs --json` until the run `name` ends (or its drop is rejected, or the deadline passes)."""
+    while time.monotonic() < deadline:
+        refused = sorted((home / "inbox" / "rejected").glob(f"{name}*.error.txt"))
+        if refused:
+            return {"state": "rejected", "reason": refused[0].read_text(encoding="utf-8", errors="replace")[:600]}
+        listed = json.loads(overnight(home, "runs", "--json", env=env).stdout or "[]")
+        row = next((r for r in listed if r.get("name") == name), None)
+        if row and on_training and row["state"] == "training" and (row.get("step") or 0) >= 1:
+            on_training()
+            on_training = None
+        if row and row["state"] in TERMINAL:
+            return row
+        time.sleep(2)
+    listed = json.loads(overnight(home, "runs", "--json", env=env).stdout or "[]")
+    row = next((r for r in listed if r.get("name") == name), None)
+    if row:
+        overnight(home, "stop", row["id"], env=env)  # it must not train beside the rows that follow
+    return {**(row or {}), "state": "timed out", "reason": "the check's --deadline passed"}
+
+
+def capture_dashboard(home: Path, out: Path, env: dict[str, str]) -> None:
     """The dashboard on `home`, rendered headless (bench/tui_capture.py): the front screen and the System tab."""
     res = subprocess.run([sys.executable, str(REPO / "bench" / "tui_capture.py"), str(home), str(out)],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    return res.stdout.splitlines() + ([f"dashboard capture failed: {res.stderr[-2000:]}"] if res.returncode else [])
+    say("dashboard captured" if res.returncode == 0 else f"dashboard capture failed: {res.stderr[-1500:]}")
 
 
-def wait_all(home: Path, n: int, env: dict[str, str], timeout: float, on_training: Any) -> list[dict[str, Any]]:
-    """Poll `overnight runs --json` until every run has ended; call `on_training` once, when one trains."""
-    deadline, called = time.monotonic() + timeout, False
-    while time.monotonic() < deadline:
-        rows = json.loads(overnight(home, "runs", "--json", env=env).stdout or "[]")
-        if not called and any(r["state"] == "training" and (r.get("step") or 0) >= 1 for r in rows):
-            called = True
-            on_training()
-        if len(rows) >= n and all(r["state"] in TERMINAL for r in rows):
-            return rows
-        time.sleep(2)
-    raise SystemExit(f"gpu_check: runs did not finish within {timeout:.0f} s; see {home}/runs/*/console.log")
+def run_baseline(b: Baseline, model: Path, run_dir: Path, logs: Path, slug: str, env: dict[str, str],
+                 deadline: float) -> dict[str, Any]:
+    out = logs / f"{slug}-{b.kind}.json"
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_baselines.py"), b.kind, "--model", str(model), "--tokens",
+           str(run_dir / "tokens.npz"), "--out", str(out), "--quantization", b.quantization]
+    cmd += ["--checkpointing"] if b.checkpointing else []
+    try:
+        with open(logs / f"{slug}-{b.kind}.log", "w", encoding="utf-8") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                           timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        return {"outcome": "timed out", "reason": "the check's --deadline passed"}
+    if not out.exists():
+        tail = (logs / f"{slug}-{b.kind}.log").read_text(encoding="utf-8", errors="replace")[-600:]
+        return {"outcome": "failed", "reason": tail}
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ figures
 
-def flops_per_token(shape: Shape, lora_r: int, mean_len: float) -> float:
-    """4·N + 6·N_lora + 6·L·d_q·s̄ (see the module docstring)."""
-    n = shape.linear_params + shape.vocab * shape.hidden
-    return 4 * n + 6 * shape.lora_params(lora_r) + 6 * shape.layers * shape.q_dim * mean_len
+def console_messages(run_dir: Path) -> list[str]:
+    text = (run_dir / "console.log").read_text(encoding="utf-8", errors="replace") if run_dir.is_dir() else ""
+    return [line.split("] ", 1)[-1] for line in text.splitlines()]
 
 
-def peak_flops(device_name: str | None) -> float | None:
-    for key, tflops in PEAK_TFLOPS.items():
-        if device_name and key in device_name:
-            return tflops * 1e12
-    return None
+def sequence_lengths(run_dir: Path) -> list[int]:
+    import numpy as np
+
+    with np.load(run_dir / "tokens.npz", allow_pickle=False) as z:
+        return z["train_lengths"].tolist()
 
 
-def figures(v: Variant, run_dir: Path, steps: int) -> dict[str, Any]:
+def overnight_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """One overnight row from its run folder: result.json, console.log, tokens.npz."""
+    run_dir = Path(run.get("run_dir") or "/nonexistent")
+    messages = console_messages(run_dir)
+    fig: dict[str, Any] = {"outcome": run["state"], "reason": run.get("reason"), "run_dir": str(run_dir),
+                           "plan": [m for m in messages if any(w in m for w in PLAN_WORDS)
+                                    and not m.startswith(("options:", "command:"))],
+                           "oom_retries": sum(m.startswith(("out of memory", "torchrun: out of memory"))
+                                              for m in messages)}
+    if not (run_dir / "result.json").exists():
+        return fig
     result = json.loads((run_dir / "result.json").read_text())
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rates = [m["tokens_per_s"] for m in metrics if m.get("loss") is not None][1:]  # the first pays warm-up
-    useful_per_s = statistics.median(rates) if rates else result["tokens_seen"] / max(result["train_seconds"], 1e-9)
+    wall = result.get("train_seconds") or 0.0
     seen, computed = result.get("tokens_seen") or 0, result.get("tokens_computed") or 0
-    computed_per_s = useful_per_s * computed / seen if seen else None
-    shape = Shape.from_config(json.loads((Path(json.loads((run_dir / "config.json").read_text())["options"]
-                                                    ["base_model"]) / "config.json").read_text()))
-    mean_len = computed / max(steps * 8, 1)
-    mfu = None
-    peak = peak_flops(result.get("device_name"))
-    if shape and peak and computed_per_s:
-        mfu = flops_per_token(shape, 16, mean_len) * computed_per_s / peak
-    return {"label": v.label, "outcome": result["outcome"], "reason": result.get("reason"),
-            "device": result.get("device_name"), "steps": result["step"], "useful_tokens_per_s": useful_per_s,
-            "computed_tokens_per_s": computed_per_s, "tokens_seen": seen, "tokens_computed": computed,
-            "padding_share": 1 - seen / computed if computed else None,
-            "peak_gpu_memory_gib": result["peak_gpu_memory"] / 2**30 if result.get("peak_gpu_memory") else None,
-            "mfu": mfu, "final_loss": result.get("final_loss"), "train_seconds": result.get("train_seconds")}
+    fig.update(outcome=result["outcome"], reason=result.get("reason"), device=result.get("device"),
+               device_name=result.get("device_name"),
+               steps=result.get("step"), wall_s=wall, useful_tokens=seen, computed_tokens=computed,
+               useful_per_s=seen / wall if wall else None, computed_per_s=computed / wall if wall else None,
+               peak_gpu_memory=result.get("peak_gpu_memory"), final_loss=result.get("final_loss"),
+               versions=result.get("versions"))
+    if (run_dir / "tokens.npz").exists():
+        lengths = sequence_lengths(run_dir)
+        fig.update(sequences=len(lengths), mean_attention_length=attention_length(lengths))
+    return fig
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    def f(x: Any, fmt: str) -> str:
-        return "-" if x is None else format(x, fmt)
+def baseline_figures(res: dict[str, Any]) -> dict[str, Any]:
+    wall = res.get("wall_s") or 0.0
+    return {**res, "useful_per_s": res["useful_tokens"] / wall if wall and res.get("useful_tokens") else None,
+            "computed_per_s": res["computed_tokens"] / wall if wall and res.get("computed_tokens") else None}
 
-    lines = ["| run | outcome | useful tok/s | computed tok/s | padding | peak GPU mem | MFU | final loss |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r['outcome']} | {f(r['useful_tokens_per_s'], ',.0f')} | "
-                     f"{f(r['computed_tokens_per_s'], ',.0f')} | {f(r['padding_share'], '.0%')} | "
-                     f"{f(r['peak_gpu_memory_gib'], '.1f')}{' GiB' if r['peak_gpu_memory_gib'] else ''} | "
-                     f"{f(r['mfu'], '.1%')} | {f(r['final_loss'], '.4f')} |")
+
+def add_mfu(fig: dict[str, Any], shape: Shape | None, attention_len: float | None, card: tuple[str, float] | None) -> None:
+    if shape and attention_len is not None and card and fig.get("useful_per_s"):
+        fig["mfu"] = flops_per_token(shape, LORA_R, attention_len) * fig["useful_per_s"] / card[1]
+
+
+def model_shape(model: Path) -> Shape | None:
+    return Shape.from_config(json.loads((model / "config.json").read_text()))
+
+
+def goals(by_slug: dict[str, Row], judged: bool) -> list[dict[str, Any]]:
+    """Issue 23's goals, each with what this run measured and whether it met it (None: not measured/judged)."""
+    def fig(slug: str) -> dict[str, Any]:
+        return by_slug[slug].figures if slug in by_slug else {}
+
+    def vs(slug: str, kind: str) -> dict[str, Any]:
+        row = by_slug.get(slug)
+        return next((b for b in (row.against if row else []) if b["kind"] == kind), {})
+
+    out = []
+    small, big, q = fig("lora-0.5b"), fig("lora-8b"), fig("qlora-8b-24g")
+    mfu = small.get("mfu")
+    out.append(("0.5B LoRA bf16 >= 20% MFU on useful tokens", "-" if mfu is None else f"{mfu:.1%}",
+                None if mfu is None else mfu >= 0.20))
+    plain = vs("lora-0.5b", "trainer")
+    ratio, mem = plain.get("speedup"), plain.get("memory_ratio")
+    out.append((">= 3x the plain Trainer's useful tok/s at <= its peak memory",
+                "-" if ratio is None else f"{ratio:.2f}x, memory {mem:.2f}x" if mem is not None else f"{ratio:.2f}x",
+                None if ratio is None else ratio >= 3 and (mem is None or mem <= 1.0)))
+    mfu = big.get("mfu")
+    out.append(("8B LoRA bf16 >= 35% MFU", "-" if mfu is None else f"{mfu:.1%}", None if mfu is None else mfu >= 0.35))
+    trl = vs("qlora-8b-24g", "trl")
+    ratio, ooms = trl.get("speedup"), q.get("oom_retries")
+    done = q.get("outcome") == "completed"
+    out.append(("8B QLoRA under 24 GiB: zero OOM retries and >= 1.5x TRL's useful tok/s",
+                "-" if not q else f"{q.get('outcome')}, {ooms} OOM retries, "
+                + ("-" if ratio is None else f"{ratio:.2f}x TRL"),
+                None if not q or ratio is None else done and ooms == 0 and ratio >= 1.5))
+    return [{"goal": g, "measured": m, "met": met if judged else None} for g, m, met in out]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _f(x: Any, fmt: str, unit: str = "") -> str:
+    return "-" if x is None else format(x, fmt) + unit
+
+
+def _budget(plan: list[str]) -> str:
+    """The micro-batches the trainer chose, from its console (the why is in the plan lines below the table)."""
+    line = next((m for m in plan if m.startswith("batches:")), "") or next(
+        (m for m in plan if m.startswith("batching:")), "")
+    return line.split(": ", 1)[-1].split(" (")[0][:70] or "-"
+
+
+def table(rs: list[Row]) -> str:
+    lines = ["| row | trainer | outcome | useful tok/s | computed tok/s | MFU | peak GPU mem | OOM retries | batches "
+             "| overnight ÷ this |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rs:
+        f = r.figures
+        mem = f.get("peak_gpu_memory")
+        lines.append(f"| {r.label} | overnight | {f.get('outcome', '-')} | {_f(f.get('useful_per_s'), ',.0f')} | "
+                     f"{_f(f.get('computed_per_s'), ',.0f')} | {_f(f.get('mfu'), '.1%')} | "
+                     f"{_f(mem and mem / GIB, '.1f', ' GiB')} | {f.get('oom_retries', '-')} | "
+                     f"{_budget(f.get('plan', []))} | |")
+        for b in r.against:
+            mem = b.get("peak_gpu_memory")
+            batches = f"batch {b['batch']} x accum {b['grad_accum']}" if b.get("batch") else "-"
+            lines.append(f"| | {b['label']} | {b.get('outcome', '-')} | {_f(b.get('useful_per_s'), ',.0f')} | "
+                         f"{_f(b.get('computed_per_s'), ',.0f')} | {_f(b.get('mfu'), '.1%')} | "
+                         f"{_f(mem and mem / GIB, '.1f', ' GiB')} | {b.get('oom_retries', '-')} | {batches} | "
+                         f"{_f(b.get('speedup'), '.2f', 'x')} tok/s, {_f(b.get('memory_ratio'), '.2f', 'x')} memory |")
     return "\n".join(lines)
+
+
+def report(rs: list[Row], device: str, card: tuple[str, float] | None, gs: list[dict[str, Any]], judged: bool,
+           seconds: float) -> str:
+    versions = next((r.figures["versions"] for r in rs if r.figures.get("versions")), {})
+    peak_line = (f"dense peak used for MFU: {card[1] / 1e12:,.1f} TFLOP/s ({card[0]}, bench/gpu_peaks.py)" if card
+                 else "no MFU: not a GPU in bench/gpu_peaks.py's table" if device != "cpu" else "no MFU on the CPU")
+    out = [f"**{device}** — {time.strftime('%Y-%m-%d')}, {seconds:.0f} s in all; "
+           + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {peak_line}", "", table(rs), ""]
+    for r in rs:
+        f = r.figures
+        extra = (f"; {f['sequences']} sequences, {f.get('useful_tokens', 0):,} useful tokens, "
+                 f"{f.get('computed_tokens', 0):,} computed, {f.get('wall_s', 0):.1f} s"
+                 if f.get("sequences") else "")
+        out.append(f"- {r.label}: {f.get('outcome')}{' (' + str(f['reason']) + ')' if f.get('reason') else ''}{extra}")
+        out += [f"  - trainer: {m}" for m in f.get("plan", []) if not m.startswith("out of memory")]
+        for b in r.against:
+            why = f" ({b['reason']})" if b.get("reason") else ""
+            same = ("" if not b.get("useful_tokens") else "; the same useful tokens as overnight's"
+                    if b["useful_tokens"] == f.get("useful_tokens") else "; OTHER useful tokens than overnight's")
+            out.append(f"  - {b['label']}: {b.get('outcome')}{why}; {b.get('note', '')}"
+                       + (f"; {b['useful_tokens']:,} useful tokens in {b['wall_s']:.1f} s, {b['steps']} steps"
+                          if b.get("useful_tokens") else "") + same)
+    out += ["", "| issue 23 goal | measured | met |", "| --- | --- | --- |"]
+    out += [f"| {g['goal']} | {g['measured']} | "
+            f"{'yes' if g['met'] else 'no' if g['met'] is False else 'not judged' if not judged else '-'} |" for g in gs]
+    if not judged:
+        out.append("\nGoals not judged: the figures are from the CPU or the tiny model (the check's plumbing only).")
+    return "\n".join(out)
+
+
+def save_logs(work: Path, home: Path, out: Path) -> None:
+    """Every run's console.log and every baseline's log, in one file (what comes back from a device call)."""
+    with tarfile.open(out / "gpu_check_logs.tar.gz", "w:gz") as tar:
+        for log in sorted(home.glob("runs/*/console.log")):
+            tar.add(log, arcname=f"runs/{log.parent.name}/console.log")
+        for f in sorted((work / "logs").glob("*")):
+            tar.add(f, arcname=f"baselines/{f.name}")
+        for f in sorted((home / "inbox" / "rejected").glob("*.error.txt")):
+            tar.add(f, arcname=f"rejected/{f.name}")
 
 
 # ------------------------------------------------------------------------------------------------ main
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="train on the CPU (CUDA_VISIBLE_DEVICES='')")
-    p.add_argument("--tiny", action="store_true", help="the embedded tiny model instead of 0.5B/7B")
-    p.add_argument("--big", choices=("7b", "3b"), default="7b", help="the QLoRA model's size")
-    p.add_argument("--steps", type=int, default=None, help="steps per run (default 30; 3 with --tiny)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per example (default 1024; 256 with --tiny)")
-    p.add_argument("--out", type=Path, default=None, help="where the figures and screens go")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all runs")
-    p.add_argument("--torchrun", type=int, default=None, metavar="N",
-                   help="launch every run through torchrun with N processes ([torchrun] nproc_per_node = N)")
-    p.add_argument("--only", default=None, help="comma-separated variants to run (grouped, grouped-gc, padded, "
-                                                 "flat-flex, flat-flash, qlora); default all")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU (CUDA_VISIBLE_DEVICES=''); no ballast")
+    p.add_argument("--tiny", action="store_true", help="the embedded tiny model for every row, fewer records")
+    p.add_argument("--only", default=None, help="comma-separated rows (lora-0.5b, lora-8b, qlora-8b-24g, "
+                                                 "lora-0.5b-noliger); default all")
+    p.add_argument("--records", type=int, default=None, help="alpaca records of the 0.5B rows (default all 999; "
+                                                              "16 with --tiny)")
+    p.add_argument("--records-big", type=int, default=None, help="records of the 8B rows (default 256; 12 with --tiny)")
+    p.add_argument("--cap-gib", type=float, default=24.0, help="the emulated card of the QLoRA row (default 24)")
+    p.add_argument("--big-baseline", action="store_true", help="also the plain Trainer on the 8B LoRA row")
+    p.add_argument("--no-baselines", action="store_true", help="overnight's rows alone")
+    p.add_argument("--no-dashboard", action="store_true", help="skip the headless dashboard capture")
+    p.add_argument("--deadline", type=float, default=540, help="seconds for everything (default 540: a device "
+                   "command may run 600); rows not started by then are skipped, a run still going is stopped")
+    p.add_argument("--work", type=Path, default=None, help="where the models and the home go (default: a new "
+                   "temporary folder; an earlier --work reuses its models)")
+    p.add_argument("--out", type=Path, default=None, help="where the figures go")
     args = p.parse_args(argv)
-    steps = args.steps or (3 if args.tiny else 30)
-    max_length = args.max_length or (256 if args.tiny else 1024)
+    started = time.monotonic()
+    deadline = started + args.deadline
     out = args.out or Path(os.environ.get("OUT") or REPO / "bench" / "gpu_check_out")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import importlib.util
-
-    flash = importlib.util.find_spec("flash_attn") is not None and not args.cpu
-    home = Path(tempfile.mkdtemp(prefix="overnight-gpu-check-"))
-    started = time.perf_counter()
-    runs = variants(args.big, flash, args.cpu)
-    if args.only:
-        runs = [v for v in runs if v.slug in args.only.split(",")]
-    if args.tiny:  # every variant trains the tiny model: say so in each row
-        for v in runs:
-            v.label = v.label.replace("0.5B", "tiny").replace(args.big.upper(), "tiny")
-    models = build_models(home / ".overnight" / "models", {v.model for v in runs}, args.tiny)
+    work = args.work or Path(tempfile.mkdtemp(prefix="overnight-gpu-check-"))
+    home = work / f"home-{time.strftime('%H%M%S')}"
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True, exist_ok=True)
-    if args.torchrun:
-        (home / "overnight.toml").write_text(f"[torchrun]\nnproc_per_node = {args.torchrun}\n", encoding="utf-8")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    todo = rows(args.big_baseline)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - {r.slug for r in todo}
+        if unknown:
+            p.error(f"--only: no row {', '.join(sorted(unknown))}")
+        todo = [r for r in todo if r.slug in wanted]
+    for r in todo:
+        if args.tiny:  # every row trains the tiny model: say so in each label
+            r.model, r.label = "tiny", r.label.replace("0.5B", "tiny").replace("8B", "tiny")
+        if args.cpu:
+            r.label = r.label.replace("bf16", "fp32").replace("24 GiB cap", "no cap on the CPU")
+        if args.no_baselines:
+            r.baselines = []
+    records = args.records or (16 if args.tiny else 999)
+    records_big = args.records_big or (12 if args.tiny else 256)
+    say(f"building the models ({', '.join(sorted({r.model for r in todo}))}) under {work / 'models'}")
+    models = build_models(work, {r.model for r in todo}, env)
     daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet",
                                "--settle", "1"],  # drops arrive by rename
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    notes: list[str] = []
+    dashboard = None if args.no_dashboard else (lambda: capture_dashboard(home, out, env))
     try:
-        for i, v in enumerate(runs):
-            drop(home, v, models[v.model], steps, max_length, i)
-        rows = wait_all(home, len(runs), env, args.timeout,
-                        lambda: notes.extend(capture_dashboard(home, out, env)))
+        for i, r in enumerate(todo):
+            if time.monotonic() > deadline:
+                r.figures = {"outcome": "not run", "reason": "the check's --deadline passed before it started"}
+                continue
+            name = f"gc{i}-{r.slug}"
+            say(f"row {r.slug}: dropping {name}")
+            with ballast(args.cap_gib, r.capped and not args.cpu, env):
+                drop(home, name, models[r.model], r.options, records_big if r.big else records, 100 - i)
+                run = wait_run(home, name, env, deadline, dashboard)
+                dashboard = None
+                r.figures = overnight_figures(run)
+                say(f"row {r.slug}: overnight {r.figures['outcome']}, {_f(r.figures.get('useful_per_s'), ',.0f')} "
+                    f"useful tok/s")
+                run_dir = Path(r.figures["run_dir"])
+                for b in r.baselines:
+                    if not (run_dir / "tokens.npz").exists():
+                        res = {"outcome": "not run", "reason": "overnight's run left no tokens.npz to train on"}
+                    else:
+                        say(f"row {r.slug}: {b.label}")
+                        res = run_baseline(b, models[r.model], run_dir, work / "logs", r.slug, env, deadline)
+                    r.against.append({"kind": b.kind, "label": b.label, **baseline_figures(res)})
+                    say(f"row {r.slug}: {b.label} {res.get('outcome')}")
     finally:
         daemon.terminate()
         daemon.wait(120)
-    by_name = {r["name"]: r for r in rows}
-    results = []
-    for i, v in enumerate(runs):
-        row = by_name.get(f"gc{i}-{v.slug}")
-        if row is None:
-            results.append({"label": v.label, "outcome": "missing"} | dict.fromkeys(
-                ("useful_tokens_per_s", "computed_tokens_per_s", "padding_share", "peak_gpu_memory_gib", "mfu",
-                 "final_loss"), None))
-            continue
-        results.append(figures(v, Path(row["run_dir"]), steps))
-        console = (Path(row["run_dir"]) / "console.log").read_text(encoding="utf-8", errors="replace")
-        notes += [f"{v.slug}: {line.split('] ', 1)[-1]}" for line in console.splitlines() if "] device: " in line]
-    report = table(results)
-    print(report)
-    for n in notes:
-        print(n)
-    for r in results:
-        if r["outcome"] != "completed":
-            print(f"{r['label']}: {r['outcome']}: {r.get('reason')}")
+    gpu = next((r.figures["device_name"] for r in todo if r.figures.get("device") == "cuda"), None)
+    device = gpu or "cpu"
+    card = peak(gpu) if gpu else None
+    for r in todo:
+        shape, s_bar = model_shape(models[r.model]), r.figures.get("mean_attention_length")
+        add_mfu(r.figures, shape, s_bar, card)
+        mine, mem = r.figures.get("useful_per_s"), r.figures.get("peak_gpu_memory")
+        for b in r.against:
+            add_mfu(b, shape, s_bar, card)
+            if mine and b.get("useful_per_s"):
+                b["speedup"] = mine / b["useful_per_s"]
+            if mem and b.get("peak_gpu_memory"):
+                b["memory_ratio"] = mem / b["peak_gpu_memory"]
+    judged = not args.tiny and device != "cpu"
+    gs = goals({r.slug: r for r in todo}, judged)
+    text = report(todo, device, card, gs, judged, time.monotonic() - started)
+    print(text, flush=True)
     for screen in ("tui_front.txt", "tui_system.txt"):
         if (out / screen).exists():
             print(f"--- {screen}\n{(out / screen).read_text()}")
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "gpu_check.md").write_text(report + "\n")
-    print(f"home {home}; {time.perf_counter() - started:.0f} s in all")
-    return 0 if all(r["outcome"] == "completed" for r in results) else 1
+    (out / "gpu_check.md").write_text(text + "\n", encoding="utf-8")
+    (out / "gpu_check.json").write_text(json.dumps(
+        {"device": device, "peak_tflops": card and card[1] / 1e12, "goals": gs, "judged": judged,
+         "rows": [{"slug": r.slug, "label": r.label, "overnight": r.figures, "baselines": r.against} for r in todo]},
+        indent=1, default=str) + "\n", encoding="utf-8")
+    save_logs(work, home, out)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)  # the 8B's 16 GB on the device's disk
+    print(f"figures in {out}; {time.monotonic() - started:.0f} s in all")
+    every = [r.figures.get("outcome") for r in todo] + [b.get("outcome") for r in todo for b in r.against]
+    return 0 if all(o == "completed" for o in every) else 1
 
 
 if __name__ == "__main__":
