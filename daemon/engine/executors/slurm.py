@@ -39,7 +39,8 @@ from daemon.engine.executors.slurmctl import JobInfo, SlurmUnreachable
 WARN_S = 120  # seconds before the time limit the trainer is told to checkpoint and exit (Slurm may send it 60 s early)
 WARNED_EXIT = 75  # the job script's exit code when the time-limit warning stopped the trainer (EX_TEMPFAIL)
 POLL_S = 1.0  # Slurm is asked about a job at most this often
-RDZV_PORT = 29400
+RDZV_PORT = 29400  # a job over several nodes: torchrun's rendezvous on RDZV_PORT + job id % RDZV_PORTS
+RDZV_PORTS = 1000
 DEFAULT_PARALLEL = 4  # jobs of this daemon in the cluster at once unless max_parallel_runs says otherwise
 
 
@@ -81,8 +82,9 @@ class SlurmJob:
             return self.info
         if info.restarts > self.restarts:
             self.restarts = info.restarts
-            rundir.append_console(self.run_dir, f"overnight: Slurm requeued {self.label} (restart {info.restarts}); "
-                                                f"it runs again and resumes from its newest checkpoint")
+            rundir.append_console(self.run_dir, f"overnight: Slurm requeued {self.label} (restart {info.restarts})"
+                                                f"{self._requeued_for()}; it runs again and resumes from its newest "
+                                                f"checkpoint")
         if info.state == "PENDING" and info.reason in slurmctl.NEVER_CLEARS and not self.cancelled:
             self.refusal = (f"Slurm cannot start {self.label}: it is pending with reason {info.reason}, which waiting "
                             f"does not clear. Fix: correct [executor] in overnight.toml (partition, account, qos, "
@@ -95,6 +97,18 @@ class SlurmJob:
         self.confirmed = info.ended and bool(self.info and self.info.ended)
         self.info = info
         return info
+
+    def _requeued_for(self) -> str:
+        """Why Slurm ran the job again, in words ("" when unknown): the job completion log's record of the run that
+        ended, when every requeue so far left one (a failed node, a preemption do; `scontrol requeue` does not)."""
+        try:
+            ended = slurmctl.ended_run(self.job_id)
+        except SlurmUnreachable:
+            return ""
+        if ended is None or ended.restarts + 1 != self.restarts:
+            return ""
+        return {"NODE_FAIL": f" after node {ended.node} failed under it",
+                "PREEMPTED": " after a preemption"}.get(ended.state, "")
 
     def poll(self) -> int | None:
         info = self._refresh()
@@ -259,8 +273,13 @@ def job_script(run_id: str, run_dir: Path, command: list[str], nodes: int) -> st
     on (WARNED_EXIT after the warning)."""
     folder = RunFolder(run_dir)
     argv = " ".join(f'"{word}"' if word.startswith("$") else shlex.quote(word) for word in command)
-    rdzv = (f'OVERNIGHT_RDZV="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):{RDZV_PORT}"\n'
-            f"export OVERNIGHT_RDZV\n") if nodes > 1 else ""
+    rdzv = f"""\
+# torchrun's rendezvous: on the job's first node, at the address Slurm reaches it by (its NodeAddr: a node's name
+# need not resolve), on a port of this job's own (two jobs whose first node is the same never share a rendezvous)
+first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+addr=$(scontrol show node -o "$first" | sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')
+export OVERNIGHT_RDZV="${{addr:-$first}}:$(( {RDZV_PORT} + SLURM_JOB_ID % {RDZV_PORTS} ))"
+""" if nodes > 1 else ""
     return f"""#!/bin/bash
 # The trainer of overnight run {run_id}, as a Slurm job. Written by the overnight daemon at each submission
 # (daemon/engine/executors/slurm.py); the sbatch options are in job.json.

@@ -84,7 +84,7 @@ def job_info(job_id: str) -> JobInfo | None:
         return _from_scontrol(res.stdout)
     if "Invalid job id" not in res.stderr:
         raise SlurmUnreachable(" ".join(res.stderr.split()) or f"scontrol exit code {res.returncode}")
-    return _from_sacct(job_id)
+    return ended_run(job_id)
 
 
 def _from_scontrol(text: str) -> JobInfo:
@@ -95,7 +95,9 @@ def _from_scontrol(text: str) -> JobInfo:
                    None if node in (None, "", "(null)") else node.split(",")[0], int(fields.get("Restarts") or 0))
 
 
-def _from_sacct(job_id: str) -> JobInfo | None:
+def ended_run(job_id: str) -> JobInfo | None:
+    """How the job's newest ended run ended, from the job completion log (`sacct -c`: finished runs only; its
+    `restarts`: the records before it); None when it has none."""
     res = _run(["sacct", "-c", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList"])
     rows = [line.split("|") for line in res.stdout.splitlines() if line.split("|")[0] == job_id]
     if res.returncode != 0 or not rows:
