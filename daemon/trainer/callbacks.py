@@ -221,7 +221,7 @@ class CommandCallback(TrainerCallback):
         self.log = log
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        decision = self.commands.sync()  # under torchrun: the same on every rank
+        decision = self.commands.at_step_end()  # under torchrun: the same on every rank, one step late (no wait)
         about_to_write = control.should_log or control.should_save or control.should_evaluate
         if (about_to_write or decision.stop) and ddp.any_rank(self.nonfinite()):
             # never checkpoint weights a NaN/inf step may have poisoned: the last good checkpoint stays
@@ -239,6 +239,9 @@ class CommandCallback(TrainerCallback):
             control.should_training_stop = True
         if state.global_step >= state.max_steps:
             control.should_log = True  # the final loss is always recorded
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.commands.settle()  # under torchrun: the last step's flags, still in flight
 
     def _hold(self, state: Any) -> Any:
         """Wait (every rank: each poll is a collective) until resumed or stopped; returns the decision then."""

@@ -2,8 +2,9 @@
 
 The Trainer does the data-parallel training itself (accelerate sets up DDP from torchrun's environment); this module
 only lets the ranks agree where our callbacks decide something: pause, stop, a non-finite loss, a disk short of
-space. Rank 0 alone reads the daemon's commands and writes the run folder; at each step boundary it broadcasts
-its flags, so every rank pauses, saves and stops at the same optimizer step.
+space. Rank 0 alone reads the daemon's commands and writes the run folder; the ranks exchange their flags (a sum of
+small integers, `summed`/`summed_later`), so every rank pauses, saves and stops at the same optimizer step
+(daemon/trainer/commands.py: at a step boundary that exchange is started at one step and read at the next).
 
 The process group is initialised here, before the Trainer (the resume point must be agreed before there is one);
 accelerate then finds it initialised and uses it. Control messages travel over gloo (a group of their own when the
@@ -101,12 +102,41 @@ def gather(value: Any) -> list[Any]:
     return out
 
 
+def summed(values: list[int]) -> list[int]:
+    """Each of a few integers summed over every rank (one all_reduce of a CPU tensor over gloo: no pickling)."""
+    return summed_later(values).result()
+
+
+def summed_later(values: list[int]) -> Sum:
+    """`summed`, started now and read with `.result()` later: the ranks go on working while it travels."""
+    return Sum(values)
+
+
+class Sum:
+    """An all_reduce (sum) of a few integers in flight; outside a process group, the values themselves."""
+
+    def __init__(self, values: list[int]) -> None:
+        self._values, self._work, self._tensor = list(values), None, None
+        if _initialised:
+            import torch
+            import torch.distributed as dist
+
+            self._tensor = torch.tensor(self._values, dtype=torch.int64)
+            self._work = dist.all_reduce(self._tensor, group=_group, async_op=True)
+
+    def result(self) -> list[int]:
+        if self._work is not None:
+            self._work.wait()
+            self._values, self._work = self._tensor.tolist(), None
+        return self._values
+
+
 def any_rank(flag: bool) -> bool:
-    return any(gather(bool(flag)))
+    return summed([int(bool(flag))])[0] > 0
 
 
 def total(value: int) -> int:
-    return sum(gather(int(value)))
+    return summed([int(value)])[0]
 
 
 def shutdown(*, together: bool) -> None:

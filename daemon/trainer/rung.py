@@ -38,6 +38,6 @@ class RungCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.stop_at is None or state.global_step < self.stop_at or state.global_step >= state.max_steps:
             return
-        self.commands.request_stop(f"{asha.RUNG_STOP} {self.rung + 1} at step {state.global_step}")
+        self.commands.request_stop(f"{asha.RUNG_STOP} {self.rung + 1} at step {state.global_step}", every_rank=True)
         control.should_evaluate = control.should_evaluate or self.has_eval
         control.should_log = True
