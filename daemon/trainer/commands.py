@@ -4,6 +4,8 @@ parent-death signal.
 A reader thread turns command lines into flags the training callbacks poll at step boundaries:
 `pause`, `resume`, `stop` (EOF on stdin counts as stop: the trainer never outlives its daemon).
 SIGTERM/SIGINT also mean stop; PR_SET_PDEATHSIG delivers SIGTERM if the daemon dies without closing the pipe.
+A process the trainer forks (a DataLoader worker) leaves the trainer's process group, so that only the trainer
+receives the group's signals (`_own_process_group`).
 A trainer with no stdin from the daemon (a Slurm job: daemon/engine/executors/slurm.py) is started with
 `OVERNIGHT_COMMAND_FILE` naming its run folder's commands.txt, every command of its job so far, one a line,
 rewritten atomically by the daemon: the thread reads the lines it has not seen yet, every POLL_S. It acknowledges
@@ -168,6 +170,19 @@ def set_parent_death_signal() -> None:
         pass  # no libc.so.6 (e.g. musl): EOF on stdin still stops us
 
 
+def _own_process_group() -> None:
+    """In a process the trainer forks (the DataLoader's worker on a GPU): a process group of its own.
+
+    The SIGTERM the daemon sends to the trainer's group (and a terminal's Ctrl-C) is the trainer's to obey at a
+    step boundary; torch's worker dies of a SIGTERM that is not its parent's, and the trainer then fails at its next
+    batch ("DataLoader worker exited unexpectedly") instead of saving and stopping. The worker still ends with the
+    trainer: torch stops it when the trainer exits, and it watches its parent."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # already a group leader, or not allowed: it stays in the trainer's group
+
+
 def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Commands:
     """Install signal handlers and the command reader (the command file when OVERNIGHT_COMMAND_FILE names one,
     else stdin); return the shared flags."""
@@ -179,6 +194,7 @@ def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Com
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     set_parent_death_signal()
+    os.register_at_fork(after_in_child=_own_process_group)
     from daemon.trainer import ddp
 
     if not ddp.is_main():
