@@ -135,10 +135,19 @@ def test_check_compares_the_memory_estimate_with_the_gpu(tmp_path: Path, monkeyp
     (model / "config.json").write_text(json.dumps(QWEN_7B), encoding="utf-8")
     report = DatasetReport(tmp_path / "d.jsonl", "jsonl", "alpaca", 10, {}, {"max": 2000})
     monkeypatch.setattr(checking, "gpu_free_bytes", lambda: 23 * 2**30)
-    line = checking._memory_line(report, resolve({"base_model": str(model), "quantization": "4bit"}, None), tmp_path)
-    assert "gradient checkpointing on: auto: without it the estimate at batch 8 × 1024 tokens" in line
+    _, batches, memory = checking._plan_lines(
+        report, resolve({"base_model": str(model), "quantization": "4bit"}, None), tmp_path, None, "sft")
+    # a 7B's compute keeps the GPU busy at ~1K tokens: no recomputation, as many micro-batches as make 16K tokens
+    assert "gradient checkpointing off: auto: without it a micro-batch of up to 1,215 tokens fits" in memory
+    assert "batches: micro-batches of up to 1,152 tokens × grad_accum 15 (batch_tokens auto: 1,152 tokens fit " \
+           "80% of the 23.0 GiB free on the GPU, accumulated to 17,280 a step)" == batches
+    options = resolve({"base_model": str(model), "quantization": "4bit"}, {"batch_size": 8})
+    _, batches, memory = checking._plan_lines(report, options, tmp_path, None, "sft")
+    assert "gradient checkpointing on: auto: without it the estimate at batch 8 × 1024 tokens" in memory
+    assert "batch_size is set, and keeps its meaning" in batches
     monkeypatch.setattr(checking, "gpu_free_bytes", lambda: None)
-    assert checking._memory_line(report, resolve({"base_model": str(model)}, None), tmp_path) is None
+    assert checking._plan_lines(report, resolve({"base_model": str(model)}, None), tmp_path, None, "sft")[1:] == [
+        None, None]
 
 
 # ------------------------------------------------------------------------------------- quantisation
@@ -196,13 +205,28 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_micro_batch(
         tmp_path: Path, qwen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from daemon.trainer import model, setup
+
+    loads: list[int] = []
+    monkeypatch.setattr(setup, "load_model", lambda *a, **k: loads.append(1) or model.load_model(*a, **k))
     run, log = _oom_run(tmp_path, qwen, monkeypatch, {2: torch.OutOfMemoryError("CUDA out of memory."),
-                                                      6: RuntimeError("CUDA error: out of memory")})
-    assert "out of memory: retrying from the start, turning gradient checkpointing on" in log
+                                                      6: RuntimeError("CUDA error: out of memory")},
+                        lora_dropout=0.0, eval_fraction=0.0)
+    assert ("out of memory: retrying from the start, turning gradient checkpointing on (the model stays "
+            "loaded)") in log
     assert ("out of memory: retrying from step-4, batch_size 4 → 2 and grad_accum 1 → 2 "
-            "(the effective batch stays 4)") in log
+            "(the effective batch stays 4) (the model stays loaded)") in log
+    assert len(loads) == 1  # a 4-bit base would not be quantised again either
     steps = [m["step"] for m in metrics(run) if "loss" in m]
     assert steps == list(range(1, 9))  # the first attempt's step 1 is not there twice
+    # the retry from the start began from the same initial adapter: the run trains like one that never failed
+    straight = make_run(tmp_path / "straight", qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(40)),
+                        schema="prompt_completion", records=40,
+                        options={"max_steps": 8, "save_every": 4, "batch_size": 4, "lora_dropout": 0.0,
+                                 "eval_fraction": 0.0})
+    assert finish(start(straight), 300) == 0
+    retried, reference = train_losses(run), train_losses(straight)
+    assert max(abs(retried[s] - reference[s]) for s in reference) < 1e-4
     snapshots = [(r["step"], r["probe"]) for r in map(json.loads, (run / "evolution.jsonl").read_text().splitlines())]
     assert len(snapshots) == len(set(snapshots)) and {s for s, _ in snapshots} == {0, 2, 4, 6, 8}
     assert read_json(run / "result.json")["outcome"] == "completed" and (run / "adapter").is_dir()

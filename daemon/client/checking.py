@@ -14,7 +14,9 @@ from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
 from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.core.basemodel import context_note, model_context
-from daemon.core.preflight import PaddingReport, Shape, checkpointing_decision, gpu_free_bytes, padding_report
+from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu_free_bytes, padding_report,
+                                   plan_memory)
+from daemon.core.tokenbatches import token_batches
 from daemon.core.templating import TemplateError
 from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
                                check_pairing, check_truncation, load_options, role_of,
@@ -189,7 +191,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                 _stats_line("characters per example", r.chars), tokens,
                 trained.cut_line() if trained else None,
                 f"objective: {objective} ({why})",
-                _batching_line(r, first.values, trained), _memory_line(r, first, home.root),
+                *_plan_lines(r, first, home.root, trained, objective),
                 trained.template_line if trained else None,
                 f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
                 f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
@@ -261,7 +263,35 @@ def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, 
     return Trained(t.view, how, line, t.max_length)
 
 
-def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None) -> str | None:
+def _plan_lines(r: DatasetReport, opts: Resolved, root: Path, trained: Trained | None,
+                objective: str) -> list[str | None]:
+    """The batching line and the memory plan's (the trainer's own rules, on this machine's GPU if it has one)."""
+    plan, free, shape = _plan(r, opts, root, objective)
+    memory = None
+    if free is not None and shape is not None:
+        memory = (f"GPU memory (preflight, bf16): gradient checkpointing {'on' if plan.checkpointing else 'off'}: "
+                  f"{plan.checkpointing_why}")
+    batches = f"batches: {plan.batch_line()}" if free is not None or plan.batch_tokens else None
+    return [_batching_line(r, opts.values, trained, plan.batch_tokens, free is not None), batches, memory]
+
+
+def _plan(r: DatasetReport, opts: Resolved, root: Path, objective: str) -> tuple[MemoryPlan, int | None, Shape | None]:
+    """The memory plan of the first base model against the first GPU (none: the plan for the CPU)."""
+    folder = model_folder(opts.base_models[0], root) if opts.base_models else None
+    free = gpu_free_bytes()
+    shape = (Shape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+             if folder is not None and (folder / "config.json").is_file() else None)
+    v = opts.values
+    longest = min(int(r.tokens["max"]) + 1, v["max_length"]) if r.tokens else v["max_length"]
+    liger = auto.liger(v["use_liger_kernel"], free is not None, auto.liger_installed())[0]
+    sizing = Sizing(v["gradient_checkpointing"], v["batch_tokens"], v["batch_size"], v["grad_accum"], longest,
+                    v["lora_r"], v["quantization"], 2, liger, rows=2 if objective == "dpo" else 1,
+                    batch_size_set=opts.sources.get("batch_size", "default") != "default", budgets=objective == "sft")
+    return plan_memory(shape, free, sizing), free, shape
+
+
+def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None, budget: int = 0,
+                   on_gpu: bool = False) -> str | None:
     """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data): the
     lengths as trained where known, else the text's plus an eos."""
     if r.schema in TEXT_SCHEMAS:
@@ -274,26 +304,18 @@ def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | 
     except ValueError:
         attention = "sdpa"  # the run would fail at its start, saying why; its batching then matters no more
     batching, how = auto.batching(values["batching"], "prompt", attention)
-    est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"])
+    cut = [min(n, values["max_length"]) for n in sample]
+    multiple = 8 if on_gpu else 1
+    batches = token_batches(cut, budget, padded=batching != "padding_free", grouped=batching != "padded",
+                            seed=values["seed"], multiple_of=multiple) if budget else None
+    est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"],
+                         batches=batches, multiple_of=multiple)
     scale = r.records / len(sample)
-    est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale))
-    return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at batch {values['batch_size']}, "
+    est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale),
+                        est.batches)
+    at = f"up to {budget:,} tokens a micro-batch" if budget else f"batch {values['batch_size']}"
+    return (f"batching: {'≈ ' if scale > 1 else ''}{est.line()} per epoch at {at}, "
             f"max_length {values['max_length']} ({how})")
-
-
-def _memory_line(r: DatasetReport, opts: Resolved, root: Path) -> str | None:
-    """On a machine with a GPU: the preflight memory estimate of the first base model against that GPU."""
-    folder = model_folder(opts.base_models[0], root) if opts.base_models else None
-    free = gpu_free_bytes()
-    if folder is None or free is None or not (folder / "config.json").is_file() or not r.tokens:
-        return None
-    shape = Shape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    v = opts.values
-    seq_len = min(int(r.tokens["max"]) + 1, v["max_length"])
-    on, why = checkpointing_decision(v["gradient_checkpointing"], shape, free, batch_size=v["batch_size"],
-                                     seq_len=seq_len, lora_r=v["lora_r"], quantization=v["quantization"],
-                                     dtype_bytes=2, liger=auto.liger(v["use_liger_kernel"], True, auto.liger_installed())[0])
-    return f"GPU memory (preflight, bf16): gradient checkpointing {'on' if on else 'off'}: {why}"
 
 
 def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:

@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from daemon.core.tokenbatches import cost
+
 GIB = 2**30
 # The share of free GPU memory a run may plan to use before gradient checkpointing is turned on: the rest is
 # the CUDA caching allocator's fragmentation and the peaks the estimate does not model.
@@ -48,12 +50,17 @@ class PaddingReport:
     useful: int
     padded: int
     chosen: int
+    batches: Sequence[int] = ()  # under a token budget: examples per micro-batch
 
     @property
     def padding_share(self) -> float:
         return 1 - self.useful / self.chosen if self.chosen else 0.0
 
     def line(self) -> str:
+        if self.batches:
+            return (f"micro-batches of {min(self.batches)}–{max(self.batches)} examples, "
+                    f"{_m(self.chosen)} tokens computed for {_m(self.useful)} useful ({self.padding_share:.0%} "
+                    f"padding instead of {1 - self.useful / max(self.padded, 1):.0%} in random batches)")
         if self.batching == "padded":
             return (f"padded: {_m(self.padded)} tokens computed for {_m(self.useful)} useful "
                     f"({self.padding_share:.0%} padding)")
@@ -61,12 +68,17 @@ class PaddingReport:
                 f"padded ({self.padding_share:.0%} padding instead of {1 - self.useful / max(self.padded, 1):.0%})")
 
 
-def padding_report(lengths: Sequence[int], batch_size: int, max_length: int, batching: str,
-                   seed: int = 42) -> PaddingReport:
-    """One epoch of `lengths` (cut to max_length) under random padded batches and under `batching`."""
+def padding_report(lengths: Sequence[int], batch_size: int, max_length: int, batching: str, seed: int = 42, *,
+                   batches: list[list[int]] | None = None, multiple_of: int = 1) -> PaddingReport:
+    """One epoch of `lengths` (cut to max_length) under random padded batches and under `batching` (in `batches`
+    of indices when a token budget made them)."""
     cut = [min(n, max_length) for n in lengths]
     useful = sum(cut)
     padded = computed_tokens(cut, random.Random(seed).sample(range(len(cut)), len(cut)), batch_size)
+    if batches:
+        chosen = sum(cost([cut[i] for i in b], padded=batching != "padding_free", multiple_of=multiple_of)
+                     for b in batches)
+        return PaddingReport(batching, useful, padded, chosen, [len(b) for b in batches])
     if batching == "padding_free":
         chosen = useful
     elif batching == "length_grouped":
@@ -193,6 +205,153 @@ def checkpointing_decision(setting: str | bool, shape: Shape | None, free_bytes:
     if needs_checkpointing(est, free_bytes):
         return True, f"auto: without it the estimate {at} is {est.describe()}, more than {room}"
     return False, f"auto: the estimate {at}, {est.describe()}, fits within {room}"
+
+
+# ------------------------------------------------------------------------------------------ the memory plan
+
+# A micro-batch of this many tokens keeps a GPU's kernels busy (a 0.5B LoRA step at ~3K tokens is bound by launching
+# its ~5,000 kernels, bench/README.md): what batch_tokens = "auto" aims at, in one micro-batch when memory allows.
+AUTO_TOKENS = 16_384
+# Tokens × weights of a micro-batch whose compute outlasts launching its kernels (a 0.5B at 8K tokens, an 8B at
+# 500): below it, checkpointing's ~30% extra compute costs less than micro-batches too small to keep the GPU busy.
+BUSY_WORK = 4e12
+
+
+def busy_tokens(shape: Shape) -> int:
+    """The micro-batch, in tokens, from which this model's steps are bound by compute rather than kernel launches."""
+    return min(AUTO_TOKENS, int(BUSY_WORK / (shape.linear_params + shape.other_params)))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run's micro-batches are sized, decided before the first step, and why (one line each)."""
+
+    checkpointing: bool
+    batch_tokens: int  # 0: micro-batches of batch_size examples
+    batch_size: int
+    grad_accum: int
+    checkpointing_why: str
+    batch_why: str
+
+    def batch_line(self) -> str:
+        micro = (f"up to {self.batch_tokens:,} tokens" if self.batch_tokens else f"{self.batch_size} example(s)")
+        return f"micro-batches of {micro} × grad_accum {self.grad_accum} ({self.batch_why})"
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a plan needs to know of the run: its options as set, and its data."""
+
+    checkpointing: str | bool
+    batch_tokens: str | int
+    batch_size: int
+    grad_accum: int
+    longest: int  # the longest training sequence, cut to max_length
+    lora_r: int
+    quantization: str
+    dtype_bytes: int
+    liger: bool = False
+    batch_size_set: bool = False  # batch_size came from a sidecar or overnight.toml: batch_tokens "auto" keeps it
+    rows: int = 1  # sequences per example (DPO: chosen and rejected)
+    budgets: bool = True  # the objective batches by tokens (SFT; TRL's preference trainers batch by examples)
+
+
+def plan_memory(shape: Shape | None, free_bytes: int | None, s: Sizing) -> MemoryPlan:
+    """Gradient checkpointing, the micro-batch (tokens or examples) and gradient accumulation so that the estimate
+    fits FIT_SHARE of the free GPU memory, keeping the effective batch the options ask for."""
+    if isinstance(s.batch_tokens, int) and s.budgets:
+        return _budget_plan(shape, free_bytes, s, s.batch_tokens, "set in the options")
+    if not s.budgets:
+        why = "TRL's preference trainers batch by examples"
+    elif free_bytes is None:
+        why = "batch_tokens auto: no GPU, so batches of batch_size"
+    elif s.batch_size_set:
+        why = "batch_tokens auto: batch_size is set, and keeps its meaning"
+    elif shape is None:
+        why = "batch_tokens auto: no memory estimate for this architecture, so batches of batch_size"
+    else:
+        return _auto_plan(shape, free_bytes, s)
+    return _examples_plan(shape, free_bytes, s, why)
+
+
+def _estimate(shape: Shape, s: Sizing, tokens: int, checkpointing: bool) -> MemoryEstimate:
+    return estimate_memory(shape, batch_size=1, seq_len=tokens, lora_r=s.lora_r, quantization=s.quantization,
+                           dtype_bytes=s.dtype_bytes, checkpointing=checkpointing, liger=s.liger)
+
+
+def _capacity(shape: Shape, free_bytes: int, s: Sizing, checkpointing: bool) -> int:
+    """The most tokens one micro-batch may hold for the estimate to fit (the estimate is linear in tokens)."""
+    fixed = _estimate(shape, s, 0, checkpointing).total
+    per_token = _estimate(shape, s, 1, checkpointing).total - fixed
+    return max(0, int((FIT_SHARE * free_bytes - fixed) // max(per_token, 1)))
+
+
+def _room(free_bytes: int) -> str:
+    return f"{FIT_SHARE:.0%} of the {free_bytes / GIB:.1f} GiB free on the GPU"
+
+
+def _auto_plan(shape: Shape, free_bytes: int, s: Sizing) -> MemoryPlan:
+    """batch_tokens "auto" on a GPU: AUTO_TOKENS a micro-batch (fewer when memory is short, with as much more
+    accumulation), checkpointing only when without it a micro-batch would be too small to keep the GPU busy."""
+    without = _capacity(shape, free_bytes, s, False)
+    if isinstance(s.checkpointing, bool):
+        checkpointing, ck_why = s.checkpointing, "set in the options"
+    elif without >= max(busy_tokens(shape), s.longest):
+        checkpointing = False
+        ck_why = f"auto: without it a micro-batch of up to {min(without, AUTO_TOKENS):,} tokens fits {_room(free_bytes)}"
+    else:
+        checkpointing = True
+        ck_why = (f"auto: without it only {without:,} tokens a micro-batch would fit {_room(free_bytes)} "
+                  f"({_estimate(shape, s, AUTO_TOKENS, False).describe()} at {AUTO_TOKENS:,})")
+    cap = _capacity(shape, free_bytes, s, checkpointing) if checkpointing else without
+    split = -(-AUTO_TOKENS // max(cap // 64 * 64, s.longest, 64))  # micro-batches a step of AUTO_TOKENS needs
+    tokens = max(-(-AUTO_TOKENS // split // 64) * 64, s.longest)
+    accum = s.grad_accum * split
+    if tokens >= AUTO_TOKENS:
+        why = f"batch_tokens auto: {AUTO_TOKENS:,} tokens keep the GPU busy and fit"
+    elif tokens > cap:
+        why = (f"batch_tokens auto: even one sequence of {s.longest:,} tokens is estimated over {_room(free_bytes)}; "
+               f"the out-of-memory ladder is the backstop")
+    else:
+        why = (f"batch_tokens auto: {tokens:,} tokens fit {_room(free_bytes)}, accumulated to "
+               f"{tokens * accum // s.grad_accum:,} a step")
+    return MemoryPlan(checkpointing, tokens, s.batch_size, accum, ck_why, why)
+
+
+def _budget_plan(shape: Shape | None, free_bytes: int | None, s: Sizing, budget: int, how: str) -> MemoryPlan:
+    """An integer batch_tokens: checkpointing when the budget would not fit without it; a budget that does not fit
+    even then is split into micro-batches with as much more accumulation (the step keeps its tokens)."""
+    note = "; a sequence longer than it is a micro-batch alone" if budget < s.longest else ""
+    on, ck_why = checkpointing_decision(s.checkpointing, shape, free_bytes, batch_size=1, seq_len=budget,
+                                        lora_r=s.lora_r, quantization=s.quantization, dtype_bytes=s.dtype_bytes,
+                                        liger=s.liger)
+    if free_bytes is None or shape is None:
+        return MemoryPlan(on, budget, s.batch_size, s.grad_accum, ck_why, how + note)
+    cap, split = _capacity(shape, free_bytes, s, on), 1
+    while budget // split > cap and budget // (split * 2) >= s.longest:
+        split *= 2
+    if split > 1:
+        how += (f"; {budget:,} tokens would not fit {_room(free_bytes)}, so {budget // split:,} × {split} "
+                f"accumulated (a step keeps its {budget * s.grad_accum:,} tokens)")
+    return MemoryPlan(on, budget // split, s.batch_size, s.grad_accum * split, ck_why, how + note)
+
+
+def _examples_plan(shape: Shape | None, free_bytes: int | None, s: Sizing, why: str) -> MemoryPlan:
+    """Micro-batches of batch_size examples; halved, with as much more accumulation, while the estimate does not
+    fit even with checkpointing."""
+    on, ck_why = checkpointing_decision(s.checkpointing, shape, free_bytes, batch_size=s.batch_size * s.rows,
+                                        seq_len=s.longest, lora_r=s.lora_r, quantization=s.quantization,
+                                        dtype_bytes=s.dtype_bytes, liger=s.liger)
+    batch = s.batch_size
+    if shape is not None and free_bytes is not None:
+        fits = _capacity(shape, free_bytes, s, on) // max(s.longest * s.rows, 1)
+        while batch > max(fits, 1):
+            batch = max(d for d in range(1, batch // 2 + 1) if batch % d == 0)
+    accum = s.grad_accum * (s.batch_size // batch)
+    if batch < s.batch_size:
+        why += (f"; batch_size {s.batch_size} would not fit {_room(free_bytes or 0)}, so {batch} × "
+                f"{s.batch_size // batch} accumulated (the effective batch stays {s.batch_size * s.grad_accum})")
+    return MemoryPlan(on, 0, batch, accum, ck_why, why)
 
 
 def gpu_free_bytes(index: int = 0) -> int | None:

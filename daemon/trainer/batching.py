@@ -8,20 +8,64 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DataCollatorWithFlattening
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
 
 from daemon.core.preflight import padding_report
+from daemon.core.tokenbatches import epoch_order, for_rank, token_batches
 from daemon.trainer.sequences import PadCollator, SequenceDataset
+
+
+def pad_multiple(on_gpu: bool) -> int | None:
+    """Padded rows are rounded up to a multiple of 8 on a GPU (tensor-core friendly shapes)."""
+    return 8 if on_gpu else None
+
 
 def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:
     """The data collator for `batching` (padding-free rows need no pad id)."""
     if batching == "padding_free":
         return DataCollatorWithFlattening(return_tensors="pt")
-    return PadCollator(pad_id, 8 if on_gpu else None)
+    return PadCollator(pad_id, pad_multiple(on_gpu))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Token-budget micro-batches (`batch_tokens`): the budget, and how `batching` counts a batch against it."""
+
+    tokens: int
+    batching: str
+    on_gpu: bool
+
+    def batches(self, lengths: list[int], seed: int) -> list[list[int]]:
+        return token_batches(lengths, self.tokens, padded=self.batching != "padding_free",
+                             grouped=self.batching != "padded", seed=seed, multiple_of=pad_multiple(self.on_gpu) or 1)
+
+
+class TokenBudgetSampler(BatchRebalanceSampler):
+    """The DataLoader's batch sampler for token-budget micro-batches (daemon/core/tokenbatches.py): the batches are
+    made once, their order seeded by (seed, epoch), and under torchrun each process takes its share.
+
+    A BatchRebalanceSampler is what transformers' Trainer passes to the DataLoader as its `batch_sampler`, and keeps
+    accelerate from sharding again: this is the same kind of sampler (batches of indices, already per process)."""
+
+    def __init__(self, budget: Budget, dataset: SequenceDataset, seed: int, rank: int, world: int) -> None:
+        self.batches = budget.batches(dataset.lengths(), seed)
+        self.seed, self.rank, self.world = seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        order = for_rank(epoch_order(len(self.batches), self.seed, self.epoch), self.rank, self.world)
+        return (self.batches[i] for i in order)
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.world)
 
 
 class GroupedSampler(LengthGroupedSampler):
@@ -45,6 +89,9 @@ class GroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-def padding_line(batching: str, dataset: SequenceDataset, batch_size: int, max_length: int, seed: int) -> str:
+def padding_line(batching: str, dataset: SequenceDataset, batch_size: int, max_length: int, seed: int,
+                 budget: Budget | None = None) -> str:
     """"length-grouped: 2.1M tokens computed instead of 4.1M padded (…)" for one epoch of the training split."""
-    return padding_report(dataset.lengths(), batch_size, max_length, batching, seed).line()
+    batches = budget.batches(dataset.lengths(), seed) if budget else None
+    return padding_report(dataset.lengths(), batch_size, max_length, batching, seed, batches=batches,
+                          multiple_of=pad_multiple(budget.on_gpu) or 1 if budget else 1).line()

@@ -32,14 +32,17 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def next_rung(opts: TrainOptions) -> tuple[TrainOptions, str]:
+def next_rung(opts: TrainOptions, longest: int = 0) -> tuple[TrainOptions, str]:
     """The next, cheaper way to run the same optimizer steps; RunError when none is left.
 
     First gradient checkpointing (same batches, ~30% more compute); then a smaller micro-batch with as much more
-    accumulation, so the effective batch is unchanged (batch 6 → 3 × 2, batch 3 → 1 × 3).
+    accumulation, so the effective batch is unchanged (batch 6 → 3 × 2, batch 3 → 1 × 3; a token budget halves,
+    down to the `longest` sequence, which is then a micro-batch alone).
     """
     if opts.gradient_checkpointing is not True:
         return replace(opts, gradient_checkpointing=True), "turning gradient checkpointing on"
+    if isinstance(opts.batch_tokens, int) and opts.batch_tokens:
+        return _halve_budget(opts, longest)
     b = opts.batch_size
     if b <= 1:
         raise RunError(f"CUDA out of memory at batch_size 1 with gradient checkpointing on (max_length "
@@ -50,3 +53,15 @@ def next_rung(opts: TrainOptions) -> tuple[TrainOptions, str]:
     return (replace(opts, batch_size=smaller, grad_accum=accum),
             f"batch_size {b} → {smaller} and grad_accum {opts.grad_accum} → {accum} "
             f"(the effective batch stays {b * opts.grad_accum})")
+
+
+def _halve_budget(opts: TrainOptions, longest: int) -> tuple[TrainOptions, str]:
+    tokens = opts.batch_tokens
+    if tokens <= longest or tokens < 128:
+        raise RunError(f"CUDA out of memory with micro-batches of {tokens:,} tokens (the longest sequence, "
+                       f"{longest:,} tokens, alone) and gradient checkpointing on. Fix: lower max_length, set "
+                       f"quantization = \"4bit\", or use a GPU with more memory or a smaller base model.")
+    half, accum = max(tokens // 2, longest), opts.grad_accum * 2
+    return (replace(opts, batch_tokens=half, grad_accum=accum),
+            f"batch_tokens {tokens:,} → {half:,} and grad_accum {opts.grad_accum} → {accum} "
+            f"(a step keeps its {tokens * opts.grad_accum:,} tokens; the rest of this epoch is batched anew)")

@@ -29,7 +29,7 @@ from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
 from daemon.trainer.oom import is_out_of_memory, next_rung
-from daemon.trainer.session import Session, planned_steps
+from daemon.trainer.session import Session
 
 
 def main(run_dir: Path, *, read_stdin: bool = True) -> int:
@@ -167,7 +167,7 @@ def _train(s: Session, commands: Any) -> None:
         s.result.outcome, s.result.reason = Outcome.STOPPED, commands.stop_reason + " before training started"
         return
     attempt = _rung_from_launcher(built.opts or opts)
-    if resume is not None and _trained_out(resume, planned_steps(len(built.data.train), attempt)):
+    if resume is not None and _trained_out(resume, built.planned_steps(attempt)):
         # The Trainer takes a step before it looks at max_steps: resumed from the run's last step (its trainer was
         # killed after that checkpoint, or its daemon before it saw the run end) it would train one step too many.
         # That checkpoint holds the trained adapter: the run finishes from it.
@@ -185,21 +185,21 @@ def _train(s: Session, commands: Any) -> None:
             if not is_out_of_memory(e):
                 raise
             if ddp.distributed():  # the other ranks wait in a collective this one will never join
-                _retry_group(attempt, e)
+                _retry_group(attempt, max(built.data.train.lengths()), e)
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
             s.result.train_cpu_seconds += time.process_time() - cpu0
         if not out_of_memory:
             break
-        attempt, change = next_rung(attempt)  # raises RunError when nothing cheaper is left
+        attempt, change = next_rung(attempt, max(built.data.train.lengths()))  # RunError: nothing cheaper left
         trainer = None
-        built.drop_model()
+        built.restart_adapter()
         gc.collect()
         torch.cuda.empty_cache()
         resume = _prepare_resume(s)
-        say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change}")
-        built.reset_model()
+        say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change} "
+            f"(the model stays loaded)")
     built.finish(trainer)
     _report(built, progress)
 
@@ -218,7 +218,7 @@ class GroupRetry(Exception):
     """Under torchrun: this rank ran out of memory and handed the next rung to the launcher (OOM_RETRY_EXIT)."""
 
 
-def _retry_group(attempt: TrainOptions, error: BaseException) -> None:
+def _retry_group(attempt: TrainOptions, longest: int, error: BaseException) -> None:
     """Out of memory under torchrun: the other ranks wait in a collective this one will never join, so the whole
     group restarts. The next rung goes to the launcher (single node), which starts every worker again with it;
     with no launcher to restart them (several nodes), or no rung left, the run fails with the fix."""
@@ -228,12 +228,12 @@ def _retry_group(attempt: TrainOptions, error: BaseException) -> None:
 
     where = f"out of memory on rank {ddp.rank()} of {ddp.world_size()} (torchrun)"
     target = os.environ.get(RETRY_FILE_ENV)
-    nxt, change = next_rung(attempt)  # RunError when nothing cheaper is left
+    nxt, change = next_rung(attempt, longest)  # RunError when nothing cheaper is left
     if not target:
         raise RunError(f"{where}: {error}"[:600] + f". Fix: {change} (batch_size, grad_accum or "
                        f"gradient_checkpointing in the options), then resume the run.") from None
     with open(target, "w", encoding="utf-8") as f:
-        json.dump({"batch_size": nxt.batch_size, "grad_accum": nxt.grad_accum,
+        json.dump({"batch_size": nxt.batch_size, "grad_accum": nxt.grad_accum, "batch_tokens": nxt.batch_tokens,
                    "gradient_checkpointing": nxt.gradient_checkpointing, "change": change}, f)
     print(f"{where}: every process restarts from the last checkpoint, {change}", file=sys.stderr, flush=True)
     raise GroupRetry(change)
@@ -252,6 +252,7 @@ def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
     rung = json.loads(raw)
     say(f"out of memory in the last attempt: retrying, {rung.get('change')}")
     return replace(opts, batch_size=int(rung["batch_size"]), grad_accum=int(rung["grad_accum"]),
+                   batch_tokens=int(rung.get("batch_tokens") or 0),
                    gradient_checkpointing=rung["gradient_checkpointing"])
 
 

@@ -22,13 +22,16 @@ class Session:
     objective: Any = None  # what the run optimises (daemon/trainer/objectives: sft, dpo, kto), from its data
 
 
-def planned_steps(n_sequences: int, opts: TrainOptions) -> int:
+def planned_steps(n_sequences: int, opts: TrainOptions, budget_batches: int | None = None) -> int:
     """Optimizer steps the run will take (the Trainer's own arithmetic for epochs, or max_steps).
 
-    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel).
+    Under torchrun each optimizer step takes `batch_size` sequences on every rank (DDP, never DataParallel), or one
+    of the epoch's `budget_batches` token-budget micro-batches on every rank.
     """
     if opts.max_steps > 0:
         return opts.max_steps
-    batches = math.ceil(n_sequences / (opts.batch_size * ddp.world_size()))
+    world = ddp.world_size()
+    batches = (math.ceil(budget_batches / world) if budget_batches is not None else
+               math.ceil(n_sequences / (opts.batch_size * world)))
     per_epoch = max(math.ceil(batches / opts.grad_accum), 1)
     return math.ceil(opts.epochs * per_epoch)

@@ -16,11 +16,11 @@ from daemon.core.atomic import write_json
 from daemon.core.datasets import ExampleKind, kind_of
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
-from daemon.core.preflight import Shape, checkpointing_decision
+from daemon.core.preflight import Shape, Sizing, plan_memory
 from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp, objectives, trackers
-from daemon.trainer.batching import padding_line
+from daemon.trainer.batching import Budget, padding_line
 from daemon.trainer.board import Board
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.rung import rung_callback
@@ -70,10 +70,18 @@ class Built:
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
     board: Board | None = None  # the run's TensorBoard event files
     _trainer: Trainer | None = None
+    _initial_adapter: dict[str, Any] = field(default_factory=dict)
 
-    def drop_model(self) -> None:
-        """Let go of the model and the Trainer (before an out-of-memory retry)."""
-        self.model = self._trainer = None
+    def budget(self, opts: TrainOptions | None = None) -> Budget | None:
+        """The attempt's token budget (its options as planned: batch_tokens decided, 0 when off)."""
+        tokens = (opts or self.opts or self.session.cfg.options).batch_tokens
+        return Budget(tokens, self.batching, self.device.kind == "cuda") if isinstance(tokens, int) and tokens else None
+
+    def planned_steps(self, opts: TrainOptions) -> int:
+        """The optimizer steps this attempt's options take (session.planned_steps, with its token budget)."""
+        budget = self.budget(opts)
+        batches = len(budget.batches(self.data.train.lengths(), opts.seed)) if budget else None
+        return planned_steps(len(self.data.train), opts, batches)
 
     def reset_model(self) -> None:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
@@ -83,6 +91,23 @@ class Built:
         fit_embeddings(base, self.tokenizer)
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
                       add_lora(base, cfg.options, self.new_tokens))
+        from peft import get_peft_model_state_dict
+
+        self._initial_adapter = {k: v.detach().to("cpu", copy=True)
+                                 for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def restart_adapter(self) -> None:
+        """Before an out-of-memory retry: the Trainer goes (its optimizer state and batches with it), the model stays
+        loaded (a 4-bit base is not quantised again) with its adapter back at its initial weights; a retry from a
+        checkpoint then loads that checkpoint's adapter over them."""
+        from peft import set_peft_model_state_dict
+
+        self._trainer = None
+        self.model.zero_grad(set_to_none=True)
+        # accelerate wrapped forward in an autocast for the failed attempt's Trainer; the next one wraps it again
+        for name in ("forward", "_original_forward"):
+            self.model.__dict__.pop(name, None)
+        set_peft_model_state_dict(self.model, self._initial_adapter)
 
     def make_trainer(self, opts: TrainOptions) -> Trainer:
         """This attempt's Trainer: the objective's own (arguments, collator, loss) with overnight's callbacks."""
@@ -192,9 +217,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     data = _prepare_data(s, tokenizer, stats)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
-    batching, why = auto.batching(opts.batching, data.kind, attention)
-    say(f"batching: {batching.replace('_', '-')} ({why}); one epoch: "
-        f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed)}")
+    batching, batching_why = auto.batching(opts.batching, data.kind, attention)
     free = torch.cuda.mem_get_info()[0] if device.kind == "cuda" else None  # before the model takes its share
     built = Built(s, device, source, tokenizer, data, progress, commands, attention=attention, batching=batching,
                   new_tokens=new_tokens, board=Board(s.cfg.paths.tensorboard, say))
@@ -205,10 +228,13 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
             f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
     built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
-                              s.objective.rows)
+                              s.objective, batch_size_set=s.cfg.file.sources.get("batch_size", "default") != "default")
+    budget = built.budget()
+    say(f"batching: {batching.replace('_', '-')} ({batching_why}); one epoch: "
+        f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed, budget)}")
     if opts.report_to:
         built.opts = replace(built.opts, report_to=trackers.available(opts.report_to, s.cfg.paths.root, say))
-    evolution = _evolution_callback(s, tokenizer, data, built.board)
+    evolution = _evolution_callback(s, tokenizer, data, built.board, built.planned_steps(built.opts))
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
@@ -229,23 +255,28 @@ def _quantized(opts: TrainOptions, device: Device) -> str:
 
 
 def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], longest: int,
-                 free_bytes: int | None, rows: int = 1) -> TrainOptions:
-    """Decide what "auto" and the GPU-only options mean on this device; log each decision with its reason. `rows`:
-    the sequences each example puts through the model (the objective's: DPO's chosen and rejected)."""
+                 free_bytes: int | None, objective: Objective, *, batch_size_set: bool = False) -> TrainOptions:
+    """Decide what "auto" and the GPU-only options mean on this device (the memory plan: checkpointing, the
+    micro-batch and accumulation); log each decision with its reason. The objective says how many sequences each
+    example puts through the model (DPO's chosen and rejected) and whether it batches by tokens."""
     liger, why = auto.liger(opts.use_liger_kernel, device.kind == "cuda", auto.liger_installed())
     say(f"Liger kernels: {'on' if liger else 'off'} ({why})")
-    checkpointing, why = checkpointing_decision(
-        opts.gradient_checkpointing, Shape.from_config(config), free_bytes, batch_size=opts.batch_size * rows,
-        seq_len=min(longest, opts.max_length), lora_r=opts.lora_r, quantization=opts.quantization,
-        dtype_bytes=device.dtype.itemsize, liger=liger)
-    say(f"gradient checkpointing: {'on' if checkpointing else 'off'} ({why})")
+    plan = plan_memory(Shape.from_config(config), free_bytes, Sizing(
+        opts.gradient_checkpointing, opts.batch_tokens, opts.batch_size, opts.grad_accum,
+        min(longest, opts.max_length), opts.lora_r, opts.quantization, device.dtype.itemsize, liger,
+        batch_size_set=batch_size_set, rows=objective.rows, budgets=objective.name == "sft"))
+    say(f"gradient checkpointing: {'on' if plan.checkpointing else 'off'} ({plan.checkpointing_why})")
+    say(f"batches: {plan.batch_line()}")
+    if opts.torch_compile:
+        say("torch.compile: on (set in the options; the first steps, and each new batch shape, compile first)")
     if opts.optim.startswith("paged_") and device.kind != "cuda":
         raise RunError(f"optim = \"{opts.optim}\" pages optimizer state through CUDA memory, and this run is on "
                        f"the CPU. Fix: use optim = \"adamw_torch\" on the CPU, or run on a GPU.")
     say(f"optimizer: {opts.optim}, lr {opts.learning_rate:g} ({opts.lr_scheduler}, warmup {opts.warmup_ratio:g} of "
         f"the steps), weight_decay {opts.weight_decay:g}, max_grad_norm {opts.max_grad_norm:g}"
         + ("; Liger kernels on" if liger else ""))
-    return replace(opts, gradient_checkpointing=checkpointing, use_liger_kernel=liger)
+    return replace(opts, gradient_checkpointing=plan.checkpointing, use_liger_kernel=liger,
+                   batch_tokens=plan.batch_tokens, batch_size=plan.batch_size, grad_accum=plan.grad_accum)
 
 
 def _prepare_data(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
@@ -315,7 +346,8 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     return data
 
 
-def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board | None) -> TrainerCallback | None:
+def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board | None,
+                        steps: int) -> TrainerCallback | None:
     from daemon.core.evolution import resolve_probe_every
     from daemon.trainer.snapshots import EvolutionCallback
 
@@ -324,7 +356,7 @@ def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board
         say("evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
             "to watch some)" if data.kind == ExampleKind.TEXT else "evolution: no probes (probe_count = 0 and no probe file)")
         return None
-    every, budget = resolve_probe_every(opts.probe_every, planned_steps(len(data.train), opts))
+    every, budget = resolve_probe_every(opts.probe_every, steps)
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
         + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else ""))
     return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,

@@ -52,7 +52,7 @@ class Sft:
                                   built.data.eval is not None, built.batching)
         pad_id = built.tokenizer.pad_token_id if built.tokenizer.pad_token_id is not None else 0
         return OvernightTrainer(model=built.model, args=args, train_dataset=built.data.train,
-                                eval_dataset=built.data.eval, callbacks=callbacks,
+                                eval_dataset=built.data.eval, callbacks=callbacks, budget=built.budget(opts),
                                 data_collator=collator(built.batching, pad_id, built.device.kind == "cuda"))
 
 
