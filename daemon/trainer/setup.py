@@ -83,7 +83,7 @@ class Built:
         batches = len(budget.batches(self.data.train.lengths(), opts.seed)) if budget else None
         return planned_steps(len(self.data.train), opts, batches)
 
-    def reset_model(self) -> None:
+    def load(self) -> None:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
         cfg = self.session.cfg
         base = load_model(self.source, self.device, cfg.options, self.attention)
@@ -223,7 +223,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
                   new_tokens=new_tokens, board=Board(s.cfg.paths.tensorboard, say))
     if commands.sync().stop:
         return built
-    built.reset_model()
+    built.load()
     lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
             f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
