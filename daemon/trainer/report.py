@@ -173,7 +173,8 @@ def _answer(model: Any, tokenizer: Any, asked: list[EncodedProbe], stops: Sequen
 
 def _sample_blocks(tokenizer: Any, text: str, block: int) -> list[list[int]]:
     """The general-text sample as blocks of `block` tokens (the last, shorter one kept when it has 2 or more)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # cut into blocks below: the tokenizer's warning that the whole text exceeds the model's context is moot
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     blocks = [ids[i:i + block] for i in range(0, len(ids), block)]
     return [b for b in blocks if len(b) >= 2]
 
