@@ -1,5 +1,6 @@
-"""The Slurm executor against a real Slurm: a single-node Slurm 22.05 cluster on this machine (tests/slurm/start.sh,
-Debian's slurm-wlm + munge), the real daemon, real sbatch jobs running the real trainer on the tiny model.
+"""The Slurm executor against a real Slurm: a Slurm 22.05 cluster on this machine (tests/slurm/start.sh, Debian's
+slurm-wlm + munge; two nodes, a slurmd each: tests/test_slurm_nodes.py fails one and spans both), the real daemon,
+real sbatch jobs running the real trainer on the tiny model.
 
 One run lives through the five Slurm events of the issue (scancel from outside, `scontrol requeue`, its time limit,
 a daemon restart, a preemption by priority), held between them by a pause sent through control files, and ends
@@ -39,7 +40,7 @@ def _cluster_up() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A running single-node cluster: the one up already, or one started (and installed, as root) by
+    """A running cluster: the one up already, or one started (and installed, as root) by
     tests/slurm/start.sh; stopped at the end by tests/slurm/stop.sh when this session started it (left up under
     xdist, where another worker may still use it). Its partition."""
     root = tmp_path_factory.getbasetemp()
