@@ -29,8 +29,9 @@ states the FLOPs formula and the cards' dense peaks; an unknown card prints no M
 Each baseline runs in its own process (clean GPU memory), after the overnight run of its row.
 
 Figures go to stdout and to OUT/gpu_check.md (a table ready for bench/README.md, with the card and the goals each
-row meets) and OUT/gpu_check.json; the runs' logs to OUT/gpu_check_logs.tar.gz (OUT: --out, else $OUT, else
-bench/gpu_check_out).
+row meets) and OUT/gpu_check.json; the runs' logs to OUT/gpu_check_logs.tar.gz; the dashboard (`overnight tui`,
+rendered headless while the 8B LoRA row trains: front screen and System tab) to OUT/tui_front.txt and
+OUT/tui_system.txt (OUT: --out, else $OUT, else bench/gpu_check_out).
 """
 from __future__ import annotations
 
@@ -176,11 +177,22 @@ def wait_run(home: Path, name: str, env: dict[str, str], deadline: float, on_tra
     return {**(row or {}), "state": "timed out", "reason": "the check's --deadline passed"}
 
 
-def capture_dashboard(home: Path, out: Path, env: dict[str, str]) -> None:
-    """The dashboard on `home`, rendered headless (bench/tui_capture.py): the front screen and the System tab."""
-    res = subprocess.run([sys.executable, str(REPO / "bench" / "tui_capture.py"), str(home), str(out)],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    say("dashboard captured" if res.returncode == 0 else f"dashboard capture failed: {res.stderr[-1500:]}")
+class Dashboard:
+    """The dashboard on a home, rendered headless once (bench/tui_capture.py): the front screen and the System tab.
+
+    Taken while the 8B LoRA row trains (its steps are bound by the GPU, so the renderer's CPU time does not slow
+    them down, as it would a 0.5B row's), else while the last row trains; after that row if it ended first."""
+
+    def __init__(self, home: Path, out: Path, env: dict[str, str]) -> None:
+        self.home, self.out, self.env, self.done = home, out, env, False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        res = subprocess.run([sys.executable, str(REPO / "bench" / "tui_capture.py"), str(self.home), str(self.out)],
+                             capture_output=True, text=True, env=self.env, cwd=REPO, timeout=120)
+        say("dashboard captured" if res.returncode == 0 else f"dashboard capture failed: {res.stderr[-1500:]}")
 
 
 def run_baseline(b: Baseline, model: Path, run_dir: Path, logs: Path, slug: str, env: dict[str, str],
@@ -414,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet",
                                "--settle", "1"],  # drops arrive by rename
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    dashboard = None if args.no_dashboard else (lambda: capture_dashboard(home, out, env))
+    dashboard = None if args.no_dashboard else Dashboard(home, out, env)
+    shown_in = "lora-8b" if any(r.slug == "lora-8b" for r in todo) else todo[-1].slug
     try:
         for i, r in enumerate(todo):
             if time.monotonic() > deadline:
@@ -424,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"row {r.slug}: dropping {name}")
             with ballast(args.cap_gib, r.capped and not args.cpu, env):
                 drop(home, name, models[r.model], r.options, records_big if r.big else records, 100 - i)
-                run = wait_run(home, name, env, deadline, dashboard)
-                dashboard = None
+                run = wait_run(home, name, env, deadline, dashboard if r.slug == shown_in else None)
+                if dashboard and r.slug == shown_in:
+                    dashboard()  # the run ended before the dashboard was taken: the screens after it
                 r.figures = overnight_figures(run)
                 say(f"row {r.slug}: overnight {r.figures['outcome']}, {_f(r.figures.get('useful_per_s'), ',.0f')} "
                     f"useful tok/s")

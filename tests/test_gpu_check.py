@@ -1,5 +1,6 @@
 """The prepared GPU check (bench/gpu_check.py) runs on the CPU with the tiny model, so it cannot rot between GPU
-sessions: the real daemon, the real trainer, every variant, the dashboard capture and the figures table."""
+sessions: the real daemon, the real trainer, every row, both baselines on the run's own tokens, the dashboard
+capture and the figures table."""
 from __future__ import annotations
 
 import json
@@ -14,14 +15,21 @@ from tests.conftest import REPO
 
 @pytest.mark.e2e
 def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path, realdata: Path) -> None:
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--steps", "2", "--out",
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert [r["outcome"] for r in rows] == ["completed"] * 5
-    assert any(r["label"].startswith("tiny LoRA bf16, padded") and r["padding_share"] > 0.05 for r in rows)
-    flat = next(r for r in rows if "padding-free" in r["label"])
-    assert flat["padding_share"] == 0 and flat["useful_tokens_per_s"] > 0
-    assert "| run | outcome | useful tok/s | computed tok/s | padding | peak GPU mem | MFU |" in proc.stdout
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    rows = {r["slug"]: r for r in report["rows"]}
+    assert list(rows) == ["lora-0.5b", "lora-8b", "qlora-8b-24g", "lora-0.5b-noliger"]
+    assert all(r["overnight"]["outcome"] == "completed" and r["overnight"]["oom_retries"] == 0 for r in rows.values())
+    baselines = [b for r in rows.values() for b in r["baselines"]]
+    assert [b["kind"] for b in baselines] == ["trainer", "trl", "trl"]
+    for r in rows.values():  # the baselines trained exactly the tokens overnight trained
+        for b in r["baselines"]:
+            assert b["outcome"] == "completed" and b["useful_tokens"] == r["overnight"]["useful_tokens"] > 0
+            assert b["speedup"] > 0
+    assert rows["lora-0.5b-noliger"]["overnight"]["plan"]  # the trainer's batching/checkpointing lines
+    assert "| row | trainer | outcome | useful tok/s | computed tok/s | MFU | peak GPU mem |" in proc.stdout
+    assert "Goals not judged" in (tmp_path / "gpu_check.md").read_text()
     system = (tmp_path / "tui_system.txt").read_text()  # the dashboard, rendered headless
     assert "no NVIDIA GPU" in system and "CPU" in system
