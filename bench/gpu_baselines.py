@@ -14,10 +14,11 @@ peft's `prepare_model_for_kbit_training`, as the QLoRA recipes do. Neither saves
 includes its last one).
 
 Measured as overnight is: useful tokens (non-padding input tokens, counted by wrapping the collator) over the wall
-time of `trainer.train()`; computed tokens (padding included); `torch.cuda.max_memory_allocated()` (reset before
-each attempt). An out-of-memory error halves the micro-batch and doubles gradient accumulation (the same
-effective batch) and trains again in the same process, as a user would retry; the figures are those of the attempt
-that finished, and the retries are counted. Writes one JSON object to --out.
+time of `trainer.train()`; computed tokens (padding included); `torch.cuda.max_memory_allocated()` of the process
+(model loading included, as overnight's; reset after an attempt that ran out of memory). An out-of-memory error
+halves the micro-batch and doubles gradient accumulation (the same effective batch) and trains again in the same
+process, as a user would retry; the figures are those of the attempt that finished, and the retries are counted.
+Writes one JSON object to --out.
 """
 from __future__ import annotations
 
@@ -137,7 +138,8 @@ def trl_trainer(a: argparse.Namespace, net: Any, rows: list[dict[str, Any]], bat
     best = {"padding_free": True} if flash else grouped(SFTConfig)
     cfg = SFTConfig(**common_args(a, batch, accum, work), max_length=None, completion_only_loss=True, **best)
     note = "padding_free=True (flash_attention_2)" if flash else "length-grouped (flash_attn not installed)"
-    return SFTTrainer(model=net, args=cfg, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(a.model)), note
+    tok = AutoTokenizer.from_pretrained(a.model)
+    return SFTTrainer(model=net, args=cfg, train_dataset=data, processing_class=tok), note
 
 
 def train(a: argparse.Namespace) -> dict[str, Any]:
@@ -154,8 +156,6 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
         trainer, note = make(a, net, rows, batch, accum, work, *((flash,) if a.kind == "trl" else ()))
         counter = Counting(trainer.data_collator)
         trainer.data_collator = counter
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         try:
             out = trainer.train()
@@ -167,6 +167,7 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
         trainer = None  # outside the except block: its traceback pins the GPU tensors
         gc.collect()
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the peak of the attempt that fits, not of the one that did not
         batch, accum, retries = batch // 2, accum * 2, retries + 1
     wall = time.perf_counter() - started
     return {"outcome": "completed", "useful_tokens": counter.useful, "computed_tokens": counter.computed,

@@ -2,24 +2,28 @@
 TRL's SFTTrainer, on the same data, the same GPU and the same model, in one run.
 
     python bench/gpu_check.py                   # on a GPU machine (all rows: ~8 minutes on one H100 80 GB)
-    python bench/gpu_check.py --only lora-0.5b,qlora-8b-24g --records-big 128    # shorter
+    python bench/gpu_check.py --only lora-0.5b,qlora-8b-24g --epochs 1          # shorter
     python bench/gpu_check.py --cpu --tiny      # the whole check on the CPU with the tiny model (~3 minutes)
     (on a lent device machine: bash bench/device_check.sh [these options]; bench/README.md)
 
-Rows (random-init models with published configurations, built offline by bench/gpu_models.py, saved to local disk):
-1. lora-0.5b: Qwen2.5-0.5B, LoRA bf16, one epoch of alpaca_en_demo.json; the sidecar sets neither batch_size nor
-   batch_tokens, so the trainer sizes its micro-batches itself (batch_tokens = "auto": the memory plan on a GPU).
-   Baselines: the plain Trainer (batch 8, random padded batches) and TRL's SFTTrainer at its best setting.
-2. lora-8b: the Llama-3-8B shape (vocab 128256, hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 kv heads),
-   LoRA bf16, on the first --records-big records; overnight alone (--big-baseline adds the plain Trainer).
-3. qlora-8b-24g: the same 8B in 4 bits (`quantization = "4bit"`), `max_length` 2048, under a 24 GiB cap: a ballast
-   process (bench/gpu_ballast.py) takes all but 24 GiB of the GPU for the whole row, so the trainer's
-   `torch.cuda.mem_get_info` and NVML see what a 24 GB card would show; it must end with zero out-of-memory
-   retries (the trainer's "out of memory" lines in its console.log, counted). Baseline: TRL's SFTTrainer in
-   4 bits with gradient checkpointing, under the same ballast.
-4. lora-0.5b-noliger: row 1 again with `use_liger_kernel = false`.
+Rows, in the order they run (random-init models with published configurations, built offline by
+bench/gpu_models.py and saved to local disk):
+1. lora-0.5b: Qwen2.5-0.5B, LoRA bf16 on alpaca_en_demo.json (all 999 records); the sidecar sets neither batch_size
+   nor batch_tokens, so the trainer sizes its micro-batches itself (batch_tokens = "auto": the memory plan on a
+   GPU). Baselines: the plain Trainer (batch 8, random padded batches) and TRL's SFTTrainer at its best setting.
+2. lora-0.5b-noliger: row 1 again with `use_liger_kernel = false` (right after it: the same machine state).
+3. qlora-8b-24g: the Llama-3-8B shape (vocab 128256, hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 kv
+   heads) in 4 bits (`quantization = "4bit"`), `max_length` 2048, on the first --records-qlora records, under a
+   24 GiB cap: a ballast process (bench/gpu_ballast.py) takes all but 24 GiB of the GPU for the whole row, so the
+   trainer's `torch.cuda.mem_get_info` and NVML see what a 24 GB card would show; it must end with zero
+   out-of-memory retries (the trainer's "out of memory" lines in its console.log, counted). Baseline: TRL's
+   SFTTrainer in 4 bits with gradient checkpointing, under the same ballast.
+4. lora-8b: the same 8B shape, LoRA bf16, on the first --records-big records; overnight alone (--big-baseline adds
+   the plain Trainer).
 Every row: overnight's sidecar leaves everything else "auto"; eval_fraction 0 and probe_count 0, so every record
-trains and the baselines get the very sequences it trained: the run's tokens.npz (bench/gpu_baselines.py).
+trains and the baselines get the very sequences it trained: the run's tokens.npz (bench/gpu_baselines.py). The
+LoRA rows train --epochs epochs (default 2: a 0.5B epoch of alpaca is a few seconds of GPU work, too short to
+weigh the start of the loop fairly), the QLoRA row and every baseline one.
 
 Rates, all measured the same way: useful tokens/s = non-padding tokens trained ÷ the wall time of the training loop
 (overnight: result.json's tokens_seen ÷ train_seconds, the Trainer's construction and its whole train() with data
@@ -74,7 +78,8 @@ class Baseline:
     @property
     def label(self) -> str:
         name = "plain Trainer (batch 8, padded)" if self.kind == "trainer" else "TRL SFTTrainer (best setting)"
-        return name + (", 4-bit" if self.quantization == "4bit" else "") + (", grad. ckpt" if self.checkpointing else "")
+        return (name + (", 4-bit" if self.quantization == "4bit" else "")
+                + (", grad. ckpt" if self.checkpointing else ""))
 
 
 @dataclass
@@ -83,23 +88,27 @@ class Row:
     label: str
     model: str
     options: dict[str, Any]
-    big: bool  # trains the first --records-big records (else --records)
+    records: int  # the first N alpaca records
+    epochs: float
     baselines: list[Baseline] = field(default_factory=list)
     capped: bool = False  # under the ballast
     figures: dict[str, Any] = field(default_factory=dict)
     against: list[dict[str, Any]] = field(default_factory=list)
 
 
-def rows(big_baseline: bool) -> list[Row]:
+def rows(a: argparse.Namespace) -> list[Row]:
+    small = a.records or (16 if a.tiny else 999)
+    big = a.records_big or (12 if a.tiny else 256)
+    qlora = a.records_qlora or (12 if a.tiny else 128)
     return [
-        Row("lora-0.5b", "0.5B LoRA bf16, auto token budget", "qwen2.5-0.5b", {}, False,
+        Row("lora-0.5b", "0.5B LoRA bf16, auto token budget", "qwen2.5-0.5b", {}, small, a.epochs,
             [Baseline("trainer"), Baseline("trl")]),
-        Row("lora-8b", "8B LoRA bf16, auto token budget", "llama-3-8b", {}, True,
-            [Baseline("trainer")] if big_baseline else []),
-        Row("qlora-8b-24g", "8B QLoRA 4-bit, max_length 2048, 24 GiB cap", "llama-3-8b",
-            {"quantization": "4bit", "max_length": 2048}, True, [Baseline("trl", "4bit", True)], capped=True),
         Row("lora-0.5b-noliger", "0.5B LoRA bf16, auto token budget, Liger off", "qwen2.5-0.5b",
-            {"use_liger_kernel": False}, False),
+            {"use_liger_kernel": False}, small, a.epochs),
+        Row("qlora-8b-24g", "8B QLoRA 4-bit, max_length 2048, 24 GiB cap", "llama-3-8b",
+            {"quantization": "4bit", "max_length": 2048}, qlora, 1, [Baseline("trl", "4bit", True)], capped=True),
+        Row("lora-8b", "8B LoRA bf16, auto token budget", "llama-3-8b", {}, big, a.epochs,
+            [Baseline("trainer")] if a.big_baseline else []),
     ]
 
 
@@ -144,9 +153,10 @@ def ballast(cap_gib: float, on: bool, env: dict[str, str]) -> Iterator[dict[str,
         proc.wait(60)
 
 
-def drop(home: Path, name: str, model: Path, options: dict[str, Any], records: int, priority: int) -> None:
+def drop(home: Path, name: str, model: Path, options: dict[str, Any], records: int, epochs: float,
+         priority: int) -> None:
     """Sidecar first (it waits for its dataset), then the data: the order a user's `mv` gives."""
-    opts = {"base_model": str(model), "epochs": 1, "eval_fraction": 0.0, "probe_count": 0, "save_every": 10**9,
+    opts = {"base_model": str(model), "epochs": epochs, "eval_fraction": 0.0, "probe_count": 0, "save_every": 10**9,
             "log_every": 10, "priority": priority, **options}
     lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}" for k, v in opts.items()]
     (home / "inbox" / f"{name}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -259,7 +269,8 @@ def baseline_figures(res: dict[str, Any]) -> dict[str, Any]:
             "computed_per_s": res["computed_tokens"] / wall if wall and res.get("computed_tokens") else None}
 
 
-def add_mfu(fig: dict[str, Any], shape: Shape | None, attention_len: float | None, card: tuple[str, float] | None) -> None:
+def add_mfu(fig: dict[str, Any], shape: Shape | None, attention_len: float | None,
+            card: tuple[str, float] | None) -> None:
     if shape and attention_len is not None and card and fig.get("useful_per_s"):
         fig["mfu"] = flops_per_token(shape, LORA_R, attention_len) * fig["useful_per_s"] / card[1]
 
@@ -341,21 +352,22 @@ def report(rs: list[Row], device: str, card: tuple[str, float] | None, gs: list[
            + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {peak_line}", "", table(rs), ""]
     for r in rs:
         f = r.figures
-        extra = (f"; {f['sequences']} sequences, {f.get('useful_tokens', 0):,} useful tokens, "
+        extra = (f"; {f['sequences']} sequences × {r.epochs:g} epoch(s), {f.get('useful_tokens', 0):,} useful tokens, "
                  f"{f.get('computed_tokens', 0):,} computed, {f.get('wall_s', 0):.1f} s"
                  if f.get("sequences") else "")
         out.append(f"- {r.label}: {f.get('outcome')}{' (' + str(f['reason']) + ')' if f.get('reason') else ''}{extra}")
         out += [f"  - trainer: {m}" for m in f.get("plan", []) if not m.startswith("out of memory")]
         for b in r.against:
             why = f" ({b['reason']})" if b.get("reason") else ""
-            same = ("" if not b.get("useful_tokens") else "; the same useful tokens as overnight's"
-                    if b["useful_tokens"] == f.get("useful_tokens") else "; OTHER useful tokens than overnight's")
+            per_epoch = (f.get("useful_tokens") or 0) / r.epochs  # the baselines train one epoch
+            same = ("" if not b.get("useful_tokens") else "; the same useful tokens as one epoch of overnight's"
+                    if b["useful_tokens"] == per_epoch else "; OTHER useful tokens than one epoch of overnight's")
             out.append(f"  - {b['label']}: {b.get('outcome')}{why}; {b.get('note', '')}"
                        + (f"; {b['useful_tokens']:,} useful tokens in {b['wall_s']:.1f} s, {b['steps']} steps"
                           if b.get("useful_tokens") else "") + same)
     out += ["", "| issue 23 goal | measured | met |", "| --- | --- | --- |"]
-    out += [f"| {g['goal']} | {g['measured']} | "
-            f"{'yes' if g['met'] else 'no' if g['met'] is False else 'not judged' if not judged else '-'} |" for g in gs]
+    verdict = {True: "yes", False: "no", None: "-" if judged else "not judged"}
+    out += [f"| {g['goal']} | {g['measured']} | {verdict[g['met']]} |" for g in gs]
     if not judged:
         out.append("\nGoals not judged: the figures are from the CPU or the tiny model (the check's plumbing only).")
     return "\n".join(out)
@@ -382,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  "lora-0.5b-noliger); default all")
     p.add_argument("--records", type=int, default=None, help="alpaca records of the 0.5B rows (default all 999; "
                                                               "16 with --tiny)")
-    p.add_argument("--records-big", type=int, default=None, help="records of the 8B rows (default 256; 12 with --tiny)")
+    p.add_argument("--records-big", type=int, default=None, help="records of the 8B LoRA row (default 256; 12 with "
+                                                                  "--tiny)")
+    p.add_argument("--records-qlora", type=int, default=None, help="records of the 8B QLoRA row (default 128; 12 "
+                                                                    "with --tiny)")
+    p.add_argument("--epochs", type=float, default=None, help="overnight's epochs on the LoRA rows (default 2; 1 "
+                                                              "with --tiny); the QLoRA row and the baselines train 1")
     p.add_argument("--cap-gib", type=float, default=24.0, help="the emulated card of the QLoRA row (default 24)")
     p.add_argument("--big-baseline", action="store_true", help="also the plain Trainer on the 8B LoRA row")
     p.add_argument("--no-baselines", action="store_true", help="overnight's rows alone")
@@ -405,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in ("inbox", "control", "runs"):
         (home / d).mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    todo = rows(args.big_baseline)
+    args.epochs = args.epochs or (1 if args.tiny else 2)
+    todo = rows(args)
     if args.only:
         wanted = args.only.split(",")
         unknown = set(wanted) - {r.slug for r in todo}
@@ -414,13 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         todo = [r for r in todo if r.slug in wanted]
     for r in todo:
         if args.tiny:  # every row trains the tiny model: say so in each label
-            r.model, r.label = "tiny", r.label.replace("0.5B", "tiny").replace("8B", "tiny")
+            r.model, r.label = "tiny", r.label.replace("0.5B", "tiny (as 0.5B)").replace("8B", "tiny (as 8B)")
         if args.cpu:
             r.label = r.label.replace("bf16", "fp32").replace("24 GiB cap", "no cap on the CPU")
         if args.no_baselines:
             r.baselines = []
-    records = args.records or (16 if args.tiny else 999)
-    records_big = args.records_big or (12 if args.tiny else 256)
     say(f"building the models ({', '.join(sorted({r.model for r in todo}))}) under {work / 'models'}")
     models = build_models(work, {r.model for r in todo}, env)
     daemon = subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--home", str(home), "--quiet",
@@ -436,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"gc{i}-{r.slug}"
             say(f"row {r.slug}: dropping {name}")
             with ballast(args.cap_gib, r.capped and not args.cpu, env):
-                drop(home, name, models[r.model], r.options, records_big if r.big else records, 100 - i)
+                drop(home, name, models[r.model], r.options, r.records, r.epochs, 100 - i)
                 run = wait_run(home, name, env, deadline, dashboard if r.slug == shown_in else None)
                 if dashboard and r.slug == shown_in:
                     dashboard()  # the run ended before the dashboard was taken: the screens after it
@@ -454,7 +470,10 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"row {r.slug}: {b.label} {res.get('outcome')}")
     finally:
         daemon.terminate()
-        daemon.wait(120)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
     gpu = next((r.figures["device_name"] for r in todo if r.figures.get("device") == "cuda"), None)
     device = gpu or "cpu"
     card = peak(gpu) if gpu else None

@@ -41,6 +41,9 @@ sentence-transformers setuptools shellingham simplejson six sortedcontainers sta
 tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio
 torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions
 typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split()
+# Carried although the image has them: small, pure Python, and the image's versions are unknown; the check of
+# 2026-11-28 needed newer ones there for the CLI (click) and the dashboard (textual's rich, markdown-it-py, pygments).
+CARRY_ANYWAY = {"click", "rich", "markdown-it-py", "mdurl", "pygments"}
 # the device's interpreter (KINDS.md: Python 3.12.3), for the environment markers of the requirements
 DEVICE_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
               "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
@@ -64,14 +67,16 @@ def pins() -> dict[str, str]:
 
 def needed() -> dict[str, str | None]:
     """name -> version (None: the newest) of every package to carry."""
-    image = {canonicalize_name(n) for n in IMAGE}
-    pinned, found = pins(), {}
+    image = {canonicalize_name(n) for n in IMAGE} - CARRY_ANYWAY
+    pinned, found, walked = pins(), {}, set()
     todo = top_level()
     while todo:
         req = todo.pop()
         name = canonicalize_name(req.name)
-        if name in image or name in found or (req.marker and not req.marker.evaluate({**DEVICE_ENV, "extra": ""})):
+        seen = (name, frozenset(req.extras))  # markdown-it-py[linkify] brings more than markdown-it-py
+        if name in image or seen in walked or (req.marker and not req.marker.evaluate({**DEVICE_ENV, "extra": ""})):
             continue
+        walked.add(seen)
         try:
             dist = md.distribution(name)
             version, requires = dist.version, dist.requires or []
@@ -82,6 +87,7 @@ def needed() -> dict[str, str | None]:
             sub = Requirement(r)
             extras = {"", *req.extras}
             if sub.marker is None or any(sub.marker.evaluate({**DEVICE_ENV, "extra": e}) for e in extras):
+                sub.marker = None  # decided here, with the extras that brought it
                 todo.append(sub)
     return found
 

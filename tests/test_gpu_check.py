@@ -20,7 +20,7 @@ def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path, realdata:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = {r["slug"]: r for r in report["rows"]}
-    assert list(rows) == ["lora-0.5b", "lora-8b", "qlora-8b-24g", "lora-0.5b-noliger"]
+    assert list(rows) == ["lora-0.5b", "lora-0.5b-noliger", "qlora-8b-24g", "lora-8b"]
     assert all(r["overnight"]["outcome"] == "completed" and r["overnight"]["oom_retries"] == 0 for r in rows.values())
     baselines = [b for r in rows.values() for b in r["baselines"]]
     assert [b["kind"] for b in baselines] == ["trainer", "trl", "trl"]
