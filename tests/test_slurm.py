@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -39,10 +40,10 @@ def _cluster_up() -> bool:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
+def slurm_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A running cluster: the one up already, or one started (and installed, as root) by
     tests/slurm/start.sh; stopped at the end by tests/slurm/stop.sh when this session started it (left up under
-    xdist, where another worker may still use it). Its partition."""
+    xdist, where another worker may still use it). Its partition, and the session's folder (every worker's)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
@@ -58,10 +59,27 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
             if res.returncode != 0:
                 unavailable(f"tests/slurm/start.sh could not start Slurm: {(res.stderr or res.stdout)[-1500:]}")
             started = True
-    yield "debug"
+    yield "debug", root
     if started and not os.environ.get("PYTEST_XDIST_WORKER"):
         subprocess.run([*([] if os.geteuid() == 0 else ["sudo", "-n"]), str(SCRIPTS / "stop.sh")],
                        capture_output=True, timeout=120)
+
+
+@contextmanager
+def cluster_held(root: Path, exclusive: bool) -> Iterator[None]:
+    """The cluster shared with the other tests (xdist's workers run theirs at the same time), or held alone by a
+    test that fails a node (tests/test_slurm_nodes.py): no other test's job may run on a node that dies."""
+    with open(root / "slurm-nodes.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # released when the file closes
+        yield
+
+
+@pytest.fixture
+def slurm_cluster(slurm_session: tuple[str, Path]) -> Iterator[str]:
+    """The running cluster's partition, shared with other tests for this test's length."""
+    partition, root = slurm_session
+    with cluster_held(root, exclusive=False):
+        yield partition
 
 
 def slurm_home(root: Path, tiny_model: Path, partition: str, **table: Any) -> kill_loop.Home:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from bench import kill_loop
 from tests.conftest import REFERENCE_STEPS, budget, overnight, unavailable
-from tests.test_slurm import SCRIPTS, console, end, job_state, paused_in, runs, slurm_home, submitted, wait_run
-from tests.test_slurm import slurm_cluster  # noqa: F401 - the session's cluster, a fixture
+from tests.test_slurm import (SCRIPTS, cluster_held, console, end, job_state, paused_in, runs, slurm_home, submitted,
+                              wait_run)
+from tests.test_slurm import slurm_session  # noqa: F401 - the session's cluster, a fixture
 
 pytestmark = pytest.mark.e2e
 ROOT = [] if os.geteuid() == 0 else ["sudo", "-n"]
@@ -35,14 +36,28 @@ def nodes() -> dict[str, str]:
     return dict(line.split() for line in sorted(set(out.splitlines())) if line.strip())
 
 
-@pytest.fixture
-def two_nodes(request: pytest.FixtureRequest) -> str:
-    """The session's cluster (its partition), which must have two nodes."""
-    partition = request.getfixturevalue("slurm_cluster")
+def _two_nodes(request: pytest.FixtureRequest, exclusive: bool) -> Iterator[str]:
+    """The session's cluster (its partition), which must have two nodes, shared or held alone for the test."""
+    partition, root = request.getfixturevalue("slurm_session")
     if len(nodes()) < 2:
         unavailable(f"the running Slurm cluster has one node ({nodes()}); these tests need tests/slurm/start.sh's "
                     f"two. Fix: tests/slurm/stop.sh, then tests/slurm/start.sh")
-    return partition
+    with cluster_held(root, exclusive):
+        yield partition
+
+
+@pytest.fixture
+def two_nodes(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _two_nodes(request, exclusive=False)
+
+
+@pytest.fixture
+def two_nodes_alone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """No other test's job runs on the cluster while this test fails its nodes (as root: tests/slurm/node.sh)."""
+    if ROOT and subprocess.run([*ROOT, "true"], capture_output=True).returncode != 0:
+        unavailable("failing a node of the test cluster (tests/slurm/node.sh kills its slurmd) needs root, or sudo "
+                    "without a password")
+    yield from _two_nodes(request, exclusive=True)
 
 
 def node(what: str, name: str) -> None:
@@ -63,9 +78,9 @@ def newest_checkpoint(run: dict[str, Any]) -> int:
     return max(kill_loop.checkpoint_steps(Path(run["run_dir"]) / "checkpoints"), default=0)
 
 
-def test_a_node_dies_under_the_job_and_the_run_resumes_on_the_other_node(two_nodes, tiny_model, reference_run,
+def test_a_node_dies_under_the_job_and_the_run_resumes_on_the_other_node(two_nodes_alone, tiny_model, reference_run,
                                                                          tmp_path):
-    home = slurm_home(tmp_path / "home", tiny_model, two_nodes, max_parallel_runs=1)
+    home = slurm_home(tmp_path / "home", tiny_model, two_nodes_alone, max_parallel_runs=1)
     home.start_daemon()
     name, failed = "crash", []
     try:
