@@ -11,8 +11,9 @@ What Slurm does to a job, and what becomes of the run (the rule itself: daemon/e
   checkpoints and exits, the script exits WARNED_EXIT, and the run is submitted again to resume;
 - scancel from outside, the time limit itself, a preemption, a failed node: the job ends CANCELLED / TIMEOUT /
   PREEMPTED / NODE_FAIL: the run is submitted again and resumes from its newest checkpoint;
-- `scontrol requeue` (or a requeueing preemption): the same job runs again; the daemon follows it, and the trainer
-  resumes from its newest checkpoint (the script removes the earlier run's result.json);
+- `scontrol requeue`, a requeueing preemption, a failed node (jobs are submitted with --requeue): the same job runs
+  again; the daemon follows it, and the trainer resumes from its newest checkpoint (the script removes the earlier
+  run's result.json);
 - a job pending for a reason that does not clear (a bad partition, an impossible request): it is cancelled and the
   run fails with Slurm's reason and the fix;
 - the daemon restarts: the jobs run on; the new daemon follows each by its job id, and never submits a second job
