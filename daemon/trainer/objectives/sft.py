@@ -82,6 +82,10 @@ def argument_values(opts: TrainOptions, output_dir: str, device: Device, has_eva
         **_checkpointing_arguments(opts.gradient_checkpointing is True),
         train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
         use_liger_kernel=opts.use_liger_kernel,
+        # inductor in its default mode: "reduce-overhead" records a CUDA graph per batch shape (and keeps its memory),
+        # "max-autotune" compiles for far longer. Shapes are torch's automatic dynamic (the Trainer passes dynamic=None):
+        # the second batch shape compiles once more with dynamic sizes, the ones after it reuse that graph.
+        torch_compile=opts.torch_compile,
         num_train_epochs=opts.epochs,
         max_steps=opts.max_steps if opts.max_steps > 0 else -1,
         logging_steps=opts.log_every,
