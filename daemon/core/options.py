@@ -151,7 +151,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
           "(auto: on with a CUDA GPU and liger-kernel installed, which overnight[gpu] brings)",
           lambda v: v == "auto" or isinstance(v, bool), '"auto", true or false', sweep=True),
     Train("torch_compile", bool, False, "compile the model with torch.compile (faster steps after a warm-up of a "
-          "few minutes; every new batch shape compiles again)", sweep=True),
+          "few minutes; the second batch shape compiles once more, with dynamic sizes)", sweep=True),
     Option("init_adapter", str, None, "continue from an adapter: a registered model (NAME or NAME:VERSION) or a "
            "folder", lambda v: bool(v.strip()), "a model name, NAME:VERSION, or the path of an adapter folder"),
     Option("priority", int, 0, "queue priority; higher runs first", _rng(-10**6, 10**6), "-1000000 .. 1000000"),
