@@ -66,7 +66,7 @@ LORA_R = 16
 GIB = 2**30
 # what the trainer's console says about its plan: printed for every row
 PLAN_WORDS = ("batches:", "batching:", "gradient checkpointing:", "token budget", "batch_tokens", "memory plan",
-              "Liger kernels:", "attention:", "out of memory")
+              "liger kernels:", "attention:", "out of memory")  # matched in lower case
 
 
 @dataclass
@@ -242,10 +242,12 @@ def overnight_figures(run: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(run.get("run_dir") or "/nonexistent")
     messages = console_messages(run_dir)
     fig: dict[str, Any] = {"outcome": run["state"], "reason": run.get("reason"), "run_dir": str(run_dir),
-                           "plan": [m for m in messages if any(w in m for w in PLAN_WORDS)
+                           "plan": [m for m in messages if any(w in m.lower() for w in PLAN_WORDS)
                                     and not m.startswith(("options:", "command:"))],
-                           "oom_retries": sum(m.startswith(("out of memory", "torchrun: out of memory"))
-                                              for m in messages)}
+                           # every console line saying so (the ladder's retries, a launcher's restart, the
+                           # last error): the lines themselves are in the plan list
+                           "oom_retries": sum("out of memory" in m.lower() for m in messages
+                                              if not m.startswith(("options:", "command:")))}
     if not (run_dir / "result.json").exists():
         return fig
     result = json.loads((run_dir / "result.json").read_text())
@@ -356,7 +358,7 @@ def report(rs: list[Row], device: str, card: tuple[str, float] | None, gs: list[
                  f"{f.get('computed_tokens', 0):,} computed, {f.get('wall_s', 0):.1f} s"
                  if f.get("sequences") else "")
         out.append(f"- {r.label}: {f.get('outcome')}{' (' + str(f['reason']) + ')' if f.get('reason') else ''}{extra}")
-        out += [f"  - trainer: {m}" for m in f.get("plan", []) if not m.startswith("out of memory")]
+        out += [f"  - trainer: {m}" for m in f.get("plan", [])]
         for b in r.against:
             why = f" ({b['reason']})" if b.get("reason") else ""
             per_epoch = (f.get("useful_tokens") or 0) / r.epochs  # the baselines train one epoch
