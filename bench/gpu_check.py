@@ -406,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-baseline", action="store_true", help="also the plain Trainer on the 8B LoRA row")
     p.add_argument("--no-baselines", action="store_true", help="overnight's rows alone")
     p.add_argument("--no-dashboard", action="store_true", help="skip the headless dashboard capture")
-    p.add_argument("--deadline", type=float, default=540, help="seconds for everything (default 540: a device "
-                   "command may run 600); rows not started by then are skipped, a run still going is stopped")
+    p.add_argument("--deadline", type=float, default=500, help="seconds for the rows (default 500: a device "
+                   "command may run 600, and the wheels' install, the daemon's stop and the report come on top); "
+                   "rows not started by then are skipped, a run still going is stopped")
     p.add_argument("--work", type=Path, default=None, help="where the models and the home go (default: a new "
                    "temporary folder; an earlier --work reuses its models)")
     p.add_argument("--out", type=Path, default=None, help="where the figures go")
