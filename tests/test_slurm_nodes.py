@@ -116,7 +116,8 @@ def test_a_node_dies_under_the_job_and_the_run_resumes_on_the_other_node(two_nod
         run = paused_in(home, name, "paused in a new job after the node failure", job=lambda j: j != job,
                         timeout=180)
         assert run["node"] == first
-        assert f"run queued (node {other} failed under Slurm job {job}; resumes" in console(run), console(run)[-3000:]
+        assert f"Slurm job {job} ended; run queued (node {other} failed under Slurm job {job}; resumes" in \
+            console(run), console(run)[-3000:]
         assert job_state(job) == "NODE_FAIL" and jobcomp(job)[-1] == f"{job}|NODE_FAIL|{other}"
         node("return", other)
         failed.remove(other)

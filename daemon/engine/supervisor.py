@@ -283,7 +283,9 @@ class Supervisor:
         version, waits = self._register(run) if state == State.COMPLETED else (None, False)
         self.trainers.pop(a.run_id, None)
         ended = "trainer" if a.job.pid else a.job.label
-        rundir.append_console(a.run_dir, f"overnight: {ended} exited with code {rc}; run {state}"
+        # a job ended from outside (a failed node, a time limit) has no exit code of the trainer's to tell
+        how = "ended" if not a.job.pid and a.job.interrupted() else f"exited with code {rc}"
+        rundir.append_console(a.run_dir, f"overnight: {ended} {how}; run {state}"
                                          f"{' (' + reason + ')' if reason else ''}")
         log.info(f"{a.run_id} {state}{': ' + reason if reason else ''} ({ended} exit code {rc})")
         self._tell_end(run, state, reason, version, waits, result)
