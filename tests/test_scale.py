@@ -217,6 +217,8 @@ def test_out_of_memory_turns_checkpointing_on_then_halves_the_micro_batch(
     assert ("out of memory: retrying from step-4, batch_size 4 → 2 and grad_accum 1 → 2 "
             "(the effective batch stays 4) (the model stays loaded)") in log
     assert len(loads) == 1  # a 4-bit base would not be quantised again either
+    assert read_json(run / "result.json")["plan"] == {"batch_tokens": 0, "batch_size": 2, "grad_accum": 2,
+                                                      "gradient_checkpointing": True, "out_of_memory_retries": 2}
     steps = [m["step"] for m in metrics(run) if "loss" in m]
     assert steps == list(range(1, 9))  # the first attempt's step 1 is not there twice
     # the retry from the start began from the same initial adapter: the run trains like one that never failed

@@ -47,6 +47,9 @@ class Result:
     tokens_seen: int = 0  # real (non-padding) input tokens trained on by this process
     tokens_computed: int = 0  # input tokens the model computed, padding included
     peak_gpu_memory: int | None = None  # bytes, torch.cuda.max_memory_allocated()
+    # how the last attempt batched (the memory plan, after any out-of-memory rungs): batch_tokens (0: batch_size
+    # examples a micro-batch), batch_size, grad_accum, gradient_checkpointing, out_of_memory_retries
+    plan: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
     @property

@@ -166,7 +166,7 @@ def _train(s: Session, commands: Any) -> None:
     if commands.sync().stop:
         s.result.outcome, s.result.reason = Outcome.STOPPED, commands.stop_reason + " before training started"
         return
-    attempt = _rung_from_launcher(built.opts or opts)
+    attempt, retries = _rung_from_launcher(built.opts or opts)
     if resume is not None and _trained_out(resume, built.planned_steps(attempt)):
         # The Trainer takes a step before it looks at max_steps: resumed from the run's last step (its trainer was
         # killed after that checkpoint, or its daemon before it saw the run end) it would train one step too many.
@@ -177,6 +177,9 @@ def _train(s: Session, commands: Any) -> None:
         return
     while True:
         out_of_memory = False
+        s.result.plan = {"batch_tokens": attempt.batch_tokens, "batch_size": attempt.batch_size,
+                         "grad_accum": attempt.grad_accum, "gradient_checkpointing": attempt.gradient_checkpointing,
+                         "out_of_memory_retries": retries}
         t0, cpu0 = time.perf_counter(), time.process_time()
         try:  # building the Trainer moves the model to the GPU: an OOM there is retried like one in a step
             trainer = built.make_trainer(attempt)
@@ -185,7 +188,7 @@ def _train(s: Session, commands: Any) -> None:
             if not is_out_of_memory(e):
                 raise
             if ddp.distributed():  # the other ranks wait in a collective this one will never join
-                _retry_group(attempt, max(built.data.train.lengths()), e)
+                _retry_group(attempt, max(built.data.train.lengths()), retries, e)
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
@@ -193,6 +196,7 @@ def _train(s: Session, commands: Any) -> None:
         if not out_of_memory:
             break
         attempt, change = next_rung(attempt, max(built.data.train.lengths()))  # RunError: nothing cheaper left
+        retries += 1
         trainer = None
         built.restart_adapter()
         gc.collect()
@@ -218,7 +222,7 @@ class GroupRetry(Exception):
     """Under torchrun: this rank ran out of memory and handed the next rung to the launcher (OOM_RETRY_EXIT)."""
 
 
-def _retry_group(attempt: TrainOptions, longest: int, error: BaseException) -> None:
+def _retry_group(attempt: TrainOptions, longest: int, retries: int, error: BaseException) -> None:
     """Out of memory under torchrun: the other ranks wait in a collective this one will never join, so the whole
     group restarts. The next rung goes to the launcher (single node), which starts every worker again with it;
     with no launcher to restart them (several nodes), or no rung left, the run fails with the fix."""
@@ -234,13 +238,15 @@ def _retry_group(attempt: TrainOptions, longest: int, error: BaseException) -> N
                        f"gradient_checkpointing in the options), then resume the run.") from None
     with open(target, "w", encoding="utf-8") as f:
         json.dump({"batch_size": nxt.batch_size, "grad_accum": nxt.grad_accum, "batch_tokens": nxt.batch_tokens,
+                   "retries": retries + 1,
                    "gradient_checkpointing": nxt.gradient_checkpointing, "change": change}, f)
     print(f"{where}: every process restarts from the last checkpoint, {change}", file=sys.stderr, flush=True)
     raise GroupRetry(change)
 
 
-def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
-    """The retry ladder's rung a restarted torchrun group trains on (none: the options as planned)."""
+def _rung_from_launcher(opts: TrainOptions) -> tuple[TrainOptions, int]:
+    """The retry ladder's rung a restarted torchrun group trains on (none: the options as planned), and how many
+    out-of-memory retries led there."""
     import json
     from dataclasses import replace
 
@@ -248,12 +254,12 @@ def _rung_from_launcher(opts: TrainOptions) -> TrainOptions:
 
     raw = os.environ.get(RETRY_OPTIONS_ENV)
     if not raw:
-        return opts
+        return opts, 0
     rung = json.loads(raw)
     say(f"out of memory in the last attempt: retrying, {rung.get('change')}")
     return replace(opts, batch_size=int(rung["batch_size"]), grad_accum=int(rung["grad_accum"]),
                    batch_tokens=int(rung.get("batch_tokens") or 0),
-                   gradient_checkpointing=rung["gradient_checkpointing"])
+                   gradient_checkpointing=rung["gradient_checkpointing"]), int(rung.get("retries") or 1)
 
 
 def _agreed_resume(s: Session) -> Path | None:

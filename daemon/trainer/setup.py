@@ -268,7 +268,8 @@ def plan_options(opts: TrainOptions, device: Device, config: dict[str, Any], lon
     say(f"gradient checkpointing: {'on' if plan.checkpointing else 'off'} ({plan.checkpointing_why})")
     say(f"batches: {plan.batch_line()}")
     if opts.torch_compile:
-        say("torch.compile: on (set in the options; the first steps, and each new batch shape, compile first)")
+        say("torch.compile: on (set in the options; the first two batch shapes compile first, later ones reuse "
+            "the second's dynamic-shape graph)")
     if opts.optim.startswith("paged_") and device.kind != "cuda":
         raise RunError(f"optim = \"{opts.optim}\" pages optimizer state through CUDA memory, and this run is on "
                        f"the CPU. Fix: use optim = \"adamw_torch\" on the CPU, or run on a GPU.")
