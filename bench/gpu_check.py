@@ -258,7 +258,9 @@ def overnight_figures(run: dict[str, Any]) -> dict[str, Any]:
                steps=result.get("step"), wall_s=wall, useful_tokens=seen, computed_tokens=computed,
                useful_per_s=seen / wall if wall else None, computed_per_s=computed / wall if wall else None,
                peak_gpu_memory=result.get("peak_gpu_memory"), final_loss=result.get("final_loss"),
-               versions=result.get("versions"))
+               versions=result.get("versions"), batch_plan=result.get("plan"))
+    if result.get("plan"):  # the trainer's own count of its out-of-memory retries (the console lines: a fallback)
+        fig["oom_retries"] = result["plan"]["out_of_memory_retries"]
     if (run_dir / "tokens.npz").exists():
         lengths = sequence_lengths(run_dir)
         fig.update(sequences=len(lengths), mean_attention_length=attention_length(lengths))
