@@ -12,6 +12,7 @@ max_length 1024. The random-init Qwen2 and its tokenizer are built offline by da
 Five runs, each its own process, interleaved (the order rotates every repeat):
 - overnight        `python -m daemon.trainer RUN` with its defaults (batching "auto": length-grouped on the CPU);
 - overnight_padded the same with batching = "padded" (random batches padded to their longest sequence);
+- overnight_budget the same with batch_tokens = 8 × the mean length (token-budget micro-batches, length-grouped);
 - trainer          a plain transformers Trainer, DataCollatorForSeq2Seq, random batches;
 - trainer_grouped  the same with train_sampling_strategy="group_by_length" (the best stock setting on a CPU);
 - trl              TRL's SFTTrainer, prompt-completion dataset, completion_only_loss, length-grouped batches
@@ -48,9 +49,10 @@ MAX_LENGTH = 1024
 DEFAULT_DATA = Path(os.environ.get("OVERNIGHT_REALDATA", REPO.parent / "shared" / "realdata")) / "alpaca_en_demo.json"
 # ~15 minutes for the five runs on the 2-core CPU (26M model: ~1.3 s per record padded, ~0.75 s length-grouped)
 DEFAULT_RECORDS = {"27m": 128, "tiny": 512}
-KINDS = ("overnight", "overnight_padded", "trainer", "trainer_grouped", "trl")
+KINDS = ("overnight", "overnight_padded", "overnight_budget", "trainer", "trainer_grouped", "trl")
 TRL_MODES = ("grouped", "padded", "padding_free", "packing")
 LABELS = {"overnight": "overnight default (auto)", "overnight_padded": "overnight batching=padded",
+          "overnight_budget": "overnight batch_tokens (8 × the mean length)",
           "trainer": "plain Trainer (random, padded)", "trainer_grouped": "plain Trainer group_by_length"}
 # what every Trainer-based run shares with overnight's defaults (lr_scheduler, warmup_ratio, weight_decay,
 # max_grad_norm, optim in daemon/core/options.py)
@@ -141,6 +143,8 @@ def run_overnight(kind: str, work: Path, model: Path, dataset: Path, records: in
     options = {"epochs": 1, "max_steps": 0, "max_length": MAX_LENGTH, "log_every": 1}
     if kind == "overnight_padded":
         options["batching"] = "padded"
+    if kind == "overnight_budget":  # micro-batches of about as many tokens as batch 8 holds on average
+        options["batch_tokens"] = BATCH * round(statistics.fmean(lengths))
     run = make_run(work, model, dataset, schema="alpaca", records=records, **options)
     t0 = time.perf_counter()
     result, metrics = train_overnight(run, threads)
@@ -156,10 +160,13 @@ def run_overnight(kind: str, work: Path, model: Path, dataset: Path, records: in
     batching = found.group(1).replace("-", "_")
     losses = [r["loss"] for r in metrics if r.get("loss") is not None]
     computed, widths = replay_overnight(batching, lengths)
+    how = "replayed"
+    if kind == "overnight_budget":  # its own count (result.json): the budget's batches are not replayed here
+        computed, widths, how = result["tokens_computed"], [], "counted"
     stamps = [dt.datetime.fromisoformat(r["time"]) for r in metrics if "loss" in r]
     return {"wall_s": result["train_seconds"], "process_s": process_s, "widths": widths,
             "step_s": [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])],  # from step 2 on
-            "computed": computed, "how": "replayed",
+            "computed": computed, "how": how,
             "steps": result["step"], "final_loss": losses[-1], "mean_loss": statistics.fmean(losses),
             "note": f"{batching}; its console: {found.group(2).strip()}", "batching": batching}
 
