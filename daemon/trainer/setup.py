@@ -227,8 +227,10 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     lora = (f"the adapter of {s.cfg.parent} (its own rank and targets), trainable" if s.cfg.init_adapter else
             f"LoRA r={opts.lora_r} alpha={opts.lora_alpha} dropout={opts.lora_dropout} targets={opts.lora_targets}")
     say(f"model: {source}{_quantized(opts, device)} with {lora}; {trainable_summary(built.model)}")
-    built.opts = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
-                              s.objective, batch_size_set=s.cfg.file.sources.get("batch_size", "default") != "default")
+    planned = plan_options(opts, device, built.model.config.to_dict(), max(data.train.lengths()), free,
+                           s.objective, batch_size_set=s.cfg.file.sources.get("batch_size", "default") != "default")
+    # under torchrun every rank trains rank 0's plan (their GPUs' free memory may differ by a few MB)
+    built.opts = ddp.from_main(planned)
     budget = built.budget()
     say(f"batching: {batching.replace('_', '-')} ({batching_why}); one epoch: "
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed, budget)}")
