@@ -31,7 +31,7 @@ ABBREVIATIONS = {
     "grad_accum": "ga", "epochs": "ep", "max_steps": "steps", "max_length": "len", "seed": "seed",
     "warmup_ratio": "wu", "weight_decay": "wd", "lr_scheduler": "sched", "optim": "opt", "quantization": "q",
     "batching": "batch", "gradient_checkpointing": "gc", "attn_implementation": "attn", "max_grad_norm": "gn",
-    "use_liger_kernel": "liger", "beta": "beta", "loss_type": "loss",
+    "use_liger_kernel": "liger", "beta": "beta", "loss_type": "loss", "batch_tokens": "bt", "torch_compile": "compile",
 }
 SELECT_BEST = "best"
 R = TypeVar("R")  # a run: a row dict or a daemon.core.runrecord.Run

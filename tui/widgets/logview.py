@@ -113,9 +113,14 @@ class LogPanel(Vertical):
 
     def show_update(self, update: LogUpdate | None) -> None:
         """Apply new lines (ignored while frozen or showing search results)."""
-        if update is None or not self.following or self.search is not None or self.searching_for is not None:
+        if not self.following or self.search is not None or self.searching_for is not None:
             return
         log = self.log_widget
+        if update is None:
+            if log.scroll_offset.y != log.max_scroll_y:
+                # a layout after the last scroll (a scrollbar appearing, the header's height) moved the end
+                log.scroll_end(animate=False, immediate=False, x_axis=False)
+            return
         if update.reset:
             log.clear()
         if update.lines:
