@@ -83,9 +83,10 @@ def test_each_collator_gives_the_same_batches_from_a_worker(case: str) -> None:
 SIGTERM_MID_EPOCH = '''
 import os, signal, sys, time
 from torch.utils.data import DataLoader, RandomSampler
-from daemon.trainer.commands import Commands, start_channel
+from daemon.trainer.commands import Commands, forks_leave_the_group, start_channel
 
-if sys.argv[1] == "trainer":
+if sys.argv[1] == "trainer":  # what python -m daemon.trainer does
+    forks_leave_the_group()
     commands = start_channel(print, read_stdin=False)
 else:  # the same handler, without the trainer's channel
     commands = Commands()

@@ -18,9 +18,11 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from daemon.trainer import console
+    from daemon.trainer.commands import forks_leave_the_group
     from daemon.trainer.run import environment_defaults
 
     environment_defaults()
+    forks_leave_the_group()  # a DataLoader worker must not die of the SIGTERM the daemon sends the trainer's group
     console.install()  # before transformers is imported: its log handler must write through the wrapper
     try:
         from daemon.trainer.run import main

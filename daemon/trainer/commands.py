@@ -183,6 +183,13 @@ def _own_process_group() -> None:
         pass  # already a group leader, or not allowed: it stays in the trainer's group
 
 
+def forks_leave_the_group() -> None:
+    """Put every process this one forks in a process group of its own (`_own_process_group`). Called once by the
+    trainer process's entry point, not by `start_channel`: a process that calls the trainer in-process (a test)
+    may fork children that start sessions of their own, which a group leader cannot (setsid: EPERM)."""
+    os.register_at_fork(after_in_child=_own_process_group)
+
+
 def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Commands:
     """Install signal handlers and the command reader (the command file when OVERNIGHT_COMMAND_FILE names one,
     else stdin); return the shared flags."""
@@ -194,7 +201,6 @@ def start_channel(log: Callable[[str], None], *, read_stdin: bool = True) -> Com
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     set_parent_death_signal()
-    os.register_at_fork(after_in_child=_own_process_group)
     from daemon.trainer import ddp
 
     if not ddp.is_main():
