@@ -16,7 +16,7 @@ from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.core.basemodel import context_note, model_context
 from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu_free_bytes, padding_report,
                                    plan_memory)
-from daemon.core.tokenbatches import token_batches
+from daemon.core.tokenbatches import Budget
 from daemon.core.templating import TemplateError
 from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
                                check_pairing, check_truncation, load_options, role_of,
@@ -304,12 +304,10 @@ def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | 
     except ValueError:
         attention = "sdpa"  # the run would fail at its start, saying why; its batching then matters no more
     batching, how = auto.batching(values["batching"], "prompt", attention)
-    cut = [min(n, values["max_length"]) for n in sample]
-    multiple = 8 if on_gpu else 1
-    batches = token_batches(cut, budget, padded=batching != "padding_free", grouped=batching != "padded",
-                            seed=values["seed"], multiple_of=multiple) if budget else None
+    plan = Budget(budget, batching, on_gpu) if budget else None
+    batches = plan.batches([min(n, values["max_length"]) for n in sample], values["seed"]) if plan else None
     est = padding_report(sample, values["batch_size"], values["max_length"], batching, values["seed"],
-                         batches=batches, multiple_of=multiple)
+                         batches=batches, multiple_of=plan.multiple_of if plan else 1)
     scale = r.records / len(sample)
     est = PaddingReport(batching, int(est.useful * scale), int(est.padded * scale), int(est.chosen * scale),
                         est.batches)

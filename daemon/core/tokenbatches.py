@@ -9,18 +9,41 @@ the Trainer's epoch and resume arithmetic holds, and every example is seen once 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Sequence
 
 MEGA_BATCHES = 50  # batches' worth of examples sorted together: little padding, still a shuffled mix
 
 
+def pad_multiple(on_gpu: bool) -> int | None:
+    """Padded rows are rounded up to a multiple of 8 on a GPU (tensor-core friendly shapes)."""
+    return 8 if on_gpu else None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Token-budget micro-batches (`batch_tokens`): the budget, and how `batching` counts a batch against it."""
+
+    tokens: int
+    batching: str
+    on_gpu: bool
+
+    @property
+    def multiple_of(self) -> int:
+        return pad_multiple(self.on_gpu) or 1
+
+    def batches(self, lengths: Sequence[int], seed: int) -> list[list[int]]:
+        return token_batches(lengths, self.tokens, padded=self.batching != "padding_free",
+                             grouped=self.batching != "padded", seed=seed, multiple_of=self.multiple_of)
+
+
 def cost(lengths: Sequence[int], *, padded: bool, multiple_of: int = 1) -> int:
     """The tokens a micro-batch of sequences of these lengths puts through the model."""
-    if not lengths:
-        return 0
-    if not padded:
-        return sum(lengths)
-    return -(-max(lengths) // multiple_of) * multiple_of * len(lengths)
+    return _cost(max(lengths, default=0), sum(lengths), len(lengths), padded, multiple_of)
+
+
+def _cost(widest: int, total: int, rows: int, padded: bool, multiple_of: int) -> int:
+    return -(-widest // multiple_of) * multiple_of * rows if padded else total
 
 
 def token_batches(lengths: Sequence[int], budget: int, *, padded: bool, grouped: bool, seed: int,
@@ -35,24 +58,17 @@ def token_batches(lengths: Sequence[int], budget: int, *, padded: bool, grouped:
         order = _grouped(order, lengths, MEGA_BATCHES * budget)
     batches: list[list[int]] = []
     batch: list[int] = []
-    widest = 0
+    widest = total = 0
     for i in order:
-        wider = max(widest, lengths[i])
-        if batch and _would_cost(batch, lengths, lengths[i], wider, padded, multiple_of) > budget:
+        n = lengths[i]
+        if batch and _cost(max(widest, n), total + n, len(batch) + 1, padded, multiple_of) > budget:
             batches.append(batch)
-            batch, wider = [], lengths[i]
+            batch, widest, total = [], 0, 0
         batch.append(i)
-        widest = wider
+        widest, total = max(widest, n), total + n
     if batch:
         batches.append(batch)
     return batches
-
-
-def _would_cost(batch: list[int], lengths: Sequence[int], extra: int, widest: int, padded: bool,
-                multiple_of: int) -> int:
-    if padded:
-        return -(-widest // multiple_of) * multiple_of * (len(batch) + 1)
-    return sum(lengths[k] for k in batch) + extra
 
 
 def _grouped(order: list[int], lengths: Sequence[int], mega_tokens: int) -> list[int]:

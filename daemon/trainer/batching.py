@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,13 +15,8 @@ from transformers import DataCollatorWithFlattening
 from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
 
 from daemon.core.preflight import padding_report
-from daemon.core.tokenbatches import epoch_order, for_rank, token_batches
+from daemon.core.tokenbatches import Budget, epoch_order, for_rank, pad_multiple
 from daemon.trainer.sequences import PadCollator, SequenceDataset
-
-
-def pad_multiple(on_gpu: bool) -> int | None:
-    """Padded rows are rounded up to a multiple of 8 on a GPU (tensor-core friendly shapes)."""
-    return 8 if on_gpu else None
 
 
 def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:
@@ -30,19 +24,6 @@ def collator(batching: str, pad_id: int, on_gpu: bool) -> Any:
     if batching == "padding_free":
         return DataCollatorWithFlattening(return_tensors="pt")
     return PadCollator(pad_id, pad_multiple(on_gpu))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Token-budget micro-batches (`batch_tokens`): the budget, and how `batching` counts a batch against it."""
-
-    tokens: int
-    batching: str
-    on_gpu: bool
-
-    def batches(self, lengths: list[int], seed: int) -> list[list[int]]:
-        return token_batches(lengths, self.tokens, padded=self.batching != "padding_free",
-                             grouped=self.batching != "padded", seed=seed, multiple_of=pad_multiple(self.on_gpu) or 1)
 
 
 class TokenBudgetSampler(BatchRebalanceSampler):
@@ -94,4 +75,4 @@ def padding_line(batching: str, dataset: SequenceDataset, batch_size: int, max_l
     """"length-grouped: 2.1M tokens computed instead of 4.1M padded (…)" for one epoch of the training split."""
     batches = budget.batches(dataset.lengths(), seed) if budget else None
     return padding_report(dataset.lengths(), batch_size, max_length, batching, seed, batches=batches,
-                          multiple_of=pad_multiple(budget.on_gpu) or 1 if budget else 1).line()
+                          multiple_of=budget.multiple_of if budget else 1).line()

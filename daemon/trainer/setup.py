@@ -20,7 +20,8 @@ from daemon.core.preflight import Shape, Sizing, plan_memory
 from daemon.core.states import Outcome, Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp, objectives, trackers
-from daemon.trainer.batching import Budget, padding_line
+from daemon.core.tokenbatches import Budget
+from daemon.trainer.batching import padding_line
 from daemon.trainer.board import Board
 from daemon.trainer.callbacks import CheckpointCallback, CommandCallback, Progress, ReportCallback, RunStatus
 from daemon.trainer.rung import rung_callback

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from daemon.trainer.batching import Budget, GroupedSampler, TokenBudgetSampler
+from daemon.core.tokenbatches import Budget
+from daemon.trainer.batching import GroupedSampler, TokenBudgetSampler
 
 
 class StepWatch:
