@@ -5,7 +5,6 @@ as described in docs/ARCHITECTURE.md ("Run folder").
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -28,7 +27,7 @@ from daemon.trainer import ddp
 from daemon.trainer.config import RunConfig, RunError, TrainOptions
 from daemon.trainer.console import say
 from daemon.trainer.finish import Result, header_lines
-from daemon.trainer.oom import is_out_of_memory, next_rung
+from daemon.trainer.oom import free_memory, is_out_of_memory, next_rung
 from daemon.trainer.session import Session
 
 
@@ -175,6 +174,7 @@ def _train(s: Session, commands: Any) -> None:
         built.finish(built.trainer_at(resume, attempt))
         _report(built, progress)
         return
+    longest = max(built.data.train.lengths())
     while True:
         out_of_memory = False
         s.result.plan = {"batch_tokens": attempt.batch_tokens, "batch_size": attempt.batch_size,
@@ -188,19 +188,18 @@ def _train(s: Session, commands: Any) -> None:
             if not is_out_of_memory(e):
                 raise
             if ddp.distributed():  # the other ranks wait in a collective this one will never join
-                _retry_group(attempt, max(built.data.train.lengths()), retries, e)
+                _retry_group(attempt, longest, retries, e)
             out_of_memory = True  # recover outside the except block: its traceback pins the GPU tensors
         finally:
             s.result.train_seconds += time.perf_counter() - t0
             s.result.train_cpu_seconds += time.process_time() - cpu0
         if not out_of_memory:
             break
-        attempt, change = next_rung(attempt, max(built.data.train.lengths()))  # RunError: nothing cheaper left
+        attempt, change = next_rung(attempt, longest)  # raises RunError when nothing cheaper is left
         retries += 1
         trainer = None
         built.restart_adapter()
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_memory()
         resume = _prepare_resume(s)
         say(f"out of memory: retrying {f'from {resume.name}' if resume else 'from the start'}, {change} "
             f"(the model stays loaded)")
