@@ -240,7 +240,11 @@ def hold_stop(home: Home) -> Path:
 def command_files(home: Home) -> list[Path]:
     """Control files waiting to be read (sub-folders done/ and rejected/ are history), oldest write first."""
     found = []
-    for p in home.control.iterdir():
+    try:
+        entries = list(home.control.iterdir())
+    except FileNotFoundError:  # removed while the daemon runs: its next pass recreates it, and says so
+        return []
+    for p in entries:
         if ignored(p.name) or p.name in ("done", "rejected"):
             continue
         cid = split_name(p.name)[1] or ""
