@@ -112,6 +112,8 @@ def test_a_sigterm_to_the_trainers_group_stops_the_trainer_not_its_loader_worker
     done = _run("trainer")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "batches 200, stop requested: True" in done.stdout
-    # without the trainer's channel torch's worker dies of it, and the next batch fails the run
+    # without the trainer's channel torch's worker dies of it, and the next batch fails the run: as "worker exited
+    # unexpectedly" or, when the worker dies mid-transfer, a connection reset on its queue
     bare = _run("bare")
-    assert bare.returncode != 0 and "DataLoader worker (pid(s)" in bare.stderr and "exited unexpectedly" in bare.stderr
+    assert bare.returncode != 0 and "batches 200" not in bare.stdout
+    assert "exited unexpectedly" in bare.stderr or "ConnectionResetError" in bare.stderr, bare.stderr[-2000:]
