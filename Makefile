@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check -q .
-	$(PY) -m pytest -n 2 -q -rs -p no:cacheprovider $(TESTS)
+	$(PY) -m pytest -n 2 -q -rs --durations=40 -p no:cacheprovider $(TESTS)
 
 setup: $(STAMP)
 
