@@ -92,6 +92,45 @@ def test_ask_refuses_an_unknown_version_in_one_line(two_versions: Path) -> None:
     assert "rev:7" in out.stderr and "rev has rev:1, rev:2" in out.stderr and "Fix:" in out.stderr
 
 
+def test_the_dashboards_answers_process_keeps_its_models_loaded_between_prompts(two_versions: Path) -> None:
+    """The Try tab's worker: a request a line, an answer line each; the same versions asked again are answered by
+    the models already loaded, other versions load theirs, a bad one is an error line, and it ends itself when idle."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def request(refs: list[str], base: bool = False) -> str:
+        return json.dumps({"home": str(two_versions), "refs": refs, "base": base, "prompt": PROMPT,
+                           "max_new_tokens": int(TOKENS)}) + "\n"
+
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.trainer.answers", "--idle", "20"], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    replies = []
+    for line in (request(["rev:1"], base=True), request(["rev:1"], base=True), request(["rev:9"]),
+                 request(["rev:2"]), request(["rev:2"])):
+        proc.stdin.write(line)
+        proc.stdin.flush()
+        replies.append(json.loads(proc.stdout.readline()))
+    first, again, bad, other, other_again = replies
+    assert (first["kept"], again["kept"], other["kept"], other_again["kept"]) == (False, True, False, True)
+    assert again["answers"] == first["answers"] and [a["model"] for a in first["answers"]] == ["rev:1", "base"]
+    assert "no model version 'rev:9'" in bad["error"] and "Fix:" in bad["error"]
+    assert other["answers"] == other_again["answers"] and other["answers"][0]["model"] == "rev:2"
+    solo = json.loads(overnight("ask", "rev:2", PROMPT, "--json", "--max-new-tokens", TOKENS, home=two_versions,
+                                check=True, timeout=300).stdout)
+    assert solo["answers"] == other["answers"] and "kept" not in solo  # the CLI's shape is unchanged
+    proc.stdin.close()  # the dashboard quit: the end of its input ends it
+    assert proc.wait(30) == 0 and "Traceback" not in proc.stderr.read()
+
+    idle = subprocess.Popen([sys.executable, "-m", "daemon.trainer.answers", "--idle", "1"], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert idle.wait(60) == 0  # no request for a second: it ends, its models' memory goes back
+    assert idle.stdin is not None
+    idle.stdin.close()
+
+
 def test_chat_streams_the_answer_ask_gives(two_versions: Path) -> None:
     line = PROMPT.strip()  # the chat reads a line: what is typed, without its newline
     asked = json.loads(overnight("ask", "rev:2", line, "--json", "--max-new-tokens", TOKENS, home=two_versions,

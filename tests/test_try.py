@@ -108,6 +108,12 @@ def test_answers_appear_while_a_run_keeps_training(home: Path, tiny_model: Path)
             answered_at = step()
             await until(pilot, lambda: step() > answered_at, timeout=60, what="the run's next steps")
             assert step() > asked_at
+            first = [str(w.render()) for w in app.query(".try-answer")]
+            await pilot.press("enter")  # the same prompt again: the kept process answers, nothing is loaded again
+            await until(pilot, lambda: app.try_panel.answered >= 2, timeout=240, what="the second answers")
+            status = str(app.query_one("#try-status", Static).render())
+            assert "models still loaded from the last prompt" in status, status
+            assert [str(w.render()) for w in app.query(".try-answer")] == first
         drive(app, body)
         long = next(r for r in json.loads(overnight("runs", "--json", home=home).stdout) if r["name"] == "long")
         assert long["state"] == "training", long

@@ -9,15 +9,17 @@ stops as the version beside it, so the two answers differ only by what the adapt
 Versions of one base model share one copy of it: each adapter is loaded under its own name (peft), the base is the
 model with the adapters disabled.
 
-Run as `python -m daemon.trainer.answers` (the dashboard does, so that generation never blocks it): one JSON
-request on stdin, `{"home", "refs", "base", "prompt", "max_new_tokens"}`, one JSON answer on stdout (`ask --json`'s
-shape), or `{"error": …}`.
+Run as `python -m daemon.trainer.answers` (the dashboard does, so that generation never blocks it): JSON requests
+on stdin, one a line, `{"home", "refs", "base", "prompt", "max_new_tokens"}`; a JSON answer line each on stdout
+(`ask --json`'s shape, with `kept`: the models were still loaded from the request before), or `{"error": …}`. The
+last request's models stay loaded until its stdin closes or `--idle` seconds pass without a request.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import select
 import sys
 import threading
 import unicodedata
@@ -354,16 +356,49 @@ def _first_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------------- one request, as JSON
 
+class Asker:
+    """Answers requests one after another, keeping the last request's models loaded: the next prompt to the same
+    versions (the same registry rows) skips the load, which is most of a request's time on a big model."""
+
+    def __init__(self, device: str = "auto", log: Callable[[str], None] = lambda line: None) -> None:
+        self.device, self.log = device, log
+        self._key: tuple[Path, tuple[Target, ...]] | None = None
+        self._loaded: tuple[Answerer, str, str] | None = None
+        self.kept = False  # the last request found its models loaded by the one before
+
+    def ask(self, home: Path, refs: Sequence[str], prompt: str, base: bool = False,
+            max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict[str, Any]:
+        chosen = targets(home, refs, base)
+        key = (Path(home), tuple(chosen))
+        self.kept = key == self._key and self._loaded is not None
+        if not self.kept:
+            self._release()
+            where, why = pick_device(home, chosen, self.device)
+            self._loaded, self._key = (Answerer(home, chosen, where, self.log), where, why), key
+        answerer, where, why = self._loaded
+        answers = answerer.answer([prompt], max_new_tokens)
+        return {"prompt": prompt, "device": where, "device_why": why,
+                "answers": [{"model": label, "answer": texts[0]} for label, texts in answers.items()]}
+
+    def _release(self) -> None:
+        """The models of the request before leave memory before the next ones load (the GPU's most of all)."""
+        if self._loaded is None:
+            return
+        self._loaded = self._key = None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def ask(home: Path, refs: Sequence[str], prompt: str, base: bool = False,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, log: Callable[[str], None] = lambda line: None,
         device: str = "auto") -> dict[str, Any]:
     """`overnight ask --json`'s answer: {"prompt", "device", "device_why", "answers": [{"model", "answer"}]}."""
-    chosen = targets(home, refs, base)
-    where, why = pick_device(home, chosen, device)
-    answerer = Answerer(home, chosen, where, log)
-    answers = answerer.answer([prompt], max_new_tokens)
-    return {"prompt": prompt, "device": where, "device_why": why,
-            "answers": [{"model": label, "answer": texts[0]} for label, texts in answers.items()]}
+    return Asker(device, log).ask(home, refs, prompt, base, max_new_tokens)
 
 
 def pick_device(home: Path, chosen: Sequence[Target], device: str = "auto") -> tuple[str, str]:
@@ -381,21 +416,51 @@ def pick_device(home: Path, chosen: Sequence[Target], device: str = "auto") -> t
     return placement(home, sorted(sources, key=lambda s: s[0]), cuda)
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    """The dashboard's worker: one request on stdin, one JSON line on stdout; a user's error as {"error"}.
-    `--nice N`: run N steps below the caller's CPU priority (a training run beside it keeps its pace)."""
-    if "--nice" in argv:
-        os.nice(int(argv[list(argv).index("--nice") + 1]))
+class _Lines:
+    """Lines from a file descriptor, each waited for at most `idle` seconds (None: forever)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer = fd, b""
+
+    def next(self, idle: float | None) -> str | None:
+        """The next line; None at the end of the input or when `idle` seconds pass without one."""
+        while b"\n" not in self.buffer:
+            if idle is not None and not select.select([self.fd], [], [], idle)[0]:
+                return None
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:  # the end: a last request without its newline still counts
+                rest, self.buffer = self.buffer, b""
+                return rest.decode("utf-8", errors="replace") if rest.strip() else None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", errors="replace")
+
+
+def _answer(asker: Asker, line: str) -> dict[str, Any]:
     try:
-        request = json.loads(sys.stdin.read())
-        answer = ask(Path(request["home"]), request["refs"], request["prompt"], bool(request.get("base")),
-                     int(request.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))
+        request = json.loads(line)
+        answer = asker.ask(Path(request["home"]), request["refs"], request["prompt"], bool(request.get("base")),
+                           int(request.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))
+        return {**answer, "kept": asker.kept}
     except (AnswerError, RefError) as e:
-        answer = {"error": str(e)}
+        return {"error": str(e)}
     except Exception as e:  # noqa: BLE001 - the dashboard shows one line, never this process's traceback
-        answer = {"error": f"{type(e).__name__}: {_first_line(e)}"}
-    sys.stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+        return {"error": f"{type(e).__name__}: {_first_line(e)}"}
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """The dashboard's worker: a JSON request a line on stdin, a JSON answer a line on stdout; a user's error as
+    {"error"}. `--nice N`: run N steps below the caller's CPU priority (a training run beside it keeps its pace).
+    `--idle S`: end after S seconds without a request (the loaded models give their memory back)."""
+    args = list(argv)
+    if "--nice" in args:
+        os.nice(int(args[args.index("--nice") + 1]))
+    idle = float(args[args.index("--idle") + 1]) if "--idle" in args else None
+    asker, lines = Asker(), _Lines(sys.stdin.fileno())
+    while (line := lines.next(idle)) is not None:
+        if line.strip():
+            sys.stdout.write(json.dumps(_answer(asker, line), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
     return 0
 
 

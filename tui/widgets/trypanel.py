@@ -1,19 +1,24 @@
 """The Try tab: type a prompt, see what versions answer side by side (by default the active version, its parent and
 the base model).
 
-Generation never runs in the dashboard: each request is one `python -m daemon.trainer.answers` process (torch,
-the models), started from a thread worker, at a lower CPU priority than training. That process decides where it
-runs (the GPU only when the memory plan leaves a training run room, else the CPU) and says so; a new request, or
-leaving the dashboard, ends the one still running.
+Generation never runs in the dashboard: requests go to a `python -m daemon.trainer.answers` process (torch, the
+models), driven from a thread worker, at a lower CPU priority than training. That process decides where it runs
+(the GPU only when the memory plan leaves a training run room, else the CPU) and says so. It is kept between
+requests with its models loaded, so the next prompt skips the load; it ends itself after IDLE_S seconds without a
+request (its memory goes back to training). A new request while one is running, or leaving the dashboard, ends it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import select
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -25,7 +30,8 @@ from textual.worker import get_current_worker
 from tui.homedata import HomeSnapshot, ModelRow
 
 NICE = 10  # the answers share the CPU with a training run: the run keeps its pace
-WORKER = [sys.executable, "-m", "daemon.trainer.answers", "--nice", str(NICE)]
+IDLE_S = 300  # a kept answers process gives its models' memory back after this long without a prompt
+WORKER = [sys.executable, "-m", "daemon.trainer.answers", "--nice", str(NICE), "--idle", str(IDLE_S)]
 MAX_NEW_TOKENS = 96
 BASE = "base"
 
@@ -77,6 +83,9 @@ class TryPanel(Vertical):
         self._edited = False  # the person typed the versions: defaults no longer replace them
         self._filling = False
         self._asking = False
+        self._kept: AnswersProcess | None = None  # the answers process between requests, models loaded
+        self._lock = threading.Lock()
+        self._closed = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="try-row"):
@@ -129,35 +138,54 @@ class TryPanel(Vertical):
 
     @work(thread=True, exclusive=True, group="try")
     def _ask(self, request: dict[str, Any]) -> None:
-        """One answers process; cancelled (a newer request, the dashboard closing): the process is ended."""
+        """One request to the answers process; cancelled (a newer request, the dashboard closing): it is ended."""
         worker = get_current_worker()
         started = time.monotonic()
-        proc = subprocess.Popen(WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        pending: str | None = json.dumps(request)
-        while True:
-            try:
-                out, err = proc.communicate(pending, timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                pending = None  # written; a retry only goes on reading
-                if worker.is_cancelled:
-                    proc.kill()
-                    proc.wait()
-                    return
+        proc, reused = self._take()
+        line = proc.request(request, lambda: worker.is_cancelled)
+        if line == "" and reused and not worker.is_cancelled:  # it had just ended itself (idle): a fresh one
+            proc.end()
+            proc = AnswersProcess()
+            line = proc.request(request, lambda: worker.is_cancelled)
+        if worker.is_cancelled:
+            proc.end()
+            return
         seconds = time.monotonic() - started
-        lines = [line for line in out.splitlines() if line.strip()]
         try:
-            result = json.loads(lines[-1]) if lines else None
+            result = json.loads(line) if line else None
         except ValueError:
             result = None
         if not isinstance(result, dict):
-            last = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            self.post_message(self.Answered(None, f"the answers process failed: {last[:200]}", seconds))
-        elif "error" in result:
+            proc.end()
+            self.post_message(self.Answered(None, f"the answers process failed: {proc.last_error()}", seconds))
+            return
+        self._keep(proc)
+        if "error" in result:
             self.post_message(self.Answered(None, str(result["error"]), seconds))
         else:
             self.post_message(self.Answered(result, None, seconds))
+
+    def _take(self) -> tuple[AnswersProcess, bool]:
+        """The kept process (True) if it still runs, else a new one: the request owns it until it is answered."""
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is not None and kept.alive():
+            return kept, True
+        return AnswersProcess(), False
+
+    def _keep(self, proc: AnswersProcess) -> None:
+        """After an answer the process waits for the next request (the newest one answered is the one kept)."""
+        with self._lock:
+            old, self._kept = self._kept, (None if self._closed else proc)
+        for p in (old, proc if self._closed else None):
+            if p is not None:
+                p.end()
+
+    def on_unmount(self) -> None:
+        with self._lock:
+            self._closed, kept, self._kept = True, self._kept, None
+        if kept is not None:
+            kept.end()
 
     @on(Answered)
     def _answered(self, message: Answered) -> None:
@@ -174,5 +202,55 @@ class TryPanel(Vertical):
             column.border_title = a["model"]
             columns.append(column)
         self.answers.mount(*columns)
+        kept = ", models still loaded from the last prompt" if result.get("kept") else ""
         self.status.update(f" answered on {result.get('device')} ({result.get('device_why')}) in "
-                           f"{message.seconds:.1f} s")
+                           f"{message.seconds:.1f} s{kept}")
+
+
+class AnswersProcess:
+    """One `python -m daemon.trainer.answers`: a request a line in, an answer line out; its stderr in a temporary
+    file (a pipe nobody reads while it waits could fill and block it)."""
+
+    def __init__(self) -> None:
+        self._err = tempfile.TemporaryFile()
+        self.popen = subprocess.Popen(WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                      text=True, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def request(self, request: dict[str, Any], cancelled: Callable[[], bool]) -> str:
+        """Its answer line; "" when the process ended first or the request was cancelled."""
+        stdin, stdout = self.popen.stdin, self.popen.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(json.dumps(request) + "\n")
+            stdin.flush()
+        except OSError:  # it ended before reading
+            return ""
+        while not cancelled():
+            if select.select([stdout], [], [], 0.2)[0]:
+                line = stdout.readline()
+                if not line or line.lstrip().startswith("{"):  # anything else a library printed is not the answer
+                    return line
+            elif not self.alive():
+                return ""
+        return ""
+
+    def end(self) -> None:
+        if self.alive():
+            self.popen.kill()
+        self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def last_error(self) -> str:
+        """The last line it wrote to stderr, else its exit code (read after end())."""
+        text = ""
+        with contextlib.suppress(OSError, ValueError):
+            self._err.seek(0)
+            text = self._err.read().decode("utf-8", errors="replace")
+        last = text.strip().splitlines()
+        return last[-1][:200] if last else f"exit code {self.popen.returncode}"
