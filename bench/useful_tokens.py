@@ -140,7 +140,8 @@ def replay_overnight(batching: str, lengths: list[int]) -> tuple[int, list[int]]
 
 def run_overnight(kind: str, work: Path, model: Path, dataset: Path, records: int, lengths: list[int],
                   threads: int | None) -> dict[str, Any]:
-    options = {"epochs": 1, "max_steps": 0, "max_length": MAX_LENGTH, "log_every": 1}
+    # raw prompts, as the baselines encode them (the tiny model has a chat template, which "auto" would use)
+    options = {"epochs": 1, "max_steps": 0, "max_length": MAX_LENGTH, "log_every": 1, "prompt_format": "raw"}
     if kind == "overnight_padded":
         options["batching"] = "padded"
     if kind == "overnight_budget":  # micro-batches of about as many tokens as batch 8 holds on average
@@ -150,9 +151,9 @@ def run_overnight(kind: str, work: Path, model: Path, dataset: Path, records: in
     result, metrics = train_overnight(run, threads)
     process_s = time.perf_counter() - t0
     stats = json.loads((run / "stats.json").read_text())
-    if stats["sequences"]["train"] != len(lengths):
-        raise SystemExit(f"overnight trained {stats['sequences']['train']} sequences, the bench encoded "
-                         f"{len(lengths)}: the data differ")
+    if stats["sequences"]["train"] != len(lengths) or result["tokens_seen"] != sum(lengths):
+        raise SystemExit(f"overnight trained {stats['sequences']['train']} sequences of {result['tokens_seen']} "
+                         f"tokens, the bench encoded {len(lengths)} of {sum(lengths)}: the data differ")
     console = (run / "console.log").read_text(encoding="utf-8")
     found = re.search(r"batching: ([\w-]+) \(.*?; one epoch: (.*)$", console, re.M)
     if not found:
