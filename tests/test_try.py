@@ -22,7 +22,11 @@ FAST = ("batch_size = 4\nmax_length = 48\nlog_every = 1\nlearning_rate = 3e-3\np
         "eval_fraction = 0\nlora_dropout = 0.0\n")
 
 
-def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path) -> None:
+def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tui.widgets import trypanel
+
+    # the kept answers process ends itself after a second without a prompt: the next prompt starts another
+    monkeypatch.setattr(trypanel, "WORKER", [*trypanel.WORKER[:-1], "1"])
     fx = build_home(tmp_path / "home")
     app = app_for(fx.root)
 
@@ -43,6 +47,12 @@ def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path) ->
         assert "no model version 'alpaca-small:9'" in status and "Fix:" in status, status
         await pilot.pause(1.5)  # the registry is read again: a version typed by hand stays
         assert app.query_one("#try-models", Input).value == "alpaca-small:9 base"
+        kept = app.try_panel._kept
+        assert kept is not None and kept.popen.wait(30) == 0  # idle for its second: it ended by itself
+        app.query_one("#try-prompt", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.try_panel.answered >= 2, timeout=60, what="the answers after the idle end")
+        assert "no model version 'alpaca-small:9'" in str(app.query_one("#try-status", Static).render())
     drive(app, body)
 
 
