@@ -188,24 +188,23 @@ class TryPanel(Vertical):
             kept.end()
 
     @on(Answered)
-    def _answered(self, message: Answered) -> None:
-        self.answered += 1
+    async def _answered(self, message: Answered) -> None:
         self._asking = False
-        self.answers.remove_children()
+        await self.answers.remove_children()  # the last answers are gone before the new ones show
         if message.error is not None:
             self.status.update(f" {message.error}")
-            return
-        result = message.result or {}
-        columns = []
-        for a in result.get("answers", []):
-            column = Static(a["answer"] or "(empty)", classes="try-answer", markup=False)
-            column.border_title = a["model"]
-            columns.append(column)
-        self.answers.mount(*columns)
-        kept = ", models still loaded from the last prompt" if result.get("kept") else ""
-        self.status.update(f" answered on {result.get('device')} ({result.get('device_why')}) in "
-                           f"{message.seconds:.1f} s{kept}")
-
+        else:
+            result = message.result or {}
+            columns = []
+            for a in result.get("answers", []):
+                column = Static(a["answer"] or "(empty)", classes="try-answer", markup=False)
+                column.border_title = a["model"]
+                columns.append(column)
+            await self.answers.mount(*columns)
+            kept = ", models still loaded from the last prompt" if result.get("kept") else ""
+            self.status.update(f" answered on {result.get('device')} ({result.get('device_why')}) in "
+                               f"{message.seconds:.1f} s{kept}")
+        self.answered += 1  # last: what a test waits for is on the screen
 
 class AnswersProcess:
     """One `python -m daemon.trainer.answers`: a request a line in, an answer line out; its stderr in a temporary
