@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from daemon.core.errors import AnswerError, RefError
 from daemon.core.runconfig import RunConfig
+from daemon.trainer.oom import free_memory
 
 DEFAULT_MAX_NEW_TOKENS = 128
 BASE = "base"  # the label of the base model's answers
@@ -362,36 +363,25 @@ class Asker:
 
     def __init__(self, device: str = "auto", log: Callable[[str], None] = lambda line: None) -> None:
         self.device, self.log = device, log
-        self._key: tuple[Path, tuple[Target, ...]] | None = None
-        self._loaded: tuple[Answerer, str, str] | None = None
+        # what the last request loaded: its (home, targets), the models, where they run and why
+        self._loaded: tuple[tuple[Path, tuple[Target, ...]], Answerer, str, str] | None = None
         self.kept = False  # the last request found its models loaded by the one before
 
     def ask(self, home: Path, refs: Sequence[str], prompt: str, base: bool = False,
             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict[str, Any]:
         chosen = targets(home, refs, base)
         key = (Path(home), tuple(chosen))
-        self.kept = key == self._key and self._loaded is not None
+        self.kept = self._loaded is not None and self._loaded[0] == key
         if not self.kept:
-            self._release()
+            if self._loaded is not None:  # the models of the request before leave memory before the next ones load
+                self._loaded = None
+                free_memory()
             where, why = pick_device(home, chosen, self.device)
-            self._loaded, self._key = (Answerer(home, chosen, where, self.log), where, why), key
-        answerer, where, why = self._loaded
+            self._loaded = (key, Answerer(home, chosen, where, self.log), where, why)
+        _, answerer, where, why = self._loaded
         answers = answerer.answer([prompt], max_new_tokens)
         return {"prompt": prompt, "device": where, "device_why": why,
                 "answers": [{"model": label, "answer": texts[0]} for label, texts in answers.items()]}
-
-    def _release(self) -> None:
-        """The models of the request before leave memory before the next ones load (the GPU's most of all)."""
-        if self._loaded is None:
-            return
-        self._loaded = self._key = None
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def ask(home: Path, refs: Sequence[str], prompt: str, base: bool = False,

@@ -24,7 +24,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def free_memory() -> None:
-    """Give cached device memory back after an out-of-memory error (call it outside the `except` block)."""
+    """Give cached device memory back: after an out-of-memory error (call it outside the `except` block), or once
+    models are dropped (the answers process, before it loads others)."""
     import torch
 
     gc.collect()  # tensors held only by the failed attempt's frames go first

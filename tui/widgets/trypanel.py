@@ -176,10 +176,12 @@ class TryPanel(Vertical):
     def _keep(self, proc: AnswersProcess) -> None:
         """After an answer the process waits for the next request (the newest one answered is the one kept)."""
         with self._lock:
-            old, self._kept = self._kept, (None if self._closed else proc)
-        for p in (old, proc if self._closed else None):
-            if p is not None:
-                p.end()
+            if self._closed:  # the dashboard left while this request ran
+                dropped = proc
+            else:
+                dropped, self._kept = self._kept, proc
+        if dropped is not None:
+            dropped.end()
 
     def on_unmount(self) -> None:
         with self._lock:
