@@ -60,6 +60,21 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     assert "* support" not in models and "support: no active version" in models, models
     assert not any(m["active"] for m in json.loads(overnight("models", "--json", home=home, check=True).stdout))
 
+    # asking by name answers with no other version in its place, and a deleted version is refused by its number too
+    out = overnight("ask", "support", "a question", home=home)
+    assert out.returncode == 1 and "no active version of support" in out.stderr and FIX in out.stderr, out.stderr
+    out = overnight("ask", "support:2", "a question", home=home)
+    trashed = home / "trash"
+    assert out.returncode == 1 and "support v2 was deleted" in out.stderr and str(trashed) in out.stderr, out.stderr
+    # nor can a deleted version become the active one, from the CLI or by a hand-written control file
+    out = overnight("activate", "support", "2", "--wait", "0", home=home)
+    assert out.returncode == 1 and "support v2 was deleted" in out.stderr and "Fix:" in out.stderr, out.stderr
+    (home / "control" / "activate").write_text("support 2\n")
+    _apply_control(home)
+    [why] = (home / "control" / "rejected").glob("*.error.txt")
+    assert "support v2 was deleted" in why.read_text()
+    assert not any(m["active"] for m in json.loads(overnight("models", "--json", home=home, check=True).stdout))
+
     (home / "support.toml").write_text('init_adapter = "support"\n')
     (home / "support.jsonl").write_text(RECORDS)
     out = overnight("check", str(home / "support.jsonl"), home=home)

@@ -192,3 +192,20 @@ def test_no_strip_when_nothing_needs_you(tmp_path: Path) -> None:
         await until(pilot, lambda: app.loads >= 1, what="first load")
         assert not app.needs.display
     drive(app, body)
+
+
+def test_a_file_rejected_twice_shows_its_newest_error(tmp_path: Path) -> None:
+    """A user fixes a file, drops it again and it is refused for another reason: status shows both drops, the
+    newest error first, not the old error as if it were current."""
+    home = tmp_path / "home"
+    src = tmp_path / "data.jsonl"
+    for text in ('{"prompt": "a"}\n', "junk{\n"):
+        src.write_text(text)
+        overnight("add", str(src), home=home, check=True)
+        overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=120, check=True)
+        time.sleep(1.1)  # the two .error.txt differ in their mtime's second
+    data = json.loads(overnight("status", "--json", home=home, check=True).stdout)
+    errors = [d["error"] for d in data["rejected"]]
+    assert len(errors) == 2 and "malformed JSON" in errors[0] and "completion" in errors[1], errors
+    assert sorted(p.name for p in Home.resolve(home).rejected.iterdir()) == [
+        "data.1.error.txt", "data.1.jsonl", "data.error.txt", "data.jsonl"]

@@ -19,6 +19,7 @@ from daemon.core.errors import AnswerError, DatasetError
 from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.core.queries import BrokenDB, Reader, RefError
 from daemon.core.states import LIVE, State
+from daemon.core.versionpick import deleted_version
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
                            help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
@@ -327,11 +328,14 @@ def _model_version(h: Home, kind: str, name: str, version: int) -> str:
     content = f"{name} {version}"
     name, version = _parse(kind, content).model
     versions = [m for m in _reader(h).models() if m["name"] == name]
-    if not any(m["version"] == version for m in versions):
+    row = next((m for m in versions if m["version"] == version), None)
+    if row is None:
         known = ", ".join(f"v{m['version']}" for m in versions)
         raise click.ClickException(f"no model {name} version {version} "
                                    f"({f'{name} has {known}' if known else 'no model has that name'}). "
                                    f"Fix: use a NAME and VERSION that overnight models lists.")
+    if kind == "activate" and row["deleted"]:
+        raise click.ClickException(deleted_version(name, row))
     return content
 
 

@@ -25,13 +25,16 @@ def short_name(name: str, limit: int = SHORT_NAME) -> str:
     return raw[:limit - 1].decode("utf-8", "ignore") + "~"
 
 
-def unique_path(path: Path) -> Path:
-    """`path`, or `path` with .1, .2… before the suffix when taken: a move never overwrites."""
+def unique_path(path: Path, suffix: str | None = None) -> Path:
+    """`path`, or `path` with .1, .2… before `suffix` (its last suffix unless given, e.g. ".error.txt") when taken:
+    a move never overwrites, and a second NAME.error.txt is NAME.1.error.txt, still found by its ending."""
     if not path.exists() and not path.is_symlink():
         return path
+    suffix = path.suffix if suffix is None else suffix
+    base = path.name[: len(path.name) - len(suffix)]
     for i in range(1, 10_000):
-        stem = short_name(path.stem, NAME_MAX - len(f".{i}{path.suffix}".encode("utf-8", "surrogateescape")))
-        cand = path.with_name(f"{stem}.{i}{path.suffix}")
+        stem = short_name(base, NAME_MAX - len(f".{i}{suffix}".encode("utf-8", "surrogateescape")))
+        cand = path.with_name(f"{stem}.{i}{suffix}")
         if not cand.exists() and not cand.is_symlink():
             return cand
     raise RuntimeError(f"no free name for {path}")

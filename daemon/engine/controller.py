@@ -18,6 +18,7 @@ from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.states import LIVE, RESUMABLE, State, StopRequest
 from daemon.engine.store import Store
+from daemon.core.versionpick import deleted_version
 from daemon.core.timefmt import iso
 
 def _named(runs: frozenset[str]) -> str | None:
@@ -366,9 +367,12 @@ class Controller:
     def _on_model(self, cmd: Command) -> None:
         """activate / delete NAME VERSION: registry changes go through the daemon, the DB's only writer."""
         name, version = cmd.model
-        if not any(m["version"] == version for m in self.store.models(name)):
+        row = next((m for m in self.store.models(name) if m["version"] == version), None)
+        if row is None:
             raise ControlError(f"{cmd.source}: no model {name} version {version}. Fix: use a NAME and "
                                f"VERSION that overnight models lists.")
+        if cmd.kind == "activate" and row["deleted"]:
+            raise ControlError(f"{cmd.source}: {deleted_version(name, row)}")
         if cmd.kind == "activate":
             self.store.activate_model(name, version)
             msg = f"activate {name} v{version}: now the active version (pinned)"

@@ -314,7 +314,7 @@ class Intake:
             os.rename(p, dest)
             moved.append(dest)
         names = ", ".join(shown_name(p.name) for p in moved)
-        err = unique_path(self.home.rejected / f"{short_name(safe_name(stem))}.error.txt")
+        err = unique_path(self.home.rejected / f"{short_name(safe_name(stem))}.error.txt", ".error.txt")
         write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
                         f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
         log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")

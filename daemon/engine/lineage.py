@@ -18,6 +18,7 @@ from daemon.core.fsutil import model_name, model_name_problem
 from daemon.core.basemodel import model_folder
 from daemon.core.options import Resolved
 from daemon.core.queries import Reader
+from daemon.core.versionpick import NoVersion, pick_version
 from daemon.core.errors import SubmissionError
 
 # NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
@@ -47,28 +48,17 @@ def resolve_parent(spec: str, root: Path) -> Parent:
 def _registered(name: str, version: int | None, root: Path) -> Parent:
     reader = Reader(root / "overnight.db")
     try:
-        every = [r for r in reader.models() if r["name"] == name]
+        every = reader.models()
     finally:
         reader.close()
-    rows = [r for r in every if not r["deleted"]]
-    trashed = [r for r in every if r["deleted"] and (version is None or r["version"] == version)]
-    if trashed and (not rows or version is not None):
-        raise SubmissionError(_trashed(name, version, trashed[-1], root))
-    if not rows:
-        raise SubmissionError(f"init_adapter = \"{name}{f':{version}' if version else ''}\": no registered model "
-                              f"named {name!r}. Fix: use a name from `overnight models`, NAME:VERSION, or the path "
-                              f"of an adapter folder.")
-    if version is None:
-        row = next((r for r in rows if r["active"]), None)
-        if row is None:  # its active version was deleted (or a sweep has not chosen yet): guessing would be silent
-            raise SubmissionError(f"init_adapter = \"{name}\": no active version of {name} (it has "
-                                  f"{', '.join(str(r['version']) for r in rows)}). Fix: activate one (overnight "
-                                  f"activate {name} V) or name a version {name}:V.")
-    else:
-        row = next((r for r in rows if r["version"] == version), None)
-        if row is None:
-            raise SubmissionError(f"init_adapter = \"{name}:{version}\": {name} has no version {version} (it has "
-                                  f"{', '.join(str(r['version']) for r in rows)}). Fix: pick one of those.")
+    spec = f"{name}:{version}" if version is not None else name
+    try:
+        row = pick_version(every, name, version)
+    except NoVersion as e:
+        if e.trashed:
+            raise SubmissionError(_trashed(name, version, e.trashed, root)) from None
+        also = ", or the path of an adapter folder" if e.fix.startswith("use a name") else ""
+        raise SubmissionError(f"init_adapter = \"{spec}\": {e.why}. Fix: {e.fix}{also}.") from None
     return _folder(Path(row["adapter_path"]), f"{name}:{row['version']}")
 
 

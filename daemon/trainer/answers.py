@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from daemon.core.errors import AnswerError, RefError
 from daemon.core.runconfig import RunConfig
+from daemon.core.versionpick import NoVersion, pick_version
 from daemon.trainer.oom import free_memory
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -72,17 +73,15 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
     found: list[Target] = []
     for ref in refs:
         name, version = parse_ref(ref)
-        rows = [m for m in models if m["name"] == name]
-        row = next((m for m in rows if m["version"] == version), None) if version is not None else \
-            next((m for m in rows if m["active"]), rows[-1] if rows else None)
-        if row is None:
-            known = ", ".join(f"{name}:{m['version']}" for m in rows)
-            raise RefError(f"no model version {ref!r} ({f'{name} has {known}' if known else 'no model has that name'})"
-                           f". Fix: use NAME or NAME:VERSION as overnight models lists them.")
+        try:
+            row = pick_version(models, name, version)
+        except NoVersion as e:
+            kept = f"; its adapter is kept at {e.trashed['adapter_path']}" if e.trashed else ""
+            raise RefError(f"no model version {ref!r}: {e.why}{kept}. Fix: {e.fix}.") from None
         adapter = Path(row["adapter_path"])
         if not (adapter / "adapter_config.json").is_file():
-            raise AnswerError(f"{name}:{row['version']} has no adapter at {adapter}. Fix: restore the folder (a "
-                              f"deleted version's adapter is in the home's trash/).")
+            raise AnswerError(f"{name}:{row['version']} has no adapter at {adapter}. Fix: restore that folder "
+                              f"(overnight never deletes an adapter by itself), or ask another version.")
         run = reader.run(row["run_id"])
         label = f"{name}:{row['version']}"
         if run is None:
