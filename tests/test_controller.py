@@ -260,7 +260,7 @@ def test_a_higher_priority_queued_run_preempts_the_running_one(b: Bench) -> None
 def test_an_out_of_range_priority_says_the_range(b: Bench) -> None:
     b.run("x-1")
     b.drop("priority", "x-1 99999999999999999999\n")
-    assert "out of range. Fix: a priority between -9999999 and 9999999" in messages(b.step())[0]
+    assert "out of range. Fix: a priority between -1000000 and 1000000" in messages(b.step())[0]
 
 
 # --- garbage --------------------------------------------------------------------------------------------------

@@ -49,6 +49,16 @@ def test_usage_errors_exit_2(home: Path) -> None:
     res = overnight("activate", "support", "latest", home=home)
     assert res.returncode == 2 and "VERSION" in res.stderr, res.stderr
     assert overnight("logs", home=home).returncode == 2
+    res = overnight("priority", "support", "2000000", home=home)  # the range a control/priority line has too
+    assert res.returncode == 2 and "-1000000<=x<=1000000" in res.stderr and _written(home) == [], res.stderr
+
+
+def test_a_negative_priority_is_a_value_not_an_option(home: Path) -> None:
+    _run(home, "support-20260101-000000", "support", state="queued")
+    res = overnight("priority", "support", "-3", "--wait", "0", home=home)
+    assert res.returncode == 0, res.stderr
+    [written] = _written(home)
+    assert (home / "control" / written).read_text().strip() == "support-20260101-000000 -3"
 
 
 # --- run references: an exact id, else exactly one run ----------------------------------------------------------

@@ -15,6 +15,7 @@ import click
 from daemon import __version__
 from daemon.core import morning, render
 from daemon.core.completeness import SETTLE_S
+from daemon.core.control import MAX_PRIORITY
 from daemon.core.errors import AnswerError, DatasetError
 from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.core.queries import BrokenDB, Reader, RefError
@@ -279,10 +280,10 @@ def resume(home: str | None, run: str | None, wait: float) -> None:
     _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})  # `priority RUN -3`: a value, not an option
 @home_option
 @click.argument("run")
-@click.argument("value", type=int)
+@click.argument("value", type=click.IntRange(-MAX_PRIORITY, MAX_PRIORITY))
 @wait_option
 def priority(home: str | None, run: str, value: int, wait: float) -> None:
     """Set a run's priority (higher first); a queued run above the running one preempts it."""

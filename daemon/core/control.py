@@ -32,7 +32,7 @@ from daemon.core.errors import ControlError
 
 COMMANDS = ("pause", "stop", "skip", "priority", "resume", "activate", "delete")
 _MAX_BYTES = 64 * 1024
-MAX_PRIORITY = 9_999_999
+MAX_PRIORITY = 1_000_000  # the priority option's range too (options.py): one meaning of priority
 # The id the CLI and the dashboard give a command: when (to the microsecond: it orders commands written within
 # one tick of the file system's clock), which process, and a random part (a pid reused). Files so named are
 # written atomically (temp name, then rename): complete when seen.
@@ -149,7 +149,8 @@ def _parse_priorities(where: str, lines: list[str]) -> list[tuple[str, int]]:
             raise ControlError(f"{where}, line {i}: {line[:80]!r} is not 'RUN_OR_DATASET INTEGER'. "
                                f"Fix: e.g. 'mydata 10' (higher runs first).")
         if abs(int(parts[1])) > MAX_PRIORITY:
-            raise ControlError(f"{where}, line {i}: {parts[1][:20]} is out of range. "
+            shown_value = parts[1] if len(parts[1]) <= 24 else f"{parts[1][:20]}… ({len(parts[1])} digits)"
+            raise ControlError(f"{where}, line {i}: {shown_value} is out of range. "
                                f"Fix: a priority between -{MAX_PRIORITY} and {MAX_PRIORITY}.")
         out.append((parts[0], int(parts[1])))
     return out
