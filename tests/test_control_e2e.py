@@ -118,6 +118,8 @@ def test_pause_resume_skip_by_file_and_cli(model_home, daemon_proc, tmp_path):
     wait_until(lambda: state(home, "next") == "completed", 90, what="the queue goes on")
     console = (Path(run["run_dir"]) / "console.log").read_text()
     assert "control: pause" in console and "control: skip" in console
+    assert "=== end: skipped (skip requested), exit code 0" in console  # the footer says how the run ended
+    assert "command received: stop" not in console
     assert any("-skip." in p.name for p in (home / "control" / "done").iterdir())  # the CLI's skip.ID
     status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
     assert {e["command"] for e in status["control_events"]} >= {"skip", "resume"}
@@ -157,6 +159,8 @@ def test_stop_resume_and_preemption_give_the_uninterrupted_losses(model_home, da
     assert losses(home, "low") == reference
     low = run_of(home, "low")
     assert low["attempts"] == 1  # it resumed from the checkpoint its preemption wrote: a new series
+    low_console = (Path(low["run_dir"]) / "console.log").read_text()
+    assert "=== end: queued again, to resume from its last checkpoint (preempt requested)" in low_console
     r = Reader(home / "overnight.db")
     assert [t["to_state"] for t in r.transitions(low["id"])].count("queued") == 2
 

@@ -91,12 +91,12 @@ class TrainerProcess:
     def request_stop(self, reason: str) -> str:
         """Ask the trainer to checkpoint and exit; returns the request in force (`stop_request`'s rule).
 
-        A paused trainer is woken first: it must step to checkpoint."""
+        The trainer is told why (stop, skip, preempt, shutdown), so its console footer says how the run ends; a
+        stop wakes a paused trainer by itself (it must step to checkpoint)."""
         first = self.requested is None
         self.requested = stop_request(self.requested, reason)
         if first:
-            self.send("resume")
-            self.send("stop")
+            self.send(str(self.requested))
         return self.requested
 
     def set_paused(self, paused: bool) -> None:

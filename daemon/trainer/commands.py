@@ -152,7 +152,7 @@ def _apply(raw: str, commands: Commands, log: Callable[[str], None]) -> None:
     elif line == "resume":
         commands.paused.clear()
         log("command received: resume")
-    elif line in ("stop", "skip", "preempt"):
+    elif line in ("stop", "skip", "preempt", "shutdown"):  # the daemon's StopRequest: why it asks
         log(f"command received: {line} (saving a checkpoint at the next step boundary)")
         commands.request_stop(f"{line} requested")
     else:

@@ -75,7 +75,15 @@ class Result:
         if self.adapter:
             parts.append(f"adapter {self.adapter}")
         why = f" ({self.reason})" if self.reason else ""
-        return f"=== end: {self.outcome}{why}, exit code {self.exit_code}; {', '.join(parts)} ==="
+        return f"=== end: {self._end_state()}{why}, exit code {self.exit_code}; {', '.join(parts)} ==="
+
+    def _end_state(self) -> str:
+        """The state the run takes, where the daemon's request decides it (a skip ends skipped, a preemption or
+        the daemon's shutdown sends it back to the queue); else the attempt's outcome."""
+        asked = (self.reason or "").removesuffix(" requested")
+        if self.outcome is not Outcome.STOPPED or asked not in ("skip", "preempt", "shutdown"):
+            return str(self.outcome)
+        return "skipped" if asked == "skip" else "queued again, to resume from its last checkpoint"
 
 
 def header_lines(run_id: str, base_model: str, dataset: Path, schema: str, records: int | None,
