@@ -209,3 +209,14 @@ def test_a_file_rejected_twice_shows_its_newest_error(tmp_path: Path) -> None:
     assert len(errors) == 2 and "malformed JSON" in errors[0] and "completion" in errors[1], errors
     assert sorted(p.name for p in Home.resolve(home).rejected.iterdir()) == [
         "data.1.error.txt", "data.1.jsonl", "data.error.txt", "data.jsonl"]
+
+
+def test_a_broken_overnight_toml_is_said_with_no_daemon_running(tmp_path: Path) -> None:
+    """Drops wait while overnight.toml is broken: status says so before any daemon has run, with the command that
+    starts one for this very home."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    home.toml.write_text("base_model = \n")
+    out = overnight("status", home=home.root, check=True).stdout
+    assert f"PROBLEM: {home.toml}: not valid TOML" in out and "Fix:" in out, out
+    assert f"start it with: overnight daemon --home {home.root}" in out
+    assert json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["held"].startswith(str(home.toml))

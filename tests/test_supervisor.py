@@ -220,7 +220,7 @@ HONOURS_STOP = """
 import json, pathlib, sys
 pathlib.Path("ready").write_text("")
 for line in sys.stdin:
-    if line.strip() == "stop":
+    if line.strip() in ("stop", "skip", "preempt", "shutdown"):  # why the daemon asks
         pathlib.Path("result.json").write_text(json.dumps({"outcome": "stopped"}))
         sys.exit(0)
 """

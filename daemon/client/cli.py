@@ -146,13 +146,13 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     held = morning.held(control.held(h, "stop"), problem)
     click.echo(f"home: {h.root}")
     click.echo(f"daemon: running (PID {alive['pid']}, since {alive['started']})" if alive else
-               "daemon: not running (start it with: overnight daemon)")
+               f"daemon: not running (start it with: {h.cli('daemon')})")
     if problem:
         click.echo(f"PROBLEM: {problem}")
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
     if runs:
-        click.echo(render.runs_table(runs, held))
+        click.echo(render.runs_table(runs, held, control.paused(h)))
     shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
     for line in render.morning(failed, rejected, None if shown else held, since_h):
         click.echo(line)
@@ -174,7 +174,8 @@ def runs(home: str | None, as_json: bool) -> None:
     from daemon.core import control
     alive = daemon_alive(h)
     click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
-                                                   morning.problem(h, rd.daemon() if alive else None, alive))))
+                                                   morning.problem(h, rd.daemon() if alive else None, alive)),
+                                 control.paused(h)))
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:
@@ -226,7 +227,7 @@ def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     ticket = control.send(h, kind, content)
     click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):
-        click.echo("no daemon is running: it applies this when it starts (overnight daemon)")
+        click.echo(f"no daemon is running: it applies this when it starts ({h.cli('daemon')})")
         return
     if wait <= 0:
         click.echo("not waiting for the daemon's answer; see overnight status")

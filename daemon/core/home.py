@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,11 @@ class Home:
         if create:
             h.create()
         return h
+
+    def cli(self, args: str) -> str:
+        """`overnight ARGS` as a user types it for this home: with --home unless a bare command finds it there."""
+        default = Path(os.environ.get("OVERNIGHT_HOME") or os.getcwd()).expanduser().resolve()
+        return f"overnight {args}" + ("" if default == self.root else f" --home {shlex.quote(str(self.root))}")
 
     @property
     def folders(self) -> tuple[Path, ...]:

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from daemon.core.home import Home
 from daemon.core.queries import stale_problem
 from daemon.core.rundir import run_folders
+from daemon.core.options import owner_toml
 from daemon.core.space import disk_full_problem
 from daemon.core.states import State
 
@@ -117,7 +118,7 @@ def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | Non
     found = (((beat or {}).get("problem") if alive else None) or disk_full_problem(home.root)
              or stale_problem(home.db, beat, alive))
     if not found and not alive:
-        found = home.damage() or missing_db_problem(home)
+        found = home.damage() or missing_db_problem(home) or owner_toml(home.toml).read().problem
     return found
 
 
@@ -142,5 +143,5 @@ def missing_db_problem(home: Home) -> str | None:
         return None
     return (f"{home.db} is missing, but {home.runs} holds {len(folders)} run folder{'s' * (len(folders) != 1)}: the "
             f"runs are safe there (the DB is only their index), so status lists none. Fix: start the daemon "
-            f"(overnight daemon): it rebuilds the DB from {home.runs} at its start (or run overnight doctor --rebuild "
-            f"now)")
+            f"({home.cli('daemon')}): it rebuilds the DB from {home.runs} at its start (or run "
+            f"{home.cli('doctor --rebuild')} now)")

@@ -129,10 +129,11 @@ def fmt_job(r: dict[str, Any]) -> str:
     return f"{r['job_id']}@{r['node']}" if r.get("node") else str(r["job_id"])
 
 
-def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
+def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: frozenset[str] = frozenset()) -> str:
     """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
     REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
-    from starting, so that they do not read as merely waiting their turn."""
+    from starting, so that they do not read as merely waiting their turn; `paused`: the runs control/pause names
+    (a queued one is passed by until it is resumed)."""
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
     reasons = [_reason(r) for r in runs]
@@ -142,7 +143,8 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     for r, reason in zip(runs, reasons):
         eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
         gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE and not r.get("job_id") else "-"
-        state = "held" if held and r["state"] == State.QUEUED else r["state"]
+        queued_held = r["state"] == State.QUEUED and (held or r["id"] in paused)
+        state = "held" if queued_held else r["state"]
         rows.append((r["id"], state, gpus, *((fmt_job(r),) if jobs else ()), str(r["priority"]), _progress(r),
                      fmt_loss(r["loss"]), fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
                     + ((reason,) if any(reasons) else ()))
@@ -150,6 +152,8 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None) -> str:
     queued = sum(r["state"] == State.QUEUED for r in runs)
     if held and queued:
         lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
+    lines += [f"{r['id']} held by control/pause (overnight resume {r['id']} lets it start)" for r in runs
+              if r["state"] == State.QUEUED and r["id"] in paused and not held]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
-from daemon.core import rundir, search, sweep
+from daemon.core import control, rundir, search, sweep
 from daemon.core.completeness import SETTLE_S
 from daemon.core.home import DaemonLock, Home
 from daemon.core.log import log, setup
@@ -117,7 +117,8 @@ class Daemon:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
         if self.supervisor.trainers or self.intake.busy():
             return False
-        if self.store.runs_in([State.QUEUED]) and not self.controller.queue_held():
+        paused = control.paused(self.home)  # a queued run control/pause names waits for a resume, not for --once
+        if any(r["id"] not in paused for r in self.store.runs_in([State.QUEUED])) and not self.controller.queue_held():
             return False
         from daemon.engine.submission import role_of, stem_of
         stems = {stem_of(p) for p in self.intake.pending() if role_of(p) == "unsupported" or

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import psutil
 
-from daemon.core import asha, rundir, sweep
+from daemon.core import asha, control, rundir, sweep
 from daemon.core.errors import ExecutorError
 from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
@@ -91,7 +91,9 @@ class Supervisor:
     # --- starting -------------------------------------------------------------------------------------
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
-        held = self.store.held_run_ids()  # ASHA trials waiting at a rung (daemon/engine/pruning.py)
+        # ASHA trials waiting at a rung (daemon/engine/pruning.py), and runs a control/pause names: a paused queued
+        # run would take a slot only to halt in it, and the runs behind it would wait for nothing
+        held = self.store.held_run_ids() | control.paused(self.home)
         queued = [r for r in self.store.runs_in([State.QUEUED]) if r["id"] not in held]
         if not queued:
             return

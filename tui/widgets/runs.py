@@ -171,12 +171,12 @@ def group_label(group: Group, width: int) -> Text:
     return Text.assemble((arrow, "bold"), (name, "bold"), (count, "dim"))
 
 
-def shown_state(state: str, held: str | None, waiting: bool = False) -> str:
-    """The state a row says: `held` for a queued run while something holds the queue, as `overnight status` says;
-    `at rung` for an ASHA trial waiting at its rung."""
+def shown_state(state: str, held: str | None, waiting: bool = False, paused: bool = False) -> str:
+    """The state a row says: `held` for a queued run while something holds the queue or control/pause names it, as
+    `overnight status` says; `at rung` for an ASHA trial waiting at its rung."""
     if state == State.QUEUED and waiting:
         return AT_RUNG
-    return HELD if held and state == State.QUEUED else state
+    return HELD if (held or paused) and state == State.QUEUED else state
 
 
 def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
@@ -208,7 +208,7 @@ def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
 
 def _cell(run: RunRow, key: str, held: str | None = None) -> Text | str:
     if key == "state":
-        state = shown_state(run.state, held, run.waiting)
+        state = shown_state(run.state, held, run.waiting, run.paused)
         return Text(state, STATE_STYLE.get(state, ""))
     if key == "progress":
         if run.state == State.QUEUED and run.step is None:
