@@ -141,7 +141,7 @@ def test_add_that_clashes_moves_nothing_so_no_sidecar_joins_the_earlier_drop(hom
 
 def test_status_without_daemon_says_how_to_start_one(home):
     res = overnight("status", home=home, check=True)
-    assert "daemon: not running (start it with: overnight daemon)" in res.stdout
+    assert f"daemon: not running (start it with: overnight daemon --home {home})" in res.stdout  # not the cwd's home
     assert json.loads(overnight("status", "--json", home=home, check=True).stdout)["daemon"] is None
 
 
@@ -164,11 +164,11 @@ def _lines_of(proc: subprocess.Popen) -> queue.Queue:
     return lines
 
 
-def test_logs_follow_prints_lines_as_they_are_appended(home):
+def test_logs_follow_prints_lines_as_they_are_appended_until_the_run_ends(home):
     log = _run(home, "talk-20260101-000000", state="training") / "console.log"
     log.write_text("old 1\nold 2\n")
     proc = subprocess.Popen([sys.executable, "-m", "daemon", "logs", "talk", "-f", "-n", "1", "--home", str(home)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = _lines_of(proc)
         assert lines.get(timeout=60) == "old 2"
@@ -176,7 +176,15 @@ def test_logs_follow_prints_lines_as_they_are_appended(home):
         with log.open("a") as f:
             f.write("new 1\nnew 2\n")
         assert [lines.get(timeout=10), lines.get(timeout=10)] == ["new 1", "new 2"]
-        assert proc.poll() is None  # -f keeps following until interrupted
+        assert proc.poll() is None  # -f keeps following while the run goes on
+        with log.open("a") as f:  # the footer lands, then the daemon records the end: the follower ends with it
+            f.write("=== end: completed ===\n")
+        store = Store(home / "overnight.db")
+        store.set_state("talk-20260101-000000", "completed")
+        store.close()
+        assert lines.get(timeout=10) == "=== end: completed ==="
+        assert proc.wait(10) == 0
+        assert "talk-20260101-000000 completed: nothing more to follow" in proc.stderr.read()
     finally:
         proc.terminate()
         proc.wait(10)

@@ -186,19 +186,25 @@ def _find_run(h: Home, ref: str) -> dict[str, Any]:
 @main.command()
 @home_option
 @click.argument("run")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new lines as they are written, until the run ends (Ctrl-C stops earlier).")
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
 def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
     """A run's console.log."""
     from daemon.core.rundir import LogTail, RunFolder
-    h = Home.resolve(home, create=False)
-    tail = LogTail(RunFolder(_find_run(h, run)["run_dir"]).console, keep=lines or None)
+    from daemon.core.states import ENDED
+    rd = _reader(Home.resolve(home, create=False))
+    found = rd.named_run(run)
+    tail = LogTail(RunFolder(found["run_dir"]).console, keep=lines or None)
     try:
         while True:
-            update = tail.poll()
+            state = (rd.run(found["id"]) or {}).get("state") if follow else None
+            update = tail.poll()  # after reading the state: an ended run's last lines are in this poll
             for line in update.lines if update else ():
                 click.echo(line)
-            if not follow:
+            if state in ENDED:
+                click.echo(f"--- {found['id']} {state}: nothing more to follow", err=True)
+            if not follow or state in ENDED:
                 return
             time.sleep(0.25)
     except KeyboardInterrupt:
