@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from daemon.engine.store import Store
 from tests.conftest import REPO, overnight
 
@@ -230,3 +232,13 @@ def test_evolution_text_and_json(home):
 def test_steering_without_daemon_writes_the_file_and_says_so(home):
     res = overnight("pause", home=home, check=True)
     assert list((home / "control").glob("pause.*")) and "no daemon is running" in res.stdout
+
+
+@pytest.mark.parametrize(("name", "fix"), [(".notes.jsonl", "notes.jsonl"), ("build.error.txt", "build.txt")])
+def test_add_refuses_a_name_the_inbox_would_never_take(home, tmp_path, name, fix):
+    """A hidden file or an .error.txt would sit in the inbox forever, taken by nothing: add says so instead."""
+    src = tmp_path / name
+    src.write_text('{"prompt": "a", "completion": "b"}\n')
+    res = overnight("add", str(src), home=home)
+    assert res.returncode == 1 and "the inbox never takes this name" in res.stderr and f"e.g. {fix}" in res.stderr
+    assert [p.name for p in (home / "inbox").iterdir()] == ["rejected"]

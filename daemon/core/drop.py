@@ -11,6 +11,7 @@ from typing import Callable
 from daemon.core.home import Home
 from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, role_of
 from daemon.core.errors import DropError
+from daemon.core.fsutil import IGNORED_SUFFIXES, ignored
 
 
 def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
@@ -36,6 +37,11 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     if role_of(src) != "dataset":
         raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
                         f"Add the dataset and pass this file with --sidecar or --probes.")
+    if ignored(src.name):
+        raise DropError(f"{src.name}: the inbox never takes this name (a name starting with '.' or ending in "
+                        f"{', '.join(IGNORED_SUFFIXES)} is a hidden file, a download in progress or an error "
+                        f"report); nothing was added. Fix: add it under another name, e.g. "
+                        f"{_plain_name(src.name)}.")
     pairs = plan(h, src, sidecar, probes)
     clashes = [dest for _, dest in pairs if dest.exists() or dest.is_symlink()]
     if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
@@ -70,3 +76,10 @@ def place(src: Path, dest: Path, copy: bool = True) -> None:
         os.rename(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+
+def _plain_name(name: str) -> str:
+    """`name` without what makes the inbox pass a dataset by: a leading '.', an .error.txt ending."""
+    name = name.lstrip(".")
+    return name[: -len(".error.txt")] + ".txt" if name.lower().endswith(".error.txt") else name
