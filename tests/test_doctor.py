@@ -3,6 +3,7 @@ the daemon at start), and no reader prints a traceback over it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,26 @@ def test_a_db_behind_the_run_folders_is_rebuilt_at_daemon_start(tmp_path: Path) 
     assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
     prepare_for_daemon(home)  # an index that matches runs/ is left alone
     assert len(list(home.root.glob("overnight.db.broken-*[0-9]"))) == 1
+
+
+def test_a_delete_cut_short_after_the_move_is_finished_by_the_next_delete(tmp_path: Path) -> None:
+    """A crash between the move into trash/ and the DB's mark: deleting again marks the version deleted where its
+    adapter went, with no second, empty trash folder; a crash before the move leaves the version whole."""
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    run = _fake_run(home, store, "m-0", "m", "completed", 1.0)
+    adapter = Path(run["run_dir"]) / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry.register(store, run)
+    row = store.models("m")[0]
+    cut = home.trash / "m-v1-20260101-000000"  # what the first delete did before the crash
+    cut.mkdir(parents=True)
+    (cut / "model.json").write_text(json.dumps(row, default=str))
+    os.rename(adapter, cut / "adapter")
+
+    assert registry.delete(store, home, "m", 1) == cut
+    assert [p.name for p in home.trash.iterdir()] == [cut.name]
+    [m] = store.models("m")
+    assert m["deleted"] and m["adapter_path"] == str(cut / "adapter") and not m["active"]
+    store.close()

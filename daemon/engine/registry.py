@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core import evalreport
-from daemon.core.atomic import read_json
+from daemon.core.atomic import read_json, write_json
 from daemon.core.home import Home
 from daemon.core.fsutil import SHORT_NAME, short_name, unique_path
 from daemon.core.runconfig import RunConfig
@@ -57,13 +57,17 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
         raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}. Fix: nothing to do: it "
                        f"was deleted before, and its adapter is kept in that folder.")
     src = Path(row["adapter_path"])
-    dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
-    dest.mkdir(parents=True)
-    if src.exists():
-        os.rename(src, dest / "adapter")
-    (dest / "model.json").write_text(json.dumps(row, indent=2, default=str))
-    store.mark_model_deleted(name, version, str(dest / "adapter"))
-    return dest
+    # a delete a crash cut short after the move: its trash folder is the one, not a second, empty one
+    moved = None if src.exists() else trashed_adapter(home.trash, row["run_id"])
+    if moved is None:
+        dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
+        dest.mkdir(parents=True)
+        write_json(dest / "model.json", row)  # first: a crash before the move leaves the version whole where it was
+        if src.exists():
+            os.rename(src, dest / "adapter")
+        moved = dest / "adapter"
+    store.mark_model_deleted(name, version, str(moved))
+    return moved.parent
 
 
 def trashed_adapter(trash: Path, run_id: str) -> Path | None:
