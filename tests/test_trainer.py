@@ -231,6 +231,7 @@ def test_pause_stop_and_exact_resume(tmp_path: Path, qwen: Path) -> None:
 
     assert train(run) == 0  # resumes from the newest checkpoint
     assert any(f"resuming from checkpoints/step-{frozen}" in line for line in console_lines(run))
+    assert not any("does not exist anymore" in line for line in console_lines(run))  # its best checkpoint is kept
     assert train(straight) == 0
 
     steps = [m["step"] for m in metrics(run) if "loss" in m]
@@ -320,8 +321,12 @@ def test_checkpoint_rename_and_retention(tmp_path: Path) -> None:
 
     for s in (2, 4, 6, 8):
         (tmp_path / f"checkpoint-{s}").mkdir()
-        (tmp_path / f"checkpoint-{s}" / "trainer_state.json").write_text("{}")
+        best = {"best_model_checkpoint": str(tmp_path / "checkpoint-2")} if s > 2 else {}
+        (tmp_path / f"checkpoint-{s}" / "trainer_state.json").write_text(json.dumps(best))
         assert ckpt.finalize(tmp_path, s) == tmp_path / f"step-{s}"
+    # the best checkpoint is recorded under the name it keeps: a resume finds it
+    assert json.loads((tmp_path / "step-8" / "trainer_state.json").read_text()) == {
+        "best_model_checkpoint": str(tmp_path / "step-2")}
     assert ckpt.apply_retention(tmp_path, keep=2, best_step=2) == [4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-6", "step-8"]
     assert ckpt.newest_complete(tmp_path) == tmp_path / "step-8"

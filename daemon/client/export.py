@@ -1,7 +1,6 @@
 """`overnight export`: hand an adapter (or a merged model) to whatever serves models elsewhere."""
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -9,6 +8,7 @@ from typing import Any, Callable
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder
 from daemon.core.errors import ExportError
+from daemon.core.libquiet import quiet_model_loading
 
 
 def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str | None = None,
@@ -84,13 +84,10 @@ def _first_line(e: BaseException) -> str:
 def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quantization: str,
            log: Callable[[str], None], config: Path) -> str:
     """Load the unquantised base, merge the adapter in, save model + tokenizer (written aside, then renamed)."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU-kernel notice is noise
+    quiet_model_loading()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     dtype, dtype_name = _merge_dtype()
     log(f"loading base model {source} ({dtype_name}) …")
     try:

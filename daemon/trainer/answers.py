@@ -202,19 +202,13 @@ class Answerer:
             self.voices += self._load(source, trusted, members, log)
 
     def _load(self, source: str, trusted: bool, members: list[Target], log: Callable[[str], None]) -> list[Voice]:
-        import logging
-        import warnings
+        from daemon.core.libquiet import quiet_model_loading
 
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU notice is noise
-        # transformers 5 warns about its own renamed attribute when peft reads it: noise between a person's turns
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        quiet_model_loading()  # noise between a person's turns
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         cuda = self.device == "cuda"
         dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
         log(f"loading base model {source} on {self.device} …")

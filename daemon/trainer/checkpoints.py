@@ -80,9 +80,24 @@ def finalize(checkpoints: Path, step: int) -> Path | None:
     dest = checkpoints / step_name(step)
     if dest.exists():
         _remove(dest)
+    _rename_best(src / TRAINER_STATE, checkpoints)
     os.rename(src, dest)
     fsync_dir(checkpoints)
     return dest
+
+
+def _rename_best(state_file: Path, checkpoints: Path) -> None:
+    """The Trainer records its best checkpoint as `checkpoint-K`, a name that lives only until `finalize` renames it:
+    record `step-K`, or a resume warns that the best checkpoint "does not exist anymore" (retention keeps it)."""
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
+    name = Path(best).name if isinstance(best, str) else ""
+    if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+        state["best_model_checkpoint"] = str(checkpoints / step_name(int(name[len("checkpoint-"):])))
+        write_text(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def apply_retention(checkpoints: Path, keep: int, best_step: int | None) -> list[int]:
