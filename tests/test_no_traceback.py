@@ -48,7 +48,7 @@ def test_status_says_a_missing_db_is_rebuilt_by_the_daemon_at_its_start(tmp_path
     res = overnight("status", home=home, check=True)
     problem = next(line for line in res.stdout.splitlines() if line.startswith("PROBLEM: "))
     assert f"{home / 'overnight.db'} is missing" in problem and "holds 2 run folders" in problem
-    assert "Fix: start the daemon (overnight daemon): it rebuilds the DB" in problem
+    assert f"Fix: start the daemon (overnight daemon --home {home}): it rebuilds the DB" in problem
     assert "runs: none" in res.stdout
     assert _status(home)["problem"] == problem.removeprefix("PROBLEM: ")
     shutil.rmtree(home / "runs")
