@@ -62,6 +62,63 @@ def too_deep(name: str, location: str | None, field: str | None = None) -> Datas
                         "message objects; remove the nesting")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def surrogate_problem(record: Any) -> tuple[str | None, str] | None:
+    """A lone UTF-16 surrogate anywhere in `record` (a key or a string, at any depth): (the field it is in, e.g.
+    "messages[1].content" — None at the top —, the message's problem sentence); None when there is none.
+
+    JSON lets an escape such as \\ud800 without its other half through (`json.loads` returns it), but such a
+    string is not Unicode text: it cannot be encoded as UTF-8, so a tokenizer, a log or a report fails on it later.
+    Paired escapes (\\ud83d\\ude00) are decoded to their character and never reach here."""
+    stack: list[tuple[Any, str | None]] = [(record, None)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if value.isascii():
+                continue
+            found = _SURROGATE.search(value)
+            if found:
+                return where, _surrogate_sentence(found.group(), found.start(), len(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = key if where is None else f"{where}.{key}"
+                found = None if not isinstance(key, str) or key.isascii() else _SURROGATE.search(key)
+                if found:
+                    shown = key.encode("ascii", "backslashreplace").decode("ascii")
+                    return where, (f"the field name '{shown}' holds an unpaired UTF-16 surrogate "
+                                   f"U+{ord(found.group()):04X} (written {_escaped(found.group())} in the JSON), "
+                                   f"which is not Unicode text")
+                stack.append((item, name))
+        elif isinstance(value, (list, tuple)):
+            base = where or ""
+            stack.extend((item, f"{base}[{i}]") for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _escaped(char: str) -> str:
+    return f"\\u{ord(char):04x}"
+
+
+def _surrogate_sentence(char: str, index: int, length: int) -> str:
+    at = f" at character {index + 1}" if length > 1 else ""
+    return (f"the text holds an unpaired UTF-16 surrogate U+{ord(char):04X}{at} (written {_escaped(char)} in the "
+            f"JSON, without the other half of its pair), which is not Unicode text")
+
+
+SURROGATE_FIX = ("remove the escape, or write the full surrogate pair (a high \\ud800-\\udbff escape followed by a "
+                 "low \\udc00-\\udfff one, e.g. \\ud83d\\ude00 for 😀), or write the character itself in UTF-8")
+
+
+def refuse_surrogates(record: Any, name: str, location: str | None) -> None:
+    """A DatasetError naming the file, the place, the field and the fix when `record` holds a lone surrogate."""
+    found = surrogate_problem(record)
+    if found is not None:
+        field, problem = found
+        raise DatasetError(name, location, field, problem, SURROGATE_FIX)
+
+
 class Notes:
     """Remarks collected while reading (accepted oddities), rendered for the report in first-seen order.
 

@@ -32,6 +32,7 @@ from daemon.core.dataformats import (
     detect_format,
     json_problem,
     read_records,
+    refuse_surrogates,
 )
 from daemon.core.errors import NoAssistantTurn
 
@@ -687,7 +688,8 @@ class _Stream:
     def examples(self) -> Iterator[Example]:
         file = self.path.name
         for location, record in read_records(self.path, self.format, self.notes):
-            if self.format != "txt":
+            if self.format != "txt":  # a .txt line is decoded UTF-8: it cannot hold a lone surrogate
+                refuse_surrogates(record, file, location)
                 self._check_schema(record, file, location)
             example = normalize_record(record, self.schema, file, location, notes=self.notes)
             if example["kind"] == ExampleKind.JUDGED:

@@ -13,13 +13,11 @@ from typing import Any
 
 from daemon.core.dropfiles import EVAL_SUFFIX
 from daemon.core.errors import DatasetError
-from daemon.core.probes import line_record, parse_record
+from daemon.core.probes import EVAL_FIX, line_record, parse_record
 
 MAX_EVAL_RECORDS = 2000  # each is answered three times (version, parent, base) at the end, within the stall window
 
-_FIX = ('give each line a prompt and the answer to score against, e.g. {"prompt": "2+2=", "reference": "4"}, or '
-        'any supervised dataset record (prompt/completion, alpaca instruction/output, messages ending with an '
-        'assistant turn)')
+_FIX = EVAL_FIX
 
 
 def load_eval_file(path: Path) -> list[dict[str, Any]]:
@@ -44,7 +42,7 @@ def load_eval_file(path: Path) -> list[dict[str, Any]]:
             record = line_record(raw, file, location)
             if record is None:
                 continue
-            probe = parse_record(record, file, location)
+            probe = parse_record(record, file, location, as_="eval")
             if probe.get("kind") is not None:
                 raise DatasetError(file, location, None, "a preference record (chosen/rejected or a labelled "
                                    "completion) has no single reference answer to score", _FIX)

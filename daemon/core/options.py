@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import threading
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -375,6 +377,27 @@ def _unknown_key_hint(key: str, value: Any) -> str:
     return f" Did you mean '{close}'?" if close else ""
 
 
+# Options naming a file, a folder or a model: a control character (a NUL above all, which no path can hold) is refused
+# here, with the file it is in, rather than failing later where the path is opened.
+PATH_OPTIONS = ("base_model", "chat_template", "init_adapter", "eval_file", "forgetting_sample")
+
+
+def _control_char(text: str) -> str | None:
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
+def _check_path_text(source: Path | str, key: str, value: Any, item: str) -> None:
+    for text in (value if isinstance(value, list) else [value]):
+        bad = _control_char(text) if isinstance(text, str) else None
+        if bad is None:
+            continue
+        what = "a NUL character" if bad == "\0" else f"the control character U+{ord(bad):04X}"
+        shown = json.dumps(text, ensure_ascii=False)
+        clean = json.dumps("".join(c for c in text if unicodedata.category(c) != "Cc"), ensure_ascii=False)
+        raise OptionsError(f"{source}: option '{key}' = {shown}{item} holds {what} (\\u{ord(bad):04x}), which no "
+                           f"file path or model name can hold. Fix: remove it, e.g. {key} = {clean}.")
+
+
 def check_value(source: Path | str, key: str, value: Any, item: str = "") -> None:
     """Raise OptionsError when `value` is not allowed for `key` (`item`: where in a sweep's list it stands)."""
     opt = OPTIONS[key]
@@ -383,6 +406,14 @@ def check_value(source: Path | str, key: str, value: Any, item: str = "") -> Non
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
                            f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
                            f"with a value of that type (TOML: strings in quotes, true/false bare).")
+    if key in PATH_OPTIONS:
+        _check_path_text(source, key, value, item)
+    if key == "chat_template" and isinstance(value, str) and value.strip():
+        from daemon.core.templating import option_problem  # noqa: PLC0415
+
+        problem = option_problem(value)
+        if problem:
+            raise OptionsError(f"{source}: {problem}")
     if opt.validate is not None:
         opt.validate(source, value)
     elif not opt.check(value):
@@ -413,7 +444,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        table = tomllib.loads(raw.decode("utf-8"))
+        # a UTF-8 byte-order mark (Windows Notepad writes one) is not TOML, but it is no mistake either: skipped
+        table = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
         raise OptionsError(f"{path}: not valid TOML: {e}. Fix: keys are flat, e.g. learning_rate = 3e-4") from None
     except UnicodeDecodeError:
@@ -488,7 +520,20 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
         err = OptionsError("\n".join(errors))
         err.each = errors
         raise err
-    return {k: OPTIONS[k].normal(v) if OPTIONS[k].normal and isinstance(v, str) else v for k, v in table.items()}
+    return OptionTable({k: OPTIONS[k].normal(v) if OPTIONS[k].normal and isinstance(v, str) else v
+                        for k, v in table.items()}, source)
+
+
+class OptionTable(dict):
+    """A validated options file's table (a plain dict of its values) that knows its file: a later check of a value
+    (the adapter continued from, the model) names the file the value was set in, as the checks here do."""
+
+    def __init__(self, values: dict[str, Any], source: Path | str | None = None) -> None:
+        super().__init__(values)
+        self.source = source
+
+    def __reduce__(self):  # pickled (to a worker process) as what it is: values and source
+        return (OptionTable, (dict(self), self.source))
 
 
 def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
@@ -543,6 +588,11 @@ class Resolved:
     values: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
     swept: list[str] = field(default_factory=list)  # options a sidecar lists several values of, in its order
+    files: dict[str, Path | str] = field(default_factory=dict)  # "toml", "sidecar": the file read, when known
+
+    def origin(self, key: str) -> Path | str | None:
+        """The file `key` was set in (overnight.toml or the sidecar); None for a default, or when not known."""
+        return self.files.get(self.sources.get(key, "default"))
 
     @property
     def base_models(self) -> list[str]:
@@ -565,7 +615,9 @@ def resolve(toml: dict[str, Any] | None, sidecar: dict[str, Any] | None) -> Reso
         for k, v in table.items():
             values[k], sources[k] = v, origin
     swept = [k for k, v in (sidecar or {}).items() if isinstance(v, (list, dict)) and OPTIONS[k].sweep]
-    return Resolved(values, sources, swept)
+    files = {origin: table.source for origin, table in (("toml", toml), ("sidecar", sidecar))
+             if getattr(table, "source", None) is not None}
+    return Resolved(values, sources, swept, files)
 
 
 def load_home_toml(path: Path) -> dict[str, Any]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.core import datasets
-from daemon.core.dataformats import json_problem, too_deep
+from daemon.core.dataformats import json_problem, refuse_surrogates, too_deep
 from daemon.core.datasets import DatasetError, ExampleKind
 
 MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
@@ -28,6 +29,23 @@ HOLDOUT_FRACTION = 0.1  # never hold out more than this share of the training re
 _PROBE_FIX = ('give each line a prompt and the answer to compare with, e.g. '
               '{"prompt": "2+2=", "reference": "4"}, or any dataset record with an answer '
               '(prompt/completion, alpaca instruction/output, or messages ending with an assistant turn).')
+EVAL_FIX = ('give each line a prompt and the answer to score against, e.g. {"prompt": "2+2=", "reference": "4"}, '
+            'or any supervised dataset record (prompt/completion, alpaca instruction/output, messages ending with an '
+            'assistant turn)')
+
+
+@dataclass(frozen=True)
+class _Words:
+    """How messages about one record speak of it: a probe file's and an eval file's records are read alike."""
+
+    one: str  # "a probe"
+    many: str  # "probes"
+    use: str  # what the reference answer is for
+    fix: str
+
+
+_AS = {"probe": _Words("a probe", "probes", "to compare the model's output with", _PROBE_FIX),
+       "eval": _Words("an eval record", "eval records", "to score the model's output against", EVAL_FIX)}
 
 
 def _probe(prompt: str, reference: str, messages: list | None = None, tools: list | None = None) -> dict[str, Any]:
@@ -101,50 +119,53 @@ def _check_kind(probe: dict[str, Any], kind: str | None, dataset: str | None, fi
                        "dataset's kind, so that the run can score them the way it trains", fix)
 
 
-def _reference_record(record: dict[str, Any], file: str, location: str) -> dict[str, Any]:
+def _reference_record(record: dict[str, Any], file: str, location: str, words: _Words) -> dict[str, Any]:
     for key in ("prompt", "reference"):
         if not isinstance(record[key], str) or not record[key].strip():
             raise DatasetError(file, location, key, f"'{key}' must be a non-empty string, got {record[key]!r}",
-                               _PROBE_FIX)
+                               words.fix)
     return _probe(record["prompt"], record["reference"])
 
 
-def _record_probe(record: Any, file: str, location: str) -> dict[str, Any]:
+def _record_probe(record: Any, file: str, location: str, as_: str = "probe") -> dict[str, Any]:
+    words = _AS[as_]
     if not isinstance(record, dict):
-        raise DatasetError(file, location, None, f"expected a JSON object, got {type(record).__name__}", _PROBE_FIX)
+        raise DatasetError(file, location, None, f"expected a JSON object, got {type(record).__name__}", words.fix)
+    refuse_surrogates(record, file, location)
     if "reference" in record and "prompt" in record:
-        return _reference_record(record, file, location)
+        return _reference_record(record, file, location, words)
     if (("prompt" in record) != ("reference" in record) and "completion" not in record
             and "chosen" not in record and "rejected" not in record):
         # half of a probe file's own {"prompt", "reference"}: asking for a dataset's 'completion' would mislead
         missing = "reference" if "prompt" in record else "prompt"
-        raise DatasetError(file, location, missing, "the required field is missing: a probe is a prompt and the "
-                           "reference answer to compare the model's output with", _PROBE_FIX)
+        raise DatasetError(file, location, missing, f"the required field is missing: {words.one} is a prompt and "
+                           f"the reference answer {words.use}", words.fix)
     schema = datasets.detect_schema(record, file, location)
     try:
         example = datasets.normalize_record(record, schema, file, location)
     except datasets.NoAssistantTurn as e:
-        raise DatasetError(file, location, e.field, "the conversation has no assistant turn: a probe needs the "
-                           "reference answer as its last assistant turn", _PROBE_FIX) from None
+        raise DatasetError(file, location, e.field, f"the conversation has no assistant turn: {words.one} needs the "
+                           "reference answer as its last assistant turn", words.fix) from None
     if example["kind"] in (ExampleKind.PAIR, ExampleKind.JUDGED):
         return _preference_probe(example)
     if example["kind"] == ExampleKind.TEXT:
         raise DatasetError(file, location, "text",
-                           "a text record has no answer to compare the model's output with",
-                           'write probes as {"prompt": "...", "reference": "..."} (or prompt/completion).')
+                           f"a text record has no answer {words.use}",
+                           f'write {words.many} as {{"prompt": "...", "reference": "..."}} (or prompt/completion).')
     probe = probe_from_example(example)
     if example["kind"] == ExampleKind.PROMPT and probe is None:
         raise DatasetError(file, location, "prompt", "the prompt is empty: there is nothing to ask the model",
-                           _PROBE_FIX)
+                           words.fix)
     if probe is None or not probe["reference"].strip():
         raise DatasetError(file, location, "messages" if example["kind"] == ExampleKind.CHAT else "completion",
-                           "the record has no reference answer (no assistant turn, or an empty one)", _PROBE_FIX)
+                           "the record has no reference answer (no assistant turn, or an empty one)", words.fix)
     return probe
 
 
-def parse_record(record: Any, file: str, location: str) -> dict[str, Any]:
-    """One JSON record of a probe or eval file as a probe (id -1), or a DatasetError naming file, line and fix."""
-    return _record_probe(record, file, location)
+def parse_record(record: Any, file: str, location: str, as_: str = "probe") -> dict[str, Any]:
+    """One JSON record of a probe file (`as_` "probe") or an eval file ("eval") as a probe (id -1), or a
+    DatasetError naming file, line and fix, in the words of that file."""
+    return _record_probe(record, file, location, as_)
 
 
 def line_record(raw: bytes, file: str, location: str) -> Any:

@@ -107,12 +107,12 @@ def options_for(opts: Resolved, point: Point) -> Resolved:
     """The options of one run of the grid: one base model, one value per option (a one-item list unwrapped)."""
     values = {**opts.values, "base_model": point.base_model}
     if search.searching(values):  # a trial not drawn yet keeps the ranges and choices (engine/search.py draws)
-        return Resolved(values, dict(opts.sources))
+        return Resolved(values, dict(opts.sources), files=dict(opts.files))
     for key in opts.swept:
         if isinstance(values[key], list):
             values[key] = values[key][0]
     values.update(dict(point.values))
-    return Resolved(values, dict(opts.sources))
+    return Resolved(values, dict(opts.sources), files=dict(opts.files))
 
 
 def first_run(opts: Resolved) -> Resolved:
@@ -123,7 +123,7 @@ def first_run(opts: Resolved) -> Resolved:
             values[key] = values[key][0]
         elif isinstance(values[key], dict):  # a search's range: its first choice, or its low end
             values[key] = values[key]["choices"][0] if "choices" in values[key] else values[key]["low"]
-    return Resolved(values, dict(opts.sources))
+    return Resolved(values, dict(opts.sources), files=dict(opts.files))
 
 
 def describe(opts: Resolved) -> str:

@@ -260,18 +260,33 @@ def _is_path(option: str) -> bool:
     return option.endswith(".jinja") or "/" in option
 
 
+def unknown_family(option: str, where: str = "chat_template") -> str:
+    """The message for a chat_template naming no family (its Fix lists them)."""
+    return (f"{where} = \"{option}\" is not a chat template family overnight knows. Fix: use \"auto\" (the model's "
+            f"own), a path to a .jinja file, or one of: {', '.join(families())}.")
+
+
+def option_problem(option: str) -> str | None:
+    """What is wrong with a chat_template value before any model or file is looked at: a name that is neither
+    "auto", a path nor a known family (None: nothing yet; a path is read when the run's template is chosen)."""
+    if option == "auto" or _is_path(option) or option in _families():
+        return None
+    return unknown_family(option)
+
+
 def _named(option: str, where: str) -> ChatFormat:
     if _is_path(option):
         path = Path(option).expanduser()
         try:
             return ChatFormat(path.read_text(encoding="utf-8"), str(path), "chat_template names this file")
-        except (OSError, UnicodeDecodeError) as e:
-            raise TemplateError(f"{where} = \"{option}\": cannot read the file ({e.strerror or e}). Fix: give the "
-                                f"path of a readable .jinja file, or a family name.") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
+            reason = "the path holds a NUL character" if "\0" in option else (getattr(e, "strerror", None) or e)
+            raise TemplateError(f"{where} = {json.dumps(option, ensure_ascii=False)}: cannot read the file "
+                                f"({reason}). Fix: give the path of a readable .jinja file, or a family "
+                                f"name.") from None
     found = _families().get(option)
     if found is None:
-        raise TemplateError(f"{where} = \"{option}\" is not a chat template family overnight knows. Fix: use \"auto\""
-                            f" (the model's own), a path to a .jinja file, or one of: {', '.join(families())}.")
+        raise TemplateError(unknown_family(option, where))
     path, source = found
     kind = "trl's training version" if path.stem.endswith(TRAINING) else source
     return ChatFormat(path.read_text(encoding="utf-8"), f"{option} ({kind})", "chat_template names this family")

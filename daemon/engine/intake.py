@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import traceback
+import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,18 @@ BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their valida
 
 
 def shown_name(name: str) -> str:
-    """A file name fit for messages and logs, even when its bytes are not UTF-8."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A file name fit for messages and logs, even when its bytes are not UTF-8: a control character or a line
+    separator is shown escaped (\\n, \\x1b, \\u2028), so that no name can split a log line or fake one."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not any(_breaks_lines(c) for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if _breaks_lines(c) else c for c in text)
+
+
+def _breaks_lines(char: str) -> bool:
+    """A character no file name may show raw in a log or a message: a control character (a line break, a tab, an
+    escape sequence's ESC, DEL, the C1 controls) or a Unicode line or paragraph separator."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
 
 
 @dataclass
@@ -185,7 +196,7 @@ class Intake:
         dataset = group.get("dataset")
         if dataset is None:
             if stem not in self._waiting_logged:
-                names = ", ".join(p.name for p in group.values())
+                names = ", ".join(shown_name(p.name) for p in group.values())
                 log.info(f"inbox: {names} waits for its dataset {stem}.jsonl/.json/.csv/.parquet/.txt")
                 self._waiting_logged.add(stem)
             return 0
@@ -428,8 +439,13 @@ def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
     return out
 
 
+_CONTROL_WORDS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x1b": "an escape character",
+                  "\u2028": "a line separator", "\u2029": "a paragraph separator"}
+
+
 def _refused_name(p: Path, inbox: Path) -> str | None:
-    """Why a file is refused before it is read: a symbolic link, or a name that is not UTF-8."""
+    """Why a file is refused before it is read: a symbolic link, not a file, a name that is not UTF-8, holds a
+    control character or is too long."""
     if p.is_symlink():
         return (f"{shown_name(p.name)} is a symbolic link; overnight refuses links so that nothing outside the "
                 f"home is read or moved. Fix: move or copy the real file into the inbox "
@@ -444,6 +460,13 @@ def _refused_name(p: Path, inbox: Path) -> str | None:
     except UnicodeEncodeError:
         return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
                 f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
+    bad = next((c for c in p.name if _breaks_lines(c)), None)
+    if bad is not None:
+        what = _CONTROL_WORDS.get(bad, "a control character")
+        renamed = "".join("_" if _breaks_lines(c) else c for c in p.name)
+        return (f"{shown_name(p.name)}: the file name holds {what} ({shown_name(bad)}, U+{ord(bad):04X}), which "
+                f"would split or fake lines of the daemon's log and cannot name a run. Fix: rename it without "
+                f"control characters (e.g. {shown_name(renamed)!r}) and drop it again.")
     if size > SHORT_NAME:
         return (f"{short_name(p.name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
                 f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "

@@ -106,13 +106,21 @@ def check_parent(opts: Resolved, home_toml: Path) -> Parent | None:
     if not spec:
         return None
     root = home_toml.parent
-    parent = resolve_parent(spec, root)
+    # every message starts with the file init_adapter is set in, as the options' own messages do
+    where = opts.origin("init_adapter") or (home_toml if opts.sources.get("init_adapter") == "toml" else None)
+    said = f"{where}: " if where else ""
+    try:
+        parent = resolve_parent(spec, root)
+    except SubmissionError as e:
+        raise SubmissionError(f"{said}{e}") from None
     for model in opts.base_models:
         if not same_model(parent.base_model, model, root):
-            raise SubmissionError(f"init_adapter {parent.label} was trained on base model {parent.base_model!r}, "
-                                  f"but this run's base_model is {model!r}: an adapter only fits the model it was "
-                                  f"trained on. Fix: set base_model = \"{parent.base_model}\", or continue from an "
-                                  f"adapter trained on {model}.")
+            model_where = opts.origin("base_model")
+            set_in = f" (set in {model_where})" if model_where and model_where != where else ""
+            raise SubmissionError(f"{said}init_adapter {parent.label} was trained on base model "
+                                  f"{parent.base_model!r}, but this run's base_model is {model!r}{set_in}: an "
+                                  f"adapter only fits the model it was trained on. Fix: set base_model = "
+                                  f"\"{parent.base_model}\", or continue from an adapter trained on {model}.")
     return parent
 
 
