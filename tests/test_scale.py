@@ -152,6 +152,18 @@ def test_check_compares_the_memory_estimate_with_the_gpu(tmp_path: Path, monkeyp
 
 # ------------------------------------------------------------------------------------- quantisation
 
+def test_4bit_run_of_the_demo_model_trains_after_its_step_0_snapshot(tmp_path: Path, tiny_model: Path) -> None:
+    """The demo's Qwen2 has biases: bitsandbytes' CPU fast path, taken once by the step-0 snapshot (no grad), broke
+    every training step after it ("a view of a leaf Variable ... in-place")."""
+    pytest.importorskip("bitsandbytes")
+    probes = jsonl([{"prompt": r["prompt"], "reference": r["completion"]} for r in reversal_records(2, seed=9)])
+    run = make_run(tmp_path, tiny_model, dataset_name="d.jsonl", content=jsonl(reversal_records(40)),
+                   schema="prompt_completion", records=40, probes=probes,
+                   options={"quantization": "4bit", "max_steps": 3, "probe_every": 2})
+    assert finish(start(run), 300) == 0, (run / "console.log").read_text()[-2000:]
+    assert read_json(run / "result.json")["outcome"] == "completed"
+
+
 def test_4bit_run_completes_and_its_adapter_loads_on_the_plain_base(tmp_path: Path, qwen: Path) -> None:
     pytest.importorskip("bitsandbytes")
     import torch

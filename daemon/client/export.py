@@ -8,7 +8,7 @@ from typing import Any, Callable
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder
 from daemon.core.errors import ExportError
-from daemon.core.libquiet import quiet_model_loading
+from daemon.trainer.libquiet import quiet_model_loading
 
 
 def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str | None = None,

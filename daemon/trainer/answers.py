@@ -202,7 +202,7 @@ class Answerer:
             self.voices += self._load(source, trusted, members, log)
 
     def _load(self, source: str, trusted: bool, members: list[Target], log: Callable[[str], None]) -> list[Voice]:
-        from daemon.core.libquiet import quiet_model_loading
+        from daemon.trainer.libquiet import quiet_model_loading
 
         quiet_model_loading()  # noise between a person's turns
         import torch

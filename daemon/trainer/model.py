@@ -179,7 +179,18 @@ def load_model(source: str, device: Device, opts: TrainOptions, attention: str) 
 
         # norms and embeddings to fp32, inputs requiring grad; checkpointing is the Trainer's to switch on
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if device.kind == "cpu":
+            _keep_trainable_layout(model)
     return model
+
+
+def _keep_trainable_layout(model: Any) -> None:
+    """bitsandbytes repacks a 4-bit layer's weight for a faster CPU kernel the first time it runs without grad (an
+    evolution snapshot, an eval), for good: that kernel has no backward, and with a bias the next training step fails
+    ("a view of a leaf Variable ... in-place"). A training run keeps the trainable layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def add_template_tokens(tokenizer: Any, chat: Any) -> list[int]:
