@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon.core import auto, sweep
-from daemon.core.as_trained import TrainedView
+from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, kind_of)
 from daemon.core.home import Home
@@ -159,13 +159,20 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
 
 
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
+    counters: list[_Counter | None] = []
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     eval_file = path.with_name(stem_of(path) + EVAL_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
-                   require_model=False, token_counter=lambda opts: _token_counter(opts.base_models, home.root),
+                   require_model=False, token_counter=lambda opts: counters.append(_token_counter(
+                       opts.base_models, home.root, sweep.first_run(opts).values["max_length"])) or counters[-1],
                    show=show, eval_file=eval_file if eval_file.exists() else None)
     r = sub.report
+    counter = counters[-1] if counters else None
+    if counter is not None and counter.capped and r.schema in TEXT_SCHEMAS:
+        r.notes.append(f"{counter.capped} record(s) longer than {counter.limit:,} characters: their token counts above "
+                       f"are those of their first {counter.limit:,} characters only (lower bounds); the run trains all "
+                       f"of their text, cut into blocks of max_length")
     first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
     if path.is_symlink():
         r.notes.append("this is a symbolic link: the daemon refuses links dropped into the inbox; use "
@@ -203,6 +210,9 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
                              f"{sidecar.name}")
+        if show:
+            verdict.needs.append("--show needs a base model too: the examples are laid out as the model sees them, "
+                                 "by its chat template and special tokens; set base_model and check again")
         if refused is not None:
             raise refused
         return
@@ -236,7 +246,10 @@ class Trained:
         if not v.truncated:
             return f"max_length {self.max_length}: no record is cut"
         return (f"max_length {self.max_length}: {v.truncated} record(s) cut, {v.dropped} of them dropped (nothing of "
-                f"their answer left to learn)" + (": raise max_length to keep them" if v.dropped else ""))
+                f"their answer left to learn)" + (": raise max_length to keep them" if v.dropped else "")
+                + (f"; {v.capped} of them longer than {char_bound(self.max_length):,} characters, tokenised only that "
+                   f"far (nothing after can be trained; their token counts above are lower bounds)"
+                   if v.capped else ""))
 
 
 def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, show: int) -> Trained | None:
@@ -251,10 +264,13 @@ def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, 
     if sub.report.schema not in TEXT_SCHEMAS:
         fmt, as_chat = t.fmt, t.as_chat
         auto = " (auto)" if values["prompt_format"] == "auto" else ""
-        line = (f"chat template: {fmt.describe() if fmt else 'none'}"
-                + (f"; prompt format: {'chat' if as_chat else 'raw'}{auto}" if prompts else ""))
+        unknown = fmt is None and t.folder is None  # no base model yet: its template is not known
+        form = ("chat if the base model has a chat template, else raw" if unknown and auto else
+                "chat" if as_chat else "raw")
+        template = "the base model's (no base model set yet)" if unknown else fmt.describe() if fmt else "none"
+        line = f"chat template: {template}" + (f"; prompt format: {form}{auto}" if prompts else "")
         verdict.data["chat_template"] = fmt.label if fmt else None
-        verdict.data["prompt_format"] = ("chat" if as_chat else "raw") if prompts else None
+        verdict.data["prompt_format"] = (None if unknown and auto else "chat" if as_chat else "raw") if prompts else None
     verdict.shown = t.view.shown
     if t.counted:
         verdict.data["as_trained"] = t.view.to_dict()
@@ -316,12 +332,27 @@ def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | 
             f"max_length {values['max_length']} ({how})")
 
 
-def _token_counter(models: list[str], root: Path) -> Callable[[str], int] | None:
+class _Counter:
+    """Counts an example's tokens, tokenising no more of a long text than max_length can keep (as_trained.py's
+    bound: a 50 MB record costs no minutes nor gigabytes); `capped` says how many were counted in part."""
+
+    def __init__(self, tok: Any, max_length: int) -> None:
+        self.tok, self.max_length, self.limit, self.capped = tok, max_length, char_bound(max_length), 0
+
+    def __call__(self, text: str) -> int:
+        (encoding,), (cut,) = encode_bounded([text], self.max_length, self._encode, lambda e: len(e.ids))
+        self.capped += cut
+        return len(encoding.ids)
+
+    def _encode(self, texts: list[str]) -> list[Any]:
+        return [self.tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+def _token_counter(models: list[str], root: Path, max_length: int) -> _Counter | None:
     """Count tokens with the first base model's tokenizer.json (the `tokenizers` library: fast, no torch)."""
     folder = model_folder(models[0], root) if models else None
     if folder is None or not (folder / "tokenizer.json").is_file():
         return None  # characters only, until a tokenizer is known
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+    return _Counter(Tokenizer.from_file(str(folder / "tokenizer.json")), max_length)

@@ -5,12 +5,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from daemon.core.datasets import DatasetError, ExampleKind, Lengths, as_chat
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template, segments
 
 BATCH = 256  # examples tokenised per batch call
+
+# -- how much of a long text is tokenised -------------------------------------------------------------------------
+# A sequence longer than max_length tokens is cut to its first max_length tokens (the trainer keeps those, and check
+# counts the record as cut), so nothing past them can reach the model; tokenising all of a 50 MB record cost minutes
+# and gigabytes for nothing. So a text is cut to `char_bound(max_length)` characters before it is tokenised, and
+# its first max_length tokens are still exactly those of the whole text: a tokenizer normalises character by
+# character and splits the text into words before its model (BPE, unigram, …) sees them, so a cut changes only the
+# tokens of the word it falls in and what follows, and the cut text must still give MARGIN tokens past max_length,
+# so that the changed tail lies beyond what is trained. CHARS_PER_TOKEN is generous: real vocabularies average 3-5
+# characters a token on prose, a few more on code. A text whose tokens are longer still (a vocabulary with long runs
+# of '=' or spaces as one token) gives fewer tokens once cut: it is tokenised again with 4x the characters, up to
+# the whole text, so the bound costs time at worst and never changes a token. Plain text records (packed into
+# blocks: every token is trained) are never cut. A cut text is longer than max_length by construction: its token
+# count is a lower bound, and it counts as truncated.
+CHARS_PER_TOKEN = 16
+MARGIN = 64  # tokens past max_length the cut text must still give
+
+E = TypeVar("E")
+
+
+def char_bound(max_length: int) -> int:
+    """The characters of a text tokenised at first (see above)."""
+    return (max_length + MARGIN) * CHARS_PER_TOKEN
+
+
+def encode_bounded(texts: list[str], max_length: int, encode: Callable[[list[str]], list[E]],
+                   size: Callable[[E], int]) -> tuple[list[E], list[bool]]:
+    """`encode(texts)` (a batch call) with each text cut to the characters that can matter at `max_length` (see
+    above), and for each whether it was cut: its encoding then holds more than max_length tokens, and its first
+    max_length are the whole text's. `size` gives an encoding's token count."""
+    limit = char_bound(max_length)
+    out = encode([t[:limit] for t in texts])  # a text within the limit is passed as it is
+    cut = [len(t) > limit for t in texts]
+    todo = [i for i, t in enumerate(texts) if cut[i] and size(out[i]) < max_length + MARGIN]
+    while todo:  # long tokens: the cut text is too short to be sure; more of it, up to the whole text
+        limit *= 4
+        for i, encoding in zip(todo, encode([texts[i][:limit] for i in todo])):
+            out[i], cut[i] = encoding, len(texts[i]) > limit
+        todo = [i for i in todo if cut[i] and size(out[i]) < max_length + MARGIN]
+    return out, cut
 
 
 @dataclass
@@ -21,12 +61,17 @@ class TrainedView:
     truncated: int = 0  # records longer than max_length (cut)
     dropped: int = 0  # records with nothing left to learn once cut
     identical: int = 0  # preference pairs whose two sides are the same once cut
+    # records so long that only their first char_bound(max_length) characters were tokenised: cut, and their token
+    # counts in `lengths` are lower bounds
+    capped: int = 0
     # the first `show` examples' segments (a preference pair gives two: prompt + chosen, then prompt + rejected)
     shown: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"tokens": self.lengths.summary() if self.lengths.count else None, "truncated": self.truncated,
                "dropped": self.dropped}
+        if self.capped:
+            out["counted_in_part"] = self.capped
         return {**out, "identical_after_cut": self.identical} if self.identical else out
 
 
@@ -103,22 +148,28 @@ def _count(out: TrainedView, pending: list[tuple[int, list[list[dict[str, Any]]]
                 at += len(s["text"])
             texts.append("".join(s["text"] for s in segs))
             spans.append(marked)
-    encoded = iter(zip(tokenizer.encode_batch(texts, add_special_tokens=False), spans))
+    encodings, cut = encode_bounded(texts, max_length, lambda batch: tokenizer.encode_batch(
+        batch, add_special_tokens=False), lambda encoding: len(encoding.ids))
+    del texts
+    encoded = iter(zip(encodings, spans, cut))
     for number, seqs in pending:
-        sides = [labels_of(encoding, marked) for encoding, marked in (next(encoded) for _ in seqs)]
+        each = [next(encoded) for _ in seqs]
+        sides = [labels_of(encoding, marked) for encoding, marked, _ in each]
         longest = max(len(ids) for ids, _ in sides)
         out.lengths.add(longest)
         out.truncated += longest > max_length
+        out.capped += any(c for _, _, c in each)
         if len(sides) == 1:
             out.dropped += not sides[0][1][:max_length].any()
             continue
         if not all(trained[:max_length].any() for _, trained in sides):
             prompt = min(int(trained.argmax()) if trained.any() else len(ids) for ids, trained in sides)
+            more = " or more" if any(c for _, _, c in each) else ""  # tokenised only up to char_bound: a lower bound
             raise DatasetError(name, f"record {number}", "prompt",
-                               f"the prompt alone takes {prompt} tokens as trained, and max_length is {max_length}: "
-                               "nothing of the chosen and rejected answers is left to compare",
-                               f"raise max_length (this pair needs {longest} tokens), or shorten the prompt, or "
-                               "remove the record")
+                               f"the prompt alone takes {prompt}{more} tokens as trained, and max_length is "
+                               f"{max_length}: nothing of the chosen and rejected answers is left to compare",
+                               f"raise max_length (this pair needs {longest}{more} tokens), or shorten the prompt, "
+                               "or remove the record")
         (chosen, _), (rejected, _) = sides
         if longest > max_length and list(chosen[:max_length]) == list(rejected[:max_length]):
             out.identical += 1

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from daemon.core import auto, datasets, evalfile, sweep
 from daemon.core.errors import SubmissionError
@@ -157,21 +158,34 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     the template refuses is an error) and counted in the base model's tokens. Imported here, not at daemon start:
     the template renderer and the tokenizer load only while a drop is validated."""
     text = sub.report.schema in datasets.TEXT_SCHEMAS
+    if not sub.options.base_models:
+        show = 0  # how a record is laid out (template, prompt format, special tokens) is the base model's
     if text and not show:
         return None
     folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
-    from daemon.core.as_trained import load_tokenizer, view
+    from daemon.core.as_trained import TrainedView, load_tokenizer, view
     from daemon.core.templating import TemplateError, for_run, no_template, prompt_as_chat, special_tokens
 
     values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
     try:
-        fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
-        as_chat = prompt_as_chat(values["prompt_format"], fmt)
+        with _set_in(sub, "chat_template"):
+            fmt = for_run(values["chat_template"], folder, (root,))  # where the trainer looks too
         chat_form = _chat_form(sub)
-        if fmt is None and folder is not None and chat_form:
-            raise no_template(sub.options.base_models[0])
+        if folder is None and fmt is None:
+            # no base model yet (check outside a home) and no chat_template named: the template is the model's, not
+            # known until one is set, so there is nothing to render through; the records were validated as data,
+            # and check says the drop needs a base model
+            return AsTrained(TrainedView(), None, values["prompt_format"] == "chat", None, values["max_length"],
+                             False, chat_form)
+        if folder is None:
+            fmt = _with_stand_ins(fmt)
+        with _set_in(sub, "prompt_format"):
+            as_chat = prompt_as_chat(values["prompt_format"], fmt)
+        if fmt is None and chat_form:
+            with _set_in(sub, "base_model"):
+                raise no_template(sub.options.base_models[0])
         max_length = values["max_length"]
         if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
             max_length = min(max_length, model_context(folder) or max_length)
@@ -185,6 +199,31 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
                                 f"tokens (chosen and rejected differ only after the cut): they teach nothing; raise "
                                 f"max_length to keep them")
     return AsTrained(seen, fmt, as_chat, folder, max_length, tokenizer is not None, chat_form)
+
+
+@contextmanager
+def _set_in(sub: Submission, key: str) -> Iterator[None]:
+    """A TemplateError about the value of `key` starts with the file it is set in, as the options' own errors do
+    (a record's error names its dataset and record instead)."""
+    from daemon.core.templating import TemplateError
+
+    try:
+        yield
+    except TemplateError as e:
+        where = sub.options.origin(key)
+        raise TemplateError(f"{where}: {e}" if where else str(e)) from None
+
+
+# A named template checked before any base model is set: the model's special tokens are not known yet, and a
+# family that writes them (mistral's bos_token) must still render, so that what is checked is whether it accepts the
+# conversations. Nothing rendered with these is shown or tokenised (no base model: no `--show`, no tokenizer).
+_STAND_INS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def _with_stand_ins(fmt: Any) -> Any:
+    from daemon.core.templating import ChatFormat, _compiled
+
+    return _compiled(ChatFormat(fmt.template, fmt.label, fmt.why), _STAND_INS)
 
 
 def _chat_form(sub: Submission) -> bool:
@@ -209,7 +248,7 @@ def check_truncation(sub: Submission) -> None:
         raise SubmissionError(
             f"{sub.dataset.name}: {v.dropped} of {v.lengths.count} records would be dropped: cut to max_length = "
             f"{t.max_length} tokens, nothing of their answer is left to learn. Fix: raise max_length (the longest "
-            f"record has {longest} tokens), or set allow_truncation = true.")
+            f"record has {longest}{' or more' if v.capped else ''} tokens), or set allow_truncation = true.")
 
 
 def pair(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from daemon.core.as_trained import encode_bounded
 from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
@@ -108,8 +109,11 @@ class Encoder:
         """`encode` for (record index, example) pairs: chat examples rendered one by one, then tokenised in one
         batch call (the tokenizer's threads); a conversation the template refuses names its record."""
         chats = {n: self._render(n, ex) for n, ex in examples if ex["kind"] == ExampleKind.CHAT}
-        encodings = dict(zip(chats, self.tokenizer.backend_tokenizer.encode_batch(
-            [text for text, _ in chats.values()], add_special_tokens=False))) if chats else {}
+        # no more of a long conversation is tokenised than max_length can keep: the same first max_length tokens
+        # (daemon/core/as_trained.py says why), without minutes and gigabytes spent on a huge record's tail
+        encodings = dict(zip(chats, encode_bounded([text for text, _ in chats.values()], self.max_length, lambda b: (
+            self.tokenizer.backend_tokenizer.encode_batch(b, add_special_tokens=False)), lambda e: len(e.ids))[0])
+                         ) if chats else {}
         out = []
         for n, ex in examples:
             if ex["kind"] == ExampleKind.PROMPT:
@@ -141,11 +145,17 @@ class Encoder:
         return ids
 
     def _prompt(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        prompt = list(self.tokenizer(ex["prompt"])["input_ids"])  # with the model's own BOS, if it has one
-        answer = list(self.tokenizer(ex["completion"], add_special_tokens=False)["input_ids"])
+        prompt = self._ids(ex["prompt"], True)  # with the model's own BOS, if it has one
+        answer = self._ids(ex["completion"], False)
         if self.eos_id is not None:
             answer.append(self.eos_id)
         return prompt + answer, [IGNORE] * len(prompt) + answer
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        """The ids of a text, no more of it tokenised than max_length can keep (its first max_length ids are the
+        whole text's: daemon/core/as_trained.py); what is cut is longer than max_length, so `_finish` cuts it."""
+        return encode_bounded([text], self.max_length, lambda b: [list(self.tokenizer(
+            t, add_special_tokens=special)["input_ids"]) for t in b], len)[0][0]
 
     def _render(self, n: int, ex: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         if self.chat is None:

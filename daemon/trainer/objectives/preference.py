@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from daemon.core.as_trained import encode_bounded
 from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
@@ -80,9 +81,15 @@ class PreferenceEncoder:
         return item
 
     def _raw(self, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
-        prompt = list(self.tokenizer(example["prompt"])["input_ids"])  # with the model's own BOS, if it has one
+        prompt = self._ids(example["prompt"], True)  # with the model's own BOS, if it has one
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        return prompt, [list(self.tokenizer(example[k], add_special_tokens=False)["input_ids"]) + eos for k in names]
+        return prompt, [self._ids(example[k], False) + eos for k in names]
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        """The ids of a text, no more of it tokenised than max_length can keep: its first max_length ids are the
+        whole text's (daemon/core/as_trained.py says why); a text cut so is longer than max_length, cut anyway."""
+        return encode_bounded([text], self.max_length, lambda b: [list(self.tokenizer(
+            t, add_special_tokens=special)["input_ids"]) for t in b], len)[0][0]
 
     def _chat(self, n: int, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
         if self.chat is None:
@@ -97,11 +104,13 @@ class PreferenceEncoder:
             # the answer's turns are the last spans; the prompt is everything before the first (the assistant's cue
             # included), the answer runs to the end of its last trained token (its end-of-turn tokens)
             cut = sorted(spans)[-len(turns)][0]
-            encoding = self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+            (encoding,), _ = encode_bounded([text], self.max_length, lambda b: [
+                self.tokenizer.backend_tokenizer.encode(t, add_special_tokens=False) for t in b], lambda e: len(e.ids))
             ids, trained = labels_of(encoding, spans)
             starts = [start for start, _ in encoding.offsets]
             head = sum(1 for start in starts if start < cut)
-            end = max(i for i in range(len(ids)) if trained[i]) + 1
+            # a text cut before its answer (a prompt longer than max_length: dropped below) has no trained token
+            end = max((i for i in range(len(ids)) if trained[i]), default=len(ids) - 1) + 1
             prompts.append(ids[:head].tolist())
             answers.append(ids[head:end].tolist())
         if any(p != prompts[0] for p in prompts):

@@ -1,0 +1,106 @@
+"""One huge record (a multi-MB answer on one line): `overnight check` and the trainer tokenise only what max_length
+can keep, so the check is quick and small in memory, says the record is cut, and the tokens trained are exactly
+those of the whole record."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import REPO
+
+HUGE = 8_000_000  # characters of the one answer: 8 MB on one line
+
+
+def check_measured(*args: str, home: Path) -> tuple[subprocess.CompletedProcess, float, int]:
+    """`overnight check ARGS --home HOME` as a user runs it, with its wall time and its peak memory (max RSS, MB)."""
+    cmd = [sys.executable, "-m", "daemon", "check", *args, "--home", str(home)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak memory
+        elapsed = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), elapsed, \
+            usage.ru_maxrss // 1024
+
+
+def test_check_of_one_huge_record_is_quick_small_and_says_it_is_cut(home: Path, tiny_model: Path, tmp_path: Path):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    f = tmp_path / "huge.jsonl"
+    f.write_text(json.dumps({"prompt": "Say hello.", "completion": "hello world " * (HUGE // 12)}) + "\n")
+    res, elapsed, rss = check_measured(str(f), home=home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "records: 1" in res.stdout
+    assert "max_length 1024: 1 record(s) cut, 0 of them dropped" in res.stdout, res.stdout
+    assert "tokenised only that far" in res.stdout and "lower bounds" in res.stdout, res.stdout
+    # tokenising all 8 MB took ~15 s and ~2 GB; the first max_length tokens are a fraction of a second
+    assert elapsed < 30, elapsed
+    assert rss < 800, f"overnight check peaked at {rss} MB on one 8 MB record"
+    data = json.loads(check_measured("--json", str(f), home=home)[0].stdout)[0]
+    assert data["ok"] and data["as_trained"]["truncated"] == 1 and data["as_trained"]["dropped"] == 0
+    assert data["as_trained"]["counted_in_part"] == 1
+    assert data["as_trained"]["tokens"]["max"] > 1024
+
+
+def test_a_huge_prompt_fills_max_length_the_same_as_a_long_one(home: Path, tiny_model: Path, tmp_path: Path):
+    """A record whose prompt alone is longer than max_length is dropped (nothing of its answer left), cut or not."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 64\nallow_truncation = true\n')
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "b" * HUGE, "completion": "ok"}) + "\n"
+                 + json.dumps({"prompt": "a", "completion": "fine"}) + "\n")
+    res, elapsed, rss = check_measured(str(f), home=home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "max_length 64: 1 record(s) cut, 1 of them dropped" in res.stdout, res.stdout
+    assert elapsed < 30 and rss < 800, (elapsed, rss)
+
+
+def test_the_tokens_trained_of_a_huge_record_are_those_of_the_whole_record(tiny_model: Path):
+    """What the trainer keeps of a huge record (its first max_length tokens, labels and all) is what it keeps of a
+    prefix that is itself longer than max_length: tokenising less changed no token."""
+    from transformers import AutoTokenizer
+
+    from daemon.core.templating import for_run
+    from daemon.trainer.sequences import Encoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    fmt = for_run("auto", tiny_model, ())
+    answer = "hello world, " * (HUGE // 13)
+    prefix = answer[:3000]  # a normal-length record, already longer than max_length tokens
+    for ml in (16, 256):
+        enc = Encoder(tok, max_length=ml, model_name="tiny", chat=fmt)
+        for example in ({"kind": "prompt", "prompt": "Say hello.", "completion": answer},
+                        {"kind": "chat", "messages": [{"role": "user", "content": "Say hello."},
+                                                      {"role": "assistant", "content": answer}]},
+                        {"kind": "prompt", "prompt": answer, "completion": "b"}):
+            start = time.monotonic()
+            huge = enc.encode(example)
+            assert time.monotonic() - start < 5
+            short = {**example, **{k: prefix for k in ("prompt", "completion") if example.get(k) is answer}}
+            if example["kind"] == "chat":
+                short["messages"] = [example["messages"][0], {"role": "assistant", "content": prefix}]
+            normal = enc.encode(short)
+            if normal is None:  # a prompt filling max_length: dropped both times
+                assert huge is None
+                continue
+            assert huge is not None and len(huge.input_ids) == ml
+            assert huge.input_ids.tolist() == normal.input_ids.tolist()
+            assert huge.labels.tolist() == normal.labels.tolist()
+        assert enc.truncated == 6  # every one of them counted as cut
+
+
+def test_plain_text_records_are_never_cut(tiny_model: Path):
+    """A text record is trained whole (cut into blocks of max_length): all of its tokens, however long."""
+    from transformers import AutoTokenizer
+
+    from daemon.trainer.sequences import Encoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = "hello world " * 20_000
+    ids = Encoder(tok, max_length=16, model_name="tiny").text_ids({"kind": "text", "text": text})
+    assert ids[:-1] == tok(text)["input_ids"]
