@@ -201,3 +201,17 @@ def test_check_counts_the_tokens_the_trainer_trains(home: Path, tiny_model: Path
     assert checked["tokens"]["min"] == min(lengths) and checked["tokens"]["max"] == max(lengths)
     assert checked["tokens"]["mean"] == round(sum(lengths) / len(lengths), 1)
     assert (checked["truncated"], checked["dropped"]) == (encoder.truncated, sum(i is None for i in items)) and encoder.truncated
+
+
+def test_show_on_plain_text_prints_the_blocks_the_run_trains(home: Path, tiny_model: Path):
+    """A text record longer than max_length is trained as blocks of max_length tokens: --show shows those blocks
+    (records joined, each ended by eos), not the whole 40,000-character record."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 32\n')
+    article = home.parent / "article.txt"
+    article.write_text("the quick brown fox jumps over the lazy dog. " * 900)
+    verdict = show(home, article, n=3)
+    blocks = ["".join(s["text"] for s in block) for block in verdict["examples"]]
+    assert len(blocks) == 3 and all(s["train"] for block in verdict["examples"] for s in block)
+    assert all(len(b) < 200 for b in blocks) and "".join(blocks) in article.read_text()
+    out = overnight("check", str(article), "--show", "1", home=home).stdout
+    assert "--- block 1 (" in out and "--- example" not in out

@@ -64,6 +64,7 @@ class Verdict:
     needs: list[str] = field(default_factory=list)
     # `--show N`: the first examples as the model sees them, each a list of {"text", "train"} segments
     shown: list[list[dict[str, Any]]] = field(default_factory=list)
+    shown_as: str = "example"  # what one of `shown` is: an example, or (text) a block of max_length tokens
 
     @property
     def ok(self) -> bool:
@@ -272,6 +273,8 @@ def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, 
         verdict.data["chat_template"] = fmt.label if fmt else None
         verdict.data["prompt_format"] = (None if unknown and auto else "chat" if as_chat else "raw") if prompts else None
     verdict.shown = t.view.shown
+    if sub.report.schema in TEXT_SCHEMAS:
+        verdict.shown_as = "block"  # max_length tokens of the records joined, as the run packs them
     if t.counted:
         verdict.data["as_trained"] = t.view.to_dict()
     how = f"{t.folder.name if t.folder else '?'} tokenizer, " + (

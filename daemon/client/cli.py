@@ -102,7 +102,7 @@ def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) ->
         for v in verdicts:
             click.echo(render.verdict(v))
             for number, example in enumerate(v.shown, 1):
-                click.echo(render.example(number, example, colour))
+                click.echo(render.example(number, example, colour, v.shown_as))
     if not all(v.ok for v in verdicts):
         sys.exit(1)
 

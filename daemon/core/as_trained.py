@@ -176,6 +176,21 @@ def _count(out: TrainedView, pending: list[tuple[int, list[list[dict[str, Any]]]
     pending.clear()
 
 
+def text_blocks(examples: Iterator[dict[str, Any]], tokenizer: Any, eos: str, max_length: int,
+                n: int) -> list[list[dict[str, Any]]]:
+    """The first `n` blocks of a text dataset as the trainer packs them (sequences.pack_blocks): its records' tokens
+    joined, each record followed by the end-of-sequence token, cut every max_length tokens; each block one trained
+    segment. Only as much of the records is tokenised as the blocks take."""
+    eos_ids = [tokenizer.token_to_id(eos)] if eos and tokenizer.token_to_id(eos) is not None else []
+    need, stream = n * max_length, []
+    for example in examples:
+        stream += tokenizer.encode(example["text"][: char_bound(need)]).ids + eos_ids
+        if len(stream) >= need:
+            break
+    return [[{"text": tokenizer.decode(stream[i:i + max_length], skip_special_tokens=False), "train": True}]
+            for i in range(0, min(len(stream), need), max_length)]
+
+
 def load_tokenizer(folder: Path | None) -> Any:
     """The base model's tokenizer.json through the `tokenizers` library (no torch), or None."""
     if folder is None or not (folder / "tokenizer.json").is_file():

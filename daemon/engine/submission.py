@@ -165,7 +165,7 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
-    from daemon.core.as_trained import TrainedView, load_tokenizer, view
+    from daemon.core.as_trained import TrainedView, load_tokenizer, text_blocks, view
     from daemon.core.templating import TemplateError, for_run, no_template, prompt_as_chat, special_tokens
 
     values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
@@ -189,9 +189,14 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
         max_length = values["max_length"]
         if sub.options.sources.get("max_length") == "default":  # adapts to a shorter context, as the trainer does
             max_length = min(max_length, model_context(folder) or max_length)
-        tokenizer = None if text else load_tokenizer(folder)
-        seen = view(datasets.iter_examples(sub.dataset), fmt, as_chat, special_tokens(folder).get("eos_token", ""),
-                    tokenizer, max_length, show, sub.dataset.name)
+        eos = special_tokens(folder).get("eos_token", "")
+        tokenizer = load_tokenizer(folder) if show or not text else None
+        if text and tokenizer is not None:  # packed into blocks of max_length, every token trained: shown so
+            seen = TrainedView(shown=text_blocks(datasets.iter_examples(sub.dataset), tokenizer, eos, max_length,
+                                                 show))
+            return AsTrained(seen, fmt, as_chat, folder, max_length, False, chat_form)
+        seen = view(datasets.iter_examples(sub.dataset), fmt, as_chat, eos, tokenizer, max_length, show,
+                    sub.dataset.name)
     except (TemplateError, datasets.DatasetError) as e:  # a pair whose prompt fills max_length: named
         raise SubmissionError(str(e)) from None
     if seen.identical:
