@@ -160,14 +160,18 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
 
 
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
-    counters: list[_Counter | None] = []
+    counters: list[_Counter | None] = []  # the one validate asks for: after it, how many records it counted in part
+
+    def token_counter(opts: Any) -> _Counter | None:
+        counters.append(_token_counter(opts.base_models, home.root, sweep.first_run(opts).values["max_length"]))
+        return counters[-1]
+
     sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     eval_file = path.with_name(stem_of(path) + EVAL_SUFFIX)
     sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
-                   require_model=False, token_counter=lambda opts: counters.append(_token_counter(
-                       opts.base_models, home.root, sweep.first_run(opts).values["max_length"])) or counters[-1],
-                   show=show, eval_file=eval_file if eval_file.exists() else None)
+                   require_model=False, token_counter=token_counter, show=show,
+                   eval_file=eval_file if eval_file.exists() else None)
     r = sub.report
     counter = counters[-1] if counters else None
     if counter is not None and counter.capped and r.schema in TEXT_SCHEMAS:
