@@ -242,3 +242,5 @@ def test_add_refuses_a_name_the_inbox_would_never_take(home, tmp_path, name, fix
     res = overnight("add", str(src), home=home)
     assert res.returncode == 1 and "the inbox never takes this name" in res.stderr and f"e.g. {fix}" in res.stderr
     assert [p.name for p in (home / "inbox").iterdir()] == ["rejected"]
+    checked = overnight("check", str(src), home=home).stdout  # check says it too
+    assert "the inbox never takes this name" in checked and f"drop it as {fix}" in checked

@@ -10,6 +10,8 @@ from daemon.core import auto, sweep
 from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, kind_of)
+from daemon.core.drop import ignored_name, plain_name
+from daemon.core.fsutil import ignored
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
 from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
@@ -179,6 +181,8 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                        f"are those of their first {counter.limit:,} characters only (lower bounds); the run trains all "
                        f"of their text, cut into blocks of max_length")
     first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
+    if ignored(path.name):
+        r.notes.append(f"{ignored_name(path.name)}: drop it as {plain_name(path.name)}")
     if path.is_symlink():
         r.notes.append("this is a symbolic link: the daemon refuses links dropped into the inbox; use "
                        "`overnight add FILE` (it copies) or mv the real file")

@@ -38,10 +38,8 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
         raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
                         f"Add the dataset and pass this file with --sidecar or --probes.")
     if ignored(src.name):
-        raise DropError(f"{src.name}: the inbox never takes this name (a name starting with '.' or ending in "
-                        f"{', '.join(IGNORED_SUFFIXES)} is a hidden file, a download in progress or an error "
-                        f"report); nothing was added. Fix: add it under another name, e.g. "
-                        f"{_plain_name(src.name)}.")
+        raise DropError(f"{ignored_name(src.name)}; nothing was added. Fix: add it under another name, e.g. "
+                        f"{plain_name(src.name)}.")
     pairs = plan(h, src, sidecar, probes)
     clashes = [dest for _, dest in pairs if dest.exists() or dest.is_symlink()]
     if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
@@ -79,7 +77,13 @@ def place(src: Path, dest: Path, copy: bool = True) -> None:
 
 
 
-def _plain_name(name: str) -> str:
+def ignored_name(name: str) -> str:
+    """Why the inbox passes `name` by (fsutil.ignored)."""
+    return (f"{name}: the inbox never takes this name (a name starting with '.' or ending in "
+            f"{', '.join(IGNORED_SUFFIXES)} is a hidden file, a download in progress or an error report)")
+
+
+def plain_name(name: str) -> str:
     """`name` without what makes the inbox pass a dataset by: a leading '.', an .error.txt ending."""
     name = name.lstrip(".")
     return name[: -len(".error.txt")] + ".txt" if name.lower().endswith(".error.txt") else name
