@@ -73,8 +73,8 @@ def test_commands_sent_at_once_are_each_applied_once_and_each_cli_prints_its_own
     half = N // 2
     results = at_once(home, [["pause", rid] for rid in ids[:half]] + [["stop", rid] for rid in ids[half:]], wait)
     for rid, res in zip(ids[:half], results[:half]):
-        assert answers(res) == [f"applied: pause {rid}: queued; it halts at its first step while control/pause "
-                                f"names it"], res.stdout
+        assert answers(res) == [f"applied: pause {rid}: queued; the queue passes it by while control/pause names "
+                                f"it (overnight resume {rid} lets it start)"], res.stdout
     for rid, res in zip(ids[half:], results[half:]):
         assert answers(res) == [f"applied: stop {rid}: stopped (it was queued)"], res.stdout
     assert set((home / "control" / "pause").read_text().split()) == set(ids[:half])

@@ -257,6 +257,16 @@ def test_a_higher_priority_queued_run_preempts_the_running_one(b: Bench) -> None
     assert b.step() == []  # asked once
 
 
+def test_a_paused_queued_run_preempts_nothing(b: Bench) -> None:
+    """control/pause names the higher queued run: the queue passes it by, so it must not take a slot either (it
+    preempted the running run at every start, forever)."""
+    t = b.running("a-1")
+    b.run("hi-1", priority=3)
+    control.hold_pause(b.home, {"hi-1"})
+    assert not any("preempt" in m for m in messages(b.step()))
+    assert t.requested is None
+
+
 def test_an_out_of_range_priority_says_the_range(b: Bench) -> None:
     b.run("x-1")
     b.drop("priority", "x-1 99999999999999999999\n")
@@ -328,7 +338,7 @@ def test_a_cli_pause_adds_its_run_to_control_pause_and_a_resume_takes_it_out(b: 
     assert control.paused(b.home) == {"a-1", "q-1"} and a.paused and not c.paused
     assert [e["message"] for e in pa.answers(b.events())] == [
         "pause a-1: halting at the next step boundary (remove control/pause to resume)"]
-    assert "q-1: queued; it halts at its first step" in pq.answers(b.events())[0]["message"]
+    assert "q-1: queued; the queue passes it by" in pq.answers(b.events())[0]["message"]
     assert b.step() == []  # held, not answered again
     r = control.send(b.home, "resume", "a-1")
     b.step()

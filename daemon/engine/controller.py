@@ -30,7 +30,8 @@ def _paused_idle(runs: frozenset[str]) -> str:
     """What a pause says when it holds no trainer."""
     if "*" in runs:
         return "pause: no job is running; the next one halts at its first step while control/pause exists"
-    return f"pause {', '.join(sorted(runs))}: not running; each halts at its first step while control/pause names it"
+    return (f"pause {', '.join(sorted(runs))}: not running; the queue passes each by while control/pause names it "
+            f"(overnight resume RUN lets it start)")
 
 
 def _no_run(cmd: Command, target: str | None = None) -> str:
@@ -267,7 +268,8 @@ class Controller:
                 answered = True
         if cmd and not answered:
             if cmd.target and not self._trainer(cmd.target):
-                what = f"pause {cmd.target}: queued; it halts at its first step while control/pause names it"
+                what = (f"pause {cmd.target}: queued; the queue passes it by while control/pause names it "
+                        f"(overnight resume {cmd.target} lets it start)")
             elif changed and not self.trainers:
                 what = _paused_idle(wanted)
             else:
@@ -350,7 +352,7 @@ class Controller:
         """A queued run with a higher priority than a running one takes the slot of the lowest-priority running
         run when no slot is free; that one resumes later."""
         running = [(self.store.get_run(a.run_id), a) for a in self.trainers if not a.requested]
-        queued = self.store.runs_in([State.QUEUED]) if running else []
+        queued = self.store.startable(control.paused(self.home)) if running else []
         if not queued:
             return
         freeing = sum(1 for a in self.trainers if a.requested) + self.free_slots()  # slots the queue gets anyway

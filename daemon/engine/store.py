@@ -200,6 +200,12 @@ class Store:
         """Queued trials waiting at an ASHA rung: the queue passes them by until they are promoted."""
         return {r[0] for r in self.db.execute("SELECT run_id FROM rungs WHERE decision = 'waiting'")}
 
+    def startable(self, paused: Iterable[str]) -> list[dict[str, Any]]:
+        """The queued runs that may take a slot (start, or preempt a running run), in queue order: not an ASHA trial
+        waiting at its rung, nor a run `paused` names (control/pause: it would take the slot only to halt in it)."""
+        passed_by = self.held_run_ids() | set(paused)
+        return [r for r in self.runs_in(["queued"]) if r["id"] not in passed_by]
+
     def insert_run(self, run: dict[str, Any]) -> None:
         """A new run, queued (or already rejected elsewhere); records its first transition."""
         now = iso()

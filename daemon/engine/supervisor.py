@@ -91,10 +91,7 @@ class Supervisor:
     # --- starting -------------------------------------------------------------------------------------
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
-        # ASHA trials waiting at a rung (daemon/engine/pruning.py), and runs a control/pause names: a paused queued
-        # run would take a slot only to halt in it, and the runs behind it would wait for nothing
-        held = self.store.held_run_ids() | control.paused(self.home)
-        queued = [r for r in self.store.runs_in([State.QUEUED]) if r["id"] not in held]
+        queued = self.store.startable(control.paused(self.home))
         if not queued:
             return
         owner = self.options()
