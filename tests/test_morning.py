@@ -220,3 +220,22 @@ def test_a_broken_overnight_toml_is_said_with_no_daemon_running(tmp_path: Path) 
     assert f"PROBLEM: {home.toml}: not valid TOML" in out and "Fix:" in out, out
     assert f"start it with: overnight daemon --home {home.root}" in out
     assert json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["held"].startswith(str(home.toml))
+
+
+def test_the_strip_counts_the_queued_runs_control_pause_holds(tmp_path: Path) -> None:
+    """A queued run that control/pause names is passed by until resumed: the dashboard says so, as status does."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    store = Store(home.db)
+    try:
+        _insert(store, home, QUEUED, 1, "queued")
+    finally:
+        store.close()
+    (home.control / "pause").write_text(QUEUED + "\n")
+    app = OvernightApp(home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.pause(0.1)
+        assert str(app.needs.render()).strip() == (f"needs you: 1 held by control/pause (overnight resume {QUEUED} "
+                                                   f"lets it start)")
+    drive(app, body, size=(120, 24))

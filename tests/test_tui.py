@@ -903,3 +903,22 @@ def test_the_newest_active_run_is_selected_at_start_and_when_a_run_starts(fx) ->
         await pilot.pause(0.5)
         assert app.runs.selected == picked
     drive(app, body)
+
+
+def test_tab_goes_from_the_runs_to_the_panel_and_esc_leaves_the_try_prompt(fx) -> None:
+    """Tab reaches the log at once (the tab strip takes no focus: ← → scroll the log, as the help says), and Esc in
+    the Try tab's prompt gives the keys back to the dashboard (a `2` typed after it switches tabs, not into the
+    prompt)."""
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert app.focused is app.runs
+        await pilot.press("tab")
+        assert app.focused is not None and app.log_panel in app.focused.ancestors_with_self, app.focused
+        await pilot.press("6")
+        await until(pilot, lambda: app.focused is app.try_panel.prompt_input, what="the prompt focused")
+        await pilot.press("escape", "2")
+        await until(pilot, lambda: app.query_one(TabbedContent).active == "charts", what="charts")
+        assert app.try_panel.prompt_input.value == "" and app.focused is app.runs
+    drive(app, body)

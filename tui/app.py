@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
 from textual.worker import get_current_worker
 
 from daemon.core.home import Home
@@ -145,6 +145,8 @@ class OvernightApp(App[None]):
         yield Footer(show_command_palette=False, compact=True)
 
     def on_mount(self) -> None:
+        # the tab strip takes no focus: the number keys switch tabs, and Tab goes straight from the runs to the panel
+        self.tabs.query_one(Tabs).can_focus = False
         self.runs.focus()
         self.set_interval(self.refresh_s, self.refresh_data)
         self._reader()
@@ -266,6 +268,9 @@ class OvernightApp(App[None]):
             self.try_panel.prompt_input.focus()  # typing goes to the prompt; Esc or Tab leave it
         elif self.focused in (self.models, self.evolution.table):
             self.runs.focus()
+
+    def on_try_panel_left(self, _: TryPanel.Left) -> None:
+        self.runs.focus()
 
     def on_searched(self, message: Searched) -> None:
         self.log_panel.show_search(message.result)

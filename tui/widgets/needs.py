@@ -1,5 +1,6 @@
-"""The "needs you" strip under the header: failed runs, rejected drops and a held queue, counted, each with its
-newest item, so a morning glance at the dashboard tells what to look at (`overnight status` lists them all)."""
+"""The "needs you" strip under the header: failed runs, rejected drops, a held queue and paused queued runs, counted,
+each with its newest item, so a morning glance at the dashboard tells what to look at (`overnight status` lists them
+all)."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -7,6 +8,7 @@ from textual.widgets import Static
 
 from daemon.core.morning import HELD_BY_STOP
 from daemon.core.render import cells, cut, rejected_item
+from daemon.core.states import State
 from tui.homedata import HomeSnapshot
 
 
@@ -24,6 +26,9 @@ def needs_parts(snap: HomeSnapshot) -> list[tuple[str, str]]:
         parts.append(("queue held by control/stop", HELD_BY_STOP.partition(" (")[2].rstrip(")")))
     elif snap.held:
         parts.append(("queue held", snap.held))
+    paused = [r.id for r in snap.runs if r.paused and r.state == State.QUEUED]
+    if paused and not snap.held:  # passed by until resumed: `overnight status` lists them too
+        parts.append((f"{len(paused)} held by control/pause", f"overnight resume {paused[0]} lets it start"))
     return parts
 
 

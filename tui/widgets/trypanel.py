@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
@@ -69,6 +70,11 @@ class TryPanel(Vertical):
     TryPanel .try-answer { width: 1fr; height: auto; border: round $panel-lighten-2; padding: 0 1; }
     """
 
+    BINDINGS = [Binding("escape", "leave", "Leave the prompt", show=False)]
+
+    class Left(Message):
+        """Esc in the prompt or the versions: the keys are the dashboard's again."""
+
     class Answered(Message):
         """A request's answers ({"answers", "device", "device_why"}), or the one-line error it ended with."""
 
@@ -102,6 +108,9 @@ class TryPanel(Vertical):
         self.answers = Horizontal(id="try-answers")
         with VerticalScroll():
             yield self.answers
+
+    def action_leave(self) -> None:
+        self.post_message(self.Left())
 
     def show(self, snap: HomeSnapshot, selected_name: str | None) -> None:
         """Keep the default versions in step with the registry until the person picks their own."""
