@@ -116,6 +116,8 @@ def test_cross_origin_requests_get_no_cors_headers(home, serve_proc):  # noqa: F
     schema = api.get("/api/openapi.json").json()
     assert schema["openapi"].startswith("3.") and "post" in schema["paths"]["/api/datasets"]
     assert {"/api/runs", "/api/runs/{run}/log/stream", "/api/queue", "/api/system"} <= set(schema["paths"])
+    root = api.get("/api/", follow_redirects=True)  # the API address `overnight serve` prints leads to the schema
+    assert root.status_code == 200 and root.json() == schema
     answer = api.options("/api/runs", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in answer.headers
     assert "access-control-allow-origin" not in api.get("/api/runs", headers={"Origin": "http://evil.example"}).headers

@@ -212,6 +212,7 @@ class Api:
         with self._telemetry_lock:
             if self._telemetry is None:
                 self._telemetry = LiveTelemetry(self.h.root)
+                time.sleep(0.25)  # CPU use is measured between two samples: the first request's would read 0%
             sample = self._telemetry.sample()
         return Json(dataclasses.asdict(sample))
 
@@ -307,6 +308,8 @@ def build(h: Home, tokens: Tokens | None) -> Starlette:
     run = "/api/runs/{run}"
     routes = [
         Route("/", lambda request: RedirectResponse(f"{PREFIX}/"), include_in_schema=False),
+        # the API's root, as `overnight serve` prints it: its schema lists every endpoint
+        Route("/api/", lambda request: RedirectResponse("/api/openapi.json"), include_in_schema=False),
         Route("/api/openapi.json", api.openapi), Route("/api/status", api.status), Route("/api/runs", api.runs),
         Route(run, api.run), Route(f"{run}/metrics", api.metrics), Route(f"{run}/evolution", api.evolution),
         Route(f"{run}/log", api.log), Route(f"{run}/log/stream", api.log_stream), Route("/api/models", api.models),
