@@ -55,7 +55,7 @@ def test_the_trainer_is_told_once_and_keeps_the_request_in_force(tmp_path: Path)
     pipe = io.BytesIO()
     t = TrainerProcess("r", tmp_path, job=LocalJob(SimpleNamespace(stdin=pipe)))  # type: ignore[arg-type]
     assert t.request_stop("shutdown") == "shutdown"
-    assert pipe.getvalue() == b"resume\nstop\n"  # a paused trainer must step to checkpoint
+    assert pipe.getvalue() == b"shutdown\n"  # why: the trainer's footer says how the run ends (a stop wakes it)
     assert t.request_stop("skip") == "skip" and t.requested == "skip"  # the user's skip outranks the shutdown
     assert t.request_stop("stop") == "skip"
-    assert pipe.getvalue() == b"resume\nstop\n"  # already stopping: nothing more to say to it
+    assert pipe.getvalue() == b"shutdown\n"  # already stopping: nothing more to say to it

@@ -21,7 +21,7 @@ def test_stop_with_no_run_and_no_daemon_is_held_for_the_next_daemon(home, daemon
     assert res.returncode == 0, res.stderr
     wrote, *said = res.stdout.splitlines()
     assert wrote.startswith(f"wrote {stop}.") and said == [
-        "no daemon is running: it applies this when it starts (overnight daemon)", HINT]
+        f"no daemon is running: it applies this when it starts (overnight daemon --home {home})", HINT]
     assert Path(wrote.split()[-1]).read_text() == ""  # names no run: it holds the whole queue
 
     again = overnight("stop", home=home)  # a command of its own: applied after the first, never lost

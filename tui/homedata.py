@@ -48,7 +48,7 @@ class RunRow(Run):
     best: bool = False  # the best completed run of its group (daemon.core.sweep.rank)
     rungs: int = 0  # ASHA rungs this trial reached (daemon.core.asha)
     waiting: bool = False  # held at its last rung until the group's other trials say whether it goes on
-    paused: bool = False  # named by control/pause: a queued one is passed by until it is resumed
+    paused: bool = False  # queued, never started, named by control/pause: passed by until resumed
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,8 @@ class HomeWatcher:
                                  problem=morning.problem(self.home, beat, alive))
             runs = _mark_rungs(_mark_best(tuple(reader.run_records(kind=RunRow)), reader),  # type: ignore[arg-type]
                                reader)
-            runs = tuple(replace(r, paused=True) if r.id in pause else r for r in runs)
+            runs = tuple(replace(r, paused=True) if control.passed_by(r.state, r.id, r.started, pause) else r
+                         for r in runs)
             since = morning.cutoff(morning.DEFAULT_SINCE_H)
             return HomeSnapshot(
                 root=str(self.home.root), daemon=daemon, runs=runs,

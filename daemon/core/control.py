@@ -223,6 +223,13 @@ def paused(home: Home) -> frozenset[str]:
         return frozenset()
 
 
+def passed_by(state: str, run_id: str, started: str | None, paused: Iterable[str]) -> bool:
+    """A queued run that control/pause names and that never started: the queue passes it by until it is resumed.
+    A run paused while it trained keeps its place: requeued (a preemption, a daemon restart), it starts again and
+    halts, holding its slot as a paused run does."""
+    return state == "queued" and run_id in paused and not started
+
+
 def hold_pause(home: Home, runs: Iterable[str]) -> Path:
     """Write control/pause (atomically) holding `runs` ({"*"}: every run, an empty file); the daemon's hand."""
     runs = set(runs)

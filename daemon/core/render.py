@@ -8,6 +8,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
+from daemon.core import control
 from daemon.core.states import ACTIVE, ENDED, State
 
 
@@ -143,7 +144,8 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
     for r, reason in zip(runs, reasons):
         eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
         gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE and not r.get("job_id") else "-"
-        queued_held = r["state"] == State.QUEUED and (held or r["id"] in paused)
+        passed = control.passed_by(r["state"], r["id"], r.get("started"), paused)
+        queued_held = (r["state"] == State.QUEUED and held) or passed
         state = "held" if queued_held else r["state"]
         rows.append((r["id"], state, gpus, *((fmt_job(r),) if jobs else ()), str(r["priority"]), _progress(r),
                      fmt_loss(r["loss"]), fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
@@ -153,7 +155,7 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
     if held and queued:
         lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
     lines += [f"{r['id']} held by control/pause (overnight resume {r['id']} lets it start)" for r in runs
-              if r["state"] == State.QUEUED and r["id"] in paused and not held]
+              if control.passed_by(r["state"], r["id"], r.get("started"), paused) and not held]
     return "\n".join(lines)
 
 

@@ -117,8 +117,10 @@ class Daemon:
         """--once is done: nothing running, nothing startable queued, no complete drop left in the inbox."""
         if self.supervisor.trainers or self.intake.busy():
             return False
-        paused = control.paused(self.home)  # a queued run control/pause names waits for a resume, not for --once
-        if any(r["id"] not in paused for r in self.store.runs_in([State.QUEUED])) and not self.controller.queue_held():
+        paused = control.paused(self.home)  # a queued run the queue passes by for it waits for a resume, not --once
+        waiting = [r for r in self.store.runs_in([State.QUEUED])
+                   if not control.passed_by(r["state"], r["id"], r["started"], paused)]
+        if waiting and not self.controller.queue_held():
             return False
         from daemon.engine.submission import role_of, stem_of
         stems = {stem_of(p) for p in self.intake.pending() if role_of(p) == "unsupported" or

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable
 
-from daemon.core import rundir
+from daemon.core import control, rundir
 from daemon.core.gpuset import format_gpu_set
 from daemon.core.states import ALL
 from daemon.core.timefmt import iso
@@ -202,9 +202,10 @@ class Store:
 
     def startable(self, paused: Iterable[str]) -> list[dict[str, Any]]:
         """The queued runs that may take a slot (start, or preempt a running run), in queue order: not an ASHA trial
-        waiting at its rung, nor a run `paused` names (control/pause: it would take the slot only to halt in it)."""
-        passed_by = self.held_run_ids() | set(paused)
-        return [r for r in self.runs_in(["queued"]) if r["id"] not in passed_by]
+        waiting at its rung, nor a run the queue passes by for control/pause (`paused`: the runs it names)."""
+        held, paused = self.held_run_ids(), set(paused)
+        return [r for r in self.runs_in(["queued"])
+                if r["id"] not in held and not control.passed_by(r["state"], r["id"], r["started"], paused)]
 
     def insert_run(self, run: dict[str, Any]) -> None:
         """A new run, queued (or already rejected elsewhere); records its first transition."""
