@@ -508,7 +508,8 @@ def test_evolution_panel_shows_learned_and_forgotten_probes(fx) -> None:
 
 def test_e_lists_the_rejected_drops_and_enter_shows_the_whole_error(fx) -> None:
     rejected = fx.root / "inbox" / "rejected"
-    for name, error, age_s in (("chat.jsonl", "chat.jsonl: line 3: missing field 'completion'", 3 * 3600),
+    sidecar = fx.root / "inbox" / "chat.toml"  # a sidecar's error names it by its whole path
+    for name, error, age_s in (("chat.jsonl", f"{sidecar}: option 'lora_r' = 0: out of range (1 .. 1024)", 3 * 3600),
                                ("data.jsonl", "data.jsonl: line 12: not JSON (Expecting value)", 600),
                                ("old.jsonl", "old.jsonl: line 1: not JSON", 3 * 86400)):
         (rejected / name).write_text("{}\n")
@@ -530,11 +531,12 @@ def test_e_lists_the_rejected_drops_and_enter_shows_the_whole_error(fx) -> None:
         # newest first; the one from three days ago is past the window, as in the "needs you" strip
         assert text.index("data.jsonl") < text.index("chat.jsonl") and "old.jsonl" not in text
         assert "line 12: not JSON (Expecting value)" in text
+        assert "chat.toml: option 'lora_r' = 0: out of range" in text  # the reason, not the sidecar's folder
         await pilot.press("down", "enter")
         assert isinstance(app.screen, RejectedErrorScreen)
         await pilot.pause()
         text = screen_text(app)
-        assert "chat.error.txt" in text and "missing field 'completion'" in text
+        assert "chat.error.txt" in text and "option 'lora_r' = 0: out of range" in text
         assert "again." in text  # the whole file, not only its first line
         await pilot.press("escape")
         assert isinstance(app.screen, RejectedScreen)

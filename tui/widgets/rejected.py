@@ -26,8 +26,13 @@ def error_text(drop: RejectedDrop) -> str:
 
 
 def _without_file(drop: RejectedDrop) -> str:
-    """The error without the file name it starts with (the file column has it): room for the reason."""
-    return drop.error.removeprefix(f"{drop.file}:").strip() or drop.error
+    """The error without the file name it starts with (the file column has it), and another file of the drop (its
+    sidecar) by its name, not its path: room for the reason."""
+    error = drop.error.removeprefix(f"{drop.file}:").strip() or drop.error
+    head, sep, rest = error.partition(": ")
+    if sep and head.startswith("/") and " " not in head:
+        return f"{Path(head).name}: {rest}"
+    return error
 
 
 class RejectedScreen(ModalScreen[None]):
@@ -60,7 +65,7 @@ class RejectedScreen(ModalScreen[None]):
                 table.add_row(d.time[5:16].replace("T", " "), Text(d.file, overflow="ellipsis", no_wrap=True),
                               Text(_without_file(d), overflow="ellipsis", no_wrap=True), key=str(i))
             yield table
-            yield Static("Enter: the whole error (what to fix, how to drop it again) · Esc: close", id="rejected-hint")
+            yield Static("Enter: the whole error and its fix · Esc: close", id="rejected-hint")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
