@@ -17,7 +17,6 @@ from daemon.core.probes import EVAL_FIX, line_record, parse_record
 
 MAX_EVAL_RECORDS = 2000  # each is answered three times (version, parent, base) at the end, within the stall window
 
-_FIX = EVAL_FIX
 
 
 def load_eval_file(path: Path) -> list[dict[str, Any]]:
@@ -45,7 +44,7 @@ def load_eval_file(path: Path) -> list[dict[str, Any]]:
             probe = parse_record(record, file, location, as_="eval")
             if probe.get("kind") is not None:
                 raise DatasetError(file, location, None, "a preference record (chosen/rejected or a labelled "
-                                   "completion) has no single reference answer to score", _FIX)
+                                   "completion) has no single reference answer to score", EVAL_FIX)
             probe["id"] = len(records)
             records.append(probe)
             if len(records) > MAX_EVAL_RECORDS:
@@ -53,7 +52,7 @@ def load_eval_file(path: Path) -> list[dict[str, Any]]:
                                    f"keep at most {MAX_EVAL_RECORDS}: each one is answered by the new version, its "
                                    f"parent and the base at the end of every run")
     if not records:
-        raise DatasetError(file, None, None, "the eval file is empty (no records)", _FIX)
+        raise DatasetError(file, None, None, "the eval file is empty (no records)", EVAL_FIX)
     return records
 
 
