@@ -18,7 +18,6 @@ from daemon.core.probes import EVAL_FIX, line_record, parse_record
 MAX_EVAL_RECORDS = 2000  # each is answered three times (version, parent, base) at the end, within the stall window
 
 
-
 def load_eval_file(path: Path) -> list[dict[str, Any]]:
     """Validate and load an eval file; records numbered 0.. in file order (probe dicts: prompt, reference,
     messages, tools). A DatasetError names the file, the line, the field and the fix: not JSONL, not UTF-8, empty,
