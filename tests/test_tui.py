@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
+from daemon.core import control
 from daemon.core.home import DaemonLock, Home
 from daemon.core.render import fmt_loss
 from daemon.engine.store import Store
@@ -218,6 +219,14 @@ def test_keys_map_to_the_control_files_the_cli_writes(fx) -> None:
     assert actions.priority(queued, +1).content == f"{QUEUED_HIGH} 6"
     assert actions.priority(queued, -1).content == f"{QUEUED_HIGH} 4"
     assert actions.requeue(snap.run(FAILED)).kind == "resume"
+    # `+` on a folded sweep moves its live runs together, above the highest of them; the ended ones stay
+    sweep = (running, queued, done)
+    top = max(running.priority, queued.priority)
+    r = actions.group_priority("support-1", sweep, +1)
+    assert (r.kind, r.content) == ("priority", f"{TRAINING} {top + 1}\n{QUEUED_HIGH} {top + 1}\n")
+    assert control.parse_text("priority", r.content).priorities == [(TRAINING, top + 1), (QUEUED_HIGH, top + 1)]
+    with pytest.raises(NotApplicable):
+        actions.group_priority("support-1", (done,), -1)
     for bad in (lambda: actions.pause_or_resume(snap, done), lambda: actions.stop(done),
                 lambda: actions.requeue(running), lambda: actions.stop(None)):
         with pytest.raises(NotApplicable):
@@ -706,6 +715,8 @@ def test_a_sweep_is_one_row_that_unfolds_with_the_best_marked(fx) -> None:
         await pilot.press("down", "down", "down")  # the newest history: the sweep
         await until(pilot, lambda: app.runs.cursor_key == group_key, what="the group row")
         await until(pilot, lambda: app.runs.selected == SWEEP_BEST, what="the best run shown")
+        await pilot.press("plus")  # on the folded row, + is the whole sweep's: every run of this one has ended
+        await until(pilot, lambda: any("no run of it is queued or running" in t for t in toasts(app)), what="toast")
         await pilot.press("enter")
         await until(pilot, lambda: table.row_count == 11, what="unfolded")
         assert cell_text(table, group_key, "run").startswith("▾ ")
@@ -721,7 +732,7 @@ def test_a_sweep_is_one_row_that_unfolds_with_the_best_marked(fx) -> None:
         assert app.runs.cursor_key == group_key and table.cursor_row == 3
         await pilot.press("question_mark")
         assert "unfold its runs, ★ = the best" in screen_text(app)
-    drive(app, body)
+    drive(app, body, notifications=True)
 
 
 # ----------------------------------------------------------------------------------------------- several GPUs

@@ -69,6 +69,17 @@ def priority(run: RunRow | None, delta: int) -> Request:
     return Request("priority", f"{run.id} {value}", f"priority {run.id} {run.priority} -> {value}")
 
 
+def group_priority(group_id: str, runs: tuple[RunRow, ...], delta: int) -> Request:
+    """`+`/`-` on a folded group (a sweep): every run of it still queued or running moves together, one above the
+    highest of them (or one below the lowest), so that the whole sweep goes before (or after) the rest."""
+    live = [r for r in runs if r.state in LIVE]
+    if not live:
+        raise NotApplicable(f"{group_id}: no run of it is queued or running: nothing to change the priority of")
+    value = (max if delta > 0 else min)(r.priority for r in live) + delta
+    return Request("priority", "".join(f"{r.id} {value}\n" for r in live),
+                   f"priority of {group_id}'s {len(live)} live run{'s' if len(live) > 1 else ''} -> {value}")
+
+
 def requeue(run: RunRow | None) -> Request:
     """`r`: queue a stopped, skipped or failed run again; it continues from its last checkpoint."""
     run = _require(run, RESUMABLE, "queue again")

@@ -367,8 +367,10 @@ class OvernightApp(App[None]):
         self._request(lambda: actions.skip(self.selected_run))
 
     def action_priority(self, delta: int) -> None:
-        """Raise or lower the selected run's priority by one."""
-        self._request(lambda: actions.priority(self.selected_run, delta))
+        """Raise or lower the selected run's priority by one; on a folded sweep, its live runs' together."""
+        group = self.runs.selected_group
+        self._request(lambda: actions.group_priority(group.group_id, group.runs, delta) if group else
+                      actions.priority(self.selected_run, delta))
 
     def action_requeue(self) -> None:
         """Queue a stopped, skipped or failed run again."""

@@ -15,7 +15,7 @@ KEYS = (
     ("p", "pause the selected run, or resume it"),
     ("s", "stop it: checkpoint, resumable with r (asks first)"),
     ("k", "skip it: checkpoint, the queue goes on (asks first)"),
-    ("+  -", "raise / lower its priority (above the running one: preempts)"),
+    ("+  -", "raise / lower its priority (may preempt); on a sweep's row: all of it"),
     ("r", "queue a stopped, skipped or failed run again"),
     ("a", "in Models: activate the selected version, a roll back (asks first)"),
     ("d", "in Models: move the selected version to trash/ (asks first)"),

@@ -356,6 +356,12 @@ class RunsTable(DataTable):
                 return item.key
         return next((i.key for i in items if i.group and any(r.id == run_id for r in i.group.runs)), None)
 
+    @property
+    def selected_group(self) -> Group | None:
+        """The group whose folded row is under the cursor (a key then acts on the whole group), else None."""
+        item = next((i for i in self._items if i.key == self.cursor_key), None)
+        return item.group if item is not None and item.group is not None else None
+
     def _run_of(self, key: str | None) -> str | None:
         item = next((i for i in self._items if i.key == key), None)
         if item is None:
