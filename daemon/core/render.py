@@ -134,7 +134,7 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
     """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
     REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
     from starting, so that they do not read as merely waiting their turn; `paused`: the runs control/pause names
-    (a queued one is passed by until it is resumed)."""
+    (one that is queued and never started is passed by until it is resumed: control.passed_by)."""
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
     reasons = [_reason(r) for r in runs]
