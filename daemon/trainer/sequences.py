@@ -145,17 +145,11 @@ class Encoder:
         return ids
 
     def _prompt(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        prompt = self._ids(ex["prompt"], True)  # with the model's own BOS, if it has one
-        answer = self._ids(ex["completion"], False)
+        prompt = bounded_ids(self.tokenizer, ex["prompt"], self.max_length, True)  # with the model's own BOS
+        answer = bounded_ids(self.tokenizer, ex["completion"], self.max_length, False)
         if self.eos_id is not None:
             answer.append(self.eos_id)
         return prompt + answer, [IGNORE] * len(prompt) + answer
-
-    def _ids(self, text: str, special: bool) -> list[int]:
-        """The ids of a text, no more of it tokenised than max_length can keep (its first max_length ids are the
-        whole text's: daemon/core/as_trained.py); what is cut is longer than max_length, so `_finish` cuts it."""
-        return encode_bounded([text], self.max_length, lambda b: [list(self.tokenizer(
-            t, add_special_tokens=special)["input_ids"]) for t in b], len)[0][0]
 
     def _render(self, n: int, ex: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         if self.chat is None:
@@ -164,6 +158,14 @@ class Encoder:
             return self.chat.render(ex["messages"], ex.get("tools"))
         except TemplateError as e:
             raise RunError(at_record(f"record {n + 1}", e)) from None
+
+
+def bounded_ids(tokenizer: Any, text: str, max_length: int, special: bool) -> list[int]:
+    """A text's ids (`special`: with the tokenizer's own special tokens, e.g. a BOS), no more of it tokenised than
+    max_length can keep: its first max_length ids are the whole text's (daemon/core/as_trained.py says why); a text
+    cut so is longer than max_length, and is cut to it anyway."""
+    return encode_bounded([text], max_length, lambda b: [list(tokenizer(t, add_special_tokens=special)["input_ids"])
+                                                         for t in b], len)[0][0]
 
 
 def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:

@@ -16,7 +16,8 @@ from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 from daemon.trainer.console import say
-from daemon.trainer.sequences import Prepared, count_records, dataset_examples, eval_indices, length_stats
+from daemon.trainer.sequences import (Prepared, bounded_ids, count_records, dataset_examples, eval_indices,
+                                     length_stats)
 from daemon.trainer.session import Session
 
 ANSWERS = {ExampleKind.PAIR: ("chosen", "rejected"), ExampleKind.JUDGED: ("completion",)}
@@ -81,15 +82,9 @@ class PreferenceEncoder:
         return item
 
     def _raw(self, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
-        prompt = self._ids(example["prompt"], True)  # with the model's own BOS, if it has one
+        prompt = bounded_ids(self.tokenizer, example["prompt"], self.max_length, True)  # with the model's own BOS
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        return prompt, [self._ids(example[k], False) + eos for k in names]
-
-    def _ids(self, text: str, special: bool) -> list[int]:
-        """The ids of a text, no more of it tokenised than max_length can keep: its first max_length ids are the
-        whole text's (daemon/core/as_trained.py says why); a text cut so is longer than max_length, cut anyway."""
-        return encode_bounded([text], self.max_length, lambda b: [list(self.tokenizer(
-            t, add_special_tokens=special)["input_ids"]) for t in b], len)[0][0]
+        return prompt, [bounded_ids(self.tokenizer, example[k], self.max_length, False) + eos for k in names]
 
     def _chat(self, n: int, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
         if self.chat is None:
