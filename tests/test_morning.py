@@ -200,10 +200,11 @@ def test_a_file_rejected_twice_shows_its_newest_error(tmp_path: Path) -> None:
     home = tmp_path / "home"
     src = tmp_path / "data.jsonl"
     for text in ('{"prompt": "a"}\n', "junk{\n"):
+        for earlier in Home.resolve(home).rejected.glob("*.error.txt"):  # a minute ago, not in the same second
+            os.utime(earlier, (time.time() - 60, time.time() - 60))
         src.write_text(text)
         overnight("add", str(src), home=home, check=True)
         overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=120, check=True)
-        time.sleep(1.1)  # the two .error.txt differ in their mtime's second
     data = json.loads(overnight("status", "--json", home=home, check=True).stdout)
     errors = [d["error"] for d in data["rejected"]]
     assert len(errors) == 2 and "malformed JSON" in errors[0] and "completion" in errors[1], errors

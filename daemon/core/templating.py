@@ -292,6 +292,17 @@ def _named(option: str, where: str) -> ChatFormat:
     return ChatFormat(path.read_text(encoding="utf-8"), f"{option} ({kind})", "chat_template names this family")
 
 
+# A named template checked before any base model is set: the model's special tokens are not known yet, and a
+# family that writes them (mistral's bos_token) must still render, so that what is checked is whether it accepts the
+# conversations. Nothing rendered with these is shown or tokenised (no base model: no `--show`, no tokenizer).
+_STAND_INS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def with_stand_ins(fmt: ChatFormat) -> ChatFormat:
+    """The format with stand-ins for the special tokens of a base model not yet set (see above)."""
+    return _compiled(ChatFormat(fmt.template, fmt.label, fmt.why), _STAND_INS)
+
+
 def _compiled(fmt: ChatFormat, special: dict[str, str]) -> ChatFormat:
     """The format with the model's special tokens, once the template is known to parse."""
     import jinja2

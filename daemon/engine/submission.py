@@ -166,7 +166,8 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
     from daemon.core.as_trained import TrainedView, load_tokenizer, text_blocks, view
-    from daemon.core.templating import TemplateError, for_run, no_template, prompt_as_chat, special_tokens
+    from daemon.core.templating import (TemplateError, for_run, no_template, prompt_as_chat, special_tokens,
+                                        with_stand_ins)
 
     values = sweep.first_run(sub.options).values  # a sweep: the grid's first run
     try:
@@ -180,7 +181,7 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
             return AsTrained(TrainedView(), None, values["prompt_format"] == "chat", None, values["max_length"],
                              False, chat_form)
         if folder is None:
-            fmt = _with_stand_ins(fmt)
+            fmt = with_stand_ins(fmt)
         with _set_in(sub, "prompt_format"):
             as_chat = prompt_as_chat(values["prompt_format"], fmt)
         if fmt is None and chat_form:
@@ -217,18 +218,6 @@ def _set_in(sub: Submission, key: str) -> Iterator[None]:
     except TemplateError as e:
         where = sub.options.origin(key)
         raise TemplateError(f"{where}: {e}" if where else str(e)) from None
-
-
-# A named template checked before any base model is set: the model's special tokens are not known yet, and a
-# family that writes them (mistral's bos_token) must still render, so that what is checked is whether it accepts the
-# conversations. Nothing rendered with these is shown or tokenised (no base model: no `--show`, no tokenizer).
-_STAND_INS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-
-
-def _with_stand_ins(fmt: Any) -> Any:
-    from daemon.core.templating import ChatFormat, _compiled
-
-    return _compiled(ChatFormat(fmt.template, fmt.label, fmt.why), _STAND_INS)
 
 
 def _chat_form(sub: Submission) -> bool:
