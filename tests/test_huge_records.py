@@ -129,3 +129,46 @@ def test_plain_text_records_are_never_cut(tiny_model: Path):
     text = "hello world " * 20_000
     ids = Encoder(tok, max_length=16, model_name="tiny").text_ids({"kind": "text", "text": text})
     assert ids[:-1] == tok(text)["input_ids"]
+
+
+def test_a_huge_probe_is_asked_as_a_whole_one_without_tokenising_it_all(tiny_model: Path):
+    """A probe (or eval record) far longer than max_length: the snapshots and the eval report ask it with the end of
+    its prompt and the start of its reference, the same ids as when the whole of it is tokenised, which is not."""
+    from transformers import AutoTokenizer
+
+    from daemon.trainer.snapshots import encode_probe, fit_to_length
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenised: list[int] = []
+    tok = Counting(tokenizer, tokenised)
+    long_text = " ".join(f"word{i}" for i in range(20_000))  # ~190,000 characters, each part of it distinct
+    for probe in ({"prompt": long_text, "reference": long_text},
+                  {"prompt": "Say it.", "reference": long_text},
+                  {"messages": [{"role": "user", "content": long_text}], "reference": long_text}):
+        for ml in (16, 256):
+            tokenised.clear()
+            bounded, cut = fit_to_length(encode_probe(tok, probe, None, ml), ml)
+            assert tokenised and max(tokenised) < len(long_text) // 4, max(tokenised)
+            whole, whole_cut = fit_to_length(encode_probe(tokenizer, probe), ml)
+            assert (bounded.prompt_ids, bounded.reference_ids, cut) == (whole.prompt_ids, whole.reference_ids, True)
+
+
+def test_stats_json_marks_the_token_counts_of_records_tokenised_in_part(tiny_model: Path):
+    """The trainer's stats.json names how many records were counted in part (their token counts are lower bounds),
+    as `overnight check --json` does; a run of normal records has no such key."""
+    from transformers import AutoTokenizer
+
+    from daemon.trainer.sequences import Encoder, prepare
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    normal = [{"kind": "prompt", "prompt": f"Say {i}.", "completion": f"ok {i}"} for i in range(6)]
+
+    def stats(records: list[dict]) -> dict:
+        return prepare(lambda: iter(records), len(records), Encoder(tok, max_length=32, model_name="tiny"),
+                       eval_fraction=0.0, seed=0, probe_holdout=set(), probe_from_example=lambda ex: None,
+                       file_probes=[], log=lambda line: None).stats
+
+    assert "counted_in_part" not in stats(normal)
+    huge = {"kind": "prompt", "prompt": "Say hello.", "completion": "hello world " * 10_000}
+    marked = stats([*normal, huge, huge])
+    assert marked["counted_in_part"] == 2 and marked["truncated"] == 2

@@ -37,17 +37,21 @@ def char_bound(max_length: int) -> int:
 
 
 def encode_bounded(texts: list[str], max_length: int, encode: Callable[[list[str]], list[E]],
-                   size: Callable[[E], int]) -> tuple[list[E], list[bool]]:
+                   size: Callable[[E], int], from_end: bool = False) -> tuple[list[E], list[bool]]:
     """`encode(texts)` (a batch call) with each text cut to the characters that can matter at `max_length` (see
     above), and for each whether it was cut: its encoding then holds more than max_length tokens, and its first
-    max_length are the whole text's. `size` gives an encoding's token count."""
+    max_length are the whole text's (`from_end`: its end is kept instead, and its last max_length tokens are the
+    whole text's, as a cut changes only the word it falls in). `size` gives an encoding's token count."""
+    def kept(text: str, limit: int) -> str:
+        return text[-limit:] if from_end else text[:limit]
+
     limit = char_bound(max_length)
-    out = encode([t[:limit] for t in texts])  # a text within the limit is passed as it is
+    out = encode([kept(t, limit) for t in texts])  # a text within the limit is passed as it is
     cut = [len(t) > limit for t in texts]
     todo = [i for i, t in enumerate(texts) if cut[i] and size(out[i]) < max_length + MARGIN]
     while todo:  # long tokens: the cut text is too short to be sure; more of it, up to the whole text
         limit *= 4
-        for i, encoding in zip(todo, encode([texts[i][:limit] for i in todo])):
+        for i, encoding in zip(todo, encode([kept(texts[i], limit) for i in todo])):
             out[i], cut[i] = encoding, len(texts[i]) > limit
         todo = [i for i in todo if cut[i] and size(out[i]) < max_length + MARGIN]
     return out, cut

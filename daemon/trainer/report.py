@@ -132,7 +132,8 @@ class _Encoder:
         self.tokenizer, self.stops, self.max_length = tokenizer, stops, max_length
 
     def __call__(self, records: list[dict[str, Any]]) -> list[EncodedProbe]:
-        return [fit_to_length(encode_probe(self.tokenizer, r, self.stops), self.max_length)[0] for r in records]
+        return [fit_to_length(encode_probe(self.tokenizer, r, self.stops, self.max_length), self.max_length)[0]
+                for r in records]
 
 
 @contextlib.contextmanager

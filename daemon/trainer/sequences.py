@@ -93,6 +93,7 @@ class Encoder:
     prompt_chat: bool = False
     lengths: list[int] = field(default_factory=list)
     truncated: int = 0
+    capped: int = 0  # records tokenised only in part (as_trained.char_bound): their lengths are lower bounds
 
     def __post_init__(self) -> None:
         self.eos_id: int | None = self.tokenizer.eos_token_id
@@ -111,9 +112,10 @@ class Encoder:
         chats = {n: self._render(n, ex) for n, ex in examples if ex["kind"] == ExampleKind.CHAT}
         # no more of a long conversation is tokenised than max_length can keep: the same first max_length tokens
         # (daemon/core/as_trained.py says why), without minutes and gigabytes spent on a huge record's tail
-        encodings = dict(zip(chats, encode_bounded([text for text, _ in chats.values()], self.max_length, lambda b: (
-            self.tokenizer.backend_tokenizer.encode_batch(b, add_special_tokens=False)), lambda e: len(e.ids))[0])
-                         ) if chats else {}
+        encoded, cut = encode_bounded([text for text, _ in chats.values()], self.max_length, lambda b: (
+            self.tokenizer.backend_tokenizer.encode_batch(b, add_special_tokens=False)), lambda e: len(e.ids))
+        encodings = dict(zip(chats, encoded))
+        self.capped += sum(cut)
         out = []
         for n, ex in examples:
             if ex["kind"] == ExampleKind.PROMPT:
@@ -145,8 +147,9 @@ class Encoder:
         return ids
 
     def _prompt(self, ex: dict[str, Any]) -> tuple[list[int], list[int]]:
-        prompt = bounded_ids(self.tokenizer, ex["prompt"], self.max_length, True)  # with the model's own BOS
-        answer = bounded_ids(self.tokenizer, ex["completion"], self.max_length, False)
+        prompt, cut = bounded_ids(self.tokenizer, ex["prompt"], self.max_length, True)  # with the model's own BOS
+        answer, answer_cut = bounded_ids(self.tokenizer, ex["completion"], self.max_length, False)
+        self.capped += cut or answer_cut
         if self.eos_id is not None:
             answer.append(self.eos_id)
         return prompt + answer, [IGNORE] * len(prompt) + answer
@@ -160,12 +163,15 @@ class Encoder:
             raise RunError(at_record(f"record {n + 1}", e)) from None
 
 
-def bounded_ids(tokenizer: Any, text: str, max_length: int, special: bool) -> list[int]:
+def bounded_ids(tokenizer: Any, text: str, max_length: int, special: bool,
+                from_end: bool = False) -> tuple[list[int], bool]:
     """A text's ids (`special`: with the tokenizer's own special tokens, e.g. a BOS), no more of it tokenised than
-    max_length can keep: its first max_length ids are the whole text's (daemon/core/as_trained.py says why); a text
-    cut so is longer than max_length, and is cut to it anyway."""
-    return encode_bounded([text], max_length, lambda b: [list(tokenizer(t, add_special_tokens=special)["input_ids"])
-                                                         for t in b], len)[0][0]
+    max_length can keep: its first max_length ids are the whole text's (`from_end`: its last; daemon/core/as_trained.py
+    says why); a text cut so is longer than max_length, and is cut to it anyway. And whether it was cut so (its
+    count: a lower bound)."""
+    (ids,), (cut,) = encode_bounded([text], max_length, lambda b: [
+        list(tokenizer(t, add_special_tokens=special)["input_ids"]) for t in b], len, from_end)
+    return ids, cut
 
 
 def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
@@ -278,10 +284,16 @@ def prepare(examples: Callable[[], Iterator[dict[str, Any]]], n_records: int, en
     stats = {
         "tokens": length_stats(encoder.lengths),
         "truncated": encoder.truncated,
+        **counted_in_part(encoder.capped),
         "split": {"train": n_train, "eval": n_eval, "probes": len(probes)},
         "sequences": {"train": len(train), "eval": len(evals), "dropped": dropped},
     }
     return Prepared(SequenceDataset(train), SequenceDataset(evals) if evals else None, probes, kind, stats)
+
+
+def counted_in_part(capped: int) -> dict[str, int]:
+    """stats.json's note of the records tokenised only in part (named as `overnight check --json` names them)."""
+    return {"counted_in_part": capped} if capped else {}
 
 
 def count_records(examples: Iterator[Any]) -> int:

@@ -346,7 +346,8 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
     say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
         f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
-        f"p95 {t['p95']} max {t['max']}; {data.stats['truncated']} truncated at max_length {opts.max_length}")
+        f"p95 {t['p95']} max {t['max']}{' or more' if data.stats.get('counted_in_part') else ''}; "
+        f"{data.stats['truncated']} truncated at max_length {opts.max_length}")
     return data
 
 

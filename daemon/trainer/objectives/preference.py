@@ -16,8 +16,8 @@ from daemon.core.datasets import ExampleKind, as_chat
 from daemon.core.templating import TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 from daemon.trainer.console import say
-from daemon.trainer.sequences import (Prepared, bounded_ids, count_records, dataset_examples, eval_indices,
-                                     length_stats)
+from daemon.trainer.sequences import (Prepared, bounded_ids, count_records, counted_in_part, dataset_examples,
+                                     eval_indices, length_stats)
 from daemon.trainer.session import Session
 
 ANSWERS = {ExampleKind.PAIR: ("chosen", "rejected"), ExampleKind.JUDGED: ("completion",)}
@@ -61,6 +61,7 @@ class PreferenceEncoder:
         self.lengths: list[int] = []
         self.truncated = 0
         self.too_long = 0
+        self.capped = 0  # examples tokenised only in part (as_trained.char_bound): their lengths are lower bounds
 
     def shaped(self, example: dict[str, Any]) -> dict[str, Any]:
         return as_chat(example) if self.prompt_chat else example
@@ -82,14 +83,16 @@ class PreferenceEncoder:
         return item
 
     def _raw(self, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
-        prompt = bounded_ids(self.tokenizer, example["prompt"], self.max_length, True)  # with the model's own BOS
+        (prompt, cut), *answers = [bounded_ids(self.tokenizer, text, self.max_length, special) for text, special in
+                                   [(example["prompt"], True), *((example[k], False) for k in names)]]
+        self.capped += cut or any(c for _, c in answers)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        return prompt, [bounded_ids(self.tokenizer, example[k], self.max_length, False) + eos for k in names]
+        return prompt, [ids + eos for ids, _ in answers]
 
     def _chat(self, n: int, example: dict[str, Any], names: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
         if self.chat is None:
             raise RunError(str(no_template(self.model_name)))
-        prompts, answers = [], []
+        prompts, answers, capped = [], [], False
         for k in names:
             turns = example[k]
             try:
@@ -99,8 +102,9 @@ class PreferenceEncoder:
             # the answer's turns are the last spans; the prompt is everything before the first (the assistant's cue
             # included), the answer runs to the end of its last trained token (its end-of-turn tokens)
             cut = sorted(spans)[-len(turns)][0]
-            (encoding,), _ = encode_bounded([text], self.max_length, lambda b: [
+            (encoding,), (cut_short,) = encode_bounded([text], self.max_length, lambda b: [
                 self.tokenizer.backend_tokenizer.encode(t, add_special_tokens=False) for t in b], lambda e: len(e.ids))
+            capped |= cut_short
             ids, trained = labels_of(encoding, spans)
             starts = [start for start, _ in encoding.offsets]
             head = sum(1 for start in starts if start < cut)
@@ -112,6 +116,7 @@ class PreferenceEncoder:
             raise RunError(f"record {n + 1}: the chat template renders the prompt differently before the chosen and "
                            f"the rejected answer, so the two cannot be compared. Fix: set chat_template to a family "
                            f"name with a training version (e.g. \"chatml\").")
+        self.capped += capped
         return prompts[0], answers
 
 
@@ -151,6 +156,7 @@ def prepare_pairs(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
     stats_out = {
         "tokens": length_stats(encoder.lengths),
         "truncated": encoder.truncated,
+        **counted_in_part(encoder.capped),
         "split": {"train": n_records - len(held_eval) - len(holdout), "eval": len(held_eval), "probes": len(probes)},
         "sequences": {"train": len(train), "eval": len(evals), "dropped": encoder.too_long},
         "chat_template": s.chat.label if s.chat else None,
