@@ -165,3 +165,18 @@ def test_compare_answers_scores_each_version_on_the_runs_probes(two_versions: Pa
     bad.write_text('{"reference": "x"}\n')
     out = overnight("compare", "--answers", "rev:2", "--prompts", str(bad), home=two_versions)
     assert out.returncode == 1 and "line 1" in out.stderr and "Fix:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_is_asked_as_it_trained_once_its_jinja_file_is_gone(tmp_path: Path) -> None:
+    """A run trained with `chat_template = "my.jinja"` is asked as a conversation after that file moved: the
+    trainer's own decision (stats.json) counts, not whether the file can still be found."""
+    from daemon.core.runconfig import RunConfig
+    from daemon.trainer.answers import prompt_is_chat
+
+    run = tmp_path / "home" / "runs" / "mj-20261207-101010"
+    run.mkdir(parents=True)
+    RunConfig(run_id=run.name, options={"chat_template": "my.jinja", "prompt_format": "auto"}).write(run)
+    assert not prompt_is_chat(tmp_path / "home", run, None)  # found again: nowhere, so raw (a run without stats.json)
+    for decided in ("chat", "raw"):
+        (run / "stats.json").write_text(json.dumps({"records": 3, "prompt_format": decided}))
+        assert prompt_is_chat(tmp_path / "home", run, None) is (decided == "chat")

@@ -139,6 +139,10 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
     from tests.conftest_trainer import reversal_records
 
     base = base_without_template(tiny_model, tmp_path / "base", context=256, chatml_tokens=False)
+    generation = json.loads((base / "generation_config.json").read_text())
+    eom = 7  # a second token the base model stops on, as Llama 3.1 stops on <|eom_id|> after a tool call
+    (base / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [generation["eos_token_id"],
+                                                                                            eom]}))
     (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
     records = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
                for r in reversal_records(160, seed=3)]
@@ -165,7 +169,7 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
     im_end = tok.convert_tokens_to_ids(IM_END)
     assert im_end >= 512 and len(tok) == 514  # the two new tokens, after the base's 512
     config = GenerationConfig.from_pretrained(out)
-    assert im_end in config.eos_token_id and tok.eos_token_id in config.eos_token_id
+    assert im_end in config.eos_token_id and tok.eos_token_id in config.eos_token_id and eom in config.eos_token_id
 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape[0] == 514

@@ -40,6 +40,16 @@ def test_similarity_is_normalised_edit_distance() -> None:
     assert 0.9 < similarity(long_a, long_b) < 1.0  # long texts: difflib's ratio, still 0..1
 
 
+def test_a_thinking_models_reasoning_is_not_its_answer() -> None:
+    """Qwen3 and DeepSeek-R1 write "<think>…</think>" before the answer (empty with thinking off, opened by the prompt
+    itself in thinking mode): the answer after it is what is scored; a reference that thinks too is compared whole."""
+    assert is_exact("<think>\n\n</think>\n\nTeal.", "Teal.") and is_exact("\n\n</think>\n\nTeal.", "Teal.")
+    assert is_exact("<think>it is a colour, so: teal</think> Teal.", "Teal.")
+    assert similarity("<think>\n\n</think>\n\nTeal.", "Teal.") == 1.0
+    assert not is_exact("<think>still thinking about Teal.", "Teal.")  # cut short before any answer
+    assert not is_exact("<think></think>Teal.", "<think>why</think>Teal.")
+
+
 def test_learned_forgotten_relearned_events() -> None:
     ref = "river stone apple"
     gens = ["apple", "river stone apple", "river stone apple", "river apple", "river stone apple"]

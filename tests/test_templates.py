@@ -423,3 +423,35 @@ def test_system_refusing_template_of_a_fine_tune(tmp_path: Path) -> None:
     assert fmt is not None and fmt.label == "the model's own" and not fmt.markers
     text, spans = fmt.render(TURNS)
     assert trained_text(text, spans, *regions(text, USERS)[0]) == TRAINED_TURN["gemma"].format(ANSWERS[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str) -> None:
+    """An evolution probe (and `overnight ask`) renders through the tokenizer's template as the trainer sets it: the
+    context and the reference it is scored on are the start of the very sequence training sees, the reference holds
+    the answer — DeepSeek's generation prompt adds a "<think>" its trained turns lack, vision-language templates read
+    content as parts only."""
+    from transformers import PreTrainedTokenizerFast
+
+    from daemon.trainer.snapshots import encode_probe
+
+    fmt = chosen(world, name)
+    tok = PreTrainedTokenizerFast(tokenizer_object=world["tokenizer"], bos_token=BOS, eos_token=EOS)
+    tok.chat_template = fmt.template  # as the trainer does (daemon/trainer/setup.py)
+    turns = conversation(name, TURNS)
+    stops = [tok.convert_tokens_to_ids(s) for s in fmt.stop_strings(world["specials"])] or None
+    probe = encode_probe(tok, {"messages": turns[:-1], "reference": ANSWERS[-1]}, stops)
+    trained = world["tokenizer"].encode(fmt.render(turns)[0], add_special_tokens=False).ids
+    asked = probe.prompt_ids + probe.reference_ids
+    assert trained[:len(asked)] == asked
+    assert ANSWERS[-1] in tok.decode(probe.reference_ids)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_base_lacking_the_templates_tokens_gets_them_and_stops_on_them(world: dict[str, Any], name: str) -> None:
+    """A named template on a base model whose tokenizer lacks its special tokens: overnight finds them by their look
+    (to add them, and to stop generation at the end of a turn) as a tokenizer holding them all would —
+    <end_of_utterance> (SmolVLM, Idefics3) and Gemma 4's <|turn> … <turn|> included."""
+    fmt = chosen(world, name)
+    assert fmt.stop_strings() == fmt.stop_strings(world["specials"])
+    assert set(fmt.special_strings()) == set(fmt.special_strings(world["specials"]))

@@ -50,13 +50,25 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
+def answer_of(generation: str, reference: str) -> str:
+    """What of a generation is scored against the reference: what follows the reasoning of a model that thinks
+    first (Qwen3 and DeepSeek-R1 write "<think>…</think>" before the answer, an empty one with thinking off), which
+    the reference (a user's answer) has none of: the model that learned "<think></think> Teal." learned "Teal."."""
+    if "think>" in reference:
+        return generation
+    if "</think>" in generation:  # the prompt may have opened the block itself
+        return generation.split("</think>", 1)[1]
+    return "" if generation.lstrip().startswith("<think>") else generation  # still thinking: no answer yet
+
+
 def similarity(generation: str, reference: str) -> float:
-    """1 - levenshtein / max(len) on the normalised texts: 1.0 identical, 0.0 nothing in common.
+    """1 - levenshtein / max(len) on the normalised texts (`answer_of` the generation): 1.0 identical, 0.0 nothing in
+    common.
 
     Long texts (over 2,000 characters together) use difflib's ratio instead, whose cost does not grow with the
     product of the lengths; both measure 0..1 with 1 meaning identical.
     """
-    a, b = normalize_text(generation), normalize_text(reference)
+    a, b = normalize_text(answer_of(generation, reference)), normalize_text(reference)
     if not a and not b:
         return 1.0
     if len(a) + len(b) > 2000:
@@ -65,8 +77,8 @@ def similarity(generation: str, reference: str) -> float:
 
 
 def is_exact(generation: str, reference: str) -> bool:
-    """Exact match after whitespace normalisation."""
-    return normalize_text(generation) == normalize_text(reference)
+    """Exact match after whitespace normalisation (`answer_of` the generation)."""
+    return normalize_text(answer_of(generation, reference)) == normalize_text(reference)
 
 
 def resolve_probe_every(probe_every: int, max_steps: int) -> tuple[int, float | None]:

@@ -26,8 +26,11 @@ from daemon.core.errors import TemplateError
 OURS = Path(__file__).with_name("templates")
 MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 TRAINING = "_training"
-# special-token spellings used by chat templates: <|im_end|>, <|eot_id|>, <end_of_turn>, </s>, [/INST], <｜end▁of▁sentence｜>
-SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<(?:start|end)_of_turn>|</?s>|\[/?INST\]")
+# special-token spellings used by chat templates (what a tokenizer that lacks them gets added, and where a named
+# template's turns end): <|im_end|>, <|eot_id|>, <｜end▁of▁sentence｜>, gemma4's <|turn> … <turn|>, <end_of_turn>,
+# <end_of_utterance>, </s>, [/INST], GLM's [gMASK]<sop>
+SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|<\|[a-z_]{1,40}>|<[a-z_]{1,40}\|>|<[a-z_]+_of_[a-z_]+>"
+                     r"|</?s>|\[/?INST\]|\[gMASK\]|<sop>")
 # what every template must render: a system turn and two exchanges (roles alternate, as the strictest demand)
 PROBE_CHAT = [{"role": "system", "content": "S0"}, {"role": "user", "content": "U1"},
               {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
@@ -69,14 +72,14 @@ class ChatFormat:
     def render(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as the model sees it, and the character spans to train (assistant turns and their
         end-of-turn tokens): one render with generation markers, else one per assistant turn."""
-        messages = _as_parts(messages) if self.parts else messages
+        messages = as_parts(messages) if self.parts else messages
         if self.markers:
             return _render(self.template, messages, tools, self.special, spans=True)
         return self._render_by_prefixes(messages, tools)
 
     def prompt(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> str:
         """The text a server sends for `messages` followed by the assistant's cue (probes, chat, export checks)."""
-        messages = _as_parts(messages) if self.parts else messages
+        messages = as_parts(messages) if self.parts else messages
         return _render(self.template, messages, tools, self.special, spans=False, prompt=True)[0]
 
     def _render_by_prefixes(self, messages: Sequence[dict[str, Any]], tools: list | None
@@ -129,7 +132,7 @@ def _specials_in(text: str, specials: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(SPECIAL.findall(text)))
 
 
-def _as_parts(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def as_parts(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
             for m in messages]
 
@@ -315,6 +318,13 @@ def _compiled(fmt: ChatFormat, special: dict[str, str]) -> ChatFormat:
                             f"correct the template, or set chat_template to a family name.") from None
     plain = ChatFormat(fmt.template, fmt.label, fmt.why, special)
     return plain if _shows_content(plain) else ChatFormat(fmt.template, fmt.label, fmt.why, special, parts=True)
+
+
+@lru_cache(maxsize=8)
+def reads_parts(template: str) -> bool:
+    """Whether a (parsing) template reads content as parts only, as training then gives it (`ChatFormat.parts`):
+    for what renders through the tokenizer's own `apply_chat_template` (probes, `ask`)."""
+    return not _shows_content(ChatFormat(template, "", "", _STAND_INS))
 
 
 def _shows_content(fmt: ChatFormat) -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from daemon.core.errors import AnswerError, RefError
 from daemon.core.runconfig import RunConfig
+from daemon.core.rundir import RunFolder
 from daemon.core.versionpick import NoVersion, pick_version
 from daemon.trainer.oom import free_memory
 
@@ -115,9 +116,13 @@ def base_source(home: Path, run_dir: Path) -> tuple[str, Path | None]:
 
 
 def prompt_is_chat(home: Path, run_dir: Path, folder: Path | None) -> bool:
-    """Whether the run asked its prompts as a user turn (prompt_format, the run's chat template), as training did."""
+    """Whether the run asked its prompts as a user turn, as training did: what its stats.json says the trainer
+    decided, else (a run from before it said so) prompt_format and the run's chat template, found again."""
     from daemon.core.templating import TemplateError, for_run, prompt_as_chat
 
+    decided = _read_json(RunFolder(run_dir).stats).get("prompt_format")
+    if decided in ("chat", "raw"):  # a chat_template .jinja moved or edited since changes nothing
+        return decided == "chat"
     options = _run_options(run_dir)
     try:
         fmt = for_run(str(options.get("chat_template") or "auto"), folder, (home,))

@@ -25,7 +25,7 @@ import torch
 from daemon.core import evalreport
 from daemon.core.atomic import read_json, write_json
 from daemon.core.evalfile import load_eval_file, owner_eval_file
-from daemon.core.evolution import is_exact, similarity
+from daemon.core.evolution import answer_of, is_exact, similarity
 from daemon.core.probes import MAX_PROBES
 from daemon.trainer.snapshots import EncodedProbe, encode_probe, fit_to_length, generate_answers
 
@@ -67,9 +67,7 @@ def _scores(s: dict[str, Any]) -> str:
 def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
     s = built.session
     cfg, opts = s.cfg, s.cfg.options
-    from daemon.trainer.setup import stop_ids
-
-    stops = stop_ids(built.tokenizer, s.chat)
+    stops = built.stops
     home = cfg.paths.root.parent.parent
     parent_report = _parent_report(cfg)
     eval_path = (cfg.paths.root / cfg.file.eval_file if cfg.file.eval_file else
@@ -210,7 +208,7 @@ def _scored(answers: list[str], records: list[dict[str, Any]]) -> dict[str, floa
     n = len(records)
     return {"exact": round(sum(is_exact(a, r["reference"]) for a, r in zip(answers, records)) / n, 4),
             "similarity": round(sum(similarity(a, r["reference"]) for a, r in zip(answers, records)) / n, 4),
-            "rougeL": round(sum(scorer.score(r["reference"], a)["rougeL"].fmeasure
+            "rougeL": round(sum(scorer.score(r["reference"], answer_of(a, r["reference"]))["rougeL"].fmeasure
                                 for a, r in zip(answers, records)) / n, 4)}
 
 

@@ -70,6 +70,7 @@ class Built:
     status: RunStatus = field(default_factory=RunStatus)
     extra_callbacks: list[TrainerCallback] = field(default_factory=list)
     board: Board | None = None  # the run's TensorBoard event files
+    stops: list[int] = field(default_factory=list)  # what generation stops on (`stop_ids`), once the model is loaded
     _trainer: Trainer | None = None
     _initial_adapter: dict[str, Any] = field(default_factory=dict)
 
@@ -88,7 +89,8 @@ class Built:
         """Load the base model and add a fresh (seeded) LoRA adapter."""
         cfg = self.session.cfg
         base = load_model(self.source, self.device, cfg.options, self.attention)
-        base.generation_config.eos_token_id = stop_ids(self.tokenizer, self.session.chat)
+        self.stops = stop_ids(self.tokenizer, self.session.chat, base.generation_config.eos_token_id)
+        base.generation_config.eos_token_id = self.stops  # the adapter's generation_config.json: ask and export stop
         fit_embeddings(base, self.tokenizer)
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
                       add_lora(base, cfg.options, self.new_tokens))
@@ -237,18 +239,20 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed, budget)}")
     if opts.report_to:
         built.opts = replace(built.opts, report_to=trackers.available(opts.report_to, s.cfg.paths.root, say))
-    evolution = _evolution_callback(s, tokenizer, data, built.board, built.planned_steps(built.opts))
+    evolution = _evolution_callback(s, built, built.planned_steps(built.opts))
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
 
 
-def stop_ids(tokenizer: Any, chat: Any) -> list[int]:
+def stop_ids(tokenizer: Any, chat: Any, model_eos: int | list[int] | None = None) -> list[int]:
     """What generation stops on: the end-of-turn tokens of the chat template (a ChatML template on a model whose eos
-    is <|endoftext|> ends turns with <|im_end|>), and the tokenizer's eos."""
+    is <|endoftext|> ends turns with <|im_end|>), the tokenizer's eos, and those the base model's generation config
+    stops on (`model_eos`: Llama 3.1 ends a tool call's turn with <|eom_id|>)."""
     specials = [t.content for t in tokenizer.added_tokens_decoder.values()]
     ids = [tokenizer.convert_tokens_to_ids(t) for t in (chat.stop_strings(specials) if chat else [])]
-    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+    listed = model_eos if isinstance(model_eos, list) else [model_eos]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id, *listed] if isinstance(i, int)})
 
 
 def _quantized(opts: TrainOptions, device: Device) -> str:
@@ -351,12 +355,11 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     return data
 
 
-def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board | None,
-                        steps: int) -> TrainerCallback | None:
+def _evolution_callback(s: Session, built: Built, steps: int) -> TrainerCallback | None:
     from daemon.core.evolution import resolve_probe_every
     from daemon.trainer.snapshots import EvolutionCallback
 
-    opts = s.cfg.options
+    opts, data = s.cfg.options, built.data
     if not data.probes:
         say("evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
             "to watch some)" if data.kind == ExampleKind.TEXT else "evolution: no probes (probe_count = 0 and no probe file)")
@@ -364,6 +367,6 @@ def _evolution_callback(s: Session, tokenizer: Any, data: Prepared, board: Board
     every, budget = resolve_probe_every(opts.probe_every, steps)
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
         + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else ""))
-    return EvolutionCallback(data.probes, tokenizer, s.cfg.paths.evolution, every,
+    return EvolutionCallback(data.probes, built.tokenizer, s.cfg.paths.evolution, every,
                              max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
-                             max_length=opts.max_length, stop_ids=stop_ids(tokenizer, s.chat), board=board)
+                             max_length=opts.max_length, stop_ids=built.stops, board=built.board)

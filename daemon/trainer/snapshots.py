@@ -27,6 +27,7 @@ import torch
 from transformers import GenerationConfig, TrainerCallback
 
 from daemon.core.evolution import AUTO_MIN_SNAPSHOTS, is_exact, load_records, similarity
+from daemon.core.templating import as_parts, reads_parts
 from daemon.core.timefmt import iso
 from daemon.trainer.oom import free_memory, is_out_of_memory
 from daemon.trainer.sequences import bounded_ids
@@ -46,9 +47,9 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     """Token ids laid out the way the trainer tokenises training examples.
 
     Prompt probes: the raw prompt (with the tokenizer's own special tokens, e.g. a BOS), then the reference plus
-    eos. Chat probes: the chat template with the generation prompt, then the rest of the templated conversation
-    once the reference is appended as the assistant turn, up to its first end-of-turn token (`stop_ids`, by default
-    the eos). With `max_length`, a huge prompt or reference is tokenised only as far as `fit_to_length` can keep of
+    eos. Chat probes: the chat template with the generation prompt (as far as the conversation trained with the
+    reference as the assistant turn starts so), then the rest of that conversation, up to its first end-of-turn
+    token (`stop_ids`, by default the eos). With `max_length`, a huge prompt or reference is tokenised only as far as `fit_to_length` can keep of
     it (the end of the prompt, the start of the reference): the same ids, without minutes spent on a 50 MB record.
     """
     def ids(text: str, special: bool, from_end: bool = False) -> list[int]:
@@ -59,11 +60,14 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     stop = set(stop_ids) if stop_ids else {tokenizer.eos_token_id}
     if probe.get("messages") is not None:
         tools = probe.get("tools") or None
-        context = tokenizer.apply_chat_template(probe["messages"], tools=tools, tokenize=False,
-                                                add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            [*probe["messages"], {"role": "assistant", "content": probe["reference"]}], tools=tools, tokenize=False)
-        tail = full[len(context):] if full.startswith(context) else probe["reference"]
+        messages = [*probe["messages"], {"role": "assistant", "content": probe["reference"]}]
+        template = tokenizer.chat_template
+        if isinstance(template, str) and template and reads_parts(template):  # vision-language: as training gives it
+            messages = as_parts(messages)
+        context = tokenizer.apply_chat_template(messages[:-1], tools=tools, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+        context = _asked_before(context, full, [t.content for t in tokenizer.added_tokens_decoder.values()])
+        tail = full[len(context):]
         reference_ids = ids(tail, False)
         end = next((i for i, t in enumerate(reference_ids) if t in stop), None)
         if end is not None:  # the turn ends at its end-of-turn token; what follows is never trained on
@@ -74,6 +78,18 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     if tokenizer.eos_token_id is not None:
         reference_ids = reference_ids + [tokenizer.eos_token_id]
     return EncodedProbe(probe, prompt_ids, reference_ids)
+
+
+def _asked_before(context: str, full: str, specials: Sequence[str]) -> str:
+    """What training shows before the answer: the start the generation prompt shares with the conversation trained
+    (DeepSeek-R1's prompt adds a "<think>\n" its trained turns lack), back to the end of a special token or of a line
+    that no line end follows, so that the context tokenises as training does (the "\n" of Qwen3's "<think>\n" prompt is
+    half of the "\n\n" trained after it)."""
+    i = len(os.path.commonprefix([context, full]))
+    while i > 0 and not (any(s and full.startswith(s, i - len(s)) for s in specials) or
+                         (full[i - 1] == "\n" and full[i:i + 1] not in ("\n", "\r"))):
+        i -= 1
+    return full[:i]
 
 
 def _rejected_side(probe: dict[str, Any]) -> dict[str, Any] | None:
