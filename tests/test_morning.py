@@ -145,6 +145,21 @@ def test_a_long_reason_is_cut_to_fit(tmp_path: Path) -> None:
     assert row.endswith("x…") and len(row) < 200
 
 
+def test_an_asha_trial_waiting_at_its_rung_says_so_beside_it(tmp_path: Path) -> None:
+    """A queued trial held at its rung reads as what it is, not as a run merely waiting its turn."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    store = Store(home.db)
+    try:
+        _insert(store, home, FAILED, 1, "queued", reason="waits at ASHA rung 1 (step 7, eval loss 5.4100) for the "
+                                                         "group's other trials")
+    finally:
+        store.close()
+    row = next(line for line in overnight("runs", home=home.root, check=True).stdout.splitlines()
+               if line.startswith(FAILED))
+    assert row.split()[1] == "queued" and row.endswith("waits at ASHA rung 1 (step 7, eval loss 5.4100) for the "
+                                                        "gro…"), row
+
+
 def test_a_real_rejection_is_listed(home: Path) -> None:
     """A drop the daemon itself rejects (a sidecar naming a base model that does not exist)."""
     (home / "inbox" / "tiny.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')

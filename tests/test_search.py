@@ -62,6 +62,29 @@ def test_an_asked_trial_no_run_claimed_is_drawn_by_the_next_run_not_asked_again(
     assert studies.draw(tmp_path, run) is None  # drawn once: a restart of the same run keeps its values
 
 
+def _drawn(home, kind: str, seed: int) -> list[float]:
+    """Three trials of one study drawn one after the other, as the daemon draws them (the study loaded each time)."""
+    options = {"search": kind, "trials": 3, "seed": seed, "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}}
+    values = []
+    for n in (1, 2, 3):
+        folder = home / "runs" / f"x-t{n}-20261206-101010"
+        folder.mkdir(parents=True)
+        RunConfig(run_id=folder.name, group="x-20261206-101010", options=options).write(folder)
+        studies.draw(home, {"id": folder.name, "run_dir": str(folder), "group_id": "x-20261206-101010"})
+        values.append(RunConfig.read(folder).options["learning_rate"])
+    return values
+
+
+@pytest.mark.parametrize("kind", ["random", "tpe"])
+def test_each_trial_draws_its_own_values_and_the_seed_repeats_them(tmp_path, kind):
+    """Every trial of a search draws other values (each draw's sampler was seeded alike: all trials drew the same),
+    and the same seed draws the same values again."""
+    first = _drawn(tmp_path / "a", kind, 7)
+    assert len(set(first)) == 3, first
+    assert _drawn(tmp_path / "b", kind, 7) == first
+    assert _drawn(tmp_path / "c", kind, 8) != first
+
+
 SEARCH = ('search = "tpe"\ntrials = 4\nseed = 7\nlearning_rate = {low = 1e-5, high = 3e-3, log = true}\n'
           'lora_r = {choices = [2, 8]}\nselect = "best"\n'
           "max_steps = 6\nbatch_size = 4\nmax_length = 32\nlog_every = 1\nsave_every = 2\neval_fraction = 0.2\n"
@@ -91,6 +114,7 @@ def test_a_study_killed_midway_continues_with_every_trial_drawn_once(home, tiny_
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none drawn twice
     assert sorted(t.user_attrs["run_id"] for t in trials) == [r["id"] for r in runs]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({(t.params["learning_rate"], t.params["lora_r"]) for t in trials}) == 4  # four draws, not one four times
     for t in trials:
         config = RunConfig.read(home / "runs" / t.user_attrs["run_id"])
         assert config.options["learning_rate"] == t.params["learning_rate"] and 1e-5 <= t.params["learning_rate"] <= 3e-3

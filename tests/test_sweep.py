@@ -154,6 +154,46 @@ def test_select_best_activates_the_best_version_when_the_groups_last_run_ends(tm
     assert store.models("support")[-1]["active"] == 1
 
 
+def test_select_best_leaves_a_pinned_version_active_and_says_so(tmp_path):
+    """`overnight activate` decides: a group whose runs end again after the user pinned a version (a pruned trial
+    resumed) names its best without taking over."""
+    from daemon.engine import registry
+    store, runs = _group_home(tmp_path, "best", [("completed", 1.3), ("completed", 1.1)])
+    for r in runs:
+        registry.register(store, r, activate=False)
+    assert "activated support version 2" in sweep.on_group_ended(store, "support-g", _options, lambda r: 0)
+    store.activate_model("support", 1)  # the user pins version 1
+    said = sweep.on_group_ended(store, "support-g", _options, lambda r: 0)
+    assert said == ("sweep support-g: the best is support version 2 (run support-r2, eval loss 1.1000; best of 2); "
+                    "not activated, as version 1 is pinned (overnight activate support 2 to take it)")
+    assert [(m["version"], m["active"]) for m in store.models("support")] == [(1, 1), (2, 0)]
+
+
+def test_a_search_of_one_trial_activates_its_version(tmp_path):
+    from daemon.engine import registry
+    store, [run] = _group_home(tmp_path, "best", [("completed", 1.3)])
+    registry.register(store, run, activate=not sweep.selects_best(_options(run), run))
+    assert "activated support version 1" in sweep.on_group_ended(store, "support-g", _options, lambda r: 0)
+    assert store.models("support")[0]["active"] == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ('prune = "asha"\n', ['prune = "asha" compares the trials of a sweep', "queues one run", "Fix:"]),
+    ("eta = 2\nlearning_rate = [1e-4, 3e-4]\n", ["eta = 2 steers ASHA pruning", 'Fix: add prune = "asha"']),
+    ("trials = 3\nlearning_rate = [1e-4, 3e-4]\n", ["trials = 3 steers a search", 'Fix: add search = "tpe"']),
+    ("search = 'random'\ntrials = 2\neval_fraction = {low = 0.01, high = 0.1}\nlearning_rate = [1e-4, 3e-4]\n",
+     ["'eval_fraction' = {low = 0.01, high = 0.1} is a range", "Fix: give eval_fraction one value "
+                                                                "(eval_fraction = 0.05)"]),
+])
+def test_a_sweep_option_that_would_do_nothing_is_refused_with_the_fix(sweep_home, text, words):
+    """ASHA on a single run waited at its first rung forever; eta without prune and trials without search were
+    accepted and did nothing; a range on an option no search draws was said as a list."""
+    (sweep_home / "inbox" / "odd.toml").write_text(text)
+    (sweep_home / "inbox" / "odd.jsonl").write_text(PROMPTS)
+    res = overnight("check", str(sweep_home / "inbox" / "odd.jsonl"), home=sweep_home)
+    assert res.returncode == 1 and "odd.toml" in res.stdout and all(w in res.stdout for w in words), res.stdout
+
+
 def test_select_none_leaves_the_registry_alone(tmp_path):
     store, runs = _group_home(tmp_path, "none", [("completed", 1.3), ("completed", 1.1)])
     assert not sweep.selects_best(_options(runs[0]), runs[0])
@@ -281,6 +321,21 @@ def test_compare_group_ranks_by_eval_loss_with_probes_speed_time_and_differing_o
     assert bad.returncode != 0 and "no group matches 'nothing'" in bad.stderr
 
 
+def test_compare_stars_the_run_select_metric_picks(home):
+    """A group ranked by its select_metric: compare's ★ is the version `select = "best"` activates, not the run with
+    the lowest eval loss."""
+    store = Store(home / "overnight.db")
+    for i, (rid, loss, rouge) in enumerate((("sup-lr1e-4-20260101-000000", 1.1, 0.20),
+                                            ("sup-lr3e-4-20260101-000000", 1.3, 0.60)), 1):
+        _fake_run(store, home, rid, i, "completed", loss, {"select": "best", "select_metric": "rougeL"}, 1)
+        (home / "runs" / rid / "eval_report.json").write_text(json.dumps(
+            {"eval": {"records": 4, "scores": {"version": {"exact": 0.0, "similarity": 0.5, "rougeL": rouge}}}}))
+    store.close()
+    rows = json.loads(overnight("compare", "sup-20260101-000000", "--json", home=home, check=True).stdout)
+    assert [(r["rank"], r["run_id"][:9], r["ranked_by"]) for r in rows] == [(1, "sup-lr3e-", "rougeL"),
+                                                                            (2, "sup-lr1e-", "rougeL")]
+
+
 def test_skipping_the_last_queued_run_of_a_sweep_selects_its_best(home):
     """The group ends however its last run ends: here skipped before it started (no training needed)."""
     store = Store(home / "overnight.db")
@@ -331,3 +386,14 @@ def test_a_sweep_trains_is_ranked_and_its_best_version_is_activated(home, tiny_m
             f"eval loss {rows[0]['eval_loss']:.4f}; best of 4)")
     assert line in (home / "overnight.log").read_text()
     assert "★" in overnight("compare", "support", home=home, check=True).stdout.splitlines()[2]
+
+
+def test_asha_set_for_every_drop_leaves_a_single_run_to_train_to_its_end(tmp_path):
+    """prune = "asha" in overnight.toml (for the sweeps to come): a drop of one run has no trials to be compared
+    with, so it trains to the end instead of waiting at its first rung for ever."""
+    from daemon.engine.pruning import target_rung
+
+    store, [run] = _group_home(tmp_path, "none", [("training", None)])
+    options = {"prune": "asha", "eta": 3}
+    assert target_rung(store, run, options) == 0  # a trial of a group: to its first rung
+    assert target_rung(store, {**run, "group_id": None}, options) is None

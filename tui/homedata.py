@@ -21,6 +21,7 @@ from daemon.core.home import Home, daemon_alive
 from daemon.core.morning import FailedRun, RejectedDrop
 from daemon.core.queries import Reader
 from daemon.core.rundir import JsonlTail, LogUpdate, RunFolder
+from daemon.core.runconfig import RunConfig
 from daemon.core.runrecord import Run
 
 LOG_LINES = 2000  # lines of console.log the dashboard keeps (Log(max_lines=…) bounds the widget the same way)
@@ -146,7 +147,8 @@ def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
     best: set[str] = set()
     for members in groups.values():
         if len(members) > 1:
-            winner = sweep.best(members, lambda run: analyze(reader.evolution(run.id)).learned)
+            by = sweep.ranked_by(RunConfig.read(members[0].run_dir).options) if members[0].run_dir else "eval_loss"
+            winner = sweep.best(members, lambda run: analyze(reader.evolution(run.id)).learned, by)
             if winner:
                 best.add(winner.id)
     return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs

@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 
 PRUNE_ASHA = "asha"
+WAITS = "waits at ASHA rung"  # how a trial held at its rung says why it is queued (daemon/engine/pruning.py)
 DEFAULT_ETA = 3
 DEFAULT_RUNGS = 2
 # How the trainer says it stopped at its rung (result.json's reason starts with it); the daemon holds the run then.

@@ -432,6 +432,13 @@ def _toml(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
+def _table(value: Any) -> str:
+    """An inline table as TOML writes it: {low = 0.01, high = 0.1}."""
+    if not isinstance(value, dict):
+        return _toml(value)
+    return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
 # Options are flat keys and a few small tables: nothing needs more levels than this. Deeper nesting is refused before
 # the values are looked at (Python's TOML parser recurses: arrays or inline tables ~500 deep raise RecursionError,
 # and dotted keys build dicts as deep as the line is long).
@@ -558,14 +565,17 @@ def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool, it
     """A list for an option whose value is not a list: a sweep (one run per value), allowed in a sidecar only
     (`item_check` False: a search's range, whose own rules are daemon/core/search.py's)."""
     opt = OPTIONS[key]
-    one = _toml(values[0]) if values and not isinstance(values[0], (list, dict)) else "…"
+    one = _toml(values[0]) if values and not isinstance(values[0], (list, dict)) else \
+        _toml(opt.default) if opt.default is not None else "…"
+    # a search's range {low = …, high = …} is said as the table it is written as, not as the list it is checked as
+    shown, what = (values, "a list") if item_check else (_table(values[0]), "a range")
     if not opt.sweep:
         sweepable = ", ".join(k for k, o in OPTIONS.items() if o.sweep)
-        raise OptionsError(f"{source}: option '{key}' = {values!r} is a list, but {key} cannot be swept: a list "
-                           f"queues one run per value only for the training options {sweepable}. "
-                           f"Fix: give {key} one value ({key} = {one}).")
+        raise OptionsError(f"{source}: option '{key}' = {shown} is {what}, but {key} cannot be swept: a list "
+                           f"queues one run per value, and a range draws one per trial, only for the training "
+                           f"options {sweepable}. Fix: give {key} one value ({key} = {one}).")
     if not sidecar:
-        raise OptionsError(f"{source}: option '{key}' = {values!r} is a list, but sweeps belong in a dataset's "
+        raise OptionsError(f"{source}: option '{key}' = {shown} is {what}, but sweeps belong in a dataset's "
                            f"sidecar (NAME.toml beside the dataset: one run per value), not in overnight.toml. "
                            f"Fix: set one value here ({key} = {one}) and put the list in the sidecar of the "
                            f"dataset to sweep.")

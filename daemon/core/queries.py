@@ -93,7 +93,7 @@ class Reader:
         if self._all("SELECT 1 FROM runs WHERE group_id = ? LIMIT 1", (ref,)):
             return [ref]
         rows = self._all("SELECT group_id, MAX(seq) AS newest FROM runs WHERE group_id IS NOT NULL AND "
-                         "(substr(group_id, 1, ?) = ? OR name = ?) GROUP BY group_id HAVING COUNT(*) > 1 "
+                         "(substr(group_id, 1, ?) = ? OR name = ?) GROUP BY group_id "
                          "ORDER BY newest DESC", (len(ref), ref, ref))
         return [r["group_id"] for r in rows]
 
@@ -126,7 +126,7 @@ class Reader:
                                f"Fix: give the group id, e.g. overnight compare {groups[0]}")
             if not groups:
                 run = self.find_run(ref)
-                if run is not None and run["group_id"] and len(self.group_runs(run["group_id"])) > 1:
+                if run is not None and run["group_id"]:
                     groups = [run["group_id"]]
             if not groups:
                 raise RefError(f"no group matches {ref!r}: compare takes a sweep's group id (or its name), "

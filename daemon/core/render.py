@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
-from daemon.core import control
+from daemon.core import asha, control
 from daemon.core.states import ACTIVE, ENDED, State
 
 
@@ -117,7 +117,8 @@ def cut(text: str, width: int) -> str:
 
 
 def _reason(r: dict[str, Any]) -> str:
-    if r["state"] not in _WITH_REASON or not r.get("reason"):
+    waiting = r["state"] == State.QUEUED and str(r.get("reason") or "").startswith(asha.WAITS)  # an ASHA trial
+    if not (r["state"] in _WITH_REASON or waiting) or not r.get("reason"):
         return ""
     first = next((line.strip() for line in str(r["reason"]).splitlines() if line.strip()), "")
     return cut(first, REASON_CELLS)
@@ -255,7 +256,8 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     cells += [_comparison_row(r, pruning) for r in rows]
     lines = [head, *table(cells)]
     if pruning:
-        lines.append("RUNGS: rN@STEP eval loss there, then ↑ went on, ✗ pruned (resumable), … waiting, ↻ resumed")
+        lines.append("RUNGS: rN@STEP eval loss there (the training loss without an eval set), then ↑ went on, ✗ "
+                     "pruned (resumable), … waiting, ↻ resumed")
     return "\n".join(lines)
 
 

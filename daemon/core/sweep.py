@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from daemon.core import search
+from daemon.core import asha, search
 from daemon.core import evalreport
 from daemon.core.options import OPTIONS, OptionsError, Resolved
 from daemon.core.states import ENDED, State
@@ -149,6 +149,28 @@ def check_cap(opts: Resolved, source: Path | str | None) -> None:
                            f"overnight.toml.")
 
 
+# options that steer a sweep: what a sidecar must set for them to mean anything, what they steer, and its usual value
+_NEEDS = {"eta": ("prune", "ASHA pruning", '"asha"'), "prune_rungs": ("prune", "ASHA pruning", '"asha"'),
+          "min_steps": ("prune", "ASHA pruning", '"asha"'), "trials": ("search", "a search", '"tpe"')}
+
+
+def check_inert(opts: Resolved, source: Path | str | None) -> None:
+    """A sidecar's sweep option that would do nothing (ASHA on a single run, `eta` without `prune`, `trials` without
+    `search`) is refused with the fix: the run would train as if it were not there, and the user never know."""
+    set_here = [k for k, origin in opts.sources.items() if origin == "sidecar"]
+    where = f"{source}: " if source else ""
+    for key in set_here:
+        if key in _NEEDS and opts.values.get(_NEEDS[key][0]) in (None, "none"):
+            needed, steered, usual = _NEEDS[key]
+            raise OptionsError(f"{where}{key} = {opts.values[key]!r} steers {steered}, and {needed} is not set, so it "
+                               f"would do nothing. Fix: add {needed} = {usual}, or remove {key}.")
+    if "prune" in set_here and opts.values.get("prune") == asha.PRUNE_ASHA and run_count(opts) < 2 \
+            and not search.searching(opts.values):
+        raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
+                           f"Fix: list values to sweep (e.g. learning_rate = [1e-4, 3e-4]) or add a search, or remove "
+                           f"prune.")
+
+
 def summary(opts: Resolved) -> str | None:
     """For `overnight check`: `4 runs (learning_rate 2 × lora_r 2): lr1e-4-r8, …`; None for a single run."""
     n = run_count(opts)
@@ -243,6 +265,11 @@ def rank(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int
     return [{**r, "rank": i} for i, r in enumerate(ranked, 1)] + [{**r, "rank": None} for r in rest], metric
 
 
+def ranked_by(options: dict[str, Any]) -> str:
+    """What a group's runs are ranked by, as `select = "best"` ranks them: its select_metric."""
+    return options.get("select_metric") or "eval_loss"
+
+
 def best(runs: Iterable[R], learned: Callable[[R], int | None] | None = None, by: str = "eval_loss") -> R | None:
     """The best run of a group (see `rank`), or None when no run completed: one of `runs` as given, row dicts or
     `Run`s (`learned` is asked with the same)."""
@@ -264,12 +291,12 @@ def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any
     Returns the overnight.log line, or None when there is nothing to do (runs left, select = "none").
     """
     members = store.runs_in_group(group)
-    if len(members) < 2 or any(m["state"] not in ENDED for m in members):
+    if not members or any(m["state"] not in ENDED for m in members):  # a search of one trial is a group too
         return None
     options = read_options(members[-1])
     if options.get("select") != SELECT_BEST:
         return None
-    by = options.get("select_metric") or "eval_loss"
+    by = ranked_by(options)
     # the forgetting alarm: a regressed version is never picked unless the drop allows it
     allowed = [m for m in members if options.get("allow_regressed") or not evalreport.of_run(m["run_dir"]).get("regressed")]
     winner = best(allowed, learned, by)
@@ -282,11 +309,15 @@ def on_group_ended(store: Any, group: str, read_options: Callable[[dict[str, Any
                    None)
     if version is None:
         return f"sweep {group}: the best run {winner['id']} has no model version to activate"
-    store.activate_model(winner["name"], version["version"], pin=False)
     _, metric = rank(allowed, learned, by)
-    value = _value(winner, metric)
-    return (f"sweep {group}: activated {winner['name']} version {version['version']} (run {winner['id']}, "
-            f"{METRIC_LABEL[metric]} {value:.4f}; best of {len(members) - left_out - regressed}{note})")
+    said = (f"{winner['name']} version {version['version']} (run {winner['id']}, {METRIC_LABEL[metric]} "
+            f"{_value(winner, metric):.4f}; best of {len(members) - left_out - regressed}{note})")
+    pinned = store.pinned_version(winner["name"])
+    if pinned is not None and pinned != version["version"]:  # the user's `overnight activate` decides
+        return (f"sweep {group}: the best is {said}; not activated, as version {pinned} is pinned (overnight "
+                f"activate {winner['name']} {version['version']} to take it)")
+    store.activate_model(winner["name"], version["version"], pin=False)
+    return f"sweep {group}: activated {said}"
 
 
 def selects_best(options: dict[str, Any], run: dict[str, Any]) -> bool:
@@ -323,7 +354,8 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
                          "learned": evo.learned, "total": evo.total}
     keys = list(dict.fromkeys(k for i in info.values() for k in i["options"]))
     differ = [k for k in keys if len({repr(i["options"].get(k)) for i in info.values()}) > 1]
-    ordered, metric = rank(runs, lambda r: info[r["id"]]["learned"])
+    by = ranked_by(info[runs[0]["id"]]["options"]) if runs else "eval_loss"  # the ★ is the run select picks
+    ordered, metric = rank(runs, lambda r: info[r["id"]]["learned"], by)
     rows = []
     for r in ordered:
         i = info[r["id"]]

@@ -19,7 +19,7 @@ Transition = Callable[..., None]
 
 def target_rung(store: Store, run: dict[str, Any], options: dict[str, Any]) -> int | None:
     """The rung a trial trains to next (None: to the end): one past the rungs it was promoted from."""
-    if asha.settings(options) is None:
+    if asha.settings(options) is None or not run.get("group_id"):  # no other trial to be compared with
         return None
     records = store.rungs([run["id"]])
     if any(r["decision"] in (Decision.PRUNED, Decision.RESUMED) for r in records):
@@ -31,20 +31,20 @@ def hold(store: Store, run: dict[str, Any], options: dict[str, Any], step: int |
     """The trial stopped at its rung (`step`): record what it scored there; it waits (queued, held). Returns the
     reason shown beside it."""
     rung = target_rung(store, run, options) or 0
-    metric = _metric_at(store, run["id"], step)
+    metric, label = _metric_at(store, run["id"], step)
     store.record_rung(run["id"], rung, step, metric, Decision.WAITING)
-    shown = f"{metric:.4f}" if metric is not None else "none"
-    return f"waits at ASHA rung {rung + 1} (step {step}, eval loss {shown}) for the group's other trials"
+    shown = f"{label} {metric:.4f}" if metric is not None else "no loss logged"
+    return f"{asha.WAITS} {rung + 1} (step {step}, {shown}) for the group's other trials"
 
 
-def _metric_at(store: Store, run_id: str, step: int | None) -> float | None:
-    """The eval loss logged at the rung's step; the training loss there when the run has no eval set."""
+def _metric_at(store: Store, run_id: str, step: int | None) -> tuple[float | None, str]:
+    """The eval loss logged at the rung's step; the training loss there when the run has no eval set; and which."""
     rows = store.metrics_at(run_id, step)
-    for column in ("eval_loss", "loss"):
+    for column, label in (("eval_loss", "eval loss"), ("loss", "loss")):
         values = [r[column] for r in rows if r[column] is not None]
         if values:
-            return float(values[-1])
-    return None
+            return float(values[-1]), label
+    return None, "eval loss"
 
 
 def resumed(store: Store, run_id: str) -> None:

@@ -36,14 +36,21 @@ def storage_url(home: Path) -> str:
 
 
 def study(home: Path, group: str, options: dict[str, Any]) -> Any:
-    """The group's study, created on first use (its sampler seeded by the run's seed)."""
+    """The group's study, created on first use, with its sampler for the next draw: seeded by the run's seed and the
+    trials drawn so far. A sampler lives for one draw here (the daemon loads the study again for each), and one
+    seeded alike every time would draw the same values for every trial."""
     optuna = _optuna()
-    kind, trials = options.get("search"), int(options.get("trials") or 1)
-    seed = options.get("seed")
-    sampler = (optuna.samplers.RandomSampler(seed=seed) if kind == "random" else
-               optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3))))
-    return optuna.create_study(storage=storage_url(home), study_name=group, direction="minimize", sampler=sampler,
-                               load_if_exists=True)
+    kind, trials, seed = options.get("search"), int(options.get("trials") or 1), options.get("seed")
+
+    def sampler(drawn: int) -> Any:
+        seeded = None if seed is None else (int(seed) + 7919 * drawn) % 2**32
+        return (optuna.samplers.RandomSampler(seed=seeded) if kind == "random" else
+                optuna.samplers.TPESampler(seed=seeded, n_startup_trials=min(10, max(2, trials // 3))))
+
+    st = optuna.create_study(storage=storage_url(home), study_name=group, direction="minimize", sampler=sampler(0),
+                             load_if_exists=True)
+    st.sampler = sampler(len(st.get_trials(deepcopy=False)))
+    return st
 
 
 def _distributions(config: RunConfig) -> dict[str, Any]:

@@ -302,6 +302,11 @@ class Store:
             q, args = q + " WHERE name = ?", [name]
         return [dict(r) for r in self.db.query(q + " ORDER BY name, version", args)]
 
+    def pinned_version(self, name: str) -> int | None:
+        """The version `overnight activate` pinned for `name` (new versions and sweeps no longer take over)."""
+        pin = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"pinned:{name}"]).fetchone()
+        return int(pin[0]) if pin and str(pin[0]).isdigit() else None
+
     def add_model(self, row: dict[str, Any], activate: bool = True) -> int:
         """Register the next version of `row['name']`; it becomes active unless the user pinned another (or
         `activate` is False: a sweep with select = "best" activates its best version when it ends)."""

@@ -114,6 +114,7 @@ def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
     try:
         opts = resolve(load_home_toml(home_toml), load_sidecar(sidecar))
         sweep.check_cap(opts, sidecar)
+        sweep.check_inert(opts, sidecar)
     except OptionsError as e:
         err = SubmissionError(str(e))
         err.__context__ = e  # its errors one by one, for check
