@@ -397,3 +397,13 @@ def test_asha_set_for_every_drop_leaves_a_single_run_to_train_to_its_end(tmp_pat
     options = {"prune": "asha", "eta": 3}
     assert target_rung(store, run, options) == 0  # a trial of a group: to its first rung
     assert target_rung(store, {**run, "group_id": None}, options) is None
+
+
+def test_a_forgetting_that_rounds_to_nothing_has_no_sign_and_one_run_is_one_run():
+    from daemon.core.render import comparison, fmt_forgetting
+
+    assert [fmt_forgetting(x) for x in (-0.0004, 0.0004, -0.012, 0.0)] == ["+0.0%", "+0.0%", "-1.2%", "+0.0%"]
+    row = {"rank": None, "run_id": "a-t1", "state": "queued", "eval_loss": None, "final_loss": None,
+           "probes_learned": None, "probes_total": 0, "tokens_per_s": None, "seconds": None,
+           "options_that_differ": {}, "rungs": [], "ranked_by": None}
+    assert comparison([row], "a-20260101-000000").splitlines()[0].startswith("group a-20260101-000000: 1 run,")

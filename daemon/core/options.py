@@ -402,7 +402,8 @@ def check_value(source: Path | str, key: str, value: Any, item: str = "") -> Non
     """Raise OptionsError when `value` is not allowed for `key` (`item`: where in a sweep's list it stands)."""
     opt = OPTIONS[key]
     if not _type_ok(opt, value):
-        raise OptionsError(f"{source}: option '{key}' = {value!r}{item} is a {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
+        kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+        raise OptionsError(f"{source}: option '{key}' = {value!r}{item} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}; "
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
                            f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
                            f"with a value of that type (TOML: strings in quotes, true/false bare).")

@@ -98,6 +98,11 @@ def _progress(r: dict[str, Any]) -> str:
     return f"{step}/{total}" if total else str(step)
 
 
+def fmt_forgetting(score: float) -> str:
+    """A forgetting score as a signed percentage; a change that rounds to nothing reads +0.0%, never -0.0%."""
+    return f"{score:+.1%}".replace("-0.0%", "+0.0%")
+
+
 REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
 _WITH_REASON = tuple(s for s in ENDED if s is not State.COMPLETED)  # a run that ended otherwise says why
 _COUNTING_DOWN = tuple(s for s in ACTIVE if s is not State.PREPARING)  # an ETA once steps are being taken
@@ -219,7 +224,8 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
         out.append(f"    eval ({report['eval_records']} records): {scores(mine)}{parent}  "
                    f"base {scores(report.get('base_scores'))}")
     if report.get("forgetting") is not None:
-        out.append(f"    forgetting {report['forgetting']:+.1%} (general-text loss vs the {report.get('forgetting_vs')})")
+        out.append(f"    forgetting {fmt_forgetting(report['forgetting'])} (general-text loss vs the "
+                   f"{report.get('forgetting_vs')})")
     if report.get("regressed"):
         out.append(f"    REGRESSED: {'; '.join(report.get('why') or [])}")
         for x in report.get("lost_items") or []:
@@ -247,7 +253,8 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     from daemon.core.sweep import METRIC_LABEL
     metric = next((r["ranked_by"] for r in rows if r["ranked_by"]), None)
     ranked = sum(r["rank"] is not None for r in rows)
-    head = f"group {group}: {len(rows)} runs" if group else f"{len(rows)} runs"
+    counted = f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
+    head = f"group {group}: {counted}" if group else counted
     head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
              ", none completed yet: not ranked")
     pruning = any(r.get("rungs") for r in rows)

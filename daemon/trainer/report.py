@@ -26,6 +26,7 @@ from daemon.core import evalreport
 from daemon.core.atomic import read_json, write_json
 from daemon.core.evalfile import load_eval_file, owner_eval_file
 from daemon.core.evolution import answer_of, is_exact, similarity
+from daemon.core.render import fmt_forgetting
 from daemon.core.probes import MAX_PROBES
 from daemon.trainer.snapshots import EncodedProbe, encode_probe, fit_to_length, generate_answers
 
@@ -54,7 +55,7 @@ def _line(report: dict[str, Any]) -> str:
     ev = ("eval " + ", ".join(f"{who} {_scores(scores[who])}" for who in ("version", "parent", "base") if scores.get(who))
           if scores else "no eval file")
     f = report["forgetting"]
-    score = f"{f['score']:+.1%} vs the {f['before']}" if f.get("score") is not None else "n/a"
+    score = f"{fmt_forgetting(f['score'])} vs the {f['before']}" if f.get("score") is not None else "n/a"
     lost = f"; lost since the parent: {len(report['lost'])}" if report.get("parent") else ""
     alarm = f"; REGRESSED: {'; '.join(report['why'])}" if report["regressed"] else ""
     return f"eval report: {ev}; forgetting {score}{lost}; {report['seconds']:.1f} s{alarm}"

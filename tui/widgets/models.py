@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import DataTable
 
-from daemon.core.render import fmt_loss
+from daemon.core.render import fmt_forgetting, fmt_loss
 from tui.homedata import HomeSnapshot, ModelRow
 from tui.fmt import short_time
 from tui.widgets.runs import clip_id
@@ -38,7 +38,7 @@ def _row(m: ModelRow) -> dict[str, Text]:
     return {"": mark, "name": Text(m.name, "bold" if m.active else ""), "ver": Text(f"v{m.version}"),
             "state": state, "loss": Text(fmt_loss(m.final_loss)), "eval": Text(fmt_loss(m.eval_loss)),
             "rougeL": Text("-" if m.rouge_l is None else f"{m.rouge_l:.2f}"),
-            "forget": Text("-" if m.forgetting is None else f"{m.forgetting:+.1%}", "red" if m.regressed else ""),
+            "forget": Text("-" if m.forgetting is None else fmt_forgetting(m.forgetting), "red" if m.regressed else ""),
             "created": Text(short_time(m.created)), "base": Text(base), "continues from": Text(lineage(m)),
             "run": Text(m.run_id)}
 
