@@ -276,6 +276,20 @@ def test_recovery_requeues_the_runs_a_dead_daemon_left_active(bench: Bench) -> N
     assert bench.row("done-1")["state"] == "completed"
 
 
+def test_recovery_keeps_a_stop_or_skip_the_trainer_carried_out_before_the_daemon_died(bench: Bench) -> None:
+    """`overnight stop RUN`, then the daemon is killed before it saw the trainer exit: the trainer's result.json says
+    it stopped as asked, so the run ends stopped (skipped), not resumed as if nothing had been asked."""
+    for run, asked, state in (("talk-1", "stop", "stopped"), ("chat-1", "skip", "skipped"),
+                              ("odd-1", "shutdown", "queued")):
+        folder = bench.run(run, state=State.TRAINING, pid=999999)
+        (folder / "result.json").write_text(json.dumps({"outcome": "stopped", "reason": f"{asked} requested"}))
+    bench.sup.recover()
+    assert [bench.row(r)["state"] for r in ("talk-1", "chat-1", "odd-1")] == ["stopped", "skipped", "queued"]
+    row = bench.row("talk-1")
+    assert row["reason"] == "stop requested (carried out before the daemon restarted)" and row["finished"]
+    assert "overnight: run stopped (stop requested" in RunFolder(row["run_dir"]).console.read_text()
+
+
 def test_recovery_ends_a_trainer_an_earlier_daemon_left_running(bench: Bench) -> None:
     """Never two trainers on one run folder: the leftover is asked to checkpoint and exit before its run requeues."""
     run_dir = bench.run("talk-1")

@@ -26,7 +26,7 @@ from daemon.core.log import log
 from daemon.core.options import OPTIONS
 from daemon.core.rundir import RunFolder, step_of
 from daemon.core.space import is_disk_full, shortage
-from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State
+from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State, StopRequest
 from daemon.core.timefmt import iso
 from daemon.engine import hooks, notify, pruning, registry, search
 from daemon.engine.endstate import TrainerExit, end_state
@@ -57,6 +57,15 @@ def tell(notifier: notify.Notifier, event: str, subject: str, message: Any, *arg
         notifier.send(event, *message(*args), subject=subject)
     except Exception:  # noqa: BLE001
         log.exception(f"notify: could not prepare '{event}' for {subject}")
+
+
+def _honoured(result: dict[str, Any]) -> StopRequest | None:
+    """The user's stop or skip the trainer's last attempt ended on (result.json: "stop requested"), else None. The
+    request itself lived in the daemon that asked; the trainer's own record of it outlives that daemon."""
+    asked = (result.get("reason") or "").removesuffix(" requested") if _outcome(result.get("outcome")) \
+        == Outcome.STOPPED else ""
+    request = StopRequest._value2member_map_.get(asked)
+    return request if request is not None and request.by_user else None
 
 
 def _outcome(value: Any) -> Outcome | None:
@@ -376,6 +385,13 @@ class Supervisor:
             if run["id"] in followed:
                 continue
             run_dir = Path(run["run_dir"])
+            asked = _honoured(RunFolder(run_dir).read_result())
+            if asked is not None:  # the user's stop or skip, carried out before the daemon died: it stands
+                reason = f"{asked} requested (carried out before the daemon restarted)"
+                self.transition(run["id"], asked.outcome, reason, pid=None, finished=iso())
+                rundir.append_console(run_dir, f"overnight: run {asked.outcome} ({reason})")
+                log.info(f"recovered {run['id']}: {asked.outcome} ({reason})")
+                continue
             ckpt = RunFolder(run_dir).newest_checkpoint()
             reason = f"interrupted (daemon restart); resumes from {ckpt.name if ckpt else 'the start'}"
             self.transition(run["id"], State.QUEUED, reason, pid=None, attempts=self._attempts(run["id"]))
