@@ -118,6 +118,21 @@ def test_b_a_deleted_db_is_rebuilt_by_the_daemon_which_trains_the_queued_run(tra
     assert sorted((m["name"], m["version"], m["active"]) for m in _models(home)) == [("done", 1, 1), ("later", 1, 1)]
 
 
+def test_b2_a_copied_home_trains_and_reads_its_own_runs_not_the_originals(trained: Path, tmp_path: Path) -> None:
+    """A home copied (or moved) elsewhere: its daemon trains the queued run in the copy and its models point into
+    the copy; the DB's paths named the original, where the run trained (and a moved home's queue stalled)."""
+    home = _copy(trained, tmp_path)
+    queued = next(r["id"] for r in _runs(trained) if r["state"] == "queued")
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"this home was moved or copied from {trained}" in (home / "overnight.log").read_text()
+    runs = {r["id"]: r for r in _runs(home)}
+    assert runs[queued]["state"] == "completed" and all(r["run_dir"].startswith(str(home)) for r in runs.values())
+    assert all(m["adapter_path"].startswith(str(home)) for m in _models(home))
+    original = json.loads((trained / "runs" / queued / "metadata.json").read_text())
+    assert original["status"] == "queued" and not (trained / "runs" / queued / "adapter").exists()
+
+
 def test_c_a_healthy_home_passes_doctor(trained: Path) -> None:
     res = overnight("doctor", home=trained)
     assert res.returncode == 0, res.stdout

@@ -290,6 +290,17 @@ def test_recovery_keeps_a_stop_or_skip_the_trainer_carried_out_before_the_daemon
     assert "overnight: run stopped (stop requested" in RunFolder(row["run_dir"]).console.read_text()
 
 
+def test_a_queued_run_whose_folder_was_removed_fails_and_the_queue_goes_on(bench: Bench) -> None:
+    """`rm -rf runs/RUN` of a queued run: it fails with the reason and the fix (it blocked the whole queue with a
+    traceback at every pass), and nothing makes its folder again."""
+    import shutil
+    shutil.rmtree(bench.run("gone-1", state=State.QUEUED))
+    bench.sup.start_next()
+    row = bench.row("gone-1")
+    assert row["state"] == "failed" and "is gone" in row["reason"] and "Fix: drop the dataset again" in row["reason"]
+    assert not (bench.home.runs / "gone-1").exists() and ("failed", "gone-1") in bench.told
+
+
 def test_recovery_ends_a_trainer_an_earlier_daemon_left_running(bench: Bench) -> None:
     """Never two trainers on one run folder: the leftover is asked to checkpoint and exit before its run requeues."""
     run_dir = bench.run("talk-1")

@@ -71,6 +71,9 @@ class Daemon:
         self.store.daemon_started(os.getpid(), str(self.home.root), __version__)
         log.info(f"overnight {__version__} daemon started on {self.home.root} (PID {os.getpid()})")
         self._observer = _wake_on_changes((self.home.inbox, self.home.control), self.wake)
+        for old in self.store.follow_home(self.home.root):
+            log.warning(f"this home was moved or copied from {old}: its runs and adapters are read and trained "
+                        f"here, at {self.home.root}, from now on")
         self.supervisor.recover()
         last_beat = 0.0
         try:
@@ -228,7 +231,8 @@ class Daemon:
     def _transition(self, run_id: str, state: str, reason: str | None, **fields: Any) -> None:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
-        rundir.write_metadata(Path(run["run_dir"]), run)
+        if Path(run["run_dir"]).is_dir():  # a folder removed by hand is never made again just to hold this
+            rundir.write_metadata(Path(run["run_dir"]), run)
         if run.get("group_id"):
             self._changed_groups.add(run["group_id"])
             if state in ENDED:

@@ -113,6 +113,13 @@ def busy_problem(error: BaseException, db_path: Path) -> str | None:
             f"(a sqlite3 shell or a script left inside BEGIN)")
 
 
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 class Store:
     """The daemon's read-write handle on overnight.db. One short transaction per unit of work."""
 
@@ -301,6 +308,31 @@ class Store:
         if name:
             q, args = q + " WHERE name = ?", [name]
         return [dict(r) for r in self.db.query(q + " ORDER BY name, version", args)]
+
+    def follow_home(self, root: Path) -> list[str]:
+        """Paths recorded under another home (this one was moved or copied there, with its runs/ and trash/):
+        each run folder and adapter this home holds at the same place is pointed at again, so that nothing trains
+        in, or reads from, the home it came from. Returns the homes it came from."""
+        moved: dict[str, str] = {}  # run id: its folder here
+        olds: set[Path] = set()
+        for row in self.db.query("SELECT id, run_dir FROM runs WHERE run_dir IS NOT NULL"):
+            was, here = Path(row["run_dir"]), root / "runs" / row["id"]
+            if was == here or was.parent.name != "runs" or not here.is_dir() or _same(was, here):
+                continue  # a home reached through a symbolic link is not a moved one
+            moved[row["id"]] = str(here)
+            olds.add(was.parent.parent)
+        if not moved:
+            return []
+        with self.db.conn:
+            for run_id, here in moved.items():
+                self.db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [here, run_id])
+            for m in list(self.db.query("SELECT name, version, adapter_path FROM models")):
+                path = Path(m["adapter_path"] or "")
+                old = next((o for o in olds if path.is_relative_to(o)), None)
+                if old is not None and (root / path.relative_to(old)).exists():
+                    self.db.execute("UPDATE models SET adapter_path = ? WHERE name = ? AND version = ?",
+                                    [str(root / path.relative_to(old)), m["name"], m["version"]])
+        return sorted(map(str, olds))
 
     def pinned_version(self, name: str) -> int | None:
         """The version `overnight activate` pinned for `name` (new versions and sweeps no longer take over)."""

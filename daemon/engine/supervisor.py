@@ -137,6 +137,10 @@ class Supervisor:
     def spawn(self, run: dict[str, Any], slot: Slot, owner: dict[str, Any]) -> bool:
         """Start one queued run's trainer on `slot`; False when the disk is too full to start anything."""
         run_dir = Path(run["run_dir"])
+        if not RunFolder(run_dir).config.is_file():  # removed by hand: nothing to train, and the queue goes on
+            self.fail_before_start(run, f"its run folder {run_dir} is gone (or holds no config.json), so there is "
+                                        f"nothing to train. Fix: drop the dataset again to train it anew")
+            return True
         ckpt = RunFolder(run_dir).newest_checkpoint()
         short = shortage(run_dir, ckpt, float(setting(owner, "min_free_gb")))
         self.disk(short)
@@ -183,7 +187,8 @@ class Supervisor:
     def fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""
         self.transition(run["id"], State.FAILED, reason, finished=iso())
-        rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
+        if Path(run["run_dir"]).is_dir():
+            rundir.append_console(Path(run["run_dir"]), f"overnight: run failed before its trainer started: {reason}")
         log.error(f"{run['id']} failed: {reason}")
         failed = self.store.get_run(run["id"])  # told like any other failure: notification, then the on_fail hook
         tell(self.notifier, "failed", run["id"], notify.failed_message, failed, reason, self.home.root)
