@@ -207,6 +207,31 @@ def test_check_counts_the_tokens_the_trainer_trains(home: Path, tiny_model: Path
     assert (checked["truncated"], checked["dropped"]) == (encoder.truncated, sum(i is None for i in items)) and encoder.truncated
 
 
+def test_a_raw_prompt_is_shown_and_counted_with_the_bos_the_trainer_adds(home: Path, tiny_model: Path,
+                                                                         tmp_path: Path):
+    """A tokenizer that starts every text with a BOS (Llama's <|begin_of_text|>): `check --show` of a raw prompt
+    shows it, and counts it, as the trainer's encoding has it."""
+    from tokenizers import Tokenizer, processors
+    from transformers import AutoTokenizer
+
+    from daemon.core.datasets import iter_examples
+    from daemon.trainer.sequences import Encoder
+
+    model = shutil.copytree(tiny_model, tmp_path / "with-bos")
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    bos = "<|endoftext|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+    tok.save(str(model / "tokenizer.json"))
+    (home / "overnight.toml").write_text(f'base_model = "{model}"\nprompt_format = "raw"\n')
+    data = alpaca(tmp_path / "colours.json")
+    [segments] = show(home, data)["examples"]
+    assert segments[0] == {"text": bos + "Answer in one word.\n\nName a colour.", "train": False}
+    encoder = Encoder(AutoTokenizer.from_pretrained(model), 1024, "bos")
+    encoder.encode_many(list(enumerate(iter_examples(data))))
+    assert encoder.lengths[0] == json.loads(overnight("check", str(data), "--json", home=home).stdout)[0][
+        "as_trained"]["tokens"]["max"]
+
+
 def test_show_on_plain_text_prints_the_blocks_the_run_trains(home: Path, tiny_model: Path):
     """A text record longer than max_length is trained as blocks of max_length tokens: --show shows those blocks
     (records joined, each ended by eos), not the whole 40,000-character record."""

@@ -249,6 +249,18 @@ def test_a_priority_file_with_one_unknown_name_changes_nothing(b: Bench) -> None
     assert b.store.get_run("x-1")["priority"] == 0
 
 
+def test_a_priority_naming_a_drop_not_yet_taken_waits_for_its_run(b: Bench) -> None:
+    """`echo "q2 10" > control/priority` written beside a drop the daemon has yet to take (it was down, or the drop
+    settles): the file waits for q2's run instead of being rejected, then applies to it."""
+    b.run("x-1")
+    (b.home.inbox / "q2.jsonl").write_text('{"text": "hi"}\n')
+    b.drop("priority", "x-1 5\nq2 10\n")
+    assert b.step() == [] and (b.home.control / "priority").exists()
+    (b.home.inbox / "q2.jsonl").unlink()  # taken: its run is queued
+    b.run("q2-1")
+    assert messages(b.step()) == ["applied: priority x-1: 0 -> 5", "applied: priority q2-1: 0 -> 10"]
+
+
 def test_a_higher_priority_queued_run_preempts_the_running_one(b: Bench) -> None:
     t = b.running("a-1")
     b.run("hi-1", priority=3)

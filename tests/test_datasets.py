@@ -170,15 +170,40 @@ def test_sharegpt_roles_system_and_tools(tmp_path: Path) -> None:
         {"from": "observation", "value": "42"}, {"from": "gpt", "value": "it is 42"},
         {"from": "user", "value": "thanks"}, {"from": "assistant", "value": "welcome"}]}
     path = json_array(tmp_path, [record])
-    assert list(iter_examples(path)) == [{"kind": "chat", "tools": tools, "messages": [
+    # function_call → a tool call each template renders its own way; bare function schemas → the form templates read
+    assert list(iter_examples(path)) == [{"kind": "chat", "tools": [{"type": "function", "function": tools[0]}],
+                                          "messages": [
         {"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
-        {"role": "assistant", "content": '{"name": "f"}'}, {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                              "function": {"name": "f", "arguments": {}}}]},
+        {"role": "tool", "content": "42", "name": "f"},
         {"role": "assistant", "content": "it is 42"}, {"role": "user", "content": "thanks"},
         {"role": "assistant", "content": "welcome"}]}]
     report = inspect_dataset(path)
     assert report.schema == "sharegpt"
     notes = " ".join(report.notes)
     assert "function_call → assistant" in notes and "observation → tool" in notes and "'tools'" in notes
+
+
+def test_openai_tool_calls_are_kept(tmp_path: Path) -> None:
+    """An assistant turn that calls a tool (content null, arguments as JSON text, as OpenAI writes them) and the
+    tool's answer: kept for the template to render, not refused for its empty content nor stripped of its call."""
+    path = jsonl(tmp_path, [{"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "rain"},
+        {"role": "assistant", "content": "It rains."}]}])
+    [example] = iter_examples(path)
+    assert example["messages"][1:3] == [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "content": "rain", "tool_call_id": "c1", "name": "get_weather"}]
+    (tmp_path / "bad").mkdir()
+    bad = jsonl(tmp_path / "bad", [{"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": None, "tool_calls": [{"x": 1}]}]}])
+    with pytest.raises(DatasetError, match=r"messages\[1\]\.tool_calls\[0\].*has no function with a name"):
+        list(iter_examples(bad))
 
 
 def test_extra_fields_ignored_and_noted(tmp_path: Path) -> None:

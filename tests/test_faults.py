@@ -73,6 +73,44 @@ def test_a_drop_left_in_a_half_made_run_folder_goes_back_to_the_inbox(home: Path
     assert not (home / "inbox" / "group.jsonl").exists() and (done / "group.jsonl").exists()
 
 
+def test_a_group_is_taken_whole_or_not_at_all_when_the_daemon_dies_making_it(home: Path) -> None:
+    """A daemon killed while it made a sweep's run folders: before the group's commit the drop goes back to the inbox
+    (taken again, whole); after it, each recorded run's folder takes its place (a sweep of 100 kept 26 runs)."""
+    from daemon.core.home import Home
+    from daemon.core.states import State
+    from daemon.engine.intake import Intake
+    from daemon.engine.store import Store
+
+    def staged(rid: str, link_to: Path | None = None) -> Path:
+        dataset = home / "runs" / f".{rid}.partial" / "dataset"
+        dataset.mkdir(parents=True)
+        (dataset.parent / "config.json").write_text("{}")
+        if link_to is None:
+            (dataset / "sweep.jsonl").write_text('{"text": "hi"}\n')
+        else:
+            os.link(link_to, dataset / "sweep.jsonl")
+        return dataset / "sweep.jsonl"
+
+    first = staged("sweep-lr1-20260101-000000")  # not committed: three stagings, no DB row
+    for rid in ("sweep-lr2-20260101-000000", "sweep-lr3-20260101-000000"):
+        staged(rid, first)
+    done = staged("later-lr1-20260101-000000")  # committed: the DB holds both runs, one folder was renamed already
+    staged("later-lr2-20260101-000000", done)
+    h = Home.resolve(home)
+    store = Store(h.db)
+    try:
+        store.insert_runs([{"id": rid, "name": "later", "state": State.QUEUED, "priority": 0, "seq": i,
+                            "run_dir": str(h.run_dir(rid))} for i, rid in enumerate(("later-lr1-20260101-000000",
+                                                                                    "later-lr2-20260101-000000"))])
+        Intake(h, store).close()
+    finally:
+        store.close()
+    assert (home / "inbox" / "sweep.jsonl").read_text() == '{"text": "hi"}\n'
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["later-lr1-20260101-000000",
+                                                                 "later-lr2-20260101-000000"]
+    assert (home / "runs" / "later-lr2-20260101-000000" / "dataset" / "sweep.jsonl").exists()
+
+
 class _FrozenTrainer:
     """What the daemon sees of a trainer that shows no life (SIGSTOP) and was asked to stop."""
 

@@ -49,9 +49,15 @@ def test_glaive_tool_turns_and_tools() -> None:
     roles = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
     for record, example in zip(raw, examples):
         assert example["kind"] == "chat"
-        assert example["tools"] == json.loads(record["tools"])
-        assert example["messages"] == [{"role": roles[t["from"]], "content": t["value"]}
-                                       for t in record["conversations"]]
+        assert example["tools"] == [{"type": "function", "function": t} for t in json.loads(record["tools"])]
+        assert [m["role"] for m in example["messages"]] == [roles[t["from"]] for t in record["conversations"]]
+        for turn, m in zip(record["conversations"], example["messages"]):
+            if turn["from"] == "function_call":  # {"name", "arguments"} → a tool call
+                call = json.loads(turn["value"])
+                assert m["content"] == "" and m["tool_calls"] == [
+                    {"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]
+            else:
+                assert m["content"] == turn["value"]
     notes = " ".join(inspect_dataset(REALDATA / "glaive_toolcall_en_demo.json").notes)
     assert "function_call → assistant" in notes and "observation → tool" in notes and "'tools'" in notes
 

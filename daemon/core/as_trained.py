@@ -79,34 +79,38 @@ class TrainedView:
         return {**out, "identical_after_cut": self.identical} if self.identical else out
 
 
-def example_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str) -> list[dict[str, Any]]:
-    """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees."""
+def example_segments(example: dict[str, Any], fmt: ChatFormat | None, eos: str, bos: str = "") -> list[dict[str, Any]]:
+    """One example as the trainer lays it out: {"text", "train"} segments whose concatenation is what it sees (a raw
+    prompt starts with `bos`, what the tokenizer puts before a text: Llama's <|begin_of_text|>)."""
     if example["kind"] == ExampleKind.CHAT:
         if fmt is None:
             raise no_template(None)
         return segments(*fmt.render(example["messages"], example.get("tools")))
     if example["kind"] == ExampleKind.PROMPT:
-        return [{"text": example["prompt"], "train": False}, {"text": example["completion"] + eos, "train": True}]
+        return [{"text": bos + example["prompt"], "train": False},
+                {"text": example["completion"] + eos, "train": True}]
     if example["kind"] in (ExampleKind.PAIR, ExampleKind.JUDGED):
-        return example_sequences(example, fmt, eos)[0]
+        return example_sequences(example, fmt, eos, bos)[0]
     return [{"text": example["text"] + eos, "train": True}]
 
 
-def example_sequences(example: dict[str, Any], fmt: ChatFormat | None, eos: str) -> list[list[dict[str, Any]]]:
+def example_sequences(example: dict[str, Any], fmt: ChatFormat | None, eos: str,
+                      bos: str = "") -> list[list[dict[str, Any]]]:
     """The sequences an example becomes: a preference pair two (prompt + chosen, prompt + rejected, laid out as SFT
     lays out prompt + completion: raw, or through the chat template), anything else one."""
     kind = example["kind"]
     if kind == ExampleKind.PAIR:
-        return [_with_answer(example, example[side], fmt, eos) for side in ("chosen", "rejected")]
+        return [_with_answer(example, example[side], fmt, eos, bos) for side in ("chosen", "rejected")]
     if kind == ExampleKind.JUDGED:
-        return [_with_answer(example, example["completion"], fmt, eos)]
-    return [example_segments(example, fmt, eos)]
+        return [_with_answer(example, example["completion"], fmt, eos, bos)]
+    return [example_segments(example, fmt, eos, bos)]
 
 
-def _with_answer(example: dict[str, Any], answer: Any, fmt: ChatFormat | None, eos: str) -> list[dict[str, Any]]:
+def _with_answer(example: dict[str, Any], answer: Any, fmt: ChatFormat | None, eos: str,
+                 bos: str) -> list[dict[str, Any]]:
     """The prompt followed by one answer, the answer marked as what the objective scores."""
     if "messages" not in example:  # the text form, raw
-        return [{"text": example["prompt"], "train": False}, {"text": answer + eos, "train": True}]
+        return [{"text": bos + example["prompt"], "train": False}, {"text": answer + eos, "train": True}]
     if fmt is None:
         raise no_template(None)
     tools = example.get("tools")
@@ -123,10 +127,11 @@ def view(examples: Iterator[dict[str, Any]], fmt: ChatFormat | None, prompt_chat
     with a `tokenizers.Tokenizer` count tokens, truncations and drops at `max_length`; a preference pair whose
     prompt alone fills max_length is a DatasetError naming it."""
     out = TrainedView()
+    bos = bos_text(tokenizer) if tokenizer is not None else ""
     pending: list[tuple[int, list[list[dict[str, Any]]]]] = []
     for number, example in enumerate(examples, 1):
         try:
-            seqs = example_sequences(as_chat(example) if prompt_chat else example, fmt, eos)
+            seqs = example_sequences(as_chat(example) if prompt_chat else example, fmt, eos, bos)
         except TemplateError as e:
             raise TemplateError(at_record(f"{name}, record {number}", e)) from None
         if number <= show:
@@ -193,6 +198,15 @@ def text_blocks(examples: Iterator[dict[str, Any]], tokenizer: Any, eos: str, ma
             break
     return [[{"text": tokenizer.decode(stream[i:i + max_length], skip_special_tokens=False), "train": True}]
             for i in range(0, min(len(stream), need), max_length)]
+
+
+def bos_text(tokenizer: Any) -> str:
+    """What a `tokenizers.Tokenizer` puts before a text it encodes with its special tokens, as the trainer encodes a
+    raw prompt (Llama 3's <|begin_of_text|>; "" for Qwen's)."""
+    with_special = tokenizer.encode("a", add_special_tokens=True).ids
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    head = with_special.index(plain[0]) if plain and plain[0] in with_special else 0
+    return tokenizer.decode(with_special[:head], skip_special_tokens=False) if head else ""
 
 
 def load_tokenizer(folder: Path | None) -> Any:

@@ -335,13 +335,45 @@ def _role_turns(record: dict, key: str, where: _Where, notes: Notes) -> list[dic
             elif isinstance(role, str) and role.lower() in _ROLE_ALIASES:
                 fix += f", or map {role!r} to {_ROLE_ALIASES[role.lower()]!r}"
             raise where.error(f"{name}.role", f"{problem} (expected one of: {', '.join(ROLES)})", fix)
-        content = _content(turn, f"{name}.content", where)
+        calls = _tool_calls(turn, name, where) if role == "assistant" and turn.get("tool_calls") else None
+        content = "" if calls and not turn.get("content") else _content(turn, f"{name}.content", where)
         if isinstance(turn.get("content"), list):
             notes.tally("{n} message(s) with 'content' as a list of text parts: the parts were joined")
         if "loss_weight" in turn:
             notes.tally("'loss_weight' ignored on {n} message(s): every assistant turn is trained")
-        messages.append({"role": role, "content": content})
+        message = {"role": role, "content": content, **({"tool_calls": calls} if calls else {})}
+        if role == "tool":  # what a template may show of the call it answers
+            message.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
+        messages.append(message)
     return messages
+
+
+def _tool_calls(turn: dict, name: str, where: _Where) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls` (OpenAI's form), each {"type": "function", "function": {name, arguments}}
+    with its arguments as an object (as chat templates read them; OpenAI writes them as a JSON string)."""
+    calls = turn["tool_calls"]
+    fix = 'write tool_calls as [{"type": "function", "function": {"name": "...", "arguments": {...}}}]'
+    if not isinstance(calls, list):
+        raise where.error(f"{name}.tool_calls", f"must be a list of tool calls, got {describe(calls)}", fix)
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise where.error(f"{name}.tool_calls[{j}]", "has no function with a name", fix)
+        out.append({**({"id": call["id"]} if isinstance(call.get("id"), str) else {}), "type": "function",
+                    "function": {"name": function["name"], "arguments": _arguments(function.get("arguments"))}})
+    return out
+
+
+def _arguments(value: Any) -> Any:
+    """A call's arguments as an object when they are one written as JSON text; as given otherwise."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return value
+        return decoded if isinstance(decoded, dict) else value
+    return {} if value is None else value
 
 
 def _content(turn: dict, name: str, where: _Where) -> str:
@@ -405,7 +437,9 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
         raise where.error("tools", f"must be a list of function definitions, got {describe(tools)}",
                           "write 'tools' as a JSON list of function definitions")
     notes.tally("'tools' passed to the chat template in {n} record(s)")
-    return tools
+    # a bare function schema (glaive's) in the form chat templates read: {"type": "function", "function": {...}}
+    return [{"type": "function", "function": t} if isinstance(t, dict) and "name" in t and "function" not in t
+            else t for t in tools]
 
 
 def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
@@ -434,9 +468,31 @@ def _sharegpt_turns(record: dict, where: _Where, notes: Notes, key: str = "conve
         value = _string(turn, "value", where, field_name=f"{name}.value")
         _refuse_markers(value, f"{name}.value", where)
         if speaker in ("function_call", "observation"):
-            notes.tally("{n} tool turn(s) mapped to chat roles (function_call → assistant, observation → tool)")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+            notes.tally("{n} tool turn(s) mapped to the chat template's tool roles (function_call → assistant tool "
+                        "call, observation → tool)")
+        calls = _sharegpt_calls(value) if speaker == "function_call" else None
+        if calls:
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+        elif speaker == "observation" and messages and messages[-1].get("tool_calls"):
+            messages.append({"role": "tool", "content": value, "name": messages[-1]["tool_calls"][0]["function"]["name"]})
+        else:
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
     return messages
+
+
+def _sharegpt_calls(value: str) -> list[dict[str, Any]] | None:
+    """A ShareGPT function_call's value ({"name": ..., "arguments": ...}, or a list of them) as OpenAI tool calls,
+    which each chat template renders in its model's own tool-call format; None when it is no such JSON (kept as the
+    assistant's text)."""
+    try:
+        decoded = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    called = decoded if isinstance(decoded, list) else [decoded]
+    if not called or not all(isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] for c in called):
+        return None
+    return [{"type": "function", "function": {"name": c["name"], "arguments": _arguments(c.get("arguments"))}}
+            for c in called]
 
 
 # -- preference data (DPO pairs, KTO judgements) ----------------------------------------------------------

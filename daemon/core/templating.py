@@ -71,11 +71,35 @@ class ChatFormat:
 
     def render(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as the model sees it, and the character spans to train (assistant turns and their
-        end-of-turn tokens): one render with generation markers, else one per assistant turn."""
-        messages = as_parts(messages) if self.parts else messages
-        if self.markers:
-            return _render(self.template, messages, tools, self.special, spans=True)
-        return self._render_by_prefixes(messages, tools)
+        end-of-turn tokens): one render with generation markers, else one per assistant turn. A template that leaves
+        out a tool call, a tool's result or the tools given is refused (TemplateError)."""
+        shown = as_parts(messages) if self.parts else messages
+        text, spans = (_render(self.template, shown, tools, self.special, spans=True) if self.markers else
+                       self._render_by_prefixes(shown, tools))
+        if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+            self._shows_tools(messages, tools, text, "".join(text[a:b] for a, b in spans))
+        return text, spans
+
+    def _shows_tools(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str, trained: str) -> None:
+        """Every tool call (in what trains), tool result and the tools given are in the render: a template that
+        drops them (Phi-3 has no tool role) would train answers to results the model never sees."""
+        fix = ('Fix: set chat_template to a family that renders tools, tool calls and tool turns (e.g. '
+               'chat_template = "qwen2_5" or "llama3_1"), or leave the tool turns out of the records.')
+        for i, m in enumerate(messages):
+            names = [c["function"]["name"] for c in m.get("tool_calls") or ()]
+            result = m["content"] if m.get("role") == "tool" and isinstance(m.get("content"), str) else ""
+            shown = not result.strip() or result in text or json.dumps(result, ensure_ascii=False) in text  # tojson
+            missing = next((f"the tool call {n!r}" for n in names if n not in trained), None) or (
+                None if shown else "the tool result")
+            if missing:
+                raise TemplateError(f"the chat template {self.label} does not show {missing} of messages[{i}] (role "
+                                    f"{m['role']!r}): the model would be trained on a conversation it never sees. "
+                                    f"{fix}")
+        shown = as_parts(messages) if self.parts else messages
+        if tools and _render(self.template, shown, None, self.special, spans=False)[0] == \
+                _render(self.template, shown, tools, self.special, spans=False)[0]:
+            raise TemplateError(f"the chat template {self.label} does not show the record's 'tools' (the functions "
+                                f"the model may call): it would learn to call them without seeing them. {fix}")
 
     def prompt(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> str:
         """The text a server sends for `messages` followed by the assistant's cue (probes, chat, export checks)."""
@@ -180,8 +204,14 @@ def _squash(template: str) -> str:
     return re.sub(r"\s+", "", template)
 
 
+# the family a template that is no stock one most likely belongs to, by the turn markers it writes
+_LOOKS_LIKE = (("[INST]", "mistral"), ("<|start_header_id|>", "llama3"), ("<start_of_turn>", "gemma"),
+               ("<|im_start|>", "chatml"))
+
+
 def _guess_family(template: str) -> str:
-    return _stock_twins().get(_squash(template), "chatml")
+    known = _stock_twins().get(_squash(template))
+    return known or next((family for marker, family in _LOOKS_LIKE if marker in template), "chatml")
 
 
 def model_template(folder: Path | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 from daemon.core import control, rundir
 from daemon.engine import pruning, registry
 from daemon.core.control import Command, ControlError
+from daemon.core.dropfiles import role_of, stem_of
 from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.states import LIVE, RESUMABLE, State, StopRequest
@@ -32,6 +33,10 @@ def _paused_idle(runs: frozenset[str]) -> str:
         return "pause: no job is running; the next one halts at its first step while control/pause exists"
     return (f"pause {', '.join(sorted(runs))}: not running; the queue passes each by while control/pause names it "
             f"(overnight resume RUN lets it start)")
+
+
+class Deferred(Exception):
+    """A command naming a drop not yet taken: left in control/ for the next pass."""
 
 
 def _no_run(cmd: Command, target: str | None = None) -> str:
@@ -93,8 +98,9 @@ class Controller:
             try:
                 cmd = control.parse(path)
                 self._handlers[cmd.kind](cmd)
-            except FileNotFoundError:
-                continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject
+            except (FileNotFoundError, Deferred):
+                continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject;
+                # or naming a drop the inbox has yet to take: read again at the next pass
             except (ControlError, OSError) as e:
                 self._rejected(path, str(e))
             self._flush()
@@ -150,6 +156,10 @@ class Controller:
             return False
         self._unwritten = []
         return True
+
+    def _drop_waiting(self, name: str) -> bool:
+        """Whether a dataset named `name` waits in the inbox (being written, settling or checked)."""
+        return any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == name for p in self.home.inbox.iterdir())
 
     def _trainer(self, run_id: str) -> Trainer | None:
         return next((a for a in self.trainers if a.run_id == run_id), None)
@@ -336,6 +346,8 @@ class Controller:
         live = self.store.runs_in(LIVE)
         for ref, prio in cmd.priorities:
             match = [r for r in live if ref in (r["id"], r["name"], Path(r["dataset"] or "").stem)]
+            if not match and self._drop_waiting(ref):
+                raise Deferred(ref)  # written while the daemon was down, or before the drop was taken: applied after
             if not match:
                 raise ControlError(f"{cmd.source}: {ref!r} names no queued or running run (a run id, or a "
                                    f"dataset name). Nothing was changed. Fix: use the run ids or names that overnight runs "

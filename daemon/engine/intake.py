@@ -100,9 +100,16 @@ class Intake:
         self._recover_staging()
 
     def _recover_staging(self) -> None:
-        """A daemon that died while it made a run folder left the drop in runs/.RUN.partial/dataset/: back into
-        the inbox with it (a hard link of a group's earlier run stays there), and the half-made folder goes."""
-        for staging in self.home.runs.glob(".*.partial"):
+        """A daemon that died while it made a drop's run folders: those the DB records already (it died between
+        the commit and the renames) take their place in runs/; otherwise the drop, in runs/.RUN.partial/dataset/,
+        goes back into the inbox (to be taken again whole) and the half-made folders go."""
+        known = self.store.run_ids()
+        for staging in sorted(self.home.runs.glob(".*.partial")):
+            rid = staging.name[1:].removesuffix(".partial")
+            if rid in known and not self.home.run_dir(rid).exists():
+                os.rename(staging, self.home.run_dir(rid))
+                log.warning(f"inbox: {rid} was being made when the daemon stopped: its run folder is in place now")
+                continue
             dataset = RunFolder(staging).dataset
             for p in sorted(dataset.iterdir()) if dataset.is_dir() else []:
                 dest = self.home.inbox / p.name
@@ -270,12 +277,10 @@ class Intake:
         """Accept a validated drop; if making its run folder fails, the drop goes to rejected/ with the reason."""
         try:
             self.accept(verdict.sub, verdict.sha)
-        except Exception as e:  # noqa: BLE001 - a drop is never left half-moved
-            self._recover_partial(files)
+        except Exception as e:  # noqa: BLE001 - a drop is never left half-moved (accept put it back)
             if (is_disk_full(e) or busy_problem(e, self.home.db)) and all(p.exists() for p in files):
                 # the machine's fault, not the file's: the drop waits in the inbox (checked already) and is taken
                 # once the disk has room or the DB is free again; the daemon reports the fault (scheduler._guard)
-                self._discard_staging(files)
                 if stem not in self._unrecorded:
                     log.warning(f"inbox: {shown_name(files[0].name)} waits in the inbox: its run could not be "
                                 f"recorded ({e}); it is taken once that works again")
@@ -287,22 +292,6 @@ class Intake:
                          f"{shown_name(files[0].name)}: overnight could not create its run folder "
                          f"({type(e).__name__}: {e}). Fix: free disk space or check permissions of "
                          f"{self.home.runs}, then drop the file again.")
-
-    def _recover_partial(self, files: list[Path]) -> None:
-        """Move a drop's files back from a half-made run folder into the inbox."""
-        for staging in self.home.runs.glob(".*.partial"):
-            for p in files:
-                moved = RunFolder(staging).dataset / p.name
-                if moved.exists() and not p.exists():
-                    os.rename(moved, p)
-
-    def _discard_staging(self, files: list[Path]) -> None:
-        """Remove half-made run folders that hold none of the drop's files any more (only overnight's own files)."""
-        names = {p.name for p in files}
-        for staging in self.home.runs.glob(".*.partial"):
-            dataset = RunFolder(staging).dataset
-            if not (dataset.is_dir() and names & {p.name for p in dataset.iterdir()}):
-                shutil.rmtree(staging, ignore_errors=True)
 
     def _owner_toml_ok(self) -> bool:
         """Drops wait (they are not rejected) while the owner's overnight.toml is broken."""
@@ -362,39 +351,49 @@ class Intake:
         stamp = run_id_stamp()  # one time for the whole group: the ids differ only by their values
         group_id = self.new_run_id(name, stamp) if len(points) > 1 or drawn else None
         run_ids: list[str] = []
-        first_dataset_dir: Path | None = None
-        for i, point in enumerate(points):
-            rid = search.trial_run_id(group_id, name, i + 1) if drawn else \
-                self.new_run_id(name + sweep.run_suffix(point, several_models), stamp, {group_id} if group_id else None)
-            staging = RunFolder(self.home.runs / f".{rid}.partial")
-            staging.dataset.mkdir(parents=True)
-            # overnight's own files first: a disk too full for them fails here, before the drop has moved
-            row = self._write_run_files(rid, name, staging.root, sub, sweep.options_for(sub.options, point), sha,
-                                        group_id, point, (i + 1, len(points)))
-            if first_dataset_dir is None:
-                for p in (sub.dataset, sub.sidecar, sub.probes, sub.eval_file):
-                    if p:
-                        os.rename(p, staging.dataset / p.name)
-            else:  # the same bytes for the other models of the group: a hard link costs no space
-                for p in first_dataset_dir.iterdir():
-                    _link_or_copy(p, staging.dataset / p.name)
-            os.rename(staging.root, self.home.run_dir(rid))
-            try:
-                self.store.insert_run(row)
-            except Exception as e:  # a run folder the DB does not index must not keep its name (nor the drop)
-                os.rename(self.home.run_dir(rid), staging.root)
-                if run_ids:  # the group's first runs hold the drop already: this one fails (rejected, said why)
-                    raise RuntimeError(f"recorded {len(run_ids)} of the group's {len(points)} runs, then: {e}") from e
-                raise
-            first_dataset_dir = first_dataset_dir or RunFolder(self.home.run_dir(rid)).dataset
-            run_ids.append(rid)
+        staged: list[RunFolder] = []  # each run's folder, made under a hidden staging name
+        rows: list[dict] = []
+        first_seq = self.store.next_seq()
+        try:
+            for i, point in enumerate(points):
+                rid = search.trial_run_id(group_id, name, i + 1) if drawn else self.new_run_id(
+                    name + sweep.run_suffix(point, several_models), stamp, {group_id} if group_id else None)
+                staged.append(RunFolder(self.home.runs / f".{rid}.partial"))
+                staged[-1].dataset.mkdir(parents=True)
+                run_ids.append(rid)
+                # overnight's own files first: a disk too full for them fails here, before the drop has moved
+                rows.append(self._write_run_files(rid, name, staged[-1].root, sub, sweep.options_for(sub.options, point),
+                                                  sha, group_id, point, (i + 1, len(points)), first_seq + i))
+                if i == 0:
+                    for p in (sub.dataset, sub.sidecar, sub.probes, sub.eval_file):
+                        if p:
+                            os.rename(p, staged[0].dataset / p.name)
+                else:  # the same bytes for the other runs of the group: a hard link costs no space
+                    for p in staged[0].dataset.iterdir():
+                        _link_or_copy(p, staged[-1].dataset / p.name)
+            # the commit: one transaction records the whole group; a daemon killed before it takes the drop again
+            # whole, one killed after it puts the folders in place at its next start (_recover_staging)
+            self.store.insert_runs(rows)
+        except BaseException:
+            self._unstage(staged, sub)
+            raise
+        for rid, folder in zip(run_ids, staged):
+            os.rename(folder.root, self.home.run_dir(rid))
         grouped = f" (group {group_id}: {sweep.describe(sub.options)})" if group_id else ""
         log.info(f"inbox: accepted {sub.dataset.name} ({sub.report.schema}, {sub.report.records} records) "
                  f"as {', '.join(run_ids)}{grouped}")
         return run_ids
 
+    def _unstage(self, staged: list[RunFolder], sub: Submission) -> None:
+        """A group that could not be recorded: the drop back where it was, its staging folders gone."""
+        for p in (sub.dataset, sub.sidecar, sub.probes, sub.eval_file) if staged else ():
+            if p and (staged[0].dataset / p.name).exists() and not p.exists():
+                os.rename(staged[0].dataset / p.name, p)
+        for folder in staged:
+            shutil.rmtree(folder.root, ignore_errors=True)
+
     def _write_run_files(self, rid: str, name: str, folder: Path, sub: Submission, opts: Resolved, sha: str,
-                         group_id: str | None, point: sweep.Point, place: tuple[int, int]) -> dict:
+                         group_id: str | None, point: sweep.Point, place: tuple[int, int], seq: int) -> dict:
         """config.json, stats.json, metadata.json and the console header; returns the run's DB row."""
         model = opts.values["base_model"]
         run = RunFolder(folder)
@@ -410,7 +409,7 @@ class Intake:
         row = {"id": rid, "name": name, "group_id": group_id, "dataset": sub.dataset.name,
                "format": sub.report.format, "schema": sub.report.schema, "records": sub.report.records,
                "base_model": model, "state": State.QUEUED, "priority": int(opts.values["priority"]),
-               "seq": self.store.next_seq(), "run_dir": str(self.home.run_dir(rid)),
+               "seq": seq, "run_dir": str(self.home.run_dir(rid)),
                "max_steps": opts.values["max_steps"] or None, "created": iso()}
         rundir.write_metadata(folder, row)
         in_group = f"; group {group_id}, run {place[0]} of {place[1]}" if group_id else ""

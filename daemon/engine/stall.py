@@ -42,10 +42,13 @@ class StallWatch:
 
     def message(self, run_id: str, pid: int | None) -> str:
         minutes = self.limit_s / 60
-        return (f"{run_id} stalled: no training step for {minutes:g} minute{'s' if minutes != 1 else ''} (stuck at "
-                f"step {self.step}); the trainer (PID {pid}) may be frozen or deadlocked. Fix: look at its console "
-                f"log (overnight logs {run_id}); `overnight stop {run_id}` ends it, or set stall_action = \"restart\" "
-                f"in overnight.toml to restart stalled runs from their last checkpoint")
+        said = (f"{run_id} stalled: no training step for {minutes:g} minute{'s' if minutes != 1 else ''} (stuck at "
+                f"step {self.step}); the trainer (PID {pid}) may be frozen or deadlocked")
+        if self.action == "restart":
+            return f"{said}; restarting it from its last checkpoint (stall_action = \"restart\")"
+        return (f"{said}. Fix: look at its console log (overnight logs {run_id}); `overnight stop {run_id}` ends it, "
+                f"or set stall_action = \"restart\" in overnight.toml to restart stalled runs from their last "
+                f"checkpoint")
 
 
 @dataclass

@@ -216,12 +216,16 @@ class Store:
 
     def insert_run(self, run: dict[str, Any]) -> None:
         """A new run, queued (or already rejected elsewhere); records its first transition."""
+        self.insert_runs([run])
+
+    def insert_runs(self, runs: list[dict[str, Any]]) -> None:
+        """New runs (a drop's group), all in one transaction or none; each with its first transition."""
         now = iso()
-        row = {"created": now, **run, "updated": now}
         with self.db.conn:
-            self.db["runs"].insert(row)
-            self.db["transitions"].insert({"run_id": run["id"], "time": now, "from_state": None,
-                                           "to_state": run["state"], "reason": run.get("reason")})
+            for run in runs:
+                self.db["runs"].insert({"created": now, **run, "updated": now})
+                self.db["transitions"].insert({"run_id": run["id"], "time": now, "from_state": None,
+                                               "to_state": run["state"], "reason": run.get("reason")})
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         try:

@@ -85,7 +85,7 @@ def _patch_space(space) -> None:
 
 def _patch_store(store) -> None:
     import sqlite3
-    writes = ("insert_run", "update_run", "set_state", "control_event", "control_events", "add_metrics",
+    writes = ("insert_run", "insert_runs", "update_run", "set_state", "control_event", "control_events", "add_metrics",
               "add_evolution", "heartbeat", "add_model", "activate_model", "mark_model_deleted")
     for name in writes:
         method = getattr(store.Store, name, None)
