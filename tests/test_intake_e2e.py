@@ -190,10 +190,20 @@ def test_two_datasets_with_one_name_are_refused_together(model_home, daemon_proc
     assert not _run_dirs(home)
 
 
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
     d = daemon_proc()
     res = overnight("daemon", home=home, timeout=30)
     assert res.returncode != 0 and f"PID {d.proc.pid}" in res.stderr
+    # overnight.lock removed by hand: a second daemon is still refused, and the first writes the file again
+    (home / "overnight.lock").unlink()
+    res = overnight("daemon", home=home, timeout=30)
+    assert res.returncode != 0 and "another overnight daemon already serves" in res.stderr
+    wait_until(lambda: f'"pid": {d.proc.pid}' in _text(home / "overnight.lock"), 30, what="the lock file again")
+    assert f"daemon: running (PID {d.proc.pid}" in overnight("status", home=home, check=True).stdout
     assert d.stop(signal.SIGTERM) == 0
     # after kill -9 the lock is free again
     d2 = DaemonProcess(home)

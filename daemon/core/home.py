@@ -119,25 +119,36 @@ class DaemonLock:
     def __init__(self, home: Home) -> None:
         self.home = home
         self._fd: int | None = None
+        self._dir_fd: int | None = None
+        self._info: dict = {}
 
     def acquire(self) -> None:
-        """Take the lock or raise HomeLocked naming the process that holds it."""
-        fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Take the lock or raise HomeLocked naming the process that holds it. The home folder itself is locked
+        too: a removed overnight.lock must not let a second daemon in (where the filesystem locks folders)."""
+        self._dir_fd = _locked(os.open(self.home.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), self.home,
+                               optional=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = read_lock_owner(self.home)
-            who = f"PID {holder['pid']} (started {holder.get('started', '?')})" if holder else "another process"
-            raise HomeLocked(
-                f"another overnight daemon already serves {self.home.root}: {who}. "
-                f"Stop it first (kill -TERM {holder['pid'] if holder else 'PID'}) or use another --home."
-            ) from None
+            fd = _locked(os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), self.home)
+        except HomeLocked:
+            self._close_dir()
+            raise
         me = psutil.Process()
-        info = {"pid": me.pid, "create_time": me.create_time(), "started": iso()}
+        self._info = {"pid": me.pid, "create_time": me.create_time(), "started": iso()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.pwrite(fd, json.dumps(self._info).encode(), 0)
         self._fd = fd
+
+    def keep(self) -> None:
+        """Write overnight.lock again when it was removed or replaced, so that clients still find the daemon."""
+        if self._fd is None:
+            return
+        try:
+            same = os.stat(self.home.lock_path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            from daemon.core.atomic import write_json
+            write_json(self.home.lock_path, self._info)
 
     def release(self) -> None:
         """Drop the lock (the file stays; its content is ignored once no process holds the flock)."""
@@ -146,6 +157,32 @@ class DaemonLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)  # its flock goes with it
+            self._dir_fd = None
+
+
+def _locked(fd: int, home: Home, optional: bool = False) -> int | None:
+    """`fd` with an exclusive flock, or HomeLocked naming the holder; `optional`: None where the filesystem cannot
+    lock it (a folder over NFS)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        holder = read_lock_owner(home)
+        who = f"PID {holder['pid']} (started {holder.get('started', '?')})" if holder else "another process"
+        raise HomeLocked(f"another overnight daemon already serves {home.root}: {who}. "
+                         f"Stop it first (kill -TERM {holder['pid'] if holder else 'PID'}) or use another --home."
+                         ) from None
+    except OSError:
+        os.close(fd)
+        if optional:
+            return None
+        raise
 
 
 def read_lock_owner(home: Home) -> dict | None:

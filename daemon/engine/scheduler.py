@@ -83,6 +83,7 @@ class Daemon:
                 self.step()
                 if time.monotonic() - last_beat > 2:
                     self._guard("heartbeat", lambda: self.store.heartbeat(problem=self.problem))
+                    self._guard("lock", self.lock.keep)  # overnight.lock removed by hand: written again
                     last_beat = time.monotonic()
                 if self.once and self._idle():
                     break
