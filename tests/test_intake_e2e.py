@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -211,6 +212,25 @@ def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
     d2.proc.wait()
     d3 = DaemonProcess(home)
     assert d3.stop() == 0
+
+
+def test_a_db_removed_under_the_daemon_is_rebuilt_by_it(model_home, daemon_proc):
+    """`rm overnight.db*` while the daemon runs: it notices, starts again (the same process, by exec) and rebuilds
+    the DB from runs/, so the CLI lists the runs again; it wrote to a file nobody could read."""
+    home = model_home
+    d = daemon_proc()
+    (home / "kept.jsonl").write_text('{"text": "hello"}\n')
+    drop(home / "kept.jsonl", home / "inbox")
+    wait_until(lambda: len(json.loads(overnight("runs", "--json", home=home).stdout or "[]")) == 1, 60,
+               what="the run queued")
+    for p in home.glob("overnight.db*"):
+        p.unlink()
+    wait_until(lambda: "removed or replaced while the daemon ran" in _text(home / "overnight.log"), 30,
+               what="the removal noticed")
+    runs = wait_until(lambda: json.loads(overnight("runs", "--json", home=home).stdout or "[]"), 60,
+                      what="the DB rebuilt")
+    assert [r["id"].split("-")[0] for r in runs] == ["kept"] and d.proc.poll() is None
+    assert f"PID {d.proc.pid}" in overnight("status", home=home, check=True).stdout
 
 
 def test_datasets_sharing_a_stem_alone_are_two_drops(model_home, daemon_proc, tmp_path):

@@ -80,7 +80,10 @@ def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
     from daemon.engine.scheduler import Daemon
     with _clean_errors(HomeLocked):
         d = Daemon(_home(home), once=once, settle=settle, echo=not quiet)
-    sys.exit(d.serve())
+    code = d.serve()
+    if d.restart:  # overnight.db was removed under it: the same command again, which rebuilds it at start
+        os.execv(sys.executable, [sys.executable, "-m", "daemon", *sys.argv[1:]])
+    sys.exit(code)
 
 
 # --- validation and dropping ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Daemon:
         self.notifier = notify.Notifier(lambda: self._owner_options().get("notify"))
         self.intake = Intake(home, self.store, settle=settle, on_verdict=self.wake.set, on_reject=self._on_reject)
         self.stopping = False
+        self.restart = False  # overnight.db removed under it: serve() ends, and the CLI starts the daemon again
         self.controller = Controller(home, self.store, self._transition)
         self._observer: Any = None  # the watchdog observer, once serving
         # [hooks] run off the loop, each in its own process group, killed after hook_timeout_s (read at its start)
@@ -85,6 +86,11 @@ class Daemon:
                     self._guard("heartbeat", lambda: self.store.heartbeat(problem=self.problem))
                     self._guard("lock", self.lock.keep)  # overnight.lock removed by hand: written again
                     last_beat = time.monotonic()
+                    if self.store.gone():
+                        log.error(f"{self.home.db} was removed or replaced while the daemon ran: it restarts, to "
+                                  f"rebuild it from runs/ (the training runs resume from their last checkpoints)")
+                        self.restart = True
+                        break
                 if self.once and self._idle():
                     break
                 self.wake.wait(self.tick)

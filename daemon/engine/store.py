@@ -131,6 +131,15 @@ class Store:
         self.db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
+        self._inode = self.path.stat().st_ino
+
+    def gone(self) -> bool:
+        """Whether overnight.db was removed or replaced since it was opened (this connection writes a file no
+        reader sees any more)."""
+        try:
+            return self.path.stat().st_ino != self._inode
+        except FileNotFoundError:
+            return True
 
     def _migrate(self) -> None:
         self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
