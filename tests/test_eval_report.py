@@ -63,6 +63,18 @@ def test_check_reads_the_eval_file_beside_a_dataset_as_the_inbox_would(home: Pat
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\neval_file = "missing.jsonl"\n')
     out = overnight("check", str(home / "task.jsonl"), home=home)
     assert out.returncode == 1 and "eval_file = 'missing.jsonl'" in out.stdout and "Fix:" in out.stdout, out.stdout
+    # ... and by the check of overnight.toml itself; the daemon keeps drops waiting (not rejected) meanwhile, as for a
+    # broken overnight.toml, and takes them once the file is there
+    out = overnight("check", str(home / "overnight.toml"), home=home)
+    assert out.returncode == 1 and "eval_file = 'missing.jsonl'" in out.stdout, out.stdout
+    (home / "control" / "stop").write_text("")  # intake only
+    (home / "inbox" / "task.jsonl").write_text(RECORDS)
+    overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, check=True, timeout=120)
+    assert (home / "inbox" / "task.jsonl").exists() and not list((home / "inbox" / "rejected").glob("task*"))
+    assert "eval_file = 'missing.jsonl'" in (home / "overnight.log").read_text()
+    (home / "missing.jsonl").write_text('{"prompt": "say star:", "reference": "star"}\n')
+    overnight("daemon", "--once", "--settle", "0.1", "--quiet", home=home, check=True, timeout=120)
+    assert not (home / "inbox" / "task.jsonl").exists()
 
 
 def test_the_report_options_are_the_owners_and_checked(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu
                                    plan_memory)
 from daemon.core.tokenbatches import Budget
 from daemon.core.templating import TemplateError
-from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models, check_models,
-                               check_pairing, check_truncation, load_options, role_of,
-                               stem_of, validate)
+from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models,
+                                      check_models, check_owner_files, check_pairing, check_truncation, load_options,
+                                      role_of, stem_of, validate)
 
 
 @dataclass
@@ -142,6 +142,7 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
     opts = load_home_toml(path)
     if "base_model" in opts:
         check_base_models(resolve(opts, None), None, path)
+    check_owner_files(opts, path)  # eval_file, forgetting_sample: drops wait while they are broken
     verdict.role, verdict.summary = "owner", f"overnight.toml, {len(opts)} options"
     verdict.data = {"options": sorted(opts)}
     if opts.get("hooks"):

@@ -70,29 +70,64 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
     return sub
 
 
-def check_eval_files(dropped: Path | None, opts: Resolved, home_toml: Path) -> int | None:
-    """The files the end-of-run report reads: the eval file dropped with the dataset, the owner's `eval_file` (each
-    must load: a DatasetError names its line and the fix) and `forgetting_sample`. Returns the record count of the
-    eval file that applies (the dropped one wins), None without one."""
-    count = None
-    owner = evalfile.owner_eval_file(opts.values.get("eval_file"), home_toml.parent)
-    for path in (owner, dropped):  # the owner's even beside a dropped one: a broken one would fail other drops
-        if path is None:
-            continue
+# (the two files' paths and stats) -> the eval file's record count, or why they cannot be used
+_owner_files_seen: dict[tuple, int | None | SubmissionError] = {}
+
+
+def check_owner_files(values: dict[str, Any], home_toml: Path) -> int | None:
+    """The owner's `eval_file` (it must load: a DatasetError names its line and the fix) and `forgetting_sample`
+    (UTF-8 text), as overnight.toml names them; the eval file's record count (None without one). Checked again only
+    when a file changed: the daemon asks before every drop."""
+    owner = evalfile.owner_eval_file(values.get("eval_file"), home_toml.parent)
+    sample = evalfile.owner_eval_file(values.get("forgetting_sample"), home_toml.parent)
+    key = (home_toml, *((p, _stat_key(p)) for p in (owner, sample)))
+    if key not in _owner_files_seen:
         try:
-            count = len(evalfile.load_eval_file(path))
+            _owner_files_seen[key] = _owner_files(owner, sample, values, home_toml)
+        except SubmissionError as e:
+            _owner_files_seen[key] = e
+    seen = _owner_files_seen[key]
+    if isinstance(seen, SubmissionError):
+        raise SubmissionError(str(seen))
+    return seen
+
+
+def _owner_files(owner: Path | None, sample: Path | None, values: dict[str, Any], home_toml: Path) -> int | None:
+    count = None
+    if owner is not None:
+        try:
+            count = len(evalfile.load_eval_file(owner))
         except datasets.DatasetError as e:
-            where = f"{home_toml}: eval_file = {opts.values.get('eval_file')!r}: " if path == owner else ""
-            raise SubmissionError(where + str(e)) from None
-    sample = evalfile.owner_eval_file(opts.values.get("forgetting_sample"), home_toml.parent)
+            raise SubmissionError(f"{home_toml}: eval_file = {values.get('eval_file')!r}: {e}") from None
     if sample is not None:
         try:
             sample.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise SubmissionError(f"{home_toml}: forgetting_sample = {opts.values.get('forgetting_sample')!r}: "
+            raise SubmissionError(f"{home_toml}: forgetting_sample = {values.get('forgetting_sample')!r}: "
                                   f"{sample} cannot be read as UTF-8 text ({e}). Fix: name a UTF-8 text file "
                                   f"(relative to the home), or remove forgetting_sample to use the shipped "
                                   f"sample.") from None
+    return count
+
+
+def _stat_key(path: Path | None) -> tuple | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+
+def check_eval_files(dropped: Path | None, opts: Resolved, home_toml: Path) -> int | None:
+    """The files the end-of-run report reads: the eval file dropped with the dataset, the owner's `eval_file` (each
+    must load: a DatasetError names its line and the fix) and `forgetting_sample`. Returns the record count of the
+    eval file that applies (the dropped one wins), None without one."""
+    count = check_owner_files(opts.values, home_toml)
+    if dropped is not None:
+        try:
+            count = len(evalfile.load_eval_file(dropped))
+        except datasets.DatasetError as e:
+            raise SubmissionError(str(e)) from None
     return count
 
 
