@@ -171,6 +171,32 @@ def _fake_run(home: Home, store: Store, rid: str, name: str, state: str, loss: f
     return store.get_run(rid)
 
 
+def test_asha_rungs_come_back_from_the_run_folders(tmp_path: Path) -> None:
+    """A rebuilt DB keeps where each ASHA trial stood: a trial waiting at its rung still waits (it was sent back to
+    its first rung), a pruned one is still pruned there (compare lost its RUNGS column)."""
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    _fake_run(home, store, "a-t1", "a", "queued")
+    _fake_run(home, store, "a-t2", "a", "pruned")
+    store.record_rung("a-t1", 0, 2, 5.4, "promoted")
+    store.record_rung("a-t1", 1, 6, 5.1, "waiting")
+    store.record_rung("a-t2", 0, 2, 6.2, "pruned")
+    store.set_state("a-t1", "queued", "waits at ASHA rung 2")  # a state change keeps them in metadata.json
+    rundir.write_metadata(home.run_dir("a-t1"), store.get_run("a-t1"))
+    before = [{k: r[k] for k in ("run_id", "rung", "step", "metric", "decision")} for r in store.rungs(["a-t1", "a-t2"])]
+    store.close()
+    for p in home.root.glob("overnight.db*"):
+        p.unlink()
+    rebuild(home)
+    store = Store(home.db)
+    try:
+        assert [{k: r[k] for k in ("run_id", "rung", "step", "metric", "decision")}
+                for r in store.rungs(["a-t1", "a-t2"])] == before
+        assert store.held_run_ids() == {"a-t1"}
+    finally:
+        store.close()
+
+
 def test_versions_pins_and_trash_come_back_from_the_run_folders(tmp_path: Path) -> None:
     home = Home.resolve(tmp_path / "home")
     store = Store(home.db)

@@ -154,9 +154,10 @@ def write_metadata(run_dir: Path, run: Run | dict[str, Any], **extra: Any) -> No
              "device": result.get("device_name") or result.get("device"),
              "versions": {"overnight": __version__, "python": platform.python_version(),
                           **(result.get("versions") or {})}}
-    model = folder.read_metadata().get("model")
-    if model:
-        known["model"] = model  # written by record_model; a state change must not drop it
+    kept = folder.read_metadata()
+    for key in ("model", "rungs"):  # written by record_model and record_rungs; a state change must not drop them
+        if kept.get(key):
+            known[key] = kept[key]
     write_json(folder.metadata, replace(record, updated=iso(), extra={**known, **extra}).to_metadata())
 
 
@@ -164,6 +165,12 @@ def record_model(run_dir: Path, model: dict[str, Any]) -> None:
     """Keep the run's model version (number, active, pinned, deleted…) in its metadata.json: the registry lives
     only in the DB otherwise, and a DB rebuilt from the run folders must find it."""
     update_metadata(run_dir, model=model)
+
+
+def record_rungs(run_dir: Path, rungs: list[dict[str, Any]]) -> None:
+    """Keep an ASHA trial's rungs (step, metric, decision at each) in its metadata.json, for a rebuilt DB."""
+    update_metadata(run_dir, rungs=[{k: r.get(k) for k in ("rung", "step", "metric", "decision", "time")}
+                                    for r in rungs])
 
 
 def update_metadata(run_dir: Path, **fields: Any) -> None:

@@ -230,6 +230,10 @@ def _fill(store: Store, home: Home) -> Recovered:
     rows = _number([_run(d, meta, config).to_row() for d, meta, config in found])
     for row in rows:
         _insert_run(store, row, recovered)
+    for row, (_, meta, _) in zip(rows, found):  # an ASHA trial's rungs (rundir.record_rungs)
+        for r in meta.get("rungs") or []:
+            if isinstance(r, dict) and isinstance(r.get("rung"), int) and r.get("decision"):
+                store.db["rungs"].upsert({**r, "run_id": row["id"]}, pk=("run_id", "rung"))
     recovered.models = _models(home, [(row, meta) for row, (_, meta, _) in zip(rows, found)])
     for m in recovered.models:
         row = {k: v for k, v in m.items() if k != "pinned"}

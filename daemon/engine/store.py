@@ -206,6 +206,12 @@ class Store:
             row.update(step=step, metric=metric)
         with self.db.conn:
             self.db["rungs"].upsert(row, pk=("run_id", "rung"))
+        run = self.get_run(run_id)
+        if run and run.get("run_dir"):  # the DB is an index: a rebuilt one finds the rungs in the run folder
+            try:
+                rundir.record_rungs(Path(run["run_dir"]), self.rungs([run_id]))
+            except (OSError, ValueError) as e:
+                logging.getLogger("overnight").warning(f"could not record {run_id}'s rungs in its metadata.json: {e}")
 
     def metrics_at(self, run_id: str, step: int | None) -> list[dict[str, Any]]:
         """The run's metrics records logged at `step` (training and eval), in the order they came."""
