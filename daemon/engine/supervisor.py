@@ -240,8 +240,6 @@ class Supervisor:
     def _watch_stall(self, a: TrainerProcess, phase: str, step: int) -> None:
         if a.stall is None or a.poll() is not None:
             return
-        live = self._stall_watch(self.options())  # stall_minutes and stall_action are read live, as documented
-        a.stall.limit_s, a.stall.action = live.limit_s, live.action
         was_stalled = a.stall.stalled
         if not a.stall.observe(phase, step, time.monotonic()):
             if was_stalled and not a.stall.stalled:
