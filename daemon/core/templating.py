@@ -95,9 +95,9 @@ class ChatFormat:
                 raise TemplateError(f"the chat template {self.label} does not show {missing} of messages[{i}] (role "
                                     f"{m['role']!r}): the model would be trained on a conversation it never sees. "
                                     f"{fix}")
-        shown = as_parts(messages) if self.parts else messages
-        if tools and _render(self.template, shown, None, self.special, spans=False)[0] == \
-                _render(self.template, shown, tools, self.special, spans=False)[0]:
+        given = as_parts(messages) if self.parts else messages
+        if tools and _render(self.template, given, None, self.special, spans=False)[0] == \
+                _render(self.template, given, tools, self.special, spans=False)[0]:
             raise TemplateError(f"the chat template {self.label} does not show the record's 'tools' (the functions "
                                 f"the model may call): it would learn to call them without seeing them. {fix}")
 
