@@ -440,3 +440,10 @@ def test_resuming_one_run_of_a_pause_of_every_run_keeps_the_others_paused(b: Ben
         "resume c-1: control/pause held every run; it now names the others (a-1)"]
     assert control.paused(b.home) == {"a-1"} and a.paused and not c.paused
     assert any(p.name.endswith("-pause") for p in b.home.control_done.iterdir())  # the file it replaced, kept
+
+
+def test_an_editors_backup_in_control_is_passed_by(b: Bench) -> None:
+    """`vim control/pause` leaves `pause~` (emacs `#pause#`) beside it: neither is a command, nor rejected noise."""
+    b.drop("pause~", "")
+    b.drop("#pause#", "")
+    assert b.step() == [] and not b.rejected() and (b.home.control / "pause~").exists()

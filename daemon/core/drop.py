@@ -80,7 +80,8 @@ def place(src: Path, dest: Path, copy: bool = True) -> None:
 def ignored_name(name: str) -> str:
     """Why the inbox passes `name` by (fsutil.ignored)."""
     return (f"{name}: the inbox never takes this name (a name starting with '.' or ending in "
-            f"{', '.join(IGNORED_SUFFIXES)} is a hidden file, a download in progress or an error report)")
+            f"{', '.join(IGNORED_SUFFIXES)} or '~' is a hidden file, a download in progress, an error report or an "
+            f"editor's backup)")
 
 
 def plain_name(name: str) -> str:

@@ -13,8 +13,10 @@ SHORT_NAME = 200
 
 
 def ignored(name: str) -> bool:
-    """Names the spec says are never taken: hidden files and downloads in progress."""
-    return name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES)
+    """Names the spec says are never taken: hidden files and downloads in progress; and an editor's backups
+    (`pause~`, emacs' `#pause#`), which sit beside what was edited."""
+    return (name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES) or name.endswith("~")
+            or (name.startswith("#") and name.endswith("#")))
 
 
 def short_name(name: str, limit: int = SHORT_NAME) -> str:
