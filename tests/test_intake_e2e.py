@@ -61,6 +61,11 @@ def test_good_and_bad_drops_end_up_in_the_right_place(model_home, daemon_proc, t
     assert status["daemon"] and [r["state"] for r in status["runs"]] == ["queued"]
     listing = overnight("runs", home=home, check=True).stdout
     assert run.name in listing and "queued" in listing
+    # a sidecar that comes after its dataset was taken: said, with the run that does not use it and the fix
+    drop(tmp_path / "qa.toml", home / "inbox")
+    said = wait_until(lambda: "came after its dataset was taken" in (home / "overnight.log").read_text()
+                      and (home / "overnight.log").read_text(), 30, what="the late sidecar said")
+    assert f"taken as run {run.name}, which does not use it" in said and "Fix: to train with it" in said
 
 
 def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, daemon_proc, realdata):

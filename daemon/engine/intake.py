@@ -205,7 +205,13 @@ class Intake:
         if dataset is None:
             if stem not in self._waiting_logged:
                 names = ", ".join(shown_name(p.name) for p in group.values())
-                log.info(f"inbox: {names} waits for its dataset {stem}.jsonl/.json/.csv/.parquet/.txt")
+                taken = self.store.newest_run_of_dataset(stem)
+                if taken:  # came after its dataset: the run was made without it
+                    log.warning(f"inbox: {names} came after its dataset was taken as run {taken}, which does not use "
+                                f"it; it waits for a new {stem} dataset. Fix: to train with it, drop the dataset again "
+                                f"(the run's copy is in runs/{taken}/dataset/)")
+                else:
+                    log.info(f"inbox: {names} waits for its dataset {stem}.jsonl/.json/.csv/.parquet/.txt")
                 self._waiting_logged.add(stem)
             return 0
         self._waiting_logged.discard(stem)

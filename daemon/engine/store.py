@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterable
 
 from daemon.core import control, rundir
+from daemon.core.dataformats import SUPPORTED_SUFFIXES
 from daemon.core.gpuset import format_gpu_set
 from daemon.core.states import ALL
 from daemon.core.timefmt import iso
@@ -352,6 +353,13 @@ class Store:
                     self.db.execute("UPDATE models SET adapter_path = ? WHERE name = ? AND version = ?",
                                     [str(root / path.relative_to(old)), m["name"], m["version"]])
         return sorted(map(str, olds))
+
+    def newest_run_of_dataset(self, stem: str) -> str | None:
+        """The newest run made from a dataset named STEM.* (any format), or None."""
+        names = [stem + suffix for suffix in SUPPORTED_SUFFIXES]
+        row = self.db.execute(f"SELECT id FROM runs WHERE dataset IN ({','.join('?' * len(names))}) "
+                              f"ORDER BY seq DESC LIMIT 1", names).fetchone()
+        return row[0] if row else None
 
     def pinned_version(self, name: str) -> int | None:
         """The version `overnight activate` pinned for `name` (new versions and sweeps no longer take over)."""
