@@ -97,6 +97,9 @@ TRAINED_TURN = {
 TWIN_DIFFERS = {"qwen3", "qwen3_5_nothink", "qwen3_5_think", "qwen3_6", "glm4moe"}
 # Families whose template mentions tools but renders no `tool_calls` (LFM2 v1 expects the calls written in the
 # content): the tool-call turn trains only its end-of-turn.
+# what a model says before its answer, the generation prompt having left it to say (gpt-oss names its channel,
+# muse_glimmer its recipient): it is generated, and scored with the answer
+SAYS_FIRST = {"gptoss": "final", "muse_glimmer": "to=user"}
 IGNORES_TOOL_CALLS = {"lfm2"}  # renders no tool call: such a conversation is refused
 
 
@@ -434,6 +437,7 @@ def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str) -
     content as parts only."""
     from transformers import PreTrainedTokenizerFast
 
+    from daemon.core.evolution import answer_of
     from daemon.trainer.snapshots import encode_probe
 
     fmt = chosen(world, name)
@@ -445,7 +449,10 @@ def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str) -
     trained = world["tokenizer"].encode(fmt.render(turns)[0], add_special_tokens=False).ids
     asked = probe.prompt_ids + probe.reference_ids
     assert trained[:len(asked)] == asked
-    assert ANSWERS[-1] in tok.decode(probe.reference_ids)
+    # the context runs up to the answer: what the model is to say next is the answer (after a think block), as a
+    # server prompts it, not the cue ("Assistant:") a context cut short would leave it to say first
+    said = answer_of(tok.decode(probe.reference_ids, skip_special_tokens=True), ANSWERS[-1]).strip()
+    assert said.removeprefix(SAYS_FIRST.get(family(name), "")).startswith(ANSWERS[-1]), said
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -66,7 +66,7 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
             messages = as_parts(messages)
         context = tokenizer.apply_chat_template(messages[:-1], tools=tools, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-        context = _asked_before(context, full, [t.content for t in tokenizer.added_tokens_decoder.values()])
+        context = _asked_before(context, full, tokenizer)
         tail = full[len(context):]
         reference_ids = ids(tail, False)
         end = next((i for i, t in enumerate(reference_ids) if t in stop), None)
@@ -80,16 +80,24 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     return EncodedProbe(probe, prompt_ids, reference_ids)
 
 
-def _asked_before(context: str, full: str, specials: Sequence[str]) -> str:
+WINDOW = 256  # characters either side of the split whose tokens show where a token starts
+
+
+def _asked_before(context: str, full: str, tokenizer: Any) -> str:
     """What training shows before the answer: the start the generation prompt shares with the conversation trained
-    (DeepSeek-R1's prompt adds a "<think>\n" its trained turns lack), back to the end of a special token or of a line
-    that no line end follows, so that the context tokenises as training does (the "\n" of Qwen3's "<think>\n" prompt is
-    half of the "\n\n" trained after it)."""
+    (DeepSeek-R1's prompt adds a "<think>\n" its trained turns lack), back to where one of the trained sequence's
+    tokens starts, so that the context tokenises as training does (the "\n" of Qwen3's "<think>\n" prompt is half
+    of the "\n\n" trained after it). Only a window around the split is tokenised: a token starts where it does in
+    the whole text away from the window's edges."""
     i = len(os.path.commonprefix([context, full]))
-    while i > 0 and not (any(s and full.startswith(s, i - len(s)) for s in specials) or
-                         (full[i - 1] == "\n" and full[i:i + 1] not in ("\n", "\r"))):
-        i -= 1
-    return full[:i]
+    start = max(0, i - WINDOW)
+    try:
+        offsets = tokenizer(full[start:i + WINDOW], add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError, KeyError):  # a slow tokenizer: no offsets
+        return full[:i]
+    starts = [start + a for a, _ in offsets if (a > 0 or start == 0) and start + a <= i]
+    return full[:max(starts)] if starts else full[:i]
 
 
 def _rejected_side(probe: dict[str, Any]) -> dict[str, Any] | None:
