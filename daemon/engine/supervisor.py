@@ -151,6 +151,9 @@ class Supervisor:
             rundir.append_console(run_dir, f"overnight: {drew}")
             log.info(drew)
         attempt = (run["attempts"] or 0) + 1
+        # an earlier attempt's result.json goes before the run reads as active: a daemon killed in between must not
+        # take its "stop requested" for this attempt's (recover)
+        RunFolder(run_dir).result.unlink(missing_ok=True)
         self.store.set_gpu_set(run["id"], slot.nvml_indices())  # before the transition: metadata.json keeps it
         self.transition(run["id"], State.PREPARING, None, started=run["started"] or iso(), attempts=attempt,
                         resume_from=ckpt.name if ckpt else None)
