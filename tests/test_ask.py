@@ -180,3 +180,26 @@ def test_a_run_is_asked_as_it_trained_once_its_jinja_file_is_gone(tmp_path: Path
     for decided in ("chat", "raw"):
         (run / "stats.json").write_text(json.dumps({"records": 3, "prompt_format": decided}))
         assert prompt_is_chat(tmp_path / "home", run, None) is (decided == "chat")
+
+
+def test_versions_whose_templates_added_different_tokens_are_asked_one_at_a_time(home: Path, tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Two versions of one base whose chat templates each added their own tokens (ChatML's two, Phi-3's four):
+    one loaded model cannot hold both sets of rows, so asking them side by side says so and how, instead of
+    a state_dict error that blamed the base model; each answers alone."""
+    from tests.test_chat_formats import base_without_template
+
+    base = base_without_template(tiny_model, tmp_path / "base", chatml_tokens=False)
+    (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
+    talk = "".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
+                                            {"role": "assistant", "content": str(i)}]}) + "\n" for i in range(12))
+    for name, template in (("cm", "chatml"), ("ph", "phi3")):
+        (home / "inbox" / f"{name}.toml").write_text(f'chat_template = "{template}"\nmax_steps = 2\nbatch_size = 4\n'
+                                                     f'probe_count = 0\neval_fraction = 0\nmax_length = 64\n')
+        (home / "inbox" / f"{name}.jsonl").write_text(talk)
+    assert overnight("daemon", "--once", "--settle", "0.2", "--quiet", home=home, timeout=600).returncode == 0
+    both = overnight("ask", "cm", "ph", "say 3", "--max-new-tokens", "2", home=home, timeout=300)
+    assert both.returncode == 1 and "added different tokens" in both.stderr and "Fix: ask them one at a time" in \
+        both.stderr, both.stderr
+    alone = overnight("ask", "ph", "say 3", "--max-new-tokens", "2", home=home, timeout=300)
+    assert alone.returncode == 0, alone.stderr

@@ -282,11 +282,13 @@ def test_recovery_keeps_a_stop_or_skip_the_trainer_carried_out_before_the_daemon
     for run, asked, state in (("talk-1", "stop", "stopped"), ("chat-1", "skip", "skipped"),
                               ("odd-1", "shutdown", "queued")):
         folder = bench.run(run, state=State.TRAINING, pid=999999)
-        (folder / "result.json").write_text(json.dumps({"outcome": "stopped", "reason": f"{asked} requested"}))
+        (folder / "result.json").write_text(json.dumps({"outcome": "stopped", "reason": f"{asked} requested",
+                                                        "step": 7, "final_loss": 2.5}))
     bench.sup.recover()
     assert [bench.row(r)["state"] for r in ("talk-1", "chat-1", "odd-1")] == ["stopped", "skipped", "queued"]
     row = bench.row("talk-1")
     assert row["reason"] == "stop requested (carried out before the daemon restarted)" and row["finished"]
+    assert (row["step"], row["loss"]) == (7, 2.5)  # where the trainer ended, not the last step the daemon saw
     assert "overnight: run stopped (stop requested" in RunFolder(row["run_dir"]).console.read_text()
 
 

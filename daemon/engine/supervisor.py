@@ -393,10 +393,13 @@ class Supervisor:
             if run["id"] in followed:
                 continue
             run_dir = Path(run["run_dir"])
-            asked = _honoured(RunFolder(run_dir).read_result())
+            result = RunFolder(run_dir).read_result()
+            asked = _honoured(result)
             if asked is not None:  # the user's stop or skip, carried out before the daemon died: it stands
                 reason = f"{asked} requested (carried out before the daemon restarted)"
-                self.transition(run["id"], asked.outcome, reason, pid=None, finished=iso())
+                where = {k: result[r] for k, r in (("step", "step"), ("loss", "final_loss"), ("eval_loss", "eval_loss"))
+                         if result.get(r) is not None}  # where the trainer ended, past what the dead daemon saw
+                self.transition(run["id"], asked.outcome, reason, pid=None, finished=iso(), **where)
                 rundir.append_console(run_dir, f"overnight: run {asked.outcome} ({reason})")
                 log.info(f"recovered {run['id']}: {asked.outcome} ({reason})")
                 continue

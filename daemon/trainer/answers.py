@@ -224,8 +224,14 @@ class Answerer:
             raise AnswerError(f"cannot load base model {source}: {_first_line(e)}. Fix: check that the folder (or "
                               f"the HF cache entry) is a complete causal-LM download (nothing is downloaded).") from None
         tokenizers = {t.label: _tokenizer(t, source, trusted) for t in members}
+        base_width = model.get_input_embeddings().weight.shape[0]
+        grown = {len(tokenizers[t.label]) for t in members if t.adapter is not None} - {base_width}
+        if len(grown) > 1:  # each adapter carries its own rows for the tokens its template added: one model cannot
+            raise AnswerError(f"{', '.join(t.label for t in members)} added different tokens to {source} (their chat "
+                              f"templates differ), so one loaded model cannot hold them side by side. Fix: ask them "
+                              f"one at a time.")
         width = max(len(tok) for tok in tokenizers.values())
-        if width > model.get_input_embeddings().weight.shape[0]:  # tokens the run's chat template added, as export
+        if width > base_width:  # tokens the run's chat template added, as export
             model.resize_token_embeddings(width, mean_resizing=False)
         names: dict[str, str] = {}
         for i, t in enumerate(m for m in members if m.adapter is not None):
