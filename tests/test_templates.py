@@ -429,8 +429,9 @@ def test_system_refusing_template_of_a_fine_tune(tmp_path: Path) -> None:
     assert trained_text(text, spans, *regions(text, USERS)[0]) == TRAINED_TURN["gemma"].format(ANSWERS[0])
 
 
+@pytest.mark.parametrize("trim", [False, True], ids=["offsets", "trimmed-offsets"])
 @pytest.mark.parametrize("name", NAMES)
-def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str) -> None:
+def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str, trim: bool) -> None:
     """An evolution probe (and `overnight ask`) renders through the tokenizer's template as the trainer sets it: the
     context and the reference it is scored on are the start of the very sequence training sees, the reference holds
     the answer — DeepSeek's generation prompt adds a "<think>" its trained turns lack, vision-language templates read
@@ -443,6 +444,9 @@ def test_probe_is_asked_as_training_shows_it(world: dict[str, Any], name: str) -
     fmt = chosen(world, name)
     tok = PreTrainedTokenizerFast(tokenizer_object=world["tokenizer"], bos_token=BOS, eos_token=EOS)
     tok.chat_template = fmt.template  # as the trainer does (daemon/trainer/setup.py)
+    if trim:  # GPT-2's tokenizer trims its offsets: " Teal" starts at "T"
+        from tokenizers import processors
+        tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
     turns = conversation(name, TURNS)
     stops = [tok.convert_tokens_to_ids(s) for s in fmt.stop_strings(world["specials"])] or None
     probe = encode_probe(tok, {"messages": turns[:-1], "reference": ANSWERS[-1]}, stops)

@@ -49,8 +49,9 @@ def encode_probe(tokenizer: Any, probe: dict[str, Any], stop_ids: Sequence[int] 
     Prompt probes: the raw prompt (with the tokenizer's own special tokens, e.g. a BOS), then the reference plus
     eos. Chat probes: the chat template with the generation prompt (as far as the conversation trained with the
     reference as the assistant turn starts so), then the rest of that conversation, up to its first end-of-turn
-    token (`stop_ids`, by default the eos). With `max_length`, a huge prompt or reference is tokenised only as far as `fit_to_length` can keep of
-    it (the end of the prompt, the start of the reference): the same ids, without minutes spent on a 50 MB record.
+    token (`stop_ids`, by default the eos). With `max_length`, a huge prompt or reference is tokenised only as far
+    as `fit_to_length` can keep of it (the end of the prompt, the start of the reference): the same ids, without
+    minutes spent on a 50 MB record.
     """
     def ids(text: str, special: bool, from_end: bool = False) -> list[int]:
         if max_length is None:
@@ -86,9 +87,9 @@ WINDOW = 256  # characters either side of the split whose tokens show where a to
 def _asked_before(context: str, full: str, tokenizer: Any) -> str:
     """What training shows before the answer: the start the generation prompt shares with the conversation trained
     (DeepSeek-R1's prompt adds a "<think>\n" its trained turns lack), back to where one of the trained sequence's
-    tokens starts, so that the context tokenises as training does (the "\n" of Qwen3's "<think>\n" prompt is half
-    of the "\n\n" trained after it). Only a window around the split is tokenised: a token starts where it does in
-    the whole text away from the window's edges."""
+    tokens ends, so that the context tokenises as training does (the "\n" of Qwen3's "<think>\n" prompt is half of
+    the "\n\n" trained after it). Only a window around the split is tokenised: away from the window's start a token
+    ends where it does in the whole text. (Ends, not starts: a tokenizer that trims offsets starts " Teal" at "T".)"""
     i = len(os.path.commonprefix([context, full]))
     start = max(0, i - WINDOW)
     try:
@@ -96,8 +97,8 @@ def _asked_before(context: str, full: str, tokenizer: Any) -> str:
                             return_offsets_mapping=True)["offset_mapping"]
     except (NotImplementedError, TypeError, ValueError, KeyError):  # a slow tokenizer: no offsets
         return full[:i]
-    starts = [start + a for a, _ in offsets if (a > 0 or start == 0) and start + a <= i]
-    return full[:max(starts)] if starts else full[:i]
+    ends = [start + b for _, b in offsets[1 if start else 0:] if start + b <= i]
+    return full[:max(ends)] if ends else full[:i]
 
 
 def _rejected_side(probe: dict[str, Any]) -> dict[str, Any] | None:
