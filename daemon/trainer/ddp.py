@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from datetime import timedelta
 from typing import Any
 
 _group: Any = None  # the gloo group control messages use (None: the default group)
 _initialised = False
 BARRIER_S = 60  # the bound of the last barrier (`shutdown`): the ranks reach it within seconds of each other
+LEAVE_ALONE_S = 10  # the bound of a lone rank's teardown (`shutdown`)
 
 
 def rank() -> int:
@@ -163,17 +165,26 @@ def shutdown(*, together: bool) -> None:
 
     import torch.distributed as dist
 
+    def leave() -> None:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        gc.collect()  # the Trainer and its DDP model (cycles): the last holders of the group, whose threads end with it
+
     if together:
         try:
             dist.monitored_barrier(group=_group, timeout=timedelta(seconds=BARRIER_S), wait_all_ranks=True)
         except Exception:  # noqa: BLE001 - a rank gone or late: leave anyway
             pass
-    try:
-        dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - exiting anyway
-        pass
+        leave()
+    else:  # a rank ending alone (out of memory, a failure): a peer still waits in a collective with it, and the
+        # teardown can wait on that peer, which waits on this rank's exit (the launcher ends the peers once it
+        # exits): bounded, after which the worker exits all the same (`exit_now`)
+        leaving = threading.Thread(target=leave, name="leave-process-group", daemon=True)
+        leaving.start()
+        leaving.join(LEAVE_ALONE_S)
     _group, _initialised = None, False
-    gc.collect()  # the Trainer and its DDP model (cycles): the last holders of the group, whose threads end with it
 
 
 def exit_now(code: int) -> None:
