@@ -318,6 +318,16 @@ class LogTail(_Follower):
         return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
 
 
+def in_this_home(root: Path, adapter_path: str | None) -> str | None:
+    """A recorded adapter path (runs/RUN/adapter, trash/NAME-vN-STAMP/adapter), or the same place under the home at
+    `root` when it is there: the home was moved or copied since it was recorded."""
+    path = Path(adapter_path or "")
+    if path.parent.parent.name not in ("runs", "trash"):
+        return adapter_path
+    here = Path(root) / path.parent.parent.name / path.parent.name / path.name
+    return str(here) if here.exists() else adapter_path
+
+
 def run_folders(runs: Path) -> list[Path]:
     """Folders of `runs` that hold a run: metadata.json, or config.json beside dataset/ (accepted, not yet indexed).
     Hidden ones are intake's staging folders, not runs yet."""

@@ -19,7 +19,7 @@ from typing import Any
 from daemon.core.home import DaemonLock, Home
 from daemon.core.log import log
 from daemon.core.runconfig import RunConfig
-from daemon.core.rundir import RunFolder, read_jsonl, run_folders
+from daemon.core.rundir import RunFolder, in_this_home, read_jsonl, run_folders
 from daemon.core.runrecord import Run, dataset_columns
 from daemon.core.states import ACTIVE, ALL, State, values
 from daemon.engine.store import SCHEMA_VERSION, Store
@@ -309,7 +309,8 @@ def _models(home: Home, runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> li
     for _, meta in runs:
         m = meta.get("model")
         if isinstance(m, dict) and m.get("name") and isinstance(m.get("version"), int):
-            found.setdefault((m["name"], m["version"]), _model({**m, "adapter_path": _here(home, m)}))
+            here = in_this_home(home.root, m.get("adapter_path"))  # the home may have moved since it was recorded
+            found.setdefault((m["name"], m["version"]), _model({**m, "adapter_path": here}))
     for m in _trashed(home):
         found.setdefault((m["name"], m["version"]), m)
     known = {m["run_id"] for m in found.values()}
@@ -329,15 +330,6 @@ def _model(m: dict[str, Any]) -> dict[str, Any]:
     out["active"] = 1 if m.get("active") and not m.get("deleted") else 0
     out["metrics"] = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
     return out
-
-
-def _here(home: Home, m: dict[str, Any]) -> str | None:
-    """The recorded adapter path, or the same place in this home when the home was moved or copied."""
-    path = Path(m.get("adapter_path") or "")
-    if path.parent.parent.name not in ("runs", "trash"):
-        return m.get("adapter_path")
-    here = home.root / path.parent.parent.name / path.parent.name / path.name
-    return str(here) if here.exists() else m.get("adapter_path")
 
 
 def _trashed(home: Home) -> list[dict[str, Any]]:

@@ -334,25 +334,24 @@ class Store:
         each run folder and adapter this home holds at the same place is pointed at again, so that nothing trains
         in, or reads from, the home it came from. Returns the homes it came from."""
         moved: dict[str, str] = {}  # run id: its folder here
-        olds: set[Path] = set()
+        olds: set[str] = set()
         for row in self.db.query("SELECT id, run_dir FROM runs WHERE run_dir IS NOT NULL"):
             was, here = Path(row["run_dir"]), root / "runs" / row["id"]
             if was == here or was.parent.name != "runs" or not here.is_dir() or _same(was, here):
                 continue  # a home reached through a symbolic link is not a moved one
             moved[row["id"]] = str(here)
-            olds.add(was.parent.parent)
+            olds.add(str(was.parent.parent))
         if not moved:
             return []
         with self.db.conn:
             for run_id, here in moved.items():
                 self.db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [here, run_id])
             for m in list(self.db.query("SELECT name, version, adapter_path FROM models")):
-                path = Path(m["adapter_path"] or "")
-                old = next((o for o in olds if path.is_relative_to(o)), None)
-                if old is not None and (root / path.relative_to(old)).exists():
+                here = rundir.in_this_home(root, m["adapter_path"])  # the rule a rebuilt registry follows
+                if here != m["adapter_path"]:
                     self.db.execute("UPDATE models SET adapter_path = ? WHERE name = ? AND version = ?",
-                                    [str(root / path.relative_to(old)), m["name"], m["version"]])
-        return sorted(map(str, olds))
+                                    [here, m["name"], m["version"]])
+        return sorted(olds)
 
     def newest_run_of_dataset(self, stem: str) -> str | None:
         """The newest run made from a dataset named STEM.* (any format), or None."""
