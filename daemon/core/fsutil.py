@@ -19,6 +19,15 @@ def ignored(name: str) -> bool:
             or (name.startswith("#") and name.endswith("#")))
 
 
+def file_version(path: Path | None) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of a file, what changes when it is written or replaced; None when there is none."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+
 def short_name(name: str, limit: int = SHORT_NAME) -> str:
     """`name` cut to `limit` bytes (on a character boundary, marked with `~`), so that what is added still fits."""
     raw = name.encode("utf-8", "surrogateescape")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from daemon.core.errors import OptionsError
 from daemon.core.evalreport import RANKINGS
 from daemon.core.search import SAMPLERS, check_range, check_search
-from daemon.core.fsutil import MODEL_NAME_RULE, model_name, model_name_problem, suggested_model_name
+from daemon.core.fsutil import MODEL_NAME_RULE, file_version, model_name, model_name_problem, suggested_model_name
 
 
 @dataclass(frozen=True)
@@ -669,11 +669,7 @@ class OwnerToml:
 
     def read(self) -> OwnerOptions:
         """The options now (one stat; one parse when the file changed)."""
-        try:
-            st = self.path.stat()
-            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            key = None
+        key = file_version(self.path)
         with self._lock:
             state = self._state
             if state is not None and state.version == key and not self._stale:

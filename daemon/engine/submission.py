@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 from daemon.core import auto, datasets, evalfile, sweep
 from daemon.core.errors import SubmissionError
-from daemon.core.fsutil import ignored, model_name
+from daemon.core.fsutil import file_version, ignored, model_name
 from daemon.engine.lineage import check_parent
 from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
                               model_folder, targets_missing)
@@ -80,7 +80,7 @@ def check_owner_files(values: dict[str, Any], home_toml: Path) -> int | None:
     when a file changed: the daemon asks before every drop."""
     owner = evalfile.owner_eval_file(values.get("eval_file"), home_toml.parent)
     sample = evalfile.owner_eval_file(values.get("forgetting_sample"), home_toml.parent)
-    key = (home_toml, *((p, _stat_key(p)) for p in (owner, sample)))
+    key = (home_toml, *((p, file_version(p)) for p in (owner, sample)))
     if key not in _owner_files_seen:
         try:
             _owner_files_seen[key] = _owner_files(owner, sample, values, home_toml)
@@ -108,14 +108,6 @@ def _owner_files(owner: Path | None, sample: Path | None, values: dict[str, Any]
                                   f"(relative to the home), or remove forgetting_sample to use the shipped "
                                   f"sample.") from None
     return count
-
-
-def _stat_key(path: Path | None) -> tuple | None:
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
 
 
 def check_eval_files(dropped: Path | None, opts: Resolved, home_toml: Path) -> int | None:
