@@ -58,6 +58,11 @@ class StopRequest(str, Enum):
     def by_user(self) -> bool:
         return self in (StopRequest.STOP, StopRequest.SKIP)
 
+    @classmethod
+    def named_in(cls, reason: str | None) -> StopRequest | None:
+        """The request a trainer's stop reason names ("skip requested": commands.py writes it), else None."""
+        return cls._value2member_map_.get((reason or "").removesuffix(" requested"))
+
     def then(self, new: str) -> StopRequest:
         """The request in force once `new` arrives while this one stands: the first stands, except that a user's
         stop or skip outranks the daemon's own (preempt, shutdown): the run then ends as the user asked."""

@@ -62,9 +62,9 @@ def tell(notifier: notify.Notifier, event: str, subject: str, message: Any, *arg
 def _honoured(result: dict[str, Any]) -> StopRequest | None:
     """The user's stop or skip the trainer's last attempt ended on (result.json: "stop requested"), else None. The
     request itself lived in the daemon that asked; the trainer's own record of it outlives that daemon."""
-    asked = (result.get("reason") or "").removesuffix(" requested") if _outcome(result.get("outcome")) \
-        == Outcome.STOPPED else ""
-    request = StopRequest._value2member_map_.get(asked)
+    if _outcome(result.get("outcome")) != Outcome.STOPPED:
+        return None
+    request = StopRequest.named_in(result.get("reason"))
     return request if request is not None and request.by_user else None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.core.atomic import write_json, write_text
 from daemon.core.templating import serving_template
-from daemon.core.states import Outcome
+from daemon.core.states import Outcome, StopRequest
 
 
 def versions() -> dict[str, str]:
@@ -80,10 +80,11 @@ class Result:
     def _end_state(self) -> str:
         """The state the run takes, where the daemon's request decides it (a skip ends skipped, a preemption or
         the daemon's shutdown sends it back to the queue); else the attempt's outcome."""
-        asked = (self.reason or "").removesuffix(" requested")
-        if self.outcome is not Outcome.STOPPED or asked not in ("skip", "preempt", "shutdown"):
+        asked = StopRequest.named_in(self.reason)
+        if self.outcome is not Outcome.STOPPED or asked not in (StopRequest.SKIP, StopRequest.PREEMPT,
+                                                                 StopRequest.SHUTDOWN):
             return str(self.outcome)
-        return "skipped" if asked == "skip" else "queued again, to resume from its last checkpoint"
+        return "skipped" if asked is StopRequest.SKIP else "queued again, to resume from its last checkpoint"
 
 
 def header_lines(run_id: str, base_model: str, dataset: Path, schema: str, records: int | None,
