@@ -96,8 +96,7 @@ class ChatFormat:
                                     f"{m['role']!r}): the model would be trained on a conversation it never sees. "
                                     f"{fix}")
         given = as_parts(messages) if self.parts else messages
-        if tools and _render(self.template, given, None, self.special, spans=False)[0] == \
-                _render(self.template, given, tools, self.special, spans=False)[0]:
+        if tools and _render(self.template, given, None, self.special, spans=False)[0] == text:
             raise TemplateError(f"the chat template {self.label} does not show the record's 'tools' (the functions "
                                 f"the model may call): it would learn to call them without seeing them. {fix}")
 
