@@ -82,6 +82,19 @@ def slurm_cluster(slurm_session: tuple[str, Path]) -> Iterator[str]:
         yield partition
 
 
+@pytest.fixture
+def slow_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step of the trainers of the daemons this test starts takes 0.3 s longer (tests/faults: a loaded machine):
+    the tiny model trains 60 steps in under 2 s on a fast host, before a pause sent after its first checkpoint can
+    reach the job (the CLI, the daemon's pass, the trainer's read of commands.txt)."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "slow").write_text("0.3")
+    monkeypatch.setenv("OVERNIGHT_TEST_FAULTS", str(faults))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO),
+                                                      os.environ.get("PYTHONPATH", "")]))
+
+
 def slurm_home(root: Path, tiny_model: Path, partition: str, **table: Any) -> kill_loop.Home:
     """kill_loop's home (retention off, the tiny model) with an [executor] table for Slurm."""
     home = kill_loop.Home(root, tiny_model)
@@ -101,7 +114,10 @@ def wait_run(home: kill_loop.Home, name: str, what: str, pred: Any, timeout: flo
     def check() -> dict[str, Any] | None:
         run = home.run(name)
         return run if run and pred(run) else None
-    return wait_until(check, budget(timeout), interval=0.3, what=f"{name}: {what} (now {home.run(name)})")
+    try:
+        return wait_until(check, budget(timeout), interval=0.3, what=f"{name}: {what}")
+    except AssertionError as e:
+        raise AssertionError(f"{e} (now {home.run(name)})") from None  # the run as it is at the timeout
 
 
 def job_state(job_id: str) -> str:
@@ -142,6 +158,7 @@ def end(home: kill_loop.Home) -> None:
             subprocess.run(["scancel", job])
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_a_run_through_five_slurm_events_trains_like_the_uninterrupted_run(slurm_cluster, tiny_model, reference_run,
                                                                           tmp_path):
     home = slurm_home(tmp_path / "home", tiny_model, slurm_cluster, max_parallel_runs=1)

@@ -24,7 +24,7 @@ from bench import kill_loop
 from tests.conftest import REFERENCE_STEPS, budget, overnight, unavailable
 from tests.test_slurm import (SCRIPTS, cluster_held, console, end, job_state, paused_in, runs, slurm_home, submitted,
                               wait_run)
-from tests.test_slurm import slurm_session  # noqa: F401 - the session's cluster, a fixture
+from tests.test_slurm import slow_steps, slurm_session  # noqa: F401 - fixtures: slower steps, the session's cluster
 
 pytestmark = pytest.mark.e2e
 ROOT = [] if os.geteuid() == 0 else ["sudo", "-n"]
@@ -78,6 +78,7 @@ def newest_checkpoint(run: dict[str, Any]) -> int:
     return max(kill_loop.checkpoint_steps(Path(run["run_dir"]) / "checkpoints"), default=0)
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_a_node_dies_under_the_job_and_the_run_resumes_on_the_other_node(two_nodes_alone, tiny_model, reference_run,
                                                                          tmp_path):
     home = slurm_home(tmp_path / "home", tiny_model, two_nodes_alone, max_parallel_runs=1)

@@ -10,6 +10,8 @@ disk" by creating the marker and "frees space" by deleting it. Each fault is an 
   db          every write of the daemon's Store fails with sqlite's "database or disk is full"
   db.METHOD   only that Store method's writes fail (db.add_model: registering a model version)
   log         the daemon's log writes fail: overnight.log's handler and the console.log appends (ENOSPC)
+  slow        each optimizer step of the trainer takes the marker's seconds longer (a loaded machine): a command
+              sent after the first checkpoint lands before the tiny model trains out, on any host
 Modules are patched right after they are first imported (a meta-path hook), so the code under test is untouched.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import time
 from pathlib import Path
 
 FAULTS = os.environ.get("OVERNIGHT_TEST_FAULTS")
@@ -120,6 +123,18 @@ def _patch_rundir(rundir) -> None:
     rundir.append_console = faulty_append
 
 
+def _patch_callbacks(tc) -> None:
+    on_step_end = tc.CallbackHandler.on_step_end
+
+    @functools.wraps(on_step_end)
+    def slow_step_end(self, *args, **kwargs):
+        if on("slow"):
+            time.sleep(float(open(os.path.join(FAULTS, "slow")).read() or 0))
+        return on_step_end(self, *args, **kwargs)
+
+    tc.CallbackHandler.on_step_end = slow_step_end
+
+
 def _patch_logging(logging) -> None:
     emit = logging.FileHandler.emit
 
@@ -136,7 +151,8 @@ def _patch_logging(logging) -> None:
 
 
 PATCHES = {"torch": _patch_torch, "safetensors.torch": _patch_safetensors, "daemon.core.space": _patch_space,
-           "daemon.engine.store": _patch_store, "daemon.core.rundir": _patch_rundir}
+           "daemon.engine.store": _patch_store, "daemon.core.rundir": _patch_rundir,
+           "transformers.trainer_callback": _patch_callbacks}
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
