@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.engine.intake import shown_name
+from daemon.core.fsutil import shown_name
 from tests.conftest import overnight
 
 GOOD = '{"prompt": "2+2=", "completion": "4"}\n'

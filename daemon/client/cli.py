@@ -404,7 +404,7 @@ def serve(home: str | None, host: str | None, port: int | None, new_token: bool)
     with _clean_errors(ServeError):
         settings = server.settings(h, host, port)
         tokens = server.prepare(h, settings, new_token, click.echo)
-    server.run(h, settings, tokens, click.echo)
+        server.run(h, settings, tokens, click.echo)
 
 
 @main.command()

@@ -119,3 +119,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def shown_name(name: str) -> str:
+    """A file name fit for messages and logs, even when its bytes are not UTF-8: a control character or a line
+    separator is shown escaped (\\n, \\x1b, \\u2028), so that no name can split a log line or fake one."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not any(breaks_lines(c) for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if breaks_lines(c) else c for c in text)
+
+
+def breaks_lines(char: str) -> bool:
+    """A character no file name may show raw in a log or a message: a control character (a line break, a tab, an
+    escape sequence's ESC, DEL, the C1 controls) or a Unicode line or paragraph separator."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")

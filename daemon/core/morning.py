@@ -43,7 +43,8 @@ def first_line(text: str | None) -> str:
 def cutoff(since_h: float, now: float | None = None) -> str:
     """The window's start as the DB writes times (ISO local, seconds), so it compares as text."""
     now = _dt.datetime.now().timestamp() if now is None else now
-    return _dt.datetime.fromtimestamp(now - since_h * 3600).isoformat(timespec="seconds")
+    # no later than 1970 (nothing overnight wrote is older): a window of 1e12 hours is everything, not an error
+    return _dt.datetime.fromtimestamp(max(0.0, now - since_h * 3600)).isoformat(timespec="seconds")
 
 
 def _get(row: Any, key: str) -> Any:
@@ -99,15 +100,19 @@ def _read_error(path: str, name: str, mtime_ns: int, size: int) -> tuple[str, st
     return _dropped_file(text, name), first_line(text) or "no error recorded"
 
 
-def _dropped_file(text: str, error_name: str) -> str:
-    """The dataset of the drop, as the .error.txt names the files it moved (`Rejected files (moved to DIR): A, B`);
-    the .error.txt's own stem when that line is missing (an older or hand-written file)."""
+def moved_files(text: str) -> list[str]:
+    """The files an .error.txt says the intake moved (`Rejected files (moved to DIR): A, B`), as shown_name shows
+    them; none when that line is missing (an older or hand-written file)."""
     for line in text.splitlines():
         if line.startswith("Rejected files (moved to "):
             names = line.rpartition("): ")[2].strip()
-            if names:
-                return names.split(", ")[0]
-    return error_name[: -len(ERROR_SUFFIX)]
+            return names.split(", ") if names else []
+    return []
+
+
+def _dropped_file(text: str, error_name: str) -> str:
+    """The dataset of the drop (the first file the .error.txt names); the .error.txt's own stem without that line."""
+    return next(iter(moved_files(text)), error_name[: -len(ERROR_SUFFIX)])
 
 
 def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | None) -> str | None:

@@ -9,7 +9,6 @@ import os
 import shutil
 import time
 import traceback
-import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from daemon.core.rundir import RunFolder
 from daemon.core.runconfig import RunConfig
 from daemon.core.atomic import write_json, write_text
 from daemon.core.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
-from daemon.core.fsutil import sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name, unique_path
+from daemon.core.fsutil import (sha256_file, SHORT_NAME, breaks_lines, ignored, model_name, safe_name, short_name,
+                                shown_name, unique_path)
 from daemon.core.home import Home
 from daemon.engine.lineage import check_parent, copy_adapter
 from daemon.core.log import log
@@ -34,21 +34,6 @@ from daemon.core.timefmt import iso, run_id_stamp
 
 
 BIG_DROP_BYTES = 10 * 2**20  # drops this large get a log line when their validation starts
-
-
-def shown_name(name: str) -> str:
-    """A file name fit for messages and logs, even when its bytes are not UTF-8: a control character or a line
-    separator is shown escaped (\\n, \\x1b, \\u2028), so that no name can split a log line or fake one."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if not any(_breaks_lines(c) for c in text):
-        return text
-    return "".join(c.encode("unicode_escape").decode("ascii") if _breaks_lines(c) else c for c in text)
-
-
-def _breaks_lines(char: str) -> bool:
-    """A character no file name may show raw in a log or a message: a control character (a line break, a tab, an
-    escape sequence's ESC, DEL, the C1 controls) or a Unicode line or paragraph separator."""
-    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
 
 
 @dataclass
@@ -473,10 +458,10 @@ def _refused_name(p: Path, inbox: Path) -> str | None:
     except UnicodeEncodeError:
         return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
                 f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
-    bad = next((c for c in p.name if _breaks_lines(c)), None)
+    bad = next((c for c in p.name if breaks_lines(c)), None)
     if bad is not None:
         what = _CONTROL_WORDS.get(bad, "a control character")
-        renamed = "".join("_" if _breaks_lines(c) else c for c in p.name)
+        renamed = "".join("_" if breaks_lines(c) else c for c in p.name)
         return (f"{shown_name(p.name)}: the file name holds {what} ({shown_name(bad)}, U+{ord(bad):04X}), which "
                 f"would split or fake lines of the daemon's log and cannot name a run. Fix: rename it without "
                 f"control characters (e.g. {shown_name(renamed)!r}) and drop it again.")

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def _offset(value: str | None) -> int:
     """A byte offset into a log (?offset=, or the Last-Event-ID a reconnecting EventSource sends)."""
     if not value:
         return 0
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]{1,18}", value):  # ASCII digits only (isdigit takes '²'), and a size a file can have
         raise BadRequest(f"offset {value[:40]!r} is not a byte offset. Fix: ?offset=0, or a next_offset this API "
                          f"gave")
     return int(value)
@@ -261,11 +262,14 @@ class Api:
         if kind not in STEERING:
             return Json({"error": f"no such command {kind!r}. Fix: one of {', '.join(STEERING)}"}, 404)
         wait = _float(request, "wait", 3.0)
+        value = request.query_params.get("value", "")
+        if kind == "priority" and not re.fullmatch(r"[+-]?[0-9]{1,18}", value):  # nothing else reaches the file
+            raise BadRequest(f"priority value {value[:40]!r} is not an integer. Fix: POST /api/runs/RUN/priority"
+                             f"?value=N, N between -{control.MAX_PRIORITY} and {control.MAX_PRIORITY} (higher first)")
         run = await asyncio.to_thread(self.run_of, request) if "run" in request.path_params else None
         if kind == "priority":
             if run is None:
                 raise ControlError("priority names a run. Fix: POST /api/runs/RUN/priority?value=N")
-            value = request.query_params.get("value", "")
             content = f"{run['id']} {value}"
         else:
             content = run["id"] if run else ""

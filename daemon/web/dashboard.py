@@ -71,14 +71,15 @@ class Dashboard:
                 if kind == "stdin":
                     await service.send_bytes(data.encode("utf-8"))
                 elif kind == "resize":
-                    await service.set_terminal_size(data["width"], data["height"])
+                    # capped as the first size is: a huge terminal is memory the dashboard process must fill
+                    await service.set_terminal_size(_size(str(data["width"]), 80), _size(str(data["height"]), 24))
                 elif kind == "ping":
                     await ws.send_text(json.dumps(["pong", data]))
                 elif kind == "blur":
                     await service.blur()
                 elif kind == "focus":
                     await service.focus()
-        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError, ValueError):
+        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError, ValueError, TypeError, LookupError):
             pass
         finally:
             await service.stop()

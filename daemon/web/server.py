@@ -2,6 +2,9 @@
 whether tokens are required, and uvicorn running the app until SIGINT/SIGTERM."""
 from __future__ import annotations
 
+import signal
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +15,7 @@ from daemon.web import serverlog, tokens as tokenfile
 from daemon.web.auth import is_loopback
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8642
+GRACE_S = 3  # seconds open requests (a log stream of a running job) get to end when the server stops
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,39 @@ def prepare(h: Home, s: Settings, new_token: bool, say: Callable[[str], None]) -
     return tokens
 
 
+def listen(s: Settings) -> socket.socket:
+    """The server's socket, bound before anything else happens: a port in use is refused here, before the server says
+    it serves or touches the home (another server may be receiving uploads into it)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart binds at once after a stop
+    try:
+        sock.bind((s.host, s.port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {s.host}:{s.port}: {e.strerror or e}. Fix: stop what holds the port "
+                         f"(another overnight serve?), or serve on another: overnight serve --port N") from None
+    return sock
+
+
 def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM; open log streams get GRACE_S to end, then the server exits (code 0)."""
     import uvicorn
 
     from daemon.web.app import build
+    sock = listen(s)
     serverlog.setup(h, echo=False)
     app = build(h, tokens)
     url = f"http://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"
     serverlog.log.info(f"serving {h.root} on {url} ({'tokens required' if tokens else 'no token: loopback only'})")
     say(f"serving {h.root} on {url}\n  API: {url}/api/ (schema: {url}/api/openapi.json)\n  dashboard: {url}/dashboard/"
         + ("?token=STEER_TOKEN" if tokens else "") + f"\n  log: {h.root / 'serve.log'}")
-    uvicorn.run(app, host=s.host, port=s.port, log_level="warning", access_log=False, server_header=False)
-    serverlog.log.info("stopped")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
+                            timeout_graceful_shutdown=GRACE_S)
+    # uvicorn raises the signal that stopped it again once it is done: ours ends the process as a clean stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serverlog.log.info("stopped")

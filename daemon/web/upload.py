@@ -4,6 +4,7 @@ sidecar and probes first, the dataset last, nothing the daemon could see half-wr
 kept: a body over the cap (413), a name that is a path, hidden or not a dataset (400)."""
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import unicodedata
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO
 
+import psutil
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from daemon.core import drop
@@ -39,6 +41,10 @@ def dataset_name(raw: str) -> str:
                                f"refused. {fix}")
     if name.startswith("."):
         raise UploadError(400, f"the dataset's file name {raw!r} is hidden: the daemon ignores hidden files. {fix}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UploadError(400, f"the dataset's file name {raw!r} is not UTF-8. {fix}") from None
     if any(unicodedata.category(c) == "Cc" for c in name):
         raise UploadError(400, f"the dataset's file name {raw!r} holds control characters. {fix}")
     if len(name.encode("utf-8")) > SHORT_NAME:
@@ -78,11 +84,16 @@ class _Receiver:
         self.headers: dict[bytes, bytes] = {}
         self.field = b""
         self.value = b""
+        self.complete = False  # the closing boundary arrived: a body cut short is never taken for a whole one
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self.begin, "on_header_field": self.header_field,
                 "on_header_value": self.header_value, "on_header_end": self.header_end,
-                "on_headers_finished": self.headers_done, "on_part_data": self.data, "on_part_end": self.end}
+                "on_headers_finished": self.headers_done, "on_part_data": self.data, "on_part_end": self.end,
+                "on_end": self.finished}
+
+    def finished(self) -> None:
+        self.complete = True
 
     def begin(self) -> None:
         self.part, self.headers = _Part(), {}
@@ -137,7 +148,7 @@ async def receive(h: Home, content_type: str, body: AsyncIterator[bytes], limit:
     if ctype != b"multipart/form-data" or not boundary:
         raise UploadError(400, "expected a multipart/form-data body. Fix: curl -F dataset=@FILE "
                                "[-F sidecar=@FILE.toml] [-F probes=@FILE.probes.jsonl] URL/api/datasets")
-    staged = Staged(h.inbox / f"{STAGING_PREFIX}{secrets.token_hex(8)}")
+    staged = Staged(h.inbox / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
     staged.folder.mkdir(mode=0o700)
     receiver = _Receiver(staged)
     parser = MultipartParser(boundary, receiver.callbacks())
@@ -149,6 +160,9 @@ async def receive(h: Home, content_type: str, body: AsyncIterator[bytes], limit:
                 raise too_large(limit)
             parser.write(chunk)
         parser.finalize()
+        if not receiver.complete:
+            raise UploadError(400, "the upload ended before its closing multipart boundary (the connection was cut, "
+                                   "or the client sent a partial body); nothing was kept. Fix: send it again.")
     except BaseException:
         receiver.close()
         staged.discard()
@@ -177,7 +191,11 @@ def into_inbox(h: Home, staged: Staged) -> tuple[list[Path], int]:
 
 
 def clear_leftovers(h: Home) -> None:
-    """Staging folders a killed server left behind (its own temporary files, never a drop)."""
+    """Staging folders a killed server left behind (its own temporary files, never a drop); those of a server still
+    running (two may serve one home) are its uploads in progress."""
     for p in h.inbox.glob(f"{STAGING_PREFIX}*"):
+        pid = p.name[len(STAGING_PREFIX):].partition("-")[0]
+        if pid.isdecimal() and psutil.pid_exists(int(pid)):
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

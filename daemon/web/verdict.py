@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.home import Home, daemon_alive
-from daemon.core.morning import ERROR_SUFFIX
+from daemon.core.fsutil import shown_name
+from daemon.core.morning import ERROR_SUFFIX, moved_files
 from daemon.core.queries import Reader
 from daemon.core.rundir import RunFolder
 
@@ -57,7 +58,7 @@ class Placed:
         for p in sorted(_entries(h.rejected), key=_mtime, reverse=True):
             if p.name.endswith(ERROR_SUFFIX) and _mtime(p) >= self.since - 1:
                 text = p.read_text(encoding="utf-8", errors="replace")
-                if moved_name in text:
+                if shown_name(moved_name) in moved_files(text):  # by name: another drop's error may hold this one's
                     return text
         return None
 
