@@ -164,6 +164,21 @@ def test_a_file_name_that_is_already_a_model_name_is_kept_without_a_note(home: H
         store.close()
     assert "model name:" not in (home.runs / rid / "console.log").read_text(encoding="utf-8")
 
+def test_a_file_name_with_dot_dot_gives_a_model_name_that_can_be_activated(home: Home) -> None:
+    """'..' is in no registered name (activate and delete refuse it): the name from the file name drops it."""
+    home.toml.write_text('base_model = "/m/tiny"\n')
+    f = home.root / "a%2F..%2Fb.jsonl"
+    f.write_text('{"text": "x"}\n', encoding="utf-8")
+    store = Store(home.db)
+    try:
+        [rid] = Intake(home, store).accept(validate(f, None, None, home.toml, require_model=False))
+        name = store.get_run(rid)["name"]
+    finally:
+        store.close()
+    assert name == "a-2F.-2Fb" and rid.startswith(name)
+    assert control.parse_text("activate", f"{name} 1").model == (name, 1)
+
+
 # --- init_adapter ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", ["modèle-ß", "modèle-ß:1", NFD + ":1"])
 def test_init_adapter_finds_a_unicode_registered_name(home: Home, spec: str) -> None:

@@ -56,7 +56,9 @@ def safe_name(text: str) -> str:
     a folder name and a control file's line, see control.RUN_ID); spaces, slashes and symbols become `-`. A model
     named after its dataset's file name takes this form too, so that its name and its runs' ids agree."""
     # NFC: a name typed on macOS (decomposed é) and the same name typed elsewhere give one run id
-    return re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text)).strip("-.") or "dataset"
+    # '..' too: no registered name may hold it (stored_name_problem), and a model nobody can name is unmanageable
+    dashed = re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text))
+    return re.sub(r"\.{2,}", ".", dashed).strip("-.") or "dataset"
 
 
 # --- model names -------------------------------------------------------------------------------------------
