@@ -490,3 +490,35 @@ def test_a_template_that_cannot_be_located_turn_by_turn_names_the_family_it_look
         "{{ m.content }} [/INST]{%- elif m.role == 'assistant' %}{{ m.content }}</s>{%- endif %}{%- endfor %}")
     with pytest.raises(TemplateError, match='e.g. "mistral"'):
         choose("auto", folder).render(TURNS)
+
+
+STOCK = [n for n in NAMES if is_stock(n)]
+
+
+@pytest.mark.parametrize("name", STOCK)
+def test_a_stock_file_named_by_path_trains_every_answer_or_is_refused_at_once(world: dict[str, Any], name: str) -> None:
+    """chat_template = "…/phi3.jinja": the file as it is, located turn by turn. What `check` and the intake get from
+    `choose` is what the trainer gets: refused there (with the family to use), or every answer trains, each with
+    its end of turn, and nothing the user said; Phi-3's eos, written only where the conversation ends, trains after
+    the last answer only."""
+    folder = world["folders"][name]
+    try:
+        fmt = choose(str(FILES[name]), folder)
+    except TemplateError as e:
+        assert family(name) not in ("phi3", "phi3_5")  # an eos only at the very end is no reason to refuse
+        assert "renders a turn differently" in str(e) and f'"{family(name)}"' in str(e)
+        return
+    text, spans = fmt.render(conversation(name, TURNS))
+    fmt.special_strings(world["specials"])  # what the trainer asks of it first
+    trained = trained_text(text, spans)
+    assert all(a in trained for a in ANSWERS) and not any(u in trained for u in USERS)
+    if family(name) == "phi3":
+        assert [text[a:b] for a, b in spans][:2] == [f"{ANSWERS[0]}<|end|>\n", f"{ANSWERS[1]}<|end|>\n"]
+        assert text.endswith(f"{ANSWERS[2]}<|end|>\n</s>") and trained.endswith(f"{ANSWERS[2]}<|end|>\n</s>")
+
+
+def test_a_chat_template_path_that_is_not_a_jinja_file_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "template.txt"
+    other.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    with pytest.raises(TemplateError, match=r"is not a \.jinja file\. Fix: give the path of a \.jinja chat template"):
+        choose(str(other), None)

@@ -108,25 +108,32 @@ class ChatFormat:
     def _render_by_prefixes(self, messages: Sequence[dict[str, Any]], tools: list | None
                             ) -> tuple[str, list[tuple[int, int]]]:
         # A template without markers: the conversation up to each assistant turn, with and without it; the
-        # difference is what the assistant says. Each turn must render the same whatever follows.
+        # difference is what the assistant says. Each turn must render the same whatever follows, but for a special
+        # token the template writes only where the conversation ends (Phi-3's eos): an earlier turn trains up to it.
         def text(msgs: Sequence[dict[str, Any]], prompt: bool) -> str:
             return _render(self.template, msgs, tools, self.special, spans=False, prompt=prompt)[0] if msgs else ""
 
+        rest = text(messages, False)
         spans: list[tuple[int, int]] = []
-        done = ""
         for i, msg in enumerate(messages):
             if msg["role"] != "assistant":
                 continue
             head, full = text(messages[:i], True), text(messages[:i + 1], False)
-            if not head.startswith(done) or not full.startswith(head):
+            closing = "" if rest.startswith(full) else next(
+                (c for c in self._closings() if full.endswith(c) and rest.endswith(c) and rest.startswith(full[:-len(c)])),
+                None)
+            if closing is None or not (rest.startswith(head) and full.startswith(head)):
                 raise TemplateError(
                     f"the chat template ({self.label}) renders a turn differently depending on what follows, so the "
                     f"assistant turns cannot be located. Fix: set chat_template to a family name (e.g. "
                     f"\"{_guess_family(self.template)}\") or to a .jinja file with {{% generation %}} markers.")
-            spans.append((len(head), len(full)))
-            done = full
-        rest = text(messages, False)
-        return (rest if rest.startswith(done) else done), spans
+            spans.append((len(head), len(full) - len(closing)))
+        return rest, spans
+
+    def _closings(self) -> list[str]:
+        """What a template may write only where the conversation ends: a special token (Phi-3's eos), maybe a
+        newline after it."""
+        return [t + end for t in self.special.values() if isinstance(t, str) and t for end in ("", "\n")]
 
     def stop_strings(self, specials: Sequence[str] = ()) -> list[str]:
         """The special tokens that end an assistant turn in this template (what generation must stop on): those of
@@ -254,7 +261,10 @@ def choose(option: str, folder: Path | None, *, where: str = "chat_template") ->
     be trained turn by turn."""
     special = special_tokens(folder)
     if option != "auto":
-        return _compiled(_named(option, where), special)
+        fmt = _compiled(_named(option, where), special)
+        if not fmt.markers:  # located turn by turn: refused now (check, the drop) rather than in the trainer
+            fmt.render(PROBE_CHAT if fmt.takes_system() else PROBE_CHAT[1:])
+        return fmt
     own = model_template(folder)
     if own is None:
         return None
@@ -309,6 +319,9 @@ def option_problem(option: str) -> str | None:
 def _named(option: str, where: str) -> ChatFormat:
     if _is_path(option):
         path = Path(option).expanduser()
+        if path.suffix != ".jinja":  # a template file, nothing else the run could be pointed at (an upload's sidecar)
+            raise TemplateError(f"{where} = {json.dumps(option, ensure_ascii=False)} is not a .jinja file. Fix: give "
+                                f"the path of a .jinja chat template, or a family name ({', '.join(families())}).")
         try:
             return ChatFormat(path.read_text(encoding="utf-8"), str(path), "chat_template names this file")
         except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
