@@ -138,25 +138,36 @@ def test_every_lint_case_is_refused_with_the_place_and_the_fix(home: Path, tmp_p
     assert "Traceback" not in r.output
 
 
-def test_a_prompt_that_fills_max_length_is_an_error_naming_the_record(model_home: Path, tmp_path: Path) -> None:
+def test_pairs_whose_prompt_fills_max_length_are_dropped_as_counted_and_refused_past_half(model_home: Path,
+                                                                                         tmp_path: Path) -> None:
+    """As the trainer does: such a pair is dropped (LLaMA-Factory's dpo_en_demo has long prompts); more than half
+    of the records lost is refused, with the count and the fix, unless allow_truncation says it is meant."""
     long = {"prompt": "w " * 40, "chosen": "a", "rejected": "b"}
-    (tmp_path / "long.jsonl").write_text(jsonl([PAIRS[0], long]))
+    (tmp_path / "long.jsonl").write_text(jsonl([PAIRS[0], PAIRS[1], long]))
     (tmp_path / "long.toml").write_text("max_length = 24\n")
     r = check(str(tmp_path / "long.jsonl"), home=model_home)
+    assert r.exit_code == 0, r.output
+    assert "record(s) cut, 1 of them dropped (nothing of their answer left to learn)" in r.output
+    (tmp_path / "long.jsonl").write_text(jsonl([PAIRS[0], long, long]))
+    r = check(str(tmp_path / "long.jsonl"), home=model_home)
     assert r.exit_code == 1, r.output
-    assert "long.jsonl, record 2, field 'prompt': the prompt alone takes " in r.output
-    assert "and max_length is 24: nothing of the chosen and rejected answers is left to compare" in r.output
-    assert "Fix: raise max_length (this pair needs " in r.output and "or shorten the prompt" in r.output
+    assert "long.jsonl: 2 of 3 records would be dropped: cut to max_length = 24 tokens" in r.output
+    assert "Fix: raise max_length (the longest record has " in r.output and "allow_truncation = true" in r.output
+    (tmp_path / "long.toml").write_text("max_length = 24\nallow_truncation = true\n")
+    assert check(str(tmp_path / "long.jsonl"), home=model_home).exit_code == 0
 
 
-def test_pairs_identical_once_cut_are_counted_in_a_note(model_home: Path, tmp_path: Path) -> None:
+def test_pairs_identical_once_cut_are_noted_and_refused_past_half(model_home: Path, tmp_path: Path) -> None:
     cut = {"prompt": "reverse", "chosen": "x " * 30 + "a", "rejected": "x " * 30 + "b"}
-    (tmp_path / "cut.jsonl").write_text(jsonl([PAIRS[0], cut, cut]))
+    (tmp_path / "cut.jsonl").write_text(jsonl([PAIRS[0], PAIRS[1], cut]))
     (tmp_path / "cut.toml").write_text("max_length = 24\n")
     r = check(str(tmp_path / "cut.jsonl"), home=model_home)
     assert r.exit_code == 0, r.output
-    assert "note: 2 pair(s) become identical once cut to max_length = 24 tokens" in r.output
-    assert "max_length 24: 2 record(s) cut" in r.output
+    assert "note: 1 pair(s) become identical once cut to max_length = 24 tokens" in r.output
+    (tmp_path / "cut.jsonl").write_text(jsonl([PAIRS[0], cut, cut]))
+    r = check(str(tmp_path / "cut.jsonl"), home=model_home)
+    assert r.exit_code == 1 and "cut.jsonl: 2 pair(s) would become identical: cut to max_length = 24" in r.output, \
+        r.output
 
 
 @pytest.mark.parametrize("data, objective, says", [

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from daemon.core.datasets import DatasetError, ExampleKind, Lengths, as_chat
+from daemon.core.datasets import ExampleKind, Lengths, as_chat
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template, segments
 
 BATCH = 256  # examples tokenised per batch call
@@ -124,8 +124,8 @@ def _with_answer(example: dict[str, Any], answer: Any, fmt: ChatFormat | None, e
 def view(examples: Iterator[dict[str, Any]], fmt: ChatFormat | None, prompt_chat: bool, eos: str,
          tokenizer: Any, max_length: int, show: int, name: str) -> TrainedView:
     """Render every example (a record the template refuses is an error naming it), keep the first `show`, and
-    with a `tokenizers.Tokenizer` count tokens, truncations and drops at `max_length`; a preference pair whose
-    prompt alone fills max_length is a DatasetError naming it."""
+    with a `tokenizers.Tokenizer` count tokens, truncations and drops at `max_length` (a record with nothing of its
+    answer left; a preference pair whose prompt alone fills it) and pairs made identical by the cut."""
     out = TrainedView()
     bos = bos_text(tokenizer) if tokenizer is not None else ""
     pending: list[tuple[int, list[list[dict[str, Any]]]]] = []
@@ -172,13 +172,8 @@ def _count(out: TrainedView, pending: list[tuple[int, list[list[dict[str, Any]]]
             out.dropped += not sides[0][1][:max_length].any()
             continue
         if not all(trained[:max_length].any() for _, trained in sides):
-            prompt = min(int(trained.argmax()) if trained.any() else len(ids) for ids, trained in sides)
-            more = " or more" if any(c for _, _, c in each) else ""  # tokenised only up to char_bound: a lower bound
-            raise DatasetError(name, f"record {number}", "prompt",
-                               f"the prompt alone takes {prompt}{more} tokens as trained, and max_length is "
-                               f"{max_length}: nothing of the chosen and rejected answers is left to compare",
-                               f"raise max_length (this pair needs {longest}{more} tokens), or shorten the prompt, "
-                               "or remove the record")
+            out.dropped += 1  # its prompt alone fills max_length: the trainer drops it, as an SFT record cut to nothing
+            continue
         (chosen, _), (rejected, _) = sides
         if longest > max_length and list(chosen[:max_length]) == list(rejected[:max_length]):
             out.identical += 1

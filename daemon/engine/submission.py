@@ -128,12 +128,29 @@ def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | No
     labelled completions, SFT neither."""
     requested = opts.values["objective"]
     try:
-        auto.objective(requested, kind)
+        objective, why = auto.objective(requested, kind)
     except ValueError as e:
         where = sidecar if opts.sources.get("objective") == "sidecar" and sidecar else home_toml
         said = f'objective = "{requested}"'
         raise SubmissionError(f"{dataset.name}: " + str(e).replace(said, f"{said} (set in {where.name})", 1)
                               ) from None
+    if objective != "dpo" and opts.sources.get("loss_type") == "sidecar" and sidecar:  # the home's applies to DPO
+        raise SubmissionError(f"{sidecar.name}: loss_type is DPO's loss, but {dataset.name} trains with objective "
+                              f"{objective} ({why}). Fix: remove loss_type from {sidecar.name}, or drop preference "
+                              f"pairs for DPO.")
+    small = [b for b in _listed(opts.values["batch_size"]) if isinstance(b, int) and b < 2]
+    if objective == "kto" and small:
+        where = sidecar if opts.sources.get("batch_size") == "sidecar" and sidecar else home_toml
+        raise SubmissionError(f"{where.name}: batch_size = {small[0]}: KTO measures its baseline on the other answers "
+                              f"of a batch, so a batch needs at least 2. Fix: set batch_size = 2 or more in "
+                              f"{where.name} (grad_accum keeps the effective batch).")
+
+
+def _listed(value: object) -> list:
+    """An option's values: a sweep's list, a search's choices or its range's low end, else the one value."""
+    if isinstance(value, dict):
+        return list(value.get("choices") or [value.get("low")])
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
@@ -265,12 +282,14 @@ def check_truncation(sub: Submission) -> None:
     if t is None or not t.counted or sub.options.values.get("allow_truncation"):
         return
     v = t.view
-    if v.lengths.count and v.dropped * 2 > v.lengths.count:
+    if v.lengths.count and (v.dropped + v.identical) * 2 > v.lengths.count:
         longest = v.lengths.summary()["max"]
+        lost = [f"{v.dropped} of {v.lengths.count} records would be dropped" if v.dropped else "",
+                f"{v.identical} pair(s) would become identical" if v.identical else ""]
         raise SubmissionError(
-            f"{sub.dataset.name}: {v.dropped} of {v.lengths.count} records would be dropped: cut to max_length = "
-            f"{t.max_length} tokens, nothing of their answer is left to learn. Fix: raise max_length (the longest "
-            f"record has {longest}{' or more' if v.capped else ''} tokens), or set allow_truncation = true.")
+            f"{sub.dataset.name}: {' and '.join(x for x in lost if x)}: cut to max_length = {t.max_length} tokens, "
+            f"nothing of their answer is left to learn. Fix: raise max_length (the longest record has "
+            f"{longest}{' or more' if v.capped else ''} tokens), or set allow_truncation = true.")
 
 
 def pair(files: list[Path]) -> tuple[dict[str, dict[str, Path]], dict[str, list[Path]]]:

@@ -21,6 +21,9 @@ from daemon.trainer.sequences import Prepared
 from daemon.trainer.session import Session
 
 
+EXO_EPSILON = 1e-3  # loss_type = "exo_pair": the EXO paper's label smoothing (arXiv 2402.00856)
+
+
 class PreferenceTrainer(StepWatch, DPOTrainer):
     """TRL's DPOTrainer with overnight's step watch, fed pairs overnight encoded."""
 
@@ -42,8 +45,10 @@ class Dpo:
         values = argument_values(opts, str(built.session.cfg.paths.checkpoints), built.device,
                                  built.data.eval is not None, "padded")
         values.pop("label_names")  # pairs carry no labels: the loss comes from the chosen/rejected log-probabilities
+        # EXO needs its ε > 0 (TRL refuses 0.0): the paper's 1e-3, as overnight has no label_smoothing option
         args = DPOConfig(**values, beta=opts.beta, loss_type=[opts.loss_type], max_length=None,
-                         precompute_ref_log_probs=False)
+                         precompute_ref_log_probs=False, label_smoothing=EXO_EPSILON if opts.loss_type == "exo_pair"
+                         else 0.0)
         trainer = PreferenceTrainer(model=built.model, args=args, train_dataset=built.data.train.hf(),
                                     eval_dataset=built.data.eval.hf() if built.data.eval is not None else None,
                                     processing_class=built.tokenizer, callbacks=callbacks)
