@@ -200,16 +200,16 @@ def test_a_dpo_drop_learns_to_prefer_the_chosen_answers(home: Path, tiny_model: 
 def test_a_loss_type_sweep_trains_each_point_and_activates_the_best(home: Path, tiny_model: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     sidecar = (FAST.replace("max_steps = 24", "max_steps = 6").replace("probe_count = 20", "probe_count = 0")
-               + 'loss_type = ["sigmoid", "ipo"]\nselect = "best"\n')
+               + 'loss_type = ["sigmoid", "exo_pair"]\nselect = "best"\n')  # EXO: TRL needs its ε
     (home / "inbox" / "sweep.toml").write_text(sidecar)
     (home / "inbox" / "sweep.jsonl").write_text(jsonl(pairs(120)))
     overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=900, check=True)
     runs = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
-    assert sorted("loss_ipo" in r["id"] for r in runs) == [False, True], [r["id"] for r in runs]
+    assert sorted("loss_exo_pair" in r["id"] for r in runs) == [False, True], [r["id"] for r in runs]
     assert {r["state"] for r in runs} == {"completed"} and len({r["group_id"] for r in runs}) == 1
     models = json.loads(overnight("models", "--json", home=home, check=True).stdout)
     assert len(models) == 2 and sum(bool(m["active"]) for m in models) == 1  # the better eval loss is active
-    assert "ipo" in overnight("compare", runs[0]["id"], home=home, check=True).stdout
+    assert "exo_pair" in overnight("compare", runs[0]["id"], home=home, check=True).stdout
 
 
 @pytest.mark.e2e
