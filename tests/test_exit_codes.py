@@ -105,3 +105,14 @@ def test_what_the_daemon_rejects_exits_1_and_what_it_applies_exits_0(home: Path,
     assert "Fix: name the run (overnight skip RUN_ID)" in res.stdout
     res = overnight("activate", "support", "1", "--wait", wait, home=home)
     assert res.returncode == 0 and "applied: activate support v1" in res.stdout, (res.stdout, res.stderr)
+
+
+def test_a_home_that_is_not_there_is_refused_not_shown_empty(tmp_path: Path) -> None:
+    """A mistyped --home: every command but the daemon and the demo says so (exit 1) and creates nothing."""
+    typo = tmp_path / "nope"
+    (tmp_path / "x.jsonl").write_text('{"text": "a"}\n')
+    for args in (["status"], ["runs", "--json"], ["models"], ["pause"], ["add", str(tmp_path / "x.jsonl")]):
+        res = overnight(*args, home=typo)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert f"{typo}: no such folder, so no overnight home there. Fix: check --home" in res.stderr, res.stderr
+    assert not typo.exists()

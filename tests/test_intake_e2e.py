@@ -208,6 +208,7 @@ def test_second_daemon_refuses_and_names_the_pid(home, daemon_proc):
     (home / "overnight.lock").unlink()
     res = overnight("daemon", home=home, timeout=30)
     assert res.returncode != 0 and "another overnight daemon already serves" in res.stderr
+    assert f"PID {d.proc.pid}" in res.stderr and f"kill -TERM {d.proc.pid}" in res.stderr  # the kernel's lock says
     wait_until(lambda: f'"pid": {d.proc.pid}' in _text(home / "overnight.lock"), 30, what="the lock file again")
     assert f"daemon: running (PID {d.proc.pid}" in overnight("status", home=home, check=True).stdout
     assert d.stop(signal.SIGTERM) == 0

@@ -27,10 +27,23 @@ home_option = click.option("--home", "home", type=click.Path(file_okay=False), d
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def _home(home: str | None) -> Home:
-    """The home, its folders created (a file where one belongs: one line with the fix, no traceback)."""
+def _home(home: str | None, new: bool = False) -> Home:
+    """The home, its folders created (a file where one belongs: one line with the fix, no traceback); a folder that
+    is not there is a new home only for the daemon and the demo (`new`), a mistyped --home elsewhere."""
+    h = _existing(home) if not new else Home.resolve(home, create=False)
     with _clean_errors(HomeDamaged):
-        return Home.resolve(home)
+        h.create()
+    return h
+
+
+def _existing(home: str | None) -> Home:
+    """The home as it is; refused when its folder is not there (`overnight status --home /tmp/typo` would show an
+    empty home and exit 0)."""
+    h = Home.resolve(home, create=False)
+    if not h.root.is_dir():
+        raise click.ClickException(f"{h.root}: no such folder, so no overnight home there. Fix: check --home (or "
+                                   f"$OVERNIGHT_HOME); {h.cli('daemon')} makes a new home there.")
+    return h
 
 
 def _reader(h: Home) -> Reader:
@@ -79,7 +92,7 @@ def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
     """Run the daemon in the foreground: watch inbox/ and control/, train the queue."""
     from daemon.engine.scheduler import Daemon
     with _clean_errors(HomeLocked):
-        d = Daemon(_home(home), once=once, settle=settle, echo=not quiet)
+        d = Daemon(_home(home, new=True), once=once, settle=settle, echo=not quiet)
     code = d.serve()
     if d.restart:  # overnight.db was removed under it: the same command again, which rebuilds it at start
         os.execv(sys.executable, [sys.executable, "-m", "daemon", *sys.argv[1:]])
@@ -96,7 +109,7 @@ def daemon(home: str | None, once: bool, settle: float, quiet: bool) -> None:
 def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) -> None:
     """Validate datasets, sidecars or probe files exactly as the daemon would, without queuing anything."""
     from daemon.client.checking import check_file
-    h = Home.resolve(home, create=False)
+    h = Home.resolve(home, create=False)  # check works outside any home: the home only lends its overnight.toml
     verdicts = [check_file(Path(f), h, show) for f in files]
     if as_json:
         _echo_json([v.to_dict() for v in verdicts])
@@ -132,7 +145,7 @@ def add(home: str | None, file: str, sidecar: str | None, probes: str | None) ->
 def status(home: str | None, as_json: bool, since_h: float) -> None:
     """The daemon, the running jobs (each with its GPU set), the queue and what needs you: failed runs, rejected
     drops, what holds the queue."""
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     rd = _reader(h)
     if as_json:
         from daemon.core import jsonviews
@@ -168,7 +181,7 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
 @json_option
 def runs(home: str | None, as_json: bool) -> None:
     """Every run: active, queued (in order), then history; REASON: why a run failed, stopped or was skipped."""
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     rd = _reader(h)
     rows = rd.runs()
     if as_json:
@@ -196,7 +209,7 @@ def logs(home: str | None, run: str, follow: bool, lines: int) -> None:
     """A run's console.log."""
     from daemon.core.rundir import LogTail, RunFolder
     from daemon.core.states import ENDED
-    rd = _reader(Home.resolve(home, create=False))
+    rd = _reader(_existing(home))
     found = rd.named_run(run)
     tail = LogTail(RunFolder(found["run_dir"]).console, keep=lines or None)
     try:
@@ -307,7 +320,7 @@ def priority(home: str | None, run: str, value: int, wait: float) -> None:
 @json_option
 def models(home: str | None, as_json: bool) -> None:
     """Registered model versions; * marks the active one of each name."""
-    rows = _reader(Home.resolve(home, create=False)).models()
+    rows = _reader(_existing(home)).models()
     _echo_json(rows) if as_json else click.echo(render.models(rows))
 
 
@@ -359,7 +372,7 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
     """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
     from daemon.client import demo as d
     from daemon.core.rundir import RunFolder
-    h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo")
+    h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo", new=True)
     click.echo(f"demo home: {h.root}")
     name = d.prepare(h, click.echo, steps)
     proc = d.start_daemon(h)
@@ -385,7 +398,7 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
 def tui(home: str | None) -> None:
     """The full-screen dashboard (keyboard only; works over SSH at 80x24)."""
     from tui.app import run as run_tui
-    run_tui(Home.resolve(home, create=False).root)
+    run_tui(_existing(home).root)
 
 
 @main.command()
@@ -415,7 +428,7 @@ def evolution(home: str | None, as_json: bool, run: str) -> None:
     """What the model answered on each probe over time, and when each was learned or forgotten."""
     from daemon.core.evolution import format_report, load_records, run_report
     from daemon.core.rundir import RunFolder
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     r = _find_run(h, run)
     if as_json:
         from daemon.core import jsonviews
@@ -452,7 +465,7 @@ def _note(quiet: bool):
 def chat(home: str | None, ref: str, base: bool, max_new_tokens: int, device: str) -> None:
     """Chat with a model version in the terminal, through its training chat template, answers streamed."""
     from daemon.client.trying import chat as talk
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
 
     def write(text: str) -> None:
         click.echo(text, nl=False)
@@ -475,7 +488,7 @@ def ask(home: str | None, as_json: bool, args: tuple[str, ...], base: bool, max_
     from daemon.trainer.answers import ask as answers
     if len(args) < 2:
         raise click.UsageError("give one model version or more, then the prompt: overnight ask NAME[:V]... PROMPT")
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     with _clean_errors(AnswerError):
         result = answers(h.root, args[:-1], args[-1], base, max_new_tokens, log=_note(as_json), device=device)
     _echo_json(result) if as_json else click.echo(ask_text(result, _width()))
@@ -489,7 +502,7 @@ def ask(home: str | None, as_json: bool, args: tuple[str, ...], base: bool, max_
 def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
     """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
     from daemon.client.export import ExportError, export
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     r = _find_run(h, run)
     with _clean_errors(ExportError):
         # trust_remote_code as the run was queued with (its config.json), as for training: one value per run
@@ -518,7 +531,7 @@ def compare(home: str | None, as_json: bool, refs: tuple[str, ...], answers: boo
     options that differ. GROUP: a sweep's group id, or its name when one group has it. With --answers, REFS are
     model versions, compared answer by answer."""
     from daemon.core.sweep import comparison
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     if answers or base or prompts_file:
         from daemon.client.trying import compare_answers, compare_text
         with _clean_errors(AnswerError, DatasetError):
@@ -601,7 +614,7 @@ def doctor(home: str | None, rebuild: bool) -> None:
     """Check overnight.db (integrity, schema, runs/ against the index); exit 1 on a problem. --rebuild: build a
     fresh DB from the run folders."""
     from daemon.engine import rebuild as rb
-    h = Home.resolve(home, create=False)
+    h = _existing(home)
     if rebuild:
         _doctor_rebuild(h)
         return

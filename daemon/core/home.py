@@ -7,6 +7,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -165,6 +166,26 @@ class DaemonLock:
             self._dir_fd = None
 
 
+def _flock_holder(inode: int) -> dict[str, Any] | None:
+    """The process holding a flock on the file with this inode, from /proc/locks (Linux), as read_lock_owner says
+    it; None where that cannot be told."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            pid = int(fields[4])
+            try:
+                started = iso(psutil.Process(pid).create_time())
+            except psutil.Error:
+                started = "?"
+            return {"pid": pid, "started": started}
+    return None
+
+
 def _locked(fd: int, home: Home, optional: bool = False) -> int | None:
     """`fd` with an exclusive flock, or HomeLocked naming the holder; `optional`: None where the filesystem cannot
     lock it (a folder over NFS)."""
@@ -172,12 +193,13 @@ def _locked(fd: int, home: Home, optional: bool = False) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
     except BlockingIOError:
+        inode = os.fstat(fd).st_ino
         os.close(fd)
-        holder = read_lock_owner(home)
+        holder = read_lock_owner(home) or _flock_holder(inode)  # overnight.lock removed by hand: the kernel knows
         who = f"PID {holder['pid']} (started {holder.get('started', '?')})" if holder else "another process"
+        stop = f"kill -TERM {holder['pid']}" if holder else f"find it with: fuser -v {home.root}"
         raise HomeLocked(f"another overnight daemon already serves {home.root}: {who}. "
-                         f"Stop it first (kill -TERM {holder['pid'] if holder else 'PID'}) or use another --home."
-                         ) from None
+                         f"Stop it first ({stop}) or use another --home.") from None
     except OSError:
         os.close(fd)
         if optional:
