@@ -116,3 +116,8 @@ def test_a_home_that_is_not_there_is_refused_not_shown_empty(tmp_path: Path) -> 
         assert res.returncode == 1, (args, res.stdout, res.stderr)
         assert f"{typo}: no such folder, so no overnight home there. Fix: check --home" in res.stderr, res.stderr
     assert not typo.exists()
+
+
+def test_check_of_a_file_that_is_not_there_says_the_fix(tmp_path: Path) -> None:
+    res = overnight("check", str(tmp_path / "missing.jsonl"))
+    assert res.returncode == 1 and "missing.jsonl: no such file. Fix: check the path" in res.stdout, res.stdout

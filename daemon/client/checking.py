@@ -93,7 +93,8 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
     """Validate one file (a dataset with the sidecar and probes beside it, a sidecar, or a probe file); with
     `show`, a dataset's first `show` examples are rendered as the model will see them."""
     if not path.exists():
-        return Verdict(str(path), problems=[Problem(f"{path}: no such file", str(path))])
+        return Verdict(str(path), problems=[Problem(f"{path}: no such file. Fix: check the path (relative paths are "
+                                                    f"from {Path.cwd()})", str(path))])
     verdict = Verdict(str(path), role_of(path))
     try:
         if not _is_owner_toml(path, home):

@@ -360,6 +360,14 @@ _ALIASES = {"lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "
             "lora_target_modules": "lora_targets", "seed_value": "seed"}
 
 
+def _example(opt: Option) -> str:
+    """A value of the option's type for a Fix: its default where that reads as an example (not 0, "" or none)."""
+    if opt.default not in (None, {}, 0, "", []) and not isinstance(opt.default, bool):
+        return _toml(opt.default)
+    kind = opt.kind[0] if isinstance(opt.kind, tuple) else opt.kind
+    return {int: "100", float: "0.5", bool: "true", str: '"…"', list: '["…"]'}.get(kind, "…")
+
+
 def _type_name(opt: Option) -> str:
     kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
     return " or ".join(dict.fromkeys(_TYPE_NAMES[k] for k in kinds))
@@ -405,8 +413,8 @@ def check_value(source: Path | str, key: str, value: Any, item: str = "") -> Non
         kind = _TYPE_NAMES.get(type(value), type(value).__name__)
         raise OptionsError(f"{source}: option '{key}' = {value!r}{item} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}; "
                            f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
-                           f"Fix: write {key} = {_toml(opt.default) if opt.default not in (None, {}) else '…'} "
-                           f"with a value of that type (TOML: strings in quotes, true/false bare).")
+                           f"Fix: e.g. {key} = {_example(opt)} (TOML: strings in quotes, numbers and true/false "
+                           f"bare).")
     if key in PATH_OPTIONS:
         _check_path_text(source, key, value, item)
     if key == "chat_template" and isinstance(value, str) and value.strip():
@@ -455,7 +463,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         # a UTF-8 byte-order mark (Windows Notepad writes one) is not TOML, but it is no mistake either: skipped
         table = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
-        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: keys are flat, e.g. learning_rate = 3e-4") from None
+        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: correct that place (a string needs its closing quote on "
+                           f"the same line; one key = value per line, e.g. learning_rate = 3e-4)") from None
     except UnicodeDecodeError:
         raise OptionsError(f"{path}: not UTF-8 text. Fix: save it as UTF-8.") from None
     except RecursionError:
