@@ -148,3 +148,26 @@ def test_service_install_serve_writes_the_servers_own_unit(home, tmp_path):
     assert run("install").returncode == 0  # the daemon's unit beside it, under its own name
     assert len(list((tmp_path / "config" / "systemd" / "user").iterdir())) == 2
     assert run("uninstall", "--serve").returncode == 0 and not units[0].exists()
+
+
+def test_tokens_created_while_a_server_runs_are_required_from_its_next_request(home, serve_proc):  # noqa: F811
+    server = serve_proc()  # no tokens yet: loopback only, no token asked
+    assert server.client().get("/api/runs").status_code == 200
+    res = overnight("serve", "--token", "--port", str(server.port), home=home, timeout=60)  # creates them
+    assert res.returncode == 1 and "cannot listen" in res.stderr  # the port is the first server's
+    tokens = _tokens(home)
+    assert server.client().get("/api/runs").status_code == 401
+    assert server.client(tokens["read"]).get("/api/runs").status_code == 200
+    (home / "serve-tokens.json").unlink()  # gone: the tokens read before stay in force, never an open server
+    assert server.client().get("/api/runs").status_code == 401
+
+
+def test_a_token_file_others_may_read_or_with_weak_tokens_is_refused(home):
+    f = home / "serve-tokens.json"
+    for content, mode, said in (({"read": "r" * 20, "steer": "s" * 20}, 0o644, "others may read it (mode 644)"),
+                                ({"read": None, "steer": None}, 0o600, "two different strings of 16 characters"),
+                                ({"read": "a" * 20, "steer": "a" * 20}, 0o600, "two different strings")):
+        f.write_text(json.dumps(content))
+        f.chmod(mode)
+        res = overnight("serve", "--host", "0.0.0.0", "--port", "1", home=home, timeout=60)
+        assert res.returncode == 1 and said in res.stderr and "Fix: " in res.stderr, res.stderr

@@ -31,7 +31,7 @@ from daemon.core.states import ENDED, State
 from daemon.web import logs, serverlog, steer, upload, verdict
 from daemon.web.auth import TokenAuth
 from daemon.web.dashboard import PREFIX, Dashboard
-from daemon.web.tokens import Tokens
+from daemon.web.tokens import Live, Tokens
 
 MAX_VERDICT_WAIT_S = 600.0
 STEERING = ("pause", "resume", "stop", "skip", "priority")
@@ -328,7 +328,7 @@ def build(h: Home, tokens: Tokens | None) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={
         RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error,
         BadRequest: _error})
-    app.add_middleware(TokenAuth, tokens=tokens)
+    app.add_middleware(TokenAuth, tokens=Live(h, tokens))
     with contextlib.suppress(OSError):
         upload.clear_leftovers(h)
     return app

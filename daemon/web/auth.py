@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.web import serverlog
 from daemon.web.dashboard import PREFIX
-from daemon.web.tokens import READ, STEER, Tokens
+from daemon.core.errors import ServeError
+from daemon.web.tokens import READ, STEER, Live, Tokens
 
 COOKIE = "overnight_token"
 
@@ -43,13 +44,19 @@ def _refusal(scope: Scope, status: int, message: str):
 class TokenAuth:
     """ASGI middleware: the scope each request needs, checked against the token it carries."""
 
-    def __init__(self, app: ASGIApp, tokens: Tokens | None) -> None:
+    def __init__(self, app: ASGIApp, tokens: Live) -> None:
         self.app = app
-        self.tokens = tokens
+        self.live = tokens
+        self.tokens: Tokens | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        try:
+            self.tokens = self.live.get()
+        except ServeError as e:  # a token file that is not one appeared: nothing is answered until it is mended
+            await self._refuse(scope, receive, send, 503, str(e))
             return
         headers = Headers(scope=scope)
         if self.tokens is None and not is_loopback(urlsplit(f"//{headers.get('host', '')}").hostname or ""):

@@ -10,10 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from daemon.core.errors import ServeError
+from daemon.core.fsutil import file_version
 from daemon.core.home import Home
+from daemon.web import serverlog
 
 READ, STEER = "read", "steer"
 FILE_NAME = "serve-tokens.json"
+MIN_LENGTH = 16
 
 
 def path(h: Home) -> Path:
@@ -34,16 +37,45 @@ class Tokens:
 
 
 def load(h: Home) -> Tokens | None:
-    """The home's tokens; None when `overnight serve --token` never created them."""
+    """The home's tokens; None when `overnight serve --token` never created them. Refused (ServeError, with the fix):
+    a file others may read, and tokens that are not two different long strings."""
     p = path(h)
+    fix = f"Fix: move {p} aside and run overnight serve --token to create new tokens."
     try:
+        mode = p.stat().st_mode
         data = json.loads(p.read_text(encoding="utf-8"))
-        return Tokens(read=str(data[READ]), steer=str(data[STEER]))
+        read, steer = data[READ], data[STEER]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ServeError(f"{p}: not a token file overnight wrote ({e}). Fix: move it aside and run "
-                         f"overnight serve --token to create new tokens.") from None
+        raise ServeError(f"{p}: not a token file overnight wrote ({e}). {fix}") from None
+    if mode & 0o077:
+        raise ServeError(f"{p}: others may read it (mode {mode & 0o777:03o}): anyone on this machine could steer. "
+                         f"Fix: chmod 600 {p}, or move it aside and run overnight serve --token to create new tokens.")
+    if not all(isinstance(t, str) and len(t) >= MIN_LENGTH for t in (read, steer)) or read == steer:
+        raise ServeError(f"{p}: its tokens must be two different strings of {MIN_LENGTH} characters or more. {fix}")
+    return Tokens(read=read, steer=steer)
+
+
+class Live:
+    """The home's tokens as they are now: a token file created (overnight serve --token) or replaced while a server
+    runs applies from its next request, since once a home has tokens they are always required. One that goes away
+    or goes bad leaves the last good tokens in force (never an open server)."""
+
+    def __init__(self, h: Home, tokens: Tokens | None) -> None:
+        self.h, self.tokens, self.version = h, tokens, file_version(path(h))
+
+    def get(self) -> Tokens | None:
+        version = file_version(path(self.h))
+        if version != self.version:
+            self.version = version
+            try:
+                self.tokens = load(self.h) or self.tokens
+            except ServeError as e:
+                if self.tokens is None:
+                    raise
+                serverlog.log.warning(f"{e} (the tokens read before stay in force)")
+        return self.tokens
 
 
 def create(h: Home) -> tuple[Tokens, bool]:
