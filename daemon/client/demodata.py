@@ -40,7 +40,7 @@ DEMO_OPTIONS: dict[str, Any] = {
 
 def make_prompt(words: list[str]) -> str:
     """The prompt for one list of words (its answer is `make_answer`)."""
-    return "reverse: " + " ".join(words) + "\n"
+    return "reverse: " + " ".join(words)  # no newline: what a user types into ask or the Try tab
 
 
 def make_answer(words: list[str]) -> str:
