@@ -77,6 +77,7 @@ def test_check_accepts_every_preference_form_and_says_schema_pairs_and_objective
     what = "(labelled completions)" if objective == "kto" else "(preference pairs)"
     assert f"schema: {schema}   records: {records} {what}" in r.output, r.output
     assert f"objective: {objective} (auto: the records are " in r.output
+    assert "batching: padded at batch 8 (preference examples are padded per batch by TRL's collator" in r.output
     data = json.loads(check("--json", str(tmp_path / name), home=model_home).output)[0]
     assert data["ok"] and data["objective"] == objective and data["report"]["schema"] == schema
 

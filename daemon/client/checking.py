@@ -301,7 +301,7 @@ def _plan_lines(r: DatasetReport, opts: Resolved, root: Path, trained: Trained |
         memory = (f"GPU memory (preflight, bf16): gradient checkpointing {'on' if plan.checkpointing else 'off'}: "
                   f"{plan.checkpointing_why}")
     batches = f"batches: {plan.batch_line()}" if free is not None or plan.batch_tokens else None
-    return [_batching_line(r, opts.values, trained, plan.batch_tokens, free is not None), batches, memory]
+    return [_batching_line(r, opts.values, objective, trained, plan.batch_tokens, free is not None), batches, memory]
 
 
 def _plan(r: DatasetReport, opts: Resolved, root: Path, objective: str) -> tuple[MemoryPlan, int | None, Shape | None]:
@@ -319,12 +319,16 @@ def _plan(r: DatasetReport, opts: Resolved, root: Path, objective: str) -> tuple
     return plan_memory(shape, free, sizing), free, shape
 
 
-def _batching_line(r: DatasetReport, values: dict[str, Any], trained: Trained | None = None, budget: int = 0,
-                   on_gpu: bool = False) -> str | None:
+def _batching_line(r: DatasetReport, values: dict[str, Any], objective: str, trained: Trained | None = None,
+                   budget: int = 0, on_gpu: bool = False) -> str | None:
     """The padding the run's batching avoids, estimated on the token-count sample (prompt and chat data): the
     lengths as trained where known, else the text's plus an eos."""
     if r.schema in TEXT_SCHEMAS:
         return "batching: text is cut into full blocks of max_length: no padding"
+    if objective in ("dpo", "kto"):  # the trainer's rule (auto.batching): TRL's collator pads each batch
+        kind = ExampleKind.PAIR if objective == "dpo" else ExampleKind.JUDGED
+        batching, how = auto.batching(values["batching"], kind, "sdpa")
+        return f"batching: {batching.replace('_', '-')} at batch {values['batch_size']} ({how})"
     sample = trained.view.lengths.sample if trained and trained.view.lengths.count else [n + 1 for n in r.token_sample]
     if not sample:
         return None
