@@ -87,7 +87,8 @@ def test_check_show_renders_the_prompt_with_each_answer_through_the_chat_templat
     (tmp_path / "p.jsonl").write_text(jsonl(PAIRS))
     r = check("--show", "1", str(tmp_path / "p.jsonl"), home=model_home)
     assert r.exit_code == 0, r.output
-    assert "--- example 1" in r.output and "--- example 2" in r.output and "--- example 3" not in r.output
+    assert "--- example 1: record 1, chosen (" in r.output and "--- example 2: record 1, rejected (" in r.output
+    assert "--- example 3" not in r.output
     assert "[[c b a<|im_end|>]]" in r.output and "[[b a c<|im_end|>]]" in r.output
     assert r.output.count("<|im_start|>user\nreverse: a b c<|im_end|>") == 2
     shown = json.loads(check("--json", "--show", "1", str(tmp_path / "p.jsonl"), home=model_home).output)[0]
@@ -95,6 +96,12 @@ def test_check_show_renders_the_prompt_with_each_answer_through_the_chat_templat
     assert [s["text"] for s in chosen if s["train"]] == ["c b a<|im_end|>"]
     assert [s["text"] for s in rejected if s["train"]] == ["b a c<|im_end|>"]
     assert chosen[0]["text"].count("<|im_start|>") == rejected[0]["text"].count("<|im_start|>")  # no doubled BOS
+    assert shown["example_of"] == ["record 1, chosen", "record 1, rejected"]
+    (tmp_path / "k.jsonl").write_text(jsonl(KTO))
+    r = check("--show", "2", str(tmp_path / "k.jsonl"), home=model_home)
+    labels = [f"record {i}, label {'true (desirable)' if k['label'] else 'false (undesirable)'}"
+              for i, k in enumerate(KTO[:2], 1)]
+    assert all(f"--- example {i}: {label} (" in r.output for i, label in enumerate(labels, 1)), r.output
 
 
 # name → (file text, place, field, problem, fix)

@@ -67,6 +67,7 @@ class Verdict:
     # `--show N`: the first examples as the model sees them, each a list of {"text", "train"} segments
     shown: list[list[dict[str, Any]]] = field(default_factory=list)
     shown_as: str = "example"  # what one of `shown` is: an example, or (text) a block of max_length tokens
+    shown_of: list[str] = field(default_factory=list)  # preference data: which record and side each example is
 
     @property
     def ok(self) -> bool:
@@ -80,6 +81,8 @@ class Verdict:
                "problems": [asdict(p) for p in self.problems], "needs": self.needs}
         if self.shown:
             out["examples"] = self.shown
+        if self.shown_of:
+            out["example_of"] = self.shown_of  # beside examples, one each: "record 1, chosen", …
         return {**out, "error": self.problems[0].message} if self.problems else out
 
 
@@ -282,7 +285,7 @@ def _as_trained(sub: Any, values: dict[str, Any], home: Home, verdict: Verdict, 
         line = f"chat template: {template}" + (f"; prompt format: {form}{auto}" if prompts else "")
         verdict.data["chat_template"] = fmt.label if fmt else None
         verdict.data["prompt_format"] = (None if unknown and auto else "chat" if as_chat else "raw") if prompts else None
-    verdict.shown = t.view.shown
+    verdict.shown, verdict.shown_of = t.view.shown, t.view.shown_of
     if sub.report.schema in TEXT_SCHEMAS:
         verdict.shown_as = "block"  # max_length tokens of the records joined, as the run packs them
     if t.counted:

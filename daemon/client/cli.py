@@ -118,7 +118,8 @@ def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) ->
         for v in verdicts:
             click.echo(render.verdict(v))
             for number, example in enumerate(v.shown, 1):
-                click.echo(render.example(number, example, colour, v.shown_as))
+                of = v.shown_of[number - 1] if number <= len(v.shown_of) else None
+                click.echo(render.example(number, example, colour, v.shown_as, of))
     if not all(v.ok for v in verdicts):
         sys.exit(1)
 

@@ -70,6 +70,8 @@ class TrainedView:
     capped: int = 0
     # the first `show` examples' segments (a preference pair gives two: prompt + chosen, then prompt + rejected)
     shown: list[list[dict[str, Any]]] = field(default_factory=list)
+    # what each of `shown` is, for preference data: "record 1, chosen", "record 2, label false (undesirable)"
+    shown_of: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"tokens": self.lengths.summary() if self.lengths.count else None, "truncated": self.truncated,
@@ -106,6 +108,15 @@ def example_sequences(example: dict[str, Any], fmt: ChatFormat | None, eos: str,
     return [example_segments(example, fmt, eos, bos)]
 
 
+def _sides(example: dict[str, Any], number: int) -> list[str]:
+    """What each sequence of a preference example is (none for other examples)."""
+    if example["kind"] == ExampleKind.PAIR:
+        return [f"record {number}, chosen", f"record {number}, rejected"]
+    if example["kind"] == ExampleKind.JUDGED:
+        return [f"record {number}, label {'true (desirable)' if example['label'] else 'false (undesirable)'}"]
+    return []
+
+
 def _with_answer(example: dict[str, Any], answer: Any, fmt: ChatFormat | None, eos: str,
                  bos: str) -> list[dict[str, Any]]:
     """The prompt followed by one answer, the answer marked as what the objective scores."""
@@ -136,6 +147,7 @@ def view(examples: Iterator[dict[str, Any]], fmt: ChatFormat | None, prompt_chat
             raise TemplateError(at_record(f"{name}, record {number}", e)) from None
         if number <= show:
             out.shown.extend(seqs)
+            out.shown_of.extend(_sides(example, number))
         if tokenizer is not None:
             pending.append((number, seqs))
             if len(pending) >= BATCH:

@@ -301,11 +301,12 @@ def verdict(v: Any) -> str:
 GREEN_BOLD, PLAIN = "\x1b[32m\x1b[1m", "\x1b[0m"  # ANSI, as click.style(fg="green", bold=True) writes it
 
 
-def example(number: int, segments: list[dict[str, Any]], colour: bool, what: str = "example") -> str:
+def example(number: int, segments: list[dict[str, Any]], colour: bool, what: str = "example",
+            of: str | None = None) -> str:
     """One example (or block) as the model sees it (`check --show`): trained text in green on a terminal, else in
-    [[…]]."""
+    [[…]]; `of`: which record and side of a preference pair it is."""
     trained = sum(len(s["text"]) for s in segments if s["train"])
     body = "".join(f"{GREEN_BOLD}{s['text']}{PLAIN}" if s["train"] and colour else
                    f"[[{s['text']}]]" if s["train"] else s["text"] for s in segments)
     how = "trained text in green" if colour else "trained text in [[…]]"
-    return f"--- {what} {number} ({trained} of {sum(len(s['text']) for s in segments)} characters trained; {how})\n{body}"
+    return f"--- {what} {number}{f': {of}' if of else ''} ({trained} of {sum(len(s['text']) for s in segments)} characters trained; {how})\n{body}"
