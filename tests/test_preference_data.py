@@ -230,6 +230,15 @@ def test_the_realdata_dpo_demo_is_accepted_as_sharegpt_preference(home: Path, tm
 
 
 @pytest.mark.e2e
+def test_a_kto_probe_labelled_false_is_refused_with_the_fix(model_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "k.jsonl").write_text(jsonl(KTO))
+    (tmp_path / "k.probes.jsonl").write_text(jsonl(KTO[:2]))
+    r = check(str(tmp_path / "k.jsonl"), home=model_home)
+    assert r.exit_code == 1 and "k.probes.jsonl, line 2, field 'label': the probe is labelled false" in r.output, \
+        r.output
+    assert "Fix: keep only probes labelled true" in r.output
+
+
 def test_a_daemon_pass_rejects_bad_preference_drops_byte_identical_and_queues_good_ones(model_home: Path,
                                                                                       tmp_path: Path) -> None:
     home = model_home

@@ -230,8 +230,14 @@ def test_dpo_on_top_of_an_sft_adapter_starts_from_it_and_measures_against_it(hom
 def test_a_kto_drop_trains_on_thumbs_up_and_down(home: Path, tiny_model: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     # beta 0.5: KTO's reward moves slower than DPO's with the tiny model; this reaches the preference in 24 steps
-    run = _drop(home, "thumbs", judged(200), FAST.replace("probe_count = 20", "probe_count = 0") + "beta = 0.5\n")
+    records = judged(200)
+    run = _drop(home, "thumbs", records, FAST.replace("probe_count = 20", "probe_count = 6").replace(
+        "probe_every = 6", "probe_every = 24") + "beta = 0.5\n")
     assert "objective: kto (auto: the records are labelled completions" in (run / "console.log").read_text()
+    # the probes held out are answers to learn: a completion labelled false is no probe (it trains)
+    wanted = {r["completion"] for r in records if r["label"]}
+    references = {r["reference"].strip() for r in _records(run / "evolution.jsonl")}
+    assert references and references <= wanted, references - wanted
     evals = [r for r in _records(run / "metrics.jsonl") if "eval_loss" in r]
     assert {"eval_kl", "eval_rewards/chosen", "eval_rewards/rejected"} <= evals[-1].keys()
     # the desirable answers' reward rises above the undesirable ones'

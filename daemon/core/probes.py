@@ -53,7 +53,8 @@ def _probe(prompt: str, reference: str, messages: list | None = None, tools: lis
 
 
 def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
-    """A probe (id -1, to be numbered by the caller) from a normalised Example; None when it has no answer.
+    """A probe (id -1, to be numbered by the caller) from a normalised Example; None when it has no answer (a
+    completion labelled false is what the model should not say: no answer either).
 
     Prompt examples: the prompt, the completion as reference. Chat examples: the conversation before the LAST
     assistant turn as context, that turn's content as reference. Text examples and chats without an assistant
@@ -63,6 +64,8 @@ def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
         if not example["prompt"].strip():
             return None  # nothing to generate from
         return _probe(example["prompt"], example["completion"])
+    if example["kind"] == ExampleKind.JUDGED and not example["label"]:
+        return None
     if example["kind"] in (ExampleKind.PAIR, ExampleKind.JUDGED):
         return _preference_probe(example)
     if example["kind"] == ExampleKind.CHAT:
@@ -210,6 +213,10 @@ def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = N
                 continue
             probe = _record_probe(record, file, location)
             _check_kind(probe, kind, dataset, file, location)
+            if probe.get("kind") == ExampleKind.JUDGED and not probe["label"]:
+                raise DatasetError(file, location, "label", "the probe is labelled false: its completion is what the "
+                                   "model should not say, so there is no answer to watch it learn",
+                                   "keep only probes labelled true (the answers the model should learn to give)")
             probe["id"] = len(probes)
             probes.append(probe)
             if len(probes) > MAX_PROBES:

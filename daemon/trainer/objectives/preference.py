@@ -138,12 +138,14 @@ def prepare_pairs(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
     held_eval = eval_indices(n_records, opts.eval_fraction, opts.seed, holdout)
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
-    kind = None
+    kind, held = None, 0
     for i, example in enumerate(examples()):
         example = encoder.shaped(example)
         kind = kind or example["kind"]
-        if i in holdout:
-            probes.append({**probe_from_example(example), "id": len(probes)})
+        probe = probe_from_example(example) if i in holdout else None
+        if probe is not None:  # a completion labelled false is no probe: it trains
+            probes.append({**probe, "id": len(probes)})
+            held += 1
             continue
         item = encoder.encode(i, example)
         if item is not None:
@@ -157,7 +159,7 @@ def prepare_pairs(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared
         "tokens": length_stats(encoder.lengths),
         "truncated": encoder.truncated,
         **counted_in_part(encoder.capped),
-        "split": {"train": n_records - len(held_eval) - len(holdout), "eval": len(held_eval), "probes": len(probes)},
+        "split": {"train": n_records - len(held_eval) - held, "eval": len(held_eval), "probes": len(probes)},
         "sequences": {"train": len(train), "eval": len(evals), "dropped": encoder.too_long},
         "chat_template": s.chat.label if s.chat else None,
         "prompt_format": "chat" if s.prompt_chat else "raw",
