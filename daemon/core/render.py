@@ -265,6 +265,10 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     if pruning:
         lines.append("RUNGS: rN@STEP eval loss there (the training loss without an eval set), then ↑ went on, ✗ "
                      "pruned (resumable), … waiting, ↻ resumed")
+    if any("loss_type" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
+        lines.append("note: these runs differ in loss_type, whose losses are on different scales: the ranking by "
+                     "loss does not say which prefers the chosen answers more (see each run's rewards/accuracies in "
+                     "its metrics, or rank by an eval file's exact match: select_metric)")
     return "\n".join(lines)
 
 

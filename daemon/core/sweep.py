@@ -164,6 +164,13 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
             needed, steered, usual = _NEEDS[key]
             raise OptionsError(f"{where}{key} = {opts.values[key]!r} steers {steered}, and {needed} is not set, so it "
                                f"would do nothing. Fix: add {needed} = {usual}, or remove {key}.")
+    if (isinstance(opts.values.get("loss_type"), (list, dict)) and opts.values.get("select") == "best"
+            and ranked_by(opts.values) in LOSS_METRICS):
+        raise OptionsError(f'{where}select = "best" ranks by {ranked_by(opts.values)}, and the loss types of this '
+                           f"sweep measure their loss on different scales (ipo's is not sigmoid's): the best would be "
+                           f'the one whose loss reads smallest. Fix: select_metric = "exact" (or "similarity", '
+                           f'"rougeL") with an eval file (NAME.eval.jsonl), or remove select and compare the runs '
+                           f"(overnight compare GROUP).")
     if "prune" in set_here and opts.values.get("prune") == asha.PRUNE_ASHA and run_count(opts) < 2 \
             and not search.searching(opts.values):
         raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
@@ -263,6 +270,9 @@ def rank(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int
     """
     ranked, rest, metric = _ordered(rows, learned, by)
     return [{**r, "rank": i} for i, r in enumerate(ranked, 1)] + [{**r, "rank": None} for r in rest], metric
+
+
+LOSS_METRICS = ("eval_loss", "loss")  # what a preference loss type changes the scale of
 
 
 def ranked_by(options: dict[str, Any]) -> str:
