@@ -522,3 +522,10 @@ def test_a_chat_template_path_that_is_not_a_jinja_file_is_refused(tmp_path: Path
     other.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     with pytest.raises(TemplateError, match=r"is not a \.jinja file\. Fix: give the path of a \.jinja chat template"):
         choose(str(other), None)
+
+
+def test_a_template_needing_a_special_token_the_model_lacks_says_so(tmp_path: Path) -> None:
+    """Llama 3's template writes bos_token; a model without one gets that said, not 'correct that record'."""
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with pytest.raises(TemplateError, match="uses bos_token, which the base model's tokenizer does not define.*Fix: "):
+        choose(str(TRL_FILES["llama3.jinja"]), tmp_path)

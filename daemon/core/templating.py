@@ -242,11 +242,14 @@ def _tokenizer_config(folder: Path) -> dict[str, Any]:
         return {}
 
 
+SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
 def special_tokens(folder: Path | None) -> dict[str, str]:
     """bos_token, eos_token, pad_token, unk_token as a template sees them (what apply_chat_template passes)."""
     config = _tokenizer_config(folder) if folder else {}
     out = {}
-    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+    for key in SPECIAL_NAMES:
         value = config.get(key)
         value = value.get("content") if isinstance(value, dict) else value
         if isinstance(value, str):
@@ -387,6 +390,14 @@ def _render(template: str, messages: Sequence[dict[str, Any]], tools: list | Non
         rendered, indices = render_jinja_template([list(messages)], tools=tools or None, chat_template=template,
                                                   return_assistant_tokens_mask=spans, add_generation_prompt=prompt,
                                                   **special)
+    except jinja2.UndefinedError as e:
+        token = next((t for t in SPECIAL_NAMES if f"'{t}'" in str(e)), None)
+        if token is None:
+            raise TemplateError(f"the chat template refuses this conversation: {e}") from None
+        raise TemplateError(f"the chat template uses {token}, which the base model's tokenizer does not define, so "
+                            f"it renders no conversation. Fix: set chat_template to a template made for this model "
+                            f"(a family name, e.g. \"chatml\"), or give the tokenizer a {token} "
+                            f"(tokenizer_config.json)") from None
     except jinja2.TemplateError as e:
         raise TemplateError(f"the chat template refuses this conversation: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
