@@ -658,10 +658,12 @@ def _kto(record: dict, where: _Where, notes: Notes) -> Example:
     """KTO: {prompt, completion, label}, strings or message lists; label a JSON boolean."""
     label = record.get("label", _MISSING)
     if not isinstance(label, bool):
-        got = "is missing" if label is _MISSING else f"must be true or false, got {describe(label)}"
-        raise where.error("label", f"'label' {got}",
-                          "write 'label' as a JSON boolean: true for a desirable completion, false for an "
-                          "undesirable one (not a string, not 0/1)")
+        shown = f" {json.dumps(label, ensure_ascii=False)[:40]}" if isinstance(label, (str, int, float)) else ""
+        got = "is missing" if label is _MISSING else f"must be true or false, got {describe(label)}{shown}"
+        fix = ("write true or false in the 'label' column" if where.file.lower().endswith(".csv") else
+               "write 'label' as a JSON boolean")
+        raise where.error("label", f"'label' {got}", f"{fix}: true for a desirable completion, false for an "
+                                                     "undesirable one (not yes/no, not 0/1)")
     prompt = record.get("prompt")
     if isinstance(prompt, list):
         messages = _role_turns(record, "prompt", where, notes)
