@@ -130,7 +130,7 @@ LINT = {
                        "all 3 records are labelled true (3 true, 0 false)", "add records labelled false"),
     "labeltype.jsonl": (jsonl([KTO[0], {**KTO[1], "label": "no"}]), "line 2", "label",
                         "'label' must be true or false, got a string \"no\"", "write 'label' as a JSON boolean"),
-    "labelcell.csv": ("prompt,completion,label\nreverse: a b,b a,true\nreverse: a b,a b,yes\n", "row 2", "label",
+    "labelcell.csv": ("prompt,completion,label\nreverse: a b,b a,true\nreverse: a b,a b,yes\n", "row 3", "label",
                       "'label' must be true or false, got a string \"yes\"", "write true or false in the 'label' column"),
 }
 
