@@ -255,3 +255,19 @@ def test_the_strip_counts_the_queued_runs_control_pause_holds(tmp_path: Path) ->
         assert str(app.needs.render()).strip() == (f"needs you: 1 held by control/pause (overnight resume {QUEUED} "
                                                    f"lets it start)")
     drive(app, body, size=(120, 24))
+
+
+def test_a_reason_naming_a_path_shows_its_file_and_the_cause(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    path = home.runs / FAILED / "dataset" / "rev.jsonl"
+    store = Store(home.db)
+    try:
+        _insert(store, home, FAILED, 1, "failed", finished=_iso(dt.datetime.now()),
+                reason=f"{path}: changed since it was validated (its sha256 differs from config.json's)")
+    finally:
+        store.close()
+    row = next(line for line in overnight("runs", home=home.root, check=True).stdout.splitlines()
+               if line.startswith(FAILED))
+    assert "rev.jsonl: changed since it was validated" in row and str(home.runs) not in row, row
+    rows = json.loads(overnight("runs", "--json", home=home.root, check=True).stdout)
+    assert rows[0]["reason"].startswith(str(path))  # the whole of it in --json

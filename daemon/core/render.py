@@ -4,6 +4,7 @@ no click, no Textual here."""
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
@@ -121,12 +122,16 @@ def cut(text: str, width: int) -> str:
     return "".join(out) + "…"
 
 
+_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:,;()'\"]+/)+([^\s/:,;()'\"]+)")
+
+
 def _reason(r: dict[str, Any]) -> str:
     waiting = r["state"] == State.QUEUED and str(r.get("reason") or "").startswith(asha.WAITS)  # an ASHA trial
     if not (r["state"] in _WITH_REASON or waiting) or not r.get("reason"):
         return ""
     first = next((line.strip() for line in str(r["reason"]).splitlines() if line.strip()), "")
-    return cut(first, REASON_CELLS)
+    # a path's folders fill the cell before the cause shows: its file name says which file (the whole is in --json)
+    return cut(_PATH.sub(r"\1", first), REASON_CELLS)
 
 
 def fmt_job(r: dict[str, Any]) -> str:
