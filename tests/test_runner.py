@@ -59,3 +59,25 @@ def test_the_trainer_is_told_once_and_keeps_the_request_in_force(tmp_path: Path)
     assert t.request_stop("skip") == "skip" and t.requested == "skip"  # the user's skip outranks the shutdown
     assert t.request_stop("stop") == "skip"
     assert pipe.getvalue() == b"shutdown\n"  # already stopping: nothing more to say to it
+
+
+def test_a_restarted_trainer_before_training_keeps_the_runs_known_total(tmp_path: Path) -> None:
+    """progress.json of a trainer still loading has its step (the checkpoint's) but no total yet: 5/20 stays 5/20."""
+    import json
+
+    from daemon.engine.store import Store
+
+    (tmp_path / "progress.json").write_text(json.dumps({"state": "preparing", "step": 5, "max_steps": None}))
+    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None))  # type: ignore[arg-type]
+    store = Store(tmp_path / "overnight.db")
+    try:
+        fields = t.ingest(store)
+    finally:
+        store.close()
+    assert fields["step"] == 5 and "max_steps" not in fields
+    (tmp_path / "progress.json").write_text(json.dumps({"state": "training", "step": 6, "max_steps": 20}))
+    store = Store(tmp_path / "overnight.db")
+    try:
+        assert t.ingest(store)["max_steps"] == 20
+    finally:
+        store.close()

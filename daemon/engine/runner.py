@@ -150,7 +150,9 @@ class TrainerProcess:
         prog = self.progress()
         if prog.get("step") is not None:
             step, total = int(prog["step"]), prog.get("max_steps")
-            fields.update(step=step, max_steps=total, epoch=prog.get("epoch"))
+            fields.update(step=step, epoch=prog.get("epoch"))
+            if total:  # a restarted trainer knows its total only once training starts: the known one stands till then
+                fields["max_steps"] = total
             eta = self._eta(step, total, prog.get("state") == Phase.TRAINING)
             if eta is not None:
                 fields["eta_s"] = eta
