@@ -931,6 +931,18 @@ def test_tab_goes_from_the_runs_to_the_panel_and_esc_leaves_the_try_prompt(fx) -
         assert app.focused is not None and app.log_panel in app.focused.ancestors_with_self, app.focused
         await pilot.press("6")
         await until(pilot, lambda: app.focused is app.try_panel.prompt_input, what="the prompt focused")
+        # Tab goes to the versions and back, never out to the runs table (whose keys are commands)
+        versions = app.try_panel.models_input
+        before = versions.value
+        await pilot.press("tab")
+        assert app.focused is versions
+        await pilot.press("x")  # typed onto the versions filled in, not over them
+        assert versions.value == before + "x" if before else versions.value == "x"
+        await pilot.press("backspace", "tab")
+        assert app.focused is app.try_panel.prompt_input and versions.value == before
+        await pilot.press("shift+tab")
+        assert app.focused is versions
+        await pilot.press("shift+tab")
         await pilot.press("escape", "2")
         await until(pilot, lambda: app.query_one(TabbedContent).active == "charts", what="charts")
         assert app.try_panel.prompt_input.value == "" and app.focused is app.runs

@@ -70,7 +70,10 @@ class TryPanel(Vertical):
     TryPanel .try-answer { width: 1fr; height: auto; border: round $panel-lighten-2; padding: 0 1; }
     """
 
-    BINDINGS = [Binding("escape", "leave", "Leave the prompt", show=False)]
+    # Tab and Shift+Tab go between the prompt and the versions (the dashboard's focus chain would reach the runs
+    # table, whose one-key commands a person still typing would trigger); Esc gives the keys back
+    BINDINGS = [Binding("escape", "leave", "Leave the prompt", show=False),
+                Binding("tab,shift+tab", "other_input", "The other field", show=False, priority=True)]
 
     class Left(Message):
         """Esc in the prompt or the versions: the keys are the dashboard's again."""
@@ -96,7 +99,9 @@ class TryPanel(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="try-row"):
             yield Static("versions", classes="try-label")
-            self.models_input = Input(placeholder="NAME:V … base", id="try-models", compact=True)
+            # not selected on focus: the first key typed would replace the versions filled in
+            self.models_input = Input(placeholder="NAME:V … base", id="try-models", compact=True,
+                                      select_on_focus=False)
             yield self.models_input
         with Horizontal(classes="try-row"):
             yield Static("prompt", classes="try-label")
@@ -111,6 +116,10 @@ class TryPanel(Vertical):
 
     def action_leave(self) -> None:
         self.post_message(self.Left())
+
+    def action_other_input(self) -> None:
+        target = self.models_input if self.screen.focused is self.prompt_input else self.prompt_input
+        target.focus()
 
     def show(self, snap: HomeSnapshot, selected_name: str | None) -> None:
         """Keep the default versions in step with the registry until the person picks their own."""
