@@ -173,14 +173,15 @@ def test_an_upload_trains_and_the_api_reads_back_the_files_and_the_cli(home, tin
 
     # a drop the daemon rejects: its error text in the answer, the file byte-identical in inbox/rejected/
     bad = b'{"colour": "blue"}\n{"colour": "red"}\n'
-    answer = api.post("/api/datasets", params={"wait": budget(60)}, files={"dataset": ("bad.jsonl", bad)})
+    answer = api.post("/api/datasets", params={"wait": budget(60)},
+                      files={"dataset": ("bad.jsonl", bad), "sidecar": ("bad.toml", "max_steps = 5\n")})
     assert answer.status_code == 422, answer.text
     rejected = answer.json()
     errors = list((home / "inbox" / "rejected").glob("bad*.error.txt"))
     assert len(errors) == 1 and rejected["error"] == errors[0].read_text()
     assert "Fix" in rejected["error"] or "fix" in rejected["error"]
     assert (home / "inbox" / "rejected" / "bad.jsonl").read_bytes() == bad
-    assert rejected["rejected"] == [str(home / "inbox" / "rejected" / "bad.jsonl")]
+    assert rejected["rejected"] == [str(home / "inbox" / "rejected" / n) for n in ("bad.jsonl", "bad.toml")]
 
 
 def test_the_server_loads_no_textual_and_no_torch():

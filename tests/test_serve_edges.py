@@ -128,3 +128,10 @@ def test_a_stop_ends_open_log_streams_and_the_server(home, tiny_model, daemon_pr
     reader.join(budget(30))
     assert not reader.is_alive()
     assert os.path.exists(home / "control" / "stop")  # the queue is still held: the stop was the server's alone
+
+
+def test_an_api_path_or_method_that_does_not_exist_is_answered_in_json_with_the_fix(home, serve_proc):  # noqa: F811
+    api = serve_proc().client()
+    for answer, status in ((api.get("/api/nothing/here"), 404), (api.post("/api/models/rev/-1/activate"), 404),
+                           (api.put("/api/runs"), 405)):
+        assert answer.status_code == status and "Fix: see GET /api/openapi.json" in answer.json()["error"], answer.text

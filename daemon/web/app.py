@@ -306,6 +306,16 @@ async def _error(request: Request, exc: Exception) -> Response:
     return Json({"error": str(exc)}, status)
 
 
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """An API path or method that does not exist: JSON with the fix, as every other API answer."""
+    status = getattr(exc, "status_code", 404)
+    if not request.url.path.startswith("/api/"):
+        return Response(f"{getattr(exc, 'detail', 'Not Found')}\n", status, media_type="text/plain")
+    what = "no such endpoint" if status == 404 else f"{request.method} is not taken here"
+    return Json({"error": f"{what}: {request.method} {request.url.path}. Fix: see GET /api/openapi.json for the "
+                          f"endpoints and their methods"}, status)
+
+
 def build(h: Home, tokens: Tokens | None) -> Starlette:
     api = Api(h)
     dashboard = Dashboard(h)
@@ -327,7 +337,7 @@ def build(h: Home, tokens: Tokens | None) -> Starlette:
     ]
     app = Starlette(routes=routes, exception_handlers={
         RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error,
-        BadRequest: _error})
+        BadRequest: _error, 404: _no_route, 405: _no_route})
     app.add_middleware(TokenAuth, tokens=Live(h, tokens))
     with contextlib.suppress(OSError):
         upload.clear_leftovers(h)

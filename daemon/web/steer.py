@@ -54,7 +54,8 @@ async def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
     found = await answers(h, ticket, min(wait, MAX_WAIT_S)) if wait > 0 else []
     out.update(answers=found, acknowledged=bool(found), rejected=any(e["status"] == "rejected" for e in found))
     if not found:
-        out["note"] = f"not acknowledged yet (waited {wait:g} s); see GET /api/status"
+        out["note"] = (f"not acknowledged yet (waited {wait:g} s); see GET /api/status" if daemon_alive(h) else
+                       "the daemon stopped before it answered: it applies this when it starts (overnight daemon)")
     return out
 
 

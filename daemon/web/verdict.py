@@ -49,7 +49,9 @@ class Placed:
         moved = [p for p in _entries(h.rejected) if _inode(p) == self.inode]
         if moved:
             error = self._error_text(h, moved[0].name)
-            return Verdict(REJECTED, shown, error=error, rejected=[str(p) for p in moved]) if error else None
+            # every file of the drop the intake moved (the sidecar and probes too), as its .error.txt names them
+            others = [str(h.rejected / n) for n in moved_files(error or "") if n != shown_name(moved[0].name)]
+            return Verdict(REJECTED, shown, error=error, rejected=[str(moved[0]), *others]) if error else None
         runs = self._runs(h)
         return Verdict(QUEUED, shown, runs=runs) if runs else None
 
