@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,3 +136,16 @@ def test_an_api_path_or_method_that_does_not_exist_is_answered_in_json_with_the_
     for answer, status in ((api.get("/api/nothing/here"), 404), (api.post("/api/models/rev/-1/activate"), 404),
                            (api.put("/api/runs"), 405)):
         assert answer.status_code == status and "Fix: see GET /api/openapi.json" in answer.json()["error"], answer.text
+
+
+def test_the_schema_declares_every_path_parameter_and_a_response(home, serve_proc):  # noqa: F811
+    """What openapi-spec-validator found missing: each {param} of a path declared, every operation answering."""
+    schema = serve_proc().client().get("/api/openapi.json").json()
+    assert all(path.startswith("/api/") for path in schema["paths"])  # the dashboard's page is no endpoint
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            declared = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (method, path)
+            assert op["responses"], (method, path)
+    command = schema["paths"]["/api/runs/{run}/{kind}"]["post"]
+    assert "value" in {p["name"] for p in command["parameters"]}

@@ -222,7 +222,7 @@ class Api:
         ---
         summary: the OpenAPI schema
         """
-        return Json(schemas.get_schema(routes=request.app.routes))
+        return Json(_completed(schemas.get_schema(routes=request.app.routes)))
 
     # --- writing -------------------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
@@ -256,7 +256,8 @@ class Api:
         answered with the daemon's acknowledgement.
         ---
         summary: steer a run (pause, resume, stop, skip, priority)
-        parameters: [{name: wait, in: query, schema: {type: number}, description: seconds to wait (default 3)}]
+        parameters: [{name: wait, in: query, schema: {type: number}, description: seconds to wait (default 3)},
+                     {name: value, in: query, schema: {type: integer}, description: "priority: the new priority"}]
         """
         kind = request.path_params["kind"]
         if kind not in STEERING:
@@ -304,6 +305,25 @@ async def _error(request: Request, exc: Exception) -> Response:
         serverlog.write(_client(request), f"{request.method} {request.url.path} refused ({status}): "
                                           f"{str(exc).splitlines()[0][:200]}")
     return Json({"error": str(exc)}, status)
+
+
+def _completed(schema: dict[str, Any]) -> dict[str, Any]:
+    """What the docstrings leave out of a valid OpenAPI document: each path parameter declared, and a response; only
+    the API's own paths (the dashboard's page is no endpoint of it)."""
+    paths = {}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        names = re.findall(r"{(\w+)}", path)
+        for op in operations.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p.get("in") == "path"}
+            op["parameters"] = [*op.get("parameters", []), *({"name": n, "in": "path", "required": True,
+                                                               "schema": {"type": "string"}}
+                                                              for n in names if n not in declared)]
+            op.setdefault("responses", {"200": {"description": "as the summary says (JSON unless stated)"},
+                                        "4XX": {"description": '{"error": "… Fix: …"}'}})
+        paths[path] = operations
+    return {**schema, "paths": paths}
 
 
 async def _no_route(request: Request, exc: Exception) -> Response:
