@@ -239,6 +239,9 @@ def test_a_kto_drop_trains_on_thumbs_up_and_down(home: Path, tiny_model: Path) -
     run = _drop(home, "thumbs", records, FAST.replace("probe_count = 20", "probe_count = 6").replace(
         "probe_every = 6", "probe_every = 24") + "beta = 0.5\n")
     assert "objective: kto (auto: the records are labelled completions" in (run / "console.log").read_text()
+    # the objective "auto" chose, where a script reads it: stats.json and the adapter's card
+    assert json.loads((run / "stats.json").read_text())["objective"] == "kto"
+    assert "| objective | kto |" in (run / "adapter" / "README.md").read_text()
     # the probes held out are answers to learn: a completion labelled false is no probe (it trains)
     wanted = {r["completion"] for r in records if r["label"]}
     references = {r["reference"].strip() for r in _records(run / "evolution.jsonl")}

@@ -186,7 +186,8 @@ class Built:
             result.reason = note
         card = model_card(run_id=s.cfg.run_id, base_model=opts.base_model, dataset=s.cfg.dataset_path,
                           schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
-                          eval_loss=result.eval_loss, options=s.cfg.file.options, note=note)
+                          eval_loss=result.eval_loss, note=note,
+                          options={**s.cfg.file.options, "objective": s.objective.name})  # "auto" resolved
         self.progress.update(Phase.SAVING)
         if ddp.is_main():
             save_adapter(self.model, paths.adapter, card, self.tokenizer)
@@ -327,7 +328,7 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     if s.objective.name != "sft":  # preference pairs are not kept in tokens.npz (yet): each process encodes them
         data = s.objective.encode(s, tokenizer, stats)
         if ddp.is_main():
-            write_json(cfg.paths.stats, {**stats, **data.stats})
+            write_json(cfg.paths.stats, {**stats, **data.stats, "objective": s.objective.name})
         return data
     cache_key = token_cache.key(cfg, tokenizer, s.chat, s.prompt_chat)
     data = token_cache.load(cfg.paths.tokens, cache_key) if ddp.is_main() else None
@@ -346,7 +347,7 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     if data is None:  # another rank: rank 0's file (it tokenises again itself only if that file is missing)
         data = token_cache.load(cfg.paths.tokens, cache_key) or s.objective.encode(s, tokenizer, stats)
     if ddp.is_main():
-        write_json(cfg.paths.stats, {**stats, **data.stats})
+        write_json(cfg.paths.stats, {**stats, **data.stats, "objective": s.objective.name})
     t, sp, seqs = data.stats["tokens"], data.stats["split"], data.stats["sequences"]
     say(f"data: {data.kind} examples; records train {sp['train']}, eval {sp['eval']}, probes {sp['probes']}; "
         f"sequences train {seqs['train']}, eval {seqs['eval']}; tokens per record min {t['min']} p50 {t['p50']} "
