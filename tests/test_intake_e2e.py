@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -76,24 +77,26 @@ def test_files_present_at_start_are_taken_and_realdata_is_judged(model_home, dae
         shutil.copy(realdata / n, home / "inbox" / n)
     d = daemon_proc()
     rejected = home / "inbox" / "rejected"
-    wait_until(lambda: len(_run_dirs(home)) == 7 and len(list(rejected.glob("*.error.txt"))) == 2, 60,
-               what="7 runs and 2 rejections")
+    wait_until(lambda: len(_run_dirs(home)) == 8 and len(list(rejected.glob("*.error.txt"))) == 1, 60,
+               what="8 runs and 1 rejection")
     assert "images are not supported" in (rejected / "mllm_demo.error.txt").read_text()
-    # accepted as preference pairs, refused as trained by this model: the tiny model's 512-token vocabulary makes
-    # many of its prompts longer than max_length (tests/test_preference_data.py accepts it with a real template)
-    assert "the prompt alone takes" in (rejected / "dpo_en_demo.error.txt").read_text()
+    # preference pairs: those whose prompt alone fills max_length with the tiny model's 512-token vocabulary are
+    # dropped (fewer than half), as the trainer drops them
+    dpo = next(r for r in _run_dirs(home) if r.name.startswith("dpo_en_demo"))
+    assert re.search(r"max_length 1024: \d+ record\(s\) cut, \d+ of them dropped",
+                     overnight("check", str(dpo / "dataset" / "dpo_en_demo.json"), home=home).stdout)
     schemas = {json.loads((r / "config.json").read_text())["dataset"]["file"]:
                json.loads((r / "config.json").read_text())["dataset"]["schema"] for r in _run_dirs(home)}
     assert schemas == {"alpaca_en_demo.json": "alpaca", "alpaca_zh_demo.json": "alpaca", "identity.json": "alpaca",
                        "c4_demo.jsonl": "text", "wiki_demo.txt": "plain_text",
-                       "glaive_toolcall_en_demo.json": "sharegpt", "v1_sft_demo.jsonl": "messages"}
+                       "glaive_toolcall_en_demo.json": "sharegpt", "v1_sft_demo.jsonl": "messages",
+                       "dpo_en_demo.json": "sharegpt_preference"}
     # `overnight check` agrees with the daemon on every file
     for r in _run_dirs(home):
         f = next((r / "dataset").iterdir())
         assert overnight("check", str(f), home=home).returncode == 0
-    for n in ("mllm_demo.json", "dpo_en_demo.json"):
-        res = overnight("check", str(rejected / n), home=home)
-        assert res.returncode == 1 and (rejected / n.replace(".json", ".error.txt")).read_text().splitlines()[0] in res.stdout
+    res = overnight("check", str(rejected / "mllm_demo.json"), home=home)
+    assert res.returncode == 1 and (rejected / "mllm_demo.error.txt").read_text().splitlines()[0] in res.stdout
     assert d.stop() == 0
 
 
