@@ -241,3 +241,12 @@ def test_a_toml_syntax_error_and_a_wrong_type_get_a_fix_that_fits(tmp_path):
     assert r.exit_code == 1 and "not valid TOML" in r.output and "a string needs its closing quote" in r.output
     r = CliRunner().invoke(main, ["check", str(write(tmp_path / "b.toml", 'max_steps = "ten"\n'))])
     assert r.exit_code == 1 and "Fix: e.g. max_steps = 100 (TOML: strings in quotes" in r.output, r.output
+
+
+def test_an_unknown_option_names_the_likely_one_or_else_lists_them(tmp_path):
+    with pytest.raises(OptionsError) as near:
+        load_sidecar(write(tmp_path / "a.toml", "learnin_rate = 3e-4\n"))
+    assert "Did you mean 'learning_rate'?" in str(near.value) and "Valid options" not in str(near.value)
+    with pytest.raises(OptionsError) as far:
+        load_sidecar(write(tmp_path / "b.toml", "zzzz = 1\n"))
+    assert "Valid options: " in str(far.value) and "learning_rate" in str(far.value)

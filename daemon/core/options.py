@@ -555,9 +555,12 @@ class OptionTable(dict):
 
 def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
     if key not in OPTIONS:
-        raise OptionsError(f"{source}: unknown option '{key}'.{_unknown_key_hint(key, value)} "
-                           f"Valid options: {', '.join(sorted(OPTIONS))}. Fix: rename '{key}' to one of "
-                           f"these, or remove it.")
+        hint = _unknown_key_hint(key, value)
+        if "Did you mean" in hint:  # the one it most likely is, not a wall of ~75 names
+            raise OptionsError(f"{source}: unknown option '{key}'.{hint} Fix: rename it, or remove it (every option: "
+                               f"the README's Options table).")
+        raise OptionsError(f"{source}: unknown option '{key}'.{hint} Valid options: {', '.join(sorted(OPTIONS))}. "
+                           f"Fix: rename '{key}' to one of these, or remove it.")
     if sidecar and OPTIONS[key].owner_only:
         raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
                            f"never in a dataset's sidecar (it runs code or shapes the machine). "
