@@ -529,3 +529,11 @@ def test_a_template_needing_a_special_token_the_model_lacks_says_so(tmp_path: Pa
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     with pytest.raises(TemplateError, match="uses bos_token, which the base model's tokenizer does not define.*Fix: "):
         choose(str(TRL_FILES["llama3.jinja"]), tmp_path)
+
+
+def test_harmonys_stock_file_whose_eos_replaces_an_earlier_turns_end_is_refused(tmp_path: Path) -> None:
+    """gpt-oss ends the last answer with <|return|> (its eos) where an earlier one ends with <|end|>: taken as a
+    closing, the earlier answers would train without their end; refused, with the family to use."""
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "<|return|>"}))
+    with pytest.raises(TemplateError, match='renders a turn differently.*"gptoss"'):
+        choose(str(TRL_FILES["gptoss.jinja"]), tmp_path)

@@ -119,9 +119,12 @@ class ChatFormat:
             if msg["role"] != "assistant":
                 continue
             head, full = text(messages[:i], True), text(messages[:i + 1], False)
+            said = msg.get("content") if isinstance(msg.get("content"), str) else ""
             closing = "" if rest.startswith(full) else next(
-                (c for c in self._closings() if full.endswith(c) and rest.endswith(c) and rest.startswith(full[:-len(c)])),
-                None)
+                (c for c in self._closings() if full.endswith(c) and rest.endswith(c) and rest.startswith(full[:-len(c)])
+                 # the turn keeps an end of its own before it (Phi-3's <|end|>); one whose end the closing replaces
+                 # (harmony's <|return|> for <|end|>) cannot be located so
+                 and not (said.strip() and full[:-len(c)].rstrip().endswith(said.strip()))), None)
             if closing is None or not (rest.startswith(head) and full.startswith(head)):
                 raise TemplateError(
                     f"the chat template ({self.label}) renders a turn differently depending on what follows, so the "
