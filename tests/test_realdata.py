@@ -37,10 +37,14 @@ def test_alpaca_becomes_prompt_examples() -> None:
         assert example == {"kind": "prompt", "prompt": prompt, "completion": record["output"]}
 
 
-def test_identity_keeps_its_placeholders() -> None:
+def test_identity_keeps_its_placeholders_and_says_so() -> None:
     first = next(iter_examples(REALDATA / "identity.json"))
     assert first == {"kind": "prompt", "prompt": "hi", "completion":
                      "Hello! I am {{name}}, an AI assistant developed by {{author}}. How can I assist you today?"}
+    notes = inspect_dataset(REALDATA / "identity.json").notes
+    assert any(n.startswith("85 record(s) hold placeholders in double braces (such as {{name}}): they train as "
+                            "written") for n in notes), notes
+    assert not any("placeholders" in n for n in inspect_dataset(REALDATA / "alpaca_en_demo.json").notes)
 
 
 def test_glaive_tool_turns_and_tools() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -230,6 +231,9 @@ def normalize_record(record: dict, schema: str, file: str, location: str, notes:
         completion = _string(record, "completion", where)
         _refuse_markers(prompt, "prompt", where)
         return {"kind": ExampleKind.PROMPT, "prompt": prompt, "completion": completion}
+    if any(_PLACEHOLDER.search(text) for text in _strings(record)):
+        notes.tally("{n} record(s) hold placeholders in double braces (such as {{{{name}}}}): they train as written; "
+                    "fill them in first if they are meant to be (LLaMA-Factory's identity.json asks for that)")
     if schema == "alpaca":
         return _alpaca(record, where, notes)
     if schema == "messages":
@@ -237,6 +241,21 @@ def normalize_record(record: dict, schema: str, file: str, location: str, notes:
     if schema == "sharegpt":
         return _sharegpt(record, where, notes)
     return _PREFERENCE[schema](record, where, notes)
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_]\w*\s*\}\}")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a record, however nested."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 _MISSING = object()
