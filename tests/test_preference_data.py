@@ -231,7 +231,6 @@ def test_the_realdata_dpo_demo_is_accepted_as_sharegpt_preference(home: Path, tm
     assert "objective: dpo (auto: the records are preference pairs (chosen/rejected))" in r.output
 
 
-@pytest.mark.e2e
 def test_a_kto_probe_labelled_false_is_refused_with_the_fix(model_home: Path, tmp_path: Path) -> None:
     (tmp_path / "k.jsonl").write_text(jsonl(KTO))
     (tmp_path / "k.probes.jsonl").write_text(jsonl(KTO[:2]))
@@ -241,6 +240,7 @@ def test_a_kto_probe_labelled_false_is_refused_with_the_fix(model_home: Path, tm
     assert "Fix: keep only probes labelled true" in r.output
 
 
+@pytest.mark.e2e
 def test_a_daemon_pass_rejects_bad_preference_drops_byte_identical_and_queues_good_ones(model_home: Path,
                                                                                       tmp_path: Path) -> None:
     home = model_home
@@ -266,3 +266,19 @@ def test_a_daemon_pass_rejects_bad_preference_drops_byte_identical_and_queues_go
         config = json.loads((run / "config.json").read_text())
         schemas[config["dataset"]["file"]] = config["dataset"]["schema"]
     assert schemas == {"pairs.jsonl": "preference", "kto.jsonl": "kto", "sharegpt.json": "sharegpt_preference"}
+
+
+@pytest.mark.parametrize("sidecar, says", [
+    ('loss_type = ["sigmoid", "ipo"]\nselect = "best"\n', 'select = "best" ranks by eval_loss'),
+    ('loss_type = ["sigmoid", "ipo"]\nbeta = [0.1, 0.3]\nprune = "asha"\n', 'prune = "asha" compares trials'),
+    ('loss_type = {choices = ["sigmoid", "ipo"]}\nsearch = "random"\ntrials = 2\n', "the search tells its sampler"),
+])
+def test_loss_types_compared_by_their_loss_are_refused(model_home: Path, tmp_path: Path, sidecar: str,
+                                                      says: str) -> None:
+    """Each loss type measures on its own scale: whatever ranks a drop's runs by loss would pick the smallest-reading."""
+    (tmp_path / "d.jsonl").write_text(jsonl(PAIRS * 4))
+    (tmp_path / "d.toml").write_text(sidecar)
+    r = check(str(tmp_path / "d.jsonl"), home=model_home)
+    assert r.exit_code == 1 and says in r.output and "measure their loss on different scales" in r.output, r.output
+    (tmp_path / "d.toml").write_text('loss_type = ["sigmoid", "ipo"]\n')  # a grid compared by a person: taken
+    assert check(str(tmp_path / "d.jsonl"), home=model_home).exit_code == 0

@@ -98,6 +98,15 @@ def test_a_rejected_upload_gets_its_own_error_not_a_drop_named_alike(home):
     placed = verdict.Placed([h.inbox / "k1.jsonl"], (h.rejected / "k1.jsonl").stat().st_ino, since)
     found = placed.look(h)
     assert found.state == verdict.REJECTED and found.error.startswith("k1.jsonl, line 1: 'text'"), found
+    # a name holding ", " (the .error.txt lists the files moved joined by ", "), with its sidecar
+    for f in ("my data, v2.jsonl", "my data, v2.toml"):
+        (h.rejected / f).write_text("x\n")
+    (h.rejected / "my-data-v2.error.txt").write_text(f"my data, v2.jsonl, line 1: bad\n\nRejected files (moved to "
+                                                     f"{h.rejected}): my data, v2.toml, my data, v2.jsonl\n")
+    placed = verdict.Placed([h.inbox / "my data, v2.jsonl"], (h.rejected / "my data, v2.jsonl").stat().st_ino, since)
+    found = placed.look(h)
+    assert found.state == verdict.REJECTED and found.error.startswith("my data, v2.jsonl, line 1"), found
+    assert found.rejected == [str(h.rejected / "my data, v2.jsonl"), str(h.rejected / "my data, v2.toml")]
 
 
 def test_a_stop_ends_open_log_streams_and_the_server(home, tiny_model, daemon_proc, serve_proc):  # noqa: F811

@@ -153,8 +153,10 @@ def test_service_install_serve_writes_the_servers_own_unit(home, tmp_path):
 def test_tokens_created_while_a_server_runs_are_required_from_its_next_request(home, serve_proc):  # noqa: F811
     server = serve_proc()  # no tokens yet: loopback only, no token asked
     assert server.client().get("/api/runs").status_code == 200
-    res = overnight("serve", "--token", "--port", str(server.port), home=home, timeout=60)  # creates them
-    assert res.returncode == 1 and "cannot listen" in res.stderr  # the port is the first server's
+    res = overnight("serve", "--token", "--port", str(server.port), home=home, timeout=60)
+    assert res.returncode == 1 and "cannot listen" in res.stderr  # the port is the first server's: nothing made
+    assert not (home / "serve-tokens.json").exists() and server.client().get("/api/runs").status_code == 200
+    serve_proc("--token", token="unused").stop()  # another server, on a port of its own, creates them
     tokens = _tokens(home)
     assert server.client().get("/api/runs").status_code == 401
     assert server.client(tokens["read"]).get("/api/runs").status_code == 200
@@ -171,3 +173,16 @@ def test_a_token_file_others_may_read_or_with_weak_tokens_is_refused(home):
         f.chmod(mode)
         res = overnight("serve", "--host", "0.0.0.0", "--port", "1", home=home, timeout=60)
         assert res.returncode == 1 and said in res.stderr and "Fix: " in res.stderr, res.stderr
+
+
+def test_a_token_file_that_goes_bad_under_a_tokenless_server_holds_it_shut_until_mended(home, serve_proc):  # noqa: F811
+    server = serve_proc()
+    f = home / "serve-tokens.json"
+    f.write_text(json.dumps({"read": "r" * 20, "steer": "s" * 20}))
+    f.chmod(0o644)  # others may read it: refused, and nothing is answered while it is so
+    for _ in range(2):
+        answer = server.client().get("/api/runs")
+        assert answer.status_code == 503 and "chmod 600" in answer.json()["error"], answer.text
+    f.chmod(0o600)  # the fix the error gives: the tokens take effect
+    assert server.client().get("/api/runs").status_code == 401
+    assert server.client("r" * 20).get("/api/runs").status_code == 200

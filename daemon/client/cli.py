@@ -417,8 +417,10 @@ def serve(home: str | None, host: str | None, port: int | None, new_token: bool)
     h = _home(home)
     with _clean_errors(ServeError):
         settings = server.settings(h, host, port)
+        server.refuse_open(h, settings, new_token)  # before the port is taken: nothing else to undo
+        sock = server.listen(settings)  # before tokens are made or the home touched: a taken port changes nothing
         tokens = server.prepare(h, settings, new_token, click.echo)
-        server.run(h, settings, tokens, click.echo)
+        server.run(h, settings, tokens, click.echo, sock)
 
 
 @main.command()

@@ -100,19 +100,25 @@ def _read_error(path: str, name: str, mtime_ns: int, size: int) -> tuple[str, st
     return _dropped_file(text, name), first_line(text) or "no error recorded"
 
 
-def moved_files(text: str) -> list[str]:
-    """The files an .error.txt says the intake moved (`Rejected files (moved to DIR): A, B`), as shown_name shows
-    them; none when that line is missing (an older or hand-written file)."""
+def _moved_line(text: str) -> str:
+    """The files an .error.txt says the intake moved, as its line lists them (`Rejected files (moved to DIR): A, B`:
+    "A, B", each as shown_name shows it); "" when that line is missing (an older or hand-written file)."""
     for line in text.splitlines():
         if line.startswith("Rejected files (moved to "):
-            names = line.rpartition("): ")[2].strip()
-            return names.split(", ") if names else []
-    return []
+            return line.rpartition("): ")[2].strip()
+    return ""
+
+
+def names_moved(text: str, name: str) -> bool:
+    """Whether the .error.txt lists `name` among the files it moved: a whole entry (a name may hold ", " itself)."""
+    listed = _moved_line(text)
+    return listed == name or listed.startswith(name + ", ") or listed.endswith(", " + name) or \
+        f", {name}, " in listed
 
 
 def _dropped_file(text: str, error_name: str) -> str:
     """The dataset of the drop (the first file the .error.txt names); the .error.txt's own stem without that line."""
-    return next(iter(moved_files(text)), error_name[: -len(ERROR_SUFFIX)])
+    return _moved_line(text).split(", ")[0] or error_name[: -len(ERROR_SUFFIX)]
 
 
 def problem(home: Home, beat: dict[str, Any] | None, alive: dict[str, Any] | None) -> str | None:

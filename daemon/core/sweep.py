@@ -164,12 +164,12 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
             needed, steered, usual = _NEEDS[key]
             raise OptionsError(f"{where}{key} = {opts.values[key]!r} steers {steered}, and {needed} is not set, so it "
                                f"would do nothing. Fix: add {needed} = {usual}, or remove {key}.")
-    if (isinstance(opts.values.get("loss_type"), (list, dict)) and opts.values.get("select") == "best"
-            and ranked_by(opts.values) in LOSS_METRICS):
-        raise OptionsError(f'{where}select = "best" ranks by {ranked_by(opts.values)}, and the loss types of this '
-                           f"sweep measure their loss on different scales (ipo's is not sigmoid's): the best would be "
-                           f'the one whose loss reads smallest. Fix: select_metric = "exact" (or "similarity", '
-                           f'"rougeL") with an eval file (NAME.eval.jsonl), or remove select and compare the runs '
+    by_loss = _ranked_by_loss(opts.values)
+    if isinstance(opts.values.get("loss_type"), (list, dict)) and by_loss:
+        raise OptionsError(f"{where}{by_loss}, and the loss types of this sweep measure their loss on different "
+                           f"scales (ipo's is not sigmoid's): the best would be the one whose loss reads smallest. "
+                           f'Fix: sweep loss_type on its own as a grid (select_metric = "exact", "similarity" or '
+                           f'"rougeL" with an eval file, NAME.eval.jsonl, if select = "best"), and compare the runs '
                            f"(overnight compare GROUP).")
     if "prune" in set_here and opts.values.get("prune") == asha.PRUNE_ASHA and run_count(opts) < 2 \
             and not search.searching(opts.values):
@@ -273,6 +273,17 @@ def rank(rows: Iterable[dict[str, Any]], learned: Callable[[dict[str, Any]], int
 
 
 LOSS_METRICS = ("eval_loss", "loss")  # what a preference loss type changes the scale of
+
+
+def _ranked_by_loss(values: dict[str, Any]) -> str | None:
+    """What in a drop compares its runs by their loss, said as a clause; None when nothing does."""
+    if values.get("select") == "best" and ranked_by(values) in LOSS_METRICS:
+        return f'select = "best" ranks by {ranked_by(values)}'
+    if values.get("prune") == asha.PRUNE_ASHA:
+        return 'prune = "asha" compares trials by their eval loss at each rung'
+    if search.searching(values):
+        return "the search tells its sampler each trial's eval loss"
+    return None
 
 
 def ranked_by(options: dict[str, Any]) -> str:

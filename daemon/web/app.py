@@ -328,12 +328,12 @@ def _completed(schema: dict[str, Any]) -> dict[str, Any]:
 
 async def _no_route(request: Request, exc: Exception) -> Response:
     """An API path or method that does not exist: JSON with the fix, as every other API answer."""
-    status = getattr(exc, "status_code", 404)
+    status, headers = getattr(exc, "status_code", 404), getattr(exc, "headers", None)  # a 405's Allow
     if not request.url.path.startswith("/api/"):
-        return Response(f"{getattr(exc, 'detail', 'Not Found')}\n", status, media_type="text/plain")
+        return Response(f"{getattr(exc, 'detail', 'Not Found')}\n", status, headers, media_type="text/plain")
     what = "no such endpoint" if status == 404 else f"{request.method} is not taken here"
     return Json({"error": f"{what}: {request.method} {request.url.path}. Fix: see GET /api/openapi.json for the "
-                          f"endpoints and their methods"}, status)
+                          f"endpoints and their methods"}, status, headers=headers)
 
 
 def build(h: Home, tokens: Tokens | None) -> Starlette:

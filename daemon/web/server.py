@@ -35,19 +35,23 @@ def settings(h: Home, host: str | None, port: int | None) -> Settings:
                     port if port is not None else table.get("port", DEFAULT_PORT))
 
 
-def prepare(h: Home, s: Settings, new_token: bool, say: Callable[[str], None]) -> tokenfile.Tokens | None:
-    """The tokens this server requires (created by --token; printed once, when created); refuses a non-loopback
-    address without them."""
-    tokens = tokenfile.load(h)
-    if new_token:
-        tokens, created = tokenfile.create(h)
-        if created:
-            say(f"created the tokens (shown once; kept in {tokenfile.path(h)}, mode 0600):\n"
-                f"  steer (read, upload, steer, dashboard): {tokens.steer}\n  read (GET only): {tokens.read}")
-    if tokens is None and not is_loopback(s.host):
+def refuse_open(h: Home, s: Settings, new_token: bool) -> None:
+    """A non-loopback address without tokens (none in the home, no --token to create them) is refused; so is a token
+    file that is not one."""
+    if tokenfile.load(h) is None and not new_token and not is_loopback(s.host):
         raise ServeError(f"refusing to serve on {s.host}, which is not a loopback address, without a token: anyone who "
                          f"reaches it could upload and steer. Fix: overnight serve --token --host {s.host} "
                          f"(creates the tokens), or serve on 127.0.0.1 and reach it through ssh -L.")
+
+
+def prepare(h: Home, s: Settings, new_token: bool, say: Callable[[str], None]) -> tokenfile.Tokens | None:
+    """The tokens this server requires (created by --token; printed once, when created); `refuse_open` first."""
+    if not new_token:
+        return tokenfile.load(h)
+    tokens, created = tokenfile.create(h)
+    if created:
+        say(f"created the tokens (shown once; kept in {tokenfile.path(h)}, mode 0600):\n"
+            f"  steer (read, upload, steer, dashboard): {tokens.steer}\n  read (GET only): {tokens.read}")
     return tokens
 
 
@@ -65,12 +69,13 @@ def listen(s: Settings) -> socket.socket:
     return sock
 
 
-def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[str], None]) -> None:
-    """Serve until SIGINT/SIGTERM; open log streams get GRACE_S to end, then the server exits (code 0)."""
+def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[str], None],
+        sock: socket.socket) -> None:
+    """Serve on `sock` (`listen`'s) until SIGINT/SIGTERM; open log streams get GRACE_S to end, then the server exits
+    (code 0)."""
     import uvicorn
 
     from daemon.web.app import build
-    sock = listen(s)
     serverlog.setup(h, echo=False)
     app = build(h, tokens)
     url = f"http://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from daemon.core.errors import ServeError
-from daemon.core.fsutil import file_version
 from daemon.core.home import Home
 from daemon.web import serverlog
 
@@ -63,19 +62,28 @@ class Live:
     or goes bad leaves the last good tokens in force (never an open server)."""
 
     def __init__(self, h: Home, tokens: Tokens | None) -> None:
-        self.h, self.tokens, self.version = h, tokens, file_version(path(h))
+        self.h, self.tokens, self.version = h, tokens, _version(path(h))
 
     def get(self) -> Tokens | None:
-        version = file_version(path(self.h))
+        version = _version(path(self.h))
         if version != self.version:
-            self.version = version
             try:
                 self.tokens = load(self.h) or self.tokens
             except ServeError as e:
                 if self.tokens is None:
-                    raise
+                    raise  # asked again at every request (the version stays) until the file is mended
                 serverlog.log.warning(f"{e} (the tokens read before stay in force)")
+            self.version = version
         return self.tokens
+
+
+def _version(p: Path) -> tuple[int, ...] | None:
+    """What changes when the token file is written, replaced or has its mode changed (a chmod 600 is a mend)."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode
 
 
 def create(h: Home) -> tuple[Tokens, bool]:

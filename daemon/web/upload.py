@@ -194,8 +194,18 @@ def clear_leftovers(h: Home) -> None:
     """Staging folders a killed server left behind (its own temporary files, never a drop); those of a server still
     running (two may serve one home) are its uploads in progress."""
     for p in h.inbox.glob(f"{STAGING_PREFIX}*"):
-        pid = p.name[len(STAGING_PREFIX):].partition("-")[0]
-        if pid.isdecimal() and psutil.pid_exists(int(pid)):
+        if _server_alive(p):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _server_alive(folder: Path) -> bool:
+    """Whether the server that made `folder` still runs: its pid (in the name) names a process other than this one
+    that started before the folder was made (a pid reused since, a container's pid 1 again, is not that server)."""
+    pid = folder.name[len(STAGING_PREFIX):].partition("-")[0]
+    try:
+        proc = psutil.Process(int(pid))
+        return proc.pid != os.getpid() and proc.create_time() <= folder.stat().st_mtime + 1
+    except (ValueError, OverflowError, OSError, psutil.Error):
+        return False

@@ -12,7 +12,7 @@ from typing import Any
 
 from daemon.core.home import Home, daemon_alive
 from daemon.core.fsutil import shown_name
-from daemon.core.morning import ERROR_SUFFIX, moved_files
+from daemon.core.morning import ERROR_SUFFIX, names_moved
 from daemon.core.queries import Reader
 from daemon.core.rundir import RunFolder
 
@@ -49,9 +49,10 @@ class Placed:
         moved = [p for p in _entries(h.rejected) if _inode(p) == self.inode]
         if moved:
             error = self._error_text(h, moved[0].name)
-            # every file of the drop the intake moved (the sidecar and probes too), as its .error.txt names them
-            others = [str(h.rejected / n) for n in moved_files(error or "") if n != shown_name(moved[0].name)]
-            return Verdict(REJECTED, shown, error=error, rejected=[str(moved[0]), *others]) if error else None
+            # every file of the drop the intake moved (the sidecar and probes too): names are unique in rejected/
+            others = [str(p) for p in _entries(h.rejected) if p != moved[0] and error
+                      and names_moved(error, shown_name(p.name))]
+            return Verdict(REJECTED, shown, error=error, rejected=[str(moved[0]), *sorted(others)]) if error else None
         runs = self._runs(h)
         return Verdict(QUEUED, shown, runs=runs) if runs else None
 
@@ -60,7 +61,7 @@ class Placed:
         for p in sorted(_entries(h.rejected), key=_mtime, reverse=True):
             if p.name.endswith(ERROR_SUFFIX) and _mtime(p) >= self.since - 1:
                 text = p.read_text(encoding="utf-8", errors="replace")
-                if shown_name(moved_name) in moved_files(text):  # by name: another drop's error may hold this one's
+                if names_moved(text, shown_name(moved_name)):  # by name: another drop's error may hold this one's
                     return text
         return None
 

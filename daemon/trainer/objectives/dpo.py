@@ -21,7 +21,9 @@ from daemon.trainer.sequences import Prepared
 from daemon.trainer.session import Session
 
 
-EXO_EPSILON = 1e-3  # loss_type = "exo_pair": the EXO paper's label smoothing (arXiv 2402.00856)
+# the label smoothing a loss type needs to be itself (overnight has no label_smoothing option): EXO's ε > 0 (TRL
+# refuses 0.0; the paper's 1e-3, arXiv 2402.00856); Robust DPO's flip rate (at 0.0 it is sigmoid; its paper's 0.1)
+LABEL_SMOOTHING = {"exo_pair": 1e-3, "robust": 0.1}
 
 
 class PreferenceTrainer(StepWatch, DPOTrainer):
@@ -45,10 +47,8 @@ class Dpo:
         values = argument_values(opts, str(built.session.cfg.paths.checkpoints), built.device,
                                  built.data.eval is not None, "padded")
         values.pop("label_names")  # pairs carry no labels: the loss comes from the chosen/rejected log-probabilities
-        # EXO needs its ε > 0 (TRL refuses 0.0): the paper's 1e-3, as overnight has no label_smoothing option
         args = DPOConfig(**values, beta=opts.beta, loss_type=[opts.loss_type], max_length=None,
-                         precompute_ref_log_probs=False, label_smoothing=EXO_EPSILON if opts.loss_type == "exo_pair"
-                         else 0.0)
+                         precompute_ref_log_probs=False, label_smoothing=LABEL_SMOOTHING.get(opts.loss_type, 0.0))
         trainer = PreferenceTrainer(model=built.model, args=args, train_dataset=built.data.train.hf(),
                                     eval_dataset=built.data.eval.hf() if built.data.eval is not None else None,
                                     processing_class=built.tokenizer, callbacks=callbacks)
