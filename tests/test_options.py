@@ -238,7 +238,7 @@ def test_lists_of_beta_or_loss_type_are_sweeps(tmp_path):
 
 def test_a_toml_syntax_error_and_a_wrong_type_get_a_fix_that_fits(tmp_path):
     r = CliRunner().invoke(main, ["check", str(write(tmp_path / "a.toml", 'base_model = "/x\n'))])
-    assert r.exit_code == 1 and "not valid TOML" in r.output and "a string needs its closing quote" in r.output
+    assert r.exit_code == 1 and "not valid TOML" in r.output and "closed on the same line" in r.output
     r = CliRunner().invoke(main, ["check", str(write(tmp_path / "b.toml", 'max_steps = "ten"\n'))])
     assert r.exit_code == 1 and "Fix: e.g. max_steps = 100 (TOML: strings in quotes" in r.output, r.output
 

@@ -95,5 +95,12 @@ def test_second_lock_names_the_holder(tmp_path):
     import os
     assert f"PID {os.getpid()}" in msg and "already serves" in msg
     assert daemon_alive(h)["pid"] == os.getpid()
+    # overnight.lock removed by hand: the holder is still named, from the kernel's locks (not "kill -TERM PID")
+    (tmp_path / "overnight.lock").unlink()
+    p = multiprocessing.get_context("spawn").Process(target=_try_lock, args=(str(tmp_path), q))
+    p.start()
+    p.join(30)
+    msg = q.get(timeout=5)
+    assert f"PID {os.getpid()}" in msg and f"kill -TERM {os.getpid()}" in msg, msg
     lock.release()
     assert daemon_alive(h) is None

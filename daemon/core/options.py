@@ -463,8 +463,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         # a UTF-8 byte-order mark (Windows Notepad writes one) is not TOML, but it is no mistake either: skipped
         table = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
-        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: correct that place (a string needs its closing quote on "
-                           f"the same line; one key = value per line, e.g. learning_rate = 3e-4)") from None
+        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: correct that place (text goes in double quotes, "
+                           f'closed on the same line: name = "mydata"; numbers and true/false bare; one key = value '
+                           f"per line, e.g. learning_rate = 3e-4)") from None
     except UnicodeDecodeError:
         raise OptionsError(f"{path}: not UTF-8 text. Fix: save it as UTF-8.") from None
     except RecursionError:

@@ -305,7 +305,7 @@ def prompt_as_chat(prompt_format: str, fmt: ChatFormat | None) -> bool:
 
 
 def _is_path(option: str) -> bool:
-    return option.endswith(".jinja") or "/" in option
+    return option.endswith((".jinja", ".j2")) or "/" in option
 
 
 def unknown_family(option: str, where: str = "chat_template") -> str:
@@ -325,7 +325,7 @@ def option_problem(option: str) -> str | None:
 def _named(option: str, where: str) -> ChatFormat:
     if _is_path(option):
         path = Path(option).expanduser()
-        if path.suffix != ".jinja":  # a template file, nothing else the run could be pointed at (an upload's sidecar)
+        if path.suffix not in (".jinja", ".j2"):  # a template file, nothing else a run could read (an upload's sidecar)
             raise TemplateError(f"{where} = {json.dumps(option, ensure_ascii=False)} is not a .jinja file. Fix: give "
                                 f"the path of a .jinja chat template, or a family name ({', '.join(families())}).")
         try:
