@@ -50,6 +50,13 @@ def test_export_adapter_and_merged_model(trained: tuple[Path, dict[str, Any]], t
     res = overnight("export", run["id"], str(tmp_path / "adapter"), home=home)
     assert res.returncode == 0 and f"adapter of {run['id']} written to {tmp_path / 'adapter'}" in res.stdout
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    # it names its base where a loader outside the home finds it (the run named it relative to the home)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((home / "models" / "tiny").resolve())
+    for inside in ("inbox", "control", "runs"):  # where the daemon would take it for a drop, a command, a run's own
+        res = overnight("export", run["id"], str(home / inside / "exported"), home=home)
+        assert res.returncode == 1 and f"is inside the home's {inside}/" in res.stderr, res.stderr
+        assert not (home / inside / "exported").exists()
 
     res = overnight("export", run["id"], str(tmp_path / "merged"), "--merge", home=home, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -98,3 +105,19 @@ def test_export_merge_with_a_broken_base_model_is_one_clean_error(trained: tuple
     assert "Traceback" not in res.stderr and "Fix: " in res.stderr and str(tmp_path / broken) in res.stderr
     assert len([line for line in res.stderr.splitlines() if line.startswith("Error: ")]) == 1
     assert not (tmp_path / "merged").exists() and not (tmp_path / ".merged.partial").exists()
+
+
+def test_the_adapters_own_card_loads_it(trained: tuple[Path, dict[str, Any]]) -> None:
+    """The "Load it" snippet of the adapter's README.md, run as written (from the home: the run named its base
+    model relative to it), loads the adapter with the run's tokenizer and stops where the run stops."""
+    import re
+    import subprocess
+    import sys
+    home, run = trained
+    adapter = Path(run["run_dir"]) / "adapter"
+    code = re.search(r"```python\n(.*?)```", (adapter / "README.md").read_text(), re.S).group(1)
+    code = code.replace("PATH/TO/adapter", str(adapter)) + (
+        "ids = tokenizer('add 3 1:', return_tensors='pt')\n"
+        "print(model.generate(**ids, max_new_tokens=4, do_sample=False).shape[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("1"), res.stderr[-2000:]

@@ -1,6 +1,7 @@
 """`overnight export`: hand an adapter (or a merged model) to whatever serves models elsewhere."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -29,17 +30,45 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
                           f"overwritten).")
-    if not merge:
-        shutil.copytree(adapter, out, dirs_exist_ok=True)
-        return None
+    _outside_working_folders(out, home)
     options = RunConfig.read(folder.root).options
     spec = options.get("base_model") or base_model
+    if not merge:
+        shutil.copytree(adapter, out, dirs_exist_ok=True)
+        _point_at_base(out, spec, home, run_dir)
+        return None
     if not isinstance(spec, str) or not spec:
         raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "
                           f"alone) and merge it onto its base model yourself.")
     source = _resolve(spec, home, run_dir)
     trusted = options.get("trust_remote_code") is True
     return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
+
+
+def _outside_working_folders(out: Path, home: Path) -> None:
+    """OUT inside inbox/, control/ or runs/ is refused: the daemon would take it for a drop or a command, or nest it
+    in a run's own files."""
+    from daemon.core.home import Home
+
+    h = Home(home)
+    for folder in (h.inbox, h.control, h.runs):
+        if out == folder or folder in out.parents:
+            raise ExportError(f"{out} is inside the home's {folder.name}/, which overnight reads and moves. Fix: "
+                              f"export to a folder outside inbox/, control/ and runs/ (e.g. {home / 'exports'}).")
+
+
+def _point_at_base(out: Path, spec: str | None, home: Path, run_dir: Path) -> None:
+    """The exported adapter names its base model where it is now (a home moved since, a path relative to the home):
+    a loader outside the home finds it. Left as trained when the base cannot be found here."""
+    config = out / "adapter_config.json"
+    try:
+        source = _resolve(spec, home, run_dir) if spec else None
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ExportError, OSError, ValueError):
+        return
+    if source and Path(source).is_dir() and data.get("base_model_name_or_path") != source:
+        data["base_model_name_or_path"] = source
+        config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _deleted(folder: RunFolder, home: Path) -> None:

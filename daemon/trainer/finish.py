@@ -151,11 +151,15 @@ tags: [lora, overnight]
 
 ```python
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+adapter = "PATH/TO/adapter"
+tokenizer = AutoTokenizer.from_pretrained(adapter)  # the run's: its chat template and any tokens it added
 base = AutoModelForCausalLM.from_pretrained("{base_model}")
-model = PeftModel.from_pretrained(base, "PATH/TO/adapter")
-tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the run added tokens (its chat template's)
+    base.resize_token_embeddings(len(tokenizer))
+model = PeftModel.from_pretrained(base, adapter)
+model.generation_config = GenerationConfig.from_pretrained(adapter)  # stops where the run's answers stop
 ```
 
 ## Options
