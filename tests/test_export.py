@@ -121,3 +121,5 @@ def test_the_adapters_own_card_loads_it(trained: tuple[Path, dict[str, Any]]) ->
         "print(model.generate(**ids, max_new_tokens=4, do_sample=False).shape[0])\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("1"), res.stderr[-2000:]
+    # the tiny model has a chat template, so these prompt/completion records trained as chat: no raw-prompt note
+    assert "Trained on raw prompts" not in (adapter / "README.md").read_text()

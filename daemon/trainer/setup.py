@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from daemon.core import auto
 from daemon.core.atomic import write_json
-from daemon.core.datasets import ExampleKind, kind_of
+from daemon.core.datasets import PROMPT_SCHEMAS, ExampleKind, kind_of
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, Sizing, plan_memory
@@ -184,6 +184,10 @@ class Built:
                 result.eval_loss = state.best_metric
                 note += f" The adapter holds the best checkpoint, {result.best_checkpoint}."
             result.reason = note
+        if s.cfg.schema in PROMPT_SCHEMAS and not s.prompt_chat:  # a chat server would prompt it another way
+            note = ((note + "\n\n") if note else "") + (
+                "Trained on raw prompts (prompt_format raw): send the prompt as plain text (tokenizer(prompt)), not "
+                "through the tokenizer's chat template, which this adapter never trained with.")
         card = model_card(run_id=s.cfg.run_id, base_model=opts.base_model, dataset=s.cfg.dataset_path,
                           schema=s.cfg.schema, steps=state.global_step, final_loss=result.final_loss,
                           eval_loss=result.eval_loss, note=note,
