@@ -25,10 +25,12 @@ from daemon.engine.store import Store, busy_problem
 from daemon.engine.supervisor import Supervisor, run_options, setting, tell
 
 
+TICK_S = 0.25  # the loop's pass, when nothing wakes it sooner
+
 class Daemon:
     """One daemon per home; the only writer of overnight.db."""
 
-    def __init__(self, home: Home, *, once: bool = False, settle: float = SETTLE_S, tick: float = 0.25,
+    def __init__(self, home: Home, *, once: bool = False, settle: float = SETTLE_S, tick: float = TICK_S,
                  echo: bool = True) -> None:
         self.home, self.once, self.tick = home, once, tick
         setup(home.log, echo=echo)
@@ -265,7 +267,13 @@ def _wake_on_changes(folders: tuple[Path, ...], wake: threading.Event) -> Any:
 
     observer = Observer()
     for folder in folders:
-        observer.schedule(_Wake(), str(folder), recursive=False)
+        if folder.is_dir():  # one removed as the daemon starts: the loop's own rescan finds it recreated
+            observer.schedule(_Wake(), str(folder), recursive=False)
     observer.daemon = True
-    observer.start()
+    try:
+        observer.start()
+    except OSError as e:  # removed between the look and the watch: no early wakes, never a daemon that dies of it
+        log.warning(f"watching {', '.join(map(str, folders))} for changes failed ({e.strerror or e}): the daemon "
+                    f"rescans them every pass instead")
+        return None
     return observer
