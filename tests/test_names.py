@@ -152,29 +152,28 @@ def test_a_model_named_after_a_file_with_spaces_is_spelled_as_its_run_ids(home: 
     assert (home.runs / rid / "console.log").read_text(encoding="utf-8").count(said) == 1
 
 
-def test_a_file_name_that_is_already_a_model_name_is_kept_without_a_note(home: Home) -> None:
+def _accepted(home: Home, file_name: str) -> tuple[str, str]:
+    """(run id, model name) of a one-record drop named `file_name`, taken by the intake."""
     home.toml.write_text('base_model = "/m/tiny"\n')
-    f = home.root / "模型_v2.1.jsonl"
+    f = home.root / file_name
     f.write_text('{"text": "x"}\n', encoding="utf-8")
     store = Store(home.db)
     try:
         [rid] = Intake(home, store).accept(validate(f, None, None, home.toml, require_model=False))
-        assert store.get_run(rid)["name"] == "模型_v2.1"
+        return rid, store.get_run(rid)["name"]
     finally:
         store.close()
+
+
+def test_a_file_name_that_is_already_a_model_name_is_kept_without_a_note(home: Home) -> None:
+    rid, name = _accepted(home, "模型_v2.1.jsonl")
+    assert name == "模型_v2.1"
     assert "model name:" not in (home.runs / rid / "console.log").read_text(encoding="utf-8")
+
 
 def test_a_file_name_with_dot_dot_gives_a_model_name_that_can_be_activated(home: Home) -> None:
     """'..' is in no registered name (activate and delete refuse it): the name from the file name drops it."""
-    home.toml.write_text('base_model = "/m/tiny"\n')
-    f = home.root / "a%2F..%2Fb.jsonl"
-    f.write_text('{"text": "x"}\n', encoding="utf-8")
-    store = Store(home.db)
-    try:
-        [rid] = Intake(home, store).accept(validate(f, None, None, home.toml, require_model=False))
-        name = store.get_run(rid)["name"]
-    finally:
-        store.close()
+    rid, name = _accepted(home, "a%2F..%2Fb.jsonl")
     assert name == "a-2F.-2Fb" and rid.startswith(name)
     assert control.parse_text("activate", f"{name} 1").model == (name, 1)
 

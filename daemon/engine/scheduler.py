@@ -27,6 +27,7 @@ from daemon.engine.supervisor import Supervisor, run_options, setting, tell
 
 TICK_S = 0.25  # the loop's pass, when nothing wakes it sooner
 
+
 class Daemon:
     """One daemon per home; the only writer of overnight.db."""
 
