@@ -235,7 +235,18 @@ def test_a_broken_overnight_toml_is_said_with_no_daemon_running(tmp_path: Path) 
     out = overnight("status", home=home.root, check=True).stdout
     assert f"PROBLEM: {home.toml}: not valid TOML" in out and "Fix:" in out, out
     assert f"start it with: overnight daemon --home {home.root}" in out
+    assert "queue held by the PROBLEM above" in out.splitlines() and out.count("not valid TOML") == 1, out
     assert json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["held"].startswith(str(home.toml))
+
+
+def test_a_pause_of_every_run_is_said_with_how_to_lift_it(tmp_path: Path) -> None:
+    """`overnight pause` alone holds every run, the next ones too: status says so even with nothing running."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    (home.control / "pause").write_text("")
+    out = overnight("status", home=home.root, check=True).stdout
+    assert "every run paused by control/pause (overnight resume lifts it)" in out.splitlines(), out
+    (home.control / "pause").write_text(QUEUED + "\n")
+    assert "every run paused" not in overnight("status", home=home.root, check=True).stdout
 
 
 def test_the_strip_counts_the_queued_runs_control_pause_holds(tmp_path: Path) -> None:

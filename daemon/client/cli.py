@@ -168,10 +168,13 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
         click.echo(f"PROBLEM: {problem}")
     counts = rd.counts()
     click.echo("runs: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    if held and held != morning.HELD_BY_STOP:  # the PROBLEM line just said it whole
+        held = "the PROBLEM above"
+    paused = control.paused(h)
     if runs:
-        click.echo(render.runs_table(runs, held, control.paused(h)))
+        click.echo(render.runs_table(runs, held, paused))
     shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
-    for line in render.morning(failed, rejected, None if shown else held, since_h):
+    for line in render.morning(failed, rejected, None if shown else held, since_h, "*" in paused):
         click.echo(line)
     for e in reversed(events):
         click.echo(f"control {e['time']}: {e['status']}: {e['message']}")

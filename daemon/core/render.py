@@ -175,12 +175,16 @@ def rejected_item(file: str, error: str) -> str:
     return error if error.startswith(f"{file}:") else f"{file}: {error}"
 
 
-def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, since_h: float) -> list[str]:
-    """`overnight status`: what needs the user, from daemon.core.morning (failed runs, rejected drops, a held queue)."""
+def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, since_h: float,
+            paused_all: bool = False) -> list[str]:
+    """`overnight status`: what needs the user, from daemon.core.morning (failed runs, rejected drops, a held queue,
+    a control/pause holding every run)."""
     window = f"{since_h:g} h"
     lines = []
     if held:
         lines.append(f"queue held by {held}")
+    if paused_all:
+        lines.append("every run paused by control/pause (overnight resume lifts it)")
     if failed:
         lines.append(f"failed in the last {window}:")
         lines += [f"  {f.id}: {f.reason}" for f in failed]
