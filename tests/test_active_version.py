@@ -51,7 +51,7 @@ def _apply_control(home: Path) -> None:
 def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refused(home: Path,
                                                                                       tiny_model: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
-    _register(home, tiny_model)
+    first = _register(home, tiny_model)
     second = _register(home, tiny_model)
     overnight("delete", "support", "2", "--wait", "0", home=home, check=True)
     _apply_control(home)
@@ -93,6 +93,15 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     assert "no active version of support" in error and FIX in error, error
     assert [r["id"] for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)
             if r["state"] != "completed"] == []
+
+    # export by model version: a bare name with no active version and a deleted version are refused as ask refuses
+    out = overnight("export", "support", str(home / "out"), home=home)
+    assert out.returncode == 1 and "no active version of support" in out.stderr and FIX in out.stderr, out.stderr
+    out = overnight("export", "support:2", str(home / "out"), home=home)
+    assert out.returncode == 1 and "support v2 was deleted" in out.stderr and str(trashed) in out.stderr, out.stderr
+    out = overnight("export", "support:1", str(home / "v1"), home=home, check=True)
+    assert f"adapter of support v1 (run {first}) written to {home / 'v1'}" in out.stdout, out.stdout
+    assert not (home / "out").exists()
 
     # the deleted version's run: export says where its adapter went and how to get it back
     out = overnight("export", second, str(home / "out"), home=home)

@@ -1,4 +1,4 @@
-"""`overnight export RUN OUT [--merge]` through the CLI, on a run the real daemon trained on the tiny model."""
+"""`overnight export RUN OUT [--merge]` (and its model card) through the CLI, on a run the real daemon trained on the tiny model."""
 from __future__ import annotations
 
 import json
@@ -75,6 +75,23 @@ def test_export_adapter_and_merged_model(trained: tuple[Path, dict[str, Any]], t
     assert (logits[0] - logits[1]).abs().max() < 1e-4  # the merge is the adapter, folded in
     assert (logits[1] - logits[2]).abs().max() > 1e-2  # and the adapter changed something to fold in
     assert torch.equal(generated[0], generated[1])
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert f"# overnight run `{run['id']}`: its LoRA adapter merged into" in card and "final training loss" in card
+    assert "| learning_rate | 0.003 |" in card and "PeftModel" not in card
+    _run_card_snippet(tmp_path / "merged" / "README.md", "PATH/TO/merged", tmp_path / "merged", home)
+
+
+def _run_card_snippet(card: Path, placeholder: str, path: Path, cwd: Path) -> None:
+    """The "Load it" snippet of a README.md, run as written, loads the model and generates with it."""
+    import re
+    import subprocess
+    import sys
+    code = re.search(r"```python\n(.*?)```", card.read_text(), re.S).group(1)
+    code = code.replace(placeholder, str(path)) + (
+        "ids = tokenizer('add 3 1:', return_tensors='pt')\n"
+        "print(model.generate(**ids, max_new_tokens=4, do_sample=False).shape[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("1"), res.stderr[-2000:]
 
 
 def test_export_merge_of_a_quantised_run_says_what_it_merged_into(trained: tuple[Path, dict[str, Any]],
@@ -110,16 +127,8 @@ def test_export_merge_with_a_broken_base_model_is_one_clean_error(trained: tuple
 def test_the_adapters_own_card_loads_it(trained: tuple[Path, dict[str, Any]]) -> None:
     """The "Load it" snippet of the adapter's README.md, run as written (from the home: the run named its base
     model relative to it), loads the adapter with the run's tokenizer and stops where the run stops."""
-    import re
-    import subprocess
-    import sys
     home, run = trained
     adapter = Path(run["run_dir"]) / "adapter"
-    code = re.search(r"```python\n(.*?)```", (adapter / "README.md").read_text(), re.S).group(1)
-    code = code.replace("PATH/TO/adapter", str(adapter)) + (
-        "ids = tokenizer('add 3 1:', return_tensors='pt')\n"
-        "print(model.generate(**ids, max_new_tokens=4, do_sample=False).shape[0])\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip().endswith("1"), res.stderr[-2000:]
+    _run_card_snippet(adapter / "README.md", "PATH/TO/adapter", adapter, home)
     # the tiny model has a chat template, so these prompt/completion records trained as chat: no raw-prompt note
     assert "Trained on raw prompts" not in (adapter / "README.md").read_text()

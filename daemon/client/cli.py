@@ -500,21 +500,51 @@ def ask(home: str | None, as_json: bool, args: tuple[str, ...], base: bool, max_
     _echo_json(result) if as_json else click.echo(ask_text(result, _width()))
 
 
+def _run_or_version(h: Home, ref: str) -> tuple[dict[str, Any], str]:
+    """The run RUN names, else the run of the model version `NAME[:V]` names (NAME: its active version), with how to
+    call it ("support v2 (run …)"); a ref that names neither is the run lookup's error."""
+    from daemon.core.versionpick import NoVersion, pick_version
+    from daemon.trainer.answers import parse_ref
+    rd = _reader(h)
+    try:
+        run = rd.named_run(ref)
+        return run, run["id"]
+    except RefError as not_a_run:
+        try:
+            name, version = parse_ref(ref)
+        except RefError:
+            raise not_a_run from None
+        models = rd.models()
+        if all(m["name"] != name for m in models):
+            raise not_a_run from None
+        try:
+            row = pick_version(models, name, version)
+        except NoVersion as e:
+            kept = f"; its adapter is kept at {e.trashed['adapter_path']}" if e.trashed else ""
+            raise RefError(f"no model version {ref!r}: {e.why}{kept}. Fix: {e.fix}.") from None
+        run = rd.run(row["run_id"])
+        if run is None:
+            raise RefError(f"{name} v{row['version']} names run {row['run_id']}, which overnight.db does not list. "
+                           f"Fix: overnight doctor --rebuild (the DB is rebuilt from the run folders).") from None
+        return run, f"{name} v{row['version']} (run {run['id']})"
+
+
 @main.command(name="export")
 @home_option
-@click.argument("run")
+@click.argument("ref", metavar="RUN|NAME[:V]")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--merge", is_flag=True, help="Write the base model with the adapter merged in (a standalone model).")
-def export_cmd(home: str | None, run: str, out: str, merge: bool) -> None:
-    """Write a run's adapter (or the merged model) to OUT for serving elsewhere."""
+def export_cmd(home: str | None, ref: str, out: str, merge: bool) -> None:
+    """Write a run's adapter (or the merged model) to OUT for serving elsewhere; a model version (NAME: its active
+    one, NAME:V) names its run."""
     from daemon.client.export import ExportError, export
     h = _existing(home)
-    r = _find_run(h, run)
+    r, label = _run_or_version(h, ref)
     with _clean_errors(ExportError):
         # trust_remote_code as the run was queued with (its config.json), as for training: one value per run
         note = export(Path(r["run_dir"]), h.root, Path(out).resolve(), merge, base_model=r["base_model"],
                       log=click.echo)
-    click.echo(f"{'merged model' if merge else 'adapter'} of {r['id']} written to {Path(out).resolve()}")
+    click.echo(f"{'merged model' if merge else 'adapter'} of {label} written to {Path(out).resolve()}")
     if note:
         click.echo(note)
 

@@ -148,6 +148,7 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
     try:
         merged.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
+        (partial / "README.md").write_text(merged_card(adapter, source), encoding="utf-8")
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
         raise ExportError(f"cannot write the merged model next to {out}: {_first_line(e)}. Fix: free disk space (a "
@@ -158,3 +159,34 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
     if quantization in ("4bit", "8bit"):  # QLoRA: the adapter goes onto the full-precision weights it approximated
         return f"merged into the unquantised base ({dtype_name}); the run trained on a {quantization[0]}-bit base"
     return f"merged into the base ({dtype_name})"
+
+
+def merged_card(adapter: Path, source: str) -> str:
+    """README.md of a merged export: the adapter card's facts (run, dataset, losses, any prompting note) and options,
+    with how to load a standalone model instead of an adapter."""
+    try:
+        card = (adapter / "README.md").read_text(encoding="utf-8")
+    except OSError:  # an adapter from before overnight wrote cards
+        card = ""
+    facts, _, rest = card.partition("\n## Load it")
+    options = rest.partition("\n## Options")[2]
+    facts = facts.rpartition("---\n")[2].partition("\n")[2].strip()  # below the front matter and the title
+    return f"""---
+base_model: {source}
+library_name: transformers
+tags: [lora, overnight, merged]
+---
+# overnight run `{adapter.parent.name}`: its LoRA adapter merged into `{source}`
+
+{facts}
+
+## Load it
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+path = "PATH/TO/merged"
+tokenizer = AutoTokenizer.from_pretrained(path)  # the run's: its chat template and any tokens it added
+model = AutoModelForCausalLM.from_pretrained(path)  # generation_config.json: stops where the run's answers stop
+```
+""" + (f"\n## Options\n\n{options.strip()}\n" if options else "")
