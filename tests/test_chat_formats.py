@@ -150,6 +150,8 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
                                              'lora_r = 32\nbatch_size = 16\nprobe_count = 4\neval_fraction = 0\n'
                                              'save_every = 1000\n')
     (home / "inbox" / "rev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    checked = json.loads(overnight("check", str(home / "inbox" / "rev.jsonl"), "--json", home=home,
+                                   check=True).stdout)[0]["as_trained"]["tokens"]
     res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     [run] = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
@@ -158,6 +160,10 @@ def test_chatml_on_a_base_model_trains_and_the_merged_export_stops_on_im_end(hom
     assert run["state"] == "completed", console[-3000:]
     assert "chat template: chatml (overnight)" in console and "this run uses max_length = 256" in console
     assert "added the special tokens <|im_start|>, <|im_end|> the base model lacks" in console
+    # check counted the tokens the trainer added as one token each, as the trainer does (the mean differs by the
+    # records held out as probes)
+    trained = json.loads((run_dir / "stats.json").read_text())["tokens"]
+    assert (checked["min"], checked["max"]) == (trained["min"], trained["max"]), (checked, trained)
 
     adapter = run_dir / "adapter"
     template = (adapter / "chat_template.jinja").read_text()

@@ -216,6 +216,23 @@ def bos_text(tokenizer: Any) -> str:
     return tokenizer.decode(with_special[:head], skip_special_tokens=False) if head else ""
 
 
+def missing_specials(backend: Any, chat: ChatFormat | None) -> list[str]:
+    """The special tokens `chat`'s template writes that a `tokenizers.Tokenizer` lacks (ChatML's <|im_start|> on a
+    base model): the trainer adds them for a template the user chose (model.add_template_tokens), so counts add them
+    too (add_template_tokens)."""
+    return [t for t in (chat.special_strings() if chat else [])
+            if len(backend.encode(t, add_special_tokens=False).ids) != 1]
+
+
+def add_template_tokens(tokenizer: Any, chat: ChatFormat | None) -> None:
+    """The tokenizer as the trainer extends it for `chat`: the special tokens it lacks, one token each."""
+    from tokenizers import AddedToken
+
+    missing = missing_specials(tokenizer, chat)
+    if missing:
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+
+
 def load_tokenizer(folder: Path | None) -> Any:
     """The base model's tokenizer.json through the `tokenizers` library (no torch), or None."""
     if folder is None or not (folder / "tokenizer.json").is_file():

@@ -210,7 +210,7 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
-    from daemon.core.as_trained import TrainedView, load_tokenizer, text_blocks, view
+    from daemon.core.as_trained import TrainedView, add_template_tokens, load_tokenizer, text_blocks, view
     from daemon.core.templating import (TemplateError, for_run, no_template, prompt_as_chat, special_tokens,
                                         with_stand_ins)
 
@@ -237,6 +237,8 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
             max_length = min(max_length, model_context(folder) or max_length)
         eos = special_tokens(folder).get("eos_token", "")
         tokenizer = load_tokenizer(folder) if show or not text else None
+        if tokenizer is not None and values["chat_template"] != "auto":  # as the trainer extends it
+            add_template_tokens(tokenizer, fmt)
         if text and tokenizer is not None:  # packed into blocks of max_length, every token trained: shown so
             seen = TrainedView(shown=text_blocks(datasets.iter_examples(sub.dataset), tokenizer, eos, max_length,
                                                  show))

@@ -198,10 +198,9 @@ def add_template_tokens(tokenizer: Any, chat: Any) -> list[int]:
     on a base model); their ids, whose embeddings the run then trains."""
     from tokenizers import AddedToken
 
-    def known(token: str) -> bool:
-        return len(tokenizer.backend_tokenizer.encode(token, add_special_tokens=False).ids) == 1
+    from daemon.core.as_trained import missing_specials
 
-    missing = [t for t in (chat.special_strings() if chat else []) if not known(t)]
+    missing = missing_specials(tokenizer.backend_tokenizer, chat)
     if missing:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
     return [tokenizer.convert_tokens_to_ids(t) for t in missing]
