@@ -232,7 +232,7 @@ class Answerer:
                               f"one at a time.")
         width = max(len(tok) for tok in tokenizers.values())
         if width > base_width:  # tokens the run's chat template added, as export
-            model.resize_token_embeddings(width, mean_resizing=False)
+            _grow_embeddings(model, width)
         names: dict[str, str] = {}
         for i, t in enumerate(m for m in members if m.adapter is not None):
             names[t.label] = name = f"v{i}"  # peft's module keys: no dots or colons
@@ -460,3 +460,16 @@ def main(argv: Sequence[str] = ()) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def _grow_embeddings(model: Any, width: int) -> None:
+    """Rows for the tokens a run's template added, each the mean of the base's rows: where the run started them
+    (model.fit_embeddings), so the base model's answer through that template is the same every time (an adapter
+    brings its own rows for them)."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(width, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m}.values():
+            layer.weight[old:] = layer.weight[:old].mean(dim=0)
