@@ -69,8 +69,8 @@ def test_a_preference_probe_is_learned_while_the_model_prefers_the_chosen_answer
     report = analyze([{**rec(s * 10, 0, "sma"), "margin": m, "prefers": m > 0} for s, m in enumerate(margins)])
     p = report.probes[0]
     assert p.events == [("learned", 10), ("forgotten", 30), ("learned", 40)] and p.status == "relearned"
-    assert [a.step for a in p.answers] == [0, 10, 30, 40]  # kept where the preferred answer changed
-    assert "margin -0.50" in format_report(report) and "margin +3.00" not in format_report(report)
+    assert [a.step for a in p.answers] == [0, 10, 20, 30, 40]  # every snapshot: the margin's whole history
+    assert "margin -0.50" in format_report(report) and "margin +3.00" in format_report(report)
 
 
 def test_never_learned_and_learned_at_step_zero() -> None:

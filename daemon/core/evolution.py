@@ -189,10 +189,10 @@ def _matches(answer: Answer, threshold: float) -> bool:
 
 
 def _compress(answers: list[Answer]) -> list[Answer]:
-    """The answers where the generation (or, for a preference probe, the answer preferred) changed from the snapshot
-    before, plus the latest."""
-    kept = [a for i, a in enumerate(answers) if i == 0 or a.generation != answers[i - 1].generation
-            or (a.margin is not None and (a.margin > 0) != ((answers[i - 1].margin or 0) > 0))]
+    """The answers where the generation changed from the snapshot before, plus the latest; a preference probe keeps
+    every snapshot (its margin is the story, and it moves at each)."""
+    kept = [a for i, a in enumerate(answers) if i == 0 or a.margin is not None
+            or a.generation != answers[i - 1].generation]
     if kept[-1] is not answers[-1]:
         kept.append(answers[-1])
     return kept
