@@ -197,7 +197,7 @@ def test_a_dpo_drop_learns_to_prefer_the_chosen_answers(home: Path, tiny_model: 
 
 
 @pytest.mark.e2e
-def test_a_loss_type_sweep_trains_each_point_and_compare_says_the_losses_differ_in_scale(home: Path,
+def test_a_loss_type_sweep_is_ranked_by_reward_accuracy_not_by_its_losses(home: Path,
                                                                                        tiny_model: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     sidecar = (FAST.replace("max_steps = 24", "max_steps = 6").replace("probe_count = 20", "probe_count = 0")
@@ -207,14 +207,36 @@ def test_a_loss_type_sweep_trains_each_point_and_compare_says_the_losses_differ_
     # ranked by eval loss, the best of two loss types would be the one whose loss reads smallest: refused
     said = overnight("check", str(home / "inbox" / "sweep.jsonl"), home=home).stdout
     assert 'select = "best" ranks by eval_loss, and the loss types of this sweep measure' in said, said
-    (home / "inbox" / "sweep.toml").write_text(sidecar)
+    assert 'Fix: rank them by select_metric = "reward_accuracy"' in said, said
+    # reward accuracy needs DPO's eval of pairs: refused for KTO's labelled completions and without an eval split
+    by_accuracy = 'select = "best"\nselect_metric = "reward_accuracy"\n'
+    (home / "kto.toml").write_text(FAST + by_accuracy)
+    (home / "kto.jsonl").write_text(jsonl(judged(20)))
+    said = overnight("check", str(home / "kto.jsonl"), home=home).stdout
+    assert 'select_metric = "reward_accuracy" (set in kto.toml) ranks by' in said and "objective kto" in said, said
+    (home / "kto.toml").write_text(sidecar.replace("eval_fraction = 0.1", "eval_fraction = 0") + by_accuracy)
+    (home / "kto.jsonl").write_text(jsonl(pairs(20)))
+    said = overnight("check", str(home / "kto.jsonl"), home=home).stdout
+    assert "eval_fraction = 0 holds no pairs out" in said and "Fix: set eval_fraction = 0.1" in said, said
+
+    (home / "inbox" / "sweep.toml").write_text(sidecar + by_accuracy)
     overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=900, check=True)
     runs = json.loads(overnight("runs", "--json", home=home, check=True).stdout)
     assert sorted("loss_exo_pair" in r["id"] for r in runs) == [False, True], [r["id"] for r in runs]
     assert {r["state"] for r in runs} == {"completed"} and len({r["group_id"] for r in runs}) == 1
+    accuracy = {r["id"]: json.loads((Path(r["run_dir"]) / "eval_report.json").read_text())["preference"]
+                ["reward_accuracy"] for r in runs}
+    for r in runs:  # the accuracy of the last eval, the one the eval loss comes from
+        last = [m for m in _records(Path(r["run_dir"]) / "metrics.jsonl") if "eval_loss" in m][-1]
+        assert accuracy[r["id"]] == round(last["eval_rewards/accuracies"], 6) and last["eval_loss"] == r["eval_loss"]
     compared = overnight("compare", runs[0]["group_id"], home=home, check=True).stdout
-    assert "exo_pair" in compared and "note: these runs differ in loss_type, whose losses are on different " \
-                                      "scales" in compared, compared
+    assert "ranked by eval reward accuracy (best first)" in compared and "ACCURACY" in compared, compared
+    assert "note: these runs differ in loss_type" not in compared, compared
+    [row] = [line for line in compared.splitlines() if line.startswith("1 ★")]
+    best = max(accuracy.values())
+    assert f"{best:.3f}" in row, (compared, accuracy)
+    active = [m for m in json.loads(overnight("models", "--json", home=home, check=True).stdout) if m["active"]]
+    assert [m["metrics"]["report"]["reward_accuracy"] for m in active] == [best], active
 
 
 @pytest.mark.e2e

@@ -22,7 +22,8 @@ LOST_SHOWN = 20  # lost answers the registry keeps (the report file has them all
 SCORES = ("exact", "similarity", "rougeL")  # per eval record; their means are a version's eval scores
 # select_metric: what `select = "best"` ranks a group's versions by, and which way is better
 RANKINGS = {"eval_loss": "lower", "exact": "higher", "similarity": "higher", "rougeL": "higher",
-            "forgetting": "lower"}
+            "forgetting": "lower", "reward_accuracy": "higher"}
+REWARD_ACCURACY = "reward_accuracy"  # a DPO run's: the share of eval pairs whose chosen answer it rewards higher
 
 
 def right(answer: str, reference: str) -> bool:
@@ -70,6 +71,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             **{k: (scores.get("version") or {}).get(k) for k in SCORES},
             "parent_scores": scores.get("parent"), "base_scores": scores.get("base"),
             "forgetting": forgetting.get("score"), "forgetting_vs": forgetting.get("before"),
+            REWARD_ACCURACY: (report.get("preference") or {}).get(REWARD_ACCURACY),
             "lost": len(report.get("lost") or []), "lost_items": (report.get("lost") or [])[:LOST_SHOWN],
             "regressed": bool(report.get("regressed")),
             "why": report.get("why") or []}
@@ -99,6 +101,7 @@ def of_run(run_dir: str | Path | None) -> dict[str, Any]:
 
 
 def metric_value(run_dir: str | Path | None, metric: str) -> float | None:
-    """A report metric of a run (`exact`, `similarity`, `rougeL`, `forgetting`): None when it has none."""
+    """A report metric of a run (`exact`, `similarity`, `rougeL`, `forgetting`, `reward_accuracy`): None when it
+    has none."""
     value = of_run(run_dir).get(metric)
     return float(value) if isinstance(value, (int, float)) else None

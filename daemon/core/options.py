@@ -173,8 +173,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            _choices(SAMPLERS)),
     Option("trials", int, None, "a search's number of trials (runs), at most max_sweep_runs", _rng(1, 10**4),
            "1 .. 10000"),
-    Option("select_metric", str, "eval_loss", 'what select = "best" ranks a group\'s versions by: "eval_loss", or '
-           'the eval report\'s "exact", "similarity", "rougeL" (higher is better) or "forgetting" (lower is better)',
+    Option("select_metric", str, "eval_loss", 'what select = "best" ranks a group\'s versions by: "eval_loss", '
+           'the eval report\'s "exact", "similarity", "rougeL" (higher is better) or "forgetting" (lower is better), '
+           'or a DPO run\'s "reward_accuracy" (eval pairs whose chosen answer it prefers; higher is better)',
            lambda v: v in RANKINGS, _choices(tuple(RANKINGS))),
     Train("eval_file", str, None, "an eval file (JSONL: prompt + reference) every run is scored on at its end, "
           "beside NAME.eval.jsonl dropped with a dataset (which wins); relative to the home",

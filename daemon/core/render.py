@@ -267,17 +267,18 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     head += (f", {ranked} completed, ranked by {METRIC_LABEL[metric]} (best first)" if metric else
              ", none completed yet: not ranked")
     pruning = any(r.get("rungs") for r in rows)
-    cells = [["#", "RUN", "STATE", "EVAL", "LOSS", "PROBES", "TOK/S", "TIME", *(["RUNGS"] if pruning else []),
-              "OPTIONS THAT DIFFER"]]
-    cells += [_comparison_row(r, pruning) for r in rows]
+    by = METRIC_COLUMN.get(metric or "")  # a report's metric ranked them: its column beside the losses
+    cells = [["#", "RUN", "STATE", *([by] if by else []), "EVAL", "LOSS", "PROBES", "TOK/S", "TIME",
+              *(["RUNGS"] if pruning else []), "OPTIONS THAT DIFFER"]]
+    cells += [_comparison_row(r, pruning, bool(by)) for r in rows]
     lines = [head, *table(cells)]
     if pruning:
         lines.append("RUNGS: rN@STEP eval loss there (the training loss without an eval set), then ↑ went on, ✗ "
                      "pruned (resumable), … waiting, ↻ resumed")
     if any("loss_type" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
         lines.append("note: these runs differ in loss_type, whose losses are on different scales: the ranking by "
-                     "loss does not say which prefers the chosen answers more (see each run's rewards/accuracies in "
-                     "its metrics, or rank by an eval file's exact match: select_metric)")
+                     "loss does not say which prefers the chosen answers more (rank them by select_metric = "
+                     "\"reward_accuracy\")")
     return "\n".join(lines)
 
 
@@ -290,13 +291,20 @@ def rung_cell(rungs: list[dict[str, Any]]) -> str:
                     for g in rungs) or "-"
 
 
-def _comparison_row(r: dict[str, Any], pruning: bool = False) -> list[str]:
+METRIC_COLUMN = {"exact": "EXACT", "similarity": "SIM", "rougeL": "ROUGE-L", "forgetting": "FORGET",
+                 "reward_accuracy": "ACCURACY"}
+
+
+def _comparison_row(r: dict[str, Any], pruning: bool = False, by: bool = False) -> list[str]:
     from daemon.core.sweep import compact
     probes = "-" if r["probes_learned"] is None else f"{r['probes_learned']}/{r['probes_total']}"
     opts = " ".join(f"{k}={compact(v) if isinstance(v, (int, float)) else v}"
                     for k, v in r["options_that_differ"].items())
     rank = f"{r['rank']}{' ★' if r['rank'] == 1 else ''}" if r["rank"] else "-"
-    return [rank, r["run_id"], r["state"], fmt_loss(r["eval_loss"]), fmt_loss(r["final_loss"]), probes,
+    value = r.get("metric_value")
+    shown = fmt_forgetting(value) if r["ranked_by"] == "forgetting" else f"{value:.3f}" if value is not None else ""
+    score = [shown or "-"] if by else []
+    return [rank, r["run_id"], r["state"], *score, fmt_loss(r["eval_loss"]), fmt_loss(r["final_loss"]), probes,
             fmt_rate(r["tokens_per_s"]), fmt_duration(r["seconds"]), *([rung_cell(r["rungs"])] if pruning else []), opts]
 
 

@@ -168,9 +168,10 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
     if isinstance(opts.values.get("loss_type"), (list, dict)) and by_loss:
         raise OptionsError(f"{where}{by_loss}, and the loss types of this sweep measure their loss on different "
                            f"scales (ipo's is not sigmoid's): the best would be the one whose loss reads smallest. "
-                           f'Fix: sweep loss_type on its own as a grid (select_metric = "exact", "similarity" or '
-                           f'"rougeL" with an eval file, NAME.eval.jsonl, if select = "best"), and compare the runs '
-                           f"(overnight compare GROUP).")
+                           f'Fix: rank them by select_metric = "reward_accuracy" (the share of eval pairs whose '
+                           f'chosen answer each prefers; eval_fraction > 0), or by "exact", "similarity" or "rougeL" '
+                           f"with an eval file (NAME.eval.jsonl); ASHA and a search compare eval losses, so sweep "
+                           f"loss_type as a grid.")
     if "prune" in set_here and opts.values.get("prune") == asha.PRUNE_ASHA and run_count(opts) < 2 \
             and not search.searching(opts.values):
         raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
@@ -299,7 +300,8 @@ def best(runs: Iterable[R], learned: Callable[[R], int | None] | None = None, by
 
 
 METRIC_LABEL = {"eval_loss": "eval loss", "loss": "final loss", "exact": "eval exact match",
-                "similarity": "eval similarity", "rougeL": "eval ROUGE-L", "forgetting": "forgetting score"}
+                "similarity": "eval similarity", "rougeL": "eval ROUGE-L", "forgetting": "forgetting score",
+                "reward_accuracy": "eval reward accuracy"}
 
 
 # --------------------------------------------------------------------------------------------- select = "best"
@@ -387,6 +389,8 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
                      "options_that_differ": {k: i["options"].get(k) for k in differ},
                      "group": r.get("group_id"), "base_model": r.get("base_model"), "step": r.get("step"),
                      "ranked_by": metric,
+                     # the number it was ranked by, when that is a report's (the losses have their columns)
+                     "metric_value": _value(r, metric) if metric and metric not in LOSS_METRICS else None,
                      "rungs": [{"rung": g["rung"] + 1, "step": g["step"], "metric": g["metric"],
                                 "decision": g["decision"]} for g in (rungs or {}).get(r["id"], [])]})
     return rows

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 from daemon.core import auto, datasets, evalfile, sweep
 from daemon.core.errors import SubmissionError
+from daemon.core.evalreport import REWARD_ACCURACY
 from daemon.core.fsutil import file_version, ignored, model_name
 from daemon.engine.lineage import check_parent
 from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
@@ -138,12 +139,29 @@ def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | No
         raise SubmissionError(f"{sidecar.name}: loss_type is DPO's loss, but {dataset.name} trains with objective "
                               f"{objective} ({why}). Fix: remove loss_type from {sidecar.name}, or drop preference "
                               f"pairs for DPO.")
+    if opts.values.get("select_metric") == REWARD_ACCURACY:
+        _check_reward_accuracy(opts, objective, why, dataset, sidecar, home_toml)
     small = [b for b in _listed(opts.values["batch_size"]) if isinstance(b, int) and b < 2]
     if objective == "kto" and small:
         where = sidecar if opts.sources.get("batch_size") == "sidecar" and sidecar else home_toml
         raise SubmissionError(f"{where.name}: batch_size = {small[0]}: KTO measures its baseline on the other answers "
                               f"of a batch, so a batch needs at least 2. Fix: set batch_size = 2 or more in "
                               f"{where.name} (grad_accum keeps the effective batch).")
+
+
+def _check_reward_accuracy(opts: Resolved, objective: str, why: str, dataset: Path, sidecar: Path | None,
+                           home_toml: Path) -> None:
+    """Ranking by reward accuracy needs DPO (its eval measures it) and an eval split of pairs to measure it on:
+    without them the ranking would fall back to the loss unsaid."""
+    where = (sidecar if opts.sources.get("select_metric") == "sidecar" and sidecar else home_toml).name
+    said = f'select_metric = "{REWARD_ACCURACY}" (set in {where}) ranks by the share of eval pairs whose chosen answer'
+    if objective != "dpo":
+        raise SubmissionError(f"{dataset.name}: {said} a DPO run prefers, and {dataset.name} trains with objective "
+                              f"{objective} ({why}). Fix: rank by another select_metric (eval_loss, or exact, "
+                              f"similarity, rougeL with an eval file).")
+    if not any(isinstance(f, (int, float)) and f > 0 for f in _listed(opts.values["eval_fraction"])):
+        raise SubmissionError(f"{dataset.name}: {said} the run prefers, and eval_fraction = 0 holds no pairs out to "
+                              f"measure it on. Fix: set eval_fraction = 0.1 (or more) in {where}.")
 
 
 def _listed(value: object) -> list:

@@ -16,6 +16,7 @@ A report that fails is one console line: the run completed, its adapter is saved
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from daemon.core.atomic import read_json, write_json
 from daemon.core.evalfile import load_eval_file, owner_eval_file
 from daemon.core.evolution import answer_of, is_exact, similarity
 from daemon.core.render import fmt_forgetting
+from daemon.core.rundir import read_jsonl
 from daemon.core.probes import MAX_PROBES
 from daemon.trainer.snapshots import EncodedProbe, encode_probe, fit_to_length, generate_answers
 
@@ -57,6 +59,8 @@ def _line(report: dict[str, Any]) -> str:
     f = report["forgetting"]
     score = f"{fmt_forgetting(f['score'])} vs the {f['before']}" if f.get("score") is not None else "n/a"
     lost = f"; lost since the parent: {len(report['lost'])}" if report.get("parent") else ""
+    accuracy = (report.get("preference") or {}).get("reward_accuracy")
+    ev += f"; eval reward accuracy {accuracy:.2f}" if accuracy is not None else ""
     alarm = f"; REGRESSED: {'; '.join(report['why'])}" if report["regressed"] else ""
     return f"eval report: {ev}; forgetting {score}{lost}; {report['seconds']:.1f} s{alarm}"
 
@@ -88,8 +92,23 @@ def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
                 "probes": _answer(model, tokenizer, asked_probes, stops, opts.probe_max_new_tokens) if who != "base"
                 else [],
                 "loss": _sample_loss(model, blocks, tokenizer)}
-    return _assemble(cfg, records, inherited, answers, eval_path, sample_path, sum(len(b) for b in blocks),
-                     data_probes=built.data.probes)
+    report = _assemble(cfg, records, inherited, answers, eval_path, sample_path, sum(len(b) for b in blocks),
+                       data_probes=built.data.probes)
+    accuracy = reward_accuracy(cfg.paths.metrics, s.result.eval_loss)
+    if accuracy is not None:
+        report["preference"] = {"reward_accuracy": accuracy}
+    return report
+
+
+def reward_accuracy(metrics: Path, eval_loss: float | None) -> float | None:
+    """A DPO run's eval reward accuracy (the share of eval pairs whose chosen answer it rewards above the rejected,
+    TRL's eval_rewards/accuracies) at the eval the adapter's eval loss comes from: the last one, or the best
+    checkpoint's after early stopping. None without an eval of pairs."""
+    evals = [r for r in read_jsonl(metrics) if r.get("eval_rewards/accuracies") is not None]
+    held = [r for r in evals if eval_loss is not None and r.get("eval_loss") is not None
+            and math.isclose(r["eval_loss"], eval_loss, rel_tol=1e-5)]
+    chosen = (held or evals)[-1:]
+    return round(float(chosen[0]["eval_rewards/accuracies"]), 6) if chosen else None
 
 
 def _as_asked(probes: list[dict[str, Any]], prompt_chat: bool) -> list[dict[str, Any]]:
