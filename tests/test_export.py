@@ -132,3 +132,33 @@ def test_the_adapters_own_card_loads_it(trained: tuple[Path, dict[str, Any]]) ->
     _run_card_snippet(adapter / "README.md", "PATH/TO/adapter", adapter, home)
     # the tiny model has a chat template, so these prompt/completion records trained as chat: no raw-prompt note
     assert "Trained on raw prompts" not in (adapter / "README.md").read_text()
+
+
+def test_an_export_that_cannot_be_written_leaves_nothing_at_out_and_says_why(trained: tuple[Path, dict[str, Any]],
+                                                                           tmp_path: Path) -> None:
+    """A full disk halfway through the copy: one error line with the fix, no half-written adapter at OUT (a second
+    try is not refused as "not empty"), and a folder of the user's beside OUT is left as it was."""
+    import subprocess
+    from tests.conftest import unavailable
+    home, run = trained
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True).returncode:
+        unavailable("cannot mount a tmpfs here (needs root): the only real full-disk export test")
+    try:
+        (small / ".out.partial").mkdir()
+        (small / ".out.partial" / "notes.txt").write_text("mine")
+        res = overnight("export", run["id"], str(small / "out"), home=home)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"cannot write the adapter to {small / 'out'}: [Errno 28] No space left on device" in res.stderr
+        assert "Fix: free disk space" in res.stderr
+        assert sorted(p.name for p in small.iterdir()) == [".out.partial"]
+        assert (small / ".out.partial" / "notes.txt").read_text() == "mine"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+    (tmp_path / "afile").write_text("x")
+    for merge in ((), ("--merge",)):
+        res = overnight("export", run["id"], str(tmp_path / "afile" / "out"), *merge, home=home)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"{tmp_path / 'afile'} is a file, not a folder. Fix: choose another folder." in res.stderr

@@ -1,10 +1,13 @@
 """`overnight export`: hand an adapter (or a merged model) to whatever serves models elsewhere."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder
@@ -31,11 +34,15 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
         raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
                           f"overwritten).")
     _outside_working_folders(out, home)
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # said before a merge loads its model
+        raise ExportError(f"{out} cannot be made: {blocked} is a file, not a folder. Fix: choose another folder.")
     options = RunConfig.read(folder.root).options
     spec = options.get("base_model") or base_model
     if not merge:
-        shutil.copytree(adapter, out, dirs_exist_ok=True)
-        _point_at_base(out, spec, home, run_dir)
+        with _written_aside(out, "the adapter") as partial:
+            shutil.copytree(adapter, partial, dirs_exist_ok=True)
+            _point_at_base(partial, spec, home, run_dir)
         return None
     if not isinstance(spec, str) or not spec:
         raise ExportError(f"{folder.config} names no base model. Fix: export without --merge (the adapter "
@@ -43,6 +50,31 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     source = _resolve(spec, home, run_dir)
     trusted = options.get("trust_remote_code") is True
     return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
+
+
+@contextlib.contextmanager
+def _written_aside(out: Path, what: str) -> Iterator[Path]:
+    """A folder of this export's own beside OUT to write into, renamed to OUT once complete: a half-written export
+    never sits at OUT, and a failed one leaves nothing (only the folder made here is removed)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        partial.chmod(0o777 & ~mask)  # as a folder made by mkdir: mkdtemp's is private
+    except OSError as e:
+        raise ExportError(f"cannot make the folder {out}: {_first_line(e)}. Fix: choose a folder whose parents are "
+                          f"folders you can write to.") from None
+    try:
+        yield partial
+        if out.exists():
+            out.rmdir()  # checked empty before
+        partial.rename(out)
+    except (OSError, shutil.Error) as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        why = e.args[0][0][2] if isinstance(e, shutil.Error) and e.args and e.args[0] else _first_line(e)
+        raise ExportError(f"cannot write {what} to {out}: {why}. Fix: free disk space, or choose another "
+                          f"folder.") from None
 
 
 def _outside_working_folders(out: Path, home: Path) -> None:
@@ -139,23 +171,13 @@ def _merge(source: str, adapter: Path, out: Path, trust_remote_code: bool, quant
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"cannot apply the adapter {adapter} to {source}: {_first_line(e)}. Fix: merge onto the base "
                           f"model the run trained on (its config.json names it).") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
     if (adapter / "generation_config.json").is_file():
         from transformers import GenerationConfig
         merged.generation_config = GenerationConfig.from_pretrained(adapter)
-    try:
+    with _written_aside(out, "the merged model (as large as its base)") as partial:
         merged.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         (partial / "README.md").write_text(merged_card(adapter, source), encoding="utf-8")
-    except OSError as e:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ExportError(f"cannot write the merged model next to {out}: {_first_line(e)}. Fix: free disk space (a "
-                          f"merged model is as large as its base) or choose another folder.") from None
-    if out.exists():
-        out.rmdir()  # checked empty above
-    partial.rename(out)  # a half-written merge never sits at OUT
     if quantization in ("4bit", "8bit"):  # QLoRA: the adapter goes onto the full-precision weights it approximated
         return f"merged into the unquantised base ({dtype_name}); the run trained on a {quantization[0]}-bit base"
     return f"merged into the base ({dtype_name})"
