@@ -118,6 +118,20 @@ def test_a_home_that_is_not_there_is_refused_not_shown_empty(tmp_path: Path) -> 
     assert not typo.exists()
 
 
+def test_a_refused_command_leaves_a_folder_that_is_no_home_as_it_was(tmp_path: Path) -> None:
+    """A command refused before anything is written (no such run, no such model version) does not make a home of
+    the folder it ran in; one that is written does (its file waits in control/ for a daemon)."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for args in (["delete", "support", "3"], ["activate", "support", "1"], ["pause", "support"],
+                 ["stop", "support"], ["priority", "support", "5"], ["resume", "support"]):
+        res = overnight(*args, home=folder)
+        assert res.returncode == 1 and "Error: no " in res.stderr, (args, res.stderr)
+        assert list(folder.iterdir()) == [], args
+    overnight("pause", "--wait", "0", home=folder, check=True)
+    assert [p.name.split(".")[0] for p in (folder / "control").iterdir() if p.is_file()] == ["pause"]
+
+
 def test_check_of_a_file_that_is_not_there_says_the_fix(tmp_path: Path) -> None:
     res = overnight("check", str(tmp_path / "missing.jsonl"))
     assert res.returncode == 1 and "missing.jsonl: no such file. Fix: check the path" in res.stdout, res.stdout

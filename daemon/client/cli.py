@@ -250,6 +250,8 @@ def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     can trust the exit code."""
     from daemon.core import control
     _parse(kind, content)
+    with _clean_errors(HomeDamaged):
+        h.create()  # only now: a command refused above leaves a folder that is no home as it was
     ticket = control.send(h, kind, content)
     click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):
@@ -273,7 +275,7 @@ def _steer(kind: str, doc: str):
     @click.argument("run", required=False)
     @wait_option
     def _cmd(home: str | None, run: str | None, wait: float) -> None:
-        h = _home(home)
+        h = _existing(home)
         if kind == "stop" and not run:
             _stop_all(h, wait)
         else:
@@ -303,7 +305,7 @@ _steer("skip", "Checkpoint RUN (or the one running job), mark it skipped, and go
 @wait_option
 def resume(home: str | None, run: str | None, wait: float) -> None:
     """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
-    h = _home(home)
+    h = _existing(home)
     _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
 
 
@@ -314,7 +316,7 @@ def resume(home: str | None, run: str | None, wait: float) -> None:
 @wait_option
 def priority(home: str | None, run: str, value: int, wait: float) -> None:
     """Set a run's priority (higher first); a queued run above the running one preempts it."""
-    h = _home(home)
+    h = _existing(home)
     _send(h, "priority", f"{_find_run(h, run)['id']} {value}", wait)
 
 
@@ -335,7 +337,7 @@ def models(home: str | None, as_json: bool) -> None:
 @wait_option
 def activate(home: str | None, name: str, version: int, wait: float) -> None:
     """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
-    h = _home(home)
+    h = _existing(home)
     _send(h, "activate", _model_version(h, "activate", name, version), wait)
 
 
@@ -346,7 +348,7 @@ def activate(home: str | None, name: str, version: int, wait: float) -> None:
 @wait_option
 def delete(home: str | None, name: str, version: int, wait: float) -> None:
     """Move a model version's adapter into trash/ (nothing is erased)."""
-    h = _home(home)
+    h = _existing(home)
     _send(h, "delete", _model_version(h, "delete", name, version), wait)
 
 
