@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -142,6 +144,45 @@ def test_chat_streams_the_answer_ask_gives(two_versions: Path) -> None:
     turns = out.stdout.split("rev:2> ")
     assert len(turns) == 3  # two questions, two answers, then /exit
     assert turns[1].split("\n", 1)[0].strip() == asked
+
+
+def test_ctrl_c_in_chat_stops_the_answer_and_the_chat_goes_on(two_versions: Path) -> None:
+    """Ctrl-C while an answer streams stops that answer (the generation thread ends with it), the next question is
+    answered, and Ctrl-D ends the chat cleanly: no abort of the process."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "chat", "rev:2", "--base", "--max-new-tokens", "100000",
+                             "--home", str(two_versions)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def read_until(done: Callable[[str], bool], timeout: float = 120) -> str:
+        seen, end = b"", time.monotonic() + timeout
+        while not done(seen.decode(errors="replace")) and time.monotonic() < end:
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                seen += os.read(proc.stdout.fileno(), 65536)
+        return seen.decode(errors="replace")
+
+    try:
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        streaming = read_until(lambda s: len(s.partition("base> ")[2]) > 10)  # the answer is coming
+        proc.send_signal(signal.SIGINT)
+        stopped = read_until(lambda s: "you> " in s)
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        again = read_until(lambda s: "base> " in s)
+        proc.send_signal(signal.SIGINT)
+        read_until(lambda s: "you> " in s)
+        proc.stdin.close()
+        assert proc.wait(120) == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    finally:
+        proc.kill()
+    assert "base> " in streaming and "[stopped]" in stopped and "base> " in again
+    assert b"terminate called" not in (proc.stderr.read() if proc.stderr else b"")
 
 
 def test_compare_answers_scores_each_version_on_the_runs_probes(two_versions: Path, tmp_path: Path) -> None:

@@ -47,8 +47,8 @@ def chat(home: Path, ref: str, base: bool, read: Callable[[str], str], write: Ca
     """A terminal conversation with one version (or, with `base`, its base model through its template).
 
     Each answer streams as it is generated. A run trained on conversations keeps the whole exchange as context
-    (`/reset` forgets it); a run trained on raw prompts is asked each line alone, as it was trained. EOF or `/exit`
-    ends it."""
+    (`/reset` forgets it); a run trained on raw prompts is asked each line alone, as it was trained. Ctrl-C stops
+    an answer; EOF, Ctrl-C at the prompt or `/exit` ends it."""
     from daemon.trainer.answers import BASE, Answerer, pick_device, targets
 
     chosen = targets(home, [ref], base)
@@ -60,7 +60,7 @@ def chat(home: Path, ref: str, base: bool, read: Callable[[str], str], write: Ca
     voice = next(v for v in answerer.voices if v.target.label == label)
     mode = ("a conversation: each answer is kept as context (/reset forgets it)" if voice.chat else
             "raw prompts, each line asked alone (the run trained on prompts, not conversations)")
-    write(f"chatting with {shown} on {where} ({why}); {mode}. /exit or Ctrl-D ends.\n")
+    write(f"chatting with {shown} on {where} ({why}); {mode}. Ctrl-C stops an answer; /exit or Ctrl-D ends.\n")
     history: list[dict[str, Any]] = []
     while True:
         try:
@@ -80,9 +80,12 @@ def chat(home: Path, ref: str, base: bool, read: Callable[[str], str], write: Ca
         question: str | list[dict[str, Any]] = [*history, {"role": "user", "content": line}] if voice.chat else line
         write(f"{label}> ")
         pieces = []
-        for piece in answerer.stream(label, question, max_new_tokens):
-            pieces.append(piece)
-            write(piece)
+        try:
+            for piece in answerer.stream(label, question, max_new_tokens):
+                pieces.append(piece)
+                write(piece)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer (kept as far as it went); Ctrl-D ends the chat
+            write(" [stopped]")
         write("\n")
         if voice.chat:
             history = [*question, {"role": "assistant", "content": "".join(pieces).strip()}]  # type: ignore[misc]

@@ -297,9 +297,16 @@ class Answerer:
 
     def stream(self, label: str, question: str | list[dict[str, Any]],
                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[str]:
-        """One target's greedy answer, piece by piece as tokens are generated (transformers' streamer)."""
+        """One target's greedy answer, piece by piece as tokens are generated (transformers' streamer). Leaving the
+        loop early (Ctrl-C in a chat) stops the generation at its next token and waits for it."""
         import torch
-        from transformers import GenerationConfig, TextIteratorStreamer
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        halt = threading.Event()
+
+        class Halted(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool, device=input_ids.device)
 
         voice = next(v for v in self.voices if v.target.label == label)
         enc = self.encoded(voice, question)
@@ -315,15 +322,19 @@ class Answerer:
             try:
                 with self._speaking(voice):
                     voice.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         generation_config=config, streamer=streamer)
+                                         generation_config=config, streamer=streamer,
+                                         stopping_criteria=StoppingCriteriaList([Halted()]))
             except BaseException as e:  # noqa: BLE001 - handed to the reader below
                 failed.append(e)
                 streamer.end()
 
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:  # a reader that stopped early (Ctrl-C): the generation ends at its next token
+            halt.set()
+            worker.join()
         if failed:
             raise failed[0]
 
