@@ -44,6 +44,18 @@ def test_check_says_what_a_search_draws_from(tmp_path):
            "[4, 8])" in out, out
 
 
+@pytest.mark.parametrize("drawn, longest", [("{low = 32, high = 64}", None), ("{choices = [32, 4096]}", 4096),
+                                             ("{low = 32, high = 3000}", 3000)])
+def test_a_search_over_max_length_is_checked_against_the_context_at_its_longest(home, tiny_model, drawn, longest):
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home / "x.toml").write_text(f'search = "random"\ntrials = 2\nmax_steps = 2\nmax_length = {drawn}\n')
+    (home / "x.jsonl").write_text(PROMPTS)
+    res = overnight("check", str(home / "x.jsonl"), home=home)
+    assert "Traceback" not in res.stderr and res.returncode == (1 if longest else 0), res.stdout + res.stderr
+    if longest:
+        assert f"max_length = {longest} is longer than the context of {tiny_model}" in res.stdout, res.stdout
+
+
 def test_an_asked_trial_no_run_claimed_is_drawn_by_the_next_run_not_asked_again(tmp_path):
     """The daemon stopped between Optuna's ask and the claim: the next trial to start takes that trial."""
     folder = tmp_path / "runs" / "x-t1-20261206-101010"

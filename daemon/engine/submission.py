@@ -164,6 +164,13 @@ def _check_reward_accuracy(opts: Resolved, objective: str, why: str, dataset: Pa
                               f"measure it on. Fix: set eval_fraction = 0.1 (or more) in {where}.")
 
 
+def _largest(value: Any) -> Any:
+    """The largest value an option takes: a sweep's list, a search's choices or the top of its range."""
+    if isinstance(value, dict):
+        return max(value["choices"]) if "choices" in value else value["high"]
+    return max(value) if isinstance(value, list) else value
+
+
 def _listed(value: object) -> list:
     """An option's values: a sweep's list, a search's choices or its range's low end, else the one value."""
     if isinstance(value, dict):
@@ -409,8 +416,7 @@ def _example(leaves: list[str]) -> tuple[str, str]:
 def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
     """An explicit max_length within the model's context (a default one adapts: context_note)."""
     context = model_context(model_folder(spec, home_toml.parent))
-    max_length = opts.values["max_length"]
-    max_length = max(max_length) if isinstance(max_length, list) else max_length  # a sweep: its longest
+    max_length = _largest(opts.values["max_length"])  # a sweep or a search: its longest
     if context is not None and max_length > context and opts.sources.get("max_length") != "default":
         where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
         raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "
