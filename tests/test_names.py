@@ -21,6 +21,7 @@ from daemon.engine.lineage import resolve_parent
 from daemon.core.options import OptionsError, load_sidecar
 from daemon.client.service import unit_name
 from daemon.engine.store import Store
+from daemon.core.errors import SubmissionError
 from daemon.engine.submission import validate
 
 NFD = unicodedata.normalize("NFD", "modèle-ß")  # 'e' + U+0300, as a Mac keyboard writes it
@@ -112,6 +113,23 @@ def test_a_unicode_name_and_model_keep_their_letters_in_the_run_ids_of_a_sweep(h
         assert {r["name"] for r in store.runs_in(["queued"])} == {"modèle-ß"}
     finally:
         store.close()
+
+
+def test_two_models_whose_folders_share_a_name_get_two_runs(home: Home) -> None:
+    """Two checkouts of one model (/a/tiny, /b/tiny) tag their runs alike: the second run's id gets its own -2
+    instead of the drop being rejected; one model listed twice is refused with the fix."""
+    (home.root / "data.jsonl").write_text('{"text": "x"}\n{"text": "y"}\n')
+    (home.root / "data.toml").write_text('base_model = ["/a/tiny", "/b/tiny"]\n')
+    sub = validate(home.root / "data.jsonl", home.root / "data.toml", None, home.toml, require_model=False)
+    store = Store(home.db)
+    try:
+        first, second = Intake(home, store).accept(sub)
+    finally:
+        store.close()
+    assert second == f"{first}-2" and (home.runs / first).is_dir() and (home.runs / second).is_dir()
+    (home.root / "data.toml").write_text('base_model = ["/a/tiny", "/a/tiny"]\n')
+    with pytest.raises(SubmissionError, match='lists "/a/tiny" twice. Fix: list each value once'):
+        validate(home.root / "data.jsonl", home.root / "data.toml", None, home.toml, require_model=False)
 
 
 def test_a_model_tag_is_composed_and_keeps_letters() -> None:

@@ -574,6 +574,10 @@ def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
         check_range(source, key, value, check_value)
     else:
         check_value(source, key, value)
+        twice = [v for i, v in enumerate(value) if v in value[:i]] if isinstance(value, list) else []
+        if twice:  # base_model's list: one run per model
+            raise OptionsError(f"{source}: option '{key}' = {value!r} lists {_toml(twice[0])} twice. "
+                               f"Fix: list each value once.")
 
 
 def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool, item_check: bool = True) -> None:

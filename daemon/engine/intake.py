@@ -356,7 +356,7 @@ class Intake:
         try:
             for i, point in enumerate(points):
                 rid = search.trial_run_id(group_id, name, i + 1) if drawn else self.new_run_id(
-                    name + sweep.run_suffix(point, several_models), stamp, {group_id} if group_id else None)
+                    name + sweep.run_suffix(point, several_models), stamp, {group_id, *run_ids} - {None})
                 staged.append(RunFolder(self.home.runs / f".{rid}.partial"))
                 staged[-1].dataset.mkdir(parents=True)
                 run_ids.append(rid)
