@@ -84,6 +84,12 @@ def test_an_exact_id_wins_over_the_runs_it_is_a_prefix_of(home: Path) -> None:
     assert res.stdout == "log of chat-20260101-000000\n"
 
 
+def test_a_runs_exact_name_wins_over_the_ids_it_is_a_prefix_of(home: Path) -> None:
+    _run(home, "big-20260101-000000", "big")
+    _run(home, "big2-20260102-000000", "big2")
+    assert overnight("logs", "big", home=home, check=True).stdout == "log of big-20260101-000000\n"
+
+
 def test_a_steering_command_with_an_ambiguous_run_writes_nothing(home: Path) -> None:
     _run(home, "a-20260101-000000", "a", state="queued")
     _run(home, "a-20260102-000000", "a", state="queued")

@@ -98,15 +98,17 @@ class Reader:
         return [r["group_id"] for r in rows]
 
     def named_run(self, ref: str) -> dict[str, Any]:
-        """The run `ref` names (the CLI's RUN): its exact id, else the one run whose id starts with `ref` or whose
-        name is `ref`. Several such runs are refused with their ids (RefError): picking the newest would act on a run
-        the user did not mean."""
+        """The run `ref` names (the CLI's RUN): its exact id, else the one run whose name is `ref`, else the one whose
+        id starts with `ref`. Several such runs are refused with their ids (RefError): picking the newest would act
+        on a run the user did not mean."""
         ref = unicodedata.normalize("NFC", ref)  # NFC, as ids and names are stored
         run = self.run(ref)
         if run is not None:
             return run
-        rows = self._all("SELECT id, state FROM runs WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY seq DESC",
+        rows = self._all("SELECT id, state, name FROM runs WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY seq DESC",
                          (len(ref), ref, ref))
+        named = [r for r in rows if r["name"] == ref]
+        rows = named or rows  # a run's exact name outranks ids that merely start with it (big vs big2-…)
         if not rows:
             raise RefError(f"no run matches {ref!r} (see overnight runs)")
         if len(rows) > 1:
