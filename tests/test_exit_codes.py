@@ -90,6 +90,33 @@ def test_a_runs_exact_name_wins_over_the_ids_it_is_a_prefix_of(home: Path) -> No
     assert overnight("logs", "big", home=home, check=True).stdout == "log of big-20260101-000000\n"
 
 
+def test_priority_of_a_sweep_sets_every_queued_run_of_it(home: Path) -> None:
+    """A sweep's group id, or the name its queued runs share, re-orders all of them (as the dashboard's +/- and a
+    control/priority line naming it do); a name still waiting in the inbox is kept for its run."""
+    from tests.test_active_version import _apply_control
+    store = Store(home / "overnight.db")
+    try:
+        for i in (1, 2):
+            rid = f"sw-lr{i}-20260101-000000"
+            (home / "runs" / rid).mkdir(parents=True)
+            store.insert_run({"id": rid, "name": "sw", "dataset": "sw.jsonl", "state": "queued", "priority": 0,
+                              "seq": store.next_seq(), "run_dir": str(home / "runs" / rid), "base_model": "tiny",
+                              "group_id": "sw-20260101-000000"})
+    finally:
+        store.close()
+
+    def priorities() -> list[int]:
+        return [r["priority"] for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)]
+
+    for ref, value in (("sw-20260101-000000", 5), ("sw", -2)):
+        overnight("priority", ref, str(value), "--wait", "0", home=home, check=True)
+        _apply_control(home)
+        assert priorities() == [value, value], ref
+    (home / "inbox" / "later.jsonl").write_text('{"text": "x"}\n')
+    overnight("priority", "later", "9", "--wait", "0", home=home, check=True)
+    assert [p.read_text() for p in (home / "control").glob("priority.*")] == ["later 9\n"]
+
+
 def test_a_steering_command_with_an_ambiguous_run_writes_nothing(home: Path) -> None:
     _run(home, "a-20260101-000000", "a", state="queued")
     _run(home, "a-20260102-000000", "a", state="queued")
