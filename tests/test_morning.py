@@ -239,6 +239,28 @@ def test_a_broken_overnight_toml_is_said_with_no_daemon_running(tmp_path: Path) 
     assert json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["held"].startswith(str(home.toml))
 
 
+def test_a_run_its_trainer_paused_for_disk_space_says_why_in_status_and_to_resume(tmp_path: Path) -> None:
+    """min_free_gb pauses a run before a checkpoint it has no room for: status and runs say why (not just
+    "paused"), and a resume, which cannot lift it, answers with that reason and its fix."""
+    from tests.test_active_version import _apply_control
+    home = Home.resolve(tmp_path / "home", create=True)
+    why = ("disk_low: only 1.20 GB free on the disk of /h/runs/x, and a checkpoint needs 5.00 GB (min_free_gb = 5 in "
+           "overnight.toml, or twice the last checkpoint). Fix: free space there, or lower min_free_gb; the run goes "
+           "on by itself")
+    store = Store(home.db)
+    try:
+        _insert(store, home, QUEUED, 1, "paused", reason=why)
+    finally:
+        store.close()
+    for command in ("status", "runs"):
+        out = overnight(command, home=home.root, check=True).stdout
+        assert f"{QUEUED} paused by its trainer: {why}" in out.splitlines(), out
+    overnight("resume", QUEUED, "--wait", "0", home=home.root, check=True)
+    _apply_control(home.root)
+    events = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["control_events"]
+    assert any("nothing to lift; its trainer paused it: disk_low: only 1.20 GB" in e["message"] for e in events), events
+
+
 def test_a_pause_of_every_run_is_said_with_how_to_lift_it(tmp_path: Path) -> None:
     """`overnight pause` alone holds every run, the next ones too: status says so even with nothing running."""
     home = Home.resolve(tmp_path / "home", create=True)

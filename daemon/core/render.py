@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from daemon.core import asha, control
+from daemon.core.morning import first_line
 from daemon.core.states import ACTIVE, ENDED, State
 
 
@@ -129,7 +130,7 @@ def _reason(r: dict[str, Any]) -> str:
     waiting = r["state"] == State.QUEUED and str(r.get("reason") or "").startswith(asha.WAITS)  # an ASHA trial
     if not (r["state"] in _WITH_REASON or waiting) or not r.get("reason"):
         return ""
-    first = next((line.strip() for line in str(r["reason"]).splitlines() if line.strip()), "")
+    first = first_line(str(r["reason"]))
     # a path's folders fill the cell before the cause shows: its file name says which file (the whole is in --json)
     return cut(_PATH.sub(r"\1", first), REASON_CELLS)
 
@@ -167,6 +168,8 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
         lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
     lines += [f"{r['id']} held by control/pause (overnight resume {r['id']} lets it start)" for r in runs
               if control.passed_by(r["state"], r["id"], r.get("started"), paused) and not held]
+    lines += [f"{r['id']} paused by its trainer: {first_line(r['reason'])}" for r in runs
+              if r["state"] == State.PAUSED and r.get("reason")]  # a full disk: it goes on by itself once freed
     return "\n".join(lines)
 
 

@@ -297,7 +297,9 @@ class Controller:
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
             if run["state"] == State.PAUSED:
-                self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift", run["id"])
+                why = f"; its trainer paused it: {run['reason']}" if run.get("reason") else ""
+                self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift{why}",
+                             run["id"])
             else:
                 if run["state"] == State.PRUNED:
                     pruning.resumed(self.store, run["id"])  # trains to the end, past the rung it was pruned at
