@@ -41,6 +41,10 @@ def _named_cases(tmp_path: Path) -> dict[str, dict[str, bytes]]:
                                        b'{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n'},
         "pairsft": {"pairsft.jsonl": b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n',
                     "pairsft.toml": b'objective = "sft"\n'},
+        # ranked by an eval report's score with no eval file to score: refused, not ranked by the loss unsaid
+        "scored": {"scored.jsonl": QA.encode() * 5, "scored.toml": b'select_metric = "exact"\n'},
+        "scoredok": {"scoredok.jsonl": QA.encode() * 5, "scoredok.toml": b'select_metric = "exact"\n',
+                     "scoredok.eval.jsonl": b'{"prompt": "2+2=", "reference": "4"}\n'},
     }
 
 
@@ -112,7 +116,8 @@ def test_the_reviewers_cases_say_what_is_wrong_and_the_fix(home: Path, tiny_mode
         for name, data in files.items():
             (tmp_path / name).write_bytes(data)
     out = {n: overnight("check", str(tmp_path / n), home=home) for n in
-           ("many.toml", "context.toml", "same.csv", "weightless.jsonl", "cut.jsonl", "cutok.jsonl")}
+           ("many.toml", "context.toml", "same.csv", "weightless.jsonl", "cut.jsonl", "cutok.jsonl", "scored.jsonl",
+            "scoredok.jsonl")}
     many = out["many.toml"].stdout
     assert "unknown option 'lora_rank'" in many and "'learning_rate' = -1" in many and "'max_length' = 'a'" in many
     assert many.count("Fix:") == 3
@@ -123,4 +128,7 @@ def test_the_reviewers_cases_say_what_is_wrong_and_the_fix(home: Path, tiny_mode
     assert "3 of 4 records would be dropped" in cut and "Fix: raise max_length (the longest record has " in cut
     assert "or set allow_truncation = true" in cut and out["cut.jsonl"].returncode == 1
     assert out["cutok.jsonl"].returncode == 0, out["cutok.jsonl"].stdout
-    assert all(o.returncode == 1 for n, o in out.items() if n != "cutok.jsonl")
+    assert 'select_metric = "exact" (set in scored.toml) ranks by the eval report\'s scores on an eval file, and ' \
+           "none applies (no scored.eval.jsonl beside the dataset" in out["scored.jsonl"].stdout
+    assert out["scoredok.jsonl"].returncode == 0, out["scoredok.jsonl"].stdout
+    assert all(o.returncode == 1 for n, o in out.items() if n not in ("cutok.jsonl", "scoredok.jsonl"))

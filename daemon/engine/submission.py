@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from daemon.core import auto, datasets, evalfile, sweep
+from daemon.core import auto, datasets, evalfile, evalreport, sweep
 from daemon.core.errors import SubmissionError
-from daemon.core.evalreport import REWARD_ACCURACY
 from daemon.core.fsutil import file_version, ignored, model_name
 from daemon.engine.lineage import check_parent
 from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
@@ -66,6 +65,7 @@ def validate(dataset: Path, sidecar: Path | None, probes: Path | None, home_toml
     check_objective(opts, kind, dataset, sidecar, home_toml)
     sub = Submission(dataset, sidecar, probes, report, opts, probe_count, eval_file=eval_file,
                      eval_count=check_eval_files(eval_file, opts, home_toml))
+    _check_scored_by_eval_file(sub, home_toml)
     if require_model:
         finish(sub, home_toml, require_model=True, show=show)
     return sub
@@ -139,7 +139,7 @@ def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | No
         raise SubmissionError(f"{sidecar.name}: loss_type is DPO's loss, but {dataset.name} trains with objective "
                               f"{objective} ({why}). Fix: remove loss_type from {sidecar.name}, or drop preference "
                               f"pairs for DPO.")
-    if opts.values.get("select_metric") == REWARD_ACCURACY:
+    if opts.values.get("select_metric") == evalreport.REWARD_ACCURACY:
         _check_reward_accuracy(opts, objective, why, dataset, sidecar, home_toml)
     small = [b for b in _listed(opts.values["batch_size"]) if isinstance(b, int) and b < 2]
     if objective == "kto" and small:
@@ -149,12 +149,27 @@ def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | No
                               f"{where.name} (grad_accum keeps the effective batch).")
 
 
+def _check_scored_by_eval_file(sub: Submission, home_toml: Path) -> None:
+    """Ranking by an eval report's scores needs an eval file to score (one dropped beside the dataset, the owner's,
+    or a parent's the run inherits): without one the ranking would fall back to the loss unsaid."""
+    metric = sub.options.values.get("select_metric")
+    if metric not in evalreport.SCORES or sub.eval_count is not None or sub.options.values.get("init_adapter"):
+        return
+    where = (sub.sidecar if sub.options.sources.get("select_metric") == "sidecar" and sub.sidecar else home_toml).name
+    beside = f"{stem_of(sub.dataset)}{EVAL_SUFFIX}"
+    raise SubmissionError(f"{sub.dataset.name}: select_metric = \"{metric}\" (set in {where}) ranks by the eval "
+                          f"report's scores on an eval file, and none applies (no {beside} beside the dataset, no "
+                          f"eval_file in overnight.toml). Fix: drop {beside} (JSON lines of prompt and reference) "
+                          f"with the dataset, or rank by eval_loss.")
+
+
 def _check_reward_accuracy(opts: Resolved, objective: str, why: str, dataset: Path, sidecar: Path | None,
                            home_toml: Path) -> None:
     """Ranking by reward accuracy needs DPO (its eval measures it) and an eval split of pairs to measure it on:
     without them the ranking would fall back to the loss unsaid."""
     where = (sidecar if opts.sources.get("select_metric") == "sidecar" and sidecar else home_toml).name
-    said = f'select_metric = "{REWARD_ACCURACY}" (set in {where}) ranks by the share of eval pairs whose chosen answer'
+    said = (f'select_metric = "{evalreport.REWARD_ACCURACY}" (set in {where}) ranks by the share of eval pairs '
+            f'whose chosen answer')
     if objective != "dpo":
         raise SubmissionError(f"{dataset.name}: {said} a DPO run prefers, and {dataset.name} trains with objective "
                               f"{objective} ({why}). Fix: rank by another select_metric (eval_loss, or exact, "
