@@ -120,9 +120,17 @@ def test_b_a_deleted_db_is_rebuilt_by_the_daemon_which_trains_the_queued_run(tra
 
 def test_b2_a_copied_home_trains_and_reads_its_own_runs_not_the_originals(trained: Path, tmp_path: Path) -> None:
     """A home copied (or moved) elsewhere: its daemon trains the queued run in the copy and its models point into
-    the copy; the DB's paths named the original, where the run trained (and a moved home's queue stalled)."""
+    the copy; the DB's paths named the original, where the run trained (and a moved home's queue stalled). Before
+    any daemon starts there, the CLI already reads the copy's own files."""
     home = _copy(trained, tmp_path)
     queued = next(r["id"] for r in _runs(trained) if r["state"] == "queued")
+    done = next(r["id"] for r in _runs(trained) if r["state"] == "completed")
+    (home / "runs" / done / "console.log").write_text("the copy's log\n")
+    assert overnight("logs", done, home=home, check=True).stdout == "the copy's log\n"
+    assert all(r["run_dir"].startswith(str(home)) for r in _runs(home))
+    assert all(m["adapter_path"].startswith(str(home)) for m in _models(home))
+    res = overnight("export", "done", str(tmp_path / "out"), home=home, check=True)
+    assert f"written to {tmp_path / 'out'}" in res.stdout
     res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"this home was moved or copied from {trained}" in (home / "overnight.log").read_text()

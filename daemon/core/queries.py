@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.gpuset import parse_gpu_set
+from daemon.core.rundir import in_this_home, run_dir_here
 from daemon.core.runrecord import Run
 from daemon.core.states import ACTIVE, State, values
 from daemon.core.errors import BrokenDB, RefError
-
-
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet)."""
-    row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
-    return row
 
 
 def _runs_query(states: tuple[str, ...] | None) -> tuple[str, tuple]:
@@ -51,6 +46,13 @@ class Reader:
         if self.conn:
             self.conn.close()
 
+    def _decoded(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet), and
+        `run_dir` in this home when it was moved or copied since (the daemon records that at its next start)."""
+        row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
+        row["run_dir"] = run_dir_here(self.path.parent, row["id"], row.get("run_dir"))
+        return row
+
     def _all(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
         if self.conn is None:
             return []
@@ -65,26 +67,27 @@ class Reader:
 
     def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs: active ones, then queued ones, each by priority and arrival; then finished ones newest first."""
-        return [_decoded(r) for r in self._all(*_runs_query(states))]
+        return [self._decoded(r) for r in self._all(*_runs_query(states))]
 
     def run_records(self, states: tuple[str, ...] | None = None, kind: type[Run] = Run) -> list[Run]:
         """The same runs as `runs`, as `Run`s (or `kind`, a subclass: the dashboard's row)."""
-        return [kind.from_row(r) for r in self._all(*_runs_query(states))]
+        return [kind.from_row(self._decoded(r)) for r in self._all(*_runs_query(states))]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._all("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _decoded(rows[0]) if rows else None
+        return self._decoded(rows[0]) if rows else None
 
     def find_run(self, ref: str) -> dict[str, Any] | None:
         """A run by exact id, else the newest run whose id starts with `ref` or whose name is `ref` (NFC, as ids
         and names are stored: an é typed decomposed finds its run)."""
         ref = unicodedata.normalize("NFC", ref)
-        return self.run(ref) or next(iter(map(_decoded, self._all(
+        return self.run(ref) or next(iter(map(self._decoded, self._all(
             "SELECT * FROM runs WHERE id LIKE ? OR name = ? ORDER BY seq DESC LIMIT 1", (ref + "%", ref)))), None)
 
     def group_runs(self, group_id: str) -> list[dict[str, Any]]:
         """The runs of a sweep (or of a base_model list), in grid order."""
-        return [_decoded(r) for r in self._all("SELECT * FROM runs WHERE group_id = ? ORDER BY seq", (group_id,))]
+        return [self._decoded(r) for r in self._all("SELECT * FROM runs WHERE group_id = ? ORDER BY seq",
+                                                     (group_id,))]
 
     def find_groups(self, ref: str) -> list[str]:
         """Group ids `ref` names: that id exactly, else the groups whose id starts with it or whose runs' name
@@ -169,6 +172,7 @@ class Reader:
         rows = self._all("SELECT * FROM models ORDER BY name, version")
         for r in rows:
             r["metrics"] = json.loads(r["metrics"] or "{}")
+            r["adapter_path"] = in_this_home(self.path.parent, r["adapter_path"])  # a moved or copied home
         return rows
 
     def daemon(self) -> dict[str, Any] | None:

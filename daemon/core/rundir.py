@@ -318,11 +318,29 @@ class LogTail(_Follower):
         return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
 
 
+def run_dir_here(root: Path, run_id: str, recorded: str | None) -> str | None:
+    """A run's recorded folder, or runs/RUN_ID under the home at `root` when that is another folder that is there:
+    the home was moved or copied since it was recorded (a home reached through a symbolic link is not)."""
+    if not recorded:
+        return recorded
+    was, here = Path(recorded), Path(root) / "runs" / run_id
+    if was == here or was.parent.name != "runs" or not here.is_dir() or _same(was, here):
+        return recorded
+    return str(here)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def in_this_home(root: Path, adapter_path: str | None) -> str | None:
     """A recorded adapter path (runs/RUN/adapter, trash/NAME-vN-STAMP/adapter), or the same place under the home at
     `root` when it is there: the home was moved or copied since it was recorded."""
     path = Path(adapter_path or "")
-    if path.parent.parent.name not in ("runs", "trash"):
+    if path.parent.parent.name not in ("runs", "trash") or path.parent.parent.parent == Path(root):
         return adapter_path
     here = Path(root) / path.parent.parent.name / path.parent.name / path.name
     return str(here) if here.exists() else adapter_path

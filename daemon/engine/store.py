@@ -114,13 +114,6 @@ def busy_problem(error: BaseException, db_path: Path) -> str | None:
             f"(a sqlite3 shell or a script left inside BEGIN)")
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False
-
-
 class Store:
     """The daemon's read-write handle on overnight.db. One short transaction per unit of work."""
 
@@ -336,11 +329,10 @@ class Store:
         moved: dict[str, str] = {}  # run id: its folder here
         olds: set[str] = set()
         for row in self.db.query("SELECT id, run_dir FROM runs WHERE run_dir IS NOT NULL"):
-            was, here = Path(row["run_dir"]), root / "runs" / row["id"]
-            if was == here or was.parent.name != "runs" or not here.is_dir() or _same(was, here):
-                continue  # a home reached through a symbolic link is not a moved one
-            moved[row["id"]] = str(here)
-            olds.add(str(was.parent.parent))
+            here = rundir.run_dir_here(root, row["id"], row["run_dir"])
+            if here != row["run_dir"]:
+                moved[row["id"]] = str(here)
+                olds.add(str(Path(row["run_dir"]).parent.parent))
         if not moved:
             return []
         with self.db.conn:
