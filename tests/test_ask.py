@@ -238,12 +238,21 @@ def test_versions_whose_templates_added_different_tokens_are_asked_one_at_a_time
         (home / "inbox" / f"{name}.toml").write_text(f'chat_template = "{template}"\nmax_steps = 2\nbatch_size = 4\n'
                                                      f'probe_count = 0\neval_fraction = 0\nmax_length = 64\n')
         (home / "inbox" / f"{name}.jsonl").write_text(talk)
+    # and one trained on raw prompts (the base has no template): it added no tokens
+    (home / "inbox" / "raw.toml").write_text("max_steps = 2\nbatch_size = 4\nprobe_count = 0\neval_fraction = 0\n")
+    (home / "inbox" / "raw.jsonl").write_text("".join(json.dumps({"prompt": f"say {i}", "completion": str(i)}) + "\n"
+                                                      for i in range(12)))
     assert overnight("daemon", "--once", "--settle", "0.2", "--quiet", home=home, timeout=600).returncode == 0
     both = overnight("ask", "cm", "ph", "say 3", "--max-new-tokens", "2", home=home, timeout=300)
     assert both.returncode == 1 and "added different tokens" in both.stderr and "Fix: ask them one at a time" in \
         both.stderr, both.stderr
     alone = overnight("ask", "ph", "say 3", "--max-new-tokens", "2", home=home, timeout=300)
     assert alone.returncode == 0, alone.stderr
+    # beside a version that added none, in either order (peft loads the plain adapter first)
+    for pair in (("ph", "raw"), ("raw", "ph")):
+        res = overnight("ask", *pair, "say 3", "--max-new-tokens", "2", "--json", home=home, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert [a["model"] for a in json.loads(res.stdout)["answers"]] == [f"{n}:1" for n in pair]
     # the base model through Phi-3's template lacks its four tokens: they start where training started them, so
     # the base answers the same each time, in chat as in ask
     chats = [overnight("chat", "ph", "--base", "--max-new-tokens", "12", home=home, timeout=300,

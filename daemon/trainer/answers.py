@@ -234,7 +234,10 @@ class Answerer:
         if width > base_width:  # tokens the run's chat template added, as export
             _grow_embeddings(model, width)
         names: dict[str, str] = {}
-        for i, t in enumerate(m for m in members if m.adapter is not None):
+        # adapters that added no tokens load first: peft cannot load a plain one after one whose token rows it wraps
+        adapters = sorted((m for m in members if m.adapter is not None),
+                          key=lambda m: len(tokenizers[m.label]) > base_width)
+        for i, t in enumerate(adapters):
             names[t.label] = name = f"v{i}"  # peft's module keys: no dots or colons
             try:
                 if isinstance(model, PeftModel):
