@@ -98,7 +98,9 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     out = overnight("export", "support", str(home / "out"), home=home)
     assert out.returncode == 1 and "no active version of support" in out.stderr and FIX in out.stderr, out.stderr
     out = overnight("export", "support:2", str(home / "out"), home=home)
-    assert out.returncode == 1 and "support v2 was deleted" in out.stderr and str(trashed) in out.stderr, out.stderr
+    [in_trash] = [p / "adapter" for p in (home / "trash").iterdir()]
+    assert out.returncode == 1 and "was deleted (overnight delete): it is in the trash" in out.stderr, out.stderr
+    assert f"Fix: export it from there (cp -r {in_trash} OUT)" in out.stderr, out.stderr
     out = overnight("export", "support:1", str(home / "v1"), home=home, check=True)
     assert f"adapter of support v1 (run {first}) written to {home / 'v1'}" in out.stdout, out.stdout
     assert not (home / "out").exists()

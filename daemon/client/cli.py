@@ -540,8 +540,9 @@ def _run_or_version(h: Home, ref: str) -> tuple[dict[str, Any], str]:
         try:
             row = pick_version(models, name, version)
         except NoVersion as e:
-            kept = f"; its adapter is kept at {e.trashed['adapter_path']}" if e.trashed else ""
-            raise RefError(f"no model version {ref!r}: {e.why}{kept}. Fix: {e.fix}.") from None
+            if e.trashed is None:
+                raise RefError(f"no model version {ref!r}: {e.why}. Fix: {e.fix}.") from None
+            row = e.trashed  # deleted: its run, whose export says where the adapter went and how to get it
         run = rd.run(row["run_id"])
         if run is None:
             raise RefError(f"{name} v{row['version']} names run {row['run_id']}, which overnight.db does not list. "
