@@ -113,3 +113,10 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     shutil.copytree(trashed, home / "runs" / second / "adapter")  # the restore the fix proposes
     overnight("export", second, str(home / "out"), home=home, check=True)
     assert (home / "out" / "adapter_model.safetensors").read_bytes() == b"weights"
+
+    # with every version deleted there is nothing to activate: models says so, and how to go on
+    overnight("delete", "support", "1", "--wait", "0", home=home, check=True)
+    _apply_control(home)
+    models = overnight("models", home=home, check=True).stdout
+    assert "support: every version deleted (continue from one: init_adapter = its folder above" in models, models
+    assert "overnight activate" not in models, models

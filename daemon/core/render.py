@@ -207,7 +207,11 @@ def models(rows: list[dict[str, Any]]) -> str:
         lines.append(_model_line(m))
         lines += _report_lines(m["metrics"].get("report") or {})
         last_of_name = i + 1 == len(rows) or rows[i + 1]["name"] != m["name"]
-        if last_of_name and not any(r["active"] for r in rows if r["name"] == m["name"]):
+        same = [r for r in rows if r["name"] == m["name"]]
+        if last_of_name and all(r["deleted"] for r in same):  # nothing to activate: the trash keeps the adapters
+            lines.append(f"  {m['name']}: every version deleted (continue from one: init_adapter = its folder above, "
+                         f"or train {m['name']} anew)")
+        elif last_of_name and not any(r["active"] for r in same):
             lines.append(f"  {m['name']}: no active version (overnight activate {m['name']} V)")
     return "\n".join(lines)
 
