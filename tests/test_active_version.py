@@ -81,9 +81,10 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     assert out.returncode == 1 and "no active version of support" in out.stdout and FIX in out.stdout, out.stdout
     assert "continues from" not in out.stdout
 
-    (home / "support.toml").write_text('init_adapter = "support:1"\n')
-    out = overnight("check", str(home / "support.jsonl"), home=home)
-    assert out.returncode == 0 and "continues from: support:1" in out.stdout, out.stdout
+    for written in ("support:1", "support:v1"):  # NAME:vV too, as ask and export take it
+        (home / "support.toml").write_text(f'init_adapter = "{written}"\n')
+        out = overnight("check", str(home / "support.jsonl"), home=home)
+        assert out.returncode == 0 and "continues from: support:1" in out.stdout, out.stdout
 
     # at the drop: the same refusal, with the same fix, beside the rejected drop
     (home / "inbox" / "support.toml").write_text('init_adapter = "support"\n')

@@ -22,7 +22,7 @@ from daemon.core.versionpick import NoVersion, pick_version
 from daemon.core.errors import SubmissionError
 
 # NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
-_REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::(?P<version>[0-9]+))?$")
+_REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::[vV]?(?P<version>[0-9]+))?$")  # NAME:V or NAME:vV, as ask
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 
 
