@@ -248,6 +248,11 @@ def test_versions_whose_templates_added_different_tokens_are_asked_one_at_a_time
         both.stderr, both.stderr
     alone = overnight("ask", "ph", "say 3", "--max-new-tokens", "2", home=home, timeout=300)
     assert alone.returncode == 0, alone.stderr
+    # a conversation in a prompts file, asked of the version trained on raw prompts: the file and line say which
+    (tmp_path / "p.jsonl").write_text('{"prompt": "say 1"}\n{"messages": [{"role": "user", "content": "say 2"}]}\n')
+    res = overnight("compare", "--answers", "raw", "--prompts", str(tmp_path / "p.jsonl"), home=home, timeout=300)
+    assert res.returncode == 1 and f"{tmp_path / 'p.jsonl'}, line 2, field 'messages': a conversation, and raw:1 was " \
+        "trained on raw prompts" in res.stderr and "Fix: give it one-line prompts" in res.stderr, res.stderr
     # beside a version that added none, in either order (peft loads the plain adapter first)
     for pair in (("ph", "raw"), ("raw", "ph")):
         res = overnight("ask", *pair, "say 3", "--max-new-tokens", "2", "--json", home=home, timeout=300)

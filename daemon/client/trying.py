@@ -139,7 +139,7 @@ def _prompt_record(record: dict[str, Any], file: str, where: str) -> dict[str, A
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not users:
             raise DatasetError(file, where, "messages", "the conversation has no user turn to answer", _PROMPTS_FIX)
-        return {"prompt": users[-1], "messages": messages, "reference": reference}
+        return {"prompt": users[-1], "messages": messages, "reference": reference, "where": where}
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DatasetError(file, where, "prompt", "a non-empty \"prompt\" (or \"messages\") is required", _PROMPTS_FIX)
@@ -181,8 +181,13 @@ def compare_answers(home: Path, refs: Sequence[str], base: bool, prompts_file: P
         raise DatasetError(str(RunFolder(chosen[0].run_dir).evolution), None, None, "the versions' runs recorded no "
                            "probes", "give the prompts with --prompts FILE (" + _PROMPTS_FIX + ")")
     where, why = pick_device(home, chosen, device)
-    answers = Answerer(home, chosen, where, log).answer(
-        [p["messages"] or p["prompt"] for p in prompts], max_new_tokens)
+    answerer = Answerer(home, chosen, where, log)
+    raw = next((v.target.label for v in answerer.voices if not v.chat), None)
+    talk = next((p for p in prompts if p["messages"]), None)
+    if prompts_file and raw and talk:
+        raise DatasetError(str(prompts_file), talk["where"], "messages", f"a conversation, and {raw} was trained on "
+                           f"raw prompts, not conversations", "give it one-line prompts ({\"prompt\": …})")
+    answers = answerer.answer([p["messages"] or p["prompt"] for p in prompts], max_new_tokens)
     rows = []
     for i, p in enumerate(prompts):
         row = []
