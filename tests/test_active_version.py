@@ -121,3 +121,16 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     models = overnight("models", home=home, check=True).stdout
     assert "support: every version deleted (continue from one: init_adapter = its folder above" in models, models
     assert "overnight activate" not in models, models
+
+
+def test_a_delete_that_cannot_reach_the_trash_keeps_the_version_and_says_the_fix(home: Path, tiny_model: Path) -> None:
+    _register(home, tiny_model)
+    (home / "trash").write_text("a file where the trash folder belongs\n")
+    overnight("delete", "support", "1", "--wait", "0", home=home, check=True)
+    _apply_control(home)
+    [why] = (home / "control" / "rejected").glob("*.error.txt")
+    text = why.read_text()
+    assert "cannot move the adapter of support v1 into" in text and "the version is kept as it was" in text, text
+    assert f"Fix: make {home / 'trash'} a folder overnight can write to" in text, text
+    [model] = json.loads(overnight("models", "--json", home=home, check=True).stdout)
+    assert not model["deleted"] and Path(model["adapter_path"], "adapter_model.safetensors").exists()

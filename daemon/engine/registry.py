@@ -61,10 +61,15 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
     moved = None if src.exists() else trashed_adapter(home.trash, row["run_id"])
     if moved is None:
         dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
-        dest.mkdir(parents=True)
-        write_json(dest / "model.json", row)  # first: a crash before the move leaves the version whole where it was
-        if src.exists():
-            os.rename(src, dest / "adapter")
+        try:
+            dest.mkdir(parents=True)
+            write_json(dest / "model.json", row)  # first: a crash before the move leaves the version whole
+            if src.exists():
+                os.rename(src, dest / "adapter")
+        except OSError as e:
+            raise KeyError(f"cannot move the adapter of {name} v{version} into {dest}: {e.strerror or e}; the "
+                           f"version is kept as it was. Fix: make {home.trash} a folder overnight can write to "
+                           f"(move away a file of that name), then delete again.") from None
         moved = dest / "adapter"
     store.mark_model_deleted(name, version, str(moved))
     return moved.parent
