@@ -82,6 +82,14 @@ def test_a_trial_stopped_at_its_rung_goes_back_to_the_queue_and_a_users_stop_sti
     ('prune = "hyperband"', ["prune", '"none", "asha"']),
     ("eta = 1", ["eta", "2 .. 100"]),
     ("prune_rungs = 0", ["prune_rungs", "1 .. 10"]),
+    # rungs that all fall at or past the end of a trial would prune nothing
+    ('prune = "asha"\nlearning_rate = [1e-3, 2e-3]\nmin_steps = 100\nmax_steps = 6',
+     ["a trial of max_steps = 6 has none (min_steps = 100 puts the first rung at step 100)", "Fix: lower min_steps"]),
+    ('prune = "asha"\nlearning_rate = [1e-3, 2e-3]\nmax_steps = [1, 90]',
+     ["a trial of max_steps = 1 has none (2 rung(s) at eta = 3 leave no step before the end)"]),
+    # a search of one trial has nothing to compare
+    ('prune = "asha"\nsearch = "random"\ntrials = 1\nlearning_rate = {low = 1e-4, high = 1e-3}',
+     ["compares the trials of a sweep, and this drop queues one run", "a search of 2 trials or more"]),
 ])
 def test_bad_asha_settings_are_refused_with_the_allowed_values(tmp_path, line, words):
     (tmp_path / "x.toml").write_text(line + "\n")

@@ -172,11 +172,35 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
                            f'chosen answer each prefers; eval_fraction > 0), or by "exact", "similarity" or "rougeL" '
                            f"with an eval file (NAME.eval.jsonl); ASHA and a search compare eval losses, so sweep "
                            f"loss_type as a grid.")
-    if "prune" in set_here and opts.values.get("prune") == asha.PRUNE_ASHA and run_count(opts) < 2 \
-            and not search.searching(opts.values):
+    pruned = opts.values.get("prune") == asha.PRUNE_ASHA
+    runs = opts.values.get("trials") or 0 if search.searching(opts.values) else run_count(opts)
+    if "prune" in set_here and pruned and runs < 2:
         raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
-                           f"Fix: list values to sweep (e.g. learning_rate = [1e-4, 3e-4]) or add a search, or remove "
-                           f"prune.")
+                           f"Fix: list values to sweep (e.g. learning_rate = [1e-4, 3e-4]) or a search of 2 trials "
+                           f"or more, or remove prune.")
+    if pruned:
+        _check_rungs(opts.values, where)
+
+
+def _check_rungs(values: dict[str, Any], where: str) -> None:
+    """ASHA whose every rung falls at or past the end of a trial (max_steps set, min_steps beyond it) prunes
+    nothing: refused with the fix rather than trained as a plain sweep unsaid."""
+    eta, rungs, min_steps = asha.settings(values) or (asha.DEFAULT_ETA, asha.DEFAULT_RUNGS, None)
+    for total in values_of(values.get("max_steps")):
+        if isinstance(total, int) and not asha.rung_steps(total, eta, rungs, min_steps):
+            first = f"min_steps = {min_steps} puts the first rung at step {min_steps}" if min_steps else \
+                f"{rungs} rung(s) at eta = {eta} leave no step before the end"
+            raise OptionsError(f'{where}prune = "asha" stops trials at rungs before their end, and a trial of '
+                               f"max_steps = {total} has none ({first}), so nothing would be pruned. Fix: lower "
+                               f"min_steps below max_steps (or leave it unset: the rungs are fractions of the steps), "
+                               f"or raise max_steps.")
+
+
+def values_of(value: Any) -> list[Any]:
+    """An option's values: a sweep's list, a search's choices or range ends, else the one value."""
+    if isinstance(value, dict):
+        return list(value.get("choices") or [value.get("low"), value.get("high")])
+    return list(value) if isinstance(value, list) else [value]
 
 
 def summary(opts: Resolved) -> str | None:

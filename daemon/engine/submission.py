@@ -141,7 +141,7 @@ def check_objective(opts: Resolved, kind: str, dataset: Path, sidecar: Path | No
                               f"pairs for DPO.")
     if opts.values.get("select_metric") == evalreport.REWARD_ACCURACY:
         _check_reward_accuracy(opts, objective, why, dataset, sidecar, home_toml)
-    small = [b for b in _listed(opts.values["batch_size"]) if isinstance(b, int) and b < 2]
+    small = [b for b in sweep.values_of(opts.values["batch_size"]) if isinstance(b, int) and b < 2]
     if objective == "kto" and small:
         where = sidecar if opts.sources.get("batch_size") == "sidecar" and sidecar else home_toml
         raise SubmissionError(f"{where.name}: batch_size = {small[0]}: KTO measures its baseline on the other answers "
@@ -174,23 +174,11 @@ def _check_reward_accuracy(opts: Resolved, objective: str, why: str, dataset: Pa
         raise SubmissionError(f"{dataset.name}: {said} a DPO run prefers, and {dataset.name} trains with objective "
                               f"{objective} ({why}). Fix: rank by another select_metric (eval_loss, or exact, "
                               f"similarity, rougeL with an eval file).")
-    if not any(isinstance(f, (int, float)) and f > 0 for f in _listed(opts.values["eval_fraction"])):
+    if not any(isinstance(f, (int, float)) and f > 0 for f in sweep.values_of(opts.values["eval_fraction"])):
         raise SubmissionError(f"{dataset.name}: {said} the run prefers, and eval_fraction = 0 holds no pairs out to "
                               f"measure it on. Fix: set eval_fraction = 0.1 (or more) in {where}.")
 
 
-def _largest(value: Any) -> Any:
-    """The largest value an option takes: a sweep's list, a search's choices or the top of its range."""
-    if isinstance(value, dict):
-        return max(value["choices"]) if "choices" in value else value["high"]
-    return max(value) if isinstance(value, list) else value
-
-
-def _listed(value: object) -> list:
-    """An option's values: a sweep's list, a search's choices or its range's low end, else the one value."""
-    if isinstance(value, dict):
-        return list(value.get("choices") or [value.get("low")])
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def load_options(sidecar: Path | None, home_toml: Path) -> Resolved:
@@ -431,7 +419,7 @@ def _example(leaves: list[str]) -> tuple[str, str]:
 def _check_context(opts: Resolved, spec: str, sidecar: Path | None, home_toml: Path) -> None:
     """An explicit max_length within the model's context (a default one adapts: context_note)."""
     context = model_context(model_folder(spec, home_toml.parent))
-    max_length = _largest(opts.values["max_length"])  # a sweep or a search: its longest
+    max_length = max(sweep.values_of(opts.values["max_length"]))  # a sweep or a search: its longest
     if context is not None and max_length > context and opts.sources.get("max_length") != "default":
         where = sidecar if opts.sources.get("max_length") == "sidecar" else home_toml
         raise SubmissionError(f"{where}: max_length = {max_length} is longer than the context of {spec} "
