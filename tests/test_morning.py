@@ -261,6 +261,25 @@ def test_a_run_its_trainer_paused_for_disk_space_says_why_in_status_and_to_resum
     assert any("nothing to lift; its trainer paused it: disk_low: only 1.20 GB" in e["message"] for e in events), events
 
 
+def test_a_sidecar_alone_in_the_inbox_is_said_with_the_name_it_needs(tmp_path: Path) -> None:
+    """xx.jsonl.toml goes with a dataset xx.jsonl.jsonl, so beside xx.jsonl it would wait forever: check notes the
+    name it needs, and status lists it once it has waited a minute (a drop still arriving is not listed)."""
+    home = Home.resolve(tmp_path / "home", create=True)
+    stray, fresh = home.inbox / "xx.jsonl.toml", home.inbox / "later.probes.jsonl"
+    stray.write_text("max_steps = 2\n")
+    fresh.write_text('{"prompt": "a", "reference": "b"}\n')
+    out = overnight("check", str(stray), home=home.root, check=True).stdout
+    assert "note: xx.jsonl.toml goes with a dataset named xx.jsonl.jsonl" in out and "name it xx.toml" in out, out
+    old = time.time() - 120
+    os.utime(stray, (old, old))
+    out = overnight("status", home=home.root, check=True).stdout
+    assert "waiting in the inbox without their dataset:" in out and "for xx.jsonl, name it xx.toml" in out, out
+    assert "later" not in out
+    os.utime(fresh, (old, old))
+    waiting = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["waiting"]
+    assert len(waiting) == 2 and waiting[0].startswith("later.probes.jsonl waits for a dataset named later"), waiting
+
+
 def test_a_pause_of_every_run_is_said_with_how_to_lift_it(tmp_path: Path) -> None:
     """`overnight pause` alone holds every run, the next ones too: status says so even with nothing running."""
     home = Home.resolve(tmp_path / "home", create=True)

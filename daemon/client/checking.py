@@ -11,6 +11,7 @@ from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, kind_of)
 from daemon.core.drop import ignored_name, plain_name
+from daemon.core.dropfiles import companion_hint
 from daemon.core.fsutil import ignored
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
@@ -121,6 +122,9 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
             _check_dataset(path, home, verdict, show)
     except (SubmissionError, OptionsError, DatasetError, TemplateError) as e:
         verdict.problems += Problem.all_of(e)
+    hint = companion_hint(path)
+    if hint:  # valid, and for a dataset nobody has: xx.jsonl.toml goes with xx.jsonl.jsonl
+        verdict.needs.append(f"note: {hint}")
     return verdict
 
 

@@ -174,7 +174,8 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
     if runs:
         click.echo(render.runs_table(runs, held, paused))
     shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
-    for line in render.morning(failed, rejected, None if shown else held, since_h, "*" in paused):
+    for line in render.morning(failed, rejected, None if shown else held, since_h, "*" in paused,
+                               morning.waiting_files(h)):
         click.echo(line)
     for e in reversed(events):
         click.echo(f"control {e['time']}: {e['status']}: {e['message']}")

@@ -30,3 +30,15 @@ def role_of(path: Path) -> str:
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return "dataset"
     return "unsupported"
+
+
+def companion_hint(path: Path) -> str | None:
+    """A sidecar, probe or eval file named for a dataset NAME.jsonl (`NAME.jsonl.toml`): it goes with a dataset
+    `NAME.jsonl.jsonl`, never with NAME.jsonl; the name it needs. None for any other file."""
+    role, stem = role_of(path), stem_of(path)
+    dataset = Path(stem)
+    if role not in ("sidecar", "probes", "eval") or dataset.suffix.lower() not in SUPPORTED_SUFFIXES:
+        return None
+    ending = {"sidecar": ".toml", "probes": PROBES_SUFFIX, "eval": EVAL_SUFFIX}[role]
+    return (f"{path.name} goes with a dataset named {stem}.jsonl (or .json, .csv, .parquet, .txt), not with {stem}: "
+            f"for {stem}, name it {dataset.stem}{ending}")

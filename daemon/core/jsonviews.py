@@ -22,7 +22,8 @@ def status(h: Home, rd: Reader, since_h: float) -> dict[str, Any]:
             "control_events": rd.control_events(5), "since_hours": since_h,
             "failed": [vars(f) for f in morning.failed_runs(rd.runs((State.FAILED,)), since)],
             "rejected": [vars(d) for d in morning.rejected_drops(h, since)],
-            "held": morning.held(control.held(h, "stop"), problem), "paused": sorted(control.paused(h))}
+            "held": morning.held(control.held(h, "stop"), problem), "paused": sorted(control.paused(h)),
+            "waiting": morning.waiting_files(h)}
 
 
 def evolution(run: dict[str, Any]) -> dict[str, Any]:

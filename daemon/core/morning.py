@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -62,6 +63,34 @@ def failed_runs(rows: Iterable[Any], since: str) -> list[FailedRun]:
         if ended and ended >= since:
             found.append(FailedRun(_get(r, "id"), first_line(_get(r, "reason")) or "no reason recorded", ended))
     return sorted(found, key=lambda f: f.ended or "", reverse=True)
+
+
+WAITING_S = 60  # a drop's companion file alone this long in the inbox is said: its dataset is not coming
+
+
+def waiting_files(home: Home, now: float | None = None) -> list[str]:
+    """Sidecars, probe and eval files alone in the inbox for over a minute, each with why it waits (its dataset is
+    not there: misnamed, or it came after its dataset was taken)."""
+    from daemon.core.dropfiles import companion_hint, role_of, stem_of
+    try:
+        files = [p for p in home.inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    datasets = {stem_of(p) for p in files if role_of(p) == "dataset"}
+    now = time.time() if now is None else now
+    out = []
+    for p in sorted(files):
+        if role_of(p) not in ("sidecar", "probes", "eval") or stem_of(p) in datasets:
+            continue
+        try:
+            if now - p.stat().st_mtime < WAITING_S:
+                continue
+        except OSError:
+            continue
+        out.append(companion_hint(p) or (
+            f"{p.name} waits for a dataset named {stem_of(p)} (.jsonl, .json, .csv, .parquet or .txt); if that "
+            f"dataset was taken already, its run did not use this file: drop the dataset again with it"))
+    return out
 
 
 def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:

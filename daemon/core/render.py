@@ -179,9 +179,9 @@ def rejected_item(file: str, error: str) -> str:
 
 
 def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, since_h: float,
-            paused_all: bool = False) -> list[str]:
+            paused_all: bool = False, waiting: Sequence[str] = ()) -> list[str]:
     """`overnight status`: what needs the user, from daemon.core.morning (failed runs, rejected drops, a held queue,
-    a control/pause holding every run)."""
+    a control/pause holding every run, files alone in the inbox)."""
     window = f"{since_h:g} h"
     lines = []
     if held:
@@ -194,6 +194,9 @@ def morning(failed: Sequence[Any], rejected: Sequence[Any], held: str | None, si
     if rejected:
         lines.append(f"rejected drops in the last {window} (newest first):")
         lines += [f"  {rejected_item(d.file, d.error)} (see {d.error_file})" for d in rejected]
+    if waiting:
+        lines.append("waiting in the inbox without their dataset:")
+        lines += [f"  {w}" for w in waiting]
     return lines
 
 
