@@ -74,6 +74,35 @@ def test_an_asked_trial_no_run_claimed_is_drawn_by_the_next_run_not_asked_again(
     assert studies.draw(tmp_path, run) is None  # drawn once: a restart of the same run keeps its values
 
 
+def test_a_pruned_trial_resumed_to_its_end_is_told_to_the_study(tmp_path):
+    """Optuna cannot tell a pruned trial again: when the user resumes it and it completes, its result joins the
+    study as a trial of its own, with its values, once."""
+    import optuna
+    from daemon.engine.store import Store
+    group, rid = "x-20261206-101010", "x-t1-20261206-101010"
+    folder = tmp_path / "runs" / rid
+    options = {"search": "random", "trials": 3, "seed": 1, "prune": "asha",
+               "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}
+    folder.mkdir(parents=True)
+    RunConfig(run_id=rid, group=group, options=options).write(folder)
+    studies.draw(tmp_path, {"id": rid, "run_dir": str(folder), "group_id": group})
+    store = Store(tmp_path / "overnight.db")
+    try:
+        store.insert_run({"id": rid, "name": "x", "dataset": "x.jsonl", "state": "pruned", "priority": 0,
+                          "seq": 1, "run_dir": str(folder), "group_id": group})
+        studies.review(tmp_path, store, group, options)  # pruned at its rung
+        store.update_run(rid, state="completed", eval_loss=1.25)  # resumed by the user, trained to its end
+        said = studies.review(tmp_path, store, group, options)
+        assert said == [f"search {group}: trial 0 ({rid}) was pruned, then resumed to its end: told 1.2500 as a "
+                        f"trial of its own"], said
+        assert studies.review(tmp_path, store, group, options) == []  # told once
+    finally:
+        store.close()
+    trials = studies.study(tmp_path, group, options).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].value == 1.25 and trials[1].params == trials[0].params
+
+
 def _drawn(home, kind: str, seed: int) -> list[float]:
     """Three trials of one study drawn one after the other, as the daemon draws them (the study loaded each time)."""
     options = {"search": kind, "trials": 3, "seed": seed, "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}}

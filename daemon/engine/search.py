@@ -135,6 +135,26 @@ def review(home: Path, store: Store, group: str, options: dict[str, Any]) -> lis
             state = optuna.trial.TrialState.PRUNED if run["state"] == State.PRUNED else optuna.trial.TrialState.FAIL
             st.tell(t.number, state=state)
             said.append(f"search {group}: trial {t.number} ({run['id']}) told: {state.name.lower()}")
+    return said + _resumed(st, group, runs)
+
+
+def _resumed(st: Any, group: str, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """A pruned trial the user resumed (`overnight resume RUN`) that trained to its end: a finished Optuna trial
+    cannot be told again, so its result joins the study as a trial of its own (same values), which the sampler
+    learns from like any other."""
+    optuna = _optuna()
+    told = {t.user_attrs.get(RUN_ATTR) for t in st.get_trials(deepcopy=False,
+                                                                 states=(optuna.trial.TrialState.COMPLETE,))}
+    said = []
+    for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        run = runs.get(t.user_attrs.get(RUN_ATTR))
+        value = _value(run) if run and run["state"] == State.COMPLETED and run["id"] not in told else None
+        if value is None:
+            continue
+        st.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value,
+                                               user_attrs={RUN_ATTR: run["id"], "resumed_from_trial": t.number}))
+        said.append(f"search {group}: trial {t.number} ({run['id']}) was pruned, then resumed to its end: told "
+                    f"{value:.4f} as a trial of its own")
     return said
 
 
