@@ -259,6 +259,13 @@ def test_a_run_its_trainer_paused_for_disk_space_says_why_in_status_and_to_resum
     _apply_control(home.root)
     events = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["control_events"]
     assert any("nothing to lift; its trainer paused it: disk_low: only 1.20 GB" in e["message"] for e in events), events
+    # a user's pause is no trainer's: nothing said beyond "paused"
+    store = Store(home.db)
+    try:
+        store.update_run(QUEUED, reason="paused at a step boundary")
+    finally:
+        store.close()
+    assert "paused by its trainer" not in overnight("status", home=home.root, check=True).stdout
 
 
 def test_a_sidecar_alone_in_the_inbox_is_said_with_the_name_it_needs(tmp_path: Path) -> None:

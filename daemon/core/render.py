@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from daemon.core import asha, control
 from daemon.core.morning import first_line
+from daemon.core.space import waits_for_space
 from daemon.core.states import ACTIVE, ENDED, State
 
 
@@ -168,8 +169,7 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
         lines.append(f"queue held by {held}: {queued} queued run{'s wait' if queued > 1 else ' waits'}")
     lines += [f"{r['id']} held by control/pause (overnight resume {r['id']} lets it start)" for r in runs
               if control.passed_by(r["state"], r["id"], r.get("started"), paused) and not held]
-    lines += [f"{r['id']} paused by its trainer: {first_line(r['reason'])}" for r in runs
-              if r["state"] == State.PAUSED and r.get("reason")]  # a full disk: it goes on by itself once freed
+    lines += [f"{r['id']} paused by its trainer: {first_line(r['reason'])}" for r in runs if waits_for_space(r)]
     return "\n".join(lines)
 
 

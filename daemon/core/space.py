@@ -11,6 +11,12 @@ import sqlite3
 from pathlib import Path
 
 GB = 10**9
+DISK_LOW = "disk_low"  # the reason a trainer paused itself before a checkpoint it had no room for starts so
+
+
+def waits_for_space(run: dict) -> bool:
+    """A paused run its trainer paused for disk space (it goes on by itself once freed), not a user's pause."""
+    return run.get("state") == "paused" and str(run.get("reason") or "").startswith(DISK_LOW)
 _FULL_MARKS = ("No space left on device", "[Errno 28]", "database or disk is full", "Disk quota exceeded")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 from daemon.core import control, rundir
 from daemon.engine import pruning, registry
 from daemon.core.control import Command, ControlError
+from daemon.core.space import waits_for_space
 from daemon.core.dropfiles import role_of, stem_of
 from daemon.core.home import Home
 from daemon.core.log import log
@@ -297,7 +298,7 @@ class Controller:
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
             if run["state"] == State.PAUSED:
-                why = f"; its trainer paused it: {run['reason']}" if run.get("reason") else ""
+                why = f"; its trainer paused it: {run['reason']}" if waits_for_space(run) else ""
                 self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift{why}",
                              run["id"])
             else:

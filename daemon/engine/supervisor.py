@@ -25,7 +25,7 @@ from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.options import OPTIONS
 from daemon.core.rundir import RunFolder, step_of
-from daemon.core.space import is_disk_full, shortage
+from daemon.core.space import DISK_LOW, is_disk_full, shortage
 from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State, StopRequest
 from daemon.core.timefmt import iso
 from daemon.engine import hooks, notify, pruning, registry, search
@@ -237,7 +237,7 @@ class Supervisor:
         why = (progress.get("reason") or "paused at a step boundary") if state == State.PAUSED else None
         self.transition(a.run_id, state, why)
         rundir.append_console(a.run_dir, f"overnight: run is now {state}")
-        if why and why.startswith("disk_low"):
+        if why and why.startswith(DISK_LOW):
             tell(self.notifier, "disk_low", a.run_id, lambda: (f"overnight: {a.run_id} paused, disk low", why))
 
     def _watch_stall(self, a: TrainerProcess, phase: str, step: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from daemon.core.space import needed, size_text
+from daemon.core.space import DISK_LOW, needed, size_text
 from daemon.core.states import Phase
 from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp
@@ -43,7 +43,7 @@ class DiskSpaceCallback(TrainerCallback):
         if not ddp.from_main(free < need):  # under torchrun rank 0 decides for all (it writes the checkpoint)
             return
         started = time.perf_counter()
-        reason = (f"disk_low: only {size_text(free)} free on the disk of {self.checkpoints.parent}, and a checkpoint "
+        reason = (f"{DISK_LOW}: only {size_text(free)} free on the disk of {self.checkpoints.parent}, and a checkpoint "
                   f"needs {size_text(need)} (min_free_gb = {float(self.min_free_gb()):.10g} in overnight.toml, or twice the "
                   f"last checkpoint). Fix: free space there, or lower min_free_gb; the run goes on by itself")
         self.progress.update(Phase.PAUSED, state.global_step, epoch=state.epoch, reason=reason)
