@@ -218,8 +218,8 @@ def bos_text(tokenizer: Any) -> str:
 
 def missing_specials(backend: Any, chat: ChatFormat | None) -> list[str]:
     """The special tokens `chat`'s template writes that a `tokenizers.Tokenizer` lacks (ChatML's <|im_start|> on a
-    base model): the trainer adds them for a template the user chose (model.add_template_tokens), so counts add them
-    too (add_template_tokens)."""
+    base model): the trainer adds them for a template the user chose (model.add_template_tokens), and check's
+    counts do the same (add_template_tokens below)."""
     return [t for t in (chat.special_strings() if chat else [])
             if len(backend.encode(t, add_special_tokens=False).ids) != 1]
 

@@ -20,10 +20,10 @@ from daemon.core.evolution import DEFAULT_THRESHOLD, is_exact, similarity
 
 LOST_SHOWN = 20  # lost answers the registry keeps (the report file has them all)
 SCORES = ("exact", "similarity", "rougeL")  # per eval record; their means are a version's eval scores
+REWARD_ACCURACY = "reward_accuracy"  # a DPO run's: the share of eval pairs whose chosen answer it rewards higher
 # select_metric: what `select = "best"` ranks a group's versions by, and which way is better
 RANKINGS = {"eval_loss": "lower", "exact": "higher", "similarity": "higher", "rougeL": "higher",
-            "forgetting": "lower", "reward_accuracy": "higher"}
-REWARD_ACCURACY = "reward_accuracy"  # a DPO run's: the share of eval pairs whose chosen answer it rewards higher
+            "forgetting": "lower", REWARD_ACCURACY: "higher"}
 
 
 def right(answer: str, reference: str) -> bool:
