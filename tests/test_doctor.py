@@ -106,6 +106,10 @@ def test_b_a_deleted_db_is_rebuilt_by_the_daemon_which_trains_the_queued_run(tra
         p.unlink()
     res = overnight("doctor", home=home)
     assert res.returncode == 1 and "missing" in res.stdout, res.stdout
+    res = overnight("doctor", "--json", home=home)
+    report = json.loads(res.stdout)
+    assert res.returncode == 1 and not report["ok"] and "missing" in report["problems"][0]["problem"], res.stdout
+    assert report["problems"][0]["fix"]
 
     res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -145,6 +149,8 @@ def test_c_a_healthy_home_passes_doctor(trained: Path) -> None:
     res = overnight("doctor", home=trained)
     assert res.returncode == 0, res.stdout
     assert "PROBLEM" not in res.stdout and "integrity_check: ok" in res.stdout
+    report = json.loads(overnight("doctor", "--json", home=trained, check=True).stdout)
+    assert report["ok"] and report["problems"] == [] and "integrity_check: ok" in report["fine"]
 
 
 def test_rebuild_is_refused_while_a_daemon_runs(home: Path, daemon_proc) -> None:

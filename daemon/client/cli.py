@@ -667,8 +667,9 @@ def service_uninstall(home: str | None, user: bool, serve: bool) -> None:
 # --- the DB is an index of runs/ -----------------------------------------------------------------------------
 @main.command()
 @home_option
+@json_option
 @click.option("--rebuild", is_flag=True, help="Move overnight.db aside (never deleted) and rebuild it from runs/.")
-def doctor(home: str | None, rebuild: bool) -> None:
+def doctor(home: str | None, as_json: bool, rebuild: bool) -> None:
     """Check overnight.db (integrity, schema, runs/ against the index); exit 1 on a problem. --rebuild: build a
     fresh DB from the run folders."""
     from daemon.engine import rebuild as rb
@@ -677,10 +678,12 @@ def doctor(home: str | None, rebuild: bool) -> None:
         _doctor_rebuild(h)
         return
     fine, findings = rb.diagnose(h, daemon_running=bool(daemon_alive(h)))
-    for line in fine:
-        click.echo(f"ok: {line}")
-    for f in findings:
-        click.echo(f"PROBLEM: {f.problem}\n  Fix: {f.fix}")
+    if as_json:
+        _echo_json({"ok": not findings, "fine": fine,
+                    "problems": [{"problem": f.problem, "fix": f.fix} for f in findings]})
+    else:
+        click.echo("\n".join([*(f"ok: {line}" for line in fine),
+                              *(f"PROBLEM: {f.problem}\n  Fix: {f.fix}" for f in findings)]))
     sys.exit(1 if findings else 0)
 
 
