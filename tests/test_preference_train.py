@@ -240,6 +240,19 @@ def test_a_loss_type_sweep_is_ranked_by_reward_accuracy_not_by_its_losses(home: 
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("stem, records", [("dpo", pairs(40)), ("kto", judged(40))])
+def test_a_template_that_adds_tokens_trains_preferences(home: Path, tiny_model: Path, stem: str,
+                                                        records: list[dict]) -> None:
+    """Gemma 3's turn tokens are new to the tiny model: their rows train (peft's trainable tokens on the tied head),
+    and TRL's fused log-prob head reads that head as it reads a Linear."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    fast = FAST.replace("max_steps = 24", "max_steps = 4").replace("probe_count = 20", "probe_count = 0")
+    run = _drop(home, stem, records, fast + 'chat_template = "gemma3"\n')
+    console = (run / "console.log").read_text()
+    assert "added the special tokens <start_of_turn>, <end_of_turn> the base model lacks" in console, console[-2000:]
+
+
+@pytest.mark.e2e
 def test_dpo_on_top_of_an_sft_adapter_starts_from_it_and_measures_against_it(home: Path, tiny_model: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     sft = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs(60, seed=5)]

@@ -234,7 +234,16 @@ def add_lora(model: Any, opts: TrainOptions, new_tokens: list[int] | None = None
                        f"names of the model's linear layers (e.g. [\"q_proj\", \"v_proj\"]).") from None
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # the KV cache is for generation; training never reuses it
+    _head_reads_like_linear(peft_model)
     return peft_model
+
+
+def _head_reads_like_linear(model: Any) -> None:
+    """A tied LM head whose new tokens' rows train is peft's TrainableTokensWrapper: its `weight` is the merged one,
+    but it has no `bias`, which TRL's fused log-prob head (DPO, KTO) reads beside it. Give it its Linear's."""
+    head = model.get_output_embeddings()
+    if head is not None and type(head).__name__ == "TrainableTokensWrapper" and "bias" not in vars(head):
+        object.__setattr__(head, "bias", getattr(head.token_adapter.base_layer, "bias", None))
 
 
 def continue_lora(model: Any, folder: Path, opts: TrainOptions) -> Any:
@@ -250,6 +259,7 @@ def continue_lora(model: Any, folder: Path, opts: TrainOptions) -> Any:
                        f"version, or remove init_adapter to train a fresh adapter.") from None
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False
+    _head_reads_like_linear(peft_model)
     return peft_model
 
 
