@@ -411,8 +411,8 @@ def test_keys_write_control_files_with_confirmation_for_stop_and_skip(fx) -> Non
         await until(pilot, lambda: app.query_one("#runs").selected == QUEUED_HIGH)
         await pilot.press("plus")
         assert written(control, "priority") == f"{QUEUED_HIGH} 6\n"
-        await pilot.press("minus")
-        assert written(control, "priority") == f"{QUEUED_HIGH} 4\n"
+        await pilot.press("minus")  # from the 6 just asked (no daemon answers here): back to 5
+        assert written(control, "priority") == f"{QUEUED_HIGH} 5\n"
         assert len(list(control.glob("priority.*"))) == 2  # each its own command: neither overwrites the other
         await pilot.press("k", "y")
         assert written(control, "skip") == f"{QUEUED_HIGH}\n"
@@ -424,6 +424,23 @@ def test_keys_write_control_files_with_confirmation_for_stop_and_skip(fx) -> Non
         await pilot.press("p")
         await until(pilot, lambda: any("is failed" in t for t in toasts(app)), what="warning toast")
     drive(app, body, notifications=True)
+
+
+def test_keys_typed_fast_act_on_the_row_under_the_cursor_and_each_step_counts(fx) -> None:
+    """Type-ahead (over SSH, or a quick hand): + right after ↓ is the new row's, and + + + before the daemon answers
+    asks three steps, not the same one three times."""
+    app = app_for(fx.root)
+    control = fx.home.control
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert app.query_one("#runs").selected == TRAINING
+        await pilot.press("down", "plus")  # no wait: the highlight message may not have been handled yet
+        assert written(control, "priority") == f"{QUEUED_HIGH} 6\n"
+        await pilot.press("plus", "plus")
+        assert sorted(p.read_text() for p in control.glob("priority.*")) == [
+            f"{QUEUED_HIGH} 6\n", f"{QUEUED_HIGH} 7\n", f"{QUEUED_HIGH} 8\n"]
+    drive(app, body)
 
 
 def test_the_daemons_acknowledgement_is_shown(fx) -> None:

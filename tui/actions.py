@@ -62,20 +62,23 @@ def skip(run: RunRow | None) -> Request:
                    confirm=f"Skip {run.id}?\nIt checkpoints, ends as skipped, and the next queued run starts.")
 
 
-def priority(run: RunRow | None, delta: int) -> Request:
-    """`+`/`-`: raise or lower the run's priority by one (higher runs first; may preempt the running job)."""
+def priority(run: RunRow | None, delta: int, asked: dict[str, int] | None = None) -> Request:
+    """`+`/`-`: raise or lower the run's priority by one (higher runs first; may preempt the running job), from the
+    value last `asked` for it when the daemon has not answered yet (+ + + is three steps)."""
     run = _require(run, LIVE, "change the priority of")
-    value = run.priority + delta
-    return Request("priority", f"{run.id} {value}", f"priority {run.id} {run.priority} -> {value}")
+    now = (asked or {}).get(run.id, run.priority)
+    value = now + delta
+    return Request("priority", f"{run.id} {value}", f"priority {run.id} {now} -> {value}")
 
 
-def group_priority(group_id: str, runs: tuple[RunRow, ...], delta: int) -> Request:
+def group_priority(group_id: str, runs: tuple[RunRow, ...], delta: int, asked: dict[str, int] | None = None
+                   ) -> Request:
     """`+`/`-` on a folded group (a sweep): every run of it still queued or running moves together, one above the
     highest of them (or one below the lowest), so that the whole sweep goes before (or after) the rest."""
     live = [r for r in runs if r.state in LIVE]
     if not live:
         raise NotApplicable(f"{group_id}: no run of it is queued or running: nothing to change the priority of")
-    value = (max if delta > 0 else min)(r.priority for r in live) + delta
+    value = (max if delta > 0 else min)((asked or {}).get(r.id, r.priority) for r in live) + delta
     return Request("priority", "".join(f"{r.id} {value}\n" for r in live),
                    f"priority of {group_id}'s {len(live)} live run{'s' if len(live) > 1 else ''} -> {value}")
 
@@ -140,6 +143,16 @@ class AckTracker:
     def add(self, request: Request, ticket: control.Ticket) -> None:
         """Start waiting for `request`'s acknowledgement."""
         self.pending.append(Pending(request, ticket))
+
+    def asked_priorities(self) -> dict[str, int]:
+        """The priority each run was last asked for by a request not answered yet."""
+        asked: dict[str, int] = {}
+        for p in self.pending:
+            if p.request.kind == "priority":
+                for line in p.request.content.splitlines():
+                    run, _, value = line.rpartition(" ")
+                    asked[run] = int(value)
+        return asked
 
     def answers(self, snap: HomeSnapshot) -> tuple[list[ControlAck], list[Request]]:
         """(events acknowledging pending requests, requests past the timeout without one — reported once)."""

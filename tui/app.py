@@ -281,7 +281,7 @@ class OvernightApp(App[None]):
         for e in acks:
             self.notify(e.message, title=f"{e.command}: {e.status}",
                         severity="error" if e.status == "rejected" else "information", markup=False)
-        for req in late:
+        for req in late if snap.daemon.alive else ():  # no daemon: the toast at the request said so already
             self.notify(f"{req.describe}: not acknowledged yet (is the daemon busy? see overnight.log)",
                         severity="warning", markup=False)
         status = self.status
@@ -325,8 +325,8 @@ class OvernightApp(App[None]):
 
     @property
     def selected_run(self) -> RunRow | None:
-        """The run highlighted in the runs table."""
-        return self.snapshot.run(self._selected)
+        """The run highlighted in the runs table (under its cursor now, even before the highlight was handled)."""
+        return self.snapshot.run(self.runs.run_at_cursor or self._selected)
 
     def _request(self, make: Callable[[], Request]) -> None:
         try:
@@ -368,9 +368,9 @@ class OvernightApp(App[None]):
 
     def action_priority(self, delta: int) -> None:
         """Raise or lower the selected run's priority by one; on a folded sweep, its live runs' together."""
-        group = self.runs.selected_group
-        self._request(lambda: actions.group_priority(group.group_id, group.runs, delta) if group else
-                      actions.priority(self.selected_run, delta))
+        group, asked = self.runs.selected_group, self.tracker.asked_priorities()
+        self._request(lambda: actions.group_priority(group.group_id, group.runs, delta, asked) if group else
+                      actions.priority(self.selected_run, delta, asked))
 
     def action_requeue(self) -> None:
         """Queue a stopped, skipped or failed run again."""

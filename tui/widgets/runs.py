@@ -356,10 +356,23 @@ class RunsTable(DataTable):
                 return item.key
         return next((i.key for i in items if i.group and any(r.id == run_id for r in i.group.runs)), None)
 
+    def _key_at_cursor(self) -> str | None:
+        """The key of the row under the cursor now: a key typed right after ↑↓ acts on that row, before the
+        highlight message (which moves `cursor_key`) has been handled."""
+        if not self.row_count:
+            return None
+        return self.ordered_rows[min(self.cursor_row, self.row_count - 1)].key.value
+
+    @property
+    def run_at_cursor(self) -> str | None:
+        """The run of the row under the cursor (a folded group's: the run it shows)."""
+        return self._run_of(self._key_at_cursor())
+
     @property
     def selected_group(self) -> Group | None:
         """The group whose folded row is under the cursor (a key then acts on the whole group), else None."""
-        item = next((i for i in self._items if i.key == self.cursor_key), None)
+        key = self._key_at_cursor()
+        item = next((i for i in self._items if i.key == key), None)
         return item.group if item is not None and item.group is not None else None
 
     def _run_of(self, key: str | None) -> str | None:
