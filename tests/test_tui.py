@@ -526,6 +526,15 @@ def test_evolution_panel_shows_learned_and_forgotten_probes(fx) -> None:
         await pilot.press("down", "down", "enter")
         assert isinstance(app.screen, ProbeScreen) and app.screen.probe.probe == 2
         await pilot.press("escape")
+        # a new snapshot while the run trains refills the table: the cursor stays on the probe picked
+        evolution = fx.root / "runs" / TRAINING / "evolution.jsonl"
+        newest = [json.loads(line) for line in evolution.read_text().splitlines()][-4:]
+        with evolution.open("a") as f:
+            f.writelines(json.dumps({**r, "step": r["step"] + 40}) + "\n" for r in newest)
+        await until(pilot, lambda: app.evolution.report.snapshots[-1] == newest[0]["step"] + 40, what="new snapshot")
+        await pilot.press("enter")
+        assert isinstance(app.screen, ProbeScreen) and app.screen.probe.probe == 2
+        await pilot.press("escape")
         assert not isinstance(app.screen, ProbeScreen)
         await pilot.press("1", "down")  # leaving the tab, ↑↓ pick runs again
         assert app.focused is app.runs

@@ -78,6 +78,8 @@ class EvolutionPanel(Vertical):
             return
         self.report = report
         summary, table = self.summary, self.table
+        # a new snapshot refills the table: the cursor stays on the probe the user is on, so Enter opens that one
+        keep = table.ordered_rows[min(table.cursor_row, table.row_count - 1)].key.value if table.row_count else None
         table.clear()
         reason = report.no_probes if report is not None else None
         summary.styles.height = "auto" if reason else 1  # the whole reason, wrapped, rather than cut at 80 columns
@@ -98,6 +100,9 @@ class EvolutionPanel(Vertical):
             was = Text.assemble((f"\"{x.get('answer') or ''}\"", "red"), f" (parent: \"{x.get('parent_answer')}\")  ",
                                 (_one_line(str(x.get("prompt", ""))), "dim"), no_wrap=True, overflow="ellipsis")
             table.add_row("-", Text(f"✗ lost since {report.parent}", "bold red"), Text(""), was, key=f"lost-{i}")
+        keys = [row.key.value for row in table.ordered_rows]
+        if keep in keys:
+            table.move_cursor(row=keys.index(keep), animate=False)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
