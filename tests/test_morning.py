@@ -293,6 +293,14 @@ def test_a_pause_of_every_run_is_said_with_how_to_lift_it(tmp_path: Path) -> Non
     (home.control / "pause").write_text("")
     out = overnight("status", home=home.root, check=True).stdout
     assert "every run paused by control/pause (overnight resume lifts it)" in out.splitlines(), out
+    app = OvernightApp(home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.pause(0.1)
+        assert str(app.needs.render()).strip() == ("needs you: every run paused by control/pause (overnight resume "
+                                                   "lifts it)")
+    drive(app, body, size=(120, 24))
     (home.control / "pause").write_text(QUEUED + "\n")
     assert "every run paused" not in overnight("status", home=home.root, check=True).stdout
 

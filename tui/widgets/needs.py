@@ -27,7 +27,9 @@ def needs_parts(snap: HomeSnapshot) -> list[tuple[str, str]]:
     elif snap.held:
         parts.append(("queue held", snap.held))
     paused = [r.id for r in snap.runs if r.paused and r.state == State.QUEUED]
-    if paused and not snap.held:  # passed by until resumed: `overnight status` lists them too
+    if "*" in snap.paused:  # `overnight pause` alone: every run, the next ones too
+        parts.append(("every run paused by control/pause", "overnight resume lifts it"))
+    elif paused and not snap.held:  # passed by until resumed: `overnight status` lists them too
         parts.append((f"{len(paused)} held by control/pause", f"overnight resume {paused[0]} lets it start"))
     return parts
 
