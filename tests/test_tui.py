@@ -723,6 +723,28 @@ def test_the_selection_stays_on_its_run_when_runs_arrive(fx) -> None:
     drive(app, body, message_hook=hook)
 
 
+def test_a_folded_sweep_whose_last_trial_is_paused_reads_held_and_p_resumes_that_trial(fx) -> None:
+    from tests.tui_fixtures import SWEEP, SWEEP_GROUP, add_sweep
+    add_sweep(fx)
+    waiting = SWEEP[3][0]
+    store = Store(fx.db)  # its last trial was paused (overnight pause RUN) before it started
+    store.db.execute("UPDATE runs SET state = 'queued', started = NULL, finished = NULL WHERE id = ?", [waiting])
+    store.close()
+    (fx.home.control / "pause").write_text(waiting + "\n")
+    app = app_for(fx.root)
+    group_key = f"group:{SWEEP_GROUP}"
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        table = app.query_one("#runs", DataTable)
+        await until(pilot, lambda: cell_text(table, group_key, "state") == "held", what="the group reads held")
+        table.move_cursor(row=table.get_row_index(group_key))
+        await until(pilot, lambda: app.runs.cursor_key == group_key, what="the group row")
+        await pilot.press("p")  # on the folded row: the trial control/pause holds, not the best (completed) run
+        assert written(fx.home.control, "resume") == f"{waiting}\n"
+    drive(app, body)
+
+
 def test_a_sweep_is_one_row_that_unfolds_with_the_best_marked(fx) -> None:
     from tests.tui_fixtures import SWEEP, SWEEP_BEST, SWEEP_GROUP, add_sweep
     add_sweep(fx)

@@ -324,6 +324,11 @@ class OvernightApp(App[None]):
         return True
 
     @property
+    def acted_on(self) -> RunRow | None:
+        """The run p, s and k act on: the highlighted one, or on a folded sweep its running (else next queued) run."""
+        return self.snapshot.run(self.runs.acted_on or self._selected)
+
+    @property
     def selected_run(self) -> RunRow | None:
         """The run highlighted in the runs table (under its cursor now, even before the highlight was handled)."""
         return self.snapshot.run(self.runs.run_at_cursor or self._selected)
@@ -356,15 +361,15 @@ class OvernightApp(App[None]):
 
     def action_pause(self) -> None:
         """Pause the selected run, or resume it when it is paused."""
-        self._request(lambda: actions.pause_or_resume(self.snapshot, self.selected_run))
+        self._request(lambda: actions.pause_or_resume(self.snapshot, self.acted_on))
 
     def action_stop(self) -> None:
         """Stop the selected run (after confirmation)."""
-        self._request(lambda: actions.stop(self.selected_run))
+        self._request(lambda: actions.stop(self.acted_on))
 
     def action_skip(self) -> None:
         """Skip the selected run (after confirmation)."""
-        self._request(lambda: actions.skip(self.selected_run))
+        self._request(lambda: actions.skip(self.acted_on))
 
     def action_priority(self, delta: int) -> None:
         """Raise or lower the selected run's priority by one; on a folded sweep, its live runs' together."""

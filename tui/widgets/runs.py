@@ -100,6 +100,19 @@ class Group:
                 or self.runs[0])
 
     @property
+    def live_run(self) -> RunRow:
+        """The run p, s and k act on from the group's row: the running one, else the next queued one (a held one
+        first: p resumes it), else the run the panels show."""
+        queued = sorted((r for r in self.runs if r.state == State.QUEUED), key=lambda r: not r.paused)
+        return self.active or next(iter(queued), None) or self.shown_run
+
+    @property
+    def held_by_pause(self) -> bool:
+        """Nothing of it trains and every queued run of it is held by control/pause."""
+        queued = [r for r in self.runs if r.state == State.QUEUED]
+        return not self.active and bool(queued) and all(r.paused for r in queued)
+
+    @property
     def state(self) -> str:
         if self.active:
             return self.active.state
@@ -182,7 +195,7 @@ def shown_state(state: str, held: str | None, waiting: bool = False, paused: boo
 def _group_cell(group: Group, key: str, held: str | None = None) -> Text | str:
     lead = group.best or group.active
     if key == "state":
-        state = shown_state(group.state, held)
+        state = shown_state(group.state, held, paused=group.held_by_pause)
         return Text(state, STATE_STYLE.get(state, ""))
     if key == "progress":
         ended = sum(r.finished_state for r in group.runs)
@@ -367,6 +380,12 @@ class RunsTable(DataTable):
     def run_at_cursor(self) -> str | None:
         """The run of the row under the cursor (a folded group's: the run it shows)."""
         return self._run_of(self._key_at_cursor())
+
+    @property
+    def acted_on(self) -> str | None:
+        """The run a steering key acts on: the row's, or a folded group's live run (Group.live_run)."""
+        group = self.selected_group
+        return group.live_run.id if group is not None else self.run_at_cursor
 
     @property
     def selected_group(self) -> Group | None:
