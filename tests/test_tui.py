@@ -933,6 +933,8 @@ def test_queued_runs_held_by_control_stop_say_held(fx) -> None:
         table = app.query_one("#runs", DataTable)
         await until(pilot, lambda: cell_text(table, QUEUED_HIGH, "state") == "held", what="held")
         assert cell_text(table, QUEUED_LOW, "state") == "held" and cell_text(table, TRAINING, "state") == "training"
+        await pilot.press("down")  # the log header of a held run says so too
+        await until(pilot, lambda: static_text(app, "#log-head").find("held") >= 0, what="held in the log header")
         (fx.home.control / "stop").unlink()  # `overnight resume` lifts it
         await until(pilot, lambda: cell_text(table, QUEUED_HIGH, "state") == "queued", what="queued again")
     drive(app, body)

@@ -235,7 +235,7 @@ class OvernightApp(App[None]):
             self._acknowledge(snap)
         detail = message.detail
         if detail is not None and detail.run_id == self._selected:
-            self.log_panel.describe(run_note(snap.run(detail.run_id), detail.progress))
+            self.log_panel.describe(run_note(snap.run(detail.run_id), detail.progress, snap.held))
             self.log_panel.show_update(detail.log)
             self.charts.show(detail.charts, detail.compare)
             self.chart_buckets = message.buckets

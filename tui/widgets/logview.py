@@ -11,13 +11,17 @@ from textual.widgets import Input, Log, Static
 from daemon.core.render import fmt_bytes
 from tui.homedata import LOG_LINES, LogUpdate, RunRow, SearchResult
 from tui.fmt import short_stamp
-from tui.widgets.runs import STATE_STYLE
+from tui.widgets.runs import STATE_STYLE, shown_state
 
 
-def run_note(run: RunRow | None, progress: dict) -> Text:
-    """What the log header says about the run: its state (and device), or why it ended."""
+def run_note(run: RunRow | None, progress: dict, held: str | None = None) -> Text:
+    """What the log header says about the run: its state (and device), or why it ended; a queued run that cannot
+    start reads `held`, as in the runs table (`held`: what holds the queue)."""
     if run is None:
         return Text("")
+    shown = shown_state(run.state, held, run.waiting, run.paused)
+    if shown != run.state:
+        return Text.assemble((shown, STATE_STYLE.get(shown, "")), f": {run.reason}" if run.reason else "")
     style = STATE_STYLE.get(run.state, "")
     if run.active:
         phase = progress.get("state")
