@@ -161,6 +161,10 @@ def test_a_refused_command_leaves_a_folder_that_is_no_home_as_it_was(tmp_path: P
         res = overnight(*args, home=folder)
         assert res.returncode == 1 and "Error: no " in res.stderr, (args, res.stderr)
         assert list(folder.iterdir()) == [], args
+    for command in ("pause", "stop", "skip", "resume"):  # "$RUN" with RUN unset: not every run
+        res = overnight(command, "", home=folder)
+        assert res.returncode == 2 and "RUN is empty" in res.stderr, (command, res.stderr)
+    assert list(folder.iterdir()) == []
     overnight("pause", "--wait", "0", home=folder, check=True)
     assert [p.name.split(".")[0] for p in (folder / "control").iterdir() if p.is_file()] == ["pause"]
 

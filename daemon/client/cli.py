@@ -276,12 +276,20 @@ def _steer(kind: str, doc: str):
     @click.argument("run", required=False)
     @wait_option
     def _cmd(home: str | None, run: str | None, wait: float) -> None:
+        _not_blank(run)
         h = _existing(home)
         if kind == "stop" and not run:
             _stop_all(h, wait)
         else:
             _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
     return _cmd
+
+
+def _not_blank(run: str | None) -> None:
+    """A RUN given but empty (`overnight pause "$RUN"` with RUN unset) would act on every run: refused."""
+    if run is not None and not run.strip():
+        raise click.UsageError("RUN is empty. Fix: name a run (see overnight runs), or leave RUN out to act on every "
+                               "run.")
 
 
 def _stop_all(h: Home, wait: float) -> None:
@@ -306,6 +314,7 @@ _steer("skip", "Checkpoint RUN (or the one running job), mark it skipped, and go
 @wait_option
 def resume(home: str | None, run: str | None, wait: float) -> None:
     """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
+    _not_blank(run)
     h = _existing(home)
     _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
 
