@@ -326,24 +326,23 @@ def resume(home: str | None, run: str | None, wait: float) -> None:
 @wait_option
 def priority(home: str | None, run: str, value: int, wait: float) -> None:
     """Set a run's priority (higher first); a queued run above the running one preempts it. A sweep's GROUP id, or
-    a NAME several queued runs share, sets every queued or running run of it; a NAME still in the inbox, its run."""
+    the NAME its runs share, sets every queued or running run of it; a NAME still in the inbox, its run."""
     h = _existing(home)
     _send(h, "priority", "\n".join(f"{ref} {value}" for ref in _prioritised(h, run)), wait)
 
 
 def _prioritised(h: Home, ref: str) -> list[str]:
-    """What `overnight priority REF` names for control/priority: one run, else the live runs of a group, else a
-    name the daemon matches itself (every live run of it, or the run of a drop still in the inbox)."""
+    """What `overnight priority REF` names for control/priority: one run, else the live runs of a group (by its id,
+    or by the name they share), else the name of a drop still in the inbox (the daemon keeps it for its run)."""
     from daemon.core.dropfiles import role_of, stem_of
     rd = _reader(h)
     try:
         return [rd.named_run(ref)["id"]]
     except RefError as not_one:
-        group = [r["id"] for r in rd.group_runs(ref) if r["state"] in LIVE]
-        if group:
-            return group
-        if any(ref in (r["name"], Path(r["dataset"] or "").stem) for r in rd.runs(LIVE)) or any(
-                p.is_file() and role_of(p) == "dataset" and stem_of(p) == ref for p in h.inbox.glob("*")):
+        named = [r for r in rd.runs(LIVE) if r["group_id"] and ref in (r["group_id"], r["name"])]
+        if named and len({r["group_id"] for r in named}) == 1:  # one sweep: all of it; runs of several: ambiguous
+            return [r["id"] for r in named]
+        if not named and any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == ref for p in h.inbox.glob("*")):
             return [ref]
         raise not_one from None
 
