@@ -62,6 +62,23 @@ def test_a_run_continues_from_the_active_version_and_records_its_parent(home: Pa
     assert "support v2 ← v1" in overnight("models", home=home, check=True).stdout
 
 
+def test_a_continuation_trains_through_its_parents_template_and_tokens(home: Path, tiny_model: Path) -> None:
+    """Yesterday's adapter trained through Gemma 3's template, whose turn tokens it added to the tiny model: today's
+    drop naming no template continues through the same one (its rows for those tokens loaded), check says so."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_length = 96\n')
+    _drop(home, "support", FAST + 'chat_template = "gemma3"\n')
+    (home / "next.toml").write_text(FAST + 'init_adapter = "support"\n')
+    (home / "next.jsonl").write_text(RECORDS)
+    said = overnight("check", str(home / "next.jsonl"), home=home, check=True).stdout
+    assert "chat template: gemma3" in said and "chat_template = 'gemma3' is taken from the adapter it continues " \
+        "from" in said, said
+    _drop(home, "next", FAST + 'init_adapter = "support"\n')
+    run = next(r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout) if r["name"] == "next")
+    console = (Path(run["run_dir"]) / "console.log").read_text()
+    assert run["state"] == "completed", console[-3000:]
+    assert "chat template: gemma3" in console and "added the special tokens <start_of_turn>, <end_of_turn>" in console
+
+
 def test_an_adapter_of_another_base_model_is_refused_with_both_names(
         home: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     llama = build_tiny(tmp_path_factory.getbasetemp(), "llama")

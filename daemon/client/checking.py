@@ -21,6 +21,7 @@ from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu
                                    plan_memory)
 from daemon.core.tokenbatches import Budget
 from daemon.core.templating import TemplateError
+from daemon.engine.lineage import check_parent, inherit_template
 from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models,
                                       check_models, check_owner_files, check_pairing, check_truncation, load_options,
                                       role_of, stem_of, validate)
@@ -189,7 +190,11 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         r.notes.append(f"{counter.capped} record(s) longer than {counter.limit:,} characters: their token counts above "
                        f"are those of their first {counter.limit:,} characters only (lower bounds); the run trains all "
                        f"of their text, cut into blocks of max_length")
+    inherited = _parents_template(sub, home)
     first = sweep.first_run(sub.options)  # a sweep's lists: estimate on the grid's first run
+    if inherited:
+        r.notes.append(f"chat_template = {inherited!r} is taken from the adapter it continues from (its tokens and "
+                       f"turns are that template's); set chat_template in the sidecar to choose another")
     if ignored(path.name):
         r.notes.append(f"{ignored_name(path.name)}: drop it as {plain_name(path.name)}")
     if path.is_symlink():
@@ -246,6 +251,16 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
 
 
 _COUNTED = {ExampleKind.PAIR: " (preference pairs)", ExampleKind.JUDGED: " (labelled completions)"}
+
+
+def _parents_template(sub: Any, home: Home) -> str | None:
+    """The parent adapter's chat template, taken over before the records are laid out (as the daemon's checks do);
+    a parent that cannot be resolved is said later, after the model checks, in the daemon's order."""
+    try:
+        parent = check_parent(sub.options, home.toml)
+    except SubmissionError:
+        return None
+    return inherit_template(sub.options, parent) if parent is not None else None
 
 
 @dataclass

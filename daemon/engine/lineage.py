@@ -124,6 +124,23 @@ def check_parent(opts: Resolved, home_toml: Path) -> Parent | None:
     return parent
 
 
+def inherit_template(opts: Resolved, parent: Parent) -> str | None:
+    """A continuation trains through its parent's chat template when it names none itself: the parent's adapter
+    holds rows for the tokens that template added (and was taught its turns), so the base model's own template
+    would leave the run without them. Returns the value taken over (set in `opts`, source "parent"), else None."""
+    if opts.sources.get("chat_template", "default") != "default":
+        return None
+    from daemon.core.runconfig import RunConfig
+    try:
+        chosen = RunConfig.read(parent.folder.parent).options.get("chat_template")
+    except (OSError, ValueError):
+        return None  # an adapter folder overnight did not train: nothing recorded
+    if not isinstance(chosen, str) or chosen == "auto":
+        return None
+    opts.values["chat_template"], opts.sources["chat_template"] = chosen, "parent"
+    return chosen
+
+
 def copy_adapter(parent: Parent, dest: Path) -> dict[str, str]:
     """Copy the parent's adapter files into `dest`; return what config.json records about it."""
     dest.mkdir(parents=True)

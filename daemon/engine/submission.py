@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from daemon.core import auto, datasets, evalfile, evalreport, sweep
 from daemon.core.errors import SubmissionError
 from daemon.core.fsutil import file_version, ignored, model_name
-from daemon.engine.lineage import check_parent
+from daemon.engine.lineage import check_parent, inherit_template
 from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
                               model_folder, targets_missing)
 from daemon.core.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
@@ -209,8 +209,10 @@ def check_models(opts: Resolved, sidecar: Path | None, home_toml: Path, require_
     """The base models (none named: an error only when required) and the adapter the options continue from."""
     if opts.base_models or require_model:
         check_base_models(opts, sidecar, home_toml)
-
-    return check_parent(opts, home_toml)
+    parent = check_parent(opts, home_toml)
+    if parent is not None:
+        inherit_template(opts, parent)
+    return parent
 
 
 @dataclass
