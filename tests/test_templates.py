@@ -383,6 +383,15 @@ def test_turns_agree(world: dict[str, Any], name: str) -> None:
 TOOL_NAMES = [n for n in NAMES if mentions_tools(n)]
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if not mentions_tools(n) and family(n) in ("gemma", "cohere")])
+def test_a_family_with_no_place_for_tools_says_so_not_fix_the_roles(world: dict[str, Any], name: str) -> None:
+    """Gemma's and Cohere's templates raise on a tool turn ("roles must alternate"): the record is valid, the
+    template has no tool role, and the fix is the family, not the record."""
+    fmt = chosen(world, name)
+    with pytest.raises(TemplateError, match="has no place for.*Fix: set chat_template to a family that renders tools"):
+        fmt.render(conversation(name, TOOL_TURNS), TOOLS)
+
+
 @pytest.mark.parametrize("name", TOOL_NAMES)
 def test_tools(world: dict[str, Any], name: str) -> None:
     fmt = chosen(world, name)

@@ -45,6 +45,10 @@ def no_template(model: str | None) -> TemplateError:
                          f"prompt/completion or text schema.")
 
 
+TOOLS_FIX = ('Fix: set chat_template to a family that renders tools, tool calls and tool turns (e.g. '
+             'chat_template = "qwen2_5" or "llama3_1"), or leave the tool turns out of the records.')
+
+
 def at_record(where: str, error: TemplateError) -> str:
     """A refused conversation named by its record, with a fix unless the template's own message has one."""
     fix = "" if " Fix: " in str(error) else (". Fix: correct that record (e.g. its roles, in the order the template "
@@ -74,17 +78,22 @@ class ChatFormat:
         end-of-turn tokens): one render with generation markers, else one per assistant turn. A template that leaves
         out a tool call, a tool's result or the tools given is refused (TemplateError)."""
         shown = as_parts(messages) if self.parts else messages
-        text, spans = (_render(self.template, shown, tools, self.special, spans=True) if self.markers else
-                       self._render_by_prefixes(shown, tools))
-        if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        with_tools = bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+        try:
+            text, spans = (_render(self.template, shown, tools, self.special, spans=True) if self.markers else
+                           self._render_by_prefixes(shown, tools))
+        except TemplateError as e:
+            if with_tools:  # a family with no tool role (Gemma, Cohere, older Mistral) raises on the tool turns
+                raise TemplateError(f"{e}; the record has tool calls or tool turns, which the chat template "
+                                    f"{self.label} has no place for. {TOOLS_FIX}") from None
+            raise
+        if with_tools:
             self._shows_tools(messages, tools, text, "".join(text[a:b] for a, b in spans))
         return text, spans
 
     def _shows_tools(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str, trained: str) -> None:
         """Every tool call (in what trains), tool result and the tools given are in the render: a template that
         drops them (Phi-3 has no tool role) would train answers to results the model never sees."""
-        fix = ('Fix: set chat_template to a family that renders tools, tool calls and tool turns (e.g. '
-               'chat_template = "qwen2_5" or "llama3_1"), or leave the tool turns out of the records.')
         for i, m in enumerate(messages):
             names = [c["function"]["name"] for c in m.get("tool_calls") or ()]
             result = m["content"] if m.get("role") == "tool" and isinstance(m.get("content"), str) else ""
@@ -94,11 +103,11 @@ class ChatFormat:
             if missing:
                 raise TemplateError(f"the chat template {self.label} does not show {missing} of messages[{i}] (role "
                                     f"{m['role']!r}): the model would be trained on a conversation it never sees. "
-                                    f"{fix}")
+                                    f"{TOOLS_FIX}")
         given = as_parts(messages) if self.parts else messages
         if tools and _render(self.template, given, None, self.special, spans=False)[0] == text:
             raise TemplateError(f"the chat template {self.label} does not show the record's 'tools' (the functions "
-                                f"the model may call): it would learn to call them without seeing them. {fix}")
+                                f"the model may call): it would learn to call them without seeing them. {TOOLS_FIX}")
 
     def prompt(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> str:
         """The text a server sends for `messages` followed by the assistant's cue (probes, chat, export checks)."""
