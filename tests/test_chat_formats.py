@@ -250,3 +250,27 @@ def test_show_on_plain_text_prints_the_blocks_the_run_trains(home: Path, tiny_mo
     assert all(len(b) < 200 for b in blocks) and "".join(blocks) in article.read_text()
     out = overnight("check", str(article), "--show", "1", home=home).stdout
     assert "--- block 1 (" in out and "--- example" not in out
+
+
+def test_the_token_that_ends_a_tool_call_turn_is_added_and_stopped_on(home: Path, tiny_model: Path):
+    """GLM ends a tool-call turn with <|observation|>, gpt-oss with <|call|>: one token each in the adapter's
+    tokenizer (not characters), trained, and in the stop ids a server gets, as the real models' configs have them."""
+    from transformers import AutoTokenizer
+
+    from tests.test_templates import TOOL_TURNS, TOOLS
+
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    records = "".join(json.dumps({"messages": TOOL_TURNS, "tools": TOOLS}) + "\n" for _ in range(8))
+    for stem, family in (("glm", "glm4moe"), ("oss", "gptoss")):
+        (home / "inbox" / f"{stem}.toml").write_text(f'chat_template = "{family}"\nmax_steps = 2\nbatch_size = 4\n'
+                                                     'probe_count = 0\neval_fraction = 0\nmax_length = 768\n')
+        (home / "inbox" / f"{stem}.jsonl").write_text(records)
+    assert overnight("daemon", "--once", "--settle", "0.2", "--quiet", home=home, timeout=600).returncode == 0
+    runs = {r["name"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
+    for stem, end in (("glm", "<|observation|>"), ("oss", "<|call|>")):
+        adapter = Path(runs[stem]["run_dir"]) / "adapter"
+        assert runs[stem]["state"] == "completed", (adapter.parent / "console.log").read_text()[-2000:]
+        tok = AutoTokenizer.from_pretrained(adapter)
+        assert len(tok(end, add_special_tokens=False)["input_ids"]) == 1, end
+        stops = json.loads((adapter / "generation_config.json").read_text())["eos_token_id"]
+        assert tok.convert_tokens_to_ids(end) in stops, (end, stops)

@@ -37,6 +37,17 @@ PROBE_CHAT = [{"role": "system", "content": "S0"}, {"role": "user", "content": "
               {"role": "assistant", "content": "A2"}]
 
 
+# a tool call, its result and the answer after it: the tokens a family writes only around tools (GLM's
+# <|observation|>, gpt-oss's <|call|>, which end a tool-call turn) are added and stopped on like the others
+PROBE_TOOL_CHAT = [{"role": "user", "content": "U1"},
+                   {"role": "assistant", "content": "", "tool_calls": [{"id": "c0", "type": "function", "function": {
+                       "name": "f0", "arguments": {"q": "V9"}}}]},
+                   {"role": "tool", "name": "f0", "tool_call_id": "c0", "content": "R1"},
+                   {"role": "assistant", "content": "A2"}]
+PROBE_TOOLS = [{"type": "function", "function": {"name": "f0", "description": "D0", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+
+
 def no_template(model: str | None) -> TemplateError:
     """Chat records on a base model without a template (chat_template "auto"): check, intake and trainer alike."""
     return TemplateError(f"the base model{f' {model}' if model else ''} has no chat template, so chat records "
@@ -153,11 +164,28 @@ class ChatFormat:
         text, spans = self.render(PROBE_CHAT[1:3])
         trained = "".join(text[a:b] for a, b in spans)
         tail = trained[trained.find("A1") + 2:] if "A1" in trained else trained
-        return _specials_in(tail, specials)
+        found = _specials_in(tail, specials)
+        call = self._tool_rendered()
+        if call is not None:  # the token that ends a tool-call turn (the last one of it: GLM's <|observation|>)
+            text, spans = call
+            turn = text[spans[0][0]:spans[0][1]] if spans else ""
+            last = _specials_in(turn[turn.rfind("V9") + 2:], specials)[-1:] if "V9" in turn else []
+            found += [t for t in last if t not in found]
+        return found
 
     def special_strings(self, specials: Sequence[str] = ()) -> list[str]:
-        """The special tokens the template renders around a conversation, of `specials` or by their look."""
-        return _specials_in(self.render(PROBE_CHAT if self.takes_system() else PROBE_CHAT[1:])[0], specials)
+        """The special tokens the template renders around a conversation (and around tools, where it renders
+        them), of `specials` or by their look."""
+        found = _specials_in(self.render(PROBE_CHAT if self.takes_system() else PROBE_CHAT[1:])[0], specials)
+        call = self._tool_rendered()
+        return found + [t for t in _specials_in(call[0], specials) if t not in found] if call else found
+
+    def _tool_rendered(self) -> tuple[str, list[tuple[int, int]]] | None:
+        """PROBE_TOOL_CHAT rendered (text, trained spans), None for a family that has no place for tools."""
+        try:
+            return self.render(PROBE_TOOL_CHAT, PROBE_TOOLS)
+        except TemplateError:
+            return None
 
     def takes_system(self) -> bool:
         try:
