@@ -274,3 +274,26 @@ def test_the_token_that_ends_a_tool_call_turn_is_added_and_stopped_on(home: Path
         assert len(tok(end, add_special_tokens=False)["input_ids"]) == 1, end
         stops = json.loads((adapter / "generation_config.json").read_text())["eos_token_id"]
         assert tok.convert_tokens_to_ids(end) in stops, (end, stops)
+
+
+def test_a_models_own_template_that_writes_tokens_its_tokenizer_lacks_is_said(home: Path, tiny_model: Path,
+                                                                              tmp_path: Path):
+    """Llama 3.1's template pasted onto a ChatML tokenizer: its turn tokens would train as pieces of text and never
+    stop a server; check says so, with the fix (the tiny model's own template: nothing said)."""
+    import shutil
+
+    from tests.test_templates import FILES
+    model = tmp_path / "pasted"
+    shutil.copytree(tiny_model, model)
+    shutil.copy(FILES["llama3_1.jinja"], model / "chat_template.jinja")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+    for base, said in ((model, True), (tiny_model, False)):
+        (home / "overnight.toml").write_text(f'base_model = "{base}"\n')
+        out = overnight("check", str(data), home=home, check=True).stdout
+        assert ("writes <|start_header_id|>, <|end_header_id|>, <|eot_id|>, which its tokenizer does not have as "
+                "tokens" in out) == said and ('chat_template = "FAMILY"' in out) == said, out

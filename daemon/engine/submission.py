@@ -240,7 +240,8 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
     folder = model_folder(sub.options.base_models[0], root) if sub.options.base_models else None
     if sub.options.base_models and folder is None:
         return None  # a model not found: check_base_models says so; its template is unknown until it is there
-    from daemon.core.as_trained import TrainedView, add_template_tokens, load_tokenizer, text_blocks, view
+    from daemon.core.as_trained import (TrainedView, add_template_tokens, load_tokenizer, missing_specials, text_blocks,
+                                        view)
     from daemon.core.templating import (TemplateError, for_run, no_template, prompt_as_chat, special_tokens,
                                         with_stand_ins)
 
@@ -267,8 +268,15 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
             max_length = min(max_length, model_context(folder) or max_length)
         eos = special_tokens(folder).get("eos_token", "")
         tokenizer = load_tokenizer(folder) if show or not text else None
-        if tokenizer is not None and values["chat_template"] != "auto":  # as the trainer extends it
+        lacking = missing_specials(tokenizer, fmt) if tokenizer is not None else []
+        if lacking and values["chat_template"] != "auto":  # as the trainer extends it
             add_template_tokens(tokenizer, fmt)
+        elif lacking:
+            sub.report.notes.append(
+                f"the model's chat template writes {', '.join(lacking)}, which its tokenizer "
+                f"does not have as tokens: they train as pieces of text, and a server would not stop on them (a "
+                f"template pasted onto another model?). Fix: name the template's family (chat_template = \"FAMILY\") "
+                f"so they are added as tokens, or give the model the tokenizer its template came with")
         if text and tokenizer is not None:  # packed into blocks of max_length, every token trained: shown so
             seen = TrainedView(shown=text_blocks(datasets.iter_examples(sub.dataset), tokenizer, eos, max_length,
                                                  show))
