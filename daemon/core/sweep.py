@@ -173,7 +173,7 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
                            f"with an eval file (NAME.eval.jsonl); ASHA and a search compare eval losses, so sweep "
                            f"loss_type as a grid.")
     pruned = opts.values.get("prune") == asha.PRUNE_ASHA
-    runs = opts.values.get("trials") or 0 if search.searching(opts.values) else run_count(opts)
+    runs = (opts.values.get("trials") or 0) if search.searching(opts.values) else run_count(opts)
     if "prune" in set_here and pruned and runs < 2:
         raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
                            f"Fix: list values to sweep (e.g. learning_rate = [1e-4, 3e-4]) or a search of 2 trials "
