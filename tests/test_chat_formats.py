@@ -254,7 +254,8 @@ def test_show_on_plain_text_prints_the_blocks_the_run_trains(home: Path, tiny_mo
 
 def test_the_token_that_ends_a_tool_call_turn_is_added_and_stopped_on(home: Path, tiny_model: Path):
     """GLM ends a tool-call turn with <|observation|>, gpt-oss with <|call|>: one token each in the adapter's
-    tokenizer (not characters), trained, and in the stop ids a server gets, as the real models' configs have them."""
+    tokenizer (not characters), trained, and in the stop ids a server gets, as the real models' configs have them.
+    Plain text, which trains through no template, adds none."""
     from transformers import AutoTokenizer
 
     from tests.test_templates import TOOL_TURNS, TOOLS
@@ -265,8 +266,14 @@ def test_the_token_that_ends_a_tool_call_turn_is_added_and_stopped_on(home: Path
         (home / "inbox" / f"{stem}.toml").write_text(f'chat_template = "{family}"\nmax_steps = 2\nbatch_size = 4\n'
                                                      'probe_count = 0\neval_fraction = 0\nmax_length = 768\n')
         (home / "inbox" / f"{stem}.jsonl").write_text(records)
+    # plain text trains through no template: a named one adds none of its tokens
+    (home / "inbox" / "txt.toml").write_text('chat_template = "gemma3"\nmax_steps = 2\nbatch_size = 4\n'
+                                             'probe_count = 0\neval_fraction = 0\nmax_length = 64\n')
+    (home / "inbox" / "txt.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
     assert overnight("daemon", "--once", "--settle", "0.2", "--quiet", home=home, timeout=600).returncode == 0
     runs = {r["name"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
+    text_console = (Path(runs["txt"]["run_dir"]) / "console.log").read_text()
+    assert runs["txt"]["state"] == "completed" and "added the special tokens" not in text_console, text_console
     for stem, end in (("glm", "<|observation|>"), ("oss", "<|call|>")):
         adapter = Path(runs[stem]["run_dir"]) / "adapter"
         assert runs[stem]["state"] == "completed", (adapter.parent / "console.log").read_text()[-2000:]

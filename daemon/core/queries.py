@@ -48,8 +48,12 @@ class Reader:
 
     def _decoded(self, row: dict[str, Any]) -> dict[str, Any]:
         """A runs row as readers see it: `gpu_set` a list of NVML indices ([] = the CPU, or not recorded yet), and
-        `run_dir` in this home when it was moved or copied since (the daemon records that at its next start)."""
+        its folder here (`_here`)."""
         row["gpu_set"] = parse_gpu_set(row.get("gpu_set"))
+        return self._here(row)
+
+    def _here(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`run_dir` in this home when it was moved or copied since (the daemon records that at its next start)."""
         row["run_dir"] = run_dir_here(self.path.parent, row["id"], row.get("run_dir"))
         return row
 
@@ -71,7 +75,7 @@ class Reader:
 
     def run_records(self, states: tuple[str, ...] | None = None, kind: type[Run] = Run) -> list[Run]:
         """The same runs as `runs`, as `Run`s (or `kind`, a subclass: the dashboard's row)."""
-        return [kind.from_row(self._decoded(r)) for r in self._all(*_runs_query(states))]
+        return [kind.from_row(self._here(r)) for r in self._all(*_runs_query(states))]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._all("SELECT * FROM runs WHERE id = ?", (run_id,))

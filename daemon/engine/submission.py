@@ -269,9 +269,9 @@ def as_trained(sub: Submission, root: Path, show: int = 0) -> AsTrained | None:
         eos = special_tokens(folder).get("eos_token", "")
         tokenizer = load_tokenizer(folder) if show or not text else None
         lacking = missing_specials(tokenizer, fmt) if tokenizer is not None else []
-        if lacking and values["chat_template"] != "auto":  # as the trainer extends it
+        if lacking and values["chat_template"] != "auto" and not text:  # as the trainer extends it
             add_template_tokens(tokenizer, fmt)
-        elif lacking:
+        elif lacking and not text:
             sub.report.notes.append(
                 f"the model's chat template writes {', '.join(lacking)}, which its tokenizer "
                 f"does not have as tokens: they train as pieces of text, and a server would not stop on them (a "

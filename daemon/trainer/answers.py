@@ -332,12 +332,13 @@ class Answerer:
                 streamer.end()
 
         worker = threading.Thread(target=generate, daemon=True)
-        worker.start()
         try:
+            worker.start()  # inside: a Ctrl-C the moment it starts still ends it
             yield from streamer
         finally:  # a reader that stopped early (Ctrl-C): the generation ends at its next token
             halt.set()
-            worker.join()
+            if worker.ident is not None:
+                worker.join()
         if failed:
             raise failed[0]
 

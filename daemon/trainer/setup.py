@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from daemon.core import auto
 from daemon.core.atomic import write_json
-from daemon.core.datasets import PROMPT_SCHEMAS, ExampleKind, kind_of
+from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, ExampleKind, kind_of
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, Sizing, plan_memory
@@ -216,8 +216,10 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
     if s.chat is not None:  # probes, the adapter folder and export render with the template the run trains with
         tokenizer.chat_template = s.chat.template
-    # a template the user chose may need tokens the base lacks; a model's own template is trusted to have them
-    new_tokens = add_template_tokens(tokenizer, s.chat) if opts.chat_template != "auto" else []
+    # a template the user chose may need tokens the base lacks (a model's own is trusted to have them); plain text
+    # trains through no template: nothing to add
+    chosen = opts.chat_template != "auto" and s.cfg.schema not in TEXT_SCHEMAS
+    new_tokens = add_template_tokens(tokenizer, s.chat) if chosen else []
     if new_tokens:
         say(f"chat template: added the special tokens {', '.join(tokenizer.convert_ids_to_tokens(new_tokens))} the "
             f"base model lacks; their embeddings are trained and the adapter carries them")
