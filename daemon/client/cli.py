@@ -499,8 +499,13 @@ def _note(quiet: bool):
 @device_option
 def chat(home: str | None, ref: str, base: bool, max_new_tokens: int, device: str) -> None:
     """Chat with a model version in the terminal, through its training chat template, answers streamed."""
+    import signal
+
     from daemon.client.trying import chat as talk
     h = _existing(home)
+    # Ctrl-C stops an answer: Python raises KeyboardInterrupt only when SIGINT is not ignored, and a shell starts a
+    # background job (`overnight chat … &`, nohup) with it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def write(text: str) -> None:
         click.echo(text, nl=False)
