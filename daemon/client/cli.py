@@ -334,7 +334,7 @@ def priority(home: str | None, run: str, value: int, wait: float) -> None:
 def _prioritised(h: Home, ref: str) -> list[str]:
     """What `overnight priority REF` names for control/priority: one run, else the live runs of a group (by its id,
     or by the name they share), else the name of a drop still in the inbox (the daemon keeps it for its run)."""
-    from daemon.core.dropfiles import role_of, stem_of
+    from daemon.core.dropfiles import dataset_waiting
     rd = _reader(h)
     try:
         return [rd.named_run(ref)["id"]]
@@ -342,7 +342,7 @@ def _prioritised(h: Home, ref: str) -> list[str]:
         named = [r for r in rd.runs(LIVE) if r["group_id"] and ref in (r["group_id"], r["name"])]
         if named and len({r["group_id"] for r in named}) == 1:  # one sweep: all of it; runs of several: ambiguous
             return [r["id"] for r in named]
-        if not named and any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == ref for p in h.inbox.glob("*")):
+        if not named and h.inbox.is_dir() and dataset_waiting(h.inbox, ref):
             return [ref]
         raise not_one from None
 

@@ -42,3 +42,8 @@ def companion_hint(path: Path) -> str | None:
     ending = {"sidecar": ".toml", "probes": PROBES_SUFFIX, "eval": EVAL_SUFFIX}[role]
     return (f"{path.name} goes with a dataset named {stem}.jsonl (or .json, .csv, .parquet, .txt), not with {stem}: "
             f"for {stem}, name it {dataset.stem}{ending}")
+
+
+def dataset_waiting(inbox: Path, name: str) -> bool:
+    """Whether a dataset named `name` waits in the inbox (being written, settling or checked)."""
+    return any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == name for p in inbox.iterdir())

@@ -15,7 +15,7 @@ from daemon.core import control, rundir
 from daemon.engine import pruning, registry
 from daemon.core.control import Command, ControlError
 from daemon.core.space import waits_for_space
-from daemon.core.dropfiles import role_of, stem_of
+from daemon.core.dropfiles import dataset_waiting
 from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.states import LIVE, RESUMABLE, State, StopRequest
@@ -160,7 +160,7 @@ class Controller:
 
     def _drop_waiting(self, name: str) -> bool:
         """Whether a dataset named `name` waits in the inbox (being written, settling or checked)."""
-        return any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == name for p in self.home.inbox.iterdir())
+        return dataset_waiting(self.home.inbox, name)
 
     def _trainer(self, run_id: str) -> Trainer | None:
         return next((a for a in self.trainers if a.run_id == run_id), None)
