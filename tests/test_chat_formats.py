@@ -274,6 +274,7 @@ def test_the_token_that_ends_a_tool_call_turn_is_added_and_stopped_on(home: Path
     runs = {r["name"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
     text_console = (Path(runs["txt"]["run_dir"]) / "console.log").read_text()
     assert runs["txt"]["state"] == "completed" and "added the special tokens" not in text_console, text_console
+    assert "unused: text records are trained as they are" in text_console and "prompt format: chat" not in text_console
     for stem, end in (("glm", "<|observation|>"), ("oss", "<|call|>")):
         adapter = Path(runs[stem]["run_dir"]) / "adapter"
         assert runs[stem]["state"] == "completed", (adapter.parent / "console.log").read_text()[-2000:]

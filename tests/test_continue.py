@@ -78,6 +78,19 @@ def test_a_continuation_trains_through_its_parents_template_and_tokens(home: Pat
     assert run["state"] == "completed", console[-3000:]
     assert "chat template: gemma3" in console and "added the special tokens <start_of_turn>, <end_of_turn>" in console
 
+    # another template than the parent's would load its token rows at the ids that template's tokens take: refused
+    (home / "other.toml").write_text(FAST + 'init_adapter = "support"\nchat_template = "llama3"\n')
+    (home / "other.jsonl").write_text(RECORDS)
+    refused = overnight("check", str(home / "other.jsonl"), home=home)
+    assert refused.returncode == 1 and "trained through chat template 'gemma3'" in refused.stdout and \
+        "Fix: remove chat_template" in refused.stdout, refused.stdout
+    # plain text trains through no template, yet loads the parent's rows: the template's tokens are added for them
+    (home / "inbox" / "notes.toml").write_text(FAST + 'init_adapter = "support"\n')
+    (home / "inbox" / "notes.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=300, check=True)
+    text = next(r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout) if r["name"] == "notes")
+    assert text["state"] == "completed", (Path(text["run_dir"]) / "console.log").read_text()[-3000:]
+
 
 def test_an_adapter_of_another_base_model_is_refused_with_both_names(
         home: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

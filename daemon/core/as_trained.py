@@ -3,6 +3,7 @@ lays it out (chat template or raw prompt), its trained segments, and its length 
 `check` reports the lengths, truncations and dropped records the run will have, not those of the bare text."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -231,6 +232,17 @@ def add_template_tokens(tokenizer: Any, chat: ChatFormat | None) -> None:
     missing = missing_specials(tokenizer, chat)
     if missing:
         tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+
+
+def adapter_token_rows(adapter: Path) -> list[int]:
+    """The token ids whose embedding rows an adapter carries (the tokens its run's chat template added)."""
+    try:
+        indices = json.loads((adapter / "adapter_config.json").read_text()).get("trainable_token_indices")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if isinstance(indices, dict):  # per embedding layer
+        indices = [i for layer in indices.values() for i in layer]
+    return sorted(set(indices or []))
 
 
 def load_tokenizer(folder: Path | None) -> Any:

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.core.as_trained import adapter_token_rows
 from daemon.core.fsutil import model_name, model_name_problem
 from daemon.core.basemodel import model_folder
 from daemon.core.options import Resolved
@@ -139,6 +140,29 @@ def inherit_template(opts: Resolved, parent: Parent) -> str | None:
         return None
     opts.values["chat_template"], opts.sources["chat_template"] = chosen, "parent"
     return chosen
+
+
+def check_template_fits(opts: Resolved, parent: Parent) -> None:
+    """A continuation that names another chat template than its parent's, whose adapter carries rows for the tokens
+    its own template added, is refused: those rows would be loaded at the ids the new template's tokens take."""
+    if opts.sources.get("chat_template", "default") in ("default", "parent"):
+        return
+    from daemon.core.runconfig import RunConfig
+    try:
+        parents = RunConfig.read(parent.folder.parent).options.get("chat_template")
+    except (OSError, ValueError):
+        return  # an adapter folder overnight did not train: nothing recorded
+    chosen = opts.values["chat_template"]
+    others = [c for c in (chosen if isinstance(chosen, list) else [chosen]) if c != parents]
+    rows = adapter_token_rows(parent.folder)
+    if not others or not rows:
+        return
+    where = opts.origin("chat_template")
+    raise SubmissionError(f"{f'{where}: ' if where else ''}chat_template = {others[0]!r}, but init_adapter "
+                          f"{parent.label} was trained through chat template {parents!r}, and its adapter carries "
+                          f"the embedding rows of the {len(rows)} token(s) that template added: a continuation must "
+                          f"train through the same template. Fix: remove chat_template (the parent's is taken over), "
+                          f"or train a fresh adapter (remove init_adapter) to use {others[0]!r}.")
 
 
 def copy_adapter(parent: Parent, dest: Path) -> dict[str, str]:

@@ -118,6 +118,7 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
 
 def _choose_chat_format(s: Session, folder: Path) -> None:
     """The chat template and prompt format (torch-free, so a bad template fails before the ~5 s of imports)."""
+    from daemon.core.datasets import TEXT_SCHEMAS
     from daemon.core.templating import TemplateError, for_run, prompt_as_chat
 
     opts, root = s.cfg.options, s.cfg.paths.root
@@ -127,6 +128,9 @@ def _choose_chat_format(s: Session, folder: Path) -> None:
     except TemplateError as e:
         raise RunError(str(e)) from None
     template = s.chat.describe() if s.chat else "none (the model has none; chat_template = \"auto\")"
+    if s.cfg.schema in TEXT_SCHEMAS:
+        say(f"chat template: {template}; unused: text records are trained as they are, with no prompt format")
+        return
     say(f"chat template: {template}; prompt format: "
         f"{'chat (one user turn, one assistant turn)' if s.prompt_chat else 'raw (prompt text + answer)'}"
         f"{' (auto)' if opts.prompt_format == 'auto' else ''}")

@@ -12,6 +12,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from daemon.core import auto
+from daemon.core.as_trained import adapter_token_rows
 from daemon.core.atomic import write_json
 from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, ExampleKind, kind_of
 from daemon.core.rundir import TRAINER_STATE
@@ -92,6 +93,8 @@ class Built:
         self.stops = stop_ids(self.tokenizer, self.session.chat, base.generation_config.eos_token_id)
         base.generation_config.eos_token_id = self.stops  # the adapter's generation_config.json: ask and export stop
         fit_embeddings(base, self.tokenizer)
+        if cfg.init_adapter:
+            _check_parent_rows(cfg.init_adapter, self.new_tokens, self.tokenizer)
         self.model = (continue_lora(base, cfg.init_adapter, cfg.options) if cfg.init_adapter else
                       add_lora(base, cfg.options, self.new_tokens))
         from peft import get_peft_model_state_dict
@@ -207,6 +210,19 @@ class Built:
         say(f"loaded the best checkpoint's adapter weights from {folder.name}")
 
 
+def _check_parent_rows(parent: Path, new_tokens: list[int], tokenizer: Any) -> None:
+    """The adapter a run continues from carries rows for exactly the tokens this run's chat template added (the
+    queue refuses another template than the parent's; this catches a parent that added none, or another base)."""
+    rows = adapter_token_rows(parent)
+    if rows == sorted(new_tokens):
+        return
+    names = ", ".join(tokenizer.convert_ids_to_tokens(sorted(set(new_tokens) ^ set(rows))))
+    raise RunError(f"the adapter this run continues from carries embedding rows for {len(rows)} added token(s) and "
+                   f"this run's chat template needs {len(new_tokens)} ({names} differ): a continuation must train "
+                   f"through its parent's chat template. Fix: remove chat_template from the sidecar (the parent's is "
+                   f"taken over), or remove init_adapter to train a fresh adapter with this template.")
+
+
 def build_everything(s: Session, source: str, device: Device, stats: dict[str, Any], progress: Progress,
                      commands: "Commands") -> Built:
     """Tokenizer, tokenised data (+ stats.json), probes, then the base model with its LoRA adapter."""
@@ -218,7 +234,9 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
         tokenizer.chat_template = s.chat.template
     # a template the user chose may need tokens the base lacks (a model's own is trusted to have them); plain text
     # trains through no template: nothing to add
-    chosen = opts.chat_template != "auto" and s.cfg.schema not in TEXT_SCHEMAS
+    # (a continuation adds its parent's, whose rows the adapter it loads carries)
+    parent_rows = bool(s.cfg.init_adapter and adapter_token_rows(s.cfg.init_adapter))
+    chosen = opts.chat_template != "auto" and (s.cfg.schema not in TEXT_SCHEMAS or parent_rows)
     new_tokens = add_template_tokens(tokenizer, s.chat) if chosen else []
     if new_tokens:
         say(f"chat template: added the special tokens {', '.join(tokenizer.convert_ids_to_tokens(new_tokens))} the "
