@@ -98,6 +98,23 @@ def test_bad_asha_settings_are_refused_with_the_allowed_values(tmp_path, line, w
     assert res.returncode == 1 and all(w in res.stdout + res.stderr for w in words), res.stdout + res.stderr
 
 
+def test_a_trial_whose_steps_come_from_the_data_says_when_its_rungs_fall_past_its_end(monkeypatch):
+    """max_steps unset: a trial's steps are known only in its trainer, which says that nothing will be pruned."""
+    from types import SimpleNamespace
+
+    from daemon.trainer.commands import Commands
+    from daemon.trainer.rung import rung_callback
+
+    said: list[str] = []
+    monkeypatch.setenv(asha.RUNG_ENV, "0")
+    options = {"prune": "asha", "eta": 3, "prune_rungs": 2, "min_steps": 50}
+    for total in (20, 500):
+        callback = rung_callback(options, Commands(), False, said.append)
+        callback.on_train_begin(None, SimpleNamespace(max_steps=total), None)
+    assert "first rung at or past this trial's 20 steps: it trains to its end and nothing is pruned" in said[0]
+    assert said[1].startswith("ASHA: this trial trains to rung 1, step 50 of 500") and len(said) == 2
+
+
 # ----------------------------------------------------------------------------------------------- the whole path
 
 ASHA = ('learning_rate = [1e-5, 3e-3, 1e-4]\nprune = "asha"\neta = 3\nprune_rungs = 1\nselect = "best"\n'

@@ -31,7 +31,13 @@ class RungCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.stop_at = asha.stop_step(self.options, state.max_steps, self.rung)
-        if self.stop_at is not None:
+        eta, rungs, min_steps = asha.settings(self.options) or (asha.DEFAULT_ETA, asha.DEFAULT_RUNGS, None)
+        if self.rung == 0 and not asha.rung_steps(state.max_steps, eta, rungs, min_steps):
+            # max_steps unset: the steps were known only now, from the data (the queue checks a max_steps set)
+            self.log(f"ASHA: min_steps = {min_steps} puts the first rung at or past this trial's {state.max_steps} "
+                     f"steps: it trains to its end and nothing is pruned. Fix: a lower min_steps (or none: the rungs "
+                     f"are then fractions of the steps) for the next sweep")
+        elif self.stop_at is not None:
             self.log(f"ASHA: this trial trains to rung {self.rung + 1}, step {self.stop_at} of {state.max_steps}; "
                      f"the daemon then decides whether it goes on")
 
