@@ -480,16 +480,22 @@ def test_a_daemon_that_cannot_take_drops_says_why(fx) -> None:
     lock.acquire()
     store = Store(fx.home.db)
     store.daemon_started(os.getpid(), str(fx.root), "test")
-    store.heartbeat(problem="overnight.toml: unknown option 'learning_rat'. Did you mean 'learning_rate'?")
+    problem = (f"{fx.root}/overnight.toml: not valid TOML: Unclosed array (at line 2, column 1). Fix: correct that "
+               f"place (text goes in double quotes, closed on the same line: name = \"mydata\"; numbers and "
+               f"true/false bare; one key = value per line, e.g. learning_rate = 3e-4)")
+    store.heartbeat(problem=problem)
     store.close()
     try:
         app = app_for(fx.root)
 
         async def body(pilot: Any) -> None:
             await loaded(pilot)
-            assert app.query_one("#banner").has_class("-visible")
-            assert "unknown option 'learning_rat'" in static_text(app, "#banner")
-        drive(app, body)
+            banner = app.query_one("#banner")
+            assert banner.has_class("-visible")
+            assert "Unclosed array" in static_text(app, "#banner")
+            # said whole at 80 columns: its fix is its last line
+            assert banner.size.height >= 4 and "3e-4)" in screen_text(app), screen_text(app)
+        drive(app, body, size=(80, 30))
     finally:
         lock.release()
 

@@ -98,11 +98,13 @@ class DaemonBanner(Static):
     DEFAULT_CSS = """
     DaemonBanner { height: auto; max-height: 2; background: $warning 20%; color: $foreground; display: none; }
     DaemonBanner.-visible { display: block; }
+    DaemonBanner.-problem { max-height: 6; }
     """
 
     def show(self, snap: HomeSnapshot) -> None:
         """Visible with the start command when no daemon is alive, or with the DB error when it cannot be read."""
         problem = snap.error or snap.daemon.problem
+        self.set_class(bool(problem), "-problem")  # said whole: a broken overnight.toml's message holds its fix
         if problem:
             self.update(Text(f" {problem}", "bold"))
             self.set_class(True, "-visible")
