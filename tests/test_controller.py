@@ -226,6 +226,15 @@ def test_resume_of_a_stopped_run_queues_it_again(b: Bench) -> None:
     assert messages(b.step()) == ["applied: resume s-1: queued again"] and b.state("s-1") == "queued"
 
 
+def test_resume_of_a_run_paused_then_stopped_lifts_the_pause_and_queues_it_again(b: Bench) -> None:
+    b.run("s-1", "stopped")
+    control.hold_pause(b.home, {"s-1"})  # its pause outlived the stop
+    r = control.send(b.home, "resume", "s-1")
+    b.step()
+    assert [e["message"] for e in r.answers(b.events())] == ["resume s-1: control/pause lifted; queued again"]
+    assert b.state("s-1") == "queued" and not control.paused(b.home)
+
+
 def test_resume_of_a_completed_run_is_rejected(b: Bench) -> None:
     b.run("c-1", "completed")
     b.drop("resume", "c-1")

@@ -294,7 +294,11 @@ class Controller:
         if not cmd.target:
             self._answer(cmd, self._lift_holds())
         elif self._trainer(cmd.target) or cmd.target in held or ("*" in held and self.store.get_run(cmd.target)):
-            self._answer(cmd, self._unpause(cmd.target, held), cmd.target)
+            said = self._unpause(cmd.target, held)
+            run = None if self._trainer(cmd.target) else self.store.get_run(cmd.target)
+            if run and run["state"] in RESUMABLE:  # paused, then stopped: the user wants it back, not just unheld
+                said += "; " + self._queue_again(run).partition(": ")[2]
+            self._answer(cmd, said, cmd.target)
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
             if run["state"] == State.PAUSED:
@@ -302,12 +306,16 @@ class Controller:
                 self._answer(cmd, f"resume {run['id']}: control/pause does not hold it; nothing to lift{why}",
                              run["id"])
             else:
-                if run["state"] == State.PRUNED:
-                    pruning.resumed(self.store, run["id"])  # trains to the end, past the rung it was pruned at
-                self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
-                                finished=None)
-                self._answer(cmd, f"resume {run['id']}: queued again", run["id"])
+                self._answer(cmd, self._queue_again(run), run["id"])
         control.consume(self.home, cmd.path)
+
+    def _queue_again(self, run: dict[str, Any]) -> str:
+        """An ended run back in the queue, continuing from its last checkpoint."""
+        if run["state"] == State.PRUNED:
+            pruning.resumed(self.store, run["id"])  # trains to the end, past the rung it was pruned at
+        self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
+                        finished=None)
+        return f"resume {run['id']}: queued again"
 
     def _unpause(self, run_id: str, held: frozenset[str]) -> str:
         """Take `run_id` out of control/pause; a pause of every run then names every other live run."""
