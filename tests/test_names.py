@@ -212,6 +212,26 @@ def test_init_adapter_with_a_cjk_name_that_is_not_registered_says_so(home: Home)
     assert resolve_parent("模型:1", home.root).label == "模型:1"
 
 
+def test_init_adapter_finds_a_name_taken_from_a_long_file_name(home: Home) -> None:
+    """A model named after its dataset's file may be longer than the `name` option's 64 characters."""
+    long = "b" * 100
+    register(home, long)
+    assert resolve_parent(f"{long}:1", home.root).label == f"{long}:1"
+    assert resolve_parent(long, home.root).label == f"{long}:1"
+    with pytest.raises(SubmissionError, match="runs/nosuch/adapter does not exist. Fix: point init_adapter"):
+        resolve_parent("runs/nosuch/adapter", home.root)
+
+
+def test_check_and_add_refuse_a_file_name_the_daemon_would_refuse(home: Home, tmp_path: Path) -> None:
+    data = tmp_path / ("a" * 200 + ".jsonl")
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    for args in (["check", str(data)], ["add", str(data)]):
+        res = CliRunner().invoke(main, [*args, "--home", str(home.root)])
+        assert res.exit_code == 1 and "the file name is too long (206 bytes; overnight takes at most 200" in \
+            res.output and "Fix: rename it to a shorter name" in res.output, res.output
+    assert not [p for p in home.inbox.iterdir() if p.is_file()]
+
+
 # --- activate / delete, models, trash --------------------------------------------------------------------------
 def _pass(home: Home) -> list[dict]:
     store = Store(home.db)

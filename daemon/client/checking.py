@@ -11,7 +11,7 @@ from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, kind_of)
 from daemon.core.drop import ignored_name, plain_name
-from daemon.core.dropfiles import companion_hint
+from daemon.core.dropfiles import companion_hint, name_problem
 from daemon.core.fsutil import ignored
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
@@ -172,6 +172,9 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
 
 
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
+    problem = name_problem(path.name)  # the daemon refuses the drop before it reads it
+    if problem:
+        raise SubmissionError(problem)
     counters: list[_Counter | None] = []  # the one validate asks for: after it, how many records it counted in part
 
     def token_counter(opts: Any) -> _Counter | None:

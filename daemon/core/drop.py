@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.home import Home
-from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, role_of
+from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, name_problem, role_of
 from daemon.core.errors import DropError
 from daemon.core.fsutil import IGNORED_SUFFIXES, ignored
 
@@ -40,6 +40,9 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     if ignored(src.name):
         raise DropError(f"{ignored_name(src.name)}; nothing was added. Fix: add it under another name, e.g. "
                         f"{plain_name(src.name)}.")
+    problem = name_problem(src.name)
+    if problem:
+        raise DropError(f"{problem} Nothing was added.")
     pairs = plan(h, src, sidecar, probes)
     clashes = [dest for _, dest in pairs if dest.exists() or dest.is_symlink()]
     if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.core.datasets import SUPPORTED_SUFFIXES
+from daemon.core.fsutil import SHORT_NAME, breaks_lines, short_name, shown_name
 
 PROBES_SUFFIX = ".probes.jsonl"
 EVAL_SUFFIX = ".eval.jsonl"  # scored at the end of each run (daemon/core/evalfile.py)
@@ -47,3 +48,29 @@ def companion_hint(path: Path) -> str | None:
 def dataset_waiting(inbox: Path, name: str) -> bool:
     """Whether a dataset named `name` waits in the inbox (being written, settling or checked)."""
     return any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == name for p in inbox.iterdir())
+
+
+_CONTROL_WORDS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x1b": "an escape character",
+                  "\u2028": "a line separator", "\u2029": "a paragraph separator"}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a dropped file's name cannot name a run (the daemon's refusal, which check and add say first): not
+    UTF-8, a control character, or too long."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return (f"{shown_name(name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
+                f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
+    bad = next((c for c in name if breaks_lines(c)), None)
+    if bad is not None:
+        what = _CONTROL_WORDS.get(bad, "a control character")
+        renamed = "".join("_" if breaks_lines(c) else c for c in name)
+        return (f"{shown_name(name)}: the file name holds {what} ({shown_name(bad)}, U+{ord(bad):04X}), which "
+                f"would split or fake lines of the daemon's log and cannot name a run. Fix: rename it without "
+                f"control characters (e.g. {shown_name(renamed)!r}) and drop it again.")
+    if size > SHORT_NAME:
+        return (f"{short_name(name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
+                f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "
+                f"(keeping {Path(name).suffix or 'its suffix'}) and drop it again.")
+    return None

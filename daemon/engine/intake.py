@@ -19,8 +19,9 @@ from daemon.core.rundir import RunFolder
 from daemon.core.runconfig import RunConfig
 from daemon.core.atomic import write_json, write_text
 from daemon.core.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
-from daemon.core.fsutil import (sha256_file, SHORT_NAME, breaks_lines, ignored, model_name, safe_name, short_name,
+from daemon.core.fsutil import (sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name,
                                 shown_name, unique_path)
+from daemon.core.dropfiles import name_problem
 from daemon.core.home import Home
 from daemon.engine.lineage import check_parent, copy_adapter
 from daemon.core.log import log
@@ -437,13 +438,8 @@ def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
     return out
 
 
-_CONTROL_WORDS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x1b": "an escape character",
-                  "\u2028": "a line separator", "\u2029": "a paragraph separator"}
-
-
 def _refused_name(p: Path, inbox: Path) -> str | None:
-    """Why a file is refused before it is read: a symbolic link, not a file, a name that is not UTF-8, holds a
-    control character or is too long."""
+    """Why a file is refused before it is read: a symbolic link, not a file, or its name (dropfiles.name_problem)."""
     if p.is_symlink():
         return (f"{shown_name(p.name)} is a symbolic link; overnight refuses links so that nothing outside the "
                 f"home is read or moved. Fix: move or copy the real file into the inbox "
@@ -453,23 +449,7 @@ def _refused_name(p: Path, inbox: Path) -> str | None:
                 f"records into one .jsonl file (or drop its files one by one) and drop that.")
     if not p.is_file():
         return f"{shown_name(p.name)} is not a regular file (a pipe or a device?). Fix: drop a dataset file."
-    try:
-        size = len(p.name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return (f"{shown_name(p.name)}: the file name is not valid UTF-8, so it cannot name a run or appear in "
-                f"logs. Fix: rename it with plain letters, digits, '-' and '_', then drop it again.")
-    bad = next((c for c in p.name if breaks_lines(c)), None)
-    if bad is not None:
-        what = _CONTROL_WORDS.get(bad, "a control character")
-        renamed = "".join("_" if breaks_lines(c) else c for c in p.name)
-        return (f"{shown_name(p.name)}: the file name holds {what} ({shown_name(bad)}, U+{ord(bad):04X}), which "
-                f"would split or fake lines of the daemon's log and cannot name a run. Fix: rename it without "
-                f"control characters (e.g. {shown_name(renamed)!r}) and drop it again.")
-    if size > SHORT_NAME:
-        return (f"{short_name(p.name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
-                f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "
-                f"(keeping {p.suffix or 'its suffix'}) and drop it again.")
-    return None
+    return name_problem(p.name)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

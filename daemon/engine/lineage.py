@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.as_trained import adapter_token_rows
-from daemon.core.fsutil import model_name, model_name_problem
+from daemon.core.fsutil import model_name, stored_name_problem
 from daemon.core.basemodel import model_folder
 from daemon.core.options import Resolved
 from daemon.core.queries import Reader
 from daemon.core.versionpick import NoVersion, pick_version
 from daemon.core.errors import SubmissionError
 
-# NAME or NAME:VERSION, NAME a model name (fsutil.model_name_problem): letters of any script, NFC
+# NAME or NAME:VERSION, NAME a registered name (fsutil.stored_name_problem): letters of any script, NFC
 _REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::[vV]?(?P<version>[0-9]+))?$")  # NAME:V or NAME:vV, as ask
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 
@@ -39,7 +39,8 @@ class Parent:
 def resolve_parent(spec: str, root: Path) -> Parent:
     """The adapter `spec` names; SubmissionError with the fix when there is none."""
     m = _REGISTERED.match(model_name(spec))
-    if m and model_name_problem(m["name"]) is None:
+    # the registry's own rule, not the `name` option's 64 characters: a name taken from a long file name is longer
+    if m and stored_name_problem(m["name"]) is None:
         return _registered(m["name"], int(m["version"]) if m["version"] else None, root)
     folder = Path(spec).expanduser()
     folder = folder if folder.is_absolute() else root / folder
@@ -83,6 +84,9 @@ def _trashed(name: str, version: int | None, row: dict, root: Path) -> str:
 
 def _folder(folder: Path, label: str) -> Parent:
     config = folder / "adapter_config.json"
+    if not folder.exists():
+        raise SubmissionError(f"init_adapter {label}: {folder} does not exist. Fix: point init_adapter at "
+                              f"a run's adapter/ folder or a registered model (overnight models lists them).")
     if not config.is_file():
         raise SubmissionError(f"init_adapter {label}: {folder} holds no adapter_config.json, so it is not a PEFT "
                               f"adapter. Fix: point init_adapter at a run's adapter/ folder or a registered model.")
