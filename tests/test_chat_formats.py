@@ -96,7 +96,10 @@ def test_bad_templates_and_missing_ones_say_the_fix(home: Path, tiny_model: Path
         "": 'has no chat template, so chat records cannot be formatted. Fix: set chat_template to a family name',
         'chat_template = "qwen9"\n': 'chat_template = "qwen9" is not a chat template family overnight knows. Fix:',
         'chat_template = "broken.jinja"\n': "does not parse: ",
-        'chat_template = "missing.jinja"\n': 'chat_template = "missing.jinja": cannot read the file',
+        'chat_template = "missing.jinja"\n': f'chat_template = "{home}/missing.jinja": cannot read the file',
+        # a relative path is the home's, never the folder check runs in (the daemon's is another)
+        'chat_template = "daemon/core/templates/chatml.jinja"\n':
+            f'"{home}/daemon/core/templates/chatml.jinja": cannot read the file (No such file or directory)',
         'chat_template = "chatml"\nprompt_format = "chat"\n': None,
     }
     (home / "broken.jinja").write_text("{% for m in messages %}{{ m.content }")  # a relative path: the home's

@@ -325,10 +325,11 @@ def choose(option: str, folder: Path | None, *, where: str = "chat_template") ->
 
 
 def for_run(option: str, folder: Path | None, places: Sequence[Path] = ()) -> ChatFormat | None:
-    """`choose` with a relative .jinja path tried in `places` (the home, the run folder) first."""
-    if _is_path(option) and not Path(option).expanduser().is_absolute():
-        found = next((p / option for p in places if (p / option).is_file()), None)
-        option = str(found) if found else option
+    """`choose` with a relative .jinja path tried in `places` (the home, the run folder), never in the current
+    folder (the daemon's is not the user's): found nowhere, the first place's path is the one said missing."""
+    if _is_path(option) and not Path(option).expanduser().is_absolute() and places:
+        found = next((p / option for p in places if (p / option).is_file()), places[0] / option)
+        option = str(found)
     return choose(option, folder)
 
 
