@@ -285,6 +285,14 @@ def test_a_sidecar_alone_in_the_inbox_is_said_with_the_name_it_needs(tmp_path: P
     os.utime(fresh, (old, old))
     waiting = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)["waiting"]
     assert len(waiting) == 2 and waiting[0].startswith("later.probes.jsonl waits for a dataset named later"), waiting
+    app = OvernightApp(home.root, telemetry=FixedTelemetry(NO_GPU))
+
+    async def body(pilot: Any) -> None:  # the dashboard's strip says them too
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.pause(0.1)
+        assert str(app.needs.render()).strip().startswith("needs you: 2 files without their dataset (later.probes.jsonl "
+                                                          "waits for a dataset named later"), app.needs.render()
+    drive(app, body, size=(120, 24))
 
 
 def test_a_pause_of_every_run_is_said_with_how_to_lift_it(tmp_path: Path) -> None:

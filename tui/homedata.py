@@ -103,6 +103,7 @@ class HomeSnapshot:
     failed: tuple[FailedRun, ...] = ()
     rejected: tuple[RejectedDrop, ...] = ()
     held: str | None = None
+    waiting: tuple[str, ...] = ()  # sidecars, probe and eval files alone in the inbox, each with why
 
     def run(self, run_id: str | None) -> RunRow | None:
         """The run with this id, if listed."""
@@ -201,7 +202,7 @@ class HomeWatcher:
                 paused=pause, stop_held=stop == "*",
                 failed=tuple(morning.failed_runs(runs, since)),
                 rejected=tuple(morning.rejected_drops(self.home, since)),
-                held=morning.held(stop, daemon.problem))
+                held=morning.held(stop, daemon.problem), waiting=tuple(morning.waiting_files(self.home)))
         except (sqlite3.Error, json.JSONDecodeError) as e:
             self.close()  # a fresh connection next time
             return HomeSnapshot(root=str(self.home.root), daemon=DaemonState(alive=bool(alive)),

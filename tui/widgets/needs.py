@@ -1,6 +1,6 @@
-"""The "needs you" strip under the header: failed runs, rejected drops, a held queue and paused queued runs, counted,
-each with its newest item, so a morning glance at the dashboard tells what to look at (`overnight status` lists them
-all)."""
+"""The "needs you" strip under the header: failed runs, rejected drops, a held queue, lone companion files in the
+inbox and paused queued runs, counted, each with its newest item, so a morning glance at the dashboard tells what to
+look at (`overnight status` lists them all)."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -26,6 +26,9 @@ def needs_parts(snap: HomeSnapshot) -> list[tuple[str, str]]:
         parts.append(("queue held by control/stop", HELD_BY_STOP.partition(" (")[2].rstrip(")")))
     elif snap.held:
         parts.append(("queue held", snap.held))
+    if snap.waiting:
+        n = len(snap.waiting)
+        parts.append((f"{n} file{'s' if n > 1 else ''} without {'their' if n > 1 else 'its'} dataset", snap.waiting[0]))
     paused = [r.id for r in snap.runs if r.paused and r.state == State.QUEUED]
     if "*" in snap.paused:  # `overnight pause` alone: every run, the next ones too
         parts.append(("every run paused by control/pause", "overnight resume lifts it"))
