@@ -81,3 +81,24 @@ def test_a_restarted_trainer_before_training_keeps_the_runs_known_total(tmp_path
         assert t.ingest(store)["max_steps"] == 20
     finally:
         store.close()
+
+
+def test_a_paused_run_has_no_eta_and_its_step_is_the_newest_logged_loss(tmp_path: Path) -> None:
+    """A pause blanks the ETA (a frozen one reads as time left); the step shown is never older than the loss shown."""
+    import json
+
+    from daemon.engine.store import Store
+
+    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None))  # type: ignore[arg-type]
+    store = Store(tmp_path / "overnight.db")
+    try:
+        for step in (1, 2):
+            (tmp_path / "progress.json").write_text(json.dumps({"state": "training", "step": step, "max_steps": 20}))
+            fields = t.ingest(store)
+        assert fields["eta_s"] is not None
+        (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 4.5}) + "\n")
+        (tmp_path / "progress.json").write_text(json.dumps({"state": "paused", "step": 2, "max_steps": 20}))
+        fields = t.ingest(store)
+    finally:
+        store.close()
+    assert fields["eta_s"] is None and fields["step"] == 3 and fields["loss"] == 4.5

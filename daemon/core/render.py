@@ -108,7 +108,7 @@ def fmt_forgetting(score: float) -> str:
 
 REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
 _WITH_REASON = tuple(s for s in ENDED if s is not State.COMPLETED)  # a run that ended otherwise says why
-_COUNTING_DOWN = tuple(s for s in ACTIVE if s is not State.PREPARING)  # an ETA once steps are being taken
+_COUNTING_DOWN = tuple(s for s in ACTIVE if s not in (State.PREPARING, State.PAUSED))  # an ETA while steps are taken
 
 
 def cut(text: str, width: int) -> str:

@@ -149,13 +149,15 @@ class TrainerProcess:
         self._store_new("evolution", store)
         prog = self.progress()
         if prog.get("step") is not None:
-            step, total = int(prog["step"]), prog.get("max_steps")
+            # progress.json is written twice a second at most: the step of the loss just taken may be newer
+            logged = max((int(m["step"]) for m in metrics if m.get("step") is not None), default=0)
+            step, total = max(int(prog["step"]), logged), prog.get("max_steps")
             fields.update(step=step, epoch=prog.get("epoch"))
             if total:  # a restarted trainer knows its total only once training starts: the known one stands till then
                 fields["max_steps"] = total
             eta = self._eta(step, total, prog.get("state") == Phase.TRAINING)
-            if eta is not None:
-                fields["eta_s"] = eta
+            if eta is not None or prog.get("state") == Phase.PAUSED:
+                fields["eta_s"] = eta  # paused: none, rather than the last one frozen
         return fields
 
     def _eta(self, step: int, total: int | None, training: bool) -> float | None:

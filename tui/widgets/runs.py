@@ -234,7 +234,7 @@ def _cell(run: RunRow, key: str, held: str | None = None) -> Text | str:
     if key == "speed":
         return fmt_rate(run.tokens_per_s)
     if key == "eta":
-        return fmt_duration(run.eta_s) if run.active else ""
+        return fmt_duration(run.eta_s) if run.active and run.state != State.PAUSED else ""
     if key == "gpu":
         if run.job_id:  # a Slurm job: where it runs (its GPUs are the cluster's, not this machine's)
             return fmt_job({"job_id": run.job_id, "node": run.node}) if run.active else ""
