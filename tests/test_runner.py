@@ -19,13 +19,17 @@ def test_eta_counts_only_the_pace_of_training_steps(monkeypatch: pytest.MonkeyPa
     assert t._eta(168, 2000, training=False) is None  # loading the model after a resume: no pace yet
     clock[0] += 30  # setup time must not count as step time
     assert t._eta(168, 2000, training=True) is None
-    clock[0] += 10
+    clock[0] += 40
+    assert t._eta(170, 2000, training=True) is None  # the first steps' one-off costs (probes, warm-up) are no pace
+    clock[0] += 8
     assert t._eta(178, 2000, training=True) == pytest.approx(1822.0)  # 1 s a step, 1822 steps left
     assert t._eta(178, 2000, training=False) is None  # paused
     clock[0] += 600
     assert t._eta(178, 2000, training=True) is None  # the pause is not step time either
     clock[0] += 2
-    assert t._eta(180, 2000, training=True) == pytest.approx(1820.0)
+    assert t._eta(180, 2000, training=True) is None
+    clock[0] += 2
+    assert t._eta(182, 2000, training=True) == pytest.approx(1818.0)
 
 
 # The rule written out pair by pair (not re-derived): the first request stands, except that a user's stop or skip
@@ -92,10 +96,10 @@ def test_a_paused_run_has_no_eta_and_its_step_is_the_newest_logged_loss(tmp_path
     t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None))  # type: ignore[arg-type]
     store = Store(tmp_path / "overnight.db")
     try:
-        for step in (1, 2):
+        for step in (0, 1, 2):  # step 1's time (the step-0 probes, warm-up) is not the pace
             (tmp_path / "progress.json").write_text(json.dumps({"state": "training", "step": step, "max_steps": 20}))
             fields = t.ingest(store)
-        assert fields["eta_s"] is not None
+            assert (fields.get("eta_s") is None) == (step < 2)
         (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 4.5}) + "\n")
         (tmp_path / "progress.json").write_text(json.dumps({"state": "paused", "step": 2, "max_steps": 20}))
         fields = t.ingest(store)

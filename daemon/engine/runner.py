@@ -43,6 +43,7 @@ class TrainerProcess:
     folder: RunFolder = field(init=False)
     tails: dict[str, JsonlTail] = field(init=False)  # by DB table: metrics, evolution
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
+    settling: bool = False  # the first step since training (re)started is not yet over
     started: float = field(default_factory=time.monotonic)
     step_s: float | None = None  # seconds per step, measured since training (re)started
     escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits
@@ -167,7 +168,11 @@ class TrainerProcess:
             self.rate = None  # the pace is measured afresh when steps move again
             return None
         if self.rate is None or step < self.rate[1]:
-            self.rate = (now, step)
+            self.rate, self.settling = (now, step), True
+            return None
+        if self.settling and step > self.rate[1]:
+            # the first step carries one-off costs (the step-0 probe snapshot, warm-up): the pace starts after it
+            self.rate, self.settling = (now, step), False
             return None
         if not total or step == self.rate[1]:
             return None
