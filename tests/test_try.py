@@ -38,7 +38,10 @@ def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path, mo
         assert app.focused is app.query_one("#try-prompt", Input)  # the tab opens ready to type
         await pilot.press(*"q p s")  # typed into the prompt: no key of the dashboard fires
         assert app.query_one("#try-prompt", Input).value == "q p s" and app.is_running
-        assert "Enter in the prompt asks each version" in str(app.query_one("#try-status", Static).render())
+        status = str(app.query_one("#try-status", Static).render())
+        assert "Enter in the prompt asks each version" in status
+        # the run under the cursor trains still: no version of its own, the newest model is shown instead
+        assert "reverse-words, the selected run's name, has no version" in status and "alpaca-small, is shown" in status
         # a version picked by hand that the registry lacks: the answers process says so in one line
         app.query_one("#try-models", Input).value = "alpaca-small:9 base"
         await pilot.press("enter")
@@ -53,6 +56,35 @@ def test_try_picks_the_active_version_its_parent_and_the_base(tmp_path: Path, mo
         await pilot.press("enter")
         await until(pilot, lambda: app.try_panel.answered >= 2, timeout=60, what="the answers after the idle end")
         assert "no model version 'alpaca-small:9'" in str(app.query_one("#try-status", Static).render())
+    drive(app, body)
+
+
+def test_answers_of_versions_no_longer_shown_are_cleared(tmp_path: Path) -> None:
+    """A new active version replaces the defaults: the answers of the old ones go with them."""
+    from daemon.engine.store import Store
+    from tui.widgets.trypanel import TryPanel
+
+    fx = build_home(tmp_path / "home")
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("6")
+        await until(pilot, lambda: app.query_one("#try-models", Input).value, what="default versions")
+        app.try_panel.post_message(TryPanel.Answered({"answers": [{"model": "alpaca-small:2", "answer": "hi"}],
+                                                      "device": "cpu", "device_why": "no GPU"}, None, 0.5))
+        await until(pilot, lambda: app.try_panel.answered >= 1, what="the answer shown")
+        assert len(app.query(".try-answer")) == 1
+        store = Store(fx.home.db)
+        try:
+            store.add_model({"name": "alpaca-small", "run_id": "alpaca-small-20260514-010000", "base_model": "m",
+                             "metrics": {}, "adapter_path": str(fx.root / "x"), "parent": None})
+        finally:
+            store.close()
+        await until(pilot, lambda: app.query_one("#try-models", Input).value.startswith("alpaca-small:3"),
+                    what="the new version picked")
+        await until(pilot, lambda: not app.query(".try-answer"), what="the old answers cleared")
+        assert "Enter in the prompt asks each version" in str(app.query_one("#try-status", Static).render())
     drive(app, body)
 
 

@@ -28,12 +28,12 @@ from textual.message import Message
 from textual.widgets import Input, Static
 from textual.worker import get_current_worker
 
+from daemon.trainer.answers import DEFAULT_MAX_NEW_TOKENS  # torch-free: `overnight ask` answers as long
 from tui.homedata import HomeSnapshot, ModelRow
 
 NICE = 10  # the answers share the CPU with a training run: the run keeps its pace
 IDLE_S = 300  # a kept answers process gives its models' memory back after this long without a prompt
 WORKER = [sys.executable, "-m", "daemon.trainer.answers", "--nice", str(NICE), "--idle", str(IDLE_S)]
-MAX_NEW_TOKENS = 96
 BASE = "base"
 
 
@@ -92,6 +92,7 @@ class TryPanel(Vertical):
         self._edited = False  # the person typed the versions: defaults no longer replace them
         self._filling = False
         self._asking = False
+        self._showing = False  # the status line says how the answers on screen were made (or why there are none)
         self._kept: AnswersProcess | None = None  # the answers process between requests, models loaded
         self._lock = threading.Lock()
         self._closed = False
@@ -122,16 +123,25 @@ class TryPanel(Vertical):
         target.focus()
 
     def show(self, snap: HomeSnapshot, selected_name: str | None) -> None:
-        """Keep the default versions in step with the registry until the person picks their own."""
-        if not self._asking and not self.answered:
-            self.status.update(" Enter in the prompt asks each version, in a process of its own" if snap.models else
-                               " no version registered yet: the first completed run makes one")
-        if self._edited:
-            return
-        picked = " ".join(default_models(snap.models, selected_name))
-        if picked and picked != self.models_input.value:
-            self._filling = True
-            self.models_input.value = picked
+        """Keep the default versions in step with the registry and the selected run until the person picks their
+        own; the answers of the versions shown before are cleared."""
+        note = ""
+        if not self._edited:
+            defaults = default_models(snap.models, selected_name)
+            shown = defaults[0].partition(":")[0] if defaults else None
+            if selected_name and shown and shown != selected_name:
+                note = (f"{selected_name}, the selected run's name, has no version (no run of it completed): the "
+                        f"newest model, {shown}, is shown. ")
+            picked = " ".join(defaults)
+            if picked and picked != self.models_input.value:
+                self._filling = True
+                self.models_input.value = picked
+                if not self._asking:
+                    self.answers.remove_children()
+                    self._showing = False
+        if not self._asking and not self._showing:
+            self.status.update(f" {note}Enter in the prompt asks each version, in a process of its own"
+                               if snap.models else " no version registered yet: the first completed run makes one")
 
     @on(Input.Changed, "#try-models")
     def _models_changed(self) -> None:
@@ -147,12 +157,13 @@ class TryPanel(Vertical):
         if not prompt.strip():
             return
         if not refs:
+            self._showing = True
             self.status.update(" name a version to ask (NAME or NAME:V; base asks its base model too)")
             return
         shown = " · ".join([*refs, *([BASE] if base else [])])
         self._asking = True
         self.status.update(f" asking {shown} (python -m daemon.trainer.answers, a process of its own)…")
-        self._ask({"home": self.home, "refs": refs, "base": base, "prompt": prompt, "max_new_tokens": MAX_NEW_TOKENS})
+        self._ask({"home": self.home, "refs": refs, "base": base, "prompt": prompt, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
 
     @work(thread=True, exclusive=True, group="try")
     def _ask(self, request: dict[str, Any]) -> None:
@@ -209,7 +220,7 @@ class TryPanel(Vertical):
 
     @on(Answered)
     async def _answered(self, message: Answered) -> None:
-        self._asking = False
+        self._asking, self._showing = False, True
         await self.answers.remove_children()  # the last answers are gone before the new ones show
         if message.error is not None:
             self.status.update(f" {message.error}")
