@@ -145,6 +145,18 @@ def test_b2_a_copied_home_trains_and_reads_its_own_runs_not_the_originals(traine
     assert original["status"] == "queued" and not (trained / "runs" / queued / "adapter").exists()
 
 
+def test_a_db_of_a_newer_overnight_is_one_line_and_doctor_rebuilds_it(trained: Path, tmp_path: Path) -> None:
+    home = _copy(trained, tmp_path)
+    import sqlite3
+    with sqlite3.connect(home / "overnight.db") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    res = overnight("daemon", "--once", home=home)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "written by a newer overnight (schema 99 > " in res.stderr and "Fix: upgrade overnight" in res.stderr
+    assert overnight("doctor", "--rebuild", home=home).returncode == 0
+    assert sorted(r["state"] for r in _runs(home)) == ["completed", "queued"]
+
+
 def test_c_a_healthy_home_passes_doctor(trained: Path) -> None:
     res = overnight("doctor", home=trained)
     assert res.returncode == 0, res.stdout

@@ -16,7 +16,7 @@ from daemon import __version__
 from daemon.core import morning, render
 from daemon.core.completeness import SETTLE_S
 from daemon.core.control import MAX_PRIORITY
-from daemon.core.errors import AnswerError, DatasetError
+from daemon.core.errors import AnswerError, DatasetError, NewerDB
 from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.core.queries import BrokenDB, Reader, RefError
 from daemon.core.states import LIVE, State
@@ -70,7 +70,7 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (BrokenDB, RefError) as e:
+        except (BrokenDB, NewerDB, RefError) as e:
             raise click.ClickException(str(e)) from None
 
 

@@ -69,6 +69,10 @@ class HomeDamaged(RuntimeError):
     """A folder of the home is a file (or cannot be made): the message names it and the fix."""
 
 
+class NewerDB(RuntimeError):
+    """overnight.db was written by a newer overnight: the message says the fix."""
+
+
 class BrokenDB(sqlite3.DatabaseError):
     """overnight.db is not a database any more: a sqlite3 error (the dashboard shows it as one) whose text says the
     fix (the CLI prints it as one line and exits 1, not a traceback)."""

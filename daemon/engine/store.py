@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 from daemon.core import control, rundir
 from daemon.core.dataformats import SUPPORTED_SUFFIXES
+from daemon.core.errors import NewerDB
 from daemon.core.gpuset import format_gpu_set
 from daemon.core.states import ALL
 from daemon.core.timefmt import iso
@@ -140,8 +141,9 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         current = int(row[0]) if row else 0
         if current > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} was written by a newer overnight (schema {current} > {SCHEMA_VERSION}); "
-                               f"upgrade overnight.")
+            raise NewerDB(f"{self.path} was written by a newer overnight (schema {current} > {SCHEMA_VERSION}). "
+                          f"Fix: upgrade overnight, or index the runs again with this version (overnight doctor "
+                          f"--rebuild keeps the newer DB beside it).")
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with self.db.conn:
                 MIGRATIONS[version - 1](self.db)
