@@ -157,6 +157,19 @@ def test_a_db_of_a_newer_overnight_is_one_line_and_doctor_rebuilds_it(trained: P
     assert sorted(r["state"] for r in _runs(home)) == ["completed", "queued"]
 
 
+def test_a_damaged_metadata_json_is_said_and_the_rebuild_keeps_its_run_completed(trained: Path,
+                                                                                  tmp_path: Path) -> None:
+    home = _copy(trained, tmp_path)
+    done = next(r for r in _runs(home) if r["state"] == "completed")
+    (Path(done["run_dir"]) / "metadata.json").write_text('{"id": "do')
+    res = overnight("doctor", home=home)
+    assert res.returncode == 1 and f"whose metadata.json cannot be read: {done['id']}" in res.stdout, res.stdout
+    assert overnight("doctor", "--rebuild", home=home).returncode == 0
+    after = {r["id"]: r for r in _runs(home)}
+    assert after[done["id"]]["state"] == "completed" and "state from result.json" in after[done["id"]]["reason"]
+    assert [(m["name"], m["version"]) for m in _models(home)] == [("done", 1)]
+
+
 def test_c_a_healthy_home_passes_doctor(trained: Path) -> None:
     res = overnight("doctor", home=trained)
     assert res.returncode == 0, res.stdout

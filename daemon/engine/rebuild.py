@@ -21,7 +21,7 @@ from daemon.core.log import log
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder, in_this_home, read_jsonl, run_folders
 from daemon.core.runrecord import Run, dataset_columns
-from daemon.core.states import ACTIVE, ALL, State, values
+from daemon.core.states import ACTIVE, ALL, Outcome, State, values
 from daemon.engine.store import SCHEMA_VERSION, Store
 from daemon.core.timefmt import iso, run_id_stamp
 
@@ -97,8 +97,8 @@ def diagnose(home: Home, daemon_running: bool) -> tuple[list[str], list[Finding]
     if problem:
         return [], [Finding(f"{home.db} {problem}", "overnight doctor --rebuild (the damaged file is kept aside)")]
     ok = ["integrity_check: ok"] + ([_schema_note(version)] if (version or 0) <= SCHEMA_VERSION else [])
-    findings = [f for f in (_schema_finding(version), _unindexed(folders, ids), _folderless(home, folders, ids))
-                if f]
+    findings = [f for f in (_schema_finding(version), _unindexed(folders, ids), _folderless(home, folders, ids),
+                            _unreadable(folders)) if f]
     if not daemon_running:
         findings += [f for f in [_disagreeing(home, folders, ids)] if f]
     if not findings:
@@ -133,6 +133,21 @@ def _folderless(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding 
         return None
     return Finding(f"{_n(len(gone), 'run')} in the DB without a folder in {home.runs}: {_some(gone)}",
                    "put the folders back, or overnight doctor --rebuild to forget those runs")
+
+
+def _unreadable(folders: dict[str, Path]) -> Finding | None:
+    """Run folders whose metadata.json is there but not a JSON object (a disk fault, a hand edit): a rebuild takes
+    their state from result.json instead."""
+    bad = sorted(rid for rid, d in folders.items() if _damaged(d))
+    if not bad:
+        return None
+    return Finding(f"{_n(len(bad), 'run')} whose metadata.json cannot be read: {_some(bad)}",
+                   "restore the file from a backup, or overnight doctor --rebuild (it takes each run's state from its "
+                   "result.json)")
+
+
+def _damaged(folder: Path) -> bool:
+    return (folder / "metadata.json").is_file() and not RunFolder(folder).read_metadata()
 
 
 def _disagreeing(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding | None:
@@ -262,7 +277,11 @@ def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
     status = meta.get("status")
     if status in values(ALL) and status not in values(ACTIVE):
         return status, meta.get("reason")
-    if status is None:
+    if status is None and _damaged(folder):  # how its last trainer ended says the most
+        outcome = RunFolder(folder).read_result().get("outcome")
+        if outcome in {o.value for o in Outcome}:
+            return outcome, f"its metadata.json cannot be read: state from result.json ({outcome})"
+    if status is None and not (folder / "metadata.json").is_file():
         return State.QUEUED.value, "accepted but not yet in the DB when it was lost; queued by the rebuild"
     # a trainer still running on it (its daemon was killed) is ended by the next daemon before anything starts
     ckpt = RunFolder(folder).newest_checkpoint()
