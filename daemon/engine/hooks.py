@@ -31,7 +31,7 @@ KILL_GRACE_S = 3.0  # between the SIGTERM to a hook's process group and the SIGK
 
 
 def _seconds(s: float) -> str:
-    return f"{s:g}" if s < 100 else f"{s:.0f}"
+    return f"{round(s, 1):g}" if s < 100 else f"{s:.0f}"
 
 
 class Hook:
@@ -125,6 +125,11 @@ class Hooks:
         env = {"OVERNIGHT_RUN_ID": run["id"], "OVERNIGHT_RUN_DIR": str(folder.root),
                "OVERNIGHT_ADAPTER": str(folder.adapter), "OVERNIGHT_STATE": run["state"],
                "OVERNIGHT_MODEL_NAME": run["name"]}
+        if not folder.root.is_dir():  # the run failed because its folder is gone: the hook still tells the user
+            home = folder.root.parent.parent
+            log.warning(f"hook {event} for {run['id']}: its run folder {folder.root} is gone; the hook runs in the "
+                        f"home, its output in {home / 'hooks.log'}")
+            return self._start(event, argv, env, cwd=home, log_path=home / "hooks.log", subject=run["id"])
         return self._start(event, argv, env, cwd=folder.root, log_path=folder.hooks_log, subject=run["id"])
 
     def run_reject_hook(self, hooks: dict[str, list[str]], file: Path, error: str, error_file: Path,
@@ -201,8 +206,10 @@ class Hooks:
         if hook.killed:
             hint = "; raise hook_timeout_s in overnight.toml if it needs longer" if timed_out else ""
             log.warning(f"hook {hook.name} {rc}{hint} (see {hook.log_path})")
-        else:
+        elif rc == 0:
             log.info(f"hook {hook.name} finished: {rc} (see {hook.log_path})")
+        else:  # it failed, or never started (a wrong program path): the user's mail or backup did not happen
+            log.warning(f"hook {hook.name} failed: {rc} (see {hook.log_path})")
 
     def close(self, grace_s: float | None = None, patient: Callable[[], bool] | None = None) -> None:
         """At shutdown: no new hook starts; running ones get `grace_s` (SHUTDOWN_GRACE_S) to end, then their process
