@@ -235,6 +235,16 @@ def test_resume_of_a_run_paused_then_stopped_lifts_the_pause_and_queues_it_again
     assert b.state("s-1") == "queued" and not control.paused(b.home)
 
 
+def test_resume_of_a_run_its_trainer_paused_for_disk_space_says_why(b: Bench) -> None:
+    b.running("d-1")
+    b.store.update_run("d-1", state="paused", reason="disk_low: only 3 GB free. Fix: free space")
+    r = control.send(b.home, "resume", "d-1")
+    b.step()
+    assert [e["message"] for e in r.answers(b.events())] == [
+        "resume d-1: control/pause does not hold it; nothing to lift; its trainer paused it: disk_low: only 3 GB "
+        "free. Fix: free space"]
+
+
 def test_resume_of_a_completed_run_is_rejected(b: Bench) -> None:
     b.run("c-1", "completed")
     b.drop("resume", "c-1")

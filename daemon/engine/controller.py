@@ -294,10 +294,11 @@ class Controller:
         if not cmd.target:
             self._answer(cmd, self._lift_holds())
         elif self._trainer(cmd.target) or cmd.target in held or ("*" in held and self.store.get_run(cmd.target)):
-            said = self._unpause(cmd.target, held)
-            run = None if self._trainer(cmd.target) else self.store.get_run(cmd.target)
-            if run and run["state"] in RESUMABLE:  # paused, then stopped: the user wants it back, not just unheld
-                said += "; " + self._queue_again(run).partition(": ")[2]
+            said, run = self._unpause(cmd.target, held), self.store.get_run(cmd.target)
+            if run and run["state"] in RESUMABLE and not self._trainer(cmd.target):
+                said += "; " + self._queue_again(run).partition(": ")[2]  # paused, then stopped: back in the queue
+            elif run and waits_for_space(run):
+                said += f"; its trainer paused it: {run['reason']}"
             self._answer(cmd, said, cmd.target)
         else:
             [run] = self._runs_for(cmd, RESUMABLE + (State.PAUSED,))
