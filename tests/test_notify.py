@@ -202,3 +202,13 @@ def test_the_owner_is_told_of_a_rejection_a_failure_and_a_completion(home, tiny_
     config = json.loads((Path(good["run_dir"]) / "config.json").read_text())
     assert webhook.url not in json.dumps(config)  # notification URLs (they may hold tokens) stay in overnight.toml
     assert d.stop() == 0
+
+
+def test_a_failure_resuming_cannot_mend_says_the_fix_instead_of_resume(tmp_path):
+    from daemon.engine.notify import failed_message
+
+    run = {"id": "x-1", "run_dir": str(tmp_path / "x-1"), "dataset": "x.jsonl", "base_model": "m"}
+    _, body = failed_message(run, "x.jsonl: changed since it was validated … Fix: drop the finished file again", tmp_path)
+    assert "Next: drop the dataset again, as the Fix says" in body and "overnight resume" not in body
+    _, body = failed_message(run, "CUDA out of memory. Fix: lower batch_size", tmp_path)
+    assert f"Next: fix the cause, then resume with: overnight resume x-1 --home {tmp_path}" in body

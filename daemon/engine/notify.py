@@ -50,7 +50,9 @@ def failed_message(run: dict[str, Any], reason: str | None, home: Path) -> tuple
     body = (f"Run {run['id']} failed: {reason or 'no reason recorded'}\n"
             f"Dataset: {run.get('dataset')}   base model: {run.get('base_model')}\n"
             f"Log: {RunFolder(run['run_dir']).console}\n"
-            f"Next: fix the cause, then resume with: overnight resume {run['id']} --home {home}")
+            + ("Next: drop the dataset again, as the Fix says (resuming this run would fail the same way)"
+               if "Fix: drop" in (reason or "") else
+               f"Next: fix the cause, then resume with: overnight resume {run['id']} --home {home}"))
     return _title(f"run {run['id']} failed"), body
 
 
