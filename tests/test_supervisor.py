@@ -321,3 +321,53 @@ def test_recovery_ends_a_trainer_an_earlier_daemon_left_running(bench: Bench) ->
     assert bench.row("talk-1")["state"] == "queued"
     assert "left running by an earlier daemon" in RunFolder(run_dir).console.read_text()
 
+
+
+def test_an_executor_that_does_not_answer_leaves_the_run_queued_and_waits_before_the_next_try(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """slurmctld down for a minute at night: the runs submitted meanwhile wait for it (they failed for good, each
+    with a notification and the advice to fix overnight.toml), and the daemon does not retry at every pass."""
+    from daemon.core.errors import ExecutorUnreachable
+    from daemon.engine import supervisor
+
+    tries: list[str] = []
+
+    def unreachable(run_id: str, *_a: Any, **_k: Any) -> None:
+        tries.append(run_id)
+        raise ExecutorUnreachable("sbatch: error: Unable to contact slurm controller (connect failure)")
+    monkeypatch.setattr(supervisor.TrainerProcess, "start", unreachable)
+    (bench.run("z-1", state=State.QUEUED, attempts=0) / "config.json").write_text("{}")
+    bench.sup.start_next()
+    bench.sup.start_next()  # within the minute: not tried again
+    row = bench.row("z-1")
+    assert row["state"] == "queued" and row["attempts"] == 0 and tries == ["z-1"] and bench.told == []
+    assert "Unable to contact slurm controller" in row["reason"] and "submitted when it does" in row["reason"]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: bench.sup.retry_at + 1)
+    bench.sup.start_next()
+    assert tries == ["z-1", "z-1"]
+
+
+def test_sbatch_words_for_a_controller_that_did_not_answer_and_a_timeout_that_submitted(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from daemon.core.errors import ExecutorError, ExecutorUnreachable
+    from daemon.engine.executors import slurmctl
+
+    def answers(argv: list[str], **_k: Any) -> subprocess.CompletedProcess:
+        if argv[0] == "sbatch":
+            return subprocess.CompletedProcess(argv, 1, "", said)
+        return subprocess.CompletedProcess(argv, 0, "1234\n", "")
+    monkeypatch.setattr(slurmctl.subprocess, "run", answers)
+    said = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    with pytest.raises(ExecutorUnreachable):
+        slurmctl.sbatch(tmp_path / "job.sh", [], {}, "overnight-x")
+    said = "sbatch: error: invalid partition specified: nosuch"
+    with pytest.raises(ExecutorError, match="Slurm refused the job: sbatch: error: invalid partition") as refused:
+        slurmctl.sbatch(tmp_path / "job.sh", [], {}, "overnight-x")
+    assert not isinstance(refused.value, ExecutorUnreachable)
+
+    def slow(argv: list[str], **_k: Any) -> subprocess.CompletedProcess:
+        if argv[0] == "sbatch":
+            raise subprocess.TimeoutExpired(argv, 30)
+        return subprocess.CompletedProcess(argv, 0, "1234\n", "")  # squeue: it went through after all
+    monkeypatch.setattr(slurmctl.subprocess, "run", slow)
+    assert slurmctl.sbatch(tmp_path / "job.sh", [], {}, "overnight-x") == "1234"

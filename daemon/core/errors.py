@@ -123,6 +123,10 @@ class ExecutorError(RuntimeError):
     """The executor cannot run a trainer (sbatch refused the job, Slurm cannot run it): one line with the fix."""
 
 
+class ExecutorUnreachable(ExecutorError):
+    """The executor did not answer (slurmctld down, restarting, overloaded): the run waits in the queue, not fails."""
+
+
 class ServeError(RuntimeError):
     """`overnight serve` cannot start as asked (a non-loopback address without a token, a bad [serve] table): one line
     ending with a Fix."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import psutil
 
 from daemon.core import asha, control, rundir, sweep
-from daemon.core.errors import ExecutorError
+from daemon.core.errors import ExecutorError, ExecutorUnreachable
 from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
 from daemon.core.log import log
@@ -37,6 +37,7 @@ from daemon.engine.runner import TrainerProcess, leftover_trainers, progress_mar
 from daemon.engine.stall import Escalation, StallWatch, grace_of
 from daemon.engine.store import Store, busy_problem
 
+UNREACHABLE_RETRY_S = 60  # after an executor that did not answer a start, the next start waits this long
 Transition = Callable[..., None]  # (run_id, state, reason, **fields): the Daemon's, which also writes metadata.json
 Guard = Callable[[str, Callable[[], None]], None]  # the Daemon's: a fault is logged, never fatal
 
@@ -88,6 +89,7 @@ class Supervisor:
         self.beat = beat  # a heartbeat now: a stall shows on the PROBLEM line without waiting for the loop's
         self.disk = disk  # what a start found about free space (None: enough), for the daemon's disk problem
         self.trainers: dict[str, TrainerProcess] = {}  # the runs training side by side, one per slot
+        self.retry_at = 0.0  # no start before this (monotonic): the executor did not answer the last one
 
     def stalled(self) -> list[str]:
         """What each stalled trainer's PROBLEM line says."""
@@ -101,7 +103,7 @@ class Supervisor:
     def start_next(self) -> None:
         """Queued runs take free slots (GPU sets, or CPU shares) in queue order: priority, then arrival."""
         queued = self.store.startable(control.paused(self.home))
-        if not queued:
+        if not queued or time.monotonic() < self.retry_at:
             return
         owner = self.options()
         try:
@@ -169,6 +171,9 @@ class Supervisor:
         try:
             a = TrainerProcess.start(run["id"], run_dir, env=env, command=command, slot=slot, executor=executor,
                                      stall=self._stall_watch(owner))
+        except ExecutorUnreachable as e:  # slurmctld did not answer: the run waits for it, nothing more starts
+            self._unreachable(run, str(e))
+            return False
         except ExecutorError as e:  # Slurm refused the job: said once, with the fix; the queue goes on
             self.fail_before_start(run, str(e))
             return True
@@ -186,6 +191,16 @@ class Supervisor:
         self.trainers[a.run_id] = a
         for kind in ("metrics", "evolution"):
             a.reset(kind, self.store)
+
+    def _unreachable(self, run: dict[str, Any], said: str) -> None:
+        """The run back in the queue as it was, and no start tried for UNREACHABLE_RETRY_S (each try can take a
+        while: the daemon must go on taking drops and commands meanwhile)."""
+        self.retry_at = time.monotonic() + UNREACHABLE_RETRY_S
+        reason = (f"the executor did not answer ({said}); queued again, submitted when it does (tried every "
+                  f"{UNREACHABLE_RETRY_S} s)")
+        self.transition(run["id"], State.QUEUED, reason, attempts=run["attempts"] or 0)
+        rundir.append_console(Path(run["run_dir"]), f"overnight: {reason}")
+        log.warning(f"{run['id']}: {reason}")
 
     def fail_before_start(self, run: dict[str, Any], reason: str) -> None:
         """A run that cannot start (its GPU does not exist here) fails with the reason; the queue goes on."""

@@ -209,7 +209,7 @@ class SlurmExecutor:
 
     def sbatch_args(self, run_id: str, run_dir: Path) -> list[str]:
         t, folder = self.table, RunFolder(run_dir)
-        args = [f"--job-name=overnight-{run_id}", f"--output={folder.console}", "--open-mode=append",
+        args = [f"--job-name={job_name(run_id)}", f"--output={folder.console}", "--open-mode=append",
                 f"--chdir={run_dir}", f"--signal=B:USR1@{WARN_S}", "--requeue", f"--nodes={self.nodes}",
                 "--ntasks-per-node=1"]
         if self.gpus:
@@ -231,7 +231,8 @@ class SlurmExecutor:
         args = self.sbatch_args(run_id, run_dir)
         if self.gpus:  # Slurm gives the job its GPUs and sets CUDA_VISIBLE_DEVICES itself
             env = {k: v for k, v in env.items() if not k.startswith("CUDA_")}
-        job_id = slurmctl.sbatch(folder.job_script, args, {**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        job_id = slurmctl.sbatch(folder.job_script, args, {**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                                 job_name(run_id))
         write_json(folder.job, {"executor": "slurm", "job_id": job_id, "submitted": iso(),
                                 "sbatch": ["sbatch", "--parsable", *args, str(folder.job_script)]})
         rundir.append_console(run_dir, f"overnight: submitted Slurm job {job_id} "
@@ -259,6 +260,10 @@ class SlurmExecutor:
         if info is None or (info.ended and not recorded):  # job.json of an earlier attempt, long over
             return None
         return SlurmJob(str(job_id), folder.root, restarts=info.restarts, sent=_sent(folder))
+
+
+def job_name(run_id: str) -> str:
+    return f"overnight-{run_id}"
 
 
 def _sent(folder: RunFolder) -> list[str]:

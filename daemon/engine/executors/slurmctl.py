@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.core.errors import ExecutorError
+from daemon.core.errors import ExecutorError, ExecutorUnreachable
 
 TIMEOUT_S = 30  # a slurmctld that does not answer in this long is treated as unreachable for this pass
 # job states after which nothing of the job runs any more (Slurm's JOB_STATE_CODES)
@@ -65,16 +65,40 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
         raise SlurmUnreachable(available() or str(e)) from e
 
 
-def sbatch(script: Path, args: list[str], env: dict[str, str]) -> str:
-    """Submit `script`; its job id. Slurm's refusal is an ExecutorError with sbatch's own words."""
-    res = subprocess.run(["sbatch", "--parsable", *args, str(script)], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, env=env)
+# sbatch's words when slurmctld did not take the request (it may take the next): not a refusal of the job
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Slurm temporarily unable",
+                "Zero Bytes were transmitted", "Transport endpoint", "Connection refused", "Connection timed out")
+
+
+def sbatch(script: Path, args: list[str], env: dict[str, str], name: str) -> str:
+    """Submit `script` as job `name`; its job id. Slurm's refusal is an ExecutorError with sbatch's own words; a
+    slurmctld that did not answer is ExecutorUnreachable (the run waits for it)."""
+    try:
+        res = subprocess.run(["sbatch", "--parsable", *args, str(script)], capture_output=True, text=True,
+                             timeout=TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        found = _submitted_as(name)  # it may have gone through just before the wait ended: never a second job
+        if found:
+            return found
+        raise ExecutorUnreachable(f"sbatch did not answer in {TIMEOUT_S} s") from None
     if res.returncode != 0:
         said = " ".join((res.stderr or res.stdout).split()) or f"exit code {res.returncode}"
+        if any(words in said for words in _UNREACHABLE):
+            raise ExecutorUnreachable(said)
         raise ExecutorError(f"Slurm refused the job: {said}. Fix: correct the [executor] table of overnight.toml "
                             f"(partition, account, qos, time_limit, gpus_per_run, nodes_per_run, extra_args: see "
                             f"`sinfo` for what the cluster offers); the run can be dropped again afterwards")
     return res.stdout.strip().split(";")[0]  # "ID" or "ID;cluster"
+
+
+def _submitted_as(name: str) -> str | None:
+    """The id of a live job named `name`, if slurmctld answers and has one."""
+    try:
+        res = _run(["squeue", "-h", "--name", name, "-o", "%i"])
+    except SlurmUnreachable as e:
+        raise ExecutorUnreachable(f"sbatch did not answer in {TIMEOUT_S} s, nor squeue after it ({e})") from None
+    ids = res.stdout.split() if res.returncode == 0 else []
+    return ids[-1] if ids else None
 
 
 def job_info(job_id: str) -> JobInfo | None:
