@@ -371,3 +371,22 @@ def test_sbatch_words_for_a_controller_that_did_not_answer_and_a_timeout_that_su
         return subprocess.CompletedProcess(argv, 0, "1234\n", "")  # squeue: it went through after all
     monkeypatch.setattr(slurmctl.subprocess, "run", slow)
     assert slurmctl.sbatch(tmp_path / "job.sh", [], {}, "overnight-x") == "1234"
+
+
+def test_a_run_the_rebuild_queued_while_its_slurm_job_runs_is_followed_not_submitted_again(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """overnight.db lost while a Slurm job trains: the rebuilt DB says queued (interrupted); the next daemon follows
+    the job it finds in job.json while Slurm runs it, and queues only runs whose job has ended."""
+    from daemon.engine.executors import slurmctl
+    from daemon.engine.rebuild import INTERRUPTED
+
+    states = {"11": "RUNNING", "12": "COMPLETED"}
+    monkeypatch.setattr(slurmctl, "available", lambda: None)
+    monkeypatch.setattr(slurmctl, "job_info", lambda j: slurmctl.JobInfo(states[j], "None", None, "n1", 0))
+    for run_id, job in (("live-1", "11"), ("over-1", "12")):
+        run_dir = bench.run(run_id, state=State.QUEUED, reason=f"{INTERRUPTED}; resumes from step-100")
+        (run_dir / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": job}))
+    bench.sup.recover()
+    assert list(bench.sup.trainers) == ["live-1"]
+    assert (bench.row("live-1")["state"], bench.row("live-1")["job_id"]) == ("preparing", "11")
+    assert bench.row("over-1")["state"] == "queued"

@@ -27,6 +27,7 @@ from daemon.core.timefmt import iso, run_id_stamp
 
 SIDE_FILES = ("-wal", "-shm")  # SQLite's companions of a WAL database: they move with it
 REBUILT = "rebuilt from its run folder"
+INTERRUPTED = "interrupted (DB rebuilt)"  # a run active when the DB was lost: its Slurm job may still run
 
 
 @dataclass
@@ -285,7 +286,7 @@ def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
         return State.QUEUED.value, "accepted but not yet in the DB when it was lost; queued by the rebuild"
     # a trainer still running on it (its daemon was killed) is ended by the next daemon before anything starts
     ckpt = RunFolder(folder).newest_checkpoint()
-    return State.QUEUED.value, f"interrupted (DB rebuilt); resumes from {ckpt.name if ckpt else 'the start'}"
+    return State.QUEUED.value, f"{INTERRUPTED}; resumes from {ckpt.name if ckpt else 'the start'}"
 
 
 def _number(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State, StopRequest
 from daemon.core.timefmt import iso
 from daemon.engine import hooks, notify, pruning, registry, search
 from daemon.engine.endstate import TrainerExit, end_state
+from daemon.engine.rebuild import INTERRUPTED
 from daemon.engine.executors import Executor, for_config
 from daemon.engine.executors.local import signal_group
 from daemon.engine.executors.slurm import SlurmExecutor
@@ -425,14 +426,19 @@ class Supervisor:
             log.info(f"recovered {run['id']}: {reason}")
 
     def _follow_jobs(self) -> set[str]:
-        """Active runs with a job id: the jobs Slurm still knows are followed again; their run ids."""
+        """Active runs with a job id: the jobs Slurm still knows are followed again; their run ids. A run the DB's
+        rebuild queued (it was active when the DB was lost) is followed too while its job has not ended."""
         owner = self.options()
-        for run in self.store.runs_in(ACTIVE):
+        rebuilt = [{**r, "job_id": None} for r in self.store.runs_in((State.QUEUED,))  # an ended job: not followed
+                   if str(r.get("reason") or "").startswith(INTERRUPTED)]
+        for run in [*self.store.runs_in(ACTIVE), *rebuilt]:
             if not (run.get("job_id") or RunFolder(run["run_dir"]).job.exists()):
                 continue
             job = SlurmExecutor(owner.get("executor") or {}).follow(run)
             if job is None:
                 continue
+            if run["state"] == State.QUEUED:
+                self.transition(run["id"], State.PREPARING, None, job_id=job.job_id)
             a = TrainerProcess(run["id"], Path(run["run_dir"]), job, stall=self._stall_watch(owner))
             self._follow(a)
             rundir.append_console(a.run_dir, f"overnight: the daemon restarted; following {job.label} again")
