@@ -43,6 +43,17 @@ def test_check_refuses_slurm_keys_for_the_local_executor_and_shows_a_good_table(
         in res.stdout
 
 
+def test_check_refuses_the_local_executors_options_beside_a_slurm_executor(home):
+    """Top-level max_parallel_runs, gpus, gpus_per_run and [torchrun] nproc_per_node were ignored under Slurm."""
+    res = _check(home, 'max_parallel_runs = 1\ngpus_per_run = 2\n[torchrun]\nnproc_per_node = 2\n'
+                       '[executor]\nkind = "slurm"\npartition = "gpu"\n')
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "gpus_per_run, max_parallel_runs at the top level choose this machine's GPUs" \
+        in out and "[torchrun] nproc_per_node is not used with [executor] kind = \"slurm\"" in out, out
+    assert out.count("Fix:") == 2
+    assert _check(home, 'max_parallel_runs = 1\n[torchrun]\nnproc_per_node = 2\n').returncode == 0  # local: used
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm (tmpfs) on this machine")
 def test_check_warns_when_the_home_is_on_a_filesystem_only_this_machine_sees(tmp_path):
     import tempfile

@@ -53,6 +53,27 @@ def check_table(source: Path | str, table: dict[str, Any]) -> None:
         raise err
 
 
+def scope_problems(source: Path | str, table: dict[str, Any]) -> list[str]:
+    """Options of overnight.toml the local executor reads, set beside a Slurm [executor], which would ignore them:
+    said with the fix, never dropped unsaid."""
+    executor = table.get("executor")
+    if not isinstance(executor, dict) or executor.get("kind") != "slurm":
+        return []
+    out = []
+    local = [k for k in ("gpus", "gpus_per_run", "max_parallel_runs") if k in table]
+    if local:
+        out.append(f"{source}: {', '.join(local)} at the top level choose{'s' if len(local) == 1 else ''} this "
+                   f"machine's GPUs and runs, and [executor] kind = \"slurm\" trains on the cluster instead. Fix: "
+                   f"set gpus_per_run and max_parallel_runs under [executor] (each job gets its GPUs from Slurm), and "
+                   f"remove {', '.join(local)} from the top level")
+    torchrun = table.get("torchrun")
+    if isinstance(torchrun, dict) and "nproc_per_node" in torchrun:
+        out.append(f"{source}: [torchrun] nproc_per_node is not used with [executor] kind = \"slurm\": a job runs "
+                   f"one process per GPU it gets. Fix: set gpus_per_run under [executor], and remove "
+                   f"nproc_per_node from [torchrun]")
+    return out
+
+
 def _problem(key: str, value: Any) -> str | None:
     if key not in KEYS:
         close = next(iter(difflib.get_close_matches(key, KEYS, n=1)), None)

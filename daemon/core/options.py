@@ -535,6 +535,9 @@ def validate_table(source: Path, table: dict[str, Any], *, sidecar: bool) -> dic
             check_search(source, table)
         except OptionsError as e:
             errors.append(str(e))
+    if not sidecar and not errors:
+        from daemon.core.executortable import scope_problems
+        errors += scope_problems(source, table)
     if errors:
         err = OptionsError("\n".join(errors))
         err.each = errors
