@@ -145,6 +145,20 @@ def test_a_long_reason_is_cut_to_fit(tmp_path: Path) -> None:
     assert row.endswith("x…") and len(row) < 200
 
 
+def test_a_pending_slurm_job_and_a_silent_controller_say_why_their_runs_wait(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    store = Store(home.db)
+    try:
+        _insert(store, home, FAILED, 1, "preparing", job_id="12", reason="Slurm job 12 pending (Resources)")
+        _insert(store, home, OLD_FAILED, 2, "queued", reason="the executor did not answer (sbatch: error: Unable "
+                                                             "to contact slurm controller); queued again")
+    finally:
+        store.close()
+    lines = overnight("runs", home=home.root, check=True).stdout.splitlines()
+    assert next(line for line in lines if line.startswith(FAILED)).endswith("Slurm job 12 pending (Resources)")
+    assert "the executor did not answer (sbatch: error" in next(line for line in lines if line.startswith(OLD_FAILED))
+
+
 def test_an_asha_trial_waiting_at_its_rung_says_so_beside_it(tmp_path: Path) -> None:
     """A queued trial held at its rung reads as what it is, not as a run merely waiting its turn."""
     home = Home.resolve(tmp_path / "home", create=True)

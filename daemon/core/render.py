@@ -106,6 +106,7 @@ def fmt_forgetting(score: float) -> str:
     return f"{score:+.1%}".replace("-0.0%", "+0.0%")
 
 
+EXECUTOR_SILENT = "the executor did not answer"  # a queued run's reason while slurmctld does not (engine/supervisor)
 REASON_CELLS = 60  # a reason is cut here: the whole of it is in `runs --json` and the run's console.log
 _WITH_REASON = tuple(s for s in ENDED if s is not State.COMPLETED)  # a run that ended otherwise says why
 _COUNTING_DOWN = tuple(s for s in ACTIVE if s not in (State.PREPARING, State.PAUSED))  # an ETA while steps are taken
@@ -128,7 +129,9 @@ _PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:,;()'\"]+/)+([^\s/:,;()'\"]+)")
 
 
 def _reason(r: dict[str, Any]) -> str:
-    waiting = r["state"] == State.QUEUED and str(r.get("reason") or "").startswith(asha.WAITS)  # an ASHA trial
+    said = str(r.get("reason") or "")
+    waiting = (r["state"] == State.QUEUED and said.startswith((asha.WAITS, EXECUTOR_SILENT))  # an ASHA trial, Slurm down
+               or r["state"] == State.PREPARING and r.get("job_id") and " pending" in said)  # a Slurm job in its queue
     if not (r["state"] in _WITH_REASON or waiting) or not r.get("reason"):
         return ""
     first = first_line(str(r["reason"]))

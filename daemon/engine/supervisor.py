@@ -24,6 +24,7 @@ from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.options import OPTIONS
+from daemon.core.render import EXECUTOR_SILENT
 from daemon.core.rundir import RunFolder, step_of
 from daemon.core.space import DISK_LOW, is_disk_full, shortage
 from daemon.core.states import ACTIVE, ENDED, Outcome, Phase, State, StopRequest
@@ -197,7 +198,7 @@ class Supervisor:
         """The run back in the queue as it was, and no start tried for UNREACHABLE_RETRY_S (each try can take a
         while: the daemon must go on taking drops and commands meanwhile)."""
         self.retry_at = time.monotonic() + UNREACHABLE_RETRY_S
-        reason = (f"the executor did not answer ({said}); queued again, submitted when it does (tried every "
+        reason = (f"{EXECUTOR_SILENT} ({said}); queued again, submitted when it does (tried every "
                   f"{UNREACHABLE_RETRY_S} s)")
         self.transition(run["id"], State.QUEUED, reason, attempts=run["attempts"] or 0)
         rundir.append_console(Path(run["run_dir"]), f"overnight: {reason}")

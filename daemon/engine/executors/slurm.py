@@ -90,7 +90,8 @@ class SlurmJob:
             self.refusal = (f"Slurm cannot start {self.label}: it is pending with reason {info.reason}, which waiting "
                             f"does not clear. Fix: correct [executor] in overnight.toml (partition, account, qos, "
                             f"time_limit, gpus_per_run, nodes_per_run, extra_args) to what the cluster offers "
-                            f"(`sinfo`, `scontrol show job {self.job_id}`), then drop the dataset again")
+                            f"(`sinfo`, `scontrol show job {self.job_id}`), then resume the run (overnight resume "
+                            f"RUN: a new job continues it)")
             self.cancel()
         elif info.state == "PENDING" and info.reason in slurmctl.HELD_AFTER_FAILURE and not self.cancelled:
             self.relaunch = f"Slurm held {self.label} after a failed launch ({info.reason}); a new job resumes the run"

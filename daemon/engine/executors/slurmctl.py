@@ -87,7 +87,7 @@ def sbatch(script: Path, args: list[str], env: dict[str, str], name: str) -> str
             raise ExecutorUnreachable(said)
         raise ExecutorError(f"Slurm refused the job: {said}. Fix: correct the [executor] table of overnight.toml "
                             f"(partition, account, qos, time_limit, gpus_per_run, nodes_per_run, extra_args: see "
-                            f"`sinfo` for what the cluster offers); the run can be dropped again afterwards")
+                            f"`sinfo` for what the cluster offers), then resume the run (overnight resume RUN)")
     return res.stdout.strip().split(";")[0]  # "ID" or "ID;cluster"
 
 
