@@ -360,3 +360,16 @@ def test_a_reason_naming_a_path_shows_its_file_and_the_cause(tmp_path: Path) -> 
     assert "rev.jsonl: changed since it was validated" in row and str(home.runs) not in row, row
     rows = json.loads(overnight("runs", "--json", home=home.root, check=True).stdout)
     assert rows[0]["reason"].startswith(str(path))  # the whole of it in --json
+
+
+def test_a_rejected_file_and_its_error_keep_one_number(tmp_path: Path) -> None:
+    """data.tsv, then data.jsonl, then data.tsv again: each file sits beside the error that is its own."""
+    home = tmp_path / "home"
+    for name, text in (("data.tsv", "a\tb\n"), ("data.jsonl", '{"foo": 1}\n'), ("data.tsv", "c\td\n")):
+        (Home.resolve(home, create=True).inbox / name).write_text(text)
+        overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=120, check=True)
+    rejected = Home.resolve(home).rejected
+    assert sorted(p.name for p in rejected.iterdir()) == [
+        "data.1.error.txt", "data.1.jsonl", "data.2.error.txt", "data.2.tsv", "data.error.txt", "data.tsv"]
+    assert "data.jsonl" in (rejected / "data.1.error.txt").read_text()
+    assert "data.tsv" in (rejected / "data.2.error.txt").read_text()

@@ -39,16 +39,25 @@ def short_name(name: str, limit: int = SHORT_NAME) -> str:
 def unique_path(path: Path, suffix: str | None = None) -> Path:
     """`path`, or `path` with .1, .2… before `suffix` (its last suffix unless given, e.g. ".error.txt") when taken:
     a move never overwrites, and a second NAME.error.txt is NAME.1.error.txt, still found by its ending."""
-    if not path.exists() and not path.is_symlink():
+    return unique_paths([(path, suffix)])[0]
+
+
+def unique_paths(paths: list[tuple[Path, str | None]]) -> list[Path]:
+    """Each (path, suffix) numbered alike (.1, .2… before its suffix) with the first number that leaves every one
+    free: files that go together (a rejected drop and its NAME.error.txt) keep matching names."""
+    for i in range(0, 10_000):
+        cands = [_numbered(path, i, path.suffix if suffix is None else suffix) for path, suffix in paths]
+        if not any(c.exists() or c.is_symlink() for c in cands):
+            return cands
+    raise RuntimeError(f"no free name for {paths[0][0]}")
+
+
+def _numbered(path: Path, i: int, suffix: str) -> Path:
+    if not i:
         return path
-    suffix = path.suffix if suffix is None else suffix
     base = path.name[: len(path.name) - len(suffix)]
-    for i in range(1, 10_000):
-        stem = short_name(base, NAME_MAX - len(f".{i}{suffix}".encode("utf-8", "surrogateescape")))
-        cand = path.with_name(f"{stem}.{i}{suffix}")
-        if not cand.exists() and not cand.is_symlink():
-            return cand
-    raise RuntimeError(f"no free name for {path}")
+    stem = short_name(base, NAME_MAX - len(f".{i}{suffix}".encode("utf-8", "surrogateescape")))
+    return path.with_name(f"{stem}.{i}{suffix}")
 
 
 def safe_name(text: str) -> str:

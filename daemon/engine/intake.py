@@ -20,7 +20,7 @@ from daemon.core.runconfig import RunConfig
 from daemon.core.atomic import write_json, write_text
 from daemon.core.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
 from daemon.core.fsutil import (sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name,
-                                shown_name, unique_path)
+                                shown_name, unique_paths)
 from daemon.core.dropfiles import name_problem
 from daemon.core.home import Home
 from daemon.engine.lineage import check_parent, copy_adapter
@@ -309,12 +309,13 @@ class Intake:
     def _reject(self, files: list[Path], stem: str, message: str) -> None:
         """Move the drop to inbox/rejected/ beside NAME.error.txt; nothing is deleted."""
         moved: list[Path] = []
-        for p in files:
-            dest = unique_path(self.home.rejected / p.name)
+        # one number for the files and their error: NAME.1.jsonl beside NAME.1.error.txt
+        *dests, err = unique_paths([*((self.home.rejected / p.name, None) for p in files),
+                                    (self.home.rejected / f"{short_name(safe_name(stem))}.error.txt", ".error.txt")])
+        for p, dest in zip(files, dests):
             os.rename(p, dest)
             moved.append(dest)
         names = ", ".join(shown_name(p.name) for p in moved)
-        err = unique_path(self.home.rejected / f"{short_name(safe_name(stem))}.error.txt", ".error.txt")
         write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
                         f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
         log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")
