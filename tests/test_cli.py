@@ -234,7 +234,8 @@ def test_steering_without_daemon_writes_the_file_and_says_so(home):
     assert list((home / "control").glob("pause.*")) and "no daemon is running" in res.stdout
 
 
-@pytest.mark.parametrize(("name", "fix"), [(".notes.jsonl", "notes.jsonl"), ("build.error.txt", "build.txt")])
+@pytest.mark.parametrize(("name", "fix"), [(".notes.jsonl", "notes.jsonl"), ("build.error.txt", "build.txt"),
+                                           ("data.jsonl.part", "data.jsonl"), ("x.tmp", "x.jsonl")])
 def test_add_refuses_a_name_the_inbox_would_never_take(home, tmp_path, name, fix):
     """A hidden file or an .error.txt would sit in the inbox forever, taken by nothing: add says so instead."""
     src = tmp_path / name

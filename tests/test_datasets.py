@@ -350,7 +350,7 @@ def test_compressed_and_utf16_files(tmp_path: Path) -> None:
     check_error(error_of(write(tmp_path, "d.jsonl", b"\x1f\x8b\x08\x00rest")), "d.jsonl", None, None,
                 "looks binary", "gzip", "gunzip")
     utf16 = '{"text": "a"}\n'.encode("utf-16")
-    check_error(error_of(write(tmp_path, "u.jsonl", utf16)), "u.jsonl", None, None, "UTF-16", "iconv -f utf-16")
+    check_error(error_of(write(tmp_path, "u.jsonl", utf16)), "u.jsonl", None, None, "UTF-16", "iconv -f utf-16 -t utf-8 u.jsonl > u.utf8.jsonl")
 
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.txt", "d.csv"])

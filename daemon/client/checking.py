@@ -116,6 +116,9 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
             from daemon.core.evalfile import load_eval_file
             records = load_eval_file(path)
             verdict.summary, verdict.data = f"{len(records)} eval records", {"eval_records": len(records)}
+        elif verdict.role == "unsupported" and ignored(path.name):  # a download in progress: its name, not format
+            raise SubmissionError(f"{ignored_name(path.name)}. Fix: once it is complete, drop it as "
+                                  f"{plain_name(path.name)}")
         elif verdict.role == "unsupported":
             raise SubmissionError(f"{path.name}: unsupported file type '{path.suffix}'. Datasets end in .jsonl, "
                                   f".json, .csv, .parquet or .txt.")

@@ -26,7 +26,10 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
 SNIFF_BYTES = 64 * 1024
 
-ICONV_FIX = "convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8` (use the file's real encoding)"
+def iconv_fix(name: str, encoding: str) -> str:
+    """The fix for a file in another encoding: a converted copy that keeps a dataset's suffix (drop that one)."""
+    p = Path(name)
+    return f"convert it to UTF-8, e.g. `iconv -f {encoding} -t utf-8 {p.name} > {p.stem}.utf8{p.suffix}`"
 
 # Leading bytes of files that are certainly not text, with what they most likely are.
 _MAGIC = (
@@ -199,7 +202,7 @@ def _sniff(path: Path) -> None:
         return
     if head.startswith(_UTF16_BOMS):
         raise DatasetError(name, None, None, "the file is UTF-16 encoded (it starts with a UTF-16 byte-order mark)",
-                           "convert it to UTF-8, e.g. `iconv -f utf-16 -t utf-8 FILE > FILE.utf8`")
+                           iconv_fix(name, "utf-16"))
     for magic, what, fix in _MAGIC:
         if head.startswith(magic):
             raise DatasetError(name, None, None, f"this looks binary: the file is {what}, not text", fix)
@@ -221,7 +224,7 @@ def _encoding_error(name: str, line: int, offset: int, err: UnicodeDecodeError) 
     bad = err.object[err.start:err.start + 4].hex(" ")
     return DatasetError(name, f"line {line}", None,
                         f"the file is not valid UTF-8: byte 0x{bad[:2]} at byte offset {offset} "
-                        f"(bytes {bad} …)", ICONV_FIX)
+                        f"(bytes {bad} …)", iconv_fix(name, "latin1") + " (use the file's real encoding)")
 
 
 def iter_lines(path: Path, notes: Notes) -> Iterator[tuple[int, str]]:

@@ -233,7 +233,7 @@ def normalize_record(record: dict, schema: str, file: str, location: str, notes:
         return {"kind": ExampleKind.PROMPT, "prompt": prompt, "completion": completion}
     if any(_PLACEHOLDER.search(text) for text in _strings(record)):
         notes.tally("{n} record(s) hold placeholders in double braces (such as {{{{name}}}}): they train as written; "
-                    "fill them in first if they are meant to be (LLaMA-Factory's identity.json asks for that)")
+                    "fill them in first if they are template slots (as {{{{name}}}} in LLaMA-Factory's identity.json)")
     if schema == "alpaca":
         return _alpaca(record, where, notes)
     if schema == "messages":

@@ -34,12 +34,14 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     """Copy the drop into the inbox (`on_added(source, dest)` after each file); all or nothing: a failure removes
     the copies already placed (the originals stay) and raises. Returns the inbox paths. `staged`: the files were
     written on the inbox's file system for this drop (an upload): each is linked in itself, not copied again."""
-    if role_of(src) != "dataset":
-        raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). "
-                        f"Add the dataset and pass this file with --sidecar or --probes.")
     if ignored(src.name):
         raise DropError(f"{ignored_name(src.name)}; nothing was added. Fix: add it under another name, e.g. "
                         f"{plain_name(src.name)}.")
+    if role_of(src) != "dataset":
+        companion = role_of(src) in ("sidecar", "probes", "eval")
+        raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). " + (
+            "Add the dataset and pass this file with --sidecar or --probes." if companion else
+            "Fix: convert it to one of those formats, then add that file."))
     problem = name_problem(src.name)
     if problem:
         raise DropError(f"{problem} Nothing was added.")
@@ -88,6 +90,11 @@ def ignored_name(name: str) -> str:
 
 
 def plain_name(name: str) -> str:
-    """`name` without what makes the inbox pass a dataset by: a leading '.', an .error.txt ending."""
-    name = name.lstrip(".")
-    return name[: -len(".error.txt")] + ".txt" if name.lower().endswith(".error.txt") else name
+    """`name` without what makes the inbox pass a dataset by (a leading '.', a download's or editor's ending), with
+    a dataset's suffix: `.data.jsonl` → data.jsonl, `x.jsonl.part` → x.jsonl, `x.tmp` → x.jsonl."""
+    name = name.lstrip(".").strip("#").rstrip("~")
+    if name.lower().endswith(".error.txt"):
+        return name[: -len(".error.txt")] + ".txt"
+    end = next((e for e in IGNORED_SUFFIXES if name.lower().endswith(e)), "")
+    name = name[: len(name) - len(end)] or "data"
+    return name if role_of(Path(name)) == "dataset" else f"{name}.jsonl"
