@@ -59,6 +59,9 @@ def test_systemd_accepts_the_unit(home, tmp_path):
 
 def test_odd_home_names_are_quoted_for_systemd(tmp_path):
     odd = tmp_path / "my runs 100%"
+    missing = service("print", "--home", str(odd), "--user")  # a mistyped --home: no unit for it
+    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    odd.mkdir()
     text = unit_text(service("print", "--home", str(odd), "--user").stdout)
     assert f'--home "{str(odd).replace("%", "%%")}"' in text
     assert re.search(r"overnight-my-runs-100-[0-9a-f]{8}\.service", service("print", "--home", str(odd)).stdout)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import getpass
 import os
 import shutil
 import sys
@@ -639,6 +640,7 @@ def _unit(home: str | None, user: bool, create: bool, serve: bool = False):
 @serve_unit_option
 def service_print(home: str | None, user: bool, serve: bool) -> None:
     """Show the unit `install` would write, without writing it."""
+    _existing(home)  # a mistyped --home gets no unit: install would refuse it
     unit = _unit(home, user, create=False, serve=serve)
     click.echo(f"# {unit.path}")
     click.echo(unit.text, nl=False)
@@ -661,7 +663,7 @@ def service_install(home: str | None, user: bool, serve: bool) -> None:
         click.echo(f"  {line}")
     if user:
         click.echo(f"A user service starts when you log in; to start it at boot without a login: "
-                   f"loginctl enable-linger {os.environ.get('USER') or 'USER'}")
+                   f"loginctl enable-linger {getpass.getuser()}")
 
 
 @service.command(name="uninstall")
