@@ -212,3 +212,16 @@ def test_a_failure_resuming_cannot_mend_says_the_fix_instead_of_resume(tmp_path)
     assert "Next: drop the dataset again, as the Fix says" in body and "overnight resume" not in body
     _, body = failed_message(run, "CUDA out of memory. Fix: lower batch_size", tmp_path)
     assert f"Next: fix the cause, then resume with: overnight resume x-1 --home {tmp_path}" in body
+
+
+def test_a_queue_that_waits_for_disk_space_is_told_once(home, tiny_model, daemon_proc, tmp_path, webhook):
+    """The disk check before a start holds the queue (min_free_gb): the owner asleep is told, once."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmin_free_gb = 1000000\n'
+                                         f'[notify]\nurls = ["{webhook.url}"]\n')
+    daemon_proc()
+    (tmp_path / "big.jsonl").write_text('{"text": "hello there"}\n' * 10)
+    drop(tmp_path / "big.jsonl", home / "inbox")
+    told = wait_until(lambda: webhook.about("queue waits, disk low"), 60, what="disk_low posted")
+    assert "min_free_gb = 1000000 in overnight.toml" in told[0]["message"] and told[0]["type"] == "warning"
+    time.sleep(3)  # the daemon's next passes find the same shortage: nothing more is sent
+    assert len(webhook.about("queue waits, disk low")) == 1

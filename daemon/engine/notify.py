@@ -33,7 +33,7 @@ CLOSE_TIMEOUT_S = 10.0  # at shutdown, delivering what is queued (all URLs toget
 
 
 # --- messages -------------------------------------------------------------------------------------------------
-def _title(what: str) -> str:
+def title(what: str) -> str:
     return f"overnight on {socket.gethostname()}: {what}"
 
 
@@ -42,7 +42,7 @@ def rejected_message(file: Path, error: str, error_file: Path, home: Path) -> tu
     body = (f"{file.name} was rejected.\n\n{error}\n\nThe file is now in {file.parent}/ (nothing was deleted); "
             f"the error is also in {error_file}.\nNext: fix it and drop it into {home / 'inbox'}/ again "
             f"(mv, or overnight add FILE --home {home}).")
-    return _title(f"{file.name} rejected"), body
+    return title(f"{file.name} rejected"), body
 
 
 def failed_message(run: dict[str, Any], reason: str | None, home: Path) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def failed_message(run: dict[str, Any], reason: str | None, home: Path) -> tuple
             + ("Next: drop the dataset again, as the Fix says (resuming this run would fail the same way)"
                if "Fix: drop" in (reason or "") else
                f"Next: fix the cause, then resume with: overnight resume {run['id']} --home {home}"))
-    return _title(f"run {run['id']} failed"), body
+    return title(f"run {run['id']} failed"), body
 
 
 def completed_message(run: dict[str, Any], version: int | None, result: dict[str, Any]) -> tuple[str, str]:
@@ -65,7 +65,7 @@ def completed_message(run: dict[str, Any], version: int | None, result: dict[str
             f"final loss {loss(result.get('final_loss', run.get('loss')))}, "
             f"eval loss {loss(result.get('eval_loss', run.get('eval_loss')))}, step {result.get('step', run.get('step'))}\n"
             f"Adapter: {adapter}")
-    return _title(f"run {run['id']} completed ({run['name']} v{version})"), body
+    return title(f"run {run['id']} completed ({run['name']} v{version})"), body
 
 
 def regressed_message(run: dict[str, Any], version: int, report: dict[str, Any], home: Path) -> tuple[str, str]:
@@ -76,7 +76,7 @@ def regressed_message(run: dict[str, Any], version: int, report: dict[str, Any],
             f": {why}.\nIt was registered but not activated.\n"
             f"What it lost: overnight models --home {home} (and {RunFolder(run['run_dir']).eval_report})\n"
             f"Next: keep the active version, or use this one anyway: overnight activate {name} {version} --home {home}")
-    return _title(f"{name} v{version} regressed"), body
+    return title(f"{name} v{version} regressed"), body
 
 
 # --- delivery -------------------------------------------------------------------------------------------------

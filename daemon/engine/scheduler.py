@@ -168,6 +168,8 @@ class Daemon:
         if self._disk_seen != self.disk_problem:
             if self._disk_seen:
                 log.error(self._disk_seen)
+                if self._disk_seen.startswith("disk low") and not (self.disk_problem or "").startswith("disk low"):
+                    self._tell_disk_low(self._disk_seen)  # the queue waits for space: the owner may be asleep
             else:
                 log.info(f"no longer {self.disk_problem.split(':')[0]}: going on")  # disk full, state DB busy…
             self.disk_problem = self._disk_seen
@@ -194,6 +196,13 @@ class Daemon:
         """Queued runs take free slots, unless the daemon is stopping or the owner holds the queue (control/)."""
         if not (self.stopping or self.controller.queue_held()):
             self.supervisor.start_next()
+
+    def _tell_disk_low(self, problem: str) -> None:
+        from daemon.engine.notify import title
+        try:
+            self.notifier.send("disk_low", title("queue waits, disk low"), problem, subject="queue")
+        except Exception:  # noqa: BLE001 - telling never stops the daemon
+            log.exception("notify: could not prepare 'disk_low'")
 
     def _see_disk(self, shortage: str | None) -> None:
         """What the supervisor found about free space when it last tried to start a trainer (None: enough)."""

@@ -255,7 +255,7 @@ class Supervisor:
         self.transition(a.run_id, state, why)
         rundir.append_console(a.run_dir, f"overnight: run is now {state}")
         if why and why.startswith(DISK_LOW):
-            tell(self.notifier, "disk_low", a.run_id, lambda: (f"overnight: {a.run_id} paused, disk low", why))
+            tell(self.notifier, "disk_low", a.run_id, lambda: (notify.title(f"{a.run_id} paused, disk low"), why))
 
     def _watch_stall(self, a: TrainerProcess, phase: str, step: int) -> None:
         if a.stall is None or a.poll() is not None:
@@ -268,7 +268,7 @@ class Supervisor:
         message = a.stall.message(a.run_id, a.job.pid)
         log.warning(message)
         rundir.append_console(a.run_dir, f"overnight: {message}")
-        tell(self.notifier, "stalled", a.run_id, lambda: (f"overnight: {a.run_id} stalled", message))
+        tell(self.notifier, "stalled", a.run_id, lambda: (notify.title(f"{a.run_id} stalled"), message))
         if a.stall.action == "restart":
             a.restart_frozen()
         # the DB last: reported once, the stall's action must not hang on a DB that cannot be written now
