@@ -83,7 +83,7 @@ def test_two_ranks_agree_on_pause_and_stop_at_the_same_step_and_pickle_nothing_u
     (paused_at, waited), (also_at, also_waited) = seen[0]["held"][0], seen[1]["held"][0]
     assert paused_at == also_at and min(waited, also_waited) >= RESUME_AFTER_S * 0.9, seen
     assert PAUSE_AT <= paused_at <= PAUSE_AT + 1
-    assert f"paused at step {paused_at} (send 'resume' to continue)" in seen[0]["lines"]
+    assert f"paused at step {paused_at} (overnight resume lifts it)" in seen[0]["lines"]
     assert f"resumed at step {paused_at}" in seen[1]["lines"]
     # the stop set on rank 1 stops both at the same step, one step later at most, with rank 1's reason
     assert seen[0]["stopped_at"] == seen[1]["stopped_at"], seen

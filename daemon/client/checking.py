@@ -144,7 +144,7 @@ def _check_sidecar(path: Path, home: Home, verdict: Verdict) -> None:
     opts = {k: v for k, v in resolved.values.items() if resolved.sources.get(k) == "sidecar"}
     check_models(resolved, path, home.toml, require_model=False)
     grid = sweep.summary(resolved)
-    verdict.summary = f"sidecar, {len(opts)} options"
+    verdict.summary = f"sidecar, {len(opts)} option{'s' * (len(opts) != 1)}"
     verdict.data = {"options": opts, "runs": sweep.run_count(resolved)}
     verdict.add(f"sweep: {grid}" if grid else None)
 
@@ -155,7 +155,7 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
     if "base_model" in opts:
         check_base_models(resolve(opts, None), None, path)
     check_owner_files(opts, path)  # eval_file, forgetting_sample: drops wait while they are broken
-    verdict.role, verdict.summary = "owner", f"overnight.toml, {len(opts)} options"
+    verdict.role, verdict.summary = "owner", f"overnight.toml, {len(opts)} option{'s' * (len(opts) != 1)}"
     verdict.data = {"options": sorted(opts)}
     if opts.get("hooks"):
         verdict.add(f"hooks: {', '.join(sorted(opts['hooks']))}")

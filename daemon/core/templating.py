@@ -112,8 +112,8 @@ class ChatFormat:
             missing = next((f"the tool call {n!r}" for n in names if n not in trained), None) or (
                 None if shown else "the tool result")
             if missing:
-                raise TemplateError(f"the chat template {self.label} does not show {missing} of messages[{i}] (role "
-                                    f"{m['role']!r}): the model would be trained on a conversation it never sees. "
+                raise TemplateError(f"the chat template {self.label} does not show {missing} of turn {i + 1} of the "
+                                    f"conversation (role {m['role']!r}): the model would be trained on a conversation it never sees. "
                                     f"{TOOLS_FIX}")
         given = as_parts(messages) if self.parts else messages
         if tools and _render(self.template, given, None, self.special, spans=False)[0] == text:

@@ -247,7 +247,7 @@ class CommandCallback(TrainerCallback):
         """Wait (every rank: each poll is a collective) until resumed or stopped; returns the decision then."""
         started = time.perf_counter()
         self.progress.update(Phase.PAUSED, state.global_step, epoch=state.epoch)
-        self.log(f"paused at step {state.global_step}{_gpu_memory_held()} (send 'resume' to continue)")
+        self.log(f"paused at step {state.global_step}{_gpu_memory_held()} (overnight resume lifts it)")
         while True:
             time.sleep(0.1)
             decision = self.commands.sync()
