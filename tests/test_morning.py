@@ -373,3 +373,17 @@ def test_a_rejected_file_and_its_error_keep_one_number(tmp_path: Path) -> None:
         "data.1.error.txt", "data.1.jsonl", "data.2.error.txt", "data.2.tsv", "data.error.txt", "data.tsv"]
     assert "data.jsonl" in (rejected / "data.1.error.txt").read_text()
     assert "data.tsv" in (rejected / "data.2.error.txt").read_text()
+
+
+def test_a_rejected_drop_taken_once_fixed_no_longer_needs_the_user(tmp_path: Path, tiny_model: Path) -> None:
+    home = Home.resolve(tmp_path / "home", create=True)
+    (home.root / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    (home.control / "stop").write_text("")  # accepted and queued, not trained
+    for text in ("junk{\n", '{"prompt": "a", "completion": "b"}\n' * 20):
+        (home.inbox / "data.jsonl").write_text(text)
+        overnight("daemon", "--once", "--settle", "0.1", home=home.root, timeout=120, check=True)
+        if text.startswith("junk"):
+            assert [d["file"] for d in json.loads(overnight("status", "--json", home=home.root).stdout)["rejected"]]
+    status = json.loads(overnight("status", "--json", home=home.root, check=True).stdout)
+    assert status["rejected"] == [] and [r["name"] for r in status["runs"]] == ["data"], status
+    assert (home.rejected / "data.error.txt").exists()  # kept: nothing is deleted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -15,6 +16,7 @@ from daemon.core.rundir import run_folders
 from daemon.core.options import owner_toml
 from daemon.core.space import disk_full_problem
 from daemon.core.states import State
+from daemon.core.timefmt import run_id_stamp
 
 DEFAULT_SINCE_H = 24.0
 HELD_BY_STOP = "control/stop (overnight resume lifts it)"
@@ -110,11 +112,35 @@ def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:
             dated.append((stamp, e.name, e.path, st.st_mtime_ns, st.st_size))
     dated.sort(reverse=True)
     out = []
+    taken = _run_stamps(home)
     for stamp, name, path, mtime_ns, size in dated[:MAX_REJECTED]:
+        if _taken_since(name, run_id_stamp(mtime_ns / 1e9), taken):
+            continue  # dropped again, fixed, and taken: nothing needs the user any more
         read = _read_error(path, name, mtime_ns, size)
         if read is not None:
             out.append(RejectedDrop(read[0], read[1], path, stamp))
     return out
+
+
+_RUN_ID = re.compile(r"^(?P<stem>.+)-(?P<stamp>\d{8}-\d{6})(?:-\d+)?$")  # NAME-YYYYmmdd-HHMMSS[-N]
+
+
+def _run_stamps(home: Home) -> dict[str, str]:
+    """Each run name in runs/ and when its newest run was accepted (the stamp of its id)."""
+    out: dict[str, str] = {}
+    try:
+        names = os.listdir(home.runs)
+    except OSError:
+        return out
+    for m in filter(None, map(_RUN_ID.match, names)):
+        out[m["stem"]] = max(out.get(m["stem"], ""), m["stamp"])
+    return out
+
+
+def _taken_since(error_name: str, rejected_at: str, taken: dict[str, str]) -> bool:
+    """A rejected drop (NAME.error.txt, NAME.1.error.txt…) whose name a run accepted later."""
+    stem = re.sub(r"\.\d+$", "", error_name[: -len(ERROR_SUFFIX)])
+    return taken.get(stem, "") >= rejected_at
 
 
 @functools.lru_cache(maxsize=4 * MAX_REJECTED)
