@@ -101,3 +101,26 @@ def test_the_job_script_runs_torchrun_on_every_node_with_the_rendezvous_on_the_f
                                        ("0:9", -9), (None, None)])
 def test_slurms_exit_codes_read_as_a_trainers_return_code(slurm, rc):
     assert _exit_code(slurm) == rc
+
+
+def test_a_slurm_that_does_not_answer_is_asked_again_only_half_a_minute_later(tmp_path, monkeypatch):
+    """Each question to a silent slurmctld waits ~20 s: the daemon's loop must not wait that long for every job
+    at every pass (intake and commands stalled, status blamed the DB)."""
+    from daemon.engine.executors import slurm, slurmctl
+
+    asked: list[str] = []
+    clock = [1000.0]
+
+    def silent(job_id: str) -> None:
+        asked.append(job_id)
+        raise slurmctl.SlurmUnreachable("scontrol did not answer in 30 s")
+    monkeypatch.setattr(slurmctl, "job_info", silent)
+    monkeypatch.setattr(slurm.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(slurm, "_silent_until", 0.0)
+    jobs = [slurm.SlurmJob(j, tmp_path) for j in ("11", "12")]
+    assert [j.poll() for j in jobs] == [None, None] and asked == ["11"]
+    clock[0] += 5
+    assert [j.poll() for j in jobs] == [None, None] and asked == ["11"]
+    clock[0] += slurm.SILENT_POLL_S
+    jobs[1].poll()
+    assert asked == ["11", "12"]

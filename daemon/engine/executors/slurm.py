@@ -40,6 +40,8 @@ from daemon.engine.executors.slurmctl import JobInfo, SlurmUnreachable
 WARN_S = 120  # seconds before the time limit the trainer is told to checkpoint and exit (Slurm may send it 60 s early)
 WARNED_EXIT = 75  # the job script's exit code when the time-limit warning stopped the trainer (EX_TEMPFAIL)
 POLL_S = 1.0  # Slurm is asked about a job at most this often
+SILENT_POLL_S = 30.0  # … and this often while it does not answer (every job of this daemon alike)
+_silent_until = 0.0  # monotonic time before which Slurm is not asked (it did not answer the last question)
 RDZV_PORT = 29400  # a job over several nodes: torchrun's rendezvous on RDZV_PORT + job id % RDZV_PORTS
 RDZV_PORTS = 1000
 DEFAULT_PARALLEL = 4  # jobs of this daemon in the cluster at once unless max_parallel_runs says otherwise
@@ -67,17 +69,21 @@ class SlurmJob:
 
     # --- following ------------------------------------------------------------------------------------
     def _refresh(self) -> JobInfo | None:
-        if self.confirmed or self.lost or time.monotonic() - self.asked < POLL_S:
+        global _silent_until
+        if self.confirmed or self.lost or time.monotonic() - self.asked < POLL_S or time.monotonic() < _silent_until:
             return self.info
         self.asked = time.monotonic()
         try:
             info = slurmctl.job_info(self.job_id)
         except SlurmUnreachable as e:
+            # each question waits for scontrol's own timeout (~20 s): no job is asked about for SILENT_POLL_S, so
+            # intake and commands go on between
+            _silent_until = time.monotonic() + SILENT_POLL_S
             if self.unreachable is None:
                 log.warning(f"{self.label}: Slurm does not answer ({e}); following it again when it does")
             self.unreachable = str(e)
             return self.info
-        self.unreachable = None
+        _silent_until, self.unreachable = 0.0, None
         if info is None:
             self.lost = True
             return self.info
