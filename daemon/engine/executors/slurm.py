@@ -115,7 +115,8 @@ class SlurmJob:
             return ""
         if ended is None or ended.restarts + 1 != self.restarts:
             return ""
-        return {"NODE_FAIL": f" after node {ended.node} failed under it",
+        many = ended.node and any(c in ended.node for c in "[,")  # the job's node list: which one failed is unknown
+        return {"NODE_FAIL": f" after {'a node of ' if many else 'node '}{ended.node} failed under it",
                 "PREEMPTED": " after a preemption"}.get(ended.state, "")
 
     def poll(self) -> int | None:
