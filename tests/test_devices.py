@@ -57,7 +57,10 @@ def test_a_gpu_set_sees_its_gpus_in_pci_order() -> None:
     ({"gpus": [2]}, "3,5", None, "CUDA_VISIBLE_DEVICES='3,5'"),
     ({"gpus": [0]}, "", None, "CUDA_VISIBLE_DEVICES=''"),
     ({"gpus": 1}, "", None, "CUDA_VISIBLE_DEVICES=''"),
-    ({"gpus": [4]}, None, 2, "the NVIDIA driver shows 2 GPU(s)"),
+    ({"gpus": [4]}, None, 2, "the NVIDIA driver shows 2 GPU(s). Fix: set gpus to indices within that list (indices "
+                             "0..1)"),
+    ({"gpus": 2}, None, 0, "gpus = 2 in overnight.toml asks for 2 GPUs, but the NVIDIA driver shows 0 GPU(s). Fix: "
+                           "remove gpus (this machine trains on its CPU)"),
     ({"gpus_per_run": 3}, None, 2, "gpus_per_run = 3"),
 ])
 def test_gpus_the_daemon_cannot_see_are_an_error(owner: dict, inherited: str | None, count: int | None,

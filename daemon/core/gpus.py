@@ -88,11 +88,12 @@ def _choose(gpus: Any, visible: list[str] | None, raw: str | None) -> list[str]:
         if index >= len(visible):
             where = (f"the daemon was started with CUDA_VISIBLE_DEVICES={raw!r}, which leaves it" if raw is not None
                      else "the NVIDIA driver shows")
+            asked = f"{gpus} GPUs" if isinstance(gpus, int) else f"GPU index {index}"
+            fix = ("remove gpus (this machine trains on its CPU)" if not visible else
+                   f"set gpus to indices within that list (indices 0..{len(visible) - 1}), or remove it")
             raise GpuChoiceError(
-                f"gpus = {gpus!r} in overnight.toml asks for GPU index {index}, but {where} {len(visible)} GPU(s)"
-                f"{f' (indices 0..{len(visible) - 1} count within that list)' if visible else ''}. Fix: set gpus "
-                f"to indices within that list (or remove it), or restart the daemon with the GPUs it should use "
-                f"visible; then `overnight resume RUN`.")
+                f"gpus = {gpus!r} in overnight.toml asks for {asked}, but {where} {len(visible)} GPU(s). Fix: {fix}, "
+                f"or restart the daemon with the GPUs it should use visible; then `overnight resume RUN`.")
     return [visible[i] for i in wanted]
 
 
