@@ -377,6 +377,9 @@ def test_non_utf8_in_a_json_array_after_the_first_chunk(tmp_path: Path) -> None:
 def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "d.jsonl", '{"text": "a"}\n\n{"text": "b",}\n{"text": "c"}\n')
     check_error(error_of(path), "d.jsonl", "line 3", None, "malformed JSON", "column")
+    # an object cut short at the line's end: the column is that end (the line's newline read as column 1 of line 2)
+    path = write(tmp_path, "e.jsonl", '{"prompt": "x"\nnot json\n')
+    check_error(error_of(path), "e.jsonl", "line 1", None, "malformed JSON", "(column 15)")
 
 
 def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:

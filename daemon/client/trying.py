@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from daemon.core.dataformats import line_column
 from daemon.core.errors import DatasetError
 from daemon.core.evolution import DEFAULT_THRESHOLD, is_exact, load_records, similarity
 from daemon.core.render import cells, cut
@@ -114,7 +115,8 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(file, where, None, f"malformed JSON ({e.msg}, column {e.colno})", _PROMPTS_FIX) from None
+            raise DatasetError(file, where, None, f"malformed JSON ({e.msg}, column {line_column(e, line)})",
+                               _PROMPTS_FIX) from None
         if not isinstance(record, dict):
             raise DatasetError(file, where, None, f"expected a JSON object, got {type(record).__name__}", _PROMPTS_FIX)
         found.append(_prompt_record(record, file, where))

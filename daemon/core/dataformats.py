@@ -58,6 +58,12 @@ def json_problem(err: json.JSONDecodeError) -> str:
     return _JSON_PROBLEMS.get(err.msg, err.msg)
 
 
+def line_column(err: json.JSONDecodeError, line: str) -> int:
+    """The column of a JSON error in one line of a JSONL file: a cut-short object ends at the line's own newline,
+    which the parser counts as column 1 of a line 2."""
+    return err.colno if err.lineno == 1 else len(line.split("\n", 1)[0].rstrip("\r")) + 1
+
+
 def too_deep(name: str, location: str | None, field: str | None = None) -> DatasetError:
     """Python's JSON parser recurses: arrays or objects nested about a thousand deep raise RecursionError."""
     return DatasetError(name, location, field, "the JSON is nested too deeply to read (hundreds of arrays or "
@@ -290,7 +296,8 @@ def _read_jsonl(path: Path, notes: Notes) -> Iterator[tuple[str, Any]]:
                 raise DatasetError(name, location, None,
                                    "this looks like a JSON array, not JSON Lines (one object per line)",
                                    "rename the file to .json, or write one JSON object per line") from None
-            raise DatasetError(name, location, None, f"malformed JSON: {json_problem(err)} (column {err.colno})",
+            raise DatasetError(name, location, None, f"malformed JSON: {json_problem(err)} (column "
+                               f"{line_column(err, text)})",
                                "each line must hold one complete JSON object; check quotes, commas and "
                                "brackets on that line") from None
         if not isinstance(record, dict):

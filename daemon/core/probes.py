@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core import datasets
-from daemon.core.dataformats import json_problem, refuse_surrogates, too_deep
+from daemon.core.dataformats import json_problem, line_column, refuse_surrogates, too_deep
 from daemon.core.datasets import DatasetError, ExampleKind
 
 MAX_PROBES = 256  # every probe is generated at every snapshot: more would make snapshots slow
@@ -187,7 +187,7 @@ def line_record(raw: bytes, file: str, location: str) -> Any:
     except RecursionError:
         raise too_deep(file, location) from None
     except json.JSONDecodeError as e:
-        raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {e.colno})",
+        raise DatasetError(file, location, None, f"malformed JSON: {json_problem(e)} (column {line_column(e, line)})",
                            "each line must be one complete JSON object") from None
 
 
