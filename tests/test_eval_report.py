@@ -102,7 +102,9 @@ def test_the_alarm_fires_on_a_lost_answer_or_a_forgetting_score_past_the_thresho
     assert evalreport.alarm(lost, 0.0, 0.1) == ["1 probe(s) its parent answered right are now wrong"]
     assert evalreport.forgetting_score(4.0, 4.6) == pytest.approx(0.15)
     why = evalreport.alarm([], evalreport.forgetting_score(4.0, 4.6), 0.1)
-    assert len(why) == 1 and "+15.0%" in why[0] and "forgetting_alarm = 0.1" in why[0]
+    assert len(why) == 1 and "+15.00%" in why[0] and "forgetting_alarm = 0.1" in why[0]
+    # forgetting_alarm = 0: a score that rounds to +0.0% is shown as what it is
+    assert "forgetting score +0.04% (general-text loss), past forgetting_alarm = 0" in evalreport.alarm([], 0.0004, 0)[0]
     assert evalreport.alarm([], evalreport.forgetting_score(4.0, 4.2), 0.1) == []
 
 

@@ -56,7 +56,7 @@ def alarm(lost_items: list[dict[str, Any]], score: float | None, threshold: floa
     if records:
         reasons.append(f"{records} eval record(s) its parent answered right are now wrong")
     if score is not None and score > threshold:
-        reasons.append(f"forgetting score {score:+.1%} (general-text loss), past forgetting_alarm = {threshold:g}")
+        reasons.append(f"forgetting score {score:+.2%} (general-text loss), past forgetting_alarm = {threshold:g}")
     return reasons
 
 

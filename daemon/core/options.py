@@ -234,8 +234,14 @@ def _check_hooks(source: Path | str, table: dict[str, Any]) -> None:
                                f"allowed: {', '.join(HOOK_EVENTS)}. Fix: rename or remove '{key}' under [hooks].")
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) and a for a in argv)):
             raise OptionsError(f"{source}: [hooks] {key} = {argv!r} must be a non-empty list of strings: an argument "
-                               f"list, run without a shell. Fix: e.g. {key} = [\"rsync\", \"-a\", \"runs/\", "
-                               f"\"backup:/adapters/\"] (or [\"sh\", \"-c\", \"...\"] for shell syntax).")
+                               f"list, run without a shell. Fix: e.g. {key} = {_HOOK_EXAMPLES.get(key, _HOOK_EXAMPLES['on_complete'])} "
+                               f"(or [\"sh\", \"-c\", \"...\"] for shell syntax).")
+
+
+# each hook runs where its files are: on_complete and on_fail in the run folder, on_reject in the home
+_HOOK_EXAMPLES = {"on_complete": '["rsync", "-a", "adapter/", "backup:/adapters/"]',
+                  "on_fail": '["sh", "-c", "tail -n 20 console.log | mail -s failed me@example.com"]',
+                  "on_reject": '["sh", "-c", "cat \\"$OVERNIGHT_ERROR_FILE\\" | mail -s rejected me@example.com"]'}
 
 
 def _check_name(source: Path | str, value: str) -> None:

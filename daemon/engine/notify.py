@@ -75,7 +75,7 @@ def regressed_message(run: dict[str, Any], version: int, report: dict[str, Any],
     body = (f"Model {name} version {version} (run {run['id']}) is regressed since {report.get('parent') or 'the base'}"
             f": {why}.\nIt was registered but not activated.\n"
             f"What it lost: overnight models --home {home} (and {RunFolder(run['run_dir']).eval_report})\n"
-            f"Next: keep the active version, or use this one anyway: overnight activate {name} {version} --home {home}")
+            f"Next: to use this one anyway: overnight activate {name} {version} --home {home}")
     return title(f"{name} v{version} regressed"), body
 
 
