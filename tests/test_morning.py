@@ -150,12 +150,13 @@ def test_a_pending_slurm_job_and_a_silent_controller_say_why_their_runs_wait(tmp
     store = Store(home.db)
     try:
         _insert(store, home, FAILED, 1, "preparing", job_id="12", reason="Slurm job 12 pending (Resources)")
-        _insert(store, home, OLD_FAILED, 2, "queued", reason="the executor did not answer (sbatch: error: Unable "
+        _insert(store, home, OLD_FAILED, 2, "queued", job_id="9", reason="the executor did not answer (sbatch: error: Unable "
                                                              "to contact slurm controller); queued again")
     finally:
         store.close()
     lines = overnight("runs", home=home.root, check=True).stdout.splitlines()
     assert next(line for line in lines if line.startswith(FAILED)).endswith("Slurm job 12 pending (Resources)")
+    assert next(line for line in lines if line.startswith(OLD_FAILED)).split()[3] == "-"  # its old job is over
     assert "the executor did not answer (sbatch: error" in next(line for line in lines if line.startswith(OLD_FAILED))
 
 

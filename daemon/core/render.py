@@ -163,7 +163,8 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
         passed = control.passed_by(r["state"], r["id"], r.get("started"), paused)
         queued_held = (r["state"] == State.QUEUED and held) or passed
         state = "held" if queued_held else r["state"]
-        rows.append((r["id"], state, gpus, *((fmt_job(r),) if jobs else ()), str(r["priority"]), _progress(r),
+        job = fmt_job(r) if r["state"] != State.QUEUED else "-"  # a queued run's job ended: its next is not there yet
+        rows.append((r["id"], state, gpus, *((job,) if jobs else ()), str(r["priority"]), _progress(r),
                      fmt_loss(r["loss"]), fmt_loss(r["eval_loss"]), eta, Path(r["base_model"] or "-").name)
                     + ((reason,) if any(reasons) else ()))
     lines = table(rows)
