@@ -390,3 +390,24 @@ def test_a_run_the_rebuild_queued_while_its_slurm_job_runs_is_followed_not_submi
     assert list(bench.sup.trainers) == ["live-1"]
     assert (bench.row("live-1")["state"], bench.row("live-1")["job_id"]) == ("preparing", "11")
     assert bench.row("over-1")["state"] == "queued"
+
+
+def test_a_job_slurm_suspends_reads_paused_with_why_and_is_no_stall(bench: Bench) -> None:
+    """PreemptMode=SUSPEND: the trainer is held still; the run reads paused (not training with a frozen ETA), no
+    stall is reported, and it reads training again once Slurm resumes it."""
+    from daemon.engine.executors.slurm import SlurmJob
+    from daemon.engine.executors.slurmctl import JobInfo
+
+    run_dir = bench.run("s-1", state=State.TRAINING)
+    job = SlurmJob("12", run_dir)
+    job.info, job.asked = JobInfo("SUSPENDED", "None", None, "n1", 0), 1e18  # asked just now: not asked again
+    (run_dir / "progress.json").write_text(json.dumps({"state": "training", "step": 5, "job_id": "12"}))
+    a = TrainerProcess("s-1", run_dir, job, stall=StallWatch(0.0, "report"))
+    bench.sup.trainers["s-1"] = a
+    bench.sup.watch()
+    bench.sup.watch()
+    row = bench.row("s-1")
+    assert row["state"] == "paused" and row["reason"].startswith("Slurm suspended Slurm job 12") and bench.told == []
+    job.info = JobInfo("RUNNING", "None", None, "n1", 0)
+    bench.sup.watch()
+    assert bench.row("s-1")["state"] == "training"

@@ -227,7 +227,9 @@ class Supervisor:
         phase = progress.get("state") or ""
         # progress.json of an earlier attempt says nothing about this process until it writes its own
         own = a.job.owns(progress)
-        self._watch_stall(a, phase if own else Phase.PREPARING, int(progress.get("step") or 0))
+        suspended = a.job.suspended()  # held still by Slurm: no step is due, no stall
+        self._watch_stall(a, Phase.PAUSED if suspended else phase if own else Phase.PREPARING,
+                          int(progress.get("step") or 0))
         run = self.store.get_run(a.run_id)
         node = a.job.node()
         if run and node and node != run.get("node"):
@@ -237,6 +239,10 @@ class Supervisor:
         waiting = a.job.waiting()
         if run and a.poll() is None and self._wait_changed(run, waiting, a.job.label):
             self.transition(a.run_id, State.PREPARING, waiting)  # a Slurm job in the queue (again, after a requeue)
+        elif run and suspended:
+            if (run["state"], run["reason"]) != (State.PAUSED, suspended):
+                self.transition(a.run_id, State.PAUSED, suspended)
+                rundir.append_console(a.run_dir, f"overnight: {suspended}")
         elif run and own and phase in (Phase.TRAINING, Phase.PAUSED) and run["state"] != phase and a.poll() is None:
             self._follow_phase(a, State(phase), progress)
         if a.poll() is not None:

@@ -53,6 +53,9 @@ class Job(Protocol):
     def waiting(self) -> str | None:
         """Why it is not running yet (a Slurm job pending: its reason); None when it runs."""
 
+    def suspended(self) -> str | None:
+        """Why it is held still from outside (a Slurm job suspended: preemption by suspension); None otherwise."""
+
     def node(self) -> str | None:
         """The machine it runs on (None: this one, or not known yet)."""
 

@@ -77,6 +77,9 @@ class LocalJob:
     def waiting(self) -> str | None:
         return None
 
+    def suspended(self) -> str | None:
+        return None
+
     def node(self) -> str | None:
         return None
 

@@ -162,6 +162,12 @@ class SlurmJob:
             return None
         return f"{self.label} pending" + (f" ({info.reason})" if info.reason not in ("None", "") else "")
 
+    def suspended(self) -> str | None:
+        if not self.info or self.info.state != "SUSPENDED":
+            return None
+        return (f"Slurm suspended {self.label} (a preemption by suspension): its trainer goes on from where it "
+                f"stopped when Slurm resumes the job")
+
     def node(self) -> str | None:
         return self.info.node if self.info else None
 
