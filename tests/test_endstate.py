@@ -10,9 +10,9 @@ KILLED = "trainer killed by signal SIGKILL"
 EXITED = "trainer exited with code 1: Traceback"
 
 
-def exit_(outcome=None, request=None, code=0, attempts=0, disk_full=False, crash=EXITED, reason=None):
+def exit_(outcome=None, request=None, code=0, attempts=0, disk_full=False, crash=EXITED, reason=None, withdrawn=False):
     return TrainerExit(Outcome(outcome) if outcome else None, StopRequest(request) if request else None, code, attempts, disk_full, crash, reason,
-                       home="/h")
+                       home="/h", withdrawn=withdrawn)
 
 
 @pytest.mark.parametrize("e, state, says", [
@@ -28,6 +28,10 @@ def exit_(outcome=None, request=None, code=0, attempts=0, disk_full=False, crash
     # the user's request outlives a trainer that died honouring it
     (exit_(None, "stop", code=-9, crash=KILLED), State.STOPPED, f"stop requested; {KILLED} before it checkpointed"),
     (exit_(None, "skip", code=1), State.SKIPPED, f"skip requested; {EXITED} before it checkpointed"),
+    # a Slurm job cancelled while pending, for the request: nothing trained, no attempt counted against it
+    (exit_(None, "stop", code=-15, withdrawn=True), State.STOPPED, "stop requested while its job was pending"),
+    (exit_(None, "preempt", code=-15, attempts=MAX_ATTEMPTS, withdrawn=True), State.QUEUED,
+     "preempt requested while its job was pending: cancelled before it started"),
     # the daemon's own requests
     (exit_(None, "restart", code=-9, crash=KILLED), State.QUEUED, "restarted after a stall"),
     (exit_(None, "restart", code=-9, attempts=MAX_ATTEMPTS, crash=KILLED), State.FAILED, KILLED),

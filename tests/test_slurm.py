@@ -261,3 +261,24 @@ def test_jobs_slurm_refuses_or_can_never_start_fail_the_run_with_slurms_reason(s
         assert "DependencyNeverSatisfied" in status  # failed runs are listed with their reasons
     finally:
         end(home)
+
+
+def test_stop_and_skip_of_a_job_still_pending_cancel_it_at_once(slurm_cluster, tiny_model, tmp_path):
+    """A job waiting in Slurm's queue (here: not to begin for ten minutes) is cancelled when its run is stopped or
+    skipped: the run ends as asked now, not once the cluster starts the job (hours, on a busy cluster)."""
+    home = slurm_home(tmp_path / "home", tiny_model, slurm_cluster, extra_args=["--begin=now+600"])
+    home.start_daemon()
+    try:
+        for name in ("p", "s"):
+            home.drop(kill_loop.write_drop(home.root / ".staging" / name, name, 3))
+        pending = {name: wait_run(home, name, "pending", lambda r: r["state"] == "preparing" and r["job_id"]
+                                  and "pending" in (r["reason"] or ""), timeout=60) for name in ("p", "s")}
+        overnight("stop", pending["p"]["id"], home=home.root, check=True)
+        overnight("skip", pending["s"]["id"], home=home.root, check=True)
+        for name, state in (("p", "stopped"), ("s", "skipped")):
+            run = wait_run(home, name, state, lambda r, s=state: r["state"] == s, timeout=30)
+            assert "requested while its job was pending: cancelled before it started" in run["reason"], run
+            assert job_state(pending[name]["job_id"]) == "CANCELLED"
+            assert "while it was pending (scancel)" in console(run)
+    finally:
+        end(home)

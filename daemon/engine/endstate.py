@@ -23,6 +23,7 @@ class TrainerExit:
     crash: str  # what killed it, in words: "trainer killed by signal SIGKILL", "trainer exited with code 1: …"
     reason: str | None = None  # result.json's reason
     home: str = ""  # the home, for the full-disk Fix
+    withdrawn: bool = False  # its job was cancelled before it started, for `request`
     interrupted: str | None = None  # what ended it from outside the trainer, resumable (a Slurm job's scancel,
     # time limit, preemption, failed node: daemon/engine/executors/slurm.py), in words
 
@@ -35,6 +36,8 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
         return State.COMPLETED, None
     if e.request and e.exit_code == 0 and e.outcome == Outcome.STOPPED:
         return e.request.outcome, f"{e.request} requested"
+    if e.request and e.withdrawn and not e.outcome:  # nothing trained: nothing to count against it
+        return e.request.outcome, f"{e.request} requested while its job was pending: cancelled before it started"
     if not e.request and e.exit_code == 0 and e.outcome == Outcome.STOPPED and (e.reason or "").startswith(RUNG_STOP):
         return State.QUEUED, e.reason  # an ASHA trial checkpointed at its rung: held there (engine/pruning.py)
     if e.request and e.request.by_user:  # the user's request outlives a trainer that died honouring it

@@ -98,6 +98,7 @@ class TrainerProcess:
         self.requested = stop_request(self.requested, reason)
         if first:
             self.send(str(self.requested))
+            self.job.withdraw_if_pending()  # a job not started yet ends now, not when the cluster starts it
         return self.requested
 
     def set_paused(self, paused: bool) -> None:

@@ -306,7 +306,8 @@ class Supervisor:
         state, reason = end_state(TrainerExit(
             outcome=_outcome(result.get("outcome")), request=a.requested, exit_code=rc,
             attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
-            reason=result.get("reason"), home=str(self.home.root), interrupted=a.job.interrupted()))
+            reason=result.get("reason"), home=str(self.home.root), interrupted=a.job.interrupted(),
+            withdrawn=a.job.withdrawn()))
         fields.update(pid=None)
         if state == State.QUEUED and (result.get("reason") or "").startswith(asha.RUNG_STOP):
             run = self.store.get_run(a.run_id)

@@ -37,6 +37,12 @@ class Job(Protocol):
     def cancel(self) -> None:
         """End it now (SIGKILL; scancel)."""
 
+    def withdraw_if_pending(self) -> bool:
+        """A stop, skip or preemption of a job that has not started: cancelled now (True), not when it starts."""
+
+    def withdrawn(self) -> bool:
+        """It was withdrawn before it started: the request it was withdrawn for decides how its run ends."""
+
     def release(self) -> None:
         """The daemon is going away: a local trainer is told (EOF: checkpoint and exit); a Slurm job runs on."""
 

@@ -80,6 +80,12 @@ class LocalJob:
     def suspended(self) -> str | None:
         return None
 
+    def withdraw_if_pending(self) -> bool:
+        return False  # a local trainer starts at once
+
+    def withdrawn(self) -> bool:
+        return False
+
     def node(self) -> str | None:
         return None
 

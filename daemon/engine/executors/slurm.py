@@ -66,6 +66,7 @@ class SlurmJob:
         self.refusal: str | None = None  # it cannot ever start: why, with the fix
         self.relaunch: str | None = None  # Slurm holds it after a failed launch: cancelled, a new job goes on
         self.unreachable: str | None = None
+        self._withdrawn = False  # cancelled while pending, for a stop, skip or preemption
 
     # --- following ------------------------------------------------------------------------------------
     def _refresh(self) -> JobInfo | None:
@@ -189,6 +190,18 @@ class SlurmJob:
     def cancel(self) -> None:
         self.cancelled = True
         slurmctl.scancel(self.job_id)
+
+    def withdraw_if_pending(self) -> bool:
+        """A job still in Slurm's queue would take the request only once it starts (hours, on a busy cluster)."""
+        if self.info is None or self.info.state != "PENDING" or self.cancelled:
+            return False
+        self.cancel()
+        self._withdrawn = True
+        rundir.append_console(self.run_dir, f"overnight: cancelled {self.label} while it was pending (scancel)")
+        return True
+
+    def withdrawn(self) -> bool:
+        return self._withdrawn
 
     def release(self) -> None:
         """The daemon goes away, the job runs on: the next daemon follows it by its id."""
