@@ -411,3 +411,22 @@ def test_a_job_slurm_suspends_reads_paused_with_why_and_is_no_stall(bench: Bench
     job.info = JobInfo("RUNNING", "None", None, "n1", 0)
     bench.sup.watch()
     assert bench.row("s-1")["state"] == "training"
+
+
+def test_a_run_over_several_machines_says_it_waits_for_them_and_a_rendezvous_timeout_says_the_fix(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.engine import supervisor
+
+    torchrun = {"nproc_per_node": 1, "nnodes": 2, "node_rank": 0, "rdzv_endpoint": "127.0.0.1:29400"}
+    bench.sup.options = lambda: {"min_free_gb": 0, "torchrun": torchrun}
+    run_dir = bench.run("m-1", state=State.QUEUED, attempts=0)
+    (run_dir / "config.json").write_text("{}")
+    monkeypatch.setattr(supervisor.TrainerProcess, "start", lambda run_id, run_dir, **_k: TrainerProcess(
+        run_id, run_dir, LocalJob(SimpleNamespace(pid=4242, poll=lambda: None))))
+    bench.sup.start_next()
+    row = bench.row("m-1")
+    assert row["state"] == "preparing" and "waits for the other machines of [torchrun] (nnodes = 2) to join at " \
+        "127.0.0.1:29400" in row["reason"]
+    (run_dir / "console.log").write_text("torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError\n")
+    said = bench.sup._crash_reason(bench.sup.trainers["m-1"], 1)
+    assert said.startswith("the other machines of [torchrun] never joined its rendezvous") and "Fix: start" in said

@@ -131,7 +131,7 @@ _PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:,;()'\"]+/)+([^\s/:,;()'\"]+)")
 def _reason(r: dict[str, Any]) -> str:
     said = str(r.get("reason") or "")
     waiting = (r["state"] == State.QUEUED and said.startswith((asha.WAITS, EXECUTOR_SILENT))  # an ASHA trial, Slurm down
-               or r["state"] == State.PREPARING and r.get("job_id") and " pending" in said)  # a Slurm job in its queue
+               or r["state"] == State.PREPARING)  # a Slurm job in its queue, machines of [torchrun] not there yet
     if not (r["state"] in _WITH_REASON or waiting) or not r.get("reason"):
         return ""
     first = first_line(str(r["reason"]))

@@ -22,6 +22,7 @@ from daemon.core import asha, control, rundir, sweep
 from daemon.core.errors import ExecutorError, ExecutorUnreachable
 from daemon.core.gpus import GpuChoiceError, Slot
 from daemon.core.home import Home
+from daemon.core.launch import multi_node
 from daemon.core.log import log
 from daemon.core.options import OPTIONS
 from daemon.core.render import EXECUTOR_SILENT
@@ -181,8 +182,17 @@ class Supervisor:
             return True
         self._follow(a)
         self.store.update_run(run["id"], pid=a.job.pid, job_id=a.job.job_id, node=None)
+        if multi_node(owner.get("torchrun")) and not a.job.job_id:  # nothing trains until every machine is there
+            self._say_waiting_for_nodes(run, owner["torchrun"])
         log.info(f"started {run['id']} on {slot.label} ({a.job.label}{', resume from ' + ckpt.name if ckpt else ''})")
         return True
+
+    def _say_waiting_for_nodes(self, run: dict[str, Any], torchrun: dict[str, Any]) -> None:
+        where = torchrun.get("rdzv_endpoint") or torchrun.get("master_addr") or "its rendezvous"
+        note = (f"waits for the other machines of [torchrun] (nnodes = {torchrun.get('nnodes')}) to join at {where}: "
+                f"start the launcher on each with its --node-rank and runs/{run['id']}")
+        self.store.update_run(run["id"], reason=note)
+        rundir.append_console(Path(run["run_dir"]), f"overnight: {note}")
 
     @staticmethod
     def _stall_watch(owner: dict[str, Any]) -> StallWatch:
@@ -382,6 +392,10 @@ class Supervisor:
         if rc is not None and rc < 0:
             return f"trainer killed by signal {signal.Signals(-rc).name}"
         tail = [ln for ln in rundir.read_tail(a.folder.console).splitlines() if ln.strip()]
+        if any("RendezvousTimeoutError" in ln for ln in tail):
+            return ("the other machines of [torchrun] never joined its rendezvous (torchrun's RendezvousTimeoutError). "
+                    "Fix: start the launcher on each other machine with its --node-rank (README: Several GPUs: "
+                    "torchrun) within rdzv_conf's join_timeout, then overnight resume RUN")
         return f"trainer exited with code {rc}: {tail[-1][:300] if tail else 'no output'}"
 
     def stop_all(self) -> None:
