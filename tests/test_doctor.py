@@ -317,3 +317,22 @@ def test_a_delete_cut_short_after_the_move_is_finished_by_the_next_delete(tmp_pa
     [m] = store.models("m")
     assert m["deleted"] and m["adapter_path"] == str(cut / "adapter") and not m["active"]
     store.close()
+
+
+def test_doctor_names_a_write_lock_another_process_holds(tmp_path: Path) -> None:
+    """A sqlite3 shell left inside BEGIN: status says the DB is busy, and so does doctor (monitoring scripts read
+    its --json), then all is well once it is released."""
+    import sqlite3
+    home = Home(tmp_path / "home")
+    home.create()
+    Store(home.db).close()
+    holder = sqlite3.connect(home.db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        res = overnight("doctor", "--json", home=home.root)
+        report = json.loads(res.stdout)
+        assert res.returncode == 1 and "holds a write lock" in report["problems"][0]["problem"], report
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert overnight("doctor", home=home.root).returncode == 0

@@ -99,7 +99,7 @@ def diagnose(home: Home, daemon_running: bool) -> tuple[list[str], list[Finding]
         return [], [Finding(f"{home.db} {problem}", "overnight doctor --rebuild (the damaged file is kept aside)")]
     ok = ["integrity_check: ok"] + ([_schema_note(version)] if (version or 0) <= SCHEMA_VERSION else [])
     findings = [f for f in (_schema_finding(version), _unindexed(folders, ids), _folderless(home, folders, ids),
-                            _unreadable(folders)) if f]
+                            _unreadable(folders), _write_locked(home.db)) if f]
     if not daemon_running:
         findings += [f for f in [_disagreeing(home, folders, ids)] if f]
     if not findings:
@@ -134,6 +134,23 @@ def _folderless(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding 
         return None
     return Finding(f"{_n(len(gone), 'run')} in the DB without a folder in {home.runs}: {_some(gone)}",
                    "put the folders back, or overnight doctor --rebuild to forget those runs")
+
+
+def _write_locked(db: Path, wait_s: float = 3.0) -> Finding | None:
+    """Another process holds the write lock longer than any of the daemon's transactions (a sqlite3 shell or a
+    script left inside BEGIN): the daemon cannot record anything meanwhile. Taken and given back, nothing written."""
+    conn = sqlite3.connect(db, timeout=wait_s, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e):
+            raise
+        return Finding(f"another process holds a write lock on {db} ({e}): the daemon can record nothing until it "
+                       f"is released", "end that process's transaction (a sqlite3 shell or a script left inside BEGIN)")
+    finally:
+        conn.close()
+    return None
 
 
 def _unreadable(folders: dict[str, Path]) -> Finding | None:
