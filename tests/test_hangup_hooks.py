@@ -326,7 +326,7 @@ def test_a_receiver_that_never_answers_delays_no_other(said, monkeypatch):
         webhook.stop()
 
 
-def test_an_end_hook_runs_in_the_home_when_the_run_folder_is_gone_and_a_failed_one_is_a_warning(tmp_path, caplog):
+def test_an_end_hook_runs_in_the_home_when_the_run_folder_is_gone_and_a_failed_one_is_a_warning(tmp_path):
     """A run that failed because its folder was removed still tells the user (the hook's mail must go); a hook
     that cannot start or exits non-zero is a WARNING in overnight.log, not "finished"."""
     from daemon.engine.hooks import Hooks
@@ -335,12 +335,19 @@ def test_an_end_hook_runs_in_the_home_when_the_run_folder_is_gone_and_a_failed_o
     (home / "runs").mkdir(parents=True)
     hooks = Hooks()
     run = {"id": "gone-1", "run_dir": str(home / "runs" / "gone-1"), "state": "failed", "name": "gone"}
-    with caplog.at_level(logging.INFO, logger="overnight"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("overnight")  # the daemon's logger (it may not propagate: caplog would miss it)
+    logger.addHandler(handler)
+    try:
         hook = hooks.run_hooks("on_fail", {"on_fail": ["sh", "-c", "echo FAIL $OVERNIGHT_RUN_ID > told.txt"]}, run)
         hook.thread.join(30)
         missing = hooks.run_hooks("on_fail", {"on_fail": [str(tmp_path / "no-such-program")]}, run)
         missing.thread.join(30)
+    finally:
+        logger.removeHandler(handler)
     assert (home / "told.txt").read_text() == "FAIL gone-1\n" and (home / "hooks.log").exists()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert any("its run folder" in w and "is gone; the hook runs in the home" in w for w in warnings), warnings
     assert any(w.startswith("hook on_fail for gone-1 failed: error: [Errno 2]") for w in warnings), warnings

@@ -107,6 +107,8 @@ def test_render_asks_the_state_sets():
            "base_model": "/m/tiny", "gpu_set": [0], "reason": "out of memory"}
     for state in State:
         line = render.runs_table([{**run, "state": state.value}]).splitlines()[1]
-        assert ("1m" in line) == (state in (State.TRAINING, State.PAUSED)), state
+        assert ("1m" in line) == (state == State.TRAINING), state  # a paused run's ETA would stand still
         assert line.split()[2] == ("0" if state in ACTIVE else "-"), state  # the GPU column
-        assert ("out of memory" in line) == (state in (State.FAILED, State.STOPPED, State.SKIPPED, State.PRUNED)), state
+        # why it ended, or why it is not training yet (a pending Slurm job, machines still to join)
+        assert ("out of memory" in line) == (state in (State.FAILED, State.STOPPED, State.SKIPPED, State.PRUNED,
+                                                       State.PREPARING)), state

@@ -39,6 +39,7 @@ class Exited:
     requested: StopRequest | None = None
     stall: StallWatch | None = None
     escalation: None = None
+    saw_disk_full: bool = False
     job: Any = field(default_factory=lambda: LocalJob(SimpleNamespace(pid=4242)))  # the local executor's handle
     pid = property(lambda self: self.job.pid)
 
@@ -178,6 +179,19 @@ def test_a_trainer_that_filled_the_disk_waits_for_space(bench: Bench) -> None:
     row = _exits(bench, "talk-1", 1, {"outcome": "failed", "reason": "OSError: [Errno 28] No space left on device"})
     assert row["state"] == "queued" and row["reason"].startswith("the disk filled up while it trained")
     assert not bench.told
+
+
+def test_a_trainer_whose_last_words_did_not_fit_on_the_full_disk_waits_for_space(bench: Bench) -> None:
+    """The disk filled during a checkpoint: the trainer died with its traceback cut short and no result.json, and
+    space was freed before the daemon looked; the daemon's own writes had found the disk full while it ran."""
+    run_dir = bench.run("talk-1")
+    RunFolder(run_dir).console.write_text("    with open(f")
+    a = Exited("talk-1", run_dir, 1)  # type: ignore[arg-type]
+    a.saw_disk_full = True
+    bench.sup.trainers["talk-1"] = a  # type: ignore[assignment]
+    bench.sup.watch()
+    row = bench.row("talk-1")
+    assert row["state"] == "queued" and row["reason"].startswith("the disk filled up while it trained"), row
 
 
 def test_the_run_follows_its_trainer_into_training_and_a_pause(bench: Bench) -> None:

@@ -44,6 +44,7 @@ class TrainerProcess:
     tails: dict[str, JsonlTail] = field(init=False)  # by DB table: metrics, evolution
     rate: tuple[float, int] | None = None  # (monotonic time, step) when steps started moving, for the ETA
     settling: bool = False  # the first step since training (re)started is not yet over
+    saw_disk_full: bool = False  # the daemon's writes for it found the disk full while it ran
     started: float = field(default_factory=time.monotonic)
     step_s: float | None = None  # seconds per step, measured since training (re)started
     escalation: Escalation | None = None  # set once a stop was requested: the trainer must show life until it exits

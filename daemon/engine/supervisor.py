@@ -228,7 +228,15 @@ class Supervisor:
     def watch(self) -> None:
         """One pass over every trainer, each guarded: one trainer's fault must not blind the daemon to the others."""
         for a in list(self.trainers.values()):
-            self.guard(f"watch {a.run_id}", lambda: self._watch_trainer(a))
+            self.guard(f"watch {a.run_id}", lambda: self._watched(a))
+
+    def _watched(self, a: TrainerProcess) -> None:
+        try:
+            self._watch_trainer(a)
+        except Exception as e:
+            if is_disk_full(e):  # the trainer's own last words may not fit on the disk: its end is judged by this
+                a.saw_disk_full = True
+            raise
 
     def _watch_trainer(self, a: TrainerProcess) -> None:
         fields = a.ingest(self.store)
@@ -379,8 +387,11 @@ class Supervisor:
         return 0 if progressed else int(run["attempts"] or 0)
 
     def _died_of_full_disk(self, a: TrainerProcess, result: dict[str, Any]) -> bool:
-        """Its last words say so, or (when the disk was too full even for those) the disk is short of space now."""
+        """Its last words say so, or (when the disk was too full even for those) the daemon found the disk full
+        while it ran, or the disk is short of space now."""
         if is_disk_full(result.get("reason") or "") or is_disk_full(rundir.read_tail(a.folder.console)):
+            return True
+        if not result and a.saw_disk_full:
             return True
         min_free = float(setting(self.options(), "min_free_gb"))
         return not result and shortage(a.run_dir, a.folder.newest_checkpoint(), min_free) is not None

@@ -28,7 +28,6 @@ from textual.message import Message
 from textual.widgets import Input, Static
 from textual.worker import get_current_worker
 
-from daemon.trainer.answers import DEFAULT_MAX_NEW_TOKENS  # torch-free: `overnight ask` answers as long
 from tui.homedata import HomeSnapshot, ModelRow
 
 NICE = 10  # the answers share the CPU with a training run: the run keeps its pace
@@ -163,7 +162,8 @@ class TryPanel(Vertical):
         shown = " · ".join([*refs, *([BASE] if base else [])])
         self._asking = True
         self.status.update(f" asking {shown} (python -m daemon.trainer.answers, a process of its own)…")
-        self._ask({"home": self.home, "refs": refs, "base": base, "prompt": prompt, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
+        # no max_new_tokens: the answers process's default, as `overnight ask` answers
+        self._ask({"home": self.home, "refs": refs, "base": base, "prompt": prompt})
 
     @work(thread=True, exclusive=True, group="try")
     def _ask(self, request: dict[str, Any]) -> None:
