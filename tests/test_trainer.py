@@ -371,3 +371,16 @@ def test_nonfinite_loss_stops_without_saving(tmp_path: Path) -> None:
     state: Any = SimpleNamespace(global_step=5, max_steps=10, epoch=0.5)
     cb.on_step_end(None, state, control)
     assert control.should_training_stop and not control.should_save and status.nonfinite_step == 5
+
+
+def test_a_pause_sent_while_the_model_loads_holds_before_the_first_step(tmp_path: Path, qwen: Path) -> None:
+    run = make_run(tmp_path / "p", qwen, dataset_name="rev.jsonl", content=jsonl(reversal_records(40, seed=5)),
+                   schema="prompt_completion", records=40, options={"max_steps": 4, "batch_size": 4})
+    proc = start(run)
+    send(proc, "pause")  # before the trainer has read its data or loaded the model
+    wait_for(lambda: (read_json(run / "progress.json") or {}).get("state") == "paused", 120, "paused", proc)
+    time.sleep(1.0)
+    assert not metrics(run) and read_json(run / "progress.json")["step"] == 0  # not one step taken
+    assert any("paused at step 0" in line for line in console_lines(run))
+    send(proc, "resume")
+    assert finish(proc) == 0 and read_json(run / "result.json")["outcome"] == "completed"

@@ -220,6 +220,12 @@ class CommandCallback(TrainerCallback):
         self.nonfinite = nonfinite
         self.log = log
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A pause that came while the model loaded holds before the first step, not after it."""
+        decision = self.commands.sync()
+        if decision.paused:
+            self._hold(state)
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         decision = self.commands.at_step_end()  # under torchrun: the same on every rank, one step late (no wait)
         about_to_write = control.should_log or control.should_save or control.should_evaluate
