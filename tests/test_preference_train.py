@@ -239,6 +239,27 @@ def test_a_loss_type_sweep_is_ranked_by_reward_accuracy_not_by_its_losses(home: 
     assert [m["metrics"]["report"]["reward_accuracy"] for m in active] == [best], active
 
 
+def test_an_evals_reward_accuracy_is_the_share_of_its_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRL averages the batches' means: 5 pairs in batches of 4 and 1, 2 and 0 preferred, read 0.25, not 0.4."""
+    from types import SimpleNamespace
+
+    from trl import DPOTrainer
+
+    from daemon.trainer.objectives.dpo import PreferenceTrainer
+
+    logged: list[dict] = []
+    monkeypatch.setattr(DPOTrainer, "log", lambda self, logs, start_time=None: logged.append(
+        {k: sum(v) / len(v) for k, v in self._metrics["eval"].items()}))
+    trainer = PreferenceTrainer.__new__(PreferenceTrainer)
+    trainer.model = SimpleNamespace(training=False)
+    trainer._metrics = {"eval": {"rewards/accuracies": [0.5, 0.0], "rewards/margins": [1.0, 3.0],
+                                 "num_tokens": [123]}}
+    trainer._eval_pairs = (4, 1)
+    trainer.log({})
+    assert logged == [{"rewards/accuracies": 0.4, "rewards/margins": 1.4, "num_tokens": 123}]
+    assert trainer._eval_pairs == ()
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("stem, records", [("dpo", pairs(40)), ("kto", judged(40))])
 def test_a_template_that_adds_tokens_trains_preferences(home: Path, tiny_model: Path, stem: str,

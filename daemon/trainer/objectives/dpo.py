@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
@@ -34,6 +35,28 @@ class PreferenceTrainer(StepWatch, DPOTrainer):
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         return None  # the adapter's own card is written when the run completes (finish.model_card)
+
+    # TRL logs an eval's reward accuracy (and margins, rewards, log-probs) as the mean of its batches' means: with
+    # a last batch smaller than the others (5 pairs in batches of 4: (2/4 + 0/1) / 2 = 0.25, not 2/5) it is not the
+    # share of the eval pairs that select_metric = "reward_accuracy" ranks by. Each batch is weighted by its pairs.
+    _eval_pairs: tuple[int, ...] = ()  # the pairs of each eval batch since the last log
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not self.model.training:
+            pairs = torch.tensor([len(inputs["input_ids"]) // 2], device=self.accelerator.device)  # chosen, rejected
+            self._eval_pairs = (*self._eval_pairs, int(self.accelerator.gather(pairs).sum()))
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        counts, self._eval_pairs = self._eval_pairs, ()
+        if not self.model.training and counts:
+            metrics = self._metrics["eval"]
+            for key, values in metrics.items():
+                if len(values) == len(counts):
+                    metrics[key] = [sum(v * n for v, n in zip(values, counts)) / sum(counts)]
+        super().log(logs, start_time)
 
 
 class Dpo:
