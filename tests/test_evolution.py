@@ -343,14 +343,20 @@ def test_probes_are_cut_to_max_length(lm: tuple[Any, Any], tmp_path: Path) -> No
     assert fit_to_length(enc, 20) == (enc, False)
     assert fit_to_length(enc, 5)[0] == EncodedProbe({}, [5, 6], [7, 8, 9])  # the end of the prompt is kept
     assert fit_to_length(enc, 3)[0] == EncodedProbe({}, [6], [7, 8])  # then the start of the reference
+    # a long reference takes at most half: the answer is generated from the prompt kept (one token was kept)
+    long = EncodedProbe({}, list(range(100)), list(range(100, 300)))
+    assert fit_to_length(long, 10)[0] == EncodedProbe({}, list(range(95, 100)), list(range(100, 105)))
+    # the other answer of a pair: after the same prompt tokens, its own start
+    assert fit_to_length(EncodedProbe({}, list(range(100)), [7]), 10, prompt_keep=5)[0] == \
+        EncodedProbe({}, list(range(95, 100)), [7])
     model, tok = lm
     probe = {"id": 0, "prompt": "reverse: " + " ".join(["river stone"] * 40), "reference": "stone river " * 10}
     lines: list[str] = []
     cb = EvolutionCallback([probe], tok, tmp_path / "evolution.jsonl", every=5, max_new_tokens=4,
                            log=lines.append, max_length=24)
     assert len(cb.encoded[0].prompt_ids) + len(cb.encoded[0].reference_ids) == 24
-    assert lines == ["evolution: 1 probe(s) longer than max_length 24 tokens are cut to fit (the prompt's start "
-                     "first, then the reference's end)"]
+    assert lines == ["evolution: 1 probe(s) longer than max_length 24 tokens are cut to fit (the end of the "
+                     "prompt, then the start of the reference)"]
     records = cb.snapshot(model, 0)
     assert records is not None and records[0]["prompt"] == probe["prompt"] and records[0]["loss"] > 0
 

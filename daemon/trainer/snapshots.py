@@ -109,18 +109,26 @@ def _rejected_side(probe: dict[str, Any]) -> dict[str, Any] | None:
     return {**probe, "reference": rejected if isinstance(rejected, str) else "\n".join(m["content"] for m in rejected)}
 
 
-def fit_to_length(enc: EncodedProbe, max_length: int | None) -> tuple[EncodedProbe, bool]:
+def fit_to_length(enc: EncodedProbe, max_length: int | None, prompt_keep: int | None = None) -> tuple[EncodedProbe, bool]:
     """The probe cut so that prompt + reference fits `max_length` tokens, and whether anything was cut.
 
-    The end of the prompt is kept (the tokens right before the answer are what the answer depends on), then the
-    start of the reference; at least one prompt token stays, so every scored reference token has a predecessor.
-    The model never trained on longer sequences, and an uncut probe could take more memory than a training step.
+    The end of the prompt is kept (the tokens right before the answer are what the answer depends on, and the
+    answers are generated from it), then the start of the reference; a long reference takes at most half of
+    `max_length` (a long prompt was cut to one token, and every probe answered that token alike), and at least one
+    prompt token stays, so every scored reference token has a predecessor. `prompt_keep`: the prompt's tokens kept
+    for the other side of a preference pair, so that both answers are scored after the same context. The model
+    never trained on longer sequences, and an uncut probe could take more memory than a training step.
     """
-    if max_length is None or len(enc.prompt_ids) + len(enc.reference_ids) <= max_length:
+    if max_length is None or (prompt_keep is None and len(enc.prompt_ids) + len(enc.reference_ids) <= max_length):
         return enc, False
-    reference = enc.reference_ids[:max(max_length - 1, 0)]
-    prompt = enc.prompt_ids[-(max_length - len(reference)):] if max_length > len(reference) else []
-    return EncodedProbe(enc.probe, prompt, reference), True
+    if prompt_keep is None:
+        keep = min(len(enc.reference_ids), max(max_length - len(enc.prompt_ids), (max_length + 1) // 2))
+        keep = min(keep, max_length - 1) if enc.prompt_ids else keep
+        prompt_keep = max_length - keep
+    prompt = enc.prompt_ids[len(enc.prompt_ids) - min(prompt_keep, len(enc.prompt_ids)):]
+    reference = enc.reference_ids[:max(max_length - len(prompt), 0)]
+    cut = (len(prompt), len(reference)) != (len(enc.prompt_ids), len(enc.reference_ids))
+    return EncodedProbe(enc.probe, prompt, reference), cut
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -223,11 +231,13 @@ class EvolutionCallback(TrainerCallback):
         fitted = [fit_to_length(encode_probe(tokenizer, p, stop_ids, max_length), max_length) for p in probes]
         self.encoded = [enc for enc, _ in fitted]
         # a preference probe is also scored on its rejected answer: the margin says which one the model prefers
-        self.rejected = {i: fit_to_length(encode_probe(tokenizer, r, stop_ids, max_length), max_length)[0]
+        # (after the same prompt tokens as the chosen one: the margin compares the two answers, not two contexts)
+        self.rejected = {i: fit_to_length(encode_probe(tokenizer, r, stop_ids, max_length), max_length,
+                                          len(self.encoded[i].prompt_ids))[0]
                          for i, r in enumerate(map(_rejected_side, probes)) if r is not None}
         if any(cut for _, cut in fitted):
             log(f"evolution: {sum(cut for _, cut in fitted)} probe(s) longer than max_length {max_length} tokens are "
-                f"cut to fit (the prompt's start first, then the reference's end)")
+                f"cut to fit (the end of the prompt, then the start of the reference)")
         self.skipped: set[int] = set()  # steps whose snapshot ran out of memory even one probe at a time
         self.done_steps = self._recover()
         self.seconds = 0.0  # time spent in snapshots since this process started training
