@@ -111,6 +111,10 @@ def test_a_set_budget_is_kept_or_split_with_as_much_more_accumulation() -> None:
     assert "a step keeps its 131,072 tokens" in split.batch_why
     short = plan_memory(shape, None, _sizing(batch_tokens=512, longest=2048))
     assert "a sequence longer than it is a micro-batch alone" in short.batch_why
+    # checkpointing is decided for the largest micro-batch: a 2048-token sequence alone, not the smaller budget
+    for budget in (64, 1024, 1500):
+        sized = _sizing(batch_tokens=budget, longest=2048, quantization="4bit", checkpointing="auto")
+        assert plan_memory(shape, 23 * GIB, sized).checkpointing, budget
 
 
 def test_the_ladder_halves_a_budget_down_to_the_longest_sequence() -> None:

@@ -322,7 +322,9 @@ def _budget_plan(shape: Shape | None, free_bytes: int | None, s: Sizing, budget:
     """An integer batch_tokens: checkpointing when the budget would not fit without it; a budget that does not fit
     even then is split into micro-batches with as much more accumulation (the step keeps its tokens)."""
     note = "; a sequence longer than it is a micro-batch alone" if budget < s.longest else ""
-    on, ck_why = checkpointing_decision(s.checkpointing, shape, free_bytes, batch_size=1, seq_len=budget,
+    # the largest micro-batch is the budget, or one sequence longer than it (which is a micro-batch alone)
+    on, ck_why = checkpointing_decision(s.checkpointing, shape, free_bytes, batch_size=1,
+                                        seq_len=max(budget, s.longest),
                                         lora_r=s.lora_r, quantization=s.quantization, dtype_bytes=s.dtype_bytes,
                                         liger=s.liger)
     if free_bytes is None or shape is None:
