@@ -415,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                    "temporary folder; an earlier --work reuses its models)")
     p.add_argument("--out", type=Path, default=None, help="where the figures go")
     args = p.parse_args(argv)
+    import torch
+    if not args.cpu and not torch.cuda.is_available():  # its real rows build an 8B model: ~32 GB of the CPU's memory
+        p.error("no CUDA GPU is visible here. Fix: run it where one is (bash bench/device_check.sh), or on the CPU "
+                "with --cpu --tiny")
     started = time.monotonic()
     deadline = started + args.deadline
     out = args.out or Path(os.environ.get("OUT") or REPO / "bench" / "gpu_check_out")

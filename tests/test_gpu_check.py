@@ -4,6 +4,7 @@ capture and the figures table."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,10 @@ def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path, realdata:
     assert "Goals not judged" in (tmp_path / "gpu_check.md").read_text()
     system = (tmp_path / "tui_system.txt").read_text()  # the dashboard, rendered headless
     assert "no NVIDIA GPU" in system and "CPU" in system
+
+
+def test_gpu_check_without_a_gpu_or_cpu_refuses_before_building_an_8b_model(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "no CUDA GPU is visible here" in proc.stderr and "--cpu --tiny" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing built, nothing written
