@@ -182,6 +182,15 @@ def test_4bit_run_completes_and_its_adapter_loads_on_the_plain_base(tmp_path: Pa
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
+def test_an_8bit_run_says_its_input_cast_once(tmp_path: Path, tiny_model: Path) -> None:
+    """bitsandbytes' 8-bit matmul warns at every call of every layer (112 of a 3-step run's 141 console lines)."""
+    pytest.importorskip("bitsandbytes")
+    run = make_run(tmp_path, tiny_model, dataset_name="d.jsonl", content=jsonl(reversal_records(40)),
+                   schema="prompt_completion", records=40, options={"quantization": "8bit", "max_steps": 3})
+    assert finish(start(run), 300) == 0, (run / "console.log").read_text()[-2000:]
+    assert (run / "console.log").read_text().count("MatMul8bitLt: inputs will be cast") == 1
+
+
 # ------------------------------------------------------------------------------------- out of memory
 
 def _oom_run(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fail_at: dict[int, BaseException],

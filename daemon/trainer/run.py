@@ -12,7 +12,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from daemon.core import gpus
 from daemon.core.atomic import read_json, write_json
@@ -114,6 +114,18 @@ def _adapt_defaults(s: Session, folder: Path) -> None:
     if note:
         say(note)
         s.cfg.options = replace(opts, max_length=context)
+
+
+def _once(start: str) -> Callable[[logging.LogRecord], bool]:
+    """A logging filter that lets the first record starting with `start` through, and none after it."""
+    seen: list[bool] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(start):
+            return True
+        seen.append(True)
+        return len(seen) == 1
+    return keep
 
 
 def _choose_chat_format(s: Session, folder: Path) -> None:
@@ -325,3 +337,5 @@ def environment_defaults() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # the `kernels` package (through transformers) says on every start that offline mode skips its hub trust check
     logging.getLogger("kernels").setLevel(logging.ERROR)
+    # bitsandbytes' 8-bit matmul says at every call of every layer that it casts its input: once is enough
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_once("MatMul8bitLt: inputs will be cast"))
