@@ -13,7 +13,7 @@ from daemon.core.tokenbatches import cost, epoch_order, for_rank, token_batches
 from daemon.trainer.config import RunError, TrainOptions
 from daemon.trainer.oom import next_rung
 from tests.conftest_trainer import (WORDS, finish, jsonl, make_run, metrics, read_json, send, start, tiny_model,
-                                    train_losses, wait_for)
+                                    reversal_records, train_losses, wait_for)
 
 QWEN_05B = {"vocab_size": 151936, "hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864,
             "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}
@@ -175,3 +175,22 @@ def test_a_budget_epoch_sees_every_example_once_and_stop_resume_is_exact(tmp_pat
     one_epoch = sum(len(encoder.encode(as_chat({"kind": "prompt", **r})).input_ids) for r in _records(60, seed=4))
     assert "prompt format: chat" in log
     assert read_json(runs["straight"] / "result.json")["tokens_seen"] == 2 * one_epoch
+
+
+def test_check_says_which_batching_options_a_run_would_set_aside(tmp_path: Path) -> None:
+    from tests.conftest import overnight
+
+    model = tiny_model(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "overnight.toml").write_text(f'base_model = "{model}"\n')
+    (tmp_path / "d.jsonl").write_text(jsonl(reversal_records(20)))
+    (tmp_path / "d.toml").write_text("batch_tokens = 64\nbatch_size = 2\nmax_length = 128\n")
+    said = overnight("check", str(tmp_path / "d.jsonl"), home=home, check=True).stdout
+    assert "note: batch_size = 2 is not used: batch_tokens = 64 sets the micro-batches" in said, said
+    assert "note: batch_tokens = 64 is below max_length 128: each example longer than it is a micro-batch" in said
+    pairs = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(20)]
+    (tmp_path / "p.jsonl").write_text(jsonl(pairs))
+    (tmp_path / "p.toml").write_text("batch_tokens = 512\n")
+    said = overnight("check", str(tmp_path / "p.jsonl"), home=home, check=True).stdout
+    assert "note: batch_tokens = 512 is not used: TRL's preference trainers (dpo) batch by examples" in said, said

@@ -222,6 +222,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                           r.tokens) if r.tokens else None)
     kind = kind_of(r.schema)
     objective, why = auto.objective(first.values["objective"], kind)  # validate() refused one that does not fit
+    r.notes += _unused_batching(first, objective, r.schema)
     verdict.data["objective"] = objective
     verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}" + _COUNTED.get(kind, ""),
                 _stats_line("characters per example", r.chars), tokens,
@@ -330,6 +331,25 @@ def _plan_lines(r: DatasetReport, opts: Resolved, root: Path, trained: Trained |
                   f"{plan.checkpointing_why}")
     batches = f"batches: {plan.batch_line()}" if free is not None or plan.batch_tokens else None
     return [_batching_line(r, opts.values, objective, trained, plan.batch_tokens, free is not None), batches, memory]
+
+
+def _unused_batching(opts: Resolved, objective: str, schema: str) -> list[str]:
+    """Batching options this run would set aside, said (the run's console says so too late to fix)."""
+    v, chosen = opts.values, lambda key: opts.sources.get(key, "default") != "default"
+    budget = v["batch_tokens"]
+    if not chosen("batch_tokens") or not isinstance(budget, int) or schema in TEXT_SCHEMAS:
+        return []
+    if objective != "sft":
+        return [f"batch_tokens = {budget} is not used: TRL's preference trainers ({objective}) batch by examples, "
+                f"batch_size = {v['batch_size']} a micro-batch"]
+    out = []
+    if chosen("batch_size"):
+        out.append(f"batch_size = {v['batch_size']} is not used: batch_tokens = {budget} sets the micro-batches "
+                   f"(remove one of the two)")
+    if budget < v["max_length"]:
+        out.append(f"batch_tokens = {budget} is below max_length {v['max_length']}: each example longer than it is a "
+                   f"micro-batch of its own; set batch_tokens to at least max_length to batch those together")
+    return out
 
 
 def _plan(r: DatasetReport, opts: Resolved, root: Path, objective: str) -> tuple[MemoryPlan, int | None, Shape | None]:
