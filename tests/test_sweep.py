@@ -336,6 +336,18 @@ def test_compare_stars_the_run_select_metric_picks(home):
                                                                             (2, "sup-lr1e-", "rougeL")]
 
 
+def test_compare_of_runs_that_trained_different_objectives_says_their_losses_are_not_one_scale(home):
+    store = Store(home / "overnight.db")
+    for i, (rid, objective, loss) in enumerate((("sft-20260101-000000", "sft", 6.2), ("dpo-20260101-000000", "dpo", 0.6),
+                                                ("kto-20260101-000000", "kto", 0.5)), 1):
+        _fake_run(store, home, rid, i, "completed", loss, {"objective": "auto"}, 1, group=None)
+        (home / "runs" / rid / "stats.json").write_text(json.dumps({"objective": objective}))  # as resolved
+    store.close()
+    text = overnight("compare", "sft-20260101-000000", "dpo-20260101-000000", "kto-20260101-000000", home=home,
+                     check=True).stdout
+    assert "note: these runs train different objectives" in text and "objective=dpo" in text, text
+
+
 def test_skipping_the_last_queued_run_of_a_sweep_selects_its_best(home):
     """The group ends however its last run ends: here skipped before it started (no training needed)."""
     store = Store(home / "overnight.db")

@@ -289,7 +289,10 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     if pruning:
         lines.append("RUNGS: rN@STEP eval loss there (the training loss without an eval set), then ↑ went on, ✗ "
                      "pruned (resumable), … waiting, ↻ resumed")
-    if any("loss_type" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
+    if any("objective" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
+        lines.append("note: these runs train different objectives (SFT's cross-entropy, DPO's and KTO's preference "
+                     "losses): their losses are not on one scale, so the ranking says nothing about which is better")
+    elif any("loss_type" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
         lines.append("note: these runs differ in loss_type, whose losses are on different scales: the ranking by "
                      "loss does not say which prefers the chosen answers more (rank them by select_metric = "
                      "\"reward_accuracy\")")

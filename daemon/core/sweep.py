@@ -389,6 +389,7 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
                ) -> list[dict[str, Any]]:
     """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them and,
     in an ASHA sweep, where each trial stood at each rung (`rungs`: queries.Reader.rungs)."""
+    from daemon.core.atomic import read_json
     from daemon.core.evolution import analyze, load_records
     from daemon.core.runconfig import RunConfig
     from daemon.core.rundir import RunFolder
@@ -397,8 +398,10 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
     for r in runs:
         folder = RunFolder(r["run_dir"])
         evo = analyze(load_records(folder.evolution))
-        info[r["id"]] = {"options": RunConfig.read(folder.root).options, "result": folder.read_result(),
-                         "learned": evo.learned, "total": evo.total}
+        options = RunConfig.read(folder.root).options
+        trained = (read_json(folder.stats, {}) or {}).get("objective")  # "auto" as its trainer resolved it
+        info[r["id"]] = {"options": {**options, "objective": trained} if trained else options,
+                         "result": folder.read_result(), "learned": evo.learned, "total": evo.total}
     keys = list(dict.fromkeys(k for i in info.values() for k in i["options"]))
     differ = [k for k in keys if len({repr(i["options"].get(k)) for i in info.values()}) > 1]
     by = ranked_by(info[runs[0]["id"]]["options"]) if runs else "eval_loss"  # the ★ is the run select picks
