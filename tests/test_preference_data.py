@@ -130,6 +130,8 @@ LINT = {
                        "all 3 records are labelled true (3 true, 0 false)", "add records labelled false"),
     "labeltype.jsonl": (jsonl([KTO[0], {**KTO[1], "label": "no"}]), "line 2", "label",
                         "'label' must be true or false, got a string \"no\"", "write 'label' as a JSON boolean"),
+    "labelnum.jsonl": (jsonl([KTO[0], {**KTO[1], "label": 1}]), "line 2", "label",
+                       "'label' must be true or false, got a number (1).\n", "write 'label' as a JSON boolean"),
     "labelcell.csv": ("prompt,completion,label\nreverse: a b,b a,true\nreverse: a b,a b,yes\n", "row 3", "label",
                       "'label' must be true or false, got a string \"yes\"", "write true or false in the 'label' column"),
 }
@@ -208,11 +210,13 @@ def test_probes_beside_a_preference_dataset_are_pairs_of_its_schema(model_home: 
     (tmp_path / "p.jsonl").write_text(jsonl(PAIRS))
     (tmp_path / "p.probes.jsonl").write_text(jsonl([{"prompt": "reverse: q r", "chosen": "r q", "rejected": "q r"}]))
     r = check(str(tmp_path / "p.jsonl"), home=model_home)
-    assert r.exit_code == 0 and "probes: p.probes.jsonl (1 probes)" in r.output, r.output
+    assert r.exit_code == 0 and "probes: p.probes.jsonl (1 probe)" in r.output, r.output
     (tmp_path / "p.probes.jsonl").write_text(jsonl([{"prompt": "reverse: q r", "reference": "r q"}]))
     r = check(str(tmp_path / "p.jsonl"), home=model_home)
     assert r.exit_code == 1 and "p.probes.jsonl, line 1: the probe is a supervised probe" in r.output, r.output
     assert "the dataset p.jsonl holds a preference pair (chosen/rejected)" in r.output and "Fix: " in r.output
+    alone = check(str(tmp_path / "p.probes.jsonl"), home=model_home)  # checked on its own: as beside its dataset
+    assert alone.exit_code == 1 and "the dataset p.jsonl holds a preference pair" in alone.output, alone.output
     (tmp_path / "s.jsonl").write_text(jsonl([{"prompt": "2+2=", "completion": "4"}]))
     (tmp_path / "s.probes.jsonl").write_text(jsonl(PAIRS))
     r = check(str(tmp_path / "s.jsonl"), home=model_home)

@@ -9,7 +9,7 @@ from typing import Any
 from daemon.core import auto, sweep
 from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
-                                  ExampleKind, kind_of)
+                                  ExampleKind, iter_examples, kind_of)
 from daemon.core.drop import ignored_name, plain_name
 from daemon.core.dropfiles import companion_hint, name_problem
 from daemon.core.fsutil import ignored
@@ -110,8 +110,10 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
             _check_sidecar(path, home, verdict)
         elif verdict.role == "probes":
             from daemon.core.probes import load_probe_file
-            probes = load_probe_file(path)
-            verdict.summary, verdict.data = f"{len(probes)} probes", {"probes": len(probes)}
+            dataset = _dataset_beside(path)  # its probes must be of its kind: checked as the daemon will
+            probes = load_probe_file(path, _kind_of(dataset), dataset.name if dataset else None)
+            verdict.summary = f"{len(probes)} probe{'s' * (len(probes) != 1)}"
+            verdict.data = {"probes": len(probes)}
         elif verdict.role == "eval":
             from daemon.core.evalfile import load_eval_file
             records = load_eval_file(path)
@@ -174,6 +176,20 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
             verdict.data["warnings"] = [warning]
 
 
+def _dataset_beside(companion: Path) -> Path | None:
+    """The dataset a sidecar, probe or eval file goes with, when it is in the same folder."""
+    return next((p for p in sorted(companion.parent.glob(f"{stem_of(companion)}.*"))
+                 if p.is_file() and role_of(p) == "dataset"), None)
+
+
+def _kind_of(dataset: Path | None) -> Any:
+    """The kind of a dataset's examples, from its first record (None: none to read)."""
+    try:
+        return next(iter_examples(dataset))["kind"] if dataset else None
+    except (DatasetError, StopIteration, OSError, KeyError):
+        return None  # checking the dataset says what is wrong with it
+
+
 def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> None:
     problem = name_problem(path.name)  # the daemon refuses the drop before it reads it
     if problem:
@@ -232,7 +248,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
                 trained.template_line if trained else None,
                 f"sidecar: {sub.sidecar.name}" if sub.sidecar else None,
                 f"sweep: {grid} (estimates above: the first run's options)" if grid else None,
-                f"probes: {sub.probes.name} ({sub.probe_count} probes)" if sub.probes else None,
+                f"probes: {sub.probes.name} ({sub.probe_count} probe{'s' * (sub.probe_count != 1)})" if sub.probes else None,
                 f"eval file: {sub.eval_file.name if sub.eval_file else sub.options.values.get('eval_file')} "
                 f"({sub.eval_count} records, scored at the end of each run)" if sub.eval_count else None,
                 *(f"note: {n}" for n in r.notes))

@@ -677,7 +677,7 @@ def _kto(record: dict, where: _Where, notes: Notes) -> Example:
     """KTO: {prompt, completion, label}, strings or message lists; label a JSON boolean."""
     label = record.get("label", _MISSING)
     if not isinstance(label, bool):
-        shown = f" {json.dumps(label, ensure_ascii=False)[:40]}" if isinstance(label, (str, int, float)) else ""
+        shown = f" {json.dumps(label, ensure_ascii=False)[:40]}" if isinstance(label, str) else ""  # a number says it
         got = "is missing" if label is _MISSING else f"must be true or false, got {describe(label)}{shown}"
         fix = ("write true or false in the 'label' column" if where.file.lower().endswith(".csv") else
                "write 'label' as a JSON boolean")
