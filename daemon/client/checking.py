@@ -11,7 +11,7 @@ from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, iter_examples, kind_of)
 from daemon.core.drop import ignored_name, plain_name
-from daemon.core.dropfiles import companion_hint, name_problem
+from daemon.core.dropfiles import companion_hint, dataset_named, name_problem
 from daemon.core.fsutil import ignored
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
@@ -110,7 +110,7 @@ def check_file(path: Path, home: Home, show: int = 0) -> Verdict:
             _check_sidecar(path, home, verdict)
         elif verdict.role == "probes":
             from daemon.core.probes import load_probe_file
-            dataset = _dataset_beside(path)  # its probes must be of its kind: checked as the daemon will
+            dataset = dataset_named(path.parent, stem_of(path))  # its kind's probes only, as the daemon checks
             probes = load_probe_file(path, _kind_of(dataset), dataset.name if dataset else None)
             verdict.summary = f"{len(probes)} probe{'s' * (len(probes) != 1)}"
             verdict.data = {"probes": len(probes)}
@@ -174,12 +174,6 @@ def _check_owner_toml(path: Path, home: Home, verdict: Verdict) -> None:
         verdict.add(summary(opts["executor"]), warning)
         if warning:
             verdict.data["warnings"] = [warning]
-
-
-def _dataset_beside(companion: Path) -> Path | None:
-    """The dataset a sidecar, probe or eval file goes with, when it is in the same folder."""
-    return next((p for p in sorted(companion.parent.glob(f"{stem_of(companion)}.*"))
-                 if p.is_file() and role_of(p) == "dataset"), None)
 
 
 def _kind_of(dataset: Path | None) -> Any:

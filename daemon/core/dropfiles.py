@@ -47,7 +47,13 @@ def companion_hint(path: Path) -> str | None:
 
 def dataset_waiting(inbox: Path, name: str) -> bool:
     """Whether a dataset named `name` waits in the inbox (being written, settling or checked)."""
-    return any(p.is_file() and role_of(p) == "dataset" and stem_of(p) == name for p in inbox.iterdir())
+    return dataset_named(inbox, name) is not None
+
+
+def dataset_named(folder: Path, stem: str) -> Path | None:
+    """The dataset file of that stem in `folder` (the one a sidecar, probe or eval file of the stem goes with)."""
+    return next((p for p in sorted(folder.iterdir()) if p.is_file() and role_of(p) == "dataset" and stem_of(p) == stem),
+                None)
 
 
 _CONTROL_WORDS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x1b": "an escape character",
