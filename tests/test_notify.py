@@ -84,6 +84,7 @@ def write(p: Path, text: str) -> Path:
      ["'finished'", "failed, completed, rejected, stalled, disk_low", "Fix:"]),
     ('[notify]\nurls = ["ntfys://my-topic", "nosuchservice://x"]\n', ["urls[1]", "nosuchservice://x", "Fix:"]),
     ('[notify]\nurls = []\n', ["urls", "non-empty list", "Fix:"]),
+    ('[notify]\nurls = ["ntfy://"]\n', ["urls[0]", "names no topic", "ntfys://my-topic"]),
     ('[notify]\nurl = ["ntfys://my-topic"]\n', ["'url'", "did you mean 'urls'", "allowed keys: urls, on"]),
     ('[notify]\nurls = ["ntfys://t"]\non = "failed, completed"\n', ["'failed, completed'", "allowed:"]),
     ('[notfy]\nurls = ["ntfys://t"]\n', ["'notfy'", "Did you mean [notify]"]),
@@ -225,3 +226,19 @@ def test_a_queue_that_waits_for_disk_space_is_told_once(home, tiny_model, daemon
     assert "min_free_gb = 1000000 in overnight.toml" in told[0]["message"] and told[0]["type"] == "warning"
     time.sleep(3)  # the daemon's next passes find the same shortage: nothing more is sent
     assert len(webhook.about("queue waits, disk low")) == 1
+
+
+def test_a_receiver_that_never_answers_is_said_as_a_timeout_not_only_a_connection_error():
+    import socket
+
+    import apprise
+
+    from daemon.core.notifytable import apprise_log, failure_reason
+
+    with socket.socket() as silent:  # accepts (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        plugin = apprise.Apprise.instantiate(f"json://127.0.0.1:{silent.getsockname()[1]}/hook?rto=0.5")
+        with apprise_log() as lines:
+            assert not plugin.notify(body="x", title="t")
+    assert "no answer within 0.5 s" in failure_reason(lines)

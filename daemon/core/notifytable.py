@@ -85,6 +85,9 @@ def url_problem(url: str) -> str | None:
     with apprise_log() as lines:
         plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if plugin is not None:
+        # apprise takes `ntfy://` with no topic and only fails at send time ("no ntfy topics to notify").
+        if getattr(plugin, "topics", None) == []:
+            return "it names no topic (e.g. ntfys://my-topic, or ntfy://HOST/TOPIC for your own server)"
         return None
     said = [m for lvl, m in lines if lvl >= logging.WARNING]
     return "; ".join(_clean(m) for m in said) or "apprise does not recognise it"
@@ -137,9 +140,21 @@ class apprise_log:
 
 
 def failure_reason(lines: list[tuple[int, str]]) -> str:
-    """The gist of apprise's log of a failed delivery: its warnings, plus the OS error (e.g. Connection refused)."""
+    """The gist of apprise's log of a failed delivery: its warnings, plus the OS error (e.g. Connection refused) or
+    the timeout that apprise's warning calls a connection error."""
     said = [_clean(m) for lvl, m in lines if lvl >= logging.WARNING]
-    errno = [m.group(1).strip() for _, text in lines for m in [re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)] if m]
-    if errno and not any(errno[-1] in s for s in said):
-        said.append(errno[-1])
+    causes = [_cause(text) for _, text in lines]
+    causes = [c for c in causes if c]
+    if causes and not any(causes[-1] in s for s in said):
+        said.append(causes[-1])
     return "; ".join(dict.fromkeys(said)) or "the service did not accept the message"
+
+
+def _cause(text: str) -> str | None:
+    errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    timeout = re.search(r"(Read|Connect) timed out.*?timeout=([\d.]+)", text)
+    if timeout:
+        return f"no {'answer' if timeout.group(1) == 'Read' else 'connection'} within {float(timeout.group(2)):g} s"
+    return None
