@@ -203,7 +203,7 @@ def test_an_objective_that_fits_is_said_as_set(model_home: Path, tmp_path: Path)
     (tmp_path / "d.toml").write_text('objective = "dpo"\nbeta = [0.1, 0.3]\nloss_type = "ipo"\n')
     r = check(str(tmp_path / "d.jsonl"), home=model_home)
     assert r.exit_code == 0 and "objective: dpo (set in the options)" in r.output, r.output
-    assert "sweep: 2 runs in one group (beta 2): beta0.1, beta0.3" in r.output
+    assert "sweep: 2 runs in one group (beta: 2 values): beta0.1, beta0.3" in r.output
 
 
 def test_probes_beside_a_preference_dataset_are_pairs_of_its_schema(model_home: Path, tmp_path: Path) -> None:

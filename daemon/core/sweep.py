@@ -127,13 +127,16 @@ def first_run(opts: Resolved) -> Resolved:
 
 
 def describe(opts: Resolved) -> str:
-    """`base_model 2 × learning_rate 3 × lora_r 2`: what multiplies into the run count; for a search, what it
-    draws from."""
+    """`base_model 2 × learning_rate 3 × lora_r 2` (one axis: `learning_rate: 3 values`): what multiplies into the
+    run count; for a search, what it draws from."""
     if search.searching(opts.values):
         over = "; ".join(s.describe() for s in search.spaces(opts.values, opts.swept, takes_integers))
         return f"search {opts.values['search']}, {opts.values['trials']} trials: {over}"
-    parts = [f"base_model {len(opts.base_models)}"] if len(opts.base_models) > 1 else []
-    return " × ".join(parts + [f"{k} {len(v)}" for k, v in axes(opts)])
+    counts = ([("base_model", len(opts.base_models))] if len(opts.base_models) > 1 else []) + \
+        [(k, len(v)) for k, v in axes(opts)]
+    if len(counts) == 1:  # `learning_rate 2` alone reads as a value, not a count
+        return f"{counts[0][0]}: {counts[0][1]} values"
+    return " × ".join(f"{k} {n}" for k, n in counts)
 
 
 def check_cap(opts: Resolved, source: Path | str | None) -> None:
