@@ -110,6 +110,8 @@ def rejected_drops(home: Home, since: str) -> list[RejectedDrop]:
         stamp = _dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")
         if stamp >= since:
             dated.append((stamp, e.name, e.path, st.st_mtime_ns, st.st_size))
+    if not dated:
+        return []  # the dashboard asks every second: runs/ is listed only when a rejection needs it
     dated.sort(reverse=True)
     out = []
     taken = _run_stamps(home)
