@@ -16,7 +16,8 @@ from tests.conftest import REPO
 
 @pytest.mark.e2e
 def test_gpu_check_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path, realdata: Path) -> None:
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", "--out", str(tmp_path)],
+    few = ["--records", "8", "--records-big", "6", "--records-qlora", "6"]  # one step a row: the plumbing is the test
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--tiny", *few, "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
