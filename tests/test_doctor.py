@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -13,7 +14,7 @@ from daemon.engine import registry
 from daemon.core import rundir
 from daemon.core.home import Home
 from daemon.core.queries import Reader
-from daemon.engine.rebuild import rebuild
+from daemon.engine.rebuild import rebuild, rebuild_locked
 from daemon.engine.store import Store
 from tests.conftest import overnight
 
@@ -145,6 +146,28 @@ def test_b2_a_copied_home_trains_and_reads_its_own_runs_not_the_originals(traine
     assert original["status"] == "queued" and not (trained / "runs" / queued / "adapter").exists()
 
 
+def test_a_copy_whose_run_folder_was_renamed_never_reads_or_moves_the_originals_adapter(trained: Path,
+                                                                                         tmp_path: Path) -> None:
+    """In a copy, a run folder renamed: the copy's commands read the renamed folder (after the daemon's rebuild)
+    or say the adapter is missing (before it), and `delete` trashes the copy's adapter; the original home's
+    adapter was read, and moved into the copy's trash."""
+    home = _copy(trained, tmp_path)
+    done = next(r["id"] for r in _runs(trained) if r["state"] == "completed")
+    os.rename(home / "runs" / done, home / "runs" / "done-keep")
+    assert all(m["adapter_path"].startswith(str(home)) for m in _models(home))
+    res = overnight("export", "done", str(tmp_path / "out"), home=home)
+    assert res.returncode != 0 and not (tmp_path / "out").exists(), res.stdout
+    res = overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    models = _models(home)
+    assert [(m["name"], m["version"], m["run_id"]) for m in models] == [("done", 1, "done-keep"), ("later", 1, ANY)]
+    assert models[0]["adapter_path"] == str(home / "runs" / "done-keep" / "adapter")
+    overnight("delete", "done", "1", "--wait", "0", home=home, check=True)
+    assert overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600).returncode == 0
+    assert (trained / "runs" / done / "adapter" / "adapter_config.json").is_file()
+    assert not (home / "runs" / "done-keep" / "adapter").exists()
+
+
 def test_a_db_of_a_newer_overnight_is_one_line_and_doctor_rebuilds_it(trained: Path, tmp_path: Path) -> None:
     home = _copy(trained, tmp_path)
     import sqlite3
@@ -270,6 +293,63 @@ def test_versions_pins_and_trash_come_back_from_the_run_folders(tmp_path: Path) 
                       "t-1": ("queued", 0), "q-1": ("queued", 5), "new-1": ("queued", 0)}
     assert [r["id"] for r in store.runs_in(["queued"])] == ["q-1", "t-1", "new-1"]
     assert "interrupted" in store.get_run("t-1")["reason"]
+    store.close()
+
+
+def _versions(store: Store) -> list[tuple[str, int, str, int]]:
+    return [(m["name"], m["version"], m["run_id"], m["active"]) for m in store.models()]
+
+
+def test_a_folder_put_back_after_the_registry_went_on_takes_a_new_number_and_the_active_version_stays(
+        tmp_path: Path) -> None:
+    """v2 (active) moved away, the DB rebuilt without it, the next run registered as v2 and active; v2's folder put
+    back: the version the owner has used since keeps v2 and stays active, the one put back is v3, and every run
+    folder records that (the next rebuild agrees). A renamed folder is its version's run."""
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    for i in range(2):
+        run = _fake_run(home, store, f"c-{i}", "c", "completed", 1.0)
+        (Path(run["run_dir"]) / "adapter").mkdir()
+        registry.register(store, run)
+    store.close()
+    os.rename(home.run_dir("c-1"), tmp_path / "away")
+    rebuild_locked(home)
+    store = Store(home.db)
+    run = _fake_run(home, store, "c-2", "c", "completed", 1.0)
+    (Path(run["run_dir"]) / "adapter").mkdir()
+    assert registry.register(store, run) == 2
+    store.close()
+    os.rename(tmp_path / "away", home.run_dir("c-1"))
+    os.rename(home.run_dir("c-2"), home.run_dir("c-best"))
+    rebuild_locked(home)
+    store = Store(home.db)
+    try:
+        assert _versions(store) == [("c", 1, "c-0", 0), ("c", 2, "c-best", 1), ("c", 3, "c-1", 0)]
+        assert store.models()[1]["adapter_path"] == str(home.run_dir("c-best") / "adapter")
+    finally:
+        store.close()
+    rebuild_locked(home)
+    store = Store(home.db)
+    try:
+        assert _versions(store) == [("c", 1, "c-0", 0), ("c", 2, "c-best", 1), ("c", 3, "c-1", 0)]
+    finally:
+        store.close()
+
+
+def test_deleting_the_pinned_version_lifts_its_pin(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    runs = [_fake_run(home, store, f"m-{i}", "m", "completed", 1.0) for i in range(3)]
+    for r in runs[:2]:
+        (Path(r["run_dir"]) / "adapter").mkdir()
+        registry.register(store, r)
+    store.activate_model("m", 2)
+    assert store.pinned_version("m") == 2
+    registry.delete(store, home, "m", 2)
+    assert store.pinned_version("m") is None
+    (Path(runs[2]["run_dir"]) / "adapter").mkdir()
+    registry.register(store, runs[2])
+    assert _versions(store)[-1] == ("m", 3, "m-2", 1)  # it took over, as it would have without the pin
     store.close()
 
 

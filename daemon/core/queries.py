@@ -174,8 +174,11 @@ class Reader:
 
     def models(self) -> list[dict[str, Any]]:
         rows = self._all("SELECT * FROM models ORDER BY name, version")
+        pins = {r["key"].split(":", 1)[1]: r["value"] for r in self._all("SELECT key, value FROM meta "
+                                                                         "WHERE key LIKE 'pinned:%'")}
         for r in rows:
             r["metrics"] = json.loads(r["metrics"] or "{}")
+            r["pinned"] = pins.get(r["name"]) == str(r["version"])  # `overnight activate` chose it: new ones wait
             r["adapter_path"] = in_this_home(self.path.parent, r["adapter_path"])  # a moved or copied home
         return rows
 

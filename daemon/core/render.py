@@ -226,7 +226,7 @@ def models(rows: list[dict[str, Any]]) -> str:
 def _model_line(m: dict[str, Any]) -> str:
     """`*` marks the active version of its name; ` ← v3` the version it continued from."""
     mark = "*" if m["active"] else " "
-    state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else ""
+    state = f"  (deleted, in {m['adapter_path']})" if m["deleted"] else "  pinned" if m.get("pinned") else ""
     return (f"{mark} {m['name']} v{m['version']}{_lineage(m)}  run {m['run_id']}  "
             f"base {Path(m['base_model']).name}  loss {fmt_loss(m['metrics'].get('final_loss'))}{state}")
 

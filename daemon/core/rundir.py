@@ -319,12 +319,13 @@ class LogTail(_Follower):
 
 
 def run_dir_here(root: Path, run_id: str, recorded: str | None) -> str | None:
-    """A run's recorded folder, or runs/RUN_ID under the home at `root` when that is another folder that is there:
-    the home was moved or copied since it was recorded (a home reached through a symbolic link is not)."""
+    """A run's recorded folder, or runs/RUN_ID under the home at `root` when the record names another home's: the
+    home was moved or copied since (a home reached through a symbolic link is not). Another home's folder is never
+    answered, even when it is missing here: a copy must not train in, or read from, the home it came from."""
     if not recorded:
         return recorded
     was, here = Path(recorded), Path(root) / "runs" / run_id
-    if was == here or was.parent.name != "runs" or not here.is_dir() or _same(was, here):
+    if was == here or was.parent.name != "runs" or _same(was, here):
         return recorded
     return str(here)
 
@@ -338,12 +339,12 @@ def _same(a: Path, b: Path) -> bool:
 
 def in_this_home(root: Path, adapter_path: str | None) -> str | None:
     """A recorded adapter path (runs/RUN/adapter, trash/NAME-vN-STAMP/adapter), or the same place under the home at
-    `root` when it is there: the home was moved or copied since it was recorded."""
+    `root` when the record names another home's (moved or copied since; there or not: never the other home's)."""
     path = Path(adapter_path or "")
     if path.parent.parent.name not in ("runs", "trash") or path.parent.parent.parent == Path(root):
         return adapter_path
     here = Path(root) / path.parent.parent.name / path.parent.name / path.name
-    return str(here) if here.exists() else adapter_path
+    return adapter_path if _same(path, here) else str(here)
 
 
 def run_folders(runs: Path) -> list[Path]:

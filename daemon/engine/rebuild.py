@@ -269,10 +269,12 @@ def _fill(store: Store, home: Home) -> Recovered:
                 store.db["rungs"].upsert({**r, "run_id": row["id"]}, pk=("run_id", "rung"))
     recovered.models = _models(home, [(row, meta) for row, (_, meta, _) in zip(rows, found)])
     for m in recovered.models:
-        row = {k: v for k, v in m.items() if k != "pinned"}
+        row = {k: v for k, v in m.items() if k not in ("pinned", "recorded")}
         store.db["models"].insert({**row, "metrics": json.dumps(m["metrics"])})
         if m.get("pinned"):
             store.db["meta"].upsert({"key": f"pinned:{m['name']}", "value": str(m["version"])}, pk="key")
+    for name in sorted({m["name"] for m in recovered.models}):
+        store.record_models(name)  # the folders say what the rebuilt registry says: the next rebuild agrees
     return recovered
 
 
@@ -341,28 +343,44 @@ def _insert_run(store: Store, row: dict[str, Any], recovered: Recovered) -> None
 
 def _models(home: Home, runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
     """Model versions: as metadata.json records them, else a deleted one's trash/*/model.json, else (runs that
-    completed before versions were recorded) numbered in the order the runs finished."""
+    completed before versions were recorded) numbered in the order the runs finished. Two folders that claim one
+    version (a folder put back after the registry went on without it): the newest record keeps it, the other
+    takes a number after every number seen, never one that named another adapter."""
+    claims = [_model({**m, **_bound_to(home, row, m)}) for row, meta in runs
+              for m in [meta.get("model")] if isinstance(m, dict) and m.get("name") and isinstance(m.get("version"), int)]
     found: dict[tuple[str, int], dict[str, Any]] = {}
-    for _, meta in runs:
-        m = meta.get("model")
-        if isinstance(m, dict) and m.get("name") and isinstance(m.get("version"), int):
-            here = in_this_home(home.root, m.get("adapter_path"))  # the home may have moved since it was recorded
-            found.setdefault((m["name"], m["version"]), _model({**m, "adapter_path": here}))
+    displaced = []
+    for m in sorted(claims, key=lambda m: m["recorded"] or "", reverse=True):
+        if (m["name"], m["version"]) in found:
+            displaced.append(m)
+        else:
+            found[(m["name"], m["version"])] = m
     for m in _trashed(home):
         found.setdefault((m["name"], m["version"]), m)
-    known = {m["run_id"] for m in found.values()}
+    known = {m["run_id"] for m in found.values()} | {m["run_id"] for m in displaced}
+    for m in sorted(displaced, key=lambda m: (m["created"] or "", m["run_id"])):
+        version = _next_version(found, m["name"])
+        found[(m["name"], version)] = {**m, "version": version, "active": 0, "pinned": False}
     for row in sorted((r for r, _ in runs if r["state"] == State.COMPLETED.value and r["id"] not in known),
                       key=lambda r: (r["finished"] or "", r["seq"])):
-        version = _free_version(found, row["name"])
+        version = _next_version(found, row["name"])
         found[(row["name"], version)] = _inferred(row, version)
     models = sorted(found.values(), key=lambda m: (m["name"], m["version"]))
     _one_active(models)
     return models
 
 
+def _bound_to(home: Home, row: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    """A version recorded in a run folder's metadata.json belongs to that folder, whatever its record says (the
+    folder was renamed, or the home moved or copied): its adapter is there, or in this home's trash."""
+    if m.get("deleted"):
+        return {"run_id": row["id"], "adapter_path": in_this_home(home.root, m.get("adapter_path"))}
+    return {"run_id": row["id"], "adapter_path": str(Path(row["run_dir"]) / "adapter")}
+
+
 def _model(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "version", "run_id", "base_model", "metrics", "adapter_path", "created", "active", "deleted",
-            "parent", "pinned")
+            "parent", "pinned", "recorded")
     out = {k: m.get(k) for k in keys}
     out["active"] = 1 if m.get("active") and not m.get("deleted") else 0
     out["metrics"] = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
@@ -385,11 +403,8 @@ def _trashed(home: Home) -> list[dict[str, Any]]:
     return out
 
 
-def _free_version(found: dict[tuple[str, int], dict[str, Any]], name: str) -> int:
-    version = 1
-    while (name, version) in found:
-        version += 1
-    return version
+def _next_version(found: dict[tuple[str, int], dict[str, Any]], name: str) -> int:
+    return max((v for n, v in found if n == name), default=0) + 1
 
 
 def _inferred(run: dict[str, Any], version: int) -> dict[str, Any]:
@@ -404,13 +419,16 @@ def _inferred(run: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def _one_active(models: list[dict[str, Any]]) -> None:
-    """Per name at most one active version: as recorded; where nothing says (inferred versions), the newest."""
+    """Per name at most one active version: as recorded (several say so: the newest record); where nothing says
+    (inferred versions), the newest. Only the active version can be pinned."""
     by_name: dict[str, list[dict[str, Any]]] = {}
     for m in models:
         by_name.setdefault(m["name"], []).append(m)
     for versions in by_name.values():
-        chosen = next((m for m in reversed(versions) if m["active"]), None)
+        claimed = [m for m in versions if m["active"]]
+        chosen = max(claimed, key=lambda m: (m.get("recorded") or "", m["version"])) if claimed else None
         if chosen is None and any(m["active"] is None for m in versions):
             chosen = next((m for m in reversed(versions) if not m["deleted"]), None)
         for m in versions:
             m["active"] = 1 if m is chosen else 0
+            m["pinned"] = bool(m.get("pinned")) and m is chosen

@@ -1,6 +1,7 @@
 """The state DB: schema, migrations and every write. Only the daemon imports the write side of this module."""
 from __future__ import annotations
 
+import datetime as _dt
 import importlib
 import json
 import logging
@@ -371,7 +372,7 @@ class Store:
                 self.db.execute("UPDATE models SET active = 0 WHERE name = ?", [row["name"]])
             self.db["models"].insert({**row, "version": version, "created": iso(), "active": 0 if pinned else 1,
                                       "metrics": json.dumps(row.get("metrics") or {})})
-        self._record_models(row["name"])
+        self.record_models(row["name"])
         return version
 
     def activate_model(self, name: str, version: int, pin: bool = True) -> None:
@@ -381,24 +382,27 @@ class Store:
             self.db.execute("UPDATE models SET active = (version = ?) WHERE name = ?", [version, name])
             if pin:
                 self.db["meta"].upsert({"key": f"pinned:{name}", "value": str(version)}, pk="key")
-        self._record_models(name)
+        self.record_models(name)
 
     def mark_model_deleted(self, name: str, version: int, trash_path: str) -> None:
         with self.db.conn:
             self.db.execute("UPDATE models SET deleted = ?, active = 0, adapter_path = ? WHERE name = ? AND version = ?",
                             [iso(), trash_path, name, version])
-        self._record_models(name)
+            # a pin on a version in the trash would keep every later version from taking over, unseen
+            self.db.execute("DELETE FROM meta WHERE key = ? AND value = ?", [f"pinned:{name}", str(version)])
+        self.record_models(name)
 
-    def _record_models(self, name: str) -> None:
+    def record_models(self, name: str) -> None:
         """Write every version of `name` into its run's metadata.json: the registry can then be rebuilt from the
         run folders (daemon/engine/rebuild.py). A failed write costs only that, never the registry change itself."""
         pin = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"pinned:{name}"]).fetchone()
+        recorded = _dt.datetime.now().isoformat(timespec="microseconds")  # a rebuild trusts the newest record most
         for m in self.models(name):
             run = self.get_run(m["run_id"])
             if not run or not run.get("run_dir"):
                 continue
             pinned = bool(pin) and pin[0] == str(m["version"])
-            record = {**m, "metrics": json.loads(m["metrics"] or "{}"), "pinned": pinned}
+            record = {**m, "metrics": json.loads(m["metrics"] or "{}"), "pinned": pinned, "recorded": recorded}
             try:
                 rundir.record_model(Path(run["run_dir"]), record)
             except (OSError, ValueError) as e:
