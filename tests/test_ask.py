@@ -92,6 +92,8 @@ def test_ask_refuses_an_unknown_version_in_one_line(two_versions: Path) -> None:
     out = overnight("ask", "rev:7", PROMPT, home=two_versions)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "rev:7" in out.stderr and "rev has no version 7 (it has 1, 2)" in out.stderr and "Fix:" in out.stderr
+    out = overnight("ask", "rev", " ", home=two_versions)
+    assert out.returncode == 1 and "the prompt is empty" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_the_dashboards_answers_process_keeps_its_models_loaded_between_prompts(two_versions: Path) -> None:

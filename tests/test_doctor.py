@@ -168,6 +168,29 @@ def test_a_copy_whose_run_folder_was_renamed_never_reads_or_moves_the_originals_
     assert not (home / "runs" / "done-keep" / "adapter").exists()
 
 
+def test_a_version_whose_adapter_is_gone_is_found_by_doctor_refused_and_deleted_truthfully(trained: Path,
+                                                                                             tmp_path: Path) -> None:
+    home = _copy(trained, tmp_path)
+    adapter = home / "runs" / next(r["id"] for r in _runs(home) if r["state"] == "completed") / "adapter"
+    os.rename(adapter / "adapter_model.safetensors", tmp_path / "weights")
+    res = overnight("export", "done", str(tmp_path / "out"), home=home)
+    assert res.returncode == 1 and "no weights" in res.stderr and "Fix:" in res.stderr, res.stderr
+    res = overnight("ask", "done", "hi", home=home)
+    assert res.returncode == 1 and "has no weights file" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    os.rename(adapter, tmp_path / "adapter")
+    res = overnight("doctor", home=home)
+    assert res.returncode == 1 and "1 model version without an adapter: done v1" in res.stdout, res.stdout
+    res = overnight("activate", "done", "1", home=home)
+    assert res.returncode == 1 and "adapter is missing from" in res.stderr and "Fix: put its run folder back" in \
+        res.stderr, res.stderr
+    (home / "control" / "stop").write_text("")  # hold the queued run: this daemon only deletes
+    overnight("delete", "done", "1", "--wait", "0", home=home, check=True)
+    assert overnight("daemon", "--once", "--settle", "0.2", home=home, timeout=600).returncode == 0
+    log = (home / "overnight.log").read_text()
+    assert "delete done v1: its adapter was missing already" in log and "adapter moved to" not in log, log[-2000:]
+    assert not (home / "trash").exists() or not list((home / "trash").iterdir())
+
+
 def test_a_db_of_a_newer_overnight_is_one_line_and_doctor_rebuilds_it(trained: Path, tmp_path: Path) -> None:
     home = _copy(trained, tmp_path)
     import sqlite3

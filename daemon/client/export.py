@@ -26,10 +26,7 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     """
     folder = RunFolder(run_dir)
     adapter = folder.adapter
-    if not (adapter / "adapter_config.json").exists():
-        _deleted(folder, home)
-        raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
-                          f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
+    _check_adapter(folder, home)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder. Fix: choose a new folder (nothing is "
                           f"overwritten).")
@@ -50,6 +47,25 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     source = _resolve(spec, home, run_dir)
     trusted = options.get("trust_remote_code") is True
     return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
+
+
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, and what it loads
+
+
+def _check_adapter(folder: RunFolder, home: Path) -> None:
+    """The run's adapter is whole (its config and its weights), else why not, with the fix."""
+    adapter = folder.adapter
+    if not folder.root.is_dir():
+        raise ExportError(f"the run folder {folder.root} is missing (moved or removed by hand). Fix: put it back "
+                          f"(overnight doctor lists what the DB misses).")
+    if not (adapter / "adapter_config.json").exists():
+        _deleted(folder, home)
+        raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
+                          f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
+    if not any((adapter / w).is_file() for w in WEIGHTS):
+        raise ExportError(f"{adapter} holds adapter_config.json but no weights ({' or '.join(WEIGHTS)}). Fix: put "
+                          f"the weights file back, or export another version (its last checkpoint is in "
+                          f"{folder.checkpoints}).")
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 version is never used in their place (`init_adapter`, `overnight ask`, the Try tab and `activate` all agree)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -44,3 +45,12 @@ def deleted_version(name: str, row: dict[str, Any]) -> str:
     return (f"{name} v{row['version']} was deleted (overnight delete): its adapter is kept at {row['adapter_path']}, "
             f"and a deleted version cannot be the active one. Fix: activate a version overnight models lists as not "
             f"deleted, or continue from that folder (init_adapter = \"{row['adapter_path']}\").")
+
+
+def missing_adapter(row: dict[str, Any]) -> str | None:
+    """Why a version not deleted cannot serve (its run folder was moved or removed by hand), or None."""
+    adapter = Path(row["adapter_path"] or "")
+    if row["deleted"] or (adapter / "adapter_config.json").is_file():
+        return None
+    return (f"{row['name']} v{row['version']}'s adapter is missing from {adapter}. Fix: put its run folder back "
+            f"(overnight doctor lists what is missing), or use another version.")

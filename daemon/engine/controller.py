@@ -20,7 +20,7 @@ from daemon.core.home import Home
 from daemon.core.log import log
 from daemon.core.states import LIVE, RESUMABLE, State, StopRequest
 from daemon.engine.store import Store
-from daemon.core.versionpick import deleted_version
+from daemon.core.versionpick import deleted_version, missing_adapter
 from daemon.core.timefmt import iso
 
 def _named(runs: frozenset[str]) -> str | None:
@@ -399,6 +399,8 @@ class Controller:
                                f"VERSION that overnight models lists.")
         if cmd.kind == "activate" and row["deleted"]:
             raise ControlError(f"{cmd.source}: {deleted_version(name, row)}")
+        if cmd.kind == "activate" and missing_adapter(row):
+            raise ControlError(f"{cmd.source}: {missing_adapter(row)}")
         if cmd.kind == "activate":
             self.store.activate_model(name, version)
             msg = f"activate {name} v{version}: now the active version (pinned)"
@@ -407,6 +409,8 @@ class Controller:
                 dest = registry.delete(self.store, self.home, name, version)
             except KeyError as e:
                 raise ControlError(f"{cmd.source}: {e.args[0]}") from None
-            msg = f"delete {name} v{version}: adapter moved to {dest}"
+            msg = f"delete {name} v{version}: " + (f"adapter moved to {dest}" if dest else
+                                                    f"its adapter was missing already ({row['adapter_path']}): "
+                                                    f"marked deleted")
         self._answer(cmd, msg, target=f"{name} {version}")
         control.consume(self.home, cmd.path)

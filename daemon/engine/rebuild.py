@@ -18,10 +18,12 @@ from typing import Any
 
 from daemon.core.home import DaemonLock, Home
 from daemon.core.log import log
+from daemon.core.queries import Reader
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder, in_this_home, read_jsonl, run_folders
 from daemon.core.runrecord import Run, dataset_columns
 from daemon.core.states import ACTIVE, ALL, Outcome, State, values
+from daemon.core.versionpick import missing_adapter
 from daemon.engine.store import SCHEMA_VERSION, Store
 from daemon.core.timefmt import iso, run_id_stamp
 
@@ -99,7 +101,7 @@ def diagnose(home: Home, daemon_running: bool) -> tuple[list[str], list[Finding]
         return [], [Finding(f"{home.db} {problem}", "overnight doctor --rebuild (the damaged file is kept aside)")]
     ok = ["integrity_check: ok"] + ([_schema_note(version)] if (version or 0) <= SCHEMA_VERSION else [])
     findings = [f for f in (_schema_finding(version), _unindexed(folders, ids), _folderless(home, folders, ids),
-                            _unreadable(folders), _write_locked(home.db)) if f]
+                            _unreadable(folders), _adapterless(home), _write_locked(home.db)) if f]
     if not daemon_running:
         findings += [f for f in [_disagreeing(home, folders, ids)] if f]
     if not findings:
@@ -134,6 +136,23 @@ def _folderless(home: Home, folders: dict[str, Path], ids: set[str]) -> Finding 
         return None
     return Finding(f"{_n(len(gone), 'run')} in the DB without a folder in {home.runs}: {_some(gone)}",
                    "put the folders back, or overnight doctor --rebuild to forget those runs")
+
+
+def _adapterless(home: Home) -> Finding | None:
+    """Model versions, not deleted, whose adapter is not where the registry says (a run folder moved or emptied by
+    hand): `ask`, `export` and `init_adapter` of them fail."""
+    reader = Reader(home.db)  # its paths follow a moved or copied home
+    try:
+        models = reader.models()
+    except sqlite3.Error:
+        return None
+    finally:
+        reader.close()
+    gone = [f"{m['name']} v{m['version']} ({m['adapter_path']})" for m in models if missing_adapter(m)]
+    if not gone:
+        return None
+    return Finding(f"{_n(len(gone), 'model version')} without an adapter: {_some(gone)}",
+                   "put their run folders back; or delete those versions (overnight delete NAME VERSION)")
 
 
 def _write_locked(db: Path, wait_s: float = 3.0) -> Finding | None:

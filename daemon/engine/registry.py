@@ -46,8 +46,9 @@ def regressed(store: Store, name: str, version: int) -> dict[str, Any] | None:
     return report if report.get("regressed") else None
 
 
-def delete(store: Store, home: Home, name: str, version: int) -> Path:
-    """Move a version's adapter into trash/ (never deleted outright) and mark it deleted."""
+def delete(store: Store, home: Home, name: str, version: int) -> Path | None:
+    """Move a version's adapter into trash/ (never deleted outright) and mark it deleted; the trash folder, or None
+    when the adapter was missing already (the version is marked deleted where it was)."""
     rows = [m for m in store.models(name) if m["version"] == version]
     if not rows:
         raise KeyError(f"no model {name} version {version}. Fix: use a NAME and VERSION that overnight models "
@@ -59,6 +60,9 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path:
     src = Path(row["adapter_path"])
     # a delete a crash cut short after the move: its trash folder is the one, not a second, empty one
     moved = None if src.exists() else trashed_adapter(home.trash, row["run_id"])
+    if moved is None and not src.exists():
+        store.mark_model_deleted(name, version, str(src))
+        return None
     if moved is None:
         dest = unique_path(home.trash / f"{short_name(name, SHORT_NAME - 40)}-v{version}-{run_id_stamp()}")
         try:

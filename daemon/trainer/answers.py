@@ -83,6 +83,9 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
         if not (adapter / "adapter_config.json").is_file():
             raise AnswerError(f"{name}:{row['version']} has no adapter at {adapter}. Fix: restore that folder "
                               f"(overnight never deletes an adapter by itself), or ask another version.")
+        if not any((adapter / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise AnswerError(f"{name}:{row['version']}'s adapter at {adapter} has no weights file "
+                              f"(adapter_model.safetensors). Fix: put it back, or ask another version.")
         run = reader.run(row["run_id"])
         label = f"{name}:{row['version']}"
         if run is None:
@@ -388,6 +391,8 @@ class Asker:
 
     def ask(self, home: Path, refs: Sequence[str], prompt: str, base: bool = False,
             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict[str, Any]:
+        if not prompt.strip():  # a raw prompt of no tokens cannot be generated from
+            raise AnswerError("the prompt is empty. Fix: give the question last: overnight ask NAME \"your question\"")
         chosen = targets(home, refs, base)
         key = (Path(home), tuple(chosen))
         self.kept = self._loaded is not None and self._loaded[0] == key
