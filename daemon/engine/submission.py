@@ -102,12 +102,13 @@ def _owner_files(owner: Path | None, sample: Path | None, values: dict[str, Any]
             raise SubmissionError(f"{home_toml}: eval_file = {values.get('eval_file')!r}: {e}") from None
     if sample is not None:
         try:
-            sample.read_text(encoding="utf-8")
+            problem = None if sample.read_text(encoding="utf-8").strip() else "is empty: no text to score"
         except (OSError, UnicodeDecodeError) as e:
+            problem = f"cannot be read as UTF-8 text ({e})"
+        if problem:
             raise SubmissionError(f"{home_toml}: forgetting_sample = {values.get('forgetting_sample')!r}: "
-                                  f"{sample} cannot be read as UTF-8 text ({e}). Fix: name a UTF-8 text file "
-                                  f"(relative to the home), or remove forgetting_sample to use the shipped "
-                                  f"sample.") from None
+                                  f"{sample} {problem}. Fix: name a UTF-8 text file of general prose (relative "
+                                  f"to the home), or remove forgetting_sample to use the shipped sample.")
     return count
 
 
