@@ -59,6 +59,9 @@ def test_check_says_which_sidecar_holds_the_bad_value(tmp_path: Path, tiny_model
     adapter = tmp_path / "other-adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/other"}')
+    moved = tmp_path / "moved-adapter"  # trained on a model folder since moved away
+    moved.mkdir()
+    (moved / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
     cases = {  # the sidecar's text, and what its error says after "STEM.toml: "
         "nul": ('chat_template = "/tmp/x\\u0000y.jinja"\n', "option 'chat_template' = \"/tmp/x\\u0000y.jinja\" holds a NUL"),
         "family": ('chat_template = "qwen9"\n', 'chat_template = "qwen9" is not a chat template family overnight knows'),
@@ -68,6 +71,8 @@ def test_check_says_which_sidecar_holds_the_bad_value(tmp_path: Path, tiny_model
         "mismatch": (f'init_adapter = "{adapter}"\n', f"init_adapter {adapter} was trained on base model 'org/other', "
                                                       f"but this run's base_model is '{tiny_model}' (set in "
                                                       f"{home / 'overnight.toml'})"),
+        "moved": (f'init_adapter = "{moved}"\n', f"init_adapter {moved} was trained on base model "
+                                                 f"'{tmp_path / 'gone'}', a folder no longer there, but this run's"),
         "model": ('base_model = "x\\u0000y"\n', "option 'base_model' = \"x\\u0000y\" holds a NUL character"),
     }
     files = [drop(tmp_path, stem, text) for stem, (text, _) in cases.items()]
@@ -77,6 +82,7 @@ def test_check_says_which_sidecar_holds_the_bad_value(tmp_path: Path, tiny_model
     for stem, (_, expected) in cases.items():
         error = verdicts[stem]["error"]
         assert error.startswith(f"{tmp_path / stem}.toml: {expected}"), (stem, error)
+    assert f"Fix: put that model back at {tmp_path / 'gone'} (or a symbolic link" in verdicts["moved"]["error"]
 
 
 def test_the_daemon_rejects_a_nul_chat_template_as_a_sidecar_error(home: Path):

@@ -122,10 +122,15 @@ def check_parent(opts: Resolved, home_toml: Path) -> Parent | None:
         if not same_model(parent.base_model, model, root):
             model_where = opts.origin("base_model")
             set_in = f" (set in {model_where})" if model_where and model_where != where else ""
+            if os.path.isabs(parent.base_model) and not os.path.exists(parent.base_model):
+                fix = (f"put that model back at {parent.base_model} (or a symbolic link there to where it is now), "
+                       f"or continue from an adapter trained on {model}")
+                gone = ", a folder no longer there"
+            else:
+                fix, gone = f"set base_model = \"{parent.base_model}\", or continue from an adapter trained on {model}", ""
             raise SubmissionError(f"{said}init_adapter {parent.label} was trained on base model "
-                                  f"{parent.base_model!r}, but this run's base_model is {model!r}{set_in}: an "
-                                  f"adapter only fits the model it was trained on. Fix: set base_model = "
-                                  f"\"{parent.base_model}\", or continue from an adapter trained on {model}.")
+                                  f"{parent.base_model!r}{gone}, but this run's base_model is {model!r}{set_in}: an "
+                                  f"adapter only fits the model it was trained on. Fix: {fix}.")
     return parent
 
 
