@@ -203,11 +203,26 @@ def test_compare_answers_scores_each_version_on_the_runs_probes(two_versions: Pa
                        + json.dumps({"prompt": "reverse: sun moon\n"}) + "\n")
     text = overnight("compare", "--answers", "rev:2", "--prompts", str(prompts), "--max-new-tokens", TOKENS,
                      home=two_versions, timeout=300, check=True).stdout
-    assert "reference" in text and "1/1 exact" in text or "0/1 exact" in text
+    assert "reference" in text and ("1/1 exact" in text or "0/1 exact" in text)
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"prompt": PROMPT, "reference": ""}) + "\n")
+    out = overnight("compare", "--answers", "rev:2", "--prompts", str(tmp_path / "empty.jsonl"), home=two_versions)
+    assert out.returncode == 1 and "'reference': must be a non-empty string" in out.stderr, out.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"reference": "x"}\n')
     out = overnight("compare", "--answers", "rev:2", "--prompts", str(bad), home=two_versions)
     assert out.returncode == 1 and "line 1" in out.stderr and "Fix:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_probe_asked_by_two_runs_is_compared_once(tmp_path: Path) -> None:
+    """A held-out probe's reference keeps the space its completion began with; a probe file's has none."""
+    from daemon.client.trying import run_probes
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, reference in ((a, " tea back"), (b, "tea back")):
+        (run / "dataset").mkdir(parents=True)
+        (run / "evolution.jsonl").write_text(json.dumps({"step": 0, "probe": 0, "prompt": "name of star:",
+                                                         "reference": reference, "answer": ""}) + "\n")
+    assert [p["prompt"] for p in run_probes([a, b])] == ["name of star:"]
 
 
 def test_a_run_is_asked_as_it_trained_once_its_jinja_file_is_gone(tmp_path: Path) -> None:

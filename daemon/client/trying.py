@@ -127,8 +127,9 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
 
 def _prompt_record(record: dict[str, Any], file: str, where: str) -> dict[str, Any]:
     reference = record.get("reference")
-    if reference is not None and not isinstance(reference, str):
-        raise DatasetError(file, where, "reference", f"must be a string, got {reference!r}", _PROMPTS_FIX)
+    if reference is not None and not (isinstance(reference, str) and reference.strip()):
+        raise DatasetError(file, where, "reference", f"must be a non-empty string, got {reference!r} (an empty "
+                           f"answer would score exact)", _PROMPTS_FIX)
     messages = record.get("messages")
     if messages is not None:
         if not (isinstance(messages, list) and messages and all(
@@ -167,7 +168,9 @@ def run_probes(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
             probes = [{"prompt": r["prompt"], "reference": r["reference"], "messages": None}
                       for r in sorted(records, key=lambda r: r["probe"]) if r["step"] == first]
         for p in probes:
-            found.setdefault((json.dumps(p.get("messages")) if p.get("messages") else p["prompt"], p["reference"]),
+            # held-out probes keep the space their completion began with (" tea"); a probe file's has none
+            said = (p["reference"] or "").strip()
+            found.setdefault((json.dumps(p.get("messages")) if p.get("messages") else p["prompt"], said),
                              {"prompt": p["prompt"], "messages": p.get("messages"), "reference": p["reference"]})
     return list(found.values())
 
