@@ -43,12 +43,15 @@ def test_a_run_continues_from_the_active_version_and_records_its_parent(home: Pa
     assert runs[0]["state"] == "completed"
     before = _digest(first / "adapter")
 
-    _drop(home, "support", FAST + 'init_adapter = "support"\n')
+    _drop(home, "support", FAST + 'init_adapter = "support"\nlora_r = 4\n')  # lora_r: the parent's shape wins
     runs = {r["id"]: r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout)}
     second = Path(next(r["run_dir"] for r in runs.values() if Path(r["run_dir"]) != first))
     assert (second / "init_adapter" / "adapter_config.json").exists()
     config = json.loads((second / "config.json").read_text())
     assert config["init_adapter"]["parent"] == "support:1" and config["sources"]["init_adapter"] == "sidecar"
+    made = json.loads((first / "adapter" / "adapter_config.json").read_text())
+    assert (config["options"]["lora_r"], config["sources"]["lora_r"]) == (made["r"], "parent") and made["r"] != 4
+    assert config["options"]["lora_targets"] == sorted(made["target_modules"])
     # the new run starts where the parent ended: its step-0 probe losses are the parent's final ones
     parent_final, child_start = _evolution_losses(first, 6), _evolution_losses(second, 0)
     assert parent_final.keys() == child_start.keys() and len(child_start) == 3

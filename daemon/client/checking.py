@@ -21,7 +21,7 @@ from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu
                                    plan_memory)
 from daemon.core.tokenbatches import Budget
 from daemon.core.templating import TemplateError
-from daemon.engine.lineage import check_parent, inherit_template
+from daemon.engine.lineage import LORA_KEYS, check_parent, inherit_template
 from daemon.engine.submission import (EVAL_SUFFIX, PROBES_SUFFIX, SubmissionError, as_trained, check_base_models,
                                       check_models, check_owner_files, check_pairing, check_truncation, load_options,
                                       role_of, stem_of, validate)
@@ -256,6 +256,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         if refused is not None:
             raise refused
         return
+    set_before = dict(sub.options.sources)
     parent = check_models(sub.options, sub.sidecar, home.toml)
     if refused is not None:
         raise refused
@@ -264,7 +265,23 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         for spec in sub.options.base_models:
             verdict.add(context_note(first.values["max_length"], model_context(model_folder(spec, home.root)), spec))
     verdict.add(f"base model: {', '.join(sub.options.base_models)}",
-                f"continues from: {parent.label} ({parent.folder})" if parent is not None else None)
+                f"continues from: {parent.label} ({parent.folder})" if parent is not None else None,
+                _unused_lora(sub.options, set_before))
+
+
+def _unused_lora(opts: Resolved, set_before: dict[str, str]) -> str | None:
+    """LoRA options set for a continuation shape nothing: it trains its parent's adapter as it was made (the
+    options now hold that shape, lineage.inherit_lora)."""
+    unused = [k for k in LORA_KEYS if set_before.get(k, "default") != "default" and opts.sources.get(k) == "parent"]
+    if not unused:
+        return None
+    shape = ", ".join(f"{k} {_shown(opts.values[k])}" for k in LORA_KEYS if opts.sources.get(k) == "parent")
+    return (f"note: {', '.join(unused)} unused: a continuation trains its parent's adapter as it was made "
+            f"({shape}); remove {'them' if len(unused) > 1 else 'it'}, or train a fresh adapter without init_adapter")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 _COUNTED = {ExampleKind.PAIR: " (preference pairs)", ExampleKind.JUDGED: " (labelled completions)"}

@@ -117,7 +117,7 @@ class Reader:
         named = [r for r in rows if r["name"] == ref]
         rows = named or rows  # a run's exact name outranks ids that merely start with it (big vs big2-…)
         if not rows:
-            raise RefError(f"no run matches {ref!r} (see overnight runs)")
+            raise RefError(f"no run matches {ref!r}. Fix: give a run's id or name as overnight runs lists it")
         if len(rows) > 1:
             listed = "\n".join(f"  {r['id']} ({r['state']})" for r in rows)
             raise RefError(f"{ref!r} matches {len(rows)} runs; name one by its id:\n{listed}")
@@ -139,7 +139,8 @@ class Reader:
                     groups = [run["group_id"]]
             if not groups:
                 raise RefError(f"no group matches {ref!r}: compare takes a sweep's group id (or its name), "
-                               f"or two runs or more (see overnight runs)")
+                               f"or two runs or model versions (NAME:V) or more. Fix: e.g. overnight compare RUN1 "
+                               f"RUN2, or overnight compare --answers NAME:1 NAME:2 to compare answers")
             return groups[0], self.group_runs(groups[0])
         runs: dict[str, dict[str, Any]] = {}
         for ref in refs:

@@ -151,6 +151,22 @@ def inherit_template(opts: Resolved, parent: Parent) -> str | None:
     return chosen
 
 
+LORA_KEYS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+             "lora_targets": "target_modules"}  # overnight's option: its adapter_config.json key
+
+
+def inherit_lora(opts: Resolved, parent: Parent) -> None:
+    """A continuation trains its parent's adapter as it was made: its LoRA shape is taken over (source "parent",
+    whatever the options said), so that config.json and compare say what was trained."""
+    from daemon.core.atomic import read_json
+    made = read_json(parent.folder / "adapter_config.json", {}) or {}
+    for key, theirs in LORA_KEYS.items():
+        if theirs in made and key not in opts.swept:
+            value = made[theirs]
+            opts.values[key] = sorted(value) if isinstance(value, list) else value
+            opts.sources[key] = "parent"
+
+
 def check_template_fits(opts: Resolved, parent: Parent) -> None:
     """A continuation that names another chat template than its parent's, whose adapter carries rows for the tokens
     its own template added, is refused: those rows would be loaded at the ids the new template's tokens take."""

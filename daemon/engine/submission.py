@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from daemon.core import auto, datasets, evalfile, evalreport, sweep
 from daemon.core.errors import SubmissionError
 from daemon.core.fsutil import file_version, ignored, model_name
-from daemon.engine.lineage import check_parent, check_template_fits, inherit_template
+from daemon.engine.lineage import check_parent, check_template_fits, inherit_lora, inherit_template
 from daemon.core.basemodel import (ModelNotFound, has_weights, layer_names, locate_model, model_context,
                               model_folder, targets_missing)
 from daemon.core.options import OptionsError, Resolved, load_home_toml, load_sidecar, resolve
@@ -214,6 +214,7 @@ def check_models(opts: Resolved, sidecar: Path | None, home_toml: Path, require_
     if parent is not None:
         inherit_template(opts, parent)
         check_template_fits(opts, parent)
+        inherit_lora(opts, parent)
     return parent
 
 
