@@ -54,3 +54,9 @@ def missing_adapter(row: dict[str, Any]) -> str | None:
         return None
     return (f"{row['name']} v{row['version']}'s adapter is missing from {adapter}. Fix: put its run folder back "
             f"(overnight doctor lists what is missing), or use another version.")
+
+
+def already_deleted(name: str, row: dict[str, Any]) -> str:
+    """Why `delete` refuses a version in the trash."""
+    return (f"{name} v{row['version']} is already in the trash: {row['adapter_path']}. Fix: nothing to do: it was "
+            f"deleted before, and its adapter is kept in that folder.")

@@ -14,6 +14,7 @@ from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import RunFolder
 from daemon.engine.store import Store
 from daemon.core.timefmt import run_id_stamp
+from daemon.core.versionpick import already_deleted
 
 
 def register(store: Store, run: dict[str, Any], activate: bool = True) -> int:
@@ -55,8 +56,7 @@ def delete(store: Store, home: Home, name: str, version: int) -> Path | None:
                        f"lists.")
     row = rows[0]
     if row["deleted"]:
-        raise KeyError(f"{name} v{version} is already in the trash: {row['adapter_path']}. Fix: nothing to do: it "
-                       f"was deleted before, and its adapter is kept in that folder.")
+        raise KeyError(already_deleted(name, row))
     src = Path(row["adapter_path"])
     # a delete a crash cut short after the move: its trash folder is the one, not a second, empty one
     moved = None if src.exists() else trashed_adapter(home.trash, row["run_id"])
