@@ -178,3 +178,18 @@ def test_select_best_ranks_by_select_metric_and_never_picks_a_regressed_version(
     store = _group(tmp_path, options, [(1.0, 0.5, False), (1.2, 0.9, True), (1.3, 0.8, False)])
     said, active = _select(store)
     assert active == version and words in said, said
+
+
+def test_a_child_is_scored_on_its_own_eval_file_else_its_parents_else_the_owners(tmp_path: Path) -> None:
+    from daemon.trainer.report import eval_file_of
+
+    run, home = tmp_path / "run", tmp_path / "home"
+    parents = tmp_path / "parent.eval.jsonl"
+    parents.write_text('{"prompt": "a", "reference": "b"}\n')
+    (home / "evals").mkdir(parents=True)
+    (home / "evals" / "x.jsonl").write_text('{"prompt": "c", "reference": "d"}\n')
+    report = {"eval": {"file": str(parents)}}
+    assert eval_file_of(run, "dataset/t.eval.jsonl", report, "evals/x.jsonl", home) == run / "dataset/t.eval.jsonl"
+    assert eval_file_of(run, None, report, "evals/x.jsonl", home) == parents
+    assert eval_file_of(run, None, {}, "evals/x.jsonl", home) == home / "evals" / "x.jsonl"
+    assert eval_file_of(run, None, {}, None, home) is None

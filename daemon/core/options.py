@@ -178,7 +178,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
            'or a DPO run\'s "reward_accuracy" (eval pairs whose chosen answer it prefers; higher is better)',
            lambda v: v in RANKINGS, _choices(tuple(RANKINGS))),
     Train("eval_file", str, None, "an eval file (JSONL: prompt + reference) every run is scored on at its end, "
-          "beside NAME.eval.jsonl dropped with a dataset (which wins); relative to the home",
+          "unless NAME.eval.jsonl is dropped with its dataset or its parent had one; relative to the home",
           lambda v: bool(v.strip()), "the path of a .jsonl file", owner_only=True),
     Train("forgetting_sample", str, None, "general text whose loss before and after training is the forgetting "
           "score (default: a few KB of English prose shipped with overnight); relative to the home",

@@ -3,7 +3,7 @@
 Run in the trainer process once the adapter is saved, with the model still loaded, on three models in turn: the new
 version (the trained adapter), its parent (the adapter it continued from, `init_adapter`, loaded beside it as a
 second peft adapter) and the base (the adapters switched off). Each answers, greedy:
-- the eval file's records (NAME.eval.jsonl, or `eval_file` in overnight.toml, else the parent's), scored by exact
+- the eval file's records (NAME.eval.jsonl, else the parent's, else `eval_file` in overnight.toml), scored by exact
   match, similarity (as the evolution view scores) and ROUGE-L (Google's `rouge-score`);
 - the probes its parent knew (the parent's report lists them: its own probes and those it inherited), re-asked.
 And each gets its loss on a general-text sample (`forgetting_sample`, or the shipped prose of
@@ -75,8 +75,7 @@ def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
     stops = built.stops
     home = cfg.paths.root.parent.parent
     parent_report = _parent_report(cfg)
-    eval_path = (cfg.paths.root / cfg.file.eval_file if cfg.file.eval_file else
-                 owner_eval_file(opts.eval_file, home) or _inherited_eval_file(parent_report))
+    eval_path = eval_file_of(cfg.paths.root, cfg.file.eval_file, parent_report, opts.eval_file, home)
     records = _as_asked(load_eval_file(eval_path), s.prompt_chat) if eval_path else []
     inherited = _parent_knowledge(parent_report)
     model, tokenizer = built.model, built.tokenizer
@@ -128,6 +127,15 @@ def _parent_report(cfg: Any) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return report if isinstance(report, dict) else {}
+
+
+def eval_file_of(run_dir: Path, dropped: str | None, parent_report: dict[str, Any], owners: str | None,
+                 home: Path) -> Path | None:
+    """The eval file a run is scored on: the one dropped with its dataset, else its parent's (a lineage's records
+    are followed from version to version), else the owner's `eval_file`."""
+    if dropped:
+        return run_dir / dropped
+    return _inherited_eval_file(parent_report) or owner_eval_file(owners, home)
 
 
 def _inherited_eval_file(parent_report: dict[str, Any]) -> Path | None:
