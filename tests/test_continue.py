@@ -148,9 +148,9 @@ def test_a_deleted_parent_says_where_its_adapter_is_in_the_trash_and_how_to_use_
         assert f'init_adapter = "{spec}": {said} (overnight delete); its adapter is kept in the trash, at ' \
                f'{trashed}' in out.stdout, out.stdout
         assert f'Fix: continue from that folder (init_adapter = "{trashed}")' in out.stdout
-    (home / "x.toml").write_text(f'init_adapter = "{trashed}"\n')  # the fix works
+    (home / "x.toml").write_text(f'init_adapter = "{trashed}"\n')  # the fix works, and reads as the version
     out = overnight("check", str(home / "x.jsonl"), home=home)
-    assert out.returncode == 0, out.stdout
+    assert out.returncode == 0 and f"continues from: p2:1 (deleted) ({trashed})" in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("targets, ok", [('["qproj", "vproj"]', False), ('"attn[("', False),

@@ -44,7 +44,20 @@ def resolve_parent(spec: str, root: Path) -> Parent:
         return _registered(m["name"], int(m["version"]) if m["version"] else None, root)
     folder = Path(spec).expanduser()
     folder = folder if folder.is_absolute() else root / folder
-    return _folder(folder, str(folder))
+    return _folder(folder, _trash_label(folder, root) or str(folder))
+
+
+def _trash_label(folder: Path, root: Path) -> str | None:
+    """`support:2 (deleted)` for the adapter of a version `overnight delete` moved into this home's trash: the
+    lineage reads as versions, not as a trash path."""
+    if folder.name != "adapter" or folder.parent.parent != root / "trash":
+        return None
+    try:
+        row = json.loads((folder.parent / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(row, dict) and isinstance(row.get("name"), str) and isinstance(row.get("version"), int)
+    return f"{row['name']}:{row['version']} (deleted)" if ok else None
 
 
 def _registered(name: str, version: int | None, root: Path) -> Parent:
