@@ -186,3 +186,35 @@ def test_a_token_file_that_goes_bad_under_a_tokenless_server_holds_it_shut_until
     f.chmod(0o600)  # the fix the error gives: the tokens take effect
     assert server.client().get("/api/runs").status_code == 401
     assert server.client("r" * 20).get("/api/runs").status_code == 200
+
+
+def test_another_sites_malformed_cookie_does_not_hide_the_dashboards_token(home, serve_proc):  # noqa: F811
+    server = serve_proc("--token", token="unused")
+    steer = _tokens(home)["steer"]
+    browser = httpx.Client(base_url=server.url)
+    refused = browser.get("/dashboard/")  # no cookie yet: said how a browser user gets one
+    assert refused.status_code == 401 and "Fix: open /dashboard/?token=STEER_TOKEN" in refused.text, refused.text
+    for cookie in (f"overnight_token={steer}; other=a b", f'other="unclosed; overnight_token={steer}'):
+        page = browser.get("/dashboard/", headers={"Cookie": cookie})
+        assert page.status_code == 200 and "/dashboard/ws" in page.text, (cookie, page.text)
+    assert browser.get("/dashboard/", headers={"Cookie": "other=a b; overnight_token=wrong"}).status_code == 401
+
+
+def test_a_path_cannot_forge_a_serve_log_line(home, serve_proc):  # noqa: F811
+    api = serve_proc().client()
+    forged = "[2026-01-01 00:00:00] 127.0.0.1:1: upload: forged.jsonl into inbox"
+    evil = {"Origin": "http://evil.example"}
+    assert api.post(f"/api/pause%0A{forged}", headers=evil).status_code == 403  # refused by the token check
+    assert api.post(f"/api/runs/x%0D%0A{forged}%1B%5B2J/pause").status_code == 404  # refused by the API
+    lines = (home / "serve.log").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("[2026-01-01")], lines
+    assert len([line for line in lines if "refused" in line and "forged.jsonl" in line]) == 2, lines
+    assert "\\n[2026-01-01" in lines[-2] and "\\r\\n[2026-01-01" in lines[-1] and "\\x1b[2J" in lines[-1], lines
+
+
+def test_no_page_may_show_the_server_in_a_frame(home, serve_proc):  # noqa: F811
+    api = serve_proc().client()
+    for answer in (api.get("/dashboard/"), api.get("/"), api.get("/api/runs"), api.get("/api/nothing"),
+                   api.post("/api/pause", headers={"Origin": "http://evil.example"})):
+        assert answer.headers["x-frame-options"] == "DENY", answer.request.url
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.request.url

@@ -192,3 +192,12 @@ def test_install_refuses_a_home_that_does_not_exist(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert f"the home {home} does not exist: no unit was written" in res.stderr and f"mkdir -p {home}" in res.stderr
     assert not (tmp_path / "config").exists() and not home.parent.exists()  # nothing written, nothing created
+
+
+def test_the_servers_unit_stops_as_a_server_not_as_the_daemon(home):
+    """The HTTP server has no job to checkpoint: SIGTERM to it and its dashboard processes, and a short timeout."""
+    text = unit_text(service("print", "--serve", "--home", str(home)).stdout)
+    lines = text.splitlines()
+    assert "checkpoints" not in text and "KillMode=control-group" in lines
+    assert "TimeoutStopSec=15" in lines and "TimeoutStopSec=600" not in lines
+    assert "KillMode=mixed" in unit_text(service("print", "--home", str(home)).stdout).splitlines()

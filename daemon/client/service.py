@@ -23,6 +23,7 @@ from daemon.core.errors import ServiceError
 
 MARKER = "# Written by `overnight service install`"
 STOP_TIMEOUT_S = 600  # SIGTERM → the daemon checkpoints the running job (it waits up to 330 s for the trainer)
+SERVE_STOP_TIMEOUT_S = 15  # SIGTERM → the server gives open log streams 3 s (GRACE_S in daemon/web/server.py)
 SYSTEM_DIR = Path("/etc/systemd/system")
 # Carried into the unit when set where `install` runs: where the base models are found.
 CARRIED_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -117,15 +118,22 @@ def render(home: Path, user: bool, serve: bool = False) -> str:
         "ExecStart=" + " ".join(_exec_arg(a) for a in daemon_command(home, verb)),
         "Restart=on-failure",
         "RestartSec=10",
-        "# SIGTERM to the daemon only: it checkpoints the running job, which resumes at the next start.",
-        "KillSignal=SIGTERM",
-        "KillMode=mixed",
-        f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        *_stopping(serve),
         "",
         "[Install]",
         f"WantedBy={'default.target' if user else 'multi-user.target'}",
     ]
     return "\n".join(unit + service) + "\n"
+
+
+def _stopping(serve: bool) -> list[str]:
+    """How systemd stops the unit: the daemon alone gets SIGTERM and time to checkpoint its job (its trainer is left
+    to it); the server and its dashboard processes all get SIGTERM and a few seconds (nothing of theirs to save)."""
+    if serve:
+        return ["# SIGTERM to the server and its dashboard processes: open log streams get 3 s, then it exits.",
+                "KillSignal=SIGTERM", "KillMode=control-group", f"TimeoutStopSec={SERVE_STOP_TIMEOUT_S}"]
+    return ["# SIGTERM to the daemon only: it checkpoints the running job, which resumes at the next start.",
+            "KillSignal=SIGTERM", "KillMode=mixed", f"TimeoutStopSec={STOP_TIMEOUT_S}"]
 
 
 def unit_for(home: Path, user: bool, serve: bool = False) -> Unit:

@@ -12,24 +12,26 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.schemas import SchemaGenerator
 
 from daemon import __version__
 from daemon.core import control, jsonviews, morning
-from daemon.core.errors import BrokenDB, ControlError, DropError, RefError, UploadError
+from daemon.core.errors import BrokenDB, ControlError, DropError, HomeDamaged, RefError, UploadError
 from daemon.core.home import Home, daemon_alive
 from daemon.core.options import LiveSetting
+from daemon.core.priority import prioritised
 from daemon.core.queries import Reader
 from daemon.core.rundir import RunFolder, read_jsonl
 from daemon.core.states import ENDED, State
 from daemon.web import logs, serverlog, steer, upload, verdict
-from daemon.web.auth import TokenAuth
+from daemon.web.auth import NoFraming, TokenAuth
 from daemon.web.dashboard import PREFIX, Dashboard
 from daemon.web.tokens import Live, Tokens
 
@@ -75,8 +77,9 @@ def _client(request: Request) -> str:
 
 
 class Api:
-    def __init__(self, h: Home) -> None:
+    def __init__(self, h: Home, stopping: Callable[[], bool]) -> None:
         self.h = h
+        self.stopping = stopping  # the server is shutting down: open log streams end (no task left to cancel)
         self.max_upload_mb = LiveSetting(h.toml, "max_upload_mb")  # live: read again when overnight.toml changes
         self._telemetry: Any = None
         self._runs_cache: tuple[tuple, float, bytes] | None = None
@@ -92,7 +95,7 @@ class Api:
             rd.close()
 
     def run_of(self, request: Request) -> dict[str, Any]:
-        with self.reader() as rd:
+        with self.reader() as rd, _runs_fix():
             return rd.named_run(request.path_params["run"])
 
     # --- reading -------------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ class Api:
                 row = rd.run(run["id"])
             return row is None or row["state"] in ENDED
 
-        return StreamingResponse(logs.follow(RunFolder(run["run_dir"]).console, offset, ended),
+        return StreamingResponse(logs.follow(RunFolder(run["run_dir"]).console, offset, ended, self.stopping),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def models(self, request: Request) -> Response:
@@ -226,14 +229,14 @@ class Api:
 
     # --- writing -------------------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
-        """A drop: multipart parts `dataset` (required), `sidecar` and `probes`, streamed to disk and put into the
-        inbox as `overnight add` does; answered with the daemon's verdict (the runs queued, or the .error.txt text).
+        """A drop: multipart parts `dataset` (required), `sidecar`, `probes` and `eval`, streamed to disk and put into
+        the inbox as `overnight add` does; answered with the daemon's verdict (the runs queued, or the .error.txt text).
         ---
-        summary: upload a dataset (+ sidecar, probes) and wait for the daemon's verdict
+        summary: upload a dataset (+ sidecar, probes, eval file) and wait for the daemon's verdict
         parameters: [{name: wait, in: query, schema: {type: number}, description: seconds to wait (default 60)}]
         requestBody: {content: {multipart/form-data: {schema: {type: object, properties: {
             dataset: {type: string, format: binary}, sidecar: {type: string, format: binary},
-            probes: {type: string, format: binary}}}}}}
+            probes: {type: string, format: binary}, eval: {type: string, format: binary}}}}}}
         responses: {201: {description: queued}, 422: {description: rejected by the daemon},
                     202: {description: not taken yet}, 413: {description: over max_upload_mb}}
         """
@@ -242,11 +245,18 @@ class Api:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise upload.too_large(limit)
-        staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(), limit)
+        try:
+            staged = await upload.receive(self.h, request.headers.get("content-type", ""), request.stream(), limit)
+        except ClientDisconnect:  # nobody to answer: a line in serve.log, no traceback
+            serverlog.write(_client(request), "upload: the client went away before the body ended; nothing was kept")
+            return Response(status_code=400)
         files, inode = upload.into_inbox(self.h, staged)
         serverlog.write(_client(request), f"upload: {', '.join(f.name for f in files)} into {self.h.inbox}")
-        found = await verdict.wait(self.h, verdict.Placed(files, inode), wait)
-        if found.state == verdict.REJECTED:
+        found = await verdict.wait(self.h, verdict.Placed(files, inode), wait, gone=request.is_disconnected)
+        if found.state == verdict.GONE:
+            serverlog.write(_client(request), f"upload: the client went away before the daemon's verdict on "
+                                              f"{files[-1].name} (the drop stays in the inbox)")
+        elif found.state == verdict.REJECTED:
             serverlog.write(_client(request), f"upload: {files[-1].name} rejected by the daemon")
         status = {verdict.QUEUED: 201, verdict.REJECTED: 422}.get(found.state, 202)
         return Json(dataclasses.asdict(found), status)
@@ -261,20 +271,26 @@ class Api:
         """
         kind = request.path_params["kind"]
         if kind not in STEERING:
+            allowed = _methods_elsewhere(request)
+            if allowed:  # POST /api/status: a reading endpoint, not an unknown command
+                raise HTTPException(405, headers={"Allow": ", ".join(allowed)})
             return Json({"error": f"no such command {kind!r}. Fix: one of {', '.join(STEERING)}"}, 404)
         wait = _float(request, "wait", 3.0)
         value = request.query_params.get("value", "")
         if kind == "priority" and not re.fullmatch(r"[+-]?[0-9]{1,18}", value):  # nothing else reaches the file
             raise BadRequest(f"priority value {value[:40]!r} is not an integer. Fix: POST /api/runs/RUN/priority"
                              f"?value=N, N between -{control.MAX_PRIORITY} and {control.MAX_PRIORITY} (higher first)")
-        run = await asyncio.to_thread(self.run_of, request) if "run" in request.path_params else None
         if kind == "priority":
-            if run is None:
+            if "run" not in request.path_params:
                 raise ControlError("priority names a run. Fix: POST /api/runs/RUN/priority?value=N")
-            content = f"{run['id']} {value}"
+            # the CLI's rule: a run, a sweep's group id or shared name (all its live runs), a drop still in the inbox
+            with _runs_fix():
+                refs = await asyncio.to_thread(prioritised, self.h, request.path_params["run"])
+            content = "\n".join(f"{ref} {value}" for ref in refs)
         else:
+            run = await asyncio.to_thread(self.run_of, request) if "run" in request.path_params else None
             content = run["id"] if run else ""
-        if kind == "stop" and run is None:
+        if kind == "stop" and not content:
             out = await steer.stop_all(self.h, wait)
         else:
             out = await steer.send(self.h, kind, content, wait)
@@ -298,13 +314,36 @@ class Api:
         return Json(out, 409 if out["rejected"] else 200 if out["acknowledged"] else 202)
 
 
+RUN_FIX = "Fix: GET /api/runs lists the runs; name one by its id, a unique prefix of it, or its dataset's name."
+
+
+@contextmanager
+def _runs_fix() -> Iterator[None]:
+    """A run named that matches none or several: the reader's fix names the CLI (overnight runs); HTTP's, the API."""
+    try:
+        yield
+    except RefError as e:
+        said = str(e)
+        cut = said.find("Fix:")
+        raise RefError((said[:cut].rstrip() if cut >= 0 else said) + f"\n{RUN_FIX}") from None
+
+
 async def _error(request: Request, exc: Exception) -> Response:
-    status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409}.get(type(exc), 400)
+    status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409, HomeDamaged: 503}.get(type(exc), 400)
     status = getattr(exc, "status", status)
     if request.method not in ("GET", "HEAD"):  # a write refused is logged as a write done
         serverlog.write(_client(request), f"{request.method} {request.url.path} refused ({status}): "
                                           f"{str(exc).splitlines()[0][:200]}")
     return Json({"error": str(exc)}, status)
+
+
+def _methods_elsewhere(request: Request) -> list[str]:
+    """The methods another route takes at this very path (GET for /api/status), [] when none does."""
+    scope = {**request.scope, "method": "GET"}
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is Match.FULL:
+            return sorted(route.methods)
+    return []
 
 
 def _completed(schema: dict[str, Any]) -> dict[str, Any]:
@@ -336,8 +375,9 @@ async def _no_route(request: Request, exc: Exception) -> Response:
                           f"endpoints and their methods"}, status, headers=headers)
 
 
-def build(h: Home, tokens: Tokens | None) -> Starlette:
-    api = Api(h)
+def build(h: Home, tokens: Tokens | None, stopping: Callable[[], bool] = lambda: False) -> Starlette:
+    """The app; `stopping` says the server is shutting down (its open log streams then end)."""
+    api = Api(h, stopping)
     dashboard = Dashboard(h)
     run = "/api/runs/{run}"
     routes = [
@@ -357,8 +397,9 @@ def build(h: Home, tokens: Tokens | None) -> Starlette:
     ]
     app = Starlette(routes=routes, exception_handlers={
         RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error,
-        BadRequest: _error, 404: _no_route, 405: _no_route})
+        BadRequest: _error, HomeDamaged: _error, 404: _no_route, 405: _no_route})
     app.add_middleware(TokenAuth, tokens=Live(h, tokens))
+    app.add_middleware(NoFraming)  # added last, so outermost: a refusal carries the headers too
     with contextlib.suppress(OSError):
         upload.clear_leftovers(h)
     return app

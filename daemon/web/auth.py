@@ -8,10 +8,10 @@ site (its Origin) is refused: a browser lets any page send a form or open a sock
 from __future__ import annotations
 
 import ipaddress
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,6 +21,8 @@ from daemon.core.errors import ServeError
 from daemon.web.tokens import READ, STEER, Live, Tokens
 
 COOKIE = "overnight_token"
+DASHBOARD_FIX = "Fix: open /dashboard/?token=STEER_TOKEN once (the steer token overnight serve --token printed; it is " \
+                "in the home's serve-tokens.json)"
 
 
 def is_loopback(host: str) -> bool:
@@ -39,6 +41,30 @@ def _refusal(scope: Scope, status: int, message: str):
         headers = {"WWW-Authenticate": 'Bearer realm="overnight"'} if status == 401 else None
         return JSONResponse({"error": message}, status, headers=headers)
     return PlainTextResponse(message + "\n", status)
+
+
+class NoFraming:
+    """ASGI middleware: no page of another site may show ours in a frame (clickjacking: without tokens the dashboard
+    steers for whoever's click lands on it)."""
+
+    HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def framed_never(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, framed_never)
 
 
 class TokenAuth:
@@ -83,9 +109,9 @@ class TokenAuth:
         scope_of = self.tokens.scope_of(given) if given else None
         needed = STEER if dashboard or scope.get("method", "GET") not in READ_METHODS else READ
         if scope_of is None:
-            message = ("this request needs a token" if not given else "the token is not valid") + \
-                      ". Fix: send 'Authorization: Bearer TOKEN' (overnight serve --token printed the tokens; " \
-                      "they are in the home's serve-tokens.json)"
+            message = ("this request needs a token" if not given else "the token is not valid") + ". " + (
+                DASHBOARD_FIX if dashboard else "Fix: send 'Authorization: Bearer TOKEN' (overnight serve --token "
+                                                "printed the tokens; they are in the home's serve-tokens.json)")
             await self._refuse(scope, receive, send, 401, message)
             return
         if needed == STEER and scope_of != STEER:
@@ -100,9 +126,8 @@ class TokenAuth:
         kind, _, value = headers.get("authorization", "").partition(" ")
         if kind.lower() == "bearer" and value.strip():
             return value.strip()
-        if dashboard:
-            morsel = SimpleCookie(headers.get("cookie", "")).get(COOKIE)
-            return morsel.value if morsel else None
+        if dashboard:  # Starlette's parser: another site's malformed cookie must not hide ours (SimpleCookie drops all)
+            return cookie_parser(headers.get("cookie", "")).get(COOKIE) or None
         return None
 
     @staticmethod

@@ -4,7 +4,9 @@ its screen over a websocket) under this server's routes and tokens, so nothing o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -20,14 +22,18 @@ from textual_serve.app_service import AppService
 from textual_serve.download_manager import DownloadManager
 
 from daemon.core.home import Home
+from daemon.web import serverlog
 
 _PACKAGE = Path(textual_serve.__file__).parent
 PREFIX = "/dashboard"
 
 
 def command(h: Home) -> str:
-    """The dashboard process one browser session gets: `overnight tui` on this home."""
-    return f"{shlex.quote(sys.executable)} -m daemon tui --home {shlex.quote(str(h.root))}"
+    """The dashboard process one browser session gets: `overnight tui` on this home, in place of the shell (exec), so
+    that this server is its parent, and guarded (daemon/web/childguard.py) so that it ends when this server dies."""
+    python = shlex.quote(sys.executable)
+    return (f"exec {python} -m daemon.web.childguard {os.getpid()} {python} -m daemon tui "
+            f"--home {shlex.quote(str(h.root))}")
 
 
 def _size(value: str | None, default: int) -> int:
@@ -59,27 +65,49 @@ class Dashboard:
         return HTMLResponse(html)
 
     async def websocket(self, ws: WebSocket) -> None:
-        """One dashboard process per browser session, for as long as the socket lives."""
+        """One dashboard process per browser session, for as long as the socket lives; its opening, its end and a
+        message that is not the page's are serve.log lines, never a traceback."""
+        client = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown client"
         await ws.accept()
         service = AppService(self.command, write_bytes=ws.send_bytes, write_str=ws.send_text, close=ws.close,
                              download_manager=self.downloads)
         await service.start(_size(ws.query_params.get("width"), 80), _size(ws.query_params.get("height"), 24))
+        serverlog.write(client, "dashboard: opened")
+        how = "closed"
         try:
-            while True:
-                envelope = json.loads(await ws.receive_text())
-                kind, data = envelope[0], envelope[1] if len(envelope) > 1 else None
-                if kind == "stdin":
-                    await service.send_bytes(data.encode("utf-8"))
-                elif kind == "resize":
-                    # capped as the first size is: a huge terminal is memory the dashboard process must fill
-                    await service.set_terminal_size(_size(str(data["width"]), 80), _size(str(data["height"]), 24))
-                elif kind == "ping":
-                    await ws.send_text(json.dumps(["pong", data]))
-                elif kind == "blur":
-                    await service.blur()
-                elif kind == "focus":
-                    await service.focus()
-        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError, ValueError, TypeError, LookupError):
-            pass
+            await self._relay(ws, service)
+        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+            pass  # the tab closed, or the server stops
+        except (ValueError, TypeError, LookupError, AttributeError) as e:  # not what textual-serve's page sends
+            how = f"ended: a message it cannot read ({type(e).__name__}: {str(e)[:80]})"
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await ws.close(1003)
         finally:
-            await service.stop()
+            # the process's last words (its exit) go to a socket that may be gone: nothing is left to tell
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await service.stop()
+            serverlog.write(client, f"dashboard: {how}")
+
+    @staticmethod
+    async def _relay(ws: WebSocket, service: AppService) -> None:
+        """textual-serve's page's messages, `[kind, data]`, to the dashboard process."""
+        while True:
+            envelope = json.loads(await ws.receive_text())
+            kind, data = envelope[0], envelope[1] if len(envelope) > 1 else None
+            if kind == "stdin":
+                await service.send_bytes(_text(data).encode("utf-8"))
+            elif kind == "resize":
+                # capped as the first size is: a huge terminal is memory the dashboard process must fill
+                await service.set_terminal_size(_size(str(data["width"]), 80), _size(str(data["height"]), 24))
+            elif kind == "ping":
+                await ws.send_text(json.dumps(["pong", data]))
+            elif kind == "blur":
+                await service.blur()
+            elif kind == "focus":
+                await service.focus()
+
+
+def _text(data: object) -> str:
+    if not isinstance(data, str):
+        raise TypeError(f"stdin carries text, not {type(data).__name__}")
+    return data

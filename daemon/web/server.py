@@ -10,7 +10,7 @@ from typing import Callable
 
 from daemon.core.errors import ServeError
 from daemon.core.home import Home
-from daemon.core.options import OptionsError, load_home_toml
+from daemon.core.options import OptionsError, read_toml, validate_table
 from daemon.web import serverlog, tokens as tokenfile
 from daemon.web.auth import is_loopback
 
@@ -24,15 +24,31 @@ class Settings:
     port: int
 
 
-def settings(h: Home, host: str | None, port: int | None) -> Settings:
+def settings(h: Home, host: str | None, port: int | None,
+             warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Settings:
     """The command line over overnight.toml's [serve] table over the defaults."""
-    try:
-        owner = load_home_toml(h.toml)
-    except OptionsError as e:
-        raise ServeError(str(e)) from None
-    table = owner.get("serve") or {}
+    table = _serve_table(h, warn)
     return Settings(host or table.get("host", DEFAULT_HOST),
                     port if port is not None else table.get("port", DEFAULT_PORT))
+
+
+def _serve_table(h: Home, warn: Callable[[str], None]) -> dict:
+    """[serve] alone: a mistake elsewhere in overnight.toml is the daemon's to report (GET /api/status shows it), and
+    the server is how a remote owner sees it, so it must not keep the server down. A file that is not TOML at all:
+    the defaults, said once; a bad [serve] itself: refused (the server would listen somewhere unmeant)."""
+    if not h.toml.exists():
+        return {}
+    try:
+        owner = read_toml(h.toml)
+    except OptionsError as e:
+        warn(f"warning: {e} (until it is fixed, overnight serve listens where --host/--port or the defaults say)")
+        return {}
+    if "serve" not in owner:
+        return {}
+    try:
+        return validate_table(h.toml, {"serve": owner["serve"]}, sidecar=False)["serve"]
+    except OptionsError as e:
+        raise ServeError(str(e)) from None
 
 
 def refuse_open(h: Home, s: Settings, new_token: bool) -> None:
@@ -77,7 +93,9 @@ def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[st
 
     from daemon.web.app import build
     serverlog.setup(h, echo=False)
-    app = build(h, tokens)
+    server: uvicorn.Server | None = None  # made below, once the app it serves exists
+    # a stop ends the app's open log streams itself: uvicorn would cancel them after GRACE_S, with a traceback
+    app = build(h, tokens, stopping=lambda: server is not None and server.should_exit)
     url = f"http://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"
     serverlog.log.info(f"serving {h.root} on {url} ({'tokens required' if tokens else 'no token: loopback only'})")
     say(f"serving {h.root} on {url}\n  API: {url}/api/ (schema: {url}/api/openapi.json)\n  dashboard: {url}/dashboard/"
@@ -86,8 +104,9 @@ def run(h: Home, s: Settings, tokens: tokenfile.Tokens | None, say: Callable[[st
                             timeout_graceful_shutdown=GRACE_S)
     # uvicorn raises the signal that stopped it again once it is done: ours ends the process as a clean stop
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

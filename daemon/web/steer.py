@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from daemon.core import control
-from daemon.core.errors import ControlError
+from daemon.core.errors import RefError
 from daemon.core.home import Home, daemon_alive
 from daemon.core.queries import Reader
 
@@ -25,7 +25,7 @@ def model_version(h: Home, kind: str, name: str, version: int) -> str:
         reader.close()
     if not any(m["version"] == version for m in versions):
         known = ", ".join(f"v{m['version']}" for m in versions)
-        raise ControlError(f"no model {name} version {version} "
+        raise RefError(f"no model {name} version {version} "
                            f"({f'{name} has {known}' if known else 'no model has that name'}). "
                            f"Fix: use a NAME and VERSION that GET /api/models lists.")
     return content
@@ -45,13 +45,15 @@ async def answers(h: Home, ticket: control.Ticket, wait: float, poll: float = 0.
 async def send(h: Home, kind: str, content: str, wait: float) -> dict[str, Any]:
     """Write the command and wait up to `wait` seconds for the daemon's answers (the CLI's `_send`)."""
     control.parse_text(kind, content)  # a command the daemon would reject is never written
+    h.create()  # as the CLI does: a control/ removed by hand is made again, not a 500 (HomeDamaged when it cannot be)
     ticket = control.send(h, kind, content)
     out: dict[str, Any] = {"command": kind, "content": content, "command_id": ticket.id, "wrote": str(ticket.path),
                            "answers": [], "acknowledged": False, "rejected": False, "note": None}
     if not daemon_alive(h):
         out["note"] = "no daemon is running: it applies this when it starts (overnight daemon)"
         return out
-    found = await answers(h, ticket, min(wait, MAX_WAIT_S)) if wait > 0 else []
+    wait = min(wait, MAX_WAIT_S)  # the note says the wait that was
+    found = await answers(h, ticket, wait) if wait > 0 else []
     out.update(answers=found, acknowledged=bool(found), rejected=any(e["status"] == "rejected" for e in found))
     if not found:
         out["note"] = (f"not acknowledged yet (waited {wait:g} s); see GET /api/status" if daemon_alive(h) else

@@ -1,4 +1,4 @@
-"""`POST /api/datasets`: a multipart upload (the dataset, and optionally its sidecar and probes) streamed to disk in a
+"""`POST /api/datasets`: a multipart upload (the dataset, and optionally its sidecar, probes and eval file) streamed to disk in a
 hidden folder of the inbox, then put into the inbox exactly as `overnight add` puts a drop (daemon/core/drop.py): the
 sidecar and probes first, the dataset last, nothing the daemon could see half-written. Refused before anything is
 kept: a body over the cap (413), a name that is a path, hidden or not a dataset (400)."""
@@ -16,12 +16,12 @@ import psutil
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from daemon.core import drop
-from daemon.core.dropfiles import PROBES_SUFFIX, role_of
+from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, role_of
 from daemon.core.errors import UploadError
 from daemon.core.fsutil import SHORT_NAME
 from daemon.core.home import Home
 
-PARTS = ("dataset", "sidecar", "probes")
+PARTS = ("dataset", "sidecar", "probes", "eval")  # what `overnight add` brings along, by the same names
 STAGING_PREFIX = ".overnight-upload-"  # hidden: the intake never looks at it
 
 
@@ -36,7 +36,10 @@ def dataset_name(raw: str) -> str:
     part (no `../`, no absolute path), not hidden, a dataset suffix, not too long, printable."""
     name = unicodedata.normalize("NFC", raw)
     fix = "Fix: send the file under its plain name, e.g. mydata.jsonl."
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
+    if not name:
+        raise UploadError(400, "the dataset part has no file name, and its name is the dataset's. Fix: send it with "
+                               "one: curl -F dataset=@mydata.jsonl, or -F 'dataset=@FILE;filename=mydata.jsonl'.")
+    if "/" in name or "\\" in name or name in (".", ".."):
         raise UploadError(400, f"the dataset's file name {raw!r} is a path; names with a folder part (../, /) are "
                                f"refused. {fix}")
     if name.startswith("."):
@@ -52,7 +55,8 @@ def dataset_name(raw: str) -> str:
                                f"{SHORT_NAME}). Fix: rename it to a shorter name.")
     if role_of(Path(name)) != "dataset":
         raise UploadError(400, f"{name!r} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). Fix: send the "
-                               f"dataset as the 'dataset' part, its options as 'sidecar', its probes as 'probes'.")
+                               f"dataset as the 'dataset' part, its options as 'sidecar', its probes as 'probes', its "
+                               f"eval records as 'eval'.")
     return name
 
 
@@ -114,7 +118,7 @@ class _Receiver:
         filename = params.get(b"filename")
         if name not in PARTS:
             raise UploadError(400, f"unknown part {name!r} in the upload. Fix: send 'dataset' (and optionally "
-                                   f"'sidecar' and 'probes') as files.")
+                                   f"'sidecar', 'probes' and 'eval') as files.")
         if filename is None:
             raise UploadError(400, f"the part {name!r} is not a file. Fix: send it as a file (curl -F {name}=@FILE).")
         if name in self.staged.files:
@@ -147,7 +151,9 @@ async def receive(h: Home, content_type: str, body: AsyncIterator[bytes], limit:
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise UploadError(400, "expected a multipart/form-data body. Fix: curl -F dataset=@FILE "
-                               "[-F sidecar=@FILE.toml] [-F probes=@FILE.probes.jsonl] URL/api/datasets")
+                               "[-F sidecar=@FILE.toml] [-F probes=@FILE.probes.jsonl] [-F eval=@FILE.eval.jsonl] "
+                               "URL/api/datasets")
+    h.create()  # as the CLI does: an inbox/ removed by hand is made again (HomeDamaged, a 503, when it cannot be)
     staged = Staged(h.inbox / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
     staged.folder.mkdir(mode=0o700)
     receiver = _Receiver(staged)
@@ -172,15 +178,17 @@ async def receive(h: Home, content_type: str, body: AsyncIterator[bytes], limit:
 
 
 def into_inbox(h: Home, staged: Staged) -> tuple[list[Path], int]:
-    """Give the staged parts their drop names (NAME.EXT, NAME.toml, NAME.probes.jsonl) and put them into the inbox as
-    `overnight add` does; the staging folder is removed whatever happens. Returns the inbox paths (the dataset last)
-    and the dataset's inode, taken before the daemon can move it."""
+    """Give the staged parts their drop names (NAME.EXT, NAME.toml, NAME.probes.jsonl, NAME.eval.jsonl) and put them
+    into the inbox as `overnight add` does (it takes the eval file from beside the dataset); the staging folder is
+    removed whatever happens. Returns the inbox paths (the dataset last) and the dataset's inode, taken before the
+    daemon can move it."""
     try:
         if "dataset" not in staged.files:
             raise UploadError(400, "the upload has no 'dataset' part. Fix: curl -F dataset=@FILE URL/api/datasets")
         name = dataset_name(staged.filenames["dataset"])
         stem = Path(name).stem
-        named = {"dataset": name, "sidecar": f"{stem}.toml", "probes": f"{stem}{PROBES_SUFFIX}"}
+        named = {"dataset": name, "sidecar": f"{stem}.toml", "probes": f"{stem}{PROBES_SUFFIX}",
+                 "eval": f"{stem}{EVAL_SUFFIX}"}
         paths = {}
         for part, path in staged.files.items():
             paths[part] = path.rename(staged.folder / named[part])

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from daemon.core.home import Home, daemon_alive
 from daemon.core.fsutil import shown_name
@@ -16,7 +16,7 @@ from daemon.core.morning import ERROR_SUFFIX, names_moved
 from daemon.core.queries import Reader
 from daemon.core.rundir import RunFolder
 
-QUEUED, REJECTED, WAITING = "queued", "rejected", "waiting"
+QUEUED, REJECTED, WAITING, GONE = "queued", "rejected", "waiting", "gone"
 
 
 @dataclass
@@ -77,14 +77,21 @@ class Placed:
         return [r for r in rows if _inode(RunFolder(r["run_dir"]).dataset / self.dataset.name) == self.inode]
 
 
-async def wait(h: Home, placed: Placed, timeout: float, poll: float = 0.2) -> Verdict:
+async def _never() -> bool:
+    return False
+
+
+async def wait(h: Home, placed: Placed, timeout: float, poll: float = 0.2,
+               gone: Callable[[], Awaitable[bool]] = _never) -> Verdict:
     """Up to `timeout` seconds for the daemon's verdict (each look in a thread, none held while waiting); without a
-    daemon, say so at once."""
+    daemon, say so at once; once the client is `gone`, stop (nobody is left to tell)."""
     end = time.monotonic() + timeout
     while True:
         found = await asyncio.to_thread(placed.look, h)
         if found:
             return found
+        if await gone():
+            return Verdict(GONE, [str(f) for f in placed.files], note="the client went away before the verdict")
         if not await asyncio.to_thread(daemon_alive, h):
             return Verdict(WAITING, [str(f) for f in placed.files],
                            note="no daemon is running: it takes the drop when it starts (overnight daemon)")
