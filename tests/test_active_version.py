@@ -24,7 +24,8 @@ def _register(home: Path, base: Path) -> str:
         rid = f"support-20260101-00000{len(store.models('support'))}"
         adapter = home / "runs" / rid / "adapter"
         adapter.mkdir(parents=True)
-        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 8,
+                                                                 "target_modules": ["v_proj", "q_proj"]}))
         (adapter / "adapter_model.safetensors").write_bytes(b"weights")
         store.insert_run({"id": rid, "name": "support", "dataset": "support.jsonl", "state": "completed",
                           "priority": 0, "seq": store.next_seq(), "run_dir": str(home / "runs" / rid),
@@ -53,8 +54,17 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
     first = _register(home, tiny_model)
     second = _register(home, tiny_model)
-    overnight("delete", "support", "2", "--wait", "0", home=home, check=True)
+    out = overnight("delete", "support", "--wait", "0", home=home)
+    assert out.returncode == 2 and "give the version: overnight delete support VERSION (or support:VERSION)" in \
+        out.stderr, out.stderr
+    overnight("delete", "support:2", "--wait", "0", home=home, check=True)  # NAME:V, as ask and export take it
     _apply_control(home)
+    out = overnight("delete", "support", "2", "--wait", "0", home=home)
+    assert out.returncode == 1 and "support v2 is already in the trash" in out.stderr, out.stderr
+    # the version's run, by the version, where a run is asked for
+    assert overnight("evolution", "support:2", home=home, check=True).stdout.startswith(second)
+    compared = json.loads(overnight("compare", "support:1", "support:2", "--json", home=home, check=True).stdout)
+    assert sorted(r["run_id"] for r in compared) == sorted([first, second]), compared
 
     models = overnight("models", home=home, check=True).stdout
     assert "* support" not in models and "support: no active version" in models, models
@@ -85,6 +95,11 @@ def test_deleting_the_active_version_leaves_none_active_and_a_bare_name_is_refus
         (home / "support.toml").write_text(f'init_adapter = "{written}"\n')
         out = overnight("check", str(home / "support.jsonl"), home=home)
         assert out.returncode == 0 and "continues from: support:1" in out.stdout, out.stdout
+    # LoRA options beside init_adapter shape nothing: check says so, with the parent's own shape
+    (home / "support.toml").write_text('init_adapter = "support:1"\nlora_r = 4\nlora_targets = ["q_proj"]\n')
+    out = overnight("check", str(home / "support.jsonl"), home=home)
+    assert out.returncode == 0 and "note: lora_r, lora_targets unused: a continuation trains its parent's adapter " \
+        "as it was made (lora_r 8, lora_targets q_proj,v_proj)" in out.stdout, out.stdout
 
     # at the drop: the same refusal, with the same fix, beside the rejected drop
     (home / "inbox" / "support.toml").write_text('init_adapter = "support"\n')

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import io
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -1003,3 +1005,271 @@ def test_tab_goes_from_the_runs_to_the_panel_and_esc_leaves_the_try_prompt(fx) -
         await until(pilot, lambda: app.query_one(TabbedContent).active == "charts", what="charts")
         assert app.try_panel.prompt_input.value == "" and app.focused is app.runs
     drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- text, not markup
+
+ODD = "data[/]set-20260514-030000"  # `[/` closes a markup tag that was never opened: a MarkupError if read as markup
+
+
+def test_text_with_markup_brackets_is_shown_as_written(fx, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run id, a control rejection and a version typed in Try, each holding `[/`, are shown as they are: the
+    dashboard opens on them, and one arriving while it runs does not close it."""
+    from tui.widgets import trypanel
+    store = Store(fx.db)
+    store.insert_run({"id": ODD, "name": "data[/]set", "state": "queued", "priority": 0, "seq": 7,
+                      "run_dir": str(fx.home.runs / ODD)})
+    store.control_event("priority", None, "control/priority", "rejected", "control/priority: 'data[/]set' names no "
+                        "queued run")
+    store.close()
+    # the answers process's reply quotes the version it was asked for
+    monkeypatch.setattr(trypanel, "WORKER", [sys.executable, "-c", "import json; input(); print(json.dumps("
+                                             "{'error': 'no version named data[/]set'}))"])
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert "names no queued run" in static_text(app, "#status")
+        assert cell_text(app.runs, ODD, "run") == clip_id(ODD, app.runs._id_width)
+        store = Store(fx.db)  # a rejection arriving while the dashboard runs
+        store.control_event("stop", "x[/]y", "control/stop", "rejected", "control/stop: 'x[/]y' names no run")
+        store.close()
+        await until(pilot, lambda: "'x[/]y' names no run" in static_text(app, "#status"), what="the new event")
+        await pilot.press("6")
+        await until(pilot, lambda: app.focused is app.try_panel.prompt_input, what="the prompt focused")
+        app.try_panel.models_input.value = "data[/]set"
+        app.try_panel.prompt_input.value = "hello"
+        await pilot.press("enter")
+        await until(pilot, lambda: app.try_panel.answered == 1, what="the answer")
+        assert "no version named data[/]set" in static_text(app, "#try-status")
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- the DB replaced
+
+def test_a_db_replaced_by_a_new_file_is_read_from_the_new_one(fx) -> None:
+    """`overnight doctor --rebuild` renames overnight.db aside and writes a new one: the dashboard reads the new one."""
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        assert app.runs.row_count == 6
+        for suffix in ("", "-wal", "-shm"):
+            old = fx.db.with_name(fx.db.name + suffix)
+            if old.exists():
+                old.rename(old.with_name(old.name + ".old"))
+        store = Store(fx.db)
+        store.insert_run({"id": "rebuilt-20260514-040000", "name": "rebuilt", "state": "queued", "priority": 0,
+                          "seq": 1, "run_dir": str(fx.home.runs / "rebuilt-20260514-040000")})
+        store.close()
+        await until(pilot, lambda: [r.id for r in app.snapshot.runs] == ["rebuilt-20260514-040000"],
+                    what="the new DB read")
+        assert app.runs.row_count == 1
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- exit status, terminal
+
+def test_the_exit_status_says_whether_the_dashboard_crashed(fx, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tui import app as tui_app
+
+    def crash(self: OvernightApp) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OvernightApp, "on_mount", crash)
+    assert tui_app.run(fx.root, headless=True) == 1
+    monkeypatch.setattr(OvernightApp, "on_mount", lambda self: self.exit())
+    assert tui_app.run(fx.root, headless=True) == 0
+
+
+def test_overnight_tui_exits_with_the_apps_status_and_refuses_without_a_terminal(
+        fx, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from daemon.client.cli import main
+    from tui import app as tui_app
+    runner = CliRunner()
+    monkeypatch.setattr(tui_app, "run", lambda home: 0)  # were the dashboard opened, it would return at once
+    result = runner.invoke(main, ["tui", "--home", str(fx.root)])  # CliRunner's stdin and stdout are no terminal
+    assert result.exit_code == 1 and "ssh -t" in result.output and "overnight status" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+    monkeypatch.setattr(tui_app, "no_terminal", lambda: None)
+    monkeypatch.setattr(tui_app, "run", lambda home: 1)  # the app crashed
+    assert runner.invoke(main, ["tui", "--home", str(fx.root)]).exit_code == 1
+    monkeypatch.setattr(tui_app, "run", lambda home: 0)
+    assert runner.invoke(main, ["tui", "--home", str(fx.root)]).exit_code == 0
+
+
+def test_a_dumb_terminal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tui.app import no_terminal
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty())
+    monkeypatch.setattr(sys, "stdout", Tty())
+    monkeypatch.setenv("TERM", "dumb")
+    assert "TERM=dumb" in no_terminal() and "overnight status" in no_terminal()
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert no_terminal() is None
+
+
+# ----------------------------------------------------------------------------------------------- p: holds, type-ahead
+
+def test_p_on_a_queue_held_by_control_stop_resumes_the_queue(fx) -> None:
+    """`overnight stop` left an empty control/stop: p on a held run lifts the hold (what `overnight resume` writes),
+    not a pause of that run; p again before the daemon answers says it is waiting."""
+    (fx.home.control / "stop").write_text("")
+    app = app_for(fx.root)
+    control = fx.home.control
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("down")
+        await until(pilot, lambda: app.runs.selected == QUEUED_HIGH and app.snapshot.stop_held, what="held run")
+        await pilot.press("p")
+        assert written(control, "resume") == "" and written(control, "pause") is None
+        await until(pilot, lambda: any("resume the queue (lifts control/stop" in t for t in toasts(app)),
+                    what="feedback")
+        await pilot.press("p")
+        await until(pilot, lambda: any("waiting for the daemon to lift control/stop" in t for t in toasts(app)),
+                    what="waiting")
+        assert len(list(control.glob("resume.*"))) == 1 and written(control, "pause") is None
+    drive(app, body, notifications=True)
+
+
+def test_p_twice_before_the_daemon_answers_pauses_then_resumes(fx) -> None:
+    app = app_for(fx.root)
+    control = fx.home.control
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("p", "p")  # no daemon answers: the second p goes by the pause asked, not the DB
+        assert [p.read_text() for p in control.glob("pause.*")] == [f"{TRAINING}\n"]
+        assert [p.read_text() for p in control.glob("resume.*")] == [f"{TRAINING}\n"]
+        await pilot.press("p")
+        assert len(list(control.glob("pause.*"))) == 2
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- layout
+
+def test_the_keys_dialog_scrolls_on_a_short_terminal(fx) -> None:
+    from textual.containers import VerticalScroll
+
+    from tui.widgets.keys import KeysScreen
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, KeysScreen)
+        await pilot.pause(0.1)
+        box = app.screen.query_one(VerticalScroll)
+        assert box.outer_size.height <= 20 and box.max_scroll_y > 0
+        assert "quit (the daemon" not in screen_text(app)
+        await pilot.press("end")
+        await until(pilot, lambda: "quit (the daemon" in screen_text(app), what="the last key in view")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, KeysScreen)
+    drive(app, body, size=(60, 20))
+
+
+def test_a_long_model_name_leaves_loss_and_run_in_view_at_80x24(fx) -> None:
+    long = "a-model-name-much-longer-than-any-column-should-be"
+    store = Store(fx.db)
+    store.add_model({"name": long, "run_id": COMPLETED, "base_model": "/models/tiny-qwen2",
+                     "metrics": {"final_loss": 0.4321}, "adapter_path": str(fx.root / "adapter"),
+                     "parent": "alpaca-small:2"})
+    store.close()
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("5")
+        table = app.query_one("#models-table", DataTable)
+        await until(pilot, lambda: table.row_count == 3, what="three versions")
+        text = screen_text(app)
+        assert "0.4321" in text and "from" in text and "continues fro" not in text
+        row = next(line for line in text.splitlines() if "0.4321" in line)
+        run = cell_text(table, f"{long}:1", "run")
+        assert "a-model-name-" in row and run in row and run.endswith("0000")  # the name cut, the run id whole
+    drive(app, body)
+
+
+def test_a_wide_character_run_id_keeps_its_time_stamp(fx) -> None:
+    from rich.cells import cell_len
+    wide = "日本語の要約データセット-20260514-031500"
+    assert cell_len(clip_id(wide, 17)) <= 17 and clip_id(wide, 17).endswith("…")  # no room for the stamp
+    assert clip_id(wide, 40).endswith("031500") and cell_len(clip_id(wide, 40)) <= 40
+    store = Store(fx.db)
+    store.insert_run({"id": wide, "name": "日本語の要約データセット", "state": "queued", "priority": 9, "seq": 7,
+                      "run_dir": str(fx.home.runs / wide)})
+    store.close()
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        shown = cell_text(app.runs, wide, "run")
+        assert cell_len(shown) <= app.runs._id_width and shown == clip_id(wide, app.runs._id_width)
+        assert shown in screen_text(app) or cell_len(wide) <= app.runs._id_width
+    drive(app, body, size=(110, 24))
+
+
+def test_the_log_goes_back_to_column_0_when_focus_leaves_it(fx) -> None:
+    with open(fx.home.runs / TRAINING / "console.log", "a") as f:
+        f.write("[2026-05-14 02:10:00.000] " + "a very long line " * 20 + "\n")
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        log = app.log_panel.log_widget
+        await pilot.press("tab")
+        assert app.focused is log
+        await pilot.press(*["right"] * 10)
+        await until(pilot, lambda: log.scroll_x > 0, what="scrolled sideways")
+        await pilot.press("shift+tab")
+        assert app.focused is app.runs
+        await until(pilot, lambda: log.scroll_x == 0, what="back at column 0")
+    drive(app, body)
+
+
+def test_home_and_end_go_to_the_first_and_the_last_run(fx) -> None:
+    app = app_for(fx.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("end")
+        await until(pilot, lambda: app.runs.selected == app.snapshot.runs[-1].id, what="the last run")
+        await pilot.press("home")
+        await until(pilot, lambda: app.runs.selected == app.snapshot.runs[0].id, what="the first run")
+    drive(app, body)
+
+
+# ----------------------------------------------------------------------------------------------- an empty home
+
+def test_search_and_evolution_on_an_empty_home_say_no_run_is_selected(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "empty", create=True)
+    app = app_for(home.root)
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("slash", "l", "o", "s", "s", "enter")
+        await until(pilot, lambda: "nothing to search" in static_text(app, "#log-head"), what="said")
+        assert "searching for" not in static_text(app, "#log-head")
+        assert any("no run selected" in t for t in toasts(app))
+        await pilot.press("3")
+        assert "no run selected" in static_text(app, "#evo-summary")
+        assert "when training starts" not in static_text(app, "#evo-summary")
+    drive(app, body, notifications=True)
+
+
+def test_overnight_tui_without_a_terminal_says_so_and_exits_1(fx) -> None:
+    """`ssh box overnight tui` without -t: no terminal at either end; refused at once, not drawn for nobody."""
+    import subprocess
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "daemon", "tui", "--home", str(fx.root)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=budget(60), env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "ssh -t" in done.stderr

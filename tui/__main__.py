@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from daemon.core.home import Home
-from tui.app import run
+from tui.app import no_terminal, run
 
 
 def main() -> None:
@@ -13,7 +14,11 @@ def main() -> None:
     parser.add_argument("--home", default=None,
                         help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
     args = parser.parse_args()
-    run(Home.resolve(args.home, create=False).root)
+    root = Home.resolve(args.home, create=False).root
+    problem = no_terminal()
+    if problem:
+        sys.exit(problem)  # the message on stderr, exit status 1
+    sys.exit(run(root))
 
 
 if __name__ == "__main__":

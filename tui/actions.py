@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from daemon.core import control
 from daemon.core.home import Home
@@ -39,12 +40,26 @@ def _require(run: RunRow | None, states: tuple[State, ...], verb: str) -> RunRow
     return run
 
 
-def pause_or_resume(snap: HomeSnapshot, run: RunRow | None) -> Request:
-    """`p`: pause a queued or running job; resume it if it is paused (or a pause for it is in force)."""
+def pause_or_resume(snap: HomeSnapshot, run: RunRow | None, pending: Sequence[Request] = ()) -> Request:
+    """`p`: pause a queued or running job; resume it if it is paused (or a pause for it is in force, or was asked
+    and not answered yet: `pending`, so p p before the daemon answers is a pause and a resume, not two pauses).
+    On a queued run while an untargeted control/stop holds the queue: lift the hold, as `overnight resume` does."""
     run = _require(run, LIVE, "pause or resume")
-    if run.state == State.PAUSED or "*" in snap.paused or run.id in snap.paused:
+    if snap.stop_held and run.state == State.QUEUED:
+        return lift_hold(snap, pending)
+    asked = next((r.kind for r in reversed(pending) if r.kind in ("pause", "resume") and r.content == run.id), None)
+    paused = run.state == State.PAUSED or "*" in snap.paused or run.id in snap.paused
+    if asked == "pause" or (asked is None and paused):
         return Request("resume", run.id, f"resume {run.id}")  # takes it out of control/pause
     return Request("pause", run.id, f"pause {run.id}")
+
+
+def lift_hold(snap: HomeSnapshot, pending: Sequence[Request] = ()) -> Request:
+    """An empty control/resume, what `overnight resume` writes: the daemon lifts control/stop (and control/pause)."""
+    if any(r.kind == "resume" and not r.content for r in pending):
+        raise NotApplicable("resume of the queue written already: waiting for the daemon to lift control/stop")
+    also = " and control/pause" if snap.paused else ""
+    return Request("resume", "", f"resume the queue (lifts control/stop{also}, as overnight resume does)")
 
 
 def stop(run: RunRow | None) -> Request:
@@ -143,6 +158,11 @@ class AckTracker:
     def add(self, request: Request, ticket: control.Ticket) -> None:
         """Start waiting for `request`'s acknowledgement."""
         self.pending.append(Pending(request, ticket))
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests written and not answered yet, oldest first."""
+        return [p.request for p in self.pending]
 
     def asked_priorities(self) -> dict[str, int]:
         """The priority each run was last asked for by a request not answered yet."""

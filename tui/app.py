@@ -5,7 +5,9 @@ only messages cross back to the UI thread. The App acts on the daemon solely by 
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -121,7 +123,9 @@ class OvernightApp(App[None]):
         self.runs, self.tabs = RunsTable(id="runs"), TabbedContent(initial="log")
         self.log_panel, self.charts = LogPanel(id="log-panel"), ChartsPanel(id="charts-panel")
         self.evolution, self.system = EvolutionPanel(id="evolution-panel"), SystemPanel(id="system-panel")
-        self.models, self.status = ModelsTable(id="models-table"), Static(" reading the home…", id="status")
+        self.models = ModelsTable(id="models-table")
+        # markup off: the status line shows the daemon's messages, which quote run ids and files (`[/` would crash)
+        self.status = Static(" reading the home…", id="status", markup=False)
         self.try_panel = TryPanel(str(self.home.root), id="try-panel")
         yield self.header
         yield self.banner
@@ -298,6 +302,8 @@ class OvernightApp(App[None]):
         self._selected = event.run_id
         self._restart_log = True
         self.log_panel.set_run(event.run_id)
+        if event.run_id is None:  # no detail comes for no run: the panels say so themselves
+            self.evolution.show_no_run()
         self.refresh_data()
 
     @on(ChartsPanel.Resized)
@@ -315,6 +321,9 @@ class OvernightApp(App[None]):
         run = self.snapshot.run(self._selected)
         if run is not None:
             self._search(RunFolder(run.run_dir).console, event.needle)
+        else:
+            self.log_panel.no_run_to_search()
+            self.notify("no run selected: nothing to search", severity="warning", markup=False)
 
     # --- keys -----------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -355,13 +364,14 @@ class OvernightApp(App[None]):
         if self.snapshot.daemon.alive:
             self.notify(f"{request.describe}: wrote control/{request.kind}", markup=False)
         else:
-            self.notify(f"wrote control/{request.kind}: no daemon is running; it applies this when one starts "
+            self.notify(f"{request.describe}: wrote control/{request.kind}, but no daemon is running; it applies "
+                        f"this when one starts "
                         f"(overnight daemon --home {self.home.root})", severity="warning", markup=False)
         self.refresh_data()
 
     def action_pause(self) -> None:
-        """Pause the selected run, or resume it when it is paused."""
-        self._request(lambda: actions.pause_or_resume(self.snapshot, self.acted_on))
+        """Pause the selected run, or resume it when it is paused; on a queue held by control/stop, lift the hold."""
+        self._request(lambda: actions.pause_or_resume(self.snapshot, self.acted_on, self.tracker.requests))
 
     def action_stop(self) -> None:
         """Stop the selected run (after confirmation)."""
@@ -431,6 +441,23 @@ class OvernightApp(App[None]):
         self.tabs.active = name
 
 
-def run(home: Path) -> None:
-    """Open the dashboard on `home` until the user quits."""
-    OvernightApp(Path(home)).run()
+def no_terminal() -> str | None:
+    """Why the dashboard cannot be drawn here (one line with the fix), None when it can: without a terminal
+    (`ssh HOST overnight tui` without -t) it would run forever writing escape codes nobody sees. A driver chosen
+    for it (textual-serve's web driver: the browser dashboard of overnight serve) talks over pipes by design."""
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return None
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return ("overnight tui needs a terminal (stdin and stdout are not one): over SSH use ssh -t HOST overnight "
+                "tui, or overnight status for a plain-text view")
+    if os.environ.get("TERM", "") in ("dumb", "unknown"):
+        return ("overnight tui needs a terminal that can draw a full screen (TERM=dumb): set TERM (e.g. "
+                "TERM=xterm-256color), or use overnight status for a plain-text view")
+    return None
+
+
+def run(home: Path, headless: bool = False) -> int:
+    """Open the dashboard on `home` until the user quits; the exit status (1 when the app crashed)."""
+    app = OvernightApp(Path(home))
+    app.run(headless=headless)
+    return app.return_code or 0

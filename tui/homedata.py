@@ -171,12 +171,15 @@ class HomeWatcher:
         self.home = home
         self.events = events
         self._reader: Reader | None = None
+        self._identity: tuple[int, int] | None = None  # the (st_dev, st_ino) of the DB file the reader has open
 
     def _db(self) -> Reader:
-        if self._reader is None or (self._reader.conn is None and self.home.db.exists()):
-            if self._reader is not None:
-                self._reader.close()
-            self._reader = Reader(self.home.db)
+        # by file identity, not by name: `overnight doctor --rebuild` renames the DB aside and puts a new file in
+        # its place, and a connection kept open would go on reading the old one
+        identity = _file_identity(self.home.db)
+        if self._reader is None or identity != self._identity:
+            self.close()
+            self._reader, self._identity = Reader(self.home.db), identity
         return self._reader
 
     def snapshot(self) -> HomeSnapshot:
@@ -213,7 +216,16 @@ class HomeWatcher:
         """Close the DB connection."""
         if self._reader is not None:
             self._reader.close()
-            self._reader = None
+            self._reader, self._identity = None, None
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino): which file a name points to now; None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # --------------------------------------------------------------------------------------------- console.log

@@ -21,7 +21,7 @@ from daemon.core.errors import AnswerError, DatasetError, NewerDB
 from daemon.core.home import Home, HomeDamaged, HomeLocked, daemon_alive
 from daemon.core.queries import BrokenDB, Reader, RefError
 from daemon.core.states import LIVE, State
-from daemon.core.versionpick import deleted_version
+from daemon.core.versionpick import already_deleted, deleted_version, missing_adapter
 
 home_option = click.option("--home", "home", type=click.Path(file_okay=False), default=None,
                            help="The home folder (default: $OVERNIGHT_HOME, else the current directory).")
@@ -328,24 +328,9 @@ def resume(home: str | None, run: str | None, wait: float) -> None:
 def priority(home: str | None, run: str, value: int, wait: float) -> None:
     """Set a run's priority (higher first); a queued run above the running one preempts it. A sweep's GROUP id, or
     the NAME its runs share, sets every queued or running run of it; a NAME still in the inbox, its run."""
+    from daemon.core.priority import prioritised
     h = _existing(home)
-    _send(h, "priority", "\n".join(f"{ref} {value}" for ref in _prioritised(h, run)), wait)
-
-
-def _prioritised(h: Home, ref: str) -> list[str]:
-    """What `overnight priority REF` names for control/priority: one run, else the live runs of a group (by its id,
-    or by the name they share), else the name of a drop still in the inbox (the daemon keeps it for its run)."""
-    from daemon.core.dropfiles import dataset_waiting
-    rd = _reader(h)
-    try:
-        return [rd.named_run(ref)["id"]]
-    except RefError as not_one:
-        named = [r for r in rd.runs(LIVE) if r["group_id"] and ref in (r["group_id"], r["name"])]
-        if named and len({r["group_id"] for r in named}) == 1:  # one sweep: all of it; runs of several: ambiguous
-            return [r["id"] for r in named]
-        if not named and h.inbox.is_dir() and dataset_waiting(h.inbox, ref):
-            return [ref]
-        raise not_one from None
+    _send(h, "priority", "\n".join(f"{ref} {value}" for ref in prioritised(h, run)), wait)
 
 
 # --- models --------------------------------------------------------------------------------------------
@@ -360,10 +345,10 @@ def models(home: str | None, as_json: bool) -> None:
 
 @main.command()
 @home_option
-@click.argument("name")
-@click.argument("version", type=int)
+@click.argument("name", metavar="NAME[:V]")
+@click.argument("version", type=int, required=False)
 @wait_option
-def activate(home: str | None, name: str, version: int, wait: float) -> None:
+def activate(home: str | None, name: str, version: int | None, wait: float) -> None:
     """Make VERSION the active version of NAME (it stays active when newer versions arrive)."""
     h = _existing(home)
     _send(h, "activate", _model_version(h, "activate", name, version), wait)
@@ -371,18 +356,24 @@ def activate(home: str | None, name: str, version: int, wait: float) -> None:
 
 @main.command()
 @home_option
-@click.argument("name")
-@click.argument("version", type=int)
+@click.argument("name", metavar="NAME[:V]")
+@click.argument("version", type=int, required=False)
 @wait_option
-def delete(home: str | None, name: str, version: int, wait: float) -> None:
+def delete(home: str | None, name: str, version: int | None, wait: float) -> None:
     """Move a model version's adapter into trash/ (nothing is erased)."""
     h = _existing(home)
     _send(h, "delete", _model_version(h, "delete", name, version), wait)
 
 
-def _model_version(h: Home, kind: str, name: str, version: int) -> str:
-    """`NAME VERSION` for control/KIND, refused here when the registry has no such version: the daemon would
-    reject it, and without a daemon nothing would say so until it starts."""
+def _model_version(h: Home, kind: str, name: str, version: int | None) -> str:
+    """`NAME VERSION` (or `NAME:VERSION`) for control/KIND, refused here when the registry has no such version: the
+    daemon would reject it, and without a daemon nothing would say so until it starts."""
+    if version is None:
+        head, colon, tail = name.rpartition(":")
+        if not (colon and tail.isdigit()):
+            raise click.UsageError(f"give the version: overnight {kind} {name} VERSION (or {name}:VERSION); "
+                                   f"overnight models lists them.")
+        name, version = head, int(tail)
     content = f"{name} {version}"
     name, version = _parse(kind, content).model
     versions = [m for m in _reader(h).models() if m["name"] == name]
@@ -394,6 +385,10 @@ def _model_version(h: Home, kind: str, name: str, version: int) -> str:
                                    f"Fix: use a NAME and VERSION that overnight models lists.")
     if kind == "activate" and row["deleted"]:
         raise click.ClickException(deleted_version(name, row))
+    if kind == "delete" and row["deleted"]:  # the daemon's own refusal, said now
+        raise click.ClickException(already_deleted(name, row))
+    if kind == "activate" and missing_adapter(row):
+        raise click.ClickException(missing_adapter(row))
     return content
 
 
@@ -406,8 +401,12 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
     """The whole loop on the embedded tiny model: build it, drop a task, train, watch the probes being learned."""
     from daemon.client import demo as d
     from daemon.core.rundir import RunFolder
+    from tui.app import no_terminal
     h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo", new=True)
     click.echo(f"demo home: {h.root}")
+    if not no_tui and no_terminal():  # no screen to draw on: the progress lines instead
+        click.echo(f"{no_terminal()}; showing progress lines instead (--no-tui)")
+        no_tui = True
     name = d.prepare(h, click.echo, steps)
     proc = d.start_daemon(h)
     try:
@@ -422,7 +421,9 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
                 sys.exit(1)
         else:
             from tui.app import run as run_tui
-            run_tui(h.root)
+            code = run_tui(h.root)
+            if code:
+                sys.exit(code)
     finally:
         d.stop_daemon(proc)
 
@@ -431,8 +432,13 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
 @home_option
 def tui(home: str | None) -> None:
     """The full-screen dashboard (keyboard only; works over SSH at 80x24)."""
-    from tui.app import run as run_tui
-    run_tui(_existing(home).root)
+    from tui.app import no_terminal, run as run_tui
+    root = _existing(home).root
+    problem = no_terminal()
+    if problem:  # without a terminal it would run forever, drawing for nobody
+        click.echo(problem, err=True)
+        sys.exit(1)
+    sys.exit(run_tui(root))  # 1 when the dashboard crashed
 
 
 @main.command()
@@ -459,13 +465,14 @@ def serve(home: str | None, host: str | None, port: int | None, new_token: bool)
 @main.command()
 @home_option
 @json_option
-@click.argument("run")
+@click.argument("run", metavar="RUN|NAME[:V]")
 def evolution(home: str | None, as_json: bool, run: str) -> None:
-    """What the model answered on each probe over time, and when each was learned or forgotten."""
+    """What the model answered on each probe over time, and when each was learned or forgotten (RUN, or the run
+    that trained a model version)."""
     from daemon.core.evolution import format_report, load_records, run_report
     from daemon.core.rundir import RunFolder
     h = _existing(home)
-    r = _find_run(h, run)
+    r, _ = _run_or_version(h, run)
     if as_json:
         from daemon.core import jsonviews
         _echo_json(jsonviews.evolution(r))
@@ -600,8 +607,8 @@ def export_cmd(home: str | None, ref: str, out: str, merge: bool) -> None:
 def compare(home: str | None, as_json: bool, refs: tuple[str, ...], answers: bool, base: bool,
             prompts_file: str | None, max_new_tokens: int, device: str) -> None:
     """Runs side by side, best first (eval loss, else final loss): probes learned, tokens/s, wall time and the
-    options that differ. GROUP: a sweep's group id, or its name when one group has it. With --answers, REFS are
-    model versions, compared answer by answer."""
+    options that differ. GROUP: a sweep's group id, or its name when one group has it; a RUN may be a model version
+    (NAME:V, the run that trained it). With --answers, REFS are model versions, compared answer by answer."""
     from daemon.core.sweep import comparison
     h = _existing(home)
     if answers or base or prompts_file:
@@ -612,6 +619,8 @@ def compare(home: str | None, as_json: bool, refs: tuple[str, ...], answers: boo
         _echo_json(result) if as_json else click.echo(compare_text(result, _width()))
         return
     reader = _reader(h)
+    if len(refs) > 1:  # runs, groups or model versions (NAME:V: the run that trained it)
+        refs = tuple(r if reader.group_runs(r) else _run_or_version(h, r)[0]["id"] for r in refs)
     group, runs = reader.compared(refs)
     rows = comparison(runs, reader.rungs([r["id"] for r in runs]))
     _echo_json(rows) if as_json else click.echo(render.comparison(rows, group))

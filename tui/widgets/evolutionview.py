@@ -14,6 +14,7 @@ from daemon.core.evolution import EvolutionReport, ProbeHistory, answer_mark
 STATUS = {"learned": ("✓ learned", "bold green"), "relearned": ("↻ relearned", "green"),
           "forgotten": ("✗ forgotten", "bold red"), "not learned": ("· not yet", "yellow")}
 MARKS_MAX = 24  # snapshot marks shown per probe (the most recent ones)
+NO_RUN = " no run selected: select one in the runs table to see its probes"
 
 
 def matching_at(probe: ProbeHistory, steps: list[int]) -> list[bool]:
@@ -57,8 +58,8 @@ class EvolutionPanel(Vertical):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.report: EvolutionReport | None = None
-        self.summary = Static(" no evolution snapshots yet: the first one is taken when training starts",
-                              id="evo-summary")
+        self.no_run = True  # nothing selected (an empty home): the summary says so, not "when training starts"
+        self.summary = Static(NO_RUN, id="evo-summary", markup=False)  # a reason may name files holding `[/`
         self.table: DataTable = DataTable(cursor_type="row", id="evo-table")
 
     def compose(self) -> ComposeResult:
@@ -74,9 +75,9 @@ class EvolutionPanel(Vertical):
 
     def show(self, report: EvolutionReport | None) -> None:
         """Show a run's report (None: no evolution.jsonl yet); a no-op when unchanged."""
-        if report is self.report:
+        if report is self.report and not self.no_run:
             return
-        self.report = report
+        self.report, self.no_run = report, False
         summary, table = self.summary, self.table
         # a new snapshot refills the table: the cursor stays on the probe the user is on, so Enter opens that one
         keep = table.ordered_rows[min(table.cursor_row, table.row_count - 1)].key.value if table.row_count else None
@@ -103,6 +104,13 @@ class EvolutionPanel(Vertical):
         keys = [row.key.value for row in table.ordered_rows]
         if keep in keys:
             table.move_cursor(row=keys.index(keep), animate=False)
+
+    def show_no_run(self) -> None:
+        """No run is selected: no probes to show."""
+        self.report, self.no_run = None, True
+        self.table.clear()
+        self.summary.styles.height = 1
+        self.summary.update(NO_RUN)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

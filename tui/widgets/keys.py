@@ -4,15 +4,15 @@ from __future__ import annotations
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("↑ ↓", "select a run"),
+    ("↑ ↓", "select a run (Home, End: the first, the last)"),
     ("Enter", "on a sweep's row ▸: unfold its runs, ★ = the best (again: fold)"),
     ("1 … 6", "Log · Charts · Evolution · System · Models · Try"),
-    ("p", "pause the selected run, or resume it"),
+    ("p", "pause the selected run, or resume it; a queue held by control/stop: resume it"),
     ("s", "stop it: checkpoint, resumable with r (asks first)"),
     ("k", "skip it: checkpoint, the queue goes on (asks first)"),
     ("+  -", "raise / lower its priority (may preempt); on a sweep's row: all of it"),
@@ -34,8 +34,8 @@ class KeysScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     KeysScreen { align: center middle; }
-    KeysScreen > Vertical { width: 78; max-width: 100%; height: auto; border: round $accent; background: $surface;
-                            padding: 0 1; }
+    KeysScreen > VerticalScroll { width: 78; max-width: 100%; height: auto; max-height: 100%;
+                                  border: round $accent; background: $surface; padding: 0 1; }
     """
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
 
@@ -45,7 +45,7 @@ class KeysScreen(ModalScreen[None]):
         table.add_column()
         for key, what in KEYS:
             table.add_row(key, what)
-        with Vertical():
+        with VerticalScroll():  # a short terminal (60×20) scrolls the list (↑↓, PgUp, PgDn) instead of cutting it
             yield Static(table)
             yield Static("Esc, ? or q: close", classes="dim")
 

@@ -72,9 +72,10 @@ class LogPanel(Vertical):
         self.following = True
         self.search: SearchResult | None = None
         self.searching_for: str | None = None
+        self.notice: str | None = None  # said in the header instead of the state until the next search or run
         self.lines_seen = 0
         self.note = Text("")
-        self.head = Static(id="log-head")
+        self.head = Static(id="log-head", markup=False)
         self.log_widget = Log(max_lines=LOG_LINES, auto_scroll=False, id="log-view")
         self.search_box = Input(placeholder="search the whole log (Enter: search, Esc: back to the tail)",
                                 id="search", compact=True)
@@ -86,7 +87,9 @@ class LogPanel(Vertical):
 
     def _head(self) -> None:
         name = self.run_id or "no run selected"
-        if self.searching_for is not None and self.search is None:
+        if self.notice is not None:
+            state = self.notice
+        elif self.searching_for is not None and self.search is None:
             state = f"searching for {self.searching_for!r}…"
         elif self.search is not None:
             s = self.search
@@ -99,6 +102,19 @@ class LogPanel(Vertical):
         note = Text.assemble("  ", self.note) if self.note else ""
         self.head.update(Text.assemble((f" {name}", "bold"), note, f"  · {state}", no_wrap=True, overflow="ellipsis"))
 
+    def on_descendant_blur(self) -> None:
+        """Leaving the log puts it back at column 0: the scroll sideways (← →) has no scrollbar to show it, and new
+        lines would be read without their first characters."""
+        if self.log_widget.scroll_x:
+            self.log_widget.scroll_to(x=0, animate=False)
+
+    def no_run_to_search(self) -> None:
+        """A search asked with no run selected: nothing to search, said instead of `searching for …` forever."""
+        self._leave_search()
+        self.following = True
+        self.notice = "no run selected: nothing to search"
+        self._head()
+
     def describe(self, note: Text) -> None:
         """Show the run's state or end reason beside its id (a no-op when unchanged)."""
         if note != self.note:
@@ -109,7 +125,7 @@ class LogPanel(Vertical):
         """Another run was selected: clear, leave search mode, follow it."""
         if run_id == self.run_id:
             return
-        self.run_id = run_id
+        self.run_id, self.notice = run_id, None
         self.log_widget.clear()
         self._leave_search()
         self.following = True
@@ -150,6 +166,7 @@ class LogPanel(Vertical):
     def open_search(self) -> None:
         """`/`: show the search box."""
         self.add_class("-searching")
+        self.notice = None
         self.search_box.value = ""
         self.search_box.focus()
 

@@ -20,6 +20,8 @@ WIDEST_AT = 150
 # below WIDE_AT columns: what tells versions apart and which to activate; the run id last, cut by clip_id
 NARROW = ("", "name", "ver", "state", "loss", "continues from", "run")
 WIDE_AT = 110
+NARROW_HEADERS = {"continues from": "from"}  # "continues from" would be cut at 80 columns
+CUT = ("name", "continues from", "base")  # a long name (and so its lineage) gives way: loss and run stay in view
 
 
 def lineage(m: ModelRow) -> str:
@@ -41,6 +43,15 @@ def _row(m: ModelRow) -> dict[str, Text]:
             "forget": Text("-" if m.forgetting is None else fmt_forgetting(m.forgetting), "red" if m.regressed else ""),
             "created": Text(short_time(m.created)), "base": Text(base), "continues from": Text(lineage(m)),
             "run": Text(m.run_id)}
+
+
+def _cut(row: dict[str, Text], width: int) -> dict[str, Text]:
+    """The row with its CUT cells in at most `width` cells each (`…` at the end)."""
+    for key in CUT:
+        if row[key].cell_len > width:
+            row[key].truncate(width - 1)
+            row[key].append("…")
+    return row
 
 
 class ModelsTable(DataTable):
@@ -77,12 +88,13 @@ class ModelsTable(DataTable):
         self._models = models
         width = self.size.width or 80
         labels = WIDEST if width >= WIDEST_AT else WIDE if width >= WIDE_AT else NARROW
+        headers = NARROW_HEADERS if labels is NARROW else {}
         self.clear(columns=True)  # widths follow the rows shown now
         for label in labels:
-            self.add_column(label, key=label or "mark")
-        rows = [_row(m) for m in models]
+            self.add_column(headers.get(label, label), key=label or "mark")
+        rows = [_cut(_row(m), max(10, width // 5)) for m in models]
         # a run id is cut by the same rule as in the runs table, never by the terminal's edge (`support-`)
-        others = sum(max([len(label)] + [r[label].cell_len for r in rows]) + 2 * self.cell_padding
+        others = sum(max([len(headers.get(label, label))] + [r[label].cell_len for r in rows]) + 2 * self.cell_padding
                      for label in labels[:-1])
         room = max(12, width - others - 2 * self.cell_padding - 2)  # 2: the scrollbar
         for m, row in zip(models, rows):

@@ -62,7 +62,7 @@ class RejectedScreen(ModalScreen[None]):
             table.add_column("file", key="file", width=24)
             table.add_column("error", key="error")
             for i, d in enumerate(self.drops):
-                table.add_row(d.time[5:16].replace("T", " "), Text(d.file, overflow="ellipsis", no_wrap=True),
+                table.add_row(Text(d.time[5:16].replace("T", " ")), Text(d.file, overflow="ellipsis", no_wrap=True),
                               Text(_without_file(d), overflow="ellipsis", no_wrap=True), key=str(i))
             yield table
             yield Static("Enter: the whole error and its fix · Esc: close", id="rejected-hint")

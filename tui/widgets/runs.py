@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -51,15 +53,30 @@ def clip_id(run_id: str, width: int) -> str:
     runs of one name apart) is kept from the right, the date gets what room is left (`summaries-…021000`,
     `poems-2026…-022000`); only a name that leaves no room for the stamp is cut itself (`…` at its end).
     """
-    if len(run_id) <= width:
+    if cell_len(run_id) <= width:  # cells, not characters: a CJK character takes two
         return run_id
     m = _STAMP.search(run_id)
     name, stamp = (run_id[:m.start()], run_id[m.start():]) if m else (run_id, "")
-    room = width - len(name)
-    if stamp and room >= 4:
+    room = width - cell_len(name)
+    if stamp and room >= 4:  # the stamp is ASCII: one cell a character
         head = max(1, room - 1 - len("-HHMMSS"))
         return name + stamp[:head] + "…" + stamp[len(stamp) - (room - 1 - head):]
-    return run_id[: max(0, width - 1)] + "…"
+    return head_cells(run_id, max(0, width - 1)) + "…"
+
+
+def head_cells(text: str, width: int) -> str:
+    """The longest start of `text` that fits in `width` terminal cells."""
+    used = 0
+    for i, ch in enumerate(text):
+        used += cell_len(ch)
+        if used > width:
+            return text[:i]
+    return text
+
+
+def plain(value: Text | str) -> Text:
+    """A cell as Text: DataTable reads a str cell as markup, and a run id or a node name with `[/` would crash it."""
+    return value if isinstance(value, Text) else Text(value)
 
 
 def _steps(run: RunRow) -> str:
@@ -180,7 +197,7 @@ def group_label(group: Group, width: int) -> Text:
     count = f" ×{len(group.runs)}{rung_counts(group)}"
     arrow = "▾ " if group.expanded else "▸ "
     room = max(4, width - 2 - len(count))
-    name = group.group_id if len(group.group_id) <= room else clip_id(group.runs[0].name, room)
+    name = group.group_id if cell_len(group.group_id) <= room else clip_id(group.runs[0].name, room)
     return Text.assemble((arrow, "bold"), (name, "bold"), (count, "dim"))
 
 
@@ -252,6 +269,9 @@ class RunsTable(DataTable):
     DEFAULT_CSS = """
     RunsTable { height: 1fr; }
     """
+    # a row is a run: Home and End go to the first and the last run (DataTable's own move between columns)
+    BINDINGS = [Binding("home", "scroll_top", "First run", show=False),
+                Binding("end", "scroll_bottom", "Last run", show=False)]
 
     class Selected(Message):
         """The highlighted run changed."""
@@ -308,17 +328,17 @@ class RunsTable(DataTable):
         else:
             self._fill(snap.runs)
 
-    def _first(self, item: Item) -> Text | str:
+    def _first(self, item: Item) -> Text:
         if item.group is not None:
             return group_label(item.group, self._id_width)
         assert item.run is not None
-        return child_label(item.run, self._id_width) if item.child else clip_id(item.run.id, self._id_width)
+        return child_label(item.run, self._id_width) if item.child else Text(clip_id(item.run.id, self._id_width))
 
-    def _cells(self, item: Item) -> list[Text | str]:
+    def _cells(self, item: Item) -> list[Text]:
         if item.group is not None:
-            return [_group_cell(item.group, c.key, self.held) for c in self._layout]
+            return [plain(_group_cell(item.group, c.key, self.held)) for c in self._layout]
         assert item.run is not None
-        return [_cell(item.run, c.key, self.held) for c in self._layout]
+        return [plain(_cell(item.run, c.key, self.held)) for c in self._layout]
 
     def _update(self, runs: tuple[RunRow, ...], items: tuple[Item, ...]) -> None:
         for old, new in zip(self._items, items):

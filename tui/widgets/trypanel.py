@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -108,7 +109,9 @@ class TryPanel(Vertical):
             self.prompt_input = Input(placeholder="type a prompt, Enter asks every version above", id="try-prompt",
                                       compact=True)
             yield self.prompt_input
-        self.status = Static(" no version registered yet: the first completed run makes one", id="try-status")
+        # markup off: the status repeats versions typed and errors, which may hold `[/` (a MarkupError otherwise)
+        self.status = Static(" no version registered yet: the first completed run makes one", id="try-status",
+                             markup=False)
         yield self.status
         self.answers = Horizontal(id="try-answers")
         with VerticalScroll():
@@ -229,7 +232,7 @@ class TryPanel(Vertical):
             columns = []
             for a in result.get("answers", []):
                 column = Static(a["answer"] or "(empty)", classes="try-answer", markup=False)
-                column.border_title = a["model"]
+                column.border_title = Text(a["model"])  # a str title would be read as markup
                 columns.append(column)
             await self.answers.mount(*columns)
             kept = ", models still loaded from the last prompt" if result.get("kept") else ""
