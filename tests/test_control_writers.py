@@ -19,6 +19,9 @@ TRICKLE_S = 2.0  # longer than the 0.3 s settle time of a control file
 @pytest.fixture
 def b(tmp_path: Path) -> Bench:
     bench = Bench(tmp_path / "home")
+    for adapter in ("adapter", "adapter2"):  # an activation checks the adapter is there
+        (tmp_path / adapter).mkdir()
+        (tmp_path / adapter / "adapter_config.json").write_text("{}")
     bench.store.add_model({"name": "m", "version": 1, "run_id": "m-1", "base_model": "tiny",
                            "adapter_path": str(tmp_path / "adapter"), "metrics": {}}, activate=True)
     bench.store.add_model({"name": "m", "version": 2, "run_id": "m-2", "base_model": "tiny",

@@ -34,9 +34,9 @@ log() { echo "[slurm start $(date +%T)] $*"; }
 # ---------------------------------------------------------------- 1. packages
 "$(dirname "$0")/install.sh"  # the packages, when missing
 
-# refuse to start twice
+# refuse to start twice (a pid file left by a machine's earlier boot may name a pid some other program has now)
 for pf in $RUNDIR/slurmctld.pid $RUNDIR/slurmd*.pid; do
-  if [ -s "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null; then
+  if [ -s "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null && grep -qx 'slurm.*' "/proc/$(cat "$pf")/comm" 2>/dev/null; then
     echo "already running (pid $(cat "$pf") from $pf); run tests/slurm/stop.sh first" >&2; exit 1
   fi
 done

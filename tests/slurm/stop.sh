@@ -6,7 +6,8 @@ set -uo pipefail
 RUNDIR=/run/slurm
 log() { echo "[slurm stop $(date +%T)] $*"; }
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# a pid file left from an earlier boot may name a pid another program has now: only a slurm or munge daemon counts
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null && grep -qxE 'slurm.*|munged' "/proc/$1/comm" 2>/dev/null; }
 pid_of() { [ -s "$1" ] && cat "$1" || true; }
 stop_pid() {                      # stop_pid NAME PID
   local name=$1 pid=$2
