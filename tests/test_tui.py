@@ -687,6 +687,18 @@ def test_an_empty_home_says_so_and_keys_do_nothing(tmp_path: Path) -> None:
     drive(app, body, notifications=True)
 
 
+def test_a_db_that_cannot_be_read_is_not_said_as_an_empty_home(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "broken", create=True)
+    home.db.write_bytes(b"\x00garbage" * 500)
+    app = app_for(home.root)
+
+    async def body(pilot: Any) -> None:
+        await until(pilot, lambda: "runs unknown: the DB cannot be read" in static_text(app, "#header"),
+                    what="the header")
+        assert "no runs yet" not in static_text(app, "#header")
+    drive(app, body)
+
+
 def test_unreadable_run_files_cost_a_toast_not_the_dashboard(fx) -> None:
     run_dir = fx.home.runs / TRAINING
     (run_dir / "progress.json").write_text('{"state": "train')  # cut short

@@ -72,7 +72,9 @@ class HomeHeader(Static):
         for gpu in (gpus or [None]):
             for show_finished in (True, False):
                 parts = live + ([f"{finished} finished"] if finished and show_finished else [])
-                rest = Text(" │ ") + daemon + Text(" │ " + (" · ".join(parts) if parts else "no runs yet"))
+                # a DB that cannot be read has runs it cannot count (the banner says why)
+                empty = "runs unknown: the DB cannot be read" if snap.error else "no runs yet"
+                rest = Text(" │ ") + daemon + Text(" │ " + (" · ".join(parts) if parts else empty))
                 if gpu:
                     rest.append(" │ ")
                     rest.append(gpu, "bold" if not gpu.startswith("no GPU") else "dim")
