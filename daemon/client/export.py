@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from daemon.core.runconfig import RunConfig
-from daemon.core.rundir import RunFolder
+from daemon.core.rundir import ADAPTER_WEIGHTS, RunFolder, has_weights
 from daemon.core.errors import ExportError
 from daemon.trainer.libquiet import quiet_model_loading
 
@@ -49,9 +49,6 @@ def export(run_dir: Path, home: Path, out: Path, merge: bool, *, base_model: str
     return _merge(source, adapter, out, trusted, str(options.get("quantization") or "none"), log, folder.config)
 
 
-WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, and what it loads
-
-
 def _check_adapter(folder: RunFolder, home: Path) -> None:
     """The run's adapter is whole (its config and its weights), else why not, with the fix."""
     adapter = folder.adapter
@@ -62,8 +59,8 @@ def _check_adapter(folder: RunFolder, home: Path) -> None:
         _deleted(folder, home)
         raise ExportError(f"{adapter} holds no adapter: only completed runs have one (checkpoints of others are in "
                           f"{folder.checkpoints}). Fix: export a completed run (see overnight runs).")
-    if not any((adapter / w).is_file() for w in WEIGHTS):
-        raise ExportError(f"{adapter} holds adapter_config.json but no weights ({' or '.join(WEIGHTS)}). Fix: put "
+    if not has_weights(adapter):
+        raise ExportError(f"{adapter} holds adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)}). Fix: put "
                           f"the weights file back, or export another version (its last checkpoint is in "
                           f"{folder.checkpoints}).")
 

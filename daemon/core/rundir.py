@@ -318,6 +318,14 @@ class LogTail(_Follower):
         return LogUpdate(tuple(line.decode("utf-8", "replace") for line in complete), reset=False)
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, and what it loads
+
+
+def has_weights(adapter: Path) -> bool:
+    """An adapter folder holds its weights file (its adapter_config.json alone loads nothing)."""
+    return any((adapter / w).is_file() for w in ADAPTER_WEIGHTS)
+
+
 def run_dir_here(root: Path, run_id: str, recorded: str | None) -> str | None:
     """A run's recorded folder, or runs/RUN_ID under the home at `root` when the record names another home's: the
     home was moved or copied since (a home reached through a symbolic link is not). Another home's folder is never

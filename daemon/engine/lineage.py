@@ -19,12 +19,13 @@ from daemon.core.fsutil import model_name, stored_name_problem
 from daemon.core.basemodel import model_folder
 from daemon.core.options import Resolved
 from daemon.core.queries import Reader
+from daemon.core.rundir import ADAPTER_WEIGHTS
 from daemon.core.versionpick import NoVersion, pick_version
 from daemon.core.errors import SubmissionError
 
 # NAME or NAME:VERSION, NAME a registered name (fsutil.stored_name_problem): letters of any script, NFC
 _REGISTERED = re.compile(r"^(?P<name>[^\W_][\w.-]*)(?::[vV]?(?P<version>[0-9]+))?$")  # NAME:V or NAME:vV, as ask
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+ADAPTER_FILES = ("adapter_config.json", *ADAPTER_WEIGHTS, "README.md")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from daemon.core.errors import AnswerError, RefError
 from daemon.core.runconfig import RunConfig
-from daemon.core.rundir import RunFolder
+from daemon.core.rundir import RunFolder, has_weights
 from daemon.core.versionpick import NoVersion, pick_version
 from daemon.trainer.oom import free_memory
 
@@ -83,7 +83,7 @@ def targets(home: Path, refs: Sequence[str], base: bool) -> list[Target]:
         if not (adapter / "adapter_config.json").is_file():
             raise AnswerError(f"{name}:{row['version']} has no adapter at {adapter}. Fix: restore that folder "
                               f"(overnight never deletes an adapter by itself), or ask another version.")
-        if not any((adapter / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+        if not has_weights(adapter):
             raise AnswerError(f"{name}:{row['version']}'s adapter at {adapter} has no weights file "
                               f"(adapter_model.safetensors). Fix: put it back, or ask another version.")
         run = reader.run(row["run_id"])
