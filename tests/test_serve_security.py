@@ -67,6 +67,7 @@ def test_tokens_are_created_once_kept_private_and_required(home, serve_proc):  #
     assert "httponly" in opened.headers["set-cookie"].lower()
     page = browser.get("/dashboard/")
     assert page.status_code == 200 and "/dashboard/ws" in page.text
+    assert "googleapis" not in page.text and "css/xterm.css" in page.text  # nothing fetched from outside
     assert browser.get("/api/runs").status_code == 401  # the API never takes the cookie
     assert browser.get("/api/runs", headers={"Origin": "http://evil.example"}).status_code == 401
 

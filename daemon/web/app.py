@@ -166,9 +166,9 @@ class Api:
                      {name: offset, in: query, schema: {type: integer}}]
         """
         run = self.run_of(request)
-        offset = _offset(request.query_params.get("offset"))
-        text, after = logs.read_from(RunFolder(run["run_dir"]).console, offset)
-        return Json({"run": run["id"], "offset": offset, "next_offset": after, "text": text})
+        start, text, after = logs.read_from(RunFolder(run["run_dir"]).console,
+                                            _offset(request.query_params.get("offset")))
+        return Json({"run": run["id"], "offset": start, "next_offset": after, "text": text})
 
     async def log_stream(self, request: Request) -> Response:
         """The run's console.log followed live, as server-sent events (one per line; `end` when the run has ended).

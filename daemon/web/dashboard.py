@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ from daemon.web import serverlog
 
 _PACKAGE = Path(textual_serve.__file__).parent
 PREFIX = "/dashboard"
+# textual-serve's page loads its font from Google: an outside request from a box that is often offline (the page
+# falls back to the local monospace fonts it names next)
+_OUTSIDE_FONT = re.compile(r"<link[^>]*fonts\.googleapis\.com[^>]*>\s*")
 
 
 def command(h: Home) -> str:
@@ -62,7 +66,7 @@ class Dashboard:
         html = self.page.render(font_size=_size(request.query_params.get("fontsize"), 16), app_websocket_url=ws,
                                 config={"static": {"url": f"{base}{PREFIX}/static/"}},
                                 application={"name": "overnight"}, ping_url="")
-        return HTMLResponse(html)
+        return HTMLResponse(_OUTSIDE_FONT.sub("", html))
 
     async def websocket(self, ws: WebSocket) -> None:
         """One dashboard process per browser session, for as long as the socket lives; its opening, its end and a

@@ -26,10 +26,11 @@ def _read(path: Path, offset: int, limit: int) -> tuple[int, bytes]:
     return start, data if cut == 0 and len(data) == limit else data[:cut]
 
 
-def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[str, int]:
-    """(the whole lines from byte `offset`, the offset after them)."""
+def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[int, str, int]:
+    """(where the read began: `offset`, or the end of a shorter file; the whole lines from there; the offset after
+    them)."""
     start, data = _read(path, offset, limit)
-    return data.decode("utf-8", "replace"), start + len(data)
+    return start, data.decode("utf-8", "replace"), start + len(data)
 
 
 async def follow(path: Path, offset: int, ended: Callable[[], bool],
