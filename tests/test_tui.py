@@ -874,6 +874,35 @@ def test_every_key_of_the_key_line_is_visible_at_80x24(fx) -> None:
     drive(app, body)
 
 
+def test_the_key_line_shows_what_keys_do_while_typing_and_under_a_dialog(fx) -> None:
+    """Letters typed into a text box are text: the key line offers Esc (and Tab in Try), not the dashboard's
+    one-key commands; under a dialog it offers nothing the dialog would take as its own."""
+    app = app_for(fx.root)
+
+    def key_line() -> str:
+        return screen_text(app).splitlines()[-1]
+
+    async def body(pilot: Any) -> None:
+        await loaded(pilot)
+        await pilot.press("slash")
+        await until(pilot, lambda: "Back to the tail" in key_line(), what="the search's key line")
+        assert "Pause" not in key_line() and "Quit" not in key_line(), key_line()
+        await pilot.press("escape")
+        await until(pilot, lambda: "Pause" in key_line(), what="the dashboard's keys again")
+        assert "Back to the tail" not in key_line() and key_line().rstrip().endswith("q Quit")
+        await pilot.press("6")
+        await until(pilot, lambda: "Leave the prompt" in key_line(), what="the Try prompt's key line")
+        assert "The other field" in key_line() and "Quit" not in key_line() and "Prio" not in key_line()
+        await pilot.press("escape", "question_mark")
+        await until(pilot, lambda: len(app.screen_stack) > 1, what="the keys dialog")
+        await pilot.pause(0.3)
+        assert "Quit" not in key_line() and "Pause" not in key_line(), key_line()
+        await pilot.press("q")  # closes the dialog, as its own text says; the dashboard goes on
+        await until(pilot, lambda: len(app.screen_stack) == 1, what="the dialog closed")
+        assert app.is_running
+    drive(app, body)
+
+
 # ----------------------------------------------------------------------------------------------- models, ids, held
 
 def test_a_run_id_is_cut_in_its_time_stamp_so_the_name_stays_readable() -> None:

@@ -18,7 +18,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import get_current_worker
 
 from daemon.core.home import Home
@@ -90,7 +90,7 @@ class OvernightApp(App[None]):
         Binding("f", "follow", "Follow"),
         Binding("c", "compare", "Compare"),
         Binding("question_mark", "help", "Keys", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        Binding("q", "leave", "Quit"),  # not "quit": ctrl+q (Textual's) quits from a dialog or a text box, q not
         *[Binding(str(i), f"tab('{name}')", name.title(), show=False) for i, name in enumerate(TABS, 1)],
     ]
 
@@ -327,10 +327,15 @@ class OvernightApp(App[None]):
 
     # --- keys -----------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """While a dialog is open, only it answers keys (no stop from behind a confirmation)."""
-        if len(self.screen_stack) > 1 and action not in ("quit",):
-            return False
-        return True
+        """While a dialog is open, only it answers keys (no stop from behind a confirmation); while a text box has
+        the focus, the keys are letters. Either way the key line shows none of the dashboard's keys (q closes a
+        dialog, and types a q in a text box)."""
+        if action == "quit":
+            return True
+        return len(self.screen_stack) == 1 and not isinstance(self.focused, Input)
+
+    def action_leave(self) -> None:
+        self.exit()
 
     @property
     def acted_on(self) -> RunRow | None:

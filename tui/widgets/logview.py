@@ -54,7 +54,7 @@ class LogPanel(Vertical):
     LogPanel Input { display: none; }
     LogPanel.-searching Input { display: block; }
     """
-    BINDINGS = [Binding("escape", "close_search", "Back to the tail", show=False)]
+    BINDINGS = [Binding("escape", "close_search", "Back to the tail")]
 
     class SearchRequested(Message):
         """The user asked for the lines of the whole log containing `needle`."""
@@ -198,9 +198,15 @@ class LogPanel(Vertical):
         self.search, self.searching_for = None, None
         self.remove_class("-searching")
 
+    def _searching(self) -> bool:
+        return self.search is not None or self.searching_for is not None or self.has_class("-searching")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return action != "close_search" or self._searching()  # the key line offers Esc only where it does something
+
     def action_close_search(self) -> None:
         """Esc: back to following the tail."""
-        was_searching = self.search is not None or self.searching_for is not None or self.has_class("-searching")
+        was_searching = self._searching()
         self._leave_search()
         if was_searching:
             self.following = True

@@ -72,8 +72,8 @@ class TryPanel(Vertical):
 
     # Tab and Shift+Tab go between the prompt and the versions (the dashboard's focus chain would reach the runs
     # table, whose one-key commands a person still typing would trigger); Esc gives the keys back
-    BINDINGS = [Binding("escape", "leave", "Leave the prompt", show=False),
-                Binding("tab,shift+tab", "other_input", "The other field", show=False, priority=True)]
+    BINDINGS = [Binding("escape", "leave", "Leave the prompt"),
+                Binding("tab,shift+tab", "other_input", "The other field", priority=True)]
 
     class Left(Message):
         """Esc in the prompt or the versions: the keys are the dashboard's again."""
