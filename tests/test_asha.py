@@ -98,6 +98,21 @@ def test_bad_asha_settings_are_refused_with_the_allowed_values(tmp_path, line, w
     assert res.returncode == 1 and all(w in res.stdout + res.stderr for w in words), res.stdout + res.stderr
 
 
+def test_asha_over_epochs_and_asha_for_every_drop_are_taken(tmp_path):
+    """The README's ASHA sidecar has no max_steps (the trials train by epochs, the rungs are fractions of their
+    steps), and prune = "asha" in overnight.toml is for the sweeps to come: neither is refused."""
+    (tmp_path / "x.toml").write_text('learning_rate = [1e-4, 3e-4]\nprune = "asha"\neta = 3\nprune_rungs = 2\n')
+    (tmp_path / "x.jsonl").write_text(PROMPTS)
+    res = overnight("check", str(tmp_path / "x.jsonl"), home=tmp_path / "home")
+    assert res.returncode == 0 and "2 runs" in res.stdout, res.stdout + res.stderr
+    home = tmp_path / "owner"
+    home.mkdir()
+    (home / "overnight.toml").write_text('prune = "asha"\n')
+    (tmp_path / "y.jsonl").write_text(PROMPTS)
+    res = overnight("check", str(tmp_path / "y.jsonl"), home=home)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_a_trial_whose_steps_come_from_the_data_says_when_its_rungs_fall_past_its_end(monkeypatch):
     """max_steps unset: a trial's steps are known only in its trainer, which says that nothing will be pruned."""
     from types import SimpleNamespace

@@ -35,6 +35,21 @@ def test_a_bad_search_is_refused_with_the_fix(tmp_path, lines, words):
     assert res.returncode == 1 and all(w in out for w in words), out
 
 
+@pytest.mark.parametrize("line", ['search = "tpe"', "trials = 3"])
+def test_a_search_in_overnight_toml_is_refused_there(tmp_path, line):
+    """A search draws from a sidecar's ranges; in overnight.toml it made every drop a study of identical trials
+    (or crashed check)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "overnight.toml").write_text(line + "\n")
+    (tmp_path / "x.jsonl").write_text(PROMPTS)
+    for target in (home / "overnight.toml", tmp_path / "x.jsonl"):
+        res = overnight("check", str(target), home=home)
+        out = res.stdout + res.stderr
+        assert res.returncode == 1 and "Traceback" not in out, out
+        assert "overnight.toml" in out and "put search and trials in the sidecar" in out, out
+
+
 def test_check_says_what_a_search_draws_from(tmp_path):
     (tmp_path / "x.toml").write_text('search = "random"\ntrials = 6\nlearning_rate = {low = 1e-5, high = 1e-3, '
                                      'log = true}\nlora_r = [4, 8]\n')

@@ -564,14 +564,24 @@ class OptionTable(dict):
         return (OptionTable, (dict(self), self.source))
 
 
+# a search only means something with the ranges a sidecar gives (a list or range is refused in overnight.toml)
+_SIDECAR_ONLY = ("search", "trials")
+
+
 def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
     if key not in OPTIONS:
         hint = _unknown_key_hint(key, value)
         if "Did you mean" in hint:  # the one it most likely is, not a wall of ~75 names
             raise OptionsError(f"{source}: unknown option '{key}'.{hint} Fix: rename it, or remove it (every option: "
                                f"the README's Options table).")
-        raise OptionsError(f"{source}: unknown option '{key}'.{hint} Valid options: {', '.join(sorted(OPTIONS))}. "
+        valid = sorted(k for k, o in OPTIONS.items() if not (sidecar and o.owner_only))
+        raise OptionsError(f"{source}: unknown option '{key}'.{hint} Valid options: {', '.join(valid)}. "
                            f"Fix: rename '{key}' to one of these, or remove it.")
+    if not sidecar and key in _SIDECAR_ONLY and value not in (None, "none"):
+        raise OptionsError(f"{source}: option '{key}' = {_toml(value)} starts a search, which draws from the ranges "
+                           f"of a dataset's sidecar; in overnight.toml it would make every drop a study of identical "
+                           f"trials. Fix: remove '{key}' from overnight.toml and put search and trials in the sidecar "
+                           f"of the dataset to search (NAME.toml).")
     if sidecar and OPTIONS[key].owner_only:
         raise OptionsError(f"{source}: option '{key}' may only be set by the machine owner in overnight.toml, "
                            f"never in a dataset's sidecar (it runs code or shapes the machine). "

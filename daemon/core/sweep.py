@@ -181,7 +181,7 @@ def check_inert(opts: Resolved, source: Path | str | None) -> None:
         raise OptionsError(f'{where}prune = "asha" compares the trials of a sweep, and this drop queues one run. '
                            f"Fix: list values to sweep (e.g. learning_rate = [1e-4, 3e-4]) or a search of 2 trials "
                            f"or more, or remove prune.")
-    if pruned:
+    if pruned and runs >= 2:  # a single run (ASHA set in overnight.toml for the sweeps to come) trains to its end
         _check_rungs(opts.values, where)
 
 
@@ -190,7 +190,8 @@ def _check_rungs(values: dict[str, Any], where: str) -> None:
     nothing: refused with the fix rather than trained as a plain sweep unsaid."""
     eta, rungs, min_steps = asha.settings(values) or (asha.DEFAULT_ETA, asha.DEFAULT_RUNGS, None)
     for total in values_of(values.get("max_steps")):
-        if isinstance(total, int) and not asha.rung_steps(total, eta, rungs, min_steps):
+        # max_steps 0 trains by epochs: the trainer knows the step count, and the rungs are fractions of it
+        if isinstance(total, int) and total > 0 and not asha.rung_steps(total, eta, rungs, min_steps):
             first = f"min_steps = {min_steps} puts the first rung at step {min_steps}" if min_steps else \
                 f"{rungs} rung(s) at eta = {eta} leave no step before the end"
             raise OptionsError(f'{where}prune = "asha" stops trials at rungs before their end, and a trial of '
