@@ -126,9 +126,19 @@ def test_symlink_and_unsupported_refused_temp_names_ignored(model_home, daemon_p
     (home / "inbox" / ".hidden.jsonl").write_text('{"text": "x"}\n')
     (home / "inbox" / "shards").mkdir()
     (home / "inbox" / "shards" / "part-0.jsonl").write_text('{"text": "x"}\n')
+    # options beside a dataset of their name: a YAML config, and a sidecar whose extension is upper-case
+    (home / "inbox" / "cfg.yaml").write_text("max_steps: 3\n")
+    (home / "inbox" / "up.TOML").write_text("bogus = 1\n")
+    for name in ("cfg", "up"):
+        (home / "inbox" / f"{name}.jsonl").write_text('{"text": "x"}\n')
     rej = home / "inbox" / "rejected"
-    wait_until(lambda: all((rej / f"{n}.error.txt").exists() for n in ("link", "notes", "shards")), 30,
+    wait_until(lambda: all((rej / f"{n}.error.txt").exists() for n in ("link", "notes", "shards", "cfg", "up")), 30,
                what="refusals")
+    cfg = (rej / "cfg.error.txt").read_text()  # not trained without the options it was dropped with
+    assert "unsupported file type '.yaml'" in cfg and "cfg.jsonl of the same name was set aside" in cfg, cfg
+    assert (rej / "cfg.yaml").exists() and (rej / "cfg.jsonl").exists() and "drop the files into" in cfg
+    up = (rej / "up.error.txt").read_text()  # read as the sidecar it is, and named where it lies now
+    assert f"{rej / 'up.TOML'}: unknown option 'bogus'" in up, up
     assert "symbolic link" in (rej / "link.error.txt").read_text()
     assert "is a folder" in (rej / "shards.error.txt").read_text()
     assert (rej / "shards" / "part-0.jsonl").read_text() == '{"text": "x"}\n'  # moved whole, nothing lost

@@ -11,7 +11,7 @@ from daemon.core.as_trained import TrainedView, char_bound, encode_bounded
 from daemon.core.datasets import (PREFERENCE_SCHEMAS, PROMPT_SCHEMAS, TEXT_SCHEMAS, DatasetError, DatasetReport,
                                   ExampleKind, iter_examples, kind_of)
 from daemon.core.drop import ignored_name, plain_name
-from daemon.core.dropfiles import companion_hint, dataset_named, name_problem
+from daemon.core.dropfiles import companion_hint, dataset_named, name_problem, sidecar_beside
 from daemon.core.fsutil import ignored
 from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
@@ -194,10 +194,9 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
         counters.append(_token_counter(opts.base_models, home.root, sweep.first_run(opts).values["max_length"]))
         return counters[-1]
 
-    sidecar = path.with_name(stem_of(path) + ".toml")
     probes = path.with_name(stem_of(path) + PROBES_SUFFIX)
     eval_file = path.with_name(stem_of(path) + EVAL_SUFFIX)
-    sub = validate(path, sidecar if sidecar.exists() else None, probes if probes.exists() else None, home.toml,
+    sub = validate(path, sidecar_beside(path), probes if probes.exists() else None, home.toml,
                    require_model=False, token_counter=token_counter, show=show,
                    eval_file=eval_file if eval_file.exists() else None)
     r = sub.report
@@ -249,7 +248,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
     verdict.data.update(report=r.to_dict(), base_models=sub.options.base_models, runs=sweep.run_count(sub.options))
     if not sub.options.base_models:  # e.g. checked outside a home: the data is judged, the model is for later
         verdict.needs.append(f"a drop also needs a base model: set base_model in {home.toml.name} or the sidecar "
-                             f"{sidecar.name}")
+                             f"{stem_of(path)}.toml")
         if show:
             verdict.needs.append("--show needs a base model too: the examples are laid out as the model sees them, "
                                  "by its chat template and special tokens; set base_model and check again")

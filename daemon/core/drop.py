@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.home import Home
-from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, name_problem, role_of
+from daemon.core.dropfiles import EVAL_SUFFIX, PROBES_SUFFIX, name_problem, role_of, sidecar_beside
 from daemon.core.errors import DropError
 from daemon.core.fsutil import IGNORED_SUFFIXES, ignored
 
@@ -21,7 +21,7 @@ def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
     last, so that its sidecar is already waiting for it."""
     stem = src.stem
     pairs = []
-    for given, beside, name in ((sidecar, src.with_suffix(".toml"), f"{stem}.toml"),
+    for given, beside, name in ((sidecar, sidecar_beside(src) or src.with_suffix(".toml"), f"{stem}.toml"),
                                 (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}"),
                                 (None, src.with_name(stem + EVAL_SUFFIX), f"{stem}{EVAL_SUFFIX}")):
         if given or beside.exists():

@@ -26,11 +26,24 @@ def role_of(path: Path) -> str:
         return "probes"
     if path.name.endswith(EVAL_SUFFIX):
         return "eval"
-    if path.suffix == ".toml":
+    if path.suffix.lower() == ".toml":
         return "sidecar"
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return "dataset"
     return "unsupported"
+
+
+def sidecar_beside(dataset: Path) -> Path | None:
+    """The sidecar beside a dataset, NAME.toml (or NAME.TOML: the intake takes either)."""
+    stem = stem_of(dataset)
+    exact = dataset.with_name(stem + ".toml")
+    if exact.exists():
+        return exact
+    try:
+        return next((p for p in dataset.parent.iterdir() if p.name.lower() == exact.name.lower() and p.is_file()
+                     and stem_of(p) == stem), None)
+    except OSError:
+        return None
 
 
 def companion_hint(path: Path) -> str | None:

@@ -380,15 +380,16 @@ def _type_name(opt: Option) -> str:
     return " or ".join(dict.fromkeys(_TYPE_NAMES[k] for k in kinds))
 
 
-def _unknown_key_hint(key: str, value: Any) -> str:
+def _unknown_key_hint(key: str, value: Any, sidecar: bool) -> str:
+    settable = [k for k, o in OPTIONS.items() if not (sidecar and o.owner_only)]
     if isinstance(value, dict):
-        tables = [k for k, o in OPTIONS.items() if o.kind is dict]
+        tables = [k for k in settable if OPTIONS[k].kind is dict]
         close = next(iter(difflib.get_close_matches(key, tables, n=1)), None)
         if close:
             return f" Did you mean [{close}]?"
         return (f" Keys are flat: write them at the top of the file (learning_rate = 3e-4), not under a "
                 f"[{key}] table.")
-    close = _ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, OPTIONS, n=1)), None)
+    close = _ALIASES.get(key.lower()) or next(iter(difflib.get_close_matches(key, settable, n=1)), None)
     return f" Did you mean '{close}'?" if close else ""
 
 
@@ -570,7 +571,7 @@ _SIDECAR_ONLY = ("search", "trials")
 
 def _check_entry(source: Path, key: str, value: Any, sidecar: bool) -> None:
     if key not in OPTIONS:
-        hint = _unknown_key_hint(key, value)
+        hint = _unknown_key_hint(key, value, sidecar)
         if "Did you mean" in hint:  # the one it most likely is, not a wall of ~75 names
             raise OptionsError(f"{source}: unknown option '{key}'.{hint} Fix: rename it, or remove it (every option: "
                                f"the README's Options table).")

@@ -182,10 +182,18 @@ class Intake:
     def _take(self, stem: str, group: dict[str, Path]) -> int:
         if "unsupported" in group:
             p = group["unsupported"]
-            self._reject([p], stem, f"{p.name}: unsupported file type '{p.suffix or '(none)'}'. overnight takes "
-                         f"datasets ending in .jsonl, .json, .csv, .parquet or .txt, a sidecar NAME.toml and a "
-                         f"probe file NAME.probes.jsonl and an eval file NAME.eval.jsonl. Fix: convert the file to one of these "
-                         f"formats.")
+            # beside a dataset of its name it is most likely options meant for it (NAME.yaml): the dataset is set
+            # aside too rather than trained without them
+            others = [q for role, q in group.items() if role != "unsupported"] if "dataset" in group else []
+            if others and (checking := self._checking.pop(stem, None)) is not None:
+                checking.future.cancel()
+            with_it = (f" {', '.join(shown_name(q.name) for q in others)} of the same name "
+                       f"{'was' if len(others) == 1 else 'were'} set aside with it, so that {stem} does not train "
+                       f"without what {p.name} was meant to give it." if others else "")
+            self._reject([p, *others], stem, f"{p.name}: unsupported file type '{p.suffix or '(none)'}'. overnight "
+                         f"takes datasets ending in .jsonl, .json, .csv, .parquet or .txt, a sidecar NAME.toml (TOML), "
+                         f"a probe file NAME.probes.jsonl and an eval file NAME.eval.jsonl.{with_it} Fix: convert the "
+                         f"file to one of these formats (options: {stem}.toml), or leave it out of the inbox.")
             return 1
         dataset = group.get("dataset")
         if dataset is None:
@@ -315,9 +323,11 @@ class Intake:
         for p, dest in zip(files, dests):
             os.rename(p, dest)
             moved.append(dest)
+            message = message.replace(str(p), str(dest))  # the path it is read at now, to be fixed there
         names = ", ".join(shown_name(p.name) for p in moved)
+        them = "the files" if len(moved) > 1 else "the file"
         write_text(err, f"{message}\n\nRejected files (moved to {self.home.rejected}): {names}\n"
-                        f"After fixing, drop the file into {self.home.inbox} again (mv, or overnight add FILE).\n")
+                        f"After fixing, drop {them} into {self.home.inbox} again (mv, or overnight add FILE).\n")
         log.warning(f"inbox: rejected {names}: {message.splitlines()[0]} (see {err})")
         if self._on_reject and moved:
             try:
