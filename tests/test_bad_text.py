@@ -98,7 +98,7 @@ def test_probe_and_eval_files_refuse_a_lone_surrogate(tmp_path: Path) -> None:
 
 
 def test_the_daemon_rejects_them_with_the_place_and_keeps_every_file(home: Path, tmp_path: Path) -> None:
-    (home / "overnight.toml").write_text('base_model = "/nonexistent/model"\n')  # refused before any model
+    (home / "overnight.toml").write_text('')  # no model: refused before any model is needed
     files = write_drops(tmp_path / "src")
     files.pop("paired").unlink()  # a good drop: it would wait for a model
     probe_and_eval_drops(tmp_path / "src")

@@ -71,6 +71,12 @@ def _first_line(problem: dict) -> str:
     return problem["message"].splitlines()[0]
 
 
+def _said(error_file: Path, home: Path) -> str:
+    """The error's first line, its paths where check read the files: the error file names them where they were
+    moved (inbox/rejected/)."""
+    return error_file.read_text().splitlines()[0].replace(f"{error_file.parent}/", f"{home / 'inbox'}/")
+
+
 @pytest.mark.e2e
 def test_check_exits_1_exactly_when_the_daemon_rejects_the_drop_and_says_the_same_first(home: Path, tiny_model: Path,
                                                                                          tmp_path: Path) -> None:
@@ -95,17 +101,18 @@ def test_check_exits_1_exactly_when_the_daemon_rejects_the_drop_and_says_the_sam
             v = verdicts[name]
             if error_file.exists():
                 assert not v["ok"], (name, error_file.read_text())
-                assert _first_line(v["problems"][0]) == error_file.read_text().splitlines()[0], name
+                assert _first_line(v["problems"][0]) == _said(error_file, home), name
             else:
                 assert v["ok"] and name in taken, (name, v["problems"])
 
     # a sidecar checked on its own gets the checks it gets beside its dataset
     for stem in ("many", "context", "same", "weightless"):
         v = verdicts[f"{stem}.toml"]
-        assert not v["ok"] and _first_line(v["problems"][0]) == (rejected / f"{stem}.error.txt").read_text().splitlines()[0]
+        assert not v["ok"] and _first_line(v["problems"][0]) == _said(rejected / f"{stem}.error.txt", home)
     assert verdicts["cutok.toml"]["ok"]
     # every bad key of a sidecar, each with its fix, in the error file as in check
-    many = (rejected / "many.error.txt").read_text().split("\n\n")[0].splitlines()
+    many = (rejected / "many.error.txt").read_text().split("\n\n")[0].replace(f"{rejected}/", f"{home / 'inbox'}/")
+    many = many.splitlines()
     assert many == [p["message"] for p in verdicts["many.toml"]["problems"]] and len(many) == 3
     assert all("Fix:" in line for line in many)
 

@@ -178,6 +178,36 @@ def test_a_broken_owner_toml_holds_drops_instead_of_rejecting_them(home, daemon_
     wait_until(lambda: _run_dirs(home), 30, what="the drop taken once the toml is fixed")
 
 
+def test_an_owner_base_model_not_there_yet_holds_drops_and_the_queue(home, daemon_proc, tiny_model, tmp_path):
+    """A base model on a disk not mounted yet: drops wait instead of being rejected one by one, queued runs wait
+    instead of failing to load it, and status says so; the model appearing lets both go on."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_steps = 2\n')
+    (home / "control" / "stop").write_text("")
+    daemon_proc()
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    drop(tmp_path / "a.jsonl", home / "inbox")
+    wait_until(lambda: _run_dirs(home), 30, what="a queued")
+    mount = tmp_path / "mnt" / "model"
+    (home / "overnight.toml").write_text(f'base_model = "{mount}"\nmax_steps = 2\n')
+    (home / "control" / "stop").unlink()
+    (tmp_path / "b.jsonl").write_text('{"text": "y"}\n')
+    drop(tmp_path / "b.jsonl", home / "inbox")
+    problem = wait_until(lambda: json.loads(overnight("status", "--json", home=home).stdout)["problem"], 30,
+                         what="the problem in status")
+    assert str(mount) in problem and "not found" in problem, problem
+    out = overnight("status", home=home).stdout
+    assert "queue held by the PROBLEM above" in out and " held " in out, out
+    (home / "control" / "launch").write_text("")  # a control file answered: the daemon has passed its loop since
+    wait_until(lambda: not (home / "control" / "launch").exists(), 30, what="a pass of the daemon")
+    assert [r["state"] for r in json.loads(overnight("runs", "--json", home=home).stdout)] == ["queued"]
+    assert (home / "inbox" / "b.jsonl").exists() and not list((home / "inbox" / "rejected").glob("*"))
+    mount.parent.mkdir()
+    mount.symlink_to(tiny_model)  # mounted
+    wait_until(lambda: len(_run_dirs(home)) == 2, 60, what="b taken once the model is there")
+    wait_until(lambda: {r["state"] for r in json.loads(overnight("runs", "--json", home=home).stdout)} ==
+               {"completed"}, budget(300), what="both trained")
+
+
 def test_control_is_answered_while_a_big_drop_is_validated(model_home, daemon_proc, tmp_path):
     """Validation streams the whole file off the daemon's loop: a control file is handled meanwhile."""
     home = model_home

@@ -86,14 +86,14 @@ def test_check_says_which_sidecar_holds_the_bad_value(tmp_path: Path, tiny_model
 
 
 def test_the_daemon_rejects_a_nul_chat_template_as_a_sidecar_error(home: Path):
-    (home / "overnight.toml").write_text('base_model = "/nonexistent/model"\n')
+    (home / "overnight.toml").write_text('')  # no model: refused before any model is needed
     drop(home / "inbox", "d", 'chat_template = "/tmp/x\\u0000y.jinja"\n')
     res = overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     rejected = home / "inbox" / "rejected"
     assert sorted(p.name for p in rejected.iterdir()) == ["d.error.txt", "d.jsonl", "d.toml"]
     error = (rejected / "d.error.txt").read_text()
-    assert error.startswith(f"{home / 'inbox' / 'd.toml'}: option 'chat_template' = \"/tmp/x\\u0000y.jinja\" holds "
+    assert error.startswith(f"{rejected / 'd.toml'}: option 'chat_template' = \"/tmp/x\\u0000y.jinja\" holds "
                             f"a NUL character"), error
     log = (home / "overnight.log").read_text()
     assert "likely a bug" not in error and "Traceback" not in log and "unexpected error" not in log, log

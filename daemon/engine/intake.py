@@ -29,8 +29,8 @@ from daemon.core.options import Resolved, owner_toml
 from daemon.core.states import State
 from daemon.core.space import is_disk_full
 from daemon.engine.store import Store, busy_problem
-from daemon.engine.submission import (Submission, SubmissionError, check_owner_files, pair, stem_of, twins_message,
-                                      validate)
+from daemon.engine.submission import (Submission, SubmissionError, check_owner_files, check_owner_models, pair,
+                                      stem_of, twins_message, validate)
 from daemon.core.timefmt import iso, run_id_stamp
 
 
@@ -295,18 +295,19 @@ class Intake:
                          f"{self.home.runs}, then drop the file again.")
 
     def _owner_toml_ok(self) -> bool:
-        """Drops wait (they are not rejected) while the owner's overnight.toml, or a file it names for every run
-        (eval_file, forgetting_sample), is broken."""
+        """Drops wait (they are not rejected), and queued runs wait to start, while the owner's overnight.toml, a
+        file it names for every run (eval_file, forgetting_sample) or its base model is broken or missing."""
         state = owner_toml(self.home.toml).read()
         problem = state.problem
         if problem is None:
             try:
                 check_owner_files(state.values, self.home.toml)
+                check_owner_models(state.values, self.home.toml)
             except SubmissionError as e:
                 problem = str(e)
         if problem is not None:
             if self._toml_problem != problem:
-                log.error(f"{problem}\nDrops wait in the inbox until {self.home.toml} is fixed.")
+                log.error(f"{problem}\nDrops wait in the inbox, and queued runs wait to start, until it is fixed.")
             self._toml_problem = problem
             return False
         if self._toml_problem:

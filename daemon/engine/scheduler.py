@@ -193,8 +193,9 @@ class Daemon:
         self.supervisor.watch()
 
     def start_next(self) -> None:
-        """Queued runs take free slots, unless the daemon is stopping or the owner holds the queue (control/)."""
-        if not (self.stopping or self.controller.queue_held()):
+        """Queued runs take free slots, unless the daemon is stopping, the owner holds the queue (control/) or
+        overnight.toml (or its base model) is broken: status says the queue is held by it."""
+        if not (self.stopping or self.controller.queue_held() or self.intake.problem):
             self.supervisor.start_next()
 
     def _tell_disk_low(self, problem: str) -> None:

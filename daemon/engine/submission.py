@@ -93,6 +93,18 @@ def check_owner_files(values: dict[str, Any], home_toml: Path) -> int | None:
     return seen
 
 
+def check_owner_models(values: dict[str, Any], home_toml: Path) -> None:
+    """The owner's base_model, which every drop naming none of its own trains: one not there (a disk not mounted
+    yet, a download not done) holds the drops, as a broken overnight.toml does, instead of rejecting each. Not
+    cached: the model appears without overnight.toml changing."""
+    specs = values.get("base_model")
+    for spec in [specs] if isinstance(specs, str) else specs or []:
+        try:
+            locate_model(spec, home_toml.parent)
+        except ModelNotFound as e:
+            raise SubmissionError(f"{home_toml}: {e}") from None
+
+
 def _owner_files(owner: Path | None, sample: Path | None, values: dict[str, Any], home_toml: Path) -> int | None:
     count = None
     if owner is not None:
