@@ -196,6 +196,13 @@ def test_a_file_name_with_dot_dot_gives_a_model_name_that_can_be_activated(home:
     assert control.parse_text("activate", f"{name} 1").model == (name, 1)
 
 
+def test_a_file_name_the_name_option_would_refuse_gives_a_model_name_that_can_be_named(home: Home) -> None:
+    """`_notes.jsonl`: a model named `_notes` could not be named again (init_adapter read it as a path)."""
+    rid, name = _accepted(home, "_notes.jsonl")
+    assert name == "notes" and control.parse_text("activate", f"{name} 1").model == (name, 1)
+    assert "model name: notes (from the file name)" in (home.runs / rid / "console.log").read_text()
+
+
 # --- init_adapter ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", ["modèle-ß", "modèle-ß:1", NFD + ":1"])
 def test_init_adapter_finds_a_unicode_registered_name(home: Home, spec: str) -> None:

@@ -19,8 +19,8 @@ from daemon.core.rundir import RunFolder
 from daemon.core.runconfig import RunConfig
 from daemon.core.atomic import write_json, write_text
 from daemon.core.completeness import SETTLE_S, WRITERS_RECHECK_S, writers_of
-from daemon.core.fsutil import (sha256_file, SHORT_NAME, ignored, model_name, safe_name, short_name,
-                                shown_name, unique_paths)
+from daemon.core.fsutil import (sha256_file, SHORT_NAME, ignored, model_name, model_name_problem, safe_name,
+                                short_name, shown_name, suggested_model_name, unique_paths)
 from daemon.core.dropfiles import name_problem
 from daemon.core.home import Home
 from daemon.engine.lineage import check_parent, copy_adapter
@@ -439,7 +439,11 @@ def model_name_of(sub: Submission) -> str:
     """The name the drop's model is registered under: the `name` option, else the dataset's file name by the run
     id's rule (spaces and symbols become '-'), so that `init_adapter = "NAME"`, `overnight activate NAME` and the
     run id all spell it alike."""
-    return sub.options.values.get("name") or safe_name(model_name(stem_of(sub.dataset)))
+    if sub.options.values.get("name"):
+        return sub.options.values["name"]
+    derived = safe_name(model_name(stem_of(sub.dataset)))
+    # a name the `name` option would refuse (`_notes`, too long) could not be named again: init_adapter, activate
+    return derived if model_name_problem(derived) is None else suggested_model_name(derived)
 
 
 def _fingerprint(group: dict[str, Path]) -> dict[str, tuple[int, int]]:
