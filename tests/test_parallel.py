@@ -20,20 +20,22 @@ def alive(pid: int | None) -> bool:
 def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: Path, daemon_proc,
                                                          tmp_path: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_parallel_runs = 2\n')
-    overnight("pause", home=home, check=True)  # whatever starts halts at its first step
     daemon_proc()
-    drop_all(write_dataset(tmp_path, "low", 30), home / "inbox")
+    drop_all(write_dataset(tmp_path, "low", 300), home / "inbox")
     drop_all(write_dataset(tmp_path, "long", 100000, priority=5), home / "inbox")
+    wait_until(lambda: state(home, "low") == state(home, "long") == "training", 120, what="both runs training")
+    overnight("pause", home=home, check=True)  # every running job halts at its next step
     wait_until(lambda: state(home, "low") == state(home, "long") == "paused", 120, what="both runs paused")
     low, long = run_of(home, "low"), run_of(home, "long")
     assert low["pid"] != long["pid"] and alive(low["pid"]) and alive(long["pid"])  # two trainers at once
     status = json.loads(overnight("status", "--json", home=home, check=True).stdout)
     assert {r["id"]: r["gpu_set"] for r in status["runs"] if r["state"] == "paused"} == {low["id"]: [], long["id"]: []}
+    halted_at = progress_step(home, "low")
 
     overnight("resume", long["id"], home=home, check=True)  # now only low is held
     wait_until(lambda: state(home, "long") == "training" and progress_step(home, "long") > 3, 60,
                what="long goes on")
-    assert state(home, "low") == "paused" and progress_step(home, "low") <= 1
+    assert state(home, "low") == "paused" and progress_step(home, "low") == halted_at
 
     drop_all(write_dataset(tmp_path, "urgent", 6, priority=3), home / "inbox")
     wait_until(lambda: state(home, "low") == "queued", 60, what="low preempted for urgent")
@@ -42,7 +44,7 @@ def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: 
 
     (home / "control" / "pause").unlink()
     wait_until(lambda: state(home, "low") == "completed", 120, what="low resumes and completes")
-    assert sorted(losses(home, "low")) == list(range(1, 31))
+    assert sorted(losses(home, "low")) == list(range(1, 301))
     low_console = (Path(run_of(home, "low")["run_dir"]) / "console.log").read_text()
     assert low_console.count("overnight: starting trainer") == 2  # preempted, then resumed
     overnight("stop", long["id"], home=home, check=True)

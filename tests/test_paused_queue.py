@@ -37,3 +37,21 @@ def test_a_paused_queued_run_is_passed_by_until_resumed(home: Path, tiny_model: 
     overnight("resume", first, "--wait", "0", home=home, check=True)
     overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=300, check=True)
     assert _runs(home)["first"]["state"] == "completed"
+
+
+def test_a_pause_of_every_run_starts_nothing_new(home: Path, tiny_model: Path) -> None:
+    """`overnight pause` alone: no trainer starts (before, each queued run loaded its model only to halt at its
+    first step: GPU memory taken while the owner had paused the box), and the queued runs read `held`."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_steps = 2\nprobe_count = 0\n')
+    overnight("pause", "--wait", "0", home=home, check=True)
+    (home / "inbox" / "first.jsonl").write_text(RECORDS)
+    overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=120, check=True)  # ends: nothing to start
+    run = _runs(home)["first"]
+    assert run["state"] == "queued" and run["started"] is None
+    assert "starting trainer" not in (Path(run["run_dir"]) / "console.log").read_text()
+    status = overnight("status", home=home, check=True).stdout
+    assert next(line for line in status.splitlines() if line.startswith(run["id"])).split()[1] == "held", status
+
+    overnight("resume", "--wait", "0", home=home, check=True)
+    overnight("daemon", "--once", "--settle", "0.1", home=home, timeout=300, check=True)
+    assert _runs(home)["first"]["state"] == "completed"

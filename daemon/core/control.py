@@ -224,10 +224,12 @@ def paused(home: Home) -> frozenset[str]:
 
 
 def passed_by(state: str, run_id: str, started: str | None, paused: Iterable[str]) -> bool:
-    """A queued run that control/pause names and that never started: the queue passes it by until it is resumed.
-    A run paused while it trained keeps its place: requeued (a preemption, a daemon restart), it starts again and
-    halts, holding its slot as a paused run does."""
-    return state == "queued" and run_id in paused and not started
+    """A queued run that control/pause names (or holds as one of every run, "*") and that never started: the queue
+    passes it by until it is resumed; a pause of every run starts nothing new (no model loaded only to halt). A run
+    paused while it trained keeps its place: requeued (a preemption, a daemon restart), it starts again and halts,
+    holding its slot as a paused run does."""
+    paused = set(paused)
+    return state == "queued" and ("*" in paused or run_id in paused) and not started
 
 
 def hold_pause(home: Home, runs: Iterable[str]) -> Path:

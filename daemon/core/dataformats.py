@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from daemon.core.errors import DatasetError
@@ -316,6 +316,29 @@ def _read_jsonl(path: Path, notes: Notes) -> Iterator[tuple[str, Any]]:
 # A header is recognised when it holds the fields of one schema; these are listed in the error otherwise.
 CSV_HEADERS = (("text",), ("prompt", "completion"), ("instruction", "input", "output"), ("messages",),
                ("conversations",), ("prompt", "chosen", "rejected"), ("instruction", "input", "chosen", "rejected"))
+_CSV_FIELDS = frozenset({c for cols in CSV_HEADERS for c in cols} | {"system", "history", "tools", "label"})
+
+# Field names of other conventions, and the accepted field to rename each to.
+FIELD_HINTS = {"question": "prompt", "answer": "completion", "query": "instruction", "response": "output",
+               "content": "text", "conversation": "conversations", "dialog": "messages", "chat": "messages",
+               "turns": "messages", "input": "instruction"}
+
+
+def rename_hint(keys: Iterable[str], fields: Collection[str], noun: str = "keys") -> str:
+    """The renames that would make `keys` accepted `fields`, as the start of a fix: "rename 'question' to 'prompt'",
+    "keys are lower-case: rename 'Prompt' to 'prompt'"; "" when there are none."""
+    renames, case = [], False
+    for key in keys:
+        if key in FIELD_HINTS:
+            renames.append(f"'{key}' to '{FIELD_HINTS[key]}'")
+        elif key not in fields and key.lower() in fields:
+            renames.append(f"'{key}' to '{key.lower()}'")
+            case = True
+        elif key not in fields and key.lower() in FIELD_HINTS:
+            renames.append(f"'{key}' to '{FIELD_HINTS[key.lower()]}'")
+    if not renames:
+        return ""
+    return f"{noun} are lower-case: " * case + f"rename {', '.join(renames)}"
 # Columns whose cells hold JSON (a list of messages, history pairs, tool definitions).
 _CSV_JSON_COLUMNS = ("messages", "conversations", "history")
 
@@ -377,9 +400,10 @@ def _csv_header(name: str, row: list[str], line: int) -> list[str]:
         problem = f"no recognised header: the first row is {','.join(header)[:200]!r}"
         if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
             problem += " (is the file separated by something other than commas?)"
+        hint = rename_hint(header, _CSV_FIELDS, "column names")
         raise DatasetError(name, _row_location(1, line), None, problem,
-                           f"start the file with a header row naming the fields, one of: {accepted} "
-                           "('input' is optional); values separated by commas")
+                           (f"{hint}, or " if hint else "") + f"start the file with a header row naming the fields, "
+                           f"one of: {accepted} ('input' is optional); values separated by commas")
     return header
 
 
@@ -534,8 +558,25 @@ class _JsonArrayReader:
             if end == len(self.buf) and not self.eof:  # a number may continue in the next chunk
                 self._fill()
                 continue
+            self._refuse_oversized(index, end)
             self._advance(end)
             return value
+
+    def _refuse_oversized(self, index: int, end: int) -> None:
+        """The per-record limit for a record that decoded: the buffer doubles while a record is incomplete, so a
+        record a little over the limit is read whole without the check on a decode error ever seeing it."""
+        if self._over_limit(self.pos, end):
+            raise DatasetError(self.name, f"record {index} (line {self.line})" if index else f"line {self.line}",
+                               None, f"the record is larger than {MAX_RECORD_BYTES // 2**20} MiB",
+                               "split it into smaller records")
+
+    def _over_limit(self, start: int, end: int) -> bool:
+        """Whether `buf[start:end]` is over MAX_RECORD_BYTES in UTF-8, measured a chunk at a time (memory stays
+        flat); a character is 1 to 4 bytes, so a stretch under a quarter of the limit is not measured at all."""
+        if (end - start) * 4 <= MAX_RECORD_BYTES:
+            return False
+        size = sum(len(self.buf[i:min(i + CHUNK_BYTES, end)].encode("utf-8")) for i in range(start, end, CHUNK_BYTES))
+        return size > MAX_RECORD_BYTES
 
     def _definitive(self, err: json.JSONDecodeError) -> bool:
         """Whether a decode error is real rather than caused by the buffer ending mid-record."""

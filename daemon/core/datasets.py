@@ -5,6 +5,8 @@ every record is checked against it and turned into a normalised *Example*, its "
     {"kind": "text", "text": str}
     {"kind": "prompt", "prompt": str, "completion": str}  (+ "system", "user" for alpaca with a system text)
     {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}], "tools": list|None}
+     (an assistant message weighted 0 in the record, OpenAI's "weight" or "loss_weight", carries "weight": 0: the
+     chat template renders it, and it is not trained)
     {"kind": "pair", "prompt": str, "chosen": str, "rejected": str}  (+ "system", "user" for alpaca with a system)
     {"kind": "pair", "messages": [prompt turns, the last a user or tool turn], "chosen": [assistant turns],
      "rejected": [assistant turns], "tools": list|None}
@@ -34,6 +36,7 @@ from daemon.core.dataformats import (
     json_problem,
     read_records,
     refuse_surrogates,
+    rename_hint,
 )
 from daemon.core.errors import NoAssistantTurn
 
@@ -101,10 +104,7 @@ _SCHEMA_FIELDS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"
                   "alpaca_preference": {"instruction", "input", "system", "chosen", "rejected"},
                   "sharegpt_preference": {"conversations", "system", "tools", "chosen", "rejected"},
                   "kto": {"prompt", "completion", "label", "tools"}}
-# Field names of other conventions, and the accepted field to rename each to.
-_FIELD_HINTS = {"question": "prompt", "answer": "completion", "query": "instruction", "response": "output",
-                "content": "text", "conversation": "conversations", "dialog": "messages", "chat": "messages",
-                "turns": "messages", "input": "instruction"}
+_ALL_FIELDS = frozenset().union(*_SCHEMA_FIELDS.values())  # what a key differing only in case was meant to be
 _MAX_EXTRA_FIELDS = 20  # distinct ignored field names tracked for the notes (bounded memory)
 
 Example = dict[str, Any]
@@ -190,9 +190,8 @@ def _unknown_schema_problem(record: dict) -> str:
 
 def _unknown_schema_fix(record: dict) -> str:
     accepted = "; ".join(f"{name} {shape}" for name, shape in SCHEMA_SHAPES.items())
-    renames = [f"'{k}' to '{_FIELD_HINTS[k]}'" for k in record if k in _FIELD_HINTS]
-    hint = f"rename {', '.join(renames)}, or " if renames else ""
-    return f"{hint}use one of the accepted schemas: {accepted}"
+    hint = rename_hint([k for k in record if isinstance(k, str)], _ALL_FIELDS)
+    return f"{hint + ', or ' if hint else ''}use one of the accepted schemas: {accepted}"
 
 
 def _refuse_unsupported(record: dict, where: _Where) -> None:
@@ -270,7 +269,9 @@ def _string(record: dict, key: str, where: _Where, *, field_name: str | None = N
         if not required:
             return None
         state = "is missing" if value is _MISSING else "is null"
-        raise where.error(name, f"the required field {state}", f"give every record a string '{key}'")
+        cased = next((k for k in record if isinstance(k, str) and k.lower() == key), None) if value is _MISSING else None
+        fix = f"keys are lower-case: rename '{cased}' to '{key}'" if cased else f"give every record a string '{key}'"
+        raise where.error(name, f"the required field {state}", fix)
     if not isinstance(value, str):
         raise where.error(name, f"must be a string, got {describe(value)}",
                           f"write '{key}' as a JSON string (in quotes)")
@@ -331,13 +332,16 @@ def _message_list(record: dict, key: str, shape: str, where: _Where) -> list:
 
 
 def _messages(record: dict, where: _Where, notes: Notes) -> Example:
-    messages = _role_turns(record, "messages", where, notes)
+    messages = _role_turns(record, "messages", where, notes, weights=True)
     _require_assistant(messages, "messages", where)
+    _require_trained(messages, "messages", where)
     return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
 
 
-def _role_turns(record: dict, key: str, where: _Where, notes: Notes) -> list[dict[str, str]]:
-    """`record[key]` as a list of {role, content} messages, each checked."""
+def _role_turns(record: dict, key: str, where: _Where, notes: Notes, *, weights: bool = False
+                ) -> list[dict[str, str]]:
+    """`record[key]` as a list of {role, content} messages, each checked; with `weights`, an assistant turn
+    weighted 0 is marked so (`_weighed`)."""
     messages = []
     for i, turn in enumerate(_message_list(record, key, "{role, content}", where)):
         name = f"{key}[{i}]"
@@ -358,13 +362,54 @@ def _role_turns(record: dict, key: str, where: _Where, notes: Notes) -> list[dic
         content = "" if calls and not turn.get("content") else _content(turn, f"{name}.content", where)
         if isinstance(turn.get("content"), list):
             notes.tally("{n} message(s) with 'content' as a list of text parts: the parts were joined")
-        if "loss_weight" in turn:
-            notes.tally("'loss_weight' ignored on {n} message(s): every assistant turn is trained")
         message = {"role": role, "content": content, **({"tool_calls": calls} if calls else {})}
         if role == "tool":  # what a template may show of the call it answers
             message.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
+        if weights:
+            _weighed(message, turn, name, where, notes)
+        elif any(k in turn for k in WEIGHT_KEYS):  # a preference objective scores each answer whole
+            notes.tally("'weight'/'loss_weight' ignored on {n} message(s) of preference records: every answer turn "
+                        "is scored")
         messages.append(message)
     return messages
+
+
+# Per-message training weights: OpenAI's fine-tuning format writes "weight" (0 or 1) on assistant messages; some
+# converters write "loss_weight". 0 leaves the turn untrained (context, like the prompt); 1 or none trains it.
+WEIGHT_KEYS = ("weight", "loss_weight")
+
+
+def _weighed(message: dict[str, Any], turn: dict, name: str, where: _Where, notes: Notes) -> None:
+    """Mark `message` (made from `turn`, at `name`) "weight": 0 when the turn is weighted 0; refuse a weight that
+    is not 0 or 1, or that would train a turn that is not the assistant's."""
+    given = {key: turn[key] for key in WEIGHT_KEYS if key in turn}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+            shown = f" {json.dumps(value, ensure_ascii=False)[:40]}" if isinstance(value, str) else ""
+            raise where.error(f"{name}.{key}", f"'{key}' must be 0 or 1, got {describe(value)}{shown}",
+                              f"write {key}: 0 to leave this turn untrained (kept as context) or {key}: 1 to train "
+                              f"it (a number, not a string or true/false), or leave '{key}' out to train it")
+    if len(set(given.values())) > 1:
+        raise where.error(name, f"'weight' is {given['weight']} but 'loss_weight' is {given['loss_weight']}: the turn "
+                                "cannot be both trained and not", "keep one of the two keys, or give both the same value")
+    if not given:
+        return
+    key, weight = next(iter(given.items()))
+    if message["role"] != "assistant" and weight == 1:
+        raise where.error(f"{name}.{key}", f"a {message['role']} turn has {key} 1, but only the assistant's turns are "
+                                           "trained", f"remove '{key}' from the {message['role']} turn (it is context, "
+                                           "never trained), or put what the model should learn in an assistant turn")
+    if message["role"] == "assistant" and weight == 0:
+        message["weight"] = 0
+        notes.tally("{n} assistant turn(s) weighted 0 ('weight' or 'loss_weight'): kept as context, not trained")
+
+
+def _require_trained(messages: list[dict[str, Any]], key: str, where: _Where) -> None:
+    """A conversation whose every assistant turn is weighted 0 would train on nothing."""
+    if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant"):
+        raise where.error(key, "every assistant turn has weight 0: there is nothing to train on",
+                          "give the assistant turn(s) the model should learn weight 1 (or no weight), or remove the "
+                          "record")
 
 
 def _tool_calls(turn: dict, name: str, where: _Where) -> list[dict[str, Any]]:
@@ -462,17 +507,25 @@ def _tools(record: dict, where: _Where, notes: Notes) -> list | None:
 
 
 def _sharegpt(record: dict, where: _Where, notes: Notes) -> Example:
-    messages = _sharegpt_turns(record, where, notes)
+    messages = _sharegpt_turns(record, where, notes, weights=True)
     _require_assistant(messages, "conversations", where)
+    _require_trained(messages, "conversations", where)
     return {"kind": ExampleKind.CHAT, "messages": messages, "tools": _tools(record, where, notes)}
 
 
 def _sharegpt_turns(record: dict, where: _Where, notes: Notes, key: str = "conversations",
-                    system_field: bool = True) -> list[dict[str, str]]:
-    """`record[key]` (ShareGPT {from, value} turns) as chat messages, the record's 'system' field first."""
+                    system_field: bool = True, weights: bool = False) -> list[dict[str, str]]:
+    """`record[key]` (ShareGPT {from, value} turns) as chat messages, the record's 'system' field first; with
+    `weights`, an assistant turn weighted 0 is marked so (`_weighed`)."""
+    turns = _message_list(record, key, "{from, value}", where)
     system = _string(record, "system", where, required=False, allow_empty=True) if system_field else None
+    if system and system.strip() and turns[0].get("from") == "system":
+        # LLaMA-Factory's converter takes a first system turn over the 'system' field: two would render twice
+        notes.tally("{n} ShareGPT record(s) with both a 'system' field and a first system turn: the turn is used and "
+                    "the field ignored, as LLaMA-Factory does")
+        system = None
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
-    for i, turn in enumerate(_message_list(record, key, "{from, value}", where)):
+    for i, turn in enumerate(turns):
         name = f"{key}[{i}]"
         if "from" not in turn and "role" in turn:
             raise where.error(name, "uses 'role'/'content' keys inside 'conversations'",
@@ -496,6 +549,8 @@ def _sharegpt_turns(record: dict, where: _Where, notes: Notes, key: str = "conve
             messages.append({"role": "tool", "content": value, "name": messages[-1]["tool_calls"][0]["function"]["name"]})
         else:
             messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+        if weights:
+            _weighed(messages[-1], turn, name, where, notes)
     return messages
 
 
@@ -814,7 +869,12 @@ class _Stream:
         notes = self.notes.render()
         if self.extra_fields:
             listed = ", ".join(f"'{k}' ({n} record(s))" for k, n in sorted(self.extra_fields.items()))
-            notes.append(f"extra fields ignored: {listed}")
+            # a key differing from one this schema reads only in case ('System') is data lost without an error
+            read = _SCHEMA_FIELDS[self.schema] | ({"label"} if self.schema == "prompt_completion" else set())
+            cased = [k for k in sorted(self.extra_fields) if k.lower() in read]
+            hint = f"; keys are lower-case: rename {', '.join(f'{k!r} to {k.lower()!r}' for k in cased)} for them " \
+                   "to be read" if cased else ""
+            notes.append(f"extra fields ignored: {listed}{hint}")
         return notes
 
 

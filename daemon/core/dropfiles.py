@@ -2,6 +2,7 @@
 (NAME.probes.jsonl) or its eval file (NAME.eval.jsonl). Shared by the intake, `overnight check`, `overnight add` and the HTTP upload."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from daemon.core.datasets import SUPPORTED_SUFFIXES
@@ -31,6 +32,31 @@ def role_of(path: Path) -> str:
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return "dataset"
     return "unsupported"
+
+
+# A probe or eval file's name gone slightly wrong (x.probe.jsonl, x_probes.jsonl, x.probes.json, x-eval.jsonl): it
+# ends in a dataset's suffix, so without this it would be read as a dataset and fail on its schema, or train alone.
+_NEAR_MISS = re.compile(r"(?P<stem>.+?)[._ -](?P<kind>probes?|evals?)\.(?:jsonl|json|csv|parquet|txt)", re.IGNORECASE)
+
+
+def near_miss(name: str) -> str | None:
+    """The probe or eval file name (NAME.probes.jsonl, NAME.eval.jsonl) that a dataset-looking `name` most likely
+    meant; None for any other name."""
+    found = _NEAR_MISS.fullmatch(name)
+    if found is None or role_of(Path(name)) != "dataset":
+        return None
+    return found["stem"] + (PROBES_SUFFIX if found["kind"].lower().startswith("probe") else EVAL_SUFFIX)
+
+
+def _near_miss_problem(name: str, meant: str) -> str:
+    suffix = PROBES_SUFFIX if meant.endswith(PROBES_SUFFIX) else EVAL_SUFFIX
+    what = "a probe file" if suffix == PROBES_SUFFIX else "an eval file"
+    stem = meant[: -len(suffix)]
+    # a .json array or a CSV is no JSON Lines file: renaming alone would not make it readable
+    convert = "" if name.lower().endswith(".jsonl") else " (it must be JSON Lines, one record per line: convert it)"
+    return (f"{name}: the name looks like {what}'s, but {what} is named NAME{suffix}, so this would be taken as a "
+            f"dataset of its own. Fix: did you mean {meant}? Rename it so{convert} to give it to the dataset {stem}; "
+            f"if it is a dataset to train on, give it a name that does not end in {name[len(stem):]!r}.")
 
 
 def sidecar_beside(dataset: Path) -> Path | None:
@@ -75,7 +101,7 @@ _CONTROL_WORDS = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"
 
 def name_problem(name: str) -> str | None:
     """Why a dropped file's name cannot name a run (the daemon's refusal, which check and add say first): not
-    UTF-8, a control character, or too long."""
+    UTF-8, a control character, too long, or a probe or eval file's name gone wrong (`near_miss`)."""
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -92,4 +118,5 @@ def name_problem(name: str) -> str | None:
         return (f"{short_name(name, 60)}: the file name is too long ({size} bytes; overnight takes at most "
                 f"{SHORT_NAME}, as the run folder adds a date to it). Fix: rename it to a shorter name "
                 f"(keeping {Path(name).suffix or 'its suffix'}) and drop it again.")
-    return None
+    meant = near_miss(name)
+    return _near_miss_problem(name, meant) if meant else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -86,8 +87,9 @@ class ChatFormat:
 
     def render(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as the model sees it, and the character spans to train (assistant turns and their
-        end-of-turn tokens): one render with generation markers, else one per assistant turn. A template that leaves
-        out a tool call, a tool's result or the tools given is refused (TemplateError)."""
+        end-of-turn tokens, but for a turn weighted 0: `"weight": 0`, datasets.py): one render with generation
+        markers, else one per assistant turn. A template that leaves out a tool call, a tool's result or the tools
+        given is refused (TemplateError)."""
         shown = as_parts(messages) if self.parts else messages
         with_tools = bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
         try:
@@ -98,9 +100,37 @@ class ChatFormat:
                 raise TemplateError(f"{e}; the record has tool calls or tool turns, which the chat template "
                                     f"{self.label} has no place for. {TOOLS_FIX}") from None
             raise
-        if with_tools:
+        if with_tools:  # every assistant turn's spans: a call in a turn weighted 0 is shown all the same
             self._shows_tools(messages, tools, text, "".join(text[a:b] for a, b in spans))
+        if any(_untrained(m) for m in messages):
+            spans = self._trained_spans(shown, tools, text, spans)
         return text, spans
+
+    def _trained_spans(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str,
+                       spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """`spans` without those of the assistant turns weighted 0. A span belongs to the assistant turn it follows:
+        each turn starts where the conversation before it, rendered alone, stops agreeing with `text` (as turn by
+        turn; a template may mark a turn in several spans, or its end apart, as Phi-3 its eos)."""
+        turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        starts = [self._agreeing(messages[:i], tools, text) for i in turns]
+        owner = [max((n for n, start in enumerate(starts) if start <= a), default=None) for a, _ in sorted(spans)]
+        if None in owner or set(owner) != set(range(len(turns))):
+            raise TemplateError(
+                f"the chat template ({self.label}) renders the conversation so that its trained spans cannot be told "
+                f"apart turn by turn, and the record weights an assistant turn 0. Fix: set chat_template to a family "
+                f"name (e.g. \"{_guess_family(self.template)}\"), or remove the 'weight'/'loss_weight' of 0 (every "
+                f"assistant turn is then trained).")
+        return [span for span, n in zip(sorted(spans), owner) if not _untrained(messages[turns[n]])]
+
+    def _agreeing(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str) -> int:
+        """How far `messages`, rendered alone, agree with `text` (the whole conversation's render)."""
+        if not messages:
+            return 0
+        try:
+            head = _render(self.template, messages, tools, self.special, spans=False)[0]
+        except TemplateError:
+            return 0  # a conversation the template refuses to end there: no place known; the caller refuses
+        return len(os.path.commonprefix([head, text]))
 
     def _shows_tools(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str, trained: str) -> None:
         """Every tool call (in what trains), tool result and the tools given are in the render: a template that
@@ -193,6 +223,11 @@ class ChatFormat:
             return True
         except TemplateError:
             return False
+
+
+def _untrained(message: dict[str, Any]) -> bool:
+    """An assistant turn the record weights 0: rendered as context, not trained."""
+    return message.get("role") == "assistant" and message.get("weight") == 0
 
 
 def _specials_in(text: str, specials: Sequence[str]) -> list[str]:

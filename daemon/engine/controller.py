@@ -31,7 +31,8 @@ def _named(runs: frozenset[str]) -> str | None:
 def _paused_idle(runs: frozenset[str]) -> str:
     """What a pause says when it holds no trainer."""
     if "*" in runs:
-        return "pause: no job is running; the next one halts at its first step while control/pause exists"
+        return ("pause: no job is running; queued runs wait while control/pause exists (overnight resume lets "
+                "them start)")
     return (f"pause {', '.join(sorted(runs))}: not running; the queue passes each by while control/pause names it "
             f"(overnight resume RUN lets it start)")
 
@@ -375,8 +376,11 @@ class Controller:
     def _preempt(self, cause: Command | None = None) -> None:
         """A queued run with a higher priority than a running one takes the slot of the lowest-priority running
         run when no slot is free; that one resumes later."""
+        paused = control.paused(self.home)
+        if "*" in paused:
+            return  # every run is paused: a run would take the slot only to halt
         running = [(self.store.get_run(a.run_id), a) for a in self.trainers if not a.requested]
-        queued = self.store.startable(control.paused(self.home)) if running else []
+        queued = self.store.startable(paused) if running else []
         if not queued:
             return
         freeing = sum(1 for a in self.trainers if a.requested) + self.free_slots()  # slots the queue gets anyway
