@@ -222,8 +222,10 @@ def test_resume_lifts_pause_and_stop_in_one_acknowledgement(b: Bench) -> None:
 
 def test_resume_of_a_stopped_run_queues_it_again(b: Bench) -> None:
     b.run("s-1", "stopped")
+    b.store.update_run("s-1", attempts=2, reason="trainer killed by signal SIGKILL, 3 times in a row …")
     b.drop("resume", "s-1")
     assert messages(b.step()) == ["applied: resume s-1: queued again"] and b.state("s-1") == "queued"
+    assert b.store.get_run("s-1")["attempts"] == 0  # the user's resume: the crash-loop count starts again
 
 
 def test_resume_of_a_run_paused_then_stopped_lifts_the_pause_and_queues_it_again(b: Bench) -> None:

@@ -44,7 +44,8 @@ def exit_(outcome=None, request=None, code=0, attempts=0, disk_full=False, crash
     # killed by a signal with no result: resumed, a bounded number of times
     (exit_(None, code=-9, crash=KILLED), State.QUEUED, f"{KILLED}; resuming from its last checkpoint (attempt 1 of"),
     (exit_(None, code=-9, attempts=MAX_ATTEMPTS - 1, crash=KILLED), State.QUEUED, f"attempt {MAX_ATTEMPTS} of"),
-    (exit_(None, code=-9, attempts=MAX_ATTEMPTS, crash=KILLED), State.FAILED, KILLED),
+    (exit_(None, code=-9, attempts=MAX_ATTEMPTS, crash=KILLED), State.FAILED,
+     f"{KILLED}, {MAX_ATTEMPTS} times in a row without a new checkpoint. Fix: read the end of its console.log"),
     # a failure the trainer reported, or an exit code without a result: failed with why
     (exit_("failed", code=1, reason="loss became nan at step 7"), State.FAILED, "loss became nan at step 7"),
     (exit_(None, code=1), State.FAILED, EXITED),

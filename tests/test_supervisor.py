@@ -155,7 +155,8 @@ def test_a_trainer_killed_from_outside_is_resumed_then_failed_in_a_crash_loop(be
     assert row["reason"] == (f"trainer killed by signal SIGKILL; resuming from its last checkpoint "
                              f"(attempt 2 of {MAX_ATTEMPTS} without a new checkpoint)")
     row = _exits(bench, "talk-2", -9, attempts=MAX_ATTEMPTS)
-    assert (row["state"], row["reason"]) == ("failed", "trainer killed by signal SIGKILL")
+    assert row["state"] == "failed" and row["reason"].startswith(
+        f"trainer killed by signal SIGKILL, {MAX_ATTEMPTS} times in a row without a new checkpoint. Fix:")
     assert ("failed", "talk-2") in bench.told and ("on_fail", "talk-2") in bench.hooks
 
 
@@ -165,6 +166,16 @@ def test_a_checkpoint_since_its_last_start_counts_the_attempts_afresh(bench: Ben
     bench.sup.trainers["talk-1"] = Exited("talk-1", run_dir, -9)  # type: ignore[assignment]
     bench.sup.watch()
     assert (bench.row("talk-1")["state"], bench.row("talk-1")["attempts"]) == ("queued", 0)
+
+
+def test_a_user_stop_that_checkpointed_counts_the_attempts_afresh(bench: Bench) -> None:
+    """Two kills, then the user's stop saved a checkpoint: a resumed run gets its whole count of attempts again."""
+    run_dir = bench.run("talk-1", attempts=MAX_ATTEMPTS - 1, resume_from="step-2")
+    _checkpoint(run_dir, 4)  # the stop's checkpoint
+    RunFolder(run_dir).result.write_text(json.dumps({"outcome": "stopped"}))
+    bench.sup.trainers["talk-1"] = Exited("talk-1", run_dir, 0, StopRequest("stop"))  # type: ignore[assignment]
+    bench.sup.watch()
+    assert (bench.row("talk-1")["state"], bench.row("talk-1")["attempts"]) == ("stopped", 0)
 
 
 def test_a_trainer_that_crashed_fails_its_run_with_its_last_words(bench: Bench) -> None:

@@ -102,9 +102,12 @@ class ChatFormat:
             raise
         if with_tools:  # every assistant turn's spans: a call in a turn weighted 0 is shown all the same
             self._shows_tools(messages, tools, text, "".join(text[a:b] for a, b in spans))
-        if any(_untrained(m) for m in messages):
-            spans = self._trained_spans(shown, tools, text, spans)
-        return text, spans
+        if not any(_untrained(m) for m in messages):
+            return text, spans
+        if not self.markers:  # turn by turn: one span per assistant turn, in order
+            turns = [m for m in messages if m.get("role") == "assistant"]
+            return text, [span for span, m in zip(spans, turns, strict=True) if not _untrained(m)]
+        return text, self._trained_spans(shown, tools, text, spans)
 
     def _trained_spans(self, messages: Sequence[dict[str, Any]], tools: list | None, text: str,
                        spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -114,7 +117,8 @@ class ChatFormat:
         turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
         starts = [self._agreeing(messages[:i], tools, text) for i in turns]
         owner = [max((n for n, start in enumerate(starts) if start <= a), default=None) for a, _ in sorted(spans)]
-        if None in owner or set(owner) != set(range(len(turns))):
+        ordered = all(a < b for a, b in zip(starts, starts[1:]))
+        if not ordered or None in owner or set(owner) != set(range(len(turns))):
             raise TemplateError(
                 f"the chat template ({self.label}) renders the conversation so that its trained spans cannot be told "
                 f"apart turn by turn, and the record weights an assistant turn 0. Fix: set chat_template to a family "

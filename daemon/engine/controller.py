@@ -316,7 +316,7 @@ class Controller:
         if run["state"] == State.PRUNED:
             pruning.resumed(self.store, run["id"])  # trains to the end, past the rung it was pruned at
         self.transition(run["id"], State.QUEUED, "resumed by the user; continues from its last checkpoint",
-                        finished=None)
+                        finished=None, attempts=0)  # the user's decision: the crash-loop count starts again
         return f"resume {run['id']}: queued again"
 
     def _unpause(self, run_id: str, held: frozenset[str]) -> str:

@@ -55,4 +55,8 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
                               f"last complete checkpoint. Fix: free space on the disk of {e.home}")
     if e.exit_code is not None and e.exit_code < 0 and not e.outcome and retry:
         return State.QUEUED, f"{e.crash}; resuming from its last checkpoint {attempt}"
+    if not e.outcome and ((e.exit_code or 0) < 0 or e.request == StopRequest.RESTART):  # the attempts are spent
+        return State.FAILED, (f"{e.reason or e.crash}, {MAX_ATTEMPTS} times in a row without a new checkpoint. "
+                              f"Fix: read the end of its console.log for the cause; overnight resume RUN tries again "
+                              f"from its last checkpoint")
     return State.FAILED, e.reason or e.crash
