@@ -66,3 +66,14 @@ def test_demo_refuses_a_step_count_below_one(tmp_path):
     res = overnight("demo", "--no-tui", "--steps", "0", home=tmp_path / "h")
     assert res.returncode == 2 and "--steps" in res.stderr
     assert not (tmp_path / "h").exists(), "nothing is built or dropped for a refused command"
+
+
+def test_the_demo_never_takes_overnight_home_for_its_home():
+    """$OVERNIGHT_HOME names the user's real home: the demo would drop its task there and train in it."""
+    from click.testing import CliRunner
+
+    from daemon.client.cli import main
+    demo = main.commands["demo"]
+    home = next(p for p in demo.params if p.name == "home")
+    assert home.default == "overnight-demo" and home.envvar is None
+    assert "$OVERNIGHT_HOME is not used" in CliRunner().invoke(main, ["demo", "--help"]).output

@@ -393,7 +393,8 @@ def _model_version(h: Home, kind: str, name: str, version: int | None) -> str:
 
 
 @main.command()
-@home_option
+@click.option("--home", "home", type=click.Path(file_okay=False), default="overnight-demo", show_default=True,
+              help="The demo's own home ($OVERNIGHT_HOME is not used: the demo never trains in your home).")
 @click.option("--no-tui", is_flag=True, help="Print progress lines instead of opening the dashboard; exit when done.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default 200): fewer for a quick look, more to watch the probes settle.")
@@ -402,7 +403,7 @@ def demo(home: str | None, no_tui: bool, steps: int | None) -> None:
     from daemon.client import demo as d
     from daemon.core.rundir import RunFolder
     from tui.app import no_terminal
-    h = _home(home or os.environ.get("OVERNIGHT_HOME") or "overnight-demo", new=True)
+    h = _home(home, new=True)
     click.echo(f"demo home: {h.root}")
     if not no_tui and no_terminal():  # no screen to draw on: the progress lines instead
         click.echo(f"{no_terminal()}; showing progress lines instead (--no-tui)")

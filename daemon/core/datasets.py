@@ -872,8 +872,8 @@ class _Stream:
             # a key differing from one this schema reads only in case ('System') is data lost without an error
             read = _SCHEMA_FIELDS[self.schema] | ({"label"} if self.schema == "prompt_completion" else set())
             cased = [k for k in sorted(self.extra_fields) if k.lower() in read]
-            hint = f"; keys are lower-case: rename {', '.join(f'{k!r} to {k.lower()!r}' for k in cased)} for them " \
-                   "to be read" if cased else ""
+            renames = ", ".join(f"'{k}' to '{k.lower()}'" for k in cased)
+            hint = f"; keys are lower-case, so these are not read: rename {renames}" if cased else ""
             notes.append(f"extra fields ignored: {listed}{hint}")
         return notes
 
