@@ -152,7 +152,8 @@ def test_messages(tmp_path: Path) -> None:
     assert inspect_dataset(path).schema == "messages"
 
 
-def test_messages_content_parts_joined_and_loss_weight_noted(tmp_path: Path) -> None:
+def test_messages_content_parts_joined_and_trained_weights_read(tmp_path: Path) -> None:
+    # a weight of 1 trains the turn as none does; a user turn's 0 says what happens anyway (tests/test_record_weights.py)
     turns = [{"role": "user", "content": [{"type": "text", "value": "hi "}, {"type": "text", "text": "there"}],
               "loss_weight": 0.0},
              {"role": "assistant", "content": [{"type": "text", "value": "hello"}], "loss_weight": 1.0}]
@@ -160,7 +161,7 @@ def test_messages_content_parts_joined_and_loss_weight_noted(tmp_path: Path) -> 
     assert list(iter_examples(path))[0]["messages"] == [{"role": "user", "content": "hi there"},
                                                         {"role": "assistant", "content": "hello"}]
     notes = " ".join(inspect_dataset(path).notes)
-    assert "loss_weight" in notes and "2 message(s)" in notes and "list of text parts" in notes
+    assert "list of text parts" in notes and "weight" not in notes
 
 
 def test_sharegpt_roles_system_and_tools(tmp_path: Path) -> None:
@@ -210,6 +211,20 @@ def test_extra_fields_ignored_and_noted(tmp_path: Path) -> None:
     path = jsonl(tmp_path, [{"text": "a", "id": 1, "source": "x"}, {"text": "b", "id": 2}])
     assert [e["text"] for e in iter_examples(path)] == ["a", "b"]
     assert "extra fields ignored: 'id' (2 record(s)), 'source' (1 record(s))" in inspect_dataset(path).notes
+
+
+def test_sharegpt_system_field_and_first_system_turn_give_one_system_turn(tmp_path: Path) -> None:
+    """LLaMA-Factory's converter takes a first system turn over the record's 'system' field: one system turn, the
+    conversation's, not two."""
+    record = {"system": "FIELD", "conversations": [{"from": "system", "value": "TURN"}, {"from": "human", "value": "q"},
+                                                   {"from": "gpt", "value": "a"}]}
+    path = json_array(tmp_path, [record, {**record, "system": ""}])
+    assert [e["messages"] for e in iter_examples(path)] == [[
+        {"role": "system", "content": "TURN"}, {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"}]] * 2
+    notes = inspect_dataset(path).notes
+    assert ("1 ShareGPT record(s) with both a 'system' field and a first system turn: the turn is used and the field "
+            "ignored, as LLaMA-Factory does") in notes, notes
 
 
 def test_txt_one_example_per_non_blank_line(tmp_path: Path) -> None:
@@ -486,6 +501,41 @@ def test_csv_without_recognised_header(tmp_path: Path) -> None:
     check_error(error_of(path), "s.csv", "row 1", None, "other than commas")
 
 
+@pytest.mark.parametrize(("header", "renames"), [
+    ("Prompt,Completion", "column names are lower-case: rename 'Prompt' to 'prompt', 'Completion' to 'completion'"),
+    ("Instruction,Output", "column names are lower-case: rename 'Instruction' to 'instruction', 'Output' to 'output'"),
+    ("Text", "column names are lower-case: rename 'Text' to 'text'"),
+    ("question,answer", "rename 'question' to 'prompt', 'answer' to 'completion'")])
+def test_csv_header_in_another_case_or_convention_says_the_rename(tmp_path: Path, header: str, renames: str) -> None:
+    path = write(tmp_path, "d.csv", header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n")
+    message = check_error(error_of(path), "d.csv", "row 1", None, "no recognised header")
+    assert f"Fix: {renames}, or start the file with a header row" in message, message
+
+
+@pytest.mark.parametrize(("record", "renames"), [
+    ({"Prompt": "p", "Completion": "c"}, "keys are lower-case: rename 'Prompt' to 'prompt', 'Completion' to "
+                                         "'completion'"),
+    ({"Instruction": "i", "Output": "o"}, "keys are lower-case: rename 'Instruction' to 'instruction', 'Output' to "
+                                          "'output'"),
+    ({"Messages": CHAT}, "keys are lower-case: rename 'Messages' to 'messages'"),
+    ({"Text": "t"}, "keys are lower-case: rename 'Text' to 'text'"),
+    ({"Question": "q", "Answer": "a"}, "rename 'Question' to 'prompt', 'Answer' to 'completion'")])
+def test_keys_in_another_case_say_the_rename(tmp_path: Path, record: dict, renames: str) -> None:
+    message = check_error(error_of(jsonl(tmp_path, [record])), "data.jsonl", "line 1", None,
+                          "matches no accepted schema")
+    assert f"Fix: {renames}, or use one of the accepted schemas" in message, message
+
+
+def test_one_key_in_another_case_says_the_rename(tmp_path: Path) -> None:
+    """Beside a key of the schema, a missing one found in another case, and an extra one the schema would read."""
+    path = jsonl(tmp_path, [{"prompt": "p", "Completion": "c"}])
+    message = check_error(error_of(path), "data.jsonl", "line 1", "completion", "the required field is missing")
+    assert message.endswith("Fix: keys are lower-case: rename 'Completion' to 'completion'"), message
+    path = jsonl(tmp_path, [{"prompt": "p", "completion": "c", "Label": False}], name="kto.jsonl")
+    assert ("extra fields ignored: 'Label' (1 record(s)); keys are lower-case, so these are not read: rename 'Label' "
+            "to 'label'") in inspect_dataset(path).notes
+
+
 def test_csv_header_only_and_bad_quotes(tmp_path: Path) -> None:
     check_error(error_of(write(tmp_path, "d.csv", "text\n")), "d.csv", None, None, "no data rows")
     check_error(error_of(write(tmp_path, "q.csv", 'text\nok\n"never closed\n')), "q.csv", "row 3", None,
@@ -613,6 +663,20 @@ def test_a_record_over_the_limit_is_a_clear_error(tmp_path: Path, name: str,
     location = "record 2 (line 2)" if name.endswith(".json") else "line 2"
     words = "larger than" if name.endswith(".json") else "longer than"
     check_error(error_of(write(tmp_path, name, body)), name, location, None, words, "MiB")
+
+
+@pytest.mark.parametrize(("char", "count"), [("x", 1200), ("é", 600), ("😀", 300)])
+def test_a_json_array_record_over_the_limit_read_whole_is_refused(tmp_path: Path, char: str, count: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record that fits one chunk decodes at once, the limit never reached by a decode error: its size (in UTF-8
+    bytes, as a .jsonl line's) is checked all the same; 1,200 bytes each here, over a limit of 1,000."""
+    monkeypatch.setattr(dataformats, "MAX_RECORD_BYTES", 1000)
+    text = char * count
+    path = write(tmp_path, "big.json", '[{"text": "a"},\n' + json.dumps({"text": text}, ensure_ascii=False) + "]")
+    check_error(error_of(path), "big.json", "record 2 (line 2)", None, "the record is larger than", "MiB",
+                "split it into smaller records")
+    small = write(tmp_path, "small.json", json.dumps([{"text": char * (count // 2)}], ensure_ascii=False))
+    assert inspect_dataset(small).records == 1
 
 
 @pytest.mark.parametrize("name", ["flat.jsonl", "flat.json", "flat.csv", "flat.txt", "flat.parquet"])

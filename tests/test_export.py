@@ -50,6 +50,11 @@ def test_export_adapter_and_merged_model(trained: tuple[Path, dict[str, Any]], t
     res = overnight("export", run["id"], str(tmp_path / "adapter"), home=home)
     assert res.returncode == 0 and f"adapter of {run['id']} written to {tmp_path / 'adapter'}" in res.stdout
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    # readable by another account (a server, a hook): the safetensors library writes 0600
+    for weights in (tmp_path / "adapter" / "adapter_model.safetensors",
+                    Path(run["run_dir"]) / "adapter" / "adapter_model.safetensors",
+                    *Path(run["run_dir"]).glob("checkpoints/*/adapter_model.safetensors")):
+        assert weights.stat().st_mode & 0o777 == 0o644, (weights, oct(weights.stat().st_mode))
     # it names its base where a loader outside the home finds it (the run named it relative to the home)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((home / "models" / "tiny").resolve())
@@ -62,6 +67,7 @@ def test_export_adapter_and_merged_model(trained: tuple[Path, dict[str, Any]], t
     assert res.returncode == 0, res.stderr[-2000:]
     assert "merged into the base (fp32)" in res.stdout and "Failed to load" not in res.stderr
     assert not (tmp_path / ".merged.partial").exists()
+    assert (tmp_path / "merged" / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
     tiny = home / "models" / "tiny"
     tok = AutoTokenizer.from_pretrained(tmp_path / "merged")

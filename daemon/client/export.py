@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from daemon.core.atomic import share_weights
 from daemon.core.runconfig import RunConfig
 from daemon.core.rundir import ADAPTER_WEIGHTS, RunFolder, has_weights
 from daemon.core.errors import ExportError
@@ -80,6 +81,7 @@ def _written_aside(out: Path, what: str) -> Iterator[Path]:
                           f"folders you can write to.") from None
     try:
         yield partial
+        share_weights(partial)
         if out.exists():
             out.rmdir()  # checked empty before
         partial.rename(out)

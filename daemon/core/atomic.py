@@ -21,6 +21,15 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def share_weights(folder: Path) -> None:
+    """The *.safetensors under `folder` readable as any file this process writes (umask): the safetensors library
+    writes them 0600, which hides a run's adapter and checkpoints from a serving account, a hook running as
+    another user, or another user's dashboard."""
+    for path in Path(folder).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~_UMASK)
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder."""
     path = Path(path)

@@ -36,7 +36,7 @@ def role_of(path: Path) -> str:
 
 # A probe or eval file's name gone slightly wrong (x.probe.jsonl, x_probes.jsonl, x.probes.json, x-eval.jsonl): it
 # ends in a dataset's suffix, so without this it would be read as a dataset and fail on its schema, or train alone.
-_NEAR_MISS = re.compile(r"(?P<stem>.+?)[._ -](?P<kind>probes?|evals?)\.(?:jsonl|json|csv|parquet|txt)", re.IGNORECASE)
+_NEAR_MISS = re.compile(r"(?P<stem>.+?)[._ -](?P<kind>probes?|evals?)\.[^.]+", re.IGNORECASE)
 
 
 def near_miss(name: str) -> str | None:
@@ -55,8 +55,8 @@ def _near_miss_problem(name: str, meant: str) -> str:
     # a .json array or a CSV is no JSON Lines file: renaming alone would not make it readable
     convert = "" if name.lower().endswith(".jsonl") else " (it must be JSON Lines, one record per line: convert it)"
     return (f"{name}: the name looks like {what}'s, but {what} is named NAME{suffix}, so this would be taken as a "
-            f"dataset of its own. Fix: did you mean {meant}? Rename it so{convert} to give it to the dataset {stem}; "
-            f"if it is a dataset to train on, give it a name that does not end in {name[len(stem):]!r}.")
+            f"dataset of its own. Fix: did you mean {meant}? Rename it to that{convert} and drop it with the dataset "
+            f"{stem}; if it is a dataset to train on, give it a name that does not end in {name[len(stem):]!r}.")
 
 
 def sidecar_beside(dataset: Path) -> Path | None:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from daemon.core.atomic import fsync_dir, write_text
+from daemon.core.atomic import fsync_dir, share_weights, write_text
 from daemon.core.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name
 
 
@@ -81,6 +81,7 @@ def finalize(checkpoints: Path, step: int) -> Path | None:
     if dest.exists():
         _remove(dest)
     _rename_best(src / TRAINER_STATE, checkpoints)
+    share_weights(src)
     os.rename(src, dest)
     fsync_dir(checkpoints)
     return dest

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.core.atomic import write_json, write_text
+from daemon.core.atomic import share_weights, write_json, write_text
 from daemon.core.templating import serving_template
 from daemon.core.states import Outcome, StopRequest
 
@@ -117,6 +117,7 @@ def save_adapter(model: Any, adapter_dir: Path, card: str, tokenizer: Any = None
     if generation is not None:
         generation.save_pretrained(tmp)
     write_text(tmp / "README.md", card)
+    share_weights(tmp)
     if adapter_dir.exists():
         old = adapter_dir.with_name(f".{adapter_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
