@@ -86,6 +86,20 @@ def test_a_stock_qwen3_template_trains_through_its_training_version(home: Path, 
     assert trained == ["<think>\n\n</think>\n\nhello<|im_end|>\n", "<think>\n\n</think>\n\nsee you<|im_end|>\n"]
 
 
+def test_a_sharegpt_system_field_beside_a_system_turn_renders_one_system_block(home: Path, tiny_model: Path,
+                                                                               tmp_path: Path):
+    """LLaMA-Factory's converter keeps a first system turn and ignores the record's 'system' field: so does the
+    render, rather than two system blocks."""
+    (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\n')
+    data = tmp_path / "share.json"
+    data.write_text(json.dumps([{"system": "FIELD-SYSTEM", "conversations": [
+        {"from": "system", "value": "TURN-SYSTEM"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]))
+    verdict = show(home, data)
+    text = "".join(s["text"] for s in verdict["examples"][0])
+    assert text.count("<|im_start|>system") == 1 and "TURN-SYSTEM" in text and "FIELD-SYSTEM" not in text, text
+    assert any("the turn is used and the field ignored" in n for n in verdict["report"]["notes"])
+
+
 def test_bad_templates_and_missing_ones_say_the_fix(home: Path, tiny_model: Path, tmp_path: Path):
     base = base_without_template(tiny_model, tmp_path / "base")
     (home / "overnight.toml").write_text(f'base_model = "{base}"\n')

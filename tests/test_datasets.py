@@ -31,6 +31,7 @@ from daemon.core.datasets import (
     iter_examples,
     normalize_record,
 )
+from tests.conftest import overnight
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -530,7 +531,7 @@ def test_one_key_in_another_case_says_the_rename(tmp_path: Path) -> None:
     """Beside a key of the schema, a missing one found in another case, and an extra one the schema would read."""
     path = jsonl(tmp_path, [{"prompt": "p", "Completion": "c"}])
     message = check_error(error_of(path), "data.jsonl", "line 1", "completion", "the required field is missing")
-    assert message.endswith("Fix: keys are lower-case: rename 'Completion' to 'completion'"), message
+    assert message.endswith("Fix: keys are lower-case: rename 'Completion' to 'completion'."), message
     path = jsonl(tmp_path, [{"prompt": "p", "completion": "c", "Label": False}], name="kto.jsonl")
     assert ("extra fields ignored: 'Label' (1 record(s)); keys are lower-case, so these are not read: rename 'Label' "
             "to 'label'") in inspect_dataset(path).notes
@@ -699,3 +700,35 @@ def test_memory_stays_flat(tmp_path: Path, name: str) -> None:
         tracemalloc.stop()
     assert report.records == count
     assert peak < 2_000_000, f"peak {peak / 1e6:.1f} MB for a {path.stat().st_size / 1e6:.0f} MB file"
+
+
+# -- file names --------------------------------------------------------------------------------------------
+NEAR_MISSES = [("sup.probe.jsonl", "sup.probes.jsonl"), ("sup_probes.jsonl", "sup.probes.jsonl"),
+               ("sup.probes.json", "sup.probes.jsonl"), ("sup.eval.json", "sup.eval.jsonl"),
+               ("sup_eval.jsonl", "sup.eval.jsonl")]
+
+
+@pytest.mark.parametrize(("name", "meant"), NEAR_MISSES)
+def test_check_refuses_a_misnamed_probe_or_eval_file_with_the_name_it_needs(tmp_path: Path, name: str,
+                                                                            meant: str) -> None:
+    """Named like a probe or eval file but not quite, it would be read as a dataset (and fail on its schema, or train
+    a run of its own): refused by its name, with the name it needs."""
+    path = write(tmp_path, name, json.dumps({"prompt": "2+2=", "reference": "4"}) + "\n")
+    [verdict] = json.loads(overnight("check", str(path), "--json").stdout)
+    assert not verdict["ok"] and verdict["error"].startswith(f"{name}: the name looks like "), verdict
+    assert f"Fix: did you mean {meant}? Rename it to that" in verdict["error"], verdict["error"]
+    assert "schema" not in verdict["error"]
+    assert (" (it must be JSON Lines" in verdict["error"]) == name.endswith(".json")
+
+
+def test_the_inbox_refuses_misnamed_probe_and_eval_files_by_their_name(home: Path) -> None:
+    for name, _ in NEAR_MISSES:
+        write(home / "inbox", name, json.dumps({"prompt": "2+2=", "reference": "4"}) + "\n")
+    jsonl(home / "inbox", [{"text": "a"}], name="sup.jsonl")
+    overnight("daemon", "--once", "--settle", "0.2", "--quiet", home=home, timeout=300)
+    rejected = home / "inbox" / "rejected"
+    for name, meant in NEAR_MISSES:
+        error = (rejected / f"{Path(name).stem}.error.txt").read_text()
+        assert (rejected / name).is_file() and f"Fix: did you mean {meant}?" in error, error
+    # the dataset itself is judged on its own (refused here only for the base model no overnight.toml names)
+    assert "base model" in (rejected / "sup.error.txt").read_text()

@@ -279,14 +279,16 @@ def test_lists_on_a_non_sweepable_option_and_in_overnight_toml_get_clear_errors(
 
 
 def _fake_run(store: Store, home: Path, rid: str, seq: int, state: str, eval_loss: float | None, options: dict,
-              learned: int, group: str | None = "sup-20260101-000000") -> None:
+              learned: int, group: str | None = "sup-20260101-000000", data: str = "sup.jsonl") -> None:
     d = home / "runs" / rid
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"options": {"learning_rate": 2e-4, "seed": 42, **options}}))
+    (d / "config.json").write_text(json.dumps({"options": {"learning_rate": 2e-4, "seed": 42, **options},
+                                               "dataset": {"file": data, "sha256": f"sha of {data}"}}))
     (d / "evolution.jsonl").write_text("".join(
         json.dumps({"step": 4, "probe": p, "prompt": "q", "reference": "a", "generation": "a" if p < learned else "b",
                     "exact": p < learned, "similarity": 1.0 if p < learned else 0.0}) + "\n" for p in range(4)))
     store.insert_run({"id": rid, "name": "sup", "group_id": group, "state": state, "seq": seq, "run_dir": str(d),
+                      "dataset": data,
                       "eval_loss": eval_loss, "loss": None if eval_loss is None else eval_loss + 0.5,
                       "tokens_per_s": 1000.0 + seq, "started": "2026-01-01T00:00:00",
                       "finished": "2026-01-01T00:01:30" if state != "queued" else None})
@@ -310,6 +312,7 @@ def test_compare_group_ranks_by_eval_loss_with_probes_speed_time_and_differing_o
     assert rows[-1]["state"] == "failed" and rows[-1]["rank"] is None
     text = overnight("compare", "sup-2026010", home=home, check=True).stdout  # by a prefix of the group id
     assert "group sup-20260101-000000: 4 runs, 3 completed, ranked by eval loss (best first)" in text
+    assert "note:" not in text  # one dataset: nothing to warn of
     first = text.splitlines()[2]
     assert first.startswith("1 ★  sup-lr2e-3-20260101-000000  completed  1.2   1.7   4/4") and \
         "1m30s" in first and first.endswith("learning_rate=2e-3")
@@ -334,6 +337,21 @@ def test_compare_stars_the_run_select_metric_picks(home):
     rows = json.loads(overnight("compare", "sup-20260101-000000", "--json", home=home, check=True).stdout)
     assert [(r["rank"], r["run_id"][:9], r["ranked_by"]) for r in rows] == [(1, "sup-lr3e-", "rougeL"),
                                                                             (2, "sup-lr1e-", "rougeL")]
+
+
+def test_compare_ranks_runs_named_in_any_order_alike_and_says_when_their_data_differ(home):
+    """Runs named one by one: the ranking does not follow the first one's select_metric, and runs trained or scored
+    on different data are ranked with a note (their losses measure different things)."""
+    store = Store(home / "overnight.db")
+    _fake_run(store, home, "a-20260101-000000", 1, "completed", 1.1, {"select_metric": "rougeL"}, 1, group=None)
+    _fake_run(store, home, "b-20260101-000000", 2, "completed", 1.3, {}, 1, group=None, data="other.jsonl")
+    store.close()
+    orders = [json.loads(overnight("compare", *ids, "--json", home=home, check=True).stdout)
+              for ids in (("a-20260101-000000", "b-20260101-000000"), ("b-20260101-000000", "a-20260101-000000"))]
+    assert [[(r["run_id"], r["ranked_by"]) for r in rows] for rows in orders] == \
+        [[("a-20260101-000000", "eval_loss"), ("b-20260101-000000", "eval_loss")]] * 2
+    text = overnight("compare", "a-20260101-000000", "b-20260101-000000", home=home, check=True).stdout
+    assert "note: these runs were trained or scored on different datasets (other.jsonl, sup.jsonl)" in text, text
 
 
 def test_compare_of_runs_that_trained_different_objectives_says_their_losses_are_not_one_scale(home):

@@ -339,6 +339,22 @@ def test_trained_segments(world: dict[str, Any], name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_an_answer_weighted_0_is_rendered_but_not_trained(world: dict[str, Any], name: str) -> None:
+    """A record's "weight": 0 on an assistant turn (datasets.py): the same text, and every span but that turn's."""
+    fmt = chosen(world, name)
+    turns = [dict(m) for m in TURNS]
+    turns[3]["weight"] = 0  # the second answer
+    text, spans = fmt.render(conversation(name, turns))
+    whole, all_spans = fmt.render(conversation(name, TURNS))
+    assert text == whole
+    replies = regions(text, USERS)
+    assert trained_text(text, spans, *replies[1]) == "", trained_text(text, spans, *replies[1])
+    for i in (0, 2):
+        assert trained_text(text, spans, *replies[i]) == trained_text(text, all_spans, *replies[i])
+    assert trained_text(text, spans, 0, replies[0][0]) == ""
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_token_labels(world: dict[str, Any], name: str) -> None:
     tok = world["tokenizer"]
     fmt = chosen(world, name)

@@ -367,7 +367,7 @@ def _role_turns(record: dict, key: str, where: _Where, notes: Notes, *, weights:
             message.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
         if weights:
             _weighed(message, turn, name, where, notes)
-        elif any(k in turn for k in WEIGHT_KEYS):  # a preference objective scores each answer whole
+        elif any(turn.get(k) is not None for k in WEIGHT_KEYS):  # a preference objective scores each answer whole
             notes.tally("'weight'/'loss_weight' ignored on {n} message(s) of preference records: every answer turn "
                         "is scored")
         messages.append(message)
@@ -382,7 +382,8 @@ WEIGHT_KEYS = ("weight", "loss_weight")
 def _weighed(message: dict[str, Any], turn: dict, name: str, where: _Where, notes: Notes) -> None:
     """Mark `message` (made from `turn`, at `name`) "weight": 0 when the turn is weighted 0; refuse a weight that
     is not 0 or 1, or that would train a turn that is not the assistant's."""
-    given = {key: turn[key] for key in WEIGHT_KEYS if key in turn}
+    # null is no weight: parquet gives every message the fields any message of the column has
+    given = {key: turn[key] for key in WEIGHT_KEYS if turn.get(key) is not None}
     for key, value in given.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
             shown = f" {json.dumps(value, ensure_ascii=False)[:40]}" if isinstance(value, str) else ""

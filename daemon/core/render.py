@@ -289,6 +289,11 @@ def comparison(rows: list[dict[str, Any]], group: str | None) -> str:
     if pruning:
         lines.append("RUNGS: rN@STEP eval loss there (the training loss without an eval set), then ↑ went on, ✗ "
                      "pruned (resumable), … waiting, ↻ resumed")
+    unlike = next((r["unlike"] for r in rows if r.get("unlike")), [])
+    if unlike and metric:
+        lines.append(f"note: these runs were trained or scored on different {' and '.join(unlike)} "
+                     f"({', '.join(sorted({str(r['dataset']) for r in rows}))}): their figures measure different "
+                     f"things, so the ranking says little about which is better")
     if any("objective" in r["options_that_differ"] for r in rows) and metric in ("eval_loss", "loss"):
         lines.append("note: these runs train different objectives (SFT's cross-entropy, DPO's and KTO's preference "
                      "losses): their losses are not on one scale, so the ranking says nothing about which is better")

@@ -404,11 +404,20 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
         evo = analyze(load_records(folder.evolution))
         options = RunConfig.read(folder.root).options
         trained = (read_json(folder.stats, {}) or {}).get("objective")  # "auto" as its trainer resolved it
+        config = RunConfig.read(folder.root)
+        scored_on = ((read_json(folder.eval_report, {}) or {}).get("eval") or {}).get("file")
         info[r["id"]] = {"options": {**options, "objective": trained} if trained else options,
-                         "result": folder.read_result(), "learned": evo.learned, "total": evo.total}
+                         "result": folder.read_result(), "learned": evo.learned, "total": evo.total,
+                         "data": config.dataset.get("sha256") or config.dataset.get("file"),
+                         "eval_file": Path(scored_on).name if scored_on else None}
     keys = list(dict.fromkeys(k for i in info.values() for k in i["options"]))
     differ = [k for k in keys if len({repr(i["options"].get(k)) for i in info.values()}) > 1]
-    by = ranked_by(info[runs[0]["id"]]["options"]) if runs else "eval_loss"  # the ★ is the run select picks
+    # the ★ is the run select picks: the group's ranking, or the one every run agrees on (eval loss otherwise), so
+    # the order the runs are named in changes nothing
+    agreed = {ranked_by(i["options"]) for i in info.values()}
+    by = agreed.pop() if len(agreed) == 1 else "eval_loss"
+    unlike = [what for what, key in (("datasets", "data"), ("eval files", "eval_file"))
+              if len({i[key] for i in info.values()}) > 1]
     ordered, metric = rank(runs, lambda r: info[r["id"]]["learned"], by)
     rows = []
     for r in ordered:
@@ -419,7 +428,7 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
                      "seconds": _seconds(r, i["result"]),
                      "options_that_differ": {k: i["options"].get(k) for k in differ},
                      "group": r.get("group_id"), "base_model": r.get("base_model"), "step": r.get("step"),
-                     "ranked_by": metric,
+                     "ranked_by": metric, "dataset": r.get("dataset"), "unlike": unlike,
                      # the number it was ranked by, when that is a report's (the losses have their columns)
                      "metric_value": _value(r, metric) if metric and metric not in LOSS_METRICS else None,
                      "rungs": [{"rung": g["rung"] + 1, "step": g["step"], "metric": g["metric"],

@@ -149,6 +149,8 @@ class TrainerProcess:
                 fields.update(loss=train[-1]["loss"], tokens_per_s=train[-1].get("tokens_per_s"))
             if evals:
                 fields["eval_loss"] = evals[-1]["eval_loss"]
+        if self.job.poll() is not None:  # the trainer has exited: its result.json has the last word
+            fields.update(ended_fields(self.folder.read_result()))
         self._store_new("evolution", store)
         prog = self.progress()
         if prog.get("step") is not None:
@@ -213,6 +215,25 @@ class TrainerProcess:
         self.job.release()
 
     close_stdin = release  # a local trainer: EOF on its stdin
+
+
+def ended_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """The run row's numbers as the trainer's result.json has them once it has exited (none it lacks).
+
+    While a run trains, its row follows metrics.jsonl: the latest eval loss and the tokens/s of the latest logging
+    interval. At its end they must describe what the run kept: after early stopping the trainer reloads the best
+    checkpoint, so its eval loss is that checkpoint's, not the last eval's (compare, metadata.json, a sweep's
+    select = "best" and the search's study rank by this row); and the run's speed is its average (tokens trained
+    over training seconds), not its last interval's. `loss` keeps its meaning, the last training loss logged
+    (result.json's final_loss)."""
+    fields: dict[str, Any] = {}
+    for field_name, key in (("loss", "final_loss"), ("eval_loss", "eval_loss")):
+        if isinstance(result.get(key), (int, float)):
+            fields[field_name] = result[key]
+    tokens, seconds = result.get("tokens_seen"), result.get("train_seconds")
+    if isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and tokens > 0 and seconds > 0:
+        fields["tokens_per_s"] = round(tokens / seconds, 1)
+    return fields
 
 
 def progress_mark(folder: RunFolder) -> tuple[int, object]:
