@@ -124,6 +124,17 @@ def test_add_copies_sidecar_first_and_keeps_the_original(home, tmp_path):
     assert side.returncode != 0 and "--sidecar" in side.stderr
 
 
+def test_add_takes_an_eval_file_by_any_name_and_a_missing_file_is_a_bad_file(home, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "held-out.jsonl").write_text('{"prompt": "a", "reference": "b"}\n')
+    res = overnight("add", str(tmp_path / "d.jsonl"), "--eval", str(tmp_path / "held-out.jsonl"), home=home, check=True)
+    assert (home / "inbox" / "d.eval.jsonl").read_text() == (tmp_path / "held-out.jsonl").read_text()
+    assert res.stdout.index("d.eval.jsonl") < res.stdout.index("d.jsonl ->")  # before its dataset
+    for args in ([str(tmp_path / "none.jsonl")], [str(tmp_path / "d.jsonl"), "--eval", str(tmp_path / "no.jsonl")]):
+        missing = overnight("add", *args, home=home)  # exit 1 as check says a bad file, not click's usage error 2
+        assert missing.returncode == 1 and "does not exist" in missing.stderr and "nothing was added" in missing.stderr
+
+
 def test_add_that_clashes_moves_nothing_so_no_sidecar_joins_the_earlier_drop(home, tmp_path):
     (home / "inbox" / "d.jsonl").write_text('{"text": "earlier"}\n')
     (tmp_path / "d.jsonl").write_text('{"text": "later"}\n')

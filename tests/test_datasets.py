@@ -162,7 +162,8 @@ def test_messages_content_parts_joined_and_trained_weights_read(tmp_path: Path) 
     assert list(iter_examples(path))[0]["messages"] == [{"role": "user", "content": "hi there"},
                                                         {"role": "assistant", "content": "hello"}]
     notes = " ".join(inspect_dataset(path).notes)
-    assert "list of text parts" in notes and "weight" not in notes
+    assert "list of text parts" in notes and "weights ('weight'/'loss_weight') read on 2 message(s)" in notes, notes
+    assert "weighted 0 (" not in notes
 
 
 def test_sharegpt_roles_system_and_tools(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_a_restarted_trainer_before_training_keeps_the_runs_known_total(tmp_path
     from daemon.engine.store import Store
 
     (tmp_path / "progress.json").write_text(json.dumps({"state": "preparing", "step": 5, "max_steps": None}))
-    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None))  # type: ignore[arg-type]
+    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None, poll=lambda: None))  # type: ignore[arg-type]
     store = Store(tmp_path / "overnight.db")
     try:
         fields = t.ingest(store)
@@ -93,7 +93,7 @@ def test_a_paused_run_has_no_eta_and_its_step_is_the_newest_logged_loss(tmp_path
 
     from daemon.engine.store import Store
 
-    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None))  # type: ignore[arg-type]
+    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None, poll=lambda: None))  # type: ignore[arg-type]
     store = Store(tmp_path / "overnight.db")
     try:
         for step in (0, 1, 2):  # step 1's time (the step-0 probes, warm-up) is not the pace
@@ -106,3 +106,29 @@ def test_a_paused_run_has_no_eta_and_its_step_is_the_newest_logged_loss(tmp_path
     finally:
         store.close()
     assert fields["eta_s"] is None and fields["step"] == 3 and fields["loss"] == 4.5
+
+
+def test_an_ended_run_takes_its_eval_loss_loss_and_average_speed_from_result_json(tmp_path: Path) -> None:
+    """After early stopping the adapter is the best checkpoint's: the row (which compare, metadata.json and select =
+    "best" read) takes that eval loss, not the last eval's; its tokens/s is the run's average, not the last
+    interval's."""
+    import json
+
+    from daemon.engine.store import Store
+
+    lines = [{"step": 2, "loss": 3.0, "tokens_per_s": 900.0}, {"step": 2, "eval_loss": 2.5},
+             {"step": 4, "loss": 2.0, "tokens_per_s": 9000.0}, {"step": 4, "eval_loss": 2.9}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    exited: list[int | None] = [None]
+    t = TrainerProcess("r", tmp_path, job=SimpleNamespace(pid=None, poll=lambda: exited[0]))  # type: ignore[arg-type]
+    store = Store(tmp_path / "overnight.db")
+    try:
+        live = t.ingest(store)
+        assert (live["eval_loss"], live["tokens_per_s"]) == (2.9, 9000.0)  # while it trains: the latest
+        (tmp_path / "result.json").write_text(json.dumps({"outcome": "completed", "final_loss": 2.0, "eval_loss": 2.5,
+                                                          "tokens_seen": 12000, "train_seconds": 10.0}))
+        exited[0] = 0
+        ended = t.ingest(store)
+    finally:
+        store.close()
+    assert (ended["eval_loss"], ended["loss"], ended["tokens_per_s"]) == (2.5, 2.0, 1200.0)

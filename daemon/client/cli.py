@@ -127,15 +127,23 @@ def check(home: str | None, as_json: bool, show: int, files: tuple[str, ...]) ->
 
 @main.command()
 @home_option
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--sidecar", type=click.Path(exists=True, dir_okay=False), help="Options file to use as NAME.toml.")
-@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
-def add(home: str | None, file: str, sidecar: str | None, probes: str | None) -> None:
-    """Copy a dataset (and its sidecar/probes) into the inbox safely: the daemon never sees half a file."""
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--sidecar", type=click.Path(dir_okay=False), help="Options file to use as NAME.toml.")
+@click.option("--probes", type=click.Path(dir_okay=False), help="Probe file to use as NAME.probes.jsonl.")
+@click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
+              help="Eval records to use as NAME.eval.jsonl (scored at the end of the run).")
+def add(home: str | None, file: str, sidecar: str | None, probes: str | None, eval_file: str | None) -> None:
+    """Copy a dataset (and its sidecar, probes and eval file) into the inbox safely: the daemon never sees half a
+    file."""
     from daemon.core import drop
+    missing = [p for p in (file, sidecar, probes, eval_file) if p and not Path(p).is_file()]
+    if missing:  # a bad file, as check says it: exit 1 (click's own check exits 2, a usage error)
+        raise click.ClickException(f"{missing[0]} does not exist (or is not a file); nothing was added. Fix: check "
+                                   f"the path.")
     h = _home(home)
     with _clean_errors(drop.DropError):
-        drop.add(h, Path(file), sidecar, probes, on_added=lambda src, dest: click.echo(f"added {src} -> {dest}"))
+        drop.add(h, Path(file), sidecar, probes, on_added=lambda src, dest: click.echo(f"added {src} -> {dest}"),
+                 eval_file=eval_file)
 
 
 @main.command()

@@ -339,6 +339,8 @@ def rename_hint(keys: Iterable[str], fields: Collection[str], noun: str = "keys"
     if not renames:
         return ""
     return f"{noun} are lower-case: " * case + f"rename {', '.join(renames)}"
+
+
 # Columns whose cells hold JSON (a list of messages, history pairs, tool definitions).
 _CSV_JSON_COLUMNS = ("messages", "conversations", "history")
 

@@ -395,6 +395,8 @@ def _weighed(message: dict[str, Any], turn: dict, name: str, where: _Where, note
                                 "cannot be both trained and not", "keep one of the two keys, or give both the same value")
     if not given:
         return
+    notes.tally("per-message weights ('weight'/'loss_weight') read on {n} message(s): an assistant turn weighted 1 "
+                "trains, one weighted 0 is kept as context")
     key, weight = next(iter(given.items()))
     if message["role"] != "assistant" and weight == 1:
         raise where.error(f"{name}.{key}", f"a {message['role']} turn has {key} 1, but only the assistant's turns are "

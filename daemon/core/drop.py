@@ -15,22 +15,22 @@ from daemon.core.fsutil import IGNORED_SUFFIXES, ignored
 
 
 def plan(h: Home, src: Path, sidecar: str | os.PathLike | None,
-         probes: str | os.PathLike | None) -> list[tuple[Path, Path]]:
-    """(source, inbox destination) pairs: the sidecar and probes named, else those beside the dataset (and the eval
-    file beside it); the dataset
-    last, so that its sidecar is already waiting for it."""
+         probes: str | os.PathLike | None, eval_file: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """(source, inbox destination) pairs: the sidecar, probes and eval file named, else those beside the dataset;
+    the dataset last, so that its sidecar is already waiting for it."""
     stem = src.stem
     pairs = []
     for given, beside, name in ((sidecar, sidecar_beside(src) or src.with_suffix(".toml"), f"{stem}.toml"),
                                 (probes, src.with_name(stem + PROBES_SUFFIX), f"{stem}{PROBES_SUFFIX}"),
-                                (None, src.with_name(stem + EVAL_SUFFIX), f"{stem}{EVAL_SUFFIX}")):
+                                (eval_file, src.with_name(stem + EVAL_SUFFIX), f"{stem}{EVAL_SUFFIX}")):
         if given or beside.exists():
             pairs.append((Path(given) if given else beside, h.inbox / name))
     return [*pairs, (src, h.inbox / src.name)]
 
 
 def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.PathLike | None,
-        on_added: Callable[[Path, Path], None] = lambda src, dest: None, staged: bool = False) -> list[Path]:
+        on_added: Callable[[Path, Path], None] = lambda src, dest: None, staged: bool = False,
+        eval_file: str | os.PathLike | None = None) -> list[Path]:
     """Copy the drop into the inbox (`on_added(source, dest)` after each file); all or nothing: a failure removes
     the copies already placed (the originals stay) and raises. Returns the inbox paths. `staged`: the files were
     written on the inbox's file system for this drop (an upload): each is linked in itself, not copied again."""
@@ -40,12 +40,12 @@ def add(h: Home, src: Path, sidecar: str | os.PathLike | None, probes: str | os.
     if role_of(src) != "dataset":
         companion = role_of(src) in ("sidecar", "probes", "eval")
         raise DropError(f"{src.name} is not a dataset (.jsonl, .json, .csv, .parquet or .txt). " + (
-            "Add the dataset and pass this file with --sidecar or --probes." if companion else
+            "Add the dataset and pass this file with --sidecar, --probes or --eval." if companion else
             "Fix: convert it to one of those formats, then add that file."))
     problem = name_problem(src.name)
     if problem:
         raise DropError(f"{problem} Nothing was added.")
-    pairs = plan(h, src, sidecar, probes)
+    pairs = plan(h, src, sidecar, probes, eval_file)
     clashes = [dest for _, dest in pairs if dest.exists() or dest.is_symlink()]
     if clashes:  # checked before anything moves: a lone sidecar would attach to the earlier drop of that name
         raise DropError(f"{', '.join(d.name for d in clashes)} already exists in the inbox ({h.inbox}); "

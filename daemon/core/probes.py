@@ -10,10 +10,13 @@ answers as the example holds them: "chosen" and "rejected" (a pair; "reference" 
 
 Probes come from a `NAME.probes.jsonl` file (records in any accepted dataset schema, or `{"prompt", "reference"}`)
 or, when there is none, from a small deterministic sample held out of the training data (`holdout_indices`).
+The rules of the eval split, held out beside them, are here too (`no_eval_split`): `overnight check` and the
+trainer's console say the same of a run that gets none.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,13 +231,95 @@ def load_probe_file(path: Path, kind: str | None = None, dataset: str | None = N
     return probes
 
 
-def holdout_indices(n_records: int, count: int, seed: int) -> list[int]:
-    """Indices (ascending) of up to `count` records to hold out as probes; same inputs, same indices.
+def held_out_count(n_records: int, count: int) -> int:
+    """How many records `holdout_indices` holds out as probes: never more than HOLDOUT_FRACTION of the records, and
+    at least one record is always left for training (a dataset of fewer than 10 records gives none)."""
+    return max(0, min(count, int(n_records * HOLDOUT_FRACTION), n_records - 1))
 
-    Never more than HOLDOUT_FRACTION of the records, and at least one record is always left for training;
-    a dataset of fewer than 10 records gives no probes.
-    """
-    k = min(count, int(n_records * HOLDOUT_FRACTION), n_records - 1)
+
+def holdout_indices(n_records: int, count: int, seed: int) -> list[int]:
+    """Indices (ascending) of up to `count` records to hold out as probes (`held_out_count`); same inputs, same
+    indices."""
+    k = held_out_count(n_records, count)
     if k <= 0:
         return []
     return sorted(random.Random(f"overnight-probes-{seed}").sample(range(n_records), k))
+
+
+def probe_shortfall(n_records: int, count: int) -> str | None:
+    """Why fewer probes than `probe_count` are held out of a dataset (None: all of them are), in the words the
+    console, `check` and `overnight evolution` share."""
+    held = held_out_count(n_records, count)
+    if count <= 0 or held >= count:
+        return None
+    limit = f"at most {HOLDOUT_FRACTION:.0%} of {n_records} records"
+    if held == 0:
+        need = math.ceil(1 / HOLDOUT_FRACTION)
+        return f"{count} asked, none held out ({limit}: a probe needs {need} records or more)"
+    return f"{count} asked, {held} held out ({limit})"
+
+
+# ------------------------------------------------------------------------------------------ the eval split
+# held out beside the probes (daemon/trainer/sequences.py `eval_indices` draws it); its rules are here, torch-free,
+# so that `overnight check` and the trainer's console say the same of a run that gets none
+
+MIN_RECORDS_FOR_EVAL = 20  # an eval loss over fewer records says little: no split below this many
+
+
+def eval_count(candidates: int, fraction: float) -> int:
+    """How many of `candidates` records (those not held out as probes) the eval split takes: 0 below
+    MIN_RECORDS_FOR_EVAL or when the fraction rounds down to none."""
+    count = int(candidates * fraction)
+    return 0 if count < 1 or candidates < MIN_RECORDS_FOR_EVAL else count
+
+
+def no_eval_split(n_records: int, fraction: float, probes_held: int, patience: int = 0) -> str | None:
+    """Why a run holds out no eval records and what it loses, with the fix (None: it holds some out).
+
+    "eval_fraction 0.04 × 20 records holds out none: no eval loss; early_stopping_patience = 3 is off; set
+    eval_fraction = 0.05 or more"."""
+    candidates = n_records - probes_held
+    if eval_count(candidates, fraction) > 0:
+        return None
+    besides = f" (after the {probes_held} held out as probes)" if probes_held else ""
+    if fraction <= 0:
+        why, fix = "eval_fraction = 0 holds out none", "set eval_fraction (0.05 or more) for an eval loss"
+    elif candidates < MIN_RECORDS_FOR_EVAL:
+        why = f"{candidates} records{besides} are fewer than the {MIN_RECORDS_FOR_EVAL} an eval split needs"
+        fix = f"add records{', or lower probe_count' if probes_held else ''}"
+    else:
+        why, fix = f"eval_fraction {fraction:g} × {candidates} records{besides} holds out none", (
+            f"set eval_fraction = {_least_fraction(candidates)} or more")
+    lost = f"; early_stopping_patience = {patience} is off" if patience > 0 else ""
+    return f"{why}: no eval loss{lost}" + (f"; {fix}" if patience > 0 or fraction > 0 else "")
+
+
+def _least_fraction(candidates: int) -> str:
+    """The smallest eval_fraction, in hundredths, that holds out one of `candidates` records."""
+    hundredths = math.ceil(100 / candidates)
+    while eval_count(candidates, hundredths / 100) < 1:  # float rounding: 0.07 × 100 is 7.000000000000001
+        hundredths += 1
+    return f"{hundredths / 100:g}"
+
+
+def evals_in(steps: int, save_every: int) -> int:
+    """The evaluations a run of `steps` steps makes: at each save (every save_every steps) and at its last step."""
+    return math.ceil(steps / save_every) if steps > 0 else 0
+
+
+def early_stopping_inert(patience: int, save_every: int, steps: int) -> str | None:
+    """Why early stopping cannot stop this run before its end (None: it can, or is off). It stops after `patience`
+    evals without improvement after the best one, so it needs patience + 2 evals to stop before the last; a run
+    evaluates only when it saves."""
+    if patience <= 0 or steps <= 0:
+        return None
+    evals, need = evals_in(steps, save_every), patience + 2
+    if evals >= need:
+        return None
+    times = "once" if evals == 1 else f"{evals} times"
+    shorter = (steps - 1) // (patience + 1)  # the largest save_every that gives `need` evals
+    fix = (f"set save_every = {shorter} or less" if shorter >= 1 and evals_in(steps, shorter) >= need else
+           "this run is too short to stop early")
+    return (f"early_stopping_patience = {patience} cannot stop this run early: it evaluates when it saves (save_every "
+            f"= {save_every}) and at its last step, {times} in its {steps} steps, and stopping before the end takes "
+            f"{need} evals; {fix}")

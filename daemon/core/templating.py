@@ -87,7 +87,7 @@ class ChatFormat:
 
     def render(self, messages: Sequence[dict[str, Any]], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as the model sees it, and the character spans to train (assistant turns and their
-        end-of-turn tokens, but for a turn weighted 0: `"weight": 0`, datasets.py): one render with generation
+        end-of-turn tokens, save a turn the record weights 0: `"weight": 0`, datasets.py): one render with generation
         markers, else one per assistant turn. A template that leaves out a tool call, a tool's result or the tools
         given is refused (TemplateError)."""
         shown = as_parts(messages) if self.parts else messages

@@ -20,6 +20,7 @@ import torch
 
 from daemon.core.as_trained import encode_bounded
 from daemon.core.datasets import ExampleKind, as_chat
+from daemon.core.probes import eval_count
 from daemon.core.templating import ChatFormat, TemplateError, at_record, labels_of, no_template
 from daemon.trainer.config import RunError
 
@@ -190,17 +191,15 @@ def pack_blocks(streams: Iterable[list[int]], max_length: int) -> list[Encoded]:
 
 # ------------------------------------------------------------------------------------------ the split
 
-MIN_RECORDS_FOR_EVAL = 20
-
-
 def eval_indices(n_records: int, fraction: float, seed: int, exclude: set[int]) -> set[int]:
     """The held-out eval records: a seeded sample of `fraction` of the records not used as probes.
 
-    Empty when the fraction is 0 or there are too few records for a meaningful eval loss.
+    Empty when the fraction is 0 or there are too few records for a meaningful eval loss (`eval_count`: the rule
+    `overnight check` and the console's note read too).
     """
     candidates = [i for i in range(n_records) if i not in exclude]
-    count = int(len(candidates) * fraction)
-    if count < 1 or len(candidates) < MIN_RECORDS_FOR_EVAL:
+    count = eval_count(len(candidates), fraction)
+    if count < 1:
         return set()
     return set(random.Random(seed).sample(candidates, count))
 
