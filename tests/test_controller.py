@@ -168,6 +168,14 @@ def test_a_targeted_stop_of_a_queued_run_ends_it_at_once(b: Bench) -> None:
     b.drop("stop", "q-1")
     assert messages(b.step()) == ["applied: stop q-1: stopped (it was queued)"]
     assert b.state("q-1") == "stopped" and b.done() == ["stop"] and not b.ctl.queue_held()
+    run = b.store.get_run("q-1")
+    assert run["reason"] == "stop requested before it started" and run["finished"]  # it has ended
+    b.run("p-1")  # queued after a preemption: it trained, and goes on from its checkpoint if resumed
+    b.store.update_run("p-1", started="2026-01-01T00:00:00", step=43)
+    b.drop("skip", "p-1")
+    b.step()
+    assert b.store.get_run("p-1")["reason"] == "skip requested while queued at step 43 (resumable from its last " \
+                                               "checkpoint)"
 
 
 def test_skip_checkpoints_the_running_job_and_is_consumed(b: Bench) -> None:

@@ -168,16 +168,6 @@ def test_a_checkpoint_since_its_last_start_counts_the_attempts_afresh(bench: Ben
     assert (bench.row("talk-1")["state"], bench.row("talk-1")["attempts"]) == ("queued", 0)
 
 
-def test_a_user_stop_that_checkpointed_counts_the_attempts_afresh(bench: Bench) -> None:
-    """Two kills, then the user's stop saved a checkpoint: a resumed run gets its whole count of attempts again."""
-    run_dir = bench.run("talk-1", attempts=MAX_ATTEMPTS - 1, resume_from="step-2")
-    _checkpoint(run_dir, 4)  # the stop's checkpoint
-    RunFolder(run_dir).result.write_text(json.dumps({"outcome": "stopped"}))
-    bench.sup.trainers["talk-1"] = Exited("talk-1", run_dir, 0, StopRequest("stop"))  # type: ignore[assignment]
-    bench.sup.watch()
-    assert (bench.row("talk-1")["state"], bench.row("talk-1")["attempts"]) == ("stopped", 0)
-
-
 def test_a_trainer_that_crashed_fails_its_run_with_its_last_words(bench: Bench) -> None:
     row = _exits(bench, "talk-1", 1, console="loading\nRuntimeError: boom\n\n")
     assert (row["state"], row["reason"]) == ("failed", "trainer exited with code 1: RuntimeError: boom")

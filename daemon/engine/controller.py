@@ -228,8 +228,10 @@ class Controller:
             msg = (f"{request} {run['id']}: checkpointing at the next step, then {end_state}" if in_force == request
                    else f"{request} {run['id']}: already stopping ({in_force} requested); it ends "
                         f"{StopRequest(in_force).outcome}")
-        else:
-            self.transition(run["id"], end_state, f"{request} requested before it started")
+        else:  # queued: never started, or waiting to go on from a checkpoint (a preemption, a restart)
+            when = (f"while queued at step {run['step'] or 0} (resumable from its last checkpoint)" if run["started"]
+                    else "before it started")
+            self.transition(run["id"], end_state, f"{request} requested {when}", finished=iso())
             msg = f"{request} {run['id']}: {end_state} (it was queued)"
         self._answer(cmd, msg, run["id"])
 

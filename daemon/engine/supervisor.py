@@ -330,7 +330,8 @@ class Supervisor:
         if state == State.QUEUED and (result.get("reason") or "").startswith(asha.RUNG_STOP):
             run = self.store.get_run(a.run_id)
             reason = pruning.hold(self.store, run, run_options(run), result.get("step"))
-        fields["attempts"] = tries  # a stop that checkpointed starts the count again, as a requeue does
+        if state == State.QUEUED:
+            fields["attempts"] = tries
         if state in ENDED:
             fields["finished"] = iso()
         self.transition(a.run_id, state, reason, **fields)  # a failed DB write: tried again at the next pass
