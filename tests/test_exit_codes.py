@@ -125,6 +125,22 @@ def test_a_steering_command_with_an_ambiguous_run_writes_nothing(home: Path) -> 
     assert _written(home) == []
 
 
+def test_a_command_the_runs_state_refuses_is_refused_without_a_daemon_too(home: Path) -> None:
+    """No daemon: a resume of a completed run, or a skip of a stopped one, would be written only to be rejected at
+    the daemon's next start (exit 0 now, nothing applied): refused at once instead."""
+    _run(home, "done-20260101-000000", "done")
+    _run(home, "held-20260101-000000", "held", state="stopped")
+    res = overnight("resume", "done", home=home)
+    assert res.returncode == 1 and "is completed: it has nothing left to train" in res.stderr, res.stderr
+    assert 'init_adapter = "done"' in res.stderr
+    for kind in ("skip", "stop", "pause"):
+        res = overnight(kind, "held", home=home)
+        assert res.returncode == 1 and f"is stopped; {kind} applies to runs that are queued or" in res.stderr
+    assert _written(home) == []
+    assert overnight("resume", "held", "--wait", "0", home=home).returncode == 0  # a stopped run is resumed
+    assert _written(home) != []
+
+
 # --- rejected by the daemon ---------------------------------------------------------------------------------------
 def test_what_the_daemon_rejects_exits_1_and_what_it_applies_exits_0(home: Path, daemon_proc) -> None:
     _run(home, "support-20260101-000000", "support", model=True)

@@ -290,8 +290,23 @@ def _steer(kind: str, doc: str):
         if kind == "stop" and not run:
             _stop_all(h, wait)
         else:
-            _send(h, kind, _find_run(h, run)["id"] if run else "", wait)
+            _send(h, kind, _steerable(h, kind, run)["id"] if run else "", wait)
     return _cmd
+
+
+def _steerable(h: Home, kind: str, ref: str) -> dict[str, Any]:
+    """The run RUN names, when `kind` can act on it: a command the daemon would reject for the run's state is refused
+    here (exit 1), also while no daemon runs, instead of being written to fail at its next start."""
+    from daemon.core.states import LIVE, State
+    run = _find_run(h, ref)
+    if kind == "resume" and run["state"] == State.COMPLETED:
+        raise click.ClickException(f"run {run['id']} is completed: it has nothing left to train. Fix: to train its "
+                                   f"version further, drop a dataset whose sidecar sets init_adapter = "
+                                   f"\"{run['name']}\" (Continue from yesterday's adapter, in the README).")
+    if kind != "resume" and run["state"] not in LIVE:
+        raise click.ClickException(f"run {run['id']} is {run['state']}; {kind} applies to runs that are "
+                                   f"{' or '.join(LIVE)}. Fix: name such a run (see overnight runs).")
+    return run
 
 
 def _not_blank(run: str | None) -> None:
@@ -325,7 +340,7 @@ def resume(home: str | None, run: str | None, wait: float) -> None:
     """Lift a pause or an untargeted stop; with RUN, queue a stopped/skipped/failed run again from its checkpoint."""
     _not_blank(run)
     h = _existing(home)
-    _send(h, "resume", _find_run(h, run)["id"] if run else "", wait)
+    _send(h, "resume", _steerable(h, "resume", run)["id"] if run else "", wait)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})  # `priority RUN -3`: a value, not an option
