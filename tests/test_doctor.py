@@ -323,6 +323,30 @@ def _versions(store: Store) -> list[tuple[str, int, str, int]]:
     return [(m["name"], m["version"], m["run_id"], m["active"]) for m in store.models()]
 
 
+def test_a_rebuild_keeps_each_version_with_its_own_run_whatever_the_folders_order(tmp_path: Path) -> None:
+    """zeta trained before alpha: the queue order is not the folders' (alphabetical) order, and each version, its
+    adapter and its rungs stay with the run that made them (the rebuild paired rows and metadata by position)."""
+    home = Home.resolve(tmp_path / "home")
+    store = Store(home.db)
+    for rid, name in (("zeta-1", "zeta"), ("alpha-1", "alpha"), ("mid-1", "mid")):
+        run = _fake_run(home, store, rid, name, "completed", 1.0)
+        (Path(run["run_dir"]) / "adapter").mkdir()
+        registry.register(store, run)
+    before = _versions(store)
+    store.close()
+    rebuild_locked(home)
+    store = Store(home.db)
+    try:
+        assert _versions(store) == before == [("alpha", 1, "alpha-1", 1), ("mid", 1, "mid-1", 1),
+                                              ("zeta", 1, "zeta-1", 1)]
+        assert [r["id"] for r in store.runs_in(["completed"])] == ["zeta-1", "alpha-1", "mid-1"]  # queue order kept
+        for m in store.models():
+            assert m["adapter_path"] == str(home.run_dir(m["run_id"]) / "adapter")
+    finally:
+        store.close()
+    assert json.loads((home.run_dir("zeta-1") / "metadata.json").read_text())["model"]["name"] == "zeta"
+
+
 def test_a_folder_put_back_after_the_registry_went_on_takes_a_new_number_and_the_active_version_stays(
         tmp_path: Path) -> None:
     """v2 (active) moved away, the DB rebuilt without it, the next run registered as v2 and active; v2's folder put

@@ -278,15 +278,20 @@ def rebuild(home: Home) -> Recovered:
 
 def _fill(store: Store, home: Home) -> Recovered:
     recovered = Recovered()
-    found = [(d, RunFolder(d).read_metadata(), RunConfig.read(d)) for d in run_folders(home.runs)]
-    rows = _number([_run(d, meta, config).to_row() for d, meta, config in found])
-    for row in rows:
+    # each row stays with the metadata it was read from: the queue order below is not the folders' order
+    found = []
+    for d in run_folders(home.runs):
+        meta = RunFolder(d).read_metadata()
+        found.append((_run(d, meta, RunConfig.read(d)).to_row(), meta))
+    _number([row for row, _ in found])
+    found.sort(key=lambda pair: pair[0]["seq"])
+    for row, _ in found:
         _insert_run(store, row, recovered)
-    for row, (_, meta, _) in zip(rows, found):  # an ASHA trial's rungs (rundir.record_rungs)
+    for row, meta in found:  # an ASHA trial's rungs (rundir.record_rungs)
         for r in meta.get("rungs") or []:
             if isinstance(r, dict) and isinstance(r.get("rung"), int) and r.get("decision"):
                 store.db["rungs"].upsert({**r, "run_id": row["id"]}, pk=("run_id", "rung"))
-    recovered.models = _models(home, [(row, meta) for row, (_, meta, _) in zip(rows, found)])
+    recovered.models = _models(home, found)
     for m in recovered.models:
         row = {k: v for k, v in m.items() if k not in ("pinned", "recorded")}
         store.db["models"].insert({**row, "metrics": json.dumps(m["metrics"])})
@@ -327,8 +332,8 @@ def _state(folder: Path, meta: dict[str, Any]) -> tuple[str, str | None]:
     return State.QUEUED.value, f"{INTERRUPTED}; resumes from {ckpt.name if ckpt else 'the start'}"
 
 
-def _number(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Queue order: the recorded seq where one is (and unique), then the rest by creation time."""
+def _number(rows: list[dict[str, Any]]) -> None:
+    """Queue order, in place: the recorded seq where one is (and unique), then the rest by creation time."""
     seen: set[int] = set()
     for r in sorted(rows, key=lambda r: (r["created"], r["id"])):
         if not isinstance(r["seq"], int) or r["seq"] in seen:
@@ -339,7 +344,6 @@ def _number(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in sorted((r for r in rows if r["seq"] is None), key=lambda r: (r["created"], r["id"])):
         nxt += 1
         r["seq"] = nxt
-    return sorted(rows, key=lambda r: r["seq"])
 
 
 def _insert_run(store: Store, row: dict[str, Any], recovered: Recovered) -> None:
