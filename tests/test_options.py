@@ -52,6 +52,16 @@ def test_owner_only_keys_refused_in_sidecar_but_allowed_in_home_toml(tmp_path, k
     assert load_home_toml(write(tmp_path / "overnight.toml", key + "\n"))
 
 
+@pytest.mark.parametrize("text, table", [('executor = ["slurm"]', 'a line [executor] at the end of the file, and '
+                                                                   'under it its keys, e.g. kind = "slurm"'),
+                                         ('hooks = "true"', "a line [hooks]"), ('notify = ["x"]', "a line [notify]")])
+def test_a_table_option_written_as_a_value_is_told_how_a_table_is_written(tmp_path, text, table):
+    """The Fix said `executor = "slurm"`, itself refused."""
+    with pytest.raises(OptionsError) as e:
+        load_home_toml(write(tmp_path / "overnight.toml", text + "\n"))
+    assert f"Fix: write it as a table: {table}" in str(e.value)
+
+
 def test_every_bad_key_of_a_file_is_reported_at_once_each_with_its_fix(tmp_path):
     # a user fixing a file learns all that is wrong with it in one go, not one error per drop
     for load, name, extra in ((load_sidecar, "d.toml", "trust_remote_code = true\n"),

@@ -367,6 +367,16 @@ _ALIASES = {"lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "
             "lora_target_modules": "lora_targets", "seed_value": "seed"}
 
 
+# a table option's Fix: how its table is written (a list or a string where a table belongs is no value of it)
+_TABLE_EXAMPLES = {"hooks": 'on_complete = ["sh", "-c", "…"]', "notify": 'urls = ["ntfys://my-topic"]',
+                   "executor": 'kind = "slurm"', "torchrun": "nproc_per_node = 2", "serve": "port = 8642"}
+
+
+def _table_fix(key: str) -> str:
+    return (f"Fix: write it as a table: a line [{key}] at the end of the file, and under it its keys, e.g. "
+            f"{_TABLE_EXAMPLES.get(key, 'KEY = VALUE')}.")
+
+
 def _example(opt: Option) -> str:
     """A value of the option's type for a Fix: its default where that reads as an example (not 0, "" or none)."""
     if opt.default not in (None, {}, 0, "", []) and not isinstance(opt.default, bool):
@@ -419,10 +429,10 @@ def check_value(source: Path | str, key: str, value: Any, item: str = "") -> Non
     opt = OPTIONS[key]
     if not _type_ok(opt, value):
         kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+        fix = _table_fix(key) if opt.kind is dict else (f"Fix: e.g. {key} = {_example(opt)} (TOML: strings in "
+                                                        f"quotes, numbers and true/false bare).")
         raise OptionsError(f"{source}: option '{key}' = {value!r}{item} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}; "
-                           f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. "
-                           f"Fix: e.g. {key} = {_example(opt)} (TOML: strings in quotes, numbers and true/false "
-                           f"bare).")
+                           f"expected {_type_name(opt)}{' (' + opt.allowed + ')' if opt.allowed else ''}. {fix}")
     if key in PATH_OPTIONS:
         _check_path_text(source, key, value, item)
     if key == "chat_template" and isinstance(value, str) and value.strip():
@@ -608,6 +618,8 @@ def check_sweep(source: Path | str, key: str, values: list, *, sidecar: bool, it
         _toml(opt.default) if opt.default is not None else "…"
     # a search's range {low = …, high = …} is said as the table it is written as, not as the list it is checked as
     shown, what = (values, "a list") if item_check else (_table(values[0]), "a range")
+    if opt.kind is dict:
+        raise OptionsError(f"{source}: option '{key}' = {shown} is {what}, but {key} is a table. {_table_fix(key)}")
     if not opt.sweep:
         sweepable = ", ".join(k for k, o in OPTIONS.items() if o.sweep)
         raise OptionsError(f"{source}: option '{key}' = {shown} is {what}, but {key} cannot be swept: a list "
