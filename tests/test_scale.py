@@ -405,13 +405,32 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_is_resumed(tmp_p
     with open(run / "checkpoints" / "step-4" / "adapter_model.safetensors", "r+b") as f:
         f.truncate(100)
     assert damage(run / "checkpoints" / "step-4")
-    (run / "checkpoints" / "step-2" / "scheduler.pt").write_bytes(b"")
-    problem = damage(run / "checkpoints" / "step-2")
+    step2 = run / "checkpoints" / "step-2"
+    scheduler, state = (step2 / "scheduler.pt").read_bytes(), (step2 / "trainer_state.json").read_text()
+    (step2 / "scheduler.pt").write_bytes(b"")
+    problem = damage(step2)
     assert problem and problem.split(":")[0].endswith("Error")  # never an empty reason
-    (run / "checkpoints" / "step-2" / "scheduler.pt").unlink()  # optional for the Trainer: step-2 loads again
+    # the Trainer would resume without them, silently not exactly
+    (step2 / "scheduler.pt").unlink()
+    assert damage(step2) == "scheduler.pt is missing: the resume would not be exact"
+    (step2 / "trainer_state.json").write_text("{}")  # JSON, but no trainer state: the Trainer fails on it
+    assert damage(step2) == "trainer_state.json is not a trainer state (no global_step)"
+    (step2 / "scheduler.pt").write_bytes(scheduler)
+    (step2 / "trainer_state.json").write_text(state)
     assert finish(start(run), 300) == 0
     log = (run / "console.log").read_text()
     assert "checkpoint step-4 is damaged" in log and "moved aside to damaged-step-4, not deleted" in log
     assert "resuming from checkpoints/step-2" in log
     assert (run / "checkpoints" / "damaged-step-4" / "adapter_model.safetensors").exists()
     assert read_json(run / "result.json")["outcome"] == "completed" and read_json(run / "result.json")["step"] == 6
+    # a step-N whose trainer state is gone is named and moved aside too (retention would have deleted it unsaid)
+    import shutil
+
+    from daemon.trainer.checkpoints import newest_loadable
+    shutil.copytree(run / "checkpoints" / "step-6", run / "checkpoints" / "step-9")
+    (run / "checkpoints" / "step-9" / "trainer_state.json").unlink()
+    said: list[str] = []
+    assert newest_loadable(run / "checkpoints", said.append) == run / "checkpoints" / "step-6"
+    assert said == ["checkpoint step-9 is damaged (FileNotFoundError: [Errno 2] No such file or directory: "
+                    f"'{run / 'checkpoints' / 'step-9' / 'trainer_state.json'}'): moved aside to damaged-step-9, "
+                    "not deleted; trying the one before it"]

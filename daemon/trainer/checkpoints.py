@@ -13,22 +13,28 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.atomic import fsync_dir, share_weights, write_text
-from daemon.core.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name
+from daemon.core.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name  # noqa: F401 (the trainer asks here)
 
 
 def damage(folder: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (a file that does not read back), or None when it loads."""
+    """Why a checkpoint cannot be resumed from exactly (a file missing, or one that does not read back), or None
+    when it loads. The Trainer resumes without an optimizer, scheduler or RNG file it does not find, silently: the
+    losses would then differ from the uninterrupted run's."""
     import torch
     from safetensors import safe_open
 
     try:
-        json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            return f"{TRAINER_STATE} is not a trainer state (no global_step)"
+        missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (folder / name).is_file()]
+        if missing or not any(folder.glob("rng_state*.pth")):
+            return f"{', '.join(missing) or 'rng_state.pth'} is missing: the resume would not be exact"
         with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
             for key in f.keys():
                 f.get_tensor(key)
         for name in ("optimizer.pt", "scheduler.pt"):
-            if (folder / name).exists():
-                torch.load(folder / name, map_location="cpu", weights_only=True)
+            torch.load(folder / name, map_location="cpu", weights_only=True)
         # rng_state.pth (one process) or rng_state_RANK.pth (one per rank under torchrun: each resumes its own)
         for rng in sorted(folder.glob("rng_state*.pth")):
             torch.load(rng, map_location="cpu", weights_only=False)  # our own file: numpy state
@@ -38,8 +44,10 @@ def damage(folder: Path) -> str | None:
 
 
 def newest_loadable(checkpoints: Path, log: Callable[[str], None]) -> Path | None:
-    """The newest complete checkpoint that loads; damaged ones are moved aside (never deleted) and named."""
-    while (newest := newest_complete(checkpoints)) is not None:
+    """The newest checkpoint that loads; damaged ones newer than it (a trainer state missing too) are moved aside,
+    never deleted (retention would have removed a step-N it passed by) and named."""
+    while steps := step_dirs(checkpoints):
+        newest = steps[max(steps)]
         problem = damage(newest)
         if problem is None:
             return newest
