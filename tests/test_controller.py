@@ -236,6 +236,22 @@ def test_resume_of_a_stopped_run_queues_it_again(b: Bench) -> None:
     assert b.store.get_run("s-1")["attempts"] == 0  # the user's resume: the crash-loop count starts again
 
 
+def test_a_resume_right_after_a_stop_queues_the_run_again_once_it_has_ended(b: Bench) -> None:
+    """`overnight stop RUN` then at once `overnight resume RUN`: the trainer still checkpoints, so the resume waits
+    for it (it lifted nothing and was lost, the run staying stopped)."""
+    t = b.running("s-1")
+    b.drop("stop", "s-1")
+    b.step()
+    b.drop("resume", "s-1")
+    assert messages(b.step()) == ["applied: resume s-1: it is stopping (stop requested); it is queued again once it "
+                                  "has checkpointed"]
+    assert messages(b.step()) == [] and (b.home.control / "resume").exists()  # waits, said once
+    b.trainers.remove(t)  # its trainer has exited: the run ended as asked
+    b.store.set_state("s-1", "stopped", "stop requested")
+    assert messages(b.step()) == ["applied: resume s-1: queued again"] and b.state("s-1") == "queued"
+    assert not (b.home.control / "resume").exists()
+
+
 def test_resume_of_a_run_paused_then_stopped_lifts_the_pause_and_queues_it_again(b: Bench) -> None:
     b.run("s-1", "stopped")
     control.hold_pause(b.home, {"s-1"})  # its pause outlived the stop

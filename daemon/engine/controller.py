@@ -83,6 +83,7 @@ class Controller:
         # in order. The command is consumed all the same: applied is applied, and read again once its run has
         # moved on it would be refused ("run X is skipped").
         self._unwritten: list[dict[str, Any]] = []
+        self._waiting_said: set[Path] = set()  # resumes left in control/ until their run has ended, said once
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
@@ -294,6 +295,9 @@ class Controller:
         """resume: with no run, lift a pause and an untargeted stop; with a paused run, lift its pause; with an
         ended run, queue it again."""
         held = control.paused(self.home)
+        stopping = self._trainer(cmd.target) if cmd.target else None
+        if stopping and stopping.requested and stopping.requested.by_user and not self._unpausing(cmd.target, held):
+            self._wait_for_end(cmd, stopping)  # stop then resume at once: queued again once it has ended
         if not cmd.target:
             self._answer(cmd, self._lift_holds())
         elif self._trainer(cmd.target) or cmd.target in held or ("*" in held and self.store.get_run(cmd.target)):
@@ -312,6 +316,19 @@ class Controller:
             else:
                 self._answer(cmd, self._queue_again(run), run["id"])
         control.consume(self.home, cmd.path)
+
+    @staticmethod
+    def _unpausing(run_id: str, held: frozenset[str]) -> bool:
+        return run_id in held or "*" in held
+
+    def _wait_for_end(self, cmd: Command, a: Trainer) -> None:
+        """A resume of a run whose trainer is still checkpointing for the user's stop or skip stays in control/ until
+        the run has ended, then queues it again (it would lift nothing now and be lost); said once."""
+        if cmd.path not in self._waiting_said:
+            self._waiting_said.add(cmd.path)
+            self._ack("resume", cmd.target, cmd.source, f"resume {cmd.target}: it is stopping ({a.requested} "
+                      f"requested); it is queued again once it has checkpointed", cmd.target, cmd.id)
+        raise Deferred(cmd.target)
 
     def _queue_again(self, run: dict[str, Any]) -> str:
         """An ended run back in the queue, continuing from its last checkpoint."""
