@@ -256,3 +256,21 @@ def test_add_refuses_a_name_the_inbox_would_never_take(home, tmp_path, name, fix
     assert [p.name for p in (home / "inbox").iterdir()] == ["rejected"]
     checked = overnight("check", str(src), home=home).stdout  # check says it too
     assert "the inbox never takes this name" in checked and f"drop it as {fix}" in checked
+
+
+def test_a_command_that_cannot_be_written_is_one_line_and_leaves_no_temp_file(home, monkeypatch):
+    """A full disk: `overnight pause` printed a traceback and left control/.pause.….tmp behind."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from daemon.client.cli import main
+    from daemon.core import control
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(control.os, "replace", full)
+    res = CliRunner().invoke(main, ["pause", "--home", str(home)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "(No space left on device): the command was not sent. Fix: free space" in res.output, res.output
+    assert [p.name for p in (home / "control").iterdir() if p.is_file()] == []

@@ -252,6 +252,26 @@ def test_a_resume_right_after_a_stop_queues_the_run_again_once_it_has_ended(b: B
     assert not (b.home.control / "resume").exists()
 
 
+def test_a_control_file_that_cannot_be_moved_away_holds_up_no_other_command(b: Bench,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad file the daemon cannot move to rejected/ (made immutable, its folder unwritable) stopped every command
+    after it, unsaid: it is passed by and said as a problem until it is removed."""
+    from daemon.core import control
+
+    def cannot(home: Home, path: Path, message: str) -> Path:
+        raise PermissionError(1, "Operation not permitted", str(path))
+    monkeypatch.setattr(control, "reject", cannot)
+    b.running("a-1")
+    stuck = b.drop("priority", "nosuchrun 5")
+    b.step()
+    assert f"{stuck} cannot be moved to" in b.ctl.problem and "Fix: remove it by hand" in b.ctl.problem
+    b.drop("pause")
+    assert messages(b.step()) == ["applied: pause a-1: halting at the next step boundary (remove control/pause to "
+                                  "resume)"]
+    stuck.unlink()
+    assert b.ctl.problem is None
+
+
 def test_resume_of_a_run_paused_then_stopped_lifts_the_pause_and_queues_it_again(b: Bench) -> None:
     b.run("s-1", "stopped")
     control.hold_pause(b.home, {"s-1"})  # its pause outlived the stop

@@ -262,7 +262,8 @@ def _send(h: Home, kind: str, content: str = "", wait: float = 3.0) -> None:
     _parse(kind, content)
     with _clean_errors(HomeDamaged):
         h.create()  # only now: a command refused above leaves a folder that is no home as it was
-    ticket = control.send(h, kind, content)
+    with _clean_errors(control.NotSent):
+        ticket = control.send(h, kind, content)
     click.echo(f"wrote {ticket.path}")
     if not daemon_alive(h):
         click.echo(f"no daemon is running: it applies this when it starts ({h.cli('daemon')})")

@@ -306,9 +306,21 @@ def write_command(home: Home, kind: str, content: str = "", command_id: str | No
     assert kind in COMMANDS
     path = home.control / f"{kind}.{command_id or new_id()}"
     tmp = home.control / f".{path.name}.tmp"
-    tmp.write_text(content + ("\n" if content else ""), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(content + ("\n" if content else ""), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only control/: nothing half-written stays behind
+        tmp.unlink(missing_ok=True)
+        raise NotSent(f"could not write {path} ({e.strerror or e}): the command was not sent. Fix: free space on "
+                      f"the disk of {home.control}, or make it writable, then send it again.") from None
     return path
+
+
+class NotSent(OSError):
+    """A command file that could not be written: one line with the fix (an OSError, for callers that catch those)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _get(event: Any, name: str) -> Any:

@@ -84,6 +84,7 @@ class Controller:
         # moved on it would be refused ("run X is skipped").
         self._unwritten: list[dict[str, Any]] = []
         self._waiting_said: set[Path] = set()  # resumes left in control/ until their run has ended, said once
+        self.stuck: dict[Path, str] = {}  # control files that could not be moved to rejected/: why
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
@@ -96,7 +97,7 @@ class Controller:
         self.trainers, self.free_slots = trainers, free_slots
         self._write_events()
         for path in control.command_files(self.home):
-            if not self.complete(path):
+            if path in self.stuck or not self.complete(path):
                 continue  # `echo RUN > control/stop` creates the file empty, then writes: read it once complete
             try:
                 cmd = control.parse(path)
@@ -105,7 +106,7 @@ class Controller:
                 continue  # taken away mid-pass (by its writer, or by a resume that lifted it): nothing to reject;
                 # or naming a drop the inbox has yet to take: read again at the next pass
             except (ControlError, OSError) as e:
-                self._rejected(path, str(e))
+                self._reject_or_hold(path, str(e))
             self._flush()
         self._hold_pause()
         self._hold_stop()
@@ -129,6 +130,24 @@ class Controller:
     def _answer(self, cmd: Command, message: str, run_id: str | None = None, target: str | None = None) -> None:
         """Acknowledge `cmd` (its id goes with the answer, for the client waiting on it)."""
         self._ack(cmd.kind, target or cmd.target, cmd.source, message, run_id, cmd.id)
+
+    def _reject_or_hold(self, path: Path, message: str) -> None:
+        """Reject the file; one that cannot be moved (its folder or the file made unwritable) is passed by from now
+        on, said in status, instead of stopping every command after it."""
+        try:
+            self._rejected(path, message)
+        except OSError as e:
+            self.stuck[path] = (f"{path} cannot be moved to {self.home.control_rejected} ({type(e).__name__}: "
+                                f"{e.strerror or e}); the daemon passes it by. Fix: remove it by hand (it said: "
+                                f"{message.splitlines()[0][:200]})")
+            log.error(self.stuck[path])
+
+    @property
+    def problem(self) -> str | None:
+        """Control files that cannot be moved away (status PROBLEM line), while they are there."""
+        for path in [p for p in self.stuck if not (p.exists() or p.is_symlink())]:
+            del self.stuck[path]
+        return " · ".join(self.stuck.values()) or None
 
     def _rejected(self, path: Path, message: str) -> None:
         kind, command_id = control.split_name(path.name)

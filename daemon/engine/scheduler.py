@@ -106,7 +106,8 @@ class Daemon:
     def problem(self) -> str | None:
         """What keeps the daemon from doing its work (status PROBLEM line, dashboard banner)."""
         stalled = self.supervisor.stalled()
-        return self.intake.problem or self.disk_problem or (" · ".join(stalled) if stalled else None)
+        return (self.intake.problem or self.disk_problem or (" · ".join(stalled) if stalled else None)
+                or self.controller.problem)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info(f"received {signal.Signals(signum).name}: checkpointing and exiting")

@@ -329,7 +329,8 @@ def _runs_fix() -> Iterator[None]:
 
 
 async def _error(request: Request, exc: Exception) -> Response:
-    status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409, HomeDamaged: 503}.get(type(exc), 400)
+    status = {RefError: 404, BrokenDB: 503, ControlError: 400, DropError: 409, HomeDamaged: 503,
+              control.NotSent: 507}.get(type(exc), 400)
     status = getattr(exc, "status", status)
     if request.method not in ("GET", "HEAD"):  # a write refused is logged as a write done
         serverlog.write(_client(request), f"{request.method} {request.url.path} refused ({status}): "
@@ -397,7 +398,7 @@ def build(h: Home, tokens: Tokens | None, stopping: Callable[[], bool] = lambda:
     ]
     app = Starlette(routes=routes, exception_handlers={
         RefError: _error, BrokenDB: _error, ControlError: _error, DropError: _error, UploadError: _error,
-        BadRequest: _error, HomeDamaged: _error, 404: _no_route, 405: _no_route})
+        BadRequest: _error, HomeDamaged: _error, control.NotSent: _error, 404: _no_route, 405: _no_route})
     app.add_middleware(TokenAuth, tokens=Live(h, tokens))
     app.add_middleware(NoFraming)  # added last, so outermost: a refusal carries the headers too
     with contextlib.suppress(OSError):
