@@ -77,15 +77,18 @@ def test_check_reads_the_eval_file_beside_a_dataset_as_the_inbox_would(home: Pat
     assert not (home / "inbox" / "task.jsonl").exists()
 
 
-def test_check_refuses_a_forgetting_sample_that_is_empty_or_not_utf8(home: Path, tiny_model: Path) -> None:
-    """An empty sample would leave every version's forgetting score `n/a`, unexplained."""
+def test_check_refuses_a_forgetting_sample_that_is_empty_not_utf8_or_too_short(home: Path, tiny_model: Path) -> None:
+    """An empty sample, or one too short for a loss that means anything (a word: one token predicts nothing), would
+    leave every version's forgetting score `n/a`, unexplained."""
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nforgetting_sample = "prose.txt"\n')
-    for content, said in ((b"  \n", "is empty"), ("caf\u00e9".encode("latin-1"), "cannot be read as UTF-8")):
+    for content, said in ((b"  \n", "is empty"), ("caf\u00e9".encode("latin-1"), "cannot be read as UTF-8"),
+                          (b"a\n", "holds 1 character(s): too little text to score (the forgetting score needs 200 "
+                                   "characters or more")):
         (home / "prose.txt").write_bytes(content)
         out = overnight("check", str(home / "overnight.toml"), home=home)
         assert out.returncode == 1 and "forgetting_sample = 'prose.txt'" in out.stdout and said in out.stdout \
             and "Fix:" in out.stdout, out.stdout
-    (home / "prose.txt").write_text("The river ran past the mill.\n")
+    (home / "prose.txt").write_text("The river ran past the mill, and the miller watched it from the door. " * 3)
     assert overnight("check", str(home / "overnight.toml"), home=home).returncode == 0
 
 

@@ -143,3 +143,15 @@ def test_holdout_is_deterministic_and_small() -> None:
     assert holdout_indices(9, 8, seed=0) == []  # too small to spare any
     assert len(holdout_indices(10, 8, seed=0)) == 1
     assert holdout_indices(0, 8, seed=0) == [] and holdout_indices(1000, 0, seed=0) == []
+
+
+@pytest.mark.parametrize("records, fraction, probe_count", [
+    (19, 0.5, 8), (20, 0.04, 0), (20, 0.04, 8), (100, 0.0, 8), (200, 0.05, 8), (5, 0.5, 8), (30, 0.05, 0)])
+def test_the_reason_for_no_eval_split_is_said_exactly_when_the_trainer_draws_none(records, fraction, probe_count):
+    """`check` and the console say why a run has no eval split from the rule the trainer draws the split by."""
+    from daemon.core.probes import holdout_indices, no_eval_split
+    from daemon.trainer.sequences import eval_indices
+
+    held = set(holdout_indices(records, probe_count, 7))
+    drawn = eval_indices(records, fraction, 7, held)
+    assert (no_eval_split(records, fraction, len(held)) is None) == bool(drawn)

@@ -17,6 +17,7 @@ from daemon.core.home import Home
 from daemon.core.basemodel import model_folder
 from daemon.core.options import OptionsError, Resolved, load_home_toml, resolve
 from daemon.core.basemodel import context_note, model_context
+from daemon.core.probes import early_stopping_inert, held_out_count, no_eval_split, probe_shortfall
 from daemon.core.preflight import (MemoryPlan, PaddingReport, Shape, Sizing, gpu_free_bytes, padding_report,
                                    plan_memory)
 from daemon.core.tokenbatches import Budget
@@ -232,6 +233,7 @@ def _check_dataset(path: Path, home: Home, verdict: Verdict, show: int = 0) -> N
     kind = kind_of(r.schema)
     objective, why = auto.objective(first.values["objective"], kind)  # validate() refused one that does not fit
     r.notes += _unused_batching(first, objective, r.schema)
+    r.notes += _split_notes(r, first.values, path, sub.probes is not None)
     verdict.data["objective"] = objective
     verdict.add(f"format: {r.format}   schema: {r.schema}   records: {r.records}" + _COUNTED.get(kind, ""),
                 _stats_line("characters per example", r.chars), tokens,
@@ -357,6 +359,26 @@ def _plan_lines(r: DatasetReport, opts: Resolved, root: Path, trained: Trained |
                   f"{plan.checkpointing_why}")
     batches = f"batches: {plan.batch_line()}" if free is not None or plan.batch_tokens else None
     return [_batching_line(r, opts.values, objective, trained, plan.batch_tokens, free is not None), batches, memory]
+
+
+def _split_notes(r: DatasetReport, values: dict[str, Any], path: Path, probe_file: bool) -> list[str]:
+    """What the run's hold-outs will lack, said before the drop (the trainer's console says the same): no eval split
+    (no eval loss, early stopping off), an early stopping that can never stop the run, fewer probes than asked."""
+    notes = []
+    held = 0 if probe_file else held_out_count(r.records, values["probe_count"])
+    patience, fraction = values["early_stopping_patience"], values["eval_fraction"]
+    missing = no_eval_split(r.records, fraction, held, patience)
+    if missing and (fraction > 0 or patience > 0):  # eval_fraction = 0 alone is a choice, not news
+        notes.append(f"eval: {missing}")
+    elif not missing and isinstance(values["max_steps"], int) and values["max_steps"] > 0:
+        # a run of epochs knows its steps only once tokenised: its console says it then
+        notes.append(early_stopping_inert(patience, values["save_every"], values["max_steps"]))
+    if not probe_file and r.schema not in TEXT_SCHEMAS:  # text has no probes to hold out (said by the run)
+        short = probe_shortfall(r.records, values["probe_count"])
+        if short and held_out_count(r.records, values["probe_count"]) == 0:
+            short += f"; drop {stem_of(path)}{PROBES_SUFFIX} beside it to watch some"
+        notes.append(f"probes: {short}" if short else None)
+    return [n for n in notes if n]
 
 
 def _unused_batching(opts: Resolved, objective: str, schema: str) -> list[str]:

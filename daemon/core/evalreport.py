@@ -19,6 +19,9 @@ from typing import Any
 from daemon.core.evolution import DEFAULT_THRESHOLD, is_exact, similarity
 
 LOST_SHOWN = 20  # lost answers the registry keeps (the report file has them all)
+# the least text a forgetting_sample must hold: a loss over a few tokens says nothing of forgetting (a sentence or
+# two is ~50 tokens; the shipped sample is a few KB). Characters, so that `check` can count them without a tokenizer.
+FORGETTING_SAMPLE_MIN_CHARS = 200
 SCORES = ("exact", "similarity", "rougeL")  # per eval record; their means are a version's eval scores
 REWARD_ACCURACY = "reward_accuracy"  # a DPO run's: the share of eval pairs whose chosen answer it rewards higher
 # select_metric: what `select = "best"` ranks a group's versions by, and which way is better
@@ -71,6 +74,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             **{k: (scores.get("version") or {}).get(k) for k in SCORES},
             "parent_scores": scores.get("parent"), "base_scores": scores.get("base"),
             "forgetting": forgetting.get("score"), "forgetting_vs": forgetting.get("before"),
+            **({"forgetting_note": forgetting["note"]} if forgetting.get("note") else {}),  # why it is n/a
             REWARD_ACCURACY: (report.get("preference") or {}).get(REWARD_ACCURACY),
             "lost": len(report.get("lost") or []), "lost_items": (report.get("lost") or [])[:LOST_SHOWN],
             "regressed": bool(report.get("regressed")),

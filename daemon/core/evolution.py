@@ -138,6 +138,9 @@ class ProbeHistory:
     forgotten_at: int | None  # step it last stopped matching after being learned
     learned_now: bool
     latest: Answer
+    # its answers were generated with this many tokens, fewer than its reference takes (probe_max_new_tokens with a
+    # fixed probe_every): it can never be exact (stats.json's `answers_cut`, written by the trainer); None: in full
+    cut_at: int | None = None
 
     @property
     def status(self) -> str:
@@ -253,6 +256,7 @@ def no_probes(run_dir: Path) -> str | None:
     the first one comes only when training starts."""
     from daemon.core.atomic import read_json
     from daemon.core.datasets import TEXT_SCHEMAS
+    from daemon.core.probes import probe_shortfall
     from daemon.core.rundir import RunFolder
     from daemon.core.runconfig import RunConfig
 
@@ -268,25 +272,54 @@ def no_probes(run_dir: Path) -> str | None:
     if isinstance(held, int) and held > 0:
         return None
     dataset = config.dataset
+    stem = Path(str(dataset.get("file") or dataset.get("path") or "NAME.jsonl")).stem
     if dataset.get("schema") in TEXT_SCHEMAS:  # the trainer holds none out of text: nothing to ask, nothing to match
-        stem = Path(str(dataset.get("file") or "NAME.txt")).stem
         return (f"this run has no probes (plain text has no question to ask; drop {stem}.probes.jsonl beside the "
                 f"dataset to watch some)")
-    if config.options.get("probe_count") == 0:
+    count = config.options.get("probe_count")
+    if count == 0:
         return "this run has no probes (probe_count = 0 and no probe file)"
     if held == 0:
-        return "this run has no probes (none could be held out of its dataset, and it has no probe file)"
+        records = dataset.get("records") if isinstance(dataset.get("records"), int) else _records_of(split)
+        why = probe_shortfall(records, count) if isinstance(count, int) and records is not None else None
+        return f"this run has no probes ({why or 'none could be held out of its dataset'}; drop {stem}.probes.jsonl " \
+               f"beside the dataset to watch some)"
     return None
+
+
+def _records_of(split: dict[str, Any] | None) -> int | None:
+    """The dataset's record count as the trainer's split adds it up (a run folder whose config.json lacks it)."""
+    parts = [split.get(k) for k in ("train", "eval", "probes")] if isinstance(split, dict) else []
+    return sum(parts) if parts and all(isinstance(n, int) for n in parts) else None
 
 
 def run_report(run_dir: Path, records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
     """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it);
     with what its version lost since its parent, once its eval report is written."""
-    report = with_lost(analyze(records, threshold), run_dir)
+    report = with_cut(with_lost(analyze(records, threshold), run_dir), run_dir)
     if report.probes:
         return report
     reason = no_probes(run_dir)
     return replace(report, no_probes=reason, summary=reason) if reason else report
+
+
+ANSWERS_CUT = "answers_cut"  # stats.json: {"tokens": N, "probes": [ids]}, the probes answered with too few tokens
+
+
+def with_cut(report: EvolutionReport, run_dir: Path) -> EvolutionReport:
+    """The report with each probe whose answers were cut short of its reference marked (`cut_at`)."""
+    from daemon.core.atomic import read_json
+    from daemon.core.rundir import RunFolder
+
+    try:
+        cut = (read_json(RunFolder(run_dir).stats, {}) or {}).get(ANSWERS_CUT)
+    except (OSError, ValueError, AttributeError):
+        return report
+    if not isinstance(cut, dict) or not isinstance(cut.get("tokens"), int) or not isinstance(cut.get("probes"), list):
+        return report
+    ids = set(cut["probes"])
+    probes = [replace(p, cut_at=cut["tokens"]) if p.probe in ids else p for p in report.probes]
+    return replace(report, probes=probes)
 
 
 def with_lost(report: EvolutionReport, run_dir: Path) -> EvolutionReport:
@@ -318,7 +351,8 @@ def _clip(text: str, width: int) -> str:
 def _status_line(p: ProbeHistory) -> str:
     story = ", ".join(f"{kind} at step {step}" for kind, step in p.events)
     label = {"learned": "LEARNED", "relearned": "RELEARNED", "forgotten": "FORGOTTEN", "not learned": "NOT LEARNED"}
-    return f"probe {p.probe}  {label[p.status]}" + (f"  ({story})" if story else "")
+    cut = f"  answers cut at {p.cut_at} tokens: never exact" if p.cut_at is not None else ""
+    return f"probe {p.probe}  {label[p.status]}" + (f"  ({story})" if story else "") + cut
 
 
 def answer_mark(a: Answer) -> str:

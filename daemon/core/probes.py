@@ -252,11 +252,10 @@ def probe_shortfall(n_records: int, count: int) -> str | None:
     held = held_out_count(n_records, count)
     if count <= 0 or held >= count:
         return None
-    limit = f"at most {HOLDOUT_FRACTION:.0%} of {n_records} records"
     if held == 0:
-        need = math.ceil(1 / HOLDOUT_FRACTION)
-        return f"{count} asked, none held out ({limit}: a probe needs {need} records or more)"
-    return f"{count} asked, {held} held out ({limit})"
+        return (f"probe_count = {count}, but none could be held out of {n_records} records: probes take at most "
+                f"{HOLDOUT_FRACTION:.0%} of the records, so a dataset needs {math.ceil(1 / HOLDOUT_FRACTION)} or more")
+    return f"{count} asked, {held} held out (at most {HOLDOUT_FRACTION:.0%} of {n_records} records)"
 
 
 # ------------------------------------------------------------------------------------------ the eval split

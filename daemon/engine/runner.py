@@ -6,6 +6,7 @@ here, a Slurm job) is the executor's business (daemon/engine/executors/).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,12 +229,16 @@ def ended_fields(result: dict[str, Any]) -> dict[str, Any]:
     (result.json's final_loss)."""
     fields: dict[str, Any] = {}
     for field_name, key in (("loss", "final_loss"), ("eval_loss", "eval_loss")):
-        if isinstance(result.get(key), (int, float)):
+        if _finite(result.get(key)):  # a NaN loss (a failed run) stays what metrics.jsonl said: none
             fields[field_name] = result[key]
     tokens, seconds = result.get("tokens_seen"), result.get("train_seconds")
-    if isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and tokens > 0 and seconds > 0:
+    if _finite(tokens) and _finite(seconds) and tokens > 0 and seconds > 0:
         fields["tokens_per_s"] = round(tokens / seconds, 1)
     return fields
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def progress_mark(folder: RunFolder) -> tuple[int, object]:

@@ -113,15 +113,28 @@ def _owner_files(owner: Path | None, sample: Path | None, values: dict[str, Any]
         except datasets.DatasetError as e:
             raise SubmissionError(f"{home_toml}: eval_file = {values.get('eval_file')!r}: {e}") from None
     if sample is not None:
-        try:
-            problem = None if sample.read_text(encoding="utf-8").strip() else "is empty: no text to score"
-        except (OSError, UnicodeDecodeError) as e:
-            problem = f"cannot be read as UTF-8 text ({e})"
+        problem = _sample_problem(sample)
         if problem:
             raise SubmissionError(f"{home_toml}: forgetting_sample = {values.get('forgetting_sample')!r}: "
                                   f"{sample} {problem}. Fix: name a UTF-8 text file of general prose (relative "
                                   f"to the home), or remove forgetting_sample to use the shipped sample.")
     return count
+
+
+def _sample_problem(sample: Path) -> str | None:
+    """Why a forgetting_sample cannot give a forgetting score (None: it can): unreadable, empty, or too short for
+    a loss that means anything (one token predicts nothing: every run said `forgetting n/a`, unexplained)."""
+    try:
+        text = sample.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot be read as UTF-8 text ({e})"
+    least = evalreport.FORGETTING_SAMPLE_MIN_CHARS
+    if not text:
+        return "is empty: no text to score"
+    if len(text) < least:
+        return (f"holds {len(text)} character(s): too little text to score (the forgetting score needs {least} "
+                f"characters or more, a few sentences; a few KB of prose gives a steadier score)")
+    return None
 
 
 def check_eval_files(dropped: Path | None, opts: Resolved, home_toml: Path) -> int | None:

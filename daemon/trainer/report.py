@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,13 +29,16 @@ from daemon.core.atomic import read_json, write_json
 from daemon.core.evalfile import load_eval_file, owner_eval_file
 from daemon.core.evolution import answer_of, is_exact, similarity
 from daemon.core.render import fmt_forgetting
-from daemon.core.rundir import read_jsonl
+from daemon.core.rundir import in_this_home, read_jsonl
 from daemon.core.probes import MAX_PROBES
 from daemon.trainer.snapshots import EncodedProbe, encode_probe, fit_to_length, generate_answers
 
 SAMPLE = Path(__file__).parent / "data" / "general_text.txt"  # a few KB of plain English prose, written for overnight
 BATCH = 16  # records per generate() call
+# tokens generated past a reference's own count: the same answer may take a few more tokens than the reference
+ANSWER_MARGIN = 8
 SAMPLE_BLOCK = 256  # tokens per block of the general-text sample (shorter when the run's max_length is)
+SAMPLE_MIN_TOKENS = 2  # a block's first token predicts nothing: a loss needs 2 tokens or more
 PARENT = "parent"  # the peft adapter name the parent is loaded under, beside the trained one
 
 
@@ -57,7 +61,8 @@ def _line(report: dict[str, Any]) -> str:
     ev = ("eval " + ", ".join(f"{who} {_scores(scores[who])}" for who in ("version", "parent", "base") if scores.get(who))
           if scores else "no eval file")
     f = report["forgetting"]
-    score = f"{fmt_forgetting(f['score'])} vs the {f['before']}" if f.get("score") is not None else "n/a"
+    score = (f"{fmt_forgetting(f['score'])} vs the {f['before']}" if f.get("score") is not None else
+             f"n/a ({f['note']})" if f.get("note") else "n/a")
     lost = f"; lost since the parent: {len(report['lost'])}" if report.get("parent") else ""
     accuracy = (report.get("preference") or {}).get("reward_accuracy")
     ev += f"; eval reward accuracy {accuracy:.2f}" if accuracy is not None else ""
@@ -74,22 +79,25 @@ def _report(built: Any, say: Callable[[str], None]) -> dict[str, Any]:
     cfg, opts = s.cfg, s.cfg.options
     stops = built.stops
     home = cfg.paths.root.parent.parent
-    parent_report = _parent_report(cfg)
-    eval_path = eval_file_of(cfg.paths.root, cfg.file.eval_file, parent_report, opts.eval_file, home)
+    folders = _parent_folders(cfg, home)
+    parent_report = _parent_report(folders)
+    eval_path = eval_file_of(cfg.paths.root, cfg.file.eval_file, parent_report, opts.eval_file, home, folders)
+    _say_parents_file_gone(parent_report, home, folders, eval_path, cfg.file.eval_file, say)
     records = _as_asked(load_eval_file(eval_path), s.prompt_chat) if eval_path else []
     inherited = _parent_knowledge(parent_report)
     model, tokenizer = built.model, built.tokenizer
     encode = _Encoder(tokenizer, stops, opts.max_length)
     asked_eval, asked_probes = encode(records), encode(_as_asked(inherited, s.prompt_chat))
+    budget = _Budget(stops, opts.probe_max_new_tokens, opts.max_length)
+    budget.say_longer([*asked_eval, *asked_probes], say)
     sample_path = owner_eval_file(opts.forgetting_sample, home) or SAMPLE
     blocks = _sample_blocks(tokenizer, sample_path.read_text(encoding="utf-8"), min(SAMPLE_BLOCK, opts.max_length))
     answers: dict[str, dict[str, Any]] = {}
     with _evaluating(model):
         for who in _models(model, cfg.init_adapter):
             answers[who] = {
-                "eval": _answer(model, tokenizer, asked_eval, stops, opts.probe_max_new_tokens),
-                "probes": _answer(model, tokenizer, asked_probes, stops, opts.probe_max_new_tokens) if who != "base"
-                else [],
+                "eval": _answer(model, tokenizer, asked_eval, budget),
+                "probes": _answer(model, tokenizer, asked_probes, budget) if who != "base" else [],
                 "loss": _sample_loss(model, blocks, tokenizer)}
     report = _assemble(cfg, records, inherited, answers, eval_path, sample_path, sum(len(b) for b in blocks),
                        data_probes=built.data.probes)
@@ -117,32 +125,77 @@ def _as_asked(probes: list[dict[str, Any]], prompt_chat: bool) -> list[dict[str,
     return [p if p.get("messages") else {**p, "messages": [{"role": "user", "content": p["prompt"]}]} for p in probes]
 
 
-def _parent_report(cfg: Any) -> dict[str, Any]:
-    """The eval report of the version this run continued from ({} for a fresh adapter, or a parent without one)."""
+def _parent_folders(cfg: Any, home: Path) -> tuple[Path, Path] | None:
+    """The run folder of the version this run continued from, as config.json recorded it and where it is in this
+    home now (None for a fresh adapter). A moved or copied home records the other home's path: the parent is
+    looked for here (`rundir.in_this_home`'s rule), never there."""
     source = (cfg.file.init_adapter or {}).get("source")
     if not cfg.init_adapter or not source:
+        return None
+    return Path(source).parent, Path(in_this_home(home, source) or source).parent
+
+
+def _parent_report(folders: tuple[Path, Path] | None) -> dict[str, Any]:
+    """The eval report of the version this run continued from ({} for a fresh adapter, or a parent without one)."""
+    if folders is None:
         return {}
     try:
-        report = read_json(Path(source).parent / "eval_report.json", {}) or {}
+        report = read_json(folders[1] / "eval_report.json", {}) or {}
     except (OSError, ValueError):
         return {}
     return report if isinstance(report, dict) else {}
 
 
 def eval_file_of(run_dir: Path, dropped: str | None, parent_report: dict[str, Any], owners: str | None,
-                 home: Path) -> Path | None:
+                 home: Path, parent_folders: tuple[Path, Path] | None = None) -> Path | None:
     """The eval file a run is scored on: the one dropped with its dataset, else its parent's (a lineage's records
-    are followed from version to version), else the owner's `eval_file`."""
+    are followed from version to version), else the owner's `eval_file`. `parent_folders`: the parent's run folder
+    as recorded and as it is now (`_parent_folders`), where the parent's report names a file of a moved home."""
     if dropped:
         return run_dir / dropped
-    return _inherited_eval_file(parent_report) or owner_eval_file(owners, home)
+    return _inherited_eval_file(parent_report, home, parent_folders) or owner_eval_file(owners, home)
 
 
-def _inherited_eval_file(parent_report: dict[str, Any]) -> Path | None:
+def _inherited_eval_file(parent_report: dict[str, Any], home: Path,
+                         parent_folders: tuple[Path, Path] | None = None) -> Path | None:
     """A child without an eval file of its own is scored on its parent's: its eval records are followed from one
-    version to the next as its probes are."""
+    version to the next as its probes are. The report recorded the file's absolute path: in a moved or copied home
+    it is found where it is now (`_here`), never in the other home."""
     file = (parent_report.get("eval") or {}).get("file")
-    return Path(file) if file and Path(file).is_file() else None
+    if not file:
+        return None
+    path = _here(Path(file), parent_report.get("run_id"), home, parent_folders)
+    return path if path.is_file() else None
+
+
+def _here(recorded: Path, run_id: Any, home: Path, parent_folders: tuple[Path, Path] | None) -> Path:
+    """Where a file the parent's report recorded is in this home: the parent's own file (under runs/RUN_ID/,
+    its eval file dropped with its dataset) in the parent's run folder as it is now; another file of the home the
+    parent was recorded in (a grandparent's, the owner's eval_file) at the same place in this home; a file outside
+    that home as recorded."""
+    if parent_folders is None:
+        return recorded
+    was, now = parent_folders
+    parts = recorded.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "runs" and parts[i + 1] == run_id:
+            return now.joinpath(*parts[i + 2:])
+    old_home = was.parent.parent if was.parent.name in ("runs", "trash") else None
+    if old_home is not None and old_home != home and recorded.is_relative_to(old_home):
+        return home / recorded.relative_to(old_home)
+    return recorded
+
+
+def _say_parents_file_gone(parent_report: dict[str, Any], home: Path, folders: tuple[Path, Path] | None,
+                           used: Path | None, dropped: str | None, say: Callable[[str], None]) -> None:
+    """The parent's eval file, not found in this home (deleted, or left in the home this one was copied from), is
+    said: its records can no longer be followed to this version."""
+    named = (parent_report.get("eval") or {}).get("file")
+    if not named or dropped or _inherited_eval_file(parent_report, home, folders) is not None:
+        return
+    instead = f"scored on the owner's eval_file {used} instead" if used else "no eval file to score"
+    say(f"eval report: the parent's eval file {named} is not in this home: {instead}. Fix: drop NAME.eval.jsonl "
+        f"with the dataset to score this lineage on it again")
 
 
 def _parent_knowledge(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -190,24 +243,70 @@ def _models(model: Any, parent: Path | None) -> Iterator[str]:
         yield "base"
 
 
-def _answer(model: Any, tokenizer: Any, asked: list[EncodedProbe], stops: Sequence[int],
-            max_new_tokens: int) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(asked), BATCH):
-        out += generate_answers(model, tokenizer, asked[i:i + BATCH], stops, max_new_tokens)
+def reference_tokens(enc: EncodedProbe, stops: Sequence[int]) -> int:
+    """The tokens of a record's reference answer, its closing stop token (eos, end of turn) not counted: generation
+    ends there and the answer is decoded without it."""
+    ids = enc.reference_ids
+    return len(ids) - 1 if ids and ids[-1] in stops else len(ids)
+
+
+def answer_budget(enc: EncodedProbe, stops: Sequence[int], floor: int, cap: int) -> int:
+    """How many tokens to generate for a record: `floor` (probe_max_new_tokens), or, for a longer reference, its
+    count plus ANSWER_MARGIN, at most `cap` (max_length: no longer sequence was ever trained). A reference longer
+    than the floor could otherwise never be answered word for word."""
+    need = reference_tokens(enc, stops)
+    return floor if need <= floor else max(floor, min(need + ANSWER_MARGIN, cap))
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """The end-of-run report's generation budget (`answer_budget`) for the run's stops and options."""
+
+    stops: Sequence[int]
+    floor: int  # probe_max_new_tokens
+    cap: int  # max_length
+
+    def of(self, enc: EncodedProbe) -> int:
+        return answer_budget(enc, self.stops, self.floor, self.cap)
+
+    def say_longer(self, asked: list[EncodedProbe], say: Callable[[str], None]) -> None:
+        """Said once: records whose reference is longer than probe_max_new_tokens are answered further."""
+        longer = [e for e in asked if reference_tokens(e, self.stops) > self.floor]
+        if longer:
+            say(f"eval report: {len(longer)} of {len(asked)} record(s) have a reference longer than "
+                f"probe_max_new_tokens = {self.floor} tokens: each is answered up to its reference's length + "
+                f"{ANSWER_MARGIN} tokens (at most max_length {self.cap}), so that it can be answered in full")
+
+
+def _answer(model: Any, tokenizer: Any, asked: list[EncodedProbe], budget: _Budget) -> list[str]:
+    """Greedy answers in the records' order, generated in batches of records of like budgets (a batch runs until
+    its longest budget, or until every row has stopped)."""
+    budgets = [budget.of(e) for e in asked]
+    order = sorted(range(len(asked)), key=budgets.__getitem__)
+    out = [""] * len(asked)
+    for i in range(0, len(order), BATCH):
+        chunk = order[i:i + BATCH]
+        texts = generate_answers(model, tokenizer, [asked[k] for k in chunk], budget.stops,
+                                 max(budgets[k] for k in chunk))
+        for k, text in zip(chunk, texts):
+            out[k] = text
     return out
 
 
 def _sample_blocks(tokenizer: Any, text: str, block: int) -> list[list[int]]:
-    """The general-text sample as blocks of `block` tokens (the last, shorter one kept when it has 2 or more)."""
+    """The general-text sample as blocks of `block` tokens (the last, shorter one kept when it has
+    SAMPLE_MIN_TOKENS or more)."""
     # cut into blocks below: the tokenizer's warning that the whole text exceeds the model's context is moot
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     blocks = [ids[i:i + block] for i in range(0, len(ids), block)]
-    return [b for b in blocks if len(b) >= 2]
+    return [b for b in blocks if len(b) >= SAMPLE_MIN_TOKENS]
 
 
-def _sample_loss(model: Any, blocks: list[list[int]], tokenizer: Any) -> float:
-    """Mean cross-entropy per predicted token over the sample's blocks (teacher-forced)."""
+def _sample_loss(model: Any, blocks: list[list[int]], tokenizer: Any) -> float | None:
+    """Mean cross-entropy per predicted token over the sample's blocks (teacher-forced); None without a block (a
+    sample of one token predicts nothing: 0.0 would read as a perfect loss)."""
+    if not blocks:
+        return None
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(blocks), BATCH):
@@ -263,9 +362,12 @@ def _assemble(cfg: Any, records: list[dict[str, Any]], inherited: list[dict[str,
               answers: dict[str, dict[str, Any]], eval_path: Path | None, sample: Path, tokens: int,
               data_probes: list[dict[str, Any]]) -> dict[str, Any]:
     parent = "parent" in answers
-    loss = {who: round(a["loss"], 6) for who, a in answers.items()}
+    loss = {who: None if a["loss"] is None else round(a["loss"], 6) for who, a in answers.items()}
     before = "parent" if parent else "base"
     score = evalreport.forgetting_score(loss[before], loss["version"])
+    # no loss without a block of 2 tokens (one predicts the next): said, never stored as a loss of 0.0
+    short = None if loss["version"] is not None else (
+        f"sample too short: {sample.name} is under {SAMPLE_MIN_TOKENS} tokens")
     eval_items, probe_items = _items(records, answers, "eval"), _items(inherited, answers, "probes")
     lost = evalreport.lost(probe_items, "probe") + evalreport.lost(eval_items, "eval")
     why = evalreport.alarm(lost, score, float(cfg.options.forgetting_alarm))
@@ -275,7 +377,7 @@ def _assemble(cfg: Any, records: list[dict[str, Any]], inherited: list[dict[str,
                  "scores": {who: _scored(a["eval"], records) for who, a in answers.items()} if records else {},
                  "answers": eval_items},
         "forgetting": {"sample": str(sample), "tokens": tokens, "loss": loss, "before": before,
-                       "score": None if score is None else round(score, 6)},
+                       "score": None if score is None else round(score, 6), **({"note": short} if short else {})},
         "probes": {"asked": len(inherited), "answers": probe_items},
         "lost": lost, "regressed": bool(why), "why": why,
         "known": _known(data_probes, inherited),

@@ -15,6 +15,7 @@ from daemon.core import auto
 from daemon.core.as_trained import adapter_token_rows
 from daemon.core.atomic import write_json
 from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, ExampleKind, kind_of
+from daemon.core.probes import early_stopping_inert, held_out_count, no_eval_split, probe_shortfall
 from daemon.core.rundir import TRAINER_STATE
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, Sizing, plan_memory
@@ -243,6 +244,7 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
             f"base model lacks; their embeddings are trained and the adapter carries them")
     s.objective = choose_objective(s)
     data = _prepare_data(s, tokenizer, stats)
+    _say_missing_eval(s, data)
     attention, why = choose_attention(opts.attn_implementation, device)
     say(f"attention: {attention} ({why})")
     batching, batching_why = auto.batching(opts.batching, data.kind, attention)
@@ -264,7 +266,12 @@ def build_everything(s: Session, source: str, device: Device, stats: dict[str, A
         f"{padding_line(batching, data.train, opts.batch_size, opts.max_length, opts.seed, budget)}")
     if opts.report_to:
         built.opts = replace(built.opts, report_to=trackers.available(opts.report_to, s.cfg.paths.root, say))
-    evolution = _evolution_callback(s, built, built.planned_steps(built.opts))
+    steps = built.planned_steps(built.opts)
+    if data.eval is not None:
+        inert = early_stopping_inert(opts.early_stopping_patience, opts.save_every, steps)
+        if inert:
+            say(f"eval: {inert}")
+    evolution = _evolution_callback(s, built, steps)
     if evolution is not None:
         built.extra_callbacks.append(evolution)
     return built
@@ -380,18 +387,95 @@ def _tokenise(s: Session, tokenizer: Any, stats: dict[str, Any]) -> Prepared:
     return data
 
 
+def _records_split(s: Session, data: Prepared) -> tuple[int, int]:
+    """(the dataset's records, those the probe hold-out set aside before the eval split was drawn): the split's
+    parts add up to the records (a held-out record that could be no probe trains), whatever stats.json was told."""
+    split = data.stats["split"]
+    records = split["train"] + split["eval"] + (split["probes"] if s.cfg.probes_path is None else 0)
+    held = held_out_count(records, s.cfg.options.probe_count) if s.cfg.probes_path is None else 0
+    return records, held
+
+
+def _say_missing_eval(s: Session, data: Prepared) -> None:
+    """A run without an eval split says why, and what it loses (its eval loss, early stopping): `records train 18,
+    eval 0` alone left early_stopping_patience silently off."""
+    opts, split = s.cfg.options, data.stats["split"]
+    if split["eval"] and data.eval is None:
+        say(f"eval: its {split['eval']} eval record(s) left no sequence to score (cut to max_length "
+            f"{opts.max_length}, nothing of their answers was left): no eval loss"
+            + (f"; early_stopping_patience = {opts.early_stopping_patience} is off"
+               if opts.early_stopping_patience else ""))
+        return
+    if split["eval"]:
+        return
+    records, held = _records_split(s, data)
+    why = no_eval_split(records, opts.eval_fraction, held, opts.early_stopping_patience)
+    if why:
+        say(f"eval: {why}")
+
+
 def _evolution_callback(s: Session, built: Built, steps: int) -> TrainerCallback | None:
-    from daemon.core.evolution import resolve_probe_every
+    from daemon.core.evolution import no_probes, resolve_probe_every
     from daemon.trainer.snapshots import EvolutionCallback
 
     opts, data = s.cfg.options, built.data
     if not data.probes:
-        say("evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
+        # the words `overnight evolution` says it in (the reason, from what the run was given and held out)
+        why = no_probes(s.cfg.paths.root) if ddp.is_main() else None
+        say(f"evolution: {why.removeprefix('this run has ')}" if why else
+            "evolution: no probes (plain text has no question to ask; drop NAME.probes.jsonl beside the dataset "
             "to watch some)" if data.kind == ExampleKind.TEXT else "evolution: no probes (probe_count = 0 and no probe file)")
         return None
     every, budget = resolve_probe_every(opts.probe_every, steps)
+    short = probe_shortfall(_records_split(s, data)[0], opts.probe_count) if s.cfg.probes_path is None else None
     say(f"evolution: {len(data.probes)} probe(s), a snapshot every {every} steps"
-        + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else ""))
-    return EvolutionCallback(data.probes, built.tokenizer, s.cfg.paths.evolution, every,
-                             max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
-                             max_length=opts.max_length, stop_ids=built.stops, board=built.board)
+        + (f" (thinned to stay under {budget:.0%} of the training time, never below 5 a run)" if budget else "")
+        + (f"; {short}" if short else ""))
+    callback = EvolutionCallback(data.probes, built.tokenizer, s.cfg.paths.evolution, every,
+                                 max_new_tokens=opts.probe_max_new_tokens, log=say, max_overhead=budget,
+                                 max_length=opts.max_length, stop_ids=built.stops, board=built.board)
+    _fit_answers(callback, opts, built.stops, s.cfg.paths.stats, budgeted=budget is not None)
+    return callback
+
+
+def _fit_answers(callback: Any, opts: TrainOptions, stops: list[int], stats_path: Path, budgeted: bool) -> None:
+    """Probes whose reference is longer than probe_max_new_tokens could never be answered word for word. With the
+    automatic interval (probe_every = 0) each snapshot generates as far as the longest reference needs (+ a
+    margin, at most max_length): the budget measures each snapshot's cost and spaces them out, so they stay within
+    their share of the training time. A fixed probe_every has no budget: the answers stay cut at
+    probe_max_new_tokens, and the console says which probes can then never be exact."""
+    from daemon.trainer.report import answer_budget
+
+    # a preference probe is judged by its margin, not by what it generates
+    floor, cap = opts.probe_max_new_tokens, opts.max_length
+    needs = {enc.probe["id"]: answer_budget(enc, stops, floor, cap) for enc in callback.encoded
+             if enc.probe.get("kind") is None}
+    longer = sorted(i for i, n in needs.items() if n > floor)
+    if longer and budgeted:
+        callback.max_new_tokens = max(needs[i] for i in longer)
+        say(f"evolution: {len(longer)} probe reference(s) longer than probe_max_new_tokens = {floor} tokens: "
+            f"snapshots generate up to {callback.max_new_tokens} tokens so that they can be answered in full (the "
+            f"snapshot budget spaces the snapshots out to pay for it)")
+    cut = [] if budgeted else longer
+    _note_cut(stats_path, floor, cut)
+    if cut:
+        ids = ", ".join(str(i) for i in cut[:10]) + (", …" if len(cut) > 10 else "")
+        say(f"evolution: the answers of {len(cut)} probe(s) ({ids}) are cut at {floor} tokens "
+            f"(probe_max_new_tokens), shorter than their references: they can never be exact. Fix: set "
+            f"probe_max_new_tokens = {max(needs[i] for i in cut)}, or probe_every = 0 (the automatic interval "
+            f"generates them in full)")
+
+
+def _note_cut(stats_path: Path, tokens: int, probes: list[int]) -> None:
+    """stats.json says which probes' answers are cut short of their references (`overnight evolution` marks them);
+    a run whose answers are whole again (a resume with other options) drops the note."""
+    from daemon.core.atomic import read_json
+    from daemon.core.evolution import ANSWERS_CUT
+
+    if not ddp.is_main():
+        return
+    stats = read_json(stats_path, {}) or {}
+    if not probes and ANSWERS_CUT not in stats:
+        return
+    note = {ANSWERS_CUT: {"tokens": tokens, "probes": probes}} if probes else {}
+    write_json(stats_path, {**{k: v for k, v in stats.items() if k != ANSWERS_CUT}, **note})
