@@ -458,3 +458,28 @@ def test_a_db_held_busy_by_another_process(home: Path, tiny_model: Path, faults:
         if holder and holder.poll() is None:
             holder.kill()
         d.stop()
+
+
+def test_overnight_log_on_a_full_disk_is_said_once_and_its_lines_still_reach_the_terminal(tmp_path, capsys):
+    """A full disk turned every log line into a "--- Logging error ---" stack on the daemon's terminal (journald)."""
+    import errno
+
+    from daemon.core import log as logs
+
+    logger = logs.setup(tmp_path / "overnight.log", echo=True, name="overnight-full-disk-test")
+    file = logger.handlers[0]
+    write = file.stream.write
+
+    def full(_text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    file.stream.write = full
+    logger.info("first")
+    logger.info("second")
+    file.stream.write = write  # space again: written, and a new failure is said again
+    logger.info("third")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err
+    assert err.count("cannot write") == 1 and "(No space left on device)" in err
+    assert "] first" in err and "] second" in err and "] third" in err  # every line on the terminal
+    file.flush()
+    assert "] third" in (tmp_path / "overnight.log").read_text()

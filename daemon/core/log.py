@@ -46,6 +46,34 @@ class _Terminal(logging.StreamHandler):
         logging.getLogger("overnight").warning(f"the terminal is gone ({why}): logging to overnight.log only")
 
 
+class _File(logging.FileHandler):
+    """overnight.log, which a full disk may refuse: the line still reaches the terminal (the other handler), and the
+    refusal is said there once, not as a "--- Logging error ---" stack per line; written again once it can be."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failing = self.failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.failed_now = False
+        super().emit(record)  # a failed write calls handleError
+        self.failing = self.failed_now
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        why = sys.exc_info()[1]
+        if not isinstance(why, OSError):
+            super().handleError(record)
+            return
+        self.failed_now = True
+        if not self.failing:
+            self.failing = True
+            try:
+                sys.stderr.write(f"overnight: cannot write {self.baseFilename} ({why.strerror or why}); its lines "
+                                 f"go to this terminal only until it can be written again\n")
+            except (OSError, ValueError):
+                pass
+
+
 def _to_devnull(stream: object) -> None:
     """Point the descriptor of `stream` (and stdout/stdin, when they are the same terminal or pipe) at /dev/null."""
     try:
@@ -73,7 +101,7 @@ def setup(log_path: Path, echo: bool = True, name: str = "overnight") -> logging
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    handlers: list[logging.Handler] = [logging.FileHandler(log_path, encoding="utf-8")]
+    handlers: list[logging.Handler] = [_File(log_path)]
     if echo:
         handlers.append(_Terminal())
     for h in handlers:

@@ -85,6 +85,7 @@ class Controller:
         self._unwritten: list[dict[str, Any]] = []
         self._waiting_said: set[Path] = set()  # resumes left in control/ until their run has ended, said once
         self.stuck: dict[Path, str] = {}  # control files that could not be moved to rejected/: why
+        self._said_waiting = 0  # acknowledgements waiting for the DB, as last said
         self._handlers: dict[str, Callable[[Command], None]] = {
             "stop": self._on_stop, "skip": self._on_skip, "pause": self._on_pause, "resume": self._on_resume,
             "priority": self._on_priority, "activate": self._on_model, "delete": self._on_model}
@@ -162,9 +163,11 @@ class Controller:
                                 "message": message, "time": iso(), "command_id": command_id})
 
     def _flush(self) -> None:
-        if not self._write_events():
-            log.warning(f"control: {len(self._unwritten)} acknowledgement(s) wait to be written to the DB (it "
-                        f"cannot be written now); the commands themselves are done")
+        waiting = 0 if self._write_events() else len(self._unwritten)
+        if waiting and waiting != self._said_waiting:  # said when it changes, not at every pass of a full disk
+            log.warning(f"control: {waiting} acknowledgement(s) wait to be written to the DB (it cannot be written "
+                        f"now); the commands themselves are done")
+        self._said_waiting = waiting
 
     def _write_events(self) -> bool:
         """Write the acknowledgements not yet in the DB, in one transaction; a refused write keeps them for the
