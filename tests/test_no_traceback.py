@@ -51,6 +51,9 @@ def test_status_says_a_missing_db_is_rebuilt_by_the_daemon_at_its_start(tmp_path
     assert f"Fix: start the daemon (overnight daemon --home {home}): it rebuilds the DB" in problem
     assert "runs: none" in res.stdout
     assert _status(home)["problem"] == problem.removeprefix("PROBLEM: ")
+    for command in ("runs", "models"):  # not "no runs yet": the runs are there, their index is not
+        said = overnight(command, home=home, check=True).stdout
+        assert f"{home / 'overnight.db'} is missing" in said and "yet" not in said, said
     shutil.rmtree(home / "runs")
     (home / "runs").mkdir()
     assert _status(home)["problem"] is None  # an empty home has nothing to rebuild

@@ -201,6 +201,8 @@ def runs(home: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(rows)
         return
+    if not rows and _said_db_missing(h):
+        return
     from daemon.core import control
     alive = daemon_alive(h)
     click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
@@ -363,8 +365,20 @@ def priority(home: str | None, run: str, value: int, wait: float) -> None:
 @json_option
 def models(home: str | None, as_json: bool) -> None:
     """Registered model versions; * marks the active one of each name."""
-    rows = _reader(_existing(home)).models()
-    _echo_json(rows) if as_json else click.echo(render.models(rows))
+    h = _existing(home)
+    rows = _reader(h).models()
+    if as_json:
+        _echo_json(rows)
+    elif rows or not _said_db_missing(h):
+        click.echo(render.models(rows))
+
+
+def _said_db_missing(h: Home) -> bool:
+    """overnight.db gone while runs/ holds runs: said (as status says it), not shown as an empty home."""
+    missing = morning.missing_db_problem(h)
+    if missing:
+        click.echo(missing)
+    return missing is not None
 
 
 @main.command()
