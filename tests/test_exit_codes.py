@@ -188,3 +188,12 @@ def test_a_refused_command_leaves_a_folder_that_is_no_home_as_it_was(tmp_path: P
 def test_check_of_a_file_that_is_not_there_says_the_fix(tmp_path: Path) -> None:
     res = overnight("check", str(tmp_path / "missing.jsonl"))
     assert res.returncode == 1 and "missing.jsonl: no such file. Fix: check the path" in res.stdout, res.stdout
+
+
+def test_status_without_a_daemon_says_a_training_run_resumes_when_it_starts(home: Path) -> None:
+    """The row is what the daemon last recorded: no ETA counting down, and what happens next."""
+    _run(home, "alp-20260101-000000", "alp", state="training")
+    for command in ("status", "runs"):
+        out = overnight(command, home=home, check=True).stdout
+        assert "alp-20260101-000000 was training when the daemon went away: it resumes from its last checkpoint " \
+               "when the daemon starts" in out, out

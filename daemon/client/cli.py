@@ -181,7 +181,7 @@ def status(home: str | None, as_json: bool, since_h: float) -> None:
         held = "the PROBLEM above"
     paused = control.paused(h)
     if runs:
-        click.echo(render.runs_table(runs, held, paused))
+        click.echo(render.runs_table(runs, held, paused, daemon_down=not alive))
     shown = any(r["state"] == State.QUEUED for r in runs)  # the table's last line said what holds them
     for line in render.morning(failed, rejected, None if shown else held, since_h, "*" in paused,
                                morning.waiting_files(h)):
@@ -207,7 +207,7 @@ def runs(home: str | None, as_json: bool) -> None:
     alive = daemon_alive(h)
     click.echo(render.runs_table(rows, morning.held(control.held(h, "stop"),
                                                    morning.problem(h, rd.daemon() if alive else None, alive)),
-                                 control.paused(h)))
+                                 control.paused(h), daemon_down=not alive))
 
 
 def _find_run(h: Home, ref: str) -> dict[str, Any]:

@@ -146,11 +146,13 @@ def fmt_job(r: dict[str, Any]) -> str:
     return f"{r['job_id']}@{r['node']}" if r.get("node") else str(r["job_id"])
 
 
-def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: frozenset[str] = frozenset()) -> str:
+def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: frozenset[str] = frozenset(),
+               daemon_down: bool = False) -> str:
     """`overnight runs` and the queue in `overnight status`; GPU: the GPU set of each active run (`0,1`, `CPU`);
     REASON (only when a run has one): why a run failed, stopped or was skipped. `held`: what keeps queued runs
     from starting, so that they do not read as merely waiting their turn; `paused`: the runs control/pause names
-    (one that is queued and never started is passed by until it is resumed: control.passed_by)."""
+    (one that is queued and never started is passed by until it is resumed: control.passed_by); `daemon_down`: an
+    active run's row is what the daemon last recorded, no longer counting down."""
     if not runs:
         return "no runs yet: drop a dataset into the inbox (or overnight add FILE)"
     reasons = [_reason(r) for r in runs]
@@ -158,7 +160,7 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
     head = ("RUN", "STATE", "GPU", *(("JOB",) if jobs else ()), "PRIO", "STEP", "LOSS", "EVAL", "ETA", "MODEL")
     rows: list[tuple[str, ...]] = [head + (("REASON",) if any(reasons) else ())]
     for r, reason in zip(runs, reasons):
-        eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN else "-"
+        eta = fmt_duration(r["eta_s"]) if r["state"] in _COUNTING_DOWN and not daemon_down else "-"
         gpus = fmt_gpu_set(r.get("gpu_set")) if r["state"] in ACTIVE and not r.get("job_id") else "-"
         passed = control.passed_by(r["state"], r["id"], r.get("started"), paused)
         queued_held = (r["state"] == State.QUEUED and held) or passed
@@ -174,6 +176,9 @@ def runs_table(runs: list[dict[str, Any]], held: str | None = None, paused: froz
     lines += [f"{r['id']} held by control/pause (overnight resume {r['id']} lets it start)" for r in runs
               if control.passed_by(r["state"], r["id"], r.get("started"), paused) and not held]
     lines += [f"{r['id']} paused by its trainer: {first_line(r['reason'])}" for r in runs if waits_for_space(r)]
+    if daemon_down:
+        lines += [f"{r['id']} was {r['state']} when the daemon went away: it resumes from its last checkpoint when "
+                  f"the daemon starts" for r in runs if r["state"] in ACTIVE]
     return "\n".join(lines)
 
 
