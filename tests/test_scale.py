@@ -434,3 +434,21 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_is_resumed(tmp_p
     assert said == ["checkpoint step-9 is damaged (FileNotFoundError: [Errno 2] No such file or directory: "
                     f"'{run / 'checkpoints' / 'step-9' / 'trainer_state.json'}'): moved aside to damaged-step-9, "
                     "not deleted; trying the one before it"]
+
+
+def test_a_run_folder_made_unwritable_fails_the_run_with_the_fix(tmp_path: Path, qwen: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """chattr +i on a run's checkpoints mid-run: the reason was a bare PermissionError."""
+    from daemon.trainer import run as trainer
+
+    run = make_run(tmp_path, qwen, dataset_name="d.jsonl", content=jsonl(reversal_records(20)),
+                   schema="prompt_completion", records=20, options={"max_steps": 2})
+    where = str(run / "checkpoints" / "checkpoint-2")
+
+    def refused(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted", where)
+    monkeypatch.setattr(trainer, "_train", refused)
+    assert trainer.main(run, read_stdin=False) != 0
+    reason = read_json(run / "result.json")["reason"]
+    assert reason == (f"PermissionError: [Errno 1] Operation not permitted: '{where}'. Fix: make {where} writable "
+                      f"for this user again, then overnight resume {run.name} (it goes on from its last checkpoint)")

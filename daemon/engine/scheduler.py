@@ -253,7 +253,11 @@ class Daemon:
         self.store.set_state(run_id, state, reason, **fields)
         run = self.store.get_run(run_id)
         if Path(run["run_dir"]).is_dir():  # a folder removed by hand is never made again just to hold this
-            rundir.write_metadata(Path(run["run_dir"]), run)
+            try:
+                rundir.write_metadata(Path(run["run_dir"]), run)
+            except PermissionError as e:  # a run folder made read-only: the DB holds the state; said, not retried
+                log.warning(f"{run_id}: its metadata.json could not be written ({e.strerror}); the DB has its state "
+                            f"({state}). Fix: make {run['run_dir']} writable again (a DB rebuild reads that file)")
         if run.get("group_id"):
             self._changed_groups.add(run["group_id"])
             if state in ENDED:

@@ -72,6 +72,9 @@ def _run(run_dir: Path, commands: Any, result: Result) -> int:
         if is_disk_full(e):
             result.reason += (f". Fix: free space on the disk of {folder.root}; the daemon resumes the run "
                               f"from its last complete checkpoint once there is room")
+        elif isinstance(e, PermissionError):  # a run folder made read-only (chattr +i, a changed owner)
+            result.reason += (f". Fix: make {e.filename or folder.root} writable for this user again, then "
+                              f"overnight resume {folder.root.name} (it goes on from its last checkpoint)")
     if result.outcome is Outcome.FAILED and not ddp.is_main() and ddp.initialised():
         result.reason = f"rank {ddp.rank()}: {result.reason}"
     if ddp.is_main() or (result.reason or "").startswith(f"rank {ddp.rank()}: "):
