@@ -78,6 +78,15 @@ def test_toml_syntax_error_names_file(tmp_path):
         load_sidecar(write(tmp_path / "d.toml", "lora_r = = 3\n"))
 
 
+@pytest.mark.parametrize("text, line", [("max_steps = 3\nlearning_rate = [1e-4\n", "line 2: learning_rate = [1e-4"),
+                                        ("name = 'x\n", "line 1: name = 'x")])
+def test_something_left_open_names_the_line_it_was_opened_on(tmp_path, text, line):
+    """tomllib finds an unclosed bracket or quote only at the end of the file ("at end of document")."""
+    with pytest.raises(OptionsError) as e:
+        load_sidecar(write(tmp_path / "d.toml", text))
+    assert f"(at end of document); left open on {line}. Fix:" in str(e.value), str(e.value)
+
+
 def test_precedence_and_provenance(tmp_path):
     toml = load_home_toml(write(tmp_path / "overnight.toml", "base_model = '/m'\nlearning_rate = 1e-3\nlora_r = 8\n"))
     side = load_sidecar(write(tmp_path / "d.toml", "lora_r = 32\n"))

@@ -481,9 +481,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         # a UTF-8 byte-order mark (Windows Notepad writes one) is not TOML, but it is no mistake either: skipped
         table = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as e:
-        raise OptionsError(f"{path}: not valid TOML: {e}. Fix: correct that place (text goes in double quotes, "
-                           f'closed on the same line: name = "mydata"; numbers and true/false bare; one key = value '
-                           f"per line, e.g. learning_rate = 3e-4)") from None
+        raise OptionsError(f"{path}: not valid TOML: {e}{_opened_at(raw, e)}. Fix: correct that place (text goes in "
+                           f'double quotes, closed on the same line: name = "mydata"; numbers and true/false bare; '
+                           f"one key = value per line, e.g. learning_rate = 3e-4)") from None
     except UnicodeDecodeError:
         raise OptionsError(f"{path}: not UTF-8 text. Fix: save it as UTF-8.") from None
     except RecursionError:
@@ -494,6 +494,21 @@ def read_toml(path: Path) -> dict[str, Any]:
     if _depth(table) > MAX_DEPTH:
         raise _too_deep(path, raw.decode("utf-8", "replace"))
     return table
+
+
+def _opened_at(raw: bytes, e: tomllib.TOMLDecodeError) -> str:
+    """For an error tomllib finds only at the end of the file (a bracket or a quote never closed): the line that
+    opened it, the last before which the file still reads as TOML."""
+    if "end of document" not in str(e):
+        return ""
+    lines = raw.decode("utf-8", "replace").removeprefix("\ufeff").splitlines(keepends=True)[:2000]
+    for n in range(len(lines) - 1, 0, -1):
+        try:
+            tomllib.loads("".join(lines[:n]))
+        except tomllib.TOMLDecodeError:
+            continue
+        return f"; left open on line {n + 1}: {lines[n].strip()[:80]}"
+    return f"; left open on line 1: {lines[0].strip()[:80]}" if lines else ""
 
 
 def _depth(table: dict[str, Any]) -> int:
