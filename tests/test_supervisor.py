@@ -152,8 +152,14 @@ def test_a_user_stop_outlives_a_trainer_that_died_honouring_it(bench: Bench) -> 
 def test_a_trainer_killed_from_outside_is_resumed_then_failed_in_a_crash_loop(bench: Bench) -> None:
     row = _exits(bench, "talk-1", -9, attempts=1)
     assert row["state"] == "queued" and row["attempts"] == 1
-    assert row["reason"] == (f"trainer killed by signal SIGKILL; resuming from its last checkpoint "
+    assert row["reason"] == (f"trainer killed by signal SIGKILL; starting again from step 0 (no checkpoint yet) "
                              f"(attempt 2 of {MAX_ATTEMPTS} without a new checkpoint)")
+    run_dir = bench.run("talk-3", attempts=1)
+    _checkpoint(run_dir, 4)
+    bench.sup.trainers["talk-3"] = Exited("talk-3", run_dir, -9)  # type: ignore[assignment]
+    bench.sup.watch()
+    assert bench.row("talk-3")["reason"].startswith("trainer killed by signal SIGKILL; resuming from its last "
+                                                    "checkpoint (attempt")
     row = _exits(bench, "talk-2", -9, attempts=MAX_ATTEMPTS)
     assert row["state"] == "failed" and row["reason"].startswith(
         f"trainer killed by signal SIGKILL, {MAX_ATTEMPTS} times in a row without a new checkpoint. Fix:")

@@ -26,6 +26,12 @@ class TrainerExit:
     withdrawn: bool = False  # its job was cancelled before it started, for `request`
     interrupted: str | None = None  # what ended it from outside the trainer, resumable (a Slurm job's scancel,
     # time limit, preemption, failed node: daemon/engine/executors/slurm.py), in words
+    checkpointed: bool = True  # the run has a checkpoint to resume from (else it starts again from step 0)
+
+    @property
+    def resuming(self) -> str:
+        return "resuming from its last checkpoint" if self.checkpointed else \
+            "starting again from step 0 (no checkpoint yet)"
 
 
 def end_state(e: TrainerExit) -> tuple[State, str | None]:
@@ -43,7 +49,7 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
     if e.request and e.request.by_user:  # the user's request outlives a trainer that died honouring it
         return e.request.outcome, f"{e.request} requested; {e.crash} before it checkpointed (resumable from its last one)"
     if e.request == StopRequest.RESTART and retry:
-        return State.QUEUED, f"restarted after a stall; resuming from its last checkpoint {attempt}"
+        return State.QUEUED, f"restarted after a stall; {e.resuming} {attempt}"
     if e.request == StopRequest.SHUTDOWN:
         return State.QUEUED, "daemon stopped; resumes from its last checkpoint"
     if e.interrupted:  # the trainer checkpointed (or was killed): a new job resumes it
@@ -54,7 +60,7 @@ def end_state(e: TrainerExit) -> tuple[State, str | None]:
         return State.QUEUED, (f"the disk filled up while it trained; it waits for free space, then resumes from its "
                               f"last complete checkpoint. Fix: free space on the disk of {e.home}")
     if e.exit_code is not None and e.exit_code < 0 and not e.outcome and retry:
-        return State.QUEUED, f"{e.crash}; resuming from its last checkpoint {attempt}"
+        return State.QUEUED, f"{e.crash}; {e.resuming} {attempt}"
     if not e.outcome and ((e.exit_code or 0) < 0 or e.request == StopRequest.RESTART):  # the attempts are spent
         return State.FAILED, (f"{e.reason or e.crash}, {MAX_ATTEMPTS} times in a row without a new checkpoint. "
                               f"Fix: read the end of its console.log for the cause; overnight resume RUN tries again "

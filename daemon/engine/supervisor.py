@@ -325,7 +325,7 @@ class Supervisor:
             outcome=_outcome(result.get("outcome")), request=a.requested, exit_code=rc,
             attempts=tries, disk_full=self._died_of_full_disk(a, result), crash=self._crash_reason(a, rc),
             reason=result.get("reason"), home=str(self.home.root), interrupted=a.job.interrupted(),
-            withdrawn=a.job.withdrawn()))
+            withdrawn=a.job.withdrawn(), checkpointed=a.folder.newest_checkpoint() is not None))
         fields.update(pid=None)
         if state == State.QUEUED and (result.get("reason") or "").startswith(asha.RUNG_STOP):
             run = self.store.get_run(a.run_id)
