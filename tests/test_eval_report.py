@@ -139,6 +139,10 @@ def test_models_shows_the_scores_the_forgetting_and_what_a_regressed_version_los
     assert "forgetting +3.1% (general-text loss vs the parent)" in text
     assert "REGRESSED: 1 probe(s) its parent answered right are now wrong" in text
     assert "lost probe: 'name of star:' → 'tea back' (parent: 'tea back', now: '')" in text
+    # a sample too short to score: n/a with why, not silence
+    short = {**report, "forgetting": {"score": None, "note": "sample too short: one.txt is under 2 tokens"}}
+    row["metrics"]["report"] = evalreport.summary(short)
+    assert "forgetting n/a (sample too short: one.txt is under 2 tokens)" in render.models([row])
 
 
 def _group(tmp_path: Path, options: dict, reports: list[tuple[float, float, bool]]):

@@ -254,6 +254,8 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     if report.get("forgetting") is not None:
         out.append(f"    forgetting {fmt_forgetting(report['forgetting'])} (general-text loss vs the "
                    f"{report.get('forgetting_vs')})")
+    elif report.get("forgetting_note"):
+        out.append(f"    forgetting n/a ({report['forgetting_note']})")
     if report.get("regressed"):
         out.append(f"    REGRESSED: {'; '.join(report.get('why') or [])}")
         for x in report.get("lost_items") or []:
