@@ -141,3 +141,15 @@ def test_preference_records_with_weights_are_taken_as_before(home: Path, tiny_mo
     assert trained_of(verdict) == [["FOUR" + IM_END], ["FIVE" + IM_END]]
     assert any("'weight'/'loss_weight' ignored on 2 message(s) of preference records" in n
                for n in verdict["report"]["notes"]), verdict["report"]["notes"]
+
+
+def test_a_probe_held_out_of_a_weighted_chat_asks_its_last_trained_answer():
+    """The reference is what the model is taught: not a last turn weighted 0 (context only)."""
+    from daemon.core.datasets import ExampleKind
+    from daemon.core.probes import probe_from_example
+
+    example = {"kind": ExampleKind.CHAT, "tools": None, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and?"}, {"role": "assistant", "content": "a bad answer", "weight": 0}]}
+    probe = probe_from_example(example)
+    assert probe is not None and probe["reference"] == "hello" and probe["prompt"] == "hi"

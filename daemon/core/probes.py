@@ -73,9 +73,10 @@ def probe_from_example(example: dict[str, Any]) -> dict[str, Any] | None:
         return _preference_probe(example)
     if example["kind"] == ExampleKind.CHAT:
         messages = example["messages"]
-        # the last assistant turn that says something (a tool call alone has no text to compare against)
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()),
-                   default=None)
+        # the last assistant turn that says something (a tool call alone has no text to compare against) and is
+        # trained (one weighted 0 is context: the model is not taught it)
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()
+                    and m.get("weight") != 0), default=None)
         if last is None:
             return None
         context = messages[:last]
