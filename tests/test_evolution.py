@@ -92,9 +92,22 @@ def test_forgotten_probe_in_summary_and_threshold() -> None:
     report = analyze(records)  # "apples" is within 0.9 similarity: learned without being exact
     assert report.probes[1].learned_at == 120 and report.probes[1].learned_now
     assert report.probes[0].status == "forgotten" and report.probes[0].forgotten_at == 240
-    assert report.summary.startswith("1/2 learned, 1 forgotten at step 240")
+    assert report.summary == "1/2 learned, 1 forgotten at step 240; 3 snapshots, latest step 240"
     strict = analyze(records, threshold=0.99)
     assert strict.probes[1].learned_at is None
+
+
+def test_an_early_stopped_adapter_is_judged_on_its_own_step(tmp_path: Path) -> None:
+    """Early stopping kept step 120's weights: the step-240 snapshot asked weights that were thrown away, and
+    called forgotten a probe the delivered adapter knows (`overnight evolution`, compare's PROBES)."""
+    from daemon.core.evolution import run_report
+
+    records = [rec(0, 0, "x"), rec(120, 0, "river stone apple"), rec(240, 0, "river")]
+    (tmp_path / "result.json").write_text(json.dumps({"outcome": "completed", "adapter_step": 120}))
+    report = run_report(tmp_path, records)
+    assert report.probes[0].status == "learned" and report.learned == 1 and report.snapshots == [0, 120]
+    assert report.summary == ("1/1 learned, 2 snapshots, latest step 120; the adapter holds step 120 (early "
+                              "stopping): 1 later snapshot of weights not kept left out")
 
 
 def test_load_records_tolerates_a_truncated_last_line(tmp_path: Path) -> None:

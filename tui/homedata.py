@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core import control, morning, rundir, sweep
-from daemon.core.evolution import EvolutionReport, analyze, is_probe_record, no_probes, with_lost
+from daemon.core.evolution import EvolutionReport, analyze, is_probe_record, kept_step, no_probes, with_lost
 from daemon.core.home import Home, daemon_alive
 from daemon.core.morning import FailedRun, RejectedDrop
 from daemon.core.queries import Reader
@@ -149,7 +149,8 @@ def _mark_best(runs: tuple[RunRow, ...], reader: Reader) -> tuple[RunRow, ...]:
     for members in groups.values():
         if len(members) > 1:
             by = sweep.ranked_by(RunConfig.read(members[0].run_dir).options) if members[0].run_dir else "eval_loss"
-            winner = sweep.best(members, lambda run: analyze(reader.evolution(run.id)).learned, by)
+            winner = sweep.best(members, lambda run: analyze(reader.evolution(run.id), until=kept_step(run.run_dir)).learned,
+                                by)
             if winner:
                 best.add(winner.id)
     return tuple(replace(r, best=True) if r.id in best else r for r in runs) if best else runs
@@ -436,10 +437,11 @@ class EvolutionTail:
             self._records, self._report = [], None
         new = [r for r in update.records if is_probe_record(r)]
         self._records += new
-        seen = _mtime(RunFolder(self._run_dir).eval_report)  # written once, when the run completes
+        # written once, when the run completes (result.json says which step an early-stopped adapter is from)
+        seen = (_mtime(RunFolder(self._run_dir).eval_report), _mtime(RunFolder(self._run_dir).result))
         if new or (self._report is None and self._tail.path.exists()) or seen != self._report_seen:
             self._report_seen = seen
-            self._report = with_lost(analyze(self._records), self._run_dir)
+            self._report = with_lost(analyze(self._records, until=kept_step(self._run_dir)), self._run_dir)
         if self._report is not None and self._report.probes:
             return self._report
         if self._no_probes is None and self._stats_seen != (seen := _mtime(RunFolder(self._run_dir).stats)):

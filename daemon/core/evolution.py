@@ -234,20 +234,41 @@ def _summary(probes: list[ProbeHistory], snapshots: list[int]) -> str:
     if forgotten:
         steps = ", ".join(str(s) for s in forgotten)
         parts.append(f"{len(forgotten)} forgotten at step{'s' if len(forgotten) > 1 else ''} {steps}")
-    parts.append(f"{len(snapshots)} snapshot{'s' if len(snapshots) != 1 else ''}, latest step {snapshots[-1]}")
-    return ", ".join(parts)
+    snapped = f"{len(snapshots)} snapshot{'s' if len(snapshots) != 1 else ''}, latest step {snapshots[-1]}"
+    return ", ".join(parts) + ("; " if forgotten else ", ") + snapped  # not read as one more forgotten step
 
 
-def analyze(records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
-    """Per-probe histories, learned/forgotten events and a summary from evolution records."""
+def analyze(records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
+            until: int | None = None) -> EvolutionReport:
+    """Per-probe histories, learned/forgotten events and a summary from evolution records. `until`: the step the
+    adapter's weights are from when it is not the last (`kept_step`): later snapshots asked weights not kept, and
+    would call forgotten what the adapter knows."""
+    later = snapshot_steps([r for r in records if until is not None and r["step"] > until])
+    records = [r for r in records if r["step"] not in later]
     grouped: dict[int, list[dict[str, Any]]] = {}
     for record in records:
         grouped.setdefault(int(record["probe"]), []).append(record)
     probes = [_history(pid, grouped[pid], threshold) for pid in sorted(grouped)]
     snapshots = snapshot_steps(records)
+    summary = _summary(probes, snapshots) + (
+        f"; the adapter holds step {until} (early stopping): {len(later)} later snapshot"
+        f"{'s' if len(later) != 1 else ''} of weights not kept left out" if later else "")
     return EvolutionReport(probes=probes, snapshots=snapshots, threshold=threshold,
-                           summary=_summary(probes, snapshots), learned=sum(p.learned_now for p in probes),
+                           summary=summary, learned=sum(p.learned_now for p in probes),
                            forgotten=sum(p.status == "forgotten" for p in probes), total=len(probes))
+
+
+def kept_step(run_dir: Path | str | None) -> int | None:
+    """The step the run's adapter is from when early stopping kept an earlier checkpoint (result.json), else None."""
+    from daemon.core.atomic import read_json
+    from daemon.core.rundir import RunFolder
+    if not run_dir:
+        return None
+    try:
+        step = (read_json(RunFolder(Path(run_dir)).result, {}) or {}).get("adapter_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def no_probes(run_dir: Path) -> str | None:
@@ -296,7 +317,7 @@ def _records_of(split: dict[str, Any] | None) -> int | None:
 def run_report(run_dir: Path, records: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> EvolutionReport:
     """`analyze`, and for a run without snapshots the reason it will never have one (its summary then says it);
     with what its version lost since its parent, once its eval report is written."""
-    report = with_cut(with_lost(analyze(records, threshold), run_dir), run_dir)
+    report = with_cut(with_lost(analyze(records, threshold, kept_step(run_dir)), run_dir), run_dir)
     if report.probes:
         return report
     reason = no_probes(run_dir)

@@ -394,14 +394,14 @@ def comparison(runs: list[dict[str, Any]], rungs: dict[str, list[dict[str, Any]]
     """`overnight compare`: one row per run, best first (see `rank`), with the options that differ between them and,
     in an ASHA sweep, where each trial stood at each rung (`rungs`: queries.Reader.rungs)."""
     from daemon.core.atomic import read_json
-    from daemon.core.evolution import analyze, load_records
+    from daemon.core.evolution import analyze, kept_step, load_records
     from daemon.core.runconfig import RunConfig
     from daemon.core.rundir import RunFolder
 
     info: dict[str, dict[str, Any]] = {}
     for r in runs:
         folder = RunFolder(r["run_dir"])
-        evo = analyze(load_records(folder.evolution))
+        evo = analyze(load_records(folder.evolution), until=kept_step(folder.root))
         options = RunConfig.read(folder.root).options
         trained = (read_json(folder.stats, {}) or {}).get("objective")  # "auto" as its trainer resolved it
         config = RunConfig.read(folder.root)

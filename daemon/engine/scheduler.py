@@ -221,7 +221,7 @@ class Daemon:
         """Groups a run of which ended (trained out, failed, stopped or skipped, even before it started): when
         the last one has ended and the group says select = "best", activate its best version (after the pass
         that registered the last version)."""
-        from daemon.core.evolution import analyze, load_records
+        from daemon.core.evolution import analyze, kept_step, load_records
         while self._changed_groups:  # ASHA first: a trial it prunes may be a group's last to end
             group = self._changed_groups.pop()
             for line in pruning.review(self.store, group, run_options, self._transition) + self._tell_study(group):
@@ -229,7 +229,8 @@ class Daemon:
         while self._ended_groups:
             group = self._ended_groups.pop()
             said = sweep.on_group_ended(self.store, group, run_options,
-                                        lambda r: analyze(load_records(RunFolder(r["run_dir"]).evolution)).learned)
+                                        lambda r: analyze(load_records(RunFolder(r["run_dir"]).evolution),
+                                                          until=kept_step(r["run_dir"])).learned)
             if said:
                 log.info(said)
 

@@ -38,6 +38,7 @@ class Result:
     final_loss: float | None = None
     eval_loss: float | None = None
     best_checkpoint: str | None = None
+    adapter_step: int | None = None  # the step the adapter's weights are from, when not the last (early stopping)
     last_checkpoint: str | None = None
     adapter: str | None = None
     device: str | None = None

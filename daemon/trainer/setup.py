@@ -16,7 +16,7 @@ from daemon.core.as_trained import adapter_token_rows
 from daemon.core.atomic import write_json
 from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, ExampleKind, kind_of
 from daemon.core.probes import early_stopping_inert, held_out_count, no_eval_split, probe_shortfall
-from daemon.core.rundir import TRAINER_STATE
+from daemon.core.rundir import TRAINER_STATE, step_of
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, Sizing, plan_memory
 from daemon.core.states import Outcome, Phase
@@ -185,7 +185,7 @@ class Built:
             note = f"Early stopping: eval loss stopped improving at step {state.global_step}."
             if result.best_checkpoint:
                 self._load_best(paths.checkpoints / result.best_checkpoint)
-                result.eval_loss = state.best_metric
+                result.eval_loss, result.adapter_step = state.best_metric, step_of(result.best_checkpoint)
                 note += f" The adapter holds the best checkpoint, {result.best_checkpoint}."
             result.reason = note
         if s.cfg.schema in PROMPT_SCHEMAS and not s.prompt_chat:  # a chat server would prompt it another way
