@@ -106,7 +106,11 @@ class RunStatus:
 
 
 class ReportCallback(TrainerCallback):
-    """metrics.jsonl + console progress lines + progress.json (+ the same numbers in TensorBoard's event files)."""
+    """metrics.jsonl + console progress lines + progress.json (+ the same numbers in TensorBoard's event files).
+
+    One metrics record per logged step (SPEC): a step's record waits until the next step begins, a save, the end of
+    training or the step's evaluation, whose eval_loss it then carries. A save writes it first, so the records up to
+    a complete checkpoint are always on disk (a resume truncates the file after that checkpoint's step)."""
 
     def __init__(self, metrics_path: Path, progress: Progress, status: RunStatus,
                  log: Callable[[str], None], board: Board | None = None,
@@ -124,6 +128,7 @@ class ReportCallback(TrainerCallback):
         self._compute_s = 0.0  # time inside optimizer steps since the last record (no eval, saves, snapshots)
         self._tokens_last = 0
         self._start_step = 0
+        self._pending: dict[str, Any] | None = None  # this step's training record, not yet written
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.board is not None:
@@ -139,7 +144,14 @@ class ReportCallback(TrainerCallback):
         self.progress.update(Phase.TRAINING, state.global_step, state.max_steps, state.epoch or 0.0)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write_pending()
         self._step_began = time.perf_counter()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write_pending()  # before CheckpointCallback makes the checkpoint complete
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write_pending()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # first in the callback list: a pause or a snapshot that follows is not counted as step time
@@ -163,15 +175,21 @@ class ReportCallback(TrainerCallback):
                 self.status.last_loss = float(logs["loss"])
             return
         if "loss" in logs:
-            self._train_record(state, logs, tokens)
+            self._write_pending()
+            self._pending = self._train_record(state, logs, tokens)
         if "eval_loss" in logs:
             self.status.last_eval_loss = float(logs["eval_loss"])
-            self._append({"step": state.global_step, "eval_loss": _num(logs["eval_loss"]),
-                          "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
-                          **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}}, "eval")
+            evaluated = {"eval_loss": _num(logs["eval_loss"]),
+                         **{k: _num(v) for k, v in logs.items() if k.startswith(EVAL_PREFERENCE_METRICS)}}
+            if self._pending is not None and self._pending["step"] == state.global_step:
+                self._pending.update(evaluated)  # the step's one record carries its evaluation
+            else:  # evaluated at a step that logged no training loss
+                self._append({"step": state.global_step, **evaluated, "epoch": round(state.epoch or 0.0, 4),
+                              "time": _iso_ms()})
+            self._write_pending()
             self.log(f"eval @ step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
-    def _train_record(self, state: Any, logs: dict[str, float], tokens: int) -> None:
+    def _train_record(self, state: Any, logs: dict[str, float], tokens: int) -> dict[str, Any]:
         now = time.perf_counter()
         tokens_per_s = (tokens - self._tokens_last) / max(self._compute_s, 1e-9)
         self._tokens_last, self._compute_s = tokens, 0.0
@@ -182,7 +200,6 @@ class ReportCallback(TrainerCallback):
                   "epoch": round(state.epoch or 0.0, 4), "time": _iso_ms(),
                   # a preference run's rewards (TRL's names: rewards/chosen, /rejected, /margins, /accuracies…)
                   **{k: _num(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)}}
-        self._append(record, "train")
         done = state.global_step - self._start_step
         active = now - self._t0 - self.status.paused_seconds
         eta = active / done * (state.max_steps - state.global_step) if done > 0 else 0.0
@@ -193,12 +210,24 @@ class ReportCallback(TrainerCallback):
         self.log(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  {rewards}lr {record['lr'] or 0:.3g}  "
                  f"grad_norm {record['grad_norm'] or 0:.3g}  {tokens_per_s:.0f} tok/s  "
                  f"epoch {state.epoch or 0:.2f}  ETA {_hms(eta)}")
+        return record
 
-    def _append(self, record: dict[str, Any], board_prefix: str) -> None:
+    def _write_pending(self) -> None:
+        if self._pending is not None:
+            record, self._pending = self._pending, None
+            self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")  # one write per record: readers never see half a line
-        if self.board is not None:
-            self.board.scalars(record["step"], record, board_prefix)
+        if self.board is not None:  # train/… and eval/… as before: a step's record may carry both
+            evaluated = {k for k in record if k.startswith("eval_")}
+            trained = {k: v for k, v in record.items() if k not in evaluated}
+            if "loss" in record:
+                self.board.scalars(record["step"], trained, "train")
+            if evaluated:
+                self.board.scalars(record["step"], {k: record[k] for k in (*evaluated, "epoch") if k in record},
+                                   "eval")
 
 
 def _num(v: Any) -> float | None:
