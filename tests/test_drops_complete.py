@@ -80,3 +80,26 @@ def test_a_dataset_changed_after_validation_is_not_trained(model_home: Path, dae
     (home / "control" / "stop").unlink()
     wait_until(lambda: state(home, "late") == "failed", 120, what="failed")
     assert "changed since it was validated" in run_of(home, "late")["reason"]
+
+
+def test_a_name_back_moments_after_it_was_taken_waits_longer(model_home: Path, daemon_proc) -> None:
+    """`>>` with pauses longer than the settle time makes the file anew after each: the second part waits five
+    settle times, so a writer still appending gets one run of its later records, not one run per record."""
+    import time
+
+    from tests.conftest import overnight
+    home = model_home
+    daemon_proc("--settle", "1")
+    inbox = home / "inbox" / "grow.jsonl"
+    inbox.write_text(LINE + "\n")
+    wait_until(lambda: run_of(home, "grow"), 30, what="the first part taken")
+    for _ in range(2):  # the writer goes on: 1.5 s between appends, past the settle time
+        with open(inbox, "a") as f:
+            f.write(LINE + "\n")
+        time.sleep(1.5)
+
+    def runs() -> list[dict]:
+        return [r for r in json.loads(overnight("runs", "--json", home=home, check=True).stdout) if r["name"] == "grow"]
+    wait_until(lambda: len(runs()) == 2, 60, what="the rest taken as one run")
+    assert sorted(r["records"] for r in runs()) == [1, 2]
+    assert "grow.jsonl is back" in (home / "overnight.log").read_text()

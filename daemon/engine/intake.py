@@ -62,6 +62,8 @@ class _Checking:
 
 
 UNRECORDED_RETRY_S = 5.0  # a drop whose run could not be recorded (disk full, DB busy) is tried again this often
+REAPPEARED_S = 300.0  # a name back within this long of being taken may be the rest of a file still being appended
+REAPPEARED_SETTLE = 5  # ...and waits until unchanged this many times the settle time (30 s by default)
 
 
 class Intake:
@@ -74,6 +76,8 @@ class Intake:
         self.home, self.store, self.settle = home, store, settle
         self._on_reject = on_reject
         self._seen: dict[str, _Seen] = {}
+        self._taken: dict[str, float] = {}  # dataset file names taken, and when (monotonic)
+        self._reappeared_said: set[str] = set()
         self._waiting_logged: set[str] = set()
         self._held_open: dict[str, float] = {}  # drops a writer holds open -> when that was last asked
         # Validation streams whole files (minutes for a multi-GB drop): it runs on this thread so the daemon's
@@ -112,13 +116,26 @@ class Intake:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def stable(self, path: Path, now: float) -> bool:
-        """True once size and mtime have not changed for `settle` seconds (a file still growing waits)."""
+        """True once size and mtime have not changed for `settle` seconds (a file still growing waits); longer for a
+        name taken moments ago (`>>` appending with pauses longer than `settle` makes the file anew after each one)."""
         st = path.stat()
         cur = self._seen.get(path.name)
         if cur is None or (cur.size, cur.mtime_ns) != (st.st_size, st.st_mtime_ns):
             self._seen[path.name] = _Seen(st.st_size, st.st_mtime_ns, now)
             return False
-        return now - cur.since >= self.settle
+        return now - cur.since >= self._settle_of(path.name)
+
+    def _settle_of(self, name: str) -> float:
+        taken = self._taken.get(name)
+        if taken is None or time.monotonic() - taken > REAPPEARED_S:
+            return self.settle
+        wait = self.settle * REAPPEARED_SETTLE
+        if name not in self._reappeared_said:
+            self._reappeared_said.add(name)
+            log.warning(f"inbox: {shown_name(name)} is back {time.monotonic() - taken:.0f} s after a file of that name "
+                        f"was taken: in case it is still being appended to, it waits until unchanged for {wait:g} s. "
+                        f"Fix: write it elsewhere and mv it into the inbox when complete")
+        return wait
 
     def pending(self) -> list[Path]:
         """Files in the inbox that overnight will take once complete."""
@@ -278,6 +295,8 @@ class Intake:
         """Accept a validated drop; if making its run folder fails, the drop goes to rejected/ with the reason."""
         try:
             self.accept(verdict.sub, verdict.sha)
+            self._taken[verdict.sub.dataset.name] = time.monotonic()
+            self._reappeared_said.discard(verdict.sub.dataset.name)
         except Exception as e:  # noqa: BLE001 - a drop is never left half-moved (accept put it back)
             if (is_disk_full(e) or busy_problem(e, self.home.db)) and all(p.exists() for p in files):
                 # the machine's fault, not the file's: the drop waits in the inbox (checked already) and is taken
