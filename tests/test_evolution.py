@@ -368,8 +368,8 @@ def test_probes_are_cut_to_max_length(lm: tuple[Any, Any], tmp_path: Path) -> No
     cb = EvolutionCallback([probe], tok, tmp_path / "evolution.jsonl", every=5, max_new_tokens=4,
                            log=lines.append, max_length=24)
     assert len(cb.encoded[0].prompt_ids) + len(cb.encoded[0].reference_ids) == 24
-    assert lines == ["evolution: 1 probe(s) longer than max_length 24 tokens are cut to fit (the end of the "
-                     "prompt, then the start of the reference)"]
+    assert lines == ["evolution: 1 probe(s) longer than max_length 24 tokens are cut to fit, keeping the end of "
+                     "the prompt and the start of the reference"]
     records = cb.snapshot(model, 0)
     assert records is not None and records[0]["prompt"] == probe["prompt"] and records[0]["loss"] > 0
 

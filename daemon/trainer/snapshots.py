@@ -237,7 +237,7 @@ class EvolutionCallback(TrainerCallback):
                          for i, r in enumerate(map(_rejected_side, probes)) if r is not None}
         if any(cut for _, cut in fitted):
             log(f"evolution: {sum(cut for _, cut in fitted)} probe(s) longer than max_length {max_length} tokens are "
-                f"cut to fit (the end of the prompt, then the start of the reference)")
+                f"cut to fit, keeping the end of the prompt and the start of the reference")
         self.skipped: set[int] = set()  # steps whose snapshot ran out of memory even one probe at a time
         self.done_steps = self._recover()
         self.seconds = 0.0  # time spent in snapshots since this process started training
