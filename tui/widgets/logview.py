@@ -1,7 +1,9 @@
 """The selected run's console.log: follows the tail, can be frozen (`f`) and searched over the whole file (`/`)."""
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -42,6 +44,21 @@ def remote_gpus(progress: dict) -> str:
     return f" · node {node}: {shown}"
 
 
+class _Log(Log):
+    """Textual's Log, whose new lines are measured in a thread that can outlive the dashboard by a moment (quit
+    while a run's lines stream in): it then has no app to report to, and ends quietly instead of failing the exit."""
+
+    @work(thread=True, exit_on_error=False)
+    def _update_size(self, updates: int, lines: list[str]) -> None:
+        if not lines:
+            return
+        width = max(cell_len(self._process_line(line)) for line in lines)
+        try:
+            self.app.call_from_thread(self._update_maximum_width, updates, width)
+        except RuntimeError:  # NoActiveAppError, or an app no longer running
+            pass
+
+
 class LogPanel(Vertical):
     """A one-line header, the log (bounded: LOG_LINES lines) and a search box shown on `/`."""
 
@@ -76,7 +93,7 @@ class LogPanel(Vertical):
         self.lines_seen = 0
         self.note = Text("")
         self.head = Static(id="log-head", markup=False)
-        self.log_widget = Log(max_lines=LOG_LINES, auto_scroll=False, id="log-view")
+        self.log_widget = _Log(max_lines=LOG_LINES, auto_scroll=False, id="log-view")
         self.search_box = Input(placeholder="search the whole log (Enter: search, Esc: back to the tail)",
                                 id="search", compact=True)
 
