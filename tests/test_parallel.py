@@ -21,7 +21,7 @@ def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: 
                                                          tmp_path: Path) -> None:
     (home / "overnight.toml").write_text(f'base_model = "{tiny_model}"\nmax_parallel_runs = 2\n')
     daemon_proc()
-    drop_all(write_dataset(tmp_path, "low", 300), home / "inbox")
+    drop_all(write_dataset(tmp_path, "low", 120), home / "inbox")
     drop_all(write_dataset(tmp_path, "long", 100000, priority=5), home / "inbox")
     wait_until(lambda: state(home, "low") == state(home, "long") == "training", 120, what="both runs training")
     overnight("pause", home=home, check=True)  # every running job halts at its next step
@@ -44,7 +44,7 @@ def test_two_runs_train_side_by_side_steered_one_by_one(home: Path, tiny_model: 
 
     (home / "control" / "pause").unlink()
     wait_until(lambda: state(home, "low") == "completed", 120, what="low resumes and completes")
-    assert sorted(losses(home, "low")) == list(range(1, 301))
+    assert sorted(losses(home, "low")) == list(range(1, 121))
     low_console = (Path(run_of(home, "low")["run_dir"]) / "console.log").read_text()
     assert low_console.count("overnight: starting trainer") == 2  # preempted, then resumed
     overnight("stop", long["id"], home=home, check=True)
