@@ -1,8 +1,9 @@
 """Checkpoint folders: `checkpoint-N` (being written by the Trainer) → `step-N` (complete), retention, resume.
 
-Only complete checkpoints carry the `step-N` name. Which one is the newest complete is decided by daemon/core/rundir.py
-(`newest_complete`, one rule for the daemon and the trainer); here are the torch load test, the renames and the
-deletions. Retention keeps the newest `keep` plus the best by eval loss; the final adapter/ is never touched.
+Only complete checkpoints carry the `step-N` name (daemon/core/rundir.py's `newest_complete` is the daemon's view of
+the newest); a resume starts from the newest one that also loads (`newest_loadable`: every file an exact resume needs,
+read back), the damaged ones moved aside. Here are that load test, the renames and the deletions. Retention keeps the
+newest `keep` plus the best by eval loss; the final adapter/ is never touched.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.core.atomic import fsync_dir, share_weights, write_text
-from daemon.core.rundir import TRAINER_STATE, newest_complete, step_dirs, step_name  # noqa: F401 (the trainer asks here)
+from daemon.core.rundir import TRAINER_STATE, step_dirs, step_name
 
 
 def damage(folder: Path) -> str | None:

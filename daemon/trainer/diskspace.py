@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from daemon.core.space import DISK_LOW, needed, size_text
 from daemon.core.states import Phase
-from daemon.trainer import checkpoints as ckpt
+from daemon.core.rundir import newest_complete
 from daemon.trainer import ddp
 from daemon.trainer.callbacks import Progress, RunStatus
 from daemon.trainer.commands import Commands
@@ -34,7 +34,7 @@ class DiskSpaceCallback(TrainerCallback):
         self.recheck_s = recheck_s
 
     def needed(self) -> int:
-        return needed(ckpt.newest_complete(self.checkpoints), float(self.min_free_gb()))
+        return needed(newest_complete(self.checkpoints), float(self.min_free_gb()))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not control.should_save:

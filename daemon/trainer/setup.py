@@ -16,11 +16,10 @@ from daemon.core.as_trained import adapter_token_rows
 from daemon.core.atomic import write_json
 from daemon.core.datasets import PROMPT_SCHEMAS, TEXT_SCHEMAS, ExampleKind, kind_of
 from daemon.core.probes import early_stopping_inert, held_out_count, no_eval_split, probe_shortfall
-from daemon.core.rundir import TRAINER_STATE, step_of
+from daemon.core.rundir import TRAINER_STATE, newest_complete, step_of
 from daemon.core.options import LiveSetting
 from daemon.core.preflight import Shape, Sizing, plan_memory
 from daemon.core.states import Outcome, Phase
-from daemon.trainer import checkpoints as ckpt
 from daemon.trainer import ddp, objectives, trackers
 from daemon.core.tokenbatches import Budget
 from daemon.trainer.batching import padding_line
@@ -168,7 +167,7 @@ class Built:
         result.final_loss, result.eval_loss = self.status.last_loss, self.status.last_eval_loss
         best = self.status.best_step or state.best_global_step
         result.best_checkpoint = paths.checkpoint(best).name if best and paths.checkpoint(best).is_dir() else None
-        newest = ckpt.newest_complete(paths.checkpoints)
+        newest = newest_complete(paths.checkpoints)
         result.last_checkpoint = newest.name if newest else None
         if self.status.nonfinite_step is not None:
             kept = f"the last good checkpoint {newest.name} is kept" if newest else "no checkpoint was saved before it"
