@@ -107,13 +107,11 @@ def test_newest_complete_checkpoint_ignores_incomplete_and_damaged_folders(tmp_p
 
 
 def test_the_scheduler_and_the_trainer_agree_on_the_checkpoint_to_resume(tmp_path: Path) -> None:
-    from daemon.trainer import checkpoints as ckpt
-
     folder = RunFolder(tmp_path)
     folder.checkpoint(3).mkdir(parents=True)
     (folder.checkpoint(3) / "trainer_state.json").write_text("{}")
     folder.checkpoint(5).mkdir()
-    assert ckpt.newest_complete(folder.checkpoints) == folder.newest_checkpoint() == folder.checkpoint(3)
+    assert newest_complete(folder.checkpoints) == folder.newest_checkpoint() == folder.checkpoint(3)
 
 
 def test_readers_of_json_files_never_raise(tmp_path: Path) -> None:

@@ -319,6 +319,7 @@ def test_pad_collator() -> None:
 
 
 def test_checkpoint_rename_and_retention(tmp_path: Path) -> None:
+    from daemon.core.rundir import newest_complete
     from daemon.trainer import checkpoints as ckpt
 
     for s in (2, 4, 6, 8):
@@ -331,10 +332,10 @@ def test_checkpoint_rename_and_retention(tmp_path: Path) -> None:
         "best_model_checkpoint": str(tmp_path / "step-2")}
     assert ckpt.apply_retention(tmp_path, keep=2, best_step=2) == [4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-6", "step-8"]
-    assert ckpt.newest_complete(tmp_path) == tmp_path / "step-8"
+    assert newest_complete(tmp_path) == tmp_path / "step-8"
     (tmp_path / "checkpoint-10").mkdir()  # a save interrupted by a crash
     assert ckpt.discard_incomplete(tmp_path) == ["checkpoint-10"]
-    assert ckpt.newest_complete(tmp_path) == tmp_path / "step-8"
+    assert newest_complete(tmp_path) == tmp_path / "step-8"
 
 
 def test_truncate_jsonl_after(tmp_path: Path) -> None:
